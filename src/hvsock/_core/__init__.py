@@ -1,0 +1,1 @@
+"""The pure core: addresses, ids and protocol parsers. Nothing here does I/O."""

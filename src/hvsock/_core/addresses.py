@@ -1,0 +1,430 @@
+"""The address model: one frozen, hashable type per transport, and one text form for all.
+
+Text forms (parsed by :func:`parse_address`, produced by ``str(address)``)::
+
+    vsock://<cid>:<port>          cid: number | any | local | host | hypervisor
+                                  port: number | any
+    hvsock://<vm>/<service>       vm: GUID | wildcard | zero | children | loopback |
+                                      parent | broadcast | silohost
+                                  service: GUID | port number (its VSOCK template id)
+    hybrid://<uds_path>:<port>    host side of Firecracker / Cloud Hypervisor vsock;
+                                  the path runs to the last ':'
+    tcp://<host>:<port>           host: name, IPv4, or [IPv6]
+    unix://<path>                 a Unix socket path; unix://@name is Linux's abstract
+                                  namespace
+
+Numbers are decimal or 0x-prefixed hex. Schemes and GUIDs are read in any case;
+GUIDs may have braces. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from typing import ClassVar, Union
+
+from .._errors import AddressError
+from . import ids
+
+__all__ = [
+    "Address",
+    "HybridAddress",
+    "HyperVAddress",
+    "TcpAddress",
+    "UnixAddress",
+    "VsockAddress",
+    "describe_address",
+    "guest_view",
+    "host_view",
+    "parse_address",
+]
+
+_U32_MAX = 0xFFFFFFFF
+# sun_path is 108 bytes on Linux, including the terminating NUL.
+UNIX_PATH_MAX = 107
+
+FORMS = {
+    "vsock": "vsock://<cid>:<port>, e.g. vsock://3:5000 or vsock://any:5000",
+    "hvsock": "hvsock://<vm>/<service>, e.g. hvsock://parent/5000 or "
+    "hvsock://<vm GUID>/<service GUID>",
+    "hybrid": "hybrid://<uds_path>:<port>, e.g. hybrid:///run/fc/v.sock:52",
+    "tcp": "tcp://<host>:<port>, e.g. tcp://127.0.0.1:2222 or tcp://[::1]:2222",
+    "unix": "unix://<path>, e.g. unix:///run/agent.sock or unix://@abstract-name",
+}
+
+
+def _int_in(value: object, lo: int, hi: int, what: str, form: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise AddressError(f"{what} must be an integer, not {type(value).__name__}; {form}")
+    if not lo <= value <= hi:
+        raise AddressError(f"{what} {value} is out of range {lo}..{hi}; {form}")
+    return value
+
+
+def _check_path(path: object, what: str, form: str, suffix_len: int = 0) -> str:
+    if not isinstance(path, str):
+        raise AddressError(f"{what} must be a string, not {type(path).__name__}; {form}")
+    if not path:
+        raise AddressError(f"{what} is empty; {form}")
+    if "\0" in path:
+        raise AddressError(f"{what} {path!r} contains a NUL character; {form}")
+    try:
+        size = len(path.encode()) + suffix_len
+    except UnicodeEncodeError as exc:
+        raise AddressError(f"{what} {path!r} is not valid text ({exc.reason})") from None
+    if size > UNIX_PATH_MAX:
+        raise AddressError(
+            f"{what} {path!r} is too long for a Unix socket ({size} bytes with what is "
+            f"appended, at most {UNIX_PATH_MAX}); use a shorter path")
+    return path
+
+
+@dataclass(frozen=True)
+class VsockAddress:
+    """A Linux VM-socket address: context id and port (``AF_VSOCK``)."""
+
+    cid: int
+    port: int
+    kind: ClassVar[str] = "vsock"
+
+    def __post_init__(self) -> None:
+        _int_in(self.cid, 0, _U32_MAX, "CID", FORMS["vsock"])
+        _int_in(self.port, 0, _U32_MAX, "port", FORMS["vsock"])
+
+    def __str__(self) -> str:
+        cid = "any" if self.cid == ids.CID_ANY else str(self.cid)
+        port = "any" if self.port == ids.PORT_ANY else str(self.port)
+        return f"vsock://{cid}:{port}"
+
+    @property
+    def sockaddr(self) -> tuple[int, int]:
+        """The address tuple ``socket.AF_VSOCK`` takes."""
+        return (self.cid, self.port)
+
+    def to_hyperv(self) -> HyperVAddress:
+        """The same endpoint in Hyper-V terms, seen from the same machine.
+
+        CID host -> PARENT, CID any -> WILDCARD, CID local -> LOOPBACK, port -> its
+        template service id. Other CIDs have no well-known VM id: use
+        :func:`host_view` with the VM's id instead.
+        """
+        vm = {ids.CID_HOST: ids.PARENT, ids.CID_ANY: ids.WILDCARD,
+              ids.CID_LOCAL: ids.LOOPBACK}.get(self.cid)
+        if vm is None:
+            raise AddressError(
+                f"CID {self.cid} has no Hyper-V VM id of its own; only host (2), any and "
+                "local (1) map to parent, wildcard and loopback; use host_view(address, "
+                "vm_id) with the VM's id")
+        return HyperVAddress(vm, ids.service_id_for_port(self.port))
+
+
+@dataclass(frozen=True)
+class HyperVAddress:
+    """A Hyper-V socket address: VM id and service id (``AF_HYPERV``)."""
+
+    vm_id: uuid.UUID
+    service_id: uuid.UUID
+    kind: ClassVar[str] = "hvsock"
+
+    def __post_init__(self) -> None:
+        for name in ("vm_id", "service_id"):
+            value = getattr(self, name)
+            if not isinstance(value, uuid.UUID):
+                raise AddressError(
+                    f"{name} must be a uuid.UUID, not {type(value).__name__}; "
+                    f"parse text with parse_address(): {FORMS['hvsock']}")
+
+    @classmethod
+    def for_port(cls, vm_id: uuid.UUID, port: int) -> HyperVAddress:
+        """The address of a vsock-style service: *port*'s template service id on *vm_id*."""
+        return cls(vm_id, ids.service_id_for_port(port))
+
+    @property
+    def port(self) -> int | None:
+        """The vsock port of a template service id, else None."""
+        if ids.is_template_service_id(self.service_id):
+            return ids.port_for_service_id(self.service_id)
+        return None
+
+    @property
+    def vm_name(self) -> str | None:
+        """The well-known name of the VM id (``"parent"``, ...), else None."""
+        return ids.VM_ID_NAMES.get(self.vm_id)
+
+    def __str__(self) -> str:
+        vm = self.vm_name or str(self.vm_id)
+        port = self.port
+        return f"hvsock://{vm}/{port if port is not None else self.service_id}"
+
+    @property
+    def sockaddr(self) -> tuple[str, str]:
+        """The address tuple CPython's ``socket.AF_HYPERV`` takes."""
+        return (str(self.vm_id).upper(), str(self.service_id).upper())
+
+    def to_vsock(self) -> VsockAddress:
+        """The same endpoint in Linux vsock terms (inverse of :meth:`VsockAddress.to_hyperv`)."""
+        cid = {ids.PARENT: ids.CID_HOST, ids.WILDCARD: ids.CID_ANY,
+               ids.LOOPBACK: ids.CID_LOCAL}.get(self.vm_id)
+        if cid is None:
+            raise AddressError(
+                f"VM id {self.vm_id} has no vsock CID; only parent, wildcard and loopback "
+                "map to CID host, any and local")
+        return VsockAddress(cid, ids.port_for_service_id(self.service_id))
+
+
+@dataclass(frozen=True)
+class HybridAddress:
+    """The host side of a hybrid-vsock VMM (Firecracker, Cloud Hypervisor).
+
+    Connecting dials *uds_path* and asks the VMM for guest *port*; listening
+    accepts guest-initiated connections at ``<uds_path>_<port>``.
+    """
+
+    uds_path: str
+    port: int
+    kind: ClassVar[str] = "hybrid"
+
+    def __post_init__(self) -> None:
+        _int_in(self.port, 0, _U32_MAX, "port", FORMS["hybrid"])
+        _check_path(self.uds_path, "uds path", FORMS["hybrid"],
+                    suffix_len=1 + len(str(self.port)))
+
+    @property
+    def listen_path(self) -> str:
+        """Where the VMM forwards the guest's connections to host port *port*."""
+        return f"{self.uds_path}_{self.port}"
+
+    def __str__(self) -> str:
+        return f"hybrid://{self.uds_path}:{self.port}"
+
+
+@dataclass(frozen=True)
+class TcpAddress:
+    """A TCP address, for bridging VM sockets to the network stack."""
+
+    host: str
+    port: int
+    kind: ClassVar[str] = "tcp"
+
+    def __post_init__(self) -> None:
+        _int_in(self.port, 0, 0xFFFF, "TCP port", FORMS["tcp"])
+        if not isinstance(self.host, str) or not self.host:
+            raise AddressError(f"TCP host is empty; {FORMS['tcp']}")
+        if any(c.isspace() or c in "/[]@" for c in self.host.replace(":", "")):
+            raise AddressError(f"TCP host {self.host!r} has characters a host cannot have; "
+                               f"{FORMS['tcp']}")
+
+    @property
+    def sockaddr(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class UnixAddress:
+    """A Unix-domain stream socket path (``@name`` is Linux's abstract namespace)."""
+
+    path: str
+    kind: ClassVar[str] = "unix"
+
+    def __post_init__(self) -> None:
+        _check_path(self.path, "Unix socket path", FORMS["unix"])
+        if self.path == "@":
+            raise AddressError(f"abstract Unix socket name is empty; {FORMS['unix']}")
+
+    @property
+    def abstract(self) -> bool:
+        return self.path.startswith("@")
+
+    @property
+    def sockaddr(self) -> str | bytes:
+        """What ``socket.AF_UNIX`` takes (a NUL-led name for the abstract namespace)."""
+        return b"\0" + self.path[1:].encode() if self.abstract else self.path
+
+    def __str__(self) -> str:
+        return f"unix://{self.path}"
+
+
+Address = Union[VsockAddress, HyperVAddress, HybridAddress, TcpAddress, UnixAddress]
+ADDRESS_TYPES = (VsockAddress, HyperVAddress, HybridAddress, TcpAddress, UnixAddress)
+
+_NUMBER = re.compile(r"(?:0[xX][0-9a-fA-F]+|[0-9]+)\Z")
+
+
+def _number(text: str, what: str, form: str) -> int:
+    if not text:
+        raise AddressError(f"{what} is missing; {form}")
+    if not _NUMBER.match(text):
+        raise AddressError(f"{what} {text!r} is not a number; {form}")
+    return int(text, 0) if text[:2].lower() == "0x" else int(text, 10)
+
+
+def _parse_vsock(rest: str) -> VsockAddress:
+    form = FORMS["vsock"]
+    cid_text, sep, port_text = rest.partition(":")
+    if not sep:
+        raise AddressError(f"vsock address {rest!r} has no ':<port>'; {form}")
+    lowered = cid_text.lower()
+    if lowered in ids.WELL_KNOWN_CIDS:
+        cid = ids.WELL_KNOWN_CIDS[lowered]
+    elif cid_text and not _NUMBER.match(cid_text):
+        names = ", ".join(ids.WELL_KNOWN_CIDS)
+        raise AddressError(f"unknown CID {cid_text!r}: use a number or one of {names}; {form}")
+    else:
+        cid = _number(cid_text, "CID", form)
+    port = ids.PORT_ANY if port_text.lower() == "any" else _number(port_text, "port", form)
+    return VsockAddress(cid, port)
+
+
+def _parse_hvsock(rest: str) -> HyperVAddress:
+    form = FORMS["hvsock"]
+    vm_text, sep, svc_text = rest.partition("/")
+    if not sep:
+        raise AddressError(f"hvsock address {rest!r} has no '/<service>'; {form}")
+    if not vm_text:
+        raise AddressError(f"VM id is empty; {form}")
+    if vm_text.lower() in ids.WELL_KNOWN_VM_IDS:
+        vm = ids.WELL_KNOWN_VM_IDS[vm_text.lower()]
+    elif "-" in vm_text or vm_text.startswith("{"):
+        vm = ids.parse_guid(vm_text, what="VM id")
+    else:
+        names = ", ".join(ids.WELL_KNOWN_VM_IDS)
+        raise AddressError(f"unknown VM name {vm_text!r}: use a GUID or one of {names}; {form}")
+    if not svc_text:
+        raise AddressError(f"service id is empty; {form}")
+    if _NUMBER.match(svc_text):
+        service = ids.service_id_for_port(_number(svc_text, "port", form))
+    else:
+        service = ids.parse_guid(svc_text, what="service id")
+    return HyperVAddress(vm, service)
+
+
+def _parse_hybrid(rest: str) -> HybridAddress:
+    form = FORMS["hybrid"]
+    path, sep, port_text = rest.rpartition(":")
+    if not sep:
+        raise AddressError(f"hybrid address {rest!r} has no ':<port>'; {form}")
+    if not path:
+        raise AddressError(f"uds path is empty; {form}")
+    return HybridAddress(path, _number(port_text, "port", form))
+
+
+def _parse_tcp(rest: str) -> TcpAddress:
+    form = FORMS["tcp"]
+    if rest.startswith("["):
+        host, close, tail = rest[1:].partition("]")
+        if not close or not tail.startswith(":"):
+            raise AddressError(f"TCP address {rest!r}: write IPv6 as [addr]:port; {form}")
+        port_text = tail[1:]
+        if ":" not in host:
+            raise AddressError(f"TCP host [{host}] is not an IPv6 address; {form}")
+    else:
+        host, sep, port_text = rest.rpartition(":")
+        if not sep:
+            raise AddressError(f"TCP address {rest!r} has no ':<port>'; {form}")
+        if ":" in host:
+            raise AddressError(f"TCP host {host!r}: put IPv6 addresses in brackets; {form}")
+    if not host:
+        raise AddressError(f"TCP host is empty; {form}")
+    return TcpAddress(host, _number(port_text, "TCP port", form))
+
+
+_PARSERS = {
+    "vsock": _parse_vsock,
+    "hvsock": _parse_hvsock,
+    "hybrid": _parse_hybrid,
+    "tcp": _parse_tcp,
+    "unix": lambda rest: UnixAddress(rest),
+}
+
+
+def parse_address(text: str | Address) -> Address:
+    """Parse address text (see the module docs); an address object is returned as is.
+
+    Raises :class:`AddressError` naming the bad part and showing an accepted form.
+    """
+    if isinstance(text, ADDRESS_TYPES):
+        return text
+    if not isinstance(text, str):
+        raise AddressError(f"an address must be text or an address object, "
+                           f"not {type(text).__name__}")
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        raise AddressError(
+            f"address {text!r} has no scheme; use one of: " + "; ".join(FORMS.values()))
+    parser = _PARSERS.get(scheme.lower())
+    if parser is None:
+        raise AddressError(
+            f"unknown address scheme {scheme!r}; use one of: " + "; ".join(FORMS.values()))
+    return parser(rest)  # type: ignore[no-any-return]
+
+
+def host_view(guest: VsockAddress, vm_id: uuid.UUID) -> HyperVAddress:
+    """What a Hyper-V host calls the endpoint a Linux guest names *guest*.
+
+    A guest's ``vsock://host:p`` (it connects to the host) is the host's listener
+    ``hvsock://<vm_id>/p``; a guest's ``vsock://any:p`` (it listens) is what the host
+    connects to, also ``hvsock://<vm_id>/p``. *vm_id* is the guest's VM id.
+    """
+    if guest.cid not in (ids.CID_HOST, ids.CID_ANY):
+        raise AddressError(
+            f"a Hyper-V guest reaches only the host (CID 2) and listens on CID any; "
+            f"{guest} has CID {guest.cid}")
+    if not isinstance(vm_id, uuid.UUID):
+        raise AddressError(f"vm_id must be a uuid.UUID, not {type(vm_id).__name__}")
+    return HyperVAddress(vm_id, ids.service_id_for_port(guest.port))
+
+
+def guest_view(host: HyperVAddress, *, guest_listens: bool = False) -> VsockAddress:
+    """What a Linux guest calls the endpoint its Hyper-V host names *host*.
+
+    By default *host* is a host listener, so the guest connects to ``vsock://host:p``;
+    with ``guest_listens=True`` the host connects and the guest listens on
+    ``vsock://any:p``. Raises :class:`AddressError` if the service id has no port.
+    """
+    return VsockAddress(ids.CID_ANY if guest_listens else ids.CID_HOST,
+                        ids.port_for_service_id(host.service_id))
+
+
+def describe_address(address: Address) -> dict[str, object]:
+    """A plain explanation of *address*: its fields, names, and its other views."""
+    info: dict[str, object] = {"address": str(address), "kind": address.kind}
+    if isinstance(address, VsockAddress):
+        info["cid"] = address.cid
+        info["cid_name"] = ids.CID_NAMES.get(address.cid)
+        info["port"] = address.port
+        info["port_any"] = address.port == ids.PORT_ANY
+        info["privileged_port"] = address.port < ids.PRIVILEGED_PORTS_BELOW
+        info["hyperv_listen_ok"] = address.port <= ids.HV_SOCK_MAX_LISTEN_PORT
+        info["service_id"] = str(ids.service_id_for_port(address.port))
+        try:
+            info["hyperv_view"] = str(address.to_hyperv())
+        except AddressError:
+            info["hyperv_view"] = None
+    elif isinstance(address, HyperVAddress):
+        info["vm_id"] = str(address.vm_id)
+        info["vm_name"] = address.vm_name
+        info["service_id"] = str(address.service_id)
+        info["template"] = address.port is not None
+        info["port"] = address.port
+        info["linux_guest_connects_to"] = (
+            str(guest_view(address)) if address.port is not None else None)
+        try:
+            info["vsock_view"] = str(address.to_vsock())
+        except AddressError:
+            info["vsock_view"] = None
+    elif isinstance(address, HybridAddress):
+        info["uds_path"] = address.uds_path
+        info["port"] = address.port
+        info["listen_path"] = address.listen_path
+    elif isinstance(address, TcpAddress):
+        info["host"] = address.host
+        info["port"] = address.port
+    else:
+        info["path"] = address.path
+        info["abstract"] = address.abstract
+    return info

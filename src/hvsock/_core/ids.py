@@ -1,0 +1,109 @@
+"""Well-known Hyper-V VM ids, vsock CIDs and ports, and the VSOCK template mapping."""
+
+from __future__ import annotations
+
+import uuid
+
+from .._errors import AddressError
+
+# Well-known VM ids (Windows SDK hvsocket.h). Used in place of a real VM id.
+WILDCARD = uuid.UUID("00000000-0000-0000-0000-000000000000")
+ZERO = WILDCARD
+BROADCAST = uuid.UUID("ffffffff-ffff-ffff-ffff-ffffffffffff")
+CHILDREN = uuid.UUID("90db8b89-0d35-4f79-8ce9-49ea0ac8b7cd")
+LOOPBACK = uuid.UUID("e0e16197-dd56-4a10-9195-5ee7a155a838")
+PARENT = uuid.UUID("a42e7cda-d03f-480c-9cc2-a4de20abb878")
+SILOHOST = uuid.UUID("36bd0c5c-7276-4223-88ba-7d03b654c568")
+
+#: name used in address text -> VM id. "zero" is an alias of "wildcard".
+WELL_KNOWN_VM_IDS: dict[str, uuid.UUID] = {
+    "wildcard": WILDCARD,
+    "zero": ZERO,
+    "broadcast": BROADCAST,
+    "children": CHILDREN,
+    "loopback": LOOPBACK,
+    "parent": PARENT,
+    "silohost": SILOHOST,
+}
+#: VM id -> canonical name (the first name wins, so WILDCARD formats as "wildcard").
+VM_ID_NAMES: dict[uuid.UUID, str] = {}
+for _name, _vm in WELL_KNOWN_VM_IDS.items():
+    VM_ID_NAMES.setdefault(_vm, _name)
+
+# Well-known CIDs and ports (include/uapi/linux/vm_sockets.h).
+CID_HYPERVISOR = 0
+CID_LOCAL = 1
+CID_HOST = 2
+CID_ANY = 0xFFFFFFFF
+PORT_ANY = 0xFFFFFFFF
+#: Highest port a listener may use under Hyper-V's hv_sock transport.
+HV_SOCK_MAX_LISTEN_PORT = 0x7FFFFFFF
+#: Ports below this need CAP_NET_BIND_SERVICE to bind on Linux.
+PRIVILEGED_PORTS_BELOW = 1024
+
+WELL_KNOWN_CIDS: dict[str, int] = {
+    "hypervisor": CID_HYPERVISOR,
+    "local": CID_LOCAL,
+    "host": CID_HOST,
+    "any": CID_ANY,
+}
+CID_NAMES: dict[int, str] = {v: k for k, v in WELL_KNOWN_CIDS.items()}
+
+#: The VSOCK template: Data1 (the first 32 bits) is replaced by the port.
+VSOCK_TEMPLATE = uuid.UUID("00000000-facb-11e6-bd58-64006a7986d3")
+_TEMPLATE_TAIL = VSOCK_TEMPLATE.int & ((1 << 96) - 1)
+
+_U32_MAX = 0xFFFFFFFF
+
+
+def service_id_for_port(port: int) -> uuid.UUID:
+    """The Hyper-V service id a Linux guest's vsock *port* maps to.
+
+    >>> service_id_for_port(2761)
+    UUID('00000ac9-facb-11e6-bd58-64006a7986d3')
+
+    Raises :class:`AddressError` for a port outside 0..0xFFFFFFFF.
+    """
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise AddressError(f"port must be an integer, not {type(port).__name__}")
+    if not 0 <= port <= _U32_MAX:
+        raise AddressError(
+            f"port {port} is out of range: a vsock port is 0..4294967295 (0xFFFFFFFF)")
+    return uuid.UUID(int=(port << 96) | _TEMPLATE_TAIL)
+
+
+def is_template_service_id(service_id: uuid.UUID) -> bool:
+    """True when *service_id* has the VSOCK template form (so it maps to a port)."""
+    return (service_id.int & ((1 << 96) - 1)) == _TEMPLATE_TAIL
+
+
+def port_for_service_id(service_id: uuid.UUID) -> int:
+    """The vsock port of a template-form service id (the inverse of :func:`service_id_for_port`).
+
+    Raises :class:`AddressError`, naming the template, when *service_id* is not of that form.
+    """
+    if not isinstance(service_id, uuid.UUID):
+        raise AddressError(f"service id must be a uuid.UUID, not {type(service_id).__name__}")
+    if not is_template_service_id(service_id):
+        raise AddressError(
+            f"service id {service_id} is not of the VSOCK template form "
+            f"xxxxxxxx-{str(VSOCK_TEMPLATE)[9:]} (template {VSOCK_TEMPLATE}), "
+            "so it has no vsock port; Linux guests can only reach template ids")
+    return service_id.int >> 96
+
+
+def parse_guid(text: str, *, what: str = "GUID") -> uuid.UUID:
+    """Parse a GUID in any case, with or without braces; :class:`AddressError` otherwise."""
+    s = text.strip()
+    if s.startswith("{") and s.endswith("}"):
+        s = s[1:-1]
+    # uuid.UUID also takes "urn:uuid:" and 32 bare hex digits; an address
+    # should take only the dashed 8-4-4-4-12 form, as Windows prints it.
+    parts = s.split("-")
+    if [len(p) for p in parts] != [8, 4, 4, 4, 12] or not all(
+        c in "0123456789abcdefABCDEF" for p in parts for c in p
+    ):
+        raise AddressError(
+            f"{what} {text!r} is not a GUID; write it as "
+            "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx (hex digits, braces optional)")
+    return uuid.UUID(s)

@@ -1,0 +1,226 @@
+"""The exception tree, and the one place where OS errors become hvsock errors.
+
+Every error hvsock raises is an :class:`HvsockError`, itself an :class:`OSError`,
+so code that already handles socket errors keeps working. Subclasses also derive
+from the matching builtin (``TimeoutError``, ``ConnectionRefusedError``, ...) so
+``except TimeoutError`` catches a connect timeout from any transport.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import socket
+
+__all__ = [
+    "AddressError",
+    "AddressInUseError",
+    "ConnectTimeoutError",
+    "HandshakeError",
+    "HvsockError",
+    "NothingListeningError",
+    "PermissionDeniedError",
+    "TransportUnavailableError",
+    "UnreachableError",
+    "UnsupportedError",
+]
+
+
+class HvsockError(OSError):
+    """Root of every error hvsock raises.
+
+    ``str(error)`` is a sentence that says what happened and what to do;
+    ``errno`` is kept when an OS error was the cause.
+    """
+
+    def __init__(self, message: str, *, errno: int | None = None) -> None:
+        if errno is None:
+            super().__init__(message)
+        else:
+            super().__init__(errno, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), self.message, self.errno))
+
+
+def _rebuild(cls: type[HvsockError], message: str, errno: int | None) -> HvsockError:
+    return cls(message, errno=errno)
+
+
+class AddressError(HvsockError, ValueError):
+    """An address (text or fields) is malformed or out of range."""
+
+
+class UnsupportedError(HvsockError):
+    """This platform, Python or kernel lacks the socket family or feature asked for."""
+
+
+class TransportUnavailableError(UnsupportedError):
+    """The family exists but no usable transport is loaded (e.g. no vsock module)."""
+
+
+class NothingListeningError(HvsockError, ConnectionRefusedError):
+    """The peer exists but nothing listens on that port / service id."""
+
+
+class ConnectTimeoutError(HvsockError, TimeoutError):
+    """A connect or handshake did not finish within its deadline."""
+
+
+class UnreachableError(HvsockError, ConnectionError):
+    """The VM or host cannot be reached now (not running, rebooting, no route)."""
+
+
+class PermissionDeniedError(HvsockError, PermissionError):
+    """The OS refused the operation (privileged port, another user's VM, file mode)."""
+
+
+class AddressInUseError(HvsockError):
+    """Something already listens on that address."""
+
+
+class HandshakeError(HvsockError):
+    """A peer broke a protocol (e.g. the hybrid-vsock ``CONNECT``/``OK`` exchange)."""
+
+
+# Windows socket error numbers (winsock2.h). CPython reports them in
+# ``OSError.winerror`` for socket calls, so they are matched before errno.
+WSAEACCES = 10013
+WSAEADDRINUSE = 10048
+WSAEADDRNOTAVAIL = 10049
+WSAENETDOWN = 10050
+WSAENETUNREACH = 10051
+WSAECONNRESET = 10054
+WSAETIMEDOUT = 10060
+WSAECONNREFUSED = 10061
+WSAEHOSTDOWN = 10064
+WSAEHOSTUNREACH = 10065
+
+# Errors after which the same connect may succeed a moment later: nothing
+# listening *yet*, timed out, VM not reachable *now* (10050 while a VM reboots).
+_TRANSIENT_ERRNOS = frozenset(
+    {
+        _errno.ECONNREFUSED,
+        _errno.ECONNRESET,
+        _errno.ETIMEDOUT,
+        _errno.EHOSTUNREACH,
+        _errno.ENETUNREACH,
+        _errno.ENETDOWN,
+        _errno.EHOSTDOWN,
+    }
+)
+_TRANSIENT_WINERRORS = frozenset(
+    {WSAENETDOWN, WSAENETUNREACH, WSAECONNRESET, WSAETIMEDOUT, WSAECONNREFUSED,
+     WSAEHOSTDOWN, WSAEHOSTUNREACH}
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when retrying the same connect later may succeed."""
+    if isinstance(exc, (NothingListeningError, ConnectTimeoutError, UnreachableError)):
+        return True
+    if isinstance(exc, HvsockError):
+        return False
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return True
+    if not isinstance(exc, OSError):
+        return False
+    winerror = getattr(exc, "winerror", None)
+    if winerror is not None:
+        return winerror in _TRANSIENT_WINERRORS
+    return exc.errno in _TRANSIENT_ERRNOS
+
+
+def _code(exc: OSError) -> int | None:
+    """Normalise a Windows socket error number to its errno twin."""
+    winerror = getattr(exc, "winerror", None)
+    return {
+        WSAEACCES: _errno.EACCES,
+        WSAEADDRINUSE: _errno.EADDRINUSE,
+        WSAEADDRNOTAVAIL: _errno.EADDRNOTAVAIL,
+        WSAENETDOWN: _errno.ENETDOWN,
+        WSAENETUNREACH: _errno.ENETUNREACH,
+        WSAECONNRESET: _errno.ECONNRESET,
+        WSAETIMEDOUT: _errno.ETIMEDOUT,
+        WSAECONNREFUSED: _errno.ECONNREFUSED,
+        WSAEHOSTDOWN: _errno.EHOSTDOWN,
+        WSAEHOSTUNREACH: _errno.EHOSTUNREACH,
+    }.get(winerror, exc.errno) if winerror is not None else exc.errno
+
+
+def translate(exc: BaseException, *, op: str, family: str, where: str,
+              port_hint: str = "") -> BaseException:
+    """Turn an OS error from *op* ("connect", "bind", ...) into an hvsock error.
+
+    *family* names the transport ("vsock", "hyperv", "hybrid", "tcp", "unix");
+    *where* is a human description of the address ("port 5000 of CID 3").
+    Errors hvsock already raised, and non-OS errors, are returned unchanged.
+    The caller raises the result ``from exc`` so the original stays attached.
+    """
+    if isinstance(exc, HvsockError) or not isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, (socket.timeout, TimeoutError)) and exc.errno is None:
+        return ConnectTimeoutError(
+            f"{op} to {where} timed out; check that the peer is running, or raise the timeout",
+            errno=_errno.ETIMEDOUT)
+    code = _code(exc)
+    winerror = getattr(exc, "winerror", None)
+    if op == "connect":
+        if code in (_errno.ECONNRESET, _errno.ECONNREFUSED):
+            # AF_VSOCK answers a connect to a port nobody listens on with a
+            # reset, not a refusal; both mean the same thing to the user.
+            return NothingListeningError(
+                f"nothing is listening on {where}; start the service there first"
+                f"{port_hint} (or pass retries= / --retries to wait for it)", errno=code)
+        if code == _errno.ENOENT and family in ("unix", "hybrid"):
+            return NothingListeningError(
+                f"nothing is listening on {where}: the socket file does not exist; "
+                "check the path and that the server (or VMM) is running", errno=code)
+        if code == _errno.ETIMEDOUT:
+            return ConnectTimeoutError(
+                f"connect to {where} timed out; check that the VM is running and the service "
+                "listens, or raise the timeout", errno=code)
+        if code == _errno.ENETDOWN and winerror is not None:
+            return UnreachableError(
+                f"{where} is unreachable (WSAENETDOWN 10050): the VM is starting, rebooting "
+                "or stopped; wait for it and retry (retries= / --retries)", errno=code)
+        if code in (_errno.EHOSTUNREACH, _errno.ENETUNREACH, _errno.ENETDOWN,
+                    _errno.EHOSTDOWN, _errno.ENODEV):
+            return UnreachableError(
+                f"{where} is unreachable: is the VM running and is its CID / id right?",
+                errno=code)
+    if code in (_errno.EACCES, _errno.EPERM):
+        if winerror == WSAEACCES:
+            return PermissionDeniedError(
+                f"{op} on {where} was refused (WSAEACCES 10013): the VM belongs to another "
+                "user, or its settings do not allow this service; run as the VM's owner or "
+                "an administrator, and check the service is registered", errno=code)
+        if family == "vsock":
+            return PermissionDeniedError(
+                f"{op} on {where} was refused: ports below 1024 need root "
+                "(CAP_NET_BIND_SERVICE); use a port >= 1024", errno=code)
+        return PermissionDeniedError(
+            f"{op} on {where} was refused ({exc.strerror}); check file modes or run as a "
+            "user allowed to use it", errno=code)
+    if code == _errno.EADDRINUSE:
+        return AddressInUseError(
+            f"{where} is already in use; stop the other listener or pick another port",
+            errno=code)
+    if code == _errno.EADDRNOTAVAIL:
+        return AddressError(
+            f"{where} cannot be bound here (EADDRNOTAVAIL): for vsock bind CID any or this "
+            "machine's own CID", errno=code)
+    if code in (_errno.EAFNOSUPPORT, _errno.EPROTONOSUPPORT, _errno.ESOCKTNOSUPPORT):
+        return TransportUnavailableError(
+            f"the kernel has no {family} transport loaded; on a KVM guest "
+            "`modprobe vmw_vsock_virtio_transport`, on Hyper-V `modprobe hv_sock`, for local "
+            "tests `modprobe vsock_loopback`", errno=code)
+    if code == _errno.EINVAL and family == "vsock" and op in ("bind", "listen"):
+        return AddressError(
+            f"the kernel refused {op} on {where} (EINVAL): under Hyper-V, guest listen ports "
+            "must be <= 0x7FFFFFFF", errno=code)
+    detail = exc.strerror or str(exc)
+    return HvsockError(f"{op} on {where} failed: {detail}", errno=code)

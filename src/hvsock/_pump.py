@@ -1,0 +1,87 @@
+"""Copy bytes between two streams, both ways, with half-close carried across.
+
+EOF on one side becomes a write shutdown on the other; the copy ends when both
+directions have ended. Used by the CLI (stdio <-> socket) and the emulated muxer.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+CHUNK = 256 * 1024
+
+Read = Callable[[int], bytes]
+Write = Callable[[bytes], object]
+Finish = Callable[[], None]
+
+
+@dataclass
+class Direction:
+    """One direction of a copy: how many bytes it moved and how it ended."""
+
+    name: str
+    nbytes: int = 0
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+def copy(read: Read, write: Write, finish: Finish, direction: Direction,
+         chunk: int = CHUNK) -> None:
+    """Copy until *read* returns b"" (or fails), then call *finish* once."""
+    try:
+        while True:
+            data = read(chunk)
+            if not data:
+                break
+            write(data)
+            direction.nbytes += len(data)
+    except OSError as exc:
+        direction.error = exc
+    finally:
+        try:
+            finish()
+        except OSError as exc:
+            direction.error = direction.error or exc
+        direction.done.set()
+
+
+def shut_write(sock: socket.socket) -> Finish:
+    def finish() -> None:
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            # Already gone (reset, or closed by the other direction): nothing to tell.
+            pass
+    return finish
+
+
+def start_copy(read: Read, write: Write, finish: Finish, name: str) -> Direction:
+    """Run :func:`copy` in a daemon thread; the returned Direction's ``done`` says when it ends."""
+    direction = Direction(name)
+    threading.Thread(target=copy, args=(read, write, finish, direction), name=f"hvsock-{name}",
+                     daemon=True).start()
+    return direction
+
+
+def splice_sockets(a: socket.socket, b: socket.socket,
+                   on_close: Callable[[], None] | None = None) -> tuple[Direction, Direction]:
+    """Copy a -> b and b -> a in two threads; close both once both directions end.
+
+    *on_close* runs after both are closed.
+    """
+    ab = start_copy(a.recv, b.sendall, shut_write(b), "a->b")
+    ba = start_copy(b.recv, a.sendall, shut_write(a), "b->a")
+
+    def closer() -> None:
+        ab.done.wait()
+        ba.done.wait()
+        a.close()
+        b.close()
+        if on_close is not None:
+            on_close()
+
+    threading.Thread(target=closer, name="hvsock-splice-close", daemon=True).start()
+    return ab, ba

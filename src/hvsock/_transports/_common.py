@@ -1,0 +1,105 @@
+"""What every transport shares: deadlines, retries, closing on error, buffer sizes."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from .._errors import AddressError, is_transient
+
+#: Default deadline for one connect attempt, in seconds. Never None by default:
+#: a Hyper-V connect with no listener can otherwise block for ~30 s.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+#: Longest sleep between two retries.
+MAX_RETRY_WAIT = 5.0
+
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def close_on_error(sock: socket.socket) -> Iterator[socket.socket]:
+    """Close *sock* if the block raises (anything, KeyboardInterrupt included)."""
+    try:
+        yield sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+class Deadline:
+    """A point in monotonic time; ``remaining()`` is what is left, None for no limit."""
+
+    def __init__(self, timeout: float | None) -> None:
+        check_timeout(timeout)
+        self._end = None if timeout is None else time.monotonic() + timeout
+
+    def remaining(self) -> float | None:
+        if self._end is None:
+            return None
+        return max(0.0, self._end - time.monotonic())
+
+
+def check_timeout(timeout: float | None, what: str = "timeout") -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
+        math.isfinite(timeout) and timeout > 0
+    ):
+        raise AddressError(f"{what} must be a positive number of seconds or None, "
+                           f"not {timeout!r}")
+
+
+def with_retries(attempt: Callable[[], T], *, retries: int, retry_wait: float) -> T:
+    """Run *attempt*; on a transient error run it again, at most *retries* more times.
+
+    Waits *retry_wait*, doubling each time up to MAX_RETRY_WAIT. Errors that a
+    retry cannot fix (bad address, permission, unsupported) are raised at once.
+    """
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise AddressError(f"retries must be a whole number >= 0, not {retries!r}")
+    if isinstance(retry_wait, bool) or not isinstance(retry_wait, (int, float)) or not (
+        math.isfinite(retry_wait) and retry_wait >= 0
+    ):
+        raise AddressError(f"retry_wait must be a number of seconds >= 0, not {retry_wait!r}")
+    wait = float(retry_wait)
+    for remaining in range(retries, -1, -1):
+        try:
+            return attempt()
+        except OSError as exc:
+            if remaining == 0 or not is_transient(exc):
+                raise
+        time.sleep(wait)
+        wait = min(wait * 2, MAX_RETRY_WAIT) if wait else 0.0
+    raise AssertionError("unreachable")  # pragma: no cover - the loop always returns/raises
+
+
+def set_stream_buffer_size(sock: socket.socket, size: int) -> None:
+    """Set SO_SNDBUF and SO_RCVBUF (the Hyper-V rings, TCP and Unix buffers)."""
+    check_buffer_size(size)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
+def check_buffer_size(size: int) -> None:
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 1 << 30:
+        raise AddressError(f"buffer size must be a whole number of bytes in 1..1 GiB, "
+                           f"not {size!r}")
+
+
+def close_write(sock: socket.socket) -> None:
+    """Half-close: tell the peer no more data comes, and keep reading what it sends.
+
+    A peer that is already gone is not an error here: there is nothing left to tell it.
+    """
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except (BrokenPipeError, ConnectionResetError):
+        return
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise

@@ -1,0 +1,134 @@
+"""``connect`` and ``listen`` for every address kind: the sync entry points."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+
+from .._core.addresses import (
+    Address,
+    HybridAddress,
+    HyperVAddress,
+    TcpAddress,
+    UnixAddress,
+    VsockAddress,
+    parse_address,
+)
+from .._errors import AddressError
+from . import hybrid, hyperv, stream, vsock
+from ._common import (
+    DEFAULT_CONNECT_TIMEOUT,
+    check_buffer_size,
+    check_timeout,
+    set_stream_buffer_size,
+    with_retries,
+)
+from .stream import DEFAULT_UNIX_MODE
+
+
+def connect(
+    address: Address | str,
+    *,
+    timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+    retries: int = 0,
+    retry_wait: float = 0.25,
+    buffer_size: int | None = None,
+) -> socket.socket:
+    """Connect to *address* and return the connected, blocking ``socket.socket``.
+
+    *timeout* bounds each attempt (connect, and the hybrid handshake); None waits
+    as long as the OS does (AF_VSOCK's own default is 2 s). With *retries* > 0,
+    transient failures (nothing listening yet, timed out, VM unreachable or
+    rebooting) are retried after *retry_wait* seconds, doubling up to 5 s.
+    *buffer_size* sets the socket's buffers (vsock buffer size, or SO_SNDBUF and
+    SO_RCVBUF) before connecting.
+
+    Raises :class:`AddressError`, :class:`UnsupportedError`,
+    :class:`NothingListeningError`, :class:`ConnectTimeoutError`,
+    :class:`UnreachableError`, :class:`PermissionDeniedError`,
+    :class:`HandshakeError`, all :class:`HvsockError`.
+    """
+    addr = parse_address(address)
+    check_timeout(timeout)
+    if buffer_size is not None:
+        check_buffer_size(buffer_size)
+
+    def attempt() -> socket.socket:
+        if isinstance(addr, VsockAddress):
+            return vsock.connect(addr, timeout=timeout, buffer_size=buffer_size)
+        if isinstance(addr, HyperVAddress):
+            return hyperv.connect(addr, timeout=timeout, buffer_size=buffer_size)
+        if isinstance(addr, HybridAddress):
+            return hybrid.connect(addr, timeout=timeout, buffer_size=buffer_size)
+        if isinstance(addr, TcpAddress):
+            return stream.tcp_connect(addr, timeout=timeout, buffer_size=buffer_size)
+        return stream.unix_connect(addr, timeout=timeout, buffer_size=buffer_size)
+
+    return with_retries(attempt, retries=retries, retry_wait=retry_wait)
+
+
+def listen(
+    address: Address | str,
+    *,
+    backlog: int = 128,
+    buffer_size: int | None = None,
+    mode: int | None = DEFAULT_UNIX_MODE,
+) -> socket.socket:
+    """Bind and listen on *address*; return the listening ``socket.socket``.
+
+    Hybrid addresses listen at ``<uds_path>_<port>``, where the VMM forwards the
+    guest's connections to host port *port*. Unix and hybrid listeners get file
+    *mode* (0o600 by default; None keeps the umask's); a stale socket file with
+    nobody listening is replaced, any other existing file is left alone and is
+    an :class:`AddressInUseError`. The socket file stays after ``close()``:
+    remove it with :func:`remove_socket_file` when done.
+    """
+    addr = parse_address(address)
+    if isinstance(backlog, bool) or not isinstance(backlog, int) or not 0 <= backlog <= 65535:
+        raise AddressError(f"backlog must be a whole number in 0..65535, not {backlog!r}")
+    if mode is not None and (isinstance(mode, bool) or not isinstance(mode, int)
+                             or not 0 <= mode <= 0o777):
+        raise AddressError(f"mode must be a permission number like 0o600, not {mode!r}")
+    if buffer_size is not None:
+        check_buffer_size(buffer_size)
+    if isinstance(addr, VsockAddress):
+        return vsock.listen(addr, backlog=backlog, buffer_size=buffer_size)
+    if isinstance(addr, HyperVAddress):
+        return hyperv.listen(addr, backlog=backlog, buffer_size=buffer_size)
+    if isinstance(addr, HybridAddress):
+        return hybrid.listen(addr, backlog=backlog, mode=mode, buffer_size=buffer_size)
+    if isinstance(addr, TcpAddress):
+        return stream.tcp_listen(addr, backlog=backlog, buffer_size=buffer_size)
+    return stream.unix_listen(addr, backlog=backlog, mode=mode, buffer_size=buffer_size)
+
+
+def listener_address(listener: socket.socket, address: Address | str) -> Address:
+    """The address *listener* really listens on (the chosen port when ``any``/0 was asked)."""
+    addr = parse_address(address)
+    if isinstance(addr, VsockAddress):
+        return VsockAddress(addr.cid, listener.getsockname()[1])
+    if isinstance(addr, TcpAddress):
+        return TcpAddress(addr.host, listener.getsockname()[1])
+    return addr
+
+
+def remove_socket_file(address: Address | str) -> None:
+    """Remove the socket file a Unix or hybrid listener made (no-op for other kinds)."""
+    addr = parse_address(address)
+    path: str | None = None
+    if isinstance(addr, HybridAddress):
+        path = addr.listen_path
+    elif isinstance(addr, UnixAddress) and not addr.abstract:
+        path = addr.path
+    if path is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def set_buffer_size(sock: socket.socket, size: int) -> None:
+    """Set a socket's buffer size: the vsock buffer for AF_VSOCK, else SO_SNDBUF/SO_RCVBUF."""
+    if getattr(socket, "AF_VSOCK", None) == sock.family:
+        vsock.set_buffer_size(sock, size)
+    else:
+        set_stream_buffer_size(sock, size)

@@ -1,0 +1,77 @@
+"""AF_HYPERV (Windows, CPython 3.12+). Kept thin: only this module touches the family.
+
+Never run on Windows in hvsock's own CI (there is none); the logic around it
+(addresses, option values, error translation) is tested on Linux.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+
+from .._core.addresses import HyperVAddress
+from .._errors import translate
+from ._common import close_on_error, set_stream_buffer_size
+from .features import require_hyperv
+
+HV_PROTOCOL_RAW = 1
+HVSOCKET_CONNECT_TIMEOUT = 1
+HVSOCKET_CONNECT_TIMEOUT_MAX = 300_000
+HVSOCKET_CONTAINER_PASSTHRU = 2
+HVSOCKET_CONNECTED_SUSPEND = 4
+HVSOCKET_HIGH_VTL = 8
+
+
+def where(address: HyperVAddress) -> str:
+    vm = address.vm_name or f"VM {address.vm_id}"
+    port = address.port
+    service = f"service {address.service_id}" + (f" (port {port})" if port is not None else "")
+    return f"{service} of {vm}"
+
+
+def connect_timeout_ms(timeout: float) -> int:
+    """HVSOCKET_CONNECT_TIMEOUT's value for *timeout* seconds (rounded up, capped)."""
+    return max(1, min(HVSOCKET_CONNECT_TIMEOUT_MAX, math.ceil(timeout * 1000)))
+
+
+def new_socket() -> socket.socket:
+    family = require_hyperv()
+    proto = getattr(socket, "HV_PROTOCOL_RAW", HV_PROTOCOL_RAW)
+    try:
+        return socket.socket(family, socket.SOCK_STREAM, proto)
+    except OSError as exc:  # pragma: no cover - Windows only
+        raise translate(exc, op="socket", family="hyperv", where="AF_HYPERV") from exc
+
+
+def connect(address: HyperVAddress, *, timeout: float | None,
+            buffer_size: int | None) -> socket.socket:  # pragma: no cover - Windows only
+    sock = new_socket()
+    with close_on_error(sock):
+        try:
+            if buffer_size is not None:
+                set_stream_buffer_size(sock, buffer_size)
+            if timeout is not None:
+                # Without this option a connect to a service nobody listens on
+                # blocks for ~30 s whatever Python's own timeout says.
+                sock.setsockopt(HV_PROTOCOL_RAW, HVSOCKET_CONNECT_TIMEOUT,
+                                connect_timeout_ms(timeout))
+            sock.connect(address.sockaddr)
+        except OSError as exc:
+            raise translate(exc, op="connect", family="hyperv", where=where(address)) from exc
+    return sock
+
+
+def listen(address: HyperVAddress, *, backlog: int,
+           buffer_size: int | None) -> socket.socket:  # pragma: no cover - Windows only
+    sock = new_socket()
+    with close_on_error(sock):
+        op = "bind"
+        try:
+            if buffer_size is not None:
+                set_stream_buffer_size(sock, buffer_size)
+            sock.bind(address.sockaddr)
+            op = "listen"
+            sock.listen(backlog)
+        except OSError as exc:
+            raise translate(exc, op=op, family="hyperv", where=where(address)) from exc
+    return sock
