@@ -1,0 +1,1 @@
+"""The ``hvsock`` command: a thin shell over the library."""
