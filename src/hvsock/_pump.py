@@ -6,6 +6,7 @@ directions have ended. Used by the CLI (stdio <-> socket) and the emulated muxer
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Callable
@@ -50,11 +51,9 @@ def copy(read: Read, write: Write, finish: Finish, direction: Direction,
 
 def shut_write(sock: socket.socket) -> Finish:
     def finish() -> None:
-        try:
+        # Already gone (reset, or closed by the other direction): nothing to tell.
+        with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            # Already gone (reset, or closed by the other direction): nothing to tell.
-            pass
     return finish
 
 

@@ -143,8 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cid", help="print this machine's vsock CID")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("connect", help="connect; copy stdin to the socket and the socket "
-                       "to stdout (works as an ssh ProxyCommand)")
+    p = sub.add_parser(
+        "connect", help="connect; copy stdin to the socket and the socket to stdout",
+        description="Connect to ADDRESS and copy stdin to it and it to stdout. stdin's EOF "
+        "half-closes the connection (the peer can still answer); the peer's EOF closes "
+        "stdout. Works as an ssh ProxyCommand: "
+        "ssh -o ProxyCommand='hvsock connect vsock://3:22' user@vm")
     p.add_argument("address")
     p.add_argument("--timeout", type=_positive_float, default=DEFAULT_CONNECT_TIMEOUT,
                    help="seconds for each connect attempt (default %(default)s)")
@@ -155,8 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--buffer-size", type=_non_negative_int, default=None,
                    help="socket buffer size in bytes")
 
-    p = sub.add_parser("listen", help="listen; serve one connection on stdio, or each "
-                       "connection with a command (--exec)")
+    p = sub.add_parser(
+        "listen", help="listen; serve one connection on stdio, or each with a command",
+        description="Listen on ADDRESS and print 'hvsock: listening on ADDR' to stderr "
+        "once ready. Without --exec, serve one connection on stdin/stdout, then exit. With "
+        "--exec, run CMD for each connection (concurrently, up to --max-connections). "
+        "Unix and hybrid socket files are made with --mode and removed on exit.")
     p.add_argument("address")
     p.add_argument("--once", action="store_true",
                    help="with --exec: serve one connection, then exit (stdio always does)")

@@ -31,7 +31,8 @@ def wait_all(*directions: Direction) -> None:
             pass
 
 
-def stdio_session(sock: socket.socket, stdin_fd: int, stdout_fd: int) -> tuple[Direction, Direction]:
+def stdio_session(sock: socket.socket, stdin_fd: int,
+                  stdout_fd: int) -> tuple[Direction, Direction]:
     """stdin -> sock and sock -> stdout until both directions end.
 
     stdin's EOF shuts the socket's write side (the peer reads EOF, and can still
@@ -52,7 +53,8 @@ def exec_session(sock: socket.socket, command: str, env: dict[str, str]) -> int:
     """
     child = subprocess.Popen(command, shell=True, stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, env=env)
-    assert child.stdin is not None and child.stdout is not None
+    assert child.stdin is not None
+    assert child.stdout is not None
     child_in, child_out = child.stdin.fileno(), child.stdout.fileno()
 
     def close_child_stdin() -> None:

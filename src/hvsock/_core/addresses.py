@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Union
 
@@ -58,7 +59,9 @@ def _int_in(value: object, lo: int, hi: int, what: str, form: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise AddressError(f"{what} must be an integer, not {type(value).__name__}; {form}")
     if not lo <= value <= hi:
-        raise AddressError(f"{what} {value} is out of range {lo}..{hi}; {form}")
+        # str() of an int over ~4300 digits raises ValueError; never show that many.
+        shown = value if value.bit_length() <= 128 else f"({value.bit_length()}-bit number)"
+        raise AddressError(f"{what} {shown} is out of range {lo}..{hi}; {form}")
     return value
 
 
@@ -209,7 +212,10 @@ class TcpAddress:
 
     def __post_init__(self) -> None:
         _int_in(self.port, 0, 0xFFFF, "TCP port", FORMS["tcp"])
-        if not isinstance(self.host, str) or not self.host:
+        if not isinstance(self.host, str):
+            raise AddressError(f"TCP host must be a string, not {type(self.host).__name__}; "
+                               f"{FORMS['tcp']}")
+        if not self.host:
             raise AddressError(f"TCP host is empty; {FORMS['tcp']}")
         if any(c.isspace() or c in "/[]@" for c in self.host.replace(":", "")):
             raise AddressError(f"TCP host {self.host!r} has characters a host cannot have; "
@@ -260,7 +266,12 @@ def _number(text: str, what: str, form: str) -> int:
         raise AddressError(f"{what} is missing; {form}")
     if not _NUMBER.match(text):
         raise AddressError(f"{what} {text!r} is not a number; {form}")
-    return int(text, 0) if text[:2].lower() == "0x" else int(text, 10)
+    hex_form = text[:2].lower() == "0x"
+    if len((text[2:] if hex_form else text).lstrip("0")) > 20:
+        # Far out of range, and int() refuses decimal text over 4300 digits.
+        raise AddressError(f"{what} {text[:24]!r}... is out of range ({len(text)} digits); "
+                           f"{form}")
+    return int(text, 16) if hex_form else int(text, 10)
 
 
 def _parse_vsock(rest: str) -> VsockAddress:
@@ -297,7 +308,8 @@ def _parse_hvsock(rest: str) -> HyperVAddress:
     if not svc_text:
         raise AddressError(f"service id is empty; {form}")
     if _NUMBER.match(svc_text):
-        service = ids.service_id_for_port(_number(svc_text, "port", form))
+        port = _int_in(_number(svc_text, "port", form), 0, _U32_MAX, "port", form)
+        service = ids.service_id_for_port(port)
     else:
         service = ids.parse_guid(svc_text, what="service id")
     return HyperVAddress(vm, service)
@@ -333,12 +345,12 @@ def _parse_tcp(rest: str) -> TcpAddress:
     return TcpAddress(host, _number(port_text, "TCP port", form))
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[str], Address]] = {
     "vsock": _parse_vsock,
     "hvsock": _parse_hvsock,
     "hybrid": _parse_hybrid,
     "tcp": _parse_tcp,
-    "unix": lambda rest: UnixAddress(rest),
+    "unix": UnixAddress,
 }
 
 
@@ -360,7 +372,7 @@ def parse_address(text: str | Address) -> Address:
     if parser is None:
         raise AddressError(
             f"unknown address scheme {scheme!r}; use one of: " + "; ".join(FORMS.values()))
-    return parser(rest)  # type: ignore[no-any-return]
+    return parser(rest)
 
 
 def host_view(guest: VsockAddress, vm_id: uuid.UUID) -> HyperVAddress:

@@ -12,8 +12,8 @@ import socket
 import struct
 import sys
 
-from .._errors import TransportUnavailableError, UnsupportedError
 from .._core import ids
+from .._errors import TransportUnavailableError, UnsupportedError
 
 #: ioctl on /dev/vsock that returns the local CID (vm_sockets.h).
 IOCTL_VM_SOCKETS_GET_LOCAL_CID = 0x7B9

@@ -58,7 +58,7 @@ def get_buffer_size(sock: socket.socket) -> int:
 def set_connect_timeout(sock: socket.socket, timeout: float) -> None:
     """The kernel's own connect timeout (default 2 s), so it agrees with ours."""
     seconds = int(timeout)
-    micros = int(round((timeout - seconds) * 1_000_000))
+    micros = round((timeout - seconds) * 1_000_000)
     if micros >= 1_000_000:
         seconds, micros = seconds + 1, 0
     sock.setsockopt(sock.family, SO_VM_SOCKETS_CONNECT_TIMEOUT, struct.pack("qq", seconds, micros))
