@@ -464,3 +464,20 @@ def test_local_cid_without_device(short_tmp: Path) -> None:
 
     with pytest.raises(hvsock.TransportUnavailableError, match="modprobe"):
         local_cid(str(short_tmp / "no-vsock"))
+
+
+@pytest.mark.usefixtures("fd_baseline")
+def test_unix_full_backlog_times_out_clearly(short_tmp: Path) -> None:
+    """A listener that never accepts: connects beyond its backlog wait, then time out."""
+    addr = hvsock.UnixAddress(str(short_tmp / "full.sock"))
+    pending: list[socket.socket] = []
+    with hvsock.listen(addr, backlog=0):
+        try:
+            with pytest.raises(hvsock.ConnectTimeoutError, match="backlog"):
+                for _ in range(10):  # Linux queues backlog + 1; the rest must wait
+                    pending.append(hvsock.connect(addr, timeout=0.2))
+            assert 1 <= len(pending) < 10
+        finally:
+            for sock in pending:
+                sock.close()
+    hvsock.remove_socket_file(addr)

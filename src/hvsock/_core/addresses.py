@@ -75,7 +75,7 @@ def _check_path(path: object, what: str, form: str, suffix_len: int = 0) -> str:
     try:
         size = len(path.encode()) + suffix_len
     except UnicodeEncodeError as exc:
-        raise AddressError(f"{what} {path!r} is not valid text ({exc.reason})") from None
+        raise AddressError(f"{what} {path!r} is not valid text ({exc.reason}); {form}") from None
     if size > UNIX_PATH_MAX:
         raise AddressError(
             f"{what} {path!r} is too long for a Unix socket ({size} bytes with what is "

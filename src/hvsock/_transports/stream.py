@@ -7,9 +7,10 @@ import errno
 import os
 import socket
 import stat
+import struct
 
 from .._core.addresses import TcpAddress, UnixAddress
-from .._errors import AddressInUseError, translate
+from .._errors import AddressInUseError, ConnectTimeoutError, translate
 from ._common import close_on_error, set_stream_buffer_size
 
 #: Unix listeners are private unless asked otherwise: bridges that leave
@@ -54,17 +55,36 @@ def tcp_listen(address: TcpAddress, *, backlog: int, buffer_size: int | None) ->
     return sock
 
 
+_NO_TIMEOUT = struct.pack("ll", 0, 0)
+
+
 def unix_connect_path(path: str | bytes, where: str, *, timeout: float | None,
                       family_name: str = "unix") -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with close_on_error(sock):
         try:
-            sock.settimeout(timeout)
+            # A Unix connect waits only while the listener's backlog is full. In
+            # non-blocking mode (what settimeout() would use) Linux then fails at
+            # once with EAGAIN, so keep the socket blocking and bound that wait
+            # with SO_SNDTIMEO instead, reset afterwards.
+            if timeout is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(timeout))
             sock.connect(path)
-            sock.settimeout(None)
+            if timeout is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _NO_TIMEOUT)
         except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                raise ConnectTimeoutError(
+                    f"connect to {where} timed out: its listen backlog stayed full; the "
+                    "server is not accepting connections (overloaded or hung)",
+                    errno=errno.ETIMEDOUT) from exc
             raise translate(exc, op="connect", family=family_name, where=where) from exc
     return sock
+
+
+def _timeval(seconds: float) -> bytes:
+    whole = int(seconds)
+    return struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
 
 
 def unix_connect(address: UnixAddress, *, timeout: float | None,
