@@ -198,7 +198,7 @@ def translate(exc: BaseException, *, op: str, family: str, where: str,
                 f"{op} on {where} was refused (WSAEACCES 10013): the VM belongs to another "
                 "user, or its settings do not allow this service; run as the VM's owner or "
                 "an administrator, and check the service is registered", errno=code)
-        if family == "vsock":
+        if family == "vsock" and op == "bind":
             return PermissionDeniedError(
                 f"{op} on {where} was refused: ports below 1024 need root "
                 "(CAP_NET_BIND_SERVICE); use a port >= 1024", errno=code)

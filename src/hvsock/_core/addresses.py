@@ -23,7 +23,7 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Union
+from typing import ClassVar
 
 from .._errors import AddressError
 from . import ids
@@ -217,7 +217,9 @@ class TcpAddress:
                                f"{FORMS['tcp']}")
         if not self.host:
             raise AddressError(f"TCP host is empty; {FORMS['tcp']}")
-        if any(c.isspace() or c in "/[]@" for c in self.host.replace(":", "")):
+        # Printable ASCII only (IDN names go in their xn-- form); '%' stays for
+        # IPv6 scope ids such as fe80::1%eth0.
+        if any(not (33 <= ord(c) <= 126) or c in "/[]@?#" for c in self.host):
             raise AddressError(f"TCP host {self.host!r} has characters a host cannot have; "
                                f"{FORMS['tcp']}")
 
@@ -255,7 +257,7 @@ class UnixAddress:
         return f"unix://{self.path}"
 
 
-Address = Union[VsockAddress, HyperVAddress, HybridAddress, TcpAddress, UnixAddress]
+Address = VsockAddress | HyperVAddress | HybridAddress | TcpAddress | UnixAddress
 ADDRESS_TYPES = (VsockAddress, HyperVAddress, HybridAddress, TcpAddress, UnixAddress)
 
 _NUMBER = re.compile(r"(?:0[xX][0-9a-fA-F]+|[0-9]+)\Z")
@@ -267,11 +269,13 @@ def _number(text: str, what: str, form: str) -> int:
     if not _NUMBER.match(text):
         raise AddressError(f"{what} {text!r} is not a number; {form}")
     hex_form = text[:2].lower() == "0x"
-    if len((text[2:] if hex_form else text).lstrip("0")) > 20:
-        # Far out of range, and int() refuses decimal text over 4300 digits.
+    # int() refuses decimal text over 4300 digits (leading zeros count), so drop the
+    # zeros, and refuse what is far out of range before converting.
+    digits = (text[2:] if hex_form else text).lstrip("0") or "0"
+    if len(digits) > 20:
         raise AddressError(f"{what} {text[:24]!r}... is out of range ({len(text)} digits); "
                            f"{form}")
-    return int(text, 16) if hex_form else int(text, 10)
+    return int(digits, 16 if hex_form else 10)
 
 
 def _parse_vsock(rest: str) -> VsockAddress:
@@ -382,6 +386,8 @@ def host_view(guest: VsockAddress, vm_id: uuid.UUID) -> HyperVAddress:
     ``hvsock://<vm_id>/p``; a guest's ``vsock://any:p`` (it listens) is what the host
     connects to, also ``hvsock://<vm_id>/p``. *vm_id* is the guest's VM id.
     """
+    if not isinstance(guest, VsockAddress):
+        raise AddressError(f"host_view takes a VsockAddress, not {type(guest).__name__}")
     if guest.cid not in (ids.CID_HOST, ids.CID_ANY):
         raise AddressError(
             f"a Hyper-V guest reaches only the host (CID 2) and listens on CID any; "
@@ -398,12 +404,16 @@ def guest_view(host: HyperVAddress, *, guest_listens: bool = False) -> VsockAddr
     with ``guest_listens=True`` the host connects and the guest listens on
     ``vsock://any:p``. Raises :class:`AddressError` if the service id has no port.
     """
+    if not isinstance(host, HyperVAddress):
+        raise AddressError(f"guest_view takes a HyperVAddress, not {type(host).__name__}")
     return VsockAddress(ids.CID_ANY if guest_listens else ids.CID_HOST,
                         ids.port_for_service_id(host.service_id))
 
 
 def describe_address(address: Address) -> dict[str, object]:
     """A plain explanation of *address*: its fields, names, and its other views."""
+    if not isinstance(address, ADDRESS_TYPES):
+        raise AddressError(f"not an address: {type(address).__name__}; parse text first")
     info: dict[str, object] = {"address": str(address), "kind": address.kind}
     if isinstance(address, VsockAddress):
         info["cid"] = address.cid
@@ -411,7 +421,8 @@ def describe_address(address: Address) -> dict[str, object]:
         info["port"] = address.port
         info["port_any"] = address.port == ids.PORT_ANY
         info["privileged_port"] = address.port < ids.PRIVILEGED_PORTS_BELOW
-        info["hyperv_listen_ok"] = address.port <= ids.HV_SOCK_MAX_LISTEN_PORT
+        info["hyperv_listen_ok"] = (address.port <= ids.HV_SOCK_MAX_LISTEN_PORT
+                                    or address.port == ids.PORT_ANY)
         info["service_id"] = str(ids.service_id_for_port(address.port))
         try:
             info["hyperv_view"] = str(address.to_hyperv())

@@ -1,0 +1,199 @@
+"""Length-prefixed frames and a JSON request/response layer, sans I/O.
+
+Hyper-V sockets carry a byte stream ("data streams only"), so messages need
+framing. A frame is a 4-byte big-endian length and that many bytes. The decoder
+checks a claimed length against its maximum *before* it buffers any of the body,
+so a hostile 4 GiB claim costs nothing.
+
+On top, an RPC message is one frame holding a JSON object::
+
+    request   {"id": 7, "method": "get", "params": {...}}
+    response  {"id": 7, "result": ...}
+    error     {"id": 7, "error": {"code": "not_found", "message": "..."}}
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any, TypeGuard
+
+from .._errors import HvsockError
+
+HEADER = struct.Struct(">I")
+HEADER_SIZE = HEADER.size
+#: Default largest frame body: big enough for any control message, small enough
+#: that a peer cannot make a service buffer much.
+DEFAULT_MAX_FRAME = 1024 * 1024
+#: Largest value the 4-byte header can carry.
+ABSOLUTE_MAX_FRAME = 0xFFFFFFFF
+
+
+class ProtocolError(HvsockError):
+    """A peer sent bytes that break hvsock's framing or RPC protocol."""
+
+
+class FrameTooLargeError(ProtocolError):
+    """A frame claims (or would need) more bytes than the maximum allowed."""
+
+
+def check_max_size(max_size: int) -> int:
+    if isinstance(max_size, bool) or not isinstance(max_size, int) or not (
+        1 <= max_size <= ABSOLUTE_MAX_FRAME
+    ):
+        raise ValueError(f"max frame size must be a whole number in 1..{ABSOLUTE_MAX_FRAME}, "
+                         f"not {max_size!r}")
+    return max_size
+
+
+def encode_frame(payload: bytes, max_size: int = DEFAULT_MAX_FRAME) -> bytes:
+    """The frame carrying *payload*; :class:`FrameTooLargeError` if it is over *max_size*."""
+    if len(payload) > max_size:
+        raise FrameTooLargeError(
+            f"message of {len(payload)} bytes is over the {max_size}-byte frame limit; "
+            "send it in parts or raise max_frame_size on both sides")
+    return HEADER.pack(len(payload)) + payload
+
+
+def frame_length(header: bytes, max_size: int) -> int:
+    """The body length a 4-byte *header* announces, checked against *max_size*."""
+    (length,) = HEADER.unpack(header)
+    if length > max_size:
+        raise FrameTooLargeError(
+            f"peer announced a {length}-byte frame, over the {max_size}-byte limit; "
+            "closing the connection (raise max_frame_size if such messages are expected)")
+    return int(length)
+
+
+class FrameDecoder:
+    """Incremental decoder: ``feed(data)`` returns the frames completed by *data*.
+
+    After a :class:`FrameTooLargeError` the stream is out of step; the decoder
+    refuses further input and the connection should be closed.
+    """
+
+    def __init__(self, max_size: int = DEFAULT_MAX_FRAME) -> None:
+        self.max_size = check_max_size(max_size)
+        self._buffer = bytearray()
+        self._need: int | None = None  # body length once the header is read
+        self._broken = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an incomplete frame."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        if self._broken:
+            raise ProtocolError("the frame stream is already broken; close the connection")
+        self._buffer += data
+        frames: list[bytes] = []
+        while True:
+            if self._need is None:
+                if len(self._buffer) < HEADER_SIZE:
+                    break
+                try:
+                    self._need = frame_length(bytes(self._buffer[:HEADER_SIZE]), self.max_size)
+                except FrameTooLargeError:
+                    self._broken = True
+                    self._buffer.clear()
+                    raise
+                del self._buffer[:HEADER_SIZE]
+            if len(self._buffer) < self._need:
+                break
+            frames.append(bytes(self._buffer[: self._need]))
+            del self._buffer[: self._need]
+            self._need = None
+        return frames
+
+    def at_boundary(self) -> bool:
+        """True when no partial frame is buffered (a clean place for EOF)."""
+        return self._need is None and not self._buffer
+
+
+# -- the RPC layer --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    id: int
+    method: str
+    params: Any = None
+
+
+@dataclass(frozen=True)
+class Response:
+    id: int
+    result: Any = None
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    id: int | None
+    code: str
+    message: str
+
+
+Message = Request | Response | ErrorReply
+
+
+class RemoteError(HvsockError):
+    """The peer answered a request with an error reply."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.remote_message = message
+
+
+def encode_message(message: Message) -> bytes:
+    """The JSON frame body for *message* (wrap with :func:`encode_frame` to send)."""
+    obj: dict[str, Any]
+    if isinstance(message, Request):
+        obj = {"id": message.id, "method": message.method}
+        if message.params is not None:
+            obj["params"] = message.params
+    elif isinstance(message, Response):
+        obj = {"id": message.id, "result": message.result}
+    else:
+        obj = {"id": message.id, "error": {"code": message.code, "message": message.message}}
+    try:
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"message cannot be sent as JSON: {exc}") from exc
+
+
+def _is_id(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53
+
+
+def decode_message(body: bytes) -> Message:
+    """Parse one frame body; :class:`ProtocolError` says what is wrong with it."""
+    try:
+        obj = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"frame is not UTF-8 JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"message must be a JSON object, not {type(obj).__name__}")
+    msg_id = obj.get("id")
+    if "method" in obj:
+        method = obj["method"]
+        if not _is_id(msg_id):
+            raise ProtocolError(f"request id must be an integer 0..2**53, not {msg_id!r}")
+        if not isinstance(method, str) or not method:
+            raise ProtocolError(f"request method must be a non-empty string, not {method!r}")
+        return Request(msg_id, method, obj.get("params"))
+    if "error" in obj:
+        err = obj["error"]
+        if msg_id is not None and not _is_id(msg_id):
+            raise ProtocolError(f"error reply id must be an integer or null, not {msg_id!r}")
+        if not isinstance(err, dict) or not isinstance(err.get("code"), str) or not isinstance(
+                err.get("message"), str):
+            raise ProtocolError("error reply needs {'code': str, 'message': str}")
+        return ErrorReply(msg_id, err["code"], err["message"])
+    if "result" in obj:
+        if not _is_id(msg_id):
+            raise ProtocolError(f"response id must be an integer 0..2**53, not {msg_id!r}")
+        return Response(msg_id, obj["result"])
+    raise ProtocolError("message has none of 'method', 'result', 'error'")
