@@ -6,6 +6,7 @@ port), hybrid vsock (Firecracker / Cloud Hypervisor Unix sockets), TCP and Unix;
 exception root, :class:`HvsockError`.
 """
 
+from ._aio.streams import connect_socket, open_connection, start_server
 from ._core.addresses import (
     Address,
     HybridAddress,
@@ -17,6 +18,19 @@ from ._core.addresses import (
     guest_view,
     host_view,
     parse_address,
+)
+from ._core.framing import (
+    DEFAULT_MAX_FRAME,
+    ErrorReply,
+    FrameDecoder,
+    FrameTooLargeError,
+    ProtocolError,
+    RemoteError,
+    Request,
+    Response,
+    decode_message,
+    encode_frame,
+    encode_message,
 )
 from ._core.ids import (
     BROADCAST,
@@ -48,6 +62,19 @@ from ._errors import (
     UnreachableError,
     UnsupportedError,
 )
+from ._service.connection import Connection, IdleTimeoutError, Peer, SyncConnection
+from ._service.declaration import Limits, Service
+from ._service.frames import (
+    AsyncRpcClient,
+    RpcClient,
+    read_frame,
+    recv_frame,
+    send_frame,
+    write_frame,
+)
+from ._service.host import ServiceHost
+from ._service.rpc import rpc_handler
+from ._services.echo import ECHO_PORT, PingStats, echo_service, ping
 from ._transports._common import DEFAULT_CONNECT_TIMEOUT, close_write
 from ._transports.api import (
     connect,
@@ -74,6 +101,8 @@ __all__ = [
     "CID_HYPERVISOR",
     "CID_LOCAL",
     "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_MAX_FRAME",
+    "ECHO_PORT",
     "LOOPBACK",
     "PARENT",
     "PORT_ANY",
@@ -84,13 +113,30 @@ __all__ = [
     "Address",
     "AddressError",
     "AddressInUseError",
+    "AsyncRpcClient",
     "ConnectTimeoutError",
+    "Connection",
+    "ErrorReply",
+    "FrameDecoder",
+    "FrameTooLargeError",
     "HandshakeError",
     "HvsockError",
     "HybridAddress",
     "HyperVAddress",
+    "IdleTimeoutError",
+    "Limits",
     "NothingListeningError",
+    "Peer",
     "PermissionDeniedError",
+    "PingStats",
+    "ProtocolError",
+    "RemoteError",
+    "Request",
+    "Response",
+    "RpcClient",
+    "Service",
+    "ServiceHost",
+    "SyncConnection",
     "TcpAddress",
     "TransportUnavailableError",
     "UnixAddress",
@@ -100,7 +146,12 @@ __all__ = [
     "__version__",
     "close_write",
     "connect",
+    "connect_socket",
+    "decode_message",
     "describe_address",
+    "echo_service",
+    "encode_frame",
+    "encode_message",
     "guest_view",
     "has_hyperv",
     "has_vsock",
@@ -110,10 +161,18 @@ __all__ = [
     "listener_address",
     "loaded_vsock_transports",
     "local_cid",
+    "open_connection",
     "parse_address",
+    "ping",
     "port_for_service_id",
+    "read_frame",
+    "recv_frame",
     "remove_socket_file",
+    "rpc_handler",
+    "send_frame",
     "service_id_for_port",
     "set_buffer_size",
+    "start_server",
     "vsock_loopback_loaded",
+    "write_frame",
 ]

@@ -100,8 +100,9 @@ def test_demo_in_process_uses_a_safe_transport() -> None:
     report = json.loads(out)
     if not hvsock.vsock_loopback_loaded():
         assert report["transport"] == "hybrid"
-    assert ["server received", "data streams only"] in report["exchanged"]
-    assert ["client got", "bye: 3 messages"] in report["exchanged"]
+    assert report["service"] == "HV Socket Demo"
+    assert ["service replied", "#3: 17 bytes, 'data streams only'"] in report["exchanged"]
+    assert report["exchanged"][-1] == ["service", "saw EOF and closed the connection"]
 
 
 def test_demo_refuses_vsock_without_loopback() -> None:

@@ -1,32 +1,41 @@
-"""``hvsock demo``: the seed's "HV Socket Demo", a server and a client on the best transport here.
+"""``hvsock demo``: the seed's "HV Socket Demo" as one command that works anywhere.
 
-Order of preference: Hyper-V loopback (Windows, Python 3.12+); AF_VSOCK CID 1,
-only when ``vsock_loopback`` is loaded (otherwise a vsock connect would leave
-this machine for its hypervisor); else hybrid vsock through the emulated VMM
-muxer that ships in :mod:`hvsock.testing`.
+A demo service is declared with the service framework, served by a
+:class:`ServiceHost`, and called by a client, over the best transport here:
+Hyper-V loopback (Windows, Python 3.12+); AF_VSOCK to CID 1, only when
+``vsock_loopback`` is loaded (otherwise a vsock connect would leave this machine
+for its hypervisor); else hybrid vsock through the emulated VMM muxer of
+:mod:`hvsock.testing`, with the service on the host side and the client as the
+guest.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import socket
 import tempfile
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-from .. import _core
+from .._core import ids
 from .._core.addresses import Address, HyperVAddress, VsockAddress
 from .._errors import HvsockError, TransportUnavailableError, UnsupportedError
+from .._service.connection import Connection
+from .._service.declaration import Service
+from .._service.frames import RpcClient
+from .._service.host import ServiceHost
+from .._service.rpc import rpc_handler
 from .._transports import api
 from .._transports._common import close_write
 from .._transports.features import has_hyperv, has_vsock, vsock_loopback_loaded
 from ..testing import HybridVsockMuxer
 
 TRANSPORTS = ("auto", "hyperv", "vsock", "hybrid")
-MESSAGES = ("Hello from the client", "Hyper-V sockets need no network",
-            "data streams only")
+MESSAGES = ("Hello from the client", "Hyper-V sockets need no network", "data streams only")
+DEMO_NAME = "HV Socket Demo"
 DEMO_TIMEOUT = 10.0
 
 
@@ -34,8 +43,10 @@ DEMO_TIMEOUT = 10.0
 class DemoReport:
     transport: str
     why: str
-    server: str
-    client_target: str
+    service: str
+    service_id: str
+    address: str
+    registration: str
     exchanged: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -48,84 +59,97 @@ def choose_transport(requested: str = "auto") -> tuple[str, str]:
         return "hyperv", "AF_HYPERV is available: Hyper-V loopback (HV_GUID_LOOPBACK)"
     if requested == "hyperv":
         raise UnsupportedError("the hyperv demo needs Windows and CPython 3.12+ (AF_HYPERV)")
-    loopback = has_vsock() and vsock_loopback_loaded()
-    if requested in ("auto", "vsock") and loopback:
+    if requested in ("auto", "vsock") and has_vsock() and vsock_loopback_loaded():
         return "vsock", "vsock_loopback is loaded: AF_VSOCK to CID 1 stays in this kernel"
     if requested == "vsock":
         raise TransportUnavailableError(
             "the vsock demo needs the vsock_loopback module (`modprobe vsock_loopback`): "
             "without it a vsock connect leaves this machine for its hypervisor, which "
             "hvsock's demo never does")
-    why = ("no Hyper-V sockets and no vsock_loopback here: hybrid vsock through an "
-           "emulated Firecracker-style muxer (Unix sockets)")
-    return "hybrid", why
+    return "hybrid", ("no Hyper-V sockets and no vsock_loopback here: hybrid vsock through "
+                      "an emulated Firecracker-style muxer (Unix sockets)")
+
+
+def demo_service(port: int) -> Service:
+    """The demo service: ``hello`` and ``echo`` methods over framed JSON RPC."""
+    count = 0
+
+    def hello(conn: Connection, params: Any) -> str:
+        return f"Hello, {conn.peer}; this is {conn.service.name}"
+
+    def echo(conn: Connection, params: Any) -> dict[str, object]:
+        nonlocal count
+        count += 1
+        text = str(params.get("text", "")) if isinstance(params, dict) else ""
+        return {"received": text, "bytes": len(text.encode()), "count": count}
+
+    return Service(DEMO_NAME, port, rpc_handler({"hello": hello, "echo": echo}))
+
+
+Connector = Callable[[], socket.socket]
 
 
 @contextlib.contextmanager
-def _endpoints(transport: str) -> Iterator[tuple[socket.socket, Address]]:
-    """A listening 'server' socket and the address a client connects to."""
+def _placement(transport: str, port: int) -> Iterator[tuple[Address, Connector | None]]:
+    """Where the service listens, and how the client connects (None: to that address)."""
     if transport == "hyperv":  # pragma: no cover - Windows only
-        port = random.randint(0x10000000, 0x7FFFFFFF)
-        addr = HyperVAddress.for_port(_core.ids.LOOPBACK, port)
-        with api.listen(addr) as server:
-            yield server, addr
+        yield HyperVAddress.for_port(ids.LOOPBACK, port), None
     elif transport == "vsock":
-        with api.listen(VsockAddress(_core.ids.CID_ANY, _core.ids.PORT_ANY)) as server:
-            port = server.getsockname()[1]
-            yield server, VsockAddress(_core.ids.CID_LOCAL, port)
+        yield VsockAddress(ids.CID_ANY, port), None
     else:
         with tempfile.TemporaryDirectory(prefix="hvsock-demo-") as tmp, \
                 HybridVsockMuxer(f"{tmp}/vm.vsock") as muxer:
-            port = 5000
-            with muxer.guest_listen(port) as server:
-                yield server, muxer.address(port)
+            # The service runs on the host side (it listens at <uds>_<port>); the
+            # client plays the guest, which reaches host port <port> through the VMM.
+            yield muxer.address(port), lambda: muxer.guest_connect(port, timeout=DEMO_TIMEOUT)
 
 
-def _serve_one(server: socket.socket, log: list[tuple[str, str]]) -> None:
-    conn, _ = server.accept()
-    with conn, conn.makefile("rb") as reader:
-        count = 0
-        for raw in reader:
-            line = raw.decode().rstrip("\n")
-            log.append(("server received", line))
-            count += 1
-            conn.sendall(f"ack {count}: {len(line)} bytes\n".encode())
-        # The client half-closed: answer once more, then close.
-        conn.sendall(f"bye: {count} messages\n".encode())
+def _client(connect: Connector) -> list[tuple[str, str]]:
+    log: list[tuple[str, str]] = []
+    with connect() as sock:
+        sock.settimeout(DEMO_TIMEOUT)
+        rpc = RpcClient(sock)
+        log.append(("client called", "hello"))
+        log.append(("service said", str(rpc.call("hello"))))
+        for message in MESSAGES:
+            log.append(("client sent", message))
+            reply = rpc.call("echo", {"text": message})
+            log.append(("service replied", f"#{reply['count']}: {reply['bytes']} bytes, "
+                                           f"{reply['received']!r}"))
+        close_write(sock)
+        log.append(("client", "half-closed its side"))
+        if sock.recv(1) != b"":
+            raise HvsockError("demo service sent data after the last reply")
+        log.append(("service", "saw EOF and closed the connection"))
+    return log
+
+
+async def _run(requested: str) -> DemoReport:
+    transport, why = choose_transport(requested)
+    port = random.randint(20000, 60000) if transport != "hybrid" else 5000
+    service = demo_service(port)
+    registration = ("not needed: Hyper-V loopback with a VSOCK template id"
+                    if transport == "hyperv" else
+                    "not needed here (registration is a Windows host step)")
+    with _placement(transport, port) as (address, connector):
+        host = ServiceHost(grace=2.0)
+        host.add(service, address)
+        async with host:
+            served = host.addresses[DEMO_NAME]
+            if connector is None:
+                target = (VsockAddress(ids.CID_LOCAL, port) if transport == "vsock"
+                          else served)
+
+                def connect_to_target() -> socket.socket:
+                    return api.connect(target, timeout=DEMO_TIMEOUT)
+
+                connector = connect_to_target
+            exchanged = await asyncio.wait_for(asyncio.to_thread(_client, connector),
+                                               DEMO_TIMEOUT * 2)
+    return DemoReport(transport, why, DEMO_NAME, str(service.service_id), str(served),
+                      registration, exchanged)
 
 
 def run_demo(requested: str = "auto") -> DemoReport:
     """Run the demo once; return what happened. Raises HvsockError on failure."""
-    transport, why = choose_transport(requested)
-    with _endpoints(transport) as (server, target):
-        report = DemoReport(transport, why, server=str(target), client_target=str(target))
-        server_log: list[tuple[str, str]] = []
-        server_error: list[BaseException] = []
-
-        def serve() -> None:
-            try:
-                _serve_one(server, server_log)
-            except BaseException as exc:  # reported by the client side below
-                server_error.append(exc)
-
-        server.settimeout(DEMO_TIMEOUT)
-        thread = threading.Thread(target=serve, name="hvsock-demo-server", daemon=True)
-        thread.start()
-        with api.connect(target, timeout=DEMO_TIMEOUT) as client:
-            client.settimeout(DEMO_TIMEOUT)
-            replies = client.makefile("rb")
-            for message in MESSAGES:
-                client.sendall(message.encode() + b"\n")
-                report.exchanged.append(("client sent", message))
-                report.exchanged.append(("client got", replies.readline().decode().strip()))
-            close_write(client)
-            report.exchanged.append(("client", "half-closed (no more to send)"))
-            report.exchanged.append(("client got", replies.readline().decode().strip()))
-            if replies.readline() != b"":
-                raise HvsockError("demo server sent more than expected after 'bye'")
-            replies.close()
-        thread.join(DEMO_TIMEOUT)
-        if server_error:
-            raise HvsockError(f"demo server failed: {server_error[0]}") from server_error[0]
-        report.exchanged.extend(server_log)
-    return report
+    return asyncio.run(_run(requested))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -35,6 +36,9 @@ from .._errors import (
     UnreachableError,
     UnsupportedError,
 )
+from .._service.declaration import Limits
+from .._service.host import ServiceHost
+from .._services.echo import ECHO_PORT, echo_service, ping
 from .._transports import api
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT
 from .._transports.features import describe_cid, local_cid
@@ -54,6 +58,7 @@ EXIT_TERMINATED = 143
 
 _EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (AddressError, EXIT_USAGE),
+    (ValueError, EXIT_USAGE),
     (UnsupportedError, EXIT_UNSUPPORTED),
     (NothingListeningError, EXIT_CONNECT),
     (ConnectTimeoutError, EXIT_CONNECT),
@@ -182,6 +187,29 @@ def build_parser() -> argparse.ArgumentParser:
                        "best transport available here")
     p.add_argument("--transport", choices=demo.TRANSPORTS, default="auto")
     p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("echo-server", help="serve the echo service (the peer of ping)",
+                       description="Serve the built-in echo service on ADDRESS until "
+                       "SIGTERM / Ctrl-C, then stop gracefully.")
+    p.add_argument("address")
+    p.add_argument("--max-connections", type=_non_negative_int, default=64,
+                   help="connections served at once; more wait (default 64)")
+    p.add_argument("--idle-timeout", type=_positive_float, default=300.0,
+                   help="close a connection idle this many seconds (default 300)")
+    p.add_argument("--grace", type=_positive_float, default=5.0,
+                   help="seconds in-flight connections get on stop (default 5)")
+    p.add_argument("--ready-file", help="write JSON {pid, services} here once listening")
+
+    p = sub.add_parser("ping", help="round-trip latency through an echo service")
+    p.add_argument("address")
+    p.add_argument("-c", "--count", type=_non_negative_int, default=10)
+    p.add_argument("-s", "--size", type=_non_negative_int, default=1,
+                   help="bytes per round trip (default 1)")
+    p.add_argument("-i", "--interval", type=float, default=0.0,
+                   help="seconds between round trips (default 0)")
+    p.add_argument("--timeout", type=_positive_float, default=DEFAULT_CONNECT_TIMEOUT)
+    p.add_argument("--retries", type=_non_negative_int, default=0)
+    p.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -304,15 +332,55 @@ def cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     report = demo.run_demo(args.transport)
     if args.json:
         _print_json({"transport": report.transport, "why": report.why,
-                     "address": report.client_target,
+                     "service": report.service, "service_id": report.service_id,
+                     "address": report.address, "registration": report.registration,
                      "exchanged": [list(e) for e in report.exchanged]}, out)
         return EXIT_OK
-    out.write("HV Socket Demo\n")
-    out.write(f"transport: {report.transport} ({report.why})\n")
-    out.write(f"address:   {report.client_target}\n")
+    out.write(f"{report.service}\n")
+    out.write(f"transport:    {report.transport} ({report.why})\n")
+    out.write(f"service id:   {report.service_id}\n")
+    out.write(f"served on:    {report.address}\n")
+    out.write(f"registration: {report.registration}\n")
     for who, text in report.exchanged:
         out.write(f"  {who:<16} {text}\n")
     out.write("ok\n")
+    return EXIT_OK
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    try:
+        return Limits(max_connections=args.max_connections, idle_timeout=args.idle_timeout)
+    except ValueError as exc:
+        raise AddressError(str(exc)) from None
+
+
+def cmd_echo_server(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    address = parse_address(args.address)
+    port = getattr(address, "port", None)
+    service = echo_service(port if isinstance(port, int) and port != ids.PORT_ANY
+                           else ECHO_PORT, limits=_limits(args))
+    host = ServiceHost(grace=args.grace, ready_file=args.ready_file)
+    host.add(service, address)
+
+    async def serve() -> None:
+        await host.start()
+        err.write(f"hvsock: listening on {host.addresses[service.name]}\n")
+        err.flush()
+        await host.serve_started()
+
+    asyncio.run(serve())
+    return EXIT_OK
+
+
+def cmd_ping(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    stats = ping(args.address, count=args.count, size=args.size, interval=args.interval,
+                 timeout=args.timeout, retries=args.retries)
+    if args.json:
+        _print_json(stats.as_dict(), out)
+    else:
+        out.write(f"{stats.count} round trips of {stats.size} bytes to {stats.address}\n")
+        out.write(f"min {stats.min_ms:.3f} ms, median {stats.median_ms:.3f} ms, "
+                  f"p99 {stats.p99_ms:.3f} ms, max {stats.max_ms:.3f} ms\n")
     return EXIT_OK
 
 
@@ -324,6 +392,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO, TextIO], int]] = {
     "connect": cmd_connect,
     "listen": cmd_listen,
     "demo": cmd_demo,
+    "echo-server": cmd_echo_server,
+    "ping": cmd_ping,
 }
 
 
@@ -348,7 +418,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return COMMANDS[args.command](args, out, err)
-    except HvsockError as exc:
+    except (HvsockError, ValueError) as exc:
         err.write(f"hvsock: error: {exc}\n")
         return exit_code_for(exc)
     except KeyboardInterrupt:

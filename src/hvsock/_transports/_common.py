@@ -54,28 +54,31 @@ def check_timeout(timeout: float | None, what: str = "timeout") -> None:
                            f"not {timeout!r}")
 
 
-def with_retries(attempt: Callable[[], T], *, retries: int, retry_wait: float) -> T:
-    """Run *attempt*; on a transient error run it again, at most *retries* more times.
-
-    Waits *retry_wait*, doubling each time up to MAX_RETRY_WAIT. Errors that a
-    retry cannot fix (bad address, permission, unsupported) are raised at once.
-    """
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise AddressError(f"retries must be a whole number >= 0, not {retries!r}")
+def retry_waits(retries: int, retry_wait: float) -> list[float]:
+    """The sleeps between attempts: *retry_wait*, doubling, capped at MAX_RETRY_WAIT."""
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10_000:
+        raise AddressError(f"retries must be a whole number in 0..10000, not {retries!r}")
     if isinstance(retry_wait, bool) or not isinstance(retry_wait, (int, float)) or not (
         math.isfinite(retry_wait) and retry_wait >= 0
     ):
         raise AddressError(f"retry_wait must be a number of seconds >= 0, not {retry_wait!r}")
-    wait = float(retry_wait)
-    for remaining in range(retries, -1, -1):
+    return [min(retry_wait * 2**min(i, 32), MAX_RETRY_WAIT) for i in range(retries)]
+
+
+def with_retries(attempt: Callable[[], T], *, retries: int, retry_wait: float) -> T:
+    """Run *attempt*; on a transient error run it again, at most *retries* more times.
+
+    Errors that a retry cannot fix (bad address, permission, unsupported) are
+    raised at once; see :func:`retry_waits` for the pauses.
+    """
+    for wait in retry_waits(retries, retry_wait):
         try:
             return attempt()
         except OSError as exc:
-            if remaining == 0 or not is_transient(exc):
+            if not is_transient(exc):
                 raise
         time.sleep(wait)
-        wait = min(wait * 2, MAX_RETRY_WAIT) if wait else 0.0
-    raise AssertionError("unreachable")  # pragma: no cover - the loop always returns/raises
+    return attempt()
 
 
 def set_stream_buffer_size(sock: socket.socket, size: int) -> None:

@@ -103,6 +103,19 @@ def listen(
     return stream.unix_listen(addr, backlog=backlog, mode=mode, buffer_size=buffer_size)
 
 
+def where(address: Address) -> str:
+    """How error messages name *address* ("port 5000 of CID 3", ...)."""
+    if isinstance(address, VsockAddress):
+        return vsock.where(address)
+    if isinstance(address, HyperVAddress):
+        return hyperv.where(address)
+    if isinstance(address, HybridAddress):
+        return hybrid.where(address)
+    if isinstance(address, UnixAddress):
+        return address.path
+    return str(address)
+
+
 def listener_address(listener: socket.socket, address: Address | str) -> Address:
     """The address *listener* really listens on (the chosen port when ``any``/0 was asked)."""
     addr = parse_address(address)

@@ -11,7 +11,13 @@ import socket
 
 from .._core import handshake
 from .._core.addresses import HybridAddress
-from .._errors import ConnectTimeoutError, HandshakeError, NothingListeningError, translate
+from .._errors import (
+    ConnectTimeoutError,
+    HandshakeError,
+    HvsockError,
+    NothingListeningError,
+    translate,
+)
 from ._common import Deadline, close_on_error, set_stream_buffer_size
 from .stream import unix_connect_path, unix_listen_path
 
@@ -36,16 +42,32 @@ def connect(address: HybridAddress, *, timeout: float | None,
             sock.settimeout(None)
         except OSError as exc:
             if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
-                raise _no_listener(address, exc.errno) from exc
+                raise no_listener(address, exc.errno) from exc
             raise translate(exc, op="connect", family="hybrid", where=where(address)) from exc
     return sock
 
 
-def _no_listener(address: HybridAddress, code: int | None = None) -> NothingListeningError:
+def no_listener(address: HybridAddress, code: int | None = None) -> NothingListeningError:
     return NothingListeningError(
         f"the VMM at {address.uds_path} closed the connection: nothing in the guest "
         f"listens on port {address.port}; start the guest service first (or pass "
         "retries= / --retries to wait for it)", errno=code or errno.ECONNRESET)
+
+
+def reply_cut_short(address: HybridAddress, buffer: bytes) -> HvsockError:
+    """The error for a VMM that hung up before a whole reply line."""
+    if buffer:
+        return HandshakeError(
+            f"the VMM at {address.uds_path} closed the connection in the middle of "
+            f"its reply ({buffer!r})")
+    return no_listener(address)
+
+
+def reply_timeout(address: HybridAddress) -> ConnectTimeoutError:
+    return ConnectTimeoutError(
+        f"the VMM at {address.uds_path} did not answer CONNECT {address.port} in "
+        "time; is it a hybrid vsock socket? raise the timeout if the VM is slow",
+        errno=errno.ETIMEDOUT)
 
 
 def _read_ok(sock: socket.socket, address: HybridAddress, deadline: Deadline) -> int:
@@ -61,16 +83,9 @@ def _read_ok(sock: socket.socket, address: HybridAddress, deadline: Deadline) ->
             sock.settimeout(remaining)
             byte = sock.recv(1)
         except TimeoutError:
-            raise ConnectTimeoutError(
-                f"the VMM at {address.uds_path} did not answer CONNECT {address.port} in "
-                "time; is it a hybrid vsock socket? raise the timeout if the VM is slow",
-                errno=errno.ETIMEDOUT) from None
+            raise reply_timeout(address) from None
         if not byte:
-            if buffer:
-                raise HandshakeError(
-                    f"the VMM at {address.uds_path} closed the connection in the middle of "
-                    f"its reply ({buffer!r})")
-            raise _no_listener(address)
+            raise reply_cut_short(address, buffer)
         buffer += byte
         parsed = handshake.parse_ok(buffer)
         if parsed is not None:

@@ -64,8 +64,9 @@ def set_connect_timeout(sock: socket.socket, timeout: float) -> None:
     sock.setsockopt(sock.family, SO_VM_SOCKETS_CONNECT_TIMEOUT, struct.pack("qq", seconds, micros))
 
 
-def connect(address: VsockAddress, *, timeout: float | None,
+def prepare(address: VsockAddress, *, timeout: float | None,
             buffer_size: int | None) -> socket.socket:
+    """A new, unconnected vsock socket with the buffer size and kernel connect timeout set."""
     sock = new_socket()
     with close_on_error(sock):
         try:
@@ -73,6 +74,16 @@ def connect(address: VsockAddress, *, timeout: float | None,
                 set_buffer_size(sock, buffer_size)
             if timeout is not None:
                 set_connect_timeout(sock, timeout)
+        except OSError as exc:
+            raise translate(exc, op="connect", family="vsock", where=where(address)) from exc
+    return sock
+
+
+def connect(address: VsockAddress, *, timeout: float | None,
+            buffer_size: int | None) -> socket.socket:
+    sock = prepare(address, timeout=timeout, buffer_size=buffer_size)
+    with close_on_error(sock):
+        try:
             sock.settimeout(timeout)
             sock.connect(address.sockaddr)
             sock.settimeout(None)

@@ -1,0 +1,1 @@
+"""asyncio: ``open_connection`` / ``start_server`` for every address kind."""

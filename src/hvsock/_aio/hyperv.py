@@ -1,0 +1,48 @@
+"""AF_HYPERV under asyncio. Isolated here because it is the one unverified part.
+
+The proactor loop's ``sock_connect`` / ``sock_accept`` go through ConnectEx /
+AcceptEx wrappers written for IP families, and ConnectEx needs a bound socket
+with an IP-style address. Rather than rely on them for AF_HYPERV, only connect
+and accept run in a worker thread; the connected socket is then handed to the
+loop (``asyncio.open_connection(sock=...)``), so the data path stays on the loop.
+This module has never run on Windows in hvsock's CI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from .._core.addresses import HyperVAddress
+from .._transports import hyperv
+
+
+async def connect(address: HyperVAddress, *, timeout: float | None,
+                  buffer_size: int | None) -> socket.socket:  # pragma: no cover - Windows
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(
+        None, lambda: hyperv.connect(address, timeout=timeout, buffer_size=buffer_size))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        # The thread cannot be stopped; close what it connects once it is done.
+        future.add_done_callback(
+            lambda f: f.result().close() if not f.cancelled() and f.exception() is None
+            else None)
+        raise
+
+
+async def accept(listener: socket.socket) -> tuple[socket.socket, object]:  # pragma: no cover
+    """Accept one connection in a worker thread (see the module notes)."""
+    loop = asyncio.get_running_loop()
+    conn, peer = await loop.run_in_executor(None, listener.accept)
+    return conn, peer
+
+
+def needs_thread(sock: socket.socket) -> bool:
+    """True for an AF_HYPERV socket on a loop that is not a selector loop."""
+    family = getattr(socket, "AF_HYPERV", None)
+    if family is None or sock.family != family:
+        return False
+    loop = asyncio.get_running_loop()
+    return not isinstance(loop, asyncio.SelectorEventLoop)

@@ -1,0 +1,1 @@
+"""The service framework: declare a service once, host several, framed messages."""

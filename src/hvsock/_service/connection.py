@@ -1,0 +1,169 @@
+"""What a handler gets: the peer's identity, the service, and the byte stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .._core.addresses import Address, HybridAddress, HyperVAddress, TcpAddress, VsockAddress
+from .._core.framing import Message, decode_message, encode_frame, encode_message
+from .._errors import HvsockError
+from . import frames
+
+if TYPE_CHECKING:
+    from .declaration import AllowRule, Service
+
+
+class IdleTimeoutError(HvsockError, TimeoutError):
+    """The peer sent nothing (or took nothing) for longer than the idle timeout."""
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who connected: a CID (vsock), a VM id (Hyper-V), a host (TCP), a uid/pid (Unix)."""
+
+    address: str
+    cid: int | None = None
+    vm_id: uuid.UUID | None = None
+    host: str | None = None
+    uid: int | None = None
+    pid: int | None = None
+
+    def matches(self, rule: AllowRule) -> bool:
+        if isinstance(rule, int):
+            return self.cid == rule
+        if isinstance(rule, uuid.UUID):
+            return self.vm_id == rule
+        if rule.startswith("uid:"):
+            return self.uid is not None and self.uid == int(rule[4:])
+        return self.host == rule
+
+    def __str__(self) -> str:
+        return self.address
+
+
+def peer_of(sock: socket.socket, raw: Any, listen: Address) -> Peer:
+    """The identity of an accepted connection, from what accept() returned."""
+    if isinstance(listen, VsockAddress) and isinstance(raw, tuple):
+        cid, port = int(raw[0]), int(raw[1])
+        return Peer(str(VsockAddress(cid, port)), cid=cid)
+    if isinstance(listen, HyperVAddress) and isinstance(raw, tuple):
+        vm = uuid.UUID(str(raw[0]))
+        return Peer(f"hvsock://{vm}/{raw[1]}", vm_id=vm)
+    if isinstance(listen, TcpAddress) and isinstance(raw, tuple):
+        return Peer(str(TcpAddress(str(raw[0]), int(raw[1]))), host=str(raw[0]))
+    uid = pid = None
+    so_peercred = getattr(socket, "SO_PEERCRED", None)
+    if so_peercred is not None and sock.family == socket.AF_UNIX:
+        with contextlib.suppress(OSError):
+            pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, so_peercred,
+                                                                 struct.calcsize("3i")))
+    where = (f"guest of {listen.uds_path}" if isinstance(listen, HybridAddress)
+             else str(listen))
+    who = f" (pid {pid}, uid {uid})" if pid is not None else ""
+    return Peer(f"{where}{who}", uid=uid, pid=pid)
+
+
+class Connection:
+    """An accepted connection for an ``async`` handler.
+
+    Reads and writes through it honour the service's idle timeout
+    (:class:`IdleTimeoutError`); frame and message helpers honour its maximum
+    message size. ``reader``/``writer`` are the plain asyncio streams underneath.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer,
+                 service: Service, log: logging.Logger) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.peer = peer
+        self.service = service
+        self.log = log
+        self._idle = service.limits.idle_timeout
+        self._max = service.limits.max_message_size
+
+    async def _timed(self, awaitable: Any) -> Any:
+        if self._idle is None:
+            return await awaitable
+        try:
+            return await asyncio.wait_for(awaitable, self._idle)
+        except asyncio.TimeoutError:
+            raise IdleTimeoutError(
+                f"peer {self.peer} was idle for {self._idle:g} s (the service's idle "
+                "timeout)") from None
+
+    async def read(self, n: int = 65536) -> bytes:
+        """Up to *n* bytes; b"" at EOF."""
+        data: bytes = await self._timed(self.reader.read(n))
+        return data
+
+    async def readexactly(self, n: int) -> bytes:
+        data: bytes = await self._timed(self.reader.readexactly(n))
+        return data
+
+    async def readline(self) -> bytes:
+        data: bytes = await self._timed(self.reader.readline())
+        return data
+
+    async def write(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self._timed(self.writer.drain())
+
+    def close_write(self) -> None:
+        """Half-close: the peer reads EOF; we can still read what it sends."""
+        if self.writer.can_write_eof():
+            self.writer.write_eof()
+
+    async def read_frame(self) -> bytes | None:
+        """The next length-prefixed frame, or None at a clean EOF."""
+        frame: bytes | None = await self._timed(frames.read_frame(self.reader, self._max))
+        return frame
+
+    async def write_frame(self, payload: bytes) -> None:
+        self.writer.write(encode_frame(payload, self._max))
+        await self._timed(self.writer.drain())
+
+    async def read_message(self) -> Message | None:
+        body = await self.read_frame()
+        return None if body is None else decode_message(body)
+
+    async def write_message(self, message: Message) -> None:
+        await self.write_frame(encode_message(message))
+
+
+class SyncConnection:
+    """An accepted connection for a plain (thread-pool) handler: a blocking socket.
+
+    The socket's timeout is the service's idle timeout, so a silent peer raises
+    ``TimeoutError`` from ``recv``.
+    """
+
+    def __init__(self, sock: socket.socket, peer: Peer, service: Service,
+                 log: logging.Logger) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.service = service
+        self.log = log
+        self._max = service.limits.max_message_size
+
+    def recv(self, n: int = 65536) -> bytes:
+        return self.sock.recv(n)
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close_write(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+
+    def recv_frame(self) -> bytes | None:
+        return frames.recv_frame(self.sock, self._max)
+
+    def send_frame(self, payload: bytes) -> None:
+        frames.send_frame(self.sock, payload, self._max)

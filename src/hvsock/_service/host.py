@@ -1,0 +1,331 @@
+"""ServiceHost: one process serving several services, each on its own address.
+
+For each service: a listener, an accept loop that stops accepting at the
+connection limit (back-pressure, never dropping), an allowlist check before the
+handler runs, idle and total timeouts, and a graceful stop that lets in-flight
+handlers finish within a grace period and then cancels them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .._aio import hyperv as aio_hyperv
+from .._core.addresses import Address, parse_address
+from .._errors import HvsockError
+from .._transports import api
+from .._transports.features import has_hyperv, has_vsock
+from .connection import Connection, IdleTimeoutError, Peer, SyncConnection, peer_of
+from .declaration import Service, SyncHandler
+from .ready import sd_notify, write_ready_file
+
+LOG = logging.getLogger("hvsock.service")
+
+
+def default_address(service: Service) -> Address:
+    """Wildcard Hyper-V address on Windows, ``vsock://any:<port>`` on Linux."""
+    if has_hyperv():
+        return service.hyperv_address()
+    if has_vsock():
+        return service.vsock_address()
+    raise HvsockError(f"no VM socket family here to serve {service.name!r}; pass an address "
+                      "(for example a hybrid:// or unix:// one)")
+
+
+@dataclass
+class _Entry:
+    service: Service
+    address: Address
+    listener: socket.socket | None = None
+    owns_listener: bool = True
+    slots: asyncio.Semaphore | None = None
+    accept_task: asyncio.Task[None] | None = None
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    socks: set[socket.socket] = field(default_factory=set)
+    log: logging.Logger = LOG
+
+
+class ServiceHost:
+    """Host services: ``host.add(service, address)``, then ``await host.serve()``.
+
+    *grace* is how long :meth:`stop` lets in-flight handlers run before
+    cancelling them. *ready_file*, when given, is written (JSON: pid and each
+    service's address) once every listener is bound; systemd's ``NOTIFY_SOCKET``
+    gets ``READY=1`` then too.
+    """
+
+    def __init__(self, *, grace: float = 10.0, ready_file: str | None = None) -> None:
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0:
+            raise ValueError(f"grace must be a number of seconds >= 0, not {grace!r}")
+        self.grace = float(grace)
+        self.ready_file = ready_file
+        self._entries: list[_Entry] = []
+        self._started = False
+        self._stop_requested: asyncio.Event | None = None
+        self._stop_started = False
+        self._stopped: asyncio.Event | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    # -- set-up -------------------------------------------------------------
+    def add(self, service: Service, address: Address | str | None = None, *,
+            listener: socket.socket | None = None) -> None:
+        """Serve *service* on *address* (default: see :func:`default_address`).
+
+        *listener*, an already listening socket, is used instead of binding one
+        (e.g. a test double's); *address* then only names it in logs and peers.
+        """
+        if self._started:
+            raise RuntimeError("add() services before start()")
+        if any(e.service.name == service.name for e in self._entries):
+            raise ValueError(f"a service named {service.name!r} is already added")
+        addr = parse_address(address) if address is not None else default_address(service)
+        self._entries.append(_Entry(service, addr, listener=listener,
+                                    owns_listener=listener is None,
+                                    log=logging.getLogger(f"hvsock.service.{service.name}")))
+
+    @property
+    def addresses(self) -> dict[str, Address]:
+        """Each service's address, with real ports once started."""
+        return {e.service.name: e.address for e in self._entries}
+
+    def active_connections(self, name: str) -> int:
+        return next(len(e.tasks) for e in self._entries if e.service.name == name)
+
+    # -- running --------------------------------------------------------------
+    async def start(self) -> None:
+        """Bind every listener and start accepting; report ready. Raises HvsockError."""
+        if self._started:
+            raise RuntimeError("already started")
+        if not self._entries:
+            raise ValueError("no services added")
+        self._started = True
+        self._stop_requested = asyncio.Event()
+        self._stopped = asyncio.Event()
+        sync_slots = sum(e.service.limits.max_connections for e in self._entries
+                         if not e.service.is_async)
+        if sync_slots:
+            self._executor = ThreadPoolExecutor(max_workers=min(sync_slots, 512),
+                                                thread_name_prefix="hvsock-handler")
+        try:
+            for entry in self._entries:
+                if entry.listener is None:
+                    entry.listener = api.listen(entry.address)
+                    entry.address = api.listener_address(entry.listener, entry.address)
+                entry.listener.setblocking(False)
+                entry.slots = asyncio.Semaphore(entry.service.limits.max_connections)
+        except BaseException:
+            self._close_listeners()
+            raise
+        for entry in self._entries:
+            entry.accept_task = asyncio.create_task(self._accept_loop(entry))
+            entry.log.info("listening on %s", entry.address)
+        self._report_ready()
+
+    def _report_ready(self) -> None:
+        names = {e.service.name: str(e.address) for e in self._entries}
+        if self.ready_file:
+            write_ready_file(self.ready_file, {"pid": os.getpid(), "services": names})
+        try:
+            sd_notify("READY=1\nSTATUS=serving " + ", ".join(names))
+        except OSError as exc:
+            LOG.warning("could not notify systemd: %s", exc)
+        LOG.info("ready: %s", ", ".join(f"{k} on {v}" for k, v in names.items()))
+
+    async def _accept_loop(self, entry: _Entry) -> None:
+        assert entry.listener is not None
+        assert entry.slots is not None
+        loop = asyncio.get_running_loop()
+        listener = entry.listener
+        threaded = aio_hyperv.needs_thread(listener)
+        while True:
+            # Back-pressure: at the limit, wait here; new clients queue in the
+            # kernel's backlog instead of being accepted and dropped.
+            await entry.slots.acquire()
+            try:
+                if threaded:  # pragma: no cover - Windows proactor only
+                    sock, raw = await aio_hyperv.accept(listener)
+                else:
+                    sock, raw = await loop.sock_accept(listener)
+            except (asyncio.CancelledError, OSError) as exc:
+                entry.slots.release()
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                if listener.fileno() < 0:
+                    return
+                entry.log.warning("accept failed: %s", exc)
+                await asyncio.sleep(0.05)
+                continue
+            peer = peer_of(sock, raw, entry.address)
+            allow = entry.service.allow
+            if allow is not None and not any(peer.matches(rule) for rule in allow):
+                entry.log.warning("denied %s: not in the allowlist", peer)
+                sock.close()
+                entry.slots.release()
+                continue
+            task = asyncio.create_task(self._serve_one(entry, sock, peer))
+            entry.tasks.add(task)
+            entry.socks.add(sock)
+
+            def done(t: asyncio.Task[None], sock: socket.socket = sock) -> None:
+                entry.tasks.discard(t)
+                entry.socks.discard(sock)
+                assert entry.slots is not None
+                entry.slots.release()
+
+            task.add_done_callback(done)
+
+    async def _serve_one(self, entry: _Entry, sock: socket.socket, peer: Peer) -> None:
+        service, log = entry.service, entry.log
+        limits = service.limits
+        log.debug("connection from %s", peer)
+        try:
+            if service.is_async:
+                await self._run_async(entry, sock, peer)
+            else:
+                await self._run_sync(entry, sock, peer)
+        except asyncio.CancelledError:
+            log.info("cancelled connection from %s (stopping)", peer)
+            raise
+        except IdleTimeoutError as exc:
+            log.info("closed %s: %s", peer, exc)
+        except asyncio.TimeoutError:
+            log.info("closed %s: over the total timeout of %s s", peer, limits.total_timeout)
+        except HvsockError as exc:
+            log.warning("closed %s: %s", peer, exc)
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            log.info("connection from %s ended: %s", peer, exc)
+        except Exception:
+            log.exception("handler failed for peer %s", peer)
+        finally:
+            sock.close()
+
+    async def _run_async(self, entry: _Entry, sock: socket.socket, peer: Peer) -> None:
+        limits = entry.service.limits
+        reader, writer = await asyncio.open_connection(
+            sock=sock, limit=max(2**16, min(limits.max_message_size + 4, 2**24)))
+        conn = Connection(reader, writer, peer, entry.service, entry.log)
+        try:
+            handler = entry.service.handler(conn)  # type: ignore[arg-type]
+            if limits.total_timeout is None:
+                await handler  # type: ignore[misc]
+            else:
+                await asyncio.wait_for(handler, limits.total_timeout)  # type: ignore[arg-type]
+            if not writer.is_closing():
+                with contextlib.suppress(OSError):
+                    await writer.drain()
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                await writer.wait_closed()
+
+    async def _run_sync(self, entry: _Entry, sock: socket.socket, peer: Peer) -> None:
+        limits = entry.service.limits
+        loop = asyncio.get_running_loop()
+        sock.setblocking(True)
+        sock.settimeout(limits.idle_timeout)
+        conn = SyncConnection(sock, peer, entry.service, entry.log)
+        # A thread cannot be cancelled; shutting its socket down makes its next
+        # (or current) recv/send fail, so the handler ends on its own.
+        def cut() -> None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        timer = (loop.call_later(limits.total_timeout, cut)
+                 if limits.total_timeout is not None else None)
+        handler: SyncHandler = entry.service.handler  # type: ignore[assignment]
+        future = loop.run_in_executor(self._executor, handler, conn)
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cut()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(future), 5)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let handlers finish for *grace* s (default: the host's), cancel."""
+        if self._stopped is None or self._stop_requested is None:
+            return
+        if self._stop_started:
+            await self._stopped.wait()
+            return
+        self._stop_started = True
+        self._stop_requested.set()
+        with contextlib.suppress(OSError):
+            sd_notify("STOPPING=1")
+        grace = self.grace if grace is None else grace
+        for entry in self._entries:
+            if entry.accept_task is not None:
+                entry.accept_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await entry.accept_task
+        self._close_listeners()
+        tasks = {t for e in self._entries for t in e.tasks}
+        if tasks:
+            LOG.info("stopping: waiting up to %g s for %d connection(s)", grace, len(tasks))
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                LOG.warning("stopping: cancelled %d connection(s) after the grace period",
+                            len(pending))
+                await asyncio.wait(pending, timeout=10)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+        self._stopped.set()
+
+    def _close_listeners(self) -> None:
+        for entry in self._entries:
+            if entry.listener is not None and entry.owns_listener:
+                entry.listener.close()
+                api.remove_socket_file(entry.address)
+
+    async def wait_stopped(self) -> None:
+        assert self._stopped is not None
+        await self._stopped.wait()
+
+    async def serve(self, *, handle_signals: bool = True) -> None:
+        """Start, serve until :meth:`stop` / :meth:`request_stop` or SIGTERM / SIGINT,
+        then stop gracefully."""
+        await self.start()
+        await self.serve_started(handle_signals=handle_signals)
+
+    async def serve_started(self, *, handle_signals: bool = True) -> None:
+        """:meth:`serve` for a host already started with :meth:`start`."""
+        assert self._stop_requested is not None
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                try:
+                    loop.add_signal_handler(sig, self._stop_requested.set)
+                    installed.append(sig)
+                except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows
+                    pass
+        try:
+            await self._stop_requested.wait()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    def request_stop(self) -> None:
+        """Ask :meth:`serve` to stop (from the loop's thread, e.g. inside a handler)."""
+        if self._stop_requested is not None:
+            self._stop_requested.set()
+
+    async def __aenter__(self) -> ServiceHost:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

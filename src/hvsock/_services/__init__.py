@@ -1,0 +1,1 @@
+"""Built-in services and their clients, made with the service framework."""

@@ -1,0 +1,94 @@
+"""Echo: every byte comes back. The peer of ``hvsock ping`` and of many tests."""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+import uuid
+from dataclasses import asdict, dataclass
+
+from .._core.addresses import Address
+from .._errors import HandshakeError, HvsockError
+from .._service.connection import Connection
+from .._service.declaration import Limits, Service
+from .._transports import api
+from .._transports._common import DEFAULT_CONNECT_TIMEOUT
+
+#: The echo service's default port (and so its template service id).
+ECHO_PORT = 7
+
+
+async def _echo(conn: Connection) -> None:
+    while data := await conn.read(65536):
+        await conn.write(data)
+
+
+def echo_service(service_id: int | str | uuid.UUID = ECHO_PORT, *, name: str = "hvsock echo",
+                 limits: Limits | None = None, allow: object = None) -> Service:
+    """A service that sends back everything it receives, until the peer's EOF."""
+    return Service(name, service_id, _echo, allow=allow, limits=limits or Limits())
+
+
+@dataclass(frozen=True)
+class PingStats:
+    """Round-trip times of one ``ping`` run, in milliseconds."""
+
+    address: str
+    count: int
+    size: int
+    min_ms: float
+    median_ms: float
+    p99_ms: float
+    max_ms: float
+    mean_ms: float
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The *q*-th percentile (nearest rank) of non-empty *values*."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def ping(address: Address | str, *, count: int = 10, size: int = 1, interval: float = 0.0,
+         timeout: float = DEFAULT_CONNECT_TIMEOUT, retries: int = 0) -> PingStats:
+    """Time *count* round trips of *size* random bytes through an echo service.
+
+    Raises :class:`HvsockError` if the connection fails, and
+    :class:`HandshakeError` if what comes back differs from what was sent.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 10_000_000:
+        raise ValueError(f"count must be a whole number in 1..10000000, not {count!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 16 * 2**20:
+        raise ValueError(f"size must be a whole number of bytes in 1..16 MiB, not {size!r}")
+    if not (isinstance(interval, (int, float)) and math.isfinite(interval) and interval >= 0):
+        raise ValueError(f"interval must be a number of seconds >= 0, not {interval!r}")
+    rtts: list[float] = []
+    with api.connect(address, timeout=timeout, retries=retries) as sock:
+        sock.settimeout(timeout)
+        buf = bytearray(size)
+        view = memoryview(buf)
+        for i in range(count):
+            payload = os.urandom(size)
+            start = time.perf_counter()
+            sock.sendall(payload)
+            got = 0
+            while got < size:
+                n = sock.recv_into(view[got:])
+                if n == 0:
+                    raise HvsockError(f"echo service at {address} closed the connection "
+                                      f"after {i} replies")
+                got += n
+            rtts.append((time.perf_counter() - start) * 1000)
+            if bytes(buf) != payload:
+                raise HandshakeError(f"echo reply {i} differs from what was sent: is "
+                                     f"{address} an echo service?")
+            if interval and i + 1 < count:
+                time.sleep(interval)
+    return PingStats(str(address), count, size, min(rtts), statistics.median(rtts),
+                     percentile(rtts, 99), max(rtts), statistics.fmean(rtts))
