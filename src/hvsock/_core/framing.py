@@ -15,6 +15,7 @@ On top, an RPC message is one frame holding a JSON object::
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any, TypeGuard
@@ -78,6 +79,7 @@ class FrameDecoder:
         self._buffer = bytearray()
         self._need: int | None = None  # body length once the header is read
         self._broken = False
+        self._pending_error: FrameTooLargeError | None = None
 
     @property
     def buffered(self) -> int:
@@ -85,6 +87,11 @@ class FrameDecoder:
         return len(self._buffer)
 
     def feed(self, data: bytes) -> list[bytes]:
+        """Frames completed by *data*. Frames completed before an oversized header
+        are returned first; the error is raised by the next call."""
+        if self._pending_error is not None:
+            error, self._pending_error = self._pending_error, None
+            raise error
         if self._broken:
             raise ProtocolError("the frame stream is already broken; close the connection")
         self._buffer += data
@@ -95,9 +102,12 @@ class FrameDecoder:
                     break
                 try:
                     self._need = frame_length(bytes(self._buffer[:HEADER_SIZE]), self.max_size)
-                except FrameTooLargeError:
+                except FrameTooLargeError as exc:
                     self._broken = True
                     self._buffer.clear()
+                    if frames:
+                        self._pending_error = exc
+                        return frames
                     raise
                 del self._buffer[:HEADER_SIZE]
             if len(self._buffer) < self._need:
@@ -108,8 +118,11 @@ class FrameDecoder:
         return frames
 
     def at_boundary(self) -> bool:
-        """True when no partial frame is buffered (a clean place for EOF)."""
-        return self._need is None and not self._buffer
+        """True when no partial frame is buffered (a clean place for EOF).
+
+        False once the stream is broken: the bytes after a refused header were never framed.
+        """
+        return not self._broken and self._need is None and not self._buffer
 
 
 # -- the RPC layer --------------------------------------------------------------
@@ -150,13 +163,20 @@ class RemoteError(HvsockError):
 def encode_message(message: Message) -> bytes:
     """The JSON frame body for *message* (wrap with :func:`encode_frame` to send)."""
     obj: dict[str, Any]
+    if message.id is not None and not _is_id(message.id):
+        raise ProtocolError(f"message id must be an integer 0..2**53, not {message.id!r}")
     if isinstance(message, Request):
+        if not isinstance(message.method, str) or not message.method:
+            raise ProtocolError(f"request method must be a non-empty string, "
+                                f"not {message.method!r}")
         obj = {"id": message.id, "method": message.method}
         if message.params is not None:
             obj["params"] = message.params
     elif isinstance(message, Response):
         obj = {"id": message.id, "result": message.result}
     else:
+        if not isinstance(message.code, str) or not isinstance(message.message, str):
+            raise ProtocolError("an error reply needs a string code and message")
         obj = {"id": message.id, "error": {"code": message.code, "message": message.message}}
     try:
         return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
@@ -168,12 +188,29 @@ def _is_id(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53
 
 
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
 def decode_message(body: bytes) -> Message:
     """Parse one frame body; :class:`ProtocolError` says what is wrong with it."""
     try:
-        obj = json.loads(body)
+        # Strict: UTF-8 only (json.loads(bytes) would guess UTF-16/32 too) and no
+        # NaN/Infinity, so whatever decodes here also encodes again.
+        obj = json.loads(body.decode("utf-8"), parse_constant=_reject_constant,
+                         parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"frame is not UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        # json's C scanner recurses per nesting level; a 1 MiB frame of "[" overflows it.
+        raise ProtocolError("frame JSON is nested too deeply to decode") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"message must be a JSON object, not {type(obj).__name__}")
     msg_id = obj.get("id")

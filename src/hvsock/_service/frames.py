@@ -74,6 +74,15 @@ class RpcClient:
         self.max_size = max_size
         self._ids = itertools.count(1)
 
+    def __enter__(self) -> RpcClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
     def call(self, method: str, params: Any = None) -> Any:
         """Send a request and wait for its answer; :class:`RemoteError` for an error reply."""
         msg_id = next(self._ids)
@@ -86,6 +95,9 @@ class RpcClient:
 
 def _result(reply: object, msg_id: int) -> Any:
     if isinstance(reply, ErrorReply):
+        # A null id answers no request in particular; another id means we are out of step.
+        if reply.id is not None and reply.id != msg_id:
+            raise ProtocolError(f"error reply to request {reply.id}, expected {msg_id}")
         raise RemoteError(reply.code, reply.message)
     if not isinstance(reply, Response):
         raise ProtocolError("expected a response, got a request")
@@ -140,6 +152,12 @@ class AsyncRpcClient:
         if body is None:
             raise ProtocolError(f"the service closed the connection before answering {method!r}")
         return _result(decode_message(body), msg_id)
+
+    async def __aenter__(self) -> AsyncRpcClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     async def aclose(self) -> None:
         self.writer.close()

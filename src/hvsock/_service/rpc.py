@@ -6,7 +6,14 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .._core.framing import ErrorReply, ProtocolError, RemoteError, Request, Response
+from .._core.framing import (
+    ErrorReply,
+    ProtocolError,
+    RemoteError,
+    Request,
+    Response,
+    encode_message,
+)
 from .connection import Connection
 
 Method = Callable[..., Any]
@@ -43,6 +50,7 @@ def rpc_handler(methods: Mapping[str, Method]) -> Callable[[Connection], Any]:
                 result = fn(conn, message.params)
                 if inspect.isawaitable(result):
                     result = await result
+                reply = encode_message(Response(message.id, result))
             except RemoteError as exc:
                 await conn.write_message(ErrorReply(message.id, exc.code, exc.remote_message))
                 continue
@@ -51,6 +59,6 @@ def rpc_handler(methods: Mapping[str, Method]) -> Callable[[Connection], Any]:
                 await conn.write_message(ErrorReply(message.id, "internal_error",
                                                     f"method {message.method!r} failed"))
                 continue
-            await conn.write_message(Response(message.id, result))
+            await conn.write_frame(reply)
 
     return handler
