@@ -1,14 +1,16 @@
 """``open_connection`` and ``start_server`` in the spirit of asyncio's, for every address.
 
 Same timeouts, retries and errors as the sync layer. Connects are native
-non-blocking connects on the loop (``loop.sock_connect``), so cancelling one
-closes its socket; only AF_HYPERV on a proactor loop uses a thread (see
+non-blocking connects on the loop (``loop.sock_connect``; Unix sockets retry
+their connect while the listener's backlog is full), so cancelling one closes
+its socket; only AF_HYPERV on a proactor loop uses a thread (see
 :mod:`hvsock._aio.hyperv`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -66,11 +68,19 @@ async def _attempt(addr: Address, timeout: float | None,
                    buffer_size: int | None) -> socket.socket:
     if isinstance(addr, HyperVAddress):
         return await aio_hyperv.connect(addr, timeout=timeout, buffer_size=buffer_size)
+    progress = _Progress()
     try:
         if timeout is None:
-            return await _connect(addr, timeout, buffer_size)
-        return await asyncio.wait_for(_connect(addr, timeout, buffer_size), timeout)
+            return await _connect(addr, timeout, buffer_size, progress)
+        return await asyncio.wait_for(_connect(addr, timeout, buffer_size, progress), timeout)
     except asyncio.TimeoutError:
+        if progress.backlog_full:
+            where = (f"the VMM socket {addr.uds_path}" if isinstance(addr, HybridAddress)
+                     else api.where(addr))
+            raise ConnectTimeoutError(
+                f"connect to {where} timed out: its listen backlog stayed full; the server "
+                "is not accepting connections (overloaded or hung)",
+                errno=errno.ETIMEDOUT) from None
         if isinstance(addr, HybridAddress):
             raise hybrid.reply_timeout(addr) from None
         raise ConnectTimeoutError(
@@ -78,8 +88,31 @@ async def _attempt(addr: Address, timeout: float | None,
             "listening, or raise the timeout") from None
 
 
-async def _connect(addr: Address, timeout: float | None,
-                   buffer_size: int | None) -> socket.socket:
+class _Progress:
+    """What one connect attempt got to, for the message if it times out."""
+
+    backlog_full = False
+
+
+async def _connect_unix(sock: socket.socket, target: Any, progress: _Progress) -> None:
+    # A non-blocking AF_UNIX connect never completes later: with the listener's
+    # backlog full, Linux fails it at once with EAGAIN and it has to be made
+    # again. (loop.sock_connect would wait for writability, which an unconnected
+    # Unix socket always has, and hand back a socket that is not connected.)
+    # Poll, backing off to 50 ms; the caller's wait_for bounds it.
+    delay = 0.001
+    while True:
+        try:
+            sock.connect(target)
+            return
+        except BlockingIOError:
+            progress.backlog_full = True
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+async def _connect(addr: Address, timeout: float | None, buffer_size: int | None,
+                   progress: _Progress) -> socket.socket:
     loop = asyncio.get_running_loop()
     if isinstance(addr, TcpAddress):
         return await _connect_tcp(addr, buffer_size)
@@ -94,7 +127,10 @@ async def _connect(addr: Address, timeout: float | None,
         try:
             if buffer_size is not None and not isinstance(addr, VsockAddress):
                 set_stream_buffer_size(sock, buffer_size)
-            await loop.sock_connect(sock, target)
+            if sock.family == socket.AF_UNIX:
+                await _connect_unix(sock, target, progress)
+            else:
+                await loop.sock_connect(sock, target)
             if isinstance(addr, HybridAddress):
                 await loop.sock_sendall(sock, handshake.encode_connect(addr.port))
                 await _read_ok(loop, sock, addr)

@@ -8,6 +8,7 @@ import logging
 import socket
 import struct
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -140,8 +141,9 @@ class Connection:
 class SyncConnection:
     """An accepted connection for a plain (thread-pool) handler: a blocking socket.
 
-    The socket's timeout is the service's idle timeout, so a silent peer raises
-    ``TimeoutError`` from ``recv``.
+    The socket's timeout is the service's idle timeout, so a silent peer makes
+    ``recv`` (and the other methods here) raise :class:`IdleTimeoutError`, a
+    ``TimeoutError``; on ``sock`` itself it is a plain ``TimeoutError``.
     """
 
     def __init__(self, sock: socket.socket, peer: Peer, service: Service,
@@ -152,18 +154,31 @@ class SyncConnection:
         self.log = log
         self._max = service.limits.max_message_size
 
+    @contextlib.contextmanager
+    def _idle(self) -> Iterator[None]:
+        try:
+            yield
+        except TimeoutError:
+            raise IdleTimeoutError(
+                f"peer {self.peer} was idle for {self.sock.gettimeout() or 0:g} s (the "
+                "service's idle timeout)") from None
+
     def recv(self, n: int = 65536) -> bytes:
-        return self.sock.recv(n)
+        with self._idle():
+            return self.sock.recv(n)
 
     def sendall(self, data: bytes) -> None:
-        self.sock.sendall(data)
+        with self._idle():
+            self.sock.sendall(data)
 
     def close_write(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_WR)
 
     def recv_frame(self) -> bytes | None:
-        return frames.recv_frame(self.sock, self._max)
+        with self._idle():
+            return frames.recv_frame(self.sock, self._max)
 
     def send_frame(self, payload: bytes) -> None:
-        frames.send_frame(self.sock, payload, self._max)
+        with self._idle():
+            frames.send_frame(self.sock, payload, self._max)

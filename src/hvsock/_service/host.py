@@ -16,11 +16,13 @@ import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from .._aio import hyperv as aio_hyperv
 from .._core.addresses import Address, parse_address
 from .._errors import HvsockError
 from .._transports import api
+from .._transports._common import close_on_error
 from .._transports.features import has_hyperv, has_vsock
 from .connection import Connection, IdleTimeoutError, Peer, SyncConnection, peer_of
 from .declaration import Service, SyncHandler
@@ -37,6 +39,42 @@ def default_address(service: Service) -> Address:
         return service.vsock_address()
     raise HvsockError(f"no VM socket family here to serve {service.name!r}; pass an address "
                       "(for example a hybrid:// or unix:// one)")
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _accept(loop: asyncio.AbstractEventLoop,
+                  listener: socket.socket) -> tuple[socket.socket, Any]:
+    """Accept in this task once *listener* is readable; returns a non-blocking socket.
+
+    Not ``loop.sock_accept``: it accepts inside a loop callback, and a cancel
+    landing between "readable" and that callback drops the accepted socket
+    unclosed (CPython gh-153761), which :meth:`ServiceHost.stop` hits whenever a
+    client connects as it stops. Here accept() and the return are one step of
+    the task, so a cancel finds either no connection or a returned one.
+    """
+    fd = listener.fileno()
+    while True:
+        try:
+            sock, raw = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            pass
+        else:
+            with close_on_error(sock):
+                sock.setblocking(False)
+            return sock, raw
+        readable: asyncio.Future[None] = loop.create_future()
+        try:
+            loop.add_reader(fd, _set_done, readable)
+        except NotImplementedError:  # pragma: no cover - proactor loops (Windows)
+            return await loop.sock_accept(listener)
+        try:
+            await readable
+        finally:
+            loop.remove_reader(fd)
 
 
 @dataclass
@@ -152,7 +190,7 @@ class ServiceHost:
                 if threaded:  # pragma: no cover - Windows proactor only
                     sock, raw = await aio_hyperv.accept(listener)
                 else:
-                    sock, raw = await loop.sock_accept(listener)
+                    sock, raw = await _accept(loop, listener)
             except (asyncio.CancelledError, OSError) as exc:
                 entry.slots.release()
                 if isinstance(exc, asyncio.CancelledError):
@@ -196,7 +234,14 @@ class ServiceHost:
         except IdleTimeoutError as exc:
             log.info("closed %s: %s", peer, exc)
         except asyncio.TimeoutError:
-            log.info("closed %s: over the total timeout of %s s", peer, limits.total_timeout)
+            # On 3.11+ this also catches a TimeoutError the handler raised itself;
+            # only an async handler with a total timeout can be over it (a sync
+            # handler's total timeout shuts its socket down instead).
+            if not (service.is_async and limits.total_timeout is not None):
+                log.exception("handler failed for peer %s", peer)
+            else:
+                log.info("closed %s: over the total timeout of %s s", peer,
+                         limits.total_timeout)
         except HvsockError as exc:
             log.warning("closed %s: %s", peer, exc)
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
@@ -317,6 +362,10 @@ class ServiceHost:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             await self.stop()
+
+    def run(self) -> None:
+        """Blocking :meth:`serve` in a fresh event loop (``asyncio.run``)."""
+        asyncio.run(self.serve())
 
     def request_stop(self) -> None:
         """Ask :meth:`serve` to stop (from the loop's thread, e.g. inside a handler)."""
