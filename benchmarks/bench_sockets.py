@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import json
 import os
 import platform
 import socket
+import statistics
 import sys
 import tempfile
 import threading

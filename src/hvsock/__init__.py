@@ -23,9 +23,6 @@ from ._core.framing import (
     DEFAULT_MAX_FRAME,
     ErrorReply,
     FrameDecoder,
-    FrameTooLargeError,
-    ProtocolError,
-    RemoteError,
     Request,
     Response,
     decode_message,
@@ -54,15 +51,19 @@ from ._errors import (
     AddressError,
     AddressInUseError,
     ConnectTimeoutError,
+    FrameTooLargeError,
     HandshakeError,
     HvsockError,
+    IdleTimeoutError,
     NothingListeningError,
     PermissionDeniedError,
+    ProtocolError,
+    RemoteError,
     TransportUnavailableError,
     UnreachableError,
     UnsupportedError,
 )
-from ._service.connection import Connection, IdleTimeoutError, Peer, SyncConnection
+from ._service.connection import Connection, Peer, SyncConnection
 from ._service.declaration import Limits, Service
 from ._service.frames import (
     AsyncRpcClient,

@@ -15,10 +15,14 @@ __all__ = [
     "AddressError",
     "AddressInUseError",
     "ConnectTimeoutError",
+    "FrameTooLargeError",
     "HandshakeError",
     "HvsockError",
+    "IdleTimeoutError",
     "NothingListeningError",
     "PermissionDeniedError",
+    "ProtocolError",
+    "RemoteError",
     "TransportUnavailableError",
     "UnreachableError",
     "UnsupportedError",
@@ -84,6 +88,30 @@ class AddressInUseError(HvsockError):
 
 class HandshakeError(HvsockError):
     """A peer broke a protocol (e.g. the hybrid-vsock ``CONNECT``/``OK`` exchange)."""
+
+
+class ProtocolError(HvsockError):
+    """A peer sent bytes that break hvsock's framing or RPC protocol."""
+
+
+class FrameTooLargeError(ProtocolError):
+    """A frame claims (or would need) more bytes than the maximum allowed."""
+
+
+class RemoteError(HvsockError):
+    """The peer answered a request with an error reply (``code``, ``remote_message``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.remote_message = message
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.code, self.remote_message))
+
+
+class IdleTimeoutError(HvsockError, TimeoutError):
+    """The peer sent nothing (or took nothing) for longer than the idle timeout."""
 
 
 # Windows socket error numbers (winsock2.h). CPython reports them in

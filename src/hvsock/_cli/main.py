@@ -359,16 +359,13 @@ def cmd_echo_server(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     port = getattr(address, "port", None)
     service = echo_service(port if isinstance(port, int) and port != ids.PORT_ANY
                            else ECHO_PORT, limits=_limits(args))
-    host = ServiceHost(grace=args.grace, ready_file=args.ready_file)
-    host.add(service, address)
-
-    async def serve() -> None:
-        await host.start()
-        err.write(f"hvsock: listening on {host.addresses[service.name]}\n")
+    def ready(addresses: dict[str, Address]) -> None:
+        err.write(f"hvsock: listening on {addresses[service.name]}\n")
         err.flush()
-        await host.serve_started()
 
-    asyncio.run(serve())
+    host = ServiceHost(grace=args.grace, ready_file=args.ready_file, on_ready=ready)
+    host.add(service, address)
+    asyncio.run(host.serve())
     return EXIT_OK
 
 

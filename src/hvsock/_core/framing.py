@@ -20,7 +20,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-from .._errors import HvsockError
+from .._errors import FrameTooLargeError, ProtocolError
 
 HEADER = struct.Struct(">I")
 HEADER_SIZE = HEADER.size
@@ -29,14 +29,6 @@ HEADER_SIZE = HEADER.size
 DEFAULT_MAX_FRAME = 1024 * 1024
 #: Largest value the 4-byte header can carry.
 ABSOLUTE_MAX_FRAME = 0xFFFFFFFF
-
-
-class ProtocolError(HvsockError):
-    """A peer sent bytes that break hvsock's framing or RPC protocol."""
-
-
-class FrameTooLargeError(ProtocolError):
-    """A frame claims (or would need) more bytes than the maximum allowed."""
 
 
 def check_max_size(max_size: int) -> int:
@@ -149,15 +141,6 @@ class ErrorReply:
 
 
 Message = Request | Response | ErrorReply
-
-
-class RemoteError(HvsockError):
-    """The peer answered a request with an error reply."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.remote_message = message
 
 
 def encode_message(message: Message) -> bytes:

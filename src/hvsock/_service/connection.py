@@ -14,15 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from .._core.addresses import Address, HybridAddress, HyperVAddress, TcpAddress, VsockAddress
 from .._core.framing import Message, decode_message, encode_frame, encode_message
-from .._errors import HvsockError
+from .._errors import IdleTimeoutError
 from . import frames
 
 if TYPE_CHECKING:
     from .declaration import AllowRule, Service
-
-
-class IdleTimeoutError(HvsockError, TimeoutError):
-    """The peer sent nothing (or took nothing) for longer than the idle timeout."""
 
 
 @dataclass(frozen=True)

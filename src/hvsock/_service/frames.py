@@ -12,8 +12,6 @@ from .._core.framing import (
     DEFAULT_MAX_FRAME,
     HEADER_SIZE,
     ErrorReply,
-    ProtocolError,
-    RemoteError,
     Request,
     Response,
     check_max_size,
@@ -22,6 +20,7 @@ from .._core.framing import (
     encode_message,
     frame_length,
 )
+from .._errors import ProtocolError, RemoteError
 
 # -- sync ----------------------------------------------------------------------
 

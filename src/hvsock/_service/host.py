@@ -14,17 +14,18 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._aio import hyperv as aio_hyperv
 from .._core.addresses import Address, parse_address
-from .._errors import HvsockError
+from .._errors import HvsockError, IdleTimeoutError
 from .._transports import api
 from .._transports._common import close_on_error
 from .._transports.features import has_hyperv, has_vsock
-from .connection import Connection, IdleTimeoutError, Peer, SyncConnection, peer_of
+from .connection import Connection, Peer, SyncConnection, peer_of
 from .declaration import Service, SyncHandler
 from .ready import sd_notify, write_ready_file
 
@@ -99,11 +100,13 @@ class ServiceHost:
     gets ``READY=1`` then too.
     """
 
-    def __init__(self, *, grace: float = 10.0, ready_file: str | None = None) -> None:
+    def __init__(self, *, grace: float = 10.0, ready_file: str | None = None,
+                 on_ready: Callable[[dict[str, Address]], None] | None = None) -> None:
         if isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0:
             raise ValueError(f"grace must be a number of seconds >= 0, not {grace!r}")
         self.grace = float(grace)
         self.ready_file = ready_file
+        self.on_ready = on_ready
         self._entries: list[_Entry] = []
         self._started = False
         self._stop_requested: asyncio.Event | None = None
@@ -144,7 +147,8 @@ class ServiceHost:
         if not self._entries:
             raise ValueError("no services added")
         self._started = True
-        self._stop_requested = asyncio.Event()
+        if self._stop_requested is None:
+            self._stop_requested = asyncio.Event()
         self._stopped = asyncio.Event()
         sync_slots = sum(e.service.limits.max_connections for e in self._entries
                          if not e.service.is_async)
@@ -159,7 +163,15 @@ class ServiceHost:
                 entry.listener.setblocking(False)
                 entry.slots = asyncio.Semaphore(entry.service.limits.max_connections)
         except BaseException:
+            # Leave the host as it was, so start() can be tried again.
             self._close_listeners()
+            for entry in self._entries:
+                if entry.owns_listener:
+                    entry.listener = None
+            if self._executor is not None:
+                self._executor.shutdown(wait=False)
+                self._executor = None
+            self._started = False
             raise
         for entry in self._entries:
             entry.accept_task = asyncio.create_task(self._accept_loop(entry))
@@ -175,6 +187,8 @@ class ServiceHost:
         except OSError as exc:
             LOG.warning("could not notify systemd: %s", exc)
         LOG.info("ready: %s", ", ".join(f"{k} on {v}" for k, v in names.items()))
+        if self.on_ready is not None:
+            self.on_ready(self.addresses)
 
     async def _accept_loop(self, entry: _Entry) -> None:
         assert entry.listener is not None
@@ -340,24 +354,26 @@ class ServiceHost:
 
     async def serve(self, *, handle_signals: bool = True) -> None:
         """Start, serve until :meth:`stop` / :meth:`request_stop` or SIGTERM / SIGINT,
-        then stop gracefully."""
-        await self.start()
-        await self.serve_started(handle_signals=handle_signals)
+        then stop gracefully.
 
-    async def serve_started(self, *, handle_signals: bool = True) -> None:
-        """:meth:`serve` for a host already started with :meth:`start`."""
-        assert self._stop_requested is not None
+        The signal handlers go in before anything is bound, so a SIGTERM that
+        arrives as soon as the host reports ready still stops it gracefully.
+        """
+        if self._stop_requested is None:
+            self._stop_requested = asyncio.Event()
+        stop_requested = self._stop_requested
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 try:
-                    loop.add_signal_handler(sig, self._stop_requested.set)
+                    loop.add_signal_handler(sig, stop_requested.set)
                     installed.append(sig)
                 except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows
                     pass
         try:
-            await self._stop_requested.wait()
+            await self.start()
+            await stop_requested.wait()
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)

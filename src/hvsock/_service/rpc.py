@@ -8,12 +8,11 @@ from typing import Any
 
 from .._core.framing import (
     ErrorReply,
-    ProtocolError,
-    RemoteError,
     Request,
     Response,
     encode_message,
 )
+from .._errors import ProtocolError, RemoteError
 from .connection import Connection
 
 Method = Callable[..., Any]
