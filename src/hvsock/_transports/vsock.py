@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import os
 import socket
 import struct
 
@@ -36,32 +39,51 @@ def new_socket() -> socket.socket:
         raise translate(exc, op="socket", family="vsock", where="AF_VSOCK") from exc
 
 
+# CPython handles options on AF_VSOCK sockets specially: setsockopt takes only an
+# int (passed to the kernel as 64 bits) and getsockopt returns one, with no raw
+# buffers either way. That suits the buffer sizes; the connect timeout is a
+# struct timeval, which only libc's setsockopt can pass (see _setsockopt_raw).
+
+
 def set_buffer_size(sock: socket.socket, size: int) -> None:
     """Set the vsock buffer size, widening the min/max bounds when *size* is outside them."""
     check_buffer_size(size)
     level = sock.family
-    packed = struct.pack("Q", size)
-    (current_max,) = struct.unpack("Q", sock.getsockopt(level, SO_VM_SOCKETS_BUFFER_MAX_SIZE, 8))
-    (current_min,) = struct.unpack("Q", sock.getsockopt(level, SO_VM_SOCKETS_BUFFER_MIN_SIZE, 8))
-    if size > current_max:
-        sock.setsockopt(level, SO_VM_SOCKETS_BUFFER_MAX_SIZE, packed)
-    if size < current_min:
-        sock.setsockopt(level, SO_VM_SOCKETS_BUFFER_MIN_SIZE, packed)
-    sock.setsockopt(level, SO_VM_SOCKETS_BUFFER_SIZE, packed)
+    if size > sock.getsockopt(level, SO_VM_SOCKETS_BUFFER_MAX_SIZE):
+        sock.setsockopt(level, SO_VM_SOCKETS_BUFFER_MAX_SIZE, size)
+    if size < sock.getsockopt(level, SO_VM_SOCKETS_BUFFER_MIN_SIZE):
+        sock.setsockopt(level, SO_VM_SOCKETS_BUFFER_MIN_SIZE, size)
+    sock.setsockopt(level, SO_VM_SOCKETS_BUFFER_SIZE, size)
 
 
 def get_buffer_size(sock: socket.socket) -> int:
-    (size,) = struct.unpack("Q", sock.getsockopt(sock.family, SO_VM_SOCKETS_BUFFER_SIZE, 8))
-    return int(size)
+    return int(sock.getsockopt(sock.family, SO_VM_SOCKETS_BUFFER_SIZE))
 
 
-def set_connect_timeout(sock: socket.socket, timeout: float) -> None:
-    """The kernel's own connect timeout (default 2 s), so it agrees with ours."""
+def timeval(timeout: float) -> bytes:
+    """*timeout* seconds as a 64-bit struct timeval."""
     seconds = int(timeout)
     micros = round((timeout - seconds) * 1_000_000)
     if micros >= 1_000_000:
         seconds, micros = seconds + 1, 0
-    sock.setsockopt(sock.family, SO_VM_SOCKETS_CONNECT_TIMEOUT, struct.pack("qq", seconds, micros))
+    return struct.pack("qq", seconds, micros)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _setsockopt_raw(sock: socket.socket, level: int, optname: int, value: bytes) -> None:
+    buf = ctypes.create_string_buffer(value, len(value))
+    if _libc().setsockopt(sock.fileno(), level, optname, buf, len(value)) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def set_connect_timeout(sock: socket.socket, timeout: float) -> None:
+    """The kernel's own connect timeout (default 2 s), so it agrees with ours."""
+    _setsockopt_raw(sock, sock.family, SO_VM_SOCKETS_CONNECT_TIMEOUT, timeval(timeout))
 
 
 def prepare(address: VsockAddress, *, timeout: float | None,
