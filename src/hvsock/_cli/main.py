@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import FrameType
 from typing import TextIO
 
@@ -42,7 +41,10 @@ from .._services.echo import ECHO_PORT, echo_service, ping
 from .._transports import api
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT
 from .._transports.features import describe_cid, local_cid
-from . import demo, stdio
+from . import args as cliargs
+from . import demo, relay_cmds, stdio, windows_cmds
+
+EXTENSIONS = (windows_cmds, relay_cmds)
 
 # Exit statuses, in one place (documented in docs/cli.md).
 EXIT_OK = 0
@@ -80,63 +82,17 @@ def exit_code_for(exc: BaseException) -> int:
     return EXIT_ERROR
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        # argparse exits by itself; raise instead so main() maps it in one place.
-        raise _UsageError(f"{self.prog}: {message}\n{self.format_usage().strip()}")
-
-
-class _UsageError(Exception):
-    pass
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text, 0) if text[:2].lower() == "0x" else int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 0xFFFFFFFF:
-        raise argparse.ArgumentTypeError(f"port {value} is out of range 0..4294967295")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
-    return int(text)
-
-
-def _mode(text: str) -> int:
-    try:
-        value = int(text, 8)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode like 600") from None
-    if not 0 <= value <= 0o777:
-        raise argparse.ArgumentTypeError(f"mode {text} is outside 000..777")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="hvsock", description=(
+    parser = cliargs.Parser(prog="hvsock", description=(
         "Hyper-V sockets and VM sockets from the command line. Addresses: "
         "vsock://CID:PORT, hvsock://VM/SERVICE, hybrid://UDS_PATH:PORT, "
         "tcp://HOST:PORT, unix://PATH."))
     parser.add_argument("--version", action="version", version=f"hvsock {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                parser_class=_Parser)
+                                parser_class=cliargs.Parser)
 
     p = sub.add_parser("service-id", help="print the Hyper-V service id of a vsock port")
-    p.add_argument("port", type=_port, help="port number (decimal or 0x hex)")
+    p.add_argument("port", type=cliargs.port, help="port number (decimal or 0x hex)")
 
     p = sub.add_parser("port", help="print the vsock port of a template service id")
     p.add_argument("guid", help="service id GUID (any case, braces optional)")
@@ -155,13 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
         "stdout. Works as an ssh ProxyCommand: "
         "ssh -o ProxyCommand='hvsock connect vsock://3:22' user@vm")
     p.add_argument("address")
-    p.add_argument("--timeout", type=_positive_float, default=DEFAULT_CONNECT_TIMEOUT,
+    p.add_argument("--timeout", type=cliargs.positive_float, default=DEFAULT_CONNECT_TIMEOUT,
                    help="seconds for each connect attempt (default %(default)s)")
-    p.add_argument("--retries", type=_non_negative_int, default=0,
+    p.add_argument("--retries", type=cliargs.non_negative_int, default=0,
                    help="retry transient failures this many times (default 0)")
-    p.add_argument("--retry-wait", type=_positive_float, default=0.25,
+    p.add_argument("--retry-wait", type=cliargs.positive_float, default=0.25,
                    help="first wait between retries, doubling (default %(default)s)")
-    p.add_argument("--buffer-size", type=_non_negative_int, default=None,
+    p.add_argument("--buffer-size", type=cliargs.non_negative_int, default=None,
                    help="socket buffer size in bytes")
 
     p = sub.add_parser(
@@ -176,11 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exec", dest="exec_cmd", metavar="CMD",
                    help="run CMD (via the shell) per connection with its stdin/stdout "
                    "joined to the connection; HVSOCK_PEER names the peer")
-    p.add_argument("--max-connections", type=_non_negative_int, default=64,
+    p.add_argument("--max-connections", type=cliargs.non_negative_int, default=64,
                    help="with --exec: concurrent connections; more wait (default 64)")
-    p.add_argument("--mode", type=_mode, default=0o600,
+    p.add_argument("--mode", type=cliargs.mode, default=0o600,
                    help="file mode of unix/hybrid listener sockets, octal (default 600)")
-    p.add_argument("--buffer-size", type=_non_negative_int, default=None,
+    p.add_argument("--buffer-size", type=cliargs.non_negative_int, default=None,
                    help="socket buffer size in bytes")
 
     p = sub.add_parser("demo", help="run the HV Socket Demo: a server and a client on the "
@@ -192,29 +148,29 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Serve the built-in echo service on ADDRESS until "
                        "SIGTERM / Ctrl-C, then stop gracefully.")
     p.add_argument("address")
-    p.add_argument("--max-connections", type=_non_negative_int, default=64,
+    p.add_argument("--max-connections", type=cliargs.non_negative_int, default=64,
                    help="connections served at once; more wait (default 64)")
-    p.add_argument("--idle-timeout", type=_positive_float, default=300.0,
+    p.add_argument("--idle-timeout", type=cliargs.positive_float, default=300.0,
                    help="close a connection idle this many seconds (default 300)")
-    p.add_argument("--grace", type=_positive_float, default=5.0,
+    p.add_argument("--grace", type=cliargs.positive_float, default=5.0,
                    help="seconds in-flight connections get on stop (default 5)")
     p.add_argument("--ready-file", help="write JSON {pid, services} here once listening")
 
     p = sub.add_parser("ping", help="round-trip latency through an echo service")
     p.add_argument("address")
-    p.add_argument("-c", "--count", type=_non_negative_int, default=10)
-    p.add_argument("-s", "--size", type=_non_negative_int, default=1,
+    p.add_argument("-c", "--count", type=cliargs.non_negative_int, default=10)
+    p.add_argument("-s", "--size", type=cliargs.non_negative_int, default=1,
                    help="bytes per round trip (default 1)")
     p.add_argument("-i", "--interval", type=float, default=0.0,
                    help="seconds between round trips (default 0)")
-    p.add_argument("--timeout", type=_positive_float, default=DEFAULT_CONNECT_TIMEOUT)
-    p.add_argument("--retries", type=_non_negative_int, default=0)
+    p.add_argument("--timeout", type=cliargs.positive_float, default=DEFAULT_CONNECT_TIMEOUT)
+    p.add_argument("--retries", type=cliargs.non_negative_int, default=0)
     p.add_argument("--json", action="store_true", help="print JSON")
+
+    # Command groups kept in their own modules add their parsers and handlers here.
+    for module in EXTENSIONS:
+        COMMANDS.update(module.add_commands(sub))
     return parser
-
-
-def _print_json(obj: object, out: TextIO) -> None:
-    out.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def cmd_service_id(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -230,7 +186,7 @@ def cmd_port(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def cmd_addr(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     info = describe_address(parse_address(args.address))
     if args.json:
-        _print_json(info, out)
+        cliargs.print_json(info, out)
         return EXIT_OK
     width = max(len(k) for k in info)
     for key, value in info.items():
@@ -245,7 +201,7 @@ def cmd_addr(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def cmd_cid(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     cid = local_cid()
     if args.json:
-        _print_json({"cid": cid, "meaning": describe_cid(cid)}, out)
+        cliargs.print_json({"cid": cid, "meaning": describe_cid(cid)}, out)
     else:
         out.write(f"{cid}\n")
         err.write(f"hvsock: CID {cid}: {describe_cid(cid)}\n")
@@ -331,7 +287,7 @@ def _serve_exec(listener: socket.socket, address: Address, args: argparse.Namesp
 def cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     report = demo.run_demo(args.transport)
     if args.json:
-        _print_json({"transport": report.transport, "why": report.why,
+        cliargs.print_json({"transport": report.transport, "why": report.why,
                      "service": report.service, "service_id": report.service_id,
                      "address": report.address, "registration": report.registration,
                      "exchanged": [list(e) for e in report.exchanged]}, out)
@@ -373,7 +329,7 @@ def cmd_ping(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     stats = ping(args.address, count=args.count, size=args.size, interval=args.interval,
                  timeout=args.timeout, retries=args.retries)
     if args.json:
-        _print_json(stats.as_dict(), out)
+        cliargs.print_json(stats.as_dict(), out)
     else:
         out.write(f"{stats.count} round trips of {stats.size} bytes to {stats.address}\n")
         out.write(f"min {stats.min_ms:.3f} ms, median {stats.median_ms:.3f} ms, "
@@ -381,7 +337,7 @@ def cmd_ping(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO, TextIO], int]] = {
+COMMANDS: dict[str, cliargs.Handler] = {
     "service-id": cmd_service_id,
     "port": cmd_port,
     "addr": cmd_addr,
@@ -405,7 +361,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
     err = err or sys.stderr
     try:
         args = build_parser().parse_args(argv)
-    except _UsageError as exc:
+    except cliargs.UsageError as exc:
         err.write(f"{exc}\n")
         return EXIT_USAGE
     except SystemExit as exc:  # --help / --version print and "exit" 0

@@ -1,0 +1,63 @@
+"""Argument types and the parser class shared by every command module."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from typing import TextIO
+
+#: A command: (parsed arguments, stdout, stderr) -> exit status.
+Handler = Callable[[argparse.Namespace, TextIO, TextIO], int]
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse exits by itself; raise instead so main() maps it in one place.
+        raise UsageError(f"{self.prog}: {message}\n{self.format_usage().strip()}")
+
+
+class UsageError(Exception):
+    pass
+
+
+def port(text: str) -> int:
+    try:
+        value = int(text, 0) if text[:2].lower() == "0x" else int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"port {value} is out of range 0..4294967295")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return int(text)
+
+
+def mode(text: str) -> int:
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode like 600") from None
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError(f"mode {text} is outside 000..777")
+    return value
+
+
+
+
+def print_json(obj: object, out: TextIO) -> None:
+    out.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
