@@ -1,11 +1,15 @@
 """AF_HYPERV under asyncio. Isolated here because it is the one unverified part.
 
-The proactor loop's ``sock_connect`` / ``sock_accept`` go through ConnectEx /
-AcceptEx wrappers written for IP families, and ConnectEx needs a bound socket
-with an IP-style address. Rather than rely on them for AF_HYPERV, only connect
-and accept run in a worker thread; the connected socket is then handed to the
-loop (``asyncio.open_connection(sock=...)``), so the data path stays on the loop.
-This module has never run on Windows in hvsock's CI.
+What CPython's source says (read, not run): the proactor loop's ``sock_connect``
+first calls ``_overlapped.BindLocal``, which raises ValueError for any family but
+AF_INET / AF_INET6; its ``accept`` makes the AcceptEx socket with
+``socket.socket(listener.family)``, protocol 0, which CPython refuses for
+AF_HYPERV ("unsupported AF_HYPERV protocol"). So on the proactor loop (the
+Windows default) connect and accept run in a worker thread here, and the
+connected socket is handed to the loop (``asyncio.open_connection(sock=...)``):
+the data path, overlapped WSARecv / WSASend, stays on the loop. The selector
+loop (``asyncio.WindowsSelectorEventLoopPolicy``) uses plain non-blocking calls
+and needs no thread. This module has never run on Windows in hvsock's CI.
 """
 
 from __future__ import annotations

@@ -24,7 +24,13 @@ from .._core.addresses import (
     VsockAddress,
     parse_address,
 )
-from .._errors import ConnectTimeoutError, HvsockError, is_transient, translate
+from .._errors import (
+    ConnectTimeoutError,
+    HvsockError,
+    UnsupportedError,
+    is_transient,
+    translate,
+)
 from .._transports import api, hybrid, vsock
 from .._transports._common import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -221,6 +227,11 @@ async def start_server(
     """
     listener = api.listen(address, backlog=backlog, buffer_size=buffer_size, mode=mode)
     with close_on_error(listener):
+        if aio_hyperv.needs_thread(listener):  # pragma: no cover - Windows proactor only
+            raise UnsupportedError(
+                "asyncio's proactor loop cannot accept AF_HYPERV connections; use "
+                "hvsock.ServiceHost (it accepts in a thread), or run this server on "
+                "asyncio.WindowsSelectorEventLoopPolicy()")
         listener.setblocking(False)
         return await asyncio.start_server(client_connected_cb, sock=listener, limit=limit,
                                           start_serving=start_serving)
