@@ -8,9 +8,9 @@ import math
 import socket
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from .._errors import AddressError, is_transient
+from .._errors import AddressError, is_transient, translate
 
 #: Default deadline for one connect attempt, in seconds. Never None by default:
 #: a Hyper-V connect with no listener can otherwise block for ~30 s.
@@ -106,3 +106,19 @@ def close_write(sock: socket.socket) -> None:
     except OSError as exc:
         if exc.errno != errno.ENOTCONN:
             raise
+
+
+def bind_and_listen(sock: socket.socket, sockaddr: Any, backlog: int, *, family: str,
+                    where: str, before_bind: Callable[[], None] | None = None) -> socket.socket:
+    """Bind and listen *sock* (a fresh socket); close it and explain the error on failure."""
+    with close_on_error(sock):
+        op = "bind"
+        try:
+            if before_bind is not None:
+                before_bind()
+            sock.bind(sockaddr)
+            op = "listen"
+            sock.listen(backlog)
+        except OSError as exc:
+            raise translate(exc, op=op, family=family, where=where) from exc
+    return sock

@@ -11,7 +11,7 @@ import socket
 
 from .._core.addresses import HyperVAddress
 from .._errors import translate
-from ._common import close_on_error, set_stream_buffer_size
+from ._common import bind_and_listen, close_on_error, set_stream_buffer_size
 from .features import require_hyperv
 
 HV_PROTOCOL_RAW = 1
@@ -64,14 +64,7 @@ def connect(address: HyperVAddress, *, timeout: float | None,
 def listen(address: HyperVAddress, *, backlog: int,
            buffer_size: int | None) -> socket.socket:  # pragma: no cover - Windows only
     sock = new_socket()
-    with close_on_error(sock):
-        op = "bind"
-        try:
-            if buffer_size is not None:
-                set_stream_buffer_size(sock, buffer_size)
-            sock.bind(address.sockaddr)
-            op = "listen"
-            sock.listen(backlog)
-        except OSError as exc:
-            raise translate(exc, op=op, family="hyperv", where=where(address)) from exc
-    return sock
+    return bind_and_listen(
+        sock, address.sockaddr, backlog, family="hyperv", where=where(address),
+        before_bind=None if buffer_size is None
+        else lambda: set_stream_buffer_size(sock, buffer_size))

@@ -11,7 +11,7 @@ import struct
 
 from .._core.addresses import TcpAddress, UnixAddress
 from .._errors import AddressInUseError, ConnectTimeoutError, translate
-from ._common import close_on_error, set_stream_buffer_size
+from ._common import bind_and_listen, close_on_error, set_stream_buffer_size
 
 #: Unix listeners are private unless asked otherwise: bridges that leave
 #: world-writable sockets behind are a known way to leak a VM's services.
@@ -41,18 +41,14 @@ def tcp_listen(address: TcpAddress, *, backlog: int, buffer_size: int | None) ->
                         where=str(address)) from exc
     family, _, _, _, sockaddr = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
-    with close_on_error(sock):
-        op = "bind"
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if buffer_size is not None:
-                set_stream_buffer_size(sock, buffer_size)
-            sock.bind(sockaddr)
-            op = "listen"
-            sock.listen(backlog)
-        except OSError as exc:
-            raise translate(exc, op=op, family="tcp", where=str(address)) from exc
-    return sock
+
+    def options() -> None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if buffer_size is not None:
+            set_stream_buffer_size(sock, buffer_size)
+
+    return bind_and_listen(sock, sockaddr, backlog, family="tcp", where=str(address),
+                           before_bind=options)
 
 
 _NO_TIMEOUT = struct.pack("ll", 0, 0)

@@ -11,7 +11,7 @@ import struct
 from .._core import ids
 from .._core.addresses import VsockAddress
 from .._errors import translate
-from ._common import check_buffer_size, close_on_error
+from ._common import bind_and_listen, check_buffer_size, close_on_error
 from .features import require_vsock
 
 # Option names at level AF_VSOCK (vm_sockets.h); CPython exports only the first three.
@@ -116,14 +116,6 @@ def connect(address: VsockAddress, *, timeout: float | None,
 
 def listen(address: VsockAddress, *, backlog: int, buffer_size: int | None) -> socket.socket:
     sock = new_socket()
-    with close_on_error(sock):
-        op = "bind"
-        try:
-            if buffer_size is not None:
-                set_buffer_size(sock, buffer_size)
-            sock.bind(address.sockaddr)
-            op = "listen"
-            sock.listen(backlog)
-        except OSError as exc:
-            raise translate(exc, op=op, family="vsock", where=where(address)) from exc
-    return sock
+    return bind_and_listen(
+        sock, address.sockaddr, backlog, family="vsock", where=where(address),
+        before_bind=None if buffer_size is None else lambda: set_buffer_size(sock, buffer_size))
