@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
-import platform
 import resource
 import socket
 import statistics
@@ -28,6 +26,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+import _report
 
 import hvsock
 
@@ -130,11 +130,8 @@ def main() -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     rows: list[dict[str, object]] = []
 
-    def row(figure: str, unit: str, ours: float, base: float, baseline: str,
-            target: str = "") -> None:
-        rows.append({"figure": figure, "unit": unit, "hvsock": round(ours, 2),
-                     "baseline": round(base, 2), "baseline_is": baseline,
-                     "ratio": round(ours / base, 3), "target": target})
+    def row(*fields: object, **kw: str) -> None:
+        rows.append(_report.row(*fields, **kw))  # type: ignore[arg-type]
 
     # Alternate servers over several rounds and keep medians, so drift hits both.
     try:
@@ -173,17 +170,7 @@ def main() -> int:
     row("Python heap per idle connection (1000)", "bytes", heap["hvsock"], heap["stdlib"],
         "stdlib asyncio streams", "< 65536 bytes")
 
-    machine = {"python": platform.python_version(), "machine": platform.machine(),
-               "cpus": os.cpu_count(), "kernel": platform.release()}
-    if args.json:
-        json.dump({"machine": machine, "rows": rows}, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return 0
-    print(f"machine: {machine}")
-    print(f"{'figure':<40} {'hvsock':>10} {'baseline':>10} {'ratio':>6}  unit; baseline; target")
-    for r in rows:
-        print(f"{r['figure']:<40} {r['hvsock']:>10} {r['baseline']:>10} {r['ratio']:>6}  "
-              f"{r['unit']}; {r['baseline_is']}; {r['target'] or '-'}")
+    _report.emit(rows, args.json)
     return 0
 
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import platform
 import socket
 import statistics
 import sys
@@ -14,6 +12,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+
+import _report
 
 import hvsock
 from hvsock.testing import HybridVsockMuxer
@@ -92,9 +92,7 @@ def main() -> int:
             base_runs.append(base_fn())
             ours_runs.append(ours_fn())
         ours, base = statistics.median(ours_runs), statistics.median(base_runs)
-        rows.append({"figure": name, "unit": unit, "hvsock": round(ours, 1),
-                     "baseline": round(base, 1), "baseline_is": baseline,
-                     "ratio": round(ours / base, 3)})
+        rows.append(_report.row(name, unit, ours, base, baseline))
 
     with tempfile.TemporaryDirectory(prefix="hvb-", dir="/tmp") as tmp:
         # Unix connect rate.
@@ -137,17 +135,7 @@ def main() -> int:
             lambda: throughput(raw_unix(path)), "socket.connect")
         listener.close()
 
-    machine = {"python": platform.python_version(), "machine": platform.machine(),
-               "cpus": os.cpu_count(), "kernel": platform.release()}
-    if args.json:
-        json.dump({"machine": machine, "rows": rows}, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return 0
-    print(f"machine: {machine}")
-    print(f"{'figure':<42} {'hvsock':>10} {'baseline':>10} {'ratio':>7}  unit, baseline")
-    for r in rows:
-        print(f"{r['figure']:<42} {r['hvsock']:>10} {r['baseline']:>10} {r['ratio']:>7}  "
-              f"{r['unit']}, {r['baseline_is']}")
+    _report.emit(rows, args.json)
     return 0
 
 
