@@ -11,6 +11,8 @@ from ._core.addresses import (
     Address,
     HybridAddress,
     HyperVAddress,
+    NamedVmAddress,
+    SocketAddress,
     TcpAddress,
     UnixAddress,
     VsockAddress,
@@ -47,6 +49,7 @@ from ._core.ids import (
     port_for_service_id,
     service_id_for_port,
 )
+from ._doctor import Check, Diagnosis, diagnose
 from ._errors import (
     AddressError,
     AddressInUseError,
@@ -58,10 +61,12 @@ from ._errors import (
     NothingListeningError,
     PermissionDeniedError,
     ProtocolError,
+    RegistryError,
     RemoteError,
     TransportUnavailableError,
     UnreachableError,
     UnsupportedError,
+    VmNotFoundError,
 )
 from ._service.connection import Connection, Peer, SyncConnection
 from ._service.declaration import Limits, Service
@@ -91,6 +96,16 @@ from ._transports.features import (
     local_cid,
     vsock_loopback_loaded,
 )
+from ._windows.export import registration_script
+from ._windows.registry import (
+    Registration,
+    Removal,
+    ServiceEntry,
+    register_service,
+    registered_services,
+    unregister_service,
+)
+from ._windows.vms import VmInfo, discover_vms, resolve_address
 
 __version__ = "0.1.0"
 
@@ -115,8 +130,10 @@ __all__ = [
     "AddressError",
     "AddressInUseError",
     "AsyncRpcClient",
+    "Check",
     "ConnectTimeoutError",
     "Connection",
+    "Diagnosis",
     "ErrorReply",
     "FrameDecoder",
     "FrameTooLargeError",
@@ -126,23 +143,31 @@ __all__ = [
     "HyperVAddress",
     "IdleTimeoutError",
     "Limits",
+    "NamedVmAddress",
     "NothingListeningError",
     "Peer",
     "PermissionDeniedError",
     "PingStats",
     "ProtocolError",
+    "Registration",
+    "RegistryError",
     "RemoteError",
+    "Removal",
     "Request",
     "Response",
     "RpcClient",
     "Service",
+    "ServiceEntry",
     "ServiceHost",
+    "SocketAddress",
     "SyncConnection",
     "TcpAddress",
     "TransportUnavailableError",
     "UnixAddress",
     "UnreachableError",
     "UnsupportedError",
+    "VmInfo",
+    "VmNotFoundError",
     "VsockAddress",
     "__version__",
     "close_write",
@@ -150,6 +175,8 @@ __all__ = [
     "connect_socket",
     "decode_message",
     "describe_address",
+    "diagnose",
+    "discover_vms",
     "echo_service",
     "encode_frame",
     "encode_message",
@@ -168,12 +195,17 @@ __all__ = [
     "port_for_service_id",
     "read_frame",
     "recv_frame",
+    "register_service",
+    "registered_services",
+    "registration_script",
     "remove_socket_file",
+    "resolve_address",
     "rpc_handler",
     "send_frame",
     "service_id_for_port",
     "set_buffer_size",
     "start_server",
+    "unregister_service",
     "vsock_loopback_loaded",
     "write_frame",
 ]

@@ -22,10 +22,12 @@ __all__ = [
     "NothingListeningError",
     "PermissionDeniedError",
     "ProtocolError",
+    "RegistryError",
     "RemoteError",
     "TransportUnavailableError",
     "UnreachableError",
     "UnsupportedError",
+    "VmNotFoundError",
 ]
 
 
@@ -112,6 +114,14 @@ class RemoteError(HvsockError):
 
 class IdleTimeoutError(HvsockError, TimeoutError):
     """The peer sent nothing (or took nothing) for longer than the idle timeout."""
+
+
+class RegistryError(HvsockError):
+    """A service registration conflicts, is malformed, or the registry refused it."""
+
+
+class VmNotFoundError(HvsockError):
+    """No VM has the name an address gives (or WSL's VM is not running)."""
 
 
 # Windows socket error numbers (winsock2.h). CPython reports them in

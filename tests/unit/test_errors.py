@@ -22,10 +22,12 @@ from hvsock._errors import (
     NothingListeningError,
     PermissionDeniedError,
     ProtocolError,
+    RegistryError,
     RemoteError,
     TransportUnavailableError,
     UnreachableError,
     UnsupportedError,
+    VmNotFoundError,
     is_transient,
     translate,
 )
@@ -47,6 +49,8 @@ TREE: dict[type[HvsockError], tuple[type[BaseException], ...]] = {
     FrameTooLargeError: (ProtocolError,),
     RemoteError: (),
     IdleTimeoutError: (TimeoutError,),
+    RegistryError: (),
+    VmNotFoundError: (),
 }
 # RemoteError is built from the peer's (code, message); the rest from one message.
 SIMPLE = [cls for cls in TREE if cls is not RemoteError]

@@ -20,6 +20,8 @@ from .._core.addresses import (
     Address,
     HybridAddress,
     HyperVAddress,
+    NamedVmAddress,
+    SocketAddress,
     TcpAddress,
     VsockAddress,
     parse_address,
@@ -70,8 +72,11 @@ async def connect_socket(
     return await _attempt(addr, timeout, buffer_size)
 
 
-async def _attempt(addr: Address, timeout: float | None,
+async def _attempt(named: Address, timeout: float | None,
                    buffer_size: int | None) -> socket.socket:
+    # Looking a VM name up runs PowerShell: keep it off the loop.
+    addr = (await asyncio.to_thread(api.resolve, named) if isinstance(named, NamedVmAddress)
+            else named)
     if isinstance(addr, HyperVAddress):
         return await aio_hyperv.connect(addr, timeout=timeout, buffer_size=buffer_size)
     progress = _Progress()
@@ -117,7 +122,7 @@ async def _connect_unix(sock: socket.socket, target: Any, progress: _Progress) -
         delay = min(delay * 2, 0.05)
 
 
-async def _connect(addr: Address, timeout: float | None, buffer_size: int | None,
+async def _connect(addr: SocketAddress, timeout: float | None, buffer_size: int | None,
                    progress: _Progress) -> socket.socket:
     loop = asyncio.get_running_loop()
     if isinstance(addr, TcpAddress):
@@ -225,6 +230,8 @@ async def start_server(
     options. Closing the server leaves a Unix / hybrid socket file behind: remove
     it with :func:`hvsock.remove_socket_file`.
     """
+    if isinstance(parse_address(address), NamedVmAddress):
+        address = await asyncio.to_thread(api.resolve, address)
     listener = api.listen(address, backlog=backlog, buffer_size=buffer_size, mode=mode)
     with close_on_error(listener):
         if aio_hyperv.needs_thread(listener):  # pragma: no cover - Windows proactor only

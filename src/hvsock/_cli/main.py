@@ -32,8 +32,10 @@ from .._errors import (
     HvsockError,
     NothingListeningError,
     PermissionDeniedError,
+    RegistryError,
     UnreachableError,
     UnsupportedError,
+    VmNotFoundError,
 )
 from .._service.declaration import Limits
 from .._service.host import ServiceHost
@@ -55,6 +57,7 @@ EXIT_CONNECT = 4  # nothing listening, timed out, unreachable
 EXIT_PROTOCOL = 5  # a peer broke the protocol
 EXIT_PERMISSION = 6
 EXIT_IN_USE = 7
+EXIT_REGISTRY = 8  # a registration conflicts, or the registry refused it
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
@@ -65,9 +68,11 @@ _EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (NothingListeningError, EXIT_CONNECT),
     (ConnectTimeoutError, EXIT_CONNECT),
     (UnreachableError, EXIT_CONNECT),
+    (VmNotFoundError, EXIT_CONNECT),
     (HandshakeError, EXIT_PROTOCOL),
     (PermissionDeniedError, EXIT_PERMISSION),
     (AddressInUseError, EXIT_IN_USE),
+    (RegistryError, EXIT_REGISTRY),
 ]
 
 

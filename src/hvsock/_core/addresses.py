@@ -6,6 +6,9 @@ Text forms (parsed by :func:`parse_address`, produced by ``str(address)``)::
                                   port: number | any
     hvsock://<vm>/<service>       vm: GUID | wildcard | zero | children | loopback |
                                       parent | broadcast | silohost
+                                      | wsl | name:<VM name> (looked up when
+                                      connecting or listening; '/' and '%' in a
+                                      name are written %2F and %25)
                                   service: GUID | port number (its VSOCK template id)
     hybrid://<uds_path>:<port>    host side of Firecracker / Cloud Hypervisor vsock;
                                   the path runs to the last ':'
@@ -32,6 +35,7 @@ __all__ = [
     "Address",
     "HybridAddress",
     "HyperVAddress",
+    "NamedVmAddress",
     "TcpAddress",
     "UnixAddress",
     "VsockAddress",
@@ -47,8 +51,8 @@ UNIX_PATH_MAX = 107
 
 FORMS = {
     "vsock": "vsock://<cid>:<port>, e.g. vsock://3:5000 or vsock://any:5000",
-    "hvsock": "hvsock://<vm>/<service>, e.g. hvsock://parent/5000 or "
-    "hvsock://<vm GUID>/<service GUID>",
+    "hvsock": "hvsock://<vm>/<service>, e.g. hvsock://parent/5000, hvsock://wsl/5000, "
+    "hvsock://name:MyVM/5000 or hvsock://<vm GUID>/<service GUID>",
     "hybrid": "hybrid://<uds_path>:<port>, e.g. hybrid:///run/fc/v.sock:52",
     "tcp": "tcp://<host>:<port>, e.g. tcp://127.0.0.1:2222 or tcp://[::1]:2222",
     "unix": "unix://<path>, e.g. unix:///run/agent.sock or unix://@abstract-name",
@@ -176,6 +180,95 @@ class HyperVAddress:
         return VsockAddress(cid, ids.port_for_service_id(self.service_id))
 
 
+#: Longest VM name an address takes.
+MAX_VM_NAME = 256
+
+
+def _check_vm_name(name: object, form: str) -> str:
+    if not isinstance(name, str):
+        raise AddressError(f"VM name must be a string, not {type(name).__name__}; {form}")
+    if not name:
+        raise AddressError(f"VM name is empty; {form}")
+    if len(name) > MAX_VM_NAME:
+        raise AddressError(f"VM name is {len(name)} characters long; at most {MAX_VM_NAME}; "
+                           f"{form}")
+    bad = next((c for c in name if not c.isprintable()), None)
+    if bad is not None:
+        raise AddressError(f"VM name {name!r} has a control character {bad!r}; {form}")
+    return name
+
+
+def _escape_vm_name(name: str) -> str:
+    # '/' ends the VM part of the text; '%' starts an escape.
+    return name.replace("%", "%25").replace("/", "%2F")
+
+
+def _unescape_vm_name(text: str, form: str) -> str:
+    raw = bytearray()
+    i = 0
+    while i < len(text):
+        if text[i] == "%":
+            pair = text[i + 1:i + 3]
+            if len(pair) != 2 or any(c not in "0123456789abcdefABCDEF" for c in pair):
+                raise AddressError(f"VM name {text!r}: '%' must start an escape such as "
+                                   f"%2F ('/') or %25 ('%'); {form}")
+            raw.append(int(pair, 16))
+            i += 3
+        else:
+            raw += text[i].encode("utf-8", "surrogatepass")
+            i += 1
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise AddressError(f"VM name {text!r} is not valid text (bad UTF-8 or escapes); "
+                           f"{form}") from None
+
+
+@dataclass(frozen=True)
+class NamedVmAddress:
+    """A Hyper-V address that names its VM instead of giving its id.
+
+    ``hvsock://name:<VM name>/<service>`` names a Hyper-V VM (as ``Get-VM`` lists
+    it, any case); ``hvsock://wsl/<service>`` is the WSL 2 utility VM, whose id
+    changes at every start: *vm_name* is None for it. Building or parsing one does
+    no I/O: :func:`hvsock.connect` and :func:`hvsock.listen` look the VM up (see
+    :func:`hvsock.resolve_address`) and raise :class:`VmNotFoundError` when no VM
+    has that name, :class:`UnreachableError` when it is not running.
+    """
+
+    vm_name: str | None
+    service_id: uuid.UUID
+    kind: ClassVar[str] = "hvsock"
+
+    def __post_init__(self) -> None:
+        if self.vm_name is not None:
+            _check_vm_name(self.vm_name, FORMS["hvsock"])
+        if not isinstance(self.service_id, uuid.UUID):
+            raise AddressError(
+                f"service_id must be a uuid.UUID, not {type(self.service_id).__name__}; "
+                f"parse text with parse_address(): {FORMS['hvsock']}")
+
+    @property
+    def is_wsl(self) -> bool:
+        return self.vm_name is None
+
+    @property
+    def port(self) -> int | None:
+        """The vsock port of a template service id, else None."""
+        if ids.is_template_service_id(self.service_id):
+            return ids.port_for_service_id(self.service_id)
+        return None
+
+    def with_vm_id(self, vm_id: uuid.UUID) -> HyperVAddress:
+        """The address once the VM's id is known."""
+        return HyperVAddress(vm_id, self.service_id)
+
+    def __str__(self) -> str:
+        vm = "wsl" if self.vm_name is None else "name:" + _escape_vm_name(self.vm_name)
+        port = self.port
+        return f"hvsock://{vm}/{port if port is not None else self.service_id}"
+
+
 @dataclass(frozen=True)
 class HybridAddress:
     """The host side of a hybrid-vsock VMM (Firecracker, Cloud Hypervisor).
@@ -257,8 +350,11 @@ class UnixAddress:
         return f"unix://{self.path}"
 
 
-Address = VsockAddress | HyperVAddress | HybridAddress | TcpAddress | UnixAddress
-ADDRESS_TYPES = (VsockAddress, HyperVAddress, HybridAddress, TcpAddress, UnixAddress)
+#: An address a socket can use as it is: no VM name left to look up.
+SocketAddress = VsockAddress | HyperVAddress | HybridAddress | TcpAddress | UnixAddress
+Address = SocketAddress | NamedVmAddress
+ADDRESS_TYPES = (VsockAddress, HyperVAddress, NamedVmAddress, HybridAddress, TcpAddress,
+                 UnixAddress)
 
 _NUMBER = re.compile(r"(?:0[xX][0-9a-fA-F]+|[0-9]+)\Z")
 
@@ -295,28 +391,35 @@ def _parse_vsock(rest: str) -> VsockAddress:
     return VsockAddress(cid, port)
 
 
-def _parse_hvsock(rest: str) -> HyperVAddress:
+def _parse_hvsock(rest: str) -> HyperVAddress | NamedVmAddress:
     form = FORMS["hvsock"]
     vm_text, sep, svc_text = rest.partition("/")
     if not sep:
         raise AddressError(f"hvsock address {rest!r} has no '/<service>'; {form}")
     if not vm_text:
         raise AddressError(f"VM id is empty; {form}")
-    if vm_text.lower() in ids.WELL_KNOWN_VM_IDS:
-        vm = ids.WELL_KNOWN_VM_IDS[vm_text.lower()]
+    lowered = vm_text.lower()
+    if lowered == "wsl" or lowered.startswith("name:"):
+        vm_name = None if lowered == "wsl" else _unescape_vm_name(vm_text[5:], form)
+        return NamedVmAddress(vm_name, _parse_service(svc_text, form))
+    if lowered in ids.WELL_KNOWN_VM_IDS:
+        vm = ids.WELL_KNOWN_VM_IDS[lowered]
     elif "-" in vm_text or vm_text.startswith("{"):
         vm = ids.parse_guid(vm_text, what="VM id")
     else:
         names = ", ".join(ids.WELL_KNOWN_VM_IDS)
-        raise AddressError(f"unknown VM name {vm_text!r}: use a GUID or one of {names}; {form}")
+        raise AddressError(f"unknown VM name {vm_text!r}: use a GUID, one of {names}, wsl "
+                           f"(the WSL 2 VM), or name:{vm_text} for a VM named so; {form}")
+    return HyperVAddress(vm, _parse_service(svc_text, form))
+
+
+def _parse_service(svc_text: str, form: str) -> uuid.UUID:
     if not svc_text:
         raise AddressError(f"service id is empty; {form}")
     if _NUMBER.match(svc_text):
         port = _int_in(_number(svc_text, "port", form), 0, _U32_MAX, "port", form)
-        service = ids.service_id_for_port(port)
-    else:
-        service = ids.parse_guid(svc_text, what="service id")
-    return HyperVAddress(vm, service)
+        return ids.service_id_for_port(port)
+    return ids.parse_guid(svc_text, what="service id")
 
 
 def _parse_hybrid(rest: str) -> HybridAddress:
@@ -440,6 +543,17 @@ def describe_address(address: Address) -> dict[str, object]:
             info["vsock_view"] = str(address.to_vsock())
         except AddressError:
             info["vsock_view"] = None
+    elif isinstance(address, NamedVmAddress):
+        info["vm_name"] = address.vm_name
+        info["wsl"] = address.is_wsl
+        info["vm_id"] = None
+        info["vm_id_from"] = ("WSL's running VM" if address.is_wsl else "the VM of that name") \
+            + ", looked up when connecting or listening; `hvsock vms` lists them"
+        info["service_id"] = str(address.service_id)
+        info["template"] = address.port is not None
+        info["port"] = address.port
+        info["linux_guest_connects_to"] = (
+            str(VsockAddress(ids.CID_HOST, address.port)) if address.port is not None else None)
     elif isinstance(address, HybridAddress):
         info["uds_path"] = address.uds_path
         info["port"] = address.port

@@ -10,12 +10,15 @@ from .._core.addresses import (
     Address,
     HybridAddress,
     HyperVAddress,
+    NamedVmAddress,
+    SocketAddress,
     TcpAddress,
     UnixAddress,
     VsockAddress,
     parse_address,
 )
 from .._errors import AddressError
+from .._windows.vms import resolve_address
 from . import hybrid, hyperv, stream, vsock
 from ._common import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -24,7 +27,21 @@ from ._common import (
     set_stream_buffer_size,
     with_retries,
 )
+from .features import require_hyperv
 from .stream import DEFAULT_UNIX_MODE
+
+
+def resolve(address: Address | str) -> SocketAddress:
+    """Parse *address* and look up a VM it names (``hvsock://wsl/...``, ``name:MyVM``).
+
+    Raises :class:`UnsupportedError` off Windows, before running anything, since
+    only AF_HYPERV can use the VM id; else as :func:`hvsock.resolve_address`.
+    """
+    addr = parse_address(address)
+    if isinstance(addr, NamedVmAddress):
+        require_hyperv()
+        return resolve_address(addr)
+    return addr
 
 
 def connect(
@@ -40,21 +57,23 @@ def connect(
     *timeout* bounds each attempt (connect, and the hybrid handshake); None waits
     as long as the OS does (AF_VSOCK's own default is 2 s). With *retries* > 0,
     transient failures (nothing listening yet, timed out, VM unreachable or
-    rebooting) are retried after *retry_wait* seconds, doubling up to 5 s.
+    rebooting) are retried after *retry_wait* seconds, doubling up to 5 s. A VM
+    named in the address (``hvsock://wsl/5000``) is looked up at each attempt.
     *buffer_size* sets the socket's buffers (vsock buffer size, or SO_SNDBUF and
     SO_RCVBUF) before connecting.
 
     Raises :class:`AddressError`, :class:`UnsupportedError`,
     :class:`NothingListeningError`, :class:`ConnectTimeoutError`,
     :class:`UnreachableError`, :class:`PermissionDeniedError`,
-    :class:`HandshakeError`, all :class:`HvsockError`.
+    :class:`HandshakeError`, :class:`VmNotFoundError`, all :class:`HvsockError`.
     """
-    addr = parse_address(address)
+    named = parse_address(address)
     check_timeout(timeout)
     if buffer_size is not None:
         check_buffer_size(buffer_size)
 
     def attempt() -> socket.socket:
+        addr = resolve(named)
         if isinstance(addr, VsockAddress):
             return vsock.connect(addr, timeout=timeout, buffer_size=buffer_size)
         if isinstance(addr, HyperVAddress):
@@ -82,9 +101,10 @@ def listen(
     *mode* (0o600 by default; None keeps the umask's); a stale socket file with
     nobody listening is replaced, any other existing file is left alone and is
     an :class:`AddressInUseError`. The socket file stays after ``close()``:
-    remove it with :func:`remove_socket_file` when done.
+    remove it with :func:`remove_socket_file` when done. A VM named in the address
+    (``hvsock://wsl/5000``) is looked up first.
     """
-    addr = parse_address(address)
+    named = parse_address(address)
     if isinstance(backlog, bool) or not isinstance(backlog, int) or not 0 <= backlog <= 65535:
         raise AddressError(f"backlog must be a whole number in 0..65535, not {backlog!r}")
     if mode is not None and (isinstance(mode, bool) or not isinstance(mode, int)
@@ -92,6 +112,7 @@ def listen(
         raise AddressError(f"mode must be a permission number like 0o600, not {mode!r}")
     if buffer_size is not None:
         check_buffer_size(buffer_size)
+    addr = resolve(named)
     if isinstance(addr, VsockAddress):
         return vsock.listen(addr, backlog=backlog, buffer_size=buffer_size)
     if isinstance(addr, HyperVAddress):

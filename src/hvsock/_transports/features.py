@@ -65,9 +65,9 @@ def require_hyperv() -> int:
     return int(family)
 
 
-def loaded_vsock_transports() -> list[str]:
-    """Names of the vsock transport modules the kernel has loaded."""
-    return [m for m in VSOCK_TRANSPORT_MODULES if os.path.isdir(os.path.join(SYS_MODULE, m))]
+def loaded_vsock_transports(sys_module: str = SYS_MODULE) -> list[str]:
+    """Names of the vsock transport modules the kernel has loaded (per *sys_module*)."""
+    return [m for m in VSOCK_TRANSPORT_MODULES if os.path.isdir(os.path.join(sys_module, m))]
 
 
 def vsock_loopback_loaded() -> bool:

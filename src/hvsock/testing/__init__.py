@@ -2,9 +2,11 @@
 
 :class:`HybridVsockMuxer` emulates the host side of a Firecracker / Cloud
 Hypervisor VMM's vsock device over real Unix sockets, so hybrid-vsock code can be
-tested without a VM.
+tested without a VM. :class:`MemoryRegistry` holds registry keys and values in
+memory with Windows' rules, so service registration can be tested anywhere.
 """
 
 from ._muxer import HybridVsockMuxer
+from ._registry import MemoryRegistry
 
-__all__ = ["HybridVsockMuxer"]
+__all__ = ["HybridVsockMuxer", "MemoryRegistry"]
