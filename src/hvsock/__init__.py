@@ -68,6 +68,7 @@ from ._errors import (
     UnsupportedError,
     VmNotFoundError,
 )
+from ._relay import ConnectionRecord, Relay, RelayStats, relay
 from ._service.connection import Connection, Peer, SyncConnection
 from ._service.declaration import Limits, Service
 from ._service.frames import (
@@ -81,6 +82,8 @@ from ._service.frames import (
 from ._service.host import ServiceHost
 from ._service.rpc import rpc_handler
 from ._services.echo import ECHO_PORT, PingStats, echo_service, ping
+from ._tools.bench import BenchResult, BenchServer
+from ._tools.stress import StressFailure, StressResult, stress
 from ._transports._common import DEFAULT_CONNECT_TIMEOUT, close_write
 from ._transports.api import (
     connect,
@@ -130,9 +133,12 @@ __all__ = [
     "AddressError",
     "AddressInUseError",
     "AsyncRpcClient",
+    "BenchResult",
+    "BenchServer",
     "Check",
     "ConnectTimeoutError",
     "Connection",
+    "ConnectionRecord",
     "Diagnosis",
     "ErrorReply",
     "FrameDecoder",
@@ -151,6 +157,8 @@ __all__ = [
     "ProtocolError",
     "Registration",
     "RegistryError",
+    "Relay",
+    "RelayStats",
     "RemoteError",
     "Removal",
     "Request",
@@ -160,6 +168,8 @@ __all__ = [
     "ServiceEntry",
     "ServiceHost",
     "SocketAddress",
+    "StressFailure",
+    "StressResult",
     "SyncConnection",
     "TcpAddress",
     "TransportUnavailableError",
@@ -198,6 +208,7 @@ __all__ = [
     "register_service",
     "registered_services",
     "registration_script",
+    "relay",
     "remove_socket_file",
     "resolve_address",
     "rpc_handler",
@@ -205,6 +216,7 @@ __all__ = [
     "service_id_for_port",
     "set_buffer_size",
     "start_server",
+    "stress",
     "unregister_service",
     "vsock_loopback_loaded",
     "write_frame",
