@@ -107,3 +107,21 @@ def parse_guid(text: str, *, what: str = "GUID") -> uuid.UUID:
             f"{what} {text!r} is not a GUID; write it as "
             "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx (hex digits, braces optional)")
     return uuid.UUID(s)
+
+
+def coerce_service_id(value: object) -> uuid.UUID:
+    """A service id from a ``uuid.UUID``, GUID text (braces optional) or a vsock port
+    (an int, or decimal digits meaning its template id). :class:`AddressError` otherwise."""
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return service_id_for_port(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isascii() and text.isdigit():
+            if len(text.lstrip("0")) > 10:
+                raise AddressError(f"port {text[:20]!r}... is out of range 0..4294967295")
+            return service_id_for_port(int(text))
+        return parse_guid(text, what="service id")
+    raise AddressError(f"a service id must be a GUID, a port number or a uuid.UUID, "
+                       f"not {type(value).__name__}")

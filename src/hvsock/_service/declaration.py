@@ -67,20 +67,6 @@ class Limits:
                              f"1..{ABSOLUTE_MAX_FRAME}, not {self.max_message_size!r}")
 
 
-def _service_id(value: object) -> uuid.UUID:
-    if isinstance(value, uuid.UUID):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return ids.service_id_for_port(value)
-    if isinstance(value, str):
-        text = value.strip()
-        if text.isdigit():
-            return ids.service_id_for_port(int(text))
-        return ids.parse_guid(text, what="service id")
-    raise AddressError(f"service id must be a port number, a GUID or a uuid.UUID, "
-                       f"not {type(value).__name__}")
-
-
 def check_name(name: object) -> str:
     """A friendly name as the registry's ElementName takes it: 1..256 printable chars."""
     if not isinstance(name, str) or not name.strip():
@@ -141,7 +127,7 @@ class Service:
 
     def __post_init__(self) -> None:
         check_name(self.name)
-        object.__setattr__(self, "service_id", _service_id(self.service_id))
+        object.__setattr__(self, "service_id", ids.coerce_service_id(self.service_id))
         object.__setattr__(self, "allow", _allow(self.allow))
         if not callable(self.handler):
             raise TypeError(f"handler must be callable, not {type(self.handler).__name__}")

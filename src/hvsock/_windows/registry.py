@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .._core import ids
-from .._errors import AddressError, PermissionDeniedError, RegistryError, UnsupportedError
+from .._errors import PermissionDeniedError, RegistryError, UnsupportedError
 from .._service.declaration import Service
 
 HKLM = "HKEY_LOCAL_MACHINE"
@@ -93,19 +93,10 @@ def check_element_name(name: object) -> str:
 
 def check_service_id(value: object) -> uuid.UUID:
     """A service id: a ``uuid.UUID``, GUID text (braces optional) or a vsock port number."""
-    if isinstance(value, uuid.UUID):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return ids.service_id_for_port(value)
-    if isinstance(value, str):
-        text = value.strip()
-        if text.isascii() and text.isdigit():
-            if len(text.lstrip("0")) > 10:
-                raise AddressError(f"port {text[:20]!r}... is out of range 0..4294967295")
-            return ids.service_id_for_port(int(text))
-        return ids.parse_guid(text, what="service id")
-    raise RegistryError(f"a service id must be a GUID, a port number or a uuid.UUID, "
-                        f"not {type(value).__name__}")
+    if isinstance(value, bool) or not isinstance(value, (uuid.UUID, int, str)):
+        raise RegistryError(f"a service id must be a GUID, a port number or a uuid.UUID, "
+                            f"not {type(value).__name__}")
+    return ids.coerce_service_id(value)
 
 
 def service_key(key_name: str) -> str:
