@@ -729,3 +729,21 @@ def test_relay_function_runs_until_sigterm(site: Site, short_tmp: Path) -> None:
         wait_for(ready.exists, 20, "the ready file")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
+
+
+@pytest.mark.usefixtures("fd_baseline")
+def test_a_second_shorter_stop_request_cuts_at_once(site: Site) -> None:
+    """A second SIGTERM (or stop(grace=0)) must not wait out the first one's grace."""
+    tl, taddr = site.target("tcp")
+    with EchoServer(tl), running_relay("tcp://127.0.0.1:0", taddr, grace=30) as relay:
+        client = hvsock.connect(relay.address)
+        with client:
+            client.sendall(b"a")
+            assert recv_exactly(client, 1) == b"a"
+            relay.relay.request_stop()  # grace 30 s: the connection may go on
+            wait_for(lambda: _refused(relay.address), what="the listener closing")
+            start = time.monotonic()
+            relay.relay.request_stop(0)
+            assert relay.relay._served.wait(10)
+            assert time.monotonic() - start < 5
+            assert _sees_reset_or_eof(client) in ("reset", "eof")

@@ -1081,3 +1081,11 @@ def test_ping_against_echo_server_processes(address: str, short_tmp: Path,
     assert 0 < stats["min_ms"] <= stats["median_ms"] <= stats["p99_ms"] <= stats["max_ms"]
     assert stats["min_ms"] <= stats["mean_ms"] <= stats["max_ms"]
     assert status == 0
+
+
+def test_active_connections_of_an_unknown_service_is_a_key_error() -> None:
+    host = hvsock.ServiceHost()
+    host.add(hvsock.echo_service(), "tcp://127.0.0.1:0")
+    assert host.active_connections("hvsock echo") == 0
+    with pytest.raises(KeyError, match="no service named 'nope'"):
+        host.active_connections("nope")

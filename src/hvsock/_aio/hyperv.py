@@ -15,6 +15,7 @@ and needs no thread. This module has never run on Windows in hvsock's CI.
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 
 from .._core.addresses import HyperVAddress
@@ -39,8 +40,23 @@ async def connect(address: HyperVAddress, *, timeout: float | None,
 async def accept(listener: socket.socket) -> tuple[socket.socket, object]:  # pragma: no cover
     """Accept one connection in a worker thread (see the module notes)."""
     loop = asyncio.get_running_loop()
-    conn, peer = await loop.run_in_executor(None, listener.accept)
+    conn, peer = await loop.run_in_executor(None, _blocking_accept, listener)
     return conn, peer
+
+
+def _blocking_accept(listener: socket.socket) -> tuple[socket.socket, object]:
+    # The listener is non-blocking (the host sets it so), so wait for a
+    # connection first; a short select timeout lets a closed listener end this.
+    while True:
+        if listener.fileno() < 0:
+            raise OSError("listener closed")
+        readable, _, _ = select.select([listener], [], [], 0.5)
+        if not readable:
+            continue
+        try:
+            return listener.accept()
+        except BlockingIOError:
+            continue  # another accept took it first
 
 
 def needs_thread(sock: socket.socket) -> bool:

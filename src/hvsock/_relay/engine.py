@@ -379,6 +379,9 @@ class Relay:
 
     def __enter__(self) -> Relay:
         self.start()
+        # Marked serving before the thread runs: a stop() right after __enter__
+        # must wait for that thread, never shut its poller down under it.
+        self._serving = True
         self._thread = threading.Thread(target=self.serve, name="hvsock-relay", daemon=True)
         self._thread.start()
         return self
@@ -430,6 +433,12 @@ class Relay:
                         self._on_wake()
                 if self._stop_requested and not self._stopping:
                     self._begin_stop()
+                    next_sweep = min(next_sweep, self._stop_deadline)
+                elif self._stopping and self._stop_grace is not None and (
+                        now + self._stop_grace < self._stop_deadline):
+                    # A second, shorter request (a second SIGTERM, stop(grace=0)):
+                    # bring the deadline forward and cut at once if it has passed.
+                    self._stop_deadline = now + self._stop_grace
                     next_sweep = min(next_sweep, self._stop_deadline)
                 if now >= next_sweep:
                     self._sweep(now)

@@ -87,7 +87,6 @@ class _Entry:
     slots: asyncio.Semaphore | None = None
     accept_task: asyncio.Task[None] | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    socks: set[socket.socket] = field(default_factory=set)
     log: logging.Logger = LOG
 
 
@@ -113,6 +112,8 @@ class ServiceHost:
         self._stop_started = False
         self._stopped: asyncio.Event | None = None
         self._executor: ThreadPoolExecutor | None = None
+        #: Sockets of sync handlers that outlived their cancellation; closed by them.
+        self._thread_owned: set[socket.socket] = set()
 
     # -- set-up -------------------------------------------------------------
     def add(self, service: Service, address: Address | str | None = None, *,
@@ -137,7 +138,11 @@ class ServiceHost:
         return {e.service.name: e.address for e in self._entries}
 
     def active_connections(self, name: str) -> int:
-        return next(len(e.tasks) for e in self._entries if e.service.name == name)
+        """Connections service *name* is serving now; KeyError for an unknown name."""
+        for entry in self._entries:
+            if entry.service.name == name:
+                return len(entry.tasks)
+        raise KeyError(f"no service named {name!r} in this host")
 
     # -- running --------------------------------------------------------------
     async def start(self) -> None:
@@ -214,20 +219,27 @@ class ServiceHost:
                 entry.log.warning("accept failed: %s", exc)
                 await asyncio.sleep(0.05)
                 continue
-            peer = peer_of(sock, raw, entry.address)
-            allow = entry.service.allow
-            if allow is not None and not any(peer.matches(rule) for rule in allow):
+            try:
+                peer = peer_of(sock, raw, entry.address)
+                allow = entry.service.allow
+                allowed = allow is None or any(peer.matches(rule) for rule in allow)
+            except Exception:
+                # A peer address we cannot read must cost one connection, not the
+                # accept loop (and must not keep its slot).
+                entry.log.exception("closed a connection whose peer could not be identified")
+                sock.close()
+                entry.slots.release()
+                continue
+            if not allowed:
                 entry.log.warning("denied %s: not in the allowlist", peer)
                 sock.close()
                 entry.slots.release()
                 continue
             task = asyncio.create_task(self._serve_one(entry, sock, peer))
             entry.tasks.add(task)
-            entry.socks.add(sock)
 
-            def done(t: asyncio.Task[None], sock: socket.socket = sock) -> None:
+            def done(t: asyncio.Task[None]) -> None:
                 entry.tasks.discard(t)
-                entry.socks.discard(sock)
                 assert entry.slots is not None
                 entry.slots.release()
 
@@ -263,7 +275,8 @@ class ServiceHost:
         except Exception:
             log.exception("handler failed for peer %s", peer)
         finally:
-            sock.close()
+            if sock not in self._thread_owned:
+                sock.close()
 
     async def _run_async(self, entry: _Entry, sock: socket.socket, peer: Peer) -> None:
         limits = entry.service.limits
@@ -305,6 +318,17 @@ class ServiceHost:
             cut()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(future), 5)
+            if not future.done():
+                # The thread still runs (stuck outside socket I/O): closing the
+                # socket now would let its number be reused under it. It is
+                # closed when the thread finishes instead.
+                self._thread_owned.add(sock)
+
+                def release(_: object) -> None:
+                    self._thread_owned.discard(sock)
+                    sock.close()
+
+                future.add_done_callback(release)
             raise
         finally:
             if timer is not None:
