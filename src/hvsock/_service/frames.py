@@ -111,6 +111,7 @@ def _result(reply: object, msg_id: int) -> Any:
 async def read_frame(reader: asyncio.StreamReader,
                      max_size: int = DEFAULT_MAX_FRAME) -> bytes | None:
     """The next frame's payload from a StreamReader, or None at a clean EOF."""
+    check_max_size(max_size)
     try:
         header = await reader.readexactly(HEADER_SIZE)
     except asyncio.IncompleteReadError as exc:

@@ -263,7 +263,12 @@ class ServiceHost:
             # On 3.11+ this also catches a TimeoutError the handler raised itself;
             # only an async handler with a total timeout can be over it (a sync
             # handler's total timeout shuts its socket down instead).
-            if not (service.is_async and limits.total_timeout is not None):
+            if not service.is_async and limits.idle_timeout is not None:
+                # A sync handler reading conn.sock itself gets the socket's own
+                # timeout, which is the idle timeout.
+                log.info("closed %s: idle for %g s (the service's idle timeout)", peer,
+                         limits.idle_timeout)
+            elif not (service.is_async and limits.total_timeout is not None):
                 log.exception("handler failed for peer %s", peer)
             else:
                 log.info("closed %s: over the total timeout of %s s", peer,
