@@ -10,7 +10,6 @@ its socket; only AF_HYPERV on a proactor loop uses a thread (see
 from __future__ import annotations
 
 import asyncio
-import errno
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -33,7 +32,7 @@ from .._errors import (
     is_transient,
     translate,
 )
-from .._transports import api, hybrid, vsock
+from .._transports import api, hybrid, stream, vsock
 from .._transports._common import (
     DEFAULT_CONNECT_TIMEOUT,
     check_buffer_size,
@@ -86,12 +85,7 @@ async def _attempt(named: Address, timeout: float | None,
         return await asyncio.wait_for(_connect(addr, timeout, buffer_size, progress), timeout)
     except asyncio.TimeoutError:
         if progress.backlog_full:
-            where = (f"the VMM socket {addr.uds_path}" if isinstance(addr, HybridAddress)
-                     else api.where(addr))
-            raise ConnectTimeoutError(
-                f"connect to {where} timed out: its listen backlog stayed full; the server "
-                "is not accepting connections (overloaded or hung)",
-                errno=errno.ETIMEDOUT) from None
+            raise stream.backlog_full(_dial_where(addr)) from None
         if isinstance(addr, HybridAddress):
             raise hybrid.reply_timeout(addr) from None
         raise ConnectTimeoutError(
@@ -152,10 +146,13 @@ async def _connect(addr: SocketAddress, timeout: float | None, buffer_size: int 
                     exc, (ConnectionResetError, BrokenPipeError)):
                 raise hybrid.no_listener(addr, exc.errno) from exc
             family = "hybrid" if isinstance(addr, HybridAddress) else addr.kind
-            where = (f"the VMM socket {addr.uds_path}" if isinstance(addr, HybridAddress)
-                     else api.where(addr))
-            raise translate(exc, op="connect", family=family, where=where) from exc
+            raise translate(exc, op="connect", family=family, where=_dial_where(addr)) from exc
     return sock
+
+
+def _dial_where(addr: SocketAddress) -> str:
+    """What the socket being connected is called in messages."""
+    return hybrid.vmm_where(addr) if isinstance(addr, HybridAddress) else api.where(addr)
 
 
 async def _read_ok(loop: asyncio.AbstractEventLoop, sock: socket.socket,
@@ -176,7 +173,7 @@ async def _connect_tcp(addr: TcpAddress, buffer_size: int | None) -> socket.sock
     try:
         infos = await loop.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise HvsockError(f"cannot resolve {addr.host!r}: {exc.strerror}") from exc
+        raise stream.unresolvable(addr, exc) from exc
     last: BaseException | None = None
     for family, kind, proto, _, sockaddr in infos:
         sock = socket.socket(family, kind, proto)

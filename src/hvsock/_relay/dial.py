@@ -129,7 +129,7 @@ def _unix(target: Any, where: str, family: str, buffer_size: int | None) -> Dial
 
 
 def _hybrid(address: HybridAddress, buffer_size: int | None) -> Dial:
-    sock = yield from _unix(address.uds_path, f"the VMM socket {address.uds_path}", "hybrid",
+    sock = yield from _unix(address.uds_path, hybrid.vmm_where(address), "hybrid",
                             buffer_size)
     with close_on_error(sock):
         try:

@@ -267,7 +267,6 @@ class Relay:
         self._next_id = 1
         self._accepting = False
         self._accept_resume = math.inf
-        self._dials_in_threads = 0
         self._now = time.monotonic()
         # Counters (RelayStats).
         self._accepted = self._denied = self._target_down = self._ended = 0
@@ -605,7 +604,6 @@ class Relay:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(DIAL_THREADS,
                                                 thread_name_prefix="hvsock-relay-dial")
-        self._dials_in_threads += 1
         self._executor.submit(self._thread_dial, conn)
 
     def _thread_dial(self, conn: _Conn) -> None:
@@ -621,7 +619,6 @@ class Relay:
 
     def _thread_dialled(self, conn: _Conn, sock: socket.socket | None,
                         exc: OSError | None) -> None:
-        self._dials_in_threads -= 1
         if conn.ended:
             if sock is not None:
                 sock.close()

@@ -26,11 +26,16 @@ def where(address: HybridAddress) -> str:
     return f"guest port {address.port} behind {address.uds_path}"
 
 
+def vmm_where(address: HybridAddress) -> str:
+    """How messages name the VMM's own socket (the first step of a connect)."""
+    return f"the VMM socket {address.uds_path}"
+
+
 def connect(address: HybridAddress, *, timeout: float | None,
             buffer_size: int | None) -> socket.socket:
     """Connect to guest *address.port*; the timeout covers connect and handshake."""
     deadline = Deadline(timeout)
-    sock = unix_connect_path(address.uds_path, f"the VMM socket {address.uds_path}",
+    sock = unix_connect_path(address.uds_path, vmm_where(address),
                              timeout=timeout, family_name="hybrid")
     with close_on_error(sock):
         if buffer_size is not None:

@@ -10,7 +10,7 @@ import stat
 import struct
 
 from .._core.addresses import TcpAddress, UnixAddress
-from .._errors import AddressInUseError, ConnectTimeoutError, translate
+from .._errors import AddressInUseError, ConnectTimeoutError, HvsockError, translate
 from ._common import bind_and_listen, close_on_error, set_stream_buffer_size
 
 #: Unix listeners are private unless asked otherwise: bridges that leave
@@ -18,10 +18,24 @@ from ._common import bind_and_listen, close_on_error, set_stream_buffer_size
 DEFAULT_UNIX_MODE = 0o600
 
 
+def backlog_full(where: str) -> ConnectTimeoutError:
+    """A Unix connect that waited its whole timeout for room in the listen backlog."""
+    return ConnectTimeoutError(
+        f"connect to {where} timed out: its listen backlog stayed full; the server is not "
+        "accepting connections (overloaded or hung)", errno=errno.ETIMEDOUT)
+
+
+def unresolvable(address: TcpAddress, exc: socket.gaierror) -> HvsockError:
+    return HvsockError(f"cannot resolve {address.host!r} ({exc.strerror}); check the host "
+                       "name, or give an IP address", errno=exc.errno)
+
+
 def tcp_connect(address: TcpAddress, *, timeout: float | None,
                 buffer_size: int | None) -> socket.socket:
     try:
         sock = socket.create_connection(address.sockaddr, timeout=timeout)
+    except socket.gaierror as exc:
+        raise unresolvable(address, exc) from exc
     except OSError as exc:
         raise translate(exc, op="connect", family="tcp", where=str(address)) from exc
     with close_on_error(sock):
@@ -70,10 +84,7 @@ def unix_connect_path(path: str | bytes, where: str, *, timeout: float | None,
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _NO_TIMEOUT)
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                raise ConnectTimeoutError(
-                    f"connect to {where} timed out: its listen backlog stayed full; the "
-                    "server is not accepting connections (overloaded or hung)",
-                    errno=errno.ETIMEDOUT) from exc
+                raise backlog_full(where) from exc
             raise translate(exc, op="connect", family=family_name, where=where) from exc
     return sock
 
