@@ -513,8 +513,7 @@ class Relay:
                 self._pause_accepting()
                 self._accept_resume = self._now + 0.1
                 return
-            if listener.fileno() >= 0:
-                LOG.warning("accept failed: %s", exc)
+            LOG.warning("accept failed: %s", exc)
             return
         self._admit(sock, raw)
         if len(self._conns) >= self.max_connections:
@@ -549,6 +548,10 @@ class Relay:
         except OSError as exc:
             sock.close()
             LOG.info("#%d: the client left before it could be served: %s", cid, exc)
+            return
+        except ValueError as exc:  # a peer address that cannot be read (peer_of)
+            sock.close()
+            LOG.warning("#%d: closed, its peer could not be identified: %s", cid, exc)
             return
         if self.allow is not None and not any(peer.matches(rule) for rule in self.allow):
             sock.close()
