@@ -52,6 +52,7 @@ from ._core.ids import (
 from ._doctor import Check, Diagnosis, diagnose
 from ._errors import (
     AddressError,
+    ArgumentError,
     AddressInUseError,
     ConnectTimeoutError,
     FrameTooLargeError,
@@ -131,6 +132,7 @@ __all__ = [
     "ZERO",
     "Address",
     "AddressError",
+    "ArgumentError",
     "AddressInUseError",
     "AsyncRpcClient",
     "BenchResult",

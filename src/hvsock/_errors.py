@@ -13,6 +13,7 @@ import socket
 
 __all__ = [
     "AddressError",
+    "ArgumentError",
     "AddressInUseError",
     "ConnectTimeoutError",
     "FrameTooLargeError",
@@ -56,7 +57,15 @@ def _rebuild(cls: type[HvsockError], message: str, errno: int | None) -> HvsockE
     return cls(message, errno=errno)
 
 
-class AddressError(HvsockError, ValueError):
+class ArgumentError(HvsockError, ValueError):
+    """A bad argument: wrong type, out of range, malformed. Also a ``ValueError``.
+
+    Raised by the checks in ``hvsock._validate``, the one place arguments are checked, so
+    the same mistake gives the same error on every path.
+    """
+
+
+class AddressError(ArgumentError):
     """An address (text or fields) is malformed or out of range."""
 
 

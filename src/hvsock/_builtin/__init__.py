@@ -1,0 +1,1 @@
+"""The integration services hvsock ships, built on the service framework."""

@@ -1,0 +1,95 @@
+"""The one set of argument checks: every public entry point checks its arguments here.
+
+Each check returns the (normalised) value or raises :class:`ArgumentError`, which is an
+``HvsockError`` and a ``ValueError``; messages quote user input cut to a sane length
+(:func:`quote`), so a 10 MB argument never becomes a 10 MB message.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TypeVar
+
+from ._errors import ArgumentError
+
+__all__: list[str] = []  # internal: the public names live in hvsock.__init__
+
+T = TypeVar("T")
+
+#: How much of a user's input a message quotes.
+QUOTE_LIMIT = 60
+
+
+def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)`` cut to *limit* characters, marked with an ellipsis when cut."""
+    text = repr(value) if not isinstance(value, str) else repr(value[: limit + 1])
+    if len(text) > limit:
+        return text[: limit - 1] + "…"
+    return text
+
+
+def positive_number(value: object, what: str, *, optional: bool = False) -> float | None:
+    """A finite number > 0 (seconds, sizes); ``None`` passes when *optional*."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        math.isfinite(value) and value > 0
+    ):
+        raise ArgumentError(
+            f"{what} must be a positive number{' or None' if optional else ''}, "
+            f"not {quote(value)}"
+        )
+    return float(value)
+
+
+def non_negative_number(value: object, what: str, *, optional: bool = False) -> float | None:
+    """A finite number >= 0; ``None`` passes when *optional*."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        math.isfinite(value) and value >= 0
+    ):
+        raise ArgumentError(
+            f"{what} must be a number >= 0{' or None' if optional else ''}, not {quote(value)}"
+        )
+    return float(value)
+
+
+def whole_number(value: object, what: str, lo: int, hi: int) -> int:
+    """An ``int`` (not a bool) in ``lo..hi``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ArgumentError(f"{what} must be a whole number in {lo}..{hi}, not {quote(value)}")
+    if not lo <= value <= hi:
+        raise ArgumentError(f"{what} must be in {lo}..{hi}, not {value}")
+    return value
+
+
+def text(value: object, what: str, *, max_len: int, printable: bool = True) -> str:
+    """A non-empty string with no leading/trailing space, at most *max_len* characters."""
+    if not isinstance(value, str) or not value.strip():
+        raise ArgumentError(f"{what} must be a non-empty string, not {quote(value)}")
+    if value != value.strip():
+        raise ArgumentError(f"{what} {quote(value)} has leading or trailing spaces: remove them")
+    if len(value) > max_len:
+        raise ArgumentError(f"{what} is {len(value)} characters; at most {max_len}")
+    if printable and not value.isprintable():
+        raise ArgumentError(f"{what} {quote(value)} has control characters")
+    return value
+
+
+def instance(value: object, cls: type[T], what: str) -> T:
+    """*value* itself, when it is an instance of *cls*."""
+    if not isinstance(value, cls):
+        raise ArgumentError(
+            f"{what} must be a {cls.__module__.split('.')[0]}.{cls.__qualname__}, "
+            f"not {type(value).__name__}"
+        )
+    return value
+
+
+def callable_(value: object, what: str) -> Callable[..., object]:
+    """*value* itself, when it can be called."""
+    if not callable(value):
+        raise ArgumentError(f"{what} must be callable, not {type(value).__name__}")
+    return value
