@@ -7,6 +7,9 @@ exception root, :class:`HvsockError`.
 """
 
 from ._aio.streams import connect_socket, open_connection, start_server
+from ._builtin.bench import BenchResult, BenchServer
+from ._builtin.echo import ECHO_PORT, PingStats, echo_service, ping
+from ._builtin.stress import StressFailure, StressResult, stress
 from ._core.addresses import (
     Address,
     HybridAddress,
@@ -52,8 +55,8 @@ from ._core.ids import (
 from ._doctor import Check, Diagnosis, diagnose
 from ._errors import (
     AddressError,
-    ArgumentError,
     AddressInUseError,
+    ArgumentError,
     ConnectTimeoutError,
     FrameTooLargeError,
     HandshakeError,
@@ -70,7 +73,8 @@ from ._errors import (
     VmNotFoundError,
 )
 from ._relay import ConnectionRecord, Relay, RelayStats, relay
-from ._service.connection import Connection, Peer, SyncConnection
+from ._server.peers import Peer
+from ._service.connection import Connection, SyncConnection
 from ._service.declaration import Limits, Service
 from ._service.frames import (
     AsyncRpcClient,
@@ -82,9 +86,6 @@ from ._service.frames import (
 )
 from ._service.host import ServiceHost
 from ._service.rpc import rpc_handler
-from ._services.echo import ECHO_PORT, PingStats, echo_service, ping
-from ._tools.bench import BenchResult, BenchServer
-from ._tools.stress import StressFailure, StressResult, stress
 from ._transports._common import DEFAULT_CONNECT_TIMEOUT, close_write
 from ._transports.api import (
     connect,
@@ -132,8 +133,8 @@ __all__ = [
     "ZERO",
     "Address",
     "AddressError",
-    "ArgumentError",
     "AddressInUseError",
+    "ArgumentError",
     "AsyncRpcClient",
     "BenchResult",
     "BenchServer",

@@ -23,6 +23,7 @@ from typing import Any
 from .._core import ids
 from .._core.addresses import Address, HyperVAddress, VsockAddress
 from .._errors import HvsockError, TransportUnavailableError, UnsupportedError
+from .._server.muxer import HybridVsockMuxer
 from .._service.connection import Connection
 from .._service.declaration import Service
 from .._service.frames import RpcClient
@@ -31,7 +32,6 @@ from .._service.rpc import rpc_handler
 from .._transports import api
 from .._transports._common import close_write
 from .._transports.features import has_hyperv, has_vsock, vsock_loopback_loaded
-from ..testing import HybridVsockMuxer
 
 TRANSPORTS = ("auto", "hyperv", "vsock", "hybrid")
 MESSAGES = ("Hello from the client", "Hyper-V sockets need no network", "data streams only")

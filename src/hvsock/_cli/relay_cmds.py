@@ -1,6 +1,6 @@
 """Port forwarding and load tools: ``hvsock relay``, ``hvsock bench``, ``hvsock stress``.
 
-The work is in :mod:`hvsock._relay` and :mod:`hvsock._tools`; this module parses
+The work is in :mod:`hvsock._relay` and :mod:`hvsock._builtin`; this module parses
 arguments, prints, shows progress bars (tqdm, used only here) and formats logs.
 """
 
@@ -15,11 +15,11 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
+from .._builtin import bench, stress
 from .._core.addresses import Address
 from .._relay import Relay
 from .._relay.datapath import DEFAULT_CHUNK
 from .._relay.engine import DATA_PATHS, DEFAULT_BUSY_POLL
-from .._tools import bench, stress
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT
 from . import args as cliargs
 from .args import Handler

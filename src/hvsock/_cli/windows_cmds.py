@@ -23,8 +23,8 @@ from .._errors import HvsockError, RegistryError, UnsupportedError
 from .._service.declaration import Service
 from .._windows import export as exporting
 from .._windows import registry as reg
+from .._windows.memory_registry import MemoryRegistry
 from .._windows.vms import discover_vms
-from ..testing import MemoryRegistry
 from . import args as cliargs
 from .args import Handler
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import math
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +17,7 @@ from .._core import ids
 from .._core.addresses import HyperVAddress, VsockAddress
 from .._core.framing import ABSOLUTE_MAX_FRAME, DEFAULT_MAX_FRAME
 from .._errors import AddressError
+from .._server.peers import allow_rules
 
 if TYPE_CHECKING:
     from .connection import Connection, SyncConnection
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
 AsyncHandler = Callable[["Connection"], Awaitable[None]]
 SyncHandler = Callable[["SyncConnection"], None]
 Handler = AsyncHandler | SyncHandler
-#: An allowlist entry: a CID (int), a VM id (UUID), a TCP host (str), or "uid:N".
-AllowRule = int | uuid.UUID | str
 
 MAX_NAME = 256
 
@@ -78,35 +77,6 @@ def check_name(name: object) -> str:
     return name
 
 
-def _allow(rules: Iterable[object] | None) -> frozenset[AllowRule] | None:
-    if rules is None:
-        return None
-    if isinstance(rules, (str, bytes, int)):
-        raise ValueError("allow must be a collection of rules, e.g. allow={3, 4}")
-    out: set[AllowRule] = set()
-    for rule in rules:
-        if isinstance(rule, bool):
-            raise ValueError(f"allow rule {rule!r} is not a CID, VM id, host or 'uid:N'")
-        if isinstance(rule, int):
-            if not 0 <= rule <= ids.CID_ANY:
-                raise ValueError(f"allow rule CID {rule} is out of range")
-            out.add(rule)
-        elif isinstance(rule, uuid.UUID):
-            out.add(rule)
-        elif isinstance(rule, str) and rule:
-            if rule.startswith("uid:"):
-                if not rule[4:].isdigit():
-                    raise ValueError(f"allow rule {rule!r}: write uid:<number>")
-                out.add(rule)
-            elif "-" in rule and len(rule.strip("{}")) == 36:
-                out.add(ids.parse_guid(rule, what="allowed VM id"))
-            else:
-                out.add(rule)
-        else:
-            raise ValueError(f"allow rule {rule!r} is not a CID, VM id, host or 'uid:N'")
-    return frozenset(out)
-
-
 @dataclass(frozen=True)
 class Service:
     """An integration service: ``Service("My agent", 5000, handler)``.
@@ -128,7 +98,7 @@ class Service:
     def __post_init__(self) -> None:
         check_name(self.name)
         object.__setattr__(self, "service_id", ids.coerce_service_id(self.service_id))
-        object.__setattr__(self, "allow", _allow(self.allow))
+        object.__setattr__(self, "allow", allow_rules(self.allow))
         if not callable(self.handler):
             raise TypeError(f"handler must be callable, not {type(self.handler).__name__}")
         if not isinstance(self.limits, Limits):

@@ -22,12 +22,13 @@ from typing import Any
 from .._aio import hyperv as aio_hyperv
 from .._core.addresses import Address, parse_address
 from .._errors import HvsockError, IdleTimeoutError
+from .._server.lifecycle import sd_notify, write_ready_file
+from .._server.peers import Peer, peer_of
 from .._transports import api
 from .._transports._common import close_on_error
 from .._transports.features import has_hyperv, has_vsock
-from .connection import Connection, Peer, SyncConnection, peer_of
+from .connection import Connection, SyncConnection
 from .declaration import Service, SyncHandler
-from .ready import sd_notify, write_ready_file
 
 LOG = logging.getLogger("hvsock.service")
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from .._core.addresses import Address, parse_address
 from .._errors import ProtocolError
-from .._service.ready import write_ready_file
+from .._server.lifecycle import write_ready_file
 from .._transports import api
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT
 

@@ -23,17 +23,17 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ._core import ids
-from ._core.addresses import (
+from .._core import ids
+from .._core.addresses import (
     Address,
     HyperVAddress,
     NamedVmAddress,
     VsockAddress,
     parse_address,
 )
-from ._errors import HvsockError, translate
-from ._transports import api
-from ._transports.features import (
+from .._errors import HvsockError, translate
+from .._transports import api
+from .._transports.features import (
     VSOCK_TRANSPORT_MODULES,
     describe_cid,
     has_hyperv,
@@ -41,8 +41,8 @@ from ._transports.features import (
     loaded_vsock_transports,
     local_cid,
 )
-from ._windows import registry as reg
-from ._windows import vms as vmlib
+from .._windows import registry as reg
+from .._windows import vms as vmlib
 
 __all__ = ["Check", "Diagnosis", "Machine", "diagnose"]
 
