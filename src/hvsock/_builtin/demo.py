@@ -1,12 +1,12 @@
-"""``hvsock demo``: the seed's "HV Socket Demo" as one command that works anywhere.
+"""The demo behind ``hvsock demo``: the seed's "HV Socket Demo", working anywhere.
 
 A demo service is declared with the service framework, served by a
 :class:`ServiceHost`, and called by a client, over the best transport here:
 Hyper-V loopback (Windows, Python 3.12+); AF_VSOCK to CID 1, only when
 ``vsock_loopback`` is loaded (otherwise a vsock connect would leave this machine
 for its hypervisor); else hybrid vsock through the emulated VMM muxer of
-:mod:`hvsock.testing`, with the service on the host side and the client as the
-guest.
+:mod:`hvsock._server.muxer` (also in :mod:`hvsock.testing`), with the service on
+the host side and the client as the guest.
 """
 
 from __future__ import annotations
