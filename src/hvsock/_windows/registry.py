@@ -21,7 +21,6 @@ from typing import Any, Protocol
 
 from .._core import ids
 from .._errors import PermissionDeniedError, RegistryError, UnsupportedError
-from .._service.declaration import Service
 
 HKLM = "HKEY_LOCAL_MACHINE"
 SERVICES_KEY = (r"SOFTWARE\Microsoft\Windows NT\CurrentVersion\Virtualization"
@@ -311,10 +310,21 @@ def apply_edits(backend: RegistryBackend, edits: Sequence[RegistryEdit]) -> None
             backend.set_value(edit.key, name, value)
 
 
-def register_service(service: Service | str, service_id: object = None, *,
+class Declared(Protocol):
+    """What registration needs of a declaration such as :class:`hvsock.Service`."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def service_id(self) -> Any: ...
+
+
+def register_service(service: Declared | str, service_id: object = None, *,
                      registry: RegistryBackend | None = None) -> Registration | None:
-    """Register a service on this Hyper-V host: ``register_service(my_service)`` for a
-    :class:`hvsock.Service` declaration, or ``register_service("My agent", 5000)``.
+    """Register a service on this Hyper-V host: ``register_service("My agent", 5000)``,
+    or ``register_service(my_service)`` for anything with a ``name`` and a
+    ``service_id`` (a :class:`hvsock.Service` declaration).
 
     *service_id* is a port (its template id), GUID text or ``uuid.UUID``.
     *registry* defaults to the machine's (Windows only). Returns the change made,
@@ -323,7 +333,8 @@ def register_service(service: Service | str, service_id: object = None, *,
     id), :class:`PermissionDeniedError` (not elevated), :class:`UnsupportedError`
     (no registry here: write a script with :func:`registration_script`).
     """
-    if isinstance(service, Service):
+    if not isinstance(service, str) and hasattr(service, "name") and hasattr(
+            service, "service_id"):
         if service_id is not None:
             raise RegistryError("pass a Service alone: it has its own service id")
         name, service_id = service.name, service.service_id
