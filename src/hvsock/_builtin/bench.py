@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from .. import _validate
 from .._core.addresses import Address, parse_address
-from .._errors import ProtocolError
+from .._errors import ArgumentError, ProtocolError
 from .._server.lifecycle import write_ready_file
 from .._transports import api
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT
@@ -224,14 +225,10 @@ def _connector(address: Address | str, timeout: float | None) -> Connector:
 
 def _check_bounds(count: int | None, duration: float | None, what: str) -> None:
     if (count is None) == (duration is None):
-        raise ValueError(f"give either {what} or duration, not both or neither")
-    if count is not None and (isinstance(count, bool) or not isinstance(count, int)
-                              or count < 1):
-        raise ValueError(f"{what} must be a whole number >= 1, not {count!r}")
-    if duration is not None and (isinstance(duration, bool)
-                                 or not isinstance(duration, (int, float))
-                                 or not math.isfinite(duration) or duration <= 0):
-        raise ValueError(f"duration must be a positive number of seconds, not {duration!r}")
+        raise ArgumentError(f"give either {what} or duration, not both or neither")
+    if count is not None:
+        _validate.whole_number(count, what, 1, 2**63)
+    _validate.positive_number(duration, "duration (seconds)", optional=True)
 
 
 class _Reporter:
@@ -311,12 +308,8 @@ def throughput(address: Address | str, *, total_bytes: int | None = None,
     count mismatch.
     """
     _check_bounds(total_bytes, duration, "total_bytes")
-    if isinstance(streams, bool) or not isinstance(streams, int) or not 1 <= streams <= 4096:
-        raise ValueError(f"streams must be a whole number in 1..4096, not {streams!r}")
-    if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or not (
-            1 <= buffer_size <= 64 * 2**20):
-        raise ValueError(f"buffer_size must be a whole number of bytes in 1..64 MiB, "
-                         f"not {buffer_size!r}")
+    _validate.whole_number(streams, "streams", 1, 4096)
+    _validate.whole_number(buffer_size, "buffer_size (bytes)", 1, 64 * 2**20)
     dial = connect or _connector(address, timeout)
     reporter = _Reporter(progress, total_bytes)
     block = memoryview(os.urandom(buffer_size))
@@ -376,8 +369,7 @@ def round_trip(address: Address | str, *, count: int | None = None,
     Raises :class:`ProtocolError` if an echo differs from what was sent.
     """
     _check_bounds(count, duration, "count")
-    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 2**20:
-        raise ValueError(f"size must be a whole number of bytes in 1..1 MiB, not {size!r}")
+    _validate.whole_number(size, "size (bytes)", 1, 2**20)
     dial = connect or _connector(address, timeout)
     reporter = _Reporter(progress, count)
     payload = os.urandom(size)
@@ -423,8 +415,7 @@ def connect_rate(address: Address | str, *, count: int | None = None,
     the answer is wrong.
     """
     _check_bounds(count, duration, "count")
-    if isinstance(parallel, bool) or not isinstance(parallel, int) or not 1 <= parallel <= 1024:
-        raise ValueError(f"parallel must be a whole number in 1..1024, not {parallel!r}")
+    _validate.whole_number(parallel, "parallel", 1, 1024)
     dial = connect or _connector(address, timeout)
     reporter = _Reporter(progress, count)
     lock = threading.Lock()

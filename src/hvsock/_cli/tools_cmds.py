@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
+from .._errors import ArgumentError
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT
 from . import args as cliargs
 from .args import Handler, non_negative_float, raise_open_files_limit, size
@@ -189,7 +190,7 @@ def cmd_stress(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .._builtin import stress
 
     if args.max_size < args.min_size:
-        raise ValueError(f"--max-size ({args.max_size}) is smaller than --min-size "
+        raise ArgumentError(f"--max-size ({args.max_size}) is smaller than --min-size "
                          f"({args.min_size})")
     raise_open_files_limit()
     show = not args.no_progress and not args.json

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, TextIO
 
+from .._errors import ArgumentError
 from . import args as cliargs
 from .args import Handler
 
@@ -88,10 +89,10 @@ def _services_to_register(args: argparse.Namespace) -> list[tuple[str, uuid.UUID
 
     if args.from_code is not None:
         if args.name is not None:
-            raise ValueError("with --from, the name comes from the declaration; drop NAME")
+            raise ArgumentError("with --from, the name comes from the declaration; drop NAME")
         return [(s.name, s.service_id) for s in load_services(args.from_code)]
     if args.name is None:
-        raise ValueError("give the service's NAME (or --from MODULE:NAME)")
+        raise ArgumentError("give the service's NAME (or --from MODULE:NAME)")
     reg.check_element_name(args.name)
     if args.new:
         return [(args.name, uuid.uuid4())]
@@ -108,21 +109,21 @@ def load_services(spec: str) -> list[Service]:
 
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"--from takes MODULE:NAME (e.g. myapp.services:agent), "
+        raise ArgumentError(f"--from takes MODULE:NAME (e.g. myapp.services:agent), "
                             f"not {spec!r}")
     with _cwd_on_path():
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise ValueError(f"cannot import {module_name!r}: {exc}") from exc
+            raise ArgumentError(f"cannot import {module_name!r}: {exc}") from exc
     try:
         value = getattr(module, attr)
     except AttributeError:
-        raise ValueError(f"module {module_name!r} has no {attr!r}") from None
+        raise ArgumentError(f"module {module_name!r} has no {attr!r}") from None
     found = [value] if isinstance(value, Service) else (
         list(value) if isinstance(value, (list, tuple, set, frozenset)) else [])
     if not found or not all(isinstance(s, Service) for s in found):
-        raise ValueError(f"{spec} is not a hvsock.Service (or a list of them)")
+        raise ArgumentError(f"{spec} is not a hvsock.Service (or a list of them)")
     return found
 
 
@@ -188,7 +189,7 @@ def cmd_register(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .._windows import registry as reg
 
     if args.output is not None and args.export is None:
-        raise ValueError("--output goes with --export")
+        raise ArgumentError("--output goes with --export")
     wanted = _services_to_register(args)
     if args.export is not None:
         changes: list[reg.Change] = [reg.Registration(sid, name) for name, sid in wanted]
@@ -231,7 +232,7 @@ def cmd_unregister(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .._windows import registry as reg
 
     if args.output is not None and args.export is None:
-        raise ValueError("--output goes with --export")
+        raise ArgumentError("--output goes with --export")
     sid = reg.check_service_id(args.service)
     if args.export is not None:
         if args.export == "reg" and not args.force:

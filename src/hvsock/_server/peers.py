@@ -12,6 +12,8 @@ from typing import Any
 
 from .._core import ids
 from .._core.addresses import Address, HybridAddress, HyperVAddress, TcpAddress, VsockAddress
+from .._errors import ArgumentError
+from .._validate import quote
 
 __all__ = ["AllowRule", "Peer", "allow_rules", "peer_of"]
 
@@ -71,26 +73,26 @@ def allow_rules(rules: Iterable[object] | None) -> frozenset[AllowRule] | None:
     if rules is None:
         return None
     if isinstance(rules, (str, bytes, int)):
-        raise ValueError("allow must be a collection of rules, e.g. allow={3, 4}")
+        raise ArgumentError("allow must be a collection of rules, e.g. allow={3, 4}")
     out: set[AllowRule] = set()
     for rule in rules:
         if isinstance(rule, bool):
-            raise ValueError(f"allow rule {rule!r} is not a CID, VM id, host or 'uid:N'")
+            raise ArgumentError(f"allow rule {quote(rule)} is not a CID, VM id, host or 'uid:N'")
         if isinstance(rule, int):
             if not 0 <= rule <= ids.CID_ANY:
-                raise ValueError(f"allow rule CID {rule} is out of range")
+                raise ArgumentError(f"allow rule CID {rule} is out of range")
             out.add(rule)
         elif isinstance(rule, uuid.UUID):
             out.add(rule)
         elif isinstance(rule, str) and rule:
             if rule.startswith("uid:"):
                 if not rule[4:].isdigit():
-                    raise ValueError(f"allow rule {rule!r}: write uid:<number>")
+                    raise ArgumentError(f"allow rule {quote(rule)}: write uid:<number>")
                 out.add(rule)
             elif "-" in rule and len(rule.strip("{}")) == 36:
                 out.add(ids.parse_guid(rule, what="allowed VM id"))
             else:
                 out.add(rule)
         else:
-            raise ValueError(f"allow rule {rule!r} is not a CID, VM id, host or 'uid:N'")
+            raise ArgumentError(f"allow rule {quote(rule)} is not a CID, VM id, host or 'uid:N'")
     return frozenset(out)

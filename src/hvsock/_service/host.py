@@ -19,14 +19,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import _validate
 from .._aio import hyperv as aio_hyperv
 from .._core.addresses import Address, parse_address
-from .._errors import HvsockError, IdleTimeoutError
+from .._errors import ArgumentError, HvsockError, IdleTimeoutError
 from .._server.lifecycle import sd_notify, write_ready_file
 from .._server.peers import Peer, peer_of
 from .._transports import api
 from .._transports._common import close_on_error
 from .._transports.features import has_hyperv, has_vsock
+from .._validate import quote
 from .connection import Connection, SyncConnection
 from .declaration import Service, SyncHandler
 
@@ -102,9 +104,7 @@ class ServiceHost:
 
     def __init__(self, *, grace: float = 10.0, ready_file: str | None = None,
                  on_ready: Callable[[dict[str, Address]], None] | None = None) -> None:
-        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0:
-            raise ValueError(f"grace must be a number of seconds >= 0, not {grace!r}")
-        self.grace = float(grace)
+        self.grace = _validate.non_negative_number(grace, "grace") or 0.0
         self.ready_file = ready_file
         self.on_ready = on_ready
         self._entries: list[_Entry] = []
@@ -127,7 +127,7 @@ class ServiceHost:
         if self._started:
             raise RuntimeError("add() services before start()")
         if any(e.service.name == service.name for e in self._entries):
-            raise ValueError(f"a service named {service.name!r} is already added")
+            raise ArgumentError(f"a service named {quote(service.name)} is already added")
         addr = parse_address(address) if address is not None else default_address(service)
         self._entries.append(_Entry(service, addr, listener=listener,
                                     owns_listener=listener is None,
@@ -151,7 +151,7 @@ class ServiceHost:
         if self._started:
             raise RuntimeError("already started")
         if not self._entries:
-            raise ValueError("no services added")
+            raise ArgumentError("no services added: add() one before start()")
         self._started = True
         if self._stop_requested is None:
             self._stop_requested = asyncio.Event()

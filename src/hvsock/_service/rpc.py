@@ -12,7 +12,8 @@ from .._core.framing import (
     Response,
     encode_message,
 )
-from .._errors import ProtocolError, RemoteError
+from .._errors import ArgumentError, ProtocolError, RemoteError
+from .._validate import quote
 from .connection import Connection
 
 Method = Callable[..., Any]
@@ -30,7 +31,8 @@ def rpc_handler(methods: Mapping[str, Method]) -> Callable[[Connection], Any]:
     table = dict(methods)
     for name, fn in table.items():
         if not isinstance(name, str) or not name or not callable(fn):
-            raise ValueError(f"rpc method {name!r} must map a non-empty name to a callable")
+            raise ArgumentError(f"rpc method {quote(name)} must map a non-empty name to a "
+                                "callable")
 
     async def handler(conn: Connection) -> None:
         while True:

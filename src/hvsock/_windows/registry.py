@@ -19,8 +19,9 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .. import _validate
 from .._core import ids
-from .._errors import PermissionDeniedError, RegistryError, UnsupportedError
+from .._errors import ArgumentError, PermissionDeniedError, RegistryError, UnsupportedError
 
 HKLM = "HKEY_LOCAL_MACHINE"
 SERVICES_KEY = (r"SOFTWARE\Microsoft\Windows NT\CurrentVersion\Virtualization"
@@ -72,22 +73,13 @@ class RegistryBackend(Protocol):
 def check_element_name(name: object) -> str:
     """A friendly name hvsock will write: 1..256 printable characters, no edge spaces.
 
-    Raises :class:`RegistryError` before anything is written.
+    Raises :class:`RegistryError` before anything is written, with the message
+    ``hvsock.Service`` gives for the same name (one check: ``_validate.service_name``).
     """
-    if not isinstance(name, str):
-        raise RegistryError(f"a service name must be text, not {type(name).__name__}")
-    if not name.strip():
-        raise RegistryError("a service name cannot be empty")
-    if len(name) > MAX_ELEMENT_NAME:
-        raise RegistryError(f"service name is {len(name)} characters long; at most "
-                            f"{MAX_ELEMENT_NAME}")
-    bad = next((c for c in name if not c.isprintable()), None)
-    if bad is not None:
-        raise RegistryError(f"service name {name!r} has a control or invisible character "
-                            f"{bad!r}; use printable characters only")
-    if name != name.strip():
-        raise RegistryError(f"service name {name!r} starts or ends with spaces; remove them")
-    return name
+    try:
+        return _validate.service_name(name)
+    except ArgumentError as exc:
+        raise RegistryError(str(exc)) from None
 
 
 def check_service_id(value: object) -> uuid.UUID:
