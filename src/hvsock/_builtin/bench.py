@@ -34,7 +34,7 @@ from typing import Any
 from .. import _validate
 from .._core.addresses import Address, parse_address
 from .._errors import ArgumentError, ProtocolError
-from .._server.lifecycle import write_ready_file
+from .._server.lifecycle import check_ready_file, write_ready_file
 from .._transports import api
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT
 
@@ -136,7 +136,7 @@ class BenchServer:
         self._owns = listener is None
         self._mode = mode
         self._backlog = backlog
-        self._ready_file = ready_file
+        self._ready_file = check_ready_file(ready_file)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None

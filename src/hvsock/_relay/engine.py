@@ -36,7 +36,7 @@ from typing import Any
 
 from .._core.addresses import Address, parse_address
 from .._errors import ConnectTimeoutError, HvsockError
-from .._server.lifecycle import sd_notify, write_ready_file
+from .._server.lifecycle import check_ready_file, sd_notify, write_ready_file
 from .._server.peers import AllowRule, Peer, allow_rules, peer_of
 from .._transports import api
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT, check_buffer_size
@@ -234,7 +234,7 @@ class Relay:
         self.data_path = data_path
         self.busy_poll = float(busy_poll)
         self.grace = float(grace)
-        self.ready_file = ready_file
+        self.ready_file = check_ready_file(ready_file)
         self.on_ready = on_ready
         self.on_close = on_close
         self._listener = listener

@@ -23,7 +23,7 @@ from .. import _validate
 from .._aio import hyperv as aio_hyperv
 from .._core.addresses import Address, parse_address
 from .._errors import ArgumentError, HvsockError, IdleTimeoutError
-from .._server.lifecycle import sd_notify, write_ready_file
+from .._server.lifecycle import check_ready_file, sd_notify, write_ready_file
 from .._server.peers import Peer, peer_of
 from .._transports import api
 from .._transports._common import close_on_error
@@ -105,7 +105,7 @@ class ServiceHost:
     def __init__(self, *, grace: float = 10.0, ready_file: str | None = None,
                  on_ready: Callable[[dict[str, Address]], None] | None = None) -> None:
         self.grace = _validate.non_negative_number(grace, "grace") or 0.0
-        self.ready_file = ready_file
+        self.ready_file = check_ready_file(ready_file)
         self.on_ready = on_ready
         self._entries: list[_Entry] = []
         self._started = False
@@ -182,7 +182,12 @@ class ServiceHost:
         for entry in self._entries:
             entry.accept_task = asyncio.create_task(self._accept_loop(entry))
             entry.log.info("listening on %s", entry.address)
-        self._report_ready()
+        try:
+            self._report_ready()
+        except BaseException:
+            # e.g. the ready file cannot be written: undo, so no socket file stays behind.
+            await self.stop(0)
+            raise
 
     def _report_ready(self) -> None:
         names = {e.service.name: str(e.address) for e in self._entries}
