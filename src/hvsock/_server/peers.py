@@ -95,4 +95,7 @@ def allow_rules(rules: Iterable[object] | None) -> frozenset[AllowRule] | None:
                 out.add(rule)
         else:
             raise ArgumentError(f"allow rule {quote(rule)} is not a CID, VM id, host or 'uid:N'")
+    if not out:
+        raise ArgumentError("allow is empty, which would let nobody in: give at least one "
+                            "rule, or allow=None to let every peer in")
     return frozenset(out)

@@ -91,6 +91,12 @@ class Service:
             type(self.handler).__call__)
 
     @property
+    def framed(self) -> bool:
+        """True when the handler speaks hvsock frames from the first byte (an
+        :func:`rpc_handler`): a peer the allowlist refuses is then told why."""
+        return bool(getattr(self.handler, "hvsock_framed", False))
+
+    @property
     def port(self) -> int | None:
         """The vsock port, when the service id has the template form."""
         sid: uuid.UUID = self.service_id

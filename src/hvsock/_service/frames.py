@@ -20,7 +20,10 @@ from .._core.framing import (
     encode_message,
     frame_length,
 )
-from .._errors import ProtocolError, RemoteError
+from .._errors import NotAllowedError, ProtocolError, RemoteError
+
+#: The error code a service sends a peer its allowlist refuses, before closing.
+NOT_ALLOWED = "not_allowed"
 
 # -- sync ----------------------------------------------------------------------
 
@@ -85,7 +88,18 @@ class RpcClient:
     def call(self, method: str, params: Any = None) -> Any:
         """Send a request and wait for its answer; :class:`RemoteError` for an error reply."""
         msg_id = next(self._ids)
-        send_frame(self.sock, encode_message(Request(msg_id, method, params)), self.max_size)
+        try:
+            send_frame(self.sock, encode_message(Request(msg_id, method, params)),
+                       self.max_size)
+        except (BrokenPipeError, ConnectionResetError):
+            # A refused peer may find the connection closed before it sends; the
+            # service's reason may still be waiting to be read.
+            early: bytes | None = None
+            with contextlib.suppress(OSError, ProtocolError):
+                early = recv_frame(self.sock, self.max_size)
+            if early is not None:
+                _result(decode_message(early), msg_id)
+            raise
         body = recv_frame(self.sock, self.max_size)
         if body is None:
             raise ProtocolError(f"the service closed the connection before answering {method!r}")
@@ -93,6 +107,9 @@ class RpcClient:
 
 
 def _result(reply: object, msg_id: int) -> Any:
+    if isinstance(reply, ErrorReply) and reply.code == NOT_ALLOWED:
+        raise NotAllowedError(f"refused by the service's allowlist ({reply.message}); ask "
+                              "its owner to add this peer to the service's allow rules")
     if isinstance(reply, ErrorReply):
         # A null id answers no request in particular; another id means we are out of step.
         if reply.id is not None and reply.id != msg_id:

@@ -22,6 +22,7 @@ from typing import Any
 from .. import _validate
 from .._aio import hyperv as aio_hyperv
 from .._core.addresses import Address, parse_address
+from .._core.framing import ErrorReply, encode_frame, encode_message
 from .._errors import ArgumentError, HvsockError, IdleTimeoutError
 from .._server.lifecycle import check_ready_file, sd_notify, write_ready_file
 from .._server.peers import Peer, peer_of
@@ -81,6 +82,37 @@ async def _accept(loop: asyncio.AbstractEventLoop,
             loop.remove_reader(fd)
 
 
+#: How long a refused peer has to take its error frame and hang up before it is cut.
+REFUSAL_LINGER = 2.0
+#: What a refused peer may send meanwhile (read and dropped, so the close is clean).
+REFUSAL_DRAIN = 1 << 16
+
+
+async def _refuse(sock: socket.socket, peer: Peer, *, framed: bool) -> None:
+    """Refuse *peer*: an error frame ``not_allowed`` first for a framed service, then a
+    clean close (EOF, not a reset: what the peer sent is read and dropped)."""
+    loop = asyncio.get_running_loop()
+    try:
+        if framed:
+            reply = ErrorReply(None, "not_allowed", f"refused by the service's allowlist: "
+                               f"{peer} is not in it")
+            await asyncio.wait_for(loop.sock_sendall(sock, encode_frame(
+                encode_message(reply))), REFUSAL_LINGER)
+        sock.shutdown(socket.SHUT_WR)
+        dropped = 0
+        deadline = loop.time() + REFUSAL_LINGER
+        while dropped < REFUSAL_DRAIN and loop.time() < deadline:
+            data = await asyncio.wait_for(loop.sock_recv(sock, 4096),
+                                          max(0.0, deadline - loop.time()))
+            if not data:
+                break
+            dropped += len(data)
+    except (OSError, asyncio.TimeoutError):
+        pass
+    finally:
+        sock.close()
+
+
 @dataclass
 class _Entry:
     service: Service
@@ -115,6 +147,8 @@ class ServiceHost:
         self._executor: ThreadPoolExecutor | None = None
         #: Sockets of sync handlers that outlived their cancellation; closed by them.
         self._thread_owned: set[socket.socket] = set()
+        #: Refused connections being told so and closed (see _refuse).
+        self._refusals: set[asyncio.Task[None]] = set()
 
     # -- set-up -------------------------------------------------------------
     def add(self, service: Service, address: Address | str | None = None, *,
@@ -238,8 +272,8 @@ class ServiceHost:
                 continue
             if not allowed:
                 entry.log.warning("denied %s: not in the allowlist", peer)
-                sock.close()
                 entry.slots.release()
+                self._refuse(entry, sock, peer)
                 continue
             task = asyncio.create_task(self._serve_one(entry, sock, peer))
             entry.tasks.add(task)
@@ -250,6 +284,12 @@ class ServiceHost:
                 entry.slots.release()
 
             task.add_done_callback(done)
+
+    def _refuse(self, entry: _Entry, sock: socket.socket, peer: Peer) -> None:
+        """Tell a refused peer why where the protocol allows it, then close cleanly."""
+        task = asyncio.create_task(_refuse(sock, peer, framed=entry.service.framed))
+        self._refusals.add(task)
+        task.add_done_callback(self._refusals.discard)
 
     async def _serve_one(self, entry: _Entry, sock: socket.socket, peer: Peer) -> None:
         service, log = entry.service, entry.log
@@ -373,6 +413,10 @@ class ServiceHost:
                 LOG.warning("stopping: cancelled %d connection(s) after the grace period",
                             len(pending))
                 await asyncio.wait(pending, timeout=10)
+        for refusal in list(self._refusals):
+            refusal.cancel()
+        if self._refusals:
+            await asyncio.wait(set(self._refusals), timeout=5)
         if self._executor is not None:
             self._executor.shutdown(wait=False)
         self._stopped.set()
