@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -123,8 +124,20 @@ class SyncConnection:
             self.sock.shutdown(socket.SHUT_WR)
 
     def recv_frame(self) -> bytes | None:
-        with self._idle():
-            return frames.recv_frame(self.sock, self._max)
+        """The next frame, or None at a clean EOF. The whole frame must arrive within
+        the idle timeout, as on the asyncio path (a peer dripping a byte at a time
+        cannot hold the connection): :class:`IdleTimeoutError` otherwise."""
+        idle = self.sock.gettimeout()
+        deadline = None if idle is None else time.monotonic() + idle
+        try:
+            return frames.recv_frame_by(self.sock, self._max, deadline)
+        except TimeoutError:
+            raise IdleTimeoutError(
+                f"peer {self.peer} did not send a whole frame within {idle or 0:g} s (the "
+                "service's idle timeout)") from None
+        finally:
+            with contextlib.suppress(OSError):
+                self.sock.settimeout(idle)
 
     def send_frame(self, payload: bytes) -> None:
         with self._idle():

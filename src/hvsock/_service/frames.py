@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import socket
+import time
 from typing import Any
 
 from .._core.framing import (
@@ -28,12 +29,22 @@ NOT_ALLOWED = "not_allowed"
 # -- sync ----------------------------------------------------------------------
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    """Exactly *n* bytes, or None at EOF before the first byte."""
+def _recv_exact(sock: socket.socket, n: int, deadline: float | None = None) -> bytes | None:
+    """Exactly *n* bytes, or None at EOF before the first byte.
+
+    With *deadline* (``time.monotonic()`` seconds) all *n* bytes must arrive by then
+    (``TimeoutError``), however the peer spaces them: the socket's timeout is set to
+    what is left before each read.
+    """
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
     while got < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the frame did not arrive in time")
+            sock.settimeout(left)
         k = sock.recv_into(view[got:])
         if k == 0:
             if got == 0:
@@ -55,14 +66,20 @@ def recv_frame(sock: socket.socket, max_size: int = DEFAULT_MAX_FRAME) -> bytes 
     Raises :class:`FrameTooLargeError` before reading the body of an oversized
     frame, and :class:`ProtocolError` for EOF inside a frame.
     """
+    return recv_frame_by(sock, max_size, None)
+
+
+def recv_frame_by(sock: socket.socket, max_size: int, deadline: float | None) -> bytes | None:
+    """:func:`recv_frame`, with the whole frame due by *deadline* (``time.monotonic()``);
+    ``TimeoutError`` after it. The socket's timeout is changed (the caller restores it)."""
     check_max_size(max_size)
-    header = _recv_exact(sock, HEADER_SIZE)
+    header = _recv_exact(sock, HEADER_SIZE, deadline)
     if header is None:
         return None
     length = frame_length(header, max_size)
     if length == 0:
         return b""
-    body = _recv_exact(sock, length)
+    body = _recv_exact(sock, length, deadline)
     if body is None:
         raise ProtocolError(f"connection closed before a {length}-byte frame body")
     return body

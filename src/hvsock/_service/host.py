@@ -14,8 +14,8 @@ import logging
 import os
 import signal
 import socket
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +82,44 @@ async def _accept(loop: asyncio.AbstractEventLoop,
             loop.remove_reader(fd)
 
 
+#: Sync handler threads one host runs at once.
+MAX_HANDLER_THREADS = 512
+#: How long a cancelled sync handler gets to notice its socket was shut down before
+#: it is abandoned (its thread is a daemon: it never holds the process open).
+ABANDON_AFTER = 5.0
+
+
+def _in_daemon_thread(fn: SyncHandler, conn: SyncConnection, name: str) -> asyncio.Future[None]:
+    """Run ``fn(conn)`` in a new daemon thread; a future of the running loop for its end.
+
+    Not a ThreadPoolExecutor: its threads are joined at interpreter exit, so one
+    handler stuck in a sleep would keep the process alive after SIGTERM forever.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            fn(conn)
+        except BaseException as exc:  # handed to the loop, which logs it
+            error = exc
+        # The loop may be gone (the process is stopping): nobody waits any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
 #: How long a refused peer has to take its error frame and hang up before it is cut.
 REFUSAL_LINGER = 2.0
 #: What a refused peer may send meanwhile (read and dropped, so the close is clean).
@@ -144,7 +182,8 @@ class ServiceHost:
         self._stop_requested: asyncio.Event | None = None
         self._stop_started = False
         self._stopped: asyncio.Event | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        #: Sync handler threads running at once, host-wide (more wait for one to end).
+        self._threads: asyncio.Semaphore | None = None
         #: Sockets of sync handlers that outlived their cancellation; closed by them.
         self._thread_owned: set[socket.socket] = set()
         #: Refused connections being told so and closed (see _refuse).
@@ -190,11 +229,7 @@ class ServiceHost:
         if self._stop_requested is None:
             self._stop_requested = asyncio.Event()
         self._stopped = asyncio.Event()
-        sync_slots = sum(e.service.limits.max_connections for e in self._entries
-                         if not e.service.is_async)
-        if sync_slots:
-            self._executor = ThreadPoolExecutor(max_workers=min(sync_slots, 512),
-                                                thread_name_prefix="hvsock-handler")
+        self._threads = asyncio.Semaphore(MAX_HANDLER_THREADS)
         try:
             for entry in self._entries:
                 if entry.listener is None:
@@ -208,9 +243,6 @@ class ServiceHost:
             for entry in self._entries:
                 if entry.owns_listener:
                     entry.listener = None
-            if self._executor is not None:
-                self._executor.shutdown(wait=False)
-                self._executor = None
             self._started = False
             raise
         for entry in self._entries:
@@ -362,17 +394,29 @@ class ServiceHost:
         timer = (loop.call_later(limits.total_timeout, cut)
                  if limits.total_timeout is not None else None)
         handler: SyncHandler = entry.service.handler  # type: ignore[assignment]
-        future = loop.run_in_executor(self._executor, handler, conn)
+        assert self._threads is not None
+        async with self._threads:
+            await self._run_thread(entry, sock, peer, handler, conn, cut, timer)
+
+    async def _run_thread(self, entry: _Entry, sock: socket.socket, peer: Peer,
+                          handler: SyncHandler, conn: SyncConnection, cut: Callable[[], None],
+                          timer: asyncio.TimerHandle | None) -> None:
+        future = _in_daemon_thread(handler, conn, f"hvsock-handler-{entry.service.name}")
         try:
             await asyncio.shield(future)
         except asyncio.CancelledError:
             cut()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(future), 5)
+                await asyncio.wait_for(asyncio.shield(future), ABANDON_AFTER)
             if not future.done():
                 # The thread still runs (stuck outside socket I/O): closing the
                 # socket now would let its number be reused under it. It is
-                # closed when the thread finishes instead.
+                # closed when the thread finishes instead. The thread is a daemon,
+                # so it does not keep the process alive once serving is over.
+                entry.log.warning(
+                    "abandoned the handler for %s: it did not stop within %g s of being "
+                    "cancelled (stuck outside socket I/O); the process can exit without it",
+                    peer, ABANDON_AFTER)
                 self._thread_owned.add(sock)
 
                 def release(_: object) -> None:
@@ -417,8 +461,6 @@ class ServiceHost:
             refusal.cancel()
         if self._refusals:
             await asyncio.wait(set(self._refusals), timeout=5)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
         self._stopped.set()
 
     def _close_listeners(self) -> None:
