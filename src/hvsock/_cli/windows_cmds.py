@@ -142,6 +142,19 @@ def _cwd_on_path() -> Iterator[None]:
                 sys.path.remove(cwd)
 
 
+def _machine_registry(what_to_do: str) -> reg.RegistryBackend:
+    """The machine's registry; where there is none, an error saying what this command's
+    user can do instead (each command has its own options)."""
+    from .._errors import UnsupportedError
+    from .._windows import registry as reg
+
+    try:
+        return reg.default_backend()
+    except UnsupportedError:
+        raise UnsupportedError("the Windows registry is not here: services are registered "
+                               f"on the Hyper-V host; {what_to_do}") from None
+
+
 def _dry_run_registry() -> MemoryRegistry:
     """A copy of the machine's services key, or an empty registry where there is none."""
     from .._errors import UnsupportedError
@@ -200,7 +213,9 @@ def cmd_register(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         for name, sid in wanted:
             err.write(f"hvsock: {name!r} is service {reg.describe_service(sid)}; {step}\n")
         return EXIT_OK
-    registry = _dry_run_registry() if args.dry_run else reg.default_backend()
+    registry = _dry_run_registry() if args.dry_run else _machine_registry(
+        "write the host-side step with --export ps1 (or --export reg) and run it on the "
+        "host as administrator, or try it here with --dry-run")
     results = []
     for name, sid in wanted:
         change = reg.register_service(name, sid, registry=registry)
@@ -242,7 +257,9 @@ def cmd_unregister(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         _write_export(exporting.registration_script([reg.Removal(sid, args.force)], args.export),
                       args.export, args.output, out, err)
         return EXIT_OK
-    registry = _dry_run_registry() if args.dry_run else reg.default_backend()
+    registry = _dry_run_registry() if args.dry_run else _machine_registry(
+        "write the host-side step with --export ps1 and run it on the host as "
+        "administrator, or try it here with --dry-run")
     change = reg.unregister_service(sid, force=args.force, registry=registry)
     edits = change.edits() if change is not None else ()
     if args.json:
@@ -270,7 +287,8 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
 def cmd_services(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .._windows import registry as reg
 
-    entries = reg.registered_services()
+    entries = reg.registered_services(_machine_registry(
+        "run `hvsock services` on the Hyper-V host itself"))
     if args.json:
         cliargs.print_json([e.as_dict() for e in entries], out)
         return EXIT_OK

@@ -11,8 +11,9 @@ import stat
 import sys
 
 from .._core import ids
-from .._core.addresses import Address, HyperVAddress, NamedVmAddress, VsockAddress
+from .._core.addresses import Address, HybridAddress, HyperVAddress, NamedVmAddress, VsockAddress
 from .._errors import HvsockError, translate
+from .._transports import api
 from .._transports.features import (
     VSOCK_TRANSPORT_MODULES,
     describe_cid,
@@ -21,7 +22,18 @@ from .._transports.features import (
     local_cid,
 )
 from .._windows import vms as vmlib
-from .model import FAIL, INFO, LINUX_ADDRESS_CHECKS, NOT_APPLICABLE, OK, WARN, Check, Machine
+from .model import (
+    FAIL,
+    GUEST_TO_HOST_TRANSPORTS,
+    INFO,
+    LINUX_ADDRESS_CHECKS,
+    NOT_APPLICABLE,
+    OK,
+    VMM_TIMEOUT,
+    WARN,
+    Check,
+    Machine,
+)
 
 
 def _read(path: str) -> str:
@@ -63,7 +75,7 @@ def linux_checks(addr: Address | None, m: Machine) -> list[Check]:
     ]
     if addr is not None:
         checks += _linux_address_checks(addr, m, hyperv=bool(evidence) or hv_sock,
-                                        loopback="vsock_loopback" in transports, cid=cid)
+                                        transports=transports, cid=cid)
     return checks
 
 
@@ -196,8 +208,9 @@ def _wsl_check(m: Machine, evidence: list[str]) -> Check:
                  "<port>); a listener on wildcard never receives WSL's connections")
 
 
-def _linux_address_checks(addr: Address, m: Machine, *, hyperv: bool, loopback: bool,
+def _linux_address_checks(addr: Address, m: Machine, *, hyperv: bool, transports: list[str],
                           cid: int | None) -> list[Check]:
+    loopback = "vsock_loopback" in transports
     if isinstance(addr, (HyperVAddress, NamedVmAddress)):
         port = addr.port
         seen = (f"from this machine the same service is vsock://host:{port}"
@@ -206,6 +219,10 @@ def _linux_address_checks(addr: Address, m: Machine, *, hyperv: bool, loopback: 
                 "cannot reach it")
         return [Check(name, NOT_APPLICABLE, f"hvsock:// addresses are the Windows host's; "
                       f"{seen}") for name in LINUX_ADDRESS_CHECKS]
+    if isinstance(addr, HybridAddress):
+        return [*(Check(name, NOT_APPLICABLE, "hybrid:// goes through the VMM's socket, not "
+                        "this kernel's vsock") for name in LINUX_ADDRESS_CHECKS[:4]),
+                *_vmm_checks(addr)]
     if not isinstance(addr, VsockAddress):
         return [Check(name, NOT_APPLICABLE, f"{addr.kind}:// is not a VM socket address")
                 for name in LINUX_ADDRESS_CHECKS]
@@ -213,17 +230,21 @@ def _linux_address_checks(addr: Address, m: Machine, *, hyperv: bool, loopback: 
     # transport); any other CID can only be connected to.
     listens = addr.cid == ids.CID_ANY or addr.cid == cid or (
         addr.cid == ids.CID_LOCAL and loopback)
-    return [_cid_of_address(addr, hyperv, loopback, cid),
+    not_hybrid = "only for hybrid:// addresses"
+    return [_cid_of_address(addr, hyperv, transports, cid),
             _port_of_address(addr, hyperv, m, listens),
-            _bind_check(addr, listens), _registration_hint(addr, hyperv)]
+            _bind_check(addr, listens), _registration_hint(addr, hyperv),
+            Check("vmm_socket", NOT_APPLICABLE, not_hybrid),
+            Check("vmm_handshake", NOT_APPLICABLE, not_hybrid)]
 
 
-def _cid_of_address(addr: VsockAddress, hyperv: bool, loopback: bool,
+def _cid_of_address(addr: VsockAddress, hyperv: bool, transports: list[str],
                     cid: int | None) -> Check:
+    loopback = "vsock_loopback" in transports
     if addr.cid == ids.CID_ANY:
         return Check("address_cid", OK, "CID any: a listener for every peer")
     if addr.cid == ids.CID_HOST:
-        return Check("address_cid", OK, "CID 2: this VM's host")
+        return _host_cid_check(transports, hyperv)
     if addr.cid == ids.CID_LOCAL:
         if loopback:
             return Check("address_cid", OK, "CID 1: stays in this kernel (vsock_loopback)")
@@ -238,6 +259,70 @@ def _cid_of_address(addr: VsockAddress, hyperv: bool, loopback: bool,
         return Check("address_cid", INFO, f"CID {addr.cid} is this machine's own")
     return Check("address_cid", INFO, f"CID {addr.cid}: another VM; reachable from its host "
                  "(vhost_vsock), not from a sibling VM")
+
+
+def _host_cid_check(transports: list[str], hyperv: bool) -> Check:
+    """CID 2 needs a guest-to-host transport; vsock_loopback (or vhost_vsock) alone
+    cannot reach the host, so a connect fails whatever the host runs."""
+    g2h = [t for t in transports if t in GUEST_TO_HOST_TRANSPORTS]
+    if g2h or not transports:
+        # None listed at all: built into the kernel, or none (vsock_transports says).
+        return Check("address_cid", OK, "CID 2: this VM's host")
+    if hyperv:
+        how = "this is a Hyper-V guest: `sudo modprobe hv_sock`"
+    else:
+        how = "; ".join(f"{where}: `sudo modprobe {module}`"
+                        for module, where in GUEST_TO_HOST_TRANSPORTS.items())
+    return Check("address_cid", WARN,
+                 f"CID 2 (the host), but no guest-to-host transport is loaded (only "
+                 f"{', '.join(transports)}): a connect to the host will fail",
+                 f"load the one for your hypervisor: {how}")
+
+
+def _vmm_checks(addr: HybridAddress) -> list[Check]:
+    """Hybrid vsock: the VMM's socket file exists, is a socket, accepts, and answers
+    ``CONNECT <port>`` (one connection through it, closed at once; never AF_VSOCK)."""
+    path = addr.uds_path
+    skipped = Check("vmm_handshake", NOT_APPLICABLE, "needs a VMM socket that accepts "
+                    "(see vmm_socket)")
+    fix_missing = ("start the VM, or give its vsock socket's path (Firecracker: the vsock "
+                   "device's uds_path; Cloud Hypervisor: --vsock socket=PATH)")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return [Check("vmm_socket", FAIL, f"{path} does not exist", fix_missing), skipped]
+    except OSError as exc:
+        return [Check("vmm_socket", FAIL, f"cannot look at {path}: {exc.strerror}",
+                      "run as the VMM's user, or fix the directory's permissions"), skipped]
+    if not stat.S_ISSOCK(st.st_mode):
+        return [Check("vmm_socket", FAIL, f"{path} is not a socket "
+                      f"({stat.filemode(st.st_mode)})", fix_missing), skipped]
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(VMM_TIMEOUT)
+        probe.connect(path)
+    except ConnectionRefusedError:
+        return [Check("vmm_socket", FAIL, f"{path} is a socket but nobody accepts on it",
+                      "a stale file: the VMM exited; start the VM again"), skipped]
+    except PermissionError:
+        return [Check("vmm_socket", FAIL, f"{path}: permission denied",
+                      "run as the VMM's user, or give this user write access to the "
+                      "socket"), skipped]
+    except OSError as exc:
+        return [Check("vmm_socket", FAIL, f"cannot connect to {path}: {exc}",
+                      "check that the VMM runs"), skipped]
+    finally:
+        probe.close()
+    accepts = Check("vmm_socket", OK, f"{path} is a socket and the VMM accepts on it")
+    try:
+        api.connect(addr, timeout=VMM_TIMEOUT).close()
+    except HvsockError as exc:
+        return [accepts, Check(
+            "vmm_handshake", FAIL, f"CONNECT {addr.port} through {path} failed: {exc}",
+            f"start the service in the guest (listening on vsock port {addr.port}), and "
+            "check that this socket is the VMM's vsock socket")]
+    return [accepts, Check("vmm_handshake", OK, f"the VMM answered CONNECT {addr.port}: a "
+                           f"guest service listens on port {addr.port}")]
 
 
 def _port_of_address(addr: VsockAddress, hyperv: bool, m: Machine, listens: bool) -> Check:

@@ -22,7 +22,16 @@ STATUSES = (OK, INFO, WARN, FAIL, NOT_APPLICABLE)
 LINUX_CHECKS = ("af_vsock", "vsock_transports", "dev_vsock", "local_cid", "vsock_socket",
                 "hyperv_guest", "wsl")
 WINDOWS_CHECKS = ("af_hyperv", "registry", "hyperv_loopback", "vms")
-LINUX_ADDRESS_CHECKS = ("address_cid", "address_port", "address_bind", "host_registration")
+LINUX_ADDRESS_CHECKS = ("address_cid", "address_port", "address_bind", "host_registration",
+                        "vmm_socket", "vmm_handshake")
+#: The transports that carry a guest's connections to its host, and for which hypervisor.
+GUEST_TO_HOST_TRANSPORTS = {
+    "vmw_vsock_virtio_transport": "KVM/QEMU, Firecracker, Cloud Hypervisor",
+    "hv_sock": "Hyper-V",
+    "vmw_vsock_vmci_transport": "VMware",
+}
+#: Seconds the doctor waits for a VMM socket to accept and answer.
+VMM_TIMEOUT = 3.0
 WINDOWS_ADDRESS_CHECKS = ("service_registered", "address_vm")
 
 #: Windows socket errors people meet with Hyper-V sockets, in plain words.
