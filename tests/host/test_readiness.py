@@ -79,3 +79,26 @@ def test_check_ready_file_accepts_a_writable_place(short_tmp: Path) -> None:
         check_ready_file(str(short_tmp))
     with pytest.raises(ArgumentError):
         check_ready_file("")
+
+
+def test_stop_signals_call_back_and_restore_the_previous_handlers() -> None:
+    import signal
+    import threading
+
+    from hvsock._server.lifecycle import loop_stop_signals, stop_signals
+
+    before = signal.getsignal(signal.SIGTERM)
+    calls: list[str] = []
+    with stop_signals(lambda: calls.append("sync")):
+        signal.raise_signal(signal.SIGTERM)
+    assert calls == ["sync"]
+    assert signal.getsignal(signal.SIGTERM) == before
+
+    async def main() -> None:
+        stopped = asyncio.Event()
+        with loop_stop_signals(asyncio.get_running_loop(), stopped.set):
+            threading.Thread(target=signal.raise_signal, args=(signal.SIGINT,)).start()
+            await asyncio.wait_for(stopped.wait(), 10)
+
+    asyncio.run(main())
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import math
 import os
-import signal
 import socket
 import statistics
 import struct
@@ -34,7 +33,7 @@ from typing import Any
 from .. import _validate
 from .._core.addresses import Address, parse_address
 from .._errors import ArgumentError, ProtocolError
-from .._server.lifecycle import check_ready_file, write_ready_file
+from .._server.lifecycle import check_ready_file, loop_stop_signals, write_ready_file
 from .._transports import api
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT
 
@@ -187,11 +186,8 @@ class BenchServer:
     def run(self, on_ready: Callable[[Address], None] | None = None) -> None:
         """Serve in this (main) thread until SIGTERM / SIGINT."""
         async def main() -> None:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.add_signal_handler(sig, self.request_stop)
-            await self.serve(on_ready=on_ready)
+            with loop_stop_signals(asyncio.get_running_loop(), self.request_stop):
+                await self.serve(on_ready=on_ready)
 
         asyncio.run(main())
 

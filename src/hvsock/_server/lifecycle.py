@@ -1,18 +1,68 @@
-"""Telling supervisors and tests that a service is ready, without them sleeping."""
+"""The life of a server: telling supervisors and tests it is ready (a ready file,
+systemd's ``sd_notify``) without them sleeping, and stopping on SIGTERM / SIGINT."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import json
 import os
+import signal
 import socket
 import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from types import FrameType
 
 from .._errors import ArgumentError, HvsockError, PermissionDeniedError
 from .._validate import quote
 
-__all__ = ["check_ready_file", "sd_notify", "write_ready_file"]
+__all__ = ["STOP_SIGNALS", "check_ready_file", "loop_stop_signals", "sd_notify",
+           "stop_signals", "write_ready_file"]
+
+#: The signals that ask a server to stop gracefully.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def loop_stop_signals(loop: asyncio.AbstractEventLoop,
+                      on_signal: Callable[[], None]) -> Iterator[None]:
+    """While inside, SIGTERM and SIGINT call *on_signal* in *loop* (an asyncio server).
+
+    Where the loop cannot take signal handlers (Windows, not the main thread)
+    nothing is installed. The previous handlers are back on exit.
+    """
+    installed: list[signal.Signals] = []
+    for sig in STOP_SIGNALS:
+        try:
+            loop.add_signal_handler(sig, on_signal)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):  # pragma: no cover
+            pass
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+@contextlib.contextmanager
+def stop_signals(on_signal: Callable[[], None]) -> Iterator[None]:
+    """While inside, SIGTERM and SIGINT call *on_signal* (a blocking server's loop, main
+    thread only; elsewhere nothing is installed). The previous handlers are back on exit."""
+    previous: dict[signal.Signals, object] = {}
+    if threading.current_thread() is threading.main_thread():
+        def handler(signum: int, frame: FrameType | None) -> None:
+            on_signal()
+
+        for sig in STOP_SIGNALS:
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)  # type: ignore[arg-type]
 
 
 def sd_notify(state: str, environ: dict[str, str] | None = None) -> bool:

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 import threading
 from collections.abc import Callable
@@ -24,7 +23,12 @@ from .._aio import hyperv as aio_hyperv
 from .._core.addresses import Address, parse_address
 from .._core.framing import ErrorReply, encode_frame, encode_message
 from .._errors import ArgumentError, HvsockError, IdleTimeoutError
-from .._server.lifecycle import check_ready_file, sd_notify, write_ready_file
+from .._server.lifecycle import (
+    check_ready_file,
+    loop_stop_signals,
+    sd_notify,
+    write_ready_file,
+)
 from .._server.peers import Peer, peer_of
 from .._transports import api
 from .._transports._common import close_on_error
@@ -483,21 +487,13 @@ class ServiceHost:
         if self._stop_requested is None:
             self._stop_requested = asyncio.Event()
         stop_requested = self._stop_requested
-        loop = asyncio.get_running_loop()
-        installed: list[signal.Signals] = []
-        if handle_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                try:
-                    loop.add_signal_handler(sig, stop_requested.set)
-                    installed.append(sig)
-                except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows
-                    pass
+        signals = (loop_stop_signals(asyncio.get_running_loop(), stop_requested.set)
+                   if handle_signals else contextlib.nullcontext())
         try:
-            await self.start()
-            await stop_requested.wait()
+            with signals:
+                await self.start()
+                await stop_requested.wait()
         finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
             await self.stop()
 
     def run(self) -> None:
