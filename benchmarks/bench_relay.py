@@ -47,8 +47,8 @@ from typing import Any
 import _report
 
 import hvsock
+from hvsock._builtin import bench, stress
 from hvsock._core import handshake
-from hvsock._tools import bench, stress
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("direct", "socat", "hvsock")

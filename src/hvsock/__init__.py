@@ -7,6 +7,9 @@ exception root, :class:`HvsockError`.
 """
 
 from ._aio.streams import connect_socket, open_connection, start_server
+from ._builtin.bench import BenchResult, BenchServer
+from ._builtin.echo import ECHO_PORT, PingStats, echo_service, ping
+from ._builtin.stress import StressFailure, StressResult, stress
 from ._core.addresses import (
     Address,
     HybridAddress,
@@ -59,6 +62,7 @@ from ._errors import (
     HandshakeError,
     HvsockError,
     IdleTimeoutError,
+    NotAllowedError,
     NothingListeningError,
     PermissionDeniedError,
     ProtocolError,
@@ -70,7 +74,8 @@ from ._errors import (
     VmNotFoundError,
 )
 from ._relay import ConnectionRecord, Relay, RelayStats, relay
-from ._service.connection import Connection, Peer, SyncConnection
+from ._server.peers import Peer
+from ._service.connection import Connection, SyncConnection
 from ._service.declaration import Limits, Service
 from ._service.frames import (
     AsyncRpcClient,
@@ -82,9 +87,6 @@ from ._service.frames import (
 )
 from ._service.host import ServiceHost
 from ._service.rpc import rpc_handler
-from ._services.echo import ECHO_PORT, PingStats, echo_service, ping
-from ._tools.bench import BenchResult, BenchServer
-from ._tools.stress import StressFailure, StressResult, stress
 from ._transports._common import DEFAULT_CONNECT_TIMEOUT, close_write
 from ._transports.api import (
     connect,
@@ -152,6 +154,7 @@ __all__ = [
     "IdleTimeoutError",
     "Limits",
     "NamedVmAddress",
+    "NotAllowedError",
     "NothingListeningError",
     "Peer",
     "PermissionDeniedError",

@@ -20,6 +20,7 @@ __all__ = [
     "HandshakeError",
     "HvsockError",
     "IdleTimeoutError",
+    "NotAllowedError",
     "NothingListeningError",
     "PermissionDeniedError",
     "ProtocolError",
@@ -91,6 +92,10 @@ class UnreachableError(HvsockError, ConnectionError):
 
 class PermissionDeniedError(HvsockError, PermissionError):
     """The OS refused the operation (privileged port, another user's VM, file mode)."""
+
+
+class NotAllowedError(PermissionDeniedError):
+    """A service refused this peer: it is not in the service's allowlist."""
 
 
 class AddressInUseError(HvsockError):

@@ -78,6 +78,30 @@ def text(value: object, what: str, *, max_len: int, printable: bool = True) -> s
     return value
 
 
+#: Windows' limit on a service's ElementName, which hvsock keeps on every platform.
+MAX_SERVICE_NAME = 256
+
+
+def service_name(value: object) -> str:
+    """A service's friendly name, as the registry's ElementName takes it: 1..256 printable
+    characters, no spaces at either end. ``Service`` and registration share this check."""
+    if not isinstance(value, str):
+        raise ArgumentError(f"a service name must be text, not {type(value).__name__}")
+    if not value.strip():
+        raise ArgumentError("a service name cannot be empty")
+    if len(value) > MAX_SERVICE_NAME:
+        raise ArgumentError(f"service name is {len(value)} characters long; at most "
+                            f"{MAX_SERVICE_NAME}")
+    bad = next((c for c in value if not c.isprintable()), None)
+    if bad is not None:
+        raise ArgumentError(f"service name {quote(value)} has a control or invisible "
+                            f"character {bad!r}; use printable characters only")
+    if value != value.strip():
+        raise ArgumentError(f"service name {quote(value)} starts or ends with spaces; "
+                            "remove them")
+    return value
+
+
 def instance(value: object, cls: type[T], what: str) -> T:
     """*value* itself, when it is an instance of *cls*."""
     if not isinstance(value, cls):

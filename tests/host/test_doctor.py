@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from hvsock import AddressError, loaded_vsock_transports, local_cid, service_id_for_port
-from hvsock._doctor import (
+from hvsock._doctor import Machine, diagnose
+from hvsock._doctor.model import (
     FAIL,
     INFO,
     LINUX_ADDRESS_CHECKS,
@@ -29,8 +30,6 @@ from hvsock._doctor import (
     WINDOWS_CHECKS,
     WINDOWS_ERRORS,
     Diagnosis,
-    Machine,
-    diagnose,
 )
 from hvsock._errors import HvsockError, translate
 from hvsock._windows.registry import register_service

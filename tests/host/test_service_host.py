@@ -938,7 +938,7 @@ def test_unreachable_notify_socket_is_a_warning_not_a_failure(
 @pytest.mark.parametrize("abstract", [False, True])
 def test_sd_notify_takes_an_environ_mapping(abstract: bool,
                                             notify_socket: tuple[socket.socket, str]) -> None:
-    from hvsock._service.ready import sd_notify
+    from hvsock._server.lifecycle import sd_notify
 
     sock, path = notify_socket
     if abstract:

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 import hvsock
+from hvsock._builtin import bench, stress
 from hvsock._cli import main as cli
-from hvsock._tools import bench, stress
 
 from ._peers import EchoServer, running_relay
 

@@ -226,6 +226,7 @@ def test_services_needs_the_registry(argv: list[str]) -> None:
     status, out, err = run(*argv)
     assert (status, out) == (cli.EXIT_UNSUPPORTED, "")
     assert "the Windows registry is not here" in err
+    assert "--export" not in err
 
 
 @pytest.mark.parametrize("argv", [["vms"], ["vms", "--json"]])
@@ -298,7 +299,9 @@ def test_as_a_real_process(hvsock_cmd: list[str]) -> None:
     done = subprocess.run([*hvsock_cmd, "services"], capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode == cli.EXIT_UNSUPPORTED
-    assert "--export" in done.stderr
+    # `services` has no --export: it must not suggest one (issue 13 item 8).
+    assert "--export" not in done.stderr
+    assert "run `hvsock services` on the Hyper-V host" in done.stderr
     done = subprocess.run([*hvsock_cmd, "doctor", "--json"], capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode in (0, 1)

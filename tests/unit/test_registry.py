@@ -309,11 +309,11 @@ def test_built_in_services_are_never_removed(force: bool) -> None:
 
 
 def test_the_real_registry_is_windows_only() -> None:
-    with pytest.raises(UnsupportedError, match="--export ps1"):
+    with pytest.raises(UnsupportedError, match="registration_script"):
         registered_services()
-    with pytest.raises(UnsupportedError, match="--export ps1"):
+    with pytest.raises(UnsupportedError, match="registration_script"):
         register_service("x", 1)
-    with pytest.raises(UnsupportedError, match="--export ps1"):
+    with pytest.raises(UnsupportedError, match="registration_script"):
         unregister_service(1)
 
 

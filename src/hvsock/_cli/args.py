@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import re
 from collections.abc import Callable
 from typing import TextIO
 
@@ -56,7 +58,38 @@ def mode(text: str) -> int:
         raise argparse.ArgumentTypeError(f"mode {text} is outside 000..777")
     return value
 
+_SIZE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
+
+def size(text: str) -> int:
+    """A byte count: 1000, 64K, 256M, 1GiB (binary multiples)."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 4096, 64K, 256M or 1G")
+    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number of seconds >= 0")
+    return value
+
+
+def raise_open_files_limit() -> None:
+    """Raise the soft open-files limit to the hard one: each relayed connection needs
+    two sockets and, while bytes are in flight, up to two pipes."""
+    with contextlib.suppress(ImportError, ValueError, OSError):
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            hard = 1 << 20
+        if soft != resource.RLIM_INFINITY and soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def print_json(obj: object, out: TextIO) -> None:

@@ -1,4 +1,4 @@
-"""Windows host commands: register, unregister, services, vms, doctor.
+"""Windows host commands: register, unregister, services, vms.
 
 Thin: each parses its arguments, calls the library, and prints. Registration
 writes the machine's registry, or with ``--export`` prints the same change as a
@@ -10,26 +10,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import os
 import sys
-import uuid
 from collections.abc import Iterator, Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from .._core import ids
-from .._doctor import FAIL, NOT_APPLICABLE, WARN, Diagnosis, diagnose
-from .._errors import HvsockError, RegistryError, UnsupportedError
-from .._service.declaration import Service
-from .._windows import export as exporting
-from .._windows import registry as reg
-from .._windows.vms import discover_vms
-from ..testing import MemoryRegistry
+from .._errors import ArgumentError
 from . import args as cliargs
 from .args import Handler
 
+if TYPE_CHECKING:
+    import uuid
+
+    from .._service.declaration import Service
+    from .._windows import registry as reg
+    from .._windows.memory_registry import MemoryRegistry
+
 EXIT_OK = 0
-EXIT_FAILED_CHECKS = 1
+#: hvsock._windows.export.FORMATS, without importing the Windows layer to build a parser.
+EXPORT_FORMATS = ("ps1", "reg")
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
@@ -65,20 +64,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
     p = sub.add_parser("vms", help="list Hyper-V VMs and WSL's VM, with their ids and state")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser(
-        "doctor", help="check VM sockets here (and ADDRESS); say what to fix",
-        description="Check what VM sockets need on this machine, and for ADDRESS what it "
-        "needs (port range, registration, the VM). Exit status 1 when a check fails. "
-        "Never connects AF_VSOCK.")
-    p.add_argument("address", nargs="?")
-    p.add_argument("--json", action="store_true", help="print JSON")
     return {"register": cmd_register, "unregister": cmd_unregister,
-            "services": cmd_services, "vms": cmd_vms, "doctor": cmd_doctor}
+            "services": cmd_services, "vms": cmd_vms}
 
 
 def _change_options(p: argparse.ArgumentParser) -> None:
     how = p.add_mutually_exclusive_group()
-    how.add_argument("--export", choices=exporting.FORMATS,
+    how.add_argument("--export", choices=EXPORT_FORMATS,
                      help="print a PowerShell script (ps1) or .reg file instead")
     how.add_argument("--dry-run", action="store_true",
                      help="change an in-memory copy of the registry; print what would change")
@@ -90,12 +82,17 @@ def _change_options(p: argparse.ArgumentParser) -> None:
 # -- register / unregister ------------------------------------------------------------
 
 def _services_to_register(args: argparse.Namespace) -> list[tuple[str, uuid.UUID]]:
+    import uuid
+
+    from .._core import ids
+    from .._windows import registry as reg
+
     if args.from_code is not None:
         if args.name is not None:
-            raise ValueError("with --from, the name comes from the declaration; drop NAME")
+            raise ArgumentError("with --from, the name comes from the declaration; drop NAME")
         return [(s.name, s.service_id) for s in load_services(args.from_code)]
     if args.name is None:
-        raise ValueError("give the service's NAME (or --from MODULE:NAME)")
+        raise ArgumentError("give the service's NAME (or --from MODULE:NAME)")
     reg.check_element_name(args.name)
     if args.new:
         return [(args.name, uuid.uuid4())]
@@ -106,23 +103,27 @@ def _services_to_register(args: argparse.Namespace) -> list[tuple[str, uuid.UUID
 
 def load_services(spec: str) -> list[Service]:
     """The Service declarations *spec* (``module:name``) names: one, or a collection."""
+    import importlib
+
+    from .._service.declaration import Service
+
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"--from takes MODULE:NAME (e.g. myapp.services:agent), "
+        raise ArgumentError(f"--from takes MODULE:NAME (e.g. myapp.services:agent), "
                             f"not {spec!r}")
     with _cwd_on_path():
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise ValueError(f"cannot import {module_name!r}: {exc}") from exc
+            raise ArgumentError(f"cannot import {module_name!r}: {exc}") from exc
     try:
         value = getattr(module, attr)
     except AttributeError:
-        raise ValueError(f"module {module_name!r} has no {attr!r}") from None
+        raise ArgumentError(f"module {module_name!r} has no {attr!r}") from None
     found = [value] if isinstance(value, Service) else (
         list(value) if isinstance(value, (list, tuple, set, frozenset)) else [])
     if not found or not all(isinstance(s, Service) for s in found):
-        raise ValueError(f"{spec} is not a hvsock.Service (or a list of them)")
+        raise ArgumentError(f"{spec} is not a hvsock.Service (or a list of them)")
     return found
 
 
@@ -141,8 +142,25 @@ def _cwd_on_path() -> Iterator[None]:
                 sys.path.remove(cwd)
 
 
+def _machine_registry(what_to_do: str) -> reg.RegistryBackend:
+    """The machine's registry; where there is none, an error saying what this command's
+    user can do instead (each command has its own options)."""
+    from .._errors import UnsupportedError
+    from .._windows import registry as reg
+
+    try:
+        return reg.default_backend()
+    except UnsupportedError:
+        raise UnsupportedError("the Windows registry is not here: services are registered "
+                               f"on the Hyper-V host; {what_to_do}") from None
+
+
 def _dry_run_registry() -> MemoryRegistry:
     """A copy of the machine's services key, or an empty registry where there is none."""
+    from .._errors import UnsupportedError
+    from .._windows import registry as reg
+    from .._windows.memory_registry import MemoryRegistry
+
     try:
         real = reg.default_backend()
     except UnsupportedError:
@@ -151,6 +169,8 @@ def _dry_run_registry() -> MemoryRegistry:
 
 
 def _write_export(text: str, fmt: str, output: str | None, out: TextIO, err: TextIO) -> None:
+    from .._errors import HvsockError
+
     if output is None:
         out.write(text)
         return
@@ -177,8 +197,12 @@ def _describe_edits(edits: Sequence[reg.RegistryEdit]) -> list[str]:
 
 
 def cmd_register(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .._core import ids
+    from .._windows import export as exporting
+    from .._windows import registry as reg
+
     if args.output is not None and args.export is None:
-        raise ValueError("--output goes with --export")
+        raise ArgumentError("--output goes with --export")
     wanted = _services_to_register(args)
     if args.export is not None:
         changes: list[reg.Change] = [reg.Registration(sid, name) for name, sid in wanted]
@@ -189,7 +213,9 @@ def cmd_register(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         for name, sid in wanted:
             err.write(f"hvsock: {name!r} is service {reg.describe_service(sid)}; {step}\n")
         return EXIT_OK
-    registry = _dry_run_registry() if args.dry_run else reg.default_backend()
+    registry = _dry_run_registry() if args.dry_run else _machine_registry(
+        "write the host-side step with --export ps1 (or --export reg) and run it on the "
+        "host as administrator, or try it here with --dry-run")
     results = []
     for name, sid in wanted:
         change = reg.register_service(name, sid, registry=registry)
@@ -216,8 +242,12 @@ def cmd_register(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_unregister(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .._errors import RegistryError
+    from .._windows import export as exporting
+    from .._windows import registry as reg
+
     if args.output is not None and args.export is None:
-        raise ValueError("--output goes with --export")
+        raise ArgumentError("--output goes with --export")
     sid = reg.check_service_id(args.service)
     if args.export is not None:
         if args.export == "reg" and not args.force:
@@ -227,7 +257,9 @@ def cmd_unregister(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         _write_export(exporting.registration_script([reg.Removal(sid, args.force)], args.export),
                       args.export, args.output, out, err)
         return EXIT_OK
-    registry = _dry_run_registry() if args.dry_run else reg.default_backend()
+    registry = _dry_run_registry() if args.dry_run else _machine_registry(
+        "write the host-side step with --export ps1 and run it on the host as "
+        "administrator, or try it here with --dry-run")
     change = reg.unregister_service(sid, force=args.force, registry=registry)
     edits = change.edits() if change is not None else ()
     if args.json:
@@ -253,7 +285,10 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
 
 
 def cmd_services(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    entries = reg.registered_services()
+    from .._windows import registry as reg
+
+    entries = reg.registered_services(_machine_registry(
+        "run `hvsock services` on the Hyper-V host itself"))
     if args.json:
         cliargs.print_json([e.as_dict() for e in entries], out)
         return EXIT_OK
@@ -267,6 +302,8 @@ def cmd_services(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_vms(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .._windows.vms import discover_vms
+
     found = discover_vms()
     if args.json:
         cliargs.print_json({"vms": [vm.as_dict() for vm in found.vms],
@@ -279,35 +316,3 @@ def cmd_vms(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     for problem in found.problems:
         err.write(f"hvsock: note: {problem}\n")
     return EXIT_OK
-
-
-# -- doctor -------------------------------------------------------------------------
-
-def print_diagnosis(report: Diagnosis, out: TextIO) -> None:
-    """The report as text: one line per check, its fix under it; n/a ones summed up."""
-    where = f", address {report.address}" if report.address else ""
-    out.write(f"hvsock doctor: {report.platform}, Python {report.python}{where}\n")
-    shown = [c for c in report.checks if c.status != NOT_APPLICABLE]
-    width = max((len(c.name) for c in shown), default=0)
-    for check in shown:
-        out.write(f"  {check.status:<5} {check.name:<{width}}  {check.summary}\n")
-        if check.fix:
-            out.write(f"  {'':<5} {'':<{width}}  fix: {check.fix}\n")
-    skipped = [c for c in report.checks if c.status == NOT_APPLICABLE]
-    reasons: dict[str, list[str]] = {}
-    for check in skipped:
-        reasons.setdefault(check.summary, []).append(check.name)
-    for why, names in reasons.items():
-        out.write(f"  not applicable ({why}): {', '.join(names)}\n")
-    failed = sum(c.status == FAIL for c in report.checks)
-    warned = sum(c.status == WARN for c in report.checks)
-    out.write(f"{failed} failed, {warned} warnings\n")
-
-
-def cmd_doctor(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    report = diagnose(args.address)
-    if args.json:
-        cliargs.print_json(report.as_dict(), out)
-    else:
-        print_diagnosis(report, out)
-    return EXIT_OK if report.ok else EXIT_FAILED_CHECKS

@@ -36,9 +36,8 @@ from typing import Any
 
 from .._core.addresses import Address, parse_address
 from .._errors import ConnectTimeoutError, HvsockError
-from .._service.connection import Peer, peer_of
-from .._service.declaration import AllowRule, _allow
-from .._service.ready import sd_notify, write_ready_file
+from .._server.lifecycle import check_ready_file, sd_notify, write_ready_file
+from .._server.peers import AllowRule, Peer, allow_rules, peer_of
 from .._transports import api
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT, check_buffer_size
 from .._transports.stream import DEFAULT_UNIX_MODE
@@ -227,7 +226,7 @@ class Relay:
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
-        self.allow: frozenset[AllowRule] | None = _allow(allow)
+        self.allow: frozenset[AllowRule] | None = allow_rules(allow)
         self.mode = mode
         self.backlog = backlog
         self.buffer_size = buffer_size
@@ -235,7 +234,7 @@ class Relay:
         self.data_path = data_path
         self.busy_poll = float(busy_poll)
         self.grace = float(grace)
-        self.ready_file = ready_file
+        self.ready_file = check_ready_file(ready_file)
         self.on_ready = on_ready
         self.on_close = on_close
         self._listener = listener

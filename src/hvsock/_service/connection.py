@@ -6,65 +6,17 @@ import asyncio
 import contextlib
 import logging
 import socket
-import struct
-import uuid
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .._core.addresses import Address, HybridAddress, HyperVAddress, TcpAddress, VsockAddress
 from .._core.framing import Message, decode_message, encode_frame, encode_message
 from .._errors import IdleTimeoutError
+from .._server.peers import Peer
 from . import frames
 
 if TYPE_CHECKING:
-    from .declaration import AllowRule, Service
-
-
-@dataclass(frozen=True)
-class Peer:
-    """Who connected: a CID (vsock), a VM id (Hyper-V), a host (TCP), a uid/pid (Unix)."""
-
-    address: str
-    cid: int | None = None
-    vm_id: uuid.UUID | None = None
-    host: str | None = None
-    uid: int | None = None
-    pid: int | None = None
-
-    def matches(self, rule: AllowRule) -> bool:
-        if isinstance(rule, int):
-            return self.cid == rule
-        if isinstance(rule, uuid.UUID):
-            return self.vm_id == rule
-        if rule.startswith("uid:"):
-            return self.uid is not None and self.uid == int(rule[4:])
-        return self.host == rule
-
-    def __str__(self) -> str:
-        return self.address
-
-
-def peer_of(sock: socket.socket, raw: Any, listen: Address) -> Peer:
-    """The identity of an accepted connection, from what accept() returned."""
-    if isinstance(listen, VsockAddress) and isinstance(raw, tuple):
-        cid, port = int(raw[0]), int(raw[1])
-        return Peer(str(VsockAddress(cid, port)), cid=cid)
-    if isinstance(listen, HyperVAddress) and isinstance(raw, tuple):
-        vm = uuid.UUID(str(raw[0]))
-        return Peer(f"hvsock://{vm}/{raw[1]}", vm_id=vm)
-    if isinstance(listen, TcpAddress) and isinstance(raw, tuple):
-        return Peer(str(TcpAddress(str(raw[0]), int(raw[1]))), host=str(raw[0]))
-    uid = pid = None
-    so_peercred = getattr(socket, "SO_PEERCRED", None)
-    if so_peercred is not None and sock.family == socket.AF_UNIX:
-        with contextlib.suppress(OSError):
-            pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, so_peercred,
-                                                                 struct.calcsize("3i")))
-    where = (f"guest of {listen.uds_path}" if isinstance(listen, HybridAddress)
-             else str(listen))
-    who = f" (pid {pid}, uid {uid})" if pid is not None else ""
-    return Peer(f"{where}{who}", uid=uid, pid=pid)
+    from .declaration import Service
 
 
 class Connection:
@@ -172,8 +124,20 @@ class SyncConnection:
             self.sock.shutdown(socket.SHUT_WR)
 
     def recv_frame(self) -> bytes | None:
-        with self._idle():
-            return frames.recv_frame(self.sock, self._max)
+        """The next frame, or None at a clean EOF. The whole frame must arrive within
+        the idle timeout, as on the asyncio path (a peer dripping a byte at a time
+        cannot hold the connection): :class:`IdleTimeoutError` otherwise."""
+        idle = self.sock.gettimeout()
+        deadline = None if idle is None else time.monotonic() + idle
+        try:
+            return frames.recv_frame_by(self.sock, self._max, deadline)
+        except TimeoutError:
+            raise IdleTimeoutError(
+                f"peer {self.peer} did not send a whole frame within {idle or 0:g} s (the "
+                "service's idle timeout)") from None
+        finally:
+            with contextlib.suppress(OSError):
+                self.sock.settimeout(idle)
 
     def send_frame(self, payload: bytes) -> None:
         with self._idle():

@@ -7,16 +7,17 @@ live here together.
 from __future__ import annotations
 
 import inspect
-import math
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .. import _validate
 from .._core import ids
 from .._core.addresses import HyperVAddress, VsockAddress
 from .._core.framing import ABSOLUTE_MAX_FRAME, DEFAULT_MAX_FRAME
 from .._errors import AddressError
+from .._server.peers import allow_rules
 
 if TYPE_CHECKING:
     from .connection import Connection, SyncConnection
@@ -24,20 +25,8 @@ if TYPE_CHECKING:
 AsyncHandler = Callable[["Connection"], Awaitable[None]]
 SyncHandler = Callable[["SyncConnection"], None]
 Handler = AsyncHandler | SyncHandler
-#: An allowlist entry: a CID (int), a VM id (UUID), a TCP host (str), or "uid:N".
-AllowRule = int | uuid.UUID | str
 
-MAX_NAME = 256
-
-
-def _positive(value: object, what: str, *, optional: bool) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        math.isfinite(value) and value > 0
-    ):
-        raise ValueError(f"{what} must be a positive number{' or None' if optional else ''}, "
-                         f"not {value!r}")
+MAX_NAME = _validate.MAX_SERVICE_NAME
 
 
 @dataclass(frozen=True)
@@ -55,56 +44,19 @@ class Limits:
     max_message_size: int = DEFAULT_MAX_FRAME
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_connections, bool) or not isinstance(self.max_connections, int) \
-                or not 1 <= self.max_connections <= 100_000:
-            raise ValueError(f"max_connections must be a whole number in 1..100000, "
-                             f"not {self.max_connections!r}")
-        _positive(self.idle_timeout, "idle_timeout", optional=True)
-        _positive(self.total_timeout, "total_timeout", optional=True)
-        if isinstance(self.max_message_size, bool) or not isinstance(self.max_message_size, int) \
-                or not 1 <= self.max_message_size <= ABSOLUTE_MAX_FRAME:
-            raise ValueError(f"max_message_size must be a whole number in "
-                             f"1..{ABSOLUTE_MAX_FRAME}, not {self.max_message_size!r}")
+        _validate.whole_number(self.max_connections, "max_connections", 1, 100_000)
+        _validate.positive_number(self.idle_timeout, "idle_timeout", optional=True)
+        _validate.positive_number(self.total_timeout, "total_timeout", optional=True)
+        _validate.whole_number(self.max_message_size, "max_message_size", 1,
+                               ABSOLUTE_MAX_FRAME)
 
 
 def check_name(name: object) -> str:
-    """A friendly name as the registry's ElementName takes it: 1..256 printable chars."""
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"a service needs a non-empty name, not {name!r}")
-    if len(name) > MAX_NAME:
-        raise ValueError(f"service name is {len(name)} characters; at most {MAX_NAME}")
-    if any(not c.isprintable() for c in name):
-        raise ValueError(f"service name {name!r} has control characters")
-    return name
+    """A friendly name as the registry's ElementName takes it (the registration's check).
 
-
-def _allow(rules: Iterable[object] | None) -> frozenset[AllowRule] | None:
-    if rules is None:
-        return None
-    if isinstance(rules, (str, bytes, int)):
-        raise ValueError("allow must be a collection of rules, e.g. allow={3, 4}")
-    out: set[AllowRule] = set()
-    for rule in rules:
-        if isinstance(rule, bool):
-            raise ValueError(f"allow rule {rule!r} is not a CID, VM id, host or 'uid:N'")
-        if isinstance(rule, int):
-            if not 0 <= rule <= ids.CID_ANY:
-                raise ValueError(f"allow rule CID {rule} is out of range")
-            out.add(rule)
-        elif isinstance(rule, uuid.UUID):
-            out.add(rule)
-        elif isinstance(rule, str) and rule:
-            if rule.startswith("uid:"):
-                if not rule[4:].isdigit():
-                    raise ValueError(f"allow rule {rule!r}: write uid:<number>")
-                out.add(rule)
-            elif "-" in rule and len(rule.strip("{}")) == 36:
-                out.add(ids.parse_guid(rule, what="allowed VM id"))
-            else:
-                out.add(rule)
-        else:
-            raise ValueError(f"allow rule {rule!r} is not a CID, VM id, host or 'uid:N'")
-    return frozenset(out)
+    Raises :class:`ArgumentError`.
+    """
+    return _validate.service_name(name)
 
 
 @dataclass(frozen=True)
@@ -128,17 +80,21 @@ class Service:
     def __post_init__(self) -> None:
         check_name(self.name)
         object.__setattr__(self, "service_id", ids.coerce_service_id(self.service_id))
-        object.__setattr__(self, "allow", _allow(self.allow))
-        if not callable(self.handler):
-            raise TypeError(f"handler must be callable, not {type(self.handler).__name__}")
-        if not isinstance(self.limits, Limits):
-            raise TypeError("limits must be a hvsock.Limits")
+        object.__setattr__(self, "allow", allow_rules(self.allow))
+        _validate.callable_(self.handler, "handler")
+        _validate.instance(self.limits, Limits, "limits")
 
     @property
     def is_async(self) -> bool:
         # An object with an ``async def __call__`` counts as async too.
         return inspect.iscoroutinefunction(self.handler) or inspect.iscoroutinefunction(
             type(self.handler).__call__)
+
+    @property
+    def framed(self) -> bool:
+        """True when the handler speaks hvsock frames from the first byte (an
+        :func:`rpc_handler`): a peer the allowlist refuses is then told why."""
+        return bool(getattr(self.handler, "hvsock_framed", False))
 
     @property
     def port(self) -> int | None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import socket
+import time
 from typing import Any
 
 from .._core.framing import (
@@ -20,17 +21,30 @@ from .._core.framing import (
     encode_message,
     frame_length,
 )
-from .._errors import ProtocolError, RemoteError
+from .._errors import NotAllowedError, ProtocolError, RemoteError
+
+#: The error code a service sends a peer its allowlist refuses, before closing.
+NOT_ALLOWED = "not_allowed"
 
 # -- sync ----------------------------------------------------------------------
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    """Exactly *n* bytes, or None at EOF before the first byte."""
+def _recv_exact(sock: socket.socket, n: int, deadline: float | None = None) -> bytes | None:
+    """Exactly *n* bytes, or None at EOF before the first byte.
+
+    With *deadline* (``time.monotonic()`` seconds) all *n* bytes must arrive by then
+    (``TimeoutError``), however the peer spaces them: the socket's timeout is set to
+    what is left before each read.
+    """
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
     while got < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the frame did not arrive in time")
+            sock.settimeout(left)
         k = sock.recv_into(view[got:])
         if k == 0:
             if got == 0:
@@ -52,14 +66,20 @@ def recv_frame(sock: socket.socket, max_size: int = DEFAULT_MAX_FRAME) -> bytes 
     Raises :class:`FrameTooLargeError` before reading the body of an oversized
     frame, and :class:`ProtocolError` for EOF inside a frame.
     """
+    return recv_frame_by(sock, max_size, None)
+
+
+def recv_frame_by(sock: socket.socket, max_size: int, deadline: float | None) -> bytes | None:
+    """:func:`recv_frame`, with the whole frame due by *deadline* (``time.monotonic()``);
+    ``TimeoutError`` after it. The socket's timeout is changed (the caller restores it)."""
     check_max_size(max_size)
-    header = _recv_exact(sock, HEADER_SIZE)
+    header = _recv_exact(sock, HEADER_SIZE, deadline)
     if header is None:
         return None
     length = frame_length(header, max_size)
     if length == 0:
         return b""
-    body = _recv_exact(sock, length)
+    body = _recv_exact(sock, length, deadline)
     if body is None:
         raise ProtocolError(f"connection closed before a {length}-byte frame body")
     return body
@@ -85,7 +105,18 @@ class RpcClient:
     def call(self, method: str, params: Any = None) -> Any:
         """Send a request and wait for its answer; :class:`RemoteError` for an error reply."""
         msg_id = next(self._ids)
-        send_frame(self.sock, encode_message(Request(msg_id, method, params)), self.max_size)
+        try:
+            send_frame(self.sock, encode_message(Request(msg_id, method, params)),
+                       self.max_size)
+        except (BrokenPipeError, ConnectionResetError):
+            # A refused peer may find the connection closed before it sends; the
+            # service's reason may still be waiting to be read.
+            early: bytes | None = None
+            with contextlib.suppress(OSError, ProtocolError):
+                early = recv_frame(self.sock, self.max_size)
+            if early is not None:
+                _result(decode_message(early), msg_id)
+            raise
         body = recv_frame(self.sock, self.max_size)
         if body is None:
             raise ProtocolError(f"the service closed the connection before answering {method!r}")
@@ -93,6 +124,9 @@ class RpcClient:
 
 
 def _result(reply: object, msg_id: int) -> Any:
+    if isinstance(reply, ErrorReply) and reply.code == NOT_ALLOWED:
+        raise NotAllowedError(f"refused by the service's allowlist ({reply.message}); ask "
+                              "its owner to add this peer to the service's allow rules")
     if isinstance(reply, ErrorReply):
         # A null id answers no request in particular; another id means we are out of step.
         if reply.id is not None and reply.id != msg_id:

@@ -12,22 +12,30 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import _validate
 from .._aio import hyperv as aio_hyperv
 from .._core.addresses import Address, parse_address
-from .._errors import HvsockError, IdleTimeoutError
+from .._core.framing import ErrorReply, encode_frame, encode_message
+from .._errors import ArgumentError, HvsockError, IdleTimeoutError
+from .._server.lifecycle import (
+    check_ready_file,
+    loop_stop_signals,
+    sd_notify,
+    write_ready_file,
+)
+from .._server.peers import Peer, peer_of
 from .._transports import api
 from .._transports._common import close_on_error
 from .._transports.features import has_hyperv, has_vsock
-from .connection import Connection, Peer, SyncConnection, peer_of
+from .._validate import quote
+from .connection import Connection, SyncConnection
 from .declaration import Service, SyncHandler
-from .ready import sd_notify, write_ready_file
 
 LOG = logging.getLogger("hvsock.service")
 
@@ -78,6 +86,75 @@ async def _accept(loop: asyncio.AbstractEventLoop,
             loop.remove_reader(fd)
 
 
+#: Sync handler threads one host runs at once.
+MAX_HANDLER_THREADS = 512
+#: How long a cancelled sync handler gets to notice its socket was shut down before
+#: it is abandoned (its thread is a daemon: it never holds the process open).
+ABANDON_AFTER = 5.0
+
+
+def _in_daemon_thread(fn: SyncHandler, conn: SyncConnection, name: str) -> asyncio.Future[None]:
+    """Run ``fn(conn)`` in a new daemon thread; a future of the running loop for its end.
+
+    Not a ThreadPoolExecutor: its threads are joined at interpreter exit, so one
+    handler stuck in a sleep would keep the process alive after SIGTERM forever.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            fn(conn)
+        except BaseException as exc:  # handed to the loop, which logs it
+            error = exc
+        # The loop may be gone (the process is stopping): nobody waits any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
+#: How long a refused peer has to take its error frame and hang up before it is cut.
+REFUSAL_LINGER = 2.0
+#: What a refused peer may send meanwhile (read and dropped, so the close is clean).
+REFUSAL_DRAIN = 1 << 16
+
+
+async def _refuse(sock: socket.socket, peer: Peer, *, framed: bool) -> None:
+    """Refuse *peer*: an error frame ``not_allowed`` first for a framed service, then a
+    clean close (EOF, not a reset: what the peer sent is read and dropped)."""
+    loop = asyncio.get_running_loop()
+    try:
+        if framed:
+            reply = ErrorReply(None, "not_allowed", f"refused by the service's allowlist: "
+                               f"{peer} is not in it")
+            await asyncio.wait_for(loop.sock_sendall(sock, encode_frame(
+                encode_message(reply))), REFUSAL_LINGER)
+        sock.shutdown(socket.SHUT_WR)
+        dropped = 0
+        deadline = loop.time() + REFUSAL_LINGER
+        while dropped < REFUSAL_DRAIN and loop.time() < deadline:
+            data = await asyncio.wait_for(loop.sock_recv(sock, 4096),
+                                          max(0.0, deadline - loop.time()))
+            if not data:
+                break
+            dropped += len(data)
+    except (OSError, asyncio.TimeoutError):
+        pass
+    finally:
+        sock.close()
+
+
 @dataclass
 class _Entry:
     service: Service
@@ -101,19 +178,20 @@ class ServiceHost:
 
     def __init__(self, *, grace: float = 10.0, ready_file: str | None = None,
                  on_ready: Callable[[dict[str, Address]], None] | None = None) -> None:
-        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0:
-            raise ValueError(f"grace must be a number of seconds >= 0, not {grace!r}")
-        self.grace = float(grace)
-        self.ready_file = ready_file
+        self.grace = _validate.non_negative_number(grace, "grace") or 0.0
+        self.ready_file = check_ready_file(ready_file)
         self.on_ready = on_ready
         self._entries: list[_Entry] = []
         self._started = False
         self._stop_requested: asyncio.Event | None = None
         self._stop_started = False
         self._stopped: asyncio.Event | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        #: Sync handler threads running at once, host-wide (more wait for one to end).
+        self._threads: asyncio.Semaphore | None = None
         #: Sockets of sync handlers that outlived their cancellation; closed by them.
         self._thread_owned: set[socket.socket] = set()
+        #: Refused connections being told so and closed (see _refuse).
+        self._refusals: set[asyncio.Task[None]] = set()
 
     # -- set-up -------------------------------------------------------------
     def add(self, service: Service, address: Address | str | None = None, *,
@@ -126,7 +204,7 @@ class ServiceHost:
         if self._started:
             raise RuntimeError("add() services before start()")
         if any(e.service.name == service.name for e in self._entries):
-            raise ValueError(f"a service named {service.name!r} is already added")
+            raise ArgumentError(f"a service named {quote(service.name)} is already added")
         addr = parse_address(address) if address is not None else default_address(service)
         self._entries.append(_Entry(service, addr, listener=listener,
                                     owns_listener=listener is None,
@@ -150,16 +228,12 @@ class ServiceHost:
         if self._started:
             raise RuntimeError("already started")
         if not self._entries:
-            raise ValueError("no services added")
+            raise ArgumentError("no services added: add() one before start()")
         self._started = True
         if self._stop_requested is None:
             self._stop_requested = asyncio.Event()
         self._stopped = asyncio.Event()
-        sync_slots = sum(e.service.limits.max_connections for e in self._entries
-                         if not e.service.is_async)
-        if sync_slots:
-            self._executor = ThreadPoolExecutor(max_workers=min(sync_slots, 512),
-                                                thread_name_prefix="hvsock-handler")
+        self._threads = asyncio.Semaphore(MAX_HANDLER_THREADS)
         try:
             for entry in self._entries:
                 if entry.listener is None:
@@ -173,15 +247,17 @@ class ServiceHost:
             for entry in self._entries:
                 if entry.owns_listener:
                     entry.listener = None
-            if self._executor is not None:
-                self._executor.shutdown(wait=False)
-                self._executor = None
             self._started = False
             raise
         for entry in self._entries:
             entry.accept_task = asyncio.create_task(self._accept_loop(entry))
             entry.log.info("listening on %s", entry.address)
-        self._report_ready()
+        try:
+            self._report_ready()
+        except BaseException:
+            # e.g. the ready file cannot be written: undo, so no socket file stays behind.
+            await self.stop(0)
+            raise
 
     def _report_ready(self) -> None:
         names = {e.service.name: str(e.address) for e in self._entries}
@@ -232,8 +308,8 @@ class ServiceHost:
                 continue
             if not allowed:
                 entry.log.warning("denied %s: not in the allowlist", peer)
-                sock.close()
                 entry.slots.release()
+                self._refuse(entry, sock, peer)
                 continue
             task = asyncio.create_task(self._serve_one(entry, sock, peer))
             entry.tasks.add(task)
@@ -244,6 +320,12 @@ class ServiceHost:
                 entry.slots.release()
 
             task.add_done_callback(done)
+
+    def _refuse(self, entry: _Entry, sock: socket.socket, peer: Peer) -> None:
+        """Tell a refused peer why where the protocol allows it, then close cleanly."""
+        task = asyncio.create_task(_refuse(sock, peer, framed=entry.service.framed))
+        self._refusals.add(task)
+        task.add_done_callback(self._refusals.discard)
 
     async def _serve_one(self, entry: _Entry, sock: socket.socket, peer: Peer) -> None:
         service, log = entry.service, entry.log
@@ -316,17 +398,29 @@ class ServiceHost:
         timer = (loop.call_later(limits.total_timeout, cut)
                  if limits.total_timeout is not None else None)
         handler: SyncHandler = entry.service.handler  # type: ignore[assignment]
-        future = loop.run_in_executor(self._executor, handler, conn)
+        assert self._threads is not None
+        async with self._threads:
+            await self._run_thread(entry, sock, peer, handler, conn, cut, timer)
+
+    async def _run_thread(self, entry: _Entry, sock: socket.socket, peer: Peer,
+                          handler: SyncHandler, conn: SyncConnection, cut: Callable[[], None],
+                          timer: asyncio.TimerHandle | None) -> None:
+        future = _in_daemon_thread(handler, conn, f"hvsock-handler-{entry.service.name}")
         try:
             await asyncio.shield(future)
         except asyncio.CancelledError:
             cut()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(future), 5)
+                await asyncio.wait_for(asyncio.shield(future), ABANDON_AFTER)
             if not future.done():
                 # The thread still runs (stuck outside socket I/O): closing the
                 # socket now would let its number be reused under it. It is
-                # closed when the thread finishes instead.
+                # closed when the thread finishes instead. The thread is a daemon,
+                # so it does not keep the process alive once serving is over.
+                entry.log.warning(
+                    "abandoned the handler for %s: it did not stop within %g s of being "
+                    "cancelled (stuck outside socket I/O); the process can exit without it",
+                    peer, ABANDON_AFTER)
                 self._thread_owned.add(sock)
 
                 def release(_: object) -> None:
@@ -367,8 +461,10 @@ class ServiceHost:
                 LOG.warning("stopping: cancelled %d connection(s) after the grace period",
                             len(pending))
                 await asyncio.wait(pending, timeout=10)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
+        for refusal in list(self._refusals):
+            refusal.cancel()
+        if self._refusals:
+            await asyncio.wait(set(self._refusals), timeout=5)
         self._stopped.set()
 
     def _close_listeners(self) -> None:
@@ -391,21 +487,13 @@ class ServiceHost:
         if self._stop_requested is None:
             self._stop_requested = asyncio.Event()
         stop_requested = self._stop_requested
-        loop = asyncio.get_running_loop()
-        installed: list[signal.Signals] = []
-        if handle_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                try:
-                    loop.add_signal_handler(sig, stop_requested.set)
-                    installed.append(sig)
-                except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows
-                    pass
+        signals = (loop_stop_signals(asyncio.get_running_loop(), stop_requested.set)
+                   if handle_signals else contextlib.nullcontext())
         try:
-            await self.start()
-            await stop_requested.wait()
+            with signals:
+                await self.start()
+                await stop_requested.wait()
         finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
             await self.stop()
 
     def run(self) -> None:

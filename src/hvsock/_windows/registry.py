@@ -19,9 +19,9 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .. import _validate
 from .._core import ids
-from .._errors import PermissionDeniedError, RegistryError, UnsupportedError
-from .._service.declaration import Service
+from .._errors import ArgumentError, PermissionDeniedError, RegistryError, UnsupportedError
 
 HKLM = "HKEY_LOCAL_MACHINE"
 SERVICES_KEY = (r"SOFTWARE\Microsoft\Windows NT\CurrentVersion\Virtualization"
@@ -73,22 +73,13 @@ class RegistryBackend(Protocol):
 def check_element_name(name: object) -> str:
     """A friendly name hvsock will write: 1..256 printable characters, no edge spaces.
 
-    Raises :class:`RegistryError` before anything is written.
+    Raises :class:`RegistryError` before anything is written, with the message
+    ``hvsock.Service`` gives for the same name (one check: ``_validate.service_name``).
     """
-    if not isinstance(name, str):
-        raise RegistryError(f"a service name must be text, not {type(name).__name__}")
-    if not name.strip():
-        raise RegistryError("a service name cannot be empty")
-    if len(name) > MAX_ELEMENT_NAME:
-        raise RegistryError(f"service name is {len(name)} characters long; at most "
-                            f"{MAX_ELEMENT_NAME}")
-    bad = next((c for c in name if not c.isprintable()), None)
-    if bad is not None:
-        raise RegistryError(f"service name {name!r} has a control or invisible character "
-                            f"{bad!r}; use printable characters only")
-    if name != name.strip():
-        raise RegistryError(f"service name {name!r} starts or ends with spaces; remove them")
-    return name
+    try:
+        return _validate.service_name(name)
+    except ArgumentError as exc:
+        raise RegistryError(str(exc)) from None
 
 
 def check_service_id(value: object) -> uuid.UUID:
@@ -311,10 +302,21 @@ def apply_edits(backend: RegistryBackend, edits: Sequence[RegistryEdit]) -> None
             backend.set_value(edit.key, name, value)
 
 
-def register_service(service: Service | str, service_id: object = None, *,
+class Declared(Protocol):
+    """What registration needs of a declaration such as :class:`hvsock.Service`."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def service_id(self) -> Any: ...
+
+
+def register_service(service: Declared | str, service_id: object = None, *,
                      registry: RegistryBackend | None = None) -> Registration | None:
-    """Register a service on this Hyper-V host: ``register_service(my_service)`` for a
-    :class:`hvsock.Service` declaration, or ``register_service("My agent", 5000)``.
+    """Register a service on this Hyper-V host: ``register_service("My agent", 5000)``,
+    or ``register_service(my_service)`` for anything with a ``name`` and a
+    ``service_id`` (a :class:`hvsock.Service` declaration).
 
     *service_id* is a port (its template id), GUID text or ``uuid.UUID``.
     *registry* defaults to the machine's (Windows only). Returns the change made,
@@ -323,7 +325,8 @@ def register_service(service: Service | str, service_id: object = None, *,
     id), :class:`PermissionDeniedError` (not elevated), :class:`UnsupportedError`
     (no registry here: write a script with :func:`registration_script`).
     """
-    if isinstance(service, Service):
+    if not isinstance(service, str) and hasattr(service, "name") and hasattr(
+            service, "service_id"):
         if service_id is not None:
             raise RegistryError("pass a Service alone: it has its own service id")
         name, service_id = service.name, service.service_id
@@ -369,8 +372,8 @@ def default_backend() -> RegistryBackend:
     except ImportError:
         raise UnsupportedError(
             "the Windows registry is not here: services are registered on the Hyper-V "
-            "host; from here, write the host-side step with --export ps1 (or --export "
-            "reg) and run it on the host as administrator") from None
+            "host; from here, write the host-side step as a script "
+            "(hvsock.registration_script) and run it on the host as administrator") from None
     return WinregBackend(winreg)  # pragma: no cover - Windows only
 
 

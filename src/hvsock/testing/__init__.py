@@ -6,7 +6,7 @@ tested without a VM. :class:`MemoryRegistry` holds registry keys and values in
 memory with Windows' rules, so service registration can be tested anywhere.
 """
 
-from ._muxer import HybridVsockMuxer
-from ._registry import MemoryRegistry
+from .._server.muxer import HybridVsockMuxer
+from .._windows.memory_registry import MemoryRegistry
 
 __all__ = ["HybridVsockMuxer", "MemoryRegistry"]

@@ -9,6 +9,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
+from .. import _validate
 from .._core.addresses import Address
 from .._errors import HandshakeError, HvsockError
 from .._service.connection import Connection
@@ -62,12 +63,9 @@ def ping(address: Address | str, *, count: int = 10, size: int = 1, interval: fl
     Raises :class:`HvsockError` if the connection fails, and
     :class:`HandshakeError` if what comes back differs from what was sent.
     """
-    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 10_000_000:
-        raise ValueError(f"count must be a whole number in 1..10000000, not {count!r}")
-    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 16 * 2**20:
-        raise ValueError(f"size must be a whole number of bytes in 1..16 MiB, not {size!r}")
-    if not (isinstance(interval, (int, float)) and math.isfinite(interval) and interval >= 0):
-        raise ValueError(f"interval must be a number of seconds >= 0, not {interval!r}")
+    _validate.whole_number(count, "count", 1, 10_000_000)
+    _validate.whole_number(size, "size (bytes)", 1, 16 * 2**20)
+    _validate.non_negative_number(interval, "interval (seconds)")
     rtts: list[float] = []
     with api.connect(address, timeout=timeout, retries=retries) as sock:
         sock.settimeout(timeout)

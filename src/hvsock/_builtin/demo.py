@@ -1,12 +1,12 @@
-"""``hvsock demo``: the seed's "HV Socket Demo" as one command that works anywhere.
+"""The demo behind ``hvsock demo``: the seed's "HV Socket Demo", working anywhere.
 
 A demo service is declared with the service framework, served by a
 :class:`ServiceHost`, and called by a client, over the best transport here:
 Hyper-V loopback (Windows, Python 3.12+); AF_VSOCK to CID 1, only when
 ``vsock_loopback`` is loaded (otherwise a vsock connect would leave this machine
 for its hypervisor); else hybrid vsock through the emulated VMM muxer of
-:mod:`hvsock.testing`, with the service on the host side and the client as the
-guest.
+:mod:`hvsock._server.muxer` (also in :mod:`hvsock.testing`), with the service on
+the host side and the client as the guest.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 from .._core import ids
 from .._core.addresses import Address, HyperVAddress, VsockAddress
 from .._errors import HvsockError, TransportUnavailableError, UnsupportedError
+from .._server.muxer import HybridVsockMuxer
 from .._service.connection import Connection
 from .._service.declaration import Service
 from .._service.frames import RpcClient
@@ -31,7 +32,6 @@ from .._service.rpc import rpc_handler
 from .._transports import api
 from .._transports._common import close_write
 from .._transports.features import has_hyperv, has_vsock, vsock_loopback_loaded
-from ..testing import HybridVsockMuxer
 
 TRANSPORTS = ("auto", "hyperv", "vsock", "hybrid")
 MESSAGES = ("Hello from the client", "Hyper-V sockets need no network", "data streams only")

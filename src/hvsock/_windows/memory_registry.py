@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from .._errors import RegistryError
 
 if TYPE_CHECKING:
-    from .._windows.registry import RegistryBackend
+    from .registry import RegistryBackend
 
 #: Windows' limits on a key name and a value name.
 MAX_KEY_NAME = 255

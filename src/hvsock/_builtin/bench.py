@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import math
 import os
-import signal
 import socket
 import statistics
 import struct
@@ -31,9 +30,10 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from .. import _validate
 from .._core.addresses import Address, parse_address
-from .._errors import ProtocolError
-from .._service.ready import write_ready_file
+from .._errors import ArgumentError, ProtocolError
+from .._server.lifecycle import check_ready_file, loop_stop_signals, write_ready_file
 from .._transports import api
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT
 
@@ -135,7 +135,7 @@ class BenchServer:
         self._owns = listener is None
         self._mode = mode
         self._backlog = backlog
-        self._ready_file = ready_file
+        self._ready_file = check_ready_file(ready_file)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -186,11 +186,8 @@ class BenchServer:
     def run(self, on_ready: Callable[[Address], None] | None = None) -> None:
         """Serve in this (main) thread until SIGTERM / SIGINT."""
         async def main() -> None:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.add_signal_handler(sig, self.request_stop)
-            await self.serve(on_ready=on_ready)
+            with loop_stop_signals(asyncio.get_running_loop(), self.request_stop):
+                await self.serve(on_ready=on_ready)
 
         asyncio.run(main())
 
@@ -224,14 +221,10 @@ def _connector(address: Address | str, timeout: float | None) -> Connector:
 
 def _check_bounds(count: int | None, duration: float | None, what: str) -> None:
     if (count is None) == (duration is None):
-        raise ValueError(f"give either {what} or duration, not both or neither")
-    if count is not None and (isinstance(count, bool) or not isinstance(count, int)
-                              or count < 1):
-        raise ValueError(f"{what} must be a whole number >= 1, not {count!r}")
-    if duration is not None and (isinstance(duration, bool)
-                                 or not isinstance(duration, (int, float))
-                                 or not math.isfinite(duration) or duration <= 0):
-        raise ValueError(f"duration must be a positive number of seconds, not {duration!r}")
+        raise ArgumentError(f"give either {what} or duration, not both or neither")
+    if count is not None:
+        _validate.whole_number(count, what, 1, 2**63)
+    _validate.positive_number(duration, "duration (seconds)", optional=True)
 
 
 class _Reporter:
@@ -311,12 +304,8 @@ def throughput(address: Address | str, *, total_bytes: int | None = None,
     count mismatch.
     """
     _check_bounds(total_bytes, duration, "total_bytes")
-    if isinstance(streams, bool) or not isinstance(streams, int) or not 1 <= streams <= 4096:
-        raise ValueError(f"streams must be a whole number in 1..4096, not {streams!r}")
-    if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or not (
-            1 <= buffer_size <= 64 * 2**20):
-        raise ValueError(f"buffer_size must be a whole number of bytes in 1..64 MiB, "
-                         f"not {buffer_size!r}")
+    _validate.whole_number(streams, "streams", 1, 4096)
+    _validate.whole_number(buffer_size, "buffer_size (bytes)", 1, 64 * 2**20)
     dial = connect or _connector(address, timeout)
     reporter = _Reporter(progress, total_bytes)
     block = memoryview(os.urandom(buffer_size))
@@ -376,8 +365,7 @@ def round_trip(address: Address | str, *, count: int | None = None,
     Raises :class:`ProtocolError` if an echo differs from what was sent.
     """
     _check_bounds(count, duration, "count")
-    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 2**20:
-        raise ValueError(f"size must be a whole number of bytes in 1..1 MiB, not {size!r}")
+    _validate.whole_number(size, "size (bytes)", 1, 2**20)
     dial = connect or _connector(address, timeout)
     reporter = _Reporter(progress, count)
     payload = os.urandom(size)
@@ -423,8 +411,7 @@ def connect_rate(address: Address | str, *, count: int | None = None,
     the answer is wrong.
     """
     _check_bounds(count, duration, "count")
-    if isinstance(parallel, bool) or not isinstance(parallel, int) or not 1 <= parallel <= 1024:
-        raise ValueError(f"parallel must be a whole number in 1..1024, not {parallel!r}")
+    _validate.whole_number(parallel, "parallel", 1, 1024)
     dial = connect or _connector(address, timeout)
     reporter = _Reporter(progress, count)
     lock = threading.Lock()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import math
 import random
 import socket
 import time
@@ -22,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import _validate
 from .._aio.streams import connect_socket
 from .._core.addresses import Address, parse_address
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT
@@ -112,9 +112,7 @@ def payload(p: Plan) -> list[bytes]:
 
 
 def _check(name: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{name} must be a whole number in {low}..{high}, not {value!r}")
-    return value
+    return _validate.whole_number(value, name, low, high)
 
 
 async def stress_async(address: Address | str, *, connections: int = 100, parallel: int = 10,
@@ -129,10 +127,8 @@ async def stress_async(address: Address | str, *, connections: int = 100, parall
     _check("min_size", min_size, 0, 1 << 34)
     _check("max_size", max_size, min_size, 1 << 34)
     _check("max_chunk", max_chunk, 1, 64 << 20)
-    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
-        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
-    if not (isinstance(hold, (int, float)) and math.isfinite(hold) and hold >= 0):
-        raise ValueError(f"hold must be a number of seconds >= 0, not {hold!r}")
+    _validate.positive_number(timeout, "timeout (seconds)")
+    _validate.non_negative_number(hold, "hold (seconds)")
     if seed is None:
         seed = random.SystemRandom().randrange(_SEED_SPACE)
     _check("seed", seed, 0, _SEED_SPACE - 1)
@@ -256,6 +252,6 @@ def stress(address: Address | str, **options: Any) -> StressResult:
     sends; *hold* seconds more), *progress* ``(done, total)``, *connect* (an async
     callable returning a connected socket, instead of connecting to *address*).
     Failures (errors, timeouts, mismatches) are in the result, each with its
-    seed. Raises ``ValueError`` for bad options.
+    seed. Raises :class:`ArgumentError` for bad options.
     """
     return asyncio.run(stress_async(address, **options))

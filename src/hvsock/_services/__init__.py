@@ -1,1 +1,0 @@
-"""Built-in services and their clients, made with the service framework."""

@@ -1,0 +1,110 @@
+"""The CLI imports only what the chosen command runs (issue 8, start-up time).
+
+Each command group module (``hvsock._cli.*_cmds``) builds its parser from argparse
+and ``args`` alone and imports its implementation inside the handler. Heavy parts
+(asyncio, the relay, the doctor, the Windows layer, the service framework) must not
+load for ``hvsock --version`` or ``hvsock connect``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import hvsock
+from hvsock._cli import relay_cmds, service_cmds, tools_cmds, windows_cmds
+
+HEAVY = ("asyncio", "hvsock._relay", "hvsock._doctor", "hvsock._windows", "hvsock._service",
+         "hvsock._builtin", "hvsock._aio", "concurrent.futures")
+
+PROBE = """
+import json, sys, types
+if sys.argv[1] == "bare":
+    # The package without its __init__ (which re-exports everything): what the CLI
+    # modules themselves import.
+    pkg = types.ModuleType("hvsock")
+    pkg.__path__ = [sys.argv[2]]
+    pkg.__version__ = "0"
+    sys.modules["hvsock"] = pkg
+else:
+    import hvsock
+import importlib, os
+for name in filter(None, os.environ.get("PRELOAD", "").split(",")):
+    importlib.import_module(name)
+before = set(sys.modules)
+from hvsock._cli.main import main
+status = main(sys.argv[3:])
+print(json.dumps({"status": status, "before": sorted(before), "after": sorted(sys.modules)}))
+"""
+
+
+def run_cli(*argv: str, bare: bool = False,
+            preload: tuple[str, ...] = ()) -> tuple[int, set[str], set[str]]:
+    package_dir = str(Path(hvsock.__file__).parent)
+    env = dict(os.environ, PRELOAD=",".join(preload))
+    proc = subprocess.run([sys.executable, "-c", PROBE, "bare" if bare else "full",
+                           package_dir, *argv], env=env, capture_output=True,
+                          text=True, timeout=60, check=False, stdin=subprocess.DEVNULL)
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    return report["status"], set(report["before"]), set(report["after"])
+
+
+def heavy(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
+
+
+def test_cli_constants_match_the_library() -> None:
+    from hvsock._builtin import bench, demo, stress
+    from hvsock._relay import datapath, engine
+    from hvsock._windows import export
+
+    assert relay_cmds.DATA_PATHS == engine.DATA_PATHS
+    assert relay_cmds.DEFAULT_CHUNK == datapath.DEFAULT_CHUNK
+    assert relay_cmds.DEFAULT_BUSY_POLL == engine.DEFAULT_BUSY_POLL
+    assert tools_cmds.BENCH_DEFAULT_BUFFER == bench.DEFAULT_BUFFER
+    assert tools_cmds.STRESS_DEFAULT_MAX_CHUNK == stress.DEFAULT_MAX_CHUNK
+    assert service_cmds.DEMO_TRANSPORTS == demo.TRANSPORTS
+    assert windows_cmds.EXPORT_FORMATS == export.FORMATS
+
+
+@pytest.mark.parametrize("argv", [
+    ["--version"],
+    ["service-id", "5000"],
+    ["connect", "--timeout", "1", "unix:///nonexistent-dir-for-hvsock-test/x"],
+])
+def test_the_cli_itself_loads_nothing_heavy(argv: list[str]) -> None:
+    # The CLI's own imports, without hvsock/__init__.py's re-exports (lazy there is
+    # another matter: the next test) nor what the blocking transports import.
+    status, before, after = run_cli(*argv, bare=True, preload=("hvsock._transports.api",))
+    assert status in (0, 4), status
+    assert heavy(after - before) == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["--version"],
+    ["connect", "--timeout", "1", "unix:///nonexistent-dir-for-hvsock-test/x"],
+])
+def test_version_and_connect_load_nothing_heavy(argv: list[str]) -> None:
+    status, before, after = run_cli(*argv)
+    assert status in (0, 4), status
+    if "asyncio" in before:
+        pytest.skip("`import hvsock` itself still imports asyncio (eager re-exports in "
+                    "hvsock/__init__.py)")
+    assert heavy(after) == []
+
+
+def test_every_command_group_module_is_cheap_to_import() -> None:
+    # Building the whole parser (every group, as `hvsock --help` does) adds nothing heavy.
+    status, _, after = run_cli("--help", bare=True)
+    assert status == 0
+    assert heavy(after) == []
+    cli_dir = Path(__file__).parents[2] / "src" / "hvsock" / "_cli"
+    groups = {p.stem for p in cli_dir.glob("*_cmds.py")}
+    from hvsock._cli import main
+
+    assert {m.__name__.rsplit(".", 1)[1] for m in main.EXTENSIONS} == groups
