@@ -7,6 +7,7 @@ exception root, :class:`HvsockError`.
 """
 
 from ._aio.streams import connect_socket, open_connection, start_server
+from ._builtin.files import CopyResult, copy, copy_async, file_service
 from ._core.addresses import (
     Address,
     HybridAddress,
@@ -52,8 +53,8 @@ from ._core.ids import (
 from ._doctor import Check, Diagnosis, diagnose
 from ._errors import (
     AddressError,
-    ArgumentError,
     AddressInUseError,
+    ArgumentError,
     ConnectTimeoutError,
     FrameTooLargeError,
     HandshakeError,
@@ -132,8 +133,8 @@ __all__ = [
     "ZERO",
     "Address",
     "AddressError",
-    "ArgumentError",
     "AddressInUseError",
+    "ArgumentError",
     "AsyncRpcClient",
     "BenchResult",
     "BenchServer",
@@ -141,6 +142,7 @@ __all__ = [
     "ConnectTimeoutError",
     "Connection",
     "ConnectionRecord",
+    "CopyResult",
     "Diagnosis",
     "ErrorReply",
     "FrameDecoder",
@@ -185,6 +187,8 @@ __all__ = [
     "close_write",
     "connect",
     "connect_socket",
+    "copy",
+    "copy_async",
     "decode_message",
     "describe_address",
     "diagnose",
@@ -192,6 +196,7 @@ __all__ = [
     "echo_service",
     "encode_frame",
     "encode_message",
+    "file_service",
     "guest_view",
     "has_hyperv",
     "has_vsock",
