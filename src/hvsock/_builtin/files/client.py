@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from ..._core import filecopy as fc
 from ..._core.addresses import Address
-from ..._errors import ArgumentError, HvsockError, ProtocolError
+from ..._errors import ArgumentError, HvsockError, IdleTimeoutError, ProtocolError
 from ..._transports._common import DEFAULT_CONNECT_TIMEOUT
 from ..._transports.api import connect
 from ..._validate import callable_, positive_number, quote
@@ -386,10 +386,23 @@ def copy(address: Address | str, sources: PathSpec | Sequence[PathSpec],
         if not isinstance(reply, fc.Hello):
             raise remote_error(reply, "greeting the service")
         paths = [p for _, p in specs]
-        if remote_dest:
-            copier.push(paths, dest_path)
-        else:
-            copier.pull(paths, dest_path)
+        try:
+            if remote_dest:
+                copier.push(paths, dest_path)
+            else:
+                copier.pull(paths, dest_path)
+        except TimeoutError as exc:
+            if isinstance(exc, HvsockError):
+                raise
+            raise IdleTimeoutError(f"the file service at {address} sent nothing for "
+                                   f"{io_timeout:g} s; is it stuck? (--resume continues a "
+                                   "resumable copy)") from exc
+        except ConnectionError as exc:
+            err = HvsockError(f"the connection to {address} was cut during the copy "
+                              f"({exc.strerror or exc}); with --resume a new run continues "
+                              "where it stopped")
+            err.errno = exc.errno
+            raise err from exc
     copier.result.seconds = time.perf_counter() - started
     return copier.result
 

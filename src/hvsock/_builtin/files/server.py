@@ -163,12 +163,15 @@ class _Session:
             if not isinstance(exc.__cause__, FileNotFoundError):
                 raise
         else:
+            name = parts[-1] if parts else b"."
             try:
-                st = lstat_at(parent, parts[-1] if parts else b".")
+                st = lstat_at(parent, name)
+                link = os.readlink(name, dir_fd=parent) if st is not None and \
+                    stat.S_ISLNK(st.st_mode) else b""
             finally:
                 os.close(parent)
             if st is not None:
-                entry = entry_of(st, path)
+                entry = entry_of(st, path, link)
         self.chan.send(fc.StatReply(entry))
 
     # -- push -----------------------------------------------------------------

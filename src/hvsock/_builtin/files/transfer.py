@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import socket
 import stat
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 from ..._core import filecopy as fc
@@ -311,7 +313,10 @@ class AtomicWriter:
                 fd = os.open(self.tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
                              dir_fd=self.dir_fd)
                 try:
-                    return fc.Ready(part.st_size, hash_prefix(fd, part.st_size))
+                    _lock(fd, self.shown)
+                    size = os.fstat(fd).st_size
+                    if 0 < size <= self.entry.size:
+                        return fc.Ready(size, hash_prefix(fd, size))
                 finally:
                     os.close(fd)
         return fc.Ready()
@@ -370,26 +375,32 @@ class AtomicWriter:
                                        f"{self.entry.size}-byte file")
         resuming = msg.start > 0
         keep_partial = False
-        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        if not resuming:
-            flags |= os.O_TRUNC
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        digest = hashlib.sha256()
+        fd = -1
         try:
+            # From READY on, the sender streams the bytes whatever happens here, so
+            # a failure only switches to dropping them (self.failure), keeping the
+            # stream in step; the error is raised after FILE_END.
             fd = os.open(self.tmp, flags, 0o600, dir_fd=self.dir_fd)
+            _lock(fd, self.shown)
+            size = os.fstat(fd).st_size
+            if resuming and size < msg.start:
+                raise HvsockError(f"the partial file of {self.shown!r} shrank while the copy "
+                                  "resumed; copy again")
+            os.ftruncate(fd, msg.start)
+            pos = 0
+            buf = bytearray(CHUNK)
+            while pos < msg.start:
+                n = os.preadv(fd, [memoryview(buf)[:min(CHUNK, msg.start - pos)]], pos)
+                if n == 0:
+                    raise HvsockError(f"the partial file of {self.shown!r} is short; copy again")
+                digest.update(memoryview(buf)[:n])
+                pos += n
         except OSError as exc:
-            raise fs_error(exc, f"cannot write {self.shown!r}") from exc
+            self.failure = exc if isinstance(exc, HvsockError) else fs_error(
+                exc, f"cannot write {self.shown!r}")
         try:
-            digest = hashlib.sha256()
-            if resuming:
-                size = os.fstat(fd).st_size
-                if size < msg.start:
-                    raise ProtocolError("the sender resumes past our partial file")
-                os.ftruncate(fd, msg.start)
-                pos = 0
-                buf = bytearray(CHUNK)
-                while pos < msg.start:
-                    n = os.preadv(fd, [memoryview(buf)[:min(CHUNK, msg.start - pos)]], pos)
-                    digest.update(memoryview(buf)[:n])
-                    pos += n
             try:
                 end = (self._recv_known(chan, fd, msg.start, self.entry.size, digest, tick)
                        if known else self._recv_chunks(chan, fd, digest, tick))
@@ -416,8 +427,9 @@ class AtomicWriter:
                                          "source's; nothing was written (copy again)")
             self._finish(fd, end)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             if not keep_partial:
                 with contextlib.suppress(OSError):
                     os.unlink(self.tmp, dir_fd=self.dir_fd)
@@ -426,8 +438,9 @@ class AtomicWriter:
                 raise
             raise fs_error(exc, f"cannot write {self.shown!r}") from exc
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             if not keep_partial:
                 with contextlib.suppress(OSError):
                     os.unlink(self.tmp, dir_fd=self.dir_fd)
@@ -503,6 +516,24 @@ class AtomicWriter:
         os.close(fd)
         os.rename(self.tmp, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
         self.written = size
+
+
+def _lock(fd: int, shown: str, wait: float = 10.0) -> None:
+    """Take the partial file's lock: one writer at a time, even across connections.
+
+    A connection cut a moment ago may still be writing its last block; a resume
+    that starts now waits for it (up to *wait* seconds) instead of racing it.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise HvsockError(f"another copy is writing {shown!r} now; try again when it "
+                                  "is done") from None
+            time.sleep(0.02)
 
 
 _UMASK_LOCK = threading.Lock()
