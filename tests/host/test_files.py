@@ -184,7 +184,8 @@ def test_push_and_pull_one_file_both_transports(served: tuple[str, Path], tmp_pa
     result = hvsock.copy(addr, tmp_path / "a.bin", ":a.bin",
                          progress=lambda done, total: seen.append((done, total)))
     assert (root / "a.bin").read_bytes() == data
-    assert result.files == 1 and result.bytes == len(data)
+    assert result.files == 1
+    assert result.bytes == len(data)
     assert seen[-1] == (len(data), len(data))
     out = tmp_path / "back.bin"
     hvsock.copy(addr, ":a.bin", out)
@@ -297,9 +298,9 @@ def test_read_only_and_limits(short_tmp: Path, tmp_path: Path) -> None:
     root.mkdir()
     (tmp_path / "big").write_bytes(b"x" * 5000)
     (tmp_path / "small").write_bytes(b"x")
-    with serving([root], f"unix://{short_tmp}/ro.sock", read_only=True) as addr:
-        with pytest.raises(hvsock.RemoteError, match="read-only"):
-            hvsock.copy(addr, tmp_path / "small", ":small")
+    with serving([root], f"unix://{short_tmp}/ro.sock", read_only=True) as addr, \
+            pytest.raises(hvsock.RemoteError, match="read-only"):
+        hvsock.copy(addr, tmp_path / "small", ":small")
     with serving([root], f"unix://{short_tmp}/lim.sock", max_file_size=1000,
                  max_files=2) as addr:
         with pytest.raises(hvsock.RemoteError, match="limit of 1000 bytes"):
@@ -308,7 +309,8 @@ def test_read_only_and_limits(short_tmp: Path, tmp_path: Path) -> None:
             hvsock.copy(addr, "-", ":big", stdin=io.BytesIO(b"y" * 5000))
         with pytest.raises(hvsock.RemoteError, match="limit of 2 files"):
             hvsock.copy(addr, [tmp_path / "small"] * 3, ":")
-    assert leftovers(root) == [] and not (root / "big").exists()
+    assert leftovers(root) == []
+    assert not (root / "big").exists()
     with pytest.raises(hvsock.ArgumentError, match="not a directory"):
         hvsock.file_service([tmp_path / "small"])
 
@@ -429,9 +431,9 @@ def test_full_disk_gives_a_clear_error_and_no_partial_file(small_tmpfs: Path, sh
     root = short_tmp / "root"
     root.mkdir()
     (root / "big").write_bytes(os.urandom(3 * MB))
-    with serving([root], f"unix://{short_tmp}/g.sock") as addr:
-        with pytest.raises(hvsock.HvsockError, match="no space left"):
-            hvsock.copy(addr, ":big", small_tmpfs / "big")
+    with serving([root], f"unix://{short_tmp}/g.sock") as addr, \
+            pytest.raises(hvsock.HvsockError, match="no space left"):
+        hvsock.copy(addr, ":big", small_tmpfs / "big")
     assert sorted(p.name for p in small_tmpfs.iterdir()) == ["small"]
 
 
@@ -472,7 +474,8 @@ def test_async_copy_reports_progress_in_the_loop(served: tuple[str, Path],
         return result, seen
 
     result, seen = asyncio.run(run())
-    assert result.bytes == 100_000 and seen[-1] == 100_000
+    assert result.bytes == 100_000
+    assert seen[-1] == 100_000
     assert (root / "f").read_bytes() == b"z" * 100_000
 
 
@@ -505,7 +508,8 @@ def test_cli_copy_json_and_errors(served: tuple[str, Path], tmp_path: Path) -> N
     assert main(["cp", "--remote", addr, "-r", "-p", "--json", str(tmp_path / "d"), ":"],
                 out=out, err=err) == 0, err.getvalue()
     summary = json.loads(out.getvalue())
-    assert summary["files"] == 1 and summary["directories"] == 1
+    assert summary["files"] == 1
+    assert summary["directories"] == 1
     assert (root / "d/f").read_bytes() == b"hello"
     err = io.StringIO()
     assert main(["cp", "--remote", addr, ":../x", str(tmp_path)], out=out, err=err) == 2
