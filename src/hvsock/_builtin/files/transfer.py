@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..._core import filecopy as fc
 from ..._core.framing import encode_frame
@@ -127,7 +128,8 @@ def remote_error(message: fc.Message, doing: str) -> HvsockError:
 # -- reading side ------------------------------------------------------------------------
 
 
-def hash_prefix(fd: int, length: int) -> bytes:
+def prefix_digest(fd: int, length: int) -> tuple[hashlib._Hash, int]:
+    """SHA-256 state over the first *length* bytes of *fd*, and how many were there."""
     digest = hashlib.sha256()
     buf = bytearray(CHUNK)
     view = memoryview(buf)
@@ -138,7 +140,52 @@ def hash_prefix(fd: int, length: int) -> bytes:
             break
         digest.update(view[:n])
         pos += n
-    return digest.digest()
+    return digest, pos
+
+
+class Overlap:
+    """Hash one block in a helper thread while this thread sends or writes it.
+
+    SHA-256 costs about as much CPU as the copy itself; hashlib drops the GIL
+    for large updates, so hashing block k beside the I/O of block k (and the
+    read of block k+1) keeps a large file near socket speed. The caller
+    alternates two buffers: :meth:`update` waits for the previous block first,
+    so a buffer is never overwritten while it is hashed. Small files hash inline
+    (a thread hand-off costs more than it saves).
+    """
+
+    MIN_BLOCK = 256 * 1024
+
+    def __init__(self, digest: hashlib._Hash) -> None:
+        self.digest = digest
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
+
+    def update(self, view: memoryview) -> None:
+        self.wait()
+        if len(view) < self.MIN_BLOCK:
+            self.digest.update(view)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="hvsock-sha256")
+        self._pending = self._pool.submit(self.digest.update, view)
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.wait()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> Overlap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def send_file(chan: Channel, fd: int, size: int, ready: fc.Ready, tick: Tick | None) -> None:
@@ -152,31 +199,26 @@ def send_file(chan: Channel, fd: int, size: int, ready: fc.Ready, tick: Tick | N
     start = 0
     digest = hashlib.sha256()
     if ready.offset and ready.offset <= size:
-        prefix = hashlib.sha256()
-        buf = bytearray(CHUNK)
-        pos = 0
-        while pos < ready.offset:
-            n = os.preadv(fd, [memoryview(buf)[:min(CHUNK, ready.offset - pos)]], pos)
-            if n == 0:
-                break
-            prefix.update(memoryview(buf)[:n])
-            pos += n
-        if pos == ready.offset and prefix.digest() == ready.prefix_sha:
+        prefix, got = prefix_digest(fd, ready.offset)
+        if got == ready.offset and prefix.digest() == ready.prefix_sha:
             start = ready.offset
             digest = prefix
     chan.send(fc.Data(start, size - start))
-    complete = _send_range(chan, fd, start, size, digest, tick)
+    with Overlap(digest) as hasher:
+        complete = _send_range(chan, fd, start, size, hasher, tick)
     chan.send(fc.FileEnd(digest.digest(), complete))
 
 
-def _send_range(chan: Channel, fd: int, start: int, end: int, digest: hashlib._Hash,
+def _send_range(chan: Channel, fd: int, start: int, end: int, hasher: Overlap,
                 tick: Tick | None) -> bool:
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
+    bufs = (memoryview(bytearray(CHUNK)), memoryview(bytearray(CHUNK)))
     pos = start
     complete = True
+    k = 0
     while pos < end:
         chan.check()
+        view = bufs[k & 1]
+        k += 1
         want = min(CHUNK, end - pos)
         n = 0
         if complete:
@@ -188,14 +230,16 @@ def _send_range(chan: Channel, fd: int, start: int, end: int, digest: hashlib._H
             # The file shrank under us: keep the byte count we promised, then
             # say FILE_END(complete=False) so the receiver throws it away.
             complete = False
+            hasher.wait()
             view[:want] = _ZEROS[:want]
             n = want
         else:
-            digest.update(view[:n])
+            hasher.update(view[:n])
         chan.sock.sendall(view[:n])
         pos += n
         if tick is not None:
             tick(n)
+    hasher.wait()
     return complete
 
 
@@ -316,7 +360,7 @@ class AtomicWriter:
                     _lock(fd, self.shown)
                     size = os.fstat(fd).st_size
                     if 0 < size <= self.entry.size:
-                        return fc.Ready(size, hash_prefix(fd, size))
+                        return fc.Ready(size, prefix_digest(fd, size)[0].digest())
                 finally:
                     os.close(fd)
         return fc.Ready()
@@ -389,14 +433,9 @@ class AtomicWriter:
                 raise HvsockError(f"the partial file of {self.shown!r} shrank while the copy "
                                   "resumed; copy again")
             os.ftruncate(fd, msg.start)
-            pos = 0
-            buf = bytearray(CHUNK)
-            while pos < msg.start:
-                n = os.preadv(fd, [memoryview(buf)[:min(CHUNK, msg.start - pos)]], pos)
-                if n == 0:
-                    raise HvsockError(f"the partial file of {self.shown!r} is short; copy again")
-                digest.update(memoryview(buf)[:n])
-                pos += n
+            digest, got = prefix_digest(fd, msg.start)
+            if got != msg.start:
+                raise HvsockError(f"the partial file of {self.shown!r} is short; copy again")
         except OSError as exc:
             self.failure = exc if isinstance(exc, HvsockError) else fs_error(
                 exc, f"cannot write {self.shown!r}")
@@ -464,18 +503,20 @@ class AtomicWriter:
 
     def _recv_known(self, chan: Channel, fd: int, start: int, end: int,
                     digest: hashlib._Hash, tick: Tick | None) -> int:
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
+        bufs = (memoryview(bytearray(CHUNK)), memoryview(bytearray(CHUNK)))
         pos = start
-        while pos < end:
-            chan.check()
-            n = min(CHUNK, end - pos)
-            chan.recv_into(view[:n])
-            digest.update(view[:n])
-            self._write(fd, view[:n], pos)
-            pos += n
-            if tick is not None:
-                tick(n)
+        k = 0
+        with Overlap(digest) as hasher:
+            while pos < end:
+                chan.check()
+                view = bufs[k & 1][:min(CHUNK, end - pos)]
+                k += 1
+                chan.recv_into(view)
+                hasher.update(view)
+                self._write(fd, view, pos)
+                pos += len(view)
+                if tick is not None:
+                    tick(len(view))
         return end
 
     def _recv_chunks(self, chan: Channel, fd: int, digest: hashlib._Hash,
