@@ -14,6 +14,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,13 @@ def tree_digest(top: Path, *, modes: bool = True) -> dict[bytes, tuple[Any, ...]
 
 def leftovers(top: Path) -> list[str]:
     return [str(p) for p in top.rglob("*") if p.name.startswith(".hvsock-")]
+
+
+def wait_until_empty(top: Path, timeout: float = 10.0) -> None:
+    """Wait (bounded) for the serving side to finish cleaning up after a cut."""
+    deadline = time.monotonic() + timeout
+    while any(top.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 # -- trees of random names, sizes, modes and symlinks ---------------------------------
@@ -319,11 +327,16 @@ def test_read_only_and_limits(short_tmp: Path, tmp_path: Path) -> None:
 
 
 class CuttingProxy:
-    """A real TCP proxy that forwards client->server bytes and cuts after *limit* of them."""
+    """A real TCP proxy that cuts both ways after *limit* bytes in one direction.
 
-    def __init__(self, target: str, limit: int) -> None:
+    *direction* "up" counts client->server bytes (a push), "down" server->client
+    (a pull).
+    """
+
+    def __init__(self, target: str, limit: int, direction: str = "up") -> None:
         self.target = target
         self.limit = limit
+        self.direction = direction
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.address = f"tcp://127.0.0.1:{self.listener.getsockname()[1]}"
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -333,19 +346,20 @@ class CuttingProxy:
         with self.listener:
             client, _ = self.listener.accept()
         server = hvsock.connect(self.target, timeout=5)
+        src, dst = (client, server) if self.direction == "up" else (server, client)
         done = threading.Event()
 
-        def back() -> None:
+        def other_way() -> None:
             with contextlib.suppress(OSError):
-                while data := server.recv(65536):
-                    client.sendall(data)
+                while data := dst.recv(65536):
+                    src.sendall(data)
             done.set()
 
-        threading.Thread(target=back, daemon=True).start()
+        threading.Thread(target=other_way, daemon=True).start()
         sent = 0
         with contextlib.suppress(OSError):
-            while sent < self.limit and (data := client.recv(min(65536, self.limit - sent))):
-                server.sendall(data)
+            while sent < self.limit and (data := src.recv(min(65536, self.limit - sent))):
+                dst.sendall(data)
                 sent += len(data)
         for s in (client, server):
             with contextlib.suppress(OSError):
@@ -374,6 +388,37 @@ def test_cut_then_resume_finishes_exactly(short_tmp: Path, tmp_path: Path, cut: 
     assert leftovers(root) == []
 
 
+@pytest.mark.parametrize("cut", [100, 3 * MB + 11])
+def test_pull_cut_then_resume_finishes_exactly(short_tmp: Path, tmp_path: Path,
+                                               cut: int) -> None:
+    root = short_tmp / "root"
+    root.mkdir()
+    data = os.urandom(5 * MB)
+    (root / "big").write_bytes(data)
+    with serving([root], "tcp://127.0.0.1:0") as addr:
+        proxy = CuttingProxy(addr, cut, direction="down")
+        with pytest.raises(hvsock.HvsockError):
+            hvsock.copy(proxy.address, ":big", tmp_path / "big", resume=True)
+        proxy.thread.join(10)
+        assert not (tmp_path / "big").exists()
+        hvsock.copy(addr, ":big", tmp_path / "big", resume=True)
+    assert (tmp_path / "big").read_bytes() == data
+    assert leftovers(tmp_path) == []
+
+
+def test_owner_is_kept_when_root_and_asked(served: tuple[str, Path], tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("keeping uid/gid needs root on the writing side")
+    addr, root = served
+    (tmp_path / "owned").write_bytes(b"x")
+    os.chown(tmp_path / "owned", 4321, 8765)
+    hvsock.copy(addr, tmp_path / "owned", ":owned", owner=True)
+    st_ = (root / "owned").stat()
+    assert (st_.st_uid, st_.st_gid) == (4321, 8765)
+    hvsock.copy(addr, tmp_path / "owned", ":plain")
+    assert (root / "plain").stat().st_uid == 0
+
+
 def test_cut_without_resume_leaves_nothing(short_tmp: Path, tmp_path: Path) -> None:
     root = short_tmp / "root"
     root.mkdir()
@@ -384,10 +429,7 @@ def test_cut_without_resume_leaves_nothing(short_tmp: Path, tmp_path: Path) -> N
             hvsock.copy(proxy.address, tmp_path / "big", ":big")
         proxy.thread.join(10)
         # The server notices the cut on its own; wait for it to clean up.
-        for _ in range(100):
-            if not leftovers(root):
-                break
-            threading.Event().wait(0.05)
+        wait_until_empty(root)
     assert list(root.iterdir()) == []
 
 
@@ -455,10 +497,7 @@ def test_cancelled_async_copy_leaves_nothing(served: tuple[str, Path], tmp_path:
             await task
 
     asyncio.run(run())
-    for _ in range(100):
-        if not list(root.iterdir()):
-            break
-        threading.Event().wait(0.05)
+    wait_until_empty(root)
     assert list(root.iterdir()) == []
 
 

@@ -465,25 +465,17 @@ class AtomicWriter:
                 raise HvsockError(f"SHA-256 of {self.shown!r} differs from the "
                                          "source's; nothing was written (copy again)")
             self._finish(fd, end)
-        except OSError as exc:
+        except BaseException as exc:
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
             if not keep_partial:
                 with contextlib.suppress(OSError):
                     os.unlink(self.tmp, dir_fd=self.dir_fd)
-            if isinstance(exc, HvsockError) or not isinstance(exc, OSError) or \
-                    isinstance(exc, (socket.timeout, ConnectionError)):
+            if not isinstance(exc, OSError) or isinstance(
+                    exc, (HvsockError, TimeoutError, ConnectionError)):
                 raise
             raise fs_error(exc, f"cannot write {self.shown!r}") from exc
-        except BaseException:
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            if not keep_partial:
-                with contextlib.suppress(OSError):
-                    os.unlink(self.tmp, dir_fd=self.dir_fd)
-            raise
         return end
 
     def _write(self, fd: int, view: memoryview, pos: int) -> None:
