@@ -11,6 +11,7 @@ Push (client writes on the server)::
     C: PUT(entry)       S: READY(offset, prefix sha) | SKIPPED | ERROR | DONE (dir, link)
     C: DATA(start, length)  <length raw bytes, or chunks when length is -1>  FILE_END(sha)
                         S: DONE | ERROR
+    (with F_EAGER, small files: PUT, DATA, bytes, FILE_END at once; S: DONE | SKIPPED | ERROR)
 
 Pull (client reads from the server)::
 
@@ -62,7 +63,12 @@ F_RESUME = 16  # keep a verified partial file when the copy is cut, and continue
 F_NO_CLOBBER = 32
 F_UPDATE = 64
 F_FORCE = 128
-ALL_FLAGS = 255
+#: PUT: the file's DATA follows at once (no READY awaited). GET: send files of at
+#: most EAGER_MAX bytes straight after their ENTRY. Small files then cost no
+#: round trip each; replies are collected in a window.
+F_EAGER = 256
+ALL_FLAGS = 511
+EAGER_MAX = 1024 * 1024
 
 _U64 = struct.Struct(">Q")
 _I64 = struct.Struct(">q")
@@ -422,6 +428,11 @@ def match_root(absolute: bool, parts: tuple[bytes, ...],
 def _show(raw: bytes) -> str:
     text = raw.decode("utf-8", "backslashreplace")
     return repr(text if len(text) <= 60 else text[:59] + "…")
+
+
+def eager_entry(flags: int, entry: Entry) -> bool:
+    """In a GET with F_EAGER: is this ENTRY's data sent without waiting for READY?"""
+    return bool(flags & F_EAGER) and entry.kind == KIND_FILE and 0 <= entry.size <= EAGER_MAX
 
 
 # -- decisions -------------------------------------------------------------------------

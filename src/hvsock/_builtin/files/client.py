@@ -16,6 +16,7 @@ import stat
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import IO, Any
@@ -29,6 +30,7 @@ from ..._validate import callable_, positive_number, quote
 from .transfer import (
     AtomicWriter,
     Channel,
+    drain_file,
     entry_of,
     fs_error,
     open_dir,
@@ -45,6 +47,8 @@ __all__ = ["CopyResult", "copy", "copy_async"]
 PathSpec = str | bytes | os.PathLike[str]
 #: ``progress(copied, total)``: bytes copied so far, and the total when known.
 Progress = Callable[[int, "int | None"], object]
+#: Replies due at most before the client stops to read them (see _Copier.expect).
+WINDOW = 64
 POLICIES = {"overwrite": 0, "no-clobber": fc.F_NO_CLOBBER, "update": fc.F_UPDATE,
             "force": fc.F_FORCE}
 
@@ -94,6 +98,11 @@ class _Copier:
         self.copied = 0
         self.total: int | None = None
         self.result = CopyResult()
+        #: Small files go without a round trip each (F_EAGER) unless resuming,
+        #: which needs the peer's READY; this queue holds the kinds whose
+        #: replies are still to be read, in order.
+        self.eager = not flags & fc.F_RESUME
+        self.pending: deque[int] = deque()
         self.owner_ok = hasattr(os, "geteuid") and os.geteuid() == 0
 
     def tick(self, n: int) -> None:
@@ -139,12 +148,14 @@ class _Copier:
         for local, remote, st in plan:
             self.chan.check()
             self.push_one(local, remote, st)
+        self.flush()
         reply = self.request(fc.End(), "the end of the copy")
         if not isinstance(reply, fc.Done):
             raise remote_error(reply, "finishing the copy")
 
     def push_one(self, local: bytes, remote: bytes, st: os.stat_result | None) -> None:
         if st is None:  # stdin
+            self.flush()
             entry = fc.Entry(remote, fc.KIND_FILE, 0o644, time.time_ns(), fc.UNKNOWN_SIZE)
             reply = self.request(fc.Put(entry, self.flags & ~fc.F_RESUME), "READY")
             if isinstance(reply, fc.Ready):
@@ -155,11 +166,11 @@ class _Copier:
                 self.skip_or_raise(reply)
             return
         if stat.S_ISLNK(st.st_mode):
-            entry = entry_of(st, remote, os.readlink(local))
-            self.done_or_raise(self.request(fc.Put(entry, self.flags), "DONE"), fc.KIND_SYMLINK)
+            self.chan.send(fc.Put(entry_of(st, remote, os.readlink(local)), self.flags))
+            self.expect(fc.KIND_SYMLINK)
         elif stat.S_ISDIR(st.st_mode):
-            self.done_or_raise(self.request(fc.Put(entry_of(st, remote), self.flags), "DONE"),
-                               fc.KIND_DIR)
+            self.chan.send(fc.Put(entry_of(st, remote), self.flags))
+            self.expect(fc.KIND_DIR)
         elif stat.S_ISREG(st.st_mode):
             try:
                 fd = os.open(local, os.O_RDONLY | os.O_CLOEXEC)
@@ -167,6 +178,12 @@ class _Copier:
                 raise fs_error(exc, f"cannot read {show(local)!r}") from exc
             try:
                 entry = entry_of(os.fstat(fd), remote)
+                if self.eager and entry.size <= fc.EAGER_MAX:
+                    self.chan.send(fc.Put(entry, self.flags | fc.F_EAGER))
+                    send_file(self.chan, fd, entry.size, fc.Ready(), self.tick)
+                    self.expect(fc.KIND_FILE)
+                    return
+                self.flush()
                 reply = self.request(fc.Put(entry, self.flags), "READY")
                 if isinstance(reply, fc.Ready):
                     self.copied += reply.offset  # resumed bytes count as copied
@@ -176,6 +193,24 @@ class _Copier:
                     self.skip_or_raise(reply)
             finally:
                 os.close(fd)
+
+    def expect(self, kind: int) -> None:
+        """A reply for *kind* is due; read the oldest ones once WINDOW are due.
+
+        The window keeps the replies the service has sent but we have not read
+        far below a socket buffer, so neither side can block the other.
+        """
+        self.pending.append(kind)
+        while len(self.pending) > WINDOW:
+            self.collect()
+
+    def collect(self) -> None:
+        kind = self.pending.popleft()
+        self.done_or_raise(self.chan.recv("DONE"), kind)
+
+    def flush(self) -> None:
+        while self.pending:
+            self.collect()
 
     def done(self, kind: int) -> None:
         reply = self.chan.recv("DONE")
@@ -237,7 +272,9 @@ class _Copier:
                 os.close(parent_fd)
 
     def pull_tree(self, src: bytes, parent_fd: int, name: bytes) -> None:
-        self.chan.send(fc.Get(src, self.flags & (fc.F_RECURSIVE | fc.F_PRESERVE)))
+        get_flags = self.flags & (fc.F_RECURSIVE | fc.F_PRESERVE) | (
+            fc.F_EAGER if self.eager else 0)
+        self.chan.send(fc.Get(src, get_flags))
         dir_times: list[tuple[tuple[bytes, ...], fc.Entry]] = []
         first = True
         while True:
@@ -258,7 +295,15 @@ class _Copier:
                 writer = AtomicWriter(dir_fd, rel[-1], entry, self.flags,
                                       shown=show(b"/".join(rel)),
                                       owner=bool(self.flags & fc.F_OWNER) and self.owner_ok)
-                if entry.kind == fc.KIND_FILE:
+                if fc.eager_entry(get_flags, entry):
+                    # The bytes follow the ENTRY at once: take them or drop them.
+                    answer = writer.prepare()
+                    if isinstance(answer, fc.Skipped):
+                        drain_file(self.chan)
+                        self.result.skipped += 1
+                        continue
+                    writer.receive(self.chan, self.tick)
+                elif entry.kind == fc.KIND_FILE:
                     try:
                         answer = writer.prepare()
                     except BaseException:

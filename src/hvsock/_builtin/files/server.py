@@ -23,6 +23,7 @@ from .transfer import (
     DIR_FLAGS,
     AtomicWriter,
     Channel,
+    drain_file,
     entry_of,
     error_code,
     fs_error,
@@ -99,6 +100,7 @@ class _Session:
         self.conn = conn
         self.chan = Channel(conn.sock)
         self.files = 0
+        self.consumed = True
         self.owner_ok = hasattr(os, "geteuid") and os.geteuid() == 0
         #: Directory metadata (-p) applied once their contents are written.
         self.dir_times: list[tuple[bytes, fc.Entry]] = []
@@ -176,6 +178,20 @@ class _Session:
 
     # -- push -----------------------------------------------------------------
     def put(self, msg: fc.Put) -> None:
+        eager = bool(msg.flags & fc.F_EAGER) and msg.entry.kind == fc.KIND_FILE
+        self.consumed = not eager
+        try:
+            self._put(msg, eager)
+        except (HvsockError, OSError) as exc:
+            # An eager file's bytes are on their way whatever we answer: read
+            # them first so the session stays in step.
+            if not self.consumed and not isinstance(exc, (ProtocolError, ConnectionError,
+                                                          TimeoutError)):
+                self.consumed = True
+                drain_file(self.chan)
+            raise
+
+    def _put(self, msg: fc.Put, eager: bool) -> None:
         entry, flags = msg.entry, msg.flags
         if self.config.read_only:
             raise PermissionDeniedError("the service's roots are read-only")
@@ -194,9 +210,14 @@ class _Session:
                                   owner=bool(flags & fc.F_OWNER) and self.owner_ok)
             answer = fc.Ready() if entry.kind == fc.KIND_DIR else writer.prepare()
             if isinstance(answer, fc.Skipped):
+                if eager:
+                    self.consumed = True
+                    drain_file(self.chan)
                 self.chan.send(answer)
             elif entry.kind == fc.KIND_FILE:
-                self.chan.send(answer)
+                if not eager:
+                    self.chan.send(answer)
+                self.consumed = True
                 size = writer.receive(self.chan)
                 self.chan.send(fc.Done(size))
             else:
@@ -232,12 +253,13 @@ class _Session:
                                f"cannot read {show(msg.path)!r}")
             if stat.S_ISDIR(st.st_mode) and not msg.flags & fc.F_RECURSIVE:
                 raise HvsockError(f"{show(msg.path)!r} is a directory; copy it with -r")
-            self.send_entry(parent, name, b"", st)
+            self.send_entry(parent, name, b"", st, msg.flags)
         finally:
             os.close(parent)
         self.chan.send(fc.End(self.files))
 
-    def send_entry(self, dir_fd: int, name: bytes, rel: bytes, st: os.stat_result) -> None:
+    def send_entry(self, dir_fd: int, name: bytes, rel: bytes, st: os.stat_result,
+                   flags: int) -> None:
         if stat.S_ISLNK(st.st_mode):
             self.count()
             self.chan.send(fc.EntryMsg(entry_of(st, rel, os.readlink(name, dir_fd=dir_fd))))
@@ -247,6 +269,9 @@ class _Session:
             try:
                 entry = entry_of(os.fstat(fd), rel)
                 self.chan.send(fc.EntryMsg(entry))
+                if fc.eager_entry(flags, entry):
+                    send_file(self.chan, fd, entry.size, fc.Ready(), None)
+                    return
                 answer = self.chan.recv("READY or SKIPPED")
                 if isinstance(answer, fc.Ready):
                     send_file(self.chan, fd, entry.size, answer, None)
@@ -264,7 +289,7 @@ class _Session:
                     child_st = lstat_at(sub, child)
                     if child_st is not None:
                         self.send_entry(sub, child, rel + b"/" + child if rel else child,
-                                        child_st)
+                                        child_st, flags)
             finally:
                 os.close(sub)
         else:

@@ -260,6 +260,32 @@ def send_stream(chan: Channel, read: Callable[[int], bytes], tick: Tick | None) 
     chan.send(fc.FileEnd(digest.digest(), True))
 
 
+def drain_file(chan: Channel) -> None:
+    """Read and drop one file's DATA, bytes and FILE_END (a skipped or refused eager file)."""
+    msg = chan.recv("DATA")
+    if not isinstance(msg, fc.Data):
+        raise remote_error(msg, "skipping a file")
+    view = memoryview(bytearray(CHUNK))
+    if msg.length >= 0:
+        left = msg.length
+        while left:
+            n = min(CHUNK, left)
+            chan.recv_into(view[:n])
+            left -= n
+    else:
+        header = memoryview(bytearray(4))
+        big = memoryview(bytearray(fc.MAX_CHUNK))
+        while True:
+            chan.recv_into(header)
+            n = fc.chunk_length(bytes(header))
+            if n == 0:
+                break
+            chan.recv_into(big[:n])
+    trailer = chan.recv("FILE_END")
+    if not isinstance(trailer, fc.FileEnd):
+        raise remote_error(trailer, "skipping a file")
+
+
 # -- writing side --------------------------------------------------------------------------
 
 
