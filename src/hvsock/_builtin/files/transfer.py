@@ -23,9 +23,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..._core import filecopy as fc
-from ..._core.framing import encode_frame
+from ..._core.framing import HEADER_SIZE, encode_frame, frame_length
 from ..._errors import ArgumentError, HvsockError, PermissionDeniedError, ProtocolError, RemoteError
-from ..._service.frames import recv_frame
 
 __all__: list[str] = []
 
@@ -33,6 +32,7 @@ __all__: list[str] = []
 #: vanishes next to the copy itself.
 CHUNK = 1024 * 1024
 _ZEROS = bytes(CHUNK)
+_ZERO_VIEW = memoryview(_ZEROS)
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: A progress hook on the data path: called with the bytes just moved.
 Tick = Callable[[int], None]
@@ -83,38 +83,104 @@ def show(raw: bytes) -> str:
 
 
 class Channel:
-    """Frames of file-copy messages and raw data over one blocking socket."""
+    """Frames of file-copy messages and raw data over one blocking socket, buffered.
+
+    Small writes (messages, small files) are queued and sent together; the
+    queue goes out before this side waits to read (so neither side can wait on
+    the other) or once it holds FLUSH_AT bytes. Reads come through a buffer
+    too, except large blocks, which land straight in the caller's memory. A
+    tree of small files thus costs a few system calls per batch, not per file.
+    """
+
+    FLUSH_AT = 256 * 1024
+    READ_AHEAD = 256 * 1024
 
     def __init__(self, sock: socket.socket, cancel: threading.Event | None = None) -> None:
         self.sock = sock
         self.cancel = cancel
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._in = bytearray()
 
     def check(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
             raise Cancelled("the copy was cancelled")
 
+    # -- writing --------------------------------------------------------------
     def send(self, message: fc.Message) -> None:
-        self.sock.sendall(encode_frame(fc.encode(message), fc.MAX_MESSAGE))
+        self._queue(encode_frame(fc.encode(message), fc.MAX_MESSAGE))
+
+    def write(self, data: memoryview | bytes) -> None:
+        """Raw bytes of a file: queued when small, else sent at once (after the queue)."""
+        if len(data) < 64 * 1024:
+            self._queue(bytes(data))
+            return
+        self.flush()
+        self.sock.sendall(data)
+
+    def _queue(self, data: bytes) -> None:
+        self._out.append(data)
+        self._out_size += len(data)
+        if self._out_size >= self.FLUSH_AT:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._out:
+            data = b"".join(self._out)
+            self._out.clear()
+            self._out_size = 0
+            self.sock.sendall(data)
+
+    # -- reading --------------------------------------------------------------
+    def _fill(self, need: int) -> bool:
+        """At least *need* bytes buffered; False at EOF before that."""
+        while len(self._in) < need:
+            self.flush()
+            data = self.sock.recv(max(self.READ_AHEAD, need - len(self._in)))
+            if not data:
+                return False
+            self._in += data
+        return True
+
+    def recv_or_eof(self) -> fc.Message | None:
+        """The next message, or None at a clean EOF (between messages)."""
+        if not self._fill(HEADER_SIZE):
+            if self._in:
+                raise ProtocolError("the peer closed the connection in the middle of a "
+                                    "message header")
+            return None
+        length = frame_length(bytes(self._in[:HEADER_SIZE]), fc.MAX_MESSAGE)
+        if not self._fill(HEADER_SIZE + length):
+            raise ProtocolError("the peer closed the connection in the middle of a message")
+        body = bytes(self._in[HEADER_SIZE:HEADER_SIZE + length])
+        del self._in[:HEADER_SIZE + length]
+        return fc.decode(body)
 
     def recv(self, expect: str = "a message") -> fc.Message:
         """The next message; :class:`ProtocolError` at EOF."""
-        body = recv_frame(self.sock, fc.MAX_MESSAGE)
-        if body is None:
-            raise ProtocolError(f"the peer closed the connection while we waited for "
-                                       f"{expect}")
-        return fc.decode(body)
-
-    def recv_or_eof(self) -> fc.Message | None:
-        body = recv_frame(self.sock, fc.MAX_MESSAGE)
-        return None if body is None else fc.decode(body)
+        message = self.recv_or_eof()
+        if message is None:
+            raise ProtocolError(f"the peer closed the connection while we waited for {expect}")
+        return message
 
     def recv_into(self, view: memoryview) -> None:
-        got = 0
+        got = min(len(self._in), len(view))
+        if got:
+            view[:got] = self._in[:got]
+            del self._in[:got]
+        if got < len(view) and len(view) - got < 64 * 1024:
+            if not self._fill(len(view) - got):
+                raise ProtocolError("the peer closed the connection in the middle of a file")
+            view[got:] = self._in[:len(view) - got]
+            del self._in[:len(view) - got]
+            return
+        if got < len(view):
+            self.flush()
         while got < len(view):
             n = self.sock.recv_into(view[got:])
             if n == 0:
                 raise ProtocolError(f"the peer closed the connection in the middle of "
-                                           f"a file ({got} of {len(view)} bytes of a block)")
+                                    f"a file ({got} of {len(view)} bytes of a block)")
             got += n
 
 
@@ -131,8 +197,7 @@ def remote_error(message: fc.Message, doing: str) -> HvsockError:
 def prefix_digest(fd: int, length: int) -> tuple[hashlib._Hash, int]:
     """SHA-256 state over the first *length* bytes of *fd*, and how many were there."""
     digest = hashlib.sha256()
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
+    view = memoryview(bytearray(min(CHUNK, max(length, 1))))
     pos = 0
     while pos < length:
         n = os.preadv(fd, [view[:min(CHUNK, length - pos)]], pos)
@@ -211,7 +276,8 @@ def send_file(chan: Channel, fd: int, size: int, ready: fc.Ready, tick: Tick | N
 
 def _send_range(chan: Channel, fd: int, start: int, end: int, hasher: Overlap,
                 tick: Tick | None) -> bool:
-    bufs = (memoryview(bytearray(CHUNK)), memoryview(bytearray(CHUNK)))
+    size = max(1, min(CHUNK, end - start))
+    bufs = (memoryview(bytearray(size)), memoryview(bytearray(size)))
     pos = start
     complete = True
     k = 0
@@ -231,11 +297,11 @@ def _send_range(chan: Channel, fd: int, start: int, end: int, hasher: Overlap,
             # say FILE_END(complete=False) so the receiver throws it away.
             complete = False
             hasher.wait()
-            view[:want] = _ZEROS[:want]
+            view[:want] = _ZERO_VIEW[:want]
             n = want
         else:
             hasher.update(view[:n])
-        chan.sock.sendall(view[:n])
+        chan.write(view[:n])
         pos += n
         if tick is not None:
             tick(n)
@@ -253,10 +319,10 @@ def send_stream(chan: Channel, read: Callable[[int], bytes], tick: Tick | None) 
         if not data:
             break
         digest.update(data)
-        chan.sock.sendall(fc.encode_chunk(data))
+        chan.write(fc.encode_chunk(data))
         if tick is not None:
             tick(len(data))
-    chan.sock.sendall(fc.encode_chunk(b""))
+    chan.write(fc.encode_chunk(b""))
     chan.send(fc.FileEnd(digest.digest(), True))
 
 
@@ -265,7 +331,7 @@ def drain_file(chan: Channel) -> None:
     msg = chan.recv("DATA")
     if not isinstance(msg, fc.Data):
         raise remote_error(msg, "skipping a file")
-    view = memoryview(bytearray(CHUNK))
+    view = memoryview(bytearray(max(1, min(CHUNK, msg.length))))
     if msg.length >= 0:
         left = msg.length
         while left:
@@ -510,7 +576,7 @@ class AtomicWriter:
         if self.failure is not None:
             return
         # An all-zero block becomes a hole: sparse files stay sparse.
-        if view == _ZEROS[:len(view)]:
+        if view == _ZERO_VIEW[:len(view)]:
             return
         done = 0
         try:
@@ -521,7 +587,8 @@ class AtomicWriter:
 
     def _recv_known(self, chan: Channel, fd: int, start: int, end: int,
                     digest: hashlib._Hash, tick: Tick | None) -> int:
-        bufs = (memoryview(bytearray(CHUNK)), memoryview(bytearray(CHUNK)))
+        size = max(1, min(CHUNK, end - start))
+        bufs = (memoryview(bytearray(size)), memoryview(bytearray(size)))
         pos = start
         k = 0
         with Overlap(digest) as hasher:
@@ -622,8 +689,7 @@ def receive_stream(chan: Channel, write: Callable[[memoryview], object], size: i
     if msg.start != 0 or msg.length != size:
         raise ProtocolError("DATA does not match the announced size")
     digest = hashlib.sha256()
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
+    view = memoryview(bytearray(max(1, min(CHUNK, size))))
     pos = 0
     while pos < size:
         chan.check()
