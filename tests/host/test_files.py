@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -11,8 +12,10 @@ import os
 import shutil
 import socket
 import stat
+import struct
 import subprocess
 import tempfile
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -583,3 +586,25 @@ def test_cli_serve_and_copy_as_processes(short_tmp: Path, tmp_path: Path,
     finally:
         server.terminate()
         server.wait(15)
+
+
+def test_cli_progress_bar_on_a_terminal_and_stdout(
+        served: tuple[str, Path], tmp_path: Path,
+        capfdbinary: pytest.CaptureFixture[bytes]) -> None:
+    addr, root = served
+    (root / "f").write_bytes(b"p" * 200_000)
+    master, slave = os.openpty()
+    # A real terminal has a size; a fresh pty is 0x0, where tqdm draws nothing.
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    with os.fdopen(slave, "w") as tty, os.fdopen(master, "rb", buffering=0) as screen:
+        assert main(["cp", "--remote", addr, ":f", str(tmp_path / "f")], out=io.StringIO(),
+                    err=tty) == 0
+        tty.flush()
+        os.set_blocking(master, False)
+        drawn = screen.read(65536) or b""
+    assert b"cp" in drawn  # tqdm drew its bar (throughput, ETA) on the terminal
+    assert (tmp_path / "f").read_bytes() == b"p" * 200_000
+    err = io.StringIO()
+    assert main(["cp", "--remote", addr, "--json", ":f", "-"], out=io.StringIO(), err=err) == 0
+    assert capfdbinary.readouterr().out == b"p" * 200_000
+    assert json.loads(err.getvalue())["bytes"] == 200_000  # the summary goes to stderr

@@ -65,8 +65,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
                    help="seconds to connect (default 5)")
     p.add_argument("--retries", type=cliargs.non_negative_int, default=0)
     p.add_argument("--json", action="store_true", help="print a JSON summary")
-    p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
-                   help="progress bar on stderr (auto: when it is a terminal)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (it shows on stderr when that is a terminal)")
     return {"cp": cmd_cp}
 
 
@@ -78,7 +78,7 @@ def cmd_cp(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                                  "--listen ADDRESS to serve")
     if len(args.paths) < 2:
         raise ArgumentError("hvsock cp: give SRC... DEST (remote paths start with ':')")
-    enabled = args.progress == "on" or (args.progress == "auto" and err.isatty())
+    enabled = not args.no_progress and err.isatty()
     to_stdout = args.paths[-1] == "-"
     with progress_bar(err, enabled, "cp", unit="B") as update:
         result = copy(args.remote, args.paths[:-1], args.paths[-1], recursive=args.recursive,
