@@ -27,7 +27,7 @@ messages = st.one_of(
     st.builds(fc.Skipped, texts),
     st.builds(fc.Data, st.integers(0, 2**64 - 1), st.integers(-1, 2**63 - 1)),
     st.builds(fc.FileEnd, st.binary(min_size=32, max_size=32), st.booleans()),
-    st.builds(fc.Done, st.integers(0, 2**64 - 1)),
+    st.builds(fc.Done, st.integers(0, 2**63 - 1)),  # size: signed on the wire
     st.builds(fc.Error, texts, texts),
     st.builds(fc.End, st.integers(0, 2**64 - 1)),
 )
