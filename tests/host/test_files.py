@@ -30,33 +30,9 @@ import hvsock
 from hvsock._builtin.files.transfer import temp_name
 from hvsock._cli.main import main
 
+from .._files import serving
+
 MB = 1024 * 1024
-
-
-@contextlib.contextmanager
-def serving(roots: list[Path], address: str, **options: Any) -> Iterator[str]:
-    """The file service on *address* in a thread; yields its real address."""
-    service = hvsock.file_service(roots, **options)
-    ready = threading.Event()
-    found: dict[str, str] = {}
-
-    def on_ready(addresses: dict[str, hvsock.Address]) -> None:
-        found["address"] = str(addresses[service.name])
-        ready.set()
-
-    host = hvsock.ServiceHost(grace=1, on_ready=on_ready)
-    host.add(service, address)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(
-        target=lambda: loop.run_until_complete(host.serve(handle_signals=False)), daemon=True)
-    thread.start()
-    try:
-        assert ready.wait(10), "file service did not start"
-        yield found["address"]
-    finally:
-        loop.call_soon_threadsafe(host.request_stop)
-        thread.join(15)
-        loop.close()
 
 
 @pytest.fixture(params=["unix", "tcp"])

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pytest
 
 import hvsock
 
+from .._files import serving
 from ._support import target, unused_port
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(240)]
@@ -25,21 +24,8 @@ def vsock_file_service(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     root = tmp_path / "root"
     root.mkdir()
     port = unused_port()
-    service = hvsock.file_service([root], port=port)
-    ready = threading.Event()
-    host = hvsock.ServiceHost(grace=2, on_ready=lambda _: ready.set())
-    host.add(service, f"vsock://any:{port}")
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(
-        target=lambda: loop.run_until_complete(host.serve(handle_signals=False)), daemon=True)
-    thread.start()
-    try:
-        assert ready.wait(30), "file service did not start"
+    with serving([root], f"vsock://any:{port}", port=port):
         yield target(port), root
-    finally:
-        loop.call_soon_threadsafe(host.request_stop)
-        thread.join(30)
-        loop.close()
 
 
 def digest(path: Path) -> str:
