@@ -9,6 +9,7 @@ exception root, :class:`HvsockError`.
 from ._aio.streams import connect_socket, open_connection, start_server
 from ._builtin.bench import BenchResult, BenchServer
 from ._builtin.echo import ECHO_PORT, PingStats, echo_service, ping
+from ._builtin.files import CopyResult, copy, copy_async, file_service
 from ._builtin.stress import StressFailure, StressResult, stress
 from ._core.addresses import (
     Address,
@@ -143,6 +144,7 @@ __all__ = [
     "ConnectTimeoutError",
     "Connection",
     "ConnectionRecord",
+    "CopyResult",
     "Diagnosis",
     "ErrorReply",
     "FrameDecoder",
@@ -188,6 +190,8 @@ __all__ = [
     "close_write",
     "connect",
     "connect_socket",
+    "copy",
+    "copy_async",
     "decode_message",
     "describe_address",
     "diagnose",
@@ -195,6 +199,7 @@ __all__ = [
     "echo_service",
     "encode_frame",
     "encode_message",
+    "file_service",
     "guest_view",
     "has_hyperv",
     "has_vsock",

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import hvsock
-from hvsock._cli import relay_cmds, service_cmds, tools_cmds, windows_cmds
+from hvsock._cli import cp_cmds, relay_cmds, service_cmds, tools_cmds, windows_cmds
 
 HEAVY = ("asyncio", "hvsock._relay", "hvsock._doctor", "hvsock._windows", "hvsock._service",
          "hvsock._builtin", "hvsock._aio", "concurrent.futures")
@@ -59,7 +59,7 @@ def heavy(modules: set[str]) -> list[str]:
 
 
 def test_cli_constants_match_the_library() -> None:
-    from hvsock._builtin import bench, demo, stress
+    from hvsock._builtin import bench, demo, files, stress
     from hvsock._relay import datapath, engine
     from hvsock._windows import export
 
@@ -70,6 +70,7 @@ def test_cli_constants_match_the_library() -> None:
     assert tools_cmds.STRESS_DEFAULT_MAX_CHUNK == stress.DEFAULT_MAX_CHUNK
     assert service_cmds.DEMO_TRANSPORTS == demo.TRANSPORTS
     assert windows_cmds.EXPORT_FORMATS == export.FORMATS
+    assert cp_cmds.DEFAULT_PORT == files.DEFAULT_PORT
 
 
 @pytest.mark.parametrize("argv", [

@@ -25,6 +25,7 @@ from .._errors import (
 )
 from . import args as cliargs
 from . import (
+    cp_cmds,
     doctor_cmds,
     relay_cmds,
     service_cmds,
@@ -37,7 +38,9 @@ from . import (
 #: ``add_commands(sub) -> {name: handler}``. Keep these modules cheap to import:
 #: argparse and ``args`` at the top, the implementation imported inside each handler,
 #: so a command loads only what it runs (tests/unit/test_cli_imports.py checks).
-EXTENSIONS = (socket_cmds, service_cmds, windows_cmds, doctor_cmds, relay_cmds, tools_cmds)
+EXTENSIONS = (
+    socket_cmds, service_cmds, cp_cmds, windows_cmds, doctor_cmds, relay_cmds, tools_cmds,
+)
 
 # Exit statuses, in one place (documented in docs/cli.md).
 EXIT_OK = 0

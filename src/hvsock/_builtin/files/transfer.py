@@ -1,0 +1,709 @@
+"""What both sides of a file copy share: the channel, sending a file, writing one atomically.
+
+Whichever side writes (the server on a push, the client on a pull) goes through
+:class:`AtomicWriter`: data into a temporary file beside the target, SHA-256
+checked, fsync, rename. Whichever side reads goes through :func:`send_file`.
+Paths below a starting directory are opened one component at a time with
+``O_NOFOLLOW`` (:func:`open_dir`), so a symlink is never followed on the way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import socket
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from ..._core import filecopy as fc
+from ..._core.framing import HEADER_SIZE, encode_frame, frame_length
+from ..._errors import ArgumentError, HvsockError, PermissionDeniedError, ProtocolError, RemoteError
+
+__all__: list[str] = []
+
+#: Bytes per read/write on the data path: big enough that Python's per-call cost
+#: vanishes next to the copy itself.
+CHUNK = 1024 * 1024
+_ZEROS = bytes(CHUNK)
+_ZERO_VIEW = memoryview(_ZEROS)
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: A progress hook on the data path: called with the bytes just moved.
+Tick = Callable[[int], None]
+
+
+class Cancelled(HvsockError):
+    """The copy was cancelled (the asyncio twin's task was cancelled)."""
+
+
+def fs_error(exc: OSError, what: str) -> HvsockError:
+    """An OSError from the file system as an HvsockError that says what to do."""
+    code = exc.errno
+    hint = {
+        errno.ENOSPC: "no space left on the device; free some and copy again",
+        errno.EDQUOT: "over the disk quota; free some and copy again",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "operation not permitted",
+        errno.ELOOP: "a symlink is in the way (symlinks are never followed here)",
+        errno.ENOTDIR: "a part of the path is not a directory (or is a symlink)",
+        errno.ENOENT: "no such file or directory",
+        errno.EEXIST: "it already exists",
+        errno.EISDIR: "it is a directory",
+        errno.EROFS: "read-only file system",
+        errno.ENAMETOOLONG: "the name is too long",
+    }.get(code or 0, exc.strerror or str(exc))
+    cls: type[HvsockError] = (PermissionDeniedError
+                                     if code in (errno.EACCES, errno.EPERM)
+                                     else HvsockError)
+    err = cls(f"{what}: {hint}")
+    err.errno = code
+    return err
+
+
+def error_code(exc: BaseException) -> str:
+    """The short code an ERROR message carries for *exc*."""
+    code = getattr(exc, "errno", None)
+    if isinstance(exc, ArgumentError):
+        return "bad_path"
+    return errno.errorcode.get(code, "failed").lower() if isinstance(code, int) else "failed"
+
+
+def show(raw: bytes) -> str:
+    """A path for a message: undecodable bytes shown as escapes."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
+# -- the channel ----------------------------------------------------------------------
+
+
+class Channel:
+    """Frames of file-copy messages and raw data over one blocking socket, buffered.
+
+    Small writes (messages, small files) are queued and sent together; the
+    queue goes out before this side waits to read (so neither side can wait on
+    the other) or once it holds FLUSH_AT bytes. Reads come through a buffer
+    too, except large blocks, which land straight in the caller's memory. A
+    tree of small files thus costs a few system calls per batch, not per file.
+    """
+
+    FLUSH_AT = 256 * 1024
+    READ_AHEAD = 256 * 1024
+
+    def __init__(self, sock: socket.socket, cancel: threading.Event | None = None) -> None:
+        self.sock = sock
+        self.cancel = cancel
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._in = bytearray()
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("the copy was cancelled")
+
+    # -- writing --------------------------------------------------------------
+    def send(self, message: fc.Message) -> None:
+        self._queue(encode_frame(fc.encode(message), fc.MAX_MESSAGE))
+
+    def write(self, data: memoryview | bytes) -> None:
+        """Raw bytes of a file: queued when small, else sent at once (after the queue)."""
+        if len(data) < 64 * 1024:
+            self._queue(bytes(data))
+            return
+        self.flush()
+        self.sock.sendall(data)
+
+    def _queue(self, data: bytes) -> None:
+        self._out.append(data)
+        self._out_size += len(data)
+        if self._out_size >= self.FLUSH_AT:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._out:
+            data = b"".join(self._out)
+            self._out.clear()
+            self._out_size = 0
+            self.sock.sendall(data)
+
+    # -- reading --------------------------------------------------------------
+    def _fill(self, need: int) -> bool:
+        """At least *need* bytes buffered; False at EOF before that."""
+        while len(self._in) < need:
+            self.flush()
+            data = self.sock.recv(max(self.READ_AHEAD, need - len(self._in)))
+            if not data:
+                return False
+            self._in += data
+        return True
+
+    def recv_or_eof(self) -> fc.Message | None:
+        """The next message, or None at a clean EOF (between messages)."""
+        if not self._fill(HEADER_SIZE):
+            if self._in:
+                raise ProtocolError("the peer closed the connection in the middle of a "
+                                    "message header")
+            return None
+        length = frame_length(bytes(self._in[:HEADER_SIZE]), fc.MAX_MESSAGE)
+        if not self._fill(HEADER_SIZE + length):
+            raise ProtocolError("the peer closed the connection in the middle of a message")
+        body = bytes(self._in[HEADER_SIZE:HEADER_SIZE + length])
+        del self._in[:HEADER_SIZE + length]
+        return fc.decode(body)
+
+    def recv(self, expect: str = "a message") -> fc.Message:
+        """The next message; :class:`ProtocolError` at EOF."""
+        message = self.recv_or_eof()
+        if message is None:
+            raise ProtocolError(f"the peer closed the connection while we waited for {expect}")
+        return message
+
+    def recv_into(self, view: memoryview) -> None:
+        got = min(len(self._in), len(view))
+        if got:
+            view[:got] = self._in[:got]
+            del self._in[:got]
+        if got < len(view) and len(view) - got < 64 * 1024:
+            if not self._fill(len(view) - got):
+                raise ProtocolError("the peer closed the connection in the middle of a file")
+            view[got:] = self._in[:len(view) - got]
+            del self._in[:len(view) - got]
+            return
+        if got < len(view):
+            self.flush()
+        while got < len(view):
+            n = self.sock.recv_into(view[got:])
+            if n == 0:
+                raise ProtocolError(f"the peer closed the connection in the middle of "
+                                    f"a file ({got} of {len(view)} bytes of a block)")
+            got += n
+
+
+def remote_error(message: fc.Message, doing: str) -> HvsockError:
+    """What to raise when the peer answered *message* instead of what we expected."""
+    if isinstance(message, fc.Error):
+        return RemoteError(message.code, message.message)
+    return ProtocolError(f"unexpected {type(message).__name__} while {doing}")
+
+
+# -- reading side ------------------------------------------------------------------------
+
+
+def prefix_digest(fd: int, length: int) -> tuple[hashlib._Hash, int]:
+    """SHA-256 state over the first *length* bytes of *fd*, and how many were there."""
+    digest = hashlib.sha256()
+    view = memoryview(bytearray(min(CHUNK, max(length, 1))))
+    pos = 0
+    while pos < length:
+        n = os.preadv(fd, [view[:min(CHUNK, length - pos)]], pos)
+        if n == 0:
+            break
+        digest.update(view[:n])
+        pos += n
+    return digest, pos
+
+
+class Overlap:
+    """Hash one block in a helper thread while this thread sends or writes it.
+
+    SHA-256 costs about as much CPU as the copy itself; hashlib drops the GIL
+    for large updates, so hashing block k beside the I/O of block k (and the
+    read of block k+1) keeps a large file near socket speed. The caller
+    alternates two buffers: :meth:`update` waits for the previous block first,
+    so a buffer is never overwritten while it is hashed. Small files hash inline
+    (a thread hand-off costs more than it saves).
+    """
+
+    MIN_BLOCK = 256 * 1024
+
+    def __init__(self, digest: hashlib._Hash) -> None:
+        self.digest = digest
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
+
+    def update(self, view: memoryview) -> None:
+        self.wait()
+        if len(view) < self.MIN_BLOCK:
+            self.digest.update(view)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="hvsock-sha256")
+        self._pending = self._pool.submit(self.digest.update, view)
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.wait()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> Overlap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def send_file(chan: Channel, fd: int, size: int, ready: fc.Ready, tick: Tick | None) -> None:
+    """DATA, the bytes of *fd* from the agreed offset, FILE_END (whole-file SHA-256).
+
+    The peer's partial file is kept only when its first *offset* bytes hash the
+    same as ours; otherwise the copy starts again at 0. *size* is what the ENTRY
+    or PUT announced: a file that shrank since is padded and marked incomplete,
+    so the receiver discards it.
+    """
+    start = 0
+    digest = hashlib.sha256()
+    if ready.offset and ready.offset <= size:
+        prefix, got = prefix_digest(fd, ready.offset)
+        if got == ready.offset and prefix.digest() == ready.prefix_sha:
+            start = ready.offset
+            digest = prefix
+    chan.send(fc.Data(start, size - start))
+    with Overlap(digest) as hasher:
+        complete = _send_range(chan, fd, start, size, hasher, tick)
+    chan.send(fc.FileEnd(digest.digest(), complete))
+
+
+def _send_range(chan: Channel, fd: int, start: int, end: int, hasher: Overlap,
+                tick: Tick | None) -> bool:
+    size = max(1, min(CHUNK, end - start))
+    bufs = (memoryview(bytearray(size)), memoryview(bytearray(size)))
+    pos = start
+    complete = True
+    k = 0
+    while pos < end:
+        chan.check()
+        view = bufs[k & 1]
+        k += 1
+        want = min(CHUNK, end - pos)
+        n = 0
+        if complete:
+            try:
+                n = os.preadv(fd, [view[:want]], pos)
+            except OSError:
+                n = 0  # unreadable now: sent as incomplete, like a file that shrank
+        if n == 0:
+            # The file shrank under us: keep the byte count we promised, then
+            # say FILE_END(complete=False) so the receiver throws it away.
+            complete = False
+            hasher.wait()
+            view[:want] = _ZERO_VIEW[:want]
+            n = want
+        else:
+            hasher.update(view[:n])
+        chan.write(view[:n])
+        pos += n
+        if tick is not None:
+            tick(n)
+    hasher.wait()
+    return complete
+
+
+def send_stream(chan: Channel, read: Callable[[int], bytes], tick: Tick | None) -> None:
+    """An input of unknown length (stdin) as chunks, then FILE_END."""
+    digest = hashlib.sha256()
+    chan.send(fc.Data(0, fc.UNKNOWN_SIZE))
+    while True:
+        chan.check()
+        data = read(CHUNK)
+        if not data:
+            break
+        digest.update(data)
+        chan.write(fc.encode_chunk(data))
+        if tick is not None:
+            tick(len(data))
+    chan.write(fc.encode_chunk(b""))
+    chan.send(fc.FileEnd(digest.digest(), True))
+
+
+def drain_file(chan: Channel) -> None:
+    """Read and drop one file's DATA, bytes and FILE_END (a skipped or refused eager file)."""
+    msg = chan.recv("DATA")
+    if not isinstance(msg, fc.Data):
+        raise remote_error(msg, "skipping a file")
+    view = memoryview(bytearray(max(1, min(CHUNK, msg.length))))
+    if msg.length >= 0:
+        left = msg.length
+        while left:
+            n = min(CHUNK, left)
+            chan.recv_into(view[:n])
+            left -= n
+    else:
+        header = memoryview(bytearray(4))
+        big = memoryview(bytearray(fc.MAX_CHUNK))
+        while True:
+            chan.recv_into(header)
+            n = fc.chunk_length(bytes(header))
+            if n == 0:
+                break
+            chan.recv_into(big[:n])
+    trailer = chan.recv("FILE_END")
+    if not isinstance(trailer, fc.FileEnd):
+        raise remote_error(trailer, "skipping a file")
+
+
+# -- writing side --------------------------------------------------------------------------
+
+
+def open_dir(start_fd: int, parts: tuple[bytes, ...], *, create: bool = False,
+             what: bytes = b"") -> int:
+    """A new descriptor of the directory *parts* below *start_fd*, no symlink followed.
+
+    *create* makes missing directories (mode 0777 less the umask). Raises
+    :class:`HvsockError` naming *what* when a part is missing, a symlink or a file.
+    """
+    fd = os.dup(start_fd)
+    try:
+        for part in parts:
+            try:
+                nxt = os.open(part, DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o777, dir_fd=fd)
+                nxt = os.open(part, DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        return fd
+    except OSError as exc:
+        os.close(fd)
+        raise fs_error(exc, f"cannot open directory {show(what or b'/'.join(parts))!r}") \
+            from exc
+
+
+def lstat_at(dir_fd: int, name: bytes) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def entry_of(st: os.stat_result, path: bytes, link: bytes = b"") -> fc.Entry:
+    kind = (fc.KIND_DIR if stat.S_ISDIR(st.st_mode) else fc.KIND_SYMLINK
+            if stat.S_ISLNK(st.st_mode) else fc.KIND_FILE)
+    return fc.Entry(path, kind, stat.S_IMODE(st.st_mode), st.st_mtime_ns,
+                    st.st_size if kind == fc.KIND_FILE else 0, st.st_uid, st.st_gid, link)
+
+
+def temp_name(name: bytes) -> bytes:
+    """The temporary (and resumable partial) file beside *name*: fixed, short, hidden."""
+    return b".hvsock-" + hashlib.sha256(name).hexdigest()[:16].encode() + b".part"
+
+
+class AtomicWriter:
+    """Write one entry below *dir_fd* as *name*, all or nothing.
+
+    ``prepare()`` applies the clobber policy and answers what to tell the sender
+    (READY with the resumable offset, or SKIPPED); ``receive()`` takes DATA, the
+    bytes and FILE_END, checks the SHA-256 and renames into place; on any failure
+    the temporary file is removed, unless F_RESUME asks to keep the verified part.
+    """
+
+    def __init__(self, dir_fd: int, name: bytes, entry: fc.Entry, flags: int, *,
+                 shown: str, max_size: int | None = None, owner: bool = False) -> None:
+        self.dir_fd = dir_fd
+        self.name = name
+        self.entry = entry
+        self.flags = flags
+        self.shown = shown
+        self.max_size = max_size
+        self.owner = owner
+        self.tmp = temp_name(name)
+        self.written = 0
+        self.failure: HvsockError | None = None
+
+    def prepare(self) -> fc.Ready | fc.Skipped:
+        """Check the policy and the target; raises HvsockError when it cannot be written."""
+        current = lstat_at(self.dir_fd, self.name)
+        if current is not None:
+            if stat.S_ISDIR(current.st_mode):
+                raise HvsockError(f"{self.shown!r} is a directory; give a path for "
+                                         "the file, or copy into the directory")
+            if not stat.S_ISREG(current.st_mode) and not self.flags & fc.F_FORCE:
+                raise HvsockError(f"{self.shown!r} exists and is not a regular file; "
+                                         "--force replaces it")
+            why = fc.should_replace(self.flags, True, self.entry.mtime_ns,
+                                    current.st_mtime_ns)
+            if why is not None:
+                return fc.Skipped(why)
+        if self.max_size is not None and self.entry.size > self.max_size:
+            raise HvsockError(f"{self.shown!r} is {self.entry.size} bytes, over the "
+                                     f"service's limit of {self.max_size} bytes per file")
+        if self.entry.kind != fc.KIND_FILE:
+            return fc.Ready()
+        if self.flags & fc.F_RESUME and self.entry.size >= 0:
+            part = lstat_at(self.dir_fd, self.tmp)
+            if part is not None and stat.S_ISREG(part.st_mode) and \
+                    0 < part.st_size <= self.entry.size:
+                fd = os.open(self.tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             dir_fd=self.dir_fd)
+                try:
+                    _lock(fd, self.shown)
+                    size = os.fstat(fd).st_size
+                    if 0 < size <= self.entry.size:
+                        return fc.Ready(size, prefix_digest(fd, size)[0].digest())
+                finally:
+                    os.close(fd)
+        return fc.Ready()
+
+    def place_special(self) -> None:
+        """Create a directory (kept if there) or a symlink (via a temp name, renamed)."""
+        e = self.entry
+        try:
+            if e.kind == fc.KIND_DIR:
+                current = lstat_at(self.dir_fd, self.name)
+                if current is None:
+                    os.mkdir(self.name, 0o700, dir_fd=self.dir_fd)
+                elif not stat.S_ISDIR(current.st_mode):
+                    raise HvsockError(f"{self.shown!r} exists and is not a directory")
+                if current is None or self.flags & fc.F_PRESERVE:
+                    os.chmod(self.name, e.mode if self.flags & fc.F_PRESERVE else 0o777 &
+                             ~_umask(), dir_fd=self.dir_fd, follow_symlinks=False)
+            elif e.kind == fc.KIND_SYMLINK:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.tmp, dir_fd=self.dir_fd)
+                os.symlink(e.link, self.tmp, dir_fd=self.dir_fd)
+                try:
+                    if self.flags & fc.F_PRESERVE:
+                        os.utime(self.tmp, ns=(e.mtime_ns, e.mtime_ns), dir_fd=self.dir_fd,
+                                 follow_symlinks=False)
+                    if self.owner and e.uid >= 0:
+                        os.chown(self.tmp, e.uid, e.gid, dir_fd=self.dir_fd,
+                                 follow_symlinks=False)
+                    os.rename(self.tmp, self.name, src_dir_fd=self.dir_fd,
+                              dst_dir_fd=self.dir_fd)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.tmp, dir_fd=self.dir_fd)
+                    raise
+        except OSError as exc:
+            if isinstance(exc, HvsockError):
+                raise
+            raise fs_error(exc, f"cannot create {self.shown!r}") from exc
+
+    def receive(self, chan: Channel, tick: Tick | None = None) -> int:
+        """DATA, bytes, FILE_END from *chan*; the file is in place on return (its size).
+
+        Raises HvsockError for a checksum mismatch, an incomplete source, a full
+        disk or a limit; ProtocolError for a broken stream. Nothing is left behind
+        then (but a resumable partial when F_RESUME asked for one and the stream
+        was cut).
+        """
+        msg = chan.recv("DATA")
+        if not isinstance(msg, fc.Data):
+            raise remote_error(msg, f"receiving {self.shown!r}")
+        known = self.entry.size >= 0
+        if msg.length < 0 if known else msg.length != fc.UNKNOWN_SIZE:
+            raise ProtocolError("DATA length does not match the announced size")
+        if known and msg.start + msg.length != self.entry.size:
+            raise ProtocolError(f"DATA covers {msg.start}+{msg.length} bytes of a "
+                                       f"{self.entry.size}-byte file")
+        resuming = msg.start > 0
+        keep_partial = False
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        digest = hashlib.sha256()
+        fd = -1
+        try:
+            # From READY on, the sender streams the bytes whatever happens here, so
+            # a failure only switches to dropping them (self.failure), keeping the
+            # stream in step; the error is raised after FILE_END.
+            fd = os.open(self.tmp, flags, 0o600, dir_fd=self.dir_fd)
+            _lock(fd, self.shown)
+            size = os.fstat(fd).st_size
+            if resuming and size < msg.start:
+                raise HvsockError(f"the partial file of {self.shown!r} shrank while the copy "
+                                  "resumed; copy again")
+            os.ftruncate(fd, msg.start)
+            digest, got = prefix_digest(fd, msg.start)
+            if got != msg.start:
+                raise HvsockError(f"the partial file of {self.shown!r} is short; copy again")
+        except OSError as exc:
+            self.failure = exc if isinstance(exc, HvsockError) else fs_error(
+                exc, f"cannot write {self.shown!r}")
+        try:
+            try:
+                end = (self._recv_known(chan, fd, msg.start, self.entry.size, digest, tick)
+                       if known else self._recv_chunks(chan, fd, digest, tick))
+            except BaseException:
+                # Cut mid-file: the bytes written so far are a verifiable prefix.
+                # (A full disk or a bad digest is no reason to keep anything.)
+                keep_partial = bool(self.flags & fc.F_RESUME) and known and isinstance(
+                    sys.exc_info()[1], (ProtocolError, ConnectionError, TimeoutError,
+                                        Cancelled))
+                if keep_partial:
+                    with contextlib.suppress(OSError):
+                        os.fsync(fd)
+                raise
+            trailer = chan.recv("FILE_END")
+            if not isinstance(trailer, fc.FileEnd):
+                raise remote_error(trailer, f"receiving {self.shown!r}")
+            if self.failure is not None:
+                raise self.failure
+            if not trailer.complete:
+                raise HvsockError(f"the source of {self.shown!r} changed or could not "
+                                         "be read while it was copied; nothing was written")
+            if trailer.sha256 != digest.digest():
+                raise HvsockError(f"SHA-256 of {self.shown!r} differs from the "
+                                         "source's; nothing was written (copy again)")
+            self._finish(fd, end)
+        except BaseException as exc:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            if not keep_partial:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.tmp, dir_fd=self.dir_fd)
+            if not isinstance(exc, OSError) or isinstance(
+                    exc, (HvsockError, TimeoutError, ConnectionError)):
+                raise
+            raise fs_error(exc, f"cannot write {self.shown!r}") from exc
+        return end
+
+    def _write(self, fd: int, view: memoryview, pos: int) -> None:
+        # After a write failed (full disk), the rest of the file is read and
+        # dropped, so the stream stays in step and the error can be answered.
+        if self.failure is not None:
+            return
+        # An all-zero block becomes a hole: sparse files stay sparse.
+        if view == _ZERO_VIEW[:len(view)]:
+            return
+        done = 0
+        try:
+            while done < len(view):
+                done += os.pwrite(fd, view[done:], pos + done)
+        except OSError as exc:
+            self.failure = fs_error(exc, f"cannot write {self.shown!r}")
+
+    def _recv_known(self, chan: Channel, fd: int, start: int, end: int,
+                    digest: hashlib._Hash, tick: Tick | None) -> int:
+        size = max(1, min(CHUNK, end - start))
+        bufs = (memoryview(bytearray(size)), memoryview(bytearray(size)))
+        pos = start
+        k = 0
+        with Overlap(digest) as hasher:
+            while pos < end:
+                chan.check()
+                view = bufs[k & 1][:min(CHUNK, end - pos)]
+                k += 1
+                chan.recv_into(view)
+                hasher.update(view)
+                self._write(fd, view, pos)
+                pos += len(view)
+                if tick is not None:
+                    tick(len(view))
+        return end
+
+    def _recv_chunks(self, chan: Channel, fd: int, digest: hashlib._Hash,
+                     tick: Tick | None) -> int:
+        buf = bytearray(fc.MAX_CHUNK)
+        view = memoryview(buf)
+        header = memoryview(bytearray(4))
+        pos = 0
+        while True:
+            chan.check()
+            chan.recv_into(header)
+            n = fc.chunk_length(bytes(header))
+            if n == 0:
+                return pos
+            if self.max_size is not None and pos + n > self.max_size and self.failure is None:
+                self.failure = HvsockError(
+                    f"{self.shown!r} grew over the service's limit of {self.max_size} bytes "
+                    "per file; nothing was written")
+            chan.recv_into(view[:n])
+            digest.update(view[:n])
+            self._write(fd, view[:n], pos)
+            pos += n
+            if tick is not None:
+                tick(n)
+
+    def _finish(self, fd: int, size: int) -> None:
+        e = self.entry
+        os.ftruncate(fd, size)  # a trailing hole has no bytes written
+        if self.flags & fc.F_PRESERVE:
+            os.fchmod(fd, e.mode)
+        else:
+            os.fchmod(fd, 0o666 & ~_umask())
+        if self.owner and e.uid >= 0:
+            os.fchown(fd, e.uid, e.gid)
+        if self.flags & fc.F_PRESERVE:
+            os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+        os.fsync(fd)
+        os.close(fd)
+        os.rename(self.tmp, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        self.written = size
+
+
+def _lock(fd: int, shown: str, wait: float = 10.0) -> None:
+    """Take the partial file's lock: one writer at a time, even across connections.
+
+    A connection cut a moment ago may still be writing its last block; a resume
+    that starts now waits for it (up to *wait* seconds) instead of racing it.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise HvsockError(f"another copy is writing {shown!r} now; try again when it "
+                                  "is done") from None
+            time.sleep(0.02)
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; the lock keeps two threads from
+    # seeing each other's temporary value.
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def set_dir_times(dir_fd: int, name: bytes, entry: fc.Entry) -> None:
+    """A directory's mode and mtime, applied after its contents were written (-p)."""
+    os.chmod(name, entry.mode, dir_fd=dir_fd, follow_symlinks=False)
+    os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+
+
+def receive_stream(chan: Channel, write: Callable[[memoryview], object], size: int,
+                   tick: Tick | None, shown: str) -> int:
+    """DATA, bytes, FILE_END into *write* (stdout); raises after the fact on a bad digest."""
+    msg = chan.recv("DATA")
+    if not isinstance(msg, fc.Data):
+        raise remote_error(msg, f"receiving {shown!r}")
+    if msg.start != 0 or msg.length != size:
+        raise ProtocolError("DATA does not match the announced size")
+    digest = hashlib.sha256()
+    view = memoryview(bytearray(max(1, min(CHUNK, size))))
+    pos = 0
+    while pos < size:
+        chan.check()
+        n = min(CHUNK, size - pos)
+        chan.recv_into(view[:n])
+        digest.update(view[:n])
+        write(view[:n])
+        pos += n
+        if tick is not None:
+            tick(n)
+    trailer = chan.recv("FILE_END")
+    if not isinstance(trailer, fc.FileEnd):
+        raise remote_error(trailer, f"receiving {shown!r}")
+    if not trailer.complete or trailer.sha256 != digest.digest():
+        raise HvsockError(f"{shown!r} arrived damaged or changed while it was read "
+                                 "(SHA-256 differs); do not trust what was written")
+    return size

@@ -1,0 +1,450 @@
+"""The file-copy protocol, sans I/O: messages, remote paths, chunk framing, policies.
+
+A session is a stream of frames (4-byte big-endian length, then a body). A body is
+one message: a type byte and the message's fields in a fixed order, each an
+unsigned/signed 64-bit integer or a length-prefixed byte string. Names travel as
+bytes, so a Linux name that is not UTF-8 arrives exactly as it left.
+
+Push (client writes on the server)::
+
+    C: HELLO            S: HELLO
+    C: PUT(entry)       S: READY(offset, prefix sha) | SKIPPED | ERROR | DONE (dir, link)
+    C: DATA(start, length)  <length raw bytes, or chunks when length is -1>  FILE_END(sha)
+                        S: DONE | ERROR
+    (with F_EAGER, small files: PUT, DATA, bytes, FILE_END at once; S: DONE | SKIPPED | ERROR)
+
+Pull (client reads from the server)::
+
+    C: GET(path, flags)
+    S: ENTRY(entry)     C: READY(offset, prefix sha) | SKIPPED        (files only)
+    S: DATA(start, length) <raw bytes> FILE_END(sha)      ... next ENTRY ...   S: END
+
+After ``DATA`` the bytes are raw (no framing), so a large file moves at socket
+speed; a stream of unknown size (stdin) is sent as chunks: a 4-byte length and
+that many bytes, ending with a zero length. ``FILE_END`` carries the SHA-256 of
+the whole file (prefix included) and whether the sender read it all; the
+receiver checks it before the file is put in place.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+from .._errors import ArgumentError, ProtocolError
+
+__all__: list[str] = []  # internal: hvsock.copy is the public face
+
+VERSION = 1
+#: Largest control message; a name or link target is at most PATH_MAX (4096) bytes.
+MAX_MESSAGE = 64 * 1024
+MAX_PATH = 4096
+MAX_NAME = 255
+MAX_TEXT = 4096
+#: Largest chunk of an unknown-size stream.
+MAX_CHUNK = 16 * 1024 * 1024
+SHA_LEN = 32
+UNKNOWN_SIZE = -1
+
+# Entry kinds.
+KIND_MISSING = 0
+KIND_FILE = 1
+KIND_DIR = 2
+KIND_SYMLINK = 3
+KINDS = (KIND_MISSING, KIND_FILE, KIND_DIR, KIND_SYMLINK)
+
+# Flags of PUT and GET.
+F_RECURSIVE = 1
+F_PRESERVE = 2  # keep mode and mtime
+F_OWNER = 4  # keep uid and gid (the writing side must run as root)
+F_PARENTS = 8  # create missing parent directories
+F_RESUME = 16  # keep a verified partial file when the copy is cut, and continue one
+F_NO_CLOBBER = 32
+F_UPDATE = 64
+F_FORCE = 128
+#: PUT: the file's DATA follows at once (no READY awaited). GET: send files of at
+#: most EAGER_MAX bytes straight after their ENTRY. Small files then cost no
+#: round trip each; replies are collected in a window.
+F_EAGER = 256
+ALL_FLAGS = 511
+EAGER_MAX = 1024 * 1024
+
+_U64 = struct.Struct(">Q")
+_I64 = struct.Struct(">q")
+_LEN = struct.Struct(">I")
+
+
+# -- messages -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file, directory or symlink: its path (bytes) and what -p keeps."""
+
+    path: bytes
+    kind: int
+    mode: int = 0o644
+    mtime_ns: int = 0
+    size: int = 0  # UNKNOWN_SIZE for a stream of unknown length
+    uid: int = -1
+    gid: int = -1
+    link: bytes = b""  # a symlink's target
+
+
+@dataclass(frozen=True)
+class Hello:
+    TYPE: ClassVar[int] = 1
+    version: int
+    flags: int = 0  # server: 1 = read-only roots, 2 = runs as root
+
+
+@dataclass(frozen=True)
+class Stat:
+    TYPE: ClassVar[int] = 2
+    path: bytes
+
+
+@dataclass(frozen=True)
+class StatReply:
+    TYPE: ClassVar[int] = 3
+    entry: Entry
+
+
+@dataclass(frozen=True)
+class Put:
+    TYPE: ClassVar[int] = 4
+    entry: Entry
+    flags: int = 0
+
+
+@dataclass(frozen=True)
+class Get:
+    TYPE: ClassVar[int] = 5
+    path: bytes
+    flags: int = 0
+
+
+@dataclass(frozen=True)
+class EntryMsg:
+    TYPE: ClassVar[int] = 6
+    entry: Entry
+
+
+@dataclass(frozen=True)
+class Ready:
+    TYPE: ClassVar[int] = 7
+    offset: int = 0
+    prefix_sha: bytes = b""  # SHA-256 of the partial file's first *offset* bytes
+
+
+@dataclass(frozen=True)
+class Skipped:
+    TYPE: ClassVar[int] = 8
+    reason: str
+
+
+@dataclass(frozen=True)
+class Data:
+    TYPE: ClassVar[int] = 9
+    start: int
+    length: int  # UNKNOWN_SIZE: chunked
+
+
+@dataclass(frozen=True)
+class FileEnd:
+    TYPE: ClassVar[int] = 10
+    sha256: bytes
+    complete: bool = True  # False: the source changed or failed; discard
+
+
+@dataclass(frozen=True)
+class Done:
+    TYPE: ClassVar[int] = 11
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class Error:
+    TYPE: ClassVar[int] = 12
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class End:
+    TYPE: ClassVar[int] = 13
+    count: int = 0
+
+
+Message = (Hello | Stat | StatReply | Put | Get | EntryMsg | Ready | Skipped | Data | FileEnd
+           | Done | Error | End)
+MESSAGES: tuple[type[Message], ...] = (Hello, Stat, StatReply, Put, Get, EntryMsg, Ready,
+                                       Skipped, Data, FileEnd, Done, Error, End)
+_BY_TYPE: dict[int, type[Message]] = {cls.TYPE: cls for cls in MESSAGES}
+
+# Field encodings by (class, field name): "u" unsigned 64, "i" signed 64, "b" bytes,
+# "s" UTF-8 text, "?" bool, "e" an Entry.
+_INTS_SIGNED = {"mtime_ns", "size", "uid", "gid", "length"}
+
+
+def _kind_of(cls: type[object], name: str, annotation: object) -> str:
+    text = str(annotation)
+    if text == "Entry":
+        return "e"
+    if text == "bytes":
+        return "b"
+    if text == "str":
+        return "s"
+    if text == "bool":
+        return "?"
+    return "i" if name in _INTS_SIGNED else "u"
+
+
+def _schema(cls: type[object]) -> tuple[tuple[str, str], ...]:
+    return tuple((f.name, _kind_of(cls, f.name, f.type)) for f in fields(cls))  # type: ignore[arg-type]
+
+
+_SCHEMAS: dict[type[object], tuple[tuple[str, str], ...]] = {
+    cls: _schema(cls) for cls in (*MESSAGES, Entry)}
+
+
+def _put_int(out: bytearray, value: object, signed: bool, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"{what} must be an integer, not {type(value).__name__}")
+    try:
+        out += (_I64 if signed else _U64).pack(value)
+    except struct.error:
+        raise ProtocolError(f"{what} {value} is out of range for the wire") from None
+
+
+def _put_bytes(out: bytearray, value: bytes, limit: int, what: str) -> None:
+    if len(value) > limit:
+        raise ProtocolError(f"{what} is {len(value)} bytes; at most {limit}")
+    out += _LEN.pack(len(value))
+    out += value
+
+
+def _encode_into(out: bytearray, obj: object) -> None:
+    for name, kind in _SCHEMAS[type(obj)]:
+        value = getattr(obj, name)
+        what = f"{type(obj).__name__}.{name}"
+        if kind == "e":
+            if not isinstance(value, Entry):
+                raise ProtocolError(f"{what} must be an Entry")
+            _encode_into(out, value)
+        elif kind == "b":
+            if not isinstance(value, bytes):
+                raise ProtocolError(f"{what} must be bytes")
+            _put_bytes(out, value, MAX_PATH, what)
+        elif kind == "s":
+            if not isinstance(value, str):
+                raise ProtocolError(f"{what} must be text")
+            _put_bytes(out, value.encode("utf-8", "replace"), MAX_TEXT, what)
+        elif kind == "?":
+            out.append(1 if value else 0)
+        else:
+            _put_int(out, value, kind == "i", what)
+
+
+def encode(message: Message) -> bytes:
+    """The frame body of *message*; :class:`ProtocolError` if a field cannot be sent."""
+    cls = type(message)
+    if cls not in _BY_TYPE.values():
+        raise ProtocolError(f"{cls.__name__} is not a file-copy message")
+    out = bytearray([cls.TYPE])
+    _encode_into(out, message)
+    if isinstance(message, (Put, StatReply, EntryMsg)):
+        check_entry(message.entry)
+    return bytes(out)
+
+
+class _Reader:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.pos = 1
+
+    def take(self, n: int, what: str) -> bytes:
+        if self.pos + n > len(self.body):
+            raise ProtocolError(f"file-copy message ends inside {what}")
+        data = self.body[self.pos:self.pos + n]
+        self.pos += n
+        return data
+
+    def read(self, cls: type[object]) -> object:
+        values: dict[str, object] = {}
+        for name, kind in _SCHEMAS[cls]:
+            what = f"{cls.__name__}.{name}"
+            if kind == "e":
+                values[name] = self.read(Entry)
+            elif kind in "bs":
+                (length,) = _LEN.unpack(self.take(4, what))
+                if length > (MAX_PATH if kind == "b" else MAX_TEXT):
+                    raise ProtocolError(f"{what} claims {length} bytes, over the limit")
+                raw = self.take(length, what)
+                if kind == "s":
+                    try:
+                        values[name] = raw.decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise ProtocolError(f"{what} is not UTF-8") from None
+                else:
+                    values[name] = raw
+            elif kind == "?":
+                flag = self.take(1, what)[0]
+                if flag > 1:
+                    raise ProtocolError(f"{what} is {flag}, not 0 or 1")
+                values[name] = bool(flag)
+            else:
+                (values[name],) = (_I64 if kind == "i" else _U64).unpack(self.take(8, what))
+        return cls(**values)
+
+
+def decode(body: bytes) -> Message:
+    """Parse one frame body; any bytes give a message or :class:`ProtocolError`."""
+    if not body:
+        raise ProtocolError("empty file-copy message")
+    cls = _BY_TYPE.get(body[0])
+    if cls is None:
+        raise ProtocolError(f"unknown file-copy message type {body[0]}")
+    reader = _Reader(body)
+    message = reader.read(cls)
+    if reader.pos != len(body):
+        raise ProtocolError(f"{len(body) - reader.pos} stray bytes after a {cls.__name__}")
+    assert isinstance(message, MESSAGES)
+    if isinstance(message, (Put, StatReply, EntryMsg)):
+        check_entry(message.entry)
+    if isinstance(message, (Put, Get)) and message.flags & ~ALL_FLAGS:
+        raise ProtocolError(f"unknown flags {message.flags:#x}")
+    if isinstance(message, FileEnd) and len(message.sha256) != SHA_LEN:
+        raise ProtocolError(f"FILE_END carries a {len(message.sha256)}-byte digest, not 32")
+    if isinstance(message, Ready) and len(message.prefix_sha) not in (0, SHA_LEN):
+        raise ProtocolError("READY carries a prefix digest that is not 32 bytes")
+    return message
+
+
+def check_entry(entry: Entry) -> Entry:
+    """Reject an entry no honest peer sends: unknown kind, bad size, mode bits."""
+    if entry.kind not in KINDS:
+        raise ProtocolError(f"unknown entry kind {entry.kind}")
+    if entry.size < UNKNOWN_SIZE:
+        raise ProtocolError(f"entry size {entry.size} is negative")
+    if not 0 <= entry.mode <= 0o7777:
+        raise ProtocolError(f"entry mode {entry.mode:#o} is outside 0..7777")
+    if entry.kind == KIND_SYMLINK and not entry.link:
+        raise ProtocolError("a symlink entry without a target")
+    if b"\0" in entry.link or b"\0" in entry.path:
+        raise ProtocolError("a name with a NUL byte")
+    return entry
+
+
+# -- chunk framing for streams of unknown size ------------------------------------
+
+
+def encode_chunk(data: bytes) -> bytes:
+    """One chunk; ``encode_chunk(b"")`` is the end marker."""
+    if len(data) > MAX_CHUNK:
+        raise ProtocolError(f"chunk of {len(data)} bytes is over {MAX_CHUNK}")
+    return _LEN.pack(len(data)) + data
+
+
+def chunk_length(header: bytes) -> int:
+    """The length a 4-byte chunk header announces (0: the end)."""
+    if len(header) != 4:
+        raise ProtocolError("a chunk header is 4 bytes")
+    (length,) = _LEN.unpack(header)
+    if length > MAX_CHUNK:
+        raise ProtocolError(f"peer announced a {length}-byte chunk, over {MAX_CHUNK}")
+    return int(length)
+
+
+# -- remote paths -------------------------------------------------------------------
+
+
+def split_path(path: bytes) -> tuple[bool, tuple[bytes, ...]]:
+    """``(absolute, components)`` of a remote path, with ``.`` and empty parts dropped.
+
+    Raises :class:`ArgumentError` for ``..`` anywhere (never resolved, even when it
+    would stay inside a root), a NUL byte, or an over-long path or name.
+    """
+    if not isinstance(path, bytes):
+        raise ArgumentError(f"a remote path travels as bytes, not {type(path).__name__}")
+    if len(path) > MAX_PATH:
+        raise ArgumentError(f"path is {len(path)} bytes; at most {MAX_PATH}")
+    if b"\0" in path:
+        raise ArgumentError("path has a NUL byte")
+    parts = tuple(p for p in path.split(b"/") if p not in (b"", b"."))
+    for part in parts:
+        if part == b"..":
+            raise ArgumentError(
+                f"path {_show(path)} has '..'; give a path inside the served roots")
+        if len(part) > MAX_NAME:
+            raise ArgumentError(f"name of {len(part)} bytes in {_show(path)}; at most "
+                                f"{MAX_NAME}")
+    return path.startswith(b"/"), parts
+
+
+def check_name(name: bytes) -> bytes:
+    """One entry name within a tree: a single component, never ``.``/``..``/empty."""
+    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name \
+            or len(name) > MAX_NAME:
+        raise ProtocolError(f"peer sent an unsafe name {_show(name)}")
+    return name
+
+
+def relative_parts(path: bytes) -> tuple[bytes, ...]:
+    """The components of a path inside a tree: relative, each a safe name."""
+    if path.startswith(b"/"):
+        raise ProtocolError(f"peer sent an absolute path {_show(path)} inside a tree")
+    parts = tuple(p for p in path.split(b"/") if p)
+    if not parts:
+        raise ProtocolError("peer sent an empty path inside a tree")
+    return tuple(check_name(p) for p in parts)
+
+
+def match_root(absolute: bool, parts: tuple[bytes, ...],
+               roots: tuple[tuple[bytes, ...], ...]) -> tuple[int, tuple[bytes, ...]]:
+    """Which root a remote path lies in, and its components below that root.
+
+    A relative path is relative to the first root; an absolute one must start with
+    a root's components (the longest match wins). The rest is then resolved one
+    component at a time with ``openat``; this only picks the starting directory.
+    Raises :class:`ArgumentError` when no root holds the path.
+    """
+    if not roots:
+        raise ArgumentError("the service has no roots configured")
+    if not absolute:
+        return 0, parts
+    best = -1
+    for i, root in enumerate(roots):
+        if parts[:len(root)] == root and (best < 0 or len(root) > len(roots[best])):
+            best = i
+    if best < 0:
+        shown = b"/" + b"/".join(parts)
+        raise ArgumentError(f"{_show(shown)} is outside the served roots "
+                            f"({', '.join(_show(b'/' + b'/'.join(r)) for r in roots)})")
+    return best, parts[len(roots[best]):]
+
+
+def _show(raw: bytes) -> str:
+    text = raw.decode("utf-8", "backslashreplace")
+    return repr(text if len(text) <= 60 else text[:59] + "…")
+
+
+def eager_entry(flags: int, entry: Entry) -> bool:
+    """In a GET with F_EAGER: is this ENTRY's data sent without waiting for READY?"""
+    return bool(flags & F_EAGER) and entry.kind == KIND_FILE and 0 <= entry.size <= EAGER_MAX
+
+
+# -- decisions -------------------------------------------------------------------------
+
+
+def should_replace(flags: int, exists: bool, source_mtime_ns: int,
+                   target_mtime_ns: int) -> str | None:
+    """None to go ahead, else why the existing target is kept (no-clobber, update)."""
+    if not exists:
+        return None
+    if flags & F_NO_CLOBBER:
+        return "exists (no-clobber)"
+    if flags & F_UPDATE and source_mtime_ns <= target_mtime_ns:
+        return "target is as new or newer (update)"
+    return None

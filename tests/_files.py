@@ -1,0 +1,38 @@
+"""The file service in a background thread, for the host and kernel tiers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import hvsock
+
+
+@contextlib.contextmanager
+def serving(roots: list[Path], address: str, **options: Any) -> Iterator[str]:
+    """The file service on *address* in a thread; yields its real address."""
+    service = hvsock.file_service(roots, **options)
+    ready = threading.Event()
+    found: dict[str, str] = {}
+
+    def on_ready(addresses: dict[str, hvsock.Address]) -> None:
+        found["address"] = str(addresses[service.name])
+        ready.set()
+
+    host = hvsock.ServiceHost(grace=1, on_ready=on_ready)
+    host.add(service, address)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(
+        target=lambda: loop.run_until_complete(host.serve(handle_signals=False)), daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(30), "file service did not start"
+        yield found["address"]
+    finally:
+        loop.call_soon_threadsafe(host.request_stop)
+        thread.join(15)
+        loop.close()
