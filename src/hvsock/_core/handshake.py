@@ -85,3 +85,56 @@ def parse_connect(buffer: bytes) -> tuple[int, int] | None:
     if match is None:
         raise HandshakeError(f"expected 'CONNECT <port>\\n', got {line!r}")
     return _number(match, "request", line), len(line)
+
+
+class LineReader:
+    """An incremental reader of one handshake line, fed whatever each read returned.
+
+    The one parser every driver (blocking, asyncio, the relay's poll loop) and the
+    emulated muxer use. :meth:`feed` takes the bytes a read returned (any split: byte
+    by byte, with pauses, or with the stream's first bytes after the line) and returns
+    how many of them belong to the line, so the caller can leave the rest where it
+    was; ``value`` is set once the line is complete. At most :data:`MAX_LINE` bytes are
+    ever taken, so a peer that never sends a newline is refused, not buffered.
+
+    Raises :class:`HandshakeError` from :meth:`feed` when the bytes cannot be the line.
+    """
+
+    __slots__ = ("_buffer", "_parse", "value")
+
+    def __init__(self, kind: str = "reply") -> None:
+        if kind not in ("reply", "request"):
+            raise AddressError(f"kind must be 'reply' or 'request', not {kind!r}")
+        self._parse = parse_ok if kind == "reply" else parse_connect
+        self._buffer = b""
+        #: The port the line carried, once complete; None before.
+        self.value: int | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once a whole line was read."""
+        return self.value is not None
+
+    @property
+    def received(self) -> bytes:
+        """The bytes of the line read so far (for messages about a cut-short reply)."""
+        return self._buffer
+
+    def wanted(self) -> int:
+        """How many bytes a read may take without running past the longest line."""
+        return max(1, MAX_LINE - len(self._buffer))
+
+    def feed(self, data: bytes) -> int:
+        """Take the start of *data*; return how many of its bytes belong to the line."""
+        if self.value is not None:
+            return 0
+        start = len(self._buffer)
+        # Never keep more than MAX_LINE bytes: _line raises once that many have no newline.
+        buffer = self._buffer + bytes(data[: MAX_LINE - start + 1])
+        parsed = self._parse(buffer)
+        if parsed is None:
+            self._buffer = buffer
+            return len(buffer) - start
+        self.value, used = parsed
+        self._buffer = buffer[:used]
+        return used - start

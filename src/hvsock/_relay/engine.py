@@ -35,7 +35,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from .._core.addresses import Address, parse_address
-from .._errors import ConnectTimeoutError, HvsockError
+from .._errors import HvsockError
 from .._service.connection import Peer, peer_of
 from .._service.declaration import AllowRule, _allow
 from .._service.ready import sd_notify, write_ready_file
@@ -45,7 +45,7 @@ from .._transports.stream import DEFAULT_UNIX_MODE
 from . import datapath
 from ._poll import ERR, HUP, IN, OUT, Poller, Waker
 from .datapath import Broken, Buffers, Flow, Pipes
-from .dial import Dial, UseThread, dial
+from .dial import Dial, UseThread, dial, timed_out
 
 LOG = logging.getLogger("hvsock.relay")
 
@@ -468,9 +468,7 @@ class Relay:
         for conn in list(self._conns.values()):
             if conn.dial is not None:
                 if conn.deadline is not None and now >= conn.deadline:
-                    self._dial_failed(conn, ConnectTimeoutError(
-                        f"connect to {self._target_text} timed out after "
-                        f"{self.connect_timeout:g} s", errno=errno.ETIMEDOUT))
+                    self._dial_failed(conn, timed_out(conn.dial))
             elif conn.up is not None and idle is not None and now - conn.last >= idle:
                 self._finish(conn, END_IDLE, f"no bytes either way for {idle:g} s")
 

@@ -8,18 +8,15 @@ import math
 import socket
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
-from .._errors import AddressError, is_transient, translate
+from .._errors import AddressError, translate
 
 #: Default deadline for one connect attempt, in seconds. Never None by default:
 #: a Hyper-V connect with no listener can otherwise block for ~30 s.
 DEFAULT_CONNECT_TIMEOUT = 10.0
 #: Longest sleep between two retries.
 MAX_RETRY_WAIT = 5.0
-
-T = TypeVar("T")
-
 
 @contextlib.contextmanager
 def close_on_error(sock: socket.socket) -> Iterator[socket.socket]:
@@ -63,22 +60,6 @@ def retry_waits(retries: int, retry_wait: float) -> list[float]:
     ):
         raise AddressError(f"retry_wait must be a number of seconds >= 0, not {retry_wait!r}")
     return [min(retry_wait * 2**min(i, 32), MAX_RETRY_WAIT) for i in range(retries)]
-
-
-def with_retries(attempt: Callable[[], T], *, retries: int, retry_wait: float) -> T:
-    """Run *attempt*; on a transient error run it again, at most *retries* more times.
-
-    Errors that a retry cannot fix (bad address, permission, unsupported) are
-    raised at once; see :func:`retry_waits` for the pauses.
-    """
-    for wait in retry_waits(retries, retry_wait):
-        try:
-            return attempt()
-        except OSError as exc:
-            if not is_transient(exc):
-                raise
-        time.sleep(wait)
-    return attempt()
 
 
 def set_stream_buffer_size(sock: socket.socket, size: int) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from collections.abc import Callable
+from typing import Any
 
 from .._core.addresses import (
     Address,
@@ -19,13 +21,12 @@ from .._core.addresses import (
 )
 from .._errors import AddressError
 from .._windows.vms import resolve_address
-from . import hybrid, hyperv, stream, vsock
+from . import dial, hybrid, hyperv, stream, sync, vsock
 from ._common import (
     DEFAULT_CONNECT_TIMEOUT,
     check_buffer_size,
     check_timeout,
     set_stream_buffer_size,
-    with_retries,
 )
 from .features import require_hyperv
 from .stream import DEFAULT_UNIX_MODE
@@ -71,20 +72,10 @@ def connect(
     check_timeout(timeout)
     if buffer_size is not None:
         check_buffer_size(buffer_size)
-
-    def attempt() -> socket.socket:
-        addr = resolve(named)
-        if isinstance(addr, VsockAddress):
-            return vsock.connect(addr, timeout=timeout, buffer_size=buffer_size)
-        if isinstance(addr, HyperVAddress):
-            return hyperv.connect(addr, timeout=timeout, buffer_size=buffer_size)
-        if isinstance(addr, HybridAddress):
-            return hybrid.connect(addr, timeout=timeout, buffer_size=buffer_size)
-        if isinstance(addr, TcpAddress):
-            return stream.tcp_connect(addr, timeout=timeout, buffer_size=buffer_size)
-        return stream.unix_connect(addr, timeout=timeout, buffer_size=buffer_size)
-
-    return with_retries(attempt, retries=retries, retry_wait=retry_wait)
+    resolver = resolve if isinstance(named, NamedVmAddress) else None
+    return sync.run(dial.dial(named, timeout=timeout, buffer_size=buffer_size,
+                              retries=retries, retry_wait=retry_wait, resolve=resolver),
+                    timeout)
 
 
 def listen(
@@ -113,28 +104,26 @@ def listen(
     if buffer_size is not None:
         check_buffer_size(buffer_size)
     addr = resolve(named)
-    if isinstance(addr, VsockAddress):
-        return vsock.listen(addr, backlog=backlog, buffer_size=buffer_size)
-    if isinstance(addr, HyperVAddress):
-        return hyperv.listen(addr, backlog=backlog, buffer_size=buffer_size)
-    if isinstance(addr, HybridAddress):
-        return hybrid.listen(addr, backlog=backlog, mode=mode, buffer_size=buffer_size)
-    if isinstance(addr, TcpAddress):
-        return stream.tcp_listen(addr, backlog=backlog, buffer_size=buffer_size)
-    return stream.unix_listen(addr, backlog=backlog, mode=mode, buffer_size=buffer_size)
+    return _LISTEN[type(addr)](addr, backlog, mode, buffer_size)
+
+
+_LISTEN: dict[type, Callable[[Any, int, int | None, int | None], socket.socket]] = {
+    VsockAddress: lambda a, backlog, _mode, size: vsock.listen(
+        a, backlog=backlog, buffer_size=size),
+    HyperVAddress: lambda a, backlog, _mode, size: hyperv.listen(
+        a, backlog=backlog, buffer_size=size),
+    HybridAddress: lambda a, backlog, mode, size: hybrid.listen(
+        a, backlog=backlog, mode=mode, buffer_size=size),
+    TcpAddress: lambda a, backlog, _mode, size: stream.tcp_listen(
+        a, backlog=backlog, buffer_size=size),
+    UnixAddress: lambda a, backlog, mode, size: stream.unix_listen(
+        a, backlog=backlog, mode=mode, buffer_size=size),
+}
 
 
 def where(address: Address) -> str:
     """How error messages name *address* ("port 5000 of CID 3", ...)."""
-    if isinstance(address, VsockAddress):
-        return vsock.where(address)
-    if isinstance(address, HyperVAddress):
-        return hyperv.where(address)
-    if isinstance(address, HybridAddress):
-        return hybrid.where(address)
-    if isinstance(address, UnixAddress):
-        return address.path
-    return str(address)
+    return dial.WHERE.get(type(address), str)(address)
 
 
 def listener_address(listener: socket.socket, address: Address | str) -> Address:

@@ -101,19 +101,6 @@ def prepare(address: VsockAddress, *, timeout: float | None,
     return sock
 
 
-def connect(address: VsockAddress, *, timeout: float | None,
-            buffer_size: int | None) -> socket.socket:
-    sock = prepare(address, timeout=timeout, buffer_size=buffer_size)
-    with close_on_error(sock):
-        try:
-            sock.settimeout(timeout)
-            sock.connect(address.sockaddr)
-            sock.settimeout(None)
-        except OSError as exc:
-            raise translate(exc, op="connect", family="vsock", where=where(address)) from exc
-    return sock
-
-
 def listen(address: VsockAddress, *, backlog: int, buffer_size: int | None) -> socket.socket:
     sock = new_socket()
     return bind_and_listen(
