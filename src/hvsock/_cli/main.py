@@ -27,6 +27,7 @@ from .._core.addresses import (
 from .._errors import (
     AddressError,
     AddressInUseError,
+    ConnectionResetByPeerError,
     ConnectTimeoutError,
     HandshakeError,
     HvsockError,
@@ -58,6 +59,7 @@ EXIT_PROTOCOL = 5  # a peer broke the protocol
 EXIT_PERMISSION = 6
 EXIT_IN_USE = 7
 EXIT_REGISTRY = 8  # a registration conflicts, or the registry refused it
+EXIT_RESET = 9  # the peer reset the connection after connect: the stream is incomplete
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
@@ -73,6 +75,7 @@ _EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (PermissionDeniedError, EXIT_PERMISSION),
     (AddressInUseError, EXIT_IN_USE),
     (RegistryError, EXIT_REGISTRY),
+    (ConnectionResetByPeerError, EXIT_RESET),
 ]
 
 
@@ -218,10 +221,12 @@ def cmd_connect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                        retry_wait=args.retry_wait, buffer_size=args.buffer_size)
     with sock:
         out.flush()
-        up, down = stdio.stdio_session(sock, sys.stdin.fileno(), out.fileno())
-    for direction in (up, down):
-        if direction.error is not None and not isinstance(
-                direction.error, (BrokenPipeError, ConnectionResetError)):
+        up, down = stdio.stdio_session(sock, sys.stdin.fileno(), out.fileno(),
+                                       where=str(args.address))
+    for direction in (down, up):
+        # A reset by the peer is an error (the stream was cut); a closed stdout
+        # (`| head`) is not: the reader just wanted no more.
+        if direction.error is not None and not isinstance(direction.error, BrokenPipeError):
             raise direction.error
     return EXIT_OK
 

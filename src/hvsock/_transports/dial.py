@@ -298,7 +298,8 @@ def _unix_connect(target: Any, where: str, family: str, buffer_size: int | None)
         except HvsockError:
             raise
         except OSError as exc:
-            raise translate(exc, op="connect", family=family, where=where) from exc
+            raise translate(exc, op="connect", family=family, where=where,
+                            path=target if isinstance(target, str) else None) from exc
     return sock
 
 

@@ -67,7 +67,13 @@ def unix_listen_path(path: str, sockaddr: str | bytes, *, backlog: int, mode: in
                      buffer_size: int | None, family_name: str = "unix") -> socket.socket:
     abstract = isinstance(sockaddr, bytes)
     if not abstract:
-        _remove_stale(path)
+        try:
+            _remove_stale(path)
+        except AddressInUseError:
+            raise
+        except OSError as exc:  # e.g. a directory on the way this user cannot search
+            raise translate(exc, op="bind", family=family_name, where=path,
+                            path=path) from exc
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with close_on_error(sock):
         op = "bind"
@@ -86,7 +92,8 @@ def unix_listen_path(path: str, sockaddr: str | bytes, *, backlog: int, mode: in
             if op != "bind" and not abstract:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
-            raise translate(exc, op=op, family=family_name, where=path) from exc
+            raise translate(exc, op=op, family=family_name, where=path,
+                            path=None if abstract else path) from exc
     return sock
 
 
