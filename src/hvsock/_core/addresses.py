@@ -36,6 +36,7 @@ __all__ = [
     "HybridAddress",
     "HyperVAddress",
     "NamedVmAddress",
+    "SocketAddress",
     "TcpAddress",
     "UnixAddress",
     "VsockAddress",

@@ -23,7 +23,7 @@ from collections.abc import Generator
 from .._core.addresses import Address, NamedVmAddress
 from .._errors import ConnectTimeoutError
 from .._transports import dial as transport_dial
-from .._transports._common import retry_waits
+from .._transports._common import check_timeout, retry_waits
 from ._poll import IN, OUT
 
 __all__: list[str] = []  # internal
@@ -42,6 +42,7 @@ def dial(address: Address, *, timeout: float | None, buffer_size: int | None,
     Raises :class:`UseThread` (before any yield) when the dial must run in a thread,
     and the dial's :class:`hvsock.HvsockError` subclasses.
     """
+    check_timeout(timeout)
     if retry_waits(retries, retry_wait) or type(address) not in transport_dial.TRANSPORTS:
         raise UseThread  # pauses to sleep, or a VM name to look up
     assert not isinstance(address, NamedVmAddress)
