@@ -23,6 +23,11 @@ QUOTE_LIMIT = 60
 
 def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
     """``repr(value)`` cut to *limit* characters, marked with an ellipsis when cut."""
+    if isinstance(value, int) and value.bit_length() > 128:
+        # repr() of an int over ~4300 digits raises ValueError: never show that many.
+        return f"({value.bit_length()}-bit number)"
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value[: limit + 1])
     text = repr(value) if not isinstance(value, str) else repr(value[: limit + 1])
     if len(text) > limit:
         return text[: limit - 1] + "…"

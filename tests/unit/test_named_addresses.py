@@ -111,8 +111,8 @@ def test_bad_text_is_an_address_error_that_says_why(text: str, fragment: str) ->
     (123, SID_5000, "VM name must be a string"),
     ("", SID_5000, "VM name is empty"),
     ("a\nb", SID_5000, "control character"),
-    ("x", "00001388-facb-11e6-bd58-64006a7986d3", "must be a uuid.UUID"),
-    ("x", 5000, "must be a uuid.UUID"),
+    ("x", "not-a-guid", "is not a GUID"),
+    ("x", 5000, "must be a uuid.UUID or a GUID string"),
 ])
 def test_bad_fields_are_address_errors(vm_name: object, service_id: object,
                                        fragment: str) -> None:

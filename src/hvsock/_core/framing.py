@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from .._errors import FrameTooLargeError, ProtocolError
+from .._validate import quote
 
 HEADER = struct.Struct(">I")
 HEADER_SIZE = HEADER.size
@@ -36,7 +37,7 @@ def check_max_size(max_size: int) -> int:
         1 <= max_size <= ABSOLUTE_MAX_FRAME
     ):
         raise ValueError(f"max frame size must be a whole number in 1..{ABSOLUTE_MAX_FRAME}, "
-                         f"not {max_size!r}")
+                         f"not {quote(max_size)}")
     return max_size
 
 
@@ -147,11 +148,11 @@ def encode_message(message: Message) -> bytes:
     """The JSON frame body for *message* (wrap with :func:`encode_frame` to send)."""
     obj: dict[str, Any]
     if message.id is not None and not _is_id(message.id):
-        raise ProtocolError(f"message id must be an integer 0..2**53, not {message.id!r}")
+        raise ProtocolError(f"message id must be an integer 0..2**53, not {quote(message.id)}")
     if isinstance(message, Request):
         if not isinstance(message.method, str) or not message.method:
             raise ProtocolError(f"request method must be a non-empty string, "
-                                f"not {message.method!r}")
+                                f"not {quote(message.method)}")
         obj = {"id": message.id, "method": message.method}
         if message.params is not None:
             obj["params"] = message.params
@@ -200,20 +201,20 @@ def decode_message(body: bytes) -> Message:
     if "method" in obj:
         method = obj["method"]
         if not _is_id(msg_id):
-            raise ProtocolError(f"request id must be an integer 0..2**53, not {msg_id!r}")
+            raise ProtocolError(f"request id must be an integer 0..2**53, not {quote(msg_id)}")
         if not isinstance(method, str) or not method:
-            raise ProtocolError(f"request method must be a non-empty string, not {method!r}")
+            raise ProtocolError(f"request method must be a non-empty string, not {quote(method)}")
         return Request(msg_id, method, obj.get("params"))
     if "error" in obj:
         err = obj["error"]
         if msg_id is not None and not _is_id(msg_id):
-            raise ProtocolError(f"error reply id must be an integer or null, not {msg_id!r}")
+            raise ProtocolError(f"error reply id must be an integer or null, not {quote(msg_id)}")
         if not isinstance(err, dict) or not isinstance(err.get("code"), str) or not isinstance(
                 err.get("message"), str):
             raise ProtocolError("error reply needs {'code': str, 'message': str}")
         return ErrorReply(msg_id, err["code"], err["message"])
     if "result" in obj:
         if not _is_id(msg_id):
-            raise ProtocolError(f"response id must be an integer 0..2**53, not {msg_id!r}")
+            raise ProtocolError(f"response id must be an integer 0..2**53, not {quote(msg_id)}")
         return Response(msg_id, obj["result"])
     raise ProtocolError("message has none of 'method', 'result', 'error'")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 from .._errors import AddressError, HandshakeError
+from .._validate import quote
 
 #: Longest line either side may send: "CONNECT 4294967295\n" is 19 bytes.
 MAX_LINE = 32
@@ -24,7 +25,7 @@ _OK = re.compile(rb"OK ([0-9]{1,10})\n\Z")
 def encode_connect(port: int) -> bytes:
     """The request line asking the VMM for guest *port*."""
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= _U32_MAX:
-        raise AddressError(f"hybrid vsock port {port!r} is out of range 0..4294967295")
+        raise AddressError(f"hybrid vsock port {quote(port)} is out of range 0..4294967295")
     return b"CONNECT %d\n" % port
 
 
@@ -33,7 +34,7 @@ def encode_ok(host_port: int) -> bytes:
     if isinstance(host_port, bool) or not isinstance(host_port, int) or not (
         0 <= host_port <= _U32_MAX
     ):
-        raise AddressError(f"hybrid vsock host port {host_port!r} is out of range")
+        raise AddressError(f"hybrid vsock host port {quote(host_port)} is out of range")
     return b"OK %d\n" % host_port
 
 
@@ -43,7 +44,8 @@ def _line(buffer: bytes, what: str) -> bytes | None:
         if len(buffer) >= MAX_LINE:
             raise HandshakeError(
                 f"hybrid vsock {what} line is longer than {MAX_LINE} bytes without a newline; "
-                f"the peer does not speak the hybrid vsock protocol (got {buffer[:MAX_LINE]!r})")
+                "the peer does not speak the hybrid vsock protocol "
+                f"(got {quote(buffer[:MAX_LINE])})")
         return None
     return buffer[: end + 1]
 
@@ -51,7 +53,7 @@ def _line(buffer: bytes, what: str) -> bytes | None:
 def _number(match: re.Match[bytes], what: str, line: bytes) -> int:
     value = int(match.group(1))
     if value > _U32_MAX:
-        raise HandshakeError(f"hybrid vsock {what} {line!r} carries a port over 4294967295")
+        raise HandshakeError(f"hybrid vsock {what} {quote(line)} carries a port over 4294967295")
     return value
 
 
@@ -67,7 +69,7 @@ def parse_ok(buffer: bytes) -> tuple[int, int] | None:
     match = _OK.match(line)
     if match is None:
         raise HandshakeError(
-            f"the VMM answered {line!r} instead of 'OK <port>\\n': is this a Firecracker / "
+            f"the VMM answered {quote(line)} instead of 'OK <port>\\n': is this a Firecracker / "
             "Cloud Hypervisor vsock socket, and is the guest port right?")
     return _number(match, "reply", line), len(line)
 
@@ -83,7 +85,7 @@ def parse_connect(buffer: bytes) -> tuple[int, int] | None:
         return None
     match = _CONNECT.match(line)
     if match is None:
-        raise HandshakeError(f"expected 'CONNECT <port>\\n', got {line!r}")
+        raise HandshakeError(f"expected 'CONNECT <port>\\n', got {quote(line)}")
     return _number(match, "request", line), len(line)
 
 
@@ -104,7 +106,7 @@ class LineReader:
 
     def __init__(self, kind: str = "reply") -> None:
         if kind not in ("reply", "request"):
-            raise AddressError(f"kind must be 'reply' or 'request', not {kind!r}")
+            raise AddressError(f"kind must be 'reply' or 'request', not {quote(kind)}")
         self._parse = parse_ok if kind == "reply" else parse_connect
         self._buffer = b""
         #: The port the line carried, once complete; None before.

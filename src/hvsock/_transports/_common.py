@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._errors import AddressError, translate
+from .._validate import quote
 
 #: Default deadline for one connect attempt, in seconds. Never None by default:
 #: a Hyper-V connect with no listener can otherwise block for ~30 s.
@@ -48,17 +49,17 @@ def check_timeout(timeout: float | None, what: str = "timeout") -> None:
         math.isfinite(timeout) and timeout > 0
     ):
         raise AddressError(f"{what} must be a positive number of seconds or None, "
-                           f"not {timeout!r}")
+                           f"not {quote(timeout)}")
 
 
 def retry_waits(retries: int, retry_wait: float) -> list[float]:
     """The sleeps between attempts: *retry_wait*, doubling, capped at MAX_RETRY_WAIT."""
     if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10_000:
-        raise AddressError(f"retries must be a whole number in 0..10000, not {retries!r}")
+        raise AddressError(f"retries must be a whole number in 0..10000, not {quote(retries)}")
     if isinstance(retry_wait, bool) or not isinstance(retry_wait, (int, float)) or not (
         math.isfinite(retry_wait) and retry_wait >= 0
     ):
-        raise AddressError(f"retry_wait must be a number of seconds >= 0, not {retry_wait!r}")
+        raise AddressError(f"retry_wait must be a number of seconds >= 0, not {quote(retry_wait)}")
     return [min(retry_wait * 2**min(i, 32), MAX_RETRY_WAIT) for i in range(retries)]
 
 
@@ -72,7 +73,7 @@ def set_stream_buffer_size(sock: socket.socket, size: int) -> None:
 def check_buffer_size(size: int) -> None:
     if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 1 << 30:
         raise AddressError(f"buffer size must be a whole number of bytes in 1..1 GiB, "
-                           f"not {size!r}")
+                           f"not {quote(size)}")
 
 
 def close_write(sock: socket.socket) -> None:

@@ -20,6 +20,7 @@ from .._core.addresses import (
     parse_address,
 )
 from .._errors import AddressError
+from .._validate import quote
 from .._windows.vms import resolve_address
 from . import dial, hybrid, hyperv, stream, sync, vsock
 from ._common import (
@@ -97,10 +98,10 @@ def listen(
     """
     named = parse_address(address)
     if isinstance(backlog, bool) or not isinstance(backlog, int) or not 0 <= backlog <= 65535:
-        raise AddressError(f"backlog must be a whole number in 0..65535, not {backlog!r}")
+        raise AddressError(f"backlog must be a whole number in 0..65535, not {quote(backlog)}")
     if mode is not None and (isinstance(mode, bool) or not isinstance(mode, int)
                              or not 0 <= mode <= 0o777):
-        raise AddressError(f"mode must be a permission number like 0o600, not {mode!r}")
+        raise AddressError(f"mode must be a permission number like 0o600, not {quote(mode)}")
     if buffer_size is not None:
         check_buffer_size(buffer_size)
     addr = resolve(named)
