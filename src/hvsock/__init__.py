@@ -21,8 +21,8 @@ __version__ = "0.1.0"
 #: ``__all__``, ``dir()`` and the lazy lookup all come from it, and a test checks each
 #: entry against its module's own ``__all__``.
 _EXPORTS: dict[str, tuple[str, ...]] = {
-    "._aio.streams": (
-        "connect_socket", "open_connection", "start_server",
+    "._endpoints": (
+        "connect", "connect_socket", "listen", "open_connection", "start_server",
     ),
     "._core.addresses": (
         "Address", "HybridAddress", "HyperVAddress", "NamedVmAddress", "SocketAddress",
@@ -79,7 +79,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "DEFAULT_CONNECT_TIMEOUT", "close_write",
     ),
     "._transports.api": (
-        "connect", "listen", "listener_address", "remove_socket_file", "set_buffer_size",
+        "listener_address", "remove_socket_file", "set_buffer_size",
     ),
     "._transports.features": (
         "has_hyperv", "has_vsock", "loaded_vsock_transports", "local_cid",
@@ -119,15 +119,6 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # the same names, spelled out for type checkers and IDEs
-    from ._aio.streams import (
-        connect_socket as connect_socket,
-    )
-    from ._aio.streams import (
-        open_connection as open_connection,
-    )
-    from ._aio.streams import (
-        start_server as start_server,
-    )
     from ._core.addresses import (
         Address as Address,
     )
@@ -247,6 +238,21 @@ if TYPE_CHECKING:  # the same names, spelled out for type checkers and IDEs
     )
     from ._doctor import (
         diagnose as diagnose,
+    )
+    from ._endpoints import (
+        connect as connect,
+    )
+    from ._endpoints import (
+        connect_socket as connect_socket,
+    )
+    from ._endpoints import (
+        listen as listen,
+    )
+    from ._endpoints import (
+        open_connection as open_connection,
+    )
+    from ._endpoints import (
+        start_server as start_server,
     )
     from ._errors import (
         AddressError as AddressError,
@@ -385,12 +391,6 @@ if TYPE_CHECKING:  # the same names, spelled out for type checkers and IDEs
     )
     from ._transports._common import (
         close_write as close_write,
-    )
-    from ._transports.api import (
-        connect as connect,
-    )
-    from ._transports.api import (
-        listen as listen,
     )
     from ._transports.api import (
         listener_address as listener_address,

@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import _endpoints as api
 from ._core import ids
 from ._core.addresses import (
     Address,
@@ -32,7 +33,6 @@ from ._core.addresses import (
     parse_address,
 )
 from ._errors import HvsockError, translate
-from ._transports import api
 from ._transports.features import (
     VSOCK_TRANSPORT_MODULES,
     describe_cid,

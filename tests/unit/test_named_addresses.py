@@ -26,6 +26,7 @@ from hvsock import (
     start_server,
 )
 from hvsock._core.addresses import ADDRESS_TYPES, MAX_VM_NAME, NamedVmAddress
+from hvsock import _endpoints
 from hvsock._transports import api
 
 from ..fakes import outcome
@@ -180,7 +181,7 @@ def test_any_name_text_parses_or_raises_address_error(name: str, tail: str) -> N
 @pytest.mark.parametrize("text", ["hvsock://wsl/5000", "hvsock://name:MyVM/5000"])
 def test_connect_and_listen_need_af_hyperv_before_looking_anything_up(text: str) -> None:
     # On Linux there is no AF_HYPERV: the error comes before PowerShell would run.
-    for call in (lambda: connect(text, timeout=1), lambda: listen(text), lambda: api.resolve(text)):
+    for call in (lambda: connect(text, timeout=1), lambda: listen(text), lambda: api.connect(text)):
         with pytest.raises(UnsupportedError, match="AF_HYPERV exists only on Windows"):
             call()
 
@@ -195,7 +196,19 @@ def test_connect_and_listen_need_af_hyperv_before_looking_anything_up(text: str)
 
 def test_resolve_leaves_other_addresses_alone() -> None:
     for text in ("vsock://any:5000", "hvsock://parent/5000", "tcp://127.0.0.1:1", "unix:///x"):
-        assert api.resolve(text) == parse_address(text)
+        assert _endpoints.resolve(parse_address(text)) == parse_address(text)
+
+
+def test_the_transports_know_no_vm_names() -> None:
+    """Names are looked up one layer up: the transports import nothing of _windows."""
+    import subprocess
+    import sys
+
+    code = ("import sys, hvsock._transports.api, hvsock._transports.dial, hvsock._aio.streams;"
+            "print(any(m.startswith('hvsock._windows') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout.strip()
+    assert out == "False"
 
 
 def test_listen_checks_its_arguments_before_resolving() -> None:

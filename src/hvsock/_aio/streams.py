@@ -35,14 +35,18 @@ async def connect_socket(
     retries: int = 0,
     retry_wait: float = 0.25,
     buffer_size: int | None = None,
+    resolve: api.Resolver | None = None,
 ) -> socket.socket:
-    """Like :func:`hvsock.connect`, without blocking the loop. Returns a non-blocking socket."""
+    """Like :func:`hvsock.connect`, without blocking the loop. Returns a non-blocking socket.
+
+    *resolve* looks a VM name up (in a thread), as for :func:`hvsock.connect`.
+    """
     addr = parse_address(address)
     check_timeout(timeout)
     if buffer_size is not None:
         check_buffer_size(buffer_size)
     # Looking a VM name up runs PowerShell: the driver runs it in a thread.
-    resolver = api.resolve if isinstance(addr, NamedVmAddress) else None
+    resolver = api.named_resolver(addr, resolve) if isinstance(addr, NamedVmAddress) else None
     return await drive.run(dial.dial(addr, timeout=timeout, buffer_size=buffer_size,
                                      retries=retries, retry_wait=retry_wait,
                                      resolve=resolver), timeout)
@@ -56,13 +60,15 @@ async def open_connection(
     retry_wait: float = 0.25,
     buffer_size: int | None = None,
     limit: int = STREAM_LIMIT,
+    resolve: api.Resolver | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Connect to *address*; return asyncio's ``(StreamReader, StreamWriter)``.
 
     The same arguments and errors as :func:`hvsock.connect`.
     """
     sock = await connect_socket(address, timeout=timeout, retries=retries,
-                                retry_wait=retry_wait, buffer_size=buffer_size)
+                                retry_wait=retry_wait, buffer_size=buffer_size,
+                                resolve=resolve)
     with close_on_error(sock):
         return await asyncio.open_connection(sock=sock, limit=limit)
 
@@ -76,6 +82,7 @@ async def start_server(
     mode: int | None = 0o600,
     limit: int = STREAM_LIMIT,
     start_serving: bool = True,
+    resolve: api.Resolver | None = None,
 ) -> asyncio.Server:
     """Listen on *address* and serve each connection with *client_connected_cb*.
 
@@ -83,8 +90,9 @@ async def start_server(
     options. Closing the server leaves a Unix / hybrid socket file behind: remove
     it with :func:`hvsock.remove_socket_file`.
     """
-    if isinstance(parse_address(address), NamedVmAddress):
-        address = await asyncio.to_thread(api.resolve, address)
+    named = parse_address(address)
+    if isinstance(named, NamedVmAddress):
+        address = await asyncio.to_thread(api.named_resolver(named, resolve), named)
     listener = api.listen(address, backlog=backlog, buffer_size=buffer_size, mode=mode)
     with close_on_error(listener):
         if aio_hyperv.needs_thread(listener):  # pragma: no cover - Windows proactor only

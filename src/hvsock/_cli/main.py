@@ -15,6 +15,7 @@ from types import FrameType
 from typing import TextIO
 
 from .. import __version__
+from .. import _endpoints as api
 from .._core import ids
 from .._core.addresses import (
     Address,
@@ -41,7 +42,6 @@ from .._errors import (
 from .._service.declaration import Limits
 from .._service.host import ServiceHost
 from .._services.echo import ECHO_PORT, echo_service, ping
-from .._transports import api
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT
 from .._transports.features import describe_cid, local_cid
 from . import args as cliargs

@@ -20,7 +20,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-from .._errors import FrameTooLargeError, ProtocolError
+from .._errors import ArgumentError, FrameTooLargeError, ProtocolError
 from .._validate import quote
 
 HEADER = struct.Struct(">I")
@@ -36,7 +36,7 @@ def check_max_size(max_size: int) -> int:
     if isinstance(max_size, bool) or not isinstance(max_size, int) or not (
         1 <= max_size <= ABSOLUTE_MAX_FRAME
     ):
-        raise ValueError(f"max frame size must be a whole number in 1..{ABSOLUTE_MAX_FRAME}, "
+        raise ArgumentError(f"max frame size must be a whole number in 1..{ABSOLUTE_MAX_FRAME}, "
                          f"not {quote(max_size)}")
     return max_size
 

@@ -34,12 +34,12 @@ from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any
 
+from .. import _endpoints as api
 from .._core.addresses import Address, parse_address
 from .._errors import HvsockError
 from .._service.connection import Peer, peer_of
 from .._service.declaration import AllowRule, _allow
 from .._service.ready import sd_notify, write_ready_file
-from .._transports import api
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT, check_buffer_size
 from .._transports.stream import DEFAULT_UNIX_MODE
 from . import datapath

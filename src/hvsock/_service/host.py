@@ -19,10 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import _endpoints as api
 from .._aio import hyperv as aio_hyperv
 from .._core.addresses import Address, parse_address
 from .._errors import HvsockError, IdleTimeoutError
-from .._transports import api
 from .._transports._common import close_on_error
 from .._transports.features import has_hyperv, has_vsock
 from .connection import Connection, Peer, SyncConnection, peer_of

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from .. import _endpoints as api
 from .._core.addresses import Address, parse_address
 from .._errors import ProtocolError
 from .._service.ready import write_ready_file
-from .._transports import api
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT
 
 SINK = b"s"

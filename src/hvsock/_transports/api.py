@@ -19,9 +19,8 @@ from .._core.addresses import (
     VsockAddress,
     parse_address,
 )
-from .._errors import AddressError
+from .._errors import AddressError, UnsupportedError
 from .._validate import quote
-from .._windows.vms import resolve_address
 from . import dial, hybrid, hyperv, stream, sync, vsock
 from ._common import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -32,18 +31,17 @@ from ._common import (
 from .features import require_hyperv
 from .stream import DEFAULT_UNIX_MODE
 
+Resolver = Callable[[Address], SocketAddress]
 
-def resolve(address: Address | str) -> SocketAddress:
-    """Parse *address* and look up a VM it names (``hvsock://wsl/...``, ``name:MyVM``).
 
-    Raises :class:`UnsupportedError` off Windows, before running anything, since
-    only AF_HYPERV can use the VM id; else as :func:`hvsock.resolve_address`.
-    """
-    addr = parse_address(address)
-    if isinstance(addr, NamedVmAddress):
-        require_hyperv()
-        return resolve_address(addr)
-    return addr
+def named_resolver(address: NamedVmAddress, resolve: Resolver | None) -> Resolver:
+    """The resolver for a VM name: only AF_HYPERV can use the VM id, so check that first."""
+    require_hyperv()
+    if resolve is None:
+        raise UnsupportedError(
+            f"{address} names a VM: look it up first (hvsock.resolve_address), or connect "
+            "with hvsock.connect, which does")
+    return resolve
 
 
 def connect(
@@ -53,6 +51,7 @@ def connect(
     retries: int = 0,
     retry_wait: float = 0.25,
     buffer_size: int | None = None,
+    resolve: Resolver | None = None,
 ) -> socket.socket:
     """Connect to *address* and return the connected, blocking ``socket.socket``.
 
@@ -60,7 +59,8 @@ def connect(
     as long as the OS does (AF_VSOCK's own default is 2 s). With *retries* > 0,
     transient failures (nothing listening yet, timed out, VM unreachable or
     rebooting) are retried after *retry_wait* seconds, doubling up to 5 s. A VM
-    named in the address (``hvsock://wsl/5000``) is looked up at each attempt.
+    named in the address (``hvsock://wsl/5000``) is looked up at each attempt with
+    *resolve* (given by the layer above: the transports know no VM names).
     *buffer_size* sets the socket's buffers (vsock buffer size, or SO_SNDBUF and
     SO_RCVBUF) before connecting.
 
@@ -73,7 +73,7 @@ def connect(
     check_timeout(timeout)
     if buffer_size is not None:
         check_buffer_size(buffer_size)
-    resolver = resolve if isinstance(named, NamedVmAddress) else None
+    resolver = named_resolver(named, resolve) if isinstance(named, NamedVmAddress) else None
     return sync.run(dial.dial(named, timeout=timeout, buffer_size=buffer_size,
                               retries=retries, retry_wait=retry_wait, resolve=resolver),
                     timeout)
@@ -85,6 +85,7 @@ def listen(
     backlog: int = 128,
     buffer_size: int | None = None,
     mode: int | None = DEFAULT_UNIX_MODE,
+    resolve: Resolver | None = None,
 ) -> socket.socket:
     """Bind and listen on *address*; return the listening ``socket.socket``.
 
@@ -94,7 +95,7 @@ def listen(
     nobody listening is replaced, any other existing file is left alone and is
     an :class:`AddressInUseError`. The socket file stays after ``close()``:
     remove it with :func:`remove_socket_file` when done. A VM named in the address
-    (``hvsock://wsl/5000``) is looked up first.
+    (``hvsock://wsl/5000``) is looked up first with *resolve*.
     """
     named = parse_address(address)
     if isinstance(backlog, bool) or not isinstance(backlog, int) or not 0 <= backlog <= 65535:
@@ -104,7 +105,7 @@ def listen(
         raise AddressError(f"mode must be a permission number like 0o600, not {quote(mode)}")
     if buffer_size is not None:
         check_buffer_size(buffer_size)
-    addr = resolve(named)
+    addr = named_resolver(named, resolve)(named) if isinstance(named, NamedVmAddress) else named
     return _LISTEN[type(addr)](addr, backlog, mode, buffer_size)
 
 
