@@ -363,21 +363,28 @@ def test_tcp_reset_after_accept_is_a_reset_not_nothing_listening(connect: Connec
     thread = threading.Thread(target=reset_all, daemon=True)
     thread.start()
     try:
-        for _ in range(5):
-            try:
-                sock = connect(addr, timeout=5)
-            except hvsock.ConnectionResetByPeerError as exc:
-                assert "nothing is listening" not in str(exc)
-                continue
-            with sock:
-                sock.settimeout(5)
-                with pytest.raises(ConnectionResetError):
-                    while sock.recv(1024):
-                        pass
+        outcomes = [_reset_outcome(connect, addr) for _ in range(5)]
+        assert set(outcomes) <= {"reset at connect", "reset after connect"}
     finally:
         stop.set()
         thread.join(5)
         listener.close()
+
+
+def _reset_outcome(connect: Connect, addr: hvsock.Address) -> str:
+    """Where the server's reset reached the client; never as "nothing is listening"."""
+    try:
+        sock = connect(addr, timeout=5)
+    except hvsock.ConnectionResetByPeerError as exc:
+        return "reset at connect" if "nothing is listening" not in str(exc) else str(exc)
+    with sock:
+        sock.settimeout(5)
+        try:
+            while sock.recv(1024):
+                pass
+        except ConnectionResetError:
+            return "reset after connect"
+    return "eof"
 
 
 # -- cancellation: the socket being connected is closed ----------------------------------
@@ -399,7 +406,10 @@ def test_asyncio_cancel_during_handshake_closes_the_socket(short_tmp: Path) -> N
         asyncio.run(main())
         (conn,) = vmm.conns
         conn.settimeout(5)
-        assert conn.recv(64) == b""  # the client's socket was closed: EOF
+        received = b""
+        while chunk := conn.recv(64):  # the CONNECT line (if the VMM has not read it), then
+            received += chunk           # EOF: the client's socket was closed
+        assert received in (b"", b"CONNECT 52\n")
     finally:
         vmm.close()
 

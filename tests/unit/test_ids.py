@@ -5,11 +5,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
-
-import hvsock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import hvsock
 from hvsock import AddressError
 from hvsock._core import ids
 

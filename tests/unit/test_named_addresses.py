@@ -13,10 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import hvsock
 from hvsock import (
     AddressError,
     HyperVAddress,
     UnsupportedError,
+    _endpoints,
     connect,
     connect_socket,
     describe_address,
@@ -26,7 +28,6 @@ from hvsock import (
     start_server,
 )
 from hvsock._core.addresses import ADDRESS_TYPES, MAX_VM_NAME, NamedVmAddress
-from hvsock import _endpoints
 from hvsock._transports import api
 
 from ..fakes import outcome
@@ -212,5 +213,5 @@ def test_the_transports_know_no_vm_names() -> None:
 
 
 def test_listen_checks_its_arguments_before_resolving() -> None:
-    with pytest.raises(AddressError, match="backlog"):
+    with pytest.raises(hvsock.ArgumentError, match="backlog"):
         listen("hvsock://wsl/5000", backlog=-1)

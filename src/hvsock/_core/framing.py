@@ -42,7 +42,14 @@ def check_max_size(max_size: int) -> int:
 
 
 def encode_frame(payload: bytes, max_size: int = DEFAULT_MAX_FRAME) -> bytes:
-    """The frame carrying *payload*; :class:`FrameTooLargeError` if it is over *max_size*."""
+    """The frame carrying *payload*; :class:`FrameTooLargeError` if it is over *max_size*.
+
+    Raises :class:`ArgumentError` when *payload* is not bytes or *max_size* is not a size.
+    """
+    check_max_size(max_size)
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise ArgumentError(f"payload must be bytes, not {type(payload).__name__}")
+    payload = bytes(payload)
     if len(payload) > max_size:
         raise FrameTooLargeError(
             f"message of {len(payload)} bytes is over the {max_size}-byte frame limit; "
@@ -184,7 +191,13 @@ def _finite_float(text: str) -> float:
 
 
 def decode_message(body: bytes) -> Message:
-    """Parse one frame body; :class:`ProtocolError` says what is wrong with it."""
+    """Parse one frame body; :class:`ProtocolError` says what is wrong with it.
+
+    Raises :class:`ArgumentError` when *body* is not bytes.
+    """
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        raise ArgumentError(f"a frame body is bytes, not {type(body).__name__}")
+    body = bytes(body)
     try:
         # Strict: UTF-8 only (json.loads(bytes) would guess UTF-16/32 too) and no
         # NaN/Infinity, so whatever decodes here also encodes again.

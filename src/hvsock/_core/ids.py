@@ -69,7 +69,7 @@ def service_id_for_port(port: int) -> uuid.UUID:
         raise AddressError(f"port must be an integer, not {type(port).__name__}")
     if not 0 <= port <= _U32_MAX:
         raise AddressError(
-            f"port {port} is out of range: a vsock port is 0..4294967295 (0xFFFFFFFF)")
+            f"port {quote(port)} is out of range: a vsock port is 0..4294967295 (0xFFFFFFFF)")
     return uuid.UUID(int=(port << 96) | _TEMPLATE_TAIL)
 
 

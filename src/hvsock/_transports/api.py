@@ -19,8 +19,8 @@ from .._core.addresses import (
     VsockAddress,
     parse_address,
 )
-from .._errors import AddressError, UnsupportedError
-from .._validate import quote
+from .._errors import ArgumentError, UnsupportedError
+from .._validate import instance, quote, whole_number
 from . import dial, hybrid, hyperv, stream, sync, vsock
 from ._common import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -98,11 +98,10 @@ def listen(
     (``hvsock://wsl/5000``) is looked up first with *resolve*.
     """
     named = parse_address(address)
-    if isinstance(backlog, bool) or not isinstance(backlog, int) or not 0 <= backlog <= 65535:
-        raise AddressError(f"backlog must be a whole number in 0..65535, not {quote(backlog)}")
+    whole_number(backlog, "backlog", 0, 65535)
     if mode is not None and (isinstance(mode, bool) or not isinstance(mode, int)
                              or not 0 <= mode <= 0o777):
-        raise AddressError(f"mode must be a permission number like 0o600, not {quote(mode)}")
+        raise ArgumentError(f"mode must be a permission number like 0o600, not {quote(mode)}")
     if buffer_size is not None:
         check_buffer_size(buffer_size)
     addr = named_resolver(named, resolve)(named) if isinstance(named, NamedVmAddress) else named
@@ -131,6 +130,7 @@ def where(address: Address) -> str:
 def listener_address(listener: socket.socket, address: Address | str) -> Address:
     """The address *listener* really listens on (the chosen port when ``any``/0 was asked)."""
     addr = parse_address(address)
+    instance(listener, socket.socket, "listener")
     if isinstance(addr, VsockAddress):
         return VsockAddress(addr.cid, listener.getsockname()[1])
     if isinstance(addr, TcpAddress):

@@ -134,6 +134,11 @@ class HybridVsockMuxer:
         except (OSError, HandshakeError) as exc:
             if isinstance(exc, HandshakeError):
                 self.errors.append(str(exc))
+            # Take what was only peeked at: closing with unread bytes would send a
+            # reset, where a VMM that hangs up on a bad request sends a plain EOF.
+            with contextlib.suppress(OSError):
+                host.setblocking(False)
+                host.recv(handshake.MAX_LINE)
             host.close()
             return
         guest = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
