@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import ipaddress
 import os
 import socket
 import struct
@@ -192,6 +191,8 @@ def _ip_family(host: str) -> socket.AddressFamily | None:
     """AF_INET / AF_INET6 for a literal IP, None for a name or a scoped IPv6 address."""
     if "%" in host:
         return None  # let getaddrinfo work the scope out
+    import ipaddress  # a few ms at start-up that Unix and vsock dials never need
+
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
