@@ -24,6 +24,9 @@ from hvsock._relay import dial as relay_dial
 from hvsock._relay._poll import Poller
 from hvsock.testing import HybridVsockMuxer
 
+from .test_relay import _sees_reset_or_eof
+from .test_transports import _echo_once
+
 Connect = Callable[..., socket.socket]
 
 
@@ -141,18 +144,6 @@ def site(request: pytest.FixtureRequest, short_tmp: Path) -> Iterator[Site]:
     s.close()
 
 
-def _echo_one(listener: socket.socket) -> threading.Thread:
-    def run() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            while data := conn.recv(65536):
-                conn.sendall(data)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
 def _round_trip(sock: socket.socket, payload: bytes = b"hello through the one dial") -> None:
     sock.settimeout(5)
     sock.sendall(payload)
@@ -169,7 +160,7 @@ def _round_trip(sock: socket.socket, payload: bytes = b"hello through the one di
 def test_success(connect: Connect, site: Site) -> None:
     listener, addr = site.listen()
     with listener:
-        thread = _echo_one(listener)
+        thread = _echo_once(listener)
         with connect(addr, timeout=5) as sock:
             assert sock.getblocking()
             _round_trip(sock)
@@ -283,7 +274,7 @@ def test_hybrid_reply_split_over_many_writes(connect: Connect, short_tmp: Path,
     """Defect 1: a VMM's OK reply in several writes, with pauses, is still one reply."""
     with HybridVsockMuxer(str(short_tmp / "vm.sock"), reply_chunk=chunk,
                           reply_pause=pause) as muxer, muxer.guest_listen(5000) as guest:
-        thread = _echo_one(guest)
+        thread = _echo_once(guest)
         with connect(muxer.address(5000), timeout=5) as sock:
             _round_trip(sock)
         thread.join(5)
@@ -378,13 +369,7 @@ def _reset_outcome(connect: Connect, addr: hvsock.Address) -> str:
     except hvsock.ConnectionResetByPeerError as exc:
         return "reset at connect" if "nothing is listening" not in str(exc) else str(exc)
     with sock:
-        sock.settimeout(5)
-        try:
-            while sock.recv(1024):
-                pass
-        except ConnectionResetError:
-            return "reset after connect"
-    return "eof"
+        return f"{_sees_reset_or_eof(sock)} after connect"
 
 
 # -- cancellation: the socket being connected is closed ----------------------------------
@@ -415,28 +400,20 @@ def test_asyncio_cancel_during_handshake_closes_the_socket(short_tmp: Path) -> N
 
 
 @pytest.mark.usefixtures("fd_baseline")
-def test_relay_dial_closed_mid_handshake_closes_the_socket(short_tmp: Path) -> None:
-    vmm = _Vmm(str(short_tmp / "vmm.sock"), b"", hold=True)
-    try:
-        gen = relay_dial.dial(hvsock.HybridAddress(str(short_tmp / "vmm.sock"), 52),
-                              timeout=30, buffer_size=None)
-        sock, _mask = next(gen)
-        gen.close()
-        assert sock.fileno() == -1
-    finally:
-        vmm.close()
-
-
-@pytest.mark.usefixtures("fd_baseline")
-def test_relay_timed_out_names_the_stalled_stage(short_tmp: Path) -> None:
+@pytest.mark.parametrize("end", ["closed", "timed out"])
+def test_a_relay_dial_ended_mid_handshake_closes_its_socket(short_tmp: Path, end: str) -> None:
+    """The relay drops a dial (its client left) or its deadline passes (a stalled stage)."""
     vmm = _Vmm(str(short_tmp / "vmm.sock"), b"OK", hold=True)
     try:
         gen = relay_dial.dial(hvsock.HybridAddress(str(short_tmp / "vmm.sock"), 52),
                               timeout=30, buffer_size=None)
         sock, _mask = next(gen)
-        error = relay_dial.timed_out(gen)
-        assert isinstance(error, hvsock.ConnectTimeoutError)
-        assert "did not answer CONNECT 52" in str(error)
+        if end == "closed":
+            gen.close()
+        else:
+            error = relay_dial.timed_out(gen)
+            assert isinstance(error, hvsock.ConnectTimeoutError)
+            assert "did not answer CONNECT 52" in str(error)
         assert sock.fileno() == -1
     finally:
         vmm.close()

@@ -15,7 +15,7 @@ from typing import Any
 
 from .._transports import sync
 from .._transports._common import Deadline
-from .._transports.dial import Dial, InThread, Pause, Readable
+from .._transports.dial import Dial, InThread, Pause, Readable, resume
 
 __all__: list[str] = []  # internal
 
@@ -60,12 +60,10 @@ async def run(dial: Dial, timeout: float | None) -> socket.socket:
     try:
         while True:
             assert gen is not None
-            try:
-                step = gen.send(value) if error is None else gen.throw(error)
-            except StopIteration as done:
-                result: socket.socket = done.value
-                result.setblocking(False)
-                return result
+            step = resume(gen, value, error)
+            if isinstance(step, socket.socket):
+                step.setblocking(False)
+                return step
             value, error = None, None
             if isinstance(step, Pause):
                 await asyncio.sleep(step.seconds)

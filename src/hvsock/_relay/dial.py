@@ -74,12 +74,10 @@ def _drive(gen: transport_dial.Dial, step: transport_dial.Step) -> Dial:
                 yield step.sock, IN if isinstance(step, transport_dial.Readable) else OUT
             except TimeoutError:
                 error = step.stalled()
-            try:
-                step = gen.send(None) if error is None else gen.throw(error)
-            except StopIteration as done:
-                sock: socket.socket = done.value
-                return sock
-            error = None
+            next_step = transport_dial.resume(gen, None, error)
+            if isinstance(next_step, socket.socket):
+                return next_step
+            step, error = next_step, None
     finally:
         gen.close()  # a no-op once it returned; else closes its socket
 

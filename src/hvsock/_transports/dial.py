@@ -98,6 +98,17 @@ _NONBLOCK: int = getattr(socket, "SOCK_NONBLOCK", 0)
 _IN_PROGRESS = frozenset({errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK, errno.EALREADY})
 
 
+def resume(gen: Dial, value: object = None,
+           error: BaseException | None = None) -> Step | socket.socket:
+    """Answer *gen*'s last step with *value* (or throw *error* in): its next step, or
+    the connected socket once it is done. Every driver steps a dial with this."""
+    try:
+        return gen.send(value) if error is None else gen.throw(error)
+    except StopIteration as done:
+        sock: socket.socket = done.value
+        return sock
+
+
 # -- the table -------------------------------------------------------------------------------
 def attempt(address: SocketAddress, *, timeout: float | None,
             buffer_size: int | None) -> Dial:

@@ -7,7 +7,7 @@ import socket
 import time
 
 from ._common import Deadline
-from .dial import Dial, InThread, Pause, Readable, Writable
+from .dial import Dial, InThread, Pause, Writable, resume
 
 __all__: list[str] = []  # internal
 
@@ -35,12 +35,10 @@ def run(gen: Dial, timeout: float | None) -> socket.socket:
     error: BaseException | None = None
     try:
         while True:
-            try:
-                step = gen.send(value) if error is None else gen.throw(error)
-            except StopIteration as done:
-                sock: socket.socket = done.value
-                sock.setblocking(True)
-                return sock
+            step = resume(gen, value, error)
+            if isinstance(step, socket.socket):
+                step.setblocking(True)
+                return step
             value, error = None, None
             if isinstance(step, Pause):
                 time.sleep(step.seconds)
@@ -52,7 +50,5 @@ def run(gen: Dial, timeout: float | None) -> socket.socket:
                     error = exc
             elif not _wait(step.sock, isinstance(step, Writable), deadline.remaining()):
                 error = step.stalled()
-            else:
-                assert isinstance(step, (Readable, Writable))
     finally:
         gen.close()  # a no-op once it returned; else closes its socket (Ctrl-C, ...)
