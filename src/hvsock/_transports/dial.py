@@ -30,7 +30,6 @@ import os
 import socket
 import struct
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
 from typing import Any
 
 from .._core import handshake
@@ -54,39 +53,47 @@ from ._common import close_on_error, retry_waits, set_stream_buffer_size
 __all__: list[str] = []  # internal
 
 
-@dataclass(frozen=True)
-class Readable:
+# Plain classes, not dataclasses: these load on every `hvsock connect`, and generating
+# dataclass methods costs more start-up time than the rest of this module.
+class _Wait:
+    __slots__ = ("sock", "stalled")
+
+    def __init__(self, sock: socket.socket, stalled: Callable[[], HvsockError]) -> None:
+        self.sock, self.stalled = sock, stalled
+
+
+class Readable(_Wait):
     """Wait until *sock* is readable; *stalled* is the error if the deadline passes first."""
 
-    sock: socket.socket
-    stalled: Callable[[], HvsockError]
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class Writable:
+class Writable(_Wait):
     """Wait until *sock* is writable; *stalled* is the error if the deadline passes first."""
 
-    sock: socket.socket
-    stalled: Callable[[], HvsockError]
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
 class InThread:
     """Run ``call(remaining)`` where blocking is allowed; it bounds itself by *remaining*.
 
     *discard* disposes of a result nobody will take (the dial was cancelled meanwhile).
     """
 
-    call: Callable[[float | None], Any]
-    stalled: Callable[[], HvsockError]
-    discard: Callable[[Any], None] | None = None
+    __slots__ = ("call", "discard", "stalled")
+
+    def __init__(self, call: Callable[[float | None], Any], stalled: Callable[[], HvsockError],
+                 discard: Callable[[Any], None] | None = None) -> None:
+        self.call, self.stalled, self.discard = call, stalled, discard
 
 
-@dataclass(frozen=True)
 class Pause:
     """Sleep *seconds* before the next attempt; its deadline starts after the pause."""
 
-    seconds: float
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
 
 
 Step = Readable | Writable | InThread | Pause
