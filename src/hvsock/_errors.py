@@ -16,6 +16,7 @@ __all__ = [
     "AddressInUseError",
     "ArgumentError",
     "ConnectTimeoutError",
+    "ConnectionResetByPeerError",
     "FrameTooLargeError",
     "HandshakeError",
     "HvsockError",
@@ -80,6 +81,14 @@ class TransportUnavailableError(UnsupportedError):
 
 class NothingListeningError(HvsockError, ConnectionRefusedError):
     """The peer exists but nothing listens on that port / service id."""
+
+
+class ConnectionResetByPeerError(HvsockError, ConnectionResetError):
+    """The peer reset (or cut) a connection it had accepted: the stream is incomplete.
+
+    On TCP and Unix a reset can only come after the peer accepted, even when it lands
+    while ``connect()`` is still returning; so it is never "nothing is listening".
+    """
 
 
 class ConnectTimeoutError(HvsockError, TimeoutError):
@@ -203,12 +212,58 @@ def _code(exc: OSError) -> int | None:
     }.get(winerror, exc.errno) if winerror is not None else exc.errno
 
 
+def _missing_dir(path: str | bytes | None) -> str | None:
+    """The first directory on the way to *path* that does not exist, quoted; else None."""
+    if not isinstance(path, str) or not path or path.startswith("\0"):
+        return None
+    import os.path  # only messages about socket files need it
+
+    parent = os.path.dirname(os.path.abspath(path))
+    missing = None
+    while parent and not os.path.isdir(parent):
+        missing = parent
+        up = os.path.dirname(parent)
+        if up == parent:
+            break
+        parent = up
+    if missing is None:
+        return None
+    from ._validate import quote
+    return quote(missing, 200)
+
+
+def _blocked_dir(path: str | bytes | None) -> str | None:
+    """The first directory on the way to *path* this user cannot search, quoted; else None."""
+    if not isinstance(path, str) or not path or path.startswith("\0"):
+        return None
+    import os
+
+    parts = os.path.abspath(path).split(os.sep)
+    current = os.sep
+    for part in parts[1:-1]:
+        current = os.path.join(current, part)
+        if os.path.isdir(current) and not os.access(current, os.X_OK):
+            from ._validate import quote
+            return quote(current, 200)
+    return None
+
+
+def reset_by_peer(where: str, exc: OSError | None = None) -> ConnectionResetByPeerError:
+    """The error for a connection the peer reset (or stopped reading) after connect."""
+    return ConnectionResetByPeerError(
+        f"{where} reset the connection: the stream was cut before its end "
+        "(the peer crashed, was stopped, or refused this client)",
+        errno=exc.errno if exc is not None and exc.errno else _errno.ECONNRESET)
+
+
 def translate(exc: BaseException, *, op: str, family: str, where: str,
-              port_hint: str = "") -> BaseException:
+              port_hint: str = "", path: str | bytes | None = None) -> BaseException:
     """Turn an OS error from *op* ("connect", "bind", ...) into an hvsock error.
 
     *family* names the transport ("vsock", "hyperv", "hybrid", "tcp", "unix");
-    *where* is a human description of the address ("port 5000 of CID 3").
+    *where* is a human description of the address ("port 5000 of CID 3"); *path*
+    is the socket file of a Unix / hybrid address, so a missing or closed directory
+    on the way is named.
     Errors hvsock already raised, and non-OS errors, are returned unchanged.
     The caller raises the result ``from exc`` so the original stays attached.
     """
@@ -221,12 +276,24 @@ def translate(exc: BaseException, *, op: str, family: str, where: str,
     code = _code(exc)
     winerror = getattr(exc, "winerror", None)
     if op == "connect":
+        if code == _errno.ECONNRESET and family in ("tcp", "unix"):
+            # A TCP / Unix reset needs an accepted connection: something listens, and
+            # it hung up on us (a relay whose target is down does that).
+            return ConnectionResetByPeerError(
+                f"{where} accepted the connection and then reset it; the service there "
+                "refused or dropped it (a relay whose target is down does this): check "
+                "its logs", errno=code)
         if code in (_errno.ECONNRESET, _errno.ECONNREFUSED):
             # AF_VSOCK answers a connect to a port nobody listens on with a
             # reset, not a refusal; both mean the same thing to the user.
             return NothingListeningError(
                 f"nothing is listening on {where}; start the service there first"
                 f"{port_hint} (or pass retries= / --retries to wait for it)", errno=code)
+        missing = _missing_dir(path) if code == _errno.ENOENT and path else None
+        if missing is not None:
+            return NothingListeningError(
+                f"nothing is listening on {where}: the directory {missing} does not exist; "
+                "check the path", errno=code)
         if code == _errno.ENOENT and family in ("unix", "hybrid"):
             return NothingListeningError(
                 f"nothing is listening on {where}: the socket file does not exist; "
@@ -245,12 +312,17 @@ def translate(exc: BaseException, *, op: str, family: str, where: str,
                 f"{where} is unreachable: is the VM running and is its CID / id right?",
                 errno=code)
     if code in (_errno.EACCES, _errno.EPERM):
+        blocked = _blocked_dir(path)
+        if blocked is not None:
+            return PermissionDeniedError(
+                f"{op} on {where} was refused: you cannot search the directory {blocked}; "
+                "use a path in a directory you own, or ask its owner for access", errno=code)
         if winerror == WSAEACCES:
             return PermissionDeniedError(
                 f"{op} on {where} was refused (WSAEACCES 10013): the VM belongs to another "
                 "user, or its settings do not allow this service; run as the VM's owner or "
                 "an administrator, and check the service is registered", errno=code)
-        if family == "vsock" and op == "bind":
+        if family in ("vsock", "tcp") and op == "bind":
             return PermissionDeniedError(
                 f"{op} on {where} was refused: ports below 1024 need root "
                 "(CAP_NET_BIND_SERVICE); use a port >= 1024", errno=code)
@@ -262,10 +334,21 @@ def translate(exc: BaseException, *, op: str, family: str, where: str,
             f"{where} is already in use; stop the other listener or pick another port",
             errno=code)
     if code == _errno.EADDRNOTAVAIL:
+        advice = {"vsock": "bind CID any or this machine's own CID",
+                  "tcp": "bind an address of this machine (0.0.0.0, ::, 127.0.0.1)"}
         return AddressError(
-            f"{where} cannot be bound here (EADDRNOTAVAIL): for vsock bind CID any or this "
-            "machine's own CID", errno=code)
+            f"{where} cannot be bound here (EADDRNOTAVAIL): "
+            f"{advice.get(family, 'bind an address of this machine')}", errno=code)
+    if code == _errno.ENOENT and op in ("bind", "listen", "chmod"):
+        missing = _missing_dir(path)
+        if missing is not None:
+            return AddressError(
+                f"cannot listen on {where}: the directory {missing} does not exist; "
+                "create it first or choose another path", errno=code)
     if code in (_errno.EAFNOSUPPORT, _errno.EPROTONOSUPPORT, _errno.ESOCKTNOSUPPORT):
+        if family != "vsock":
+            return TransportUnavailableError(
+                f"this system does not support {family} sockets ({exc.strerror})", errno=code)
         return TransportUnavailableError(
             f"the kernel has no {family} transport loaded; on a KVM guest "
             "`modprobe vmw_vsock_virtio_transport`, on Hyper-V `modprobe hv_sock`, for local "
@@ -275,4 +358,6 @@ def translate(exc: BaseException, *, op: str, family: str, where: str,
             f"the kernel refused {op} on {where} (EINVAL): under Hyper-V, guest listen ports "
             "must be <= 0x7FFFFFFF", errno=code)
     detail = exc.strerror or str(exc)
+    if family in ("tcp", "unix") and code == _errno.ECONNRESET:
+        return reset_by_peer(where, exc)
     return HvsockError(f"{op} on {where} failed: {detail}", errno=code)

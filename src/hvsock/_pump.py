@@ -12,6 +12,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ._errors import reset_by_peer
+
 CHUNK = 256 * 1024
 
 Read = Callable[[int], bytes]
@@ -47,6 +49,25 @@ def copy(read: Read, write: Write, finish: Finish, direction: Direction,
         except OSError as exc:
             direction.error = direction.error or exc
         direction.done.set()
+
+
+def peer_ends(sock: socket.socket, where: str) -> tuple[Read, Write]:
+    """*sock*'s recv and sendall, with a reset (or a peer gone mid-write) raised as
+    :class:`hvsock.ConnectionResetByPeerError`, so a cut stream is never taken for a
+    complete one."""
+    def read(n: int) -> bytes:
+        try:
+            return sock.recv(n)
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            raise reset_by_peer(where, exc) from exc
+
+    def write(data: bytes) -> None:
+        try:
+            sock.sendall(data)
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            raise reset_by_peer(where, exc) from exc
+
+    return read, write
 
 
 def shut_write(sock: socket.socket) -> Finish:

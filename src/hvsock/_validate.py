@@ -23,10 +23,21 @@ QUOTE_LIMIT = 60
 
 def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
     """``repr(value)`` cut to *limit* characters, marked with an ellipsis when cut."""
+    if isinstance(value, int) and value.bit_length() > 128:
+        # repr() of an int over ~4300 digits raises ValueError: never show that many.
+        return f"({value.bit_length()}-bit number)"
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value[: limit + 1])
     text = repr(value) if not isinstance(value, str) else repr(value[: limit + 1])
     if len(text) > limit:
         return text[: limit - 1] + "…"
     return text
+
+
+def _finite(value: int | float) -> bool:
+    # math.isfinite() and float() of an int too large for a float raise OverflowError:
+    # such an int is as unusable as infinity.
+    return math.isfinite(value) if isinstance(value, float) else abs(value) < 2**1000
 
 
 def positive_number(value: object, what: str, *, optional: bool = False) -> float | None:
@@ -34,7 +45,7 @@ def positive_number(value: object, what: str, *, optional: bool = False) -> floa
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        math.isfinite(value) and value > 0
+        _finite(value) and value > 0
     ):
         raise ArgumentError(
             f"{what} must be a positive number{' or None' if optional else ''}, "
@@ -48,7 +59,7 @@ def non_negative_number(value: object, what: str, *, optional: bool = False) -> 
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        math.isfinite(value) and value >= 0
+        _finite(value) and value >= 0
     ):
         raise ArgumentError(
             f"{what} must be a number >= 0{' or None' if optional else ''}, not {quote(value)}"
@@ -61,7 +72,7 @@ def whole_number(value: object, what: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ArgumentError(f"{what} must be a whole number in {lo}..{hi}, not {quote(value)}")
     if not lo <= value <= hi:
-        raise ArgumentError(f"{what} must be in {lo}..{hi}, not {value}")
+        raise ArgumentError(f"{what} must be in {lo}..{hi}, not {quote(value)}")
     return value
 
 

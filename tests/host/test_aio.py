@@ -315,7 +315,7 @@ def test_bad_arguments_are_address_errors(kwargs: dict[str, Any], fragment: str,
     async def main() -> None:
         await hvsock.open_connection(f"unix://{short_tmp}/x.sock", **kwargs)
 
-    with pytest.raises(hvsock.AddressError, match=fragment):
+    with pytest.raises(hvsock.ArgumentError, match=fragment):
         asyncio.run(main())
 
 

@@ -46,7 +46,8 @@ def test_port_of_a_non_template_id_names_the_template() -> None:
     [
         (["service-id", "-1"], "usage"),
         (["service-id", "4294967296"], "out of range"),
-        (["service-id", "abc"], "not a port number"),
+        (["service-id", "abc"], "is not a number"),
+        (["service-id", "\u0663"], "is not a number"),
         (["port", "not-a-guid"], "is not a GUID"),
         (["addr", "vsock://3"], "has no ':<port>'"),
         (["addr", "ftp://x"], "unknown address scheme"),

@@ -189,7 +189,7 @@ def test_retries_do_not_retry_permanent_errors() -> None:
     ],
 )
 def test_bad_connect_arguments(kwargs: dict[str, object], fragment: str, short_tmp: Path) -> None:
-    with pytest.raises(hvsock.AddressError, match=fragment):
+    with pytest.raises(hvsock.ArgumentError, match=fragment):
         hvsock.connect(f"unix://{short_tmp}/x.sock", **kwargs)  # type: ignore[arg-type]
 
 
@@ -199,7 +199,7 @@ def test_bad_connect_arguments(kwargs: dict[str, object], fragment: str, short_t
      ({"buffer_size": -5}, "buffer size")],
 )
 def test_bad_listen_arguments(kwargs: dict[str, object], fragment: str, short_tmp: Path) -> None:
-    with pytest.raises(hvsock.AddressError, match=fragment):
+    with pytest.raises(hvsock.ArgumentError, match=fragment):
         hvsock.listen(f"unix://{short_tmp}/x.sock", **kwargs)  # type: ignore[arg-type]
     assert not (short_tmp / "x.sock").exists()
 

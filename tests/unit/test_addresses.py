@@ -298,9 +298,11 @@ def test_host_view_refuses_cids_a_guest_cannot_use(cid: int) -> None:
         host_view(VsockAddress(cid, 5000), VM)
 
 
-def test_host_view_needs_a_uuid() -> None:
-    with pytest.raises(AddressError, match=r"vm_id must be a uuid\.UUID, not str"):
-        host_view(VsockAddress(CID_HOST, 5000), str(VM))  # type: ignore[arg-type]
+def test_host_view_takes_a_uuid_or_guid_text() -> None:
+    assert host_view(VsockAddress(CID_HOST, 5000), str(VM).upper()) == host_view(
+        VsockAddress(CID_HOST, 5000), VM)
+    with pytest.raises(AddressError, match=r"vm_id must be a GUID string or a uuid\.UUID"):
+        host_view(VsockAddress(CID_HOST, 5000), 5)  # type: ignore[arg-type]
 
 
 def test_guest_view() -> None:
@@ -486,12 +488,11 @@ BAD_FIELDS = [
     (lambda: VsockAddress(3, U32 + 1), ["port 4294967296 is out of range", VSOCK_FORM]),
     (lambda: VsockAddress(10**5000, 1), ["CID (16610-bit number) is out of range",
                                          VSOCK_FORM]),
-    (lambda: HyperVAddress("parent", SEED_SID),
-     ["vm_id must be a uuid.UUID, not str", "parse_address()", HVSOCK_FORM]),
+    (lambda: HyperVAddress("parent", SEED_SID), ["vm_id 'parent' is not a GUID"]),
     (lambda: HyperVAddress(PARENT, None),
-     ["service_id must be a uuid.UUID, not NoneType", HVSOCK_FORM]),
+     ["service_id must be a uuid.UUID or a GUID string, not NoneType", HVSOCK_FORM]),
     (lambda: HyperVAddress(PARENT, 5000),
-     ["service_id must be a uuid.UUID, not int", HVSOCK_FORM]),
+     ["service_id must be a uuid.UUID or a GUID string, not int", HVSOCK_FORM]),
     (lambda: HybridAddress("/v.sock", False), ["port must be an integer, not bool",
                                                HYBRID_FORM]),
     (lambda: HybridAddress("/v.sock", 52.0), ["port must be an integer, not float",

@@ -15,6 +15,7 @@ from hvsock._errors import (
     AddressError,
     AddressInUseError,
     ArgumentError,
+    ConnectionResetByPeerError,
     ConnectTimeoutError,
     FrameTooLargeError,
     HandshakeError,
@@ -40,6 +41,7 @@ TREE: dict[type[HvsockError], tuple[type[BaseException], ...]] = {
     HvsockError: (),
     ArgumentError: (ValueError,),
     AddressError: (ArgumentError, ValueError),
+    ConnectionResetByPeerError: (ConnectionResetError, ConnectionError),
     UnsupportedError: (),
     TransportUnavailableError: (UnsupportedError,),
     NothingListeningError: (ConnectionRefusedError, ConnectionError),
@@ -345,3 +347,42 @@ def test_translated_errors_pickle() -> None:
     assert type(copied) is UnreachableError
     assert str(copied) == str(result)
     assert copied.errno == errno.ENETDOWN
+
+
+# -- translation knows the transport ----------------------------------------------------------
+@pytest.mark.parametrize("family", ["vsock", "hyperv", "hybrid"])
+def test_a_reset_during_connect_is_nothing_listening_on_vm_sockets(family: str) -> None:
+    exc = OSError(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
+    assert isinstance(translate(exc, op="connect", family=family, where="x"),
+                      NothingListeningError)
+
+
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+def test_a_reset_during_connect_is_a_reset_on_tcp_and_unix(family: str) -> None:
+    exc = OSError(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
+    error = translate(exc, op="connect", family=family, where="tcp://127.0.0.1:7004")
+    assert isinstance(error, ConnectionResetByPeerError)
+    assert isinstance(error, ConnectionResetError)
+    assert "nothing is listening" not in str(error)
+    assert not is_transient(error)
+
+
+def test_tcp_bind_advice_never_mentions_vsock() -> None:
+    for code in (errno.EADDRNOTAVAIL, errno.EACCES, errno.EAFNOSUPPORT):
+        error = translate(OSError(code, os.strerror(code)), op="bind", family="tcp",
+                          where="tcp://192.0.2.1:80")
+        assert isinstance(error, HvsockError)
+        assert "CID" not in str(error)
+        assert "vsock" not in str(error)
+        assert "modprobe" not in str(error)
+
+
+def test_a_missing_directory_is_named(tmp_path: object) -> None:
+    path = f"{tmp_path}/no/such/dir/s.sock"
+    exc = OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+    listen_error = translate(exc, op="bind", family="unix", where=path, path=path)
+    assert isinstance(listen_error, AddressError)
+    assert f"{tmp_path}/no'" in str(listen_error)
+    connect_error = translate(exc, op="connect", family="unix", where=path, path=path)
+    assert isinstance(connect_error, NothingListeningError)
+    assert f"{tmp_path}/no'" in str(connect_error)

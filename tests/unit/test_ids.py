@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import hvsock
 from hvsock import AddressError
 from hvsock._core import ids
 
@@ -115,10 +116,55 @@ def test_service_id_for_bad_port(port: object, fragment: str) -> None:
     assert fragment in str(info.value)
 
 
-@pytest.mark.parametrize("value", [TEMPLATE_TEXT, None, 5000, uuid.UUID(TEMPLATE_TEXT).bytes])
-def test_port_for_service_id_needs_a_uuid(value: object) -> None:
-    with pytest.raises(AddressError, match=r"service id must be a uuid\.UUID, not"):
+@pytest.mark.parametrize("value", [None, 5000, uuid.UUID(TEMPLATE_TEXT).bytes])
+def test_port_for_service_id_needs_a_guid(value: object) -> None:
+    with pytest.raises(AddressError, match=r"service id must be a GUID string or a uuid\.UUID"):
         ids.port_for_service_id(value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("text", [
+    "00001388-facb-11e6-bd58-64006a7986d3",
+    "00001388-FACB-11E6-BD58-64006A7986D3",
+    "{00001388-facb-11e6-bd58-64006a7986d3}",
+    "{00001388-FACB-11e6-bd58-64006a7986D3}",
+])
+def test_guid_strings_are_accepted_everywhere(text: str) -> None:
+    """Issue 13.5: GUID text in any case, braces or not, wherever a service / VM id goes."""
+    assert ids.port_for_service_id(text) == 5000
+    assert ids.is_template_service_id(text)
+    vm = "5d1b3f57-1f3e-4c8d-9b6a-0123456789ab"
+    host = hvsock.host_view(hvsock.VsockAddress(hvsock.CID_HOST, 5000), vm.upper())
+    assert host.vm_id == uuid.UUID(vm)
+    assert hvsock.HyperVAddress(vm, text) == hvsock.HyperVAddress(uuid.UUID(vm),
+                                                                   uuid.UUID(text.strip("{}")))
+    assert hvsock.guest_view(hvsock.HyperVAddress("{" + vm + "}", text)).port == 5000
+    assert hvsock.HyperVAddress.for_port(vm, 5000).service_id == uuid.UUID(text.strip("{}"))
+
+
+@pytest.mark.parametrize("text", ["not-a-guid", "x" * 100_000, "", "0000-facb"])
+def test_bad_guid_strings_are_address_errors_quoted_short(text: str) -> None:
+    with pytest.raises(AddressError) as info:
+        ids.port_for_service_id(text)
+    assert len(str(info.value)) < 300
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("0" * 10_000 + "52", 52), ("0x" + "0" * 5000 + "ff", 255), ("4294967295", U32)])
+def test_numbers_with_many_leading_zeros(text: str, value: int) -> None:
+    """Defect 8: thousands of leading zeros are still the number, not int()'s ValueError."""
+    assert ids.parse_number(text, "port", 0, U32) == value
+    assert hvsock.parse_address(f"vsock://3:{text}") == hvsock.VsockAddress(3, value)
+
+
+@pytest.mark.parametrize("text", ["\u0663", "\uff15\uff10", "1\u0663", "\u00b2", "-1", " 5",
+                                  "5 ", "0x", "", "1" * 5000])
+def test_numbers_take_only_ascii_digits(text: str) -> None:
+    """Defect 8: Unicode digits are refused by every reader of numbers alike."""
+    with pytest.raises(AddressError) as info:
+        ids.parse_number(text, "port", 0, U32)
+    assert len(str(info.value)) < 300
+    with pytest.raises(AddressError):
+        hvsock.parse_address(f"vsock://3:{text}")
 
 
 @settings(max_examples=400, deadline=None)

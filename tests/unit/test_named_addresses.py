@@ -13,10 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import hvsock
 from hvsock import (
     AddressError,
     HyperVAddress,
     UnsupportedError,
+    _endpoints,
     connect,
     connect_socket,
     describe_address,
@@ -111,8 +113,8 @@ def test_bad_text_is_an_address_error_that_says_why(text: str, fragment: str) ->
     (123, SID_5000, "VM name must be a string"),
     ("", SID_5000, "VM name is empty"),
     ("a\nb", SID_5000, "control character"),
-    ("x", "00001388-facb-11e6-bd58-64006a7986d3", "must be a uuid.UUID"),
-    ("x", 5000, "must be a uuid.UUID"),
+    ("x", "not-a-guid", "is not a GUID"),
+    ("x", 5000, "must be a uuid.UUID or a GUID string"),
 ])
 def test_bad_fields_are_address_errors(vm_name: object, service_id: object,
                                        fragment: str) -> None:
@@ -180,7 +182,7 @@ def test_any_name_text_parses_or_raises_address_error(name: str, tail: str) -> N
 @pytest.mark.parametrize("text", ["hvsock://wsl/5000", "hvsock://name:MyVM/5000"])
 def test_connect_and_listen_need_af_hyperv_before_looking_anything_up(text: str) -> None:
     # On Linux there is no AF_HYPERV: the error comes before PowerShell would run.
-    for call in (lambda: connect(text, timeout=1), lambda: listen(text), lambda: api.resolve(text)):
+    for call in (lambda: connect(text, timeout=1), lambda: listen(text), lambda: api.connect(text)):
         with pytest.raises(UnsupportedError, match="AF_HYPERV exists only on Windows"):
             call()
 
@@ -195,9 +197,21 @@ def test_connect_and_listen_need_af_hyperv_before_looking_anything_up(text: str)
 
 def test_resolve_leaves_other_addresses_alone() -> None:
     for text in ("vsock://any:5000", "hvsock://parent/5000", "tcp://127.0.0.1:1", "unix:///x"):
-        assert api.resolve(text) == parse_address(text)
+        assert _endpoints.resolve(parse_address(text)) == parse_address(text)
+
+
+def test_the_transports_know_no_vm_names() -> None:
+    """Names are looked up one layer up: the transports import nothing of _windows."""
+    import subprocess
+    import sys
+
+    code = ("import sys, hvsock._transports.api, hvsock._transports.dial, hvsock._aio.streams;"
+            "print(any(m.startswith('hvsock._windows') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout.strip()
+    assert out == "False"
 
 
 def test_listen_checks_its_arguments_before_resolving() -> None:
-    with pytest.raises(AddressError, match="backlog"):
+    with pytest.raises(hvsock.ArgumentError, match="backlog"):
         listen("hvsock://wsl/5000", backlog=-1)

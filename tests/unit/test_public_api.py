@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
+import inspect
 import types
+import typing
+from collections.abc import Iterator
+
+import pytest
 
 import hvsock
 from hvsock import _errors
@@ -30,6 +36,8 @@ def isort_key(name: str) -> tuple[int, str]:
 
 def test_all_is_exactly_the_public_names() -> None:
     exported = set(hvsock.__all__)
+    for name in hvsock.__all__:  # load every lazy name, so vars() holds the whole surface
+        getattr(hvsock, name)
     public = public_names(hvsock)
     assert public - exported == set(), "public but missing from __all__"
     assert exported - public == set(), "in __all__ but not a public name"
@@ -72,3 +80,84 @@ def test_private_modules_all_lists_resolve() -> None:
               and value.__module__ == _errors.__name__}
     assert errors == set(_errors.__all__)
     assert errors <= set(hvsock.__all__)
+
+
+def test_import_hvsock_loads_no_heavy_layer() -> None:
+    """`import hvsock` stays as cheap as `import socket`: the rest loads when first used."""
+    import subprocess
+    import sys
+
+    heavy = ["asyncio", "typing", "hvsock._relay", "hvsock._doctor", "hvsock._windows",
+             "hvsock._aio", "hvsock._service"]
+    code = ("import sys, hvsock; print(' '.join(m for m in " + repr(heavy)
+            + " if any(k == m or k.startswith(m + '.') for k in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout.strip()
+    assert out == ""
+
+
+def test_dir_lists_every_public_name() -> None:
+    assert set(hvsock.__all__) <= set(dir(hvsock))
+
+
+def test_unknown_names_are_attribute_errors() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        hvsock.nope  # noqa: B018
+
+
+def test_the_export_table_agrees_with_each_modules_all() -> None:
+    """Where a module declares __all__, the package exports only names from it."""
+    for module_name, names in hvsock._EXPORTS.items():
+        module = importlib.import_module(module_name, "hvsock")
+        declared = getattr(module, "__all__", None)
+        for name in names:
+            assert hasattr(module, name), f"{module_name}.{name}"
+            if declared is not None:
+                assert name in declared, f"{name} is not in {module_name}.__all__"
+
+
+def _hvsock_types(hint: object) -> Iterator[type]:
+    """Every class defined in hvsock that a type hint mentions."""
+    if isinstance(hint, type) and hint.__module__.split(".")[0] == "hvsock":
+        yield hint
+    for arg in typing.get_args(hint):
+        yield from _hvsock_types(arg)
+
+
+def test_every_type_a_public_function_takes_or_returns_is_exported() -> None:
+    exported = {id(getattr(hvsock, name)) for name in hvsock.__all__}
+    missing: set[str] = set()
+    for name in hvsock.__all__:
+        value = getattr(hvsock, name)
+        functions = [value] if inspect.isfunction(value) else (
+            [f for _, f in inspect.getmembers(value, inspect.isfunction)
+             if not f.__name__.startswith("_") or f.__name__ == "__init__"]
+            if inspect.isclass(value) else [])
+        for function in functions:
+            try:
+                hints = typing.get_type_hints(function)
+            except NameError:
+                continue  # a hint naming a type only a type checker imports
+            for hint in hints.values():
+                for cls in _hvsock_types(hint):
+                    if id(cls) not in exported and not cls.__name__.startswith("_"):
+                        missing.add(f"{cls.__module__}.{cls.__qualname__} (via {name})")
+    assert not missing, sorted(missing)
+
+
+def test_the_type_checking_block_spells_out_exactly_the_export_table() -> None:
+    """Type checkers read the ``if TYPE_CHECKING:`` imports; the runtime reads _EXPORTS."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(hvsock.__file__).read_text(encoding="utf-8"))
+    spelled: set[tuple[str, str]] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            for stmt in node.body:
+                assert isinstance(stmt, ast.ImportFrom)
+                for alias in stmt.names:
+                    assert alias.asname == alias.name  # re-exported under its own name
+                    spelled.add(("." * stmt.level + (stmt.module or ""), alias.name))
+    table = {(module, name) for module, names in hvsock._EXPORTS.items() for name in names}
+    assert spelled == table

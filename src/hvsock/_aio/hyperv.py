@@ -18,24 +18,6 @@ import asyncio
 import select
 import socket
 
-from .._core.addresses import HyperVAddress
-from .._transports import hyperv
-
-
-async def connect(address: HyperVAddress, *, timeout: float | None,
-                  buffer_size: int | None) -> socket.socket:  # pragma: no cover - Windows
-    loop = asyncio.get_running_loop()
-    future = loop.run_in_executor(
-        None, lambda: hyperv.connect(address, timeout=timeout, buffer_size=buffer_size))
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        # The thread cannot be stopped; close what it connects once it is done.
-        future.add_done_callback(
-            lambda f: f.result().close() if not f.cancelled() and f.exception() is None
-            else None)
-        raise
-
 
 async def accept(listener: socket.socket) -> tuple[socket.socket, object]:  # pragma: no cover
     """Accept one connection in a worker thread (see the module notes)."""

@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from .. import _endpoints as api
 from .. import _validate
 from .._core.addresses import Address, parse_address
 from .._errors import ArgumentError, ProtocolError
 from .._server.lifecycle import check_ready_file, loop_stop_signals, write_ready_file
-from .._transports import api
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT
 
 SINK = b"s"

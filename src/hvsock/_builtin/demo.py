@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import _endpoints as api
 from .._core import ids
 from .._core.addresses import Address, HyperVAddress, VsockAddress
 from .._errors import HvsockError, TransportUnavailableError, UnsupportedError
@@ -29,7 +30,6 @@ from .._service.declaration import Service
 from .._service.frames import RpcClient
 from .._service.host import ServiceHost
 from .._service.rpc import rpc_handler
-from .._transports import api
 from .._transports._common import close_write
 from .._transports.features import has_hyperv, has_vsock, vsock_loopback_loaded
 

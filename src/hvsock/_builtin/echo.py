@@ -9,12 +9,12 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
+from .. import _endpoints as api
 from .. import _validate
 from .._core.addresses import Address
 from .._errors import HandshakeError, HvsockError
 from .._service.connection import Connection
 from .._service.declaration import Limits, Service
-from .._transports import api
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT
 
 #: The echo service's default port (and so its template service id).

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import _validate
-from .._aio.streams import connect_socket
 from .._core.addresses import Address, parse_address
+from .._endpoints import connect_socket
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT
 
 #: Largest single write, unless the caller says otherwise.

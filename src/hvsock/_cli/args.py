@@ -9,6 +9,9 @@ import re
 from collections.abc import Callable
 from typing import TextIO
 
+from .._core.ids import parse_number
+from .._errors import AddressError
+
 #: A command: (parsed arguments, stdout, stderr) -> exit status.
 Handler = Callable[[argparse.Namespace, TextIO, TextIO], int]
 
@@ -24,13 +27,11 @@ class UsageError(Exception):
 
 
 def port(text: str) -> int:
+    # The library's one number reader: ASCII digits only, any number of leading zeros.
     try:
-        value = int(text, 0) if text[:2].lower() == "0x" else int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 0xFFFFFFFF:
-        raise argparse.ArgumentTypeError(f"port {value} is out of range 0..4294967295")
-    return value
+        return parse_number(text, "port", 0, 0xFFFFFFFF)
+    except AddressError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def positive_float(text: str) -> float:
@@ -44,7 +45,7 @@ def positive_float(text: str) -> float:
 
 
 def non_negative_int(text: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
     return int(text)
 

@@ -13,6 +13,7 @@ from .. import __version__
 from .._errors import (
     AddressError,
     AddressInUseError,
+    ConnectionResetByPeerError,
     ConnectTimeoutError,
     HandshakeError,
     HvsockError,
@@ -52,6 +53,7 @@ EXIT_PROTOCOL = 5  # a peer broke the protocol
 EXIT_PERMISSION = 6
 EXIT_IN_USE = 7
 EXIT_REGISTRY = 8  # a registration conflicts, or the registry refused it
+EXIT_RESET = 9  # the peer reset the connection after connect: the stream is incomplete
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
@@ -67,6 +69,7 @@ _EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (PermissionDeniedError, EXIT_PERMISSION),
     (AddressInUseError, EXIT_IN_USE),
     (RegistryError, EXIT_REGISTRY),
+    (ConnectionResetByPeerError, EXIT_RESET),
 ]
 
 

@@ -120,17 +120,19 @@ def cmd_cid(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_connect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from .._transports import api
+    from .. import _endpoints as api
     from . import stdio
 
     sock = api.connect(args.address, timeout=args.timeout, retries=args.retries,
                        retry_wait=args.retry_wait, buffer_size=args.buffer_size)
     with sock:
         out.flush()
-        up, down = stdio.stdio_session(sock, sys.stdin.fileno(), out.fileno())
-    for direction in (up, down):
-        if direction.error is not None and not isinstance(
-                direction.error, (BrokenPipeError, ConnectionResetError)):
+        up, down = stdio.stdio_session(sock, sys.stdin.fileno(), out.fileno(),
+                                       where=str(args.address))
+    for direction in (down, up):
+        # A reset by the peer is an error (the stream was cut); a closed stdout
+        # (`| head`) is not: the reader just wanted no more.
+        if direction.error is not None and not isinstance(direction.error, BrokenPipeError):
             raise direction.error
     return EXIT_OK
 
@@ -154,8 +156,8 @@ def peer_text(peer: object, listen_addr: Address) -> str:
 
 
 def cmd_listen(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .. import _endpoints as api
     from .._core.addresses import parse_address
-    from .._transports import api
     from . import stdio
 
     address = parse_address(args.address)

@@ -9,7 +9,7 @@ import subprocess
 import threading
 from collections.abc import Callable
 
-from .._pump import Direction, copy, shut_write, start_copy
+from .._pump import Direction, copy, peer_ends, shut_write, start_copy
 
 
 def _write_all(fd: int) -> Callable[[bytes], None]:
@@ -31,16 +31,18 @@ def wait_all(*directions: Direction) -> None:
             pass
 
 
-def stdio_session(sock: socket.socket, stdin_fd: int,
-                  stdout_fd: int) -> tuple[Direction, Direction]:
+def stdio_session(sock: socket.socket, stdin_fd: int, stdout_fd: int,
+                  where: str = "the peer") -> tuple[Direction, Direction]:
     """stdin -> sock and sock -> stdout until both directions end.
 
     stdin's EOF shuts the socket's write side (the peer reads EOF, and can still
-    answer); the socket's EOF closes stdout. Returns (upload, download).
+    answer); the socket's EOF closes stdout. Returns (upload, download); a reset
+    by the peer (named *where*) is a direction's ``error``, a
+    :class:`hvsock.ConnectionResetByPeerError`.
     """
-    up = start_copy(lambda n: os.read(stdin_fd, n), sock.sendall, shut_write(sock),
-                    "stdin->socket")
-    down = start_copy(sock.recv, _write_all(stdout_fd), _closer(stdout_fd), "socket->stdout")
+    recv, send = peer_ends(sock, where)
+    up = start_copy(lambda n: os.read(stdin_fd, n), send, shut_write(sock), "stdin->socket")
+    down = start_copy(recv, _write_all(stdout_fd), _closer(stdout_fd), "socket->stdout")
     wait_all(up, down)
     return up, down
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .._errors import AddressError
+from .._validate import quote
 from . import ids
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "HybridAddress",
     "HyperVAddress",
     "NamedVmAddress",
+    "SocketAddress",
     "TcpAddress",
     "UnixAddress",
     "VsockAddress",
@@ -75,14 +77,15 @@ def _check_path(path: object, what: str, form: str, suffix_len: int = 0) -> str:
     if not path:
         raise AddressError(f"{what} is empty; {form}")
     if "\0" in path:
-        raise AddressError(f"{what} {path!r} contains a NUL character; {form}")
+        raise AddressError(f"{what} {quote(path)} contains a NUL character; {form}")
     try:
         size = len(path.encode()) + suffix_len
     except UnicodeEncodeError as exc:
-        raise AddressError(f"{what} {path!r} is not valid text ({exc.reason}); {form}") from None
+        raise AddressError(
+            f"{what} {quote(path)} is not valid text ({exc.reason}); {form}") from None
     if size > UNIX_PATH_MAX:
         raise AddressError(
-            f"{what} {path!r} is too long for a Unix socket ({size} bytes with what is "
+            f"{what} {quote(path)} is too long for a Unix socket ({size} bytes with what is "
             f"appended, at most {UNIX_PATH_MAX}); use a shorter path")
     return path
 
@@ -135,17 +138,19 @@ class HyperVAddress:
     kind: ClassVar[str] = "hvsock"
 
     def __post_init__(self) -> None:
+        # GUID text (any case, braces optional) is taken as the UUID it names.
         for name in ("vm_id", "service_id"):
             value = getattr(self, name)
-            if not isinstance(value, uuid.UUID):
+            if not isinstance(value, (uuid.UUID, str)):
                 raise AddressError(
-                    f"{name} must be a uuid.UUID, not {type(value).__name__}; "
-                    f"parse text with parse_address(): {FORMS['hvsock']}")
+                    f"{name} must be a uuid.UUID or a GUID string, not "
+                    f"{type(value).__name__}; {FORMS['hvsock']}")
+            object.__setattr__(self, name, ids.as_guid(value, name))
 
     @classmethod
-    def for_port(cls, vm_id: uuid.UUID, port: int) -> HyperVAddress:
+    def for_port(cls, vm_id: uuid.UUID | str, port: int) -> HyperVAddress:
         """The address of a vsock-style service: *port*'s template service id on *vm_id*."""
-        return cls(vm_id, ids.service_id_for_port(port))
+        return cls(ids.as_guid(vm_id, "VM id"), ids.service_id_for_port(port))
 
     @property
     def port(self) -> int | None:
@@ -194,7 +199,7 @@ def _check_vm_name(name: object, form: str) -> str:
                            f"{form}")
     bad = next((c for c in name if not c.isprintable()), None)
     if bad is not None:
-        raise AddressError(f"VM name {name!r} has a control character {bad!r}; {form}")
+        raise AddressError(f"VM name {quote(name)} has a control character {quote(bad)}; {form}")
     return name
 
 
@@ -210,7 +215,7 @@ def _unescape_vm_name(text: str, form: str) -> str:
         if text[i] == "%":
             pair = text[i + 1:i + 3]
             if len(pair) != 2 or any(c not in "0123456789abcdefABCDEF" for c in pair):
-                raise AddressError(f"VM name {text!r}: '%' must start an escape such as "
+                raise AddressError(f"VM name {quote(text)}: '%' must start an escape such as "
                                    f"%2F ('/') or %25 ('%'); {form}")
             raw.append(int(pair, 16))
             i += 3
@@ -220,7 +225,7 @@ def _unescape_vm_name(text: str, form: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise AddressError(f"VM name {text!r} is not valid text (bad UTF-8 or escapes); "
+        raise AddressError(f"VM name {quote(text)} is not valid text (bad UTF-8 or escapes); "
                            f"{form}") from None
 
 
@@ -243,10 +248,11 @@ class NamedVmAddress:
     def __post_init__(self) -> None:
         if self.vm_name is not None:
             _check_vm_name(self.vm_name, FORMS["hvsock"])
-        if not isinstance(self.service_id, uuid.UUID):
+        if not isinstance(self.service_id, (uuid.UUID, str)):
             raise AddressError(
-                f"service_id must be a uuid.UUID, not {type(self.service_id).__name__}; "
-                f"parse text with parse_address(): {FORMS['hvsock']}")
+                f"service_id must be a uuid.UUID or a GUID string, not "
+                f"{type(self.service_id).__name__}; {FORMS['hvsock']}")
+        object.__setattr__(self, "service_id", ids.as_guid(self.service_id, "service id"))
 
     @property
     def is_wsl(self) -> bool:
@@ -313,7 +319,7 @@ class TcpAddress:
         # Printable ASCII only (IDN names go in their xn-- form); '%' stays for
         # IPv6 scope ids such as fe80::1%eth0.
         if any(not (33 <= ord(c) <= 126) or c in "/[]@?#" for c in self.host):
-            raise AddressError(f"TCP host {self.host!r} has characters a host cannot have; "
+            raise AddressError(f"TCP host {quote(self.host)} has characters a host cannot have; "
                                f"{FORMS['tcp']}")
 
     @property
@@ -363,13 +369,13 @@ def _number(text: str, what: str, form: str) -> int:
     if not text:
         raise AddressError(f"{what} is missing; {form}")
     if not _NUMBER.match(text):
-        raise AddressError(f"{what} {text!r} is not a number; {form}")
+        raise AddressError(f"{what} {quote(text)} is not a number; {form}")
     hex_form = text[:2].lower() == "0x"
     # int() refuses decimal text over 4300 digits (leading zeros count), so drop the
     # zeros, and refuse what is far out of range before converting.
     digits = (text[2:] if hex_form else text).lstrip("0") or "0"
     if len(digits) > 20:
-        raise AddressError(f"{what} {text[:24]!r}... is out of range ({len(text)} digits); "
+        raise AddressError(f"{what} {quote(text)} is out of range ({len(text)} digits); "
                            f"{form}")
     return int(digits, 16 if hex_form else 10)
 
@@ -378,13 +384,13 @@ def _parse_vsock(rest: str) -> VsockAddress:
     form = FORMS["vsock"]
     cid_text, sep, port_text = rest.partition(":")
     if not sep:
-        raise AddressError(f"vsock address {rest!r} has no ':<port>'; {form}")
+        raise AddressError(f"vsock address {quote(rest)} has no ':<port>'; {form}")
     lowered = cid_text.lower()
     if lowered in ids.WELL_KNOWN_CIDS:
         cid = ids.WELL_KNOWN_CIDS[lowered]
     elif cid_text and not _NUMBER.match(cid_text):
         names = ", ".join(ids.WELL_KNOWN_CIDS)
-        raise AddressError(f"unknown CID {cid_text!r}: use a number or one of {names}; {form}")
+        raise AddressError(f"unknown CID {quote(cid_text)}: use a number or one of {names}; {form}")
     else:
         cid = _number(cid_text, "CID", form)
     port = ids.PORT_ANY if port_text.lower() == "any" else _number(port_text, "port", form)
@@ -395,7 +401,7 @@ def _parse_hvsock(rest: str) -> HyperVAddress | NamedVmAddress:
     form = FORMS["hvsock"]
     vm_text, sep, svc_text = rest.partition("/")
     if not sep:
-        raise AddressError(f"hvsock address {rest!r} has no '/<service>'; {form}")
+        raise AddressError(f"hvsock address {quote(rest)} has no '/<service>'; {form}")
     if not vm_text:
         raise AddressError(f"VM id is empty; {form}")
     lowered = vm_text.lower()
@@ -408,7 +414,7 @@ def _parse_hvsock(rest: str) -> HyperVAddress | NamedVmAddress:
         vm = ids.parse_guid(vm_text, what="VM id")
     else:
         names = ", ".join(ids.WELL_KNOWN_VM_IDS)
-        raise AddressError(f"unknown VM name {vm_text!r}: use a GUID, one of {names}, wsl "
+        raise AddressError(f"unknown VM name {quote(vm_text)}: use a GUID, one of {names}, wsl "
                            f"(the WSL 2 VM), or name:{vm_text} for a VM named so; {form}")
     return HyperVAddress(vm, _parse_service(svc_text, form))
 
@@ -426,7 +432,7 @@ def _parse_hybrid(rest: str) -> HybridAddress:
     form = FORMS["hybrid"]
     path, sep, port_text = rest.rpartition(":")
     if not sep:
-        raise AddressError(f"hybrid address {rest!r} has no ':<port>'; {form}")
+        raise AddressError(f"hybrid address {quote(rest)} has no ':<port>'; {form}")
     if not path:
         raise AddressError(f"uds path is empty; {form}")
     return HybridAddress(path, _number(port_text, "port", form))
@@ -437,16 +443,16 @@ def _parse_tcp(rest: str) -> TcpAddress:
     if rest.startswith("["):
         host, close, tail = rest[1:].partition("]")
         if not close or not tail.startswith(":"):
-            raise AddressError(f"TCP address {rest!r}: write IPv6 as [addr]:port; {form}")
+            raise AddressError(f"TCP address {quote(rest)}: write IPv6 as [addr]:port; {form}")
         port_text = tail[1:]
         if ":" not in host:
             raise AddressError(f"TCP host [{host}] is not an IPv6 address; {form}")
     else:
         host, sep, port_text = rest.rpartition(":")
         if not sep:
-            raise AddressError(f"TCP address {rest!r} has no ':<port>'; {form}")
+            raise AddressError(f"TCP address {quote(rest)} has no ':<port>'; {form}")
         if ":" in host:
-            raise AddressError(f"TCP host {host!r}: put IPv6 addresses in brackets; {form}")
+            raise AddressError(f"TCP host {quote(host)}: put IPv6 addresses in brackets; {form}")
     if not host:
         raise AddressError(f"TCP host is empty; {form}")
     return TcpAddress(host, _number(port_text, "TCP port", form))
@@ -474,20 +480,21 @@ def parse_address(text: str | Address) -> Address:
     scheme, sep, rest = text.partition("://")
     if not sep:
         raise AddressError(
-            f"address {text!r} has no scheme; use one of: " + "; ".join(FORMS.values()))
+            f"address {quote(text)} has no scheme; use one of: " + "; ".join(FORMS.values()))
     parser = _PARSERS.get(scheme.lower())
     if parser is None:
         raise AddressError(
-            f"unknown address scheme {scheme!r}; use one of: " + "; ".join(FORMS.values()))
+            f"unknown address scheme {quote(scheme)}; use one of: " + "; ".join(FORMS.values()))
     return parser(rest)
 
 
-def host_view(guest: VsockAddress, vm_id: uuid.UUID) -> HyperVAddress:
+def host_view(guest: VsockAddress, vm_id: uuid.UUID | str) -> HyperVAddress:
     """What a Hyper-V host calls the endpoint a Linux guest names *guest*.
 
     A guest's ``vsock://host:p`` (it connects to the host) is the host's listener
     ``hvsock://<vm_id>/p``; a guest's ``vsock://any:p`` (it listens) is what the host
-    connects to, also ``hvsock://<vm_id>/p``. *vm_id* is the guest's VM id.
+    connects to, also ``hvsock://<vm_id>/p``. *vm_id* is the guest's VM id (a UUID or
+    GUID text). Raises :class:`AddressError`.
     """
     if not isinstance(guest, VsockAddress):
         raise AddressError(f"host_view takes a VsockAddress, not {type(guest).__name__}")
@@ -495,9 +502,7 @@ def host_view(guest: VsockAddress, vm_id: uuid.UUID) -> HyperVAddress:
         raise AddressError(
             f"a Hyper-V guest reaches only the host (CID 2) and listens on CID any; "
             f"{guest} has CID {guest.cid}")
-    if not isinstance(vm_id, uuid.UUID):
-        raise AddressError(f"vm_id must be a uuid.UUID, not {type(vm_id).__name__}")
-    return HyperVAddress(vm_id, ids.service_id_for_port(guest.port))
+    return HyperVAddress(ids.as_guid(vm_id, "vm_id"), ids.service_id_for_port(guest.port))
 
 
 def guest_view(host: HyperVAddress, *, guest_listens: bool = False) -> VsockAddress:

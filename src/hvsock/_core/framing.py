@@ -20,7 +20,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-from .._errors import FrameTooLargeError, ProtocolError
+from .._errors import ArgumentError, FrameTooLargeError, ProtocolError
+from .._validate import quote
 
 HEADER = struct.Struct(">I")
 HEADER_SIZE = HEADER.size
@@ -35,13 +36,20 @@ def check_max_size(max_size: int) -> int:
     if isinstance(max_size, bool) or not isinstance(max_size, int) or not (
         1 <= max_size <= ABSOLUTE_MAX_FRAME
     ):
-        raise ValueError(f"max frame size must be a whole number in 1..{ABSOLUTE_MAX_FRAME}, "
-                         f"not {max_size!r}")
+        raise ArgumentError(f"max frame size must be a whole number in 1..{ABSOLUTE_MAX_FRAME}, "
+                         f"not {quote(max_size)}")
     return max_size
 
 
 def encode_frame(payload: bytes, max_size: int = DEFAULT_MAX_FRAME) -> bytes:
-    """The frame carrying *payload*; :class:`FrameTooLargeError` if it is over *max_size*."""
+    """The frame carrying *payload*; :class:`FrameTooLargeError` if it is over *max_size*.
+
+    Raises :class:`ArgumentError` when *payload* is not bytes or *max_size* is not a size.
+    """
+    check_max_size(max_size)
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise ArgumentError(f"payload must be bytes, not {type(payload).__name__}")
+    payload = bytes(payload)
     if len(payload) > max_size:
         raise FrameTooLargeError(
             f"message of {len(payload)} bytes is over the {max_size}-byte frame limit; "
@@ -147,11 +155,11 @@ def encode_message(message: Message) -> bytes:
     """The JSON frame body for *message* (wrap with :func:`encode_frame` to send)."""
     obj: dict[str, Any]
     if message.id is not None and not _is_id(message.id):
-        raise ProtocolError(f"message id must be an integer 0..2**53, not {message.id!r}")
+        raise ProtocolError(f"message id must be an integer 0..2**53, not {quote(message.id)}")
     if isinstance(message, Request):
         if not isinstance(message.method, str) or not message.method:
             raise ProtocolError(f"request method must be a non-empty string, "
-                                f"not {message.method!r}")
+                                f"not {quote(message.method)}")
         obj = {"id": message.id, "method": message.method}
         if message.params is not None:
             obj["params"] = message.params
@@ -183,7 +191,13 @@ def _finite_float(text: str) -> float:
 
 
 def decode_message(body: bytes) -> Message:
-    """Parse one frame body; :class:`ProtocolError` says what is wrong with it."""
+    """Parse one frame body; :class:`ProtocolError` says what is wrong with it.
+
+    Raises :class:`ArgumentError` when *body* is not bytes.
+    """
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        raise ArgumentError(f"a frame body is bytes, not {type(body).__name__}")
+    body = bytes(body)
     try:
         # Strict: UTF-8 only (json.loads(bytes) would guess UTF-16/32 too) and no
         # NaN/Infinity, so whatever decodes here also encodes again.
@@ -200,20 +214,20 @@ def decode_message(body: bytes) -> Message:
     if "method" in obj:
         method = obj["method"]
         if not _is_id(msg_id):
-            raise ProtocolError(f"request id must be an integer 0..2**53, not {msg_id!r}")
+            raise ProtocolError(f"request id must be an integer 0..2**53, not {quote(msg_id)}")
         if not isinstance(method, str) or not method:
-            raise ProtocolError(f"request method must be a non-empty string, not {method!r}")
+            raise ProtocolError(f"request method must be a non-empty string, not {quote(method)}")
         return Request(msg_id, method, obj.get("params"))
     if "error" in obj:
         err = obj["error"]
         if msg_id is not None and not _is_id(msg_id):
-            raise ProtocolError(f"error reply id must be an integer or null, not {msg_id!r}")
+            raise ProtocolError(f"error reply id must be an integer or null, not {quote(msg_id)}")
         if not isinstance(err, dict) or not isinstance(err.get("code"), str) or not isinstance(
                 err.get("message"), str):
             raise ProtocolError("error reply needs {'code': str, 'message': str}")
         return ErrorReply(msg_id, err["code"], err["message"])
     if "result" in obj:
         if not _is_id(msg_id):
-            raise ProtocolError(f"response id must be an integer 0..2**53, not {msg_id!r}")
+            raise ProtocolError(f"response id must be an integer 0..2**53, not {quote(msg_id)}")
         return Response(msg_id, obj["result"])
     raise ProtocolError("message has none of 'method', 'result', 'error'")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 from .._errors import AddressError, HandshakeError
+from .._validate import quote
 
 #: Longest line either side may send: "CONNECT 4294967295\n" is 19 bytes.
 MAX_LINE = 32
@@ -24,7 +25,7 @@ _OK = re.compile(rb"OK ([0-9]{1,10})\n\Z")
 def encode_connect(port: int) -> bytes:
     """The request line asking the VMM for guest *port*."""
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= _U32_MAX:
-        raise AddressError(f"hybrid vsock port {port!r} is out of range 0..4294967295")
+        raise AddressError(f"hybrid vsock port {quote(port)} is out of range 0..4294967295")
     return b"CONNECT %d\n" % port
 
 
@@ -33,7 +34,7 @@ def encode_ok(host_port: int) -> bytes:
     if isinstance(host_port, bool) or not isinstance(host_port, int) or not (
         0 <= host_port <= _U32_MAX
     ):
-        raise AddressError(f"hybrid vsock host port {host_port!r} is out of range")
+        raise AddressError(f"hybrid vsock host port {quote(host_port)} is out of range")
     return b"OK %d\n" % host_port
 
 
@@ -43,7 +44,8 @@ def _line(buffer: bytes, what: str) -> bytes | None:
         if len(buffer) >= MAX_LINE:
             raise HandshakeError(
                 f"hybrid vsock {what} line is longer than {MAX_LINE} bytes without a newline; "
-                f"the peer does not speak the hybrid vsock protocol (got {buffer[:MAX_LINE]!r})")
+                "the peer does not speak the hybrid vsock protocol "
+                f"(got {quote(buffer[:MAX_LINE])})")
         return None
     return buffer[: end + 1]
 
@@ -51,7 +53,7 @@ def _line(buffer: bytes, what: str) -> bytes | None:
 def _number(match: re.Match[bytes], what: str, line: bytes) -> int:
     value = int(match.group(1))
     if value > _U32_MAX:
-        raise HandshakeError(f"hybrid vsock {what} {line!r} carries a port over 4294967295")
+        raise HandshakeError(f"hybrid vsock {what} {quote(line)} carries a port over 4294967295")
     return value
 
 
@@ -67,7 +69,7 @@ def parse_ok(buffer: bytes) -> tuple[int, int] | None:
     match = _OK.match(line)
     if match is None:
         raise HandshakeError(
-            f"the VMM answered {line!r} instead of 'OK <port>\\n': is this a Firecracker / "
+            f"the VMM answered {quote(line)} instead of 'OK <port>\\n': is this a Firecracker / "
             "Cloud Hypervisor vsock socket, and is the guest port right?")
     return _number(match, "reply", line), len(line)
 
@@ -83,5 +85,58 @@ def parse_connect(buffer: bytes) -> tuple[int, int] | None:
         return None
     match = _CONNECT.match(line)
     if match is None:
-        raise HandshakeError(f"expected 'CONNECT <port>\\n', got {line!r}")
+        raise HandshakeError(f"expected 'CONNECT <port>\\n', got {quote(line)}")
     return _number(match, "request", line), len(line)
+
+
+class LineReader:
+    """An incremental reader of one handshake line, fed whatever each read returned.
+
+    The one parser every driver (blocking, asyncio, the relay's poll loop) and the
+    emulated muxer use. :meth:`feed` takes the bytes a read returned (any split: byte
+    by byte, with pauses, or with the stream's first bytes after the line) and returns
+    how many of them belong to the line, so the caller can leave the rest where it
+    was; ``value`` is set once the line is complete. At most :data:`MAX_LINE` bytes are
+    ever taken, so a peer that never sends a newline is refused, not buffered.
+
+    Raises :class:`HandshakeError` from :meth:`feed` when the bytes cannot be the line.
+    """
+
+    __slots__ = ("_buffer", "_parse", "value")
+
+    def __init__(self, kind: str = "reply") -> None:
+        if kind not in ("reply", "request"):
+            raise AddressError(f"kind must be 'reply' or 'request', not {quote(kind)}")
+        self._parse = parse_ok if kind == "reply" else parse_connect
+        self._buffer = b""
+        #: The port the line carried, once complete; None before.
+        self.value: int | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once a whole line was read."""
+        return self.value is not None
+
+    @property
+    def received(self) -> bytes:
+        """The bytes of the line read so far (for messages about a cut-short reply)."""
+        return self._buffer
+
+    def wanted(self) -> int:
+        """How many bytes a read may take without running past the longest line."""
+        return max(1, MAX_LINE - len(self._buffer))
+
+    def feed(self, data: bytes) -> int:
+        """Take the start of *data*; return how many of its bytes belong to the line."""
+        if self.value is not None:
+            return 0
+        start = len(self._buffer)
+        # Never keep more than MAX_LINE bytes: _line raises once that many have no newline.
+        buffer = self._buffer + bytes(data[: MAX_LINE - start + 1])
+        parsed = self._parse(buffer)
+        if parsed is None:
+            self._buffer = buffer
+            return len(buffer) - start
+        self.value, used = parsed
+        self._buffer = buffer[:used]
+        return used - start

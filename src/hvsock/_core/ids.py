@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from .._errors import AddressError
+from .._validate import quote
 
 # Well-known VM ids (Windows SDK hvsocket.h). Used in place of a real VM id.
 WILDCARD = uuid.UUID("00000000-0000-0000-0000-000000000000")
@@ -68,22 +69,38 @@ def service_id_for_port(port: int) -> uuid.UUID:
         raise AddressError(f"port must be an integer, not {type(port).__name__}")
     if not 0 <= port <= _U32_MAX:
         raise AddressError(
-            f"port {port} is out of range: a vsock port is 0..4294967295 (0xFFFFFFFF)")
+            f"port {quote(port)} is out of range: a vsock port is 0..4294967295 (0xFFFFFFFF)")
     return uuid.UUID(int=(port << 96) | _TEMPLATE_TAIL)
 
 
-def is_template_service_id(service_id: uuid.UUID) -> bool:
-    """True when *service_id* has the VSOCK template form (so it maps to a port)."""
-    return (service_id.int & ((1 << 96) - 1)) == _TEMPLATE_TAIL
+def as_guid(value: uuid.UUID | str, what: str) -> uuid.UUID:
+    """*value* as a ``uuid.UUID``: a UUID itself, or GUID text in any case, braces optional.
+
+    Raises :class:`AddressError` for anything else.
+    """
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, str):
+        return parse_guid(value, what=what)
+    raise AddressError(f"{what} must be a GUID string or a uuid.UUID, "
+                       f"not {type(value).__name__}")
 
 
-def port_for_service_id(service_id: uuid.UUID) -> int:
+def is_template_service_id(service_id: uuid.UUID | str) -> bool:
+    """True when *service_id* (a UUID or GUID text) has the VSOCK template form.
+
+    Raises :class:`AddressError` when *service_id* is not a GUID.
+    """
+    return (as_guid(service_id, "service id").int & ((1 << 96) - 1)) == _TEMPLATE_TAIL
+
+
+def port_for_service_id(service_id: uuid.UUID | str) -> int:
     """The vsock port of a template-form service id (the inverse of :func:`service_id_for_port`).
 
-    Raises :class:`AddressError`, naming the template, when *service_id* is not of that form.
+    *service_id* is a ``uuid.UUID`` or GUID text (any case, braces optional).
+    Raises :class:`AddressError`, naming the template, when it is not of that form.
     """
-    if not isinstance(service_id, uuid.UUID):
-        raise AddressError(f"service id must be a uuid.UUID, not {type(service_id).__name__}")
+    service_id = as_guid(service_id, "service id")
     if not is_template_service_id(service_id):
         raise AddressError(
             f"service id {service_id} is not of the VSOCK template form "
@@ -94,6 +111,8 @@ def port_for_service_id(service_id: uuid.UUID) -> int:
 
 def parse_guid(text: str, *, what: str = "GUID") -> uuid.UUID:
     """Parse a GUID in any case, with or without braces; :class:`AddressError` otherwise."""
+    if not isinstance(text, str):
+        raise AddressError(f"{what} must be a string, not {type(text).__name__}")
     s = text.strip()
     if s.startswith("{") and s.endswith("}"):
         s = s[1:-1]
@@ -104,7 +123,7 @@ def parse_guid(text: str, *, what: str = "GUID") -> uuid.UUID:
         c in "0123456789abcdefABCDEF" for p in parts for c in p
     ):
         raise AddressError(
-            f"{what} {text!r} is not a GUID; write it as "
+            f"{what} {quote(text)} is not a GUID; write it as "
             "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx (hex digits, braces optional)")
     return uuid.UUID(s)
 
@@ -119,9 +138,39 @@ def coerce_service_id(value: object) -> uuid.UUID:
     if isinstance(value, str):
         text = value.strip()
         if text.isascii() and text.isdigit():
-            if len(text.lstrip("0")) > 10:
-                raise AddressError(f"port {text[:20]!r}... is out of range 0..4294967295")
-            return service_id_for_port(int(text))
+            return service_id_for_port(parse_number(text, "port", 0, _U32_MAX))
         return parse_guid(text, what="service id")
     raise AddressError(f"a service id must be a GUID, a port number or a uuid.UUID, "
                        f"not {type(value).__name__}")
+
+
+def parse_number(text: str, what: str, lo: int, hi: int, hint: str = "") -> int:
+    """A whole number written in ASCII decimal or ``0x`` hex, in ``lo..hi``.
+
+    The one reading of numbers typed by users (addresses, CLI ports): leading zeros
+    are fine however many, other digits than ASCII (``٣``) are not. Raises
+    :class:`AddressError` quoting *text* cut short; *hint* ends the message.
+    """
+    if not isinstance(text, str):
+        raise AddressError(f"{what} must be a string, not {type(text).__name__}")
+    tail = f"; {hint}" if hint else ""
+    if not text:
+        raise AddressError(f"{what} is missing{tail}")
+    hex_form = text[:2].lower() == "0x"
+    body = text[2:] if hex_form else text
+    allowed = "0123456789abcdefABCDEF" if hex_form else "0123456789"
+    if text[:1] == "-" and text[1:] and all(c in "0123456789" for c in text[1:]):
+        raise AddressError(f"{what} {quote(text)} is out of range {lo}..{hi}{tail}")
+    if not body or not all(c in allowed for c in body):
+        raise AddressError(f"{what} {quote(text)} is not a number (ASCII digits, or 0x "
+                           f"and hex digits){tail}")
+    # int() refuses decimal text over 4300 digits (leading zeros count): drop the
+    # zeros, and refuse what is far out of range before converting.
+    digits = body.lstrip("0") or "0"
+    if len(digits) > 40:
+        raise AddressError(f"{what} {quote(text)} is out of range {lo}..{hi} "
+                           f"({len(digits)} digits){tail}")
+    value = int(digits, 16 if hex_form else 10)
+    if not lo <= value <= hi:
+        raise AddressError(f"{what} {value} is out of range {lo}..{hi}{tail}")
+    return value

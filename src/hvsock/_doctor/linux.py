@@ -10,10 +10,10 @@ import socket
 import stat
 import sys
 
+from .. import _endpoints as api
 from .._core import ids
 from .._core.addresses import Address, HybridAddress, HyperVAddress, NamedVmAddress, VsockAddress
 from .._errors import HvsockError, translate
-from .._transports import api
 from .._transports.features import (
     VSOCK_TRANSPORT_MODULES,
     describe_cid,

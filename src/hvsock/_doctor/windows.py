@@ -7,10 +7,10 @@ import secrets
 import sys
 import threading
 
+from .. import _endpoints as api
 from .._core import ids
 from .._core.addresses import Address, HyperVAddress, NamedVmAddress, VsockAddress
 from .._errors import HvsockError
-from .._transports import api
 from .._transports.features import has_hyperv
 from .._windows import registry as reg
 from .._windows import vms as vmlib

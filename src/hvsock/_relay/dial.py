@@ -1,175 +1,96 @@
-"""Connecting to the relay's target without blocking its loop.
+"""The relay's driver of the one dial (:mod:`hvsock._transports.dial`), for its poll loop.
 
-A dial is a generator: it yields ``(socket, IN or OUT)`` to wait for, and returns
-the connected socket; errors come out as hvsock errors with the same messages as
-:func:`hvsock.connect`. TCP to a literal IP, Unix, vsock and hybrid (with its
-``CONNECT``/``OK`` handshake) dial on the loop. Anything else (host names, AF_HYPERV,
-a Unix listener whose backlog is full) raises :class:`UseThread` before its first
-yield, and the relay runs the blocking :func:`hvsock.connect` in a worker thread.
+:func:`dial` returns a generator that yields ``(socket, IN or OUT)`` to wait for and
+returns the connected socket: it steps the transport's dial generator, turning each
+"wait until readable / writable" step into a poll registration. The errors and
+messages are the dial's own, the same as :func:`hvsock.connect`'s.
+
+Two kinds of dial do not run on the loop, and raise :class:`UseThread` before the
+first yield, so the relay runs the blocking driver (:func:`hvsock.connect`, the same
+algorithm) in a worker thread: a dial whose first step must block (a host name to
+resolve, AF_HYPERV, a Unix listener whose backlog is full), and a dial with
+*retries*, whose pauses the loop has no timer for.
+
+When the relay's deadline passes, :func:`timed_out` gives the error of the stage the
+dial stalled in (the connect, or the hybrid reply).
 """
 
 from __future__ import annotations
 
-import errno
-import functools
-import ipaddress
-import os
 import socket
 from collections.abc import Generator
-from typing import Any
 
-from .._core import handshake
-from .._core.addresses import Address, HybridAddress, TcpAddress, UnixAddress, VsockAddress
-from .._errors import HvsockError, translate
-from .._transports import hybrid, vsock
-from .._transports._common import close_on_error, set_stream_buffer_size
+from .._core.addresses import Address, NamedVmAddress
+from .._errors import ConnectTimeoutError
+from .._transports import dial as transport_dial
+from .._transports._common import check_timeout, retry_waits
 from ._poll import IN, OUT
+
+__all__: list[str] = []  # internal
 
 Dial = Generator[tuple[socket.socket, int], None, socket.socket]
 
-#: Made non-blocking at creation where the OS can (one call fewer per connection).
-_NONBLOCK: int = getattr(socket, "SOCK_NONBLOCK", 0)
-_IN_PROGRESS = frozenset({errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK, errno.EALREADY})
-
 
 class UseThread(Exception):
-    """This target is dialled with the blocking connect, in a thread."""
+    """This target is dialled with the blocking driver, in a thread."""
 
 
-def dial(address: Address, *, timeout: float | None, buffer_size: int | None) -> Dial:
-    """A dial generator for *address* (see the module docstring)."""
-    if isinstance(address, TcpAddress):
-        return _tcp(address, buffer_size)
-    if isinstance(address, UnixAddress):
-        return _unix(address.sockaddr, address.path, "unix", buffer_size)
-    if isinstance(address, HybridAddress):
-        return _hybrid(address, buffer_size)
-    if isinstance(address, VsockAddress):
-        return _vsock(address, timeout, buffer_size)
-    return _thread()
+def dial(address: Address, *, timeout: float | None, buffer_size: int | None,
+         retries: int = 0, retry_wait: float = 0.25) -> Dial:
+    """A poll-loop dial of *address* (a resolved socket address; see the module notes).
 
-
-def _thread() -> Dial:
-    raise UseThread
-    yield  # pragma: no cover - makes this a generator
-
-
-def _error(sock: socket.socket) -> int:
-    return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
-
-
-def _established(sock: socket.socket) -> bool:
-    """True if a connect in progress has in fact completed (loopback completes at once).
-
-    One call instead of a trip round the poll loop per connection.
+    Raises :class:`UseThread` (before any yield) when the dial must run in a thread,
+    and the dial's :class:`hvsock.HvsockError` subclasses.
     """
+    check_timeout(timeout)
+    if retry_waits(retries, retry_wait) or type(address) not in transport_dial.TRANSPORTS:
+        raise UseThread  # pauses to sleep, or a VM name to look up
+    assert not isinstance(address, NamedVmAddress)
+    gen = transport_dial.attempt(address, timeout=timeout, buffer_size=buffer_size)
     try:
-        sock.getpeername()
-    except OSError:
-        return False
-    return True
+        step = next(gen)
+    except StopIteration as done:
+        return _done(done.value)
+    if isinstance(step, (transport_dial.InThread, transport_dial.Pause)):
+        gen.close()
+        raise UseThread
+    return _drive(gen, step)
 
 
-def _os_error(code: int) -> OSError:
-    return OSError(code, os.strerror(code))
-
-
-@functools.lru_cache(maxsize=64)
-def _ip_family(host: str) -> socket.AddressFamily | None:
-    """AF_INET / AF_INET6 for a literal IP, None for a name or a scoped IPv6 address."""
-    if "%" in host:
-        return None  # let getaddrinfo work the scope out
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-
-
-def _tcp(address: TcpAddress, buffer_size: int | None) -> Dial:
-    family = _ip_family(address.host)
-    if family is None:
-        raise UseThread  # a name: resolving it may block
-    sock = socket.socket(family, socket.SOCK_STREAM | _NONBLOCK)
-    with close_on_error(sock):
-        if not _NONBLOCK:
-            sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if buffer_size is not None:
-            set_stream_buffer_size(sock, buffer_size)
-        code = sock.connect_ex(address.sockaddr)
-        if code in _IN_PROGRESS:
-            if _established(sock):
-                code = 0
-            else:
-                yield sock, OUT
-                code = _error(sock)
-        if code:
-            exc = _os_error(code)
-            raise translate(exc, op="connect", family="tcp", where=str(address)) from exc
-    return sock
-
-
-def _unix(target: Any, where: str, family: str, buffer_size: int | None) -> Dial:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    with close_on_error(sock):
-        sock.setblocking(False)
-        if buffer_size is not None:
-            set_stream_buffer_size(sock, buffer_size)
-        try:
-            sock.connect(target)
-        except BlockingIOError:
-            # The listener's backlog is full; a non-blocking Unix connect never
-            # completes later, so wait for it the blocking way, in a thread.
-            raise UseThread from None
-        except OSError as exc:
-            raise translate(exc, op="connect", family=family, where=where) from exc
+def _done(sock: socket.socket) -> Dial:
     return sock
     yield  # pragma: no cover - makes this a generator
 
 
-def _hybrid(address: HybridAddress, buffer_size: int | None) -> Dial:
-    sock = yield from _unix(address.uds_path, hybrid.vmm_where(address), "hybrid",
-                            buffer_size)
-    with close_on_error(sock):
-        try:
-            # A fresh socket's buffer takes these few bytes whole.
-            sock.send(handshake.encode_connect(address.port))
-            seen = -1
-            while True:
-                yield sock, IN
-                # Peek, so bytes after the reply (the guest's first bytes) stay queued.
-                try:
-                    data = sock.recv(handshake.MAX_LINE, socket.MSG_PEEK)
-                except (BlockingIOError, InterruptedError):
-                    continue
-                parsed = handshake.parse_ok(data)
-                if parsed is not None:
-                    sock.recv(parsed[1])
-                    return sock
-                if not data or len(data) == seen:
-                    # Readable with nothing new: the VMM hung up mid-reply.
-                    raise hybrid.reply_cut_short(address, data)
-                seen = len(data)
-        except HvsockError:
-            raise
-        except (ConnectionResetError, BrokenPipeError) as exc:
-            raise hybrid.no_listener(address, exc.errno) from exc
-        except OSError as exc:
-            raise translate(exc, op="connect", family="hybrid",
-                            where=hybrid.where(address)) from exc
+def _drive(gen: transport_dial.Dial, step: transport_dial.Step) -> Dial:
+    error: BaseException | None = None
+    try:
+        while True:
+            if not isinstance(step, (transport_dial.Readable, transport_dial.Writable)):
+                # Thread steps come first in every transport's dial, so they were
+                # handed to a thread above; one later would be a new transport's bug.
+                raise RuntimeError(f"a relay dial cannot run {step!r} on its loop")
+            try:
+                yield step.sock, IN if isinstance(step, transport_dial.Readable) else OUT
+            except TimeoutError:
+                error = step.stalled()
+            next_step = transport_dial.resume(gen, None, error)
+            if isinstance(next_step, socket.socket):
+                return next_step
+            step, error = next_step, None
+    finally:
+        gen.close()  # a no-op once it returned; else closes its socket
 
 
-def _vsock(address: VsockAddress, timeout: float | None, buffer_size: int | None) -> Dial:
-    sock = vsock.prepare(address, timeout=timeout, buffer_size=buffer_size)
-    with close_on_error(sock):
-        sock.setblocking(False)
-        code = sock.connect_ex(address.sockaddr)
-        if code in _IN_PROGRESS:
-            yield sock, OUT
-            code = _error(sock)
-        if code:
-            exc = _os_error(code)
-            raise translate(exc, op="connect", family="vsock",
-                            where=vsock.where(address)) from exc
-    return sock
+def timed_out(gen: Dial) -> OSError:
+    """The error for *gen* whose deadline passed (its stage's message); closes *gen*."""
+    try:
+        gen.throw(TimeoutError())
+    except OSError as exc:
+        return exc
+    except StopIteration as done:  # pragma: no cover - connected at the last moment
+        done.value.close()
+    finally:
+        gen.close()
+    return ConnectTimeoutError("connect timed out")  # pragma: no cover
+

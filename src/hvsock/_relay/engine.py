@@ -34,17 +34,17 @@ from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any
 
+from .. import _endpoints as api
 from .._core.addresses import Address, parse_address
-from .._errors import ConnectTimeoutError, HvsockError
+from .._errors import HvsockError
 from .._server.lifecycle import check_ready_file, sd_notify, write_ready_file
 from .._server.peers import AllowRule, Peer, allow_rules, peer_of
-from .._transports import api
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT, check_buffer_size
 from .._transports.stream import DEFAULT_UNIX_MODE
 from . import datapath
 from ._poll import ERR, HUP, IN, OUT, Poller, Waker
 from .datapath import Broken, Buffers, Flow, Pipes
-from .dial import Dial, UseThread, dial
+from .dial import Dial, UseThread, dial, timed_out
 
 LOG = logging.getLogger("hvsock.relay")
 
@@ -467,9 +467,7 @@ class Relay:
         for conn in list(self._conns.values()):
             if conn.dial is not None:
                 if conn.deadline is not None and now >= conn.deadline:
-                    self._dial_failed(conn, ConnectTimeoutError(
-                        f"connect to {self._target_text} timed out after "
-                        f"{self.connect_timeout:g} s", errno=errno.ETIMEDOUT))
+                    self._dial_failed(conn, timed_out(conn.dial))
             elif conn.up is not None and idle is not None and now - conn.last >= idle:
                 self._finish(conn, END_IDLE, f"no bytes either way for {idle:g} s")
 

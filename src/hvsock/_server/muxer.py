@@ -13,7 +13,7 @@ from types import TracebackType
 
 from .._core import handshake
 from .._core.addresses import HybridAddress
-from .._errors import HandshakeError
+from .._errors import ArgumentError, HandshakeError
 from .._pump import splice_sockets
 
 #: Firecracker hands out host-side ports from here upwards.
@@ -30,12 +30,30 @@ class HybridVsockMuxer:
     :meth:`guest_connect` dials ``<uds_path>_<port>`` like a guest connecting to
     the host (a ``ConnectionResetError`` when nobody listens there).
 
+    *reply_chunk* and *reply_pause* split the ``OK <n>\n`` reply the way a slow VMM
+    may: writes of *reply_chunk* bytes (1: byte by byte; None: one write) with
+    *reply_pause* seconds between them. *reply* replaces the reply line altogether
+    (to test how clients take a bad one).
+
     Use as a context manager; :meth:`close` stops it and removes its files.
     """
 
-    def __init__(self, uds_path: str, *, handshake_timeout: float = 5.0) -> None:
+    def __init__(self, uds_path: str, *, handshake_timeout: float = 5.0,
+                 reply_chunk: int | None = None, reply_pause: float = 0.0,
+                 reply: bytes | None = None) -> None:
+        if reply_chunk is not None and (isinstance(reply_chunk, bool)
+                                        or not isinstance(reply_chunk, int)
+                                        or reply_chunk < 1):
+            raise ArgumentError(f"reply_chunk must be a whole number >= 1 or None, "
+                                f"not {reply_chunk!r}")
+        if isinstance(reply_pause, bool) or not isinstance(reply_pause, (int, float)) or not (
+                0 <= reply_pause <= 60):
+            raise ArgumentError(f"reply_pause must be seconds in 0..60, not {reply_pause!r}")
         self.uds_path = uds_path
         self.handshake_timeout = handshake_timeout
+        self.reply_chunk = reply_chunk
+        self.reply_pause = float(reply_pause)
+        self.reply = reply
         self._guest_dir = tempfile.mkdtemp(prefix="hvsock-guest-")
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
@@ -116,6 +134,11 @@ class HybridVsockMuxer:
         except (OSError, HandshakeError) as exc:
             if isinstance(exc, HandshakeError):
                 self.errors.append(str(exc))
+            # Take what was only peeked at: closing with unread bytes would send a
+            # reset, where a VMM that hangs up on a bad request sends a plain EOF.
+            with contextlib.suppress(OSError):
+                host.setblocking(False)
+                host.recv(handshake.MAX_LINE)
             host.close()
             return
         guest = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -135,7 +158,8 @@ class HybridVsockMuxer:
                 return
             self._open.update((host, guest))
         try:
-            host.sendall(handshake.encode_ok(host_port))
+            self._send_reply(host, handshake.encode_ok(host_port)
+                             if self.reply is None else self.reply)
         except OSError:
             guest.close()
             host.close()
@@ -146,22 +170,30 @@ class HybridVsockMuxer:
         with self._lock:
             self._open.difference_update(socks)
 
+    def _send_reply(self, host: socket.socket, line: bytes) -> None:
+        chunk = self.reply_chunk or len(line) or 1
+        for start in range(0, len(line), chunk):
+            if start and self.reply_pause:
+                time.sleep(self.reply_pause)
+            host.sendall(line[start:start + chunk])
+
     def _read_connect(self, host: socket.socket) -> int:
+        # The same incremental reader the clients use for the reply; peek, then take
+        # only the line, so what the host sends after it stays for the guest.
         deadline = time.monotonic() + self.handshake_timeout
-        buffer = b""
-        while True:
+        reader = handshake.LineReader("request")
+        while reader.value is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise HandshakeError("no CONNECT line in time")
             host.settimeout(remaining)
-            byte = host.recv(1)
-            if not byte:
-                raise HandshakeError(f"client closed before a full CONNECT line ({buffer!r})")
-            buffer += byte
-            parsed = handshake.parse_connect(buffer)
-            if parsed is not None:
-                host.settimeout(None)
-                return parsed[0]
+            data = host.recv(reader.wanted(), socket.MSG_PEEK)
+            if not data:
+                raise HandshakeError(
+                    f"client closed before a full CONNECT line ({reader.received!r})")
+            host.recv(reader.feed(data))
+        host.settimeout(None)
+        return reader.value
 
     # -- lifetime ----------------------------------------------------------
     def close(self) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import _endpoints as api
 from .. import _validate
 from .._aio import hyperv as aio_hyperv
 from .._core.addresses import Address, parse_address
@@ -30,7 +31,6 @@ from .._server.lifecycle import (
     write_ready_file,
 )
 from .._server.peers import Peer, peer_of
-from .._transports import api
 from .._transports._common import close_on_error
 from .._transports.features import has_hyperv, has_vsock
 from .._validate import quote

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import math
 import socket
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
-from .._errors import AddressError, is_transient, translate
+from .._errors import ArgumentError, translate
+from .._validate import non_negative_number, positive_number, whole_number
 
 #: Default deadline for one connect attempt, in seconds. Never None by default:
 #: a Hyper-V connect with no listener can otherwise block for ~30 s.
 DEFAULT_CONNECT_TIMEOUT = 10.0
+#: Longest timeout taken (about 115 days); None means no limit.
+MAX_TIMEOUT = 1e7
 #: Longest sleep between two retries.
 MAX_RETRY_WAIT = 5.0
-
-T = TypeVar("T")
-
 
 @contextlib.contextmanager
 def close_on_error(sock: socket.socket) -> Iterator[socket.socket]:
@@ -45,40 +44,23 @@ class Deadline:
 
 
 def check_timeout(timeout: float | None, what: str = "timeout") -> None:
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
-        math.isfinite(timeout) and timeout > 0
-    ):
-        raise AddressError(f"{what} must be a positive number of seconds or None, "
-                           f"not {timeout!r}")
+    """:class:`ArgumentError` unless *timeout* is a positive number of seconds or None."""
+    seconds = positive_number(timeout, f"{what} (seconds)", optional=True)
+    if seconds is not None and seconds > MAX_TIMEOUT:
+        # Clocks and poll() cannot take any float: past this, None says "no limit".
+        raise ArgumentError(f"{what} {seconds:g} s is over {MAX_TIMEOUT:g} s; "
+                            "pass None for no limit")
 
 
 def retry_waits(retries: int, retry_wait: float) -> list[float]:
-    """The sleeps between attempts: *retry_wait*, doubling, capped at MAX_RETRY_WAIT."""
-    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10_000:
-        raise AddressError(f"retries must be a whole number in 0..10000, not {retries!r}")
-    if isinstance(retry_wait, bool) or not isinstance(retry_wait, (int, float)) or not (
-        math.isfinite(retry_wait) and retry_wait >= 0
-    ):
-        raise AddressError(f"retry_wait must be a number of seconds >= 0, not {retry_wait!r}")
-    return [min(retry_wait * 2**min(i, 32), MAX_RETRY_WAIT) for i in range(retries)]
+    """The sleeps between attempts: *retry_wait*, doubling, capped at MAX_RETRY_WAIT.
 
-
-def with_retries(attempt: Callable[[], T], *, retries: int, retry_wait: float) -> T:
-    """Run *attempt*; on a transient error run it again, at most *retries* more times.
-
-    Errors that a retry cannot fix (bad address, permission, unsupported) are
-    raised at once; see :func:`retry_waits` for the pauses.
+    Raises :class:`ArgumentError` for a bad *retries* or *retry_wait*.
     """
-    for wait in retry_waits(retries, retry_wait):
-        try:
-            return attempt()
-        except OSError as exc:
-            if not is_transient(exc):
-                raise
-        time.sleep(wait)
-    return attempt()
+    whole_number(retries, "retries", 0, 10_000)
+    wait = non_negative_number(retry_wait, "retry_wait (seconds)")
+    assert wait is not None
+    return [min(wait * 2**min(i, 32), MAX_RETRY_WAIT) for i in range(retries)]
 
 
 def set_stream_buffer_size(sock: socket.socket, size: int) -> None:
@@ -89,9 +71,8 @@ def set_stream_buffer_size(sock: socket.socket, size: int) -> None:
 
 
 def check_buffer_size(size: int) -> None:
-    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 1 << 30:
-        raise AddressError(f"buffer size must be a whole number of bytes in 1..1 GiB, "
-                           f"not {size!r}")
+    """:class:`ArgumentError` unless *size* is a whole number of bytes in 1..1 GiB."""
+    whole_number(size, "buffer size (bytes)", 1, 1 << 30)
 
 
 def close_write(sock: socket.socket) -> None:

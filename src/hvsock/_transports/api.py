@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from collections.abc import Callable
+from typing import Any
 
 from .._core.addresses import (
     Address,
@@ -17,31 +19,29 @@ from .._core.addresses import (
     VsockAddress,
     parse_address,
 )
-from .._errors import AddressError
-from .._windows.vms import resolve_address
-from . import hybrid, hyperv, stream, vsock
+from .._errors import ArgumentError, UnsupportedError
+from .._validate import instance, quote, whole_number
+from . import dial, hybrid, hyperv, stream, sync, vsock
 from ._common import (
     DEFAULT_CONNECT_TIMEOUT,
     check_buffer_size,
     check_timeout,
     set_stream_buffer_size,
-    with_retries,
 )
 from .features import require_hyperv
 from .stream import DEFAULT_UNIX_MODE
 
+Resolver = Callable[[Address], SocketAddress]
 
-def resolve(address: Address | str) -> SocketAddress:
-    """Parse *address* and look up a VM it names (``hvsock://wsl/...``, ``name:MyVM``).
 
-    Raises :class:`UnsupportedError` off Windows, before running anything, since
-    only AF_HYPERV can use the VM id; else as :func:`hvsock.resolve_address`.
-    """
-    addr = parse_address(address)
-    if isinstance(addr, NamedVmAddress):
-        require_hyperv()
-        return resolve_address(addr)
-    return addr
+def named_resolver(address: NamedVmAddress, resolve: Resolver | None) -> Resolver:
+    """The resolver for a VM name: only AF_HYPERV can use the VM id, so check that first."""
+    require_hyperv()
+    if resolve is None:
+        raise UnsupportedError(
+            f"{address} names a VM: look it up first (hvsock.resolve_address), or connect "
+            "with hvsock.connect, which does")
+    return resolve
 
 
 def connect(
@@ -51,6 +51,7 @@ def connect(
     retries: int = 0,
     retry_wait: float = 0.25,
     buffer_size: int | None = None,
+    resolve: Resolver | None = None,
 ) -> socket.socket:
     """Connect to *address* and return the connected, blocking ``socket.socket``.
 
@@ -58,7 +59,8 @@ def connect(
     as long as the OS does (AF_VSOCK's own default is 2 s). With *retries* > 0,
     transient failures (nothing listening yet, timed out, VM unreachable or
     rebooting) are retried after *retry_wait* seconds, doubling up to 5 s. A VM
-    named in the address (``hvsock://wsl/5000``) is looked up at each attempt.
+    named in the address (``hvsock://wsl/5000``) is looked up at each attempt with
+    *resolve* (given by the layer above: the transports know no VM names).
     *buffer_size* sets the socket's buffers (vsock buffer size, or SO_SNDBUF and
     SO_RCVBUF) before connecting.
 
@@ -71,20 +73,10 @@ def connect(
     check_timeout(timeout)
     if buffer_size is not None:
         check_buffer_size(buffer_size)
-
-    def attempt() -> socket.socket:
-        addr = resolve(named)
-        if isinstance(addr, VsockAddress):
-            return vsock.connect(addr, timeout=timeout, buffer_size=buffer_size)
-        if isinstance(addr, HyperVAddress):
-            return hyperv.connect(addr, timeout=timeout, buffer_size=buffer_size)
-        if isinstance(addr, HybridAddress):
-            return hybrid.connect(addr, timeout=timeout, buffer_size=buffer_size)
-        if isinstance(addr, TcpAddress):
-            return stream.tcp_connect(addr, timeout=timeout, buffer_size=buffer_size)
-        return stream.unix_connect(addr, timeout=timeout, buffer_size=buffer_size)
-
-    return with_retries(attempt, retries=retries, retry_wait=retry_wait)
+    resolver = named_resolver(named, resolve) if isinstance(named, NamedVmAddress) else None
+    return sync.run(dial.dial(named, timeout=timeout, buffer_size=buffer_size,
+                              retries=retries, retry_wait=retry_wait, resolve=resolver),
+                    timeout)
 
 
 def listen(
@@ -93,6 +85,7 @@ def listen(
     backlog: int = 128,
     buffer_size: int | None = None,
     mode: int | None = DEFAULT_UNIX_MODE,
+    resolve: Resolver | None = None,
 ) -> socket.socket:
     """Bind and listen on *address*; return the listening ``socket.socket``.
 
@@ -102,44 +95,42 @@ def listen(
     nobody listening is replaced, any other existing file is left alone and is
     an :class:`AddressInUseError`. The socket file stays after ``close()``:
     remove it with :func:`remove_socket_file` when done. A VM named in the address
-    (``hvsock://wsl/5000``) is looked up first.
+    (``hvsock://wsl/5000``) is looked up first with *resolve*.
     """
     named = parse_address(address)
-    if isinstance(backlog, bool) or not isinstance(backlog, int) or not 0 <= backlog <= 65535:
-        raise AddressError(f"backlog must be a whole number in 0..65535, not {backlog!r}")
+    whole_number(backlog, "backlog", 0, 65535)
     if mode is not None and (isinstance(mode, bool) or not isinstance(mode, int)
                              or not 0 <= mode <= 0o777):
-        raise AddressError(f"mode must be a permission number like 0o600, not {mode!r}")
+        raise ArgumentError(f"mode must be a permission number like 0o600, not {quote(mode)}")
     if buffer_size is not None:
         check_buffer_size(buffer_size)
-    addr = resolve(named)
-    if isinstance(addr, VsockAddress):
-        return vsock.listen(addr, backlog=backlog, buffer_size=buffer_size)
-    if isinstance(addr, HyperVAddress):
-        return hyperv.listen(addr, backlog=backlog, buffer_size=buffer_size)
-    if isinstance(addr, HybridAddress):
-        return hybrid.listen(addr, backlog=backlog, mode=mode, buffer_size=buffer_size)
-    if isinstance(addr, TcpAddress):
-        return stream.tcp_listen(addr, backlog=backlog, buffer_size=buffer_size)
-    return stream.unix_listen(addr, backlog=backlog, mode=mode, buffer_size=buffer_size)
+    addr = named_resolver(named, resolve)(named) if isinstance(named, NamedVmAddress) else named
+    return _LISTEN[type(addr)](addr, backlog, mode, buffer_size)
+
+
+_LISTEN: dict[type, Callable[[Any, int, int | None, int | None], socket.socket]] = {
+    VsockAddress: lambda a, backlog, _mode, size: vsock.listen(
+        a, backlog=backlog, buffer_size=size),
+    HyperVAddress: lambda a, backlog, _mode, size: hyperv.listen(
+        a, backlog=backlog, buffer_size=size),
+    HybridAddress: lambda a, backlog, mode, size: hybrid.listen(
+        a, backlog=backlog, mode=mode, buffer_size=size),
+    TcpAddress: lambda a, backlog, _mode, size: stream.tcp_listen(
+        a, backlog=backlog, buffer_size=size),
+    UnixAddress: lambda a, backlog, mode, size: stream.unix_listen(
+        a, backlog=backlog, mode=mode, buffer_size=size),
+}
 
 
 def where(address: Address) -> str:
     """How error messages name *address* ("port 5000 of CID 3", ...)."""
-    if isinstance(address, VsockAddress):
-        return vsock.where(address)
-    if isinstance(address, HyperVAddress):
-        return hyperv.where(address)
-    if isinstance(address, HybridAddress):
-        return hybrid.where(address)
-    if isinstance(address, UnixAddress):
-        return address.path
-    return str(address)
+    return dial.WHERE.get(type(address), str)(address)
 
 
 def listener_address(listener: socket.socket, address: Address | str) -> Address:
     """The address *listener* really listens on (the chosen port when ``any``/0 was asked)."""
     addr = parse_address(address)
+    instance(listener, socket.socket, "listener")
     if isinstance(addr, VsockAddress):
         return VsockAddress(addr.cid, listener.getsockname()[1])
     if isinstance(addr, TcpAddress):

@@ -11,7 +11,7 @@ import socket
 
 from .._core.addresses import HyperVAddress
 from .._errors import translate
-from ._common import bind_and_listen, close_on_error, set_stream_buffer_size
+from ._common import bind_and_listen, set_stream_buffer_size
 from .features import require_hyperv
 
 HV_PROTOCOL_RAW = 1
@@ -41,24 +41,6 @@ def new_socket() -> socket.socket:
         return socket.socket(family, socket.SOCK_STREAM, proto)
     except OSError as exc:  # pragma: no cover - Windows only
         raise translate(exc, op="socket", family="hyperv", where="AF_HYPERV") from exc
-
-
-def connect(address: HyperVAddress, *, timeout: float | None,
-            buffer_size: int | None) -> socket.socket:  # pragma: no cover - Windows only
-    sock = new_socket()
-    with close_on_error(sock):
-        try:
-            if buffer_size is not None:
-                set_stream_buffer_size(sock, buffer_size)
-            if timeout is not None:
-                # Without this option a connect to a service nobody listens on
-                # blocks for ~30 s whatever Python's own timeout says.
-                sock.setsockopt(HV_PROTOCOL_RAW, HVSOCKET_CONNECT_TIMEOUT,
-                                connect_timeout_ms(timeout))
-            sock.connect(address.sockaddr)
-        except OSError as exc:
-            raise translate(exc, op="connect", family="hyperv", where=where(address)) from exc
-    return sock
 
 
 def listen(address: HyperVAddress, *, backlog: int,

@@ -7,43 +7,14 @@ import errno
 import os
 import socket
 import stat
-import struct
 
 from .._core.addresses import TcpAddress, UnixAddress
-from .._errors import AddressInUseError, ConnectTimeoutError, HvsockError, translate
+from .._errors import AddressInUseError, translate
 from ._common import bind_and_listen, close_on_error, set_stream_buffer_size
 
 #: Unix listeners are private unless asked otherwise: bridges that leave
 #: world-writable sockets behind are a known way to leak a VM's services.
 DEFAULT_UNIX_MODE = 0o600
-
-
-def backlog_full(where: str) -> ConnectTimeoutError:
-    """A Unix connect that waited its whole timeout for room in the listen backlog."""
-    return ConnectTimeoutError(
-        f"connect to {where} timed out: its listen backlog stayed full; the server is not "
-        "accepting connections (overloaded or hung)", errno=errno.ETIMEDOUT)
-
-
-def unresolvable(address: TcpAddress, exc: socket.gaierror) -> HvsockError:
-    return HvsockError(f"cannot resolve {address.host!r} ({exc.strerror}); check the host "
-                       "name, or give an IP address", errno=exc.errno)
-
-
-def tcp_connect(address: TcpAddress, *, timeout: float | None,
-                buffer_size: int | None) -> socket.socket:
-    try:
-        sock = socket.create_connection(address.sockaddr, timeout=timeout)
-    except socket.gaierror as exc:
-        raise unresolvable(address, exc) from exc
-    except OSError as exc:
-        raise translate(exc, op="connect", family="tcp", where=str(address)) from exc
-    with close_on_error(sock):
-        sock.settimeout(None)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if buffer_size is not None:
-            set_stream_buffer_size(sock, buffer_size)
-    return sock
 
 
 def tcp_listen(address: TcpAddress, *, backlog: int, buffer_size: int | None) -> socket.socket:
@@ -63,44 +34,6 @@ def tcp_listen(address: TcpAddress, *, backlog: int, buffer_size: int | None) ->
 
     return bind_and_listen(sock, sockaddr, backlog, family="tcp", where=str(address),
                            before_bind=options)
-
-
-_NO_TIMEOUT = struct.pack("ll", 0, 0)
-
-
-def unix_connect_path(path: str | bytes, where: str, *, timeout: float | None,
-                      family_name: str = "unix") -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    with close_on_error(sock):
-        try:
-            # A Unix connect waits only while the listener's backlog is full. In
-            # non-blocking mode (what settimeout() would use) Linux then fails at
-            # once with EAGAIN, so keep the socket blocking and bound that wait
-            # with SO_SNDTIMEO instead, reset afterwards.
-            if timeout is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(timeout))
-            sock.connect(path)
-            if timeout is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _NO_TIMEOUT)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                raise backlog_full(where) from exc
-            raise translate(exc, op="connect", family=family_name, where=where) from exc
-    return sock
-
-
-def _timeval(seconds: float) -> bytes:
-    whole = int(seconds)
-    return struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
-
-
-def unix_connect(address: UnixAddress, *, timeout: float | None,
-                 buffer_size: int | None) -> socket.socket:
-    sock = unix_connect_path(address.sockaddr, address.path, timeout=timeout)
-    with close_on_error(sock):
-        if buffer_size is not None:
-            set_stream_buffer_size(sock, buffer_size)
-    return sock
 
 
 def _remove_stale(path: str) -> None:
@@ -134,7 +67,13 @@ def unix_listen_path(path: str, sockaddr: str | bytes, *, backlog: int, mode: in
                      buffer_size: int | None, family_name: str = "unix") -> socket.socket:
     abstract = isinstance(sockaddr, bytes)
     if not abstract:
-        _remove_stale(path)
+        try:
+            _remove_stale(path)
+        except AddressInUseError:
+            raise
+        except OSError as exc:  # e.g. a directory on the way this user cannot search
+            raise translate(exc, op="bind", family=family_name, where=path,
+                            path=path) from exc
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with close_on_error(sock):
         op = "bind"
@@ -153,7 +92,8 @@ def unix_listen_path(path: str, sockaddr: str | bytes, *, backlog: int, mode: in
             if op != "bind" and not abstract:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
-            raise translate(exc, op=op, family=family_name, where=path) from exc
+            raise translate(exc, op=op, family=family_name, where=path,
+                            path=None if abstract else path) from exc
     return sock
 
 

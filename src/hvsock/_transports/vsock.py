@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 import socket
 import struct
+from typing import TYPE_CHECKING
 
 from .._core import ids
 from .._core.addresses import VsockAddress
 from .._errors import translate
 from ._common import bind_and_listen, check_buffer_size, close_on_error
 from .features import require_vsock
+
+if TYPE_CHECKING:
+    import ctypes
 
 # Option names at level AF_VSOCK (vm_sockets.h); CPython exports only the first three.
 SO_VM_SOCKETS_BUFFER_SIZE = 0
@@ -71,10 +74,14 @@ def timeval(timeout: float) -> bytes:
 
 @functools.cache
 def _libc() -> ctypes.CDLL:
+    import ctypes  # only vsock connects need it: keep it off every start-up
+
     return ctypes.CDLL(None, use_errno=True)
 
 
 def _setsockopt_raw(sock: socket.socket, level: int, optname: int, value: bytes) -> None:
+    import ctypes
+
     buf = ctypes.create_string_buffer(value, len(value))
     if _libc().setsockopt(sock.fileno(), level, optname, buf, len(value)) != 0:
         code = ctypes.get_errno()
@@ -96,19 +103,6 @@ def prepare(address: VsockAddress, *, timeout: float | None,
                 set_buffer_size(sock, buffer_size)
             if timeout is not None:
                 set_connect_timeout(sock, timeout)
-        except OSError as exc:
-            raise translate(exc, op="connect", family="vsock", where=where(address)) from exc
-    return sock
-
-
-def connect(address: VsockAddress, *, timeout: float | None,
-            buffer_size: int | None) -> socket.socket:
-    sock = prepare(address, timeout=timeout, buffer_size=buffer_size)
-    with close_on_error(sock):
-        try:
-            sock.settimeout(timeout)
-            sock.connect(address.sockaddr)
-            sock.settimeout(None)
         except OSError as exc:
             raise translate(exc, op="connect", family="vsock", where=where(address)) from exc
     return sock

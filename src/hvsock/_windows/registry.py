@@ -302,7 +302,7 @@ def apply_edits(backend: RegistryBackend, edits: Sequence[RegistryEdit]) -> None
             backend.set_value(edit.key, name, value)
 
 
-class Declared(Protocol):
+class ServiceDeclaration(Protocol):
     """What registration needs of a declaration such as :class:`hvsock.Service`."""
 
     @property
@@ -312,7 +312,7 @@ class Declared(Protocol):
     def service_id(self) -> Any: ...
 
 
-def register_service(service: Declared | str, service_id: object = None, *,
+def register_service(service: ServiceDeclaration | str, service_id: object = None, *,
                      registry: RegistryBackend | None = None) -> Registration | None:
     """Register a service on this Hyper-V host: ``register_service("My agent", 5000)``,
     or ``register_service(my_service)`` for anything with a ``name`` and a

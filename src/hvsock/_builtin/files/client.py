@@ -23,9 +23,9 @@ from typing import IO, Any
 
 from ..._core import filecopy as fc
 from ..._core.addresses import Address
+from ..._endpoints import connect
 from ..._errors import ArgumentError, HvsockError, IdleTimeoutError, ProtocolError
 from ..._transports._common import DEFAULT_CONNECT_TIMEOUT
-from ..._transports.api import connect
 from ..._validate import callable_, positive_number, quote
 from .transfer import (
     AtomicWriter,

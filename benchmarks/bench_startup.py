@@ -1,0 +1,79 @@
+"""Start-up cost: `import hvsock` and short `hvsock` commands vs `python -c "import socket"`.
+
+`hvsock connect` runs as an SSH ProxyCommand and in scripts, where start-up is paid on
+every call. Each command runs N times, alternating with the baseline in the same run;
+the figure is the median wall time, and the ratio is to the baseline's median
+(target: <= 2x for `--version` and `connect`). Nothing connects over AF_VSOCK: the
+connect figure dials a Unix socket file that does not exist (exit status 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _report
+
+#: Runs per command (bounded: each is well under a second).
+DEFAULT_RUNS = 21
+
+
+def hvsock_command() -> list[str]:
+    script = Path(sys.executable).with_name("hvsock")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "hvsock"]
+
+
+def wall(argv: list[str], expect: int) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, timeout=30, check=False)
+    took = time.perf_counter() - start
+    if done.returncode != expect:
+        raise SystemExit(f"{argv} exited {done.returncode}, expected {expect}")
+    return took
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("-n", "--runs", type=int, default=DEFAULT_RUNS)
+    args = parser.parse_args()
+    runs = max(3, min(args.runs, 201))
+    hv = hvsock_command()
+    with tempfile.TemporaryDirectory(prefix="hv-bench-") as tmp:
+        missing = f"unix://{os.path.join(tmp, 'nobody.sock')}"
+        commands: dict[str, tuple[list[str], int]] = {
+            "baseline": ([sys.executable, "-c", "import socket"], 0),
+            "import hvsock": ([sys.executable, "-c", "import hvsock"], 0),
+            "hvsock --version": ([*hv, "--version"], 0),
+            "hvsock connect --help": ([*hv, "connect", "--help"], 0),
+            "hvsock connect (nothing listening)": ([*hv, "connect", missing,
+                                                    "--timeout", "1"], 4),
+        }
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        for argv, expect in commands.values():
+            wall(argv, expect)  # warm the page cache and .pyc files once
+        for _ in range(runs):
+            # Interleaved, so a machine that slows down mid-run slows every figure alike.
+            for name, (argv, expect) in commands.items():
+                times[name].append(wall(argv, expect))
+    base = statistics.median(times["baseline"]) * 1000
+    rows = []
+    for name in commands:
+        if name == "baseline":
+            continue
+        ours = statistics.median(times[name]) * 1000
+        target = "<= 2x" if name.startswith(("hvsock --version", "hvsock connect")) else ""
+        rows.append(_report.row(f"{name} (median of {runs})", "ms", ours, base,
+                                'python -c "import socket"', target))
+    _report.emit(rows, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""The blocking driver: runs a dial generator (:mod:`.dial`) with poll/select and a deadline."""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+
+from ._common import Deadline
+from .dial import Dial, InThread, Pause, Writable, resume
+
+__all__: list[str] = []  # internal
+
+
+def _wait(sock: socket.socket, writable: bool, timeout: float | None) -> bool:
+    """True once *sock* is ready (readable / writable), False when *timeout* passed."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT if writable else select.POLLIN)
+        # Errors and hang-ups count as ready: the dial's next call reports them.
+        return bool(poller.poll(None if timeout is None else max(0, timeout * 1000)))
+    rlist, wlist, xlist = ([], [sock], [sock]) if writable else ([sock], [], [sock])
+    ready = select.select(rlist, wlist, xlist, timeout)  # pragma: no cover - Windows
+    return any(ready)  # pragma: no cover - Windows
+
+
+def run(gen: Dial, timeout: float | None) -> socket.socket:
+    """Drive *gen* to its end; return its socket, made blocking.
+
+    *timeout* bounds each attempt (the deadline restarts after a retry's pause).
+    Raises what the dial raises: :class:`HvsockError` subclasses.
+    """
+    deadline = Deadline(timeout)
+    value: object = None
+    error: BaseException | None = None
+    try:
+        while True:
+            step = resume(gen, value, error)
+            if isinstance(step, socket.socket):
+                step.setblocking(True)
+                return step
+            value, error = None, None
+            if isinstance(step, Pause):
+                time.sleep(step.seconds)
+                deadline = Deadline(timeout)
+            elif isinstance(step, InThread):
+                try:
+                    value = step.call(deadline.remaining())
+                except OSError as exc:
+                    error = exc
+            elif not _wait(step.sock, isinstance(step, Writable), deadline.remaining()):
+                error = step.stalled()
+    finally:
+        gen.close()  # a no-op once it returned; else closes its socket (Ctrl-C, ...)
