@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ._builtin.kvp import checks as kvp_checks
 from ._core import ids
 from ._core.addresses import (
     Address,
@@ -54,7 +55,7 @@ NOT_APPLICABLE = "not applicable"
 STATUSES = (OK, INFO, WARN, FAIL, NOT_APPLICABLE)
 
 LINUX_CHECKS = ("af_vsock", "vsock_transports", "dev_vsock", "local_cid", "vsock_socket",
-                "hyperv_guest", "wsl")
+                "hyperv_guest", "wsl", *kvp_checks.CHECKS)
 WINDOWS_CHECKS = ("af_hyperv", "registry", "hyperv_loopback", "vms")
 LINUX_ADDRESS_CHECKS = ("address_cid", "address_port", "address_bind", "host_registration")
 WINDOWS_ADDRESS_CHECKS = ("service_registered", "address_vm")
@@ -212,6 +213,9 @@ def _linux_checks(addr: Address | None, m: Machine) -> list[Check]:
         socket_check,
         _hyperv_check(evidence, hv_sock, transports),
         _wsl_check(m, evidence),
+        # KVP (hvsock.kvp): the daemon, the pool files, stale pools.
+        *(Check(*f) for f in kvp_checks.kvp_findings(root=m.root,
+                                                     hyperv_guest=bool(evidence))),
     ]
     if addr is not None:
         checks += _linux_address_checks(addr, m, hyperv=bool(evidence) or hv_sock,

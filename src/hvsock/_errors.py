@@ -13,13 +13,14 @@ import socket
 
 __all__ = [
     "AddressError",
-    "ArgumentError",
     "AddressInUseError",
+    "ArgumentError",
     "ConnectTimeoutError",
     "FrameTooLargeError",
     "HandshakeError",
     "HvsockError",
     "IdleTimeoutError",
+    "KvpError",
     "NothingListeningError",
     "PermissionDeniedError",
     "ProtocolError",
@@ -123,6 +124,10 @@ class RemoteError(HvsockError):
 
 class IdleTimeoutError(HvsockError, TimeoutError):
     """The peer sent nothing (or took nothing) for longer than the idle timeout."""
+
+
+class KvpError(HvsockError):
+    """A KVP pool file is malformed (size, format) or its lock was not granted in time."""
 
 
 class RegistryError(HvsockError):
