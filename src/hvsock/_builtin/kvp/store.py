@@ -77,13 +77,18 @@ def poll_changes(read: Callable[[], dict[str, str]], signature: Callable[[], obj
                  max_changes: int | None) -> Iterator[Change]:
     """Yield changes of ``read()`` as they happen, looking every *interval* seconds.
 
+    The starting state is read now, so every change after this call is seen.
     ``read()`` runs again only when ``signature()`` (a cheap stat) changed. Ends after
     *timeout* seconds or *max_changes* changes, whichever comes first.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
+    return _poll(read, signature, signature(), read(), interval, deadline, max_changes)
+
+
+def _poll(read: Callable[[], dict[str, str]], signature: Callable[[], object], sig: object,
+          state: dict[str, str], interval: float, deadline: float | None,
+          max_changes: int | None) -> Iterator[Change]:
     seen = 0
-    sig = signature()
-    state = read()
     while max_changes is None or seen < max_changes:
         now = time.monotonic()
         if deadline is not None and now >= deadline:
