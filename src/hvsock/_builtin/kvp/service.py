@@ -176,6 +176,15 @@ class KvpClient:
             raise hvsock.ConnectTimeoutError(
                 f"the KVP service at {self.address} did not answer {method!r} within "
                 f"{self.timeout:g} s") from exc
+        except (hvsock.ProtocolError, ConnectionError) as exc:
+            # A service closes a peer outside its allowlist before reading a byte.
+            self.close()
+            if isinstance(exc, hvsock.ProtocolError) and "closed" not in str(exc):
+                raise
+            raise hvsock.HvsockError(
+                f"the KVP service at {self.address} closed the connection without an "
+                "answer: is this host allowed (`hvsock kvp serve --allow`, by default the "
+                "host's CID 2 only)?") from exc
 
     def items(self, pool: Pool | int | str = Pool.GUEST) -> list[tuple[str, str]]:
         got = self._call("items", {"pool": int(codec.parse_pool(pool))})
