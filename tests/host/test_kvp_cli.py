@@ -95,7 +95,7 @@ def test_clear_stale(tmp_path: Path) -> None:
     kvp.open_pool(3, directory=d, allow_host_pool=True).set("HostName", "old")
     kvp.open_pool(directory=d).set("fresh", "1")
     os.utime(tmp_path / ".kvp_pool_3", (0, 0))  # written long before this boot
-    status, out, err = run("kvp", "clear", "--stale", "--dir", d, "--json")
+    status, out, _ = run("kvp", "clear", "--stale", "--dir", d, "--json")
     assert status == 0
     assert json.loads(out) == {"cleared": [{"pool": 3, "records": 1}]}
     assert kvp.open_pool(directory=d).get("fresh") == "1"

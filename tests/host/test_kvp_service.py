@@ -85,7 +85,7 @@ def test_host_reads_guest_pool_and_pushes_its_own(kind: str, short_tmp: Path) ->
 
 
 def test_only_the_host_by_default(short_tmp: Path) -> None:
-    assert DEFAULT_ALLOW == {2, hvsock.PARENT}
+    assert {2, hvsock.PARENT} == DEFAULT_ALLOW
     address = f"unix://{short_tmp}/kvp.sock"
 
     def denied() -> None:

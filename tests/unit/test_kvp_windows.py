@@ -205,7 +205,7 @@ def test_read_guest_items_errors() -> None:
         "hvsock: 0 VMs match 'gone'", returncode=3)})
     with pytest.raises(VmNotFoundError, match="hvsock vms"):
         hh.read_guest_items("gone", runner=runner)
-    with pytest.raises(UnsupportedError, match="powershell.exe was not found"):
+    with pytest.raises(UnsupportedError, match=r"powershell\.exe was not found"):
         hh.read_guest_items("x", runner=FakeRunner())
     script = hh.change_script("add", "vm", [("k", "v")])
     runner = FakeRunner({tuple(powershell_argv(script)): failed(
