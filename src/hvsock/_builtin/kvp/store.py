@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import struct
 import time
@@ -34,7 +33,7 @@ from dataclasses import dataclass, field
 
 from ..._core import kvp as codec
 from ..._core.kvp import RECORD_SIZE, Pool
-from ..._errors import ArgumentError, HvsockError, KvpError, PermissionDeniedError
+from ..._errors import ArgumentError, HvsockError, KvpError, PermissionDeniedError, UnsupportedError
 from ..._validate import non_negative_number, positive_number, quote, whole_number
 
 DEFAULT_DIRECTORY = "/var/lib/hyperv"
@@ -44,10 +43,15 @@ DEFAULT_LOCK_TIMEOUT = 5.0
 #: Seconds between two looks at the pool while watching it.
 DEFAULT_WATCH_INTERVAL = 0.25
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: its pools are in the registry
+    fcntl = None  # type: ignore[assignment]
+
 # struct flock on 64-bit Linux: l_type, l_whence (short), l_start, l_len (off_t),
 # l_pid (int, 0 for OFD locks), padding to 32 bytes.
 _FLOCK = "hhqqi4x"
-_OFD = (hasattr(fcntl, "F_OFD_SETLK") and struct.calcsize("l") == 8
+_OFD = (fcntl is not None and hasattr(fcntl, "F_OFD_SETLK") and struct.calcsize("l") == 8
         and struct.calcsize(_FLOCK) == 32)
 
 
@@ -161,6 +165,9 @@ def locked(fd: int, *, exclusive: bool, timeout: float, where: str) -> Iterator[
 
     Raises :class:`KvpError` (errno ETIMEDOUT) when they are not granted in *timeout* s.
     """
+    if fcntl is None:  # pragma: no cover - Windows
+        raise UnsupportedError("pool files need POSIX file locks; on Windows the pools are "
+                               "in the registry (RegistryKvpStore)")
     deadline = time.monotonic() + timeout
     delay = 0.001
     while True:
