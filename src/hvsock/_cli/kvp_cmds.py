@@ -362,19 +362,24 @@ def _on_hyperv_host(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                             "its intrinsics pool 2 (auto)")
     found = hyperv_host.read_guest_items(vm)
     chosen = found.guest if pool == Pool.GUEST else found.intrinsic
-    merged = codec.latest((i.name, i.data) for i in chosen)
-    if action == "get":
-        value = merged.get(args.key)
-        if value is None:
-            err.write(f"hvsock: {args.key!r} is not among {vm!r}'s {pool.cli_name} items\n")
-            return EXIT_MISSING
-        if args.json:
-            cliargs.print_json({"key": args.key, "value": value, "pool": pool.cli_name}, out)
-        else:
-            out.write(f"{value}\n")
-        return EXIT_OK
-    _print_items(list(merged.items()), args, out)
-    return EXIT_OK
+    return _run(action, _Listed(pool, [(i.name, i.data) for i in chosen]), args, out, err)
+
+
+class _Listed:
+    """Items read once (a Hyper-V VM's), with the store's reading methods."""
+
+    def __init__(self, pool: Pool, items: list[tuple[str, str]]) -> None:
+        self.pool = pool
+        self._items = items
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._items)
+
+    def as_dict(self) -> dict[str, str]:
+        return codec.latest(self._items)
+
+    def get(self, key: str) -> str | None:
+        return self.as_dict().get(key)
 
 
 # -- serve ----------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from typing import Any, Protocol
 from ..._core import kvp as codec
 from ..._core.kvp import Pool
 from ..._errors import ArgumentError, UnsupportedError
-from ..._validate import non_negative_number, positive_number, whole_number
 from .store import DEFAULT_WATCH_INTERVAL, Change, HostFacts, poll_changes
 
 VM_KEY = r"SOFTWARE\Microsoft\Virtual Machine"
@@ -147,10 +146,6 @@ class RegistryKvpStore:
     def watch(self, *, interval: float = DEFAULT_WATCH_INTERVAL, timeout: float | None = None,
               max_changes: int | None = None) -> Iterator[Change]:
         """Yield each change as it happens, reading the key every *interval* seconds."""
-        positive_number(interval, "interval")
-        non_negative_number(timeout, "timeout", optional=True)
-        if max_changes is not None:
-            whole_number(max_changes, "max_changes", 1, 2**31)
         return poll_changes(self.as_dict, self._signature, interval=interval,
                             timeout=timeout, max_changes=max_changes)
 

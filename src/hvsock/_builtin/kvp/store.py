@@ -85,6 +85,10 @@ def poll_changes(read: Callable[[], dict[str, str]], signature: Callable[[], obj
     ``read()`` runs again only when ``signature()`` (a cheap stat) changed. Ends after
     *timeout* seconds or *max_changes* changes, whichever comes first.
     """
+    positive_number(interval, "interval")
+    non_negative_number(timeout, "timeout", optional=True)
+    if max_changes is not None:
+        whole_number(max_changes, "max_changes", 1, 2**31)
     deadline = None if timeout is None else time.monotonic() + timeout
     return _poll(read, signature, signature(), read(), interval, deadline, max_changes)
 
@@ -401,12 +405,9 @@ class KvpStore:
         Looks at the file's stat every *interval* seconds and re-reads it when it
         changed: polling works on every file system (9p, NFS) and for every writer,
         and a stat is cheap. Ends after *timeout* seconds or *max_changes* changes;
-        with neither it runs until the caller stops iterating.
+        with neither it runs until the caller stops iterating. Raises
+        :class:`ArgumentError` for a bad bound.
         """
-        positive_number(interval, "interval")
-        non_negative_number(timeout, "timeout", optional=True)
-        if max_changes is not None:
-            whole_number(max_changes, "max_changes", 1, 2**31)
         return poll_changes(self.as_dict, self._signature, interval=interval,
                             timeout=timeout, max_changes=max_changes)
 
