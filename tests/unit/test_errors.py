@@ -14,11 +14,13 @@ from hvsock import _errors
 from hvsock._errors import (
     AddressError,
     AddressInUseError,
+    ArgumentError,
     ConnectTimeoutError,
     FrameTooLargeError,
     HandshakeError,
     HvsockError,
     IdleTimeoutError,
+    KvpError,
     NothingListeningError,
     PermissionDeniedError,
     ProtocolError,
@@ -36,7 +38,8 @@ from hvsock._errors import (
 # `except TimeoutError` / `except ConnectionRefusedError` code keeps working.
 TREE: dict[type[HvsockError], tuple[type[BaseException], ...]] = {
     HvsockError: (),
-    AddressError: (ValueError,),
+    ArgumentError: (ValueError,),
+    AddressError: (ArgumentError, ValueError),
     UnsupportedError: (),
     TransportUnavailableError: (UnsupportedError,),
     NothingListeningError: (ConnectionRefusedError, ConnectionError),
@@ -49,6 +52,7 @@ TREE: dict[type[HvsockError], tuple[type[BaseException], ...]] = {
     FrameTooLargeError: (ProtocolError,),
     RemoteError: (),
     IdleTimeoutError: (TimeoutError,),
+    KvpError: (),
     RegistryError: (),
     VmNotFoundError: (),
 }
