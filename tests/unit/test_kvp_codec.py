@@ -139,3 +139,12 @@ def test_pool_names() -> None:
 
 def test_latest_keeps_the_last_duplicate() -> None:
     assert codec.latest([("a", "1"), ("b", "2"), ("a", "3")]) == {"b": "2", "a": "3"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["a", "ab", "é", "k" * 512, "k" * 511]), max_size=6),
+       st.sampled_from(["a", "ab", "é", "k" * 512, "k" * 511, "k" * 513, "b\0", "\ud800"]))
+def test_find_key_matches_decoding(keys: list[str], key: str) -> None:
+    data = b"".join(codec.encode_raw(k, "v") for k in keys)
+    assert codec.find_key(data, key) == [i for i, (k, _) in enumerate(decode_pool(data))
+                                         if k == key]

@@ -152,6 +152,23 @@ def encode_raw(key: str, value: str) -> bytes:
     return raw_key.ljust(KEY_SIZE, b"\0") + raw_value.ljust(VALUE_SIZE, b"\0")
 
 
+def find_key(data: bytes, key: str) -> list[int]:
+    """The indices of *key*'s records in *data* (whole records), decoding nothing.
+
+    A record is *key*'s when its key field starts with the key's bytes and a NUL (or is
+    exactly them, for a 512-byte key): the same match as decoding and comparing.
+    """
+    try:
+        raw = key.encode(_CODEC, _ERRORS)
+    except UnicodeEncodeError:
+        return []  # no record decodes to a lone surrogate outside surrogateescape's range
+    if len(raw) > KEY_SIZE or b"\0" in raw:
+        return []
+    field = raw + b"\0" if len(raw) < KEY_SIZE else raw
+    return [i for i in range(len(data) // RECORD_SIZE)
+            if data.startswith(field, i * RECORD_SIZE)]
+
+
 def _field(raw: bytes) -> str:
     end = raw.find(b"\0")
     return (raw if end < 0 else raw[:end]).decode(_CODEC, _ERRORS)

@@ -292,17 +292,19 @@ class KvpStore:
         finally:
             os.close(fd)
 
-    def _records(self, fd: int | None) -> list[tuple[str, str]]:
+    def _data(self, fd: int | None) -> bytes:
+        """The whole file, checked to be whole records; b"" when it does not exist."""
         if fd is None:
-            return []
-        size = os.fstat(fd).st_size
-        return codec.decode_pool(_pread_all(fd, size), self.where)
+            return b""
+        data = _pread_all(fd, os.fstat(fd).st_size)
+        codec.check_size(len(data), self.where)
+        return data
 
     # -- reading ----------------------------------------------------------------------
     def items(self) -> list[tuple[str, str]]:
         """Every record, in file order, duplicates kept; [] when the file does not exist."""
         with self._open(write=False) as fd:
-            return self._records(fd)
+            return codec.decode_pool(self._data(fd), self.where)
 
     def as_dict(self) -> dict[str, str]:
         """Key -> value, the last of duplicates winning (as the host reads them)."""
@@ -315,11 +317,12 @@ class KvpStore:
         """The value of *key* (the last record with it), or *default*."""
         if not isinstance(key, str):
             raise ArgumentError(f"a KVP key must be text, not {type(key).__name__}")
-        found = default
-        for k, v in self.items():
-            if k == key:
-                found = v
-        return found
+        with self._open(write=False) as fd:
+            data = self._data(fd)
+        at = codec.find_key(data, key)
+        if not at:
+            return default
+        return codec.decode_record(data[at[-1] * RECORD_SIZE:(at[-1] + 1) * RECORD_SIZE])[1]
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self.get(key) is not None
@@ -345,19 +348,20 @@ class KvpStore:
 
     def update(self, items: dict[str, str]) -> None:
         """:meth:`set` each item, under one hold of the lock (all are checked first)."""
-        encoded = [(k, v, codec.encode_record(k, v, self.limits)) for k, v in items.items()]
+        encoded = [(k, codec.encode_record(k, v, self.limits)) for k, v in items.items()]
         with self._open(write=True) as fd:
             assert fd is not None
-            for key, value, record in encoded:
-                records = self._records(fd)
-                at = [i for i, (k, _) in enumerate(records) if k == key]
+            for key, record in encoded:
+                data = self._data(fd)
+                at = codec.find_key(data, key)
                 if not at:
-                    _pwrite_all(fd, record, len(records) * RECORD_SIZE)
+                    _pwrite_all(fd, record, len(data))
                     continue
                 if len(at) > 1:
-                    self._remove(fd, records, set(at[1:]))
-                if records[at[0]] != (key, value):
-                    _pwrite_all(fd, record, at[0] * RECORD_SIZE)
+                    self._remove(fd, data, set(at[1:]))
+                offset = at[0] * RECORD_SIZE
+                if data[offset:offset + RECORD_SIZE] != record:
+                    _pwrite_all(fd, record, offset)
 
     def delete(self, key: str) -> int:
         """Remove every record of *key*; return how many there were (0: nothing to do)."""
@@ -365,10 +369,10 @@ class KvpStore:
             raise ArgumentError(f"a KVP key must be text, not {type(key).__name__}")
         with self._open(write=True) as fd:
             assert fd is not None
-            records = self._records(fd)
-            at = {i for i, (k, _) in enumerate(records) if k == key}
+            data = self._data(fd)
+            at = codec.find_key(data, key)
             if at:
-                self._remove(fd, records, at)
+                self._remove(fd, data, set(at))
             return len(at)
 
     def clear(self) -> int:
@@ -380,15 +384,16 @@ class KvpStore:
             return count
 
     @staticmethod
-    def _remove(fd: int, records: list[tuple[str, str]], gone: AbstractSet[int]) -> None:
+    def _remove(fd: int, data: bytes, gone: AbstractSet[int]) -> None:
         # Move the records after the first removed one down, then cut the end: whole
-        # records at record offsets only, so a reader never meets half of one.
+        # records at record offsets only, so a reader never meets half of one. Records
+        # move as raw bytes, so other programs' records stay exactly what they were.
         first = min(gone)
-        tail = [codec.encode_raw(k, v) for i, (k, v) in enumerate(records)
-                if i > first and i not in gone]
+        tail = b"".join(data[i * RECORD_SIZE:(i + 1) * RECORD_SIZE]
+                        for i in range(first + 1, len(data) // RECORD_SIZE) if i not in gone)
         if tail:
-            _pwrite_all(fd, b"".join(tail), first * RECORD_SIZE)
-        os.ftruncate(fd, (first + len(tail)) * RECORD_SIZE)
+            _pwrite_all(fd, tail, first * RECORD_SIZE)
+        os.ftruncate(fd, first * RECORD_SIZE + len(tail))
 
     # -- watching and staleness --------------------------------------------------------
     def _signature(self) -> object:
