@@ -58,7 +58,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "FrameTooLargeError", "HandshakeError", "HvsockError", "IdleTimeoutError",
         "NothingListeningError", "PermissionDeniedError", "ProtocolError", "RegistryError",
         "RemoteError", "TransportUnavailableError", "UnreachableError", "UnsupportedError",
-        "VmNotFoundError", "ConnectionResetByPeerError", "NotAllowedError",
+        "VmNotFoundError", "ConnectionResetByPeerError", "NotAllowedError", "KvpError",
     ),
     "._relay": (
         "ConnectionRecord", "Relay", "RelayStats", "relay",
@@ -193,6 +193,7 @@ if TYPE_CHECKING:  # the same names, spelled out for type checkers and IDEs
     from ._errors import HandshakeError as HandshakeError
     from ._errors import HvsockError as HvsockError
     from ._errors import IdleTimeoutError as IdleTimeoutError
+    from ._errors import KvpError as KvpError
     from ._errors import NotAllowedError as NotAllowedError
     from ._errors import NothingListeningError as NothingListeningError
     from ._errors import PermissionDeniedError as PermissionDeniedError

@@ -21,6 +21,7 @@ __all__ = [
     "HandshakeError",
     "HvsockError",
     "IdleTimeoutError",
+    "KvpError",
     "NotAllowedError",
     "NothingListeningError",
     "PermissionDeniedError",
@@ -137,6 +138,10 @@ class RemoteError(HvsockError):
 
 class IdleTimeoutError(HvsockError, TimeoutError):
     """The peer sent nothing (or took nothing) for longer than the idle timeout."""
+
+
+class KvpError(HvsockError):
+    """A KVP pool file is malformed (size, format) or its lock was not granted in time."""
 
 
 class RegistryError(HvsockError):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import hvsock
-from hvsock._cli import cp_cmds, relay_cmds, service_cmds, tools_cmds, windows_cmds
+from hvsock._cli import cp_cmds, kvp_cmds, relay_cmds, service_cmds, tools_cmds, windows_cmds
 
 HEAVY = ("asyncio", "hvsock._relay", "hvsock._doctor", "hvsock._windows", "hvsock._service",
          "hvsock._builtin", "hvsock._aio", "concurrent.futures")
@@ -71,6 +71,13 @@ def test_cli_constants_match_the_library() -> None:
     assert service_cmds.DEMO_TRANSPORTS == demo.TRANSPORTS
     assert windows_cmds.EXPORT_FORMATS == export.FORMATS
     assert cp_cmds.DEFAULT_PORT == files.DEFAULT_PORT
+    from hvsock._builtin.kvp import service as kvp_service
+    from hvsock._builtin.kvp import store as kvp_store
+
+    assert kvp_cmds.KVP_PORT == kvp_service.KVP_PORT
+    assert kvp_cmds.DEFAULT_DIRECTORY == kvp_store.DEFAULT_DIRECTORY
+    assert kvp_cmds.DEFAULT_LOCK_TIMEOUT == kvp_store.DEFAULT_LOCK_TIMEOUT
+    assert kvp_cmds.DEFAULT_WATCH_INTERVAL == kvp_store.DEFAULT_WATCH_INTERVAL
 
 
 @pytest.mark.parametrize("argv", [

@@ -21,6 +21,7 @@ from hvsock._errors import (
     HandshakeError,
     HvsockError,
     IdleTimeoutError,
+    KvpError,
     NotAllowedError,
     NothingListeningError,
     PermissionDeniedError,
@@ -55,6 +56,7 @@ TREE: dict[type[HvsockError], tuple[type[BaseException], ...]] = {
     FrameTooLargeError: (ProtocolError,),
     RemoteError: (),
     IdleTimeoutError: (TimeoutError,),
+    KvpError: (),
     RegistryError: (),
     VmNotFoundError: (),
 }

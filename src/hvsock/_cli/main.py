@@ -28,6 +28,7 @@ from . import args as cliargs
 from . import (
     cp_cmds,
     doctor_cmds,
+    kvp_cmds,
     relay_cmds,
     service_cmds,
     socket_cmds,
@@ -40,7 +41,8 @@ from . import (
 #: argparse and ``args`` at the top, the implementation imported inside each handler,
 #: so a command loads only what it runs (tests/unit/test_cli_imports.py checks).
 EXTENSIONS = (
-    socket_cmds, service_cmds, cp_cmds, windows_cmds, doctor_cmds, relay_cmds, tools_cmds,
+    socket_cmds, service_cmds, cp_cmds, kvp_cmds, windows_cmds, doctor_cmds, relay_cmds,
+    tools_cmds,
 )
 
 # Exit statuses, in one place (documented in docs/cli.md).

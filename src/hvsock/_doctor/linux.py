@@ -11,6 +11,7 @@ import stat
 import sys
 
 from .. import _endpoints as api
+from .._builtin.kvp.checks import kvp_findings
 from .._core import ids
 from .._core.addresses import Address, HybridAddress, HyperVAddress, NamedVmAddress, VsockAddress
 from .._errors import HvsockError, translate
@@ -72,6 +73,8 @@ def linux_checks(addr: Address | None, m: Machine) -> list[Check]:
         socket_check,
         _hyperv_check(evidence, hv_sock, transports),
         _wsl_check(m, evidence),
+        # KVP (hvsock.kvp): the daemon, the pool files, stale pools.
+        *(Check(*f) for f in kvp_findings(root=m.root, hyperv_guest=bool(evidence))),
     ]
     if addr is not None:
         checks += _linux_address_checks(addr, m, hyperv=bool(evidence) or hv_sock,

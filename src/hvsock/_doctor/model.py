@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .._builtin.kvp.checks import CHECKS as KVP_CHECKS
+
 if TYPE_CHECKING:
     from .._windows import registry as reg
     from .._windows import vms as vmlib
@@ -20,7 +22,7 @@ NOT_APPLICABLE = "not applicable"
 STATUSES = (OK, INFO, WARN, FAIL, NOT_APPLICABLE)
 
 LINUX_CHECKS = ("af_vsock", "vsock_transports", "dev_vsock", "local_cid", "vsock_socket",
-                "hyperv_guest", "wsl")
+                "hyperv_guest", "wsl", *KVP_CHECKS)
 WINDOWS_CHECKS = ("af_hyperv", "registry", "hyperv_loopback", "vms")
 LINUX_ADDRESS_CHECKS = ("address_cid", "address_port", "address_bind", "host_registration",
                         "vmm_socket", "vmm_handshake")

@@ -98,6 +98,12 @@ class MemoryRegistry:
             raise RegistryError(f"cannot delete {path}: it has subkeys")
         del self._keys[folded]
 
+    def delete_value(self, path: str, name: str) -> None:
+        """Remove value *name* of *path* (any case); nothing when either does not exist."""
+        key = self._keys.get(_fold(path))
+        if key is not None and isinstance(name, str):
+            key.values.pop(name.casefold(), None)
+
     # -- for tests ------------------------------------------------------------
     def snapshot(self) -> dict[str, dict[str, object]]:
         """Every key (as first spelled) with its values: compare two registries with it."""

@@ -435,3 +435,9 @@ class WinregBackend:
     def delete_key(self, path: str) -> None:
         with self._errors("delete", path), suppress(FileNotFoundError):
             self._w.DeleteKeyEx(self._w.HKEY_LOCAL_MACHINE, path, self._view, 0)
+
+    def delete_value(self, path: str, name: str) -> None:
+        """Remove value *name* of *path*; nothing when either does not exist."""
+        with self._errors("delete", path), suppress(FileNotFoundError), \
+                self._open(path, self._w.KEY_SET_VALUE) as key:
+            self._w.DeleteValue(key, name)
