@@ -329,6 +329,9 @@ def _line_of(text: str, forward: int | None, key: str | None) -> int | None:
 
 
 _FORWARD_KEYS = ("listen", "target", "allow")
+#: Stand-ins that pass, so Forward.build checks one key of a table at a time.
+_FINE: dict[str, object] = {"listen": "tcp://127.0.0.1:0", "target": "tcp://127.0.0.1:1",
+                            "allow": None}
 
 
 def parse_toml(text: str, source: str = "relay.toml", **overrides: object) -> RelayConfig:
@@ -381,12 +384,12 @@ def parse_toml(text: str, source: str = "relay.toml", **overrides: object) -> Re
         for key in ("listen", "target"):
             if key not in table:
                 raise fail(f"this forward has no {key} = \"ADDRESS\"", i)
-        try:
-            forwards.append(Forward.build(table["listen"], table["target"],
-                                          table.get("allow")))
-        except ArgumentError as exc:
-            bad = next((k for k in ("allow", "target", "listen") if k in str(exc)), "listen")
-            raise fail(str(exc), i, bad) from None
+        for key in _FORWARD_KEYS:  # one at a time, to point at the bad line
+            try:
+                Forward.build(*(table.get(k) if k == key else _FINE[k] for k in _FORWARD_KEYS))
+            except ArgumentError as exc:
+                raise fail(str(exc), i, key) from None
+        forwards.append(Forward.build(table["listen"], table["target"], table.get("allow")))
     settings.update({k: v for k, v in overrides.items() if v is not None})
     config_targets = settings.pop("allow_targets", None)
     try:

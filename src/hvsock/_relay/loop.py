@@ -174,6 +174,15 @@ class Loop:
     def active(self) -> int:
         return len(self._conns)
 
+    @property
+    def held(self) -> int:
+        """Bytes this worker holds in flight now (buffers and pipes)."""
+        return self._held
+
+    @property
+    def peak(self) -> int:
+        return self._peak
+
     def set_ids(self, first: int, step: int) -> None:
         """Number connections first, first + step, ... (unique across workers)."""
         self._next_id = first

@@ -28,7 +28,7 @@ from ._plumbing import AllowRule, sd_notify, write_ready_file
 from ._poll import IN, Poller, Waker
 from .config import DEFAULT_BUFFER_MEMORY, Forward, RelayConfig
 from .conn import ConnectionRecord, RelayStats
-from .loop import ACTIVE, PEAK, STAT_FIELDS, Listening, LocalSlots, Loop
+from .loop import ACTIVE, BUFFERED, PEAK, STAT_FIELDS, Listening, LocalSlots, Loop
 from .workers import (
     SharedSlots,
     StatsTable,
@@ -170,7 +170,8 @@ class Relay:
         """The counters, summed over the workers."""
         totals = self._table.total() if self._table is not None else list(self._row)
         if self._loop is not None:
-            totals[ACTIVE] = self._loop.active
+            loop = self._loop
+            totals[ACTIVE], totals[BUFFERED], totals[PEAK] = loop.active, loop.held, loop.peak
         return RelayStats(*totals[:PEAK + 1])
 
     # -- starting ----------------------------------------------------------------------------
@@ -289,6 +290,8 @@ class Relay:
             info: dict[str, Any] = {"pid": os.getpid(), "listen": str(self._addresses[0]),
                                     "target": str(config.forwards[0].target),
                                     "workers": config.workers}
+            if self._pids:
+                info["worker_pids"] = list(self._pids)
             if len(config.forwards) > 1:
                 info["forwards"] = [{"listen": str(a), "target": str(f.target)}
                                     for a, f in zip(self._addresses, config.forwards, strict=True)]
