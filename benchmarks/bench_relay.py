@@ -246,10 +246,11 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def measure_rss(address: str, handshake_port: int | None, conns: int, variant: str,
-                relay_pid: int | None) -> dict[str, Any]:
-    """Run *conns* checked connections at once; the relay's peak memory meanwhile."""
-    samples: list[tuple[float, float, int]] = []
+def stress_sampled(address: str, handshake_port: int | None, relay_pid: int | None,
+                   samples: list[tuple[float, float, int]],
+                   **options: Any) -> stress.StressResult:
+    """A checked stress run (*options* are stress_async's) while the relay's memory
+    (its processes' RSS and PSS) is sampled into *samples* every 0.1 s."""
     stop = [False]
 
     async def sampler() -> None:
@@ -262,14 +263,22 @@ def measure_rss(address: str, handshake_port: int | None, conns: int, variant: s
         task = asyncio.ensure_future(sampler())
         try:
             return await stress.stress_async(
-                address, connections=conns, parallel=conns, min_size=1024, max_size=64 * 1024,
-                seed=20240, timeout=120, sync_start=True, hold=1.0,
-                connect=async_connector(address, handshake_port))
+                address, timeout=120, connect=async_connector(address, handshake_port),
+                **options)
         finally:
             stop[0] = True
             await task
 
-    result = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def measure_rss(address: str, handshake_port: int | None, conns: int, variant: str,
+                relay_pid: int | None) -> dict[str, Any]:
+    """Run *conns* checked connections at once; the relay's peak memory meanwhile."""
+    samples: list[tuple[float, float, int]] = []
+    result = stress_sampled(address, handshake_port, relay_pid, samples, connections=conns,
+                            parallel=conns, min_size=1024, max_size=64 * 1024, seed=20240,
+                            sync_start=True, hold=1.0)
     out: dict[str, Any] = {"connections": conns, "mismatches": len(result.failures),
                            "failures": [str(f) for f in result.failures[:5]]}
     _memory(out, samples, variant)
@@ -315,35 +324,16 @@ def measure_stalled(address: str, handshake_port: int | None, conns: int, varian
                 for _ in range(8):
                     try:
                         n = sock.send(block)
-                    except (BlockingIOError, InterruptedError):
-                        break
-                    except OSError:
+                    except OSError:  # full (BlockingIOError), or gone
                         break
                     sent += n
                     progress = True
             if relay_pid is not None:
                 pids = [relay_pid, *children(relay_pid)]
                 samples.append((*rss_of(pids), len(pids)))
-        stop = [False]
-
-        async def sampler() -> None:
-            while not stop[0] and relay_pid is not None:
-                pids = [relay_pid, *children(relay_pid)]
-                samples.append((*rss_of(pids), len(pids)))
-                await asyncio.sleep(0.1)
-
-        async def main() -> stress.StressResult:
-            task = asyncio.ensure_future(sampler())
-            try:
-                return await stress.stress_async(
-                    address, connections=100, parallel=100, min_size=1024,
-                    max_size=256 * 1024, seed=20241, timeout=120,
-                    connect=async_connector(address, handshake_port))
-            finally:
-                stop[0] = True
-                await task
-
-        result = asyncio.run(main())
+        result = stress_sampled(address, handshake_port, relay_pid, samples,
+                                connections=100, parallel=100, min_size=1024,
+                                max_size=256 * 1024, seed=20241)
     finally:
         for sock in stalled:
             sock.close()

@@ -39,28 +39,7 @@ def _echo(sock: socket.socket, data: bytes) -> None:
 
 
 # -- workers share one relay --------------------------------------------------------------------
-@pytest.mark.usefixtures("fd_baseline")
-def test_workers_share_the_connection_limit() -> None:
-    tl, taddr = _tcp_target()
-    with EchoServer(tl) as echo, running_relay("tcp://127.0.0.1:0", taddr, workers=2,
-                                               max_connections=2) as relay:
-        first = [hvsock.connect(relay.address) for _ in range(2)]
-        for c in first:
-            _echo(c, b"x")
-        third = hvsock.connect(relay.address)
-        third.sendall(b"y")
-        # Both workers have had the chance to take the waiting client; neither may.
-        time.sleep(0.3)
-        assert relay.relay.stats().accepted == 2
-        assert echo.accepted == 2
-        first[0].close()
-        assert recv_exactly(third, 1) == b"y"  # a slot freed: the third is served
-        assert relay.relay.stats().accepted == 3
-        for c in (first[1], third):
-            c.close()
-        relay.wait_records(3)
-
-
+# (The connection limit shared by workers: test_relay.py's back-pressure test, workers=2.)
 @pytest.mark.usefixtures("fd_baseline")
 def test_statistics_and_records_are_summed_over_workers() -> None:
     tl, taddr = _tcp_target()

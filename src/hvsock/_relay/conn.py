@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -137,3 +139,13 @@ def describe(error: BaseException) -> str:
         name = errno.errorcode.get(error.errno, str(error.errno))
         return f"{name}: {error.strerror}"
     return str(error) or type(error).__name__
+
+
+def hand_over(on_close: Callable[[ConnectionRecord], None] | None,
+              record: ConnectionRecord) -> None:
+    """Give *record* to the user's callback; its failure is logged, never raised."""
+    if on_close is not None:
+        try:
+            on_close(record)
+        except Exception:
+            logging.getLogger("hvsock.relay").exception("on_close callback failed")

@@ -51,6 +51,7 @@ from .conn import (
     ConnectionRecord,
     abort,
     describe,
+    hand_over,
     os_error,
     pending_error,
 )
@@ -684,11 +685,7 @@ class Loop:
     def _record(self, record: ConnectionRecord, level: int) -> None:
         if LOG.isEnabledFor(level):
             LOG.log(level, "%s", record, extra={"relay": record.as_dict()})
-        if self.on_close is not None:
-            try:
-                self.on_close(record)
-            except Exception:
-                LOG.exception("on_close callback failed")
+        hand_over(self.on_close, record)
 
     # -- stopping ---------------------------------------------------------------------------
     def _begin_stop(self) -> None:

@@ -27,7 +27,7 @@ from .._validate import non_negative_number
 from ._plumbing import AllowRule, sd_notify, write_ready_file
 from ._poll import IN, Poller, Waker
 from .config import DEFAULT_BUFFER_MEMORY, Forward, RelayConfig
-from .conn import ConnectionRecord, RelayStats
+from .conn import ConnectionRecord, RelayStats, hand_over
 from .loop import ACTIVE, BUFFERED, PEAK, STAT_FIELDS, Listening, LocalSlots, Loop
 from .workers import (
     SharedSlots,
@@ -434,7 +434,7 @@ class Relay:
                             poller.remove(fd)
                         records += data
                         for record in decode_records(records):
-                            self._hand_over(record)
+                            hand_over(self.on_close, record)
                     elif fd == self._ready_r and not os.read(fd, 4096):
                         alive = False
                 grace = self._stop_grace
@@ -451,7 +451,7 @@ class Relay:
                 while data := _read_some(self._records_r):
                     records += data
                 for record in decode_records(records):
-                    self._hand_over(record)
+                    hand_over(self.on_close, record)
         finally:
             for pid in self._pids:
                 with contextlib.suppress(OSError):
@@ -469,13 +469,6 @@ class Relay:
         active = self.stats().active
         if active:
             LOG.info("stopping: waiting up to %g s for %d connection(s)", grace, active)
-
-    def _hand_over(self, record: ConnectionRecord) -> None:
-        if self.on_close is not None:
-            try:
-                self.on_close(record)
-            except Exception:
-                LOG.exception("on_close callback failed")
 
     def _close_listeners(self) -> None:
         listeners, self._listeners = self._listeners, []
