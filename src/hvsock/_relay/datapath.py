@@ -41,6 +41,8 @@ if sys.platform.startswith("linux"):
 DEFAULT_CHUNK = 1024 * 1024
 #: The smallest read: what a direction may hold past an exhausted budget.
 MIN_READ = 16 * 1024
+#: Largest unsent tail parked in a pipe (what an empty pipe takes whole).
+PARK_MAX = 64 * 1024
 #: Chunks one direction moves per readiness event before letting others run.
 BURST = 4
 #: Empty pipes kept for reuse; more are closed when given back.
@@ -175,7 +177,7 @@ class Flow:
     def pull(self, pipes: Pipes, bufs: Buffers, room: int) -> None:
         """Move what ``src`` has (up to a burst); *room* is the budget left, in bytes."""
         if not self.splice:
-            self._pull_copy(bufs, room)
+            self._pull_copy(pipes, bufs, room)
             return
         chunk = pipes.size
         if room < chunk:
@@ -184,7 +186,7 @@ class Flow:
         for _ in range(BURST):
             pipe = pipes.get()
             if pipe is None:
-                self._pull_copy(bufs, room)
+                self._pull_copy(pipes, bufs, room)
                 return
             try:
                 n = splice(self.srcfd, pipe[1], chunk, flags=_SPLICE_FLAGS)
@@ -196,7 +198,7 @@ class Flow:
                 if exc.errno == errno.EINVAL:
                     # This socket type cannot splice: copy from now on.
                     self.splice = False
-                    self._pull_copy(bufs, room)
+                    self._pull_copy(pipes, bufs, room)
                     return
                 raise Broken(self.src, exc) from exc
             if n == 0:
@@ -261,7 +263,7 @@ class Flow:
         self.backlog = memoryview(b"".join(parts))
 
     # -- copy --------------------------------------------------------------------------
-    def _pull_copy(self, bufs: Buffers, room: int) -> None:
+    def _pull_copy(self, pipes: Pipes, bufs: Buffers, room: int) -> None:
         size = bufs.size
         try:
             n = self.src.recv_into(bufs.current, size if room >= size else max(MIN_READ, room))
@@ -288,9 +290,32 @@ class Flow:
                 self.backlog = view[m:n]
                 self.cost = size
             else:
-                # Short of budget: hold only the tail, not a whole chunk.
-                self.backlog = memoryview(bytes(bufs.view[m:n]))
+                # Short of budget: hold only the tail, not a whole chunk, and
+                # where a pipe can take it, in the kernel rather than in this
+                # process (a stalled receiver's bytes then cost no RSS).
                 self.cost = n - m
+                if not self._park(pipes, bufs.view[m:n]):
+                    self.backlog = memoryview(bytes(bufs.view[m:n]))
+
+    def _park(self, pipes: Pipes, tail: memoryview) -> bool:
+        """Move *tail* into a pipe (``push`` splices it out later); False if not possible.
+
+        Only tails that an empty pipe of the default size takes whole (64 KiB).
+        """
+        if not SPLICE_WORKS or len(tail) > PARK_MAX:
+            return False
+        pipe = pipes.get()
+        if pipe is None:
+            return False
+        try:
+            written = os.write(pipe[1], tail)
+        except OSError:
+            written = -1
+        if written != len(tail):
+            pipes.discard(pipe)  # the tail is still in the buffer: copied out instead
+            return False
+        self.pipe = pipe
+        return True
 
     def _push_copy(self, bufs: Buffers) -> None:
         try:
