@@ -48,7 +48,10 @@ _SCHEMES = ("tcp", "unix", "vsock", "hvsock", "hybrid")
 
 
 def cores() -> int:
-    """The cores this process may run on (its affinity where the OS tells it)."""
+    """The cores this process may run on (its affinity where the OS tells it); 1
+    where there is no fork (Windows), as workers are forked processes."""
+    if not hasattr(os, "fork"):
+        return 1
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
@@ -106,7 +109,11 @@ def _mode(value: object) -> int | None:
 def _workers(value: object) -> int:
     if value is None:
         return cores()
-    return whole_number(value, "workers", 1, MAX_WORKERS)
+    workers = whole_number(value, "workers", 1, MAX_WORKERS)
+    if workers > 1 and not hasattr(os, "fork"):
+        raise ArgumentError("workers > 1 are forked processes, and this system has no "
+                            "fork (Windows): use workers=1")
+    return workers
 
 
 def _buffer_memory(value: object) -> int:

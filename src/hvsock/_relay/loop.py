@@ -158,6 +158,9 @@ class Loop:
         self._next_id = 1
         self._accepting = False
         self._accept_resume = math.inf
+        #: Paused at the connection limit (not for a resource error): a slot this
+        #: worker frees resumes accepting at once.
+        self._at_limit = False
         self._now = time.monotonic()
         try:
             self._poller.add(self._waker.fileno(), IN)
@@ -246,6 +249,8 @@ class Loop:
                         self._on_control()
                 if busy:
                     stats[BUFFERED] = self._held
+                if self._accept_resume < next_sweep:
+                    next_sweep = self._accept_resume
                 if self.stop_requested and not self._stopping:
                     self._begin_stop()
                     next_sweep = min(next_sweep, self._stop_deadline)
@@ -279,6 +284,7 @@ class Loop:
         self._stats[PEAK] = self._peak
         if self._accept_resume <= now:
             self._accept_resume = math.inf
+            self._at_limit = False
             self._resume_accepting()
         if self._stopping and now >= self._stop_deadline:
             for conn in list(self._conns.values()):
@@ -335,6 +341,7 @@ class Loop:
             # Back-pressure: stop watching the listeners; clients wait in their
             # backlogs. A slot freed by another worker is looked for shortly.
             self._pause_accepting()
+            self._at_limit = True
             if self._slots.shared:
                 self._accept_resume = self._now + SHARED_SLOT_RETRY
             return
@@ -679,7 +686,9 @@ class Loop:
             self._record(ConnectionRecord(conn.id, str(conn.peer), str(conn.forward.target),
                                           sent, received, round(self._now - conn.started, 6),
                                           end, error), level)
-        if not self._accepting:
+        if not self._accepting and self._at_limit:
+            self._at_limit = False
+            self._accept_resume = math.inf
             self._resume_accepting()
 
     def _record(self, record: ConnectionRecord, level: int) -> None:
