@@ -88,6 +88,7 @@ class Route:
     listen_kind: str  # "tcp" or "vsock": what the relays listen on
     client_handshake: int | None = None  # hybrid port the client sends via socat
     addresses: dict[str, str] = field(default_factory=dict)
+    log: str | None = None  # the hvsock relay's stderr (--quiet: problems only)
 
 
 def machine() -> dict[str, Any]:
@@ -119,9 +120,10 @@ class Procs:
         self._n = 0
 
     def start(self, argv: list[str], ready: str | None = None,
-              timeout: float = 60) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+              timeout: float = 60, log: str | None = None) -> subprocess.Popen[bytes]:
+        with open(log or os.devnull, "wb") as err:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=err)
         self.procs.append(proc)
         if ready is not None:
             deadline = time.monotonic() + timeout
@@ -135,9 +137,11 @@ class Procs:
         self._n += 1
         return f"{self.tmp}/ready{self._n}.json"
 
-    def hvsock(self, *args: str) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    def hvsock(self, *args: str,
+               log: str | None = None) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
         ready = self.ready_file()
-        proc = self.start([sys.executable, "-m", "hvsock", *args, "--ready-file", ready], ready)
+        proc = self.start([sys.executable, "-m", "hvsock", *args, "--ready-file", ready], ready,
+                          log=log)
         return proc, json.loads(Path(ready).read_text())
 
     def stop(self, proc: subprocess.Popen[bytes]) -> None:
@@ -366,12 +370,18 @@ def run_path(path: Route, procs: Procs, *, rounds: int, duration: float, conns: 
         ("round trip", lambda a, hs: bench.round_trip(
             a, duration=duration, connect=connector(a, hs))),
     ]
+    errors: list[dict[str, Any]] = []
     for figure, measure in measures:
         for r in range(rounds):
             for variant in VARIANTS:
                 progress(f"{path.name}: {figure}, {variant}, round {r + 1}/{rounds}")
                 address, hs = client(variant)
-                results[figure][variant].append(measure(address, hs).value)
+                try:
+                    results[figure][variant].append(measure(address, hs).value)
+                except (OSError, hvsock.HvsockError) as exc:
+                    # Reported, not fatal: a failed run is a finding of its own.
+                    errors.append({"figure": figure, "variant": variant, "round": r + 1,
+                                   "error": str(exc)[:300]})
     stalled_extra: dict[str, Any] = {}
     for variant in VARIANTS:
         progress(f"{path.name}: {conns} connections at once, {variant}")
@@ -396,6 +406,10 @@ def run_path(path: Route, procs: Procs, *, rounds: int, duration: float, conns: 
         table[figure] = {"unit": UNITS[figure], **medians, "runs": results[figure]}
     table["peak RSS"]["detail"] = extra
     table["stalled RSS"]["detail"] = stalled_extra
+    table["errors"] = errors
+    if path.log is not None and os.path.exists(path.log):
+        lines = Path(path.log).read_text(errors="replace").splitlines()
+        table["relay_problems"] = {"count": len(lines), "first": lines[:5]}
     return table
 
 
@@ -436,9 +450,10 @@ def ratios(table: dict[str, Any],
 def start_relays(path: Route, procs: Procs, server_pid: int) -> None:
     """Start socat and hvsock relay for *path*; fill in the three addresses."""
     listen = "tcp://127.0.0.1:0" if path.listen_kind == "tcp" else "vsock://any:any"
+    path.log = f"{procs.tmp}/relay-{path.name.replace('>', '')}.log"
     relay, info = procs.hvsock("relay", listen, path.relay_target, "--quiet",
                                "--max-connections", "5000", "--idle-timeout", "0",
-                               *RELAY_ARGS)
+                               *RELAY_ARGS, log=path.log)
     if path.listen_kind == "tcp":
         port = free_tcp_port()
         socat_address = f"tcp://127.0.0.1:{port}"
@@ -527,6 +542,14 @@ def print_table(report: dict[str, Any]) -> None:
             print(f"{path['name']:<13} {row['figure']:<15} {row['unit']:<7} "
                   f"{fmt(row['direct']):>9} {fmt(row['socat']):>9} {fmt(row['hvsock']):>9} "
                   f"{vd:>8} {vs:>7}  {checks}")
+        for error in path["table"].get("errors", []):
+            print(f"  {path['name']}, {error['figure']}, {error['variant']}, round "
+                  f"{error['round']}: FAILED: {error['error']}")
+        problems = path["table"].get("relay_problems", {})
+        if problems.get("count"):
+            print(f"  {path['name']}: hvsock relay logged {problems['count']} problem(s), e.g.")
+            for line in problems["first"]:
+                print(f"    {line[:160]}")
         for figure in RSS_FIGURES:
             for variant, detail in path["table"][figure].get("detail", {}).items():
                 if detail.get("mismatches"):
