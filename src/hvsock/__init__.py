@@ -69,7 +69,7 @@ from ._errors import (
     UnsupportedError,
     VmNotFoundError,
 )
-from ._relay import ConnectionRecord, Relay, RelayStats, relay
+from ._relay import ConnectionRecord, Relay, RelayConfig, RelayStats, relay
 from ._service.connection import Connection, Peer, SyncConnection
 from ._service.declaration import Limits, Service
 from ._service.frames import (
@@ -160,6 +160,7 @@ __all__ = [
     "Registration",
     "RegistryError",
     "Relay",
+    "RelayConfig",
     "RelayStats",
     "RemoteError",
     "Removal",

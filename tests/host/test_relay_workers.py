@@ -296,7 +296,7 @@ allow = ["192.0.2.1"]   # nobody here
 def test_config_file_settings_and_command_line_overrides() -> None:
     text = ('workers = 3\nmax_connections = 5\n[[forward]]\nlisten = "tcp://127.0.0.1:0"\n'
             'target = "vsock://3:22"\nallow = [2, "uid:1000"]\n')
-    config = parse_toml(text, "r.toml", max_connections=7)
+    config = hvsock.RelayConfig.from_toml(text, "r.toml", max_connections=7)
     assert isinstance(config, RelayConfig)
     assert (config.workers, config.max_connections) == (3, 7)
     assert config.forwards[0].allow == frozenset({2, "uid:1000"})

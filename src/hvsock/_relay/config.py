@@ -282,6 +282,11 @@ class RelayConfig:
                 f"({', '.join(r.text for r in self.allow_targets)}); add a rule that "
                 "matches it, or forward somewhere allowed")
 
+    @staticmethod
+    def from_toml(text: str, source: str = "relay.toml", **overrides: object) -> RelayConfig:
+        """:func:`parse_toml`: the configuration in the text of a ``relay.toml``."""
+        return parse_toml(text, source, **overrides)
+
     def with_(self, **changes: Any) -> RelayConfig:
         return replace(self, **changes)
 
