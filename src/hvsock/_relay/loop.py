@@ -612,17 +612,11 @@ class Loop:
             # its own; the socket leaves the poller meanwhile, or the level-
             # triggered hang-up would repeat endlessly.
             if fd == conn.cfd and not cmask:
-                code = pending_error(conn.client)
-                if code:
-                    self._finish(conn, END_CLIENT_RESET, describe(os_error(code)),
-                                 abort=conn.target)
+                if self._reset(conn, conn.client, END_CLIENT_RESET, conn.target):
                     return
                 cmask = -1
             elif fd == conn.tfd and not tmask and conn.target is not None:
-                code = pending_error(conn.target)
-                if code:
-                    self._finish(conn, END_TARGET_RESET, describe(os_error(code)),
-                                 abort=conn.client)
+                if self._reset(conn, conn.target, END_TARGET_RESET, conn.client):
                     return
                 tmask = -1
         # (A socket out of the poller stays out while nothing is wanted from it.)
@@ -630,6 +624,14 @@ class Loop:
             conn.cmask = self._set_mask(conn.cfd, conn.cmask, cmask, conn)
         if tmask != conn.tmask and (tmask or conn.tmask is not None):
             conn.tmask = self._set_mask(conn.tfd, conn.tmask, tmask, conn)
+
+    def _reset(self, conn: Conn, sock: socket.socket, end: str,
+               other: socket.socket | None) -> bool:
+        """End *conn* if *sock* has a pending error (a reset), resetting *other*."""
+        code = pending_error(sock)
+        if code:
+            self._finish(conn, end, describe(os_error(code)), abort=other)
+        return bool(code)
 
     def _set_mask(self, fd: int, old: int | None, new: int, conn: Conn) -> int | None:
         poller = self._poller
