@@ -1,11 +1,16 @@
 """Helper processes for bench_relay.py (each in its own process, so none shares a GIL).
 
 usage: _relay_procs.py muxer UDS_PATH READY_FILE PORT...
+       _relay_procs.py threads N LISTEN TARGET READY_FILE
 
-Runs hvsock.testing.HybridVsockMuxer on UDS_PATH until SIGTERM. For each guest
+muxer: runs hvsock.testing.HybridVsockMuxer on UDS_PATH until SIGTERM. For each guest
 PORT it makes the guest-side socket path and leaves it for another process to
 listen on (``hvsock bench server unix://PATH``), then writes READY_FILE: JSON
 {"uds": UDS_PATH, "guest_paths": {PORT: PATH}}.
+
+threads: the relay with N event loops as threads of one process, sharing its
+listener (the design worker processes were measured against; private API, for
+bench_relay_workers.py only). Writes READY_FILE {"listen": ...}; SIGTERM stops it.
 """
 
 from __future__ import annotations
@@ -20,9 +25,39 @@ from pathlib import Path
 from hvsock.testing import HybridVsockMuxer
 
 
+def threads(n: int, listen: str, target: str, ready: str) -> int:
+    from hvsock._relay import Relay
+    from hvsock._relay.loop import Listening, Loop
+
+    relay = Relay(listen, target, max_connections=100_000, idle_timeout=None)
+    relay.start()
+    assert relay._loop is not None
+    main_loop = relay._loop
+    listenings = [Listening(sock, forward, address)
+                  for sock, forward, address, _owned in relay._listeners]
+    extra = [Loop(relay.config, listenings, slots=main_loop._slots, stats=[0] * 9,
+                  on_close=None) for _ in range(n - 1)]
+    runners = [threading.Thread(target=loop.run, daemon=True) for loop in extra]
+    for t in runners:
+        t.start()
+
+    def stop(*_: object) -> None:
+        for loop in (main_loop, *extra):
+            loop.request_stop(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    Path(ready).write_text(json.dumps({"listen": str(relay.address)}))
+    relay.serve()
+    for t in runners:
+        t.join(10)
+    return 0
+
+
 def main() -> int:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if sys.argv[1] == "threads":
+        return threads(int(sys.argv[2]), *sys.argv[3:6])
     kind, uds, ready, *ports = sys.argv[1:]
     assert kind == "muxer", kind
     stop = threading.Event()

@@ -61,7 +61,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "VmNotFoundError", "ConnectionResetByPeerError", "NotAllowedError", "KvpError",
     ),
     "._relay": (
-        "ConnectionRecord", "Relay", "RelayStats", "relay",
+        "ConnectionRecord", "Forward", "Relay", "RelayConfig", "RelayStats", "TargetRule",
+        "relay",
     ),
     "._server.peers": (
         "Peer",
@@ -205,8 +206,11 @@ if TYPE_CHECKING:  # the same names, spelled out for type checkers and IDEs
     from ._errors import UnsupportedError as UnsupportedError
     from ._errors import VmNotFoundError as VmNotFoundError
     from ._relay import ConnectionRecord as ConnectionRecord
+    from ._relay import Forward as Forward
     from ._relay import Relay as Relay
+    from ._relay import RelayConfig as RelayConfig
     from ._relay import RelayStats as RelayStats
+    from ._relay import TargetRule as TargetRule
     from ._relay import relay as relay
     from ._server.peers import Peer as Peer
     from ._service.connection import Connection as Connection

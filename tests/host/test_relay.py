@@ -452,9 +452,11 @@ def test_unix_listener_mode(site: Site, mode: int | None, expected: int) -> None
 
 # -- back-pressure ----------------------------------------------------------------------------
 @pytest.mark.usefixtures("fd_baseline")
-def test_back_pressure_at_the_connection_limit(site: Site) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_back_pressure_at_the_connection_limit(site: Site, workers: int) -> None:
+    """The limit is the whole relay's: with two workers, still two connections."""
     tl, taddr = site.target("tcp")
-    with EchoServer(tl) as echo, running_relay("tcp://127.0.0.1:0", taddr,
+    with EchoServer(tl) as echo, running_relay("tcp://127.0.0.1:0", taddr, workers=workers,
                                                max_connections=2) as relay:
         first = [hvsock.connect(relay.address) for _ in range(2)]
         for c in first:

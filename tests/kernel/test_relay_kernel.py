@@ -73,6 +73,19 @@ def test_relay_to_vsock_payload_exact(vsock_echo: str, listen: str, data_path: s
     assert (record.end, record.bytes_up, record.bytes_down) == ("closed", len(data), len(data))
 
 
+def test_vsock_listener_shared_by_worker_processes(vsock_echo: str) -> None:
+    """Two workers accept from one AF_VSOCK listener (EPOLLEXCLUSIVE); every
+    connection is served exactly, and the records come back summed."""
+    with running_relay("vsock://any:any", vsock_echo, workers=2) as relay:
+        for i in range(8):
+            data = os.urandom(100_000 + i)
+            assert sha(_echo_through(_client_address(relay.address), data)) == sha(data)
+        records = relay.wait_records(8, timeout=60)
+        stats = relay.relay.stats()
+    assert [r.end for r in records] == ["closed"] * 8
+    assert stats.accepted == stats.ended == 8
+
+
 @pytest.mark.parametrize("data_path", DATA_PATHS)
 def test_vsock_to_tcp_payload_exact(tcp_echo: str, data_path: str) -> None:
     data = os.urandom(MiB + 77)

@@ -60,12 +60,14 @@ def heavy(modules: set[str]) -> list[str]:
 
 def test_cli_constants_match_the_library() -> None:
     from hvsock._builtin import bench, demo, files, stress
-    from hvsock._relay import datapath, engine
+    from hvsock._relay import config as relay_config
+    from hvsock._relay import datapath
     from hvsock._windows import export
 
-    assert relay_cmds.DATA_PATHS == engine.DATA_PATHS
+    assert relay_cmds.DATA_PATHS == relay_config.DATA_PATHS
     assert relay_cmds.DEFAULT_CHUNK == datapath.DEFAULT_CHUNK
-    assert relay_cmds.DEFAULT_BUSY_POLL == engine.DEFAULT_BUSY_POLL
+    assert relay_cmds.DEFAULT_BUSY_POLL == relay_config.DEFAULT_BUSY_POLL
+    assert relay_cmds.DEFAULT_BUFFER_MEMORY == relay_config.DEFAULT_BUFFER_MEMORY
     assert tools_cmds.BENCH_DEFAULT_BUFFER == bench.DEFAULT_BUFFER
     assert tools_cmds.STRESS_DEFAULT_MAX_CHUNK == stress.DEFAULT_MAX_CHUNK
     assert service_cmds.DEMO_TRANSPORTS == demo.TRANSPORTS

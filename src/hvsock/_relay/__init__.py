@@ -1,10 +1,14 @@
 """Port forwarding: ``Relay`` accepts on one address and forwards to another, any kinds.
 
-:mod:`.engine` runs the poll loop and the connection lifecycle, :mod:`.datapath`
-moves the bytes (splice on Linux, a copy loop elsewhere), :mod:`.dial` connects
-to the target without blocking the loop.
+:mod:`.config` checks the settings (and reads ``relay.toml``), :mod:`.relay` is
+the public facade (binding, workers, readiness, stop), :mod:`.loop` is one
+worker's event loop, :mod:`.conn` one connection's state, :mod:`.workers` the
+worker processes, :mod:`.datapath` moves the bytes (splice on Linux, a copy loop
+elsewhere), :mod:`.dial` connects to the target without blocking the loop.
 """
 
-from .engine import ConnectionRecord, Relay, RelayStats, relay
+from .config import Forward, RelayConfig, TargetRule
+from .conn import ConnectionRecord, RelayStats
+from .facade import Relay, relay
 
-__all__ = ["ConnectionRecord", "Relay", "RelayStats", "relay"]
+__all__ = ["ConnectionRecord", "Forward", "Relay", "RelayConfig", "RelayStats", "TargetRule", "relay"]

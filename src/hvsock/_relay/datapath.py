@@ -9,8 +9,16 @@ Copy path (elsewhere, into TCP sockets, or where a socket type cannot splice):
 ``recv_into`` one buffer shared by the whole relay (it is single-threaded), and
 ``send`` from it; a direction whose destination takes only part keeps the tail in
 that buffer (it takes the buffer over, see :class:`Buffers`) rather than copying
-it. Either way a direction holds at most one chunk of unsent bytes:
-per-connection memory is bounded by 2 chunks plus the kernel's socket buffers.
+it. Either way a direction holds at most one chunk of unsent bytes.
+
+Memory budget: ``pull`` is told the *room* left in the relay's budget. A read
+is a whole chunk while the room allows, else only the room (never less than
+:data:`MIN_READ`, so every direction keeps moving); and a partial send keeps its
+tail by taking the whole buffer only while the room allows, else copies just the
+tail out. So a direction whose receiver stalls holds at most its last read, and
+the relay's total stays within the budget plus ``MIN_READ`` per direction; the
+rest waits in the kernel (the sender's socket buffer and TCP's flow control).
+``Flow.cost`` is what a direction holds now, for the relay's accounting.
 
 Which path "auto" takes is decided per direction by :func:`splice_pays`.
 """
@@ -31,6 +39,10 @@ if sys.platform.startswith("linux"):
 #: Bytes moved per splice or recv, and the pipe size asked for (Linux's default
 #: pipe-max-size). Measured against 256 KiB: fewer calls and wake-ups per byte.
 DEFAULT_CHUNK = 1024 * 1024
+#: The smallest read: what a direction may hold past an exhausted budget.
+MIN_READ = 16 * 1024
+#: Largest unsent tail parked in a pipe (what an empty pipe takes whole).
+PARK_MAX = 64 * 1024
 #: Chunks one direction moves per readiness event before letting others run.
 BURST = 4
 #: Empty pipes kept for reuse; more are closed when given back.
@@ -141,8 +153,8 @@ class Flow:
     error. ``eof`` is set at the source's EOF; ``finish`` then half-closes ``dst``.
     """
 
-    __slots__ = ("backlog", "done", "dst", "dstfd", "eof", "held", "nbytes", "pending", "pipe",
-                 "splice", "src", "srcfd")
+    __slots__ = ("backlog", "cost", "done", "dst", "dstfd", "eof", "held", "nbytes", "pending",
+                 "pipe", "splice", "src", "srcfd")
 
     def __init__(self, src: socket.socket, dst: socket.socket, splice: bool) -> None:
         self.src = src
@@ -155,21 +167,26 @@ class Flow:
         self.backlog = memoryview(b"")
         self.held: bytearray | None = None
         self.pending = 0
+        #: Bytes of memory this direction holds (its pipe's bytes or its buffer).
+        self.cost = 0
         self.nbytes = 0
         self.eof = False
         self.done = False
 
     # -- splice ------------------------------------------------------------------------
-    def pull(self, pipes: Pipes, bufs: Buffers) -> None:
+    def pull(self, pipes: Pipes, bufs: Buffers, room: int) -> None:
+        """Move what ``src`` has (up to a burst); *room* is the budget left, in bytes."""
         if not self.splice:
-            self._pull_copy(bufs)
+            self._pull_copy(pipes, bufs, room)
             return
         chunk = pipes.size
+        if room < chunk:
+            chunk = max(MIN_READ, room)
         splice = os.splice
         for _ in range(BURST):
             pipe = pipes.get()
             if pipe is None:
-                self._pull_copy(bufs)
+                self._pull_copy(pipes, bufs, room)
                 return
             try:
                 n = splice(self.srcfd, pipe[1], chunk, flags=_SPLICE_FLAGS)
@@ -181,7 +198,7 @@ class Flow:
                 if exc.errno == errno.EINVAL:
                     # This socket type cannot splice: copy from now on.
                     self.splice = False
-                    self._pull_copy(bufs)
+                    self._pull_copy(pipes, bufs, room)
                     return
                 raise Broken(self.src, exc) from exc
             if n == 0:
@@ -196,7 +213,7 @@ class Flow:
                 if exc.errno == errno.EINVAL:
                     self.splice = False
                     self.pipe = pipe
-                    self.pending = n
+                    self.pending = self.cost = n
                     self._unpipe(pipes)
                     return
                 pipes.discard(pipe)
@@ -204,7 +221,7 @@ class Flow:
             self.nbytes += m
             if m < n:
                 self.pipe = pipe
-                self.pending = n - m
+                self.pending = self.cost = n - m
                 return
             pipes.put(pipe)
             if n < chunk:
@@ -227,6 +244,7 @@ class Flow:
             raise Broken(self.dst, exc) from exc
         self.nbytes += m
         self.pending -= m
+        self.cost = self.pending
         if not self.pending:
             pipes.put(self.pipe)
             self.pipe = None
@@ -245,9 +263,10 @@ class Flow:
         self.backlog = memoryview(b"".join(parts))
 
     # -- copy --------------------------------------------------------------------------
-    def _pull_copy(self, bufs: Buffers) -> None:
+    def _pull_copy(self, pipes: Pipes, bufs: Buffers, room: int) -> None:
+        size = bufs.size
         try:
-            n = self.src.recv_into(bufs.current)
+            n = self.src.recv_into(bufs.current, size if room >= size else max(MIN_READ, room))
         except _AGAIN:
             return
         except OSError as exc:
@@ -263,11 +282,40 @@ class Flow:
             raise Broken(self.dst, exc) from exc
         self.nbytes += m
         if m < n:
-            # Keep the tail where it is: this direction takes the buffer.
-            view = bufs.view
-            self.held = bufs.take()
-            self.backlog = view[m:n]
             self.pending = n - m
+            if room >= size:
+                # Keep the tail where it is: this direction takes the buffer.
+                view = bufs.view
+                self.held = bufs.take()
+                self.backlog = view[m:n]
+                self.cost = size
+            else:
+                # Short of budget: hold only the tail, not a whole chunk, and
+                # where a pipe can take it, in the kernel rather than in this
+                # process (a stalled receiver's bytes then cost no RSS).
+                self.cost = n - m
+                if not self._park(pipes, bufs.view[m:n]):
+                    self.backlog = memoryview(bytes(bufs.view[m:n]))
+
+    def _park(self, pipes: Pipes, tail: memoryview) -> bool:
+        """Move *tail* into a pipe (``push`` splices it out later); False if not possible.
+
+        Only tails that an empty pipe of the default size takes whole (64 KiB).
+        """
+        if not SPLICE_WORKS or len(tail) > PARK_MAX:
+            return False
+        pipe = pipes.get()
+        if pipe is None:
+            return False
+        try:
+            written = os.write(pipe[1], tail)
+        except OSError:
+            written = -1
+        if written != len(tail):
+            pipes.discard(pipe)  # the tail is still in the buffer: copied out instead
+            return False
+        self.pipe = pipe
+        return True
 
     def _push_copy(self, bufs: Buffers) -> None:
         try:
@@ -281,9 +329,12 @@ class Flow:
         self.backlog = self.backlog[m:]
         if not self.pending:
             self._drop_backlog(bufs)
+        elif self.held is None:
+            self.cost = self.pending
 
     def _drop_backlog(self, bufs: Buffers | None) -> None:
         self.backlog = memoryview(b"")
+        self.cost = 0
         if self.held is not None:
             if bufs is not None:
                 bufs.give(self.held)
@@ -310,4 +361,4 @@ class Flow:
             pipes.discard(self.pipe)
             self.pipe = None
         self._drop_backlog(bufs)
-        self.pending = 0
+        self.pending = self.cost = 0

@@ -1,0 +1,422 @@
+"""The relay's settings, checked once: :class:`RelayConfig` (built by ``Relay`` and the CLI).
+
+Pure: no sockets, no files. :func:`parse_toml` reads the text of a ``relay.toml``
+(several listen -> target forwards in one relay, each with its own allowlist) and
+reports a bad value with the file and line it is on.
+
+Target rules (``allow_targets``, ``--allow-target``) bound where a relay may
+forward at all, as AWS's ``vsock-proxy`` allowlist does: every forward's target
+must match one rule, or the configuration is refused before anything is bound.
+A rule is an address pattern: ``tcp://HOST:PORT`` where HOST is an IP, a network
+(``10.0.0.0/8``), a name or a glob (``*.amazonaws.com``) and PORT a number or
+``*``; other kinds match their address text as a glob (``vsock://3:*``,
+``unix:///run/app/*.sock``). A name target matches name rules only: it is not
+resolved here.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .._core.addresses import Address, TcpAddress, parse_address
+from .._errors import ArgumentError, HvsockError
+from .._transports._common import DEFAULT_CONNECT_TIMEOUT, check_buffer_size
+from .._transports.stream import DEFAULT_UNIX_MODE
+from .._validate import non_negative_number, positive_number, quote, whole_number
+from . import datapath
+from ._plumbing import AllowRule, check_allow, check_ready_file
+
+__all__ = ["Forward", "RelayConfig", "parse_toml"]
+
+DATA_PATHS = ("auto", "splice", "copy")
+#: Seconds the loop keeps polling without sleeping after it handled events.
+DEFAULT_BUSY_POLL = 200e-6
+#: Bytes the whole relay may hold in flight (its buffers and pipes). Each
+#: direction also gets a small floor (datapath.MIN_READ) past the budget, so a
+#: stalled one is never starved of progress: the bound is budget + floor x directions.
+DEFAULT_BUFFER_MEMORY = 32 << 20
+#: Most workers a relay runs (each is a process with its own event loop).
+MAX_WORKERS = 256
+_SCHEMES = ("tcp", "unix", "vsock", "hvsock", "hybrid")
+
+
+def cores() -> int:
+    """The cores this process may run on (its affinity where the OS tells it); 1
+    where there is no fork (Windows), as workers are forked processes."""
+    if not hasattr(os, "fork"):
+        return 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+# -- one check per setting: the Python API, the CLI and the config file share them -----------
+def _seconds_or_none(what: str) -> Callable[[object], object]:
+    return lambda v: positive_number(v, what, optional=True)
+
+
+def _busy_poll(value: object) -> float:
+    seconds = non_negative_number(value, "busy_poll")
+    assert seconds is not None
+    if seconds > 0.01:
+        raise ArgumentError(f"busy_poll is seconds of spinning after activity; {seconds!r} "
+                            "is more than the 0.01 s that could ever pay")
+    return seconds
+
+
+def _buffer_size(value: object) -> int | None:
+    if value is None:
+        return None
+    try:
+        check_buffer_size(value)  # type: ignore[arg-type]
+    except HvsockError as exc:
+        raise ArgumentError(f"buffer_size: {exc}") from None
+    assert isinstance(value, int)
+    return value
+
+
+def _chunk_size(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not (
+            4096 <= value <= 64 * 2**20):
+        raise ArgumentError(f"chunk_size must be a whole number of bytes in 4096..64 MiB, "
+                            f"not {quote(value)}")
+    return value
+
+
+def _data_path(value: object) -> str:
+    if value not in DATA_PATHS:
+        raise ArgumentError(f"data_path must be one of {', '.join(DATA_PATHS)}, "
+                            f"not {quote(value)}")
+    if value == "splice" and not datapath.SPLICE_WORKS:
+        raise ArgumentError("data_path 'splice' needs Linux (os.splice); use 'auto' or 'copy'")
+    return str(value)
+
+
+def _mode(value: object) -> int | None:
+    if value is None:
+        return None
+    return whole_number(value, "mode (a file mode such as 0o600)", 0, 0o777)
+
+
+def _workers(value: object) -> int:
+    if value is None:
+        return cores()
+    workers = whole_number(value, "workers", 1, MAX_WORKERS)
+    if workers > 1 and not hasattr(os, "fork"):
+        raise ArgumentError("workers > 1 are forked processes, and this system has no "
+                            "fork (Windows): use workers=1")
+    return workers
+
+
+def _buffer_memory(value: object) -> int:
+    return whole_number(value, "max_buffer_memory (bytes)", 64 << 10, 1 << 40)
+
+
+def _ready_file(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise ArgumentError(f"ready_file must be a path, not {quote(value)}")
+    # Checked here, before the relay binds: a bad path fails at once, naming the path
+    # given, and leaves no socket file behind.
+    return check_ready_file(str(os.fspath(value)))
+
+
+CHECKS: dict[str, Callable[[object], object]] = {
+    "max_connections": lambda v: whole_number(v, "max_connections", 1, 1_000_000),
+    "idle_timeout": _seconds_or_none("idle_timeout"),
+    "connect_timeout": _seconds_or_none("connect_timeout"),
+    "retries": lambda v: whole_number(v, "retries", 0, 1000),
+    "mode": _mode,
+    "backlog": lambda v: whole_number(v, "backlog", 1, 1 << 20),
+    "buffer_size": _buffer_size,
+    "chunk_size": _chunk_size,
+    "data_path": _data_path,
+    "busy_poll": _busy_poll,
+    "grace": lambda v: non_negative_number(v, "grace"),
+    "workers": _workers,
+    "max_buffer_memory": _buffer_memory,
+    "ready_file": _ready_file,
+}
+
+
+# -- target rules ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TargetRule:
+    """One ``allow_targets`` pattern (see the module docstring)."""
+
+    text: str
+    scheme: str
+    host: str = ""  # tcp only
+    port: str = ""  # tcp only: digits or "*"
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+
+    @classmethod
+    def parse(cls, text: object) -> TargetRule:
+        if not isinstance(text, str) or "://" not in text:
+            raise ArgumentError(f"target rule {quote(text)} is not an address pattern such as "
+                                "tcp://10.0.0.0/8:443, tcp://*.example.com:*, vsock://3:*")
+        scheme, rest = text.split("://", 1)
+        if scheme not in _SCHEMES:
+            raise ArgumentError(f"target rule {quote(text)}: unknown scheme {quote(scheme)}; "
+                                f"use one of {', '.join(_SCHEMES)}")
+        if scheme != "tcp":
+            return cls(text, scheme)
+        match = re.fullmatch(r"(\[[^\]]+\]|[^:\[\]]+):(\*|\d{1,5})", rest)
+        if match is None:
+            raise ArgumentError(f"target rule {quote(text)} is not tcp://HOST:PORT "
+                                "(HOST an IP, a network, a name or a glob; PORT a number or *)")
+        host, port = match.group(1).strip("[]").lower(), match.group(2)
+        if port != "*" and not 0 < int(port) < 65536:
+            raise ArgumentError(f"target rule {quote(text)}: port {port} is not in 1..65535")
+        network = None
+        if "/" in host:
+            try:
+                network = ipaddress.ip_network(host, strict=False)
+            except ValueError:
+                raise ArgumentError(f"target rule {quote(text)}: {quote(host)} is not a "
+                                    "network such as 10.0.0.0/8") from None
+        return cls(text, scheme, host, port, network)
+
+    def matches(self, target: Address) -> bool:
+        text = str(target)
+        if self.scheme != "tcp":
+            return text.startswith(self.scheme + "://") and fnmatch.fnmatchcase(text, self.text)
+        if not isinstance(target, TcpAddress):
+            return False
+        if self.port != "*" and int(self.port) != target.port:
+            return False
+        host = target.host.lower()
+        if self.network is not None:
+            try:
+                return ipaddress.ip_address(host) in self.network
+            except ValueError:
+                return False  # a name: not resolved here
+        return fnmatch.fnmatchcase(host, self.host)
+
+
+def _target_rules(value: object) -> tuple[TargetRule, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ArgumentError(f"allow_targets must be a list of address patterns, "
+                            f"not {quote(value)}")
+    return tuple(TargetRule.parse(rule) for rule in value)
+
+
+# -- forwards and the whole configuration ------------------------------------------------------
+@dataclass(frozen=True)
+class Forward:
+    """One listen -> target pair and who may use it (*allow*: None lets everyone in)."""
+
+    listen: Address
+    target: Address
+    allow: frozenset[AllowRule] | None = None
+
+    @classmethod
+    def build(cls, listen: object, target: object, allow: object = None) -> Forward:
+        try:
+            rules = check_allow(allow)  # type: ignore[arg-type]
+        except ArgumentError:
+            raise
+        except ValueError as exc:
+            raise ArgumentError(str(exc)) from None
+        return cls(_address(listen, "listen"), _address(target, "target"), rules)
+
+
+def _address(value: object, what: str) -> Address:
+    if isinstance(value, (bytes, int, float)) or value is None:
+        raise ArgumentError(f"{what} must be an address such as tcp://127.0.0.1:8000, "
+                            f"not {quote(value)}")
+    try:
+        return parse_address(value)  # type: ignore[arg-type]
+    except ArgumentError:
+        raise
+    except ValueError as exc:
+        raise ArgumentError(f"{what}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """Every setting of a relay, checked. Build with :meth:`build` (raises
+    :class:`hvsock.ArgumentError` for a bad value) or :func:`parse_toml`."""
+
+    forwards: tuple[Forward, ...]
+    max_connections: int = 1024
+    idle_timeout: float | None = 3600.0
+    connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT
+    retries: int = 0
+    mode: int | None = DEFAULT_UNIX_MODE
+    backlog: int = 1024
+    buffer_size: int | None = None
+    chunk_size: int = datapath.DEFAULT_CHUNK
+    data_path: str = "auto"
+    busy_poll: float = DEFAULT_BUSY_POLL
+    grace: float = 10.0
+    workers: int = 1
+    max_buffer_memory: int = DEFAULT_BUFFER_MEMORY
+    ready_file: str | None = None
+    allow_targets: tuple[TargetRule, ...] = field(default=())
+
+    @classmethod
+    def build(cls, forwards: Iterable[Forward], *, allow_targets: object = None,
+              **settings: object) -> RelayConfig:
+        """Check every setting (names as :class:`hvsock.Relay`'s keywords) and the
+        forwards against *allow_targets*. Raises :class:`hvsock.ArgumentError`."""
+        config = cls(tuple(forwards), **_checked(allow_targets, settings))
+        if not config.forwards:
+            raise ArgumentError("a relay needs at least one listen -> target forward")
+        for forward in config.forwards:
+            config.check_target(forward.target)
+        return config
+
+    def check_target(self, target: Address) -> None:
+        """Raise :class:`hvsock.ArgumentError` unless *target* matches an allow-target rule."""
+        if self.allow_targets and not any(r.matches(target) for r in self.allow_targets):
+            raise ArgumentError(
+                f"target {quote(str(target))} is not allowed by the allow-target rules "
+                f"({', '.join(r.text for r in self.allow_targets)}); add a rule that "
+                "matches it, or forward somewhere allowed")
+
+    @staticmethod
+    def from_toml(text: str, source: str = "relay.toml", **overrides: object) -> RelayConfig:
+        """:func:`parse_toml`: the configuration in the text of a ``relay.toml``."""
+        return parse_toml(text, source, **overrides)
+
+    def with_(self, **changes: Any) -> RelayConfig:
+        return replace(self, **changes)
+
+
+def _checked(allow_targets: object, settings: Mapping[str, object]) -> dict[str, Any]:
+    checked: dict[str, Any] = {}
+    for name, value in settings.items():
+        check = CHECKS.get(name)
+        if check is None:
+            raise ArgumentError(f"unknown relay setting {quote(name)}; known: "
+                                f"{', '.join(sorted(CHECKS))}")
+        checked[name] = check(value)
+    checked["allow_targets"] = () if allow_targets is None else _target_rules(allow_targets)
+    return checked
+
+
+# -- relay.toml --------------------------------------------------------------------------------
+def _load_toml(text: str) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
+    try:
+        data: dict[str, Any] = tomllib.loads(text)
+        return data
+    except tomllib.TOMLDecodeError as exc:
+        raise ArgumentError(str(exc)) from None
+
+
+def _line_of(text: str, forward: int | None, key: str | None) -> int | None:
+    """The 1-based line of *key* in the top table (forward None) or in the
+    *forward*-th ``[[forward]]`` table; that table's header line when *key* is None
+    or absent."""
+    table: int | None = None
+    seen = -1
+    header = None
+    key_re = re.compile(rf"\s*(?:{re.escape(key)}|\"{re.escape(key)}\")\s*=") if key else None
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            if re.fullmatch(r"\[\[\s*forward\s*\]\]\s*(#.*)?", stripped):
+                seen += 1
+                table = seen
+                if table == forward:
+                    header = number
+            else:
+                table = -1  # another table: none of ours
+            continue
+        if table == forward and key_re is not None and key_re.match(line):
+            return number
+    return header
+
+
+_FORWARD_KEYS = ("listen", "target", "allow")
+#: Stand-ins that pass, so Forward.build checks one key of a table at a time.
+_FINE: dict[str, object] = {"listen": "tcp://127.0.0.1:0", "target": "tcp://127.0.0.1:1",
+                            "allow": None}
+
+
+def parse_toml(text: str, source: str = "relay.toml", **overrides: object) -> RelayConfig:
+    """A :class:`RelayConfig` from the text of a relay config file.
+
+    Top-level keys are :class:`hvsock.Relay`'s settings (``max_connections``,
+    ``workers``, ``allow_targets``, ...); each ``[[forward]]`` table has
+    ``listen``, ``target`` and optionally ``allow``. *overrides* (from the
+    command line) win over the file. Raises :class:`hvsock.ArgumentError` whose
+    message starts ``SOURCE:LINE:``.
+    """
+    def fail(message: str, forward: int | None = None, key: str | None = None) -> ArgumentError:
+        line = _line_of(text, forward, key)
+        return ArgumentError(f"{source}:{line}: {message}" if line else f"{source}: {message}")
+
+    try:
+        data = _load_toml(text)
+    except ArgumentError as exc:
+        # tomllib says "... (at line N, column M)": lead with it, as compilers do.
+        message = str(exc)
+        found = re.search(r"\(at line (\d+), column (\d+)\)", message)
+        if found:
+            message = message[:found.start()].rstrip()
+            raise ArgumentError(f"{source}:{found.group(1)}:{found.group(2)}: {message}") from None
+        raise ArgumentError(f"{source}: {message}") from None
+    raw_forwards = data.pop("forward", None)
+    if not isinstance(raw_forwards, list) or not raw_forwards:
+        raise fail("no [[forward]] table: add one with listen = \"...\" and target = \"...\"")
+    settings: dict[str, object] = {}
+    for key, value in data.items():
+        if key != "allow_targets" and key not in CHECKS:
+            raise fail(f"unknown setting {quote(key)}; known: allow_targets, "
+                       f"{', '.join(sorted(CHECKS))}", None, key)
+        try:
+            if key == "allow_targets":
+                _target_rules(value)
+            else:
+                CHECKS[key](value)
+        except ArgumentError as exc:
+            raise fail(str(exc), None, key) from None
+        settings[key] = value
+    forwards = []
+    for i, table in enumerate(raw_forwards):
+        if not isinstance(table, Mapping):
+            raise fail("each forward must be a [[forward]] table", i)
+        for key in table:
+            if key not in _FORWARD_KEYS:
+                raise fail(f"unknown forward key {quote(key)}; known: "
+                           f"{', '.join(_FORWARD_KEYS)}", i, key)
+        for key in ("listen", "target"):
+            if key not in table:
+                raise fail(f"this forward has no {key} = \"ADDRESS\"", i)
+        for key in _FORWARD_KEYS:  # one at a time, to point at the bad line
+            try:
+                Forward.build(*(table.get(k) if k == key else _FINE[k] for k in _FORWARD_KEYS))
+            except ArgumentError as exc:
+                raise fail(str(exc), i, key) from None
+        forwards.append(Forward.build(table["listen"], table["target"], table.get("allow")))
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    config_targets = settings.pop("allow_targets", None)
+    try:
+        config = RelayConfig(tuple(forwards), **_checked(config_targets, settings))
+    except ArgumentError as exc:
+        raise ArgumentError(f"{source}: {exc}") from None
+    for i, forward in enumerate(forwards):
+        try:
+            config.check_target(forward.target)
+        except ArgumentError as exc:
+            raise fail(str(exc), i, "target") from None
+    listens = [str(f.listen) for f in forwards]
+    for i, listen in enumerate(listens):
+        if listens.index(listen) != i and not listen.endswith(":0"):
+            raise fail(f"listen {quote(listen)} appears in two forwards", i, "listen")
+    return config
