@@ -44,9 +44,9 @@ from .._transports import api
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT
 from .._transports.features import describe_cid, local_cid
 from . import args as cliargs
-from . import demo, relay_cmds, stdio, windows_cmds
+from . import demo, relay_cmds, selftest_cmds, stdio, windows_cmds
 
-EXTENSIONS = (windows_cmds, relay_cmds)
+EXTENSIONS = (windows_cmds, relay_cmds, selftest_cmds)
 
 # Exit statuses, in one place (documented in docs/cli.md).
 EXIT_OK = 0

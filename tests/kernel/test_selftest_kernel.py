@@ -1,0 +1,63 @@
+"""``hvsock selftest``'s Linux steps on a real kernel with vsock_loopback (the test VM)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from hvsock._selftest import FAILED, NOT_APPLICABLE, OK, run_selftest
+from hvsock._selftest.linux import loopback_round_trip
+
+from ._support import Proc, target, unused_port
+
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
+
+LINUX_STEPS = ["af_vsock", "vsock_transports", "local_cid", "vsock_loopback", "host_echo"]
+
+
+def test_the_loopback_round_trip_runs_for_real() -> None:
+    where = loopback_round_trip(timeout=30)
+    assert where.startswith("vsock://1:")
+
+
+def test_every_linux_step_runs_and_the_guest_transport_is_judged_by_what_is_loaded() -> None:
+    report = run_selftest(platform="linux")
+    assert [s.name for s in report.steps] == LINUX_STEPS
+    assert report["af_vsock"].status == OK
+    assert report["local_cid"].status == OK
+    assert report["vsock_loopback"].status == OK, report["vsock_loopback"]
+    assert report["host_echo"].status == NOT_APPLICABLE
+    modules = set(os.listdir("/sys/module"))
+    reaches_host = modules & {"vmw_vsock_virtio_transport", "hv_sock",
+                              "vmw_vsock_vmci_transport"}
+    assert report["vsock_transports"].status == (OK if reaches_host else FAILED)
+    assert "vsock_loopback" in report["vsock_transports"].summary
+
+
+def test_the_echo_step_pings_an_echo_server_it_is_given(hvsock_cmd: list[str]) -> None:
+    port = unused_port()
+    with Proc([*hvsock_cmd, "echo-server", f"vsock://any:{port}"]) as server:
+        server.wait_stderr(r"listening on")
+        report = run_selftest(platform="linux", echo=target(port))
+    assert report["host_echo"].status == OK, report["host_echo"]
+    assert "3 echoes of 1024 bytes" in report["host_echo"].summary
+
+
+def test_the_echo_step_fails_with_the_errno_when_nothing_listens() -> None:
+    report = run_selftest(platform="linux", echo=target(unused_port()))
+    step = report["host_echo"]
+    assert step.status == FAILED
+    assert step.error_code is not None
+    assert not report.ok
+
+
+def test_the_command_prints_json_with_every_step(hvsock_cmd: list[str]) -> None:
+    done = subprocess.run([*hvsock_cmd, "selftest", "--json"], capture_output=True,
+                          text=True, timeout=90, check=False)
+    report = json.loads(done.stdout)
+    assert [s["name"] for s in report["steps"]] == LINUX_STEPS
+    assert {s["name"]: s["status"] for s in report["steps"]}["vsock_loopback"] == OK
+    assert done.returncode == (0 if report["ok"] else 1)
