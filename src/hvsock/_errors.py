@@ -221,7 +221,7 @@ def translate(exc: BaseException, *, op: str, family: str, where: str,
             # reset, not a refusal; both mean the same thing to the user.
             return NothingListeningError(
                 f"nothing is listening on {where}; start the service there first"
-                f"{port_hint} (or pass retries= / --retries to wait for it)", errno=code)
+                f"{port_hint} (or pass retries=N to wait for it)", errno=code)
         if code == _errno.ENOENT and family in ("unix", "hybrid"):
             return NothingListeningError(
                 f"nothing is listening on {where}: the socket file does not exist; "

@@ -21,9 +21,8 @@ import pytest
 
 from hvsock import HvsockError, PermissionDeniedError
 from hvsock._cli.main import main
-from hvsock._selftest import FAILED, NOT_APPLICABLE, OK, Guest, Host, run_selftest
+from hvsock._selftest import FAILED, NOT_APPLICABLE, OK, Guest, Host, model, roundtrip, run_selftest
 from hvsock._selftest import linux as linux_steps
-from hvsock._selftest import model, roundtrip
 from hvsock._selftest import windows as win
 from hvsock._windows import export as exporting
 from hvsock._windows import registry as reg
@@ -46,7 +45,8 @@ def test_a_unix_round_trip_echoes_64_kib_with_a_half_close_and_removes_its_file(
 @pytest.mark.usefixtures("fd_baseline")
 def test_a_tcp_round_trip_connects_to_the_port_the_kernel_chose() -> None:
     where = roundtrip.round_trip("tcp://127.0.0.1:0")
-    assert where.startswith("tcp://127.0.0.1:") and not where.endswith(":0")
+    assert where.startswith("tcp://127.0.0.1:")
+    assert not where.endswith(":0")
 
 
 @pytest.mark.usefixtures("fd_baseline")
@@ -60,7 +60,7 @@ def test_an_asyncio_round_trip_does_the_same(short_tmp: Path) -> None:
 def test_a_round_trip_to_where_nothing_listens_raises_and_leaks_nothing(
         short_tmp: Path) -> None:
     nowhere = short_tmp / "nobody.sock"
-    with pytest.raises(HvsockError, match="nothing is listening|No such file|not exist"):
+    with pytest.raises(HvsockError, match=r"nothing is listening|No such file|not exist"):
         roundtrip.round_trip(f"unix://{short_tmp / 'rt.sock'}",
                              lambda actual: roundtrip.parse_address(f"unix://{nowhere}"),
                              timeout=5)
@@ -370,7 +370,8 @@ def test_a_leftover_is_reported_as_a_failed_cleanup_step() -> None:
                                                        FakeWindows(scratch)))
     step = report["cleanup"]
     assert step.status == FAILED
-    assert "left behind" in step.summary and "hvsock-selftest-" in step.summary
+    assert "left behind" in step.summary
+    assert "hvsock-selftest-" in step.summary
 
 
 def test_rebasing_the_exports_moves_only_the_services_key() -> None:

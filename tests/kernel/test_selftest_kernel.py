@@ -11,7 +11,7 @@ import pytest
 from hvsock._selftest import FAILED, NOT_APPLICABLE, OK, run_selftest
 from hvsock._selftest.linux import loopback_round_trip
 
-from ._support import Proc, target, unused_port
+from ._support import Listening, started, target, unused_port
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
 
@@ -37,11 +37,19 @@ def test_every_linux_step_runs_and_the_guest_transport_is_judged_by_what_is_load
     assert "vsock_loopback" in report["vsock_transports"].summary
 
 
-def test_the_echo_step_pings_an_echo_server_it_is_given(hvsock_cmd: list[str]) -> None:
-    port = unused_port()
-    with Proc([*hvsock_cmd, "echo-server", f"vsock://any:{port}"]) as server:
-        server.wait_stderr(r"listening on")
-        report = run_selftest(platform="linux", echo=target(port))
+def test_the_echo_step_pings_an_echo_server_it_is_given(vsock_listener: Listening) -> None:
+    def echo_one_connection() -> int:
+        echoed = 0
+        with vsock_listener.accept() as conn:
+            conn.settimeout(60)
+            while data := conn.recv(65536):
+                conn.sendall(data)
+                echoed += len(data)
+        return echoed
+
+    server = started(echo_one_connection)
+    report = run_selftest(platform="linux", echo=target(vsock_listener.port))
+    assert server.finish(60) == 3 * 1024
     assert report["host_echo"].status == OK, report["host_echo"]
     assert "3 echoes of 1024 bytes" in report["host_echo"].summary
 

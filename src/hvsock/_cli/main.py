@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import signal
 import socket
@@ -18,9 +17,6 @@ from .. import __version__
 from .._core import ids
 from .._core.addresses import (
     Address,
-    HyperVAddress,
-    TcpAddress,
-    VsockAddress,
     describe_address,
     parse_address,
 )
@@ -37,14 +33,15 @@ from .._errors import (
     UnsupportedError,
     VmNotFoundError,
 )
+from .._service.connection import peer_of
 from .._service.declaration import Limits
 from .._service.host import ServiceHost
 from .._services.echo import ECHO_PORT, echo_service, ping
 from .._transports import api
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT
 from .._transports.features import describe_cid, local_cid
+from . import addr_text, demo, relay_cmds, selftest_cmds, stdio, windows_cmds
 from . import args as cliargs
-from . import demo, relay_cmds, selftest_cmds, stdio, windows_cmds
 
 EXTENSIONS = (windows_cmds, relay_cmds, selftest_cmds)
 
@@ -77,7 +74,24 @@ _EXIT_CODES: list[tuple[type[BaseException], int]] = [
 
 
 class Terminated(Exception):
-    """SIGTERM arrived: unwind like Ctrl-C so listeners clean up their files."""
+    """SIGTERM arrived: unwind like Ctrl-C so listeners clean up their files.
+
+    The one rule: a long-running server (listen, relay, echo-server, bench server,
+    agent) stops on SIGTERM and exits 0; any other command it cuts short exits 143.
+    """
+
+
+#: The library's spelling of an option in its messages, and the command line's.
+_LIBRARY_HINTS = {" (or pass retries=N to wait for it)": ("retries",
+                                                          " (or pass --retries N to wait for it)")}
+
+
+def cli_wording(message: str, args: argparse.Namespace) -> str:
+    """*message* with the library's hints in the command's own spelling: a hint to an
+    option this command has reads as that option; one it does not have is dropped."""
+    for library, (dest, cli) in _LIBRARY_HINTS.items():
+        message = message.replace(library, cli if hasattr(args, dest) else "")
+    return message
 
 
 def exit_code_for(exc: BaseException) -> int:
@@ -96,17 +110,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=cliargs.Parser)
 
-    p = sub.add_parser("service-id", help="print the Hyper-V service id of a vsock port")
+    p = sub.add_parser("service-id", help="print the Hyper-V service id of a vsock port",
+                       description="Print the Hyper-V service id (GUID) that stands for vsock "
+                       "port PORT: what a Windows host registers and listens on so that Linux "
+                       "guests can reach it on that port. `hvsock port` is the reverse.")
     p.add_argument("port", type=cliargs.port, help="port number (decimal or 0x hex)")
 
-    p = sub.add_parser("port", help="print the vsock port of a template service id")
+    p = sub.add_parser("port", help="print the vsock port of a template service id",
+                       description="Print the vsock port a Hyper-V service id stands for "
+                       "(ids of the form xxxxxxxx-facb-11e6-bd58-64006a7986d3 only). The "
+                       "reverse of `hvsock service-id`.")
     p.add_argument("guid", help="service id GUID (any case, braces optional)")
 
-    p = sub.add_parser("addr", help="parse an address and explain it")
+    p = sub.add_parser("addr", help="parse an address and explain it",
+                       description="Parse ADDRESS and explain it: its canonical form, what "
+                       "it means, and the same endpoint as the other side sees it (a Linux "
+                       "guest's vsock:// view and the Windows host's hvsock:// view).")
     p.add_argument("address")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("cid", help="print this machine's vsock CID")
+    p = sub.add_parser("cid", help="print this machine's vsock CID",
+                       description="Print this machine's vsock CID (from /dev/vsock) and, on "
+                       "stderr, what it means. Linux only; never connects anything.")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser(
@@ -145,8 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="socket buffer size in bytes")
 
     p = sub.add_parser("demo", help="run the HV Socket Demo: a server and a client on the "
-                       "best transport available here")
-    p.add_argument("--transport", choices=demo.TRANSPORTS, default="auto")
+                       "best transport available here",
+                       description="Serve a small demo service and call it from a client in "
+                       "the same process, on the best transport here: Hyper-V loopback on "
+                       "Windows, AF_VSOCK to CID 1 where vsock_loopback is loaded, else "
+                       "hybrid vsock through an emulated VMM. Prints what was exchanged.")
+    p.add_argument("--transport", choices=demo.TRANSPORTS, default="auto",
+                   help="force one transport (default auto: the best available here)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("echo-server", help="serve the echo service (the peer of ping)",
@@ -157,19 +187,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="connections served at once; more wait (default 64)")
     p.add_argument("--idle-timeout", type=cliargs.positive_float, default=300.0,
                    help="close a connection idle this many seconds (default 300)")
-    p.add_argument("--grace", type=cliargs.positive_float, default=5.0,
-                   help="seconds in-flight connections get on stop (default 5)")
+    p.add_argument("--grace", type=cliargs.positive_float, default=10.0,
+                   help="seconds in-flight connections get on stop (default 10)")
     p.add_argument("--ready-file", help="write JSON {pid, services} here once listening")
 
-    p = sub.add_parser("ping", help="round-trip latency through an echo service")
+    p = sub.add_parser("ping", help="round-trip latency through an echo service",
+                       description="Connect to the echo service at ADDRESS (`hvsock "
+                       "echo-server`), time COUNT round trips of SIZE random bytes, check "
+                       "each reply, and print min, median, p99 and max. A reply that "
+                       "differs exits 5.")
     p.add_argument("address")
-    p.add_argument("-c", "--count", type=cliargs.non_negative_int, default=10)
+    p.add_argument("-c", "--count", type=cliargs.non_negative_int, default=10,
+                   help="round trips (default 10)")
     p.add_argument("-s", "--size", type=cliargs.non_negative_int, default=1,
                    help="bytes per round trip (default 1)")
     p.add_argument("-i", "--interval", type=float, default=0.0,
                    help="seconds between round trips (default 0)")
-    p.add_argument("--timeout", type=cliargs.positive_float, default=DEFAULT_CONNECT_TIMEOUT)
-    p.add_argument("--retries", type=cliargs.non_negative_int, default=0)
+    p.add_argument("--timeout", type=cliargs.positive_float, default=DEFAULT_CONNECT_TIMEOUT,
+                   help="seconds for the connect and for each reply (default %(default)s)")
+    p.add_argument("--retries", type=cliargs.non_negative_int, default=0,
+                   help="retry a failed connect this many times (default 0)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     # Command groups kept in their own modules add their parsers and handlers here.
@@ -189,17 +226,11 @@ def cmd_port(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_addr(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    info = describe_address(parse_address(args.address))
+    address = parse_address(args.address)
     if args.json:
-        cliargs.print_json(info, out)
-        return EXIT_OK
-    width = max(len(k) for k in info)
-    for key, value in info.items():
-        if value is None:
-            value = "-"
-        elif value is True or value is False:
-            value = "yes" if value else "no"
-        out.write(f"{key.replace('_', ' '):<{width}}  {value}\n")
+        cliargs.print_json(describe_address(address), out)
+    else:
+        out.write(addr_text.render(addr_text.explain(address)))
     return EXIT_OK
 
 
@@ -226,16 +257,10 @@ def cmd_connect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
-def peer_text(peer: object, listen_addr: Address) -> str:
-    """The accepted peer's address in hvsock's text form where it has one."""
-    if isinstance(listen_addr, VsockAddress) and isinstance(peer, tuple):
-        return str(VsockAddress(int(peer[0]), int(peer[1])))
-    if isinstance(listen_addr, HyperVAddress) and isinstance(peer, tuple):
-        with contextlib.suppress(HvsockError, ValueError):
-            return str(HyperVAddress(*(ids.parse_guid(str(p)) for p in peer[:2])))
-    if isinstance(listen_addr, TcpAddress) and isinstance(peer, tuple):
-        return str(TcpAddress(str(peer[0]), int(peer[1])))
-    return str(listen_addr) + " (peer)"
+def peer_text(conn: socket.socket, peer: object, listen_addr: Address) -> str:
+    """Who connected, as the service framework names peers: the peer's address, and for
+    Unix and hybrid listeners the connecting process (pid, uid)."""
+    return str(peer_of(conn, peer, listen_addr))
 
 
 def cmd_listen(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -248,13 +273,16 @@ def cmd_listen(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if args.exec_cmd is None:
             conn, peer = listener.accept()
             listener.close()
-            err.write(f"hvsock: connection from {peer_text(peer, address)}\n")
+            err.write(f"hvsock: connection from {peer_text(conn, peer, address)}\n")
             err.flush()
             with conn:
                 out.flush()
                 stdio.stdio_session(conn, sys.stdin.fileno(), out.fileno())
             return EXIT_OK
         return _serve_exec(listener, address, args, err)
+    except Terminated:
+        # SIGTERM asks a server to stop: like relay and echo-server, a clean exit.
+        return EXIT_OK
     finally:
         listener.close()
         api.remove_socket_file(address)
@@ -278,7 +306,7 @@ def _serve_exec(listener: socket.socket, address: Address, args: argparse.Namesp
         while not slots.acquire(timeout=0.2):
             pass
         conn, peer = listener.accept()
-        name = peer_text(peer, address)
+        name = peer_text(conn, peer, address)
         err.write(f"hvsock: connection from {name}\n")
         err.flush()
         thread = threading.Thread(target=handle, args=(conn, name), daemon=True)
@@ -336,7 +364,8 @@ def cmd_ping(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.json:
         cliargs.print_json(stats.as_dict(), out)
     else:
-        out.write(f"{stats.count} round trips of {stats.size} bytes to {stats.address}\n")
+        out.write(f"{cliargs.plural(stats.count, 'round trip')} of "
+                  f"{cliargs.plural(stats.size, 'byte')} to {stats.address}\n")
         out.write(f"min {stats.min_ms:.3f} ms, median {stats.median_ms:.3f} ms, "
                   f"p99 {stats.p99_ms:.3f} ms, max {stats.max_ms:.3f} ms\n")
     return EXIT_OK
@@ -377,7 +406,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
     try:
         return COMMANDS[args.command](args, out, err)
     except (HvsockError, ValueError) as exc:
-        err.write(f"hvsock: error: {exc}\n")
+        err.write(f"hvsock: error: {cli_wording(str(exc), args)}\n")
         return exit_code_for(exc)
     except KeyboardInterrupt:
         err.write("hvsock: interrupted\n")

@@ -27,6 +27,7 @@ from .._transports._common import close_on_error
 from .._transports.features import has_hyperv, has_vsock
 from .connection import Connection, Peer, SyncConnection, peer_of
 from .declaration import Service, SyncHandler
+from .default_log import default_log_handler
 from .ready import sd_notify, write_ready_file
 
 LOG = logging.getLogger("hvsock.service")
@@ -409,8 +410,13 @@ class ServiceHost:
             await self.stop()
 
     def run(self) -> None:
-        """Blocking :meth:`serve` in a fresh event loop (``asyncio.run``)."""
-        asyncio.run(self.serve())
+        """Blocking :meth:`serve` in a fresh event loop (``asyncio.run``).
+
+        Where the program configured no logging, hvsock's INFO lines (where each
+        service listens, "ready") go to stderr meanwhile.
+        """
+        with default_log_handler():
+            asyncio.run(self.serve())
 
     def request_stop(self) -> None:
         """Ask :meth:`serve` to stop (from the loop's thread, e.g. inside a handler)."""
