@@ -52,8 +52,8 @@ from ._core.ids import (
 from ._doctor import Check, Diagnosis, diagnose
 from ._errors import (
     AddressError,
-    ArgumentError,
     AddressInUseError,
+    ArgumentError,
     ConnectTimeoutError,
     FrameTooLargeError,
     HandshakeError,
@@ -132,8 +132,8 @@ __all__ = [
     "ZERO",
     "Address",
     "AddressError",
-    "ArgumentError",
     "AddressInUseError",
+    "ArgumentError",
     "AsyncRpcClient",
     "BenchResult",
     "BenchServer",

@@ -13,8 +13,8 @@ import socket
 
 __all__ = [
     "AddressError",
-    "ArgumentError",
     "AddressInUseError",
+    "ArgumentError",
     "ConnectTimeoutError",
     "FrameTooLargeError",
     "HandshakeError",

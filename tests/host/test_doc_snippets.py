@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from .. import doc_snippets as docs
+from ._peers import recv_until_eof
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -137,12 +138,6 @@ def row(command: str) -> str:
     return command
 
 
-def _recv_all(sock: socket.socket) -> bytes:
-    chunks = []
-    while data := sock.recv(65536):
-        chunks.append(data)
-    return b"".join(chunks)
-
 
 # -- one test per recipe; together they cover every HOST row -----------------------------
 
@@ -206,7 +201,7 @@ def test_listen_exec_runs_the_handler_per_connection(sh: Shell) -> None:
             sock.connect(str(path))
             sock.sendall(text)
             sock.shutdown(socket.SHUT_WR)
-            assert _recv_all(sock) == text.upper()
+            assert recv_until_eof(sock) == text.upper()
     assert sh.stop_all() == [0]
     assert not path.exists()
 
@@ -269,7 +264,7 @@ def test_a_relay_for_a_firecracker_guest_reaches_a_tcp_service(sh: Shell) -> Non
 
     def serve() -> None:
         with echo, echo.accept()[0] as conn:
-            conn.sendall(_recv_all(conn))
+            conn.sendall(recv_until_eof(conn))
 
     server = threading.Thread(target=serve, daemon=True)
     server.start()
@@ -283,7 +278,7 @@ def test_a_relay_for_a_firecracker_guest_reaches_a_tcp_service(sh: Shell) -> Non
         guest.connect(f"{uds}_3128")
         guest.sendall(b"through the relay")
         guest.shutdown(socket.SHUT_WR)
-        assert _recv_all(guest) == b"through the relay"
+        assert recv_until_eof(guest) == b"through the relay"
     server.join(20)
     assert sh.stop_all() == [0]
 

@@ -20,6 +20,8 @@ from hvsock._cli import addr_text, progress
 from hvsock._cli import main as cli
 from hvsock._service.default_log import default_log_handler
 
+from ._peers import recv_until_eof
+
 pytestmark = pytest.mark.timeout(60)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,12 +77,6 @@ def _spawn(made: list[Child], argv: list[str], **kwargs: object) -> Child:
     return c
 
 
-def _recv_all(sock: hvsock.socket.socket) -> bytes:  # type: ignore[name-defined]
-    chunks = []
-    while data := sock.recv(65536):
-        chunks.append(data)
-    return b"".join(chunks)
-
 
 # -- 6: HVSOCK_PEER names the peer, not the listener ------------------------------------
 
@@ -92,7 +88,7 @@ def test_listen_exec_names_the_unix_peer_by_pid_and_uid(
     c.wait_line("listening on")
     with hvsock.connect(f"unix://{path}", timeout=5) as sock:
         hvsock.close_write(sock)
-        peer = _recv_all(sock).decode()
+        peer = recv_until_eof(sock).decode()
     logged = c.wait_line("connection from")
     assert c.proc.wait(20) == 0
     who = f"(pid {os.getpid()}, uid {os.getuid()})"

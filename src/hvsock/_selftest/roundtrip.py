@@ -78,15 +78,12 @@ def _check(payload: bytes, echoed: bytes) -> None:
                              "(the stream was cut)"))
 
 
-def round_trip(listen_at: Address | str, connect_to: Callable[[Address], Address] | None = None,
-               *, timeout: float = DEFAULT_TIMEOUT) -> str:
-    """Listen on *listen_at*, connect (to *connect_to(actual listen address)*, or to
-    that address), send 64 KiB, half-close, read the echo to EOF and compare.
+#: The client half of a round trip: (where to connect, what to send) -> what came back.
+Talk = Callable[[Address, bytes], bytes]
 
-    Returns the address connected to. Raises :class:`HvsockError` (or the OSError
-    of the socket call that failed) when anything goes wrong. Leaves no socket
-    open and no socket file behind.
-    """
+
+def _exchange(listen_at: Address | str, connect_to: Callable[[Address], Address] | None,
+              timeout: float, talk: Talk) -> str:
     address = parse_address(listen_at)
     payload = secrets.token_bytes(PAYLOAD_SIZE)
     listener = api.listen(address, backlog=1)
@@ -95,11 +92,7 @@ def round_trip(listen_at: Address | str, connect_to: Callable[[Address], Address
         target = connect_to(actual) if connect_to is not None else actual
         server = _Server(listener, timeout)
         try:
-            with api.connect(target, timeout=timeout) as sock:
-                sock.settimeout(timeout)
-                sock.sendall(payload)
-                close_write(sock)
-                echoed = _read_to_eof(sock)
+            echoed = talk(target, payload)
         except BaseException:
             server.abandon()
             raise
@@ -109,6 +102,25 @@ def round_trip(listen_at: Address | str, connect_to: Callable[[Address], Address
     finally:
         listener.close()
         api.remove_socket_file(address)
+
+
+def round_trip(listen_at: Address | str, connect_to: Callable[[Address], Address] | None = None,
+               *, timeout: float = DEFAULT_TIMEOUT) -> str:
+    """Listen on *listen_at*, connect (to *connect_to(actual listen address)*, or to
+    that address), send 64 KiB, half-close, read the echo to EOF and compare.
+
+    Returns the address connected to. Raises :class:`HvsockError` (or the OSError
+    of the socket call that failed) when anything goes wrong. Leaves no socket
+    open and no socket file behind.
+    """
+    def talk(target: Address, payload: bytes) -> bytes:
+        with api.connect(target, timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(payload)
+            close_write(sock)
+            return _read_to_eof(sock)
+
+    return _exchange(listen_at, connect_to, timeout, talk)
 
 
 def round_trip_async(listen_at: Address | str,
@@ -123,10 +135,7 @@ def round_trip_async(listen_at: Address | str,
     """
     from .._aio.streams import open_connection
 
-    address = parse_address(listen_at)
-    payload = secrets.token_bytes(PAYLOAD_SIZE)
-
-    async def client(target: Address) -> bytes:
+    async def client(target: Address, payload: bytes) -> bytes:
         reader, writer = await open_connection(target, timeout=timeout)
         try:
             writer.write(payload)
@@ -138,22 +147,11 @@ def round_trip_async(listen_at: Address | str,
             with contextlib.suppress(OSError, asyncio.TimeoutError):  # gone either way
                 await asyncio.wait_for(writer.wait_closed(), timeout)
 
-    listener = api.listen(address, backlog=1)
-    try:
-        actual = api.listener_address(listener, address)
-        target = connect_to(actual) if connect_to is not None else actual
-        server = _Server(listener, timeout)
+    def talk(target: Address, payload: bytes) -> bytes:
         loop = loop_factory() if loop_factory is not None else asyncio.new_event_loop()
         try:
-            echoed = loop.run_until_complete(client(target))
-        except BaseException:
-            server.abandon()
-            raise
+            return loop.run_until_complete(client(target, payload))
         finally:
             loop.close()
-        server.join()
-        _check(payload, echoed)
-        return str(target)
-    finally:
-        listener.close()
-        api.remove_socket_file(address)
+
+    return _exchange(listen_at, connect_to, timeout, talk)
