@@ -82,8 +82,10 @@ class Terminated(Exception):
 
 
 #: The library's spelling of an option in its messages, and the command line's.
-_LIBRARY_HINTS = {" (or pass retries=N to wait for it)": ("retries",
-                                                          " (or pass --retries N to wait for it)")}
+_LIBRARY_HINTS = {
+    " (or pass retries=N to wait for it)": ("retries", " (or pass --retries N to wait for it)"),
+    " (pass retries=N to retry)": ("retries", " (pass --retries N to retry)"),
+}
 
 
 def cli_wording(message: str, args: argparse.Namespace) -> str:
