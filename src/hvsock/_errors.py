@@ -233,7 +233,7 @@ def translate(exc: BaseException, *, op: str, family: str, where: str,
         if code == _errno.ENETDOWN and winerror is not None:
             return UnreachableError(
                 f"{where} is unreachable (WSAENETDOWN 10050): the VM is starting, rebooting "
-                "or stopped; wait for it (pass retries=N to retry)", errno=code)
+                "or stopped; wait for it and retry (pass retries=N)", errno=code)
         if code in (_errno.EHOSTUNREACH, _errno.ENETUNREACH, _errno.ENETDOWN,
                     _errno.EHOSTDOWN, _errno.ENODEV):
             return UnreachableError(

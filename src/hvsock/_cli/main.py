@@ -84,7 +84,7 @@ class Terminated(Exception):
 #: The library's spelling of an option in its messages, and the command line's.
 _LIBRARY_HINTS = {
     " (or pass retries=N to wait for it)": ("retries", " (or pass --retries N to wait for it)"),
-    " (pass retries=N to retry)": ("retries", " (pass --retries N to retry)"),
+    " (pass retries=N)": ("retries", " (pass --retries N)"),
 }
 
 
