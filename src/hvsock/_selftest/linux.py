@@ -13,9 +13,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .. import ping  # public name: the echo service is moving to _builtin
 from .._core.addresses import Address, VsockAddress
 from .._errors import HvsockError
-from .._services.echo import ping
 from .._transports.features import (
     VSOCK_TRANSPORT_MODULES,
     describe_cid,
