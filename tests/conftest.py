@@ -59,3 +59,14 @@ def hvsock_cmd() -> list[str]:
     """The installed console script next to this interpreter, else ``python -m hvsock``."""
     script = Path(sys.executable).with_name("hvsock")
     return [str(script)] if script.exists() else [sys.executable, "-m", "hvsock"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``windows`` skip, saying so, everywhere but Windows."""
+    if sys.platform == "win32":
+        return
+    skip = pytest.mark.skip(reason=f"needs Windows (this is {sys.platform}): the Windows "
+                            "tier runs in .github/workflows/windows.yml")
+    for item in items:
+        if item.get_closest_marker("windows") is not None:
+            item.add_marker(skip)

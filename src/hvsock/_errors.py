@@ -293,7 +293,7 @@ def translate(exc: BaseException, *, op: str, family: str, where: str,
             # reset, not a refusal; both mean the same thing to the user.
             return NothingListeningError(
                 f"nothing is listening on {where}; start the service there first"
-                f"{port_hint} (or pass retries= / --retries to wait for it)", errno=code)
+                f"{port_hint} (or pass retries=N to wait for it)", errno=code)
         missing = _missing_dir(path) if code == _errno.ENOENT and path else None
         if missing is not None:
             return NothingListeningError(
@@ -310,7 +310,7 @@ def translate(exc: BaseException, *, op: str, family: str, where: str,
         if code == _errno.ENETDOWN and winerror is not None:
             return UnreachableError(
                 f"{where} is unreachable (WSAENETDOWN 10050): the VM is starting, rebooting "
-                "or stopped; wait for it and retry (retries= / --retries)", errno=code)
+                "or stopped; wait for it and retry (pass retries=N)", errno=code)
         if code in (_errno.EHOSTUNREACH, _errno.ENETUNREACH, _errno.ENETDOWN,
                     _errno.EHOSTDOWN, _errno.ENODEV):
             return UnreachableError(

@@ -23,6 +23,8 @@ import pytest
 import hvsock
 from hvsock.testing import HybridVsockMuxer
 
+from ..tiers import import_or_fail
+
 T = TypeVar("T")
 Runner = Callable[[Coroutine[Any, Any, T]], T]
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -37,7 +39,7 @@ def run(request: pytest.FixtureRequest) -> Runner[Any]:
     """Runs a coroutine on a fresh loop of each kind: ``run(main())``."""
     if request.param == "asyncio":
         return asyncio.run
-    uvloop = pytest.importorskip("uvloop")
+    uvloop = import_or_fail("uvloop")
     # uvloop opens a process-wide pipe pair with its first loop and keeps it;
     # open it here, before any test's fd baseline is taken.
     uvloop.run(asyncio.sleep(0))

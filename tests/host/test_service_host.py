@@ -30,6 +30,8 @@ import pytest
 import hvsock
 from hvsock.testing import HybridVsockMuxer
 
+from ..tiers import import_or_fail
+
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 KINDS = ["tcp", "unix", "hybrid"]
 FIRST_PORT = 5000
@@ -194,7 +196,7 @@ async def frame_roundtrip(reader: asyncio.StreamReader, writer: asyncio.StreamWr
 def runner(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, None]], None]:
     if request.param == "asyncio":
         return asyncio.run
-    uvloop = pytest.importorskip("uvloop")
+    uvloop = import_or_fail("uvloop")
     # uvloop keeps a process-wide pipe pair from its first loop: open it here,
     # before fd_baseline counts (a module fixture is set up first).
     uvloop.run(asyncio.sleep(0))

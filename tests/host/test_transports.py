@@ -20,6 +20,8 @@ import pytest
 import hvsock
 from hvsock.testing import HybridVsockMuxer
 
+from ..tiers import need_vsock_device
+
 # A "server side" is (make a listening socket, address a client dials).
 ServerFactory = Callable[[], tuple[socket.socket, hvsock.Address]]
 
@@ -440,8 +442,7 @@ def test_hyperv_on_linux_is_one_clear_error() -> None:
 @pytest.mark.usefixtures("fd_baseline")
 def test_vsock_listen_on_any_port_here() -> None:
     """Binding and listening never leave the machine; connecting would, so we don't."""
-    if not hvsock.has_vsock() or not os.path.exists("/dev/vsock"):
-        pytest.skip("no AF_VSOCK on this machine")
+    need_vsock_device()
     with hvsock.listen("vsock://any:any") as listener:
         actual = hvsock.listener_address(listener, "vsock://any:any")
         assert isinstance(actual, hvsock.VsockAddress)

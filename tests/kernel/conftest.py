@@ -3,7 +3,7 @@
 Safety first: on a machine whose only vsock transport is the virtio guest one, any
 AF_VSOCK connect (to CID 1 too) leaves the machine for its hypervisor. So every test
 in this directory waits on the session-scoped autouse guard below, which skips the
-test (or fails it, with HVSOCK_REQUIRE_KERNEL_TIER=1) unless ``vsock_loopback`` is
+test (or fails it, with HVSOCK_REQUIRE_KERNEL_TIER set true-ish) unless ``vsock_loopback`` is
 loaded; and every connect in this tier goes to CID 1 only. ``scripts/kernel-tests``
 boots a throw-away guest, loads the module there and runs this tier inside.
 """
@@ -17,20 +17,57 @@ from collections.abc import Iterator
 
 import pytest
 
+from ..tiers import REQUIRE_ENV, skip_or_fail, tier_required
 from ._support import LOOPBACK_MODULE, Listening, listening, open_fds
 
-REQUIRE_ENV = "HVSOCK_REQUIRE_KERNEL_TIER"
+KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-def tier_required() -> bool:
-    return os.environ.get(REQUIRE_ENV) == "1"
+def _in_tier(item: pytest.Item) -> bool:
+    return str(item.path).startswith(KERNEL_DIR + os.sep)
 
 
-def skip_or_fail(reason: str) -> None:
-    """Skip normally; fail when the tier was required (CI, and inside the test VM)."""
-    if tier_required():
-        pytest.fail(f"{reason} ({REQUIRE_ENV}=1 requires this tier to run)", pytrace=False)
-    pytest.skip(reason)
+class _Tally:
+    """How many kernel-tier tests were collected, selected, and really ran."""
+
+    collected = 0
+    selected = 0
+    ran: set[str] = set()  # noqa: RUF012 - one tally per session, reset below
+    skipped: set[str] = set()  # noqa: RUF012
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _Tally.collected = sum(1 for item in items if _in_tier(item))
+    _Tally.ran, _Tally.skipped = set(), set()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    _Tally.selected = sum(1 for item in session.items if _in_tier(item))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if not report.nodeid.startswith("tests/kernel/"):
+        return
+    if report.skipped:
+        _Tally.skipped.add(report.nodeid)
+    elif report.when == "call":
+        _Tally.ran.add(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Required, the tier fails when fewer of its tests ran than were selected: a
+    skip, a crash before the call, or a test never reached cannot pass as green."""
+    if not tier_required() or _Tally.selected == 0:
+        return
+    missing = _Tally.selected - len(_Tally.ran)
+    if missing > 0:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"kernel tier: {len(_Tally.ran)} of {_Tally.selected} selected tests ran "
+                f"({_Tally.collected} collected; skipped: {sorted(_Tally.skipped)}); "
+                f"{REQUIRE_ENV} requires all of them", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -392,7 +392,7 @@ BAD_TEXT = [
     ("vsock://3:0x" + "f" * 4000, ["port '0xfff", "out of range", VSOCK_FORM]),
     ("vsock://" + "1" * 30 + ":5", ["CID ", "1" * 20, "out of range", VSOCK_FORM]),
     ("vsock://3:" + "0" * 5000 + "1" * 11, ["port ", "out of range", VSOCK_FORM]),
-    ("vsock://3:-1", ["port '-1' is not a number", VSOCK_FORM]),
+    ("vsock://3:-1", ["port '-1' is out of range: it cannot be negative", VSOCK_FORM]),
     ("vsock://3:50x", ["port '50x' is not a number", VSOCK_FORM]),
     ("vsock://3:0x", ["port '0x' is not a number", VSOCK_FORM]),
     ("vsock://3: 5", ["port ' 5' is not a number", VSOCK_FORM]),

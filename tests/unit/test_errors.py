@@ -283,7 +283,7 @@ def test_translate_port_hint() -> None:
                        port_hint=" (a Linux guest must listen on vsock://any:5000)")
     assert str(result) == (
         "nothing is listening on service 5000 on parent; start the service there first"
-        " (a Linux guest must listen on vsock://any:5000) (or pass retries= / --retries to "
+        " (a Linux guest must listen on vsock://any:5000) (or pass retries=N to "
         "wait for it)")
 
 

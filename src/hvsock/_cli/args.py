@@ -6,8 +6,8 @@ import argparse
 import contextlib
 import json
 import re
-from collections.abc import Callable
-from typing import TextIO
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
 
 from .._core.ids import parse_number
 from .._errors import AddressError
@@ -16,10 +16,41 @@ from .._errors import AddressError
 Handler = Callable[[argparse.Namespace, TextIO, TextIO], int]
 
 
+#: The help of every positional ADDRESS that gives none of its own.
+ADDRESS_HELP = ("vsock://CID:PORT, hvsock://VM/SERVICE, hybrid://UDS_PATH:PORT, "
+                "tcp://HOST:PORT or unix://PATH (docs/addresses.md)")
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         # argparse exits by itself; raise instead so main() maps it in one place.
         raise UsageError(f"{self.prog}: {message}\n{self.format_usage().strip()}")
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        if args == ("address",) and "help" not in kwargs:
+            kwargs["help"] = ADDRESS_HELP
+        return super().add_argument(*args, **kwargs)
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        # argparse reports an unknown option from the top-level parser, with the
+        # top-level usage; report it from the (sub)command it was given to.
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self._innermost(parsed).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def _innermost(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self
+        for _ in range(8):  # nesting depth: command, then mode (bench client)
+            chosen = None
+            for action in parser._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    chosen = action.choices.get(getattr(parsed, action.dest, None) or "")
+            if chosen is None:
+                break
+            parser = chosen
+        return parser
 
 
 class UsageError(Exception):
@@ -91,6 +122,11 @@ def raise_open_files_limit() -> None:
             hard = 1 << 20
         if soft != resource.RLIM_INFINITY and soft < hard:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 byte``, ``2 bytes``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def print_json(obj: object, out: TextIO) -> None:

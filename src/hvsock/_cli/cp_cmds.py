@@ -73,7 +73,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
 
 def cmd_cp(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .._builtin.files import copy
-    from .tools_cmds import progress_bar
+    from .progress import progress_bar
 
     if args.serve:
         return _serve(args, err)

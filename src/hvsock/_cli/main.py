@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 import threading
@@ -30,6 +31,7 @@ from . import (
     doctor_cmds,
     kvp_cmds,
     relay_cmds,
+    selftest_cmds,
     service_cmds,
     socket_cmds,
     tools_cmds,
@@ -42,7 +44,7 @@ from . import (
 #: so a command loads only what it runs (tests/unit/test_cli_imports.py checks).
 EXTENSIONS = (
     socket_cmds, service_cmds, cp_cmds, kvp_cmds, windows_cmds, doctor_cmds, relay_cmds,
-    tools_cmds,
+    tools_cmds, selftest_cmds,
 )
 
 # Exit statuses, in one place (documented in docs/cli.md).
@@ -76,7 +78,26 @@ _EXIT_CODES: list[tuple[type[BaseException], int]] = [
 
 
 class Terminated(Exception):
-    """SIGTERM arrived: unwind like Ctrl-C so listeners clean up their files."""
+    """SIGTERM arrived: unwind like Ctrl-C so listeners clean up their files.
+
+    The one rule: a long-running server (listen, relay, echo-server, bench server,
+    agent) stops on SIGTERM and exits 0; any other command it cuts short exits 143.
+    """
+
+
+#: The library's spelling of an option in its messages, and the command line's.
+_LIBRARY_HINTS = {
+    " (or pass retries=N to wait for it)": ("retries", " (or pass --retries N to wait for it)"),
+    " (pass retries=N)": ("retries", " (pass --retries N)"),
+}
+
+
+def cli_wording(message: str, args: argparse.Namespace) -> str:
+    """*message* with the library's hints in the command's own spelling: a hint to an
+    option this command has reads as that option; one it does not have is dropped."""
+    for library, (dest, cli) in _LIBRARY_HINTS.items():
+        message = message.replace(library, cli if hasattr(args, dest) else "")
+    return message
 
 
 def exit_code_for(exc: BaseException) -> int:
@@ -125,7 +146,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
     try:
         return COMMANDS[args.command](args, out, err)
     except (HvsockError, ValueError) as exc:
-        err.write(f"hvsock: error: {exc}\n")
+        err.write(f"hvsock: error: {cli_wording(str(exc), args)}\n")
         return exit_code_for(exc)
     except KeyboardInterrupt:
         err.write("hvsock: interrupted\n")

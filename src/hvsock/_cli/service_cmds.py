@@ -26,8 +26,13 @@ DEMO_TRANSPORTS = ("auto", "hyperv", "vsock", "hybrid")
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
     """Add this module's sub-commands to *sub*; return their handlers by name."""
     p = sub.add_parser("demo", help="run the HV Socket Demo: a server and a client on the "
-                       "best transport available here")
-    p.add_argument("--transport", choices=DEMO_TRANSPORTS, default="auto")
+                       "best transport available here",
+                       description="Serve a small demo service and call it from a client in "
+                       "the same process, on the best transport here: Hyper-V loopback on "
+                       "Windows, AF_VSOCK to CID 1 where vsock_loopback is loaded, else "
+                       "hybrid vsock through an emulated VMM. Prints what was exchanged.")
+    p.add_argument("--transport", choices=DEMO_TRANSPORTS, default="auto",
+                   help="force one transport (default auto: the best available here)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("echo-server", help="serve the echo service (the peer of ping)",
@@ -38,19 +43,26 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
                    help="connections served at once; more wait (default 64)")
     p.add_argument("--idle-timeout", type=cliargs.positive_float, default=300.0,
                    help="close a connection idle this many seconds (default 300)")
-    p.add_argument("--grace", type=cliargs.positive_float, default=5.0,
-                   help="seconds in-flight connections get on stop (default 5)")
+    p.add_argument("--grace", type=cliargs.positive_float, default=10.0,
+                   help="seconds in-flight connections get on stop (default 10)")
     p.add_argument("--ready-file", help="write JSON {pid, services} here once listening")
 
-    p = sub.add_parser("ping", help="round-trip latency through an echo service")
+    p = sub.add_parser("ping", help="round-trip latency through an echo service",
+                       description="Connect to the echo service at ADDRESS (`hvsock "
+                       "echo-server`), time COUNT round trips of SIZE random bytes, check "
+                       "each reply, and print min, median, p99 and max. A reply that "
+                       "differs exits 5.")
     p.add_argument("address")
-    p.add_argument("-c", "--count", type=cliargs.non_negative_int, default=10)
+    p.add_argument("-c", "--count", type=cliargs.non_negative_int, default=10,
+                   help="round trips (default 10)")
     p.add_argument("-s", "--size", type=cliargs.non_negative_int, default=1,
                    help="bytes per round trip (default 1)")
     p.add_argument("-i", "--interval", type=float, default=0.0,
                    help="seconds between round trips (default 0)")
-    p.add_argument("--timeout", type=cliargs.positive_float, default=DEFAULT_CONNECT_TIMEOUT)
-    p.add_argument("--retries", type=cliargs.non_negative_int, default=0)
+    p.add_argument("--timeout", type=cliargs.positive_float, default=DEFAULT_CONNECT_TIMEOUT,
+                   help="seconds for the connect and for each reply (default %(default)s)")
+    p.add_argument("--retries", type=cliargs.non_negative_int, default=0,
+                   help="retry a failed connect this many times (default 0)")
     p.add_argument("--json", action="store_true", help="print JSON")
     return {"demo": cmd_demo, "echo-server": cmd_echo_server, "ping": cmd_ping}
 
@@ -114,7 +126,8 @@ def cmd_ping(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.json:
         cliargs.print_json(stats.as_dict(), out)
     else:
-        out.write(f"{stats.count} round trips of {stats.size} bytes to {stats.address}\n")
+        out.write(f"{cliargs.plural(stats.count, 'round trip')} of "
+                  f"{cliargs.plural(stats.size, 'byte')} to {stats.address}\n")
         out.write(f"min {stats.min_ms:.3f} ms, median {stats.median_ms:.3f} ms, "
                   f"p99 {stats.p99_ms:.3f} ms, max {stats.max_ms:.3f} ms\n")
     return EXIT_OK

@@ -25,17 +25,28 @@ EXIT_OK = 0
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
     """Add this module's sub-commands to *sub*; return their handlers by name."""
-    p = sub.add_parser("service-id", help="print the Hyper-V service id of a vsock port")
+    p = sub.add_parser("service-id", help="print the Hyper-V service id of a vsock port",
+                       description="Print the Hyper-V service id (GUID) that stands for vsock "
+                       "port PORT: what a Windows host registers and listens on so that Linux "
+                       "guests can reach it on that port. `hvsock port` is the reverse.")
     p.add_argument("port", type=cliargs.port, help="port number (decimal or 0x hex)")
 
-    p = sub.add_parser("port", help="print the vsock port of a template service id")
+    p = sub.add_parser("port", help="print the vsock port of a template service id",
+                       description="Print the vsock port a Hyper-V service id stands for "
+                       "(ids of the form xxxxxxxx-facb-11e6-bd58-64006a7986d3 only). The "
+                       "reverse of `hvsock service-id`.")
     p.add_argument("guid", help="service id GUID (any case, braces optional)")
 
-    p = sub.add_parser("addr", help="parse an address and explain it")
+    p = sub.add_parser("addr", help="parse an address and explain it",
+                       description="Parse ADDRESS and explain it: its canonical form, what "
+                       "it means, and the same endpoint as the other side sees it (a Linux "
+                       "guest's vsock:// view and the Windows host's hvsock:// view).")
     p.add_argument("address")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("cid", help="print this machine's vsock CID")
+    p = sub.add_parser("cid", help="print this machine's vsock CID",
+                       description="Print this machine's vsock CID (from /dev/vsock) and, on "
+                       "stderr, what it means. Linux only; never connects anything.")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser(
@@ -92,18 +103,13 @@ def cmd_port(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def cmd_addr(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .._core.addresses import describe_address, parse_address
+    from . import addr_text
 
-    info = describe_address(parse_address(args.address))
+    address = parse_address(args.address)
     if args.json:
-        cliargs.print_json(info, out)
-        return EXIT_OK
-    width = max(len(k) for k in info)
-    for key, value in info.items():
-        if value is None:
-            value = "-"
-        elif value is True or value is False:
-            value = "yes" if value else "no"
-        out.write(f"{key.replace('_', ' '):<{width}}  {value}\n")
+        cliargs.print_json(describe_address(address), out)
+    else:
+        out.write(addr_text.render(addr_text.explain(address)))
     return EXIT_OK
 
 
@@ -137,28 +143,19 @@ def cmd_connect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
-def peer_text(peer: object, listen_addr: Address) -> str:
-    """The accepted peer's address in hvsock's text form where it has one."""
-    import contextlib
+def peer_text(conn: socket.socket, peer: object, listen_addr: Address) -> str:
+    """Who connected, as the service framework names peers: the peer's address, and for
+    Unix and hybrid listeners the connecting process (pid, uid)."""
+    from .._server.peers import peer_of
 
-    from .._core import ids
-    from .._core.addresses import HyperVAddress, TcpAddress, VsockAddress
-    from .._errors import HvsockError
-
-    if isinstance(listen_addr, VsockAddress) and isinstance(peer, tuple):
-        return str(VsockAddress(int(peer[0]), int(peer[1])))
-    if isinstance(listen_addr, HyperVAddress) and isinstance(peer, tuple):
-        with contextlib.suppress(HvsockError, ValueError):
-            return str(HyperVAddress(*(ids.parse_guid(str(p)) for p in peer[:2])))
-    if isinstance(listen_addr, TcpAddress) and isinstance(peer, tuple):
-        return str(TcpAddress(str(peer[0]), int(peer[1])))
-    return str(listen_addr) + " (peer)"
+    return str(peer_of(conn, peer, listen_addr))
 
 
 def cmd_listen(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .. import _endpoints as api
     from .._core.addresses import parse_address
     from . import stdio
+    from .main import Terminated
 
     address = parse_address(args.address)
     listener = api.listen(address, buffer_size=args.buffer_size, mode=args.mode)
@@ -169,13 +166,16 @@ def cmd_listen(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if args.exec_cmd is None:
             conn, peer = listener.accept()
             listener.close()
-            err.write(f"hvsock: connection from {peer_text(peer, address)}\n")
+            err.write(f"hvsock: connection from {peer_text(conn, peer, address)}\n")
             err.flush()
             with conn:
                 out.flush()
                 stdio.stdio_session(conn, sys.stdin.fileno(), out.fileno())
             return EXIT_OK
         return _serve_exec(listener, address, args, err)
+    except Terminated:
+        # SIGTERM asks a server to stop: like relay and echo-server, a clean exit.
+        return EXIT_OK
     finally:
         listener.close()
         api.remove_socket_file(address)
@@ -204,7 +204,7 @@ def _serve_exec(listener: socket.socket, address: Address, args: argparse.Namesp
         while not slots.acquire(timeout=0.2):
             pass
         conn, peer = listener.accept()
-        name = peer_text(peer, address)
+        name = peer_text(conn, peer, address)
         err.write(f"hvsock: connection from {name}\n")
         err.flush()
         thread = threading.Thread(target=handle, args=(conn, name), daemon=True)

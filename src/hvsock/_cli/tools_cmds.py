@@ -8,15 +8,13 @@ progress bars (tqdm, used only here).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import threading
-from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .._errors import ArgumentError
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT
 from . import args as cliargs
 from .args import Handler, non_negative_float, raise_open_files_limit, size
+from .progress import progress_bar
 
 if TYPE_CHECKING:
     from .._builtin import bench
@@ -78,8 +76,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
         "echo. Exit status 1 if any connection failed or came back different; each "
         "failure is reported with its seed and the command that replays it.")
     p.add_argument("address")
-    p.add_argument("-n", "--connections", type=cliargs.non_negative_int, default=100)
-    p.add_argument("-P", "--parallel", type=cliargs.non_negative_int, default=10)
+    p.add_argument("-n", "--connections", type=cliargs.non_negative_int, default=100,
+                   help="connections in all (default 100)")
+    p.add_argument("-P", "--parallel", type=cliargs.non_negative_int, default=10,
+                   help="connections open at once (default 10)")
     p.add_argument("--min-size", type=size, default=0, help="bytes per connection, at least")
     p.add_argument("--max-size", type=size, default=1 << 20,
                    help="bytes per connection, at most (default 1M)")
@@ -111,28 +111,6 @@ def _tests(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(
             f"unknown test {', '.join(bad) or text!r}; choose from {', '.join(TESTS)} or all")
     return names
-
-
-@contextlib.contextmanager
-def progress_bar(err: TextIO, enabled: bool, desc: str,
-                 unit: str = "it") -> Iterator[Callable[[int, int | None], None]]:
-    """A tqdm bar on *err* fed by a ``progress(done, total)`` callback (off when not a TTY)."""
-    from tqdm import tqdm
-
-    bar = tqdm(desc=desc, file=err, unit=unit, unit_scale=unit == "B", leave=False,
-               disable=None if enabled else True, dynamic_ncols=True)
-    lock = threading.Lock()
-
-    def update(done: int, total: int | None) -> None:
-        with lock:
-            if total is not None and bar.total != total:
-                bar.total = total
-            bar.update(done - bar.n)
-
-    try:
-        yield update
-    finally:
-        bar.close()
 
 
 def cmd_bench(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

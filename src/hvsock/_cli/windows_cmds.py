@@ -58,10 +58,16 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
                    help="also remove an entry another tool made")
     _change_options(p)
 
-    p = sub.add_parser("services", help="list registered services (id, name, port, origin)")
+    p = sub.add_parser("services", help="list registered services (id, name, port, origin)",
+                       description="List the services registered on this Hyper-V host under "
+                       "GuestCommunicationServices: id, vsock port (for template ids), who "
+                       "made each (hvsock, built-in, other) and its name. Windows host only.")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("vms", help="list Hyper-V VMs and WSL's VM, with their ids and state")
+    p = sub.add_parser("vms", help="list Hyper-V VMs and WSL's VM, with their ids and state",
+                       description="List the Hyper-V VMs this user can see (Get-VM, else "
+                       "CIM) and WSL 2's VM when it runs, with the VM id an hvsock:// "
+                       "address takes. Windows host only; starts nothing.")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     return {"register": cmd_register, "unregister": cmd_unregister,
@@ -206,10 +212,13 @@ def cmd_register(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     wanted = _services_to_register(args)
     if args.export is not None:
         changes: list[reg.Change] = [reg.Registration(sid, name) for name, sid in wanted]
-        _write_export(exporting.registration_script(changes, args.export), args.export, args.output,
-                      out, err)
-        step = ("run it on the Hyper-V host in an elevated PowerShell" if args.export == "ps1"
-                else "import it on the Hyper-V host as administrator: reg import FILE.reg")
+        _write_export(exporting.registration_script(changes, args.export, filename=args.output),
+                      args.export, args.output, out, err)
+        run = exporting.usage(args.export, args.output)
+        save = "" if args.output else f"save it as {exporting.DEFAULT_FILE[args.export]}, then "
+        step = (f"{save}run it on the Hyper-V host in an elevated PowerShell: {run}"
+                if args.export == "ps1" else
+                f"{save}import it on the Hyper-V host as administrator: {run}")
         for name, sid in wanted:
             err.write(f"hvsock: {name!r} is service {reg.describe_service(sid)}; {step}\n")
         return EXIT_OK
@@ -254,7 +263,8 @@ def cmd_unregister(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             raise RegistryError(
                 "a .reg file cannot check who made an entry, so it could remove another "
                 "tool's; use --export ps1 (it checks), or add --force")
-        _write_export(exporting.registration_script([reg.Removal(sid, args.force)], args.export),
+        _write_export(exporting.registration_script([reg.Removal(sid, args.force)], args.export,
+                                                    filename=args.output),
                       args.export, args.output, out, err)
         return EXIT_OK
     registry = _dry_run_registry() if args.dry_run else _machine_registry(

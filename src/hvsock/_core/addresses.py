@@ -369,6 +369,9 @@ def _number(text: str, what: str, form: str) -> int:
     if not text:
         raise AddressError(f"{what} is missing; {form}")
     if not _NUMBER.match(text):
+        if text.startswith("-") and _NUMBER.match(text[1:]):
+            raise AddressError(f"{what} {quote(text)} is out of range: it cannot be "
+                               f"negative; {form}")
         raise AddressError(f"{what} {quote(text)} is not a number; {form}")
     hex_form = text[:2].lower() == "0x"
     # int() refuses decimal text over 4300 digits (leading zeros count), so drop the

@@ -36,6 +36,7 @@ from .._transports.features import has_hyperv, has_vsock
 from .._validate import quote
 from .connection import Connection, SyncConnection
 from .declaration import Service, SyncHandler
+from .default_log import default_log_handler
 
 LOG = logging.getLogger("hvsock.service")
 
@@ -497,8 +498,13 @@ class ServiceHost:
             await self.stop()
 
     def run(self) -> None:
-        """Blocking :meth:`serve` in a fresh event loop (``asyncio.run``)."""
-        asyncio.run(self.serve())
+        """Blocking :meth:`serve` in a fresh event loop (``asyncio.run``).
+
+        Where the program configured no logging, hvsock's INFO lines (where each
+        service listens, "ready") go to stderr meanwhile.
+        """
+        with default_log_handler():
+            asyncio.run(self.serve())
 
     def request_stop(self) -> None:
         """Ask :meth:`serve` to stop (from the loop's thread, e.g. inside a handler)."""

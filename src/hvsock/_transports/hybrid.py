@@ -32,7 +32,7 @@ def no_listener(address: HybridAddress, code: int | None = None) -> NothingListe
     return NothingListeningError(
         f"the VMM at {address.uds_path} closed the connection: nothing in the guest "
         f"listens on port {address.port}; start the guest service first (or pass "
-        "retries= / --retries to wait for it)", errno=code or errno.ECONNRESET)
+        "retries=N to wait for it)", errno=code or errno.ECONNRESET)
 
 
 def reply_cut_short(address: HybridAddress, buffer: bytes) -> HvsockError:

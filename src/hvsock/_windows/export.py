@@ -9,6 +9,8 @@ trip and for anyone who wants to see what a file would do.
 
 from __future__ import annotations
 
+import ntpath
+import posixpath
 import re
 from collections.abc import Sequence
 
@@ -45,14 +47,28 @@ def reg_quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def registration_script(changes: Sequence[Change], fmt: str = "ps1") -> str:
+#: The file name the scripts' usage lines suggest when the caller names none.
+DEFAULT_FILE = {"ps1": "hvsock-services.ps1", "reg": "hvsock-services.reg"}
+
+
+def usage(fmt: str, filename: str | None = None) -> str:
+    """The command that runs the export saved as *filename* (a default name if None)."""
+    name = ntpath.basename(posixpath.basename(filename)) if filename else DEFAULT_FILE[fmt]
+    if fmt == "ps1":
+        return f"powershell -ExecutionPolicy Bypass -File .\\{name}"
+    return f"reg import {name}"
+
+
+def registration_script(changes: Sequence[Change], fmt: str = "ps1", *,
+                        filename: str | None = None) -> str:
     """*changes* (:class:`Registration`, :class:`Removal`) as a ``"ps1"`` PowerShell
     script or a ``"reg"`` file, for an administrator to run on the Hyper-V host.
+    *filename*: what the file will be called, for the script's usage comment.
 
     Works on any OS. Raises :class:`RegistryError` for an unknown *fmt*.
     """
     if fmt == "ps1":
-        return to_ps1(changes)
+        return to_ps1(changes, filename=filename)
     if fmt == "reg":
         return to_reg(changes)
     raise RegistryError(f"unknown export format {fmt!r}; use one of: " + ", ".join(FORMATS))
@@ -117,12 +133,13 @@ def _ps_remove(change: Removal) -> list[str]:
             "}"]
 
 
-def to_ps1(changes: Sequence[Change]) -> str:
-    """A PowerShell script that makes *changes*, checking each first."""
+def to_ps1(changes: Sequence[Change], *, filename: str | None = None) -> str:
+    """A PowerShell script that makes *changes*, checking each first; its usage
+    comment names *filename* (default ``hvsock-services.ps1``)."""
     lines = [
         "# Hyper-V socket service registration, written by hvsock.",
         "# Run it on the Hyper-V host in an elevated PowerShell (Run as administrator):",
-        "#   powershell -ExecutionPolicy Bypass -File .\\hvsock-services.ps1",
+        f"#   {usage('ps1', filename)}",
         "$ErrorActionPreference = 'Stop'",
         f"$root = {ps_quote('HKLM:' + chr(92) + SERVICES_KEY)}",
         "if (-not (Test-Path -LiteralPath $root)) {",

@@ -382,11 +382,15 @@ class WinregBackend:
     which would otherwise be redirected to WOW6432Node).
 
     *winreg* is the module; tests on Linux pass a fake one with its interface.
+    *hive* (``winreg.HKEY_CURRENT_USER``, say) replaces HKEY_LOCAL_MACHINE: the
+    self-test and the Windows test tier work in a scratch key there.
     """
 
-    def __init__(self, winreg: Any) -> None:
+    def __init__(self, winreg: Any, hive: Any = None, hive_name: str = "HKLM") -> None:
         self._w = winreg
         self._view = winreg.KEY_WOW64_64KEY
+        self._hive = winreg.HKEY_LOCAL_MACHINE if hive is None else hive
+        self._hive_name = hive_name
 
     @contextmanager
     def _errors(self, op: str, path: str) -> Iterator[None]:
@@ -394,14 +398,15 @@ class WinregBackend:
             yield
         except PermissionError as exc:
             raise PermissionDeniedError(
-                f"cannot {op} HKLM\\{path}: access denied; run this from an elevated "
-                "prompt (Run as administrator), or write a script for an administrator "
+                f"cannot {op} {self._hive_name}\\{path}: access denied; run this from an "
+                "elevated prompt (Run as administrator), or write a script for an administrator "
                 "with --export ps1", errno=exc.errno) from exc
         except OSError as exc:
-            raise RegistryError(f"cannot {op} HKLM\\{path}: {exc.strerror or exc}") from exc
+            raise RegistryError(f"cannot {op} {self._hive_name}\\{path}: "
+                                f"{exc.strerror or exc}") from exc
 
     def _open(self, path: str, access: int) -> Any:
-        return self._w.OpenKey(self._w.HKEY_LOCAL_MACHINE, path, 0, access | self._view)
+        return self._w.OpenKey(self._hive, path, 0, access | self._view)
 
     def subkeys(self, path: str) -> list[str]:
         with self._errors("read", path):
@@ -425,7 +430,7 @@ class WinregBackend:
 
     def create_key(self, path: str) -> None:
         with self._errors("create", path):
-            self._w.CreateKeyEx(self._w.HKEY_LOCAL_MACHINE, path, 0,
+            self._w.CreateKeyEx(self._hive, path, 0,
                                 self._w.KEY_WRITE | self._view).Close()
 
     def set_value(self, path: str, name: str, value: str) -> None:
@@ -434,7 +439,7 @@ class WinregBackend:
 
     def delete_key(self, path: str) -> None:
         with self._errors("delete", path), suppress(FileNotFoundError):
-            self._w.DeleteKeyEx(self._w.HKEY_LOCAL_MACHINE, path, self._view, 0)
+            self._w.DeleteKeyEx(self._hive, path, self._view, 0)
 
     def delete_value(self, path: str, name: str) -> None:
         """Remove value *name* of *path*; nothing when either does not exist."""
