@@ -113,7 +113,12 @@ from ._windows.vms import VmInfo, discover_vms, resolve_address
 
 __version__ = "0.1.0"
 
-__all__ = [
+# Remote exec through an hvsock agent (issue 10): one block, easy to move.
+from ._builtin.exec.client import ExecResult, exec, exec_async
+
+__all__ = ["ExecResult", "exec", "exec_async"]
+
+__all__ += [
     "BROADCAST",
     "CHILDREN",
     "CID_ANY",

@@ -43,10 +43,10 @@ from .._services.echo import ECHO_PORT, echo_service, ping
 from .._transports import api
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT
 from .._transports.features import describe_cid, local_cid
+from . import agent_cmds, demo, relay_cmds, stdio, windows_cmds
 from . import args as cliargs
-from . import demo, relay_cmds, stdio, windows_cmds
 
-EXTENSIONS = (windows_cmds, relay_cmds)
+EXTENSIONS = (windows_cmds, relay_cmds, agent_cmds)
 
 # Exit statuses, in one place (documented in docs/cli.md).
 EXIT_OK = 0
