@@ -159,7 +159,7 @@ def raw_terminal(fd: int) -> Iterator[None]:
     """Raw mode on *fd* for the block; the old mode back on every way out."""
     saved = termios.tcgetattr(fd)
     try:
-        tty.setraw(fd)
+        tty.setraw(fd, termios.TCSADRAIN)  # as ssh: keep what was typed ahead
         yield
     finally:
         termios.tcsetattr(fd, termios.TCSAFLUSH, saved)

@@ -83,6 +83,12 @@ def hello_frame(service: str | None) -> bytes:
     return encode_frame(mux.encode_hello(service), mux.MAX_HELLO) if service else b""
 
 
+def _closed_at_hello() -> ProtocolError:
+    return ProtocolError("the agent closed the connection at the service hello: this peer "
+                         "may not be in its allowlist (see the agent's log), or the address "
+                         "is not an hvsock agent's")
+
+
 def _remote_error(event: ep.Error) -> RemoteError:
     return RemoteError(event.code, event.message)
 
@@ -114,11 +120,13 @@ class ExecSession:
         try:
             sock.settimeout(connect_timeout)
             if service:
-                sock.sendall(hello_frame(service))
-                answer = recv_frame(sock, mux.MAX_HELLO)
+                try:
+                    sock.sendall(hello_frame(service))
+                    answer = recv_frame(sock, mux.MAX_HELLO)
+                except ConnectionError:
+                    answer = None
                 if answer is None:
-                    raise ProtocolError("the agent closed the connection after the service "
-                                        "hello; is this an hvsock agent address?")
+                    raise _closed_at_hello()
                 mux.decode_answer(answer)
             sock.settimeout(None)
             sock.sendall(encode_frame(body, ep.MAX_FRAME))
@@ -270,10 +278,13 @@ async def exec_async(address: Address | str, args: Sequence[str], *,
     feeder: asyncio.Task[None] | None = None
     try:
         if service:
-            writer.write(hello_frame(service))
-            answer = await asyncio.wait_for(frame(), connect_timeout)
+            try:
+                writer.write(hello_frame(service))
+                answer = await asyncio.wait_for(frame(), connect_timeout)
+            except ConnectionError:
+                answer = None
             if answer is None:
-                raise ProtocolError("the agent closed the connection after the service hello")
+                raise _closed_at_hello()
             mux.decode_answer(answer)
         writer.write(encode_frame(ep.encode(start), ep.MAX_FRAME))
         feeder = asyncio.create_task(feed())
