@@ -331,7 +331,7 @@ def test_cli_agent_listen_enable_end_to_end(short_tmp: Path) -> None:
         assert (done.returncode, done.stdout) == (0, b"hi\n")
     finally:
         agent.send_signal(signal.SIGTERM)
-        agent.wait(30)
+        agent.communicate(timeout=30)
     assert agent.returncode in (0, 143)
     assert not sock.exists()
 
