@@ -24,8 +24,7 @@ from hvsock._builtin.agent.config import default_config
 from hvsock._builtin.exec.client import ExecSession, make_start
 from hvsock._core import exec_proto as ep
 from hvsock._core.addresses import parse_address
-
-from ._agent import AgentThread, process_gone, wait_for
+from tests.agent_thread import AgentThread, process_gone, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
