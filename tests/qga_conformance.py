@@ -182,7 +182,7 @@ def compare(theirs: dict[str, Any], ours: dict[str, Any]) -> list[str]:
                 problems.append("time: the two clocks are a minute apart")
         elif label == "interfaces":
             check(label, _strip_stats(a["return"]), _strip_stats(b["return"]), True)
-            for x, y in zip(a["return"], b["return"]):
+            for x, y in zip(a["return"], b["return"], strict=False):  # lengths checked above
                 if set(x) != set(y) or ("statistics" in x and set(x["statistics"]) != set(
                         y["statistics"])):
                     problems.append(f"interfaces: keys of {x.get('name')} differ")

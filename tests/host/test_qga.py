@@ -13,6 +13,7 @@ import pytest
 
 import hvsock
 from hvsock._builtin.agent.config import default_config
+from hvsock._builtin.qga import qga_service
 from hvsock._core.addresses import parse_address
 from tests.agent_thread import AgentThread, wait_for
 from tests.qga_conformance import QgaClient, compare, run_session
@@ -110,5 +111,4 @@ def test_block_list(short_tmp: Path) -> None:
 
 def test_unknown_command_in_lists_is_an_argument_error() -> None:
     with pytest.raises(hvsock.ArgumentError, match="guest-nope"):
-        from hvsock._builtin.qga import qga_service
         qga_service(block=["guest-nope"])
