@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import ipaddress
 import os
 import platform
@@ -59,6 +58,8 @@ def os_info() -> dict[str, str]:
 
 
 def _ipv4(name: str) -> tuple[str, int] | None:
+    import fcntl  # POSIX only; here, so the module imports everywhere
+
     packed = struct.pack("256s", name.encode()[:15])
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         try:

@@ -14,8 +14,6 @@ import os
 import selectors
 import signal
 import sys
-import termios
-import tty
 from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import TextIO
@@ -157,6 +155,9 @@ def cmd_agent(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 @contextlib.contextmanager
 def raw_terminal(fd: int) -> Iterator[None]:
     """Raw mode on *fd* for the block; the old mode back on every way out."""
+    import termios  # POSIX only: imported here so the CLI loads on Windows
+    import tty
+
     saved = termios.tcgetattr(fd)
     try:
         tty.setraw(fd, termios.TCSADRAIN)  # as ssh: keep what was typed ahead

@@ -34,7 +34,6 @@ from ..._core.framing import HEADER_SIZE, frame_length
 from ..._transports.features import has_hyperv
 from .. import qga as qga_mod
 from .. import sysinfo
-from ..exec import server as exec_server
 from .config import AGENT_PORT, OWN_ADDRESS_ONLY, AgentConfig, ServiceConfig
 
 __all__: list[str] = []
@@ -46,6 +45,9 @@ Factory = Callable[..., hvsock.Service]
 
 
 def _exec(section: ServiceConfig, allow: Any) -> hvsock.Service:
+    # Imported here: exec needs POSIX (PTYs, process groups); the rest of the agent does not.
+    from ..exec import server as exec_server
+
     o = section.options
     policy = exec_server.ExecPolicy(
         max_sessions=o.get("max_sessions", 32), allow_user=o.get("allow_user", True),
