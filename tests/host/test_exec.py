@@ -357,3 +357,14 @@ def test_threads_and_sessions_do_not_leak(unix_agent: AgentThread, fd_baseline: 
     for _ in range(5):
         hvsock.exec(unix_agent.address(), ["true"], input=b"x")
     wait_for(lambda: threading.active_count() <= threads, "client threads to end")
+
+
+def test_own_address_allowlist_never_defaults_to_everyone(short_tmp: Path) -> None:
+    config = default_config(["exec"])
+    config.listen = parse_address(f"unix://{short_tmp}/a.sock")
+    config.allow = ["uid:4000000"]
+    config.services["exec"].listen = parse_address(f"unix://{short_tmp}/exec.sock")
+    with AgentThread(config) as running:
+        assert running.agent.services["exec"].allow == frozenset({"uid:4000000"})
+        with pytest.raises(hvsock.HvsockError):
+            hvsock.exec(running.address("hvsock exec"), ["true"], service=None)

@@ -134,6 +134,9 @@ def cmd_agent(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             # On one address the hello comes first; QGA clients do not send it.
             raise agent_config.ConfigError("command line", [
                 (None, "qga needs its own address: use a config file with [qga] listen")])
+    elif args.config is None and not os.path.exists(agent_config.DEFAULT_PATH):
+        # No configuration at all: the defaults (info, health, time; exec off; host only).
+        config = agent_config.default_config()
     else:
         config = agent_config.load_config(args.config or agent_config.DEFAULT_PATH)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -100,13 +100,6 @@ def default_allow(address: Address) -> list[Any]:
     return []
 
 
-def _narrow(agent_allow: list[Any], own: list[Any] | None) -> list[Any]:
-    """A service's allowlist: its own when given (inside the agent's), else the agent's."""
-    if own is None:
-        return agent_allow
-    return [rule for rule in own if rule in agent_allow] if agent_allow else own
-
-
 @dataclass
 class _Sub:
     service: hvsock.Service
@@ -199,9 +192,15 @@ def build_agent(config: AgentConfig, *, ready_file: str | None = None,
             raise hvsock.ArgumentError(f"this agent has no built-in {name!r}; known: "
                                        f"{', '.join(CATALOGUE)}")
         section = config.services[name]
-        base = agent_allow if section.listen is None or config.allow is not None else \
-            default_allow(section.listen)
-        allow = _narrow(base, section.allow) or None
+        # Never "everyone" by accident: the section's list, else the agent's, else the
+        # host side of the address it is served on. On the shared address the agent's
+        # list is checked at accept as well, so a section's list narrows it there.
+        if section.allow is not None:
+            allow = section.allow
+        elif config.allow is not None:
+            allow = config.allow
+        else:
+            allow = default_allow(section.listen or shared)
         extra = {"shutdown": qga_shutdown} if name == "qga" and qga_shutdown else {}
         services[name] = CATALOGUE[name](section, allow, **extra)
         if section.listen is not None:
@@ -211,7 +210,7 @@ def build_agent(config: AgentConfig, *, ready_file: str | None = None,
     shared_names = {n: s for n, s in services.items() if n not in OWN_ADDRESS_ONLY}
     if shared_names:
         host.add(hvsock.Service("hvsock agent", AGENT_PORT, MuxHandler(shared_names),
-                                allow=agent_allow or None,
+                                allow=agent_allow,
                                 limits=hvsock.Limits(max_connections=config.max_connections,
                                                      idle_timeout=None)), shared)
     for name, address in own.items():
