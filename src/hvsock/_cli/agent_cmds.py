@@ -258,9 +258,7 @@ def _drive(session: ExecSession, args: argparse.Namespace, stdin_fd: int, stdout
         while True:
             for key, _ in sel.select():
                 if key.data == "sock":
-                    data = session.sock.recv(1 << 18)
-                    if not data:
-                        raise session.eof_error()
+                    data = session.recv()
                     for event in session.feed(data):
                         if isinstance(event, ep.Output):
                             _write_all(sinks[event.fd], event.data)

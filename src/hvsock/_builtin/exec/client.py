@@ -139,13 +139,25 @@ class ExecSession:
         with self._send_lock:
             self.sock.sendall(ep.frame(event))
 
+    def recv(self) -> bytes:
+        """Bytes from the agent; :class:`ProtocolError` when it closed or reset the
+        connection before the command's exit (it refused this peer, or stopped)."""
+        try:
+            data = self.sock.recv(1 << 18)
+        except ConnectionError:
+            data = b""
+        if not data:
+            raise self.eof_error()
+        return data
+
     def feed(self, data: bytes) -> list[ep.Event]:
         """Events completed by *data* received from the agent."""
         return [ep.decode(body) for body in self._decoder.feed(data)]
 
     def eof_error(self) -> ProtocolError:
         return ProtocolError("the agent closed the connection before the command's exit "
-                             "was reported (agent stopped or restarted?)")
+                             "was reported (agent stopped or restarted, or this peer is not "
+                             "in its allowlist: see its log)")
 
     def close(self) -> None:
         self.sock.close()
@@ -224,9 +236,7 @@ def exec(address: Address | str, args: Sequence[str], *, input: bytes | None = N
         writer.start()
         try:
             while True:
-                data = session.sock.recv(1 << 18)
-                if not data:
-                    raise session.eof_error()
+                data = session.recv()
                 for event in session.feed(data):
                     result = collector.handle(event)
                     if result is not None:
@@ -258,6 +268,8 @@ async def exec_async(address: Address | str, args: Sequence[str], *,
     async def frame() -> bytes | None:
         try:
             header = await reader.readexactly(HEADER_SIZE)
+        except ConnectionError:
+            return None
         except asyncio.IncompleteReadError as exc:
             if exc.partial:
                 raise ProtocolError("connection closed in the middle of a frame") from None
