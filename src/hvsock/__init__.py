@@ -7,6 +7,7 @@ exception root, :class:`HvsockError`.
 """
 
 from ._aio.streams import connect_socket, open_connection, start_server
+from ._builtin.exec.client import ExecResult, exec, exec_async
 from ._core.addresses import (
     Address,
     HybridAddress,
@@ -113,12 +114,7 @@ from ._windows.vms import VmInfo, discover_vms, resolve_address
 
 __version__ = "0.1.0"
 
-# Remote exec through an hvsock agent (issue 10): one block, easy to move.
-from ._builtin.exec.client import ExecResult, exec, exec_async
-
-__all__ = ["ExecResult", "exec", "exec_async"]
-
-__all__ += [
+__all__ = [
     "BROADCAST",
     "CHILDREN",
     "CID_ANY",
@@ -148,6 +144,7 @@ __all__ += [
     "ConnectionRecord",
     "Diagnosis",
     "ErrorReply",
+    "ExecResult",
     "FrameDecoder",
     "FrameTooLargeError",
     "HandshakeError",
@@ -197,6 +194,8 @@ __all__ += [
     "echo_service",
     "encode_frame",
     "encode_message",
+    "exec",
+    "exec_async",
     "guest_view",
     "has_hyperv",
     "has_vsock",
