@@ -30,7 +30,6 @@ from ..._core.addresses import (
     UnixAddress,
     VsockAddress,
 )
-from ..._core.framing import HEADER_SIZE, frame_length
 from ..._transports.features import has_hyperv
 from .. import qga as qga_mod
 from .. import sysinfo
@@ -39,6 +38,8 @@ from .config import AGENT_PORT, OWN_ADDRESS_ONLY, AgentConfig, ServiceConfig
 __all__: list[str] = []
 
 LOG = logging.getLogger("hvsock.agent")
+#: Seconds a client has to send its service hello.
+HELLO_TIMEOUT = 30.0
 
 #: factory(section, allow, **extras) -> Service
 Factory = Callable[..., hvsock.Service]
@@ -115,11 +116,12 @@ class MuxHandler:
 
     async def __call__(self, conn: hvsock.Connection) -> None:
         try:
-            header = await asyncio.wait_for(conn.reader.readexactly(HEADER_SIZE), 30)
-            body = await asyncio.wait_for(
-                conn.reader.readexactly(frame_length(header, mux.MAX_HELLO)), 30)
+            body = await asyncio.wait_for(hvsock.read_frame(conn.reader, mux.MAX_HELLO),
+                                          HELLO_TIMEOUT)
+            if body is None:
+                return
             name = mux.decode_hello(body)
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError):
+        except asyncio.TimeoutError:
             return
         except hvsock.ProtocolError as exc:
             await self._refuse(conn, "bad_hello", str(exc))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ..._core import exec_proto as ep
 from ..._core import mux
 from ..._core.addresses import Address
-from ..._core.framing import HEADER_SIZE, FrameDecoder, encode_frame, frame_length
+from ..._core.framing import FrameDecoder, encode_frame
 from ..._errors import ProtocolError, RemoteError
 from ..._transports._common import DEFAULT_CONNECT_TIMEOUT
 from ..._validate import quote
@@ -259,6 +259,7 @@ async def exec_async(address: Address | str, args: Sequence[str], *,
                      retries: int = 0) -> ExecResult:
     """The asyncio twin of :func:`exec`: same arguments, result and errors."""
     from ..._aio.streams import open_connection
+    from ..._service.frames import read_frame
 
     start = make_start(args, env=env, unset=unset, cwd=cwd, user=user, timeout=timeout,
                        max_output=max_output)
@@ -267,17 +268,9 @@ async def exec_async(address: Address | str, args: Sequence[str], *,
 
     async def frame() -> bytes | None:
         try:
-            header = await reader.readexactly(HEADER_SIZE)
+            return await read_frame(reader, ep.MAX_FRAME)
         except ConnectionError:
             return None
-        except asyncio.IncompleteReadError as exc:
-            if exc.partial:
-                raise ProtocolError("connection closed in the middle of a frame") from None
-            return None
-        try:
-            return await reader.readexactly(frame_length(header, ep.MAX_FRAME))
-        except asyncio.IncompleteReadError:
-            raise ProtocolError("connection closed in the middle of a frame") from None
 
     async def feed() -> None:
         with contextlib.suppress(OSError):

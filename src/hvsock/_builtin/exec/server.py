@@ -26,7 +26,6 @@ from typing import Any
 import hvsock
 
 from ..._core import exec_proto as ep
-from ..._core.framing import HEADER_SIZE, frame_length
 
 __all__: list[str] = []
 
@@ -291,14 +290,16 @@ class _Session:
         assert proc is not None
         reader = self.conn.reader
         while True:
+            why = "EOF"
             try:
-                header = await reader.readexactly(HEADER_SIZE)
-                body = await reader.readexactly(frame_length(header, ep.MAX_FRAME))
-                event = ep.decode(body)
-            except (asyncio.IncompleteReadError, ConnectionError, hvsock.ProtocolError) as exc:
+                body = await hvsock.read_frame(reader, ep.MAX_FRAME)
+                event = None if body is None else ep.decode(body)
+            except (ConnectionError, hvsock.ProtocolError) as exc:
+                event, why = None, str(exc)
+            if event is None:
                 # The client vanished (or broke the protocol): its command goes too.
                 self.conn.log.info("client %s gone (%s): killing process group %d",
-                                   self.conn.peer, type(exc).__name__, pgid)
+                                   self.conn.peer, why, pgid)
                 _killpg(pgid, signal.SIGKILL)
                 return
             if isinstance(event, ep.Stdin):
@@ -351,11 +352,10 @@ class ExecServer:
 
     async def __call__(self, conn: hvsock.Connection) -> None:
         try:
-            header = await conn.reader.readexactly(HEADER_SIZE)
-            start = ep.decode(await conn.reader.readexactly(
-                frame_length(header, ep.MAX_FRAME)))
-        except asyncio.IncompleteReadError:
-            return
+            body = await hvsock.read_frame(conn.reader, ep.MAX_FRAME)
+            if body is None:
+                return
+            start = ep.decode(body)
         except hvsock.ProtocolError as exc:
             await conn.write(ep.frame(ep.Error("bad_request", str(exc))))
             return
