@@ -23,7 +23,7 @@ from .._builtin.agent.host import CATALOGUE, build_agent
 from .._builtin.exec.client import ExecSession, make_start
 from .._core import exec_proto as ep
 from .._core.addresses import Address, parse_address
-from .._errors import RemoteError
+from .._errors import ArgumentError, RemoteError
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT
 from . import args as cliargs
 from .args import Handler
@@ -119,21 +119,18 @@ def cmd_agent(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return EXIT_OK
     if args.listen or args.enable:
         if not (args.listen and args.enable):
-            raise agent_config.ConfigError("command line", [
-                (None, "--listen and --enable go together (or use --config)")])
+            raise ArgumentError("--listen and --enable go together (or use --config)")
         names = [n.strip() for n in args.enable.split(",") if n.strip()]
         unknown = [n for n in names if n not in CATALOGUE]
         if unknown:
-            raise agent_config.ConfigError("command line", [
-                (None, f"--enable: no built-in {', '.join(unknown)}; known: "
-                 f"{', '.join(CATALOGUE)}")])
+            raise ArgumentError(f"--enable: no built-in {', '.join(unknown)}; known: "
+                 f"{', '.join(CATALOGUE)}")
         config = agent_config.default_config(names)
         config.listen = parse_address(args.listen)
         config.allow = args.allow
         if "qga" in names:
             # On one address the hello comes first; QGA clients do not send it.
-            raise agent_config.ConfigError("command line", [
-                (None, "qga needs its own address: use a config file with [qga] listen")])
+            raise ArgumentError("qga needs its own address: use a config file with [qga] listen")
     elif args.config is None and not os.path.exists(agent_config.DEFAULT_PATH):
         # No configuration at all: the defaults (info, health, time; exec off; host only).
         config = agent_config.default_config()
@@ -209,7 +206,7 @@ def cmd_exec(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if command and command[0] == "--":
         command = command[1:]
     if not command:
-        raise agent_config.ConfigError("command line", [(None, "give a command after --")])
+        raise ArgumentError("give a command after --")
     stdin_fd = sys.stdin.fileno()
     stdout_fd, stderr_fd = out.fileno(), err.fileno()
     term = None
