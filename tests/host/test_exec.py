@@ -368,3 +368,24 @@ def test_own_address_allowlist_never_defaults_to_everyone(short_tmp: Path) -> No
         assert running.agent.services["exec"].allow == frozenset({"uid:4000000"})
         with pytest.raises(hvsock.HvsockError):
             hvsock.exec(running.address("hvsock exec"), ["true"], service=None)
+
+
+@pytest.mark.parametrize("argv", [
+    ["exec", "unix:///tmp/x.sock"],
+    ["exec", "unix:///tmp/x.sock", "--"],
+    ["exec", "-e", "NOEQUALS", "unix:///tmp/x.sock", "--", "true"],
+    ["exec", "--timeout", "-1", "unix:///tmp/x.sock", "--", "true"],
+    ["exec", "nope://x", "--", "true"],
+    ["agent", "--listen", "unix:///tmp/x.sock"],
+    ["agent", "--enable", "exec"],
+    ["agent", "--listen", "unix:///tmp/x.sock", "--enable", "exec,nope"],
+    ["agent", "--listen", "unix:///tmp/x.sock", "--enable", "qga"],
+])
+def test_cli_usage_errors_exit_2(argv: list[str]) -> None:
+    import io
+
+    from hvsock._cli.main import main
+
+    err = io.StringIO()
+    assert main(argv, out=io.StringIO(), err=err) == 2
+    assert err.getvalue().strip()

@@ -25,6 +25,7 @@ from .._core import exec_proto as ep
 from .._core.addresses import Address, parse_address
 from .._errors import ArgumentError, RemoteError
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT
+from .._validate import quote
 from . import args as cliargs
 from .args import Handler
 from .relay_cmds import allow_rule, size
@@ -123,8 +124,8 @@ def cmd_agent(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         names = [n.strip() for n in args.enable.split(",") if n.strip()]
         unknown = [n for n in names if n not in CATALOGUE]
         if unknown:
-            raise ArgumentError(f"--enable: no built-in {', '.join(unknown)}; known: "
-                 f"{', '.join(CATALOGUE)}")
+            raise ArgumentError(f"--enable: no built-in {', '.join(map(quote, unknown))}; "
+                                f"known: {', '.join(CATALOGUE)}")
         config = agent_config.default_config(names)
         config.listen = parse_address(args.listen)
         config.allow = args.allow
