@@ -389,3 +389,12 @@ def test_cli_usage_errors_exit_2(argv: list[str]) -> None:
     err = io.StringIO()
     assert main(argv, out=io.StringIO(), err=err) == 2
     assert err.getvalue().strip()
+
+
+def test_cli_tty_ctrl_c_reaches_the_remote_foreground_job(unix_agent: AgentThread) -> None:
+    term = Terminal(_cli("exec", "-t", unix_agent.address(), "--", "sh", "-c",
+                         "trap 'echo INT; exit 7' INT; echo ready; while :; do sleep 0.05; done"))
+    term.read_until(b"ready")
+    term.write(b"\x03")  # raw mode here: the byte travels; the remote PTY makes it SIGINT
+    term.read_until(b"INT")
+    assert term.finish() == 7
