@@ -47,7 +47,7 @@ EXIT = 0x13
 ERROR = 0x14
 
 #: Largest data chunk either side puts in one frame.
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024
 #: Largest frame the protocol uses (a START with a big environment included).
 MAX_FRAME = 1024 * 1024
 #: Largest value a signal number can take on the wire (Linux has 1..64).
