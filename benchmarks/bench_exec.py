@@ -7,6 +7,8 @@
 - Throughput of ``cat`` (bytes in and the same bytes back): through the agent vs
   ``ssh host cat`` and vs a raw TCP socket to ``cat`` (socat ``EXEC:cat``, no
   protocol). Target: >= 0.8x the raw socket.
+- CPU seconds the same cat run costs (client, server and cat), which on a busy
+  machine decides the throughput.
 - QGA requests per second (guest-ping, guest-get-time, one connection, one at a
   time): hvsock's QGA service vs the real qemu-ga, both over Unix sockets on this
   machine.
@@ -21,6 +23,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -61,6 +64,28 @@ def wait_port(port: int, timeout: float = 20) -> None:
             time.sleep(0.02)
 
 
+PIDS: dict[str, int] = {}
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of *pid* and its reaped children (user + system)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_of(fn: Callable[[], float], server: str) -> float:
+    """CPU seconds (this process + the server's tree) one run of *fn* costs."""
+    before = own_cpu() + cpu_seconds(PIDS[server])
+    fn()
+    time.sleep(0.5)  # let the server reap the per-run child (cat)
+    return own_cpu() + cpu_seconds(PIDS[server]) - before
+
+
 @contextlib.contextmanager
 def agent(tmp: str) -> Iterator[str]:
     port = free_port()
@@ -68,6 +93,7 @@ def agent(tmp: str) -> Iterator[str]:
     proc = subprocess.Popen([sys.executable, "-m", "hvsock", "agent", "--listen",
                              f"tcp://127.0.0.1:{port}", "--enable", "exec", "--ready-file",
                              ready], stderr=subprocess.DEVNULL)
+    PIDS["agent"] = proc.pid
     try:
         deadline = time.monotonic() + 30
         while not os.path.exists(ready):
@@ -119,6 +145,7 @@ def raw_cat() -> Iterator[int | None]:
     port = free_port()
     proc = subprocess.Popen(["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
                              "EXEC:cat"], stderr=subprocess.DEVNULL)
+    PIDS["raw"] = proc.pid
     try:
         wait_port(port)
         yield port
@@ -290,6 +317,11 @@ def main() -> None:
                 rows.append(_report.row("cat throughput, hvsock exec vs raw socket", "MB/s",
                                         ours_mbs, best(lambda: throughput_raw(raw)),
                                         "TCP socket to socat EXEC:cat", ">= 0.8"))
+                # CPU per run: what the wall-clock ratio becomes on a busy machine.
+                rows.append(_report.row("cat CPU seconds per 64 MiB, hvsock vs raw socket", "s",
+                                        cpu_of(lambda: throughput_hvsock(address), "agent"),
+                                        cpu_of(lambda: throughput_raw(raw), "raw"),
+                                        "client + server + cat CPU, raw socket to socat"))
         with qga_pair(tmp) as (ours, real):
             if real is not None:
                 for command in ("guest-ping", "guest-get-time"):
