@@ -11,11 +11,12 @@ socket``; asyncio, the relay, the doctor and the Windows layer load when first u
 
 import importlib
 
+from ._version import __version__ as __version__
+
 # Not typing.TYPE_CHECKING: importing typing would cost more than the rest of this
 # file; mypy treats any constant of this name as true.
 TYPE_CHECKING = False
 
-__version__ = "0.1.0"
 
 #: Where each public name lives: module -> the names it gives the package. One table;
 #: ``__all__``, ``dir()`` and the lazy lookup all come from it, and a test checks each
@@ -43,6 +44,9 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "._builtin.echo": (
         "ECHO_PORT", "PingStats", "echo_service", "ping",
+    ),
+    "._builtin.exec.client": (
+        "ExecResult", "exec", "exec_async",
     ),
     "._builtin.files": (
         "CopyResult", "copy", "copy_async", "file_service",
@@ -133,6 +137,9 @@ if TYPE_CHECKING:  # the same names, spelled out for type checkers and IDEs
     from ._builtin.echo import PingStats as PingStats
     from ._builtin.echo import echo_service as echo_service
     from ._builtin.echo import ping as ping
+    from ._builtin.exec.client import ExecResult as ExecResult
+    from ._builtin.exec.client import exec as exec
+    from ._builtin.exec.client import exec_async as exec_async
     from ._builtin.files import CopyResult as CopyResult
     from ._builtin.files import copy as copy
     from ._builtin.files import copy_async as copy_async

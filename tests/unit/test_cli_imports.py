@@ -17,7 +17,15 @@ from pathlib import Path
 import pytest
 
 import hvsock
-from hvsock._cli import cp_cmds, kvp_cmds, relay_cmds, service_cmds, tools_cmds, windows_cmds
+from hvsock._cli import (
+    agent_cmds,
+    cp_cmds,
+    kvp_cmds,
+    relay_cmds,
+    service_cmds,
+    tools_cmds,
+    windows_cmds,
+)
 
 HEAVY = ("asyncio", "hvsock._relay", "hvsock._doctor", "hvsock._windows", "hvsock._service",
          "hvsock._builtin", "hvsock._aio", "concurrent.futures")
@@ -73,6 +81,11 @@ def test_cli_constants_match_the_library() -> None:
     assert service_cmds.DEMO_TRANSPORTS == demo.TRANSPORTS
     assert windows_cmds.EXPORT_FORMATS == export.FORMATS
     assert cp_cmds.DEFAULT_PORT == files.DEFAULT_PORT
+    from hvsock._builtin.agent import config as agent_config
+    from hvsock._builtin.agent import host as agent_host
+
+    assert agent_cmds.DEFAULT_CONFIG_PATH == agent_config.DEFAULT_PATH
+    assert tuple(agent_host.CATALOGUE) == agent_cmds.CATALOGUE_NAMES
     from hvsock._builtin.kvp import service as kvp_service
     from hvsock._builtin.kvp import store as kvp_store
 

@@ -131,3 +131,9 @@ def plural(count: int, noun: str) -> str:
 
 def print_json(obj: object, out: TextIO) -> None:
     out.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def allow_rule(text: str) -> int | str:
+    """An --allow value: digits are a CID; anything else (host, uid:N, VM id) as is."""
+    text = text.strip()
+    return int(text) if text.isdigit() else text

@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from .._errors import ArgumentError
 from . import args as cliargs
-from .args import Handler, size
-from .relay_cmds import allow_rule
+from .args import Handler, allow_rule, size
 
 if TYPE_CHECKING:
     from .._core.addresses import Address

@@ -17,8 +17,7 @@ from .._core import kvp as codec
 from .._core.kvp import Pool
 from .._errors import ArgumentError, UnsupportedError
 from . import args as cliargs
-from .args import Handler
-from .relay_cmds import allow_rule
+from .args import Handler, allow_rule
 
 if TYPE_CHECKING:
     from .._builtin.kvp import service as kvp_service_mod

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import TextIO
 
-from .. import __version__
 from .._errors import (
     AddressError,
     AddressInUseError,
@@ -25,8 +24,9 @@ from .._errors import (
     UnsupportedError,
     VmNotFoundError,
 )
-from . import args as cliargs
+from .._version import __version__
 from . import (
+    agent_cmds,
     cp_cmds,
     doctor_cmds,
     kvp_cmds,
@@ -37,13 +37,14 @@ from . import (
     tools_cmds,
     windows_cmds,
 )
+from . import args as cliargs
 
 #: The command groups, in the order ``hvsock --help`` lists them. Each module has
 #: ``add_commands(sub) -> {name: handler}``. Keep these modules cheap to import:
 #: argparse and ``args`` at the top, the implementation imported inside each handler,
 #: so a command loads only what it runs (tests/unit/test_cli_imports.py checks).
 EXTENSIONS = (
-    socket_cmds, service_cmds, cp_cmds, kvp_cmds, windows_cmds, doctor_cmds, relay_cmds,
+    socket_cmds, service_cmds, agent_cmds, cp_cmds, kvp_cmds, windows_cmds, doctor_cmds, relay_cmds,
     tools_cmds, selftest_cmds,
 )
 

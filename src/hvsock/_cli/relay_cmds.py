@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from .._errors import ArgumentError
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT
 from . import args as cliargs
-from .args import Handler, non_negative_float, raise_open_files_limit, size
+from .args import Handler, allow_rule, non_negative_float, raise_open_files_limit, size
 
 if TYPE_CHECKING:
     from .._relay.config import RelayConfig
@@ -36,12 +36,6 @@ def seconds_or_none(text: str) -> float | None:
     if text.strip().lower() in ("0", "none", "off"):
         return None
     return cliargs.positive_float(text)
-
-
-def allow_rule(text: str) -> int | str:
-    """An --allow value: digits are a CID; anything else (host, uid:N, VM id) as is."""
-    text = text.strip()
-    return int(text) if text.isdigit() else text
 
 
 def microseconds(text: str) -> float:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 
-from .. import __version__
 from .._core.addresses import Address
+from .._version import __version__
 from .linux import Guest, linux_steps
 from .model import FAILED, NOT_APPLICABLE, OK, Report, Step, not_applicable
 from .windows import Host, windows_steps

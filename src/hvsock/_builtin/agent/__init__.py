@@ -1,0 +1,1 @@
+"""``hvsock agent``: the built-in services in one process, from one configuration."""

@@ -1,0 +1,311 @@
+"""Clients of the exec service: ``hvsock.exec`` (blocking), ``hvsock.exec_async`` and the
+session object the CLI drives.
+
+Imports of the public package happen inside functions: ``hvsock/__init__`` imports
+this module, so it must not need the package finished at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from ..._core import exec_proto as ep
+from ..._core import mux
+from ..._core.addresses import Address
+from ..._core.framing import FrameDecoder, encode_frame
+from ..._errors import ProtocolError, RemoteError
+from ..._transports._common import DEFAULT_CONNECT_TIMEOUT
+from ..._validate import quote
+
+__all__ = ["ExecResult", "exec", "exec_async"]
+
+Sink = Callable[[bytes], object]
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """How a remote command ended, like :class:`subprocess.CompletedProcess`.
+
+    ``returncode`` is negative for a signal (as in :mod:`subprocess`);
+    ``exit_status`` is the shell's view (128 + N), which ``hvsock exec`` exits with.
+    ``stdout``/``stderr`` are what was captured (``b""`` when streamed elsewhere).
+    """
+
+    args: tuple[str, ...]
+    returncode: int
+    stdout: bytes = b""
+    stderr: bytes = b""
+    pid: int | None = None
+    timed_out: bool = False
+    truncated: bool = False
+
+    @property
+    def signal(self) -> int | None:
+        return -self.returncode if self.returncode < 0 else None
+
+    @property
+    def exit_status(self) -> int:
+        return self.returncode if self.returncode >= 0 else 128 - self.returncode
+
+    def check_returncode(self) -> None:
+        """Raise :class:`subprocess.CalledProcessError` for a non-zero return code."""
+        if self.returncode:
+            raise subprocess.CalledProcessError(self.returncode, list(self.args), self.stdout,
+                                                self.stderr)
+
+
+def make_start(args: Sequence[str], *, env: Mapping[str, str] | None = None,
+               unset: Iterable[str] = (), cwd: str | None = None, user: str | None = None,
+               tty: ep.Tty | None = None, timeout: float | None = None,
+               max_output: int | None = None) -> ep.Start:
+    """A checked START request; raises :class:`hvsock.ArgumentError` for bad arguments."""
+    from ..._errors import ArgumentError
+
+    if isinstance(args, (str, bytes)):
+        raise ArgumentError(f"args must be a list of strings, not one string {quote(args)}; "
+                            "for a shell line use ['sh', '-c', line]")
+    try:
+        return ep.check_start(ep.Start(tuple(args), dict(env or {}), tuple(unset), cwd, user,
+                                       tty, timeout, max_output))
+    except ProtocolError as exc:
+        raise ArgumentError(str(exc)) from None
+    except TypeError as exc:
+        raise ArgumentError(f"bad exec arguments: {exc}") from None
+
+
+def hello_frame(service: str | None) -> bytes:
+    return encode_frame(mux.encode_hello(service), mux.MAX_HELLO) if service else b""
+
+
+def _closed_at_hello() -> ProtocolError:
+    return ProtocolError("the agent closed the connection at the service hello: this peer "
+                         "may not be in its allowlist (see the agent's log), or the address "
+                         "is not an hvsock agent's")
+
+
+def _remote_error(event: ep.Error) -> RemoteError:
+    return RemoteError(event.code, event.message)
+
+
+class ExecSession:
+    """One running remote command over a blocking socket (what the CLI drives).
+
+    ``open()`` connects, names the service, sends START; then :meth:`events`
+    turns received bytes into events, and :meth:`send` sends stdin, EOF,
+    resizes and signals.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._decoder = FrameDecoder(ep.MAX_FRAME)
+        self._send_lock = threading.Lock()
+
+    @classmethod
+    def open(cls, address: Address | str, start: ep.Start, *, service: str | None = "exec",
+             connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+             retries: int = 0) -> ExecSession:
+        """Connect and start *start*. Raises :class:`hvsock.HvsockError` subclasses
+        (connect failures; :class:`RemoteError` when the agent refuses the service)."""
+        from ..._service.frames import recv_frame
+        from ..._transports import api
+
+        body = ep.encode(start)
+        sock = api.connect(address, timeout=connect_timeout, retries=retries)
+        try:
+            sock.settimeout(connect_timeout)
+            if service:
+                try:
+                    sock.sendall(hello_frame(service))
+                    answer = recv_frame(sock, mux.MAX_HELLO)
+                except ConnectionError:
+                    answer = None
+                if answer is None:
+                    raise _closed_at_hello()
+                mux.decode_answer(answer)
+            sock.settimeout(None)
+            sock.sendall(encode_frame(body, ep.MAX_FRAME))
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock)
+
+    def send(self, event: ep.Event) -> None:
+        with self._send_lock:
+            self.sock.sendall(ep.frame(event))
+
+    def recv(self) -> bytes:
+        """Bytes from the agent; :class:`ProtocolError` when it closed or reset the
+        connection before the command's exit (it refused this peer, or stopped)."""
+        try:
+            data = self.sock.recv(1 << 18)
+        except ConnectionError:
+            data = b""
+        if not data:
+            raise self.eof_error()
+        return data
+
+    def feed(self, data: bytes) -> list[ep.Event]:
+        """Events completed by *data* received from the agent."""
+        return [ep.decode(body) for body in self._decoder.feed(data)]
+
+    def eof_error(self) -> ProtocolError:
+        return ProtocolError("the agent closed the connection before the command's exit "
+                             "was reported (agent stopped or restarted, or this peer is not "
+                             "in its allowlist: see its log)")
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> ExecSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Collector:
+    """Output routing and the result, shared by the sync and async clients."""
+
+    def __init__(self, args: tuple[str, ...], stdout: Sink | None, stderr: Sink | None) -> None:
+        self.args = args
+        self.out = bytearray()
+        self.err = bytearray()
+        self.sinks: dict[int, Sink] = {1: stdout or self.out.extend,
+                                       2: stderr or self.err.extend}
+        self.pid: int | None = None
+
+    def handle(self, event: ep.Event) -> ExecResult | None:
+        if isinstance(event, ep.Output):
+            self.sinks[event.fd](event.data)
+        elif isinstance(event, ep.Started):
+            self.pid = event.pid
+        elif isinstance(event, ep.Exit):
+            code = event.code if event.code is not None else -(event.signal or 0)
+            return ExecResult(self.args, code, bytes(self.out), bytes(self.err), self.pid,
+                              event.timed_out, event.truncated)
+        elif isinstance(event, ep.Error):
+            raise _remote_error(event)
+        else:
+            raise ProtocolError(f"the agent sent {type(event).__name__}, which only clients send")
+        return None
+
+
+def _input_chunks(data: bytes | None) -> list[bytes]:
+    return [] if not data else [data[i:i + ep.CHUNK] for i in range(0, len(data), ep.CHUNK)]
+
+
+def exec(address: Address | str, args: Sequence[str], *, input: bytes | None = None,
+         env: Mapping[str, str] | None = None, unset: Iterable[str] = (),
+         cwd: str | None = None, user: str | None = None, timeout: float | None = None,
+         max_output: int | None = None, stdout: Sink | None = None, stderr: Sink | None = None,
+         service: str | None = "exec",
+         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+         retries: int = 0) -> ExecResult:
+    """Run *args* through the agent at *address*; return an :class:`ExecResult`.
+
+    *input* goes to the command's stdin (then EOF). Output is captured, or
+    handed live to *stdout* / *stderr* callables as it arrives. *timeout*
+    (seconds) and *max_output* (bytes) are enforced by the agent, which kills
+    the command's process group. *service* is the name sent in the service hello
+    (``None`` for an address that serves exec alone).
+
+    Raises :class:`hvsock.ArgumentError` for bad arguments, the connect errors of
+    :func:`hvsock.connect`, :class:`hvsock.RemoteError` when the agent cannot run
+    the command (``code`` ``not_found``, ``forbidden``, ...), and
+    :class:`hvsock.ProtocolError` if the connection breaks before the exit.
+    """
+    start = make_start(args, env=env, unset=unset, cwd=cwd, user=user, timeout=timeout,
+                       max_output=max_output)
+    collector = _Collector(start.argv, stdout, stderr)
+    with ExecSession.open(address, start, service=service, connect_timeout=connect_timeout,
+                          retries=retries) as session:
+
+        def feed() -> None:
+            with contextlib.suppress(OSError):
+                for chunk in _input_chunks(input):
+                    session.send(ep.Stdin(chunk))
+                session.send(ep.StdinEof())
+
+        writer = threading.Thread(target=feed, name="hvsock-exec-stdin", daemon=True)
+        writer.start()
+        try:
+            while True:
+                data = session.recv()
+                for event in session.feed(data):
+                    result = collector.handle(event)
+                    if result is not None:
+                        return result
+        finally:
+            # Closing the socket wakes a writer blocked on a full socket buffer.
+            with contextlib.suppress(OSError):
+                session.sock.shutdown(socket.SHUT_RDWR)
+            writer.join(5)
+
+
+async def exec_async(address: Address | str, args: Sequence[str], *,
+                     input: bytes | None = None,
+                     env: Mapping[str, str] | None = None, unset: Iterable[str] = (),
+                     cwd: str | None = None, user: str | None = None,
+                     timeout: float | None = None, max_output: int | None = None,
+                     stdout: Sink | None = None, stderr: Sink | None = None,
+                     service: str | None = "exec",
+                     connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+                     retries: int = 0) -> ExecResult:
+    """The asyncio twin of :func:`exec`: same arguments, result and errors."""
+    from ..._aio.streams import open_connection
+    from ..._service.frames import read_frame
+
+    start = make_start(args, env=env, unset=unset, cwd=cwd, user=user, timeout=timeout,
+                       max_output=max_output)
+    collector = _Collector(start.argv, stdout, stderr)
+    reader, writer = await open_connection(address, timeout=connect_timeout, retries=retries)
+
+    async def frame() -> bytes | None:
+        try:
+            return await read_frame(reader, ep.MAX_FRAME)
+        except ConnectionError:
+            return None
+
+    async def feed() -> None:
+        with contextlib.suppress(OSError):
+            for chunk in _input_chunks(input):
+                writer.write(ep.frame(ep.Stdin(chunk)))
+                await writer.drain()
+            writer.write(ep.frame(ep.StdinEof()))
+            await writer.drain()
+
+    feeder: asyncio.Task[None] | None = None
+    try:
+        if service:
+            try:
+                writer.write(hello_frame(service))
+                answer = await asyncio.wait_for(frame(), connect_timeout)
+            except ConnectionError:
+                answer = None
+            if answer is None:
+                raise _closed_at_hello()
+            mux.decode_answer(answer)
+        writer.write(encode_frame(ep.encode(start), ep.MAX_FRAME))
+        feeder = asyncio.create_task(feed())
+        while True:
+            body = await frame()
+            if body is None:
+                raise ProtocolError("the agent closed the connection before the command's "
+                                    "exit was reported")
+            result = collector.handle(ep.decode(body))
+            if result is not None:
+                return result
+    finally:
+        if feeder is not None:
+            feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await feeder
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()

@@ -1,0 +1,381 @@
+"""The exec service: run a command for a client, stream its output live, report its end.
+
+Each command runs in a new session (its own process group), on pipes or on a
+PTY the agent opens with the client's size and TERM. Whatever way the session
+ends, the whole process group goes: at exit of the command (so nothing it left
+behind holds the pipes), at the timeout (SIGTERM, then SIGKILL after a grace),
+at the output cap, and when the client vanishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import pty
+import pwd
+import signal
+import struct
+import subprocess
+import termios
+from dataclasses import dataclass
+from typing import Any
+
+from ..._core import exec_proto as ep
+from ..._errors import ProtocolError
+from ..._service.connection import Connection
+from ..._service.declaration import Limits, Service
+from ..._service.frames import read_frame
+
+__all__: list[str] = []
+
+EXEC_PORT = 5105
+#: Seconds a command gets between SIGTERM and SIGKILL at its timeout.
+KILL_GRACE = 2.0
+#: Seconds the agent waits for output still in flight after the command exited.
+DRAIN_WAIT = 2.0
+
+
+@dataclass(frozen=True)
+class ExecPolicy:
+    """What the agent lets clients do."""
+
+    #: Sessions at once; more wait for a free one.
+    max_sessions: int = 32
+    #: Run as another user (only possible when the agent runs as root).
+    allow_user: bool = True
+    #: Longest timeout, and the one used when the client gives none (None: no limit).
+    max_timeout: float | None = None
+    #: Largest output (stdout + stderr) per command (None: no limit).
+    max_output: int | None = None
+    kill_grace: float = KILL_GRACE
+
+
+def _winsize(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def _take_terminal() -> None:  # pragma: no cover - runs in the child
+    # start_new_session made us a session leader; fd 0 is the PTY's slave side.
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+async def _wait_fd(fd: int, writable: bool) -> None:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def done() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    (loop.add_writer if writable else loop.add_reader)(fd, done)
+    try:
+        await ready
+    finally:
+        (loop.remove_writer if writable else loop.remove_reader)(fd)
+
+
+async def _read_fd(fd: int) -> bytes:
+    """Up to one chunk from a non-blocking fd; b"" at EOF (EIO is a PTY's EOF)."""
+    while True:
+        try:
+            return os.read(fd, ep.CHUNK)
+        except BlockingIOError:
+            await _wait_fd(fd, False)
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                return b""
+            raise
+
+
+async def _write_fd(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            await _wait_fd(fd, True)
+
+
+class _Refused(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _Session:
+    def __init__(self, conn: Connection, start: ep.Start, policy: ExecPolicy) -> None:
+        self.conn = conn
+        self.start = start
+        self.policy = policy
+        self.proc: asyncio.subprocess.Process | None = None
+        self.master: int | None = None
+        self.sent = 0
+        self.cap = min((c for c in (start.max_output, policy.max_output) if c is not None),
+                       default=None)
+        self.truncated = False
+        self.timed_out = False
+        self.write_lock = asyncio.Lock()
+
+    async def send(self, event: ep.Event) -> None:
+        async with self.write_lock:
+            await self.conn.write(ep.frame(event))
+
+    # -- starting -------------------------------------------------------------------
+    def _prepare(self) -> tuple[dict[str, str], dict[str, Any], str]:
+        start = self.start
+        kwargs: dict[str, Any] = {}
+        account = None
+        if start.user is not None:
+            try:
+                account = pwd.getpwnam(start.user)
+            except KeyError:
+                raise _Refused("no_user", f"no user {start.user!r:.60} here") from None
+            if account.pw_uid != os.geteuid():
+                if not self.policy.allow_user:
+                    raise _Refused("forbidden", "this agent does not run commands as other "
+                                   "users (exec.allow_user = false)")
+                if os.geteuid() != 0:
+                    raise _Refused("forbidden", f"the agent runs as uid {os.geteuid()}, not "
+                                   f"root, so it cannot run commands as {start.user!r:.60}")
+                kwargs.update(user=account.pw_uid, group=account.pw_gid,
+                              extra_groups=os.getgrouplist(account.pw_name, account.pw_gid))
+        else:
+            with contextlib.suppress(KeyError):
+                account = pwd.getpwuid(os.geteuid())
+        env = dict(os.environ)
+        if account is not None and start.user is not None:
+            env.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name,
+                       SHELL=account.pw_shell or "/bin/sh")
+        for name in start.unset:
+            env.pop(name, None)
+        if start.tty is not None:
+            env["TERM"] = start.tty.term
+        env.update(start.env)
+        cwd = start.cwd
+        if cwd is None:
+            home = account.pw_dir if account is not None else "/"
+            cwd = home if os.path.isdir(home) else "/"
+        elif not os.path.isdir(cwd):
+            raise _Refused("bad_cwd", f"working directory {cwd!r:.80} does not exist here")
+        return env, kwargs, cwd
+
+    async def _spawn(self) -> None:
+        env, kwargs, cwd = self._prepare()
+        argv = self.start.argv
+        tty = self.start.tty
+        slave = None
+        try:
+            if tty is not None:
+                self.master, slave = pty.openpty()
+                _winsize(slave, tty.rows, tty.cols)
+                os.set_blocking(self.master, False)
+                kwargs.update(stdin=slave, stdout=slave, stderr=slave,
+                              preexec_fn=_take_terminal)
+            else:
+                kwargs.update(stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+            self.proc = await asyncio.create_subprocess_exec(
+                *argv, env=env, cwd=cwd, start_new_session=True, limit=ep.CHUNK, **kwargs)
+        except FileNotFoundError:
+            raise _Refused("not_found", f"{argv[0]}: command not found") from None
+        except PermissionError:
+            raise _Refused("not_executable", f"{argv[0]}: permission denied") from None
+        except OSError as exc:
+            raise _Refused("spawn_failed", f"{argv[0]}: {exc.strerror or exc}") from None
+        finally:
+            if slave is not None:
+                os.close(slave)
+
+    # -- running --------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            await self._spawn()
+        except _Refused as exc:
+            self._close_master()
+            await self.send(ep.Error(exc.code, exc.message))
+            return
+        proc = self.proc
+        assert proc is not None
+        pgid = proc.pid  # a new session: its leader's pid is the group's id
+        await self.send(ep.Started(proc.pid))
+        loop = asyncio.get_running_loop()
+        timeout = self.start.timeout
+        if self.policy.max_timeout is not None:
+            timeout = min(timeout or self.policy.max_timeout, self.policy.max_timeout)
+        timers: list[asyncio.TimerHandle] = []
+        if timeout is not None:
+            timers.append(loop.call_later(timeout, self._on_timeout, pgid, timers))
+        outputs = ([asyncio.create_task(self._pump_pty())] if self.master is not None else
+                   [asyncio.create_task(self._pump_pipe(proc.stdout, 1, pgid)),
+                    asyncio.create_task(self._pump_pipe(proc.stderr, 2, pgid))])
+        inputs = asyncio.create_task(self._pump_client(pgid))
+        try:
+            code = await proc.wait()
+            # The command is over: so is its group (nothing it left keeps our pipes).
+            _killpg(pgid, signal.SIGKILL)
+            _, late = await asyncio.wait(outputs, timeout=DRAIN_WAIT)
+            for task in late:
+                task.cancel()
+            for task in outputs:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            exit_event = ep.Exit(code if code >= 0 else None, -code if code < 0 else None,
+                                 self.timed_out, self.truncated)
+            await self.send(exit_event)
+        finally:
+            for timer in timers:
+                timer.cancel()
+            inputs.cancel()
+            for task in outputs:
+                task.cancel()
+            if proc.returncode is None:
+                # We are leaving before the command ended (client gone, agent stopping).
+                _killpg(pgid, signal.SIGKILL)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(proc.wait()), 5)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await inputs
+            self._close_master()
+
+    def _close_master(self) -> None:
+        if self.master is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.master)
+            self.master = None
+
+    def _on_timeout(self, pgid: int, timers: list[asyncio.TimerHandle]) -> None:
+        self.timed_out = True
+        self.conn.log.info("command %r timed out for %s", self.start.argv[0], self.conn.peer)
+        _killpg(pgid, signal.SIGTERM)
+        timers.append(asyncio.get_running_loop().call_later(
+            self.policy.kill_grace, _killpg, pgid, signal.SIGKILL))
+
+    async def _emit(self, fd: int, data: bytes, pgid: int) -> bool:
+        """Send output within the cap; False once the cap is reached."""
+        if self.truncated:
+            return False
+        if self.cap is not None and self.sent + len(data) > self.cap:
+            data = data[: self.cap - self.sent]
+            self.truncated = True
+            _killpg(pgid, signal.SIGKILL)
+        self.sent += len(data)
+        if data:
+            await self.send(ep.Output(fd, data))
+        return not self.truncated
+
+    async def _pump_pipe(self, stream: asyncio.StreamReader | None, fd: int, pgid: int) -> None:
+        assert stream is not None
+        while True:
+            data = await stream.read(ep.CHUNK)
+            if not data or not await self._emit(fd, data, pgid):
+                return
+
+    async def _pump_pty(self) -> None:
+        assert self.master is not None
+        assert self.proc is not None
+        while True:
+            data = await _read_fd(self.master)
+            if not data or not await self._emit(1, data, self.proc.pid):
+                return
+
+    async def _pump_client(self, pgid: int) -> None:
+        proc = self.proc
+        assert proc is not None
+        reader = self.conn.reader
+        while True:
+            why = "EOF"
+            try:
+                body = await read_frame(reader, ep.MAX_FRAME)
+                event = None if body is None else ep.decode(body)
+            except (ConnectionError, ProtocolError) as exc:
+                event, why = None, str(exc)
+            if event is None:
+                # The client vanished (or broke the protocol): its command goes too.
+                self.conn.log.info("client %s gone (%s): killing process group %d",
+                                   self.conn.peer, why, pgid)
+                _killpg(pgid, signal.SIGKILL)
+                return
+            if isinstance(event, ep.Stdin):
+                await self._write_stdin(event.data)
+            elif isinstance(event, ep.StdinEof):
+                await self._close_stdin()
+            elif isinstance(event, ep.Resize):
+                if self.master is not None:
+                    with contextlib.suppress(OSError):
+                        _winsize(self.master, event.rows, event.cols)
+            elif isinstance(event, ep.Signal):
+                target = pgid
+                if self.master is not None:
+                    with contextlib.suppress(OSError):
+                        target = os.tcgetpgrp(self.master)
+                _killpg(target, event.signo)
+            else:
+                self.conn.log.warning("client %s sent %s during a session; ignored",
+                                      self.conn.peer, type(event).__name__)
+
+    async def _write_stdin(self, data: bytes) -> None:
+        proc = self.proc
+        assert proc is not None
+        try:
+            if self.master is not None:
+                await _write_fd(self.master, data)
+            elif proc.stdin is not None and not proc.stdin.is_closing():
+                proc.stdin.write(data)
+                await proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            pass  # the command stopped reading; its exit tells the rest
+
+    async def _close_stdin(self) -> None:
+        proc = self.proc
+        assert proc is not None
+        if self.master is not None:
+            # A terminal has no half-close: EOF is the VEOF character (Ctrl-D).
+            with contextlib.suppress(OSError):
+                await _write_fd(self.master, termios.tcgetattr(self.master)[6][termios.VEOF])
+        elif proc.stdin is not None:
+            proc.stdin.close()
+
+
+class ExecServer:
+    """The exec handler with its policy; ``Service(..., ExecServer(policy))``."""
+
+    def __init__(self, policy: ExecPolicy | None = None) -> None:
+        self.policy = policy or ExecPolicy()
+        self._slots: asyncio.Semaphore | None = None
+
+    async def __call__(self, conn: Connection) -> None:
+        try:
+            body = await read_frame(conn.reader, ep.MAX_FRAME)
+            if body is None:
+                return
+            start = ep.decode(body)
+        except ProtocolError as exc:
+            await conn.write(ep.frame(ep.Error("bad_request", str(exc))))
+            return
+        if not isinstance(start, ep.Start):
+            await conn.write(ep.frame(ep.Error("bad_request", "a session begins with START")))
+            return
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.policy.max_sessions)
+        async with self._slots:
+            conn.log.info("%s runs %r%s", conn.peer, start.argv[0],
+                          " on a pty" if start.tty else "")
+            await _Session(conn, start, self.policy).run()
+
+
+def exec_service(*, port: int = EXEC_PORT, allow: Any = None,
+                 policy: ExecPolicy | None = None) -> Service:
+    """The exec service (no idle timeout: a command may be silent for hours)."""
+    return Service("hvsock exec", port, ExecServer(policy), allow=allow,
+                          limits=Limits(idle_timeout=None,
+                                               max_connections=(policy or ExecPolicy())
+                                               .max_sessions * 4))

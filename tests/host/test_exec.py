@@ -1,0 +1,400 @@
+"""Remote exec through a real agent over Unix and TCP sockets, with real programs and PTYs."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import os
+import pty
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import hvsock
+from hvsock._builtin.agent.config import default_config
+from hvsock._builtin.exec.client import ExecSession, make_start
+from hvsock._core import exec_proto as ep
+from hvsock._core.addresses import parse_address
+from tests.agent_thread import AgentThread, process_gone, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(params=["unix", "tcp"])
+def agent(request: pytest.FixtureRequest, short_tmp: Path) -> Iterator[AgentThread]:
+    config = default_config(["exec", "info", "health", "time"])
+    config.listen = parse_address(f"unix://{short_tmp}/agent.sock" if request.param == "unix"
+                                  else "tcp://127.0.0.1:0")
+    with AgentThread(config) as running:
+        yield running
+
+
+@pytest.fixture
+def unix_agent(short_tmp: Path) -> Iterator[AgentThread]:
+    config = default_config(["exec"])
+    config.listen = parse_address(f"unix://{short_tmp}/agent.sock")
+    with AgentThread(config) as running:
+        yield running
+
+
+def test_output_streams_exit_code(agent: AgentThread) -> None:
+    result = hvsock.exec(agent.address(), ["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert (result.returncode, result.stdout, result.stderr) == (3, b"out\n", b"err\n")
+    assert result.signal is None
+    assert result.pid is not None
+    with pytest.raises(subprocess.CalledProcessError):
+        result.check_returncode()
+
+
+def test_cat_carries_4_mib_both_ways(agent: AgentThread) -> None:
+    data = os.urandom(4 << 20)
+    result = hvsock.exec(agent.address(), ["cat"], input=data)
+    assert result.returncode == 0
+    assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(data).digest()
+
+
+def test_output_arrives_while_the_command_runs(agent: AgentThread) -> None:
+    start = make_start(["sh", "-c", "echo first; read line; echo got $line"])
+    with ExecSession.open(agent.address(), start) as session:
+        session.sock.settimeout(30)
+        seen: list[ep.Event] = []
+        while not any(isinstance(e, ep.Output) for e in seen):
+            seen += session.feed(session.sock.recv(65536))
+        # The command is blocked on stdin: "first" came before it could end.
+        assert ep.Output(1, b"first\n") in seen
+        session.send(ep.Stdin(b"go\n"))
+        session.send(ep.StdinEof())
+        while not any(isinstance(e, ep.Exit) for e in seen):
+            seen += session.feed(session.sock.recv(65536))
+    assert ep.Output(1, b"got go\n") in seen
+    assert seen[-1] == ep.Exit(code=0)
+
+
+def test_signal_exit_is_negative_returncode_and_128_plus_n(agent: AgentThread) -> None:
+    result = hvsock.exec(agent.address(), ["sh", "-c", "kill -TERM $$"])
+    assert (result.returncode, result.signal, result.exit_status) == (-15, 15, 143)
+
+
+def test_timeout_kills_the_whole_group_even_ignoring_sigterm(unix_agent: AgentThread,
+                                                             tmp_path: Path) -> None:
+    pidfile = tmp_path / "child"
+    script = f"trap '' TERM; sleep 1000 & echo $! > {pidfile}; while :; do sleep 0.05; done"
+    begun = time.monotonic()
+    result = hvsock.exec(unix_agent.address(), ["sh", "-c", script], timeout=0.5)
+    assert result.timed_out
+    assert result.signal == signal.SIGKILL  # SIGTERM was ignored; SIGKILL after the grace
+    assert time.monotonic() - begun < 20
+    child = int(pidfile.read_text())
+    wait_for(lambda: process_gone(child), "the background child to be killed")
+
+
+def test_vanished_client_gets_its_group_killed(unix_agent: AgentThread) -> None:
+    start = make_start(["sh", "-c", "sleep 1000 & exec sleep 1001"])
+    session = ExecSession.open(unix_agent.address(), start)
+    session.sock.settimeout(30)
+    events: list[ep.Event] = []
+    while not any(isinstance(e, ep.Started) for e in events):
+        events += session.feed(session.sock.recv(65536))
+    pid = next(e.pid for e in events if isinstance(e, ep.Started))
+    children = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    session.close()
+    wait_for(lambda: process_gone(pid), "the command to be killed")
+    for child in children:
+        wait_for(lambda c=child: process_gone(c), "its group to be killed")  # type: ignore[misc]
+    # The agent keeps serving after a client vanished.
+    assert hvsock.exec(unix_agent.address(), ["true"]).returncode == 0
+
+
+def test_env_set_unset_and_cwd(agent: AgentThread, tmp_path: Path) -> None:
+    result = hvsock.exec(agent.address(), ["sh", "-c", 'echo "$A|${HOME-unset}|$PWD"'],
+                         env={"A": "b c"}, unset=["HOME"], cwd=str(tmp_path))
+    assert result.stdout.decode() == f"b c|unset|{tmp_path}\n"
+
+
+def test_output_cap_stops_the_command(agent: AgentThread) -> None:
+    result = hvsock.exec(agent.address(), ["yes"], max_output=1000)
+    assert result.truncated
+    assert len(result.stdout) == 1000
+    assert result.signal == signal.SIGKILL
+
+
+@pytest.mark.parametrize(("kwargs", "code"), [
+    ({"args": ["no-such-program-here"]}, "not_found"),
+    ({"args": ["/etc/passwd"]}, "not_executable"),
+    ({"args": ["true"], "cwd": "/no/such/dir"}, "bad_cwd"),
+    ({"args": ["true"], "user": "no-such-user-xyz"}, "no_user"),
+])
+def test_commands_the_agent_cannot_run(unix_agent: AgentThread, kwargs: dict[str, object],
+                                       code: str) -> None:
+    with pytest.raises(hvsock.RemoteError) as info:
+        hvsock.exec(unix_agent.address(), **kwargs)  # type: ignore[arg-type]
+    assert info.value.code == code
+
+
+def test_run_as_another_user(unix_agent: AgentThread) -> None:
+    if os.geteuid() != 0:
+        with pytest.raises(hvsock.RemoteError, match="forbidden"):
+            hvsock.exec(unix_agent.address(), ["id", "-u"], user="nobody")
+        return
+    result = hvsock.exec(unix_agent.address(), ["sh", "-c", "id -u; echo $USER"], user="nobody")
+    assert result.stdout.split() == [b"65534", b"nobody"]
+
+
+@pytest.mark.parametrize("bad", [
+    {"args": "echo hi"}, {"args": []}, {"args": ["a"], "timeout": -1},
+    {"args": ["a"], "env": {"A=B": "1"}}, {"args": ["a"], "max_output": 0},
+])
+def test_bad_arguments_raise_argument_error(bad: dict[str, object]) -> None:
+    with pytest.raises(hvsock.ArgumentError):
+        hvsock.exec("unix:///nonexistent.sock", **bad)  # type: ignore[arg-type]
+
+
+def test_many_sessions_at_once_async(agent: AgentThread) -> None:
+    async def one(i: int) -> hvsock.ExecResult:
+        return await hvsock.exec_async(agent.address(), ["sh", "-c", f"sleep 0.2; echo {i}"],
+                                       input=b"")
+
+    async def main() -> list[hvsock.ExecResult]:
+        return await asyncio.gather(*(one(i) for i in range(24)))
+
+    begun = time.monotonic()
+    results = asyncio.run(main())
+    assert [r.stdout for r in results] == [f"{i}\n".encode() for i in range(24)]
+    assert time.monotonic() - begun < 20  # concurrent, not 24 x 0.2 s in a row each waiting
+
+
+def test_async_twin_streams_to_callbacks(agent: AgentThread) -> None:
+    chunks: list[bytes] = []
+    result = asyncio.run(hvsock.exec_async(agent.address(), ["sh", "-c", "echo a; echo b >&2"],
+                                           stdout=chunks.append))
+    assert b"".join(chunks) == b"a\n"
+    assert (result.stdout, result.stderr) == (b"", b"b\n")
+
+
+def test_unknown_service_and_denied_peer(short_tmp: Path) -> None:
+    config = default_config(["exec"])
+    config.listen = parse_address(f"unix://{short_tmp}/a.sock")
+    with AgentThread(config) as running:
+        with pytest.raises(hvsock.RemoteError) as info:
+            hvsock.exec(running.address(), ["true"], service="nope")
+        assert info.value.code == "unknown_service"
+    config.allow = ["uid:4000000"]
+    with AgentThread(config) as running, pytest.raises(hvsock.HvsockError):
+        hvsock.exec(running.address(), ["true"])
+
+
+def test_exec_alone_on_its_own_address(short_tmp: Path) -> None:
+    config = default_config(["exec"])
+    config.listen = parse_address(f"unix://{short_tmp}/a.sock")
+    config.services["exec"].listen = parse_address(f"unix://{short_tmp}/exec.sock")
+    with AgentThread(config) as running:
+        own = running.address("hvsock exec")
+        assert hvsock.exec(own, ["echo", "x"], service=None).stdout == b"x\n"
+
+
+# -- the CLI through a real terminal ------------------------------------------------
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hvsock", *args]
+
+
+def _set_size(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+class Terminal:
+    """A real PTY whose slave side is the controlling terminal of the client we run."""
+
+    def __init__(self, argv: list[str], rows: int = 33, cols: int = 101) -> None:
+        self.master, self.slave = pty.openpty()
+        _set_size(self.slave, rows, cols)
+        self.before = termios.tcgetattr(self.slave)
+        slave = self.slave
+
+        def take_terminal() -> None:
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave,
+                                     start_new_session=True, preexec_fn=take_terminal,
+                                     env=dict(os.environ, TERM="xterm-256color"))
+        self.output = bytearray()
+
+    def read_until(self, needle: bytes, timeout: float = 30) -> bytes:
+        deadline = time.monotonic() + timeout
+        while needle not in self.output:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {needle!r} in {bytes(self.output)[-500:]!r}")
+            import select
+            if select.select([self.master], [], [], 0.1)[0]:
+                try:
+                    self.output += os.read(self.master, 65536)
+                except OSError:
+                    break
+        return bytes(self.output)
+
+    def write(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    def finish(self, timeout: float = 30) -> int:
+        code = self.proc.wait(timeout)
+        after = termios.tcgetattr(self.slave)
+        os.close(self.master)
+        os.close(self.slave)
+        assert after == self.before, "the caller's terminal mode was not restored"
+        return code
+
+
+def test_cli_tty_gets_the_callers_size_and_term(unix_agent: AgentThread) -> None:
+    term = Terminal(_cli("exec", "-t", unix_agent.address(), "--", "sh", "-c",
+                         "stty size; echo $TERM; test -t 0 && echo tty"))
+    out = term.read_until(b"tty\r\n")
+    assert b"33 101\r\n" in out
+    assert b"xterm-256color\r\n" in out
+    assert term.finish() == 0
+
+
+def test_cli_interactive_bash_resizes_and_exit_status(unix_agent: AgentThread) -> None:
+    term = Terminal(_cli("exec", "-it", "-e", "PS1=PROMPT> ", unix_agent.address(), "--",
+                         "bash", "--norc", "--noprofile", "-i"))
+    term.read_until(b"PROMPT> ")
+    term.write(b"echo $((6*7))\n")
+    term.read_until(b"42")
+    _set_size(term.master, 40, 120)  # the kernel sends SIGWINCH to the client
+    deadline = time.monotonic() + 30
+    while b"40 120" not in term.output and time.monotonic() < deadline:
+        # SIGWINCH and the typed line race in the client; ask until the new size shows.
+        term.write(b"stty size\n")
+        try:
+            term.read_until(b"40 120", timeout=1)
+        except AssertionError:
+            continue
+    assert b"40 120" in term.output
+    term.write(b"exit 5\n")
+    assert term.finish() == 5
+
+
+def test_cli_tty_restores_terminal_when_the_command_is_missing(unix_agent: AgentThread) -> None:
+    term = Terminal(_cli("exec", "-t", unix_agent.address(), "--", "no-such-program-xyz"))
+    term.read_until(b"command not found")
+    assert term.finish() == 127
+
+
+def test_cli_ctrl_c_is_forwarded_as_sigint(unix_agent: AgentThread) -> None:
+    proc = subprocess.Popen(
+        _cli("exec", unix_agent.address(), "--", "sh", "-c",
+             "trap 'echo INT; exit 7' INT; echo ready; while :; do sleep 0.05; done"),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"ready\n"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert out == b"INT\n"
+    assert proc.returncode == 7
+
+
+def test_cli_exit_statuses(unix_agent: AgentThread) -> None:
+    def run(*cmd: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(_cli("exec", unix_agent.address(), "--", *cmd),
+                              capture_output=True, timeout=60, check=False)
+
+    assert run("sh", "-c", "exit 9").returncode == 9
+    assert run("sh", "-c", "kill -KILL $$").returncode == 137
+    missing = run("no-such-program-xyz")
+    assert missing.returncode == 127
+    assert b"command not found" in missing.stderr
+    echoed = subprocess.run(_cli("exec", unix_agent.address(), "--", "cat"), input=b"abc",
+                            capture_output=True, timeout=60, check=False)
+    assert echoed.stdout == b"abc"
+
+
+def test_cli_agent_listen_enable_end_to_end(short_tmp: Path) -> None:
+    sock = short_tmp / "cli.sock"
+    ready = short_tmp / "ready.json"
+    agent = subprocess.Popen(_cli("agent", "--listen", f"unix://{sock}", "--enable",
+                                  "exec,info", "--ready-file", str(ready)),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(ready.exists, "the agent's ready file", timeout=30)
+        done = subprocess.run(_cli("exec", f"unix://{sock}", "--", "echo", "hi"),
+                              capture_output=True, timeout=60, check=False)
+        assert (done.returncode, done.stdout) == (0, b"hi\n")
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.communicate(timeout=30)
+    assert agent.returncode in (0, 143)
+    assert not sock.exists()
+
+
+def test_cli_check_config(tmp_path: Path) -> None:
+    bad = tmp_path / "agent.toml"
+    bad.write_text("[exec]\nenabled = 1\n\n[bogus]\n")
+    done = subprocess.run(_cli("agent", "--check-config", str(bad)), capture_output=True,
+                          timeout=60, check=False)
+    assert done.returncode == 2
+    assert done.stderr.decode().splitlines() == [
+        f"{bad}:4: unknown section [bogus]; known: [agent], [exec], [info], [health], [time], "
+        "[qga], [kvp], [cp]",
+        f"{bad}:2: [exec] enabled must be true or false"]
+    bad.write_text("[exec]\nenabled = true\n")
+    done = subprocess.run(_cli("agent", "--check-config", str(bad)), capture_output=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0
+    assert b"exec" in done.stdout
+
+
+def test_threads_and_sessions_do_not_leak(unix_agent: AgentThread, fd_baseline: None) -> None:
+    threads = threading.active_count()
+    for _ in range(5):
+        hvsock.exec(unix_agent.address(), ["true"], input=b"x")
+    wait_for(lambda: threading.active_count() <= threads, "client threads to end")
+
+
+def test_own_address_allowlist_never_defaults_to_everyone(short_tmp: Path) -> None:
+    config = default_config(["exec"])
+    config.listen = parse_address(f"unix://{short_tmp}/a.sock")
+    config.allow = ["uid:4000000"]
+    config.services["exec"].listen = parse_address(f"unix://{short_tmp}/exec.sock")
+    with AgentThread(config) as running:
+        assert running.agent.services["exec"].allow == frozenset({"uid:4000000"})
+        with pytest.raises(hvsock.HvsockError):
+            hvsock.exec(running.address("hvsock exec"), ["true"], service=None)
+
+
+@pytest.mark.parametrize("argv", [
+    ["exec", "unix:///tmp/x.sock"],
+    ["exec", "unix:///tmp/x.sock", "--"],
+    ["exec", "-e", "NOEQUALS", "unix:///tmp/x.sock", "--", "true"],
+    ["exec", "--timeout", "-1", "unix:///tmp/x.sock", "--", "true"],
+    ["exec", "nope://x", "--", "true"],
+    ["agent", "--listen", "unix:///tmp/x.sock"],
+    ["agent", "--enable", "exec"],
+    ["agent", "--listen", "unix:///tmp/x.sock", "--enable", "exec,nope"],
+    ["agent", "--listen", "unix:///tmp/x.sock", "--enable", "qga"],
+])
+def test_cli_usage_errors_exit_2(argv: list[str]) -> None:
+    import io
+
+    from hvsock._cli.main import main
+
+    err = io.StringIO()
+    assert main(argv, out=io.StringIO(), err=err) == 2
+    assert err.getvalue().strip()
+
+
+def test_cli_tty_ctrl_c_reaches_the_remote_foreground_job(unix_agent: AgentThread) -> None:
+    term = Terminal(_cli("exec", "-t", unix_agent.address(), "--", "sh", "-c",
+                         "trap 'echo INT; exit 7' INT; echo ready; while :; do sleep 0.05; done"))
+    term.read_until(b"ready")
+    term.write(b"\x03")  # raw mode here: the byte travels; the remote PTY makes it SIGINT
+    term.read_until(b"INT")
+    assert term.finish() == 7

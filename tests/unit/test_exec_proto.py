@@ -1,0 +1,125 @@
+"""The exec protocol: every event round-trips; any bytes decode or raise ProtocolError only."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import hvsock
+from hvsock._core import exec_proto as ep
+from hvsock._core import mux
+from hvsock._core.framing import FrameDecoder
+
+text = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)),
+               max_size=20)
+names = st.text(st.characters(blacklist_characters="\0=", blacklist_categories=("Cs",)),
+                min_size=1, max_size=10)
+
+starts = st.builds(
+    ep.Start,
+    argv=st.lists(text, min_size=1, max_size=4).filter(lambda a: a[0] != "").map(tuple),
+    env=st.dictionaries(names, text, max_size=3),
+    unset=st.lists(text, max_size=3).map(tuple),
+    cwd=st.none() | text,
+    user=st.none() | text.filter(bool),
+    tty=st.none() | st.builds(ep.Tty, st.integers(0, 0xFFFF), st.integers(0, 0xFFFF), text),
+    timeout=st.none() | st.floats(0.001, 1e6),
+    max_output=st.none() | st.integers(1, 2**40),
+)
+events = st.one_of(
+    starts,
+    st.builds(ep.Stdin, st.binary(max_size=64)),
+    st.just(ep.StdinEof()),
+    st.builds(ep.Resize, st.integers(0, 0xFFFF), st.integers(0, 0xFFFF)),
+    st.builds(ep.Signal, st.integers(1, ep.MAX_SIGNAL)),
+    st.builds(ep.Started, st.integers(0, 2**31)),
+    st.builds(ep.Output, st.sampled_from([1, 2]), st.binary(max_size=64)),
+    st.builds(ep.Exit, st.integers(0, 255), st.none(), st.booleans(), st.booleans()),
+    st.builds(ep.Exit, st.none(), st.integers(1, ep.MAX_SIGNAL), st.booleans(), st.booleans()),
+    st.builds(ep.Error, text, text),
+)
+
+
+@given(events)
+def test_every_event_round_trips(event: ep.Event) -> None:
+    assert ep.decode(ep.encode(event)) == event
+
+
+@given(st.lists(events, max_size=8), st.integers(1, 50))
+def test_frames_split_anywhere_decode_in_order(evs: list[ep.Event], step: int) -> None:
+    stream = b"".join(ep.frame(e) for e in evs)
+    decoder = FrameDecoder(ep.MAX_FRAME)
+    got = [ep.decode(body) for i in range(0, len(stream), step)
+           for body in decoder.feed(stream[i:i + step])]
+    assert got == evs
+
+
+@given(st.binary(max_size=200))
+def test_any_bytes_give_an_event_or_protocol_error(body: bytes) -> None:
+    try:
+        event = ep.decode(body)
+    except hvsock.ProtocolError:
+        return
+    assert ep.decode(ep.encode(event)) == event  # whatever decodes also encodes again
+
+
+@pytest.mark.parametrize("body", [
+    b"", b"\x03x", b"\x04\x00", b"\x05", b"\x05\x00", b"\x05\xff", b"\x99",
+    b"\x01{}", b"\x01[]", b'\x01{"argv": []}', b'\x01{"argv": [""]}', b'\x01{"argv": ["a\\u0000"]}',
+    b'\x01{"argv": ["a"], "timeout": -1}', b'\x01{"argv": ["a"], "env": {"A=B": "c"}}',
+    b'\x01{"argv": ["a"], "tty": {"rows": 70000}}', b'\x01{"argv": ["a"], "max_output": 0}',
+    b'\x01{"argv": ["a"], "timeout": NaN}', b"\x13{}", b'\x13{"code": 1, "signal": 2}',
+    b'\x13{"code": 300}', b'\x13{"code": 1, "timed_out": 1}', b"\x14{}", b"\x10\xff",
+])
+def test_bad_frames_raise_protocol_error(body: bytes) -> None:
+    with pytest.raises(hvsock.ProtocolError):
+        ep.decode(body)
+
+
+@pytest.mark.parametrize("event", [
+    ep.Start(()), ep.Start(("",)), ep.Signal(0), ep.Output(3, b""), ep.Exit(),
+    ep.Exit(1, 2), ep.Resize(-1, 0), ep.Start(("a",), timeout=0),
+])
+def test_unsendable_events_raise_protocol_error(event: ep.Event) -> None:
+    with pytest.raises(hvsock.ProtocolError):
+        ep.encode(event)
+
+
+def test_exit_status_is_the_shells() -> None:
+    assert ep.Exit(code=3).status == 3
+    assert ep.Exit(signal=9).status == 137
+
+
+@given(st.from_regex(mux.NAME, fullmatch=True))
+def test_hello_round_trips(name: str) -> None:
+    assert mux.decode_hello(mux.encode_hello(name)) == name
+
+
+@given(st.binary(max_size=100))
+def test_any_hello_bytes_give_a_name_or_protocol_error(body: bytes) -> None:
+    try:
+        name = mux.decode_hello(body)
+    except hvsock.ProtocolError:
+        name = None
+    assert name is None or mux.decode_hello(mux.encode_hello(name)) == name
+    try:
+        mux.decode_answer(body)
+    except (hvsock.ProtocolError, hvsock.RemoteError):
+        return
+    assert json.loads(body)["ok"] is True
+
+
+def test_hello_answers() -> None:
+    mux.decode_answer(mux.encode_answer())
+    with pytest.raises(hvsock.RemoteError) as info:
+        mux.decode_answer(mux.encode_answer(("unknown_service", "no such")))
+    assert info.value.code == "unknown_service"
+    for bad in (b'{"hvsock": 2, "service": "exec"}', b'{"hvsock": 1, "service": "Exec!"}',
+                b"[]", b"\xff"):
+        with pytest.raises(hvsock.ProtocolError):
+            mux.decode_hello(bad)
+    with pytest.raises(hvsock.ProtocolError):
+        mux.encode_hello("no spaces")
