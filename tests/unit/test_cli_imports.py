@@ -130,4 +130,26 @@ def test_every_command_group_module_is_cheap_to_import() -> None:
     groups = {p.stem for p in cli_dir.glob("*_cmds.py")}
     from hvsock._cli import main
 
-    assert {m.__name__.rsplit(".", 1)[1] for m in main.EXTENSIONS} == groups
+    assert set(main.EXTENSIONS) == groups
+
+
+def test_each_command_builds_only_its_own_group() -> None:
+    """main.OWNER (command -> group) agrees with what each group adds, so a command
+    imports and builds no other group's parser."""
+    import argparse
+
+    from hvsock._cli import args, main
+
+    owners: dict[str, str] = {}
+    for name in main.EXTENSIONS:
+        module = main.group(name)
+        sub = args.Parser(prog="t").add_subparsers()
+        added = module.add_commands(sub)
+        assert tuple(added) == module.COMMANDS, name
+        owners.update(dict.fromkeys(added, name))
+    assert owners == main.OWNER
+    assert main._groups_for(["relay", "--help"]) == ("relay_cmds",)
+    assert main._groups_for(["--version"]) == ()
+    assert main._groups_for(["--help"]) == main.EXTENSIONS
+    assert main._groups_for(["nosuch"]) == main.EXTENSIONS
+    assert isinstance(main.build_parser(["connect", "x"], every=False), argparse.ArgumentParser)

@@ -26,6 +26,9 @@ def env_pair(text: str) -> tuple[str, str]:
     return name, value
 
 
+#: The commands this group adds (main.py builds only the chosen command's group).
+COMMANDS = ('agent', 'exec')
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
     """Add ``agent`` and ``exec`` to *sub*; return their handlers by name."""
     p = sub.add_parser(

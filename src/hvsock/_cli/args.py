@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
 
-from .._core.ids import parse_number
-from .._errors import AddressError
+# Not typing.TYPE_CHECKING: every command imports this module, and typing costs more
+# than the rest of it; mypy treats any constant of this name as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
-#: A command: (parsed arguments, stdout, stderr) -> exit status.
-Handler = Callable[[argparse.Namespace, TextIO, TextIO], int]
+    #: A command: (parsed arguments, stdout, stderr) -> exit status.
+    Handler = Callable[[argparse.Namespace, TextIO, TextIO], int]
+else:
+    Handler = Callable[..., int]
 
 
 #: The help of every positional ADDRESS that gives none of its own.
@@ -59,6 +62,9 @@ class UsageError(Exception):
 
 def port(text: str) -> int:
     # The library's one number reader: ASCII digits only, any number of leading zeros.
+    from .._core.ids import parse_number
+    from .._errors import AddressError
+
     try:
         return parse_number(text, "port", 0, 0xFFFFFFFF)
     except AddressError as exc:
@@ -130,6 +136,8 @@ def plural(count: int, noun: str) -> str:
 
 
 def print_json(obj: object, out: TextIO) -> None:
+    import json
+
     out.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 

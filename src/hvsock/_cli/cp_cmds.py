@@ -22,6 +22,9 @@ EXIT_OK = 0
 DEFAULT_PORT = 5005
 
 
+#: The commands this group adds (main.py builds only the chosen command's group).
+COMMANDS = ('cp',)
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
     """Add ``cp`` to *sub*; return its handler by name."""
     p = sub.add_parser(

@@ -18,6 +18,9 @@ EXIT_OK = 0
 EXIT_FAILED_CHECKS = 1
 
 
+#: The commands this group adds (main.py builds only the chosen command's group).
+COMMANDS = ('doctor',)
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
     """Add this module's sub-commands to *sub*; return their handlers by name."""
     p = sub.add_parser(

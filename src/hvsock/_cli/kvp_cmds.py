@@ -72,6 +72,9 @@ def _writes(p: argparse.ArgumentParser) -> None:
                    help="with --vm NAME: print the PowerShell script for the Hyper-V host")
 
 
+#: The commands this group adds (main.py builds only the chosen command's group).
+COMMANDS = ('kvp',)
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
     """Add ``kvp`` to *sub*; return its handler."""
     kvp = sub.add_parser(

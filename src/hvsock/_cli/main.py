@@ -3,50 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 import threading
 from collections.abc import Sequence
-from types import FrameType
-from typing import TextIO
+from types import FrameType, ModuleType
 
-from .._errors import (
-    AddressError,
-    AddressInUseError,
-    ConnectionResetByPeerError,
-    ConnectTimeoutError,
-    HandshakeError,
-    HvsockError,
-    NothingListeningError,
-    PermissionDeniedError,
-    RegistryError,
-    UnreachableError,
-    UnsupportedError,
-    VmNotFoundError,
-)
 from .._version import __version__
-from . import (
-    agent_cmds,
-    cp_cmds,
-    doctor_cmds,
-    kvp_cmds,
-    relay_cmds,
-    selftest_cmds,
-    service_cmds,
-    socket_cmds,
-    tools_cmds,
-    windows_cmds,
-)
 from . import args as cliargs
 
-#: The command groups, in the order ``hvsock --help`` lists them. Each module has
-#: ``add_commands(sub) -> {name: handler}``. Keep these modules cheap to import:
-#: argparse and ``args`` at the top, the implementation imported inside each handler,
-#: so a command loads only what it runs (tests/unit/test_cli_imports.py checks).
+# Not typing.TYPE_CHECKING (see args.py): start-up is paid on every call.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TextIO
+
+#: The command groups (modules of this package), in the order ``hvsock --help`` lists
+#: them. Each has ``COMMANDS`` (its command names) and ``add_commands(sub) -> {name:
+#: handler}``, and keeps its top cheap: argparse and ``args``, the implementation
+#: imported inside each handler (tests/unit/test_cli_imports.py checks).
 EXTENSIONS = (
-    socket_cmds, service_cmds, agent_cmds, cp_cmds, kvp_cmds, windows_cmds, doctor_cmds, relay_cmds,
-    tools_cmds, selftest_cmds,
+    "socket_cmds", "service_cmds", "agent_cmds", "cp_cmds", "kvp_cmds", "windows_cmds",
+    "doctor_cmds", "relay_cmds", "tools_cmds", "selftest_cmds",
 )
+#: Command -> the group that adds it, so a command imports and builds only its own
+#: group (a test checks this against each group's COMMANDS).
+OWNER = {
+    "service-id": "socket_cmds", "port": "socket_cmds", "addr": "socket_cmds",
+    "cid": "socket_cmds", "connect": "socket_cmds", "listen": "socket_cmds",
+    "demo": "service_cmds", "echo-server": "service_cmds", "ping": "service_cmds",
+    "agent": "agent_cmds", "exec": "agent_cmds", "cp": "cp_cmds", "kvp": "kvp_cmds",
+    "register": "windows_cmds", "unregister": "windows_cmds", "services": "windows_cmds",
+    "vms": "windows_cmds", "doctor": "doctor_cmds", "relay": "relay_cmds",
+    "bench": "tools_cmds", "stress": "tools_cmds", "selftest": "selftest_cmds",
+}
+
+
+def group(name: str) -> ModuleType:
+    """The command group module *name* (imported on first use)."""
+    return importlib.import_module(f"{__package__}.{name}")
 
 # Exit statuses, in one place (documented in docs/cli.md).
 EXIT_OK = 0
@@ -62,20 +57,26 @@ EXIT_RESET = 9  # the peer reset the connection after connect: the stream is inc
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
-_EXIT_CODES: list[tuple[type[BaseException], int]] = [
-    (AddressError, EXIT_USAGE),
-    (ValueError, EXIT_USAGE),
-    (UnsupportedError, EXIT_UNSUPPORTED),
-    (NothingListeningError, EXIT_CONNECT),
-    (ConnectTimeoutError, EXIT_CONNECT),
-    (UnreachableError, EXIT_CONNECT),
-    (VmNotFoundError, EXIT_CONNECT),
-    (HandshakeError, EXIT_PROTOCOL),
-    (PermissionDeniedError, EXIT_PERMISSION),
-    (AddressInUseError, EXIT_IN_USE),
-    (RegistryError, EXIT_REGISTRY),
-    (ConnectionResetByPeerError, EXIT_RESET),
-]
+
+def _exit_codes() -> list[tuple[type[BaseException], int]]:
+    """Error class -> exit status, most specific first. Built on first use, so a
+    command that succeeds never imports the exception tree's module."""
+    from .. import _errors as e
+
+    return [
+        (e.AddressError, EXIT_USAGE),
+        (ValueError, EXIT_USAGE),
+        (e.UnsupportedError, EXIT_UNSUPPORTED),
+        (e.NothingListeningError, EXIT_CONNECT),
+        (e.ConnectTimeoutError, EXIT_CONNECT),
+        (e.UnreachableError, EXIT_CONNECT),
+        (e.VmNotFoundError, EXIT_CONNECT),
+        (e.HandshakeError, EXIT_PROTOCOL),
+        (e.PermissionDeniedError, EXIT_PERMISSION),
+        (e.AddressInUseError, EXIT_IN_USE),
+        (e.RegistryError, EXIT_REGISTRY),
+        (e.ConnectionResetByPeerError, EXIT_RESET),
+    ]
 
 
 class Terminated(Exception):
@@ -102,13 +103,28 @@ def cli_wording(message: str, args: argparse.Namespace) -> str:
 
 
 def exit_code_for(exc: BaseException) -> int:
-    for cls, code in _EXIT_CODES:
+    for cls, code in _exit_codes():
         if isinstance(exc, cls):
             return code
     return EXIT_ERROR
 
 
-def build_parser() -> cliargs.Parser:
+def _groups_for(argv: Sequence[str] | None) -> tuple[str, ...]:
+    """The command groups a parse of *argv* needs: only the named command's group, so
+    a command builds (and imports) no parser but its own; every group for --help, a
+    mistyped command or none; no group for a lone --version."""
+    tokens = sys.argv[1:] if argv is None else list(argv)
+    for token in tokens:
+        if token == "--version":
+            return ()
+        if not token.startswith("-"):
+            owner = OWNER.get(token)
+            return (owner,) if owner is not None else EXTENSIONS
+    return EXTENSIONS
+
+
+def build_parser(argv: Sequence[str] | None = None, *, every: bool = True) -> cliargs.Parser:
+    """The parser: with *every* false, only what parsing *argv* needs (see _groups_for)."""
     parser = cliargs.Parser(prog="hvsock", description=(
         "Hyper-V sockets and VM sockets from the command line. Addresses: "
         "vsock://CID:PORT, hvsock://VM/SERVICE, hybrid://UDS_PATH:PORT, "
@@ -117,8 +133,8 @@ def build_parser() -> cliargs.Parser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=cliargs.Parser)
 
-    for module in EXTENSIONS:
-        COMMANDS.update(module.add_commands(sub))
+    for name in EXTENSIONS if every else _groups_for(argv):
+        COMMANDS.update(group(name).add_commands(sub))
     return parser
 
 
@@ -135,7 +151,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
     out = out or sys.stdout
     err = err or sys.stderr
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(argv, every=False).parse_args(argv)
     except cliargs.UsageError as exc:
         err.write(f"{exc}\n")
         return EXIT_USAGE
@@ -146,20 +162,22 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return COMMANDS[args.command](args, out, err)
-    except (HvsockError, ValueError) as exc:
-        err.write(f"hvsock: error: {cli_wording(str(exc), args)}\n")
-        return exit_code_for(exc)
+    except (OSError, ValueError) as exc:
+        from .._errors import HvsockError
+
+        if isinstance(exc, BrokenPipeError) and not isinstance(exc, HvsockError):
+            # Our reader went away (e.g. `hvsock addr ... | head -1`): nothing to report.
+            return EXIT_OK
+        if isinstance(exc, (HvsockError, ValueError)):
+            err.write(f"hvsock: error: {cli_wording(str(exc), args)}\n")
+            return exit_code_for(exc)
+        err.write(f"hvsock: error: {exc}\n")
+        return EXIT_ERROR
     except KeyboardInterrupt:
         err.write("hvsock: interrupted\n")
         return EXIT_INTERRUPTED
     except Terminated:
         return EXIT_TERMINATED
-    except BrokenPipeError:
-        # Our reader went away (e.g. `hvsock addr ... | head -1`): nothing to report.
-        return EXIT_OK
-    except OSError as exc:
-        err.write(f"hvsock: error: {exc}\n")
-        return EXIT_ERROR
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

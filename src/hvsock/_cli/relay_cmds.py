@@ -177,6 +177,9 @@ def cmd_relay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 # -- parsers ------------------------------------------------------------------------------------
+#: The commands this group adds (main.py builds only the chosen command's group).
+COMMANDS = ('relay',)
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
     """Add this module's sub-commands to *sub*; return their handlers by name."""
     p = sub.add_parser(

@@ -22,6 +22,9 @@ EXIT_OK = 0
 EXIT_FAILED_STEPS = 1
 
 
+#: The commands this group adds (main.py builds only the chosen command's group).
+COMMANDS = ('selftest',)
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
     """Add ``selftest``; return its handler by name."""
     p = sub.add_parser(

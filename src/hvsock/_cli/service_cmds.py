@@ -23,6 +23,9 @@ EXIT_OK = 0
 DEMO_TRANSPORTS = ("auto", "hyperv", "vsock", "hybrid")
 
 
+#: The commands this group adds (main.py builds only the chosen command's group).
+COMMANDS = ('demo', 'echo-server', 'ping')
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
     """Add this module's sub-commands to *sub*; return their handlers by name."""
     p = sub.add_parser("demo", help="run the HV Socket Demo: a server and a client on the "

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 
 
+#: The commands this group adds (main.py builds only the chosen command's group).
+COMMANDS = ('service-id', 'port', 'addr', 'cid', 'connect', 'listen')
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
     """Add this module's sub-commands to *sub*; return their handlers by name."""
     p = sub.add_parser("service-id", help="print the Hyper-V service id of a vsock port",

@@ -28,6 +28,9 @@ BENCH_DEFAULT_BUFFER = 256 << 10
 STRESS_DEFAULT_MAX_CHUNK = 64 << 10
 
 
+#: The commands this group adds (main.py builds only the chosen command's group).
+COMMANDS = ('bench', 'stress')
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
     """Add this module's sub-commands to *sub*; return their handlers by name."""
     p = sub.add_parser("bench", help="measure throughput, latency and connection rate",

@@ -31,6 +31,9 @@ EXIT_OK = 0
 EXPORT_FORMATS = ("ps1", "reg")
 
 
+#: The commands this group adds (main.py builds only the chosen command's group).
+COMMANDS = ('register', 'unregister', 'services', 'vms')
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
     """Add this module's sub-commands to *sub*; return their handlers by name."""
     p = sub.add_parser(
