@@ -73,6 +73,23 @@ _CID2 = "dials the host (CID 2): only a real guest has one; in the test VM CID 2
 _WINDOWS = "Windows host only (AF_HYPERV / the registry)"
 _OUTPUT = "sample output shown in the block, not a command"
 
+
+_DIR = "the runner adds --dir <temporary directory> (the pools' default /var/lib/hyperv is root's)"
+
+
+def _guest(what: str, kernel_test: str, host_test: str) -> tuple[str, str]:
+    """A NOT row for a command that dials a guest (CID 3), naming the tests that cover it."""
+    return (NOT, f"dials a guest (CID 3): never connected from this machine; {what} over "
+            f"AF_VSOCK in the test VM in {kernel_test}; the same command with a unix:// "
+            f"socket for the guest's address runs in tests/host/test_doc_snippets.py::{host_test}")
+
+
+_COPY = _guest("copies", "tests/kernel/test_files_kernel.py", "test_the_file_copy_recipe")
+_EXEC = _guest("exec", "tests/kernel/test_exec_kernel.py", "test_the_agent_recipe")
+_KVP_VM = _guest("the KVP service", "tests/kernel/test_kvp_kernel.py",
+                 "test_the_kvp_service_recipe")
+
+
 #: command -> (how, reason or what the runner checks). One row per distinct command.
 TABLE: dict[str, tuple[str, str]] = {
     # README: set-up
@@ -149,6 +166,71 @@ TABLE: dict[str, tuple[str, str]] = {
     "hvsock register \"My agent\" --port 5000 --export ps1 -o "
     "/mnt/c/Users/me/register-my-agent.ps1": (HOST, "a temporary path for /mnt/c/Users/me"),
     "echo hello | hvsock connect vsock://host:5000": (NOT, _CID2),
+    # README: the lines the relay, cp, kvp and agent features added
+    "hvsock relay --config relay.toml":
+        (HOST, "relay.toml is a loopback one written by the test (docs/port-forwarding.md's "
+         "sample listens on vsock and dials CID 3; the test checks that sample parses): "
+         "both forwards reach their echo servers, SIGTERM exits 0"),
+    "hvsock cp --remote vsock://3:5005 -r ./site :/srv/www": _COPY,
+    "hvsock kvp set Role web": (HOST, _DIR + "; the record is read back from pool 1's file"),
+    "hvsock agent": (NOT, "reads /etc/hvsock/agent.toml (or serves the defaults on "
+                     "vsock://any:5100): a system service; `hvsock agent --check-config` "
+                     "passes docs/agent.md's sample in test_the_agent_recipe, the --listen "
+                     "rows run the same command here, and the agent's exec over AF_VSOCK is "
+                     "tested in tests/kernel/test_exec_kernel.py"),
+    "hvsock agent --listen unix:///tmp/a.sock --enable exec,info":
+        (HOST, "a temporary socket path; `hvsock exec` runs real commands through it "
+         "(output and exit status)"),
+    "hvsock exec -t vsock://3:5100 -- bash":
+        (NOT, _EXEC[1] + " (`bash` with -t given `exit 3` on stdin)"),
+    # docs/agent.md
+    "hvsock agent --listen vsock://any:5100 --enable exec,info,health,time":
+        (HOST, "the runner listens on a temporary unix:// socket instead of vsock://any:5100 "
+         "(no vsock here); the exec rows below run through it, and `hvsock agent "
+         "--check-config` passes docs/agent.md's sample config"),
+    "hvsock exec vsock://3:5100 -- uname -a": _EXEC,
+    "echo data | hvsock exec vsock://3:5100 -- sha256sum": _EXEC,
+    ".venv/bin/python benchmarks/bench_exec.py":
+        (NOT, "a benchmark (minutes; needs openssh-server, socat and qemu-guest-agent): "
+         "run by hand; exec and QGA are tested in tests/host/test_exec.py and "
+         "tests/host/test_qga.py"),
+    # docs/file-copy.md
+    "hvsock cp --serve /srv/www /var/log --listen vsock://any:5005":
+        (HOST, "temporary directories for the roots, and a temporary unix:// socket "
+         "instead of vsock://any:5005 (no vsock here); the copy rows below run against it"),
+    "hvsock cp --remote vsock://3:5005 :/var/log/app.log .": _COPY,
+    "hvsock cp --remote vsock://3:5005 -r -p :/srv/www/site ./backup": _COPY,
+    "tar -c data | hvsock cp --remote vsock://3:5005 - :/srv/www/data.tar": _COPY,
+    "hvsock cp --remote vsock://3:5005 :/var/log/app.log - | less": _COPY,
+    "hvsock cp --remote vsock://3:5005 --resume big.iso :/srv/www/": _COPY,
+    # docs/kvp.md: the pools on this machine
+    "hvsock kvp set ProvisioningState ready": (HOST, _DIR + "; read back from the file"),
+    "hvsock kvp get ProvisioningState": (HOST, _DIR + "; prints the value, exit 1 once deleted"),
+    "hvsock kvp list":
+        (HOST, _DIR + "; also with the --all and --json its comment names (alone and "
+         "together): a duplicate shows only with --all"),
+    "hvsock kvp delete ProvisioningState": (HOST, _DIR + "; the key is gone from the file"),
+    "hvsock kvp watch --count 10 --for 60":
+        (HOST, _DIR + "; keys are set until it has printed 10 `set` lines and exited 0"),
+    "hvsock kvp host-info":
+        (HOST, _DIR + "; pool 3 filled first; also with the --json its comment names"),
+    "hvsock kvp --pool auto-external list": (HOST, _DIR + "; pool 3's keys"),
+    "hvsock kvp clear --stale":
+        (HOST, _DIR + "; a pool dated before boot is emptied, a fresh one kept"),
+    "hvsock kvp set Key Value --full": (HOST, _DIR + "; read back"),
+    "hvsock kvp --dir /tmp/pools list": (HOST, "a temporary directory for /tmp/pools"),
+    # docs/kvp.md: the service over vsock
+    "hvsock kvp serve":
+        (HOST, _DIR + " and --listen unix://<temporary> --allow uid:<ours> (the default, "
+         "vsock://any:5010 and the host only, cannot be reached here); the --vm rows run "
+         "against it"),
+    "hvsock kvp --vm vsock://3 get ProvisioningState": _KVP_VM,
+    "hvsock kvp --vm vsock://3 list --json": _KVP_VM,
+    "hvsock kvp --vm vsock://3 set Role web": _KVP_VM,
+    "hvsock kvp --vm vsock://3 --pool auto-external set VirtualMachineName web-1": _KVP_VM,
+    "hvsock kvp --vm hybrid:///run/fc/v.sock host-info":
+        (HOST, "a temporary path for the VMM's socket, where the test plays Firecracker "
+         "(answers CONNECT 5010, then carries the bytes to the `hvsock kvp serve` row)"),
 }
 
 

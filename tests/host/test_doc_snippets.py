@@ -4,13 +4,18 @@ The table in tests/doc_snippets.py says for each command whether it runs here
 (HOST), in the test VM (KERNEL) or not at all (with the reason). Commands run
 through bash with the installed ``hvsock`` and ``python`` first on PATH; fixed
 paths and ports become temporary ones. Servers (``... &``) run until the recipe
-is done, then get SIGTERM and must exit 0 (the documented rule).
+is done, then get SIGTERM and must exit 0 (the documented rule). Where a row says
+the runner changes more (an added ``--dir``, a unix:// socket for a vsock one), it
+says so in its reason. NOT rows that dial a guest (CID 3) run here too with a unix://
+socket for the guest's address, when their reason names the test that does it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -23,8 +28,11 @@ from pathlib import Path
 
 import pytest
 
+import hvsock
+import hvsock.kvp
+
 from .. import doc_snippets as docs
-from ._peers import recv_until_eof
+from ._peers import EchoServer, recv_until_eof
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -308,6 +316,320 @@ def test_the_export_recipes_write_their_scripts(sh: Shell) -> None:
           .replace("/mnt/c/Users/me", str(sh.tmp / "me")))
     text = (sh.tmp / "me" / "register-my-agent.ps1").read_bytes().decode("utf-8-sig")
     assert ".\\register-my-agent.ps1" in text
+
+
+def elsewhere(command: str, test: str) -> str:
+    """A NOT row (it dials a guest) whose reason says *test* runs it with a unix:// socket."""
+    how, why = docs.TABLE[command]
+    assert how == docs.NOT, command
+    assert f"::{test}" in why, command
+    return command
+
+
+def doc_block(name: str, lang: str, starts: str) -> str:
+    """The first ``lang`` block of docs/*name* whose text starts with *starts*."""
+    text = (Path(docs.ROOT) / "docs" / name).read_text(encoding="utf-8")
+    for block in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.S | re.M):
+        if block.group(1) == lang and block.group(2).startswith(starts):
+            return block.group(2)
+    raise AssertionError(f"no {lang} block starting {starts!r} in docs/{name}")
+
+
+covers("hvsock relay --config relay.toml")
+
+
+def test_the_relay_config_recipe(sh: Shell) -> None:
+    sample = doc_block("port-forwarding.md", "toml", "# relay.toml")
+    assert len(hvsock.RelayConfig.from_toml(sample, "relay.toml").forwards) == 2
+    tcp_port = free_port()
+    with EchoServer(socket.create_server(("127.0.0.1", 0))) as tcp_echo, \
+            EchoServer(unix_listener(sh.tmp / "echo.sock")) as unix_echo:
+        echo_port = tcp_echo.listener.getsockname()[1]
+        (sh.tmp / "relay.toml").write_text(
+            "workers = 1\nmax_connections = 20\n"
+            f'allow_targets = ["unix://{sh.tmp}/*.sock", "tcp://127.0.0.1:*"]\n'
+            f'[[forward]]\nlisten = "tcp://127.0.0.1:{tcp_port}"\n'
+            f'target = "unix://{sh.tmp}/echo.sock"\nallow = ["127.0.0.1"]\n'
+            f'[[forward]]\nlisten = "unix://{sh.tmp}/in.sock"\n'
+            f'target = "tcp://127.0.0.1:{echo_port}"\nallow = ["uid:{os.getuid()}"]\n')
+        sh.start(row("hvsock relay --config relay.toml"))
+        with socket.create_connection(("127.0.0.1", tcp_port), timeout=20) as client:
+            client.sendall(b"to the unix echo")
+            client.shutdown(socket.SHUT_WR)
+            assert recv_until_eof(client) == b"to the unix echo"
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(20)
+            client.connect(str(sh.tmp / "in.sock"))
+            client.sendall(b"to the tcp echo")
+            client.shutdown(socket.SHUT_WR)
+            assert recv_until_eof(client) == b"to the tcp echo"
+        assert sh.stop_all() == [0]
+        assert (tcp_echo.accepted, unix_echo.accepted) == (1, 1)
+
+
+def unix_listener(path: Path) -> socket.socket:
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen()
+    return listener
+
+
+# -- KVP: the pools are files of 2560-byte records (key[512], value[2048]) ------------
+
+def records(path: Path) -> list[tuple[str, str]]:
+    """The records of a pool file, read here byte by byte (not through hvsock)."""
+    data = path.read_bytes() if path.exists() else b""
+    assert len(data) % 2560 == 0, len(data)
+    return [(data[i:i + 512].split(b"\0")[0].decode(),
+             data[i + 512:i + 2560].split(b"\0")[0].decode())
+            for i in range(0, len(data), 2560)]
+
+
+def record(key: str, value: str) -> bytes:
+    return key.encode().ljust(512, b"\0") + value.encode().ljust(2048, b"\0")
+
+
+covers("hvsock kvp set Role web", "hvsock kvp set ProvisioningState ready",
+       "hvsock kvp get ProvisioningState", "hvsock kvp list",
+       "hvsock kvp delete ProvisioningState", "hvsock kvp host-info",
+       "hvsock kvp --pool auto-external list", "hvsock kvp clear --stale",
+       "hvsock kvp set Key Value --full", "hvsock kvp --dir /tmp/pools list")
+
+
+def test_the_kvp_commands_on_the_pools(sh: Shell) -> None:
+    pools = sh.tmp / "hyperv"
+    pools.mkdir()
+
+    def kvp(command: str) -> str:
+        """*command* with --dir after `hvsock kvp`: the one change these rows make."""
+        return row(command).replace("hvsock kvp ", f"hvsock kvp --dir {pools} ", 1)
+
+    guest = pools / ".kvp_pool_1"
+    sh.ok(kvp("hvsock kvp set Role web"))
+    sh.ok(kvp("hvsock kvp set ProvisioningState ready"))
+    assert records(guest) == [("Role", "web"), ("ProvisioningState", "ready")]
+    assert sh.ok(kvp("hvsock kvp get ProvisioningState")) == "ready\n"
+    with guest.open("ab") as f:  # a duplicate, as cloud-init's appends leave them
+        f.write(record("Role", "db"))
+    lists = {flags: sh.ok(f"{kvp('hvsock kvp list')} {flags}")
+             for flags in ("", "--all", "--json", "--all --json")}
+    assert sorted(lists[""].splitlines()) == ["ProvisioningState=ready", "Role=db"]
+    assert lists["--all"].count("Role=") == 2
+    pairs = {(i["key"], i["value"]) for i in json.loads(lists["--json"])}
+    assert pairs == {("Role", "db"), ("ProvisioningState", "ready")}
+    every = [(i["key"], i["value"]) for i in json.loads(lists["--all --json"])]
+    assert sorted(every) == [("ProvisioningState", "ready"), ("Role", "db"), ("Role", "web")]
+    sh.ok(kvp("hvsock kvp delete ProvisioningState"))
+    assert ("ProvisioningState", "ready") not in records(guest)
+    assert sh.run(kvp("hvsock kvp get ProvisioningState")).returncode == 1
+
+    long_value = "v" * 2047  # over the safe limit (1022), within the on-disk one
+    sh.ok(kvp("hvsock kvp set Key Value --full").replace(" Value ", f" {long_value} "))
+    assert ("Key", long_value) in records(guest)
+    sh.ok(kvp("hvsock kvp set Key Value --full"))
+    assert ("Key", "Value") in records(guest)
+
+    (pools / ".kvp_pool_3").write_bytes(record("VirtualMachineName", "web-1") +
+                                        record("HostName", "hv-01"))
+    assert "VirtualMachineName=web-1" in sh.ok(kvp("hvsock kvp --pool auto-external list"))
+    text = sh.ok(kvp("hvsock kvp host-info"))
+    assert "web-1" in text, text
+    assert "hv-01" in text, text
+    facts = json.loads(sh.ok(kvp("hvsock kvp host-info") + " --json"))
+    assert (facts["vm_name"], facts["host_name"]) == ("web-1", "hv-01"), facts
+
+    os.utime(pools / ".kvp_pool_3", (0, 0))  # 1970: before this boot, so stale
+    sh.ok(kvp("hvsock kvp clear --stale"))
+    assert records(pools / ".kvp_pool_3") == []
+    assert ("Role", "db") in records(guest)  # written this boot: kept
+
+    other = sh.tmp / "pools"
+    other.mkdir()
+    (other / ".kvp_pool_1").write_bytes(record("Elsewhere", "yes"))
+    command = row("hvsock kvp --dir /tmp/pools list").replace("/tmp/pools", str(other))
+    assert sh.ok(command) == "Elsewhere=yes\n"
+
+
+covers("hvsock kvp watch --count 10 --for 60")
+
+
+def test_kvp_watch_prints_ten_changes_and_stops(sh: Shell) -> None:
+    pools = sh.tmp / "hyperv"
+    pools.mkdir()
+    command = row("hvsock kvp watch --count 10 --for 60").replace(
+        "hvsock kvp ", f"hvsock kvp --dir {pools} ", 1)
+    watch = subprocess.Popen(["bash", "-c", command], cwd=sh.tmp, env=sh.env, text=True,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    try:
+        # A watch reports what changed after it looked first: keep setting new keys
+        # (bounded) until it has seen ten and exited.
+        for i in range(400):
+            hvsock.kvp.open_pool(directory=str(pools)).set(f"K{i}", str(i))
+            try:
+                status = watch.wait(0.1)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        else:
+            raise AssertionError("the watch never stopped after 10 changes")
+        assert watch.stdout is not None
+        lines = watch.stdout.read().splitlines()
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+        watch.wait(10)
+        if watch.stdout is not None:
+            watch.stdout.close()
+    assert status == 0
+    assert len(lines) == 10, lines
+    assert all(re.fullmatch(r"set K(\d+)=\1", line) for line in lines), lines
+
+
+covers("hvsock kvp serve", "hvsock kvp --vm hybrid:///run/fc/v.sock host-info")
+
+
+def test_the_kvp_service_recipe(sh: Shell) -> None:
+    pools = sh.tmp / "hyperv"
+    pools.mkdir()
+    service = f"unix://{sh.tmp}/kvp.sock"
+    sh.start(row("hvsock kvp serve").replace(
+        "hvsock kvp ", f"hvsock kvp --dir {pools} ", 1) +
+        f" --listen {service} --allow uid:{os.getuid()}")
+    (pools / ".kvp_pool_1").write_bytes(record("ProvisioningState", "ready"))
+
+    def vm(command: str) -> str:
+        return elsewhere(command, "test_the_kvp_service_recipe").replace("vsock://3", service)
+
+    assert sh.ok(vm("hvsock kvp --vm vsock://3 get ProvisioningState")) == "ready\n"
+    assert json.loads(sh.ok(vm("hvsock kvp --vm vsock://3 list --json"))) == [
+        {"key": "ProvisioningState", "value": "ready"}]
+    sh.ok(vm("hvsock kvp --vm vsock://3 set Role web"))
+    assert records(pools / ".kvp_pool_0") == [("Role", "web")]
+    sh.ok(vm("hvsock kvp --vm vsock://3 --pool auto-external set VirtualMachineName web-1"))
+    assert records(pools / ".kvp_pool_3") == [("VirtualMachineName", "web-1")]
+
+    # Firecracker's side of hybrid vsock: CONNECT <port>, OK, then the guest's socket.
+    vmm = unix_listener(sh.tmp / "v.sock")
+    vmm.settimeout(30)
+    asked: list[bytes] = []
+
+    def play_firecracker() -> None:
+        with vmm, vmm.accept()[0] as host, socket.socket(socket.AF_UNIX) as guest:
+            host.settimeout(30)
+            line = b""
+            while not line.endswith(b"\n") and len(line) < 64:
+                line += host.recv(1)
+            asked.append(line)
+            host.sendall(b"OK 1073741824\n")
+            guest.settimeout(30)
+            guest.connect(f"{sh.tmp}/kvp.sock")
+            pump = threading.Thread(target=carry, args=(guest, host), daemon=True)
+            pump.start()
+            carry(host, guest)
+            pump.join(30)
+
+    vmm_thread = threading.Thread(target=play_firecracker, daemon=True)
+    vmm_thread.start()
+    command = row("hvsock kvp --vm hybrid:///run/fc/v.sock host-info")
+    out = sh.ok(command.replace("/run/fc/v.sock", f"{sh.tmp}/v.sock"), timeout=60)
+    vmm_thread.join(30)
+    assert asked == [b"CONNECT 5010\n"]
+    assert "web-1" in out
+    assert sh.stop_all() == [0]
+
+
+def carry(src: socket.socket, dst: socket.socket) -> None:
+    """Bytes from *src* to *dst* until EOF, then half-close *dst*."""
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass  # the other direction closed both: the exchange is over
+
+
+covers("hvsock agent --listen unix:///tmp/a.sock --enable exec,info",
+       "hvsock agent --listen vsock://any:5100 --enable exec,info,health,time")
+
+
+def test_the_agent_recipe(sh: Shell) -> None:
+    sample = sh.tmp / "agent.toml"
+    sample.write_text(doc_block("agent.md", "toml", "[agent]"))
+    done = sh.run(f"hvsock agent --check-config {sample}")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    readme = f"unix://{sh.tmp}/a.sock"
+    sh.start(row("hvsock agent --listen unix:///tmp/a.sock --enable exec,info")
+             .replace("unix:///tmp/a.sock", readme))
+    assert sh.ok(f"hvsock exec {readme} -- echo through the agent") == "through the agent\n"
+    assert sh.run(f"hvsock exec {readme} -- sh -c 'exit 7'").returncode == 7
+
+    agent = f"unix://{sh.tmp}/agent.sock"
+    sh.start(row("hvsock agent --listen vsock://any:5100 --enable exec,info,health,time")
+             .replace("vsock://any:5100", agent))
+
+    def here(command: str) -> str:
+        return elsewhere(command, "test_the_agent_recipe").replace("vsock://3:5100", agent)
+
+    assert sh.ok(here("hvsock exec vsock://3:5100 -- uname -a")) == sh.ok("uname -a")
+    assert sh.ok(here("echo data | hvsock exec vsock://3:5100 -- sha256sum")) == \
+        hashlib.sha256(b"data\n").hexdigest() + "  -\n"
+    done = subprocess.run(["bash", "-c", here("hvsock exec -t vsock://3:5100 -- bash")],
+                          input="exit 3\n", capture_output=True, text=True, timeout=60,
+                          cwd=sh.tmp, env=sh.env, check=False)
+    assert done.returncode == 3, done.stderr
+    assert sh.stop_all() == [0, 0]
+
+
+covers("hvsock cp --serve /srv/www /var/log --listen vsock://any:5005")
+
+
+def test_the_file_copy_recipe(sh: Shell) -> None:
+    www, log = sh.tmp / "srv" / "www", sh.tmp / "var" / "log"
+    www.mkdir(parents=True)
+    log.mkdir(parents=True)
+    (log / "app.log").write_bytes(os.urandom(100_000))
+    address = f"unix://{sh.tmp}/cp.sock"
+    sh.start(row("hvsock cp --serve /srv/www /var/log --listen vsock://any:5005")
+             .replace("/srv/www", str(www)).replace("/var/log", str(log))
+             .replace("vsock://any:5005", address), ready="serving")
+
+    def here(command: str) -> str:
+        return (elsewhere(command, "test_the_file_copy_recipe")
+                .replace("vsock://3:5005", address)
+                .replace(":/srv/www", f":{www}").replace(":/var/log", f":{log}"))
+
+    sh.ok(here("hvsock cp --remote vsock://3:5005 :/var/log/app.log ."))
+    assert (sh.tmp / "app.log").read_bytes() == (log / "app.log").read_bytes()
+
+    site = sh.tmp / "site"
+    (site / "css").mkdir(parents=True)
+    (site / "index.html").write_text("<h1>hi</h1>\n")
+    (site / "css" / "a.css").write_bytes(os.urandom(5000))
+    os.utime(site / "index.html", (1_000_000_000, 1_000_000_000))
+    sh.ok(here("hvsock cp --remote vsock://3:5005 -r ./site :/srv/www"))
+    assert (www / "site" / "css" / "a.css").read_bytes() == (site / "css" / "a.css").read_bytes()
+    os.utime(www / "site" / "index.html", (1_000_000_000, 1_000_000_000))
+    sh.ok(here("hvsock cp --remote vsock://3:5005 -r -p :/srv/www/site ./backup"))
+    assert (sh.tmp / "backup" / "index.html").read_text() == "<h1>hi</h1>\n"
+    assert (sh.tmp / "backup" / "index.html").stat().st_mtime == 1_000_000_000
+
+    (sh.tmp / "data").mkdir()
+    (sh.tmp / "data" / "x").write_bytes(os.urandom(3000))
+    sh.ok(here("tar -c data | hvsock cp --remote vsock://3:5005 - :/srv/www/data.tar"))
+    listed = sh.ok(f"tar -tf {www / 'data.tar'}")
+    assert listed.split() == ["data/", "data/x"]
+
+    out = subprocess.run(["bash", "-c", here(
+        "hvsock cp --remote vsock://3:5005 :/var/log/app.log - | less")],
+        capture_output=True, timeout=60, cwd=sh.tmp, env=sh.env, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == (log / "app.log").read_bytes()
+
+    (sh.tmp / "big.iso").write_bytes(os.urandom(3_000_000))
+    sh.ok(here("hvsock cp --remote vsock://3:5005 --resume big.iso :/srv/www/"))
+    assert (www / "big.iso").read_bytes() == (sh.tmp / "big.iso").read_bytes()
+    assert sh.stop_all() == [0]
 
 
 def test_every_host_row_has_a_test_above() -> None:
