@@ -65,7 +65,9 @@ def test_kvp_service_lets_only_the_host_in_by_default(tmp_path: Path) -> None:
         async with host:
             return await asyncio.to_thread(denied)
 
-    assert "is this host allowed" in asyncio.run(run())
+    message = asyncio.run(run())
+    assert "refused by the service's allowlist" in message
+    assert "is not in it" in message  # the service names the refused peer
 
 
 @pytest.mark.timeout(600)

@@ -137,8 +137,7 @@ async def _refuse(sock: socket.socket, peer: Peer, *, framed: bool) -> None:
     loop = asyncio.get_running_loop()
     try:
         if framed:
-            reply = ErrorReply(None, "not_allowed", f"refused by the service's allowlist: "
-                               f"{peer} is not in it")
+            reply = ErrorReply(None, "not_allowed", f"{peer} is not in it")
             await asyncio.wait_for(loop.sock_sendall(sock, encode_frame(
                 encode_message(reply))), REFUSAL_LINGER)
         sock.shutdown(socket.SHUT_WR)
