@@ -17,7 +17,7 @@ import hvsock
 from hvsock._builtin.kvp.service import KvpClient
 
 from ._support import MIB, guest_address, payload, sha256
-from ._vm import TEST_TIMEOUT, Guest
+from ._vm import BOOT_TIMEOUT, TEST_TIMEOUT, Guest
 
 pytestmark = [pytest.mark.hypervisor, pytest.mark.timeout(TEST_TIMEOUT)]
 
@@ -29,7 +29,8 @@ KVP = guest_address(5010)
 @pytest.fixture(scope="module")
 def agent(guest: Guest) -> dict[str, Any]:
     """The agent running in L2 (started once; the harness keeps it)."""
-    where: dict[str, Any] = guest.call("start_agent")
+    # Its first use imports the agent, exec, cp and kvp in L2: minutes under load.
+    where: dict[str, Any] = guest.call("start_agent", timeout=BOOT_TIMEOUT)
     return where
 
 
