@@ -20,7 +20,7 @@ from .._core.framing import (
 from .._errors import ArgumentError, IdleTimeoutError, ProtocolError, RemoteError
 from .._validate import quote
 from . import frames
-from .connection import Connection
+from .connection import Connection, service_limit_named
 
 Method = Callable[..., Any]
 
@@ -125,7 +125,8 @@ class _Requests:
         return None if body is None else decode_message(body)
 
     async def _frame(self) -> bytes | None:
-        return await frames.read_frame_with(self._readexactly, self.max)
+        with service_limit_named():
+            return await frames.read_frame_with(self._readexactly, self.max)
 
     async def _readexactly(self, n: int) -> bytes:
         reader = self.conn.reader
