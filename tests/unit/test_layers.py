@@ -35,6 +35,25 @@ def test_the_layers_hold() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def copy_with(tmp_path: Path, module: str, line: str) -> Path:
+    """A copy of the package with *line* added to *module*; returns its parent."""
+    copy = tmp_path / "src"
+    shutil.copytree(ROOT / "src" / "hvsock", copy / "hvsock",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    target = copy / "hvsock" / module
+    text = target.read_text()
+    marker = "from __future__ import annotations\n"
+    assert marker in text
+    target.write_text(text.replace(marker, f"{marker}\n{line}\n", 1))
+    return copy
+
+
+@needs_import_linter
+def test_a_built_in_service_may_use_the_public_package(tmp_path: Path) -> None:
+    done = lint(copy_with(tmp_path, "_builtin/echo.py", "import hvsock as _public"), tmp_path)
+    assert done.returncode == 0, done.stdout
+
+
 @needs_import_linter
 @pytest.mark.parametrize(("module", "bad_import"), [
     ("_core/ids.py", "from .._cli import args as _upward"),
@@ -43,14 +62,6 @@ def test_the_layers_hold() -> None:
 ])
 def test_an_upward_import_breaks_the_contract(tmp_path: Path, module: str,
                                               bad_import: str) -> None:
-    copy = tmp_path / "src"
-    shutil.copytree(ROOT / "src" / "hvsock", copy / "hvsock",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    target = copy / "hvsock" / module
-    text = target.read_text()
-    marker = "from __future__ import annotations\n"
-    assert marker in text
-    target.write_text(text.replace(marker, f"{marker}\n{bad_import}\n", 1))
-    done = lint(copy, tmp_path)
+    done = lint(copy_with(tmp_path, module, bad_import), tmp_path)
     assert done.returncode != 0
     assert "BROKEN" in done.stdout
