@@ -16,6 +16,8 @@ import pytest
 import hvsock
 from hvsock import ArgumentError, NotAllowedError, Peer
 
+from ._peers import frame_echo_handler
+
 KINDS = ["tcp", "unix"]
 SERVICE_LOG = "hvsock.service"
 
@@ -211,16 +213,7 @@ def test_an_oversized_frame_is_logged_with_the_real_setting(
         style: str, short_tmp: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=SERVICE_LOG)
 
-    def sync_echo(conn: hvsock.SyncConnection) -> None:
-        while (frame := conn.recv_frame()) is not None:
-            conn.send_frame(frame)
-
-    async def async_echo(conn: hvsock.Connection) -> None:
-        while (frame := await conn.read_frame()) is not None:
-            await conn.write_frame(frame)
-
-    handler = {"sync": sync_echo, "async": async_echo,
-               "rpc": hvsock.rpc_handler({"echo": lambda c, p: p})}[style]
+    handler = frame_echo_handler(style)
     service = hvsock.Service("small", 6000, handler,
                              limits=hvsock.Limits(max_message_size=64))
 
