@@ -162,3 +162,19 @@ def running_relay(listen: Any, target: Any, **options: Any) -> Iterator[RunningR
     holder.append(running)
     with relay:
         yield running
+
+
+def frame_echo_handler(style: str) -> Any:
+    """A service handler echoing frames: "sync" (thread), "async", or "rpc" (an rpc_handler
+    with one method, ``echo``)."""
+
+    def sync_echo(conn: hvsock.SyncConnection) -> None:
+        while (frame := conn.recv_frame()) is not None:
+            conn.send_frame(frame)
+
+    async def async_echo(conn: hvsock.Connection) -> None:
+        while (frame := await conn.read_frame()) is not None:
+            await conn.write_frame(frame)
+
+    return {"sync": sync_echo, "async": async_echo,
+            "rpc": hvsock.rpc_handler({"echo": lambda c, p: p})}[style]

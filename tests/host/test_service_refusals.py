@@ -16,6 +16,8 @@ import pytest
 import hvsock
 from hvsock import ArgumentError, NotAllowedError, Peer
 
+from ._peers import frame_echo_handler
+
 KINDS = ["tcp", "unix"]
 SERVICE_LOG = "hvsock.service"
 
@@ -203,3 +205,28 @@ def test_a_result_over_the_limit_gets_an_error_reply(
     logged = [r.getMessage() for r in caplog.records if "max_message_size" in r.getMessage()]
     assert len(logged) == 1
     assert "max_frame_size" not in logged[0]
+
+
+@pytest.mark.usefixtures("fd_baseline")
+@pytest.mark.parametrize("style", ["sync", "async", "rpc"])
+def test_an_oversized_frame_is_logged_with_the_real_setting(
+        style: str, short_tmp: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=SERVICE_LOG)
+
+    handler = frame_echo_handler(style)
+    service = hvsock.Service("small", 6000, handler,
+                             limits=hvsock.Limits(max_message_size=64))
+
+    def client(host: hvsock.ServiceHost) -> bytes:
+        with hvsock.connect(host.addresses["small"], timeout=5) as sock:
+            sock.settimeout(10)
+            sock.sendall(hvsock.encode_frame(b"x" * 100, 1000))
+            try:
+                return sock.recv(100)
+            except ConnectionResetError:
+                return b""
+
+    assert run_host([service], "unix", short_tmp, client) == b""
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("100-byte frame" in m and "max_message_size" in m for m in messages), messages
+    assert not any("max_frame_size" in m for m in messages)

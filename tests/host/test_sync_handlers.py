@@ -18,6 +18,8 @@ import pytest
 
 import hvsock
 
+from ._peers import frame_echo_handler
+
 DRIP_GAP = 0.2  # seconds between bytes: well under the idle timeout
 IDLE = 1.0
 
@@ -41,16 +43,7 @@ def drip_until_closed(address: hvsock.Address, frame: bytes) -> float | None:
 @pytest.mark.usefixtures("fd_baseline")
 @pytest.mark.parametrize("kind", ["sync", "async", "rpc"])
 def test_a_frame_must_arrive_whole_within_the_idle_timeout(kind: str, short_tmp: Path) -> None:
-    def sync_echo(conn: hvsock.SyncConnection) -> None:
-        while (frame := conn.recv_frame()) is not None:
-            conn.send_frame(frame)
-
-    async def async_echo(conn: hvsock.Connection) -> None:
-        while (frame := await conn.read_frame()) is not None:
-            await conn.write_frame(frame)
-
-    handler = {"sync": sync_echo, "async": async_echo,
-               "rpc": hvsock.rpc_handler({"echo": lambda c, p: p})}[kind]
+    handler = frame_echo_handler(kind)
     service = hvsock.Service("drip", 6000, handler, limits=hvsock.Limits(idle_timeout=IDLE))
     # 40 bytes at 0.2 s: 8 s to send, each gap far below the 1 s idle timeout.
     frame = hvsock.encode_frame(json.dumps({"id": 1, "method": "echo",

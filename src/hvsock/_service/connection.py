@@ -11,12 +11,22 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .._core.framing import Message, decode_message, encode_frame, encode_message
-from .._errors import IdleTimeoutError
+from .._errors import FrameTooLargeError, IdleTimeoutError
 from .._server.peers import Peer
 from . import frames
 
 if TYPE_CHECKING:
     from .declaration import Service
+
+
+@contextlib.contextmanager
+def service_limit_named() -> Iterator[None]:
+    """Frame-size errors name the setting a service has: ``max_message_size``."""
+    try:
+        yield
+    except FrameTooLargeError as exc:
+        raise FrameTooLargeError(str(exc).replace(
+            "max_frame_size", "max_message_size (hvsock.Limits)")) from None
 
 
 class Connection:
@@ -71,11 +81,13 @@ class Connection:
 
     async def read_frame(self) -> bytes | None:
         """The next length-prefixed frame, or None at a clean EOF."""
-        frame: bytes | None = await self._timed(frames.read_frame(self.reader, self._max))
+        with service_limit_named():
+            frame: bytes | None = await self._timed(frames.read_frame(self.reader, self._max))
         return frame
 
     async def write_frame(self, payload: bytes) -> None:
-        self.writer.write(encode_frame(payload, self._max))
+        with service_limit_named():
+            self.writer.write(encode_frame(payload, self._max))
         await self._timed(self.writer.drain())
 
     async def read_message(self) -> Message | None:
@@ -130,7 +142,8 @@ class SyncConnection:
         idle = self.sock.gettimeout()
         deadline = None if idle is None else time.monotonic() + idle
         try:
-            return frames.recv_frame_by(self.sock, self._max, deadline)
+            with service_limit_named():
+                return frames.recv_frame_by(self.sock, self._max, deadline)
         except TimeoutError:
             raise IdleTimeoutError(
                 f"peer {self.peer} did not send a whole frame within {idle or 0:g} s (the "
@@ -140,5 +153,5 @@ class SyncConnection:
                 self.sock.settimeout(idle)
 
     def send_frame(self, payload: bytes) -> None:
-        with self._idle():
+        with self._idle(), service_limit_named():
             frames.send_frame(self.sock, payload, self._max)

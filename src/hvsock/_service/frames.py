@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._core.framing import (
@@ -145,16 +146,23 @@ def _result(reply: object, msg_id: int) -> Any:
 async def read_frame(reader: asyncio.StreamReader,
                      max_size: int = DEFAULT_MAX_FRAME) -> bytes | None:
     """The next frame's payload from a StreamReader, or None at a clean EOF."""
+    return await read_frame_with(reader.readexactly, max_size)
+
+
+async def read_frame_with(readexactly: Callable[[int], Awaitable[bytes]],
+                          max_size: int = DEFAULT_MAX_FRAME) -> bytes | None:
+    """:func:`read_frame` over any ``readexactly(n)`` that raises
+    ``asyncio.IncompleteReadError`` at EOF, as ``StreamReader.readexactly`` does."""
     check_max_size(max_size)
     try:
-        header = await reader.readexactly(HEADER_SIZE)
+        header = await readexactly(HEADER_SIZE)
     except asyncio.IncompleteReadError as exc:
         if not exc.partial:
             return None
         raise ProtocolError("connection closed in the middle of a frame header") from None
     length = frame_length(header, max_size)
     try:
-        return await reader.readexactly(length)
+        return await readexactly(length)
     except asyncio.IncompleteReadError as exc:
         raise ProtocolError(f"connection closed in the middle of a frame "
                             f"({len(exc.partial)} of {length} bytes)") from None

@@ -16,11 +16,11 @@ from .._core.framing import (
     Response,
     decode_message,
     encode_message,
-    frame_length,
 )
 from .._errors import ArgumentError, IdleTimeoutError, ProtocolError, RemoteError
 from .._validate import quote
-from .connection import Connection
+from . import frames
+from .connection import Connection, service_limit_named
 
 Method = Callable[..., Any]
 
@@ -125,18 +125,8 @@ class _Requests:
         return None if body is None else decode_message(body)
 
     async def _frame(self) -> bytes | None:
-        try:
-            header = await self._readexactly(HEADER_SIZE)
-        except asyncio.IncompleteReadError as exc:
-            if not exc.partial:
-                return None
-            raise ProtocolError("connection closed in the middle of a frame header") from None
-        length = frame_length(header, self.max)
-        try:
-            return await self._readexactly(length)
-        except asyncio.IncompleteReadError as exc:
-            raise ProtocolError(f"connection closed in the middle of a frame "
-                                f"({len(exc.partial)} of {length} bytes)") from None
+        with service_limit_named():
+            return await frames.read_frame_with(self._readexactly, self.max)
 
     async def _readexactly(self, n: int) -> bytes:
         reader = self.conn.reader
