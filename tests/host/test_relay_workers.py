@@ -141,6 +141,10 @@ class Source:
     def _serve(self, i: int) -> None:
         conn, _ = self.listener.accept()
         with conn:
+            # A small, fixed send buffer: the kernel's autotuning would otherwise let a
+            # few connections absorb megabytes, and whether they block would depend on
+            # the memory pressure earlier tests left behind.
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
             conn.setblocking(False)
             view = memoryview(self.pattern)
             deadline = time.monotonic() + 60
@@ -164,10 +168,14 @@ class Source:
 
 @pytest.mark.parametrize(("data_path", "workers"), [("copy", 1), ("auto", 1), ("copy", 2)])
 def test_stalled_readers_stay_within_the_buffer_budget(data_path: str, workers: int) -> None:
-    n, size, budget = 12, 8 << 20, 256 << 10
+    n, size, budget = 12, 16 << 20, 256 << 10
     tl, taddr = _tcp_target()
+    # Fixed socket buffers on the relay too (no autotuning): what the sources can push
+    # before they block is then bounded by the relay's own buffering, which is what this
+    # test measures.
     with tl, running_relay("tcp://127.0.0.1:0", taddr, max_buffer_memory=budget,
-                           data_path=data_path, workers=workers) as relay:
+                           data_path=data_path, workers=workers,
+                           buffer_size=64 << 10) as relay:
         source = Source(tl, n, size)
         clients = [hvsock.connect(relay.address, buffer_size=64 << 10) for _ in range(n)]
         # The targets fill the clients' sockets, then the relay's buffers: it holds
