@@ -27,11 +27,12 @@ from typing import Any
 
 from .._core.addresses import Address, TcpAddress, parse_address
 from .._errors import ArgumentError, HvsockError
+from .._server.lifecycle import check_ready_file
+from .._server.peers import AllowRule, allow_rules
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT, check_buffer_size
 from .._transports.stream import DEFAULT_UNIX_MODE
 from .._validate import non_negative_number, positive_number, quote, whole_number
 from . import datapath
-from ._plumbing import AllowRule, check_allow, check_ready_file
 
 __all__ = ["Forward", "RelayConfig", "parse_toml"]
 
@@ -222,7 +223,7 @@ class Forward:
     @classmethod
     def build(cls, listen: object, target: object, allow: object = None) -> Forward:
         try:
-            rules = check_allow(allow)  # type: ignore[arg-type]
+            rules = allow_rules(allow)  # type: ignore[arg-type]
         except ArgumentError:
             raise
         except ValueError as exc:

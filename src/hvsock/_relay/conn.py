@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import HvsockError
 
 if TYPE_CHECKING:
-    from ._plumbing import Peer
+    from .._server.peers import Peer
     from .config import Forward
     from .datapath import Flow
     from .dial import Dial

@@ -23,8 +23,9 @@ from typing import Any
 from .. import _endpoints as api
 from .._core.addresses import Address
 from .._errors import ArgumentError, HvsockError
+from .._server.lifecycle import sd_notify, write_ready_file
+from .._server.peers import AllowRule
 from .._validate import non_negative_number
-from ._plumbing import AllowRule, sd_notify, write_ready_file
 from ._poll import IN, Poller, Waker
 from .config import DEFAULT_BUFFER_MEMORY, Forward, RelayConfig
 from .conn import ConnectionRecord, RelayStats, hand_over

@@ -32,8 +32,8 @@ from typing import Any, Protocol
 
 from .. import _endpoints as api
 from .._core.addresses import Address
+from .._server.peers import Peer, peer_of
 from . import datapath
-from ._plumbing import Peer, peer_of
 from ._poll import ERR, HUP, IN, OUT, Poller, Waker
 from .config import Forward, RelayConfig
 from .conn import (
