@@ -9,7 +9,6 @@ transports' own function; the asyncio ones import asyncio only when called.
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING
 
 from ._core.addresses import Address, NamedVmAddress, SocketAddress
 from ._transports import api
@@ -17,6 +16,9 @@ from ._transports._common import DEFAULT_CONNECT_TIMEOUT
 from ._transports.api import listener_address, remove_socket_file, set_buffer_size, where
 from ._transports.stream import DEFAULT_UNIX_MODE
 
+# Not typing.TYPE_CHECKING: `hvsock connect` imports this module on every call, and
+# typing alone costs a third of Python's own start-up (mypy takes any constant so named).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import asyncio
 

@@ -10,7 +10,6 @@ import contextlib
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from ._errors import reset_by_peer
 
@@ -21,14 +20,20 @@ Write = Callable[[bytes], object]
 Finish = Callable[[], None]
 
 
-@dataclass
 class Direction:
     """One direction of a copy: how many bytes it moved and how it ended."""
 
-    name: str
-    nbytes: int = 0
-    error: BaseException | None = None
-    done: threading.Event = field(default_factory=threading.Event)
+    # A plain class, not a dataclass: `hvsock connect` imports this module, and
+    # dataclasses' import alone costs a quarter of Python's start-up.
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.nbytes = 0
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+    def __repr__(self) -> str:
+        return (f"Direction(name={self.name!r}, nbytes={self.nbytes}, error={self.error!r}, "
+                f"done={self.done.is_set()})")
 
 
 def copy(read: Read, write: Write, finish: Finish, direction: Direction,

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TypeVar
 
 from ._errors import ArgumentError
 
 __all__: list[str] = []  # internal: the public names live in hvsock.__init__
 
-T = TypeVar("T")
+# Not typing.TYPE_CHECKING: `hvsock connect` imports this module on every call, and
+# typing alone costs a third of Python's own start-up (mypy takes any constant so named).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    T = TypeVar("T")
 
 #: How much of a user's input a message quotes.
 QUOTE_LIMIT = 60

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 
 import pytest
@@ -220,12 +219,39 @@ def test_hybrid_listen_path_and_unix_abstract() -> None:
 
 def test_addresses_are_frozen_and_hashable() -> None:
     a = VsockAddress(3, 5000)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError, match="immutable"):
         a.port = 1  # type: ignore[misc]
     assert len({a, VsockAddress(3, 5000), parse_address("vsock://3:5000")}) == 1
     # equal fields of different kinds are different addresses
     assert HybridAddress("/x", 5) != UnixAddress("/x")
     assert VsockAddress(2, 5) != TcpAddress("2", 5)
+    assert VsockAddress(2, 5) != (2, 5)
+    with pytest.raises(AttributeError, match="immutable"):
+        del a.cid  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("text", "expected", "canonical"), CASES, ids=CASE_IDS)
+def test_addresses_copy_pickle_repr_and_match_like_values(
+        text: str, expected: object, canonical: str) -> None:
+    # The address types are plain classes (start-up: no dataclasses); they must still
+    # behave as the frozen dataclasses they replaced.
+    import copy
+    import pickle
+
+    assert pickle.loads(pickle.dumps(expected)) == expected
+    assert copy.deepcopy(expected) == expected
+    namespace = {type(expected).__name__: type(expected), "UUID": uuid.UUID}
+    assert eval(repr(expected), namespace) == expected  # our own repr, nothing foreign
+    fields = type(expected).__match_args__  # type: ignore[attr-defined]
+    match expected:
+        case VsockAddress(cid, port) | HybridAddress(cid, port) | TcpAddress(cid, port):
+            assert (cid, port) == tuple(getattr(expected, f) for f in fields)
+        case HyperVAddress(vm, service):
+            assert (vm, service) == (expected.vm_id, expected.service_id)
+        case UnixAddress(path):
+            assert path == expected.path
+        case _:
+            pytest.fail(f"no case matched {expected!r}")
 
 
 # --------------------------------------------------------------------------------------

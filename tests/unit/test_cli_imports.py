@@ -8,10 +8,15 @@ load for ``hvsock --version`` or ``hvsock connect``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,18 +52,25 @@ for name in filter(None, os.environ.get("PRELOAD", "").split(",")):
 before = set(sys.modules)
 from hvsock._cli.main import main
 status = main(sys.argv[3:])
-print(json.dumps({"status": status, "before": sorted(before), "after": sorted(sys.modules)}))
+# Not stdout: `connect` closes it at the socket's EOF.
+with open(os.environ["REPORT"], "w") as report:
+    json.dump({"status": status, "before": sorted(before), "after": sorted(sys.modules)},
+              report)
 """
 
 
 def run_cli(*argv: str, bare: bool = False,
             preload: tuple[str, ...] = ()) -> tuple[int, set[str], set[str]]:
     package_dir = str(Path(hvsock.__file__).parent)
-    env = dict(os.environ, PRELOAD=",".join(preload))
-    proc = subprocess.run([sys.executable, "-c", PROBE, "bare" if bare else "full",
-                           package_dir, *argv], env=env, capture_output=True,
-                          text=True, timeout=60, check=False, stdin=subprocess.DEVNULL)
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryDirectory() as tmp:
+        report_path = os.path.join(tmp, "report.json")
+        env = dict(os.environ, PRELOAD=",".join(preload), REPORT=report_path)
+        proc = subprocess.run([sys.executable, "-c", PROBE, "bare" if bare else "full",
+                               package_dir, *argv], env=env, capture_output=True,
+                              text=True, timeout=60, check=False, stdin=subprocess.DEVNULL)
+        assert os.path.exists(report_path), proc.stderr
+        with open(report_path) as f:
+            report = json.load(f)
     return report["status"], set(report["before"]), set(report["after"])
 
 
@@ -153,3 +165,57 @@ def test_each_command_builds_only_its_own_group() -> None:
     assert main._groups_for(["--help"]) == main.EXTENSIONS
     assert main._groups_for(["nosuch"]) == main.EXTENSIONS
     assert isinstance(main.build_parser(["connect", "x"], every=False), argparse.ArgumentParser)
+
+
+#: Standard-library modules that cost a large share of Python's own start-up and that
+#: `hvsock connect` has no use for (issue 8: start-up within 2x of `import socket`).
+SLOW_STDLIB = ("typing", "dataclasses", "inspect", "uuid", "platform", "shutil",
+               "subprocess", "ipaddress", "asyncio")
+
+
+@pytest.fixture
+def closing_listener(tmp_path: Path) -> Iterator[str]:
+    """A real Unix listener that accepts and closes each connection."""
+    path = tmp_path / "closes.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(4)
+    server.settimeout(30)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = server.accept()
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"unix://{path}"
+    server.close()
+    thread.join(5)
+
+
+@pytest.mark.parametrize("target", ["listening", "missing"])
+def test_connect_loads_none_of_the_slow_stdlib_modules(target: str, closing_listener: str,
+                                                       tmp_path: Path) -> None:
+    address = closing_listener if target == "listening" else f"unix://{tmp_path}/nobody.sock"
+    status, _, after = run_cli("connect", "--timeout", "5", address)
+    assert status == (0 if target == "listening" else 4)
+    assert sorted(m for m in SLOW_STDLIB if m in after) == []
+
+
+def test_version_loads_none_of_the_slow_stdlib_modules() -> None:
+    status, _, after = run_cli("--version")
+    assert status == 0
+    assert sorted(m for m in SLOW_STDLIB if m in after) == []
+
+
+def test_help_still_follows_the_terminal_width() -> None:
+    # add_argument's checks use a fixed-width formatter (no shutil); help text must
+    # still be wrapped to COLUMNS, as argparse does.
+    for columns in (50, 120):
+        proc = subprocess.run([sys.executable, "-m", "hvsock", "connect", "--help"],
+                              env=dict(os.environ, COLUMNS=str(columns)),
+                              capture_output=True, text=True, timeout=60, check=True)
+        lines = proc.stdout.splitlines()
+        assert max(len(line) for line in lines) <= columns
+        assert max(len(line) for line in lines) > columns - 20  # wrapped, not squeezed

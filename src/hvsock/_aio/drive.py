@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._transports import sync
 from .._transports._common import Deadline
-from .._transports.dial import Dial, InThread, Pause, Readable, resume
+from .._transports.dial import InThread, Pause, Readable, resume
+
+if TYPE_CHECKING:
+    from .._transports.dial import Dial
 
 __all__: list[str] = []  # internal
 

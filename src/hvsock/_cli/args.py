@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import re
 from collections.abc import Callable, Sequence
 
@@ -24,7 +23,38 @@ ADDRESS_HELP = ("vsock://CID:PORT, hvsock://VM/SERVICE, hybrid://UDS_PATH:PORT, 
                 "tcp://HOST:PORT or unix://PATH (docs/addresses.md)")
 
 
+class _CheckingFormatter(argparse.HelpFormatter):
+    """The formatter argparse builds at every ``add_argument`` to check metavars.
+
+    That check needs no terminal width, but argparse's formatter asks ``shutil`` for
+    one, and importing shutil (with zlib, bz2 and lzma) costs `hvsock connect` a
+    tenth of Python's start-up. Help and usage text use argparse's own formatter.
+    """
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=80)
+
+
 class Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _CheckingFormatter)
+        super().__init__(*args, **kwargs)
+
+    def _with_terminal_width(self, render: Callable[[], str]) -> str:
+        checking = self.formatter_class
+        if checking is _CheckingFormatter:
+            self.formatter_class = argparse.HelpFormatter
+        try:
+            return render()
+        finally:
+            self.formatter_class = checking
+
+    def format_usage(self) -> str:
+        return self._with_terminal_width(super().format_usage)
+
+    def format_help(self) -> str:
+        return self._with_terminal_width(super().format_help)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         # argparse exits by itself; raise instead so main() maps it in one place.
         raise UsageError(f"{self.prog}: {message}\n{self.format_usage().strip()}")
@@ -121,6 +151,8 @@ def non_negative_float(text: str) -> float:
 def raise_open_files_limit() -> None:
     """Raise the soft open-files limit to the hard one: each relayed connection needs
     two sockets and, while bytes are in flight, up to two pipes."""
+    import contextlib  # here, not at the top: every command imports this module
+
     with contextlib.suppress(ImportError, ValueError, OSError):
         import resource
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

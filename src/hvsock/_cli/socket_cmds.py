@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING, TextIO
 
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT
 from . import args as cliargs
 from .args import Handler
 
+# Not typing.TYPE_CHECKING (see args.py): start-up is paid on every call.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
+    from typing import TextIO
 
     from .._core.addresses import Address
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import subprocess
 import threading
 from collections.abc import Callable
 
@@ -53,6 +52,8 @@ def exec_session(sock: socket.socket, command: str, env: dict[str, str]) -> int:
     Pipes rather than the socket itself as the child's stdio, so the child
     closing its stdout is a half-close the peer sees even while it still reads.
     """
+    import subprocess  # only --exec needs it; plain `hvsock connect` is start-up bound
+
     child = subprocess.Popen(command, shell=True, stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, env=env)
     assert child.stdin is not None

@@ -23,14 +23,19 @@ GUIDs may have braces. Nothing here does I/O.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import ClassVar
 
 from .._errors import AddressError
 from .._validate import quote
 from . import ids
+
+# Not typing.TYPE_CHECKING: `hvsock connect` imports this module on every call, and
+# typing alone costs a third of Python's own start-up; uuid is imported where a Hyper-V
+# address needs it (see ids.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import uuid
+    from typing import ClassVar
 
 __all__ = [
     "Address",
@@ -90,17 +95,61 @@ def _check_path(path: object, what: str, form: str, suffix_len: int = 0) -> str:
     return path
 
 
-@dataclass(frozen=True)
-class VsockAddress:
+class _Value:
+    """Base of the address types: immutable, compared and hashed by their fields.
+
+    Not ``@dataclass(frozen=True)``: importing dataclasses (it pulls in inspect, ast and
+    dis) and generating six classes cost more than the rest of ``hvsock connect``'s
+    start-up. Each subclass names its fields in ``_fields`` and sets them once in its
+    ``__init__`` through :func:`_init`.
+    """
+
+    _fields: ClassVar[tuple[str, ...]] = ()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to {name!r}: {type(self).__name__} is immutable; "
+                             "build a new address instead")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete {name!r}: {type(self).__name__} is immutable")
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self._fields)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, _Value)
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
+        return f"{type(self).__qualname__}({shown})"
+
+    def __reduce__(self) -> tuple[type[_Value], tuple[object, ...]]:
+        # pickle and copy rebuild through __init__, so the checks run again.
+        return (type(self), self._values())
+
+
+def _init(obj: _Value, **values: object) -> None:
+    for name, value in values.items():
+        object.__setattr__(obj, name, value)
+
+
+class VsockAddress(_Value):
     """A Linux VM-socket address: context id and port (``AF_VSOCK``)."""
 
     cid: int
     port: int
     kind: ClassVar[str] = "vsock"
+    _fields = __match_args__ = ("cid", "port")
 
-    def __post_init__(self) -> None:
-        _int_in(self.cid, 0, _U32_MAX, "CID", FORMS["vsock"])
-        _int_in(self.port, 0, _U32_MAX, "port", FORMS["vsock"])
+    def __init__(self, cid: int, port: int) -> None:
+        _init(self, cid=_int_in(cid, 0, _U32_MAX, "CID", FORMS["vsock"]),
+              port=_int_in(port, 0, _U32_MAX, "port", FORMS["vsock"]))
 
     def __str__(self) -> str:
         cid = "any" if self.cid == ids.CID_ANY else str(self.cid)
@@ -129,23 +178,24 @@ class VsockAddress:
         return HyperVAddress(vm, ids.service_id_for_port(self.port))
 
 
-@dataclass(frozen=True)
-class HyperVAddress:
+class HyperVAddress(_Value):
     """A Hyper-V socket address: VM id and service id (``AF_HYPERV``)."""
 
     vm_id: uuid.UUID
     service_id: uuid.UUID
     kind: ClassVar[str] = "hvsock"
+    _fields = __match_args__ = ("vm_id", "service_id")
 
-    def __post_init__(self) -> None:
+    def __init__(self, vm_id: uuid.UUID | str, service_id: uuid.UUID | str) -> None:
+        import uuid
+
         # GUID text (any case, braces optional) is taken as the UUID it names.
-        for name in ("vm_id", "service_id"):
-            value = getattr(self, name)
+        for name, value in (("vm_id", vm_id), ("service_id", service_id)):
             if not isinstance(value, (uuid.UUID, str)):
                 raise AddressError(
                     f"{name} must be a uuid.UUID or a GUID string, not "
                     f"{type(value).__name__}; {FORMS['hvsock']}")
-            object.__setattr__(self, name, ids.as_guid(value, name))
+            _init(self, **{name: ids.as_guid(value, name)})
 
     @classmethod
     def for_port(cls, vm_id: uuid.UUID | str, port: int) -> HyperVAddress:
@@ -229,8 +279,7 @@ def _unescape_vm_name(text: str, form: str) -> str:
                            f"{form}") from None
 
 
-@dataclass(frozen=True)
-class NamedVmAddress:
+class NamedVmAddress(_Value):
     """A Hyper-V address that names its VM instead of giving its id.
 
     ``hvsock://name:<VM name>/<service>`` names a Hyper-V VM (as ``Get-VM`` lists
@@ -244,15 +293,18 @@ class NamedVmAddress:
     vm_name: str | None
     service_id: uuid.UUID
     kind: ClassVar[str] = "hvsock"
+    _fields = __match_args__ = ("vm_name", "service_id")
 
-    def __post_init__(self) -> None:
-        if self.vm_name is not None:
-            _check_vm_name(self.vm_name, FORMS["hvsock"])
-        if not isinstance(self.service_id, (uuid.UUID, str)):
+    def __init__(self, vm_name: str | None, service_id: uuid.UUID | str) -> None:
+        import uuid
+
+        if vm_name is not None:
+            _check_vm_name(vm_name, FORMS["hvsock"])
+        if not isinstance(service_id, (uuid.UUID, str)):
             raise AddressError(
                 f"service_id must be a uuid.UUID or a GUID string, not "
-                f"{type(self.service_id).__name__}; {FORMS['hvsock']}")
-        object.__setattr__(self, "service_id", ids.as_guid(self.service_id, "service id"))
+                f"{type(service_id).__name__}; {FORMS['hvsock']}")
+        _init(self, vm_name=vm_name, service_id=ids.as_guid(service_id, "service id"))
 
     @property
     def is_wsl(self) -> bool:
@@ -275,8 +327,7 @@ class NamedVmAddress:
         return f"hvsock://{vm}/{port if port is not None else self.service_id}"
 
 
-@dataclass(frozen=True)
-class HybridAddress:
+class HybridAddress(_Value):
     """The host side of a hybrid-vsock VMM (Firecracker, Cloud Hypervisor).
 
     Connecting dials *uds_path* and asks the VMM for guest *port*; listening
@@ -286,11 +337,12 @@ class HybridAddress:
     uds_path: str
     port: int
     kind: ClassVar[str] = "hybrid"
+    _fields = __match_args__ = ("uds_path", "port")
 
-    def __post_init__(self) -> None:
-        _int_in(self.port, 0, _U32_MAX, "port", FORMS["hybrid"])
-        _check_path(self.uds_path, "uds path", FORMS["hybrid"],
-                    suffix_len=1 + len(str(self.port)))
+    def __init__(self, uds_path: str, port: int) -> None:
+        _int_in(port, 0, _U32_MAX, "port", FORMS["hybrid"])
+        _check_path(uds_path, "uds path", FORMS["hybrid"], suffix_len=1 + len(str(port)))
+        _init(self, uds_path=uds_path, port=port)
 
     @property
     def listen_path(self) -> str:
@@ -301,26 +353,27 @@ class HybridAddress:
         return f"hybrid://{self.uds_path}:{self.port}"
 
 
-@dataclass(frozen=True)
-class TcpAddress:
+class TcpAddress(_Value):
     """A TCP address, for bridging VM sockets to the network stack."""
 
     host: str
     port: int
     kind: ClassVar[str] = "tcp"
+    _fields = __match_args__ = ("host", "port")
 
-    def __post_init__(self) -> None:
-        _int_in(self.port, 0, 0xFFFF, "TCP port", FORMS["tcp"])
-        if not isinstance(self.host, str):
-            raise AddressError(f"TCP host must be a string, not {type(self.host).__name__}; "
+    def __init__(self, host: str, port: int) -> None:
+        _int_in(port, 0, 0xFFFF, "TCP port", FORMS["tcp"])
+        if not isinstance(host, str):
+            raise AddressError(f"TCP host must be a string, not {type(host).__name__}; "
                                f"{FORMS['tcp']}")
-        if not self.host:
+        if not host:
             raise AddressError(f"TCP host is empty; {FORMS['tcp']}")
         # Printable ASCII only (IDN names go in their xn-- form); '%' stays for
         # IPv6 scope ids such as fe80::1%eth0.
-        if any(not (33 <= ord(c) <= 126) or c in "/[]@?#" for c in self.host):
-            raise AddressError(f"TCP host {quote(self.host)} has characters a host cannot have; "
+        if any(not (33 <= ord(c) <= 126) or c in "/[]@?#" for c in host):
+            raise AddressError(f"TCP host {quote(host)} has characters a host cannot have; "
                                f"{FORMS['tcp']}")
+        _init(self, host=host, port=port)
 
     @property
     def sockaddr(self) -> tuple[str, int]:
@@ -331,17 +384,18 @@ class TcpAddress:
         return f"tcp://{host}:{self.port}"
 
 
-@dataclass(frozen=True)
-class UnixAddress:
+class UnixAddress(_Value):
     """A Unix-domain stream socket path (``@name`` is Linux's abstract namespace)."""
 
     path: str
     kind: ClassVar[str] = "unix"
+    _fields = __match_args__ = ("path",)
 
-    def __post_init__(self) -> None:
-        _check_path(self.path, "Unix socket path", FORMS["unix"])
-        if self.path == "@":
+    def __init__(self, path: str) -> None:
+        _check_path(path, "Unix socket path", FORMS["unix"])
+        if path == "@":
             raise AddressError(f"abstract Unix socket name is empty; {FORMS['unix']}")
+        _init(self, path=path)
 
     @property
     def abstract(self) -> bool:

@@ -2,34 +2,70 @@
 
 from __future__ import annotations
 
-import uuid
-
 from .._errors import AddressError
 from .._validate import quote
 
-# Well-known VM ids (Windows SDK hvsocket.h). Used in place of a real VM id.
-WILDCARD = uuid.UUID("00000000-0000-0000-0000-000000000000")
-ZERO = WILDCARD
-BROADCAST = uuid.UUID("ffffffff-ffff-ffff-ffff-ffffffffffff")
-CHILDREN = uuid.UUID("90db8b89-0d35-4f79-8ce9-49ea0ac8b7cd")
-LOOPBACK = uuid.UUID("e0e16197-dd56-4a10-9195-5ee7a155a838")
-PARENT = uuid.UUID("a42e7cda-d03f-480c-9cc2-a4de20abb878")
-SILOHOST = uuid.UUID("36bd0c5c-7276-4223-88ba-7d03b654c568")
+# The GUIDs below are built on first use (PEP 562 __getattr__ at the end), and the
+# functions import uuid when called: `uuid` imports `platform`, which together cost
+# `hvsock connect` a seventh of Python's start-up, and vsock, TCP and Unix addresses
+# never need them. mypy reads the declarations; the values come from _GUIDS.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import uuid
 
-#: name used in address text -> VM id. "zero" is an alias of "wildcard".
-WELL_KNOWN_VM_IDS: dict[str, uuid.UUID] = {
-    "wildcard": WILDCARD,
-    "zero": ZERO,
-    "broadcast": BROADCAST,
-    "children": CHILDREN,
-    "loopback": LOOPBACK,
-    "parent": PARENT,
-    "silohost": SILOHOST,
+    WILDCARD: uuid.UUID
+    ZERO: uuid.UUID
+    BROADCAST: uuid.UUID
+    CHILDREN: uuid.UUID
+    LOOPBACK: uuid.UUID
+    PARENT: uuid.UUID
+    SILOHOST: uuid.UUID
+    VSOCK_TEMPLATE: uuid.UUID
+    #: name used in address text -> VM id. "zero" is an alias of "wildcard".
+    WELL_KNOWN_VM_IDS: dict[str, uuid.UUID]
+    #: VM id -> canonical name (the first name wins, so WILDCARD formats as "wildcard").
+    VM_ID_NAMES: dict[uuid.UUID, str]
+
+#: Well-known VM ids (Windows SDK hvsocket.h), used in place of a real VM id, by the
+#: name used in address text ("zero" is an alias of "wildcard"); and the VSOCK template,
+#: whose Data1 (the first 32 bits) is replaced by a port.
+_GUIDS = {
+    "wildcard": "00000000-0000-0000-0000-000000000000",
+    "zero": "00000000-0000-0000-0000-000000000000",
+    "broadcast": "ffffffff-ffff-ffff-ffff-ffffffffffff",
+    "children": "90db8b89-0d35-4f79-8ce9-49ea0ac8b7cd",
+    "loopback": "e0e16197-dd56-4a10-9195-5ee7a155a838",
+    "parent": "a42e7cda-d03f-480c-9cc2-a4de20abb878",
+    "silohost": "36bd0c5c-7276-4223-88ba-7d03b654c568",
 }
-#: VM id -> canonical name (the first name wins, so WILDCARD formats as "wildcard").
-VM_ID_NAMES: dict[uuid.UUID, str] = {}
-for _name, _vm in WELL_KNOWN_VM_IDS.items():
-    VM_ID_NAMES.setdefault(_vm, _name)
+_VSOCK_TEMPLATE = "00000000-facb-11e6-bd58-64006a7986d3"
+#: The low 96 bits every template-form service id shares.
+_TEMPLATE_TAIL = int(_VSOCK_TEMPLATE.replace("-", ""), 16) & ((1 << 96) - 1)
+
+
+_LAZY = ("WILDCARD", "ZERO", "BROADCAST", "CHILDREN", "LOOPBACK", "PARENT", "SILOHOST",
+         "VSOCK_TEMPLATE", "WELL_KNOWN_VM_IDS", "VM_ID_NAMES")
+
+
+def __getattr__(name: str) -> object:
+    """Build every GUID constant at the first use of one, and keep them in the module
+    (one object each: ZERO is WILDCARD, the tables hold the same objects)."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import uuid
+
+    known: dict[str, uuid.UUID] = {}
+    for text, guid in _GUIDS.items():
+        same = next((u for u in known.values() if str(u) == guid), None)
+        known[text] = same or uuid.UUID(guid)
+    names: dict[uuid.UUID, str] = {}
+    for text, vm in known.items():
+        names.setdefault(vm, text)
+    values: dict[str, object] = {text.upper(): vm for text, vm in known.items()}
+    values.update(VSOCK_TEMPLATE=uuid.UUID(_VSOCK_TEMPLATE), WELL_KNOWN_VM_IDS=known,
+                  VM_ID_NAMES=names)
+    globals().update(values)
+    return values[name]
 
 # Well-known CIDs and ports (include/uapi/linux/vm_sockets.h).
 CID_HYPERVISOR = 0
@@ -50,10 +86,6 @@ WELL_KNOWN_CIDS: dict[str, int] = {
 }
 CID_NAMES: dict[int, str] = {v: k for k, v in WELL_KNOWN_CIDS.items()}
 
-#: The VSOCK template: Data1 (the first 32 bits) is replaced by the port.
-VSOCK_TEMPLATE = uuid.UUID("00000000-facb-11e6-bd58-64006a7986d3")
-_TEMPLATE_TAIL = VSOCK_TEMPLATE.int & ((1 << 96) - 1)
-
 _U32_MAX = 0xFFFFFFFF
 
 
@@ -70,6 +102,8 @@ def service_id_for_port(port: int) -> uuid.UUID:
     if not 0 <= port <= _U32_MAX:
         raise AddressError(
             f"port {quote(port)} is out of range: a vsock port is 0..4294967295 (0xFFFFFFFF)")
+    import uuid
+
     return uuid.UUID(int=(port << 96) | _TEMPLATE_TAIL)
 
 
@@ -78,6 +112,8 @@ def as_guid(value: uuid.UUID | str, what: str) -> uuid.UUID:
 
     Raises :class:`AddressError` for anything else.
     """
+    import uuid
+
     if isinstance(value, uuid.UUID):
         return value
     if isinstance(value, str):
@@ -104,7 +140,7 @@ def port_for_service_id(service_id: uuid.UUID | str) -> int:
     if not is_template_service_id(service_id):
         raise AddressError(
             f"service id {service_id} is not of the VSOCK template form "
-            f"xxxxxxxx-{str(VSOCK_TEMPLATE)[9:]} (template {VSOCK_TEMPLATE}), "
+            f"xxxxxxxx-{_VSOCK_TEMPLATE[9:]} (template {_VSOCK_TEMPLATE}), "
             "so it has no vsock port; Linux guests can only reach template ids")
     return service_id.int >> 96
 
@@ -125,12 +161,16 @@ def parse_guid(text: str, *, what: str = "GUID") -> uuid.UUID:
         raise AddressError(
             f"{what} {quote(text)} is not a GUID; write it as "
             "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx (hex digits, braces optional)")
+    import uuid
+
     return uuid.UUID(s)
 
 
 def coerce_service_id(value: object) -> uuid.UUID:
     """A service id from a ``uuid.UUID``, GUID text (braces optional) or a vsock port
     (an int, or decimal digits meaning its template id). :class:`AddressError` otherwise."""
+    import uuid
+
     if isinstance(value, uuid.UUID):
         return value
     if isinstance(value, int) and not isinstance(value, bool):

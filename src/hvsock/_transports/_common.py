@@ -7,10 +7,15 @@ import errno
 import socket
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from .._errors import ArgumentError, translate
 from .._validate import non_negative_number, positive_number, whole_number
+
+# Not typing.TYPE_CHECKING: `hvsock connect` imports this module on every call, and
+# typing alone costs a third of Python's own start-up (mypy takes any constant so named).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Default deadline for one connect attempt, in seconds. Never None by default:
 #: a Hyper-V connect with no listener can otherwise block for ~30 s.

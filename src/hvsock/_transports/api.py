@@ -6,7 +6,6 @@ import contextlib
 import os
 import socket
 from collections.abc import Callable
-from typing import Any
 
 from .._core.addresses import (
     Address,
@@ -30,6 +29,12 @@ from ._common import (
 )
 from .features import require_hyperv
 from .stream import DEFAULT_UNIX_MODE
+
+# Not typing.TYPE_CHECKING: `hvsock connect` imports this module on every call, and
+# typing alone costs a third of Python's own start-up (mypy takes any constant so named).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 Resolver = Callable[[Address], SocketAddress]
 

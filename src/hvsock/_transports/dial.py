@@ -30,7 +30,6 @@ import os
 import socket
 import struct
 from collections.abc import Callable, Generator
-from typing import Any
 
 from .._core import handshake
 from .._core.addresses import (
@@ -49,6 +48,12 @@ from .._errors import (
 )
 from . import hybrid, hyperv, vsock
 from ._common import close_on_error, retry_waits, set_stream_buffer_size
+
+# Not typing.TYPE_CHECKING: `hvsock connect` imports this module on every call, and
+# typing alone costs a third of Python's own start-up (mypy takes any constant so named).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__: list[str] = []  # internal
 
@@ -97,8 +102,9 @@ class Pause:
 
 
 Step = Readable | Writable | InThread | Pause
-Dial = Generator[Step, Any, socket.socket]
-Resolver = Callable[[Any], SocketAddress]
+if TYPE_CHECKING:
+    Dial = Generator[Step, Any, socket.socket]
+    Resolver = Callable[[Any], SocketAddress]
 
 #: Made non-blocking at creation where the OS can (one call fewer per connection).
 _NONBLOCK: int = getattr(socket, "SOCK_NONBLOCK", 0)

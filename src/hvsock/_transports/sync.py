@@ -7,7 +7,11 @@ import socket
 import time
 
 from ._common import Deadline
-from .dial import Dial, InThread, Pause, Writable, resume
+from .dial import InThread, Pause, Writable, resume
+
+TYPE_CHECKING = False  # not typing's: see dial.py
+if TYPE_CHECKING:
+    from .dial import Dial
 
 __all__: list[str] = []  # internal
 

@@ -6,7 +6,6 @@ import functools
 import os
 import socket
 import struct
-from typing import TYPE_CHECKING
 
 from .._core import ids
 from .._core.addresses import VsockAddress
@@ -14,6 +13,9 @@ from .._errors import translate
 from ._common import bind_and_listen, check_buffer_size, close_on_error
 from .features import require_vsock
 
+# Not typing.TYPE_CHECKING: `hvsock connect` imports this module on every call, and
+# typing alone costs a third of Python's own start-up (mypy takes any constant so named).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import ctypes
 
