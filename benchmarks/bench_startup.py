@@ -7,19 +7,14 @@ the figure is the median wall time, and the ratio is to the baseline's median
 connect figures dial a Unix socket file that does not exist (exit status 4), and a
 Unix listener here that accepts and closes at once (the whole ProxyCommand path).
 
-hvsock's bytecode cache is written first (``compileall``), as pip does when it
-installs a wheel and as Python does on the first run anywhere that does not set
-``PYTHONDONTWRITEBYTECODE`` (this machine sets it): the baseline reads the standard
-library's cached bytecode, so without this hvsock would pay for compiling its own
-source on every call while ``import socket`` does not.
+hvsock's bytecode cache is written first (``_report.write_bytecode_cache``), as an
+install does: the baseline reads the standard library's cached bytecode.
 """
 
 from __future__ import annotations
 
 import argparse
-import compileall
 import contextlib
-import importlib.util
 import os
 import socket
 import statistics
@@ -50,15 +45,6 @@ def wall(argv: list[str], expect: int) -> float:
     if done.returncode != expect:
         raise SystemExit(f"{argv} exited {done.returncode}, expected {expect}")
     return took
-
-
-def write_bytecode_cache() -> None:
-    spec = importlib.util.find_spec("hvsock")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("hvsock is not importable: install it first (pip install -e .)")
-    for folder in spec.submodule_search_locations:
-        if not compileall.compile_dir(folder, quiet=1):
-            raise SystemExit(f"could not write the bytecode cache under {folder}")
 
 
 @contextlib.contextmanager
@@ -97,7 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     runs = max(3, min(args.runs, 201))
     hv = hvsock_command()
-    write_bytecode_cache()
+    _report.write_bytecode_cache()
     with tempfile.TemporaryDirectory(prefix="hv-bench-") as tmp, \
             closing_listener(os.path.join(tmp, "closes.sock")):
         missing = f"unix://{os.path.join(tmp, 'nobody.sock')}"
