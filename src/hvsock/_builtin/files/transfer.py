@@ -357,6 +357,7 @@ def _send_range(chan: Channel, fd: int, start: int, end: int, hasher: Hasher,
     pos = start
     if end - start >= SENDFILE_MIN and hasattr(os, "sendfile"):
         chan.flush()
+        _widen(chan.sock)
         pos = _sendfile(chan, fd, start, end, hasher, tick)
         if pos == end:
             return True
@@ -402,6 +403,19 @@ def _sendfile(chan: Channel, fd: int, start: int, end: int, hasher: Hasher,
         if tick is not None:
             tick(sent)
     return pos
+
+
+#: Send buffer for a large file on a Unix socket (the default, about 200 KiB,
+#: wakes the reader for every few hundred KiB).
+UNIX_SNDBUF = 4 * 1024 * 1024
+
+
+def _widen(sock: socket.socket) -> None:
+    """A larger send buffer for a Unix socket (TCP tunes its own; vsock has its own knob)."""
+    if sock.family == getattr(socket, "AF_UNIX", None) and \
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < UNIX_SNDBUF:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UNIX_SNDBUF)
 
 
 def _wait_writable(fd: int, timeout: float | None) -> None:
