@@ -83,16 +83,19 @@ def big(tmp_path: Path) -> tuple[Path, bytes]:
     return path, data
 
 
-def wrap_sendfile(monkeypatch: pytest.MonkeyPatch,
-                  make: Callable[[SendFile], SendFile]) -> list[int]:
-    """Replace os.sendfile by make(real one); returns the list of counts asked."""
+#: A stand-in for os.sendfile, given the real one first.
+Behave = Callable[[SendFile, int, int, int, int], int]
+
+
+def wrap_sendfile(monkeypatch: pytest.MonkeyPatch, behave: Behave) -> list[int]:
+    """os.sendfile becomes ``behave(real, out_fd, in_fd, offset, count)``; returns the
+    list of counts asked."""
     real = os.sendfile
     asked: list[int] = []
-    inner = make(real)
 
     def sendfile(out_fd: int, in_fd: int, offset: int, count: int) -> int:
         asked.append(count)
-        return inner(out_fd, in_fd, offset, count)
+        return behave(real, out_fd, in_fd, offset, count)
 
     monkeypatch.setattr(os, "sendfile", sendfile)
     return asked
@@ -102,7 +105,7 @@ def test_a_large_file_goes_by_sendfile_and_arrives_verified(
         pair: tuple[socket.socket, socket.socket], big: tuple[Path, bytes], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     src, data = big
-    asked = wrap_sendfile(monkeypatch, lambda real: real)
+    asked = wrap_sendfile(monkeypatch, lambda real, *args: real(*args))
     ticks: list[int] = []
     size, error = copy_over(pair, src, tmp_path / "out", ticks)
     assert error is None
@@ -119,15 +122,13 @@ def test_short_sendfiles_and_a_full_socket_buffer(
     src, data = big
     calls = [0]
 
-    def make(real: SendFile) -> SendFile:
-        def short(out_fd: int, in_fd: int, offset: int, count: int) -> int:
-            calls[0] += 1
-            if calls[0] % 3 == 0:
-                raise BlockingIOError(errno.EAGAIN, "try again")
-            return real(out_fd, in_fd, offset, min(count, 100_003))
-        return short
+    def short(real: SendFile, out_fd: int, in_fd: int, offset: int, count: int) -> int:
+        calls[0] += 1
+        if calls[0] % 3 == 0:
+            raise BlockingIOError(errno.EAGAIN, "try again")
+        return real(out_fd, in_fd, offset, min(count, 100_003))
 
-    wrap_sendfile(monkeypatch, make)
+    wrap_sendfile(monkeypatch, short)
     size, error = copy_over(pair, src, tmp_path / "out")
     assert error is None
     assert (size, (tmp_path / "out").read_bytes()) == (len(data), data)
@@ -139,82 +140,73 @@ def test_descriptors_sendfile_cannot_serve_are_copied(
         monkeypatch: pytest.MonkeyPatch, code: int) -> None:
     src, data = big
 
-    def make(real: SendFile) -> SendFile:
-        def refuse(out_fd: int, in_fd: int, offset: int, count: int) -> int:
-            raise OSError(code, os.strerror(code))
-        return refuse
+    def refuse(real: SendFile, out_fd: int, in_fd: int, offset: int, count: int) -> int:
+        raise OSError(code, os.strerror(code))
 
-    asked = wrap_sendfile(monkeypatch, make)
+    asked = wrap_sendfile(monkeypatch, refuse)
     size, error = copy_over(pair, src, tmp_path / "out")
     assert error is None
     assert (size, (tmp_path / "out").read_bytes()) == (len(data), data)
     assert len(asked) == 1  # tried once, then the copy path
 
 
-@pytest.mark.parametrize("path", ["sendfile", "copy"])
-def test_a_file_that_shrinks_while_sent_is_discarded(
-        pair: tuple[socket.socket, socket.socket], big: tuple[Path, bytes], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, path: str) -> None:
-    src, _ = big
-    if path == "copy":
-        # The copy path reads with preadv: shrink the file before the first read.
-        def make(real: SendFile) -> SendFile:
-            def refuse(out_fd: int, in_fd: int, offset: int, count: int) -> int:
-                os.truncate(src, 2 * MB)
-                raise OSError(errno.EINVAL, "not here")
-            return refuse
-    else:
-        def make(real: SendFile) -> SendFile:
-            def then_shrink(out_fd: int, in_fd: int, offset: int, count: int) -> int:
-                sent = real(out_fd, in_fd, offset, min(count, MB))
-                os.truncate(src, 3 * MB)
-                return sent
-            return then_shrink
-    wrap_sendfile(monkeypatch, make)
-    size, error = copy_over(pair, src, tmp_path / "out")
-    assert size is None
-    assert isinstance(error, HvsockError)
-    assert "changed or could not be read" in str(error)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["big"]
-
-
-def test_a_read_error_half_way_is_an_incomplete_copy(
-        pair: tuple[socket.socket, socket.socket], big: tuple[Path, bytes], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    src, _ = big
+def incomplete_sources(src: Path) -> dict[str, Behave]:
+    """Ways a source fails half way, each as an os.sendfile stand-in."""
     calls = [0]
 
-    def make(real: SendFile) -> SendFile:
-        def fail_second(out_fd: int, in_fd: int, offset: int, count: int) -> int:
-            calls[0] += 1
-            if calls[0] == 2:
-                raise OSError(errno.EIO, "Input/output error")
-            return real(out_fd, in_fd, offset, count)
-        return fail_second
+    def shrinks_while_sent(real: SendFile, out: int, inp: int, offset: int, count: int) -> int:
+        sent = real(out, inp, offset, min(count, MB))
+        os.truncate(src, 3 * MB)
+        return sent
 
-    wrap_sendfile(monkeypatch, make)
+    def shrinks_then_copied(real: SendFile, out: int, inp: int, offset: int,
+                            count: int) -> int:
+        os.truncate(src, 2 * MB)  # the copy path (preadv) then finds it short
+        raise OSError(errno.EINVAL, "not here")
+
+    def read_error_half_way(real: SendFile, out: int, inp: int, offset: int,
+                            count: int) -> int:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(out, inp, offset, count)
+
+    return {f.__name__: f for f in (shrinks_while_sent, shrinks_then_copied,
+                                    read_error_half_way)}
+
+
+@pytest.mark.parametrize("case", ["shrinks_while_sent", "shrinks_then_copied",
+                                  "read_error_half_way"])
+def test_a_source_not_read_whole_is_discarded(
+        pair: tuple[socket.socket, socket.socket], big: tuple[Path, bytes], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    src, _ = big
+    wrap_sendfile(monkeypatch, incomplete_sources(src)[case])
     size, error = copy_over(pair, src, tmp_path / "out")
     assert size is None
     assert isinstance(error, HvsockError)
     assert "changed or could not be read" in str(error)
-    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big"]  # no target, no temp
+
+
+def send_fails(sock: socket.socket, src: Path, error: type[BaseException]) -> None:
+    """send_file *src* over *sock*, which must raise *error*."""
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        with pytest.raises(error):
+            send_file(Channel(sock), fd, src.stat().st_size, fc.Ready(), None)
+    finally:
+        os.close(fd)
 
 
 def test_a_peer_that_reads_nothing_times_out(big: tuple[Path, bytes]) -> None:
-    src, _ = big
     a, b = socket.socketpair()
     with a, b:
         a.settimeout(0.3)
-        fd = os.open(src, os.O_RDONLY)
-        try:
-            with pytest.raises(TimeoutError):
-                send_file(Channel(a), fd, src.stat().st_size, fc.Ready(), None)
-        finally:
-            os.close(fd)
+        send_fails(a, big[0], TimeoutError)
 
 
 def test_a_peer_gone_half_way_is_a_connection_error(big: tuple[Path, bytes]) -> None:
-    src, _ = big
     a, b = socket.socketpair()
     read_some = threading.Event()
 
@@ -229,12 +221,9 @@ def test_a_peer_gone_half_way_is_a_connection_error(big: tuple[Path, bytes]) -> 
     thread.start()
     with a:
         a.settimeout(30)
-        fd = os.open(src, os.O_RDONLY)
         try:
-            with pytest.raises(ConnectionError):
-                send_file(Channel(a), fd, src.stat().st_size, fc.Ready(), None)
+            send_fails(a, big[0], ConnectionError)
         finally:
-            os.close(fd)
             thread.join(30)
     assert read_some.is_set()
 
