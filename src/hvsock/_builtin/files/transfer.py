@@ -472,6 +472,32 @@ def _copy_range(chan: Channel, fd: int, start: int, end: int, hasher: Hasher,
     return True
 
 
+def receive_blocks(chan: Channel, start: int, end: int, digest: hashlib._Hash,
+                   sink: Callable[[memoryview, int], object], tick: Tick | None) -> None:
+    """Bytes *start* to *end* of a file from *chan* into ``sink(block, offset)``, hashed.
+
+    The blocks land in a ring of buffers; the helper thread hashes each while
+    the next is received and *sink* stores this one. Returns once *digest* has
+    them all.
+    """
+    bufs = _ring(end - start)
+    pos = start
+    k = 0
+    with Hasher(digest) as hasher:
+        while pos < end:
+            chan.check()
+            view = bufs[k % len(bufs)][:min(CHUNK, end - pos)]
+            k += 1
+            hasher.wait_below(len(bufs))  # this buffer's last block is hashed
+            chan.recv_into(view)
+            hasher.update(view)
+            sink(view, pos)
+            pos += len(view)
+            if tick is not None:
+                tick(len(view))
+        hasher.wait()
+
+
 def send_stream(chan: Channel, read: Callable[[int], bytes], tick: Tick | None) -> None:
     """An input of unknown length (stdin) as chunks, then FILE_END."""
     digest = hashlib.sha256()
@@ -750,22 +776,8 @@ class AtomicWriter:
 
     def _recv_known(self, chan: Channel, fd: int, start: int, end: int,
                     digest: hashlib._Hash, tick: Tick | None) -> int:
-        bufs = _ring(end - start)
-        pos = start
-        k = 0
-        with Hasher(digest) as hasher:
-            while pos < end:
-                chan.check()
-                view = bufs[k % len(bufs)][:min(CHUNK, end - pos)]
-                k += 1
-                hasher.wait_below(len(bufs))  # this buffer's last block is hashed
-                chan.recv_into(view)
-                hasher.update(view)
-                self._write(fd, view, pos)
-                pos += len(view)
-                if tick is not None:
-                    tick(len(view))
-            hasher.wait()
+        receive_blocks(chan, start, end, digest, lambda view, pos: self._write(fd, view, pos),
+                       tick)
         return end
 
     def _recv_chunks(self, chan: Channel, fd: int, digest: hashlib._Hash,
@@ -853,17 +865,7 @@ def receive_stream(chan: Channel, write: Callable[[memoryview], object], size: i
     if msg.start != 0 or msg.length != size:
         raise ProtocolError("DATA does not match the announced size")
     digest = hashlib.sha256()
-    view = memoryview(bytearray(max(1, min(CHUNK, size))))
-    pos = 0
-    while pos < size:
-        chan.check()
-        n = min(CHUNK, size - pos)
-        chan.recv_into(view[:n])
-        digest.update(view[:n])
-        write(view[:n])
-        pos += n
-        if tick is not None:
-            tick(n)
+    receive_blocks(chan, 0, size, digest, lambda view, pos: write(view), tick)
     trailer = chan.recv("FILE_END")
     if not isinstance(trailer, fc.FileEnd):
         raise remote_error(trailer, f"receiving {shown!r}")
