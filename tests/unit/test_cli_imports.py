@@ -154,20 +154,3 @@ def test_each_command_builds_only_its_own_group() -> None:
     assert main._groups_for(["--help"]) == main.EXTENSIONS
     assert main._groups_for(["nosuch"]) == main.EXTENSIONS
     assert isinstance(main.build_parser(["connect", "x"], every=False), argparse.ArgumentParser)
-
-
-def test_cp_as_a_client_loads_neither_the_service_nor_asyncio() -> None:
-    """``hvsock cp`` start-up is part of every copy's time (issue 11's benchmark counts it):
-    the client needs no service framework, no asyncio, no thread pool, and no tqdm when
-    stderr is not a terminal."""
-    status, before, after = run_cli("cp", "--timeout", "1", "--remote",
-                                    "unix:///nonexistent-dir-for-hvsock-test/x", "a", ":b")
-    assert status == 4, status
-    if "asyncio" in before:
-        pytest.skip("`import hvsock` itself still imports asyncio")
-    loaded = after - before
-    assert "hvsock._builtin.files.client" in loaded
-    unwanted = ("asyncio", "concurrent.futures", "hvsock._service", "hvsock._server", "tqdm",
-                "hvsock._builtin.files.server")
-    assert sorted(m for m in loaded if any(m == u or m.startswith(u + ".")
-                                           for u in unwanted)) == []
