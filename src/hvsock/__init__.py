@@ -48,8 +48,11 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "._builtin.exec.client": (
         "ExecResult", "exec", "exec_async",
     ),
-    "._builtin.files": (
-        "CopyResult", "copy", "copy_async", "file_service",
+    "._builtin.files.client": (
+        "CopyResult", "copy", "copy_async",
+    ),
+    "._builtin.files.server": (
+        "file_service",
     ),
     "._builtin.stress": (
         "StressFailure", "StressResult", "stress",
@@ -140,10 +143,10 @@ if TYPE_CHECKING:  # the same names, spelled out for type checkers and IDEs
     from ._builtin.exec.client import ExecResult as ExecResult
     from ._builtin.exec.client import exec as exec
     from ._builtin.exec.client import exec_async as exec_async
-    from ._builtin.files import CopyResult as CopyResult
-    from ._builtin.files import copy as copy
-    from ._builtin.files import copy_async as copy_async
-    from ._builtin.files import file_service as file_service
+    from ._builtin.files.client import CopyResult as CopyResult
+    from ._builtin.files.client import copy as copy
+    from ._builtin.files.client import copy_async as copy_async
+    from ._builtin.files.server import file_service as file_service
     from ._builtin.stress import StressFailure as StressFailure
     from ._builtin.stress import StressResult as StressResult
     from ._builtin.stress import stress as stress

@@ -179,9 +179,10 @@ def test_push_and_pull_one_file_both_transports(served: tuple[str, Path], tmp_pa
     assert out.read_bytes() == data
 
 
-def test_stdin_and_stdout(served: tuple[str, Path]) -> None:
+@pytest.mark.parametrize("size", [300_000, 5 * MB + 3])
+def test_stdin_and_stdout(served: tuple[str, Path], size: int) -> None:
     addr, root = served
-    data = os.urandom(300_000)
+    data = os.urandom(size)
     hvsock.copy(addr, "-", ":piped", stdin=io.BytesIO(data))
     assert (root / "piped").read_bytes() == data
     sink = io.BytesIO()

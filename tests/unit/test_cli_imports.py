@@ -79,7 +79,8 @@ def heavy(modules: set[str]) -> list[str]:
 
 
 def test_cli_constants_match_the_library() -> None:
-    from hvsock._builtin import bench, demo, files, stress
+    from hvsock._builtin import bench, demo, stress
+    from hvsock._builtin.files import server as files_server
     from hvsock._relay import config as relay_config
     from hvsock._relay import datapath
     from hvsock._windows import export
@@ -92,7 +93,7 @@ def test_cli_constants_match_the_library() -> None:
     assert tools_cmds.STRESS_DEFAULT_MAX_CHUNK == stress.DEFAULT_MAX_CHUNK
     assert service_cmds.DEMO_TRANSPORTS == demo.TRANSPORTS
     assert windows_cmds.EXPORT_FORMATS == export.FORMATS
-    assert cp_cmds.DEFAULT_PORT == files.DEFAULT_PORT
+    assert cp_cmds.DEFAULT_PORT == files_server.DEFAULT_PORT
     from hvsock._builtin.agent import config as agent_config
     from hvsock._builtin.agent import host as agent_host
 

@@ -38,6 +38,30 @@ def test_every_message_round_trips(message: fc.Message) -> None:
     assert fc.decode(fc.encode(message)) == message
 
 
+@given(messages, messages)
+def test_messages_are_values(a: fc.Message, b: fc.Message) -> None:
+    # Equal exactly when same type and same fields; hashable; immutable; a repr
+    # that names the fields (plain classes now, not dataclasses: issue 11's start-up).
+    same = type(a) is type(b) and fc.encode(a) == fc.encode(b)
+    assert (a == b) == same
+    if same:
+        assert hash(a) == hash(b)
+    assert repr(a).startswith(type(a).__name__ + "(")
+    name = type(a)._fields[0]
+    with pytest.raises(AttributeError, match="immutable"):
+        setattr(a, name, None)
+    with pytest.raises(AttributeError, match="immutable"):
+        delattr(a, name)
+
+
+def test_messages_match_by_position() -> None:
+    match fc.Data(5, 7):
+        case fc.Data(start, length):
+            assert (start, length) == (5, 7)
+        case _:
+            pytest.fail("Data did not match its positional pattern")
+
+
 @given(st.binary(max_size=300))
 @settings(max_examples=500)
 def test_any_bytes_give_a_message_or_protocol_error(body: bytes) -> None:

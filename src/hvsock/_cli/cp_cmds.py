@@ -74,7 +74,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
 
 
 def cmd_cp(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from .._builtin.files import copy
+    from .._builtin.files.client import copy
     from .progress import progress_bar
 
     if args.serve:
@@ -105,7 +105,7 @@ def cmd_cp(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _serve(args: argparse.Namespace, err: TextIO) -> int:
     import asyncio
 
-    from .._builtin.files import file_service
+    from .._builtin.files.server import file_service
     from .._service.declaration import Limits
     from .._service.host import ServiceHost
 

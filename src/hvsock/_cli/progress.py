@@ -23,16 +23,16 @@ def progress_bar(err: TextIO, enabled: bool, desc: str, unit: str = "it") -> Ite
     Off when not *enabled* (stderr is not a terminal). A tqdm bar where tqdm is
     installed; otherwise a line such as ``hvsock: stress: 120/1000 it`` each second.
     """
-    try:
-        tqdm = importlib.import_module("tqdm").tqdm
-    except ImportError:
-        tqdm = None
+    tqdm = None
+    if enabled:  # tqdm takes a while to import: only for a bar that will show
+        with contextlib.suppress(ImportError):
+            tqdm = importlib.import_module("tqdm").tqdm
     if tqdm is None:
         with _plain(err, enabled, desc, unit) as update:
             yield update
         return
     bar = tqdm(desc=desc, file=err, unit=unit, unit_scale=unit == "B", leave=False,
-               disable=None if enabled else True, dynamic_ncols=True)
+               dynamic_ncols=True)
     lock = threading.Lock()
 
     def update_bar(done: int, total: int | None) -> None:

@@ -29,10 +29,14 @@ receiver checks it before the file is put in place.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, fields
-from typing import ClassVar
 
 from .._errors import ArgumentError, ProtocolError
+
+# Not typing.TYPE_CHECKING: `hvsock cp` imports this module on every run, and
+# typing alone costs a good share of Python's own start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 __all__: list[str] = []  # internal: hvsock.copy is the public face
 
@@ -78,103 +82,189 @@ _LEN = struct.Struct(">I")
 # -- messages -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Entry:
+class _Record:
+    """Base of the messages and Entry: immutable, compared and hashed by their fields.
+
+    Not ``@dataclass(frozen=True)``: ``hvsock cp`` imports this module on every
+    run, and generating fourteen dataclasses (plus importing dataclasses, which
+    pulls in inspect, ast and dis) cost more than the rest of its start-up but
+    Python's own. Each subclass names its fields in ``_fields``, in wire order,
+    annotates them (the annotation picks the wire encoding) and sets them once
+    in its ``__init__`` through :func:`_init`.
+    """
+
+    _fields: ClassVar[tuple[str, ...]] = ()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to {name!r}: {type(self).__name__} is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete {name!r}: {type(self).__name__} is immutable")
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self._fields)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, _Record)
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
+        return f"{type(self).__qualname__}({shown})"
+
+
+def _init(obj: _Record, **values: object) -> None:
+    for name, value in values.items():
+        object.__setattr__(obj, name, value)
+
+
+class Entry(_Record):
     """One file, directory or symlink: its path (bytes) and what -p keeps."""
 
     path: bytes
     kind: int
-    mode: int = 0o644
-    mtime_ns: int = 0
-    size: int = 0  # UNKNOWN_SIZE for a stream of unknown length
-    uid: int = -1
-    gid: int = -1
-    link: bytes = b""  # a symlink's target
+    mode: int
+    mtime_ns: int
+    size: int  # UNKNOWN_SIZE for a stream of unknown length
+    uid: int
+    gid: int
+    link: bytes  # a symlink's target
+    _fields = __match_args__ = ("path", "kind", "mode", "mtime_ns", "size", "uid", "gid",
+                                "link")
+
+    def __init__(self, path: bytes, kind: int, mode: int = 0o644, mtime_ns: int = 0,
+                 size: int = 0, uid: int = -1, gid: int = -1, link: bytes = b"") -> None:
+        _init(self, path=path, kind=kind, mode=mode, mtime_ns=mtime_ns, size=size, uid=uid,
+              gid=gid, link=link)
 
 
-@dataclass(frozen=True)
-class Hello:
+class Hello(_Record):
     TYPE: ClassVar[int] = 1
     version: int
-    flags: int = 0  # server: 1 = read-only roots, 2 = runs as root
+    flags: int  # server: 1 = read-only roots, 2 = runs as root
+    _fields = __match_args__ = ("version", "flags")
+
+    def __init__(self, version: int, flags: int = 0) -> None:
+        _init(self, version=version, flags=flags)
 
 
-@dataclass(frozen=True)
-class Stat:
+class Stat(_Record):
     TYPE: ClassVar[int] = 2
     path: bytes
+    _fields = __match_args__ = ("path",)
+
+    def __init__(self, path: bytes) -> None:
+        _init(self, path=path)
 
 
-@dataclass(frozen=True)
-class StatReply:
+class StatReply(_Record):
     TYPE: ClassVar[int] = 3
     entry: Entry
+    _fields = __match_args__ = ("entry",)
+
+    def __init__(self, entry: Entry) -> None:
+        _init(self, entry=entry)
 
 
-@dataclass(frozen=True)
-class Put:
+class Put(_Record):
     TYPE: ClassVar[int] = 4
     entry: Entry
-    flags: int = 0
+    flags: int
+    _fields = __match_args__ = ("entry", "flags")
+
+    def __init__(self, entry: Entry, flags: int = 0) -> None:
+        _init(self, entry=entry, flags=flags)
 
 
-@dataclass(frozen=True)
-class Get:
+class Get(_Record):
     TYPE: ClassVar[int] = 5
     path: bytes
-    flags: int = 0
+    flags: int
+    _fields = __match_args__ = ("path", "flags")
+
+    def __init__(self, path: bytes, flags: int = 0) -> None:
+        _init(self, path=path, flags=flags)
 
 
-@dataclass(frozen=True)
-class EntryMsg:
+class EntryMsg(_Record):
     TYPE: ClassVar[int] = 6
     entry: Entry
+    _fields = __match_args__ = ("entry",)
+
+    def __init__(self, entry: Entry) -> None:
+        _init(self, entry=entry)
 
 
-@dataclass(frozen=True)
-class Ready:
+class Ready(_Record):
     TYPE: ClassVar[int] = 7
-    offset: int = 0
-    prefix_sha: bytes = b""  # SHA-256 of the partial file's first *offset* bytes
+    offset: int
+    prefix_sha: bytes  # SHA-256 of the partial file's first *offset* bytes
+    _fields = __match_args__ = ("offset", "prefix_sha")
+
+    def __init__(self, offset: int = 0, prefix_sha: bytes = b"") -> None:
+        _init(self, offset=offset, prefix_sha=prefix_sha)
 
 
-@dataclass(frozen=True)
-class Skipped:
+class Skipped(_Record):
     TYPE: ClassVar[int] = 8
     reason: str
+    _fields = __match_args__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        _init(self, reason=reason)
 
 
-@dataclass(frozen=True)
-class Data:
+class Data(_Record):
     TYPE: ClassVar[int] = 9
     start: int
     length: int  # UNKNOWN_SIZE: chunked
+    _fields = __match_args__ = ("start", "length")
+
+    def __init__(self, start: int, length: int) -> None:
+        _init(self, start=start, length=length)
 
 
-@dataclass(frozen=True)
-class FileEnd:
+class FileEnd(_Record):
     TYPE: ClassVar[int] = 10
     sha256: bytes
-    complete: bool = True  # False: the source changed or failed; discard
+    complete: bool  # False: the source changed or failed; discard
+    _fields = __match_args__ = ("sha256", "complete")
+
+    def __init__(self, sha256: bytes, complete: bool = True) -> None:
+        _init(self, sha256=sha256, complete=complete)
 
 
-@dataclass(frozen=True)
-class Done:
+class Done(_Record):
     TYPE: ClassVar[int] = 11
-    size: int = 0
+    size: int
+    _fields = __match_args__ = ("size",)
+
+    def __init__(self, size: int = 0) -> None:
+        _init(self, size=size)
 
 
-@dataclass(frozen=True)
-class Error:
+class Error(_Record):
     TYPE: ClassVar[int] = 12
     code: str
     message: str
+    _fields = __match_args__ = ("code", "message")
+
+    def __init__(self, code: str, message: str) -> None:
+        _init(self, code=code, message=message)
 
 
-@dataclass(frozen=True)
-class End:
+class End(_Record):
     TYPE: ClassVar[int] = 13
-    count: int = 0
+    count: int
+    _fields = __match_args__ = ("count",)
+
+    def __init__(self, count: int = 0) -> None:
+        _init(self, count=count)
 
 
 Message = (Hello | Stat | StatReply | Put | Get | EntryMsg | Ready | Skipped | Data | FileEnd
@@ -201,8 +291,9 @@ def _kind_of(cls: type[object], name: str, annotation: object) -> str:
     return "i" if name in _INTS_SIGNED else "u"
 
 
-def _schema(cls: type[object]) -> tuple[tuple[str, str], ...]:
-    return tuple((f.name, _kind_of(cls, f.name, f.type)) for f in fields(cls))  # type: ignore[arg-type]
+def _schema(cls: type[_Record]) -> tuple[tuple[str, str], ...]:
+    # The annotations are strings (``from __future__ import annotations``).
+    return tuple((name, _kind_of(cls, name, cls.__annotations__[name])) for name in cls._fields)
 
 
 _SCHEMAS: dict[type[object], tuple[tuple[str, str], ...]] = {

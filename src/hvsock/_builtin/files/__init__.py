@@ -1,6 +1,5 @@
-"""File copy between host and VM: the service (``file_service``) and the client (``copy``)."""
+"""File copy between host and VM: the service (``.server``) and the client (``.client``).
 
-from .client import CopyResult, copy, copy_async
-from .server import DEFAULT_PORT, file_service
-
-__all__ = ["DEFAULT_PORT", "CopyResult", "copy", "copy_async", "file_service"]
+Nothing is imported here, so ``hvsock cp`` (the client) loads neither the service
+and its framework, nor the service the client; ``hvsock`` re-exports both lazily.
+"""

@@ -7,9 +7,7 @@ destination on the other, like ``scp``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import os
 import socket
 import stat
@@ -461,6 +459,11 @@ async def copy_async(address: Address | str, sources: PathSpec | Sequence[PathSp
     thread. Cancelling the task stops the copy and leaves no partial file (but a
     resumable one with ``resume=True``).
     """
+    # Imported here: the CLI's copy (``copy``) runs without asyncio, and loading it
+    # is a good part of a Python start-up.
+    import asyncio
+    import functools
+
     loop = asyncio.get_running_loop()
     cancel = threading.Event()
     sockets: list[socket.socket] = []

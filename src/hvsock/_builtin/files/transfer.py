@@ -14,13 +14,14 @@ import errno
 import fcntl
 import hashlib
 import os
+import select
 import socket
 import stat
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..._core import filecopy as fc
 from ..._core.framing import HEADER_SIZE, encode_frame, frame_length
@@ -208,49 +209,113 @@ def prefix_digest(fd: int, length: int) -> tuple[hashlib._Hash, int]:
     return digest, pos
 
 
-class Overlap:
-    """Hash one block in a helper thread while this thread sends or writes it.
+class Hasher:
+    """SHA-256 in a helper thread, fed in order, while this thread moves the bytes.
 
     SHA-256 costs about as much CPU as the copy itself; hashlib drops the GIL
-    for large updates, so hashing block k beside the I/O of block k (and the
-    read of block k+1) keeps a large file near socket speed. The caller
-    alternates two buffers: :meth:`update` waits for the previous block first,
-    so a buffer is never overwritten while it is hashed. Small files hash inline
-    (a thread hand-off costs more than it saves).
+    for large updates, so hashing beside the I/O keeps a large file near socket
+    speed on two cores. The helper takes jobs in order: a block of a buffer the
+    I/O thread has filled (:meth:`update`; the caller must not refill it before
+    :meth:`wait_below` says so), or a range of a file it reads itself
+    (:meth:`update_from`, for bytes that leave by ``sendfile`` and so never
+    pass through this process). Small blocks hash inline (a thread hand-off
+    costs more than it saves). No thread is started until a job needs one.
     """
 
     MIN_BLOCK = 256 * 1024
 
     def __init__(self, digest: hashlib._Hash) -> None:
         self.digest = digest
-        self._pool: ThreadPoolExecutor | None = None
-        self._pending: Future[None] | None = None
+        #: Set when a file range could not be read whole (it shrank, or an I/O
+        #: error): the digest is then not the file's, and the copy is incomplete.
+        self.short = False
+        self._jobs: deque[memoryview | tuple[int, int, int]] = deque()
+        self._cv = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
 
     def update(self, view: memoryview) -> None:
-        self.wait()
+        """Hash *view* after the blocks before it; it must stay unchanged until hashed."""
         if len(view) < self.MIN_BLOCK:
+            self.wait()
             self.digest.update(view)
             return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="hvsock-sha256")
-        self._pending = self._pool.submit(self.digest.update, view)
+        self._submit(view)
+
+    def update_from(self, fd: int, start: int, end: int) -> None:
+        """Hash bytes *start* to *end* of *fd*, read by the helper thread."""
+        self._submit((fd, start, end))
+
+    def wait_below(self, count: int) -> None:
+        """Return once fewer than *count* jobs are queued or running."""
+        with self._cv:
+            while len(self._jobs) >= count:
+                self._cv.wait()
 
     def wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
+        """Return once every job is done."""
+        self.wait_below(1)
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.wait()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        """Drop the jobs not started, let the running one end, stop the thread."""
+        with self._cv:
+            self._stop = True
+            while len(self._jobs) > 1:
+                self._jobs.pop()
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
-    def __enter__(self) -> Overlap:
+    def __enter__(self) -> Hasher:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _submit(self, job: memoryview | tuple[int, int, int]) -> None:
+        with self._cv:
+            self._jobs.append(job)
+            self._cv.notify_all()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="hvsock-sha256",
+                                            daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        buf: memoryview | None = None
+        while True:
+            with self._cv:
+                while not self._jobs and not self._stop:
+                    self._cv.wait()
+                if not self._jobs:
+                    return
+                job = self._jobs[0]
+            try:
+                if isinstance(job, memoryview):
+                    self.digest.update(job)
+                else:
+                    if buf is None:
+                        buf = memoryview(bytearray(CHUNK))
+                    self._hash_range(buf, *job)
+            except Exception:  # a digest short of bytes fails its check: no more to do
+                self.short = True
+            finally:
+                with self._cv:
+                    self._jobs.popleft()
+                    self._cv.notify_all()
+
+    def _hash_range(self, buf: memoryview, fd: int, pos: int, end: int) -> None:
+        while pos < end and not self._stop:
+            try:
+                n = os.preadv(fd, [buf[:min(CHUNK, end - pos)]], pos)
+            except OSError:
+                n = 0
+            if n == 0:
+                self.short = True
+                return
+            self.digest.update(buf[:n])
+            pos += n
 
 
 def send_file(chan: Channel, fd: int, size: int, ready: fc.Ready, tick: Tick | None) -> None:
@@ -269,44 +334,168 @@ def send_file(chan: Channel, fd: int, size: int, ready: fc.Ready, tick: Tick | N
             start = ready.offset
             digest = prefix
     chan.send(fc.Data(start, size - start))
-    with Overlap(digest) as hasher:
+    with Hasher(digest) as hasher:
         complete = _send_range(chan, fd, start, size, hasher, tick)
+        hasher.wait()
+        complete = complete and not hasher.short
     chan.send(fc.FileEnd(digest.digest(), complete))
 
 
-def _send_range(chan: Channel, fd: int, start: int, end: int, hasher: Overlap,
+#: Files from this size on leave by ``sendfile`` (the kernel moves page-cache
+#: pages to the socket; no copy through this process) where the platform has it.
+SENDFILE_MIN = 4 * CHUNK
+#: Bytes per ``sendfile`` call: between two calls come the cancel check and a tick.
+SENDFILE_STEP = 4 * CHUNK
+#: Errors of a first ``sendfile`` that mean "not for these descriptors": copy instead.
+_NO_SENDFILE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK,
+                errno.EBADF, errno.ESPIPE, errno.EXDEV}
+
+
+def _send_range(chan: Channel, fd: int, start: int, end: int, hasher: Hasher,
                 tick: Tick | None) -> bool:
-    size = max(1, min(CHUNK, end - start))
-    bufs = (memoryview(bytearray(size)), memoryview(bytearray(size)))
+    """The bytes start..end of *fd* to *chan*; False when they could not all be read."""
     pos = start
-    complete = True
+    if end - start >= SENDFILE_MIN and hasattr(os, "sendfile"):
+        chan.flush()
+        _widen(chan.sock)
+        pos = _sendfile(chan, fd, start, end, hasher, tick)
+        if pos == end:
+            return True
+        if pos > start:
+            # Cut short (the file shrank, or a read failed) after some bytes
+            # went: keep the promised count with zeros, marked incomplete.
+            _send_zeros(chan, end - pos, tick)
+            return False
+    return _copy_range(chan, fd, pos, end, hasher, tick)
+
+
+def _sendfile(chan: Channel, fd: int, start: int, end: int, hasher: Hasher,
+              tick: Tick | None) -> int:
+    """Send start..end of *fd* with ``os.sendfile``; return where it stopped.
+
+    *start* back means sendfile cannot serve these descriptors (nothing was
+    sent; copy instead). Otherwise the helper thread hashes the same range from
+    the file. A socket with a timeout is non-blocking underneath: a full socket
+    buffer is waited for with ``poll``, up to that timeout.
+    """
+    sock = chan.sock
+    out = sock.fileno()
+    timeout = sock.gettimeout()
+    pos = start
+    while pos < end:
+        chan.check()
+        try:
+            sent = os.sendfile(out, fd, pos, min(SENDFILE_STEP, end - pos))
+        except BlockingIOError:
+            _wait_writable(out, timeout)
+            continue
+        except (ConnectionError, TimeoutError):
+            raise
+        except OSError as exc:
+            if pos == start and exc.errno in _NO_SENDFILE:
+                return start
+            return pos  # the file could not be read: the caller sends it as incomplete
+        if sent == 0:
+            return pos  # the file shrank under us
+        if pos == start:
+            hasher.update_from(fd, start, end)
+        pos += sent
+        if tick is not None:
+            tick(sent)
+    return pos
+
+
+#: Send buffer for a large file on a Unix socket (the default, about 200 KiB,
+#: wakes the reader for every few hundred KiB).
+UNIX_SNDBUF = 4 * 1024 * 1024
+
+
+def _widen(sock: socket.socket) -> None:
+    """A larger send buffer for a Unix socket (TCP tunes its own; vsock has its own knob)."""
+    if sock.family == getattr(socket, "AF_UNIX", None) and \
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < UNIX_SNDBUF:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UNIX_SNDBUF)
+
+
+def _wait_writable(fd: int, timeout: float | None) -> None:
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    if not poller.poll(None if timeout is None else int(timeout * 1000) + 1):
+        raise TimeoutError("timed out while sending a file (the peer reads nothing)")
+
+
+def _send_zeros(chan: Channel, count: int, tick: Tick | None) -> None:
+    while count:
+        chan.check()
+        n = min(CHUNK, count)
+        chan.write(_ZERO_VIEW[:n])
+        count -= n
+        if tick is not None:
+            tick(n)
+
+
+#: Buffers on the copy paths: the I/O fills one while the helper hashes others.
+RING = 4
+
+
+def _ring(nbytes: int) -> list[memoryview]:
+    size = max(1, min(CHUNK, nbytes))
+    return [memoryview(bytearray(size)) for _ in range(max(1, min(RING, -(-nbytes // size))))]
+
+
+def _copy_range(chan: Channel, fd: int, start: int, end: int, hasher: Hasher,
+                tick: Tick | None) -> bool:
+    bufs = _ring(end - start)
+    pos = start
     k = 0
     while pos < end:
         chan.check()
-        view = bufs[k & 1]
+        view = bufs[k % len(bufs)]
         k += 1
+        hasher.wait_below(len(bufs))  # this buffer's last block is hashed
         want = min(CHUNK, end - pos)
-        n = 0
-        if complete:
-            try:
-                n = os.preadv(fd, [view[:want]], pos)
-            except OSError:
-                n = 0  # unreadable now: sent as incomplete, like a file that shrank
+        try:
+            n = os.preadv(fd, [view[:want]], pos)
+        except OSError:
+            n = 0  # unreadable now: sent as incomplete, like a file that shrank
         if n == 0:
             # The file shrank under us: keep the byte count we promised, then
             # say FILE_END(complete=False) so the receiver throws it away.
-            complete = False
-            hasher.wait()
-            view[:want] = _ZERO_VIEW[:want]
-            n = want
-        else:
-            hasher.update(view[:n])
+            _send_zeros(chan, end - pos, tick)
+            return False
+        hasher.update(view[:n])
         chan.write(view[:n])
         pos += n
         if tick is not None:
             tick(n)
-    hasher.wait()
-    return complete
+    return True
+
+
+def receive_blocks(chan: Channel, start: int, end: int, digest: hashlib._Hash,
+                   sink: Callable[[memoryview, int], object], tick: Tick | None) -> None:
+    """Bytes *start* to *end* of a file from *chan* into ``sink(block, offset)``, hashed.
+
+    The blocks land in a ring of buffers; the helper thread hashes each while
+    the next is received and *sink* stores this one. Returns once *digest* has
+    them all.
+    """
+    bufs = _ring(end - start)
+    pos = start
+    k = 0
+    with Hasher(digest) as hasher:
+        while pos < end:
+            chan.check()
+            view = bufs[k % len(bufs)][:min(CHUNK, end - pos)]
+            k += 1
+            hasher.wait_below(len(bufs))  # this buffer's last block is hashed
+            chan.recv_into(view)
+            hasher.update(view)
+            sink(view, pos)
+            pos += len(view)
+            if tick is not None:
+                tick(len(view))
+        hasher.wait()
 
 
 def send_stream(chan: Channel, read: Callable[[int], bytes], tick: Tick | None) -> None:
@@ -587,21 +776,8 @@ class AtomicWriter:
 
     def _recv_known(self, chan: Channel, fd: int, start: int, end: int,
                     digest: hashlib._Hash, tick: Tick | None) -> int:
-        size = max(1, min(CHUNK, end - start))
-        bufs = (memoryview(bytearray(size)), memoryview(bytearray(size)))
-        pos = start
-        k = 0
-        with Overlap(digest) as hasher:
-            while pos < end:
-                chan.check()
-                view = bufs[k & 1][:min(CHUNK, end - pos)]
-                k += 1
-                chan.recv_into(view)
-                hasher.update(view)
-                self._write(fd, view, pos)
-                pos += len(view)
-                if tick is not None:
-                    tick(len(view))
+        receive_blocks(chan, start, end, digest, lambda view, pos: self._write(fd, view, pos),
+                       tick)
         return end
 
     def _recv_chunks(self, chan: Channel, fd: int, digest: hashlib._Hash,
@@ -689,17 +865,7 @@ def receive_stream(chan: Channel, write: Callable[[memoryview], object], size: i
     if msg.start != 0 or msg.length != size:
         raise ProtocolError("DATA does not match the announced size")
     digest = hashlib.sha256()
-    view = memoryview(bytearray(max(1, min(CHUNK, size))))
-    pos = 0
-    while pos < size:
-        chan.check()
-        n = min(CHUNK, size - pos)
-        chan.recv_into(view[:n])
-        digest.update(view[:n])
-        write(view[:n])
-        pos += n
-        if tick is not None:
-            tick(n)
+    receive_blocks(chan, 0, size, digest, lambda view, pos: write(view), tick)
     trailer = chan.recv("FILE_END")
     if not isinstance(trailer, fc.FileEnd):
         raise remote_error(trailer, f"receiving {shown!r}")
