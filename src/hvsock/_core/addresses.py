@@ -28,6 +28,7 @@ from collections.abc import Callable
 from .._errors import AddressError
 from .._validate import quote
 from . import ids
+from .values import Value, set_fields
 
 # Not typing.TYPE_CHECKING: `hvsock connect` imports this module on every call, and
 # typing alone costs a third of Python's own start-up; uuid is imported where a Hyper-V
@@ -95,51 +96,7 @@ def _check_path(path: object, what: str, form: str, suffix_len: int = 0) -> str:
     return path
 
 
-class _Value:
-    """Base of the address types: immutable, compared and hashed by their fields.
-
-    Not ``@dataclass(frozen=True)``: importing dataclasses (it pulls in inspect, ast and
-    dis) and generating six classes cost more than the rest of ``hvsock connect``'s
-    start-up. Each subclass names its fields in ``_fields`` and sets them once in its
-    ``__init__`` through :func:`_init`.
-    """
-
-    _fields: ClassVar[tuple[str, ...]] = ()
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"cannot assign to {name!r}: {type(self).__name__} is immutable; "
-                             "build a new address instead")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"cannot delete {name!r}: {type(self).__name__} is immutable")
-
-    def _values(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in self._fields)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        assert isinstance(other, _Value)
-        return self._values() == other._values()
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
-        return f"{type(self).__qualname__}({shown})"
-
-    def __reduce__(self) -> tuple[type[_Value], tuple[object, ...]]:
-        # pickle and copy rebuild through __init__, so the checks run again.
-        return (type(self), self._values())
-
-
-def _init(obj: _Value, **values: object) -> None:
-    for name, value in values.items():
-        object.__setattr__(obj, name, value)
-
-
-class VsockAddress(_Value):
+class VsockAddress(Value):
     """A Linux VM-socket address: context id and port (``AF_VSOCK``)."""
 
     cid: int
@@ -148,7 +105,7 @@ class VsockAddress(_Value):
     _fields = __match_args__ = ("cid", "port")
 
     def __init__(self, cid: int, port: int) -> None:
-        _init(self, cid=_int_in(cid, 0, _U32_MAX, "CID", FORMS["vsock"]),
+        set_fields(self, cid=_int_in(cid, 0, _U32_MAX, "CID", FORMS["vsock"]),
               port=_int_in(port, 0, _U32_MAX, "port", FORMS["vsock"]))
 
     def __str__(self) -> str:
@@ -178,7 +135,7 @@ class VsockAddress(_Value):
         return HyperVAddress(vm, ids.service_id_for_port(self.port))
 
 
-class HyperVAddress(_Value):
+class HyperVAddress(Value):
     """A Hyper-V socket address: VM id and service id (``AF_HYPERV``)."""
 
     vm_id: uuid.UUID
@@ -195,7 +152,7 @@ class HyperVAddress(_Value):
                 raise AddressError(
                     f"{name} must be a uuid.UUID or a GUID string, not "
                     f"{type(value).__name__}; {FORMS['hvsock']}")
-            _init(self, **{name: ids.as_guid(value, name)})
+            set_fields(self, **{name: ids.as_guid(value, name)})
 
     @classmethod
     def for_port(cls, vm_id: uuid.UUID | str, port: int) -> HyperVAddress:
@@ -279,7 +236,7 @@ def _unescape_vm_name(text: str, form: str) -> str:
                            f"{form}") from None
 
 
-class NamedVmAddress(_Value):
+class NamedVmAddress(Value):
     """A Hyper-V address that names its VM instead of giving its id.
 
     ``hvsock://name:<VM name>/<service>`` names a Hyper-V VM (as ``Get-VM`` lists
@@ -304,7 +261,7 @@ class NamedVmAddress(_Value):
             raise AddressError(
                 f"service_id must be a uuid.UUID or a GUID string, not "
                 f"{type(service_id).__name__}; {FORMS['hvsock']}")
-        _init(self, vm_name=vm_name, service_id=ids.as_guid(service_id, "service id"))
+        set_fields(self, vm_name=vm_name, service_id=ids.as_guid(service_id, "service id"))
 
     @property
     def is_wsl(self) -> bool:
@@ -327,7 +284,7 @@ class NamedVmAddress(_Value):
         return f"hvsock://{vm}/{port if port is not None else self.service_id}"
 
 
-class HybridAddress(_Value):
+class HybridAddress(Value):
     """The host side of a hybrid-vsock VMM (Firecracker, Cloud Hypervisor).
 
     Connecting dials *uds_path* and asks the VMM for guest *port*; listening
@@ -342,7 +299,7 @@ class HybridAddress(_Value):
     def __init__(self, uds_path: str, port: int) -> None:
         _int_in(port, 0, _U32_MAX, "port", FORMS["hybrid"])
         _check_path(uds_path, "uds path", FORMS["hybrid"], suffix_len=1 + len(str(port)))
-        _init(self, uds_path=uds_path, port=port)
+        set_fields(self, uds_path=uds_path, port=port)
 
     @property
     def listen_path(self) -> str:
@@ -353,7 +310,7 @@ class HybridAddress(_Value):
         return f"hybrid://{self.uds_path}:{self.port}"
 
 
-class TcpAddress(_Value):
+class TcpAddress(Value):
     """A TCP address, for bridging VM sockets to the network stack."""
 
     host: str
@@ -373,7 +330,7 @@ class TcpAddress(_Value):
         if any(not (33 <= ord(c) <= 126) or c in "/[]@?#" for c in host):
             raise AddressError(f"TCP host {quote(host)} has characters a host cannot have; "
                                f"{FORMS['tcp']}")
-        _init(self, host=host, port=port)
+        set_fields(self, host=host, port=port)
 
     @property
     def sockaddr(self) -> tuple[str, int]:
@@ -384,7 +341,7 @@ class TcpAddress(_Value):
         return f"tcp://{host}:{self.port}"
 
 
-class UnixAddress(_Value):
+class UnixAddress(Value):
     """A Unix-domain stream socket path (``@name`` is Linux's abstract namespace)."""
 
     path: str
@@ -395,7 +352,7 @@ class UnixAddress(_Value):
         _check_path(path, "Unix socket path", FORMS["unix"])
         if path == "@":
             raise AddressError(f"abstract Unix socket name is empty; {FORMS['unix']}")
-        _init(self, path=path)
+        set_fields(self, path=path)
 
     @property
     def abstract(self) -> bool:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import struct
 
 from .._errors import ArgumentError, ProtocolError
+from .values import Value, set_fields
 
 # Not typing.TYPE_CHECKING: `hvsock cp` imports this module on every run, and
 # typing alone costs a good share of Python's own start-up.
@@ -82,48 +83,7 @@ _LEN = struct.Struct(">I")
 # -- messages -------------------------------------------------------------------
 
 
-class _Record:
-    """Base of the messages and Entry: immutable, compared and hashed by their fields.
-
-    Not ``@dataclass(frozen=True)``: ``hvsock cp`` imports this module on every
-    run, and generating fourteen dataclasses (plus importing dataclasses, which
-    pulls in inspect, ast and dis) cost more than the rest of its start-up but
-    Python's own. Each subclass names its fields in ``_fields``, in wire order,
-    annotates them (the annotation picks the wire encoding) and sets them once
-    in its ``__init__`` through :func:`_init`.
-    """
-
-    _fields: ClassVar[tuple[str, ...]] = ()
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"cannot assign to {name!r}: {type(self).__name__} is immutable")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"cannot delete {name!r}: {type(self).__name__} is immutable")
-
-    def _values(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in self._fields)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        assert isinstance(other, _Record)
-        return self._values() == other._values()
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
-        return f"{type(self).__qualname__}({shown})"
-
-
-def _init(obj: _Record, **values: object) -> None:
-    for name, value in values.items():
-        object.__setattr__(obj, name, value)
-
-
-class Entry(_Record):
+class Entry(Value):
     """One file, directory or symlink: its path (bytes) and what -p keeps."""
 
     path: bytes
@@ -139,132 +99,132 @@ class Entry(_Record):
 
     def __init__(self, path: bytes, kind: int, mode: int = 0o644, mtime_ns: int = 0,
                  size: int = 0, uid: int = -1, gid: int = -1, link: bytes = b"") -> None:
-        _init(self, path=path, kind=kind, mode=mode, mtime_ns=mtime_ns, size=size, uid=uid,
+        set_fields(self, path=path, kind=kind, mode=mode, mtime_ns=mtime_ns, size=size, uid=uid,
               gid=gid, link=link)
 
 
-class Hello(_Record):
+class Hello(Value):
     TYPE: ClassVar[int] = 1
     version: int
     flags: int  # server: 1 = read-only roots, 2 = runs as root
     _fields = __match_args__ = ("version", "flags")
 
     def __init__(self, version: int, flags: int = 0) -> None:
-        _init(self, version=version, flags=flags)
+        set_fields(self, version=version, flags=flags)
 
 
-class Stat(_Record):
+class Stat(Value):
     TYPE: ClassVar[int] = 2
     path: bytes
     _fields = __match_args__ = ("path",)
 
     def __init__(self, path: bytes) -> None:
-        _init(self, path=path)
+        set_fields(self, path=path)
 
 
-class StatReply(_Record):
+class StatReply(Value):
     TYPE: ClassVar[int] = 3
     entry: Entry
     _fields = __match_args__ = ("entry",)
 
     def __init__(self, entry: Entry) -> None:
-        _init(self, entry=entry)
+        set_fields(self, entry=entry)
 
 
-class Put(_Record):
+class Put(Value):
     TYPE: ClassVar[int] = 4
     entry: Entry
     flags: int
     _fields = __match_args__ = ("entry", "flags")
 
     def __init__(self, entry: Entry, flags: int = 0) -> None:
-        _init(self, entry=entry, flags=flags)
+        set_fields(self, entry=entry, flags=flags)
 
 
-class Get(_Record):
+class Get(Value):
     TYPE: ClassVar[int] = 5
     path: bytes
     flags: int
     _fields = __match_args__ = ("path", "flags")
 
     def __init__(self, path: bytes, flags: int = 0) -> None:
-        _init(self, path=path, flags=flags)
+        set_fields(self, path=path, flags=flags)
 
 
-class EntryMsg(_Record):
+class EntryMsg(Value):
     TYPE: ClassVar[int] = 6
     entry: Entry
     _fields = __match_args__ = ("entry",)
 
     def __init__(self, entry: Entry) -> None:
-        _init(self, entry=entry)
+        set_fields(self, entry=entry)
 
 
-class Ready(_Record):
+class Ready(Value):
     TYPE: ClassVar[int] = 7
     offset: int
     prefix_sha: bytes  # SHA-256 of the partial file's first *offset* bytes
     _fields = __match_args__ = ("offset", "prefix_sha")
 
     def __init__(self, offset: int = 0, prefix_sha: bytes = b"") -> None:
-        _init(self, offset=offset, prefix_sha=prefix_sha)
+        set_fields(self, offset=offset, prefix_sha=prefix_sha)
 
 
-class Skipped(_Record):
+class Skipped(Value):
     TYPE: ClassVar[int] = 8
     reason: str
     _fields = __match_args__ = ("reason",)
 
     def __init__(self, reason: str) -> None:
-        _init(self, reason=reason)
+        set_fields(self, reason=reason)
 
 
-class Data(_Record):
+class Data(Value):
     TYPE: ClassVar[int] = 9
     start: int
     length: int  # UNKNOWN_SIZE: chunked
     _fields = __match_args__ = ("start", "length")
 
     def __init__(self, start: int, length: int) -> None:
-        _init(self, start=start, length=length)
+        set_fields(self, start=start, length=length)
 
 
-class FileEnd(_Record):
+class FileEnd(Value):
     TYPE: ClassVar[int] = 10
     sha256: bytes
     complete: bool  # False: the source changed or failed; discard
     _fields = __match_args__ = ("sha256", "complete")
 
     def __init__(self, sha256: bytes, complete: bool = True) -> None:
-        _init(self, sha256=sha256, complete=complete)
+        set_fields(self, sha256=sha256, complete=complete)
 
 
-class Done(_Record):
+class Done(Value):
     TYPE: ClassVar[int] = 11
     size: int
     _fields = __match_args__ = ("size",)
 
     def __init__(self, size: int = 0) -> None:
-        _init(self, size=size)
+        set_fields(self, size=size)
 
 
-class Error(_Record):
+class Error(Value):
     TYPE: ClassVar[int] = 12
     code: str
     message: str
     _fields = __match_args__ = ("code", "message")
 
     def __init__(self, code: str, message: str) -> None:
-        _init(self, code=code, message=message)
+        set_fields(self, code=code, message=message)
 
 
-class End(_Record):
+class End(Value):
     TYPE: ClassVar[int] = 13
     count: int
     _fields = __match_args__ = ("count",)
 
     def __init__(self, count: int = 0) -> None:
-        _init(self, count=count)
+        set_fields(self, count=count)
 
 
 Message = (Hello | Stat | StatReply | Put | Get | EntryMsg | Ready | Skipped | Data | FileEnd
@@ -291,7 +251,7 @@ def _kind_of(cls: type[object], name: str, annotation: object) -> str:
     return "i" if name in _INTS_SIGNED else "u"
 
 
-def _schema(cls: type[_Record]) -> tuple[tuple[str, str], ...]:
+def _schema(cls: type[Value]) -> tuple[tuple[str, str], ...]:
     # The annotations are strings (``from __future__ import annotations``).
     return tuple((name, _kind_of(cls, name, cls.__annotations__[name])) for name in cls._fields)
 
