@@ -103,3 +103,37 @@ def bind_and_listen(sock: socket.socket, sockaddr: Any, backlog: int, *, family:
         except OSError as exc:
             raise translate(exc, op=op, family=family, where=where) from exc
     return sock
+
+
+def sendall_parts(sock: socket.socket, parts: list[bytes | bytearray | memoryview]) -> None:
+    """Send *parts* one after the other, as ``sock.sendall(b"".join(parts))`` would.
+
+    Where the socket has ``sendmsg`` (not on Windows) the parts go as they are,
+    gathered by the kernel: a header and a large payload cost no joined copy. A
+    short send (a timeout socket, a signal) resumes where it stopped. Raises what
+    ``sendall`` raises.
+    """
+    sendmsg = getattr(sock, "sendmsg", None)
+    if sendmsg is None:
+        sock.sendall(b"".join(parts))
+        return
+    views = byte_views(parts)
+    while views:
+        drop_sent(views, sendmsg(views))
+
+
+def byte_views(parts: list[bytes | bytearray | memoryview]) -> list[memoryview]:
+    """*parts* as flat byte views, the empty ones left out (for gathered writes)."""
+    return [view for view in (memoryview(p).cast("B") for p in parts) if view]
+
+
+def drop_sent(views: list[memoryview], sent: int) -> None:
+    """Remove the first *sent* bytes of *views* (a gathered write took them)."""
+    while sent:
+        first = views[0]
+        if sent >= len(first):
+            sent -= len(first)
+            del views[0]
+        else:
+            views[0] = first[sent:]
+            sent = 0

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,12 +21,18 @@ from ..._core import mux
 from ..._core.addresses import Address
 from ..._core.framing import FrameDecoder, encode_frame
 from ..._errors import ProtocolError, RemoteError
-from ..._transports._common import DEFAULT_CONNECT_TIMEOUT
+from ..._transports._common import DEFAULT_CONNECT_TIMEOUT, sendall_parts
 from ..._validate import quote
 
 __all__ = ["ExecResult", "exec", "exec_async"]
 
 Sink = Callable[[bytes], object]
+Input = bytes | bytearray | memoryview
+
+#: recv flag asking the kernel for the whole count in one call (one system call and
+#: no joining per frame). Not on Windows, where not every provider (Hyper-V
+#: sockets) is known to honour it; the read loop takes short reads either way.
+_WAITALL = 0 if sys.platform == "win32" else getattr(socket, "MSG_WAITALL", 0)
 
 
 @dataclass(frozen=True)
@@ -139,6 +146,46 @@ class ExecSession:
         with self._send_lock:
             self.sock.sendall(ep.frame(event))
 
+    def send_stdin(self, data: Input) -> None:
+        """One STDIN frame around *data* (at most :data:`CHUNK` bytes), sent without
+        copying it: the frame's head and *data* go as two buffers of one ``sendmsg``."""
+        with self._send_lock:
+            sendall_parts(self.sock, [ep.data_head(ep.STDIN, len(data)), data])
+
+    def read_event(self) -> ep.Event:
+        """The next event, read straight off the socket: the output of a data frame
+        is the ``bytes`` the socket returned (no decoder buffer, no copy).
+
+        Use this *or* :meth:`recv` + :meth:`feed`, not both on one session. Raises
+        :class:`ProtocolError` as :meth:`recv` does, and for a malformed frame.
+        """
+        head = self._recv_exact(ep.HEAD.size)
+        if head is None:
+            raise self.eof_error()
+        kind, size = ep.parse_head(head)
+        rest = self._recv_exact(size) if size else b""
+        if rest is None:
+            raise ProtocolError("the agent closed the connection in the middle of a frame")
+        return ep.decode_kind(kind, rest)
+
+    def _recv_exact(self, n: int) -> bytes | None:
+        """*n* bytes; None at EOF (or a reset) before the first one."""
+        try:
+            data = self.sock.recv(n, _WAITALL)
+            if len(data) == n or not data:
+                return data or None
+            # A short read (a signal, a platform without MSG_WAITALL): gather the rest.
+            parts = bytearray(data)
+            while len(parts) < n:
+                more = self.sock.recv(n - len(parts), _WAITALL)
+                if not more:
+                    raise ProtocolError(f"the agent closed the connection in the middle "
+                                        f"of a frame ({len(parts)} of {n} bytes)")
+                parts += more
+        except ConnectionError:
+            return None
+        return bytes(parts)
+
     def recv(self) -> bytes:
         """Bytes from the agent; :class:`ProtocolError` when it closed or reset the
         connection before the command's exit (it refused this peer, or stopped)."""
@@ -196,11 +243,20 @@ class _Collector:
         return None
 
 
-def _input_chunks(data: bytes | None) -> list[bytes]:
-    return [] if not data else [data[i:i + ep.CHUNK] for i in range(0, len(data), ep.CHUNK)]
+def _input_chunks(data: Input | None) -> list[memoryview]:
+    """*data* cut into frame-sized views of it (no copies)."""
+    if data is None:
+        return []
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        from ..._errors import ArgumentError
+
+        raise ArgumentError(f"input must be bytes, not {type(data).__name__} "
+                            f"{quote(data)}; encode text first")
+    view = memoryview(data).cast("B")
+    return [view[i:i + ep.CHUNK] for i in range(0, len(view), ep.CHUNK)]
 
 
-def exec(address: Address | str, args: Sequence[str], *, input: bytes | None = None,
+def exec(address: Address | str, args: Sequence[str], *, input: Input | None = None,
          env: Mapping[str, str] | None = None, unset: Iterable[str] = (),
          cwd: str | None = None, user: str | None = None, timeout: float | None = None,
          max_output: int | None = None, stdout: Sink | None = None, stderr: Sink | None = None,
@@ -222,25 +278,24 @@ def exec(address: Address | str, args: Sequence[str], *, input: bytes | None = N
     """
     start = make_start(args, env=env, unset=unset, cwd=cwd, user=user, timeout=timeout,
                        max_output=max_output)
+    chunks = _input_chunks(input)
     collector = _Collector(start.argv, stdout, stderr)
     with ExecSession.open(address, start, service=service, connect_timeout=connect_timeout,
                           retries=retries) as session:
 
         def feed() -> None:
             with contextlib.suppress(OSError):
-                for chunk in _input_chunks(input):
-                    session.send(ep.Stdin(chunk))
+                for chunk in chunks:
+                    session.send_stdin(chunk)
                 session.send(ep.StdinEof())
 
         writer = threading.Thread(target=feed, name="hvsock-exec-stdin", daemon=True)
         writer.start()
         try:
             while True:
-                data = session.recv()
-                for event in session.feed(data):
-                    result = collector.handle(event)
-                    if result is not None:
-                        return result
+                result = collector.handle(session.read_event())
+                if result is not None:
+                    return result
         finally:
             # Closing the socket wakes a writer blocked on a full socket buffer.
             with contextlib.suppress(OSError):
@@ -249,7 +304,7 @@ def exec(address: Address | str, args: Sequence[str], *, input: bytes | None = N
 
 
 async def exec_async(address: Address | str, args: Sequence[str], *,
-                     input: bytes | None = None,
+                     input: Input | None = None,
                      env: Mapping[str, str] | None = None, unset: Iterable[str] = (),
                      cwd: str | None = None, user: str | None = None,
                      timeout: float | None = None, max_output: int | None = None,
@@ -258,11 +313,12 @@ async def exec_async(address: Address | str, args: Sequence[str], *,
                      connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
                      retries: int = 0) -> ExecResult:
     """The asyncio twin of :func:`exec`: same arguments, result and errors."""
-    from ..._aio.streams import open_connection
+    from ..._aio.streams import open_connection, write_parts
     from ..._service.frames import read_frame
 
     start = make_start(args, env=env, unset=unset, cwd=cwd, user=user, timeout=timeout,
                        max_output=max_output)
+    chunks = _input_chunks(input)
     collector = _Collector(start.argv, stdout, stderr)
     reader, writer = await open_connection(address, timeout=connect_timeout, retries=retries)
 
@@ -274,9 +330,8 @@ async def exec_async(address: Address | str, args: Sequence[str], *,
 
     async def feed() -> None:
         with contextlib.suppress(OSError):
-            for chunk in _input_chunks(input):
-                writer.write(ep.frame(ep.Stdin(chunk)))
-                await writer.drain()
+            for chunk in chunks:
+                await write_parts(writer, [ep.data_head(ep.STDIN, len(chunk)), chunk])
             writer.write(ep.frame(ep.StdinEof()))
             await writer.drain()
 
