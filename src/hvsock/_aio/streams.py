@@ -29,7 +29,8 @@ from . import hyperv as aio_hyperv
 STREAM_LIMIT = 2**16
 
 
-async def write_parts(writer: asyncio.StreamWriter, parts: list[bytes | bytearray | memoryview]) -> None:
+async def write_parts(writer: asyncio.StreamWriter,
+                      parts: list[bytes | bytearray | memoryview]) -> None:
     """``writer.write(b"".join(parts))`` then ``drain()``, without the joined copy when it can.
 
     While nothing is queued in the transport, the parts go straight to the socket
