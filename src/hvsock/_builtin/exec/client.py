@@ -103,9 +103,9 @@ def _remote_error(event: ep.Error) -> RemoteError:
 class ExecSession:
     """One running remote command over a blocking socket (what the CLI drives).
 
-    ``open()`` connects, names the service, sends START; then :meth:`events`
-    turns received bytes into events, and :meth:`send` sends stdin, EOF,
-    resizes and signals.
+    ``open()`` connects, names the service, sends START; then :meth:`read_event`
+    returns the agent's events one at a time, :meth:`send_stdin` sends input and
+    :meth:`send` the other client events (EOF, resizes, signals).
     """
 
     def __init__(self, sock: socket.socket) -> None:
@@ -156,8 +156,9 @@ class ExecSession:
         """The next event, read straight off the socket: the output of a data frame
         is the ``bytes`` the socket returned (no decoder buffer, no copy).
 
-        Use this *or* :meth:`recv` + :meth:`feed`, not both on one session. Raises
-        :class:`ProtocolError` as :meth:`recv` does, and for a malformed frame.
+        Use this *or* :meth:`feed`, not both on one session. Raises
+        :class:`ProtocolError` when the agent closed or reset the connection before
+        the command's exit (it refused this peer, or stopped), and for a malformed frame.
         """
         head = self._recv_exact(ep.HEAD.size)
         if head is None:
@@ -186,19 +187,9 @@ class ExecSession:
             return None
         return bytes(parts)
 
-    def recv(self) -> bytes:
-        """Bytes from the agent; :class:`ProtocolError` when it closed or reset the
-        connection before the command's exit (it refused this peer, or stopped)."""
-        try:
-            data = self.sock.recv(1 << 18)
-        except ConnectionError:
-            data = b""
-        if not data:
-            raise self.eof_error()
-        return data
-
     def feed(self, data: bytes) -> list[ep.Event]:
-        """Events completed by *data* received from the agent."""
+        """Events completed by *data* received from the agent (for a caller that reads
+        the socket itself; not to be mixed with :meth:`read_event`)."""
         return [ep.decode(body) for body in self._decoder.feed(data)]
 
     def eof_error(self) -> ProtocolError:
