@@ -69,24 +69,29 @@ def _parts() -> list[bytes | bytearray | memoryview]:
             memoryview(big)[700_000:], os.urandom(100_000)]
 
 
+def _send_and_read(sender: Any, receiver: socket.socket) -> None:
+    """``sendall_parts(sender, parts)`` while a thread reads; the bytes must match."""
+    parts = _parts()
+    expected = b"".join(parts)
+    got = bytearray()
+    reader = threading.Thread(target=_read_all, args=(receiver, len(expected), got))
+    reader.start()
+    try:
+        sendall_parts(sender, parts)
+    finally:
+        reader.join(20)
+        receiver.close()
+    assert bytes(got) == expected
+
+
 def test_sendall_parts_resumes_after_short_sendmsg_calls() -> None:
     a, b = _small_pair()
     sock = RecordingSocket(fileno=a.detach())
     sock.calls = []
     # A timeout makes Python send non-blocking: each call takes only what fits.
     sock.settimeout(20)
-    parts = _parts()
-    expected = b"".join(parts)
-    got = bytearray()
-    reader = threading.Thread(target=_read_all, args=(b, len(expected), got))
-    reader.start()
-    try:
-        sendall_parts(sock, parts)
-    finally:
-        reader.join(20)
-        sock.close()
-        b.close()
-    assert bytes(got) == expected
+    with sock:
+        _send_and_read(sock, b)
     assert any(sent < offered for offered, sent in sock.calls), sock.calls  # short writes
     assert all(offered > 0 for offered, _ in sock.calls)  # the empty part never goes
 
@@ -94,19 +99,9 @@ def test_sendall_parts_resumes_after_short_sendmsg_calls() -> None:
 def test_sendall_parts_without_sendmsg_sends_the_joined_bytes() -> None:
     a, b = socket.socketpair()
     fake = SendallOnly(a)
-    parts = _parts()
-    expected = b"".join(parts)
-    got = bytearray()
-    reader = threading.Thread(target=_read_all, args=(b, len(expected), got))
-    reader.start()
-    try:
-        sendall_parts(fake, parts)  # type: ignore[arg-type]
-    finally:
-        reader.join(20)
-        a.close()
-        b.close()
-    assert bytes(got) == expected
-    assert fake.sent == [len(expected)]
+    with a:
+        _send_and_read(fake, b)
+    assert fake.sent == [len(b"".join(_parts()))]
 
 
 def test_write_parts_short_writev_then_the_transport_keeps_the_order() -> None:
