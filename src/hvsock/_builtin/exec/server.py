@@ -23,7 +23,6 @@ import termios
 from dataclasses import dataclass
 from typing import Any
 
-from ..._aio.streams import write_parts
 from ..._core import exec_proto as ep
 from ..._errors import ProtocolError
 from ..._service.connection import Connection
@@ -184,7 +183,7 @@ class _Session:
         """An output frame: its head and *data* leave in one gathered write, no copy."""
         head = ep.data_head(ep.STDOUT if fd == 1 else ep.STDERR, len(data))
         async with self.write_lock:
-            await write_parts(self.conn.writer, [head, data])
+            await self.conn.write_parts([head, data])
 
     # -- starting -------------------------------------------------------------------
     def _prepare(self) -> tuple[dict[str, str], dict[str, Any], str]:
