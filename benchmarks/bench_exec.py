@@ -9,6 +9,10 @@
   protocol). Target: >= 0.8x the raw socket.
 - CPU seconds the same cat run costs (client, server and cat), which on a busy
   machine decides the throughput.
+- Every throughput run pushes one 64 MiB object built before any timing:
+  ``hvsock.exec`` takes it whole as ``input``, the ssh and raw clients write it in
+  64 KiB slices of it (no copies). Nobody pays for building the input, and nobody
+  sends a cache-hot little block over and over while another streams from memory.
 - QGA requests per second (guest-ping, guest-get-time, one connection, one at a
   time): hvsock's QGA service vs the real qemu-ga, both over Unix sockets on this
   machine.
