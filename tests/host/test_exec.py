@@ -503,3 +503,12 @@ def test_pipes_grow_where_allowed_and_keep_their_size_where_not() -> None:
     finally:
         for fd in (*grown, *kept):
             os.close(fd)
+
+
+def test_whole_frame_reads_are_asked_only_where_the_family_allows_them() -> None:
+    from hvsock._builtin.exec.client import waitall_flag
+
+    for family in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6):
+        assert waitall_flag(family) == socket.MSG_WAITALL
+    # Linux's AF_VSOCK answers ENOMEM to a MSG_WAITALL read of its buffer size or more.
+    assert waitall_flag(getattr(socket, "AF_VSOCK", 40)) == 0

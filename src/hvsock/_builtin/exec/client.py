@@ -29,10 +29,22 @@ __all__ = ["ExecResult", "exec", "exec_async"]
 Sink = Callable[[bytes], object]
 Input = bytes | bytearray | memoryview
 
-#: recv flag asking the kernel for the whole count in one call (one system call and
-#: no joining per frame). Not on Windows, where not every provider (Hyper-V
-#: sockets) is known to honour it; the read loop takes short reads either way.
-_WAITALL = 0 if sys.platform == "win32" else getattr(socket, "MSG_WAITALL", 0)
+#: Families whose recv takes MSG_WAITALL for any count: Linux's AF_VSOCK refuses
+#: (ENOMEM) a MSG_WAITALL read of the socket's buffer size or more (256 KiB by
+#: default, about 4 KiB on Hyper-V's transport), so VM sockets read without it.
+_WAITALL_FAMILIES = frozenset(getattr(socket, name) for name in ("AF_UNIX", "AF_INET",
+                                                                 "AF_INET6")
+                              if hasattr(socket, name))
+
+
+def waitall_flag(family: int) -> int:
+    """The recv flag asking for a whole count in one call (one system call and no
+    joining per frame) on a socket of *family*; 0 where it is not safe to ask. Not on
+    Windows, where not every provider is known to honour it. Reads take short
+    reads either way."""
+    if sys.platform == "win32" or family not in _WAITALL_FAMILIES:
+        return 0
+    return int(getattr(socket, "MSG_WAITALL", 0))
 
 
 @dataclass(frozen=True)
@@ -110,6 +122,7 @@ class ExecSession:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self._waitall = waitall_flag(sock.family)
         self._decoder = FrameDecoder(ep.MAX_FRAME)
         self._send_lock = threading.Lock()
 
@@ -172,20 +185,23 @@ class ExecSession:
     def _recv_exact(self, n: int) -> bytes | None:
         """*n* bytes; None at EOF (or a reset) before the first one."""
         try:
-            data = self.sock.recv(n, _WAITALL)
+            data = self.sock.recv(n, self._waitall)
             if len(data) == n or not data:
                 return data or None
-            # A short read (a signal, a platform without MSG_WAITALL): gather the rest.
-            parts = bytearray(data)
-            while len(parts) < n:
-                more = self.sock.recv(n - len(parts), _WAITALL)
+            # A short read (no MSG_WAITALL here, a signal): gather the rest in place.
+            whole = bytearray(n)
+            view = memoryview(whole)
+            got = len(data)
+            view[:got] = data
+            while got < n:
+                more = self.sock.recv_into(view[got:], 0, self._waitall)
                 if not more:
                     raise ProtocolError(f"the agent closed the connection in the middle "
-                                        f"of a frame ({len(parts)} of {n} bytes)")
-                parts += more
+                                        f"of a frame ({got} of {n} bytes)")
+                got += more
         except ConnectionError:
             return None
-        return bytes(parts)
+        return bytes(whole)
 
     def feed(self, data: bytes) -> list[ep.Event]:
         """Events completed by *data* received from the agent (for a caller that reads
