@@ -1,14 +1,12 @@
 """Gathered writes (a header and a payload as separate buffers) over real Unix sockets.
 
-``sendall_parts`` (blocking sockets, the exec client) and ``write_parts`` (asyncio
-streams, the exec agent) must deliver exactly ``b"".join(parts)`` whatever the
-socket takes per call: here the socket buffers are made small so that short
-writes really happen, and the tests check that they did.
+``sendall_parts`` (the exec client's stdin frames) must deliver exactly
+``b"".join(parts)`` whatever the socket takes per call: here the socket buffers
+are made small so that short writes really happen, and the test checks that they did.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import threading
@@ -16,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from hvsock._aio.streams import write_parts
 from hvsock._transports._common import sendall_parts
 
 pytestmark = pytest.mark.timeout(60)
@@ -102,65 +99,3 @@ def test_sendall_parts_without_sendmsg_sends_the_joined_bytes() -> None:
     with a:
         _send_and_read(fake, b)
     assert fake.sent == [len(b"".join(_parts()))]
-
-
-def test_write_parts_short_writev_then_the_transport_keeps_the_order() -> None:
-    frames = [[os.urandom(5), os.urandom(256 * 1024)] for _ in range(16)]
-    expected = b"".join(b"".join(f) for f in frames)
-    a, b = _small_pair()
-    got = bytearray()
-    go = threading.Event()
-
-    def read_later() -> None:
-        go.wait(20)
-        _read_all(b, len(expected), got)
-
-    reader = threading.Thread(target=read_later)
-    reader.start()
-
-    async def main() -> list[int]:
-        _, writer = await asyncio.open_connection(sock=a)
-        # Room for everything in the transport, so nothing waits for the reader yet.
-        writer.transport.set_write_buffer_limits(high=len(expected) * 2)
-        queued = []
-        for parts in frames:
-            await write_parts(writer, list(parts))
-            queued.append(writer.transport.get_write_buffer_size())
-        go.set()
-        # Limits of zero: drain() returns once the transport has sent everything.
-        writer.transport.set_write_buffer_limits(high=0)
-        await writer.drain()
-        writer.close()
-        await writer.wait_closed()
-        return queued
-
-    try:
-        queued = asyncio.run(asyncio.wait_for(main(), 30))
-    finally:
-        go.set()
-        reader.join(20)
-        b.close()
-    assert bytes(got) == expected
-    # The socket took the first frame only in part; the rest queued in the transport.
-    assert queued[0] > 0
-    assert queued == sorted(queued)
-
-
-def test_write_parts_to_a_closed_peer_raises_connection_error() -> None:
-    a, b = socket.socketpair()
-    b.close()
-
-    async def main() -> None:
-        _, writer = await asyncio.open_connection(sock=a)
-
-        async def flood() -> None:
-            for _ in range(100):
-                await write_parts(writer, [b"head!", os.urandom(65536)])
-
-        try:
-            with pytest.raises(ConnectionError):
-                await flood()
-        finally:
-            writer.close()
-
-    asyncio.run(asyncio.wait_for(main(), 30))

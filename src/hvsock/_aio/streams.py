@@ -8,7 +8,6 @@ cancelling a connect closes its socket.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -17,48 +16,14 @@ from .._errors import UnsupportedError
 from .._transports import api, dial
 from .._transports._common import (
     DEFAULT_CONNECT_TIMEOUT,
-    byte_views,
     check_buffer_size,
     check_timeout,
     close_on_error,
-    drop_sent,
 )
 from . import drive
 from . import hyperv as aio_hyperv
 
 STREAM_LIMIT = 2**16
-
-
-async def write_parts(writer: asyncio.StreamWriter,
-                      parts: list[bytes | bytearray | memoryview]) -> None:
-    """``writer.write(b"".join(parts))`` then ``drain()``, without the joined copy when it can.
-
-    While nothing is queued in the transport, the parts go straight to the socket
-    with one ``writev`` (POSIX; asyncio before 3.12 joins the parts of
-    ``writelines``); whatever the socket does not take, and every write on another
-    platform or transport, goes through the transport as usual, which keeps the
-    order and reports a broken connection on ``drain()``.
-    """
-    transport = writer.transport
-    sock = writer.get_extra_info("socket")
-    views = byte_views(parts)
-    # Only a plain socket transport: under TLS the fd carries records, not our bytes.
-    if (_WRITEV is not None and sock is not None and not transport.is_closing()
-            and writer.get_extra_info("ssl_object") is None
-            and transport.get_write_buffer_size() == 0):
-        try:
-            sent = _WRITEV(sock.fileno(), views)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            sent = 0  # the transport's own write meets the error and reports it
-        drop_sent(views, sent)
-    if views:
-        writer.write(b"".join(views))
-    await writer.drain()
-
-
-_WRITEV = getattr(os, "writev", None)
 
 ClientConnected = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
 

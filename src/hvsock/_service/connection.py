@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from .._aio.streams import write_parts
 from .._core.framing import Message, decode_message, encode_frame, encode_message
 from .._errors import FrameTooLargeError, IdleTimeoutError
 from .._server.peers import Peer
@@ -74,11 +73,6 @@ class Connection:
     async def write(self, data: bytes) -> None:
         self.writer.write(data)
         await self._timed(self.writer.drain())
-
-    async def write_parts(self, parts: list[bytes | bytearray | memoryview]) -> None:
-        """:meth:`write` of ``b"".join(parts)``, without that copy where the socket
-        allows (a header and a large payload leave in one gathered write)."""
-        await self._timed(write_parts(self.writer, parts))
 
     def close_write(self) -> None:
         """Half-close: the peer reads EOF; we can still read what it sends."""

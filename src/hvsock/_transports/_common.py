@@ -117,23 +117,14 @@ def sendall_parts(sock: socket.socket, parts: list[bytes | bytearray | memoryvie
     if sendmsg is None:
         sock.sendall(b"".join(parts))
         return
-    views = byte_views(parts)
+    views = [view for view in (memoryview(p).cast("B") for p in parts) if view]
     while views:
-        drop_sent(views, sendmsg(views))
-
-
-def byte_views(parts: list[bytes | bytearray | memoryview]) -> list[memoryview]:
-    """*parts* as flat byte views, the empty ones left out (for gathered writes)."""
-    return [view for view in (memoryview(p).cast("B") for p in parts) if view]
-
-
-def drop_sent(views: list[memoryview], sent: int) -> None:
-    """Remove the first *sent* bytes of *views* (a gathered write took them)."""
-    while sent:
-        first = views[0]
-        if sent >= len(first):
-            sent -= len(first)
-            del views[0]
-        else:
-            views[0] = first[sent:]
-            sent = 0
+        sent = sendmsg(views)
+        while sent:  # drop what went; a part sent in part keeps its rest
+            first = views[0]
+            if sent >= len(first):
+                sent -= len(first)
+                del views[0]
+            else:
+                views[0] = first[sent:]
+                sent = 0

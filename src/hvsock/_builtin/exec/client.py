@@ -320,7 +320,7 @@ async def exec_async(address: Address | str, args: Sequence[str], *,
                      connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
                      retries: int = 0) -> ExecResult:
     """The asyncio twin of :func:`exec`: same arguments, result and errors."""
-    from ..._aio.streams import open_connection, write_parts
+    from ..._aio.streams import open_connection
     from ..._service.frames import read_frame
 
     start = make_start(args, env=env, unset=unset, cwd=cwd, user=user, timeout=timeout,
@@ -338,7 +338,8 @@ async def exec_async(address: Address | str, args: Sequence[str], *,
     async def feed() -> None:
         with contextlib.suppress(OSError):
             for chunk in chunks:
-                await write_parts(writer, [ep.data_head(ep.STDIN, len(chunk)), chunk])
+                writer.write(ep.data_head(ep.STDIN, len(chunk)) + chunk)
+                await writer.drain()
             writer.write(ep.frame(ep.StdinEof()))
             await writer.drain()
 
