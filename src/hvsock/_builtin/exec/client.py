@@ -272,13 +272,15 @@ def exec(address: Address | str, args: Sequence[str], *, input: Input | None = N
          retries: int = 0) -> ExecResult:
     """Run *args* through the agent at *address*; return an :class:`ExecResult`.
 
-    *input* goes to the command's stdin (then EOF). Output is captured, or
-    handed live to *stdout* / *stderr* callables as it arrives. *timeout*
-    (seconds) and *max_output* (bytes) are enforced by the agent, which kills
-    the command's process group. *service* is the name sent in the service hello
-    (``None`` for an address that serves exec alone).
+    *input* (bytes, or any bytes-like object: it is sent without a copy) goes to the
+    command's stdin (then EOF). Output is captured, or handed live to *stdout* /
+    *stderr* callables as it arrives. *timeout* (seconds) and *max_output* (bytes)
+    are enforced by the agent, which kills the command's process group. *service*
+    is the name sent in the service hello (``None`` for an address that serves
+    exec alone).
 
-    Raises :class:`hvsock.ArgumentError` for bad arguments, the connect errors of
+    Raises :class:`hvsock.ArgumentError` for bad arguments (*input* that is not
+    bytes-like among them), the connect errors of
     :func:`hvsock.connect`, :class:`hvsock.RemoteError` when the agent cannot run
     the command (``code`` ``not_found``, ``forbidden``, ...), and
     :class:`hvsock.ProtocolError` if the connection breaks before the exit.
