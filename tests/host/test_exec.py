@@ -8,6 +8,7 @@ import hashlib
 import os
 import pty
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -60,6 +61,27 @@ def test_cat_carries_4_mib_both_ways(agent: AgentThread) -> None:
     result = hvsock.exec(agent.address(), ["cat"], input=data)
     assert result.returncode == 0
     assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(data).digest()
+
+
+def test_input_may_be_any_bytes_like_object(agent: AgentThread) -> None:
+    data = os.urandom(600_000)
+    for given in (bytearray(data), memoryview(data), memoryview(data).cast("I")):
+        result = hvsock.exec(agent.address(), ["cat"], input=given)
+        assert result.stdout == data
+
+
+def test_big_stdout_and_stderr_at_once_both_arrive_whole(agent: AgentThread) -> None:
+    # More than a grown pipe holds on each output, written at the same time.
+    script = "head -c 3000000 /dev/urandom | tee /dev/stderr"
+    result = hvsock.exec(agent.address(), ["sh", "-c", script])
+    assert result.returncode == 0
+    assert len(result.stdout) == 3000000
+    assert result.stderr == result.stdout
+
+
+def test_input_the_command_stops_reading_does_not_hang(agent: AgentThread) -> None:
+    result = hvsock.exec(agent.address(), ["head", "-c", "10"], input=os.urandom(8 << 20))
+    assert (result.returncode, len(result.stdout)) == (0, 10)
 
 
 def test_output_arrives_while_the_command_runs(agent: AgentThread) -> None:
@@ -152,6 +174,7 @@ def test_run_as_another_user(unix_agent: AgentThread) -> None:
 @pytest.mark.parametrize("bad", [
     {"args": "echo hi"}, {"args": []}, {"args": ["a"], "timeout": -1},
     {"args": ["a"], "env": {"A=B": "1"}}, {"args": ["a"], "max_output": 0},
+    {"args": ["cat"], "input": "text, not bytes"}, {"args": ["cat"], "input": [1, 2]},
 ])
 def test_bad_arguments_raise_argument_error(bad: dict[str, object]) -> None:
     with pytest.raises(hvsock.ArgumentError):
@@ -170,6 +193,12 @@ def test_many_sessions_at_once_async(agent: AgentThread) -> None:
     results = asyncio.run(main())
     assert [r.stdout for r in results] == [f"{i}\n".encode() for i in range(24)]
     assert time.monotonic() - begun < 20  # concurrent, not 24 x 0.2 s in a row each waiting
+
+
+def test_async_twin_carries_big_input_both_ways(agent: AgentThread) -> None:
+    data = os.urandom(3 << 20)
+    result = asyncio.run(hvsock.exec_async(agent.address(), ["cat"], input=data))
+    assert (result.returncode, result.stdout == data) == (0, True)
 
 
 def test_async_twin_streams_to_callbacks(agent: AgentThread) -> None:
@@ -398,3 +427,88 @@ def test_cli_tty_ctrl_c_reaches_the_remote_foreground_job(unix_agent: AgentThrea
     term.write(b"\x03")  # raw mode here: the byte travels; the remote PTY makes it SIGINT
     term.read_until(b"INT")
     assert term.finish() == 7
+
+
+# -- the client's frame reader: whole frames straight off the socket -------------------
+
+
+def _unsent(sock: socket.socket) -> int:
+    """Bytes *sock* sent that its Unix-socket peer has not read yet (SIOCOUTQ)."""
+    return int(struct.unpack("i", fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0" * 4))[0])
+
+
+def test_read_event_gathers_a_frame_that_arrives_in_two_reads() -> None:
+    ours, agent_side = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    session = ExecSession(ours)
+    # A timeout makes Python's recv non-blocking: MSG_WAITALL then returns what is there.
+    ours.settimeout(20)
+    data = os.urandom(200_000)
+    frame = ep.data_head(ep.STDOUT, len(data)) + data
+
+    def agent() -> None:
+        agent_side.sendall(frame[:100_000])
+        deadline = time.monotonic() + 20
+        while _unsent(agent_side) and time.monotonic() < deadline:  # the client read it
+            time.sleep(0.005)
+        agent_side.sendall(frame[100_000:] + ep.frame(ep.Exit(0)))
+
+    sender = threading.Thread(target=agent)
+    sender.start()
+    try:
+        assert session.read_event() == ep.Output(1, data)
+        assert session.read_event() == ep.Exit(0)
+    finally:
+        sender.join(20)
+        session.close()
+        agent_side.close()
+
+
+@pytest.mark.parametrize(("sent", "message"), [
+    (b"", "closed the connection before the command's exit"),
+    (b"\x00\x00", "in the middle of a frame \\(2 of 5 bytes\\)"),
+    (ep.data_head(ep.STDOUT, 1000) + b"x" * 10, "in the middle of a frame"),
+    (b"\x00\x00\x00\x00\x11", "empty exec frame"),
+    (b"\x7f\x00\x00\x00\x11", "frame"),
+    (b"\x00\x00\x00\x02\x99x", "unknown exec frame kind"),
+])
+def test_read_event_on_cut_or_bad_frames_raises_protocol_error(sent: bytes,
+                                                               message: str) -> None:
+    ours, agent_side = socket.socketpair()
+    session = ExecSession(ours)
+    ours.settimeout(20)
+    agent_side.sendall(sent)
+    agent_side.close()
+    with session, pytest.raises(hvsock.ProtocolError, match=message):
+        session.read_event()
+
+
+def test_pipes_grow_where_allowed_and_keep_their_size_where_not() -> None:
+    from hvsock._builtin.exec import server
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("pipe sizes are a Linux feature")
+    get_size = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+    grown = server._pipe(server.PIPE_SIZE)
+    # A size the kernel refuses (EINVAL, for root too): the default pipe, still working.
+    kept = server._pipe(-1)
+    try:
+        size = fcntl.fcntl(grown[1], get_size)
+        if os.geteuid() == 0:
+            assert size == server.PIPE_SIZE
+        else:  # past the user's pipe quota, a process keeps the default
+            assert size in (server.PIPE_SIZE, 65536)
+        assert fcntl.fcntl(kept[1], get_size) == 65536
+        os.write(kept[1], b"still a pipe")
+        assert os.read(kept[0], 100) == b"still a pipe"
+    finally:
+        for fd in (*grown, *kept):
+            os.close(fd)
+
+
+def test_whole_frame_reads_are_asked_only_where_the_family_allows_them() -> None:
+    from hvsock._builtin.exec.client import waitall_flag
+
+    for family in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6):
+        assert waitall_flag(family) == socket.MSG_WAITALL
+    # Linux's AF_VSOCK answers ENOMEM to a MSG_WAITALL read of its buffer size or more.
+    assert waitall_flag(getattr(socket, "AF_VSOCK", 40)) == 0

@@ -123,3 +123,62 @@ def test_hello_answers() -> None:
             mux.decode_hello(bad)
     with pytest.raises(hvsock.ProtocolError):
         mux.encode_hello("no spaces")
+
+
+# -- the gathered data path: head + payload as two buffers, head read with the kind byte
+
+
+@given(st.sampled_from([ep.STDIN, ep.STDOUT, ep.STDERR]), st.binary(max_size=300))
+def test_a_data_head_and_its_bytes_are_the_frame_of_the_event(kind: int, data: bytes) -> None:
+    event = ep.Stdin(data) if kind == ep.STDIN else ep.Output(1 if kind == ep.STDOUT else 2,
+                                                               data)
+    head = ep.data_head(kind, len(data))
+    assert head + data == ep.frame(event)
+    assert ep.parse_head(head) == (kind, len(data))
+    assert ep.decode_kind(kind, data) == event
+
+
+def test_data_output_keeps_the_very_bytes_object() -> None:
+    data = bytes(range(256)) * 4
+    event = ep.decode_kind(ep.STDOUT, data)
+    assert isinstance(event, ep.Output)
+    assert event.data is data
+
+
+@pytest.mark.parametrize(("kind", "size"), [(ep.START, 1), (ep.EXIT, 0), (0x99, 3),
+                                             (ep.STDIN, ep.CHUNK + 1), (ep.STDOUT, -1)])
+def test_data_head_refuses_non_data_kinds_and_oversized_chunks(kind: int, size: int) -> None:
+    with pytest.raises(hvsock.ProtocolError):
+        ep.data_head(kind, size)
+
+
+@given(st.binary(min_size=1, max_size=200))
+def test_decode_kind_is_decode_of_the_split_body(body: bytes) -> None:
+    try:
+        expected: ep.Event | type[hvsock.ProtocolError] = ep.decode(body)
+    except hvsock.ProtocolError:
+        expected = hvsock.ProtocolError
+    try:
+        got: ep.Event | type[hvsock.ProtocolError] = ep.decode_kind(body[0], body[1:])
+    except hvsock.ProtocolError:
+        got = hvsock.ProtocolError
+    assert got == expected
+
+
+@given(st.binary(max_size=8))
+def test_any_head_bytes_give_a_kind_and_size_or_protocol_error(head: bytes) -> None:
+    try:
+        kind, size = ep.parse_head(head)
+    except hvsock.ProtocolError:
+        return
+    assert len(head) == ep.HEAD.size
+    assert 0 <= size < ep.MAX_FRAME
+    assert ep.HEAD.pack(size + 1, kind) == head
+
+
+@pytest.mark.parametrize("head", [b"", b"\x00\x00\x00\x01", b"\x00\x00\x00\x00\x11",
+                                  b"\x00\x10\x00\x01\x11", b"\xff\xff\xff\xff\x02",
+                                  b"\x00\x00\x00\x02\x11\x00"])
+def test_bad_heads_raise_protocol_error(head: bytes) -> None:
+    with pytest.raises(hvsock.ProtocolError):
+        ep.parse_head(head)

@@ -191,21 +191,21 @@ def _drive(session: ExecSession, args: argparse.Namespace, stdin_fd: int, stdout
         while True:
             for key, _ in sel.select():
                 if key.data == "sock":
-                    data = session.recv()
-                    for event in session.feed(data):
-                        if isinstance(event, ep.Output):
-                            _write_all(sinks[event.fd], event.data)
-                        elif isinstance(event, ep.Exit):
-                            return event.status
-                        elif isinstance(event, ep.Error):
-                            raise RemoteError(event.code, event.message)
+                    # The agent sends whole frames: reading one to its end does not stall.
+                    event = session.read_event()
+                    if isinstance(event, ep.Output):
+                        _write_all(sinks[event.fd], event.data)
+                    elif isinstance(event, ep.Exit):
+                        return event.status
+                    elif isinstance(event, ep.Error):
+                        raise RemoteError(event.code, event.message)
                 elif key.data == "stdin":
                     try:
                         data = os.read(stdin_fd, ep.CHUNK)
                     except OSError:
                         data = b""
                     if data:
-                        session.send(ep.Stdin(data))
+                        session.send_stdin(data)
                     else:
                         sel.unregister(stdin_fd)
                         session.send(ep.StdinEof())

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import ProtocolError
-from .framing import encode_frame
+from .framing import HEADER_SIZE, encode_frame, frame_length
 
 __all__: list[str] = []  # internal: the public names live in hvsock.__init__
 
@@ -54,6 +54,37 @@ MAX_FRAME = 1024 * 1024
 MAX_SIGNAL = 64
 
 _RESIZE = struct.Struct(">HH")
+#: A frame's header and the exec kind byte after it: what precedes a data frame's bytes.
+HEAD = struct.Struct(">IB")
+
+
+def data_head(kind: int, size: int) -> bytes:
+    """The 5 bytes before *size* bytes of STDIN/STDOUT/STDERR data in a frame.
+
+    Sending them and the data as two buffers (``sendmsg``/``writev``) spares the
+    copy :func:`frame` makes; :class:`ProtocolError` for a chunk over :data:`CHUNK`
+    or a kind that is not a data kind.
+    """
+    if kind not in (STDIN, STDOUT, STDERR):
+        raise ProtocolError(f"0x{kind:02x} is not a data frame kind")
+    if not 0 <= size <= CHUNK:
+        raise ProtocolError(f"a data frame carries 0..{CHUNK} bytes, not {size}")
+    return HEAD.pack(size + 1, kind)
+
+
+def parse_head(head: bytes) -> tuple[int, int]:
+    """``(kind, size of the rest)`` from a frame's first :data:`HEAD` ``.size`` bytes.
+
+    For readers that take the kind byte with the header and the rest in one piece.
+    Raises :class:`FrameTooLargeError` for a length over :data:`MAX_FRAME` and
+    :class:`ProtocolError` for an empty frame or a header of the wrong size.
+    """
+    if len(head) != HEAD.size:
+        raise ProtocolError(f"a frame head is {HEAD.size} bytes, not {len(head)}")
+    length = frame_length(bytes(head[:HEADER_SIZE]), MAX_FRAME)
+    if length == 0:
+        raise ProtocolError("empty exec frame")
+    return head[HEADER_SIZE], length - 1
 
 
 @dataclass(frozen=True)
@@ -295,13 +326,20 @@ def decode(body: bytes) -> Event:
     """The event in a frame body; any malformed body raises only :class:`ProtocolError`."""
     if not body:
         raise ProtocolError("empty exec frame")
-    kind, rest = body[0], body[1:]
+    return decode_kind(body[0], bytes(body[1:]))
+
+
+def decode_kind(kind: int, rest: bytes) -> Event:
+    """:func:`decode` for a body already split into its kind byte and the rest.
+
+    Data frames keep *rest* as it is (no copy). Raises only :class:`ProtocolError`.
+    """
     if kind == STDIN:
-        return Stdin(bytes(rest))
+        return Stdin(rest)
     if kind == STDOUT:
-        return Output(1, bytes(rest))
+        return Output(1, rest)
     if kind == STDERR:
-        return Output(2, bytes(rest))
+        return Output(2, rest)
     if kind == STDIN_EOF:
         if rest:
             raise ProtocolError("STDIN_EOF carries no body")

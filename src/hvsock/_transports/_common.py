@@ -108,3 +108,28 @@ def bind_and_listen(sock: socket.socket, sockaddr: Any, backlog: int, *, family:
         except OSError as exc:
             raise translate(exc, op=op, family=family, where=where) from exc
     return sock
+
+
+def sendall_parts(sock: socket.socket, parts: list[bytes | bytearray | memoryview]) -> None:
+    """Send *parts* one after the other, as ``sock.sendall(b"".join(parts))`` would.
+
+    Where the socket has ``sendmsg`` (not on Windows) the parts go as they are,
+    gathered by the kernel: a header and a large payload cost no joined copy. A
+    short send (a timeout socket, a signal) resumes where it stopped. Raises what
+    ``sendall`` raises.
+    """
+    sendmsg = getattr(sock, "sendmsg", None)
+    if sendmsg is None:
+        sock.sendall(b"".join(parts))
+        return
+    views = [view for view in (memoryview(p).cast("B") for p in parts) if view]
+    while views:
+        sent = sendmsg(views)
+        while sent:  # drop what went; a part sent in part keeps its rest
+            first = views[0]
+            if sent >= len(first):
+                sent -= len(first)
+                del views[0]
+            else:
+                views[0] = first[sent:]
+                sent = 0

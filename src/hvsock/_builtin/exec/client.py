@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,12 +21,30 @@ from ..._core import mux
 from ..._core.addresses import Address
 from ..._core.framing import FrameDecoder, encode_frame
 from ..._errors import ProtocolError, RemoteError
-from ..._transports._common import DEFAULT_CONNECT_TIMEOUT
+from ..._transports._common import DEFAULT_CONNECT_TIMEOUT, sendall_parts
 from ..._validate import quote
 
 __all__ = ["ExecResult", "exec", "exec_async"]
 
 Sink = Callable[[bytes], object]
+Input = bytes | bytearray | memoryview
+
+#: Families whose recv takes MSG_WAITALL for any count: Linux's AF_VSOCK refuses
+#: (ENOMEM) a MSG_WAITALL read of the socket's buffer size or more (256 KiB by
+#: default, about 4 KiB on Hyper-V's transport), so VM sockets read without it.
+_WAITALL_FAMILIES = frozenset(getattr(socket, name) for name in ("AF_UNIX", "AF_INET",
+                                                                 "AF_INET6")
+                              if hasattr(socket, name))
+
+
+def waitall_flag(family: int) -> int:
+    """The recv flag asking for a whole count in one call (one system call and no
+    joining per frame) on a socket of *family*; 0 where it is not safe to ask. Not on
+    Windows, where not every provider is known to honour it. Reads take short
+    reads either way."""
+    if sys.platform == "win32" or family not in _WAITALL_FAMILIES:
+        return 0
+    return int(getattr(socket, "MSG_WAITALL", 0))
 
 
 @dataclass(frozen=True)
@@ -96,13 +115,14 @@ def _remote_error(event: ep.Error) -> RemoteError:
 class ExecSession:
     """One running remote command over a blocking socket (what the CLI drives).
 
-    ``open()`` connects, names the service, sends START; then :meth:`events`
-    turns received bytes into events, and :meth:`send` sends stdin, EOF,
-    resizes and signals.
+    ``open()`` connects, names the service, sends START; then :meth:`read_event`
+    returns the agent's events one at a time, :meth:`send_stdin` sends input and
+    :meth:`send` the other client events (EOF, resizes, signals).
     """
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self._waitall = waitall_flag(sock.family)
         self._decoder = FrameDecoder(ep.MAX_FRAME)
         self._send_lock = threading.Lock()
 
@@ -139,19 +159,53 @@ class ExecSession:
         with self._send_lock:
             self.sock.sendall(ep.frame(event))
 
-    def recv(self) -> bytes:
-        """Bytes from the agent; :class:`ProtocolError` when it closed or reset the
-        connection before the command's exit (it refused this peer, or stopped)."""
-        try:
-            data = self.sock.recv(1 << 18)
-        except ConnectionError:
-            data = b""
-        if not data:
+    def send_stdin(self, data: Input) -> None:
+        """One STDIN frame around *data* (at most :data:`CHUNK` bytes), sent without
+        copying it: the frame's head and *data* go as two buffers of one ``sendmsg``."""
+        with self._send_lock:
+            sendall_parts(self.sock, [ep.data_head(ep.STDIN, len(data)), data])
+
+    def read_event(self) -> ep.Event:
+        """The next event, read straight off the socket: the output of a data frame
+        is the ``bytes`` the socket returned (no decoder buffer, no copy).
+
+        Use this *or* :meth:`feed`, not both on one session. Raises
+        :class:`ProtocolError` when the agent closed or reset the connection before
+        the command's exit (it refused this peer, or stopped), and for a malformed frame.
+        """
+        head = self._recv_exact(ep.HEAD.size)
+        if head is None:
             raise self.eof_error()
-        return data
+        kind, size = ep.parse_head(head)
+        rest = self._recv_exact(size) if size else b""
+        if rest is None:
+            raise ProtocolError("the agent closed the connection in the middle of a frame")
+        return ep.decode_kind(kind, rest)
+
+    def _recv_exact(self, n: int) -> bytes | None:
+        """*n* bytes; None at EOF (or a reset) before the first one."""
+        try:
+            data = self.sock.recv(n, self._waitall)
+            if len(data) == n or not data:
+                return data or None
+            # A short read (no MSG_WAITALL here, a signal): gather the rest in place.
+            whole = bytearray(n)
+            view = memoryview(whole)
+            got = len(data)
+            view[:got] = data
+            while got < n:
+                more = self.sock.recv_into(view[got:], 0, self._waitall)
+                if not more:
+                    raise ProtocolError(f"the agent closed the connection in the middle "
+                                        f"of a frame ({got} of {n} bytes)")
+                got += more
+        except ConnectionError:
+            return None
+        return bytes(whole)
 
     def feed(self, data: bytes) -> list[ep.Event]:
-        """Events completed by *data* received from the agent."""
+        """Events completed by *data* received from the agent (for a caller that reads
+        the socket itself; not to be mixed with :meth:`read_event`)."""
         return [ep.decode(body) for body in self._decoder.feed(data)]
 
     def eof_error(self) -> ProtocolError:
@@ -196,11 +250,20 @@ class _Collector:
         return None
 
 
-def _input_chunks(data: bytes | None) -> list[bytes]:
-    return [] if not data else [data[i:i + ep.CHUNK] for i in range(0, len(data), ep.CHUNK)]
+def _input_chunks(data: Input | None) -> list[memoryview]:
+    """*data* cut into frame-sized views of it (no copies)."""
+    if data is None:
+        return []
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        from ..._errors import ArgumentError
+
+        raise ArgumentError(f"input must be bytes, not {type(data).__name__} "
+                            f"{quote(data)}; encode text first")
+    view = memoryview(data).cast("B")
+    return [view[i:i + ep.CHUNK] for i in range(0, len(view), ep.CHUNK)]
 
 
-def exec(address: Address | str, args: Sequence[str], *, input: bytes | None = None,
+def exec(address: Address | str, args: Sequence[str], *, input: Input | None = None,
          env: Mapping[str, str] | None = None, unset: Iterable[str] = (),
          cwd: str | None = None, user: str | None = None, timeout: float | None = None,
          max_output: int | None = None, stdout: Sink | None = None, stderr: Sink | None = None,
@@ -209,38 +272,39 @@ def exec(address: Address | str, args: Sequence[str], *, input: bytes | None = N
          retries: int = 0) -> ExecResult:
     """Run *args* through the agent at *address*; return an :class:`ExecResult`.
 
-    *input* goes to the command's stdin (then EOF). Output is captured, or
-    handed live to *stdout* / *stderr* callables as it arrives. *timeout*
-    (seconds) and *max_output* (bytes) are enforced by the agent, which kills
-    the command's process group. *service* is the name sent in the service hello
-    (``None`` for an address that serves exec alone).
+    *input* (bytes, or any bytes-like object: it is sent without a copy) goes to the
+    command's stdin (then EOF). Output is captured, or handed live to *stdout* /
+    *stderr* callables as it arrives. *timeout* (seconds) and *max_output* (bytes)
+    are enforced by the agent, which kills the command's process group. *service*
+    is the name sent in the service hello (``None`` for an address that serves
+    exec alone).
 
-    Raises :class:`hvsock.ArgumentError` for bad arguments, the connect errors of
+    Raises :class:`hvsock.ArgumentError` for bad arguments (*input* that is not
+    bytes-like among them), the connect errors of
     :func:`hvsock.connect`, :class:`hvsock.RemoteError` when the agent cannot run
     the command (``code`` ``not_found``, ``forbidden``, ...), and
     :class:`hvsock.ProtocolError` if the connection breaks before the exit.
     """
     start = make_start(args, env=env, unset=unset, cwd=cwd, user=user, timeout=timeout,
                        max_output=max_output)
+    chunks = _input_chunks(input)
     collector = _Collector(start.argv, stdout, stderr)
     with ExecSession.open(address, start, service=service, connect_timeout=connect_timeout,
                           retries=retries) as session:
 
         def feed() -> None:
             with contextlib.suppress(OSError):
-                for chunk in _input_chunks(input):
-                    session.send(ep.Stdin(chunk))
+                for chunk in chunks:
+                    session.send_stdin(chunk)
                 session.send(ep.StdinEof())
 
         writer = threading.Thread(target=feed, name="hvsock-exec-stdin", daemon=True)
         writer.start()
         try:
             while True:
-                data = session.recv()
-                for event in session.feed(data):
-                    result = collector.handle(event)
-                    if result is not None:
-                        return result
+                result = collector.handle(session.read_event())
+                if result is not None:
+                    return result
         finally:
             # Closing the socket wakes a writer blocked on a full socket buffer.
             with contextlib.suppress(OSError):
@@ -249,7 +313,7 @@ def exec(address: Address | str, args: Sequence[str], *, input: bytes | None = N
 
 
 async def exec_async(address: Address | str, args: Sequence[str], *,
-                     input: bytes | None = None,
+                     input: Input | None = None,
                      env: Mapping[str, str] | None = None, unset: Iterable[str] = (),
                      cwd: str | None = None, user: str | None = None,
                      timeout: float | None = None, max_output: int | None = None,
@@ -263,6 +327,7 @@ async def exec_async(address: Address | str, args: Sequence[str], *,
 
     start = make_start(args, env=env, unset=unset, cwd=cwd, user=user, timeout=timeout,
                        max_output=max_output)
+    chunks = _input_chunks(input)
     collector = _Collector(start.argv, stdout, stderr)
     reader, writer = await open_connection(address, timeout=connect_timeout, retries=retries)
 
@@ -274,8 +339,8 @@ async def exec_async(address: Address | str, args: Sequence[str], *,
 
     async def feed() -> None:
         with contextlib.suppress(OSError):
-            for chunk in _input_chunks(input):
-                writer.write(ep.frame(ep.Stdin(chunk)))
+            for chunk in chunks:
+                writer.write(ep.data_head(ep.STDIN, len(chunk)) + chunk)
                 await writer.drain()
             writer.write(ep.frame(ep.StdinEof()))
             await writer.drain()

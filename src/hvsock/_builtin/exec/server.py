@@ -18,7 +18,7 @@ import pty
 import pwd
 import signal
 import struct
-import subprocess
+import sys
 import termios
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +36,11 @@ EXEC_PORT = 5105
 KILL_GRACE = 2.0
 #: Seconds the agent waits for output still in flight after the command exited.
 DRAIN_WAIT = 2.0
+#: Size asked for the command's stdin and stdout pipes (Linux's default is 64 KiB; at
+#: 1 MiB a streaming command and the agent wake each other up far less often).
+PIPE_SIZE = 1 << 20
+#: fcntl's F_SETPIPE_SZ (Linux; CPython names it from 3.10, but only on Linux builds).
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,25 @@ def _winsize(fd: int, rows: int, cols: int) -> None:
 def _take_terminal() -> None:  # pragma: no cover - runs in the child
     # start_new_session made us a session leader; fd 0 is the PTY's slave side.
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _pipe(size: int | None) -> tuple[int, int]:
+    """A pipe (read end, write end), grown to *size* bytes where the system lets us.
+
+    Past the per-user pipe quota (``/proc/sys/fs/pipe-user-pages-soft``), or off
+    Linux, the pipe keeps its default size: slower, just as correct.
+    """
+    r, w = os.pipe()
+    if size is not None and sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(w, _F_SETPIPE_SZ, size)
+    return r, w
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _killpg(pgid: int, sig: int) -> None:
@@ -104,6 +128,28 @@ async def _write_fd(fd: int, data: bytes) -> None:
             await _wait_fd(fd, True)
 
 
+async def _read_event(reader: asyncio.StreamReader) -> ep.Event | None:
+    """The client's next event, None at EOF between frames.
+
+    The kind byte comes with the frame's header, so a STDIN frame's bytes are the
+    very object the stream hands over (``read_frame`` + ``decode`` copy them once
+    more). Raises :class:`ProtocolError` for a malformed or cut frame.
+    """
+    try:
+        head = await reader.readexactly(ep.HEAD.size)
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            return None
+        raise ProtocolError("connection closed in the middle of a frame header") from None
+    kind, size = ep.parse_head(head)
+    try:
+        rest = await reader.readexactly(size) if size else b""
+    except asyncio.IncompleteReadError as exc:
+        raise ProtocolError(f"connection closed in the middle of a frame "
+                            f"({len(exc.partial)} of {size} bytes)") from None
+    return ep.decode_kind(kind, rest)
+
+
 class _Refused(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -117,7 +163,11 @@ class _Session:
         self.start = start
         self.policy = policy
         self.proc: asyncio.subprocess.Process | None = None
+        #: The PTY's master side (stdin and output both), when the client asked for one.
         self.master: int | None = None
+        #: Our ends of the command's stdin and output (non-blocking; closed by _close_fds).
+        self.stdin_fd: int | None = None
+        self.outputs: list[tuple[int, int]] = []  # (fd, 1 for stdout / 2 for stderr)
         self.sent = 0
         self.cap = min((c for c in (start.max_output, policy.max_output) if c is not None),
                        default=None)
@@ -128,6 +178,13 @@ class _Session:
     async def send(self, event: ep.Event) -> None:
         async with self.write_lock:
             await self.conn.write(ep.frame(event))
+
+    async def send_output(self, fd: int, data: bytes) -> None:
+        """An output frame: *data* copied once, behind its head (a gathered write to
+        the transport's socket measured no faster, see docs/agent.md)."""
+        head = ep.data_head(ep.STDOUT if fd == 1 else ep.STDERR, len(data))
+        async with self.write_lock:
+            await self.conn.write(head + data)
 
     # -- starting -------------------------------------------------------------------
     def _prepare(self) -> tuple[dict[str, str], dict[str, Any], str]:
@@ -172,19 +229,33 @@ class _Session:
         env, kwargs, cwd = self._prepare()
         argv = self.start.argv
         tty = self.start.tty
-        slave = None
+        theirs: list[int] = []  # the child's ends, closed here once it has them
         try:
             if tty is not None:
                 self.master, slave = pty.openpty()
+                theirs.append(slave)
                 _winsize(slave, tty.rows, tty.cols)
-                os.set_blocking(self.master, False)
+                self.stdin_fd = self.master
+                self.outputs = [(self.master, 1)]
                 kwargs.update(stdin=slave, stdout=slave, stderr=slave,
                               preexec_fn=_take_terminal)
             else:
-                kwargs.update(stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE)
+                # Our own pipes rather than asyncio's: sized for streaming, and read and
+                # written straight, with no stream buffer copying every byte once more.
+                child_in, self.stdin_fd = _pipe(PIPE_SIZE)
+                theirs.append(child_in)
+                out, child_out = _pipe(PIPE_SIZE)
+                self.outputs.append((out, 1))
+                theirs.append(child_out)
+                err, child_err = _pipe(None)
+                self.outputs.append((err, 2))
+                theirs.append(child_err)
+                kwargs.update(stdin=child_in, stdout=child_out, stderr=child_err)
+            for fd, _ in self.outputs:
+                os.set_blocking(fd, False)
+            os.set_blocking(self.stdin_fd, False)
             self.proc = await asyncio.create_subprocess_exec(
-                *argv, env=env, cwd=cwd, start_new_session=True, limit=ep.CHUNK, **kwargs)
+                *argv, env=env, cwd=cwd, start_new_session=True, **kwargs)
         except FileNotFoundError:
             raise _Refused("not_found", f"{argv[0]}: command not found") from None
         except PermissionError:
@@ -192,15 +263,15 @@ class _Session:
         except OSError as exc:
             raise _Refused("spawn_failed", f"{argv[0]}: {exc.strerror or exc}") from None
         finally:
-            if slave is not None:
-                os.close(slave)
+            for fd in theirs:
+                _close(fd)
 
     # -- running --------------------------------------------------------------------
     async def run(self) -> None:
         try:
             await self._spawn()
         except _Refused as exc:
-            self._close_master()
+            self._close_fds()
             await self.send(ep.Error(exc.code, exc.message))
             return
         proc = self.proc
@@ -214,9 +285,8 @@ class _Session:
         timers: list[asyncio.TimerHandle] = []
         if timeout is not None:
             timers.append(loop.call_later(timeout, self._on_timeout, pgid, timers))
-        outputs = ([asyncio.create_task(self._pump_pty())] if self.master is not None else
-                   [asyncio.create_task(self._pump_pipe(proc.stdout, 1, pgid)),
-                    asyncio.create_task(self._pump_pipe(proc.stderr, 2, pgid))])
+        outputs = [asyncio.create_task(self._pump_output(fd, kind, pgid))
+                   for fd, kind in self.outputs]
         inputs = asyncio.create_task(self._pump_client(pgid))
         try:
             code = await proc.wait()
@@ -237,20 +307,26 @@ class _Session:
             inputs.cancel()
             for task in outputs:
                 task.cancel()
-            if proc.returncode is None:
-                # We are leaving before the command ended (client gone, agent stopping).
-                _killpg(pgid, signal.SIGKILL)
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(proc.wait()), 5)
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await inputs
-            self._close_master()
+            try:
+                if proc.returncode is None:
+                    # We are leaving before the command ended (client gone, agent stopping).
+                    _killpg(pgid, signal.SIGKILL)
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(asyncio.shield(proc.wait()), 5)
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await inputs
+                # Let the cancelled pumps unregister their fds before those close: a
+                # number closed while still registered may be reused by another session.
+                await asyncio.wait(outputs)
+            finally:
+                self._close_fds()
 
-    def _close_master(self) -> None:
-        if self.master is not None:
-            with contextlib.suppress(OSError):
-                os.close(self.master)
-            self.master = None
+    def _close_fds(self) -> None:
+        # The PTY's master is both stdin_fd and an output: closed once.
+        for fd in {self.stdin_fd, *(fd for fd, _ in self.outputs)}:
+            _close(fd)
+        self.stdin_fd = self.master = None
+        self.outputs = []
 
     def _on_timeout(self, pgid: int, timers: list[asyncio.TimerHandle]) -> None:
         self.timed_out = True
@@ -269,22 +345,14 @@ class _Session:
             _killpg(pgid, signal.SIGKILL)
         self.sent += len(data)
         if data:
-            await self.send(ep.Output(fd, data))
+            await self.send_output(fd, data)
         return not self.truncated
 
-    async def _pump_pipe(self, stream: asyncio.StreamReader | None, fd: int, pgid: int) -> None:
-        assert stream is not None
+    async def _pump_output(self, source: int, fd: int, pgid: int) -> None:
+        """Output read from *source* (a pipe or the PTY) goes out as *fd*'s frames."""
         while True:
-            data = await stream.read(ep.CHUNK)
+            data = await _read_fd(source)
             if not data or not await self._emit(fd, data, pgid):
-                return
-
-    async def _pump_pty(self) -> None:
-        assert self.master is not None
-        assert self.proc is not None
-        while True:
-            data = await _read_fd(self.master)
-            if not data or not await self._emit(1, data, self.proc.pid):
                 return
 
     async def _pump_client(self, pgid: int) -> None:
@@ -294,8 +362,7 @@ class _Session:
         while True:
             why = "EOF"
             try:
-                body = await read_frame(reader, ep.MAX_FRAME)
-                event = None if body is None else ep.decode(body)
+                event = await _read_event(reader)
             except (ConnectionError, ProtocolError) as exc:
                 event, why = None, str(exc)
             if event is None:
@@ -323,26 +390,19 @@ class _Session:
                                       self.conn.peer, type(event).__name__)
 
     async def _write_stdin(self, data: bytes) -> None:
-        proc = self.proc
-        assert proc is not None
-        try:
-            if self.master is not None:
-                await _write_fd(self.master, data)
-            elif proc.stdin is not None and not proc.stdin.is_closing():
-                proc.stdin.write(data)
-                await proc.stdin.drain()
-        except (BrokenPipeError, ConnectionResetError, OSError):
-            pass  # the command stopped reading; its exit tells the rest
+        if self.stdin_fd is None:
+            return  # stdin was closed (STDIN_EOF came first): nothing reads this
+        with contextlib.suppress(OSError):  # the command stopped reading: its exit tells
+            await _write_fd(self.stdin_fd, data)
 
     async def _close_stdin(self) -> None:
-        proc = self.proc
-        assert proc is not None
         if self.master is not None:
             # A terminal has no half-close: EOF is the VEOF character (Ctrl-D).
             with contextlib.suppress(OSError):
                 await _write_fd(self.master, termios.tcgetattr(self.master)[6][termios.VEOF])
-        elif proc.stdin is not None:
-            proc.stdin.close()
+        elif self.stdin_fd is not None:
+            _close(self.stdin_fd)
+            self.stdin_fd = None
 
 
 class ExecServer:
