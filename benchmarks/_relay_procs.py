@@ -2,6 +2,7 @@
 
 usage: _relay_procs.py muxer UDS_PATH READY_FILE PORT...
        _relay_procs.py threads N LISTEN TARGET READY_FILE
+       _relay_procs.py connect ADDRESS HANDSHAKE_PORT|- DURATION
 
 muxer: runs hvsock.testing.HybridVsockMuxer on UDS_PATH until SIGTERM. For each guest
 PORT it makes the guest-side socket path and leaves it for another process to
@@ -11,6 +12,12 @@ listen on (``hvsock bench server unix://PATH``), then writes READY_FILE: JSON
 threads: the relay with N event loops as threads of one process, sharing its
 listener (the design worker processes were measured against; private API, for
 bench_relay_workers.py only). Writes READY_FILE {"listen": ...}; SIGTERM stops it.
+
+connect: one client of bench_relay.py's connection-rate figure with several clients
+(each its own process, so the clients measure the relay and not their shared
+interpreter lock). Prints "ready", waits for a line on stdin, then connects, sends
+and reads one byte, and closes for DURATION seconds; prints JSON {"count",
+"seconds"} (or {"error"} and exits 1).
 """
 
 from __future__ import annotations
@@ -53,9 +60,30 @@ def threads(n: int, listen: str, target: str, ready: str) -> int:
     return 0
 
 
+def connect(address: str, handshake_port: str, duration: float) -> int:
+    from bench_relay import connector
+
+    import hvsock
+    from hvsock._builtin import bench
+
+    dial = connector(address, None if handshake_port == "-" else int(handshake_port))
+    print("ready", flush=True)
+    if not sys.stdin.readline():
+        return 1  # the benchmark gave up on this run
+    try:
+        result = bench.connect_rate(address, duration=duration, connect=dial)
+    except (OSError, hvsock.HvsockError) as exc:
+        print(json.dumps({"error": str(exc)[:300]}), flush=True)
+        return 1
+    print(json.dumps({"count": result.details["count"], "seconds": result.seconds}), flush=True)
+    return 0
+
+
 def main() -> int:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if sys.argv[1] == "connect":
+        return connect(sys.argv[2], sys.argv[3], float(sys.argv[4]))
     if sys.argv[1] == "threads":
         return threads(int(sys.argv[2]), *sys.argv[3:6])
     kind, uds, ready, *ports = sys.argv[1:]
