@@ -229,42 +229,76 @@ def async_connector(address: str, handshake_port: int | None) -> Callable[[], An
 
 
 # -- measuring ---------------------------------------------------------------------------------
-def connect_rate_procs(address: str, handshake_port: int | None, *, duration: float,
-                       clients: int) -> bench.BenchResult:
-    """New connections per second with *clients* client processes at once.
+class ClientPool:
+    """Client processes for the connection rate with several clients at once.
 
     Processes, not threads: threads of one client process share its interpreter
     lock, and at thousands of connections per second that lock, not the relay,
     sets the figure (measured: 4 threads gave hvsock 1.2-1.6x socat where 4
-    processes gave 2.7-3.4x on the same relays). Raises OSError if a client failed.
+    processes gave 2.7-3.4x on the same relays). Started once and reused: a Python
+    start-up in the test VM takes seconds.
     """
-    argv = [sys.executable, str(HERE / "_relay_procs.py"), "connect", address,
-            "-" if handshake_port is None else str(handshake_port), str(duration)]
-    procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-             for _ in range(clients)]
-    try:
-        for proc in procs:  # every client started (imports done) before any connects
+
+    def __init__(self, clients: int) -> None:
+        self.clients = clients
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def _start(self) -> None:
+        argv = [sys.executable, str(HERE / "_relay_procs.py"), "connect"]
+        self.procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       text=True) for _ in range(self.clients)]
+        self._expect("started")
+
+    def _expect(self, word: str) -> None:
+        for proc in self.procs:
             assert proc.stdout is not None
-            if proc.stdout.readline().strip() != "ready":
-                raise OSError(f"a connect-rate client did not start: {argv}")
-        for proc in procs:
+            line = proc.stdout.readline().strip()
+            if line != word:
+                raise OSError(f"a connect-rate client said {line[:200]!r}, not {word!r}")
+
+    def _send(self, line: str) -> None:
+        for proc in self.procs:
             assert proc.stdin is not None
-            proc.stdin.write("go\n")
+            proc.stdin.write(line + "\n")
             proc.stdin.flush()
-        results = [json.loads(proc.communicate(timeout=duration + 120)[0]) for proc in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
+
+    def connect_rate(self, address: str, handshake_port: int | None, *,
+                     duration: float) -> bench.BenchResult:
+        """Every client connects for *duration* s, started together; OSError if one failed."""
+        if not self.procs:
+            self._start()
+        self._send(json.dumps({"address": address, "handshake": handshake_port,
+                               "duration": duration}))
+        self._expect("ready")  # each has its connector: all start at once
+        self._send("go")
+        results = []
+        for proc in self.procs:
+            assert proc.stdout is not None
+            results.append(json.loads(proc.stdout.readline()))
+        failed = [r["error"] for r in results if "error" in r]
+        if failed:
+            raise OSError(f"{len(failed)} of {len(self.procs)} connect-rate clients failed: "
+                          f"{failed[0]}")
+        count = sum(int(r["count"]) for r in results)
+        seconds = max(float(r["seconds"]) for r in results)
+        return bench.BenchResult("connect rate", address, round(count / seconds, 1), "conn/s",
+                                 round(seconds, 4), {"count": count,
+                                                     "parallel": len(self.procs),
+                                                     "clients": "processes"})
+
+    def close(self) -> None:
+        for proc in self.procs:
+            assert proc.stdin is not None
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    failed = [r["error"] for r in results if "error" in r]
-    if failed:
-        raise OSError(f"{len(failed)} of {clients} connect-rate clients failed: {failed[0]}")
-    count = sum(int(r["count"]) for r in results)
-    seconds = max(float(r["seconds"]) for r in results)
-    return bench.BenchResult("connect rate", address, round(count / seconds, 1), "conn/s",
-                             round(seconds, 4), {"count": count, "parallel": clients,
-                                                 "clients": "processes"})
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
 def rss_of(pids: list[int]) -> tuple[float, float]:
@@ -387,8 +421,8 @@ def measure_stalled(address: str, handshake_port: int | None, conns: int, varian
     return out
 
 
-def run_path(path: Route, procs: Procs, *, rounds: int, duration: float, conns: int,
-             progress: Callable[[str], None],
+def run_path(path: Route, procs: Procs, pool: ClientPool, *, rounds: int, duration: float,
+             conns: int, progress: Callable[[str], None],
              figures: tuple[str, ...] = FIGURES) -> dict[str, Any]:
     results: dict[str, dict[str, list[float]]] = {f: {v: [] for v in VARIANTS} for f in FIGURES}
     extra: dict[str, Any] = {}
@@ -405,8 +439,7 @@ def run_path(path: Route, procs: Procs, *, rounds: int, duration: float, conns: 
             a, duration=duration, streams=16, connect=connector(a, hs))),
         ("connect rate", lambda a, hs: bench.connect_rate(
             a, duration=duration, connect=connector(a, hs))),
-        ("connect rate x4", lambda a, hs: connect_rate_procs(
-            a, hs, duration=duration, clients=4)),
+        ("connect rate x4", lambda a, hs: pool.connect_rate(a, hs, duration=duration)),
         ("round trip", lambda a, hs: bench.round_trip(
             a, duration=duration, connect=connector(a, hs))),
     ]
@@ -679,10 +712,11 @@ def main() -> int:
     targets = VM_TARGETS if args.vm else HOST_TARGETS
     with tempfile.TemporaryDirectory(prefix="hvbr-", dir="/tmp") as tmp:
         procs = Procs(tmp)
+        pool = ClientPool(4)
         try:
             paths = vm_paths(procs, wanted) if args.vm else host_paths(procs, tmp, wanted)
             for path in paths:
-                table = run_path(path, procs, rounds=args.rounds, duration=args.duration,
+                table = run_path(path, procs, pool, rounds=args.rounds, duration=args.duration,
                                  conns=args.connections, progress=progress, figures=figures)
                 report["paths"].append({"name": path.name, "table": table,
                                         "rows": ratios(table, targets)})
@@ -692,6 +726,7 @@ def main() -> int:
                         if proc.pid == pid and key != "server_pid":
                             procs.stop(proc)
         finally:
+            pool.close()
             procs.close()
     report["seconds"] = round(time.monotonic() - started, 1)
     if not args.quiet and sys.stderr.isatty():

@@ -146,14 +146,15 @@ class SpareCpu:
     the peers (clients, targets, the other workers) need to produce what it waits
     for. Linux: the runnable count of ``/proc/loadavg`` (instantaneous, this task
     included) against the CPUs this process may use, read at most once per
-    :data:`SPARE_CPU_EVERY` seconds (~3 us a read). Elsewhere: always True.
+    :data:`SPARE_CPU_EVERY` seconds (~3 us a read). Elsewhere, or when the file
+    cannot be read: always True (spin as configured).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, path: str = "/proc/loadavg", cpus: int | None = None) -> None:
         self._fd = -1
         with contextlib.suppress(OSError, AttributeError):
-            self._cpus = len(os.sched_getaffinity(0))
-            self._fd = os.open("/proc/loadavg", os.O_RDONLY | os.O_CLOEXEC)
+            self._cpus = len(os.sched_getaffinity(0)) if cpus is None else cpus
+            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self._next = 0.0
         self._spare = True
 

@@ -106,7 +106,7 @@ class Listening:
     """One bound listener of a worker and the forward it serves."""
 
     __slots__ = ("accept", "address", "client_tcp", "dial_on_loop", "family", "fd", "forward",
-                 "nodelay_inherited", "proto", "sock", "splice", "target_text", "type")
+                 "nodelay_inherited", "proto", "sock", "splice", "target_text", "type", "widen")
 
     def __init__(self, sock: socket.socket, forward: Forward, address: Address) -> None:
         self.sock = sock
@@ -121,6 +121,8 @@ class Listening:
         self.family, self.type, self.proto = int(sock.family), int(sock.type), sock.proto
         #: Splice into the client / target side? Decided once per side (see _splice_into).
         self.splice: list[bool | None] = [None, None]
+        #: Give that side's sockets a chunk-sized send buffer (see _splice_into)?
+        self.widen = [False, False]
         #: Can the target be dialled on the loop (no retries, no name to look up)?
         #: Decided at the first connection (see Loop._start_dial).
         self.dial_on_loop: bool | None = None
@@ -555,13 +557,21 @@ class Loop:
 
     def _splice_into(self, listening: Listening, dst: socket.socket, side: int) -> bool:
         """Splice into *dst*? Decided once per side (0: client, 1: target) of a
-        listener: every socket of a side has the same family, and asking costs."""
+        listener: every socket of a side has the same family, and asking costs.
+
+        A Unix socket spliced into also gets a send buffer of a chunk (unless
+        ``buffer_size`` is set): see :func:`datapath.widen`.
+        """
         choice = listening.splice[side]
         if choice is None:
             data_path = self.config.data_path
             choice = (datapath.splice_pays(dst) if data_path == "auto"
                       else data_path == "splice")
             listening.splice[side] = choice
+            listening.widen[side] = (choice and self.config.buffer_size is None
+                                     and datapath.widen_pays(dst))
+        if listening.widen[side]:
+            datapath.widen(dst, self.config.chunk_size)
         return choice
 
     def _connected(self, conn: Conn, sock: socket.socket) -> None:
