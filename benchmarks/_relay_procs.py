@@ -2,6 +2,7 @@
 
 usage: _relay_procs.py muxer UDS_PATH READY_FILE PORT...
        _relay_procs.py threads N LISTEN TARGET READY_FILE
+       _relay_procs.py connect
 
 muxer: runs hvsock.testing.HybridVsockMuxer on UDS_PATH until SIGTERM. For each guest
 PORT it makes the guest-side socket path and leaves it for another process to
@@ -11,6 +12,14 @@ listen on (``hvsock bench server unix://PATH``), then writes READY_FILE: JSON
 threads: the relay with N event loops as threads of one process, sharing its
 listener (the design worker processes were measured against; private API, for
 bench_relay_workers.py only). Writes READY_FILE {"listen": ...}; SIGTERM stops it.
+
+connect: one client of bench_relay.py's connection-rate figure with several clients
+(each its own process, so the clients measure the relay and not their shared
+interpreter lock). Started once and reused (a Python start-up in the test VM, over
+9p, takes many seconds). Prints "started"; then for each JSON request line
+{"address", "handshake", "duration"}: prints "ready", waits for "go", connects,
+sends and reads one byte and closes for DURATION seconds, and prints JSON
+{"count", "seconds"} (or {"error"}). Ends at EOF on stdin.
 """
 
 from __future__ import annotations
@@ -21,8 +30,6 @@ import signal
 import sys
 import threading
 from pathlib import Path
-
-from hvsock.testing import HybridVsockMuxer
 
 
 def threads(n: int, listen: str, target: str, ready: str) -> int:
@@ -53,11 +60,40 @@ def threads(n: int, listen: str, target: str, ready: str) -> int:
     return 0
 
 
+def connect_client() -> int:
+    """Runs one client of the connection-rate figure per request on stdin, until EOF."""
+    from bench_relay import connector
+
+    import hvsock
+    from hvsock._builtin import bench
+
+    print("started", flush=True)
+    while line := sys.stdin.readline():
+        request = json.loads(line)
+        dial = connector(request["address"], request["handshake"])
+        print("ready", flush=True)
+        if sys.stdin.readline().strip() != "go":
+            return 1  # the benchmark gave up on this run
+        try:
+            result = bench.connect_rate(request["address"], duration=request["duration"],
+                                        connect=dial)
+        except (OSError, hvsock.HvsockError) as exc:
+            print(json.dumps({"error": str(exc)[:300]}), flush=True)
+            continue
+        print(json.dumps({"count": result.details["count"], "seconds": result.seconds}),
+              flush=True)
+    return 0
+
+
 def main() -> int:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if sys.argv[1] == "connect":
+        return connect_client()
     if sys.argv[1] == "threads":
         return threads(int(sys.argv[2]), *sys.argv[3:6])
+    from hvsock.testing import HybridVsockMuxer
+
     kind, uds, ready, *ports = sys.argv[1:]
     assert kind == "muxer", kind
     stop = threading.Event()

@@ -46,11 +46,15 @@ def relay_driver(address: Any, *, timeout: float | None = 10.0, retries: int = 0
     """What the relay's loop does with a dial: poll it, and enforce the deadline."""
     addr = hvsock.parse_address(address)
     try:
-        gen = relay_dial.dial(addr, timeout=timeout, buffer_size=None, retries=retries,
-                              retry_wait=retry_wait)
+        dialled = relay_dial.dial(addr, timeout=timeout, buffer_size=None, retries=retries,
+                                  retry_wait=retry_wait)
     except relay_dial.UseThread:
         # The relay runs these in a worker thread with the blocking driver.
         return hvsock.connect(addr, timeout=timeout, retries=retries, retry_wait=retry_wait)
+    if isinstance(dialled, socket.socket):  # connected at once
+        dialled.setblocking(True)
+        return dialled
+    gen = dialled
     deadline = None if timeout is None else time.monotonic() + timeout
     poller = Poller()
     try:
@@ -407,6 +411,7 @@ def test_a_relay_dial_ended_mid_handshake_closes_its_socket(short_tmp: Path, end
     try:
         gen = relay_dial.dial(hvsock.HybridAddress(str(short_tmp / "vmm.sock"), 52),
                               timeout=30, buffer_size=None)
+        assert not isinstance(gen, socket.socket)  # it waits for the VMM's reply
         sock, _mask = next(gen)
         if end == "closed":
             gen.close()

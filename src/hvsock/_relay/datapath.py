@@ -63,6 +63,22 @@ def splice_pays(dst: socket.socket) -> bool:
     with 1 MiB buffers); into a Unix socket splice wins clearly (~4-7 vs ~3.4 GB/s).
     """
     return SPLICE_WORKS and dst.family not in _IP_FAMILIES
+
+
+def widen_pays(dst: socket.socket) -> bool:
+    """Whether a socket spliced into gets a send buffer of a chunk (:func:`widen`):
+    Unix sockets, whose default (``net.core.wmem_default``, ~208 KiB) caps each
+    splice, and so each wake-up of the reader, at that much."""
+    return dst.family == getattr(socket, "AF_UNIX", None)
+
+
+def widen(dst: socket.socket, chunk: int) -> None:
+    """SO_SNDBUF of a chunk on *dst* (capped by ``net.core.wmem_max``): a splice
+    of a whole pipe then goes in one call, and the reader wakes once for it."""
+    with contextlib.suppress(OSError):
+        dst.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, chunk)
+
+
 _SPLICE_FLAGS = (os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK) if SPLICE_WORKS else 0
 #: fcntl's F_SETPIPE_SZ (Linux only; CPython has the name from 3.10).
 _F_SETPIPE_SZ = 1031

@@ -1,9 +1,11 @@
 """The relay's driver of the one dial (:mod:`hvsock._transports.dial`), for its poll loop.
 
-:func:`dial` returns a generator that yields ``(socket, IN or OUT)`` to wait for and
-returns the connected socket: it steps the transport's dial generator, turning each
-"wait until readable / writable" step into a poll registration. The errors and
-messages are the dial's own, the same as :func:`hvsock.connect`'s.
+:func:`dial` steps the transport's dial generator once. Where the connect completed
+at once (TCP over loopback, Unix: the usual case) it returns the connected socket, and
+the loop wires it up with no wait and no driver in between. Otherwise it returns a
+generator that yields ``(socket, IN or OUT)`` to wait for and returns the connected
+socket, turning each "wait until readable / writable" step into a poll registration.
+The errors and messages are the dial's own, the same as :func:`hvsock.connect`'s.
 
 Two kinds of dial do not run on the loop, and raise :class:`UseThread` before the
 first yield, so the relay runs the blocking driver (:func:`hvsock.connect`, the same
@@ -35,31 +37,42 @@ class UseThread(Exception):
     """This target is dialled with the blocking driver, in a thread."""
 
 
-def dial(address: Address, *, timeout: float | None, buffer_size: int | None,
-         retries: int = 0, retry_wait: float = 0.25) -> Dial:
-    """A poll-loop dial of *address* (a resolved socket address; see the module notes).
+def on_loop(address: Address, *, timeout: float | None, retries: int = 0,
+            retry_wait: float = 0.25) -> bool:
+    """Whether dials of *address* with these settings can run on the loop at all
+    (the same answer for every connection of a forward: ask once).
 
-    Raises :class:`UseThread` (before any yield) when the dial must run in a thread,
-    and the dial's :class:`hvsock.HvsockError` subclasses.
+    False for a dial with retries (its pauses) or a VM name to look up; raises
+    :class:`hvsock.ArgumentError` for bad settings.
     """
     check_timeout(timeout)
-    if retry_waits(retries, retry_wait) or type(address) not in transport_dial.TRANSPORTS:
+    return not retry_waits(retries, retry_wait) and type(address) in transport_dial.TRANSPORTS
+
+
+def dial(address: Address, *, timeout: float | None, buffer_size: int | None,
+         retries: int = 0, retry_wait: float = 0.25,
+         checked: bool = False) -> socket.socket | Dial:
+    """A poll-loop dial of *address* (a resolved socket address; see the module notes):
+    the connected socket if the connect completed at once, else a generator to step.
+
+    *checked*: :func:`on_loop` already said yes for these settings (spares asking
+    again per connection). Raises :class:`UseThread` (before any yield) when the
+    dial must run in a thread, and the dial's :class:`hvsock.HvsockError` subclasses.
+    """
+    if not checked and not on_loop(address, timeout=timeout, retries=retries,
+                                   retry_wait=retry_wait):
         raise UseThread  # pauses to sleep, or a VM name to look up
     assert not isinstance(address, NamedVmAddress)
     gen = transport_dial.attempt(address, timeout=timeout, buffer_size=buffer_size)
     try:
         step = next(gen)
     except StopIteration as done:
-        return _done(done.value)
+        sock: socket.socket = done.value
+        return sock
     if isinstance(step, (transport_dial.InThread, transport_dial.Pause)):
         gen.close()
         raise UseThread
     return _drive(gen, step)
-
-
-def _done(sock: socket.socket) -> Dial:
-    return sock
-    yield  # pragma: no cover - makes this a generator
 
 
 def _drive(gen: transport_dial.Dial, step: transport_dial.Step) -> Dial:

@@ -16,6 +16,7 @@ complete stream.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -34,7 +35,7 @@ from .. import _endpoints as api
 from .._core.addresses import Address
 from .._server.peers import Peer, peer_of
 from . import datapath
-from ._poll import ERR, HUP, IN, OUT, Poller, Waker
+from ._poll import ERR, HUP, IN, OUT, Poller, SpareCpu, Waker
 from .config import Forward, RelayConfig
 from .conn import (
     END_CLIENT_RESET,
@@ -55,11 +56,14 @@ from .conn import (
 )
 from .datapath import Broken, Buffers, Flow, Pipes
 from .dial import UseThread, dial, timed_out
+from .dial import on_loop as dial_on_loop
 
 LOG = logging.getLogger("hvsock.relay")
 
 #: Worker threads for targets that cannot be dialled on the loop (names, AF_HYPERV).
 DIAL_THREADS = 8
+#: Most clients accepted per wake-up of a listener.
+ACCEPT_BATCH = 16
 #: Seconds between tries for a free slot when another worker holds them all.
 SHARED_SLOT_RETRY = 0.02
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -101,7 +105,8 @@ class LocalSlots:
 class Listening:
     """One bound listener of a worker and the forward it serves."""
 
-    __slots__ = ("address", "client_tcp", "fd", "forward", "sock", "splice", "target_text")
+    __slots__ = ("accept", "address", "client_tcp", "dial_on_loop", "family", "fd", "forward",
+                 "nodelay_inherited", "proto", "sock", "splice", "target_text", "type", "widen")
 
     def __init__(self, sock: socket.socket, forward: Forward, address: Address) -> None:
         self.sock = sock
@@ -110,8 +115,23 @@ class Listening:
         self.address = address
         self.client_tcp = sock.family in IP_FAMILIES
         self.target_text = str(forward.target)
+        #: accept() without the socket module's wrapper (it asks the listener for its
+        #: family and type on every call): (fd, address); see Loop._on_accept.
+        self.accept: Callable[[], tuple[int, Any]] = sock._accept  # type: ignore[attr-defined]
+        self.family, self.type, self.proto = int(sock.family), int(sock.type), sock.proto
         #: Splice into the client / target side? Decided once per side (see _splice_into).
         self.splice: list[bool | None] = [None, None]
+        #: Give that side's sockets a chunk-sized send buffer (see _splice_into)?
+        self.widen = [False, False]
+        #: Can the target be dialled on the loop (no retries, no name to look up)?
+        #: Decided at the first connection (see Loop._start_dial).
+        self.dial_on_loop: bool | None = None
+        #: Do accepted TCP sockets inherit TCP_NODELAY from the listener (Linux does)?
+        #: None until the first client tells; then a system call per client is spared.
+        self.nodelay_inherited: bool | None = None
+        if self.client_tcp:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class Loop:
@@ -144,6 +164,7 @@ class Loop:
         self._stop_deadline = math.inf
 
         self._poller = Poller()
+        self._spare_cpu = SpareCpu()
         self._waker = Waker()
         self._pipes = Pipes(config.chunk_size)
         self._bufs = Buffers(config.chunk_size)
@@ -166,6 +187,7 @@ class Loop:
             self._accepting = True
         except BaseException:
             self._poller.close()
+            self._spare_cpu.close()
             self._waker.close()
             raise
 
@@ -210,17 +232,20 @@ class Loop:
         monotonic = time.monotonic
         next_sweep = monotonic() + self._sweep_interval()
         spin = self.config.busy_poll
+        spare_cpu = self._spare_cpu
         busy = False
         try:
             while True:
                 timeout = None
                 if self._conns or self._stopping or self._accept_resume < math.inf:
                     timeout = max(0.0, next_sweep - monotonic())
-                if busy and spin:
+                if busy and spin and spare_cpu(self._now):
                     # Busy-poll briefly after activity: a reply that comes within
                     # microseconds is picked up without sleeping, and waking a
                     # sleeping thread (an inter-processor interrupt, a VM exit under a
-                    # hypervisor) is what dominates small round trips.
+                    # hypervisor) is what dominates small round trips. Only with a
+                    # CPU to spare: on a machine whose every CPU has work (the
+                    # peers, other workers) the spin would take their time.
                     until = monotonic() + spin
                     events = poll(0)
                     while not events and monotonic() < until:
@@ -328,34 +353,38 @@ class Loop:
 
     # -- accepting --------------------------------------------------------------------
     def _on_accept(self, listening: Listening) -> None:
-        # One accept per wake-up: the poll is level-triggered, so more waiting
-        # clients wake it again at once, and a lone client costs no failed call.
-        if not self._slots.take():
-            # Back-pressure: stop watching the listeners; clients wait in their
-            # backlogs. A slot freed by another worker is looked for shortly.
-            self._pause_accepting()
-            self._at_limit = True
-            if self._slots.shared:
-                self._accept_resume = self._now + SHARED_SLOT_RETRY
-            return
-        try:
-            sock, raw = listening.sock.accept()
-        except (BlockingIOError, InterruptedError):
-            self._slots.give()
-            return
-        except OSError as exc:
-            self._slots.give()
-            if exc.errno == errno.ECONNABORTED:
-                return
-            if exc.errno in _RESOURCE_ERRNOS:
-                LOG.warning("accept failed: %s; pausing new connections for 0.1 s "
-                            "(raise the open-files limit, or lower max_connections)", exc)
+        # Accept what waits, up to a batch: each further client spares a trip round
+        # the poll (under load clients queue up). A batch ends at the first "none
+        # waiting", the one failed call it costs.
+        slots = self._slots
+        for _ in range(ACCEPT_BATCH):
+            if not slots.take():
+                # Back-pressure: stop watching the listeners; clients wait in their
+                # backlogs. A slot freed by another worker is looked for shortly.
                 self._pause_accepting()
-                self._accept_resume = self._now + 0.1
+                self._at_limit = True
+                if slots.shared:
+                    self._accept_resume = self._now + SHARED_SLOT_RETRY
                 return
-            LOG.warning("accept failed: %s", exc)
-            return
-        self._admit(listening, sock, raw)
+            try:
+                fd, raw = listening.accept()
+            except (BlockingIOError, InterruptedError):
+                slots.give()
+                return
+            except OSError as exc:
+                slots.give()
+                if exc.errno == errno.ECONNABORTED:
+                    continue
+                if exc.errno in _RESOURCE_ERRNOS:
+                    LOG.warning("accept failed: %s; pausing new connections for 0.1 s "
+                                "(raise the open-files limit, or lower max_connections)", exc)
+                    self._pause_accepting()
+                    self._accept_resume = self._now + 0.1
+                    return
+                LOG.warning("accept failed: %s", exc)
+                return
+            self._admit(listening, socket.socket(listening.family, listening.type,
+                                                 listening.proto, fd), raw)
 
     def _pause_accepting(self) -> None:
         if self._accepting:
@@ -380,7 +409,8 @@ class Loop:
         try:
             sock.setblocking(False)
             if listening.client_tcp:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if not listening.nodelay_inherited:
+                    _nodelay(listening, sock)
                 # peer_of's result, without re-validating an address the kernel gave.
                 host = str(raw[0])
                 peer = Peer(f"tcp://[{host}]:{raw[1]}" if ":" in host else
@@ -413,10 +443,22 @@ class Loop:
     # -- dialling the target ------------------------------------------------------------
     def _start_dial(self, conn: Conn) -> None:
         config = self.config
+        listening: Listening = conn.listening
         try:
-            # A dial with retries, or one whose first step blocks, raises UseThread.
-            gen = dial(conn.forward.target, timeout=config.connect_timeout,
-                       retries=config.retries, buffer_size=config.buffer_size)
+            on_loop = listening.dial_on_loop
+            if on_loop is None:
+                on_loop = listening.dial_on_loop = dial_on_loop(
+                    conn.forward.target, timeout=config.connect_timeout, retries=config.retries)
+            if not on_loop:
+                raise UseThread
+            # A dial whose first step blocks (a name to resolve) raises UseThread too.
+            dialled = dial(conn.forward.target, timeout=config.connect_timeout,
+                           buffer_size=config.buffer_size, checked=True)
+            if isinstance(dialled, socket.socket):
+                # Connected at once (loopback TCP, Unix): no wait, no driver.
+                self._connected(conn, dialled)
+                return
+            gen = dialled
             sock, mask = next(gen)
         except StopIteration as done:
             self._connected(conn, done.value)
@@ -515,13 +557,21 @@ class Loop:
 
     def _splice_into(self, listening: Listening, dst: socket.socket, side: int) -> bool:
         """Splice into *dst*? Decided once per side (0: client, 1: target) of a
-        listener: every socket of a side has the same family, and asking costs."""
+        listener: every socket of a side has the same family, and asking costs.
+
+        A Unix socket spliced into also gets a send buffer of a chunk (unless
+        ``buffer_size`` is set): see :func:`datapath.widen`.
+        """
         choice = listening.splice[side]
         if choice is None:
             data_path = self.config.data_path
             choice = (datapath.splice_pays(dst) if data_path == "auto"
                       else data_path == "splice")
             listening.splice[side] = choice
+            listening.widen[side] = (choice and self.config.buffer_size is None
+                                     and datapath.widen_pays(dst))
+        if listening.widen[side]:
+            datapath.widen(dst, self.config.chunk_size)
         return choice
 
     def _connected(self, conn: Conn, sock: socket.socket) -> None:
@@ -729,9 +779,21 @@ class Loop:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._pipes.close()
+        self._spare_cpu.close()
         self._poller.close()
         self._waker.close()
 
 
 def _abort(sock: socket.socket) -> None:
     abort(sock)
+
+
+def _nodelay(listening: Listening, sock: socket.socket) -> None:
+    """TCP_NODELAY on an accepted socket, unless it came with it from the listener
+    (learnt from the first client: a system call fewer per connection after it)."""
+    if listening.nodelay_inherited is None:
+        inherited = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        listening.nodelay_inherited = inherited
+        if inherited:
+            return
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

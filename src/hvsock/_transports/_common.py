@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from .._errors import ArgumentError, translate
 from .._validate import non_negative_number, positive_number, whole_number
@@ -15,6 +14,7 @@ from .._validate import non_negative_number, positive_number, whole_number
 # typing alone costs a third of Python's own start-up (mypy takes any constant so named).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from types import TracebackType
     from typing import Any
 
 #: Default deadline for one connect attempt, in seconds. Never None by default:
@@ -25,14 +25,26 @@ MAX_TIMEOUT = 1e7
 #: Longest sleep between two retries.
 MAX_RETRY_WAIT = 5.0
 
-@contextlib.contextmanager
-def close_on_error(sock: socket.socket) -> Iterator[socket.socket]:
+class _CloseOnError:
+    # A class, not @contextlib.contextmanager: every connect enters one, and the
+    # generator-based form costs ~2.5 us a use against ~0.3 us.
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def __enter__(self) -> socket.socket:
+        return self.sock
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is not None:
+            self.sock.close()
+
+
+def close_on_error(sock: socket.socket) -> _CloseOnError:
     """Close *sock* if the block raises (anything, KeyboardInterrupt included)."""
-    try:
-        yield sock
-    except BaseException:
-        sock.close()
-        raise
+    return _CloseOnError(sock)
 
 
 class Deadline:
