@@ -38,12 +38,21 @@ def hvsock_command() -> list[str]:
 
 
 def wall(argv: list[str], expect: int) -> float:
+    # A blocking wait, not subprocess.run(timeout=...): with a timeout, subprocess polls
+    # with sleeps that double from 0.5 ms to 50 ms, so every figure would be rounded up
+    # to 32 or 64 ms. A timer kills a process that hangs instead.
     start = time.perf_counter()
-    done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL, timeout=30, check=False)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    watchdog = threading.Timer(30, proc.kill)
+    watchdog.start()
+    try:
+        returncode = proc.wait()
+    finally:
+        watchdog.cancel()
     took = time.perf_counter() - start
-    if done.returncode != expect:
-        raise SystemExit(f"{argv} exited {done.returncode}, expected {expect}")
+    if returncode != expect:
+        raise SystemExit(f"{argv} exited {returncode}, expected {expect}")
     return took
 
 

@@ -20,14 +20,13 @@ from .._core.addresses import (
 )
 from .._errors import ArgumentError, UnsupportedError
 from .._validate import instance, quote, whole_number
-from . import dial, hybrid, hyperv, stream, sync, vsock
+from . import dial, stream, sync
 from ._common import (
     DEFAULT_CONNECT_TIMEOUT,
     check_buffer_size,
     check_timeout,
     set_stream_buffer_size,
 )
-from .features import require_hyperv
 from .stream import DEFAULT_UNIX_MODE
 
 # Not typing.TYPE_CHECKING: `hvsock connect` imports this module on every call, and
@@ -41,6 +40,8 @@ Resolver = Callable[[Address], SocketAddress]
 
 def named_resolver(address: NamedVmAddress, resolve: Resolver | None) -> Resolver:
     """The resolver for a VM name: only AF_HYPERV can use the VM id, so check that first."""
+    from .features import require_hyperv
+
     require_hyperv()
     if resolve is None:
         raise UnsupportedError(
@@ -113,12 +114,13 @@ def listen(
     return _LISTEN[type(addr)](addr, backlog, mode, buffer_size)
 
 
+# The VM-socket modules load on first use (dial._family): see there.
 _LISTEN: dict[type, Callable[[Any, int, int | None, int | None], socket.socket]] = {
-    VsockAddress: lambda a, backlog, _mode, size: vsock.listen(
+    VsockAddress: lambda a, backlog, _mode, size: dial.family_module("vsock").listen(
         a, backlog=backlog, buffer_size=size),
-    HyperVAddress: lambda a, backlog, _mode, size: hyperv.listen(
+    HyperVAddress: lambda a, backlog, _mode, size: dial.family_module("hyperv").listen(
         a, backlog=backlog, buffer_size=size),
-    HybridAddress: lambda a, backlog, mode, size: hybrid.listen(
+    HybridAddress: lambda a, backlog, mode, size: dial.family_module("hybrid").listen(
         a, backlog=backlog, mode=mode, buffer_size=size),
     TcpAddress: lambda a, backlog, _mode, size: stream.tcp_listen(
         a, backlog=backlog, buffer_size=size),
@@ -159,6 +161,8 @@ def remove_socket_file(address: Address | str) -> None:
 def set_buffer_size(sock: socket.socket, size: int) -> None:
     """Set a socket's buffer size: the vsock buffer for AF_VSOCK, else SO_SNDBUF/SO_RCVBUF."""
     if getattr(socket, "AF_VSOCK", None) == sock.family:
+        from . import vsock
+
         vsock.set_buffer_size(sock, size)
     else:
         set_stream_buffer_size(sock, size)

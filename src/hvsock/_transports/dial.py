@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import errno
 import functools
+import importlib
 import os
 import socket
-import struct
 from collections.abc import Callable, Generator
 
-from .._core import handshake
 from .._core.addresses import (
     HybridAddress,
     HyperVAddress,
@@ -46,13 +45,13 @@ from .._errors import (
     is_transient,
     translate,
 )
-from . import hybrid, hyperv, vsock
 from ._common import close_on_error, retry_waits, set_stream_buffer_size
 
 # Not typing.TYPE_CHECKING: `hvsock connect` imports this module on every call, and
 # typing alone costs a third of Python's own start-up (mypy takes any constant so named).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from types import ModuleType
     from typing import Any
 
 __all__: list[str] = []  # internal
@@ -270,10 +269,9 @@ def tcp(address: TcpAddress, timeout: float | None, buffer_size: int | None) -> 
 
 
 # -- Unix and the first stage of hybrid --------------------------------------------------------
-_NO_TIMEOUT = struct.pack("ll", 0, 0)
-
-
 def _timeval(seconds: float) -> bytes:
+    import struct  # only a full backlog needs it (hvsock connect's start-up, see above)
+
     whole = int(seconds)
     return struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
 
@@ -302,7 +300,7 @@ def _wait_for_backlog(sock: socket.socket, target: Any,
         except (BlockingIOError, TimeoutError) as exc:
             raise backlog_full(where) from exc
         finally:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _NO_TIMEOUT)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(0))
             sock.setblocking(False)
     return wait
 
@@ -336,6 +334,9 @@ def unix(address: UnixAddress, timeout: float | None, buffer_size: int | None) -
 # -- hybrid vsock ------------------------------------------------------------------------------
 def hybrid_(address: HybridAddress, timeout: float | None, buffer_size: int | None) -> Dial:
     """Hybrid: the VMM's Unix socket, ``CONNECT <port>\\n``, then its ``OK <n>\\n`` reply."""
+    from .._core import handshake
+    from . import hybrid
+
     sock = yield from _unix_connect(address.uds_path, hybrid.vmm_where(address), "hybrid",
                                     buffer_size)
     stalled = lambda: hybrid.reply_timeout(address)  # noqa: E731
@@ -373,6 +374,8 @@ def hybrid_(address: HybridAddress, timeout: float | None, buffer_size: int | No
 # -- AF_VSOCK ----------------------------------------------------------------------------------
 def vsock_(address: VsockAddress, timeout: float | None, buffer_size: int | None) -> Dial:
     """vsock: the kernel's own connect timeout set to ours, then a non-blocking connect."""
+    from . import vsock
+
     sock = vsock.prepare(address, timeout=timeout, buffer_size=buffer_size)
     with close_on_error(sock):
         sock.setblocking(False)
@@ -388,6 +391,8 @@ def hyperv_(address: HyperVAddress, timeout: float | None,
     Asyncio's proactor cannot connect this family and its non-blocking connect is
     unverified, so the blocking call is the one path every driver shares.
     """
+    from . import hyperv
+
     sock = hyperv.new_socket()
     where = hyperv.where(address)
 
@@ -410,6 +415,12 @@ def hyperv_(address: HyperVAddress, timeout: float | None,
     return sock
 
 
+def family_module(name: str) -> ModuleType:
+    """The transport module *name*, imported on first use: a Unix or TCP connect (the
+    ssh ProxyCommand case, paid on every call) never loads the VM-socket modules."""
+    return importlib.import_module(f"{__package__}.{name}")
+
+
 TRANSPORTS: dict[type, Callable[[Any, float | None, int | None], Dial]] = {
     TcpAddress: tcp,
     UnixAddress: unix,
@@ -421,8 +432,8 @@ TRANSPORTS: dict[type, Callable[[Any, float | None, int | None], Dial]] = {
 WHERE: dict[type, Callable[[Any], str]] = {
     TcpAddress: str,
     UnixAddress: lambda a: a.path,
-    HybridAddress: hybrid.where,
-    VsockAddress: vsock.where,
-    HyperVAddress: hyperv.where,
+    HybridAddress: lambda a: family_module("hybrid").where(a),
+    VsockAddress: lambda a: family_module("vsock").where(a),
+    HyperVAddress: lambda a: family_module("hyperv").where(a),
 }
 
