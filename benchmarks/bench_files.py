@@ -3,7 +3,8 @@
 All in one run, on tmpfs (/dev/shm), over a Unix socket (the raw stream and cp)
 or loopback TCP (sshd):
 
-- one large file (--size, default 256M): ``hvsock cp`` vs ``hvsock connect`` fed
+- one large file (--size, default 256M; --rounds interleaved rounds, medians):
+  ``hvsock cp`` vs ``hvsock connect`` fed
   the file (the raw stream: ``hvsock listen`` writes it out), vs ``scp`` to a
   throwaway sshd on 127.0.0.1, vs ``rsync -e 'ssh -o ProxyCommand="hvsock connect
   ..."'``. Each figure is the wall time of the command(s), Python start-up
@@ -21,6 +22,7 @@ import argparse
 import contextlib
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,6 +45,8 @@ def wait_for(path: Path, timeout: float = 20.0) -> None:
 
 
 def timed(cmd: list[str] | str, **kw: object) -> float:
+    # The commands' own summaries would land in the middle of --json output.
+    kw.setdefault("stdout", subprocess.DEVNULL)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, shell=isinstance(cmd, str), **kw)  # type: ignore[call-overload]
     return time.perf_counter() - start
@@ -113,6 +117,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256, help="MiB of the large file")
     parser.add_argument("--small-files", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=5, choices=range(1, 21), metavar="1..20",
+                        help="interleaved rounds of push, pull and raw stream (medians)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     write_bytecode_cache()  # every figure starts hvsock processes
@@ -130,12 +136,18 @@ def main() -> int:
         nbytes = big.stat().st_size
         mbps = lambda seconds: nbytes / seconds / 1e6  # noqa: E731
         with cp_server(root, work / "cp.sock") as addr:
-            t_cp = timed([*HVSOCK, "cp", "--remote", addr, str(big), ":big"])
-            t_pull = timed([*HVSOCK, "cp", "--remote", addr, ":big", str(work / "pulled")])
-            (root / "big").unlink()
-            (work / "pulled").unlink()
-            t_raw = raw_stream(big, work / "raw.out", work / "raw.sock")
-            (work / "raw.out").unlink()
+            # Rounds interleave push, pull and the raw stream, so a machine that slows
+            # down mid-run slows all three; each figure is the median of its rounds.
+            pushes, pulls, raws = [], [], []
+            for _ in range(args.rounds):
+                pushes.append(timed([*HVSOCK, "cp", "--remote", addr, str(big), ":big"]))
+                pulls.append(timed([*HVSOCK, "cp", "--remote", addr, ":big",
+                                    str(work / "pulled")]))
+                (root / "big").unlink()
+                (work / "pulled").unlink()
+                raws.append(raw_stream(big, work / "raw.out", work / "raw.sock"))
+                (work / "raw.out").unlink()
+            t_cp, t_pull, t_raw = (statistics.median(t) for t in (pushes, pulls, raws))
             rows.append(row(f"push one {args.size} MiB file", "MB/s", mbps(t_cp), mbps(t_raw),
                             "raw stream: hvsock connect < file", ">= 0.9"))
             rows.append(row(f"pull one {args.size} MiB file", "MB/s", mbps(t_pull),
