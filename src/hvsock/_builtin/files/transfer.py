@@ -248,6 +248,10 @@ class Hasher:
 
     def wait_below(self, count: int) -> None:
         """Return once fewer than *count* jobs are queued or running."""
+        if self._thread is None:
+            # Nothing was ever handed over (every block hashed inline: a small file);
+            # not even the lock is worth taking, at thousands of files a second.
+            return
         with self._cv:
             while len(self._jobs) >= count:
                 self._cv.wait()
@@ -258,6 +262,8 @@ class Hasher:
 
     def close(self) -> None:
         """Drop the jobs not started, let the running one end, stop the thread."""
+        if self._thread is None:
+            return
         with self._cv:
             self._stop = True
             while len(self._jobs) > 1:
