@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from .test_cli_imports import run_cli
+from .test_cli_imports import SLOW_STDLIB, run_cli
 
 
 def test_cp_as_a_client_loads_neither_the_service_nor_asyncio() -> None:
@@ -19,6 +19,6 @@ def test_cp_as_a_client_loads_neither_the_service_nor_asyncio() -> None:
     loaded = after - before
     assert "hvsock._builtin.files.client" in loaded
     unwanted = ("asyncio", "concurrent.futures", "hvsock._service", "hvsock._server", "tqdm",
-                "hvsock._builtin.files.server")
+                "hvsock._builtin.files.server", "json", *SLOW_STDLIB)
     assert sorted(m for m in loaded if any(m == u or m.startswith(u + ".")
                                            for u in unwanted)) == []

@@ -7,13 +7,16 @@ shows the progress bar and prints the summary.
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, TextIO
 
 from .._errors import ArgumentError
 from . import args as cliargs
 from .args import Handler, allow_rule, size
 
+# Not typing.TYPE_CHECKING (see args.py): start-up is paid on every copy.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import TextIO
+
     from .._core.addresses import Address
 
 EXIT_OK = 0

@@ -8,7 +8,11 @@ import importlib
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TextIO
+
+# Not typing.TYPE_CHECKING (see args.py): `hvsock cp` imports this module.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TextIO
 
 #: Seconds between two plain progress lines.
 PLAIN_EVERY = 1.0

@@ -14,14 +14,19 @@ On top, an RPC message is one frame holding a JSON object::
 
 from __future__ import annotations
 
-import json
 import math
 import struct
-from dataclasses import dataclass
-from typing import Any, TypeGuard
 
 from .._errors import ArgumentError, FrameTooLargeError, ProtocolError
 from .._validate import quote
+from .values import Value, set_fields
+
+# Not typing.TYPE_CHECKING: `hvsock cp` and `hvsock exec` import this module for its
+# frame functions on every run; typing, and json (imported where a message is
+# encoded or decoded), are start-up they do not need.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeGuard
 
 HEADER = struct.Struct(">I")
 HEADER_SIZE = HEADER.size
@@ -128,24 +133,39 @@ class FrameDecoder:
 # -- the RPC layer --------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(Value):
+    """A call: *method* with *params* (any JSON value), answered under the same *id*."""
+
     id: int
     method: str
-    params: Any = None
+    params: Any
+    _fields = __match_args__ = ("id", "method", "params")
+
+    def __init__(self, id: int, method: str, params: Any = None) -> None:
+        set_fields(self, id=id, method=method, params=params)
 
 
-@dataclass(frozen=True)
-class Response:
+class Response(Value):
+    """The *result* (any JSON value) of the request *id*."""
+
     id: int
-    result: Any = None
+    result: Any
+    _fields = __match_args__ = ("id", "result")
+
+    def __init__(self, id: int, result: Any = None) -> None:
+        set_fields(self, id=id, result=result)
 
 
-@dataclass(frozen=True)
-class ErrorReply:
+class ErrorReply(Value):
+    """A request that failed: a short *code* and a *message* for people."""
+
     id: int | None
     code: str
     message: str
+    _fields = __match_args__ = ("id", "code", "message")
+
+    def __init__(self, id: int | None, code: str, message: str) -> None:
+        set_fields(self, id=id, code=code, message=message)
 
 
 Message = Request | Response | ErrorReply
@@ -169,6 +189,8 @@ def encode_message(message: Message) -> bytes:
         if not isinstance(message.code, str) or not isinstance(message.message, str):
             raise ProtocolError("an error reply needs a string code and message")
         obj = {"id": message.id, "error": {"code": message.code, "message": message.message}}
+    import json
+
     try:
         return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
     except (TypeError, ValueError) as exc:
@@ -198,6 +220,8 @@ def decode_message(body: bytes) -> Message:
     if not isinstance(body, (bytes, bytearray, memoryview)):
         raise ArgumentError(f"a frame body is bytes, not {type(body).__name__}")
     body = bytes(body)
+    import json
+
     try:
         # Strict: UTF-8 only (json.loads(bytes) would guess UTF-16/32 too) and no
         # NaN/Infinity, so whatever decodes here also encodes again.

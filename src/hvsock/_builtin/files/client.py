@@ -16,8 +16,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
-from typing import IO, Any
 
 from ..._core import filecopy as fc
 from ..._core.addresses import Address
@@ -40,6 +38,11 @@ from .transfer import (
     show,
 )
 
+# Not typing.TYPE_CHECKING: start-up (see CopyResult).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO, Any
+
 __all__ = ["CopyResult", "copy", "copy_async"]
 
 PathSpec = str | bytes | os.PathLike[str]
@@ -51,17 +54,35 @@ POLICIES = {"overwrite": 0, "no-clobber": fc.F_NO_CLOBBER, "update": fc.F_UPDATE
             "force": fc.F_FORCE}
 
 
-@dataclass
 class CopyResult:
-    """What one :func:`copy` did."""
+    """What one :func:`copy` did (counted as it goes, so not immutable)."""
 
-    direction: str = "push"  # or "pull"
-    files: int = 0
-    directories: int = 0
-    symlinks: int = 0
-    skipped: int = 0
-    bytes: int = 0
-    seconds: float = 0.0
+    # A plain class, not a dataclass: `hvsock cp` imports this module on every run,
+    # and dataclasses (with inspect, ast and dis) was a tenth of its start-up.
+    _FIELDS = ("direction", "files", "directories", "symlinks", "skipped", "bytes", "seconds")
+
+    def __init__(self, direction: str = "push", files: int = 0, directories: int = 0,
+                 symlinks: int = 0, skipped: int = 0, bytes: int = 0,
+                 seconds: float = 0.0) -> None:
+        self.direction = direction  # or "pull"
+        self.files = files
+        self.directories = directories
+        self.symlinks = symlinks
+        self.skipped = skipped
+        self.bytes = bytes
+        self.seconds = seconds
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, CopyResult)
+        return self.as_dict() == other.as_dict()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass was
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._FIELDS)
+        return f"CopyResult({shown})"
 
     @property
     def throughput(self) -> float:
@@ -69,7 +90,8 @@ class CopyResult:
         return self.bytes / self.seconds if self.seconds > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "throughput": self.throughput}
+        return {**{name: getattr(self, name) for name in self._FIELDS},
+                "throughput": self.throughput}
 
 
 def _spec(value: object, what: str) -> tuple[bool, bytes]:
