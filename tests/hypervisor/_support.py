@@ -5,17 +5,16 @@ from __future__ import annotations
 import hashlib
 import itertools
 import socket
-import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import hvsock
 
+from ..kernel import _support as kernel_support
+from ..kernel._support import Worker, started
 from .guest import GUEST_CID, payload, sha256
 
 __all__ = ["GUEST_CID", "Worker", "echo_once", "guest_address", "next_port", "payload",
-           "recv_until_eof", "sha256"]
+           "recv_until_eof", "sha256", "started"]
 
 IO_TIMEOUT = 120.0
 CHUNK = 64 * 1024
@@ -34,46 +33,8 @@ def guest_address(port: int) -> str:
 
 
 def recv_until_eof(sock: socket.socket, limit: int, timeout: float = IO_TIMEOUT) -> bytes:
-    """Everything *sock* sends until EOF; fails past *limit* bytes or *timeout* seconds."""
-    sock.settimeout(timeout)
-    parts: list[bytes] = []
-    total = 0
-    deadline = time.monotonic() + timeout
-    while total <= limit:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no EOF within {timeout} s ({total} bytes read)")
-        data = sock.recv(CHUNK)
-        if not data:
-            return b"".join(parts)
-        parts.append(data)
-        total += len(data)
-    raise AssertionError(f"peer sent more than {limit} bytes")
-
-
-class Worker(threading.Thread):
-    """A thread that keeps its result or exception for :meth:`finish` to hand back."""
-
-    def __init__(self, func: Callable[..., Any], *args: Any) -> None:
-        super().__init__(name=getattr(func, "__name__", "worker"), daemon=True)
-        self._func = func
-        self._args = args
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self.result = self._func(*self._args)
-        except BaseException as exc:  # handed to the test thread by finish()
-            self.error = exc
-
-    def finish(self, timeout: float) -> Any:
-        self.join(timeout)
-        if self.is_alive():
-            raise AssertionError(f"thread {self.name} still running after {timeout} s")
-        if self.error is not None:
-            raise self.error
-        return self.result
+    """The kernel tier's bounded read, with this tier's longer default (nested emulation)."""
+    return kernel_support.recv_until_eof(sock, limit, timeout)
 
 
 def echo_once(listener: socket.socket, timeout: float = 300.0) -> dict[str, Any]:
@@ -93,4 +54,4 @@ def echo_once(listener: socket.socket, timeout: float = 300.0) -> dict[str, Any]
 def listening_echo(port: int) -> tuple[socket.socket, Worker]:
     """An L1 listener on vsock://any:*port* and the thread that echoes one connection."""
     listener = hvsock.listen(f"vsock://any:{port}")
-    return listener, Worker(echo_once, listener)
+    return listener, started(echo_once, listener)
