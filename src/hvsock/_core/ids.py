@@ -54,10 +54,9 @@ def __getattr__(name: str) -> object:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import uuid
 
-    known: dict[str, uuid.UUID] = {}
-    for text, guid in _GUIDS.items():
-        same = next((u for u in known.values() if str(u) == guid), None)
-        known[text] = same or uuid.UUID(guid)
+    # One UUID per GUID text, so aliases ("zero") are the same object as their id.
+    by_text = {guid: uuid.UUID(guid) for guid in _GUIDS.values()}
+    known = {text: by_text[guid] for text, guid in _GUIDS.items()}
     names: dict[uuid.UUID, str] = {}
     for text, vm in known.items():
         names.setdefault(vm, text)

@@ -75,8 +75,7 @@ class CopyResult:
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not self.__class__:
             return NotImplemented
-        assert isinstance(other, CopyResult)
-        return self.as_dict() == other.as_dict()
+        return all(getattr(self, name) == getattr(other, name) for name in self._FIELDS)
 
     __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass was
 
