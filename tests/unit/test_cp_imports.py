@@ -22,3 +22,20 @@ def test_cp_as_a_client_loads_neither_the_service_nor_asyncio() -> None:
                 "hvsock._builtin.files.server", "json", *SLOW_STDLIB)
     assert sorted(m for m in loaded if any(m == u or m.startswith(u + ".")
                                            for u in unwanted)) == []
+
+
+def test_copy_result_is_a_plain_record() -> None:
+    """CopyResult stopped being a dataclass (start-up); it keeps what users relied on."""
+    from hvsock._builtin.files.client import CopyResult
+
+    a = CopyResult("pull", files=2, bytes=10, seconds=2.0)
+    assert a == CopyResult("pull", files=2, bytes=10, seconds=2.0)
+    assert a != CopyResult("pull", files=3, bytes=10, seconds=2.0)
+    assert a != ("pull", 2)
+    assert a.as_dict() == {"direction": "pull", "files": 2, "directories": 0, "symlinks": 0,
+                           "skipped": 0, "bytes": 10, "seconds": 2.0, "throughput": 5.0}
+    assert eval(repr(a), {"CopyResult": CopyResult}) == a  # our own repr
+    a.files += 1  # counted as a copy goes
+    assert a.files == 3
+    with pytest.raises(TypeError):
+        hash(a)
