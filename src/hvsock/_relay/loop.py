@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from .. import _endpoints as api
 from .._core.addresses import Address
-from .._server.peers import Peer, peer_of
+from .._server.peers import peer_of
 from . import datapath
 from ._poll import ERR, HUP, IN, OUT, Poller, SpareCpu, Waker
 from .config import Forward, RelayConfig
@@ -408,15 +408,9 @@ class Loop:
         forward = listening.forward
         try:
             sock.setblocking(False)
-            if listening.client_tcp:
-                if not listening.nodelay_inherited:
-                    _nodelay(listening, sock)
-                # peer_of's result, without re-validating an address the kernel gave.
-                host = str(raw[0])
-                peer = Peer(f"tcp://[{host}]:{raw[1]}" if ":" in host else
-                            f"tcp://{host}:{raw[1]}", host=host)
-            else:
-                peer = peer_of(sock, raw, listening.address)
+            if listening.client_tcp and not listening.nodelay_inherited:
+                _nodelay(listening, sock)
+            peer = peer_of(sock, raw, listening.address)
         except OSError as exc:
             sock.close()
             self._slots.give()

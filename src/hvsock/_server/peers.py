@@ -54,7 +54,11 @@ def peer_of(sock: socket.socket, raw: Any, listen: Address) -> Peer:
         vm = uuid.UUID(str(raw[0]))
         return Peer(f"hvsock://{vm}/{raw[1]}", vm_id=vm)
     if isinstance(listen, TcpAddress) and isinstance(raw, tuple):
-        return Peer(str(TcpAddress(str(raw[0]), int(raw[1]))), host=str(raw[0]))
+        # TcpAddress's text form, without re-validating an address the kernel gave:
+        # the relay asks this once per connection.
+        host = str(raw[0])
+        return Peer(f"tcp://[{host}]:{raw[1]}" if ":" in host else f"tcp://{host}:{raw[1]}",
+                    host=host)
     uid = pid = None
     so_peercred = getattr(socket, "SO_PEERCRED", None)
     if so_peercred is not None and sock.family == socket.AF_UNIX:
