@@ -16,9 +16,7 @@ from ._transports._common import DEFAULT_CONNECT_TIMEOUT
 from ._transports.api import listener_address, remove_socket_file, set_buffer_size, where
 from ._transports.stream import DEFAULT_UNIX_MODE
 
-# Not typing.TYPE_CHECKING: `hvsock connect` imports this module on every call, and
-# typing alone costs a third of Python's own start-up (mypy takes any constant so named).
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: docs/architecture.md, "Start-up rules"
 if TYPE_CHECKING:
     import asyncio
 

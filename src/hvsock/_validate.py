@@ -14,9 +14,7 @@ from ._errors import ArgumentError
 
 __all__: list[str] = []  # internal: the public names live in hvsock.__init__
 
-# Not typing.TYPE_CHECKING: `hvsock connect` imports this module on every call, and
-# typing alone costs a third of Python's own start-up (mypy takes any constant so named).
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: docs/architecture.md, "Start-up rules"
 if TYPE_CHECKING:
     from typing import TypeVar
 

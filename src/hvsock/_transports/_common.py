@@ -10,9 +10,7 @@ from collections.abc import Callable
 from .._errors import ArgumentError, translate
 from .._validate import non_negative_number, positive_number, whole_number
 
-# Not typing.TYPE_CHECKING: `hvsock connect` imports this module on every call, and
-# typing alone costs a third of Python's own start-up (mypy takes any constant so named).
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: docs/architecture.md, "Start-up rules"
 if TYPE_CHECKING:
     from types import TracebackType
     from typing import Any

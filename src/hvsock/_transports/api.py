@@ -29,9 +29,7 @@ from ._common import (
 )
 from .stream import DEFAULT_UNIX_MODE
 
-# Not typing.TYPE_CHECKING: `hvsock connect` imports this module on every call, and
-# typing alone costs a third of Python's own start-up (mypy takes any constant so named).
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: docs/architecture.md, "Start-up rules"
 if TYPE_CHECKING:
     from typing import Any
 
@@ -114,7 +112,7 @@ def listen(
     return _LISTEN[type(addr)](addr, backlog, mode, buffer_size)
 
 
-# The VM-socket modules load on first use (dial._family): see there.
+# The VM-socket modules load on first use (dial.family_module): see there.
 _LISTEN: dict[type, Callable[[Any, int, int | None, int | None], socket.socket]] = {
     VsockAddress: lambda a, backlog, _mode, size: dial.family_module("vsock").listen(
         a, backlog=backlog, buffer_size=size),

@@ -47,9 +47,7 @@ from .._errors import (
 )
 from ._common import close_on_error, retry_waits, set_stream_buffer_size
 
-# Not typing.TYPE_CHECKING: `hvsock connect` imports this module on every call, and
-# typing alone costs a third of Python's own start-up (mypy takes any constant so named).
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: docs/architecture.md, "Start-up rules"
 if TYPE_CHECKING:
     from types import ModuleType
     from typing import Any

@@ -9,7 +9,7 @@ import time
 from ._common import Deadline
 from .dial import InThread, Pause, Writable, resume
 
-TYPE_CHECKING = False  # not typing's: see dial.py
+TYPE_CHECKING = False  # not typing's: docs/architecture.md, "Start-up rules"
 if TYPE_CHECKING:
     from .dial import Dial
 

@@ -13,9 +13,7 @@ from .._errors import translate
 from ._common import bind_and_listen, check_buffer_size, close_on_error
 from .features import require_vsock
 
-# Not typing.TYPE_CHECKING: `hvsock connect` imports this module on every call, and
-# typing alone costs a third of Python's own start-up (mypy takes any constant so named).
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: docs/architecture.md, "Start-up rules"
 if TYPE_CHECKING:
     import ctypes
 
