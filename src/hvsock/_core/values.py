@@ -1,4 +1,4 @@
-"""The base of hvsock's immutable value types (addresses, file-copy messages).
+"""The bases of hvsock's value types: immutable (addresses, file-copy messages) or not.
 
 Not ``@dataclass(frozen=True)``: ``hvsock connect`` and ``hvsock cp`` import these
 types on every run, and importing dataclasses (it pulls in inspect, ast and dis) and
@@ -17,10 +17,28 @@ if TYPE_CHECKING:
 __all__: list[str] = []  # internal
 
 
-class Value:
-    """Immutable; compared, hashed, shown and pickled by the fields in ``_fields``."""
+class Record:
+    """Compared and shown by the fields in ``_fields``; mutable, so not hashable."""
 
     _fields: ClassVar[tuple[str, ...]] = ()
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self._fields)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Record)
+        # Defining __eq__ alone leaves __hash__ None: a mutable record is not hashable.
+        return self._values() == other._values()
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
+        return f"{type(self).__qualname__}({shown})"
+
+
+class Value(Record):
+    """Immutable, so hashed (and pickled) by its fields as well."""
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"cannot assign to {name!r}: {type(self).__name__} is immutable; "
@@ -29,21 +47,8 @@ class Value:
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"cannot delete {name!r}: {type(self).__name__} is immutable")
 
-    def _values(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in self._fields)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        assert isinstance(other, Value)
-        return self._values() == other._values()
-
     def __hash__(self) -> int:
         return hash(self._values())
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
-        return f"{type(self).__qualname__}({shown})"
 
     def __reduce__(self) -> tuple[type[Value], tuple[object, ...]]:
         # pickle and copy rebuild through __init__, so its checks run again.

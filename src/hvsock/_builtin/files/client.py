@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from ..._core import filecopy as fc
 from ..._core.addresses import Address
+from ..._core.values import Record
 from ..._endpoints import connect
 from ..._errors import ArgumentError, HvsockError, IdleTimeoutError, ProtocolError
 from ..._transports._common import DEFAULT_CONNECT_TIMEOUT
@@ -54,12 +55,12 @@ POLICIES = {"overwrite": 0, "no-clobber": fc.F_NO_CLOBBER, "update": fc.F_UPDATE
             "force": fc.F_FORCE}
 
 
-class CopyResult:
+class CopyResult(Record):
     """What one :func:`copy` did (counted as it goes, so not immutable)."""
 
     # A plain class, not a dataclass: `hvsock cp` imports this module on every run,
     # and dataclasses (with inspect, ast and dis) was a tenth of its start-up.
-    _FIELDS = ("direction", "files", "directories", "symlinks", "skipped", "bytes", "seconds")
+    _fields = ("direction", "files", "directories", "symlinks", "skipped", "bytes", "seconds")
 
     def __init__(self, direction: str = "push", files: int = 0, directories: int = 0,
                  symlinks: int = 0, skipped: int = 0, bytes: int = 0,
@@ -72,24 +73,13 @@ class CopyResult:
         self.bytes = bytes
         self.seconds = seconds
 
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return all(getattr(self, name) == getattr(other, name) for name in self._FIELDS)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass was
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._FIELDS)
-        return f"CopyResult({shown})"
-
     @property
     def throughput(self) -> float:
         """Bytes per second of file data."""
         return self.bytes / self.seconds if self.seconds > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {**{name: getattr(self, name) for name in self._FIELDS},
+        return {**{name: getattr(self, name) for name in self._fields},
                 "throughput": self.throughput}
 
 
