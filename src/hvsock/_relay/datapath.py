@@ -31,10 +31,8 @@ import os
 import socket
 import sys
 
+from .._pump import grow_pipe
 from .._transports._common import close_write
-
-if sys.platform.startswith("linux"):
-    import fcntl
 
 #: Bytes moved per splice or recv, and the pipe size asked for (Linux's default
 #: pipe-max-size). Measured against 256 KiB: fewer calls and wake-ups per byte.
@@ -80,8 +78,6 @@ def widen(dst: socket.socket, chunk: int) -> None:
 
 
 _SPLICE_FLAGS = (os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK) if SPLICE_WORKS else 0
-#: fcntl's F_SETPIPE_SZ (Linux only; CPython has the name from 3.10).
-_F_SETPIPE_SZ = 1031
 _AGAIN = (BlockingIOError, InterruptedError)
 
 
@@ -110,10 +106,7 @@ class Pipes:
             r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
             return None
-        # Larger pipes mean fewer system calls per byte. Past the per-user pipe
-        # quota an unprivileged process gets a smaller pipe: still correct.
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(w, _F_SETPIPE_SZ, self.size)
+        grow_pipe(w, self.size)  # fewer system calls per byte
         self.created += 1
         return r, w
 

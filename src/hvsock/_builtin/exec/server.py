@@ -18,13 +18,13 @@ import pty
 import pwd
 import signal
 import struct
-import sys
 import termios
 from dataclasses import dataclass
 from typing import Any
 
 from ..._core import exec_proto as ep
 from ..._errors import ProtocolError
+from ..._pump import grow_pipe
 from ..._service.connection import Connection
 from ..._service.declaration import Limits, Service
 from ..._service.frames import read_frame
@@ -39,8 +39,6 @@ DRAIN_WAIT = 2.0
 #: Size asked for the command's stdin and stdout pipes (Linux's default is 64 KiB; at
 #: 1 MiB a streaming command and the agent wake each other up far less often).
 PIPE_SIZE = 1 << 20
-#: fcntl's F_SETPIPE_SZ (Linux; CPython names it from 3.10, but only on Linux builds).
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 @dataclass(frozen=True)
@@ -68,15 +66,10 @@ def _take_terminal() -> None:  # pragma: no cover - runs in the child
 
 
 def _pipe(size: int | None) -> tuple[int, int]:
-    """A pipe (read end, write end), grown to *size* bytes where the system lets us.
-
-    Past the per-user pipe quota (``/proc/sys/fs/pipe-user-pages-soft``), or off
-    Linux, the pipe keeps its default size: slower, just as correct.
-    """
+    """A pipe (read end, write end), grown to *size* bytes where the system lets us."""
     r, w = os.pipe()
-    if size is not None and sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(w, _F_SETPIPE_SZ, size)
+    if size is not None:
+        grow_pipe(w, size)
     return r, w
 
 
