@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import select
 import socket
 import time
 from collections.abc import Callable
@@ -143,3 +144,16 @@ def sendall_parts(sock: socket.socket, parts: list[bytes | bytearray | memoryvie
             else:
                 views[0] = first[sent:]
                 sent = 0
+
+
+def wait_ready(sock: socket.socket | int, writable: bool, timeout: float | None) -> bool:
+    """True once *sock* (a socket or its descriptor) is readable, or writable; False
+    when *timeout* seconds (None: no limit) passed first. Errors and hang-ups count
+    as ready: the next call on the socket reports them."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT if writable else select.POLLIN)
+        return bool(poller.poll(None if timeout is None else max(0, timeout * 1000)))
+    rlist, wlist, xlist = ([], [sock], [sock]) if writable else ([sock], [], [sock])
+    ready = select.select(rlist, wlist, xlist, timeout)  # pragma: no cover - Windows
+    return any(ready)  # pragma: no cover - Windows

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import select
 import socket
 import time
 
-from ._common import Deadline
+from ._common import Deadline, wait_ready
 from .dial import InThread, Pause, Writable, resume
 
 TYPE_CHECKING = False  # not typing's: docs/architecture.md, "Start-up rules"
@@ -14,18 +13,6 @@ if TYPE_CHECKING:
     from .dial import Dial
 
 __all__: list[str] = []  # internal
-
-
-def _wait(sock: socket.socket, writable: bool, timeout: float | None) -> bool:
-    """True once *sock* is ready (readable / writable), False when *timeout* passed."""
-    if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(sock, select.POLLOUT if writable else select.POLLIN)
-        # Errors and hang-ups count as ready: the dial's next call reports them.
-        return bool(poller.poll(None if timeout is None else max(0, timeout * 1000)))
-    rlist, wlist, xlist = ([], [sock], [sock]) if writable else ([sock], [], [sock])
-    ready = select.select(rlist, wlist, xlist, timeout)  # pragma: no cover - Windows
-    return any(ready)  # pragma: no cover - Windows
 
 
 def run(gen: Dial, timeout: float | None) -> socket.socket:
@@ -52,7 +39,7 @@ def run(gen: Dial, timeout: float | None) -> socket.socket:
                     value = step.call(deadline.remaining())
                 except OSError as exc:
                     error = exc
-            elif not _wait(step.sock, isinstance(step, Writable), deadline.remaining()):
+            elif not wait_ready(step.sock, isinstance(step, Writable), deadline.remaining()):
                 error = step.stalled()
     finally:
         gen.close()  # a no-op once it returned; else closes its socket (Ctrl-C, ...)

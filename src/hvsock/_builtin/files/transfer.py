@@ -14,7 +14,6 @@ import errno
 import fcntl
 import hashlib
 import os
-import select
 import socket
 import stat
 import sys
@@ -26,6 +25,7 @@ from collections.abc import Callable
 from ..._core import filecopy as fc
 from ..._core.framing import HEADER_SIZE, encode_frame, frame_length
 from ..._errors import ArgumentError, HvsockError, PermissionDeniedError, ProtocolError, RemoteError
+from ..._transports._common import wait_ready
 
 __all__: list[str] = []
 
@@ -393,7 +393,9 @@ def _sendfile(chan: Channel, fd: int, start: int, end: int, hasher: Hasher,
         try:
             sent = os.sendfile(out, fd, pos, min(SENDFILE_STEP, end - pos))
         except BlockingIOError:
-            _wait_writable(out, timeout)
+            if not wait_ready(out, True, timeout):
+                raise TimeoutError("timed out while sending a file "
+                                   "(the peer reads nothing)") from None
             continue
         except (ConnectionError, TimeoutError):
             raise
@@ -422,13 +424,6 @@ def _widen(sock: socket.socket) -> None:
             sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < UNIX_SNDBUF:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UNIX_SNDBUF)
-
-
-def _wait_writable(fd: int, timeout: float | None) -> None:
-    poller = select.poll()
-    poller.register(fd, select.POLLOUT)
-    if not poller.poll(None if timeout is None else int(timeout * 1000) + 1):
-        raise TimeoutError("timed out while sending a file (the peer reads nothing)")
 
 
 def _send_zeros(chan: Channel, count: int, tick: Tick | None) -> None:
