@@ -106,7 +106,7 @@ class VsockAddress(Value):
 
     def __init__(self, cid: int, port: int) -> None:
         set_fields(self, cid=_int_in(cid, 0, _U32_MAX, "CID", FORMS["vsock"]),
-              port=_int_in(port, 0, _U32_MAX, "port", FORMS["vsock"]))
+                   port=_int_in(port, 0, _U32_MAX, "port", FORMS["vsock"]))
 
     def __str__(self) -> str:
         cid = "any" if self.cid == ids.CID_ANY else str(self.cid)

@@ -100,7 +100,7 @@ class Entry(Value):
     def __init__(self, path: bytes, kind: int, mode: int = 0o644, mtime_ns: int = 0,
                  size: int = 0, uid: int = -1, gid: int = -1, link: bytes = b"") -> None:
         set_fields(self, path=path, kind=kind, mode=mode, mtime_ns=mtime_ns, size=size, uid=uid,
-              gid=gid, link=link)
+                   gid=gid, link=link)
 
 
 class Hello(Value):
