@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hvsock
-from hvsock._builtin.files.transfer import temp_name
+from hvsock._builtin.files.transfer import partial_name
 from hvsock._cli.main import main
 
 from .._files import serving
@@ -212,8 +212,12 @@ def test_policies(served: tuple[str, Path], tmp_path: Path) -> None:
 def test_parents_and_directory_destinations(served: tuple[str, Path], tmp_path: Path) -> None:
     addr, root = served
     (tmp_path / "f").write_bytes(b"x")
-    with pytest.raises(hvsock.RemoteError, match="no such file"):
+    with pytest.raises(hvsock.RemoteError,
+                       match="directory 'a' does not exist .*--parents creates"):
         hvsock.copy(addr, tmp_path / "f", ":a/b/f")
+    with pytest.raises(hvsock.HvsockError,
+                       match=r"directory '.*/no/such' does not exist .*--parents creates"):
+        hvsock.copy(addr, ":a/b/f", tmp_path / "no/such/f")
     hvsock.copy(addr, tmp_path / "f", ":a/b/f", parents=True)
     assert (root / "a/b/f").read_bytes() == b"x"
     hvsock.copy(addr, [tmp_path / "f", tmp_path / "f"], ":a")  # into a directory
@@ -418,7 +422,7 @@ def test_resume_with_a_different_partial_starts_again(served: tuple[str, Path],
     addr, root = served
     data = os.urandom(2 * MB)
     (tmp_path / "f").write_bytes(data)
-    (root / temp_name(b"f").decode()).write_bytes(b"not the same prefix" * 1000)
+    (root / partial_name(b"f").decode()).write_bytes(b"not the same prefix" * 1000)
     hvsock.copy(addr, tmp_path / "f", ":f", resume=True)
     assert (root / "f").read_bytes() == data
     assert leftovers(root) == []

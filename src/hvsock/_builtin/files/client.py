@@ -25,11 +25,13 @@ from ..._errors import ArgumentError, HvsockError, IdleTimeoutError, ProtocolErr
 from ..._transports._common import DEFAULT_CONNECT_TIMEOUT
 from ..._validate import callable_, positive_number, quote
 from .transfer import (
+    READ_FLAGS,
     AtomicWriter,
     Channel,
     drain_file,
     entry_of,
     fs_error,
+    kind_name,
     open_dir,
     receive_stream,
     remote_error,
@@ -49,6 +51,8 @@ __all__ = ["CopyResult", "copy", "copy_async"]
 PathSpec = str | bytes | os.PathLike[str]
 #: ``progress(copied, total)``: bytes copied so far, and the total when known.
 Progress = Callable[[int, "int | None"], object]
+#: ``on_entry(source, destination)``: one entry (file, directory, symlink) was copied.
+OnEntry = Callable[[str, str], object]
 #: Replies due at most before the client stops to read them (see _Copier.expect).
 WINDOW = 64
 POLICIES = {"overwrite": 0, "no-clobber": fc.F_NO_CLOBBER, "update": fc.F_UPDATE,
@@ -72,6 +76,9 @@ class CopyResult(Record):
         self.skipped = skipped
         self.bytes = bytes
         self.seconds = seconds
+        #: Entries of a tree that were not copied, each with why (a FIFO, a device,
+        #: a file with hard links the service refuses); counted in *skipped*.
+        self.warnings: list[str] = []
 
     @property
     def throughput(self) -> float:
@@ -80,7 +87,7 @@ class CopyResult(Record):
 
     def as_dict(self) -> dict[str, Any]:
         return {**{name: getattr(self, name) for name in self._fields},
-                "throughput": self.throughput}
+                "throughput": self.throughput, "warnings": list(self.warnings)}
 
 
 def _spec(value: object, what: str) -> tuple[bool, bytes]:
@@ -98,8 +105,10 @@ def _spec(value: object, what: str) -> tuple[bool, bytes]:
 
 class _Copier:
     def __init__(self, chan: Channel, flags: int, progress: Progress | None,
-                 stdin: IO[bytes] | None, stdout: IO[bytes] | None) -> None:
+                 stdin: IO[bytes] | None, stdout: IO[bytes] | None,
+                 on_entry: OnEntry | None = None) -> None:
         self.chan = chan
+        self.on_entry = on_entry
         self.flags = flags
         self.progress = progress
         self.stdin = stdin
@@ -111,7 +120,7 @@ class _Copier:
         #: which needs the peer's READY; this queue holds the kinds whose
         #: replies are still to be read, in order.
         self.eager = not flags & fc.F_RESUME
-        self.pending: deque[int] = deque()
+        self.pending: deque[tuple[int, bytes, bytes]] = deque()
         self.owner_ok = hasattr(os, "geteuid") and os.geteuid() == 0
 
     def tick(self, n: int) -> None:
@@ -149,6 +158,12 @@ class _Copier:
                 raise fs_error(exc, f"cannot read {show(src)!r}") from exc
             if stat.S_ISDIR(st.st_mode) and not self.flags & fc.F_RECURSIVE:
                 raise ArgumentError(f"{show(src)!r} is a directory; copy it with -r")
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)
+                    or stat.S_ISLNK(st.st_mode)):
+                raise ArgumentError(
+                    f"{show(src)!r} is {kind_name(st.st_mode)}; hvsock cp copies regular "
+                    "files, directories and symlinks (to send what a FIFO gives, use '-' "
+                    "as the source and redirect it: hvsock cp ... - :DEST < FIFO)")
             base = os.path.basename(os.path.normpath(src))
             target = _join(dest, base) if into else dest
             plan.extend(_walk(src, target, st))
@@ -170,70 +185,84 @@ class _Copier:
             if isinstance(reply, fc.Ready):
                 assert self.stdin is not None
                 send_stream(self.chan, self.stdin.read, self.tick)
-                self.done(fc.KIND_FILE)
+                self.done_or_raise(self.chan.recv("DONE"), (fc.KIND_FILE, local, remote))
             else:
                 self.skip_or_raise(reply)
             return
+        what = (local, remote)
         if stat.S_ISLNK(st.st_mode):
             self.chan.send(fc.Put(entry_of(st, remote, os.readlink(local)), self.flags))
-            self.expect(fc.KIND_SYMLINK)
+            self.expect((fc.KIND_SYMLINK, *what))
         elif stat.S_ISDIR(st.st_mode):
             self.chan.send(fc.Put(entry_of(st, remote), self.flags))
-            self.expect(fc.KIND_DIR)
+            self.expect((fc.KIND_DIR, *what))
         elif stat.S_ISREG(st.st_mode):
             try:
-                fd = os.open(local, os.O_RDONLY | os.O_CLOEXEC)
+                # O_NONBLOCK: a file swapped for a FIFO since the lstat must not hang us.
+                fd = os.open(local, READ_FLAGS)
             except OSError as exc:
                 raise fs_error(exc, f"cannot read {show(local)!r}") from exc
             try:
-                entry = entry_of(os.fstat(fd), remote)
+                opened = os.fstat(fd)
+                if not stat.S_ISREG(opened.st_mode):
+                    self.warn(f"{show(local)!r} is {kind_name(opened.st_mode)}; not copied")
+                    return
+                os.set_blocking(fd, True)
+                entry = entry_of(opened, remote)
                 if self.eager and entry.size <= fc.EAGER_MAX:
                     self.chan.send(fc.Put(entry, self.flags | fc.F_EAGER))
                     send_file(self.chan, fd, entry.size, fc.Ready(), self.tick)
-                    self.expect(fc.KIND_FILE)
+                    self.expect((fc.KIND_FILE, *what))
                     return
                 self.flush()
                 reply = self.request(fc.Put(entry, self.flags), "READY")
                 if isinstance(reply, fc.Ready):
                     self.copied += reply.offset  # resumed bytes count as copied
                     send_file(self.chan, fd, entry.size, reply, self.tick)
-                    self.done_or_raise(self.chan.recv("DONE"), fc.KIND_FILE)
+                    self.done_or_raise(self.chan.recv("DONE"), (fc.KIND_FILE, *what))
                 else:
                     self.skip_or_raise(reply)
             finally:
                 os.close(fd)
+        else:
+            self.warn(f"{show(local)!r} is {kind_name(st.st_mode)}; not copied (only "
+                      "regular files, directories and symlinks are)")
 
-    def expect(self, kind: int) -> None:
-        """A reply for *kind* is due; read the oldest ones once WINDOW are due.
+    def warn(self, why: str) -> None:
+        self.result.skipped += 1
+        self.result.warnings.append(why)
+
+    def expect(self, what: tuple[int, bytes, bytes]) -> None:
+        """A reply for *what* (kind, source, destination) is due; read the oldest
+        ones once WINDOW are due.
 
         The window keeps the replies the service has sent but we have not read
         far below a socket buffer, so neither side can block the other.
         """
-        self.pending.append(kind)
+        self.pending.append(what)
         while len(self.pending) > WINDOW:
             self.collect()
 
     def collect(self) -> None:
-        kind = self.pending.popleft()
-        self.done_or_raise(self.chan.recv("DONE"), kind)
+        what = self.pending.popleft()
+        self.done_or_raise(self.chan.recv("DONE"), what)
 
     def flush(self) -> None:
         while self.pending:
             self.collect()
 
-    def done(self, kind: int) -> None:
-        reply = self.chan.recv("DONE")
-        self.done_or_raise(reply, kind)
-
-    def done_or_raise(self, reply: fc.Message, kind: int) -> None:
+    def done_or_raise(self, reply: fc.Message, what: tuple[int, bytes, bytes]) -> None:
         if isinstance(reply, fc.Skipped):
             self.result.skipped += 1
             return
         if not isinstance(reply, fc.Done):
             raise remote_error(reply, "copying")
-        self.count(kind)
+        kind, source, dest = what
+        self.count(kind, source, dest)
 
-    def count(self, kind: int) -> None:
+    def count(self, kind: int, source: bytes = b"", dest: bytes = b"") -> None:
+        if self.on_entry is not None:
+            self.on_entry(show(source), show(dest))
         if kind == fc.KIND_FILE:
             self.result.files += 1
         elif kind == fc.KIND_DIR:
@@ -273,6 +302,10 @@ class _Copier:
                     os.makedirs(parent)
             try:
                 parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except FileNotFoundError as exc:
+                raise fs_error(exc, f"directory {show(parent)!r} does not exist (for "
+                               f"{show(dest)!r}); --parents creates missing "
+                               "directories") from exc
             except OSError as exc:
                 raise fs_error(exc, f"cannot open directory {show(parent)!r}") from exc
             try:
@@ -284,12 +317,15 @@ class _Copier:
         get_flags = self.flags & (fc.F_RECURSIVE | fc.F_PRESERVE) | (
             fc.F_EAGER if self.eager else 0)
         self.chan.send(fc.Get(src, get_flags))
-        dir_times: list[tuple[tuple[bytes, ...], fc.Entry]] = []
+        dir_times: list[tuple[tuple[bytes, ...], fc.Entry, bool]] = []
         first = True
         while True:
             msg = self.chan.recv("the next entry")
             if isinstance(msg, fc.End):
                 break
+            if isinstance(msg, fc.Skipped) and not first:
+                self.warn(msg.reason)  # a FIFO, a device, a refused hard link in the tree
+                continue
             if not isinstance(msg, fc.EntryMsg):
                 raise remote_error(msg, f"reading {show(src)!r}")
             entry = msg.entry
@@ -300,10 +336,10 @@ class _Copier:
             if self.total is None and entry.kind == fc.KIND_FILE and len(rel) == 1:
                 self.total = entry.size
             dir_fd = open_dir(parent_fd, rel[:-1])
+            writer = AtomicWriter(dir_fd, rel[-1], entry, self.flags,
+                                  shown=show(b"/".join(rel)),
+                                  owner=bool(self.flags & fc.F_OWNER) and self.owner_ok)
             try:
-                writer = AtomicWriter(dir_fd, rel[-1], entry, self.flags,
-                                      shown=show(b"/".join(rel)),
-                                      owner=bool(self.flags & fc.F_OWNER) and self.owner_ok)
                 if fc.eager_entry(get_flags, entry):
                     # The bytes follow the ENTRY at once: take them or drop them.
                     answer = writer.prepare()
@@ -327,14 +363,16 @@ class _Copier:
                 else:
                     writer.place_special()
                     if entry.kind == fc.KIND_DIR and self.flags & fc.F_PRESERVE:
-                        dir_times.append((rel, entry))
-                self.count(entry.kind)
+                        dir_times.append((rel, entry, writer.keeps_owner))
+                self.count(entry.kind, src.rstrip(b"/") + b"/" + entry.path if entry.path
+                           else src, b"/".join(rel))
             finally:
+                writer.close()
                 os.close(dir_fd)
-        for rel, entry in reversed(dir_times):
+        for rel, entry, owner_kept in reversed(dir_times):
             dir_fd = open_dir(parent_fd, rel[:-1])
             try:
-                set_dir_times(dir_fd, rel[-1], entry)
+                set_dir_times(dir_fd, rel[-1], entry, owner_kept)
             finally:
                 os.close(dir_fd)
 
@@ -352,7 +390,7 @@ class _Copier:
         out = self.stdout
         receive_stream(self.chan, out.write, msg.entry.size, self.tick, show(src))
         out.flush()
-        self.count(fc.KIND_FILE)
+        self.count(fc.KIND_FILE, src, b"-")
         end = self.chan.recv("END")
         if not isinstance(end, fc.End):
             raise remote_error(end, "finishing the copy")

@@ -21,12 +21,14 @@ from ..._service.declaration import Limits, Service
 from ..._validate import instance, quote, whole_number
 from .transfer import (
     DIR_FLAGS,
+    READ_FLAGS,
     AtomicWriter,
     Channel,
     drain_file,
     entry_of,
     error_code,
     fs_error,
+    kind_name,
     lstat_at,
     open_dir,
     send_file,
@@ -49,6 +51,7 @@ class _Config:
     read_only: bool
     max_file_size: int | None
     max_files: int | None
+    refuse_hardlinks: bool
 
 
 def _root(path: object) -> bytes:
@@ -64,14 +67,16 @@ def _root(path: object) -> bytes:
 def file_service(roots: Iterable[str | bytes | os.PathLike[str]], *, port: int = DEFAULT_PORT,
                  allow: Iterable[object] | None = None, read_only: bool = False,
                  max_file_size: int | None = None, max_files: int | None = None,
-                 limits: Limits | None = None,
+                 refuse_hardlinks: bool = False, limits: Limits | None = None,
                  name: str = SERVICE_NAME) -> Service:
     """The file-copy service over *roots* (directories), for :class:`hvsock.ServiceHost`.
 
     *port* defaults to :data:`DEFAULT_PORT` (5005). *allow* is the service's
     allowlist (CIDs, VM ids, hosts, ``"uid:N"``). *read_only* refuses every
     write. *max_file_size* (bytes) and *max_files* (entries per connection) bound
-    what one client may write or read. Raises :class:`ArgumentError` for a root
+    what one client may write or read. *refuse_hardlinks* refuses to send a file
+    with more than one hard link (a link in a root may lead to a file outside
+    it: see docs/file-copy.md). Raises :class:`ArgumentError` for a root
     that is not a directory or a bad limit.
     """
     if isinstance(roots, (str, bytes)):
@@ -84,7 +89,7 @@ def file_service(roots: Iterable[str | bytes | os.PathLike[str]], *, port: int =
     if max_files is not None:
         whole_number(max_files, "max_files", 1, 2**63 - 1)
     config = _Config(real, tuple(fc.split_path(r)[1] for r in real), bool(read_only),
-                     max_file_size, max_files)
+                     max_file_size, max_files, bool(refuse_hardlinks))
     limits = instance(limits, Limits, "limits") if limits is not None else \
         Limits(max_connections=16, idle_timeout=120.0)
 
@@ -101,9 +106,10 @@ class _Session:
         self.chan = Channel(conn.sock)
         self.files = 0
         self.consumed = True
+        self.top = b""  # the path of the GET being answered
         self.owner_ok = hasattr(os, "geteuid") and os.geteuid() == 0
         #: Directory metadata (-p) applied once their contents are written.
-        self.dir_times: list[tuple[bytes, fc.Entry]] = []
+        self.dir_times: list[tuple[bytes, fc.Entry, bool]] = []
 
     def run(self) -> None:
         fds = [os.open(r, DIR_FLAGS) for r in self.config.roots]
@@ -203,11 +209,11 @@ class _Session:
             self.chan.send(fc.Done())
             return
         parent = open_dir(root_fd, parts[:-1], create=bool(flags & fc.F_PARENTS),
-                          what=entry.path)
+                          what=entry.path, parents_hint=True)
+        writer = AtomicWriter(parent, parts[-1], entry, flags, shown=show(entry.path),
+                              max_size=self.config.max_file_size,
+                              owner=bool(flags & fc.F_OWNER) and self.owner_ok)
         try:
-            writer = AtomicWriter(parent, parts[-1], entry, flags, shown=show(entry.path),
-                                  max_size=self.config.max_file_size,
-                                  owner=bool(flags & fc.F_OWNER) and self.owner_ok)
             answer = fc.Ready() if entry.kind == fc.KIND_DIR else writer.prepare()
             if isinstance(answer, fc.Skipped):
                 if eager:
@@ -223,20 +229,21 @@ class _Session:
             else:
                 writer.place_special()
                 if entry.kind == fc.KIND_DIR and flags & fc.F_PRESERVE:
-                    self.dir_times.append((entry.path, entry))
+                    self.dir_times.append((entry.path, entry, writer.keeps_owner))
                 self.chan.send(fc.Done())
         finally:
+            writer.close()
             os.close(parent)
 
     def finish_dirs(self) -> None:
         # Deepest first, so setting a parent's mtime comes after its children changed it.
-        for path, entry in reversed(self.dir_times):
+        for path, entry, owner_kept in reversed(self.dir_times):
             with contextlib.suppress(HvsockError, OSError):
                 root_fd, parts = self.resolve(path)
                 if parts:
                     parent = open_dir(root_fd, parts[:-1])
                     try:
-                        set_dir_times(parent, parts[-1], entry)
+                        set_dir_times(parent, parts[-1], entry, owner_kept)
                     finally:
                         os.close(parent)
         self.dir_times.clear()
@@ -244,6 +251,7 @@ class _Session:
     # -- pull -------------------------------------------------------------------
     def get(self, msg: fc.Get) -> None:
         root_fd, parts = self.resolve(msg.path)
+        self.top = msg.path
         parent = open_dir(root_fd, parts[:-1], what=msg.path)
         try:
             name = parts[-1] if parts else b"."
@@ -265,9 +273,17 @@ class _Session:
             self.chan.send(fc.EntryMsg(entry_of(st, rel, os.readlink(name, dir_fd=dir_fd))))
         elif stat.S_ISREG(st.st_mode):
             self.count()
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            # O_NONBLOCK: a file swapped for a FIFO since the lstat must not park
+            # this thread in open() (where no timeout reaches it); fstat decides.
+            fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
             try:
-                entry = entry_of(os.fstat(fd), rel)
+                opened = os.fstat(fd)
+                refusal = self.refusal(opened, rel or self.top)
+                if refusal is not None:
+                    self.refuse(rel, refusal)
+                    return
+                os.set_blocking(fd, True)
+                entry = entry_of(opened, rel)
                 self.chan.send(fc.EntryMsg(entry))
                 if fc.eager_entry(flags, entry):
                     send_file(self.chan, fd, entry.size, fc.Ready(), None)
@@ -293,4 +309,21 @@ class _Session:
             finally:
                 os.close(sub)
         else:
-            self.conn.log.info("skipped %r: not a file, directory or symlink", rel)
+            self.refuse(rel, self.refusal(st, rel or self.top) or "not a regular file")
+
+    def refusal(self, st: os.stat_result, path: bytes) -> str | None:
+        """Why the file *st* is not sent, or None to send it."""
+        if not stat.S_ISREG(st.st_mode):
+            return (f"{show(path)!r} is {kind_name(st.st_mode)}; hvsock cp copies only regular "
+                    "files, directories and symlinks")
+        if self.config.refuse_hardlinks and st.st_nlink > 1:
+            return (f"{show(path)!r} has {st.st_nlink} hard links and the service refuses "
+                    "files with more than one (refuse_hardlinks)")
+        return None
+
+    def refuse(self, rel: bytes, why: str) -> None:
+        """The top of a GET fails with *why*; an entry inside a tree is skipped with it."""
+        if not rel:
+            raise HvsockError(why)
+        self.conn.log.info("%s: skipped: %s", self.conn.peer, why)
+        self.chan.send(fc.Skipped(why))
