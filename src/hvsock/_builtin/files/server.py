@@ -278,7 +278,7 @@ class _Session:
             fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
             try:
                 opened = os.fstat(fd)
-                refusal = self.refusal(opened, rel or self.top)
+                refusal = self.refusal(opened, self.shown(rel))
                 if refusal is not None:
                     self.refuse(rel, refusal)
                     return
@@ -309,7 +309,14 @@ class _Session:
             finally:
                 os.close(sub)
         else:
-            self.refuse(rel, self.refusal(st, rel or self.top) or "not a regular file")
+            self.refuse(rel, self.refusal(st, self.shown(rel)) or "not a regular file")
+
+    def shown(self, rel: bytes) -> bytes:
+        """The path of *rel* (inside the GET's tree) as the client named it."""
+        top = self.top.rstrip(b"/")
+        if not rel:
+            return self.top
+        return rel if top in (b"", b".") else top + b"/" + rel
 
     def refusal(self, st: os.stat_result, path: bytes) -> str | None:
         """Why the file *st* is not sent, or None to send it."""
