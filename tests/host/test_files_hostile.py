@@ -82,7 +82,8 @@ def test_two_pushes_to_one_target_never_share_a_file(served: tuple[str, Path], t
         outcome: dict[str, BaseException | None] = {}
         start = threading.Barrier(2)
 
-        def push(name: str) -> None:
+        def push(name: str, start: threading.Barrier = start,
+                 outcome: dict[str, BaseException | None] = outcome) -> None:
             start.wait(30)
             try:
                 hvsock.copy(addr, tmp_path / name, ":target", resume=resume)
@@ -278,12 +279,14 @@ def test_a_file_swapped_for_a_fifo_never_parks_the_service(served: tuple[str, Pa
                 assert (tmp_path / "x").read_bytes() == data
                 outcomes["copied"] += 1
             except hvsock.RemoteError as exc:
-                assert "is a FIFO" in str(exc), exc
+                refused = str(exc)
                 outcomes["fifo"] += 1
+                assert "is a FIFO" in refused
     finally:
         stop.set()
         swapper.join(30)
-    assert outcomes["copied"] and outcomes["fifo"], outcomes
+    assert outcomes["copied"], outcomes
+    assert outcomes["fifo"], outcomes
     # Every connection's thread and descriptors are gone again (a margin for the
     # service's own loop).
     assert len(open_fds()) <= fds_before + 4
@@ -301,7 +304,7 @@ def test_hard_links_are_served_unless_refused(short_tmp: Path, tmp_path: Path) -
         hvsock.copy(addr, ":link", tmp_path / "served")  # the default: documented
     assert (tmp_path / "served").read_bytes() == b"outside the root"
     with serving([root], f"unix://{short_tmp}/b.sock", refuse_hardlinks=True) as addr:
-        with pytest.raises(hvsock.RemoteError, match="2 hard links .*refuse_hardlinks"):
+        with pytest.raises(hvsock.RemoteError, match=r"2 hard links .*refuse_hardlinks"):
             hvsock.copy(addr, ":link", tmp_path / "refused")
         result = hvsock.copy(addr, ":.", tmp_path / "tree", recursive=True)
     assert not (tmp_path / "refused").exists()
