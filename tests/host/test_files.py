@@ -353,11 +353,28 @@ class CuttingProxy:
         server.close()
 
 
-@pytest.mark.parametrize("cut", [200, 1 * MB + 7, 5 * MB + 123])
-def test_cut_then_resume_finishes_exactly(short_tmp: Path, tmp_path: Path, cut: int) -> None:
+def kept_partial(top: Path, name: bytes, timeout: float = 30.0) -> int:
+    """The size of the partial file a cut --resume copy kept (0: none), once it is kept."""
+    part = top / partial_name(name).decode()
+    deadline = time.monotonic() + timeout
+    # The writing side notices the cut on its own; its own temporary file is gone
+    # once the partial is kept (or dropped).
+    while any(p.suffix == ".tmp" for p in top.glob(".hvsock-*")) and \
+            time.monotonic() < deadline:
+        time.sleep(0.02)
+    return part.stat().st_size if part.exists() else 0
+
+
+@pytest.mark.parametrize(("size", "cut", "kept"), [
+    (6 * MB, 200, False), (6 * MB, 1 * MB + 7, False), (6 * MB, 5 * MB + 123, True),
+    (MB + MB // 2, MB + 300_000, True),  # small: below sendfile's threshold
+])
+def test_cut_then_resume_finishes_exactly(short_tmp: Path, tmp_path: Path, size: int,
+                                          cut: int, kept: bool) -> None:
+    """The resumed run sends only what the kept partial lacks (never the whole again)."""
     root = short_tmp / "root"
     root.mkdir()
-    data = os.urandom(6 * MB)
+    data = os.urandom(size)
     (tmp_path / "big").write_bytes(data)
     with serving([root], "tcp://127.0.0.1:0") as addr:
         proxy = CuttingProxy(addr, cut)
@@ -365,10 +382,15 @@ def test_cut_then_resume_finishes_exactly(short_tmp: Path, tmp_path: Path, cut: 
             hvsock.copy(proxy.address, tmp_path / "big", ":big", resume=True)
         proxy.thread.join(10)
         assert not (root / "big").exists()
-        copied = []
-        hvsock.copy(addr, tmp_path / "big", ":big", resume=True,
-                    progress=lambda done, total: copied.append(done))
+        partial = kept_partial(root, b"big")
+        assert (partial > 0) == kept
+        copied: list[int] = []
+        result = hvsock.copy(addr, tmp_path / "big", ":big", resume=True,
+                             progress=lambda done, total: copied.append(done))
     assert (root / "big").read_bytes() == data
+    assert result.bytes == len(data) - partial
+    assert copied[0] > partial  # the kept bytes count as copied from the start
+    assert copied[-1] == len(data)
     assert leftovers(root) == []
 
 
@@ -385,8 +407,11 @@ def test_pull_cut_then_resume_finishes_exactly(short_tmp: Path, tmp_path: Path,
             hvsock.copy(proxy.address, ":big", tmp_path / "big", resume=True)
         proxy.thread.join(10)
         assert not (tmp_path / "big").exists()
-        hvsock.copy(addr, ":big", tmp_path / "big", resume=True)
+        partial = kept_partial(tmp_path, b"big")
+        assert (partial > 0) == (cut > 2 * MB)
+        result = hvsock.copy(addr, ":big", tmp_path / "big", resume=True)
     assert (tmp_path / "big").read_bytes() == data
+    assert result.bytes == len(data) - partial
     assert leftovers(tmp_path) == []
 
 
