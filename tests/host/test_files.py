@@ -213,7 +213,7 @@ def test_parents_and_directory_destinations(served: tuple[str, Path], tmp_path: 
     addr, root = served
     (tmp_path / "f").write_bytes(b"x")
     with pytest.raises(hvsock.RemoteError,
-                       match="directory 'a' does not exist .*--parents creates"):
+                       match=r"directory 'a' does not exist .*--parents creates"):
         hvsock.copy(addr, tmp_path / "f", ":a/b/f")
     with pytest.raises(hvsock.HvsockError,
                        match=r"directory '.*/no/such' does not exist .*--parents creates"):
@@ -564,6 +564,43 @@ def test_cli_copy_json_and_errors(served: tuple[str, Path], tmp_path: Path) -> N
     assert "'..'" in err.getvalue()
     assert main(["cp", str(tmp_path), ":"], out=out, err=io.StringIO()) == 2
     assert main(["cp", "--serve", str(tmp_path)], out=out, err=io.StringIO()) == 2
+
+
+def test_cli_archive_verbose_and_the_address_path_form(served: tuple[str, Path],
+                                                       tmp_path: Path) -> None:
+    """What scp/rsync users type first: -a, -v, --progress, ADDRESS:PATH."""
+    addr, root = served
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_bytes(b"hi")
+    os.chmod(site / "index.html", 0o640)
+    os.utime(site / "index.html", ns=(1_600_000_000_000_000_000,) * 2)
+    os.symlink("index.html", site / "default.html")
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["cp", "-a", "-v", "--progress", str(site), f"{addr}:{root}"], out=out,
+                err=err) == 0, err.getvalue()
+    st_ = (root / "site/index.html").stat()
+    assert (stat.S_IMODE(st_.st_mode), st_.st_mtime_ns) == (0o640, 1_600_000_000_000_000_000)
+    listed = out.getvalue().splitlines()
+    assert f"{str(site / 'index.html')!r} -> {':' + str(root / 'site/index.html')!r}" in listed
+    assert len([line for line in listed if " -> " in line]) == 3  # the dir, the file, the link
+    assert err.getvalue() == ""  # --progress: no bar drawn into something not a terminal
+    # The same re-run (symlink included) succeeds; a pull back in the same form.
+    assert main(["cp", "-a", str(site), f"{addr}:"], out=io.StringIO(),
+                err=io.StringIO()) == 0
+    out = io.StringIO()
+    assert main(["cp", "-r", "-v", f"{addr}:site", str(tmp_path / "back")], out=out,
+                err=io.StringIO()) == 0
+    assert (tmp_path / "back/index.html").read_bytes() == b"hi"
+    assert "':site/index.html' -> 'back/index.html'" in out.getvalue()
+    # Two services in one command, or an address without a path: a clear refusal.
+    err = io.StringIO()
+    assert main(["cp", "--remote", "tcp://127.0.0.1:9", str(site), f"{addr}:x"],
+                out=io.StringIO(), err=err) == 2
+    assert "name two services" in err.getvalue()
+    err = io.StringIO()
+    assert main(["cp", str(site), addr], out=io.StringIO(), err=err) == 2
+    assert "without a remote path" in err.getvalue()
 
 
 def test_cli_serve_and_copy_as_processes(short_tmp: Path, tmp_path: Path,

@@ -119,9 +119,11 @@ def recorder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if proc.returncode != 0:
         pytest.skip(f"could not build the LD_PRELOAD recorder: {proc.stderr.strip()[:300]}")
     probe = d / "probe.log"
+    env = {**os.environ, "LD_PRELOAD": str(d / "recorder.so"),
+           "HVSOCK_TEST_SYSCALL_LOG": str(probe)}
     subprocess.run([sys.executable, "-c", "import os, sys; fd = os.open(sys.argv[1], "
-                    "os.O_RDWR | os.O_CREAT); os.fsync(fd)", str(d / "probe")], env={**os.environ, "LD_PRELOAD": str(d / "recorder.so"),
-                                          "HVSOCK_TEST_SYSCALL_LOG": str(probe)}, check=False)
+                    "os.O_RDWR | os.O_CREAT); os.fsync(fd)", str(d / "probe")], env=env,
+                   check=False)
     if not probe.exists():
         pytest.skip("LD_PRELOAD does not reach this Python's system calls (a static build?)")
     return d / "recorder.so"

@@ -33,7 +33,8 @@ def test_copy_result_is_a_plain_record() -> None:
     assert a != CopyResult("pull", files=3, bytes=10, seconds=2.0)
     assert a != ("pull", 2)
     assert a.as_dict() == {"direction": "pull", "files": 2, "directories": 0, "symlinks": 0,
-                           "skipped": 0, "bytes": 10, "seconds": 2.0, "throughput": 5.0}
+                           "skipped": 0, "bytes": 10, "seconds": 2.0, "throughput": 5.0,
+                           "warnings": []}
     assert eval(repr(a), {"CopyResult": CopyResult}) == a  # our own repr
     a.files += 1  # counted as a copy goes
     assert a.files == 3

@@ -499,3 +499,66 @@ def should_replace(flags: int, exists: bool, source_mtime_ns: int,
     if flags & F_UPDATE and source_mtime_ns <= target_mtime_ns:
         return "target is as new or newer (update)"
     return None
+
+
+# -- the scp-like ADDRESS:PATH form of the command line -------------------------------
+
+#: Schemes the ``ADDRESS:PATH`` form recognises (hvsock's address schemes).
+ADDRESS_SCHEMES = ("vsock", "hvsock", "hybrid", "tcp", "unix")
+
+
+def split_address_path(arg: str) -> tuple[str, str] | None:
+    """``(address, remote path)`` of an scp-like ``ADDRESS:PATH`` argument, else None.
+
+    Only an argument that starts with one of :data:`ADDRESS_SCHEMES` and ``://``
+    is taken as one (a local path that looks so is written ``./vsock://...``).
+    The address ends at the ``:`` that follows its own last part:
+
+    - ``vsock://CID:PORT:PATH`` and ``tcp://HOST:PORT:PATH``
+      (``tcp://[v6]:PORT:PATH``): the ``:`` after the port;
+    - ``hvsock://VM/SERVICE:PATH``: the first ``:`` after the ``/``;
+    - ``hybrid://UDS:PORT:PATH``: the first ``:<number>`` followed by ``:``;
+    - ``unix://SOCKET:PATH``: the first ``:`` (a socket path with ``:`` in it, or
+      a hybrid one with ``:<number>:``, is given with ``--remote`` instead).
+
+    The path may be empty (the service's first root). Raises ArgumentError for
+    an address with no ``:PATH``.
+    """
+    scheme, sep, rest = arg.partition("://")
+    kind = scheme.lower()
+    if not sep or kind not in ADDRESS_SCHEMES:
+        return None
+    if kind == "unix":
+        end = rest.find(":")
+    elif kind == "hybrid":
+        end = _hybrid_port_end(rest)
+    elif kind == "hvsock":
+        slash = rest.find("/")
+        end = rest.find(":", slash + 1) if slash >= 0 else -1
+    else:  # vsock, tcp: HOST:PORT, the host in brackets when it is IPv6
+        start = rest.find("]") + 1 if kind == "tcp" and rest.startswith("[") else 0
+        first = rest.find(":", start)
+        end = rest.find(":", first + 1) if first >= 0 else -1
+    if end < 0:
+        raise ArgumentError(
+            f"{arg!r} is an address without a remote path: write ADDRESS:PATH, e.g. "
+            f"{arg}:/srv/file (or {arg}: for the service's first root), or give the "
+            "address with --remote and the path as :PATH")
+    cut = len(scheme) + 3 + end
+    return arg[:cut], arg[cut + 1:]
+
+
+def _hybrid_port_end(rest: str) -> int:
+    """Where the first ``:<number>`` that is followed by ``:`` ends, or -1."""
+    pos = rest.find(":")
+    while pos >= 0:
+        nxt = rest.find(":", pos + 1)
+        if nxt < 0:
+            return -1
+        port = rest[pos + 1:nxt]
+        digits = port[2:] if port[:2].lower() == "0x" else port
+        if digits and all(c in ("0123456789abcdefABCDEF" if digits is not port
+                                else "0123456789") for c in digits):
+            return nxt
+        pos = nxt
+    return -1

@@ -262,6 +262,11 @@ class _Copier:
 
     def count(self, kind: int, source: bytes = b"", dest: bytes = b"") -> None:
         if self.on_entry is not None:
+            # Shown as on the command line: the remote side with its ':'.
+            if self.result.direction == "push":
+                dest = b":" + dest
+            else:
+                source = b":" + source
             self.on_entry(show(source), show(dest))
         if kind == fc.KIND_FILE:
             self.result.files += 1
@@ -429,7 +434,8 @@ def copy(address: Address | str, sources: PathSpec | Sequence[PathSpec],
          dest: PathSpec, *, recursive: bool = False, preserve: bool = False,
          owner: bool = False, resume: bool = False, policy: str = "overwrite",
          parents: bool = False, progress: Progress | None = None,
-         timeout: float = DEFAULT_CONNECT_TIMEOUT, retries: int = 0,
+         on_entry: OnEntry | None = None, timeout: float = DEFAULT_CONNECT_TIMEOUT,
+         retries: int = 0,
          io_timeout: float = 120.0, stdin: IO[bytes] | None = None,
          stdout: IO[bytes] | None = None,
          _cancel: threading.Event | None = None,
@@ -444,7 +450,9 @@ def copy(address: Address | str, sources: PathSpec | Sequence[PathSpec],
     and continues one; *policy* is ``"overwrite"``, ``"no-clobber"``, ``"update"``
     (only when the source is newer) or ``"force"`` (also replace a symlink or
     special file); *parents* creates missing directories. *progress* is called
-    as ``progress(copied, total)`` (total None when unknown).
+    as ``progress(copied, total)`` (total None when unknown); *on_entry* as
+    ``on_entry(source, destination)`` for each file, directory and symlink
+    copied (``hvsock cp -v``).
 
     Raises :class:`ArgumentError` for bad arguments, a remote path outside the
     served roots or with ``..``; :class:`RemoteError` when the service refuses
@@ -463,6 +471,8 @@ def copy(address: Address | str, sources: PathSpec | Sequence[PathSpec],
                                    "mark the remote side's paths with a leading ':'")
     if progress is not None:
         callable_(progress, "progress")
+    if on_entry is not None:
+        callable_(on_entry, "on_entry")
     positive_number(io_timeout, "io_timeout")
     flags = _flags(recursive, preserve, owner, resume, policy, parents)
     started = time.perf_counter()
@@ -473,7 +483,7 @@ def copy(address: Address | str, sources: PathSpec | Sequence[PathSpec],
         sock.settimeout(io_timeout)
         copier = _Copier(Channel(sock, _cancel), flags, progress,
                          stdin if stdin is not None else sys.stdin.buffer,
-                         stdout if stdout is not None else sys.stdout.buffer)
+                         stdout if stdout is not None else sys.stdout.buffer, on_entry)
         reply = copier.request(fc.Hello(fc.VERSION), "the service's HELLO")
         if not isinstance(reply, fc.Hello):
             raise remote_error(reply, "greeting the service")
@@ -504,8 +514,8 @@ async def copy_async(address: Address | str, sources: PathSpec | Sequence[PathSp
                      **options: Any) -> CopyResult:
     """The asyncio twin of :func:`copy` (same arguments, same errors).
 
-    The copy runs in a worker thread; *progress* is called in the event loop's
-    thread. Cancelling the task stops the copy and leaves no partial file (but a
+    The copy runs in a worker thread; *progress* and *on_entry* are called in
+    the event loop's thread. Cancelling the task stops the copy and leaves no partial file (but a
     resumable one with ``resume=True``).
     """
     # Imported here: the CLI's copy (``copy``) runs without asyncio, and loading it
@@ -524,6 +534,15 @@ async def copy_async(address: Address | str, sources: PathSpec | Sequence[PathSp
         def relay(copied: int, total: int | None) -> None:
             loop.call_soon_threadsafe(report, copied, total)
 
+    each = options.pop("on_entry", None)
+    if each is not None:
+        callable_(each, "on_entry")
+        listed = each
+
+        def relay_entry(source: str, dest: str) -> None:
+            loop.call_soon_threadsafe(listed, source, dest)
+
+        options["on_entry"] = relay_entry
     future = loop.run_in_executor(None, functools.partial(
         copy, address, sources, dest, progress=relay, _cancel=cancel, _sockets=sockets,
         **options))
