@@ -13,9 +13,12 @@ import hvsock
 
 
 @contextlib.contextmanager
-def serving(roots: list[Path], address: str, **options: Any) -> Iterator[str]:
-    """The file service on *address* in a thread; yields its real address."""
-    service = hvsock.file_service(roots, **options)
+def serving(roots: list[Path], address: str, service: hvsock.Service | None = None,
+            **options: Any) -> Iterator[str]:
+    """The file service on *address* in a thread (or *service*, built elsewhere);
+    yields its real address."""
+    if service is None:
+        service = hvsock.file_service(roots, **options)
     ready = threading.Event()
     found: dict[str, str] = {}
 

@@ -313,6 +313,22 @@ def test_hard_links_are_served_unless_refused(short_tmp: Path, tmp_path: Path) -
     assert "'link' has 2 hard links" in result.warnings[0]
 
 
+def test_the_agents_cp_section_takes_refuse_hardlinks(short_tmp: Path, tmp_path: Path) -> None:
+    from hvsock._builtin.agent.config import parse_config
+    from hvsock._builtin.agent.host import CATALOGUE
+
+    root = short_tmp / "root"
+    root.mkdir()
+    (root / "one").write_bytes(b"x")
+    os.link(root / "one", root / "two")
+    config = parse_config(f'[cp]\nenabled = true\nroots = ["{root}"]\n'
+                          'refuse_hardlinks = true\n')
+    service = CATALOGUE["cp"](config.services["cp"], None)
+    with serving([], f"unix://{short_tmp}/agent-cp.sock", service=service) as addr, \
+            pytest.raises(hvsock.RemoteError, match="refuse_hardlinks"):
+        hvsock.copy(addr, ":one", tmp_path / "one")
+
+
 # -- a re-run, as a new user would --------------------------------------------------------
 
 

@@ -52,7 +52,8 @@ SERVICE_KEYS: dict[str, dict[str, str]] = {
     "time": {"allow_set": "bool", "max_step": "seconds"},
     "qga": {"commands": "strings", "block": "strings"},
     "kvp": {"pool_dir": "string"},
-    "cp": {"roots": "strings", "read_only": "bool", "max_file_size": "int", "max_files": "int"},
+    "cp": {"roots": "strings", "read_only": "bool", "max_file_size": "int", "max_files": "int",
+           "refuse_hardlinks": "bool"},
 }
 #: Enabled when the config does not say (exec never is: it runs commands).
 DEFAULT_ENABLED = {"exec": False, "info": True, "health": True, "time": True, "qga": False,

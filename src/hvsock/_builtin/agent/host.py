@@ -80,7 +80,8 @@ def _cp(section: ServiceConfig, allow: Any) -> Service:
     o = section.options
     return file_service(o.get("roots", []), port=OWN_DEFAULT_PORTS["cp"], allow=allow,
                         read_only=o.get("read_only", False),
-                        max_file_size=o.get("max_file_size"), max_files=o.get("max_files"))
+                        max_file_size=o.get("max_file_size"), max_files=o.get("max_files"),
+                        refuse_hardlinks=o.get("refuse_hardlinks", False))
 
 
 #: The built-ins the agent can host: name -> factory(section, allow) -> Service.
