@@ -203,6 +203,8 @@ TABLE: dict[str, tuple[str, str]] = {
     "tar -c data | hvsock cp --remote vsock://3:5005 - :/srv/www/data.tar": _COPY,
     "hvsock cp --remote vsock://3:5005 :/var/log/app.log - | less": _COPY,
     "hvsock cp --remote vsock://3:5005 --resume big.iso :/srv/www/": _COPY,
+    "hvsock cp -a -v ./site vsock://3:5005:/srv/www": _COPY,
+    "hvsock cp vsock://3:5005:/var/log/app.log .": _COPY,
     # docs/kvp.md: the pools on this machine
     "hvsock kvp set ProvisioningState ready": (HOST, _DIR + "; read back from the file"),
     "hvsock kvp get ProvisioningState": (HOST, _DIR + "; prints the value, exit 1 once deleted"),

@@ -629,6 +629,14 @@ def test_the_file_copy_recipe(sh: Shell) -> None:
     (sh.tmp / "big.iso").write_bytes(os.urandom(3_000_000))
     sh.ok(here("hvsock cp --remote vsock://3:5005 --resume big.iso :/srv/www/"))
     assert (www / "big.iso").read_bytes() == (sh.tmp / "big.iso").read_bytes()
+
+    os.symlink("index.html", site / "home.html")
+    listed = sh.ok(here("hvsock cp -a -v ./site vsock://3:5005:/srv/www"))
+    assert f"'./site/home.html' -> ':{www}/site/home.html'" in listed
+    assert os.readlink(www / "site" / "home.html") == "index.html"
+    (sh.tmp / "app.log").unlink()
+    sh.ok(here("hvsock cp vsock://3:5005:/var/log/app.log ."))
+    assert (sh.tmp / "app.log").read_bytes() == (log / "app.log").read_bytes()
     assert sh.stop_all() == [0]
 
 
