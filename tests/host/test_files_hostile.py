@@ -9,6 +9,7 @@ that drops to it (root only; they skip saying so otherwise).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import os
 import socket
@@ -247,35 +248,61 @@ def test_pulling_a_fifo_or_device_is_an_error_and_in_a_tree_a_warning(
         hvsock.copy(addr, tmp_path / "local-fifo", ":x")
 
 
+def exchanger(a: Path, b: Path) -> Callable[[], None]:
+    """Atomically swap two names (renameat2 RENAME_EXCHANGE): one system call a swap,
+    so the name flips fast enough to land between a reader's lstat and its open."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        pytest.skip("needs renameat2 (glibc 2.28+) to swap a file and a FIFO atomically")
+    at_fdcwd, rename_exchange = -100, 2
+    old, new = os.fsencode(a), os.fsencode(b)
+
+    def swap() -> None:
+        if renameat2(at_fdcwd, old, at_fdcwd, new, rename_exchange) != 0:
+            err = ctypes.get_errno()
+            pytest.skip(f"renameat2(RENAME_EXCHANGE) refused here: {os.strerror(err)}")
+
+    return swap
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
 def test_a_file_swapped_for_a_fifo_never_parks_the_service(served: tuple[str, Path],
                                                            tmp_path: Path) -> None:
     """A swap between the service's lstat and open once parked its thread in open()
     for good (16 slots, hit within 6-176 pulls). Each pull now ends (copied, or
-    refused as a FIFO), and the service's descriptors and threads stay bounded."""
+    refused as a FIFO), and the service's descriptors, threads and memory stay
+    bounded."""
     addr, root = served
-    stop = threading.Event()
     data = b"f" * 1000
+    (root / "x").write_bytes(data)
+    os.mkfifo(root / "other")
+    swap = exchanger(root / "x", root / "other")
+    swap()
+    swap()
+    stop = threading.Event()
 
-    def swap() -> None:
-        n = 0
+    def keep_swapping() -> None:
         while not stop.is_set():
-            n += 1
-            tmp = root / f".swap{n % 2}"
-            if n % 2:
-                os.mkfifo(tmp)
-            else:
-                tmp.write_bytes(data)
-            os.replace(tmp, root / "x")
+            swap()
 
     fds_before = len(open_fds())
     threads_before = threading.active_count()
-    swapper = threading.Thread(target=swap)
+    rss_before = rss_bytes()
+    swapper = threading.Thread(target=keep_swapping)
     swapper.start()
     outcomes = {"copied": 0, "fifo": 0}
     try:
-        for _ in range(400):
+        for _ in range(300):
             try:
-                hvsock.copy(addr, ":x", tmp_path / "x", io_timeout=20)
+                hvsock.copy(addr, ":x", tmp_path / "x", io_timeout=30)
                 assert (tmp_path / "x").read_bytes() == data
                 outcomes["copied"] += 1
             except hvsock.RemoteError as exc:
@@ -288,9 +315,10 @@ def test_a_file_swapped_for_a_fifo_never_parks_the_service(served: tuple[str, Pa
     assert outcomes["copied"], outcomes
     assert outcomes["fifo"], outcomes
     # Every connection's thread and descriptors are gone again (a margin for the
-    # service's own loop).
+    # service's own loop), and memory did not grow with the pulls.
     assert len(open_fds()) <= fds_before + 4
     assert threading.active_count() <= threads_before + 2
+    assert rss_bytes() - rss_before < 64 * MB
 
 
 def test_hard_links_are_served_unless_refused(short_tmp: Path, tmp_path: Path) -> None:
