@@ -179,6 +179,36 @@ def test_a_resume_takes_only_its_own_partial(served: tuple[str, Path], tmp_path:
     assert hvsock_files(root) == []
 
 
+def test_two_resumes_of_one_partial_never_share_it(served: tuple[str, Path],
+                                                   tmp_path: Path) -> None:
+    """One resume claims the kept partial (one rename wins); the other starts from
+    zero in its own file. Both land whole; nothing is left."""
+    addr, root = served
+    data = os.urandom(6 * MB)
+    (tmp_path / "f").write_bytes(data)
+    (root / partial_name(b"f").decode()).write_bytes(data[:2 * MB])
+    sent: list[int] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def resume() -> None:
+        start.wait(30)
+        try:
+            sent.append(hvsock.copy(addr, tmp_path / "f", ":f", resume=True).bytes)
+        except hvsock.HvsockError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=resume) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert sorted(sent) == [len(data) - 2 * MB, len(data)]
+    assert (root / "f").read_bytes() == data
+    assert hvsock_files(root) == []
+
+
 # -- setuid, setgid, sticky --------------------------------------------------------------
 
 
