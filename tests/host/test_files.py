@@ -353,14 +353,19 @@ class CuttingProxy:
         server.close()
 
 
-def kept_partial(top: Path, name: bytes, timeout: float = 30.0) -> int:
-    """The size of the partial file a cut --resume copy kept (0: none), once it is kept."""
+def kept_partial(top: Path, name: bytes, kept: bool, timeout: float = 30.0) -> int:
+    """The size of the partial file a cut --resume copy kept (0: none), once it is kept.
+
+    The writing side notices the cut on its own: with *kept*, wait for the
+    partial to appear; otherwise for the writer's own temporary file to go.
+    """
     part = top / partial_name(name).decode()
     deadline = time.monotonic() + timeout
-    # The writing side notices the cut on its own; its own temporary file is gone
-    # once the partial is kept (or dropped).
-    while any(p.suffix == ".tmp" for p in top.glob(".hvsock-*")) and \
-            time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        if kept and part.exists() and part.stat().st_size > 0:
+            break
+        if not kept and not any(p.suffix == ".tmp" for p in top.glob(".hvsock-*")):
+            break
         time.sleep(0.02)
     return part.stat().st_size if part.exists() else 0
 
@@ -382,7 +387,7 @@ def test_cut_then_resume_finishes_exactly(short_tmp: Path, tmp_path: Path, size:
             hvsock.copy(proxy.address, tmp_path / "big", ":big", resume=True)
         proxy.thread.join(10)
         assert not (root / "big").exists()
-        partial = kept_partial(root, b"big")
+        partial = kept_partial(root, b"big", kept)
         assert (partial > 0) == kept
         copied: list[int] = []
         result = hvsock.copy(addr, tmp_path / "big", ":big", resume=True,
@@ -407,7 +412,7 @@ def test_pull_cut_then_resume_finishes_exactly(short_tmp: Path, tmp_path: Path,
             hvsock.copy(proxy.address, ":big", tmp_path / "big", resume=True)
         proxy.thread.join(10)
         assert not (tmp_path / "big").exists()
-        partial = kept_partial(tmp_path, b"big")
+        partial = kept_partial(tmp_path, b"big", cut > 2 * MB)
         assert (partial > 0) == (cut > 2 * MB)
         result = hvsock.copy(addr, ":big", tmp_path / "big", resume=True)
     assert (tmp_path / "big").read_bytes() == data
