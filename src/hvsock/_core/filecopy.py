@@ -18,6 +18,7 @@ Pull (client reads from the server)::
     C: GET(path, flags)
     S: ENTRY(entry)     C: READY(offset, prefix sha) | SKIPPED        (files only)
     S: DATA(start, length) <raw bytes> FILE_END(sha)      ... next ENTRY ...   S: END
+    (inside a tree, S: SKIPPED(why) in place of an entry not sent: a FIFO, a device)
 
 After ``DATA`` the bytes are raw (no framing), so a large file moves at socket
 speed; a stream of unknown size (stdin) is sent as chunks: a 4-byte length and
