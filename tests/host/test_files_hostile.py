@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import io
 import os
 import socket
 import stat
@@ -22,6 +23,7 @@ import pytest
 
 import hvsock
 from hvsock._builtin.files.transfer import partial_name
+from hvsock._cli.main import main
 
 from .._files import serving
 from ..conftest import open_fds
@@ -268,6 +270,11 @@ def test_pulling_a_fifo_or_device_is_an_error_and_in_a_tree_a_warning(
     assert result.skipped == 1
     assert result.warnings == ["'d/pipe' is a FIFO; hvsock cp copies only regular files, "
                                "directories and symlinks"]
+    err = io.StringIO()
+    assert main(["cp", "--remote", addr, "-r", ":d", str(tmp_path / "cli")], out=io.StringIO(),
+                err=err) == 0
+    assert err.getvalue() == ("hvsock cp: skipped 'd/pipe' is a FIFO; hvsock cp copies only "
+                              "regular files, directories and symlinks\n")
     if os.geteuid() == 0:
         os.mknod(root / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
         with pytest.raises(hvsock.RemoteError, match="is a character device"):

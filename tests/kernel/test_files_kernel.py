@@ -55,3 +55,29 @@ def test_push_and_pull_a_tree_over_vsock(vsock_file_service: tuple[str, Path],
         assert digest(back / "src" / rel) == digest(src / rel)
         assert (back / "src" / rel).stat().st_mtime_ns == (src / rel).stat().st_mtime_ns
     assert os.readlink(back / "src" / "sub" / "link") == "../big"
+
+
+def test_the_cli_scp_form_and_a_rerun_over_vsock(vsock_file_service: tuple[str, Path],
+                                                 tmp_path: Path) -> None:
+    """``hvsock cp -a SRC vsock://1:PORT:PATH``: the address ends after the port, a
+    re-run of the same tree (a symlink in it) succeeds, and the pull comes back."""
+    import io
+
+    from hvsock._cli.main import main
+
+    address, root = vsock_file_service
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_bytes(os.urandom(3 * MB))
+    os.symlink("index.html", site / "home.html")
+    for _ in range(2):
+        err = io.StringIO()
+        assert main(["cp", "-a", str(site), f"{address}:{root}"], out=io.StringIO(),
+                    err=err) == 0, err.getvalue()
+    assert digest(root / "site" / "index.html") == digest(site / "index.html")
+    assert os.readlink(root / "site" / "home.html") == "index.html"
+    out = io.StringIO()
+    assert main(["cp", "-v", f"{address}:site/index.html", str(tmp_path / "back")], out=out,
+                err=io.StringIO()) == 0
+    assert digest(tmp_path / "back") == digest(site / "index.html")
+    assert "':site/index.html' -> " in out.getvalue()
