@@ -82,6 +82,14 @@ SIMPLE: list[tuple[str, dict[str, Any] | bytes, bool]] = [
                           "arguments": {"pid": 2**31 - 2}}, True),
     ("exec missing program", {"execute": "guest-exec",
                               "arguments": {"path": "/nonexistent/prog"}}, False),
+    ("exec path with a NUL", {"execute": "guest-exec", "arguments": {"path": "/bin/t\0rue"}},
+     True),
+    ("open path with a NUL", {"execute": "guest-file-open",
+                              "arguments": {"path": "/etc/host\0name"}}, True),
+    ("lone surrogate", b'{"execute": "guest-file-open", "arguments": {"path": "/x\\ud800"}}\n',
+     True),
+    ("arg not a string", {"execute": "guest-exec", "arguments": {"path": "/bin/true",
+                                                                 "arg": ["a", 1]}}, True),
 ]
 
 
@@ -121,6 +129,10 @@ def run_session(client: QgaClient, tmpdir: str) -> dict[str, Any]:
         "exec no capture": {"path": "true"},
         "exec env": {"path": "/bin/sh", "arg": ["-c", "echo $A"], "env": ["A=1", "PATH=/bin"],
                      "capture-output": True},
+        "exec NUL in arg and env": {"path": "/bin/sh", "arg": ["-c", 'printf %s "$1$A"', "x",
+                                                             "a\0b"],
+                                    "env": ["A=c\0d", "PATH=/bin:/usr/bin"],
+                                    "capture-output": True},
     }
     for label, args in flows.items():
         started = client.call({"execute": "guest-exec", "arguments": args})

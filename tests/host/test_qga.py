@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -365,3 +367,75 @@ def test_a_request_past_the_cap_closes_the_connection_and_spares_the_others(
             assert QgaClient(other).call({"execute": "guest-ping"}) == {"return": {}}
 
     _serve(short_tmp, run)
+
+
+# -- guest-network-get-interfaces against qemu-ga, with odd interfaces --------------------
+
+_NS_SCRIPT = """
+import asyncio, json, sys
+from hvsock._builtin.qga import QgaAgent
+from hvsock._core.qga import Command
+reply = asyncio.run(QgaAgent().answer(Command("guest-network-get-interfaces", {})))
+sys.stdout.write(reply.decode())
+"""
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=60)
+
+
+def _add_link(ns: str, name: str) -> None:
+    # ifb, else dummy, else one end of a veth pair: whichever this kernel has.
+    for kind in (["type", "ifb"], ["type", "dummy"], ["type", "veth", "peer", "name",
+                                                      f"{name}p"]):
+        if subprocess.run(["ip", "-n", ns, "link", "add", name, *kind], capture_output=True,
+                          timeout=60).returncode == 0:
+            return
+    pytest.skip("this kernel has none of the ifb, dummy or veth link types")
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: makes a network namespace (ip netns add)")
+    if shutil.which("ip") is None:
+        pytest.skip("needs iproute2's ip command")
+    ns = f"hvqga{os.getpid()}"
+    _ip("netns", "add", ns)
+    try:
+        yield ns
+    finally:
+        _ip("netns", "del", ns)
+
+
+def test_interfaces_match_real_qemu_ga_with_extra_interfaces(netns: str, short_tmp: Path) -> None:
+    binary = shutil.which("qemu-ga") or "/usr/sbin/qemu-ga"
+    if not Path(binary).exists():
+        pytest.skip("qemu-ga is not installed (Debian package qemu-guest-agent)")
+    # Links left down, so no packet moves and the statistics agree to the byte; addresses
+    # added out of order; one with a label; links without addresses; a down loopback.
+    for name in ("ifb0", "ifb1", "hvlongname0"):
+        _add_link(netns, name)
+    for address in ("fd00::9/64", "fd00::2/64", "fe80::1234/64", "2001:db8::5/48"):
+        _ip("-n", netns, "addr", "add", address, "dev", "ifb0", "nodad")
+    _ip("-n", netns, "addr", "add", "10.9.0.1/24", "dev", "ifb0")
+    _ip("-n", netns, "addr", "add", "10.9.1.1/16", "dev", "ifb0", "label", "ifb0:1")
+    _ip("-n", netns, "addr", "add", "fd01::1/80", "dev", "hvlongname0", "nodad")
+    state = short_tmp / "state"
+    state.mkdir()
+    path = short_tmp / "ns-qga.sock"
+    proc = subprocess.Popen(["ip", "netns", "exec", netns, binary, "-m", "unix-listen", "-p",
+                             str(path), "-t", str(state), "-f", str(state / "pid")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(path.exists, "qemu-ga's socket", timeout=30)
+        with _client(str(path)).sock as sock:
+            theirs = QgaClient(sock).call({"execute": "guest-network-get-interfaces"})
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    ours = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", _NS_SCRIPT],
+                          capture_output=True, timeout=60, check=True).stdout
+    names = [i["name"] for i in theirs["return"]]
+    assert {"lo", "ifb0", "ifb0:1", "ifb1", "hvlongname0"} <= set(names)  # the set-up took
+    assert json.loads(ours) == theirs  # the whole answer: order, addresses, MACs, counters
