@@ -212,6 +212,32 @@ def compare(theirs: dict[str, Any], ours: dict[str, Any]) -> list[str]:
     return problems
 
 
+def compare_interfaces(theirs: QgaClient, ours: QgaClient) -> list[str]:
+    """guest-network-get-interfaces, whole: qemu-ga, ours, qemu-ga again.
+
+    Everything must be equal but the counters, which may move between two questions on
+    a live machine; ours must then lie between qemu-ga's before and after (a counter
+    read from elsewhere, or another field's, would fall outside).
+    """
+    request = {"execute": "guest-network-get-interfaces"}
+    before, mine, after = theirs.call(request), ours.call(request), theirs.call(request)
+    problems: list[str] = []
+    if _strip_stats(before["return"]) != _strip_stats(after["return"]):
+        return ["interfaces: qemu-ga's own answers differ; the machine changed meanwhile"]
+    if _strip_stats(before["return"]) != _strip_stats(mine["return"]):
+        problems.append(f"interfaces: qemu-ga {before!r:.600} != ours {mine!r:.600}")
+        return problems
+    for a, b, c in zip(before["return"], mine["return"], after["return"], strict=True):
+        if set(a.get("statistics", {})) != set(b.get("statistics", {})):
+            problems.append(f"interfaces: statistics keys of {a['name']} differ")
+            continue
+        for key, low in a.get("statistics", {}).items():
+            if not low <= b["statistics"][key] <= c["statistics"][key]:
+                problems.append(f"interfaces: {a['name']} {key} {b['statistics'][key]} is "
+                                f"not within qemu-ga's {low}..{c['statistics'][key]}")
+    return problems
+
+
 def _desc_free(value: Any) -> Any:
     """*value* with error descriptions replaced by their type (texts may differ)."""
     if isinstance(value, dict):

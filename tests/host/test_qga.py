@@ -32,7 +32,7 @@ from hvsock._builtin.qga import (
 from hvsock._core.addresses import parse_address
 from hvsock._service.declaration import Limits, Service
 from tests.agent_thread import AgentThread, wait_for
-from tests.qga_conformance import QgaClient, compare, run_session
+from tests.qga_conformance import QgaClient, compare, compare_interfaces, run_session
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -85,6 +85,8 @@ def test_answers_match_real_qemu_ga(real_qga: str, ours: str, tmp_path: Path) ->
         mine = run_session(ours_client, str(tmp_path / "b"))
     assert theirs["ping"] == {"return": {}}  # the real agent really answered
     assert compare(theirs, mine) == []
+    with _client(real_qga).sock as a, _client(ours).sock as b:
+        assert compare_interfaces(QgaClient(a), QgaClient(b)) == []
     # The comparison bites: a wrong value, and a wrong shape, are both reported.
     assert compare(theirs, {**mine, "sync": {"return": 41}})
     assert compare(theirs, {**mine, "exec with output": (None, {"return": {}}, None)})
