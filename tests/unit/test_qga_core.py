@@ -92,11 +92,11 @@ def test_requests_before_the_cap_in_the_same_read_are_answered() -> None:
 
 @pytest.mark.parametrize("start", [b"", b'{"execute": "guest-ping", "arguments": {"x": "'])
 def test_a_long_request_in_many_reads_is_scanned_once(start: bytes) -> None:
-    # The scan state survives between reads: 4 MiB in 64 KiB reads costs about what one
+    # The scan state survives between reads: 16 MiB in 16 KiB reads costs about what one
     # read costs. A scan from the token's start on each read is quadratic: 20 times one
     # read's cost here (the bound is CPU time, so other load on the machine counts little).
-    body = start + b"a" * (4 << 20)
-    chunk = 64 << 10
+    body = start + b"a" * (16 << 20)
+    chunk = 16 << 10
 
     def cpu(step: int) -> float:
         parser = qga.Parser()
