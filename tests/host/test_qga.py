@@ -30,6 +30,7 @@ from hvsock._builtin.qga import (
     qga_service,
 )
 from hvsock._core.addresses import parse_address
+from hvsock._core.qga import MAX_REQUEST
 from hvsock._service.declaration import Limits, Service
 from tests.agent_thread import AgentThread, wait_for
 from tests.qga_conformance import QgaClient, compare, compare_interfaces, run_session
@@ -244,7 +245,9 @@ def test_file_open_on_a_fifo_blocks_nothing(short_tmp: Path, tmp_path: Path) -> 
                             "arguments": {"handle": handle["return"]}})
             assert read["return"]["count"] == 0  # no writer: nothing, at once
             ca.call({"execute": "guest-file-close", "arguments": {"handle": handle["return"]}})
+            assert _fds() <= baseline + 8  # both sockets and the service's; no FIFO left
 
+    baseline = _fds()
     _serve(short_tmp, run)
 
 
@@ -368,7 +371,14 @@ def test_a_request_past_the_cap_closes_the_connection_and_spares_the_others(
             assert rest == b""
             assert QgaClient(other).call({"execute": "guest-ping"}) == {"return": {}}
 
-    _serve(short_tmp, run)
+    tracemalloc.start()
+    try:
+        _serve(short_tmp, run)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # The agent holds at most the 64 MiB cap (and a read) of it, never the 100 MB.
+    assert peak < 2 * MAX_REQUEST + (8 << 20), peak
 
 
 # -- guest-network-get-interfaces against qemu-ga, with odd interfaces --------------------
