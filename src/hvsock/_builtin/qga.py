@@ -291,9 +291,9 @@ class QgaAgent:
         if capture not in modes or (isinstance(capture, int) and not isinstance(capture, bool)):
             raise _generic("Invalid parameter type for 'capture-output', expected: boolean")
         data = _b64decode(args["input-data"]) if "input-data" in args else None
-        search = (env if env is not None else os.environb).get(b"PATH", os.defpath.encode())
-        program = shutil.which(cargv[0], path=os.fsdecode(search)) \
-            if b"/" not in cargv[0] else cargv[0]
+        search = (os.environ.get("PATH", os.defpath) if env is None
+                  else os.fsdecode(env.get(b"PATH", os.defpath.encode())))
+        program = shutil.which(cargv[0], path=search) if b"/" not in cargv[0] else cargv[0]
         try:
             proc = await asyncio.create_subprocess_exec(
                 program or cargv[0], *cargv[1:], env=env,

@@ -70,6 +70,7 @@ def _getifaddrs() -> list[tuple[str, int, int, bytes, bytes]]:
     """
     import ctypes  # here: only the agent's info and QGA services need it
 
+    # Linux's layouts (a 16-bit family first; BSDs put a length byte before it).
     class _SockAddr(ctypes.Structure):
         _fields_ = [("family", ctypes.c_ushort), ("data", ctypes.c_ubyte * 26)]
 
