@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -451,3 +452,33 @@ def test_interfaces_match_real_qemu_ga_with_extra_interfaces(netns: str, short_t
     names = [i["name"] for i in theirs["return"]]
     assert {"lo", "ifb0", "ifb0:1", "ifb1", "hvlongname0"} <= set(names)  # the set-up took
     assert json.loads(ours) == theirs  # the whole answer: order, addresses, MACs, counters
+
+
+def test_the_agent_process_stays_responsive_under_a_huge_request_and_stops_on_sigterm(
+        short_tmp: Path, hvsock_cmd: list[str]) -> None:
+    # 48 MiB of one bare token (under the cap, so the connection stays open) arrived in
+    # 64 KiB reads used to cost hours of CPU with the event loop blocked: other clients
+    # got no answer and SIGTERM was never acted on.
+    config = short_tmp / "agent.toml"
+    qga_sock = short_tmp / "qga.sock"
+    config.write_text(f'[agent]\nlisten = "unix://{short_tmp}/agent.sock"\n'
+                      f'allow = ["uid:{os.getuid()}"]\n\n'
+                      f'[qga]\nenabled = true\nlisten = "unix://{qga_sock}"\n'
+                      f'allow = ["uid:{os.getuid()}"]\n')
+    ready = short_tmp / "ready.json"
+    agent = subprocess.Popen([*hvsock_cmd, "agent", "--config", str(config), "--ready-file",
+                              str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(ready.exists, "the agent's ready file", timeout=60)
+        with _client(str(qga_sock)).sock as big, _client(str(qga_sock)).sock as other:
+            chunk = b"a" * (1 << 20)
+            for _ in range(48):
+                big.sendall(chunk)
+            assert QgaClient(other).call({"execute": "guest-ping"}) == {"return": {}}
+            agent.send_signal(signal.SIGTERM)
+            agent.communicate(timeout=60)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.communicate(timeout=30)
+    assert agent.returncode in (0, 143)
