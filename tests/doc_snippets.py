@@ -217,6 +217,8 @@ TABLE: dict[str, tuple[str, str]] = {
     "hvsock kvp host-info":
         (HOST, _DIR + "; pool 3 filled first; also with the --json its comment names"),
     "hvsock kvp --pool auto-external list": (HOST, _DIR + "; pool 3's keys"),
+    "hvsock kvp --host-pool --pool 3 set HostName h":
+        (HOST, _DIR + "; pool 3's file holds the record"),
     "hvsock kvp clear --stale":
         (HOST, _DIR + "; a pool dated before boot is emptied, a fresh one kept"),
     "hvsock kvp set Key Value --full": (HOST, _DIR + "; read back"),

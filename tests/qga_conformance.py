@@ -82,6 +82,14 @@ SIMPLE: list[tuple[str, dict[str, Any] | bytes, bool]] = [
                           "arguments": {"pid": 2**31 - 2}}, True),
     ("exec missing program", {"execute": "guest-exec",
                               "arguments": {"path": "/nonexistent/prog"}}, False),
+    ("exec path with a NUL", {"execute": "guest-exec", "arguments": {"path": "/bin/t\0rue"}},
+     True),
+    ("open path with a NUL", {"execute": "guest-file-open",
+                              "arguments": {"path": "/etc/host\0name"}}, True),
+    ("lone surrogate", b'{"execute": "guest-file-open", "arguments": {"path": "/x\\ud800"}}\n',
+     True),
+    ("arg not a string", {"execute": "guest-exec", "arguments": {"path": "/bin/true",
+                                                                 "arg": ["a", 1]}}, True),
 ]
 
 
@@ -121,6 +129,10 @@ def run_session(client: QgaClient, tmpdir: str) -> dict[str, Any]:
         "exec no capture": {"path": "true"},
         "exec env": {"path": "/bin/sh", "arg": ["-c", "echo $A"], "env": ["A=1", "PATH=/bin"],
                      "capture-output": True},
+        "exec NUL in arg and env": {"path": "/bin/sh", "arg": ["-c", 'printf %s "$1$A"', "x",
+                                                             "a\0b"],
+                                    "env": ["A=c\0d", "PATH=/bin:/usr/bin"],
+                                    "capture-output": True},
     }
     for label, args in flows.items():
         started = client.call({"execute": "guest-exec", "arguments": args})
@@ -197,6 +209,32 @@ def compare(theirs: dict[str, Any], ours: dict[str, Any]) -> list[str]:
             check(label, a, b, False)
         else:
             check(label, _desc_free(a), _desc_free(b), True)
+    return problems
+
+
+def compare_interfaces(theirs: QgaClient, ours: QgaClient) -> list[str]:
+    """guest-network-get-interfaces, whole: qemu-ga, ours, qemu-ga again.
+
+    Everything must be equal but the counters, which may move between two questions on
+    a live machine; ours must then lie between qemu-ga's before and after (a counter
+    read from elsewhere, or another field's, would fall outside).
+    """
+    request = {"execute": "guest-network-get-interfaces"}
+    before, mine, after = theirs.call(request), ours.call(request), theirs.call(request)
+    problems: list[str] = []
+    if _strip_stats(before["return"]) != _strip_stats(after["return"]):
+        return ["interfaces: qemu-ga's own answers differ; the machine changed meanwhile"]
+    if _strip_stats(before["return"]) != _strip_stats(mine["return"]):
+        problems.append(f"interfaces: qemu-ga {before!r:.600} != ours {mine!r:.600}")
+        return problems
+    for a, b, c in zip(before["return"], mine["return"], after["return"], strict=True):
+        if set(a.get("statistics", {})) != set(b.get("statistics", {})):
+            problems.append(f"interfaces: statistics keys of {a['name']} differ")
+            continue
+        for key, low in a.get("statistics", {}).items():
+            if not low <= b["statistics"][key] <= c["statistics"][key]:
+                problems.append(f"interfaces: {a['name']} {key} {b['statistics'][key]} is "
+                                f"not within qemu-ga's {low}..{c['statistics'][key]}")
     return problems
 
 

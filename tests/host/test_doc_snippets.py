@@ -393,7 +393,8 @@ covers("hvsock kvp set Role web", "hvsock kvp set ProvisioningState ready",
        "hvsock kvp get ProvisioningState", "hvsock kvp list",
        "hvsock kvp delete ProvisioningState", "hvsock kvp host-info",
        "hvsock kvp --pool auto-external list", "hvsock kvp clear --stale",
-       "hvsock kvp set Key Value --full", "hvsock kvp --dir /tmp/pools list")
+       "hvsock kvp set Key Value --full", "hvsock kvp --dir /tmp/pools list",
+       "hvsock kvp --host-pool --pool 3 set HostName h")
 
 
 def test_the_kvp_commands_on_the_pools(sh: Shell) -> None:
@@ -438,6 +439,8 @@ def test_the_kvp_commands_on_the_pools(sh: Shell) -> None:
     facts = json.loads(sh.ok(kvp("hvsock kvp host-info") + " --json"))
     assert (facts["vm_name"], facts["host_name"]) == ("web-1", "hv-01"), facts
 
+    sh.ok(kvp("hvsock kvp --host-pool --pool 3 set HostName h"))
+    assert ("HostName", "h") in records(pools / ".kvp_pool_3")
     os.utime(pools / ".kvp_pool_3", (0, 0))  # 1970: before this boot, so stale
     sh.ok(kvp("hvsock kvp clear --stale"))
     assert records(pools / ".kvp_pool_3") == []

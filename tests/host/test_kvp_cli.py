@@ -56,6 +56,23 @@ def test_pools_and_the_host_pool_flag(tmp_path: Path) -> None:
     assert (status, err) == (0, "hvsock: cleared pool auto-external (1 records)\n")
 
 
+def test_host_pool_is_a_global_option_and_the_refusal_names_the_flag(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = str(tmp_path)
+    # Where usage lists it: with the global options, before the action.
+    assert run("kvp", "--host-pool", "--pool", "3", "--dir", d, "set", "HostName", "h")[0] == 0
+    assert run("kvp", "--host-pool", "--pool", "3", "--dir", d, "delete", "HostName") == (
+        0, "", "")
+    run("kvp", "--help")  # argparse prints help to the real stdout
+    assert "[--host-pool]" in capsys.readouterr().out.partition("ACTION ...")[0]
+    for argv in (["set", "k", "v"], ["delete", "k"], ["clear"]):
+        status, _, err = run("kvp", "--pool", "0", "--dir", d, *argv)
+        assert status == cli.EXIT_USAGE
+        assert "add --host-pool" in err
+        assert "allow_host_pool" not in err
+    assert not (tmp_path / ".kvp_pool_0").exists()
+
+
 @pytest.mark.parametrize(("argv", "fragment"), [
     (["kvp", "set", "k" * 300, "v"], "UTF-16 units"),
     (["kvp", "set", "", "v"], "cannot be empty"),

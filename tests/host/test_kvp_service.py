@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -128,6 +129,49 @@ def test_a_torn_guest_pool_is_reported_to_the_host(short_tmp: Path) -> None:
             client.items()
 
     served(short_tmp, address, read)
+
+
+def test_a_fifo_pool_is_answered_at_once_and_parks_no_thread(short_tmp: Path) -> None:
+    os.mkfifo(short_tmp / ".kvp_pool_1")
+    address = f"unix://{short_tmp}/kvp.sock"
+    threads_before = threading.active_count()
+
+    def read() -> int:
+        # Each call would park one executor thread in open() for good; with a 10 s answer
+        # bound, 40 calls also outnumber the executor's threads.
+        with kvp.KvpClient(address, timeout=10) as client:
+            for _ in range(40):
+                with pytest.raises(kvp.KvpError, match="is a FIFO, not a regular file"):
+                    client.items()
+                with pytest.raises(kvp.KvpError, match="is a FIFO"):
+                    client.get("k")
+        return threading.active_count()
+
+    threads_during = served(short_tmp, address, read)
+    # The default executor has at most min(32, cpus + 4) threads; none is left parked.
+    assert threads_during - threads_before <= 32 + 2
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs sysfs at /sys")
+def test_a_permission_error_reaches_the_host_as_one(short_tmp: Path) -> None:
+    # sysfs refuses to create files, to root too (EACCES): a pool directory there gives
+    # the service a real PermissionDeniedError to report.
+    address = f"unix://{short_tmp}/kvp.sock"
+    service = kvp.kvp_service(pool_dir="/sys/kernel", allow=frozenset({ME}))
+    host = hvsock.ServiceHost(grace=1)
+    host.add(service, address)
+
+    def write() -> None:
+        with kvp.KvpClient(address, timeout=10) as client, \
+                pytest.raises(hvsock.PermissionDeniedError, match="run as root"):
+            client.set("k", "v")
+
+    async def main() -> None:
+        async with host:
+            await asyncio.to_thread(write)
+
+    asyncio.run(main())
+    assert not os.path.exists("/sys/kernel/.kvp_pool_0")
 
 
 @pytest.mark.parametrize(("text", "expected"), [

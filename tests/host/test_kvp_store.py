@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -97,7 +97,7 @@ def test_update_sets_many_under_one_lock(tmp_path: Path) -> None:
 
 def test_host_pools_need_the_flag(tmp_path: Path) -> None:
     for pool in (0, 2, 3, 4):
-        with pytest.raises(ArgumentError, match="--host-pool"):
+        with pytest.raises(ArgumentError, match="allow_host_pool=True"):
             kvp.open_pool(pool, directory=tmp_path).set("k", "v")
         assert not (tmp_path / f".kvp_pool_{pool}").exists()
     kvp.open_pool(3, directory=tmp_path, allow_host_pool=True).set("HostName", "h")
@@ -135,6 +135,63 @@ def test_a_torn_file_is_reported_and_not_written(tmp_path: Path) -> None:
     assert path.stat().st_size == 2564
     assert store.clear() == 1  # clear is the way out
     assert store.items() == []
+
+
+_OPS: dict[str, Callable[[KvpStore], object]] = {
+    "items": lambda s: s.items(), "get": lambda s: s.get("a"),
+    "set": lambda s: s.set("a", "2"), "append": lambda s: s.append("a", "2"),
+    "update": lambda s: s.update({"a": "2"}), "delete": lambda s: s.delete("a"),
+    "clear": lambda s: s.clear(),
+}
+
+
+@pytest.mark.parametrize("op", sorted(_OPS))
+def test_a_symlinked_pool_is_refused_and_its_target_untouched(tmp_path: Path, op: str) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(kvp.encode_record("a", "1"))  # a valid pool: only O_NOFOLLOW saves it
+    (tmp_path / "pools").mkdir()
+    (tmp_path / "pools" / ".kvp_pool_1").symlink_to(victim)
+    store = kvp.open_pool(directory=tmp_path / "pools")
+    with pytest.raises(KvpError, match=r"is a symbolic link, not a regular file.*remove it"):
+        _OPS[op](store)
+    assert victim.read_bytes() == kvp.encode_record("a", "1")
+
+
+@pytest.mark.parametrize("op", sorted(_OPS))
+def test_a_fifo_pool_is_refused_at_once(tmp_path: Path, op: str) -> None:
+    fifo = tmp_path / ".kvp_pool_1"
+    os.mkfifo(fifo)
+    store = kvp.open_pool(directory=tmp_path)
+    errors: list[BaseException] = []
+
+    def attempt() -> None:
+        try:
+            _OPS[op](store)
+        except BaseException as exc:  # handed to the test's thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(30)  # an open that waits for a writer never returns on its own
+    try:
+        assert not worker.is_alive(), f"{op} on a FIFO pool is still blocked"
+    finally:
+        if worker.is_alive():  # release it: a FIFO open for reading and writing
+            os.close(os.open(fifo, os.O_RDWR | os.O_NONBLOCK))
+            worker.join(30)
+    assert len(errors) == 1, errors
+    assert isinstance(errors[0], KvpError), errors
+    assert "is a FIFO, not a regular file" in str(errors[0])
+    assert fifo.exists()
+    assert not fifo.is_file()
+
+
+def test_a_directory_at_the_pool_path_is_refused(tmp_path: Path) -> None:
+    (tmp_path / ".kvp_pool_1").mkdir()
+    store = kvp.open_pool(directory=tmp_path)
+    for op in _OPS.values():
+        with pytest.raises(KvpError, match="is a directory, not a regular file"):
+            op(store)
 
 
 def test_a_missing_directory_is_made_on_write(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 from hvsock._builtin.agent.config import default_config
 from hvsock._core.addresses import parse_address
 from tests.agent_thread import AgentThread
-from tests.qga_conformance import QgaClient, compare, run_session
+from tests.qga_conformance import QgaClient, compare, compare_interfaces, run_session
 
 from ._support import CID_LOCAL, unused_port
 from .conftest import skip_or_fail
@@ -75,6 +75,8 @@ def test_answers_match_real_qemu_ga_over_vsock(real_qga: int, ours: int,
         mine = run_session(QgaClient(b), str(tmp_path / "b"))
     assert theirs["ping"] == {"return": {}}
     assert compare(theirs, mine) == []
+    with _connect(real_qga) as a, _connect(ours) as b:
+        assert compare_interfaces(QgaClient(a), QgaClient(b)) == []
 
 
 def test_several_vsock_clients_at_once(ours: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from hypothesis import given
@@ -71,11 +72,54 @@ def test_bad_requests_in_qemu_ga_words(data: bytes, desc: str | None) -> None:
         assert item.desc == desc
 
 
-def test_oversized_request_is_dropped() -> None:
+@pytest.mark.parametrize("start", [b'{"execute": "', b"x", b"[1, 2, 3, 4"])
+def test_a_request_past_the_cap_is_fatal_in_qemu_ga_words(start: bytes) -> None:
     parser = qga.Parser(max_request=100)
-    assert parser.feed(b'{"execute": "' + b"x" * 200) == [
-        qga.BadInput("JSON parse error, token too large")]
-    assert parser.feed(b'{"execute":"guest-ping"}') == [qga.Command("guest-ping", {})]
+    assert parser.feed(start) == []
+    assert parser.feed(b"x" * 200) == [qga.BadInput("JSON token size limit exceeded",
+                                                    fatal=True)]
+    assert parser.closed
+    assert parser.feed(b'{"execute":"guest-ping"}') == []  # the connection is done
+    assert len(parser._buf) == 0  # nothing more is held
+
+
+def test_requests_before_the_cap_in_the_same_read_are_answered() -> None:
+    parser = qga.Parser(max_request=100)
+    items = parser.feed(b'{"execute":"guest-ping"}\n' * 10 + b"y" * 150)
+    assert items == [qga.Command("guest-ping", {})] * 10 + [
+        qga.BadInput(qga.TOO_LARGE, fatal=True)]
+
+
+@pytest.mark.parametrize("start", [b"", b'{"execute": "guest-ping", "arguments": {"x": "'])
+def test_a_long_request_in_many_reads_is_scanned_once(start: bytes) -> None:
+    # The scan state survives between reads: 16 MiB in 16 KiB reads costs about what one
+    # read costs. A scan from the token's start on each read is quadratic: 20 times one
+    # read's cost here (the bound is CPU time, so other load on the machine counts little).
+    body = start + b"a" * (16 << 20)
+    chunk = 16 << 10
+
+    def cpu(step: int) -> float:
+        parser = qga.Parser()
+        began = time.process_time()
+        for i in range(0, len(body), step):
+            assert parser.feed(body[i:i + step]) == []
+        return time.process_time() - began
+
+    whole = cpu(len(body))
+    assert cpu(chunk) < 0.5 + 4 * whole
+
+
+@pytest.mark.parametrize("escape", [r"\ud800", r"\udc80", r"\udfff"])
+def test_a_lone_surrogate_is_refused_as_qemu_ga_does(escape: str) -> None:
+    data = ('{"execute": "guest-file-open", "arguments": {"path": "/x' + escape
+            + '"}}').encode()
+    (item,) = qga.Parser().feed(data)
+    assert item == qga.BadInput(f"JSON parse error, {escape} is not a valid Unicode character")
+
+
+def test_a_surrogate_pair_and_a_nul_are_text() -> None:
+    data = b'{"execute": "x", "arguments": {"p": "\\ud83d\\ude00\\u0000"}}'
+    assert qga.Parser().feed(data) == [qga.Command("x", {"p": "\U0001f600\x00"})]
 
 
 def test_answers_are_qemu_ga_lines() -> None:

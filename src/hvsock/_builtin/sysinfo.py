@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import os
 import platform
 import socket
@@ -33,11 +32,6 @@ INFO_PORT = 5101
 HEALTH_PORT = 5102
 TIME_PORT = 5103
 
-_SIOCGIFADDR = 0x8915
-_SIOCGIFNETMASK = 0x891B
-_STATS = (("rx-bytes", "rx_bytes"), ("rx-packets", "rx_packets"), ("rx-errs", "rx_errors"),
-          ("rx-dropped", "rx_dropped"), ("tx-bytes", "tx_bytes"), ("tx-packets", "tx_packets"),
-          ("tx-errs", "tx_errors"), ("tx-dropped", "tx_dropped"))
 
 
 def os_info() -> dict[str, str]:
@@ -61,55 +55,123 @@ def os_info() -> dict[str, str]:
     return out
 
 
-def _ipv4(name: str) -> tuple[str, int] | None:
-    import fcntl  # POSIX only; here, so the module imports everywhere
-
-    packed = struct.pack("256s", name.encode()[:15])
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            addr = fcntl.ioctl(sock.fileno(), _SIOCGIFADDR, packed)[20:24]
-            mask = fcntl.ioctl(sock.fileno(), _SIOCGIFNETMASK, packed)[20:24]
-        except OSError:
-            return None
-    prefix = bin(int.from_bytes(mask, "big")).count("1")
-    return socket.inet_ntoa(addr), prefix
+_SIOCGIFHWADDR = 0x8927
 
 
-def _ipv6() -> dict[str, list[tuple[str, int]]]:
-    out: dict[str, list[tuple[str, int]]] = {}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/net/if_inet6").read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 6:
-                addr = ipaddress.IPv6Address(bytes.fromhex(parts[0]))
-                out.setdefault(parts[5], []).append((str(addr), int(parts[2], 16)))
+def _getifaddrs() -> list[tuple[str, int, int, bytes, bytes]]:
+    """libc's getifaddrs(3): (name, flags, family, address, netmask) in its order.
+
+    Why libc's and not /proc/net/if_inet6 and /sys/class/net: qemu-ga walks this very
+    list, and its order (every link first, in the kernel's order; then IPv4 addresses;
+    then IPv6 ones, global before link-local, newest first within a scope) is not the
+    order /proc/net/if_inet6 gives (a hash table's). IPv4 names are the address's label
+    (``eth0:1``), as qemu-ga reports them. Address and netmask are the raw bytes (b""
+    when absent or of another family).
+    """
+    import ctypes  # here: only the agent's info and QGA services need it
+
+    # Linux's layouts (a 16-bit family first; BSDs put a length byte before it).
+    class _SockAddr(ctypes.Structure):
+        _fields_ = [("family", ctypes.c_ushort), ("data", ctypes.c_ubyte * 26)]
+
+    class _IfAddrs(ctypes.Structure):
+        pass
+
+    _IfAddrs._fields_ = [("next", ctypes.POINTER(_IfAddrs)), ("name", ctypes.c_char_p),
+                         ("flags", ctypes.c_uint), ("addr", ctypes.POINTER(_SockAddr)),
+                         ("netmask", ctypes.POINTER(_SockAddr)),
+                         ("ifu", ctypes.c_void_p), ("data", ctypes.c_void_p)]
+    libc = ctypes.CDLL(None, use_errno=True)
+    head = ctypes.POINTER(_IfAddrs)()
+    if libc.getifaddrs(ctypes.byref(head)) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"getifaddrs failed: {os.strerror(code)}")
+
+    def raw(sa: Any, family: int) -> bytes:
+        if not sa or sa.contents.family != family:
+            return b""
+        data = bytes(sa.contents.data)
+        # sockaddr_in: port (2), address (4); sockaddr_in6: port (2), flowinfo (4), address (16)
+        return data[2:6] if family == socket.AF_INET else data[6:22]
+
+    out: list[tuple[str, int, int, bytes, bytes]] = []
+    try:
+        node = head
+        while node:
+            item = node.contents
+            family = item.addr.contents.family if item.addr else socket.AF_UNSPEC
+            out.append((os.fsdecode(item.name), item.flags, family, raw(item.addr, family),
+                        raw(item.netmask, family)))
+            node = item.next
+    finally:
+        libc.freeifaddrs(head)
     return out
 
 
+def _hardware_address(name: str) -> str | None:
+    import fcntl  # POSIX only; here, so the module imports everywhere
+
+    request = struct.pack("16s16s", name.encode()[:15], b"")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            answer = fcntl.ioctl(sock.fileno(), _SIOCGIFHWADDR, request)
+        except OSError:
+            return None  # qemu-ga leaves the field out then (loopback on some kernels)
+    return ":".join(f"{b:02x}" for b in answer[18:24])
+
+
+def _net_dev_stats(name: str) -> dict[str, int] | None:
+    """The interface's line of /proc/net/dev, the file qemu-ga reads its statistics from
+    (its drop counts include missed packets, unlike /sys/class/net/*/statistics)."""
+    try:
+        lines = Path("/proc/net/dev").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        label, colon, rest = line.lstrip().partition(":")
+        if not colon or label != name:
+            continue
+        fields = rest.split()
+        if len(fields) < 16 or not all(f.isdigit() for f in fields[:16]):
+            continue
+        n = [int(f) for f in fields[:16]]
+        return {"rx-bytes": n[0], "rx-packets": n[1], "rx-errs": n[2], "rx-dropped": n[3],
+                "tx-bytes": n[8], "tx-packets": n[9], "tx-errs": n[10], "tx-dropped": n[11]}
+    return None
+
+
 def network_interfaces() -> list[dict[str, Any]]:
-    """Interfaces as qemu-ga's guest-network-get-interfaces lists them."""
-    v6 = _ipv6()
+    """Interfaces as qemu-ga's guest-network-get-interfaces lists them.
+
+    The same walk: one entry per name in getifaddrs' order, so links without an address
+    (down ones too) are listed; a hardware address from SIOCGIFHWADDR (loopback's is
+    00:00:00:00:00:00, as qemu-ga says); addresses in getifaddrs' order; statistics from
+    /proc/net/dev, only for an interface with an address, as qemu-ga adds them.
+    """
     result: list[dict[str, Any]] = []
-    for _index, name in socket.if_nameindex():
-        entry: dict[str, Any] = {"name": name}
-        sysdir = Path("/sys/class/net") / name
-        with contextlib.suppress(OSError):
-            entry["hardware-address"] = (sysdir / "address").read_text().strip()
-        addrs: list[dict[str, Any]] = []
-        v4 = _ipv4(name)
-        if v4 is not None:
-            addrs.append({"ip-address-type": "ipv4", "ip-address": v4[0], "prefix": v4[1]})
-        addrs += [{"ip-address-type": "ipv6", "ip-address": a, "prefix": p}
-                  for a, p in v6.get(name, [])]
-        if addrs:
-            # qemu-ga lists statistics only beside addresses; so do we.
-            entry["ip-addresses"] = addrs
-            stats: dict[str, int] = {}
-            for key, filename in _STATS:
-                with contextlib.suppress(OSError, ValueError):
-                    stats[key] = int((sysdir / "statistics" / filename).read_text())
-            entry["statistics"] = stats
-        result.append(entry)
+    by_name: dict[str, dict[str, Any]] = {}
+    for name, _flags, family, addr, mask in _getifaddrs():
+        entry = by_name.get(name)
+        if entry is None:
+            entry = by_name[name] = {"name": name}
+            result.append(entry)
+        if "hardware-address" not in entry:
+            mac = _hardware_address(name)
+            if mac is not None:
+                entry["hardware-address"] = mac
+        if family == socket.AF_INET and addr:
+            kind = "ipv4"
+        elif family == socket.AF_INET6 and addr:
+            kind = "ipv6"
+        else:
+            continue
+        entry.setdefault("ip-addresses", []).append({
+            "ip-address-type": kind, "ip-address": socket.inet_ntop(family, addr),
+            "prefix": sum(bin(b).count("1") for b in mask)})
+        if "statistics" not in entry:
+            stats = _net_dev_stats(name)
+            if stats is not None:
+                entry["statistics"] = stats
     return result
 
 

@@ -65,9 +65,15 @@ def _common(p: argparse.ArgumentParser, default: Any) -> None:
                    help="with --vm: seconds for the connection and each answer (default 10)")
 
 
-def _writes(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host-pool", action="store_true",
+def _host_pool(p: argparse.ArgumentParser, default: Any) -> None:
+    # A global option like --pool (usage lists it there), accepted after a write action
+    # too; after it SUPPRESS keeps it from undoing one given before the action.
+    p.add_argument("--host-pool", action="store_true", default=default,
                    help="allow writing a pool that is not the guest's (0, 2, 3, 4)")
+
+
+def _writes(p: argparse.ArgumentParser) -> None:
+    _host_pool(p, argparse.SUPPRESS)
     p.add_argument("--export", choices=("ps1",),
                    help="with --vm NAME: print the PowerShell script for the Hyper-V host")
 
@@ -84,6 +90,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
         "(host -> guest), 1 guest (guest -> host: the one to write), 2 auto, "
         "3 auto-external (host facts), 4 auto-internal. See docs/kvp.md.")
     _common(kvp, None)
+    _host_pool(kvp, False)
     actions = kvp.add_subparsers(dest="kvp_action", required=True, metavar="ACTION",
                                  parser_class=cliargs.Parser)
     suppress = argparse.SUPPRESS
@@ -207,7 +214,12 @@ def _local(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     elif action == "clear" and args.stale:
         return _clear_stale(args, out, err)
     else:
-        target = _local_store(args, _write_pool(args, remote=False))
+        pool = _write_pool(args, remote=False)
+        if pool != Pool.GUEST and not args.host_pool:
+            raise ArgumentError(
+                f"pool {int(pool)} ({pool.cli_name}) belongs to the host or the daemon; a "
+                "guest program writes pool 1 (guest). To write it anyway add --host-pool")
+        target = _local_store(args, pool)
     return _run(action, target, args, out, err)
 
 

@@ -21,11 +21,15 @@ __all__: list[str] = []  # internal: the public names live in hvsock.__init__
 SENTINEL = b"\xff"
 #: Largest request we buffer (qemu-ga's JSON lexer caps a token at 64 MiB).
 MAX_REQUEST = 64 * 1024 * 1024
+#: qemu-ga's answer to a request past that size.
+TOO_LARGE = "JSON token size limit exceeded"
 _MISSING: Any = object()
 _ALLOWED_KEYS = ("execute", "arguments", "id")
 _OUTSIDE = re.compile(rb'[{}\[\]"\xff]')
 _INSIDE = re.compile(rb'["\\\xff]')
-_SPACE = b" \t\r\n"
+_NOT_SPACE = re.compile(rb"[^ \t\r\n]")
+_BARE_END = re.compile(rb"[ \t\r\n{\[\xff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -40,9 +44,13 @@ class Command:
 
 @dataclass(frozen=True)
 class BadInput:
-    """Input that is not a request; answer ``GenericError`` with ``desc``."""
+    """Input that is not a request; answer ``GenericError`` with ``desc``.
+
+    *fatal*: answer, then close the connection (a request past the size cap).
+    """
 
     desc: str
+    fatal: bool = False
 
 
 Item = Command | BadInput
@@ -75,21 +83,28 @@ def check_request(obj: object) -> Command:
 
 
 class Parser:
-    """Incremental: ``feed(data)`` returns the requests (and bad inputs) *data* completes."""
+    """Incremental: ``feed(data)`` returns the requests (and bad inputs) *data* completes.
+
+    Every byte is scanned once: the scan state (where the pending request starts, how far
+    it was scanned, nesting, inside a string or a bare token) survives between feeds, so
+    a request that arrives in many reads costs what it would in one. Past *max_request*
+    pending bytes the parser answers qemu-ga's "token size limit" error as a fatal
+    :class:`BadInput` and takes nothing more.
+    """
 
     def __init__(self, max_request: int = MAX_REQUEST) -> None:
         self.max_request = max_request
         self._buf = bytearray()
+        self._start = 0  # where the pending request begins
         self._pos = 0  # scanned up to here
         self._depth = 0
         self._in_string = False
-
-    def _reset(self) -> None:
-        self._buf.clear()
-        self._pos = self._depth = 0
-        self._in_string = False
+        self._bare = False  # inside a token that is not an object or an array
+        self.closed = False
 
     def feed(self, data: bytes) -> list[Item]:
+        if self.closed:
+            return []
         self._buf += data
         out: list[Item] = []
         while True:
@@ -97,35 +112,42 @@ class Parser:
             if item is None:
                 break
             out.append(item)
+        # Drop what was consumed once per feed, not once per request.
+        del self._buf[:self._start]
+        self._pos -= self._start
+        self._start = 0
         if len(self._buf) > self.max_request:
-            self._reset()
-            out.append(BadInput("JSON parse error, token too large"))
+            self._buf = bytearray()
+            self._pos = self._depth = 0
+            self._in_string = self._bare = False
+            self.closed = True
+            out.append(BadInput(TOO_LARGE, fatal=True))
         return out
 
     def _next(self) -> Item | None:
         buf = self._buf
-        if self._depth == 0:
+        if self._depth == 0 and not self._bare:
             # Between requests: skip blanks; a bare token is an error up to the next blank.
-            start = 0
-            while start < len(buf) and buf[start] in _SPACE:
-                start += 1
-            del buf[:start]
-            if not buf:
+            found = _NOT_SPACE.search(buf, self._start)
+            if found is None:
+                self._start = self._pos = len(buf)
                 return None
-            first = buf[0]
+            self._start = self._pos = found.start()
+            first = buf[self._start]
             if first == 0xFF:
-                del buf[:1]
+                self._start = self._pos = self._start + 1
                 return BadInput("JSON parse error, stray '\ufffd'")
             if first not in b"{[":
-                end = 0
-                while end < len(buf) and buf[end] not in _SPACE and buf[end] not in b"{[\xff":
-                    end += 1
-                if end == len(buf):
-                    return None  # the token may go on
-                token = bytes(buf[:end]).decode("utf-8", "replace")
-                del buf[:end]
-                return _bare(token)
-            self._pos = 0
+                self._bare = True
+        if self._bare:
+            end = _BARE_END.search(buf, self._pos)
+            if end is None:
+                self._pos = len(buf)  # the token may go on; go on from here next time
+                return None
+            token = bytes(buf[self._start:end.start()]).decode("utf-8", "replace")
+            self._start = self._pos = end.start()
+            self._bare = False
+            return _bare(token)
         while True:
             pattern = _INSIDE if self._in_string else _OUTSIDE
             match = pattern.search(buf, self._pos)
@@ -136,8 +158,8 @@ class Parser:
             self._pos = match.end()
             if char == b"\xff":
                 # The client's "forget what you have": drop the half-read request.
-                del buf[:self._pos]
-                self._pos = self._depth = 0
+                self._start = self._pos
+                self._depth = 0
                 self._in_string = False
                 return BadInput("JSON parse error, stray '\ufffd'")
             if self._in_string:
@@ -156,9 +178,8 @@ class Parser:
             else:
                 self._depth -= 1
                 if self._depth == 0:
-                    text = bytes(buf[:self._pos])
-                    del buf[:self._pos]
-                    self._pos = 0
+                    text = bytes(buf[self._start:self._pos])
+                    self._start = self._pos
                     return _parse(text)
 
 
@@ -175,10 +196,33 @@ def _parse(text: bytes) -> Item:
         obj = json.loads(text.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         return BadInput(f"JSON parse error, {exc}")
+    lone = _lone_surrogate(obj)
+    if lone is not None:
+        # json.loads keeps a lone \\uD800..\\uDFFF escape; qemu-ga refuses it, and no path,
+        # argument or file name can carry one.
+        return BadInput(f"JSON parse error, \\u{ord(lone):04x} is not a valid Unicode "
+                        "character")
     try:
         return check_request(obj)
     except QgaError as exc:
         return BadInput(exc.desc)
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """An unpaired surrogate in some string of *value* (keys too), or None."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found = _SURROGATE.search(item)
+            if found:
+                return found.group()
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
 
 
 def _dump(obj: dict[str, Any]) -> bytes:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import struct
 import time
 import uuid
@@ -267,13 +268,17 @@ class KvpStore:
             raise ArgumentError(
                 f"pool {int(self.pool)} ({self.pool.cli_name}) belongs to the host or the "
                 "daemon; a guest program writes pool 1 (guest). To write it anyway pass "
-                "allow_host_pool=True (--host-pool)")
+                "allow_host_pool=True")
+        # O_NOFOLLOW: a symlink planted at the pool's name must not lead a root-run write
+        # (clear truncates) to another file. O_NONBLOCK: opening a FIFO put there must not
+        # wait for a writer forever; the fstat below then refuses it.
+        flags = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
         try:
             if write:
                 os.makedirs(self.directory, mode=0o755, exist_ok=True)
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | flags, 0o644)
             else:
-                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(self.path, os.O_RDONLY | flags)
         except FileNotFoundError:
             if write:
                 raise self._fail(FileNotFoundError(errno.ENOENT, "no such directory"),
@@ -281,8 +286,17 @@ class KvpStore:
             yield None
             return
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise self._not_a_file("a symbolic link") from None
+            if exc.errno == errno.ENXIO:  # a FIFO with no reader, opened for writing
+                raise self._not_a_file("a FIFO") from None
+            if exc.errno == errno.EISDIR:
+                raise self._not_a_file("a directory") from None
             raise self._fail(exc, "write" if write else "read") from exc
         try:
+            kind = _kind(os.fstat(fd).st_mode)
+            if kind is not None:
+                raise self._not_a_file(kind)
             with locked(fd, exclusive=write, timeout=self.lock_timeout, where=self.where):
                 yield fd
         except OSError as exc:
@@ -291,6 +305,12 @@ class KvpStore:
             raise self._fail(exc, "write" if write else "read") from exc
         finally:
             os.close(fd)
+
+    def _not_a_file(self, kind: str) -> KvpError:
+        return KvpError(f"{self.where} is {kind}, not a regular file; hvsock neither follows "
+                        "nor writes through it: remove it (hv_kvp_daemon creates the pool "
+                        "files), or point --dir at the directory that holds the real pools",
+                        errno=errno.EINVAL)
 
     def _data(self, fd: int | None) -> bytes:
         """The whole file, checked to be whole records; b"" when it does not exist."""
@@ -435,6 +455,18 @@ class KvpStore:
         if mtime is None:
             return False
         return mtime < (boot_time() if boot is None else boot)
+
+
+def _kind(mode: int) -> str | None:
+    """What a pool path is when it is not a regular file (None when it is one)."""
+    if stat.S_ISREG(mode):
+        return None
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "a special file"
 
 
 def open_pool(pool: Pool | int | str = Pool.GUEST, *, directory: str | os.PathLike[str] =
