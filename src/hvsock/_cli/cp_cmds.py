@@ -78,7 +78,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
 
 def cmd_cp(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .._builtin.files.client import copy
-    from .progress import progress_bar
+    from .progress import progress_bar, wanted
 
     if args.serve:
         return _serve(args, err)
@@ -87,7 +87,7 @@ def cmd_cp(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                                  "--listen ADDRESS to serve")
     if len(args.paths) < 2:
         raise ArgumentError("hvsock cp: give SRC... DEST (remote paths start with ':')")
-    enabled = not args.no_progress and err.isatty()
+    enabled = wanted(err, args.no_progress)
     to_stdout = args.paths[-1] == "-"
     with progress_bar(err, enabled, "cp", unit="B") as update:
         result = copy(args.remote, args.paths[:-1], args.paths[-1], recursive=args.recursive,
