@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -99,6 +100,21 @@ def modprobe(*args: str) -> subprocess.CompletedProcess[str]:
                           check=False)
 
 
+def unload(module: str) -> None:
+    """``modprobe -r`` once the module is no longer in use: a closed vsock socket holds
+    its transport until the kernel frees it (up to its close timeout, 8 s)."""
+    refcnt = os.path.join(SYS_MODULE, module, "refcnt")
+    deadline = time.monotonic() + 60
+    for _ in range(600):
+        with open(refcnt) as f:
+            users = int(f.read())
+        if users == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    result = modprobe("-r", module)
+    assert result.returncode == 0, f"modprobe -r {module} ({users} users): {result.stderr}"
+
+
 @pytest.fixture
 def vsock_unloaded() -> Iterator[None]:
     """The kernel with no AF_VSOCK family (every vsock module out), restored after."""
@@ -106,8 +122,7 @@ def vsock_unloaded() -> Iterator[None]:
     try:
         for module in VSOCK_STACK:
             if loaded(module):
-                result = modprobe("-r", module)
-                assert result.returncode == 0, f"modprobe -r {module}: {result.stderr}"
+                unload(module)
         assert not loaded("vsock"), "vsock is built in or still in use"
         yield
     finally:
