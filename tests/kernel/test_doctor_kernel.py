@@ -134,13 +134,14 @@ def vsock_unloaded() -> Iterator[None]:
         assert loaded("vsock_loopback")
 
 
+@pytest.mark.timeout(900)  # two CLI starts under software emulation, module unloads
 @pytest.mark.usefixtures("vsock_unloaded")
 def test_the_doctor_loads_no_vsock_module(hvsock_cmd: list[str]) -> None:
     assert vsock_registered(Machine()) is False
     reports = []
     for _ in range(2):
         result = subprocess.run([*hvsock_cmd, "doctor", "vsock://any:5000", "--json"],
-                                capture_output=True, text=True, timeout=120, check=False)
+                                capture_output=True, text=True, timeout=300, check=False)
         assert result.returncode == 1, result.stderr  # checks failed, and said so
         reports.append(json.loads(result.stdout))
         assert [m for m in VSOCK_STACK if loaded(m)] == [], "the doctor loaded a module"
