@@ -235,6 +235,34 @@ TABLE: dict[str, tuple[str, str]] = {
     "hvsock kvp --vm hybrid:///run/fc/v.sock host-info":
         (HOST, "a temporary path for the VMM's socket, where the test plays Firecracker "
          "(answers CONNECT 5010, then carries the bytes to the `hvsock kvp serve` row)"),
+    # docs/try-out.md: Unix sockets
+    "mkdir -p /tmp/try": (HOST, "the runner's temporary directory stands for /tmp/try"),
+    "hvsock echo-server unix:///tmp/try/echo.sock &": (HOST, "the try-out, in order"),
+    "hvsock ping unix:///tmp/try/echo.sock -c 10": (HOST, "the try-out: 10 echoes"),
+    "hvsock agent --listen unix:///tmp/try/agent.sock --enable exec,info &":
+        (HOST, "the try-out, with its default allowlist (this uid)"),
+    "hvsock exec unix:///tmp/try/agent.sock -- uname -a":
+        (HOST, "the try-out: prints `uname -a`'s line, exit 0"),
+    # docs/try-out.md: AF_VSOCK on one machine
+    "sudo modprobe vsock_loopback": (NOT, "loads a kernel module as root; scripts/kernel-tests "
+                                     "loads it in the test VM, where the rows below run"),
+    "hvsock doctor vsock://local:5000": (KERNEL, "address_cid ok, 'stays in this kernel'"),
+    "hvsock echo-server vsock://any:5000 &": (KERNEL, "the try-out, a free port"),
+    "hvsock ping vsock://local:5000 -c 10": (KERNEL, "the try-out: 10 echoes over CID 1"),
+    "hvsock kvp serve --listen vsock://any:5010 --allow 1 --dir /tmp/try/pools &":
+        (KERNEL, "the try-out: a free port, a temporary directory"),
+    "hvsock kvp --dir /tmp/try/pools set Greeting hello": (KERNEL, "the try-out"),
+    "hvsock kvp --vm vsock://local get Greeting":
+        (KERNEL, "the try-out: prints hello through the service (the free port added)"),
+    "hvsock echo-server tcp://127.0.0.1:7000 &": (KERNEL, "the try-out's relays, free ports"),
+    "hvsock relay vsock://any:7010 tcp://127.0.0.1:7000 --allow 1 &":
+        (KERNEL, "the try-out's relays"),
+    "hvsock relay tcp://127.0.0.1:7011 vsock://local:7010 &": (KERNEL, "the try-out's relays"),
+    "hvsock ping tcp://127.0.0.1:7011 -c 10":
+        (KERNEL, "the try-out: 10 echoes through both relays"),
+    "python clock.py &": (KERNEL, "clock.py is the try-out's python block, a free port"),
+    "python -c 'import hvsock; print(hvsock.RpcClient(hvsock.connect(\"vsock://local:5002\"))"
+    ".call(\"time\"))'": (KERNEL, "the answer names the caller, vsock://1:<port>"),
 }
 
 

@@ -643,5 +643,32 @@ def test_the_file_copy_recipe(sh: Shell) -> None:
     assert sh.stop_all() == [0]
 
 
+TRY_OUT_UNIX = ["mkdir -p /tmp/try", "hvsock echo-server unix:///tmp/try/echo.sock &",
+                "hvsock ping unix:///tmp/try/echo.sock -c 10",
+                "hvsock agent --listen unix:///tmp/try/agent.sock --enable exec,info &",
+                "hvsock exec unix:///tmp/try/agent.sock -- uname -a"]
+covers(*TRY_OUT_UNIX)
+
+
+def test_the_one_machine_try_out_over_unix_sockets(sh: Shell) -> None:
+    block = doc_block("try-out.md", "sh", "mkdir -p /tmp/try")
+    assert [docs.strip_comment(line) for line in block.splitlines()] == TRY_OUT_UNIX
+    try_dir = sh.tmp / "try"  # for /tmp/try: the one change
+
+    def here(command: str) -> str:
+        return row(command).replace("/tmp/try", str(try_dir))
+
+    outputs = []
+    for command in TRY_OUT_UNIX:
+        if command.endswith("&"):
+            sh.start(here(command))
+        else:
+            outputs.append(sh.ok(here(command)))
+    assert try_dir.is_dir()
+    assert outputs[1].startswith(f"10 round trips of 1 byte to unix://{try_dir}/echo.sock\n")
+    assert outputs[2] == sh.ok("uname -a")
+    assert sh.stop_all() == [0, 0]
+
+
 def test_every_host_row_has_a_test_above() -> None:
     assert set(docs.rows(docs.HOST)) == COVERED

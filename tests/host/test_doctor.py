@@ -1,13 +1,15 @@
-"""hvsock doctor: for real on this Linux machine, on fake /sys trees, and the Windows
-checks with a fake registry, fake PowerShell and a fake self-test.
+"""hvsock doctor on fake trees standing in for ``/`` with fake AF_VSOCK sockets, and
+the Windows checks with a fake registry, fake PowerShell and a fake self-test.
 
-Nothing here connects AF_VSOCK: the doctor only lists modules, reads /dev/vsock's CID
-and creates / binds sockets.
+Nothing here creates a real AF_VSOCK socket (the host tier's machine may be a VM whose
+vsock leads to a real hypervisor): the doctor on this machine for real is in
+tests/kernel/test_doctor_kernel.py.
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import os
 import socket
 import uuid
@@ -15,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from hvsock import AddressError, loaded_vsock_transports, local_cid, service_id_for_port
+from hvsock import AddressError, service_id_for_port
+from hvsock._cli.doctor_cmds import print_diagnosis
 from hvsock._doctor import Machine, diagnose
 from hvsock._doctor.model import (
     FAIL,
@@ -36,15 +39,13 @@ from hvsock._windows.registry import register_service
 from hvsock._windows.vms import CIM_SCRIPT, GET_VM_SCRIPT, WSLHOST_SCRIPT
 from hvsock.testing import MemoryRegistry
 
+from .._doctor_fakes import FakeVsock, tree
 from ..fakes import FakeRunner, failed, fixture, ok, ps
-from ..tiers import tier_required
 
 WSL_ID = uuid.UUID("f6446e02-236e-4b24-9916-2d4ad9a1096f")
 WIN11 = uuid.UUID("a3c2e1d0-1111-4222-8333-944455556666")
-HAS_VSOCK_DEVICE = os.path.exists("/dev/vsock")
-needs_vsock = pytest.mark.skipif(
-    (not hasattr(socket, "AF_VSOCK") or not HAS_VSOCK_DEVICE) and not tier_required(),
-    reason="needs AF_VSOCK and /dev/vsock")
+needs_af_vsock = pytest.mark.skipif(not hasattr(socket, "AF_VSOCK"),
+                                    reason="this Python has no socket.AF_VSOCK")
 
 
 def statuses(report: Diagnosis) -> dict[str, str]:
@@ -61,66 +62,15 @@ def assert_well_formed(report: Diagnosis) -> None:
             assert check.fix, f"{check.name} failed without saying what to do"
 
 
-# -- this machine, for real ---------------------------------------------------------------
-
-@needs_vsock
-@pytest.mark.usefixtures("fd_baseline")
-def test_this_machine() -> None:
-    report = diagnose()
-    assert_well_formed(report)
-    assert report.platform.startswith("linux")
-    got = statuses(report)
-    assert set(got) == set(LINUX_CHECKS) | set(WINDOWS_CHECKS)
-    assert got["af_vsock"] == OK
-    assert got["vsock_socket"] == OK
-    transports = loaded_vsock_transports()
-    if transports:
-        assert got["vsock_transports"] == OK
-        for name in transports:
-            assert name in report["vsock_transports"].summary
-    assert got["dev_vsock"] == (OK if os.access("/dev/vsock", os.R_OK) else WARN)
-    if got["dev_vsock"] == OK:
-        assert report["local_cid"].summary.startswith(f"CID {local_cid()}:")
-    hyperv = os.path.isdir("/sys/bus/vmbus")
-    assert got["hyperv_guest"] in ((OK, FAIL) if hyperv else (INFO, WARN))
-    for name in WINDOWS_CHECKS:
-        assert report[name] .status == NOT_APPLICABLE
-        assert report[name].summary == "Windows host only"
-    assert report.ok == (FAIL not in got.values())
-    assert report.as_dict()["checks"][0] == report.checks[0].as_dict()
-    with pytest.raises(KeyError):
-        report["no such check"]
-
-
-@needs_vsock
-@pytest.mark.usefixtures("fd_baseline")
-def test_a_listening_address_is_bound_for_real() -> None:
-    report = diagnose("vsock://any:any")
-    assert report["address_bind"].status == NOT_APPLICABLE
-    assert report["address_port"].summary.startswith("port any")
-    # a port somebody already listens on (a bound, listening AF_VSOCK socket; no connect)
-    with socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM) as held:
-        held.bind((socket.VMADDR_CID_ANY, socket.VMADDR_PORT_ANY))
-        held.listen(1)
-        port = held.getsockname()[1]
-        busy = diagnose(f"vsock://any:{port}")
-    assert busy["address_bind"].status == WARN
-    assert "already in use" in busy["address_bind"].fix
-    free = diagnose(f"vsock://any:{port}")
-    assert free["address_bind"].status == OK
-    assert set(statuses(free)) >= set(LINUX_ADDRESS_CHECKS) | set(WINDOWS_ADDRESS_CHECKS)
-    for name in WINDOWS_ADDRESS_CHECKS:
-        assert free[name].status == NOT_APPLICABLE
-
-
-def test_privileged_ports_need_root() -> None:
-    as_user = diagnose("vsock://any:22", machine=Machine(euid=1000))
+def test_privileged_ports_need_root(tmp_path: Path) -> None:
+    as_user = diagnose("vsock://any:22", machine=tree(tmp_path / "u", euid=1000))
     assert as_user["address_port"].status == WARN
     assert "CAP_NET_BIND_SERVICE" in as_user["address_port"].fix
-    as_root = diagnose("vsock://any:22", machine=Machine(euid=0))
+    as_root = diagnose("vsock://any:22", machine=tree(tmp_path / "r", euid=0))
     assert as_root["address_port"].status == OK
     # connecting to a privileged port needs nothing
-    to_host = diagnose("vsock://host:22", machine=Machine(euid=1000))["address_port"]
+    to_host = diagnose("vsock://host:22", machine=tree(tmp_path / "h", euid=1000))[
+        "address_port"]
     assert (to_host.status, to_host.summary) == (OK, "port 22: any port can be connected to")
 
 
@@ -130,25 +80,6 @@ def test_a_malformed_address_is_an_address_error() -> None:
 
 
 # -- fake trees standing in for / --------------------------------------------------------
-
-def tree(root: Path, *, modules: tuple[str, ...] = (), vmbus: bool = False,
-         dmi: tuple[str, str] | None = None, osrelease: str = "6.1.0-13-amd64",
-         dev_vsock: bool = False) -> Machine:
-    for module in ("vsock", *modules):
-        (root / "sys" / "module" / module).mkdir(parents=True)
-    if vmbus:
-        (root / "sys" / "bus" / "vmbus").mkdir(parents=True)
-    if dmi is not None:
-        (root / "sys" / "class" / "dmi" / "id").mkdir(parents=True)
-        (root / "sys" / "class" / "dmi" / "id" / "sys_vendor").write_text(dmi[0] + "\n")
-        (root / "sys" / "class" / "dmi" / "id" / "product_name").write_text(dmi[1] + "\n")
-    (root / "proc" / "sys" / "kernel").mkdir(parents=True)
-    (root / "proc" / "sys" / "kernel" / "osrelease").write_text(osrelease + "\n")
-    if dev_vsock:
-        (root / "dev").mkdir()
-        (root / "dev" / "vsock").write_text("not a device")
-    return Machine(root=str(root), runner=FakeRunner())
-
 
 def test_a_hyperv_guest_without_hv_sock(tmp_path: Path) -> None:
     report = diagnose(machine=tree(tmp_path, vmbus=True))
@@ -160,9 +91,9 @@ def test_a_hyperv_guest_without_hv_sock(tmp_path: Path) -> None:
     assert "modules-load.d" in check.fix
     assert report["dev_vsock"].status == FAIL
     assert report["local_cid"].status == NOT_APPLICABLE
-    # no transport module in this tree, but this kernel makes AF_VSOCK sockets
-    expected = WARN if report["vsock_socket"].status == OK else FAIL
-    assert report["vsock_transports"].status == expected
+    # no transport module in this tree, yet AF_VSOCK sockets can be made: built in
+    assert report["vsock_socket"].status == OK
+    assert report["vsock_transports"].status == WARN
     assert not report.ok
 
 
@@ -372,8 +303,8 @@ def test_vsock_addresses_on_windows_are_not_applicable() -> None:
         assert report[name].summary == "Linux only"
 
 
-def test_hvsock_addresses_on_linux_point_to_the_guest_view() -> None:
-    report = diagnose("hvsock://wsl/5000", platform="linux")
+def test_hvsock_addresses_on_linux_point_to_the_guest_view(tmp_path: Path) -> None:
+    report = diagnose("hvsock://wsl/5000", platform="linux", machine=tree(tmp_path))
     for name in LINUX_ADDRESS_CHECKS:
         assert report[name].status == NOT_APPLICABLE
         assert "vsock://host:5000" in report[name].summary
@@ -406,3 +337,77 @@ def test_vms_that_cannot_be_listed_say_why() -> None:
     assert "WSL is not running" not in report["vms"].fix  # that is no problem
     assert report["address_vm"].status == FAIL
     assert "could not look up VM 'MyVM'" in report["address_vm"].fix
+
+
+# -- no real socket; and the doctor changes nothing it reports (issue 19) -------------------
+
+@needs_af_vsock
+def test_the_fake_machine_makes_every_socket_and_closes_it(tmp_path: Path) -> None:
+    vsock = FakeVsock(busy=(6000,))
+    machine = tree(tmp_path, modules=("vmw_vsock_virtio_transport",), vsock=vsock)
+    free = diagnose("vsock://any:5000", machine=machine)
+    assert free["vsock_socket"].status == OK
+    assert free["address_bind"].status == OK
+    assert vsock.bound == [(socket.VMADDR_CID_ANY, 5000)]
+    busy = diagnose("vsock://any:6000", machine=machine)
+    assert busy["address_bind"].status == WARN
+    assert "already in use" in busy["address_bind"].fix
+    assert vsock.made == 4  # one socket check and one bind per report
+    assert vsock.open == 0
+
+
+@needs_af_vsock
+def test_a_kernel_without_af_vsock_is_explained_for_an_address(tmp_path: Path) -> None:
+    # /proc/net/protocols unreadable: the socket is tried, and the kernel says EAFNOSUPPORT
+    machine = tree(tmp_path, registered=None, vsock=FakeVsock(error=errno.EAFNOSUPPORT))
+    report = diagnose("vsock://any:5000", machine=machine)  # no "[Errno 97]" escapes
+    assert_well_formed(report)
+    assert report["vsock_socket"].status == FAIL
+    assert "modprobe vmw_vsock_virtio_transport" in report["vsock_socket"].fix
+    assert report["address_bind"].status == NOT_APPLICABLE
+    assert "see vsock_socket" in report["address_bind"].summary
+    out = io.StringIO()
+    print_diagnosis(report, out)
+    assert "Errno" not in out.getvalue()
+    assert "fix: the kernel has no vsock transport loaded" in out.getvalue()
+
+
+@needs_af_vsock
+def test_no_socket_is_made_while_af_vsock_is_not_in_the_kernel(tmp_path: Path) -> None:
+    vsock = FakeVsock()
+    machine = tree(tmp_path, registered=False, vsock=vsock)
+    for address in (None, "vsock://any:5000", "vsock://host:5000"):
+        report = diagnose(address, machine=machine)
+        assert_well_formed(report)
+        assert report["vsock_socket"].status == FAIL
+        assert "not tried" in report["vsock_socket"].summary
+        assert "modprobe vmw_vsock_virtio_transport" in report["vsock_socket"].fix
+        assert report["vsock_transports"].status == FAIL
+    assert report["address_bind"].status == NOT_APPLICABLE
+    assert vsock.made == 0
+
+
+class AutoloadingVsock(FakeVsock):
+    """socket(AF_VSOCK) on a kernel without the family: the kernel asks modprobe for
+    net-pf-40, whose first pick is VMware's transport, and the family appears."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def __call__(self) -> object:  # type: ignore[override]
+        for module in ("vsock", "vmw_vsock_vmci_transport"):
+            (self.root / "sys" / "module" / module).mkdir(parents=True, exist_ok=True)
+        (self.root / "proc" / "net" / "protocols").write_text(
+            "AF_VSOCK  1240  0  -1  NI  0  yes  vsock\n")
+        return super().__call__()
+
+
+@needs_af_vsock
+def test_the_doctor_reports_the_same_twice_on_a_kernel_without_vsock(tmp_path: Path) -> None:
+    vsock = AutoloadingVsock(tmp_path)
+    machine = tree(tmp_path, registered=False, vsock=vsock)
+    first, second = (diagnose("vsock://any:5000", machine=machine) for _ in range(2))
+    assert first.as_dict() == second.as_dict()
+    assert "vmw_vsock_vmci_transport" not in str(second.as_dict())
+    assert not (tmp_path / "sys" / "module" / "vmw_vsock_vmci_transport").exists()

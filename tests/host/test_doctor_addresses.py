@@ -1,6 +1,7 @@
 """The doctor and an address: a guest that cannot reach its host (issue 13 item 3), and a
 hybrid VMM socket checked for real (issue 13 item 4). Fake /sys trees of real files;
-real Unix sockets and the emulated VMM muxer. Nothing connects AF_VSOCK."""
+real Unix sockets and the emulated VMM muxer. No real AF_VSOCK socket is made: the
+doctor's sockets come from a fake."""
 
 from __future__ import annotations
 
@@ -10,40 +11,55 @@ from pathlib import Path
 import pytest
 
 from hvsock._doctor import Machine, diagnose
-from hvsock._doctor.model import FAIL, NOT_APPLICABLE, OK, WARN, Diagnosis
+from hvsock._doctor.model import FAIL, INFO, NOT_APPLICABLE, OK, WARN, Diagnosis
 from hvsock.testing import HybridVsockMuxer
 
+from .._doctor_fakes import FakeVsock, tree
 from ..fakes import FakeRunner
 
 
 def guest(root: Path, *modules: str) -> Machine:
     """A Linux machine whose /sys/module lists *modules* (plus vsock itself)."""
-    for module in ("vsock", *modules):
-        (root / "sys" / "module" / module).mkdir(parents=True)
-    (root / "proc" / "sys" / "kernel").mkdir(parents=True)
-    (root / "proc" / "sys" / "kernel" / "osrelease").write_text("6.1.0-13-amd64\n")
-    return Machine(root=str(root), runner=FakeRunner())
+    return tree(root, modules=modules)
 
 
 def linux(address: str, machine: Machine | None = None) -> Diagnosis:
-    return diagnose(address, machine=machine or Machine(runner=FakeRunner()),
-                    platform="linux")
+    # No transport listed, no /proc/net/protocols: the fake socket is tried (never a real one).
+    return diagnose(address, machine=machine or Machine(
+        root="/nonexistent-root", runner=FakeRunner(), vsock_socket=FakeVsock()),
+        platform="linux")
 
 
 # -- CID 2 needs a guest-to-host transport ---------------------------------------------------
 
-@pytest.mark.parametrize("modules", [("vsock_loopback",), ("vhost_vsock",),
-                                     ("vsock_loopback", "vhost_vsock")])
-def test_the_host_without_a_guest_to_host_transport_is_warned(tmp_path: Path,
-                                                              modules: tuple[str, ...]) -> None:
-    check = linux("vsock://host:5000", guest(tmp_path, *modules))["address_cid"]
+def test_the_host_without_any_route_is_warned(tmp_path: Path) -> None:
+    check = linux("vsock://host:5000", guest(tmp_path, "vhost_vsock"))["address_cid"]
     assert check.status == WARN
     assert "no guest-to-host transport is loaded" in check.summary
+    assert "will fail" in check.summary
+    assert_names_every_transport(check.fix)
+
+
+@pytest.mark.parametrize("modules", [("vsock_loopback",), ("vsock_loopback", "vhost_vsock")])
+def test_the_host_is_this_machine_with_only_vsock_loopback(tmp_path: Path,
+                                                           modules: tuple[str, ...]) -> None:
+    # Linux sends CID 2 to vsock_loopback when no guest-to-host transport is loaded
+    # (vsock_use_local_transport): the connect works and stays here (the kernel tier
+    # connects it for real: tests/kernel/test_doctor_kernel.py).
+    check = linux("vsock://host:5000", guest(tmp_path, *modules))["address_cid"]
+    assert check.status == INFO
+    assert "routes CID 2 to vsock_loopback" in check.summary
+    assert "will fail" not in check.summary
+    assert "to reach a real host" in check.fix
+    assert_names_every_transport(check.fix)
+
+
+def assert_names_every_transport(fix: str) -> None:
     for module, hypervisor in [("vmw_vsock_virtio_transport", "KVM/QEMU"),
                                ("hv_sock", "Hyper-V"),
                                ("vmw_vsock_vmci_transport", "VMware")]:
-        assert f"{module}`" in check.fix
-        assert hypervisor in check.fix.split(module)[0].rsplit(";", 1)[-1]
+        assert f"{module}`" in fix
+        assert hypervisor in fix.split(module)[0].rsplit(";", 1)[-1]
 
 
 @pytest.mark.parametrize("module", ["vmw_vsock_virtio_transport", "hv_sock",
@@ -57,7 +73,7 @@ def test_a_hyperv_guest_is_told_to_load_hv_sock(tmp_path: Path) -> None:
     machine = guest(tmp_path, "vsock_loopback")
     (tmp_path / "sys" / "bus" / "vmbus").mkdir(parents=True)
     check = linux("vsock://host:5000", machine)["address_cid"]
-    assert check.status == WARN
+    assert check.status == INFO
     assert "modprobe hv_sock" in check.fix
     assert "virtio" not in check.fix
 

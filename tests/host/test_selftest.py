@@ -16,6 +16,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -422,3 +423,57 @@ def test_a_bad_port_is_a_usage_error(port: str) -> None:
     err = io.StringIO()
     assert main(["selftest", "--port", port], out=io.StringIO(), err=err) == 2
     assert "selftest" in err.getvalue()
+
+
+# -- the host echo server's form, per hypervisor (issue 19) -------------------------------
+
+def _with(root: Path, *, dmi: str | None = None, vmbus: bool = False,
+          osrelease: str | None = None) -> Path:
+    if dmi is not None:
+        (root / "sys" / "class" / "dmi" / "id").mkdir(parents=True)
+        (root / "sys" / "class" / "dmi" / "id" / "sys_vendor").write_text(dmi + "\n")
+    if vmbus:
+        (root / "sys" / "bus" / "vmbus").mkdir(parents=True)
+    if osrelease is not None:
+        (root / "proc" / "sys" / "kernel").mkdir(parents=True)
+        (root / "proc" / "sys" / "kernel" / "osrelease").write_text(osrelease + "\n")
+    return root
+
+
+@pytest.mark.parametrize(("modules", "extra", "wanted", "not_wanted"), [
+    (["vmw_vsock_virtio_transport"], {"dmi": "QEMU"},
+     "on the KVM/QEMU host (vhost_vsock loaded): `hvsock echo-server vsock://any:N`",
+     ["hvsock://", "hybrid://"]),
+    (["vmw_vsock_virtio_transport"], {"dmi": "Cloud Hypervisor"},
+     "`hvsock echo-server hybrid://<the VM's vsock socket>:N`", ["hvsock://", "vsock://any"]),
+    (["vmw_vsock_virtio_transport"], {},  # Firecracker: no DMI, so either virtio host
+     "`hvsock echo-server hybrid://<the VM's vsock socket>:N`", ["hvsock://"]),
+    (["hv_sock"], {"vmbus": True},
+     "`hvsock echo-server hvsock://<this VM's id>/N`", ["vsock://any", "hybrid://"]),
+    (["hv_sock"], {"vmbus": True, "osrelease": "5.15.153.1-microsoft-standard-WSL2"},
+     "`hvsock echo-server hvsock://wsl/N`", ["vsock://any", "hybrid://"]),
+    (["vmw_vsock_vmci_transport"], {}, "on the VMware host: `hvsock echo-server "
+     "vsock://any:N`", ["hvsock://", "hybrid://"]),
+    (["vsock_loopback"], {}, "CID 2 is this machine): `hvsock echo-server vsock://any:N`",
+     ["hvsock://", "hybrid://"]),
+])
+def test_the_host_echo_advice_gives_the_form_of_the_detected_hypervisor(
+        tmp_path: Path, modules: list[str], extra: dict[str, Any], wanted: str,
+        not_wanted: list[str]) -> None:
+    guest = _guest(_with(tmp_path, **extra), modules)
+    step = run_selftest(platform="linux", guest=guest)["host_echo"]
+    assert step.status == NOT_APPLICABLE
+    assert wanted in step.summary
+    for form in not_wanted:
+        assert form not in step.summary
+
+
+def test_a_failed_host_echo_in_a_kvm_guest_gives_the_kvm_form(
+        tmp_path: Path, short_tmp: Path) -> None:
+    guest = _guest(_with(tmp_path, dmi="QEMU"), ["vmw_vsock_virtio_transport"])
+    step = run_selftest(platform="linux", guest=guest,
+                        echo=f"unix://{short_tmp / 'none.sock'}")["host_echo"]
+    assert step.status == FAILED
+    assert "`hvsock echo-server vsock://any:N`" in step.advice
+    assert "hvsock://" not in step.advice
+    assert "registered" not in step.advice

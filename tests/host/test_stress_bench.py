@@ -8,10 +8,17 @@ are checked for shape and for the protocol's own checks, never for speed.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
+import os
+import select
 import socket
+import struct
+import subprocess
+import termios
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +27,7 @@ import pytest
 import hvsock
 from hvsock._builtin import bench, stress
 from hvsock._cli import main as cli
+from hvsock._cli.progress import wanted
 
 from ._peers import EchoServer, running_relay
 
@@ -274,3 +282,73 @@ def test_format_table_aligns_columns() -> None:
             bench.BenchResult("round trip", "x", 7.0, "us", 0.5)]
     lines = bench.format_table(rows).splitlines()
     assert lines[1].index("1234.5") == lines[2].index("7") == lines[0].index("value")
+
+
+# -- progress: drawn on a terminal only (issue 19) ----------------------------------------------
+def _stderr_of(argv: list[str], on_a_terminal: bool) -> str:
+    """Run the installed command; its stderr a pipe or a real PTY; what it wrote there."""
+    master = slave = -1
+    if on_a_terminal:
+        master, slave = os.openpty()
+        # 24x80, as a terminal has: a new PTY is 0x0, and tqdm fits its bar to 0 columns.
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=slave if on_a_terminal else subprocess.PIPE)
+    if not on_a_terminal:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        return err.decode(errors="replace")
+    os.close(slave)
+    seen = bytearray()
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the child closed its end
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            elif proc.poll() is not None:
+                break
+        assert proc.wait(timeout=60) == 0
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+    return seen.decode(errors="replace")
+
+
+def _drawn_on_a_terminal_only(argv: list[str], label: str) -> None:
+    pytest.importorskip("tqdm")  # the bar; without it the same rule holds for plain lines
+    piped = _stderr_of(argv, on_a_terminal=False)
+    assert "\r" not in piped
+    assert label not in piped
+    assert label in _stderr_of(argv, on_a_terminal=True)
+
+
+def test_stress_progress_is_drawn_on_a_terminal_only(echo: tuple[EchoServer, str],
+                                                     hvsock_cmd: list[str]) -> None:
+    _drawn_on_a_terminal_only([*hvsock_cmd, "stress", echo[1], "-n", "20", "-P", "2",
+                               "--max-size", "4K"], "connections")
+
+
+def test_bench_progress_is_drawn_on_a_terminal_only(bench_server: hvsock.Address,
+                                                    hvsock_cmd: list[str]) -> None:
+    _drawn_on_a_terminal_only([*hvsock_cmd, "bench", "client", str(bench_server), "--tests",
+                               "rtt", "--count", "50"], "round trips")
+
+
+def test_the_progress_rule_is_the_terminal_and_the_switch() -> None:
+    assert not wanted(io.StringIO(), off=False)
+    master, slave = os.openpty()
+    with os.fdopen(slave, "w") as terminal:
+        assert wanted(terminal, off=False)
+        assert not wanted(terminal, off=True)
+    os.close(master)

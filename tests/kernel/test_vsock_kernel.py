@@ -341,3 +341,13 @@ def test_failure_paths_leave_no_descriptor_open(vsock_listener: Listening) -> No
         with pytest.raises(hvsock.ArgumentError):
             hvsock.connect(target(port), timeout=-1)
     assert open_fds() == before
+
+
+def test_vsock_listen_on_any_port_here() -> None:
+    """The listener's address as the kernel chose it (moved from the host tier, which
+    makes no real AF_VSOCK socket)."""
+    with hvsock.listen("vsock://any:any") as listener:
+        actual = hvsock.listener_address(listener, "vsock://any:any")
+        assert isinstance(actual, hvsock.VsockAddress)
+        assert actual.cid == hvsock.CID_ANY
+        assert 1024 <= actual.port < hvsock.PORT_ANY

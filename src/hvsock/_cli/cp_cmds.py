@@ -90,7 +90,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
 
 def cmd_cp(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .._builtin.files.client import copy
-    from .progress import progress_bar
+    from .progress import progress_bar, wanted
 
     if args.serve:
         return _serve(args, err)
@@ -98,7 +98,7 @@ def cmd_cp(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise ArgumentError("hvsock cp: give SRC... DEST (remote paths start with ':', or "
                             "are written ADDRESS:PATH)")
     remote, paths = _remote_and_paths(args.remote, args.paths)
-    enabled = args.progress is not False and err.isatty()
+    enabled = wanted(err, args.progress is False)
     to_stdout = paths[-1] == "-"
     listing = err if to_stdout else out
 

@@ -1,5 +1,6 @@
-"""Progress for long CLI runs (bench, stress): a tqdm bar with the ``cli`` extra
-(``pip install hvsock[cli]``), plain lines on stderr without it."""
+"""Progress for long CLI runs (cp, bench, stress): a tqdm bar with the ``cli`` extra
+(``pip install hvsock[cli]``), plain lines on stderr without it; on a terminal only
+(:func:`wanted`), never drawn into a pipe or a log."""
 
 from __future__ import annotations
 
@@ -18,6 +19,17 @@ if TYPE_CHECKING:
 PLAIN_EVERY = 1.0
 
 Update = Callable[[int, "int | None"], None]
+
+
+def wanted(err: TextIO, off: bool) -> bool:
+    """Whether a command shows progress on *err*: only when it is a terminal (a bar in
+    a pipe or a log is noise), and not when *off* (``--no-progress``, ``--json``)."""
+    if off:
+        return False
+    try:
+        return err.isatty()
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
 
 
 @contextlib.contextmanager

@@ -136,8 +136,6 @@ def relay_config(args: argparse.Namespace) -> RelayConfig:
             config = config.with_(allow_targets=RelayConfig.build(
                 config.forwards, allow_targets=[*(r.text for r in config.allow_targets),
                                                 *args.allow_target]).allow_targets)
-            for forward in config.forwards:
-                config.check_target(forward.target)
         return config
     if args.listen is None or args.target is None:
         raise ArgumentError("LISTEN and TARGET are required (or --config relay.toml)")
@@ -215,7 +213,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
                    "(hvsock), a host (tcp) or uid:N (unix)")
     p.add_argument("--allow-target", action="append", metavar="PATTERN",
                    help="refuse to start unless every TARGET matches one of these "
-                   "(repeatable): tcp://10.0.0.0/8:443, tcp://*.example.com:*, vsock://3:*")
+                   "(repeatable): tcp://10.0.0.0/8:443, tcp://*.example.com:*, vsock://3:*, "
+                   "unix:///run/app/*.sock (a glob per path component; no '..')")
     p.add_argument("--mode", type=cliargs.mode, **e,
                    help="file mode of a unix/hybrid LISTEN socket, octal (default 600)")
     p.add_argument("--buffer-size", type=size, **e,

@@ -14,7 +14,7 @@ from .._errors import ArgumentError
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT
 from . import args as cliargs
 from .args import Handler, non_negative_float, raise_open_files_limit, size
-from .progress import progress_bar
+from .progress import progress_bar, wanted
 
 if TYPE_CHECKING:
     from .._builtin import bench
@@ -69,7 +69,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
     c.add_argument("--timeout", type=cliargs.positive_float, default=DEFAULT_CONNECT_TIMEOUT,
                    help="connect timeout, seconds (default %(default)s)")
     c.add_argument("--json", action="store_true", help="print JSON")
-    c.add_argument("--no-progress", action="store_true", help="no progress bars")
+    c.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (they show on stderr when that is a terminal)")
 
     p = sub.add_parser(
         "stress", help="many connections of random data through an echo server, checked",
@@ -97,7 +98,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
     p.add_argument("--hold", type=non_negative_float, default=0.0,
                    help="with --sync-start: seconds to hold them open before sending")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (it shows on stderr when that is a terminal)")
     return {"bench": cmd_bench, "stress": cmd_stress}
 
 
@@ -135,7 +137,7 @@ def cmd_bench(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _bench_client(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .._builtin import bench
 
-    show = not args.no_progress and not args.json
+    show = wanted(err, args.no_progress or args.json)
     bounds: dict[str, Any] = ({"duration": args.duration} if args.duration is not None
                               else {})
     results: list[bench.BenchResult] = []
@@ -174,7 +176,7 @@ def cmd_stress(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise ArgumentError(f"--max-size ({args.max_size}) is smaller than --min-size "
                          f"({args.min_size})")
     raise_open_files_limit()
-    show = not args.no_progress and not args.json
+    show = wanted(err, args.no_progress or args.json)
     with progress_bar(err, show, "connections") as update:
         result = stress.stress(
             args.address, connections=args.connections, parallel=args.parallel,

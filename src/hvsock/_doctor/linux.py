@@ -1,6 +1,12 @@
 """The doctor's Linux checks: kernel modules, /dev/vsock, the CID, sockets, Hyper-V and
 WSL evidence, and what an address needs here. They look, bind and (for hybrid
-vsock, a Unix socket) connect; they never connect AF_VSOCK."""
+vsock, a Unix socket) connect; they never connect AF_VSOCK.
+
+The doctor must not change what it reports: ``socket(AF_VSOCK)`` on a kernel where
+the family is not registered makes the kernel load a module for it (``net-pf-40``;
+modprobe's first pick is often VMware's ``vmw_vsock_vmci_transport``, in any VM). So
+the module list is read before any socket is made, and no AF_VSOCK socket is made
+while ``/proc/net/protocols`` lacks AF_VSOCK."""
 
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ from .model import (
     WARN,
     Check,
     Machine,
+    VsockProbe,
 )
 
 
@@ -57,11 +64,24 @@ def hyperv_evidence(machine: Machine) -> list[str]:
     return evidence
 
 
+def vsock_registered(m: Machine) -> bool | None:
+    """Is the AF_VSOCK family in this kernel now (its module loaded, or built in)? From
+    ``/proc/net/protocols``, which has an AF_VSOCK line once af_vsock is up; None when
+    that file cannot be read (a socket is then the only way to know)."""
+    try:
+        with open(m.path("proc", "net", "protocols"), encoding="ascii", errors="replace") as f:
+            return any(line.split(None, 1)[:1] == ["AF_VSOCK"] for line in f)
+    except OSError:
+        return None
+
+
 def linux_checks(addr: Address | None, m: Machine) -> list[Check]:
+    # Both read before _socket_check may make a socket (see the module docstring).
     transports = loaded_vsock_transports(m.path("sys", "module"))
+    registered = vsock_registered(m)
     evidence = hyperv_evidence(m)
     hv_sock = "hv_sock" in transports
-    socket_check = _socket_check()
+    socket_check = _socket_check(m, registered, evidence)
     cid_check, cid = _cid_check(m)
     checks = [
         Check("af_vsock", OK, "Python has socket.AF_VSOCK") if has_vsock() else
@@ -78,7 +98,8 @@ def linux_checks(addr: Address | None, m: Machine) -> list[Check]:
     ]
     if addr is not None:
         checks += _linux_address_checks(addr, m, hyperv=bool(evidence) or hv_sock,
-                                        transports=transports, cid=cid)
+                                        transports=transports, cid=cid,
+                                        sockets_work=socket_check.status == OK)
     return checks
 
 
@@ -92,11 +113,20 @@ def _transports_check(transports: list[str], evidence: list[str],
                      "no vsock transport module is listed in /sys/module, yet AF_VSOCK "
                      "sockets can be made", "the transport is probably built into the "
                      "kernel; nothing to do unless connects fail")
-    load = ("`sudo modprobe hv_sock`" if evidence else
+    return Check("vsock_transports", FAIL, "no vsock transport is loaded",
+                 f"load one: {_load_advice(evidence)}")
+
+
+def _load_advice(evidence: list[str]) -> str:
+    return ("`sudo modprobe hv_sock`" if evidence else
             "on a KVM/QEMU guest `sudo modprobe vmw_vsock_virtio_transport`, on Hyper-V "
             "`sudo modprobe hv_sock`, for local tests `sudo modprobe vsock_loopback`")
-    return Check("vsock_transports", FAIL, "no vsock transport is loaded",
-                 f"load one: {load}")
+
+
+def _new_vsock_socket(m: Machine) -> VsockProbe:
+    if m.vsock_socket is not None:
+        return m.vsock_socket()
+    return socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
 
 
 def _dev_check(m: Machine) -> Check:
@@ -152,12 +182,18 @@ def _cid_check(m: Machine) -> tuple[Check, int | None]:
     return Check("local_cid", OK, f"CID {cid}: {describe_cid(cid)}"), cid
 
 
-def _socket_check() -> Check:
-    family = getattr(socket, "AF_VSOCK", None)
-    if family is None:
+def _socket_check(m: Machine, registered: bool | None, evidence: list[str]) -> Check:
+    if not has_vsock():
         return Check("vsock_socket", NOT_APPLICABLE, "no AF_VSOCK in this Python")
+    if registered is False:
+        return Check("vsock_socket", FAIL, "AF_VSOCK is not in this kernel now (no AF_VSOCK "
+                     "in /proc/net/protocols: no vsock module is loaded); not tried, as a "
+                     "socket would make the kernel load a module of its own choosing",
+                     f"load the transport for this machine: {_load_advice(evidence)}; if "
+                     "modprobe finds none, this kernel was built without vsock "
+                     "(CONFIG_VSOCKETS)")
     try:
-        socket.socket(family, socket.SOCK_STREAM).close()
+        _new_vsock_socket(m).close()
     except OSError as exc:
         error = translate(exc, op="socket", family="vsock", where="an AF_VSOCK socket")
         return Check("vsock_socket", FAIL, "an AF_VSOCK stream socket cannot be created",
@@ -212,7 +248,7 @@ def _wsl_check(m: Machine, evidence: list[str]) -> Check:
 
 
 def _linux_address_checks(addr: Address, m: Machine, *, hyperv: bool, transports: list[str],
-                          cid: int | None) -> list[Check]:
+                          cid: int | None, sockets_work: bool) -> list[Check]:
     loopback = "vsock_loopback" in transports
     if isinstance(addr, (HyperVAddress, NamedVmAddress)):
         port = addr.port
@@ -236,7 +272,7 @@ def _linux_address_checks(addr: Address, m: Machine, *, hyperv: bool, transports
     not_hybrid = "only for hybrid:// addresses"
     return [_cid_of_address(addr, hyperv, transports, cid),
             _port_of_address(addr, hyperv, m, listens),
-            _bind_check(addr, listens), _registration_hint(addr, hyperv),
+            _bind_check(addr, listens, m, sockets_work), _registration_hint(addr, hyperv),
             Check("vmm_socket", NOT_APPLICABLE, not_hybrid),
             Check("vmm_handshake", NOT_APPLICABLE, not_hybrid)]
 
@@ -265,8 +301,9 @@ def _cid_of_address(addr: VsockAddress, hyperv: bool, transports: list[str],
 
 
 def _host_cid_check(transports: list[str], hyperv: bool) -> Check:
-    """CID 2 needs a guest-to-host transport; vsock_loopback (or vhost_vsock) alone
-    cannot reach the host, so a connect fails whatever the host runs."""
+    """CID 2 needs a guest-to-host transport to reach a hypervisor's host. Without one,
+    Linux sends CID 2 to vsock_loopback when it is loaded (vsock_use_local_transport),
+    so the "host" is this machine; with neither, a connect fails whatever the host runs."""
     g2h = [t for t in transports if t in GUEST_TO_HOST_TRANSPORTS]
     if g2h or not transports:
         # None listed at all: built into the kernel, or none (vsock_transports says).
@@ -276,6 +313,12 @@ def _host_cid_check(transports: list[str], hyperv: bool) -> Check:
     else:
         how = "; ".join(f"{where}: `sudo modprobe {module}`"
                         for module, where in GUEST_TO_HOST_TRANSPORTS.items())
+    if "vsock_loopback" in transports:
+        return Check("address_cid", INFO,
+                     "CID 2 (the host): no guest-to-host transport is loaded, so Linux "
+                     "routes CID 2 to vsock_loopback: a connect reaches a listener on this "
+                     "machine (vsock://any:<port> here), not a hypervisor's host",
+                     f"to reach a real host, load the one for your hypervisor: {how}")
     return Check("address_cid", WARN,
                  f"CID 2 (the host), but no guest-to-host transport is loaded (only "
                  f"{', '.join(transports)}): a connect to the host will fail",
@@ -348,12 +391,18 @@ def _port_of_address(addr: VsockAddress, hyperv: bool, m: Machine, listens: bool
     return Check("address_port", OK, f"port {port} is in range")
 
 
-def _bind_check(addr: VsockAddress, listens: bool) -> Check:
-    family = getattr(socket, "AF_VSOCK", None)
-    if family is None or not listens or addr.port == ids.PORT_ANY:
+def _bind_check(addr: VsockAddress, listens: bool, m: Machine, sockets_work: bool) -> Check:
+    if not has_vsock() or not listens or addr.port == ids.PORT_ANY:
         return Check("address_bind", NOT_APPLICABLE,
                      "tried only for a listening address with a port (vsock://any:<port>)")
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    if not sockets_work:
+        return Check("address_bind", NOT_APPLICABLE,
+                     "no AF_VSOCK socket can be made here (see vsock_socket)")
+    try:
+        sock = _new_vsock_socket(m)
+    except OSError as exc:  # it worked a moment ago: a module unloaded since
+        error = translate(exc, op="socket", family="vsock", where="an AF_VSOCK socket")
+        return Check("address_bind", FAIL, f"cannot make a socket to bind {addr}", str(error))
     try:
         sock.bind(addr.sockaddr)
     except OSError as exc:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .._builtin.kvp.checks import CHECKS as KVP_CHECKS
 
@@ -89,6 +89,14 @@ class Diagnosis:
                 "ok": self.ok, "checks": [check.as_dict() for check in self.checks]}
 
 
+class VsockProbe(Protocol):
+    """What the checks do with an AF_VSOCK socket: bind it and close it (never connect)."""
+
+    def bind(self, address: tuple[int, int], /) -> None: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class Machine:
     """Where the doctor looks. The defaults are this machine; tests pass a directory
@@ -103,6 +111,10 @@ class Machine:
     loopback_test: Callable[[], None] | None = None
     #: The effective user id (privileged ports); None: this process's.
     euid: int | None = None
+    #: Makes the AF_VSOCK stream socket the checks create and bind; raises OSError as
+    #: socket.socket does. None: a real one. Tests pass a fake, so that checking a fake
+    #: tree creates no real AF_VSOCK socket on the machine the tests run on.
+    vsock_socket: Callable[[], VsockProbe] | None = None
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)

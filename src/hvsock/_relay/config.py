@@ -7,11 +7,15 @@ reports a bad value with the file and line it is on.
 Target rules (``allow_targets``, ``--allow-target``) bound where a relay may
 forward at all, as AWS's ``vsock-proxy`` allowlist does: every forward's target
 must match one rule, or the configuration is refused before anything is bound.
-A rule is an address pattern: ``tcp://HOST:PORT`` where HOST is an IP, a network
-(``10.0.0.0/8``), a name or a glob (``*.amazonaws.com``) and PORT a number or
-``*``; other kinds match their address text as a glob (``vsock://3:*``,
-``unix:///run/app/*.sock``). A name target matches name rules only: it is not
-resolved here.
+A rule is an address pattern, matched field by field: ``tcp://HOST:PORT`` where
+HOST is an IP, a network (``10.0.0.0/8``), a name or a glob (``*.amazonaws.com``)
+and PORT a number or ``*``; ``vsock://CID:PORT`` (each a value or ``*``);
+``hvsock://VM/SERVICE`` (each as in an address, or ``*``); ``unix://PATH`` and
+``hybrid://PATH:PORT`` where PATH has a glob per component (``unix:///run/app/*.sock``:
+a ``*`` never crosses a ``/``). Paths are compared after dropping ``.`` and repeated
+``/``; a ``..`` component is refused in a rule and never matched in a target (it
+could lead anywhere). Paths are matched as written: a symlink is not followed. A
+name target matches name rules only: it is not resolved here.
 """
 
 from __future__ import annotations
@@ -25,8 +29,17 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .._core.addresses import Address, TcpAddress, parse_address
-from .._errors import ArgumentError, HvsockError
+from .._core.addresses import (
+    Address,
+    HybridAddress,
+    HyperVAddress,
+    NamedVmAddress,
+    TcpAddress,
+    UnixAddress,
+    VsockAddress,
+    parse_address,
+)
+from .._errors import AddressError, ArgumentError, HvsockError
 from .._server.lifecycle import check_ready_file
 from .._server.peers import AllowRule, allow_rules
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT, check_buffer_size
@@ -150,15 +163,40 @@ CHECKS: dict[str, Callable[[object], object]] = {
 
 
 # -- target rules ------------------------------------------------------------------------------
+_STAR = "*"
+
+
+def _path_parts(path: str) -> tuple[str, ...] | None:
+    """The components a path rule or target is matched on: "/" first for an absolute
+    path, empty and "." components dropped (the kernel ignores them). None when a
+    component is "..": a rule cannot bound where such a path leads (``/run/app/../x``
+    is ``/run/x``, or elsewhere past a symlink), so it is never matched. An abstract
+    name (``@...``) has no directories: its "/"-separated parts are kept as written."""
+    if path.startswith("@"):
+        return ("@", *path[1:].split("/"))
+    parts = path.split("/")
+    if ".." in parts:
+        return None
+    return (*(("/",) if path.startswith("/") else ()), *(p for p in parts if p not in ("", ".")))
+
+
+def _parts_match(pattern: tuple[str, ...], parts: tuple[str, ...]) -> bool:
+    # One glob per component: a "*" never crosses a "/".
+    return len(pattern) == len(parts) and all(
+        fnmatch.fnmatchcase(part, pat) for pat, part in zip(pattern, parts, strict=True))
+
+
 @dataclass(frozen=True)
 class TargetRule:
     """One ``allow_targets`` pattern (see the module docstring)."""
 
     text: str
     scheme: str
-    host: str = ""  # tcp only
-    port: str = ""  # tcp only: digits or "*"
+    host: str = ""  # tcp: a name glob or an IP; vsock: the CID, or "*"
+    port: str = ""  # tcp, vsock, hybrid: digits or "*"
     network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+    path: tuple[str, ...] = ()  # unix, hybrid: one glob per path component
+    hyperv: tuple[str, str] = ("", "")  # hvsock: VM and service, canonical text or "*"
 
     @classmethod
     def parse(cls, text: object) -> TargetRule:
@@ -169,14 +207,19 @@ class TargetRule:
         if scheme not in _SCHEMES:
             raise ArgumentError(f"target rule {quote(text)}: unknown scheme {quote(scheme)}; "
                                 f"use one of {', '.join(_SCHEMES)}")
-        if scheme != "tcp":
-            return cls(text, scheme)
+        try:
+            return getattr(cls, "_parse_" + scheme)(text, rest)  # type: ignore[no-any-return]
+        except AddressError as exc:
+            raise ArgumentError(f"target rule {quote(text)}: {exc}") from None
+
+    @classmethod
+    def _parse_tcp(cls, text: str, rest: str) -> TargetRule:
         match = re.fullmatch(r"(\[[^\]]+\]|[^:\[\]]+):(\*|\d{1,5})", rest)
         if match is None:
             raise ArgumentError(f"target rule {quote(text)} is not tcp://HOST:PORT "
                                 "(HOST an IP, a network, a name or a glob; PORT a number or *)")
         host, port = match.group(1).strip("[]").lower(), match.group(2)
-        if port != "*" and not 0 < int(port) < 65536:
+        if port != _STAR and not 0 < int(port) < 65536:
             raise ArgumentError(f"target rule {quote(text)}: port {port} is not in 1..65535")
         network = None
         if "/" in host:
@@ -185,23 +228,114 @@ class TargetRule:
             except ValueError:
                 raise ArgumentError(f"target rule {quote(text)}: {quote(host)} is not a "
                                     "network such as 10.0.0.0/8") from None
-        return cls(text, scheme, host, port, network)
+        return cls(text, "tcp", host, port, network)
+
+    @classmethod
+    def _parse_vsock(cls, text: str, rest: str) -> TargetRule:
+        cid, sep, port = rest.partition(":")
+        if not sep:
+            raise ArgumentError(f"target rule {quote(text)} is not vsock://CID:PORT "
+                                "(CID a number, a name such as host, or *; PORT a number or *)")
+        # The address parser reads each field, so the rule takes what addresses take
+        # (host, 0x10, ...) and compares numbers, not text.
+        cid_value = cid if cid == _STAR else str(_vsock(f"vsock://{cid}:0").cid)
+        port_value = port if port == _STAR else str(_vsock(f"vsock://0:{port}").port)
+        return cls(text, "vsock", host=cid_value, port=port_value)
+
+    @classmethod
+    def _parse_unix(cls, text: str, rest: str) -> TargetRule:
+        return cls(text, "unix", path=_rule_path(text, rest))
+
+    @classmethod
+    def _parse_hybrid(cls, text: str, rest: str) -> TargetRule:
+        path, sep, port = rest.rpartition(":")
+        if not sep or not path:
+            raise ArgumentError(f"target rule {quote(text)} is not hybrid://PATH:PORT "
+                                "(PATH with globs per component; PORT a number or *)")
+        port_value = port if port == _STAR else str(_vsock(f"vsock://0:{port}").port)
+        return cls(text, "hybrid", port=port_value, path=_rule_path(text, path))
+
+    @classmethod
+    def _parse_hvsock(cls, text: str, rest: str) -> TargetRule:
+        vm, sep, service = rest.partition("/")
+        if not sep or not vm or not service:
+            raise ArgumentError(f"target rule {quote(text)} is not hvsock://VM/SERVICE "
+                                "(each as in an address, or *)")
+        # Canonical text from the address parser, so a GUID in capitals or braces and
+        # a port for its template service id match the target they name.
+        vm_value = vm if vm == _STAR else _hyperv_parts(parse_address(f"hvsock://{vm}/0"))[0]
+        service_value = (service if service == _STAR else
+                         _hyperv_parts(parse_address(f"hvsock://parent/{service}"))[1])
+        return cls(text, "hvsock", hyperv=(vm_value, service_value))
 
     def matches(self, target: Address) -> bool:
-        text = str(target)
-        if self.scheme != "tcp":
-            return text.startswith(self.scheme + "://") and fnmatch.fnmatchcase(text, self.text)
-        if not isinstance(target, TcpAddress):
+        if target.kind != self.scheme:
             return False
-        if self.port != "*" and int(self.port) != target.port:
-            return False
-        host = target.host.lower()
-        if self.network is not None:
-            try:
-                return ipaddress.ip_address(host) in self.network
-            except ValueError:
-                return False  # a name: not resolved here
-        return fnmatch.fnmatchcase(host, self.host)
+        if isinstance(target, TcpAddress):
+            if self.port != _STAR and int(self.port) != target.port:
+                return False
+            host = target.host.lower()
+            if self.network is not None:
+                try:
+                    return ipaddress.ip_address(host) in self.network
+                except ValueError:
+                    return False  # a name: not resolved here
+            return fnmatch.fnmatchcase(host, self.host)
+        if isinstance(target, VsockAddress):
+            return (self.host in (_STAR, str(target.cid))
+                    and self.port in (_STAR, str(target.port)))
+        if isinstance(target, UnixAddress):
+            parts = _path_parts(target.path)
+            return parts is not None and _parts_match(self.path, parts)
+        if isinstance(target, HybridAddress):
+            parts = _path_parts(target.uds_path)
+            return (self.port in (_STAR, str(target.port)) and parts is not None
+                    and _parts_match(self.path, parts))
+        vm, service = _hyperv_parts(target)
+        return self.hyperv[0] in (_STAR, vm) and self.hyperv[1] in (_STAR, service)
+
+
+def _vsock(text: str) -> VsockAddress:
+    address = parse_address(text)
+    assert isinstance(address, VsockAddress)
+    return address
+
+
+def _rule_path(text: str, path: str) -> tuple[str, ...]:
+    parts = _path_parts(path)
+    if parts is None:
+        raise ArgumentError(f"target rule {quote(text)} has a '..' component; write the "
+                            "directory it means (rules match paths as written, after "
+                            "dropping '.' and repeated '/')")
+    if len(parts) <= (1 if parts[:1] in (("/",), ("@",)) else 0):
+        raise ArgumentError(f"target rule {quote(text)} names no path")
+    return parts
+
+
+def _hyperv_parts(address: Address) -> tuple[str, str]:
+    """(VM, service) of a Hyper-V address as canonical text: a well-known name, a
+    lower-case GUID, ``name:<lower-case name>`` (Hyper-V names are any case) or
+    ``wsl``; the service as its template port or GUID."""
+    if isinstance(address, NamedVmAddress):
+        vm = "wsl" if address.vm_name is None else "name:" + address.vm_name.lower()
+    else:
+        assert isinstance(address, HyperVAddress)
+        vm = address.vm_name or str(address.vm_id)
+    port = address.port
+    return vm, str(port) if port is not None else str(address.service_id)
+
+
+def check_target(rules: tuple[TargetRule, ...], target: Address) -> None:
+    """Raise :class:`hvsock.ArgumentError` unless *rules* is empty or one matches *target*."""
+    if not rules or any(r.matches(target) for r in rules):
+        return
+    path = (target.path if isinstance(target, UnixAddress) else
+            target.uds_path if isinstance(target, HybridAddress) else "")
+    why = ("; its path has a '..' component, which no rule matches: write the path "
+           "without it" if _path_parts(path) is None else
+           "; add a rule that matches it, or forward somewhere allowed")
+    raise ArgumentError(f"target {quote(str(target))} is not allowed by the allow-target rules "
+                        f"({', '.join(r.text for r in rules)}){why}")
 
 
 def _target_rules(value: object) -> tuple[TargetRule, ...]:
@@ -270,20 +404,21 @@ class RelayConfig:
               **settings: object) -> RelayConfig:
         """Check every setting (names as :class:`hvsock.Relay`'s keywords) and the
         forwards against *allow_targets*. Raises :class:`hvsock.ArgumentError`."""
-        config = cls(tuple(forwards), **_checked(allow_targets, settings))
-        if not config.forwards:
+        forwards = tuple(forwards)
+        if not forwards:
             raise ArgumentError("a relay needs at least one listen -> target forward")
-        for forward in config.forwards:
-            config.check_target(forward.target)
-        return config
+        return cls(forwards, **_checked(allow_targets, settings))
+
+    def __post_init__(self) -> None:
+        # Here, not only in build(): a config made by replace()/with_() or by hand is
+        # checked too, so no relay ever dials a target its rules do not allow (the
+        # targets are fixed per forward, so this is the check for every connect).
+        for forward in self.forwards:
+            self.check_target(forward.target)
 
     def check_target(self, target: Address) -> None:
         """Raise :class:`hvsock.ArgumentError` unless *target* matches an allow-target rule."""
-        if self.allow_targets and not any(r.matches(target) for r in self.allow_targets):
-            raise ArgumentError(
-                f"target {quote(str(target))} is not allowed by the allow-target rules "
-                f"({', '.join(r.text for r in self.allow_targets)}); add a rule that "
-                "matches it, or forward somewhere allowed")
+        check_target(self.allow_targets, target)
 
     @staticmethod
     def from_toml(text: str, source: str = "relay.toml", **overrides: object) -> RelayConfig:
@@ -408,14 +543,15 @@ def parse_toml(text: str, source: str = "relay.toml", **overrides: object) -> Re
     settings.update({k: v for k, v in overrides.items() if v is not None})
     config_targets = settings.pop("allow_targets", None)
     try:
-        config = RelayConfig(tuple(forwards), **_checked(config_targets, settings))
+        checked = _checked(config_targets, settings)
     except ArgumentError as exc:
         raise ArgumentError(f"{source}: {exc}") from None
-    for i, forward in enumerate(forwards):
+    for i, forward in enumerate(forwards):  # before RelayConfig checks them: to name the line
         try:
-            config.check_target(forward.target)
+            check_target(checked["allow_targets"], forward.target)
         except ArgumentError as exc:
             raise fail(str(exc), i, "target") from None
+    config = RelayConfig(tuple(forwards), **checked)
     listens = [str(f.listen) for f in forwards]
     for i, listen in enumerate(listens):
         if listens.index(listen) != i and not listen.endswith(":0"):

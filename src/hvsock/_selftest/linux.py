@@ -14,7 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .._builtin.echo import ping
-from .._core.addresses import Address, VsockAddress
+from .._core.addresses import Address, VsockAddress, parse_address
+from .._doctor.linux import hyperv_evidence, is_wsl
+from .._doctor.model import Machine
 from .._errors import HvsockError
 from .._transports.features import (
     VSOCK_TRANSPORT_MODULES,
@@ -97,7 +99,7 @@ def linux_steps(guest: Guest, echo: Address | str | None = None,
         steps.append(not_applicable(
             "vsock_loopback", "vsock_loopback is not loaded (`modprobe vsock_loopback` "
             "enables it); without it a connect to CID 1 would leave this machine"))
-    steps.append(_echo_step(echo, timeout))
+    steps.append(_echo_step(echo, timeout, guest, transports))
     return steps
 
 
@@ -125,16 +127,59 @@ def _cid_step(guest: Guest) -> Step:
     return ok("local_cid", f"CID {cid}: {describe_cid(cid)}")
 
 
-def _echo_step(echo: Address | str | None, timeout: float) -> Step:
+def host_echo_server(guest: Guest, transports: list[str], port: int | str = "N") -> str:
+    """Where and how to run the echo server that ``hvsock selftest --port PORT`` reaches
+    from this guest: the host's address form differs per hypervisor (and transport)."""
+    machine = Machine(root=guest.root)
+    vsock = f"`hvsock echo-server vsock://any:{port}`"
+    if is_wsl(machine):
+        return f"on Windows: `hvsock echo-server hvsock://wsl/{port}`"
+    if "hv_sock" in transports or hyperv_evidence(machine):
+        return (f"on the Windows host, as administrator `hvsock register hvsock-echo --port "
+                f"{port}`, then `hvsock echo-server hvsock://<this VM's id>/{port}`")
+    if "vmw_vsock_virtio_transport" in transports:
+        qemu = f"on the KVM/QEMU host (vhost_vsock loaded): {vsock}"
+        hybrid = (f"on the Firecracker / Cloud Hypervisor host: `hvsock echo-server "
+                  f"hybrid://<the VM's vsock socket>:{port}`")
+        vendor = _read(guest.path("sys", "class", "dmi", "id", "sys_vendor"))
+        if vendor == "QEMU":
+            return qemu
+        if vendor == "Cloud Hypervisor":
+            return hybrid
+        return f"{qemu}; {hybrid}"  # Firecracker gives no DMI: either
+    if "vmw_vsock_vmci_transport" in transports:
+        return f"on the VMware host: {vsock}"
+    if LOOPBACK_MODULE in transports:
+        return (f"on this machine ({LOOPBACK_MODULE} is the only transport, so CID 2 is "
+                f"this machine): {vsock}")
+    return (f"on the host: {vsock} (KVM/QEMU), `hvsock echo-server "
+            f"hybrid://<the VM's vsock socket>:{port}` (Firecracker, Cloud Hypervisor) or "
+            f"`hvsock echo-server hvsock://<this VM's id>/{port}` (Hyper-V)")
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read(256).strip()
+    except OSError:
+        return ""
+
+
+def _echo_step(echo: Address | str | None, timeout: float, guest: Guest,
+               transports: list[str]) -> Step:
     if echo is None:
+        where = host_echo_server(guest, transports)
         return not_applicable("host_echo", "no host port given (`hvsock selftest --port N` "
-                              "with `hvsock echo-server hvsock://<this VM's id>/N` running "
-                              "on the host)")
+                              f"with the echo server running {where})")
+    try:
+        port = getattr(parse_address(echo), "port", None)
+    except HvsockError:
+        port = None
     try:
         stats = ping(echo, count=3, size=1024, timeout=timeout)
     except (HvsockError, OSError) as exc:
         return failed("host_echo", f"no echo from {echo}", exc,
-                      advice="check that `hvsock echo-server` runs on the host for this "
-                      "port and that the port's service id is registered there")
+                      advice="check that the echo server runs for this port: "
+                      + host_echo_server(guest, transports, "N" if port is None else port))
     return ok("host_echo", f"{stats.count} echoes of {stats.size} bytes from {echo}, "
               f"median {stats.median_ms:.3f} ms")
