@@ -446,10 +446,11 @@ class ClientSession:
     Bytes from the agent go in through :meth:`receive` and come out as events;
     the client's events go in through :meth:`start` / :meth:`send` (and
     :meth:`stdin_head` for data sent as two buffers) and come out as bytes to send.
-    Every step out of order raises :class:`ProtocolError` and leaves the session
-    :data:`BROKEN`: output or EXIT before STARTED, anything after EXIT/ERROR, STDIN
-    after STDIN_EOF, a second START, an event only clients send coming from the agent,
-    EOF before the command's end. No I/O happens here; the blocking, asyncio and CLI
+    Every step out of order raises :class:`ProtocolError`: from the agent (output or
+    EXIT before STARTED, anything after EXIT/ERROR, an event only clients send, EOF
+    before the command's end) it also leaves the session :data:`BROKEN`; from the
+    caller (STDIN after STDIN_EOF, a second START, sending after the end) it sends
+    nothing and changes nothing. No I/O happens here; the blocking, asyncio and CLI
     clients are drivers around one of these.
     """
 
@@ -466,7 +467,7 @@ class ClientSession:
     def start(self, start: Start) -> bytes:
         """The START frame for *start* (checked): the first thing a session sends."""
         if self.state != IDLE:
-            raise self._broken(f"START is sent once, first (the session is {self.state})")
+            raise ProtocolError(f"START is sent once, first (the session is {self.state})")
         data = frame(start)
         self.state = STARTING
         return data
