@@ -278,7 +278,7 @@ def test_client_sending_rules() -> None:
     assert client.send(ep.Resize(3, 4)) == ep.frame(ep.Resize(3, 4))
     with pytest.raises(hvsock.ProtocolError, match="a client does not send"):
         client.send(ep.Output(1, b"x"))
-    with pytest.raises(hvsock.ProtocolError, match="0..262144 bytes"):
+    with pytest.raises(hvsock.ProtocolError, match=r"0\.\.262144 bytes"):
         client.send(ep.Stdin(b"x" * (ep.CHUNK + 1)))
     assert client.send(ep.StdinEof()) == ep.frame(ep.StdinEof())
     for late in (lambda: client.send(ep.Stdin(b"x")), lambda: client.send(ep.StdinEof()),
