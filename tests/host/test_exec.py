@@ -344,6 +344,27 @@ def test_cli_tty_gets_the_callers_size_and_term(unix_agent: AgentThread) -> None
     assert term.finish() == 0
 
 
+def test_cli_tty_output_is_byte_for_byte_what_a_local_terminal_shows(
+        unix_agent: AgentThread) -> None:
+    """The same command on a PTY here and through ``hvsock exec -t``: the same bytes.
+
+    Both terminals are real PTYs of the same size and TERM whose input side stays
+    open (nothing types ahead, no EOF), so a difference is hvsock's.
+    """
+    command = ["sh", "-c", "printf 'a\\tb\\n\\033[1mbold\\033[0m\\n\\001\\377 x\\r\\n'; "
+               "stty size; echo \"$TERM\"; test -t 0 && echo tty; "
+               "ls /no-such-path-xyz 2>&1 | sed 's/^[^:]*: //'; echo END; exit 3"]
+    local = Terminal(command, rows=37, cols=101)
+    expected = local.read_until(b"END\r\n")
+    assert local.finish() == 3
+    remote = Terminal(_cli("exec", "-t", unix_agent.address(), "--", *command),
+                      rows=37, cols=101)
+    got = remote.read_until(b"END\r\n")
+    assert remote.finish() == 3
+    assert b"\x01\xff x\r\r\n37 101\r\nxterm-256color\r\ntty\r\n" in expected
+    assert got == expected
+
+
 def test_cli_interactive_bash_resizes_and_exit_status(unix_agent: AgentThread) -> None:
     term = Terminal(_cli("exec", "-it", "-e", "PS1=PROMPT> ", unix_agent.address(), "--",
                          "bash", "--norc", "--noprofile", "-i"))
