@@ -293,7 +293,12 @@ def _set_size(fd: int, rows: int, cols: int) -> None:
 
 
 class Terminal:
-    """A real PTY whose slave side is the controlling terminal of the client we run."""
+    """A real PTY whose slave side is the controlling terminal of the client we run.
+
+    Its input side stays open and nothing is typed ahead unless a test writes it, so
+    the tests see hvsock's behaviour, not a harness's: ``script`` sends ^D when its own
+    stdin ends, and a terminal not yet in raw mode keeps that type-ahead as a NUL.
+    """
 
     def __init__(self, argv: list[str], rows: int = 33, cols: int = 101) -> None:
         self.master, self.slave = pty.openpty()
