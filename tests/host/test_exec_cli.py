@@ -181,28 +181,33 @@ def test_a_command_that_writes_before_it_reads_does_not_deadlock(
     # 20 MiB out before the command reads anything, while 30 MiB wait on its stdin:
     # more than every pipe and socket buffer on the way holds.
     sent = 30 << 20
-    out_path = tmp_path / "out"
-    with out_path.open("wb") as out:
+    out_path, err_path = tmp_path / "out", tmp_path / "err"
+    with out_path.open("wb") as out, err_path.open("wb") as err:
         proc = subprocess.Popen(
             _exec(hvsock_cmd, agent, "--", "sh", "-c", "head -c 20M /dev/zero; cat"),
-            stdin=subprocess.PIPE, stdout=out, stderr=subprocess.PIPE,
-            preexec_fn=_restore_sigint)
-        assert proc.stdin is not None
+            stdin=subprocess.PIPE, stdout=out, stderr=err, preexec_fn=_restore_sigint)
+    assert proc.stdin is not None
+    stdin = proc.stdin
+
+    def feed() -> None:
         chunk = b"\1" * (1 << 20)
-        try:
+        with contextlib.suppress(OSError):  # killed below if it hangs
             for _ in range(sent // len(chunk)):
-                proc.stdin.write(chunk)
-            proc.stdin.close()
-            err = proc.stderr.read() if proc.stderr else b""
-            proc.wait(RUN_TIMEOUT)
-        finally:
-            proc.kill()
-            proc.wait()
-            if proc.stderr is not None:
-                proc.stderr.close()
-    assert (proc.returncode, err) == (0, b"")
-    data = out_path.read_bytes()
-    assert data == b"\0" * (20 << 20) + b"\1" * sent
+                stdin.write(chunk)
+            stdin.close()
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        proc.wait(RUN_TIMEOUT)  # a deadlock fails here, bounded
+    finally:
+        proc.kill()
+        proc.wait()
+        feeder.join(RUN_TIMEOUT)
+        with contextlib.suppress(OSError):
+            stdin.close()
+    assert (proc.returncode, err_path.read_bytes()) == (0, b"")
+    assert out_path.read_bytes() == b"\0" * (20 << 20) + b"\1" * sent
 
 
 def test_three_ctrl_c_leave_even_when_the_agent_reads_nothing(agent: Agent,
