@@ -198,13 +198,16 @@ class _Records(logging.Handler):
     @contextlib.contextmanager
     def installed(self, *names: str) -> Iterator[_Records]:
         loggers = [logging.getLogger(name) for name in names]
+        levels = [logger.level for logger in loggers]
         for logger in loggers:
             logger.addHandler(self)
+            logger.setLevel(logging.DEBUG)
         try:
             yield self
         finally:
-            for logger in loggers:
+            for logger, level in zip(loggers, levels, strict=True):
                 logger.removeHandler(self)
+                logger.setLevel(level)
 
 
 def test_many_sessions_at_once_async(agent: AgentThread) -> None:

@@ -390,7 +390,7 @@ def test_200_asyncio_sessions_at_once_under_load(agent: Agent, cpu_hogs: None,
                                       for i in range(SESSIONS)))
 
     begun = time.monotonic()
-    results = asyncio.run(main())
+    results = asyncio.run(asyncio.wait_for(main(), 240))
     print(f"{SESSIONS} exec_async sessions under load: {time.monotonic() - begun:.1f} s")
     for i, result in enumerate(results):
         assert (result.returncode, result.stdout, result.stderr) == (
