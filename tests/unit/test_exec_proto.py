@@ -182,3 +182,166 @@ def test_any_head_bytes_give_a_kind_and_size_or_protocol_error(head: bytes) -> N
 def test_bad_heads_raise_protocol_error(head: bytes) -> None:
     with pytest.raises(hvsock.ProtocolError):
         ep.parse_head(head)
+
+
+# -- the client's state machine --------------------------------------------------------
+
+START = ep.Start(("cat",))
+
+
+def _agent(*events: ep.Event) -> bytes:
+    return b"".join(ep.frame(e) for e in events)
+
+
+def _started_client() -> ep.ClientSession:
+    client = ep.ClientSession()
+    client.start(START)
+    return client
+
+
+LEGAL = [
+    # what the agent sends, the events the client reports, the state it ends in
+    ([ep.Started(7), ep.Exit(0)], ep.DONE),
+    ([ep.Started(7), ep.Output(1, b"a"), ep.Output(2, b""), ep.Exit(None, 9, True)], ep.DONE),
+    ([ep.Error("not_found", "x: command not found")], ep.DONE),  # it never ran
+    ([ep.Started(7), ep.Output(1, b"x"), ep.Error("spawn_failed", "late")], ep.DONE),
+    ([ep.Started(7), ep.Output(1, b"x" * 1000)], ep.RUNNING),
+    ([], ep.STARTING),
+]
+
+
+@pytest.mark.parametrize(("events", "state"), LEGAL)
+def test_legal_agent_sequences(events: list[ep.Event], state: str) -> None:
+    client = _started_client()
+    if events:
+        assert client.receive(_agent(*events)) == events
+    assert client.state == state
+    if state == ep.DONE:
+        assert client.outcome == events[-1]
+        assert client.receive(b"") == []  # EOF after the end is the normal close
+
+
+ILLEGAL = [
+    ([ep.Output(1, b"x")], "output before STARTED"),
+    ([ep.Exit(0)], "EXIT before STARTED"),
+    ([ep.Started(1), ep.Started(2)], "STARTED twice"),
+    ([ep.Started(1), ep.Exit(0), ep.Output(1, b"x")], "after the command's EXIT"),
+    ([ep.Error("a", "b"), ep.Exit(0)], "after the command's EXIT/ERROR"),
+    ([ep.Started(1), ep.Stdin(b"x")], "only clients send"),
+    ([ep.Started(1), ep.Signal(2)], "only clients send"),
+    ([ep.Started(1), START], "only clients send"),
+]
+
+
+@pytest.mark.parametrize(("events", "message"), ILLEGAL)
+def test_illegal_agent_sequences_raise_and_break_the_session(events: list[ep.Event],
+                                                            message: str) -> None:
+    client = _started_client()
+    with pytest.raises(hvsock.ProtocolError, match=message):
+        client.receive(_agent(*events))
+    assert client.state == ep.BROKEN
+    with pytest.raises(hvsock.ProtocolError, match="already broke"):
+        client.receive(_agent(ep.Exit(0)))
+
+
+@pytest.mark.parametrize(("sent", "message"), [
+    (b"", "before the command's exit was reported"),
+    (_agent(ep.Started(1)), "before the command's exit was reported"),
+    (_agent(ep.Started(1))[:3], "in the middle of a frame"),
+    (_agent(ep.Started(1), ep.Output(1, b"abc"))[:-1], "in the middle of a frame"),
+])
+def test_eof_before_the_end_is_a_protocol_error(sent: bytes, message: str) -> None:
+    client = _started_client()
+    client.receive(sent) if sent else None
+    with pytest.raises(hvsock.ProtocolError, match=message):
+        client.receive(b"")
+    assert client.state == ep.BROKEN
+
+
+def test_the_agent_speaking_before_start_is_refused() -> None:
+    with pytest.raises(hvsock.ProtocolError, match="before START"):
+        ep.ClientSession().receive(_agent(ep.Started(1)))
+
+
+def test_client_sending_rules() -> None:
+    client = ep.ClientSession()
+    with pytest.raises(hvsock.ProtocolError, match="idle"):
+        client.send(ep.Stdin(b"early"))
+    with pytest.raises(hvsock.ProtocolError, match="idle"):
+        client.stdin_head(3)
+    assert ep.decode(client.start(START)[4:]) == START
+    with pytest.raises(hvsock.ProtocolError, match="START is sent once"):
+        client.start(START)
+    # Input may go before STARTED: the agent queues it for the command.
+    assert client.send(ep.Stdin(b"abc")) == ep.frame(ep.Stdin(b"abc"))
+    assert client.stdin_head(3) + b"abc" == ep.frame(ep.Stdin(b"abc"))
+    assert client.send(ep.Resize(3, 4)) == ep.frame(ep.Resize(3, 4))
+    with pytest.raises(hvsock.ProtocolError, match="a client does not send"):
+        client.send(ep.Output(1, b"x"))
+    with pytest.raises(hvsock.ProtocolError, match=r"0\.\.262144 bytes"):
+        client.send(ep.Stdin(b"x" * (ep.CHUNK + 1)))
+    assert client.send(ep.StdinEof()) == ep.frame(ep.StdinEof())
+    for late in (lambda: client.send(ep.Stdin(b"x")), lambda: client.send(ep.StdinEof()),
+                 lambda: client.stdin_head(1)):
+        with pytest.raises(hvsock.ProtocolError, match="STDIN_EOF sent"):
+            late()
+    assert client.send(ep.Signal(2)) == ep.frame(ep.Signal(2))  # signals still go
+    client.receive(_agent(ep.Started(1), ep.Exit(0)))
+    for after in (ep.Signal(2), ep.Resize(1, 1)):
+        with pytest.raises(hvsock.ProtocolError, match="done"):
+            client.send(after)
+
+
+@given(st.lists(events, max_size=8), st.lists(st.integers(1, 60), min_size=1, max_size=20))
+def test_agent_bytes_in_any_chunks_give_the_same_events(evs: list[ep.Event],
+                                                         cuts: list[int]) -> None:
+    """Agent bytes cut anywhere give the events they give whole, or fail as they do whole."""
+    stream = _agent(*evs)
+    whole = _started_client()
+    try:
+        expected: list[ep.Event] | None = whole.receive(stream) if stream else []
+    except hvsock.ProtocolError:
+        expected = None
+    client = _started_client()
+    got: list[ep.Event] = []
+    pos, i = 0, 0
+    try:
+        while pos < len(stream):
+            step = cuts[i % len(cuts)]
+            got += client.receive(stream[pos:pos + step])
+            pos, i = pos + step, i + 1
+    except hvsock.ProtocolError:
+        assert expected is None  # it fails in pieces only where it fails whole
+        return
+    assert got == expected
+
+
+@given(st.binary(max_size=300), st.lists(st.integers(1, 40), min_size=1, max_size=10),
+       st.booleans())
+def test_arbitrary_agent_bytes_give_events_or_protocol_error_only(data: bytes,
+                                                                  cuts: list[int],
+                                                                  then_eof: bool) -> None:
+    client = _started_client()
+    pos, i = 0, 0
+    try:
+        while pos < len(data):
+            step = cuts[i % len(cuts)]
+            for event in client.receive(data[pos:pos + step]):
+                assert isinstance(event, (ep.Started, ep.Output, ep.Exit, ep.Error))
+            pos, i = pos + step, i + 1
+        if then_eof:
+            client.receive(b"")
+    except hvsock.ProtocolError:
+        assert client.state == ep.BROKEN
+
+
+def test_a_whole_piece_read_exactly_is_handed_on_without_a_copy() -> None:
+    reader = ep.FrameReader()
+    body = b"x" * 1000
+    assert reader.wanted() == ep.HEAD.size
+    assert reader.feed(ep.data_head(ep.STDOUT, len(body))) == []
+    assert reader.wanted() == len(body)
+    [(kind, rest)] = reader.feed(body)
+    assert kind == ep.STDOUT
+    assert rest is body
+    assert reader.at_boundary()

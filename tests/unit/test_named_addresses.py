@@ -6,7 +6,11 @@ Parsing is pure; the lookup happens when connecting or listening (test_vms.py ha
 from __future__ import annotations
 
 import asyncio
+import os
+import shlex
+import socket
 import uuid
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -214,3 +218,46 @@ def test_the_transports_know_no_vm_names() -> None:
 def test_listen_checks_its_arguments_before_resolving() -> None:
     with pytest.raises(hvsock.ArgumentError, match="backlog"):
         listen("hvsock://wsl/5000", backlog=-1)
+
+
+# -- every client dials through _endpoints: a VM name reaches the Windows layer's lookup ----
+
+
+@pytest.fixture
+def fake_windows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A Windows host as far as the name lookup sees it: AF_HYPERV exists, and a
+    ``powershell.exe`` on PATH (a real program) answers Get-VM from the fixture and
+    logs each run. Returns the log. Connecting to the looked-up VM then fails here
+    (Linux has no such socket family): what matters is that the lookup ran."""
+    log = tmp_path / "powershell.log"
+    fixture = Path(__file__).parent.parent / "fixtures" / "get-vm.json"
+    program = tmp_path / "powershell.exe"
+    program.write_text(f"#!/bin/sh\necho run >> {shlex.quote(str(log))}\n"
+                       f"cat {shlex.quote(str(fixture))}\n")
+    program.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(socket, "AF_HYPERV", 34, raising=False)
+    return log
+
+
+def _lookups(log: Path) -> int:
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+@pytest.mark.parametrize("client", ["connect", "copy", "exec", "exec_async", "open_connection"])
+def test_every_client_looks_a_vm_name_up(fake_windows: Path, client: str,
+                                         tmp_path: Path) -> None:
+    text = "hvsock://name:win11-dev/5000"
+    calls = {
+        "connect": lambda: hvsock.connect(text, timeout=1),
+        "copy": lambda: hvsock.copy(text, str(tmp_path / "x"), ":/tmp/y"),
+        "exec": lambda: hvsock.exec(text, ["true"], connect_timeout=1),
+        "exec_async": lambda: asyncio.run(hvsock.exec_async(text, ["true"],
+                                                            connect_timeout=1)),
+        "open_connection": lambda: asyncio.run(hvsock.open_connection(text, timeout=1)),
+    }
+    with pytest.raises(hvsock.HvsockError) as info:
+        calls[client]()
+    # Not the transports' "names a VM: look it up first": the name was looked up.
+    assert "names a VM" not in str(info.value)
+    assert _lookups(fake_windows) >= 1

@@ -52,9 +52,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
 
     p = sub.add_parser(
         "exec", help="run a command through an hvsock agent, like ssh",
-        description="Run COMMAND on the agent at ADDRESS; its output streams live, stdin is "
-        "forwarded, Ctrl-C is sent as SIGINT (three in a row give up), and the exit status "
-        "is the command's (128+N for a signal; 127 not found, 126 not executable). "
+        description="Run COMMAND on the agent at ADDRESS; its output streams live, stdin "
+        "(any kind: a pipe, a file, /dev/null, a terminal, closed) is forwarded, Ctrl-C is "
+        "sent as SIGINT (three in a row give up), and the exit status is the command's "
+        "(128+N for a signal; 127 not found, 126 not executable, 124 timed out, 141 when "
+        "our output was closed early). Options go before ADDRESS. "
         "Example: hvsock exec -t vsock://3:5100 -- bash")
     p.add_argument("address")
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND", help="-- COMMAND [ARGS...]")
@@ -62,7 +64,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
                    help="run on a PTY with this terminal's size and TERM (raw mode here)")
     p.add_argument("-i", "--interactive", action="store_true",
                    help="accepted for ssh/docker habits; stdin is always forwarded")
-    p.add_argument("-n", "--no-stdin", action="store_true", help="send EOF as stdin at once")
+    p.add_argument("-n", "--no-stdin", action="store_true",
+                   help="do not read stdin: the command gets EOF at once (like ssh -n)")
     p.add_argument("-e", "--env", action="append", type=env_pair, default=[],
                    metavar="NAME=VALUE", help="set a variable (repeatable)")
     p.add_argument("-u", "--unset", action="append", default=[], metavar="NAME",

@@ -369,3 +369,190 @@ def decode_kind(kind: int, rest: bytes) -> Event:
         return Error(_check_text(obj.get("code"), "error code"),
                      _check_text(obj.get("message"), "error message"))
     raise ProtocolError(f"unknown exec frame kind 0x{kind:02x}")
+
+
+# -- the client's side of a session, sans I/O --------------------------------------
+
+#: States of a :class:`ClientSession`, in the order a session goes through them.
+IDLE = "idle"  # nothing sent yet
+STARTING = "starting"  # START sent; the agent has not answered STARTED yet
+RUNNING = "running"  # STARTED received; output may flow
+DONE = "done"  # EXIT or ERROR received: the session is over
+BROKEN = "broken"  # the agent broke the protocol (or closed early); close the connection
+
+
+class FrameReader:
+    """The one incremental reader of exec frames: bytes in, ``(kind, rest)`` out.
+
+    :meth:`wanted` says how many bytes would complete the piece being read (a frame's
+    head, or the rest of its body): a driver that reads exactly that many, and gets
+    them, hands its bytes on with no copy here (the exec throughput path: one recv
+    per frame, the output chunk is the very object the socket returned). Bytes
+    arriving in any other cut are buffered and joined.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._kind = -1  # -1 while the head is still being read
+        self._size = 0
+
+    def wanted(self) -> int:
+        """Bytes that complete the current head or body (never 0)."""
+        if self._kind < 0:
+            return HEAD.size - len(self._buffer)
+        return self._size - len(self._buffer)
+
+    def at_boundary(self) -> bool:
+        """True when no part of a frame is buffered (a clean place for EOF)."""
+        return self._kind < 0 and not self._buffer
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[int, bytes]]:
+        """The frames *data* completes; :class:`ProtocolError` (only) for a bad head."""
+        frames: list[tuple[int, bytes]] = []
+        view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+        pos, end = 0, len(view)
+        while pos < end or (self._kind >= 0 and self._size == 0):
+            need = self.wanted()
+            if self._kind >= 0 and need == 0:  # an empty body: the frame is whole
+                frames.append((self._kind, b""))
+                self._kind = -1
+                continue
+            if not self._buffer and end - pos >= need:
+                piece = view if (pos == 0 and end == need and isinstance(view, bytes)) \
+                    else bytes(view[pos:pos + need])
+                pos += need
+            else:
+                take = min(need, end - pos)
+                self._buffer += view[pos:pos + take]
+                pos += take
+                if len(self._buffer) < (HEAD.size if self._kind < 0 else self._size):
+                    break
+                piece = bytes(self._buffer)
+                self._buffer.clear()
+            if self._kind < 0:
+                self._kind, self._size = parse_head(piece)
+            else:
+                frames.append((self._kind, piece))
+                self._kind = -1
+        return frames
+
+
+_AGENT_KINDS = frozenset({STARTED, STDOUT, STDERR, EXIT, ERROR})
+
+
+class ClientSession:
+    """The client's half of one exec session as a state machine, h11-style.
+
+    Bytes from the agent go in through :meth:`receive` and come out as events;
+    the client's events go in through :meth:`start` / :meth:`send` (and
+    :meth:`stdin_head` for data sent as two buffers) and come out as bytes to send.
+    Every step out of order raises :class:`ProtocolError`: from the agent (output or
+    EXIT before STARTED, anything after EXIT/ERROR, an event only clients send, EOF
+    before the command's end) it also leaves the session :data:`BROKEN`; from the
+    caller (STDIN after STDIN_EOF, a second START, sending after the end) it sends
+    nothing and changes nothing. No I/O happens here; the blocking, asyncio and CLI
+    clients are drivers around one of these.
+    """
+
+    def __init__(self) -> None:
+        self.state = IDLE
+        self.stdin_open = True
+        self.pid: int | None = None
+        #: The EXIT or ERROR that ended the session, once it ended.
+        self.outcome: Exit | Error | None = None
+        self._reader = FrameReader()
+
+    # -- what the client sends ---------------------------------------------------
+
+    def start(self, start: Start) -> bytes:
+        """The START frame for *start* (checked): the first thing a session sends."""
+        if self.state != IDLE:
+            raise ProtocolError(f"START is sent once, first (the session is {self.state})")
+        data = frame(start)
+        self.state = STARTING
+        return data
+
+    def _check_send(self, what: str) -> None:
+        if self.state not in (STARTING, RUNNING):
+            raise ProtocolError(f"cannot send {what} when the session is {self.state}")
+
+    def send(self, event: Event) -> bytes:
+        """The frame for *event*: :class:`Stdin`, :class:`StdinEof`, :class:`Resize`
+        or :class:`Signal`, once START went and until the session ends."""
+        if isinstance(event, Start):
+            return self.start(event)
+        if not isinstance(event, (Stdin, StdinEof, Resize, Signal)):
+            raise ProtocolError(f"a client does not send {type(event).__name__}")
+        self._check_send(type(event).__name__)
+        if isinstance(event, (Stdin, StdinEof)):
+            if not self.stdin_open:
+                raise ProtocolError("stdin was already closed (STDIN_EOF sent)")
+            if isinstance(event, StdinEof):
+                self.stdin_open = False
+            elif len(event.data) > CHUNK:
+                raise ProtocolError(f"a data frame carries 0..{CHUNK} bytes, "
+                                    f"not {len(event.data)}")
+        return frame(event)
+
+    def stdin_head(self, size: int) -> bytes:
+        """The head of a STDIN frame of *size* bytes, to send followed by the bytes
+        themselves (``sendmsg``/``writev`` of both: no joined copy)."""
+        self._check_send("STDIN")
+        if not self.stdin_open:
+            raise ProtocolError("stdin was already closed (STDIN_EOF sent)")
+        return data_head(STDIN, size)
+
+    # -- what the agent sends ----------------------------------------------------
+
+    def wanted(self) -> int:
+        """How many bytes to read next for a whole head or body (see :class:`FrameReader`)."""
+        return self._reader.wanted()
+
+    def receive(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        """The events completed by *data* from the agent; ``b""`` means the agent
+        closed the connection, which is legal only after EXIT/ERROR."""
+        if self.state == BROKEN:
+            raise ProtocolError("the session already broke; close the connection")
+        if not data:
+            if self.state == DONE:
+                return []
+            what = ("before the command's exit was reported" if self._reader.at_boundary()
+                    else "in the middle of a frame")
+            raise self._broken(f"the agent closed the connection {what} (agent stopped or "
+                               "restarted, or this peer is not in its allowlist: see its log)")
+        try:
+            frames = self._reader.feed(data)
+            return [self._event(kind, rest) for kind, rest in frames]
+        except ProtocolError:
+            self.state = BROKEN
+            raise
+
+    def _event(self, kind: int, rest: bytes) -> Event:
+        if self.state == IDLE:
+            raise ProtocolError("the agent spoke before START was sent")
+        if self.state == DONE:
+            raise ProtocolError("the agent sent more after the command's EXIT/ERROR")
+        if kind not in _AGENT_KINDS:
+            raise ProtocolError(f"the agent sent frame kind 0x{kind:02x}, which only "
+                                "clients send" if kind in (START, STDIN, STDIN_EOF, RESIZE,
+                                                           SIGNAL)
+                                else f"unknown exec frame kind 0x{kind:02x}")
+        event = decode_kind(kind, rest)
+        if isinstance(event, Started):
+            if self.state != STARTING:
+                raise ProtocolError("the agent sent STARTED twice")
+            self.state, self.pid = RUNNING, event.pid
+        elif isinstance(event, Output):
+            if self.state != RUNNING:
+                raise ProtocolError("the agent sent output before STARTED")
+        elif isinstance(event, Exit):
+            if self.state != RUNNING:
+                raise ProtocolError("the agent sent EXIT before STARTED")
+            self.state, self.outcome = DONE, event
+        elif isinstance(event, Error):  # legal before STARTED: the command never ran
+            self.state, self.outcome = DONE, event
+        return event
+
+    def _broken(self, message: str) -> ProtocolError:
+        self.state = BROKEN
+        return ProtocolError(message)

@@ -8,6 +8,7 @@ this module, so it must not need the package finished at import time.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import socket
 import subprocess
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from ..._core import exec_proto as ep
 from ..._core import mux
 from ..._core.addresses import Address
-from ..._core.framing import FrameDecoder, encode_frame
+from ..._core.framing import encode_frame
 from ..._errors import ProtocolError, RemoteError
 from ..._transports._common import DEFAULT_CONNECT_TIMEOUT, sendall_parts
 from ..._validate import quote
@@ -112,18 +113,38 @@ def _remote_error(event: ep.Error) -> RemoteError:
     return RemoteError(event.code, event.message)
 
 
+def dial(address: Address | str, *, timeout: float | None,
+         retries: int) -> socket.socket:
+    """The one place the blocking exec clients dial: through :mod:`hvsock._endpoints`,
+    so VM names resolve as for :func:`hvsock.connect` (options of the dial go here)."""
+    from ..._endpoints import connect
+
+    return connect(address, timeout=timeout, retries=retries)
+
+
+async def dial_async(address: Address | str, *, timeout: float | None, retries: int,
+                     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """:func:`dial` for :func:`exec_async` (the same resolution, the same options)."""
+    from ..._endpoints import open_connection
+
+    return await open_connection(address, timeout=timeout, retries=retries)
+
+
 class ExecSession:
-    """One running remote command over a blocking socket (what the CLI drives).
+    """One running remote command over a blocking socket: a driver of
+    :class:`exec_proto.ClientSession` (what :func:`exec` and the CLI use).
 
     ``open()`` connects, names the service, sends START; then :meth:`read_event`
-    returns the agent's events one at a time, :meth:`send_stdin` sends input and
-    :meth:`send` the other client events (EOF, resizes, signals).
+    returns the agent's events one at a time (or :meth:`feed` turns bytes the caller
+    read into events), :meth:`send_stdin` sends input and :meth:`send` the other
+    client events (EOF, resizes, signals).
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, proto: ep.ClientSession | None = None) -> None:
         self.sock = sock
+        self.proto = proto if proto is not None else ep.ClientSession()
         self._waitall = waitall_flag(sock.family)
-        self._decoder = FrameDecoder(ep.MAX_FRAME)
+        self._pending: collections.deque[ep.Event] = collections.deque()
         self._send_lock = threading.Lock()
 
     @classmethod
@@ -133,10 +154,10 @@ class ExecSession:
         """Connect and start *start*. Raises :class:`hvsock.HvsockError` subclasses
         (connect failures; :class:`RemoteError` when the agent refuses the service)."""
         from ..._service.frames import recv_frame
-        from ..._transports import api
 
-        body = ep.encode(start)
-        sock = api.connect(address, timeout=connect_timeout, retries=retries)
+        proto = ep.ClientSession()
+        start_frame = proto.start(start)
+        sock = dial(address, timeout=connect_timeout, retries=retries)
         try:
             sock.settimeout(connect_timeout)
             if service:
@@ -149,69 +170,43 @@ class ExecSession:
                     raise _closed_at_hello()
                 mux.decode_answer(answer)
             sock.settimeout(None)
-            sock.sendall(encode_frame(body, ep.MAX_FRAME))
+            sock.sendall(start_frame)
         except BaseException:
             sock.close()
             raise
-        return cls(sock)
+        return cls(sock, proto)
 
     def send(self, event: ep.Event) -> None:
         with self._send_lock:
-            self.sock.sendall(ep.frame(event))
+            self.sock.sendall(self.proto.send(event))
 
     def send_stdin(self, data: Input) -> None:
         """One STDIN frame around *data* (at most :data:`CHUNK` bytes), sent without
         copying it: the frame's head and *data* go as two buffers of one ``sendmsg``."""
         with self._send_lock:
-            sendall_parts(self.sock, [ep.data_head(ep.STDIN, len(data)), data])
+            sendall_parts(self.sock, [self.proto.stdin_head(len(data)), data])
 
     def read_event(self) -> ep.Event:
-        """The next event, read straight off the socket: the output of a data frame
-        is the ``bytes`` the socket returned (no decoder buffer, no copy).
+        """The next event, read straight off the socket: each recv asks for exactly
+        the rest of a head or body, so a data frame's output is the ``bytes`` the
+        socket returned (no buffer, no copy).
 
-        Use this *or* :meth:`feed`, not both on one session. Raises
-        :class:`ProtocolError` when the agent closed or reset the connection before
-        the command's exit (it refused this peer, or stopped), and for a malformed frame.
+        Raises :class:`ProtocolError` when the agent closed or reset the connection
+        before the command's exit (it refused this peer, or stopped), for a malformed
+        frame and for one out of order.
         """
-        head = self._recv_exact(ep.HEAD.size)
-        if head is None:
-            raise self.eof_error()
-        kind, size = ep.parse_head(head)
-        rest = self._recv_exact(size) if size else b""
-        if rest is None:
-            raise ProtocolError("the agent closed the connection in the middle of a frame")
-        return ep.decode_kind(kind, rest)
-
-    def _recv_exact(self, n: int) -> bytes | None:
-        """*n* bytes; None at EOF (or a reset) before the first one."""
-        try:
-            data = self.sock.recv(n, self._waitall)
-            if len(data) == n or not data:
-                return data or None
-            # A short read (no MSG_WAITALL here, a signal): gather the rest in place.
-            whole = bytearray(n)
-            view = memoryview(whole)
-            got = len(data)
-            view[:got] = data
-            while got < n:
-                more = self.sock.recv_into(view[got:], 0, self._waitall)
-                if not more:
-                    raise ProtocolError(f"the agent closed the connection in the middle "
-                                        f"of a frame ({got} of {n} bytes)")
-                got += more
-        except ConnectionError:
-            return None
-        return bytes(whole)
+        while not self._pending:
+            try:
+                data = self.sock.recv(self.proto.wanted(), self._waitall)
+            except ConnectionError:
+                data = b""
+            self._pending.extend(self.proto.receive(data))
+        return self._pending.popleft()
 
     def feed(self, data: bytes) -> list[ep.Event]:
         """Events completed by *data* received from the agent (for a caller that reads
         the socket itself; not to be mixed with :meth:`read_event`)."""
-        return [ep.decode(body) for body in self._decoder.feed(data)]
-
-    def eof_error(self) -> ProtocolError:
-        return ProtocolError("the agent closed the connection before the command's exit "
-                             "was reported (agent stopped or restarted, or this peer is not "
-                             "in its allowlist: see its log)")
+        return self.proto.receive(data)
 
     def close(self) -> None:
         self.sock.close()
@@ -245,8 +240,6 @@ class _Collector:
                               event.timed_out, event.truncated)
         elif isinstance(event, ep.Error):
             raise _remote_error(event)
-        else:
-            raise ProtocolError(f"the agent sent {type(event).__name__}, which only clients send")
         return None
 
 
@@ -322,50 +315,47 @@ async def exec_async(address: Address | str, args: Sequence[str], *,
                      connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
                      retries: int = 0) -> ExecResult:
     """The asyncio twin of :func:`exec`: same arguments, result and errors."""
-    from ..._aio.streams import open_connection
-    from ..._service.frames import read_frame
-
     start = make_start(args, env=env, unset=unset, cwd=cwd, user=user, timeout=timeout,
                        max_output=max_output)
     chunks = _input_chunks(input)
     collector = _Collector(start.argv, stdout, stderr)
-    reader, writer = await open_connection(address, timeout=connect_timeout, retries=retries)
-
-    async def frame() -> bytes | None:
-        try:
-            return await read_frame(reader, ep.MAX_FRAME)
-        except ConnectionError:
-            return None
+    proto = ep.ClientSession()
+    start_frame = proto.start(start)
+    reader, writer = await dial_async(address, timeout=connect_timeout, retries=retries)
 
     async def feed() -> None:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # the session ended, or the connection broke
             for chunk in chunks:
-                writer.write(ep.data_head(ep.STDIN, len(chunk)) + chunk)
+                writer.writelines([proto.stdin_head(len(chunk)), chunk])
                 await writer.drain()
-            writer.write(ep.frame(ep.StdinEof()))
+            writer.write(proto.send(ep.StdinEof()))
             await writer.drain()
 
     feeder: asyncio.Task[None] | None = None
     try:
         if service:
+            from ..._service.frames import read_frame
+
             try:
                 writer.write(hello_frame(service))
-                answer = await asyncio.wait_for(frame(), connect_timeout)
+                answer = await asyncio.wait_for(read_frame(reader, mux.MAX_HELLO),
+                                                connect_timeout)
             except ConnectionError:
                 answer = None
             if answer is None:
                 raise _closed_at_hello()
             mux.decode_answer(answer)
-        writer.write(encode_frame(ep.encode(start), ep.MAX_FRAME))
+        writer.write(start_frame)
         feeder = asyncio.create_task(feed())
         while True:
-            body = await frame()
-            if body is None:
-                raise ProtocolError("the agent closed the connection before the command's "
-                                    "exit was reported")
-            result = collector.handle(ep.decode(body))
-            if result is not None:
-                return result
+            try:
+                data = await reader.read(proto.wanted())
+            except ConnectionError:
+                data = b""
+            for event in proto.receive(data):
+                result = collector.handle(event)
+                if result is not None:
+                    return result
     finally:
         if feeder is not None:
             feeder.cancel()
