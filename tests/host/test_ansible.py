@@ -54,6 +54,7 @@ class Run:
     playbook: subprocess.CompletedProcess[str]
     seconds: float
     results: dict[str, dict[str, object]]
+    started: float = 0.0  # wall clock, for "made by this run"
 
 
 def _start_agent(base: Path, name: str) -> Agent:
@@ -208,6 +209,7 @@ def _stop(agent: Agent) -> None:
 @pytest.fixture(scope="module")
 def run() -> Iterator[Run]:
     base = Path(tempfile.mkdtemp(prefix="hva-", dir="/tmp"))  # short: socket paths
+    wall = time.time()
     agents: dict[str, Agent] = {}
     try:
         for name in HOSTS:
@@ -226,7 +228,7 @@ def run() -> Iterator[Run]:
             path = base / name / "results.json"
             if path.exists():
                 results[name] = json.loads(path.read_text())
-        yield Run(base, agents, done, seconds, results)
+        yield Run(base, agents, done, seconds, results, wall - 1)
     finally:
         sleeper = base / CUT / "sleeper.pid"
         if sleeper.exists():
@@ -341,3 +343,102 @@ def test_ansible_setup_gathers_facts(run: Run) -> None:
         assert f["ansible_hostname"] == os.uname().nodename.split(".")[0]
         assert f["ansible_env"]["HVA_HOST"] == name
         assert f["ansible_python"]["executable"] == "/usr/bin/python3"
+
+
+FAKE_SSH = """#!/bin/sh
+# ssh's calling convention without a network: options, the destination, then one command
+# string that "the remote shell" runs (here, this machine's sh).
+while [ $# -gt 0 ]; do
+  case "$1" in -[bcDEeFIiJLlmOoPpRSWw]) shift 2 ;; -*) shift ;; *) break ;; esac
+done
+echo "$1" >> "$FAKE_SSH_LOG"
+shift
+exec /bin/sh -c "$*"
+"""
+
+REFUSING_SSH = """#!/bin/sh
+echo "admin@kvm-host-2: Permission denied (publickey)." >&2
+exit 255
+"""
+
+EDGE_PLAYBOOK = """
+- hosts: jump
+  gather_facts: false
+  tasks:
+    - command: printenv HVA_HOST
+      register: r_jump
+    - copy:
+        content: "through the jump {{ r_jump.stdout }}"
+        dest: "{{ base }}/h0/jumped.txt"
+
+- hosts: edges
+  gather_facts: false
+  tasks:
+    - name: become with a password
+      command: id -un
+      become: true
+      vars:
+        ansible_become_password: secret
+      ignore_errors: true
+    - name: fetch through a symlink
+      fetch:
+        src: "{{ base }}/h2/link/fetchme.txt"
+        dest: "{{ base }}/fetched-link.txt"
+        flat: true
+      ignore_errors: true
+
+# Last: a play whose every host is unreachable ends the playbook.
+- hosts: refused
+  gather_facts: false
+  tasks:
+    - command: "true"
+"""
+
+
+def test_jump_refused_ssh_and_refusals(run: Run) -> None:
+    base = run.base
+    for name, text in (("fake-ssh", FAKE_SSH), ("refusing-ssh", REFUSING_SSH)):
+        (base / name).write_text(text)
+        (base / name).chmod(0o755)
+    (base / "h2" / "link").symlink_to(base / "h2")
+    agent = {name: {"ansible_host": f"unix://{run.agents[name].socket}",
+                    "ansible_hvsock_cp_address": f"unix://{run.agents[name].cp_socket}"}
+             for name in ("h0", "h1", "h2")}
+    hvsock_cmd = str(BIN / "hvsock") if (BIN / "hvsock").exists() else "hvsock"
+    inventory = {"all": {
+        "vars": {"ansible_connection": "hvsock.vm.hvsock",
+                 "ansible_python_interpreter": "/usr/bin/python3", "base": str(base)},
+        "children": {
+            "jump": {"hosts": {"j0": {**agent["h0"], "ansible_hvsock_jump": "admin@kvm-host-2",
+                                      "ansible_hvsock_jump_ssh": f"{base / 'fake-ssh'} -T",
+                                      "ansible_hvsock_jump_hvsock": hvsock_cmd}}},
+            "refused": {"hosts": {"j1": {**agent["h1"], "ansible_hvsock_jump": "admin@h",
+                                         "ansible_hvsock_jump_ssh": str(base / "refusing-ssh")}}},
+            "edges": {"hosts": {"e2": agent["h2"]}}}}}
+    (base / "edges.json").write_text(json.dumps(inventory))
+    (base / "edges.yml").write_text(EDGE_PLAYBOOK)
+    done = subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", str(base / "edges.json"), str(base / "edges.yml")],
+        cwd=base, env={**_env(base), "FAKE_SSH_LOG": str(base / "ssh.log")},
+        capture_output=True, text=True, timeout=600, check=False)
+    out = done.stdout + done.stderr
+    recap = _recap(Run(base, run.agents, done, 0, {}))
+    # Through the jump: the command reached h0's agent, the file went through cp, each
+    # connection (exec and cp alike) through the ssh destination.
+    assert (base / "h0" / "jumped.txt").read_text() == "through the jump h0", out
+    assert recap["j0"]["failed"] == recap["j0"]["unreachable"] == 0, out
+    hops = (base / "ssh.log").read_text().split()
+    assert len(hops) >= 3, hops  # ping-free play: command, copy's stat/module, cp put
+    assert set(hops) == {"admin@kvm-host-2"}
+    # ssh refused: unreachable, with ssh's own words.
+    assert recap["j1"]["unreachable"] == 1, out
+    assert "Permission denied (publickey)" in done.stdout, out
+    # A become password cannot be answered without a terminal: a clear task failure.
+    assert recap["e2"]["unreachable"] == 0, out
+    assert "become with a password is not supported" in done.stdout, out
+    # cp never follows a symlink in a remote path: the fetch fails, nothing is written.
+    assert recap["e2"]["ignored"] == 2, out
+    assert not (base / "fetched-link.txt").exists()
+    # The bridge's private directories went with their connections.
+    assert not [p for p in Path("/tmp").glob("hvj-*") if p.stat().st_uid == os.getuid()
+                and p.stat().st_mtime >= run.started], "a jump bridge directory was left"

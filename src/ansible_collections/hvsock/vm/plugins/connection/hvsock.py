@@ -58,6 +58,33 @@ options:
       - name: ansible_hvsock_retries
     env:
       - name: ANSIBLE_HVSOCK_RETRIES
+  hvsock_jump:
+    description:
+      - An ssh destination (C(user@hypervisor-host)) that runs the agent's VM. Each
+        connection to the agent (and to its cp service) then goes through
+        C(ssh JUMP hvsock connect ADDRESS), so one control node manages VMs on many
+        hypervisor hosts. The addresses are as seen from that host. C(hvsock) must be
+        installed there; ssh must log in without a prompt (keys, an agent); ssh's own
+        configuration (ControlMaster, ControlPersist) applies.
+    type: str
+    vars:
+      - name: ansible_hvsock_jump
+    env:
+      - name: ANSIBLE_HVSOCK_JUMP
+  hvsock_jump_ssh:
+    description: The ssh command (and options) used for C(hvsock_jump).
+    type: str
+    default: ssh -T -o BatchMode=yes
+    vars:
+      - name: ansible_hvsock_jump_ssh
+    env:
+      - name: ANSIBLE_HVSOCK_JUMP_SSH
+  hvsock_jump_hvsock:
+    description: The C(hvsock) command on the jump host.
+    type: str
+    default: hvsock
+    vars:
+      - name: ansible_hvsock_jump_hvsock
   hvsock_command_timeout:
     description:
       - Seconds a command may run before the agent kills its process group. Unset, the
@@ -81,11 +108,20 @@ all:
       ansible_host: hvsock://name:MyVM/5100
     firecracker-guest:
       ansible_host: hybrid:///run/fc/v.sock:5100
+    remote-kvm-guest:                 # a VM on another hypervisor host, through ssh
+      ansible_host: vsock://5:5100
+      ansible_hvsock_jump: admin@kvm-host-2
 """
 
+import contextlib
 import io
 import os
 import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
 
 from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
 from ansible.module_utils.common.text.converters import to_bytes, to_text
@@ -119,6 +155,75 @@ def cp_address_for(agent_address: str) -> str:
         "ansible_hvsock_cp_address to the address of the agent's [cp] listen")
 
 
+class _Jump:
+    """Local Unix sockets whose connections each run ``ssh JUMP hvsock connect ADDRESS``.
+
+    hvsock.exec and hvsock.copy dial an address; the bridge gives them one (a socket in a
+    private directory) and hands each accepted connection to ssh as its stdin and stdout,
+    so the agent's protocols pass through ssh unchanged.
+    """
+
+    def __init__(self, ssh: list[str], destination: str, remote_hvsock: str) -> None:
+        self._ssh = [*ssh, destination]
+        self._hvsock = remote_hvsock
+        self._dir = tempfile.mkdtemp(prefix="hvj-", dir="/tmp")  # short: socket paths
+        self._listeners: list[socket.socket] = []
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._lock = threading.Lock()
+        self.log = os.path.join(self._dir, "ssh.log")
+
+    def route(self, address: str) -> str:
+        """A local address whose connections reach *address* through the jump host."""
+        path = os.path.join(self._dir, f"{len(self._listeners)}.sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        listener.listen(16)
+        self._listeners.append(listener)
+        threading.Thread(target=self._serve, args=(listener, address), daemon=True,
+                         name=f"hvsock jump {address}").start()
+        return f"unix://{path}"
+
+    def _serve(self, listener: socket.socket, address: str) -> None:
+        command = shlex.join([self._hvsock, "connect", address])
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # closed
+            with conn, open(self.log, "ab") as log:
+                # ssh owns the connection from here: our copy closes with the block.
+                proc = subprocess.Popen([*self._ssh, command], stdin=conn.fileno(),
+                                        stdout=conn.fileno(), stderr=log,
+                                        start_new_session=True)
+            with self._lock:
+                self._procs = [p for p in self._procs if p.poll() is None] + [proc]
+
+    def messages(self) -> str:
+        try:
+            with open(self.log, "rb") as f:
+                return str(to_text(f.read()[-2000:])).strip()
+        except OSError:
+            return ""
+
+    def close(self) -> None:
+        for listener in self._listeners:
+            # shutdown wakes the thread blocked in accept(); close alone does not.
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        with self._lock:
+            procs, self._procs = self._procs, []
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
 class Connection(ConnectionBase):
     """Commands through the agent's exec service, files through its cp service."""
 
@@ -128,30 +233,44 @@ class Connection(ConnectionBase):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
-        self._address = ""
+        self._address = ""  # where hvsock.exec dials (the bridge's, through a jump)
+        self._agent = ""  # the agent's address as the inventory gives it
         self._cp_address = ""
+        self._jump: _Jump | None = None
 
     def _connect(self) -> Connection:
         if not self._connected:
-            self._address = self.get_option("remote_addr")
+            self._agent = self._address = self.get_option("remote_addr")
             try:
-                hvsock.parse_address(self._address)
+                hvsock.parse_address(self._agent)
             except hvsock.HvsockError as e:
                 raise AnsibleConnectionFailure(f"hvsock: bad agent address: {e}") from e
             self._cp_address = self.get_option("cp_address") or ""
-            display.vvv(f"ESTABLISH HVSOCK CONNECTION TO {self._address}",
-                        host=self._address)
+            jump = self.get_option("hvsock_jump")
+            display.vvv(f"ESTABLISH HVSOCK CONNECTION TO {self._agent}"
+                        + (f" THROUGH {jump}" if jump else ""), host=self._agent)
+            if jump:
+                self._jump = _Jump(shlex.split(self.get_option("hvsock_jump_ssh")), jump,
+                                   self.get_option("hvsock_jump_hvsock"))
+                self._address = self._jump.route(self._agent)
             self._connected = True
         return self
 
     def _cp(self) -> str:
         if not self._cp_address:
-            self._cp_address = cp_address_for(self._address)
+            self._cp_address = self.get_option("cp_address") or cp_address_for(self._agent)
+            if self._jump is not None:
+                self._cp_address = self._jump.route(self._cp_address)
         return self._cp_address
 
     def _failure(self, what: str, error: hvsock.HvsockError) -> AnsibleConnectionFailure:
+        where, said = self._agent, ""
+        if self._jump is not None:
+            where += f" through {self.get_option('hvsock_jump')}"
+            said = self._jump.messages()
         return AnsibleConnectionFailure(
-            f"hvsock: {what} through the agent at {self._address} failed: {error}")
+            f"hvsock: {what} through the agent at {where} failed: {error}"
+            + (f"; ssh said: {said}" if said else ""))
 
     def exec_command(self, cmd: str, in_data: bytes | None = None,
                      sudoable: bool = True) -> tuple[int, bytes, bytes]:
@@ -212,5 +331,9 @@ class Connection(ConnectionBase):
             raise self._failure(what, e) from e
 
     def close(self) -> None:
-        # Nothing stays open between commands: each one is its own connection.
+        # Nothing else stays open between commands: each one is its own connection.
+        if self._jump is not None:
+            self._jump.close()
+            self._jump = None
+            self._cp_address = ""
         self._connected = False
