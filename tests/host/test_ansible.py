@@ -353,7 +353,9 @@ while [ $# -gt 0 ]; do
 done
 echo "$1" >> "$FAKE_SSH_LOG"
 shift
-exec /bin/sh -c "$*"
+# The jump host's view: /jumphost there is $JUMP_ROOT here, so an address under it is
+# reachable only through the jump.
+exec /bin/sh -c "$(printf '%s' "$*" | sed "s#/jumphost/#$JUMP_ROOT/#g")"
 """
 
 REFUSING_SSH = """#!/bin/sh
@@ -409,9 +411,12 @@ def test_jump_refused_ssh_and_refusals(run: Run) -> None:
         "vars": {"ansible_connection": "hvsock.vm.hvsock",
                  "ansible_python_interpreter": "/usr/bin/python3", "base": str(base)},
         "children": {
-            "jump": {"hosts": {"j0": {**agent["h0"], "ansible_hvsock_jump": "admin@kvm-host-2",
-                                      "ansible_hvsock_jump_ssh": f"{base / 'fake-ssh'} -T",
-                                      "ansible_hvsock_jump_hvsock": hvsock_cmd}}},
+            "jump": {"hosts": {"j0": {
+                "ansible_host": "unix:///jumphost/h0/a.sock",
+                "ansible_hvsock_cp_address": "unix:///jumphost/h0/cp.sock",
+                "ansible_hvsock_jump": "admin@kvm-host-2",
+                "ansible_hvsock_jump_ssh": f"{base / 'fake-ssh'} -T",
+                "ansible_hvsock_jump_hvsock": hvsock_cmd}}},
             "refused": {"hosts": {"j1": {**agent["h1"], "ansible_hvsock_jump": "admin@h",
                                          "ansible_hvsock_jump_ssh": str(base / "refusing-ssh")}}},
             "edges": {"hosts": {"e2": agent["h2"]}}}}}
@@ -419,13 +424,17 @@ def test_jump_refused_ssh_and_refusals(run: Run) -> None:
     (base / "edges.yml").write_text(EDGE_PLAYBOOK)
     done = subprocess.run(
         [str(BIN / "ansible-playbook"), "-i", str(base / "edges.json"), str(base / "edges.yml")],
-        cwd=base, env={**_env(base), "FAKE_SSH_LOG": str(base / "ssh.log")},
+        cwd=base, env={**_env(base), "FAKE_SSH_LOG": str(base / "ssh.log"),
+                       "JUMP_ROOT": str(base)},
         capture_output=True, text=True, timeout=600, check=False)
     out = done.stdout + done.stderr
     recap = _recap(Run(base, run.agents, done, 0, {}))
     # Through the jump: the command reached h0's agent, the file went through cp, each
-    # connection (exec and cp alike) through the ssh destination.
-    assert (base / "h0" / "jumped.txt").read_text() == "through the jump h0", out
+    # connection (exec and cp alike) through the ssh destination (the addresses exist
+    # only on the "jump host").
+    jumped = base / "h0" / "jumped.txt"
+    assert jumped.exists(), out
+    assert jumped.read_text() == "through the jump h0", out
     assert recap["j0"]["failed"] == recap["j0"]["unreachable"] == 0, out
     hops = (base / "ssh.log").read_text().split()
     assert len(hops) >= 3, hops  # ping-free play: command, copy's stat/module, cp put

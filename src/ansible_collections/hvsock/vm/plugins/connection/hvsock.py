@@ -245,7 +245,6 @@ class Connection(ConnectionBase):
                 hvsock.parse_address(self._agent)
             except hvsock.HvsockError as e:
                 raise AnsibleConnectionFailure(f"hvsock: bad agent address: {e}") from e
-            self._cp_address = self.get_option("cp_address") or ""
             jump = self.get_option("hvsock_jump")
             display.vvv(f"ESTABLISH HVSOCK CONNECTION TO {self._agent}"
                         + (f" THROUGH {jump}" if jump else ""), host=self._agent)
