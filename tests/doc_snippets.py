@@ -231,6 +231,12 @@ TABLE: dict[str, tuple[str, str]] = {
     "hvsock kvp --vm hybrid:///run/fc/v.sock host-info":
         (HOST, "a temporary path for the VMM's socket, where the test plays Firecracker "
          "(answers CONNECT 5010, then carries the bytes to the `hvsock kvp serve` row)"),
+    # docs/ansible.md
+    "pip install 'hvsock[ansible]'": (NOT, "installs packages; the test extra brings the same "
+                                       "ansible-core, which tests/host/test_ansible.py uses"),
+    "ansible-doc -t connection hvsock.vm.hvsock":
+        (NOT, "run with a temporary HOME (it writes ~/.ansible) by tests/unit/"
+         "test_ansible_plugin.py::test_ansible_doc_finds_the_plugin_on_sys_path"),
 }
 
 
