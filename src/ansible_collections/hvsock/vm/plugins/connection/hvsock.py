@@ -282,7 +282,7 @@ class Connection(ConnectionBase):
                 "and use become_method su with no password")
         executable = self._play_context.executable or "/bin/sh"
         argv = [*shlex.split(executable), "-c", to_text(cmd)]
-        display.vvv(f"EXEC {argv!r}", host=self._address)
+        display.vvv(f"EXEC {argv!r}", host=self._agent)
         try:
             result = hvsock.exec(
                 self._address, argv, input=in_data if in_data else b"",
@@ -296,14 +296,14 @@ class Connection(ConnectionBase):
 
     def put_file(self, in_path: str, out_path: str) -> None:
         super().put_file(in_path, out_path)
-        display.vvv(f"PUT {in_path} TO {out_path}", host=self._address)
+        display.vvv(f"PUT {in_path} TO {out_path}", host=self._agent)
         if not os.path.isfile(to_bytes(in_path, errors="surrogate_or_strict")):
             raise AnsibleFileNotFound(f"file or module does not exist: {in_path}")
         self._copy(in_path, ":" + self._remote(out_path), "copying a file to the VM")
 
     def fetch_file(self, in_path: str, out_path: str) -> None:
         super().fetch_file(in_path, out_path)
-        display.vvv(f"FETCH {in_path} TO {out_path}", host=self._address)
+        display.vvv(f"FETCH {in_path} TO {out_path}", host=self._agent)
         self._copy(":" + self._remote(in_path), out_path, "copying a file from the VM")
 
     def _remote(self, path: str) -> str:
