@@ -263,6 +263,12 @@ TABLE: dict[str, tuple[str, str]] = {
     "python clock.py &": (KERNEL, "clock.py is the try-out's python block, a free port"),
     "python -c 'import hvsock; print(hvsock.RpcClient(hvsock.connect(\"vsock://local:5002\"))"
     ".call(\"time\"))'": (KERNEL, "the answer names the caller, vsock://1:<port>"),
+    # docs/ansible.md
+    "pip install 'hvsock[ansible]'": (NOT, "installs packages; the test extra brings the same "
+                                       "ansible-core, which tests/host/test_ansible.py uses"),
+    "ansible-doc -t connection hvsock.vm.hvsock":
+        (NOT, "run with a temporary HOME (it writes ~/.ansible) by tests/unit/"
+         "test_ansible_plugin.py::test_ansible_doc_finds_the_plugin_on_sys_path"),
 }
 
 

@@ -1,0 +1,453 @@
+"""A real ansible-playbook (ansible-core from PyPI) through the hvsock.vm.hvsock connection
+plugin, against four `hvsock agent` processes serving exec and cp over Unix sockets.
+
+One playbook run (module fixture) covers the modules; each test asserts on one part of
+what it did, on the "remote" side (files, hashes) and in Ansible's own report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.host._peers import wait_for
+
+pytest.importorskip("ansible", reason="ansible-core is in the test extra: "
+                    "pip install -e '.[test]'")
+
+# ansible start-up is slow on a busy machine: the whole playbook runs inside one test's
+# budget (the first test to ask for the fixture).
+pytestmark = pytest.mark.timeout(900)
+
+HOSTS = ["h0", "h1", "h2", "h3"]
+CUT = "h3"  # the host whose agent a task kills
+BIG = 50 * 1024 * 1024
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Agent:
+    name: str
+    proc: subprocess.Popen[bytes]
+    socket: Path
+    cp_socket: Path
+
+
+@dataclass
+class Run:
+    base: Path
+    agents: dict[str, Agent]
+    playbook: subprocess.CompletedProcess[str]
+    seconds: float
+    results: dict[str, dict[str, object]]
+    started: float = 0.0  # wall clock, for "made by this run"
+
+
+def _start_agent(base: Path, name: str) -> Agent:
+    home = base / name
+    home.mkdir()
+    sock, cp_sock, ready = home / "a.sock", home / "cp.sock", home / "ready.json"
+    config = home / "agent.toml"
+    # cp with the root "/": Ansible writes its temporary files and destinations anywhere.
+    config.write_text(f'[agent]\nlisten = "unix://{sock}"\n\n[exec]\nenabled = true\n\n'
+                      f'[cp]\nenabled = true\nroots = ["/"]\nlisten = "unix://{cp_sock}"\n')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hvsock", "agent", "--config", str(config),
+         "--ready-file", str(ready)],
+        env={**os.environ, "HVA_HOST": name}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    wait_for(lambda: ready.exists() or proc.poll() is not None, timeout=60,
+             what=f"agent {name}'s ready file")
+    assert proc.poll() is None, f"agent {name} exited with {proc.returncode}"
+    return Agent(name, proc, sock, cp_sock)
+
+
+def _env(base: Path) -> dict[str, str]:
+    home = base / "home"
+    home.mkdir(exist_ok=True)
+    return {
+        **os.environ,
+        "HOME": str(home),
+        "ANSIBLE_LOCAL_TEMP": str(base / "local-tmp"),
+        "ANSIBLE_REMOTE_TMP": str(base / "remote-tmp"),
+        "ANSIBLE_FORKS": "4",
+        "ANSIBLE_PIPELINING": "true",
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_RETRY_FILES_ENABLED": "false",
+        "ANSIBLE_CONFIG": str(base / "ansible.cfg"),  # none there: no stray config applies
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+
+
+def _inventory(base: Path, agents: dict[str, Agent]) -> Path:
+    hosts = {
+        name: {"ansible_host": f"unix://{a.socket}",
+               "ansible_hvsock_cp_address": f"unix://{a.cp_socket}",
+               "agent_pid": a.proc.pid}
+        for name, a in agents.items()}
+    inventory = {"all": {"vars": {"ansible_connection": "hvsock.vm.hvsock",
+                                  "ansible_python_interpreter": "/usr/bin/python3",
+                                  "base": str(base)},
+                         "hosts": hosts}}
+    path = base / "inventory.json"  # JSON is YAML: the yaml inventory plugin reads it
+    path.write_text(json.dumps(inventory))
+    return path
+
+
+BECOME_METHOD = "sudo" if shutil.which("sudo") else "su"
+# sudo as root needs no password, to any user; su to an unprivileged user would need the
+# user's shell (nobody's is nologin), so su becomes root.
+BECOME_USER = "nobody" if BECOME_METHOD == "sudo" else "root"
+
+PLAYBOOK = f"""
+- hosts: all
+  gather_facts: false
+  vars:
+    dir: "{{{{ base }}}}/{{{{ inventory_hostname }}}}"
+  tasks:
+    - ping:
+      register: r_ping
+    - name: ping with pipelining off (the module goes through put_file)
+      ping:
+      vars:
+        ansible_pipelining: false
+      register: r_ping_put
+    - command: printenv HVA_HOST
+      register: r_command
+    - shell: echo "$HVA_HOST" | tr a-z A-Z; echo to-stderr >&2
+      register: r_shell
+    - copy:
+        src: "{{{{ base }}}}/big.bin"
+        dest: "{{{{ dir }}}}/big.bin"
+    - copy:
+        src: "{{{{ base }}}}/tree/"
+        dest: "{{{{ dir }}}}/tree/"
+    - fetch:
+        src: "{{{{ dir }}}}/fetchme.txt"
+        dest: "{{{{ base }}}}/fetched/{{{{ inventory_hostname }}}}.txt"
+        flat: true
+    - template:
+        src: "{{{{ base }}}}/page.j2"
+        dest: "{{{{ dir }}}}/page.txt"
+    - file:
+        path: "{{{{ dir }}}}/made/deeper"
+        state: directory
+        mode: "0750"
+    - stat:
+        path: "{{{{ dir }}}}/big.bin"
+        checksum_algorithm: sha256
+      register: r_stat
+    - lineinfile:
+        path: "{{{{ dir }}}}/conf.txt"
+        regexp: "^port="
+        line: "port=5100"
+    - command: id -un
+      become: true
+      become_method: {BECOME_METHOD}
+      become_user: {BECOME_USER}
+      register: r_become
+    - command: sh -c "echo failing; exit 3"
+      register: r_fail
+      ignore_errors: true
+    - copy:
+        content: "{{{{ {{'ping': r_ping, 'ping_put': r_ping_put, 'command': r_command,
+                      'shell': r_shell, 'stat': r_stat, 'become': r_become,
+                      'fail': r_fail}} | to_json }}}}"
+        dest: "{{{{ dir }}}}/results.json"
+
+- hosts: {CUT}
+  gather_facts: false
+  tasks:
+    - name: cut the connection mid-command
+      shell: echo $$ > {{{{ base }}}}/{CUT}/sleeper.pid; kill -9 {{{{ agent_pid }}}}; exec sleep 600
+    - name: never reached
+      command: "true"
+"""
+
+
+def _prepare(base: Path) -> None:
+    big = base / "big.bin"
+    with big.open("wb") as f:  # varied bytes, so a misplaced block changes the hash
+        block = hashlib.sha256(b"seed").digest() * 32768
+        for i in range(BIG // len(block)):
+            f.write(block[i % 7:] + block[:i % 7])
+    tree = base / "tree"
+    (tree / "sub" / "deeper").mkdir(parents=True)
+    (tree / "a.txt").write_text("alpha\n")
+    (tree / "sub" / "b.bin").write_bytes(os.urandom(100_000))
+    (tree / "sub" / "deeper" / "c.txt").write_text("gamma " * 1000)
+    (base / "page.j2").write_text("host={{ inventory_hostname }} answer={{ 6 * 7 }}\n")
+    for name in HOSTS:
+        (base / name / "fetchme.txt").write_text(f"fetched from {name}\n")
+        (base / name / "conf.txt").write_text("name=x\nport=22\n")
+
+
+def _stop(agent: Agent) -> None:
+    if agent.proc.poll() is None:
+        agent.proc.send_signal(signal.SIGTERM)
+        try:
+            agent.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            agent.proc.kill()
+            agent.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def run() -> Iterator[Run]:
+    base = Path(tempfile.mkdtemp(prefix="hva-", dir="/tmp"))  # short: socket paths
+    wall = time.time()
+    agents: dict[str, Agent] = {}
+    try:
+        for name in HOSTS:
+            agents[name] = _start_agent(base, name)
+        _prepare(base)
+        inventory = _inventory(base, agents)
+        (base / "site.yml").write_text(PLAYBOOK)
+        started = time.monotonic()
+        done = subprocess.run(
+            [str(BIN / "ansible-playbook"), "-i", str(inventory), str(base / "site.yml")],
+            cwd=base, env=_env(base), capture_output=True, text=True, timeout=600,
+            check=False)
+        seconds = time.monotonic() - started
+        results = {}
+        for name in HOSTS:
+            path = base / name / "results.json"
+            if path.exists():
+                results[name] = json.loads(path.read_text())
+        yield Run(base, agents, done, seconds, results, wall - 1)
+    finally:
+        sleeper = base / CUT / "sleeper.pid"
+        if sleeper.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(sleeper.read_text()), signal.SIGKILL)
+        for agent in agents.values():
+            _stop(agent)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _recap(run: Run) -> dict[str, dict[str, int]]:
+    recap = {}
+    for line in run.playbook.stdout.split("PLAY RECAP")[-1].splitlines():
+        m = re.match(r"(\S+)\s+:\s+(.*)", line.strip())
+        if m:
+            recap[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+    return recap
+
+
+def _output(run: Run) -> str:
+    return f"stdout:\n{run.playbook.stdout}\nstderr:\n{run.playbook.stderr}"
+
+
+def test_playbook_recap_and_timing(run: Run) -> None:
+    print(f"ansible-playbook took {run.seconds:.1f} s")  # the figure to report (-s)
+    recap = _recap(run)
+    assert set(recap) == set(HOSTS), _output(run)
+    for name in HOSTS:
+        if name != CUT:
+            assert recap[name]["unreachable"] == 0, _output(run)
+            assert recap[name]["failed"] == 0, _output(run)
+        assert recap[name]["ignored"] == 1, _output(run)  # the failing task
+    # Ansible's exit status for "some host unreachable".
+    assert run.playbook.returncode == 4, _output(run)
+
+
+def test_commands_reach_their_own_agent(run: Run) -> None:
+    for name in HOSTS:
+        r = run.results[name]
+        assert r["ping"]["ping"] == "pong"  # type: ignore[index]
+        assert r["ping_put"]["ping"] == "pong"  # type: ignore[index]
+        assert r["command"]["stdout"] == name  # type: ignore[index]
+        assert r["command"]["rc"] == 0  # type: ignore[index]
+        assert r["shell"]["stdout"] == name.upper()  # type: ignore[index]
+        assert r["shell"]["stderr"] == "to-stderr"  # type: ignore[index]
+
+
+def test_copy_of_a_large_file_and_a_tree(run: Run) -> None:
+    want = hashlib.sha256((run.base / "big.bin").read_bytes()).hexdigest()
+    for name in HOSTS:
+        assert hashlib.sha256((run.base / name / "big.bin").read_bytes()).hexdigest() == want
+        assert run.results[name]["stat"]["stat"]["checksum"] == want  # type: ignore[index]
+        for rel in ("a.txt", "sub/b.bin", "sub/deeper/c.txt"):
+            assert ((run.base / name / "tree" / rel).read_bytes()
+                    == (run.base / "tree" / rel).read_bytes()), rel
+
+
+def test_fetch_template_file_lineinfile(run: Run) -> None:
+    for name in HOSTS:
+        assert (run.base / "fetched" / f"{name}.txt").read_text() == f"fetched from {name}\n"
+        assert (run.base / name / "page.txt").read_text() == f"host={name} answer=42\n"
+        made = run.base / name / "made" / "deeper"
+        assert made.is_dir()
+        assert made.stat().st_mode & 0o777 == 0o750
+        assert (run.base / name / "conf.txt").read_text() == "name=x\nport=5100\n"
+
+
+def test_become(run: Run) -> None:
+    for name in HOSTS:
+        r = run.results[name]["become"]
+        assert r["stdout"] == BECOME_USER, r  # type: ignore[index]
+
+
+def test_failing_task_is_reported_with_its_rc(run: Run) -> None:
+    for name in HOSTS:
+        r = run.results[name]["fail"]
+        assert r["failed"] is True  # type: ignore[index]
+        assert r["rc"] == 3  # type: ignore[index]
+        assert r["stdout"] == "failing"  # type: ignore[index]
+    assert "non-zero return code" in run.playbook.stdout, _output(run)
+
+
+def test_cut_connection_is_unreachable_not_a_hang(run: Run) -> None:
+    assert _recap(run)[CUT]["unreachable"] == 1, _output(run)
+    assert re.search(rf"fatal: \[{CUT}\]: UNREACHABLE!.*hvsock: running a command",
+                     run.playbook.stdout), _output(run)
+    assert "never reached" not in run.playbook.stdout.split("cut the connection")[-1]
+    # Ansible gave up while the command still ran: it did not wait for the sleep.
+    pid = int((run.base / CUT / "sleeper.pid").read_text())
+    os.kill(pid, 0)
+    assert run.agents[CUT].proc.wait(timeout=30) == -signal.SIGKILL
+
+
+def test_ansible_setup_gathers_facts(run: Run) -> None:
+    alive = [n for n in HOSTS if n != CUT]
+    started = time.monotonic()
+    done = subprocess.run(
+        [str(BIN / "ansible"), "-i", str(run.base / "inventory.json"), ",".join(alive),
+         "-m", "setup", "-o"],
+        cwd=run.base, env=_env(run.base), capture_output=True, text=True, timeout=600,
+        check=False)
+    print(f"ansible -m setup on {len(alive)} hosts took {time.monotonic() - started:.1f} s")
+    assert done.returncode == 0, done.stdout + done.stderr
+    facts = {}
+    for line in done.stdout.splitlines():
+        m = re.match(r"(\S+) \| SUCCESS => (\{.*\})$", line)
+        if m:
+            facts[m.group(1)] = json.loads(m.group(2))["ansible_facts"]
+    assert set(facts) == set(alive), done.stdout
+    for name, f in facts.items():
+        assert f["ansible_system"] == "Linux"
+        assert f["ansible_hostname"] == os.uname().nodename.split(".")[0]
+        assert f["ansible_env"]["HVA_HOST"] == name
+        assert f["ansible_python"]["executable"] == "/usr/bin/python3"
+
+
+FAKE_SSH = """#!/bin/sh
+# ssh's calling convention without a network: options, the destination, then one command
+# string that "the remote shell" runs (here, this machine's sh).
+while [ $# -gt 0 ]; do
+  case "$1" in -[bcDEeFIiJLlmOoPpRSWw]) shift 2 ;; -*) shift ;; *) break ;; esac
+done
+echo "$1" >> "$FAKE_SSH_LOG"
+shift
+# The jump host's view: /jumphost there is $JUMP_ROOT here, so an address under it is
+# reachable only through the jump.
+exec /bin/sh -c "$(printf '%s' "$*" | sed "s#/jumphost/#$JUMP_ROOT/#g")"
+"""
+
+REFUSING_SSH = """#!/bin/sh
+echo "admin@kvm-host-2: Permission denied (publickey)." >&2
+exit 255
+"""
+
+EDGE_PLAYBOOK = """
+- hosts: jump
+  gather_facts: false
+  tasks:
+    - command: printenv HVA_HOST
+      register: r_jump
+    - copy:
+        content: "through the jump {{ r_jump.stdout }}"
+        dest: "{{ base }}/h0/jumped.txt"
+
+- hosts: edges
+  gather_facts: false
+  tasks:
+    - name: become with a password
+      command: id -un
+      become: true
+      vars:
+        ansible_become_password: secret
+      ignore_errors: true
+    - name: fetch through a symlink
+      fetch:
+        src: "{{ base }}/h2/link/fetchme.txt"
+        dest: "{{ base }}/fetched-link.txt"
+        flat: true
+      ignore_errors: true
+
+# Last: a play whose every host is unreachable ends the playbook.
+- hosts: refused
+  gather_facts: false
+  tasks:
+    - command: "true"
+"""
+
+
+def test_jump_refused_ssh_and_refusals(run: Run) -> None:
+    base = run.base
+    for name, text in (("fake-ssh", FAKE_SSH), ("refusing-ssh", REFUSING_SSH)):
+        (base / name).write_text(text)
+        (base / name).chmod(0o755)
+    (base / "h2" / "link").symlink_to(base / "h2")
+    agent = {name: {"ansible_host": f"unix://{run.agents[name].socket}",
+                    "ansible_hvsock_cp_address": f"unix://{run.agents[name].cp_socket}"}
+             for name in ("h0", "h1", "h2")}
+    hvsock_cmd = str(BIN / "hvsock") if (BIN / "hvsock").exists() else "hvsock"
+    inventory = {"all": {
+        "vars": {"ansible_connection": "hvsock.vm.hvsock",
+                 "ansible_python_interpreter": "/usr/bin/python3", "base": str(base)},
+        "children": {
+            "jump": {"hosts": {"j0": {
+                "ansible_host": "unix:///jumphost/h0/a.sock",
+                "ansible_hvsock_cp_address": "unix:///jumphost/h0/cp.sock",
+                "ansible_hvsock_jump": "admin@kvm-host-2",
+                "ansible_hvsock_jump_ssh": f"{base / 'fake-ssh'} -T",
+                "ansible_hvsock_jump_hvsock": hvsock_cmd}}},
+            "refused": {"hosts": {"j1": {**agent["h1"], "ansible_hvsock_jump": "admin@h",
+                                         "ansible_hvsock_jump_ssh": str(base / "refusing-ssh")}}},
+            "edges": {"hosts": {"e2": agent["h2"]}}}}}
+    (base / "edges.json").write_text(json.dumps(inventory))
+    (base / "edges.yml").write_text(EDGE_PLAYBOOK)
+    done = subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", str(base / "edges.json"), str(base / "edges.yml")],
+        cwd=base, env={**_env(base), "FAKE_SSH_LOG": str(base / "ssh.log"),
+                       "JUMP_ROOT": str(base)},
+        capture_output=True, text=True, timeout=600, check=False)
+    out = done.stdout + done.stderr
+    recap = _recap(Run(base, run.agents, done, 0, {}))
+    # Through the jump: the command reached h0's agent, the file went through cp, each
+    # connection (exec and cp alike) through the ssh destination (the addresses exist
+    # only on the "jump host").
+    jumped = base / "h0" / "jumped.txt"
+    assert jumped.exists(), out
+    assert jumped.read_text() == "through the jump h0", out
+    assert recap["j0"]["failed"] == recap["j0"]["unreachable"] == 0, out
+    hops = (base / "ssh.log").read_text().split()
+    assert len(hops) >= 3, hops  # ping-free play: command, copy's stat/module, cp put
+    assert set(hops) == {"admin@kvm-host-2"}
+    # ssh refused: unreachable, with ssh's own words.
+    assert recap["j1"]["unreachable"] == 1, out
+    assert "Permission denied (publickey)" in done.stdout, out
+    # A become password cannot be answered without a terminal: a clear task failure.
+    assert recap["e2"]["unreachable"] == 0, out
+    assert "become with a password is not supported" in done.stdout, out
+    # cp never follows a symlink in a remote path: the fetch fails, nothing is written.
+    assert recap["e2"]["ignored"] == 2, out
+    assert not (base / "fetched-link.txt").exists()
+    # The bridge's private directories went with their connections.
+    assert not [p for p in Path("/tmp").glob("hvj-*") if p.stat().st_uid == os.getuid()
+                and p.stat().st_mtime >= run.started], "a jump bridge directory was left"
