@@ -155,19 +155,24 @@ def test_client_gone_before_started_is_noticed(agent: AgentThread,
 
 
 def test_signal_is_read_while_stdin_waits_for_a_command_not_reading_it(
-        agent: AgentThread) -> None:
-    raw = Raw(agent.address(), ep.Start(("sleep", "1000")))
-    raw.until(ep.Started)
-    # More than the command's stdin pipe holds (it never reads), then a signal: it must
-    # not queue behind the write to the full pipe.
-    chunk = b"x" * (256 << 10)
-    for _ in range(4):
-        raw.sock.sendall(ep.frame(ep.Stdin(chunk)))
-    raw.sock.sendall(ep.frame(ep.Signal(signal.SIGTERM)))
-    exit_event, _ = raw.until(ep.Exit)
+        short_tmp: Path) -> None:
+    host = hvsock.ServiceHost(grace=1)
+    policy = exec_server.ExecPolicy(stdin_buffer=16 << 20)
+    host.add(exec_server.exec_service(allow=None, policy=policy),
+             f"unix://{short_tmp}/exec.sock")
+    with _HostThread(host) as running:
+        raw = Raw(running.address, ep.Start(("sleep", "1000")), service=None)
+        raw.until(ep.Started)
+        # Far more than the command's stdin pipe holds (1 MiB at most; it never
+        # reads), then a signal: it must not queue behind the write to the full pipe.
+        chunk = b"x" * (256 << 10)
+        for _ in range(16):
+            raw.sock.sendall(ep.frame(ep.Stdin(chunk)))
+        raw.sock.sendall(ep.frame(ep.Signal(signal.SIGTERM)))
+        exit_event, _ = raw.until(ep.Exit)
+        raw.close()
     assert isinstance(exit_event, ep.Exit)
     assert exit_event.signal == signal.SIGTERM
-    raw.close()
 
 
 def test_client_gone_while_its_stdin_waits_kills_the_group(agent: AgentThread) -> None:
@@ -300,12 +305,14 @@ def test_another_user_gets_a_clean_environment(agent: AgentThread) -> None:
 
 
 def test_the_agents_max_output_applies_when_the_client_sets_none(short_tmp: Path) -> None:
+    # Bounded output (never `yes`): a missed cap must fail the test, not fill memory.
     with _agent(short_tmp, max_output=1000) as running:
-        result = hvsock.exec(running.address(), ["yes"])
+        result = hvsock.exec(running.address(), ["head", "-c", "100000", "/dev/zero"])
         assert result.truncated
         assert len(result.stdout) == 1000
         # The client's own, larger cap does not lift the agent's.
-        result = hvsock.exec(running.address(), ["yes"], max_output=5000)
+        result = hvsock.exec(running.address(), ["head", "-c", "100000", "/dev/zero"],
+                             max_output=5000)
         assert result.truncated
         assert len(result.stdout) == 1000
 

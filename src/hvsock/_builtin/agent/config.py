@@ -302,6 +302,24 @@ def addresses_of(config: AgentConfig, name: str) -> list[Address]:
     return out
 
 
+def validate(config: AgentConfig, where: str = "command line") -> None:
+    """Check a configuration built without a file (``--listen``/``--enable``) the way
+    :func:`parse_config` checks a file; raises :class:`ConfigError`."""
+    problems: list[tuple[int | None, str]] = []
+    holders: list[AgentConfig | ServiceConfig] = [config, *config.services.values()]
+    for holder in holders:
+        if holder.allow is not None:
+            rules, problem = _check_value("allow", holder.allow)
+            if problem is not None:
+                problems.append((None, f"allow {problem}"))
+            else:
+                holder.allow = rules
+    if not problems:
+        _check_allow(config, _Lines(""), problems)
+    if problems:
+        raise ConfigError(where, problems)
+
+
 def _check_allow(config: AgentConfig, lines: _Lines,
                  problems: list[tuple[int | None, str]]) -> None:
     """Rules that can never match where they apply are errors; exec on TCP needs its own."""
@@ -322,9 +340,10 @@ def _check_allow(config: AgentConfig, lines: _Lines,
             if svc.allow is not None:
                 never(svc.allow, address, name)
             elif name in SENSITIVE:
-                if isinstance(address, TcpAddress):
-                    problems.append((lines.of(name, "enabled") or lines.of(name),
-                                     needs_opt_in(name, address)))
+                problem = (lines.of(name, "enabled") or lines.of(name),
+                           needs_opt_in(name, address))
+                if isinstance(address, TcpAddress) and problem not in problems:
+                    problems.append(problem)
             elif config.allow is not None:
                 never(config.allow, address, "agent")
             if (name in SENSITIVE and svc.allow is not None

@@ -82,6 +82,8 @@ class ExecPolicy:
     start_timeout: float = START_TIMEOUT
     #: Seconds to wait for output still in flight once the command exited.
     drain_wait: float = DRAIN_WAIT
+    #: Bytes of stdin held per session for a command not reading it (then back-pressure).
+    stdin_buffer: int = STDIN_BUFFER
 
 
 def _winsize(fd: int, rows: int, cols: int) -> None:
@@ -487,7 +489,7 @@ class _Session:
         self.stdin_queue.append(data)
         self.stdin_queued += len(data)
         self.stdin_more.set()
-        if self.stdin_queued >= STDIN_BUFFER:
+        if self.stdin_queued >= self.policy.stdin_buffer:
             self.stdin_room.clear()
 
     async def _feed_stdin(self) -> None:
@@ -510,7 +512,7 @@ class _Session:
                             self.stdin_fd = None
                 self.stdin_queue.popleft()
                 self.stdin_queued -= len(data)
-                if self.stdin_queued < STDIN_BUFFER:
+                if self.stdin_queued < self.policy.stdin_buffer:
                     self.stdin_room.set()
                 if self.stdin_fd is None:
                     self.stdin_queue.clear()
