@@ -444,3 +444,52 @@ class _HostThread:
     def address(self) -> str:
         return str(next(iter(self.host.addresses.values())))
 
+
+
+# -- the agent's command line ------------------------------------------------------------
+
+
+def test_cli_enable_cp_takes_its_roots(short_tmp: Path, hvsock_cmd: list[str]) -> None:
+    import json
+    import subprocess
+
+    refused = subprocess.run([*hvsock_cmd, "agent", "--listen", "tcp://127.0.0.1:0",
+                              "--enable", "cp"], capture_output=True, timeout=60, check=False)
+    assert refused.returncode == 2
+    assert b"--cp-root DIR" in refused.stderr
+    root = short_tmp / "share"
+    root.mkdir()
+    (root / "f.txt").write_bytes(b"served\n")
+    ready = short_tmp / "ready.json"
+    agent = subprocess.Popen([*hvsock_cmd, "agent", "--listen", "tcp://127.0.0.1:0",
+                              "--enable", "cp", "--cp-root", str(root), "--ready-file",
+                              str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists() and agent.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if agent.poll() is not None:
+            err = agent.communicate(timeout=30)[1]
+            if b"in use" in err:
+                pytest.skip(f"cp's well-known port is taken on this machine: {err!r}")
+            raise AssertionError(err)
+        services = json.loads(ready.read_text())["services"]
+        cp_address = next(v for k, v in services.items() if "file" in k or "cp" in k)
+        hvsock.copy(cp_address, f":{root}/f.txt", str(short_tmp / "got.txt"))
+        assert (short_tmp / "got.txt").read_bytes() == b"served\n"
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.communicate(timeout=30)
+
+
+def test_cli_check_config_warns_about_exec_for_any_source_port(
+        tmp_path: Path, hvsock_cmd: list[str]) -> None:
+    import subprocess
+
+    conf = tmp_path / "agent.toml"
+    conf.write_text('[exec]\nenabled = true\nallow = [2]\n')
+    done = subprocess.run([*hvsock_cmd, "agent", "--check-config", str(conf)],
+                          capture_output=True, timeout=60, check=False)
+    assert done.returncode == 0
+    assert f"{conf}:3: warning: [exec] allow lets CID 2 in from any source port".encode() \
+        in done.stderr
