@@ -28,6 +28,8 @@ pytestmark = [pytest.mark.kernel, pytest.mark.timeout(240)]
 #: given as argv[2]), hello, START `id -u`, print what happened.
 CLIENT = r"""
 import sys
+
+import hvsock
 from hvsock._core import exec_proto as ep, mux
 from hvsock._core.framing import encode_frame
 from hvsock._service.frames import recv_frame
