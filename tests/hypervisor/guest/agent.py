@@ -59,6 +59,26 @@ async def start_agent() -> dict[str, Any]:
     return {"files": FILES_DIR, "pool_dir": POOL_DIR, "port": AGENT_PORT}
 
 
+#: A second agent whose exec lets in only root on the host (its default on vsock).
+PRIVILEGED_PORT = 5106
+
+
+@step
+async def start_privileged_exec() -> int:
+    """Start an agent serving exec with its default allow (``host:privileged``)."""
+    if "privileged" not in BACKGROUND:
+        from hvsock._builtin.agent.config import parse_config
+        from hvsock._builtin.agent.host import build_agent
+
+        agent = build_agent(parse_config(
+            f'[agent]\nlisten = "vsock://any:{PRIVILEGED_PORT}"\n[exec]\nenabled = true\n',
+            "privileged agent.toml"))
+        assert agent.services["exec"].allow is not None
+        await agent.host.start()
+        BACKGROUND["privileged"] = agent.host
+    return PRIVILEGED_PORT
+
+
 @step
 def write_file(path: str, size: int, seed: int) -> str:
     """Write *size* reproducible bytes to *path* in L2; returns their SHA-256."""
