@@ -39,6 +39,8 @@ def test_rule_forms(rule: object, expected: object) -> None:
     ("myhost", "never by name"), ("uid:me", "uid:<number>"), (True, "not a CID"),
     ("", "not a CID"), (-1, "out of range"), (0xFFFFFFFF, "out of range"),
     ("4294967295:privileged", "out of range"), (2.0, "not a CID"),
+    # Digits str.isdigit() takes and int() refuses (found by the property test below).
+    ("²", "not a CID"), ("uid:²", "uid:<number>"), ("²:privileged", "CID number"),
 ])
 def test_bad_rules_say_what_to_write(rule: object, words: str) -> None:
     with pytest.raises(hvsock.ArgumentError, match=words):

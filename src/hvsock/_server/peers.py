@@ -119,8 +119,13 @@ def peer_of(sock: socket.socket, raw: Any, listen: Address) -> Peer:
 _KINDS = "a CID (2, \"host:privileged\"), a VM id, an IP address or \"uid:N\""
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes "²", which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _cid(text: str, rule: object) -> int:
-    if text.isdigit():
+    if _digits(text):
         cid = int(text)
     elif text in ids.WELL_KNOWN_CIDS and text != "any":
         cid = ids.WELL_KNOWN_CIDS[text]
@@ -155,7 +160,7 @@ def _rule(rule: object) -> AllowRule:
         raise ArgumentError(f"allow rule {quote(rule)} is not {_KINDS}")
     text = rule.strip()
     if text.startswith("uid:"):
-        if not text[4:].isdigit():
+        if not _digits(text[4:]):
             raise ArgumentError(f"allow rule {quote(rule)}: write uid:<number>")
         return f"uid:{int(text[4:])}"
     if text.endswith(":privileged"):
@@ -163,7 +168,7 @@ def _rule(rule: object) -> AllowRule:
         return PrivilegedCid(_cid(body[4:] if body.startswith("cid:") else body, rule))
     if text.startswith("cid:"):
         return _cid(text[4:], rule)
-    if text.isdigit() or text in ("host", "local"):
+    if _digits(text) or text in ("host", "local"):
         return _cid(text, rule)
     if text == "any":
         raise ArgumentError("allow rule \"any\" does not exist: list the peers let in "
