@@ -72,7 +72,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "relay",
     ),
     "._server.peers": (
-        "Peer",
+        "Peer", "PrivilegedCid",
     ),
     "._service.connection": (
         "Connection", "SyncConnection",
@@ -223,6 +223,7 @@ if TYPE_CHECKING:  # the same names, spelled out for type checkers and IDEs
     from ._relay import TargetRule as TargetRule
     from ._relay import relay as relay
     from ._server.peers import Peer as Peer
+    from ._server.peers import PrivilegedCid as PrivilegedCid
     from ._service.connection import Connection as Connection
     from ._service.connection import SyncConnection as SyncConnection
     from ._service.declaration import Limits as Limits

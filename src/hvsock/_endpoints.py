@@ -37,9 +37,10 @@ def resolve(address: Address) -> SocketAddress:
 
 def connect(address: Address | str, *, timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
             retries: int = 0, retry_wait: float = 0.25,
-            buffer_size: int | None = None) -> socket.socket:
+            buffer_size: int | None = None,
+            reserved_port: bool | str = False) -> socket.socket:
     return api.connect(address, timeout=timeout, retries=retries, retry_wait=retry_wait,
-                       buffer_size=buffer_size, resolve=resolve)
+                       buffer_size=buffer_size, resolve=resolve, reserved_port=reserved_port)
 
 
 def listen(address: Address | str, *, backlog: int = 128, buffer_size: int | None = None,
@@ -51,7 +52,8 @@ def listen(address: Address | str, *, backlog: int = 128, buffer_size: int | Non
 async def connect_socket(address: Address | str, *,
                          timeout: float | None = DEFAULT_CONNECT_TIMEOUT, retries: int = 0,
                          retry_wait: float = 0.25,
-                         buffer_size: int | None = None) -> socket.socket:
+                         buffer_size: int | None = None,
+                         reserved_port: bool | str = False) -> socket.socket:
     """Like :func:`hvsock.connect`, without blocking the loop; a non-blocking socket.
 
     Cancelling it closes the socket being connected. Raises as :func:`hvsock.connect`.
@@ -60,23 +62,24 @@ async def connect_socket(address: Address | str, *,
 
     return await streams.connect_socket(address, timeout=timeout, retries=retries,
                                         retry_wait=retry_wait, buffer_size=buffer_size,
-                                        resolve=resolve)
+                                        resolve=resolve, reserved_port=reserved_port)
 
 
 async def open_connection(
     address: Address | str, *, timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
     retries: int = 0, retry_wait: float = 0.25, buffer_size: int | None = None,
-    limit: int = 2**16,
+    limit: int = 2**16, reserved_port: bool | str = False,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Connect to *address*; return asyncio's ``(StreamReader, StreamWriter)``.
 
-    The same arguments and errors as :func:`hvsock.connect`.
+    The same arguments and errors as :func:`hvsock.connect` (*reserved_port* too).
     """
     from ._aio import streams
 
     return await streams.open_connection(address, timeout=timeout, retries=retries,
                                          retry_wait=retry_wait, buffer_size=buffer_size,
-                                         limit=limit, resolve=resolve)
+                                         limit=limit, resolve=resolve,
+                                         reserved_port=reserved_port)
 
 
 async def start_server(client_connected_cb: ClientConnected, address: Address | str, *,

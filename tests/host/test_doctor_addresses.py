@@ -5,6 +5,7 @@ doctor's sockets come from a fake."""
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -131,3 +132,17 @@ def test_a_vmm_with_nothing_on_the_port_fails_the_handshake(short_tmp: Path) -> 
 def test_vsock_addresses_skip_the_vmm_checks(tmp_path: Path) -> None:
     report = linux("vsock://host:5000", guest(tmp_path, "vmw_vsock_virtio_transport"))
     assert vmm(report) == (NOT_APPLICABLE, NOT_APPLICABLE)
+
+
+@pytest.mark.usefixtures("fd_baseline")
+def test_a_vmm_socket_other_users_may_write_is_a_warning(short_tmp: Path) -> None:
+    with HybridVsockMuxer(str(short_tmp / "vm.sock")) as muxer, muxer.guest_listen(52):
+        os.chmod(muxer.uds_path, 0o600)
+        private = linux(str(muxer.address(52)))["vmm_socket"]
+        os.chmod(muxer.uds_path, 0o666)
+        shared = linux(str(muxer.address(52)))["vmm_socket"]
+    assert private.status == OK
+    assert "cannot prove" in private.summary
+    assert shared.status == WARN
+    assert "other users may connect" in shared.summary
+    assert "chmod 600" in shared.fix

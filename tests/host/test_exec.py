@@ -38,6 +38,10 @@ def agent(request: pytest.FixtureRequest, short_tmp: Path) -> Iterator[AgentThre
     config = default_config(["exec", "info", "health", "time"])
     config.listen = parse_address(f"unix://{short_tmp}/agent.sock" if request.param == "unix"
                                   else "tcp://127.0.0.1:0")
+    if request.param == "tcp":
+        # Exec on TCP is refused unless its allow rules are given (any local user can
+        # connect to 127.0.0.1): the explicit opt-in.
+        config.services["exec"].allow = ["127.0.0.1"]
     with AgentThread(config) as running:
         yield running
 
@@ -473,8 +477,14 @@ def test_threads_and_sessions_do_not_leak(unix_agent: AgentThread, fd_baseline: 
 def test_own_address_allowlist_never_defaults_to_everyone(short_tmp: Path) -> None:
     config = default_config(["exec"])
     config.listen = parse_address(f"unix://{short_tmp}/a.sock")
-    config.allow = ["uid:4000000"]
+    config.allow = ["uid:4000000", f"uid:{os.geteuid()}"]
     config.services["exec"].listen = parse_address(f"unix://{short_tmp}/exec.sock")
+    with AgentThread(config) as running:
+        # exec never takes [agent] allow: with none of its own, its default (this uid
+        # and root), on its own address too.
+        assert running.agent.services["exec"].allow == frozenset(
+            {f"uid:{os.geteuid()}", "uid:0"})
+    config.services["exec"].allow = ["uid:4000000"]
     with AgentThread(config) as running:
         assert running.agent.services["exec"].allow == frozenset({"uid:4000000"})
         with pytest.raises(hvsock.HvsockError):

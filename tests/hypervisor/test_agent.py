@@ -79,3 +79,24 @@ def test_kvp_host_writes_pool_0_and_reads_pool_1(guest: Guest, agent: dict[str, 
     assert seen == {"ProvisioningState": "ready", "from": "L2"}
     # The guest's own store reads what the host wrote, from the pool file.
     assert guest.call("kvp_read", pool=0) == {"HostName": "l1", "Note": "set from L1"}
+
+
+def test_exec_lets_in_root_on_l1_only_by_default(guest: Guest) -> None:
+    """An agent with exec's default allow (host:privileged): L1's root, connecting from a
+    reserved source port, runs commands; L1's nobody is refused, told the rule."""
+    from tests.privileged_client import client_script, run_client, source_port
+
+    if os.geteuid() != 0:
+        pytest.skip("binding a reserved vsock port and switching to nobody need root")
+    address = guest_address(guest.call("start_privileged_exec", timeout=BOOT_TIMEOUT))
+    with client_script() as client:
+        code, out = run_client(client, address, "true", as_nobody=False)
+        assert code == 0, out
+        assert source_port(out) <= 1023
+        assert "ran as 0" in out
+        code, out = run_client(client, address, "try", as_nobody=True)
+        assert code == 4, out
+        assert source_port(out) > 1023
+        assert "host:privileged" in out
+        code, out = run_client(client, address, "false", as_nobody=False)
+        assert code == 4, out

@@ -27,8 +27,11 @@ def agent() -> Iterator[str]:
     port = unused_port()
     config = default_config(["exec", "info"])
     config.listen = parse_address(f"vsock://any:{port}")
-    # The peers here come from CID 1 (loopback), not the host's CID 2.
+    # The peers here come from CID 1 (loopback), not the host's CID 2; exec takes no
+    # [agent] allow, so it is opted in for any source port here (the privileged rule
+    # has its own tests, test_exec_privileged_kernel.py).
     config.allow = [1]
+    config.services["exec"].allow = [1]
     with AgentThread(config):
         yield target(port)
 

@@ -61,6 +61,8 @@ def ours() -> Iterator[int]:
     config = default_config(["qga"])
     config.listen = parse_address(f"vsock://any:{unused_port()}")
     config.allow = [CID_LOCAL]
+    # QGA runs commands: it takes no [agent] allow (its default is root on the host).
+    config.services["qga"].allow = [CID_LOCAL]
     config.services["qga"].listen = parse_address(f"vsock://any:{port}")
     with AgentThread(config, qga_shutdown=lambda mode: None):
         yield port

@@ -36,6 +36,7 @@ async def connect_socket(
     retry_wait: float = 0.25,
     buffer_size: int | None = None,
     resolve: api.Resolver | None = None,
+    reserved_port: bool | str = False,
 ) -> socket.socket:
     """Like :func:`hvsock.connect`, without blocking the loop. Returns a non-blocking socket.
 
@@ -45,11 +46,12 @@ async def connect_socket(
     check_timeout(timeout)
     if buffer_size is not None:
         check_buffer_size(buffer_size)
+    dial.check_reserved_port(reserved_port)
     # Looking a VM name up runs PowerShell: the driver runs it in a thread.
     resolver = api.named_resolver(addr, resolve) if isinstance(addr, NamedVmAddress) else None
     return await drive.run(dial.dial(addr, timeout=timeout, buffer_size=buffer_size,
                                      retries=retries, retry_wait=retry_wait,
-                                     resolve=resolver), timeout)
+                                     resolve=resolver, reserved_port=reserved_port), timeout)
 
 
 async def open_connection(
@@ -61,6 +63,7 @@ async def open_connection(
     buffer_size: int | None = None,
     limit: int = STREAM_LIMIT,
     resolve: api.Resolver | None = None,
+    reserved_port: bool | str = False,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Connect to *address*; return asyncio's ``(StreamReader, StreamWriter)``.
 
@@ -68,7 +71,7 @@ async def open_connection(
     """
     sock = await connect_socket(address, timeout=timeout, retries=retries,
                                 retry_wait=retry_wait, buffer_size=buffer_size,
-                                resolve=resolve)
+                                resolve=resolve, reserved_port=reserved_port)
     with close_on_error(sock):
         return await asyncio.open_connection(sock=sock, limit=limit)
 

@@ -45,8 +45,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
     p.add_argument("--enable", metavar="NAMES",
                    help=f"comma-separated built-ins to serve: {', '.join(CATALOGUE_NAMES)}")
     p.add_argument("--allow", action="append", metavar="RULE", type=allow_rule,
-                   help="with --listen: who may connect (repeatable; default: the host, or "
-                   "this uid for unix://)")
+                   help="with --listen: who may connect, to every enabled service, exec "
+                   "too (repeatable: 2, host:privileged, uid:N, 127.0.0.1; default: the "
+                   "host, for exec only root on the host; this uid and root for unix://)")
+    p.add_argument("--cp-root", action="append", metavar="DIR",
+                   help="with --enable cp: a directory cp serves (repeatable)")
     p.add_argument("--ready-file", help="write JSON {pid, services} here once listening")
     p.add_argument("-v", "--verbose", action="store_true", help="log each connection")
 

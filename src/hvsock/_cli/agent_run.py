@@ -61,6 +61,9 @@ def cmd_agent(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             for line, message in exc.problems:
                 err.write(f"{exc.path}:{line if line is not None else '-'}: {message}\n")
             return EXIT_CONFIG
+        for line, message in config.warnings:
+            err.write(f"{args.check_config}:{line if line is not None else '-'}: "
+                      f"warning: {message}\n")
         out.write(f"{args.check_config}: ok\n")
         for name in config.enabled:
             where = config.services[name].listen
@@ -80,6 +83,21 @@ def cmd_agent(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if "qga" in names:
             # On one address the hello comes first; QGA clients do not send it.
             raise ArgumentError("qga needs its own address: use a config file with [qga] listen")
+        if args.allow:
+            # Typed on the command line next to --enable: it is exec's opt-in as well.
+            for name in agent_config.SENSITIVE & set(names):
+                config.services[name].allow = args.allow
+        if "cp" in names:
+            if not args.cp_root:
+                raise ArgumentError("--enable cp serves only the directories it is given: "
+                                    "add --cp-root DIR (repeatable)")
+            config.services["cp"].options["roots"] = args.cp_root
+        elif args.cp_root:
+            raise ArgumentError("--cp-root goes with --enable cp")
+        try:
+            agent_config.validate(config)
+        except agent_config.ConfigError as exc:
+            raise ArgumentError("; ".join(message for _, message in exc.problems)) from None
     elif args.config is None and not os.path.exists(agent_config.DEFAULT_PATH):
         # No configuration at all: the defaults (info, health, time; exec off; host only).
         config = agent_config.default_config()
@@ -87,6 +105,8 @@ def cmd_agent(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         config = agent_config.load_config(args.config or agent_config.DEFAULT_PATH)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="hvsock agent: %(name)s: %(message)s", stream=err)
+    for _, message in config.warnings:
+        err.write(f"hvsock agent: warning: {message}\n")
 
     def ready(addresses: dict[str, Address]) -> None:
         for name, address in addresses.items():

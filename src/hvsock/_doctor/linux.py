@@ -359,7 +359,17 @@ def _vmm_checks(addr: HybridAddress) -> list[Check]:
                       "check that the VMM runs"), skipped]
     finally:
         probe.close()
-    accepts = Check("vmm_socket", OK, f"{path} is a socket and the VMM accepts on it")
+    accepts = Check("vmm_socket", OK, f"{path} is a socket and the VMM accepts on it; "
+                    "its file mode is all that guards the guest's services (hybrid vsock "
+                    "cannot prove a host user's privilege)")
+    if st.st_mode & 0o022:
+        # Write permission is what connect() needs on a Unix socket.
+        accepts = Check("vmm_socket", WARN, f"{path} accepts, and other users may connect "
+                        f"to it ({stat.filemode(st.st_mode)}): each reaches every service of "
+                        "the guest, exec included, and the guest cannot tell them from root "
+                        "(hybrid vsock cannot prove privilege)",
+                        f"`chmod 600 {path}`, owned by the VMM's user; see docs/agent.md, "
+                        "\"Security model\"")
     try:
         api.connect(addr, timeout=VMM_TIMEOUT).close()
     except HvsockError as exc:

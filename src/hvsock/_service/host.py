@@ -30,7 +30,7 @@ from .._server.lifecycle import (
     sd_notify,
     write_ready_file,
 )
-from .._server.peers import Peer, peer_of
+from .._server.peers import Peer, fits, kind_hint, peer_of, refusal
 from .._transports._common import close_on_error
 from .._transports.features import has_hyperv, has_vsock
 from .._validate import quote
@@ -131,13 +131,13 @@ REFUSAL_LINGER = 2.0
 REFUSAL_DRAIN = 1 << 16
 
 
-async def _refuse(sock: socket.socket, peer: Peer, *, framed: bool) -> None:
+async def _refuse(sock: socket.socket, peer: Peer, why: str, *, framed: bool) -> None:
     """Refuse *peer*: an error frame ``not_allowed`` first for a framed service, then a
     clean close (EOF, not a reset: what the peer sent is read and dropped)."""
     loop = asyncio.get_running_loop()
     try:
         if framed:
-            reply = ErrorReply(None, "not_allowed", f"{peer} is not in it")
+            reply = ErrorReply(None, "not_allowed", why)
             await asyncio.wait_for(loop.sock_sendall(sock, encode_frame(
                 encode_message(reply))), REFUSAL_LINGER)
         sock.shutdown(socket.SHUT_WR)
@@ -206,6 +206,12 @@ class ServiceHost:
         if any(e.service.name == service.name for e in self._entries):
             raise ArgumentError(f"a service named {quote(service.name)} is already added")
         addr = parse_address(address) if address is not None else default_address(service)
+        allow = service.allow
+        if allow is not None and not any(fits(rule, addr) for rule in allow):
+            raise ArgumentError(
+                f"{quote(service.name)}'s allow rules ({', '.join(sorted(map(str, allow)))}) "
+                f"can never match a peer on {addr}, so nobody could connect: "
+                f"{kind_hint(addr)}")
         self._entries.append(_Entry(service, addr, listener=listener,
                                     owns_listener=listener is None,
                                     log=logging.getLogger(f"hvsock.service.{service.name}")))
@@ -307,9 +313,11 @@ class ServiceHost:
                 entry.slots.release()
                 continue
             if not allowed:
-                entry.log.warning("denied %s: not in the allowlist", peer)
+                assert allow is not None
+                why = refusal(peer, allow)
+                entry.log.warning("denied %s: not in the allowlist (%s)", peer, why)
                 entry.slots.release()
-                self._refuse(entry, sock, peer)
+                self._refuse(entry, sock, peer, why)
                 continue
             task = asyncio.create_task(self._serve_one(entry, sock, peer))
             entry.tasks.add(task)
@@ -321,9 +329,9 @@ class ServiceHost:
 
             task.add_done_callback(done)
 
-    def _refuse(self, entry: _Entry, sock: socket.socket, peer: Peer) -> None:
+    def _refuse(self, entry: _Entry, sock: socket.socket, peer: Peer, why: str) -> None:
         """Tell a refused peer why where the protocol allows it, then close cleanly."""
-        task = asyncio.create_task(_refuse(sock, peer, framed=entry.service.framed))
+        task = asyncio.create_task(_refuse(sock, peer, why, framed=entry.service.framed))
         self._refusals.add(task)
         task.add_done_callback(self._refusals.discard)
 
@@ -461,8 +469,8 @@ class ServiceHost:
                 LOG.warning("stopping: cancelled %d connection(s) after the grace period",
                             len(pending))
                 await asyncio.wait(pending, timeout=10)
-        for refusal in list(self._refusals):
-            refusal.cancel()
+        for task in list(self._refusals):
+            task.cancel()
         if self._refusals:
             await asyncio.wait(set(self._refusals), timeout=5)
         self._stopped.set()

@@ -56,6 +56,7 @@ def connect(
     retry_wait: float = 0.25,
     buffer_size: int | None = None,
     resolve: Resolver | None = None,
+    reserved_port: bool | str = False,
 ) -> socket.socket:
     """Connect to *address* and return the connected, blocking ``socket.socket``.
 
@@ -66,7 +67,12 @@ def connect(
     named in the address (``hvsock://wsl/5000``) is looked up at each attempt with
     *resolve* (given by the layer above: the transports know no VM names).
     *buffer_size* sets the socket's buffers (vsock buffer size, or SO_SNDBUF and
-    SO_RCVBUF) before connecting.
+    SO_RCVBUF) before connecting. *reserved_port* binds an AF_VSOCK socket to a
+    reserved source port (1023 down to 512) first, which only root
+    (CAP_NET_BIND_SERVICE) may: services whose allow rule says ``"2:privileged"``
+    let in only such peers. True: a reserved port or :class:`PermissionDeniedError`;
+    ``"try"``: a reserved port when this process may bind one, else an ordinary one
+    (and other address kinds connect as usual); False (the default): never.
 
     Raises :class:`AddressError`, :class:`UnsupportedError`,
     :class:`NothingListeningError`, :class:`ConnectTimeoutError`,
@@ -77,9 +83,11 @@ def connect(
     check_timeout(timeout)
     if buffer_size is not None:
         check_buffer_size(buffer_size)
+    dial.check_reserved_port(reserved_port)
     resolver = named_resolver(named, resolve) if isinstance(named, NamedVmAddress) else None
     return sync.run(dial.dial(named, timeout=timeout, buffer_size=buffer_size,
-                              retries=retries, retry_wait=retry_wait, resolve=resolver),
+                              retries=retries, retry_wait=retry_wait, resolve=resolver,
+                              reserved_port=reserved_port),
                     timeout)
 
 

@@ -121,14 +121,35 @@ def resume(gen: Dial, value: object = None,
 
 # -- the table -------------------------------------------------------------------------------
 def attempt(address: SocketAddress, *, timeout: float | None,
-            buffer_size: int | None) -> Dial:
-    """One connect attempt to the resolved *address* (no retries)."""
+            buffer_size: int | None, reserved_port: bool | str = False) -> Dial:
+    """One connect attempt to the resolved *address* (no retries).
+
+    *reserved_port* (True, or "try" to fall back quietly) binds an AF_VSOCK socket to a
+    reserved source port first; other address kinds have none and ignore "try".
+    """
+    if reserved_port and isinstance(address, VsockAddress):
+        return vsock_(address, timeout, buffer_size, reserved_port)
+    if reserved_port is True:
+        from .._errors import ArgumentError
+
+        raise ArgumentError(f"reserved_port=True needs an AF_VSOCK address, not {address}: "
+                            "only vsock listeners judge a peer by its source port; pass "
+                            "reserved_port='try' to use one where there is one")
     return TRANSPORTS[type(address)](address, timeout, buffer_size)
+
+
+def check_reserved_port(value: object) -> None:
+    """:class:`ArgumentError` unless *value* is False, True or "try"."""
+    if value is not False and value is not True and value != "try":
+        from .._errors import ArgumentError
+        from .._validate import quote
+
+        raise ArgumentError(f"reserved_port must be False, True or 'try', not {quote(value)}")
 
 
 def dial(address: Any, *, timeout: float | None, buffer_size: int | None,
          retries: int = 0, retry_wait: float = 0.25,
-         resolve: Resolver | None = None) -> Dial:
+         resolve: Resolver | None = None, reserved_port: bool | str = False) -> Dial:
     """Attempts with pauses between them: a transient failure is retried *retries* times.
 
     *resolve*, given by the layer above the transports, turns a named address (a VM
@@ -137,17 +158,18 @@ def dial(address: Any, *, timeout: float | None, buffer_size: int | None,
     (:func:`retry_waits`); the errors are the last attempt's.
     """
     waits = retry_waits(retries, retry_wait)
-    return _dial(address, waits, timeout, buffer_size, resolve)
+    return _dial(address, waits, timeout, buffer_size, resolve, reserved_port)
 
 
 def _dial(address: Any, waits: list[float], timeout: float | None, buffer_size: int | None,
-          resolve: Resolver | None) -> Dial:
+          resolve: Resolver | None, reserved_port: bool | str) -> Dial:
     for wait in [*waits, None]:
         try:
             target = address
             if resolve is not None:
                 target = yield InThread(lambda _remaining: resolve(address), _resolve_stalled)
-            return (yield from attempt(target, timeout=timeout, buffer_size=buffer_size))
+            return (yield from attempt(target, timeout=timeout, buffer_size=buffer_size,
+                                       reserved_port=reserved_port))
         except OSError as exc:
             if wait is None or not is_transient(exc):
                 raise
@@ -370,12 +392,16 @@ def hybrid_(address: HybridAddress, timeout: float | None, buffer_size: int | No
 
 
 # -- AF_VSOCK ----------------------------------------------------------------------------------
-def vsock_(address: VsockAddress, timeout: float | None, buffer_size: int | None) -> Dial:
-    """vsock: the kernel's own connect timeout set to ours, then a non-blocking connect."""
+def vsock_(address: VsockAddress, timeout: float | None, buffer_size: int | None,
+           reserved_port: bool | str = False) -> Dial:
+    """vsock: the kernel's own connect timeout set to ours, then a non-blocking connect
+    (from a reserved source port first when asked: see :func:`vsock.bind_reserved`)."""
     from . import vsock
 
     sock = vsock.prepare(address, timeout=timeout, buffer_size=buffer_size)
     with close_on_error(sock):
+        if reserved_port:
+            vsock.bind_reserved(sock, address, required=reserved_port is True)
         sock.setblocking(False)
         return (yield from _connect_nonblocking(sock, address.sockaddr, "vsock",
                                                 vsock.where(address)))

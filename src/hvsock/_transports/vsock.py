@@ -9,7 +9,7 @@ import struct
 
 from .._core import ids
 from .._core.addresses import VsockAddress
-from .._errors import translate
+from .._errors import AddressInUseError, PermissionDeniedError, translate
 from ._common import bind_and_listen, check_buffer_size, close_on_error
 from .features import require_vsock
 
@@ -106,6 +106,45 @@ def prepare(address: VsockAddress, *, timeout: float | None,
         except OSError as exc:
             raise translate(exc, op="connect", family="vsock", where=where(address)) from exc
     return sock
+
+
+#: The reserved source ports tried, highest first, as BSD's rresvport(3) does; a
+#: listener's privileged rule accepts any port <= 1023 (Linux's LAST_RESERVED_PORT).
+RESERVED_PORTS = range(1023, 511, -1)
+
+
+def bind_reserved(sock: socket.socket, address: VsockAddress, *, required: bool) -> int | None:
+    """Bind *sock* to a free reserved source port (1023 down to 512); return it.
+
+    Linux lets only a process with CAP_NET_BIND_SERVICE bind a vsock port <= 1023, so
+    a listener that sees one knows root (in the peer's kernel) connected. Without the
+    capability: :class:`PermissionDeniedError` when *required*, else None (the
+    connect then takes an ordinary port). All ports in use: :class:`AddressInUseError`
+    when *required*, else None.
+    """
+    import errno
+
+    for port in RESERVED_PORTS:
+        try:
+            sock.bind((ids.CID_ANY, port))
+            return port
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                continue
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                if not required:
+                    return None
+                raise PermissionDeniedError(
+                    f"cannot bind a reserved source port for {where(address)}: only root "
+                    "(CAP_NET_BIND_SERVICE) may; run as root, or connect with "
+                    "reserved_port='try' to fall back to an ordinary port (services that "
+                    "need a privileged peer will refuse it)", errno=exc.errno) from exc
+            raise translate(exc, op="bind", family="vsock", where=where(address)) from exc
+    if not required:
+        return None
+    raise AddressInUseError(
+        f"every reserved vsock source port ({RESERVED_PORTS[-1]}-{RESERVED_PORTS[0]}) is in "
+        "use; close some connections and retry", errno=98)
 
 
 def listen(address: VsockAddress, *, backlog: int, buffer_size: int | None) -> socket.socket:

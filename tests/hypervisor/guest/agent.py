@@ -30,6 +30,9 @@ allow = [2]
 
 [exec]
 enabled = true
+# Any source port from the host (L1): hvsock.exec in L1 binds no reserved port yet.
+# Once the exec client binds one, drop this line: the default is "host:privileged".
+allow = [2]
 
 [cp]
 enabled = true
@@ -54,6 +57,26 @@ async def start_agent() -> dict[str, Any]:
         await agent.host.start()
         BACKGROUND["agent"] = agent.host
     return {"files": FILES_DIR, "pool_dir": POOL_DIR, "port": AGENT_PORT}
+
+
+#: A second agent whose exec lets in only root on the host (its default on vsock).
+PRIVILEGED_PORT = 5106
+
+
+@step
+async def start_privileged_exec() -> int:
+    """Start an agent serving exec with its default allow (``host:privileged``)."""
+    if "privileged" not in BACKGROUND:
+        from hvsock._builtin.agent.config import parse_config
+        from hvsock._builtin.agent.host import build_agent
+
+        agent = build_agent(parse_config(
+            f'[agent]\nlisten = "vsock://any:{PRIVILEGED_PORT}"\n[exec]\nenabled = true\n',
+            "privileged agent.toml"))
+        assert agent.services["exec"].allow is not None
+        await agent.host.start()
+        BACKGROUND["privileged"] = agent.host
+    return PRIVILEGED_PORT
 
 
 @step

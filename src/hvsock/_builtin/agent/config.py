@@ -10,7 +10,8 @@
 
     [exec]                        # off unless enabled
     enabled = true
-    allow = [2]                   # narrows [agent] allow for this service
+    allow = ["host:privileged"]   # the default on vsock: root on the host (docs/agent.md,
+                                  # "Security model"); exec never takes [agent] allow
     listen = "vsock://any:5105"   # optional: its own address too (no hello there)
     allow_user = true
     max_sessions = 32
@@ -25,13 +26,25 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..._core.addresses import Address, parse_address
+from ..._core import ids
+from ..._core.addresses import (
+    Address,
+    HybridAddress,
+    HyperVAddress,
+    TcpAddress,
+    UnixAddress,
+    VsockAddress,
+    parse_address,
+)
 from ..._errors import ArgumentError, HvsockError
+from ..._server.peers import PrivilegedCid, allow_rules, fits, kind_hint
+from ..._transports.features import has_hyperv
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -66,6 +79,44 @@ OWN_DEFAULT_PORTS = {"kvp": 5010, "cp": 5005}
 AGENT_KEYS = {"listen": "address", "allow": "allow", "max_connections": "int",
               "grace": "seconds"}
 COMMON_KEYS = {"enabled": "bool", "listen": "address", "allow": "allow"}
+#: Services that run commands as the agent's user (root): with no ``allow`` of their own
+#: they let in only a privileged host user, never whatever ``[agent] allow`` says.
+SENSITIVE = frozenset({"exec", "qga"})
+
+
+def default_listen() -> Address:
+    """The shared address when the config names none: port 5100 on the VM socket family."""
+    if has_hyperv():
+        return HyperVAddress(ids.WILDCARD, ids.service_id_for_port(AGENT_PORT))
+    return VsockAddress(ids.CID_ANY, AGENT_PORT)
+
+
+def default_allow(address: Address, service: str | None = None) -> list[Any]:
+    """Who may connect when the config does not say: the host side only.
+
+    For a :data:`SENSITIVE` *service*: on AF_VSOCK only a privileged host user (CID 2
+    from a source port <= 1023); on TCP nobody (see :func:`needs_opt_in`).
+    """
+    if isinstance(address, VsockAddress):
+        return [PrivilegedCid(ids.CID_HOST) if service in SENSITIVE else ids.CID_HOST]
+    if isinstance(address, HyperVAddress):
+        return [ids.PARENT]
+    if isinstance(address, (UnixAddress, HybridAddress)):
+        # A hybrid listener's peer is the VMM's process, seen by its uid like a Unix peer.
+        me = os.geteuid()
+        return [f"uid:{me}"] + (["uid:0"] if me != 0 else [])
+    if isinstance(address, TcpAddress):
+        if service in SENSITIVE:
+            raise ArgumentError(needs_opt_in(service, address))
+        return ["127.0.0.1", "::1"]
+    return []
+
+
+def needs_opt_in(service: str, address: Address) -> str:
+    return (f"{service} on {address} needs its own allow rules: every local user can "
+            "connect to a TCP address (127.0.0.1 too), and TCP cannot tell root from "
+            f"anyone else; if that is what you want, set [{service}] allow = "
+            "[\"127.0.0.1\"] (--allow 127.0.0.1 on the command line)")
 
 
 class ConfigError(ArgumentError):
@@ -93,6 +144,8 @@ class AgentConfig:
     max_connections: int = 64
     grace: float = 10.0
     services: dict[str, ServiceConfig] = field(default_factory=dict)
+    #: (line, message) pairs worth a word that do not stop the agent (--check-config).
+    warnings: list[tuple[int | None, str]] = field(default_factory=list)
 
     @property
     def enabled(self) -> list[str]:
@@ -150,9 +203,14 @@ def _check_value(kind: str, value: Any) -> tuple[Any, str | None]:
     if kind == "allow":
         if not isinstance(value, list) or not all(
                 isinstance(v, (int, str)) and not isinstance(v, bool) for v in value):
-            return value, ("must be a list of CIDs, VM ids, hosts or \"uid:N\" "
-                           "(e.g. [2] or [\"uid:0\"])")
-        return value, None
+            return value, ("must be a list of CIDs, VM ids, IP addresses or \"uid:N\" "
+                           "(e.g. [2], [\"host:privileged\"] or [\"uid:0\"])")
+        try:
+            rules = allow_rules(value)
+        except ArgumentError as exc:
+            return value, f"has a bad rule: {exc}"
+        assert rules is not None
+        return sorted(rules, key=str), None
     raise AssertionError(kind)
 
 
@@ -223,12 +281,89 @@ def parse_config(text: str, path: str = "agent.toml") -> AgentConfig:
                              "[cp] serves only the directories it is given: set "
                              "roots = [\"/srv/share\"]"))
         config.services[name] = svc
+    if not problems:
+        _check_allow(config, lines, problems)
     if not problems and not config.enabled:
         problems.append((None, "no service is enabled: set enabled = true in at least one "
                          "section"))
     if problems:
         raise ConfigError(path, problems)
     return config
+
+
+def addresses_of(config: AgentConfig, name: str) -> list[Address]:
+    """Where service *name* is served: the shared address (behind the hello) and its own."""
+    shared = config.listen or default_listen()
+    svc = config.services[name]
+    out = [] if name in OWN_ADDRESS_ONLY else [shared]
+    if svc.listen is not None:
+        out.append(svc.listen)
+    elif name in OWN_DEFAULT_PORTS:
+        out.append(shared)  # the same kind: only the port differs
+    return out
+
+
+def validate(config: AgentConfig, where: str = "command line") -> None:
+    """Check a configuration built without a file (``--listen``/``--enable``) the way
+    :func:`parse_config` checks a file; raises :class:`ConfigError`."""
+    problems: list[tuple[int | None, str]] = []
+    holders: list[AgentConfig | ServiceConfig] = [config, *config.services.values()]
+    for holder in holders:
+        if holder.allow is not None:
+            rules, problem = _check_value("allow", holder.allow)
+            if problem is not None:
+                problems.append((None, f"allow {problem}"))
+            else:
+                holder.allow = rules
+    if not problems:
+        _check_allow(config, _Lines(""), problems)
+    if problems:
+        raise ConfigError(where, problems)
+
+
+def _check_allow(config: AgentConfig, lines: _Lines,
+                 problems: list[tuple[int | None, str]]) -> None:
+    """Rules that can never match where they apply are errors; exec on TCP needs its own."""
+    shared = config.listen or default_listen()
+
+    def never(rules: list[Any], address: Address, table: str) -> None:
+        bad = [r for r in rules if not fits(r, address)]
+        problem = (lines.of(table, "allow"), f"[{table}] allow: {', '.join(map(str, bad))} "
+                   f"can never match a peer on {address} ({kind_hint(address)})")
+        if bad and problem not in problems:
+            problems.append(problem)
+
+    if config.allow is not None and any(n not in OWN_ADDRESS_ONLY for n in config.enabled):
+        never(config.allow, shared, "agent")  # checked at accept on the shared address
+    for name in config.enabled:
+        svc = config.services[name]
+        for address in addresses_of(config, name):
+            if svc.allow is not None:
+                never(svc.allow, address, name)
+            elif name in SENSITIVE:
+                problem = (lines.of(name, "enabled") or lines.of(name),
+                           needs_opt_in(name, address))
+                if isinstance(address, TcpAddress) and problem not in problems:
+                    problems.append(problem)
+            elif config.allow is not None:
+                never(config.allow, address, "agent")
+            if (name in SENSITIVE and svc.allow is not None
+                    and isinstance(address, VsockAddress)):
+                plain = [r for r in svc.allow if isinstance(r, int)]
+                warning = (lines.of(name, "allow"), unproven(name, plain))
+                if plain and warning not in config.warnings:
+                    config.warnings.append(warning)
+
+
+def unproven(name: str, cids: list[int]) -> str:
+    """The warning for a sensitive service that lets CIDs in from any source port."""
+    return (f"[{name}] allow lets CID {', '.join(map(str, cids))} in from any source port: "
+            "on a KVM/QEMU host every local user can connect to a guest, so every one of "
+            "them may use "
+            f"{name} here; use \"host:privileged\" unless the host side is guarded "
+            "otherwise (Firecracker / Cloud Hypervisor: only the VMM socket's file mode "
+            "guards it, and hybrid vsock cannot prove privilege; see docs/agent.md, "
+            "\"Security model\")")
 
 
 def load_config(path: str) -> AgentConfig:

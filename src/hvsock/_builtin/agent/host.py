@@ -3,9 +3,11 @@
 Every enabled service is reachable on the shared address behind the service hello
 (:mod:`hvsock._core.mux`); a service whose section has ``listen`` is also served
 there on its own, without the hello (QGA only that way: its clients speak QGA
-from the first byte). Allowlists default to the host: CID 2 for vsock (a hybrid
-VMM's connections arrive from CID 2 too), the parent partition for Hyper-V,
-the agent's own uid for Unix sockets, loopback for TCP.
+from the first byte). Allowlists default to the host (see
+:func:`.config.default_allow`): CID 2 for vsock, and for exec and QGA only a
+privileged host user (a source port <= 1023); the parent partition for Hyper-V;
+the agent's own uid and root for Unix sockets and hybrid listeners; loopback for
+TCP, where exec and QGA need an explicit allow.
 """
 
 from __future__ import annotations
@@ -25,19 +27,28 @@ from ..._core.addresses import (
     HybridAddress,
     HyperVAddress,
     TcpAddress,
-    UnixAddress,
     VsockAddress,
 )
 from ..._core.framing import encode_frame
 from ..._errors import ArgumentError, ProtocolError
+from ..._server.peers import refusal
 from ..._service.connection import Connection, SyncConnection
 from ..._service.declaration import Limits, Service
 from ..._service.frames import read_frame
 from ..._service.host import ServiceHost
-from ..._transports.features import has_hyperv
 from .. import qga as qga_mod
 from .. import sysinfo
-from .config import AGENT_PORT, OWN_ADDRESS_ONLY, OWN_DEFAULT_PORTS, AgentConfig, ServiceConfig
+from .config import (
+    AGENT_PORT,
+    OWN_ADDRESS_ONLY,
+    OWN_DEFAULT_PORTS,
+    SENSITIVE,
+    AgentConfig,
+    ServiceConfig,
+    addresses_of,
+    default_allow,
+    default_listen,
+)
 
 __all__: list[str] = []
 
@@ -113,26 +124,6 @@ def with_port(address: Address, port: int) -> Address:
         f"give the service its own listen address: {address} has no port to change")
 
 
-def default_listen() -> Address:
-    """The shared address when the config names none: port 5100 on the VM socket family."""
-    if has_hyperv():
-        return HyperVAddress(ids.WILDCARD, ids.service_id_for_port(AGENT_PORT))
-    return VsockAddress(ids.CID_ANY, AGENT_PORT)
-
-
-def default_allow(address: Address) -> list[Any]:
-    """Who may connect when the config does not say: the host side only."""
-    if isinstance(address, (VsockAddress, HybridAddress)):
-        return [ids.CID_HOST]
-    if isinstance(address, HyperVAddress):
-        return [ids.PARENT]
-    if isinstance(address, UnixAddress):
-        return [f"uid:{os.geteuid()}"]
-    if isinstance(address, TcpAddress):
-        return ["127.0.0.1", "::1"]
-    return []
-
-
 @dataclass
 class _Sub:
     service: Service
@@ -166,8 +157,9 @@ class MuxHandler:
             return
         allow = sub.service.allow
         if allow is not None and not any(conn.peer.matches(rule) for rule in allow):
-            sub.log.warning("denied %s: not in the allowlist", conn.peer)
-            await self._refuse(conn, "forbidden", f"{conn.peer} may not use {name}")
+            why = refusal(conn.peer, allow)
+            sub.log.warning("denied %s: not in the allowlist (%s)", conn.peer, why)
+            await self._refuse(conn, "forbidden", f"refused by {name}'s allowlist: {why}")
             return
         conn.writer.write(encode_frame(mux.encode_answer(), mux.MAX_HELLO))
         await conn.writer.drain()
@@ -229,8 +221,13 @@ def build_agent(config: AgentConfig, *, ready_file: str | None = None,
         # Never "everyone" by accident: the section's list, else the agent's, else the
         # host side of the address it is served on. On the shared address the agent's
         # list is checked at accept as well, so a section's list narrows it there.
+        # Services that run commands never take the agent's list: theirs is the
+        # privileged host (docs/agent.md, "Security model").
         if section.allow is not None:
             allow = section.allow
+        elif name in SENSITIVE:
+            allow = list(dict.fromkeys(rule for address in addresses_of(config, name)
+                                       for rule in default_allow(address, name)))
         elif config.allow is not None:
             allow = config.allow
         else:

@@ -1,10 +1,17 @@
 """The exec service: run a command for a client, stream its output live, report its end.
 
 Each command runs in a new session (its own process group), on pipes or on a
-PTY the agent opens with the client's size and TERM. Whatever way the session
-ends, the whole process group goes: at exit of the command (so nothing it left
-behind holds the pipes), at the timeout (SIGTERM, then SIGKILL after a grace),
-at the output cap, and when the client vanishes.
+PTY the agent opens with the client's size and TERM, with default signal
+dispositions and an empty signal mask whatever the agent inherited (an agent
+started under nohup must not pass on an ignored SIGINT). Whatever way the
+session ends, the whole process group goes: at exit of the command (so nothing
+it left behind holds the pipes), at the timeout (SIGTERM, then SIGKILL after a
+grace), at the output cap, and when the client vanishes, also while its stdin
+waits for a command that does not read it.
+
+The client's frames are read by one task and the command's stdin is written by
+another, through a bounded buffer: a command that does not read its stdin never
+stops the agent reading RESIZE, SIGNAL or the client's hang-up.
 """
 
 from __future__ import annotations
@@ -16,9 +23,11 @@ import fcntl
 import os
 import pty
 import pwd
+import select
 import signal
 import struct
 import termios
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +48,21 @@ DRAIN_WAIT = 2.0
 #: Size asked for the command's stdin and stdout pipes (Linux's default is 64 KiB; at
 #: 1 MiB a streaming command and the agent wake each other up far less often).
 PIPE_SIZE = 1 << 20
+#: Seconds a client has to send START once connected (after the hello on the shared
+#: address): idle connections must not hold the agent's connection slots.
+START_TIMEOUT = 10.0
+#: Bytes of stdin held for a command that is not reading it; past this the agent stops
+#: reading the client (back-pressure) but still notices it hanging up.
+STDIN_BUFFER = 1 << 20
+#: Seconds between checks that a client is still there while its stdin waits.
+HANGUP_POLL = 0.5
+#: Signals whose disposition a command gets reset to the default (SIG_IGN survives exec).
+RESET_SIGNALS = tuple(getattr(signal, name) for name in (
+    "SIGHUP", "SIGINT", "SIGQUIT", "SIGPIPE", "SIGTERM", "SIGTSTP", "SIGTTIN", "SIGTTOU",
+    "SIGCHLD", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGXFSZ") if hasattr(signal, name))
+#: PATH for a command run as another user, as su - / login(1) set it.
+ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+USER_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 @dataclass(frozen=True)
@@ -54,13 +78,27 @@ class ExecPolicy:
     #: Largest output (stdout + stderr) per command (None: no limit).
     max_output: int | None = None
     kill_grace: float = KILL_GRACE
+    #: Seconds for START to arrive.
+    start_timeout: float = START_TIMEOUT
+    #: Seconds to wait for output still in flight once the command exited.
+    drain_wait: float = DRAIN_WAIT
+    #: Bytes of stdin held per session for a command not reading it (then back-pressure).
+    stdin_buffer: int = STDIN_BUFFER
 
 
 def _winsize(fd: int, rows: int, cols: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
+def _default_signals() -> None:  # pragma: no cover - runs in the child
+    # Ignored dispositions and the mask survive exec: give the command a clean start.
+    for sig in RESET_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
 def _take_terminal() -> None:  # pragma: no cover - runs in the child
+    _default_signals()
     # start_new_session made us a session leader; fd 0 is the PTY's slave side.
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
@@ -82,6 +120,35 @@ def _close(fd: int | None) -> None:
 def _killpg(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+async def _settle(tasks: list[asyncio.Task[Any]]) -> None:
+    """Wait until every (cancelled) task in *tasks* has finished, even if we are
+    cancelled meanwhile (then re-raise that once they have).
+
+    The pumps unregister their fds from the loop as they finish: closing an fd first
+    would let its number be reused by another session, whose registration the late
+    unregister would then remove (seen as BlockingIOError, then KeyError in the
+    selector, when the agent stopped under load).
+    """
+    cancelled = False
+    pending = [t for t in tasks if not t.done()]
+    while pending:
+        try:
+            await asyncio.wait(pending)
+        except asyncio.CancelledError:
+            cancelled = True
+        pending = [t for t in pending if not t.done()]
+    if cancelled:
+        raise asyncio.CancelledError
+
+
+def _hung_up(fd: int) -> bool:
+    """True once the peer of socket *fd* has closed its end for good (or it failed)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLHUP | select.POLLERR)
+    return any(ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL)
+               for _, ev in poller.poll(0))
 
 
 async def _wait_fd(fd: int, writable: bool) -> None:
@@ -167,6 +234,12 @@ class _Session:
         self.truncated = False
         self.timed_out = False
         self.write_lock = asyncio.Lock()
+        #: stdin on its way to the command, written by _feed_stdin (b"" marks EOF).
+        self.stdin_queue: deque[bytes] = deque()
+        self.stdin_queued = 0
+        self.stdin_more = asyncio.Event()
+        self.stdin_room = asyncio.Event()
+        self.stdin_room.set()
 
     async def send(self, event: ep.Event) -> None:
         async with self.write_lock:
@@ -201,10 +274,14 @@ class _Session:
         else:
             with contextlib.suppress(KeyError):
                 account = pwd.getpwuid(os.geteuid())
-        env = dict(os.environ)
         if account is not None and start.user is not None:
-            env.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name,
-                       SHELL=account.pw_shell or "/bin/sh")
+            # As su - / sudo -i: the target user's minimal environment, never the
+            # agent's (its variables may point at the agent's files, or be secrets).
+            env = {"HOME": account.pw_dir, "USER": account.pw_name,
+                   "LOGNAME": account.pw_name, "SHELL": account.pw_shell or "/bin/sh",
+                   "PATH": ROOT_PATH if account.pw_uid == 0 else USER_PATH}
+        else:
+            env = dict(os.environ)
         for name in start.unset:
             env.pop(name, None)
         if start.tty is not None:
@@ -243,7 +320,8 @@ class _Session:
                 err, child_err = _pipe(None)
                 self.outputs.append((err, 2))
                 theirs.append(child_err)
-                kwargs.update(stdin=child_in, stdout=child_out, stderr=child_err)
+                kwargs.update(stdin=child_in, stdout=child_out, stderr=child_err,
+                              preexec_fn=_default_signals)
             for fd, _ in self.outputs:
                 os.set_blocking(fd, False)
             os.set_blocking(self.stdin_fd, False)
@@ -270,22 +348,26 @@ class _Session:
         proc = self.proc
         assert proc is not None
         pgid = proc.pid  # a new session: its leader's pid is the group's id
-        await self.send(ep.Started(proc.pid))
         loop = asyncio.get_running_loop()
-        timeout = self.start.timeout
-        if self.policy.max_timeout is not None:
-            timeout = min(timeout or self.policy.max_timeout, self.policy.max_timeout)
         timers: list[asyncio.TimerHandle] = []
-        if timeout is not None:
-            timers.append(loop.call_later(timeout, self._on_timeout, pgid, timers))
-        outputs = [asyncio.create_task(self._pump_output(fd, kind, pgid))
-                   for fd, kind in self.outputs]
-        inputs = asyncio.create_task(self._pump_client(pgid))
+        outputs: list[asyncio.Task[None]] = []
+        helpers: list[asyncio.Task[None]] = []
         try:
+            # Inside the try: a client gone before STARTED still takes the group along.
+            await self.send(ep.Started(proc.pid))
+            timeout = self.start.timeout
+            if self.policy.max_timeout is not None:
+                timeout = min(timeout or self.policy.max_timeout, self.policy.max_timeout)
+            if timeout is not None:
+                timers.append(loop.call_later(timeout, self._on_timeout, pgid, timers))
+            outputs += [asyncio.create_task(self._pump_output(fd, kind, pgid))
+                        for fd, kind in self.outputs]
+            helpers += [asyncio.create_task(self._pump_client(pgid)),
+                        asyncio.create_task(self._feed_stdin())]
             code = await proc.wait()
             # The command is over: so is its group (nothing it left keeps our pipes).
             _killpg(pgid, signal.SIGKILL)
-            _, late = await asyncio.wait(outputs, timeout=DRAIN_WAIT)
+            _, late = await asyncio.wait(outputs, timeout=self.policy.drain_wait)
             for task in late:
                 task.cancel()
             for task in outputs:
@@ -297,8 +379,7 @@ class _Session:
         finally:
             for timer in timers:
                 timer.cancel()
-            inputs.cancel()
-            for task in outputs:
+            for task in (*helpers, *outputs):
                 task.cancel()
             try:
                 if proc.returncode is None:
@@ -306,13 +387,11 @@ class _Session:
                     _killpg(pgid, signal.SIGKILL)
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(asyncio.shield(proc.wait()), 5)
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await inputs
-                # Let the cancelled pumps unregister their fds before those close: a
-                # number closed while still registered may be reused by another session.
-                await asyncio.wait(outputs)
             finally:
-                self._close_fds()
+                try:
+                    await _settle([*helpers, *outputs])
+                finally:
+                    self._close_fds()
 
     def _close_fds(self) -> None:
         # The PTY's master is both stdin_fd and an output: closed once.
@@ -354,10 +433,13 @@ class _Session:
         reader = self.conn.reader
         while True:
             why = "EOF"
-            try:
-                event = await _read_event(reader)
-            except (ConnectionError, ProtocolError) as exc:
-                event, why = None, str(exc)
+            if not self.stdin_room.is_set() and not await self._wait_for_room():
+                event, why = None, "hung up while its stdin waited"
+            else:
+                try:
+                    event = await _read_event(reader)
+                except (ConnectionError, ProtocolError) as exc:
+                    event, why = None, str(exc)
             if event is None:
                 # The client vanished (or broke the protocol): its command goes too.
                 self.conn.log.info("client %s gone (%s): killing process group %d",
@@ -365,9 +447,14 @@ class _Session:
                 _killpg(pgid, signal.SIGKILL)
                 return
             if isinstance(event, ep.Stdin):
-                await self._write_stdin(event.data)
+                self._queue_stdin(event.data)
             elif isinstance(event, ep.StdinEof):
-                await self._close_stdin()
+                if self.master is not None:
+                    # A terminal has no half-close: EOF is the VEOF character (Ctrl-D).
+                    with contextlib.suppress(OSError):
+                        self._queue_stdin(termios.tcgetattr(self.master)[6][termios.VEOF])
+                else:
+                    self._queue_stdin(b"")
             elif isinstance(event, ep.Resize):
                 if self.master is not None:
                     with contextlib.suppress(OSError):
@@ -382,20 +469,56 @@ class _Session:
                 self.conn.log.warning("client %s sent %s during a session; ignored",
                                       self.conn.peer, type(event).__name__)
 
-    async def _write_stdin(self, data: bytes) -> None:
+    async def _wait_for_room(self) -> bool:
+        """Wait until the stdin buffer has room; False if the client hung up meanwhile.
+
+        The client is not read meanwhile (that is the back-pressure), so its hang-up
+        is looked for on the socket itself.
+        """
+        sock = self.conn.writer.get_extra_info("socket")
+        while not self.stdin_room.is_set():
+            if sock is not None and _hung_up(sock.fileno()):
+                return False
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stdin_room.wait(), HANGUP_POLL)
+        return True
+
+    def _queue_stdin(self, data: bytes) -> None:
         if self.stdin_fd is None:
             return  # stdin was closed (STDIN_EOF came first): nothing reads this
-        with contextlib.suppress(OSError):  # the command stopped reading: its exit tells
-            await _write_fd(self.stdin_fd, data)
+        self.stdin_queue.append(data)
+        self.stdin_queued += len(data)
+        self.stdin_more.set()
+        if self.stdin_queued >= self.policy.stdin_buffer:
+            self.stdin_room.clear()
 
-    async def _close_stdin(self) -> None:
-        if self.master is not None:
-            # A terminal has no half-close: EOF is the VEOF character (Ctrl-D).
-            with contextlib.suppress(OSError):
-                await _write_fd(self.master, termios.tcgetattr(self.master)[6][termios.VEOF])
-        elif self.stdin_fd is not None:
-            _close(self.stdin_fd)
-            self.stdin_fd = None
+    async def _feed_stdin(self) -> None:
+        """Write the queued stdin to the command, in order; b"" closes it."""
+        while True:
+            await self.stdin_more.wait()
+            while self.stdin_queue:
+                data = self.stdin_queue[0]
+                fd = self.stdin_fd
+                if fd is not None and not data and self.master is None:
+                    _close(fd)
+                    self.stdin_fd = None
+                elif fd is not None:
+                    try:
+                        await _write_fd(fd, data)
+                    except OSError:
+                        # The command closed its stdin: what is left has no reader.
+                        if self.master is None:
+                            _close(fd)
+                            self.stdin_fd = None
+                self.stdin_queue.popleft()
+                self.stdin_queued -= len(data)
+                if self.stdin_queued < self.policy.stdin_buffer:
+                    self.stdin_room.set()
+                if self.stdin_fd is None:
+                    self.stdin_queue.clear()
+                    self.stdin_queued = 0
+                    self.stdin_room.set()
+            self.stdin_more.clear()
 
 
 class ExecServer:
@@ -407,10 +530,18 @@ class ExecServer:
 
     async def __call__(self, conn: Connection) -> None:
         try:
-            body = await read_frame(conn.reader, ep.MAX_FRAME)
+            body = await asyncio.wait_for(read_frame(conn.reader, ep.MAX_FRAME),
+                                          self.policy.start_timeout)
             if body is None:
                 return
             start = ep.decode(body)
+        except asyncio.TimeoutError:
+            conn.log.info("closed %s: no START within %g s", conn.peer,
+                          self.policy.start_timeout)
+            with contextlib.suppress(OSError):
+                await conn.write(ep.frame(ep.Error(
+                    "timeout", f"no START within {self.policy.start_timeout:g} s")))
+            return
         except ProtocolError as exc:
             await conn.write(ep.frame(ep.Error("bad_request", str(exc))))
             return
