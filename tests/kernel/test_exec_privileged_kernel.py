@@ -8,6 +8,9 @@ reserved source port (root), and refuses the same client run as an unprivileged 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,3 +76,41 @@ def test_an_unprivileged_user_is_refused_naming_the_rule(agent: str, client: Pat
     assert "forbidden" in out
     assert "local:privileged" in out
 
+
+
+def _hvsock_exec(agent: str, *extra: str, as_nobody: bool) -> subprocess.CompletedProcess[str]:
+    """`hvsock exec` itself (its default: a reserved source port when it may bind one)."""
+    argv = [sys.executable, "-m", "hvsock", "exec", *extra, agent, "--", "id", "-u"]
+    if as_nobody:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("setpriv (util-linux) is not installed here")
+        argv = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False,
+                          env=env, cwd="/", stdin=subprocess.DEVNULL)
+
+
+def test_hvsock_exec_as_root_binds_a_reserved_port_by_default(agent: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("binding a reserved vsock port needs root (the kernel tier runs as root)")
+    done = _hvsock_exec(agent, as_nobody=False)
+    assert (done.returncode, done.stdout) == (0, "0\n"), done.stderr
+    # Without the reserved port, the same root client is refused by the same rule.
+    done = _hvsock_exec(agent, "--no-privileged-port", as_nobody=False)
+    assert done.returncode != 0
+    assert "local:privileged" in done.stderr, done.stderr
+
+
+def test_hvsock_exec_as_nobody_is_refused_naming_the_rule(agent: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("switching to nobody needs root")
+    done = _hvsock_exec(agent, as_nobody=True)
+    assert done.returncode != 0
+    assert done.stdout == ""
+    assert "local:privileged" in done.stderr, done.stderr
+    assert "source port <= 1023" in done.stderr, done.stderr
+    # Asking for the reserved port outright fails before any connect, and says why.
+    done = _hvsock_exec(agent, "--privileged-port", as_nobody=True)
+    assert done.returncode == 6, done.stderr
+    assert "only root" in done.stderr, done.stderr

@@ -86,6 +86,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
                    default=DEFAULT_CONNECT_TIMEOUT)
     p.add_argument("--retries", type=cliargs.non_negative_int, default=0,
                    help="retry a failed connect this many times (agents restarting)")
+    port = p.add_mutually_exclusive_group()
+    port.add_argument("--privileged-port", dest="reserved_port", action="store_const",
+                      const=True, default="try",
+                      help="on vsock, fail unless a reserved source port (<= 1023, root) can be "
+                      "bound; by default one is bound when possible, which an agent's "
+                      "host:privileged rule (exec's default) requires")
+    port.add_argument("--no-privileged-port", dest="reserved_port", action="store_const",
+                      const=False, help="never bind a reserved source port")
     return {"agent": cmd_agent, "exec": cmd_exec}
 
 

@@ -226,7 +226,8 @@ def cmd_exec(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     err.flush()
     try:
         session = ExecSession.open(args.address, start, service=service,
-                                   connect_timeout=args.connect_timeout, retries=args.retries)
+                                   connect_timeout=args.connect_timeout, retries=args.retries,
+                                   reserved_port=args.reserved_port)
     except RemoteError as exc:
         err.write(f"hvsock: {exc.remote_message}\n")
         return EXIT_FAILED

@@ -29,10 +29,9 @@ listen = "vsock://any:{AGENT_PORT}"
 allow = [2]
 
 [exec]
+# exec's default allow, host:privileged: L1's tests run as root and hvsock.exec binds a
+# reserved source port when it can.
 enabled = true
-# Any source port from the host (L1): hvsock.exec in L1 binds no reserved port yet.
-# Once the exec client binds one, drop this line: the default is "host:privileged".
-allow = [2]
 
 [cp]
 enabled = true

@@ -113,21 +113,27 @@ def _remote_error(event: ep.Error) -> RemoteError:
     return RemoteError(event.code, event.message)
 
 
-def dial(address: Address | str, *, timeout: float | None,
-         retries: int) -> socket.socket:
+def dial(address: Address | str, *, timeout: float | None, retries: int,
+         reserved_port: bool | str = "try") -> socket.socket:
     """The one place the blocking exec clients dial: through :mod:`hvsock._endpoints`,
-    so VM names resolve as for :func:`hvsock.connect` (options of the dial go here)."""
+    so VM names resolve as for :func:`hvsock.connect` (options of the dial go here).
+
+    On AF_VSOCK a reserved source port (<= 1023) is bound when this process may
+    (``"try"``): that is how an agent's ``host:privileged`` rule, exec's default, tells
+    root on the host from every other local user. ``True`` requires it."""
     from ..._endpoints import connect
 
-    return connect(address, timeout=timeout, retries=retries)
+    return connect(address, timeout=timeout, retries=retries, reserved_port=reserved_port)
 
 
 async def dial_async(address: Address | str, *, timeout: float | None, retries: int,
+                     reserved_port: bool | str = "try",
                      ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """:func:`dial` for :func:`exec_async` (the same resolution, the same options)."""
     from ..._endpoints import open_connection
 
-    return await open_connection(address, timeout=timeout, retries=retries)
+    return await open_connection(address, timeout=timeout, retries=retries,
+                                 reserved_port=reserved_port)
 
 
 class ExecSession:
@@ -150,14 +156,15 @@ class ExecSession:
     @classmethod
     def open(cls, address: Address | str, start: ep.Start, *, service: str | None = "exec",
              connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
-             retries: int = 0) -> ExecSession:
+             retries: int = 0, reserved_port: bool | str = "try") -> ExecSession:
         """Connect and start *start*. Raises :class:`hvsock.HvsockError` subclasses
         (connect failures; :class:`RemoteError` when the agent refuses the service)."""
         from ..._service.frames import recv_frame
 
         proto = ep.ClientSession()
         start_frame = proto.start(start)
-        sock = dial(address, timeout=connect_timeout, retries=retries)
+        sock = dial(address, timeout=connect_timeout, retries=retries,
+                    reserved_port=reserved_port)
         try:
             sock.settimeout(connect_timeout)
             if service:
@@ -262,7 +269,7 @@ def exec(address: Address | str, args: Sequence[str], *, input: Input | None = N
          max_output: int | None = None, stdout: Sink | None = None, stderr: Sink | None = None,
          service: str | None = "exec",
          connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
-         retries: int = 0) -> ExecResult:
+         retries: int = 0, reserved_port: bool | str = "try") -> ExecResult:
     """Run *args* through the agent at *address*; return an :class:`ExecResult`.
 
     *input* (bytes, or any bytes-like object: it is sent without a copy) goes to the
@@ -270,7 +277,10 @@ def exec(address: Address | str, args: Sequence[str], *, input: Input | None = N
     *stderr* callables as it arrives. *timeout* (seconds) and *max_output* (bytes)
     are enforced by the agent, which kills the command's process group. *service*
     is the name sent in the service hello (``None`` for an address that serves
-    exec alone).
+    exec alone). *reserved_port* (``"try"`` by default) binds a reserved AF_VSOCK
+    source port when this process may, which an agent's default ``host:privileged``
+    rule requires; ``True`` requires it (:class:`hvsock.PermissionDeniedError`
+    without root), ``False`` never binds one.
 
     Raises :class:`hvsock.ArgumentError` for bad arguments (*input* that is not
     bytes-like among them), the connect errors of
@@ -283,7 +293,7 @@ def exec(address: Address | str, args: Sequence[str], *, input: Input | None = N
     chunks = _input_chunks(input)
     collector = _Collector(start.argv, stdout, stderr)
     with ExecSession.open(address, start, service=service, connect_timeout=connect_timeout,
-                          retries=retries) as session:
+                          retries=retries, reserved_port=reserved_port) as session:
 
         def feed() -> None:
             with contextlib.suppress(OSError):
@@ -313,7 +323,7 @@ async def exec_async(address: Address | str, args: Sequence[str], *,
                      stdout: Sink | None = None, stderr: Sink | None = None,
                      service: str | None = "exec",
                      connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
-                     retries: int = 0) -> ExecResult:
+                     retries: int = 0, reserved_port: bool | str = "try") -> ExecResult:
     """The asyncio twin of :func:`exec`: same arguments, result and errors."""
     start = make_start(args, env=env, unset=unset, cwd=cwd, user=user, timeout=timeout,
                        max_output=max_output)
@@ -321,7 +331,8 @@ async def exec_async(address: Address | str, args: Sequence[str], *,
     collector = _Collector(start.argv, stdout, stderr)
     proto = ep.ClientSession()
     start_frame = proto.start(start)
-    reader, writer = await dial_async(address, timeout=connect_timeout, retries=retries)
+    reader, writer = await dial_async(address, timeout=connect_timeout, retries=retries,
+                                      reserved_port=reserved_port)
 
     async def feed() -> None:
         with contextlib.suppress(OSError):  # the session ended, or the connection broke
