@@ -79,6 +79,28 @@ class Connection:
         if self.writer.can_write_eof():
             self.writer.write_eof()
 
+    async def linger(self, seconds: float = 5.0, limit: int = 16 << 20) -> None:
+        """Half-close, then read and drop what the peer still sends until it hangs up
+        (at most *seconds* and *limit* bytes): the way to end a connection whose peer
+        may still be sending when the handler is done.
+
+        Closing a socket with unread bytes in it makes the kernel send a reset, and a
+        reset throws away what the peer has not read yet, the last reply included (exec's
+        EXIT, while the client still streams stdin to a command that stopped reading)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        dropped = 0
+        try:
+            self.close_write()
+            while dropped < limit and loop.time() < deadline:
+                data = await asyncio.wait_for(self.reader.read(1 << 16),
+                                              max(0.0, deadline - loop.time()))
+                if not data:
+                    return
+                dropped += len(data)
+        except (OSError, asyncio.TimeoutError):
+            pass
+
     async def read_frame(self) -> bytes | None:
         """The next length-prefixed frame, or None at a clean EOF."""
         with service_limit_named():

@@ -554,6 +554,9 @@ class ExecServer:
             conn.log.info("%s runs %r%s", conn.peer, start.argv[0],
                           " on a pty" if start.tty else "")
             await _Session(conn, start, self.policy).run()
+        # The client may still be sending stdin the command never read: EXIT (or ERROR)
+        # must not be lost to the reset a close with unread bytes would send.
+        await conn.linger()
 
 
 def exec_service(*, port: int = EXEC_PORT, allow: Any = None,
