@@ -181,7 +181,7 @@ def parse_domain_xml(data: bytes | str, what: str = "the domain XML") -> Domain:
         cid = vsock.find("cid")
         auto = cid is not None and cid.get("auto", "no") == "yes"
         address = cid.get("address") if cid is not None else None
-        number = _cid(address, f"{name}: <cid address=...>") if address else None
+        number = _cid(address, f"{what}: <cid address=...>") if address else None
         device = VsockDevice(number, auto=auto)
     return Domain(name, hypervisor, root.get("id") is not None, device)
 
