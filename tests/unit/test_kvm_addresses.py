@@ -146,7 +146,8 @@ def test_an_ambiguous_name_lists_each_vm() -> None:
         choose_host_vm(found(WEB1, other), NamedVsockAddress("web1", 1))
     message = str(info.value)
     assert "2 VMs are named 'web1'" in message
-    assert "cid 3, from virsh" in message and "cid 9, from /proc/77" in message
+    assert "cid 3, from virsh" in message
+    assert "cid 9, from /proc/77" in message
 
 
 def test_nothing_found_says_which_sources_were_asked() -> None:
@@ -162,4 +163,5 @@ def test_merge_joins_one_vm_seen_twice_and_keeps_others_apart() -> None:
     twin = HostVm("web1", QEMU, "running", VsockDevice(4), "/proc/51", 51)
     merged = merge([WEB1, process, twin, LEGACY])
     assert [vm.source for vm in merged] == ["virsh, /proc/50", "/proc/51", "virsh"]
-    assert merged[0].pid == 50 and merged[0].cid == 3
+    assert merged[0].pid == 50
+    assert merged[0].cid == 3

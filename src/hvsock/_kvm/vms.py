@@ -243,19 +243,21 @@ def read_cmdline(proc: str, pid: str) -> list[str] | None:
 def host_path(proc: str, pid: str, path: str) -> str:
     """*path* as the process *pid* meant it, as this process reaches it: relative to its
     working directory, inside its root (a jailer's chroot)."""
+    # The links name directories without symlinks, so '..' after them normalizes safely.
     with contextlib.suppress(OSError):
         if not os.path.isabs(path):
-            return os.path.join(os.readlink(os.path.join(proc, pid, "cwd")), path)
+            return os.path.normpath(os.path.join(os.readlink(os.path.join(proc, pid, "cwd")),
+                                                 path))
         root = os.readlink(os.path.join(proc, pid, "root"))
         if root != "/":
-            return os.path.join(root, path.lstrip("/"))
+            return os.path.normpath(os.path.join(root, path.lstrip("/")))
     return path
 
 
 def _firecracker_vm(command: vmconfig.VmmCommand, proc: str, pid: str,
                     report: SourceReport, ask: bool) -> HostVm:
     name, state = command.name, "unknown"
-    where = f"{SOURCE_PROC}/{pid}"
+    where = os.path.join(proc, pid)
     failures = []
     if ask and command.api_socket:
         api = host_path(proc, pid, command.api_socket)
@@ -299,7 +301,7 @@ def _hybrid_on_host(device: VsockDevice | None, proc: str, pid: str) -> VsockDev
 
 def _cloud_hypervisor_vm(command: vmconfig.VmmCommand, proc: str, pid: str,
                          report: SourceReport, ask: bool) -> HostVm:
-    device, state, source = command.vsock, RUNNING, f"{SOURCE_PROC}/{pid}"
+    device, state, source = command.vsock, RUNNING, os.path.join(proc, pid)
     if ask and command.api_socket:
         api = host_path(proc, pid, command.api_socket)
         try:
@@ -340,7 +342,7 @@ def process_vms(report: SourceReport, proc: str = "/proc", *, ask: bool = True) 
             continue
         if command.hypervisor == QEMU:
             vms.append(HostVm(command.name, QEMU, RUNNING, command.vsock,
-                              f"{SOURCE_PROC}/{pid}", int(pid)))
+                              os.path.join(proc, pid), int(pid)))
         elif command.hypervisor == FIRECRACKER:
             vms.append(_firecracker_vm(command, proc, pid, report, ask))
         else:
