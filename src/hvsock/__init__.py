@@ -69,6 +69,12 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "RemoteError", "TransportUnavailableError", "UnreachableError", "UnsupportedError",
         "VmNotFoundError", "ConnectionResetByPeerError", "NotAllowedError", "KvpError",
     ),
+    "._kvm.vms": (
+        "HostDiscovery", "HostVm", "SourceReport", "discover_host_vms",
+    ),
+    "._core.vmconfig": (
+        "VsockDevice",
+    ),
     "._relay": (
         "ConnectionRecord", "Forward", "Relay", "RelayConfig", "RelayStats", "TargetRule",
         "relay",
@@ -190,6 +196,7 @@ if TYPE_CHECKING:  # the same names, spelled out for type checkers and IDEs
     from ._core.ids import is_template_service_id as is_template_service_id
     from ._core.ids import port_for_service_id as port_for_service_id
     from ._core.ids import service_id_for_port as service_id_for_port
+    from ._core.vmconfig import VsockDevice as VsockDevice
     from ._doctor import Check as Check
     from ._doctor import Diagnosis as Diagnosis
     from ._doctor import Machine as Machine
@@ -220,6 +227,10 @@ if TYPE_CHECKING:  # the same names, spelled out for type checkers and IDEs
     from ._errors import UnreachableError as UnreachableError
     from ._errors import UnsupportedError as UnsupportedError
     from ._errors import VmNotFoundError as VmNotFoundError
+    from ._kvm.vms import HostDiscovery as HostDiscovery
+    from ._kvm.vms import HostVm as HostVm
+    from ._kvm.vms import SourceReport as SourceReport
+    from ._kvm.vms import discover_host_vms as discover_host_vms
     from ._relay import ConnectionRecord as ConnectionRecord
     from ._relay import Forward as Forward
     from ._relay import Relay as Relay
