@@ -112,7 +112,26 @@ TABLE: dict[str, tuple[str, str]] = {
     "hvsock register \"My agent\" --port 5000":
         (HOST, "off Windows: exit 3, pointing to --export (the Windows tier registers)"),
     "hvsock services": (HOST, "off Windows: exit 3 with the reason"),
-    "hvsock vms": (HOST, "off Windows: exit 3 with the reason"),
+    "hvsock vms": (HOST, "on Linux: this KVM host's VMs, or which sources were asked "
+                   "(tests/host/test_kvm_hosts.py lists fake ones)"),
+    "hvsock connect vsock://name:web1:22": (
+        NOT, "dials a KVM host's VM by name; tests/hypervisor/test_kvm_names.py connects "
+        "to L2 by its name"),
+    "hvsock connect hybrid://name:fc1:5100": (
+        NOT, "needs a Firecracker VM; tests/host/test_kvm_hosts.py::"
+        "test_connect_to_a_firecracker_vm_by_name connects to a fake one by its name"),
+    "qemu-system-x86_64 -name web1 -device vhost-vsock-pci,guest-cid=3 ...": (
+        NOT, "a VM's launch recipe (a disk image, KVM); the hypervisor tier starts L2 "
+        "with these options"),
+    "firecracker --id fc1 --api-sock /srv/fc1/api.sock ...": (
+        NOT, "a VM's launch recipe; Firecracker is not installed here"),
+    "curl --unix-socket /srv/fc1/api.sock -X PUT http://localhost/vsock -d "
+    "'{\"guest_cid\": 3, \"uds_path\": \"/srv/fc1/v.sock\"}'": (
+        NOT, "needs Firecracker's API socket; its GET answers are served by "
+        "tests/host/test_kvm_hosts.py's fake"),
+    "cloud-hypervisor --api-socket path=/run/ch/ch1.sock "
+    "--vsock cid=3,socket=/run/ch/ch1.vsock ...": (
+        NOT, "a VM's launch recipe; Cloud Hypervisor is not installed here"),
     "hvsock connect hvsock://name:MyVM/5000": (HOST, "off Windows: exit 3 with the reason"),
     "hvsock doctor vsock://host:5000": (HOST, "never connects: exit 0 or 1, a report"),
     "hvsock selftest --json": (HOST, "JSON report; connects vsock only where vsock_loopback "

@@ -23,10 +23,12 @@ TYPE_CHECKING = False
 #: entry against its module's own ``__all__``.
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "._endpoints": (
-        "connect", "connect_socket", "listen", "open_connection", "start_server",
+        "connect", "connect_socket", "listen", "open_connection", "resolve_address",
+        "start_server",
     ),
     "._core.addresses": (
-        "Address", "HybridAddress", "HyperVAddress", "NamedVmAddress", "SocketAddress",
+        "Address", "HybridAddress", "HyperVAddress", "NamedHybridAddress", "NamedVmAddress",
+        "NamedVsockAddress", "SocketAddress",
         "TcpAddress", "UnixAddress", "VsockAddress", "describe_address", "guest_view",
         "host_view", "parse_address",
     ),
@@ -66,6 +68,12 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "NothingListeningError", "PermissionDeniedError", "ProtocolError", "RegistryError",
         "RemoteError", "TransportUnavailableError", "UnreachableError", "UnsupportedError",
         "VmNotFoundError", "ConnectionResetByPeerError", "NotAllowedError", "KvpError",
+    ),
+    "._kvm.vms": (
+        "HostDiscovery", "HostVm", "SourceReport", "discover_host_vms",
+    ),
+    "._core.vmconfig": (
+        "VsockDevice",
     ),
     "._relay": (
         "ConnectionRecord", "Forward", "Relay", "RelayConfig", "RelayStats", "TargetRule",
@@ -108,7 +116,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "register_service", "registered_services", "unregister_service",
     ),
     "._windows.vms": (
-        "ProcessResult", "VmDiscovery", "VmInfo", "discover_vms", "resolve_address",
+        "ProcessResult", "VmDiscovery", "VmInfo", "discover_vms",
     ),
 }
 
@@ -153,7 +161,9 @@ if TYPE_CHECKING:  # the same names, spelled out for type checkers and IDEs
     from ._core.addresses import Address as Address
     from ._core.addresses import HybridAddress as HybridAddress
     from ._core.addresses import HyperVAddress as HyperVAddress
+    from ._core.addresses import NamedHybridAddress as NamedHybridAddress
     from ._core.addresses import NamedVmAddress as NamedVmAddress
+    from ._core.addresses import NamedVsockAddress as NamedVsockAddress
     from ._core.addresses import SocketAddress as SocketAddress
     from ._core.addresses import TcpAddress as TcpAddress
     from ._core.addresses import UnixAddress as UnixAddress
@@ -186,6 +196,7 @@ if TYPE_CHECKING:  # the same names, spelled out for type checkers and IDEs
     from ._core.ids import is_template_service_id as is_template_service_id
     from ._core.ids import port_for_service_id as port_for_service_id
     from ._core.ids import service_id_for_port as service_id_for_port
+    from ._core.vmconfig import VsockDevice as VsockDevice
     from ._doctor import Check as Check
     from ._doctor import Diagnosis as Diagnosis
     from ._doctor import Machine as Machine
@@ -194,6 +205,7 @@ if TYPE_CHECKING:  # the same names, spelled out for type checkers and IDEs
     from ._endpoints import connect_socket as connect_socket
     from ._endpoints import listen as listen
     from ._endpoints import open_connection as open_connection
+    from ._endpoints import resolve_address as resolve_address
     from ._endpoints import start_server as start_server
     from ._errors import AddressError as AddressError
     from ._errors import AddressInUseError as AddressInUseError
@@ -215,6 +227,10 @@ if TYPE_CHECKING:  # the same names, spelled out for type checkers and IDEs
     from ._errors import UnreachableError as UnreachableError
     from ._errors import UnsupportedError as UnsupportedError
     from ._errors import VmNotFoundError as VmNotFoundError
+    from ._kvm.vms import HostDiscovery as HostDiscovery
+    from ._kvm.vms import HostVm as HostVm
+    from ._kvm.vms import SourceReport as SourceReport
+    from ._kvm.vms import discover_host_vms as discover_host_vms
     from ._relay import ConnectionRecord as ConnectionRecord
     from ._relay import Forward as Forward
     from ._relay import Relay as Relay
@@ -260,6 +276,5 @@ if TYPE_CHECKING:  # the same names, spelled out for type checkers and IDEs
     from ._windows.vms import VmDiscovery as VmDiscovery
     from ._windows.vms import VmInfo as VmInfo
     from ._windows.vms import discover_vms as discover_vms
-    from ._windows.vms import resolve_address as resolve_address
 
 del TYPE_CHECKING

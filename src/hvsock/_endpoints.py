@@ -1,16 +1,24 @@
 """The public ``connect`` / ``listen`` family: VM names looked up, then the transports.
 
-The transports take socket addresses only; a VM named in an address
-(``hvsock://wsl/5000``, ``hvsock://name:MyVM/5000``) is looked up here, one layer up,
-with the Windows layer's :func:`hvsock.resolve_address`. Everything else is the
-transports' own function; the asyncio ones import asyncio only when called.
+The transports take socket addresses only; a VM named in an address is looked up
+here, one layer up (:func:`resolve_address`): a Hyper-V VM (``hvsock://wsl/5000``,
+``hvsock://name:MyVM/5000``) with the Windows layer, a VM of this KVM host
+(``vsock://name:web1:5000``, ``hybrid://name:fc1:52``) with the KVM layer. Everything
+else is the transports' own function; the asyncio ones import asyncio only when called.
 """
 
 from __future__ import annotations
 
 import socket
 
-from ._core.addresses import Address, NamedVmAddress, SocketAddress
+from ._core.addresses import (
+    Address,
+    NamedHybridAddress,
+    NamedVmAddress,
+    NamedVsockAddress,
+    SocketAddress,
+    parse_address,
+)
 from ._transports import api
 from ._transports._common import DEFAULT_CONNECT_TIMEOUT
 from ._transports.api import listener_address, remove_socket_file, set_buffer_size, where
@@ -21,18 +29,43 @@ if TYPE_CHECKING:
     import asyncio
 
     from ._aio.streams import ClientConnected
+    from ._windows.vms import Runner
 
 # The helpers that need no name lookup are the transports' own, re-exported so callers
 # import one module.
 __all__ = ["connect", "connect_socket", "listen", "listener_address", "open_connection",
-           "remove_socket_file", "set_buffer_size", "start_server", "where"]
+           "remove_socket_file", "resolve_address", "set_buffer_size", "start_server",
+           "where"]
 
 
 def resolve(address: Address) -> SocketAddress:
     """*address* with a VM name looked up (runs PowerShell on Windows; about a second)."""
-    from ._windows.vms import resolve_address
+    return resolve_address(address)
 
-    return resolve_address(address) if isinstance(address, NamedVmAddress) else address
+
+def resolve_address(address: Address | str, runner: Runner | None = None) -> SocketAddress:
+    """*address* with a VM it names looked up; other addresses come back as they are.
+
+    ``hvsock://name:MyVM/...`` and ``hvsock://wsl/...`` become a ``HyperVAddress`` (on
+    the Windows host: PowerShell, about a second; *runner* runs it, for tests).
+    ``vsock://name:web1:5100`` becomes ``vsock://<its CID>:5100`` and
+    ``hybrid://name:fc1:52`` ``hybrid://<its socket>:52`` (on a KVM host: libvirt,
+    ``/proc`` and the VMMs' APIs, see ``hvsock vms``). Resolve once and reuse the
+    result when connecting often. Raises :class:`VmNotFoundError` (Hyper-V) or
+    :class:`AddressError` (KVM host) for an unknown name, :class:`AddressError` for an
+    ambiguous one, :class:`UnreachableError` for a VM that is not running, and
+    :class:`UnsupportedError` where PowerShell is missing.
+    """
+    addr = parse_address(address)
+    if isinstance(addr, NamedVmAddress):
+        from ._windows.vms import resolve_address as resolve_hyperv
+
+        return resolve_hyperv(addr, runner)
+    if isinstance(addr, (NamedVsockAddress, NamedHybridAddress)):
+        from ._kvm.vms import resolve_host_address
+
+        return resolve_host_address(addr)
+    return addr
 
 
 def connect(address: Address | str, *, timeout: float | None = DEFAULT_CONNECT_TIMEOUT,

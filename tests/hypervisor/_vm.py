@@ -2,8 +2,9 @@
 steps, reboot it, power it off.
 
 Runs in L1 only (pytest there). QEMU boots the same Debian kernel as L1 with the
-initramfs scripts/hypervisor-tests built, ``-device vhost-vsock-pci,guest-cid=3``
-and L1's root over 9p; every wait has a deadline, and a QEMU that exits early fails
+initramfs scripts/hypervisor-tests built, ``-name l2 -device
+vhost-vsock-pci,guest-cid=3`` (so ``vsock://name:l2:<port>`` names it) and L1's root
+over 9p; every wait has a deadline, and a QEMU that exits early fails
 the wait at once with the end of L2's console log.
 """
 
@@ -33,6 +34,8 @@ QBOOT = "/usr/share/qemu/qboot.rom"
 #: The project's directory: the same path in L1 and L2 (L2 sees L1's root).
 PROJECT = str(Path(__file__).resolve().parents[2])
 L2_MEMORY_MB = 768
+#: L2's name on L1's QEMU command line: what `hvsock vms` lists and vsock://name: takes.
+L2_NAME = "l2"
 
 
 class GuestError(AssertionError):
@@ -60,6 +63,7 @@ class Guest:
         # -nodefaults and qboot: no VGA, NIC or disks to probe, no SeaBIOS; no_timer_check
         # skips the IO-APIC timer test that crawls under nested emulation.
         return ["qemu-system-x86_64", "-accel", "tcg", "-m", str(L2_MEMORY_MB), "-smp", "1",
+                "-name", L2_NAME,
                 "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
                 *(["-bios", QBOOT] if os.path.exists(QBOOT) else []),
                 "-kernel", self.kernel, "-initrd", str(self.state / "l2.cpio"),

@@ -578,7 +578,9 @@ hosts = st.one_of(st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str), 
 
 vsock_addresses = st.builds(VsockAddress, cid=u32, port=u32)
 hyperv_addresses = st.builds(HyperVAddress, vm_id=vm_ids, service_id=service_ids)
-hybrid_addresses = st.builds(HybridAddress, uds_path=path_text, port=u32)
+# A relative path starting with name: would name a VM (HybridAddress refuses it).
+hybrid_addresses = st.builds(HybridAddress, port=u32,
+                             uds_path=path_text.filter(lambda p: p[:5].lower() != "name:"))
 tcp_addresses = st.builds(TcpAddress, host=hosts, port=st.integers(0, 0xFFFF))
 unix_addresses = st.builds(UnixAddress, path=path_text.filter(lambda p: p != "@"))
 addresses = st.one_of(vsock_addresses, hyperv_addresses, hybrid_addresses, tcp_addresses,

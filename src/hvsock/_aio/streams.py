@@ -11,7 +11,7 @@ import asyncio
 import socket
 from collections.abc import Awaitable, Callable
 
-from .._core.addresses import Address, NamedVmAddress, parse_address
+from .._core.addresses import NAMED_ADDRESS_TYPES, Address, parse_address
 from .._errors import UnsupportedError
 from .._transports import api, dial
 from .._transports._common import (
@@ -48,7 +48,8 @@ async def connect_socket(
         check_buffer_size(buffer_size)
     dial.check_reserved_port(reserved_port)
     # Looking a VM name up runs PowerShell: the driver runs it in a thread.
-    resolver = api.named_resolver(addr, resolve) if isinstance(addr, NamedVmAddress) else None
+    resolver = (api.named_resolver(addr, resolve) if isinstance(addr, NAMED_ADDRESS_TYPES)
+                else None)
     return await drive.run(dial.dial(addr, timeout=timeout, buffer_size=buffer_size,
                                      retries=retries, retry_wait=retry_wait,
                                      resolve=resolver, reserved_port=reserved_port), timeout)
@@ -94,7 +95,7 @@ async def start_server(
     it with :func:`hvsock.remove_socket_file`.
     """
     named = parse_address(address)
-    if isinstance(named, NamedVmAddress):
+    if isinstance(named, NAMED_ADDRESS_TYPES):
         address = await asyncio.to_thread(api.named_resolver(named, resolve), named)
     listener = api.listen(address, backlog=backlog, buffer_size=buffer_size, mode=mode)
     with close_on_error(listener):

@@ -13,7 +13,9 @@ from .._core.addresses import (
     Address,
     HybridAddress,
     HyperVAddress,
+    NamedHybridAddress,
     NamedVmAddress,
+    NamedVsockAddress,
     TcpAddress,
     VsockAddress,
     describe_address,
@@ -80,6 +82,10 @@ def explain(address: Address) -> list[Row]:
         if view is not None and view != guest:
             rows.append(("as vsock", str(view), "this address in vsock terms, on the same "
                          "machine"))
+        return rows
+    if isinstance(address, (NamedVsockAddress, NamedHybridAddress)):
+        rows.append(("vm", address.vm_name, str(info["looked_up"])))
+        rows.append(("port", str(address.port), "the guest's vsock port"))
         return rows
     if isinstance(address, HybridAddress):
         rows.append(("vmm socket", address.uds_path, "the VMM's Unix socket: connecting "

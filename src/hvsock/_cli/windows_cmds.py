@@ -1,4 +1,4 @@
-"""Windows host commands: register, unregister, services, vms.
+"""Host commands: register, unregister, services (Windows), vms (Windows and KVM hosts).
 
 Thin: each parses its arguments, calls the library, and prints. Registration
 writes the machine's registry, or with ``--export`` prints the same change as a
@@ -67,11 +67,19 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
                        "made each (hvsock, built-in, other) and its name. Windows host only.")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("vms", help="list Hyper-V VMs and WSL's VM, with their ids and state",
-                       description="List the Hyper-V VMs this user can see (Get-VM, else "
-                       "CIM) and WSL 2's VM when it runs, with the VM id an hvsock:// "
-                       "address takes. Windows host only; starts nothing.")
+    p = sub.add_parser("vms", help="list this host's VMs: Hyper-V (and WSL's) or KVM ones",
+                       description="On Windows: the Hyper-V VMs this user can see (Get-VM, "
+                       "else CIM) and WSL 2's VM when it runs, with the VM id an hvsock:// "
+                       "address takes. On Linux: the VMs of this KVM host (libvirt through "
+                       "virsh -r or libvirt-python, QEMU, Firecracker and Cloud Hypervisor "
+                       "processes in /proc, the VMMs' API sockets), with the CID a "
+                       "vsock://name:<VM>:<port> address resolves to or the hybrid socket of "
+                       "hybrid://name:<VM>:<port>. Starts and changes nothing; a source that "
+                       "fails is noted on stderr.")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--proc", metavar="DIR", default="/proc",
+                   help="Linux: read processes from DIR instead of /proc (e.g. the host's "
+                   "/proc mounted in a container)")
 
     return {"register": cmd_register, "unregister": cmd_unregister,
             "services": cmd_services, "vms": cmd_vms}
@@ -315,6 +323,10 @@ def cmd_services(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_vms(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if sys.platform.startswith("linux"):
+        from .host_vms_text import print_host_vms
+
+        return print_host_vms(args.proc, args.json, out, err)
     from .._windows.vms import discover_vms
 
     found = discover_vms()

@@ -4,6 +4,9 @@ Text forms (parsed by :func:`parse_address`, produced by ``str(address)``)::
 
     vsock://<cid>:<port>          cid: number | any | local | host | hypervisor
                                   port: number | any
+    vsock://name:<VM>:<port>      a KVM host's VM by name (libvirt, QEMU's -name),
+                                  looked up when connecting; the name runs to the
+                                  last ':'
     hvsock://<vm>/<service>       vm: GUID | wildcard | zero | children | loopback |
                                       parent | broadcast | silohost
                                       | wsl | name:<VM name> (looked up when
@@ -12,6 +15,9 @@ Text forms (parsed by :func:`parse_address`, produced by ``str(address)``)::
                                   service: GUID | port number (its VSOCK template id)
     hybrid://<uds_path>:<port>    host side of Firecracker / Cloud Hypervisor vsock;
                                   the path runs to the last ':'
+    hybrid://name:<VM>:<port>     a Firecracker / Cloud Hypervisor VM by name, its
+                                  vsock socket looked up when connecting (a
+                                  relative path starting with name: is ./name:...)
     tcp://<host>:<port>           host: name, IPv4, or [IPv6]
     unix://<path>                 a Unix socket path; unix://@name is Linux's abstract
                                   namespace
@@ -42,7 +48,9 @@ __all__ = [
     "Address",
     "HybridAddress",
     "HyperVAddress",
+    "NamedHybridAddress",
     "NamedVmAddress",
+    "NamedVsockAddress",
     "SocketAddress",
     "TcpAddress",
     "UnixAddress",
@@ -58,10 +66,12 @@ _U32_MAX = 0xFFFFFFFF
 UNIX_PATH_MAX = 107
 
 FORMS = {
-    "vsock": "vsock://<cid>:<port>, e.g. vsock://3:5000 or vsock://any:5000",
+    "vsock": "vsock://<cid>:<port>, e.g. vsock://3:5000, vsock://any:5000 or "
+    "vsock://name:web1:5000 (a VM on this KVM host)",
     "hvsock": "hvsock://<vm>/<service>, e.g. hvsock://parent/5000, hvsock://wsl/5000, "
     "hvsock://name:MyVM/5000 or hvsock://<vm GUID>/<service GUID>",
-    "hybrid": "hybrid://<uds_path>:<port>, e.g. hybrid:///run/fc/v.sock:52",
+    "hybrid": "hybrid://<uds_path>:<port>, e.g. hybrid:///run/fc/v.sock:52 or "
+    "hybrid://name:fc1:52 (a Firecracker / Cloud Hypervisor VM on this host)",
     "tcp": "tcp://<host>:<port>, e.g. tcp://127.0.0.1:2222 or tcp://[::1]:2222",
     "unix": "unix://<path>, e.g. unix:///run/agent.sock or unix://@abstract-name",
 }
@@ -299,6 +309,10 @@ class HybridAddress(Value):
     def __init__(self, uds_path: str, port: int) -> None:
         _int_in(port, 0, _U32_MAX, "port", FORMS["hybrid"])
         _check_path(uds_path, "uds path", FORMS["hybrid"], suffix_len=1 + len(str(port)))
+        if uds_path[:5].lower() == "name:":
+            # Its text would read back as a VM name (hybrid://name:<VM>:<port>).
+            raise AddressError(f"uds path {quote(uds_path)} starts with 'name:', which names "
+                               f"a VM; write the relative path as ./{uds_path}")
         set_fields(self, uds_path=uds_path, port=port)
 
     @property
@@ -308,6 +322,52 @@ class HybridAddress(Value):
 
     def __str__(self) -> str:
         return f"hybrid://{self.uds_path}:{self.port}"
+
+
+class _NamedGuestAddress(Value):
+    """A VM on this KVM host named instead of given by its CID or vsock socket."""
+
+    vm_name: str
+    port: int
+    kind: ClassVar[str]
+    _fields = __match_args__ = ("vm_name", "port")
+
+    def __init__(self, vm_name: str, port: int) -> None:
+        form = FORMS[self.kind]
+        set_fields(self, vm_name=_check_vm_name(vm_name, form),
+                   port=_int_in(port, 0, _U32_MAX, "port", form))
+
+    def __str__(self) -> str:
+        return f"{self.kind}://name:{_escape_vm_name(self.vm_name)}:{self.port}"
+
+
+class NamedVsockAddress(_NamedGuestAddress):
+    """``vsock://name:<VM>:<port>``: a VM of this KVM host (libvirt, QEMU) by name.
+
+    Parsing does no I/O: :func:`hvsock.connect` looks the VM's CID up (``hvsock vms``
+    lists what it finds) and raises :class:`AddressError` for an unknown or ambiguous
+    name, :class:`UnreachableError` for a VM that is not running.
+    """
+
+    kind: ClassVar[str] = "vsock"
+
+    def with_cid(self, cid: int) -> VsockAddress:
+        """The address once the VM's CID is known."""
+        return VsockAddress(cid, self.port)
+
+
+class NamedHybridAddress(_NamedGuestAddress):
+    """``hybrid://name:<VM>:<port>``: a Firecracker / Cloud Hypervisor VM by name.
+
+    Parsing does no I/O: :func:`hvsock.connect` looks the VM's vsock socket up, as
+    for :class:`NamedVsockAddress`.
+    """
+
+    kind: ClassVar[str] = "hybrid"
+
+    def with_uds_path(self, uds_path: str) -> HybridAddress:
+        """The address once the VM's vsock socket is known."""
+        return HybridAddress(uds_path, self.port)
 
 
 class TcpAddress(Value):
@@ -369,9 +429,12 @@ class UnixAddress(Value):
 
 #: An address a socket can use as it is: no VM name left to look up.
 SocketAddress = VsockAddress | HyperVAddress | HybridAddress | TcpAddress | UnixAddress
-Address = SocketAddress | NamedVmAddress
+#: An address that names a VM, to be looked up before a socket can use it.
+NamedAddress = NamedVmAddress | NamedVsockAddress | NamedHybridAddress
+NAMED_ADDRESS_TYPES = (NamedVmAddress, NamedVsockAddress, NamedHybridAddress)
+Address = SocketAddress | NamedAddress
 ADDRESS_TYPES = (VsockAddress, HyperVAddress, NamedVmAddress, HybridAddress, TcpAddress,
-                 UnixAddress)
+                 UnixAddress, NamedVsockAddress, NamedHybridAddress)
 
 _NUMBER = re.compile(r"(?:0[xX][0-9a-fA-F]+|[0-9]+)\Z")
 
@@ -394,8 +457,19 @@ def _number(text: str, what: str, form: str) -> int:
     return int(digits, 16 if hex_form else 10)
 
 
-def _parse_vsock(rest: str) -> VsockAddress:
+def _named(rest: str, form: str) -> tuple[str, int]:
+    """The VM name and port of ``<VM name>:<port>`` (the name runs to the last ':')."""
+    name_text, sep, port_text = rest.rpartition(":")
+    if not sep:
+        raise AddressError(f"{quote('name:' + rest)} has no ':<port>' after the VM name; "
+                           f"{form}")
+    return _unescape_vm_name(name_text, form), _number(port_text, "port", form)
+
+
+def _parse_vsock(rest: str) -> VsockAddress | NamedVsockAddress:
     form = FORMS["vsock"]
+    if rest[:5].lower() == "name:":
+        return NamedVsockAddress(*_named(rest[5:], form))
     cid_text, sep, port_text = rest.partition(":")
     if not sep:
         raise AddressError(f"vsock address {quote(rest)} has no ':<port>'; {form}")
@@ -442,8 +516,10 @@ def _parse_service(svc_text: str, form: str) -> uuid.UUID:
     return ids.parse_guid(svc_text, what="service id")
 
 
-def _parse_hybrid(rest: str) -> HybridAddress:
+def _parse_hybrid(rest: str) -> HybridAddress | NamedHybridAddress:
     form = FORMS["hybrid"]
+    if rest[:5].lower() == "name:":
+        return NamedHybridAddress(*_named(rest[5:], form))
     path, sep, port_text = rest.rpartition(":")
     if not sep:
         raise AddressError(f"hybrid address {quote(rest)} has no ':<port>'; {form}")
@@ -573,6 +649,12 @@ def describe_address(address: Address) -> dict[str, object]:
         info["port"] = address.port
         info["linux_guest_connects_to"] = (
             str(VsockAddress(ids.CID_HOST, address.port)) if address.port is not None else None)
+    elif isinstance(address, (NamedVsockAddress, NamedHybridAddress)):
+        info["vm_name"] = address.vm_name
+        info["port"] = address.port
+        what = "CID" if isinstance(address, NamedVsockAddress) else "vsock socket"
+        info["looked_up"] = (f"the VM's {what}, looked up on this KVM host when "
+                             "connecting; `hvsock vms` lists the VMs it finds")
     elif isinstance(address, HybridAddress):
         info["uds_path"] = address.uds_path
         info["port"] = address.port

@@ -16,8 +16,10 @@ from __future__ import annotations
 import sys
 
 from .._core.addresses import Address, parse_address
+from .kvm import kvm_host_checks, named_address_check
 from .linux import linux_checks
 from .model import (
+    KVM_ADDRESS_CHECKS,
     LINUX_ADDRESS_CHECKS,
     LINUX_CHECKS,
     WINDOWS_ADDRESS_CHECKS,
@@ -47,7 +49,18 @@ def diagnose(address: Address | str | None = None, *, machine: Machine | None = 
     windows = platform == "win32"
     checks: list[Check] = []
     if linux:
-        checks += linux_checks(addr, machine)
+        if addr is None:
+            checks += linux_checks(None, machine)
+        else:
+            # A VM name of this KVM host is resolved first: the other checks look at
+            # the CID or socket it names.
+            named, resolved = named_address_check(addr, machine)
+            checks += linux_checks(resolved, machine)
+            if resolved is None:
+                checks += not_here(LINUX_ADDRESS_CHECKS, "the VM name was not resolved "
+                                   "(see address_host_vm)")
+            checks.append(named)
+        checks += kvm_host_checks(machine)
     else:
         checks += not_here(LINUX_CHECKS, "Linux only")
     if windows:
@@ -56,7 +69,7 @@ def diagnose(address: Address | str | None = None, *, machine: Machine | None = 
         checks += not_here(WINDOWS_CHECKS, "Windows host only")
     if addr is not None:
         if not linux:
-            checks += not_here(LINUX_ADDRESS_CHECKS, "Linux only")
+            checks += not_here(LINUX_ADDRESS_CHECKS + KVM_ADDRESS_CHECKS, "Linux only")
         if not windows:
             checks += not_here(WINDOWS_ADDRESS_CHECKS, "Windows host only")
     python = ".".join(map(str, sys.version_info[:3]))

@@ -21,8 +21,12 @@ FAIL = "fail"
 NOT_APPLICABLE = "not applicable"
 STATUSES = (OK, INFO, WARN, FAIL, NOT_APPLICABLE)
 
+#: The KVM host side (_doctor/kvm.py): vhost_vsock, /dev/vhost-vsock, the VMs found.
+KVM_HOST_CHECKS = ("vhost_vsock", "dev_vhost_vsock", "host_vms")
 LINUX_CHECKS = ("af_vsock", "vsock_transports", "dev_vsock", "local_cid", "vsock_socket",
-                "hyperv_guest", "wsl", *KVP_CHECKS)
+                "hyperv_guest", "wsl", *KVP_CHECKS, *KVM_HOST_CHECKS)
+#: With a vsock://name: or hybrid://name: address: the VM it resolves to.
+KVM_ADDRESS_CHECKS = ("address_host_vm",)
 WINDOWS_CHECKS = ("af_hyperv", "registry", "hyperv_loopback", "vms")
 LINUX_ADDRESS_CHECKS = ("address_cid", "address_port", "address_bind", "host_registration",
                         "vmm_socket", "vmm_handshake")

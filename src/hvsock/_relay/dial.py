@@ -22,7 +22,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Generator
 
-from .._core.addresses import Address, NamedVmAddress
+from .._core.addresses import NAMED_ADDRESS_TYPES, Address
 from .._errors import ConnectTimeoutError
 from .._transports import dial as transport_dial
 from .._transports._common import check_timeout, retry_waits
@@ -62,7 +62,7 @@ def dial(address: Address, *, timeout: float | None, buffer_size: int | None,
     if not checked and not on_loop(address, timeout=timeout, retries=retries,
                                    retry_wait=retry_wait):
         raise UseThread  # pauses to sleep, or a VM name to look up
-    assert not isinstance(address, NamedVmAddress)
+    assert not isinstance(address, NAMED_ADDRESS_TYPES)
     gen = transport_dial.attempt(address, timeout=timeout, buffer_size=buffer_size)
     try:
         step = next(gen)

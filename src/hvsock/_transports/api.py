@@ -8,10 +8,13 @@ import socket
 from collections.abc import Callable
 
 from .._core.addresses import (
+    NAMED_ADDRESS_TYPES,
     Address,
     HybridAddress,
     HyperVAddress,
+    NamedAddress,
     NamedVmAddress,
+    NamedVsockAddress,
     SocketAddress,
     TcpAddress,
     UnixAddress,
@@ -36,11 +39,15 @@ if TYPE_CHECKING:
 Resolver = Callable[[Address], SocketAddress]
 
 
-def named_resolver(address: NamedVmAddress, resolve: Resolver | None) -> Resolver:
-    """The resolver for a VM name: only AF_HYPERV can use the VM id, so check that first."""
-    from .features import require_hyperv
+def named_resolver(address: NamedAddress, resolve: Resolver | None) -> Resolver:
+    """The resolver for a VM name; first, that this machine has the socket family the
+    looked-up address needs (a Hyper-V VM id, a CID; a hybrid socket needs none)."""
+    from .features import require_hyperv, require_vsock
 
-    require_hyperv()
+    if isinstance(address, NamedVmAddress):
+        require_hyperv()
+    elif isinstance(address, NamedVsockAddress):
+        require_vsock()
     if resolve is None:
         raise UnsupportedError(
             f"{address} names a VM: look it up first (hvsock.resolve_address), or connect "
@@ -84,7 +91,7 @@ def connect(
     if buffer_size is not None:
         check_buffer_size(buffer_size)
     dial.check_reserved_port(reserved_port)
-    resolver = named_resolver(named, resolve) if isinstance(named, NamedVmAddress) else None
+    resolver = named_resolver(named, resolve) if isinstance(named, NAMED_ADDRESS_TYPES) else None
     return sync.run(dial.dial(named, timeout=timeout, buffer_size=buffer_size,
                               retries=retries, retry_wait=retry_wait, resolve=resolver,
                               reserved_port=reserved_port),
@@ -116,7 +123,8 @@ def listen(
         raise ArgumentError(f"mode must be a permission number like 0o600, not {quote(mode)}")
     if buffer_size is not None:
         check_buffer_size(buffer_size)
-    addr = named_resolver(named, resolve)(named) if isinstance(named, NamedVmAddress) else named
+    addr = (named_resolver(named, resolve)(named) if isinstance(named, NAMED_ADDRESS_TYPES)
+            else named)
     return _LISTEN[type(addr)](addr, backlog, mode, buffer_size)
 
 

@@ -22,7 +22,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .._core import ids
-from .._core.addresses import Address, NamedVmAddress, SocketAddress, parse_address
+from .._core.addresses import (
+    NAMED_ADDRESS_TYPES,
+    Address,
+    NamedVmAddress,
+    SocketAddress,
+    parse_address,
+)
 from .._errors import (
     AddressError,
     HvsockError,
@@ -464,4 +470,7 @@ def resolve_address(address: Address | str, runner: Runner | None = None) -> Soc
     addr = parse_address(address)
     if isinstance(addr, NamedVmAddress):
         return addr.with_vm_id(resolve_vm_id(addr.vm_name, runner))
+    if isinstance(addr, NAMED_ADDRESS_TYPES):
+        raise AddressError(f"{addr} names a VM of a KVM host, not a Hyper-V VM: "
+                           "hvsock.resolve_address looks it up")
     return addr
