@@ -236,6 +236,7 @@ def test_vms_needs_powershell(argv: list[str]) -> None:
     assert "powershell.exe was not found" in err
 
 
+@pytest.mark.host_vsock  # the real doctor creates an AF_VSOCK socket here
 @pytest.mark.usefixtures("fd_baseline")
 def test_doctor_prints_each_check_and_sums_up() -> None:
     status, out, err = run("doctor", "vsock://any:5000")
@@ -250,6 +251,7 @@ def test_doctor_prints_each_check_and_sums_up() -> None:
     assert err == ""
 
 
+@pytest.mark.host_vsock  # the real doctor creates an AF_VSOCK socket here
 def test_doctor_json_and_a_failing_check() -> None:
     status, out, _ = run("doctor", "--json", "vsock://local:5000")
     report = json.loads(out)
@@ -302,6 +304,10 @@ def test_as_a_real_process(hvsock_cmd: list[str]) -> None:
     # `services` has no --export: it must not suggest one (issue 13 item 8).
     assert "--export" not in done.stderr
     assert "run `hvsock services` on the Hyper-V host" in done.stderr
+
+
+@pytest.mark.host_vsock  # the real doctor creates an AF_VSOCK socket here
+def test_doctor_as_a_real_process(hvsock_cmd: list[str]) -> None:
     done = subprocess.run([*hvsock_cmd, "doctor", "--json"], capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode in (0, 1)
