@@ -21,6 +21,8 @@ import hvsock
 from hvsock._cli import main as cli
 from hvsock.testing import HybridVsockMuxer
 
+from ..signals import with_default_signals
+
 
 def run(*argv: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
@@ -279,7 +281,8 @@ def test_listen_exec_serves_many_until_sigterm(short_tmp: Path, hvsock_cmd: list
 
 def test_listen_stdio_ctrl_c(short_tmp: Path, hvsock_cmd: list[str]) -> None:
     path = short_tmp / "int.sock"
-    with _spawn([*hvsock_cmd, "listen", f"unix://{path}"]) as proc:
+    # The child's SIGINT at its default even when this run started with it ignored.
+    with _spawn(with_default_signals([*hvsock_cmd, "listen", f"unix://{path}"])) as proc:
         _wait_listening(proc)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == cli.EXIT_INTERRUPTED
