@@ -3,6 +3,7 @@ guard that keeps the unit and host tiers off AF_VSOCK."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import tempfile
@@ -72,6 +73,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 _CALL_REPORT = pytest.StashKey[pytest.TestReport]()
+
+
+@pytest.fixture(autouse=True)
+def _leftovers_stay_with_a_failed_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A failed test often leaves a child (a Popen) behind; collected later, its
+    ResourceWarning would fail whichever test the collector happened to run in (a
+    Hypothesis test then reports an internal error). Collect now, so it lands here."""
+    yield
+    call = request.node.stash.get(_CALL_REPORT, None)
+    if call is not None and call.failed:
+        gc.collect()
 
 
 @pytest.hookimpl(wrapper=True)
