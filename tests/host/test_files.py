@@ -256,11 +256,12 @@ def test_hostile_paths_are_refused(served: tuple[str, Path], tmp_path: Path) -> 
     assert not (tmp_path / "pulled/secret").exists()
 
 
-def test_a_hostile_server_cannot_write_outside_the_destination(tmp_path: Path) -> None:
+def test_a_hostile_server_cannot_write_outside_the_destination(tmp_path: Path,
+                                                               short_tmp: Path) -> None:
     from hvsock._core import filecopy as fc
 
     listener = socket.socket(socket.AF_UNIX)
-    listener.bind(str(tmp_path / "evil.sock"))
+    listener.bind(str(short_tmp / "evil.sock"))  # tmp_path follows TMPDIR: maybe too long
     listener.listen()
 
     def evil() -> None:
@@ -277,7 +278,7 @@ def test_a_hostile_server_cannot_write_outside_the_destination(tmp_path: Path) -
     thread = threading.Thread(target=evil)
     thread.start()
     with pytest.raises(hvsock.ProtocolError, match="unsafe name"):
-        hvsock.copy(f"unix://{tmp_path}/evil.sock", ":d", tmp_path / "dest", recursive=True)
+        hvsock.copy(f"unix://{short_tmp}/evil.sock", ":d", tmp_path / "dest", recursive=True)
     thread.join(10)
     listener.close()
     assert not (tmp_path / "evil").exists()
