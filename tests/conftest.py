@@ -75,14 +75,30 @@ def pytest_configure(config: pytest.Config) -> None:
 _CALL_REPORT = pytest.StashKey[pytest.TestReport]()
 
 
+class _Spawned:
+    """Whether the running test started a process (the ``subprocess.Popen`` audit event)."""
+
+    flag = False
+
+
+def _audit_spawns(event: str, args: tuple[object, ...]) -> None:
+    if event == "subprocess.Popen":
+        _Spawned.flag = True
+
+
+sys.addaudithook(_audit_spawns)
+
+
 @pytest.fixture(autouse=True)
-def _leftovers_stay_with_a_failed_test(request: pytest.FixtureRequest) -> Iterator[None]:
-    """A failed test often leaves a child (a Popen) behind; collected later, its
-    ResourceWarning would fail whichever test the collector happened to run in (a
-    Hypothesis test then reports an internal error). Collect now, so it lands here."""
+def _leftovers_stay_with_their_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that drops a Popen whose child still runs, or a failed test's leftovers:
+    collected later, their ResourceWarning would fail whichever test the collector
+    happened to run in (a Hypothesis test then shows an internal error), in a random
+    order a different one each time. Collect now, so the warning lands in this test."""
+    _Spawned.flag = False
     yield
     call = request.node.stash.get(_CALL_REPORT, None)
-    if call is not None and call.failed:
+    if _Spawned.flag or (call is not None and call.failed):
         gc.collect()
 
 

@@ -434,10 +434,10 @@ def test_idle_timeout_closes_only_the_silent_peer(site: Site, style: str,
         host = hvsock.ServiceHost(grace=1)
         host.add(service, site.address())
         async with host:
+            start = time.monotonic()  # before the connect: the timer starts after it
             silent_reader, silent_writer = await site.open(host, "idle")
             chatty_reader, chatty_writer = await site.open(host, "idle")
             try:
-                start = time.monotonic()
                 closed = asyncio.create_task(read_to_eof(silent_reader))
                 echoes = []
                 # Talk until the silent one is closed (bounded), each pause 0.05 s: 30
@@ -478,8 +478,8 @@ def test_total_timeout_ends_even_a_busy_connection(site: Site, style: str) -> No
         host = hvsock.ServiceHost(grace=1)
         host.add(service, site.address())
         async with host:
+            start = time.monotonic()  # before the connect: the timer starts after it
             reader, writer = await site.open(host, "total")
-            start = time.monotonic()
             echoes = 0
             try:
                 for i in range(400):  # at most ~20 s of chatting
