@@ -130,3 +130,16 @@ def test_the_shell_scripts_are_shellcheck_clean() -> None:
     done = subprocess.run([shellcheck, "-x", *SHELL_SCRIPTS], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout
+
+
+def test_the_test_command_explains_itself_and_refuses_unknown_arguments() -> None:
+    # Both answer before any set-up (no apt, no pip).
+    done = subprocess.run(["bash", "scripts/test", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    for word in ("--busy", "--no-vm", "HVSOCK_TEST_SEED", "BUSY_HOG_LIMIT"):
+        assert word in done.stdout
+    done = subprocess.run(["bash", "scripts/test", "--bsuy"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert "unknown argument --bsuy" in done.stderr
