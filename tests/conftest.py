@@ -98,7 +98,15 @@ def _leftovers_stay_with_their_test(request: pytest.FixtureRequest) -> Iterator[
     _Spawned.flag = False
     yield
     call = request.node.stash.get(_CALL_REPORT, None)
-    if _Spawned.flag or (call is not None and call.failed):
+    failed = call is not None and call.failed
+    if failed:
+        # pytest keeps the failure's traceback (for post-mortem debugging) until the
+        # next failure; its frames hold the test's objects, which would then be
+        # collected in some later test. Let them go now.
+        sys.last_type = sys.last_value = sys.last_traceback = None
+        if hasattr(sys, "last_exc"):
+            sys.last_exc = None
+    if _Spawned.flag or failed:
         gc.collect()
 
 
