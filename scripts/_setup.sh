@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by scripts/demo and scripts/test: make .venv with hvsock installed.
 # Usage: setup_venv EXTRAS  (e.g. "" or "[dev]")
 set -euo pipefail

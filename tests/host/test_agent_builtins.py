@@ -36,12 +36,13 @@ roots = ["{share}"]
 """
 
 
-def test_kvp_and_cp_served_by_one_agent(tmp_path: Path) -> None:
+def test_kvp_and_cp_served_by_one_agent(tmp_path: Path, short_tmp: Path) -> None:
     pools, share, here = tmp_path / "pools", tmp_path / "share", tmp_path / "here"
     for d in (pools, share, here):
         d.mkdir()
     (share / "report.bin").write_bytes(bytes(range(256)) * 4096)
-    config = parse_config(_config(tmp_path, pools, share))
+    # The sockets in a short directory: tmp_path follows TMPDIR, which may be long.
+    config = parse_config(_config(short_tmp, pools, share))
     with AgentThread(config) as agent:
         assert set(agent.agent.own) == {"kvp", "cp"}
         # KVP: the host pushes pool 0 and reads it back through the agent's kvp service.

@@ -31,6 +31,7 @@ from hvsock._relay import ConnectionRecord, Relay
 from hvsock._relay.datapath import SPLICE_WORKS
 from hvsock.testing import HybridVsockMuxer
 
+from ..signals import with_default_signals
 from ._peers import (
     EchoServer,
     recv_exactly,
@@ -483,9 +484,10 @@ def test_back_pressure_at_the_connection_limit(site: Site, workers: int) -> None
 @pytest.mark.usefixtures("fd_baseline")
 def test_idle_timeout_closes_a_silent_connection(site: Site) -> None:
     tl, taddr = site.target("tcp")
-    with EchoServer(tl), running_relay("tcp://127.0.0.1:0", taddr, idle_timeout=0.3) as relay, \
+    # Pauses of 0.05 s against a 1.5 s timeout: a margin a busy machine cannot eat.
+    with EchoServer(tl), running_relay("tcp://127.0.0.1:0", taddr, idle_timeout=1.5) as relay, \
             hvsock.connect(relay.address) as busy, hvsock.connect(relay.address) as idle:
-        deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + 2.5
         while time.monotonic() < deadline:  # busy keeps talking past the timeout
             busy.sendall(b"p")
             assert recv_exactly(busy, 1) == b"p"
@@ -671,8 +673,9 @@ def test_cli_relay_text_log_and_unix_mode(site: Site, hvsock_cmd: list[str]) -> 
     tl, taddr = site.target("tcp")
     path = site.path("cli")
     with tl:
-        proc = RelayProcess([*hvsock_cmd, "relay", f"unix://{path}", str(taddr),
-                             "--mode", "640"])
+        # SIGINT below: at its default in the child even if this run ignores it.
+        proc = RelayProcess(with_default_signals([*hvsock_cmd, "relay", f"unix://{path}",
+                                                  str(taddr), "--mode", "640"]))
         try:
             proc.wait_line(lambda s: s.startswith("hvsock: listening on unix://"))
             assert stat.S_IMODE(os.stat(path).st_mode) == 0o640

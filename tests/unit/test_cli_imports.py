@@ -175,9 +175,10 @@ SLOW_STDLIB = ("typing", "dataclasses", "inspect", "uuid", "platform", "shutil",
 
 
 @pytest.fixture
-def closing_listener(tmp_path: Path) -> Iterator[str]:
-    """A real Unix listener that accepts and closes each connection."""
-    path = tmp_path / "closes.sock"
+def closing_listener(short_tmp: Path) -> Iterator[str]:
+    """A real Unix listener that accepts and closes each connection (in a short
+    directory: tmp_path follows TMPDIR, which may be too long for a socket path)."""
+    path = short_tmp / "closes.sock"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
     server.listen(4)
@@ -197,8 +198,8 @@ def closing_listener(tmp_path: Path) -> Iterator[str]:
 
 @pytest.mark.parametrize("target", ["listening", "missing"])
 def test_connect_loads_none_of_the_slow_stdlib_modules(target: str, closing_listener: str,
-                                                       tmp_path: Path) -> None:
-    address = closing_listener if target == "listening" else f"unix://{tmp_path}/nobody.sock"
+                                                       short_tmp: Path) -> None:
+    address = closing_listener if target == "listening" else f"unix://{short_tmp}/nobody.sock"
     status, _, after = run_cli("connect", "--timeout", "5", address)
     assert status == (0 if target == "listening" else 4)
     assert sorted(m for m in SLOW_STDLIB if m in after) == []
