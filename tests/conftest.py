@@ -54,9 +54,6 @@ def _in_vm_tier(item: pytest.Item) -> bool:
     return any(item.path.is_relative_to(tier) for tier in VM_TIERS)
 
 
-#: Tests that still create AF_VSOCK sockets here through the doctor's real checks; the
-#: doctor's fake socket maker (issue 25, its own branch) moves them off. Until then they
-#: skip like ``host_vsock`` tests. Remove an entry once its tests pass under the guard.
 def pytest_configure(config: pytest.Config) -> None:
     if sys.platform.startswith("linux") and not _host_vsock_allowed():
         sys.addaudithook(_audit)
