@@ -21,6 +21,7 @@ from hvsock._doctor.model import (
     WARN,
     Diagnosis,
 )
+from tests._doctor_fakes import FakeVsock
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +46,8 @@ def host(tmp_path: Path, *, module: bool = True, device: str | None = "/dev/null
         (root / "proc" / str(pid)).mkdir()
         (root / "proc" / str(pid) / "cmdline").write_bytes(
             b"".join(a.encode() + b"\0" for a in argv))
-    return Machine(root=str(root), euid=os.geteuid())
+    # Fake vsock sockets: the host tier makes no real AF_VSOCK socket (tests/conftest.py).
+    return Machine(root=str(root), euid=os.geteuid(), vsock_socket=FakeVsock())
 
 
 def qemu(name: str, cid: int) -> list[str]:
