@@ -85,8 +85,7 @@ def share(hvsock_cmd: list[str], tmp_path: Path) -> Iterator[Share]:
 
 
 def sha(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def tree_hashes(top: Path) -> dict[str, str]:
