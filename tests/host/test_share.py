@@ -122,10 +122,14 @@ def test_several_tags_in_flight_and_flush(tree: tuple[Path, Path, str]) -> None:
             c.send(p.Message(p.TREAD, tag, (1, (tag - 1) * 1024, 1024)))
         c.send(p.Message(p.TFLUSH, 100, (40,)))
         replies = {}
+        order = []
         for _ in range(41):
             msg = c.recv()
             assert msg is not None
             replies[msg.tag] = msg
+            order.append(msg.tag)
+        # The flushed request is answered (it was already running), then the Rflush.
+        assert order.index(40) < order.index(100)
         data = (export / "big").read_bytes()
         for tag in range(1, 41):
             assert replies[tag].args == (data[(tag - 1) * 1024:tag * 1024],)
