@@ -86,6 +86,11 @@ def _guest(what: str, kernel_test: str, host_test: str) -> tuple[str, str]:
 
 _COPY = _guest("copies", "tests/kernel/test_files_kernel.py", "test_the_file_copy_recipe")
 _EXEC = _guest("exec", "tests/kernel/test_exec_kernel.py", "test_the_agent_recipe")
+_SHARE = (NOT, "serves guest CID 3 on the fixed 9P port; the same command with --allow 1 on "
+          "a free port runs in tests/kernel/test_share_kernel.py, and with a unix:// listener "
+          "and NAME=DIR in tests/host/test_share_cli.py::test_share_serves_named_exports")
+_MOUNT = (NOT, f"{_CID2}; and it mounts (root). tests/kernel/test_share_kernel.py runs "
+          "`hvsock mount vsock://1:PORT ...` (with -o ro too) against `hvsock share` in the VM")
 _KVP_VM = _guest("the KVP service", "tests/kernel/test_kvp_kernel.py",
                  "test_the_kvp_service_recipe")
 
@@ -191,6 +196,10 @@ TABLE: dict[str, tuple[str, str]] = {
          "sample listens on vsock and dials CID 3; the test checks that sample parses): "
          "both forwards reach their echo servers, SIGTERM exits 0"),
     "hvsock cp --remote vsock://3:5005 -r ./site :/srv/www": _COPY,
+    "hvsock share ./src --listen vsock://any:564 --allow 3": _SHARE,
+    "hvsock share ~/src docs=/srv/docs --listen vsock://any:564 --allow 3": _SHARE,
+    "hvsock mount vsock://2:564 /mnt/src": _MOUNT,
+    "hvsock mount vsock://2:564 /mnt/docs -o aname=docs,ro": _MOUNT,
     "hvsock kvp set Role web": (HOST, _DIR + "; the record is read back from pool 1's file"),
     "hvsock agent": (NOT, "reads /etc/hvsock/agent.toml (or serves the defaults on "
                      "vsock://any:5100): a system service; `hvsock agent --check-config` "

@@ -56,6 +56,9 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "._builtin.files.server": (
         "file_service",
     ),
+    "._builtin.share.server": (
+        "share_service",
+    ),
     "._builtin.stress": (
         "StressFailure", "StressResult", "stress",
     ),
@@ -155,6 +158,7 @@ if TYPE_CHECKING:  # the same names, spelled out for type checkers and IDEs
     from ._builtin.files.client import copy as copy
     from ._builtin.files.client import copy_async as copy_async
     from ._builtin.files.server import file_service as file_service
+    from ._builtin.share.server import share_service as share_service
     from ._builtin.stress import StressFailure as StressFailure
     from ._builtin.stress import StressResult as StressResult
     from ._builtin.stress import stress as stress

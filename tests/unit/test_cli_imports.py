@@ -94,6 +94,10 @@ def test_cli_constants_match_the_library() -> None:
     assert service_cmds.DEMO_TRANSPORTS == demo.TRANSPORTS
     assert windows_cmds.EXPORT_FORMATS == export.FORMATS
     assert cp_cmds.DEFAULT_PORT == files_server.DEFAULT_PORT
+    from hvsock._builtin.share import server as share_server
+    from hvsock._cli import share_cmds
+
+    assert share_cmds.DEFAULT_PORT == share_server.DEFAULT_PORT
     from hvsock._builtin.agent import config as agent_config
     from hvsock._builtin.agent import host as agent_host
 

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 #: handler}``, and keeps its top cheap: argparse and ``args``, the implementation
 #: imported inside each handler (tests/unit/test_cli_imports.py checks).
 EXTENSIONS = (
-    "address_cmds", "socket_cmds", "service_cmds", "agent_cmds", "cp_cmds", "kvp_cmds",
-    "windows_cmds", "doctor_cmds", "relay_cmds", "tools_cmds", "selftest_cmds",
+    "address_cmds", "socket_cmds", "service_cmds", "agent_cmds", "cp_cmds", "share_cmds",
+    "kvp_cmds", "windows_cmds", "doctor_cmds", "relay_cmds", "tools_cmds", "selftest_cmds",
 )
 #: Command -> the group that adds it, so a command imports and builds only its own
 #: group (a test checks this against each group's COMMANDS).
@@ -32,7 +32,8 @@ OWNER = {
     "service-id": "address_cmds", "port": "address_cmds", "addr": "address_cmds",
     "cid": "address_cmds", "connect": "socket_cmds", "listen": "socket_cmds",
     "demo": "service_cmds", "echo-server": "service_cmds", "ping": "service_cmds",
-    "agent": "agent_cmds", "exec": "agent_cmds", "cp": "cp_cmds", "kvp": "kvp_cmds",
+    "agent": "agent_cmds", "exec": "agent_cmds", "cp": "cp_cmds", "share": "share_cmds",
+    "mount": "share_cmds", "kvp": "kvp_cmds",
     "register": "windows_cmds", "unregister": "windows_cmds", "services": "windows_cmds",
     "vms": "windows_cmds", "doctor": "doctor_cmds", "relay": "relay_cmds",
     "bench": "tools_cmds", "stress": "tools_cmds", "selftest": "selftest_cmds",

@@ -1,0 +1,802 @@
+"""The share service: directories served as 9P2000.L to the Linux kernel's v9fs client.
+
+Jail: a fid is an export and a tuple of names below its root, never a host path.
+Every use resolves the names again from the root's descriptor, one component at a
+time with ``O_PATH | O_NOFOLLOW`` (directories also ``O_DIRECTORY``), so a symlink is
+never followed by the server, ``..`` is taken off the tuple (it cannot climb above
+the root), and a name holding ``/`` or NUL is refused with EINVAL. Operations on the
+file itself go through that descriptor (``/proc/self/fd/N`` reaches the exact inode
+it pins); operations on a name go through its parent's descriptor.
+
+Concurrency: the event loop reads messages and writes replies; each request runs in
+a thread pool, up to ``max_inflight`` per connection (past that the loop stops
+reading, so memory is bounded by msize times that). Locks are open-file-description
+locks on the fid's own descriptor, never waited for: the client retries a blocked
+lock itself. Linux only (``O_PATH``, OFD locks, /proc).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import stat
+import struct
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..._core import ninep as p
+from ..._errors import ArgumentError, ProtocolError, UnsupportedError
+from ..._service.connection import Connection
+from ..._service.declaration import Limits, Service
+from ..._validate import instance, quote, whole_number
+
+__all__ = ["share_service"]
+
+#: 9P's registered port, also the share's vsock port (Hyper-V service id
+#: 00000234-facb-11e6-bd58-64006a7986d3).
+DEFAULT_PORT = 564
+SERVICE_NAME = "hvsock share"
+#: "server": files belong to the server's user, ownership changes the server cannot
+#: make are ignored (QEMU's security_model=none); "passthrough": new files get the
+#: client's uid and gid and chown is applied (QEMU's passthrough; the server is root).
+OWNERSHIP_MODES = ("server", "passthrough")
+#: Largest msize this server agrees to (the kernel's fd transport caps at 1 MiB).
+MAX_MSIZE = 1 << 20
+MIN_MSIZE = 4096
+
+_O_PATH = getattr(os, "O_PATH", 0)
+_DIR_PATH = _O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_ANY_PATH = _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+# The open flags of Tlopen/Tlcreate are 9P's P9_DOTL_* values (x86 Linux's numbers on
+# every machine), mapped here to this machine's. Honoured: access mode, truncation,
+# exclusive create, sync. Dropped: append (each write carries its offset), and
+# non-blocking, direct, noatime, async (the client's business).
+_DOTL_ACCESS = 3
+_DOTL_FLAGS = ((0o100, os.O_CREAT), (0o200, os.O_EXCL), (0o1000, os.O_TRUNC),
+               (0o10000, getattr(os, "O_DSYNC", 0)), (0o200000, os.O_DIRECTORY),
+               (0o4000000, getattr(os, "O_SYNC", 0)))
+_AT_REMOVEDIR = 0x200
+# Tsetattr valid bits (include/net/9p/9p.h P9_ATTR_*).
+_ATTR_MODE, _ATTR_UID, _ATTR_GID, _ATTR_SIZE = 1, 2, 4, 8
+_ATTR_ATIME, _ATTR_MTIME, _ATTR_ATIME_SET, _ATTR_MTIME_SET = 16, 32, 128, 256
+_GETATTR_BASIC = 0x7FF
+_LOCK_SUCCESS, _LOCK_BLOCKED, _LOCK_ERROR = 0, 1, 2
+_LOCK_TYPES = {0: fcntl.F_RDLCK, 1: fcntl.F_WRLCK, 2: fcntl.F_UNLCK}
+_F_OFD_GETLK = getattr(fcntl, "F_OFD_GETLK", 36)
+_F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
+_FLOCK = struct.Struct("hhqqi4x")  # struct flock on 64-bit Linux
+_V9FS_MAGIC = 0x01021997
+_NONUNAME = 0xFFFFFFFF
+
+
+class _Errno(Exception):
+    """A request answered with Rlerror(errno)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(os.strerror(code))
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Export:
+    """A directory served under a name (the ``aname`` a client attaches with)."""
+
+    name: str
+    path: bytes  # its real path
+
+
+@dataclass(frozen=True)
+class _Config:
+    exports: tuple[Export, ...]
+    read_only: bool
+    ownership: str
+    max_fids: int
+    max_inflight: int
+    vm_allow_given: bool
+    pool: ThreadPoolExecutor = field(compare=False)
+
+
+def _exports(dirs: object) -> tuple[Export, ...]:
+    if isinstance(dirs, (str, bytes, os.PathLike)):
+        dirs = [dirs]
+    items: list[tuple[str | None, object]]
+    if isinstance(dirs, Mapping):
+        items = [(str(k), v) for k, v in dirs.items()]
+    elif isinstance(dirs, Iterable):
+        items = [(None, d) for d in dirs]
+    else:
+        raise ArgumentError(f"share_service takes a directory or a list of them, not "
+                            f"{quote(dirs)}")
+    out: list[Export] = []
+    for name, path in items:
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            raise ArgumentError(f"an export must be a path, not {quote(path)}")
+        real = os.path.realpath(os.fsencode(path))
+        if not os.path.isdir(real):
+            raise ArgumentError(f"{quote(os.fsdecode(os.fsencode(path)))} is not a directory; "
+                                "share a directory")
+        name = name if name is not None else os.fsdecode(os.path.basename(real)) or "root"
+        if not name or "/" in name or "\0" in name:
+            raise ArgumentError(f"export name {quote(name)} must be non-empty, without / or NUL")
+        if any(e.name == name for e in out):
+            raise ArgumentError(f"two exports are named {quote(name)}; name them NAME=DIR")
+        out.append(Export(name, real))
+    if not out:
+        raise ArgumentError("share_service needs at least one directory")
+    return tuple(out)
+
+
+def share_service(dirs: Any, *, port: int | Any = DEFAULT_PORT, allow: Any = None,
+                  read_only: bool = False, ownership: str = "server",
+                  max_fids: int = 16384, max_inflight: int = 32,
+                  limits: Limits | None = None, name: str = SERVICE_NAME) -> Service:
+    """A 9P2000.L file server over *dirs*, for :class:`hvsock.ServiceHost`.
+
+    *dirs* is a directory, a list of them (each exported under its base name), or a
+    mapping ``{name: directory}``; a client picks one with the mount's ``aname``
+    (none: the first). *allow* is the allowlist (CIDs, VM ids, hosts, ``"uid:N"``);
+    ``"any"`` lets every peer in. A peer on a VM socket (vsock, Hyper-V) is refused
+    unless *allow* was given: a share is never open to every VM by default.
+    *read_only* answers every change with EROFS. *ownership* is one of
+    :data:`OWNERSHIP_MODES` ("passthrough" needs root). *max_fids* bounds the fids
+    one connection may hold, *max_inflight* its requests served at once.
+    Raises :class:`ArgumentError` / :class:`UnsupportedError` (not Linux).
+    """
+    if not sys.platform.startswith("linux") or not _O_PATH:
+        raise UnsupportedError("the share service needs Linux (O_PATH, /proc); on this "
+                               "system it is not available yet")
+    exports = _exports(dirs)
+    if ownership not in OWNERSHIP_MODES:
+        raise ArgumentError(f"ownership {quote(ownership)}: choose one of "
+                            f"{', '.join(OWNERSHIP_MODES)}")
+    if ownership == "passthrough" and os.geteuid() != 0:
+        raise ArgumentError("ownership='passthrough' needs the server to run as root; "
+                            "use the default 'server' mode otherwise")
+    whole_number(max_fids, "max_fids", 1, 1 << 24)
+    whole_number(max_inflight, "max_inflight", 1, 1024)
+    given = allow is not None
+    if allow == "any" or (given and not isinstance(allow, (str, bytes, int))
+                          and "any" in list(allow)):
+        allow = None
+    limits = instance(limits, Limits, "limits") if limits is not None else \
+        Limits(max_connections=64, idle_timeout=None)
+    config = _Config(exports, bool(read_only), ownership, max_fids, max_inflight, given,
+                     ThreadPoolExecutor(max_workers=16, thread_name_prefix="hvsock-share"))
+
+    async def handle(conn: Connection) -> None:
+        if not config.vm_allow_given and (conn.peer.cid is not None
+                                          or conn.peer.vm_id is not None):
+            conn.log.warning("refused %s: a share reached over VM sockets needs an explicit "
+                             "allowlist (allow=[CID, ...] or 'any')", conn.peer)
+            return
+        await _Session(config, conn).run()
+
+    return Service(name, port, handle, allow=allow, limits=limits)
+
+
+@dataclass
+class _Fid:
+    export: int
+    parts: tuple[bytes, ...]
+    uid: int
+    fd: int | None = None  # an open file or directory (Tlopen / Tlcreate)
+    listing: list[tuple[p.Qid, int, bytes]] | None = None  # readdir snapshot
+    xattr: bytes | None = None  # a Txattrwalk's value, read with Tread
+
+
+def _check_name(name: bytes) -> bytes:
+    if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
+        raise _Errno(errno.EINVAL)
+    return name
+
+
+def _qid(st: os.stat_result) -> p.Qid:
+    if stat.S_ISDIR(st.st_mode):
+        kind = p.QTDIR
+    elif stat.S_ISLNK(st.st_mode):
+        kind = p.QTSYMLINK
+    else:
+        kind = p.QTFILE
+    version = (st.st_mtime_ns ^ (st.st_size << 8)) & 0xFFFFFFFF
+    return p.Qid(kind, version, st.st_ino)
+
+
+def _proc(fd: int) -> str:
+    return f"/proc/self/fd/{fd}"
+
+
+class _Session:
+    """One client connection: its fids and the requests it has in flight."""
+
+    def __init__(self, config: _Config, conn: Connection) -> None:
+        self.config = config
+        self.conn = conn
+        self.fids: dict[int, _Fid] = {}
+        self.lock = threading.Lock()
+        self.msize = 0
+        self.roots: list[int] = []
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.write_lock = asyncio.Lock()
+
+    # -- the loop -----------------------------------------------------------------
+    async def run(self) -> None:
+        decoder = p.Decoder(MAX_MSIZE)
+        slots = asyncio.Semaphore(self.config.max_inflight)
+        try:
+            self.roots = [os.open(e.path, _DIR_PATH) for e in self.config.exports]
+            while data := await self.conn.reader.read(65536):
+                for msg in decoder.feed(data):
+                    if msg.type == p.TVERSION:
+                        await self.drain_tasks()
+                        reply = self.version(msg)
+                        decoder.msize = self.msize or MAX_MSIZE
+                        await self.send(reply)
+                    elif msg.type == p.TFLUSH:
+                        self.spawn(msg, self.flush(msg))
+                    elif msg.tag in self.tasks:
+                        raise ProtocolError(f"tag {msg.tag} is already in use")
+                    elif msg.type % 2:
+                        raise ProtocolError(f"the client sent a reply ({msg.name})")
+                    else:
+                        await slots.acquire()
+                        self.spawn(msg, self.serve(msg), slots)
+        except ProtocolError as exc:
+            self.conn.log.info("%s: closing the connection: %s", self.conn.peer, exc)
+        except (ConnectionError, OSError) as exc:
+            self.conn.log.info("%s: connection lost: %s", self.conn.peer, exc)
+        finally:
+            await self.drain_tasks()
+            self.clunk_all()
+            for fd in self.roots:
+                os.close(fd)
+
+    def spawn(self, msg: p.Message, work: Any, slots: asyncio.Semaphore | None = None) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks[msg.tag] = task
+
+        def done(_: object) -> None:
+            if self.tasks.get(msg.tag) is task:
+                del self.tasks[msg.tag]
+            if slots is not None:
+                slots.release()
+        task.add_done_callback(done)
+
+    async def drain_tasks(self) -> None:
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks.values()), return_exceptions=True)
+
+    async def send(self, reply: p.Message) -> None:
+        data = p.encode(reply)
+        async with self.write_lock:
+            self.conn.writer.write(data)
+            with contextlib.suppress(ConnectionError):
+                await self.conn.writer.drain()
+
+    async def serve(self, msg: p.Message) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            reply = await loop.run_in_executor(self.config.pool, self.dispatch, msg)
+        except _Errno as exc:
+            reply = p.Message(p.RLERROR, msg.tag, (exc.code,))
+        except OSError as exc:
+            reply = p.Message(p.RLERROR, msg.tag, (exc.errno or errno.EIO,))
+        except ValueError:  # a NUL inside a name the codec let through
+            reply = p.Message(p.RLERROR, msg.tag, (errno.EINVAL,))
+        except Exception:  # a bug here must not end the session: the client gets EIO
+            self.conn.log.exception("%s: %s failed", self.conn.peer, msg.name)
+            reply = p.Message(p.RLERROR, msg.tag, (errno.EIO,))
+        # The tag is free once its reply is on its way: the client may reuse it at once,
+        # before this task's done-callback runs.
+        if self.tasks.get(msg.tag) is asyncio.current_task():
+            del self.tasks[msg.tag]
+        try:
+            await self.send(reply)
+        except ProtocolError:  # a reply that does not fit (e.g. a long readlink)
+            await self.send(p.Message(p.RLERROR, msg.tag, (errno.ENAMETOOLONG,)))
+
+    async def flush(self, msg: p.Message) -> None:
+        # The flushed request's reply (if it is still running) goes first, then Rflush.
+        old = self.tasks.get(msg.args[0])
+        if old is not None and old is not asyncio.current_task():
+            await asyncio.gather(old, return_exceptions=True)
+        await self.send(p.Message(p.RFLUSH, msg.tag, ()))
+
+    def version(self, msg: p.Message) -> p.Message:
+        msize, version = msg.args
+        self.clunk_all()
+        if not version.startswith(p.VERSION):
+            self.msize = 0
+            return p.Message(p.RVERSION, msg.tag, (min(msize, MAX_MSIZE), b"unknown"))
+        self.msize = max(MIN_MSIZE, min(msize, MAX_MSIZE))
+        return p.Message(p.RVERSION, msg.tag, (self.msize, p.VERSION))
+
+    def clunk_all(self) -> None:
+        with self.lock:
+            fids, self.fids = list(self.fids.values()), {}
+        for fid in fids:
+            if fid.fd is not None:
+                os.close(fid.fd)
+
+    # -- fids and paths -------------------------------------------------------------
+    def fid(self, number: int) -> _Fid:
+        found = self.fids.get(number)
+        if found is None:
+            raise _Errno(errno.EBADF)
+        return found
+
+    def add_fid(self, number: int, fid: _Fid) -> None:
+        with self.lock:
+            if number == p.NOFID or number in self.fids:
+                raise _Errno(errno.EBADF if number == p.NOFID else errno.EEXIST)
+            if len(self.fids) >= self.config.max_fids:
+                raise _Errno(errno.EMFILE)
+            self.fids[number] = fid
+
+    def resolve(self, export: int, parts: tuple[bytes, ...]) -> int:
+        """An O_PATH descriptor of *parts* below the export's root, no link followed."""
+        fd = os.open(".", _DIR_PATH, dir_fd=self.roots[export])
+        try:
+            for i, name in enumerate(parts):
+                flags = _ANY_PATH if i == len(parts) - 1 else _DIR_PATH
+                try:
+                    nxt = os.open(name, flags, dir_fd=fd)
+                except OSError as exc:
+                    # A symlink where a directory must be: the client sees ENOTDIR.
+                    if exc.errno == errno.ELOOP:
+                        raise _Errno(errno.ENOTDIR) from None
+                    raise
+                os.close(fd)
+                fd = nxt
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @contextlib.contextmanager
+    def file_fd(self, fid: _Fid) -> Iterator[int]:
+        """The file itself: its open descriptor if it has one (the name may be gone)."""
+        if fid.fd is not None:
+            yield fid.fd
+        else:
+            with self.path_fd(fid) as fd:
+                yield fd
+
+    @contextlib.contextmanager
+    def path_fd(self, fid: _Fid) -> Iterator[int]:
+        fd = self.resolve(fid.export, fid.parts)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def dir_fd(self, fid: _Fid) -> Iterator[int]:
+        with self.path_fd(fid) as fd:
+            if not stat.S_ISDIR(os.fstat(fd).st_mode):
+                raise _Errno(errno.ENOTDIR)
+            yield fd
+
+    @contextlib.contextmanager
+    def parent_of(self, fid: _Fid) -> Iterator[tuple[int, bytes]]:
+        if not fid.parts:
+            raise _Errno(errno.EBUSY)  # the export's root has no name to act on
+        fd = self.resolve(fid.export, fid.parts[:-1])
+        try:
+            yield fd, fid.parts[-1]
+        finally:
+            os.close(fd)
+
+    def writable(self) -> None:
+        if self.config.read_only:
+            raise _Errno(errno.EROFS)
+
+    def stat_fid(self, fid: _Fid) -> os.stat_result:
+        if fid.fd is not None:
+            return os.fstat(fid.fd)
+        with self.path_fd(fid) as fd:
+            return os.fstat(fd)
+
+    def owned(self, dir_fd: int, name: bytes, uid: int, gid: int) -> None:
+        """Passthrough: a new entry gets the client's uid and gid."""
+        if self.config.ownership == "passthrough":
+            os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+
+    def renamed(self, export: int, old: tuple[bytes, ...], new: tuple[bytes, ...]) -> None:
+        with self.lock:
+            for fid in self.fids.values():
+                if fid.export == export and fid.parts[:len(old)] == old:
+                    fid.parts = new + fid.parts[len(old):]
+
+    # -- requests ------------------------------------------------------------------
+    def dispatch(self, msg: p.Message) -> p.Message:
+        if not self.msize:
+            raise _Errno(errno.EPROTO)  # no Tversion yet
+        handler = _HANDLERS.get(msg.type)
+        if handler is None:
+            raise _Errno(errno.EOPNOTSUPP)
+        return p.Message(msg.type + 1, msg.tag, handler(self, *msg.args))
+
+    def t_attach(self, fid: int, afid: int, uname: bytes, aname: bytes,
+                 n_uname: int) -> tuple[Any, ...]:
+        wanted = aname.strip(b"/").decode("utf-8", "surrogateescape")
+        exports = self.config.exports
+        index = 0 if not wanted else next(
+            (i for i, e in enumerate(exports) if e.name == wanted), -1)
+        if index < 0:
+            self.conn.log.info("%s: no export named %r", self.conn.peer, wanted)
+            raise _Errno(errno.ENOENT)
+        uid = n_uname if n_uname != _NONUNAME else os.geteuid()
+        new = _Fid(index, (), uid)
+        st = self.stat_fid(new)
+        self.add_fid(fid, new)
+        return (_qid(st),)
+
+    def t_auth(self, *_: Any) -> tuple[Any, ...]:
+        raise _Errno(errno.EOPNOTSUPP)  # no authentication: the allowlist decides
+
+    def t_walk(self, fid: int, newfid: int, names: tuple[bytes, ...]) -> tuple[Any, ...]:
+        start = self.fid(fid)
+        if len(names) > p.MAXWELEM:
+            raise _Errno(errno.EINVAL)
+        if newfid != fid and newfid in self.fids:
+            raise _Errno(errno.EEXIST)
+        parts = start.parts
+        qids: list[p.Qid] = []
+        for name in names:
+            if not name or b"/" in name or b"\0" in name:
+                if not qids:
+                    raise _Errno(errno.EINVAL)
+                break
+            candidate = parts[:-1] if name == b".." else parts if name == b"." else \
+                (*parts, name)
+            try:
+                with self.path_fd(_Fid(start.export, candidate, 0)) as there:
+                    st = os.fstat(there)
+            except (OSError, _Errno):
+                if not qids:
+                    raise
+                break
+            parts = candidate
+            qids.append(_qid(st))
+        if len(qids) == len(names):
+            if newfid == fid:
+                start.parts = parts
+            else:
+                self.add_fid(newfid, _Fid(start.export, parts, start.uid))
+        return (tuple(qids),)
+
+    def t_clunk(self, fid: int) -> tuple[Any, ...]:
+        with self.lock:
+            gone = self.fids.pop(fid, None)
+        if gone is None:
+            raise _Errno(errno.EBADF)
+        if gone.fd is not None:
+            os.close(gone.fd)
+        return ()
+
+    def t_remove(self, fid: int) -> tuple[Any, ...]:
+        target = self.fid(fid)
+        try:
+            self.writable()
+            with self.parent_of(target) as (parent, name):
+                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    os.rmdir(name, dir_fd=parent)
+                else:
+                    os.unlink(name, dir_fd=parent)
+        finally:
+            self.t_clunk(fid)  # Tremove clunks the fid whatever happens
+        return ()
+
+    def t_getattr(self, fid: int, mask: int) -> tuple[Any, ...]:
+        st = self.stat_fid(self.fid(fid))
+        return (_GETATTR_BASIC, _qid(st), st.st_mode, st.st_uid, st.st_gid, st.st_nlink,
+                st.st_rdev, st.st_size, st.st_blksize, st.st_blocks,
+                st.st_atime_ns // 10**9, st.st_atime_ns % 10**9,
+                st.st_mtime_ns // 10**9, st.st_mtime_ns % 10**9,
+                st.st_ctime_ns // 10**9, st.st_ctime_ns % 10**9, 0, 0, 0, 0)
+
+    def t_setattr(self, fid: int, valid: int, mode: int, uid: int, gid: int, size: int,
+                  atime_s: int, atime_ns: int, mtime_s: int, mtime_ns: int) -> tuple[Any, ...]:
+        self.writable()
+        target = self.fid(fid)
+        with self.file_fd(target) as fd:
+            st = os.fstat(fd)
+            link = stat.S_ISLNK(st.st_mode)
+            if valid & _ATTR_MODE and not link:
+                os.chmod(_proc(fd), stat.S_IMODE(mode))
+            if valid & (_ATTR_UID | _ATTR_GID):
+                new_uid = uid if valid & _ATTR_UID else -1
+                new_gid = gid if valid & _ATTR_GID else -1
+                try:
+                    if target.parts and link:
+                        with self.parent_of(target) as (parent, name):
+                            os.chown(name, new_uid, new_gid, dir_fd=parent,
+                                     follow_symlinks=False)
+                    else:
+                        os.chown(_proc(fd), new_uid, new_gid)
+                except PermissionError:
+                    if self.config.ownership == "passthrough":
+                        raise
+            if valid & _ATTR_SIZE:
+                if link or stat.S_ISDIR(st.st_mode):
+                    raise _Errno(errno.EINVAL)
+                if target.fd is not None and os.O_ACCMODE & fcntl.fcntl(
+                        target.fd, fcntl.F_GETFL) != os.O_RDONLY:
+                    os.ftruncate(target.fd, size)
+                else:
+                    os.truncate(_proc(fd), size)
+            if valid & (_ATTR_ATIME | _ATTR_MTIME) and not link:
+                old, now = os.fstat(fd), time.time_ns()
+                a, m = old.st_atime_ns, old.st_mtime_ns
+                if valid & _ATTR_ATIME:
+                    a = atime_s * 10**9 + atime_ns if valid & _ATTR_ATIME_SET else now
+                if valid & _ATTR_MTIME:
+                    m = mtime_s * 10**9 + mtime_ns if valid & _ATTR_MTIME_SET else now
+                os.utime(_proc(fd), ns=(a, m))
+        return ()
+
+    def open_flags(self, flags: int) -> int:
+        access = flags & _DOTL_ACCESS
+        if access == 3:
+            raise _Errno(errno.EINVAL)
+        local = access | os.O_CLOEXEC  # O_RDONLY/O_WRONLY/O_RDWR are 0/1/2 everywhere
+        for dotl, here in _DOTL_FLAGS:
+            if flags & dotl:
+                local |= here
+        local &= ~os.O_CREAT  # creation is Tlcreate's, with its own name check
+        if self.config.read_only and (access != os.O_RDONLY or local & os.O_TRUNC):
+            raise _Errno(errno.EROFS)
+        return local
+
+    def t_lopen(self, fid: int, flags: int) -> tuple[Any, ...]:
+        target = self.fid(fid)
+        if target.fd is not None:
+            raise _Errno(errno.EBUSY)
+        mode = self.open_flags(flags) & ~os.O_EXCL
+        with self.path_fd(target) as fd:
+            st = os.fstat(fd)
+            if stat.S_ISLNK(st.st_mode):
+                raise _Errno(errno.ELOOP)
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                raise _Errno(errno.ENXIO)  # devices and FIFOs open in the guest, not here
+            # The /proc link reaches exactly the inode the O_PATH descriptor pins.
+            target.fd = os.open(_proc(fd), mode)
+        target.listing = None
+        return (_qid(st), 0)
+
+    def t_lcreate(self, fid: int, name: bytes, flags: int, mode: int,
+                  gid: int) -> tuple[Any, ...]:
+        self.writable()
+        target = self.fid(fid)
+        if target.fd is not None:
+            raise _Errno(errno.EBUSY)
+        _check_name(name)
+        with self.dir_fd(target) as parent:
+            fd = os.open(name, self.open_flags(flags) | os.O_CREAT | os.O_NOFOLLOW,
+                         stat.S_IMODE(mode), dir_fd=parent)
+            try:
+                self.owned(parent, name, target.uid, gid)
+                st = os.fstat(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+        target.parts = (*target.parts, name)
+        target.fd = fd
+        return (_qid(st), 0)
+
+    def t_read(self, fid: int, offset: int, count: int) -> tuple[Any, ...]:
+        target = self.fid(fid)
+        count = min(count, self.msize - p.HEADER - 4)
+        if target.xattr is not None:
+            return (target.xattr[offset:offset + count],)
+        if target.fd is None:
+            raise _Errno(errno.EBADF)
+        return (os.pread(target.fd, count, offset),)
+
+    def t_write(self, fid: int, offset: int, data: bytes) -> tuple[Any, ...]:
+        self.writable()
+        target = self.fid(fid)
+        if target.fd is None:
+            raise _Errno(errno.EBADF)
+        return (os.pwrite(target.fd, data, offset),)
+
+    def t_readdir(self, fid: int, offset: int, count: int) -> tuple[Any, ...]:
+        target = self.fid(fid)
+        if target.fd is None:
+            raise _Errno(errno.EBADF)
+        if offset == 0 or target.listing is None:
+            target.listing = self.listing(target)
+        count = min(count, self.msize - p.HEADER - 4)
+        out = bytearray()
+        for index in range(offset, len(target.listing)):
+            qid, kind, name = target.listing[index]
+            entry = p.dirent(qid, index + 1, kind, name)
+            if len(out) + len(entry) > count:
+                break
+            out += entry
+        return (bytes(out),)
+
+    def listing(self, target: _Fid) -> list[tuple[p.Qid, int, bytes]]:
+        assert target.fd is not None
+        here = os.fstat(target.fd)
+        entries = [(_qid(here), 4, b"."), (_qid(here), 4, b"..")]
+        with os.scandir(target.fd) as scan:
+            for entry in scan:
+                if entry.is_symlink():
+                    qtype, dtype = p.QTSYMLINK, 10
+                elif entry.is_dir(follow_symlinks=False):
+                    qtype, dtype = p.QTDIR, 4
+                elif entry.is_file(follow_symlinks=False):
+                    qtype, dtype = p.QTFILE, 8
+                else:
+                    qtype, dtype = p.QTFILE, 0  # DT_UNKNOWN: the client asks getattr
+                entries.append((p.Qid(qtype, 0, entry.inode()), dtype, os.fsencode(entry.name)))
+        return entries
+
+    def t_mkdir(self, dfid: int, name: bytes, mode: int, gid: int) -> tuple[Any, ...]:
+        self.writable()
+        target = self.fid(dfid)
+        _check_name(name)
+        with self.dir_fd(target) as parent:
+            os.mkdir(name, stat.S_IMODE(mode), dir_fd=parent)
+            self.owned(parent, name, target.uid, gid)
+            return (_qid(os.stat(name, dir_fd=parent, follow_symlinks=False)),)
+
+    def t_symlink(self, fid: int, name: bytes, target_path: bytes,
+                  gid: int) -> tuple[Any, ...]:
+        self.writable()
+        target = self.fid(fid)
+        _check_name(name)
+        if b"\0" in target_path:
+            raise _Errno(errno.EINVAL)
+        with self.dir_fd(target) as parent:
+            os.symlink(target_path, name, dir_fd=parent)
+            self.owned(parent, name, target.uid, gid)
+            return (_qid(os.stat(name, dir_fd=parent, follow_symlinks=False)),)
+
+    def t_mknod(self, dfid: int, name: bytes, mode: int, major: int, minor: int,
+                gid: int) -> tuple[Any, ...]:
+        self.writable()
+        target = self.fid(dfid)
+        _check_name(name)
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISREG(mode)):
+            raise _Errno(errno.EPERM)  # no device nodes on the host, whoever asks
+        with self.dir_fd(target) as parent:
+            os.mknod(name, mode, 0, dir_fd=parent)
+            self.owned(parent, name, target.uid, gid)
+            return (_qid(os.stat(name, dir_fd=parent, follow_symlinks=False)),)
+
+    def t_link(self, dfid: int, fid: int, name: bytes) -> tuple[Any, ...]:
+        self.writable()
+        directory, source = self.fid(dfid), self.fid(fid)
+        _check_name(name)
+        if directory.export != source.export:
+            raise _Errno(errno.EXDEV)
+        with self.dir_fd(directory) as parent, self.parent_of(source) as (src_dir, src):
+            os.link(src, name, src_dir_fd=src_dir, dst_dir_fd=parent, follow_symlinks=False)
+        return ()
+
+    def t_readlink(self, fid: int) -> tuple[Any, ...]:
+        with self.parent_of(self.fid(fid)) as (parent, name):
+            return (os.readlink(name, dir_fd=parent),)
+
+    def rename(self, old_dir: _Fid, old: bytes, new_dir: _Fid, new: bytes) -> None:
+        self.writable()
+        _check_name(old)
+        _check_name(new)
+        if old_dir.export != new_dir.export:
+            raise _Errno(errno.EXDEV)
+        with self.dir_fd(old_dir) as src, self.dir_fd(new_dir) as dst:
+            os.rename(old, new, src_dir_fd=src, dst_dir_fd=dst)
+        self.renamed(old_dir.export, (*old_dir.parts, old), (*new_dir.parts, new))
+
+    def t_renameat(self, olddirfid: int, oldname: bytes, newdirfid: int,
+                   newname: bytes) -> tuple[Any, ...]:
+        self.rename(self.fid(olddirfid), oldname, self.fid(newdirfid), newname)
+        return ()
+
+    def t_rename(self, fid: int, dfid: int, name: bytes) -> tuple[Any, ...]:
+        source = self.fid(fid)
+        if not source.parts:
+            raise _Errno(errno.EBUSY)
+        parent = _Fid(source.export, source.parts[:-1], source.uid)
+        self.rename(parent, source.parts[-1], self.fid(dfid), name)
+        return ()
+
+    def t_unlinkat(self, dfid: int, name: bytes, flags: int) -> tuple[Any, ...]:
+        self.writable()
+        _check_name(name)
+        with self.dir_fd(self.fid(dfid)) as parent:
+            if flags & _AT_REMOVEDIR:
+                os.rmdir(name, dir_fd=parent)
+            else:
+                os.unlink(name, dir_fd=parent)
+        return ()
+
+    def t_statfs(self, fid: int) -> tuple[Any, ...]:
+        target = self.fid(fid)
+        with self.file_fd(target) as fd:
+            vfs = os.statvfs(_proc(fd)) if not stat.S_ISLNK(os.fstat(fd).st_mode) else \
+                os.statvfs(self.config.exports[target.export].path)
+        return (_V9FS_MAGIC, vfs.f_bsize, vfs.f_blocks, vfs.f_bfree, vfs.f_bavail,
+                vfs.f_files, vfs.f_ffree, vfs.f_fsid & (2**64 - 1), vfs.f_namemax)
+
+    def t_fsync(self, fid: int, datasync: int) -> tuple[Any, ...]:
+        target = self.fid(fid)
+        if target.fd is None:
+            raise _Errno(errno.EBADF)
+        (os.fdatasync if datasync else os.fsync)(target.fd)
+        return ()
+
+    def t_lock(self, fid: int, kind: int, flags: int, start: int, length: int,
+               proc_id: int, client_id: bytes) -> tuple[Any, ...]:
+        target = self.fid(fid)
+        if target.fd is None or kind not in _LOCK_TYPES:
+            return (_LOCK_ERROR,)
+        request = _FLOCK.pack(_LOCK_TYPES[kind], os.SEEK_SET, start, _signed(length), 0)
+        try:
+            fcntl.fcntl(target.fd, _F_OFD_SETLK, request)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                return (_LOCK_BLOCKED,)  # the client waits and asks again
+            return (_LOCK_ERROR,)
+        return (_LOCK_SUCCESS,)
+
+    def t_getlock(self, fid: int, kind: int, start: int, length: int, proc_id: int,
+                  client_id: bytes) -> tuple[Any, ...]:
+        target = self.fid(fid)
+        if target.fd is None or kind not in _LOCK_TYPES:
+            raise _Errno(errno.EINVAL)
+        request = _FLOCK.pack(_LOCK_TYPES[kind], os.SEEK_SET, start, _signed(length), 0)
+        found_type, _, found_start, found_len, _ = _FLOCK.unpack(
+            fcntl.fcntl(target.fd, _F_OFD_GETLK, request))
+        if found_type == fcntl.F_UNLCK:
+            return (2, start, length, proc_id, client_id)
+        back = {v: k for k, v in _LOCK_TYPES.items()}[found_type]
+        return (back, found_start, found_len, 0, b"")
+
+    def t_xattrwalk(self, fid: int, newfid: int, name: bytes) -> tuple[Any, ...]:
+        target = self.fid(fid)
+        with self.path_fd(target) as fd:
+            if stat.S_ISLNK(os.fstat(fd).st_mode):
+                raise _Errno(errno.ENODATA)
+            path = _proc(fd)
+            if name:
+                value = os.getxattr(path, name)
+            else:
+                value = b"".join(os.fsencode(n) + b"\0" for n in os.listxattr(path))
+        self.add_fid(newfid, _Fid(target.export, target.parts, target.uid, xattr=value))
+        return (len(value),)
+
+    def t_xattrcreate(self, *_: Any) -> tuple[Any, ...]:
+        self.writable()
+        raise _Errno(errno.EOPNOTSUPP)  # setting extended attributes is not served yet
+
+
+def _signed(length: int) -> int:
+    return length if length < 2**63 else length - 2**64
+
+
+_HANDLERS = {
+    p.TATTACH: _Session.t_attach, p.TAUTH: _Session.t_auth, p.TWALK: _Session.t_walk,
+    p.TCLUNK: _Session.t_clunk, p.TREMOVE: _Session.t_remove,
+    p.TGETATTR: _Session.t_getattr, p.TSETATTR: _Session.t_setattr,
+    p.TLOPEN: _Session.t_lopen, p.TLCREATE: _Session.t_lcreate, p.TREAD: _Session.t_read,
+    p.TWRITE: _Session.t_write, p.TREADDIR: _Session.t_readdir,
+    p.TMKDIR: _Session.t_mkdir, p.TSYMLINK: _Session.t_symlink,
+    p.TMKNOD: _Session.t_mknod, p.TLINK: _Session.t_link,
+    p.TREADLINK: _Session.t_readlink, p.TRENAMEAT: _Session.t_renameat,
+    p.TRENAME: _Session.t_rename, p.TUNLINKAT: _Session.t_unlinkat,
+    p.TSTATFS: _Session.t_statfs, p.TFSYNC: _Session.t_fsync, p.TLOCK: _Session.t_lock,
+    p.TGETLOCK: _Session.t_getlock, p.TXATTRWALK: _Session.t_xattrwalk,
+    p.TXATTRCREATE: _Session.t_xattrcreate,
+}

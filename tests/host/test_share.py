@@ -1,0 +1,327 @@
+"""The share service (9P2000.L) driven over a Unix socket by the codec's own small client:
+plain file work, several tags in flight, and hostile clients that must not reach outside
+the export nor stop the server."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import hvsock
+from hvsock._core import ninep as p
+
+from .._ninep import Client, Rlerror, sharing, snapshot, unix_path
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "O_PATH"), reason="the share needs Linux")
+
+RDWR, CREAT_MODE = os.O_RDWR, 0o644
+
+
+@pytest.fixture
+def tree(short_tmp: Path) -> tuple[Path, Path, str]:
+    export, outside = short_tmp / "export", short_tmp / "outside"
+    export.mkdir()
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"do not touch")
+    os.chmod(outside / "secret", 0o600)
+    (export / "out").symlink_to(outside)
+    (export / "out-file").symlink_to(outside / "secret")
+    (export / "sub").mkdir()
+    (export / "sub" / "f").write_bytes(b"hello")
+    return export, outside, f"unix://{short_tmp}/s.sock"
+
+
+def errno_of(call: object, *args: object) -> int:
+    with pytest.raises(Rlerror) as info:
+        call(*args)  # type: ignore[operator]
+    return info.value.errno
+
+
+def test_files_and_directories_round_trip(tree: tuple[Path, Path, str]) -> None:
+    export, _, address = tree
+    with sharing([export], address, allow=["any"]) as real:
+        c = Client(unix_path(real))
+        root = c.attach(0)
+        assert root.type == p.QTDIR
+        c.walk(0, 1)
+        c.rpc(p.TLCREATE, 1, b"new", RDWR, CREAT_MODE, 0)
+        assert c.rpc(p.TWRITE, 1, 0, b"x" * 5000).args == (5000,)
+        assert c.rpc(p.TREAD, 1, 4990, 100).args == (b"x" * 10,)
+        assert (export / "new").read_bytes() == b"x" * 5000
+        attr = c.rpc(p.TGETATTR, 1, 0x7FF).args
+        assert attr[7] == 5000
+        assert attr[2] & 0o777 == CREAT_MODE & ~os.umask(0o22) & 0o777
+        c.rpc(p.TMKDIR, 0, b"d", 0o755, 0)
+        assert (export / "d").is_dir()
+        c.rpc(p.TRENAMEAT, 0, b"new", 0, b"d2")  # rename
+        assert (export / "d2").read_bytes() == b"x" * 5000
+        assert c.rpc(p.TREAD, 1, 0, 3).args == (b"xxx",)  # the open fid follows
+        assert c.rpc(p.TGETATTR, 1, 0x7FF).args[7] == 5000
+        c.rpc(p.TSYMLINK, 0, b"ln", b"d2", 0)
+        c.walk(0, 2, b"ln")
+        assert c.rpc(p.TREADLINK, 2).args == (b"d2",)
+        c.rpc(p.TLINK, 0, 1, b"hard")
+        assert os.path.samefile(export / "hard", export / "d2")
+        c.walk(0, 3)
+        c.rpc(p.TLOPEN, 3, os.O_RDONLY | os.O_DIRECTORY)
+        names = [e[3] for e in p.decode_dirents(c.rpc(p.TREADDIR, 3, 0, 8192).args[0])]
+        assert sorted(names) == sorted([b".", b"..", b"d", b"d2", b"hard", b"ln", b"out",
+                                        b"out-file", b"sub"])
+        # readdir in small pieces gives the same names, each once
+        pieces: list[bytes] = []
+        offset = 0
+        while entries := p.decode_dirents(c.rpc(p.TREADDIR, 3, offset, 40).args[0]):
+            pieces += [e[3] for e in entries]
+            offset = entries[-1][1]
+        assert pieces == names
+        c.rpc(p.TUNLINKAT, 0, b"hard", 0)
+        c.rpc(p.TUNLINKAT, 0, b"d", 0x200)
+        assert not (export / "hard").exists()
+        assert not (export / "d").exists()
+        c.rpc(p.TSETATTR, 1, 1 | 8, 0o600, 0, 0, 10, 0, 0, 0, 0)
+        assert (export / "d2").stat().st_size == 10
+        assert (export / "d2").stat().st_mode & 0o777 == 0o600
+        c.rpc(p.TFSYNC, 1, 0)
+        assert c.rpc(p.TSTATFS, 0).args[0] == 0x01021997
+        c.close()
+
+
+def test_locks_conflict_between_fids_and_clear_on_clunk(tree: tuple[Path, Path, str]) -> None:
+    export, _, address = tree
+    with sharing([export], address, allow=["any"]) as real:
+        a, b = Client(unix_path(real)), Client(unix_path(real))
+        for c in (a, b):
+            c.attach(0)
+            c.walk(0, 1, b"sub", b"f")
+            c.rpc(p.TLOPEN, 1, RDWR)
+        assert a.rpc(p.TLOCK, 1, 1, 0, 0, 0, 11, b"a").args == (0,)  # write lock: granted
+        assert b.rpc(p.TLOCK, 1, 1, 0, 0, 0, 22, b"b").args == (1,)  # blocked
+        held = b.rpc(p.TGETLOCK, 1, 1, 0, 0, 22, b"b").args
+        assert held[0] == 1  # someone holds a write lock
+        a.rpc(p.TCLUNK, 1)
+        assert b.rpc(p.TLOCK, 1, 1, 0, 0, 0, 22, b"b").args == (0,)
+
+
+def test_several_tags_in_flight_and_flush(tree: tuple[Path, Path, str]) -> None:
+    export, _, address = tree
+    (export / "big").write_bytes(os.urandom(1 << 16))
+    with sharing([export], address, allow=["any"]) as real:
+        c = Client(unix_path(real))
+        c.attach(0)
+        c.walk(0, 1, b"big")
+        c.rpc(p.TLOPEN, 1, os.O_RDONLY)
+        for tag in range(1, 41):
+            c.send(p.Message(p.TREAD, tag, (1, (tag - 1) * 1024, 1024)))
+        c.send(p.Message(p.TFLUSH, 100, (40,)))
+        replies = {}
+        order = []
+        for _ in range(41):
+            msg = c.recv()
+            assert msg is not None
+            replies[msg.tag] = msg
+            order.append(msg.tag)
+        # The flushed request is answered (it was already running), then the Rflush.
+        assert order.index(40) < order.index(100)
+        data = (export / "big").read_bytes()
+        for tag in range(1, 41):
+            assert replies[tag].args == (data[(tag - 1) * 1024:tag * 1024],)
+        assert replies[100].type == p.RFLUSH
+
+
+def test_escape_routes_are_closed(tree: tuple[Path, Path, str]) -> None:
+    export, outside, address = tree
+    before = snapshot(outside)
+    with sharing([export], address, allow=["any"]) as real:
+        c = Client(unix_path(real))
+        root = c.attach(0)
+        assert c.walk(0, 1, b"..", b"..", b"..")[-1] == root  # .. stops at the root
+        c.rpc(p.TCLUNK, 1)
+        # A symlink is never walked through, nor opened, nor written through.
+        assert len(c.walk(0, 1, b"out", b"secret")) == 1  # stops at the link
+        assert errno_of(c.rpc, p.TCLUNK, 1) == errno.EBADF  # and made no fid
+        c.walk(0, 1, b"out-file")
+        assert errno_of(c.rpc, p.TLOPEN, 1, RDWR) == errno.ELOOP
+        c.rpc(p.TSETATTR, 1, 1, 0o777, 0, 0, 0, 0, 0, 0, 0)  # a link has no mode of its own
+        assert errno_of(c.rpc, p.TSETATTR, 1, 8, 0, 0, 0, 0, 0, 0, 0, 0) == errno.EINVAL
+        assert errno_of(c.rpc, p.TLCREATE, 0, b"out-file", RDWR | os.O_CREAT, 0o644, 0) in (
+            errno.ELOOP, errno.EEXIST)
+        assert errno_of(c.rpc, p.TLCREATE, 0, b"out/x", RDWR, 0o644, 0) == errno.EINVAL
+        c.walk(0, 2, b"out")
+        assert errno_of(c.rpc, p.TMKDIR, 2, b"x", 0o755, 0) == errno.ENOTDIR
+        assert errno_of(c.rpc, p.TLCREATE, 2, b"x", RDWR, 0o644, 0) == errno.ENOTDIR
+        assert errno_of(c.rpc, p.TRENAMEAT, 0, b"sub", 2, b"moved") == errno.ENOTDIR
+        # Names with / or NUL, and . or .., are refused wherever a name is taken.
+        for bad in (b"a/b", b"a\0b", b"..", b".", b"", b"../outside"):
+            assert errno_of(c.rpc, p.TMKDIR, 0, bad, 0o755, 0) == errno.EINVAL
+            assert errno_of(c.rpc, p.TRENAMEAT, 0, b"sub", 0, bad) == errno.EINVAL
+            assert errno_of(c.rpc, p.TSYMLINK, 0, bad, b"x", 0) == errno.EINVAL
+            assert errno_of(c.rpc, p.TUNLINKAT, 0, bad, 0) == errno.EINVAL
+        for bad in (b"a/b", b"a\0b", b"", b"../../outside"):
+            assert errno_of(c.walk, 0, 3, bad) == errno.EINVAL
+        # A hard link to a file reached through a symlink cannot be made.
+        c.walk(0, 4, b"out")
+        assert errno_of(c.walk, 4, 5, b"secret") == errno.ENOTDIR
+        # Device nodes are never made on the host.
+        assert errno_of(c.rpc, p.TMKNOD, 0, b"dev", 0o20666, 8, 0, 0) == errno.EPERM
+        c.close()
+    assert snapshot(outside) == before
+    assert os.stat(outside / "secret").st_mode & 0o777 == 0o600
+
+
+def test_read_only_refuses_every_change(tree: tuple[Path, Path, str]) -> None:
+    export, _, address = tree
+    before = snapshot(export)
+    with sharing({"data": export}, address, allow=["any"], read_only=True) as real:
+        c = Client(unix_path(real))
+        c.attach(0, b"data")
+        c.walk(0, 1, b"sub", b"f")
+        assert errno_of(c.rpc, p.TLOPEN, 1, RDWR) == errno.EROFS
+        assert errno_of(c.rpc, p.TLOPEN, 1, os.O_RDONLY | os.O_TRUNC) == errno.EROFS
+        c.rpc(p.TLOPEN, 1, os.O_RDONLY)
+        assert c.rpc(p.TREAD, 1, 0, 100).args == (b"hello",)
+        assert errno_of(c.rpc, p.TWRITE, 1, 0, b"x") == errno.EROFS
+        assert errno_of(c.rpc, p.TMKDIR, 0, b"d", 0o755, 0) == errno.EROFS
+        assert errno_of(c.rpc, p.TLCREATE, 0, b"n", RDWR, 0o644, 0) == errno.EROFS
+        assert errno_of(c.rpc, p.TUNLINKAT, 0, b"sub", 0x200) == errno.EROFS
+        assert errno_of(c.rpc, p.TSETATTR, 1, 1, 0o777, 0, 0, 0, 0, 0, 0, 0) == errno.EROFS
+        assert errno_of(c.rpc, p.TRENAMEAT, 0, b"sub", 0, b"x") == errno.EROFS
+        c.walk(0, 2, b"sub")
+        assert errno_of(c.rpc, p.TREMOVE, 2) == errno.EROFS
+        assert errno_of(c.attach, 3, b"nope") == errno.ENOENT
+        c.close()
+    assert snapshot(export) == before
+
+
+def test_fids_are_capped_and_walks_are_bounded(tree: tuple[Path, Path, str]) -> None:
+    export, _, address = tree
+    deep = export.joinpath(*[f"d{i}" for i in range(16)])
+    deep.mkdir(parents=True)
+    with sharing([export], address, allow=["any"], max_fids=1000) as real:
+        c = Client(unix_path(real))
+        c.attach(0)
+        granted = refused = 0
+        for fid in range(1, 10_001):  # never clunked
+            try:
+                c.walk(0, fid, b"sub")
+                granted += 1
+            except Rlerror as exc:
+                refused += exc.errno == errno.EMFILE
+        assert (granted, refused) == (999, 9001)
+        c.rpc(p.TCLUNK, 5)
+        c.walk(0, 5, b"sub")  # room again once one is clunked
+        assert errno_of(c.walk, 0, 6, b"sub") == errno.EEXIST  # a fid in use is not reused
+        other = Client(unix_path(real))  # the cap is per connection
+        other.attach(0)
+        assert len(other.walk(0, 1, *[f"d{i}".encode() for i in range(16)])) == 16
+        assert errno_of(other.walk, 0, 2, *[b"sub"] * 17) == errno.EINVAL
+        # A walk that fails part-way answers the qids it found and makes no fid.
+        assert len(other.walk(0, 3, b"d0", b"d1", b"nope")) == 2
+        assert errno_of(other.rpc, p.TCLUNK, 3) == errno.EBADF
+        c.close()
+        other.close()
+
+
+def test_messages_before_version_and_garbage(tree: tuple[Path, Path, str]) -> None:
+    export, _, address = tree
+    with sharing([export], address, allow=["any"]) as real:
+        early = Client(unix_path(real), msize=0)
+        assert errno_of(early.attach, 0) == errno.EPROTO
+        for junk in (b"\xff" * 64, struct.pack("<IBH", 3, 100, 0),
+                     struct.pack("<IBH", 1 << 30, 100, 0),
+                     p.encode(p.Message(p.RREAD, 1, (b"x",))),
+                     struct.pack("<IBH", 7, 112, 1)):
+            bad = Client(unix_path(real))
+            bad.sock.sendall(junk)
+            assert bad.recv() is None  # closed, nothing answered
+            bad.close()
+        good = Client(unix_path(real))
+        good.attach(0)
+        assert good.walk(0, 1, b"sub", b"f")[-1].type == p.QTFILE
+
+
+_ARGS = {"b": st.integers(0, 0xFF), "w": st.integers(0, 0xFFFF),
+         "d": st.sampled_from([0, 1, 2, 3, 0xFFFFFFFF]) | st.integers(0, 0xFFFFFFFF),
+         "q": st.integers(0, 2**64 - 1) | st.integers(0, 100),
+         "s": st.sampled_from([b"", b".", b"..", b"sub", b"f", b"out", b"a/b", b"a\0",
+                               b"out-file", b"x" * 300]),
+         "Q": st.builds(p.Qid, st.integers(0, 255), st.integers(0, 9), st.integers(0, 9)),
+         "D": st.binary(max_size=64)}
+_ARGS["S"] = st.lists(_ARGS["s"], max_size=18).map(tuple)
+_ARGS["R"] = st.lists(_ARGS["Q"], max_size=3).map(tuple)
+
+
+@st.composite
+def hostile(draw: st.DrawFn) -> p.Message:
+    kind = draw(st.sampled_from(sorted(k for k in p.LAYOUTS if k % 2 == 0)))
+    return p.Message(kind, 1, tuple(draw(_ARGS[c]) for c in p.LAYOUTS[kind]))
+
+
+@pytest.fixture(scope="module")
+def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, str]]:
+    top = Path(tmp_path_factory.mktemp("fz"))
+    sock_dir = Path(os.environ.get("TMPDIR", "/tmp"))
+    export, outside = top / "export", top / "outside"
+    export.mkdir()
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"s")
+    (export / "out").symlink_to(outside)
+    (export / "out-file").symlink_to(outside / "secret")
+    (export / "sub").mkdir()
+    (export / "sub" / "f").write_bytes(b"hello")
+    path = sock_dir / f"hvsock-fuzz-{os.getpid()}.sock"
+    with sharing([export], f"unix://{path}", allow=["any"]) as real:
+        yield export, outside, unix_path(real)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+          HealthCheck.function_scoped_fixture])
+@given(st.lists(hostile(), min_size=1, max_size=12))
+def test_hostile_sessions_never_reach_outside(fuzz_target: tuple[Path, Path, str],
+                                              batch: list[p.Message]) -> None:
+    _export, outside, path = fuzz_target
+    before = snapshot(outside)
+    c = Client(path)
+    c.attach(0)
+    c.walk(0, 1, b"sub")
+    for msg in batch:
+        c.send(msg)
+        reply = c.recv()
+        if reply is None:
+            break
+        assert reply.tag == 1
+        assert reply.type in (msg.type + 1, p.RLERROR)
+    c.close()
+    assert snapshot(outside) == before
+    probe = Client(path)  # the server keeps serving
+    probe.attach(0)
+    probe.close()
+
+
+def test_vm_sockets_need_an_explicit_allowlist_and_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(hvsock.ArgumentError, match="not a directory"):
+        hvsock.share_service([tmp_path / "missing"])
+    with pytest.raises(hvsock.ArgumentError, match="ownership"):
+        hvsock.share_service([tmp_path], ownership="mapped-xattr")
+    with pytest.raises(hvsock.ArgumentError, match="two exports"):
+        hvsock.share_service([tmp_path, tmp_path])
+    service = hvsock.share_service({"a": tmp_path}, allow=["any"])
+    assert service.allow is None
+    assert service.port == 564
+    assert hvsock.share_service([tmp_path], allow=[3]).allow == frozenset({3})
+
+
+def test_unix_peers_without_allow_are_served(tree: tuple[Path, Path, str]) -> None:
+    export, _, address = tree
+    with sharing([export], address) as real:
+        c = Client(unix_path(real))
+        assert c.attach(0).type == p.QTDIR
+        sock = socket.socket(socket.AF_UNIX)
+        sock.close()
