@@ -13,12 +13,9 @@ import hvsock
 
 
 @contextlib.contextmanager
-def serving(roots: list[Path], address: str, service: hvsock.Service | None = None,
-            **options: Any) -> Iterator[str]:
-    """The file service on *address* in a thread (or *service*, built elsewhere);
-    yields its real address."""
-    if service is None:
-        service = hvsock.file_service(roots, **options)
+def hosting(service: hvsock.Service, address: str) -> Iterator[str]:
+    """*service* on *address* in a ServiceHost on its own thread; yields its real address
+    and stops it (within a wide bound) on the way out."""
     ready = threading.Event()
     found: dict[str, str] = {}
 
@@ -33,12 +30,21 @@ def serving(roots: list[Path], address: str, service: hvsock.Service | None = No
         target=lambda: loop.run_until_complete(host.serve(handle_signals=False)), daemon=True)
     thread.start()
     try:
-        assert ready.wait(30), "file service did not start"
+        assert ready.wait(30), f"{service.name} did not start"
         yield found["address"]
     finally:
         loop.call_soon_threadsafe(host.request_stop)
         # A wide bound: on a busy machine the stop may take seconds, and closing a loop
         # still running would turn a passing test into an error.
         thread.join(120)
-        assert not thread.is_alive(), "file service did not stop within 120 s"
+        assert not thread.is_alive(), f"{service.name} did not stop within 120 s"
         loop.close()
+
+
+@contextlib.contextmanager
+def serving(roots: list[Path], address: str, service: hvsock.Service | None = None,
+            **options: Any) -> Iterator[str]:
+    """The file service on *address* in a thread (or *service*, built elsewhere);
+    yields its real address."""
+    with hosting(service or hvsock.file_service(roots, **options), address) as where:
+        yield where

@@ -3,16 +3,15 @@ thread: the host tier drives the server with it, hostile messages included."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import hvsock
 from hvsock._core import ninep as p
+from tests._files import hosting
 
 
 class Rlerror(Exception):
@@ -78,29 +77,12 @@ class Client:
 @contextlib.contextmanager
 def sharing(dirs: Any, address: str, **options: Any) -> Iterator[str]:
     """The share service on *address* in a thread; yields its real address."""
-    service = hvsock.share_service(dirs, **options)
-    ready = threading.Event()
-    found: dict[str, str] = {}
-
-    def on_ready(addresses: dict[str, hvsock.Address]) -> None:
-        found["address"] = str(addresses[service.name])
-        ready.set()
-
-    host = hvsock.ServiceHost(grace=1, on_ready=on_ready)
-    host.add(service, address)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(
-        target=lambda: loop.run_until_complete(host.serve(handle_signals=False)), daemon=True)
-    thread.start()
-    try:
-        assert ready.wait(30), "share service did not start"
-        yield found["address"]
-    finally:
-        while Client.live:
-            Client.live.pop().close()
-        loop.call_soon_threadsafe(host.request_stop)
-        thread.join(15)
-        loop.close()
+    with hosting(hvsock.share_service(dirs, **options), address) as where:
+        try:
+            yield where
+        finally:
+            while Client.live:
+                Client.live.pop().close()
 
 
 def unix_path(address: str) -> str:

@@ -63,17 +63,21 @@ def client_script() -> Iterator[Path]:
         where.unlink()
 
 
-def run_client(client: Path, address: str, mode: str, *, as_nobody: bool) -> tuple[int, str]:
-    """Run the client (*mode*: "true", "try" or "false"); (exit code, its output)."""
-    argv = [sys.executable, str(client), address, mode]
+def run_as(argv: list[str], *, as_nobody: bool) -> subprocess.CompletedProcess[str]:
+    """Run *argv* (with this interpreter's sys.path), as nobody when *as_nobody*."""
     if as_nobody:
         setpriv = shutil.which("setpriv")
         if setpriv is None:
             pytest.skip("setpriv (util-linux) is not installed here")
         argv = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False,
-                          env=env, cwd="/")
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False,
+                          env=env, cwd="/", stdin=subprocess.DEVNULL)
+
+
+def run_client(client: Path, address: str, mode: str, *, as_nobody: bool) -> tuple[int, str]:
+    """Run the client (*mode*: "true", "try" or "false"); (exit code, its output)."""
+    done = run_as([sys.executable, str(client), address, mode], as_nobody=as_nobody)
     return done.returncode, done.stdout + done.stderr
 
 

@@ -8,7 +8,6 @@ reserved source port (root), and refuses the same client run as an unprivileged 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import pytest
 from hvsock._builtin.agent.config import default_config
 from hvsock._core.addresses import parse_address
 from tests.agent_thread import AgentThread
-from tests.privileged_client import client_script, run_client, source_port
+from tests.privileged_client import client_script, run_as, run_client, source_port
 
 from ._support import CID_LOCAL, target, unused_port
 
@@ -80,15 +79,8 @@ def test_an_unprivileged_user_is_refused_naming_the_rule(agent: str, client: Pat
 
 def _hvsock_exec(agent: str, *extra: str, as_nobody: bool) -> subprocess.CompletedProcess[str]:
     """`hvsock exec` itself (its default: a reserved source port when it may bind one)."""
-    argv = [sys.executable, "-m", "hvsock", "exec", *extra, agent, "--", "id", "-u"]
-    if as_nobody:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("setpriv (util-linux) is not installed here")
-        argv = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False,
-                          env=env, cwd="/", stdin=subprocess.DEVNULL)
+    return run_as([sys.executable, "-m", "hvsock", "exec", *extra, agent, "--", "id", "-u"],
+                  as_nobody=as_nobody)
 
 
 def test_hvsock_exec_as_root_binds_a_reserved_port_by_default(agent: str) -> None:
