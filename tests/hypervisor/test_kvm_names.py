@@ -55,15 +55,17 @@ def test_connect_by_name_reaches_l2(guest: Guest) -> None:
         assert sock.getpeername() == (3, port)
 
 
-def test_exec_on_the_resolved_name(guest: Guest) -> None:
-    """exec's own dial goes through the name lookup once the clients dial through
-    _endpoints (another branch); here the name is resolved by hand, as a script would."""
+def test_exec_by_name_reaches_l2(guest: Guest) -> None:
+    """`hvsock exec` and `hvsock.exec` look the name up themselves (they dial through
+    _endpoints), and as root in L1 they pass the agent's default host:privileged rule."""
     where: dict[str, Any] = guest.call("start_agent", timeout=BOOT_TIMEOUT)
-    address = hvsock.resolve_address(f"vsock://name:{L2_NAME}:{where['port']}")
-    assert address == hvsock.VsockAddress(3, where["port"])
-    result = hvsock.exec(address, ["/bin/sh", "-c", "echo $((6 * 7))"], timeout=120,
+    named = f"vsock://name:{L2_NAME}:{where['port']}"
+    assert hvsock.resolve_address(named) == hvsock.VsockAddress(3, where["port"])
+    result = hvsock.exec(named, ["/bin/sh", "-c", "echo $((6 * 7))"], timeout=120,
                          connect_timeout=30)
     assert (result.returncode, result.stdout) == (0, b"42\n")
+    done = hvsock_cli(guest, "exec", "--connect-timeout", "30", named, "--", "echo", "by name")
+    assert (done.returncode, done.stdout) == (0, b"by name\n"), done.stderr
 
 
 def test_doctor_in_l1_sees_the_host_side(guest: Guest) -> None:
