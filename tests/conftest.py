@@ -178,8 +178,12 @@ def hvsock_cmd() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "hvsock"]
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``windows`` skip, saying so, everywhere but Windows; tests marked
+    """Every test under tests/kernel and tests/hypervisor carries its tier's marker (a file
+    that forgot its ``pytestmark`` would otherwise run in the host tier, where CI makes a
+    VM test that cannot run fail); tryfirst, so ``-m`` sees the marker. Tests marked
+    ``windows`` skip, saying so, everywhere but Windows; tests marked
     ``host_vsock`` skip unless HVSOCK_HOST_VSOCK is set."""
     skip_vsock = pytest.mark.skip(
         reason=f"creates or binds AF_VSOCK sockets on this machine, whose vsock may lead to a "
@@ -187,6 +191,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip_windows = pytest.mark.skip(reason=f"needs Windows (this is {sys.platform}): the "
                                     "Windows tier runs in .github/workflows/windows.yml")
     for item in items:
+        for tier in VM_TIERS:
+            if item.path.is_relative_to(tier) and item.get_closest_marker(tier.name) is None:
+                item.add_marker(tier.name)
         if item.get_closest_marker("windows") is not None and sys.platform != "win32":
             item.add_marker(skip_windows)
         if _host_vsock_allowed():
