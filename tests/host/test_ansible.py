@@ -76,11 +76,18 @@ def _start_agent(base: Path, name: str) -> Agent:
     return Agent(name, proc, sock, cp_sock)
 
 
+#: What ansible-core needs of the locale, whatever the suite runs with.
+UTF8_LOCALE = {"LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+
+
 def _env(base: Path) -> dict[str, str]:
     home = base / "home"
     home.mkdir(exist_ok=True)
     return {
         **os.environ,
+        # ansible-core refuses to start without a UTF-8 locale (the busy pass runs the
+        # suite with LC_ALL=C): give its processes the one every glibc has.
+        **UTF8_LOCALE,
         "HOME": str(home),
         "ANSIBLE_LOCAL_TEMP": str(base / "local-tmp"),
         "ANSIBLE_REMOTE_TMP": str(base / "remote-tmp"),

@@ -55,7 +55,9 @@ def test_ansible_doc_finds_the_plugin_on_sys_path() -> None:
         done = subprocess.run(
             [str(Path(sys.executable).with_name("ansible-doc")), "-t", "connection", "--json",
              "hvsock.vm.hvsock"],
-            env={**os.environ, "HOME": home, "ANSIBLE_LOCAL_TEMP": home,
+            # (C.UTF-8: ansible-core refuses to start in the C locale the busy pass uses)
+            env={**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8", "HOME": home,
+                 "ANSIBLE_LOCAL_TEMP": home,
                  "ANSIBLE_CONFIG": os.path.join(home, "none.cfg")},
             capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
