@@ -310,6 +310,10 @@ def test_a_command_cut_off_by_a_closed_output_does_not_exit_0(
 # -- many sessions at once under load -----------------------------------------------------
 
 SESSIONS = 200
+#: The CLI's share: each session is a Python process of its own, whose start-up alone
+#: costs 2-3 minutes of the 2-core machine for 200 of them (twice in CI, once per pass);
+#: 64 still run at once beside the hogs, and the library tests below keep 200.
+CLI_SESSIONS = 64
 
 
 @pytest.fixture
@@ -341,14 +345,14 @@ def _back_to(agent: Agent, baseline: tuple[int, list[int]]) -> None:
              f"{baseline} again (now {_baseline(agent)})", timeout=60)
 
 
-def test_200_cli_sessions_at_once_under_load(agent: Agent, hvsock_cmd: list[str],
-                                             cpu_hogs: None) -> None:
+def test_64_cli_sessions_at_once_under_load(agent: Agent, hvsock_cmd: list[str],
+                                            cpu_hogs: None) -> None:
     baseline = _baseline(agent)
     begun = time.monotonic()
     procs = [subprocess.Popen(_exec(hvsock_cmd, agent, "--", *_script(i)),
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, preexec_fn=_restore_sigint)
-             for i in range(SESSIONS)]
+             for i in range(CLI_SESSIONS)]
     try:
         with ThreadPoolExecutor(32) as pool:
             results = list(pool.map(lambda pi: pi[1].communicate(_payload(pi[0]),
@@ -358,7 +362,7 @@ def test_200_cli_sessions_at_once_under_load(agent: Agent, hvsock_cmd: list[str]
         for proc in procs:
             proc.kill()
             proc.wait()
-    print(f"{SESSIONS} CLI sessions under load: {time.monotonic() - begun:.1f} s")
+    print(f"{CLI_SESSIONS} CLI sessions under load: {time.monotonic() - begun:.1f} s")
     for i, (proc, (out, err)) in enumerate(zip(procs, results, strict=True)):
         assert (proc.returncode, out, err) == (i % 7, _payload(i), f"e{i}\n".encode())
     _back_to(agent, baseline)
