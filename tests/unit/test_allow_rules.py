@@ -4,6 +4,8 @@ the reserved-port connect option."""
 from __future__ import annotations
 
 import errno
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -128,11 +130,33 @@ class FakeVsockSocket:
         self.bound = address
 
 
-def test_reserved_port_from_1023_down_skipping_ports_in_use() -> None:
+def test_reserved_port_counts_down_skipping_ports_in_use(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vsock._Rotation, "start", 0)  # where a new process may start
     sock = FakeVsockSocket(privileged=True, taken={1023, 1022})
     assert vsock.bind_reserved(sock, VSOCK, required=True) == 1021  # type: ignore[arg-type]
     assert sock.tried == [1023, 1022, 1021]
     assert sock.bound == (0xFFFFFFFF, 1021)
+
+
+def test_back_to_back_connections_never_reuse_the_port_just_taken(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A peer still closing the last connection would take a new one from the same port
+    # for it (the same address pair) and reset it: the search goes on below, and wraps.
+    monkeypatch.setattr(vsock._Rotation, "start", len(vsock.RESERVED_PORTS) - 2)
+    taken = [vsock.bind_reserved(FakeVsockSocket(privileged=True), VSOCK,  # type: ignore[arg-type]
+                                 required=True) for _ in range(4)]
+    assert taken == [513, 512, 1023, 1022]
+    ports = [vsock.bind_reserved(FakeVsockSocket(privileged=True), VSOCK,  # type: ignore[arg-type]
+                                 required=True) for _ in range(len(vsock.RESERVED_PORTS))]
+    assert sorted(ports) == list(range(512, 1024))  # each port once before any again
+
+
+def test_a_new_process_starts_anywhere_in_the_range() -> None:
+    code = "from hvsock._transports import vsock; print(vsock._Rotation.order()[0])"
+    starts = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True, timeout=60).stdout.strip() for _ in range(6)}
+    assert len(starts) > 1  # six processes all starting at one port: 1 in 512**5
 
 
 def test_reserved_port_without_privilege() -> None:

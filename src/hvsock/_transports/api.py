@@ -75,7 +75,7 @@ def connect(
     *resolve* (given by the layer above: the transports know no VM names).
     *buffer_size* sets the socket's buffers (vsock buffer size, or SO_SNDBUF and
     SO_RCVBUF) before connecting. *reserved_port* binds an AF_VSOCK socket to a
-    reserved source port (1023 down to 512) first, which only root
+    reserved source port (512-1023, see :func:`vsock.bind_reserved`) first, which only root
     (CAP_NET_BIND_SERVICE) may: services whose allow rule says ``"2:privileged"``
     let in only such peers. True: a reserved port or :class:`PermissionDeniedError`;
     ``"try"``: a reserved port when this process may bind one, else an ordinary one

@@ -108,13 +108,32 @@ def prepare(address: VsockAddress, *, timeout: float | None,
     return sock
 
 
-#: The reserved source ports tried, highest first, as BSD's rresvport(3) does; a
+#: The reserved source ports, highest first, as BSD's rresvport(3) counts them; a
 #: listener's privileged rule accepts any port <= 1023 (Linux's LAST_RESERVED_PORT).
 RESERVED_PORTS = range(1023, 511, -1)
 
 
+class _Rotation:
+    """Where the next search for a reserved port starts: at a random place in a new
+    process, then just below the port last taken. Starting at 1023 every time reused the
+    port, and with it the whole address pair, of a connection that had just closed:
+    the peer, still closing its side of that one, took the new connection for it and
+    reset it (seen on virtio-vsock between a KVM host and its guest)."""
+
+    start = int.from_bytes(os.urandom(2), "big") % len(RESERVED_PORTS)
+
+    @classmethod
+    def order(cls) -> list[int]:
+        return [*RESERVED_PORTS[cls.start:], *RESERVED_PORTS[:cls.start]]
+
+    @classmethod
+    def took(cls, port: int) -> None:
+        cls.start = (RESERVED_PORTS.index(port) + 1) % len(RESERVED_PORTS)
+
+
 def bind_reserved(sock: socket.socket, address: VsockAddress, *, required: bool) -> int | None:
-    """Bind *sock* to a free reserved source port (1023 down to 512); return it.
+    """Bind *sock* to a free reserved source port (in 512-1023, each call starting just
+    below the last one taken: see :class:`_Rotation`); return it.
 
     Linux lets only a process with CAP_NET_BIND_SERVICE bind a vsock port <= 1023, so
     a listener that sees one knows root (in the peer's kernel) connected. Without the
@@ -124,9 +143,10 @@ def bind_reserved(sock: socket.socket, address: VsockAddress, *, required: bool)
     """
     import errno
 
-    for port in RESERVED_PORTS:
+    for port in _Rotation.order():
         try:
             sock.bind((ids.CID_ANY, port))
+            _Rotation.took(port)
             return port
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
