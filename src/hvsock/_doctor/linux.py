@@ -52,13 +52,19 @@ def _read(path: str) -> str:
         return ""
 
 
+def dmi(machine: Machine, field: str) -> str:
+    """A DMI field of this machine (``sys_vendor``, ``product_name``); "" when there is
+    none (Firecracker gives no DMI)."""
+    return _read(machine.path("sys", "class", "dmi", "id", field))
+
+
 def hyperv_evidence(machine: Machine) -> list[str]:
     """Why this Linux machine looks like a Hyper-V guest (empty: it does not)."""
     evidence = []
     if os.path.isdir(machine.path("sys", "bus", "vmbus")):
         evidence.append("/sys/bus/vmbus exists")
-    vendor = _read(machine.path("sys", "class", "dmi", "id", "sys_vendor"))
-    product = _read(machine.path("sys", "class", "dmi", "id", "product_name"))
+    vendor = dmi(machine, "sys_vendor")
+    product = dmi(machine, "product_name")
     if vendor == "Microsoft Corporation" and product == "Virtual Machine":
         evidence.append("DMI: Microsoft Corporation Virtual Machine")
     return evidence

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .._builtin.echo import ping
 from .._core.addresses import Address, VsockAddress, parse_address
-from .._doctor.linux import hyperv_evidence, is_wsl
+from .._doctor.linux import dmi, hyperv_evidence, is_wsl
 from .._doctor.model import Machine
 from .._errors import HvsockError
 from .._transports.features import (
@@ -141,7 +141,7 @@ def host_echo_server(guest: Guest, transports: list[str], port: int | str = "N")
         qemu = f"on the KVM/QEMU host (vhost_vsock loaded): {vsock}"
         hybrid = (f"on the Firecracker / Cloud Hypervisor host: `hvsock echo-server "
                   f"hybrid://<the VM's vsock socket>:{port}`")
-        vendor = _read(guest.path("sys", "class", "dmi", "id", "sys_vendor"))
+        vendor = dmi(machine, "sys_vendor")
         if vendor == "QEMU":
             return qemu
         if vendor == "Cloud Hypervisor":
@@ -155,14 +155,6 @@ def host_echo_server(guest: Guest, transports: list[str], port: int | str = "N")
     return (f"on the host: {vsock} (KVM/QEMU), `hvsock echo-server "
             f"hybrid://<the VM's vsock socket>:{port}` (Firecracker, Cloud Hypervisor) or "
             f"`hvsock echo-server hvsock://<this VM's id>/{port}` (Hyper-V)")
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read(256).strip()
-    except OSError:
-        return ""
 
 
 def _echo_step(echo: Address | str | None, timeout: float, guest: Guest,
