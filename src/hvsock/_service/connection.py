@@ -7,7 +7,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .._core.framing import Message, decode_message, encode_frame, encode_message
@@ -27,6 +27,20 @@ def service_limit_named() -> Iterator[None]:
     except FrameTooLargeError as exc:
         raise FrameTooLargeError(str(exc).replace(
             "max_frame_size", "max_message_size (hvsock.Limits)")) from None
+
+
+async def drain(recv: Callable[[int], Awaitable[bytes]], seconds: float, limit: int) -> None:
+    """Read and drop what the peer sends, through *recv*, until its EOF: at most *seconds*
+    (then :class:`asyncio.TimeoutError`) and *limit* bytes. The end of a clean close
+    after our own half-close: closing with unread bytes would reset the connection."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    dropped = 0
+    while dropped < limit and loop.time() < deadline:
+        data = await asyncio.wait_for(recv(1 << 16), max(0.0, deadline - loop.time()))
+        if not data:
+            return
+        dropped += len(data)
 
 
 class Connection:
@@ -87,17 +101,9 @@ class Connection:
         Closing a socket with unread bytes in it makes the kernel send a reset, and a
         reset throws away what the peer has not read yet, the last reply included (exec's
         EXIT, while the client still streams stdin to a command that stopped reading)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        dropped = 0
         try:
             self.close_write()
-            while dropped < limit and loop.time() < deadline:
-                data = await asyncio.wait_for(self.reader.read(1 << 16),
-                                              max(0.0, deadline - loop.time()))
-                if not data:
-                    return
-                dropped += len(data)
+            await drain(self.reader.read, seconds, limit)
         except (OSError, asyncio.TimeoutError):
             pass
 

@@ -34,7 +34,7 @@ from .._server.peers import Peer, fits, kind_hint, peer_of, refusal
 from .._transports._common import close_on_error
 from .._transports.features import has_hyperv, has_vsock
 from .._validate import quote
-from .connection import Connection, SyncConnection
+from .connection import Connection, SyncConnection, drain
 from .declaration import Service, SyncHandler
 from .default_log import default_log_handler
 
@@ -141,14 +141,7 @@ async def _refuse(sock: socket.socket, peer: Peer, why: str, *, framed: bool) ->
             await asyncio.wait_for(loop.sock_sendall(sock, encode_frame(
                 encode_message(reply))), REFUSAL_LINGER)
         sock.shutdown(socket.SHUT_WR)
-        dropped = 0
-        deadline = loop.time() + REFUSAL_LINGER
-        while dropped < REFUSAL_DRAIN and loop.time() < deadline:
-            data = await asyncio.wait_for(loop.sock_recv(sock, 4096),
-                                          max(0.0, deadline - loop.time()))
-            if not data:
-                break
-            dropped += len(data)
+        await drain(lambda n: loop.sock_recv(sock, n), REFUSAL_LINGER, REFUSAL_DRAIN)
     except (OSError, asyncio.TimeoutError):
         pass
     finally:
