@@ -23,6 +23,7 @@ from pathlib import Path
 
 import hvsock
 
+import hvsock.services
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
@@ -45,7 +46,7 @@ async def main_hvsock(d: str, ready: str) -> None:
 
     limits = hvsock.Limits(max_connections=5000, idle_timeout=None)
     host = hvsock.ServiceHost(grace=1)
-    host.add(hvsock.echo_service(limits=limits), f"unix://{d}/echo.sock")
+    host.add(hvsock.services.echo_service(limits=limits), f"unix://{d}/echo.sock")
     host.add(hvsock.Service("rpc", 8, hvsock.rpc_handler({"echo": lambda c, p: p}),
                             limits=limits), f"unix://{d}/rpc.sock")
     host.add(hvsock.Service("idle", 9, idle, limits=limits), f"unix://{d}/idle.sock")

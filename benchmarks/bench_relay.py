@@ -52,6 +52,7 @@ from typing import Any
 import _report
 
 import hvsock
+import hvsock.sockets
 from hvsock._builtin import bench, stress
 from hvsock._core import handshake
 
@@ -173,7 +174,7 @@ def free_tcp_port() -> int:
 
 def free_vsock_port() -> int:
     with socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM) as s:
-        s.bind((hvsock.CID_ANY, hvsock.PORT_ANY))
+        s.bind((hvsock.sockets.CID_ANY, hvsock.sockets.PORT_ANY))
         return int(s.getsockname()[1])
 
 

@@ -31,12 +31,13 @@ import _report
 
 import hvsock
 
+import hvsock.framing
 HERE = Path(__file__).resolve().parent
 ROUND_TRIPS = 5000
 REQUESTS_ONE = 5000
 REQUESTS_EACH_OF_100 = 100
 IDLE = 1000
-REQUEST = hvsock.encode_frame(hvsock.encode_message(hvsock.Request(1, "echo", {"x": "y"})))
+REQUEST = hvsock.framing.encode_frame(hvsock.framing.encode_message(hvsock.framing.Request(1, "echo", {"x": "y"})))
 
 
 @contextlib.contextmanager
@@ -80,7 +81,7 @@ def requests_one(d: str) -> float:
         start = time.perf_counter()
         for _ in range(REQUESTS_ONE):
             sock.sendall(REQUEST)
-            if hvsock.recv_frame(sock) is None:
+            if hvsock.framing.recv_frame(sock) is None:
                 raise SystemExit("server closed")
         return REQUESTS_ONE / (time.perf_counter() - start)
 
@@ -91,7 +92,7 @@ async def _requests_many(d: str) -> float:
         for _ in range(REQUESTS_EACH_OF_100):
             writer.write(REQUEST)
             await writer.drain()
-            await hvsock.read_frame(reader)
+            await hvsock.framing.read_frame(reader)
         writer.close()
         await writer.wait_closed()
 

@@ -12,6 +12,7 @@ from typing import Any
 import hvsock
 
 
+import hvsock.services
 @contextlib.contextmanager
 def hosting(service: hvsock.Service, address: str) -> Iterator[str]:
     """*service* on *address* in a ServiceHost on its own thread; yields its real address
@@ -46,5 +47,5 @@ def serving(roots: list[Path], address: str, service: hvsock.Service | None = No
             **options: Any) -> Iterator[str]:
     """The file service on *address* in a thread (or *service*, built elsewhere);
     yields its real address."""
-    with hosting(service or hvsock.file_service(roots, **options), address) as where:
+    with hosting(service or hvsock.services.file_service(roots, **options), address) as where:
         yield where

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import hvsock
+import hvsock.services
 from hvsock._core import ninep as p
 from tests._files import hosting
 
@@ -77,7 +78,7 @@ class Client:
 @contextlib.contextmanager
 def sharing(dirs: Any, address: str, **options: Any) -> Iterator[str]:
     """The share service on *address* in a thread; yields its real address."""
-    with hosting(hvsock.share_service(dirs, **options), address) as where:
+    with hosting(hvsock.services.share_service(dirs, **options), address) as where:
         try:
             yield where
         finally:

@@ -123,7 +123,7 @@ async def start_server(client_connected_cb: ClientConnected, address: Address | 
 
     As :func:`asyncio.start_server`, with :func:`hvsock.listen`'s addresses and
     options. Closing the server leaves a Unix / hybrid socket file behind: remove
-    it with :func:`hvsock.remove_socket_file`. Raises as :func:`hvsock.listen`.
+    it with :func:`hvsock.sockets.remove_socket_file`. Raises as :func:`hvsock.listen`.
     """
     from ._aio import streams
 

@@ -49,7 +49,6 @@ from ._core.kvp import (
     encode_record,
     parse_pool,
 )
-from ._errors import ArgumentError, HvsockError, KvpError, PermissionDeniedError
 
 if TYPE_CHECKING:
     from ._builtin.kvp.service import KVP_PORT, KvpClient, kvp_service
@@ -66,14 +65,10 @@ __all__ = [
     "SAFE_KEY_UNITS",
     "SAFE_VALUE_UNITS",
     "VALUE_SIZE",
-    "ArgumentError",
     "Change",
     "HostFacts",
-    "HvsockError",
     "KvpClient",
-    "KvpError",
     "KvpStore",
-    "PermissionDeniedError",
     "Pool",
     "RegistryKvpStore",
     "boot_time",
@@ -91,6 +86,8 @@ __all__ = [
 ]
 
 _LAZY = ("KVP_PORT", "KvpClient", "kvp_service")
+#: Errors this module re-exported until 0.2; their one home is the top of hvsock.
+_MOVED_ERRORS = ("ArgumentError", "HvsockError", "KvpError", "PermissionDeniedError")
 
 
 def __getattr__(name: str) -> Any:
@@ -101,4 +98,10 @@ def __getattr__(name: str) -> Any:
         value = getattr(service, name)
         globals()[name] = value
         return value
+    if name in _MOVED_ERRORS:
+        from . import _errors
+        from ._moved import deprecated
+
+        deprecated(__name__, name, "hvsock", stacklevel=2)
+        return getattr(_errors, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

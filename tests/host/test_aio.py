@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import pytest
 
 import hvsock
+import hvsock.sockets
 from hvsock.testing import HybridVsockMuxer
 
 from ..tiers import import_or_fail
@@ -86,7 +87,7 @@ class Endpoint:
         server.close()
         await server.wait_closed()
         if self.kind != "hybrid-connect":
-            hvsock.remove_socket_file(self.address)
+            hvsock.sockets.remove_socket_file(self.address)
 
 
 @pytest.fixture(params=KINDS)
@@ -271,7 +272,7 @@ def test_retries_wait_for_a_late_listener(kind: str, short_tmp: Path, muxer: Hyb
         for sock in late:
             sock.close()
         if kind == "unix":
-            hvsock.remove_socket_file(address)
+            hvsock.sockets.remove_socket_file(address)
     assert late, "the listener never started"
     assert 0.25 < elapsed < 5
 
@@ -290,7 +291,7 @@ def test_retries_give_up_after_the_count(short_tmp: Path, run: Runner[Any]) -> N
 
 
 def test_permanent_errors_are_not_retried(run: Runner[Any]) -> None:
-    if hvsock.has_hyperv():
+    if hvsock.sockets.has_hyperv():
         pytest.skip("this Python has AF_HYPERV")
 
     async def main() -> None:
@@ -370,7 +371,7 @@ def test_unix_full_backlog_times_out_clearly(short_tmp: Path, run: Runner[Any]) 
         finally:
             for sock in pending:
                 sock.close()
-    hvsock.remove_socket_file(address)
+    hvsock.sockets.remove_socket_file(address)
     assert error is not None
     assert "backlog" in str(error)
     assert 1 <= len(pending) < 10
@@ -461,7 +462,7 @@ def test_start_server_socket_file(kind: str, short_tmp: Path, muxer: HybridVsock
 
     assert run(main()) == 0o600
     assert os.path.exists(path)
-    hvsock.remove_socket_file(address)
+    hvsock.sockets.remove_socket_file(address)
     assert not os.path.exists(path)
 
 

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hvsock
+import hvsock.sockets
 from hvsock._cli import main as cli
 from hvsock.testing import HybridVsockMuxer
 
@@ -91,7 +92,7 @@ def test_cid_reports_or_explains() -> None:
     status, out, err = run("cid", "--json")
     if os.access("/dev/vsock", os.R_OK):
         assert status == 0
-        assert json.loads(out)["cid"] == hvsock.local_cid()
+        assert json.loads(out)["cid"] == hvsock.sockets.local_cid()
     elif os.path.exists("/dev/vsock"):  # root's 0600 device, this run a user
         assert status == cli.EXIT_UNSUPPORTED
         assert "run as a user that may read it" in err
@@ -104,7 +105,7 @@ def test_demo_in_process_uses_a_safe_transport() -> None:
     status, out, _ = run("demo", "--json")
     assert status == 0
     report = json.loads(out)
-    if not hvsock.vsock_loopback_loaded():
+    if not hvsock.sockets.vsock_loopback_loaded():
         assert report["transport"] == "hybrid"
     assert report["service"] == "HV Socket Demo"
     assert ["service replied", "#3: 17 bytes, 'data streams only'"] in report["exchanged"]
@@ -112,7 +113,7 @@ def test_demo_in_process_uses_a_safe_transport() -> None:
 
 
 def test_demo_refuses_vsock_without_loopback() -> None:
-    if hvsock.vsock_loopback_loaded():
+    if hvsock.sockets.vsock_loopback_loaded():
         pytest.skip("vsock_loopback is loaded here")
     status, _, err = run("demo", "--transport", "vsock")
     assert status == cli.EXIT_UNSUPPORTED
@@ -173,7 +174,7 @@ def unix_server(short_tmp: Path) -> Iterator[tuple[hvsock.UnixAddress, socket.so
     addr = hvsock.UnixAddress(str(short_tmp / "srv.sock"))
     with hvsock.listen(addr) as listener:
         yield addr, listener
-    hvsock.remove_socket_file(addr)
+    hvsock.sockets.remove_socket_file(addr)
 
 
 def _recv_all(sock: socket.socket) -> bytes:

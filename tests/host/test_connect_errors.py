@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import hvsock
+import hvsock.sockets
 from hvsock._cli import main as cli
 
 _LINGER_RESET = b"\x01\0\0\0\0\0\0\0"  # SO_LINGER on, 0 s: close() sends a reset
@@ -28,7 +29,7 @@ class Server:
 
     def __init__(self, reply: bytes, *, reset: bool, wait_for_bytes: bool = False) -> None:
         self.listener = hvsock.listen("tcp://127.0.0.1:0")
-        self.address = hvsock.listener_address(self.listener, "tcp://127.0.0.1:0")
+        self.address = hvsock.sockets.listener_address(self.listener, "tcp://127.0.0.1:0")
         self.reply, self.reset, self.wait_for_bytes = reply, reset, wait_for_bytes
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 import hvsock
+import hvsock.sockets
 from hvsock._relay import dial as relay_dial
 from hvsock._relay._poll import Poller
 from hvsock.testing import HybridVsockMuxer
@@ -109,7 +110,7 @@ class Site:
     def listen(self, backlog: int = 16) -> tuple[socket.socket, hvsock.Address]:
         if self.kind == "tcp":
             listener = hvsock.listen("tcp://127.0.0.1:0", backlog=backlog)
-            return listener, hvsock.listener_address(listener, "tcp://127.0.0.1:0")
+            return listener, hvsock.sockets.listener_address(listener, "tcp://127.0.0.1:0")
         if self.kind == "unix":
             addr = hvsock.UnixAddress(str(self.tmp / "s.sock"))
             return hvsock.listen(addr, backlog=backlog), addr
@@ -345,7 +346,7 @@ def test_hybrid_bad_handshake(connect: Connect, short_tmp: Path, reply: bytes, h
 def test_tcp_reset_after_accept_is_a_reset_not_nothing_listening(connect: Connect) -> None:
     """A TCP server that accepts and resets: never 'nothing is listening' (issue 13.1)."""
     listener = hvsock.listen("tcp://127.0.0.1:0")
-    addr = hvsock.listener_address(listener, "tcp://127.0.0.1:0")
+    addr = hvsock.sockets.listener_address(listener, "tcp://127.0.0.1:0")
     stop = threading.Event()
 
     def reset_all() -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 import hvsock
+import hvsock.forwarding
 import hvsock.kvp
 
 from .. import doc_snippets as docs
@@ -352,7 +353,7 @@ covers("hvsock relay --config relay.toml")
 
 def test_the_relay_config_recipe(sh: Shell) -> None:
     sample = doc_block("port-forwarding.md", "toml", "# relay.toml")
-    assert len(hvsock.RelayConfig.from_toml(sample, "relay.toml").forwards) == 2
+    assert len(hvsock.forwarding.RelayConfig.from_toml(sample, "relay.toml").forwards) == 2
     tcp_port = free_port()
     with EchoServer(socket.create_server(("127.0.0.1", 0))) as tcp_echo, \
             EchoServer(unix_listener(sh.tmp / "echo.sock")) as unix_echo:

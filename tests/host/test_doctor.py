@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from hvsock import AddressError, service_id_for_port
+from hvsock import AddressError
+from hvsock.windows import service_id_for_port
 from hvsock._cli.doctor_cmds import print_diagnosis
 from hvsock._doctor import Machine, diagnose
 from hvsock._doctor.model import (

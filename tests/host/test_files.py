@@ -28,6 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hvsock
+import hvsock.services
+import hvsock.framing
 from hvsock._builtin.files.transfer import partial_name
 from hvsock._cli.main import main
 
@@ -271,11 +273,11 @@ def test_a_hostile_server_cannot_write_outside_the_destination(tmp_path: Path,
     def evil() -> None:
         conn, _ = listener.accept()
         with conn:
-            hvsock.recv_frame(conn)  # HELLO
-            hvsock.send_frame(conn, fc.encode(fc.Hello(fc.VERSION)))
-            hvsock.recv_frame(conn)  # GET
-            hvsock.send_frame(conn, fc.encode(fc.EntryMsg(fc.Entry(b"", fc.KIND_DIR, 0o755))))
-            hvsock.send_frame(conn, fc.encode(fc.EntryMsg(fc.Entry(b"../evil", fc.KIND_FILE))))
+            hvsock.framing.recv_frame(conn)  # HELLO
+            hvsock.framing.send_frame(conn, fc.encode(fc.Hello(fc.VERSION)))
+            hvsock.framing.recv_frame(conn)  # GET
+            hvsock.framing.send_frame(conn, fc.encode(fc.EntryMsg(fc.Entry(b"", fc.KIND_DIR, 0o755))))
+            hvsock.framing.send_frame(conn, fc.encode(fc.EntryMsg(fc.Entry(b"../evil", fc.KIND_FILE))))
             with contextlib.suppress(OSError):
                 conn.recv(100)
 
@@ -310,7 +312,7 @@ def test_read_only_and_limits(short_tmp: Path, tmp_path: Path) -> None:
     assert leftovers(root) == []
     assert not (root / "big").exists()
     with pytest.raises(hvsock.ArgumentError, match="not a directory"):
-        hvsock.file_service([tmp_path / "small"])
+        hvsock.services.file_service([tmp_path / "small"])
 
 
 # -- faults: a cut connection, resume, a full disk, cancel -----------------------------------------

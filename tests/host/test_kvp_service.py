@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import hvsock
+import hvsock.windows
 import hvsock.kvp as kvp
 from hvsock._builtin.kvp.service import DEFAULT_ALLOW, with_default_port
 from hvsock._cli import main as cli
@@ -86,7 +87,7 @@ def test_host_reads_guest_pool_and_pushes_its_own(kind: str, short_tmp: Path) ->
 
 
 def test_only_the_host_by_default(short_tmp: Path) -> None:
-    assert {2, hvsock.PARENT} == DEFAULT_ALLOW
+    assert {2, hvsock.windows.PARENT} == DEFAULT_ALLOW
     # On a Unix socket the host's rules can never match a peer: the host refuses the
     # service when it is added, instead of every client at connect.
     host = hvsock.ServiceHost(grace=1)

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 import hvsock
+import hvsock.sockets
 from hvsock._cli import main as cli
 from hvsock._relay import ConnectionRecord, Relay
 from hvsock._relay.datapath import SPLICE_WORKS
@@ -70,14 +71,14 @@ class Site:
         """A listening socket for the target side, and the address the relay dials."""
         if kind == "tcp":
             sock = hvsock.listen("tcp://127.0.0.1:0")
-            return sock, hvsock.listener_address(sock, "tcp://127.0.0.1:0")
+            return sock, hvsock.sockets.listener_address(sock, "tcp://127.0.0.1:0")
         if kind == "tcp6":
             sock = hvsock.listen("tcp://[::1]:0")
-            return sock, hvsock.listener_address(sock, "tcp://[::1]:0")
+            return sock, hvsock.sockets.listener_address(sock, "tcp://[::1]:0")
         if kind == "unix":
             addr = hvsock.UnixAddress(self.path("t"))
             sock = hvsock.listen(addr)
-            self.cleanups.append(lambda: hvsock.remove_socket_file(addr))
+            self.cleanups.append(lambda: hvsock.sockets.remove_socket_file(addr))
             return sock, addr
         assert kind == "hybrid"
         port = 5000 + self._n
@@ -225,7 +226,7 @@ def test_unix_target_with_a_full_backlog_is_waited_for(site: Site) -> None:
     # connect timeout, and the bytes get through once the target accepts.
     path = site.path("full")
     tl = hvsock.listen(f"unix://{path}", backlog=1)
-    site.cleanups.append(lambda: hvsock.remove_socket_file(f"unix://{path}"))
+    site.cleanups.append(lambda: hvsock.sockets.remove_socket_file(f"unix://{path}"))
     with running_relay("tcp://127.0.0.1:0", f"unix://{path}") as relay:
         clients = [hvsock.connect(relay.address) for _ in range(4)]
         for i, c in enumerate(clients):
@@ -555,7 +556,7 @@ def test_stop_cuts_connections_after_the_grace_period(site: Site) -> None:
 def test_start_failure_leaves_nothing_open(site: Site, fd_baseline: None) -> None:
     tl, taddr = site.target("tcp")
     with tl:
-        taken = hvsock.listener_address(tl, "tcp://127.0.0.1:0")
+        taken = hvsock.sockets.listener_address(tl, "tcp://127.0.0.1:0")
         relay = Relay(taken, taddr)
         with pytest.raises(hvsock.AddressInUseError):
             relay.start()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import hvsock
+import hvsock.sockets
 from hvsock._relay import Relay
 from hvsock._relay import dial as relay_dial
 from hvsock._relay._poll import SPARE_CPU_EVERY, SpareCpu
@@ -27,7 +28,7 @@ def _echo_target() -> EchoServer:
 
 
 def _address(server: EchoServer) -> hvsock.Address:
-    return hvsock.listener_address(server.listener, "tcp://127.0.0.1:0")
+    return hvsock.sockets.listener_address(server.listener, "tcp://127.0.0.1:0")
 
 
 # -- accepting ------------------------------------------------------------------------------------
@@ -64,7 +65,7 @@ def test_clients_queued_before_the_loop_runs_are_all_served(limit: int) -> None:
 def test_accepted_clients_get_nodelay_once_the_listener_tells_whether_it_is_inherited(
         listener_has_it: bool) -> None:
     listener = hvsock.listen("tcp://127.0.0.1:0")
-    address = hvsock.listener_address(listener, "tcp://127.0.0.1:0")
+    address = hvsock.sockets.listener_address(listener, "tcp://127.0.0.1:0")
     try:
         listening = Listening(listener, Forward(address, address), address)
         if not listener_has_it:  # a system whose accepted sockets do not inherit it

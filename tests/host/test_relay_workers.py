@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 import hvsock
+import hvsock.sockets
+import hvsock.forwarding
 from hvsock._cli import main as cli
 from hvsock._relay import Relay, RelayConfig
 from hvsock._relay.config import parse_toml
@@ -30,7 +32,7 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="worker processe
 
 def _tcp_target() -> tuple[socket.socket, hvsock.Address]:
     sock = hvsock.listen("tcp://127.0.0.1:0")
-    return sock, hvsock.listener_address(sock, "tcp://127.0.0.1:0")
+    return sock, hvsock.sockets.listener_address(sock, "tcp://127.0.0.1:0")
 
 
 def _echo(sock: socket.socket, data: bytes) -> None:
@@ -304,7 +306,7 @@ allow = ["192.0.2.1"]   # nobody here
 def test_config_file_settings_and_command_line_overrides() -> None:
     text = ('workers = 3\nmax_connections = 5\n[[forward]]\nlisten = "tcp://127.0.0.1:0"\n'
             'target = "vsock://3:22"\nallow = [2, "uid:1000"]\n')
-    config = hvsock.RelayConfig.from_toml(text, "r.toml", max_connections=7)
+    config = hvsock.forwarding.RelayConfig.from_toml(text, "r.toml", max_connections=7)
     assert isinstance(config, RelayConfig)
     assert (config.workers, config.max_connections) == (3, 7)
     assert config.forwards[0].allow == frozenset({2, "uid:1000"})

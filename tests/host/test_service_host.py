@@ -28,6 +28,9 @@ from typing import Any
 import pytest
 
 import hvsock
+import hvsock.sockets
+import hvsock.services
+import hvsock.framing
 from hvsock.testing import HybridVsockMuxer
 
 from ..signals import with_default_signals
@@ -187,7 +190,7 @@ async def frame_roundtrip(reader: asyncio.StreamReader, writer: asyncio.StreamWr
                           payload: bytes) -> bytes:
     writer.write(frame(payload))
     await writer.drain()
-    return await asyncio.wait_for(hvsock.read_frame(reader), 5) or b""
+    return await asyncio.wait_for(hvsock.framing.read_frame(reader), 5) or b""
 
 
 # -- serving, identity, several services -----------------------------------------------
@@ -212,7 +215,7 @@ def test_builtin_echo_checked_payload(runner: Callable[[Coroutine[Any, Any, None
     echoed: list[bytes] = []
 
     async def main() -> None:
-        service = hvsock.echo_service(FIRST_PORT)
+        service = hvsock.services.echo_service(FIRST_PORT)
         host = hvsock.ServiceHost(grace=1)
         host.add(service, site.address())
         async with host:
@@ -287,7 +290,7 @@ def test_one_host_several_services_each_on_its_own_address(
             conn.sendall(data.upper())
 
     services = {
-        "tcp": hvsock.echo_service(7, name="echo"),
+        "tcp": hvsock.services.echo_service(7, name="echo"),
         "unix": hvsock.Service("upper", 8, upper),
         "hybrid": hvsock.Service("rpc", 9, hvsock.rpc_handler({"add": lambda c, p: sum(p)})),
     }
@@ -324,8 +327,8 @@ def test_start_failure_closes_what_it_opened(short_tmp: Path) -> None:
 
     async def main() -> None:
         host = hvsock.ServiceHost()
-        host.add(hvsock.echo_service(7, name="first"), first)
-        host.add(hvsock.echo_service(8, name="second"), taken)
+        host.add(hvsock.services.echo_service(7, name="first"), first)
+        host.add(hvsock.services.echo_service(8, name="second"), taken)
         with pytest.raises(hvsock.AddressInUseError, match="already listens"):
             await host.start()
 
@@ -333,7 +336,7 @@ def test_start_failure_closes_what_it_opened(short_tmp: Path) -> None:
         asyncio.run(main())
         assert os.path.exists(taken.path), "another process's socket file was removed"
     assert not os.path.exists(first.path)
-    hvsock.remove_socket_file(taken)
+    hvsock.sockets.remove_socket_file(taken)
 
 
 # -- the allowlist ---------------------------------------------------------------------
@@ -734,7 +737,7 @@ def test_slow_client_does_not_block_others(site: Site, style: str) -> None:
                 observed["quick"] = time.monotonic() - start < 3
                 slow_writer.write(frame(b"0123456789")[7:])
                 await slow_writer.drain()
-                observed["slow"] = await asyncio.wait_for(hvsock.read_frame(slow_reader), 5)
+                observed["slow"] = await asyncio.wait_for(hvsock.framing.read_frame(slow_reader), 5)
             finally:
                 await close(slow_writer)
                 await close(fast_writer)
@@ -895,8 +898,8 @@ def test_ready_file_sd_notify_and_log_line(
 
     async def main() -> None:
         host = hvsock.ServiceHost(grace=1, ready_file=str(ready))
-        host.add(hvsock.echo_service(7, name="echo"), address)
-        host.add(hvsock.echo_service(8, name="echo tcp"), "tcp://127.0.0.1:0")
+        host.add(hvsock.services.echo_service(7, name="echo"), address)
+        host.add(hvsock.services.echo_service(8, name="echo tcp"), "tcp://127.0.0.1:0")
         await host.start()
         try:
             observed["notified"] = sock.recv(1000)
@@ -931,7 +934,7 @@ def test_unreachable_notify_socket_is_a_warning_not_a_failure(
 
     async def main() -> None:
         host = hvsock.ServiceHost(grace=1)
-        host.add(hvsock.echo_service(7), hvsock.UnixAddress(str(short_tmp / "svc.sock")))
+        host.add(hvsock.services.echo_service(7), hvsock.UnixAddress(str(short_tmp / "svc.sock")))
         async with host:
             reader, writer = await hvsock.open_connection(host.addresses["hvsock echo"])
             got.append(await roundtrip(reader, writer, b"still serving"))
@@ -975,8 +978,8 @@ def test_each_service_logs_to_its_own_logger_with_the_peer(
 
     async def main() -> None:
         host = hvsock.ServiceHost(grace=1)
-        host.add(hvsock.echo_service(7, name="alpha"), site.address(0))
-        host.add(hvsock.echo_service(8, name="beta"), site.address(1))
+        host.add(hvsock.services.echo_service(7, name="alpha"), site.address(0))
+        host.add(hvsock.services.echo_service(8, name="beta"), site.address(1))
         async with host:
             for name in ("alpha", "beta"):
                 reader, writer = await site.open(host, name)
@@ -1095,7 +1098,7 @@ def test_ping_against_echo_server_processes(address: str, short_tmp: Path,
 
 def test_active_connections_of_an_unknown_service_is_a_key_error() -> None:
     host = hvsock.ServiceHost()
-    host.add(hvsock.echo_service(), "tcp://127.0.0.1:0")
+    host.add(hvsock.services.echo_service(), "tcp://127.0.0.1:0")
     assert host.active_connections("hvsock echo") == 0
     with pytest.raises(KeyError, match="no service named 'nope'"):
         host.active_connections("nope")

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 import hvsock
+import hvsock.framing
+import hvsock.forwarding
 from hvsock import ArgumentError, NotAllowedError, Peer
 
 from ._peers import frame_echo_handler
@@ -119,7 +121,7 @@ def test_an_empty_allowlist_is_refused_as_an_argument() -> None:
         with pytest.raises(ArgumentError, match="allow=None"):
             hvsock.Service("x", 5000, handler, allow=empty)
         with pytest.raises(ArgumentError, match="allow=None"):
-            hvsock.Relay("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", allow=empty)
+            hvsock.forwarding.Relay("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", allow=empty)
 
 
 def test_a_cid_rule_matches_only_that_cid() -> None:
@@ -220,7 +222,7 @@ def test_an_oversized_frame_is_logged_with_the_real_setting(
     def client(host: hvsock.ServiceHost) -> bytes:
         with hvsock.connect(host.addresses["small"], timeout=5) as sock:
             sock.settimeout(10)
-            sock.sendall(hvsock.encode_frame(b"x" * 100, 1000))
+            sock.sendall(hvsock.framing.encode_frame(b"x" * 100, 1000))
             try:
                 return sock.recv(100)
             except ConnectionResetError:

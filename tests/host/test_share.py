@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hvsock
+import hvsock.services
 from hvsock._core import ninep as p
 
 from .._ninep import Client, Rlerror, sharing, snapshot, unix_path
@@ -307,15 +308,15 @@ def test_hostile_sessions_never_reach_outside(fuzz_target: tuple[Path, Path, str
 
 def test_vm_sockets_need_an_explicit_allowlist_and_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(hvsock.ArgumentError, match="not a directory"):
-        hvsock.share_service([tmp_path / "missing"])
+        hvsock.services.share_service([tmp_path / "missing"])
     with pytest.raises(hvsock.ArgumentError, match="ownership"):
-        hvsock.share_service([tmp_path], ownership="mapped-xattr")
+        hvsock.services.share_service([tmp_path], ownership="mapped-xattr")
     with pytest.raises(hvsock.ArgumentError, match="two exports"):
-        hvsock.share_service([tmp_path, tmp_path])
-    service = hvsock.share_service({"a": tmp_path}, allow=["any"])
+        hvsock.services.share_service([tmp_path, tmp_path])
+    service = hvsock.services.share_service({"a": tmp_path}, allow=["any"])
     assert service.allow is None
     assert service.port == 564
-    assert hvsock.share_service([tmp_path], allow=[3]).allow == frozenset({3})
+    assert hvsock.services.share_service([tmp_path], allow=[3]).allow == frozenset({3})
 
 
 def test_unix_peers_without_allow_are_served(tree: tuple[Path, Path, str]) -> None:

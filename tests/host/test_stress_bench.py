@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 import hvsock
+import hvsock.sockets
 from hvsock._builtin import bench, stress
 from hvsock._cli import main as cli
 from hvsock._cli.progress import wanted
@@ -41,7 +42,7 @@ def run(*argv: str) -> tuple[int, str, str]:
 @pytest.fixture
 def echo() -> Iterator[tuple[EchoServer, str]]:
     listener = hvsock.listen("tcp://127.0.0.1:0")
-    address = str(hvsock.listener_address(listener, "tcp://127.0.0.1:0"))
+    address = str(hvsock.sockets.listener_address(listener, "tcp://127.0.0.1:0"))
     with EchoServer(listener) as server:
         yield server, address
 
@@ -50,7 +51,7 @@ def echo() -> Iterator[tuple[EchoServer, str]]:
 def corrupting_echo() -> Iterator[tuple[EchoServer, str]]:
     """Flips one byte of the echo of the third connection it accepts (index 2)."""
     listener = hvsock.listen("tcp://127.0.0.1:0")
-    address = str(hvsock.listener_address(listener, "tcp://127.0.0.1:0"))
+    address = str(hvsock.sockets.listener_address(listener, "tcp://127.0.0.1:0"))
     with EchoServer(listener, corrupt=lambda n: n == 2) as server:
         yield server, address
 
@@ -160,7 +161,7 @@ def test_stress_reports_connect_errors_not_raises() -> None:
 @pytest.mark.usefixtures("fd_baseline")
 def test_stress_times_out_a_server_that_never_answers() -> None:
     listener = hvsock.listen("tcp://127.0.0.1:0")
-    address = hvsock.listener_address(listener, "tcp://127.0.0.1:0")
+    address = hvsock.sockets.listener_address(listener, "tcp://127.0.0.1:0")
     accepted: list[socket.socket] = []
 
     def accept_and_ignore() -> None:

@@ -18,6 +18,7 @@ import pytest
 
 import hvsock
 
+import hvsock.framing
 from ._peers import frame_echo_handler
 
 DRIP_GAP = 0.2  # seconds between bytes: well under the idle timeout
@@ -46,7 +47,7 @@ def test_a_frame_must_arrive_whole_within_the_idle_timeout(kind: str, short_tmp:
     handler = frame_echo_handler(kind)
     service = hvsock.Service("drip", 6000, handler, limits=hvsock.Limits(idle_timeout=IDLE))
     # 40 bytes at 0.2 s: 8 s to send, each gap far below the 1 s idle timeout.
-    frame = hvsock.encode_frame(json.dumps({"id": 1, "method": "echo",
+    frame = hvsock.framing.encode_frame(json.dumps({"id": 1, "method": "echo",
                                             "params": "x" * 4}).encode().ljust(36))
 
     async def main() -> float | None:

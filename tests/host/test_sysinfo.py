@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import hvsock
+import hvsock.framing
 from hvsock._builtin import sysinfo
 from hvsock._builtin.agent.config import default_config
 from hvsock._core import mux
@@ -33,8 +34,8 @@ def address(short_tmp: Path) -> Iterator[str]:
 def rpc(address: str, service: str) -> hvsock.RpcClient:
     sock = hvsock.connect(address)
     sock.settimeout(30)
-    hvsock.send_frame(sock, mux.encode_hello(service))
-    mux.decode_answer(hvsock.recv_frame(sock) or b"")
+    hvsock.framing.send_frame(sock, mux.encode_hello(service))
+    mux.decode_answer(hvsock.framing.recv_frame(sock) or b"")
     return hvsock.RpcClient(sock)
 
 

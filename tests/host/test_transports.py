@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import hvsock
+import hvsock.sockets
 from hvsock.testing import HybridVsockMuxer
 
 # A "server side" is (make a listening socket, address a client dials).
@@ -38,11 +39,11 @@ def server_factory(request: pytest.FixtureRequest, short_tmp: Path) -> Iterator[
     def make() -> tuple[socket.socket, hvsock.Address]:
         if kind == "tcp":
             listener = hvsock.listen("tcp://127.0.0.1:0")
-            return listener, hvsock.listener_address(listener, "tcp://127.0.0.1:0")
+            return listener, hvsock.sockets.listener_address(listener, "tcp://127.0.0.1:0")
         if kind == "unix":
             addr = hvsock.UnixAddress(str(short_tmp / "s.sock"))
             listener = hvsock.listen(addr)
-            cleanups.append(lambda: hvsock.remove_socket_file(addr))
+            cleanups.append(lambda: hvsock.sockets.remove_socket_file(addr))
             return listener, addr
         m = HybridVsockMuxer(str(short_tmp / "vm.sock"))
         cleanups.append(m.close)
@@ -128,7 +129,7 @@ def test_nothing_listening_is_clear_and_fast(server_factory: ServerFactory) -> N
     if isinstance(addr, hvsock.HybridAddress):
         pass  # the muxer still runs; the guest listener is gone
     elif isinstance(addr, hvsock.UnixAddress):
-        hvsock.remove_socket_file(addr)
+        hvsock.sockets.remove_socket_file(addr)
     start = time.monotonic()
     with pytest.raises(hvsock.NothingListeningError) as info:
         hvsock.connect(addr, timeout=5)
@@ -157,7 +158,7 @@ def test_retries_wait_for_a_late_listener(short_tmp: Path) -> None:
         thread.join()
         for s in holder:
             s.close()
-        hvsock.remove_socket_file(addr)
+        hvsock.sockets.remove_socket_file(addr)
 
 
 @pytest.mark.usefixtures("fd_baseline")
@@ -220,10 +221,10 @@ def test_unix_listener_is_private_by_default(short_tmp: Path) -> None:
     addr = hvsock.UnixAddress(str(short_tmp / "p.sock"))
     with hvsock.listen(addr):
         assert stat.S_IMODE(os.stat(addr.path).st_mode) == 0o600
-    hvsock.remove_socket_file(addr)
+    hvsock.sockets.remove_socket_file(addr)
     with hvsock.listen(addr, mode=0o660):
         assert stat.S_IMODE(os.stat(addr.path).st_mode) == 0o660
-    hvsock.remove_socket_file(addr)
+    hvsock.sockets.remove_socket_file(addr)
     assert not os.path.exists(addr.path)
 
 
@@ -235,7 +236,7 @@ def test_stale_socket_file_is_replaced(short_tmp: Path) -> None:
     with hvsock.listen(addr) as listener, hvsock.connect(addr, timeout=2):
         conn, _ = listener.accept()
         conn.close()
-    hvsock.remove_socket_file(addr)
+    hvsock.sockets.remove_socket_file(addr)
 
 
 @pytest.mark.usefixtures("fd_baseline")
@@ -245,7 +246,7 @@ def test_live_listener_is_not_stolen(short_tmp: Path) -> None:
         with pytest.raises(hvsock.AddressInUseError, match="already listens"):
             hvsock.listen(addr)
         assert os.path.exists(addr.path)
-    hvsock.remove_socket_file(addr)
+    hvsock.sockets.remove_socket_file(addr)
 
 
 @pytest.mark.usefixtures("fd_baseline")
@@ -271,7 +272,7 @@ def test_abstract_unix_socket() -> None:
 @pytest.mark.usefixtures("fd_baseline")
 def test_tcp_listener_port_zero_reports_real_port() -> None:
     with hvsock.listen("tcp://127.0.0.1:0") as listener:
-        actual = hvsock.listener_address(listener, "tcp://127.0.0.1:0")
+        actual = hvsock.sockets.listener_address(listener, "tcp://127.0.0.1:0")
         assert isinstance(actual, hvsock.TcpAddress)
         assert actual.port == listener.getsockname()[1] != 0
 
@@ -340,7 +341,7 @@ def test_hybrid_guest_initiated_connections(muxer: HybridVsockMuxer) -> None:
                 guest.sendall(b"from guest")
                 guest.shutdown(socket.SHUT_WR)
                 assert _recv_all(conn) == b"from guest"
-    hvsock.remove_socket_file(addr)
+    hvsock.sockets.remove_socket_file(addr)
     with pytest.raises(ConnectionResetError):
         muxer.guest_connect(1234)
 
@@ -432,7 +433,7 @@ def test_muxer_rejects_malformed_connect(muxer: HybridVsockMuxer) -> None:
 
 
 def test_hyperv_on_linux_is_one_clear_error() -> None:
-    if hvsock.has_hyperv():
+    if hvsock.sockets.has_hyperv():
         pytest.skip("this Python has AF_HYPERV")
     for call in (lambda: hvsock.connect("hvsock://parent/5000"),
                  lambda: hvsock.listen("hvsock://wildcard/5000")):
@@ -443,15 +444,15 @@ def test_hyperv_on_linux_is_one_clear_error() -> None:
 def test_local_cid_matches_the_device() -> None:
     if not os.path.exists("/dev/vsock"):
         with pytest.raises(hvsock.UnsupportedError):
-            hvsock.local_cid()
+            hvsock.sockets.local_cid()
         return
     if not os.access("/dev/vsock", os.R_OK):  # root's 0600 device, this run a user
         with pytest.raises(hvsock.TransportUnavailableError, match="run as a user that may"):
-            hvsock.local_cid()
+            hvsock.sockets.local_cid()
         return
-    cid = hvsock.local_cid()
+    cid = hvsock.sockets.local_cid()
     assert isinstance(cid, int)
-    assert 0 <= cid <= hvsock.CID_ANY
+    assert 0 <= cid <= hvsock.sockets.CID_ANY
 
 
 def test_local_cid_without_device(short_tmp: Path) -> None:
@@ -481,4 +482,4 @@ def test_unix_full_backlog_times_out_clearly(short_tmp: Path) -> None:
         finally:
             for sock in pending:
                 sock.close()
-    hvsock.remove_socket_file(addr)
+    hvsock.sockets.remove_socket_file(addr)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hvsock import service_id_for_port
+from hvsock.windows import service_id_for_port
 from hvsock._cli import main as cli
 from hvsock._cli.doctor_cmds import print_diagnosis
 from hvsock._doctor import diagnose

@@ -15,6 +15,7 @@ import pytest
 
 import hvsock
 
+import hvsock.forwarding
 from ._support import MIB, guest_address, next_port
 from ._vm import TEST_TIMEOUT, Guest
 
@@ -51,13 +52,13 @@ def test_power_off_mid_transfer(guest: Guest) -> None:
     direct_port = guest.serve("stream", next_port())
     relayed_port = guest.serve("stream", next_port())
     ended = threading.Event()
-    records: list[hvsock.ConnectionRecord] = []
+    records: list[hvsock.forwarding.ConnectionRecord] = []
 
-    def on_close(record: hvsock.ConnectionRecord) -> None:
+    def on_close(record: hvsock.forwarding.ConnectionRecord) -> None:
         records.append(record)
         ended.set()
 
-    with hvsock.Relay("tcp://127.0.0.1:0", guest_address(relayed_port),
+    with hvsock.forwarding.Relay("tcp://127.0.0.1:0", guest_address(relayed_port),
                       on_close=on_close) as relay, \
             hvsock.connect(guest_address(direct_port), timeout=30) as direct:
         address = relay.address

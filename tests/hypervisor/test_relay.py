@@ -9,6 +9,7 @@ import pytest
 
 import hvsock
 
+import hvsock.forwarding
 from ._support import MIB, guest_address, next_port, payload, recv_until_eof, sha256
 from ._vm import TEST_TIMEOUT, Guest
 
@@ -27,15 +28,15 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
 
 def test_tcp_relay_into_guest(guest: Guest) -> None:
     port = guest.serve("echo", next_port())
-    records: list[hvsock.ConnectionRecord] = []
+    records: list[hvsock.forwarding.ConnectionRecord] = []
     closed = threading.Event()
 
-    def on_close(record: hvsock.ConnectionRecord) -> None:
+    def on_close(record: hvsock.forwarding.ConnectionRecord) -> None:
         records.append(record)
         closed.set()
 
     bulk = payload(4 * MIB, port)
-    with hvsock.Relay("tcp://127.0.0.1:0", guest_address(port), on_close=on_close) as relay:
+    with hvsock.forwarding.Relay("tcp://127.0.0.1:0", guest_address(port), on_close=on_close) as relay:
         address = relay.address
         assert isinstance(address, hvsock.TcpAddress)
         tcp_port = address.port

@@ -10,6 +10,7 @@ import pytest
 
 import hvsock
 
+import hvsock.sockets
 from ._support import guest_address, next_port, recv_until_eof
 from ._vm import TEST_TIMEOUT, Guest
 
@@ -22,7 +23,7 @@ def _ask(port: int) -> bytes:
 
 
 def test_allowlist_by_cid_lets_the_host_in(guest: Guest) -> None:
-    port = guest.serve("whoami", next_port(), allow=[hvsock.CID_HOST])
+    port = guest.serve("whoami", next_port(), allow=[hvsock.sockets.CID_HOST])
     assert _ask(port) == b"2\n"  # the service saw L1 as CID 2
 
 

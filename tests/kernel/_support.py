@@ -23,6 +23,7 @@ from typing import Any
 
 import hvsock
 
+import hvsock.sockets
 LOOPBACK_MODULE = "/sys/module/vsock_loopback"
 
 # Socket options at level AF_VSOCK (include/uapi/linux/vm_sockets.h), read back
@@ -68,7 +69,7 @@ def unused_port() -> int:
     this run does not get the same one back.
     """
     with vsock_socket() as sock:
-        sock.bind((hvsock.CID_ANY, hvsock.PORT_ANY))
+        sock.bind((hvsock.sockets.CID_ANY, hvsock.sockets.PORT_ANY))
         port: int = sock.getsockname()[1]
     return port
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 import hvsock
-from hvsock import local_cid
+from hvsock.sockets import local_cid
 from hvsock._doctor import Machine, diagnose
 from hvsock._doctor.linux import vsock_registered
 from hvsock._doctor.model import (

@@ -4,6 +4,7 @@ socket's own (issue 25: a CID/port swap passed every other tier)."""
 from __future__ import annotations
 
 import hvsock
+import hvsock.sockets
 from hvsock._server.peers import peer_of
 
 from ._support import CID_LOCAL, Listening, target
@@ -19,8 +20,8 @@ def test_a_vsock_peer_is_the_connecting_sockets_cid_and_port(
             peer = peer_of(conn, raw, listen)
         cid, port = client.getsockname()
     # The client's own name keeps CID any; over vsock_loopback it sends from CID 1.
-    sent_from = CID_LOCAL if cid == hvsock.CID_ANY else cid
-    assert port not in (sent_from, hvsock.PORT_ANY)  # else a swap could not show
+    sent_from = CID_LOCAL if cid == hvsock.sockets.CID_ANY else cid
+    assert port not in (sent_from, hvsock.sockets.PORT_ANY)  # else a swap could not show
     assert peer.cid == sent_from
     address = hvsock.parse_address(peer.address)
     assert isinstance(address, hvsock.VsockAddress)

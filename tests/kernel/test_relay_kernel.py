@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 import hvsock
+import hvsock.sockets
 from hvsock._relay.datapath import SPLICE_WORKS
 
 from ..host._peers import EchoServer, recv_exactly, recv_until_eof, running_relay, sha
@@ -39,7 +40,7 @@ def vsock_echo() -> Iterator[str]:
 def tcp_echo() -> Iterator[str]:
     listener = hvsock.listen("tcp://127.0.0.1:0")
     with EchoServer(listener):
-        yield str(hvsock.listener_address(listener, "tcp://127.0.0.1:0"))
+        yield str(hvsock.sockets.listener_address(listener, "tcp://127.0.0.1:0"))
 
 
 def _client_address(relay_address: hvsock.Address) -> str:

@@ -10,6 +10,8 @@ import pytest
 
 import hvsock
 
+import hvsock.sockets
+import hvsock.services
 from ._support import payload, target, unused_port
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(240)]
@@ -20,7 +22,7 @@ SIZE = 8 * 1024
 
 def test_200_concurrent_clients_with_checked_payloads() -> None:
     port = unused_port()
-    service = hvsock.echo_service(port, limits=hvsock.Limits(max_connections=CLIENTS + 16))
+    service = hvsock.services.echo_service(port, limits=hvsock.Limits(max_connections=CLIENTS + 16))
 
     async def client(i: int) -> bool:
         data = payload(SIZE, seed=i)
@@ -70,7 +72,7 @@ def _ask(port: int) -> bytes:
 def test_allowlist_by_cid(allowed: bool, caplog: pytest.LogCaptureFixture) -> None:
     port = unused_port()
     # A client on the loopback transport comes from CID 1 (local).
-    service, seen = _whoami_service(port, {hvsock.CID_LOCAL} if allowed else {3, 4})
+    service, seen = _whoami_service(port, {hvsock.sockets.CID_LOCAL} if allowed else {3, 4})
     host = hvsock.ServiceHost(grace=2)
     host.add(service, f"vsock://any:{port}")
 

@@ -18,6 +18,7 @@ import pytest
 
 import hvsock
 
+import hvsock.sockets
 from ._support import (
     CID_LOCAL,
     SO_VM_SOCKETS_BUFFER_MAX_SIZE,
@@ -45,9 +46,9 @@ MiB = 1024 * 1024
 
 
 def test_only_the_loopback_transport_is_loaded_and_the_local_cid_is_1() -> None:
-    assert hvsock.loaded_vsock_transports() == ["vsock_loopback"]
-    assert hvsock.vsock_loopback_loaded()
-    assert hvsock.local_cid() == CID_LOCAL
+    assert hvsock.sockets.loaded_vsock_transports() == ["vsock_loopback"]
+    assert hvsock.sockets.vsock_loopback_loaded()
+    assert hvsock.sockets.local_cid() == CID_LOCAL
 
 
 # -- data -------------------------------------------------------------------------------
@@ -145,7 +146,7 @@ def test_connect_with_nothing_listening_fails_at_once_and_says_where() -> None:
 
 def test_connect_to_a_bound_but_not_listening_socket_fails_the_same_way() -> None:
     with vsock_socket() as bound:
-        bound.bind((hvsock.CID_ANY, hvsock.PORT_ANY))
+        bound.bind((hvsock.sockets.CID_ANY, hvsock.sockets.PORT_ANY))
         _assert_nothing_listening(bound.getsockname()[1])
 
 
@@ -219,7 +220,7 @@ def test_connect_timeout_is_set_as_the_kernel_option(
 
 def test_default_connect_timeout_and_none(vsock_listener: Listening) -> None:
     with hvsock.connect(target(vsock_listener.port)) as client, vsock_listener.accept():
-        assert connect_timeout_of(client) == pytest.approx(hvsock.DEFAULT_CONNECT_TIMEOUT,
+        assert connect_timeout_of(client) == pytest.approx(hvsock.sockets.DEFAULT_CONNECT_TIMEOUT,
                                                            abs=0.011)
     with hvsock.connect(target(vsock_listener.port), timeout=None) as client, \
             vsock_listener.accept():
@@ -295,12 +296,12 @@ def test_set_buffer_size_widens_the_kernel_bounds() -> None:
     with vsock_socket() as sock:
         default_max = get_u64(sock, SO_VM_SOCKETS_BUFFER_MAX_SIZE)
         big = 4 * default_max
-        hvsock.set_buffer_size(sock, big)
+        hvsock.sockets.set_buffer_size(sock, big)
         assert get_u64(sock, SO_VM_SOCKETS_BUFFER_SIZE) == big
         assert get_u64(sock, SO_VM_SOCKETS_BUFFER_MAX_SIZE) >= big
         default_min = get_u64(sock, SO_VM_SOCKETS_BUFFER_MIN_SIZE)
         small = max(1, default_min // 2)
-        hvsock.set_buffer_size(sock, small)
+        hvsock.sockets.set_buffer_size(sock, small)
         assert get_u64(sock, SO_VM_SOCKETS_BUFFER_SIZE) == small
         assert get_u64(sock, SO_VM_SOCKETS_BUFFER_MIN_SIZE) <= small
 
@@ -347,7 +348,7 @@ def test_vsock_listen_on_any_port_here() -> None:
     """The listener's address as the kernel chose it (moved from the host tier, which
     makes no real AF_VSOCK socket)."""
     with hvsock.listen("vsock://any:any") as listener:
-        actual = hvsock.listener_address(listener, "vsock://any:any")
+        actual = hvsock.sockets.listener_address(listener, "vsock://any:any")
         assert isinstance(actual, hvsock.VsockAddress)
-        assert actual.cid == hvsock.CID_ANY
-        assert 1024 <= actual.port < hvsock.PORT_ANY
+        assert actual.cid == hvsock.sockets.CID_ANY
+        assert 1024 <= actual.port < hvsock.sockets.PORT_ANY

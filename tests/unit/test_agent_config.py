@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import hvsock
+import hvsock.sockets
 from hvsock._builtin.agent import config as cfg
 from hvsock._builtin.agent.host import CATALOGUE, default_allow
 from hvsock._server.peers import PrivilegedCid
@@ -91,7 +92,7 @@ def test_catalogue_covers_config_sections() -> None:
 
 
 def test_default_allow_is_the_host_side() -> None:
-    assert default_allow(hvsock.parse_address("vsock://any:5100")) == [hvsock.CID_HOST]
+    assert default_allow(hvsock.parse_address("vsock://any:5100")) == [hvsock.sockets.CID_HOST]
     assert default_allow(hvsock.parse_address("tcp://127.0.0.1:1")) == ["127.0.0.1", "::1"]
     import os
     me = os.geteuid()
@@ -104,10 +105,10 @@ def test_default_allow_is_the_host_side() -> None:
 def test_services_that_run_commands_default_to_a_privileged_host_user() -> None:
     vsock = hvsock.parse_address("vsock://any:5100")
     for name in ("exec", "qga"):
-        assert default_allow(vsock, name) == [PrivilegedCid(hvsock.CID_HOST)]
+        assert default_allow(vsock, name) == [PrivilegedCid(hvsock.sockets.CID_HOST)]
         with pytest.raises(hvsock.ArgumentError, match="every local user"):
             default_allow(hvsock.parse_address("tcp://127.0.0.1:1"), name)
-    assert default_allow(vsock, "info") == [hvsock.CID_HOST]
+    assert default_allow(vsock, "info") == [hvsock.sockets.CID_HOST]
 
 
 def _problems(text: str) -> list[tuple[int | None, str]]:

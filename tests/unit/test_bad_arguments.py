@@ -9,6 +9,8 @@ from collections.abc import Callable
 import pytest
 
 import hvsock
+import hvsock.windows
+import hvsock.services
 from hvsock import ArgumentError, HvsockError, Limits, RegistryError, Service, ServiceHost
 from hvsock._builtin import bench, stress
 from hvsock._server.peers import allow_rules
@@ -37,9 +39,9 @@ BAD_CALLS: list[tuple[str, Callable[[], object]]] = [
     ("ServiceHost grace", lambda: ServiceHost(grace=-1)),
     ("ServiceHost grace type", lambda: ServiceHost(grace="1")),  # type: ignore[arg-type]
     ("rpc_handler", lambda: hvsock.rpc_handler({"": handler})),
-    ("ping count", lambda: hvsock.ping("unix:///nonexistent", count=0)),
-    ("ping size", lambda: hvsock.ping("unix:///nonexistent", size=True)),
-    ("ping interval", lambda: hvsock.ping("unix:///nonexistent", interval=-1)),
+    ("ping count", lambda: hvsock.services.ping("unix:///nonexistent", count=0)),
+    ("ping size", lambda: hvsock.services.ping("unix:///nonexistent", size=True)),
+    ("ping interval", lambda: hvsock.services.ping("unix:///nonexistent", interval=-1)),
     ("bench bounds", lambda: bench.round_trip("unix:///nonexistent", count=1, duration=1)),
     ("bench count", lambda: bench.round_trip("unix:///nonexistent", count=0)),
     ("bench size", lambda: bench.round_trip("unix:///nonexistent", count=1, size=0)),
@@ -75,7 +77,7 @@ def test_a_name_gets_the_same_message_from_service_and_registration(name: str) -
     with pytest.raises(ArgumentError) as declared:
         Service(name, 5000, handler)
     with pytest.raises(RegistryError) as registered:
-        hvsock.register_service(name, 5000, registry=MemoryRegistry())
+        hvsock.windows.register_service(name, 5000, registry=MemoryRegistry())
     assert str(declared.value) == str(registered.value)
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hvsock import service_id_for_port
+from hvsock.windows import service_id_for_port
 from hvsock._errors import RegistryError
 from hvsock._windows.export import (
     parse_reg,

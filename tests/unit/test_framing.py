@@ -11,20 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hvsock import (
-    DEFAULT_MAX_FRAME,
-    ErrorReply,
-    FrameDecoder,
-    FrameTooLargeError,
-    HvsockError,
-    ProtocolError,
-    RemoteError,
-    Request,
-    Response,
-    decode_message,
-    encode_frame,
-    encode_message,
-)
+from hvsock import FrameTooLargeError, HvsockError, ProtocolError, RemoteError
+from hvsock.framing import DEFAULT_MAX_FRAME, ErrorReply, FrameDecoder, Request, Response, decode_message, encode_frame, encode_message
 from hvsock._core.framing import (
     ABSOLUTE_MAX_FRAME,
     HEADER_SIZE,

@@ -9,6 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hvsock
+import hvsock.windows
+import hvsock.sockets
 from hvsock import AddressError
 from hvsock._core import ids
 
@@ -133,11 +135,11 @@ def test_guid_strings_are_accepted_everywhere(text: str) -> None:
     assert ids.port_for_service_id(text) == 5000
     assert ids.is_template_service_id(text)
     vm = "5d1b3f57-1f3e-4c8d-9b6a-0123456789ab"
-    host = hvsock.host_view(hvsock.VsockAddress(hvsock.CID_HOST, 5000), vm.upper())
+    host = hvsock.windows.host_view(hvsock.VsockAddress(hvsock.sockets.CID_HOST, 5000), vm.upper())
     assert host.vm_id == uuid.UUID(vm)
     assert hvsock.HyperVAddress(vm, text) == hvsock.HyperVAddress(uuid.UUID(vm),
                                                                    uuid.UUID(text.strip("{}")))
-    assert hvsock.guest_view(hvsock.HyperVAddress("{" + vm + "}", text)).port == 5000
+    assert hvsock.windows.guest_view(hvsock.HyperVAddress("{" + vm + "}", text)).port == 5000
     assert hvsock.HyperVAddress.for_port(vm, 5000).service_id == uuid.UUID(text.strip("{}"))
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import hvsock.kvp as kvp
-from hvsock import diagnose
+from hvsock.doctor import diagnose
 from hvsock._builtin.kvp.checks import CHECKS, kvp_findings, running_programs
 from hvsock._doctor import Machine
 

@@ -20,9 +20,12 @@ from hypothesis import strategies as st
 
 import hvsock
 
+import hvsock.windows
+import hvsock.sockets
+import hvsock.framing
 NOWHERE = "unix:///nonexistent-hvsock-dir/x.sock"
 VM = uuid.UUID("5d1b3f57-1f3e-4c8d-9b6a-0123456789ab")
-TEMPLATE = hvsock.VSOCK_TEMPLATE
+TEMPLATE = hvsock.windows.VSOCK_TEMPLATE
 
 #: Hostile values for any argument. Text never contains "://", so no generated value
 #: can become a reachable address (and certainly not a vsock one).
@@ -52,23 +55,23 @@ CASES: dict[str, tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = {
     "listen": (hvsock.listen, (NOWHERE,), {"backlog": 1, "buffer_size": 65536, "mode": 0o600}),
     "parse_address": (hvsock.parse_address, ("tcp://127.0.0.1:1",), {}),
     "describe_address": (hvsock.describe_address, (hvsock.TcpAddress("127.0.0.1", 1),), {}),
-    "host_view": (hvsock.host_view, (hvsock.VsockAddress(hvsock.CID_HOST, 5), VM), {}),
-    "guest_view": (hvsock.guest_view, (hvsock.HyperVAddress(VM, TEMPLATE),),
+    "host_view": (hvsock.windows.host_view, (hvsock.VsockAddress(hvsock.sockets.CID_HOST, 5), VM), {}),
+    "guest_view": (hvsock.windows.guest_view, (hvsock.HyperVAddress(VM, TEMPLATE),),
                    {"guest_listens": False}),
-    "port_for_service_id": (hvsock.port_for_service_id, (TEMPLATE,), {}),
-    "service_id_for_port": (hvsock.service_id_for_port, (5,), {}),
-    "is_template_service_id": (hvsock.is_template_service_id, (TEMPLATE,), {}),
-    "listener_address": (hvsock.listener_address, (None, "tcp://127.0.0.1:1"), {}),
-    "remove_socket_file": (hvsock.remove_socket_file, (NOWHERE,), {}),
+    "port_for_service_id": (hvsock.windows.port_for_service_id, (TEMPLATE,), {}),
+    "service_id_for_port": (hvsock.windows.service_id_for_port, (5,), {}),
+    "is_template_service_id": (hvsock.windows.is_template_service_id, (TEMPLATE,), {}),
+    "listener_address": (hvsock.sockets.listener_address, (None, "tcp://127.0.0.1:1"), {}),
+    "remove_socket_file": (hvsock.sockets.remove_socket_file, (NOWHERE,), {}),
     "VsockAddress": (hvsock.VsockAddress, (3, 5), {}),
     "HyperVAddress": (hvsock.HyperVAddress, (VM, TEMPLATE), {}),
     "NamedVmAddress": (hvsock.NamedVmAddress, ("MyVM", TEMPLATE), {}),
     "HybridAddress": (hvsock.HybridAddress, ("/nonexistent-hvsock-dir/v.sock", 52), {}),
     "TcpAddress": (hvsock.TcpAddress, ("127.0.0.1", 1), {}),
     "UnixAddress": (hvsock.UnixAddress, ("/nonexistent-hvsock-dir/x.sock",), {}),
-    "encode_frame": (hvsock.encode_frame, (b"x",), {"max_size": 1024}),
-    "FrameDecoder": (hvsock.FrameDecoder, (), {"max_size": 1024}),
-    "decode_message": (hvsock.decode_message, (b"{}",), {}),
+    "encode_frame": (hvsock.framing.encode_frame, (b"x",), {"max_size": 1024}),
+    "FrameDecoder": (hvsock.framing.FrameDecoder, (), {"max_size": 1024}),
+    "decode_message": (hvsock.framing.decode_message, (b"{}",), {}),
 }
 
 
@@ -101,7 +104,7 @@ def test_bad_arguments_raise_only_hvsock_errors(name: str, data: st.DataObject) 
 def _close(result: object) -> None:
     """Close what an accepted call made (nothing is reachable, so this is rare)."""
     close = getattr(result, "close", None)
-    if callable(close) and not isinstance(result, (hvsock.FrameDecoder,)):
+    if callable(close) and not isinstance(result, (hvsock.framing.FrameDecoder,)):
         close()
     if isinstance(result, tuple) and len(result) == 2 and hasattr(result[1], "close"):
         result[1].close()  # pragma: no cover - a StreamWriter (never reached: NOWHERE)

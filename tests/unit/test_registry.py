@@ -8,13 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hvsock import (
-    AddressError,
-    PermissionDeniedError,
-    Service,
-    UnsupportedError,
-    service_id_for_port,
-)
+from hvsock import AddressError, PermissionDeniedError, Service, UnsupportedError
+from hvsock.windows import service_id_for_port
 from hvsock._errors import RegistryError
 from hvsock._windows import registry as reg
 from hvsock._windows.registry import (

@@ -10,6 +10,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 import hvsock
+import hvsock.forwarding
 from hvsock._relay.config import Forward, RelayConfig, TargetRule, parse_toml
 
 
@@ -43,7 +44,7 @@ def test_a_unix_rule_takes_the_same_path_written_another_way(target: str) -> Non
 
 def test_a_dotdot_target_is_refused_with_the_reason() -> None:
     with pytest.raises(hvsock.ArgumentError, match=r"'\.\.' component.*without it"):
-        hvsock.Relay("tcp://127.0.0.1:0", "unix:///run/app/../../var/run/docker.sock",
+        hvsock.forwarding.Relay("tcp://127.0.0.1:0", "unix:///run/app/../../var/run/docker.sock",
                      allow_targets=["unix:///run/app/*.sock"])
 
 

@@ -92,7 +92,7 @@ async def start_server(
 
     As :func:`asyncio.start_server`, with :func:`hvsock.listen`'s addresses and
     options. Closing the server leaves a Unix / hybrid socket file behind: remove
-    it with :func:`hvsock.remove_socket_file`.
+    it with :func:`hvsock.sockets.remove_socket_file`.
     """
     named = parse_address(address)
     if isinstance(named, NAMED_ADDRESS_TYPES):

@@ -402,7 +402,7 @@ class RelayConfig:
     @classmethod
     def build(cls, forwards: Iterable[Forward], *, allow_targets: object = None,
               **settings: object) -> RelayConfig:
-        """Check every setting (names as :class:`hvsock.Relay`'s keywords) and the
+        """Check every setting (names as :class:`hvsock.forwarding.Relay`'s keywords) and the
         forwards against *allow_targets*. Raises :class:`hvsock.ArgumentError`."""
         forwards = tuple(forwards)
         if not forwards:
@@ -487,7 +487,7 @@ _FINE: dict[str, object] = {"listen": "tcp://127.0.0.1:0", "target": "tcp://127.
 def parse_toml(text: str, source: str = "relay.toml", **overrides: object) -> RelayConfig:
     """A :class:`RelayConfig` from the text of a relay config file.
 
-    Top-level keys are :class:`hvsock.Relay`'s settings (``max_connections``,
+    Top-level keys are :class:`hvsock.forwarding.Relay`'s settings (``max_connections``,
     ``workers``, ``allow_targets``, ...); each ``[[forward]]`` table has
     ``listen``, ``target`` and optionally ``allow``. *overrides* (from the
     command line) win over the file. Raises :class:`hvsock.ArgumentError` whose

@@ -1,4 +1,5 @@
-"""``hvsock.Relay``: the public face of the relay (binding, workers, readiness, stopping).
+"""``hvsock.forwarding.Relay``: the public face of the relay (binding, workers, readiness,
+stopping).
 
 The settings are checked in :mod:`.config`; each worker's event loop is
 :mod:`.loop`; with ``workers > 1`` the loops run in processes forked after bind

@@ -49,8 +49,8 @@ class MemoryRegistry:
     hvsock's registry backend, so::
 
         registry = MemoryRegistry()
-        hvsock.register_service(my_service, registry=registry)
-        assert [s.name for s in hvsock.registered_services(registry)] == [my_service.name]
+        hvsock.windows.register_service(my_service, registry=registry)
+        assert [s.name for s in hvsock.windows.registered_services(registry)] == [my_service.name]
     """
 
     def __init__(self) -> None:

@@ -373,7 +373,8 @@ def default_backend() -> RegistryBackend:
         raise UnsupportedError(
             "the Windows registry is not here: services are registered on the Hyper-V "
             "host; from here, write the host-side step as a script "
-            "(hvsock.registration_script) and run it on the host as administrator") from None
+            "(hvsock.windows.registration_script) and run it on the host as administrator"
+        ) from None
     return WinregBackend(winreg)  # pragma: no cover - Windows only
 
 

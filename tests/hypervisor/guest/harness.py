@@ -18,6 +18,8 @@ import sys
 
 import hvsock
 
+import hvsock.sockets
+import hvsock.services
 from . import (
     BACKGROUND,
     ECHO_PORT,
@@ -60,11 +62,11 @@ async def main() -> None:
     host = hvsock.ServiceHost(grace=1)
     host.add(hvsock.Service("harness", HARNESS_PORT,
                             hvsock.rpc_handler({n: as_rpc_method(f) for n, f in STEPS.items()}),
-                            allow={hvsock.CID_HOST},
+                            allow={hvsock.sockets.CID_HOST},
                             limits=hvsock.Limits(idle_timeout=None)),
              f"vsock://any:{HARNESS_PORT}")
     echo = hvsock.ServiceHost(grace=1)
-    echo.add(hvsock.echo_service(ECHO_PORT), f"vsock://any:{ECHO_PORT}")
+    echo.add(hvsock.services.echo_service(ECHO_PORT), f"vsock://any:{ECHO_PORT}")
     await host.start()
     await echo.start()
     BACKGROUND["echo"] = echo

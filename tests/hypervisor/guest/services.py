@@ -6,6 +6,7 @@ from typing import Any
 
 import hvsock
 
+import hvsock.services
 from . import SERVICE_KINDS, payload, service_kind, step
 
 #: ServiceHosts started by ``serve``, by port, until ``stop_serving``.
@@ -18,7 +19,7 @@ def _allow(allow: list[Any] | None) -> set[Any] | None:
 
 @service_kind
 def echo(port: int, allow: list[Any] | None = None) -> hvsock.Service:
-    return hvsock.echo_service(port, name=f"echo-{port}", allow=_allow(allow))
+    return hvsock.services.echo_service(port, name=f"echo-{port}", allow=_allow(allow))
 
 
 @service_kind

@@ -12,6 +12,8 @@ from typing import Any
 
 import hvsock
 
+import hvsock.sockets
+import hvsock.doctor
 from . import BACKGROUND, payload, sha256, step
 
 CHUNK = 64 * 1024
@@ -19,17 +21,17 @@ CHUNK = 64 * 1024
 
 @step
 def local_cid() -> int:
-    return hvsock.local_cid()
+    return hvsock.sockets.local_cid()
 
 
 @step
 def transports() -> list[str]:
-    return list(hvsock.loaded_vsock_transports())
+    return list(hvsock.sockets.loaded_vsock_transports())
 
 
 @step
 def doctor(address: str | None = None) -> dict[str, Any]:
-    return hvsock.diagnose(address).as_dict()
+    return hvsock.doctor.diagnose(address).as_dict()
 
 
 def _recv_all(sock: socket.socket, limit: int) -> bytes:

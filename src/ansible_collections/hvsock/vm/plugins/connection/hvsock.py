@@ -130,6 +130,7 @@ from ansible.utils.display import Display
 
 import hvsock
 
+import hvsock.windows
 display = Display()
 
 #: The port of the agent's cp service when its section names no address (docs/agent.md).
@@ -146,10 +147,10 @@ def cp_address_for(agent_address: str) -> str:
     if isinstance(address, hvsock.TcpAddress):
         return str(hvsock.TcpAddress(address.host, CP_PORT))
     if isinstance(address, hvsock.HyperVAddress):
-        return str(hvsock.HyperVAddress(address.vm_id, hvsock.service_id_for_port(CP_PORT)))
+        return str(hvsock.HyperVAddress(address.vm_id, hvsock.windows.service_id_for_port(CP_PORT)))
     if isinstance(address, hvsock.NamedVmAddress):
         return str(hvsock.NamedVmAddress(address.vm_name,
-                                         hvsock.service_id_for_port(CP_PORT)))
+                                         hvsock.windows.service_id_for_port(CP_PORT)))
     raise AnsibleError(
         f"{agent_address} has no port to derive the cp service's address from: set "
         "ansible_hvsock_cp_address to the address of the agent's [cp] listen")
