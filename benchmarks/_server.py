@@ -22,8 +22,8 @@ import tracemalloc
 from pathlib import Path
 
 import hvsock
-
 import hvsock.services
+
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 

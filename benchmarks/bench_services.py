@@ -30,14 +30,15 @@ from pathlib import Path
 import _report
 
 import hvsock
-
 import hvsock.framing
+
 HERE = Path(__file__).resolve().parent
 ROUND_TRIPS = 5000
 REQUESTS_ONE = 5000
 REQUESTS_EACH_OF_100 = 100
 IDLE = 1000
-REQUEST = hvsock.framing.encode_frame(hvsock.framing.encode_message(hvsock.framing.Request(1, "echo", {"x": "y"})))
+REQUEST = hvsock.framing.encode_frame(
+    hvsock.framing.encode_message(hvsock.framing.Request(1, "echo", {"x": "y"})))
 
 
 @contextlib.contextmanager

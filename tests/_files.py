@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import hvsock
-
-
 import hvsock.services
+
+
 @contextlib.contextmanager
 def hosting(service: hvsock.Service, address: str) -> Iterator[str]:
     """*service* on *address* in a ServiceHost on its own thread; yields its real address

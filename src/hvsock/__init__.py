@@ -71,6 +71,10 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
 
 _HOME: dict[str, str] = {name: module for module, names in _EXPORTS.items() for name in names}
 
+#: The public namespaces: ``hvsock.windows`` works after a bare ``import hvsock`` too.
+_NAMESPACES = ("doctor", "forwarding", "framing", "kvm", "kvp", "services", "sockets",
+               "testing", "windows")
+
 # Sorted as ruff sorts a literal __all__: CONSTANTS, then Classes, then functions.
 __all__ = sorted(["__version__", *_HOME],
                  key=lambda n: (0 if n.isupper() else 1 if n[:1].isupper() else 2, n))
@@ -85,6 +89,8 @@ if not TYPE_CHECKING:  # hidden from type checkers: an unknown name is an error 
         """
         module = _HOME.get(name)
         if module is None:
+            if name in _NAMESPACES:
+                return importlib.import_module(f"{__name__}.{name}")
             from ._moved import moved
 
             return moved(name)
@@ -94,7 +100,7 @@ if not TYPE_CHECKING:  # hidden from type checkers: an unknown name is an error 
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | set(_NAMESPACES))
 
 
 if TYPE_CHECKING:  # the same names, spelled out for type checkers and IDEs

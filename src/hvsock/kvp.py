@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._builtin.kvp.registry import POOL_KEYS, RegistryKvpStore, registry_host_info
+from ._builtin.kvp.registry import POOL_KEYS, KvpRegistry, RegistryKvpStore, registry_host_info
 from ._builtin.kvp.store import (
     DEFAULT_DIRECTORY,
     DEFAULT_LOCK_TIMEOUT,
@@ -68,6 +68,7 @@ __all__ = [
     "Change",
     "HostFacts",
     "KvpClient",
+    "KvpRegistry",
     "KvpStore",
     "Pool",
     "RegistryKvpStore",

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from hvsock import AddressError
-from hvsock.windows import service_id_for_port
 from hvsock._cli.doctor_cmds import print_diagnosis
 from hvsock._doctor import Machine, diagnose
 from hvsock._doctor.model import (
@@ -39,6 +38,7 @@ from hvsock._errors import HvsockError, translate
 from hvsock._windows.registry import register_service
 from hvsock._windows.vms import CIM_SCRIPT, GET_VM_SCRIPT, WSLHOST_SCRIPT
 from hvsock.testing import MemoryRegistry
+from hvsock.windows import service_id_for_port
 
 from .._doctor_fakes import FakeVsock, tree
 from ..fakes import FakeRunner, failed, fixture, ok, ps

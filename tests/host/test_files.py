@@ -28,8 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hvsock
-import hvsock.services
 import hvsock.framing
+import hvsock.services
 from hvsock._builtin.files.transfer import partial_name
 from hvsock._cli.main import main
 
@@ -276,8 +276,10 @@ def test_a_hostile_server_cannot_write_outside_the_destination(tmp_path: Path,
             hvsock.framing.recv_frame(conn)  # HELLO
             hvsock.framing.send_frame(conn, fc.encode(fc.Hello(fc.VERSION)))
             hvsock.framing.recv_frame(conn)  # GET
-            hvsock.framing.send_frame(conn, fc.encode(fc.EntryMsg(fc.Entry(b"", fc.KIND_DIR, 0o755))))
-            hvsock.framing.send_frame(conn, fc.encode(fc.EntryMsg(fc.Entry(b"../evil", fc.KIND_FILE))))
+            hvsock.framing.send_frame(
+                conn, fc.encode(fc.EntryMsg(fc.Entry(b"", fc.KIND_DIR, 0o755))))
+            hvsock.framing.send_frame(
+                conn, fc.encode(fc.EntryMsg(fc.Entry(b"../evil", fc.KIND_FILE))))
             with contextlib.suppress(OSError):
                 conn.recv(100)
 

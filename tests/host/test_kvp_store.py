@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import hvsock.kvp as kvp
-from hvsock import ArgumentError, KvpError
+from hvsock import ArgumentError, HvsockError, KvpError
 from hvsock._builtin.kvp.store import KvpStore, diff
 
 pytestmark = pytest.mark.usefixtures("fd_baseline")
@@ -304,9 +304,9 @@ def test_boot_time_from_proc_stat(tmp_path: Path) -> None:
     (tmp_path / "proc" / "stat").write_text("cpu 1 2 3\nbtime 1700000000\n")
     assert kvp.boot_time(str(tmp_path)) == 1700000000
     (tmp_path / "proc" / "stat").write_text("cpu 1 2 3\n")
-    with pytest.raises(kvp.HvsockError, match="no btime"):
+    with pytest.raises(HvsockError, match="no btime"):
         kvp.boot_time(str(tmp_path))
-    with pytest.raises(kvp.HvsockError, match="cannot read the boot time"):
+    with pytest.raises(HvsockError, match="cannot read the boot time"):
         kvp.boot_time(str(tmp_path / "nowhere"))
 
 

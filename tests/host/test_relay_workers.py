@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 import hvsock
-import hvsock.sockets
 import hvsock.forwarding
+import hvsock.sockets
 from hvsock._cli import main as cli
 from hvsock._relay import Relay, RelayConfig
 from hvsock._relay.config import parse_toml

@@ -28,9 +28,9 @@ from typing import Any
 import pytest
 
 import hvsock
-import hvsock.sockets
-import hvsock.services
 import hvsock.framing
+import hvsock.services
+import hvsock.sockets
 from hvsock.testing import HybridVsockMuxer
 
 from ..signals import with_default_signals

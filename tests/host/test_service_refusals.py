@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 import hvsock
-import hvsock.framing
 import hvsock.forwarding
+import hvsock.framing
 from hvsock import ArgumentError, NotAllowedError, Peer
 
 from ._peers import frame_echo_handler

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 import hvsock
-
 import hvsock.framing
+
 from ._peers import frame_echo_handler
 
 DRIP_GAP = 0.2  # seconds between bytes: well under the idle timeout

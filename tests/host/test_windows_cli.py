@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from hvsock.windows import service_id_for_port
 from hvsock._cli import main as cli
 from hvsock._cli.doctor_cmds import print_diagnosis
 from hvsock._doctor import diagnose
 from hvsock._errors import RegistryError, VmNotFoundError
 from hvsock._windows.export import parse_reg
 from hvsock._windows.registry import SERVICES_KEY, Registration, RegistryEdit
+from hvsock.windows import service_id_for_port
 
 from .._doctor_fakes import tree
 

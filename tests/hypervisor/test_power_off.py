@@ -14,8 +14,8 @@ import time
 import pytest
 
 import hvsock
-
 import hvsock.forwarding
+
 from ._support import MIB, guest_address, next_port
 from ._vm import TEST_TIMEOUT, Guest
 

@@ -8,8 +8,8 @@ import threading
 import pytest
 
 import hvsock
-
 import hvsock.forwarding
+
 from ._support import MIB, guest_address, next_port, payload, recv_until_eof, sha256
 from ._vm import TEST_TIMEOUT, Guest
 
@@ -36,7 +36,8 @@ def test_tcp_relay_into_guest(guest: Guest) -> None:
         closed.set()
 
     bulk = payload(4 * MIB, port)
-    with hvsock.forwarding.Relay("tcp://127.0.0.1:0", guest_address(port), on_close=on_close) as relay:
+    with hvsock.forwarding.Relay("tcp://127.0.0.1:0", guest_address(port),
+                                 on_close=on_close) as relay:
         address = relay.address
         assert isinstance(address, hvsock.TcpAddress)
         tcp_port = address.port

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 import hvsock
-
 import hvsock.sockets
+
 from ._support import guest_address, next_port, recv_until_eof
 from ._vm import TEST_TIMEOUT, Guest
 

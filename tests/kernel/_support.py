@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import hvsock
-
 import hvsock.sockets
+
 LOOPBACK_MODULE = "/sys/module/vsock_loopback"
 
 # Socket options at level AF_VSOCK (include/uapi/linux/vm_sockets.h), read back

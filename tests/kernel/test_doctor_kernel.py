@@ -14,7 +14,6 @@ from collections.abc import Iterator
 import pytest
 
 import hvsock
-from hvsock.sockets import local_cid
 from hvsock._doctor import Machine, diagnose
 from hvsock._doctor.linux import vsock_registered
 from hvsock._doctor.model import (
@@ -29,6 +28,7 @@ from hvsock._doctor.model import (
     WINDOWS_ADDRESS_CHECKS,
     WINDOWS_CHECKS,
 )
+from hvsock.sockets import local_cid
 
 from ._support import Listening, recv_until_eof
 

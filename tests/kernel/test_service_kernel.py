@@ -9,9 +9,9 @@ import logging
 import pytest
 
 import hvsock
-
-import hvsock.sockets
 import hvsock.services
+import hvsock.sockets
+
 from ._support import payload, target, unused_port
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(240)]

@@ -17,8 +17,8 @@ import time
 import pytest
 
 import hvsock
-
 import hvsock.sockets
+
 from ._support import (
     CID_LOCAL,
     SO_VM_SOCKETS_BUFFER_MAX_SIZE,

@@ -8,9 +8,28 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hvsock import AddressError, HybridAddress, HyperVAddress, TcpAddress, UnixAddress, VsockAddress, describe_address, parse_address
+from hvsock import (
+    AddressError,
+    HybridAddress,
+    HyperVAddress,
+    TcpAddress,
+    UnixAddress,
+    VsockAddress,
+    describe_address,
+    parse_address,
+)
 from hvsock.sockets import CID_ANY, CID_HOST, CID_HYPERVISOR, CID_LOCAL, PORT_ANY
-from hvsock.windows import BROADCAST, CHILDREN, LOOPBACK, PARENT, SILOHOST, WILDCARD, guest_view, host_view, service_id_for_port
+from hvsock.windows import (
+    BROADCAST,
+    CHILDREN,
+    LOOPBACK,
+    PARENT,
+    SILOHOST,
+    WILDCARD,
+    guest_view,
+    host_view,
+    service_id_for_port,
+)
 
 U32 = 0xFFFFFFFF
 # The seed's example: port 2761 is this template service id.

@@ -9,8 +9,8 @@ from collections.abc import Callable
 import pytest
 
 import hvsock
-import hvsock.windows
 import hvsock.services
+import hvsock.windows
 from hvsock import ArgumentError, HvsockError, Limits, RegistryError, Service, ServiceHost
 from hvsock._builtin import bench, stress
 from hvsock._server.peers import allow_rules

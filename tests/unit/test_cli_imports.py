@@ -33,7 +33,9 @@ from hvsock._cli import (
 )
 
 HEAVY = ("asyncio", "hvsock._relay", "hvsock._doctor", "hvsock._windows", "hvsock._service",
-         "hvsock._builtin", "hvsock._aio", "concurrent.futures")
+         "hvsock._builtin", "hvsock._aio", "concurrent.futures",
+         # the public namespaces: re-exports for users, never on the CLI's path
+         *(f"hvsock.{namespace}" for namespace in hvsock._NAMESPACES))
 
 PROBE = """
 import json, sys, types

@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hvsock.windows import service_id_for_port
 from hvsock._errors import RegistryError
 from hvsock._windows.export import (
     parse_reg,
@@ -29,6 +28,7 @@ from hvsock._windows.registry import (
     registered_services,
 )
 from hvsock.testing import MemoryRegistry
+from hvsock.windows import service_id_for_port
 
 from ..fakes import fixture, outcome
 

@@ -15,8 +15,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hvsock import AsyncRpcClient, FrameTooLargeError, ProtocolError, RemoteError, RpcClient
-from hvsock.framing import DEFAULT_MAX_FRAME, ErrorReply, Request, Response, decode_message, encode_frame, encode_message, read_frame, recv_frame, send_frame, write_frame
 from hvsock._core.framing import ABSOLUTE_MAX_FRAME, HEADER_SIZE
+from hvsock.framing import (
+    DEFAULT_MAX_FRAME,
+    ErrorReply,
+    Request,
+    Response,
+    decode_message,
+    encode_frame,
+    encode_message,
+    read_frame,
+    recv_frame,
+    send_frame,
+    write_frame,
+)
 
 pytestmark = pytest.mark.usefixtures("fd_baseline")
 

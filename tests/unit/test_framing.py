@@ -12,13 +12,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hvsock import FrameTooLargeError, HvsockError, ProtocolError, RemoteError
-from hvsock.framing import DEFAULT_MAX_FRAME, ErrorReply, FrameDecoder, Request, Response, decode_message, encode_frame, encode_message
 from hvsock._core.framing import (
     ABSOLUTE_MAX_FRAME,
     HEADER_SIZE,
     Message,
     check_max_size,
     frame_length,
+)
+from hvsock.framing import (
+    DEFAULT_MAX_FRAME,
+    ErrorReply,
+    FrameDecoder,
+    Request,
+    Response,
+    decode_message,
+    encode_frame,
+    encode_message,
 )
 
 

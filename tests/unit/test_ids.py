@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hvsock
-import hvsock.windows
 import hvsock.sockets
+import hvsock.windows
 from hvsock import AddressError
 from hvsock._core import ids
 

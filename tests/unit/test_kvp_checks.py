@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 import hvsock.kvp as kvp
-from hvsock.doctor import diagnose
 from hvsock._builtin.kvp.checks import CHECKS, kvp_findings, running_programs
 from hvsock._doctor import Machine
+from hvsock.doctor import diagnose
 
 from .._doctor_fakes import FakeVsock
 

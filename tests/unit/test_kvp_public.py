@@ -7,6 +7,8 @@ import sys
 import types
 from pathlib import Path
 
+import pytest
+
 import hvsock
 import hvsock.kvp as kvp
 
@@ -24,8 +26,7 @@ def test_all_resolves_and_is_sorted() -> None:
 
 
 def test_errors_are_hvsocks() -> None:
-    assert kvp.KvpError is hvsock.KvpError
-    assert issubclass(kvp.KvpError, hvsock.HvsockError)
+    assert issubclass(hvsock.KvpError, hvsock.HvsockError)
     assert kvp.KVP_PORT == 5010
     assert isinstance(kvp.kvp_service(), hvsock.Service)
 
@@ -44,3 +45,15 @@ def test_import_needs_no_asyncio() -> None:
                           text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("name", ["ArgumentError", "HvsockError", "KvpError",
+                                  "PermissionDeniedError"])
+def test_the_errors_it_re_exported_warn_and_are_the_top_levels(name: str) -> None:
+    """Until 0.2 hvsock.kvp re-exported four errors; their one home is hvsock now."""
+    assert name not in kvp.__all__
+    with pytest.warns(DeprecationWarning, match=rf"hvsock\.kvp\.{name} is deprecated: "
+                      rf"use hvsock\.{name} ") as caught:
+        value = getattr(kvp, name)
+    assert value is getattr(hvsock, name)
+    assert caught[0].filename == __file__  # the warning names the user's line

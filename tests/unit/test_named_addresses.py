@@ -17,10 +17,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hvsock
-from hvsock import AddressError, HyperVAddress, UnsupportedError, _endpoints, connect, connect_socket, describe_address, listen, parse_address, start_server
-from hvsock.windows import service_id_for_port
+from hvsock import (
+    AddressError,
+    HyperVAddress,
+    UnsupportedError,
+    _endpoints,
+    connect,
+    connect_socket,
+    describe_address,
+    listen,
+    parse_address,
+    start_server,
+)
 from hvsock._core.addresses import ADDRESS_TYPES, MAX_VM_NAME, NamedVmAddress
 from hvsock._transports import api
+from hvsock.windows import service_id_for_port
 
 from ..fakes import outcome
 

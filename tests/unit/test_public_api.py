@@ -124,11 +124,22 @@ def _hvsock_types(hint: object) -> Iterator[type]:
         yield from _hvsock_types(arg)
 
 
+def _public_surface() -> dict[str, object]:
+    """Every public name, top level and namespaces: spelling -> object."""
+    surface = {f"hvsock.{name}": getattr(hvsock, name) for name in hvsock.__all__}
+    for namespace in hvsock._NAMESPACES:
+        module = importlib.import_module(f"hvsock.{namespace}")
+        surface.update({f"hvsock.{namespace}.{name}": getattr(module, name)
+                        for name in module.__all__})
+    return surface
+
+
 def test_every_type_a_public_function_takes_or_returns_is_exported() -> None:
-    exported = {id(getattr(hvsock, name)) for name in hvsock.__all__}
+    """...at the top level or in a namespace."""
+    surface = _public_surface()
+    exported = {id(value) for value in surface.values()}
     missing: set[str] = set()
-    for name in hvsock.__all__:
-        value = getattr(hvsock, name)
+    for name, value in surface.items():
         functions = [value] if inspect.isfunction(value) else (
             [f for _, f in inspect.getmembers(value, inspect.isfunction)
              if not f.__name__.startswith("_") or f.__name__ == "__init__"]

@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hvsock
-
-import hvsock.windows
-import hvsock.sockets
 import hvsock.framing
+import hvsock.sockets
+import hvsock.windows
+
 NOWHERE = "unix:///nonexistent-hvsock-dir/x.sock"
 VM = uuid.UUID("5d1b3f57-1f3e-4c8d-9b6a-0123456789ab")
 TEMPLATE = hvsock.windows.VSOCK_TEMPLATE
@@ -55,7 +55,8 @@ CASES: dict[str, tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = {
     "listen": (hvsock.listen, (NOWHERE,), {"backlog": 1, "buffer_size": 65536, "mode": 0o600}),
     "parse_address": (hvsock.parse_address, ("tcp://127.0.0.1:1",), {}),
     "describe_address": (hvsock.describe_address, (hvsock.TcpAddress("127.0.0.1", 1),), {}),
-    "host_view": (hvsock.windows.host_view, (hvsock.VsockAddress(hvsock.sockets.CID_HOST, 5), VM), {}),
+    "host_view": (hvsock.windows.host_view,
+                  (hvsock.VsockAddress(hvsock.sockets.CID_HOST, 5), VM), {}),
     "guest_view": (hvsock.windows.guest_view, (hvsock.HyperVAddress(VM, TEMPLATE),),
                    {"guest_listens": False}),
     "port_for_service_id": (hvsock.windows.port_for_service_id, (TEMPLATE,), {}),

@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hvsock import AddressError, PermissionDeniedError, Service, UnsupportedError
-from hvsock.windows import service_id_for_port
 from hvsock._errors import RegistryError
 from hvsock._windows import registry as reg
 from hvsock._windows.registry import (
@@ -24,6 +23,7 @@ from hvsock._windows.registry import (
     unregister_service,
 )
 from hvsock.testing import MemoryRegistry
+from hvsock.windows import service_id_for_port
 
 from ..fakes import outcome
 

@@ -17,9 +17,9 @@ import pkgutil
 import sys
 
 import hvsock
-
-import hvsock.sockets
 import hvsock.services
+import hvsock.sockets
+
 from . import (
     BACKGROUND,
     ECHO_PORT,

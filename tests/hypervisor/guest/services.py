@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import hvsock
-
 import hvsock.services
+
 from . import SERVICE_KINDS, payload, service_kind, step
 
 #: ServiceHosts started by ``serve``, by port, until ``stop_serving``.

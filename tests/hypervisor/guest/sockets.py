@@ -11,9 +11,9 @@ import time
 from typing import Any
 
 import hvsock
-
-import hvsock.sockets
 import hvsock.doctor
+import hvsock.sockets
+
 from . import BACKGROUND, payload, sha256, step
 
 CHUNK = 64 * 1024

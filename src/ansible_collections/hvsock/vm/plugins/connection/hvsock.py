@@ -129,8 +129,8 @@ from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
 import hvsock
-
 import hvsock.windows
+
 display = Display()
 
 #: The port of the agent's cp service when its section names no address (docs/agent.md).
