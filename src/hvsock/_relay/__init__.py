@@ -1,6 +1,6 @@
 """Port forwarding: ``Relay`` accepts on one address and forwards to another, any kinds.
 
-:mod:`.config` checks the settings (and reads ``relay.toml``), :mod:`.relay` is
+:mod:`.config` checks the settings (and reads ``relay.toml``), :mod:`.facade` is
 the public facade (binding, workers, readiness, stop), :mod:`.loop` is one
 worker's event loop, :mod:`.conn` one connection's state, :mod:`.workers` the
 worker processes, :mod:`.datapath` moves the bytes (splice on Linux, a copy loop

@@ -1,8 +1,6 @@
 """Clients of the exec service: ``hvsock.exec`` (blocking), ``hvsock.exec_async`` and the
-session object the CLI drives.
-
-Imports of the public package happen inside functions: ``hvsock/__init__`` imports
-this module, so it must not need the package finished at import time.
+session object the CLI drives. Like all library code, it imports the other layers by
+their private paths, never through the public package.
 """
 
 from __future__ import annotations
