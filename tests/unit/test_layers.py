@@ -63,6 +63,10 @@ def test_a_built_in_service_may_not_import_the_public_package(tmp_path: Path) ->
     ("_core/ids.py", "from .._cli import args as _upward"),
     ("_windows/registry.py", "from .._service import declaration as _upward"),
     ("_builtin/echo.py", "from .. import testing as _upward"),
+    # the public namespaces are for users; library code takes the private paths
+    ("_builtin/echo.py", "from .. import services as _public"),
+    ("_core/ids.py", "import hvsock.windows as _public"),
+    ("_builtin/bench.py", "from hvsock import connect as _public"),
 ])
 def test_an_upward_import_breaks_the_contract(tmp_path: Path, module: str,
                                               bad_import: str) -> None:

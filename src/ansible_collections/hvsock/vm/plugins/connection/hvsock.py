@@ -147,7 +147,7 @@ def cp_address_for(agent_address: str) -> str:
     if isinstance(address, hvsock.TcpAddress):
         return str(hvsock.TcpAddress(address.host, CP_PORT))
     if isinstance(address, hvsock.HyperVAddress):
-        return str(hvsock.HyperVAddress(address.vm_id, hvsock.windows.service_id_for_port(CP_PORT)))
+        return str(hvsock.HyperVAddress.for_port(address.vm_id, CP_PORT))
     if isinstance(address, hvsock.NamedVmAddress):
         return str(hvsock.NamedVmAddress(address.vm_name,
                                          hvsock.windows.service_id_for_port(CP_PORT)))
