@@ -1,4 +1,5 @@
-"""hvsock.Relay on L1 forwarding TCP into L2: an SSH-style byte stream to a guest service."""
+"""hvsock.forwarding.Relay on L1 forwarding TCP into L2: an SSH-style byte stream to a
+guest service."""
 
 from __future__ import annotations
 

@@ -31,10 +31,20 @@ NOT_PYTHON = {
 }
 
 
+#: ``from hvsock[.namespace] import a, b as c`` in a snippet.
+FROM_IMPORT = re.compile(r"^\s*from (hvsock(?:\.\w+)*) import \(?([\w, ]+)")
+
+
 def doc_names() -> list[tuple[str, int, str]]:
     found = []
     for path in DOCS:
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            imported = FROM_IMPORT.match(line)
+            if imported:
+                for name in imported.group(2).split(","):
+                    if name.split():
+                        found.append((path.relative_to(ROOT).as_posix(), number,
+                                      f"{imported.group(1)}.{name.split()[0]}"))
             for match in NAME.finditer(line):
                 dotted = match.group(0)
                 if any(dotted == p or dotted.startswith(p + ".") for p in NOT_PYTHON):
@@ -82,3 +92,6 @@ def test_a_stale_name_is_caught() -> None:
             resolve("hvsock.WILDCARD")
     assert NAME.findall("see src/hvsock/_core and /etc/hvsock/agent.toml, `hvsock.connect`") \
         == ["hvsock.connect"]
+    imported = FROM_IMPORT.match("    from hvsock.windows import guest_view, host_view as hv")
+    assert imported is not None
+    assert imported.groups() == ("hvsock.windows", "guest_view, host_view as hv")

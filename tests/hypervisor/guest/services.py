@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import hvsock
-import hvsock.services
 
 from . import SERVICE_KINDS, payload, service_kind, step
 
@@ -19,7 +18,9 @@ def _allow(allow: list[Any] | None) -> set[Any] | None:
 
 @service_kind
 def echo(port: int, allow: list[Any] | None = None) -> hvsock.Service:
-    return hvsock.services.echo_service(port, name=f"echo-{port}", allow=_allow(allow))
+    from hvsock._builtin.echo import echo_service  # not all of hvsock.services: L2 is slow
+
+    return echo_service(port, name=f"echo-{port}", allow=_allow(allow))
 
 
 @service_kind

@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 import hvsock
-import hvsock.doctor
 import hvsock.sockets
 
 from . import BACKGROUND, payload, sha256, step
@@ -31,6 +30,8 @@ def transports() -> list[str]:
 
 @step
 def doctor(address: str | None = None) -> dict[str, Any]:
+    import hvsock.doctor  # on first use: the doctor costs seconds to import in L2
+
     return hvsock.doctor.diagnose(address).as_dict()
 
 
