@@ -5,8 +5,13 @@ port), hybrid vsock (Firecracker / Cloud Hypervisor Unix sockets), TCP and Unix;
 ``connect`` and ``listen`` that hand back real ``socket.socket`` objects; one
 exception root, :class:`HvsockError`.
 
+The names most programs use are here; the rest are in namespaces, one area each:
+:mod:`hvsock.sockets`, :mod:`hvsock.windows`, :mod:`hvsock.kvm`, :mod:`hvsock.framing`,
+:mod:`hvsock.forwarding`, :mod:`hvsock.services`, :mod:`hvsock.doctor`, :mod:`hvsock.kvp`
+and :mod:`hvsock.testing` (docs/api.md lists them all).
+
 Names load lazily (PEP 562): ``import hvsock`` costs about as much as ``import
-socket``; asyncio, the relay, the doctor and the Windows layer load when first used.
+socket``; asyncio, the service framework and each namespace load when first used.
 """
 
 import importlib
