@@ -653,7 +653,8 @@ def test_input_pieces_stream_a_file(agent: AgentThread, tmp_path: Path) -> None:
     data = os.urandom(3 << 20)
     (tmp_path / "f").write_bytes(data)
     with (tmp_path / "f").open("rb") as f:
-        result = hvsock.exec(agent.address(), ["sha256sum"], input=iter(lambda: f.read(100_000), b""))
+        pieces = iter(lambda: f.read(100_000), b"")
+        result = hvsock.exec(agent.address(), ["sha256sum"], input=pieces)
     assert result.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
 
 

@@ -288,16 +288,16 @@ def exec(address: Address | str, args: Sequence[str], *,
     *input* (bytes, or any bytes-like object: it is sent without a copy) goes to the
     command's stdin (then EOF). It may also be an iterable of bytes-like pieces (a
     generator, a file opened in binary mode): each piece is taken only when the one
-    before it is sent, from a thread of its own while the output arrives, so a
-    generator may wait for what the command prints before giving more (answering a
-    prompt) and a large file is sent without being read whole. Output is captured, or handed live to *stdout* /
-    *stderr* callables as it arrives. *timeout* (seconds) and *max_output* (bytes)
-    are enforced by the agent, which kills the command's process group. *service*
-    is the name sent in the service hello (``None`` for an address that serves
-    exec alone). *reserved_port* (``"try"`` by default) binds a reserved AF_VSOCK
-    source port when this process may, which an agent's default ``host:privileged``
-    rule requires; ``True`` requires it (:class:`hvsock.PermissionDeniedError`
-    without root), ``False`` never binds one.
+    before it is sent, from a thread of its own while the output arrives, so a generator
+    may wait for what the command prints before giving more (answering a prompt) and a
+    large file is sent without being read whole. Output is captured, or handed live to
+    *stdout* / *stderr* callables as it arrives. *timeout* (seconds) and *max_output*
+    (bytes) are enforced by the agent, which kills the command's process group.
+    *service* is the name sent in the service hello (``None`` for an address that serves
+    exec alone). *reserved_port* (``"try"`` by default) binds a reserved AF_VSOCK source
+    port when this process may, which an agent's default ``host:privileged`` rule
+    requires; ``True`` requires it (:class:`hvsock.PermissionDeniedError` without root),
+    ``False`` never binds one.
 
     Raises :class:`hvsock.ArgumentError` for bad arguments (*input* that is not
     bytes-like among them), the connect errors of
