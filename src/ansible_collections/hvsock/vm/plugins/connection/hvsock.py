@@ -40,7 +40,7 @@ options:
     description:
       - The user the agent runs commands as (the agent must run as root, and its
         C([exec]) must not set C(allow_user = false)). Files then move through exec as
-        that user too (C(cat) on either side: that user's permissions apply and what
+        that user too (C(cat) on either side; that user's permissions apply and what
         is put belongs to that user), not through the cp service.
       - Unset, commands run as the agent's user and files move through cp.
     type: str
