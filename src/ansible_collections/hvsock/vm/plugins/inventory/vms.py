@@ -280,8 +280,10 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         if group:
             self.inventory.add_child(group, host)
         strict = self.get_option("strict")
-        self._set_composite_vars(self.get_option("compose"), hostvars, host, strict=strict)
-        self._add_host_to_composed_groups(self.get_option("groups"), hostvars, host,
+        # With inventory_hostname and the rest Ansible gives every host.
+        variables = self.inventory.get_host(host).get_vars()
+        self._set_composite_vars(self.get_option("compose"), variables, host, strict=strict)
+        self._add_host_to_composed_groups(self.get_option("groups"), variables, host,
                                           strict=strict)
-        self._add_host_to_keyed_groups(self.get_option("keyed_groups"), hostvars, host,
+        self._add_host_to_keyed_groups(self.get_option("keyed_groups"), variables, host,
                                        strict=strict)
