@@ -5,6 +5,8 @@ a Unix socket), then a playbook that reaches the agent of a VM it listed: a fake
 Firecracker process on the real /proc whose hybrid vsock socket leads to a real agent.
 """
 
+# The fixtures of test_kvm_hosts.py are imported, then named as test arguments.
+# ruff: noqa: F811
 from __future__ import annotations
 
 import json
