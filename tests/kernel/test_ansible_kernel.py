@@ -1,8 +1,13 @@
-"""A real ansible-playbook over AF_VSOCK (vsock_loopback, vsock://1:PORT) in the test VM,
-through the hvsock.vm.hvsock connection plugin, against `hvsock agent` run as root with
-exec and cp: commands, a copy and a fetch over vsock, become through the real sudo with
-a password (a user made for this throw-away guest, whose sudoers rule asks for it), and
-ansible_user running tasks as that user.
+"""The hvsock.vm.hvsock connection plugin over AF_VSOCK (vsock_loopback, vsock://1:PORT) in
+the test VM, loaded by ansible-core's plugin loader and driven as a task drives it,
+against `hvsock agent` run as root with exec and cp: commands with input, a file put and
+fetched over vsock, ansible_user (commands and files as that user), and become through
+the real sudo with a password (a user made for this throw-away guest, whose sudoers
+rule asks for it), right and wrong.
+
+Not a whole ansible-playbook: in this emulated guest each module run starts a Python
+that imports Ansible's module utilities, about a minute apiece on a busy machine; the
+modules run through the same plugin calls in tests/host/test_ansible.py.
 
 The guest's /etc is the host's, shared read-only: the agent runs in a mount namespace of
 its own where copies of passwd, group, shadow and sudoers (with the user added) are
@@ -11,9 +16,7 @@ bound over the originals. Nothing outside that namespace sees them.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -22,6 +25,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -110,79 +114,77 @@ def guest() -> Iterator[Guest]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-PLAYBOOK = f"""
-- hosts: all
-  gather_facts: false
-  tasks:
-    - command: id -un
-      register: r_root
-    - copy:
-        src: "{{{{ base }}}}/payload.bin"
-        dest: "{{{{ base }}}}/copied.bin"
-    - fetch:
-        src: "{{{{ base }}}}/copied.bin"
-        dest: "{{{{ base }}}}/fetched.bin"
-        flat: true
-    - name: ansible_user, then become root with its password through the real sudo
-      command: id -un
-      become: true
-      become_method: sudo
-      vars:
-        ansible_user: {USER}
-        ansible_become_password: {PASSWORD}
-        ansible_remote_tmp: "{{{{ base }}}}/home/.ansible/tmp"
-      register: r_sudo
-    - name: ansible_user alone
-      shell: id -un; echo made > {{{{ base }}}}/home/by-user.txt
-      vars:
-        ansible_user: {USER}
-        ansible_remote_tmp: "{{{{ base }}}}/home/.ansible/tmp"
-      register: r_user
-    - name: a wrong sudo password
-      command: "true"
-      become: true
-      vars:
-        ansible_user: {USER}
-        ansible_become_password: wrong
-        ansible_remote_tmp: "{{{{ base }}}}/home/.ansible/tmp"
-      ignore_errors: true
-    - copy:
-        content: "{{{{ {{'root': r_root.stdout, 'sudo': r_sudo.stdout,
-                      'user': r_user.stdout}} | to_json }}}}"
-        dest: "{{{{ base }}}}/results.json"
-"""
+def _connection(guest: Guest, **options: object) -> Any:
+    """The hvsock.vm.hvsock plugin as Ansible's task executor gets it: from the plugin
+    loader (the collection found on sys.path), with the play's variables as options."""
+    from ansible.playbook.play_context import PlayContext
+    from ansible.plugins.loader import connection_loader, init_plugin_loader
+
+    from ansible.utils.collection_loader import AnsibleCollectionConfig
+
+    if AnsibleCollectionConfig.collection_finder is None:  # once per process
+        init_plugin_loader()
+    conn = connection_loader.get("hvsock.vm.hvsock", PlayContext(), None)
+    assert conn is not None, "ansible-core did not find hvsock.vm.hvsock"
+    conn.set_options(var_options={"ansible_host": guest.agent,
+                                  "ansible_hvsock_cp_address": guest.cp, **options})
+    return conn
 
 
-def test_playbook_over_af_vsock_with_sudo_password_and_ansible_user(guest: Guest) -> None:
+def _become(conn: Any, password: str) -> Any:
+    from ansible.plugins.loader import become_loader
+
+    become = become_loader.get("sudo")
+    become.set_options(direct={"become_user": "root", "become_pass": password})
+    conn.set_become_plugin(become)
+    return become
+
+
+def test_plugin_over_af_vsock_with_sudo_password_and_ansible_user(guest: Guest) -> None:
+    """What ActionBase does for a task, command by command, over vsock://1:PORT: the
+    module-less part of a playbook (a playbook's modules would each start Python in this
+    emulated guest, minutes in all; tests/host/test_ansible.py runs those)."""
     base = guest.base
-    payload = os.urandom(5 << 20)
+    # As root (the agent's user): a command, a file put and fetched through cp.
+    conn = _connection(guest)
+    conn._connect()
+    assert conn.exec_command("id -un; printf in= ; cat", in_data=b"piped")[:2] == (
+        0, b"root\nin=piped")
+    payload = os.urandom(3 << 20)
     (base / "payload.bin").write_bytes(payload)
-    inventory = {"all": {"vars": {"ansible_connection": "hvsock.vm.hvsock",
-                                  "ansible_python_interpreter": sys.executable,
-                                  "base": str(base)},
-                         "hosts": {"vm": {"ansible_host": guest.agent,
-                                          "ansible_hvsock_cp_address": guest.cp}}}}
-    (base / "inventory.json").write_text(json.dumps(inventory))
-    (base / "site.yml").write_text(PLAYBOOK)
-    home = base / "ctl"
-    home.mkdir()
-    env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8", "HOME": str(home),
-           "ANSIBLE_CONFIG": str(home / "none.cfg"), "ANSIBLE_PIPELINING": "true",
-           "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
-           "ANSIBLE_REMOTE_TMP": str(base / "remote-tmp"),
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    done = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(base / "inventory.json"),
-                           str(base / "site.yml")], env=env, capture_output=True, text=True,
-                          timeout=500, check=False)
-    out = done.stdout + done.stderr + "\nagent log:\n" + (base / "agent.log").read_text()
-    recap = re.search(r"vm\s+:\s+ok=(\d+).*failed=(\d+).*ignored=(\d+)", done.stdout)
-    assert recap is not None, out
-    assert (recap.group(2), recap.group(3)) == ("0", "1"), out
-    results = json.loads((base / "results.json").read_text())
-    assert results["root"] == "root", out  # the agent's user
-    assert results["sudo"] == "root", out  # sudo took the password and ran as root
-    assert results["user"] == USER, out  # ansible_user: the agent ran it as the user
-    assert (base / "home" / "by-user.txt").stat().st_uid == UID
-    assert (base / "copied.bin").read_bytes() == payload  # cp over AF_VSOCK
+    conn.put_file(str(base / "payload.bin"), str(base / "copied.bin"))
+    conn.fetch_file(str(base / "copied.bin"), str(base / "fetched.bin"))
     assert (base / "fetched.bin").read_bytes() == payload
-    assert "incorrect sudo password" in done.stdout, out
+    assert (base / "copied.bin").stat().st_uid == 0
+    conn.close()
+
+    # ansible_user: commands and files as that user, through exec.
+    conn = _connection(guest, ansible_user=USER)
+    conn._connect()
+    rc, out, _ = conn.exec_command(f"id -un; cd; pwd; echo made > {base}/home/by-user.txt")
+    assert (rc, out.split()) == (0, [USER.encode(), str(base / "home").encode()])
+    assert (base / "home" / "by-user.txt").stat().st_uid == UID
+    conn.put_file(str(base / "payload.bin"), str(base / "home" / "put.bin"))
+    assert (base / "home" / "put.bin").read_bytes() == payload
+    assert (base / "home" / "put.bin").stat().st_uid == UID
+    from ansible.errors import AnsibleError
+
+    with pytest.raises(AnsibleError, match="Permission denied"):
+        conn.put_file(str(base / "payload.bin"), "/etc/not-theirs")
+    with pytest.raises(AnsibleError, match="Permission denied"):
+        conn.fetch_file("/etc/shadow", str(base / "shadow"))
+    assert not (base / "shadow").exists()
+
+    # The real sudo, asking USER's password: answered on the input, the input follows.
+    become = _become(conn, PASSWORD)
+    cmd = become.build_become_command("id -un; cat", conn._shell)
+    rc, out, err = conn.exec_command(cmd, in_data=b"module input")
+    assert rc == 0, (out, err)
+    assert become.success.encode() in out  # what ActionBase strips
+    assert out.split(b"\n", 1)[1] == b"root\nmodule input", (out, err)
+    assert become.prompt.encode() not in err
+    # A wrong password: sudo asks again; the plugin says so.
+    become = _become(conn, "wrong")
+    with pytest.raises(AnsibleError, match="incorrect sudo password"):
+        conn.exec_command(become.build_become_command("true", conn._shell))
+    conn.close()
