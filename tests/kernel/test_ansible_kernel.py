@@ -90,8 +90,10 @@ def guest() -> Iterator[Guest]:
     # ansible-core's own files (its local temp dir, its config) where it may write: the
     # guest's /root is the host's, read-only.
     (base / "ctl").mkdir()
-    os.environ.update(ANSIBLE_LOCAL_TEMP=str(base / "ctl"), HOME=str(base / "ctl"),
-                      ANSIBLE_CONFIG=str(base / "ctl" / "none.cfg"))
+    env = pytest.MonkeyPatch()  # undone at the end: other tests keep their HOME
+    for name, value in (("ANSIBLE_LOCAL_TEMP", base / "ctl"), ("HOME", base / "ctl"),
+                        ("ANSIBLE_CONFIG", base / "ctl" / "none.cfg")):
+        env.setenv(name, str(value))
     binds = _etc(base)
     port, cp_port = unused_port(), unused_port()
     (base / "agent.toml").write_text(
@@ -118,6 +120,7 @@ def guest() -> Iterator[Guest]:
             proc.kill()
             proc.wait(timeout=30)
         shutil.rmtree(base, ignore_errors=True)
+        env.undo()
 
 
 def _connection(guest: Guest, **options: object) -> Any:
