@@ -577,3 +577,37 @@ def test_ansible_user_runs_tasks_and_moves_files_as_that_user(run: Run) -> None:
     assert not (base / "h1" / "not-theirs.txt").exists()
     assert "Permission denied" in done.stdout, out
     assert not (base / "fetched-secret.txt").exists()
+
+
+def test_plugin_put_and_fetch_as_a_user_fail_where_that_user_may_not(run: Run,
+                                                                     tmp_path: Path) -> None:
+    """The plugin from ansible-core's loader, as a task drives it: with ansible_user, a
+    put into a directory that user may not write and a fetch of a file they may not
+    read fail with the guest's own words, and leave nothing behind."""
+    if os.geteuid() != 0:
+        pytest.skip("the agent switches users only when it runs as root")
+    from ansible.errors import AnsibleError
+    from ansible.playbook.play_context import PlayContext
+    from ansible.plugins.loader import connection_loader, init_plugin_loader
+    from ansible.utils.collection_loader import AnsibleCollectionConfig
+
+    if AnsibleCollectionConfig.collection_finder is None:
+        init_plugin_loader()
+    agent = run.agents["h2"]
+    conn = connection_loader.get("hvsock.vm.hvsock", PlayContext(), None)
+    conn.set_options(var_options={"ansible_host": f"unix://{agent.socket}",
+                                  "ansible_user": "nobody"})
+    conn._connect()
+    (tmp_path / "src").write_bytes(b"data")
+    run.base.chmod(0o711)  # nobody may pass through (h2 is 0755)...
+    closed = run.base / "h2" / "closed"
+    closed.mkdir(mode=0o755)  # ...but not write in root's directory
+    with pytest.raises(AnsibleError, match=r"as nobody failed: .*Permission denied"):
+        conn.put_file(str(tmp_path / "src"), str(closed / "x"))
+    assert not (closed / "x").exists()
+    (closed / "secret").write_bytes(b"root only")
+    (closed / "secret").chmod(0o600)
+    with pytest.raises(AnsibleError, match=r"as nobody failed: .*Permission denied"):
+        conn.fetch_file(str(closed / "secret"), str(tmp_path / "got"))
+    assert not (tmp_path / "got").exists()  # no partial file left
+    conn.close()
