@@ -656,6 +656,8 @@ def test_input_pieces_stream_a_file(agent: AgentThread, tmp_path: Path) -> None:
         pieces = iter(lambda: f.read(100_000), b"")
         result = hvsock.exec(agent.address(), ["sha256sum"], input=pieces)
     assert result.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+    listed = hvsock.exec(agent.address(), ["cat"], input=[b"a", bytearray(b"b"), memoryview(b"c")])
+    assert listed.stdout == b"abc"
 
 
 def test_bad_input_pieces_are_an_argument_error(agent: AgentThread) -> None:

@@ -312,6 +312,8 @@ def exec(address: Address | str, args: Sequence[str], *,
         chunks = _input_chunks(input)
     elif isinstance(input, str) or not isinstance(input, Iterable):
         raise _bad_input(input)
+    elif isinstance(input, (list, tuple)):  # all there already: checked before connecting
+        chunks = [chunk for piece in input for chunk in _stream_chunks([piece])]
     else:
         chunks = _stream_chunks(input)
     collector = _Collector(start.argv, stdout, stderr)
