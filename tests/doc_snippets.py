@@ -294,6 +294,12 @@ TABLE: dict[str, tuple[str, str]] = {
     # docs/ansible.md
     "pip install 'hvsock[ansible]'": (NOT, "installs packages; the test extra brings the same "
                                        "ansible-core, which tests/host/test_ansible.py uses"),
+    "ansible-inventory -i kvm1.hvsock.yml -i kvm2.hvsock.yml --graph":
+        (NOT, "needs a host with VMs and an ssh jump host; tests/host/test_ansible_inventory.py "
+         "and test_ansible_jump.py run ansible-inventory over discovery fakes and a real sshd"),
+    "ansible-playbook -i kvm1.hvsock.yml -i kvm2.hvsock.yml site.yml":
+        (NOT, "needs VMs with agents; tests/host/test_ansible_inventory.py lists a stand-in "
+         "Firecracker VM and runs a playbook against the agent behind it"),
     "ansible-doc -t connection hvsock.vm.hvsock":
         (NOT, "run with a temporary HOME (it writes ~/.ansible) by tests/unit/"
          "test_ansible_plugin.py::test_ansible_doc_finds_the_plugin_on_sys_path"),

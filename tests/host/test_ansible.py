@@ -365,6 +365,27 @@ shift
 exec /bin/sh -c "$(printf '%s' "$*" | sed "s#/jumphost/#$JUMP_ROOT/#g")"
 """
 
+# sudo's side of `sudo -S -p PROMPT -u USER CMD...` without privileges: the prompt on
+# stderr, the password read from stdin a byte at a time (as sudo does; sh's read does
+# too), three tries; the rest of stdin is left to the command.
+FAKE_SUDO = """#!/bin/sh
+prompt=""; user=root
+while [ $# -gt 0 ]; do
+  case "$1" in -p) prompt=$2; shift 2 ;; -u) user=$2; shift 2 ;; -*) shift ;; *) break ;; esac
+done
+if [ -n "$prompt" ]; then
+  tries=0
+  while :; do
+    printf '%s' "$prompt" >&2
+    IFS= read -r pw || { echo "sudo: no password was provided" >&2; exit 1; }
+    [ "$pw" = "letmein" ] && break
+    echo "Sorry, try again." >&2
+    tries=$((tries + 1)); [ $tries -lt 3 ] || exit 1
+  done
+fi
+FAKE_SUDO_USER=$user exec "$@"
+"""
+
 REFUSING_SSH = """#!/bin/sh
 echo "admin@kvm-host-2: Permission denied (publickey)." >&2
 exit 255
@@ -382,13 +403,34 @@ EDGE_PLAYBOOK = """
 
 - hosts: edges
   gather_facts: false
+  vars:
+    ansible_become_exe: "{{ base }}/fake-sudo"
+    ansible_become_method: sudo
   tasks:
-    - name: become with a password
-      command: id -un
+    - name: become with a password (answered, then the module follows on stdin)
+      command: printenv FAKE_SUDO_USER
+      become: true
+      become_user: alice
+      vars:
+        ansible_become_password: letmein
+      register: r_sudo_pw
+    - name: become with a wrong password
+      command: "true"
       become: true
       vars:
+        ansible_become_password: wrong
+      ignore_errors: true
+    - name: su with a password
+      command: "true"
+      become: true
+      vars:
+        ansible_become_method: su
+        ansible_become_exe: su
         ansible_become_password: secret
       ignore_errors: true
+    - copy:
+        content: "{{ r_sudo_pw.stdout }}"
+        dest: "{{ base }}/h2/sudo-pw.txt"
     - name: fetch through a symlink
       fetch:
         src: "{{ base }}/h2/link/fetchme.txt"
@@ -406,7 +448,8 @@ EDGE_PLAYBOOK = """
 
 def test_jump_refused_ssh_and_refusals(run: Run) -> None:
     base = run.base
-    for name, text in (("fake-ssh", FAKE_SSH), ("refusing-ssh", REFUSING_SSH)):
+    for name, text in (("fake-ssh", FAKE_SSH), ("refusing-ssh", REFUSING_SSH),
+                       ("fake-sudo", FAKE_SUDO)):
         (base / name).write_text(text)
         (base / name).chmod(0o755)
     (base / "h2" / "link").symlink_to(base / "h2")
@@ -449,12 +492,139 @@ def test_jump_refused_ssh_and_refusals(run: Run) -> None:
     # ssh refused: unreachable, with ssh's own words.
     assert recap["j1"]["unreachable"] == 1, out
     assert "Permission denied (publickey)" in done.stdout, out
-    # A become password cannot be answered without a terminal: a clear task failure.
+    # sudo's password prompt answered on stdin, the module's input after it.
     assert recap["e2"]["unreachable"] == 0, out
-    assert "become with a password is not supported" in done.stdout, out
+    assert (base / "h2" / "sudo-pw.txt").read_text() == "alice", out
+    assert "incorrect sudo password (asked again after it was given)" in done.stdout, out
+    # su reads a password from a terminal, which the agent does not give: a clear failure.
+    assert "become_method su with a password needs a terminal" in done.stdout, out
     # cp never follows a symlink in a remote path: the fetch fails, nothing is written.
-    assert recap["e2"]["ignored"] == 2, out
+    assert recap["e2"]["ignored"] == 3, out  # wrong password, su, the symlink
     assert not (base / "fetched-link.txt").exists()
     # The bridge's private directories went with their connections.
     assert not [p for p in Path("/tmp").glob("hvj-*") if p.stat().st_uid == os.getuid()
                 and p.stat().st_mtime >= run.started], "a jump bridge directory was left"
+
+
+USER_PLAYBOOK = """
+- hosts: all
+  gather_facts: false
+  tasks:
+    - command: id -un
+      register: r_id
+    - name: put as the user (a file of theirs), then read back
+      copy:
+        src: "{{ base }}/tree/sub/b.bin"
+        dest: "{{ shared }}/b.bin"
+    - name: fetch as the user
+      fetch:
+        src: "{{ shared }}/b.bin"
+        dest: "{{ base }}/fetched-as-user.bin"
+        flat: true
+    - name: a directory the user may not write
+      copy:
+        content: "x"
+        dest: "{{ base }}/h1/not-theirs.txt"
+      ignore_errors: true
+    - name: a file the user may not read
+      fetch:
+        src: "{{ base }}/h1/secret.txt"
+        dest: "{{ base }}/fetched-secret.txt"
+        flat: true
+      ignore_errors: true
+    - copy:
+        content: "{{ r_id.stdout }}"
+        dest: "{{ shared }}/id.txt"
+"""
+
+
+def test_ansible_user_runs_tasks_and_moves_files_as_that_user(run: Run) -> None:
+    """ansible_user: the agent (root) runs commands as that user and files move through
+    exec as that user, so the guest's permissions for that user apply both ways."""
+    if os.geteuid() != 0:
+        pytest.skip("the agent switches users only when it runs as root")
+    base = run.base
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    base.chmod(0o711)  # nobody may pass through to its own directory, nothing more
+    shared = base / "nobody"
+    shared.mkdir()
+    shared.chmod(0o777)
+    (base / "h1" / "secret.txt").write_text("root only\n")
+    (base / "h1" / "secret.txt").chmod(0o600)
+    agent = run.agents["h1"]
+    inventory = {"all": {
+        "vars": {"ansible_connection": "hvsock.vm.hvsock",
+                 "ansible_python_interpreter": "/usr/bin/python3", "base": str(base),
+                 "shared": str(shared), "ansible_user": "nobody",
+                 "ansible_remote_tmp": str(shared / "tmp")},
+        "hosts": {"u1": {"ansible_host": f"unix://{agent.socket}",
+                         "ansible_hvsock_cp_address": f"unix://{agent.cp_socket}"}}}}
+    (base / "user.json").write_text(json.dumps(inventory))
+    (base / "user.yml").write_text(USER_PLAYBOOK)
+    done = subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", str(base / "user.json"), str(base / "user.yml")],
+        cwd=base, env=_env(base), capture_output=True, text=True, timeout=600, check=False)
+    out = done.stdout + done.stderr
+    recap = _recap(Run(base, run.agents, done, 0, {}))
+    assert recap["u1"]["failed"] == 0, out
+    assert recap["u1"]["ignored"] == 2, out
+    assert (shared / "id.txt").read_text() == "nobody", out
+    put = shared / "b.bin"
+    assert put.read_bytes() == (base / "tree" / "sub" / "b.bin").read_bytes()
+    assert put.stat().st_uid == nobody.pw_uid  # theirs, not the agent's (root)
+    assert (base / "fetched-as-user.bin").read_bytes() == put.read_bytes()
+    assert not (base / "h1" / "not-theirs.txt").exists()
+    assert "Permission denied" in done.stdout, out
+    assert not (base / "fetched-secret.txt").exists()
+
+
+# The plugin from ansible-core's loader in a Python of its own (this test process may
+# have imported ansible_collections as a plain package, which the loader cannot take).
+AS_TASK = """
+import json, sys
+from ansible.errors import AnsibleError
+from ansible.playbook.play_context import PlayContext
+from ansible.plugins.loader import connection_loader, init_plugin_loader
+init_plugin_loader()
+address, src, closed, got = sys.argv[1:]
+conn = connection_loader.get("hvsock.vm.hvsock", PlayContext(), None)
+conn.set_options(var_options={"ansible_host": address, "ansible_user": "nobody"})
+conn._connect()
+said = {}
+for name, call in (("put", lambda: conn.put_file(src, closed + "/x")),
+                   ("fetch", lambda: conn.fetch_file(closed + "/secret", got))):
+    try:
+        call()
+        said[name] = "done"
+    except AnsibleError as e:
+        said[name] = str(e)
+conn.close()
+print(json.dumps(said))
+"""
+
+
+def test_plugin_put_and_fetch_as_a_user_fail_where_that_user_may_not(run: Run,
+                                                                     tmp_path: Path) -> None:
+    """The plugin as a task drives it, with ansible_user: a put into a directory that
+    user may not write and a fetch of a file they may not read fail with the guest's
+    own words, and leave nothing behind."""
+    if os.geteuid() != 0:
+        pytest.skip("the agent switches users only when it runs as root")
+    agent = run.agents["h2"]
+    (tmp_path / "src").write_bytes(b"data")
+    run.base.chmod(0o711)  # nobody may pass through (h2 is 0755)...
+    closed = run.base / "h2" / "closed"
+    closed.mkdir(mode=0o755)  # ...but not write in root's directory
+    (closed / "secret").write_bytes(b"root only")
+    (closed / "secret").chmod(0o600)
+    done = subprocess.run(
+        [sys.executable, "-c", AS_TASK, f"unix://{agent.socket}", str(tmp_path / "src"),
+         str(closed), str(tmp_path / "got")], env=_env(run.base), capture_output=True,
+        text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    said = json.loads(done.stdout.splitlines()[-1])
+    for name in ("put", "fetch"):
+        assert re.search(r"as nobody failed: .*Permission denied", said[name]), said
+    assert not (closed / "x").exists()
+    assert not (tmp_path / "got").exists()  # no partial file left

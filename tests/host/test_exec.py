@@ -624,3 +624,51 @@ def test_whole_frame_reads_are_asked_only_where_the_family_allows_them() -> None
         assert waitall_flag(family) == socket.MSG_WAITALL
     # Linux's AF_VSOCK answers ENOMEM to a MSG_WAITALL read of its buffer size or more.
     assert waitall_flag(getattr(socket, "AF_VSOCK", 40)) == 0
+
+
+def test_input_may_be_pieces_taken_as_the_command_runs(agent: AgentThread) -> None:
+    """A generator that waits for the command's prompt before answering it (how the
+    Ansible plugin answers sudo's password prompt)."""
+    prompted = threading.Event()
+    seen = bytearray()
+
+    def on_stderr(data: bytes) -> None:
+        seen.extend(data)
+        if b"password:" in seen:
+            prompted.set()
+
+    def answer() -> Iterator[bytes]:
+        assert prompted.wait(60), "the prompt never came"
+        yield b"s3cret\n"
+        yield memoryview(b"rest of the input")
+
+    script = 'printf password: >&2; read -r pw; echo "pw=$pw"; cat'
+    result = hvsock.exec(agent.address(), ["sh", "-c", script], input=answer(),
+                         stderr=on_stderr)
+    assert (result.returncode, result.stdout) == (0, b"pw=s3cret\nrest of the input")
+    assert bytes(seen) == b"password:"
+
+
+def test_input_pieces_stream_a_file(agent: AgentThread, tmp_path: Path) -> None:
+    data = os.urandom(3 << 20)
+    (tmp_path / "f").write_bytes(data)
+    with (tmp_path / "f").open("rb") as f:
+        pieces = iter(lambda: f.read(100_000), b"")
+        result = hvsock.exec(agent.address(), ["sha256sum"], input=pieces)
+    assert result.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+    listed = hvsock.exec(agent.address(), ["cat"], input=[b"a", bytearray(b"b"), memoryview(b"c")])
+    assert listed.stdout == b"abc"
+
+
+def test_bad_input_pieces_are_an_argument_error(agent: AgentThread) -> None:
+    with pytest.raises(hvsock.ArgumentError, match="input must be bytes, not str"):
+        hvsock.exec(agent.address(), ["cat"], input="text")
+
+    def pieces() -> Iterator[object]:
+        yield b"fine"
+        yield "not bytes"
+
+    started = time.monotonic()
+    with pytest.raises(hvsock.ArgumentError, match="each piece of input must be bytes"):
+        hvsock.exec(agent.address(), ["sleep", "60"], input=pieces())  # type: ignore[arg-type]
+    assert time.monotonic() - started < 50  # the session ended, not the sleep

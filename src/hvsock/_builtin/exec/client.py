@@ -12,14 +12,14 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..._core import exec_proto as ep
 from ..._core import mux
 from ..._core.addresses import Address
 from ..._core.framing import encode_frame
-from ..._errors import ProtocolError, RemoteError
+from ..._errors import HvsockError, ProtocolError, RemoteError
 from ..._transports._common import DEFAULT_CONNECT_TIMEOUT, sendall_parts
 from ..._validate import quote
 
@@ -248,20 +248,33 @@ class _Collector:
         return None
 
 
+def _bad_input(data: object, what: str = "input") -> Exception:
+    from ..._errors import ArgumentError
+
+    return ArgumentError(f"{what} must be bytes, not {type(data).__name__} {quote(data)}; "
+                         "encode text first")
+
+
 def _input_chunks(data: Input | None) -> list[memoryview]:
     """*data* cut into frame-sized views of it (no copies)."""
     if data is None:
         return []
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        from ..._errors import ArgumentError
-
-        raise ArgumentError(f"input must be bytes, not {type(data).__name__} "
-                            f"{quote(data)}; encode text first")
+        raise _bad_input(data)
     view = memoryview(data).cast("B")
     return [view[i:i + ep.CHUNK] for i in range(0, len(view), ep.CHUNK)]
 
 
-def exec(address: Address | str, args: Sequence[str], *, input: Input | None = None,
+def _stream_chunks(pieces: Iterable[Input]) -> Iterator[memoryview]:
+    """Each of *pieces*, taken only when the previous one is sent, cut into frames."""
+    for piece in pieces:
+        if not isinstance(piece, (bytes, bytearray, memoryview)):
+            raise _bad_input(piece, "each piece of input")
+        yield from _input_chunks(piece)
+
+
+def exec(address: Address | str, args: Sequence[str], *,
+         input: Input | Iterable[Input] | None = None,
          env: Mapping[str, str] | None = None, unset: Iterable[str] = (),
          cwd: str | None = None, user: str | None = None, timeout: float | None = None,
          max_output: int | None = None, stdout: Sink | None = None, stderr: Sink | None = None,
@@ -271,14 +284,18 @@ def exec(address: Address | str, args: Sequence[str], *, input: Input | None = N
     """Run *args* through the agent at *address*; return an :class:`ExecResult`.
 
     *input* (bytes, or any bytes-like object: it is sent without a copy) goes to the
-    command's stdin (then EOF). Output is captured, or handed live to *stdout* /
-    *stderr* callables as it arrives. *timeout* (seconds) and *max_output* (bytes)
-    are enforced by the agent, which kills the command's process group. *service*
-    is the name sent in the service hello (``None`` for an address that serves
-    exec alone). *reserved_port* (``"try"`` by default) binds a reserved AF_VSOCK
-    source port when this process may, which an agent's default ``host:privileged``
-    rule requires; ``True`` requires it (:class:`hvsock.PermissionDeniedError`
-    without root), ``False`` never binds one.
+    command's stdin (then EOF). It may also be an iterable of bytes-like pieces (a
+    generator, a file opened in binary mode): each piece is taken only when the one
+    before it is sent, from a thread of its own while the output arrives, so a generator
+    may wait for what the command prints before giving more (answering a prompt) and a
+    large file is sent without being read whole. Output is captured, or handed live to
+    *stdout* / *stderr* callables as it arrives. *timeout* (seconds) and *max_output*
+    (bytes) are enforced by the agent, which kills the command's process group.
+    *service* is the name sent in the service hello (``None`` for an address that serves
+    exec alone). *reserved_port* (``"try"`` by default) binds a reserved AF_VSOCK source
+    port when this process may, which an agent's default ``host:privileged`` rule
+    requires; ``True`` requires it (:class:`hvsock.PermissionDeniedError` without root),
+    ``False`` never binds one.
 
     Raises :class:`hvsock.ArgumentError` for bad arguments (*input* that is not
     bytes-like among them), the connect errors of
@@ -288,22 +305,41 @@ def exec(address: Address | str, args: Sequence[str], *, input: Input | None = N
     """
     start = make_start(args, env=env, unset=unset, cwd=cwd, user=user, timeout=timeout,
                        max_output=max_output)
-    chunks = _input_chunks(input)
+    chunks: Iterable[memoryview]
+    if input is None or isinstance(input, (bytes, bytearray, memoryview)):
+        chunks = _input_chunks(input)
+    elif isinstance(input, str) or not isinstance(input, Iterable):
+        raise _bad_input(input)
+    elif isinstance(input, (list, tuple)):  # all there already: checked before connecting
+        chunks = [chunk for piece in input for chunk in _stream_chunks([piece])]
+    else:
+        chunks = _stream_chunks(input)
     collector = _Collector(start.argv, stdout, stderr)
+    failed: list[BaseException] = []
     with ExecSession.open(address, start, service=service, connect_timeout=connect_timeout,
                           retries=retries, reserved_port=reserved_port) as session:
 
         def feed() -> None:
             with contextlib.suppress(OSError):
-                for chunk in chunks:
-                    session.send_stdin(chunk)
+                try:
+                    for chunk in chunks:
+                        session.send_stdin(chunk)
+                except Exception as exc:  # the caller's iterable failed: end the session
+                    failed.append(exc)
+                    session.sock.shutdown(socket.SHUT_RDWR)
+                    return
                 session.send(ep.StdinEof())
 
         writer = threading.Thread(target=feed, name="hvsock-exec-stdin", daemon=True)
         writer.start()
         try:
             while True:
-                result = collector.handle(session.read_event())
+                try:
+                    result = collector.handle(session.read_event())
+                except HvsockError:
+                    if failed:
+                        raise failed[0] from None
+                    raise
                 if result is not None:
                     return result
         finally:

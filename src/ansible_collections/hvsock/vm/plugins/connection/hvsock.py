@@ -11,10 +11,14 @@ description:
     cp service, over AF_VSOCK, Hyper-V sockets, hybrid vsock (Firecracker, Cloud
     Hypervisor), or Unix and TCP sockets. The guest needs no network and no sshd.
   - The guest's agent must enable exec, and cp with the root C(/) (see docs/ansible.md).
-  - Commands run as the agent's user (usually root); C(ansible_user) is not used. Use
-    C(become) (sudo or su, without a password) to run as someone else.
+  - Commands run as the agent's user (usually root), or as C(ansible_user) when it is
+    set (the agent, running as root, switches to that user as C(su -) does); C(become)
+    through sudo (with or without C(ansible_become_password)) or su (without one) works
+    as it does over ssh.
   - Every command is one connection to the agent (the agent's protocol carries one
     command per connection); connecting over a VM socket costs well under a millisecond.
+    Through C(hvsock_jump), ssh's ControlPersist keeps one ssh session to the
+    hypervisor host for all of them, across tasks.
 author: hvsock contributors
 version_added: "0.1.0"
 extends_documentation_fragment:
@@ -32,6 +36,26 @@ options:
       - name: inventory_hostname
       - name: ansible_host
       - name: ansible_hvsock_address
+  remote_user:
+    description:
+      - The user the agent runs commands as (the agent must run as root, and its
+        C([exec]) must not set C(allow_user = false)). Files then move through exec as
+        that user too (C(cat) on either side; that user's permissions apply and what
+        is put belongs to that user), not through the cp service.
+      - Unset, commands run as the agent's user and files move through cp.
+    type: str
+    ini:
+      - section: defaults
+        key: remote_user
+    env:
+      - name: ANSIBLE_REMOTE_USER
+    vars:
+      - name: ansible_user
+      - name: ansible_hvsock_user
+    cli:
+      - name: user
+    keyword:
+      - name: remote_user
   cp_address:
     description:
       - The address of the agent's cp service. By default the agent's address with port
@@ -65,7 +89,9 @@ options:
         C(ssh JUMP hvsock connect ADDRESS), so one control node manages VMs on many
         hypervisor hosts. The addresses are as seen from that host. C(hvsock) must be
         installed there; ssh must log in without a prompt (keys, an agent); ssh's own
-        configuration (ControlMaster, ControlPersist) applies.
+        configuration applies. The default C(hvsock_jump_ssh) keeps one ssh session per
+        hypervisor host open for 60 s after its last use (ControlPersist), so the
+        commands of every task share it.
     type: str
     vars:
       - name: ansible_hvsock_jump
@@ -74,7 +100,8 @@ options:
   hvsock_jump_ssh:
     description: The ssh command (and options) used for C(hvsock_jump).
     type: str
-    default: ssh -T -o BatchMode=yes
+    default: ssh -T -o BatchMode=yes -o ControlMaster=auto -o ControlPersist=60s
+      -o ControlPath=~/.ansible/cp/hvsock-%C
     vars:
       - name: ansible_hvsock_jump_ssh
     env:
@@ -122,6 +149,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator
 
 from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
 from ansible.module_utils.common.text.converters import to_bytes, to_text
@@ -135,6 +163,11 @@ display = Display()
 
 #: The port of the agent's cp service when its section names no address (docs/agent.md).
 CP_PORT = 5005
+#: Seconds to wait for a become prompt (or become's success line) before giving up on
+#: answering it; the command then gets its input without a password.
+BECOME_WAIT = 60.0
+#: Bytes per read of a file sent through exec (ansible_user set).
+PIECE = 1 << 20
 
 
 def cp_address_for(agent_address: str) -> str:
@@ -166,6 +199,12 @@ class _Jump:
 
     def __init__(self, ssh: list[str], destination: str, remote_hvsock: str) -> None:
         self._ssh = [*ssh, destination]
+        for arg in ssh:
+            if arg.startswith("ControlPath=") and "/" in arg:
+                # ssh does not make the directory of its control socket.
+                with contextlib.suppress(OSError):
+                    os.makedirs(os.path.dirname(os.path.expanduser(arg.split("=", 1)[1])),
+                                mode=0o700, exist_ok=True)
         self._hvsock = remote_hvsock
         self._dir = tempfile.mkdtemp(prefix="hvj-", dir="/tmp")  # short: socket paths
         self._listeners: list[socket.socket] = []
@@ -225,6 +264,58 @@ class _Jump:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
+class _PromptAnswer:
+    """Answers become's password prompt the way ssh's plugin does, for a command that
+    has no terminal: its input waits until the command prints the prompt (the password
+    goes first) or become's success line (no password was asked), then follows."""
+
+    def __init__(self, become: object, password: bytes, data: bytes) -> None:
+        self._become = become
+        self._prompt = to_bytes(become.prompt).strip()  # type: ignore[attr-defined]
+        self._password = password
+        self._data = data
+        self._cond = threading.Condition()
+        self.out = bytearray()
+        self.err = bytearray()
+        self.prompts = 0
+        self.ended = False
+
+    def _seen(self, buf: bytearray, data: bytes) -> None:
+        with self._cond:
+            buf.extend(data)
+            self.prompts = self.out.count(self._prompt) + self.err.count(self._prompt)
+            self._cond.notify_all()
+
+    def on_stdout(self, data: bytes) -> None:
+        self._seen(self.out, data)
+
+    def on_stderr(self, data: bytes) -> None:
+        self._seen(self.err, data)
+
+    @property
+    def succeeded(self) -> bool:
+        return bool(self._become.check_success(bytes(self.out)))  # type: ignore[attr-defined]
+
+    def _wait(self, until: object) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: until() or self.ended,  # type: ignore[operator]
+                                BECOME_WAIT)
+
+    def pieces(self) -> Iterator[bytes]:
+        self._wait(lambda: self.prompts or self.succeeded)
+        if self.prompts and not self.succeeded:
+            yield self._password + b"\n"
+            # A second prompt: the password was wrong; end the input, sudo gives up.
+            self._wait(lambda: self.prompts > 1 or self.succeeded)
+        if self.succeeded and self._data:
+            yield self._data
+
+    def end(self) -> None:
+        with self._cond:
+            self.ended = True
+            self._cond.notify_all()
+
+
 class Connection(ConnectionBase):
     """Commands through the agent's exec service, files through its cp service."""
 
@@ -275,37 +366,100 @@ class Connection(ConnectionBase):
     def exec_command(self, cmd: str, in_data: bytes | None = None,
                      sudoable: bool = True) -> tuple[int, bytes, bytes]:
         super().exec_command(cmd, in_data=in_data, sudoable=sudoable)
-        if sudoable and self.become and self.become.expect_prompt():
-            # The agent gives the command no terminal, so nothing could answer a prompt.
-            raise AnsibleError(
-                "hvsock: become with a password is not supported (the agent runs commands "
-                "without a terminal): configure passwordless sudo, or run the agent as root "
-                "and use become_method su with no password")
         executable = self._play_context.executable or "/bin/sh"
         argv = [*shlex.split(executable), "-c", to_text(cmd)]
-        display.vvv(f"EXEC {argv!r}", host=self._agent)
+        display.vvv(f"EXEC {argv!r}" + (f" AS {self._user()}" if self._user() else ""),
+                    host=self._agent)
+        if not (sudoable and self.become and self.become.expect_prompt()):
+            result = self._exec(argv, in_data if in_data else b"", "running a command")
+            return self._rc(result), result.stdout, result.stderr
+        if self.become.name != "sudo":
+            # su, doas and the like read the password from a terminal, and the agent
+            # gives commands none; sudo -S reads it from the input.
+            raise AnsibleError(
+                f"hvsock: become_method {self.become.name} with a password needs a terminal, "
+                "which the agent does not give commands: use become_method sudo (it reads "
+                "the password from the input), or a become rule that needs no password")
+        password = to_bytes(self.become.get_option("become_pass") or "")
+        answer = _PromptAnswer(self.become, password, in_data or b"")
         try:
-            result = hvsock.exec(
-                self._address, argv, input=in_data if in_data else b"",
-                timeout=self.get_option("hvsock_command_timeout"),
+            result = self._exec(argv, answer.pieces(), "running a command",
+                                stdout=answer.on_stdout, stderr=answer.on_stderr)
+        finally:
+            answer.end()
+        if answer.prompts > 1:
+            raise AnsibleError(f"hvsock: incorrect {self.become.name} password (asked again "
+                               f"after it was given): {to_text(bytes(answer.err)).strip()}")
+        stderr = self.become.strip_become_prompt(bytes(answer.err))
+        return self._rc(result), bytes(answer.out), stderr
+
+    def _user(self) -> str | None:
+        return self.get_option("remote_user") or None
+
+    @staticmethod
+    def _rc(result: hvsock.ExecResult) -> int:
+        return result.exit_status if result.returncode < 0 else result.returncode
+
+    def _exec(self, argv: list[str], data: object, what: str,
+              **sinks: object) -> hvsock.ExecResult:
+        try:
+            return hvsock.exec(
+                self._address, argv, input=data,  # type: ignore[arg-type]
+                user=self._user(), timeout=self.get_option("hvsock_command_timeout"),
                 connect_timeout=self.get_option("hvsock_timeout"),
-                retries=self.get_option("hvsock_retries"))
+                retries=self.get_option("hvsock_retries"), **sinks)  # type: ignore[arg-type]
+        except hvsock.RemoteError as e:
+            # The agent answered and refused: no such user, another user not allowed.
+            raise AnsibleError(f"hvsock: {what} was refused by the agent at {self._agent}: "
+                               f"{e}") from e
         except hvsock.HvsockError as e:
-            raise self._failure("running a command", e) from e
-        rc = result.exit_status if result.returncode < 0 else result.returncode
-        return rc, result.stdout, result.stderr
+            raise self._failure(what, e) from e
 
     def put_file(self, in_path: str, out_path: str) -> None:
         super().put_file(in_path, out_path)
         display.vvv(f"PUT {in_path} TO {out_path}", host=self._agent)
         if not os.path.isfile(to_bytes(in_path, errors="surrogate_or_strict")):
             raise AnsibleFileNotFound(f"file or module does not exist: {in_path}")
+        if self._user():
+            self._put_as_user(in_path, self._remote(out_path))
+            return
         self._copy(in_path, ":" + self._remote(out_path), "copying a file to the VM")
 
     def fetch_file(self, in_path: str, out_path: str) -> None:
         super().fetch_file(in_path, out_path)
         display.vvv(f"FETCH {in_path} TO {out_path}", host=self._agent)
+        if self._user():
+            self._fetch_as_user(self._remote(in_path), out_path)
+            return
         self._copy(":" + self._remote(in_path), out_path, "copying a file from the VM")
+
+    # With ansible_user, files move through exec as that user (as sftp would as the ssh
+    # login): the guest's permissions for that user apply, and what is put is theirs. The
+    # cp service runs as the agent's user (root) and would bypass both.
+    def _put_as_user(self, in_path: str, out_path: str) -> None:
+        what = f"copying a file to the VM as {self._user()}"
+        with open(to_bytes(in_path, errors="surrogate_or_strict"), "rb") as f:
+            result = self._exec(["/bin/sh", "-c", 'cat > "$1"', "sh", out_path],
+                                iter(lambda: f.read(PIECE), b""), what)
+        if result.returncode != 0:
+            raise AnsibleError(f"hvsock: {what} failed: "
+                               f"{to_text(result.stderr).strip() or self._rc(result)}")
+
+    def _fetch_as_user(self, in_path: str, out_path: str) -> None:
+        what = f"copying a file from the VM as {self._user()}"
+        local = to_bytes(out_path, errors="surrogate_or_strict")
+        try:
+            with open(local, "wb") as f:
+                result = self._exec(["cat", "--", in_path], b"", what, stdout=f.write)
+            if result.returncode != 0 or result.truncated:
+                raise AnsibleError(
+                    f"hvsock: {what} failed: "
+                    + ("the agent's max_output cut it short" if result.truncated
+                       else to_text(result.stderr).strip() or str(self._rc(result))))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(local)
+            raise
 
     def _remote(self, path: str) -> str:
         if not path.startswith("/"):
