@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hvsock
-from hvsock._builtin.files.transfer import partial_name
+from hvsock._builtin.files.atomic_write import partial_name
 from hvsock._cli.main import main
 
 from .._files import serving

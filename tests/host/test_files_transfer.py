@@ -20,7 +20,10 @@ from pathlib import Path
 import pytest
 
 from hvsock import HvsockError
-from hvsock._builtin.files.transfer import AtomicWriter, Channel, Hasher, send_file
+from hvsock._builtin.files.atomic_write import AtomicWriter
+from hvsock._builtin.files.channel import Channel
+from hvsock._builtin.files.hashing import Hasher
+from hvsock._builtin.files.sending import send_file
 from hvsock._core import filecopy as fc
 
 MB = 1024 * 1024

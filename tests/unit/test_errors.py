@@ -15,6 +15,7 @@ from hvsock._errors import (
     AddressError,
     AddressInUseError,
     ArgumentError,
+    Cancelled,
     ConnectionResetByPeerError,
     ConnectTimeoutError,
     FrameTooLargeError,
@@ -24,6 +25,7 @@ from hvsock._errors import (
     KvpError,
     NotAllowedError,
     NothingListeningError,
+    PeerClosedError,
     PermissionDeniedError,
     ProtocolError,
     RegistryError,
@@ -59,6 +61,8 @@ TREE: dict[type[HvsockError], tuple[type[BaseException], ...]] = {
     KvpError: (),
     RegistryError: (),
     VmNotFoundError: (),
+    PeerClosedError: (ProtocolError,),
+    Cancelled: (),
 }
 # RemoteError is built from the peer's (code, message); the rest from one message.
 SIMPLE = [cls for cls in TREE if cls is not RemoteError]
