@@ -157,11 +157,7 @@ class FrameReader:
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[int, bytes]]:
         """The frames *data* completes, as ``(tag, body)``; see the class for errors."""
-        if self._pending is not None:
-            error, self._pending = self._pending, None
-            raise error
-        if self._broken:
-            raise ProtocolError("the frame stream is already broken; close the connection")
+        self._refuse_if_broken()
         frames: list[tuple[int, bytes]] = []
         view = memoryview(data).cast("B")  # slices without copies, whatever *data* is
         pos, end = 0, len(view)
@@ -202,6 +198,37 @@ class FrameReader:
             frames.append((self._tag, body))
             self._body, self._tag = -1, NO_TAG
         return frames
+
+    def take(self, buffer: bytearray) -> tuple[int, bytes] | int:
+        """The whole frame at the front of *buffer* as ``(tag, body)``, removed from it;
+        or, while *buffer* holds less, the count it must hold (nothing is taken).
+
+        For a source its reader buffers itself (the file-copy channel reads ahead, and
+        raw file bytes follow its messages). Call it between frames only (never with a
+        frame half fed to :meth:`feed`); errors as :meth:`feed`'s, raised at once.
+        """
+        self._refuse_if_broken()
+        if len(buffer) < self._head:
+            return self._head
+        try:
+            size = self._length(buffer[:HEADER_SIZE])
+        except ProtocolError:
+            self._broken = True
+            raise
+        end = self._head + size
+        if len(buffer) < end:
+            return end
+        tag = buffer[HEADER_SIZE] if self._tagged else NO_TAG
+        body = bytes(buffer[self._head:end])
+        del buffer[:end]
+        return tag, body
+
+    def _refuse_if_broken(self) -> None:
+        if self._pending is not None:
+            error, self._pending = self._pending, None
+            raise error
+        if self._broken:
+            raise ProtocolError("the frame stream is already broken; close the connection")
 
     def _check(self, head: bytes | bytearray | memoryview, frames: list[tuple[int, bytes]]) -> int:
         """:meth:`_length`; on a bad header the stream breaks, and the error is raised

@@ -8,8 +8,16 @@ import threading
 from collections.abc import Callable
 
 from ..._core import filecopy as fc
-from ..._core.framing import HEADER_SIZE, encode_frame, frame_length
-from ..._errors import ArgumentError, Cancelled, HvsockError, ProtocolError, RemoteError
+from ..._core.framing import HEADER_SIZE, FrameReader, encode_frame
+from ..._errors import (
+    ArgumentError,
+    Cancelled,
+    HvsockError,
+    PeerClosedError,
+    ProtocolError,
+    RemoteError,
+)
+from ..._transports.recv import recv_into_exactly
 
 __all__: list[str] = []
 
@@ -52,6 +60,7 @@ class Channel:
         self._out: list[bytes] = []
         self._out_size = 0
         self._in = bytearray()
+        self._frames = FrameReader(fc.MAX_MESSAGE)
 
     def check(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
@@ -95,23 +104,23 @@ class Channel:
 
     def recv_or_eof(self) -> fc.Message | None:
         """The next message, or None at a clean EOF (between messages)."""
-        if not self._fill(HEADER_SIZE):
-            if self._in:
-                raise ProtocolError("the peer closed the connection in the middle of a "
-                                    "message header")
-            return None
-        length = frame_length(bytes(self._in[:HEADER_SIZE]), fc.MAX_MESSAGE)
-        if not self._fill(HEADER_SIZE + length):
-            raise ProtocolError("the peer closed the connection in the middle of a message")
-        body = bytes(self._in[HEADER_SIZE:HEADER_SIZE + length])
-        del self._in[:HEADER_SIZE + length]
-        return fc.decode(body)
+        while True:
+            got = self._frames.take(self._in)
+            if not isinstance(got, int):
+                return fc.decode(got[1])
+            if not self._fill(got):
+                if not self._in:
+                    return None
+                raise PeerClosedError("the peer closed the connection in the middle of a "
+                                      "message" + (" header" if len(self._in) < HEADER_SIZE
+                                                   else ""))
 
     def recv(self, expect: str = "a message") -> fc.Message:
         """The next message; :class:`ProtocolError` at EOF."""
         message = self.recv_or_eof()
         if message is None:
-            raise ProtocolError(f"the peer closed the connection while we waited for {expect}")
+            raise PeerClosedError(f"the peer closed the connection while we waited for "
+                                  f"{expect}")
         return message
 
     def recv_into(self, view: memoryview) -> None:
@@ -121,18 +130,16 @@ class Channel:
             del self._in[:got]
         if got < len(view) and len(view) - got < 64 * 1024:
             if not self._fill(len(view) - got):
-                raise ProtocolError("the peer closed the connection in the middle of a file")
+                raise PeerClosedError("the peer closed the connection in the middle of a file")
             view[got:] = self._in[:len(view) - got]
             del self._in[:len(view) - got]
             return
         if got < len(view):
             self.flush()
-        while got < len(view):
-            n = self.sock.recv_into(view[got:])
-            if n == 0:
-                raise ProtocolError(f"the peer closed the connection in the middle of "
-                                    f"a file ({got} of {len(view)} bytes of a block)")
-            got += n
+            got += recv_into_exactly(self.sock, view[got:])
+            if got < len(view):
+                raise PeerClosedError(f"the peer closed the connection in the middle of "
+                                      f"a file ({got} of {len(view)} bytes of a block)")
 
 
 def remote_error(message: fc.Message, doing: str) -> HvsockError:
