@@ -69,10 +69,10 @@ def test_reading_at_most_wanted_never_reads_past_a_frame(
     reader = FrameReader(1000, tagged=tagged)
     pos, got = 0, []
     for i in itertools.count():
-        if pos == len(stream):
+        if pos >= len(stream):
             break
         want = reader.wanted()
-        assert want >= 1
+        assert 1 <= want <= len(stream) - pos  # never more than the frame still needs
         n = max(1, min(want, shorts[i % len(shorts)] or want))
         out = reader.feed(stream[pos:pos + n])
         pos += n
@@ -261,3 +261,25 @@ def test_recv_into_exactly_over_short_reads(data: bytes, cuts: list[int], short:
     # Whole, or short only because the peer closed after sending all it had.
     assert got == len(data)
     assert bytes(buf[:got]) == data
+
+
+def test_a_tagged_reader_checks_the_length_before_the_tag() -> None:
+    # The 4 length bytes are enough to refuse a claim: the tag byte is not waited for.
+    with pytest.raises(FrameTooLargeError):
+        FrameReader(16, tagged=True).feed(header(17))
+    with pytest.raises(ProtocolError, match="empty frame"):
+        FrameReader(16, tagged=True).feed(header(0))
+
+
+@pytest.mark.parametrize("tagged", [False, True])
+def test_wanted_counts_what_is_already_buffered(tagged: bool) -> None:
+    reader = FrameReader(100, tagged=tagged)
+    head = HEADER_SIZE + tagged
+    for got in range(head):
+        assert reader.wanted() == head - got
+        reader.feed((header(4) + b"\x02")[got:got + 1])
+    for got in range(4 - tagged):
+        assert reader.wanted() == 4 - tagged - got
+        out = reader.feed(b"b")
+    assert out == [(2 if tagged else NO_TAG, b"b" * (4 - tagged))]
+    assert reader.wanted() == head
