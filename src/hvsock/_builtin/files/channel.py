@@ -40,7 +40,6 @@ def error_code(exc: BaseException) -> str:
     return errno.errorcode.get(code, "failed").lower() if isinstance(code, int) else "failed"
 
 
-
 class Channel:
     """Frames of file-copy messages and raw data over one blocking socket, buffered.
 

@@ -141,7 +141,6 @@ class Hasher:
             pos += n
 
 
-
 #: Buffers on the copy paths: the I/O fills one while the helper hashes others.
 RING = 4
 

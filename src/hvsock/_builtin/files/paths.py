@@ -39,7 +39,6 @@ def show(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
-
 def open_dir(start_fd: int, parts: tuple[bytes, ...], *, create: bool = False,
              what: bytes = b"", parents_hint: bool = False) -> int:
     """A new descriptor of the directory *parts* below *start_fd*, no symlink followed.

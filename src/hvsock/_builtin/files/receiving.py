@@ -44,7 +44,6 @@ def receive_blocks(chan: Channel, start: int, end: int, digest: hashlib._Hash,
         hasher.wait()
 
 
-
 def drain_file(chan: Channel) -> None:
     """Read and drop one file's DATA, bytes and FILE_END (a skipped or refused eager file)."""
     msg = chan.recv("DATA")

@@ -135,7 +135,6 @@ def _send_zeros(chan: Channel, count: int, tick: Tick | None) -> None:
             tick(n)
 
 
-
 def _copy_range(chan: Channel, fd: int, start: int, end: int, hasher: Hasher,
                 tick: Tick | None) -> bool:
     bufs = ring(end - start)
@@ -162,7 +161,6 @@ def _copy_range(chan: Channel, fd: int, start: int, end: int, hasher: Hasher,
         if tick is not None:
             tick(n)
     return True
-
 
 
 def send_stream(chan: Channel, read: Callable[[int], bytes], tick: Tick | None) -> None:
