@@ -95,8 +95,8 @@ def agent(tmp: str) -> Iterator[str]:
     port = free_port()
     ready = f"{tmp}/agent-ready"
     proc = subprocess.Popen([sys.executable, "-m", "hvsock", "agent", "--listen",
-                             f"tcp://127.0.0.1:{port}", "--enable", "exec", "--ready-file",
-                             ready], stderr=subprocess.DEVNULL)
+                             f"tcp://127.0.0.1:{port}", "--enable", "exec", "--allow", "127.0.0.1",
+                             "--ready-file", ready], stderr=subprocess.DEVNULL)
     PIDS["agent"] = proc.pid
     try:
         deadline = time.monotonic() + 30

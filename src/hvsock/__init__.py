@@ -47,6 +47,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "NothingListeningError", "PermissionDeniedError", "ProtocolError", "RegistryError",
         "RemoteError", "TransportUnavailableError", "UnreachableError", "UnsupportedError",
         "VmNotFoundError", "ConnectionResetByPeerError", "NotAllowedError", "KvpError",
+        "Cancelled", "PeerClosedError",
     ),
     "._server.peers": (
         "Peer", "PrivilegedCid",
@@ -136,6 +137,7 @@ if TYPE_CHECKING:  # the same names, spelled out for type checkers and IDEs
     from ._errors import AddressError as AddressError
     from ._errors import AddressInUseError as AddressInUseError
     from ._errors import ArgumentError as ArgumentError
+    from ._errors import Cancelled as Cancelled
     from ._errors import ConnectionResetByPeerError as ConnectionResetByPeerError
     from ._errors import ConnectTimeoutError as ConnectTimeoutError
     from ._errors import FrameTooLargeError as FrameTooLargeError
@@ -145,6 +147,7 @@ if TYPE_CHECKING:  # the same names, spelled out for type checkers and IDEs
     from ._errors import KvpError as KvpError
     from ._errors import NotAllowedError as NotAllowedError
     from ._errors import NothingListeningError as NothingListeningError
+    from ._errors import PeerClosedError as PeerClosedError
     from ._errors import PermissionDeniedError as PermissionDeniedError
     from ._errors import ProtocolError as ProtocolError
     from ._errors import RegistryError as RegistryError

@@ -15,6 +15,7 @@ __all__ = [
     "AddressError",
     "AddressInUseError",
     "ArgumentError",
+    "Cancelled",
     "ConnectTimeoutError",
     "ConnectionResetByPeerError",
     "FrameTooLargeError",
@@ -24,6 +25,7 @@ __all__ = [
     "KvpError",
     "NotAllowedError",
     "NothingListeningError",
+    "PeerClosedError",
     "PermissionDeniedError",
     "ProtocolError",
     "RegistryError",
@@ -152,6 +154,20 @@ class VmNotFoundError(HvsockError):
     """No VM has the name an address gives (or WSL's VM is not running)."""
 
 
+class PeerClosedError(ProtocolError):
+    """The peer closed the connection before a frame, or the answer to a request, was whole.
+
+    A service closes a peer outside its allowlist this way; so does one that stopped.
+    """
+
+
+class Cancelled(HvsockError):
+    """The work was cancelled from outside (a file copy whose asyncio task was cancelled).
+
+    Internal: the asyncio twins turn it back into ``asyncio.CancelledError``.
+    """
+
+
 # Windows socket error numbers (winsock2.h). CPython reports them in
 # ``OSError.winerror`` for socket calls, so they are matched before errno.
 WSAEACCES = 10013
@@ -261,19 +277,44 @@ def reset_by_peer(where: str, exc: OSError | None = None) -> ConnectionResetByPe
         errno=exc.errno if exc is not None and exc.errno else _errno.ECONNRESET)
 
 
+#: What an errno means to someone reading or writing files (family "file").
+_FILE_HINTS = {
+    _errno.ENOSPC: "no space left on the device; free some and try again",
+    _errno.EDQUOT: "over the disk quota; free some and try again",
+    _errno.EACCES: "permission denied",
+    _errno.EPERM: "operation not permitted",
+    _errno.EROFS: "read-only file system",
+    _errno.ELOOP: "a symlink is in the way (symlinks are never followed here)",
+    _errno.ENOTDIR: "a part of the path is not a directory (or is a symlink)",
+    _errno.ENOENT: "no such file or directory",
+    _errno.EEXIST: "it already exists",
+    _errno.EISDIR: "it is a directory",
+    _errno.ENAMETOOLONG: "the name is too long",
+}
+#: File errnos that mean "not allowed": a PermissionDeniedError, with the caller's hint.
+_FILE_REFUSALS = frozenset({_errno.EACCES, _errno.EPERM, _errno.EROFS})
+
+
 def translate(exc: BaseException, *, op: str, family: str, where: str,
-              port_hint: str = "", path: str | bytes | None = None) -> BaseException:
+              port_hint: str = "", path: str | bytes | None = None,
+              permission_hint: str = "") -> BaseException:
     """Turn an OS error from *op* ("connect", "bind", ...) into an hvsock error.
 
-    *family* names the transport ("vsock", "hyperv", "hybrid", "tcp", "unix");
-    *where* is a human description of the address ("port 5000 of CID 3"); *path*
+    *family* names the transport ("vsock", "hyperv", "hybrid", "tcp", "unix"), or is
+    ``"file"`` for a file-system operation (*op* "read", "write", "create", ...: the
+    message is "cannot <op> <where>: <what the errno means>"); *where* is a human
+    description of the address ("port 5000 of CID 3") or the file (quoted); *path*
     is the socket file of a Unix / hybrid address, so a missing or closed directory
-    on the way is named.
-    Errors hvsock already raised, and non-OS errors, are returned unchanged.
-    The caller raises the result ``from exc`` so the original stays attached.
+    on the way is named. *permission_hint* is added to a file permission error
+    (say who owns such files, what to run instead).
+    Errors hvsock already raised, and non-OS errors, are returned unchanged; the
+    errno is kept. The caller raises the result ``from exc`` so the original stays
+    attached.
     """
     if isinstance(exc, HvsockError) or not isinstance(exc, OSError):
         return exc
+    if family == "file":
+        return _file_error(exc, op, where, permission_hint)
     if isinstance(exc, (socket.timeout, TimeoutError)) and exc.errno is None:
         return ConnectTimeoutError(
             f"{op} to {where} timed out; check that the peer is running, or raise the timeout",
@@ -366,3 +407,12 @@ def translate(exc: BaseException, *, op: str, family: str, where: str,
     if family in ("tcp", "unix") and code == _errno.ECONNRESET:
         return reset_by_peer(where, exc)
     return HvsockError(f"{op} on {where} failed: {detail}", errno=code)
+
+
+def _file_error(exc: OSError, op: str, where: str, permission_hint: str) -> HvsockError:
+    code = _code(exc)
+    message = f"cannot {op} {where}: {_FILE_HINTS.get(code or 0, exc.strerror or str(exc))}"
+    if code in _FILE_REFUSALS:
+        return PermissionDeniedError(
+            f"{message}; {permission_hint}" if permission_hint else message, errno=code)
+    return HvsockError(message, errno=code)

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 import hvsock
 import hvsock.framing
 import hvsock.services
-from hvsock._builtin.files.transfer import partial_name
+from hvsock._builtin.files.atomic_write import partial_name
 from hvsock._cli.main import main
 
 from .._files import serving

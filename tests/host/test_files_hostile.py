@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import hvsock
-from hvsock._builtin.files.transfer import partial_name
+from hvsock._builtin.files.atomic_write import partial_name
 from hvsock._cli.main import main
 
 from .._files import serving

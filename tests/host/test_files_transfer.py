@@ -19,9 +19,14 @@ from pathlib import Path
 
 import pytest
 
+import hvsock
 from hvsock import HvsockError
-from hvsock._builtin.files.transfer import AtomicWriter, Channel, Hasher, send_file
+from hvsock._builtin.files.atomic_write import AtomicWriter
+from hvsock._builtin.files.channel import Channel
+from hvsock._builtin.files.hashing import Hasher
+from hvsock._builtin.files.sending import send_file
 from hvsock._core import filecopy as fc
+from hvsock._core.framing import encode_frame
 
 MB = 1024 * 1024
 SendFile = Callable[[int, int, int, int], int]
@@ -271,3 +276,59 @@ def test_hasher_close_drops_what_is_queued_and_ends_its_thread() -> None:
     hasher.close()  # returns after at most the running block, not all fifty
     hasher.wait()  # nothing left to wait for
     assert not [t for t in threading.enumerate() if t.name == "hvsock-sha256"]
+
+
+@pytest.mark.parametrize(("sent", "outcome"), [
+    (b"", None),
+    (b"\x00\x00", "in the middle of a message header"),
+    (b"\x00\x00\x00\x10{}", "in the middle of a message"),
+])
+def test_channel_eof_between_or_inside_messages(
+        pair: tuple[socket.socket, socket.socket], sent: bytes, outcome: str | None) -> None:
+    a, b = pair
+    a.sendall(sent)
+    a.shutdown(socket.SHUT_WR)
+    chan = Channel(b)
+    if outcome is None:
+        assert chan.recv_or_eof() is None
+        return
+    with pytest.raises(hvsock.PeerClosedError, match=outcome):
+        chan.recv_or_eof()
+
+
+def test_channel_message_then_raw_bytes(pair: tuple[socket.socket, socket.socket]) -> None:
+    """A message and the raw file bytes after it arrive in one read-ahead: the message
+    takes only its own bytes, the block gets the rest (small and large blocks)."""
+    a, b = pair
+    big = os.urandom(300 * 1024)
+    bigger = os.urandom(600 * 1024)
+
+    def send() -> None:
+        sender = Channel(a)
+        sender.send(fc.Data(0, 3))
+        sender.write(b"abc")
+        sender.send(fc.Data(0, len(big)))
+        sender.write(big)
+        sender.flush()
+        # One send: the read-ahead takes the message and the block's first part, the
+        # rest of the block is read straight into the caller's buffer.
+        a.sendall(encode_frame(fc.encode(fc.Data(0, len(bigger))), fc.MAX_MESSAGE) + bigger)
+        a.shutdown(socket.SHUT_WR)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    chan = Channel(b)
+    assert chan.recv() == fc.Data(0, 3)
+    small = memoryview(bytearray(3))
+    chan.recv_into(small)
+    assert small == b"abc"
+    assert chan.recv() == fc.Data(0, len(big))
+    block = memoryview(bytearray(len(big)))
+    chan.recv_into(block)
+    assert block == big
+    assert chan.recv() == fc.Data(0, len(bigger))
+    block = memoryview(bytearray(len(bigger)))
+    chan.recv_into(block)
+    assert block == bigger
+    assert chan.recv_or_eof() is None
+    thread.join(30)

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -238,3 +239,45 @@ def test_cli_serve_as_a_process(short_tmp: Path, hvsock_cmd: list[str]) -> None:
     assert proc.returncode in (0, 143), err
     assert "hvsock: listening on unix://" in err
     assert kvp.open_pool(0, directory=short_tmp).get("FromHost") == "1"
+
+
+def _one_shot_server(path: Path, reply: bytes) -> threading.Thread:
+    """A Unix listener that reads the request, sends *reply* and hangs up."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(1)
+    listener.settimeout(30)
+
+    def serve() -> None:
+        with listener:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(30)
+                conn.recv(65536)
+                conn.sendall(reply)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("reply", [b"", b"\x00\x00\x00\x10{\"id\""])
+def test_a_connection_closed_without_an_answer_says_so(short_tmp: Path, reply: bytes) -> None:
+    # Closed before an answer, or in the middle of one: PeerClosedError from the RPC
+    # client, which the KVP client tells by its class (never by its message).
+    thread = _one_shot_server(short_tmp / "kvp.sock", reply)
+    with kvp.KvpClient(f"unix://{short_tmp}/kvp.sock", timeout=10) as client, \
+            pytest.raises(hvsock.HvsockError, match="closed the connection without an "
+                                                    "answer") as info:
+        client.get("k")
+    assert isinstance(info.value.__cause__, hvsock.PeerClosedError)
+    thread.join(30)
+
+
+def test_a_broken_answer_stays_a_protocol_error(short_tmp: Path) -> None:
+    thread = _one_shot_server(short_tmp / "kvp.sock", b"\x00\x00\x00\x05[1,2]")
+    with kvp.KvpClient(f"unix://{short_tmp}/kvp.sock", timeout=10) as client, \
+            pytest.raises(hvsock.ProtocolError, match="must be a JSON object") as info:
+        client.get("k")
+    assert not isinstance(info.value, hvsock.PeerClosedError)
+    thread.join(30)

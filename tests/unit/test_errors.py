@@ -15,6 +15,7 @@ from hvsock._errors import (
     AddressError,
     AddressInUseError,
     ArgumentError,
+    Cancelled,
     ConnectionResetByPeerError,
     ConnectTimeoutError,
     FrameTooLargeError,
@@ -24,6 +25,7 @@ from hvsock._errors import (
     KvpError,
     NotAllowedError,
     NothingListeningError,
+    PeerClosedError,
     PermissionDeniedError,
     ProtocolError,
     RegistryError,
@@ -59,6 +61,8 @@ TREE: dict[type[HvsockError], tuple[type[BaseException], ...]] = {
     KvpError: (),
     RegistryError: (),
     VmNotFoundError: (),
+    PeerClosedError: (ProtocolError,),
+    Cancelled: (),
 }
 # RemoteError is built from the peer's (code, message); the rest from one message.
 SIMPLE = [cls for cls in TREE if cls is not RemoteError]
@@ -388,3 +392,58 @@ def test_a_missing_directory_is_named(tmp_path: object) -> None:
     connect_error = translate(exc, op="connect", family="unix", where=path, path=path)
     assert isinstance(connect_error, NothingListeningError)
     assert f"{tmp_path}/no'" in str(connect_error)
+
+
+# translate(family="file"): the one translation of file-system errors (file copy, KVP pools)
+
+FILE_TABLE = [
+    # errno, the class it becomes, what the message says
+    (errno.ENOSPC, HvsockError, "no space left on the device; free some and try again"),
+    (errno.EDQUOT, HvsockError, "over the disk quota"),
+    (errno.EACCES, PermissionDeniedError, "permission denied"),
+    (errno.EPERM, PermissionDeniedError, "operation not permitted"),
+    (errno.EROFS, PermissionDeniedError, "read-only file system"),
+    (errno.ELOOP, HvsockError, "a symlink is in the way"),
+    (errno.ENOTDIR, HvsockError, "a part of the path is not a directory"),
+    (errno.ENOENT, HvsockError, "no such file or directory"),
+    (errno.EEXIST, HvsockError, "it already exists"),
+    (errno.EISDIR, HvsockError, "it is a directory"),
+    (errno.ENAMETOOLONG, HvsockError, "the name is too long"),
+    (errno.EIO, HvsockError, os.strerror(errno.EIO)),  # no advice: the system's words
+]
+
+
+@pytest.mark.parametrize(("code", "cls", "says"), FILE_TABLE,
+                         ids=[errno.errorcode[c] for c, _, _ in FILE_TABLE])
+def test_translate_file_errors(code: int, cls: type[HvsockError], says: str) -> None:
+    exc = OSError(code, os.strerror(code))
+    result = translate(exc, op="write", family="file", where="'a/b'")
+    assert type(result) is cls
+    assert isinstance(result, HvsockError)
+    assert str(result).startswith(f"cannot write 'a/b': {says}")
+    assert result.errno == code  # kept, and set by the constructor (pickles with it)
+    assert pickle.loads(pickle.dumps(result)).errno == code
+
+
+def test_translate_file_permission_hint_only_on_refusals() -> None:
+    hint = "pool files belong to root: run as root"
+    for code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        refused = translate(OSError(code, os.strerror(code)), op="write", family="file",
+                            where="pool 0", permission_hint=hint)
+        assert isinstance(refused, PermissionDeniedError)
+        assert str(refused).endswith("; " + hint)
+    other = translate(OSError(errno.ENOSPC, "full"), op="write", family="file",
+                      where="pool 0", permission_hint=hint)
+    assert hint not in str(other)
+
+
+def test_translate_file_passes_through_what_it_does_not_own() -> None:
+    ours = ProtocolError("x")
+    assert translate(ours, op="read", family="file", where="f") is ours
+    not_os = ValueError("y")
+    assert translate(not_os, op="read", family="file", where="f") is not_os
+    # A file timeout is not a connect timeout.
+    timeout = translate(TimeoutError(errno.ETIMEDOUT, "timed out"), op="read",
+                        family="file", where="f")
+    assert not isinstance(timeout, ConnectTimeoutError)
+    assert str(timeout).startswith("cannot read f: ")

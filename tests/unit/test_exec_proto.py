@@ -345,3 +345,12 @@ def test_a_whole_piece_read_exactly_is_handed_on_without_a_copy() -> None:
     assert kind == ep.STDOUT
     assert rest is body
     assert reader.at_boundary()
+
+
+def test_a_bad_header_after_good_frames_breaks_the_session_at_once() -> None:
+    # The reader would hand out the STARTED first; the session stops at the bad header
+    # in the same call (a driver must not wait on the socket for an error it has).
+    client = _started_client()
+    with pytest.raises(hvsock.FrameTooLargeError):
+        client.receive(_agent(ep.Started(1)) + (ep.MAX_FRAME + 1).to_bytes(4, "big") + b"\x11")
+    assert client.state == ep.BROKEN

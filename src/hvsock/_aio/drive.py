@@ -16,33 +16,12 @@ from typing import TYPE_CHECKING, Any
 from .._transports import sync
 from .._transports._common import Deadline
 from .._transports.dial import InThread, Pause, Readable, resume
+from .ready import wait_ready
 
 if TYPE_CHECKING:
     from .._transports.dial import Dial
 
 __all__: list[str] = []  # internal
-
-
-async def _ready(loop: asyncio.AbstractEventLoop, sock: socket.socket, readable: bool,
-                 timeout: float | None) -> bool:
-    """True once *sock* is ready, False when *timeout* passed first."""
-    future: asyncio.Future[None] = loop.create_future()
-    fd = sock.fileno()
-    add, remove = ((loop.add_reader, loop.remove_reader) if readable
-                   else (loop.add_writer, loop.remove_writer))
-
-    def wake() -> None:
-        if not future.done():
-            future.set_result(None)
-
-    add(fd, wake)
-    try:
-        await asyncio.wait_for(future, timeout)
-    except asyncio.TimeoutError:
-        return False
-    finally:
-        remove(fd)
-    return True
 
 
 async def run(dial: Dial, timeout: float | None) -> socket.socket:
@@ -83,8 +62,8 @@ async def run(dial: Dial, timeout: float | None) -> socket.socket:
                     future.add_done_callback(functools.partial(_abandon, gen, step))
                     gen = None
                     raise
-            elif not await _ready(loop, step.sock, isinstance(step, Readable),
-                                  deadline.remaining()):
+            elif not await wait_ready(step.sock, not isinstance(step, Readable),
+                                      deadline.remaining()):
                 error = step.stalled()
     finally:
         if gen is not None:

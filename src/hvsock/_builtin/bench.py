@@ -33,9 +33,10 @@ from typing import Any
 from .. import _endpoints as api
 from .. import _validate
 from .._core.addresses import Address, parse_address
-from .._errors import ArgumentError, ProtocolError
+from .._errors import ArgumentError, PeerClosedError, ProtocolError
 from .._server.lifecycle import check_ready_file, loop_stop_signals, write_ready_file
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT
+from .._transports.recv import recv_into_exactly
 
 SINK = b"s"
 ECHO = b"e"
@@ -281,14 +282,11 @@ def _run_workers(n: int, work: Callable[[int], Any]) -> list[Any]:
 
 
 def _recv_exactly(sock: socket.socket, n: int, what: str) -> bytes:
-    data = b""
-    while len(data) < n:
-        part = sock.recv(n - len(data))
-        if not part:
-            raise ProtocolError(f"the bench server closed the connection before {what}; is "
-                                "the address a `hvsock bench server`?")
-        data += part
-    return data
+    buf = bytearray(n)
+    if recv_into_exactly(sock, buf) < n:
+        raise PeerClosedError(f"the bench server closed the connection before {what}; is "
+                              "the address a `hvsock bench server`?")
+    return bytes(buf)
 
 
 def throughput(address: Address | str, *, total_bytes: int | None = None,
@@ -380,12 +378,8 @@ def round_trip(address: Address | str, *, count: int | None = None,
         while (count is None or len(times) < count) and (duration is None or clock() < end):
             start = clock()
             sock.sendall(payload)
-            got = 0
-            while got < size:
-                n = sock.recv_into(view[got:])
-                if not n:
-                    raise ProtocolError(f"the echo server closed after {len(times)} round trips")
-                got += n
+            if recv_into_exactly(sock, view) < size:
+                raise PeerClosedError(f"the echo server closed after {len(times)} round trips")
             times.append(clock() - start)
             if buf != payload:
                 raise ProtocolError(f"round trip {len(times)}: the echo differs from what was "

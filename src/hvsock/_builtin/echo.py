@@ -16,6 +16,7 @@ from .._errors import HandshakeError, HvsockError
 from .._service.connection import Connection
 from .._service.declaration import Limits, Service
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT
+from .._transports.recv import recv_into_exactly
 
 #: The echo service's default port (and so its template service id).
 ECHO_PORT = 7
@@ -75,13 +76,9 @@ def ping(address: Address | str, *, count: int = 10, size: int = 1, interval: fl
             payload = os.urandom(size)
             start = time.perf_counter()
             sock.sendall(payload)
-            got = 0
-            while got < size:
-                n = sock.recv_into(view[got:])
-                if n == 0:
-                    raise HvsockError(f"echo service at {address} closed the connection "
-                                      f"after {i} replies")
-                got += n
+            if recv_into_exactly(sock, view) < size:
+                raise HvsockError(f"echo service at {address} closed the connection "
+                                  f"after {i} replies")
             rtts.append((time.perf_counter() - start) * 1000)
             if bytes(buf) != payload:
                 raise HandshakeError(f"echo reply {i} differs from what was sent: is "

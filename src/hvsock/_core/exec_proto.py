@@ -30,7 +30,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._errors import ProtocolError
+from .._errors import PeerClosedError, ProtocolError
+from . import framing
 from .framing import HEADER_SIZE, encode_frame, frame_length
 
 __all__: list[str] = []  # internal: the public names live in hvsock.__init__
@@ -381,60 +382,19 @@ DONE = "done"  # EXIT or ERROR received: the session is over
 BROKEN = "broken"  # the agent broke the protocol (or closed early); close the connection
 
 
-class FrameReader:
-    """The one incremental reader of exec frames: bytes in, ``(kind, rest)`` out.
+class FrameReader(framing.FrameReader):
+    """Exec's frames: tagged with their kind byte, at most :data:`MAX_FRAME`.
 
-    :meth:`wanted` says how many bytes would complete the piece being read (a frame's
-    head, or the rest of its body): a driver that reads exactly that many, and gets
-    them, hands its bytes on with no copy here (the exec throughput path: one recv
-    per frame, the output chunk is the very object the socket returned). Bytes
-    arriving in any other cut are buffered and joined.
+    The one frame reader (:class:`hvsock._core.framing.FrameReader`), set up for exec:
+    ``feed`` gives ``(kind, rest)``, and a driver that reads exactly :meth:`wanted`
+    bytes gets a data frame's bytes as the very object its read returned.
     """
 
+    __slots__ = ()
+    EMPTY = "empty exec frame: every exec frame starts with its kind byte"
+
     def __init__(self) -> None:
-        self._buffer = bytearray()
-        self._kind = -1  # -1 while the head is still being read
-        self._size = 0
-
-    def wanted(self) -> int:
-        """Bytes that complete the current head or body (never 0)."""
-        if self._kind < 0:
-            return HEAD.size - len(self._buffer)
-        return self._size - len(self._buffer)
-
-    def at_boundary(self) -> bool:
-        """True when no part of a frame is buffered (a clean place for EOF)."""
-        return self._kind < 0 and not self._buffer
-
-    def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[int, bytes]]:
-        """The frames *data* completes; :class:`ProtocolError` (only) for a bad head."""
-        frames: list[tuple[int, bytes]] = []
-        view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
-        pos, end = 0, len(view)
-        while pos < end or (self._kind >= 0 and self._size == 0):
-            need = self.wanted()
-            if self._kind >= 0 and need == 0:  # an empty body: the frame is whole
-                frames.append((self._kind, b""))
-                self._kind = -1
-                continue
-            if not self._buffer and end - pos >= need:
-                piece = view if (pos == 0 and end == need and isinstance(view, bytes)) \
-                    else bytes(view[pos:pos + need])
-                pos += need
-            else:
-                take = min(need, end - pos)
-                self._buffer += view[pos:pos + take]
-                pos += take
-                if len(self._buffer) < (HEAD.size if self._kind < 0 else self._size):
-                    break
-                piece = bytes(self._buffer)
-                self._buffer.clear()
-            if self._kind < 0:
-                self._kind, self._size = parse_head(piece)
-            else:
-                frames.append((self._kind, piece))
-                self._kind = -1
-        return frames
+        super().__init__(MAX_FRAME, tagged=True)
 
 
 _AGENT_KINDS = frozenset({STARTED, STDOUT, STDERR, EXIT, ERROR})
@@ -522,6 +482,8 @@ class ClientSession:
                                "restarted, or this peer is not in its allowlist: see its log)")
         try:
             frames = self._reader.feed(data)
+            if self._reader.broken:
+                self._reader.feed(b"")  # the bad header's error, now: the session ends there
             return [self._event(kind, rest) for kind, rest in frames]
         except ProtocolError:
             self.state = BROKEN
@@ -553,6 +515,6 @@ class ClientSession:
             self.state, self.outcome = DONE, event
         return event
 
-    def _broken(self, message: str) -> ProtocolError:
+    def _broken(self, message: str) -> PeerClosedError:
         self.state = BROKEN
-        return ProtocolError(message)
+        return PeerClosedError(message)

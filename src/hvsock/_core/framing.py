@@ -72,62 +72,215 @@ def frame_length(header: bytes, max_size: int) -> int:
     return int(length)
 
 
-class FrameDecoder:
-    """Incremental decoder: ``feed(data)`` returns the frames completed by *data*.
+#: The tag of a frame read by an untagged :class:`FrameReader` (it has none).
+NO_TAG = -1
 
-    After a :class:`FrameTooLargeError` the stream is out of step; the decoder
-    refuses further input and the connection should be closed.
+
+class FrameReader:
+    """The one incremental reader of frames: bytes in, ``(tag, body)`` pairs out.
+
+    Every frame on a socket, a stream or a buffer is read through one of these (the
+    blocking and asyncio drivers are ``recv_frame`` and ``read_frame_with`` in
+    ``hvsock._service.frames`` and ``hvsock._transports.recv``). A claimed length is
+    checked against *max_size* as soon as its 4 bytes are in, before any of the body
+    is buffered, so a hostile 4 GiB claim costs nothing.
+
+    *tagged* frames carry a one-byte tag first (exec's frame kind): it is read with the
+    header and handed out apart, so the rest of the body can be the very object a read
+    returned. A tagged frame needs its tag (a zero length is a :class:`ProtocolError`);
+    untagged frames come out with the tag :data:`NO_TAG`.
+
+    :meth:`wanted` says how many bytes complete the piece being read (the header, or
+    the body): a driver that reads exactly that many, and gets them, has the body
+    handed on with no copy, and never reads a byte past the frame. Bytes arriving in
+    any other cut are buffered and joined.
+
+    After a bad header the stream is out of step: the frames completed before it are
+    returned first, the error is raised by the next call, and every call after that
+    raises :class:`ProtocolError`.
     """
 
-    def __init__(self, max_size: int = DEFAULT_MAX_FRAME) -> None:
+    __slots__ = ("_body", "_broken", "_buffer", "_head", "_pending", "_tag", "_tagged",
+                 "max_size")
+
+    #: The message for a tagged frame of length 0.
+    EMPTY = "empty frame: a tagged frame carries at least its tag byte"
+
+    def __init__(self, max_size: int = DEFAULT_MAX_FRAME, *, tagged: bool = False) -> None:
         self.max_size = check_max_size(max_size)
+        self._tagged = tagged
+        self._head = HEADER_SIZE + 1 if tagged else HEADER_SIZE
         self._buffer = bytearray()
-        self._need: int | None = None  # body length once the header is read
+        self._body = -1  # the body's size once its header was read; -1 while reading one
+        self._tag = NO_TAG
         self._broken = False
-        self._pending_error: FrameTooLargeError | None = None
+        self._pending: ProtocolError | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes held for an incomplete frame."""
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """Frames completed by *data*. Frames completed before an oversized header
-        are returned first; the error is raised by the next call."""
-        if self._pending_error is not None:
-            error, self._pending_error = self._pending_error, None
+    @property
+    def broken(self) -> bool:
+        """True once a bad header was met (its error raised, or still to come)."""
+        return self._broken
+
+    def wanted(self) -> int:
+        """Bytes that would complete the header or body being read (at least 1)."""
+        if self._body < 0:
+            return self._head - len(self._buffer)
+        return max(1, self._body - len(self._buffer))
+
+    def at_boundary(self) -> bool:
+        """True when no part of a frame is buffered (a clean place for EOF).
+
+        False once the stream is broken: the bytes after a refused header were never framed.
+        """
+        return not self._broken and self._body < 0 and not self._buffer
+
+    def progress(self) -> tuple[bool, int, int]:
+        """Where a cut stream stopped: (in the header?, bytes of that piece read, its size).
+
+        For the message of an EOF that :meth:`at_boundary` says is not clean.
+        """
+        if self._body < 0:
+            return True, len(self._buffer), self._head
+        return False, len(self._buffer), self._body
+
+    def _length(self, header: bytes | bytearray | memoryview) -> int:
+        """The body size after the header (and tag); raises for a bad header."""
+        length = frame_length(bytes(header[:HEADER_SIZE]), self.max_size)
+        if self._tagged and length == 0:
+            raise ProtocolError(self.EMPTY)
+        return length - 1 if self._tagged else length
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[int, bytes]]:
+        """The frames *data* completes, as ``(tag, body)``; see the class for errors."""
+        self._refuse_if_broken()
+        frames: list[tuple[int, bytes]] = []
+        view = memoryview(data).cast("B")  # slices without copies, whatever *data* is
+        pos, end = 0, len(view)
+        buffer = self._buffer
+        while True:
+            if self._body < 0:  # the header (and tag)
+                need = self._head - len(buffer)
+                if end - pos < need:
+                    buffer += view[pos:end]
+                    if len(buffer) >= HEADER_SIZE:  # the length is in: check it now
+                        self._check(buffer, frames)
+                    break
+                if buffer:
+                    buffer += view[pos:pos + need]
+                    head: bytes | bytearray | memoryview = buffer
+                else:
+                    head = view[pos:pos + need]
+                pos += need
+                self._body = self._check(head, frames)
+                if self._body < 0:
+                    return frames
+                if self._tagged:
+                    self._tag = head[HEADER_SIZE]
+                buffer.clear()
+            need = self._body - len(buffer)
+            if end - pos < need:
+                buffer += view[pos:end]
+                break
+            if buffer:
+                buffer += view[pos:pos + need]
+                body = bytes(buffer)
+                buffer.clear()
+            elif pos == 0 and end == need and isinstance(data, bytes):
+                body = data  # read exactly what was wanted: no copy
+            else:
+                body = bytes(view[pos:pos + need])
+            pos += need
+            frames.append((self._tag, body))
+            self._body, self._tag = -1, NO_TAG
+        return frames
+
+    def take(self, buffer: bytearray) -> tuple[int, bytes] | int:
+        """The whole frame at the front of *buffer* as ``(tag, body)``, removed from it;
+        or, while *buffer* holds less, the count it must hold (nothing is taken).
+
+        For a source its reader buffers itself (the file-copy channel reads ahead, and
+        raw file bytes follow its messages). Call it between frames only (never with a
+        frame half fed to :meth:`feed`); errors as :meth:`feed`'s, raised at once.
+        """
+        self._refuse_if_broken()
+        if len(buffer) < self._head:
+            return self._head
+        try:
+            size = self._length(buffer[:HEADER_SIZE])
+        except ProtocolError:
+            self._broken = True
+            raise
+        end = self._head + size
+        if len(buffer) < end:
+            return end
+        tag = buffer[HEADER_SIZE] if self._tagged else NO_TAG
+        body = bytes(buffer[self._head:end])
+        del buffer[:end]
+        return tag, body
+
+    def _refuse_if_broken(self) -> None:
+        if self._pending is not None:
+            error, self._pending = self._pending, None
             raise error
         if self._broken:
             raise ProtocolError("the frame stream is already broken; close the connection")
-        self._buffer += data
-        frames: list[bytes] = []
-        while True:
-            if self._need is None:
-                if len(self._buffer) < HEADER_SIZE:
-                    break
-                try:
-                    self._need = frame_length(bytes(self._buffer[:HEADER_SIZE]), self.max_size)
-                except FrameTooLargeError as exc:
-                    self._broken = True
-                    self._buffer.clear()
-                    if frames:
-                        self._pending_error = exc
-                        return frames
-                    raise
-                del self._buffer[:HEADER_SIZE]
-            if len(self._buffer) < self._need:
-                break
-            frames.append(bytes(self._buffer[: self._need]))
-            del self._buffer[: self._need]
-            self._need = None
-        return frames
+
+    def _check(self, head: bytes | bytearray | memoryview, frames: list[tuple[int, bytes]]) -> int:
+        """:meth:`_length`; on a bad header the stream breaks, and the error is raised
+        now, or (with *frames* to hand out first) by the next call (then -1 back)."""
+        try:
+            return self._length(head)
+        except ProtocolError as exc:
+            self._broken = True
+            self._buffer.clear()
+            if not frames:
+                raise
+            self._pending = exc
+            return -1
+
+
+class FrameDecoder:
+    """Incremental decoder: ``feed(data)`` returns the frames (their bodies) completed by
+    *data*. A :class:`FrameReader` of untagged frames.
+
+    After a :class:`FrameTooLargeError` the stream is out of step; the decoder
+    refuses further input and the connection should be closed.
+    """
+
+    __slots__ = ("_reader",)
+
+    def __init__(self, max_size: int = DEFAULT_MAX_FRAME) -> None:
+        self._reader = FrameReader(max_size)
+
+    @property
+    def max_size(self) -> int:
+        return self._reader.max_size
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an incomplete frame."""
+        return self._reader.buffered
+
+    def wanted(self) -> int:
+        """Bytes that would complete the header or body being read (see :class:`FrameReader`)."""
+        return self._reader.wanted()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Frames completed by *data*. Frames completed before an oversized header
+        are returned first; the error is raised by the next call."""
+        return [body for _, body in self._reader.feed(data)]
 
     def at_boundary(self) -> bool:
         """True when no partial frame is buffered (a clean place for EOF).
 
         False once the stream is broken: the bytes after a refused header were never framed.
         """
-        return not self._broken and self._need is None and not self._buffer
+        return self._reader.at_boundary()
 
 
 # -- the RPC layer --------------------------------------------------------------

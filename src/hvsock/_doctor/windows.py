@@ -12,6 +12,7 @@ from .._core import ids
 from .._core.addresses import Address, HyperVAddress, NamedVmAddress, VsockAddress
 from .._errors import HvsockError
 from .._transports.features import has_hyperv
+from .._transports.recv import recv_into_exactly
 from .._windows import registry as reg
 from .._windows import vms as vmlib
 from .model import (
@@ -34,7 +35,7 @@ def hyperv_loopback_selftest(timeout: float = 5.0) -> None:  # pragma: no cover 
     """
     address = HyperVAddress.for_port(ids.LOOPBACK, 0x10000000 + secrets.randbelow(0x6FFFFFFF))
     payload = b"hvsock doctor " + secrets.token_hex(8).encode()
-    received: list[bytes] = []
+    echo = bytearray(len(payload))
     with api.listen(address, backlog=1) as listener:
         listener.settimeout(timeout)
 
@@ -49,13 +50,9 @@ def hyperv_loopback_selftest(timeout: float = 5.0) -> None:  # pragma: no cover 
         with api.connect(address, timeout=timeout) as sock:
             sock.settimeout(timeout)
             sock.sendall(payload)
-            while sum(map(len, received)) < len(payload):
-                chunk = sock.recv(len(payload))
-                if not chunk:
-                    break
-                received.append(chunk)
+            got = recv_into_exactly(sock, echo)
         server.join(timeout)
-    if b"".join(received) != payload:
+    if echo[:got] != payload:
         raise HvsockError("the loopback echo came back wrong or short")
 
 

@@ -6,54 +6,26 @@ import asyncio
 import contextlib
 import itertools
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._core.framing import (
     DEFAULT_MAX_FRAME,
-    HEADER_SIZE,
     ErrorReply,
+    FrameReader,
     Request,
     Response,
-    check_max_size,
     decode_message,
     encode_frame,
     encode_message,
-    frame_length,
 )
-from .._errors import NotAllowedError, ProtocolError, RemoteError
+from .._errors import NotAllowedError, PeerClosedError, ProtocolError, RemoteError
+from .._transports.recv import recv_frame as recv_frame_from
 
 #: The error code a service sends a peer its allowlist refuses, before closing.
 NOT_ALLOWED = "not_allowed"
 
 # -- sync ----------------------------------------------------------------------
-
-
-def _recv_exact(sock: socket.socket, n: int, deadline: float | None = None) -> bytes | None:
-    """Exactly *n* bytes, or None at EOF before the first byte.
-
-    With *deadline* (``time.monotonic()`` seconds) all *n* bytes must arrive by then
-    (``TimeoutError``), however the peer spaces them: the socket's timeout is set to
-    what is left before each read.
-    """
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("the frame did not arrive in time")
-            sock.settimeout(left)
-        k = sock.recv_into(view[got:])
-        if k == 0:
-            if got == 0:
-                return None
-            raise ProtocolError(f"connection closed in the middle of a frame "
-                                f"({got} of {n} bytes)")
-        got += k
-    return bytes(buf)
 
 
 def send_frame(sock: socket.socket, payload: bytes, max_size: int = DEFAULT_MAX_FRAME) -> None:
@@ -73,17 +45,8 @@ def recv_frame(sock: socket.socket, max_size: int = DEFAULT_MAX_FRAME) -> bytes 
 def recv_frame_by(sock: socket.socket, max_size: int, deadline: float | None) -> bytes | None:
     """:func:`recv_frame`, with the whole frame due by *deadline* (``time.monotonic()``);
     ``TimeoutError`` after it. The socket's timeout is changed (the caller restores it)."""
-    check_max_size(max_size)
-    header = _recv_exact(sock, HEADER_SIZE, deadline)
-    if header is None:
-        return None
-    length = frame_length(header, max_size)
-    if length == 0:
-        return b""
-    body = _recv_exact(sock, length, deadline)
-    if body is None:
-        raise ProtocolError(f"connection closed before a {length}-byte frame body")
-    return body
+    got = recv_frame_from(sock, FrameReader(max_size), deadline)
+    return None if got is None else got[1]
 
 
 class RpcClient:
@@ -120,7 +83,8 @@ class RpcClient:
             raise
         body = recv_frame(self.sock, self.max_size)
         if body is None:
-            raise ProtocolError(f"the service closed the connection before answering {method!r}")
+            raise PeerClosedError(f"the service closed the connection before answering "
+                                  f"{method!r}")
         return _result(decode_message(body), msg_id)
 
 
@@ -153,19 +117,33 @@ async def read_frame_with(readexactly: Callable[[int], Awaitable[bytes]],
                           max_size: int = DEFAULT_MAX_FRAME) -> bytes | None:
     """:func:`read_frame` over any ``readexactly(n)`` that raises
     ``asyncio.IncompleteReadError`` at EOF, as ``StreamReader.readexactly`` does."""
-    check_max_size(max_size)
-    try:
-        header = await readexactly(HEADER_SIZE)
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial:
-            return None
-        raise ProtocolError("connection closed in the middle of a frame header") from None
-    length = frame_length(header, max_size)
-    try:
-        return await readexactly(length)
-    except asyncio.IncompleteReadError as exc:
-        raise ProtocolError(f"connection closed in the middle of a frame "
-                            f"({len(exc.partial)} of {length} bytes)") from None
+    got = await read_next(readexactly, FrameReader(max_size))
+    return None if got is None else got[1]
+
+
+async def read_next(readexactly: Callable[[int], Awaitable[bytes]],
+                    reader: FrameReader) -> tuple[int, bytes] | None:
+    """The next ``(tag, body)`` *reader* completes, read through *readexactly*; None at
+    EOF between frames. The asyncio driver of the one frame reader: each read asks for
+    exactly the rest of a header or body, so a body is the very object the stream
+    returned. Raises :class:`PeerClosedError` at EOF inside a frame, and the reader's
+    :class:`ProtocolError` for a bad header (before any of an oversized body is read)."""
+    while True:
+        try:
+            data = await readexactly(reader.wanted())
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial and reader.at_boundary():
+                return None
+            reader.feed(exc.partial)  # counted in the message; cannot complete a piece
+            in_header, got, size = reader.progress()
+            if in_header:
+                raise PeerClosedError("connection closed in the middle of a frame header") \
+                    from None
+            raise PeerClosedError(f"connection closed in the middle of a frame ({got} of "
+                                  f"{size} bytes)") from None
+        frames = reader.feed(data)
+        if frames:
+            return frames[0]
 
 
 async def write_frame(writer: asyncio.StreamWriter, payload: bytes,
@@ -192,7 +170,8 @@ class AsyncRpcClient:
                               self.max_size)
             body = await read_frame(self.reader, self.max_size)
         if body is None:
-            raise ProtocolError(f"the service closed the connection before answering {method!r}")
+            raise PeerClosedError(f"the service closed the connection before answering "
+                                  f"{method!r}")
         return _result(decode_message(body), msg_id)
 
     async def __aenter__(self) -> AsyncRpcClient:

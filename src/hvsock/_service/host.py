@@ -21,6 +21,7 @@ from typing import Any
 from .. import _endpoints as api
 from .. import _validate
 from .._aio import hyperv as aio_hyperv
+from .._aio.ready import wait_ready
 from .._core.addresses import Address, parse_address
 from .._core.framing import ErrorReply, encode_frame, encode_message
 from .._errors import ArgumentError, HvsockError, IdleTimeoutError
@@ -51,11 +52,6 @@ def default_address(service: Service) -> Address:
                       "(for example a hybrid:// or unix:// one)")
 
 
-def _set_done(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
 async def _accept(loop: asyncio.AbstractEventLoop,
                   listener: socket.socket) -> tuple[socket.socket, Any]:
     """Accept in this task once *listener* is readable; returns a non-blocking socket.
@@ -76,15 +72,10 @@ async def _accept(loop: asyncio.AbstractEventLoop,
             with close_on_error(sock):
                 sock.setblocking(False)
             return sock, raw
-        readable: asyncio.Future[None] = loop.create_future()
         try:
-            loop.add_reader(fd, _set_done, readable)
+            await wait_ready(fd)
         except NotImplementedError:  # pragma: no cover - proactor loops (Windows)
             return await loop.sock_accept(listener)
-        try:
-            await readable
-        finally:
-            loop.remove_reader(fd)
 
 
 #: Sync handler threads one host runs at once.

@@ -18,7 +18,7 @@ import json
 import os
 import subprocess
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .._core import ids
@@ -318,8 +318,13 @@ def explain_powershell_error(message: str) -> str:
     return flat[:300] or "it failed and printed nothing"
 
 
-def run_powershell(script: str, runner: Runner) -> str:
-    """Run *script*; return what it printed. Raises UnsupportedError without PowerShell."""
+def run_powershell(script: str, runner: Runner, *,
+                   exit_errors: Mapping[int, Callable[[str], HvsockError]] | None = None) -> str:
+    """Run *script*; return what it printed. Raises UnsupportedError without PowerShell.
+
+    *exit_errors* maps the script's own exit codes to the error to raise (given what it
+    wrote to stderr); any other failure is an HvsockError explaining PowerShell's message.
+    """
     try:
         result = runner(powershell_argv(script), RUN_TIMEOUT)
     except FileNotFoundError:
@@ -330,8 +335,10 @@ def run_powershell(script: str, runner: Runner) -> str:
     except OSError as exc:
         raise HvsockError(f"{POWERSHELL} could not run: {exc}") from exc
     if result.returncode != 0:
-        raise HvsockError(explain_powershell_error(
-            decode_output(result.stderr) or decode_output(result.stdout)))
+        said = decode_output(result.stderr) or decode_output(result.stdout)
+        if exit_errors and result.returncode in exit_errors:
+            raise exit_errors[result.returncode](" ".join(said.split())[:300])
+        raise HvsockError(explain_powershell_error(said))
     return decode_output(result.stdout)
 
 

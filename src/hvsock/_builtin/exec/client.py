@@ -1,6 +1,11 @@
-"""Clients of the exec service: ``hvsock.exec`` (blocking), ``hvsock.exec_async`` and the
-session object the CLI drives. Like all library code, it imports the other layers by
-their private paths, never through the public package.
+"""Clients of the exec service: ``hvsock.exec`` (blocking), ``hvsock.exec_async`` and
+:class:`ExecSession`, the blocking session ``hvsock exec`` drives.
+
+Each is a driver of the one sans-I/O client, :class:`hvsock._core.exec_proto.ClientSession`:
+it dials through :mod:`hvsock._endpoints` (VM names resolve as for ``hvsock.connect``),
+sends the service hello and START, and reads the agent's frames asking for exactly what
+completes the piece being read, so a data frame's output is the very ``bytes`` the read
+returned.
 """
 
 from __future__ import annotations

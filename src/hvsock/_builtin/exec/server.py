@@ -31,12 +31,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from ..._aio.ready import wait_ready
 from ..._core import exec_proto as ep
 from ..._errors import ProtocolError
 from ..._pump import grow_pipe
 from ..._service.connection import Connection
 from ..._service.declaration import Limits, Service
-from ..._service.frames import read_frame
+from ..._service.frames import read_frame, read_next
 
 __all__: list[str] = []
 
@@ -151,28 +152,13 @@ def _hung_up(fd: int) -> bool:
                for _, ev in poller.poll(0))
 
 
-async def _wait_fd(fd: int, writable: bool) -> None:
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[None] = loop.create_future()
-
-    def done() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    (loop.add_writer if writable else loop.add_reader)(fd, done)
-    try:
-        await ready
-    finally:
-        (loop.remove_writer if writable else loop.remove_reader)(fd)
-
-
 async def _read_fd(fd: int) -> bytes:
     """Up to one chunk from a non-blocking fd; b"" at EOF (EIO is a PTY's EOF)."""
     while True:
         try:
             return os.read(fd, ep.CHUNK)
         except BlockingIOError:
-            await _wait_fd(fd, False)
+            await wait_ready(fd)
         except OSError as exc:
             if exc.errno == errno.EIO:
                 return b""
@@ -185,29 +171,18 @@ async def _write_fd(fd: int, data: bytes) -> None:
         try:
             view = view[os.write(fd, view):]
         except BlockingIOError:
-            await _wait_fd(fd, True)
+            await wait_ready(fd, writable=True)
 
 
 async def _read_event(reader: asyncio.StreamReader) -> ep.Event | None:
     """The client's next event, None at EOF between frames.
 
-    The kind byte comes with the frame's header, so a STDIN frame's bytes are the
-    very object the stream hands over (``read_frame`` + ``decode`` copy them once
-    more). Raises :class:`ProtocolError` for a malformed or cut frame.
+    Read through exec's frame reader: the kind byte comes with the frame's header, so
+    a STDIN frame's bytes are the very object the stream hands over. Raises
+    :class:`ProtocolError` for a malformed or cut frame.
     """
-    try:
-        head = await reader.readexactly(ep.HEAD.size)
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial:
-            return None
-        raise ProtocolError("connection closed in the middle of a frame header") from None
-    kind, size = ep.parse_head(head)
-    try:
-        rest = await reader.readexactly(size) if size else b""
-    except asyncio.IncompleteReadError as exc:
-        raise ProtocolError(f"connection closed in the middle of a frame "
-                            f"({len(exc.partial)} of {size} bytes)") from None
-    return ep.decode_kind(kind, rest)
+    got = await read_next(reader.readexactly, ep.FrameReader())
+    return None if got is None else ep.decode_kind(*got)
 
 
 class _Refused(Exception):

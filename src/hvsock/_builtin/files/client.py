@@ -21,25 +21,14 @@ from ..._core import filecopy as fc
 from ..._core.addresses import Address
 from ..._core.values import Record
 from ..._endpoints import connect
-from ..._errors import ArgumentError, HvsockError, IdleTimeoutError, ProtocolError
+from ..._errors import ArgumentError, HvsockError, IdleTimeoutError, ProtocolError, translate
 from ..._transports._common import DEFAULT_CONNECT_TIMEOUT
 from ..._validate import callable_, positive_number, quote
-from .transfer import (
-    READ_FLAGS,
-    AtomicWriter,
-    Channel,
-    drain_file,
-    entry_of,
-    fs_error,
-    kind_name,
-    open_dir,
-    receive_stream,
-    remote_error,
-    send_file,
-    send_stream,
-    set_dir_times,
-    show,
-)
+from .atomic_write import AtomicWriter, set_dir_times
+from .channel import Channel, remote_error
+from .paths import READ_FLAGS, entry_of, kind_name, open_dir, show
+from .receiving import drain_file, receive_stream
+from .sending import send_file, send_stream
 
 # Not typing.TYPE_CHECKING: start-up (see CopyResult).
 TYPE_CHECKING = False
@@ -155,7 +144,7 @@ class _Copier:
             try:
                 st = os.lstat(src) if self.flags & fc.F_RECURSIVE else os.stat(src)
             except OSError as exc:
-                raise fs_error(exc, f"cannot read {show(src)!r}") from exc
+                raise translate(exc, op="read", family="file", where=repr(show(src))) from exc
             if stat.S_ISDIR(st.st_mode) and not self.flags & fc.F_RECURSIVE:
                 raise ArgumentError(f"{show(src)!r} is a directory; copy it with -r")
             if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)
@@ -201,7 +190,8 @@ class _Copier:
                 # O_NONBLOCK: a file swapped for a FIFO since the lstat must not hang us.
                 fd = os.open(local, READ_FLAGS)
             except OSError as exc:
-                raise fs_error(exc, f"cannot read {show(local)!r}") from exc
+                raise translate(exc, op="read", family="file",
+                                where=repr(show(local))) from exc
             try:
                 opened = os.fstat(fd)
                 if not stat.S_ISREG(opened.st_mode):
@@ -308,11 +298,12 @@ class _Copier:
             try:
                 parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except FileNotFoundError as exc:
-                raise fs_error(exc, f"directory {show(parent)!r} does not exist (for "
-                               f"{show(dest)!r}); --parents creates missing "
-                               "directories") from exc
+                raise HvsockError(f"directory {show(parent)!r} does not exist (for "
+                                  f"{show(dest)!r}); --parents creates missing "
+                                  "directories", errno=exc.errno) from exc
             except OSError as exc:
-                raise fs_error(exc, f"cannot open directory {show(parent)!r}") from exc
+                raise translate(exc, op="open directory", family="file",
+                                where=repr(show(parent))) from exc
             try:
                 self.pull_tree(src, parent_fd, name)
             finally:
@@ -414,7 +405,7 @@ def _walk(local: bytes, remote: bytes,
     try:
         names = sorted(os.listdir(local))
     except OSError as exc:
-        raise fs_error(exc, f"cannot list {show(local)!r}") from exc
+        raise translate(exc, op="list", family="file", where=repr(show(local))) from exc
     for name in names:
         path = os.path.join(local, name)
         yield from _walk(path, _join(remote, name), os.lstat(path))
@@ -500,11 +491,9 @@ def copy(address: Address | str, sources: PathSpec | Sequence[PathSpec],
                                    f"{io_timeout:g} s; is it stuck? (--resume continues a "
                                    "resumable copy)") from exc
         except ConnectionError as exc:
-            err = HvsockError(f"the connection to {address} was cut during the copy "
+            raise HvsockError(f"the connection to {address} was cut during the copy "
                               f"({exc.strerror or exc}); with --resume a new run continues "
-                              "where it stopped")
-            err.errno = exc.errno
-            raise err from exc
+                              "where it stopped", errno=exc.errno) from exc
     copier.result.seconds = time.perf_counter() - started
     return copier.result
 

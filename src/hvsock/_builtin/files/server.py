@@ -9,32 +9,28 @@ so no string trick and no link planted in a root reaches outside it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..._core import filecopy as fc
-from ..._errors import ArgumentError, HvsockError, PermissionDeniedError, ProtocolError
+from ..._errors import (
+    ArgumentError,
+    HvsockError,
+    PermissionDeniedError,
+    ProtocolError,
+    translate,
+)
 from ..._service.connection import SyncConnection
 from ..._service.declaration import Limits, Service
 from ..._validate import instance, quote, whole_number
-from .transfer import (
-    DIR_FLAGS,
-    READ_FLAGS,
-    AtomicWriter,
-    Channel,
-    drain_file,
-    entry_of,
-    error_code,
-    fs_error,
-    kind_name,
-    lstat_at,
-    open_dir,
-    send_file,
-    set_dir_times,
-    show,
-)
+from .atomic_write import AtomicWriter, set_dir_times
+from .channel import Channel, error_code
+from .paths import DIR_FLAGS, READ_FLAGS, entry_of, kind_name, lstat_at, open_dir, show
+from .receiving import drain_file
+from .sending import send_file
 
 __all__ = ["DEFAULT_PORT", "file_service"]
 
@@ -257,8 +253,8 @@ class _Session:
             name = parts[-1] if parts else b"."
             st = lstat_at(parent, name)
             if st is None:
-                raise fs_error(FileNotFoundError(2, "No such file or directory"),
-                               f"cannot read {show(msg.path)!r}")
+                raise translate(FileNotFoundError(errno.ENOENT, "No such file or directory"),
+                                op="read", family="file", where=repr(show(msg.path)))
             if stat.S_ISDIR(st.st_mode) and not msg.flags & fc.F_RECURSIVE:
                 raise HvsockError(f"{show(msg.path)!r} is a directory; copy it with -r")
             self.send_entry(parent, name, b"", st, msg.flags)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from xml.sax.saxutils import escape, quoteattr
 
 from ..._core import kvp as codec
-from ..._errors import ArgumentError, HvsockError, KvpError, VmNotFoundError
+from ..._errors import ArgumentError, KvpError, VmNotFoundError
 from ..._validate import quote
 from ..._windows import vms as vmlib
 from ..._windows.export import ps_quote
@@ -240,13 +240,9 @@ def change_script(action: str, vm: str, items: Sequence[tuple[str, str]]) -> str
 
 def _run(script: str, vm: str, runner: vmlib.Runner | None) -> str:
     run = runner or vmlib.run_process
-    try:
-        return vmlib.run_powershell(script, run)
-    except HvsockError as exc:
-        if "VMs match" in str(exc):
-            raise VmNotFoundError(f"no single Hyper-V VM named or with id {quote(vm)}; "
-                                  "`hvsock vms` lists them") from exc
-        raise
+    return vmlib.run_powershell(script, run, exit_errors={_NO_VM: lambda said: VmNotFoundError(
+        f"no single Hyper-V VM named or with id {quote(vm)} ({said}); `hvsock vms` lists "
+        "them")})
 
 
 def read_guest_items(vm: str, *, runner: vmlib.Runner | None = None) -> GuestItems:

@@ -32,6 +32,7 @@ from ..._errors import (
     ConnectTimeoutError,
     HvsockError,
     KvpError,
+    PeerClosedError,
     PermissionDeniedError,
     ProtocolError,
     RemoteError,
@@ -194,7 +195,7 @@ class KvpClient:
         except (ProtocolError, ConnectionError) as exc:
             # A service closes a peer outside its allowlist before reading a byte.
             self.close()
-            if isinstance(exc, ProtocolError) and "closed" not in str(exc):
+            if isinstance(exc, ProtocolError) and not isinstance(exc, PeerClosedError):
                 raise
             raise HvsockError(
                 f"the KVP service at {self.address} closed the connection without an "

@@ -34,7 +34,13 @@ from dataclasses import dataclass, field
 
 from ..._core import kvp as codec
 from ..._core.kvp import RECORD_SIZE, Pool
-from ..._errors import ArgumentError, HvsockError, KvpError, PermissionDeniedError, UnsupportedError
+from ..._errors import (
+    ArgumentError,
+    HvsockError,
+    KvpError,
+    UnsupportedError,
+    translate,
+)
 from ..._validate import non_negative_number, positive_number, quote, whole_number
 
 DEFAULT_DIRECTORY = "/var/lib/hyperv"
@@ -253,13 +259,10 @@ class KvpStore:
         return f"KVP pool {int(self.pool)} ({self.pool.cli_name}, {self.path})"
 
     # -- opening ----------------------------------------------------------------------
-    def _fail(self, exc: OSError, op: str) -> HvsockError:
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            return PermissionDeniedError(
-                f"cannot {op} {self.where}: {exc.strerror}; pool files belong to root "
-                "(mode 0644): run as root, or use --dir for a directory of your own",
-                errno=exc.errno)
-        return HvsockError(f"cannot {op} {self.where}: {exc.strerror or exc}", errno=exc.errno)
+    def _fail(self, exc: OSError, op: str) -> BaseException:
+        return translate(exc, op=op, family="file", where=self.where,
+                         permission_hint="pool files belong to root (mode 0644): run as "
+                         "root, or use --dir for a directory of your own")
 
     @contextlib.contextmanager
     def _open(self, *, write: bool) -> Iterator[int | None]:
