@@ -26,6 +26,8 @@ NAME = re.compile(r"(?<![\w./-])hvsock(?:\.[A-Za-z_]\w*)+")
 NOT_PYTHON = {
     "hvsock.vm": "the Ansible collection (hvsock.vm.hvsock is its connection plugin)",
     "hvsock.exe": "the Windows command",
+    "hvsock.yml": "the ending of an hvsock.vm.vms inventory file's name",
+    "hvsock.yaml": "the ending of an hvsock.vm.vms inventory file's name",
     "hvsock.relay": "the relay's logger (the function moved to hvsock.forwarding.relay)",
     "hvsock.service": "the service framework's loggers, hvsock.service.<service name>",
 }
