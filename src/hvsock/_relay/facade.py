@@ -109,7 +109,7 @@ class Relay:
         self._served = threading.Event()
         self._serving = False
         self._thread: threading.Thread | None = None
-        self._stop = StopRequest(config.grace)
+        self._stop_request = StopRequest(config.grace)
         #: The one loop (workers == 1), on the serving thread.
         self._loop: Loop | None = None
         self._row: list[int] = [0] * STAT_FIELDS
@@ -172,10 +172,10 @@ class Relay:
             if config.workers == 1:
                 self._loop = Loop(config, listenings, slots=LocalSlots(config.max_connections),
                                   stats=self._row, on_close=self.on_close,
-                                  on_stop=self._close_listeners, stop=self._stop)
+                                  on_stop=self._close_listeners, stop=self._stop_request)
             else:
                 self._workers = Supervisor(config, listenings, on_close=self.on_close,
-                                           stop=self._stop,
+                                           stop=self._stop_request,
                                            close_listeners=self._close_listeners)
                 self._workers.start()
         except BaseException:
@@ -246,7 +246,8 @@ class Relay:
         SIGTERM and SIGINT ask for a graceful stop; a second one cuts the remaining
         connections at once. The handlers go in before the listener is bound.
         """
-        signals = stop_signals(self._stop.signal) if handle_signals else contextlib.nullcontext()
+        signals = (stop_signals(self._stop_request.signal) if handle_signals
+                   else contextlib.nullcontext())
         try:
             with signals:
                 if not self._started:
@@ -275,7 +276,7 @@ class Relay:
         (default: the relay's) before they are cut; a shorter grace than one asked
         before brings the cut forward. Safe from any thread and from signal handlers;
         returns at once."""
-        self._stop.request(grace)
+        self._stop_request.request(grace)
 
     def stop(self, grace: float | None = None, timeout: float | None = None) -> None:
         """:meth:`request_stop`, then wait (up to *timeout* s) until the relay has stopped.
