@@ -21,10 +21,19 @@ from typing import Any
 from .. import _endpoints
 from .._core.addresses import Address
 from .._errors import ArgumentError
-from .._server.lifecycle import StopRequest, announce_ready, stop_signals
+from .._server.lifecycle import DEFAULT_GRACE, StopRequest, announce_ready, stop_signals
 from .._server.peers import AllowRule
-from .config import DEFAULT_BUFFER_MEMORY, Forward, RelayConfig
+from .._transports._common import DEFAULT_CONNECT_TIMEOUT
+from .._transports.stream import DEFAULT_UNIX_MODE
+from .config import (
+    DEFAULT_BUFFER_MEMORY,
+    DEFAULT_BUSY_POLL,
+    SETTING_DEFAULTS,
+    Forward,
+    RelayConfig,
+)
 from .conn import ACTIVE, BUFFERED, PEAK, STAT_FIELDS, ConnectionRecord, RelayStats
+from .datapath import DEFAULT_CHUNK
 from .loop import Listening, LocalSlots, Loop
 from .workers import Supervisor
 
@@ -80,18 +89,36 @@ class Relay:
                  config: RelayConfig | None = None,
                  allow: Iterable[AllowRule] | None = None,
                  allow_targets: Iterable[str] | None = None,
+                 max_connections: int = 1024,
+                 idle_timeout: float | None = 3600.0,
+                 connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+                 retries: int = 0,
+                 mode: int | None = DEFAULT_UNIX_MODE,
+                 backlog: int = 1024,
+                 buffer_size: int | None = None,
+                 chunk_size: int = DEFAULT_CHUNK,
+                 data_path: str = "auto",
+                 busy_poll: float = DEFAULT_BUSY_POLL,
+                 grace: float = DEFAULT_GRACE,
+                 workers: int | None = 1,
+                 max_buffer_memory: int = DEFAULT_BUFFER_MEMORY,
+                 ready_file: str | None = None,
                  on_ready: Callable[[Address], None] | None = None,
                  on_close: Callable[[ConnectionRecord], None] | None = None,
-                 listener: socket.socket | None = None,
-                 workers: int | None = 1,
-                 **settings: Any) -> None:
+                 listener: socket.socket | None = None) -> None:
+        settings: dict[str, object] = {
+            "max_connections": max_connections, "idle_timeout": idle_timeout,
+            "connect_timeout": connect_timeout, "retries": retries, "mode": mode,
+            "backlog": backlog, "buffer_size": buffer_size, "chunk_size": chunk_size,
+            "data_path": data_path, "busy_poll": busy_poll, "grace": grace, "workers": workers,
+            "max_buffer_memory": max_buffer_memory, "ready_file": ready_file}
         if config is None:
             if listen is None or target is None:
                 raise ArgumentError("Relay needs listen and target addresses, or config=")
             config = RelayConfig.build([Forward.build(listen, target, allow)],
-                                       allow_targets=allow_targets, workers=workers,
-                                       **settings)
-        elif listen is not None or target is not None or settings or allow is not None:
+                                       allow_targets=allow_targets, **settings)
+        elif (listen is not None or target is not None or allow is not None
+              or any(value != SETTING_DEFAULTS[name] for name, value in settings.items())):
             raise ArgumentError("give either config= or listen, target and settings, not both")
         if listener is not None and len(config.forwards) != 1:
             raise ArgumentError("listener= serves one forward; this config has "
