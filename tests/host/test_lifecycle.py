@@ -148,3 +148,35 @@ def test_a_second_signal_cuts_the_grace_short(kind: str, second: signal.Signals,
             proc.kill()
         _, err = proc.communicate(timeout=10)
     assert status == 0, err.decode()
+
+
+# -- readiness and systemd, the same in every server kind ------------------------------------
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["relay-1-worker", "relay-2-workers", "bench"])
+def test_every_server_kind_tells_systemd_ready_then_stopping(
+        kind: str, short_tmp: Path, monkeypatch: pytest.MonkeyPatch, echo_target: str) -> None:
+    path = str(short_tmp / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(path)
+        notify.settimeout(30)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        ready = short_tmp / "ready.json"
+        server: hvsock.Relay | hvsock.BenchServer
+        if kind == "bench":
+            server = hvsock.BenchServer("tcp://127.0.0.1:0", ready_file=str(ready))
+        else:
+            server = hvsock.Relay("tcp://127.0.0.1:0", echo_target, ready_file=str(ready),
+                                  workers=1 if kind == "relay-1-worker" else 2)
+        with server:
+            status = notify.recv(1000)
+            info = json.loads(ready.read_text())
+            address = str(server.address)
+        stopping = notify.recv(1000)
+    assert info["pid"] == os.getpid()
+    if kind == "bench":
+        assert info["address"] == address
+        assert status == f"READY=1\nSTATUS=serving the benchmark on {address}".encode()
+    else:
+        assert info["listen"] == address
+        assert status == f"READY=1\nSTATUS=relaying {address} to {echo_target}".encode()
+    assert stopping == b"STOPPING=1"

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from .. import _endpoints
 from .._core.addresses import Address
-from .._server.lifecycle import StopRequest
+from .._server.lifecycle import StopRequest, announce_stopping
 from .._server.peers import peer_of, refused_by
 from . import datapath
 from ._poll import ERR, HUP, IN, OUT, Poller, SpareCpu, Waker
@@ -737,7 +737,8 @@ class Loop:
     def _begin_stop(self) -> None:
         self._stopping = True
         self._close_listeners()
-        if self._announce:
+        if self._announce:  # the relay's only loop: it speaks for the relay
+            announce_stopping()
             if self._conns:
                 LOG.info("stopping: waiting up to %g s for %d connection(s)",
                          round(self.stop.left(), 1), len(self._conns))
