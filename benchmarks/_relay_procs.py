@@ -54,7 +54,7 @@ def threads(n: int, listen: str, target: str, ready: str) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     Path(ready).write_text(json.dumps({"listen": str(relay.address)}))
-    relay.serve()
+    relay.serve(handle_signals=False)  # SIGTERM is ours: it stops every loop
     for t in runners:
         t.join(10)
     return 0

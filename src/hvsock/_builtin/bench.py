@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import socket
@@ -30,11 +31,17 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from .. import _endpoints as api
-from .. import _validate
+from .. import _endpoints, _validate
 from .._core.addresses import Address, parse_address
 from .._errors import ArgumentError, PeerClosedError, ProtocolError
-from .._server.lifecycle import check_ready_file, loop_stop_signals, write_ready_file
+from .._server.lifecycle import (
+    DEFAULT_GRACE,
+    StopRequest,
+    announce_ready,
+    announce_stopping,
+    check_ready_file,
+    loop_stop_signals,
+)
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT
 from .._transports.recv import recv_into_exactly
 
@@ -46,6 +53,8 @@ _COUNT = struct.Struct("!Q")
 DEFAULT_BUFFER = 256 * 1024
 #: Seconds between two progress reports, at most.
 PROGRESS_EVERY = 0.1
+
+LOG = logging.getLogger("hvsock.bench")
 
 Progress = Callable[[int, "int | None"], None]
 Connector = Callable[[], socket.socket]
@@ -75,15 +84,19 @@ class _BenchProtocol(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.mode = b""
         self.count = 0
+        #: Done when the connection is gone (what a graceful stop waits for).
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        self.server.connections.add(transport)
+        self.server.connections[transport] = self.closed
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.transport is not None:
-            self.server.connections.discard(self.transport)
+            self.server.connections.pop(self.transport, None)
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.buffer
@@ -122,75 +135,89 @@ class BenchServer:
 
     Use :meth:`run` (blocking; stops on SIGTERM / SIGINT) or a ``with`` block
     (serves in a background thread). *address* of the listener is
-    :attr:`address` once started. *listener* replaces binding one.
+    :attr:`address` once started. *listener* replaces binding one. The lifecycle
+    is :class:`hvsock.ServiceHost`'s: *grace*, *ready_file*, *on_ready*,
+    ``serve(handle_signals=True)``, ``request_stop(grace)``; a second SIGTERM /
+    SIGINT cuts the connections still open.
     """
 
     def __init__(self, address: Address | str, *, listener: socket.socket | None = None,
-                 mode: int | None = 0o600, backlog: int = 1024,
-                 ready_file: str | None = None) -> None:
+                 mode: int | None = 0o600, backlog: int = 1024, grace: float = DEFAULT_GRACE,
+                 ready_file: str | None = None,
+                 on_ready: Callable[[Address], None] | None = None) -> None:
         self.requested = parse_address(address)
         self.address: Address = self.requested
         self.buffer = memoryview(bytearray(1 << 20))
-        self.connections: set[asyncio.Transport] = set()
+        #: Each open connection and a future done when it is gone.
+        self.connections: dict[asyncio.Transport, asyncio.Future[None]] = {}
+        self.on_ready = on_ready
         self._listener = listener
         self._owns = listener is None
         self._mode = mode
         self._backlog = backlog
+        self._stop_request = StopRequest(grace)
         self._ready_file = check_ready_file(ready_file)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
 
+    @property
+    def grace(self) -> float:
+        return self._stop_request.grace
+
     def _bind(self) -> socket.socket:
         if self._listener is None:
-            self._listener = api.listen(self.requested, backlog=self._backlog, mode=self._mode)
-            self.address = api.listener_address(self._listener, self.requested)
+            self._listener = _endpoints.listen(self.requested, backlog=self._backlog,
+                                               mode=self._mode)
+            self.address = _endpoints.listener_address(self._listener, self.requested)
         self._listener.setblocking(False)
         return self._listener
 
-    async def serve(self, *, on_ready: Callable[[Address], None] | None = None) -> None:
-        """Serve until :meth:`request_stop`."""
+    async def serve(self, *, handle_signals: bool = True,
+                    on_ready: Callable[[Address], None] | None = None) -> None:
+        """Serve until :meth:`request_stop` or SIGTERM / SIGINT (with *handle_signals*,
+        in the main thread), then stop gracefully. *on_ready* (else the one given
+        when made) is called with the address once listening."""
         loop = asyncio.get_running_loop()
-        self._loop = loop
-        self._stop = asyncio.Event()
-        listener = self._bind()
-        try:
-            server = await loop.create_server(lambda: _BenchProtocol(self), sock=listener,
-                                              backlog=self._backlog)
-        except BaseException:
-            listener.close()
-            raise
-        try:
-            if self._ready_file:
-                write_ready_file(self._ready_file, {"pid": os.getpid(),
-                                                    "address": str(self.address)})
-            if on_ready is not None:
-                on_ready(self.address)
-            self._ready.set()
-            await self._stop.wait()
-        finally:
-            server.close()
-            for transport in list(self.connections):
-                transport.abort()
-            await server.wait_closed()
-            if self._owns:
-                api.remove_socket_file(self.address)
+        self._stop_request.attach(loop)
+        signals = (loop_stop_signals(loop, self._stop_request.signal) if handle_signals
+                   else contextlib.nullcontext())
+        with signals:
+            listener = self._bind()
+            try:
+                server = await loop.create_server(lambda: _BenchProtocol(self), sock=listener,
+                                                  backlog=self._backlog)
+            except BaseException:
+                listener.close()
+                raise
+            try:
+                announce_ready(self._ready_file, {"pid": os.getpid(),
+                                                  "address": str(self.address)},
+                               f"serving the benchmark on {self.address}", LOG)
+                ready = on_ready or self.on_ready
+                if ready is not None:
+                    ready(self.address)
+                self._ready.set()
+                await self._stop_request.wait_requested()
+                announce_stopping()
+                server.close()
+                await self._stop_request.wait_out(self.connections.values())
+            finally:
+                server.close()
+                for transport in list(self.connections):
+                    transport.abort()
+                await server.wait_closed()
+                if self._owns:
+                    _endpoints.remove_socket_file(self.address)
 
-    def request_stop(self) -> None:
-        loop, stop = self._loop, self._stop
-        if loop is not None and stop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop has already ended
-                loop.call_soon_threadsafe(stop.set)
+    def request_stop(self, grace: float | None = None) -> None:
+        """Stop accepting; open connections get *grace* s (default: the server's).
+        From any thread; returns at once."""
+        self._stop_request.request(grace)
 
     def run(self, on_ready: Callable[[Address], None] | None = None) -> None:
         """Serve in this (main) thread until SIGTERM / SIGINT."""
-        async def main() -> None:
-            with loop_stop_signals(asyncio.get_running_loop(), self.request_stop):
-                await self.serve(on_ready=on_ready)
-
-        asyncio.run(main())
+        asyncio.run(self.serve(on_ready=on_ready))
 
     def __enter__(self) -> BenchServer:
         def target() -> None:
@@ -209,7 +236,7 @@ class BenchServer:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.request_stop()
+        self.request_stop(0 if exc is not None else None)
         if self._thread is not None:
             self._thread.join(30)
 
@@ -217,7 +244,7 @@ class BenchServer:
 # -- the client -------------------------------------------------------------------------------
 def _connector(address: Address | str, timeout: float | None) -> Connector:
     addr = parse_address(address)
-    return lambda: api.connect(addr, timeout=timeout)
+    return lambda: _endpoints.connect(addr, timeout=timeout)
 
 
 def _check_bounds(count: int | None, duration: float | None, what: str) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import _endpoints as api
+from .. import _endpoints
 from .._core import ids
 from .._core.addresses import Address, HyperVAddress, VsockAddress
 from .._errors import HvsockError, TransportUnavailableError, UnsupportedError
@@ -141,7 +141,7 @@ async def _run(requested: str) -> DemoReport:
                           else served)
 
                 def connect_to_target() -> socket.socket:
-                    return api.connect(target, timeout=DEMO_TIMEOUT)
+                    return _endpoints.connect(target, timeout=DEMO_TIMEOUT)
 
                 connector = connect_to_target
             exchanged = await asyncio.wait_for(asyncio.to_thread(_client, connector),

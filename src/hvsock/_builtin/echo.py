@@ -9,8 +9,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
-from .. import _endpoints as api
-from .. import _validate
+from .. import _endpoints, _validate
 from .._core.addresses import Address
 from .._errors import HandshakeError, HvsockError
 from .._service.connection import Connection
@@ -68,7 +67,7 @@ def ping(address: Address | str, *, count: int = 10, size: int = 1, interval: fl
     _validate.whole_number(size, "size (bytes)", 1, 16 * 2**20)
     _validate.non_negative_number(interval, "interval (seconds)")
     rtts: list[float] = []
-    with api.connect(address, timeout=timeout, retries=retries) as sock:
+    with _endpoints.connect(address, timeout=timeout, retries=retries) as sock:
         sock.settimeout(timeout)
         buf = bytearray(size)
         view = memoryview(buf)

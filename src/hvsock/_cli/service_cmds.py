@@ -46,8 +46,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
                    help="connections served at once; more wait (default 64)")
     p.add_argument("--idle-timeout", type=cliargs.positive_float, default=300.0,
                    help="close a connection idle this many seconds (default 300)")
-    p.add_argument("--grace", type=cliargs.positive_float, default=10.0,
-                   help="seconds in-flight connections get on stop (default 10)")
+    p.add_argument("--grace", type=cliargs.non_negative_float, default=10.0,
+                   help="seconds in-flight connections get on stop; a second signal cuts "
+                   "them (default 10)")
     p.add_argument("--ready-file", help="write JSON {pid, services} here once listening")
 
     p = sub.add_parser("ping", help="round-trip latency through an echo service",

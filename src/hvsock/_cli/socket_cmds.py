@@ -70,10 +70,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
 
 
 def cmd_connect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from .. import _endpoints as api
+    from .. import _endpoints
     from . import stdio
 
-    sock = api.connect(args.address, timeout=args.timeout, retries=args.retries,
+    sock = _endpoints.connect(args.address, timeout=args.timeout, retries=args.retries,
                        retry_wait=args.retry_wait, buffer_size=args.buffer_size)
     with sock:
         out.flush()
@@ -96,15 +96,15 @@ def peer_text(conn: socket.socket, peer: object, listen_addr: Address) -> str:
 
 
 def cmd_listen(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from .. import _endpoints as api
+    from .. import _endpoints
     from .._core.addresses import parse_address
     from . import stdio
     from .main import Terminated
 
     address = parse_address(args.address)
-    listener = api.listen(address, buffer_size=args.buffer_size, mode=args.mode)
+    listener = _endpoints.listen(address, buffer_size=args.buffer_size, mode=args.mode)
     try:
-        actual = api.listener_address(listener, address)
+        actual = _endpoints.listener_address(listener, address)
         err.write(f"hvsock: listening on {actual}\n")
         err.flush()
         if args.exec_cmd is None:
@@ -122,7 +122,7 @@ def cmd_listen(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return EXIT_OK
     finally:
         listener.close()
-        api.remove_socket_file(address)
+        _endpoints.remove_socket_file(address)
 
 
 def _serve_exec(listener: socket.socket, address: Address, args: argparse.Namespace,

@@ -43,6 +43,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
     s.add_argument("address")
     s.add_argument("--mode", type=cliargs.mode, default=0o600,
                    help="file mode of a unix/hybrid socket, octal (default 600)")
+    s.add_argument("--grace", type=cliargs.non_negative_float, default=10.0,
+                   help="seconds open connections get to finish on SIGTERM / Ctrl-C; a "
+                   "second signal cuts them (default 10)")
     s.add_argument("--ready-file", help="write JSON {pid, address} here once listening")
     c = modes.add_parser("client", help="run measurements against a bench server",
                          description="Tests: throughput (one stream), parallel (--streams "
@@ -123,7 +126,8 @@ def cmd_bench(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     if args.bench_mode == "server":
         raise_open_files_limit()
-        server = bench.BenchServer(args.address, mode=args.mode, ready_file=args.ready_file)
+        server = bench.BenchServer(args.address, mode=args.mode, grace=args.grace,
+                                   ready_file=args.ready_file)
 
         def ready(address: Address) -> None:
             err.write(f"hvsock: bench server listening on {address}\n")

@@ -16,7 +16,7 @@ import socket
 import stat
 import sys
 
-from .. import _endpoints as api
+from .. import _endpoints
 from .._builtin.kvp.checks import kvp_findings
 from .._core import ids
 from .._core.addresses import Address, HybridAddress, HyperVAddress, NamedVmAddress, VsockAddress
@@ -377,7 +377,7 @@ def _vmm_checks(addr: HybridAddress) -> list[Check]:
                         f"`chmod 600 {path}`, owned by the VMM's user; see docs/agent.md, "
                         "\"Security model\"")
     try:
-        api.connect(addr, timeout=VMM_TIMEOUT).close()
+        _endpoints.connect(addr, timeout=VMM_TIMEOUT).close()
     except HvsockError as exc:
         return [accepts, Check(
             "vmm_handshake", FAIL, f"CONNECT {addr.port} through {path} failed: {exc}",

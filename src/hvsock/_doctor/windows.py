@@ -7,7 +7,7 @@ import secrets
 import sys
 import threading
 
-from .. import _endpoints as api
+from .. import _endpoints
 from .._core import ids
 from .._core.addresses import Address, HyperVAddress, NamedVmAddress, VsockAddress
 from .._errors import HvsockError
@@ -36,7 +36,7 @@ def hyperv_loopback_selftest(timeout: float = 5.0) -> None:  # pragma: no cover 
     address = HyperVAddress.for_port(ids.LOOPBACK, 0x10000000 + secrets.randbelow(0x6FFFFFFF))
     payload = b"hvsock doctor " + secrets.token_hex(8).encode()
     echo = bytearray(len(payload))
-    with api.listen(address, backlog=1) as listener:
+    with _endpoints.listen(address, backlog=1) as listener:
         listener.settimeout(timeout)
 
         def serve() -> None:
@@ -47,7 +47,7 @@ def hyperv_loopback_selftest(timeout: float = 5.0) -> None:  # pragma: no cover 
 
         server = threading.Thread(target=serve, daemon=True)
         server.start()
-        with api.connect(address, timeout=timeout) as sock:
+        with _endpoints.connect(address, timeout=timeout) as sock:
             sock.settimeout(timeout)
             sock.sendall(payload)
             got = recv_into_exactly(sock, echo)

@@ -24,9 +24,8 @@ import fnmatch
 import ipaddress
 import os
 import re
-import sys
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .._core.addresses import (
@@ -40,7 +39,9 @@ from .._core.addresses import (
     parse_address,
 )
 from .._errors import AddressError, ArgumentError, HvsockError
-from .._server.lifecycle import check_ready_file
+from .._server import config as toml
+from .._server.config import Problems
+from .._server.lifecycle import DEFAULT_GRACE, check_grace, check_ready_file
 from .._server.peers import AllowRule, allow_rules
 from .._transports._common import DEFAULT_CONNECT_TIMEOUT, check_buffer_size
 from .._transports.stream import DEFAULT_UNIX_MODE
@@ -155,7 +156,7 @@ CHECKS: dict[str, Callable[[object], object]] = {
     "chunk_size": _chunk_size,
     "data_path": _data_path,
     "busy_poll": _busy_poll,
-    "grace": lambda v: non_negative_number(v, "grace"),
+    "grace": check_grace,
     "workers": _workers,
     "max_buffer_memory": _buffer_memory,
     "ready_file": _ready_file,
@@ -393,7 +394,7 @@ class RelayConfig:
     chunk_size: int = datapath.DEFAULT_CHUNK
     data_path: str = "auto"
     busy_poll: float = DEFAULT_BUSY_POLL
-    grace: float = 10.0
+    grace: float = DEFAULT_GRACE
     workers: int = 1
     max_buffer_memory: int = DEFAULT_BUFFER_MEMORY
     ready_file: str | None = None
@@ -429,6 +430,11 @@ class RelayConfig:
         return replace(self, **changes)
 
 
+#: Each setting's default, by its name (Relay's keywords): a config= comes with none other.
+SETTING_DEFAULTS: dict[str, object] = {
+    f.name: f.default for f in fields(RelayConfig) if f.name in CHECKS}
+
+
 def _checked(allow_targets: object, settings: Mapping[str, object]) -> dict[str, Any]:
     checked: dict[str, Any] = {}
     for name, value in settings.items():
@@ -442,46 +448,17 @@ def _checked(allow_targets: object, settings: Mapping[str, object]) -> dict[str,
 
 
 # -- relay.toml --------------------------------------------------------------------------------
-def _load_toml(text: str) -> dict[str, Any]:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.10
-        import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
-    try:
-        data: dict[str, Any] = tomllib.loads(text)
-        return data
-    except tomllib.TOMLDecodeError as exc:
-        raise ArgumentError(str(exc)) from None
-
-
-def _line_of(text: str, forward: int | None, key: str | None) -> int | None:
-    """The 1-based line of *key* in the top table (forward None) or in the
-    *forward*-th ``[[forward]]`` table; that table's header line when *key* is None
-    or absent."""
-    table: int | None = None
-    seen = -1
-    header = None
-    key_re = re.compile(rf"\s*(?:{re.escape(key)}|\"{re.escape(key)}\")\s*=") if key else None
-    for number, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
-        if stripped.startswith("["):
-            if re.fullmatch(r"\[\[\s*forward\s*\]\]\s*(#.*)?", stripped):
-                seen += 1
-                table = seen
-                if table == forward:
-                    header = number
-            else:
-                table = -1  # another table: none of ours
-            continue
-        if table == forward and key_re is not None and key_re.match(line):
-            return number
-    return header
-
-
 _FORWARD_KEYS = ("listen", "target", "allow")
 #: Stand-ins that pass, so Forward.build checks one key of a table at a time.
 _FINE: dict[str, object] = {"listen": "tcp://127.0.0.1:0", "target": "tcp://127.0.0.1:1",
                             "allow": None}
+
+
+def _forward_key(key: str) -> Callable[[object], Forward]:
+    """A check of one key of a [[forward]] table (the others stand-ins that pass)."""
+    def check(value: object) -> Forward:
+        return Forward.build(*(value if k == key else _FINE[k] for k in _FORWARD_KEYS))
+    return check
 
 
 def parse_toml(text: str, source: str = "relay.toml", **overrides: object) -> RelayConfig:
@@ -490,70 +467,57 @@ def parse_toml(text: str, source: str = "relay.toml", **overrides: object) -> Re
     Top-level keys are :class:`hvsock.forwarding.Relay`'s settings (``max_connections``,
     ``workers``, ``allow_targets``, ...); each ``[[forward]]`` table has
     ``listen``, ``target`` and optionally ``allow``. *overrides* (from the
-    command line) win over the file. Raises :class:`hvsock.ArgumentError` whose
-    message starts ``SOURCE:LINE:``.
+    command line) win over the file. Raises :class:`hvsock.ArgumentError` (a
+    ``ConfigError``) naming every problem found, one ``SOURCE:LINE: ...`` line each.
     """
-    def fail(message: str, forward: int | None = None, key: str | None = None) -> ArgumentError:
-        line = _line_of(text, forward, key)
-        return ArgumentError(f"{source}:{line}: {message}" if line else f"{source}: {message}")
-
-    try:
-        data = _load_toml(text)
-    except ArgumentError as exc:
-        # tomllib says "... (at line N, column M)": lead with it, as compilers do.
-        message = str(exc)
-        found = re.search(r"\(at line (\d+), column (\d+)\)", message)
-        if found:
-            message = message[:found.start()].rstrip()
-            raise ArgumentError(f"{source}:{found.group(1)}:{found.group(2)}: {message}") from None
-        raise ArgumentError(f"{source}: {message}") from None
+    data, lines = toml.parse(text, source)
+    problems = Problems(source, lines)
     raw_forwards = data.pop("forward", None)
-    if not isinstance(raw_forwards, list) or not raw_forwards:
-        raise fail("no [[forward]] table: add one with listen = \"...\" and target = \"...\"")
     settings: dict[str, object] = {}
     for key, value in data.items():
         if key != "allow_targets" and key not in CHECKS:
-            raise fail(f"unknown setting {quote(key)}; known: allow_targets, "
-                       f"{', '.join(sorted(CHECKS))}", None, key)
-        try:
-            if key == "allow_targets":
-                _target_rules(value)
-            else:
-                CHECKS[key](value)
-        except ArgumentError as exc:
-            raise fail(str(exc), None, key) from None
-        settings[key] = value
-    forwards = []
+            problems.add(f"unknown setting {quote(key)}; known: allow_targets, "
+                         f"{', '.join(sorted(CHECKS))}", "", key)
+            continue
+        ok, _ = problems.check(_target_rules if key == "allow_targets" else CHECKS[key],
+                               value, "", key)
+        if ok:
+            settings[key] = value
+    forwards: list[Forward] = []
+    if not isinstance(raw_forwards, list) or not raw_forwards:
+        problems.add("no [[forward]] table: add one with listen = \"...\" and "
+                     "target = \"...\"")
+        raw_forwards = []
     for i, table in enumerate(raw_forwards):
+        where = f"forward[{i}]"
         if not isinstance(table, Mapping):
-            raise fail("each forward must be a [[forward]] table", i)
+            problems.add("each forward must be a [[forward]] table", where)
+            continue
+        count = len(problems.found)
         for key in table:
             if key not in _FORWARD_KEYS:
-                raise fail(f"unknown forward key {quote(key)}; known: "
-                           f"{', '.join(_FORWARD_KEYS)}", i, key)
+                problems.add(f"unknown forward key {quote(key)}; known: "
+                             f"{', '.join(_FORWARD_KEYS)}", where, key)
         for key in ("listen", "target"):
             if key not in table:
-                raise fail(f"this forward has no {key} = \"ADDRESS\"", i)
+                problems.add(f"this forward has no {key} = \"ADDRESS\"", where)
         for key in _FORWARD_KEYS:  # one at a time, to point at the bad line
-            try:
-                Forward.build(*(table.get(k) if k == key else _FINE[k] for k in _FORWARD_KEYS))
-            except ArgumentError as exc:
-                raise fail(str(exc), i, key) from None
-        forwards.append(Forward.build(table["listen"], table["target"], table.get("allow")))
+            if key in table:
+                problems.check(_forward_key(key), table[key], where, key)
+        if len(problems.found) == count:
+            forwards.append(Forward.build(table["listen"], table["target"], table.get("allow")))
     settings.update({k: v for k, v in overrides.items() if v is not None})
     config_targets = settings.pop("allow_targets", None)
-    try:
-        checked = _checked(config_targets, settings)
-    except ArgumentError as exc:
-        raise ArgumentError(f"{source}: {exc}") from None
-    for i, forward in enumerate(forwards):  # before RelayConfig checks them: to name the line
-        try:
-            check_target(checked["allow_targets"], forward.target)
-        except ArgumentError as exc:
-            raise fail(str(exc), i, "target") from None
-    config = RelayConfig(tuple(forwards), **checked)
+    ok, checked = problems.check(lambda targets: _checked(targets, settings), config_targets)
+    if ok and checked is not None:
+        for i, forward in enumerate(forwards):  # before RelayConfig checks them: to name the line
+            problems.check(lambda target: check_target(checked["allow_targets"], target),
+                           forward.target, f"forward[{i}]", "target")
     listens = [str(f.listen) for f in forwards]
     for i, listen in enumerate(listens):
         if listens.index(listen) != i and not listen.endswith(":0"):
-            raise fail(f"listen {quote(listen)} appears in two forwards", i, "listen")
-    return config
+            problems.add(f"listen {quote(listen)} appears in two forwards", f"forward[{i}]",
+                         "listen")
+    problems.raise_if_any()
+    assert checked is not None
+    return RelayConfig(tuple(forwards), **checked)

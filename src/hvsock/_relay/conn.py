@@ -8,7 +8,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,11 @@ END_IDLE = "idle timeout"
 END_TARGET_DOWN = "target down"
 END_DENIED = "denied"
 END_STOPPED = "stopped"
+
+# The counters each worker publishes (a row of int64s, summed by the relay), by index;
+# RelayStats.of names each one.
+ACCEPTED, ACTIVE, DENIED, TARGET_DOWN, ENDED, BYTES_UP, BYTES_DOWN, BUFFERED, PEAK = range(9)
+STAT_FIELDS = 9
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
 IP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
@@ -82,6 +87,15 @@ class RelayStats:
     buffered: int = 0
     buffered_peak: int = 0
 
+    @classmethod
+    def of(cls, counters: Sequence[int]) -> RelayStats:
+        """The stats in a row of counters (indexed by ACCEPTED, ACTIVE, ...)."""
+        return cls(accepted=counters[ACCEPTED], active=counters[ACTIVE],
+                   denied=counters[DENIED], target_down=counters[TARGET_DOWN],
+                   ended=counters[ENDED], bytes_up=counters[BYTES_UP],
+                   bytes_down=counters[BYTES_DOWN], buffered=counters[BUFFERED],
+                   buffered_peak=counters[PEAK])
+
 
 class Conn:
     """One client and its target: sockets, poll masks, dial in progress, the two flows."""
@@ -89,9 +103,9 @@ class Conn:
     __slots__ = ("cfd", "client", "cmask", "deadline", "dial", "down", "ended", "forward", "id",
                  "last", "listening", "peer", "started", "target", "tfd", "tmask", "up")
 
-    def __init__(self, cid: int, client: socket.socket, peer: Peer, forward: Forward,
+    def __init__(self, conn_id: int, client: socket.socket, peer: Peer, forward: Forward,
                  now: float) -> None:
-        self.id = cid
+        self.id = conn_id
         self.client = client
         self.cfd = client.fileno()
         self.peer = peer

@@ -31,13 +31,20 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from .. import _endpoints as api
+from .. import _endpoints
 from .._core.addresses import Address
-from .._server.peers import peer_of
+from .._server.lifecycle import StopRequest, announce_stopping
+from .._server.peers import peer_of, refused_by
 from . import datapath
 from ._poll import ERR, HUP, IN, OUT, Poller, SpareCpu, Waker
 from .config import Forward, RelayConfig
 from .conn import (
+    ACCEPTED,
+    ACTIVE,
+    BUFFERED,
+    BYTES_DOWN,
+    BYTES_UP,
+    DENIED,
     END_CLIENT_RESET,
     END_CLOSED,
     END_DENIED,
@@ -45,7 +52,10 @@ from .conn import (
     END_STOPPED,
     END_TARGET_DOWN,
     END_TARGET_RESET,
+    ENDED,
     IP_FAMILIES,
+    PEAK,
+    TARGET_DOWN,
     Conn,
     ConnectionRecord,
     abort,
@@ -69,10 +79,6 @@ SHARED_SLOT_RETRY = 0.02
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 #: Listeners shared by several workers wake one of them per client, not all.
 EXCLUSIVE: int = getattr(select, "EPOLLEXCLUSIVE", 0)
-
-# The counters each worker publishes (a row of int64s, summed by the relay).
-ACCEPTED, ACTIVE, DENIED, TARGET_DOWN, ENDED, BYTES_UP, BYTES_DOWN, BUFFERED, PEAK = range(9)
-STAT_FIELDS = 9
 
 
 class Slots(Protocol):
@@ -141,7 +147,8 @@ class Loop:
                  stats: Any, on_close: Callable[[ConnectionRecord], None] | None,
                  control: int | None = None, announce: bool = True,
                  exclusive: bool = False, budget: int | None = None,
-                 on_stop: Callable[[], None] | None = None) -> None:
+                 on_stop: Callable[[], None] | None = None,
+                 stop: StopRequest | None = None) -> None:
         self.config = config
         self._on_stop = on_stop
         self.on_close = on_close
@@ -158,10 +165,9 @@ class Loop:
         self._lock = threading.Lock()
         self._posted: deque[Callable[[], None]] = deque()
         self.done = False
-        self.stop_requested = False
-        self._stop_grace: float | None = None
+        #: The relay's stop when this loop is its only one (else the worker's own).
+        self.stop = stop if stop is not None else StopRequest(config.grace)
         self._stopping = False
-        self._stop_deadline = math.inf
 
         self._poller = Poller()
         self._spare_cpu = SpareCpu()
@@ -185,6 +191,9 @@ class Loop:
             for fd in self._listeners:
                 self._poller.add(fd, self._listen_mask)
             self._accepting = True
+            self.stop.wake = self._waker.wake
+            if self.stop.requested:  # asked before this loop was made
+                self._waker.wake()
         except BaseException:
             self._poller.close()
             self._spare_cpu.close()
@@ -214,11 +223,7 @@ class Loop:
     def request_stop(self, grace: float | None = None) -> None:
         """No new connections; in-flight ones get *grace* seconds (default: the
         relay's). Safe from any thread and from signal handlers."""
-        grace = self.config.grace if grace is None else grace
-        if self._stop_grace is None or grace < self._stop_grace:
-            self._stop_grace = grace
-        self.stop_requested = True
-        self._waker.wake()
+        self.stop.request(grace)
 
     # -- the loop ---------------------------------------------------------------------
     def run(self) -> None:
@@ -233,6 +238,7 @@ class Loop:
         next_sweep = monotonic() + self._sweep_interval()
         spin = self.config.busy_poll
         spare_cpu = self._spare_cpu
+        stop = self.stop
         busy = False
         try:
             while True:
@@ -271,15 +277,12 @@ class Loop:
                     stats[BUFFERED] = self._held
                 if self._accept_resume < next_sweep:
                     next_sweep = self._accept_resume
-                if self.stop_requested and not self._stopping:
-                    self._begin_stop()
-                    next_sweep = min(next_sweep, self._stop_deadline)
-                elif self._stopping and self._stop_grace is not None and (
-                        now + self._stop_grace < self._stop_deadline):
-                    # A second, shorter request (a second SIGTERM, stop(grace=0)):
-                    # bring the deadline forward and cut at once if it has passed.
-                    self._stop_deadline = now + self._stop_grace
-                    next_sweep = min(next_sweep, self._stop_deadline)
+                if stop.requested:
+                    if not self._stopping:
+                        self._begin_stop()
+                    # A second, shorter request (a second SIGTERM, stop(grace=0))
+                    # brought the deadline forward: cut at once if it has passed.
+                    next_sweep = min(next_sweep, stop.deadline)
                 if now >= next_sweep:
                     self._sweep(now)
                     next_sweep = now + self._sweep_interval()
@@ -294,7 +297,7 @@ class Loop:
             if t is not None:
                 intervals.append(t / 4)
         if self._stopping:
-            intervals.append(max(0.0, self._stop_deadline - time.monotonic()))
+            intervals.append(self.stop.left())
         if self._accept_resume < math.inf:
             intervals.append(max(0.0, self._accept_resume - time.monotonic()))
         return max(0.005, min(intervals))
@@ -306,7 +309,7 @@ class Loop:
             self._accept_resume = math.inf
             self._at_limit = False
             self._resume_accepting()
-        if self._stopping and now >= self._stop_deadline:
+        if self._stopping and now >= self.stop.deadline:
             for conn in list(self._conns.values()):
                 self._finish(conn, END_STOPPED, "cut at the end of the stop's grace period")
             return
@@ -402,7 +405,7 @@ class Loop:
 
     def _admit(self, listening: Listening, sock: socket.socket, raw: Any) -> None:
         now = self._now
-        cid = self._next_id
+        conn_id = self._next_id
         self._next_id += self._id_step
         self._stats[ACCEPTED] += 1
         forward = listening.forward
@@ -414,23 +417,23 @@ class Loop:
         except OSError as exc:
             sock.close()
             self._slots.give()
-            LOG.info("#%d: the client left before it could be served: %s", cid, exc)
+            LOG.info("#%d: the client left before it could be served: %s", conn_id, exc)
             return
         except ValueError as exc:  # a peer address that cannot be read (peer_of)
             sock.close()
             self._slots.give()
-            LOG.warning("#%d: closed, its peer could not be identified: %s", cid, exc)
+            LOG.warning("#%d: closed, its peer could not be identified: %s", conn_id, exc)
             return
-        if forward.allow is not None and not any(peer.matches(r) for r in forward.allow):
+        if forward.allow is not None and refused_by(forward.allow, peer) is not None:
             sock.close()
             self._slots.give()
             self._stats[DENIED] += 1
-            self._record(ConnectionRecord(cid, str(peer), listening.target_text, 0, 0, 0.0,
+            self._record(ConnectionRecord(conn_id, str(peer), listening.target_text, 0, 0, 0.0,
                                           END_DENIED, "not in the allowlist"), logging.WARNING)
             return
-        conn = Conn(cid, sock, peer, forward, now)
+        conn = Conn(conn_id, sock, peer, forward, now)
         conn.listening = listening
-        self._conns[cid] = conn
+        self._conns[conn_id] = conn
         self._stats[ACTIVE] = len(self._conns)
         self._start_dial(conn)
 
@@ -504,7 +507,7 @@ class Loop:
     def _thread_dial(self, conn: Conn) -> None:
         config = self.config
         try:
-            sock = api.connect(conn.forward.target, timeout=config.connect_timeout,
+            sock = _endpoints.connect(conn.forward.target, timeout=config.connect_timeout,
                                retries=config.retries, buffer_size=config.buffer_size)
         except OSError as exc:
             error = exc
@@ -733,16 +736,15 @@ class Loop:
     # -- stopping ---------------------------------------------------------------------------
     def _begin_stop(self) -> None:
         self._stopping = True
-        grace = self.config.grace if self._stop_grace is None else self._stop_grace
-        self._stop_deadline = self._now + grace
         self._close_listeners()
-        if self._announce:
+        if self._announce:  # the relay's only loop: it speaks for the relay
+            announce_stopping()
             if self._conns:
-                LOG.info("stopping: waiting up to %g s for %d connection(s)", grace,
-                         len(self._conns))
+                LOG.info("stopping: waiting up to %g s for %d connection(s)",
+                         round(self.stop.left(), 1), len(self._conns))
             else:
                 LOG.info("stopped")
-        if self._conns and grace == 0:
+        if self._conns and self._now >= self.stop.deadline:
             self._sweep(self._now)
 
     def _close_listeners(self) -> None:

@@ -14,7 +14,7 @@ import socket
 import threading
 from collections.abc import Callable
 
-from .. import _endpoints as api
+from .. import _endpoints
 from .._core.addresses import Address, parse_address
 from .._errors import HvsockError
 from .._transports._common import close_write
@@ -86,9 +86,9 @@ def _exchange(listen_at: Address | str, connect_to: Callable[[Address], Address]
               timeout: float, talk: Talk) -> str:
     address = parse_address(listen_at)
     payload = secrets.token_bytes(PAYLOAD_SIZE)
-    listener = api.listen(address, backlog=1)
+    listener = _endpoints.listen(address, backlog=1)
     try:
-        actual = api.listener_address(listener, address)
+        actual = _endpoints.listener_address(listener, address)
         target = connect_to(actual) if connect_to is not None else actual
         server = _Server(listener, timeout)
         try:
@@ -101,7 +101,7 @@ def _exchange(listen_at: Address | str, connect_to: Callable[[Address], Address]
         return str(target)
     finally:
         listener.close()
-        api.remove_socket_file(address)
+        _endpoints.remove_socket_file(address)
 
 
 def round_trip(listen_at: Address | str, connect_to: Callable[[Address], Address] | None = None,
@@ -114,7 +114,7 @@ def round_trip(listen_at: Address | str, connect_to: Callable[[Address], Address
     open and no socket file behind.
     """
     def talk(target: Address, payload: bytes) -> bytes:
-        with api.connect(target, timeout=timeout) as sock:
+        with _endpoints.connect(target, timeout=timeout) as sock:
             sock.settimeout(timeout)
             sock.sendall(payload)
             close_write(sock)

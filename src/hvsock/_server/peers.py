@@ -16,7 +16,7 @@ import contextlib
 import socket
 import struct
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,8 +32,8 @@ from .._core.addresses import (
 from .._errors import ArgumentError
 from .._validate import quote
 
-__all__ = ["AllowRule", "Peer", "PrivilegedCid", "allow_rules", "fits", "peer_of",
-           "refusal"]
+__all__ = ["AllowRule", "Peer", "PrivilegedCid", "allow_rules", "check_reachable", "fits",
+           "peer_of", "refusal", "refused_by"]
 
 #: The highest AF_VSOCK port only a privileged process may bind (Linux's
 #: LAST_RESERVED_PORT in net/vmw_vsock/af_vsock.c; rresvport's rule for TCP).
@@ -222,6 +222,24 @@ def kind_hint(address: Address) -> str:
         return ("a hybrid listener's peer is the VMM's process: it matches \"uid:N\" "
                 "(the VMM's user), never a CID")
     return "Unix peers match \"uid:N\""
+
+
+def check_reachable(rules: Collection[AllowRule] | None, address: Address, whose: str) -> None:
+    """Raise :class:`ArgumentError` when no rule of *rules* can ever match a peer of a
+    listener on *address*: nobody could connect. *whose* starts the message
+    (``"'echo''s"``)."""
+    if rules is not None and not any(fits(rule, address) for rule in rules):
+        raise ArgumentError(
+            f"{whose} allow rules ({', '.join(sorted(map(str, rules)))}) can never match "
+            f"a peer on {address}, so nobody could connect: {kind_hint(address)}")
+
+
+def refused_by(rules: Collection[AllowRule] | None, peer: Peer) -> str | None:
+    """None when *rules* let *peer* in (None lets everyone in); else why not, naming
+    the rules (:func:`refusal`). The one allowlist check of every server."""
+    if rules is None or any(peer.matches(rule) for rule in rules):
+        return None
+    return refusal(peer, rules)
 
 
 def refusal(peer: Peer, rules: Iterable[AllowRule]) -> str:

@@ -18,20 +18,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import _endpoints as api
-from .. import _validate
+from .. import _endpoints
 from .._aio import hyperv as aio_hyperv
 from .._aio.ready import wait_ready
 from .._core.addresses import Address, parse_address
 from .._core.framing import ErrorReply, encode_frame, encode_message
 from .._errors import ArgumentError, HvsockError, IdleTimeoutError
 from .._server.lifecycle import (
+    DEFAULT_GRACE,
+    StopRequest,
+    announce_ready,
+    announce_stopping,
     check_ready_file,
     loop_stop_signals,
-    sd_notify,
-    write_ready_file,
 )
-from .._server.peers import Peer, fits, kind_hint, peer_of, refusal
+from .._server.peers import Peer, check_reachable, peer_of, refused_by
 from .._transports._common import close_on_error
 from .._transports.features import has_hyperv, has_vsock
 from .._validate import quote
@@ -154,20 +155,22 @@ class _Entry:
 class ServiceHost:
     """Host services: ``host.add(service, address)``, then ``await host.serve()``.
 
-    *grace* is how long :meth:`stop` lets in-flight handlers run before
-    cancelling them. *ready_file*, when given, is written (JSON: pid and each
-    service's address) once every listener is bound; systemd's ``NOTIFY_SOCKET``
-    gets ``READY=1`` then too.
+    *grace* is how long a stop lets in-flight handlers run before cancelling
+    them; a second SIGTERM / SIGINT (or a stop with a shorter grace) cuts it
+    short. *ready_file*, when given, is written (JSON: pid and each service's
+    address) once every listener is bound; systemd's ``NOTIFY_SOCKET`` gets
+    ``READY=1`` then too. The lifecycle is :class:`hvsock.Relay`'s and the bench
+    server's: ``start``, ``serve(handle_signals=True)``, ``run``,
+    ``request_stop(grace)``, ``stop(grace)``.
     """
 
-    def __init__(self, *, grace: float = 10.0, ready_file: str | None = None,
+    def __init__(self, *, grace: float = DEFAULT_GRACE, ready_file: str | None = None,
                  on_ready: Callable[[dict[str, Address]], None] | None = None) -> None:
-        self.grace = _validate.non_negative_number(grace, "grace") or 0.0
+        self._stop_request = StopRequest(grace)
         self.ready_file = check_ready_file(ready_file)
         self.on_ready = on_ready
         self._entries: list[_Entry] = []
         self._started = False
-        self._stop_requested: asyncio.Event | None = None
         self._stop_started = False
         self._stopped: asyncio.Event | None = None
         #: Sync handler threads running at once, host-wide (more wait for one to end).
@@ -190,15 +193,15 @@ class ServiceHost:
         if any(e.service.name == service.name for e in self._entries):
             raise ArgumentError(f"a service named {quote(service.name)} is already added")
         addr = parse_address(address) if address is not None else default_address(service)
-        allow = service.allow
-        if allow is not None and not any(fits(rule, addr) for rule in allow):
-            raise ArgumentError(
-                f"{quote(service.name)}'s allow rules ({', '.join(sorted(map(str, allow)))}) "
-                f"can never match a peer on {addr}, so nobody could connect: "
-                f"{kind_hint(addr)}")
+        check_reachable(service.allow, addr, f"{quote(service.name)}'s")
         self._entries.append(_Entry(service, addr, listener=listener,
                                     owns_listener=listener is None,
                                     log=logging.getLogger(f"hvsock.service.{service.name}")))
+
+    @property
+    def grace(self) -> float:
+        """Seconds a stop lets handlers finish (unless a stop asks for less)."""
+        return self._stop_request.grace
 
     @property
     def addresses(self) -> dict[str, Address]:
@@ -220,15 +223,14 @@ class ServiceHost:
         if not self._entries:
             raise ArgumentError("no services added: add() one before start()")
         self._started = True
-        if self._stop_requested is None:
-            self._stop_requested = asyncio.Event()
+        self._stop_request.attach(asyncio.get_running_loop())
         self._stopped = asyncio.Event()
         self._threads = asyncio.Semaphore(MAX_HANDLER_THREADS)
         try:
             for entry in self._entries:
                 if entry.listener is None:
-                    entry.listener = api.listen(entry.address)
-                    entry.address = api.listener_address(entry.listener, entry.address)
+                    entry.listener = _endpoints.listen(entry.address)
+                    entry.address = _endpoints.listener_address(entry.listener, entry.address)
                 entry.listener.setblocking(False)
                 entry.slots = asyncio.Semaphore(entry.service.limits.max_connections)
         except BaseException:
@@ -251,12 +253,8 @@ class ServiceHost:
 
     def _report_ready(self) -> None:
         names = {e.service.name: str(e.address) for e in self._entries}
-        if self.ready_file:
-            write_ready_file(self.ready_file, {"pid": os.getpid(), "services": names})
-        try:
-            sd_notify("READY=1\nSTATUS=serving " + ", ".join(names))
-        except OSError as exc:
-            LOG.warning("could not notify systemd: %s", exc)
+        announce_ready(self.ready_file, {"pid": os.getpid(), "services": names},
+                       "serving " + ", ".join(names), LOG)
         LOG.info("ready: %s", ", ".join(f"{k} on {v}" for k, v in names.items()))
         if self.on_ready is not None:
             self.on_ready(self.addresses)
@@ -287,8 +285,7 @@ class ServiceHost:
                 continue
             try:
                 peer = peer_of(sock, raw, entry.address)
-                allow = entry.service.allow
-                allowed = allow is None or any(peer.matches(rule) for rule in allow)
+                why = refused_by(entry.service.allow, peer)
             except Exception:
                 # A peer address we cannot read must cost one connection, not the
                 # accept loop (and must not keep its slot).
@@ -296,9 +293,7 @@ class ServiceHost:
                 sock.close()
                 entry.slots.release()
                 continue
-            if not allowed:
-                assert allow is not None
-                why = refusal(peer, allow)
+            if why is not None:
                 entry.log.warning("denied %s: not in the allowlist (%s)", peer, why)
                 entry.slots.release()
                 self._refuse(entry, sock, peer, why)
@@ -426,17 +421,19 @@ class ServiceHost:
                 timer.cancel()
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting, let handlers finish for *grace* s (default: the host's), cancel."""
-        if self._stopped is None or self._stop_requested is None:
+        """Stop accepting, let handlers finish for *grace* s (default: the host's), cancel.
+
+        A stop already under way is brought forward when *grace* ends sooner than
+        its own, then waited for.
+        """
+        if self._stopped is None:
             return
+        self._stop_request.request(grace)
         if self._stop_started:
             await self._stopped.wait()
             return
         self._stop_started = True
-        self._stop_requested.set()
-        with contextlib.suppress(OSError):
-            sd_notify("STOPPING=1")
-        grace = self.grace if grace is None else grace
+        announce_stopping()
         for entry in self._entries:
             if entry.accept_task is not None:
                 entry.accept_task.cancel()
@@ -445,8 +442,9 @@ class ServiceHost:
         self._close_listeners()
         tasks = {t for e in self._entries for t in e.tasks}
         if tasks:
-            LOG.info("stopping: waiting up to %g s for %d connection(s)", grace, len(tasks))
-            _, pending = await asyncio.wait(tasks, timeout=grace)
+            LOG.info("stopping: waiting up to %g s for %d connection(s)",
+                     round(self._stop_request.left(), 1), len(tasks))
+            pending = await self._stop_request.wait_out(tasks)
             for task in pending:
                 task.cancel()
             if pending:
@@ -463,7 +461,7 @@ class ServiceHost:
         for entry in self._entries:
             if entry.listener is not None and entry.owns_listener:
                 entry.listener.close()
-                api.remove_socket_file(entry.address)
+                _endpoints.remove_socket_file(entry.address)
 
     async def wait_stopped(self) -> None:
         assert self._stopped is not None
@@ -471,22 +469,22 @@ class ServiceHost:
 
     async def serve(self, *, handle_signals: bool = True) -> None:
         """Start, serve until :meth:`stop` / :meth:`request_stop` or SIGTERM / SIGINT,
-        then stop gracefully.
+        then stop gracefully; a second signal cuts the handlers still running.
 
         The signal handlers go in before anything is bound, so a SIGTERM that
-        arrives as soon as the host reports ready still stops it gracefully.
+        arrives as soon as the host reports ready still stops it gracefully, and
+        stay until the stop is over (elsewhere than the main thread there are none).
         """
-        if self._stop_requested is None:
-            self._stop_requested = asyncio.Event()
-        stop_requested = self._stop_requested
-        signals = (loop_stop_signals(asyncio.get_running_loop(), stop_requested.set)
+        loop = asyncio.get_running_loop()
+        self._stop_request.attach(loop)
+        signals = (loop_stop_signals(loop, self._stop_request.signal)
                    if handle_signals else contextlib.nullcontext())
-        try:
-            with signals:
+        with signals:
+            try:
                 await self.start()
-                await stop_requested.wait()
-        finally:
-            await self.stop()
+                await self._stop_request.wait_requested()
+            finally:
+                await self.stop()
 
     def run(self) -> None:
         """Blocking :meth:`serve` in a fresh event loop (``asyncio.run``).
@@ -497,10 +495,10 @@ class ServiceHost:
         with default_log_handler():
             asyncio.run(self.serve())
 
-    def request_stop(self) -> None:
-        """Ask :meth:`serve` to stop (from the loop's thread, e.g. inside a handler)."""
-        if self._stop_requested is not None:
-            self._stop_requested.set()
+    def request_stop(self, grace: float | None = None) -> None:
+        """Ask :meth:`serve` to stop, letting handlers finish for *grace* s (default:
+        the host's). From any thread (inside a handler too); returns at once."""
+        self._stop_request.request(grace)
 
     async def __aenter__(self) -> ServiceHost:
         await self.start()

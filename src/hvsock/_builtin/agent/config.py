@@ -27,8 +27,7 @@
 from __future__ import annotations
 
 import os
-import re
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,15 +42,13 @@ from ..._core.addresses import (
     parse_address,
 )
 from ..._errors import ArgumentError, HvsockError
+from ..._server import config as toml
+from ..._server.config import ConfigError, Lines, Problem, Problems
+from ..._server.lifecycle import DEFAULT_GRACE, check_grace
 from ..._server.peers import PrivilegedCid, allow_rules, fits, kind_hint
 from ..._transports.features import has_hyperv
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
-
-__all__: list[str] = []
+__all__ = ["ConfigError"]
 
 DEFAULT_PATH = "/etc/hvsock/agent.toml"
 AGENT_PORT = 5100
@@ -77,7 +74,7 @@ OWN_ADDRESS_ONLY = {"qga", "kvp", "cp"}
 #: on the agent's address family (vsock://any:5010, ...), so their clients need no hello.
 OWN_DEFAULT_PORTS = {"kvp": 5010, "cp": 5005}
 AGENT_KEYS = {"listen": "address", "allow": "allow", "max_connections": "int",
-              "grace": "seconds"}
+              "grace": "grace"}
 COMMON_KEYS = {"enabled": "bool", "listen": "address", "allow": "allow"}
 #: Services that run commands as the agent's user (root): with no ``allow`` of their own
 #: they let in only a privileged host user, never whatever ``[agent] allow`` says.
@@ -119,15 +116,6 @@ def needs_opt_in(service: str, address: Address) -> str:
             "[\"127.0.0.1\"] (--allow 127.0.0.1 on the command line)")
 
 
-class ConfigError(ArgumentError):
-    """The configuration is wrong; ``problems`` lists ``(line, message)`` pairs."""
-
-    def __init__(self, path: str, problems: list[tuple[int | None, str]]) -> None:
-        self.path = path
-        self.problems = problems
-        super().__init__("\n".join(f"{path}:{line or '-'}: {msg}" for line, msg in problems))
-
-
 @dataclass
 class ServiceConfig:
     name: str
@@ -142,109 +130,109 @@ class AgentConfig:
     listen: Address | None = None
     allow: list[Any] | None = None  # None: the default for the address kind
     max_connections: int = 64
-    grace: float = 10.0
+    grace: float = DEFAULT_GRACE
     services: dict[str, ServiceConfig] = field(default_factory=dict)
     #: (line, message) pairs worth a word that do not stop the agent (--check-config).
-    warnings: list[tuple[int | None, str]] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
 
     @property
     def enabled(self) -> list[str]:
         return [name for name, svc in self.services.items() if svc.enabled]
 
 
-class _Lines:
-    """Where a table or key is in the text, for messages (tomllib gives no positions)."""
-
-    _HEADER = re.compile(r"\s*\[\s*([A-Za-z0-9_.-]+)\s*\]")
-    _KEY = re.compile(r"\s*([A-Za-z0-9_-]+)\s*=")
-
-    def __init__(self, text: str) -> None:
-        self.tables: dict[str, int] = {}
-        self.keys: dict[tuple[str, str], int] = {}
-        table = ""
-        for number, line in enumerate(text.splitlines(), 1):
-            header = self._HEADER.match(line)
-            if header:
-                table = header.group(1)
-                self.tables.setdefault(table, number)
-                continue
-            key = self._KEY.match(line)
-            if key:
-                self.keys.setdefault((table, key.group(1)), number)
-
-    def of(self, table: str, key: str | None = None) -> int | None:
-        if key is not None and (table, key) in self.keys:
-            return self.keys[(table, key)]
-        return self.tables.get(table)
+def _fail(problem: str) -> ArgumentError:
+    return ArgumentError(problem)
 
 
-def _check_value(kind: str, value: Any) -> tuple[Any, str | None]:
-    """(normalised value, problem or None)."""
-    if kind == "bool":
-        return value, None if isinstance(value, bool) else "must be true or false"
-    if kind == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
-        return value, None if ok else "must be a whole number > 0"
-    if kind == "seconds":
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-        return (float(value) if ok else value), None if ok else "must be a number of seconds > 0"
-    if kind == "string":
-        return value, None if isinstance(value, str) and value else "must be a non-empty string"
-    if kind == "strings":
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        return value, None if ok else "must be a list of strings"
-    if kind == "address":
-        if not isinstance(value, str):
-            return value, "must be an address string like vsock://any:5100"
-        try:
-            return parse_address(value), None
-        except HvsockError as exc:
-            return value, str(exc)
-    if kind == "allow":
-        if not isinstance(value, list) or not all(
-                isinstance(v, (int, str)) and not isinstance(v, bool) for v in value):
-            return value, ("must be a list of CIDs, VM ids, IP addresses or \"uid:N\" "
-                           "(e.g. [2], [\"host:privileged\"] or [\"uid:0\"])")
-        try:
-            rules = allow_rules(value)
-        except ArgumentError as exc:
-            return value, f"has a bad rule: {exc}"
-        assert rules is not None
-        return sorted(rules, key=str), None
-    raise AssertionError(kind)
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _fail("must be true or false")
+    return value
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise _fail("must be a whole number > 0")
+    return value
+
+
+def _seconds(value: object) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise _fail("must be a number of seconds > 0")
+    return float(value)
+
+
+def _grace(value: object) -> float:
+    try:
+        return check_grace(value)
+    except ArgumentError:
+        raise _fail("must be a number of seconds >= 0") from None
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise _fail("must be a non-empty string")
+    return value
+
+
+def _strings(value: object) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _fail("must be a list of strings")
+    return value
+
+
+def _address(value: object) -> Address:
+    if not isinstance(value, str):
+        raise _fail("must be an address string like vsock://any:5100")
+    try:
+        return parse_address(value)
+    except HvsockError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _allow(value: object) -> list[Any]:
+    if not isinstance(value, list) or not all(
+            isinstance(v, (int, str)) and not isinstance(v, bool) for v in value):
+        raise _fail("must be a list of CIDs, VM ids, IP addresses or \"uid:N\" "
+                    "(e.g. [2], [\"host:privileged\"] or [\"uid:0\"])")
+    try:
+        rules = allow_rules(value)
+    except ArgumentError as exc:
+        raise _fail(f"has a bad rule: {exc}") from None
+    assert rules is not None
+    return sorted(rules, key=str)
+
+
+#: The type of every option (the tables above name them): its check, which returns
+#: the value normalised or raises ArgumentError saying what the value must be.
+KINDS: dict[str, Callable[[object], Any]] = {
+    "bool": _bool, "int": _int, "seconds": _seconds, "grace": _grace, "string": _string,
+    "strings": _strings, "address": _address, "allow": _allow,
+}
 
 
 def parse_config(text: str, path: str = "agent.toml") -> AgentConfig:
     """The configuration in *text*; :class:`ConfigError` lists every problem with its line."""
-    lines = _Lines(text)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        match = re.search(r"line (\d+)", str(exc))
-        raise ConfigError(path, [(int(match.group(1)) if match else None,
-                                  f"not valid TOML: {exc}")]) from None
-    problems: list[tuple[int | None, str]] = []
+    data, lines = toml.parse(text, path)
+    problems = Problems(path, lines)
     config = AgentConfig()
 
     def check(table: str, key: str, kind: str, value: Any) -> Any:
-        norm, problem = _check_value(kind, value)
-        if problem:
-            problems.append((lines.of(table, key), f"[{table}] {key} {problem}"))
-            return None
+        _ok, norm = problems.check(KINDS[kind], value, table, key, label=f"[{table}] {key}")
         return norm
 
     for table, section in data.items():
         if table != "agent" and table not in SERVICE_KEYS:
-            problems.append((lines.of(table), f"unknown section [{table}]; known: "
-                             f"[agent], {', '.join(f'[{n}]' for n in SERVICE_KEYS)}"))
+            problems.add(f"unknown section [{table}]; known: "
+                         f"[agent], {', '.join(f'[{n}]' for n in SERVICE_KEYS)}", table)
         elif not isinstance(section, dict):
-            problems.append((lines.of("", table), f"{table} must be a table: [{table}]"))
+            problems.add(f"{table} must be a table: [{table}]", "", table)
     agent = data.get("agent", {})
     if isinstance(agent, dict):
         for key, value in agent.items():
             if key not in AGENT_KEYS:
-                problems.append((lines.of("agent", key), f"[agent] has no key {key!r}; known: "
-                                 f"{', '.join(AGENT_KEYS)}"))
+                problems.add(f"[agent] has no key {key!r}; known: {', '.join(AGENT_KEYS)}",
+                             "agent", key)
                 continue
             norm = check("agent", key, AGENT_KEYS[key], value)
             if norm is not None:
@@ -257,8 +245,8 @@ def parse_config(text: str, path: str = "agent.toml") -> AgentConfig:
         known = {**COMMON_KEYS, **extra}
         for key, value in section.items():
             if key not in known:
-                problems.append((lines.of(name, key), f"[{name}] has no key {key!r}; known: "
-                                 f"{', '.join(known)}"))
+                problems.add(f"[{name}] has no key {key!r}; known: {', '.join(known)}",
+                             name, key)
                 continue
             norm = check(name, key, known[key], value)
             if norm is None:
@@ -273,21 +261,17 @@ def parse_config(text: str, path: str = "agent.toml") -> AgentConfig:
                 svc.options[key] = norm
         if (name in OWN_ADDRESS_ONLY and name not in OWN_DEFAULT_PORTS and svc.enabled
                 and svc.listen is None):
-            problems.append((lines.of(name, "enabled") or lines.of(name),
-                             f"[{name}] speaks its own protocol: give it its own "
-                             "listen = \"vsock://any:PORT\""))
+            problems.add(f"[{name}] speaks its own protocol: give it its own "
+                         "listen = \"vsock://any:PORT\"", name, "enabled")
         if name == "cp" and svc.enabled and not svc.options.get("roots"):
-            problems.append((lines.of(name, "enabled") or lines.of(name),
-                             "[cp] serves only the directories it is given: set "
-                             "roots = [\"/srv/share\"]"))
+            problems.add("[cp] serves only the directories it is given: set "
+                         "roots = [\"/srv/share\"]", name, "enabled")
         config.services[name] = svc
     if not problems:
-        _check_allow(config, lines, problems)
+        _check_allow(config, problems)
     if not problems and not config.enabled:
-        problems.append((None, "no service is enabled: set enabled = true in at least one "
-                         "section"))
-    if problems:
-        raise ConfigError(path, problems)
+        problems.add("no service is enabled: set enabled = true in at least one section")
+    problems.raise_if_any()
     return config
 
 
@@ -306,32 +290,28 @@ def addresses_of(config: AgentConfig, name: str) -> list[Address]:
 def validate(config: AgentConfig, where: str = "command line") -> None:
     """Check a configuration built without a file (``--listen``/``--enable``) the way
     :func:`parse_config` checks a file; raises :class:`ConfigError`."""
-    problems: list[tuple[int | None, str]] = []
+    problems = Problems(where, Lines(""))
     holders: list[AgentConfig | ServiceConfig] = [config, *config.services.values()]
     for holder in holders:
         if holder.allow is not None:
-            rules, problem = _check_value("allow", holder.allow)
-            if problem is not None:
-                problems.append((None, f"allow {problem}"))
-            else:
+            ok, rules = problems.check(_allow, holder.allow, label="allow")
+            if ok:
                 holder.allow = rules
     if not problems:
-        _check_allow(config, _Lines(""), problems)
-    if problems:
-        raise ConfigError(where, problems)
+        _check_allow(config, problems)
+    problems.raise_if_any()
 
 
-def _check_allow(config: AgentConfig, lines: _Lines,
-                 problems: list[tuple[int | None, str]]) -> None:
+def _check_allow(config: AgentConfig, problems: Problems) -> None:
     """Rules that can never match where they apply are errors; exec on TCP needs its own."""
     shared = config.listen or default_listen()
+    lines = problems.lines
 
     def never(rules: list[Any], address: Address, table: str) -> None:
         bad = [r for r in rules if not fits(r, address)]
-        problem = (lines.of(table, "allow"), f"[{table}] allow: {', '.join(map(str, bad))} "
-                   f"can never match a peer on {address} ({kind_hint(address)})")
-        if bad and problem not in problems:
-            problems.append(problem)
+        if bad:
+            problems.add(f"[{table}] allow: {', '.join(map(str, bad))} can never match a "
+                         f"peer on {address} ({kind_hint(address)})", table, "allow")
 
     if config.allow is not None and any(n not in OWN_ADDRESS_ONLY for n in config.enabled):
         never(config.allow, shared, "agent")  # checked at accept on the shared address
@@ -341,10 +321,8 @@ def _check_allow(config: AgentConfig, lines: _Lines,
             if svc.allow is not None:
                 never(svc.allow, address, name)
             elif name in SENSITIVE:
-                problem = (lines.of(name, "enabled") or lines.of(name),
-                           needs_opt_in(name, address))
-                if isinstance(address, TcpAddress) and problem not in problems:
-                    problems.append(problem)
+                if isinstance(address, TcpAddress):
+                    problems.add(needs_opt_in(name, address), name, "enabled")
             elif config.allow is not None:
                 never(config.allow, address, "agent")
             if (name in SENSITIVE and svc.allow is not None
@@ -368,12 +346,7 @@ def unproven(name: str, cids: list[int]) -> str:
 
 def load_config(path: str) -> AgentConfig:
     """Read and check *path*; raises :class:`ConfigError` (also for an unreadable file)."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, [(None, f"cannot read the configuration: {exc}")]) from None
-    return parse_config(text, path)
+    return parse_config(toml.read(path), path)
 
 
 def default_config(enable: list[str] | None = None) -> AgentConfig:

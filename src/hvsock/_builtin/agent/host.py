@@ -31,7 +31,7 @@ from ..._core.addresses import (
 )
 from ..._core.framing import encode_frame
 from ..._errors import ArgumentError, ProtocolError
-from ..._server.peers import refusal
+from ..._server.peers import refused_by
 from ..._service.connection import Connection, SyncConnection
 from ..._service.declaration import Limits, Service
 from ..._service.frames import read_frame
@@ -155,9 +155,8 @@ class MuxHandler:
                                f"this agent serves {', '.join(sorted(self.subs)) or 'nothing'}"
                                f", not {name!r}")
             return
-        allow = sub.service.allow
-        if allow is not None and not any(conn.peer.matches(rule) for rule in allow):
-            why = refusal(conn.peer, allow)
+        why = refused_by(sub.service.allow, conn.peer)
+        if why is not None:
             sub.log.warning("denied %s: not in the allowlist (%s)", conn.peer, why)
             await self._refuse(conn, "forbidden", f"refused by {name}'s allowlist: {why}")
             return
