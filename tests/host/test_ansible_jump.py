@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import hvsock
+import hvsock.windows
 from tests.host.test_ansible import BIN, UTF8_LOCALE, _start_agent, _stop
 from tests.host.test_ansible_inventory import _plain, hosts_of
 from tests.sshd import Sshd, sshd_missing
@@ -135,8 +136,8 @@ def test_inventory_of_a_hyperv_host_through_the_jump(sshd: Sshd, tmp_path: Path)
     """A Windows host's `hvsock vms --json` (what VmInfo.as_dict gives), printed by a
     stand-in for hvsock on the jump host."""
     vm_id = uuid.uuid4()
-    report = {"vms": [hvsock.VmInfo("Build VM", vm_id, "Running", "Get-VM").as_dict(),
-                      hvsock.VmInfo("Old", uuid.uuid4(), "Off", "Get-VM").as_dict()],
+    report = {"vms": [hvsock.windows.VmInfo("Build VM", vm_id, "Running", "Get-VM").as_dict(),
+                      hvsock.windows.VmInfo("Old", uuid.uuid4(), "Off", "Get-VM").as_dict()],
               "problems": []}
     fake = tmp_path / "windows-hvsock"
     fake.write_text(f"#!/bin/sh\ncat <<'EOF'\n{json.dumps(report)}\nEOF\n")

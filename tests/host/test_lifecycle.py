@@ -21,6 +21,9 @@ from pathlib import Path
 import pytest
 
 import hvsock
+import hvsock.forwarding
+import hvsock.framing
+import hvsock.services
 from hvsock._core import mux
 from hvsock._core.framing import encode_frame
 
@@ -129,7 +132,7 @@ def test_a_second_signal_cuts_the_grace_short(kind: str, second: signal.Signals,
             if opening:
                 client.sendall(opening)
                 if kind == "agent":
-                    answer = hvsock.recv_frame(client, mux.MAX_HELLO)
+                    answer = hvsock.framing.recv_frame(client, mux.MAX_HELLO)
                     assert answer is not None
                     mux.decode_answer(answer)
             talk(client)
@@ -161,12 +164,13 @@ def test_every_server_kind_tells_systemd_ready_then_stopping(
         notify.settimeout(30)
         monkeypatch.setenv("NOTIFY_SOCKET", path)
         ready = short_tmp / "ready.json"
-        server: hvsock.Relay | hvsock.BenchServer
+        server: hvsock.forwarding.Relay | hvsock.services.BenchServer
         if kind == "bench":
-            server = hvsock.BenchServer("tcp://127.0.0.1:0", ready_file=str(ready))
+            server = hvsock.services.BenchServer("tcp://127.0.0.1:0", ready_file=str(ready))
         else:
-            server = hvsock.Relay("tcp://127.0.0.1:0", echo_target, ready_file=str(ready),
-                                  workers=1 if kind == "relay-1-worker" else 2)
+            server = hvsock.forwarding.Relay("tcp://127.0.0.1:0", echo_target,
+                                             ready_file=str(ready),
+                                             workers=1 if kind == "relay-1-worker" else 2)
         with server:
             status = notify.recv(1000)
             info = json.loads(ready.read_text())

@@ -9,6 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hvsock
+import hvsock.forwarding
+import hvsock.services
 from hvsock._builtin.agent import config as agent_config
 from hvsock._relay.config import parse_toml
 from hvsock._server.config import ConfigError, Lines, parse
@@ -56,7 +58,7 @@ def relay_files(draw: st.DrawFn) -> tuple[str, set[int]]:
 def test_relay_toml_names_the_line_of_every_problem(case: tuple[str, set[int]]) -> None:
     text, bad_lines = case
     if not bad_lines:
-        assert isinstance(parse_toml(text, "r.toml"), hvsock.RelayConfig)
+        assert isinstance(parse_toml(text, "r.toml"), hvsock.forwarding.RelayConfig)
         return
     with pytest.raises(ConfigError) as info:
         parse_toml(text, "r.toml")

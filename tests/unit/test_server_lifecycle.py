@@ -15,6 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import hvsock
+import hvsock.forwarding
+import hvsock.services
 from hvsock._relay.config import SETTING_DEFAULTS
 from hvsock._server.lifecycle import DEFAULT_GRACE, StopRequest
 
@@ -70,8 +72,8 @@ def test_a_bad_grace_is_an_argument_error(grace: object) -> None:
 def test_every_server_kind_has_the_same_default_grace() -> None:
     assert DEFAULT_GRACE == 10.0
     assert hvsock.ServiceHost().grace == DEFAULT_GRACE
-    assert hvsock.BenchServer("tcp://127.0.0.1:0").grace == DEFAULT_GRACE
-    assert hvsock.RelayConfig.build([hvsock.Forward.build(
+    assert hvsock.services.BenchServer("tcp://127.0.0.1:0").grace == DEFAULT_GRACE
+    assert hvsock.forwarding.RelayConfig.build([hvsock.forwarding.Forward.build(
         "tcp://127.0.0.1:0", "tcp://127.0.0.1:1")]).grace == DEFAULT_GRACE
     from hvsock._builtin.agent.config import AgentConfig
 
@@ -80,7 +82,7 @@ def test_every_server_kind_has_the_same_default_grace() -> None:
 
 def test_relays_typed_keywords_default_to_the_configs() -> None:
     """Relay(...) spells every setting as a keyword; each default is RelayConfig's."""
-    parameters = inspect.signature(hvsock.Relay).parameters
+    parameters = inspect.signature(hvsock.forwarding.Relay).parameters
     for name, default in SETTING_DEFAULTS.items():
         assert parameters[name].kind is inspect.Parameter.KEYWORD_ONLY, name
         assert parameters[name].default == default, name
