@@ -74,6 +74,11 @@ _F_OFD_GETLK = getattr(fcntl, "F_OFD_GETLK", 36)
 _F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
 _FLOCK = struct.Struct("hhqqi4x")  # struct flock on 64-bit Linux
 _V9FS_MAGIC = 0x01021997
+#: The namespaces a client may set or remove attributes in. Not trusted.*, security.*
+#: (file capabilities, SELinux labels) nor system.* (ACLs): those would let a guest
+#: grant rights on the server beyond what the files' modes say.
+_SETTABLE_XATTRS = (b"user.",)
+_XATTR_SIZE_MAX = 65536  # Linux's XATTR_SIZE_MAX
 _NONUNAME = 0xFFFFFFFF
 
 
@@ -190,6 +195,17 @@ class _Fid:
     fd: int | None = None  # an open file or directory (Tlopen / Tlcreate)
     listing: list[tuple[p.Qid, int, bytes]] | None = None  # readdir snapshot
     xattr: bytes | None = None  # a Txattrwalk's value, read with Tread
+    setting: _XattrSet | None = None  # a Txattrcreate's value, written, set at Tclunk
+    users: int = 0  # requests using fd right now: a clunk closes it when they end
+    clunked: bool = False
+
+
+@dataclass
+class _XattrSet:
+    name: bytes
+    size: int
+    flags: int
+    value: bytearray = field(default_factory=bytearray)
 
 
 def _check_name(name: bytes) -> bytes:
@@ -322,8 +338,33 @@ class _Session:
         with self.lock:
             fids, self.fids = list(self.fids.values()), {}
         for fid in fids:
-            if fid.fd is not None:
-                os.close(fid.fd)
+            self.retire(fid)
+
+    def retire(self, fid: _Fid) -> None:
+        """*fid* is gone: close its file now, or when the last request using it ends."""
+        with self.lock:
+            fid.clunked = True
+            fd = fid.fd if fid.users == 0 else None
+        if fd is not None:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def opened(self, fid: _Fid) -> Iterator[int]:
+        """The fid's open descriptor, kept open while the caller uses it, even if
+        the fid is clunked meanwhile (the number is never reused under a read)."""
+        with self.lock:
+            if fid.fd is None or fid.clunked:
+                raise _Errno(errno.EBADF)
+            fid.users += 1
+            fd = fid.fd
+        try:
+            yield fd
+        finally:
+            with self.lock:
+                fid.users -= 1
+                close = fid.clunked and fid.users == 0
+            if close:
+                os.close(fd)
 
     # -- fids and paths -------------------------------------------------------------
     def fid(self, number: int) -> _Fid:
@@ -364,7 +405,8 @@ class _Session:
     def file_fd(self, fid: _Fid) -> Iterator[int]:
         """The file itself: its open descriptor if it has one (the name may be gone)."""
         if fid.fd is not None:
-            yield fid.fd
+            with self.opened(fid) as fd:
+                yield fd
         else:
             with self.path_fd(fid) as fd:
                 yield fd
@@ -399,9 +441,7 @@ class _Session:
             raise _Errno(errno.EROFS)
 
     def stat_fid(self, fid: _Fid) -> os.stat_result:
-        if fid.fd is not None:
-            return os.fstat(fid.fd)
-        with self.path_fd(fid) as fd:
+        with self.file_fd(fid) as fd:
             return os.fstat(fd)
 
     def owned(self, dir_fd: int, name: bytes, uid: int, gid: int) -> None:
@@ -478,8 +518,9 @@ class _Session:
             gone = self.fids.pop(fid, None)
         if gone is None:
             raise _Errno(errno.EBADF)
-        if gone.fd is not None:
-            os.close(gone.fd)
+        self.retire(gone)
+        if gone.setting is not None:
+            self.set_xattr(gone, gone.setting)
         return ()
 
     def t_remove(self, fid: int) -> tuple[Any, ...]:
@@ -530,8 +571,8 @@ class _Session:
                 if link or stat.S_ISDIR(st.st_mode):
                     raise _Errno(errno.EINVAL)
                 if target.fd is not None and os.O_ACCMODE & fcntl.fcntl(
-                        target.fd, fcntl.F_GETFL) != os.O_RDONLY:
-                    os.ftruncate(target.fd, size)
+                        fd, fcntl.F_GETFL) != os.O_RDONLY:
+                    os.ftruncate(fd, size)
                 else:
                     os.truncate(_proc(fd), size)
             if valid & (_ATTR_ATIME | _ATTR_MTIME) and not link:
@@ -557,10 +598,24 @@ class _Session:
             raise _Errno(errno.EROFS)
         return local
 
+    def adopt(self, target: _Fid, fd: int) -> None:
+        """*fd* becomes the fid's open file, unless the fid was clunked meanwhile."""
+        with self.lock:
+            if not target.clunked:
+                target.fd = fd
+                return
+        os.close(fd)
+        raise _Errno(errno.EBADF)
+
+    @staticmethod
+    def closed_plain(target: _Fid) -> None:
+        """Tlopen/Tlcreate/Txattrcreate need a fid not opened nor holding an attribute."""
+        if target.fd is not None or target.xattr is not None or target.setting is not None:
+            raise _Errno(errno.EBUSY)
+
     def t_lopen(self, fid: int, flags: int) -> tuple[Any, ...]:
         target = self.fid(fid)
-        if target.fd is not None:
-            raise _Errno(errno.EBUSY)
+        self.closed_plain(target)
         mode = self.open_flags(flags) & ~os.O_EXCL
         with self.path_fd(target) as fd:
             st = os.fstat(fd)
@@ -569,7 +624,7 @@ class _Session:
             if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
                 raise _Errno(errno.ENXIO)  # devices and FIFOs open in the guest, not here
             # The /proc link reaches exactly the inode the O_PATH descriptor pins.
-            target.fd = os.open(_proc(fd), mode)
+            self.adopt(target, os.open(_proc(fd), mode))
         target.listing = None
         return (_qid(st), 0)
 
@@ -577,8 +632,7 @@ class _Session:
                   gid: int) -> tuple[Any, ...]:
         self.writable()
         target = self.fid(fid)
-        if target.fd is not None:
-            raise _Errno(errno.EBUSY)
+        self.closed_plain(target)
         _check_name(name)
         with self.dir_fd(target) as parent:
             fd = os.open(name, self.open_flags(flags) | os.O_CREAT | os.O_NOFOLLOW,
@@ -589,8 +643,8 @@ class _Session:
             except BaseException:
                 os.close(fd)
                 raise
+        self.adopt(target, fd)
         target.parts = (*target.parts, name)
-        target.fd = fd
         return (_qid(st), 0)
 
     def t_read(self, fid: int, offset: int, count: int) -> tuple[Any, ...]:
@@ -598,23 +652,26 @@ class _Session:
         count = min(count, self.msize - p.HEADER - 4)
         if target.xattr is not None:
             return (target.xattr[offset:offset + count],)
-        if target.fd is None:
-            raise _Errno(errno.EBADF)
-        return (os.pread(target.fd, count, offset),)
+        with self.opened(target) as fd:
+            return (os.pread(fd, count, offset),)
 
     def t_write(self, fid: int, offset: int, data: bytes) -> tuple[Any, ...]:
         self.writable()
         target = self.fid(fid)
-        if target.fd is None:
-            raise _Errno(errno.EBADF)
-        return (os.pwrite(target.fd, data, offset),)
+        if target.setting is not None:
+            value = target.setting.value
+            if offset != len(value) or offset + len(data) > target.setting.size:
+                raise _Errno(errno.EINVAL)  # in order, and no more than announced
+            value += data
+            return (len(data),)
+        with self.opened(target) as fd:
+            return (os.pwrite(fd, data, offset),)
 
     def t_readdir(self, fid: int, offset: int, count: int) -> tuple[Any, ...]:
         target = self.fid(fid)
-        if target.fd is None:
-            raise _Errno(errno.EBADF)
         if offset == 0 or target.listing is None:
-            target.listing = self.listing(target)
+            with self.opened(target) as fd:
+                target.listing = self.listing(fd)
         count = min(count, self.msize - p.HEADER - 4)
         out = bytearray()
         for index in range(offset, len(target.listing)):
@@ -625,11 +682,10 @@ class _Session:
             out += entry
         return (bytes(out),)
 
-    def listing(self, target: _Fid) -> list[tuple[p.Qid, int, bytes]]:
-        assert target.fd is not None
-        here = os.fstat(target.fd)
+    def listing(self, fd: int) -> list[tuple[p.Qid, int, bytes]]:
+        here = os.fstat(fd)
         entries = [(_qid(here), 4, b"."), (_qid(here), 4, b"..")]
-        with os.scandir(target.fd) as scan:
+        with os.scandir(fd) as scan:
             for entry in scan:
                 if entry.is_symlink():
                     qtype, dtype = p.QTSYMLINK, 10
@@ -731,10 +787,8 @@ class _Session:
                 vfs.f_files, vfs.f_ffree, vfs.f_fsid & (2**64 - 1), vfs.f_namemax)
 
     def t_fsync(self, fid: int, datasync: int) -> tuple[Any, ...]:
-        target = self.fid(fid)
-        if target.fd is None:
-            raise _Errno(errno.EBADF)
-        (os.fdatasync if datasync else os.fsync)(target.fd)
+        with self.opened(self.fid(fid)) as fd:
+            (os.fdatasync if datasync else os.fsync)(fd)
         return ()
 
     def t_lock(self, fid: int, kind: int, flags: int, start: int, length: int,
@@ -744,7 +798,10 @@ class _Session:
             return (_LOCK_ERROR,)
         request = _FLOCK.pack(_LOCK_TYPES[kind], os.SEEK_SET, start, _signed(length), 0)
         try:
-            fcntl.fcntl(target.fd, _F_OFD_SETLK, request)
+            with self.opened(target) as fd:
+                fcntl.fcntl(fd, _F_OFD_SETLK, request)
+        except _Errno:
+            return (_LOCK_ERROR,)
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.EACCES):
                 return (_LOCK_BLOCKED,)  # the client waits and asks again
@@ -757,8 +814,9 @@ class _Session:
         if target.fd is None or kind not in _LOCK_TYPES:
             raise _Errno(errno.EINVAL)
         request = _FLOCK.pack(_LOCK_TYPES[kind], os.SEEK_SET, start, _signed(length), 0)
-        found_type, _, found_start, found_len, _ = _FLOCK.unpack(
-            fcntl.fcntl(target.fd, _F_OFD_GETLK, request))
+        with self.opened(target) as fd:
+            found_type, _, found_start, found_len, _ = _FLOCK.unpack(
+                fcntl.fcntl(fd, _F_OFD_GETLK, request))
         if found_type == fcntl.F_UNLCK:
             return (2, start, length, proc_id, client_id)
         back = {v: k for k, v in _LOCK_TYPES.items()}[found_type]
@@ -777,9 +835,31 @@ class _Session:
         self.add_fid(newfid, _Fid(target.export, target.parts, target.uid, xattr=value))
         return (len(value),)
 
-    def t_xattrcreate(self, *_: Any) -> tuple[Any, ...]:
+    def t_xattrcreate(self, fid: int, name: bytes, size: int, flags: int) -> tuple[Any, ...]:
+        """The fid becomes the attribute's: Twrite gives the value, Tclunk sets it
+        (a size of 0 removes it, as QEMU's server does)."""
         self.writable()
-        raise _Errno(errno.EOPNOTSUPP)  # setting extended attributes is not served yet
+        target = self.fid(fid)
+        if not name.startswith(_SETTABLE_XATTRS) or b"\0" in name or len(name) > 255:
+            raise _Errno(errno.EOPNOTSUPP)
+        if size > _XATTR_SIZE_MAX:
+            raise _Errno(errno.E2BIG)
+        if flags & ~(os.XATTR_CREATE | os.XATTR_REPLACE):
+            raise _Errno(errno.EINVAL)
+        self.closed_plain(target)
+        target.setting = _XattrSet(name, size, flags)
+        return ()
+
+    def set_xattr(self, fid: _Fid, setting: _XattrSet) -> None:
+        if len(setting.value) != setting.size:
+            raise _Errno(errno.EINVAL)  # clunked before the whole value came
+        with self.path_fd(fid) as fd:
+            if stat.S_ISLNK(os.fstat(fd).st_mode):
+                raise _Errno(errno.EPERM)  # as Linux answers for user.* on a link
+            if setting.size:
+                os.setxattr(_proc(fd), setting.name, bytes(setting.value), setting.flags)
+            else:
+                os.removexattr(_proc(fd), setting.name)
 
 
 def _signed(length: int) -> int:
