@@ -4,9 +4,10 @@
 the interpreter's ``test`` package (Debian: libpython3.X-testsuite) as regrtest would
 without ``-u``: no optional resources, in a fresh working directory made under
 ``TMPDIR`` (so the tests' files, ``TESTFN`` and ``tempfile``'s alike, land on the file
-system under test). OUT gets ``{test id: [outcome, detail]}`` with outcome one of
-ok, skip, fail, error, xfail, xpass; a failing subtest fails its test. Exit 0 unless
-the modules cannot be imported (exit 3, the reason on stderr).
+system under test). OUT gets one JSON line per test as it ends, ``[test id, outcome,
+detail, seconds]`` with outcome one of ok, skip, fail, error, xfail, xpass (a failing
+subtest fails its test, in a later line), so a run stopped part-way still tells what
+it did. Exit 0 unless the modules cannot be imported (exit 3, the reason on stderr).
 
 Run as a script in a child process: the tests chdir, fork, change the umask and
 signal handlers, which must not touch pytest's process.
@@ -29,17 +30,26 @@ OUTCOMES = ("ok", "skip", "fail", "error", "xfail", "xpass")
 class Recorder(unittest.TestResult):
     """Every test's outcome, with the reason of a skip and the last line of a failure."""
 
-    def __init__(self) -> None:
+    def __init__(self, out: Any) -> None:
         super().__init__()
-        self.outcomes: dict[str, list[str]] = {}
+        self.out = out
+        self.failed: set[str] = set()
+        self.started = time.monotonic()
+
+    def startTest(self, test: unittest.TestCase) -> None:
+        super().startTest(test)
+        self.started = time.monotonic()
 
     def _set(self, test: unittest.TestCase, outcome: str, detail: str = "") -> None:
         key = test.id()
-        old = self.outcomes.get(key)
         # A failing subtest must not be overwritten by the test's own "ok" at the end.
-        if old is not None and old[0] in ("fail", "error") and outcome == "ok":
+        if key in self.failed and outcome == "ok":
             return
-        self.outcomes[key] = [outcome, detail]
+        if outcome in ("fail", "error"):
+            self.failed.add(key)
+        line = [key, outcome, detail, round(time.monotonic() - self.started, 2)]
+        self.out.write(json.dumps(line) + "\n")
+        self.out.flush()
 
     @staticmethod
     def _last_line(err: Any) -> str:
@@ -90,12 +100,21 @@ def main(argv: list[str]) -> int:
     except ImportError as exc:
         sys.stderr.write(f"cannot import {modules}: {exc}\n")
         return 3
-    result = Recorder()
-    suite.run(result)
-    result.outcomes["#seconds"] = ["ok", f"{time.monotonic() - started:.1f}"]
     with open(out, "w", encoding="utf-8") as f:
-        json.dump(result.outcomes, f, indent=0, sort_keys=True)
+        suite.run(Recorder(f))
+        f.write(json.dumps(["#seconds", "ok", "", round(time.monotonic() - started, 1)])
+                + "\n")
     return 0
+
+
+def read(path: str) -> dict[str, list[Any]]:
+    """OUT's lines as ``{test id: [outcome, detail, seconds]}``, the last line winning."""
+    outcomes: dict[str, list[Any]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            key, *rest = json.loads(line)
+            outcomes[key] = rest
+    return outcomes
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -16,16 +15,21 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ..tiers import skip_or_fail
+from ._cpython_suite import read as read_outcomes
 from ._support import Proc, payload, target, unused_port
 from .test_share_kernel import NEEDS_ROOT, Share, shared, umount, wait_ready
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(900)]
 
 SUITE = Path(__file__).with_name("_cpython_suite.py")
+MODULES = ("test_os", "test_shutil")
+#: Both runs (at once) must end within this; more fails the test with the slowest tests.
+SUITE_SECONDS = 600
 GIB = 1 << 30
 MIB = 1 << 20
 
@@ -38,22 +42,26 @@ KNOWN_DIFFERENCES: dict[str, str] = {}
 def run_suite(where: Path, out: Path) -> subprocess.Popen[bytes]:
     where.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TMPDIR": str(where)}
-    return subprocess.Popen([sys.executable, str(SUITE), str(out), "test_os", "test_shutil"],
+    return subprocess.Popen([sys.executable, str(SUITE), str(out), *MODULES],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
 
 
-def finish_suite(proc: subprocess.Popen[bytes], out: Path, timeout: float) -> dict[str, list[str]]:
+def finish_suite(proc: subprocess.Popen[bytes], out: Path,
+                 deadline: float) -> dict[str, list[Any]]:
     try:
-        _, err = proc.communicate(timeout=timeout)
+        _, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        raise AssertionError(f"CPython's tests did not finish in {timeout} s") from None
+        done = read_outcomes(str(out)) if out.exists() else {}
+        slowest = sorted(done.items(), key=lambda kv: -kv[1][2])[:15]
+        raise AssertionError(f"CPython's tests did not finish in time; {len(done)} ran, the "
+                             f"slowest: {slowest}") from None
     if proc.returncode == 3:
         skip_or_fail(err.decode(errors="replace").strip())
     assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
-    outcomes: dict[str, list[str]] = json.loads(out.read_text())
+    outcomes: dict[str, list[Any]] = read_outcomes(str(out))
     return outcomes
 
 
@@ -68,17 +76,26 @@ def test_cpython_test_os_and_test_shutil_on_the_mount(share: Share, tmp_path: Pa
     # Both runs at once: the guest has two CPUs and the VM tier's time is counted.
     local = run_suite(tmp_path / "local", tmp_path / "local.json")
     mounted = run_suite(share.mnt / "suite", tmp_path / "mount.json")
-    on_mount = finish_suite(mounted, tmp_path / "mount.json", 600)
-    on_tmpfs = finish_suite(local, tmp_path / "local.json", 600)
+    try:
+        deadline = time.monotonic() + SUITE_SECONDS
+        on_mount = finish_suite(mounted, tmp_path / "mount.json", deadline)
+        on_tmpfs = finish_suite(local, tmp_path / "local.json", deadline)
+    finally:
+        for proc in (local, mounted):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
     seconds = (on_tmpfs.pop("#seconds")[1], on_mount.pop("#seconds")[1])
     # The table docs/share.md lists (shown with -s, and with the failure otherwise).
     print(f"CPython suite: {seconds[0]} s on tmpfs, {seconds[1]} s on the share")
     for test in sorted(on_mount):
         if on_mount[test][0] != "ok" or on_tmpfs[test][0] != "ok":
             print(f"  {test}: tmpfs {on_tmpfs[test]} share {on_mount[test]}")
+    slowest = sorted(on_mount.items(), key=lambda kv: -kv[1][2])[:25]
+    print("slowest on the share:", *slowest, sep="\n  ")
     assert len(on_tmpfs) > 300, f"only {len(on_tmpfs)} tests ran locally"
     assert set(on_mount) == set(on_tmpfs)
-    lost = {test: on_mount[test] for test, (outcome, _) in on_tmpfs.items()
+    lost = {test: on_mount[test] for test, (outcome, *_) in on_tmpfs.items()
             if outcome == "ok" and on_mount[test][0] != "ok"
             and test not in KNOWN_DIFFERENCES}
     assert not lost, "passed on tmpfs but not on the share:\n" + "\n".join(
@@ -258,3 +275,25 @@ def test_server_killed_mid_write_then_restarted(hvsock_cmd: list[str], tmp_path:
     finally:
         umount(mnt)
         umount(mnt2)
+
+
+@NEEDS_ROOT
+def test_cache_mmap_and_loose_mounts(hvsock_cmd: list[str], tmp_path: Path) -> None:
+    import mmap
+
+    with shared(hvsock_cmd, tmp_path / "mmap", mount_opts="cache=mmap") as s:
+        path = s.mnt / "mapped"
+        path.write_bytes(bytes(65536))
+        with path.open("r+b") as f, mmap.mmap(f.fileno(), 65536) as m:
+            m[4096:4101] = b"hello"  # a shared writable mapping: needs cache=mmap
+            m.flush()
+        assert (s.export / "mapped").read_bytes()[4096:4101] == b"hello"
+    with shared(hvsock_cmd, tmp_path / "loose", mount_opts="cache=loose") as s:
+        data = payload(300_000, seed=7)
+        (s.mnt / "f").write_bytes(data)
+        os.sync()
+        assert (s.export / "f").read_bytes() == data
+        assert (s.mnt / "f").read_bytes() == data  # from the guest's page cache or not
+        (s.mnt / "d").mkdir()
+        os.rename(s.mnt / "f", s.mnt / "d" / "g")
+        assert (s.export / "d" / "g").read_bytes() == data

@@ -8,33 +8,35 @@ the root), and a name holding ``/`` or NUL is refused with EINVAL. Operations on
 file itself go through that descriptor (``/proc/self/fd/N`` reaches the exact inode
 it pins); operations on a name go through its parent's descriptor.
 
-Concurrency: the event loop reads messages and writes replies; each request runs in
-a thread pool, up to ``max_inflight`` per connection (past that the loop stops
-reading, so memory is bounded by msize times that). Locks are open-file-description
+Concurrency: a connection is a sync handler (a thread with a blocking socket) that
+reads messages and hands each request to a thread pool, up to ``max_inflight`` per
+connection (past that it stops reading, so memory is bounded by msize times that);
+the worker sends the reply itself, so a request costs one thread switch and no
+event-loop round trip. Locks are open-file-description
 locks on the fid's own descriptor, never waited for: the client retries a blocked
 lock itself. Linux only (``O_PATH``, OFD locks, /proc).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import fcntl
 import os
+import socket
 import stat
 import struct
 import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..._core import ninep as p
 from ..._errors import ArgumentError, ProtocolError, UnsupportedError
-from ..._service.connection import Connection
+from ..._service.connection import SyncConnection
 from ..._service.declaration import Limits, Service
 from ..._validate import instance, quote, whole_number
 
@@ -176,13 +178,13 @@ def share_service(dirs: Any, *, port: int | Any = DEFAULT_PORT, allow: Any = Non
     config = _Config(exports, bool(read_only), ownership, max_fids, max_inflight, given,
                      ThreadPoolExecutor(max_workers=16, thread_name_prefix="hvsock-share"))
 
-    async def handle(conn: Connection) -> None:
+    def handle(conn: SyncConnection) -> None:
         if not config.vm_allow_given and (conn.peer.cid is not None
                                           or conn.peer.vm_id is not None):
             conn.log.warning("refused %s: a share reached over VM sockets needs an explicit "
                              "allowlist (allow=[CID, ...] or 'any')", conn.peer)
             return
-        await _Session(config, conn).run()
+        _Session(config, conn).run()
 
     return Service(name, port, handle, allow=allow, limits=limits)
 
@@ -232,74 +234,93 @@ def _proc(fd: int) -> str:
 class _Session:
     """One client connection: its fids and the requests it has in flight."""
 
-    def __init__(self, config: _Config, conn: Connection) -> None:
+    def __init__(self, config: _Config, conn: SyncConnection) -> None:
         self.config = config
         self.conn = conn
         self.fids: dict[int, _Fid] = {}
         self.lock = threading.Lock()
         self.msize = 0
         self.roots: list[int] = []
-        self.tasks: dict[int, asyncio.Task[None]] = {}
-        self.write_lock = asyncio.Lock()
+        self.tasks: dict[int, Future[None]] = {}
+        # Replies leave whole and one at a time; a tag leaves `tasks` under this lock
+        # together with its reply, so a Tflush sees either both or neither.
+        self.send_lock = threading.Lock()
 
-    # -- the loop -----------------------------------------------------------------
-    async def run(self) -> None:
+    # -- the connection ---------------------------------------------------------------
+    def run(self) -> None:
+        """Read requests on this thread, serve them in the pool; each worker sends its
+        own reply (no hop back to an event loop: a request costs one thread switch)."""
         decoder = p.Decoder(MAX_MSIZE)
-        slots = asyncio.Semaphore(self.config.max_inflight)
+        slots = threading.BoundedSemaphore(self.config.max_inflight)
         try:
             self.roots = [os.open(e.path, _DIR_PATH) for e in self.config.exports]
-            while data := await self.conn.reader.read(65536):
-                for msg in decoder.feed(data):
+            while data := self.conn.sock.recv(65536):
+                batch = list(decoder.feed(data))
+                for msg in batch:
                     if msg.type == p.TVERSION:
-                        await self.drain_tasks()
+                        self.drain_tasks()
                         reply = self.version(msg)
                         decoder.msize = self.msize or MAX_MSIZE
-                        await self.send(reply)
+                        self.send(reply)
                     elif msg.type == p.TFLUSH:
-                        self.spawn(msg, self.flush(msg))
+                        self.flush(msg)
                     elif msg.tag in self.tasks:
                         raise ProtocolError(f"tag {msg.tag} is already in use")
                     elif msg.type % 2:
                         raise ProtocolError(f"the client sent a reply ({msg.name})")
+                    elif len(batch) == 1 and not self.tasks:
+                        # Alone and nothing else running: served here, saving the
+                        # hand-off. Requests that arrive meanwhile wait in the socket
+                        # and come as a batch, which goes to the pool.
+                        self.serve(msg)
                     else:
-                        await slots.acquire()
-                        self.spawn(msg, self.serve(msg), slots)
+                        slots.acquire()  # past max_inflight, stop reading
+                        self.submit(msg, slots)
         except ProtocolError as exc:
             self.conn.log.info("%s: closing the connection: %s", self.conn.peer, exc)
-        except (ConnectionError, OSError) as exc:
+        except OSError as exc:
             self.conn.log.info("%s: connection lost: %s", self.conn.peer, exc)
         finally:
-            await self.drain_tasks()
+            self.drain_tasks()
             self.clunk_all()
             for fd in self.roots:
                 os.close(fd)
 
-    def spawn(self, msg: p.Message, work: Any, slots: asyncio.Semaphore | None = None) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self.tasks[msg.tag] = task
+    def submit(self, msg: p.Message, slots: threading.BoundedSemaphore) -> None:
+        with self.lock:
+            future = self.tasks[msg.tag] = self.config.pool.submit(self.serve, msg)
+        future.add_done_callback(lambda _: slots.release())
 
-        def done(_: object) -> None:
-            if self.tasks.get(msg.tag) is task:
-                del self.tasks[msg.tag]
-            if slots is not None:
-                slots.release()
-        task.add_done_callback(done)
+    def drain_tasks(self) -> None:
+        while True:
+            with self.lock:
+                pending = list(self.tasks.values())
+            if not pending:
+                return
+            wait(pending)
+            with self.lock:  # a request whose reply could not be sent keeps its tag
+                for tag, future in list(self.tasks.items()):
+                    if future.done():
+                        del self.tasks[tag]
 
-    async def drain_tasks(self) -> None:
-        while self.tasks:
-            await asyncio.gather(*list(self.tasks.values()), return_exceptions=True)
-
-    async def send(self, reply: p.Message) -> None:
+    def send(self, reply: p.Message, tag_done: int | None = None) -> None:
         data = p.encode(reply)
-        async with self.write_lock:
-            self.conn.writer.write(data)
-            with contextlib.suppress(ConnectionError):
-                await self.conn.writer.drain()
+        with self.send_lock:
+            if tag_done is not None:
+                # The tag is free once its reply is on its way: the client may reuse
+                # it as soon as it reads the reply.
+                with self.lock:
+                    self.tasks.pop(tag_done, None)
+            try:
+                self.conn.sock.sendall(data)
+            except OSError:
+                # The connection is gone: the reading side sees it too and ends.
+                with contextlib.suppress(OSError):
+                    self.conn.sock.shutdown(socket.SHUT_RDWR)
 
-    async def serve(self, msg: p.Message) -> None:
-        loop = asyncio.get_running_loop()
+    def serve(self, msg: p.Message) -> None:
         try:
-            reply = await loop.run_in_executor(self.config.pool, self.dispatch, msg)
+            reply = self.dispatch(msg)
         except _Errno as exc:
             reply = p.Message(p.RLERROR, msg.tag, (exc.code,))
         except OSError as exc:
@@ -309,21 +330,20 @@ class _Session:
         except Exception:  # a bug here must not end the session: the client gets EIO
             self.conn.log.exception("%s: %s failed", self.conn.peer, msg.name)
             reply = p.Message(p.RLERROR, msg.tag, (errno.EIO,))
-        # The tag is free once its reply is on its way: the client may reuse it at once,
-        # before this task's done-callback runs.
-        if self.tasks.get(msg.tag) is asyncio.current_task():
-            del self.tasks[msg.tag]
         try:
-            await self.send(reply)
+            self.send(reply, msg.tag)
         except ProtocolError:  # a reply that does not fit (e.g. a long readlink)
-            await self.send(p.Message(p.RLERROR, msg.tag, (errno.ENAMETOOLONG,)))
+            self.send(p.Message(p.RLERROR, msg.tag, (errno.ENAMETOOLONG,)), msg.tag)
 
-    async def flush(self, msg: p.Message) -> None:
-        # The flushed request's reply (if it is still running) goes first, then Rflush.
-        old = self.tasks.get(msg.args[0])
-        if old is not None and old is not asyncio.current_task():
-            await asyncio.gather(old, return_exceptions=True)
-        await self.send(p.Message(p.RFLUSH, msg.tag, ()))
+    def flush(self, msg: p.Message) -> None:
+        """The flushed request's reply (if it is still running) goes first, then Rflush."""
+        rflush = p.Message(p.RFLUSH, msg.tag, ())
+        with self.send_lock, self.lock:
+            old = self.tasks.get(msg.args[0])
+        if old is None:
+            self.send(rflush)
+        else:
+            old.add_done_callback(lambda _: self.send(rflush))
 
     def version(self, msg: p.Message) -> p.Message:
         msize, version = msg.args
