@@ -1,13 +1,14 @@
-"""Run CPython's own test modules and write each test's outcome as JSON.
+"""Run CPython's own test modules and write each test's outcome as JSON lines.
 
-``python _cpython_suite.py OUT.json test_os test_shutil`` runs the named modules of
-the interpreter's ``test`` package (Debian: libpython3.X-testsuite) as regrtest would
-without ``-u``: no optional resources, in a fresh working directory made under
-``TMPDIR`` (so the tests' files, ``TESTFN`` and ``tempfile``'s alike, land on the file
-system under test). OUT gets one JSON line per test as it ends, ``[test id, outcome,
-detail, seconds]`` with outcome one of ok, skip, fail, error, xfail, xpass (a failing
-subtest fails its test, in a later line), so a run stopped part-way still tells what
-it did. Exit 0 unless the modules cannot be imported (exit 3, the reason on stderr).
+``python _cpython_suite.py OUT.jsonl test_os test_shutil.TestMove`` runs the named
+modules (or classes) of the interpreter's ``test`` package (Debian:
+libpython3.X-testsuite) as regrtest would without ``-u``: no optional resources, in
+a fresh working directory made under ``TMPDIR`` (so the tests' files, ``TESTFN``
+and ``tempfile``'s alike, land on the file system under test). OUT gets one JSON
+line per test as it ends, ``[test id, outcome, detail, seconds]``, the outcome one
+of ok, skip, fail, error, xfail, xpass (a failing subtest fails its test, in a
+later line), so a run stopped part-way still tells what it did. Exit 0 unless the
+modules cannot be imported (exit 3, the reason on stderr).
 
 Run as a script in a child process: the tests chdir, fork, change the umask and
 signal handlers, which must not touch pytest's process.
