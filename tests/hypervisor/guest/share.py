@@ -12,7 +12,6 @@ import subprocess
 from typing import Any
 
 import hvsock
-from hvsock._builtin.share.mount import mount
 
 from . import payload, service_kind, step
 
@@ -50,6 +49,9 @@ def tree_hashes(top: str) -> dict[str, str]:
 
 @step
 def share_mount(address: str, mountpoint: str, options: str = "") -> bool:
+    # Imported here: ctypes would slow every L2 boot's harness start (Python there is slow).
+    from hvsock._builtin.share.mount import mount
+
     os.makedirs(mountpoint, exist_ok=True)
     mount(address, mountpoint, options=options, timeout=60)
     return os.path.ismount(mountpoint)
