@@ -326,3 +326,171 @@ def test_unix_peers_without_allow_are_served(tree: tuple[Path, Path, str]) -> No
         assert c.attach(0).type == p.QTDIR
         sock = socket.socket(socket.AF_UNIX)
         sock.close()
+
+
+def _user_xattrs_work(path: Path) -> bool:
+    probe = path / ".xattr-probe"
+    probe.write_bytes(b"")
+    try:
+        os.setxattr(probe, "user.probe", b"1")
+    except OSError:
+        return False
+    finally:
+        probe.unlink()
+    return True
+
+
+def set_xattr(c: Client, fid: int, name: bytes, value: bytes, flags: int = 0,
+              size: int | None = None) -> None:
+    """Txattrcreate on a copy of *fid*, the value in Twrites, Tclunk to set it."""
+    c.walk(fid, 50)
+    c.rpc(p.TXATTRCREATE, 50, name, len(value) if size is None else size, flags)
+    for start in range(0, len(value), 1000):
+        c.rpc(p.TWRITE, 50, start, value[start:start + 1000])
+    c.rpc(p.TCLUNK, 50)
+
+
+def get_xattr(c: Client, fid: int, name: bytes) -> bytes:
+    size = c.rpc(p.TXATTRWALK, fid, 51, name).args[0]
+    value: bytes = c.rpc(p.TREAD, 51, 0, size).args[0] if size else b""
+    c.rpc(p.TCLUNK, 51)
+    return value
+
+
+def test_user_xattrs_set_read_list_remove(tree: tuple[Path, Path, str]) -> None:
+    export, outside, address = tree
+    if not _user_xattrs_work(export):
+        pytest.skip(f"the file system of {export} takes no user.* attributes")
+    before = snapshot(outside)
+    with sharing([export], address, allow=["any"]) as real:
+        c = Client(unix_path(real))
+        c.attach(0)
+        c.walk(0, 1, b"sub", b"f")
+        big = os.urandom(2500)  # several Twrites (ext4 keeps ~4 KiB per inode)
+        set_xattr(c, 1, b"user.color", b"green")
+        set_xattr(c, 1, b"user.big", big)
+        assert os.getxattr(export / "sub" / "f", "user.color") == b"green"
+        assert os.getxattr(export / "sub" / "f", "user.big") == big
+        assert get_xattr(c, 1, b"user.big") == big
+        assert set(get_xattr(c, 1, b"").split(b"\0")) >= {b"user.color", b"user.big"}
+        # XATTR_CREATE on an existing one fails at the clunk; XATTR_REPLACE works.
+        assert errno_of(set_xattr, c, 1, b"user.color", b"red", os.XATTR_CREATE) == \
+            errno.EEXIST
+        set_xattr(c, 1, b"user.color", b"blue", os.XATTR_REPLACE)
+        assert os.getxattr(export / "sub" / "f", "user.color") == b"blue"
+        set_xattr(c, 1, b"user.color", b"")  # size 0: removed
+        assert "user.color" not in os.listxattr(export / "sub" / "f")
+        assert errno_of(get_xattr, c, 1, b"user.color") == errno.ENODATA
+        # A value cut short is not set; nor one longer than announced.
+        assert errno_of(set_xattr, c, 1, b"user.part", b"abc", 0, 10) == errno.EINVAL
+        c.walk(1, 52)
+        c.rpc(p.TXATTRCREATE, 52, b"user.over", 2, 0)
+        assert errno_of(c.rpc, p.TWRITE, 52, 0, b"abc") == errno.EINVAL
+        # Nothing was written (2 bytes announced, 0 came): EINVAL, and the fid is gone.
+        assert errno_of(c.rpc, p.TCLUNK, 52) == errno.EINVAL
+        assert errno_of(c.rpc, p.TCLUNK, 52) == errno.EBADF
+        assert "user.part" not in os.listxattr(export / "sub" / "f")
+        assert "user.over" not in os.listxattr(export / "sub" / "f")
+        # Only user.*: no capabilities, labels or ACLs from a guest; nothing past 64 KiB.
+        for name in (b"trusted.x", b"security.capability", b"system.posix_acl_access"):
+            c.walk(1, 53)
+            assert errno_of(c.rpc, p.TXATTRCREATE, 53, name, 4, 0) == errno.EOPNOTSUPP
+            c.rpc(p.TCLUNK, 53)
+        c.walk(1, 53)
+        assert errno_of(c.rpc, p.TXATTRCREATE, 53, b"user.huge", 65537, 0) == errno.E2BIG
+        # A link of the export (to outside) takes no attribute, nor does its target.
+        c.walk(0, 54, b"out-file")
+        assert errno_of(set_xattr, c, 54, b"user.x", b"1") == errno.EPERM
+        c.close()
+    assert snapshot(outside) == before
+    assert os.listxattr(outside / "secret") == []
+
+
+def test_read_only_share_refuses_xattr_changes(tree: tuple[Path, Path, str]) -> None:
+    export, _, address = tree
+    with sharing([export], address, allow=["any"], read_only=True) as real:
+        c = Client(unix_path(real))
+        c.attach(0)
+        c.walk(0, 1, b"sub", b"f")
+        assert errno_of(c.rpc, p.TXATTRCREATE, 1, b"user.x", 1, 0) == errno.EROFS
+        c.close()
+
+
+def test_a_clunk_during_reads_never_hands_back_another_files_bytes(
+        tree: tuple[Path, Path, str]) -> None:
+    """Reads pipelined with a Tclunk of their fid, then opens that may take its
+    descriptor number: each read answers the right bytes or EBADF, never B's."""
+    export, _, address = tree
+    (export / "a").write_bytes(b"A" * 65536)
+    for i in range(20):
+        (export / f"b{i}").write_bytes(b"B" * 65536)
+    with sharing([export], address, allow=["any"]) as real:
+        c = Client(unix_path(real), msize=1 << 17)
+        c.attach(0)
+        for round_ in range(20):
+            c.walk(0, 1, b"a")
+            c.rpc(p.TLOPEN, 1, os.O_RDONLY)
+            batch = [p.Message(p.TREAD, t, (1, 0, 65536)) for t in range(1, 31)]
+            batch.append(p.Message(p.TCLUNK, 31, (1,)))
+            batch += [p.Message(p.TWALK, 40 + i, (0, 100 + i, (f"b{i}".encode(),)))
+                      for i in range(20)]
+            batch += [p.Message(p.TLOPEN, 60 + i, (100 + i, os.O_RDONLY)) for i in range(20)]
+            c.sock.sendall(b"".join(p.encode(m) for m in batch))
+            replies = {}
+            for _ in range(len(batch)):
+                msg = c.recv()
+                assert msg is not None
+                replies[msg.tag] = msg
+            for tag in range(1, 31):
+                reply = replies[tag]
+                assert reply.args in ((b"A" * 65536,), (errno.EBADF,)), \
+                    (round_, tag, reply.name, reply.args[0][:8])
+            assert replies[31].type == p.RCLUNK
+            for i in range(20):
+                c.rpc(p.TCLUNK, 100 + i)
+        c.close()
+
+
+class _Log:
+    def info(self, *_: object) -> None: ...
+    warning = exception = info
+
+
+class _Conn:
+    """What a _Session reads of its connection outside run(): a peer and a log."""
+
+    peer = "test"
+    log = _Log()
+
+
+def test_a_clunked_file_stays_open_until_its_last_read_ends(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hvsock._builtin.share import server
+
+    (tmp_path / "f").write_bytes(b"data")
+    config = server._Config(server._exports([tmp_path]), read_only=False, ownership="server",
+                            max_fids=10, max_inflight=4, vm_allow_given=True,
+                            pool=ThreadPoolExecutor(1))
+    session = server._Session(config, _Conn())  # type: ignore[arg-type]
+    session.roots = [os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)]
+    session.msize = 8192
+    try:
+        session.t_attach(0, p.NOFID, b"u", b"", 0)
+        session.t_walk(0, 1, (b"f",))
+        session.t_lopen(1, os.O_RDONLY)
+        fid = session.fids[1]
+        with session.opened(fid) as fd:  # a read in flight
+            session.t_clunk(1)
+            assert os.pread(fd, 4, 0) == b"data"  # not closed under the read
+            with pytest.raises(server._Errno) as gone:
+                session.t_read(1, 0, 4)
+            assert gone.value.code == errno.EBADF
+        with pytest.raises(OSError, match="Bad file descriptor"):
+            os.fstat(fd)  # closed once the last user let go
+        with pytest.raises(server._Errno), session.opened(fid):
+            pass
+    finally:
+        session.clunk_all()
+        os.close(session.roots[0])
+        config.pool.shutdown()

@@ -8,33 +8,35 @@ the root), and a name holding ``/`` or NUL is refused with EINVAL. Operations on
 file itself go through that descriptor (``/proc/self/fd/N`` reaches the exact inode
 it pins); operations on a name go through its parent's descriptor.
 
-Concurrency: the event loop reads messages and writes replies; each request runs in
-a thread pool, up to ``max_inflight`` per connection (past that the loop stops
-reading, so memory is bounded by msize times that). Locks are open-file-description
+Concurrency: a connection is a sync handler (a thread with a blocking socket) that
+reads messages and hands each request to a thread pool, up to ``max_inflight`` per
+connection (past that it stops reading, so memory is bounded by msize times that);
+the worker sends the reply itself, so a request costs one thread switch and no
+event-loop round trip. Locks are open-file-description
 locks on the fid's own descriptor, never waited for: the client retries a blocked
 lock itself. Linux only (``O_PATH``, OFD locks, /proc).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import fcntl
 import os
+import socket
 import stat
 import struct
 import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..._core import ninep as p
 from ..._errors import ArgumentError, ProtocolError, UnsupportedError
-from ..._service.connection import Connection
+from ..._service.connection import SyncConnection
 from ..._service.declaration import Limits, Service
 from ..._validate import instance, quote, whole_number
 
@@ -74,6 +76,11 @@ _F_OFD_GETLK = getattr(fcntl, "F_OFD_GETLK", 36)
 _F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
 _FLOCK = struct.Struct("hhqqi4x")  # struct flock on 64-bit Linux
 _V9FS_MAGIC = 0x01021997
+#: The namespaces a client may set or remove attributes in. Not trusted.*, security.*
+#: (file capabilities, SELinux labels) nor system.* (ACLs): those would let a guest
+#: grant rights on the server beyond what the files' modes say.
+_SETTABLE_XATTRS = (b"user.",)
+_XATTR_SIZE_MAX = 65536  # Linux's XATTR_SIZE_MAX
 _NONUNAME = 0xFFFFFFFF
 
 
@@ -171,13 +178,13 @@ def share_service(dirs: Any, *, port: int | Any = DEFAULT_PORT, allow: Any = Non
     config = _Config(exports, bool(read_only), ownership, max_fids, max_inflight, given,
                      ThreadPoolExecutor(max_workers=16, thread_name_prefix="hvsock-share"))
 
-    async def handle(conn: Connection) -> None:
+    def handle(conn: SyncConnection) -> None:
         if not config.vm_allow_given and (conn.peer.cid is not None
                                           or conn.peer.vm_id is not None):
             conn.log.warning("refused %s: a share reached over VM sockets needs an explicit "
                              "allowlist (allow=[CID, ...] or 'any')", conn.peer)
             return
-        await _Session(config, conn).run()
+        _Session(config, conn).run()
 
     return Service(name, port, handle, allow=allow, limits=limits)
 
@@ -190,6 +197,17 @@ class _Fid:
     fd: int | None = None  # an open file or directory (Tlopen / Tlcreate)
     listing: list[tuple[p.Qid, int, bytes]] | None = None  # readdir snapshot
     xattr: bytes | None = None  # a Txattrwalk's value, read with Tread
+    setting: _XattrSet | None = None  # a Txattrcreate's value, written, set at Tclunk
+    users: int = 0  # requests using fd right now: a clunk closes it when they end
+    clunked: bool = False
+
+
+@dataclass
+class _XattrSet:
+    name: bytes
+    size: int
+    flags: int
+    value: bytearray = field(default_factory=bytearray)
 
 
 def _check_name(name: bytes) -> bytes:
@@ -216,74 +234,93 @@ def _proc(fd: int) -> str:
 class _Session:
     """One client connection: its fids and the requests it has in flight."""
 
-    def __init__(self, config: _Config, conn: Connection) -> None:
+    def __init__(self, config: _Config, conn: SyncConnection) -> None:
         self.config = config
         self.conn = conn
         self.fids: dict[int, _Fid] = {}
         self.lock = threading.Lock()
         self.msize = 0
         self.roots: list[int] = []
-        self.tasks: dict[int, asyncio.Task[None]] = {}
-        self.write_lock = asyncio.Lock()
+        self.tasks: dict[int, Future[None]] = {}
+        # Replies leave whole and one at a time; a tag leaves `tasks` under this lock
+        # together with its reply, so a Tflush sees either both or neither.
+        self.send_lock = threading.Lock()
 
-    # -- the loop -----------------------------------------------------------------
-    async def run(self) -> None:
+    # -- the connection ---------------------------------------------------------------
+    def run(self) -> None:
+        """Read requests on this thread, serve them in the pool; each worker sends its
+        own reply (no hop back to an event loop: a request costs one thread switch)."""
         decoder = p.Decoder(MAX_MSIZE)
-        slots = asyncio.Semaphore(self.config.max_inflight)
+        slots = threading.BoundedSemaphore(self.config.max_inflight)
         try:
             self.roots = [os.open(e.path, _DIR_PATH) for e in self.config.exports]
-            while data := await self.conn.reader.read(65536):
-                for msg in decoder.feed(data):
+            while data := self.conn.sock.recv(65536):
+                batch = list(decoder.feed(data))
+                for msg in batch:
                     if msg.type == p.TVERSION:
-                        await self.drain_tasks()
+                        self.drain_tasks()
                         reply = self.version(msg)
                         decoder.msize = self.msize or MAX_MSIZE
-                        await self.send(reply)
+                        self.send(reply)
                     elif msg.type == p.TFLUSH:
-                        self.spawn(msg, self.flush(msg))
+                        self.flush(msg)
                     elif msg.tag in self.tasks:
                         raise ProtocolError(f"tag {msg.tag} is already in use")
                     elif msg.type % 2:
                         raise ProtocolError(f"the client sent a reply ({msg.name})")
+                    elif len(batch) == 1 and not self.tasks:
+                        # Alone and nothing else running: served here, saving the
+                        # hand-off. Requests that arrive meanwhile wait in the socket
+                        # and come as a batch, which goes to the pool.
+                        self.serve(msg)
                     else:
-                        await slots.acquire()
-                        self.spawn(msg, self.serve(msg), slots)
+                        slots.acquire()  # past max_inflight, stop reading
+                        self.submit(msg, slots)
         except ProtocolError as exc:
             self.conn.log.info("%s: closing the connection: %s", self.conn.peer, exc)
-        except (ConnectionError, OSError) as exc:
+        except OSError as exc:
             self.conn.log.info("%s: connection lost: %s", self.conn.peer, exc)
         finally:
-            await self.drain_tasks()
+            self.drain_tasks()
             self.clunk_all()
             for fd in self.roots:
                 os.close(fd)
 
-    def spawn(self, msg: p.Message, work: Any, slots: asyncio.Semaphore | None = None) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self.tasks[msg.tag] = task
+    def submit(self, msg: p.Message, slots: threading.BoundedSemaphore) -> None:
+        with self.lock:
+            future = self.tasks[msg.tag] = self.config.pool.submit(self.serve, msg)
+        future.add_done_callback(lambda _: slots.release())
 
-        def done(_: object) -> None:
-            if self.tasks.get(msg.tag) is task:
-                del self.tasks[msg.tag]
-            if slots is not None:
-                slots.release()
-        task.add_done_callback(done)
+    def drain_tasks(self) -> None:
+        while True:
+            with self.lock:
+                pending = list(self.tasks.values())
+            if not pending:
+                return
+            wait(pending)
+            with self.lock:  # a request whose reply could not be sent keeps its tag
+                for tag, future in list(self.tasks.items()):
+                    if future.done():
+                        del self.tasks[tag]
 
-    async def drain_tasks(self) -> None:
-        while self.tasks:
-            await asyncio.gather(*list(self.tasks.values()), return_exceptions=True)
-
-    async def send(self, reply: p.Message) -> None:
+    def send(self, reply: p.Message, tag_done: int | None = None) -> None:
         data = p.encode(reply)
-        async with self.write_lock:
-            self.conn.writer.write(data)
-            with contextlib.suppress(ConnectionError):
-                await self.conn.writer.drain()
+        with self.send_lock:
+            if tag_done is not None:
+                # The tag is free once its reply is on its way: the client may reuse
+                # it as soon as it reads the reply.
+                with self.lock:
+                    self.tasks.pop(tag_done, None)
+            try:
+                self.conn.sock.sendall(data)
+            except OSError:
+                # The connection is gone: the reading side sees it too and ends.
+                with contextlib.suppress(OSError):
+                    self.conn.sock.shutdown(socket.SHUT_RDWR)
 
-    async def serve(self, msg: p.Message) -> None:
-        loop = asyncio.get_running_loop()
+    def serve(self, msg: p.Message) -> None:
         try:
-            reply = await loop.run_in_executor(self.config.pool, self.dispatch, msg)
+            reply = self.dispatch(msg)
         except _Errno as exc:
             reply = p.Message(p.RLERROR, msg.tag, (exc.code,))
         except OSError as exc:
@@ -293,21 +330,20 @@ class _Session:
         except Exception:  # a bug here must not end the session: the client gets EIO
             self.conn.log.exception("%s: %s failed", self.conn.peer, msg.name)
             reply = p.Message(p.RLERROR, msg.tag, (errno.EIO,))
-        # The tag is free once its reply is on its way: the client may reuse it at once,
-        # before this task's done-callback runs.
-        if self.tasks.get(msg.tag) is asyncio.current_task():
-            del self.tasks[msg.tag]
         try:
-            await self.send(reply)
+            self.send(reply, msg.tag)
         except ProtocolError:  # a reply that does not fit (e.g. a long readlink)
-            await self.send(p.Message(p.RLERROR, msg.tag, (errno.ENAMETOOLONG,)))
+            self.send(p.Message(p.RLERROR, msg.tag, (errno.ENAMETOOLONG,)), msg.tag)
 
-    async def flush(self, msg: p.Message) -> None:
-        # The flushed request's reply (if it is still running) goes first, then Rflush.
-        old = self.tasks.get(msg.args[0])
-        if old is not None and old is not asyncio.current_task():
-            await asyncio.gather(old, return_exceptions=True)
-        await self.send(p.Message(p.RFLUSH, msg.tag, ()))
+    def flush(self, msg: p.Message) -> None:
+        """The flushed request's reply (if it is still running) goes first, then Rflush."""
+        rflush = p.Message(p.RFLUSH, msg.tag, ())
+        with self.send_lock, self.lock:
+            old = self.tasks.get(msg.args[0])
+        if old is None:
+            self.send(rflush)
+        else:
+            old.add_done_callback(lambda _: self.send(rflush))
 
     def version(self, msg: p.Message) -> p.Message:
         msize, version = msg.args
@@ -322,8 +358,33 @@ class _Session:
         with self.lock:
             fids, self.fids = list(self.fids.values()), {}
         for fid in fids:
-            if fid.fd is not None:
-                os.close(fid.fd)
+            self.retire(fid)
+
+    def retire(self, fid: _Fid) -> None:
+        """*fid* is gone: close its file now, or when the last request using it ends."""
+        with self.lock:
+            fid.clunked = True
+            fd = fid.fd if fid.users == 0 else None
+        if fd is not None:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def opened(self, fid: _Fid) -> Iterator[int]:
+        """The fid's open descriptor, kept open while the caller uses it, even if
+        the fid is clunked meanwhile (the number is never reused under a read)."""
+        with self.lock:
+            if fid.fd is None or fid.clunked:
+                raise _Errno(errno.EBADF)
+            fid.users += 1
+            fd = fid.fd
+        try:
+            yield fd
+        finally:
+            with self.lock:
+                fid.users -= 1
+                close = fid.clunked and fid.users == 0
+            if close:
+                os.close(fd)
 
     # -- fids and paths -------------------------------------------------------------
     def fid(self, number: int) -> _Fid:
@@ -364,7 +425,8 @@ class _Session:
     def file_fd(self, fid: _Fid) -> Iterator[int]:
         """The file itself: its open descriptor if it has one (the name may be gone)."""
         if fid.fd is not None:
-            yield fid.fd
+            with self.opened(fid) as fd:
+                yield fd
         else:
             with self.path_fd(fid) as fd:
                 yield fd
@@ -399,9 +461,7 @@ class _Session:
             raise _Errno(errno.EROFS)
 
     def stat_fid(self, fid: _Fid) -> os.stat_result:
-        if fid.fd is not None:
-            return os.fstat(fid.fd)
-        with self.path_fd(fid) as fd:
+        with self.file_fd(fid) as fd:
             return os.fstat(fd)
 
     def owned(self, dir_fd: int, name: bytes, uid: int, gid: int) -> None:
@@ -478,8 +538,9 @@ class _Session:
             gone = self.fids.pop(fid, None)
         if gone is None:
             raise _Errno(errno.EBADF)
-        if gone.fd is not None:
-            os.close(gone.fd)
+        self.retire(gone)
+        if gone.setting is not None:
+            self.set_xattr(gone, gone.setting)
         return ()
 
     def t_remove(self, fid: int) -> tuple[Any, ...]:
@@ -530,8 +591,8 @@ class _Session:
                 if link or stat.S_ISDIR(st.st_mode):
                     raise _Errno(errno.EINVAL)
                 if target.fd is not None and os.O_ACCMODE & fcntl.fcntl(
-                        target.fd, fcntl.F_GETFL) != os.O_RDONLY:
-                    os.ftruncate(target.fd, size)
+                        fd, fcntl.F_GETFL) != os.O_RDONLY:
+                    os.ftruncate(fd, size)
                 else:
                     os.truncate(_proc(fd), size)
             if valid & (_ATTR_ATIME | _ATTR_MTIME) and not link:
@@ -557,10 +618,24 @@ class _Session:
             raise _Errno(errno.EROFS)
         return local
 
+    def adopt(self, target: _Fid, fd: int) -> None:
+        """*fd* becomes the fid's open file, unless the fid was clunked meanwhile."""
+        with self.lock:
+            if not target.clunked:
+                target.fd = fd
+                return
+        os.close(fd)
+        raise _Errno(errno.EBADF)
+
+    @staticmethod
+    def closed_plain(target: _Fid) -> None:
+        """Tlopen/Tlcreate/Txattrcreate need a fid not opened nor holding an attribute."""
+        if target.fd is not None or target.xattr is not None or target.setting is not None:
+            raise _Errno(errno.EBUSY)
+
     def t_lopen(self, fid: int, flags: int) -> tuple[Any, ...]:
         target = self.fid(fid)
-        if target.fd is not None:
-            raise _Errno(errno.EBUSY)
+        self.closed_plain(target)
         mode = self.open_flags(flags) & ~os.O_EXCL
         with self.path_fd(target) as fd:
             st = os.fstat(fd)
@@ -569,7 +644,7 @@ class _Session:
             if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
                 raise _Errno(errno.ENXIO)  # devices and FIFOs open in the guest, not here
             # The /proc link reaches exactly the inode the O_PATH descriptor pins.
-            target.fd = os.open(_proc(fd), mode)
+            self.adopt(target, os.open(_proc(fd), mode))
         target.listing = None
         return (_qid(st), 0)
 
@@ -577,8 +652,7 @@ class _Session:
                   gid: int) -> tuple[Any, ...]:
         self.writable()
         target = self.fid(fid)
-        if target.fd is not None:
-            raise _Errno(errno.EBUSY)
+        self.closed_plain(target)
         _check_name(name)
         with self.dir_fd(target) as parent:
             fd = os.open(name, self.open_flags(flags) | os.O_CREAT | os.O_NOFOLLOW,
@@ -589,8 +663,8 @@ class _Session:
             except BaseException:
                 os.close(fd)
                 raise
+        self.adopt(target, fd)
         target.parts = (*target.parts, name)
-        target.fd = fd
         return (_qid(st), 0)
 
     def t_read(self, fid: int, offset: int, count: int) -> tuple[Any, ...]:
@@ -598,23 +672,26 @@ class _Session:
         count = min(count, self.msize - p.HEADER - 4)
         if target.xattr is not None:
             return (target.xattr[offset:offset + count],)
-        if target.fd is None:
-            raise _Errno(errno.EBADF)
-        return (os.pread(target.fd, count, offset),)
+        with self.opened(target) as fd:
+            return (os.pread(fd, count, offset),)
 
     def t_write(self, fid: int, offset: int, data: bytes) -> tuple[Any, ...]:
         self.writable()
         target = self.fid(fid)
-        if target.fd is None:
-            raise _Errno(errno.EBADF)
-        return (os.pwrite(target.fd, data, offset),)
+        if target.setting is not None:
+            value = target.setting.value
+            if offset != len(value) or offset + len(data) > target.setting.size:
+                raise _Errno(errno.EINVAL)  # in order, and no more than announced
+            value += data
+            return (len(data),)
+        with self.opened(target) as fd:
+            return (os.pwrite(fd, data, offset),)
 
     def t_readdir(self, fid: int, offset: int, count: int) -> tuple[Any, ...]:
         target = self.fid(fid)
-        if target.fd is None:
-            raise _Errno(errno.EBADF)
         if offset == 0 or target.listing is None:
-            target.listing = self.listing(target)
+            with self.opened(target) as fd:
+                target.listing = self.listing(fd)
         count = min(count, self.msize - p.HEADER - 4)
         out = bytearray()
         for index in range(offset, len(target.listing)):
@@ -625,11 +702,10 @@ class _Session:
             out += entry
         return (bytes(out),)
 
-    def listing(self, target: _Fid) -> list[tuple[p.Qid, int, bytes]]:
-        assert target.fd is not None
-        here = os.fstat(target.fd)
+    def listing(self, fd: int) -> list[tuple[p.Qid, int, bytes]]:
+        here = os.fstat(fd)
         entries = [(_qid(here), 4, b"."), (_qid(here), 4, b"..")]
-        with os.scandir(target.fd) as scan:
+        with os.scandir(fd) as scan:
             for entry in scan:
                 if entry.is_symlink():
                     qtype, dtype = p.QTSYMLINK, 10
@@ -731,10 +807,8 @@ class _Session:
                 vfs.f_files, vfs.f_ffree, vfs.f_fsid & (2**64 - 1), vfs.f_namemax)
 
     def t_fsync(self, fid: int, datasync: int) -> tuple[Any, ...]:
-        target = self.fid(fid)
-        if target.fd is None:
-            raise _Errno(errno.EBADF)
-        (os.fdatasync if datasync else os.fsync)(target.fd)
+        with self.opened(self.fid(fid)) as fd:
+            (os.fdatasync if datasync else os.fsync)(fd)
         return ()
 
     def t_lock(self, fid: int, kind: int, flags: int, start: int, length: int,
@@ -744,7 +818,10 @@ class _Session:
             return (_LOCK_ERROR,)
         request = _FLOCK.pack(_LOCK_TYPES[kind], os.SEEK_SET, start, _signed(length), 0)
         try:
-            fcntl.fcntl(target.fd, _F_OFD_SETLK, request)
+            with self.opened(target) as fd:
+                fcntl.fcntl(fd, _F_OFD_SETLK, request)
+        except _Errno:
+            return (_LOCK_ERROR,)
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.EACCES):
                 return (_LOCK_BLOCKED,)  # the client waits and asks again
@@ -757,8 +834,9 @@ class _Session:
         if target.fd is None or kind not in _LOCK_TYPES:
             raise _Errno(errno.EINVAL)
         request = _FLOCK.pack(_LOCK_TYPES[kind], os.SEEK_SET, start, _signed(length), 0)
-        found_type, _, found_start, found_len, _ = _FLOCK.unpack(
-            fcntl.fcntl(target.fd, _F_OFD_GETLK, request))
+        with self.opened(target) as fd:
+            found_type, _, found_start, found_len, _ = _FLOCK.unpack(
+                fcntl.fcntl(fd, _F_OFD_GETLK, request))
         if found_type == fcntl.F_UNLCK:
             return (2, start, length, proc_id, client_id)
         back = {v: k for k, v in _LOCK_TYPES.items()}[found_type]
@@ -777,9 +855,31 @@ class _Session:
         self.add_fid(newfid, _Fid(target.export, target.parts, target.uid, xattr=value))
         return (len(value),)
 
-    def t_xattrcreate(self, *_: Any) -> tuple[Any, ...]:
+    def t_xattrcreate(self, fid: int, name: bytes, size: int, flags: int) -> tuple[Any, ...]:
+        """The fid becomes the attribute's: Twrite gives the value, Tclunk sets it
+        (a size of 0 removes it, as QEMU's server does)."""
         self.writable()
-        raise _Errno(errno.EOPNOTSUPP)  # setting extended attributes is not served yet
+        target = self.fid(fid)
+        if not name.startswith(_SETTABLE_XATTRS) or b"\0" in name or len(name) > 255:
+            raise _Errno(errno.EOPNOTSUPP)
+        if size > _XATTR_SIZE_MAX:
+            raise _Errno(errno.E2BIG)
+        if flags & ~(os.XATTR_CREATE | os.XATTR_REPLACE):
+            raise _Errno(errno.EINVAL)
+        self.closed_plain(target)
+        target.setting = _XattrSet(name, size, flags)
+        return ()
+
+    def set_xattr(self, fid: _Fid, setting: _XattrSet) -> None:
+        if len(setting.value) != setting.size:
+            raise _Errno(errno.EINVAL)  # clunked before the whole value came
+        with self.path_fd(fid) as fd:
+            if stat.S_ISLNK(os.fstat(fd).st_mode):
+                raise _Errno(errno.EPERM)  # as Linux answers for user.* on a link
+            if setting.size:
+                os.setxattr(_proc(fd), setting.name, bytes(setting.value), setting.flags)
+            else:
+                os.removexattr(_proc(fd), setting.name)
 
 
 def _signed(length: int) -> int:

@@ -1,0 +1,289 @@
+"""hvsock share against diod (a C 9P2000.L server), same kernel client, same transport.
+
+Runs as root inside the QEMU test guest (``bash scripts/bench-vm --bench share``),
+where vsock_loopback keeps every vsock connection in the guest's kernel. Both servers
+export a directory of the guest's tmpfs and are reached the same way: a vsock
+connection to CID 1 handed to the kernel's v9fs with ``trans=fd`` (hvsock's by
+``hvsock share --listen vsock://...``; diod's by a listener here that starts
+``diod --rfdno N --wfdno N`` on each accepted connection), mounted with the same
+options (``msize``, ``cache=none``). QEMU's virtio-9p mount of the project directory
+(the test guest's writable root share) is measured beside them, for scale.
+
+Figures, each in the same run: sequential write and read of a file (1 GiB by
+default, in 1 MiB calls, fsync'd), untar of 5,000 small files, ``find``+``stat`` of
+them, ``rm -r``, and the server's RSS with 1,000 files held open on the mount.
+Emulated CPUs make absolute numbers meaningless: read the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from _report import machine, write_bytecode_cache
+
+MIB = 1 << 20
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def umount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], check=False, timeout=120)
+
+
+# -- the servers ---------------------------------------------------------------------
+class Server:
+    name = ""
+    pid = 0
+    aname = ""
+
+    def mount(self, mnt: Path, msize: int) -> None:
+        from hvsock._builtin.share.mount import mount
+
+        options = f"msize={msize},cache=none" + (f",aname={self.aname}" if self.aname else "")
+        mount(f"vsock://1:{self.port}", mnt, options=options, timeout=60)
+
+    def __init__(self, export: Path, port: int) -> None:
+        self.export, self.port = export, port
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class Hvsock(Server):
+    name = "hvsock share"
+
+    def __init__(self, export: Path, port: int) -> None:
+        super().__init__(export, port)
+        ready = export.parent / f"ready-{port}.json"
+        hvsock = Path(sys.executable).with_name("hvsock")
+        self.proc = subprocess.Popen(
+            [str(hvsock), "share", str(export), "--listen", f"vsock://any:{port}",
+             "--allow", "1", "--ready-file", str(ready)], stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("hvsock share did not start")
+            time.sleep(0.05)
+        self.pid = self.proc.pid
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(60)
+
+
+class Diod(Server):
+    """diod serving each accepted vsock connection (its --rfdno/--wfdno mode)."""
+
+    name = "diod"
+
+    def __init__(self, export: Path, port: int) -> None:
+        super().__init__(export, port)
+        self.aname = str(export)
+        self.listener = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        self.listener.bind((socket.VMADDR_CID_ANY, port))
+        self.listener.listen(4)
+        self.children: list[subprocess.Popen[bytes]] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            fd = conn.fileno()
+            child = subprocess.Popen(
+                ["diod", "--foreground", "--no-auth", "--export", str(self.export),
+                 "--rfdno", str(fd), "--wfdno", str(fd), "--logdest", "/dev/null"],
+                pass_fds=(fd,), start_new_session=True)
+            conn.close()
+            self.children.append(child)
+            self.pid = child.pid  # the mount's own connection (the last one)
+
+    def stop(self) -> None:
+        self.listener.close()
+        for child in self.children:
+            with contextlib.suppress(ProcessLookupError):
+                child.kill()
+            child.wait(60)
+
+
+# -- the workloads -------------------------------------------------------------------
+def timed(work: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
+def progress(line: str) -> None:
+    """Each figure as it is measured: a run stopped by its time bound still tells."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def write_file(path: Path, size: int) -> None:
+    block = os.urandom(MIB)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for _ in range(size // MIB):
+            os.write(fd, block)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_file(path: Path) -> int:
+    total = 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while chunk := os.read(fd, MIB):
+            total += len(chunk)
+    finally:
+        os.close(fd)
+    return total
+
+
+def small_tree_tar(count: int) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for i in range(count):
+            data = b"%d\n" % i * (1 + i % 50)
+            info = tarfile.TarInfo(f"t/d{i % 50}/f{i}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def untar(tar: bytes, where: Path) -> None:
+    subprocess.run(["tar", "-C", str(where), "-xf", "-"], input=tar, check=True, timeout=3600)
+
+
+def find_stat(where: Path) -> int:
+    done = subprocess.run(["find", str(where / "t"), "-type", "f", "-printf", "%s\n"],
+                          capture_output=True, check=True, timeout=3600)
+    return len(done.stdout.splitlines())
+
+
+def open_many(where: Path, count: int) -> list[int]:
+    (where / "many").mkdir()
+    return [os.open(where / "many" / f"f{i}", os.O_RDWR | os.O_CREAT, 0o644)
+            for i in range(count)]
+
+
+def measure(mnt: Path, size: int, tar: bytes, files: int, server: Server | None) -> dict:
+    out: dict[str, float] = {}
+    big = mnt / "big"
+    out["write_MiBps"] = size / MIB / timed(lambda: write_file(big, size))
+    with contextlib.suppress(OSError):  # drop the guest's cache, for virtio-9p's sake
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    out["read_MiBps"] = size / MIB / timed(lambda: read_file(big))
+    big.unlink()
+    out["untar_s"] = timed(lambda: untar(tar, mnt))
+    found = []
+    out["find_stat_s"] = timed(lambda: found.append(find_stat(mnt)))
+    assert found == [files], found
+    out["rm_r_s"] = timed(lambda: shutil.rmtree(mnt / "t"))
+    progress(f"  {mnt}: {out}")
+    if server is not None:
+        before = rss_kib(server.pid)
+        fds = open_many(mnt, 1000)
+        out["rss_idle_KiB"] = before
+        out["rss_1000_open_KiB"] = rss_kib(server.pid)
+        for fd in fds:
+            os.close(fd)
+        shutil.rmtree(mnt / "many")
+    return out
+
+
+@contextlib.contextmanager
+def mounted(server: Server, mnt: Path, msize: int) -> Iterator[Path]:
+    mnt.mkdir(parents=True, exist_ok=True)
+    server.mount(mnt, msize)
+    try:
+        yield mnt
+    finally:
+        umount(mnt)
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, default=1024, help="sequential file (MiB)")
+    parser.add_argument("--files", type=int, default=5000, help="small files to untar")
+    parser.add_argument("--msize", type=int, default=512 * 1024)
+    parser.add_argument("--json-out", help="write the JSON report here too")
+    args = parser.parse_args()
+    if os.geteuid() != 0 or not os.path.isdir("/sys/module/vsock_loopback"):
+        raise SystemExit("run it as root in the test VM: bash scripts/bench-vm --bench share")
+    if shutil.which("diod") is None:
+        raise SystemExit("diod is missing: apt-get install diod")
+    write_bytecode_cache()
+    size = args.size_mib * MIB
+    tar = small_tree_tar(args.files)
+    results: dict[str, dict] = {}
+    work = Path(tempfile.mkdtemp(prefix="bench-share-"))
+    for index, kind in enumerate((Hvsock, Diod)):
+        export = work / f"export-{index}"
+        export.mkdir()
+        progress(f"{kind.name}: starting")
+        server = kind(export, 30000 + index + os.getpid() % 1000 * 10)
+        with mounted(server, work / f"mnt-{index}", args.msize) as mnt:
+            results[kind.name] = measure(mnt, size, tar, args.files, server)
+        shutil.rmtree(export)
+    # QEMU's virtio-9p (the guest's writable project share), for scale: no server RSS.
+    virtio = Path(tempfile.mkdtemp(prefix=".bench-share-", dir=ROOT))
+    try:
+        results["virtio-9p (QEMU)"] = measure(virtio, size, tar, args.files, None)
+    finally:
+        shutil.rmtree(virtio, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
+    mounts = [line for line in Path("/proc/mounts").read_text().splitlines()
+              if f" {ROOT} " in line]
+    report = {"machine": machine(), "size_mib": args.size_mib, "files": args.files,
+              "msize": args.msize, "virtio_9p_mount": mounts, "results": results}
+    ours, theirs = results["hvsock share"], results["diod"]
+    report["ratios_vs_diod"] = {
+        "write": ours["write_MiBps"] / theirs["write_MiBps"],
+        "read": ours["read_MiBps"] / theirs["read_MiBps"],
+        "untar": theirs["untar_s"] / ours["untar_s"],
+        "find_stat": theirs["find_stat_s"] / ours["find_stat_s"],
+        "rm_r": theirs["rm_r_s"] / ours["rm_r_s"],
+    }
+    print(json.dumps(report, indent=2))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(report, indent=2))
+    print(f"\n{'':<18} {'write MiB/s':>11} {'read MiB/s':>11} {'untar s':>8} "
+          f"{'find+stat s':>11} {'rm -r s':>8} {'RSS idle/1000 open KiB':>22}")
+    for name, r in results.items():
+        rss = (f"{r['rss_idle_KiB']}/{r['rss_1000_open_KiB']}" if "rss_idle_KiB" in r else "-")
+        print(f"{name:<18} {r['write_MiBps']:>11.1f} {r['read_MiBps']:>11.1f} "
+              f"{r['untar_s']:>8.2f} {r['find_stat_s']:>11.2f} {r['rm_r_s']:>8.2f} {rss:>22}")
+    print("hvsock/diod (higher is better for hvsock): " + ", ".join(
+        f"{k} {v:.2f}x" for k, v in report["ratios_vs_diod"].items()))
+
+
+if __name__ == "__main__":
+    main()
