@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 import hvsock
+import hvsock.services
+import hvsock.sockets
 from hvsock._builtin.share.mount import mount
 from tests._files import hosting
 
@@ -35,7 +37,7 @@ def test_l1_serves_l2_mounts(guest: Guest, tmp_path: Path) -> None:
         (export / name).write_bytes(payload(size, size))
     port = next_port()
     mnt = f"/tmp/share-{port}"
-    service = hvsock.share_service([export], port=port, allow=[GUEST_CID])
+    service = hvsock.services.share_service([export], port=port, allow=[GUEST_CID])
     with hosting(service, f"vsock://any:{port}"):
         assert guest.call("share_mount", address=f"vsock://2:{port}", mountpoint=mnt)
         try:
@@ -57,7 +59,7 @@ def test_l2_serves_l1_mounts(guest: Guest, tmp_path: Path) -> None:
     port = next_port()
     top = f"/tmp/export-{port}"
     made = guest.call("make_tree", top=top, files=SIZES)
-    guest.serve("share", port, directory=top, allow=[hvsock.CID_HOST])
+    guest.serve("share", port, directory=top, allow=[hvsock.sockets.CID_HOST])
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     try:

@@ -12,13 +12,14 @@ import subprocess
 from typing import Any
 
 import hvsock
+from hvsock._builtin.share.server import share_service
 
 from . import payload, service_kind, step
 
 
 @service_kind
 def share(port: int, directory: str, allow: list[Any] | None = None) -> hvsock.Service:
-    return hvsock.share_service({"data": directory}, port=port, allow=allow)
+    return share_service({"data": directory}, port=port, allow=allow)
 
 
 @step
