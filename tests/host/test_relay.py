@@ -230,7 +230,9 @@ def test_unix_target_with_a_full_backlog_is_waited_for(site: Site) -> None:
         clients = [hvsock.connect(relay.address) for _ in range(4)]
         for i, c in enumerate(clients):
             c.sendall(b"%d" % i)
-        time.sleep(0.3)  # let the relay try: the backlog holds fewer than four
+        # The relay has taken all four and dialled each (the dial starts as a client is
+        # admitted): the target's backlog holds fewer, so some dials are waiting.
+        wait_for(lambda: relay.relay.stats().accepted == 4, what="the relay accepting four")
         with EchoServer(tl):
             for i, c in enumerate(clients):
                 c.shutdown(socket.SHUT_WR)
@@ -463,10 +465,19 @@ def test_back_pressure_at_the_connection_limit(site: Site, workers: int) -> None
         for c in first:
             c.sendall(b"x")
             assert recv_exactly(c, 1) == b"x"
-        # The third is queued in the backlog, not accepted and not dropped.
+        # The third is queued in the backlog, not accepted and not dropped. No fixed
+        # wait decides it: once the kernel has it queued, a round trip through every
+        # first connection makes the relay's loops go round (and a loop still watching
+        # its listener would take the third in that round); after that it is still
+        # queued and the counters still say two.
         third = hvsock.connect(relay.address)
         third.sendall(b"y")
-        time.sleep(0.3)
+        port = relay.address.port
+        wait_for(lambda: _accept_queue(port) == 1, what="the third in the accept queue")
+        for c in first:
+            c.sendall(b"r")
+            assert recv_exactly(c, 1) == b"r"
+        assert _accept_queue(port) == 1
         assert relay.relay.stats().accepted == 2
         assert echo.accepted == 2
         first[0].close()
@@ -478,6 +489,21 @@ def test_back_pressure_at_the_connection_limit(site: Site, workers: int) -> None
             assert recv_until_eof(c) == b""
             c.close()
         relay.wait_records(3)
+
+
+def _accept_queue(port: int) -> int:
+    """Connections waiting in the accept queue of the IPv4 TCP listener on *port*.
+
+    For a listening socket /proc/net/tcp's rx_queue field is the accept backlog.
+    """
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            local, state, queues = fields[1], fields[3], fields[4]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                return int(queues.split(":")[1], 16)
+    raise AssertionError(f"no TCP listener on port {port} in /proc/net/tcp")
 
 
 # -- idle timeout -----------------------------------------------------------------------------
