@@ -20,6 +20,8 @@ import pytest
 import hvsock
 from hvsock.testing import HybridVsockMuxer
 
+from ..attempts import connects_to
+
 # A "server side" is (make a listening socket, address a client dials).
 ServerFactory = Callable[[], tuple[socket.socket, hvsock.Address]]
 
@@ -143,21 +145,23 @@ def test_retries_wait_for_a_late_listener(short_tmp: Path) -> None:
     holder: list[socket.socket] = []
 
     def start_late() -> None:
-        time.sleep(0.3)
-        holder.append(hvsock.listen(addr))
+        # Listen once the second attempt began: the first surely found nobody, so a
+        # connect that does not retry fails here whatever the machine's speed.
+        if attempts.reached(2):
+            holder.append(hvsock.listen(addr))
 
-    thread = threading.Thread(target=start_late)
-    thread.start()
-    try:
-        # Retries for far longer than the thread's 0.3 s (a busy machine may run it late);
-        # the sleep decides nothing, it only makes the first attempts find nobody.
-        with hvsock.connect(addr, timeout=1, retries=400, retry_wait=0.05) as sock:
-            assert sock.fileno() >= 0
-    finally:
-        thread.join()
-        for s in holder:
-            s.close()
-        hvsock.remove_socket_file(addr)
+    with connects_to(addr.path) as attempts:
+        thread = threading.Thread(target=start_late)
+        thread.start()
+        try:
+            with hvsock.connect(addr, timeout=1, retries=400, retry_wait=0.05) as sock:
+                assert sock.fileno() >= 0
+        finally:
+            attempts.stop()  # the connect gave up early: the thread need not wait
+            thread.join(60)
+            for s in holder:
+                s.close()
+            hvsock.remove_socket_file(addr)
 
 
 @pytest.mark.usefixtures("fd_baseline")
