@@ -23,6 +23,7 @@ import pytest
 import hvsock
 from hvsock.testing import HybridVsockMuxer
 
+from ..attempts import connects_to
 from ..tiers import import_or_fail
 
 T = TypeVar("T")
@@ -421,10 +422,14 @@ def test_cancelling_a_pending_connect_closes_its_socket(short_tmp: Path,
 
 @pytest.mark.usefixtures("fd_baseline")
 def test_cancelling_during_retries(short_tmp: Path, run: Runner[Any]) -> None:
+    path = str(short_tmp / "never.sock")
+
     async def main() -> float:
         task = asyncio.create_task(hvsock.open_connection(
-            f"unix://{short_tmp}/never.sock", timeout=30, retries=1000, retry_wait=0.02))
-        await asyncio.sleep(0.2)  # let a few attempts fail and a retry wait begin
+            f"unix://{path}", timeout=30, retries=1000, retry_wait=0.02))
+        # A few attempts failed and retry waits began (the third attempt started).
+        with connects_to(path) as attempts:
+            await asyncio.to_thread(attempts.wait, 3, "the connect retrying")
         start = time.monotonic()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
