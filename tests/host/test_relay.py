@@ -302,7 +302,7 @@ def _reset(sock: socket.socket) -> None:
     sock.close()
 
 
-def _sees_reset_or_eof(sock: socket.socket, timeout: float = 5.0) -> str:
+def _sees_reset_or_eof(sock: socket.socket, timeout: float = 30.0) -> str:
     """'reset' or 'eof', whichever *sock* sees first (after any bytes in flight)."""
     sock.settimeout(timeout)
     try:
