@@ -346,7 +346,9 @@ def test_silent_vmm_times_out(short_tmp: Path, run: Runner[Any]) -> None:
         start = time.monotonic()
         with pytest.raises(hvsock.ConnectTimeoutError, match="did not answer CONNECT 52"):
             run(main())
-        assert 0.4 < time.monotonic() - start < 3
+        # Above: a busy machine's margin, still under the 10 s default a timeout
+        # that was not passed on would give.
+        assert 0.4 < time.monotonic() - start < 8
         # The VMM got the request, and then EOF: the timed-out socket was closed.
         vmm.settimeout(5)
         conn, _ = vmm.accept()

@@ -416,7 +416,9 @@ def test_hybrid_silent_vmm_times_out(short_tmp: Path) -> None:
         start = time.monotonic()
         with pytest.raises(hvsock.ConnectTimeoutError, match="did not answer CONNECT 52"):
             hvsock.connect(hvsock.HybridAddress(vmm.path, 52), timeout=0.5)
-        assert 0.4 < time.monotonic() - start < 3
+        # Above: a busy machine's margin, still under the 10 s default a timeout
+        # that was not passed on would give.
+        assert 0.4 < time.monotonic() - start < 8
     finally:
         vmm.close()
 
@@ -427,7 +429,7 @@ def test_muxer_rejects_malformed_connect(muxer: HybridVsockMuxer) -> None:
         raw.sendall(b"HELLO there\n")
         raw.settimeout(5)
         assert raw.recv(10) == b""  # the muxer hangs up
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while not muxer.errors and time.monotonic() < deadline:
         time.sleep(0.01)
     assert muxer.errors
