@@ -123,7 +123,7 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "it") -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "it") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
@@ -143,7 +143,7 @@ class RunningRelay:
             self.records.append(record)
             self._cond.notify_all()
 
-    def wait_records(self, n: int, timeout: float = 10.0) -> list[ConnectionRecord]:
+    def wait_records(self, n: int, timeout: float = 30.0) -> list[ConnectionRecord]:
         with self._cond:
             ok = self._cond.wait_for(lambda: len(self.records) >= n, timeout)
             assert ok, f"{len(self.records)} of {n} connection records within {timeout} s"

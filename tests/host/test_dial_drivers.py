@@ -25,6 +25,7 @@ from hvsock._relay import dial as relay_dial
 from hvsock._relay._poll import Poller
 from hvsock.testing import HybridVsockMuxer
 
+from ..attempts import blocked_in_connect, connects_to
 from .test_relay import _sees_reset_or_eof
 from .test_transports import _echo_once
 
@@ -186,23 +187,35 @@ def test_retries_until_the_service_starts(connect: Connect, site: Site) -> None:
     holder: list[socket.socket] = []
 
     def start_later() -> None:
-        time.sleep(0.3)
-        holder.append(site.listen_at(addr))
-        started.set()
+        # Listen once the second attempt began: the first surely found nobody, so a
+        # dial that does not retry fails here whatever the machine's speed.
+        if attempts.reached(2):
+            holder.append(site.listen_at(addr))
+            started.set()
 
-    thread = threading.Thread(target=start_later, daemon=True)
-    thread.start()
-    try:
-        # A budget far past the thread's 0.3 s, for a busy machine; the sleep decides
-        # nothing, it only makes the first attempts find nobody.
-        with connect(addr, timeout=2, retries=400, retry_wait=0.05) as sock:
-            # The connect can win the race with started.set() right after listen: wait.
-            assert started.wait(30)
-            assert sock.getpeername() is not None
-    finally:
-        thread.join(5)
-        for listener in holder:
-            listener.close()
+    with connects_to(_dialled(addr)) as attempts:
+        thread = threading.Thread(target=start_later, daemon=True)
+        thread.start()
+        try:
+            with connect(addr, timeout=2, retries=400, retry_wait=0.05) as sock:
+                # The connect can win the race with started.set() right after listen.
+                assert started.wait(30)
+                assert sock.getpeername() is not None
+        finally:
+            attempts.stop()  # the dial gave up early: the thread need not wait
+            thread.join(60)
+            for listener in holder:
+                listener.close()
+
+
+def _dialled(addr: hvsock.Address) -> object:
+    """What a dial of *addr* passes to ``socket.connect`` (hybrid: the VMM's socket)."""
+    if isinstance(addr, hvsock.TcpAddress):
+        return (addr.host, addr.port)
+    if isinstance(addr, hvsock.HybridAddress):
+        return addr.uds_path
+    assert isinstance(addr, hvsock.UnixAddress)
+    return addr.path
 
 
 @pytest.mark.usefixtures("fd_baseline")
@@ -259,16 +272,25 @@ def test_full_backlog_times_out_then_waits_for_room(connect: Connect, kind: str,
             connect(addr, timeout=0.3)
         assert 0.25 < time.monotonic() - start < 5
         if kind == "unix":
-            # Room appears while a connect waits: it completes.
+            # Room appears while a connect waits: it completes. Room is made only once
+            # the kernel holds a thread in connect(): the wait is surely under way.
+            stop = threading.Event()
+
             def make_room() -> None:
-                time.sleep(0.2)
+                deadline = time.monotonic() + 60
+                while not blocked_in_connect():
+                    if stop.wait(0.005) or time.monotonic() > deadline:
+                        return
                 conn, _ = listener.accept()
                 conn.close()
             thread = threading.Thread(target=make_room, daemon=True)
             thread.start()
-            with connect(addr, timeout=5):
-                pass
-            thread.join(5)
+            try:
+                with connect(addr, timeout=30):
+                    pass
+            finally:
+                stop.set()
+                thread.join(60)
     finally:
         for raw in pending:
             raw.close()

@@ -390,7 +390,7 @@ def test_a_session_cancelled_twice_leaves_no_fd_registered() -> None:
             loop = asyncio.get_running_loop()
             await loop.sock_recv(client, 100)  # STARTED and output: the pumps run
             task.cancel()
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # one step: the second cancel lands in its clean-up
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task

@@ -125,17 +125,17 @@ def test_watch_prints_changes(tmp_path: Path) -> None:
     store.set("gone", "1")
     result: list[tuple[int, str, str]] = []
     thread = threading.Thread(target=lambda: result.append(run(
-        "kvp", "watch", "--dir", d, "--count", "2", "--interval", "0.02", "--for", "30")))
+        "kvp", "watch", "--dir", d, "--count", "2", "--interval", "0.02", "--for", "90")))
     thread.start()
     # The watch starts from the pool as it is when it starts: wait until the first
     # change lands after that by writing until the watch has seen two changes.
-    for i in range(200):
+    for i in range(1200):  # a minute of changes at most: the watch's start is no race
         store.set("new", str(i))
         store.delete("gone")
         thread.join(0.05)
         if not thread.is_alive():
             break
-    thread.join(30)
+    thread.join(60)
     status, out, _ = result[0]
     assert status == 0
     lines = out.splitlines()

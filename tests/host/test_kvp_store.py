@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -16,6 +17,8 @@ import pytest
 import hvsock.kvp as kvp
 from hvsock import ArgumentError, HvsockError, KvpError
 from hvsock._builtin.kvp.store import KvpStore, diff
+
+from ..attempts import Attempts
 
 pytestmark = pytest.mark.usefixtures("fd_baseline")
 
@@ -254,14 +257,21 @@ def test_write_waits_for_the_lock_and_then_goes_through(
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
         done.set()
+        attempts.stop()  # a set that did not wait: the test need not wait for attempts
 
-    thread = threading.Thread(target=write)
-    thread.start()
-    assert held.stdin is not None
-    held.stdin.write("append\n")  # the holder appends, then lets go
-    held.stdin.flush()
-    assert done.wait(20)
-    thread.join(5)
+    # Non-blocking flock attempts: once a second one began, the first surely found the
+    # lock taken, so the set is waiting however fast or slow the machine is.
+    with Attempts("fcntl.flock", lambda args: bool(args[1] & fcntl.LOCK_NB)) as attempts:
+        thread = threading.Thread(target=write)
+        thread.start()
+        try:
+            attempts.wait(2, "the set waiting for the lock")
+        finally:
+            assert held.stdin is not None
+            held.stdin.write("append\n")  # the holder appends, then lets go
+            held.stdin.flush()
+            assert done.wait(60)
+            thread.join(5)
     assert not errors
     # Our record comes after the holder's: the set waited for the lock.
     assert store.items() == [("holder", "1"), ("k", "v")]

@@ -232,3 +232,37 @@ def test_an_oversized_frame_is_logged_with_the_real_setting(
     messages = [r.getMessage() for r in caplog.records]
     assert any("100-byte frame" in m and "max_message_size" in m for m in messages), messages
     assert not any("max_frame_size" in m for m in messages)
+
+
+@pytest.mark.usefixtures("fd_baseline")
+@pytest.mark.parametrize("kind", KINDS)
+def test_linger_delivers_everything_though_the_peer_still_sends(kind: str,
+                                                                short_tmp: Path) -> None:
+    # The handler ends with a reply far larger than both sockets' buffers still on its
+    # way and the client's bytes unread. A close then would reset the connection
+    # (the kernel drops the unsent tail on TCP, and a Unix peer reads ECONNRESET);
+    # half-closing alone does not help, since the unread bytes are what trigger the
+    # reset. Only reading the peer to its EOF (linger's drain) delivers the reply
+    # whole and ends with a clean EOF, whatever the timing.
+    reply = os.urandom(24 << 20)
+    unread = os.urandom(256 << 10)
+
+    async def handler(conn: hvsock.Connection) -> None:
+        conn.writer.write(reply)
+        await conn.linger(seconds=60)
+
+    service = hvsock.Service("talker", 6000, handler)
+
+    def client(host: hvsock.ServiceHost) -> bytes:
+        with hvsock.connect(host.addresses["talker"], timeout=5) as sock:
+            sock.settimeout(30)
+            sock.sendall(unread)
+            got = bytearray()
+            while chunk := sock.recv(1 << 16):  # a reset raises ConnectionResetError
+                got += chunk
+                sock.sendall(b"still talking")  # more the handler never reads
+            return bytes(got)
+
+    got = run_host([service], kind, short_tmp, client)
+    assert len(got) == len(reply)
+    assert got == reply

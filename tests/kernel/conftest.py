@@ -84,9 +84,9 @@ def _no_fd_leaks(_vsock_loopback_or_skip: None) -> Iterator[None]:
     """Every test, failure paths included, ends with the descriptors it started with."""
     before = open_fds()
     yield
-    deadline = time.monotonic() + 3  # threads and children a moment to let go
+    deadline = time.monotonic() + 10  # threads and children a moment to let go
     leaked: dict[int, str] = {}
-    for _ in range(300):
+    for _ in range(1000):
         leaked = {fd: what for fd, what in open_fds().items() if fd not in before}
         if not leaked or time.monotonic() > deadline:
             break

@@ -106,6 +106,14 @@ def test_graceful_stop_finishes_in_flight_then_refuses() -> None:
 
     host = hvsock.ServiceHost(grace=30)
     host.add(hvsock.Service("slow", port, slow), f"vsock://any:{port}")
+    # stop() logs that it waits for the connections in flight right after it closed
+    # the listeners: one connect after that record must be refused, no retry loop.
+    waiting_logged = asyncio.Event()
+
+    class Waiting(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("stopping: waiting"):
+                waiting_logged.set()
 
     async def run() -> tuple[bytes, BaseException | None]:
         await host.start()
@@ -114,17 +122,15 @@ def test_graceful_stop_finishes_in_flight_then_refuses() -> None:
         await writer.drain()
         await asyncio.wait_for(started.wait(), 60)
         stopping = asyncio.create_task(host.stop())
-        await asyncio.sleep(0)  # let stop() close the listener first
+        await asyncio.wait_for(waiting_logged.wait(), 60)
         refused: BaseException | None = None
-        for _ in range(50):  # the listener goes away at once; bounded wait for it
-            try:
-                _, w2 = await hvsock.open_connection(target(port), timeout=5)
-            except hvsock.NothingListeningError as exc:
-                refused = exc
-                break
+        try:
+            _, w2 = await hvsock.open_connection(target(port), timeout=5)
+        except hvsock.NothingListeningError as exc:
+            refused = exc
+        else:
             w2.close()
             await w2.wait_closed()
-            await asyncio.sleep(0.1)
         release.set()
         reply = await asyncio.wait_for(reader.read(), 60)
         writer.close()
@@ -132,6 +138,14 @@ def test_graceful_stop_finishes_in_flight_then_refuses() -> None:
         await asyncio.wait_for(stopping, 60)
         return reply, refused
 
-    reply, refused = asyncio.run(run())
+    logger = logging.getLogger("hvsock.service")
+    handler, level = Waiting(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        reply, refused = asyncio.run(run())
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     assert reply == b"done: job 1\n"
     assert isinstance(refused, hvsock.NothingListeningError)

@@ -348,7 +348,7 @@ def test_async_bytes_arriving_one_at_a_time() -> None:
                 for byte in encode_frame(b"hello") + encode_frame(b""):
                     wb.write(bytes([byte]))
                     await wb.drain()
-                    await asyncio.sleep(0)
+                    await asyncio.sleep(0)  # a step for the reader: each byte alone
                 wb.write_eof()
 
             task = asyncio.create_task(trickle())

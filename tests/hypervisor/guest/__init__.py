@@ -41,7 +41,7 @@ ServiceFactory = Callable[..., Any]
 STEPS: dict[str, Step] = {}
 #: Service kinds by name: each takes (port, **params) and returns an hvsock.Service.
 SERVICE_KINDS: dict[str, ServiceFactory] = {}
-#: The harness's always-on ServiceHosts (so far "echo", on ECHO_PORT), by name.
+#: The harness's always-on ServiceHosts ("harness" itself, "echo" on ECHO_PORT), by name.
 BACKGROUND: dict[str, hvsock.ServiceHost] = {}
 
 

@@ -73,6 +73,7 @@ async def main() -> None:
     await host.start()
     await echo.start()
     BACKGROUND["echo"] = echo
+    BACKGROUND["harness"] = host  # the reboot step watches L1 hang up
     now = uptime()
     times = {"l2_uptime_at_python_start": round(process_started(), 1),
              "python_start_to_ready_s": round(now - process_started(), 1),

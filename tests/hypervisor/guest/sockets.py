@@ -112,21 +112,30 @@ def uptime() -> float:
 
 
 RB_AUTOBOOT = 0x01234567
+#: The reboot step's task (a reference, so it is not collected before it runs).
+_REBOOTING: list[asyncio.Task[None]] = []
 
 
 @step
 async def reboot() -> int:
-    """Reboot L2 half a second from now (after this answer is on its way); returns pid.
+    """Reboot L2 once L1 has this answer (it hangs up then); returns pid.
 
     The always-on echo service stops first, so a client that reaches ECHO_PORT after
     this answer reached the one in L2's next boot.
     """
     await BACKGROUND.pop("echo").stop()
+    harness = BACKGROUND["harness"]
 
-    def now() -> None:
+    async def once_answered() -> None:
+        # Not a fixed delay: a busy L2 may take longer than any to send the answer.
+        # L1 reads it, then closes its connection (Guest.reboot); bounded all the same.
+        for _ in range(2400):  # 120 s at most
+            if not harness.active_connections("harness"):
+                break
+            await asyncio.sleep(0.05)
         libc = ctypes.CDLL(None, use_errno=True)
         libc.sync()
         libc.reboot(RB_AUTOBOOT)
 
-    asyncio.get_running_loop().call_later(0.5, now)
+    _REBOOTING.append(asyncio.create_task(once_answered()))
     return os.getpid()
