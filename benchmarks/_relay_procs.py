@@ -40,10 +40,13 @@ def threads(n: int, listen: str, target: str, ready: str) -> int:
     relay.start()
     assert relay._loop is not None
     main_loop = relay._loop
-    listenings = [Listening(sock, forward, address)
-                  for sock, forward, address, _owned in relay._listeners]
-    extra = [Loop(relay.config, listenings, slots=main_loop._slots, stats=[0] * 9,
-                  on_close=None) for _ in range(n - 1)]
+    listenings = [
+        Listening(sock, forward, address) for sock, forward, address, _owned in relay._listeners
+    ]
+    extra = [
+        Loop(relay.config, listenings, slots=main_loop._slots, stats=[0] * 9, on_close=None)
+        for _ in range(n - 1)
+    ]
     runners = [threading.Thread(target=loop.run, daemon=True) for loop in extra]
     for t in runners:
         t.start()
@@ -75,13 +78,13 @@ def connect_client() -> int:
         if sys.stdin.readline().strip() != "go":
             return 1  # the benchmark gave up on this run
         try:
-            result = bench.connect_rate(request["address"], duration=request["duration"],
-                                        connect=dial)
+            result = bench.connect_rate(
+                request["address"], duration=request["duration"], connect=dial
+            )
         except (OSError, hvsock.HvsockError) as exc:
             print(json.dumps({"error": str(exc)[:300]}), flush=True)
             continue
-        print(json.dumps({"count": result.details["count"], "seconds": result.seconds}),
-              flush=True)
+        print(json.dumps({"count": result.details["count"], "seconds": result.seconds}), flush=True)
     return 0
 
 

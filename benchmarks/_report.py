@@ -25,14 +25,26 @@ def write_bytecode_cache() -> None:
 
 
 def machine() -> dict[str, object]:
-    return {"python": platform.python_version(), "machine": platform.machine(),
-            "cpus": os.cpu_count(), "kernel": platform.release()}
+    return {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+    }
 
 
-def row(figure: str, unit: str, ours: float, base: float, baseline: str,
-        target: str = "") -> dict[str, object]:
-    return {"figure": figure, "unit": unit, "hvsock": round(ours, 2), "baseline": round(base, 2),
-            "baseline_is": baseline, "ratio": round(ours / base, 3), "target": target}
+def row(
+    figure: str, unit: str, ours: float, base: float, baseline: str, target: str = ""
+) -> dict[str, object]:
+    return {
+        "figure": figure,
+        "unit": unit,
+        "hvsock": round(ours, 2),
+        "baseline": round(base, 2),
+        "baseline_is": baseline,
+        "ratio": round(ours / base, 3),
+        "target": target,
+    }
 
 
 def emit(rows: list[dict[str, object]], as_json: bool) -> None:
@@ -42,8 +54,11 @@ def emit(rows: list[dict[str, object]], as_json: bool) -> None:
         return
     print(f"machine: {machine()}")
     width = max(len(str(r["figure"])) for r in rows) + 1
-    print(f"{'figure':<{width}} {'hvsock':>10} {'baseline':>10} {'ratio':>6}  "
-          "unit; baseline; target")
+    print(
+        f"{'figure':<{width}} {'hvsock':>10} {'baseline':>10} {'ratio':>6}  unit; baseline; target"
+    )
     for r in rows:
-        print(f"{r['figure']!s:<{width}} {r['hvsock']!s:>10} {r['baseline']!s:>10} "
-              f"{r['ratio']!s:>6}  {r['unit']}; {r['baseline_is']}; {r['target'] or '-'}")
+        print(
+            f"{r['figure']!s:<{width}} {r['hvsock']!s:>10} {r['baseline']!s:>10} "
+            f"{r['ratio']!s:>6}  {r['unit']}; {r['baseline_is']}; {r['target'] or '-'}"
+        )

@@ -47,8 +47,10 @@ async def main_hvsock(d: str, ready: str) -> None:
     limits = hvsock.Limits(max_connections=5000, idle_timeout=None)
     host = hvsock.ServiceHost(grace=1)
     host.add(hvsock.services.echo_service(limits=limits), f"unix://{d}/echo.sock")
-    host.add(hvsock.Service("rpc", 8, hvsock.rpc_handler({"echo": lambda c, p: p}),
-                            limits=limits), f"unix://{d}/rpc.sock")
+    host.add(
+        hvsock.Service("rpc", 8, hvsock.rpc_handler({"echo": lambda c, p: p}), limits=limits),
+        f"unix://{d}/rpc.sock",
+    )
     host.add(hvsock.Service("idle", 9, idle, limits=limits), f"unix://{d}/idle.sock")
     server = await asyncio.start_unix_server(stats, path=f"{d}/stats.sock")
     host.on_ready = lambda addresses: Path(ready).write_text(json.dumps(addresses, default=str))
@@ -81,10 +83,12 @@ async def main_stdlib(d: str, ready: str) -> None:
             IDLE.discard(writer)
             writer.close()
 
-    servers = [await asyncio.start_unix_server(echo, path=f"{d}/echo.sock", backlog=1024),
-               await asyncio.start_unix_server(frames, path=f"{d}/rpc.sock", backlog=1024),
-               await asyncio.start_unix_server(idle, path=f"{d}/idle.sock", backlog=1024),
-               await asyncio.start_unix_server(stats, path=f"{d}/stats.sock")]
+    servers = [
+        await asyncio.start_unix_server(echo, path=f"{d}/echo.sock", backlog=1024),
+        await asyncio.start_unix_server(frames, path=f"{d}/rpc.sock", backlog=1024),
+        await asyncio.start_unix_server(idle, path=f"{d}/idle.sock", backlog=1024),
+        await asyncio.start_unix_server(stats, path=f"{d}/stats.sock"),
+    ]
     Path(ready).write_text("{}")  # noqa: ASYNC240 - a two-byte file, once at start
     await asyncio.gather(*(s.serve_forever() for s in servers))
 

@@ -94,9 +94,23 @@ def cpu_of(fn: Callable[[], float], server: str) -> float:
 def agent(tmp: str) -> Iterator[str]:
     port = free_port()
     ready = f"{tmp}/agent-ready"
-    proc = subprocess.Popen([sys.executable, "-m", "hvsock", "agent", "--listen",
-                             f"tcp://127.0.0.1:{port}", "--enable", "exec", "--allow", "127.0.0.1",
-                             "--ready-file", ready], stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hvsock",
+            "agent",
+            "--listen",
+            f"tcp://127.0.0.1:{port}",
+            "--enable",
+            "exec",
+            "--allow",
+            "127.0.0.1",
+            "--ready-file",
+            ready,
+        ],
+        stderr=subprocess.DEVNULL,
+    )
     PIDS["agent"] = proc.pid
     try:
         deadline = time.monotonic() + 30
@@ -119,23 +133,38 @@ def sshd(tmp: str) -> Iterator[list[str] | None]:
     port = free_port()
     d = Path(tmp)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", d / "host"], check=True)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", d / "client"],
-                   check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", d / "client"], check=True)
     (d / "authorized_keys").write_text((d / "client.pub").read_text())
     os.chmod(d / "authorized_keys", 0o600)
     (d / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host\n"
         f"AuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd.pid\nStrictModes no\n"
-        "UsePAM no\nPermitRootLogin yes\nPasswordAuthentication no\n")
+        "UsePAM no\nPermitRootLogin yes\nPasswordAuthentication no\n"
+    )
     os.makedirs("/run/sshd", exist_ok=True)
-    proc = subprocess.Popen([binary, "-D", "-e", "-f", str(d / "sshd_config")],
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [binary, "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.DEVNULL
+    )
     try:
         wait_port(port)
-        yield ["ssh", "-F", "/dev/null", "-i", str(d / "client"), "-p", str(port),
-               "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-               "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", f"{os.environ.get('USER', 'root')}"
-               "@127.0.0.1"]
+        yield [
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-i",
+            str(d / "client"),
+            "-p",
+            str(port),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            f"{os.environ.get('USER', 'root')}@127.0.0.1",
+        ]
     finally:
         proc.terminate()
         proc.wait(10)
@@ -147,8 +176,10 @@ def raw_cat() -> Iterator[int | None]:
         yield None
         return
     port = free_port()
-    proc = subprocess.Popen(["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
-                             "EXEC:cat"], stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork", "EXEC:cat"],
+        stderr=subprocess.DEVNULL,
+    )
     PIDS["raw"] = proc.pid
     try:
         wait_port(port)
@@ -204,7 +235,7 @@ def pump(send: Callable[[memoryview], object], finish: Callable[[], object]) -> 
     """Write the payload in CHUNK-sized pieces (no copies), then *finish*."""
     view = memoryview(payload())
     for i in range(0, len(view), CHUNK):
-        send(view[i:i + CHUNK])
+        send(view[i : i + CHUNK])
     finish()
 
 
@@ -212,8 +243,9 @@ def throughput_hvsock(address: str) -> float:
     got = [0]
     data = payload()
     begun = time.perf_counter()
-    result = hvsock.exec(address, ["cat"], input=data,
-                         stdout=lambda b: got.__setitem__(0, got[0] + len(b)))
+    result = hvsock.exec(
+        address, ["cat"], input=data, stdout=lambda b: got.__setitem__(0, got[0] + len(b))
+    )
     elapsed = time.perf_counter() - begun
     assert result.returncode == 0, result
     assert got[0] == THROUGHPUT_BYTES, got
@@ -268,20 +300,39 @@ def best(fn: Callable[[], float]) -> float:
 def qga_pair(tmp: str) -> Iterator[tuple[str, str | None]]:
     ours = f"{tmp}/ours-qga.sock"
     cfg = Path(tmp) / "agent.toml"
-    cfg.write_text(f'[agent]\nlisten = "unix://{tmp}/agent.sock"\n[info]\nenabled = false\n'
-                   f'[health]\nenabled = false\n[time]\nenabled = false\n'
-                   f'[qga]\nenabled = true\nlisten = "unix://{ours}"\n'
-                   'block = ["guest-shutdown"]\n')
-    procs = [subprocess.Popen([sys.executable, "-m", "hvsock", "agent", "--config", str(cfg)],
-                              stderr=subprocess.DEVNULL)]
+    cfg.write_text(
+        f'[agent]\nlisten = "unix://{tmp}/agent.sock"\n[info]\nenabled = false\n'
+        f"[health]\nenabled = false\n[time]\nenabled = false\n"
+        f'[qga]\nenabled = true\nlisten = "unix://{ours}"\n'
+        'block = ["guest-shutdown"]\n'
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "hvsock", "agent", "--config", str(cfg)],
+            stderr=subprocess.DEVNULL,
+        )
+    ]
     real = None
     binary = shutil.which("qemu-ga") or "/usr/sbin/qemu-ga"
     if os.path.exists(binary):
         real = f"{tmp}/real-qga.sock"
         os.makedirs(f"{tmp}/state")
-        procs.append(subprocess.Popen([binary, "-m", "unix-listen", "-p", real, "-t",
-                                       f"{tmp}/state", "-f", f"{tmp}/state/pid"],
-                                      stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [
+                    binary,
+                    "-m",
+                    "unix-listen",
+                    "-p",
+                    real,
+                    "-t",
+                    f"{tmp}/state",
+                    "-f",
+                    f"{tmp}/state/pid",
+                ],
+                stderr=subprocess.DEVNULL,
+            )
+        )
     try:
         deadline = time.monotonic() + 30
         while not all(os.path.exists(p) for p in (ours, real) if p):
@@ -325,29 +376,68 @@ def main() -> None:
             ours_mbs = best(lambda: throughput_hvsock(address))
             if ssh is not None:
                 ssh_ms = median_ms(lambda: first_byte_process([*ssh, "echo", "x"]))
-                rows.append(_report.row("first byte of `echo x`, hvsock.exec vs ssh", "ms",
-                                        lib_ms, ssh_ms, "ssh to a local sshd (new process)",
-                                        "< 1 (lower than ssh)"))
-                rows.append(_report.row("first byte of `echo x`, hvsock exec CLI vs ssh", "ms",
-                                        cli_ms, ssh_ms, "ssh to a local sshd (new process)",
-                                        "< 1 (lower than ssh)"))
-                rows.append(_report.row("cat throughput, hvsock exec vs ssh", "MB/s", ours_mbs,
-                                        best(lambda: throughput_ssh(ssh)), "ssh host cat"))
+                rows.append(
+                    _report.row(
+                        "first byte of `echo x`, hvsock.exec vs ssh",
+                        "ms",
+                        lib_ms,
+                        ssh_ms,
+                        "ssh to a local sshd (new process)",
+                        "< 1 (lower than ssh)",
+                    )
+                )
+                rows.append(
+                    _report.row(
+                        "first byte of `echo x`, hvsock exec CLI vs ssh",
+                        "ms",
+                        cli_ms,
+                        ssh_ms,
+                        "ssh to a local sshd (new process)",
+                        "< 1 (lower than ssh)",
+                    )
+                )
+                rows.append(
+                    _report.row(
+                        "cat throughput, hvsock exec vs ssh",
+                        "MB/s",
+                        ours_mbs,
+                        best(lambda: throughput_ssh(ssh)),
+                        "ssh host cat",
+                    )
+                )
             if raw is not None:
-                rows.append(_report.row("cat throughput, hvsock exec vs raw socket", "MB/s",
-                                        ours_mbs, best(lambda: throughput_raw(raw)),
-                                        "TCP socket to socat EXEC:cat", ">= 0.8"))
+                rows.append(
+                    _report.row(
+                        "cat throughput, hvsock exec vs raw socket",
+                        "MB/s",
+                        ours_mbs,
+                        best(lambda: throughput_raw(raw)),
+                        "TCP socket to socat EXEC:cat",
+                        ">= 0.8",
+                    )
+                )
                 # CPU per run: what the wall-clock ratio becomes on a busy machine.
-                rows.append(_report.row("cat CPU seconds per 64 MiB, hvsock vs raw socket", "s",
-                                        cpu_of(lambda: throughput_hvsock(address), "agent"),
-                                        cpu_of(lambda: throughput_raw(raw), "raw"),
-                                        "client + server + cat CPU, raw socket to socat"))
+                rows.append(
+                    _report.row(
+                        "cat CPU seconds per 64 MiB, hvsock vs raw socket",
+                        "s",
+                        cpu_of(lambda: throughput_hvsock(address), "agent"),
+                        cpu_of(lambda: throughput_raw(raw), "raw"),
+                        "client + server + cat CPU, raw socket to socat",
+                    )
+                )
         with qga_pair(tmp) as (ours, real):
             if real is not None:
                 for command in ("guest-ping", "guest-get-time"):
-                    rows.append(_report.row(f"QGA {command} requests/s (Unix socket)", "req/s",
-                                            qga_rate(ours, command), qga_rate(real, command),
-                                            "real qemu-ga 7.2 over a Unix socket"))
+                    rows.append(
+                        _report.row(
+                            f"QGA {command} requests/s (Unix socket)",
+                            "req/s",
+                            qga_rate(ours, command),
+                            qga_rate(real, command),
+                            "real qemu-ga 7.2 over a Unix socket",
+                        )
+                    )
     _report.emit(rows, args.json)
 
 

@@ -55,8 +55,19 @@ def timed(cmd: list[str] | str, **kw: object) -> float:
 @contextlib.contextmanager
 def cp_server(root: Path, sock: Path) -> Iterator[str]:
     ready = root.parent / "ready.json"
-    proc = subprocess.Popen([*HVSOCK, "cp", "--serve", str(root), "--listen", f"unix://{sock}",
-                             "--ready-file", str(ready)], stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            *HVSOCK,
+            "cp",
+            "--serve",
+            str(root),
+            "--listen",
+            f"unix://{sock}",
+            "--ready-file",
+            str(ready),
+        ],
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(ready)
         yield f"unix://{sock}"
@@ -69,13 +80,21 @@ def cp_server(root: Path, sock: Path) -> Iterator[str]:
 def raw_stream(src: Path, out: Path, sock: Path) -> float:
     """``hvsock connect < file`` into ``hvsock listen > out``; seconds until out is written."""
     with out.open("wb") as sink:
-        listener = subprocess.Popen([*HVSOCK, "listen", f"unix://{sock}"], stdout=sink,
-                                    stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        listener = subprocess.Popen(
+            [*HVSOCK, "listen", f"unix://{sock}"],
+            stdout=sink,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
         wait_for(sock)
         start = time.perf_counter()
         with src.open("rb") as source:
-            subprocess.run([*HVSOCK, "connect", f"unix://{sock}"], stdin=source,
-                           stdout=subprocess.DEVNULL, check=True)
+            subprocess.run(
+                [*HVSOCK, "connect", f"unix://{sock}"],
+                stdin=source,
+                stdout=subprocess.DEVNULL,
+                check=True,
+            )
         listener.wait(120)
         return time.perf_counter() - start
 
@@ -89,24 +108,38 @@ def sshd(work: Path) -> Iterator[tuple[list[str], str] | None]:
         return
     keys = work / "ssh"
     keys.mkdir()
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "host")],
-                   check=True)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "user")],
-                   check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "host")], check=True
+    )
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "user")], check=True
+    )
     (keys / "authorized_keys").write_text((keys / "user.pub").read_text())
     os.chmod(keys / "authorized_keys", 0o600)
     os.makedirs("/run/sshd", exist_ok=True)
     port = 22000 + os.getpid() % 20000
     config = keys / "sshd_config"
-    config.write_text(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\n"
-                      f"AuthorizedKeysFile {keys / 'authorized_keys'}\nPermitRootLogin yes\n"
-                      "PasswordAuthentication no\nUsePAM no\nStrictModes no\n"
-                      f"PidFile {keys / 'pid'}\nSubsystem sftp internal-sftp\n")
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\n"
+        f"AuthorizedKeysFile {keys / 'authorized_keys'}\nPermitRootLogin yes\n"
+        "PasswordAuthentication no\nUsePAM no\nStrictModes no\n"
+        f"PidFile {keys / 'pid'}\nSubsystem sftp internal-sftp\n"
+    )
     proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.5)
-        opts = ["-i", str(keys / "user"), "-o", "StrictHostKeyChecking=no", "-o",
-                "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes"]
+        opts = [
+            "-i",
+            str(keys / "user"),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "BatchMode=yes",
+        ]
         yield ([*opts, "-P", str(port)], str(port))
     finally:
         proc.terminate()
@@ -117,8 +150,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256, help="MiB of the large file")
     parser.add_argument("--small-files", type=int, default=10_000)
-    parser.add_argument("--rounds", type=int, default=5, choices=range(1, 21), metavar="1..20",
-                        help="interleaved rounds of push, pull and raw stream (medians)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        choices=range(1, 21),
+        metavar="1..20",
+        help="interleaved rounds of push, pull and raw stream (medians)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     write_bytecode_cache()  # every figure starts hvsock processes
@@ -141,27 +180,51 @@ def main() -> int:
             pushes, pulls, raws = [], [], []
             for _ in range(args.rounds):
                 pushes.append(timed([*HVSOCK, "cp", "--remote", addr, str(big), ":big"]))
-                pulls.append(timed([*HVSOCK, "cp", "--remote", addr, ":big",
-                                    str(work / "pulled")]))
+                pulls.append(timed([*HVSOCK, "cp", "--remote", addr, ":big", str(work / "pulled")]))
                 (root / "big").unlink()
                 (work / "pulled").unlink()
                 raws.append(raw_stream(big, work / "raw.out", work / "raw.sock"))
                 (work / "raw.out").unlink()
             t_cp, t_pull, t_raw = (statistics.median(t) for t in (pushes, pulls, raws))
-            rows.append(row(f"push one {args.size} MiB file", "MB/s", mbps(t_cp), mbps(t_raw),
-                            "raw stream: hvsock connect < file", ">= 0.9"))
-            rows.append(row(f"pull one {args.size} MiB file", "MB/s", mbps(t_pull),
-                            mbps(t_raw), "raw stream: hvsock connect < file", ">= 0.9"))
+            rows.append(
+                row(
+                    f"push one {args.size} MiB file",
+                    "MB/s",
+                    mbps(t_cp),
+                    mbps(t_raw),
+                    "raw stream: hvsock connect < file",
+                    ">= 0.9",
+                )
+            )
+            rows.append(
+                row(
+                    f"pull one {args.size} MiB file",
+                    "MB/s",
+                    mbps(t_pull),
+                    mbps(t_raw),
+                    "raw stream: hvsock connect < file",
+                    ">= 0.9",
+                )
+            )
             with sshd(work) as ssh:
                 if ssh is None:
                     notes.append("scp/rsync skipped: no sshd or not root")
                 else:
                     opts, port = ssh
                     try:
-                        t_scp = timed(["scp", "-q", *opts, str(big),
-                                       f"root@127.0.0.1:{work}/scp.out"])
-                        rows.append(row(f"one {args.size} MiB file", "MB/s", mbps(t_cp),
-                                        mbps(t_scp), "scp over loopback sshd", "> 1"))
+                        t_scp = timed(
+                            ["scp", "-q", *opts, str(big), f"root@127.0.0.1:{work}/scp.out"]
+                        )
+                        rows.append(
+                            row(
+                                f"one {args.size} MiB file",
+                                "MB/s",
+                                mbps(t_cp),
+                                mbps(t_scp),
+                                "scp over loopback sshd",
+                                "> 1",
+                            )
+                        )
                         (work / "scp.out").unlink()
                     except subprocess.CalledProcessError as exc:
                         notes.append(f"scp failed: {exc}")
@@ -169,18 +232,38 @@ def main() -> int:
                         relay = work / "ssh-relay.sock"
                         relay_proc = subprocess.Popen(
                             [*HVSOCK, "relay", f"unix://{relay}", f"tcp://127.0.0.1:{port}"],
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL,
+                        )
                         try:
                             wait_for(relay)
-                            ssh_cmd = " ".join(["ssh", *[o for o in opts if o != "-P" and
-                                                         o != port],
-                                                "-o", f"'ProxyCommand={HVSOCK[0]} connect "
-                                                f"unix://{relay}'"])
-                            t_rsync = timed(["rsync", "-a", "-e", ssh_cmd, str(big),
-                                             f"root@vm:{work}/rsync.out"])
-                            rows.append(row(f"one {args.size} MiB file", "MB/s", mbps(t_cp),
-                                            mbps(t_rsync),
-                                            "rsync -e ssh, ProxyCommand hvsock connect", "> 1"))
+                            ssh_cmd = " ".join(
+                                [
+                                    "ssh",
+                                    *[o for o in opts if o != "-P" and o != port],
+                                    "-o",
+                                    f"'ProxyCommand={HVSOCK[0]} connect unix://{relay}'",
+                                ]
+                            )
+                            t_rsync = timed(
+                                [
+                                    "rsync",
+                                    "-a",
+                                    "-e",
+                                    ssh_cmd,
+                                    str(big),
+                                    f"root@vm:{work}/rsync.out",
+                                ]
+                            )
+                            rows.append(
+                                row(
+                                    f"one {args.size} MiB file",
+                                    "MB/s",
+                                    mbps(t_cp),
+                                    mbps(t_rsync),
+                                    "rsync -e ssh, ProxyCommand hvsock connect",
+                                    "> 1",
+                                )
+                            )
                         except subprocess.CalledProcessError as exc:
                             notes.append(f"rsync failed: {exc}")
                         finally:
@@ -198,17 +281,29 @@ def main() -> int:
         out = work / "tar-out"
         out.mkdir()
         tar_sock = work / "tar.sock"
-        listener = subprocess.Popen(f"{HVSOCK[0]} listen unix://{tar_sock} 2>/dev/null "
-                                    f"</dev/null | tar -C {out} -xf -", shell=True)
+        listener = subprocess.Popen(
+            f"{HVSOCK[0]} listen unix://{tar_sock} 2>/dev/null </dev/null | tar -C {out} -xf -",
+            shell=True,
+        )
         wait_for(tar_sock)
         start = time.perf_counter()
-        subprocess.run(f"tar -C {src} -cf - small | {HVSOCK[0]} connect unix://{tar_sock} "
-                       ">/dev/null", shell=True, check=True)
+        subprocess.run(
+            f"tar -C {src} -cf - small | {HVSOCK[0]} connect unix://{tar_sock} >/dev/null",
+            shell=True,
+            check=True,
+        )
         listener.wait(120)
         t_tar = time.perf_counter() - start
-        rows.append(row(f"{args.small_files} files of 1 KiB", "files/s",
-                        args.small_files / t_cp_small, args.small_files / t_tar,
-                        "tar -c | hvsock connect | tar -x (no checksums, no fsync)", "report"))
+        rows.append(
+            row(
+                f"{args.small_files} files of 1 KiB",
+                "files/s",
+                args.small_files / t_cp_small,
+                args.small_files / t_tar,
+                "tar -c | hvsock connect | tar -x (no checksums, no fsync)",
+                "report",
+            )
+        )
     emit(rows, args.json)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)

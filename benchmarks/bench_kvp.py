@@ -104,26 +104,33 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer operations")
     args = parser.parse_args()
     if not os.access(SYSTEM_PYTHON, os.X_OK):
-        print(f"bench_kvp: {SYSTEM_PYTHON} is missing; apt-get install -y cloud-init",
-              file=sys.stderr)
+        print(
+            f"bench_kvp: {SYSTEM_PYTHON} is missing; apt-get install -y cloud-init", file=sys.stderr
+        )
         return 3
     n = 200 if args.quick else 2000
     env = dict(os.environ, PYTHONPATH=str(SRC))
-    done = subprocess.run([SYSTEM_PYTHON, "-c", WORKER, str(n)], capture_output=True,
-                          text=True, env=env, timeout=1800, check=False)
+    done = subprocess.run(
+        [SYSTEM_PYTHON, "-c", WORKER, str(n)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+        check=False,
+    )
     if done.returncode != 0:
-        print(f"bench_kvp: the worker failed (is cloud-init installed?):\n{done.stderr}",
-              file=sys.stderr)
+        print(
+            f"bench_kvp: the worker failed (is cloud-init installed?):\n{done.stderr}",
+            file=sys.stderr,
+        )
         return 1
     got = json.loads(done.stdout)
     base = "cloud-init HyperVKvpReportingHandler"
     rows = [
         row("append rate", "records/s", *got["append"], f"{base} _append_kvp_item"),
-        row("set rate, 100-key pool", "sets/s", *got["set"],
-            f"{base} append (it has no set)"),
+        row("set rate, 100-key pool", "sets/s", *got["set"], f"{base} append (it has no set)"),
         row("get rate, 100-key pool", "gets/s", *got["get"], f"{base} _iterate_kvps scan"),
-        row("read rate, 1000-record pool", "reads/s", *got["read"],
-            f"{base} list(_iterate_kvps)"),
+        row("read rate, 1000-record pool", "reads/s", *got["read"], f"{base} list(_iterate_kvps)"),
     ]
     emit(rows, args.json)
     return 0

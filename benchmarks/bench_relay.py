@@ -58,11 +58,24 @@ from hvsock._core import handshake
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("direct", "socat", "hvsock")
-FIGURES = ("throughput", "throughput x16", "connect rate", "connect rate x4", "round trip",
-           "peak RSS", "stalled RSS")
-UNITS = {"throughput": "MB/s", "throughput x16": "MB/s", "connect rate": "conn/s",
-         "connect rate x4": "conn/s", "round trip": "us", "peak RSS": "MB",
-         "stalled RSS": "MB"}
+FIGURES = (
+    "throughput",
+    "throughput x16",
+    "connect rate",
+    "connect rate x4",
+    "round trip",
+    "peak RSS",
+    "stalled RSS",
+)
+UNITS = {
+    "throughput": "MB/s",
+    "throughput x16": "MB/s",
+    "connect rate": "conn/s",
+    "connect rate x4": "conn/s",
+    "round trip": "us",
+    "peak RSS": "MB",
+    "stalled RSS": "MB",
+}
 RSS_FIGURES = ("peak RSS", "stalled RSS")
 # Targets on host paths: (figure, against, min ratio) or, for round trip, max ratio.
 # (issue 14's targets, on the 2-vCPU machine)
@@ -79,6 +92,8 @@ PATH_TARGETS = {"tcp->unix": {"throughput x16": [("socat", 3.0), ("direct", 0.8)
 
 def targets_for(path: str, vm: bool) -> dict[str, list[tuple[str, float]]]:
     return {**(VM_TARGETS if vm else HOST_TARGETS), **PATH_TARGETS.get(path, {})}
+
+
 RSS_LIMIT_MB = 150
 #: Extra `hvsock relay` options (--relay-args), for trying settings.
 RELAY_ARGS: list[str] = []
@@ -112,8 +127,14 @@ def machine() -> dict[str, Any]:
         info["memory"] = f"{kb / 2**20:.0f} GiB"
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         out = subprocess.run(["socat", "-V"], capture_output=True, text=True, timeout=10).stdout
-        info["socat"] = next((ln.split("version", 1)[1].split()[0] for ln in out.splitlines()
-                              if "socat version" in ln), "")
+        info["socat"] = next(
+            (
+                ln.split("version", 1)[1].split()[0]
+                for ln in out.splitlines()
+                if "socat version" in ln
+            ),
+            "",
+        )
     info["in_test_vm"] = os.environ.get("HVSOCK_IN_TEST_VM") == "1"
     return info
 
@@ -127,11 +148,13 @@ class Procs:
         self.procs: list[subprocess.Popen[bytes]] = []
         self._n = 0
 
-    def start(self, argv: list[str], ready: str | None = None,
-              timeout: float = 60, log: str | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, argv: list[str], ready: str | None = None, timeout: float = 60, log: str | None = None
+    ) -> subprocess.Popen[bytes]:
         with open(log or os.devnull, "wb") as err:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=err)
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
+            )
         self.procs.append(proc)
         if ready is not None:
             deadline = time.monotonic() + timeout
@@ -145,11 +168,13 @@ class Procs:
         self._n += 1
         return f"{self.tmp}/ready{self._n}.json"
 
-    def hvsock(self, *args: str,
-               log: str | None = None) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    def hvsock(
+        self, *args: str, log: str | None = None
+    ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
         ready = self.ready_file()
-        proc = self.start([sys.executable, "-m", "hvsock", *args, "--ready-file", ready], ready,
-                          log=log)
+        proc = self.start(
+            [sys.executable, "-m", "hvsock", *args, "--ready-file", ready], ready, log=log
+        )
         return proc, json.loads(Path(ready).read_text())
 
     def stop(self, proc: subprocess.Popen[bytes]) -> None:
@@ -216,6 +241,7 @@ def connector(address: str, handshake_port: int | None) -> Callable[[], socket.s
             line += byte
         handshake.parse_ok(line)
         return sock
+
     return connect
 
 
@@ -232,6 +258,7 @@ def async_connector(address: str, handshake_port: int | None) -> Callable[[], An
             sock.setblocking(False)
         await loop.sock_sendall(sock, bench.ECHO)
         return sock
+
     return connect
 
 
@@ -252,8 +279,10 @@ class ClientPool:
 
     def _start(self) -> None:
         argv = [sys.executable, str(HERE / "_relay_procs.py"), "connect"]
-        self.procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                       text=True) for _ in range(self.clients)]
+        self.procs = [
+            subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            for _ in range(self.clients)
+        ]
         self._expect("started")
 
     def _expect(self, word: str) -> None:
@@ -269,13 +298,15 @@ class ClientPool:
             proc.stdin.write(line + "\n")
             proc.stdin.flush()
 
-    def connect_rate(self, address: str, handshake_port: int | None, *,
-                     duration: float) -> bench.BenchResult:
+    def connect_rate(
+        self, address: str, handshake_port: int | None, *, duration: float
+    ) -> bench.BenchResult:
         """Every client connects for *duration* s, started together; OSError if one failed."""
         if not self.procs:
             self._start()
-        self._send(json.dumps({"address": address, "handshake": handshake_port,
-                               "duration": duration}))
+        self._send(
+            json.dumps({"address": address, "handshake": handshake_port, "duration": duration})
+        )
         self._expect("ready")  # each has its connector: all start at once
         self._send("go")
         results = []
@@ -284,14 +315,19 @@ class ClientPool:
             results.append(json.loads(proc.stdout.readline()))
         failed = [r["error"] for r in results if "error" in r]
         if failed:
-            raise OSError(f"{len(failed)} of {len(self.procs)} connect-rate clients failed: "
-                          f"{failed[0]}")
+            raise OSError(
+                f"{len(failed)} of {len(self.procs)} connect-rate clients failed: {failed[0]}"
+            )
         count = sum(int(r["count"]) for r in results)
         seconds = max(float(r["seconds"]) for r in results)
-        return bench.BenchResult("connect rate", address, round(count / seconds, 1), "conn/s",
-                                 round(seconds, 4), {"count": count,
-                                                     "parallel": len(self.procs),
-                                                     "clients": "processes"})
+        return bench.BenchResult(
+            "connect rate",
+            address,
+            round(count / seconds, 1),
+            "conn/s",
+            round(seconds, 4),
+            {"count": count, "parallel": len(self.procs), "clients": "processes"},
+        )
 
     def close(self) -> None:
         for proc in self.procs:
@@ -330,9 +366,13 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def stress_sampled(address: str, handshake_port: int | None, relay_pid: int | None,
-                   samples: list[tuple[float, float, int]],
-                   **options: Any) -> stress.StressResult:
+def stress_sampled(
+    address: str,
+    handshake_port: int | None,
+    relay_pid: int | None,
+    samples: list[tuple[float, float, int]],
+    **options: Any,
+) -> stress.StressResult:
     """A checked stress run (*options* are stress_async's) while the relay's memory
     (its processes' RSS and PSS) is sampled into *samples* every 0.1 s."""
     stop = [False]
@@ -347,8 +387,8 @@ def stress_sampled(address: str, handshake_port: int | None, relay_pid: int | No
         task = asyncio.ensure_future(sampler())
         try:
             return await stress.stress_async(
-                address, timeout=120, connect=async_connector(address, handshake_port),
-                **options)
+                address, timeout=120, connect=async_connector(address, handshake_port), **options
+            )
         finally:
             stop[0] = True
             await task
@@ -356,15 +396,29 @@ def stress_sampled(address: str, handshake_port: int | None, relay_pid: int | No
     return asyncio.run(main())
 
 
-def measure_rss(address: str, handshake_port: int | None, conns: int, variant: str,
-                relay_pid: int | None) -> dict[str, Any]:
+def measure_rss(
+    address: str, handshake_port: int | None, conns: int, variant: str, relay_pid: int | None
+) -> dict[str, Any]:
     """Run *conns* checked connections at once; the relay's peak memory meanwhile."""
     samples: list[tuple[float, float, int]] = []
-    result = stress_sampled(address, handshake_port, relay_pid, samples, connections=conns,
-                            parallel=conns, min_size=1024, max_size=64 * 1024, seed=20240,
-                            sync_start=True, hold=1.0)
-    out: dict[str, Any] = {"connections": conns, "mismatches": len(result.failures),
-                           "failures": [str(f) for f in result.failures[:5]]}
+    result = stress_sampled(
+        address,
+        handshake_port,
+        relay_pid,
+        samples,
+        connections=conns,
+        parallel=conns,
+        min_size=1024,
+        max_size=64 * 1024,
+        seed=20240,
+        sync_start=True,
+        hold=1.0,
+    )
+    out: dict[str, Any] = {
+        "connections": conns,
+        "mismatches": len(result.failures),
+        "failures": [str(f) for f in result.failures[:5]],
+    }
     _memory(out, samples, variant)
     return out
 
@@ -385,8 +439,9 @@ def _memory(out: dict[str, Any], samples: list[tuple[float, float, int]], varian
             out["processes"] = max((n for _, _, n in samples), default=0)
 
 
-def measure_stalled(address: str, handshake_port: int | None, conns: int, variant: str,
-                    relay_pid: int | None) -> dict[str, Any]:
+def measure_stalled(
+    address: str, handshake_port: int | None, conns: int, variant: str, relay_pid: int | None
+) -> dict[str, Any]:
     """*conns* clients that send (echo mode) and never read, so the server's echo
     stalls at the relay; meanwhile 100 checked connections that do read."""
     samples: list[tuple[float, float, int]] = []
@@ -415,22 +470,41 @@ def measure_stalled(address: str, handshake_port: int | None, conns: int, varian
             if relay_pid is not None:
                 pids = [relay_pid, *children(relay_pid)]
                 samples.append((*rss_of(pids), len(pids)))
-        result = stress_sampled(address, handshake_port, relay_pid, samples,
-                                connections=100, parallel=100, min_size=1024,
-                                max_size=256 * 1024, seed=20241)
+        result = stress_sampled(
+            address,
+            handshake_port,
+            relay_pid,
+            samples,
+            connections=100,
+            parallel=100,
+            min_size=1024,
+            max_size=256 * 1024,
+            seed=20241,
+        )
     finally:
         for sock in stalled:
             sock.close()
-    out: dict[str, Any] = {"connections": conns, "stalled_bytes_sent": sent,
-                           "mismatches": len(result.failures),
-                           "failures": [str(f) for f in result.failures[:5]]}
+    out: dict[str, Any] = {
+        "connections": conns,
+        "stalled_bytes_sent": sent,
+        "mismatches": len(result.failures),
+        "failures": [str(f) for f in result.failures[:5]],
+    }
     _memory(out, samples, variant)
     return out
 
 
-def run_path(path: Route, procs: Procs, pool: ClientPool, *, rounds: int, duration: float,
-             conns: int, progress: Callable[[str], None],
-             figures: tuple[str, ...] = FIGURES) -> dict[str, Any]:
+def run_path(
+    path: Route,
+    procs: Procs,
+    pool: ClientPool,
+    *,
+    rounds: int,
+    duration: float,
+    conns: int,
+    progress: Callable[[str], None],
+    figures: tuple[str, ...] = FIGURES,
+) -> dict[str, Any]:
     results: dict[str, dict[str, list[float]]] = {f: {v: [] for v in VARIANTS} for f in FIGURES}
     extra: dict[str, Any] = {}
 
@@ -440,15 +514,25 @@ def run_path(path: Route, procs: Procs, pool: ClientPool, *, rounds: int, durati
         return address, hs
 
     measures: list[tuple[str, Callable[[str, int | None], bench.BenchResult]]] = [
-        ("throughput", lambda a, hs: bench.throughput(
-            a, duration=duration, connect=connector(a, hs))),
-        ("throughput x16", lambda a, hs: bench.throughput(
-            a, duration=duration, streams=16, connect=connector(a, hs))),
-        ("connect rate", lambda a, hs: bench.connect_rate(
-            a, duration=duration, connect=connector(a, hs))),
+        (
+            "throughput",
+            lambda a, hs: bench.throughput(a, duration=duration, connect=connector(a, hs)),
+        ),
+        (
+            "throughput x16",
+            lambda a, hs: bench.throughput(
+                a, duration=duration, streams=16, connect=connector(a, hs)
+            ),
+        ),
+        (
+            "connect rate",
+            lambda a, hs: bench.connect_rate(a, duration=duration, connect=connector(a, hs)),
+        ),
         ("connect rate x4", lambda a, hs: pool.connect_rate(a, hs, duration=duration)),
-        ("round trip", lambda a, hs: bench.round_trip(
-            a, duration=duration, connect=connector(a, hs))),
+        (
+            "round trip",
+            lambda a, hs: bench.round_trip(a, duration=duration, connect=connector(a, hs)),
+        ),
     ]
     errors: list[dict[str, Any]] = []
     for figure, measure in measures:
@@ -462,8 +546,14 @@ def run_path(path: Route, procs: Procs, pool: ClientPool, *, rounds: int, durati
                     results[figure][variant].append(measure(address, hs).value)
                 except (OSError, hvsock.HvsockError) as exc:
                     # Reported, not fatal: a failed run is a finding of its own.
-                    errors.append({"figure": figure, "variant": variant, "round": r + 1,
-                                   "error": str(exc)[:300]})
+                    errors.append(
+                        {
+                            "figure": figure,
+                            "variant": variant,
+                            "round": r + 1,
+                            "error": str(exc)[:300],
+                        }
+                    )
     stalled_extra: dict[str, Any] = {}
     for variant in VARIANTS:
         address, hs = client(variant)
@@ -484,8 +574,10 @@ def run_path(path: Route, procs: Procs, pool: ClientPool, *, rounds: int, durati
             results["stalled RSS"][variant].append(st["value"])
     table: dict[str, Any] = {}
     for figure in FIGURES:
-        medians = {v: (round(statistics.median(xs), 2) if xs else None)
-                   for v, xs in results[figure].items()}
+        medians = {
+            v: (round(statistics.median(xs), 2) if xs else None)
+            for v, xs in results[figure].items()
+        }
         table[figure] = {"unit": UNITS[figure], **medians, "runs": results[figure]}
     table["peak RSS"]["detail"] = extra
     table["stalled RSS"]["detail"] = stalled_extra
@@ -496,18 +588,23 @@ def run_path(path: Route, procs: Procs, pool: ClientPool, *, rounds: int, durati
     return table
 
 
-def ratios(table: dict[str, Any],
-           targets: dict[str, list[tuple[str, float]]]) -> list[dict[str, Any]]:
+def ratios(
+    table: dict[str, Any], targets: dict[str, list[tuple[str, float]]]
+) -> list[dict[str, Any]]:
     rows = []
     for figure in FIGURES:
         entry = table[figure]
         ours = entry["hvsock"]
-        row: dict[str, Any] = {"figure": figure, "unit": entry["unit"],
-                               "direct": entry["direct"], "socat": entry["socat"],
-                               "hvsock": ours}
+        row: dict[str, Any] = {
+            "figure": figure,
+            "unit": entry["unit"],
+            "direct": entry["direct"],
+            "socat": entry["socat"],
+            "hvsock": ours,
+        }
         for against in ("direct", "socat"):
             base = entry[against]
-            row[f"vs_{against}"] = (round(ours / base, 3) if ours is not None and base else None)
+            row[f"vs_{against}"] = round(ours / base, 3) if ours is not None and base else None
         checks = []
         for against, bound in targets.get(figure, []):
             value = row[f"vs_{against}"]
@@ -515,14 +612,23 @@ def ratios(table: dict[str, Any],
                 continue
             lower_is_better = figure == "round trip"
             met = value <= bound if lower_is_better else value >= bound
-            checks.append({"against": against, "bound": bound,
-                           "rule": f"{'<=' if lower_is_better else '>='} {bound}x {against}",
-                           "met": met})
+            checks.append(
+                {
+                    "against": against,
+                    "bound": bound,
+                    "rule": f"{'<=' if lower_is_better else '>='} {bound}x {against}",
+                    "met": met,
+                }
+            )
         if figure in RSS_FIGURES and ours is not None:
             detail = entry.get("detail", {})
             mism = detail.get("hvsock", {}).get("mismatches", 0)
-            checks.append({"rule": f"< {RSS_LIMIT_MB} MB, 0 mismatches",
-                           "met": ours < RSS_LIMIT_MB and mism == 0})
+            checks.append(
+                {
+                    "rule": f"< {RSS_LIMIT_MB} MB, 0 mismatches",
+                    "met": ours < RSS_LIMIT_MB and mism == 0,
+                }
+            )
             row["mismatches"] = {v: d.get("mismatches") for v, d in detail.items()}
         row["targets"] = checks
         rows.append(row)
@@ -534,22 +640,36 @@ def start_relays(path: Route, procs: Procs, server_pid: int) -> None:
     """Start socat and hvsock relay for *path*; fill in the three addresses."""
     listen = "tcp://127.0.0.1:0" if path.listen_kind == "tcp" else "vsock://any:any"
     path.log = f"{procs.tmp}/relay-{path.name.replace('>', '')}.log"
-    relay, info = procs.hvsock("relay", listen, path.relay_target, "--quiet",
-                               "--max-connections", "5000", "--idle-timeout", "0",
-                               *RELAY_ARGS, log=path.log)
+    relay, info = procs.hvsock(
+        "relay",
+        listen,
+        path.relay_target,
+        "--quiet",
+        "--max-connections",
+        "5000",
+        "--idle-timeout",
+        "0",
+        *RELAY_ARGS,
+        log=path.log,
+    )
     if path.listen_kind == "tcp":
         port = free_tcp_port()
         socat_address = f"tcp://127.0.0.1:{port}"
     else:
         port = free_vsock_port()
         socat_address = f"vsock://1:{port}"
-    sp = procs.start(["socat", f"{path.socat_listen}:{port},fork,reuseaddr,backlog=1024",
-                      path.socat_target])
+    sp = procs.start(
+        ["socat", f"{path.socat_listen}:{port},fork,reuseaddr,backlog=1024", path.socat_target]
+    )
     wait_listening(lambda: hvsock.connect(socat_address, timeout=2))
-    path.addresses.update(direct=path.direct, socat=socat_address,
-                          hvsock=vsock_client_address(info["listen"]),
-                          socat_pid=str(sp.pid), hvsock_pid=str(relay.pid),
-                          server_pid=str(server_pid))
+    path.addresses.update(
+        direct=path.direct,
+        socat=socat_address,
+        hvsock=vsock_client_address(info["listen"]),
+        socat_pid=str(sp.pid),
+        hvsock_pid=str(relay.pid),
+        server_pid=str(server_pid),
+    )
 
 
 def host_paths(procs: Procs, tmp: str, wanted: list[str]) -> Iterator[Route]:
@@ -563,28 +683,44 @@ def host_paths(procs: Procs, tmp: str, wanted: list[str]) -> Iterator[Route]:
     if "tcp-unix" in wanted:
         sock = f"{tmp}/bench.sock"
         server, info = procs.hvsock("bench", "server", f"unix://{sock}")
-        p = Route("tcp->unix", info["address"], info["address"], "TCP-LISTEN",
-                  f"UNIX-CONNECT:{sock}", "tcp")
+        p = Route(
+            "tcp->unix",
+            info["address"],
+            info["address"],
+            "TCP-LISTEN",
+            f"UNIX-CONNECT:{sock}",
+            "tcp",
+        )
         start_relays(p, procs, server.pid)
         yield p
     if "tcp-hybrid" in wanted:
         uds = f"{tmp}/vm.sock"
         ready = procs.ready_file()
-        procs.start([sys.executable, str(HERE / "_relay_procs.py"), "muxer", uds, ready, "52"],
-                    ready)
+        procs.start(
+            [sys.executable, str(HERE / "_relay_procs.py"), "muxer", uds, ready, "52"], ready
+        )
         guest_path = json.loads(Path(ready).read_text())["guest_paths"]["52"]
         server, _ = procs.hvsock("bench", "server", f"unix://{guest_path}")
         target = f"hybrid://{uds}:52"
-        p = Route("tcp->hybrid", target, target, "TCP-LISTEN", f"UNIX-CONNECT:{uds}", "tcp",
-                  client_handshake=52)
+        p = Route(
+            "tcp->hybrid",
+            target,
+            target,
+            "TCP-LISTEN",
+            f"UNIX-CONNECT:{uds}",
+            "tcp",
+            client_handshake=52,
+        )
         start_relays(p, procs, server.pid)
         yield p
 
 
 def vm_paths(procs: Procs, wanted: list[str]) -> Iterator[Route]:
     if not os.path.isdir("/sys/module/vsock_loopback"):
-        raise SystemExit("--vm runs only where vsock_loopback is loaded (the test VM: "
-                         "scripts/bench-vm); here a vsock connect would leave this machine")
+        raise SystemExit(
+            "--vm runs only where vsock_loopback is loaded (the test VM: "
+            "scripts/bench-vm); here a vsock connect would leave this machine"
+        )
     server, info = procs.hvsock("bench", "server", "vsock://any:any")
     target = vsock_client_address(info["address"])
     port = hvsock.parse_address(target).port  # type: ignore[union-attr]
@@ -593,8 +729,9 @@ def vm_paths(procs: Procs, wanted: list[str]) -> Iterator[Route]:
         start_relays(p, procs, server.pid)
         yield p
     if "vsock-vsock" in wanted:
-        p = Route("vsock->vsock", target, target, "VSOCK-LISTEN", f"VSOCK-CONNECT:1:{port}",
-                  "vsock")
+        p = Route(
+            "vsock->vsock", target, target, "VSOCK-LISTEN", f"VSOCK-CONNECT:1:{port}", "vsock"
+        )
         start_relays(p, procs, server.pid)
         yield p
 
@@ -608,26 +745,35 @@ def fmt(x: float | None) -> str:
 
 def print_table(report: dict[str, Any]) -> None:
     m = report["machine"]
-    print(f"machine: {m.get('cpu', m['machine'])} ({m['cpus']} CPUs, {m.get('memory', '?')}), "
-          f"kernel {m['kernel']}, Python {m['python']}, socat {m.get('socat', '?')}"
-          f"{' [QEMU test VM]' if m['in_test_vm'] else ''}")
+    print(
+        f"machine: {m.get('cpu', m['machine'])} ({m['cpus']} CPUs, {m.get('memory', '?')}), "
+        f"kernel {m['kernel']}, Python {m['python']}, socat {m.get('socat', '?')}"
+        f"{' [QEMU test VM]' if m['in_test_vm'] else ''}"
+    )
     print(f"settings: {report['settings']}")
-    header = (f"{'path':<13} {'figure':<15} {'unit':<7} {'direct':>9} {'socat':>9} "
-              f"{'hvsock':>9} {'/direct':>8} {'/socat':>7}  targets")
+    header = (
+        f"{'path':<13} {'figure':<15} {'unit':<7} {'direct':>9} {'socat':>9} "
+        f"{'hvsock':>9} {'/direct':>8} {'/socat':>7}  targets"
+    )
     print(header)
     print("-" * len(header))
     for path in report["paths"]:
         for row in path["rows"]:
-            checks = "; ".join(f"{c['rule']}: {'met' if c['met'] else 'MISSED'}"
-                               for c in row["targets"])
+            checks = "; ".join(
+                f"{c['rule']}: {'met' if c['met'] else 'MISSED'}" for c in row["targets"]
+            )
             vd = "-" if row["vs_direct"] is None else f"{row['vs_direct']:.2f}x"
             vs = "-" if row["vs_socat"] is None else f"{row['vs_socat']:.2f}x"
-            print(f"{path['name']:<13} {row['figure']:<15} {row['unit']:<7} "
-                  f"{fmt(row['direct']):>9} {fmt(row['socat']):>9} {fmt(row['hvsock']):>9} "
-                  f"{vd:>8} {vs:>7}  {checks}")
+            print(
+                f"{path['name']:<13} {row['figure']:<15} {row['unit']:<7} "
+                f"{fmt(row['direct']):>9} {fmt(row['socat']):>9} {fmt(row['hvsock']):>9} "
+                f"{vd:>8} {vs:>7}  {checks}"
+            )
         for error in path["table"].get("errors", []):
-            print(f"  {path['name']}, {error['figure']}, {error['variant']}, round "
-                  f"{error['round']}: FAILED: {error['error']}")
+            print(
+                f"  {path['name']}, {error['figure']}, {error['variant']}, round "
+                f"{error['round']}: FAILED: {error['error']}"
+            )
         problems = path["table"].get("relay_problems", {})
         if problems.get("count"):
             print(f"  {path['name']}: hvsock relay logged {problems['count']} problem(s), e.g.")
@@ -636,32 +782,44 @@ def print_table(report: dict[str, Any]) -> None:
         for figure in RSS_FIGURES:
             for variant, detail in path["table"][figure].get("detail", {}).items():
                 if detail.get("mismatches"):
-                    print(f"  {path['name']}, {figure}, {variant}: {detail['mismatches']} "
-                          f"connections failed, e.g. {detail['failures'][0][:100]}")
+                    print(
+                        f"  {path['name']}, {figure}, {variant}: {detail['mismatches']} "
+                        f"connections failed, e.g. {detail['failures'][0][:100]}"
+                    )
 
 
 def markdown(report: dict[str, Any]) -> str:
     """The report as a Markdown table (what docs/port-forwarding.md shows)."""
     m = report["machine"]
     where = " (inside the QEMU test VM, TCG)" if m["in_test_vm"] else ""
-    lines = [f"Measured on: {m.get('cpu', m['machine'])}, {m['cpus']} CPUs, "
-             f"{m.get('memory', '?')}, Linux {m['kernel']}, Python {m['python']}, "
-             f"socat {m.get('socat', '?')}{where}.",
-             "",
-             "| path | figure | direct | socat | hvsock relay | vs direct | vs socat | target |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        f"Measured on: {m.get('cpu', m['machine'])}, {m['cpus']} CPUs, "
+        f"{m.get('memory', '?')}, Linux {m['kernel']}, Python {m['python']}, "
+        f"socat {m.get('socat', '?')}{where}.",
+        "",
+        "| path | figure | direct | socat | hvsock relay | vs direct | vs socat | target |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
     for path in report["paths"]:
         targets = targets_for(path["name"], m["in_test_vm"])
         for row in ratios(path["table"], targets):  # today's targets on saved figures
             unit = row["unit"]
-            checks = "; ".join(f"{c['rule']}: {'met' if c['met'] else '**missed**'}"
-                               for c in row["targets"]) or "-"
+            checks = (
+                "; ".join(
+                    f"{c['rule']}: {'met' if c['met'] else '**missed**'}" for c in row["targets"]
+                )
+                or "-"
+            )
             vd = "-" if row["vs_direct"] is None else f"{row['vs_direct']:.2f}x"
             vs = "-" if row["vs_socat"] is None else f"{row['vs_socat']:.2f}x"
-            cells = [f"{fmt(row[v])} {unit}" if row[v] is not None else "-"
-                     for v in ("direct", "socat", "hvsock")]
-            lines.append(f"| {path['name']} | {row['figure']} | {' | '.join(cells)} | {vd} | "
-                         f"{vs} | {checks} |")
+            cells = [
+                f"{fmt(row[v])} {unit}" if row[v] is not None else "-"
+                for v in ("direct", "socat", "hvsock")
+            ]
+            lines.append(
+                f"| {path['name']} | {row['figure']} | {' | '.join(cells)} | {vd} | "
+                f"{vs} | {checks} |"
+            )
     return "\n".join(lines)
 
 
@@ -669,22 +827,40 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--json-out", help="also write the JSON report to this file")
-    parser.add_argument("--vm", action="store_true",
-                        help="the VM paths (inside the test VM only; see scripts/bench-vm)")
-    parser.add_argument("--paths", help="comma-separated subset: tcp-tcp,tcp-unix,tcp-hybrid "
-                        "(host) or tcp-vsock,vsock-vsock (--vm)")
-    parser.add_argument("--figures", help="comma-separated subset of the figures: "
-                        + ", ".join(f.replace(" ", "-") for f in FIGURES))
+    parser.add_argument(
+        "--vm",
+        action="store_true",
+        help="the VM paths (inside the test VM only; see scripts/bench-vm)",
+    )
+    parser.add_argument(
+        "--paths",
+        help="comma-separated subset: tcp-tcp,tcp-unix,tcp-hybrid "
+        "(host) or tcp-vsock,vsock-vsock (--vm)",
+    )
+    parser.add_argument(
+        "--figures",
+        help="comma-separated subset of the figures: "
+        + ", ".join(f.replace(" ", "-") for f in FIGURES),
+    )
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=0.6,
-                        help="seconds per measurement (default 0.6)")
-    parser.add_argument("--connections", type=int, default=1000,
-                        help="connections at once for the RSS figure (default 1000)")
+    parser.add_argument(
+        "--duration", type=float, default=0.6, help="seconds per measurement (default 0.6)"
+    )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=1000,
+        help="connections at once for the RSS figure (default 1000)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    parser.add_argument("--markdown", metavar="REPORT_JSON",
-                        help="print a saved JSON report as a Markdown table, and exit")
-    parser.add_argument("--relay-args", default="",
-                        help="extra `hvsock relay` options, e.g. '--busy-poll 0'")
+    parser.add_argument(
+        "--markdown",
+        metavar="REPORT_JSON",
+        help="print a saved JSON report as a Markdown table, and exit",
+    )
+    parser.add_argument(
+        "--relay-args", default="", help="extra `hvsock relay` options, e.g. '--busy-poll 0'"
+    )
     args = parser.parse_args()
     if args.markdown:
         print(markdown(json.loads(Path(args.markdown).read_text())))
@@ -711,21 +887,39 @@ def main() -> int:
     started = time.monotonic()
     report: dict[str, Any] = {
         "machine": machine(),
-        "settings": {"rounds": args.rounds, "duration_s": args.duration,
-                     "connections": args.connections, "client_write": bench.DEFAULT_BUFFER,
-                     "relay": ["--quiet", *RELAY_ARGS],
-                     "connect_rate_x4_clients": "4 processes"},
-        "paths": []}
+        "settings": {
+            "rounds": args.rounds,
+            "duration_s": args.duration,
+            "connections": args.connections,
+            "client_write": bench.DEFAULT_BUFFER,
+            "relay": ["--quiet", *RELAY_ARGS],
+            "connect_rate_x4_clients": "4 processes",
+        },
+        "paths": [],
+    }
     with tempfile.TemporaryDirectory(prefix="hvbr-", dir="/tmp") as tmp:
         procs = Procs(tmp)
         pool = ClientPool(4)
         try:
             paths = vm_paths(procs, wanted) if args.vm else host_paths(procs, tmp, wanted)
             for path in paths:
-                table = run_path(path, procs, pool, rounds=args.rounds, duration=args.duration,
-                                 conns=args.connections, progress=progress, figures=figures)
-                report["paths"].append({"name": path.name, "table": table,
-                                        "rows": ratios(table, targets_for(path.name, args.vm))})
+                table = run_path(
+                    path,
+                    procs,
+                    pool,
+                    rounds=args.rounds,
+                    duration=args.duration,
+                    conns=args.connections,
+                    progress=progress,
+                    figures=figures,
+                )
+                report["paths"].append(
+                    {
+                        "name": path.name,
+                        "table": table,
+                        "rows": ratios(table, targets_for(path.name, args.vm)),
+                    }
+                )
                 for key in ("hvsock_pid", "socat_pid", "server_pid"):
                     pid = int(path.addresses[key])
                     for proc in procs.procs:

@@ -26,13 +26,17 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 HVSOCK = [sys.executable, "-m", "hvsock"]
-TESTS = {"1 stream": ("throughput", {}), "16 streams": ("parallel", {"streams": "16"}),
-         "conn/s x4": ("connect", {"parallel": "4"})}
+TESTS = {
+    "1 stream": ("throughput", {}),
+    "16 streams": ("parallel", {"streams": "16"}),
+    "conn/s x4": ("connect", {"parallel": "4"}),
+}
 
 
 def start(argv: list[str], ready: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 30
     while not os.path.exists(ready):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -51,8 +55,18 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def measure(address: str, test: str, extra: dict[str, str], duration: float) -> float:
-    argv = [*HVSOCK, "bench", "client", address, "--tests", test, "--duration", str(duration),
-            "--json", "--no-progress"]
+    argv = [
+        *HVSOCK,
+        "bench",
+        "client",
+        address,
+        "--tests",
+        test,
+        "--duration",
+        str(duration),
+        "--json",
+        "--no-progress",
+    ]
     for key, value in extra.items():
         argv += [f"--{key}", value]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True).stdout
@@ -69,22 +83,37 @@ def main() -> int:
     n = args.workers
     results: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="hvbw-") as tmp:
-        sink = start([*HVSOCK, "bench", "server", "tcp://127.0.0.1:0", "--ready-file",
-                      f"{tmp}/sink.json"], f"{tmp}/sink.json")
+        sink = start(
+            [*HVSOCK, "bench", "server", "tcp://127.0.0.1:0", "--ready-file", f"{tmp}/sink.json"],
+            f"{tmp}/sink.json",
+        )
         target = json.loads(Path(f"{tmp}/sink.json").read_text())["address"]
         variants = {
             "1 loop": [*HVSOCK, "relay", "tcp://127.0.0.1:0", target, "--workers", "1"],
-            f"{n} threads": [sys.executable, str(HERE / "_relay_procs.py"), "threads", str(n),
-                             "tcp://127.0.0.1:0", target],
-            f"{n} processes": [*HVSOCK, "relay", "tcp://127.0.0.1:0", target,
-                               "--workers", str(n)],
+            f"{n} threads": [
+                sys.executable,
+                str(HERE / "_relay_procs.py"),
+                "threads",
+                str(n),
+                "tcp://127.0.0.1:0",
+                target,
+            ],
+            f"{n} processes": [*HVSOCK, "relay", "tcp://127.0.0.1:0", target, "--workers", str(n)],
         }
         try:
             for name, argv in variants.items():
                 ready = f"{tmp}/{name.replace(' ', '_')}.json"
                 if argv[1] != str(HERE / "_relay_procs.py"):
-                    argv = [*argv, "--quiet", "--idle-timeout", "0", "--max-connections",
-                            "5000", "--ready-file", ready]
+                    argv = [
+                        *argv,
+                        "--quiet",
+                        "--idle-timeout",
+                        "0",
+                        "--max-connections",
+                        "5000",
+                        "--ready-file",
+                        ready,
+                    ]
                 else:
                     argv = [*argv, ready]
                 relay = start(argv, ready)
@@ -93,13 +122,19 @@ def main() -> int:
                     for label, (test, extra) in TESTS.items():
                         for _ in range(args.rounds):
                             results.setdefault(label, {}).setdefault(name, []).append(
-                                measure(address, test, extra, args.duration))
+                                measure(address, test, extra, args.duration)
+                            )
                 finally:
                     stop(relay)
         finally:
             stop(sink)
-    report: dict[str, Any] = {"workers": n, "cpus": os.cpu_count(), "rounds": args.rounds,
-                              "duration_s": args.duration, "results": results}
+    report: dict[str, Any] = {
+        "workers": n,
+        "cpus": os.cpu_count(),
+        "rounds": args.rounds,
+        "duration_s": args.duration,
+        "results": results,
+    }
     names = list(next(iter(results.values())))
     print(f"{'figure':<12}" + "".join(f"{v:>16}" for v in names))
     for label, by in results.items():

@@ -38,7 +38,8 @@ REQUESTS_ONE = 5000
 REQUESTS_EACH_OF_100 = 100
 IDLE = 1000
 REQUEST = hvsock.framing.encode_frame(
-    hvsock.framing.encode_message(hvsock.framing.Request(1, "echo", {"x": "y"})))
+    hvsock.framing.encode_message(hvsock.framing.Request(1, "echo", {"x": "y"}))
+)
 
 
 @contextlib.contextmanager
@@ -46,7 +47,8 @@ def server(mode: str, trace: bool = False) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="hvbs-", dir="/tmp") as d:
         ready = f"{d}/ready"
         args = [sys.executable, str(HERE / "_server.py"), mode, d, ready] + (
-            ["trace"] if trace else [])
+            ["trace"] if trace else []
+        )
         with subprocess.Popen(args) as proc:
             deadline = time.monotonic() + 20
             while not os.path.exists(ready):
@@ -124,8 +126,9 @@ def heap_per_idle_connection(d: str) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -157,20 +160,47 @@ def main() -> int:
     med = statistics.median
     for lp in loops:
         name = "asyncio" if not lp else "uvloop"
-        row(f"1-byte round trip ({name})", "us", med(rtt[f"hvsock{lp}"]), med(rtt["blocking"]),
-            "blocking-socket echo server", "<= 1.5")
-        row(f"1-byte round trip ({name})", "us", med(rtt[f"hvsock{lp}"]),
-            med(rtt[f"stdlib{lp}"]), f"stdlib {name} echo server")
-    row("framed requests/s, 1 connection", "req/s", med(one["hvsock"]), med(one["stdlib"]),
-        "stdlib asyncio frame echo (no JSON)")
-    row("framed requests/s, 100 connections", "req/s", med(many["hvsock"]),
-        med(many["stdlib"]), "stdlib asyncio frame echo (no JSON)")
+        row(
+            f"1-byte round trip ({name})",
+            "us",
+            med(rtt[f"hvsock{lp}"]),
+            med(rtt["blocking"]),
+            "blocking-socket echo server",
+            "<= 1.5",
+        )
+        row(
+            f"1-byte round trip ({name})",
+            "us",
+            med(rtt[f"hvsock{lp}"]),
+            med(rtt[f"stdlib{lp}"]),
+            f"stdlib {name} echo server",
+        )
+    row(
+        "framed requests/s, 1 connection",
+        "req/s",
+        med(one["hvsock"]),
+        med(one["stdlib"]),
+        "stdlib asyncio frame echo (no JSON)",
+    )
+    row(
+        "framed requests/s, 100 connections",
+        "req/s",
+        med(many["hvsock"]),
+        med(many["stdlib"]),
+        "stdlib asyncio frame echo (no JSON)",
+    )
     heap = {}
     for mode in ("stdlib", "hvsock"):
         with server(mode, trace=True) as d:
             heap[mode] = heap_per_idle_connection(d)
-    row("Python heap per idle connection (1000)", "bytes", heap["hvsock"], heap["stdlib"],
-        "stdlib asyncio streams", "< 65536 bytes")
+    row(
+        "Python heap per idle connection (1000)",
+        "bytes",
+        heap["hvsock"],
+        heap["stdlib"],
+        "stdlib asyncio streams",
+        "< 65536 bytes",
+    )
 
     _report.emit(rows, args.json)
     return 0

@@ -79,9 +79,20 @@ class Hvsock(Server):
         ready = export.parent / f"ready-{port}.json"
         hvsock = Path(sys.executable).with_name("hvsock")
         self.proc = subprocess.Popen(
-            [str(hvsock), "share", str(export), "--listen", f"vsock://any:{port}",
-             "--allow", "1", "--ready-file", str(ready)], stderr=subprocess.DEVNULL,
-            start_new_session=True)
+            [
+                str(hvsock),
+                "share",
+                str(export),
+                "--listen",
+                f"vsock://any:{port}",
+                "--allow",
+                "1",
+                "--ready-file",
+                str(ready),
+            ],
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 120
         while not ready.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -117,9 +128,22 @@ class Diod(Server):
                 return
             fd = conn.fileno()
             child = subprocess.Popen(
-                ["diod", "--foreground", "--no-auth", "--export", str(self.export),
-                 "--rfdno", str(fd), "--wfdno", str(fd), "--logdest", "/dev/null"],
-                pass_fds=(fd,), start_new_session=True)
+                [
+                    "diod",
+                    "--foreground",
+                    "--no-auth",
+                    "--export",
+                    str(self.export),
+                    "--rfdno",
+                    str(fd),
+                    "--wfdno",
+                    str(fd),
+                    "--logdest",
+                    "/dev/null",
+                ],
+                pass_fds=(fd,),
+                start_new_session=True,
+            )
             conn.close()
             self.children.append(child)
             self.pid = child.pid  # the mount's own connection (the last one)
@@ -182,15 +206,18 @@ def untar(tar: bytes, where: Path) -> None:
 
 
 def find_stat(where: Path) -> int:
-    done = subprocess.run(["find", str(where / "t"), "-type", "f", "-printf", "%s\n"],
-                          capture_output=True, check=True, timeout=3600)
+    done = subprocess.run(
+        ["find", str(where / "t"), "-type", "f", "-printf", "%s\n"],
+        capture_output=True,
+        check=True,
+        timeout=3600,
+    )
     return len(done.stdout.splitlines())
 
 
 def open_many(where: Path, count: int) -> list[int]:
     (where / "many").mkdir()
-    return [os.open(where / "many" / f"f{i}", os.O_RDWR | os.O_CREAT, 0o644)
-            for i in range(count)]
+    return [os.open(where / "many" / f"f{i}", os.O_RDWR | os.O_CREAT, 0o644) for i in range(count)]
 
 
 def measure(mnt: Path, size: int, tar: bytes, files: int, server: Server | None) -> dict:
@@ -260,10 +287,15 @@ def main() -> None:
     finally:
         shutil.rmtree(virtio, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
-    mounts = [line for line in Path("/proc/mounts").read_text().splitlines()
-              if f" {ROOT} " in line]
-    report = {"machine": machine(), "size_mib": args.size_mib, "files": args.files,
-              "msize": args.msize, "virtio_9p_mount": mounts, "results": results}
+    mounts = [line for line in Path("/proc/mounts").read_text().splitlines() if f" {ROOT} " in line]
+    report = {
+        "machine": machine(),
+        "size_mib": args.size_mib,
+        "files": args.files,
+        "msize": args.msize,
+        "virtio_9p_mount": mounts,
+        "results": results,
+    }
     ours, theirs = results["hvsock share"], results["diod"]
     report["ratios_vs_diod"] = {
         "write": ours["write_MiBps"] / theirs["write_MiBps"],
@@ -275,14 +307,20 @@ def main() -> None:
     print(json.dumps(report, indent=2))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2))
-    print(f"\n{'':<18} {'write MiB/s':>11} {'read MiB/s':>11} {'untar s':>8} "
-          f"{'find+stat s':>11} {'rm -r s':>8} {'RSS idle/1000 open KiB':>22}")
+    print(
+        f"\n{'':<18} {'write MiB/s':>11} {'read MiB/s':>11} {'untar s':>8} "
+        f"{'find+stat s':>11} {'rm -r s':>8} {'RSS idle/1000 open KiB':>22}"
+    )
     for name, r in results.items():
-        rss = (f"{r['rss_idle_KiB']}/{r['rss_1000_open_KiB']}" if "rss_idle_KiB" in r else "-")
-        print(f"{name:<18} {r['write_MiBps']:>11.1f} {r['read_MiBps']:>11.1f} "
-              f"{r['untar_s']:>8.2f} {r['find_stat_s']:>11.2f} {r['rm_r_s']:>8.2f} {rss:>22}")
-    print("hvsock/diod (higher is better for hvsock): " + ", ".join(
-        f"{k} {v:.2f}x" for k, v in report["ratios_vs_diod"].items()))
+        rss = f"{r['rss_idle_KiB']}/{r['rss_1000_open_KiB']}" if "rss_idle_KiB" in r else "-"
+        print(
+            f"{name:<18} {r['write_MiBps']:>11.1f} {r['read_MiBps']:>11.1f} "
+            f"{r['untar_s']:>8.2f} {r['find_stat_s']:>11.2f} {r['rm_r_s']:>8.2f} {rss:>22}"
+        )
+    print(
+        "hvsock/diod (higher is better for hvsock): "
+        + ", ".join(f"{k} {v:.2f}x" for k, v in report["ratios_vs_diod"].items())
+    )
 
 
 if __name__ == "__main__":

@@ -74,6 +74,7 @@ def raw_unix(path: str) -> Callable[[], socket.socket]:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.connect(path)
         return s
+
     return connect
 
 
@@ -83,8 +84,13 @@ def main() -> int:
     args = parser.parse_args()
     rows: list[dict[str, object]] = []
 
-    def row(name: str, unit: str, ours_fn: Callable[[], float], base_fn: Callable[[], float],
-            baseline: str) -> None:
+    def row(
+        name: str,
+        unit: str,
+        ours_fn: Callable[[], float],
+        base_fn: Callable[[], float],
+        baseline: str,
+    ) -> None:
         # Alternate the two, ROUNDS times, and compare medians: drifts in machine
         # load then hit both sides alike.
         ours_runs, base_runs = [], []
@@ -99,18 +105,26 @@ def main() -> int:
         path = f"{tmp}/u.sock"
         listener = hvsock.listen(f"unix://{path}", backlog=1024)
         accept_forever(listener, sink=False)
-        row("connect+close, unix", "conn/s", lambda: rate(lambda: hvsock.connect(f"unix://{path}")),
-            lambda: rate(raw_unix(path)), "socket.connect")
+        row(
+            "connect+close, unix",
+            "conn/s",
+            lambda: rate(lambda: hvsock.connect(f"unix://{path}")),
+            lambda: rate(raw_unix(path)),
+            "socket.connect",
+        )
         listener.close()
 
         # TCP connect rate.
         listener = hvsock.listen("tcp://127.0.0.1:0", backlog=1024)
         port = listener.getsockname()[1]
         accept_forever(listener, sink=False)
-        row("connect+close, tcp", "conn/s",
+        row(
+            "connect+close, tcp",
+            "conn/s",
             lambda: rate(lambda: hvsock.connect(f"tcp://127.0.0.1:{port}")),
             lambda: rate(lambda: socket.create_connection(("127.0.0.1", port))),
-            "socket.create_connection")
+            "socket.create_connection",
+        )
         listener.close()
 
         # Hybrid: handshake through the emulated muxer vs a raw connect to the guest side.
@@ -118,21 +132,32 @@ def main() -> int:
             guest = muxer.guest_listen(52, backlog=1024)
             accept_forever(guest, sink=True)
             guest_path = guest.getsockname()
-            row("connect+close, hybrid (emulated muxer)", "conn/s",
+            row(
+                "connect+close, hybrid (emulated muxer)",
+                "conn/s",
                 lambda: rate(lambda: hvsock.connect(muxer.address(52)), n=300),
                 lambda: rate(raw_unix(guest_path), n=300),
-                "raw unix connect to the guest listener")
-            row("throughput, hybrid (emulated muxer)", "MB/s",
+                "raw unix connect to the guest listener",
+            )
+            row(
+                "throughput, hybrid (emulated muxer)",
+                "MB/s",
                 lambda: throughput(lambda: hvsock.connect(muxer.address(52))),
-                lambda: throughput(raw_unix(guest_path)), "direct unix socket")
+                lambda: throughput(raw_unix(guest_path)),
+                "direct unix socket",
+            )
             guest.close()
 
         path = f"{tmp}/t.sock"
         listener = hvsock.listen(f"unix://{path}")
         accept_forever(listener, sink=True)
-        row("throughput, unix", "MB/s",
+        row(
+            "throughput, unix",
+            "MB/s",
             lambda: throughput(lambda: hvsock.connect(f"unix://{path}")),
-            lambda: throughput(raw_unix(path)), "socket.connect")
+            lambda: throughput(raw_unix(path)),
+            "socket.connect",
+        )
         listener.close()
 
     _report.emit(rows, args.json)

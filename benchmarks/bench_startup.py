@@ -42,8 +42,9 @@ def wall(argv: list[str], expect: int) -> float:
     # with sleeps that double from 0.5 ms to 50 ms, so every figure would be rounded up
     # to 32 or 64 ms. A timer kills a process that hangs instead.
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     watchdog = threading.Timer(30, proc.kill)
     watchdog.start()
     try:
@@ -93,8 +94,10 @@ def main() -> None:
     runs = max(3, min(args.runs, 201))
     hv = hvsock_command()
     _report.write_bytecode_cache()
-    with tempfile.TemporaryDirectory(prefix="hv-bench-") as tmp, \
-            closing_listener(os.path.join(tmp, "closes.sock")):
+    with (
+        tempfile.TemporaryDirectory(prefix="hv-bench-") as tmp,
+        closing_listener(os.path.join(tmp, "closes.sock")),
+    ):
         missing = f"unix://{os.path.join(tmp, 'nobody.sock')}"
         closes = f"unix://{os.path.join(tmp, 'closes.sock')}"
         commands: dict[str, tuple[list[str], int]] = {
@@ -102,8 +105,7 @@ def main() -> None:
             "import hvsock": ([sys.executable, "-c", "import hvsock"], 0),
             "hvsock --version": ([*hv, "--version"], 0),
             "hvsock connect --help": ([*hv, "connect", "--help"], 0),
-            "hvsock connect (nothing listening)": ([*hv, "connect", missing,
-                                                    "--timeout", "1"], 4),
+            "hvsock connect (nothing listening)": ([*hv, "connect", missing, "--timeout", "1"], 4),
             "hvsock connect (to a listener that closes)": ([*hv, "connect", closes], 0),
         }
         times: dict[str, list[float]] = {name: [] for name in commands}
@@ -120,8 +122,11 @@ def main() -> None:
             continue
         ours = statistics.median(times[name]) * 1000
         target = "<= 2x" if name.startswith(("hvsock --version", "hvsock connect")) else ""
-        rows.append(_report.row(f"{name} (median of {runs})", "ms", ours, base,
-                                'python -c "import socket"', target))
+        rows.append(
+            _report.row(
+                f"{name} (median of {runs})", "ms", ours, base, 'python -c "import socket"', target
+            )
+        )
     _report.emit(rows, args.json)
 
 

@@ -13,8 +13,10 @@ from hvsock._doctor import Machine
 from .fakes import FakeRunner
 
 #: /proc/net/protocols with and without the AF_VSOCK family (real lines, trimmed).
-PROTOCOLS_HEAD = ("protocol  size sockets  memory press maxhdr  slab module     cl co di ac io "
-                  "in de sh ss gs se re sp bi br ha uh gp em\n")
+PROTOCOLS_HEAD = (
+    "protocol  size sockets  memory press maxhdr  slab module     cl co di ac io "
+    "in de sh ss gs se re sp bi br ha uh gp em\n"
+)
 PROTOCOLS = {
     True: PROTOCOLS_HEAD + "AF_VSOCK  1240      0      -1   NI       0   yes  vsock      "
     "y  n  n  n  n  n  n  n  n  n  n  n  n  n  n  n  n  n\nUNIX      1024     42      -1   "
@@ -59,10 +61,18 @@ class FakeVsockSocket:
             self.maker.open -= 1
 
 
-def tree(root: Path, *, modules: tuple[str, ...] = (), vmbus: bool = False,
-         dmi: tuple[str, str] | None = None, osrelease: str = "6.1.0-13-amd64",
-         dev_vsock: bool = False, registered: bool | None = True,
-         vsock: FakeVsock | None = None, euid: int | None = None) -> Machine:
+def tree(
+    root: Path,
+    *,
+    modules: tuple[str, ...] = (),
+    vmbus: bool = False,
+    dmi: tuple[str, str] | None = None,
+    osrelease: str = "6.1.0-13-amd64",
+    dev_vsock: bool = False,
+    registered: bool | None = True,
+    vsock: FakeVsock | None = None,
+    euid: int | None = None,
+) -> Machine:
     """A Linux machine: /sys/module lists *modules* (plus vsock itself when
     *registered*); /proc/net/protocols lists AF_VSOCK when *registered* (None: no
     such file); sockets come from *vsock* (a new FakeVsock by default)."""
@@ -82,5 +92,6 @@ def tree(root: Path, *, modules: tuple[str, ...] = (), vmbus: bool = False,
     if dev_vsock:
         (root / "dev").mkdir()
         (root / "dev" / "vsock").write_text("not a device")
-    return Machine(root=str(root), runner=FakeRunner(), vsock_socket=vsock or FakeVsock(),
-                   euid=euid)
+    return Machine(
+        root=str(root), runner=FakeRunner(), vsock_socket=vsock or FakeVsock(), euid=euid
+    )

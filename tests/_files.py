@@ -28,7 +28,8 @@ def hosting(service: hvsock.Service, address: str) -> Iterator[str]:
     host.add(service, address)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(
-        target=lambda: loop.run_until_complete(host.serve(handle_signals=False)), daemon=True)
+        target=lambda: loop.run_until_complete(host.serve(handle_signals=False)), daemon=True
+    )
     thread.start()
     try:
         assert ready.wait(30), f"{service.name} did not start"
@@ -43,8 +44,9 @@ def hosting(service: hvsock.Service, address: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def serving(roots: list[Path], address: str, service: hvsock.Service | None = None,
-            **options: Any) -> Iterator[str]:
+def serving(
+    roots: list[Path], address: str, service: hvsock.Service | None = None, **options: Any
+) -> Iterator[str]:
     """The file service on *address* in a thread (or *service*, built elsewhere);
     yields its real address."""
     with hosting(service or hvsock.services.file_service(roots, **options), address) as where:

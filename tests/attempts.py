@@ -69,8 +69,10 @@ class Attempts:
         once :meth:`stop` was called (the test is over: a helper thread must not wait
         on)."""
         with self._cond:
-            return self._cond.wait_for(lambda: len(self.times) >= n or self._stopped,
-                                       timeout) and len(self.times) >= n
+            return (
+                self._cond.wait_for(lambda: len(self.times) >= n or self._stopped, timeout)
+                and len(self.times) >= n
+            )
 
     def wait(self, n: int, what: str, timeout: float = 60.0) -> None:
         """:meth:`reached`, failing the test when it is not."""
@@ -108,8 +110,9 @@ def blocked_in_connect() -> bool:
     blocking Unix connect waiting for room in a full backlog)."""
     nr = _CONNECT_NR.get(platform.machine())
     if nr is None:
-        pytest.skip(f"connect(2)'s syscall number on {platform.machine()} is not in "
-                    "tests/attempts.py")
+        pytest.skip(
+            f"connect(2)'s syscall number on {platform.machine()} is not in tests/attempts.py"
+        )
     me = threading.get_native_id()
     for tid in os.listdir("/proc/self/task"):
         if int(tid) == me:

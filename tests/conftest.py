@@ -43,7 +43,8 @@ def _audit(event: str, args: tuple[object, ...]) -> None:
         raise VsockGuardError(
             "this unit/host test created an AF_VSOCK socket on this machine, whose vsock "
             "may lead to a real hypervisor: mark it @pytest.mark.host_vsock (runs only "
-            f"with {HOST_VSOCK_ENV}=1) or move it to tests/kernel")
+            f"with {HOST_VSOCK_ENV}=1) or move it to tests/kernel"
+        )
 
 
 def _host_vsock_allowed() -> bool:
@@ -101,8 +102,9 @@ def _leftovers_stay_with_their_test(request: pytest.FixtureRequest) -> Iterator[
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
-                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     if report.when == "call":
         item.stash[_CALL_REPORT] = report
@@ -124,9 +126,12 @@ def _no_af_vsock_here(request: pytest.FixtureRequest) -> Iterator[None]:
         _Guard.active = False
     call = request.node.stash.get(_CALL_REPORT, None)
     if _Guard.attempts and not (call is not None and call.failed):
-        pytest.fail(f"created AF_VSOCK sockets {_Guard.attempts} in the unit/host tier: mark "
-                    f"the test @pytest.mark.host_vsock (runs with {HOST_VSOCK_ENV}=1) or move "
-                    "it to tests/kernel", pytrace=False)
+        pytest.fail(
+            f"created AF_VSOCK sockets {_Guard.attempts} in the unit/host tier: mark "
+            f"the test @pytest.mark.host_vsock (runs with {HOST_VSOCK_ENV}=1) or move "
+            "it to tests/kernel",
+            pytrace=False,
+        )
 
 
 def open_fds() -> set[int]:
@@ -187,9 +192,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ``host_vsock`` skip unless HVSOCK_HOST_VSOCK is set."""
     skip_vsock = pytest.mark.skip(
         reason=f"creates or binds AF_VSOCK sockets on this machine, whose vsock may lead to a "
-        f"real hypervisor: set {HOST_VSOCK_ENV}=1 to run it here (the kernel tier covers it)")
-    skip_windows = pytest.mark.skip(reason=f"needs Windows (this is {sys.platform}): the "
-                                    "Windows tier runs in .github/workflows/windows.yml")
+        f"real hypervisor: set {HOST_VSOCK_ENV}=1 to run it here (the kernel tier covers it)"
+    )
+    skip_windows = pytest.mark.skip(
+        reason=f"needs Windows (this is {sys.platform}): the "
+        "Windows tier runs in .github/workflows/windows.yml"
+    )
     for item in items:
         for tier in VM_TIERS:
             if item.path.is_relative_to(tier) and item.get_closest_marker(tier.name) is None:

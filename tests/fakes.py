@@ -28,8 +28,9 @@ class FakeRunner:
     is an exception is raised. Every call is recorded in ``calls``.
     """
 
-    def __init__(self, answers: Mapping[tuple[str, ...], ProcessResult | BaseException]
-                 | None = None) -> None:
+    def __init__(
+        self, answers: Mapping[tuple[str, ...], ProcessResult | BaseException] | None = None
+    ) -> None:
         self.answers = dict(answers or {})
         self.calls: list[tuple[str, ...]] = []
 

@@ -71,8 +71,16 @@ def run_as(argv: list[str], *, as_nobody: bool) -> subprocess.CompletedProcess[s
             pytest.skip("setpriv (util-linux) is not installed here")
         argv = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False,
-                          env=env, cwd="/", stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=env,
+        cwd="/",
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def run_client(client: Path, address: str, mode: str, *, as_nobody: bool) -> tuple[int, str]:

@@ -73,23 +73,39 @@ SIMPLE: list[tuple[str, dict[str, Any] | bytes, bool]] = [
     ("time", {"execute": "guest-get-time"}, False),
     ("os info", {"execute": "guest-get-osinfo"}, True),
     ("interfaces", {"execute": "guest-network-get-interfaces"}, False),
-    ("open missing file", {"execute": "guest-file-open",
-                           "arguments": {"path": "/nonexistent/x"}}, False),
-    ("open bad mode", {"execute": "guest-file-open",
-                       "arguments": {"path": "/etc/hostname", "mode": "zz"}}, True),
+    (
+        "open missing file",
+        {"execute": "guest-file-open", "arguments": {"path": "/nonexistent/x"}},
+        False,
+    ),
+    (
+        "open bad mode",
+        {"execute": "guest-file-open", "arguments": {"path": "/etc/hostname", "mode": "zz"}},
+        True,
+    ),
     ("read bad handle", {"execute": "guest-file-read", "arguments": {"handle": 99}}, True),
-    ("status of no pid", {"execute": "guest-exec-status",
-                          "arguments": {"pid": 2**31 - 2}}, True),
-    ("exec missing program", {"execute": "guest-exec",
-                              "arguments": {"path": "/nonexistent/prog"}}, False),
-    ("exec path with a NUL", {"execute": "guest-exec", "arguments": {"path": "/bin/t\0rue"}},
-     True),
-    ("open path with a NUL", {"execute": "guest-file-open",
-                              "arguments": {"path": "/etc/host\0name"}}, True),
-    ("lone surrogate", b'{"execute": "guest-file-open", "arguments": {"path": "/x\\ud800"}}\n',
-     True),
-    ("arg not a string", {"execute": "guest-exec", "arguments": {"path": "/bin/true",
-                                                                 "arg": ["a", 1]}}, True),
+    ("status of no pid", {"execute": "guest-exec-status", "arguments": {"pid": 2**31 - 2}}, True),
+    (
+        "exec missing program",
+        {"execute": "guest-exec", "arguments": {"path": "/nonexistent/prog"}},
+        False,
+    ),
+    ("exec path with a NUL", {"execute": "guest-exec", "arguments": {"path": "/bin/t\0rue"}}, True),
+    (
+        "open path with a NUL",
+        {"execute": "guest-file-open", "arguments": {"path": "/etc/host\0name"}},
+        True,
+    ),
+    (
+        "lone surrogate",
+        b'{"execute": "guest-file-open", "arguments": {"path": "/x\\ud800"}}\n',
+        True,
+    ),
+    (
+        "arg not a string",
+        {"execute": "guest-exec", "arguments": {"path": "/bin/true", "arg": ["a", 1]}},
+        True,
+    ),
 ]
 
 
@@ -114,51 +130,75 @@ def run_session(client: QgaClient, tmpdir: str) -> dict[str, Any]:
     # The delimited sync, alone and after a 0xFF (qemu-ga answers the 0xFF with an error).
     client.send({"execute": "guest-sync-delimited", "arguments": {"id": 43}})
     out["sync-delimited"] = client.answer()
-    client.send(b"\xff" + json.dumps({"execute": "guest-sync-delimited",
-                                      "arguments": {"id": 44}}).encode() + b"\n")
+    client.send(
+        b"\xff"
+        + json.dumps({"execute": "guest-sync-delimited", "arguments": {"id": 44}}).encode()
+        + b"\n"
+    )
     out["0xff then sync-delimited"] = (client.answer(), client.answer())
     client.send(b'{"execute": "guest-ping"}{"execute": "guest-ping"}')
     out["two requests, no newline"] = (client.answer(), client.answer())
     # guest-exec flows.
     flows = {
-        "exec with output": {"path": "/bin/sh", "arg": ["-c", "echo out; echo err >&2; exit 3"],
-                             "capture-output": True},
+        "exec with output": {
+            "path": "/bin/sh",
+            "arg": ["-c", "echo out; echo err >&2; exit 3"],
+            "capture-output": True,
+        },
         "exec killed": {"path": "/bin/sh", "arg": ["-c", "kill -9 $$"], "capture-output": True},
-        "exec with input": {"path": "cat", "input-data": base64.b64encode(b"hello").decode(),
-                            "capture-output": True},
+        "exec with input": {
+            "path": "cat",
+            "input-data": base64.b64encode(b"hello").decode(),
+            "capture-output": True,
+        },
         "exec no capture": {"path": "true"},
-        "exec env": {"path": "/bin/sh", "arg": ["-c", "echo $A"], "env": ["A=1", "PATH=/bin"],
-                     "capture-output": True},
-        "exec NUL in arg and env": {"path": "/bin/sh", "arg": ["-c", 'printf %s "$1$A"', "x",
-                                                             "a\0b"],
-                                    "env": ["A=c\0d", "PATH=/bin:/usr/bin"],
-                                    "capture-output": True},
+        "exec env": {
+            "path": "/bin/sh",
+            "arg": ["-c", "echo $A"],
+            "env": ["A=1", "PATH=/bin"],
+            "capture-output": True,
+        },
+        "exec NUL in arg and env": {
+            "path": "/bin/sh",
+            "arg": ["-c", 'printf %s "$1$A"', "x", "a\0b"],
+            "env": ["A=c\0d", "PATH=/bin:/usr/bin"],
+            "capture-output": True,
+        },
     }
     for label, args in flows.items():
         started = client.call({"execute": "guest-exec", "arguments": args})
         status = client.wait_exec(started["return"]["pid"])
-        again = client.call({"execute": "guest-exec-status",
-                             "arguments": {"pid": started["return"]["pid"]}})
+        again = client.call(
+            {"execute": "guest-exec-status", "arguments": {"pid": started["return"]["pid"]}}
+        )
         out[label] = (shape(started), status, again)
     # File flows in tmpdir.
     path = f"{tmpdir}/qga-file.txt"
     w = client.call({"execute": "guest-file-open", "arguments": {"path": path, "mode": "w"}})
     h = w["return"]
     out["file open"] = shape(w)
-    out["file write"] = client.call({"execute": "guest-file-write", "arguments": {
-        "handle": h, "buf-b64": base64.b64encode(b"hello world").decode()}})
-    out["file write bad base64"] = client.call({"execute": "guest-file-write", "arguments": {
-        "handle": h, "buf-b64": "!!!"}})
+    out["file write"] = client.call(
+        {
+            "execute": "guest-file-write",
+            "arguments": {"handle": h, "buf-b64": base64.b64encode(b"hello world").decode()},
+        }
+    )
+    out["file write bad base64"] = client.call(
+        {"execute": "guest-file-write", "arguments": {"handle": h, "buf-b64": "!!!"}}
+    )
     out["file flush"] = client.call({"execute": "guest-file-flush", "arguments": {"handle": h}})
     out["file close"] = client.call({"execute": "guest-file-close", "arguments": {"handle": h}})
-    out["file close again"] = shape(client.call({"execute": "guest-file-close",
-                                                 "arguments": {"handle": h}}))
+    out["file close again"] = shape(
+        client.call({"execute": "guest-file-close", "arguments": {"handle": h}})
+    )
     r = client.call({"execute": "guest-file-open", "arguments": {"path": path}})["return"]
-    out["file read 5"] = client.call({"execute": "guest-file-read",
-                                      "arguments": {"handle": r, "count": 5}})
+    out["file read 5"] = client.call(
+        {"execute": "guest-file-read", "arguments": {"handle": r, "count": 5}}
+    )
     out["file read rest"] = client.call({"execute": "guest-file-read", "arguments": {"handle": r}})
-    out["file read at eof"] = client.call({"execute": "guest-file-read",
-                                           "arguments": {"handle": r}})
+    out["file read at eof"] = client.call(
+        {"execute": "guest-file-read", "arguments": {"handle": r}}
+    )
     client.call({"execute": "guest-file-close", "arguments": {"handle": r}})
     out["info"] = client.call({"execute": "guest-info"})
     return out
@@ -186,8 +226,9 @@ def compare(theirs: dict[str, Any], ours: dict[str, Any]) -> list[str]:
                     problems.append(f"info: success-response of {c['name']} differs")
                 elif set(c) != set(names[c["name"]]):
                     problems.append(f"info: entry keys of {c['name']} differ")
-            check("info version", shape(a["return"]["version"]), shape(b["return"]["version"]),
-                  True)
+            check(
+                "info version", shape(a["return"]["version"]), shape(b["return"]["version"]), True
+            )
         elif label == "time":
             check(label, a, b, False)
             if abs(a["return"] - b["return"]) > 60e9:
@@ -195,8 +236,9 @@ def compare(theirs: dict[str, Any], ours: dict[str, Any]) -> list[str]:
         elif label == "interfaces":
             check(label, _strip_stats(a["return"]), _strip_stats(b["return"]), True)
             for x, y in zip(a["return"], b["return"], strict=False):  # lengths checked above
-                if set(x) != set(y) or ("statistics" in x and set(x["statistics"]) != set(
-                        y["statistics"])):
+                if set(x) != set(y) or (
+                    "statistics" in x and set(x["statistics"]) != set(y["statistics"])
+                ):
                     problems.append(f"interfaces: keys of {x.get('name')} differ")
         elif label in exact:
             # Error texts: the class must match, the description must be a string.
@@ -233,8 +275,10 @@ def compare_interfaces(theirs: QgaClient, ours: QgaClient) -> list[str]:
             continue
         for key, low in a.get("statistics", {}).items():
             if not low <= b["statistics"][key] <= c["statistics"][key]:
-                problems.append(f"interfaces: {a['name']} {key} {b['statistics'][key]} is "
-                                f"not within qemu-ga's {low}..{c['statistics'][key]}")
+                problems.append(
+                    f"interfaces: {a['name']} {key} {b['statistics'][key]} is "
+                    f"not within qemu-ga's {low}..{c['statistics'][key]}"
+                )
     return problems
 
 

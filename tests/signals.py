@@ -27,5 +27,4 @@ _TRAMPOLINE = (
 
 def with_default_signals(argv: list[str]) -> list[str]:
     """``argv`` run with SIGINT, SIGQUIT and SIGTERM at their defaults."""
-    return [sys.executable, "-S", "-c", _TRAMPOLINE, ",".join(str(int(s)) for s in SENT),
-            *argv]
+    return [sys.executable, "-S", "-c", _TRAMPOLINE, ",".join(str(int(s)) for s in SENT), *argv]

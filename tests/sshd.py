@@ -53,8 +53,12 @@ class Sshd:
 
     # -- set-up ----------------------------------------------------------------------------
     def _keygen(self, path: Path) -> None:
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hvsock-test",
-                        "-f", str(path)], check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hvsock-test", "-f", str(path)],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
 
     def start(self) -> Sshd:
         self.dir.chmod(0o700)
@@ -79,11 +83,16 @@ class Sshd:
                 "UsePAM no\nStrictModes no\nPrintMotd no\nPrintLastLog no\n"
                 "LogLevel VERBOSE\nMaxStartups 100\nMaxSessions 100\n"
                 # Many ssh starts at once (forks, a bench): no per-source throttling.
-                + ("PerSourcePenalties no\n" if _knows_penalties() else ""))
+                + ("PerSourcePenalties no\n" if _knows_penalties() else "")
+            )
             self.log.write_bytes(b"")
-            self.proc = subprocess.Popen([SSHD, "-D", "-f", str(config), "-E", str(self.log)],
-                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [SSHD, "-D", "-f", str(config), "-E", str(self.log)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 text = self.log.read_text(errors="replace")
@@ -93,8 +102,10 @@ class Sshd:
                     break
                 time.sleep(0.05)
             last = self.log.read_text(errors="replace") + (
-                self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None
-                and self.proc.stderr else "")
+                self.proc.stderr.read().decode(errors="replace")
+                if self.proc.poll() is not None and self.proc.stderr
+                else ""
+            )
             self._kill()
             if "Address already in use" not in last:
                 break
@@ -107,14 +118,33 @@ class Sshd:
 
     def ssh_options(self, control: bool = False) -> list[str]:
         """ssh's options for this server: its key, port, a known_hosts of its own."""
-        options = ["-F", "/dev/null", "-p", str(self.port), "-i", str(self.key),
-                   "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                   "-o", "StrictHostKeyChecking=no",
-                   "-o", f"UserKnownHostsFile={self.dir / 'known_hosts'}",
-                   "-o", "LogLevel=ERROR"]
+        options = [
+            "-F",
+            "/dev/null",
+            "-p",
+            str(self.port),
+            "-i",
+            str(self.key),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            f"UserKnownHostsFile={self.dir / 'known_hosts'}",
+            "-o",
+            "LogLevel=ERROR",
+        ]
         if control:
-            options += ["-o", "ControlMaster=auto", "-o", "ControlPersist=60s",
-                        "-o", f"ControlPath={self.dir}/cm-%C"]
+            options += [
+                "-o",
+                "ControlMaster=auto",
+                "-o",
+                "ControlPersist=60s",
+                "-o",
+                f"ControlPath={self.dir}/cm-%C",
+            ]
         return options
 
     def logins(self) -> int:
@@ -124,9 +154,20 @@ class Sshd:
     def stop_masters(self) -> None:
         """End the ControlPersist masters left by ssh_options(control=True)."""
         for sock in self.dir.glob("cm-*"):
-            subprocess.run(["ssh", *self.ssh_options(), "-o", f"ControlPath={sock}",
-                            "-O", "exit", self.destination], capture_output=True,
-                           timeout=30, check=False)
+            subprocess.run(
+                [
+                    "ssh",
+                    *self.ssh_options(),
+                    "-o",
+                    f"ControlPath={sock}",
+                    "-O",
+                    "exit",
+                    self.destination,
+                ],
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
 
     # -- tear-down -------------------------------------------------------------------------
     def _kill(self) -> None:
@@ -164,8 +205,7 @@ class Sshd:
 
 def _knows_penalties() -> bool:
     """PerSourcePenalties exists from OpenSSH 9.8 on; older sshd refuses the keyword."""
-    done = subprocess.run(["ssh", "-V"], capture_output=True, text=True, timeout=30,
-                          check=False)
+    done = subprocess.run(["ssh", "-V"], capture_output=True, text=True, timeout=30, check=False)
     version = (done.stderr or done.stdout).split("_", 1)[-1]
     try:
         major, minor = version.split("p", 1)[0].split(".")[:2]

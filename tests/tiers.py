@@ -46,6 +46,7 @@ def import_or_fail(name: str) -> ModuleType:
         try:
             return __import__(name)
         except ImportError as exc:
-            pytest.fail(f"{name} is not installed ({exc}); {REQUIRE_ENV} requires it",
-                        pytrace=False)
+            pytest.fail(
+                f"{name} is not installed ({exc}); {REQUIRE_ENV} requires it", pytrace=False
+            )
     return pytest.importorskip(name)

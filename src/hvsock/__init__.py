@@ -30,63 +30,105 @@ TYPE_CHECKING = False
 #: .forwarding, .services, .doctor, .kvp, .testing); docs/api.md lists them all.
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "._core.addresses": (
-        "Address", "HybridAddress", "HyperVAddress", "NamedHybridAddress", "NamedVmAddress",
-        "NamedVsockAddress", "SocketAddress", "TcpAddress", "UnixAddress", "VsockAddress",
-        "describe_address", "parse_address",
+        "Address",
+        "HybridAddress",
+        "HyperVAddress",
+        "NamedHybridAddress",
+        "NamedVmAddress",
+        "NamedVsockAddress",
+        "SocketAddress",
+        "TcpAddress",
+        "UnixAddress",
+        "VsockAddress",
+        "describe_address",
+        "parse_address",
     ),
     "._endpoints": (
-        "connect", "connect_socket", "listen", "open_connection", "resolve_address",
+        "connect",
+        "connect_socket",
+        "listen",
+        "open_connection",
+        "resolve_address",
         "start_server",
     ),
-    "._transports._common": (
-        "close_write",
-    ),
+    "._transports._common": ("close_write",),
     "._errors": (
-        "AddressError", "AddressInUseError", "ArgumentError", "ConnectTimeoutError",
-        "FrameTooLargeError", "HandshakeError", "HvsockError", "IdleTimeoutError",
-        "NothingListeningError", "PermissionDeniedError", "ProtocolError", "RegistryError",
-        "RemoteError", "TransportUnavailableError", "UnreachableError", "UnsupportedError",
-        "VmNotFoundError", "ConnectionResetByPeerError", "NotAllowedError", "KvpError",
-        "Cancelled", "PeerClosedError",
+        "AddressError",
+        "AddressInUseError",
+        "ArgumentError",
+        "ConnectTimeoutError",
+        "FrameTooLargeError",
+        "HandshakeError",
+        "HvsockError",
+        "IdleTimeoutError",
+        "NothingListeningError",
+        "PermissionDeniedError",
+        "ProtocolError",
+        "RegistryError",
+        "RemoteError",
+        "TransportUnavailableError",
+        "UnreachableError",
+        "UnsupportedError",
+        "VmNotFoundError",
+        "ConnectionResetByPeerError",
+        "NotAllowedError",
+        "KvpError",
+        "Cancelled",
+        "PeerClosedError",
     ),
     "._server.peers": (
-        "Peer", "PrivilegedCid",
+        "Peer",
+        "PrivilegedCid",
     ),
     "._service.connection": (
-        "Connection", "SyncConnection",
+        "Connection",
+        "SyncConnection",
     ),
     "._service.declaration": (
-        "Limits", "Service",
+        "Limits",
+        "Service",
     ),
     "._service.frames": (
-        "AsyncRpcClient", "RpcClient",
+        "AsyncRpcClient",
+        "RpcClient",
     ),
-    "._service.host": (
-        "ServiceHost",
-    ),
-    "._service.rpc": (
-        "rpc_handler",
-    ),
+    "._service.host": ("ServiceHost",),
+    "._service.rpc": ("rpc_handler",),
     "._builtin.exec.client": (
-        "ExecResult", "exec", "exec_async",
+        "ExecResult",
+        "exec",
+        "exec_async",
     ),
     "._builtin.files.client": (
-        "CopyResult", "copy", "copy_async",
+        "CopyResult",
+        "copy",
+        "copy_async",
     ),
 }
 
 _HOME: dict[str, str] = {name: module for module, names in _EXPORTS.items() for name in names}
 
 #: The public namespaces: ``hvsock.windows`` works after a bare ``import hvsock`` too.
-_NAMESPACES = ("doctor", "forwarding", "framing", "kvm", "kvp", "services", "sockets",
-               "testing", "windows")
+_NAMESPACES = (
+    "doctor",
+    "forwarding",
+    "framing",
+    "kvm",
+    "kvp",
+    "services",
+    "sockets",
+    "testing",
+    "windows",
+)
 
 # Sorted as ruff sorts a literal __all__: CONSTANTS, then Classes, then functions.
-__all__ = sorted(["__version__", *_HOME],
-                 key=lambda n: (0 if n.isupper() else 1 if n[:1].isupper() else 2, n))
+__all__ = sorted(
+    ["__version__", *_HOME], key=lambda n: (0 if n.isupper() else 1 if n[:1].isupper() else 2, n)
+)
 
 
 if not TYPE_CHECKING:  # hidden from type checkers: an unknown name is an error there
+
     def __getattr__(name: str) -> object:
         """Import the module that defines *name* on first use, and keep the name here.
 

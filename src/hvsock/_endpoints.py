@@ -33,9 +33,18 @@ if TYPE_CHECKING:
 
 # The helpers that need no name lookup are the transports' own, re-exported so callers
 # import one module.
-__all__ = ["connect", "connect_socket", "listen", "listener_address", "open_connection",
-           "remove_socket_file", "resolve_address", "set_buffer_size", "start_server",
-           "where"]
+__all__ = [
+    "connect",
+    "connect_socket",
+    "listen",
+    "listener_address",
+    "open_connection",
+    "remove_socket_file",
+    "resolve_address",
+    "set_buffer_size",
+    "start_server",
+    "where",
+]
 
 
 def resolve(address: Address) -> SocketAddress:
@@ -68,40 +77,71 @@ def resolve_address(address: Address | str, runner: Runner | None = None) -> Soc
     return addr
 
 
-def connect(address: Address | str, *, timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
-            retries: int = 0, retry_wait: float = 0.25,
-            buffer_size: int | None = None,
-            reserved_port: bool | str = False) -> socket.socket:
-    return api.connect(address, timeout=timeout, retries=retries, retry_wait=retry_wait,
-                       buffer_size=buffer_size, resolve=resolve, reserved_port=reserved_port)
+def connect(
+    address: Address | str,
+    *,
+    timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+    retries: int = 0,
+    retry_wait: float = 0.25,
+    buffer_size: int | None = None,
+    reserved_port: bool | str = False,
+) -> socket.socket:
+    return api.connect(
+        address,
+        timeout=timeout,
+        retries=retries,
+        retry_wait=retry_wait,
+        buffer_size=buffer_size,
+        resolve=resolve,
+        reserved_port=reserved_port,
+    )
 
 
-def listen(address: Address | str, *, backlog: int = 128, buffer_size: int | None = None,
-           mode: int | None = DEFAULT_UNIX_MODE) -> socket.socket:
-    return api.listen(address, backlog=backlog, buffer_size=buffer_size, mode=mode,
-                      resolve=resolve)
+def listen(
+    address: Address | str,
+    *,
+    backlog: int = 128,
+    buffer_size: int | None = None,
+    mode: int | None = DEFAULT_UNIX_MODE,
+) -> socket.socket:
+    return api.listen(address, backlog=backlog, buffer_size=buffer_size, mode=mode, resolve=resolve)
 
 
-async def connect_socket(address: Address | str, *,
-                         timeout: float | None = DEFAULT_CONNECT_TIMEOUT, retries: int = 0,
-                         retry_wait: float = 0.25,
-                         buffer_size: int | None = None,
-                         reserved_port: bool | str = False) -> socket.socket:
+async def connect_socket(
+    address: Address | str,
+    *,
+    timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+    retries: int = 0,
+    retry_wait: float = 0.25,
+    buffer_size: int | None = None,
+    reserved_port: bool | str = False,
+) -> socket.socket:
     """Like :func:`hvsock.connect`, without blocking the loop; a non-blocking socket.
 
     Cancelling it closes the socket being connected. Raises as :func:`hvsock.connect`.
     """
     from ._aio import streams
 
-    return await streams.connect_socket(address, timeout=timeout, retries=retries,
-                                        retry_wait=retry_wait, buffer_size=buffer_size,
-                                        resolve=resolve, reserved_port=reserved_port)
+    return await streams.connect_socket(
+        address,
+        timeout=timeout,
+        retries=retries,
+        retry_wait=retry_wait,
+        buffer_size=buffer_size,
+        resolve=resolve,
+        reserved_port=reserved_port,
+    )
 
 
 async def open_connection(
-    address: Address | str, *, timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
-    retries: int = 0, retry_wait: float = 0.25, buffer_size: int | None = None,
-    limit: int = 2**16, reserved_port: bool | str = False,
+    address: Address | str,
+    *,
+    timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+    retries: int = 0,
+    retry_wait: float = 0.25,
+    buffer_size: int | None = None,
+    limit: int = 2**16,
+    reserved_port: bool | str = False,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Connect to *address*; return asyncio's ``(StreamReader, StreamWriter)``.
 
@@ -109,16 +149,28 @@ async def open_connection(
     """
     from ._aio import streams
 
-    return await streams.open_connection(address, timeout=timeout, retries=retries,
-                                         retry_wait=retry_wait, buffer_size=buffer_size,
-                                         limit=limit, resolve=resolve,
-                                         reserved_port=reserved_port)
+    return await streams.open_connection(
+        address,
+        timeout=timeout,
+        retries=retries,
+        retry_wait=retry_wait,
+        buffer_size=buffer_size,
+        limit=limit,
+        resolve=resolve,
+        reserved_port=reserved_port,
+    )
 
 
-async def start_server(client_connected_cb: ClientConnected, address: Address | str, *,
-                       backlog: int = 128, buffer_size: int | None = None,
-                       mode: int | None = DEFAULT_UNIX_MODE, limit: int = 2**16,
-                       start_serving: bool = True) -> asyncio.Server:
+async def start_server(
+    client_connected_cb: ClientConnected,
+    address: Address | str,
+    *,
+    backlog: int = 128,
+    buffer_size: int | None = None,
+    mode: int | None = DEFAULT_UNIX_MODE,
+    limit: int = 2**16,
+    start_serving: bool = True,
+) -> asyncio.Server:
     """Listen on *address* and serve each connection with *client_connected_cb*.
 
     As :func:`asyncio.start_server`, with :func:`hvsock.listen`'s addresses and
@@ -127,9 +179,16 @@ async def start_server(client_connected_cb: ClientConnected, address: Address | 
     """
     from ._aio import streams
 
-    return await streams.start_server(client_connected_cb, address, backlog=backlog,
-                                      buffer_size=buffer_size, mode=mode, limit=limit,
-                                      start_serving=start_serving, resolve=resolve)
+    return await streams.start_server(
+        client_connected_cb,
+        address,
+        backlog=backlog,
+        buffer_size=buffer_size,
+        mode=mode,
+        limit=limit,
+        start_serving=start_serving,
+        resolve=resolve,
+    )
 
 
 # The documentation is the transports' (one text): only the name lookup is added here.

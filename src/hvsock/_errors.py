@@ -195,8 +195,15 @@ _TRANSIENT_ERRNOS = frozenset(
     }
 )
 _TRANSIENT_WINERRORS = frozenset(
-    {WSAENETDOWN, WSAENETUNREACH, WSAECONNRESET, WSAETIMEDOUT, WSAECONNREFUSED,
-     WSAEHOSTDOWN, WSAEHOSTUNREACH}
+    {
+        WSAENETDOWN,
+        WSAENETUNREACH,
+        WSAECONNRESET,
+        WSAETIMEDOUT,
+        WSAECONNREFUSED,
+        WSAEHOSTDOWN,
+        WSAEHOSTUNREACH,
+    }
 )
 
 
@@ -219,18 +226,22 @@ def is_transient(exc: BaseException) -> bool:
 def _code(exc: OSError) -> int | None:
     """Normalise a Windows socket error number to its errno twin."""
     winerror = getattr(exc, "winerror", None)
-    return {
-        WSAEACCES: _errno.EACCES,
-        WSAEADDRINUSE: _errno.EADDRINUSE,
-        WSAEADDRNOTAVAIL: _errno.EADDRNOTAVAIL,
-        WSAENETDOWN: _errno.ENETDOWN,
-        WSAENETUNREACH: _errno.ENETUNREACH,
-        WSAECONNRESET: _errno.ECONNRESET,
-        WSAETIMEDOUT: _errno.ETIMEDOUT,
-        WSAECONNREFUSED: _errno.ECONNREFUSED,
-        WSAEHOSTDOWN: _errno.EHOSTDOWN,
-        WSAEHOSTUNREACH: _errno.EHOSTUNREACH,
-    }.get(winerror, exc.errno) if winerror is not None else exc.errno
+    return (
+        {
+            WSAEACCES: _errno.EACCES,
+            WSAEADDRINUSE: _errno.EADDRINUSE,
+            WSAEADDRNOTAVAIL: _errno.EADDRNOTAVAIL,
+            WSAENETDOWN: _errno.ENETDOWN,
+            WSAENETUNREACH: _errno.ENETUNREACH,
+            WSAECONNRESET: _errno.ECONNRESET,
+            WSAETIMEDOUT: _errno.ETIMEDOUT,
+            WSAECONNREFUSED: _errno.ECONNREFUSED,
+            WSAEHOSTDOWN: _errno.EHOSTDOWN,
+            WSAEHOSTUNREACH: _errno.EHOSTUNREACH,
+        }.get(winerror, exc.errno)
+        if winerror is not None
+        else exc.errno
+    )
 
 
 def _missing_dir(path: str | bytes | None) -> str | None:
@@ -250,6 +261,7 @@ def _missing_dir(path: str | bytes | None) -> str | None:
     if missing is None:
         return None
     from ._validate import quote
+
     return quote(missing, 200)
 
 
@@ -265,6 +277,7 @@ def _blocked_dir(path: str | bytes | None) -> str | None:
         current = os.path.join(current, part)
         if os.path.isdir(current) and not os.access(current, os.X_OK):
             from ._validate import quote
+
             return quote(current, 200)
     return None
 
@@ -274,7 +287,8 @@ def reset_by_peer(where: str, exc: OSError | None = None) -> ConnectionResetByPe
     return ConnectionResetByPeerError(
         f"{where} reset the connection: the stream was cut before its end "
         "(the peer crashed, was stopped, or refused this client)",
-        errno=exc.errno if exc is not None and exc.errno else _errno.ECONNRESET)
+        errno=exc.errno if exc is not None and exc.errno else _errno.ECONNRESET,
+    )
 
 
 #: What an errno means to someone reading or writing files (family "file").
@@ -295,9 +309,16 @@ _FILE_HINTS = {
 _FILE_REFUSALS = frozenset({_errno.EACCES, _errno.EPERM, _errno.EROFS})
 
 
-def translate(exc: BaseException, *, op: str, family: str, where: str,
-              port_hint: str = "", path: str | bytes | None = None,
-              permission_hint: str = "") -> BaseException:
+def translate(
+    exc: BaseException,
+    *,
+    op: str,
+    family: str,
+    where: str,
+    port_hint: str = "",
+    path: str | bytes | None = None,
+    permission_hint: str = "",
+) -> BaseException:
     """Turn an OS error from *op* ("connect", "bind", ...) into an hvsock error.
 
     *family* names the transport ("vsock", "hyperv", "hybrid", "tcp", "unix"), or is
@@ -318,7 +339,8 @@ def translate(exc: BaseException, *, op: str, family: str, where: str,
     if isinstance(exc, (socket.timeout, TimeoutError)) and exc.errno is None:
         return ConnectTimeoutError(
             f"{op} to {where} timed out; check that the peer is running, or raise the timeout",
-            errno=_errno.ETIMEDOUT)
+            errno=_errno.ETIMEDOUT,
+        )
     code = _code(exc)
     winerror = getattr(exc, "winerror", None)
     if op == "connect":
@@ -328,81 +350,117 @@ def translate(exc: BaseException, *, op: str, family: str, where: str,
             return ConnectionResetByPeerError(
                 f"{where} accepted the connection and then reset it; the service there "
                 "refused or dropped it (a relay whose target is down does this): check "
-                "its logs", errno=code)
+                "its logs",
+                errno=code,
+            )
         if code in (_errno.ECONNRESET, _errno.ECONNREFUSED):
             # AF_VSOCK answers a connect to a port nobody listens on with a
             # reset, not a refusal; both mean the same thing to the user.
             return NothingListeningError(
                 f"nothing is listening on {where}; start the service there first"
-                f"{port_hint} (or pass retries=N to wait for it)", errno=code)
+                f"{port_hint} (or pass retries=N to wait for it)",
+                errno=code,
+            )
         missing = _missing_dir(path) if code == _errno.ENOENT and path else None
         if missing is not None:
             return NothingListeningError(
                 f"nothing is listening on {where}: the directory {missing} does not exist; "
-                "check the path", errno=code)
+                "check the path",
+                errno=code,
+            )
         if code == _errno.ENOENT and family in ("unix", "hybrid"):
             return NothingListeningError(
                 f"nothing is listening on {where}: the socket file does not exist; "
-                "check the path and that the server (or VMM) is running", errno=code)
+                "check the path and that the server (or VMM) is running",
+                errno=code,
+            )
         if code == _errno.ETIMEDOUT:
             return ConnectTimeoutError(
                 f"connect to {where} timed out; check that the VM is running and the service "
-                "listens, or raise the timeout", errno=code)
+                "listens, or raise the timeout",
+                errno=code,
+            )
         if code == _errno.ENETDOWN and winerror is not None:
             return UnreachableError(
                 f"{where} is unreachable (WSAENETDOWN 10050): the VM is starting, rebooting "
-                "or stopped; wait for it and retry (pass retries=N)", errno=code)
-        if code in (_errno.EHOSTUNREACH, _errno.ENETUNREACH, _errno.ENETDOWN,
-                    _errno.EHOSTDOWN, _errno.ENODEV):
+                "or stopped; wait for it and retry (pass retries=N)",
+                errno=code,
+            )
+        if code in (
+            _errno.EHOSTUNREACH,
+            _errno.ENETUNREACH,
+            _errno.ENETDOWN,
+            _errno.EHOSTDOWN,
+            _errno.ENODEV,
+        ):
             return UnreachableError(
-                f"{where} is unreachable: is the VM running and is its CID / id right?",
-                errno=code)
+                f"{where} is unreachable: is the VM running and is its CID / id right?", errno=code
+            )
     if code in (_errno.EACCES, _errno.EPERM):
         blocked = _blocked_dir(path)
         if blocked is not None:
             return PermissionDeniedError(
                 f"{op} on {where} was refused: you cannot search the directory {blocked}; "
-                "use a path in a directory you own, or ask its owner for access", errno=code)
+                "use a path in a directory you own, or ask its owner for access",
+                errno=code,
+            )
         if winerror == WSAEACCES:
             return PermissionDeniedError(
                 f"{op} on {where} was refused (WSAEACCES 10013): the VM belongs to another "
                 "user, or its settings do not allow this service; run as the VM's owner or "
-                "an administrator, and check the service is registered", errno=code)
+                "an administrator, and check the service is registered",
+                errno=code,
+            )
         if family in ("vsock", "tcp") and op == "bind":
             return PermissionDeniedError(
                 f"{op} on {where} was refused: ports below 1024 need root "
-                "(CAP_NET_BIND_SERVICE); use a port >= 1024", errno=code)
+                "(CAP_NET_BIND_SERVICE); use a port >= 1024",
+                errno=code,
+            )
         return PermissionDeniedError(
             f"{op} on {where} was refused ({exc.strerror}); check file modes or run as a "
-            "user allowed to use it", errno=code)
+            "user allowed to use it",
+            errno=code,
+        )
     if code == _errno.EADDRINUSE:
         return AddressInUseError(
-            f"{where} is already in use; stop the other listener or pick another port",
-            errno=code)
+            f"{where} is already in use; stop the other listener or pick another port", errno=code
+        )
     if code == _errno.EADDRNOTAVAIL:
-        advice = {"vsock": "bind CID any or this machine's own CID",
-                  "tcp": "bind an address of this machine (0.0.0.0, ::, 127.0.0.1)"}
+        advice = {
+            "vsock": "bind CID any or this machine's own CID",
+            "tcp": "bind an address of this machine (0.0.0.0, ::, 127.0.0.1)",
+        }
         return AddressError(
             f"{where} cannot be bound here (EADDRNOTAVAIL): "
-            f"{advice.get(family, 'bind an address of this machine')}", errno=code)
+            f"{advice.get(family, 'bind an address of this machine')}",
+            errno=code,
+        )
     if code == _errno.ENOENT and op in ("bind", "listen", "chmod"):
         missing = _missing_dir(path)
         if missing is not None:
             return AddressError(
                 f"cannot listen on {where}: the directory {missing} does not exist; "
-                "create it first or choose another path", errno=code)
+                "create it first or choose another path",
+                errno=code,
+            )
     if code in (_errno.EAFNOSUPPORT, _errno.EPROTONOSUPPORT, _errno.ESOCKTNOSUPPORT):
         if family != "vsock":
             return TransportUnavailableError(
-                f"this system does not support {family} sockets ({exc.strerror})", errno=code)
+                f"this system does not support {family} sockets ({exc.strerror})", errno=code
+            )
         return TransportUnavailableError(
             f"the kernel has no {family} transport loaded; on a KVM guest "
             "`modprobe vmw_vsock_virtio_transport`, on Hyper-V `modprobe hv_sock`, for local "
-            "tests `modprobe vsock_loopback`", errno=code)
+            "tests `modprobe vsock_loopback`",
+            errno=code,
+        )
     if code == _errno.EINVAL and family == "vsock" and op in ("bind", "listen"):
         return AddressError(
             f"the kernel refused {op} on {where} (EINVAL): under Hyper-V, guest listen ports "
-            "must be <= 0x7FFFFFFF", errno=code)
+            "must be <= 0x7FFFFFFF",
+            errno=code,
+        )
     detail = exc.strerror or str(exc)
     if family in ("tcp", "unix") and code == _errno.ECONNRESET:
         return reset_by_peer(where, exc)
@@ -414,5 +472,6 @@ def _file_error(exc: OSError, op: str, where: str, permission_hint: str) -> Hvso
     message = f"cannot {op} {where}: {_FILE_HINTS.get(code or 0, exc.strerror or str(exc))}"
     if code in _FILE_REFUSALS:
         return PermissionDeniedError(
-            f"{message}; {permission_hint}" if permission_hint else message, errno=code)
+            f"{message}; {permission_hint}" if permission_hint else message, errno=code
+        )
     return HvsockError(message, errno=code)

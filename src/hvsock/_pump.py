@@ -36,12 +36,15 @@ class Direction:
         self.done = threading.Event()
 
     def __repr__(self) -> str:
-        return (f"Direction(name={self.name!r}, nbytes={self.nbytes}, error={self.error!r}, "
-                f"done={self.done.is_set()})")
+        return (
+            f"Direction(name={self.name!r}, nbytes={self.nbytes}, error={self.error!r}, "
+            f"done={self.done.is_set()})"
+        )
 
 
-def copy(read: Read, write: Write, finish: Finish, direction: Direction,
-         chunk: int = CHUNK) -> None:
+def copy(
+    read: Read, write: Write, finish: Finish, direction: Direction, chunk: int = CHUNK
+) -> None:
     """Copy until *read* returns b"" (or fails), then call *finish* once."""
     try:
         while True:
@@ -64,6 +67,7 @@ def peer_ends(sock: socket.socket, where: str) -> tuple[Read, Write]:
     """*sock*'s recv and sendall, with a reset (or a peer gone mid-write) raised as
     :class:`hvsock.ConnectionResetByPeerError`, so a cut stream is never taken for a
     complete one."""
+
     def read(n: int) -> bytes:
         try:
             return sock.recv(n)
@@ -84,19 +88,22 @@ def shut_write(sock: socket.socket) -> Finish:
         # Already gone (reset, or closed by the other direction): nothing to tell.
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_WR)
+
     return finish
 
 
 def start_copy(read: Read, write: Write, finish: Finish, name: str) -> Direction:
     """Run :func:`copy` in a daemon thread; the returned Direction's ``done`` says when it ends."""
     direction = Direction(name)
-    threading.Thread(target=copy, args=(read, write, finish, direction), name=f"hvsock-{name}",
-                     daemon=True).start()
+    threading.Thread(
+        target=copy, args=(read, write, finish, direction), name=f"hvsock-{name}", daemon=True
+    ).start()
     return direction
 
 
-def splice_sockets(a: socket.socket, b: socket.socket,
-                   on_close: Callable[[], None] | None = None) -> tuple[Direction, Direction]:
+def splice_sockets(
+    a: socket.socket, b: socket.socket, on_close: Callable[[], None] | None = None
+) -> tuple[Direction, Direction]:
     """Copy a -> b and b -> a in two threads; close both once both directions end.
 
     *on_close* runs after both are closed.

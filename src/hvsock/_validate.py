@@ -47,12 +47,13 @@ def positive_number(value: object, what: str, *, optional: bool = False) -> floa
     """A finite number > 0 (seconds, sizes); ``None`` passes when *optional*."""
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        _finite(value) and value > 0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (_finite(value) and value > 0)
     ):
         raise ArgumentError(
-            f"{what} must be a positive number{' or None' if optional else ''}, "
-            f"not {quote(value)}"
+            f"{what} must be a positive number{' or None' if optional else ''}, not {quote(value)}"
         )
     return float(value)
 
@@ -61,8 +62,10 @@ def non_negative_number(value: object, what: str, *, optional: bool = False) -> 
     """A finite number >= 0; ``None`` passes when *optional*."""
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        _finite(value) and value >= 0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (_finite(value) and value >= 0)
     ):
         raise ArgumentError(
             f"{what} must be a number >= 0{' or None' if optional else ''}, not {quote(value)}"
@@ -104,15 +107,17 @@ def service_name(value: object) -> str:
     if not value.strip():
         raise ArgumentError("a service name cannot be empty")
     if len(value) > MAX_SERVICE_NAME:
-        raise ArgumentError(f"service name is {len(value)} characters long; at most "
-                            f"{MAX_SERVICE_NAME}")
+        raise ArgumentError(
+            f"service name is {len(value)} characters long; at most {MAX_SERVICE_NAME}"
+        )
     bad = next((c for c in value if not c.isprintable()), None)
     if bad is not None:
-        raise ArgumentError(f"service name {quote(value)} has a control or invisible "
-                            f"character {bad!r}; use printable characters only")
+        raise ArgumentError(
+            f"service name {quote(value)} has a control or invisible "
+            f"character {bad!r}; use printable characters only"
+        )
     if value != value.strip():
-        raise ArgumentError(f"service name {quote(value)} starts or ends with spaces; "
-                            "remove them")
+        raise ArgumentError(f"service name {quote(value)} starts or ends with spaces; remove them")
     return value
 
 

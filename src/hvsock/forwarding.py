@@ -9,5 +9,12 @@ See docs/port-forwarding.md.
 
 from ._relay import ConnectionRecord, Forward, Relay, RelayConfig, RelayStats, TargetRule, relay
 
-__all__ = ["ConnectionRecord", "Forward", "Relay", "RelayConfig", "RelayStats", "TargetRule",
-           "relay"]
+__all__ = [
+    "ConnectionRecord",
+    "Forward",
+    "Relay",
+    "RelayConfig",
+    "RelayStats",
+    "TargetRule",
+    "relay",
+]

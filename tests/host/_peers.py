@@ -24,8 +24,9 @@ class EchoServer:
     echo gets one byte flipped: the deliberately broken server stress must catch.
     """
 
-    def __init__(self, listener: socket.socket, *,
-                 corrupt: Callable[[int], bool] | None = None) -> None:
+    def __init__(
+        self, listener: socket.socket, *, corrupt: Callable[[int], bool] | None = None
+    ) -> None:
         self.listener = listener
         self.corrupt = corrupt
         self.accepted = 0
@@ -92,8 +93,7 @@ class EchoServer:
         self.close()
 
 
-def recv_until_eof(sock: socket.socket, limit: int = 1 << 30,
-                   timeout: float = IO_TIMEOUT) -> bytes:
+def recv_until_eof(sock: socket.socket, limit: int = 1 << 30, timeout: float = IO_TIMEOUT) -> bytes:
     """Everything until EOF; fails past *limit* bytes or *timeout* seconds."""
     sock.settimeout(timeout)
     parts: list[bytes] = []
@@ -176,5 +176,8 @@ def frame_echo_handler(style: str) -> Any:
         while (frame := await conn.read_frame()) is not None:
             await conn.write_frame(frame)
 
-    return {"sync": sync_echo, "async": async_echo,
-            "rpc": hvsock.rpc_handler({"echo": lambda c, p: p})}[style]
+    return {
+        "sync": sync_echo,
+        "async": async_echo,
+        "rpc": hvsock.rpc_handler({"echo": lambda c, p: p}),
+    }[style]

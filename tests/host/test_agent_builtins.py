@@ -54,8 +54,10 @@ def test_kvp_and_cp_served_by_one_agent(tmp_path: Path, short_tmp: Path) -> None
         result = hvsock.copy(str(agent.agent.own["cp"]), [f":{share}/report.bin"], str(here))
         assert result.files == 1
     pulled = (here / "report.bin").read_bytes()
-    assert hashlib.sha256(pulled).digest() == hashlib.sha256(
-        (share / "report.bin").read_bytes()).digest()
+    assert (
+        hashlib.sha256(pulled).digest()
+        == hashlib.sha256((share / "report.bin").read_bytes()).digest()
+    )
 
 
 def test_cp_without_roots_is_a_config_error_at_its_line() -> None:
@@ -63,14 +65,18 @@ def test_cp_without_roots_is_a_config_error_at_its_line() -> None:
         parse_config("[cp]\nenabled = true\n")
 
 
-@pytest.mark.parametrize(("shared", "name", "expected"), [
-    ("vsock://any:5100", "kvp", "vsock://any:5010"),
-    ("vsock://any:5100", "cp", "vsock://any:5005"),
-    ("tcp://127.0.0.1:5100", "cp", "tcp://127.0.0.1:5005"),
-    ("hybrid:///run/fc/v.sock:5100", "kvp", "hybrid:///run/fc/v.sock:5010"),
-])
-def test_own_services_default_to_their_well_known_port(shared: str, name: str,
-                                                      expected: str) -> None:
+@pytest.mark.parametrize(
+    ("shared", "name", "expected"),
+    [
+        ("vsock://any:5100", "kvp", "vsock://any:5010"),
+        ("vsock://any:5100", "cp", "vsock://any:5005"),
+        ("tcp://127.0.0.1:5100", "cp", "tcp://127.0.0.1:5005"),
+        ("hybrid:///run/fc/v.sock:5100", "kvp", "hybrid:///run/fc/v.sock:5010"),
+    ],
+)
+def test_own_services_default_to_their_well_known_port(
+    shared: str, name: str, expected: str
+) -> None:
     address = with_port(hvsock.parse_address(shared), OWN_DEFAULT_PORTS[name])
     assert str(address) == expected
 

@@ -92,8 +92,7 @@ class Endpoint:
 
 
 @pytest.fixture(params=KINDS)
-def endpoint(request: pytest.FixtureRequest, short_tmp: Path,
-             muxer: HybridVsockMuxer) -> Endpoint:
+def endpoint(request: pytest.FixtureRequest, short_tmp: Path, muxer: HybridVsockMuxer) -> Endpoint:
     return Endpoint(request.param, short_tmp, muxer)
 
 
@@ -133,7 +132,7 @@ def test_echo_1mib_checked(endpoint: Endpoint, run: Runner[Any]) -> None:
 
             async def send() -> None:
                 for i in range(0, len(payload), 100_000):
-                    writer.write(payload[i:i + 100_000])
+                    writer.write(payload[i : i + 100_000])
                     await writer.drain()
                 writer.write_eof()
 
@@ -184,7 +183,8 @@ def test_write_eof_half_closes(endpoint: Endpoint, run: Runner[Any]) -> None:
 @pytest.mark.usefixtures("fd_baseline")
 @pytest.mark.parametrize("kind", ["tcp", "unix", "hybrid-connect"])
 def test_connect_socket_is_a_nonblocking_socket_with_nothing_eaten(
-        kind: str, short_tmp: Path, muxer: HybridVsockMuxer, run: Runner[Any]) -> None:
+    kind: str, short_tmp: Path, muxer: HybridVsockMuxer, run: Runner[Any]
+) -> None:
     """The peer speaks first; for hybrid its bytes follow OK at once and must be kept."""
     endpoint = Endpoint(kind, short_tmp, muxer)
 
@@ -228,8 +228,9 @@ def _free_tcp_port() -> int:
 
 @pytest.mark.usefixtures("fd_baseline")
 @pytest.mark.parametrize("kind", ["tcp", "unix", "hybrid", "hybrid-no-vmm"])
-def test_nothing_listening(kind: str, short_tmp: Path, muxer: HybridVsockMuxer,
-                           run: Runner[Any]) -> None:
+def test_nothing_listening(
+    kind: str, short_tmp: Path, muxer: HybridVsockMuxer, run: Runner[Any]
+) -> None:
     address, fragment = {
         "tcp": (f"tcp://127.0.0.1:{_free_tcp_port()}", "nothing is listening"),
         "unix": (f"unix://{short_tmp}/none.sock", "socket file does not exist"),
@@ -249,24 +250,30 @@ def test_nothing_listening(kind: str, short_tmp: Path, muxer: HybridVsockMuxer,
 
 @pytest.mark.usefixtures("fd_baseline")
 @pytest.mark.parametrize("kind", ["unix", "hybrid"])
-def test_retries_wait_for_a_late_listener(kind: str, short_tmp: Path, muxer: HybridVsockMuxer,
-                                          run: Runner[Any]) -> None:
-    address: hvsock.Address = (hvsock.UnixAddress(str(short_tmp / "late.sock"))
-                               if kind == "unix" else muxer.address(GUEST_PORT))
+def test_retries_wait_for_a_late_listener(
+    kind: str, short_tmp: Path, muxer: HybridVsockMuxer, run: Runner[Any]
+) -> None:
+    address: hvsock.Address = (
+        hvsock.UnixAddress(str(short_tmp / "late.sock"))
+        if kind == "unix"
+        else muxer.address(GUEST_PORT)
+    )
     late: list[socket.socket] = []
 
     async def start_listening() -> None:
         # Listen once the second attempt began: the first surely found nobody, so a
         # connect that does not retry fails here whatever the machine's speed.
         if await asyncio.to_thread(attempts.reached, 2):
-            late.append(hvsock.listen(address) if kind == "unix"
-                        else muxer.guest_listen(GUEST_PORT))
+            late.append(
+                hvsock.listen(address) if kind == "unix" else muxer.guest_listen(GUEST_PORT)
+            )
 
     async def main() -> None:
         listening = asyncio.create_task(start_listening())
         try:
-            _, writer = await hvsock.open_connection(address, timeout=1, retries=400,
-                                                     retry_wait=0.05)
+            _, writer = await hvsock.open_connection(
+                address, timeout=1, retries=400, retry_wait=0.05
+            )
             await _close(writer)
         finally:
             attempts.stop()  # the connect gave up early: the listener need not wait
@@ -287,11 +294,14 @@ def test_retries_wait_for_a_late_listener(kind: str, short_tmp: Path, muxer: Hyb
 @pytest.mark.usefixtures("fd_baseline")
 def test_retries_give_up_after_the_count(short_tmp: Path, run: Runner[Any]) -> None:
     async def main() -> None:
-        await hvsock.open_connection(f"unix://{short_tmp}/never.sock", timeout=1, retries=3,
-                                     retry_wait=0.05)
+        await hvsock.open_connection(
+            f"unix://{short_tmp}/never.sock", timeout=1, retries=3, retry_wait=0.05
+        )
 
-    with connects_to(f"{short_tmp}/never.sock") as attempts, \
-            pytest.raises(hvsock.NothingListeningError):
+    with (
+        connects_to(f"{short_tmp}/never.sock") as attempts,
+        pytest.raises(hvsock.NothingListeningError),
+    ):
         run(main())
     # The retries happened, and stopped; each pause at least its wait (the exact
     # schedule is tests/unit/test_retry_waits.py's: a busy machine stretches sleeps).
@@ -324,8 +334,9 @@ def test_permanent_errors_are_not_retried(run: Runner[Any]) -> None:
         ({"buffer_size": 0}, "buffer size"),
     ],
 )
-def test_bad_arguments_are_address_errors(kwargs: dict[str, Any], fragment: str,
-                                          short_tmp: Path) -> None:
+def test_bad_arguments_are_address_errors(
+    kwargs: dict[str, Any], fragment: str, short_tmp: Path
+) -> None:
     async def main() -> None:
         await hvsock.open_connection(f"unix://{short_tmp}/x.sock", **kwargs)
 
@@ -391,8 +402,7 @@ def test_unix_full_backlog_times_out_clearly(short_tmp: Path, run: Runner[Any]) 
 
 
 @pytest.mark.usefixtures("fd_baseline")
-def test_cancelling_a_pending_connect_closes_its_socket(short_tmp: Path,
-                                                        run: Runner[Any]) -> None:
+def test_cancelling_a_pending_connect_closes_its_socket(short_tmp: Path, run: Runner[Any]) -> None:
     """Cancel while the VMM sits on the CONNECT line: the VMM then reads EOF."""
     path = str(short_tmp / "slow.sock")
 
@@ -415,7 +425,8 @@ def test_cancelling_a_pending_connect_closes_its_socket(short_tmp: Path,
         server = await asyncio.start_server(slow_vmm, sock=listener)
         try:
             task = asyncio.create_task(
-                hvsock.open_connection(hvsock.HybridAddress(path, 52), timeout=None))
+                hvsock.open_connection(hvsock.HybridAddress(path, 52), timeout=None)
+            )
             await asyncio.wait_for(got_connect.wait(), 5)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -437,8 +448,9 @@ def test_cancelling_during_retries(short_tmp: Path, run: Runner[Any]) -> None:
     path = str(short_tmp / "never.sock")
 
     async def main() -> float:
-        task = asyncio.create_task(hvsock.open_connection(
-            f"unix://{path}", timeout=30, retries=1000, retry_wait=0.02))
+        task = asyncio.create_task(
+            hvsock.open_connection(f"unix://{path}", timeout=30, retries=1000, retry_wait=0.02)
+        )
         # A few attempts failed and retry waits began (the third attempt started).
         with connects_to(path) as attempts:
             task.add_done_callback(lambda _: attempts.stop())  # it gave up: no wait
@@ -458,12 +470,15 @@ def test_cancelling_during_retries(short_tmp: Path, run: Runner[Any]) -> None:
 
 @pytest.mark.usefixtures("fd_baseline")
 @pytest.mark.parametrize("kind", ["unix", "hybrid"])
-def test_start_server_socket_file(kind: str, short_tmp: Path, muxer: HybridVsockMuxer,
-                                  run: Runner[Any]) -> None:
+def test_start_server_socket_file(
+    kind: str, short_tmp: Path, muxer: HybridVsockMuxer, run: Runner[Any]
+) -> None:
     """Private by default, left behind by close (as documented), AddressInUse while live."""
     address: hvsock.UnixAddress | hvsock.HybridAddress = (
-        hvsock.UnixAddress(str(short_tmp / "srv.sock")) if kind == "unix"
-        else muxer.address(GUEST_PORT))
+        hvsock.UnixAddress(str(short_tmp / "srv.sock"))
+        if kind == "unix"
+        else muxer.address(GUEST_PORT)
+    )
     path = address.path if isinstance(address, hvsock.UnixAddress) else address.listen_path
 
     async def main() -> int:

@@ -26,8 +26,7 @@ import pytest
 
 from tests.host._peers import wait_for
 
-pytest.importorskip("ansible", reason="ansible-core is in the test extra: "
-                    "pip install -e '.[test]'")
+pytest.importorskip("ansible", reason="ansible-core is in the test extra: pip install -e '.[test]'")
 
 # ansible start-up is slow on a busy machine: the whole playbook runs inside one test's
 # budget (the first test to ask for the fixture).
@@ -63,15 +62,30 @@ def _start_agent(base: Path, name: str) -> Agent:
     sock, cp_sock, ready = home / "a.sock", home / "cp.sock", home / "ready.json"
     config = home / "agent.toml"
     # cp with the root "/": Ansible writes its temporary files and destinations anywhere.
-    config.write_text(f'[agent]\nlisten = "unix://{sock}"\n\n[exec]\nenabled = true\n\n'
-                      f'[cp]\nenabled = true\nroots = ["/"]\nlisten = "unix://{cp_sock}"\n')
+    config.write_text(
+        f'[agent]\nlisten = "unix://{sock}"\n\n[exec]\nenabled = true\n\n'
+        f'[cp]\nenabled = true\nroots = ["/"]\nlisten = "unix://{cp_sock}"\n'
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hvsock", "agent", "--config", str(config),
-         "--ready-file", str(ready)],
-        env={**os.environ, "HVA_HOST": name}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
-    wait_for(lambda: ready.exists() or proc.poll() is not None, timeout=60,
-             what=f"agent {name}'s ready file")
+        [
+            sys.executable,
+            "-m",
+            "hvsock",
+            "agent",
+            "--config",
+            str(config),
+            "--ready-file",
+            str(ready),
+        ],
+        env={**os.environ, "HVA_HOST": name},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(
+        lambda: ready.exists() or proc.poll() is not None,
+        timeout=60,
+        what=f"agent {name}'s ready file",
+    )
     assert proc.poll() is None, f"agent {name} exited with {proc.returncode}"
     return Agent(name, proc, sock, cp_sock)
 
@@ -102,14 +116,23 @@ def _env(base: Path) -> dict[str, str]:
 
 def _inventory(base: Path, agents: dict[str, Agent]) -> Path:
     hosts = {
-        name: {"ansible_host": f"unix://{a.socket}",
-               "ansible_hvsock_cp_address": f"unix://{a.cp_socket}",
-               "agent_pid": a.proc.pid}
-        for name, a in agents.items()}
-    inventory = {"all": {"vars": {"ansible_connection": "hvsock.vm.hvsock",
-                                  "ansible_python_interpreter": "/usr/bin/python3",
-                                  "base": str(base)},
-                         "hosts": hosts}}
+        name: {
+            "ansible_host": f"unix://{a.socket}",
+            "ansible_hvsock_cp_address": f"unix://{a.cp_socket}",
+            "agent_pid": a.proc.pid,
+        }
+        for name, a in agents.items()
+    }
+    inventory = {
+        "all": {
+            "vars": {
+                "ansible_connection": "hvsock.vm.hvsock",
+                "ansible_python_interpreter": "/usr/bin/python3",
+                "base": str(base),
+            },
+            "hosts": hosts,
+        }
+    }
     path = base / "inventory.json"  # JSON is YAML: the yaml inventory plugin reads it
     path.write_text(json.dumps(inventory))
     return path
@@ -191,7 +214,7 @@ def _prepare(base: Path) -> None:
     with big.open("wb") as f:  # varied bytes, so a misplaced block changes the hash
         block = hashlib.sha256(b"seed").digest() * 32768
         for i in range(BIG // len(block)):
-            f.write(block[i % 7:] + block[:i % 7])
+            f.write(block[i % 7 :] + block[: i % 7])
     tree = base / "tree"
     (tree / "sub" / "deeper").mkdir(parents=True)
     (tree / "a.txt").write_text("alpha\n")
@@ -227,8 +250,13 @@ def run() -> Iterator[Run]:
         started = time.monotonic()
         done = subprocess.run(
             [str(BIN / "ansible-playbook"), "-i", str(inventory), str(base / "site.yml")],
-            cwd=base, env=_env(base), capture_output=True, text=True, timeout=600,
-            check=False)
+            cwd=base,
+            env=_env(base),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
         seconds = time.monotonic() - started
         results = {}
         for name in HOSTS:
@@ -289,8 +317,9 @@ def test_copy_of_a_large_file_and_a_tree(run: Run) -> None:
         assert hashlib.sha256((run.base / name / "big.bin").read_bytes()).hexdigest() == want
         assert run.results[name]["stat"]["stat"]["checksum"] == want  # type: ignore[index]
         for rel in ("a.txt", "sub/b.bin", "sub/deeper/c.txt"):
-            assert ((run.base / name / "tree" / rel).read_bytes()
-                    == (run.base / "tree" / rel).read_bytes()), rel
+            assert (run.base / name / "tree" / rel).read_bytes() == (
+                run.base / "tree" / rel
+            ).read_bytes(), rel
 
 
 def test_fetch_template_file_lineinfile(run: Run) -> None:
@@ -320,8 +349,9 @@ def test_failing_task_is_reported_with_its_rc(run: Run) -> None:
 
 def test_cut_connection_is_unreachable_not_a_hang(run: Run) -> None:
     assert _recap(run)[CUT]["unreachable"] == 1, _output(run)
-    assert re.search(rf"fatal: \[{CUT}\]: UNREACHABLE!.*hvsock: running a command",
-                     run.playbook.stdout), _output(run)
+    assert re.search(
+        rf"fatal: \[{CUT}\]: UNREACHABLE!.*hvsock: running a command", run.playbook.stdout
+    ), _output(run)
     assert "never reached" not in run.playbook.stdout.split("cut the connection")[-1]
     # Ansible gave up while the command still ran: it did not wait for the sleep.
     pid = int((run.base / CUT / "sleeper.pid").read_text())
@@ -333,10 +363,22 @@ def test_ansible_setup_gathers_facts(run: Run) -> None:
     alive = [n for n in HOSTS if n != CUT]
     started = time.monotonic()
     done = subprocess.run(
-        [str(BIN / "ansible"), "-i", str(run.base / "inventory.json"), ",".join(alive),
-         "-m", "setup", "-o"],
-        cwd=run.base, env=_env(run.base), capture_output=True, text=True, timeout=600,
-        check=False)
+        [
+            str(BIN / "ansible"),
+            "-i",
+            str(run.base / "inventory.json"),
+            ",".join(alive),
+            "-m",
+            "setup",
+            "-o",
+        ],
+        cwd=run.base,
+        env=_env(run.base),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     print(f"ansible -m setup on {len(alive)} hosts took {time.monotonic() - started:.1f} s")
     assert done.returncode == 0, done.stdout + done.stderr
     facts = {}
@@ -448,35 +490,65 @@ EDGE_PLAYBOOK = """
 
 def test_jump_refused_ssh_and_refusals(run: Run) -> None:
     base = run.base
-    for name, text in (("fake-ssh", FAKE_SSH), ("refusing-ssh", REFUSING_SSH),
-                       ("fake-sudo", FAKE_SUDO)):
+    for name, text in (
+        ("fake-ssh", FAKE_SSH),
+        ("refusing-ssh", REFUSING_SSH),
+        ("fake-sudo", FAKE_SUDO),
+    ):
         (base / name).write_text(text)
         (base / name).chmod(0o755)
     (base / "h2" / "link").symlink_to(base / "h2")
-    agent = {name: {"ansible_host": f"unix://{run.agents[name].socket}",
-                    "ansible_hvsock_cp_address": f"unix://{run.agents[name].cp_socket}"}
-             for name in ("h0", "h1", "h2")}
+    agent = {
+        name: {
+            "ansible_host": f"unix://{run.agents[name].socket}",
+            "ansible_hvsock_cp_address": f"unix://{run.agents[name].cp_socket}",
+        }
+        for name in ("h0", "h1", "h2")
+    }
     hvsock_cmd = str(BIN / "hvsock") if (BIN / "hvsock").exists() else "hvsock"
-    inventory = {"all": {
-        "vars": {"ansible_connection": "hvsock.vm.hvsock",
-                 "ansible_python_interpreter": "/usr/bin/python3", "base": str(base)},
-        "children": {
-            "jump": {"hosts": {"j0": {
-                "ansible_host": "unix:///jumphost/h0/a.sock",
-                "ansible_hvsock_cp_address": "unix:///jumphost/h0/cp.sock",
-                "ansible_hvsock_jump": "admin@kvm-host-2",
-                "ansible_hvsock_jump_ssh": f"{base / 'fake-ssh'} -T",
-                "ansible_hvsock_jump_hvsock": hvsock_cmd}}},
-            "refused": {"hosts": {"j1": {**agent["h1"], "ansible_hvsock_jump": "admin@h",
-                                         "ansible_hvsock_jump_ssh": str(base / "refusing-ssh")}}},
-            "edges": {"hosts": {"e2": agent["h2"]}}}}}
+    inventory = {
+        "all": {
+            "vars": {
+                "ansible_connection": "hvsock.vm.hvsock",
+                "ansible_python_interpreter": "/usr/bin/python3",
+                "base": str(base),
+            },
+            "children": {
+                "jump": {
+                    "hosts": {
+                        "j0": {
+                            "ansible_host": "unix:///jumphost/h0/a.sock",
+                            "ansible_hvsock_cp_address": "unix:///jumphost/h0/cp.sock",
+                            "ansible_hvsock_jump": "admin@kvm-host-2",
+                            "ansible_hvsock_jump_ssh": f"{base / 'fake-ssh'} -T",
+                            "ansible_hvsock_jump_hvsock": hvsock_cmd,
+                        }
+                    }
+                },
+                "refused": {
+                    "hosts": {
+                        "j1": {
+                            **agent["h1"],
+                            "ansible_hvsock_jump": "admin@h",
+                            "ansible_hvsock_jump_ssh": str(base / "refusing-ssh"),
+                        }
+                    }
+                },
+                "edges": {"hosts": {"e2": agent["h2"]}},
+            },
+        }
+    }
     (base / "edges.json").write_text(json.dumps(inventory))
     (base / "edges.yml").write_text(EDGE_PLAYBOOK)
     done = subprocess.run(
         [str(BIN / "ansible-playbook"), "-i", str(base / "edges.json"), str(base / "edges.yml")],
-        cwd=base, env={**_env(base), "FAKE_SSH_LOG": str(base / "ssh.log"),
-                       "JUMP_ROOT": str(base)},
-        capture_output=True, text=True, timeout=600, check=False)
+        cwd=base,
+        env={**_env(base), "FAKE_SSH_LOG": str(base / "ssh.log"), "JUMP_ROOT": str(base)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     out = done.stdout + done.stderr
     recap = _recap(Run(base, run.agents, done, 0, {}))
     # Through the jump: the command reached h0's agent, the file went through cp, each
@@ -502,8 +574,11 @@ def test_jump_refused_ssh_and_refusals(run: Run) -> None:
     assert recap["e2"]["ignored"] == 3, out  # wrong password, su, the symlink
     assert not (base / "fetched-link.txt").exists()
     # The bridge's private directories went with their connections.
-    assert not [p for p in Path("/tmp").glob("hvj-*") if p.stat().st_uid == os.getuid()
-                and p.stat().st_mtime >= run.started], "a jump bridge directory was left"
+    assert not [
+        p
+        for p in Path("/tmp").glob("hvj-*")
+        if p.stat().st_uid == os.getuid() and p.stat().st_mtime >= run.started
+    ], "a jump bridge directory was left"
 
 
 USER_PLAYBOOK = """
@@ -545,6 +620,7 @@ def test_ansible_user_runs_tasks_and_moves_files_as_that_user(run: Run) -> None:
         pytest.skip("the agent switches users only when it runs as root")
     base = run.base
     import pwd
+
     nobody = pwd.getpwnam("nobody")
     base.chmod(0o711)  # nobody may pass through to its own directory, nothing more
     shared = base / "nobody"
@@ -553,18 +629,35 @@ def test_ansible_user_runs_tasks_and_moves_files_as_that_user(run: Run) -> None:
     (base / "h1" / "secret.txt").write_text("root only\n")
     (base / "h1" / "secret.txt").chmod(0o600)
     agent = run.agents["h1"]
-    inventory = {"all": {
-        "vars": {"ansible_connection": "hvsock.vm.hvsock",
-                 "ansible_python_interpreter": "/usr/bin/python3", "base": str(base),
-                 "shared": str(shared), "ansible_user": "nobody",
-                 "ansible_remote_tmp": str(shared / "tmp")},
-        "hosts": {"u1": {"ansible_host": f"unix://{agent.socket}",
-                         "ansible_hvsock_cp_address": f"unix://{agent.cp_socket}"}}}}
+    inventory = {
+        "all": {
+            "vars": {
+                "ansible_connection": "hvsock.vm.hvsock",
+                "ansible_python_interpreter": "/usr/bin/python3",
+                "base": str(base),
+                "shared": str(shared),
+                "ansible_user": "nobody",
+                "ansible_remote_tmp": str(shared / "tmp"),
+            },
+            "hosts": {
+                "u1": {
+                    "ansible_host": f"unix://{agent.socket}",
+                    "ansible_hvsock_cp_address": f"unix://{agent.cp_socket}",
+                }
+            },
+        }
+    }
     (base / "user.json").write_text(json.dumps(inventory))
     (base / "user.yml").write_text(USER_PLAYBOOK)
     done = subprocess.run(
         [str(BIN / "ansible-playbook"), "-i", str(base / "user.json"), str(base / "user.yml")],
-        cwd=base, env=_env(base), capture_output=True, text=True, timeout=600, check=False)
+        cwd=base,
+        env=_env(base),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     out = done.stdout + done.stderr
     recap = _recap(Run(base, run.agents, done, 0, {}))
     assert recap["u1"]["failed"] == 0, out
@@ -604,8 +697,9 @@ print(json.dumps(said))
 """
 
 
-def test_plugin_put_and_fetch_as_a_user_fail_where_that_user_may_not(run: Run,
-                                                                     tmp_path: Path) -> None:
+def test_plugin_put_and_fetch_as_a_user_fail_where_that_user_may_not(
+    run: Run, tmp_path: Path
+) -> None:
     """The plugin as a task drives it, with ansible_user: a put into a directory that
     user may not write and a fetch of a file they may not read fail with the guest's
     own words, and leave nothing behind."""
@@ -619,9 +713,21 @@ def test_plugin_put_and_fetch_as_a_user_fail_where_that_user_may_not(run: Run,
     (closed / "secret").write_bytes(b"root only")
     (closed / "secret").chmod(0o600)
     done = subprocess.run(
-        [sys.executable, "-c", AS_TASK, f"unix://{agent.socket}", str(tmp_path / "src"),
-         str(closed), str(tmp_path / "got")], env=_env(run.base), capture_output=True,
-        text=True, timeout=300, check=False)
+        [
+            sys.executable,
+            "-c",
+            AS_TASK,
+            f"unix://{agent.socket}",
+            str(tmp_path / "src"),
+            str(closed),
+            str(tmp_path / "got"),
+        ],
+        env=_env(run.base),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     said = json.loads(done.stdout.splitlines()[-1])
     for name in ("put", "fetch"):

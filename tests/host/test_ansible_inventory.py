@@ -32,8 +32,7 @@ from tests.host.test_kvm_hosts import (  # noqa: F401 - fixtures used by name
     virsh,
 )
 
-pytest.importorskip("ansible", reason="ansible-core is in the test extra: "
-                    "pip install -e '.[test]'")
+pytest.importorskip("ansible", reason="ansible-core is in the test extra: pip install -e '.[test]'")
 pytestmark = pytest.mark.timeout(600)
 
 
@@ -49,19 +48,30 @@ def _plain(value: object) -> object:
 
 
 def _env(base: Path) -> dict[str, str]:
-    return {**os.environ, **UTF8_LOCALE, "HOME": str(base),
-            "ANSIBLE_CONFIG": str(base / "none.cfg"), "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_LOCAL_TEMP": str(base / "local-tmp"),
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return {
+        **os.environ,
+        **UTF8_LOCALE,
+        "HOME": str(base),
+        "ANSIBLE_CONFIG": str(base / "none.cfg"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_LOCAL_TEMP": str(base / "local-tmp"),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
 
 
-def inventory_list(base: Path, config: dict[str, object],
-                   name: str = "t.hvsock.yml") -> tuple[dict[str, object], str]:
+def inventory_list(
+    base: Path, config: dict[str, object], name: str = "t.hvsock.yml"
+) -> tuple[dict[str, object], str]:
     path = base / name
     path.write_text(json.dumps(config))  # JSON is YAML
-    done = subprocess.run([str(BIN / "ansible-inventory"), "-i", str(path), "--list"],
-                          env=_env(base), capture_output=True, text=True, timeout=300,
-                          check=False)
+    done = subprocess.run(
+        [str(BIN / "ansible-inventory"), "-i", str(path), "--list"],
+        env=_env(base),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return _plain(json.loads(done.stdout)), done.stderr  # type: ignore[return-value]
 
@@ -71,22 +81,37 @@ def hosts_of(listing: dict[str, object], group: str) -> set[str]:
 
 
 def test_lists_libvirt_qemu_firecracker_and_cloud_hypervisor_vms(
-        virsh: Path, proc: FakeProc, short_tmp: Path, tmp_path: Path,
-        api_servers: list[ApiServer]) -> None:
-    proc.add(100, ["qemu-system-x86_64", "-name", "l2", "-device",
-                   "vhost-vsock-pci,guest-cid=9"])
+    virsh: Path, proc: FakeProc, short_tmp: Path, tmp_path: Path, api_servers: list[ApiServer]
+) -> None:
+    proc.add(100, ["qemu-system-x86_64", "-name", "l2", "-device", "vhost-vsock-pci,guest-cid=9"])
     proc.add(101, ["qemu-system-x86_64", "-device", "vhost-vsock-pci,guest-cid=11"])
     api = short_tmp / "fc1.api"
     api_servers.append(ApiServer(api, firecracker_routes("fc1", FC_CONFIG)))
     work = short_tmp / "work"
     work.mkdir()
     proc.add(400, ["firecracker", "--api-sock", str(api), "--id", "fc1"], cwd=work)
-    proc.add(500, ["cloud-hypervisor", "--kernel", "vmlinux", "--vsock",
-                   f"cid=5,socket={short_tmp}/ch1.vsock"])
-    listing, _ = inventory_list(tmp_path, {
-        "plugin": "hvsock.vm.vms", "proc": str(proc.root), "port": 7000, "cp_port": 7005,
-        "group": "kvm-1", "keyed_groups": [{"key": "hvsock_source", "prefix": "src"}],
-        "compose": {"vm_label": "hvsock_hypervisor ~ '/' ~ inventory_hostname"}})
+    proc.add(
+        500,
+        [
+            "cloud-hypervisor",
+            "--kernel",
+            "vmlinux",
+            "--vsock",
+            f"cid=5,socket={short_tmp}/ch1.vsock",
+        ],
+    )
+    listing, _ = inventory_list(
+        tmp_path,
+        {
+            "plugin": "hvsock.vm.vms",
+            "proc": str(proc.root),
+            "port": 7000,
+            "cp_port": 7005,
+            "group": "kvm-1",
+            "keyed_groups": [{"key": "hvsock_source", "prefix": "src"}],
+            "compose": {"vm_label": "hvsock_hypervisor ~ '/' ~ inventory_hostname"},
+        },
+    )
     hostvars = listing["_meta"]["hostvars"]  # type: ignore[index]
     want = {  # host: (ansible_host, state)
         "web1": ("vsock://3:7000", "running"),
@@ -110,24 +135,43 @@ def test_lists_libvirt_qemu_firecracker_and_cloud_hypervisor_vms(
     assert hostvars["fc1"]["hvsock_uds_path"] == f"{work}/v.sock"
     assert hostvars["l2"]["hvsock_pid"] == 100
     assert hostvars["fc1"]["vm_label"] == "firecracker/fc1"  # compose
-    assert hosts_of(listing, "hypervisor_qemu") == {"web1", "db1", "build", "legacy", "l2",
-                                                    "qemu-cid11"}
+    assert hosts_of(listing, "hypervisor_qemu") == {
+        "web1",
+        "db1",
+        "build",
+        "legacy",
+        "l2",
+        "qemu-cid11",
+    }
     assert hosts_of(listing, "hypervisor_firecracker") == {"fc1"}
     assert hosts_of(listing, "hypervisor_cloud_hypervisor") == {"ch1"}
     assert hosts_of(listing, "state_shut_off") == {"db1", "build"}
     # Firecracker's "Running" and libvirt's "running" are one group.
-    assert hosts_of(listing, "state_running") == {"web1", "legacy", "l2", "qemu-cid11", "ch1",
-                                                  "fc1"}
+    assert hosts_of(listing, "state_running") == {
+        "web1",
+        "legacy",
+        "l2",
+        "qemu-cid11",
+        "ch1",
+        "fc1",
+    }
     assert hosts_of(listing, "kvm_1") == set(hostvars)
     assert hosts_of(listing, "src_virsh") == {"web1", "db1", "build", "legacy"}  # keyed
 
 
 def test_running_only_names_prefix(virsh: Path, proc: FakeProc, tmp_path: Path) -> None:
-    proc.add(100, ["qemu-system-x86_64", "-name", "l2", "-device",
-                   "vhost-vsock-pci,guest-cid=9"])
-    listing, _ = inventory_list(tmp_path, {
-        "plugin": "hvsock.vm.vms", "proc": str(proc.root), "running_only": True,
-        "address": "name", "prefix": "h1-"}, "h1.hvsock.yaml")
+    proc.add(100, ["qemu-system-x86_64", "-name", "l2", "-device", "vhost-vsock-pci,guest-cid=9"])
+    listing, _ = inventory_list(
+        tmp_path,
+        {
+            "plugin": "hvsock.vm.vms",
+            "proc": str(proc.root),
+            "running_only": True,
+            "address": "name",
+            "prefix": "h1-",
+        },
+        "h1.hvsock.yaml",
+    )
     hostvars = listing["_meta"]["hostvars"]  # type: ignore[index]
     assert set(hostvars) == {"h1-web1", "h1-l2"}  # shut off and vsock-less VMs left out
     assert hostvars["h1-web1"]["ansible_host"] == "vsock://name:web1:5100"
@@ -137,9 +181,14 @@ def test_running_only_names_prefix(virsh: Path, proc: FakeProc, tmp_path: Path) 
 
 def test_a_file_of_another_name_is_not_this_plugins(tmp_path: Path) -> None:
     (tmp_path / "vms.yml").write_text("plugin: hvsock.vm.vms\n")
-    done = subprocess.run([str(BIN / "ansible-inventory"), "-i", str(tmp_path / "vms.yml"),
-                           "--list"], env=_env(tmp_path), capture_output=True, text=True,
-                          timeout=300, check=False)
+    done = subprocess.run(
+        [str(BIN / "ansible-inventory"), "-i", str(tmp_path / "vms.yml"), "--list"],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert "hvsock.yml" not in done.stdout
     assert json.loads(done.stdout)["_meta"]["hostvars"] == {}
 
@@ -211,16 +260,33 @@ def agent(short_tmp: Path) -> Iterator[Path]:
 
 
 def test_a_listed_firecracker_vm_is_reached_through_its_hybrid_socket(
-        fake_vmm: list[subprocess.Popen[str]], agent: Path, short_tmp: Path,
-        tmp_path: Path) -> None:
+    fake_vmm: list[subprocess.Popen[str]], agent: Path, short_tmp: Path, tmp_path: Path
+) -> None:
     script = tmp_path / "fake_firecracker.py"
     script.write_text(FAKE_FIRECRACKER)
     name = f"fc-{uuid.uuid4().hex[:8]}"
-    start_fake(fake_vmm, ["firecracker", str(script), "--api-sock", str(short_tmp / "api"),
-                          "--id", name, "--vsock", str(short_tmp / "v.sock"),
-                          "--agent", str(agent / "a.sock"), "--cp", str(agent / "cp.sock")])
-    config = {"plugin": "hvsock.vm.vms", "running_only": True,
-              "compose": {"ansible_python_interpreter": "'" + sys.executable + "'"}}
+    start_fake(
+        fake_vmm,
+        [
+            "firecracker",
+            str(script),
+            "--api-sock",
+            str(short_tmp / "api"),
+            "--id",
+            name,
+            "--vsock",
+            str(short_tmp / "v.sock"),
+            "--agent",
+            str(agent / "a.sock"),
+            "--cp",
+            str(agent / "cp.sock"),
+        ],
+    )
+    config = {
+        "plugin": "hvsock.vm.vms",
+        "running_only": True,
+        "compose": {"ansible_python_interpreter": "'" + sys.executable + "'"},
+    }
     listing, _ = inventory_list(tmp_path, config)
     vars_ = listing["_meta"]["hostvars"][name]  # type: ignore[index]
     assert vars_["ansible_host"] == f"hybrid://{short_tmp}/v.sock:5100"
@@ -228,10 +294,22 @@ def test_a_listed_firecracker_vm_is_reached_through_its_hybrid_socket(
     out = tmp_path / "reached.txt"
     (tmp_path / "site.yml").write_text(PLAYBOOK)
     done = subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", str(tmp_path / "t.hvsock.yml"), "--limit", name,
-         "-e", f"out={out}", str(tmp_path / "site.yml")],
-        env={**_env(tmp_path), "ANSIBLE_PIPELINING": "true"}, capture_output=True,
-        text=True, timeout=300, check=False)
+        [
+            str(BIN / "ansible-playbook"),
+            "-i",
+            str(tmp_path / "t.hvsock.yml"),
+            "--limit",
+            name,
+            "-e",
+            f"out={out}",
+            str(tmp_path / "site.yml"),
+        ],
+        env={**_env(tmp_path), "ANSIBLE_PIPELINING": "true"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     # The agent behind the hybrid socket ran the command; the file came through its cp
     # (port 5005 on the same socket, derived by the connection plugin).

@@ -23,8 +23,7 @@ from tests.host.test_ansible_inventory import _plain, hosts_of
 from tests.sshd import Sshd, sshd_missing
 from tests.tiers import skip_or_fail
 
-pytest.importorskip("ansible", reason="ansible-core is in the test extra: "
-                    "pip install -e '.[test]'")
+pytest.importorskip("ansible", reason="ansible-core is in the test extra: pip install -e '.[test]'")
 pytestmark = pytest.mark.timeout(600)
 
 HVSOCK = str(BIN / "hvsock")
@@ -40,11 +39,17 @@ def sshd() -> Iterator[Sshd]:
 
 
 def _env(base: Path) -> dict[str, str]:
-    return {**os.environ, **UTF8_LOCALE, "HOME": str(base),
-            "ANSIBLE_CONFIG": str(base / "none.cfg"), "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_PIPELINING": "true", "ANSIBLE_LOCAL_TEMP": str(base / "local-tmp"),
-            "ANSIBLE_REMOTE_TMP": str(base / "remote-tmp"),
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return {
+        **os.environ,
+        **UTF8_LOCALE,
+        "HOME": str(base),
+        "ANSIBLE_CONFIG": str(base / "none.cfg"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_PIPELINING": "true",
+        "ANSIBLE_LOCAL_TEMP": str(base / "local-tmp"),
+        "ANSIBLE_REMOTE_TMP": str(base / "remote-tmp"),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
 
 
 PLAYBOOK = """
@@ -71,32 +76,54 @@ def test_playbook_through_a_real_sshd_reuses_one_login(sshd: Sshd, short_tmp: Pa
         # each connection came in on (sshd sets SSH_CONNECTION for its sessions only).
         wrapper = short_tmp / "remote-hvsock"
         log = short_tmp / "hops.log"
-        wrapper.write_text(f'#!/bin/sh\necho "$SSH_CONNECTION $*" >> {log}\n'
-                           f'exec {shlex.quote(HVSOCK)} "$@"\n')
+        wrapper.write_text(
+            f'#!/bin/sh\necho "$SSH_CONNECTION $*" >> {log}\nexec {shlex.quote(HVSOCK)} "$@"\n'
+        )
         wrapper.chmod(0o755)
         ssh = shlex.join(["ssh", "-T", *sshd.ssh_options(control=True)])
-        inventory = {"all": {"vars": {
-            "ansible_connection": "hvsock.vm.hvsock", "base": str(short_tmp),
-            "ansible_python_interpreter": "/usr/bin/python3",
-            "ansible_hvsock_jump": sshd.destination, "ansible_hvsock_jump_ssh": ssh,
-            "ansible_hvsock_jump_hvsock": str(wrapper)},
-            "hosts": {"vm1": {"ansible_host": f"unix://{agent.socket}",
-                              "ansible_hvsock_cp_address": f"unix://{agent.cp_socket}"}}}}
+        inventory = {
+            "all": {
+                "vars": {
+                    "ansible_connection": "hvsock.vm.hvsock",
+                    "base": str(short_tmp),
+                    "ansible_python_interpreter": "/usr/bin/python3",
+                    "ansible_hvsock_jump": sshd.destination,
+                    "ansible_hvsock_jump_ssh": ssh,
+                    "ansible_hvsock_jump_hvsock": str(wrapper),
+                },
+                "hosts": {
+                    "vm1": {
+                        "ansible_host": f"unix://{agent.socket}",
+                        "ansible_hvsock_cp_address": f"unix://{agent.cp_socket}",
+                    }
+                },
+            }
+        }
         (short_tmp / "inv.json").write_text(json.dumps(inventory))
         (short_tmp / "site.yml").write_text(PLAYBOOK)
         before = sshd.logins()
         done = subprocess.run(
-            [str(BIN / "ansible-playbook"), "-i", str(short_tmp / "inv.json"),
-             str(short_tmp / "site.yml")], env=_env(short_tmp), capture_output=True,
-            text=True, timeout=300, check=False)
+            [
+                str(BIN / "ansible-playbook"),
+                "-i",
+                str(short_tmp / "inv.json"),
+                str(short_tmp / "site.yml"),
+            ],
+            env=_env(short_tmp),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         out = done.stdout + done.stderr
         assert done.returncode == 0, out
         assert (short_tmp / "jumped2.txt").read_text() == "vm again", out
         hops = log.read_text().splitlines()
         # Every exec and cp connection of the four tasks came in through sshd...
         assert len(hops) >= 6, hops
-        assert all(h.startswith("127.0.0.1 ") and f" 127.0.0.1 {sshd.port} connect " in h
-                   for h in hops), hops
+        assert all(
+            h.startswith("127.0.0.1 ") and f" 127.0.0.1 {sshd.port} connect " in h for h in hops
+        ), hops
         assert any(h.endswith(f"connect unix://{agent.cp_socket}") for h in hops), hops
         # ...over one ssh login, kept by ControlPersist across the tasks.
         assert sshd.logins() - before == 1, sshd.log.read_text()
@@ -109,17 +136,28 @@ def test_inventory_discovers_the_vms_of_the_jump_host(sshd: Sshd, tmp_path: Path
     proc = tmp_path / "proc"
     (proc / "100").mkdir(parents=True)
     (proc / "100" / "cmdline").write_bytes(
-        b"qemu-system-x86_64\0-name\0far\0-device\0vhost-vsock-pci,guest-cid=21\0")
+        b"qemu-system-x86_64\0-name\0far\0-device\0vhost-vsock-pci,guest-cid=21\0"
+    )
     ssh = shlex.join(["ssh", "-T", *sshd.ssh_options()])
-    config = {"plugin": "hvsock.vm.vms", "hvsock_jump": sshd.destination,
-              "hvsock_jump_ssh": ssh, "hvsock_jump_hvsock": HVSOCK, "proc": str(proc),
-              "group": "kvm2", "prefix": "kvm2-"}
+    config = {
+        "plugin": "hvsock.vm.vms",
+        "hvsock_jump": sshd.destination,
+        "hvsock_jump_ssh": ssh,
+        "hvsock_jump_hvsock": HVSOCK,
+        "proc": str(proc),
+        "group": "kvm2",
+        "prefix": "kvm2-",
+    }
     (tmp_path / "kvm2.hvsock.yml").write_text(json.dumps(config))
     before = sshd.logins()
-    done = subprocess.run([str(BIN / "ansible-inventory"), "-i",
-                           str(tmp_path / "kvm2.hvsock.yml"), "--list"],
-                          env=_env(tmp_path), capture_output=True, text=True, timeout=300,
-                          check=False)
+    done = subprocess.run(
+        [str(BIN / "ansible-inventory"), "-i", str(tmp_path / "kvm2.hvsock.yml"), "--list"],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     listing = _plain(json.loads(done.stdout))
     v = listing["_meta"]["hostvars"]["kvm2-far"]  # type: ignore[index]
@@ -136,20 +174,31 @@ def test_inventory_of_a_hyperv_host_through_the_jump(sshd: Sshd, tmp_path: Path)
     """A Windows host's `hvsock vms --json` (what VmInfo.as_dict gives), printed by a
     stand-in for hvsock on the jump host."""
     vm_id = uuid.uuid4()
-    report = {"vms": [hvsock.windows.VmInfo("Build VM", vm_id, "Running", "Get-VM").as_dict(),
-                      hvsock.windows.VmInfo("Old", uuid.uuid4(), "Off", "Get-VM").as_dict()],
-              "problems": []}
+    report = {
+        "vms": [
+            hvsock.windows.VmInfo("Build VM", vm_id, "Running", "Get-VM").as_dict(),
+            hvsock.windows.VmInfo("Old", uuid.uuid4(), "Off", "Get-VM").as_dict(),
+        ],
+        "problems": [],
+    }
     fake = tmp_path / "windows-hvsock"
     fake.write_text(f"#!/bin/sh\ncat <<'EOF'\n{json.dumps(report)}\nEOF\n")
     fake.chmod(0o755)
-    config = {"plugin": "hvsock.vm.vms", "hvsock_jump": sshd.destination,
-              "hvsock_jump_ssh": shlex.join(["ssh", "-T", *sshd.ssh_options()]),
-              "hvsock_jump_hvsock": str(fake)}
+    config = {
+        "plugin": "hvsock.vm.vms",
+        "hvsock_jump": sshd.destination,
+        "hvsock_jump_ssh": shlex.join(["ssh", "-T", *sshd.ssh_options()]),
+        "hvsock_jump_hvsock": str(fake),
+    }
     (tmp_path / "hv.hvsock.yml").write_text(json.dumps(config))
-    done = subprocess.run([str(BIN / "ansible-inventory"), "-i",
-                           str(tmp_path / "hv.hvsock.yml"), "--list"],
-                          env=_env(tmp_path), capture_output=True, text=True, timeout=300,
-                          check=False)
+    done = subprocess.run(
+        [str(BIN / "ansible-inventory"), "-i", str(tmp_path / "hv.hvsock.yml"), "--list"],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     listing = _plain(json.loads(done.stdout))
     hostvars = listing["_meta"]["hostvars"]  # type: ignore[index]
@@ -160,13 +209,21 @@ def test_inventory_of_a_hyperv_host_through_the_jump(sshd: Sshd, tmp_path: Path)
 
 
 def test_inventory_jump_without_hvsock_says_what_to_do(sshd: Sshd, tmp_path: Path) -> None:
-    config = {"plugin": "hvsock.vm.vms", "hvsock_jump": sshd.destination,
-              "hvsock_jump_ssh": shlex.join(["ssh", "-T", *sshd.ssh_options()]),
-              "hvsock_jump_hvsock": "/nonexistent/hvsock"}
+    config = {
+        "plugin": "hvsock.vm.vms",
+        "hvsock_jump": sshd.destination,
+        "hvsock_jump_ssh": shlex.join(["ssh", "-T", *sshd.ssh_options()]),
+        "hvsock_jump_hvsock": "/nonexistent/hvsock",
+    }
     (tmp_path / "x.hvsock.yml").write_text(json.dumps(config))
-    done = subprocess.run([str(BIN / "ansible-inventory"), "-i", str(tmp_path / "x.hvsock.yml"),
-                           "--list"], env=_env(tmp_path), capture_output=True, text=True,
-                          timeout=300, check=False)
+    done = subprocess.run(
+        [str(BIN / "ansible-inventory"), "-i", str(tmp_path / "x.hvsock.yml"), "--list"],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     said = " ".join((done.stdout + done.stderr).split())
     assert "`hvsock vms --json` on" in said, said
     assert "is hvsock installed there" in said, said

@@ -137,8 +137,7 @@ _SAFE_COMMANDS = st.sampled_from(["service-id", "port", "addr", "--bogus", "help
 
 @settings(max_examples=300, deadline=None)
 @given(command=_SAFE_COMMANDS, rest=st.lists(st.text(max_size=40), max_size=4))
-def test_any_arguments_give_an_exit_status_never_a_traceback(command: str,
-                                                             rest: list[str]) -> None:
+def test_any_arguments_give_an_exit_status_never_a_traceback(command: str, rest: list[str]) -> None:
     # Only commands that do no I/O: random text must never become a vsock connect.
     status, _, err = run(command, *rest)
     assert status in (0, cli.EXIT_USAGE)
@@ -151,8 +150,9 @@ def test_any_arguments_give_an_exit_status_never_a_traceback(command: str,
 
 
 def _spawn(cmd: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, **kwargs)  # type: ignore[call-overload]
+    return subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs
+    )  # type: ignore[call-overload]
 
 
 def _wait_listening(proc: subprocess.Popen[bytes], timeout: float = 10) -> str:
@@ -185,7 +185,8 @@ def _recv_all(sock: socket.socket) -> bytes:
 
 
 def test_connect_process_half_close_stdin_eof(
-        unix_server: tuple[hvsock.UnixAddress, socket.socket], hvsock_cmd: list[str]) -> None:
+    unix_server: tuple[hvsock.UnixAddress, socket.socket], hvsock_cmd: list[str]
+) -> None:
     """stdin EOF -> the server sees EOF, and its answer after that still reaches stdout."""
     addr, listener = unix_server
     payload = os.urandom(1_000_000)
@@ -206,7 +207,8 @@ def test_connect_process_half_close_stdin_eof(
 
 
 def test_connect_process_peer_half_close_first(
-        unix_server: tuple[hvsock.UnixAddress, socket.socket], hvsock_cmd: list[str]) -> None:
+    unix_server: tuple[hvsock.UnixAddress, socket.socket], hvsock_cmd: list[str]
+) -> None:
     """The server closes its side first; what we send afterwards still arrives in full."""
     addr, listener = unix_server
     received: list[bytes] = []
@@ -233,14 +235,19 @@ def test_connect_process_peer_half_close_first(
 
 
 def test_connect_process_nothing_listening(short_tmp: Path, hvsock_cmd: list[str]) -> None:
-    proc = subprocess.run([*hvsock_cmd, "connect", f"unix://{short_tmp}/none.sock"],
-                          input=b"", capture_output=True, timeout=20)
+    proc = subprocess.run(
+        [*hvsock_cmd, "connect", f"unix://{short_tmp}/none.sock"],
+        input=b"",
+        capture_output=True,
+        timeout=20,
+    )
     assert proc.returncode == cli.EXIT_CONNECT
     assert b"nothing is listening" in proc.stderr
 
 
 def test_connect_through_hybrid_muxer(short_tmp: Path, hvsock_cmd: list[str]) -> None:
     with HybridVsockMuxer(str(short_tmp / "vm.sock")) as muxer, muxer.guest_listen(22) as guest:
+
         def echo_upper() -> None:
             conn, _ = guest.accept()
             with conn:
@@ -248,8 +255,12 @@ def test_connect_through_hybrid_muxer(short_tmp: Path, hvsock_cmd: list[str]) ->
 
         thread = threading.Thread(target=echo_upper, daemon=True)
         thread.start()
-        proc = subprocess.run([*hvsock_cmd, "connect", str(muxer.address(22))],
-                              input=b"ssh-ish bytes", capture_output=True, timeout=20)
+        proc = subprocess.run(
+            [*hvsock_cmd, "connect", str(muxer.address(22))],
+            input=b"ssh-ish bytes",
+            capture_output=True,
+            timeout=20,
+        )
         thread.join(5)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == b"SSH-ISH BYTES"
@@ -257,8 +268,16 @@ def test_connect_through_hybrid_muxer(short_tmp: Path, hvsock_cmd: list[str]) ->
 
 def test_listen_exec_once(short_tmp: Path, hvsock_cmd: list[str]) -> None:
     path = short_tmp / "exec.sock"
-    with _spawn([*hvsock_cmd, "listen", f"unix://{path}", "--once", "--exec",
-                 'printf "%s|" "$HVSOCK_PEER"; tr a-z A-Z']) as proc:
+    with _spawn(
+        [
+            *hvsock_cmd,
+            "listen",
+            f"unix://{path}",
+            "--once",
+            "--exec",
+            'printf "%s|" "$HVSOCK_PEER"; tr a-z A-Z',
+        ]
+    ) as proc:
         assert _wait_listening(proc) == f"unix://{path}"
         with hvsock.connect(f"unix://{path}", timeout=5) as sock:
             sock.sendall(b"hello exec")
@@ -294,34 +313,41 @@ def test_listen_stdio_ctrl_c(short_tmp: Path, hvsock_cmd: list[str]) -> None:
 
 
 def test_listen_stdio_hybrid_guest_initiated(short_tmp: Path, hvsock_cmd: list[str]) -> None:
-    with HybridVsockMuxer(str(short_tmp / "vm.sock")) as muxer, \
-            _spawn([*hvsock_cmd, "listen", str(muxer.address(1024))]) as proc:
-            assert _wait_listening(proc) == str(muxer.address(1024))
-            assert proc.stdin is not None
-            assert proc.stdout is not None
-            with muxer.guest_connect(1024) as guest:
-                guest.sendall(b"from the guest")
-                guest.shutdown(socket.SHUT_WR)
-                proc.stdin.write(b"from the host")
-                proc.stdin.close()
-                assert _recv_all(guest) == b"from the host"
-            assert proc.stdout.read() == b"from the guest"
-            assert proc.wait(timeout=10) == 0
+    with (
+        HybridVsockMuxer(str(short_tmp / "vm.sock")) as muxer,
+        _spawn([*hvsock_cmd, "listen", str(muxer.address(1024))]) as proc,
+    ):
+        assert _wait_listening(proc) == str(muxer.address(1024))
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        with muxer.guest_connect(1024) as guest:
+            guest.sendall(b"from the guest")
+            guest.shutdown(socket.SHUT_WR)
+            proc.stdin.write(b"from the host")
+            proc.stdin.close()
+            assert _recv_all(guest) == b"from the host"
+        assert proc.stdout.read() == b"from the guest"
+        assert proc.wait(timeout=10) == 0
 
 
 def test_listen_on_a_regular_file_keeps_it(short_tmp: Path, hvsock_cmd: list[str]) -> None:
     path = short_tmp / "keep.txt"
     path.write_text("data")
-    proc = subprocess.run([*hvsock_cmd, "listen", f"unix://{path}"], capture_output=True,
-                          timeout=20, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [*hvsock_cmd, "listen", f"unix://{path}"],
+        capture_output=True,
+        timeout=20,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == cli.EXIT_IN_USE
     assert b"will not remove it" in proc.stderr
     assert path.read_text() == "data"
 
 
 def test_demo_as_installed_command(hvsock_cmd: list[str]) -> None:
-    proc = subprocess.run([*hvsock_cmd, "demo"], capture_output=True, timeout=60,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [*hvsock_cmd, "demo"], capture_output=True, timeout=60, stdin=subprocess.DEVNULL
+    )
     assert proc.returncode == 0, proc.stderr
     assert b"HV Socket Demo" in proc.stdout
     assert proc.stdout.rstrip().endswith(b"ok")

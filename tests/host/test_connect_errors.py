@@ -59,13 +59,19 @@ def hvsock_proc(hvsock_cmd: list[str]) -> list[str]:
 
 @pytest.mark.usefixtures("fd_baseline")
 @pytest.mark.parametrize("reset", [True, False])
-def test_connect_exits_nonzero_only_when_the_peer_resets(hvsock_proc: list[str],
-                                                         reset: bool) -> None:
+def test_connect_exits_nonzero_only_when_the_peer_resets(
+    hvsock_proc: list[str], reset: bool
+) -> None:
     """A stream cut by a reset exits EXIT_RESET; a stream closed cleanly exits 0."""
     server = Server(b"the answer", reset=reset, wait_for_bytes=True)
     try:
-        done = subprocess.run([*hvsock_proc, "connect", str(server.address)],
-                              input=b"x", capture_output=True, timeout=30, check=False)
+        done = subprocess.run(
+            [*hvsock_proc, "connect", str(server.address)],
+            input=b"x",
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
     finally:
         server.close()
     if reset:
@@ -89,8 +95,11 @@ def test_reset_maps_to_its_own_exit_status() -> None:
 @pytest.mark.parametrize("scheme", ["unix", "hybrid"])
 def test_listen_under_a_missing_directory_names_it(short_tmp: Path, scheme: str) -> None:
     missing = short_tmp / "not-made"
-    text = (f"unix://{missing}/deeper/s.sock" if scheme == "unix"
-            else f"hybrid://{missing}/deeper/v.sock:52")
+    text = (
+        f"unix://{missing}/deeper/s.sock"
+        if scheme == "unix"
+        else f"hybrid://{missing}/deeper/v.sock:52"
+    )
     with pytest.raises(hvsock.AddressError) as info:
         hvsock.listen(text)
     assert f"'{missing}'" in str(info.value)
@@ -128,8 +137,11 @@ def test_listen_where_a_directory_cannot_be_searched(tmp_path: Path, scheme: str
     try:
         (closed / "inner").mkdir()
         closed.chmod(0o000)
-        text = (f"unix://{closed}/inner/s.sock" if scheme == "unix"
-                else f"hybrid://{closed}/inner/v.sock:52")
+        text = (
+            f"unix://{closed}/inner/s.sock"
+            if scheme == "unix"
+            else f"hybrid://{closed}/inner/v.sock:52"
+        )
         env_python = [sys.executable, "-c", _PROBE, text]
         done = _without_dac_override(env_python)
         assert done.stdout.startswith("PermissionDeniedError 6"), (done.stdout, done.stderr)

@@ -43,13 +43,15 @@ def asyncio_driver(address: Any, **kwargs: Any) -> socket.socket:
     return sock
 
 
-def relay_driver(address: Any, *, timeout: float | None = 10.0, retries: int = 0,
-                 retry_wait: float = 0.25) -> socket.socket:
+def relay_driver(
+    address: Any, *, timeout: float | None = 10.0, retries: int = 0, retry_wait: float = 0.25
+) -> socket.socket:
     """What the relay's loop does with a dial: poll it, and enforce the deadline."""
     addr = hvsock.parse_address(address)
     try:
-        dialled = relay_dial.dial(addr, timeout=timeout, buffer_size=None, retries=retries,
-                                  retry_wait=retry_wait)
+        dialled = relay_dial.dial(
+            addr, timeout=timeout, buffer_size=None, retries=retries, retry_wait=retry_wait
+        )
     except relay_dial.UseThread:
         # The relay runs these in a worker thread with the blocking driver.
         return hvsock.connect(addr, timeout=timeout, retries=retries, retry_wait=retry_wait)
@@ -105,8 +107,9 @@ class Site:
     def __init__(self, kind: str, tmp: Path, **muxer_options: Any) -> None:
         self.kind = kind
         self.tmp = tmp
-        self.muxer = (HybridVsockMuxer(str(tmp / "vm.sock"), **muxer_options)
-                      if kind == "hybrid" else None)
+        self.muxer = (
+            HybridVsockMuxer(str(tmp / "vm.sock"), **muxer_options) if kind == "hybrid" else None
+        )
 
     def listen(self, backlog: int = 16) -> tuple[socket.socket, hvsock.Address]:
         if self.kind == "tcp":
@@ -229,8 +232,13 @@ def test_retries_give_up_with_the_last_error(connect: Connect, site: Site) -> No
 @pytest.mark.usefixtures("fd_baseline")
 def test_bad_arguments_are_argument_errors(connect: Connect, site: Site) -> None:
     addr = site.nobody_address()
-    for kwargs in ({"timeout": -1}, {"timeout": "soon"}, {"retries": -1},
-                   {"retries": 10**9}, {"retry_wait": float("nan")}):
+    for kwargs in (
+        {"timeout": -1},
+        {"timeout": "soon"},
+        {"retries": -1},
+        {"retries": 10**9},
+        {"retry_wait": float("nan")},
+    ):
         with pytest.raises(hvsock.ArgumentError):
             connect(addr, **kwargs)
 
@@ -253,8 +261,9 @@ def _fill_backlog(addr: hvsock.Address) -> list[socket.socket]:
 
 @pytest.mark.usefixtures("fd_baseline")
 @pytest.mark.parametrize("kind", ["unix", "hybrid"])
-def test_full_backlog_times_out_then_waits_for_room(connect: Connect, kind: str,
-                                                    short_tmp: Path) -> None:
+def test_full_backlog_times_out_then_waits_for_room(
+    connect: Connect, kind: str, short_tmp: Path
+) -> None:
     if kind == "unix":
         addr: hvsock.Address = hvsock.UnixAddress(str(short_tmp / "full.sock"))
         listener = hvsock.listen(addr, backlog=0)
@@ -283,6 +292,7 @@ def test_full_backlog_times_out_then_waits_for_room(connect: Connect, kind: str,
                         return
                 conn, _ = listener.accept()
                 conn.close()
+
             thread = threading.Thread(target=make_room, daemon=True)
             thread.start()
             try:
@@ -299,11 +309,14 @@ def test_full_backlog_times_out_then_waits_for_room(connect: Connect, kind: str,
 
 @pytest.mark.usefixtures("fd_baseline")
 @pytest.mark.parametrize(("chunk", "pause"), [(1, 0.0), (1, 0.02), (3, 0.05), (5, 0.1)])
-def test_hybrid_reply_split_over_many_writes(connect: Connect, short_tmp: Path,
-                                             chunk: int, pause: float) -> None:
+def test_hybrid_reply_split_over_many_writes(
+    connect: Connect, short_tmp: Path, chunk: int, pause: float
+) -> None:
     """Defect 1: a VMM's OK reply in several writes, with pauses, is still one reply."""
-    with HybridVsockMuxer(str(short_tmp / "vm.sock"), reply_chunk=chunk,
-                          reply_pause=pause) as muxer, muxer.guest_listen(5000) as guest:
+    with (
+        HybridVsockMuxer(str(short_tmp / "vm.sock"), reply_chunk=chunk, reply_pause=pause) as muxer,
+        muxer.guest_listen(5000) as guest,
+    ):
         thread = _echo_once(guest)
         with connect(muxer.address(5000), timeout=5) as sock:
             _round_trip(sock)
@@ -347,15 +360,24 @@ class _Vmm:
 
 
 @pytest.mark.usefixtures("fd_baseline")
-@pytest.mark.parametrize(("reply", "hold", "error", "fragment"), [
-    (b"NO\n", False, hvsock.HandshakeError, "instead of 'OK <port>"),
-    (b"A" * 40, True, hvsock.HandshakeError, "longer than"),
-    (b"OK 12", False, hvsock.HandshakeError, "in the middle of its reply"),
-    (b"", False, hvsock.NothingListeningError, "nothing in the guest listens"),
-    (b"OK 1", True, hvsock.ConnectTimeoutError, "did not answer CONNECT 52"),
-])
-def test_hybrid_bad_handshake(connect: Connect, short_tmp: Path, reply: bytes, hold: bool,
-                              error: type[Exception], fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("reply", "hold", "error", "fragment"),
+    [
+        (b"NO\n", False, hvsock.HandshakeError, "instead of 'OK <port>"),
+        (b"A" * 40, True, hvsock.HandshakeError, "longer than"),
+        (b"OK 12", False, hvsock.HandshakeError, "in the middle of its reply"),
+        (b"", False, hvsock.NothingListeningError, "nothing in the guest listens"),
+        (b"OK 1", True, hvsock.ConnectTimeoutError, "did not answer CONNECT 52"),
+    ],
+)
+def test_hybrid_bad_handshake(
+    connect: Connect,
+    short_tmp: Path,
+    reply: bytes,
+    hold: bool,
+    error: type[Exception],
+    fragment: str,
+) -> None:
     vmm = _Vmm(str(short_tmp / "vmm.sock"), reply, hold=hold)
     try:
         with pytest.raises(error, match=fragment):
@@ -407,9 +429,13 @@ def _reset_outcome(connect: Connect, addr: hvsock.Address) -> str:
 def test_asyncio_cancel_during_handshake_closes_the_socket(short_tmp: Path) -> None:
     vmm = _Vmm(str(short_tmp / "vmm.sock"), b"", hold=True)
     try:
+
         async def main() -> None:
-            task = asyncio.create_task(hvsock.connect_socket(
-                hvsock.HybridAddress(str(short_tmp / "vmm.sock"), 52), timeout=30))
+            task = asyncio.create_task(
+                hvsock.connect_socket(
+                    hvsock.HybridAddress(str(short_tmp / "vmm.sock"), 52), timeout=30
+                )
+            )
             for _ in range(500):  # until the VMM has the connection
                 if vmm.conns:
                     break
@@ -423,7 +449,7 @@ def test_asyncio_cancel_during_handshake_closes_the_socket(short_tmp: Path) -> N
         conn.settimeout(5)
         received = b""
         while chunk := conn.recv(64):  # the CONNECT line (if the VMM has not read it), then
-            received += chunk           # EOF: the client's socket was closed
+            received += chunk  # EOF: the client's socket was closed
         assert received in (b"", b"CONNECT 52\n")
     finally:
         vmm.close()
@@ -435,8 +461,9 @@ def test_a_relay_dial_ended_mid_handshake_closes_its_socket(short_tmp: Path, end
     """The relay drops a dial (its client left) or its deadline passes (a stalled stage)."""
     vmm = _Vmm(str(short_tmp / "vmm.sock"), b"OK", hold=True)
     try:
-        gen = relay_dial.dial(hvsock.HybridAddress(str(short_tmp / "vmm.sock"), 52),
-                              timeout=30, buffer_size=None)
+        gen = relay_dial.dial(
+            hvsock.HybridAddress(str(short_tmp / "vmm.sock"), 52), timeout=30, buffer_size=None
+        )
         assert not isinstance(gen, socket.socket)  # it waits for the VMM's reply
         sock, _mask = next(gen)
         if end == "closed":
@@ -454,5 +481,4 @@ def test_relay_dial_hands_blocking_first_steps_to_a_thread() -> None:
     with pytest.raises(relay_dial.UseThread):
         relay_dial.dial(hvsock.TcpAddress("localhost", 1), timeout=1, buffer_size=None)
     with pytest.raises(relay_dial.UseThread):
-        relay_dial.dial(hvsock.TcpAddress("127.0.0.1", 1), timeout=1, buffer_size=None,
-                        retries=2)
+        relay_dial.dial(hvsock.TcpAddress("127.0.0.1", 1), timeout=1, buffer_size=None, retries=2)

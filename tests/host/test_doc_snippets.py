@@ -57,30 +57,44 @@ class Shell:
         shim = tmp / "bin"
         shim.mkdir()
         # A script, not a symlink: a venv's python is found by the path it is run as.
-        (shim / "python").write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} \"$@\"\n")
+        (shim / "python").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
         (shim / "python").chmod(0o755)
-        self.env = dict(os.environ, PATH=f"{shim}:{BIN}:{os.environ.get('PATH', '')}",
-                        PYTHONUNBUFFERED="1")
+        self.env = dict(
+            os.environ, PATH=f"{shim}:{BIN}:{os.environ.get('PATH', '')}", PYTHONUNBUFFERED="1"
+        )
         self.servers: list[subprocess.Popen[bytes]] = []
         self.drains: list[threading.Thread] = []
 
     def run(self, command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["bash", "-c", command], cwd=self.tmp, env=self.env,
-                              capture_output=True, text=True, timeout=timeout, check=False,
-                              stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            ["bash", "-c", command],
+            cwd=self.tmp,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
 
     def ok(self, command: str, timeout: float = 120) -> str:
         done = self.run(command, timeout)
         assert done.returncode == 0, f"{command}: exit {done.returncode}\n{done.stderr}"
         return done.stdout
 
-    def start(self, command: str, ready: str = "listening on",
-              timeout: float = 30) -> subprocess.Popen[bytes]:
+    def start(
+        self, command: str, ready: str = "listening on", timeout: float = 30
+    ) -> subprocess.Popen[bytes]:
         """A server (``... &`` in the docs): started, and waited for until it is ready."""
         command = command.removesuffix("&").strip()
-        proc = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=self.tmp, env=self.env,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            ["bash", "-c", f"exec {command}"],
+            cwd=self.tmp,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         self.servers.append(proc)
         assert proc.stderr is not None
         lines: list[str] = []
@@ -147,7 +161,6 @@ def row(command: str) -> str:
     return command
 
 
-
 # -- one test per recipe; together they cover every HOST row -----------------------------
 
 COVERED: set[str] = set()
@@ -157,8 +170,12 @@ def covers(*commands: str) -> None:
     COVERED.update(commands)
 
 
-covers("hvsock service-id 2761", "hvsock port 00000ac9-facb-11e6-bd58-64006a7986d3",
-       "hvsock addr hvsock://parent/2761", "hvsock demo")
+covers(
+    "hvsock service-id 2761",
+    "hvsock port 00000ac9-facb-11e6-bd58-64006a7986d3",
+    "hvsock addr hvsock://parent/2761",
+    "hvsock demo",
+)
 
 
 def test_the_id_and_address_commands(sh: Shell) -> None:
@@ -184,13 +201,17 @@ def test_the_commands_that_look_but_never_connect(sh: Shell) -> None:
     assert done.returncode == (0 if json.loads(done.stdout)["ok"] else 1), done.stderr
 
 
-covers("hvsock register \"My agent\" --port 5000", "hvsock services", "hvsock vms",
-       "hvsock connect hvsock://name:MyVM/5000")
+covers(
+    'hvsock register "My agent" --port 5000',
+    "hvsock services",
+    "hvsock vms",
+    "hvsock connect hvsock://name:MyVM/5000",
+)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="on Windows these run for real")
 def test_the_windows_commands_explain_themselves_elsewhere(sh: Shell) -> None:
-    done = sh.run(row("hvsock register \"My agent\" --port 5000"))
+    done = sh.run(row('hvsock register "My agent" --port 5000'))
     assert (done.returncode, "--export ps1" in done.stderr) == (3, True), done.stderr
     for command in ("hvsock services", "hvsock connect hvsock://name:MyVM/5000"):
         done = sh.run(row(command))
@@ -227,9 +248,12 @@ def test_listen_exec_runs_the_handler_per_connection(sh: Shell) -> None:
     assert not path.exists()
 
 
-covers("hvsock bench server tcp://127.0.0.1:7000 &", "hvsock bench client tcp://127.0.0.1:7000",
-       "hvsock relay tcp://127.0.0.1:7001 tcp://127.0.0.1:7000 &",
-       "hvsock bench client tcp://127.0.0.1:7001 --tests throughput,rtt --duration 5 --json")
+covers(
+    "hvsock bench server tcp://127.0.0.1:7000 &",
+    "hvsock bench client tcp://127.0.0.1:7000",
+    "hvsock relay tcp://127.0.0.1:7001 tcp://127.0.0.1:7000 &",
+    "hvsock bench client tcp://127.0.0.1:7001 --tests throughput,rtt --duration 5 --json",
+)
 
 
 def test_the_bench_recipe_direct_and_through_a_relay(sh: Shell) -> None:
@@ -239,37 +263,51 @@ def test_the_bench_recipe_direct_and_through_a_relay(sh: Shell) -> None:
         return command.replace(":7000", f":{server}").replace(":7001", f":{relay}")
 
     sh.start(ports(row("hvsock bench server tcp://127.0.0.1:7000 &")), "listening on")
-    direct = sh.ok(ports(row("hvsock bench client tcp://127.0.0.1:7000")) +
-                   " --bytes 8M --count 200 --connections 50 --streams 4", timeout=150)
+    direct = sh.ok(
+        ports(row("hvsock bench client tcp://127.0.0.1:7000"))
+        + " --bytes 8M --count 200 --connections 50 --streams 4",
+        timeout=150,
+    )
     assert "throughput" in direct
     sh.start(ports(row("hvsock relay tcp://127.0.0.1:7001 tcp://127.0.0.1:7000 &")))
-    relayed = sh.ok(ports(row(
-        "hvsock bench client tcp://127.0.0.1:7001 --tests throughput,rtt --duration 5 --json"))
-        .replace("--duration 5", "--duration 1"), timeout=60)
+    relayed = sh.ok(
+        ports(
+            row(
+                "hvsock bench client tcp://127.0.0.1:7001 --tests throughput,rtt"
+                " --duration 5 --json"
+            )
+        ).replace("--duration 5", "--duration 1"),
+        timeout=60,
+    )
     report = json.loads(relayed)
     assert report, relayed
     assert sh.stop_all() == [0, 0]
 
 
-covers("hvsock echo-server unix:///tmp/echo.sock &",
-       "hvsock stress unix:///tmp/echo.sock -n 1000 -P 100 --max-size 256K",
-       "hvsock stress unix:///tmp/echo.sock -n 1000 -P 100",
-       "replay: hvsock stress unix:///tmp/echo.sock --connections 1 --min-size 0 --max-size "
-       "262144 --max-chunk 65536 --seed 4821")
+covers(
+    "hvsock echo-server unix:///tmp/echo.sock &",
+    "hvsock stress unix:///tmp/echo.sock -n 1000 -P 100 --max-size 256K",
+    "hvsock stress unix:///tmp/echo.sock -n 1000 -P 100",
+    "replay: hvsock stress unix:///tmp/echo.sock --connections 1 --min-size 0 --max-size "
+    "262144 --max-chunk 65536 --seed 4821",
+)
 
 
 def test_the_stress_recipe_and_its_replay_line(sh: Shell) -> None:
     sock = f"unix://{sh.tmp}/echo.sock"
 
     def here(command: str) -> str:
-        return (command.replace("unix:///tmp/echo.sock", sock)
-                .replace("-n 1000 -P 100", "-n 100 -P 20"))
+        return command.replace("unix:///tmp/echo.sock", sock).replace(
+            "-n 1000 -P 100", "-n 100 -P 20"
+        )
 
     sh.start(here(row("hvsock echo-server unix:///tmp/echo.sock &")))
     sh.ok(here(row("hvsock stress unix:///tmp/echo.sock -n 1000 -P 100 --max-size 256K")))
     sh.ok(here(row("hvsock stress unix:///tmp/echo.sock -n 1000 -P 100")) + " --max-size 64K")
-    replay = row("replay: hvsock stress unix:///tmp/echo.sock --connections 1 --min-size 0 "
-                 "--max-size 262144 --max-chunk 65536 --seed 4821")
+    replay = row(
+        "replay: hvsock stress unix:///tmp/echo.sock --connections 1 --min-size 0 "
+        "--max-size 262144 --max-chunk 65536 --seed 4821"
+    )
     sh.ok(here(replay.removeprefix("replay: ")))
     assert sh.stop_all() == [0]
     assert not (sh.tmp / "echo.sock").exists()
@@ -291,8 +329,9 @@ def test_a_relay_for_a_firecracker_guest_reaches_a_tcp_service(sh: Shell) -> Non
     server.start()
     uds = sh.tmp / "v.sock"
     command = row("hvsock relay hybrid:///run/fc/v.sock:3128 tcp://127.0.0.1:3128")
-    sh.start(command.replace("/run/fc/v.sock", str(uds)).replace("127.0.0.1:3128",
-                                                                 f"127.0.0.1:{port}"))
+    sh.start(
+        command.replace("/run/fc/v.sock", str(uds)).replace("127.0.0.1:3128", f"127.0.0.1:{port}")
+    )
     # What Firecracker does for a guest connecting to host port 3128: <uds>_3128.
     with socket.socket(socket.AF_UNIX) as guest:
         guest.settimeout(20)
@@ -310,23 +349,31 @@ covers("python examples/kv_service.py unix:///tmp/kv.sock")
 def test_the_example_service_with_an_address(sh: Shell) -> None:
     command = row("python examples/kv_service.py unix:///tmp/kv.sock")
     example = Path(docs.ROOT) / "examples" / "kv_service.py"
-    sh.start(command.replace("examples/kv_service.py", shlex.quote(str(example)))
-             .replace("/tmp/kv.sock", f"{sh.tmp}/kv.sock"), ready="ready")
+    sh.start(
+        command.replace("examples/kv_service.py", shlex.quote(str(example))).replace(
+            "/tmp/kv.sock", f"{sh.tmp}/kv.sock"
+        ),
+        ready="ready",
+    )
     assert sh.stop_all() == [0]
 
 
-covers("hvsock register \"My agent\" --port 5000 --export ps1 > register-my-agent.ps1",
-       "hvsock register \"My agent\" --port 5000 --export ps1 -o "
-       "/mnt/c/Users/me/register-my-agent.ps1")
+covers(
+    'hvsock register "My agent" --port 5000 --export ps1 > register-my-agent.ps1',
+    'hvsock register "My agent" --port 5000 --export ps1 -o /mnt/c/Users/me/register-my-agent.ps1',
+)
 
 
 def test_the_export_recipes_write_their_scripts(sh: Shell) -> None:
-    sh.ok(row("hvsock register \"My agent\" --port 5000 --export ps1 > register-my-agent.ps1"))
+    sh.ok(row('hvsock register "My agent" --port 5000 --export ps1 > register-my-agent.ps1'))
     assert (sh.tmp / "register-my-agent.ps1").read_text().startswith("# Hyper-V socket")
     (sh.tmp / "me").mkdir()
-    sh.ok(row("hvsock register \"My agent\" --port 5000 --export ps1 -o "
-              "/mnt/c/Users/me/register-my-agent.ps1")
-          .replace("/mnt/c/Users/me", str(sh.tmp / "me")))
+    sh.ok(
+        row(
+            'hvsock register "My agent" --port 5000 --export ps1 -o '
+            "/mnt/c/Users/me/register-my-agent.ps1"
+        ).replace("/mnt/c/Users/me", str(sh.tmp / "me"))
+    )
     text = (sh.tmp / "me" / "register-my-agent.ps1").read_bytes().decode("utf-8-sig")
     assert ".\\register-my-agent.ps1" in text
 
@@ -355,8 +402,10 @@ def test_the_relay_config_recipe(sh: Shell) -> None:
     sample = doc_block("port-forwarding.md", "toml", "# relay.toml")
     assert len(hvsock.forwarding.RelayConfig.from_toml(sample, "relay.toml").forwards) == 2
     tcp_port = free_port()
-    with EchoServer(socket.create_server(("127.0.0.1", 0))) as tcp_echo, \
-            EchoServer(unix_listener(sh.tmp / "echo.sock")) as unix_echo:
+    with (
+        EchoServer(socket.create_server(("127.0.0.1", 0))) as tcp_echo,
+        EchoServer(unix_listener(sh.tmp / "echo.sock")) as unix_echo,
+    ):
         echo_port = tcp_echo.listener.getsockname()[1]
         (sh.tmp / "relay.toml").write_text(
             "workers = 1\nmax_connections = 20\n"
@@ -364,7 +413,8 @@ def test_the_relay_config_recipe(sh: Shell) -> None:
             f'[[forward]]\nlisten = "tcp://127.0.0.1:{tcp_port}"\n'
             f'target = "unix://{sh.tmp}/echo.sock"\nallow = ["127.0.0.1"]\n'
             f'[[forward]]\nlisten = "unix://{sh.tmp}/in.sock"\n'
-            f'target = "tcp://127.0.0.1:{echo_port}"\nallow = ["uid:{os.getuid()}"]\n')
+            f'target = "tcp://127.0.0.1:{echo_port}"\nallow = ["uid:{os.getuid()}"]\n'
+        )
         sh.start(row("hvsock relay --config relay.toml"))
         with socket.create_connection(("127.0.0.1", tcp_port), timeout=20) as client:
             client.sendall(b"to the unix echo")
@@ -389,25 +439,37 @@ def unix_listener(path: Path) -> socket.socket:
 
 # -- KVP: the pools are files of 2560-byte records (key[512], value[2048]) ------------
 
+
 def records(path: Path) -> list[tuple[str, str]]:
     """The records of a pool file, read here byte by byte (not through hvsock)."""
     data = path.read_bytes() if path.exists() else b""
     assert len(data) % 2560 == 0, len(data)
-    return [(data[i:i + 512].split(b"\0")[0].decode(),
-             data[i + 512:i + 2560].split(b"\0")[0].decode())
-            for i in range(0, len(data), 2560)]
+    return [
+        (
+            data[i : i + 512].split(b"\0")[0].decode(),
+            data[i + 512 : i + 2560].split(b"\0")[0].decode(),
+        )
+        for i in range(0, len(data), 2560)
+    ]
 
 
 def record(key: str, value: str) -> bytes:
     return key.encode().ljust(512, b"\0") + value.encode().ljust(2048, b"\0")
 
 
-covers("hvsock kvp set Role web", "hvsock kvp set ProvisioningState ready",
-       "hvsock kvp get ProvisioningState", "hvsock kvp list",
-       "hvsock kvp delete ProvisioningState", "hvsock kvp host-info",
-       "hvsock kvp --pool auto-external list", "hvsock kvp clear --stale",
-       "hvsock kvp set Key Value --full", "hvsock kvp --dir /tmp/pools list",
-       "hvsock kvp --host-pool --pool 3 set HostName h")
+covers(
+    "hvsock kvp set Role web",
+    "hvsock kvp set ProvisioningState ready",
+    "hvsock kvp get ProvisioningState",
+    "hvsock kvp list",
+    "hvsock kvp delete ProvisioningState",
+    "hvsock kvp host-info",
+    "hvsock kvp --pool auto-external list",
+    "hvsock kvp clear --stale",
+    "hvsock kvp set Key Value --full",
+    "hvsock kvp --dir /tmp/pools list",
+    "hvsock kvp --host-pool --pool 3 set HostName h",
+)
 
 
 def test_the_kvp_commands_on_the_pools(sh: Shell) -> None:
@@ -425,8 +487,10 @@ def test_the_kvp_commands_on_the_pools(sh: Shell) -> None:
     assert sh.ok(kvp("hvsock kvp get ProvisioningState")) == "ready\n"
     with guest.open("ab") as f:  # a duplicate, as cloud-init's appends leave them
         f.write(record("Role", "db"))
-    lists = {flags: sh.ok(f"{kvp('hvsock kvp list')} {flags}")
-             for flags in ("", "--all", "--json", "--all --json")}
+    lists = {
+        flags: sh.ok(f"{kvp('hvsock kvp list')} {flags}")
+        for flags in ("", "--all", "--json", "--all --json")
+    }
     assert sorted(lists[""].splitlines()) == ["ProvisioningState=ready", "Role=db"]
     assert lists["--all"].count("Role=") == 2
     pairs = {(i["key"], i["value"]) for i in json.loads(lists["--json"])}
@@ -443,8 +507,9 @@ def test_the_kvp_commands_on_the_pools(sh: Shell) -> None:
     sh.ok(kvp("hvsock kvp set Key Value --full"))
     assert ("Key", "Value") in records(guest)
 
-    (pools / ".kvp_pool_3").write_bytes(record("VirtualMachineName", "web-1") +
-                                        record("HostName", "hv-01"))
+    (pools / ".kvp_pool_3").write_bytes(
+        record("VirtualMachineName", "web-1") + record("HostName", "hv-01")
+    )
     assert "VirtualMachineName=web-1" in sh.ok(kvp("hvsock kvp --pool auto-external list"))
     text = sh.ok(kvp("hvsock kvp host-info"))
     assert "web-1" in text, text
@@ -473,9 +538,16 @@ def test_kvp_watch_prints_ten_changes_and_stops(sh: Shell) -> None:
     pools = sh.tmp / "hyperv"
     pools.mkdir()
     command = row("hvsock kvp watch --count 10 --for 60").replace(
-        "hvsock kvp ", f"hvsock kvp --dir {pools} ", 1)
-    watch = subprocess.Popen(["bash", "-c", command], cwd=sh.tmp, env=sh.env, text=True,
-                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        "hvsock kvp ", f"hvsock kvp --dir {pools} ", 1
+    )
+    watch = subprocess.Popen(
+        ["bash", "-c", command],
+        cwd=sh.tmp,
+        env=sh.env,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+    )
     try:
         # A watch reports what changed after it looked first: keep setting new keys
         # (bounded) until it has seen ten and exited.
@@ -508,9 +580,10 @@ def test_the_kvp_service_recipe(sh: Shell) -> None:
     pools = sh.tmp / "hyperv"
     pools.mkdir()
     service = f"unix://{sh.tmp}/kvp.sock"
-    sh.start(row("hvsock kvp serve").replace(
-        "hvsock kvp ", f"hvsock kvp --dir {pools} ", 1) +
-        f" --listen {service} --allow uid:{os.getuid()}")
+    sh.start(
+        row("hvsock kvp serve").replace("hvsock kvp ", f"hvsock kvp --dir {pools} ", 1)
+        + f" --listen {service} --allow uid:{os.getuid()}"
+    )
     (pools / ".kvp_pool_1").write_bytes(record("ProvisioningState", "ready"))
 
     def vm(command: str) -> str:
@@ -518,7 +591,8 @@ def test_the_kvp_service_recipe(sh: Shell) -> None:
 
     assert sh.ok(vm("hvsock kvp --vm vsock://3 get ProvisioningState")) == "ready\n"
     assert json.loads(sh.ok(vm("hvsock kvp --vm vsock://3 list --json"))) == [
-        {"key": "ProvisioningState", "value": "ready"}]
+        {"key": "ProvisioningState", "value": "ready"}
+    ]
     sh.ok(vm("hvsock kvp --vm vsock://3 set Role web"))
     assert records(pools / ".kvp_pool_0") == [("Role", "web")]
     sh.ok(vm("hvsock kvp --vm vsock://3 --pool auto-external set VirtualMachineName web-1"))
@@ -564,8 +638,10 @@ def carry(src: socket.socket, dst: socket.socket) -> None:
         pass  # the other direction closed both: the exchange is over
 
 
-covers("hvsock agent --listen unix:///tmp/a.sock --enable exec,info",
-       "hvsock agent --listen vsock://any:5100 --enable exec,info,health,time")
+covers(
+    "hvsock agent --listen unix:///tmp/a.sock --enable exec,info",
+    "hvsock agent --listen vsock://any:5100 --enable exec,info,health,time",
+)
 
 
 def test_the_agent_recipe(sh: Shell) -> None:
@@ -575,24 +651,39 @@ def test_the_agent_recipe(sh: Shell) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
     readme = f"unix://{sh.tmp}/a.sock"
-    sh.start(row("hvsock agent --listen unix:///tmp/a.sock --enable exec,info")
-             .replace("unix:///tmp/a.sock", readme))
+    sh.start(
+        row("hvsock agent --listen unix:///tmp/a.sock --enable exec,info").replace(
+            "unix:///tmp/a.sock", readme
+        )
+    )
     assert sh.ok(f"hvsock exec {readme} -- echo through the agent") == "through the agent\n"
     assert sh.run(f"hvsock exec {readme} -- sh -c 'exit 7'").returncode == 7
 
     agent = f"unix://{sh.tmp}/agent.sock"
-    sh.start(row("hvsock agent --listen vsock://any:5100 --enable exec,info,health,time")
-             .replace("vsock://any:5100", agent))
+    sh.start(
+        row("hvsock agent --listen vsock://any:5100 --enable exec,info,health,time").replace(
+            "vsock://any:5100", agent
+        )
+    )
 
     def here(command: str) -> str:
         return elsewhere(command, "test_the_agent_recipe").replace("vsock://3:5100", agent)
 
     assert sh.ok(here("hvsock exec vsock://3:5100 -- uname -a")) == sh.ok("uname -a")
-    assert sh.ok(here("echo data | hvsock exec vsock://3:5100 -- sha256sum")) == \
-        hashlib.sha256(b"data\n").hexdigest() + "  -\n"
-    done = subprocess.run(["bash", "-c", here("hvsock exec -t vsock://3:5100 -- bash")],
-                          input="exit 3\n", capture_output=True, text=True, timeout=60,
-                          cwd=sh.tmp, env=sh.env, check=False)
+    assert (
+        sh.ok(here("echo data | hvsock exec vsock://3:5100 -- sha256sum"))
+        == hashlib.sha256(b"data\n").hexdigest() + "  -\n"
+    )
+    done = subprocess.run(
+        ["bash", "-c", here("hvsock exec -t vsock://3:5100 -- bash")],
+        input="exit 3\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=sh.tmp,
+        env=sh.env,
+        check=False,
+    )
     assert done.returncode == 3, done.stderr
     assert sh.stop_all() == [0, 0]
 
@@ -606,14 +697,21 @@ def test_the_file_copy_recipe(sh: Shell) -> None:
     log.mkdir(parents=True)
     (log / "app.log").write_bytes(os.urandom(100_000))
     address = f"unix://{sh.tmp}/cp.sock"
-    sh.start(row("hvsock cp --serve /srv/www /var/log --listen vsock://any:5005")
-             .replace("/srv/www", str(www)).replace("/var/log", str(log))
-             .replace("vsock://any:5005", address), ready="serving")
+    sh.start(
+        row("hvsock cp --serve /srv/www /var/log --listen vsock://any:5005")
+        .replace("/srv/www", str(www))
+        .replace("/var/log", str(log))
+        .replace("vsock://any:5005", address),
+        ready="serving",
+    )
 
     def here(command: str) -> str:
-        return (elsewhere(command, "test_the_file_copy_recipe")
-                .replace("vsock://3:5005", address)
-                .replace(":/srv/www", f":{www}").replace(":/var/log", f":{log}"))
+        return (
+            elsewhere(command, "test_the_file_copy_recipe")
+            .replace("vsock://3:5005", address)
+            .replace(":/srv/www", f":{www}")
+            .replace(":/var/log", f":{log}")
+        )
 
     sh.ok(here("hvsock cp --remote vsock://3:5005 :/var/log/app.log ."))
     assert (sh.tmp / "app.log").read_bytes() == (log / "app.log").read_bytes()
@@ -636,9 +734,14 @@ def test_the_file_copy_recipe(sh: Shell) -> None:
     listed = sh.ok(f"tar -tf {www / 'data.tar'}")
     assert listed.split() == ["data/", "data/x"]
 
-    out = subprocess.run(["bash", "-c", here(
-        "hvsock cp --remote vsock://3:5005 :/var/log/app.log - | less")],
-        capture_output=True, timeout=60, cwd=sh.tmp, env=sh.env, check=False)
+    out = subprocess.run(
+        ["bash", "-c", here("hvsock cp --remote vsock://3:5005 :/var/log/app.log - | less")],
+        capture_output=True,
+        timeout=60,
+        cwd=sh.tmp,
+        env=sh.env,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout == (log / "app.log").read_bytes()
 
@@ -656,10 +759,13 @@ def test_the_file_copy_recipe(sh: Shell) -> None:
     assert sh.stop_all() == [0]
 
 
-TRY_OUT_UNIX = ["mkdir -p /tmp/try", "hvsock echo-server unix:///tmp/try/echo.sock &",
-                "hvsock ping unix:///tmp/try/echo.sock -c 10",
-                "hvsock agent --listen unix:///tmp/try/agent.sock --enable exec,info &",
-                "hvsock exec unix:///tmp/try/agent.sock -- uname -a"]
+TRY_OUT_UNIX = [
+    "mkdir -p /tmp/try",
+    "hvsock echo-server unix:///tmp/try/echo.sock &",
+    "hvsock ping unix:///tmp/try/echo.sock -c 10",
+    "hvsock agent --listen unix:///tmp/try/agent.sock --enable exec,info &",
+    "hvsock exec unix:///tmp/try/agent.sock -- uname -a",
+]
 covers(*TRY_OUT_UNIX)
 
 

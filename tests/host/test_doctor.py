@@ -45,8 +45,9 @@ from ..fakes import FakeRunner, failed, fixture, ok, ps
 
 WSL_ID = uuid.UUID("f6446e02-236e-4b24-9916-2d4ad9a1096f")
 WIN11 = uuid.UUID("a3c2e1d0-1111-4222-8333-944455556666")
-needs_af_vsock = pytest.mark.skipif(not hasattr(socket, "AF_VSOCK"),
-                                    reason="this Python has no socket.AF_VSOCK")
+needs_af_vsock = pytest.mark.skipif(
+    not hasattr(socket, "AF_VSOCK"), reason="this Python has no socket.AF_VSOCK"
+)
 
 
 def statuses(report: Diagnosis) -> dict[str, str]:
@@ -70,8 +71,7 @@ def test_privileged_ports_need_root(tmp_path: Path) -> None:
     as_root = diagnose("vsock://any:22", machine=tree(tmp_path / "r", euid=0))
     assert as_root["address_port"].status == OK
     # connecting to a privileged port needs nothing
-    to_host = diagnose("vsock://host:22", machine=tree(tmp_path / "h", euid=1000))[
-        "address_port"]
+    to_host = diagnose("vsock://host:22", machine=tree(tmp_path / "h", euid=1000))["address_port"]
     assert (to_host.status, to_host.summary) == (OK, "port 22: any port can be connected to")
 
 
@@ -81,6 +81,7 @@ def test_a_malformed_address_is_an_address_error() -> None:
 
 
 # -- fake trees standing in for / --------------------------------------------------------
+
 
 def test_a_hyperv_guest_without_hv_sock(tmp_path: Path) -> None:
     report = diagnose(machine=tree(tmp_path, vmbus=True))
@@ -99,8 +100,7 @@ def test_a_hyperv_guest_without_hv_sock(tmp_path: Path) -> None:
 
 
 def test_a_hyperv_guest_with_hv_sock_and_its_limits(tmp_path: Path) -> None:
-    machine = tree(tmp_path, modules=("hv_sock",),
-                   dmi=("Microsoft Corporation", "Virtual Machine"))
+    machine = tree(tmp_path, modules=("hv_sock",), dmi=("Microsoft Corporation", "Virtual Machine"))
     report = diagnose(machine=machine)
     assert report["hyperv_guest"].status == OK
     assert "DMI: Microsoft Corporation Virtual Machine" in report["hyperv_guest"].summary
@@ -136,8 +136,9 @@ def test_cid_1_needs_the_loopback_transport(tmp_path: Path) -> None:
     without = diagnose("vsock://local:5000", machine=tree(tmp_path / "a"))
     assert without["address_cid"].status == FAIL
     assert "modprobe vsock_loopback" in without["address_cid"].fix
-    with_it = diagnose("vsock://local:5000",
-                       machine=tree(tmp_path / "b", modules=("vsock_loopback",)))
+    with_it = diagnose(
+        "vsock://local:5000", machine=tree(tmp_path / "b", modules=("vsock_loopback",))
+    )
     assert with_it["address_cid"].status == OK
 
 
@@ -150,10 +151,12 @@ def test_dev_vsock_that_is_not_a_device(tmp_path: Path) -> None:
 
 
 def test_wsl2_prints_the_vm_id_for_the_host(tmp_path: Path) -> None:
-    machine = tree(tmp_path, vmbus=True, modules=("hv_sock",),
-                   osrelease="5.15.153.1-microsoft-standard-WSL2")
+    machine = tree(
+        tmp_path, vmbus=True, modules=("hv_sock",), osrelease="5.15.153.1-microsoft-standard-WSL2"
+    )
     machine.runner.answers[("wslinfo", "--vm-id")] = ok(  # type: ignore[union-attr]
-        fixture("wslinfo-vm-id.txt"))
+        fixture("wslinfo-vm-id.txt")
+    )
     check = diagnose(machine=machine)["wsl"]
     assert check.status == INFO
     assert str(WSL_ID) in check.summary
@@ -161,10 +164,13 @@ def test_wsl2_prints_the_vm_id_for_the_host(tmp_path: Path) -> None:
     assert "wildcard never receives WSL's connections" in check.fix
 
 
-@pytest.mark.parametrize(("answer", "fragment"), [
-    (None, "could not run"),
-    (ok("wslinfo: unknown option --vm-id\n"), "gave no VM id"),
-])
+@pytest.mark.parametrize(
+    ("answer", "fragment"),
+    [
+        (None, "could not run"),
+        (ok("wslinfo: unknown option --vm-id\n"), "gave no VM id"),
+    ],
+)
 def test_wsl2_without_a_vm_id(tmp_path: Path, answer: object, fragment: str) -> None:
     machine = tree(tmp_path, vmbus=True, osrelease="5.15.153.1-microsoft-standard-WSL2")
     if answer is not None:
@@ -189,15 +195,20 @@ def test_another_platform_has_nothing_to_check() -> None:
 
 # -- the Windows checks, with fakes --------------------------------------------------------
 
-def windows_host(*, wsl: bool = True, loopback: BaseException | None = None,
-                 registered: bool = True) -> Machine:
+
+def windows_host(
+    *, wsl: bool = True, loopback: BaseException | None = None, registered: bool = True
+) -> Machine:
     registry = MemoryRegistry()
     if registered:
         register_service("Guest agent", 5000, registry=registry)
-    runner = FakeRunner({ps(GET_VM_SCRIPT): ok(fixture("get-vm.json")),
-                         ps(CIM_SCRIPT): ok(fixture("cim-msvm.json")),
-                         ps(WSLHOST_SCRIPT): ok(fixture("wslhost-processes.json")
-                                                if wsl else b"[]")})
+    runner = FakeRunner(
+        {
+            ps(GET_VM_SCRIPT): ok(fixture("get-vm.json")),
+            ps(CIM_SCRIPT): ok(fixture("cim-msvm.json")),
+            ps(WSLHOST_SCRIPT): ok(fixture("wslhost-processes.json") if wsl else b"[]"),
+        }
+    )
 
     def self_test() -> None:
         if loopback is not None:
@@ -207,8 +218,11 @@ def windows_host(*, wsl: bool = True, loopback: BaseException | None = None,
 
 
 def windows(address: str | None = None, **kwargs: object) -> Diagnosis:
-    report = diagnose(address, machine=windows_host(**kwargs),  # type: ignore[arg-type]
-                      platform="win32")
+    report = diagnose(
+        address,
+        machine=windows_host(**kwargs),  # type: ignore[arg-type]
+        platform="win32",
+    )
     assert_well_formed(report)
     return report
 
@@ -229,9 +243,9 @@ def test_windows_host_checks() -> None:
     assert "WSL (Running)" in report["vms"].summary
 
 
-@pytest.mark.parametrize(("winerror", "code"), [(10013, errno.EACCES),
-                                                (10050, errno.ENETDOWN),
-                                                (10060, errno.ETIMEDOUT)])
+@pytest.mark.parametrize(
+    ("winerror", "code"), [(10013, errno.EACCES), (10050, errno.ENETDOWN), (10060, errno.ETIMEDOUT)]
+)
 def test_windows_socket_errors_are_explained_in_plain_words(winerror: int, code: int) -> None:
     raw = OSError(code, os.strerror(code))
     raw.winerror = winerror  # type: ignore[attr-defined]
@@ -264,14 +278,17 @@ def test_a_wildcard_listener_with_wsl_running_is_warned() -> None:
     assert windows("hvsock://parent/5000")["address_vm"].status == OK
 
 
-@pytest.mark.parametrize(("address", "status", "fragment"), [
-    ("hvsock://name:ubuntu 24.04/5000", OK, "VM 'Ubuntu 24.04' runs"),
-    ("hvsock://name:win11-dev/5000", FAIL, "Start-VM -Name 'win11-dev'"),
-    ("hvsock://name:nope/5000", FAIL, "no Hyper-V VM is named 'nope'"),
-    ("hvsock://wsl/5000", OK, str(WSL_ID)),
-    (f"hvsock://{WIN11}/5000", FAIL, "Start-VM -Name 'win11-dev'"),
-    (f"hvsock://{uuid.UUID(int=5)}/5000", WARN, "WSL's id from an earlier start"),
-])
+@pytest.mark.parametrize(
+    ("address", "status", "fragment"),
+    [
+        ("hvsock://name:ubuntu 24.04/5000", OK, "VM 'Ubuntu 24.04' runs"),
+        ("hvsock://name:win11-dev/5000", FAIL, "Start-VM -Name 'win11-dev'"),
+        ("hvsock://name:nope/5000", FAIL, "no Hyper-V VM is named 'nope'"),
+        ("hvsock://wsl/5000", OK, str(WSL_ID)),
+        (f"hvsock://{WIN11}/5000", FAIL, "Start-VM -Name 'win11-dev'"),
+        (f"hvsock://{uuid.UUID(int=5)}/5000", WARN, "WSL's id from an earlier start"),
+    ],
+)
 def test_the_vm_of_an_address(address: str, status: str, fragment: str) -> None:
     check = windows(address)["address_vm"]
     assert check.status == status
@@ -313,22 +330,28 @@ def test_hvsock_addresses_on_linux_point_to_the_guest_view(tmp_path: Path) -> No
 
 def test_the_real_self_test_is_windows_only() -> None:
     # with no fake and no AF_HYPERV, the self-test is not applicable, not a failure
-    report = diagnose(machine=Machine(runner=FakeRunner(), registry=MemoryRegistry()),
-                      platform="win32")
+    report = diagnose(
+        machine=Machine(runner=FakeRunner(), registry=MemoryRegistry()), platform="win32"
+    )
     assert report["hyperv_loopback"].status == NOT_APPLICABLE
 
 
 def test_a_failing_self_test_without_a_windows_error_keeps_its_message() -> None:
     check = windows(loopback=HvsockError("the loopback echo came back wrong or short"))[
-        "hyperv_loopback"]
+        "hyperv_loopback"
+    ]
     assert check.status == FAIL
     assert check.fix == "the loopback echo came back wrong or short"
 
 
 def test_vms_that_cannot_be_listed_say_why() -> None:
-    runner = FakeRunner({ps(GET_VM_SCRIPT): failed(fixture("get-vm-access-denied.stderr.txt")),
-                         ps(CIM_SCRIPT): failed(fixture("cim-invalid-namespace.stderr.txt")),
-                         ps(WSLHOST_SCRIPT): ok("[]")})
+    runner = FakeRunner(
+        {
+            ps(GET_VM_SCRIPT): failed(fixture("get-vm-access-denied.stderr.txt")),
+            ps(CIM_SCRIPT): failed(fixture("cim-invalid-namespace.stderr.txt")),
+            ps(WSLHOST_SCRIPT): ok("[]"),
+        }
+    )
     machine = Machine(runner=runner, registry=MemoryRegistry(), loopback_test=lambda: None)
     report = diagnose("hvsock://name:MyVM/5000", machine=machine, platform="win32")
     assert report["vms"].status == WARN
@@ -341,6 +364,7 @@ def test_vms_that_cannot_be_listed_say_why() -> None:
 
 
 # -- no real socket; and the doctor changes nothing it reports (issue 19) -------------------
+
 
 @needs_af_vsock
 def test_the_fake_machine_makes_every_socket_and_closes_it(tmp_path: Path) -> None:
@@ -400,7 +424,8 @@ class AutoloadingVsock(FakeVsock):
         for module in ("vsock", "vmw_vsock_vmci_transport"):
             (self.root / "sys" / "module" / module).mkdir(parents=True, exist_ok=True)
         (self.root / "proc" / "net" / "protocols").write_text(
-            "AF_VSOCK  1240  0  -1  NI  0  yes  vsock\n")
+            "AF_VSOCK  1240  0  -1  NI  0  yes  vsock\n"
+        )
         return super().__call__()
 
 

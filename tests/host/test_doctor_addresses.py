@@ -26,12 +26,16 @@ def guest(root: Path, *modules: str) -> Machine:
 
 def linux(address: str, machine: Machine | None = None) -> Diagnosis:
     # No transport listed, no /proc/net/protocols: the fake socket is tried (never a real one).
-    return diagnose(address, machine=machine or Machine(
-        root="/nonexistent-root", runner=FakeRunner(), vsock_socket=FakeVsock()),
-        platform="linux")
+    return diagnose(
+        address,
+        machine=machine
+        or Machine(root="/nonexistent-root", runner=FakeRunner(), vsock_socket=FakeVsock()),
+        platform="linux",
+    )
 
 
 # -- CID 2 needs a guest-to-host transport ---------------------------------------------------
+
 
 def test_the_host_without_any_route_is_warned(tmp_path: Path) -> None:
     check = linux("vsock://host:5000", guest(tmp_path, "vhost_vsock"))["address_cid"]
@@ -42,8 +46,9 @@ def test_the_host_without_any_route_is_warned(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("modules", [("vsock_loopback",), ("vsock_loopback", "vhost_vsock")])
-def test_the_host_is_this_machine_with_only_vsock_loopback(tmp_path: Path,
-                                                           modules: tuple[str, ...]) -> None:
+def test_the_host_is_this_machine_with_only_vsock_loopback(
+    tmp_path: Path, modules: tuple[str, ...]
+) -> None:
     # Linux sends CID 2 to vsock_loopback when no guest-to-host transport is loaded
     # (vsock_use_local_transport): the connect works and stays here (the kernel tier
     # connects it for real: tests/kernel/test_doctor_kernel.py).
@@ -56,15 +61,18 @@ def test_the_host_is_this_machine_with_only_vsock_loopback(tmp_path: Path,
 
 
 def assert_names_every_transport(fix: str) -> None:
-    for module, hypervisor in [("vmw_vsock_virtio_transport", "KVM/QEMU"),
-                               ("hv_sock", "Hyper-V"),
-                               ("vmw_vsock_vmci_transport", "VMware")]:
+    for module, hypervisor in [
+        ("vmw_vsock_virtio_transport", "KVM/QEMU"),
+        ("hv_sock", "Hyper-V"),
+        ("vmw_vsock_vmci_transport", "VMware"),
+    ]:
         assert f"{module}`" in fix
         assert hypervisor in fix.split(module)[0].rsplit(";", 1)[-1]
 
 
-@pytest.mark.parametrize("module", ["vmw_vsock_virtio_transport", "hv_sock",
-                                    "vmw_vsock_vmci_transport"])
+@pytest.mark.parametrize(
+    "module", ["vmw_vsock_virtio_transport", "hv_sock", "vmw_vsock_vmci_transport"]
+)
 def test_the_host_with_a_guest_to_host_transport_is_fine(tmp_path: Path, module: str) -> None:
     check = linux("vsock://host:5000", guest(tmp_path, "vsock_loopback", module))["address_cid"]
     assert check.status == OK
@@ -80,6 +88,7 @@ def test_a_hyperv_guest_is_told_to_load_hv_sock(tmp_path: Path) -> None:
 
 
 # -- hybrid:// : the VMM's socket -----------------------------------------------------------
+
 
 def vmm(report: Diagnosis) -> tuple[str, str]:
     return report["vmm_socket"].status, report["vmm_handshake"].status

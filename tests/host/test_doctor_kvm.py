@@ -32,8 +32,13 @@ def _no_virsh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(empty))
 
 
-def host(tmp_path: Path, *, module: bool = True, device: str | None = "/dev/null",
-         vms: dict[int, list[str]] | None = None) -> Machine:
+def host(
+    tmp_path: Path,
+    *,
+    module: bool = True,
+    device: str | None = "/dev/null",
+    vms: dict[int, list[str]] | None = None,
+) -> Machine:
     root = tmp_path / "root"
     (root / "sys" / "module").mkdir(parents=True)
     (root / "dev").mkdir()
@@ -45,7 +50,8 @@ def host(tmp_path: Path, *, module: bool = True, device: str | None = "/dev/null
     for pid, argv in (vms or {}).items():
         (root / "proc" / str(pid)).mkdir()
         (root / "proc" / str(pid) / "cmdline").write_bytes(
-            b"".join(a.encode() + b"\0" for a in argv))
+            b"".join(a.encode() + b"\0" for a in argv)
+        )
     # Fake vsock sockets: the host tier makes no real AF_VSOCK socket (tests/conftest.py).
     return Machine(root=str(root), euid=os.geteuid(), vsock_socket=FakeVsock())
 
@@ -67,12 +73,16 @@ def test_a_kvm_host_with_two_vms(tmp_path: Path) -> None:
     assert got["vhost_vsock"][0] == OK
     status, summary, _ = got["dev_vhost_vsock"]
     assert status == OK
-    assert summary == "crw-rw-rw- root:root; may be opened (read-write) by: everyone; this " \
-                      "user can open it"
+    assert (
+        summary == "crw-rw-rw- root:root; may be opened (read-write) by: everyone; this "
+        "user can open it"
+    )
     status, summary, _ = got["host_vms"]
     assert status == OK
-    assert summary.startswith(f"web1: cid 3 (qemu, running, from {m.root}/proc/10); "
-                              f"db1: cid 4 (qemu, running, from {m.root}/proc/11)")
+    assert summary.startswith(
+        f"web1: cid 3 (qemu, running, from {m.root}/proc/10); "
+        f"db1: cid 4 (qemu, running, from {m.root}/proc/11)"
+    )
 
 
 def test_one_cid_on_two_running_vms_is_a_warning(tmp_path: Path) -> None:
@@ -83,8 +93,7 @@ def test_one_cid_on_two_running_vms_is_a_warning(tmp_path: Path) -> None:
 
 
 def test_not_a_vhost_host(tmp_path: Path) -> None:
-    got = checks(diagnose(machine=host(tmp_path, module=False, device=None),
-                          platform="linux"))
+    got = checks(diagnose(machine=host(tmp_path, module=False, device=None), platform="linux"))
     assert got["vhost_vsock"][0] == INFO
     assert "`sudo modprobe vhost_vsock`" in got["vhost_vsock"][2]
     assert got["dev_vhost_vsock"][0] == NOT_APPLICABLE
@@ -93,16 +102,19 @@ def test_not_a_vhost_host(tmp_path: Path) -> None:
 
 
 def test_vms_without_the_module_and_a_module_without_its_node(tmp_path: Path) -> None:
-    got = checks(diagnose(machine=host(tmp_path, module=False, device=None,
-                                       vms={10: qemu("web1", 3)}), platform="linux"))
+    got = checks(
+        diagnose(
+            machine=host(tmp_path, module=False, device=None, vms={10: qemu("web1", 3)}),
+            platform="linux",
+        )
+    )
     assert got["vhost_vsock"][0] == WARN
     got = checks(diagnose(machine=host(tmp_path / "2", device=None), platform="linux"))
     assert got["dev_vhost_vsock"][0] == WARN
     assert "does not exist" in got["dev_vhost_vsock"][1]
     not_a_device = tmp_path / "plain-file"
     not_a_device.write_text("")
-    got = checks(diagnose(machine=host(tmp_path / "3", device=str(not_a_device)),
-                          platform="linux"))
+    got = checks(diagnose(machine=host(tmp_path / "3", device=str(not_a_device)), platform="linux"))
     assert got["dev_vhost_vsock"][0] == WARN
     assert "is not a character device" in got["dev_vhost_vsock"][1]
 
@@ -123,8 +135,11 @@ def test_a_vm_name_that_does_not_resolve(tmp_path: Path) -> None:
     assert (status, summary) == (WARN, "VM 'web1' could not be resolved here")
     assert "use vsock://name:web1:5000" in fix
     for name in LINUX_ADDRESS_CHECKS:
-        assert got[name] == (NOT_APPLICABLE, "the VM name was not resolved (see "
-                             "address_host_vm)", "")
+        assert got[name] == (
+            NOT_APPLICABLE,
+            "the VM name was not resolved (see address_host_vm)",
+            "",
+        )
 
 
 def test_other_addresses_and_other_platforms(tmp_path: Path) -> None:

@@ -27,8 +27,11 @@ def test_example_is_short_and_matches_the_guide() -> None:
 def test_example_service_as_a_process(short_tmp: Path) -> None:
     address = f"unix://{short_tmp}/kv.sock"
     ready = short_tmp / "ready.json"
-    with subprocess.Popen([sys.executable, str(EXAMPLE), address, str(ready)],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
+    with subprocess.Popen(
+        [sys.executable, str(EXAMPLE), address, str(ready)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    ) as proc:
         deadline = time.monotonic() + 20
         while not ready.exists():
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""

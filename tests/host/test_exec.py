@@ -36,8 +36,9 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture(params=["unix", "tcp"])
 def agent(request: pytest.FixtureRequest, short_tmp: Path) -> Iterator[AgentThread]:
     config = default_config(["exec", "info", "health", "time"])
-    config.listen = parse_address(f"unix://{short_tmp}/agent.sock" if request.param == "unix"
-                                  else "tcp://127.0.0.1:0")
+    config.listen = parse_address(
+        f"unix://{short_tmp}/agent.sock" if request.param == "unix" else "tcp://127.0.0.1:0"
+    )
     if request.param == "tcp":
         # Exec on TCP is refused unless its allow rules are given (any local user can
         # connect to 127.0.0.1): the explicit opt-in.
@@ -123,8 +124,9 @@ def test_signal_exit_is_negative_returncode_and_128_plus_n(agent: AgentThread) -
     assert (result.returncode, result.signal, result.exit_status) == (-15, 15, 143)
 
 
-def test_timeout_kills_the_whole_group_even_ignoring_sigterm(unix_agent: AgentThread,
-                                                             tmp_path: Path) -> None:
+def test_timeout_kills_the_whole_group_even_ignoring_sigterm(
+    unix_agent: AgentThread, tmp_path: Path
+) -> None:
     pidfile = tmp_path / "child"
     script = f"trap '' TERM; sleep 1000 & echo $! > {pidfile}; while :; do sleep 0.05; done"
     begun = time.monotonic()
@@ -154,8 +156,13 @@ def test_vanished_client_gets_its_group_killed(unix_agent: AgentThread) -> None:
 
 
 def test_env_set_unset_and_cwd(agent: AgentThread, tmp_path: Path) -> None:
-    result = hvsock.exec(agent.address(), ["sh", "-c", 'echo "$A|${HOME-unset}|$PWD"'],
-                         env={"A": "b c"}, unset=["HOME"], cwd=str(tmp_path))
+    result = hvsock.exec(
+        agent.address(),
+        ["sh", "-c", 'echo "$A|${HOME-unset}|$PWD"'],
+        env={"A": "b c"},
+        unset=["HOME"],
+        cwd=str(tmp_path),
+    )
     assert result.stdout.decode() == f"b c|unset|{tmp_path}\n"
 
 
@@ -166,14 +173,18 @@ def test_output_cap_stops_the_command(agent: AgentThread) -> None:
     assert result.signal == signal.SIGKILL
 
 
-@pytest.mark.parametrize(("kwargs", "code"), [
-    ({"args": ["no-such-program-here"]}, "not_found"),
-    ({"args": ["/etc/passwd"]}, "not_executable"),
-    ({"args": ["true"], "cwd": "/no/such/dir"}, "bad_cwd"),
-    ({"args": ["true"], "user": "no-such-user-xyz"}, "no_user"),
-])
-def test_commands_the_agent_cannot_run(unix_agent: AgentThread, kwargs: dict[str, object],
-                                       code: str) -> None:
+@pytest.mark.parametrize(
+    ("kwargs", "code"),
+    [
+        ({"args": ["no-such-program-here"]}, "not_found"),
+        ({"args": ["/etc/passwd"]}, "not_executable"),
+        ({"args": ["true"], "cwd": "/no/such/dir"}, "bad_cwd"),
+        ({"args": ["true"], "user": "no-such-user-xyz"}, "no_user"),
+    ],
+)
+def test_commands_the_agent_cannot_run(
+    unix_agent: AgentThread, kwargs: dict[str, object], code: str
+) -> None:
     with pytest.raises(hvsock.RemoteError) as info:
         hvsock.exec(unix_agent.address(), **kwargs)  # type: ignore[arg-type]
     assert info.value.code == code
@@ -188,11 +199,18 @@ def test_run_as_another_user(unix_agent: AgentThread) -> None:
     assert result.stdout.split() == [b"65534", b"nobody"]
 
 
-@pytest.mark.parametrize("bad", [
-    {"args": "echo hi"}, {"args": []}, {"args": ["a"], "timeout": -1},
-    {"args": ["a"], "env": {"A=B": "1"}}, {"args": ["a"], "max_output": 0},
-    {"args": ["cat"], "input": "text, not bytes"}, {"args": ["cat"], "input": [1, 2]},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"args": "echo hi"},
+        {"args": []},
+        {"args": ["a"], "timeout": -1},
+        {"args": ["a"], "env": {"A=B": "1"}},
+        {"args": ["a"], "max_output": 0},
+        {"args": ["cat"], "input": "text, not bytes"},
+        {"args": ["cat"], "input": [1, 2]},
+    ],
+)
 def test_bad_arguments_raise_argument_error(bad: dict[str, object]) -> None:
     with pytest.raises(hvsock.ArgumentError):
         hvsock.exec("unix:///nonexistent.sock", **bad)  # type: ignore[arg-type]
@@ -226,8 +244,9 @@ class _Records(logging.Handler):
 
 def test_many_sessions_at_once_async(agent: AgentThread) -> None:
     async def one(i: int) -> hvsock.ExecResult:
-        return await hvsock.exec_async(agent.address(), ["sh", "-c", f"sleep 0.2; echo {i}"],
-                                       input=b"")
+        return await hvsock.exec_async(
+            agent.address(), ["sh", "-c", f"sleep 0.2; echo {i}"], input=b""
+        )
 
     async def main() -> list[hvsock.ExecResult | BaseException]:
         return await asyncio.gather(*(one(i) for i in range(24)), return_exceptions=True)
@@ -241,11 +260,14 @@ def test_many_sessions_at_once_async(agent: AgentThread) -> None:
         # failed under load with BlockingIOError in the server's _read_fd, then KeyError
         # in asyncio's selector, and the bare client error told nothing).
         clients = "\n".join("".join(traceback.format_exception(exc)) for exc in failed)
-        pytest.fail(f"{len(failed)} of {len(results)} sessions failed.\n-- clients:\n"
-                    f"{clients}\n-- agent log:\n" + "\n".join(records.lines),
-                    pytrace=False)
+        pytest.fail(
+            f"{len(failed)} of {len(results)} sessions failed.\n-- clients:\n"
+            f"{clients}\n-- agent log:\n" + "\n".join(records.lines),
+            pytrace=False,
+        )
     assert [r.stdout for r in results] == [  # type: ignore[union-attr]
-        f"{i}\n".encode() for i in range(24)]
+        f"{i}\n".encode() for i in range(24)
+    ]
     assert time.monotonic() - begun < 20  # concurrent, not 24 x 0.2 s in a row each waiting
 
 
@@ -257,8 +279,9 @@ def test_async_twin_carries_big_input_both_ways(agent: AgentThread) -> None:
 
 def test_async_twin_streams_to_callbacks(agent: AgentThread) -> None:
     chunks: list[bytes] = []
-    result = asyncio.run(hvsock.exec_async(agent.address(), ["sh", "-c", "echo a; echo b >&2"],
-                                           stdout=chunks.append))
+    result = asyncio.run(
+        hvsock.exec_async(agent.address(), ["sh", "-c", "echo a; echo b >&2"], stdout=chunks.append)
+    )
     assert b"".join(chunks) == b"a\n"
     assert (result.stdout, result.stderr) == (b"", b"b\n")
 
@@ -300,9 +323,13 @@ def _default_sigint() -> None:  # pragma: no cover - runs in the child
 #: A remote command prefix doing the same on the agent's side (a shell cannot trap a
 #: signal that was ignored when it started), whatever the agent running in this
 #: process passes on to its commands.
-WITH_DEFAULT_SIGINT = [sys.executable, "-c", "import os, signal, sys; "
-                       "signal.signal(signal.SIGINT, signal.SIG_DFL); "
-                       "os.execvp(sys.argv[1], sys.argv[1:])"]
+WITH_DEFAULT_SIGINT = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; "
+    "signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execvp(sys.argv[1], sys.argv[1:])",
+]
 
 
 def _set_size(fd: int, rows: int, cols: int) -> None:
@@ -327,9 +354,15 @@ class Terminal:
             _default_sigint()
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
-        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave,
-                                     start_new_session=True, preexec_fn=take_terminal,
-                                     env=dict(os.environ, TERM="xterm-256color"))
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+            preexec_fn=take_terminal,
+            env=dict(os.environ, TERM="xterm-256color"),
+        )
         self.output = bytearray()
 
     def read_until(self, needle: bytes, timeout: float = 30) -> bytes:
@@ -338,6 +371,7 @@ class Terminal:
             if time.monotonic() > deadline:
                 raise AssertionError(f"no {needle!r} in {bytes(self.output)[-500:]!r}")
             import select
+
             if select.select([self.master], [], [], 0.1)[0]:
                 try:
                     self.output += os.read(self.master, 65536)
@@ -358,8 +392,17 @@ class Terminal:
 
 
 def test_cli_tty_gets_the_callers_size_and_term(unix_agent: AgentThread) -> None:
-    term = Terminal(_cli("exec", "-t", unix_agent.address(), "--", "sh", "-c",
-                         "stty size; echo $TERM; test -t 0 && echo tty"))
+    term = Terminal(
+        _cli(
+            "exec",
+            "-t",
+            unix_agent.address(),
+            "--",
+            "sh",
+            "-c",
+            "stty size; echo $TERM; test -t 0 && echo tty",
+        )
+    )
     out = term.read_until(b"tty\r\n")
     assert b"33 101\r\n" in out
     assert b"xterm-256color\r\n" in out
@@ -367,20 +410,24 @@ def test_cli_tty_gets_the_callers_size_and_term(unix_agent: AgentThread) -> None
 
 
 def test_cli_tty_output_is_byte_for_byte_what_a_local_terminal_shows(
-        unix_agent: AgentThread) -> None:
+    unix_agent: AgentThread,
+) -> None:
     """The same command on a PTY here and through ``hvsock exec -t``: the same bytes.
 
     Both terminals are real PTYs of the same size and TERM whose input side stays
     open (nothing types ahead, no EOF), so a difference is hvsock's.
     """
-    command = ["sh", "-c", "printf 'a\\tb\\n\\033[1mbold\\033[0m\\n\\001\\377 x\\r\\n'; "
-               "stty size; echo \"$TERM\"; test -t 0 && echo tty; "
-               "ls /no-such-path-xyz 2>&1 | sed 's/^[^:]*: //'; echo END; exit 3"]
+    command = [
+        "sh",
+        "-c",
+        "printf 'a\\tb\\n\\033[1mbold\\033[0m\\n\\001\\377 x\\r\\n'; "
+        'stty size; echo "$TERM"; test -t 0 && echo tty; '
+        "ls /no-such-path-xyz 2>&1 | sed 's/^[^:]*: //'; echo END; exit 3",
+    ]
     local = Terminal(command, rows=37, cols=101)
     expected = local.read_until(b"END\r\n")
     assert local.finish() == 3
-    remote = Terminal(_cli("exec", "-t", unix_agent.address(), "--", *command),
-                      rows=37, cols=101)
+    remote = Terminal(_cli("exec", "-t", unix_agent.address(), "--", *command), rows=37, cols=101)
     got = remote.read_until(b"END\r\n")
     assert remote.finish() == 3
     assert b"\x01\xff x\r\r\n37 101\r\nxterm-256color\r\ntty\r\n" in expected
@@ -388,8 +435,20 @@ def test_cli_tty_output_is_byte_for_byte_what_a_local_terminal_shows(
 
 
 def test_cli_interactive_bash_resizes_and_exit_status(unix_agent: AgentThread) -> None:
-    term = Terminal(_cli("exec", "-it", "-e", "PS1=PROMPT> ", unix_agent.address(), "--",
-                         "bash", "--norc", "--noprofile", "-i"))
+    term = Terminal(
+        _cli(
+            "exec",
+            "-it",
+            "-e",
+            "PS1=PROMPT> ",
+            unix_agent.address(),
+            "--",
+            "bash",
+            "--norc",
+            "--noprofile",
+            "-i",
+        )
+    )
     term.read_until(b"PROMPT> ")
     term.write(b"echo $((6*7))\n")
     term.read_until(b"42")
@@ -415,10 +474,20 @@ def test_cli_tty_restores_terminal_when_the_command_is_missing(unix_agent: Agent
 
 def test_cli_ctrl_c_is_forwarded_as_sigint(unix_agent: AgentThread) -> None:
     proc = subprocess.Popen(
-        _cli("exec", unix_agent.address(), "--", *WITH_DEFAULT_SIGINT, "sh", "-c",
-             "trap 'echo INT; exit 7' INT; echo ready; while :; do sleep 0.05; done"),
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        preexec_fn=_default_sigint)
+        _cli(
+            "exec",
+            unix_agent.address(),
+            "--",
+            *WITH_DEFAULT_SIGINT,
+            "sh",
+            "-c",
+            "trap 'echo INT; exit 7' INT; echo ready; while :; do sleep 0.05; done",
+        ),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=_default_sigint,
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline() == b"ready\n"
     proc.send_signal(signal.SIGINT)
@@ -429,29 +498,52 @@ def test_cli_ctrl_c_is_forwarded_as_sigint(unix_agent: AgentThread) -> None:
 
 def test_cli_exit_statuses(unix_agent: AgentThread) -> None:
     def run(*cmd: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(_cli("exec", unix_agent.address(), "--", *cmd),
-                              capture_output=True, timeout=60, check=False)
+        return subprocess.run(
+            _cli("exec", unix_agent.address(), "--", *cmd),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
 
     assert run("sh", "-c", "exit 9").returncode == 9
     assert run("sh", "-c", "kill -KILL $$").returncode == 137
     missing = run("no-such-program-xyz")
     assert missing.returncode == 127
     assert b"command not found" in missing.stderr
-    echoed = subprocess.run(_cli("exec", unix_agent.address(), "--", "cat"), input=b"abc",
-                            capture_output=True, timeout=60, check=False)
+    echoed = subprocess.run(
+        _cli("exec", unix_agent.address(), "--", "cat"),
+        input=b"abc",
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     assert echoed.stdout == b"abc"
 
 
 def test_cli_agent_listen_enable_end_to_end(short_tmp: Path) -> None:
     sock = short_tmp / "cli.sock"
     ready = short_tmp / "ready.json"
-    agent = subprocess.Popen(_cli("agent", "--listen", f"unix://{sock}", "--enable",
-                                  "exec,info", "--ready-file", str(ready)),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    agent = subprocess.Popen(
+        _cli(
+            "agent",
+            "--listen",
+            f"unix://{sock}",
+            "--enable",
+            "exec,info",
+            "--ready-file",
+            str(ready),
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_for(ready.exists, "the agent's ready file", timeout=30)
-        done = subprocess.run(_cli("exec", f"unix://{sock}", "--", "echo", "hi"),
-                              capture_output=True, timeout=60, check=False)
+        done = subprocess.run(
+            _cli("exec", f"unix://{sock}", "--", "echo", "hi"),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
         assert (done.returncode, done.stdout) == (0, b"hi\n")
     finally:
         agent.send_signal(signal.SIGTERM)
@@ -463,16 +555,19 @@ def test_cli_agent_listen_enable_end_to_end(short_tmp: Path) -> None:
 def test_cli_check_config(tmp_path: Path) -> None:
     bad = tmp_path / "agent.toml"
     bad.write_text("[exec]\nenabled = 1\n\n[bogus]\n")
-    done = subprocess.run(_cli("agent", "--check-config", str(bad)), capture_output=True,
-                          timeout=60, check=False)
+    done = subprocess.run(
+        _cli("agent", "--check-config", str(bad)), capture_output=True, timeout=60, check=False
+    )
     assert done.returncode == 2
     assert done.stderr.decode().splitlines() == [
         f"{bad}:4: unknown section [bogus]; known: [agent], [exec], [info], [health], [time], "
         "[qga], [kvp], [cp]",
-        f"{bad}:2: [exec] enabled must be true or false"]
+        f"{bad}:2: [exec] enabled must be true or false",
+    ]
     bad.write_text("[exec]\nenabled = true\n")
-    done = subprocess.run(_cli("agent", "--check-config", str(bad)), capture_output=True,
-                          timeout=60, check=False)
+    done = subprocess.run(
+        _cli("agent", "--check-config", str(bad)), capture_output=True, timeout=60, check=False
+    )
     assert done.returncode == 0
     assert b"exec" in done.stdout
 
@@ -492,8 +587,7 @@ def test_own_address_allowlist_never_defaults_to_everyone(short_tmp: Path) -> No
     with AgentThread(config) as running:
         # exec never takes [agent] allow: with none of its own, its default (this uid
         # and root), on its own address too.
-        assert running.agent.services["exec"].allow == frozenset(
-            {f"uid:{os.geteuid()}", "uid:0"})
+        assert running.agent.services["exec"].allow == frozenset({f"uid:{os.geteuid()}", "uid:0"})
     config.services["exec"].allow = ["uid:4000000"]
     with AgentThread(config) as running:
         assert running.agent.services["exec"].allow == frozenset({"uid:4000000"})
@@ -501,17 +595,20 @@ def test_own_address_allowlist_never_defaults_to_everyone(short_tmp: Path) -> No
             hvsock.exec(running.address("hvsock exec"), ["true"], service=None)
 
 
-@pytest.mark.parametrize("argv", [
-    ["exec", "unix:///tmp/x.sock"],
-    ["exec", "unix:///tmp/x.sock", "--"],
-    ["exec", "-e", "NOEQUALS", "unix:///tmp/x.sock", "--", "true"],
-    ["exec", "--timeout", "-1", "unix:///tmp/x.sock", "--", "true"],
-    ["exec", "nope://x", "--", "true"],
-    ["agent", "--listen", "unix:///tmp/x.sock"],
-    ["agent", "--enable", "exec"],
-    ["agent", "--listen", "unix:///tmp/x.sock", "--enable", "exec,nope"],
-    ["agent", "--listen", "unix:///tmp/x.sock", "--enable", "qga"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["exec", "unix:///tmp/x.sock"],
+        ["exec", "unix:///tmp/x.sock", "--"],
+        ["exec", "-e", "NOEQUALS", "unix:///tmp/x.sock", "--", "true"],
+        ["exec", "--timeout", "-1", "unix:///tmp/x.sock", "--", "true"],
+        ["exec", "nope://x", "--", "true"],
+        ["agent", "--listen", "unix:///tmp/x.sock"],
+        ["agent", "--enable", "exec"],
+        ["agent", "--listen", "unix:///tmp/x.sock", "--enable", "exec,nope"],
+        ["agent", "--listen", "unix:///tmp/x.sock", "--enable", "qga"],
+    ],
+)
 def test_cli_usage_errors_exit_2(argv: list[str]) -> None:
     import io
 
@@ -523,9 +620,18 @@ def test_cli_usage_errors_exit_2(argv: list[str]) -> None:
 
 
 def test_cli_tty_ctrl_c_reaches_the_remote_foreground_job(unix_agent: AgentThread) -> None:
-    term = Terminal(_cli("exec", "-t", unix_agent.address(), "--", *WITH_DEFAULT_SIGINT, "sh",
-                         "-c", "trap 'echo INT; exit 7' INT; echo ready; "
-                         "while :; do sleep 0.05; done"))
+    term = Terminal(
+        _cli(
+            "exec",
+            "-t",
+            unix_agent.address(),
+            "--",
+            *WITH_DEFAULT_SIGINT,
+            "sh",
+            "-c",
+            "trap 'echo INT; exit 7' INT; echo ready; while :; do sleep 0.05; done",
+        )
+    )
     term.read_until(b"ready")
     term.write(b"\x03")  # raw mode here: the byte travels; the remote PTY makes it SIGINT
     term.read_until(b"INT")
@@ -574,16 +680,18 @@ def test_read_event_gathers_a_frame_that_arrives_in_two_reads() -> None:
         agent_side.close()
 
 
-@pytest.mark.parametrize(("sent", "message"), [
-    (b"", "closed the connection before the command's exit"),
-    (b"\x00\x00", "in the middle of a frame"),
-    (ep.data_head(ep.STDOUT, 1000) + b"x" * 10, "in the middle of a frame"),
-    (b"\x00\x00\x00\x00\x11", "empty exec frame"),
-    (b"\x7f\x00\x00\x00\x11", "frame"),
-    (b"\x00\x00\x00\x02\x99x", "unknown exec frame kind"),
-])
-def test_read_event_on_cut_or_bad_frames_raises_protocol_error(sent: bytes,
-                                                               message: str) -> None:
+@pytest.mark.parametrize(
+    ("sent", "message"),
+    [
+        (b"", "closed the connection before the command's exit"),
+        (b"\x00\x00", "in the middle of a frame"),
+        (ep.data_head(ep.STDOUT, 1000) + b"x" * 10, "in the middle of a frame"),
+        (b"\x00\x00\x00\x00\x11", "empty exec frame"),
+        (b"\x7f\x00\x00\x00\x11", "frame"),
+        (b"\x00\x00\x00\x02\x99x", "unknown exec frame kind"),
+    ],
+)
+def test_read_event_on_cut_or_bad_frames_raises_protocol_error(sent: bytes, message: str) -> None:
     ours, agent_side = socket.socketpair()
     session = _started(ours)
     ours.settimeout(20)
@@ -643,8 +751,7 @@ def test_input_may_be_pieces_taken_as_the_command_runs(agent: AgentThread) -> No
         yield memoryview(b"rest of the input")
 
     script = 'printf password: >&2; read -r pw; echo "pw=$pw"; cat'
-    result = hvsock.exec(agent.address(), ["sh", "-c", script], input=answer(),
-                         stderr=on_stderr)
+    result = hvsock.exec(agent.address(), ["sh", "-c", script], input=answer(), stderr=on_stderr)
     assert (result.returncode, result.stdout) == (0, b"pw=s3cret\nrest of the input")
     assert bytes(seen) == b"password:"
 

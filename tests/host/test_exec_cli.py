@@ -63,15 +63,21 @@ def agent(short_tmp: Path, hvsock_cmd: list[str]) -> Iterator[Agent]:
     sock = short_tmp / "a.sock"
     config = short_tmp / "agent.toml"
     # Room for 200 sessions at once (the defaults queue them past 32).
-    config.write_text(f'[agent]\nlisten = "unix://{sock}"\nmax_connections = 512\n\n'
-                      "[exec]\nenabled = true\nmax_sessions = 256\n")
+    config.write_text(
+        f'[agent]\nlisten = "unix://{sock}"\nmax_connections = 512\n\n'
+        "[exec]\nenabled = true\nmax_sessions = 256\n"
+    )
     ready = short_tmp / "ready.json"
-    proc = subprocess.Popen([*hvsock_cmd, "agent", "--config", str(config), "--ready-file",
-                             str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            preexec_fn=_restore_sigint)
+    proc = subprocess.Popen(
+        [*hvsock_cmd, "agent", "--config", str(config), "--ready-file", str(ready)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=_restore_sigint,
+    )
     try:
-        wait_for(lambda: ready.exists() or proc.poll() is not None, "the agent's ready file",
-                 timeout=60)
+        wait_for(
+            lambda: ready.exists() or proc.poll() is not None, "the agent's ready file", timeout=60
+        )
         assert proc.poll() is None, proc.communicate()[1].decode()
         yield Agent(proc, f"unix://{sock}")
     finally:
@@ -83,14 +89,21 @@ def agent(short_tmp: Path, hvsock_cmd: list[str]) -> Iterator[Agent]:
             proc.communicate()
 
 
-def _exec(hvsock_cmd: list[str], agent: Agent, *argv: str,
-          options: tuple[str, ...] = ()) -> list[str]:
+def _exec(
+    hvsock_cmd: list[str], agent: Agent, *argv: str, options: tuple[str, ...] = ()
+) -> list[str]:
     return [*hvsock_cmd, "exec", *options, agent.address, *argv]
 
 
 def _run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(cmd, capture_output=True, timeout=RUN_TIMEOUT, check=False,
-                          preexec_fn=_restore_sigint, **kwargs)  # type: ignore[call-overload,no-any-return]
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+        preexec_fn=_restore_sigint,
+        **kwargs,
+    )  # type: ignore[call-overload,no-any-return]
 
 
 def _sha(data: bytes) -> bytes:
@@ -111,8 +124,9 @@ def test_stdin_from_a_regular_file(agent: Agent, hvsock_cmd: list[str], tmp_path
 
 
 def test_stdin_from_dev_null(agent: Agent, hvsock_cmd: list[str]) -> None:
-    done = _run(_exec(hvsock_cmd, agent, "--", "sh", "-c", "cat; echo end"),
-                stdin=subprocess.DEVNULL)
+    done = _run(
+        _exec(hvsock_cmd, agent, "--", "sh", "-c", "cat; echo end"), stdin=subprocess.DEVNULL
+    )
     assert (done.returncode, done.stdout, done.stderr) == (0, b"end\n", b"")
 
 
@@ -153,9 +167,13 @@ def test_stdin_from_a_terminal(agent: Agent, hvsock_cmd: list[str]) -> None:
         attrs = termios.tcgetattr(slave)
         attrs[3] &= ~termios.ECHO  # only what the command sends back on stdout matters
         termios.tcsetattr(slave, termios.TCSANOW, attrs)
-        proc = subprocess.Popen(_exec(hvsock_cmd, agent, "--", "sh", "-c", "cat; echo end"),
-                                stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                preexec_fn=_restore_sigint)
+        proc = subprocess.Popen(
+            _exec(hvsock_cmd, agent, "--", "sh", "-c", "cat; echo end"),
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=_restore_sigint,
+        )
         # Typed lines, then ^D on an empty line: the terminal's EOF.
         os.write(master, b"one\ntwo\n\x04")
         out, err = proc.communicate(timeout=RUN_TIMEOUT)
@@ -167,17 +185,21 @@ def test_stdin_from_a_terminal(agent: Agent, hvsock_cmd: list[str]) -> None:
 
 def test_no_stdin_sends_eof_at_once(agent: Agent, hvsock_cmd: list[str]) -> None:
     # Our stdin stays open and silent: only -n lets `cat` end.
-    proc = subprocess.Popen(_exec(hvsock_cmd, agent, "--", "sh", "-c", "cat; echo end",
-                                  options=("-n",)),
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, preexec_fn=_restore_sigint)
+    proc = subprocess.Popen(
+        _exec(hvsock_cmd, agent, "--", "sh", "-c", "cat; echo end", options=("-n",)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=_restore_sigint,
+    )
     with proc:
         out, err = proc.communicate(timeout=RUN_TIMEOUT)
     assert (proc.returncode, out, err) == (0, b"end\n", b"")
 
 
 def test_a_command_that_writes_before_it_reads_does_not_deadlock(
-        agent: Agent, hvsock_cmd: list[str], tmp_path: Path) -> None:
+    agent: Agent, hvsock_cmd: list[str], tmp_path: Path
+) -> None:
     # 20 MiB out before the command reads anything, while 30 MiB wait on its stdin:
     # more than every pipe and socket buffer on the way holds.
     sent = 30 << 20
@@ -185,7 +207,11 @@ def test_a_command_that_writes_before_it_reads_does_not_deadlock(
     with out_path.open("wb") as out, err_path.open("wb") as err:
         proc = subprocess.Popen(
             _exec(hvsock_cmd, agent, "--", "sh", "-c", "head -c 20M /dev/zero; cat"),
-            stdin=subprocess.PIPE, stdout=out, stderr=err, preexec_fn=_restore_sigint)
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=err,
+            preexec_fn=_restore_sigint,
+        )
     assert proc.stdin is not None
     stdin = proc.stdin
 
@@ -210,14 +236,18 @@ def test_a_command_that_writes_before_it_reads_does_not_deadlock(
     assert out_path.read_bytes() == b"\0" * (20 << 20) + b"\1" * sent
 
 
-def test_three_ctrl_c_leave_even_when_the_agent_reads_nothing(agent: Agent,
-                                                              hvsock_cmd: list[str]) -> None:
+def test_three_ctrl_c_leave_even_when_the_agent_reads_nothing(
+    agent: Agent, hvsock_cmd: list[str]
+) -> None:
     # The command never reads: its stdin pipe fills, the agent stops reading us, our
     # socket fills; Ctrl-C must still get us out.
-    proc = subprocess.Popen(_exec(hvsock_cmd, agent, "--", "sh", "-c",
-                                  "trap '' INT; echo ready; exec sleep 1000"),
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, preexec_fn=_restore_sigint)
+    proc = subprocess.Popen(
+        _exec(hvsock_cmd, agent, "--", "sh", "-c", "trap '' INT; echo ready; exec sleep 1000"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=_restore_sigint,
+    )
     assert proc.stdin is not None
     assert proc.stdout is not None
     assert proc.stdout.readline() == b"ready\n"
@@ -272,8 +302,7 @@ def _pipe_full(proc: subprocess.Popen[bytes]) -> bool:
     import struct
 
     assert proc.stdin is not None
-    queued = struct.unpack("i", fcntl.ioctl(proc.stdin.fileno(), termios.FIONREAD,
-                                            b"\0\0\0\0"))[0]
+    queued = struct.unpack("i", fcntl.ioctl(proc.stdin.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
     return bool(queued >= 65536)
 
 
@@ -282,23 +311,33 @@ def _pipe_full(proc: subprocess.Popen[bytes]) -> bool:
 
 def test_timeout_says_so_and_exits_124(agent: Agent, hvsock_cmd: list[str]) -> None:
     begun = time.monotonic()
-    done = _run(_exec(hvsock_cmd, agent, "--", "sleep", "60", options=("--timeout", "1")),
-                stdin=subprocess.DEVNULL)
+    done = _run(
+        _exec(hvsock_cmd, agent, "--", "sleep", "60", options=("--timeout", "1")),
+        stdin=subprocess.DEVNULL,
+    )
     assert done.returncode == 124
     assert done.stderr == b"hvsock: the command timed out after 1 s; the agent killed it\n"
     assert time.monotonic() - begun < 60
 
 
-@pytest.mark.parametrize(("script", "status"), [
-    ("yes", 141),  # killed by the SIGPIPE we send: 128 + 13, as `yes | head -1` locally
-    ("trap 'exit 0' PIPE; while :; do echo y; done", 141),  # exits 0, but was cut off
-    ("trap 'exit 3' PIPE; while :; do echo y; done", 3),  # its own status otherwise
-])
+@pytest.mark.parametrize(
+    ("script", "status"),
+    [
+        ("yes", 141),  # killed by the SIGPIPE we send: 128 + 13, as `yes | head -1` locally
+        ("trap 'exit 0' PIPE; while :; do echo y; done", 141),  # exits 0, but was cut off
+        ("trap 'exit 3' PIPE; while :; do echo y; done", 3),  # its own status otherwise
+    ],
+)
 def test_a_command_cut_off_by_a_closed_output_does_not_exit_0(
-        agent: Agent, hvsock_cmd: list[str], script: str, status: int) -> None:
-    proc = subprocess.Popen(_exec(hvsock_cmd, agent, "--", "sh", "-c", script),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, preexec_fn=_restore_sigint)
+    agent: Agent, hvsock_cmd: list[str], script: str, status: int
+) -> None:
+    proc = subprocess.Popen(
+        _exec(hvsock_cmd, agent, "--", "sh", "-c", script),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=_restore_sigint,
+    )
     assert proc.stdout is not None
     with proc:
         assert proc.stdout.readline() == b"y\n"
@@ -341,23 +380,35 @@ def _baseline(agent: Agent) -> tuple[int, list[int]]:
 
 
 def _back_to(agent: Agent, baseline: tuple[int, list[int]]) -> None:
-    wait_for(lambda: _baseline(agent) == baseline, f"the agent's fds and children to be "
-             f"{baseline} again (now {_baseline(agent)})", timeout=60)
+    wait_for(
+        lambda: _baseline(agent) == baseline,
+        f"the agent's fds and children to be {baseline} again (now {_baseline(agent)})",
+        timeout=60,
+    )
 
 
-def test_64_cli_sessions_at_once_under_load(agent: Agent, hvsock_cmd: list[str],
-                                            cpu_hogs: None) -> None:
+def test_64_cli_sessions_at_once_under_load(
+    agent: Agent, hvsock_cmd: list[str], cpu_hogs: None
+) -> None:
     baseline = _baseline(agent)
     begun = time.monotonic()
-    procs = [subprocess.Popen(_exec(hvsock_cmd, agent, "--", *_script(i)),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, preexec_fn=_restore_sigint)
-             for i in range(CLI_SESSIONS)]
+    procs = [
+        subprocess.Popen(
+            _exec(hvsock_cmd, agent, "--", *_script(i)),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=_restore_sigint,
+        )
+        for i in range(CLI_SESSIONS)
+    ]
     try:
         with ThreadPoolExecutor(32) as pool:
-            results = list(pool.map(lambda pi: pi[1].communicate(_payload(pi[0]),
-                                                                 timeout=240),
-                                    enumerate(procs)))
+            results = list(
+                pool.map(
+                    lambda pi: pi[1].communicate(_payload(pi[0]), timeout=240), enumerate(procs)
+                )
+            )
     finally:
         for proc in procs:
             proc.kill()
@@ -368,35 +419,49 @@ def test_64_cli_sessions_at_once_under_load(agent: Agent, hvsock_cmd: list[str],
     _back_to(agent, baseline)
 
 
-def test_200_library_sessions_at_once_under_load(agent: Agent, cpu_hogs: None,
-                                                 fd_baseline: None) -> None:
+def test_200_library_sessions_at_once_under_load(
+    agent: Agent, cpu_hogs: None, fd_baseline: None
+) -> None:
     baseline = _baseline(agent)
     threads = threading.active_count()
     begun = time.monotonic()
     with ThreadPoolExecutor(SESSIONS) as pool:
-        results = list(pool.map(lambda i: hvsock.exec(agent.address, _script(i),
-                                                      input=_payload(i)), range(SESSIONS)))
+        results = list(
+            pool.map(
+                lambda i: hvsock.exec(agent.address, _script(i), input=_payload(i)), range(SESSIONS)
+            )
+        )
     print(f"{SESSIONS} hvsock.exec sessions under load: {time.monotonic() - begun:.1f} s")
     for i, result in enumerate(results):
         assert (result.returncode, result.stdout, result.stderr) == (
-            i % 7, _payload(i), f"e{i}\n".encode())
+            i % 7,
+            _payload(i),
+            f"e{i}\n".encode(),
+        )
     _back_to(agent, baseline)
     wait_for(lambda: threading.active_count() <= threads, "client threads to end")
 
 
-def test_200_asyncio_sessions_at_once_under_load(agent: Agent, cpu_hogs: None,
-                                                 fd_baseline: None) -> None:
+def test_200_asyncio_sessions_at_once_under_load(
+    agent: Agent, cpu_hogs: None, fd_baseline: None
+) -> None:
     baseline = _baseline(agent)
 
     async def main() -> list[hvsock.ExecResult]:
-        return await asyncio.gather(*(hvsock.exec_async(agent.address, _script(i),
-                                                        input=_payload(i))
-                                      for i in range(SESSIONS)))
+        return await asyncio.gather(
+            *(
+                hvsock.exec_async(agent.address, _script(i), input=_payload(i))
+                for i in range(SESSIONS)
+            )
+        )
 
     begun = time.monotonic()
     results = asyncio.run(asyncio.wait_for(main(), 240))
     print(f"{SESSIONS} exec_async sessions under load: {time.monotonic() - begun:.1f} s")
     for i, result in enumerate(results):
         assert (result.returncode, result.stdout, result.stderr) == (
-            i % 7, _payload(i), f"e{i}\n".encode())
+            i % 7,
+            _payload(i),
+            f"e{i}\n".encode(),
+        )
     _back_to(agent, baseline)

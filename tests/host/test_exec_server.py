@@ -36,8 +36,9 @@ pytestmark = pytest.mark.timeout(180)
 class Raw:
     """A client written against the wire protocol: hello, START, then frames."""
 
-    def __init__(self, address: str, start: ep.Start | None, *,
-                 service: str | None = "exec") -> None:
+    def __init__(
+        self, address: str, start: ep.Start | None, *, service: str | None = "exec"
+    ) -> None:
         self.sock = hvsock.connect(address, timeout=30)
         try:
             self.sock.settimeout(60)
@@ -97,23 +98,23 @@ def test_a_background_child_dies_when_the_command_exits(short_tmp: Path) -> None
     # child left holding the pipe would show as a late return, not just a survivor.
     policy = exec_server.ExecPolicy(drain_wait=120)
     host = hvsock.ServiceHost(grace=1)
-    host.add(exec_server.exec_service(allow=None, policy=policy),
-             f"unix://{short_tmp}/exec.sock")
+    host.add(exec_server.exec_service(allow=None, policy=policy), f"unix://{short_tmp}/exec.sock")
     with _HostThread(host) as running:
         begun = time.monotonic()
-        result = hvsock.exec(running.address, ["sh", "-c", "sleep 1000 & echo $!"],
-                             service=None)
+        result = hvsock.exec(running.address, ["sh", "-c", "sleep 1000 & echo $!"], service=None)
         child = int(result.stdout)
         assert time.monotonic() - begun < 60, "exec waited for the child's pipe to close"
         wait_for(lambda: process_gone(child), "the background child to be killed")
-        result = hvsock.exec(running.address, ["sh", "-c", "sleep 1000 >/dev/null 2>&1 & "
-                                               "echo $!"], service=None)
+        result = hvsock.exec(
+            running.address, ["sh", "-c", "sleep 1000 >/dev/null 2>&1 & echo $!"], service=None
+        )
         child = int(result.stdout)
         wait_for(lambda: process_gone(child), "the detached background child to be killed")
 
 
-def test_client_gone_right_after_start_kills_the_group(agent: AgentThread,
-                                                        fd_baseline: None) -> None:
+def test_client_gone_right_after_start_kills_the_group(
+    agent: AgentThread, fd_baseline: None
+) -> None:
     raw = Raw(agent.address(), ep.Start(("sh", "-c", "sleep 1000 & exec sleep 1001")))
     started, _ = raw.until(ep.Started)
     assert isinstance(started, ep.Started)
@@ -123,12 +124,10 @@ def test_client_gone_right_after_start_kills_the_group(agent: AgentThread,
     raw.close()
     wait_for(lambda: process_gone(started.pid), "the command to be killed")
     wait_for(lambda: process_gone(child), "its group to be killed")
-    wait_for(lambda: agent.agent.host.active_connections("hvsock agent") == 0,
-             "the session to end")
+    wait_for(lambda: agent.agent.host.active_connections("hvsock agent") == 0, "the session to end")
 
 
-def test_client_gone_before_started_is_noticed(agent: AgentThread,
-                                               fd_baseline: None) -> None:
+def test_client_gone_before_started_is_noticed(agent: AgentThread, fd_baseline: None) -> None:
     # START and hang up at once, many times: the agent's send of STARTED fails (or
     # the read sees EOF); either way the command and its pipes go.
     marker = f"hvsock-test-{os.getpid()}-{time.monotonic_ns()}"
@@ -149,17 +148,18 @@ def test_client_gone_before_started_is_noticed(agent: AgentThread,
                     found.append(pid)
         return found
 
-    wait_for(lambda: agent.agent.host.active_connections("hvsock agent") == 0,
-             "every session to end", timeout=60)
+    wait_for(
+        lambda: agent.agent.host.active_connections("hvsock agent") == 0,
+        "every session to end",
+        timeout=60,
+    )
     wait_for(lambda: not survivors(), "every command to be killed", timeout=30)
 
 
-def test_signal_is_read_while_stdin_waits_for_a_command_not_reading_it(
-        short_tmp: Path) -> None:
+def test_signal_is_read_while_stdin_waits_for_a_command_not_reading_it(short_tmp: Path) -> None:
     host = hvsock.ServiceHost(grace=1)
     policy = exec_server.ExecPolicy(stdin_buffer=16 << 20)
-    host.add(exec_server.exec_service(allow=None, policy=policy),
-             f"unix://{short_tmp}/exec.sock")
+    host.add(exec_server.exec_service(allow=None, policy=policy), f"unix://{short_tmp}/exec.sock")
     with _HostThread(host) as running:
         raw = Raw(running.address, ep.Start(("sleep", "1000")), service=None)
         raw.until(ep.Started)
@@ -198,15 +198,17 @@ def test_client_gone_while_its_stdin_waits_kills_the_group(agent: AgentThread) -
     raw.close()
     wait_for(lambda: process_gone(started.pid), "the command to be killed", timeout=30)
     wait_for(lambda: process_gone(child), "its group to be killed", timeout=30)
-    wait_for(lambda: agent.agent.host.active_connections("hvsock agent") == 0,
-             "the session to end", timeout=30)
+    wait_for(
+        lambda: agent.agent.host.active_connections("hvsock agent") == 0,
+        "the session to end",
+        timeout=30,
+    )
 
 
 def test_stdin_order_and_eof_survive_back_pressure(agent: AgentThread) -> None:
     # A slow reader: everything arrives, in order, then EOF ends it.
     data = os.urandom(5 << 20)
-    result = hvsock.exec(agent.address(), ["sh", "-c", "sleep 0.3; exec sha256sum"],
-                         input=data)
+    result = hvsock.exec(agent.address(), ["sh", "-c", "sleep 0.3; exec sha256sum"], input=data)
     assert result.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
 
 
@@ -219,7 +221,8 @@ def test_no_start_after_the_hello_is_cut_at_the_deadline(short_tmp: Path) -> Non
     config.max_connections = 4
     with AgentThread(config) as running:
         running.agent.services["exec"].handler.policy = exec_server.ExecPolicy(  # type: ignore[attr-defined]
-            start_timeout=0.5)
+            start_timeout=0.5
+        )
         idle = [Raw(running.address(), None) for _ in range(4)]
         # Every slot is held by a client that never sends START; the deadline frees
         # them, and each is told why.
@@ -234,8 +237,7 @@ def test_no_start_after_the_hello_is_cut_at_the_deadline(short_tmp: Path) -> Non
 def test_no_start_on_the_dedicated_address_is_cut_at_the_deadline(short_tmp: Path) -> None:
     policy = exec_server.ExecPolicy(start_timeout=0.5, max_sessions=1)
     host = hvsock.ServiceHost(grace=1)
-    host.add(exec_server.exec_service(allow=None, policy=policy),
-             f"unix://{short_tmp}/exec.sock")
+    host.add(exec_server.exec_service(allow=None, policy=policy), f"unix://{short_tmp}/exec.sock")
     with _HostThread(host) as running:
         idle = [Raw(running.address, None, service=None) for _ in range(4)]  # the limit
         for raw in idle:
@@ -266,12 +268,15 @@ def test_commands_get_default_signals_whatever_the_agent_inherited(short_tmp: Pa
             result = hvsock.exec(agent.address(), ["sh", "-c", "kill -INT $$; echo survived"])
             assert (result.signal, result.stdout) == (signal.SIGINT, b""), result
             status = hvsock.exec(agent.address(), ["cat", "/proc/self/status"]).stdout
-            fields = dict(line.split(":\t", 1) for line in status.decode().splitlines()
-                          if ":\t" in line)
+            fields = dict(
+                line.split(":\t", 1) for line in status.decode().splitlines() if ":\t" in line
+            )
             assert int(fields["SigBlk"], 16) == 0, fields["SigBlk"]
             assert int(fields["SigIgn"], 16) & (1 << (signal.SIGQUIT - 1)) == 0
-            raw = Raw(agent.address(), ep.Start(("sh", "-c", "kill -QUIT $$; echo survived"),
-                                                 tty=ep.Tty()))
+            raw = Raw(
+                agent.address(),
+                ep.Start(("sh", "-c", "kill -QUIT $$; echo survived"), tty=ep.Tty()),
+            )
             on_pty, _ = raw.until(ep.Exit)
             raw.close()
             assert isinstance(on_pty, ep.Exit)
@@ -297,8 +302,18 @@ def test_another_user_gets_a_clean_environment(agent: AgentThread) -> None:
     assert env["SHELL"] == (nobody.pw_shell or "/bin/sh")
     assert env["PATH"] == exec_server.USER_PATH
     assert env["MINE"] == "1"
-    assert set(env) <= {"HOME", "USER", "LOGNAME", "SHELL", "PATH", "MINE", "PWD", "SHLVL",
-                        "_", "OLDPWD"}, env
+    assert set(env) <= {
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "PATH",
+        "MINE",
+        "PWD",
+        "SHLVL",
+        "_",
+        "OLDPWD",
+    }, env
 
 
 # -- the agent's own policy --------------------------------------------------------------
@@ -311,8 +326,9 @@ def test_the_agents_max_output_applies_when_the_client_sets_none(short_tmp: Path
         assert result.truncated
         assert len(result.stdout) == 1000
         # The client's own, larger cap does not lift the agent's.
-        result = hvsock.exec(running.address(), ["head", "-c", "100000", "/dev/zero"],
-                             max_output=5000)
+        result = hvsock.exec(
+            running.address(), ["head", "-c", "100000", "/dev/zero"], max_output=5000
+        )
         assert result.truncated
         assert len(result.stdout) == 1000
 
@@ -383,7 +399,8 @@ def test_a_session_cancelled_twice_leaves_no_fd_registered() -> None:
 
     async def main() -> bytes:
         asyncio.get_running_loop().set_exception_handler(
-            lambda _loop, context: loop_errors.append(context))
+            lambda _loop, context: loop_errors.append(context)
+        )
         for _ in range(10):
             task, client = await session(("sh", "-c", "while :; do echo x; done"))
             client.setblocking(False)
@@ -445,7 +462,6 @@ class _HostThread:
         return str(next(iter(self.host.addresses.values())))
 
 
-
 # -- the agent's command line ------------------------------------------------------------
 
 
@@ -453,17 +469,34 @@ def test_cli_enable_cp_takes_its_roots(short_tmp: Path, hvsock_cmd: list[str]) -
     import json
     import subprocess
 
-    refused = subprocess.run([*hvsock_cmd, "agent", "--listen", "tcp://127.0.0.1:0",
-                              "--enable", "cp"], capture_output=True, timeout=60, check=False)
+    refused = subprocess.run(
+        [*hvsock_cmd, "agent", "--listen", "tcp://127.0.0.1:0", "--enable", "cp"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     assert refused.returncode == 2
     assert b"--cp-root DIR" in refused.stderr
     root = short_tmp / "share"
     root.mkdir()
     (root / "f.txt").write_bytes(b"served\n")
     ready = short_tmp / "ready.json"
-    agent = subprocess.Popen([*hvsock_cmd, "agent", "--listen", "tcp://127.0.0.1:0",
-                              "--enable", "cp", "--cp-root", str(root), "--ready-file",
-                              str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    agent = subprocess.Popen(
+        [
+            *hvsock_cmd,
+            "agent",
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--enable",
+            "cp",
+            "--cp-root",
+            str(root),
+            "--ready-file",
+            str(ready),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 30
         while not ready.exists() and agent.poll() is None and time.monotonic() < deadline:
@@ -483,13 +516,20 @@ def test_cli_enable_cp_takes_its_roots(short_tmp: Path, hvsock_cmd: list[str]) -
 
 
 def test_cli_check_config_warns_about_exec_for_any_source_port(
-        tmp_path: Path, hvsock_cmd: list[str]) -> None:
+    tmp_path: Path, hvsock_cmd: list[str]
+) -> None:
     import subprocess
 
     conf = tmp_path / "agent.toml"
-    conf.write_text('[exec]\nenabled = true\nallow = [2]\n')
-    done = subprocess.run([*hvsock_cmd, "agent", "--check-config", str(conf)],
-                          capture_output=True, timeout=60, check=False)
+    conf.write_text("[exec]\nenabled = true\nallow = [2]\n")
+    done = subprocess.run(
+        [*hvsock_cmd, "agent", "--check-config", str(conf)],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0
-    assert f"{conf}:3: warning: [exec] allow lets CID 2 in from any source port".encode() \
+    assert (
+        f"{conf}:3: warning: [exec] allow lets CID 2 in from any source port".encode()
         in done.stderr
+    )

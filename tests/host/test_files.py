@@ -63,8 +63,12 @@ def tree_digest(top: Path, *, modes: bool = True) -> dict[bytes, tuple[Any, ...]
             else:
                 with open(path, "rb") as f:
                     digest = hashlib.file_digest(f, "sha256").hexdigest()
-                out[rel] = ("file", digest, stat.S_IMODE(st.st_mode) if modes else 0,
-                            st.st_mtime_ns)
+                out[rel] = (
+                    "file",
+                    digest,
+                    stat.S_IMODE(st.st_mode) if modes else 0,
+                    st.st_mtime_ns,
+                )
     return out
 
 
@@ -82,11 +86,20 @@ def wait_until_empty(top: Path, timeout: float = 30.0) -> None:
 # -- trees of random names, sizes, modes and symlinks ---------------------------------
 
 name_st = st.one_of(
-    st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="/"),
-            min_size=1, max_size=12).map(os.fsencode),
+    st.text(
+        alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="/"),
+        min_size=1,
+        max_size=12,
+    ).map(os.fsencode),
     st.binary(min_size=1, max_size=12),  # not UTF-8 at all
-).filter(lambda b: b not in (b".", b"..") and b"/" not in b and b"\0" not in b
-         and not b.startswith(b".hvsock-"))
+).filter(
+    lambda b: (
+        b not in (b".", b"..")
+        and b"/" not in b
+        and b"\0" not in b
+        and not b.startswith(b".hvsock-")
+    )
+)
 size_st = st.sampled_from([0, 1, 4097, 3 * MB + 5, -1])  # -1: a sparse 8 MB file
 mode_st = st.sampled_from([0o644, 0o600, 0o755, 0o400, 0o4755 & 0o777])
 
@@ -142,8 +155,13 @@ def build(top: Path, items: list[tuple[str, bytes, Any]]) -> None:
 # Deterministic on any machine: the same six trees every run (derandomize), no example
 # database to replay from an earlier run or another checkout, no deadline or health
 # check that a busy machine's timing could trip. The other tests here cover the rest.
-@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck),
-          derandomize=True, database=None)
+@settings(
+    max_examples=6,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=True,
+    database=None,
+)
 @given(items=trees())
 def test_random_trees_push_and_pull_hash_the_same(items: list[tuple[str, bytes, Any]]) -> None:
     with tempfile.TemporaryDirectory(prefix="hv-", dir="/tmp") as d:
@@ -153,8 +171,9 @@ def test_random_trees_push_and_pull_hash_the_same(items: list[tuple[str, bytes, 
             p.mkdir()
         build(src, items)
         with serving([root], f"unix://{tmp}/f.sock") as addr:
-            pushed = hvsock.copy(addr, src, ":/" + str(root).lstrip("/"), recursive=True,
-                                 preserve=True)
+            pushed = hvsock.copy(
+                addr, src, ":/" + str(root).lstrip("/"), recursive=True, preserve=True
+            )
             pulled = hvsock.copy(addr, ":src", back, recursive=True, preserve=True)
         assert tree_digest(root / "src") == tree_digest(src)
         assert tree_digest(back / "src") == tree_digest(src)
@@ -169,14 +188,16 @@ def test_random_trees_push_and_pull_hash_the_same(items: list[tuple[str, bytes, 
 # -- both transports: the basic operations ------------------------------------------------
 
 
-def test_push_and_pull_one_file_both_transports(served: tuple[str, Path], tmp_path: Path,
-                                                fd_baseline: None) -> None:
+def test_push_and_pull_one_file_both_transports(
+    served: tuple[str, Path], tmp_path: Path, fd_baseline: None
+) -> None:
     addr, root = served
     data = os.urandom(2 * MB + 3)
     (tmp_path / "a.bin").write_bytes(data)
     seen: list[tuple[int, int | None]] = []
-    result = hvsock.copy(addr, tmp_path / "a.bin", ":a.bin",
-                         progress=lambda done, total: seen.append((done, total)))
+    result = hvsock.copy(
+        addr, tmp_path / "a.bin", ":a.bin", progress=lambda done, total: seen.append((done, total))
+    )
     assert (root / "a.bin").read_bytes() == data
     assert result.files == 1
     assert result.bytes == len(data)
@@ -219,11 +240,13 @@ def test_policies(served: tuple[str, Path], tmp_path: Path) -> None:
 def test_parents_and_directory_destinations(served: tuple[str, Path], tmp_path: Path) -> None:
     addr, root = served
     (tmp_path / "f").write_bytes(b"x")
-    with pytest.raises(hvsock.RemoteError,
-                       match=r"directory 'a' does not exist .*--parents creates"):
+    with pytest.raises(
+        hvsock.RemoteError, match=r"directory 'a' does not exist .*--parents creates"
+    ):
         hvsock.copy(addr, tmp_path / "f", ":a/b/f")
-    with pytest.raises(hvsock.HvsockError,
-                       match=r"directory '.*/no/such' does not exist .*--parents creates"):
+    with pytest.raises(
+        hvsock.HvsockError, match=r"directory '.*/no/such' does not exist .*--parents creates"
+    ):
         hvsock.copy(addr, ":a/b/f", tmp_path / "no/such/f")
     hvsock.copy(addr, tmp_path / "f", ":a/b/f", parents=True)
     assert (root / "a/b/f").read_bytes() == b"x"
@@ -247,8 +270,15 @@ def test_hostile_paths_are_refused(served: tuple[str, Path], tmp_path: Path) -> 
     os.symlink("loop", root / "loop")
     os.symlink("/etc", root / "etc")
     (tmp_path / "f").write_bytes(b"x")
-    for remote in [":../outside/secret", ":/etc/passwd", f":{outside}/secret", ":escape/secret",
-                   ":loop/x", ":etc/passwd", ":a/../../outside/secret"]:
+    for remote in [
+        ":../outside/secret",
+        ":/etc/passwd",
+        f":{outside}/secret",
+        ":escape/secret",
+        ":loop/x",
+        ":etc/passwd",
+        ":a/../../outside/secret",
+    ]:
         with pytest.raises(hvsock.HvsockError):
             hvsock.copy(addr, remote, tmp_path / "got")
         with pytest.raises(hvsock.HvsockError):
@@ -262,8 +292,9 @@ def test_hostile_paths_are_refused(served: tuple[str, Path], tmp_path: Path) -> 
     assert not (tmp_path / "pulled/secret").exists()
 
 
-def test_a_hostile_server_cannot_write_outside_the_destination(tmp_path: Path,
-                                                               short_tmp: Path) -> None:
+def test_a_hostile_server_cannot_write_outside_the_destination(
+    tmp_path: Path, short_tmp: Path
+) -> None:
     from hvsock._core import filecopy as fc
 
     listener = socket.socket(socket.AF_UNIX)
@@ -277,9 +308,11 @@ def test_a_hostile_server_cannot_write_outside_the_destination(tmp_path: Path,
             hvsock.framing.send_frame(conn, fc.encode(fc.Hello(fc.VERSION)))
             hvsock.framing.recv_frame(conn)  # GET
             hvsock.framing.send_frame(
-                conn, fc.encode(fc.EntryMsg(fc.Entry(b"", fc.KIND_DIR, 0o755))))
+                conn, fc.encode(fc.EntryMsg(fc.Entry(b"", fc.KIND_DIR, 0o755)))
+            )
             hvsock.framing.send_frame(
-                conn, fc.encode(fc.EntryMsg(fc.Entry(b"../evil", fc.KIND_FILE))))
+                conn, fc.encode(fc.EntryMsg(fc.Entry(b"../evil", fc.KIND_FILE)))
+            )
             with contextlib.suppress(OSError):
                 conn.recv(100)
 
@@ -300,11 +333,12 @@ def test_read_only_and_limits(short_tmp: Path, tmp_path: Path) -> None:
     root.mkdir()
     (tmp_path / "big").write_bytes(b"x" * 5000)
     (tmp_path / "small").write_bytes(b"x")
-    with serving([root], f"unix://{short_tmp}/ro.sock", read_only=True) as addr, \
-            pytest.raises(hvsock.RemoteError, match="read-only"):
+    with (
+        serving([root], f"unix://{short_tmp}/ro.sock", read_only=True) as addr,
+        pytest.raises(hvsock.RemoteError, match="read-only"),
+    ):
         hvsock.copy(addr, tmp_path / "small", ":small")
-    with serving([root], f"unix://{short_tmp}/lim.sock", max_file_size=1000,
-                 max_files=2) as addr:
+    with serving([root], f"unix://{short_tmp}/lim.sock", max_file_size=1000, max_files=2) as addr:
         with pytest.raises(hvsock.RemoteError, match="limit of 1000 bytes"):
             hvsock.copy(addr, tmp_path / "big", ":big")
         with pytest.raises(hvsock.RemoteError, match="limit of 1000 bytes"):
@@ -380,12 +414,18 @@ def kept_partial(top: Path, name: bytes, kept: bool, timeout: float = 30.0) -> i
     return part.stat().st_size if part.exists() else 0
 
 
-@pytest.mark.parametrize(("size", "cut", "kept"), [
-    (6 * MB, 200, False), (6 * MB, 1 * MB + 7, False), (6 * MB, 5 * MB + 123, True),
-    (MB + MB // 2, MB + 300_000, True),  # small: below sendfile's threshold
-])
-def test_cut_then_resume_finishes_exactly(short_tmp: Path, tmp_path: Path, size: int,
-                                          cut: int, kept: bool) -> None:
+@pytest.mark.parametrize(
+    ("size", "cut", "kept"),
+    [
+        (6 * MB, 200, False),
+        (6 * MB, 1 * MB + 7, False),
+        (6 * MB, 5 * MB + 123, True),
+        (MB + MB // 2, MB + 300_000, True),  # small: below sendfile's threshold
+    ],
+)
+def test_cut_then_resume_finishes_exactly(
+    short_tmp: Path, tmp_path: Path, size: int, cut: int, kept: bool
+) -> None:
     """The resumed run sends only what the kept partial lacks (never the whole again)."""
     root = short_tmp / "root"
     root.mkdir()
@@ -400,8 +440,13 @@ def test_cut_then_resume_finishes_exactly(short_tmp: Path, tmp_path: Path, size:
         partial = kept_partial(root, b"big", kept)
         assert (partial > 0) == kept
         copied: list[int] = []
-        result = hvsock.copy(addr, tmp_path / "big", ":big", resume=True,
-                             progress=lambda done, total: copied.append(done))
+        result = hvsock.copy(
+            addr,
+            tmp_path / "big",
+            ":big",
+            resume=True,
+            progress=lambda done, total: copied.append(done),
+        )
     assert (root / "big").read_bytes() == data
     assert result.bytes == len(data) - partial
     assert copied[0] > partial  # the kept bytes count as copied from the start
@@ -410,8 +455,7 @@ def test_cut_then_resume_finishes_exactly(short_tmp: Path, tmp_path: Path, size:
 
 
 @pytest.mark.parametrize("cut", [100, 3 * MB + 11])
-def test_pull_cut_then_resume_finishes_exactly(short_tmp: Path, tmp_path: Path,
-                                               cut: int) -> None:
+def test_pull_cut_then_resume_finishes_exactly(short_tmp: Path, tmp_path: Path, cut: int) -> None:
     root = short_tmp / "root"
     root.mkdir()
     data = os.urandom(5 * MB)
@@ -457,8 +501,9 @@ def test_cut_without_resume_leaves_nothing(short_tmp: Path, tmp_path: Path) -> N
     assert list(root.iterdir()) == []
 
 
-def test_resume_with_a_different_partial_starts_again(served: tuple[str, Path],
-                                                      tmp_path: Path) -> None:
+def test_resume_with_a_different_partial_starts_again(
+    served: tuple[str, Path], tmp_path: Path
+) -> None:
     addr, root = served
     data = os.urandom(2 * MB)
     (tmp_path / "f").write_bytes(data)
@@ -472,8 +517,12 @@ def test_resume_with_a_different_partial_starts_again(served: tuple[str, Path],
 def small_tmpfs() -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="hv-full-", dir="/tmp"))
     try:
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)],
-                              capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if proc.returncode != 0:
             pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.strip()}")
         try:
@@ -484,8 +533,9 @@ def small_tmpfs() -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def test_full_disk_gives_a_clear_error_and_no_partial_file(small_tmpfs: Path, short_tmp: Path,
-                                                           tmp_path: Path) -> None:
+def test_full_disk_gives_a_clear_error_and_no_partial_file(
+    small_tmpfs: Path, short_tmp: Path, tmp_path: Path
+) -> None:
     (tmp_path / "big").write_bytes(os.urandom(3 * MB))
     (tmp_path / "small").write_bytes(b"fits")
     with serving([small_tmpfs], f"unix://{short_tmp}/f.sock") as addr:
@@ -497,8 +547,10 @@ def test_full_disk_gives_a_clear_error_and_no_partial_file(small_tmpfs: Path, sh
     root = short_tmp / "root"
     root.mkdir()
     (root / "big").write_bytes(os.urandom(3 * MB))
-    with serving([root], f"unix://{short_tmp}/g.sock") as addr, \
-            pytest.raises(hvsock.HvsockError, match="no space left"):
+    with (
+        serving([root], f"unix://{short_tmp}/g.sock") as addr,
+        pytest.raises(hvsock.HvsockError, match="no space left"),
+    ):
         hvsock.copy(addr, ":big", small_tmpfs / "big")
     assert sorted(p.name for p in small_tmpfs.iterdir()) == ["small"]
 
@@ -513,8 +565,9 @@ def test_cancelled_async_copy_leaves_nothing(served: tuple[str, Path], tmp_path:
         def progress(done: int, total: int | None) -> None:
             started.set()
 
-        task = asyncio.create_task(hvsock.copy_async(addr, tmp_path / "big", ":big",
-                                                     progress=progress))
+        task = asyncio.create_task(
+            hvsock.copy_async(addr, tmp_path / "big", ":big", progress=progress)
+        )
         await asyncio.wait_for(started.wait(), 30)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -525,15 +578,15 @@ def test_cancelled_async_copy_leaves_nothing(served: tuple[str, Path], tmp_path:
     assert list(root.iterdir()) == []
 
 
-def test_async_copy_reports_progress_in_the_loop(served: tuple[str, Path],
-                                                 tmp_path: Path) -> None:
+def test_async_copy_reports_progress_in_the_loop(served: tuple[str, Path], tmp_path: Path) -> None:
     addr, root = served
     (tmp_path / "f").write_bytes(b"z" * 100_000)
 
     async def run() -> tuple[hvsock.CopyResult, list[int]]:
         seen: list[int] = []
-        result = await hvsock.copy_async(addr, tmp_path / "f", ":f",
-                                         progress=lambda d, t: seen.append(d))
+        result = await hvsock.copy_async(
+            addr, tmp_path / "f", ":f", progress=lambda d, t: seen.append(d)
+        )
         return result, seen
 
     result, seen = asyncio.run(run())
@@ -545,17 +598,19 @@ def test_async_copy_reports_progress_in_the_loop(served: tuple[str, Path],
 # -- bad arguments ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("sources", "dest", "options", "match"), [
-    ([], ":x", {}, "at least one"),
-    (["a"], "b", {}, "different sides"),
-    ([":a"], ":b", {}, "different sides"),
-    ([""], ":b", {}, "non-empty"),
-    (["a"], ":b", {"policy": "sometimes"}, "policy"),
-    (["a"], ":b", {"io_timeout": -1}, "io_timeout"),
-    (["a"], ":b", {"progress": 3}, "callable"),
-])
-def test_bad_arguments(sources: list[str], dest: str, options: dict[str, Any],
-                       match: str) -> None:
+@pytest.mark.parametrize(
+    ("sources", "dest", "options", "match"),
+    [
+        ([], ":x", {}, "at least one"),
+        (["a"], "b", {}, "different sides"),
+        ([":a"], ":b", {}, "different sides"),
+        ([""], ":b", {}, "non-empty"),
+        (["a"], ":b", {"policy": "sometimes"}, "policy"),
+        (["a"], ":b", {"io_timeout": -1}, "io_timeout"),
+        (["a"], ":b", {"progress": 3}, "callable"),
+    ],
+)
+def test_bad_arguments(sources: list[str], dest: str, options: dict[str, Any], match: str) -> None:
     with pytest.raises(hvsock.ArgumentError, match=match):
         hvsock.copy("unix:///nonexistent.sock", sources, dest, **options)
 
@@ -568,8 +623,14 @@ def test_cli_copy_json_and_errors(served: tuple[str, Path], tmp_path: Path) -> N
     (tmp_path / "d").mkdir()
     (tmp_path / "d/f").write_bytes(b"hello")
     out, err = io.StringIO(), io.StringIO()
-    assert main(["cp", "--remote", addr, "-r", "-p", "--json", str(tmp_path / "d"), ":"],
-                out=out, err=err) == 0, err.getvalue()
+    assert (
+        main(
+            ["cp", "--remote", addr, "-r", "-p", "--json", str(tmp_path / "d"), ":"],
+            out=out,
+            err=err,
+        )
+        == 0
+    ), err.getvalue()
     summary = json.loads(out.getvalue())
     assert summary["files"] == 1
     assert summary["directories"] == 1
@@ -581,8 +642,9 @@ def test_cli_copy_json_and_errors(served: tuple[str, Path], tmp_path: Path) -> N
     assert main(["cp", "--serve", str(tmp_path)], out=out, err=io.StringIO()) == 2
 
 
-def test_cli_archive_verbose_and_the_address_path_form(served: tuple[str, Path],
-                                                       tmp_path: Path) -> None:
+def test_cli_archive_verbose_and_the_address_path_form(
+    served: tuple[str, Path], tmp_path: Path
+) -> None:
     """What scp/rsync users type first: -a, -v, --progress, ADDRESS:PATH."""
     addr, root = served
     site = tmp_path / "site"
@@ -592,8 +654,9 @@ def test_cli_archive_verbose_and_the_address_path_form(served: tuple[str, Path],
     os.utime(site / "index.html", ns=(1_600_000_000_000_000_000,) * 2)
     os.symlink("index.html", site / "default.html")
     out, err = io.StringIO(), io.StringIO()
-    assert main(["cp", "-a", "-v", "--progress", str(site), f"{addr}:{root}"], out=out,
-                err=err) == 0, err.getvalue()
+    assert (
+        main(["cp", "-a", "-v", "--progress", str(site), f"{addr}:{root}"], out=out, err=err) == 0
+    ), err.getvalue()
     st_ = (root / "site/index.html").stat()
     assert (stat.S_IMODE(st_.st_mode), st_.st_mtime_ns) == (0o640, 1_600_000_000_000_000_000)
     listed = out.getvalue().splitlines()
@@ -601,43 +664,69 @@ def test_cli_archive_verbose_and_the_address_path_form(served: tuple[str, Path],
     assert len([line for line in listed if " -> " in line]) == 3  # the dir, the file, the link
     assert err.getvalue() == ""  # --progress: no bar drawn into something not a terminal
     # The same re-run (symlink included) succeeds; a pull back in the same form.
-    assert main(["cp", "-a", str(site), f"{addr}:"], out=io.StringIO(),
-                err=io.StringIO()) == 0
+    assert main(["cp", "-a", str(site), f"{addr}:"], out=io.StringIO(), err=io.StringIO()) == 0
     out = io.StringIO()
-    assert main(["cp", "-r", "-v", f"{addr}:site", str(tmp_path / "back")], out=out,
-                err=io.StringIO()) == 0
+    assert (
+        main(["cp", "-r", "-v", f"{addr}:site", str(tmp_path / "back")], out=out, err=io.StringIO())
+        == 0
+    )
     assert (tmp_path / "back/index.html").read_bytes() == b"hi"
     assert "':site/index.html' -> 'back/index.html'" in out.getvalue()
     # Two services in one command, or an address without a path: a clear refusal.
     err = io.StringIO()
-    assert main(["cp", "--remote", "tcp://127.0.0.1:9", str(site), f"{addr}:x"],
-                out=io.StringIO(), err=err) == 2
+    assert (
+        main(
+            ["cp", "--remote", "tcp://127.0.0.1:9", str(site), f"{addr}:x"],
+            out=io.StringIO(),
+            err=err,
+        )
+        == 2
+    )
     assert "name two services" in err.getvalue()
     err = io.StringIO()
     assert main(["cp", str(site), addr], out=io.StringIO(), err=err) == 2
     assert "without a remote path" in err.getvalue()
 
 
-def test_cli_serve_and_copy_as_processes(short_tmp: Path, tmp_path: Path,
-                                         hvsock_cmd: list[str]) -> None:
+def test_cli_serve_and_copy_as_processes(
+    short_tmp: Path, tmp_path: Path, hvsock_cmd: list[str]
+) -> None:
     root = short_tmp / "root"
     root.mkdir()
     ready = short_tmp / "ready.json"
-    server = subprocess.Popen([*hvsock_cmd, "cp", "--serve", str(root), "--listen",
-                               f"unix://{short_tmp}/cp.sock", "--ready-file", str(ready)],
-                              stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            *hvsock_cmd,
+            "cp",
+            "--serve",
+            str(root),
+            "--listen",
+            f"unix://{short_tmp}/cp.sock",
+            "--ready-file",
+            str(ready),
+        ],
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
         while not ready.exists() and server.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         assert ready.exists(), "cp --serve did not report ready"
         data = os.urandom(100_000)
-        proc = subprocess.run([*hvsock_cmd, "cp", "--remote", f"unix://{short_tmp}/cp.sock",
-                               "-", ":piped"], input=data, capture_output=True, timeout=60,
-                              check=False)
+        proc = subprocess.run(
+            [*hvsock_cmd, "cp", "--remote", f"unix://{short_tmp}/cp.sock", "-", ":piped"],
+            input=data,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
         assert proc.returncode == 0, proc.stderr
-        proc = subprocess.run([*hvsock_cmd, "cp", "--remote", f"unix://{short_tmp}/cp.sock",
-                               ":piped", "-"], capture_output=True, timeout=60, check=False)
+        proc = subprocess.run(
+            [*hvsock_cmd, "cp", "--remote", f"unix://{short_tmp}/cp.sock", ":piped", "-"],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout == data
     finally:
@@ -646,16 +735,18 @@ def test_cli_serve_and_copy_as_processes(short_tmp: Path, tmp_path: Path,
 
 
 def test_cli_progress_bar_on_a_terminal_and_stdout(
-        served: tuple[str, Path], tmp_path: Path,
-        capfdbinary: pytest.CaptureFixture[bytes]) -> None:
+    served: tuple[str, Path], tmp_path: Path, capfdbinary: pytest.CaptureFixture[bytes]
+) -> None:
     addr, root = served
     (root / "f").write_bytes(b"p" * 200_000)
     master, slave = os.openpty()
     # A real terminal has a size; a fresh pty is 0x0, where tqdm draws nothing.
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
     with os.fdopen(slave, "w") as tty, os.fdopen(master, "rb", buffering=0) as screen:
-        assert main(["cp", "--remote", addr, ":f", str(tmp_path / "f")], out=io.StringIO(),
-                    err=tty) == 0
+        assert (
+            main(["cp", "--remote", addr, ":f", str(tmp_path / "f")], out=io.StringIO(), err=tty)
+            == 0
+        )
         tty.flush()
         os.set_blocking(master, False)
         drawn = screen.read(65536) or b""

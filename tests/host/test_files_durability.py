@@ -109,21 +109,44 @@ int rename(const char *o, const char *n) {
 def recorder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
-        pytest.skip("needs a C compiler (cc) to build the LD_PRELOAD recorder of fsync and "
-                    "rename calls")
+        pytest.skip(
+            "needs a C compiler (cc) to build the LD_PRELOAD recorder of fsync and rename calls"
+        )
     d = tmp_path_factory.mktemp("recorder")
     (d / "recorder.c").write_text(RECORDER)
-    proc = subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", str(d / "recorder.so"),
-                           str(d / "recorder.c"), "-ldl"], capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run(
+        [
+            cc,
+            "-shared",
+            "-fPIC",
+            "-O1",
+            "-o",
+            str(d / "recorder.so"),
+            str(d / "recorder.c"),
+            "-ldl",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
         pytest.skip(f"could not build the LD_PRELOAD recorder: {proc.stderr.strip()[:300]}")
     probe = d / "probe.log"
-    env = {**os.environ, "LD_PRELOAD": str(d / "recorder.so"),
-           "HVSOCK_TEST_SYSCALL_LOG": str(probe)}
-    subprocess.run([sys.executable, "-c", "import os, sys; fd = os.open(sys.argv[1], "
-                    "os.O_RDWR | os.O_CREAT); os.fsync(fd)", str(d / "probe")], env=env,
-                   check=False)
+    env = {
+        **os.environ,
+        "LD_PRELOAD": str(d / "recorder.so"),
+        "HVSOCK_TEST_SYSCALL_LOG": str(probe),
+    }
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); os.fsync(fd)",
+            str(d / "probe"),
+        ],
+        env=env,
+        check=False,
+    )
     if not probe.exists():
         pytest.skip("LD_PRELOAD does not reach this Python's system calls (a static build?)")
     return d / "recorder.so"
@@ -136,20 +159,22 @@ def recorded(log: Path) -> list[tuple[str, str, str]]:
 
 def assert_synced_before_renamed(calls: list[tuple[str, str, str]], target: Path) -> None:
     """The rename that put *target* in place came after an fsync of the file renamed."""
-    renames = [i for i, (kind, _, new) in enumerate(calls)
-               if kind == "rename" and new == str(target)]
+    renames = [
+        i for i, (kind, _, new) in enumerate(calls) if kind == "rename" and new == str(target)
+    ]
     assert renames, f"no rename into {target} was recorded: {calls}"
     i = renames[-1]
     temp = calls[i][1]
     assert Path(temp).name.startswith(".hvsock-"), calls[i]
-    synced = [j for j, (kind, path, _) in enumerate(calls[:i]) if kind == "fsync"
-              and path == temp]
-    assert synced, f"{target.name} was renamed into place from {temp} without an fsync of " \
-        f"it first: {calls}"
+    synced = [j for j, (kind, path, _) in enumerate(calls[:i]) if kind == "fsync" and path == temp]
+    assert synced, (
+        f"{target.name} was renamed into place from {temp} without an fsync of it first: {calls}"
+    )
 
 
 def test_each_file_is_fsynced_before_it_is_renamed_into_place(
-        recorder: Path, short_tmp: Path, tmp_path: Path, hvsock_cmd: list[str]) -> None:
+    recorder: Path, short_tmp: Path, tmp_path: Path, hvsock_cmd: list[str]
+) -> None:
     root = short_tmp / "root"
     root.mkdir()
     src = tmp_path / "src"
@@ -160,21 +185,31 @@ def test_each_file_is_fsynced_before_it_is_renamed_into_place(
     ready = short_tmp / "ready.json"
     preload = {**os.environ, "LD_PRELOAD": str(recorder)}
     address = f"unix://{short_tmp}/cp.sock"
-    server = subprocess.Popen([*hvsock_cmd, "cp", "--serve", str(root), "--listen", address,
-                               "--ready-file", str(ready)], stderr=subprocess.DEVNULL,
-                              env={**preload, "HVSOCK_TEST_SYSCALL_LOG": str(server_log)})
+    server = subprocess.Popen(
+        [*hvsock_cmd, "cp", "--serve", str(root), "--listen", address, "--ready-file", str(ready)],
+        stderr=subprocess.DEVNULL,
+        env={**preload, "HVSOCK_TEST_SYSCALL_LOG": str(server_log)},
+    )
     try:
         deadline = time.monotonic() + 60
         while not ready.exists() and server.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert ready.exists(), "hvsock cp --serve did not report ready"
-        push = subprocess.run([*hvsock_cmd, "cp", "--remote", address, "-r", str(src), ":"],
-                              capture_output=True, timeout=120, check=False)
+        push = subprocess.run(
+            [*hvsock_cmd, "cp", "--remote", address, "-r", str(src), ":"],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
         assert push.returncode == 0, push.stderr
         back = tmp_path / "back"
-        pull = subprocess.run([*hvsock_cmd, "cp", "--remote", address, "-r", ":src",
-                               str(back)], capture_output=True, timeout=120, check=False,
-                              env={**preload, "HVSOCK_TEST_SYSCALL_LOG": str(client_log)})
+        pull = subprocess.run(
+            [*hvsock_cmd, "cp", "--remote", address, "-r", ":src", str(back)],
+            capture_output=True,
+            timeout=120,
+            check=False,
+            env={**preload, "HVSOCK_TEST_SYSCALL_LOG": str(client_log)},
+        )
         assert pull.returncode == 0, pull.stderr
     finally:
         server.terminate()

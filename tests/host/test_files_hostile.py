@@ -34,8 +34,10 @@ OTHER_UID = 4321
 
 def needs_root() -> None:
     if os.geteuid() != 0:
-        pytest.skip("needs root and a second uid (a forked child drops to uid 4321); "
-                    f"this runs as uid {os.geteuid()}")
+        pytest.skip(
+            "needs root and a second uid (a forked child drops to uid 4321); "
+            f"this runs as uid {os.geteuid()}"
+        )
 
 
 def as_other_user(action: Callable[[], None]) -> None:
@@ -71,8 +73,9 @@ def hvsock_files(top: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("resume", [False, True])
-def test_two_pushes_to_one_target_never_share_a_file(served: tuple[str, Path], tmp_path: Path,
-                                                     resume: bool) -> None:
+def test_two_pushes_to_one_target_never_share_a_file(
+    served: tuple[str, Path], tmp_path: Path, resume: bool
+) -> None:
     """Each push writes its own file: the target ends as one pusher's whole file, and
     that pusher is one that reported success (once the second writer took over the
     first one's renamed file: a success that left the other's bytes, or an error
@@ -85,8 +88,11 @@ def test_two_pushes_to_one_target_never_share_a_file(served: tuple[str, Path], t
         outcome: dict[str, BaseException | None] = {}
         start = threading.Barrier(2)
 
-        def push(name: str, start: threading.Barrier = start,
-                 outcome: dict[str, BaseException | None] = outcome) -> None:
+        def push(
+            name: str,
+            start: threading.Barrier = start,
+            outcome: dict[str, BaseException | None] = outcome,
+        ) -> None:
             start.wait(30)
             try:
                 hvsock.copy(addr, tmp_path / name, ":target", resume=resume)
@@ -103,8 +109,9 @@ def test_two_pushes_to_one_target_never_share_a_file(served: tuple[str, Path], t
         landed = (root / "target").read_bytes()
         winners = [n for n, data in sources.items() if data == landed]
         assert winners, "the target is neither push's file"
-        assert outcome[winners[0]] is None, f"{winners[0]} landed but reported " \
-            f"{outcome[winners[0]]}"
+        assert outcome[winners[0]] is None, (
+            f"{winners[0]} landed but reported {outcome[winners[0]]}"
+        )
         assert all(e is None for e in outcome.values()), outcome
         assert hvsock_files(root) == []
 
@@ -113,7 +120,8 @@ def test_two_pushes_to_one_target_never_share_a_file(served: tuple[str, Path], t
 
 
 def test_a_symlink_at_the_partial_name_neither_breaks_nor_redirects_a_push(
-        served: tuple[str, Path], tmp_path: Path) -> None:
+    served: tuple[str, Path], tmp_path: Path
+) -> None:
     addr, root = served
     elsewhere = tmp_path / "elsewhere"
     elsewhere.write_bytes(b"untouched")
@@ -128,8 +136,9 @@ def test_a_symlink_at_the_partial_name_neither_breaks_nor_redirects_a_push(
 
 
 @pytest.mark.parametrize("resume", [False, True])
-def test_another_users_planted_partial_is_never_used(short_tmp: Path, tmp_path: Path,
-                                                     resume: bool) -> None:
+def test_another_users_planted_partial_is_never_used(
+    short_tmp: Path, tmp_path: Path, resume: bool
+) -> None:
     """World-writable sticky root: uid 4321 plants the partial name first (with the
     right prefix, to tempt a resume). The root-run service must not rename that
     inode into place (the target would stay theirs and writable by them)."""
@@ -166,29 +175,30 @@ def test_a_resume_takes_only_its_own_partial(served: tuple[str, Path], tmp_path:
     data = os.urandom(3 * MB)
     (tmp_path / "f").write_bytes(data)
     part = root / partial_name(b"f").decode()
-    part.write_bytes(data[:2 * MB])
+    part.write_bytes(data[: 2 * MB])
     os.link(part, tmp_path / "second-link")
     result = hvsock.copy(addr, tmp_path / "f", ":f", resume=True)
     assert result.bytes == len(data)
-    assert (tmp_path / "second-link").read_bytes() == data[:2 * MB]
+    assert (tmp_path / "second-link").read_bytes() == data[: 2 * MB]
     # Our own partial, a regular file with one link, is resumed from.
     (root / "f").unlink()
     part.unlink()
-    part.write_bytes(data[:2 * MB])
+    part.write_bytes(data[: 2 * MB])
     result = hvsock.copy(addr, tmp_path / "f", ":f", resume=True)
     assert result.bytes == len(data) - 2 * MB
     assert (root / "f").read_bytes() == data
     assert hvsock_files(root) == []
 
 
-def test_two_resumes_of_one_partial_never_share_it(served: tuple[str, Path],
-                                                   tmp_path: Path) -> None:
+def test_two_resumes_of_one_partial_never_share_it(
+    served: tuple[str, Path], tmp_path: Path
+) -> None:
     """One resume claims the kept partial (one rename wins); the other starts from
     zero in its own file. Both land whole; nothing is left."""
     addr, root = served
     data = os.urandom(6 * MB)
     (tmp_path / "f").write_bytes(data)
-    (root / partial_name(b"f").decode()).write_bytes(data[:2 * MB])
+    (root / partial_name(b"f").decode()).write_bytes(data[: 2 * MB])
     sent: list[int] = []
     errors: list[BaseException] = []
     start = threading.Barrier(2)
@@ -215,7 +225,8 @@ def test_two_resumes_of_one_partial_never_share_it(served: tuple[str, Path],
 
 
 def test_setuid_and_setgid_are_dropped_unless_the_owner_is_kept(
-        served: tuple[str, Path], tmp_path: Path) -> None:
+    served: tuple[str, Path], tmp_path: Path
+) -> None:
     """GNU cp -p clears them when it does not keep the owner; so does hvsock cp -p."""
     addr, root = served
     src = tmp_path / "tree"
@@ -235,8 +246,7 @@ def test_setuid_and_setgid_are_dropped_unless_the_owner_is_kept(
     assert stat.S_IMODE((back / "tree/tool").stat().st_mode) == 0o755
 
 
-def test_setuid_is_kept_with_the_owner_when_root(served: tuple[str, Path],
-                                                 tmp_path: Path) -> None:
+def test_setuid_is_kept_with_the_owner_when_root(served: tuple[str, Path], tmp_path: Path) -> None:
     needs_root()
     addr, root = served
     (tmp_path / "tool").write_bytes(b"#!/bin/sh\n")
@@ -254,7 +264,8 @@ def test_setuid_is_kept_with_the_owner_when_root(served: tuple[str, Path],
 
 
 def test_pulling_a_fifo_or_device_is_an_error_and_in_a_tree_a_warning(
-        served: tuple[str, Path], tmp_path: Path) -> None:
+    served: tuple[str, Path], tmp_path: Path
+) -> None:
     addr, root = served
     os.mkfifo(root / "fifo")
     with pytest.raises(hvsock.RemoteError, match="'fifo' is a FIFO; hvsock cp copies only"):
@@ -268,13 +279,20 @@ def test_pulling_a_fifo_or_device_is_an_error_and_in_a_tree_a_warning(
     assert not (tmp_path / "d/pipe").exists()
     assert result.files == 1
     assert result.skipped == 1
-    assert result.warnings == ["'d/pipe' is a FIFO; hvsock cp copies only regular files, "
-                               "directories and symlinks"]
+    assert result.warnings == [
+        "'d/pipe' is a FIFO; hvsock cp copies only regular files, directories and symlinks"
+    ]
     err = io.StringIO()
-    assert main(["cp", "--remote", addr, "-r", ":d", str(tmp_path / "cli")], out=io.StringIO(),
-                err=err) == 0
-    assert err.getvalue() == ("hvsock cp: skipped 'd/pipe' is a FIFO; hvsock cp copies only "
-                              "regular files, directories and symlinks\n")
+    assert (
+        main(
+            ["cp", "--remote", addr, "-r", ":d", str(tmp_path / "cli")], out=io.StringIO(), err=err
+        )
+        == 0
+    )
+    assert err.getvalue() == (
+        "hvsock cp: skipped 'd/pipe' is a FIFO; hvsock cp copies only "
+        "regular files, directories and symlinks\n"
+    )
     if os.geteuid() == 0:
         os.mknod(root / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
         with pytest.raises(hvsock.RemoteError, match="is a character device"):
@@ -311,8 +329,9 @@ def rss_bytes() -> int:
     raise AssertionError("no VmRSS in /proc/self/status")
 
 
-def test_a_file_swapped_for_a_fifo_never_parks_the_service(served: tuple[str, Path],
-                                                           tmp_path: Path) -> None:
+def test_a_file_swapped_for_a_fifo_never_parks_the_service(
+    served: tuple[str, Path], tmp_path: Path
+) -> None:
     """A swap between the service's lstat and open once parked its thread in open()
     for good (16 slots, hit within 6-176 pulls). Each pull now ends (copied, or
     refused as a FIFO), and the service's descriptors, threads and memory stay
@@ -386,11 +405,12 @@ def test_the_agents_cp_section_takes_refuse_hardlinks(short_tmp: Path, tmp_path:
     root.mkdir()
     (root / "one").write_bytes(b"x")
     os.link(root / "one", root / "two")
-    config = parse_config(f'[cp]\nenabled = true\nroots = ["{root}"]\n'
-                          'refuse_hardlinks = true\n')
+    config = parse_config(f'[cp]\nenabled = true\nroots = ["{root}"]\nrefuse_hardlinks = true\n')
     service = CATALOGUE["cp"](config.services["cp"], None)
-    with serving([], f"unix://{short_tmp}/agent-cp.sock", service=service) as addr, \
-            pytest.raises(hvsock.RemoteError, match="refuse_hardlinks"):
+    with (
+        serving([], f"unix://{short_tmp}/agent-cp.sock", service=service) as addr,
+        pytest.raises(hvsock.RemoteError, match="refuse_hardlinks"),
+    ):
         hvsock.copy(addr, ":one", tmp_path / "one")
 
 
@@ -398,7 +418,8 @@ def test_the_agents_cp_section_takes_refuse_hardlinks(short_tmp: Path, tmp_path:
 
 
 def test_rerunning_a_tree_push_with_symlinks_succeeds_like_cp_a(
-        served: tuple[str, Path], tmp_path: Path) -> None:
+    served: tuple[str, Path], tmp_path: Path
+) -> None:
     addr, root = served
     src = tmp_path / "site"
     src.mkdir()
@@ -443,7 +464,7 @@ class CorruptingProxy:
             while data := src.recv(65536):
                 if flip and seen <= self.at < seen + len(data):
                     i = self.at - seen
-                    data = data[:i] + bytes([data[i] ^ 0x40]) + data[i + 1:]
+                    data = data[:i] + bytes([data[i] ^ 0x40]) + data[i + 1 :]
                 seen += len(data)
                 dst.sendall(data)
         with contextlib.suppress(OSError):
@@ -462,8 +483,9 @@ class CorruptingProxy:
 
 
 @pytest.mark.parametrize("size", [300_000, 3 * MB + 5, 9 * MB])  # eager, copy, sendfile
-def test_a_byte_changed_on_the_way_is_caught_by_the_digest(short_tmp: Path, tmp_path: Path,
-                                                           size: int) -> None:
+def test_a_byte_changed_on_the_way_is_caught_by_the_digest(
+    short_tmp: Path, tmp_path: Path, size: int
+) -> None:
     root = short_tmp / "root"
     root.mkdir()
     data = os.urandom(size)

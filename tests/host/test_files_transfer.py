@@ -46,8 +46,9 @@ def pair(request: pytest.FixtureRequest) -> Iterator[tuple[socket.socket, socket
         yield a, b
 
 
-def copy_over(pair: tuple[socket.socket, socket.socket], src: Path, dest: Path,
-              ticks: list[int] | None = None) -> tuple[int | None, BaseException | None]:
+def copy_over(
+    pair: tuple[socket.socket, socket.socket], src: Path, dest: Path, ticks: list[int] | None = None
+) -> tuple[int | None, BaseException | None]:
     """send_file *src* on one end, receive it as *dest* on the other: (size, error)."""
     a, b = pair
     size = src.stat().st_size
@@ -56,8 +57,13 @@ def copy_over(pair: tuple[socket.socket, socket.socket], src: Path, dest: Path,
     def receive() -> None:
         dir_fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            writer = AtomicWriter(dir_fd, os.fsencode(dest.name),
-                                  fc.Entry(b"x", fc.KIND_FILE, size=size), 0, shown="x")
+            writer = AtomicWriter(
+                dir_fd,
+                os.fsencode(dest.name),
+                fc.Entry(b"x", fc.KIND_FILE, size=size),
+                0,
+                shown="x",
+            )
             result.append(writer.receive(Channel(b)))
         except BaseException as exc:
             result.append(exc)
@@ -107,8 +113,11 @@ def wrap_sendfile(monkeypatch: pytest.MonkeyPatch, behave: Behave) -> list[int]:
 
 
 def test_a_large_file_goes_by_sendfile_and_arrives_verified(
-        pair: tuple[socket.socket, socket.socket], big: tuple[Path, bytes], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    pair: tuple[socket.socket, socket.socket],
+    big: tuple[Path, bytes],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     src, data = big
     asked = wrap_sendfile(monkeypatch, lambda real, *args: real(*args))
     ticks: list[int] = []
@@ -122,8 +131,11 @@ def test_a_large_file_goes_by_sendfile_and_arrives_verified(
 
 
 def test_short_sendfiles_and_a_full_socket_buffer(
-        pair: tuple[socket.socket, socket.socket], big: tuple[Path, bytes], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    pair: tuple[socket.socket, socket.socket],
+    big: tuple[Path, bytes],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     src, data = big
     calls = [0]
 
@@ -141,8 +153,12 @@ def test_short_sendfiles_and_a_full_socket_buffer(
 
 @pytest.mark.parametrize("code", [errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP])
 def test_descriptors_sendfile_cannot_serve_are_copied(
-        pair: tuple[socket.socket, socket.socket], big: tuple[Path, bytes], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    pair: tuple[socket.socket, socket.socket],
+    big: tuple[Path, bytes],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    code: int,
+) -> None:
     src, data = big
 
     def refuse(real: SendFile, out_fd: int, in_fd: int, offset: int, count: int) -> int:
@@ -164,27 +180,29 @@ def incomplete_sources(src: Path) -> dict[str, Behave]:
         os.truncate(src, 3 * MB)
         return sent
 
-    def shrinks_then_copied(real: SendFile, out: int, inp: int, offset: int,
-                            count: int) -> int:
+    def shrinks_then_copied(real: SendFile, out: int, inp: int, offset: int, count: int) -> int:
         os.truncate(src, 2 * MB)  # the copy path (preadv) then finds it short
         raise OSError(errno.EINVAL, "not here")
 
-    def read_error_half_way(real: SendFile, out: int, inp: int, offset: int,
-                            count: int) -> int:
+    def read_error_half_way(real: SendFile, out: int, inp: int, offset: int, count: int) -> int:
         calls[0] += 1
         if calls[0] == 2:
             raise OSError(errno.EIO, "Input/output error")
         return real(out, inp, offset, count)
 
-    return {f.__name__: f for f in (shrinks_while_sent, shrinks_then_copied,
-                                    read_error_half_way)}
+    return {f.__name__: f for f in (shrinks_while_sent, shrinks_then_copied, read_error_half_way)}
 
 
-@pytest.mark.parametrize("case", ["shrinks_while_sent", "shrinks_then_copied",
-                                  "read_error_half_way"])
+@pytest.mark.parametrize(
+    "case", ["shrinks_while_sent", "shrinks_then_copied", "read_error_half_way"]
+)
 def test_a_source_not_read_whole_is_discarded(
-        pair: tuple[socket.socket, socket.socket], big: tuple[Path, bytes], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    pair: tuple[socket.socket, socket.socket],
+    big: tuple[Path, bytes],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+) -> None:
     src, _ = big
     wrap_sendfile(monkeypatch, incomplete_sources(src)[case])
     size, error = copy_over(pair, src, tmp_path / "out")
@@ -240,7 +258,7 @@ def test_hasher_keeps_the_order_of_blocks_and_file_ranges(tmp_path: Path) -> Non
     data = os.urandom(3 * MB + 17)
     path = tmp_path / "f"
     path.write_bytes(data)
-    pieces = [data[:10], data[10:MB + 10], data[MB + 10:MB + 20]]  # small, large, small
+    pieces = [data[:10], data[10 : MB + 10], data[MB + 10 : MB + 20]]  # small, large, small
     digest = hashlib.sha256()
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -278,13 +296,17 @@ def test_hasher_close_drops_what_is_queued_and_ends_its_thread() -> None:
     assert not [t for t in threading.enumerate() if t.name == "hvsock-sha256"]
 
 
-@pytest.mark.parametrize(("sent", "outcome"), [
-    (b"", None),
-    (b"\x00\x00", "in the middle of a message header"),
-    (b"\x00\x00\x00\x10{}", "in the middle of a message"),
-])
+@pytest.mark.parametrize(
+    ("sent", "outcome"),
+    [
+        (b"", None),
+        (b"\x00\x00", "in the middle of a message header"),
+        (b"\x00\x00\x00\x10{}", "in the middle of a message"),
+    ],
+)
 def test_channel_eof_between_or_inside_messages(
-        pair: tuple[socket.socket, socket.socket], sent: bytes, outcome: str | None) -> None:
+    pair: tuple[socket.socket, socket.socket], sent: bytes, outcome: str | None
+) -> None:
     a, b = pair
     a.sendall(sent)
     a.shutdown(socket.SHUT_WR)

@@ -62,8 +62,14 @@ class SendallOnly:
 
 def _parts() -> list[bytes | bytearray | memoryview]:
     big = os.urandom(1 << 20)
-    return [b"\x00\x01\x02\x03\x04", memoryview(big)[: 700_000], b"", bytearray(b"mid"),
-            memoryview(big)[700_000:], os.urandom(100_000)]
+    return [
+        b"\x00\x01\x02\x03\x04",
+        memoryview(big)[:700_000],
+        b"",
+        bytearray(b"mid"),
+        memoryview(big)[700_000:],
+        os.urandom(100_000),
+    ]
 
 
 def _send_and_read(sender: Any, receiver: socket.socket) -> None:

@@ -46,8 +46,7 @@ def test_pools_and_the_host_pool_flag(tmp_path: Path) -> None:
     assert status == cli.EXIT_USAGE
     assert "--host-pool" in err
     assert run("kvp", "--pool", "3", "--dir", d, "set", "HostName", "h", "--host-pool")[0] == 0
-    assert run("kvp", "--dir", d, "get", "HostName", "--pool", "auto-external") == (
-        0, "h\n", "")
+    assert run("kvp", "--dir", d, "get", "HostName", "--pool", "auto-external") == (0, "h\n", "")
     status, out, _ = run("kvp", "host-info", "--dir", d, "--json")
     assert json.loads(out)["host_name"] == "h"
     assert "host name: h\n" in run("kvp", "host-info", "--dir", d)[1]
@@ -57,12 +56,12 @@ def test_pools_and_the_host_pool_flag(tmp_path: Path) -> None:
 
 
 def test_host_pool_is_a_global_option_and_the_refusal_names_the_flag(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     d = str(tmp_path)
     # Where usage lists it: with the global options, before the action.
     assert run("kvp", "--host-pool", "--pool", "3", "--dir", d, "set", "HostName", "h")[0] == 0
-    assert run("kvp", "--host-pool", "--pool", "3", "--dir", d, "delete", "HostName") == (
-        0, "", "")
+    assert run("kvp", "--host-pool", "--pool", "3", "--dir", d, "delete", "HostName") == (0, "", "")
     run("kvp", "--help")  # argparse prints help to the real stdout
     assert "[--host-pool]" in capsys.readouterr().out.partition("ACTION ...")[0]
     for argv in (["set", "k", "v"], ["delete", "k"], ["clear"]):
@@ -73,18 +72,21 @@ def test_host_pool_is_a_global_option_and_the_refusal_names_the_flag(
     assert not (tmp_path / ".kvp_pool_0").exists()
 
 
-@pytest.mark.parametrize(("argv", "fragment"), [
-    (["kvp", "set", "k" * 300, "v"], "UTF-16 units"),
-    (["kvp", "set", "", "v"], "cannot be empty"),
-    (["kvp", "get", "k", "--pool", "9"], "no KVP pool"),
-    (["kvp", "--pool", "nine", "list"], "no KVP pool"),
-    (["kvp", "list", "--lock-timeout", "0"], "positive"),
-    (["kvp", "serve", "--vm", "vsock://3"], "serve runs on the guest"),
-    (["kvp", "--vm", "vsock://3", "list", "--dir", "/x"], "drop it"),
-    (["kvp", "set", "k", "v", "--export", "ps1"], "--export ps1 goes with --vm NAME"),
-    (["kvp", "--vm", "nonsense://x", "list"], "nonsense"),
-    (["kvp"], "ACTION"),
-])
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["kvp", "set", "k" * 300, "v"], "UTF-16 units"),
+        (["kvp", "set", "", "v"], "cannot be empty"),
+        (["kvp", "get", "k", "--pool", "9"], "no KVP pool"),
+        (["kvp", "--pool", "nine", "list"], "no KVP pool"),
+        (["kvp", "list", "--lock-timeout", "0"], "positive"),
+        (["kvp", "serve", "--vm", "vsock://3"], "serve runs on the guest"),
+        (["kvp", "--vm", "vsock://3", "list", "--dir", "/x"], "drop it"),
+        (["kvp", "set", "k", "v", "--export", "ps1"], "--export ps1 goes with --vm NAME"),
+        (["kvp", "--vm", "nonsense://x", "list"], "nonsense"),
+        (["kvp"], "ACTION"),
+    ],
+)
 def test_bad_arguments(argv: list[str], fragment: str, tmp_path: Path) -> None:
     if "--dir" not in argv and "--vm" not in argv:
         argv = [*argv, "--dir", str(tmp_path)]
@@ -124,8 +126,11 @@ def test_watch_prints_changes(tmp_path: Path) -> None:
     store = kvp.open_pool(directory=d)
     store.set("gone", "1")
     result: list[tuple[int, str, str]] = []
-    thread = threading.Thread(target=lambda: result.append(run(
-        "kvp", "watch", "--dir", d, "--count", "2", "--interval", "0.02", "--for", "90")))
+    thread = threading.Thread(
+        target=lambda: result.append(
+            run("kvp", "watch", "--dir", d, "--count", "2", "--interval", "0.02", "--for", "90")
+        )
+    )
     thread.start()
     # The watch starts from the pool as it is when it starts: wait until the first
     # change lands after that by writing until the watch has seen two changes.
@@ -150,8 +155,9 @@ def test_hyperv_host_export(tmp_path: Path) -> None:
     assert "<VALUE>Role</VALUE>" in out
     status, out, _ = run("kvp", "--vm", "My VM", "delete", "Role", "--export", "ps1")
     assert "RemoveKvpItems" in out
-    status, _, err = run("kvp", "--vm", "My VM", "set", "k", "v", "--pool", "guest",
-                         "--export", "ps1")
+    status, _, err = run(
+        "kvp", "--vm", "My VM", "set", "k", "v", "--pool", "guest", "--export", "ps1"
+    )
     assert status == cli.EXIT_USAGE
     assert "pool 0" in err
 
@@ -167,9 +173,19 @@ def test_installed_command(tmp_path: Path, hvsock_cmd: list[str]) -> None:
     d = str(tmp_path)
     for argv in (["set", "k", "v"], ["set", "k2", "v2"]):
         subprocess.run([*hvsock_cmd, "kvp", *argv, "--dir", d], check=True, timeout=60)
-    done = subprocess.run([*hvsock_cmd, "kvp", "list", "--dir", d], capture_output=True,
-                          text=True, timeout=60, check=True)
+    done = subprocess.run(
+        [*hvsock_cmd, "kvp", "list", "--dir", d],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert done.stdout == "k=v\nk2=v2\n"
-    done = subprocess.run([*hvsock_cmd, "kvp", "get", "nope", "--dir", d],
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [*hvsock_cmd, "kvp", "get", "nope", "--dir", d],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 1

@@ -69,15 +69,30 @@ def test_many_writers_and_readers(tmp_path: Path) -> None:
     directory.mkdir()
     kvp.open_pool(directory=directory).clear()  # the file exists for the appender
     done_file = tmp_path / "done"
-    readers = [subprocess.Popen([sys.executable, "-c", READER, str(directory), str(done_file)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for _ in range(READERS)]
-    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(directory), str(i),
-                                 str(KEYS)], stderr=subprocess.PIPE, text=True)
-               for i in range(WRITERS)]
-    writers.append(subprocess.Popen([sys.executable, "-c", APPENDER,
-                                     str(directory / ".kvp_pool_1"), str(KEYS)],
-                                    stderr=subprocess.PIPE, text=True))
+    readers = [
+        subprocess.Popen(
+            [sys.executable, "-c", READER, str(directory), str(done_file)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(READERS)
+    ]
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(directory), str(i), str(KEYS)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(WRITERS)
+    ]
+    writers.append(
+        subprocess.Popen(
+            [sys.executable, "-c", APPENDER, str(directory / ".kvp_pool_1"), str(KEYS)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    )
     try:
         for proc in writers:
             _, err = proc.communicate(timeout=120)

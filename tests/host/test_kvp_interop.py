@@ -40,26 +40,42 @@ else:
 def cloud_init_available() -> bool:
     if not os.access(SYSTEM_PYTHON, os.X_OK):
         return False
-    done = subprocess.run([SYSTEM_PYTHON, "-c", "import cloudinit.reporting.handlers"],
-                          capture_output=True, timeout=60, check=False)
+    done = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import cloudinit.reporting.handlers"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     return done.returncode == 0
 
 
 # CI (HVSOCK_REQUIRE_KERNEL_TIER=1) installs cloud-init with the test VM: there it must run.
 needs_cloud_init = pytest.mark.skipif(
     not cloud_init_available() and os.environ.get("HVSOCK_REQUIRE_KERNEL_TIER") != "1",
-    reason="cloud-init is not installed (apt-get install -y cloud-init)")
+    reason="cloud-init is not installed (apt-get install -y cloud-init)",
+)
 
 
 def cloud_init(path: Path, action: str, stdin: str = "") -> Any:
-    done = subprocess.run([SYSTEM_PYTHON, "-c", CLOUD_INIT, str(path), action], input=stdin,
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [SYSTEM_PYTHON, "-c", CLOUD_INIT, str(path), action],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout) if action == "read" else None
 
 
-ITEMS = [("plain", "value"), ("ünïcode ✓", "ωμέγα 😀"), ("long", "x" * 1022),
-         ("k" * 254, "edge of the safe key limit"), ("empty", "")]
+ITEMS = [
+    ("plain", "value"),
+    ("ünïcode ✓", "ωμέγα 😀"),
+    ("long", "x" * 1022),
+    ("k" * 254, "edge of the safe key limit"),
+    ("empty", ""),
+]
 
 
 @needs_cloud_init
@@ -79,8 +95,8 @@ def test_hvsock_reads_what_cloud_init_writes(tmp_path: Path) -> None:
     path = tmp_path / ".kvp_pool_1"
     cloud_init(path, "write", json.dumps(ITEMS))
     items = kvp.open_pool(directory=tmp_path).items()
-    assert items[:len(ITEMS)] == ITEMS
-    events = [(k, json.loads(v)) for k, v in items[len(ITEMS):]]
+    assert items[: len(ITEMS)] == ITEMS
+    events = [(k, json.loads(v)) for k, v in items[len(ITEMS) :]]
     assert len(events) == 1
     key, event = events[0]
     assert key.startswith("CLOUD_INIT|")
@@ -114,5 +130,4 @@ def test_hyperkv_reads_what_hvsock_writes(tmp_path: Path) -> None:
     # with none would lose its last byte there).
     full.set("k" * 511, "v" * 2047)
     assert dict(hyperkv.read_kv_from_file(str(tmp_path / ".kvp_pool_3"))) == dict(ITEMS)
-    assert dict(hyperkv.read_kv_from_file(str(tmp_path / ".kvp_pool_1"))) == {
-        "k" * 511: "v" * 2047}
+    assert dict(hyperkv.read_kv_from_file(str(tmp_path / ".kvp_pool_1"))) == {"k" * 511: "v" * 2047}

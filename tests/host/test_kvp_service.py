@@ -26,8 +26,12 @@ from hvsock._cli import main as cli
 ME = f"uid:{os.getuid()}"
 
 
-def served(directory: Path, address: str, fn: Callable[..., Any],
-           allow: object = frozenset({ME, "127.0.0.1"})) -> Any:
+def served(
+    directory: Path,
+    address: str,
+    fn: Callable[..., Any],
+    allow: object = frozenset({ME, "127.0.0.1"}),
+) -> Any:
     """Run *fn* in a thread while the KVP service serves *directory* on *address*.
 
     *fn* takes no argument, or the address the service really listens on (TCP port 0).
@@ -56,11 +60,16 @@ def test_host_reads_guest_pool_and_pushes_its_own(kind: str, short_tmp: Path) ->
 
     def host_side(address: str) -> dict[str, Any]:
         with kvp.KvpClient(address, timeout=10) as client:
-            seen = {"items": client.items(), "get": client.get("GuestState"),
-                    "missing": client.get("nope"), "dict": client.as_dict("guest")}
+            seen = {
+                "items": client.items(),
+                "get": client.get("GuestState"),
+                "missing": client.get("nope"),
+                "dict": client.as_dict("guest"),
+            }
             client.set("Config", "on")  # pool 0 by default: the host's
-            client.update({"HostName": "kvm-host", "VirtualMachineName": "vm7"},
-                          kvp.Pool.AUTO_EXTERNAL)
+            client.update(
+                {"HostName": "kvm-host", "VirtualMachineName": "vm7"}, kvp.Pool.AUTO_EXTERNAL
+            )
             seen["facts"] = client.host_info()
             seen["deleted"] = client.delete("Config")
             client.set("Config", "again")
@@ -93,8 +102,9 @@ def test_only_the_host_by_default(short_tmp: Path) -> None:
     # service when it is added, instead of every client at connect.
     host = hvsock.ServiceHost(grace=1)
     with pytest.raises(hvsock.ArgumentError, match="can never match a peer on unix"):
-        host.add(kvp.kvp_service(pool_dir=short_tmp, allow=DEFAULT_ALLOW),
-                 f"unix://{short_tmp}/kvp.sock")
+        host.add(
+            kvp.kvp_service(pool_dir=short_tmp, allow=DEFAULT_ALLOW), f"unix://{short_tmp}/kvp.sock"
+        )
 
 
 def test_bad_requests_get_error_replies(short_tmp: Path) -> None:
@@ -103,11 +113,16 @@ def test_bad_requests_get_error_replies(short_tmp: Path) -> None:
     def raw() -> list[str]:
         codes = []
         with hvsock.RpcClient(hvsock.connect(address, timeout=10)) as rpc:
-            for method, params in [("items", {"pool": 9}), ("items", [1]),
-                                   ("get", {"pool": 1}), ("update", {"pool": 0, "items": [1]}),
-                                   ("update", {"pool": 1, "items": {}}),
-                                   ("update", {"pool": 0, "items": {"k\0": "v"}}),
-                                   ("clear", {"pool": 2}), ("nope", {})]:
+            for method, params in [
+                ("items", {"pool": 9}),
+                ("items", [1]),
+                ("get", {"pool": 1}),
+                ("update", {"pool": 0, "items": [1]}),
+                ("update", {"pool": 1, "items": {}}),
+                ("update", {"pool": 0, "items": {"k\0": "v"}}),
+                ("clear", {"pool": 2}),
+                ("nope", {}),
+            ]:
                 with pytest.raises(hvsock.RemoteError) as info:
                     rpc.call(method, params)
                 codes.append(info.value.code)
@@ -115,8 +130,15 @@ def test_bad_requests_get_error_replies(short_tmp: Path) -> None:
         return codes
 
     assert served(short_tmp, address, raw) == [
-        "bad_argument", "bad_argument", "bad_argument", "bad_argument", "pool_not_writable",
-        "bad_argument", "pool_not_writable", "unknown_method"]
+        "bad_argument",
+        "bad_argument",
+        "bad_argument",
+        "bad_argument",
+        "pool_not_writable",
+        "bad_argument",
+        "pool_not_writable",
+        "unknown_method",
+    ]
 
 
 def test_a_torn_guest_pool_is_reported_to_the_host(short_tmp: Path) -> None:
@@ -124,8 +146,10 @@ def test_a_torn_guest_pool_is_reported_to_the_host(short_tmp: Path) -> None:
     address = f"unix://{short_tmp}/kvp.sock"
 
     def read() -> None:
-        with kvp.KvpClient(address) as client, \
-                pytest.raises(hvsock.KvpError, match="100 bytes, not a multiple"):
+        with (
+            kvp.KvpClient(address) as client,
+            pytest.raises(hvsock.KvpError, match="100 bytes, not a multiple"),
+        ):
             client.items()
 
     served(short_tmp, address, read)
@@ -162,8 +186,10 @@ def test_a_permission_error_reaches_the_host_as_one(short_tmp: Path) -> None:
     host.add(service, address)
 
     def write() -> None:
-        with kvp.KvpClient(address, timeout=10) as client, \
-                pytest.raises(hvsock.PermissionDeniedError, match="run as root"):
+        with (
+            kvp.KvpClient(address, timeout=10) as client,
+            pytest.raises(hvsock.PermissionDeniedError, match="run as root"),
+        ):
             client.set("k", "v")
 
     async def main() -> None:
@@ -174,11 +200,16 @@ def test_a_permission_error_reaches_the_host_as_one(short_tmp: Path) -> None:
     assert not os.path.exists("/sys/kernel/.kvp_pool_0")
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("vsock://3", "vsock://3:5010"), ("vsock://3:7000", "vsock://3:7000"),
-    ("hybrid:///run/fc.sock", "hybrid:///run/fc.sock:5010"),
-    ("tcp://127.0.0.1", "tcp://127.0.0.1:5010"), ("unix:///run/k.sock", "unix:///run/k.sock"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("vsock://3", "vsock://3:5010"),
+        ("vsock://3:7000", "vsock://3:7000"),
+        ("hybrid:///run/fc.sock", "hybrid:///run/fc.sock:5010"),
+        ("tcp://127.0.0.1", "tcp://127.0.0.1:5010"),
+        ("unix:///run/k.sock", "unix:///run/k.sock"),
+    ],
+)
 def test_default_port(text: str, expected: str) -> None:
     assert str(with_default_port(text)) == expected
 
@@ -199,13 +230,15 @@ def test_cli_from_the_host(short_tmp: Path) -> None:
     address = f"unix://{short_tmp}/kvp.sock"
 
     def host_side() -> list[tuple[int, str, str]]:
-        return [run("kvp", "--vm", address, "get", "GuestIp"),
-                run("kvp", "--vm", address, "set", "Role", "web"),
-                run("kvp", "--vm", address, "--pool", "auto-external", "set", "HostName", "h1"),
-                run("kvp", "--vm", address, "host-info", "--json"),
-                run("kvp", "--vm", address, "list", "--pool", "external"),
-                run("kvp", "--vm", address, "set", "Mine", "no", "--pool", "guest"),
-                run("kvp", "--vm", address, "get", "missing")]
+        return [
+            run("kvp", "--vm", address, "get", "GuestIp"),
+            run("kvp", "--vm", address, "set", "Role", "web"),
+            run("kvp", "--vm", address, "--pool", "auto-external", "set", "HostName", "h1"),
+            run("kvp", "--vm", address, "host-info", "--json"),
+            run("kvp", "--vm", address, "list", "--pool", "external"),
+            run("kvp", "--vm", address, "set", "Mine", "no", "--pool", "guest"),
+            run("kvp", "--vm", address, "get", "missing"),
+        ]
 
     results = served(short_tmp, address, host_side)
     assert results[0] == (0, "10.0.0.7\n", "")
@@ -222,9 +255,23 @@ def test_cli_from_the_host(short_tmp: Path) -> None:
 def test_cli_serve_as_a_process(short_tmp: Path, hvsock_cmd: list[str]) -> None:
     ready = short_tmp / "ready.json"
     address = f"unix://{short_tmp}/kvp.sock"
-    proc = subprocess.Popen([*hvsock_cmd, "kvp", "serve", "--listen", address, "--dir",
-                             str(short_tmp), "--allow", ME, "--ready-file", str(ready)],
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            *hvsock_cmd,
+            "kvp",
+            "serve",
+            "--listen",
+            address,
+            "--dir",
+            str(short_tmp),
+            "--allow",
+            ME,
+            "--ready-file",
+            str(ready),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -261,14 +308,15 @@ def _one_shot_server(path: Path, reply: bytes) -> threading.Thread:
     return thread
 
 
-@pytest.mark.parametrize("reply", [b"", b"\x00\x00\x00\x10{\"id\""])
+@pytest.mark.parametrize("reply", [b"", b'\x00\x00\x00\x10{"id"'])
 def test_a_connection_closed_without_an_answer_says_so(short_tmp: Path, reply: bytes) -> None:
     # Closed before an answer, or in the middle of one: PeerClosedError from the RPC
     # client, which the KVP client tells by its class (never by its message).
     thread = _one_shot_server(short_tmp / "kvp.sock", reply)
-    with kvp.KvpClient(f"unix://{short_tmp}/kvp.sock", timeout=10) as client, \
-            pytest.raises(hvsock.HvsockError, match="closed the connection without an "
-                                                    "answer") as info:
+    with (
+        kvp.KvpClient(f"unix://{short_tmp}/kvp.sock", timeout=10) as client,
+        pytest.raises(hvsock.HvsockError, match="closed the connection without an answer") as info,
+    ):
         client.get("k")
     assert isinstance(info.value.__cause__, hvsock.PeerClosedError)
     thread.join(30)
@@ -276,8 +324,10 @@ def test_a_connection_closed_without_an_answer_says_so(short_tmp: Path, reply: b
 
 def test_a_broken_answer_stays_a_protocol_error(short_tmp: Path) -> None:
     thread = _one_shot_server(short_tmp / "kvp.sock", b"\x00\x00\x00\x05[1,2]")
-    with kvp.KvpClient(f"unix://{short_tmp}/kvp.sock", timeout=10) as client, \
-            pytest.raises(hvsock.ProtocolError, match="must be a JSON object") as info:
+    with (
+        kvp.KvpClient(f"unix://{short_tmp}/kvp.sock", timeout=10) as client,
+        pytest.raises(hvsock.ProtocolError, match="must be a JSON object") as info,
+    ):
         client.get("k")
     assert not isinstance(info.value, hvsock.PeerClosedError)
     thread.join(30)

@@ -59,8 +59,7 @@ def test_append_keeps_duplicates_and_set_collapses_them(tmp_path: Path) -> None:
         store.append(f"other{i}", "x")
     assert store.get("dup") == "2"  # the last one wins, as on the host
     store.set("dup", "final")
-    assert store.items() == [("dup", "final"), ("other0", "x"), ("other1", "x"),
-                             ("other2", "x")]
+    assert store.items() == [("dup", "final"), ("other0", "x"), ("other1", "x"), ("other2", "x")]
     assert len(raw(Path(store.path))) == 4 * kvp.RECORD_SIZE
 
 
@@ -131,8 +130,12 @@ def test_a_torn_file_is_reported_and_not_written(tmp_path: Path) -> None:
     path = tmp_path / ".kvp_pool_1"
     path.write_bytes(kvp.encode_record("a", "1") + b"half")
     store = kvp.open_pool(directory=tmp_path)
-    for op in (store.items, lambda: store.set("b", "2"), lambda: store.append("b", "2"),
-               lambda: store.delete("a")):
+    for op in (
+        store.items,
+        lambda: store.set("b", "2"),
+        lambda: store.append("b", "2"),
+        lambda: store.delete("a"),
+    ):
         with pytest.raises(KvpError, match="2564 bytes, not a multiple of 2560"):
             op()
     assert path.stat().st_size == 2564
@@ -141,9 +144,12 @@ def test_a_torn_file_is_reported_and_not_written(tmp_path: Path) -> None:
 
 
 _OPS: dict[str, Callable[[KvpStore], object]] = {
-    "items": lambda s: s.items(), "get": lambda s: s.get("a"),
-    "set": lambda s: s.set("a", "2"), "append": lambda s: s.append("a", "2"),
-    "update": lambda s: s.update({"a": "2"}), "delete": lambda s: s.delete("a"),
+    "items": lambda s: s.items(),
+    "get": lambda s: s.get("a"),
+    "set": lambda s: s.set("a", "2"),
+    "append": lambda s: s.append("a", "2"),
+    "update": lambda s: s.update({"a": "2"}),
+    "delete": lambda s: s.delete("a"),
     "clear": lambda s: s.clear(),
 }
 
@@ -220,9 +226,12 @@ if sys.stdin.readline() == "append\n":  # still under the lock: a record of our 
 
 @pytest.fixture(params=["fcntl", "flock"])
 def held(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / ".kvp_pool_1"),
-                             request.param], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path / ".kvp_pool_1"), request.param],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "locked"
     try:
@@ -235,7 +244,8 @@ def held(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[subprocess.
 
 
 def test_lock_held_by_another_program_times_out_clearly(
-        held: subprocess.Popen[str], tmp_path: Path) -> None:
+    held: subprocess.Popen[str], tmp_path: Path
+) -> None:
     store = kvp.open_pool(directory=tmp_path, lock_timeout=0.3)
     start = time.monotonic()
     for op in (lambda: store.set("k", "v"), store.items):
@@ -246,7 +256,8 @@ def test_lock_held_by_another_program_times_out_clearly(
 
 
 def test_write_waits_for_the_lock_and_then_goes_through(
-        held: subprocess.Popen[str], tmp_path: Path) -> None:
+    held: subprocess.Popen[str], tmp_path: Path
+) -> None:
     store = kvp.open_pool(directory=tmp_path, lock_timeout=30)
     done = threading.Event()
     errors: list[BaseException] = []
@@ -286,14 +297,17 @@ def test_two_stores_in_one_process_exclude_each_other(tmp_path: Path) -> None:
     try:
         from hvsock._builtin.kvp.store import locked
 
-        with locked(fd, exclusive=True, timeout=1, where="test"), \
-                pytest.raises(KvpError, match="stayed locked"):
+        with (
+            locked(fd, exclusive=True, timeout=1, where="test"),
+            pytest.raises(KvpError, match="stayed locked"),
+        ):
             store.get("k")
     finally:
         os.close(fd)
 
 
 # -- staleness and host facts --------------------------------------------------------
+
 
 def test_stale_pools(tmp_path: Path) -> None:
     for pool in (1, 3):
@@ -308,8 +322,10 @@ def test_stale_pools(tmp_path: Path) -> None:
 
 
 def test_boot_time_from_proc_stat(tmp_path: Path) -> None:
-    assert abs(kvp.boot_time() - (time.time() - float(
-        Path("/proc/uptime").read_text().split()[0]))) < 5
+    assert (
+        abs(kvp.boot_time() - (time.time() - float(Path("/proc/uptime").read_text().split()[0])))
+        < 5
+    )
     (tmp_path / "proc").mkdir()
     (tmp_path / "proc" / "stat").write_text("cpu 1 2 3\nbtime 1700000000\n")
     assert kvp.boot_time(str(tmp_path)) == 1700000000
@@ -322,10 +338,17 @@ def test_boot_time_from_proc_stat(tmp_path: Path) -> None:
 
 def test_host_info(tmp_path: Path) -> None:
     vm_id = uuid.uuid4()
-    kvp.open_pool(3, directory=tmp_path, allow_host_pool=True).update({
-        "HostName": "hv-01", "PhysicalHostNameFullyQualified": "hv-01.example.com",
-        "VirtualMachineName": "web", "VirtualMachineId": str(vm_id).upper(),
-        "HostingSystemOsMajor": "10", "HostingSystemOsMinor": "zero", "Other": "x"})
+    kvp.open_pool(3, directory=tmp_path, allow_host_pool=True).update(
+        {
+            "HostName": "hv-01",
+            "PhysicalHostNameFullyQualified": "hv-01.example.com",
+            "VirtualMachineName": "web",
+            "VirtualMachineId": str(vm_id).upper(),
+            "HostingSystemOsMajor": "10",
+            "HostingSystemOsMinor": "zero",
+            "Other": "x",
+        }
+    )
     facts = kvp.host_info(tmp_path)
     assert facts.host_name == "hv-01"
     assert facts.physical_host_name is None
@@ -341,6 +364,7 @@ def test_host_info(tmp_path: Path) -> None:
 
 # -- watch ----------------------------------------------------------------------------
 
+
 def test_watch_yields_changes_as_they_happen(tmp_path: Path) -> None:
     store = kvp.open_pool(directory=tmp_path)
     store.set("keep", "1")
@@ -353,7 +377,10 @@ def test_watch_yields_changes_as_they_happen(tmp_path: Path) -> None:
     store.delete("drop")
     got += list(changes)
     assert [(c.kind, c.key, c.value) for c in got] == [
-        ("set", "new", "v"), ("set", "keep", "2"), ("delete", "drop", None)]
+        ("set", "new", "v"),
+        ("set", "keep", "2"),
+        ("delete", "drop", None),
+    ]
     assert got[1].old == "1"
 
 
@@ -381,7 +408,9 @@ def test_watch_ends_at_its_timeout(tmp_path: Path) -> None:
 
 def test_diff() -> None:
     assert diff({"a": "1", "b": "2"}, {"a": "1", "b": "3", "c": "4"}) == [
-        kvp.Change("set", "b", "3", "2"), kvp.Change("set", "c", "4", None)]
+        kvp.Change("set", "b", "3", "2"),
+        kvp.Change("set", "c", "4", None),
+    ]
     assert diff({"a": "1"}, {}) == [kvp.Change("delete", "a", None, "1")]
 
 

@@ -50,8 +50,13 @@ def _agent_info(sock: socket.socket) -> None:
 
 def _spawn(argv: list[str], ready: Path) -> tuple[subprocess.Popen[bytes], dict[str, object]]:
     env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
-    proc = subprocess.Popen(with_default_signals(argv), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        with_default_signals(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     deadline = time.monotonic() + 30
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -91,37 +96,63 @@ def echo_target() -> Iterator[str]:
 SERVERS = ["service", "relay-1-worker", "relay-2-workers", "bench", "agent"]
 
 
-def _server(kind: str, tmp: Path,
-            target: str) -> tuple[list[str], Callable[[dict[str, object]], str], bytes, Talk]:
+def _server(
+    kind: str, tmp: Path, target: str
+) -> tuple[list[str], Callable[[dict[str, object]], str], bytes, Talk]:
     """The command line, where the ready file names the address, the connection's
     opening bytes (the bench's mode byte, the agent's hello) and its conversation."""
     if kind == "service":
-        return (["echo-server", "tcp://127.0.0.1:0", "--grace", GRACE],
-                lambda info: str(next(iter(info["services"].values()))),  # type: ignore[attr-defined]
-                b"", _echo)
+        return (
+            ["echo-server", "tcp://127.0.0.1:0", "--grace", GRACE],
+            lambda info: str(next(iter(info["services"].values()))),  # type: ignore[attr-defined]
+            b"",
+            _echo,
+        )
     if kind.startswith("relay"):
         workers = "1" if kind == "relay-1-worker" else "2"
-        return (["relay", "tcp://127.0.0.1:0", target, "--grace", GRACE, "--workers", workers,
-                 "--quiet"], lambda info: str(info["listen"]), b"", _echo)
+        return (
+            [
+                "relay",
+                "tcp://127.0.0.1:0",
+                target,
+                "--grace",
+                GRACE,
+                "--workers",
+                workers,
+                "--quiet",
+            ],
+            lambda info: str(info["listen"]),
+            b"",
+            _echo,
+        )
     if kind == "bench":
-        return (["bench", "server", "tcp://127.0.0.1:0", "--grace", GRACE],
-                lambda info: str(info["address"]), b"e", _echo)
+        return (
+            ["bench", "server", "tcp://127.0.0.1:0", "--grace", GRACE],
+            lambda info: str(info["address"]),
+            b"e",
+            _echo,
+        )
     config = tmp / "agent.toml"
-    config.write_text(f'[agent]\nlisten = "tcp://127.0.0.1:0"\ngrace = {GRACE}\n'
-                      "[info]\nenabled = true\n[health]\nenabled = false\n"
-                      "[time]\nenabled = false\n")
+    config.write_text(
+        f'[agent]\nlisten = "tcp://127.0.0.1:0"\ngrace = {GRACE}\n'
+        "[info]\nenabled = true\n[health]\nenabled = false\n"
+        "[time]\nenabled = false\n"
+    )
     hello = encode_frame(mux.encode_hello("info"), mux.MAX_HELLO)
-    return (["agent", "--config", str(config)],
-            lambda info: str(info["services"]["hvsock agent"]),  # type: ignore[index]
-            hello, _agent_info)
+    return (
+        ["agent", "--config", str(config)],
+        lambda info: str(info["services"]["hvsock agent"]),  # type: ignore[index]
+        hello,
+        _agent_info,
+    )
 
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
 @pytest.mark.parametrize("kind", SERVERS)
-def test_a_second_signal_cuts_the_grace_short(kind: str, second: signal.Signals,
-                                               short_tmp: Path, hvsock_cmd: list[str],
-                                               echo_target: str) -> None:
+def test_a_second_signal_cuts_the_grace_short(
+    kind: str, second: signal.Signals, short_tmp: Path, hvsock_cmd: list[str], echo_target: str
+) -> None:
     argv, address_of, opening, talk = _server(kind, short_tmp, echo_target)
     ready = short_tmp / "ready.json"
     proc, info = _spawn([*hvsock_cmd, *argv, "--ready-file", str(ready)], ready)
@@ -157,7 +188,8 @@ def test_a_second_signal_cuts_the_grace_short(kind: str, second: signal.Signals,
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("kind", ["relay-1-worker", "relay-2-workers", "bench"])
 def test_every_server_kind_tells_systemd_ready_then_stopping(
-        kind: str, short_tmp: Path, monkeypatch: pytest.MonkeyPatch, echo_target: str) -> None:
+    kind: str, short_tmp: Path, monkeypatch: pytest.MonkeyPatch, echo_target: str
+) -> None:
     path = str(short_tmp / "notify.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.bind(path)
@@ -168,9 +200,12 @@ def test_every_server_kind_tells_systemd_ready_then_stopping(
         if kind == "bench":
             server = hvsock.services.BenchServer("tcp://127.0.0.1:0", ready_file=str(ready))
         else:
-            server = hvsock.forwarding.Relay("tcp://127.0.0.1:0", echo_target,
-                                             ready_file=str(ready),
-                                             workers=1 if kind == "relay-1-worker" else 2)
+            server = hvsock.forwarding.Relay(
+                "tcp://127.0.0.1:0",
+                echo_target,
+                ready_file=str(ready),
+                workers=1 if kind == "relay-1-worker" else 2,
+            )
         with server:
             status = notify.recv(1000)
             info = json.loads(ready.read_text())

@@ -38,8 +38,9 @@ class Child:
     """A child process whose stderr lines are read until a pattern shows (no sleeping)."""
 
     def __init__(self, argv: list[str], **kwargs: object) -> None:
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, **kwargs)  # type: ignore[call-overload]
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs
+        )  # type: ignore[call-overload]
         self.lines: list[str] = []
 
     def wait_line(self, fragment: str, timeout: float = 20) -> str:
@@ -77,14 +78,17 @@ def _spawn(made: list[Child], argv: list[str], **kwargs: object) -> Child:
     return c
 
 
-
 # -- 6: HVSOCK_PEER names the peer, not the listener ------------------------------------
 
+
 def test_listen_exec_names_the_unix_peer_by_pid_and_uid(
-        short_tmp: Path, hvsock_cmd: list[str], child: list[Child]) -> None:
+    short_tmp: Path, hvsock_cmd: list[str], child: list[Child]
+) -> None:
     path = short_tmp / "peer.sock"
-    c = _spawn(child, [*hvsock_cmd, "listen", f"unix://{path}", "--once",
-                       "--exec", 'printf %s "$HVSOCK_PEER"'])
+    c = _spawn(
+        child,
+        [*hvsock_cmd, "listen", f"unix://{path}", "--once", "--exec", 'printf %s "$HVSOCK_PEER"'],
+    )
     c.wait_line("listening on")
     with hvsock.connect(f"unix://{path}", timeout=5) as sock:
         hvsock.close_write(sock)
@@ -99,8 +103,10 @@ def test_listen_exec_names_the_unix_peer_by_pid_and_uid(
 
 # -- 7: a service says where it listens and that it is ready ------------------------------
 
+
 def test_the_example_says_where_it_listens_and_that_it_is_ready(
-        short_tmp: Path, child: list[Child]) -> None:
+    short_tmp: Path, child: list[Child]
+) -> None:
     address = f"unix://{short_tmp}/kv.sock"
     c = _spawn(child, [sys.executable, str(EXAMPLE), address])
     assert address in c.wait_line("listening on")
@@ -130,15 +136,17 @@ def test_the_default_log_handler_only_when_logging_is_unconfigured() -> None:
 
 # -- 9: the exports name the real file ------------------------------------------------------
 
-@pytest.mark.parametrize(("fmt", "command"), [
-    ("ps1", "powershell -ExecutionPolicy Bypass -File .\\my-agent.ps1"),
-    ("reg", "reg import my-agent.reg"),
-])
-def test_an_export_written_with_o_names_that_file(tmp_path: Path, fmt: str,
-                                                  command: str) -> None:
+
+@pytest.mark.parametrize(
+    ("fmt", "command"),
+    [
+        ("ps1", "powershell -ExecutionPolicy Bypass -File .\\my-agent.ps1"),
+        ("reg", "reg import my-agent.reg"),
+    ],
+)
+def test_an_export_written_with_o_names_that_file(tmp_path: Path, fmt: str, command: str) -> None:
     target = tmp_path / f"my-agent.{fmt}"
-    status, _, err = run("register", "agent", "--port", "5000", "--export", fmt,
-                         "-o", str(target))
+    status, _, err = run("register", "agent", "--port", "5000", "--export", fmt, "-o", str(target))
     assert status == 0
     assert command in err
     if fmt == "ps1":
@@ -157,11 +165,12 @@ def test_an_export_to_stdout_says_what_to_save_it_as() -> None:
 
 # -- 10: the library and CLI need only the standard library ---------------------------------
 
+
 def test_tqdm_is_an_extra_not_a_dependency() -> None:
     text = (ROOT / "pyproject.toml").read_text()
     deps = text.split("dependencies = ", 1)[1].split("\n", 1)[0]
     # Only a standard-library backport (tomllib's, for Python 3.10) may be a dependency.
-    assert deps == '["tomli; python_version<\'3.11\'"]'
+    assert deps == "[\"tomli; python_version<'3.11'\"]"
     assert 'cli = ["tqdm' in text
 
 
@@ -181,9 +190,20 @@ def test_without_tqdm_progress_is_plain_lines(monkeypatch: pytest.MonkeyPatch) -
 
 # -- 11: `hvsock addr` explains each line, no value twice ------------------------------------
 
-@pytest.mark.parametrize("text", ["hvsock://parent/2761", "vsock://host:5000", "vsock://any:any",
-                                  "hvsock://loopback/5000", "hybrid:///run/v.sock:52",
-                                  "tcp://[::1]:22", "unix:///run/a.sock", "hvsock://wsl/22"])
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "hvsock://parent/2761",
+        "vsock://host:5000",
+        "vsock://any:any",
+        "hvsock://loopback/5000",
+        "hybrid:///run/v.sock:52",
+        "tcp://[::1]:22",
+        "unix:///run/a.sock",
+        "hvsock://wsl/22",
+    ],
+)
 def test_addr_lines_each_explain_themselves_and_values_never_repeat(text: str) -> None:
     status, out, _ = run("addr", text)
     assert status == 0
@@ -205,39 +225,46 @@ def test_addr_uses_the_canonical_form_for_names_and_numbers() -> None:
 
 # -- 12: help ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("command", ["service-id", "port", "addr", "cid", "demo", "ping",
-                                     "services", "vms", "selftest"])
-def test_every_command_has_a_description(command: str,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+
+@pytest.mark.parametrize(
+    "command", ["service-id", "port", "addr", "cid", "demo", "ping", "services", "vms", "selftest"]
+)
+def test_every_command_has_a_description(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main([command, "--help"]) == 0
     usage, _, rest = capsys.readouterr().out.partition("\n\n")
     assert usage.startswith(f"usage: hvsock {command}")
     assert not rest.startswith(("positional arguments", "options")), rest[:80]
 
 
-@pytest.mark.parametrize(("argv", "option"), [
-    (["ping", "--help"], "-c COUNT, --count COUNT"),
-    (["ping", "--help"], "--timeout TIMEOUT"),
-    (["ping", "--help"], "--retries RETRIES"),
-    (["demo", "--help"], "--transport"),
-    (["stress", "--help"], "-n CONNECTIONS, --connections CONNECTIONS"),
-    (["stress", "--help"], "-P PARALLEL, --parallel PARALLEL"),
-    (["connect", "--help"], "address"),
-])
-def test_options_have_help_text(argv: list[str], option: str,
-                                capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["ping", "--help"], "-c COUNT, --count COUNT"),
+        (["ping", "--help"], "--timeout TIMEOUT"),
+        (["ping", "--help"], "--retries RETRIES"),
+        (["demo", "--help"], "--transport"),
+        (["stress", "--help"], "-n CONNECTIONS, --connections CONNECTIONS"),
+        (["stress", "--help"], "-P PARALLEL, --parallel PARALLEL"),
+        (["connect", "--help"], "address"),
+    ],
+)
+def test_options_have_help_text(
+    argv: list[str], option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     body = out.split("\n\n", 1)[1]  # past the usage lines
     line = next(line for line in body.splitlines() if line.strip().startswith(option))
-    rest = line.strip()[len(option):].strip()
+    rest = line.strip()[len(option) :].strip()
     following = body.splitlines()[body.splitlines().index(line) + 1].strip()
     assert rest or following, f"{option} has no help text"
     assert not (following.startswith("-") and not rest)
 
 
-@pytest.mark.parametrize("argv", [["ping", "tcp://127.0.0.1:7", "--bogus"],
-                                  ["bench", "client", "--zz", "tcp://127.0.0.1:7"]])
+@pytest.mark.parametrize(
+    "argv",
+    [["ping", "tcp://127.0.0.1:7", "--bogus"], ["bench", "client", "--zz", "tcp://127.0.0.1:7"]],
+)
 def test_an_unknown_option_prints_the_subcommands_usage(argv: list[str]) -> None:
     status, _, err = run(*argv)
     assert status == cli.EXIT_USAGE
@@ -247,6 +274,7 @@ def test_an_unknown_option_prints_the_subcommands_usage(argv: list[str]) -> None
 
 
 # -- 13: messages, SIGTERM, grace ----------------------------------------------------------
+
 
 def test_a_negative_port_is_out_of_range_not_a_non_number() -> None:
     status, _, err = run("connect", "vsock://3:-1")
@@ -276,8 +304,9 @@ def test_one_byte_is_singular() -> None:
 
 
 @pytest.mark.parametrize("command", ["listen", "echo-server"])
-def test_sigterm_stops_a_server_with_status_0(short_tmp: Path, hvsock_cmd: list[str],
-                                              child: list[Child], command: str) -> None:
+def test_sigterm_stops_a_server_with_status_0(
+    short_tmp: Path, hvsock_cmd: list[str], child: list[Child], command: str
+) -> None:
     path = short_tmp / "term.sock"
     c = _spawn(child, [*hvsock_cmd, command, f"unix://{path}"])
     c.wait_line("listening on")

@@ -61,9 +61,11 @@ def real_qga(short_tmp: Path) -> Iterator[str]:
     state = short_tmp / "qga-state"
     state.mkdir()
     path = short_tmp / "real-qga.sock"
-    proc = subprocess.Popen([binary, "-m", "unix-listen", "-p", str(path), "-t", str(state),
-                             "-f", str(state / "pid")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [binary, "-m", "unix-listen", "-p", str(path), "-t", str(state), "-f", str(state / "pid")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_for(path.exists, "qemu-ga's socket", timeout=30)
         yield str(path)
@@ -145,8 +147,10 @@ def _serve(short_tmp: Path, fn: Callable[[str], Any], **bounds: Any) -> Any:
 def _serve_agent(short_tmp: Path, agent: QgaAgent, fn: Callable[[str], Any]) -> Any:
     host = hvsock.ServiceHost(grace=1)
     path = str(short_tmp / "q.sock")
-    host.add(Service("hvsock qga", 5104, agent.handle, limits=Limits(idle_timeout=None)),
-             f"unix://{path}")
+    host.add(
+        Service("hvsock qga", 5104, agent.handle, limits=Limits(idle_timeout=None)),
+        f"unix://{path}",
+    )
 
     async def main() -> Any:
         async with host:
@@ -163,8 +167,12 @@ def _fds() -> int:
 
 
 def _exec(client: QgaClient, path: str, *args: str, **extra: Any) -> Any:
-    started = client.call({"execute": "guest-exec", "arguments": {
-        "path": path, "arg": list(args), "capture-output": True, **extra}})
+    started = client.call(
+        {
+            "execute": "guest-exec",
+            "arguments": {"path": path, "arg": list(args), "capture-output": True, **extra},
+        }
+    )
     assert "return" in started, started
     return client.wait_exec(started["return"]["pid"])["return"]
 
@@ -174,15 +182,25 @@ def test_errors_are_generic_errors_in_qemu_ga_words(short_tmp: Path) -> None:
         with _client(path).sock as sock:
             c = QgaClient(sock)
             assert c.call({"execute": "guest-file-read", "arguments": {"handle": 5}}) == {
-                "error": {"class": "GenericError", "desc": "handle '5' has not been found"}}
-            assert c.call(b"nonsense\n") == {"error": {
-                "class": "GenericError", "desc": "JSON parse error, invalid keyword 'nonsense'"}}
+                "error": {"class": "GenericError", "desc": "handle '5' has not been found"}
+            }
+            assert c.call(b"nonsense\n") == {
+                "error": {
+                    "class": "GenericError",
+                    "desc": "JSON parse error, invalid keyword 'nonsense'",
+                }
+            }
             assert c.call({"execute": "guest-exec-status", "arguments": {"pid": 1}}) == {
-                "error": {"class": "GenericError", "desc": "Invalid parameter 'pid'"}}
-            assert c.call({"execute": "guest-exec", "arguments": {"path": "/bin/true",
-                                                                  "arg": [1]}}) == {
-                "error": {"class": "GenericError",
-                          "desc": "Invalid parameter type for 'arg[0]', expected: string"}}
+                "error": {"class": "GenericError", "desc": "Invalid parameter 'pid'"}
+            }
+            assert c.call(
+                {"execute": "guest-exec", "arguments": {"path": "/bin/true", "arg": [1]}}
+            ) == {
+                "error": {
+                    "class": "GenericError",
+                    "desc": "Invalid parameter type for 'arg[0]', expected: string",
+                }
+            }
 
     _serve(short_tmp, run)
 
@@ -205,23 +223,40 @@ def test_exec_status_reports_truncation_per_captured_stream(short_tmp: Path) -> 
     _serve(short_tmp, run, output_budget=200_000)
 
 
-def test_nul_in_paths_args_and_env_is_handled_as_qemu_ga_does(short_tmp: Path,
-                                                               tmp_path: Path) -> None:
+def test_nul_in_paths_args_and_env_is_handled_as_qemu_ga_does(
+    short_tmp: Path, tmp_path: Path
+) -> None:
     def run(path: str) -> None:
         with _client(path).sock as sock:
             c = QgaClient(sock)
             answer = c.call({"execute": "guest-exec", "arguments": {"path": "/bin/ec\0ho"}})
             assert answer["error"]["class"] == "GenericError"
-            assert "Failed to execute child process \u201c/bin/ec\0ho\u201d (No such file" \
+            assert (
+                "Failed to execute child process \u201c/bin/ec\0ho\u201d (No such file"
                 in answer["error"]["desc"]
-            answer = c.call({"execute": "guest-file-open",
-                             "arguments": {"path": f"{tmp_path}/a\0b"}})
-            assert answer == {"error": {"class": "GenericError", "desc": (
-                f"failed to open file '{tmp_path}/a\0b' (mode: 'r'): No such file or "
-                "directory")}}
+            )
+            answer = c.call(
+                {"execute": "guest-file-open", "arguments": {"path": f"{tmp_path}/a\0b"}}
+            )
+            assert answer == {
+                "error": {
+                    "class": "GenericError",
+                    "desc": (
+                        f"failed to open file '{tmp_path}/a\0b' (mode: 'r'): No such file or "
+                        "directory"
+                    ),
+                }
+            }
             # qemu-ga passes a NUL in an argument or a variable on as C0 80; so do we.
-            status = _exec(c, "/bin/sh", "-c", 'printf %s "$1$A"', "x", "a\0b",
-                           env=["A=c\0d", "PATH=/bin:/usr/bin"])
+            status = _exec(
+                c,
+                "/bin/sh",
+                "-c",
+                'printf %s "$1$A"',
+                "x",
+                "a\0b",
+                env=["A=c\0d", "PATH=/bin:/usr/bin"],
+            )
             assert base64.b64decode(status["out-data"]) == b"a\xc0\x80bc\xc0\x80d"
             assert c.call({"execute": "guest-ping"}) == {"return": {}}  # still connected
 
@@ -236,14 +271,16 @@ def test_file_open_on_a_fifo_blocks_nothing(short_tmp: Path, tmp_path: Path) -> 
         with _client(path).sock as a, _client(path).sock as b:
             ca, cb = QgaClient(a), QgaClient(b)
             # For writing with no reader, the open fails at once (ENXIO) instead of waiting.
-            answer = ca.call({"execute": "guest-file-open",
-                              "arguments": {"path": str(fifo), "mode": "w"}})
+            answer = ca.call(
+                {"execute": "guest-file-open", "arguments": {"path": str(fifo), "mode": "w"}}
+            )
             assert "No such device or address" in answer["error"]["desc"]
             handle = ca.call({"execute": "guest-file-open", "arguments": {"path": str(fifo)}})
             assert isinstance(handle["return"], int), handle  # opened at once, as qemu-ga
             assert cb.call({"execute": "guest-ping"}) == {"return": {}}
-            read = ca.call({"execute": "guest-file-read",
-                            "arguments": {"handle": handle["return"]}})
+            read = ca.call(
+                {"execute": "guest-file-read", "arguments": {"handle": handle["return"]}}
+            )
             assert read["return"]["count"] == 0  # no writer: nothing, at once
             ca.call({"execute": "guest-file-close", "arguments": {"handle": handle["return"]}})
             assert _fds() <= baseline + 8  # both sockets and the service's; no FIFO left
@@ -261,15 +298,17 @@ def test_file_handles_are_capped_and_unused_ones_expire(short_tmp: Path, tmp_pat
         # One client opens 247 handles and leaves without closing any.
         with _client(path).sock as sock:
             c = QgaClient(sock)
-            answers = [c.call({"execute": "guest-file-open",
-                               "arguments": {"path": str(tmp_path / "f")}})
-                       for _ in range(247)]
+            answers = [
+                c.call({"execute": "guest-file-open", "arguments": {"path": str(tmp_path / "f")}})
+                for _ in range(247)
+            ]
         opened = [a["return"] for a in answers if "return" in a]
         refused = [a["error"] for a in answers if "error" in a]
         assert len(opened) == MAX_FILES
         assert refused[0]["class"] == "GenericError"
-        assert refused[0]["desc"].startswith(f"failed to open file '{tmp_path}/f' (mode: "
-                                             "'r'): Too many open files")
+        assert refused[0]["desc"].startswith(
+            f"failed to open file '{tmp_path}/f' (mode: 'r'): Too many open files"
+        )
         assert "guest-file-close" in refused[0]["desc"]
         assert _fds() - baseline <= MAX_FILES + 8  # the service's own sockets, a margin
         with _client(path).sock as sock:
@@ -295,9 +334,19 @@ def test_exec_jobs_are_capped_and_uncollected_statuses_expire(short_tmp: Path) -
     def run(path: str) -> None:
         with _client(path).sock as sock:
             c = QgaClient(sock)
-            pids = [c.call({"execute": "guest-exec", "arguments": {
-                "path": "/bin/sh", "arg": ["-c", "echo hi"], "capture-output": True}})[
-                    "return"]["pid"] for _ in range(3)]
+            pids = [
+                c.call(
+                    {
+                        "execute": "guest-exec",
+                        "arguments": {
+                            "path": "/bin/sh",
+                            "arg": ["-c", "echo hi"],
+                            "capture-output": True,
+                        },
+                    }
+                )["return"]["pid"]
+                for _ in range(3)
+            ]
             refused = c.call({"execute": "guest-exec", "arguments": {"path": "/bin/true"}})
             assert refused["error"]["class"] == "GenericError"
             assert "too many guest-exec processes" in refused["error"]["desc"]
@@ -308,8 +357,11 @@ def test_exec_jobs_are_capped_and_uncollected_statuses_expire(short_tmp: Path) -
             again = c.call({"execute": "guest-exec", "arguments": {"path": "/bin/true"}})
             c.wait_exec(again["return"]["pid"])
             # The other two exit; nobody asks; their statuses go after JOB_KEEP s.
-            wait_for(lambda: all(agent._jobs[p].exited_at is not None for p in pids[1:]),
-                     "the two processes to exit", timeout=60)
+            wait_for(
+                lambda: all(agent._jobs[p].exited_at is not None for p in pids[1:]),
+                "the two processes to exit",
+                timeout=60,
+            )
             assert agent._buffered == 2 * len(b"hi\n")
             now[0] += JOB_KEEP + 1
             gone = c.call({"execute": "guest-exec-status", "arguments": {"pid": pids[1]}})
@@ -327,11 +379,24 @@ def test_exec_output_of_many_jobs_is_bounded_in_memory(short_tmp: Path) -> None:
     def run(path: str) -> None:
         with _client(path).sock as sock:
             c = QgaClient(sock)
-            pids = [c.call({"execute": "guest-exec", "arguments": {
-                "path": "/bin/sh", "arg": ["-c", f"head -c {OUTPUT_CAP} /dev/zero"],
-                "capture-output": True}})["return"]["pid"] for _ in range(20)]
-            wait_for(lambda: all(agent._jobs[p].exited_at is not None for p in pids),
-                     "20 processes to exit", timeout=300)
+            pids = [
+                c.call(
+                    {
+                        "execute": "guest-exec",
+                        "arguments": {
+                            "path": "/bin/sh",
+                            "arg": ["-c", f"head -c {OUTPUT_CAP} /dev/zero"],
+                            "capture-output": True,
+                        },
+                    }
+                )["return"]["pid"]
+                for _ in range(20)
+            ]
+            wait_for(
+                lambda: all(agent._jobs[p].exited_at is not None for p in pids),
+                "20 processes to exit",
+                timeout=300,
+            )
             assert agent._buffered <= OUTPUT_BUDGET
             kept = sum(len(agent._jobs[p].out) for p in pids)
             assert kept == OUTPUT_BUDGET  # every byte of room used, none past it
@@ -350,7 +415,8 @@ def test_exec_output_of_many_jobs_is_bounded_in_memory(short_tmp: Path) -> None:
 
 
 def test_a_request_past_the_cap_closes_the_connection_and_spares_the_others(
-        short_tmp: Path) -> None:
+    short_tmp: Path,
+) -> None:
     def run(path: str) -> None:
         with _client(path).sock as big, _client(path).sock as other:
             # 100 MB of one bare token: answered once, then the connection ends.
@@ -363,8 +429,9 @@ def test_a_request_past_the_cap_closes_the_connection_and_spares_the_others(
             except (BrokenPipeError, ConnectionResetError):
                 pass  # closed by the agent once past the cap: expected
             client = QgaClient(big)
-            assert client.answer()[1] == {"error": {
-                "class": "GenericError", "desc": "JSON token size limit exceeded"}}
+            assert client.answer()[1] == {
+                "error": {"class": "GenericError", "desc": "JSON token size limit exceeded"}
+            }
             try:  # closed with our unread bytes in it: a reset, or a plain end
                 rest = big.recv(1)
             except ConnectionResetError:
@@ -399,10 +466,13 @@ def _ip(*args: str) -> None:
 
 def _add_link(ns: str, name: str) -> None:
     # ifb, else dummy, else one end of a veth pair: whichever this kernel has.
-    for kind in (["type", "ifb"], ["type", "dummy"], ["type", "veth", "peer", "name",
-                                                      f"{name}p"]):
-        if subprocess.run(["ip", "-n", ns, "link", "add", name, *kind], capture_output=True,
-                          timeout=60).returncode == 0:
+    for kind in (["type", "ifb"], ["type", "dummy"], ["type", "veth", "peer", "name", f"{name}p"]):
+        if (
+            subprocess.run(
+                ["ip", "-n", ns, "link", "add", name, *kind], capture_output=True, timeout=60
+            ).returncode
+            == 0
+        ):
             return
     pytest.skip("this kernel has none of the ifb, dummy or veth link types")
 
@@ -437,9 +507,25 @@ def test_interfaces_match_real_qemu_ga_with_extra_interfaces(netns: str, short_t
     state = short_tmp / "state"
     state.mkdir()
     path = short_tmp / "ns-qga.sock"
-    proc = subprocess.Popen(["ip", "netns", "exec", netns, binary, "-m", "unix-listen", "-p",
-                             str(path), "-t", str(state), "-f", str(state / "pid")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            binary,
+            "-m",
+            "unix-listen",
+            "-p",
+            str(path),
+            "-t",
+            str(state),
+            "-f",
+            str(state / "pid"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_for(path.exists, "qemu-ga's socket", timeout=30)
         with _client(str(path)).sock as sock:
@@ -447,27 +533,37 @@ def test_interfaces_match_real_qemu_ga_with_extra_interfaces(netns: str, short_t
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
-    ours = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", _NS_SCRIPT],
-                          capture_output=True, timeout=60, check=True).stdout
+    ours = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", _NS_SCRIPT],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    ).stdout
     names = [i["name"] for i in theirs["return"]]
     assert {"lo", "ifb0", "ifb0:1", "ifb1", "hvlongname0"} <= set(names)  # the set-up took
     assert json.loads(ours) == theirs  # the whole answer: order, addresses, MACs, counters
 
 
 def test_the_agent_process_stays_responsive_under_a_huge_request_and_stops_on_sigterm(
-        short_tmp: Path, hvsock_cmd: list[str]) -> None:
+    short_tmp: Path, hvsock_cmd: list[str]
+) -> None:
     # 48 MiB of one bare token (under the cap, so the connection stays open) arrived in
     # 64 KiB reads used to cost hours of CPU with the event loop blocked: other clients
     # got no answer and SIGTERM was never acted on.
     config = short_tmp / "agent.toml"
     qga_sock = short_tmp / "qga.sock"
-    config.write_text(f'[agent]\nlisten = "unix://{short_tmp}/agent.sock"\n'
-                      f'allow = ["uid:{os.getuid()}"]\n\n'
-                      f'[qga]\nenabled = true\nlisten = "unix://{qga_sock}"\n'
-                      f'allow = ["uid:{os.getuid()}"]\n')
+    config.write_text(
+        f'[agent]\nlisten = "unix://{short_tmp}/agent.sock"\n'
+        f'allow = ["uid:{os.getuid()}"]\n\n'
+        f'[qga]\nenabled = true\nlisten = "unix://{qga_sock}"\n'
+        f'allow = ["uid:{os.getuid()}"]\n'
+    )
     ready = short_tmp / "ready.json"
-    agent = subprocess.Popen([*hvsock_cmd, "agent", "--config", str(config), "--ready-file",
-                              str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    agent = subprocess.Popen(
+        [*hvsock_cmd, "agent", "--config", str(config), "--ready-file", str(ready)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_for(ready.exists, "the agent's ready file", timeout=60)
         with _client(str(qga_sock)).sock as big, _client(str(qga_sock)).sock as other:

@@ -23,8 +23,9 @@ def test_relay_with_a_ready_file_in_a_missing_directory(short_tmp: Path) -> None
     sock = short_tmp / "relay.sock"
     ready = "/missing-hvsock-dir/r.json"
     out, err = io.StringIO(), io.StringIO()
-    status = cli.main(["relay", f"unix://{sock}", "tcp://127.0.0.1:9", "--ready-file", ready],
-                      out=out, err=err)
+    status = cli.main(
+        ["relay", f"unix://{sock}", "tcp://127.0.0.1:9", "--ready-file", ready], out=out, err=err
+    )
     assert status == cli.EXIT_USAGE
     assert ready in err.getvalue()
     assert ".ready-" not in err.getvalue()
@@ -36,8 +37,11 @@ def test_relay_with_a_ready_file_in_a_missing_directory(short_tmp: Path) -> None
 def test_echo_server_with_a_ready_file_in_a_missing_directory(short_tmp: Path) -> None:
     sock = short_tmp / "echo.sock"
     err = io.StringIO()
-    status = cli.main(["echo-server", f"unix://{sock}", "--ready-file",
-                       str(short_tmp / "no" / "r.json")], out=io.StringIO(), err=err)
+    status = cli.main(
+        ["echo-server", f"unix://{sock}", "--ready-file", str(short_tmp / "no" / "r.json")],
+        out=io.StringIO(),
+        err=err,
+    )
     assert status == cli.EXIT_USAGE
     assert str(short_tmp / "no" / "r.json") in err.getvalue()
     assert os.listdir(short_tmp) == []

@@ -127,10 +127,11 @@ def site(short_tmp: Path) -> Iterator[Site]:
 
 def _echo_through(client: socket.socket, data: bytes) -> bytes:
     """Send *data* (in a thread), half-close, and read the echo until EOF."""
+
     def send() -> None:
         view = memoryview(data)
         for i in range(0, len(data), MiB):
-            client.sendall(view[i:i + MiB])
+            client.sendall(view[i : i + MiB])
         client.shutdown(socket.SHUT_WR)
 
     sender = threading.Thread(target=send, daemon=True)
@@ -141,8 +142,16 @@ def _echo_through(client: socket.socket, data: bytes) -> bytes:
     return got
 
 
-PAIRS = [("tcp", "tcp"), ("tcp", "unix"), ("unix", "tcp"), ("unix", "unix"),
-         ("tcp", "hybrid"), ("hybrid", "tcp"), ("hybrid", "hybrid"), ("unix", "hybrid")]
+PAIRS = [
+    ("tcp", "tcp"),
+    ("tcp", "unix"),
+    ("unix", "tcp"),
+    ("unix", "unix"),
+    ("tcp", "hybrid"),
+    ("hybrid", "tcp"),
+    ("hybrid", "hybrid"),
+    ("unix", "hybrid"),
+]
 if _has_ipv6():
     PAIRS += [("tcp6", "tcp"), ("tcp", "tcp6")]
 
@@ -151,12 +160,13 @@ if _has_ipv6():
 @pytest.mark.usefixtures("fd_baseline")
 @pytest.mark.parametrize("data_path", DATA_PATHS)
 @pytest.mark.parametrize(("listen", "target"), PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
-def test_payload_exact_on_every_path(site: Site, listen: str, target: str,
-                                     data_path: str) -> None:
+def test_payload_exact_on_every_path(site: Site, listen: str, target: str, data_path: str) -> None:
     tl, taddr = site.target(target)
     data = os.urandom(3 * MiB + 12345)
-    with EchoServer(tl), running_relay(site.listen_address(listen), taddr,
-                                       data_path=data_path) as relay:
+    with (
+        EchoServer(tl),
+        running_relay(site.listen_address(listen), taddr, data_path=data_path) as relay,
+    ):
         with site.client(listen, relay.address) as client:
             got = _echo_through(client, data)
         (record,) = relay.wait_records(1)
@@ -174,8 +184,8 @@ def test_many_concurrent_connections_each_exact(site: Site, data_path: str) -> N
     payloads = [os.urandom(20_000 + 997 * i) for i in range(n)]
     results: list[bytes | None] = [None] * n
     errors: list[BaseException] = []
-    with EchoServer(tl), running_relay("tcp://127.0.0.1:0", taddr,
-                                       data_path=data_path) as relay:
+    with EchoServer(tl), running_relay("tcp://127.0.0.1:0", taddr, data_path=data_path) as relay:
+
         def one(i: int) -> None:
             try:
                 with hvsock.connect(relay.address) as c:
@@ -210,8 +220,10 @@ def test_empty_connection_ends_cleanly(site: Site) -> None:
 def test_target_by_host_name_is_dialled_in_a_thread(site: Site) -> None:
     tl, taddr = site.target("tcp")
     assert isinstance(taddr, hvsock.TcpAddress)
-    with EchoServer(tl), running_relay("tcp://127.0.0.1:0",
-                                       f"tcp://localhost:{taddr.port}") as relay:
+    with (
+        EchoServer(tl),
+        running_relay("tcp://127.0.0.1:0", f"tcp://localhost:{taddr.port}") as relay,
+    ):
         for i in range(3):
             with hvsock.connect(relay.address) as client:
                 assert _echo_through(client, b"named %d" % i) == b"named %d" % i
@@ -248,7 +260,8 @@ def test_unix_target_with_a_full_backlog_is_waited_for(site: Site) -> None:
 @pytest.mark.parametrize("data_path", DATA_PATHS)
 @pytest.mark.parametrize("target_kind", ["tcp", "unix", "hybrid"])
 def test_client_half_close_reaches_target_which_still_answers(
-        site: Site, target_kind: str, data_path: str) -> None:
+    site: Site, target_kind: str, data_path: str
+) -> None:
     tl, taddr = site.target(target_kind)
     request = os.urandom(300_000)
     reply = os.urandom(500_000)
@@ -274,7 +287,8 @@ def test_client_half_close_reaches_target_which_still_answers(
 @pytest.mark.parametrize("data_path", DATA_PATHS)
 @pytest.mark.parametrize("target_kind", ["tcp", "unix", "hybrid"])
 def test_target_half_close_reaches_client_which_still_sends(
-        site: Site, target_kind: str, data_path: str) -> None:
+    site: Site, target_kind: str, data_path: str
+) -> None:
     tl, taddr = site.target(target_kind)
     banner = os.urandom(200_000)
     upload = os.urandom(700_000)
@@ -377,7 +391,8 @@ def test_unix_target_that_closes_is_an_eof_then_a_reset_if_sent_to(site: Site) -
 @pytest.mark.usefixtures("fd_baseline")
 @pytest.mark.parametrize("target_kind", ["tcp", "unix", "hybrid"])
 def test_target_down_closes_the_client_at_once_and_is_logged(
-        site: Site, target_kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    site: Site, target_kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
     tl, taddr = site.target(target_kind)
     tl.close()  # nobody listens there any more
     if target_kind == "hybrid":
@@ -402,8 +417,7 @@ def test_target_down_closes_the_client_at_once_and_is_logged(
     assert record.end == "target down"
     assert record.error is not None
     assert "nothing is listening" in record.error or "nothing in the guest" in record.error
-    assert any("target down" in r.getMessage() and r.levelname == "WARNING"
-               for r in caplog.records)
+    assert any("target down" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
 
 
 # -- allowlist --------------------------------------------------------------------------------
@@ -468,8 +482,10 @@ def test_unix_listener_mode(site: Site, mode: int | None, expected: int) -> None
 def test_back_pressure_at_the_connection_limit(site: Site, workers: int) -> None:
     """The limit is the whole relay's: with two workers, still two connections."""
     tl, taddr = site.target("tcp")
-    with EchoServer(tl) as echo, running_relay("tcp://127.0.0.1:0", taddr, workers=workers,
-                                               max_connections=2) as relay:
+    with (
+        EchoServer(tl) as echo,
+        running_relay("tcp://127.0.0.1:0", taddr, workers=workers, max_connections=2) as relay,
+    ):
         first = [hvsock.connect(relay.address) for _ in range(2)]
         for c in first:
             c.sendall(b"x")
@@ -520,8 +536,12 @@ def _accept_queue(port: int) -> int:
 def test_idle_timeout_closes_a_silent_connection(site: Site) -> None:
     tl, taddr = site.target("tcp")
     # Pauses of 0.05 s against a 1.5 s timeout: a margin a busy machine cannot eat.
-    with EchoServer(tl), running_relay("tcp://127.0.0.1:0", taddr, idle_timeout=1.5) as relay, \
-            hvsock.connect(relay.address) as busy, hvsock.connect(relay.address) as idle:
+    with (
+        EchoServer(tl),
+        running_relay("tcp://127.0.0.1:0", taddr, idle_timeout=1.5) as relay,
+        hvsock.connect(relay.address) as busy,
+        hvsock.connect(relay.address) as idle,
+    ):
         deadline = time.monotonic() + 2.5
         while time.monotonic() < deadline:  # busy keeps talking past the timeout
             busy.sendall(b"p")
@@ -607,23 +627,51 @@ def test_started_but_never_served_relay_stops_cleanly(site: Site, fd_baseline: N
     assert not os.path.exists(path)
 
 
-@pytest.mark.parametrize(("option", "value"), [
-    ("max_connections", 0), ("idle_timeout", -1), ("connect_timeout", 0), ("grace", -1),
-    ("chunk_size", 10), ("data_path", "teleport"), ("buffer_size", 0), ("busy_poll", -1),
-    ("busy_poll", 1.0)])
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("max_connections", 0),
+        ("idle_timeout", -1),
+        ("connect_timeout", 0),
+        ("grace", -1),
+        ("chunk_size", 10),
+        ("data_path", "teleport"),
+        ("buffer_size", 0),
+        ("busy_poll", -1),
+        ("busy_poll", 1.0),
+    ],
+)
 def test_bad_settings_are_rejected(option: str, value: object) -> None:
     with pytest.raises(ValueError, match=option.split("_")[0]):
         Relay("tcp://127.0.0.1:0", "tcp://127.0.0.1:1", **{option: value})
 
 
 def test_record_text_and_dict() -> None:
-    record = ConnectionRecord(3, "tcp://127.0.0.1:5", "unix:///x", 10, 20, 0.5, "target reset",
-                              "ECONNRESET: Connection reset by peer")
-    assert str(record) == ("#3 tcp://127.0.0.1:5 -> unix:///x: target reset, up 10 B, "
-                           "down 20 B, 0.500 s (ECONNRESET: Connection reset by peer)")
+    record = ConnectionRecord(
+        3,
+        "tcp://127.0.0.1:5",
+        "unix:///x",
+        10,
+        20,
+        0.5,
+        "target reset",
+        "ECONNRESET: Connection reset by peer",
+    )
+    assert str(record) == (
+        "#3 tcp://127.0.0.1:5 -> unix:///x: target reset, up 10 B, "
+        "down 20 B, 0.500 s (ECONNRESET: Connection reset by peer)"
+    )
     assert record.as_dict()["bytes_down"] == 20
-    assert set(record.as_dict()) == {"id", "peer", "target", "bytes_up", "bytes_down",
-                                     "duration", "end", "error"}
+    assert set(record.as_dict()) == {
+        "id",
+        "peer",
+        "target",
+        "bytes_up",
+        "bytes_down",
+        "duration",
+        "end",
+        "error",
+    }
 
 
 # -- the command ------------------------------------------------------------------------------
@@ -631,8 +679,13 @@ class RelayProcess:
     """``hvsock relay`` as a child process; stderr read line by line in a thread."""
 
     def __init__(self, argv: list[str]) -> None:
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -669,13 +722,25 @@ class RelayProcess:
 
 
 @pytest.mark.usefixtures("fd_baseline")
-def test_cli_relay_json_log_and_graceful_sigterm(site: Site, hvsock_cmd: list[str],
-                                                 short_tmp: Path) -> None:
+def test_cli_relay_json_log_and_graceful_sigterm(
+    site: Site, hvsock_cmd: list[str], short_tmp: Path
+) -> None:
     tl, taddr = site.target("unix")
     ready = short_tmp / "ready.json"
     with EchoServer(tl):
-        proc = RelayProcess([*hvsock_cmd, "relay", "tcp://127.0.0.1:0", str(taddr), "--json",
-                             "--ready-file", str(ready), "--grace", "20"])
+        proc = RelayProcess(
+            [
+                *hvsock_cmd,
+                "relay",
+                "tcp://127.0.0.1:0",
+                str(taddr),
+                "--json",
+                "--ready-file",
+                str(ready),
+                "--grace",
+                "20",
+            ]
+        )
         try:
             line = json.loads(proc.wait_line(lambda s: '"listening"' in s))
             address = line["listen"]
@@ -709,8 +774,11 @@ def test_cli_relay_text_log_and_unix_mode(site: Site, hvsock_cmd: list[str]) -> 
     path = site.path("cli")
     with tl:
         # SIGINT below: at its default in the child even if this run ignores it.
-        proc = RelayProcess(with_default_signals([*hvsock_cmd, "relay", f"unix://{path}",
-                                                  str(taddr), "--mode", "640"]))
+        proc = RelayProcess(
+            with_default_signals(
+                [*hvsock_cmd, "relay", f"unix://{path}", str(taddr), "--mode", "640"]
+            )
+        )
         try:
             proc.wait_line(lambda s: s.startswith("hvsock: listening on unix://"))
             assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
@@ -726,15 +794,20 @@ def test_cli_relay_text_log_and_unix_mode(site: Site, hvsock_cmd: list[str]) -> 
             proc.close()
 
 
-@pytest.mark.parametrize(("argv", "fragment"), [
-    (["relay", "tcp://127.0.0.1:0"], "required"),
-    (["relay", "tcp://127.0.0.1:0", "ftp://x"], "unknown address scheme"),
-    (["relay", "tcp://127.0.0.1:0", "tcp://127.0.0.1:1", "--max-connections", "0"],
-     "max_connections"),
-    (["relay", "tcp://127.0.0.1:0", "tcp://127.0.0.1:1", "--mode", "999"], "octal"),
-    (["relay", "tcp://127.0.0.1:0", "tcp://127.0.0.1:1", "--chunk-size", "lots"], "size"),
-    (["relay", "tcp://127.0.0.1:0", "tcp://127.0.0.1:1", "--allow", "uid:x"], "uid"),
-])
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["relay", "tcp://127.0.0.1:0"], "required"),
+        (["relay", "tcp://127.0.0.1:0", "ftp://x"], "unknown address scheme"),
+        (
+            ["relay", "tcp://127.0.0.1:0", "tcp://127.0.0.1:1", "--max-connections", "0"],
+            "max_connections",
+        ),
+        (["relay", "tcp://127.0.0.1:0", "tcp://127.0.0.1:1", "--mode", "999"], "octal"),
+        (["relay", "tcp://127.0.0.1:0", "tcp://127.0.0.1:1", "--chunk-size", "lots"], "size"),
+        (["relay", "tcp://127.0.0.1:0", "tcp://127.0.0.1:1", "--allow", "uid:x"], "uid"),
+    ],
+)
 def test_cli_relay_bad_arguments_exit_2(argv: list[str], fragment: str) -> None:
     out, err = io.StringIO(), io.StringIO()
     assert cli.main(argv, out=out, err=err) == cli.EXIT_USAGE
@@ -743,8 +816,20 @@ def test_cli_relay_bad_arguments_exit_2(argv: list[str], fragment: str) -> None:
 
 def test_cli_allow_rules_digits_are_cids() -> None:
     parsed = cli.build_parser().parse_args(
-        ["relay", "vsock://any:1", "tcp://127.0.0.1:1", "--allow", "2", "--allow", "127.0.0.1",
-         "--allow", "uid:1000", "--busy-poll", "0"])
+        [
+            "relay",
+            "vsock://any:1",
+            "tcp://127.0.0.1:1",
+            "--allow",
+            "2",
+            "--allow",
+            "127.0.0.1",
+            "--allow",
+            "uid:1000",
+            "--busy-poll",
+            "0",
+        ]
+    )
     assert parsed.allow == [2, "127.0.0.1", "uid:1000"]
     assert parsed.busy_poll == 0
     relay = Relay(parsed.listen, parsed.target, allow=parsed.allow)
@@ -772,8 +857,10 @@ def test_library_never_prints(site: Site, capsys: pytest.CaptureFixture[str]) ->
 def test_relay_function_runs_until_sigterm(site: Site, short_tmp: Path) -> None:
     tl, taddr = site.target("tcp")
     ready = short_tmp / "r.json"
-    code = ("import sys, hvsock._relay as r; "
-            "r.relay('tcp://127.0.0.1:0', sys.argv[1], ready_file=sys.argv[2])")
+    code = (
+        "import sys, hvsock._relay as r; "
+        "r.relay('tcp://127.0.0.1:0', sys.argv[1], ready_file=sys.argv[2])"
+    )
     with tl, contextlib.ExitStack() as stack:
         proc = subprocess.Popen([sys.executable, "-c", code, str(taddr), str(ready)])
         stack.callback(lambda: proc.poll() is None and proc.kill())
@@ -803,10 +890,14 @@ def test_a_second_shorter_stop_request_cuts_at_once(site: Site) -> None:
 # -- defect 1: a VMM whose OK reply comes in pieces -------------------------------------------
 @pytest.mark.usefixtures("fd_baseline")
 @pytest.mark.parametrize(("chunk", "pause"), [(1, 0.0), (1, 0.01), (4, 0.05)])
-def test_relay_takes_a_hybrid_reply_split_over_writes(short_tmp: Path, chunk: int,
-                                                      pause: float) -> None:
-    with HybridVsockMuxer(str(short_tmp / "vm.sock"), reply_chunk=chunk,
-                          reply_pause=pause) as muxer, muxer.guest_listen(52) as guest, \
-            EchoServer(guest), running_relay("tcp://127.0.0.1:0", muxer.address(52)) as relay, \
-            hvsock.connect(relay.address) as client:
+def test_relay_takes_a_hybrid_reply_split_over_writes(
+    short_tmp: Path, chunk: int, pause: float
+) -> None:
+    with (
+        HybridVsockMuxer(str(short_tmp / "vm.sock"), reply_chunk=chunk, reply_pause=pause) as muxer,
+        muxer.guest_listen(52) as guest,
+        EchoServer(guest),
+        running_relay("tcp://127.0.0.1:0", muxer.address(52)) as relay,
+        hvsock.connect(relay.address) as client,
+    ):
         assert _echo_through(client, b"split reply" * 1000) == b"split reply" * 1000

@@ -39,8 +39,9 @@ def test_clients_queued_before_the_loop_runs_are_all_served(limit: int) -> None:
     and at a connection limit below the batch the rest wait their turn."""
     clients_n = ACCEPT_BATCH * 2 + 3
     with _echo_target() as server:
-        relay = Relay("tcp://127.0.0.1:0", _address(server), max_connections=limit,
-                      backlog=clients_n)
+        relay = Relay(
+            "tcp://127.0.0.1:0", _address(server), max_connections=limit, backlog=clients_n
+        )
         relay.start()
         clients = [hvsock.connect(relay.address, timeout=10) for _ in range(clients_n)]
         runner = threading.Thread(target=relay.serve)
@@ -63,7 +64,8 @@ def test_clients_queued_before_the_loop_runs_are_all_served(limit: int) -> None:
 @pytest.mark.usefixtures("fd_baseline")
 @pytest.mark.parametrize("listener_has_it", [True, False])
 def test_accepted_clients_get_nodelay_once_the_listener_tells_whether_it_is_inherited(
-        listener_has_it: bool) -> None:
+    listener_has_it: bool,
+) -> None:
     listener = hvsock.listen("tcp://127.0.0.1:0")
     address = hvsock.sockets.listener_address(listener, "tcp://127.0.0.1:0")
     try:
@@ -123,8 +125,10 @@ def test_widen_gives_a_unix_socket_a_chunk_sized_send_buffer() -> None:
 def test_a_relay_into_a_unix_target_moves_a_large_payload_intact(short_tmp: Path) -> None:
     path = str(short_tmp / "echo.sock")
     payload = bytes(range(256)) * 12_000  # 3 MB: several chunks each way
-    with EchoServer(hvsock.listen(f"unix://{path}")), \
-            Relay("tcp://127.0.0.1:0", f"unix://{path}", data_path="splice") as relay:
+    with (
+        EchoServer(hvsock.listen(f"unix://{path}")),
+        Relay("tcp://127.0.0.1:0", f"unix://{path}", data_path="splice") as relay,
+    ):
         with hvsock.connect(relay.address, timeout=10) as client:
             sender = threading.Thread(target=client.sendall, args=(payload,))
             sender.start()
@@ -148,8 +152,9 @@ def test_spare_cpu_reads_the_runnable_count_against_the_cpus(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("text", ["", "garbage\n", "1 2 3 x/y 5\n"])
-def test_spare_cpu_spins_as_configured_when_the_load_cannot_be_read(tmp_path: Path,
-                                                                    text: str) -> None:
+def test_spare_cpu_spins_as_configured_when_the_load_cannot_be_read(
+    tmp_path: Path, text: str
+) -> None:
     loadavg = tmp_path / "loadavg"
     loadavg.write_text(text)
     spare = SpareCpu(str(loadavg), cpus=1)

@@ -64,8 +64,7 @@ def test_statistics_and_records_are_summed_over_workers() -> None:
 @pytest.mark.usefixtures("fd_baseline")
 def test_stop_with_workers_lets_connections_finish_then_ends_them_all() -> None:
     tl, taddr = _tcp_target()
-    with EchoServer(tl), running_relay("tcp://127.0.0.1:0", taddr, workers=2,
-                                       grace=30) as relay:
+    with EchoServer(tl), running_relay("tcp://127.0.0.1:0", taddr, workers=2, grace=30) as relay:
         clients = [hvsock.connect(relay.address) for _ in range(4)]
         for c in clients:
             _echo(c, b"a")
@@ -88,14 +87,25 @@ def test_stop_with_workers_lets_connections_finish_then_ends_them_all() -> None:
 
 
 @pytest.mark.usefixtures("fd_baseline")
-def test_cli_workers_ready_file_and_sigterm_twice(hvsock_cmd: list[str],
-                                                  short_tmp: Path) -> None:
+def test_cli_workers_ready_file_and_sigterm_twice(hvsock_cmd: list[str], short_tmp: Path) -> None:
     tl, taddr = _tcp_target()
     ready = short_tmp / "ready.json"
     with EchoServer(tl):
-        proc = RelayProcess([*hvsock_cmd, "relay", "tcp://127.0.0.1:0", str(taddr),
-                             "--workers", "2", "--json", "--ready-file", str(ready),
-                             "--grace", "30"])
+        proc = RelayProcess(
+            [
+                *hvsock_cmd,
+                "relay",
+                "tcp://127.0.0.1:0",
+                str(taddr),
+                "--workers",
+                "2",
+                "--json",
+                "--ready-file",
+                str(ready),
+                "--grace",
+                "30",
+            ]
+        )
         try:
             wait_for(ready.exists, 20, "the ready file")
             info = json.loads(ready.read_text())
@@ -135,8 +145,9 @@ class Source:
         self._blocked: set[int] = set()
         self.blocked = threading.Event()
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._serve, args=(i,), daemon=True)
-                         for i in range(n)]
+        self._threads = [
+            threading.Thread(target=self._serve, args=(i,), daemon=True) for i in range(n)
+        ]
         for t in self._threads:
             t.start()
 
@@ -152,7 +163,7 @@ class Source:
             deadline = time.monotonic() + 60
             while view and time.monotonic() < deadline:
                 try:
-                    view = view[conn.send(view[:256 * 1024]):]
+                    view = view[conn.send(view[: 256 * 1024]) :]
                 except BlockingIOError:
                     with self._lock:
                         self._blocked.add(i)
@@ -160,7 +171,7 @@ class Source:
                             self.blocked.set()
                     conn.settimeout(1.0)
                     with contextlib.suppress(TimeoutError):
-                        view = view[conn.send(view[:256 * 1024]):]
+                        view = view[conn.send(view[: 256 * 1024]) :]
                     conn.setblocking(False)
 
     def join(self) -> None:
@@ -175,16 +186,27 @@ def test_stalled_readers_stay_within_the_buffer_budget(data_path: str, workers: 
     # Fixed socket buffers on the relay too (no autotuning): what the sources can push
     # before they block is then bounded by the relay's own buffering, which is what this
     # test measures.
-    with tl, running_relay("tcp://127.0.0.1:0", taddr, max_buffer_memory=budget,
-                           data_path=data_path, workers=workers,
-                           buffer_size=64 << 10) as relay:
+    with (
+        tl,
+        running_relay(
+            "tcp://127.0.0.1:0",
+            taddr,
+            max_buffer_memory=budget,
+            data_path=data_path,
+            workers=workers,
+            buffer_size=64 << 10,
+        ) as relay,
+    ):
         source = Source(tl, n, size)
         clients = [hvsock.connect(relay.address, buffer_size=64 << 10) for _ in range(n)]
         # The targets fill the clients' sockets, then the relay's buffers: it holds
         # bytes for most directions (each at least a small read) ...
         assert source.blocked.wait(30), "the targets never filled the relay"
-        wait_for(lambda: relay.relay.stats().buffered >= (n - 4) * MIN_READ, 30,
-                 "the stalled directions holding their reads")
+        wait_for(
+            lambda: relay.relay.stats().buffered >= (n - 4) * MIN_READ,
+            30,
+            "the stalled directions holding their reads",
+        )
         stats = relay.relay.stats()
         # The budget, plus at most one small read per stalled direction (with
         # workers, each has its share of the budget: the sum is the same).
@@ -210,8 +232,10 @@ def test_buffer_budget_is_checked() -> None:
 @pytest.mark.usefixtures("fd_baseline")
 def test_retries_wait_for_a_target_that_starts_late(short_tmp: Path) -> None:
     path = short_tmp / "late.sock"
-    with running_relay("tcp://127.0.0.1:0", f"unix://{path}", retries=20) as relay, \
-            hvsock.connect(relay.address) as client:
+    with (
+        running_relay("tcp://127.0.0.1:0", f"unix://{path}", retries=20) as relay,
+        hvsock.connect(relay.address) as client,
+    ):
         client.sendall(b"early")
         late = hvsock.listen(f"unix://{path}")  # only now does the target listen
         with EchoServer(late):
@@ -225,32 +249,53 @@ def test_retries_wait_for_a_target_that_starts_late(short_tmp: Path) -> None:
 # -- target rules ---------------------------------------------------------------------------------
 def test_allow_target_refuses_a_target_outside_the_rules() -> None:
     with pytest.raises(hvsock.ArgumentError, match="not allowed by the allow-target rules"):
-        Relay("tcp://127.0.0.1:0", "tcp://127.0.0.1:22",
-              allow_targets=["tcp://10.0.0.0/8:*", "vsock://3:*"])
+        Relay(
+            "tcp://127.0.0.1:0",
+            "tcp://127.0.0.1:22",
+            allow_targets=["tcp://10.0.0.0/8:*", "vsock://3:*"],
+        )
     out, err = io.StringIO(), io.StringIO()
-    status = cli.main(["relay", "tcp://127.0.0.1:0", "tcp://192.168.1.5:443",
-                       "--allow-target", "tcp://192.168.0.0/24:443"], out=out, err=err)
+    status = cli.main(
+        [
+            "relay",
+            "tcp://127.0.0.1:0",
+            "tcp://192.168.1.5:443",
+            "--allow-target",
+            "tcp://192.168.0.0/24:443",
+        ],
+        out=out,
+        err=err,
+    )
     assert status == cli.EXIT_USAGE
     assert "not allowed" in err.getvalue()
 
 
-@pytest.mark.parametrize(("rules", "target"), [
-    (["tcp://127.0.0.0/8:*"], "tcp://127.0.0.1:22"),
-    (["tcp://*.example.com:443"], "tcp://kms.example.com:443"),
-    (["tcp://[::1]:80"], "tcp://[::1]:80"),
-    (["vsock://3:*"], "vsock://3:5000"),
-    (["unix:///run/app/*.sock"], "unix:///run/app/a.sock"),
-])
+@pytest.mark.parametrize(
+    ("rules", "target"),
+    [
+        (["tcp://127.0.0.0/8:*"], "tcp://127.0.0.1:22"),
+        (["tcp://*.example.com:443"], "tcp://kms.example.com:443"),
+        (["tcp://[::1]:80"], "tcp://[::1]:80"),
+        (["vsock://3:*"], "vsock://3:5000"),
+        (["unix:///run/app/*.sock"], "unix:///run/app/a.sock"),
+    ],
+)
 def test_allow_target_lets_matching_targets_through(rules: list[str], target: str) -> None:
     relay = Relay("tcp://127.0.0.1:0", target, allow_targets=rules)
     assert str(relay.target) == target
 
 
-@pytest.mark.parametrize(("rule", "fragment"), [
-    ("10.0.0.0/8", "address pattern"), ("ftp://x:1", "unknown scheme"),
-    ("tcp://10.0.0.0/33:1", "network"), ("tcp://host", "tcp://HOST:PORT"),
-    ("tcp://host:99999", "1..65535"), (7, "address pattern"),
-])
+@pytest.mark.parametrize(
+    ("rule", "fragment"),
+    [
+        ("10.0.0.0/8", "address pattern"),
+        ("ftp://x:1", "unknown scheme"),
+        ("tcp://10.0.0.0/33:1", "network"),
+        ("tcp://host", "tcp://HOST:PORT"),
+        ("tcp://host:99999", "1..65535"),
+        (7, "address pattern"),
+    ],
+)
 def test_bad_allow_target_rules(rule: object, fragment: str) -> None:
     with pytest.raises(hvsock.ArgumentError, match=fragment):
         Relay("tcp://127.0.0.1:0", "tcp://127.0.0.1:1", allow_targets=[rule])  # type: ignore[list-item]
@@ -266,8 +311,8 @@ def two_targets() -> Iterator[tuple[hvsock.Address, hvsock.Address]]:
 
 @pytest.mark.usefixtures("fd_baseline")
 def test_config_file_serves_two_forwards_each_with_its_allowlist(
-        two_targets: tuple[hvsock.Address, hvsock.Address], hvsock_cmd: list[str],
-        short_tmp: Path) -> None:
+    two_targets: tuple[hvsock.Address, hvsock.Address], hvsock_cmd: list[str], short_tmp: Path
+) -> None:
     a, b = two_targets
     config = short_tmp / "relay.toml"
     config.write_text(f"""# two forwards, one relay
@@ -285,8 +330,19 @@ target = "{b}"
 allow = ["192.0.2.1"]   # nobody here
 """)
     ready = short_tmp / "ready.json"
-    proc = RelayProcess([*hvsock_cmd, "relay", "--config", str(config), "--workers", "2",
-                         "--json", "--ready-file", str(ready)])
+    proc = RelayProcess(
+        [
+            *hvsock_cmd,
+            "relay",
+            "--config",
+            str(config),
+            "--workers",
+            "2",
+            "--json",
+            "--ready-file",
+            str(ready),
+        ]
+    )
     try:
         wait_for(ready.exists, 20, "the ready file")
         forwards = json.loads(ready.read_text())["forwards"]
@@ -304,8 +360,10 @@ allow = ["192.0.2.1"]   # nobody here
 
 
 def test_config_file_settings_and_command_line_overrides() -> None:
-    text = ('workers = 3\nmax_connections = 5\n[[forward]]\nlisten = "tcp://127.0.0.1:0"\n'
-            'target = "vsock://3:22"\nallow = [2, "uid:1000"]\n')
+    text = (
+        'workers = 3\nmax_connections = 5\n[[forward]]\nlisten = "tcp://127.0.0.1:0"\n'
+        'target = "vsock://3:22"\nallow = [2, "uid:1000"]\n'
+    )
     config = hvsock.forwarding.RelayConfig.from_toml(text, "r.toml", max_connections=7)
     assert isinstance(config, RelayConfig)
     assert (config.workers, config.max_connections) == (3, 7)
@@ -314,23 +372,52 @@ def test_config_file_settings_and_command_line_overrides() -> None:
 
 BAD_CONFIGS = [
     ('[[forward]]\nlisten = "tcp://127.0.0.1:0"\ntarget = \n', "r.toml:3:", "value"),
-    ('max_conections = 5\n[[forward]]\nlisten = "tcp://127.0.0.1:0"\ntarget = "tcp://1.2.3.4:5"\n',
-     "r.toml:1:", "unknown setting 'max_conections'"),
-    ('# c\n\nmax_connections = 0\n[[forward]]\nlisten = "tcp://127.0.0.1:0"\n'
-     'target = "tcp://1.2.3.4:5"\n', "r.toml:3:", "max_connections"),
-    ('[[forward]]\nlisten = "tcp://127.0.0.1:0"\ntarget = "tcp://1.2.3.4:5"\n\n[[forward]]\n'
-     'listen = "tcp://127.0.0.1:0"\ntarget = "ftp://nope"\n', "r.toml:7:", "scheme"),
-    ('[[forward]]\nlisten = "tcp://127.0.0.1:0"\ntarget = "tcp://1.2.3.4:5"\n'
-     '[[forward]]\nlisten = "tcp://127.0.0.1:0"\n', "r.toml:4:", "no target"),
-    ('allow_targets = ["vsock://3:*"]\n[[forward]]\nlisten = "tcp://127.0.0.1:0"\n'
-     'target = "tcp://1.2.3.4:5"\n', "r.toml:4:", "not allowed"),
-    ('[[forward]]\nlisten = "tcp://127.0.0.1:0"\ntarget = "tcp://1.2.3.4:5"\n'
-     'allow = ["uid:x"]\n', "r.toml:4:", "uid"),
-    ('[[forward]]\nlisten = "tcp://127.0.0.1:0"\ntarget = "tcp://1.2.3.4:5"\ncolour = 1\n',
-     "r.toml:4:", "unknown forward key"),
-    ('workers = 2\n', "r.toml:", "no [[forward]]"),
-    ('workers = "many"\n[[forward]]\nlisten = "tcp://127.0.0.1:0"\n'
-     'target = "tcp://1.2.3.4:5"\n', "r.toml:1:", "workers"),
+    (
+        'max_conections = 5\n[[forward]]\nlisten = "tcp://127.0.0.1:0"\ntarget = "tcp://1.2.3.4:5"\n',
+        "r.toml:1:",
+        "unknown setting 'max_conections'",
+    ),
+    (
+        '# c\n\nmax_connections = 0\n[[forward]]\nlisten = "tcp://127.0.0.1:0"\n'
+        'target = "tcp://1.2.3.4:5"\n',
+        "r.toml:3:",
+        "max_connections",
+    ),
+    (
+        '[[forward]]\nlisten = "tcp://127.0.0.1:0"\ntarget = "tcp://1.2.3.4:5"\n\n[[forward]]\n'
+        'listen = "tcp://127.0.0.1:0"\ntarget = "ftp://nope"\n',
+        "r.toml:7:",
+        "scheme",
+    ),
+    (
+        '[[forward]]\nlisten = "tcp://127.0.0.1:0"\ntarget = "tcp://1.2.3.4:5"\n'
+        '[[forward]]\nlisten = "tcp://127.0.0.1:0"\n',
+        "r.toml:4:",
+        "no target",
+    ),
+    (
+        'allow_targets = ["vsock://3:*"]\n[[forward]]\nlisten = "tcp://127.0.0.1:0"\n'
+        'target = "tcp://1.2.3.4:5"\n',
+        "r.toml:4:",
+        "not allowed",
+    ),
+    (
+        '[[forward]]\nlisten = "tcp://127.0.0.1:0"\ntarget = "tcp://1.2.3.4:5"\n'
+        'allow = ["uid:x"]\n',
+        "r.toml:4:",
+        "uid",
+    ),
+    (
+        '[[forward]]\nlisten = "tcp://127.0.0.1:0"\ntarget = "tcp://1.2.3.4:5"\ncolour = 1\n',
+        "r.toml:4:",
+        "unknown forward key",
+    ),
+    ("workers = 2\n", "r.toml:", "no [[forward]]"),
+    (
+        'workers = "many"\n[[forward]]\nlisten = "tcp://127.0.0.1:0"\ntarget = "tcp://1.2.3.4:5"\n',
+        "r.toml:1:",
+        "workers",
+    ),
 ]
 
 
@@ -344,16 +431,22 @@ def test_bad_config_files_name_the_line(text: str, where: str, fragment: str) ->
 
 def test_cli_bad_config_file_exits_2_with_the_line(short_tmp: Path) -> None:
     path = short_tmp / "relay.toml"
-    path.write_text('[[forward]]\nlisten = "tcp://127.0.0.1:0"\ntarget = "tcp://1.2.3.4:5"\n'
-                    'allow = "everyone"\n')
+    path.write_text(
+        '[[forward]]\nlisten = "tcp://127.0.0.1:0"\ntarget = "tcp://1.2.3.4:5"\n'
+        'allow = "everyone"\n'
+    )
     out, err = io.StringIO(), io.StringIO()
     assert cli.main(["relay", "--config", str(path)], out=out, err=err) == cli.EXIT_USAGE
     assert f"{path}:4:" in err.getvalue()
     out, err = io.StringIO(), io.StringIO()
-    assert cli.main(["relay", "--config", str(short_tmp / "missing.toml")], out=out,
-                    err=err) == cli.EXIT_USAGE
+    assert (
+        cli.main(["relay", "--config", str(short_tmp / "missing.toml")], out=out, err=err)
+        == cli.EXIT_USAGE
+    )
     assert "cannot read --config" in err.getvalue()
     out, err = io.StringIO(), io.StringIO()
-    assert cli.main(["relay", "tcp://127.0.0.1:0", "--config", str(path)], out=out,
-                    err=err) == cli.EXIT_USAGE
+    assert (
+        cli.main(["relay", "tcp://127.0.0.1:0", "--config", str(path)], out=out, err=err)
+        == cli.EXIT_USAGE
+    )
     assert "not on the command line" in err.getvalue()

@@ -17,15 +17,29 @@ import pytest
 from ..signals import with_default_signals
 
 ROOT = Path(__file__).resolve().parents[2]
-SHELL_SCRIPTS = ["scripts/test", "scripts/_tiers.sh", "scripts/_setup.sh", "scripts/kernel-tests",
-                 "scripts/hypervisor-tests", "scripts/with-extra-interfaces", "scripts/demo",
-                 "scripts/bench-vm", ".ci/run"]
+SHELL_SCRIPTS = [
+    "scripts/test",
+    "scripts/_tiers.sh",
+    "scripts/_setup.sh",
+    "scripts/kernel-tests",
+    "scripts/hypervisor-tests",
+    "scripts/with-extra-interfaces",
+    "scripts/demo",
+    "scripts/bench-vm",
+    ".ci/run",
+]
 
 
 def _tiers(snippet: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", "-c", f"set -euo pipefail; . scripts/_tiers.sh; {snippet}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-                          env={**os.environ, **env})
+    return subprocess.run(
+        ["bash", "-c", f"set -euo pipefail; . scripts/_tiers.sh; {snippet}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **env},
+    )
 
 
 def _summary(out: str) -> list[str]:
@@ -33,8 +47,10 @@ def _summary(out: str) -> list[str]:
 
 
 def test_a_failed_tier_does_not_stop_the_next_and_the_summary_says_so() -> None:
-    done = _tiers('run_tier one sh -c "exit 5"; run_tier two echo ran-two; '
-                  'run_tier three echo "kernel-tests: SKIPPED (no QEMU here)"; print_summary')
+    done = _tiers(
+        'run_tier one sh -c "exit 5"; run_tier two echo ran-two; '
+        'run_tier three echo "kernel-tests: SKIPPED (no QEMU here)"; print_summary'
+    )
     assert done.returncode == 1, done.stderr
     assert "\nran-two\n" in done.stdout
     lines = _summary(done.stdout)
@@ -73,8 +89,10 @@ def _wait_gone(pids: list[int], timeout: float) -> list[int]:
     return left
 
 
-@pytest.mark.skipif(not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"),
-                    reason="needs /proc/PID/task/PID/children to find the hogs' processes")
+@pytest.mark.skipif(
+    not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"),
+    reason="needs /proc/PID/task/PID/children to find the hogs' processes",
+)
 @pytest.mark.parametrize("how", ["end", "SIGTERM", "SIGINT", "SIGKILL"])
 def test_the_hogs_stop_on_every_way_out(how: str) -> None:
     # BUSY_HOG_LIMIT bounds them even when nothing can run the traps (SIGKILL); on the
@@ -82,9 +100,20 @@ def test_the_hogs_stop_on_every_way_out(how: str) -> None:
     limit, wait = (3, 60) if how == "SIGKILL" else (600, 10)
     env = {**os.environ, "BUSY_HOGS": "2", "BUSY_HOG_LIMIT": str(limit)}
     proc = subprocess.Popen(
-        with_default_signals(["bash", "-c", '. scripts/_tiers.sh; start_hogs; '
-                              'echo "$tier_logs"; echo "${hogs[*]}"; read -r _ || true']),
-        cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        with_default_signals(
+            [
+                "bash",
+                "-c",
+                ". scripts/_tiers.sh; start_hogs; "
+                'echo "$tier_logs"; echo "${hogs[*]}"; read -r _ || true',
+            ]
+        ),
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdin is not None
     assert proc.stdout is not None
     timeouts: list[int] = []
@@ -127,19 +156,37 @@ def test_the_shell_scripts_are_shellcheck_clean() -> None:
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck is not installed on this machine (apt-get install shellcheck)")
-    done = subprocess.run([shellcheck, "-x", *SHELL_SCRIPTS], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [shellcheck, "-x", *SHELL_SCRIPTS],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout
 
 
 def test_the_test_command_explains_itself_and_refuses_unknown_arguments() -> None:
     # Both answer before any set-up (no apt, no pip).
-    done = subprocess.run(["bash", "scripts/test", "--help"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60, check=False)
+    done = subprocess.run(
+        ["bash", "scripts/test", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     for word in ("--busy", "--no-vm", "HVSOCK_TEST_SEED", "BUSY_HOG_LIMIT"):
         assert word in done.stdout
-    done = subprocess.run(["bash", "scripts/test", "--bsuy"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60, check=False)
+    done = subprocess.run(
+        ["bash", "scripts/test", "--bsuy"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert (done.returncode, done.stdout) == (2, "")
     assert "unknown argument --bsuy" in done.stderr

@@ -35,9 +35,11 @@ pytestmark = pytest.mark.timeout(60)
 
 # -- the round trips, over real sockets ------------------------------------------------
 
+
 @pytest.mark.usefixtures("fd_baseline")
 def test_a_unix_round_trip_echoes_64_kib_with_a_half_close_and_removes_its_file(
-        short_tmp: Path) -> None:
+    short_tmp: Path,
+) -> None:
     path = short_tmp / "rt.sock"
     assert roundtrip.round_trip(f"unix://{path}") == f"unix://{path}"
     assert not path.exists()
@@ -58,17 +60,19 @@ def test_an_asyncio_round_trip_does_the_same(short_tmp: Path) -> None:
 
 
 @pytest.mark.usefixtures("fd_baseline")
-def test_a_round_trip_to_where_nothing_listens_raises_and_leaks_nothing(
-        short_tmp: Path) -> None:
+def test_a_round_trip_to_where_nothing_listens_raises_and_leaks_nothing(short_tmp: Path) -> None:
     nowhere = short_tmp / "nobody.sock"
     with pytest.raises(HvsockError, match=r"nothing is listening|No such file|not exist"):
-        roundtrip.round_trip(f"unix://{short_tmp / 'rt.sock'}",
-                             lambda actual: roundtrip.parse_address(f"unix://{nowhere}"),
-                             timeout=5)
+        roundtrip.round_trip(
+            f"unix://{short_tmp / 'rt.sock'}",
+            lambda actual: roundtrip.parse_address(f"unix://{nowhere}"),
+            timeout=5,
+        )
     assert not (short_tmp / "rt.sock").exists()
 
 
 # -- the report model ------------------------------------------------------------------
+
 
 def test_a_failure_carries_the_windows_error_code_and_the_doctors_advice() -> None:
     exc = OSError(10061, "connection refused")
@@ -87,8 +91,10 @@ def test_a_failure_elsewhere_carries_its_errno_and_name() -> None:
 
 # -- the Linux steps with fake /sys trees -----------------------------------------------
 
-def _guest(tmp_path: Path, modules: Sequence[str], calls: list[str] | None = None,
-           af_vsock: bool = True) -> Guest:
+
+def _guest(
+    tmp_path: Path, modules: Sequence[str], calls: list[str] | None = None, af_vsock: bool = True
+) -> Guest:
     for module in modules:
         (tmp_path / "sys" / "module" / module).mkdir(parents=True)
     (tmp_path / "sys" / "module").mkdir(parents=True, exist_ok=True)
@@ -111,7 +117,8 @@ def test_without_af_vsock_every_other_step_is_not_applicable(tmp_path: Path) -> 
 
 
 def test_no_transport_fails_and_says_which_module_to_load_for_which_hypervisor(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     report = run_selftest(platform="linux", guest=_guest(tmp_path, []))
     step = report["vsock_transports"]
     assert step.status == FAILED
@@ -120,7 +127,8 @@ def test_no_transport_fails_and_says_which_module_to_load_for_which_hypervisor(
 
 
 def test_loopback_only_runs_the_loopback_round_trip_but_fails_the_guest_transport(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     calls: list[str] = []
     report = run_selftest(platform="linux", guest=_guest(tmp_path, ["vsock_loopback"], calls))
     assert calls == ["loopback"]
@@ -131,8 +139,9 @@ def test_loopback_only_runs_the_loopback_round_trip_but_fails_the_guest_transpor
 
 def test_a_guest_transport_without_loopback_never_tries_the_round_trip(tmp_path: Path) -> None:
     calls: list[str] = []
-    report = run_selftest(platform="linux",
-                          guest=_guest(tmp_path, ["vmw_vsock_virtio_transport"], calls))
+    report = run_selftest(
+        platform="linux", guest=_guest(tmp_path, ["vmw_vsock_virtio_transport"], calls)
+    )
     assert calls == []
     assert report["vsock_transports"].status == OK
     assert report["vsock_loopback"].status == NOT_APPLICABLE
@@ -188,9 +197,13 @@ def test_the_echo_step_pings_the_server_it_is_given(tmp_path: Path, tcp_echo: st
 
 
 def test_the_echo_step_fails_with_advice_when_nothing_answers(
-        tmp_path: Path, short_tmp: Path) -> None:
-    report = run_selftest(platform="linux", guest=_guest(tmp_path, ["hv_sock"]),
-                          echo=f"unix://{short_tmp / 'none.sock'}")
+    tmp_path: Path, short_tmp: Path
+) -> None:
+    report = run_selftest(
+        platform="linux",
+        guest=_guest(tmp_path, ["hv_sock"]),
+        echo=f"unix://{short_tmp / 'none.sock'}",
+    )
     step = report["host_echo"]
     assert step.status == FAILED
     assert "hvsock echo-server" in step.advice
@@ -203,12 +216,19 @@ def test_another_platform_gets_one_not_applicable_step() -> None:
 
 # -- the Windows steps, on in-memory registries ------------------------------------------
 
+
 class FakeWindows:
     """``reg import`` for real (.reg text parsed and applied to the scratch hive);
     PowerShell either missing or doing what the .ps1 says to its $root."""
 
-    def __init__(self, scratch: MemoryRegistry, *, powershell: bool = False,
-                 tamper: bool = False, reg_fails: bool = False) -> None:
+    def __init__(
+        self,
+        scratch: MemoryRegistry,
+        *,
+        powershell: bool = False,
+        tamper: bool = False,
+        reg_fails: bool = False,
+    ) -> None:
         self.scratch = scratch
         self.powershell = powershell
         self.tamper = tamper
@@ -225,8 +245,9 @@ class FakeWindows:
             # parse_reg reads HKLM only: the scratch hive stands in for HKCU here.
             edits = exporting.parse_reg(text.replace(win.HKCU, reg.HKLM))
             if self.tamper:
-                edits = [reg.RegistryEdit(e.key, tuple((n, v + "!") for n, v in e.values))
-                         for e in edits]
+                edits = [
+                    reg.RegistryEdit(e.key, tuple((n, v + "!") for n, v in e.values)) for e in edits
+                ]
             reg.apply_edits(self.scratch, edits)
             return ProcessResult(0, b"The operation completed successfully.")
         if argv[0] == POWERSHELL and "-File" in argv and self.powershell:
@@ -260,10 +281,14 @@ def _unix_async_round_trip(service_id: uuid.UUID) -> str:
         return roundtrip.round_trip_async(f"unix://{d}/{service_id.hex[:8]}.sock")
 
 
-def _host(registry: reg.RegistryBackend, scratch: MemoryRegistry, runner: FakeWindows,
-          **kwargs: object) -> Host:
-    options: dict[str, object] = {"loopback_test": _unix_round_trip,
-                                  "asyncio_test": _unix_async_round_trip, "af_hyperv": True}
+def _host(
+    registry: reg.RegistryBackend, scratch: MemoryRegistry, runner: FakeWindows, **kwargs: object
+) -> Host:
+    options: dict[str, object] = {
+        "loopback_test": _unix_round_trip,
+        "asyncio_test": _unix_async_round_trip,
+        "af_hyperv": True,
+    }
     options.update(kwargs)
     return Host(registry=registry, scratch=scratch, runner=runner, **options)  # type: ignore[arg-type]
 
@@ -289,8 +314,9 @@ def test_every_windows_step_runs_and_nothing_is_left_behind() -> None:
 
 def test_a_reg_import_that_writes_something_else_fails_the_comparison() -> None:
     scratch = MemoryRegistry()
-    report = run_selftest(platform="win32", host=_host(
-        _machine(), scratch, FakeWindows(scratch, tamper=True)))
+    report = run_selftest(
+        platform="win32", host=_host(_machine(), scratch, FakeWindows(scratch, tamper=True))
+    )
     step = report["export_reg"]
     assert step.status == FAILED
     assert "the registry backend" in step.summary
@@ -299,8 +325,9 @@ def test_a_reg_import_that_writes_something_else_fails_the_comparison() -> None:
 
 def test_a_failing_reg_import_reports_what_reg_said() -> None:
     scratch = MemoryRegistry()
-    report = run_selftest(platform="win32", host=_host(
-        _machine(), scratch, FakeWindows(scratch, reg_fails=True)))
+    report = run_selftest(
+        platform="win32", host=_host(_machine(), scratch, FakeWindows(scratch, reg_fails=True))
+    )
     assert report["export_reg"].status == FAILED
     assert "Error accessing the registry" in report["export_reg"].summary
     assert report["export_ps1"].status == NOT_APPLICABLE  # no PowerShell here
@@ -325,8 +352,9 @@ def test_without_elevation_the_registration_step_is_not_applicable_and_says_why(
 
 def test_without_af_hyperv_the_round_trips_are_not_applicable() -> None:
     scratch = MemoryRegistry()
-    report = run_selftest(platform="win32", host=_host(_machine(), scratch,
-                                                       FakeWindows(scratch), af_hyperv=False))
+    report = run_selftest(
+        platform="win32", host=_host(_machine(), scratch, FakeWindows(scratch), af_hyperv=False)
+    )
     assert report["af_hyperv"].status == FAILED
     assert report["hyperv_loopback"].status == NOT_APPLICABLE
     assert report["hyperv_asyncio"].status == NOT_APPLICABLE
@@ -339,8 +367,10 @@ def test_a_failed_round_trip_carries_its_windows_error_code() -> None:
         raise exc
 
     scratch = MemoryRegistry()
-    report = run_selftest(platform="win32", host=_host(
-        _machine(), scratch, FakeWindows(scratch), loopback_test=refused))
+    report = run_selftest(
+        platform="win32",
+        host=_host(_machine(), scratch, FakeWindows(scratch), loopback_test=refused),
+    )
     step = report["hyperv_loopback"]
     assert (step.status, step.error_code) == (FAILED, 10061)
     assert "WSAECONNREFUSED" in step.advice
@@ -353,9 +383,11 @@ def test_ctrl_c_in_the_middle_still_removes_the_registration_and_scratch_keys() 
     machine, scratch = _machine(), MemoryRegistry()
     seen: list[str] = []
     with pytest.raises(KeyboardInterrupt):
-        run_selftest(platform="win32", on_step=lambda s: seen.append(s.name),
-                     host=_host(machine, scratch, FakeWindows(scratch),
-                                asyncio_test=interrupted))
+        run_selftest(
+            platform="win32",
+            on_step=lambda s: seen.append(s.name),
+            host=_host(machine, scratch, FakeWindows(scratch), asyncio_test=interrupted),
+        )
     assert seen == ["af_hyperv", "register", "hyperv_loopback"]
     assert machine.subkeys(reg.SERVICES_KEY) == []
 
@@ -367,8 +399,7 @@ class UndeletableScratch(MemoryRegistry):
 
 def test_a_leftover_is_reported_as_a_failed_cleanup_step() -> None:
     scratch = UndeletableScratch()
-    report = run_selftest(platform="win32", host=_host(_machine(), scratch,
-                                                       FakeWindows(scratch)))
+    report = run_selftest(platform="win32", host=_host(_machine(), scratch, FakeWindows(scratch)))
     step = report["cleanup"]
     assert step.status == FAILED
     assert "left behind" in step.summary
@@ -393,6 +424,7 @@ def test_the_rebased_backend_refuses_paths_outside_the_services_key() -> None:
 
 
 # -- the command ---------------------------------------------------------------------
+
 
 def test_the_command_prints_a_json_report_with_every_linux_step() -> None:
     if os.path.isdir("/sys/module/vsock_loopback"):
@@ -427,8 +459,10 @@ def test_a_bad_port_is_a_usage_error(port: str) -> None:
 
 # -- the host echo server's form, per hypervisor (issue 19) -------------------------------
 
-def _with(root: Path, *, dmi: str | None = None, vmbus: bool = False,
-          osrelease: str | None = None) -> Path:
+
+def _with(
+    root: Path, *, dmi: str | None = None, vmbus: bool = False, osrelease: str | None = None
+) -> Path:
     if dmi is not None:
         (root / "sys" / "class" / "dmi" / "id").mkdir(parents=True)
         (root / "sys" / "class" / "dmi" / "id" / "sys_vendor").write_text(dmi + "\n")
@@ -440,26 +474,56 @@ def _with(root: Path, *, dmi: str | None = None, vmbus: bool = False,
     return root
 
 
-@pytest.mark.parametrize(("modules", "extra", "wanted", "not_wanted"), [
-    (["vmw_vsock_virtio_transport"], {"dmi": "QEMU"},
-     "on the KVM/QEMU host (vhost_vsock loaded): `hvsock echo-server vsock://any:N`",
-     ["hvsock://", "hybrid://"]),
-    (["vmw_vsock_virtio_transport"], {"dmi": "Cloud Hypervisor"},
-     "`hvsock echo-server hybrid://<the VM's vsock socket>:N`", ["hvsock://", "vsock://any"]),
-    (["vmw_vsock_virtio_transport"], {},  # Firecracker: no DMI, so either virtio host
-     "`hvsock echo-server hybrid://<the VM's vsock socket>:N`", ["hvsock://"]),
-    (["hv_sock"], {"vmbus": True},
-     "`hvsock echo-server hvsock://<this VM's id>/N`", ["vsock://any", "hybrid://"]),
-    (["hv_sock"], {"vmbus": True, "osrelease": "5.15.153.1-microsoft-standard-WSL2"},
-     "`hvsock echo-server hvsock://wsl/N`", ["vsock://any", "hybrid://"]),
-    (["vmw_vsock_vmci_transport"], {}, "on the VMware host: `hvsock echo-server "
-     "vsock://any:N`", ["hvsock://", "hybrid://"]),
-    (["vsock_loopback"], {}, "CID 2 is this machine): `hvsock echo-server vsock://any:N`",
-     ["hvsock://", "hybrid://"]),
-])
+@pytest.mark.parametrize(
+    ("modules", "extra", "wanted", "not_wanted"),
+    [
+        (
+            ["vmw_vsock_virtio_transport"],
+            {"dmi": "QEMU"},
+            "on the KVM/QEMU host (vhost_vsock loaded): `hvsock echo-server vsock://any:N`",
+            ["hvsock://", "hybrid://"],
+        ),
+        (
+            ["vmw_vsock_virtio_transport"],
+            {"dmi": "Cloud Hypervisor"},
+            "`hvsock echo-server hybrid://<the VM's vsock socket>:N`",
+            ["hvsock://", "vsock://any"],
+        ),
+        (
+            ["vmw_vsock_virtio_transport"],
+            {},  # Firecracker: no DMI, so either virtio host
+            "`hvsock echo-server hybrid://<the VM's vsock socket>:N`",
+            ["hvsock://"],
+        ),
+        (
+            ["hv_sock"],
+            {"vmbus": True},
+            "`hvsock echo-server hvsock://<this VM's id>/N`",
+            ["vsock://any", "hybrid://"],
+        ),
+        (
+            ["hv_sock"],
+            {"vmbus": True, "osrelease": "5.15.153.1-microsoft-standard-WSL2"},
+            "`hvsock echo-server hvsock://wsl/N`",
+            ["vsock://any", "hybrid://"],
+        ),
+        (
+            ["vmw_vsock_vmci_transport"],
+            {},
+            "on the VMware host: `hvsock echo-server vsock://any:N`",
+            ["hvsock://", "hybrid://"],
+        ),
+        (
+            ["vsock_loopback"],
+            {},
+            "CID 2 is this machine): `hvsock echo-server vsock://any:N`",
+            ["hvsock://", "hybrid://"],
+        ),
+    ],
+)
 def test_the_host_echo_advice_gives_the_form_of_the_detected_hypervisor(
-        tmp_path: Path, modules: list[str], extra: dict[str, Any], wanted: str,
-        not_wanted: list[str]) -> None:
+    tmp_path: Path, modules: list[str], extra: dict[str, Any], wanted: str, not_wanted: list[str]
+) -> None:
     guest = _guest(_with(tmp_path, **extra), modules)
     step = run_selftest(platform="linux", guest=guest)["host_echo"]
     assert step.status == NOT_APPLICABLE
@@ -469,10 +533,12 @@ def test_the_host_echo_advice_gives_the_form_of_the_detected_hypervisor(
 
 
 def test_a_failed_host_echo_in_a_kvm_guest_gives_the_kvm_form(
-        tmp_path: Path, short_tmp: Path) -> None:
+    tmp_path: Path, short_tmp: Path
+) -> None:
     guest = _guest(_with(tmp_path, dmi="QEMU"), ["vmw_vsock_virtio_transport"])
-    step = run_selftest(platform="linux", guest=guest,
-                        echo=f"unix://{short_tmp / 'none.sock'}")["host_echo"]
+    step = run_selftest(platform="linux", guest=guest, echo=f"unix://{short_tmp / 'none.sock'}")[
+        "host_echo"
+    ]
     assert step.status == FAILED
     assert "`hvsock echo-server vsock://any:N`" in step.advice
     assert "hvsock://" not in step.advice

@@ -118,8 +118,9 @@ async def close(writer: asyncio.StreamWriter) -> None:
         await writer.wait_closed()
 
 
-async def roundtrip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    data: bytes) -> bytes:
+async def roundtrip(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes
+) -> bytes:
     writer.write(data)
     await writer.drain()
     return await asyncio.wait_for(reader.readexactly(len(data)), 30)
@@ -140,8 +141,9 @@ async def until(predicate: Callable[[], bool], what: str, timeout: float = 30) -
         await asyncio.sleep(0.01)
 
 
-async def until_async(predicate: Callable[[], Awaitable[bool]], what: str,
-                      timeout: float = 30) -> None:
+async def until_async(
+    predicate: Callable[[], Awaitable[bool]], what: str, timeout: float = 30
+) -> None:
     deadline = time.monotonic() + timeout
     while not await predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -150,8 +152,11 @@ async def until_async(predicate: Callable[[], Awaitable[bool]], what: str,
 
 def records(caplog: pytest.LogCaptureFixture, name: str, fragment: str) -> list[logging.LogRecord]:
     """Records of service *name*'s own logger whose message holds *fragment*."""
-    return [r for r in caplog.records
-            if r.name == f"{SERVICE_LOG}.{name}" and fragment in r.getMessage()]
+    return [
+        r
+        for r in caplog.records
+        if r.name == f"{SERVICE_LOG}.{name}" and fragment in r.getMessage()
+    ]
 
 
 async def echo(conn: hvsock.Connection) -> None:
@@ -178,8 +183,9 @@ def frame(payload: bytes) -> bytes:
     return len(payload).to_bytes(4, "big") + payload
 
 
-async def frame_roundtrip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                          payload: bytes) -> bytes:
+async def frame_roundtrip(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, payload: bytes
+) -> bytes:
     writer.write(frame(payload))
     await writer.drain()
     return await asyncio.wait_for(hvsock.framing.read_frame(reader), 30) or b""
@@ -201,8 +207,9 @@ def runner(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, None
 
 
 @pytest.mark.usefixtures("fd_baseline")
-def test_builtin_echo_checked_payload(runner: Callable[[Coroutine[Any, Any, None]], None],
-                                      site: Site) -> None:
+def test_builtin_echo_checked_payload(
+    runner: Callable[[Coroutine[Any, Any, None]], None], site: Site
+) -> None:
     payload = os.urandom(512 * 1024)
     echoed: list[bytes] = []
 
@@ -271,7 +278,8 @@ def test_handler_gets_peer_and_service(site: Site, style: str) -> None:
 
 @pytest.mark.usefixtures("fd_baseline")
 def test_one_host_several_services_each_on_its_own_address(
-        short_tmp: Path, muxer: HybridVsockMuxer, caplog: pytest.LogCaptureFixture) -> None:
+    short_tmp: Path, muxer: HybridVsockMuxer, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger=SERVICE_LOG)
     sites = {kind: Site(kind, short_tmp, muxer) for kind in KINDS}
     ready = short_tmp / "ready.json"
@@ -335,8 +343,7 @@ def test_start_failure_closes_what_it_opened(short_tmp: Path) -> None:
 
 
 @pytest.mark.usefixtures("fd_baseline")
-def test_allowlist_denies_before_the_handler(site: Site,
-                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_allowlist_denies_before_the_handler(site: Site, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=SERVICE_LOG)
     reached: list[str] = []
 
@@ -388,8 +395,12 @@ def test_back_pressure_at_the_connection_limit(site: Site, style: str) -> None:
         conn.sendall(b"hi")
         conn.recv(10)
 
-    service = hvsock.Service("limited", 6000, handler if style == "async" else sync_handler,
-                             limits=hvsock.Limits(max_connections=2, idle_timeout=10))
+    service = hvsock.Service(
+        "limited",
+        6000,
+        handler if style == "async" else sync_handler,
+        limits=hvsock.Limits(max_connections=2, idle_timeout=10),
+    )
     # An echo on the same host: a round trip through it makes the host's loop go round.
     probe = hvsock.Service("probe", 6001, echo)
     observed: dict[str, object] = {}
@@ -411,8 +422,9 @@ def test_back_pressure_at_the_connection_limit(site: Site, style: str) -> None:
                 # would have taken the third (and counted it) in that time.
                 address = host.addresses["limited"]
                 if isinstance(address, hvsock.TcpAddress):
-                    await until(lambda: _accept_queue(address.port) == 1,
-                                "the third in the accept queue")
+                    await until(
+                        lambda: _accept_queue(address.port) == 1, "the third in the accept queue"
+                    )
                 for ping in (b"1", b"2"):
                     assert await roundtrip(probe_reader, probe_writer, ping) == ping
                 if isinstance(address, hvsock.TcpAddress):
@@ -429,17 +441,27 @@ def test_back_pressure_at_the_connection_limit(site: Site, style: str) -> None:
 
     asyncio.run(main())
     queued = {"queued": 1} if site.kind == "tcp" else {}
-    assert observed == {**queued, "active": 2, "first closed": b"", "third": b"hi",
-                        "second still": True}
+    assert observed == {
+        **queued,
+        "active": 2,
+        "first closed": b"",
+        "third": b"hi",
+        "second still": True,
+    }
 
 
 @pytest.mark.usefixtures("fd_baseline")
 @pytest.mark.parametrize("style", ["async", "sync"])
-def test_idle_timeout_closes_only_the_silent_peer(site: Site, style: str,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_idle_timeout_closes_only_the_silent_peer(
+    site: Site, style: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger=SERVICE_LOG)
-    service = hvsock.Service("idle", 6000, echo if style == "async" else sync_echo,
-                             limits=hvsock.Limits(idle_timeout=1.5))
+    service = hvsock.Service(
+        "idle",
+        6000,
+        echo if style == "async" else sync_echo,
+        limits=hvsock.Limits(idle_timeout=1.5),
+    )
     observed: dict[str, object] = {}
 
     async def main() -> None:
@@ -461,8 +483,9 @@ def test_idle_timeout_closes_only_the_silent_peer(site: Site, style: str,
                         break
                 observed["silent got"] = await closed
                 observed["silent closed in time"] = 1.4 < time.monotonic() - start < 20
-                observed["chatty echoes"] = (len(echoes) >= 10 and
-                                             echoes == [b"%d" % i for i in range(len(echoes))])
+                observed["chatty echoes"] = len(echoes) >= 10 and echoes == [
+                    b"%d" % i for i in range(len(echoes))
+                ]
                 observed["chatty still"] = await roundtrip(chatty_reader, chatty_writer, b"x")
                 observed["fragment"] = site.peer_fragment(silent_writer)
             finally:
@@ -471,8 +494,12 @@ def test_idle_timeout_closes_only_the_silent_peer(site: Site, style: str,
 
     asyncio.run(main())
     fragment = observed.pop("fragment")
-    assert observed == {"silent got": b"", "silent closed in time": True,
-                        "chatty echoes": True, "chatty still": b"x"}
+    assert observed == {
+        "silent got": b"",
+        "silent closed in time": True,
+        "chatty echoes": True,
+        "chatty still": b"x",
+    }
     idle = records(caplog, "idle", "idle")
     assert len(idle) == 1, [r.getMessage() for r in caplog.records]
     assert str(fragment) in idle[0].getMessage()
@@ -482,8 +509,12 @@ def test_idle_timeout_closes_only_the_silent_peer(site: Site, style: str,
 @pytest.mark.usefixtures("fd_baseline")
 @pytest.mark.parametrize("style", ["async", "sync"])
 def test_total_timeout_ends_even_a_busy_connection(site: Site, style: str) -> None:
-    service = hvsock.Service("total", 6000, echo if style == "async" else sync_echo,
-                             limits=hvsock.Limits(idle_timeout=None, total_timeout=1.5))
+    service = hvsock.Service(
+        "total",
+        6000,
+        echo if style == "async" else sync_echo,
+        limits=hvsock.Limits(idle_timeout=None, total_timeout=1.5),
+    )
     observed: dict[str, object] = {}
 
     async def main() -> None:
@@ -516,12 +547,16 @@ def test_total_timeout_ends_even_a_busy_connection(site: Site, style: str) -> No
 
 @pytest.mark.usefixtures("fd_baseline")
 @pytest.mark.parametrize("style", ["async", "sync"])
-def test_oversized_frame_closes_that_connection_only(site: Site, style: str,
-                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_oversized_frame_closes_that_connection_only(
+    site: Site, style: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger=SERVICE_LOG)
-    service = hvsock.Service("frames", 6000,
-                             frame_upper if style == "async" else sync_frame_upper,
-                             limits=hvsock.Limits(max_message_size=64))
+    service = hvsock.Service(
+        "frames",
+        6000,
+        frame_upper if style == "async" else sync_frame_upper,
+        limits=hvsock.Limits(max_message_size=64),
+    )
     observed: dict[str, object] = {}
 
     async def main() -> None:
@@ -531,8 +566,7 @@ def test_oversized_frame_closes_that_connection_only(site: Site, style: str,
             good_reader, good_writer = await site.open(host, "frames")
             bad_reader, bad_writer = await site.open(host, "frames")
             try:
-                observed["at limit"] = await frame_roundtrip(good_reader, good_writer,
-                                                             b"a" * 64)
+                observed["at limit"] = await frame_roundtrip(good_reader, good_writer, b"a" * 64)
                 observed["fragment"] = site.peer_fragment(bad_writer)
                 bad_writer.write(frame(b"b" * 65))
                 await bad_writer.drain()
@@ -547,8 +581,12 @@ def test_oversized_frame_closes_that_connection_only(site: Site, style: str,
 
     asyncio.run(main())
     fragment = observed.pop("fragment")
-    assert observed == {"at limit": b"A" * 64, "bad got": b"", "good still": b"OK",
-                        "new client": b"NEW"}
+    assert observed == {
+        "at limit": b"A" * 64,
+        "bad got": b"",
+        "good still": b"OK",
+        "new client": b"NEW",
+    }
     errors = records(caplog, "frames", "65-byte frame, over the 64-byte limit")
     assert len(errors) == 1
     assert errors[0].levelno == logging.WARNING
@@ -567,8 +605,9 @@ MALFORMED = {
 
 @pytest.mark.usefixtures("fd_baseline")
 @pytest.mark.parametrize("case", sorted(MALFORMED))
-def test_malformed_frame_is_a_protocol_error(site: Site, case: str,
-                                             caplog: pytest.LogCaptureFixture) -> None:
+def test_malformed_frame_is_a_protocol_error(
+    site: Site, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger=SERVICE_LOG)
     data, message = MALFORMED[case]
     service = hvsock.Service("rpc", 6000, hvsock.rpc_handler({"add": lambda c, p: sum(p)}))
@@ -629,9 +668,11 @@ def test_rpc_errors_keep_the_connection(site: Site, caplog: pytest.LogCaptureFix
                 await client.aclose()
 
     asyncio.run(main())
-    assert errors == [("not_found", "no x"),
-                      ("unknown_method", "no method 'nope'; known: crash, find, peer"),
-                      ("internal_error", "method 'crash' failed")]
+    assert errors == [
+        ("not_found", "no x"),
+        ("unknown_method", "no method 'nope'; known: crash, find, peer"),
+        ("internal_error", "method 'crash' failed"),
+    ]
     assert answers == ["127.0.0.1" if site.kind == "tcp" else os.getuid()]
     crashed = records(caplog, "rpc", "method 'crash' failed for peer")
     assert len(crashed) == 1
@@ -645,7 +686,8 @@ def test_rpc_errors_keep_the_connection(site: Site, caplog: pytest.LogCaptureFix
 @pytest.mark.usefixtures("fd_baseline")
 @pytest.mark.parametrize("style", ["async", "sync"])
 def test_raising_handler_is_logged_and_closes_only_its_connection(
-        site: Site, style: str, caplog: pytest.LogCaptureFixture) -> None:
+    site: Site, style: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger=SERVICE_LOG)
 
     async def handler(conn: hvsock.Connection) -> None:
@@ -693,15 +735,15 @@ def test_raising_handler_is_logged_and_closes_only_its_connection(
 
 @pytest.mark.usefixtures("fd_baseline")
 def test_handler_raising_timeout_error_is_a_handler_failure(
-        short_tmp: Path, caplog: pytest.LogCaptureFixture) -> None:
+    short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A TimeoutError of the handler's own is not "over the total timeout"."""
     caplog.set_level(logging.INFO, logger=SERVICE_LOG)
 
     async def handler(conn: hvsock.Connection) -> None:
         await asyncio.wait_for(conn.read(), 0.05)  # the client stays silent
 
-    service = hvsock.Service("impatient", 6000, handler,
-                             limits=hvsock.Limits(idle_timeout=None))
+    service = hvsock.Service("impatient", 6000, handler, limits=hvsock.Limits(idle_timeout=None))
     got: list[bytes] = []
 
     async def main() -> None:
@@ -724,9 +766,12 @@ def test_handler_raising_timeout_error_is_a_handler_failure(
 @pytest.mark.usefixtures("fd_baseline")
 @pytest.mark.parametrize("style", ["async", "sync"])
 def test_slow_client_does_not_block_others(site: Site, style: str) -> None:
-    service = hvsock.Service("frames", 6000,
-                             frame_upper if style == "async" else sync_frame_upper,
-                             limits=hvsock.Limits(idle_timeout=60))
+    service = hvsock.Service(
+        "frames",
+        6000,
+        frame_upper if style == "async" else sync_frame_upper,
+        limits=hvsock.Limits(idle_timeout=60),
+    )
     observed: dict[str, object] = {}
 
     async def main() -> None:
@@ -741,8 +786,9 @@ def test_slow_client_does_not_block_others(site: Site, style: str) -> None:
                 await slow_writer.drain()
                 # No clock: a host the slow client blocked would answer none of these
                 # until the rest of its frame came, which is sent only after them.
-                answers = [await frame_roundtrip(fast_reader, fast_writer, b"x%d" % i)
-                           for i in range(50)]
+                answers = [
+                    await frame_roundtrip(fast_reader, fast_writer, b"x%d" % i) for i in range(50)
+                ]
                 observed["fast"] = answers == [b"X%d" % i for i in range(50)]
                 slow_writer.write(frame(b"0123456789")[7:])
                 await slow_writer.drain()
@@ -760,8 +806,9 @@ def test_slow_client_does_not_block_others(site: Site, style: str) -> None:
 
 @pytest.mark.usefixtures("fd_baseline")
 @pytest.mark.parametrize("style", ["async", "sync"])
-def test_graceful_stop_lets_in_flight_requests_finish(site: Site, style: str,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_graceful_stop_lets_in_flight_requests_finish(
+    site: Site, style: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger=SERVICE_LOG)
     started = threading.Event()
     # The handler finishes only when the test lets it, after it saw the refusal: no
@@ -820,8 +867,9 @@ def test_graceful_stop_lets_in_flight_requests_finish(site: Site, style: str,
 
 @pytest.mark.usefixtures("fd_baseline")
 @pytest.mark.parametrize("style", ["async", "sync"])
-def test_stop_cancels_handlers_after_the_grace_period(site: Site, style: str,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_stop_cancels_handlers_after_the_grace_period(
+    site: Site, style: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger=SERVICE_LOG)
     started = threading.Event()
 
@@ -833,8 +881,12 @@ def test_stop_cancels_handlers_after_the_grace_period(site: Site, style: str,
         started.set()
         conn.recv(10)
 
-    service = hvsock.Service("stuck", 6000, handler if style == "async" else sync_handler,
-                             limits=hvsock.Limits(idle_timeout=None))
+    service = hvsock.Service(
+        "stuck",
+        6000,
+        handler if style == "async" else sync_handler,
+        limits=hvsock.Limits(idle_timeout=None),
+    )
     observed: dict[str, object] = {}
 
     async def main() -> None:
@@ -855,8 +907,12 @@ def test_stop_cancels_handlers_after_the_grace_period(site: Site, style: str,
     asyncio.run(main())
     assert observed == {"stop took": True, "client got": b"", "active": 0}
     assert records(caplog, "stuck", "cancelled connection from")
-    assert [r for r in caplog.records if r.name == SERVICE_LOG
-            and "cancelled 1 connection(s) after the grace period" in r.getMessage()]
+    assert [
+        r
+        for r in caplog.records
+        if r.name == SERVICE_LOG
+        and "cancelled 1 connection(s) after the grace period" in r.getMessage()
+    ]
 
 
 @pytest.mark.usefixtures("fd_baseline")
@@ -900,8 +956,11 @@ def notify_socket(short_tmp: Path) -> Iterator[tuple[socket.socket, str]]:
 
 @pytest.mark.usefixtures("fd_baseline")
 def test_ready_file_sd_notify_and_log_line(
-        short_tmp: Path, notify_socket: tuple[socket.socket, str],
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    short_tmp: Path,
+    notify_socket: tuple[socket.socket, str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.INFO, logger=SERVICE_LOG)
     sock, path = notify_socket
     monkeypatch.setenv("NOTIFY_SOCKET", path)
@@ -933,15 +992,18 @@ def test_ready_file_sd_notify_and_log_line(
         "ready dir": ["ready.json"],  # written atomically: no temp file left
         "stopping": b"STOPPING=1",
     }
-    ready_lines = [r.getMessage() for r in caplog.records
-                   if r.name == SERVICE_LOG and r.getMessage().startswith("ready:")]
+    ready_lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == SERVICE_LOG and r.getMessage().startswith("ready:")
+    ]
     assert ready_lines == [f"ready: echo on {address}, echo tcp on {tcp}"]
 
 
 @pytest.mark.usefixtures("fd_baseline")
 def test_unreachable_notify_socket_is_a_warning_not_a_failure(
-        short_tmp: Path, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger=SERVICE_LOG)
     monkeypatch.setenv("NOTIFY_SOCKET", str(short_tmp / "nobody-here"))
     got: list[bytes] = []
@@ -956,14 +1018,20 @@ def test_unreachable_notify_socket_is_a_warning_not_a_failure(
 
     asyncio.run(main())
     assert got == [b"still serving"]
-    assert [r for r in caplog.records if r.name == SERVICE_LOG
-            and r.levelno == logging.WARNING and "could not notify systemd" in r.getMessage()]
+    assert [
+        r
+        for r in caplog.records
+        if r.name == SERVICE_LOG
+        and r.levelno == logging.WARNING
+        and "could not notify systemd" in r.getMessage()
+    ]
 
 
 @pytest.mark.usefixtures("fd_baseline")
 @pytest.mark.parametrize("abstract", [False, True])
-def test_sd_notify_takes_an_environ_mapping(abstract: bool,
-                                            notify_socket: tuple[socket.socket, str]) -> None:
+def test_sd_notify_takes_an_environ_mapping(
+    abstract: bool, notify_socket: tuple[socket.socket, str]
+) -> None:
     from hvsock._server.lifecycle import sd_notify
 
     sock, path = notify_socket
@@ -986,7 +1054,8 @@ def test_sd_notify_takes_an_environ_mapping(abstract: bool,
 
 @pytest.mark.usefixtures("fd_baseline")
 def test_each_service_logs_to_its_own_logger_with_the_peer(
-        site: Site, caplog: pytest.LogCaptureFixture) -> None:
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG, logger=SERVICE_LOG)
     peers: list[str] = []
 
@@ -1007,23 +1076,32 @@ def test_each_service_logs_to_its_own_logger_with_the_peer(
         assert len(connected) == 1
         assert fragment in connected[0].getMessage()
         assert records(caplog, name, "listening on")
-    assert not [r for r in caplog.records
-                if r.name.startswith(f"{SERVICE_LOG}.") and r.name not in
-                (f"{SERVICE_LOG}.alpha", f"{SERVICE_LOG}.beta")]
+    assert not [
+        r
+        for r in caplog.records
+        if r.name.startswith(f"{SERVICE_LOG}.")
+        and r.name not in (f"{SERVICE_LOG}.alpha", f"{SERVICE_LOG}.beta")
+    ]
 
 
 # -- the real commands: echo-server under signals, ping against it ------------------------
 
 
-def _start_echo_server(hvsock_cmd: list[str], address: str, tmp: Path,
-                       *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+def _start_echo_server(
+    hvsock_cmd: list[str], address: str, tmp: Path, *extra: str
+) -> tuple[subprocess.Popen[bytes], str]:
     """Start ``hvsock echo-server``; return it and its address once its ready file exists."""
     ready = tmp / "ready.json"
     env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
     # Tests send it SIGINT and SIGTERM: at their defaults even if this run ignores them.
-    proc = subprocess.Popen(with_default_signals([*hvsock_cmd, "echo-server", address,
-                                                  "--ready-file", str(ready), *extra]),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        with_default_signals(
+            [*hvsock_cmd, "echo-server", address, "--ready-file", str(ready), *extra]
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     deadline = time.monotonic() + 60
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -1035,19 +1113,25 @@ def _start_echo_server(hvsock_cmd: list[str], address: str, tmp: Path,
     return proc, next(iter(services.values()))
 
 
-@pytest.mark.parametrize(("kind", "sig"), [("unix", signal.SIGTERM),
-                                           ("hybrid", signal.SIGTERM),
-                                           ("tcp", signal.SIGINT)])
+@pytest.mark.parametrize(
+    ("kind", "sig"), [("unix", signal.SIGTERM), ("hybrid", signal.SIGTERM), ("tcp", signal.SIGINT)]
+)
 def test_echo_server_stops_gracefully_on_a_signal_mid_conversation(
-        kind: str, sig: signal.Signals, short_tmp: Path, muxer: HybridVsockMuxer,
-        hvsock_cmd: list[str]) -> None:
-    address = {"unix": f"unix://{short_tmp}/echo.sock", "tcp": "tcp://127.0.0.1:0",
-               "hybrid": f"hybrid://{muxer.uds_path}:7"}[kind]
+    kind: str, sig: signal.Signals, short_tmp: Path, muxer: HybridVsockMuxer, hvsock_cmd: list[str]
+) -> None:
+    address = {
+        "unix": f"unix://{short_tmp}/echo.sock",
+        "tcp": "tcp://127.0.0.1:0",
+        "hybrid": f"hybrid://{muxer.uds_path}:7",
+    }[kind]
     proc, actual = _start_echo_server(hvsock_cmd, address, short_tmp, "--grace", "10")
     parsed = hvsock.parse_address(actual)
     try:
-        client = (muxer.guest_connect(7) if isinstance(parsed, hvsock.HybridAddress)
-                  else hvsock.connect(parsed, timeout=5))
+        client = (
+            muxer.guest_connect(7)
+            if isinstance(parsed, hvsock.HybridAddress)
+            else hvsock.connect(parsed, timeout=5)
+        )
         with client:
             client.settimeout(5)
             client.sendall(b"one")
@@ -1086,12 +1170,17 @@ def _refused(address: hvsock.Address, muxer: HybridVsockMuxer) -> bool:
 
 
 @pytest.mark.parametrize("address", ["tcp://127.0.0.1:0", "unix://{tmp}/echo.sock"])
-def test_ping_against_echo_server_processes(address: str, short_tmp: Path,
-                                            hvsock_cmd: list[str]) -> None:
+def test_ping_against_echo_server_processes(
+    address: str, short_tmp: Path, hvsock_cmd: list[str]
+) -> None:
     proc, actual = _start_echo_server(hvsock_cmd, address.format(tmp=short_tmp), short_tmp)
     try:
-        result = subprocess.run([*hvsock_cmd, "ping", actual, "-c", "25", "-s", "64", "--json"],
-                                capture_output=True, timeout=30, check=False)
+        result = subprocess.run(
+            [*hvsock_cmd, "ping", actual, "-c", "25", "-s", "64", "--json"],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

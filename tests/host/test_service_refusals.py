@@ -35,8 +35,12 @@ def stranger(kind: str) -> str:
     return "10.0.0.1" if kind == "tcp" else f"uid:{os.getuid() + 1}"
 
 
-def run_host(services: list[hvsock.Service], kind: str, tmp: Path,
-             client: Callable[[hvsock.ServiceHost], Any]) -> Any:
+def run_host(
+    services: list[hvsock.Service],
+    kind: str,
+    tmp: Path,
+    client: Callable[[hvsock.ServiceHost], Any],
+) -> Any:
     """Serve *services*, run the blocking *client(host)* in a thread, return its result."""
 
     async def main() -> Any:
@@ -55,13 +59,16 @@ def run_host(services: list[hvsock.Service], kind: str, tmp: Path,
 @pytest.mark.usefixtures("fd_baseline")
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_refused_rpc_client_is_told_why(kind: str, short_tmp: Path) -> None:
-    service = hvsock.Service("rpc", 6000, hvsock.rpc_handler({"add": lambda c, p: sum(p)}),
-                             allow={stranger(kind)})
+    service = hvsock.Service(
+        "rpc", 6000, hvsock.rpc_handler({"add": lambda c, p: sum(p)}), allow={stranger(kind)}
+    )
     assert service.framed
 
     def client(host: hvsock.ServiceHost) -> str:
-        with hvsock.RpcClient(hvsock.connect(host.addresses["rpc"], timeout=5)) as rpc, \
-                pytest.raises(NotAllowedError) as info:
+        with (
+            hvsock.RpcClient(hvsock.connect(host.addresses["rpc"], timeout=5)) as rpc,
+            pytest.raises(NotAllowedError) as info,
+        ):
             rpc.call("add", [1, 2])
         return str(info.value)
 
@@ -72,15 +79,17 @@ def test_a_refused_rpc_client_is_told_why(kind: str, short_tmp: Path) -> None:
 @pytest.mark.usefixtures("fd_baseline")
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_refused_async_rpc_client_is_told_why(kind: str, short_tmp: Path) -> None:
-    service = hvsock.Service("rpc", 6000, hvsock.rpc_handler({"add": lambda c, p: sum(p)}),
-                             allow={stranger(kind)})
+    service = hvsock.Service(
+        "rpc", 6000, hvsock.rpc_handler({"add": lambda c, p: sum(p)}), allow={stranger(kind)}
+    )
 
     async def main() -> str:
         host = hvsock.ServiceHost(grace=1)
         host.add(service, address(kind, short_tmp))
         async with host:
-            client = hvsock.AsyncRpcClient(*await hvsock.open_connection(
-                host.addresses["rpc"], timeout=5))
+            client = hvsock.AsyncRpcClient(
+                *await hvsock.open_connection(host.addresses["rpc"], timeout=5)
+            )
             try:
                 with pytest.raises(NotAllowedError) as info:
                     await client.call("add", [1, 2])
@@ -144,7 +153,8 @@ def test_a_cid_rule_matches_only_that_cid() -> None:
 @pytest.mark.usefixtures("fd_baseline")
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_client_that_hangs_up_cancels_its_method_and_frees_the_slot(
-        kind: str, short_tmp: Path, caplog: pytest.LogCaptureFixture) -> None:
+    kind: str, short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger=SERVICE_LOG)
     cancelled: list[str] = []
     started: list[asyncio.Event] = []
@@ -158,23 +168,28 @@ def test_a_client_that_hangs_up_cancels_its_method_and_frees_the_slot(
             raise
 
     service = hvsock.Service(
-        "rpc", 6000, hvsock.rpc_handler({"forever": forever, "add": lambda c, p: sum(p)}),
-        limits=hvsock.Limits(max_connections=1))
+        "rpc",
+        6000,
+        hvsock.rpc_handler({"forever": forever, "add": lambda c, p: sum(p)}),
+        limits=hvsock.Limits(max_connections=1),
+    )
 
     async def main() -> int:
         started.append(asyncio.Event())
         host = hvsock.ServiceHost(grace=1)
         host.add(service, address(kind, short_tmp))
         async with host:
-            first = hvsock.AsyncRpcClient(*await hvsock.open_connection(
-                host.addresses["rpc"], timeout=5))
+            first = hvsock.AsyncRpcClient(
+                *await hvsock.open_connection(host.addresses["rpc"], timeout=5)
+            )
             call = asyncio.create_task(first.call("forever"))
             await asyncio.wait_for(started[0].wait(), 10)
             call.cancel()
             await first.aclose()
             # The only slot is free again: a new client is served.
-            second = hvsock.AsyncRpcClient(*await hvsock.open_connection(
-                host.addresses["rpc"], timeout=5))
+            second = hvsock.AsyncRpcClient(
+                *await hvsock.open_connection(host.addresses["rpc"], timeout=5)
+            )
             try:
                 return int(await asyncio.wait_for(second.call("add", [2, 3]), 10))
             finally:
@@ -188,12 +203,15 @@ def test_a_client_that_hangs_up_cancels_its_method_and_frees_the_slot(
 @pytest.mark.usefixtures("fd_baseline")
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_result_over_the_limit_gets_an_error_reply(
-        kind: str, short_tmp: Path, caplog: pytest.LogCaptureFixture) -> None:
+    kind: str, short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger=SERVICE_LOG)
     service = hvsock.Service(
-        "rpc", 6000, hvsock.rpc_handler({"big": lambda c, p: "x" * 5000,
-                                         "add": lambda c, p: sum(p)}),
-        limits=hvsock.Limits(max_message_size=1024))
+        "rpc",
+        6000,
+        hvsock.rpc_handler({"big": lambda c, p: "x" * 5000, "add": lambda c, p: sum(p)}),
+        limits=hvsock.Limits(max_message_size=1024),
+    )
 
     def client(host: hvsock.ServiceHost) -> tuple[str, int]:
         with hvsock.RpcClient(hvsock.connect(host.addresses["rpc"], timeout=5)) as rpc:
@@ -212,12 +230,12 @@ def test_a_result_over_the_limit_gets_an_error_reply(
 @pytest.mark.usefixtures("fd_baseline")
 @pytest.mark.parametrize("style", ["sync", "async", "rpc"])
 def test_an_oversized_frame_is_logged_with_the_real_setting(
-        style: str, short_tmp: Path, caplog: pytest.LogCaptureFixture) -> None:
+    style: str, short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger=SERVICE_LOG)
 
     handler = frame_echo_handler(style)
-    service = hvsock.Service("small", 6000, handler,
-                             limits=hvsock.Limits(max_message_size=64))
+    service = hvsock.Service("small", 6000, handler, limits=hvsock.Limits(max_message_size=64))
 
     def client(host: hvsock.ServiceHost) -> bytes:
         with hvsock.connect(host.addresses["small"], timeout=5) as sock:
@@ -236,8 +254,7 @@ def test_an_oversized_frame_is_logged_with_the_real_setting(
 
 @pytest.mark.usefixtures("fd_baseline")
 @pytest.mark.parametrize("kind", KINDS)
-def test_linger_delivers_everything_though_the_peer_still_sends(kind: str,
-                                                                short_tmp: Path) -> None:
+def test_linger_delivers_everything_though_the_peer_still_sends(kind: str, short_tmp: Path) -> None:
     # The handler ends with a reply far larger than both sockets' buffers still on its
     # way and the client's bytes unread. A close then would reset the connection
     # (the kernel drops the unsent tail on TCP, and a Unix peer reads ECONNRESET);

@@ -74,8 +74,9 @@ def test_files_and_directories_round_trip(tree: tuple[Path, Path, str]) -> None:
         c.walk(0, 3)
         c.rpc(p.TLOPEN, 3, os.O_RDONLY | os.O_DIRECTORY)
         names = [e[3] for e in p.decode_dirents(c.rpc(p.TREADDIR, 3, 0, 8192).args[0])]
-        assert sorted(names) == sorted([b".", b"..", b"d", b"d2", b"hard", b"ln", b"out",
-                                        b"out-file", b"sub"])
+        assert sorted(names) == sorted(
+            [b".", b"..", b"d", b"d2", b"hard", b"ln", b"out", b"out-file", b"sub"]
+        )
         # readdir in small pieces gives the same names, each once
         pieces: list[bytes] = []
         offset = 0
@@ -133,7 +134,7 @@ def test_several_tags_in_flight_and_flush(tree: tuple[Path, Path, str]) -> None:
         assert order.index(40) < order.index(100)
         data = (export / "big").read_bytes()
         for tag in range(1, 41):
-            assert replies[tag].args == (data[(tag - 1) * 1024:tag * 1024],)
+            assert replies[tag].args == (data[(tag - 1) * 1024 : tag * 1024],)
         assert replies[100].type == p.RFLUSH
 
 
@@ -153,7 +154,9 @@ def test_escape_routes_are_closed(tree: tuple[Path, Path, str]) -> None:
         c.rpc(p.TSETATTR, 1, 1, 0o777, 0, 0, 0, 0, 0, 0, 0)  # a link has no mode of its own
         assert errno_of(c.rpc, p.TSETATTR, 1, 8, 0, 0, 0, 0, 0, 0, 0, 0) == errno.EINVAL
         assert errno_of(c.rpc, p.TLCREATE, 0, b"out-file", RDWR | os.O_CREAT, 0o644, 0) in (
-            errno.ELOOP, errno.EEXIST)
+            errno.ELOOP,
+            errno.EEXIST,
+        )
         assert errno_of(c.rpc, p.TLCREATE, 0, b"out/x", RDWR, 0o644, 0) == errno.EINVAL
         c.walk(0, 2, b"out")
         assert errno_of(c.rpc, p.TMKDIR, 2, b"x", 0o755, 0) == errno.ENOTDIR
@@ -235,10 +238,13 @@ def test_messages_before_version_and_garbage(tree: tuple[Path, Path, str]) -> No
     with sharing([export], address, allow=["any"]) as real:
         early = Client(unix_path(real), msize=0)
         assert errno_of(early.attach, 0) == errno.EPROTO
-        for junk in (b"\xff" * 64, struct.pack("<IBH", 3, 100, 0),
-                     struct.pack("<IBH", 1 << 30, 100, 0),
-                     p.encode(p.Message(p.RREAD, 1, (b"x",))),
-                     struct.pack("<IBH", 7, 112, 1)):
+        for junk in (
+            b"\xff" * 64,
+            struct.pack("<IBH", 3, 100, 0),
+            struct.pack("<IBH", 1 << 30, 100, 0),
+            p.encode(p.Message(p.RREAD, 1, (b"x",))),
+            struct.pack("<IBH", 7, 112, 1),
+        ):
             bad = Client(unix_path(real))
             bad.sock.sendall(junk)
             assert bad.recv() is None  # closed, nothing answered
@@ -248,13 +254,17 @@ def test_messages_before_version_and_garbage(tree: tuple[Path, Path, str]) -> No
         assert good.walk(0, 1, b"sub", b"f")[-1].type == p.QTFILE
 
 
-_ARGS = {"b": st.integers(0, 0xFF), "w": st.integers(0, 0xFFFF),
-         "d": st.sampled_from([0, 1, 2, 3, 0xFFFFFFFF]) | st.integers(0, 0xFFFFFFFF),
-         "q": st.integers(0, 2**64 - 1) | st.integers(0, 100),
-         "s": st.sampled_from([b"", b".", b"..", b"sub", b"f", b"out", b"a/b", b"a\0",
-                               b"out-file", b"x" * 300]),
-         "Q": st.builds(p.Qid, st.integers(0, 255), st.integers(0, 9), st.integers(0, 9)),
-         "D": st.binary(max_size=64)}
+_ARGS = {
+    "b": st.integers(0, 0xFF),
+    "w": st.integers(0, 0xFFFF),
+    "d": st.sampled_from([0, 1, 2, 3, 0xFFFFFFFF]) | st.integers(0, 0xFFFFFFFF),
+    "q": st.integers(0, 2**64 - 1) | st.integers(0, 100),
+    "s": st.sampled_from(
+        [b"", b".", b"..", b"sub", b"f", b"out", b"a/b", b"a\0", b"out-file", b"x" * 300]
+    ),
+    "Q": st.builds(p.Qid, st.integers(0, 255), st.integers(0, 9), st.integers(0, 9)),
+    "D": st.binary(max_size=64),
+}
 _ARGS["S"] = st.lists(_ARGS["s"], max_size=18).map(tuple)
 _ARGS["R"] = st.lists(_ARGS["Q"], max_size=3).map(tuple)
 
@@ -282,11 +292,15 @@ def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path
         yield export, outside, unix_path(real)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-          HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(st.lists(hostile(), min_size=1, max_size=12))
-def test_hostile_sessions_never_reach_outside(fuzz_target: tuple[Path, Path, str],
-                                              batch: list[p.Message]) -> None:
+def test_hostile_sessions_never_reach_outside(
+    fuzz_target: tuple[Path, Path, str], batch: list[p.Message]
+) -> None:
     _export, outside, path = fuzz_target
     before = snapshot(outside)
     c = Client(path)
@@ -340,13 +354,14 @@ def _user_xattrs_work(path: Path) -> bool:
     return True
 
 
-def set_xattr(c: Client, fid: int, name: bytes, value: bytes, flags: int = 0,
-              size: int | None = None) -> None:
+def set_xattr(
+    c: Client, fid: int, name: bytes, value: bytes, flags: int = 0, size: int | None = None
+) -> None:
     """Txattrcreate on a copy of *fid*, the value in Twrites, Tclunk to set it."""
     c.walk(fid, 50)
     c.rpc(p.TXATTRCREATE, 50, name, len(value) if size is None else size, flags)
     for start in range(0, len(value), 1000):
-        c.rpc(p.TWRITE, 50, start, value[start:start + 1000])
+        c.rpc(p.TWRITE, 50, start, value[start : start + 1000])
     c.rpc(p.TCLUNK, 50)
 
 
@@ -374,8 +389,7 @@ def test_user_xattrs_set_read_list_remove(tree: tuple[Path, Path, str]) -> None:
         assert get_xattr(c, 1, b"user.big") == big
         assert set(get_xattr(c, 1, b"").split(b"\0")) >= {b"user.color", b"user.big"}
         # XATTR_CREATE on an existing one fails at the clunk; XATTR_REPLACE works.
-        assert errno_of(set_xattr, c, 1, b"user.color", b"red", os.XATTR_CREATE) == \
-            errno.EEXIST
+        assert errno_of(set_xattr, c, 1, b"user.color", b"red", os.XATTR_CREATE) == errno.EEXIST
         set_xattr(c, 1, b"user.color", b"blue", os.XATTR_REPLACE)
         assert os.getxattr(export / "sub" / "f", "user.color") == b"blue"
         set_xattr(c, 1, b"user.color", b"")  # size 0: removed
@@ -417,7 +431,8 @@ def test_read_only_share_refuses_xattr_changes(tree: tuple[Path, Path, str]) -> 
 
 
 def test_a_clunk_during_reads_never_hands_back_another_files_bytes(
-        tree: tuple[Path, Path, str]) -> None:
+    tree: tuple[Path, Path, str],
+) -> None:
     """Reads pipelined with a Tclunk of their fid, then opens that may take its
     descriptor number: each read answers the right bytes or EBADF, never B's."""
     export, _, address = tree
@@ -432,8 +447,9 @@ def test_a_clunk_during_reads_never_hands_back_another_files_bytes(
             c.rpc(p.TLOPEN, 1, os.O_RDONLY)
             batch = [p.Message(p.TREAD, t, (1, 0, 65536)) for t in range(1, 31)]
             batch.append(p.Message(p.TCLUNK, 31, (1,)))
-            batch += [p.Message(p.TWALK, 40 + i, (0, 100 + i, (f"b{i}".encode(),)))
-                      for i in range(20)]
+            batch += [
+                p.Message(p.TWALK, 40 + i, (0, 100 + i, (f"b{i}".encode(),))) for i in range(20)
+            ]
             batch += [p.Message(p.TLOPEN, 60 + i, (100 + i, os.O_RDONLY)) for i in range(20)]
             c.sock.sendall(b"".join(p.encode(m) for m in batch))
             replies = {}
@@ -443,8 +459,12 @@ def test_a_clunk_during_reads_never_hands_back_another_files_bytes(
                 replies[msg.tag] = msg
             for tag in range(1, 31):
                 reply = replies[tag]
-                assert reply.args in ((b"A" * 65536,), (errno.EBADF,)), \
-                    (round_, tag, reply.name, reply.args[0][:8])
+                assert reply.args in ((b"A" * 65536,), (errno.EBADF,)), (
+                    round_,
+                    tag,
+                    reply.name,
+                    reply.args[0][:8],
+                )
             assert replies[31].type == p.RCLUNK
             for i in range(20):
                 c.rpc(p.TCLUNK, 100 + i)
@@ -453,6 +473,7 @@ def test_a_clunk_during_reads_never_hands_back_another_files_bytes(
 
 class _Log:
     def info(self, *_: object) -> None: ...
+
     warning = exception = info
 
 
@@ -469,9 +490,15 @@ def test_a_clunked_file_stays_open_until_its_last_read_ends(tmp_path: Path) -> N
     from hvsock._builtin.share import server
 
     (tmp_path / "f").write_bytes(b"data")
-    config = server._Config(server._exports([tmp_path]), read_only=False, ownership="server",
-                            max_fids=10, max_inflight=4, vm_allow_given=True,
-                            pool=ThreadPoolExecutor(1))
+    config = server._Config(
+        server._exports([tmp_path]),
+        read_only=False,
+        ownership="server",
+        max_fids=10,
+        max_inflight=4,
+        vm_allow_given=True,
+        pool=ThreadPoolExecutor(1),
+    )
     session = server._Session(config, _Conn())  # type: ignore[arg-type]
     session.roots = [os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)]
     session.msize = 8192

@@ -35,9 +35,20 @@ def test_share_serves_named_exports(hvsock_cmd: list[str], short_tmp: Path) -> N
     (second / "f").write_bytes(b"two")
     ready = short_tmp / "ready.json"
     sock = short_tmp / "s.sock"
-    with subprocess.Popen([*hvsock_cmd, "share", str(first), f"docs={second}", "--listen",
-                           f"unix://{sock}", "--ready-file", str(ready)],
-                          stderr=subprocess.PIPE, text=True) as server:
+    with subprocess.Popen(
+        [
+            *hvsock_cmd,
+            "share",
+            str(first),
+            f"docs={second}",
+            "--listen",
+            f"unix://{sock}",
+            "--ready-file",
+            str(ready),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as server:
         try:
             deadline = time.monotonic() + 60
             while not ready.exists():
@@ -62,22 +73,36 @@ def test_share_serves_named_exports(hvsock_cmd: list[str], short_tmp: Path) -> N
 def test_share_on_vm_sockets_needs_allow(hvsock_cmd: list[str], tmp_path: Path) -> None:
     # Refused before anything is bound: no vsock socket is made on this machine.
     for listen in ("vsock://any:5999", "hybrid:///tmp/nowhere.sock:5999"):
-        done = subprocess.run([*hvsock_cmd, "share", str(tmp_path), "--listen", listen],
-                              capture_output=True, text=True, timeout=60, check=False)
+        done = subprocess.run(
+            [*hvsock_cmd, "share", str(tmp_path), "--listen", listen],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert done.returncode == 2, done.stderr
         assert "--allow" in done.stderr
 
 
-def test_mount_checks_its_arguments_before_connecting(hvsock_cmd: list[str],
-                                                      tmp_path: Path) -> None:
-    done = subprocess.run([*hvsock_cmd, "mount", f"unix://{tmp_path}/none.sock",
-                           str(tmp_path / "missing")], capture_output=True, text=True,
-                          timeout=60, check=False)
+def test_mount_checks_its_arguments_before_connecting(
+    hvsock_cmd: list[str], tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [*hvsock_cmd, "mount", f"unix://{tmp_path}/none.sock", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 2
     assert "not a directory" in done.stderr
-    done = subprocess.run([*hvsock_cmd, "mount", f"unix://{tmp_path}/none.sock",
-                           str(tmp_path), "-o", "trans=tcp"], capture_output=True, text=True,
-                          timeout=60, check=False)
+    done = subprocess.run(
+        [*hvsock_cmd, "mount", f"unix://{tmp_path}/none.sock", str(tmp_path), "-o", "trans=tcp"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 2
     assert "set by hvsock mount itself" in done.stderr
 
@@ -87,23 +112,39 @@ def test_mount_helper_speaks_mount8(hvsock_cmd: list[str], tmp_path: Path) -> No
     usage = subprocess.run([tool], capture_output=True, text=True, timeout=60, check=False)
     assert usage.returncode == 1
     assert "usage: mount.hvsock" in usage.stderr
-    fake = subprocess.run([tool, "vsock://2:564", str(tmp_path), "-f", "-o",
-                           "defaults,nofail,cache=loose"], capture_output=True, text=True,
-                          timeout=60, check=False)
+    fake = subprocess.run(
+        [tool, "vsock://2:564", str(tmp_path), "-f", "-o", "defaults,nofail,cache=loose"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert fake.returncode == 0, fake.stderr
-    bad = subprocess.run([tool, "vsock://2:564", str(tmp_path), "-f", "-o", "rfdno=3"],
-                         capture_output=True, text=True, timeout=60, check=False)
+    bad = subprocess.run(
+        [tool, "vsock://2:564", str(tmp_path), "-f", "-o", "rfdno=3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert bad.returncode == 32
     assert "rfdno" in bad.stderr
-    missing = subprocess.run([tool, f"unix://{tmp_path}/none.sock", str(tmp_path / "no")],
-                             capture_output=True, text=True, timeout=60, check=False)
+    missing = subprocess.run(
+        [tool, f"unix://{tmp_path}/none.sock", str(tmp_path / "no")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert missing.returncode == 32
     assert "not a directory" in missing.stderr
 
 
 def test_parse_options() -> None:
-    flags, rest = parse_options("defaults,ro,nosuid,noatime,msize=262144,cache=loose,"
-                                "x-systemd.automount,_netdev,nofail,aname=docs,posixacl")
+    flags, rest = parse_options(
+        "defaults,ro,nosuid,noatime,msize=262144,cache=loose,"
+        "x-systemd.automount,_netdev,nofail,aname=docs,posixacl"
+    )
     assert flags == 1 | 2 | 1024
     assert rest == {"msize": "262144", "cache": "loose", "aname": "docs", "posixacl": None}
     assert parse_options("ro,rw")[0] == 0

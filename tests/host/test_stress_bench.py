@@ -64,17 +64,25 @@ def test_plan_is_reproducible_from_the_connection_seed() -> None:
     assert stress.payload(a) == stress.payload(b)
     assert sum(a.chunks) == a.size
     assert all(1 <= c <= 4096 for c in a.chunks)
-    assert stress.plan(1000, 8, 0, 100_000, 4096).size != a.size or \
-        stress.payload(stress.plan(1000, 8, 0, 100_000, 4096)) != stress.payload(a)
+    assert stress.plan(1000, 8, 0, 100_000, 4096).size != a.size or stress.payload(
+        stress.plan(1000, 8, 0, 100_000, 4096)
+    ) != stress.payload(a)
 
 
 @pytest.mark.usefixtures("fd_baseline")
 def test_stress_passes_against_an_echo_server(echo: tuple[EchoServer, str]) -> None:
     server, address = echo
     seen: list[tuple[int, int | None]] = []
-    result = stress.stress(address, connections=40, parallel=8, min_size=0,
-                           max_size=200_000, max_chunk=30_000, seed=5,
-                           progress=lambda d, t: seen.append((d, t)))
+    result = stress.stress(
+        address,
+        connections=40,
+        parallel=8,
+        min_size=0,
+        max_size=200_000,
+        max_chunk=30_000,
+        seed=5,
+        progress=lambda d, t: seen.append((d, t)),
+    )
     assert result.ok, result.failures
     assert result.bytes_sent == result.bytes_received > 0
     assert server.accepted == 40
@@ -87,8 +95,9 @@ def test_stress_passes_against_an_echo_server(echo: tuple[EchoServer, str]) -> N
 def test_stress_through_the_relay_with_sync_start(echo: tuple[EchoServer, str]) -> None:
     _, address = echo
     with running_relay("tcp://127.0.0.1:0", address) as relay:
-        result = stress.stress(relay.address, connections=50, parallel=50, max_size=100_000,
-                               seed=9, sync_start=True)
+        result = stress.stress(
+            relay.address, connections=50, parallel=50, max_size=100_000, seed=9, sync_start=True
+        )
         records = relay.wait_records(50)
     assert result.ok, result.failures
     assert {r.end for r in records} == {"closed"}
@@ -97,11 +106,13 @@ def test_stress_through_the_relay_with_sync_start(echo: tuple[EchoServer, str]) 
 
 @pytest.mark.usefixtures("fd_baseline")
 def test_corrupting_server_fails_the_right_connection(
-        corrupting_echo: tuple[EchoServer, str]) -> None:
+    corrupting_echo: tuple[EchoServer, str],
+) -> None:
     _, address = corrupting_echo
     # One at a time, so the server's accept order is the connection index.
-    result = stress.stress(address, connections=6, parallel=1, min_size=1000,
-                           max_size=50_000, seed=1234)
+    result = stress.stress(
+        address, connections=6, parallel=1, min_size=1000, max_size=50_000, seed=1234
+    )
     assert not result.ok
     (failure,) = result.failures
     assert failure.index == 2
@@ -116,15 +127,29 @@ def test_corrupting_server_fails_the_right_connection(
 @pytest.mark.usefixtures("fd_baseline")
 def test_cli_stress_exit_status_and_replay(corrupting_echo: tuple[EchoServer, str]) -> None:
     _, address = corrupting_echo
-    status, out, _ = run("stress", address, "-n", "5", "-P", "1", "--min-size", "1K",
-                         "--max-size", "20K", "--seed", "77", "--no-progress")
+    status, out, _ = run(
+        "stress",
+        address,
+        "-n",
+        "5",
+        "-P",
+        "1",
+        "--min-size",
+        "1K",
+        "--max-size",
+        "20K",
+        "--seed",
+        "77",
+        "--no-progress",
+    )
     assert status == 1
     assert "4/5 connections ok" in out
     assert "FAILED connection 2 (seed 79," in out
-    replay = next(line.split("replay: ", 1)[1] for line in out.splitlines()
-                  if "replay:" in line)
-    assert replay == (f"hvsock stress {address} --connections 1 --min-size 1024 "
-                      "--max-size 20480 --max-chunk 65536 --seed 79")
+    replay = next(line.split("replay: ", 1)[1] for line in out.splitlines() if "replay:" in line)
+    assert replay == (
+        f"hvsock stress {address} --connections 1 --min-size 1024 "
+        "--max-size 20480 --max-chunk 65536 --seed 79"
+    )
     # The replay sends exactly what connection 2 sent (this server only corrupts
     # its third connection, so the replay, its sixth, passes).
     status, out, _ = run(*replay.split()[1:], "--json", "--no-progress")
@@ -136,10 +161,24 @@ def test_cli_stress_exit_status_and_replay(corrupting_echo: tuple[EchoServer, st
 
 @pytest.mark.usefixtures("fd_baseline")
 def test_cli_stress_json_failure_carries_seed_and_replay(
-        corrupting_echo: tuple[EchoServer, str]) -> None:
+    corrupting_echo: tuple[EchoServer, str],
+) -> None:
     _, address = corrupting_echo
-    status, out, _ = run("stress", address, "-n", "3", "-P", "1", "--max-size", "4K",
-                         "--min-size", "1", "--seed", "10", "--json")
+    status, out, _ = run(
+        "stress",
+        address,
+        "-n",
+        "3",
+        "-P",
+        "1",
+        "--max-size",
+        "4K",
+        "--min-size",
+        "1",
+        "--seed",
+        "10",
+        "--json",
+    )
     assert status == 1
     result = json.loads(out)
     assert result["ok"] is False
@@ -174,8 +213,9 @@ def test_stress_times_out_a_server_that_never_answers() -> None:
     thread = threading.Thread(target=accept_and_ignore, daemon=True)
     thread.start()
     try:
-        result = stress.stress(address, connections=2, parallel=2, min_size=10, max_size=10,
-                               timeout=0.5, seed=3)
+        result = stress.stress(
+            address, connections=2, parallel=2, min_size=10, max_size=10, timeout=0.5, seed=3
+        )
     finally:
         listener.shutdown(socket.SHUT_RDWR)
         listener.close()
@@ -186,9 +226,18 @@ def test_stress_times_out_a_server_that_never_answers() -> None:
     assert all("timed out" in f.error for f in result.failures)
 
 
-@pytest.mark.parametrize(("option", "value"), [
-    ("connections", 0), ("parallel", 0), ("min_size", -1), ("max_chunk", 0), ("timeout", 0),
-    ("seed", -1), ("hold", -1)])
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("connections", 0),
+        ("parallel", 0),
+        ("min_size", -1),
+        ("max_chunk", 0),
+        ("timeout", 0),
+        ("seed", -1),
+        ("hold", -1),
+    ],
+)
 def test_stress_bad_options(option: str, value: object) -> None:
     with pytest.raises(ValueError, match=option):
         stress.stress("tcp://127.0.0.1:1", **{option: value})
@@ -213,8 +262,12 @@ def test_bench_measurements_direct_and_through_the_relay(bench_server: hvsock.Ad
     with running_relay("tcp://127.0.0.1:0", bench_server) as relay:
         for address in (bench_server, relay.address):
             seen: list[tuple[int, int | None]] = []
-            t = bench.throughput(address, total_bytes=5_000_000, buffer_size=100_000,
-                                 progress=lambda d, n, seen=seen: seen.append((d, n)))
+            t = bench.throughput(
+                address,
+                total_bytes=5_000_000,
+                buffer_size=100_000,
+                progress=lambda d, n, seen=seen: seen.append((d, n)),
+            )
             assert (t.unit, t.details["bytes"], t.details["streams"]) == ("MB/s", 5_000_000, 1)
             assert t.value > 0
             assert seen[-1] == (5_000_000, 5_000_000)
@@ -239,17 +292,24 @@ def test_bench_duration_bound(bench_server: hvsock.Address) -> None:
 
 @pytest.mark.usefixtures("fd_baseline")
 def test_bench_client_against_a_non_bench_server_is_a_protocol_error(
-        echo: tuple[EchoServer, str]) -> None:
+    echo: tuple[EchoServer, str],
+) -> None:
     _, address = echo
     with pytest.raises(hvsock.ProtocolError, match="counted"):
         bench.throughput(address, total_bytes=100_000, timeout=5)
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({}, "either"), ({"total_bytes": 1, "duration": 1.0}, "either"),
-    ({"total_bytes": 0}, "total_bytes"), ({"duration": -1.0}, "duration"),
-    ({"total_bytes": 1, "streams": 0}, "streams"),
-    ({"total_bytes": 1, "buffer_size": 0}, "buffer_size")])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({}, "either"),
+        ({"total_bytes": 1, "duration": 1.0}, "either"),
+        ({"total_bytes": 0}, "total_bytes"),
+        ({"duration": -1.0}, "duration"),
+        ({"total_bytes": 1, "streams": 0}, "streams"),
+        ({"total_bytes": 1, "buffer_size": 0}, "buffer_size"),
+    ],
+)
 def test_bench_bad_options(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         bench.throughput("tcp://127.0.0.1:1", **kwargs)  # type: ignore[arg-type]
@@ -257,15 +317,39 @@ def test_bench_bad_options(kwargs: dict[str, object], match: str) -> None:
 
 @pytest.mark.usefixtures("fd_baseline")
 def test_cli_bench_client_json_and_table(bench_server: hvsock.Address) -> None:
-    status, out, _ = run("bench", "client", str(bench_server), "--json", "--bytes", "2M",
-                         "--count", "20", "--connections", "10", "--streams", "3")
+    status, out, _ = run(
+        "bench",
+        "client",
+        str(bench_server),
+        "--json",
+        "--bytes",
+        "2M",
+        "--count",
+        "20",
+        "--connections",
+        "10",
+        "--streams",
+        "3",
+    )
     assert status == 0
     results = json.loads(out)["results"]
-    assert [r["test"] for r in results] == ["throughput", "throughput x3", "round trip",
-                                            "connect rate"]
+    assert [r["test"] for r in results] == [
+        "throughput",
+        "throughput x3",
+        "round trip",
+        "connect rate",
+    ]
     assert results[0]["bytes"] == 2 << 20
-    status, out, _ = run("bench", "client", str(bench_server), "--tests", "rtt,connect",
-                         "--duration", "0.1", "--no-progress")
+    status, out, _ = run(
+        "bench",
+        "client",
+        str(bench_server),
+        "--tests",
+        "rtt,connect",
+        "--duration",
+        "0.1",
+        "--no-progress",
+    )
     assert status == 0
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["test", "value", "unit"]
@@ -279,8 +363,10 @@ def test_cli_bench_bad_test_name() -> None:
 
 
 def test_format_table_aligns_columns() -> None:
-    rows = [bench.BenchResult("throughput", "x", 1234.5, "MB/s", 1.0, {"bytes": 10}),
-            bench.BenchResult("round trip", "x", 7.0, "us", 0.5)]
+    rows = [
+        bench.BenchResult("throughput", "x", 1234.5, "MB/s", 1.0, {"bytes": 10}),
+        bench.BenchResult("round trip", "x", 7.0, "us", 0.5),
+    ]
     lines = bench.format_table(rows).splitlines()
     assert lines[1].index("1234.5") == lines[2].index("7") == lines[0].index("value")
 
@@ -293,8 +379,12 @@ def _stderr_of(argv: list[str], on_a_terminal: bool) -> str:
         master, slave = os.openpty()
         # 24x80, as a terminal has: a new PTY is 0x0, and tqdm fits its bar to 0 columns.
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=slave if on_a_terminal else subprocess.PIPE)
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=slave if on_a_terminal else subprocess.PIPE,
+    )
     if not on_a_terminal:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
@@ -334,16 +424,21 @@ def _drawn_on_a_terminal_only(argv: list[str], label: str) -> None:
     assert label in _stderr_of(argv, on_a_terminal=True)
 
 
-def test_stress_progress_is_drawn_on_a_terminal_only(echo: tuple[EchoServer, str],
-                                                     hvsock_cmd: list[str]) -> None:
-    _drawn_on_a_terminal_only([*hvsock_cmd, "stress", echo[1], "-n", "20", "-P", "2",
-                               "--max-size", "4K"], "connections")
+def test_stress_progress_is_drawn_on_a_terminal_only(
+    echo: tuple[EchoServer, str], hvsock_cmd: list[str]
+) -> None:
+    _drawn_on_a_terminal_only(
+        [*hvsock_cmd, "stress", echo[1], "-n", "20", "-P", "2", "--max-size", "4K"], "connections"
+    )
 
 
-def test_bench_progress_is_drawn_on_a_terminal_only(bench_server: hvsock.Address,
-                                                    hvsock_cmd: list[str]) -> None:
-    _drawn_on_a_terminal_only([*hvsock_cmd, "bench", "client", str(bench_server), "--tests",
-                               "rtt", "--count", "50"], "round trips")
+def test_bench_progress_is_drawn_on_a_terminal_only(
+    bench_server: hvsock.Address, hvsock_cmd: list[str]
+) -> None:
+    _drawn_on_a_terminal_only(
+        [*hvsock_cmd, "bench", "client", str(bench_server), "--tests", "rtt", "--count", "50"],
+        "round trips",
+    )
 
 
 def test_the_progress_rule_is_the_terminal_and_the_switch() -> None:

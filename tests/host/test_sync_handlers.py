@@ -47,8 +47,9 @@ def test_a_frame_must_arrive_whole_within_the_idle_timeout(kind: str, short_tmp:
     handler = frame_echo_handler(kind)
     service = hvsock.Service("drip", 6000, handler, limits=hvsock.Limits(idle_timeout=IDLE))
     # 40 bytes at 0.2 s: 8 s to send, each gap far below the 1 s idle timeout.
-    frame = hvsock.framing.encode_frame(json.dumps({"id": 1, "method": "echo",
-                                            "params": "x" * 4}).encode().ljust(36))
+    frame = hvsock.framing.encode_frame(
+        json.dumps({"id": 1, "method": "echo", "params": "x" * 4}).encode().ljust(36)
+    )
 
     async def main() -> float | None:
         host = hvsock.ServiceHost(grace=1)
@@ -82,9 +83,12 @@ print("run returned", flush=True)
 def test_sigterm_exits_even_with_a_handler_stuck_in_a_sleep(short_tmp: Path) -> None:
     sock_path = short_tmp / "s.sock"
     ready = short_tmp / "ready.json"
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SCRIPT), str(sock_path),
-                             str(ready)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(SCRIPT), str(sock_path), str(ready)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while not ready.exists():

@@ -59,8 +59,9 @@ def test_health_report_status_and_watch(address: str) -> None:
     with rpc(address, "health") as host, rpc(address, "health") as app:
         before = host.call("status")["version"]
         seen: list[Any] = []
-        watcher = threading.Thread(target=lambda: seen.append(
-            host.call("watch", {"after": before, "timeout": 30})))
+        watcher = threading.Thread(
+            target=lambda: seen.append(host.call("watch", {"after": before, "timeout": 30}))
+        )
         watcher.start()
         app.call("report", {"name": "web", "state": "healthy", "message": "200 OK"})
         watcher.join(30)

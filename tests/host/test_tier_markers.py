@@ -17,10 +17,25 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_the_host_tier_collects_no_vm_test(tier: str) -> None:
     def collected(marks: str) -> list[str]:
         done = subprocess.run(
-            [sys.executable, "-m", "pytest", f"tests/{tier}", "-m", marks, "--collect-only",
-             "-q", "-p", "no:cacheprovider"],
-            cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-            stdin=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                f"tests/{tier}",
+                "-m",
+                marks,
+                "--collect-only",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
         return [line for line in done.stdout.splitlines() if line.startswith(f"tests/{tier}/")]
 
     assert collected(tier), f"no {tier} test collected at all: the check would prove nothing"

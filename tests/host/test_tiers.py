@@ -29,9 +29,24 @@ def _kernel_tier(value: str | None) -> subprocess.CompletedProcess[str]:
     if value is not None:
         env[REQUIRE_ENV] = value
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/kernel/test_selftest_kernel.py", "-q",
-         "-p", "no:cacheprovider", "-k", "loopback_round_trip"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "tests/kernel/test_selftest_kernel.py",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-k",
+            "loopback_round_trip",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 @pytest.mark.timeout(240)

@@ -205,8 +205,12 @@ def test_bad_connect_arguments(kwargs: dict[str, object], fragment: str, short_t
 
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
-    [({"backlog": -1}, "backlog"), ({"mode": 0o1777}, "mode"), ({"mode": "600"}, "mode"),
-     ({"buffer_size": -5}, "buffer size")],
+    [
+        ({"backlog": -1}, "backlog"),
+        ({"mode": 0o1777}, "mode"),
+        ({"mode": "600"}, "mode"),
+        ({"buffer_size": -5}, "buffer size"),
+    ],
 )
 def test_bad_listen_arguments(kwargs: dict[str, object], fragment: str, short_tmp: Path) -> None:
     with pytest.raises(hvsock.ArgumentError, match=fragment):
@@ -324,8 +328,9 @@ def test_hybrid_bytes_right_after_ok_are_kept(muxer: HybridVsockMuxer) -> None:
 
 @pytest.mark.usefixtures("fd_baseline")
 def test_hybrid_no_guest_listener(muxer: HybridVsockMuxer) -> None:
-    with pytest.raises(hvsock.NothingListeningError,
-                       match="nothing in the guest listens on port 4"):
+    with pytest.raises(
+        hvsock.NothingListeningError, match="nothing in the guest listens on port 4"
+    ):
         hvsock.connect(muxer.address(4), timeout=5)
 
 
@@ -399,8 +404,9 @@ class FakeVmm:
         (b"", hvsock.NothingListeningError, "nothing in the guest listens"),
     ],
 )
-def test_hybrid_broken_vmm_replies(short_tmp: Path, reply: bytes, error: type[Exception],
-                                   fragment: str) -> None:
+def test_hybrid_broken_vmm_replies(
+    short_tmp: Path, reply: bytes, error: type[Exception], fragment: str
+) -> None:
     vmm = FakeVmm(str(short_tmp / "vmm.sock"), reply)
     try:
         with pytest.raises(error, match=fragment):
@@ -443,8 +449,10 @@ def test_muxer_rejects_malformed_connect(muxer: HybridVsockMuxer) -> None:
 def test_hyperv_on_linux_is_one_clear_error() -> None:
     if hvsock.sockets.has_hyperv():
         pytest.skip("this Python has AF_HYPERV")
-    for call in (lambda: hvsock.connect("hvsock://parent/5000"),
-                 lambda: hvsock.listen("hvsock://wildcard/5000")):
+    for call in (
+        lambda: hvsock.connect("hvsock://parent/5000"),
+        lambda: hvsock.listen("hvsock://wildcard/5000"),
+    ):
         with pytest.raises(hvsock.UnsupportedError, match="Hyper-V sockets are not available"):
             call()
 

@@ -24,10 +24,12 @@ from ..conftest import (
 ROOT = Path(__file__).resolve().parents[2]
 PROBE_ENV = "HVSOCK_GUARD_PROBE"
 
-needs_guard = pytest.mark.skipif(_host_vsock_allowed(),
-                                 reason=f"{HOST_VSOCK_ENV}=1 here: the guard is off")
-probe_only = pytest.mark.skipif(os.environ.get(PROBE_ENV) != "1",
-                                reason=f"run by test_vsock_guard.py itself with {PROBE_ENV}=1")
+needs_guard = pytest.mark.skipif(
+    _host_vsock_allowed(), reason=f"{HOST_VSOCK_ENV}=1 here: the guard is off"
+)
+probe_only = pytest.mark.skipif(
+    os.environ.get(PROBE_ENV) != "1", reason=f"run by test_vsock_guard.py itself with {PROBE_ENV}=1"
+)
 
 
 @needs_guard
@@ -43,26 +45,35 @@ def test_creating_one_in_the_test_process_raises() -> None:
 
 @needs_guard
 def test_a_child_python_is_stopped_at_its_first_af_vsock_socket() -> None:
-    code = ("import socket, sys\nprint('before', flush=True)\n"
-            "socket.socket(40, socket.SOCK_STREAM)\nprint('after')\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, check=False)
+    code = (
+        "import socket, sys\nprint('before', flush=True)\n"
+        "socket.socket(40, socket.SOCK_STREAM)\nprint('after')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
     assert (done.returncode, done.stdout) == (97, "before\n"), done.stderr
     assert "created an AF_VSOCK socket in the unit/host tier" in done.stderr
     assert "HVSOCK_HOST_VSOCK=1" in done.stderr
 
 
 def _probe(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in (HOST_VSOCK_ENV, "HVSOCK_IN_TEST_VM")}
+    env = {k: v for k, v in os.environ.items() if k not in (HOST_VSOCK_ENV, "HVSOCK_IN_TEST_VM")}
     env[PROBE_ENV] = "1"
     # Without the child-Python guard, which would end this pytest at once: the test
     # process's own guard is what the probe is for.
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p) != GUARD_DIR)
+        p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p) != GUARD_DIR
+    )
     return subprocess.run(
         [sys.executable, "-m", "pytest", __file__, "-p", "no:cacheprovider", "-rs", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 @pytest.mark.timeout(240)

@@ -40,6 +40,7 @@ def key(name: str) -> str:
 
 # -- register ---------------------------------------------------------------------------
 
+
 def test_register_export_ps1() -> None:
     status, out, err = run("register", "My agent", "--port", "5000", "--export", "ps1")
     assert status == 0
@@ -50,8 +51,9 @@ def test_register_export_ps1() -> None:
 
 
 def test_register_export_reg_round_trips() -> None:
-    status, out, err = run("register", "My agent", "--service-id", f"{{{str(SID).upper()}}}",
-                           "--export", "reg")
+    status, out, err = run(
+        "register", "My agent", "--service-id", f"{{{str(SID).upper()}}}", "--export", "reg"
+    )
     assert status == 0
     assert parse_reg(out) == list(Registration(SID, "My agent").edits())
     assert "reg import" in err
@@ -69,8 +71,9 @@ def test_register_new_makes_a_random_id_and_says_it() -> None:
 
 def test_register_output_files_use_the_encodings_windows_wants(short_tmp: Path) -> None:
     reg_file, ps1_file = short_tmp / "s.reg", short_tmp / "s.ps1"
-    status, out, err = run("register", "Ünïcode", "--port", "5000", "--export", "reg",
-                           "-o", str(reg_file))
+    status, out, err = run(
+        "register", "Ünïcode", "--port", "5000", "--export", "reg", "-o", str(reg_file)
+    )
     assert (status, out) == (0, "")
     assert f"wrote {reg_file}" in err
     data = reg_file.read_bytes()
@@ -79,12 +82,24 @@ def test_register_output_files_use_the_encodings_windows_wants(short_tmp: Path) 
     assert "\r\n" in text
     assert "\n" not in text.replace("\r\n", "")
     assert parse_reg(text) == list(Registration(SID, "Ünïcode").edits())
-    assert run("register", "Ünïcode", "--port", "5000", "--export", "ps1",
-               "--output", str(ps1_file))[0] == 0
+    assert (
+        run("register", "Ünïcode", "--port", "5000", "--export", "ps1", "--output", str(ps1_file))[
+            0
+        ]
+        == 0
+    )
     assert ps1_file.read_bytes().startswith(b"\xef\xbb\xbf")  # UTF-8 BOM for PowerShell 5.1
     assert "-Value 'Ünïcode'" in ps1_file.read_text(encoding="utf-8-sig")
-    status, _, err = run("register", "x", "--port", "1", "--export", "reg",
-                         "-o", str(short_tmp / "missing" / "x.reg"))
+    status, _, err = run(
+        "register",
+        "x",
+        "--port",
+        "1",
+        "--export",
+        "reg",
+        "-o",
+        str(short_tmp / "missing" / "x.reg"),
+    )
     assert status == cli.EXIT_ERROR
     assert "cannot write" in err
 
@@ -100,16 +115,25 @@ def test_register_needs_the_registry_or_export() -> None:
 def test_register_dry_run_shows_what_would_change() -> None:
     status, out, err = run("register", "My agent", "--port", "5000", "--dry-run")
     assert (status, err) == (0, "")
-    assert out.splitlines() == [f"would create HKLM\\{key(str(SID))} (if missing)",
-                                "would set CreatedBy = 'hvsock'",
-                                "would set ElementName = 'My agent'"]
+    assert out.splitlines() == [
+        f"would create HKLM\\{key(str(SID))} (if missing)",
+        "would set CreatedBy = 'hvsock'",
+        "would set ElementName = 'My agent'",
+    ]
     status, out, _ = run("register", "My agent", "--port", "5000", "--dry-run", "--json")
     [result] = json.loads(out)
-    assert result == {"service_id": str(SID), "name": "My agent", "port": 5000,
-                      "changed": True, "dry_run": True,
-                      "edits": [f"would create HKLM\\{key(str(SID))} (if missing)",
-                                "would set CreatedBy = 'hvsock'",
-                                "would set ElementName = 'My agent'"]}
+    assert result == {
+        "service_id": str(SID),
+        "name": "My agent",
+        "port": 5000,
+        "changed": True,
+        "dry_run": True,
+        "edits": [
+            f"would create HKLM\\{key(str(SID))} (if missing)",
+            "would set CreatedBy = 'hvsock'",
+            "would set ElementName = 'My agent'",
+        ],
+    }
 
 
 @pytest.fixture
@@ -122,7 +146,8 @@ def services_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
         "    pass\n"
         "agent = Service('Guest agent', 5005, handler)\n"
         "both = [agent, Service('Metrics', '3f9e1a2b-4c5d-4e6f-8a7b-9c0d1e2f3a4b', handler)]\n"
-        "not_a_service = 42\n")
+        "not_a_service = 42\n"
+    )
     monkeypatch.chdir(tmp_path)
     yield name
     sys.modules.pop(name, None)
@@ -140,16 +165,20 @@ def test_register_from_service_declarations(services_module: str) -> None:
     assert [r["name"] for r in json.loads(out)] == ["Guest agent", "Metrics"]
 
 
-@pytest.mark.parametrize(("spec", "fragment"), [
-    ("no_colon", "--from takes MODULE:NAME"),
-    (":agent", "--from takes MODULE:NAME"),
-    ("no_such_module_here:agent", "cannot import 'no_such_module_here'"),
-    ("{mod}:missing", "has no 'missing'"),
-    ("{mod}:not_a_service", "is not a hvsock.Service"),
-])
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        ("no_colon", "--from takes MODULE:NAME"),
+        (":agent", "--from takes MODULE:NAME"),
+        ("no_such_module_here:agent", "cannot import 'no_such_module_here'"),
+        ("{mod}:missing", "has no 'missing'"),
+        ("{mod}:not_a_service", "is not a hvsock.Service"),
+    ],
+)
 def test_register_from_bad_specs(services_module: str, spec: str, fragment: str) -> None:
-    status, out, err = run("register", "--from", spec.format(mod=services_module),
-                           "--export", "reg")
+    status, out, err = run(
+        "register", "--from", spec.format(mod=services_module), "--export", "reg"
+    )
     assert status == cli.EXIT_USAGE
     assert out == ""
     assert fragment in err
@@ -162,26 +191,39 @@ BAD_ARGS = [
     (["register", "x", "--port", "1", "--new"], cli.EXIT_USAGE, "not allowed with"),
     (["register", "x", "--port", "-1"], cli.EXIT_USAGE, "usage"),
     (["register", "x", "--port", "4294967296"], cli.EXIT_USAGE, "out of range"),
-    (["register", "x", "--service-id", "nope", "--export", "reg"], cli.EXIT_USAGE,
-     "is not a GUID"),
+    (["register", "x", "--service-id", "nope", "--export", "reg"], cli.EXIT_USAGE, "is not a GUID"),
     (["register", "x", "--from", "m:a", "--export", "reg"], cli.EXIT_USAGE, "drop NAME"),
-    (["register", " x", "--port", "1", "--export", "ps1"], cli.EXIT_REGISTRY,
-     "starts or ends with spaces"),
-    (["register", "a\tb", "--port", "1", "--export", "ps1"], cli.EXIT_REGISTRY,
-     "control or invisible character"),
-    (["register", "x" * 257, "--port", "1", "--export", "ps1"], cli.EXIT_REGISTRY,
-     "at most 256"),
+    (
+        ["register", " x", "--port", "1", "--export", "ps1"],
+        cli.EXIT_REGISTRY,
+        "starts or ends with spaces",
+    ),
+    (
+        ["register", "a\tb", "--port", "1", "--export", "ps1"],
+        cli.EXIT_REGISTRY,
+        "control or invisible character",
+    ),
+    (["register", "x" * 257, "--port", "1", "--export", "ps1"], cli.EXIT_REGISTRY, "at most 256"),
     (["register", "x", "--port", "1", "--export", "bat"], cli.EXIT_USAGE, "invalid choice"),
-    (["register", "x", "--port", "1", "--export", "reg", "--dry-run"], cli.EXIT_USAGE,
-     "not allowed with"),
-    (["register", "x", "--port", "1", "-o", "f.reg"], cli.EXIT_USAGE,
-     "--output goes with --export"),
+    (
+        ["register", "x", "--port", "1", "--export", "reg", "--dry-run"],
+        cli.EXIT_USAGE,
+        "not allowed with",
+    ),
+    (
+        ["register", "x", "--port", "1", "-o", "f.reg"],
+        cli.EXIT_USAGE,
+        "--output goes with --export",
+    ),
     (["unregister"], cli.EXIT_USAGE, "required"),
     (["unregister", "nope"], cli.EXIT_USAGE, "is not a GUID"),
     (["unregister", "99999999999"], cli.EXIT_USAGE, "out of range"),
     (["unregister", "5000", "--export", "reg"], cli.EXIT_REGISTRY, "add --force"),
-    (["unregister", "999E53D4-3D5C-4C3E-8779-BED06EC056E1", "--export", "ps1"],
-     cli.EXIT_REGISTRY, "never removes a built-in service"),
+    (
+        ["unregister", "999E53D4-3D5C-4C3E-8779-BED06EC056E1", "--export", "ps1"],
+        cli.EXIT_REGISTRY,
+        "never removes a built-in service",
+    ),
     (["unregister", "5000", "-o", "x"], cli.EXIT_USAGE, "--output goes with --export"),
     (["doctor", "vsock://nowhere:1"], cli.EXIT_USAGE, "unknown CID"),
     (["doctor", "a", "b"], cli.EXIT_USAGE, "unrecognized arguments"),
@@ -189,8 +231,9 @@ BAD_ARGS = [
 ]
 
 
-@pytest.mark.parametrize(("argv", "status", "fragment"), BAD_ARGS,
-                         ids=[" ".join(b[0])[:40] for b in BAD_ARGS])
+@pytest.mark.parametrize(
+    ("argv", "status", "fragment"), BAD_ARGS, ids=[" ".join(b[0])[:40] for b in BAD_ARGS]
+)
 def test_bad_arguments_say_why(argv: list[str], status: int, fragment: str) -> None:
     got, out, err = run(*argv)
     assert got == status
@@ -199,6 +242,7 @@ def test_bad_arguments_say_why(argv: list[str], status: int, fragment: str) -> N
 
 
 # -- unregister ---------------------------------------------------------------------------
+
 
 def test_unregister_export() -> None:
     status, out, _ = run("unregister", "5000", "--export", "ps1")
@@ -218,11 +262,16 @@ def test_unregister_without_registry_and_dry_run() -> None:
     assert (status, out) == (0, "")
     assert "is not registered; nothing to do" in err
     status, out, _ = run("unregister", "5000", "--dry-run", "--json")
-    assert json.loads(out) == {"service_id": str(SID), "changed": False, "dry_run": True,
-                               "edits": []}
+    assert json.loads(out) == {
+        "service_id": str(SID),
+        "changed": False,
+        "dry_run": True,
+        "edits": [],
+    }
 
 
 # -- listings and doctor -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("argv", [["services"], ["services", "--json"]])
 def test_services_needs_the_registry(argv: list[str]) -> None:
@@ -237,14 +286,14 @@ def test_vms_on_linux_lists_the_kvm_hosts_vms(tmp_path: Path) -> None:
     (tests/host/test_kvm_hosts.py has it in full)."""
     proc = tmp_path / "proc"
     (proc / "7").mkdir(parents=True)
-    (proc / "7" / "cmdline").write_bytes(b"qemu-system-x86_64\0-name\0vm7\0-device\0"
-                                         b"vhost-vsock-pci,guest-cid=7\0")
+    (proc / "7" / "cmdline").write_bytes(
+        b"qemu-system-x86_64\0-name\0vm7\0-device\0vhost-vsock-pci,guest-cid=7\0"
+    )
     status, out, err = run("vms", "--json", "--proc", str(proc))
     assert status == cli.EXIT_OK, err
     found = json.loads(out)
     # (libvirt's VMs too, on a machine with virsh: only the fake process is checked)
-    assert ("vm7", 7, f"{proc}/7") in [(vm["name"], vm["cid"], vm["source"])
-                                        for vm in found["vms"]]
+    assert ("vm7", 7, f"{proc}/7") in [(vm["name"], vm["cid"], vm["source"]) for vm in found["vms"]]
     assert "powershell" not in err
 
 
@@ -258,8 +307,10 @@ def test_doctor_prints_each_check_and_sums_up(tmp_path: Path) -> None:
     assert lines[0].startswith("hvsock doctor: linux, Python ")
     assert lines[0].endswith("address vsock://any:5000")
     assert any(line.split()[:2] == ["ok", "af_vsock"] for line in lines)
-    assert "  not applicable (Windows host only): af_hyperv, registry, hyperv_loopback, " \
-           "vms, service_registered, address_vm" in lines
+    assert (
+        "  not applicable (Windows host only): af_hyperv, registry, hyperv_loopback, "
+        "vms, service_registered, address_vm" in lines
+    )
     failed = sum(check.status == "fail" for check in report.checks)
     assert lines[-1].startswith(f"{failed} failed, ")
 
@@ -298,14 +349,20 @@ def test_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
 
 # -- as a real process, once ---------------------------------------------------------------
 
+
 def test_as_a_real_process(hvsock_cmd: list[str]) -> None:
-    done = subprocess.run([*hvsock_cmd, "register", "My agent", "--port", "5000",
-                           "--export", "reg"], capture_output=True, text=True, timeout=60,
-                          check=False)
+    done = subprocess.run(
+        [*hvsock_cmd, "register", "My agent", "--port", "5000", "--export", "reg"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert parse_reg(done.stdout) == list(Registration(SID, "My agent").edits())
-    done = subprocess.run([*hvsock_cmd, "services"], capture_output=True, text=True,
-                          timeout=60, check=False)
+    done = subprocess.run(
+        [*hvsock_cmd, "services"], capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == cli.EXIT_UNSUPPORTED
     # `services` has no --export: it must not suggest one (issue 13 item 8).
     assert "--export" not in done.stderr
@@ -314,7 +371,8 @@ def test_as_a_real_process(hvsock_cmd: list[str]) -> None:
 
 @pytest.mark.host_vsock  # the real doctor creates an AF_VSOCK socket here
 def test_doctor_as_a_real_process(hvsock_cmd: list[str]) -> None:
-    done = subprocess.run([*hvsock_cmd, "doctor", "--json"], capture_output=True, text=True,
-                          timeout=60, check=False)
+    done = subprocess.run(
+        [*hvsock_cmd, "doctor", "--json"], capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode in (0, 1)
     assert json.loads(done.stdout)["platform"].startswith("linux")

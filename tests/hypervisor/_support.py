@@ -13,8 +13,17 @@ from ..kernel import _support as kernel_support
 from ..kernel._support import Worker, started
 from .guest import GUEST_CID, payload, sha256
 
-__all__ = ["GUEST_CID", "Worker", "echo_once", "guest_address", "next_port", "payload",
-           "recv_until_eof", "sha256", "started"]
+__all__ = [
+    "GUEST_CID",
+    "Worker",
+    "echo_once",
+    "guest_address",
+    "next_port",
+    "payload",
+    "recv_until_eof",
+    "sha256",
+    "started",
+]
 
 IO_TIMEOUT = 120.0
 CHUNK = 64 * 1024

@@ -62,25 +62,49 @@ class Guest:
     def qemu_argv(self) -> list[str]:
         # -nodefaults and qboot: no VGA, NIC or disks to probe, no SeaBIOS; no_timer_check
         # skips the IO-APIC timer test that crawls under nested emulation.
-        return ["qemu-system-x86_64", "-accel", "tcg", "-m", str(L2_MEMORY_MB), "-smp", "1",
-                "-name", L2_NAME,
-                "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
-                *(["-bios", QBOOT] if os.path.exists(QBOOT) else []),
-                "-kernel", self.kernel, "-initrd", str(self.state / "l2.cpio"),
-                "-append", "console=ttyS0 quiet panic=-1 no_timer_check mitigations=off",
-                "-device", f"vhost-vsock-pci,guest-cid={GUEST_CID}",
-                "-virtfs", "local,path=/,mount_tag=root,security_model=none,readonly=on,"
-                           "multidevs=remap",
-                "-serial", f"file:{self.console}"]
+        return [
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-m",
+            str(L2_MEMORY_MB),
+            "-smp",
+            "1",
+            "-name",
+            L2_NAME,
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            *(["-bios", QBOOT] if os.path.exists(QBOOT) else []),
+            "-kernel",
+            self.kernel,
+            "-initrd",
+            str(self.state / "l2.cpio"),
+            "-append",
+            "console=ttyS0 quiet panic=-1 no_timer_check mitigations=off",
+            "-device",
+            f"vhost-vsock-pci,guest-cid={GUEST_CID}",
+            "-virtfs",
+            "local,path=/,mount_tag=root,security_model=none,readonly=on,multidevs=remap",
+            "-serial",
+            f"file:{self.console}",
+        ]
 
     def boot(self) -> dict[str, float]:
         if self.qemu is not None:
             raise RuntimeError("L2 is already running")
         started = time.monotonic()
         with open(self.state / "qemu.out", "ab") as out:
-            self.qemu = subprocess.Popen(self.qemu_argv(), stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.qemu = subprocess.Popen(
+                self.qemu_argv(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return self._wait_ready(started, "boot")
 
     def reboot(self, on_rebooting: Callable[[], None] | None = None) -> dict[str, float]:
@@ -150,13 +174,17 @@ class Guest:
         announcement = b""
         while True:
             if self.qemu is None or self.qemu.poll() is not None:
-                raise GuestError(f"QEMU exited during L2's {what} "
-                                 f"({None if self.qemu is None else self.qemu.returncode});"
-                                 f" L2's console:\n{self.console_tail()}")
+                raise GuestError(
+                    f"QEMU exited during L2's {what} "
+                    f"({None if self.qemu is None else self.qemu.returncode});"
+                    f" L2's console:\n{self.console_tail()}"
+                )
             left = deadline - time.monotonic()
             if left <= 0:
-                raise GuestError(f"L2's harness did not report ready within {BOOT_TIMEOUT:.0f} s"
-                                 f" of its {what}; L2's console:\n{self.console_tail()}")
+                raise GuestError(
+                    f"L2's harness did not report ready within {BOOT_TIMEOUT:.0f} s"
+                    f" of its {what}; L2's console:\n{self.console_tail()}"
+                )
             # Short slices, so a QEMU that died is noticed within seconds.
             self.ready_listener.settimeout(min(left, 5.0))
             try:

@@ -22,8 +22,11 @@ from ._vm import Guest
 
 REQUIRE_ENV = "HVSOCK_REQUIRE_KERNEL_TIER"
 HOST_MODULE = "/sys/module/vhost_vsock"
-GUEST_TRANSPORTS = ("/sys/module/vmw_vsock_virtio_transport", "/sys/module/hv_sock",
-                    "/sys/module/vmw_vsock_vmci_transport")
+GUEST_TRANSPORTS = (
+    "/sys/module/vmw_vsock_virtio_transport",
+    "/sys/module/hv_sock",
+    "/sys/module/vmw_vsock_vmci_transport",
+)
 #: Tests in these modules change L2 for good (reboot, power-off): they run last.
 LAST = ("test_reboot", "test_power_off")
 
@@ -45,8 +48,10 @@ def _skip_or_fail(reason: str) -> None:
 def _in_l1() -> str | None:
     """None when this is L1 of scripts/hypervisor-tests, else why not."""
     if not os.path.isdir(HOST_MODULE):
-        return (f"{HOST_MODULE} does not exist: the hypervisor tier runs only in the test VM "
-                "(`bash scripts/hypervisor-tests`)")
+        return (
+            f"{HOST_MODULE} does not exist: the hypervisor tier runs only in the test VM "
+            "(`bash scripts/hypervisor-tests`)"
+        )
     for module in GUEST_TRANSPORTS:
         if os.path.isdir(module):
             return f"{module} is loaded: a vsock connect here could leave this machine"
@@ -97,8 +102,9 @@ def _no_fd_leaks(guest: Guest) -> Iterator[None]:
     leaked: dict[int, str] = {}
     for _ in range(500):
         owned = guest.owned_fds()
-        leaked = {fd: what for fd, what in open_fds().items()
-                  if fd not in before and fd not in owned}
+        leaked = {
+            fd: what for fd, what in open_fds().items() if fd not in before and fd not in owned
+        }
         if not leaked or time.monotonic() > deadline:
             break
         time.sleep(0.01)

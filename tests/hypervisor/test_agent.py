@@ -35,15 +35,24 @@ def agent(guest: Guest) -> dict[str, Any]:
 
 
 def test_exec_runs_a_command_in_the_guest(agent: dict[str, Any]) -> None:
-    result = hvsock.exec(AGENT, ["/bin/sh", "-c", "cat; echo to-stderr >&2"],
-                         input=b"from L1 through stdin\n", timeout=120, connect_timeout=30)
+    result = hvsock.exec(
+        AGENT,
+        ["/bin/sh", "-c", "cat; echo to-stderr >&2"],
+        input=b"from L1 through stdin\n",
+        timeout=120,
+        connect_timeout=30,
+    )
     assert (result.returncode, result.stdout, result.stderr) == (
-        0, b"from L1 through stdin\n", b"to-stderr\n")
+        0,
+        b"from L1 through stdin\n",
+        b"to-stderr\n",
+    )
 
 
 def test_exec_returns_a_nonzero_exit_status(agent: dict[str, Any]) -> None:
-    result = hvsock.exec(AGENT, ["/bin/sh", "-c", "echo $$; exit 7"], timeout=120,
-                         connect_timeout=30)
+    result = hvsock.exec(
+        AGENT, ["/bin/sh", "-c", "echo $$; exit 7"], timeout=120, connect_timeout=30
+    )
     assert result.returncode == 7
     assert result.exit_status == 7
     assert int(result.stdout) > 1  # the shell's pid in L2: it really ran there
@@ -51,8 +60,9 @@ def test_exec_returns_a_nonzero_exit_status(agent: dict[str, Any]) -> None:
         hvsock.exec(AGENT, ["/no/such/program"], timeout=120, connect_timeout=30)
 
 
-def test_copy_pushes_and_pulls_with_equal_checksums(guest: Guest, agent: dict[str, Any],
-                                                     tmp_path: Path) -> None:
+def test_copy_pushes_and_pulls_with_equal_checksums(
+    guest: Guest, agent: dict[str, Any], tmp_path: Path
+) -> None:
     size = 3 * MIB + 12345
     local = tmp_path / "up.bin"
     local.write_bytes(payload(size, seed=51))
@@ -61,8 +71,7 @@ def test_copy_pushes_and_pulls_with_equal_checksums(guest: Guest, agent: dict[st
     in_guest = guest.call("file_sha256", path=f"{agent['files']}/up.bin")
     assert in_guest == {"sha256": sha256(local.read_bytes()), "size": size}
 
-    written = guest.call("write_file", path=f"{agent['files']}/down.bin",
-                               size=size, seed=52)
+    written = guest.call("write_file", path=f"{agent['files']}/down.bin", size=size, seed=52)
     back = tmp_path / "down.bin"
     pulled = hvsock.copy(FILES, ":down.bin", back, timeout=30)
     assert pulled.files == 1

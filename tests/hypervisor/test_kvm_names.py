@@ -19,8 +19,13 @@ pytestmark = [pytest.mark.hypervisor, pytest.mark.timeout(TEST_TIMEOUT)]
 
 def hvsock_cli(guest: Guest, *args: str, data: bytes = b"") -> subprocess.CompletedProcess[bytes]:
     """The installed console script in L1, as users run it."""
-    return subprocess.run([f"{guest.project}/.venv/bin/hvsock", *args], input=data,
-                          capture_output=True, timeout=600, check=False)
+    return subprocess.run(
+        [f"{guest.project}/.venv/bin/hvsock", *args],
+        input=data,
+        capture_output=True,
+        timeout=600,
+        check=False,
+    )
 
 
 def test_qemu_command_line_names_l2(guest: Guest) -> None:
@@ -36,10 +41,20 @@ def test_hvsock_vms_lists_l2_with_cid_3(guest: Guest) -> None:
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout)
     l2 = [vm for vm in found["vms"] if vm["name"] == L2_NAME]
-    assert l2 == [{"name": L2_NAME, "hypervisor": "qemu", "state": "running",
-                   "running": True, "cid": 3, "uds_path": None, "vsock": True,
-                   "auto_cid": False, "source": f"/proc/{guest.qemu.pid}",
-                   "pid": guest.qemu.pid}]
+    assert l2 == [
+        {
+            "name": L2_NAME,
+            "hypervisor": "qemu",
+            "state": "running",
+            "running": True,
+            "cid": 3,
+            "uds_path": None,
+            "vsock": True,
+            "auto_cid": False,
+            "source": f"/proc/{guest.qemu.pid}",
+            "pid": guest.qemu.pid,
+        }
+    ]
     table = hvsock_cli(guest, "vms").stdout.decode()
     row = next(line for line in table.splitlines() if line.startswith(f"{L2_NAME} "))
     assert row.split()[:5] == [L2_NAME, "qemu", "running", "cid", "3"]
@@ -47,8 +62,9 @@ def test_hvsock_vms_lists_l2_with_cid_3(guest: Guest) -> None:
 
 def test_connect_by_name_reaches_l2(guest: Guest) -> None:
     port = guest.serve("echo", next_port())
-    done = hvsock_cli(guest, "connect", f"vsock://name:{L2_NAME}:{port}",
-                      data=b"to L2 by its name\n")
+    done = hvsock_cli(
+        guest, "connect", f"vsock://name:{L2_NAME}:{port}", data=b"to L2 by its name\n"
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout == b"to L2 by its name\n"
     with hvsock.connect(f"vsock://name:{L2_NAME}:{port}", timeout=30) as sock:
@@ -61,8 +77,9 @@ def test_exec_by_name_reaches_l2(guest: Guest) -> None:
     where: dict[str, Any] = guest.call("start_agent", timeout=BOOT_TIMEOUT)
     named = f"vsock://name:{L2_NAME}:{where['port']}"
     assert hvsock.resolve_address(named) == hvsock.VsockAddress(3, where["port"])
-    result = hvsock.exec(named, ["/bin/sh", "-c", "echo $((6 * 7))"], timeout=120,
-                         connect_timeout=30)
+    result = hvsock.exec(
+        named, ["/bin/sh", "-c", "echo $((6 * 7))"], timeout=120, connect_timeout=30
+    )
     assert (result.returncode, result.stdout) == (0, b"42\n")
     done = hvsock_cli(guest, "exec", "--connect-timeout", "30", named, "--", "echo", "by name")
     assert (done.returncode, done.stdout) == (0, b"by name\n"), done.stderr

@@ -58,9 +58,12 @@ def test_power_off_mid_transfer(guest: Guest) -> None:
         records.append(record)
         ended.set()
 
-    with hvsock.forwarding.Relay("tcp://127.0.0.1:0", guest_address(relayed_port),
-                      on_close=on_close) as relay, \
-            hvsock.connect(guest_address(direct_port), timeout=30) as direct:
+    with (
+        hvsock.forwarding.Relay(
+            "tcp://127.0.0.1:0", guest_address(relayed_port), on_close=on_close
+        ) as relay,
+        hvsock.connect(guest_address(direct_port), timeout=30) as direct,
+    ):
         address = relay.address
         assert isinstance(address, hvsock.TcpAddress)
         with socket.create_connection(("127.0.0.1", address.port), timeout=60) as relayed:
@@ -70,8 +73,10 @@ def test_power_off_mid_transfer(guest: Guest) -> None:
             direct_end, direct_s = _read_until_cut(direct)
             relayed_end, relayed_s = _read_until_cut(relayed)
         assert ended.wait(NOTICE_TIMEOUT), "the relay never ended the connection"
-    guest.note(f"power-off: direct read ended by {direct_end} after {direct_s:.1f} s, "
-               f"relayed by {relayed_end} after {relayed_s:.1f} s; relay record: {records[0]}")
+    guest.note(
+        f"power-off: direct read ended by {direct_end} after {direct_s:.1f} s, "
+        f"relayed by {relayed_end} after {relayed_s:.1f} s; relay record: {records[0]}"
+    )
     assert direct_end in ("ConnectionResetError", "eof"), direct_end
     assert relayed_end in ("ConnectionResetError", "eof"), relayed_end
     assert records[0].end in ("target reset", "closed"), records[0]

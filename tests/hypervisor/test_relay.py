@@ -37,8 +37,9 @@ def test_tcp_relay_into_guest(guest: Guest) -> None:
         closed.set()
 
     bulk = payload(4 * MIB, port)
-    with hvsock.forwarding.Relay("tcp://127.0.0.1:0", guest_address(port),
-                                 on_close=on_close) as relay:
+    with hvsock.forwarding.Relay(
+        "tcp://127.0.0.1:0", guest_address(port), on_close=on_close
+    ) as relay:
         address = relay.address
         assert isinstance(address, hvsock.TcpAddress)
         tcp_port = address.port
@@ -56,5 +57,7 @@ def test_tcp_relay_into_guest(guest: Guest) -> None:
     assert sha256(rest) == sha256(bulk)
     assert len(records) == 1
     assert (records[0].end, records[0].bytes_up, records[0].bytes_down) == (
-        "closed", len(bulk) + sum(len(f"keystroke {i}\n") for i in range(20)),
-        len(bulk) + sum(len(f"keystroke {i}\n") for i in range(20)))
+        "closed",
+        len(bulk) + sum(len(f"keystroke {i}\n") for i in range(20)),
+        len(bulk) + sum(len(f"keystroke {i}\n") for i in range(20)),
+    )

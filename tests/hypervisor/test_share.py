@@ -25,8 +25,11 @@ SIZES = {"empty": 0, "small": 3, "page": 4096, "sub/dir/odd": 70001, "big": 3 <<
 
 
 def hashes(top: Path) -> dict[str, str]:
-    return {str(path.relative_to(top)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in top.rglob("*") if path.is_file()}
+    return {
+        str(path.relative_to(top)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in top.rglob("*")
+        if path.is_file()
+    }
 
 
 def test_l1_serves_l2_mounts(guest: Guest, tmp_path: Path) -> None:
@@ -44,11 +47,11 @@ def test_l1_serves_l2_mounts(guest: Guest, tmp_path: Path) -> None:
             # L2 reads what L1 has, byte for byte, through its own kernel's v9fs.
             assert guest.call("tree_hashes", top=mnt) == hashes(export)
             # L2 writes; L1 sees it at once (cache=none).
-            made = guest.call("make_tree", top=f"{mnt}/from-l2",
-                              files={"a": 5, "b/c": 1 << 20})
+            made = guest.call("make_tree", top=f"{mnt}/from-l2", files={"a": 5, "b/c": 1 << 20})
             assert hashes(export / "from-l2") == made
-            left = guest.call("rename_and_remove", top=mnt, old="small", new="renamed",
-                              gone="empty")
+            left = guest.call(
+                "rename_and_remove", top=mnt, old="small", new="renamed", gone="empty"
+            )
             assert sorted(os.listdir(export)) == left
             assert (export / "renamed").read_bytes() == payload(3, 3)
         finally:

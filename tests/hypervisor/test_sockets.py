@@ -39,8 +39,12 @@ def test_doctor_in_guest_sees_virtio_and_the_host(guest: Guest) -> None:
     assert "vmw_vsock_virtio_transport" in checks["vsock_transports"]["summary"]
     assert checks["local_cid"]["summary"].startswith("CID 3")
     assert "virtio" in checks["hyperv_guest"]["summary"]
-    assert checks["address_cid"] == {"name": "address_cid", "status": "ok",
-                                     "summary": "CID 2: this VM's host", "fix": ""}
+    assert checks["address_cid"] == {
+        "name": "address_cid",
+        "status": "ok",
+        "summary": "CID 2: this VM's host",
+        "fix": "",
+    }
 
 
 @pytest.mark.parametrize("host", ["host", "2"])

@@ -76,8 +76,7 @@ class Recorder(unittest.TestResult):
     def addUnexpectedSuccess(self, test: unittest.TestCase) -> None:
         self._set(test, "xpass")
 
-    def addSubTest(self, test: unittest.TestCase, subtest: unittest.TestCase,
-                   err: Any) -> None:
+    def addSubTest(self, test: unittest.TestCase, subtest: unittest.TestCase, err: Any) -> None:
         if err is not None:
             kind = "fail" if issubclass(err[0], test.failureException) else "error"
             self._set(test, kind, f"{subtest.id()}: {self._last_line(err)}")
@@ -88,8 +87,10 @@ def main(argv: list[str]) -> int:
     try:
         from test import support
     except ImportError as exc:
-        sys.stderr.write(f"no `test` package in {sys.executable} ({exc}); on Debian: "
-                         "apt-get install libpython3.11-testsuite\n")
+        sys.stderr.write(
+            f"no `test` package in {sys.executable} ({exc}); on Debian: "
+            "apt-get install libpython3.11-testsuite\n"
+        )
         return 3
     support.use_resources = []  # as regrtest without -u: optional resources off
     support.verbose = 0
@@ -103,8 +104,7 @@ def main(argv: list[str]) -> int:
         return 3
     with open(out, "w", encoding="utf-8") as f:
         suite.run(Recorder(f))
-        f.write(json.dumps(["#seconds", "ok", "", round(time.monotonic() - started, 1)])
-                + "\n")
+        f.write(json.dumps(["#seconds", "ok", "", round(time.monotonic() - started, 1)]) + "\n")
     return 0
 
 

@@ -95,8 +95,12 @@ def connect_timeout_of(sock: socket.socket) -> float:
     """
     buf = ctypes.create_string_buffer(16)
     size = ctypes.c_uint32(len(buf))
-    if _libc.getsockopt(sock.fileno(), SOL_VSOCK, SO_VM_SOCKETS_CONNECT_TIMEOUT, buf,
-                        ctypes.byref(size)) != 0:
+    if (
+        _libc.getsockopt(
+            sock.fileno(), SOL_VSOCK, SO_VM_SOCKETS_CONNECT_TIMEOUT, buf, ctypes.byref(size)
+        )
+        != 0
+    ):
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
     assert size.value == 16, size.value
@@ -140,8 +144,7 @@ def recv_until_eof(sock: socket.socket, limit: int, timeout: float = IO_TIMEOUT)
     raise AssertionError(f"peer sent more than {limit} bytes")
 
 
-def hash_until_eof(sock: socket.socket, limit: int,
-                   timeout: float = IO_TIMEOUT) -> tuple[str, int]:
+def hash_until_eof(sock: socket.socket, limit: int, timeout: float = IO_TIMEOUT) -> tuple[str, int]:
     """(sha256 hex, byte count) of everything *sock* sends until EOF, without keeping it."""
     sock.settimeout(timeout)
     digest = hashlib.sha256()
@@ -163,7 +166,7 @@ def send_then_close_write(sock: socket.socket, data: bytes) -> None:
     """Send all of *data* (in 1 MiB pieces), then half-close."""
     view = memoryview(data)
     for offset in range(0, len(data), 1 << 20):
-        sock.sendall(view[offset:offset + (1 << 20)])
+        sock.sendall(view[offset : offset + (1 << 20)])
     hvsock.close_write(sock)
 
 
@@ -223,9 +226,14 @@ class Proc:
         self.argv = list(argv)
         # A session of its own, so a kill reaches the shell and `cat` that
         # `--exec` and socat's EXEC start, and the pipes reach EOF.
-        self.popen = subprocess.Popen(self.argv, stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                                      start_new_session=True)
+        self.popen = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
         self._stdout: list[bytes] = []
         self._stderr: list[str] = []
         self._changed = threading.Condition()
@@ -243,7 +251,7 @@ class Proc:
         fd = self.popen.stdin.fileno()
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         if close:
             self.popen.stdin.close()
 
@@ -309,8 +317,10 @@ class Proc:
                         return match
                 left = deadline - time.monotonic()
                 if left <= 0 or (not self._err_reader.is_alive() and self.popen.poll() is not None):
-                    raise AssertionError(f"{self.argv} printed no line matching {pattern!r} "
-                                         f"within {timeout} s; stderr:\n" + "\n".join(self._stderr))
+                    raise AssertionError(
+                        f"{self.argv} printed no line matching {pattern!r} "
+                        f"within {timeout} s; stderr:\n" + "\n".join(self._stderr)
+                    )
                 self._changed.wait(min(left, 0.5))
 
     # -- exit -------------------------------------------------------------------------
@@ -319,8 +329,9 @@ class Proc:
         try:
             status = self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"{self.argv} still running after {timeout} s; stderr:\n"
-                                 + self.stderr) from None
+            raise AssertionError(
+                f"{self.argv} still running after {timeout} s; stderr:\n" + self.stderr
+            ) from None
         self._out_reader.finish(10)
         self._err_reader.finish(10)
         self.wait_fed(10)
@@ -330,8 +341,9 @@ class Proc:
         """Wait for the child; it must exit 0 having read all its stdin."""
         status = self.wait(timeout)
         assert status == 0, f"{self.argv} exited {status}; stderr:\n{self.stderr}"
-        assert self.feed_error is None, (f"{self.argv} did not read all its stdin "
-                                         f"({self.feed_error!r}); stderr:\n{self.stderr}")
+        assert self.feed_error is None, (
+            f"{self.argv} did not read all its stdin ({self.feed_error!r}); stderr:\n{self.stderr}"
+        )
 
     def __enter__(self) -> Proc:
         return self

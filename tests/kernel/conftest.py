@@ -66,7 +66,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             reporter.write_line(
                 f"kernel tier: {len(_Tally.ran)} of {_Tally.selected} selected tests ran "
                 f"({_Tally.collected} collected; skipped: {sorted(_Tally.skipped)}); "
-                f"{REQUIRE_ENV} requires all of them", red=True)
+                f"{REQUIRE_ENV} requires all of them",
+                red=True,
+            )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
@@ -74,9 +76,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def _vsock_loopback_or_skip() -> None:
     """No test here may run unless AF_VSOCK to CID 1 stays inside this kernel."""
     if not os.path.isdir(LOOPBACK_MODULE):
-        skip_or_fail(f"{LOOPBACK_MODULE} does not exist: the real-kernel tier runs only in "
-                     "the test VM (`bash scripts/kernel-tests`), where vsock_loopback is "
-                     "loaded; here a vsock connect would leave this machine")
+        skip_or_fail(
+            f"{LOOPBACK_MODULE} does not exist: the real-kernel tier runs only in "
+            "the test VM (`bash scripts/kernel-tests`), where vsock_loopback is "
+            "loaded; here a vsock connect would leave this machine"
+        )
 
 
 @pytest.fixture(autouse=True)
@@ -104,8 +108,7 @@ def vsock_listener() -> Iterator[Listening]:
 @pytest.fixture(scope="session")
 def socat() -> str:
     """Path of the socat binary (Debian's 1.7.4 speaks VSOCK-LISTEN / VSOCK-CONNECT)."""
-    path = shutil.which("socat") or ("/usr/bin/socat" if os.path.exists("/usr/bin/socat")
-                                     else None)
+    path = shutil.which("socat") or ("/usr/bin/socat" if os.path.exists("/usr/bin/socat") else None)
     if path is None:
         skip_or_fail("socat is not installed (apt-get install socat)")
     assert path is not None

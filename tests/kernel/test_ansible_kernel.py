@@ -57,8 +57,13 @@ def _etc(base: Path) -> dict[str, Path]:
     home = base / "home"
     home.mkdir()
     os.chown(home, UID, UID)
-    digest = subprocess.run(["openssl", "passwd", "-6", PASSWORD], capture_output=True,
-                            text=True, check=True, timeout=60).stdout.strip()
+    digest = subprocess.run(
+        ["openssl", "passwd", "-6", PASSWORD],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
     files = {
         "passwd": Path("/etc/passwd").read_text()
         + f"{USER}:x:{UID}:{UID}:hvsock test:{home}:/bin/sh\n",
@@ -66,8 +71,8 @@ def _etc(base: Path) -> dict[str, Path]:
         "shadow": Path("/etc/shadow").read_text() + f"{USER}:{digest}:19000:0:99999:7:::\n",
         # No NOPASSWD: sudo must ask, and timestamp_timeout=0 makes it ask every time.
         "sudoers": "Defaults env_reset,timestamp_timeout=0\n"
-                   "root ALL=(ALL:ALL) ALL\n"
-                   f"{USER} ALL=(ALL:ALL) ALL\n",
+        "root ALL=(ALL:ALL) ALL\n"
+        f"{USER} ALL=(ALL:ALL) ALL\n",
     }
     paths = {}
     for name, text in files.items():
@@ -91,8 +96,11 @@ def guest() -> Iterator[Guest]:
     # guest's /root is the host's, read-only.
     (base / "ctl").mkdir()
     env = pytest.MonkeyPatch()  # undone at the end: other tests keep their HOME
-    for name, value in (("ANSIBLE_LOCAL_TEMP", base / "ctl"), ("HOME", base / "ctl"),
-                        ("ANSIBLE_CONFIG", base / "ctl" / "none.cfg")):
+    for name, value in (
+        ("ANSIBLE_LOCAL_TEMP", base / "ctl"),
+        ("HOME", base / "ctl"),
+        ("ANSIBLE_CONFIG", base / "ctl" / "none.cfg"),
+    ):
         env.setenv(name, str(value))
     binds = _etc(base)
     port, cp_port = unused_port(), unused_port()
@@ -100,16 +108,22 @@ def guest() -> Iterator[Guest]:
         f'[agent]\nlisten = "vsock://any:{port}"\nallow = [1]\n\n'
         "[exec]\nenabled = true\nallow = [1]\n\n"
         f'[cp]\nenabled = true\nroots = ["/"]\nlisten = "vsock://any:{cp_port}"\n'
-        "allow = [1]\n")
+        "allow = [1]\n"
+    )
     ready = base / "ready.json"
     mounts = " && ".join(f"mount --bind {src} /etc/{name}" for name, src in binds.items())
-    script = (f"exec 2>{base / 'agent.log'}; {mounts} && exec {sys.executable} -m hvsock "
-              f"agent --config {base / 'agent.toml'} --ready-file {ready}")
-    proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private",
-                             "/bin/sh", "-c", script], stdout=subprocess.DEVNULL)
+    script = (
+        f"exec 2>{base / 'agent.log'}; {mounts} && exec {sys.executable} -m hvsock "
+        f"agent --config {base / 'agent.toml'} --ready-file {ready}"
+    )
+    proc = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", script],
+        stdout=subprocess.DEVNULL,
+    )
     try:
-        wait_for(lambda: ready.exists() or proc.poll() is not None,
-                 "the agent's ready file", timeout=120)
+        wait_for(
+            lambda: ready.exists() or proc.poll() is not None, "the agent's ready file", timeout=120
+        )
         assert proc.poll() is None, (base / "agent.log").read_text()
         yield Guest(base, target(port), target(cp_port), proc)
     finally:
@@ -134,8 +148,9 @@ def _connection(guest: Guest, **options: object) -> Any:
         init_plugin_loader()
     conn = connection_loader.get("hvsock.vm.hvsock", PlayContext(), None)
     assert conn is not None, "ansible-core did not find hvsock.vm.hvsock"
-    conn.set_options(var_options={"ansible_host": guest.agent,
-                                  "ansible_hvsock_cp_address": guest.cp, **options})
+    conn.set_options(
+        var_options={"ansible_host": guest.agent, "ansible_hvsock_cp_address": guest.cp, **options}
+    )
     return conn
 
 
@@ -158,7 +173,9 @@ def test_plugin_over_af_vsock_with_sudo_password_and_ansible_user(guest: Guest) 
     conn = _connection(guest)
     conn._connect()
     assert conn.exec_command("id -un; printf in= ; cat", in_data=b"piped")[:2] == (
-        0, b"root\nin=piped")
+        0,
+        b"root\nin=piped",
+    )
     payload = os.urandom(3 << 20)
     (base / "payload.bin").write_bytes(payload)
     conn.put_file(str(base / "payload.bin"), str(base / "copied.bin"))

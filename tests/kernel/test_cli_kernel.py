@@ -30,7 +30,8 @@ EXIT_CONNECT = 4
 
 
 def test_connect_sends_stdin_then_half_closes_and_prints_the_reply(
-        hvsock_cmd: list[str], vsock_listener: Listening) -> None:
+    hvsock_cmd: list[str], vsock_listener: Listening
+) -> None:
     upload = payload(2 * MiB, seed=11)
     reply_body = payload(300 * 1024, seed=12)
 
@@ -51,7 +52,8 @@ def test_connect_sends_stdin_then_half_closes_and_prints_the_reply(
 
 
 def test_connect_keeps_sending_after_the_server_shuts_its_write_side(
-        hvsock_cmd: list[str], vsock_listener: Listening) -> None:
+    hvsock_cmd: list[str], vsock_listener: Listening
+) -> None:
     first = payload(100 * 1024, seed=21)
     later = payload(1 * MiB, seed=22)
     greeting = payload(200 * 1024, seed=23)
@@ -102,8 +104,9 @@ def test_connect_with_nothing_listening_exits_4_and_says_where(hvsock_cmd: list[
 
 def test_listen_exec_serves_one_connection_and_exits(hvsock_cmd: list[str]) -> None:
     data = payload(256 * 1024, seed=41)
-    with Proc([*hvsock_cmd, "listen", "vsock://any:any", "--once", "--exec",
-               "tr a-z A-Z"]) as server:
+    with Proc(
+        [*hvsock_cmd, "listen", "vsock://any:any", "--once", "--exec", "tr a-z A-Z"]
+    ) as server:
         port = int(server.wait_stderr(r"listening on vsock://any:(\d+)").group(1))
         with hvsock.connect(target(port), timeout=10) as client:
             sender = started(send_then_close_write, client, data)

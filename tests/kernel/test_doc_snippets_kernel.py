@@ -37,6 +37,7 @@ pytestmark = [pytest.mark.kernel, pytest.mark.timeout(600)]
 #: loaded machine, starting Python with hvsock alone can take a minute or more.
 SLOW = 300.0
 
+
 def row(command: str) -> str:
     assert docs.TABLE[command][0] == docs.KERNEL, command
     return command
@@ -49,8 +50,9 @@ def argv(hvsock_cmd: list[str], command: str) -> list[str]:
 
 
 def test_connect_as_documented(hvsock_cmd: list[str], vsock_listener: Listening) -> None:
-    command = row("hvsock connect vsock://3:22").replace("vsock://3:22",
-                                                         target(vsock_listener.port))
+    command = row("hvsock connect vsock://3:22").replace(
+        "vsock://3:22", target(vsock_listener.port)
+    )
 
     def serve() -> bytes:
         with vsock_listener.accept(SLOW) as conn:
@@ -83,8 +85,7 @@ def test_listen_as_documented(hvsock_cmd: list[str]) -> None:
 def test_echo_server_and_ping_as_documented(hvsock_cmd: list[str]) -> None:
     port = unused_port()
     serve = row("hvsock echo-server vsock://any:7007").replace(":7007", f":{port}")
-    ping = row("hvsock ping vsock://2:7007 -c 100 --json").replace("vsock://2:7007",
-                                                                 target(port))
+    ping = row("hvsock ping vsock://2:7007 -c 100 --json").replace("vsock://2:7007", target(port))
     with Proc(argv(hvsock_cmd, serve)) as server:
         server.wait_stderr("listening on", timeout=SLOW)
         with Proc(argv(hvsock_cmd, ping)) as client:
@@ -93,10 +94,16 @@ def test_echo_server_and_ping_as_documented(hvsock_cmd: list[str]) -> None:
             assert json.loads(client.stdout_so_far())["count"] == 100
 
 
-@pytest.mark.parametrize("command", ["hvsock relay tcp://127.0.0.1:2222 vsock://3:22",
-                                     "hvsock relay tcp://127.0.0.1:2222 vsock://3:2222"])
-def test_relay_to_a_guest_as_documented(hvsock_cmd: list[str], vsock_listener: Listening,
-                                        command: str) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [
+        "hvsock relay tcp://127.0.0.1:2222 vsock://3:22",
+        "hvsock relay tcp://127.0.0.1:2222 vsock://3:2222",
+    ],
+)
+def test_relay_to_a_guest_as_documented(
+    hvsock_cmd: list[str], vsock_listener: Listening, command: str
+) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         tcp_port = probe.getsockname()[1]
@@ -126,8 +133,11 @@ TRY_OUT_TEXT = (Path(docs.ROOT) / "docs" / "try-out.md").read_text(encoding="utf
 
 def try_out_commands() -> list[str]:
     """The commands of docs/try-out.md's AF_VSOCK blocks (all but the first, Unix, one)."""
-    blocks = [b.group(2) for b in re.finditer(r"^```(\w*)\n(.*?)^```", TRY_OUT_TEXT,
-                                              re.S | re.M) if b.group(1) == "sh"]
+    blocks = [
+        b.group(2)
+        for b in re.finditer(r"^```(\w*)\n(.*?)^```", TRY_OUT_TEXT, re.S | re.M)
+        if b.group(1) == "sh"
+    ]
     return [docs.strip_comment(line) for block in blocks[1:] for line in block.splitlines()]
 
 
@@ -143,12 +153,16 @@ def free_tcp_port() -> int:
 
 
 @pytest.mark.timeout(1200)  # a dozen CLI starts, each up to a minute under emulation
-def test_the_one_machine_try_out_over_vsock_loopback(hvsock_cmd: list[str],
-                                                     tmp_path: Path) -> None:
+def test_the_one_machine_try_out_over_vsock_loopback(hvsock_cmd: list[str], tmp_path: Path) -> None:
     assert TRY_OUT_VSOCK[0] == "sudo modprobe vsock_loopback"  # done by scripts/kernel-tests
-    ports = {":5000": f":{unused_port()}", ":5010": f":{unused_port()}",
-             ":7010": f":{unused_port()}", ":7000": f":{free_tcp_port()}",
-             ":7011": f":{free_tcp_port()}", "5002": str(unused_port())}
+    ports = {
+        ":5000": f":{unused_port()}",
+        ":5010": f":{unused_port()}",
+        ":7010": f":{unused_port()}",
+        ":7000": f":{free_tcp_port()}",
+        ":7011": f":{free_tcp_port()}",
+        "5002": str(unused_port()),
+    }
     kvp_port = ports[":5010"]
 
     def here(command: str) -> list[str]:
@@ -159,8 +173,10 @@ def test_the_one_machine_try_out_over_vsock_loopback(hvsock_cmd: list[str],
         text = text.replace("--vm vsock://local ", f"--vm vsock://local{kvp_port} ")
         words = shlex.split(text.removesuffix("&").strip())
         if words[0] == "python":  # clock.py is in the temporary directory, as written
-            return [sys.executable, *(str(tmp_path / w) if w == "clock.py" else w
-                                      for w in words[1:])]
+            return [
+                sys.executable,
+                *(str(tmp_path / w) if w == "clock.py" else w for w in words[1:]),
+            ]
         assert words[0] == "hvsock", command
         return [*hvsock_cmd, *words[1:]]
 
@@ -186,8 +202,11 @@ def test_the_one_machine_try_out_over_vsock_loopback(hvsock_cmd: list[str],
             proc.popen.send_signal(signal.SIGTERM)
         assert [proc.wait(SLOW) for proc in servers] == [0] * len(servers)
 
-    doctor = next(line for line in outputs["hvsock doctor vsock://local:5000"].splitlines()
-                  if " address_cid " in line)
+    doctor = next(
+        line
+        for line in outputs["hvsock doctor vsock://local:5000"].splitlines()
+        if " address_cid " in line
+    )
     assert doctor.split()[0] == "ok"
     assert "stays in this kernel" in doctor
     for ping in ("hvsock ping vsock://local:5000 -c 10", "hvsock ping tcp://127.0.0.1:7011 -c 10"):
@@ -200,5 +219,4 @@ def test_the_one_machine_try_out_over_vsock_loopback(hvsock_cmd: list[str],
 def test_every_kernel_row_has_a_test_here() -> None:
     with open(__file__, encoding="utf-8") as f:
         source = f.read()
-    assert [c for c in docs.rows(docs.KERNEL) if f'"{c}"' not in source and c not in COVERED] \
-        == []
+    assert [c for c in docs.rows(docs.KERNEL) if f'"{c}"' not in source and c not in COVERED] == []

@@ -43,8 +43,10 @@ def no_guest_to_host_transport() -> None:
     """A connect to CID 2 is safe only while no guest-to-host transport is loaded:
     then Linux keeps it in this kernel (vsock_loopback). Else it would leave the VM."""
     present = [m for m in GUEST_TO_HOST_TRANSPORTS if loaded(m)]
-    assert not present, (f"{present} loaded in the test VM: a connect to CID 2 would leave "
-                         "it; this test must not run here")
+    assert not present, (
+        f"{present} loaded in the test VM: a connect to CID 2 would leave "
+        "it; this test must not run here"
+    )
 
 
 def test_this_machine() -> None:
@@ -72,18 +74,20 @@ def test_a_listening_address_is_bound_for_real(vsock_listener: Listening) -> Non
     free = diagnose(f"vsock://any:{vsock_listener.port}")
     assert free["address_bind"].status == OK
     assert set(c.name for c in free.checks) >= set(LINUX_ADDRESS_CHECKS) | set(
-        WINDOWS_ADDRESS_CHECKS)
+        WINDOWS_ADDRESS_CHECKS
+    )
 
 
-def test_the_host_is_this_machine_with_only_vsock_loopback(
-        vsock_listener: Listening) -> None:
+def test_the_host_is_this_machine_with_only_vsock_loopback(vsock_listener: Listening) -> None:
     no_guest_to_host_transport()
     check = diagnose(f"vsock://host:{vsock_listener.port}")["address_cid"]
     assert check.status == INFO
     assert "routes CID 2 to vsock_loopback" in check.summary
     # What the doctor says, for real: a connect to CID 2 reaches this listener.
-    with hvsock.connect(f"vsock://2:{vsock_listener.port}", timeout=30) as client, \
-            vsock_listener.accept() as server:
+    with (
+        hvsock.connect(f"vsock://2:{vsock_listener.port}", timeout=30) as client,
+        vsock_listener.accept() as server,
+    ):
         client.sendall(b"to the host, which is here")
         hvsock.close_write(client)
         assert recv_until_eof(server, 100) == b"to the host, which is here"
@@ -91,13 +95,20 @@ def test_the_host_is_this_machine_with_only_vsock_loopback(
 
 # -- the doctor's socket() must load nothing it then reports ----------------------------------
 
-VSOCK_STACK = ("vsock_loopback", "vmw_vsock_vmci_transport", "hv_sock",
-               "vmw_vsock_virtio_transport", "vsock_diag", "vsock")
+VSOCK_STACK = (
+    "vsock_loopback",
+    "vmw_vsock_vmci_transport",
+    "hv_sock",
+    "vmw_vsock_virtio_transport",
+    "vsock_diag",
+    "vsock",
+)
 
 
 def modprobe(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["modprobe", *args], capture_output=True, text=True, timeout=60,
-                          check=False)
+    return subprocess.run(
+        ["modprobe", *args], capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def unload(module: str) -> None:
@@ -140,8 +151,13 @@ def test_the_doctor_loads_no_vsock_module(hvsock_cmd: list[str]) -> None:
     assert vsock_registered(Machine()) is False
     reports = []
     for _ in range(2):
-        result = subprocess.run([*hvsock_cmd, "doctor", "vsock://any:5000", "--json"],
-                                capture_output=True, text=True, timeout=300, check=False)
+        result = subprocess.run(
+            [*hvsock_cmd, "doctor", "vsock://any:5000", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert result.returncode == 1, result.stderr  # checks failed, and said so
         reports.append(json.loads(result.stdout))
         assert [m for m in VSOCK_STACK if loaded(m)] == [], "the doctor loaded a module"

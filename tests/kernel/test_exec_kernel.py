@@ -48,16 +48,18 @@ def test_cat_carries_8_mib(agent: str) -> None:
 
 
 def test_timeout_kills_a_program_ignoring_sigterm(agent: str) -> None:
-    result = hvsock.exec(agent, ["sh", "-c", "trap '' TERM; while :; do sleep 0.05; done"],
-                         timeout=0.5)
+    result = hvsock.exec(
+        agent, ["sh", "-c", "trap '' TERM; while :; do sleep 0.05; done"], timeout=0.5
+    )
     assert result.timed_out
     assert result.signal == signal.SIGKILL
 
 
 def test_many_sessions_at_once(agent: str) -> None:
     async def main() -> list[hvsock.ExecResult]:
-        return await asyncio.gather(*(hvsock.exec_async(agent, ["echo", str(i)])
-                                      for i in range(32)))
+        return await asyncio.gather(
+            *(hvsock.exec_async(agent, ["echo", str(i)]) for i in range(32))
+        )
 
     assert [r.stdout for r in asyncio.run(main())] == [f"{i}\n".encode() for i in range(32)]
 
@@ -77,9 +79,13 @@ def test_vanished_client_gets_its_group_killed(agent: str) -> None:
 
 
 def test_cli_exec_over_vsock(agent: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "hvsock", "exec", agent, "--", "sh", "-c",
-                           "cat; exit 4"], input=b"abc", capture_output=True, timeout=120,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "hvsock", "exec", agent, "--", "sh", "-c", "cat; exit 4"],
+        input=b"abc",
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
     assert (done.returncode, done.stdout) == (4, b"abc")
 
 

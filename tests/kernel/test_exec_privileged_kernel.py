@@ -52,8 +52,7 @@ def test_root_with_a_reserved_port_is_let_in(agent: str, client: Path) -> None:
     assert "ran as 0" in out
 
 
-def test_root_without_a_reserved_port_is_refused_naming_the_rule(agent: str,
-                                                                 client: Path) -> None:
+def test_root_without_a_reserved_port_is_refused_naming_the_rule(agent: str, client: Path) -> None:
     code, out = run_client(client, agent, "false", as_nobody=False)
     assert code == 4, out
     assert "local:privileged" in out
@@ -76,11 +75,12 @@ def test_an_unprivileged_user_is_refused_naming_the_rule(agent: str, client: Pat
     assert "local:privileged" in out
 
 
-
 def _hvsock_exec(agent: str, *extra: str, as_nobody: bool) -> subprocess.CompletedProcess[str]:
     """`hvsock exec` itself (its default: a reserved source port when it may bind one)."""
-    return run_as([sys.executable, "-m", "hvsock", "exec", *extra, agent, "--", "id", "-u"],
-                  as_nobody=as_nobody)
+    return run_as(
+        [sys.executable, "-m", "hvsock", "exec", *extra, agent, "--", "id", "-u"],
+        as_nobody=as_nobody,
+    )
 
 
 def test_hvsock_exec_as_root_binds_a_reserved_port_by_default(agent: str) -> None:

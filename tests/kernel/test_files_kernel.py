@@ -33,8 +33,9 @@ def digest(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def test_push_and_pull_a_tree_over_vsock(vsock_file_service: tuple[str, Path],
-                                         tmp_path: Path) -> None:
+def test_push_and_pull_a_tree_over_vsock(
+    vsock_file_service: tuple[str, Path], tmp_path: Path
+) -> None:
     address, root = vsock_file_service
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
@@ -57,8 +58,9 @@ def test_push_and_pull_a_tree_over_vsock(vsock_file_service: tuple[str, Path],
     assert os.readlink(back / "src" / "sub" / "link") == "../big"
 
 
-def test_the_cli_scp_form_and_a_rerun_over_vsock(vsock_file_service: tuple[str, Path],
-                                                 tmp_path: Path) -> None:
+def test_the_cli_scp_form_and_a_rerun_over_vsock(
+    vsock_file_service: tuple[str, Path], tmp_path: Path
+) -> None:
     """``hvsock cp -a SRC vsock://1:PORT:PATH``: the address ends after the port, a
     re-run of the same tree (a symlink in it) succeeds, and the pull comes back."""
     import io
@@ -72,12 +74,19 @@ def test_the_cli_scp_form_and_a_rerun_over_vsock(vsock_file_service: tuple[str, 
     os.symlink("index.html", site / "home.html")
     for _ in range(2):
         err = io.StringIO()
-        assert main(["cp", "-a", str(site), f"{address}:{root}"], out=io.StringIO(),
-                    err=err) == 0, err.getvalue()
+        assert (
+            main(["cp", "-a", str(site), f"{address}:{root}"], out=io.StringIO(), err=err) == 0
+        ), err.getvalue()
     assert digest(root / "site" / "index.html") == digest(site / "index.html")
     assert os.readlink(root / "site" / "home.html") == "index.html"
     out = io.StringIO()
-    assert main(["cp", "-v", f"{address}:site/index.html", str(tmp_path / "back")], out=out,
-                err=io.StringIO()) == 0
+    assert (
+        main(
+            ["cp", "-v", f"{address}:site/index.html", str(tmp_path / "back")],
+            out=out,
+            err=io.StringIO(),
+        )
+        == 0
+    )
     assert digest(tmp_path / "back") == digest(site / "index.html")
     assert "':site/index.html' -> " in out.getvalue()

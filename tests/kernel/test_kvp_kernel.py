@@ -32,11 +32,15 @@ def test_kvp_service_over_vsock(tmp_path: Path) -> None:
 
     def host_side() -> dict[str, Any]:
         with kvp.KvpClient(target(port), timeout=30, retries=3) as client:
-            client.update({"HostName": "kvm-host", "VirtualMachineName": "vm3"},
-                          kvp.Pool.AUTO_EXTERNAL)
+            client.update(
+                {"HostName": "kvm-host", "VirtualMachineName": "vm3"}, kvp.Pool.AUTO_EXTERNAL
+            )
             client.set("Role", "db")
-            return {"get": client.get("GuestIp"), "items": client.items(),
-                    "facts": client.host_info()}
+            return {
+                "get": client.get("GuestIp"),
+                "items": client.items(),
+                "facts": client.host_info(),
+            }
 
     async def run() -> dict[str, Any]:
         async with host:
@@ -56,8 +60,10 @@ def test_kvp_service_lets_only_the_host_in_by_default(tmp_path: Path) -> None:
     host.add(kvp.kvp_service(port=port, pool_dir=tmp_path), f"vsock://any:{port}")
 
     def denied() -> str:
-        with kvp.KvpClient(target(port), timeout=30) as client, \
-                pytest.raises(hvsock.HvsockError) as info:
+        with (
+            kvp.KvpClient(target(port), timeout=30) as client,
+            pytest.raises(hvsock.HvsockError) as info,
+        ):
             client.items()
         return str(info.value)
 
@@ -75,8 +81,19 @@ def test_kvp_cli_serve_and_vm(tmp_path: Path, hvsock_cmd: list[str]) -> None:
     # Python starts slowly under emulation: generous per-step waits, two CLI processes.
     port = unused_port()
     kvp.open_pool(directory=tmp_path).set("FromGuest", "yes")
-    with Proc([*hvsock_cmd, "kvp", "serve", "--listen", f"vsock://any:{port}", "--dir",
-               str(tmp_path), "--allow", str(CID_LOCAL)]) as server:
+    with Proc(
+        [
+            *hvsock_cmd,
+            "kvp",
+            "serve",
+            "--listen",
+            f"vsock://any:{port}",
+            "--dir",
+            str(tmp_path),
+            "--allow",
+            str(CID_LOCAL),
+        ]
+    ) as server:
         server.wait_stderr(r"hvsock: listening on vsock://", timeout=300)
         vm = f"vsock://{CID_LOCAL}:{port}"
         with kvp.KvpClient(vm, timeout=60) as client:

@@ -10,8 +10,7 @@ from hvsock._server.peers import peer_of
 from ._support import CID_LOCAL, Listening, target
 
 
-def test_a_vsock_peer_is_the_connecting_sockets_cid_and_port(
-        vsock_listener: Listening) -> None:
+def test_a_vsock_peer_is_the_connecting_sockets_cid_and_port(vsock_listener: Listening) -> None:
     listen = hvsock.parse_address("vsock://any:any")
     with hvsock.connect(target(vsock_listener.port), timeout=30) as client:
         vsock_listener.sock.settimeout(30)

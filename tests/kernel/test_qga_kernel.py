@@ -45,9 +45,21 @@ def real_qga() -> Iterator[int]:
         skip_or_fail("qemu-ga is not installed (Debian package qemu-guest-agent)")
     port = unused_port()
     with tempfile.TemporaryDirectory() as state:
-        proc = subprocess.Popen([binary, "-m", "vsock-listen", "-p", f"{CID_LOCAL}:{port}",
-                                 "-t", state, "-f", f"{state}/pid"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                binary,
+                "-m",
+                "vsock-listen",
+                "-p",
+                f"{CID_LOCAL}:{port}",
+                "-t",
+                state,
+                "-f",
+                f"{state}/pid",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             yield port
         finally:
@@ -68,8 +80,7 @@ def ours() -> Iterator[int]:
         yield port
 
 
-def test_answers_match_real_qemu_ga_over_vsock(real_qga: int, ours: int,
-                                               tmp_path: Path) -> None:
+def test_answers_match_real_qemu_ga_over_vsock(real_qga: int, ours: int, tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     with _connect(real_qga) as a, _connect(ours) as b:

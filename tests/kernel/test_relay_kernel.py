@@ -52,6 +52,7 @@ def _client_address(relay_address: hvsock.Address) -> str:
 
 def _echo_through(address: str, data: bytes) -> bytes:
     with hvsock.connect(address) as client:
+
         def send() -> None:
             client.sendall(data)
             client.shutdown(socket.SHUT_WR)
@@ -99,8 +100,10 @@ def test_vsock_to_tcp_payload_exact(tcp_echo: str, data_path: str) -> None:
 @pytest.mark.parametrize("data_path", DATA_PATHS)
 def test_half_close_both_ways_over_vsock(data_path: str) -> None:
     request, reply = os.urandom(300_000), os.urandom(500_000)
-    with hvsock.listen("vsock://any:any") as tl, running_relay(
-            "vsock://any:any", target(tl.getsockname()[1]), data_path=data_path) as relay:
+    with (
+        hvsock.listen("vsock://any:any") as tl,
+        running_relay("vsock://any:any", target(tl.getsockname()[1]), data_path=data_path) as relay,
+    ):
         # The client half-closes first; the target answers after that EOF.
         with hvsock.connect(_client_address(relay.address)) as client:
             tl.settimeout(30)
@@ -142,8 +145,22 @@ def test_vsock_target_down_closes_the_client() -> None:
 def test_cli_relay_and_stress_over_vsock(hvsock_cmd: list[str], vsock_echo: str) -> None:
     with Proc([*hvsock_cmd, "relay", "vsock://any:any", vsock_echo]) as relay:
         port = int(relay.wait_stderr(r"listening on vsock://any:(\d+)").group(1))
-        with Proc([*hvsock_cmd, "stress", target(port), "-n", "20", "-P", "10",
-                   "--max-size", "100K", "--seed", "3", "--no-progress"]) as stress:
+        with Proc(
+            [
+                *hvsock_cmd,
+                "stress",
+                target(port),
+                "-n",
+                "20",
+                "-P",
+                "10",
+                "--max-size",
+                "100K",
+                "--seed",
+                "3",
+                "--no-progress",
+            ]
+        ) as stress:
             stress.feed(b"")
             stress.wait_ok(90)
             assert b"20/20 connections ok" in stress.stdout_so_far()

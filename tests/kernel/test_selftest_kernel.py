@@ -32,8 +32,7 @@ def test_every_linux_step_runs_and_the_guest_transport_is_judged_by_what_is_load
     assert report["vsock_loopback"].status == OK, report["vsock_loopback"]
     assert report["host_echo"].status == NOT_APPLICABLE
     modules = set(os.listdir("/sys/module"))
-    reaches_host = modules & {"vmw_vsock_virtio_transport", "hv_sock",
-                              "vmw_vsock_vmci_transport"}
+    reaches_host = modules & {"vmw_vsock_virtio_transport", "hv_sock", "vmw_vsock_vmci_transport"}
     assert report["vsock_transports"].status == (OK if reaches_host else FAILED)
     assert "vsock_loopback" in report["vsock_transports"].summary
 

@@ -48,13 +48,19 @@ def wait_ready(proc: Proc, ready: Path, timeout: float = 60.0) -> None:
 
 
 def umount(mnt: Path) -> None:
-    subprocess.run(["umount", "-l", str(mnt)], check=False, timeout=60,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        ["umount", "-l", str(mnt)],
+        check=False,
+        timeout=60,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 @contextlib.contextmanager
-def shared(hvsock_cmd: list[str], base: Path, *server_args: str,
-           mount_opts: str = "") -> Iterator[Share]:
+def shared(
+    hvsock_cmd: list[str], base: Path, *server_args: str, mount_opts: str = ""
+) -> Iterator[Share]:
     """`hvsock share` of base/export on a fresh port, mounted (by `hvsock mount`) on
     base/m/mnt: a mount point elsewhere than the export's neighbours, so a relative
     link out of the export points at nothing from the guest's side."""
@@ -63,8 +69,18 @@ def shared(hvsock_cmd: list[str], base: Path, *server_args: str,
         d.mkdir(parents=True, exist_ok=True)
     port = unused_port()
     ready = base / f"ready-{port}.json"
-    argv = [*hvsock_cmd, "share", str(export), "--listen", f"vsock://any:{port}",
-            "--allow", "1", "--ready-file", str(ready), *server_args]
+    argv = [
+        *hvsock_cmd,
+        "share",
+        str(export),
+        "--listen",
+        f"vsock://any:{port}",
+        "--allow",
+        "1",
+        "--ready-file",
+        str(ready),
+        *server_args,
+    ]
     with Proc(argv) as server:
         wait_ready(server, ready)
         cmd = [*hvsock_cmd, "mount", target(port), str(mnt), "--timeout", "30"]
@@ -104,20 +120,25 @@ def tree_hashes(top: Path) -> dict[str, str]:
 @NEEDS_ROOT
 def test_files_directories_and_hashes(share: Share) -> None:
     mnt, export = share.mnt, share.export
-    assert any(line.split()[1] == str(mnt) and line.split()[2] == "9p"
-               for line in Path("/proc/mounts").read_text().splitlines())
+    assert any(
+        line.split()[1] == str(mnt) and line.split()[2] == "9p"
+        for line in Path("/proc/mounts").read_text().splitlines()
+    )
     for size in (0, 1, 4095, 4096, 65537, MB + 7):
         data = os.urandom(size)
         (mnt / f"f{size}").write_bytes(data)
-        assert hashlib.sha256((export / f"f{size}").read_bytes()).digest() == \
-            hashlib.sha256(data).digest()
+        assert (
+            hashlib.sha256((export / f"f{size}").read_bytes()).digest()
+            == hashlib.sha256(data).digest()
+        )
         assert (mnt / f"f{size}").read_bytes() == data
     (export / "made-on-host").write_bytes(b"seen")
     (mnt / "d" / "e").mkdir(parents=True)
     assert (export / "d" / "e").is_dir()
     names = sorted(os.listdir(mnt))
-    assert names == sorted(["d", "made-on-host", *(f"f{s}" for s in
-                                                     (0, 1, 4095, 4096, 65537, MB + 7))])
+    assert names == sorted(
+        ["d", "made-on-host", *(f"f{s}" for s in (0, 1, 4095, 4096, 65537, MB + 7))]
+    )
     many = mnt / "many"
     many.mkdir()
     for i in range(120):
@@ -189,8 +210,13 @@ def test_fcntl_locks_between_two_processes(share: Share) -> None:
     path.write_bytes(b"x" * 100)
 
     def other() -> str:
-        done = subprocess.run([sys.executable, "-c", LOCKER, str(path)], capture_output=True,
-                              text=True, timeout=60, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", LOCKER, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         return done.stdout.split()[0]
 
     with path.open("r+b") as f:
@@ -214,12 +240,20 @@ def test_tar_round_trip_and_git(share: Share, tmp_path: Path) -> None:
     (src / "empty").mkdir()
     os.chmod(src / "d1", 0o750)
     (share.mnt / "t").mkdir()
-    subprocess.run(f"tar -C {src} -cf - . | tar -C {share.mnt / 't'} -xf -", shell=True,
-                   check=True, timeout=120)
+    subprocess.run(
+        f"tar -C {src} -cf - . | tar -C {share.mnt / 't'} -xf -",
+        shell=True,
+        check=True,
+        timeout=120,
+    )
     back = tmp_path / "back"
     back.mkdir()
-    subprocess.run(f"tar -C {share.mnt / 't'} -cf - . | tar -C {back} -xf -", shell=True,
-                   check=True, timeout=120)
+    subprocess.run(
+        f"tar -C {share.mnt / 't'} -cf - . | tar -C {back} -xf -",
+        shell=True,
+        check=True,
+        timeout=120,
+    )
     assert tree_hashes(back) == tree_hashes(src)
     assert tree_hashes(share.export / "t") == tree_hashes(src)
     assert (back / "d1").stat().st_mode & 0o777 == 0o750
@@ -227,12 +261,24 @@ def test_tar_round_trip_and_git(share: Share, tmp_path: Path) -> None:
         pytest.skip("no git in the guest; the tar round trip passed")
     repo = share.mnt / "repo"
     repo.mkdir()
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "HOME": str(tmp_path)}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+        "HOME": str(tmp_path),
+    }
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(repo), *args], env=env, capture_output=True,
-                              text=True, check=True, timeout=120).stdout
+        return subprocess.run(
+            ["git", "-C", str(repo), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout
 
     git("init", "-q")
     (repo / "a.txt").write_text("one\n")
@@ -260,10 +306,12 @@ def test_read_only_mount_and_read_only_share(hvsock_cmd: list[str], tmp_path: Pa
     with shared(hvsock_cmd, tmp_path / "two", "--read-only") as s:
         (s.export / "f").write_bytes(b"host")
         assert (s.mnt / "f").read_bytes() == b"host"
-        for attempt in (lambda: (s.mnt / "g").write_bytes(b"x"),
-                        lambda: (s.mnt / "f").write_bytes(b"x"),
-                        lambda: os.mkdir(s.mnt / "d"),
-                        lambda: os.unlink(s.mnt / "f")):
+        for attempt in (
+            lambda: (s.mnt / "g").write_bytes(b"x"),
+            lambda: (s.mnt / "f").write_bytes(b"x"),
+            lambda: os.mkdir(s.mnt / "d"),
+            lambda: os.unlink(s.mnt / "f"),
+        ):
             with pytest.raises(OSError, match="Read-only file system") as info:
                 attempt()
             assert info.value.errno == errno.EROFS
@@ -290,24 +338,43 @@ def test_links_out_of_the_export_lead_nowhere(share: Share) -> None:
 
 
 @NEEDS_ROOT
-def test_a_peer_off_the_allowlist_is_refused_clearly(hvsock_cmd: list[str],
-                                                     tmp_path: Path) -> None:
+def test_a_peer_off_the_allowlist_is_refused_clearly(hvsock_cmd: list[str], tmp_path: Path) -> None:
     export, mnt = tmp_path / "export", tmp_path / "mnt"
     export.mkdir()
     mnt.mkdir()
     port = unused_port()
     ready = tmp_path / "ready.json"
-    with Proc([*hvsock_cmd, "share", str(export), "--listen", f"vsock://any:{port}",
-               "--allow", "7", "--ready-file", str(ready)]) as server:
+    with Proc(
+        [
+            *hvsock_cmd,
+            "share",
+            str(export),
+            "--listen",
+            f"vsock://any:{port}",
+            "--allow",
+            "7",
+            "--ready-file",
+            str(ready),
+        ]
+    ) as server:
         wait_ready(server, ready)
-        done = subprocess.run([*hvsock_cmd, "mount", target(port), str(mnt)],
-                              capture_output=True, text=True, timeout=120, check=False)
+        done = subprocess.run(
+            [*hvsock_cmd, "mount", target(port), str(mnt)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
     assert done.returncode == 6, done.stderr
     assert "allowlist" in done.stderr
     assert not os.path.ismount(mnt)
-    refused = subprocess.run([*hvsock_cmd, "share", str(export), "--listen",
-                              f"vsock://any:{port}"], capture_output=True, text=True,
-                             timeout=60, check=False)
+    refused = subprocess.run(
+        [*hvsock_cmd, "share", str(export), "--listen", f"vsock://any:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert refused.returncode == 2
     assert "--allow" in refused.stderr
 
@@ -323,12 +390,33 @@ def test_mount_hvsock_helper_for_fstab(hvsock_cmd: list[str], tmp_path: Path) ->
     (export / "f").write_bytes(b"via fstab helper")
     port = unused_port()
     ready = tmp_path / "ready.json"
-    with Proc([*hvsock_cmd, "share", str(export), "--listen", f"vsock://any:{port}",
-               "--allow", "1", "--ready-file", str(ready)]) as server:
+    with Proc(
+        [
+            *hvsock_cmd,
+            "share",
+            str(export),
+            "--listen",
+            f"vsock://any:{port}",
+            "--allow",
+            "1",
+            "--ready-file",
+            str(ready),
+        ]
+    ) as server:
         wait_ready(server, ready)
-        done = subprocess.run([str(helper), target(port), str(mnt), "-o",
-                               "defaults,nofail,_netdev,x-systemd.automount,cache=none"],
-                              capture_output=True, text=True, timeout=120, check=False)
+        done = subprocess.run(
+            [
+                str(helper),
+                target(port),
+                str(mnt),
+                "-o",
+                "defaults,nofail,_netdev,x-systemd.automount,cache=none",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
         try:
             assert (mnt / "f").read_bytes() == b"via fstab helper"

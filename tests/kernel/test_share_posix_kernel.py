@@ -40,9 +40,17 @@ PROJECT = Path(__file__).resolve().parents[2]
 #: emulated guest: past the VM tier's budget. The rest of test_os is processes, the
 #: environment and random numbers, not files.
 SUITE_TESTS = (
-    *(f"test_os.{c}" for c in (
-        "FileTests", "StatAttributeTests", "UtimeTests", "LinkTests", "ReadlinkTests",
-        "RemoveDirsTests")),
+    *(
+        f"test_os.{c}"
+        for c in (
+            "FileTests",
+            "StatAttributeTests",
+            "UtimeTests",
+            "LinkTests",
+            "ReadlinkTests",
+            "RemoveDirsTests",
+        )
+    ),
     *(f"test_shutil.{c}" for c in ("TestRmTree", "TestCopyFile")),
 )
 #: Both runs (at once) must end within this; more fails the test with the slowest tests.
@@ -53,24 +61,37 @@ MIB = 1 << 20
 #: Tests of CPython's test_os / test_shutil that pass on the guest's tmpfs but not on
 #: a share mounted by the 6.1 v9fs client, each with the reason (docs/share.md lists
 #: them too). Anything else that passes locally must pass on the mount.
-_WHOLE_SECONDS = ("the 6.1 v9fs client sends Tsetattr times in whole seconds (it truncates "
-                  "utime's nanoseconds), so 1.002003 s comes back as 1.0")
+_WHOLE_SECONDS = (
+    "the 6.1 v9fs client sends Tsetattr times in whole seconds (it truncates "
+    "utime's nanoseconds), so 1.002003 s comes back as 1.0"
+)
 KNOWN_DIFFERENCES: dict[str, str] = {
-    f"test.test_os.UtimeTests.{name}": _WHOLE_SECONDS for name in (
-        "test_utime", "test_utime_by_indexed", "test_utime_by_times", "test_utime_dir_fd",
-        "test_utime_directory", "test_utime_fd", "test_utime_nofollow_symlinks")}
+    f"test.test_os.UtimeTests.{name}": _WHOLE_SECONDS
+    for name in (
+        "test_utime",
+        "test_utime_by_indexed",
+        "test_utime_by_times",
+        "test_utime_dir_fd",
+        "test_utime_directory",
+        "test_utime_fd",
+        "test_utime_nofollow_symlinks",
+    )
+}
 
 
 def run_suite(where: Path, out: Path) -> subprocess.Popen[bytes]:
     where.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TMPDIR": str(where)}
-    return subprocess.Popen([sys.executable, str(SUITE), str(out), *SUITE_TESTS],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, str(SUITE), str(out), *SUITE_TESTS],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
-def finish_suite(proc: subprocess.Popen[bytes], out: Path,
-                 deadline: float) -> dict[str, list[Any]]:
+def finish_suite(proc: subprocess.Popen[bytes], out: Path, deadline: float) -> dict[str, list[Any]]:
     try:
         _, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
@@ -78,8 +99,9 @@ def finish_suite(proc: subprocess.Popen[bytes], out: Path,
         proc.communicate()
         done = read_outcomes(str(out)) if out.exists() else {}
         slowest = sorted(done.items(), key=lambda kv: -kv[1][2])[:15]
-        raise AssertionError(f"CPython's tests did not finish in time; {len(done)} ran, the "
-                             f"slowest: {slowest}") from None
+        raise AssertionError(
+            f"CPython's tests did not finish in time; {len(done)} ran, the slowest: {slowest}"
+        ) from None
     if proc.returncode == 3:
         skip_or_fail(err.decode(errors="replace").strip())
     assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
@@ -100,11 +122,14 @@ class Server:
     @contextlib.contextmanager
     def mounted(self, name: str, where: Path, options: str = "") -> Iterator[Share]:
         where.mkdir(parents=True)
-        mount(target(self.port), where, options=",".join(filter(None, (
-            f"aname={name}", options))), timeout=60)
+        mount(
+            target(self.port),
+            where,
+            options=",".join(filter(None, (f"aname={name}", options))),
+            timeout=60,
+        )
         try:
-            yield Share(self.exports[name], self.exports[name].parent, where,
-                        target(self.port))
+            yield Share(self.exports[name], self.exports[name].parent, where, target(self.port))
         finally:
             umount(where)
 
@@ -113,8 +138,11 @@ class Server:
 def tmpfs(where: Path) -> Iterator[Path]:
     """A fresh tmpfs: the guest's /tmp is an overlay (tmpfs over the host's 9p root)."""
     where.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=768m", "hvsock-test", str(where)],
-                   check=True, timeout=60)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=768m", "hvsock-test", str(where)],
+        check=True,
+        timeout=60,
+    )
     try:
         yield where
     finally:
@@ -137,9 +165,21 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             path.mkdir()
         port = unused_port()
         ready = base / "ready.json"
-        proc = stack.enter_context(Proc([
-            *cmd, "share", *(f"{k}={v}" for k, v in exports.items()), "--listen",
-            f"vsock://any:{port}", "--allow", "1", "--ready-file", str(ready)]))
+        proc = stack.enter_context(
+            Proc(
+                [
+                    *cmd,
+                    "share",
+                    *(f"{k}={v}" for k, v in exports.items()),
+                    "--listen",
+                    f"vsock://any:{port}",
+                    "--allow",
+                    "1",
+                    "--ready-file",
+                    str(ready),
+                ]
+            )
+        )
         wait_ready(proc, ready, READY_SECONDS)
         yield Server(port, exports)
 
@@ -179,14 +219,20 @@ def compare_cpython_suites(local_dir: Path, mount_dir: Path, tmp_path: Path) -> 
     print("slowest on the share:", *slowest, sep="\n  ")
     assert len(on_tmpfs) > 50, f"only {len(on_tmpfs)} tests ran locally"
     assert set(on_mount) == set(on_tmpfs)
-    lost = {test: on_mount[test] for test, (outcome, *_) in on_tmpfs.items()
-            if outcome == "ok" and on_mount[test][0] != "ok"
-            and test not in KNOWN_DIFFERENCES}
+    lost = {
+        test: on_mount[test]
+        for test, (outcome, *_) in on_tmpfs.items()
+        if outcome == "ok" and on_mount[test][0] != "ok" and test not in KNOWN_DIFFERENCES
+    }
     assert not lost, "passed on tmpfs but not on the share:\n" + "\n".join(
-        f"{test}: {why}" for test, why in sorted(lost.items()))
+        f"{test}: {why}" for test, why in sorted(lost.items())
+    )
     # The documented list stays true: each entry still differs (or still passes locally).
-    stale = [test for test in KNOWN_DIFFERENCES
-             if on_tmpfs.get(test, ["?"])[0] == "ok" and on_mount.get(test, ["?"])[0] == "ok"]
+    stale = [
+        test
+        for test in KNOWN_DIFFERENCES
+        if on_tmpfs.get(test, ["?"])[0] == "ok" and on_mount.get(test, ["?"])[0] == "ok"
+    ]
     assert not stale, f"these now pass on the share: drop them from the list: {stale}"
 
 
@@ -228,8 +274,9 @@ def test_concurrent_writers_one_file_and_several(share: Share) -> None:
 
     def start(*argv: object) -> subprocess.Popen[bytes]:
         # -S: no site packages, so the emulated guest starts each writer in seconds.
-        return subprocess.Popen([sys.executable, "-S", "-c", WRITER, *map(str, argv)],
-                                stderr=subprocess.PIPE)
+        return subprocess.Popen(
+            [sys.executable, "-S", "-c", WRITER, *map(str, argv)], stderr=subprocess.PIPE
+        )
 
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -250,7 +297,7 @@ def test_concurrent_writers_one_file_and_several(share: Share) -> None:
     # Locked appends: every record once, whole, in each writer's own order.
     log = (share.export / "log").read_bytes()
     assert len(log) == writers * count * size
-    records = [log[at:at + size] for at in range(0, len(log), size)]
+    records = [log[at : at + size] for at in range(0, len(log), size)]
     for index in range(writers):
         own = [_block(index, i, size) for i in range(count)]
         assert [r for r in records if r in own] == own
@@ -323,8 +370,19 @@ def test_server_killed_mid_write_then_restarted(hvsock_cmd: list[str], tmp_path:
     port = unused_port()
 
     def serve(ready: Path) -> Proc:
-        server = Proc([*hvsock_cmd, "share", str(export), "--listen", f"vsock://any:{port}",
-                       "--allow", "1", "--ready-file", str(ready)])
+        server = Proc(
+            [
+                *hvsock_cmd,
+                "share",
+                str(export),
+                "--listen",
+                f"vsock://any:{port}",
+                "--allow",
+                "1",
+                "--ready-file",
+                str(ready),
+            ]
+        )
         wait_ready(server, ready, READY_SECONDS)
         return server
 
@@ -334,8 +392,11 @@ def test_server_killed_mid_write_then_restarted(hvsock_cmd: list[str], tmp_path:
     try:
         with serve(tmp_path / "ready1.json") as server:
             mount_on(mnt)
-            writer = subprocess.Popen([sys.executable, "-c", KEEP_WRITING, str(mnt / "big")],
-                                      stdout=subprocess.PIPE, text=True)
+            writer = subprocess.Popen(
+                [sys.executable, "-c", KEEP_WRITING, str(mnt / "big")],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             try:
                 assert writer.stdout is not None
                 assert writer.stdout.readline() == "writing\n"

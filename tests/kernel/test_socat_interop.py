@@ -20,8 +20,9 @@ MiB = 1024 * 1024
 def test_hvsock_connect_to_a_socat_echo_server(hvsock_cmd: list[str], socat: str) -> None:
     data = payload(1 * MiB, seed=51)
     port = unused_port()
-    with Proc([socat, "-d", "-d", "-t", "10", f"VSOCK-LISTEN:{port},reuseaddr",
-               "EXEC:cat"]) as server:
+    with Proc(
+        [socat, "-d", "-d", "-t", "10", f"VSOCK-LISTEN:{port},reuseaddr", "EXEC:cat"]
+    ) as server:
         server.wait_stderr(rf"listening on AF=40 .*port:{port}\b")
         with Proc([*hvsock_cmd, "connect", target(port)]) as client:
             client.feed(data)
@@ -43,8 +44,7 @@ def test_socat_connect_to_hvsock_listen_exec(hvsock_cmd: list[str], socat: str) 
     assert (sha256(echoed), len(echoed)) == (sha256(data), len(data))
 
 
-def test_socat_connect_to_hvsock_listen_stdio_both_ways(
-        hvsock_cmd: list[str], socat: str) -> None:
+def test_socat_connect_to_hvsock_listen_stdio_both_ways(hvsock_cmd: list[str], socat: str) -> None:
     to_socat = payload(600 * 1024, seed=53)
     to_hvsock = payload(900 * 1024, seed=54)
     with Proc([*hvsock_cmd, "listen", "vsock://any:any"]) as server:

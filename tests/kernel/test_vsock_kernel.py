@@ -87,7 +87,8 @@ def test_echo_of_16_mib_keeps_every_byte(vsock_listener: Listening) -> None:
 
 
 def test_many_simultaneous_connections_each_carry_their_own_payload(
-        vsock_listener: Listening) -> None:
+    vsock_listener: Listening,
+) -> None:
     count = 100
     payloads = [payload(16 * 1024 + i, seed=1000 + i) for i in range(count)]
     accepted: list[socket.socket] = []
@@ -99,8 +100,10 @@ def test_many_simultaneous_connections_each_carry_their_own_payload(
                 accepted.append(vsock_listener.accept())
 
         acceptor = started(accept_all)
-        clients = [stack.enter_context(hvsock.connect(target(vsock_listener.port), timeout=10))
-                   for _ in range(count)]
+        clients = [
+            stack.enter_context(hvsock.connect(target(vsock_listener.port), timeout=10))
+            for _ in range(count)
+        ]
         acceptor.finish(30)
 
         # All of them are open at once, and each is its own connection.
@@ -173,10 +176,13 @@ def _send_until_it_fails(sock: socket.socket) -> OSError:
 
 @pytest.mark.parametrize("closer", ["client", "server"])
 def test_after_the_peer_closes_sends_fail_but_buffered_data_stays_readable(
-        vsock_listener: Listening, closer: str) -> None:
+    vsock_listener: Listening, closer: str
+) -> None:
     last_words = b"sent just before close"
-    with hvsock.connect(target(vsock_listener.port), timeout=10) as client, \
-            vsock_listener.accept() as server:
+    with (
+        hvsock.connect(target(vsock_listener.port), timeout=10) as client,
+        vsock_listener.accept() as server,
+    ):
         closing, survivor = (client, server) if closer == "client" else (server, client)
         closing.sendall(last_words)
         closing.close()
@@ -188,10 +194,11 @@ def test_after_the_peer_closes_sends_fail_but_buffered_data_stays_readable(
         assert survivor.recv(1) == b""
 
 
-def test_close_write_sends_eof_and_the_other_way_keeps_flowing(
-        vsock_listener: Listening) -> None:
-    with hvsock.connect(target(vsock_listener.port), timeout=10) as client, \
-            vsock_listener.accept() as server:
+def test_close_write_sends_eof_and_the_other_way_keeps_flowing(vsock_listener: Listening) -> None:
+    with (
+        hvsock.connect(target(vsock_listener.port), timeout=10) as client,
+        vsock_listener.accept() as server,
+    ):
         server.sendall(b"server speaks first")
         hvsock.close_write(server)
         assert recv_until_eof(client, limit=1024) == b"server speaks first"
@@ -210,9 +217,12 @@ def test_close_write_sends_eof_and_the_other_way_keeps_flowing(
 
 @pytest.mark.parametrize("timeout", [0.5, 3.5, 10.0, 42.25])
 def test_connect_timeout_is_set_as_the_kernel_option(
-        vsock_listener: Listening, timeout: float) -> None:
-    with hvsock.connect(target(vsock_listener.port), timeout=timeout) as client, \
-            vsock_listener.accept():
+    vsock_listener: Listening, timeout: float
+) -> None:
+    with (
+        hvsock.connect(target(vsock_listener.port), timeout=timeout) as client,
+        vsock_listener.accept(),
+    ):
         # The kernel keeps it in jiffies: allow one tick (HZ >= 100).
         assert connect_timeout_of(client) == pytest.approx(timeout, abs=0.011)
         # Our own deadline is gone: the socket handed back blocks.
@@ -221,10 +231,13 @@ def test_connect_timeout_is_set_as_the_kernel_option(
 
 def test_default_connect_timeout_and_none(vsock_listener: Listening) -> None:
     with hvsock.connect(target(vsock_listener.port)) as client, vsock_listener.accept():
-        assert connect_timeout_of(client) == pytest.approx(hvsock.sockets.DEFAULT_CONNECT_TIMEOUT,
-                                                           abs=0.011)
-    with hvsock.connect(target(vsock_listener.port), timeout=None) as client, \
-            vsock_listener.accept():
+        assert connect_timeout_of(client) == pytest.approx(
+            hvsock.sockets.DEFAULT_CONNECT_TIMEOUT, abs=0.011
+        )
+    with (
+        hvsock.connect(target(vsock_listener.port), timeout=None) as client,
+        vsock_listener.accept(),
+    ):
         # None leaves the kernel's own default (2 s) alone.
         assert connect_timeout_of(client) == pytest.approx(2.0, abs=0.011)
         assert client.gettimeout() is None
@@ -233,8 +246,10 @@ def test_default_connect_timeout_and_none(vsock_listener: Listening) -> None:
 def test_retries_with_nothing_listening_wait_then_raise() -> None:
     port = unused_port()
     start = time.monotonic()
-    with connects_to((CID_LOCAL, port)) as attempts, \
-            pytest.raises(hvsock.NothingListeningError, match=f"port {port}"):
+    with (
+        connects_to((CID_LOCAL, port)) as attempts,
+        pytest.raises(hvsock.NothingListeningError, match=f"port {port}"),
+    ):
         hvsock.connect(target(port), timeout=10, retries=3, retry_wait=0.2)
     elapsed = time.monotonic() - start
     assert len(attempts.times) == 4  # the first and three retries, then it gave up
@@ -274,8 +289,7 @@ def test_a_retry_succeeds_when_the_listener_appears_midway() -> None:
     with connects_to((CID_LOCAL, port)) as attempts:
         server = started(late_server)
         try:
-            with hvsock.connect(target(port), timeout=10, retries=20,
-                                retry_wait=0.05) as client:
+            with hvsock.connect(target(port), timeout=10, retries=20, retry_wait=0.05) as client:
                 connected_at = time.monotonic()
                 assert recv_until_eof(client, limit=1024, timeout=20) == b"late but here"
             up_at = server.finish(60)
@@ -296,8 +310,10 @@ def test_a_retry_succeeds_when_the_listener_appears_midway() -> None:
 def test_buffer_size_on_connect_and_listen_is_applied() -> None:
     with listening(buffer_size=64 * 1024) as small:
         assert get_u64(small.sock, SO_VM_SOCKETS_BUFFER_SIZE) == 64 * 1024
-        with hvsock.connect(target(small.port), timeout=10, buffer_size=96 * 1024) as client, \
-                small.accept() as conn:
+        with (
+            hvsock.connect(target(small.port), timeout=10, buffer_size=96 * 1024) as client,
+            small.accept() as conn,
+        ):
             assert get_u64(client, SO_VM_SOCKETS_BUFFER_SIZE) == 96 * 1024
             # The kernel gives an accepted socket its listener's buffer size.
             assert get_u64(conn, SO_VM_SOCKETS_BUFFER_SIZE) == 64 * 1024
@@ -342,8 +358,9 @@ def test_failure_paths_leave_no_descriptor_open(vsock_listener: Listening) -> No
         with pytest.raises(hvsock.NothingListeningError):
             hvsock.connect(target(port), timeout=5)
         with pytest.raises(hvsock.NothingListeningError):
-            hvsock.connect(target(port), timeout=5, retries=1, retry_wait=0.001,
-                           buffer_size=64 * 1024)
+            hvsock.connect(
+                target(port), timeout=5, retries=1, retry_wait=0.001, buffer_size=64 * 1024
+            )
         with pytest.raises(hvsock.AddressInUseError):
             hvsock.listen(f"vsock://any:{vsock_listener.port}")
         with pytest.raises(hvsock.AddressInUseError):

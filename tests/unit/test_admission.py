@@ -12,19 +12,29 @@ import hvsock
 from hvsock._server.peers import Peer, PrivilegedCid, allow_rules, check_reachable, refused_by
 
 CIDS = st.integers(0, 8)
-RULES = st.one_of(CIDS, CIDS.map(PrivilegedCid), st.sampled_from(["127.0.0.1", "::1", "10.0.0.7"]),
-                  st.integers(0, 3).map(lambda uid: f"uid:{uid}"))
+RULES = st.one_of(
+    CIDS,
+    CIDS.map(PrivilegedCid),
+    st.sampled_from(["127.0.0.1", "::1", "10.0.0.7"]),
+    st.integers(0, 3).map(lambda uid: f"uid:{uid}"),
+)
 PEERS = st.one_of(
-    st.builds(lambda cid, port: Peer(f"vsock://{cid}:{port}", cid=cid, port=port),
-              CIDS, st.integers(1, 70000)),
+    st.builds(
+        lambda cid, port: Peer(f"vsock://{cid}:{port}", cid=cid, port=port),
+        CIDS,
+        st.integers(1, 70000),
+    ),
     st.sampled_from(["127.0.0.1", "10.0.0.7", "192.0.2.1"]).map(
-        lambda host: Peer(f"tcp://{host}:5", host=host)),
-    st.integers(0, 3).map(lambda uid: Peer("unix:///s", uid=uid)))
+        lambda host: Peer(f"tcp://{host}:5", host=host)
+    ),
+    st.integers(0, 3).map(lambda uid: Peer("unix:///s", uid=uid)),
+)
 
 
 @given(st.frozensets(RULES, min_size=1, max_size=5), PEERS)
-def test_a_peer_is_let_in_exactly_when_a_rule_matches_it(rules: frozenset[object],
-                                                         peer: Peer) -> None:
+def test_a_peer_is_let_in_exactly_when_a_rule_matches_it(
+    rules: frozenset[object], peer: Peer
+) -> None:
     checked = allow_rules(rules)
     assert checked is not None
     why = refused_by(checked, peer)

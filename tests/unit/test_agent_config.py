@@ -78,8 +78,9 @@ def test_toml_syntax_error_has_its_line() -> None:
 
 def test_nothing_enabled_is_a_problem() -> None:
     with pytest.raises(cfg.ConfigError, match="no service is enabled"):
-        cfg.parse_config("[info]\nenabled = false\n[health]\nenabled = false\n"
-                         "[time]\nenabled = false\n")
+        cfg.parse_config(
+            "[info]\nenabled = false\n[health]\nenabled = false\n[time]\nenabled = false\n"
+        )
 
 
 def test_unreadable_file(tmp_path: object) -> None:
@@ -95,6 +96,7 @@ def test_default_allow_is_the_host_side() -> None:
     assert default_allow(hvsock.parse_address("vsock://any:5100")) == [hvsock.sockets.CID_HOST]
     assert default_allow(hvsock.parse_address("tcp://127.0.0.1:1")) == ["127.0.0.1", "::1"]
     import os
+
     me = os.geteuid()
     ours = [f"uid:{me}"] + (["uid:0"] if me else [])
     assert default_allow(hvsock.parse_address("unix:///tmp/a")) == ours
@@ -118,7 +120,7 @@ def _problems(text: str) -> list[tuple[int | None, str]]:
 
 
 def test_unknown_keys_in_a_service_section_are_errors() -> None:
-    problems = _problems('[exec]\nenabled = true\nmax_sesions = 3\n\n[info]\nfoo = 1\n')
+    problems = _problems("[exec]\nenabled = true\nmax_sesions = 3\n\n[info]\nfoo = 1\n")
     assert problems[0][0] == 3
     assert "[exec] has no key 'max_sesions'" in problems[0][1]
     assert "max_sessions" in problems[0][1]  # the known ones are listed
@@ -126,34 +128,50 @@ def test_unknown_keys_in_a_service_section_are_errors() -> None:
     assert "[info] has no key 'foo'" in problems[1][1]
 
 
-@pytest.mark.parametrize(("text", "line", "words"), [
-    # Rules a listener's kind can never match, at their line.
-    ('[agent]\nlisten = "hybrid:///tmp/v.sock:5100"\nallow = [2]\n', 3,
-     "2 can never match a peer on hybrid"),
-    ('[agent]\nlisten = "tcp://127.0.0.1:5100"\n\nallow = ["uid:0"]\n', 4,
-     "uid:0 can never match a peer on tcp"),
-    ('[agent]\nlisten = "unix:///tmp/a.sock"\n[info]\nallow = [3]\n', 4,
-     "[info] allow: 3 can never match"),
-    # Strings once taken silently as TCP host names.
-    ('[agent]\nallow = ["any"]\n', 2, "\"any\" does not exist"),
-    ('[agent]\nallow = ["cid:x"]\n', 2, "CID number"),
-    ('[agent]\nlisten = "tcp://127.0.0.1:5100"\nallow = ["localhost"]\n', 3,
-     "never by name"),
-    # exec and QGA on TCP need their own rules.
-    ('[agent]\nlisten = "tcp://127.0.0.1:5100"\nallow = ["127.0.0.1"]\n[exec]\n'
-     'enabled = true\n', 5, "[exec] allow = [\"127.0.0.1\"]"),
-])
-def test_allow_rules_are_checked_against_their_address(text: str, line: int,
-                                                       words: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "line", "words"),
+    [
+        # Rules a listener's kind can never match, at their line.
+        (
+            '[agent]\nlisten = "hybrid:///tmp/v.sock:5100"\nallow = [2]\n',
+            3,
+            "2 can never match a peer on hybrid",
+        ),
+        (
+            '[agent]\nlisten = "tcp://127.0.0.1:5100"\n\nallow = ["uid:0"]\n',
+            4,
+            "uid:0 can never match a peer on tcp",
+        ),
+        (
+            '[agent]\nlisten = "unix:///tmp/a.sock"\n[info]\nallow = [3]\n',
+            4,
+            "[info] allow: 3 can never match",
+        ),
+        # Strings once taken silently as TCP host names.
+        ('[agent]\nallow = ["any"]\n', 2, '"any" does not exist'),
+        ('[agent]\nallow = ["cid:x"]\n', 2, "CID number"),
+        ('[agent]\nlisten = "tcp://127.0.0.1:5100"\nallow = ["localhost"]\n', 3, "never by name"),
+        # exec and QGA on TCP need their own rules.
+        (
+            '[agent]\nlisten = "tcp://127.0.0.1:5100"\nallow = ["127.0.0.1"]\n[exec]\n'
+            "enabled = true\n",
+            5,
+            '[exec] allow = ["127.0.0.1"]',
+        ),
+    ],
+)
+def test_allow_rules_are_checked_against_their_address(text: str, line: int, words: str) -> None:
     problems = _problems(text)
     assert any(at == line and words in message for at, message in problems), problems
 
 
 def test_allow_forms_in_toml() -> None:
-    config = cfg.parse_config('[exec]\nenabled = true\nallow = ["host:privileged", '
-                              '"cid:3", 4, "5:privileged"]\n')
+    config = cfg.parse_config(
+        '[exec]\nenabled = true\nallow = ["host:privileged", "cid:3", 4, "5:privileged"]\n'
+    )
     assert config.services["exec"].allow == sorted(
-        [PrivilegedCid(2), 3, 4, PrivilegedCid(5)], key=str)
+        [PrivilegedCid(2), 3, 4, PrivilegedCid(5)], key=str
+    )
     # Plain CIDs for exec are allowed, with a warning at their line.
     assert config.warnings
     assert config.warnings[0][0] == 3
@@ -161,7 +179,8 @@ def test_allow_forms_in_toml() -> None:
 
 
 def test_exec_on_tcp_with_its_own_rules_is_fine() -> None:
-    config = cfg.parse_config('[agent]\nlisten = "tcp://127.0.0.1:5100"\n[exec]\n'
-                              'enabled = true\nallow = ["127.0.0.1"]\n')
+    config = cfg.parse_config(
+        '[agent]\nlisten = "tcp://127.0.0.1:5100"\n[exec]\nenabled = true\nallow = ["127.0.0.1"]\n'
+    )
     assert config.services["exec"].allow == ["127.0.0.1"]
     assert not config.warnings

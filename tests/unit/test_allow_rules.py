@@ -24,26 +24,50 @@ HYBRID = parse_address("hybrid:///tmp/v.sock:5100")
 HYPERV = parse_address("hvsock://wildcard/5100")
 
 
-@pytest.mark.parametrize(("rule", "expected"), [
-    (2, 2), ("2", 2), ("cid:2", 2), ("host", 2), ("local", 1),
-    ("2:privileged", PrivilegedCid(2)), ("host:privileged", PrivilegedCid(2)),
-    ("cid:1:privileged", PrivilegedCid(1)), (PrivilegedCid(3), PrivilegedCid(3)),
-    ("uid:0", "uid:0"), ("uid:007", "uid:7"),
-    ("127.0.0.1", "127.0.0.1"), ("::1", "::1"), ("0:0::1", "::1"),
-    ("00000000-0000-0000-0000-000000000001", uuid.UUID(int=1)),
-])
+@pytest.mark.parametrize(
+    ("rule", "expected"),
+    [
+        (2, 2),
+        ("2", 2),
+        ("cid:2", 2),
+        ("host", 2),
+        ("local", 1),
+        ("2:privileged", PrivilegedCid(2)),
+        ("host:privileged", PrivilegedCid(2)),
+        ("cid:1:privileged", PrivilegedCid(1)),
+        (PrivilegedCid(3), PrivilegedCid(3)),
+        ("uid:0", "uid:0"),
+        ("uid:007", "uid:7"),
+        ("127.0.0.1", "127.0.0.1"),
+        ("::1", "::1"),
+        ("0:0::1", "::1"),
+        ("00000000-0000-0000-0000-000000000001", uuid.UUID(int=1)),
+    ],
+)
 def test_rule_forms(rule: object, expected: object) -> None:
     assert allow_rules([rule]) == frozenset({expected})
 
 
-@pytest.mark.parametrize(("rule", "words"), [
-    ("any", "does not exist"), ("cid:x", "CID number"), ("any:privileged", "CID number"),
-    ("myhost", "never by name"), ("uid:me", "uid:<number>"), (True, "not a CID"),
-    ("", "not a CID"), (-1, "out of range"), (0xFFFFFFFF, "out of range"),
-    ("4294967295:privileged", "out of range"), (2.0, "not a CID"),
-    # Digits str.isdigit() takes and int() refuses (found by the property test below).
-    ("²", "not a CID"), ("uid:²", "uid:<number>"), ("²:privileged", "CID number"),
-])
+@pytest.mark.parametrize(
+    ("rule", "words"),
+    [
+        ("any", "does not exist"),
+        ("cid:x", "CID number"),
+        ("any:privileged", "CID number"),
+        ("myhost", "never by name"),
+        ("uid:me", "uid:<number>"),
+        (True, "not a CID"),
+        ("", "not a CID"),
+        (-1, "out of range"),
+        (0xFFFFFFFF, "out of range"),
+        ("4294967295:privileged", "out of range"),
+        (2.0, "not a CID"),
+        # Digits str.isdigit() takes and int() refuses (found by the property test below).
+        ("²", "not a CID"),
+        ("uid:²", "uid:<number>"),
+        ("²:privileged", "CID number"),
+    ],
+)
 def test_bad_rules_say_what_to_write(rule: object, words: str) -> None:
     with pytest.raises(hvsock.ArgumentError, match=words):
         allow_rules([rule])
@@ -81,13 +105,25 @@ def test_peer_of_keeps_the_vsock_source_port() -> None:
     assert peer.matches(PrivilegedCid(2))
 
 
-@pytest.mark.parametrize(("rule", "address", "ok"), [
-    (2, VSOCK, True), (PrivilegedCid(2), VSOCK, True), ("uid:0", VSOCK, False),
-    ("127.0.0.1", VSOCK, False), (uuid.UUID(int=1), VSOCK, False),
-    (2, HYBRID, False), ("uid:0", HYBRID, True), (2, UNIX, False), ("uid:0", UNIX, True),
-    ("127.0.0.1", TCP, True), (2, TCP, False), ("uid:0", TCP, False),
-    (uuid.UUID(int=1), HYPERV, True), (2, HYPERV, False),
-])
+@pytest.mark.parametrize(
+    ("rule", "address", "ok"),
+    [
+        (2, VSOCK, True),
+        (PrivilegedCid(2), VSOCK, True),
+        ("uid:0", VSOCK, False),
+        ("127.0.0.1", VSOCK, False),
+        (uuid.UUID(int=1), VSOCK, False),
+        (2, HYBRID, False),
+        ("uid:0", HYBRID, True),
+        (2, UNIX, False),
+        ("uid:0", UNIX, True),
+        ("127.0.0.1", TCP, True),
+        (2, TCP, False),
+        ("uid:0", TCP, False),
+        (uuid.UUID(int=1), HYPERV, True),
+        (2, HYPERV, False),
+    ],
+)
 def test_rules_fit_their_address_kind(rule: object, address: object, ok: bool) -> None:
     assert fits(rule, address) is ok  # type: ignore[arg-type]
 
@@ -130,8 +166,7 @@ class FakeVsockSocket:
         self.bound = address
 
 
-def test_reserved_port_counts_down_skipping_ports_in_use(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reserved_port_counts_down_skipping_ports_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(vsock._Rotation, "start", 0)  # where a new process may start
     sock = FakeVsockSocket(privileged=True, taken={1023, 1022})
     assert vsock.bind_reserved(sock, VSOCK, required=True) == 1021  # type: ignore[arg-type]
@@ -140,22 +175,39 @@ def test_reserved_port_counts_down_skipping_ports_in_use(
 
 
 def test_back_to_back_connections_never_reuse_the_port_just_taken(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # A peer still closing the last connection would take a new one from the same port
     # for it (the same address pair) and reset it: the search goes on below, and wraps.
     monkeypatch.setattr(vsock._Rotation, "start", len(vsock.RESERVED_PORTS) - 2)
-    taken = [vsock.bind_reserved(FakeVsockSocket(privileged=True), VSOCK,  # type: ignore[arg-type]
-                                 required=True) for _ in range(4)]
+    taken = [
+        vsock.bind_reserved(
+            FakeVsockSocket(privileged=True),
+            VSOCK,  # type: ignore[arg-type]
+            required=True,
+        )
+        for _ in range(4)
+    ]
     assert taken == [513, 512, 1023, 1022]
-    ports = [vsock.bind_reserved(FakeVsockSocket(privileged=True), VSOCK,  # type: ignore[arg-type]
-                                 required=True) for _ in range(len(vsock.RESERVED_PORTS))]
+    ports = [
+        vsock.bind_reserved(
+            FakeVsockSocket(privileged=True),
+            VSOCK,  # type: ignore[arg-type]
+            required=True,
+        )
+        for _ in range(len(vsock.RESERVED_PORTS))
+    ]
     assert sorted(ports) == list(range(512, 1024))  # each port once before any again
 
 
 def test_a_new_process_starts_anywhere_in_the_range() -> None:
     code = "from hvsock._transports import vsock; print(vsock._Rotation.order()[0])"
-    starts = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=True, timeout=60).stdout.strip() for _ in range(6)}
+    starts = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+        ).stdout.strip()
+        for _ in range(6)
+    }
     assert len(starts) > 1  # six processes all starting at one port: 1 in 512**5
 
 

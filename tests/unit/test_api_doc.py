@@ -28,8 +28,7 @@ def listed() -> dict[str, list[str]]:
 
 
 def test_the_page_has_the_top_level_and_every_namespace_once() -> None:
-    headings = re.findall(r"^## `(hvsock(?:\.\w+)?)`$",
-                          API_DOC.read_text(encoding="utf-8"), re.M)
+    headings = re.findall(r"^## `(hvsock(?:\.\w+)?)`$", API_DOC.read_text(encoding="utf-8"), re.M)
     assert len(headings) == len(set(headings))
     assert set(headings) == {"hvsock", *(f"hvsock.{n}" for n in hvsock._NAMESPACES)}
 

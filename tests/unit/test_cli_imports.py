@@ -32,10 +32,18 @@ from hvsock._cli import (
     windows_cmds,
 )
 
-HEAVY = ("asyncio", "hvsock._relay", "hvsock._doctor", "hvsock._windows", "hvsock._service",
-         "hvsock._builtin", "hvsock._aio", "concurrent.futures",
-         # the public namespaces: re-exports for users, never on the CLI's path
-         *(f"hvsock.{namespace}" for namespace in hvsock._NAMESPACES))
+HEAVY = (
+    "asyncio",
+    "hvsock._relay",
+    "hvsock._doctor",
+    "hvsock._windows",
+    "hvsock._service",
+    "hvsock._builtin",
+    "hvsock._aio",
+    "concurrent.futures",
+    # the public namespaces: re-exports for users, never on the CLI's path
+    *(f"hvsock.{namespace}" for namespace in hvsock._NAMESPACES),
+)
 
 PROBE = """
 import json, sys, types
@@ -61,15 +69,22 @@ with open(os.environ["REPORT"], "w") as report:
 """
 
 
-def run_cli(*argv: str, bare: bool = False,
-            preload: tuple[str, ...] = ()) -> tuple[int, set[str], set[str]]:
+def run_cli(
+    *argv: str, bare: bool = False, preload: tuple[str, ...] = ()
+) -> tuple[int, set[str], set[str]]:
     package_dir = str(Path(hvsock.__file__).parent)
     with tempfile.TemporaryDirectory() as tmp:
         report_path = os.path.join(tmp, "report.json")
         env = dict(os.environ, PRELOAD=",".join(preload), REPORT=report_path)
-        proc = subprocess.run([sys.executable, "-c", PROBE, "bare" if bare else "full",
-                               package_dir, *argv], env=env, capture_output=True,
-                              text=True, timeout=60, check=False, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            [sys.executable, "-c", PROBE, "bare" if bare else "full", package_dir, *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
         assert os.path.exists(report_path), proc.stderr
         with open(report_path) as f:
             report = json.load(f)
@@ -114,11 +129,14 @@ def test_cli_constants_match_the_library() -> None:
     assert kvp_cmds.DEFAULT_WATCH_INTERVAL == kvp_store.DEFAULT_WATCH_INTERVAL
 
 
-@pytest.mark.parametrize("argv", [
-    ["--version"],
-    ["service-id", "5000"],
-    ["connect", "--timeout", "1", "unix:///nonexistent-dir-for-hvsock-test/x"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--version"],
+        ["service-id", "5000"],
+        ["connect", "--timeout", "1", "unix:///nonexistent-dir-for-hvsock-test/x"],
+    ],
+)
 def test_the_cli_itself_loads_nothing_heavy(argv: list[str]) -> None:
     # The CLI's own imports, without hvsock/__init__.py's re-exports (lazy there is
     # another matter: the next test) nor what the blocking transports import.
@@ -127,16 +145,20 @@ def test_the_cli_itself_loads_nothing_heavy(argv: list[str]) -> None:
     assert heavy(after - before) == []
 
 
-@pytest.mark.parametrize("argv", [
-    ["--version"],
-    ["connect", "--timeout", "1", "unix:///nonexistent-dir-for-hvsock-test/x"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--version"],
+        ["connect", "--timeout", "1", "unix:///nonexistent-dir-for-hvsock-test/x"],
+    ],
+)
 def test_version_and_connect_load_nothing_heavy(argv: list[str]) -> None:
     status, before, after = run_cli(*argv)
     assert status in (0, 4), status
     if "asyncio" in before:
-        pytest.skip("`import hvsock` itself still imports asyncio (eager re-exports in "
-                    "hvsock/__init__.py)")
+        pytest.skip(
+            "`import hvsock` itself still imports asyncio (eager re-exports in hvsock/__init__.py)"
+        )
     assert heavy(after) == []
 
 
@@ -176,8 +198,17 @@ def test_each_command_builds_only_its_own_group() -> None:
 
 #: Standard-library modules that cost a large share of Python's own start-up and that
 #: `hvsock connect` has no use for (issue 8: start-up within 2x of `import socket`).
-SLOW_STDLIB = ("typing", "dataclasses", "inspect", "uuid", "platform", "shutil",
-               "subprocess", "ipaddress", "asyncio")
+SLOW_STDLIB = (
+    "typing",
+    "dataclasses",
+    "inspect",
+    "uuid",
+    "platform",
+    "shutil",
+    "subprocess",
+    "ipaddress",
+    "asyncio",
+)
 
 
 @pytest.fixture
@@ -203,8 +234,9 @@ def closing_listener(short_tmp: Path) -> Iterator[str]:
 
 
 @pytest.mark.parametrize("target", ["listening", "missing"])
-def test_connect_loads_none_of_the_slow_stdlib_modules(target: str, closing_listener: str,
-                                                       short_tmp: Path) -> None:
+def test_connect_loads_none_of_the_slow_stdlib_modules(
+    target: str, closing_listener: str, short_tmp: Path
+) -> None:
     address = closing_listener if target == "listening" else f"unix://{short_tmp}/nobody.sock"
     status, _, after = run_cli("connect", "--timeout", "5", address)
     assert status == (0 if target == "listening" else 4)
@@ -221,9 +253,14 @@ def test_help_still_follows_the_terminal_width() -> None:
     # add_argument's checks use a fixed-width formatter (no shutil); help text must
     # still be wrapped to COLUMNS, as argparse does.
     for columns in (50, 120):
-        proc = subprocess.run([sys.executable, "-m", "hvsock", "connect", "--help"],
-                              env=dict(os.environ, COLUMNS=str(columns)),
-                              capture_output=True, text=True, timeout=60, check=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "hvsock", "connect", "--help"],
+            env=dict(os.environ, COLUMNS=str(columns)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         lines = proc.stdout.splitlines()
         assert max(len(line) for line in lines) <= columns
         assert max(len(line) for line in lines) > columns - 20  # wrapped, not squeezed

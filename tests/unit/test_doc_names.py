@@ -45,8 +45,13 @@ def doc_names() -> list[tuple[str, int, str]]:
             if imported:
                 for name in imported.group(2).split(","):
                     if name.split():
-                        found.append((path.relative_to(ROOT).as_posix(), number,
-                                      f"{imported.group(1)}.{name.split()[0]}"))
+                        found.append(
+                            (
+                                path.relative_to(ROOT).as_posix(),
+                                number,
+                                f"{imported.group(1)}.{name.split()[0]}",
+                            )
+                        )
             for match in NAME.finditer(line):
                 dotted = match.group(0)
                 if any(dotted == p or dotted.startswith(p + ".") for p in NOT_PYTHON):
@@ -74,8 +79,9 @@ def test_the_docs_name_hvsock_things_at_all() -> None:
     assert {"hvsock.connect", "hvsock.testing.HybridVsockMuxer"} <= names
 
 
-@pytest.mark.parametrize(("doc", "line", "dotted"), doc_names(),
-                         ids=lambda v: v if isinstance(v, str) else str(v))
+@pytest.mark.parametrize(
+    ("doc", "line", "dotted"), doc_names(), ids=lambda v: v if isinstance(v, str) else str(v)
+)
 def test_every_name_the_docs_use_exists(doc: str, line: int, dotted: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a deprecated spelling is a stale doc too
@@ -92,8 +98,9 @@ def test_a_stale_name_is_caught() -> None:
         warnings.simplefilter("error")
         with pytest.raises(DeprecationWarning):
             resolve("hvsock.WILDCARD")
-    assert NAME.findall("see src/hvsock/_core and /etc/hvsock/agent.toml, `hvsock.connect`") \
-        == ["hvsock.connect"]
+    assert NAME.findall("see src/hvsock/_core and /etc/hvsock/agent.toml, `hvsock.connect`") == [
+        "hvsock.connect"
+    ]
     imported = FROM_IMPORT.match("    from hvsock.windows import guest_view, host_view as hv")
     assert imported is not None
     assert imported.groups() == ("hvsock.windows", "guest_view, host_view as hv")

@@ -81,27 +81,39 @@ def test_exception_tree(cls: type[HvsockError], bases: tuple[type[BaseException]
     for base in bases:
         assert issubclass(cls, base)
     with pytest.raises(OSError, match="what to do"):
-        raise (cls("code", "what to do") if cls is RemoteError  # type: ignore[call-arg]
-               else cls("what to do"))
+        raise (
+            cls("code", "what to do")
+            if cls is RemoteError  # type: ignore[call-arg]
+            else cls("what to do")
+        )
 
 
 def test_remote_error_keeps_code_and_message_through_pickle_and_copy() -> None:
     original = RemoteError("not_found", "no key 'x'")
-    for clone in (pickle.loads(pickle.dumps(original)), copy.copy(original),
-                  copy.deepcopy(original)):
+    for clone in (
+        pickle.loads(pickle.dumps(original)),
+        copy.copy(original),
+        copy.deepcopy(original),
+    ):
         assert type(clone) is RemoteError
         assert (clone.code, clone.remote_message, str(clone)) == (
-            "not_found", "no key 'x'", "not_found: no key 'x'")
+            "not_found",
+            "no key 'x'",
+            "not_found: no key 'x'",
+        )
 
 
-@pytest.mark.parametrize(("cls", "not_a"), [
-    (AddressInUseError, ConnectionError),
-    (HandshakeError, ConnectionError),
-    (AddressError, ConnectionError),
-    (UnreachableError, ConnectionRefusedError),
-    (ConnectTimeoutError, ConnectionError),
-    (UnsupportedError, ValueError),
-])
+@pytest.mark.parametrize(
+    ("cls", "not_a"),
+    [
+        (AddressInUseError, ConnectionError),
+        (HandshakeError, ConnectionError),
+        (AddressError, ConnectionError),
+        (UnreachableError, ConnectionRefusedError),
+        (ConnectTimeoutError, ConnectionError),
+        (UnsupportedError, ValueError),
+    ],
+)
 def test_no_accidental_bases(cls: type[HvsockError], not_a: type[BaseException]) -> None:
     assert not issubclass(cls, not_a)
 
@@ -153,8 +165,7 @@ def winsock_error(winerror: int) -> OSError:
     become their C errno). Elsewhere the 4th argument does not set ``winerror``, so set
     the attribute by hand, as the Windows build would have.
     """
-    code = winerror - 10000 if winerror in (10004, 10009, 10013, 10014, 10022, 10024) \
-        else winerror
+    code = winerror - 10000 if winerror in (10004, 10009, 10013, 10014, 10022, 10024) else winerror
     exc = OSError(code, f"[WinError {winerror}] a Windows socket error")
     exc.winerror = winerror  # type: ignore[attr-defined]
     return exc
@@ -171,103 +182,345 @@ WHERE = "port 5000 of CID 3"
 
 TRANSLATIONS = [
     # (exception, op, family, expected class, expected errno, fragments of the message)
-    (os_error(errno.ECONNRESET), "connect", "vsock", NothingListeningError, errno.ECONNRESET,
-     ["nothing is listening on port 5000 of CID 3", "start the service there first",
-      "retries"]),
-    (os_error(errno.ECONNREFUSED), "connect", "tcp", NothingListeningError,
-     errno.ECONNREFUSED, ["nothing is listening on port 5000 of CID 3"]),
-    (os_error(errno.ENOENT), "connect", "unix", NothingListeningError, errno.ENOENT,
-     ["nothing is listening on port 5000 of CID 3", "socket file does not exist",
-      "check the path"]),
-    (os_error(errno.ENOENT), "connect", "hybrid", NothingListeningError, errno.ENOENT,
-     ["socket file does not exist", "VMM"]),
-    (os_error(errno.ETIMEDOUT), "connect", "vsock", ConnectTimeoutError, errno.ETIMEDOUT,
-     ["connect to port 5000 of CID 3 timed out", "VM is running", "raise the timeout"]),
-    (TimeoutError("timed out"), "connect", "hyperv", ConnectTimeoutError, errno.ETIMEDOUT,
-     ["connect to port 5000 of CID 3 timed out", "raise the timeout"]),
-    (os_error(errno.EHOSTUNREACH), "connect", "vsock", UnreachableError, errno.EHOSTUNREACH,
-     ["port 5000 of CID 3 is unreachable", "is the VM running", "CID"]),
-    (os_error(errno.ENETUNREACH), "connect", "vsock", UnreachableError, errno.ENETUNREACH,
-     ["is unreachable"]),
-    (os_error(errno.ENETDOWN), "connect", "vsock", UnreachableError, errno.ENETDOWN,
-     ["is unreachable: is the VM running"]),
-    (os_error(errno.EHOSTDOWN), "connect", "vsock", UnreachableError, errno.EHOSTDOWN,
-     ["is unreachable"]),
-    (os_error(errno.ENODEV), "connect", "vsock", UnreachableError, errno.ENODEV,
-     ["is unreachable"]),
+    (
+        os_error(errno.ECONNRESET),
+        "connect",
+        "vsock",
+        NothingListeningError,
+        errno.ECONNRESET,
+        ["nothing is listening on port 5000 of CID 3", "start the service there first", "retries"],
+    ),
+    (
+        os_error(errno.ECONNREFUSED),
+        "connect",
+        "tcp",
+        NothingListeningError,
+        errno.ECONNREFUSED,
+        ["nothing is listening on port 5000 of CID 3"],
+    ),
+    (
+        os_error(errno.ENOENT),
+        "connect",
+        "unix",
+        NothingListeningError,
+        errno.ENOENT,
+        [
+            "nothing is listening on port 5000 of CID 3",
+            "socket file does not exist",
+            "check the path",
+        ],
+    ),
+    (
+        os_error(errno.ENOENT),
+        "connect",
+        "hybrid",
+        NothingListeningError,
+        errno.ENOENT,
+        ["socket file does not exist", "VMM"],
+    ),
+    (
+        os_error(errno.ETIMEDOUT),
+        "connect",
+        "vsock",
+        ConnectTimeoutError,
+        errno.ETIMEDOUT,
+        ["connect to port 5000 of CID 3 timed out", "VM is running", "raise the timeout"],
+    ),
+    (
+        TimeoutError("timed out"),
+        "connect",
+        "hyperv",
+        ConnectTimeoutError,
+        errno.ETIMEDOUT,
+        ["connect to port 5000 of CID 3 timed out", "raise the timeout"],
+    ),
+    (
+        os_error(errno.EHOSTUNREACH),
+        "connect",
+        "vsock",
+        UnreachableError,
+        errno.EHOSTUNREACH,
+        ["port 5000 of CID 3 is unreachable", "is the VM running", "CID"],
+    ),
+    (
+        os_error(errno.ENETUNREACH),
+        "connect",
+        "vsock",
+        UnreachableError,
+        errno.ENETUNREACH,
+        ["is unreachable"],
+    ),
+    (
+        os_error(errno.ENETDOWN),
+        "connect",
+        "vsock",
+        UnreachableError,
+        errno.ENETDOWN,
+        ["is unreachable: is the VM running"],
+    ),
+    (
+        os_error(errno.EHOSTDOWN),
+        "connect",
+        "vsock",
+        UnreachableError,
+        errno.EHOSTDOWN,
+        ["is unreachable"],
+    ),
+    (
+        os_error(errno.ENODEV),
+        "connect",
+        "vsock",
+        UnreachableError,
+        errno.ENODEV,
+        ["is unreachable"],
+    ),
     # permissions
-    (os_error(errno.EACCES), "bind", "vsock", PermissionDeniedError, errno.EACCES,
-     ["bind on port 5000 of CID 3 was refused", "ports below 1024 need root",
-      "CAP_NET_BIND_SERVICE", "use a port >= 1024"]),
-    (os_error(errno.EPERM), "bind", "unix", PermissionDeniedError, errno.EPERM,
-     ["bind on port 5000 of CID 3 was refused (Operation not permitted)",
-      "check file modes"]),
-    (os_error(errno.EACCES), "connect", "unix", PermissionDeniedError, errno.EACCES,
-     ["connect on port 5000 of CID 3 was refused (Permission denied)"]),
+    (
+        os_error(errno.EACCES),
+        "bind",
+        "vsock",
+        PermissionDeniedError,
+        errno.EACCES,
+        [
+            "bind on port 5000 of CID 3 was refused",
+            "ports below 1024 need root",
+            "CAP_NET_BIND_SERVICE",
+            "use a port >= 1024",
+        ],
+    ),
+    (
+        os_error(errno.EPERM),
+        "bind",
+        "unix",
+        PermissionDeniedError,
+        errno.EPERM,
+        ["bind on port 5000 of CID 3 was refused (Operation not permitted)", "check file modes"],
+    ),
+    (
+        os_error(errno.EACCES),
+        "connect",
+        "unix",
+        PermissionDeniedError,
+        errno.EACCES,
+        ["connect on port 5000 of CID 3 was refused (Permission denied)"],
+    ),
     # binding
-    (os_error(errno.EADDRINUSE), "bind", "vsock", AddressInUseError, errno.EADDRINUSE,
-     ["port 5000 of CID 3 is already in use", "stop the other listener or pick another"]),
-    (os_error(errno.EADDRNOTAVAIL), "bind", "vsock", AddressError, errno.EADDRNOTAVAIL,
-     ["port 5000 of CID 3 cannot be bound here (EADDRNOTAVAIL)", "bind CID any"]),
-    (os_error(errno.EINVAL), "bind", "vsock", AddressError, errno.EINVAL,
-     ["the kernel refused bind on port 5000 of CID 3 (EINVAL)", "<= 0x7FFFFFFF"]),
-    (os_error(errno.EINVAL), "listen", "vsock", AddressError, errno.EINVAL,
-     ["refused listen on"]),
+    (
+        os_error(errno.EADDRINUSE),
+        "bind",
+        "vsock",
+        AddressInUseError,
+        errno.EADDRINUSE,
+        ["port 5000 of CID 3 is already in use", "stop the other listener or pick another"],
+    ),
+    (
+        os_error(errno.EADDRNOTAVAIL),
+        "bind",
+        "vsock",
+        AddressError,
+        errno.EADDRNOTAVAIL,
+        ["port 5000 of CID 3 cannot be bound here (EADDRNOTAVAIL)", "bind CID any"],
+    ),
+    (
+        os_error(errno.EINVAL),
+        "bind",
+        "vsock",
+        AddressError,
+        errno.EINVAL,
+        ["the kernel refused bind on port 5000 of CID 3 (EINVAL)", "<= 0x7FFFFFFF"],
+    ),
+    (os_error(errno.EINVAL), "listen", "vsock", AddressError, errno.EINVAL, ["refused listen on"]),
     # no transport
-    (os_error(errno.EAFNOSUPPORT), "socket", "vsock", TransportUnavailableError,
-     errno.EAFNOSUPPORT, ["the kernel has no vsock transport loaded", "modprobe hv_sock",
-                          "modprobe vsock_loopback"]),
-    (os_error(errno.EPROTONOSUPPORT), "socket", "vsock", TransportUnavailableError,
-     errno.EPROTONOSUPPORT, ["no vsock transport"]),
-    (os_error(errno.ESOCKTNOSUPPORT), "socket", "vsock", TransportUnavailableError,
-     errno.ESOCKTNOSUPPORT, ["no vsock transport"]),
+    (
+        os_error(errno.EAFNOSUPPORT),
+        "socket",
+        "vsock",
+        TransportUnavailableError,
+        errno.EAFNOSUPPORT,
+        ["the kernel has no vsock transport loaded", "modprobe hv_sock", "modprobe vsock_loopback"],
+    ),
+    (
+        os_error(errno.EPROTONOSUPPORT),
+        "socket",
+        "vsock",
+        TransportUnavailableError,
+        errno.EPROTONOSUPPORT,
+        ["no vsock transport"],
+    ),
+    (
+        os_error(errno.ESOCKTNOSUPPORT),
+        "socket",
+        "vsock",
+        TransportUnavailableError,
+        errno.ESOCKTNOSUPPORT,
+        ["no vsock transport"],
+    ),
     # everything else: the root class, with the OS's own words
-    (os_error(errno.EINVAL), "bind", "tcp", HvsockError, errno.EINVAL,
-     ["bind on port 5000 of CID 3 failed: Invalid argument"]),
-    (os_error(errno.ECONNRESET), "recv", "vsock", HvsockError, errno.ECONNRESET,
-     ["recv on port 5000 of CID 3 failed: Connection reset by peer"]),
-    (os_error(errno.ENOENT), "connect", "vsock", HvsockError, errno.ENOENT,
-     ["connect on port 5000 of CID 3 failed: No such file or directory"]),
-    (OSError("no errno at all"), "send", "tcp", HvsockError, None,
-     ["send on port 5000 of CID 3 failed: no errno at all"]),
-    (os_error(errno.ETIMEDOUT), "accept", "vsock", HvsockError, errno.ETIMEDOUT,
-     ["accept on port 5000 of CID 3 failed"]),
+    (
+        os_error(errno.EINVAL),
+        "bind",
+        "tcp",
+        HvsockError,
+        errno.EINVAL,
+        ["bind on port 5000 of CID 3 failed: Invalid argument"],
+    ),
+    (
+        os_error(errno.ECONNRESET),
+        "recv",
+        "vsock",
+        HvsockError,
+        errno.ECONNRESET,
+        ["recv on port 5000 of CID 3 failed: Connection reset by peer"],
+    ),
+    (
+        os_error(errno.ENOENT),
+        "connect",
+        "vsock",
+        HvsockError,
+        errno.ENOENT,
+        ["connect on port 5000 of CID 3 failed: No such file or directory"],
+    ),
+    (
+        OSError("no errno at all"),
+        "send",
+        "tcp",
+        HvsockError,
+        None,
+        ["send on port 5000 of CID 3 failed: no errno at all"],
+    ),
+    (
+        os_error(errno.ETIMEDOUT),
+        "accept",
+        "vsock",
+        HvsockError,
+        errno.ETIMEDOUT,
+        ["accept on port 5000 of CID 3 failed"],
+    ),
     # Windows socket errors, matched by winerror
-    (winsock_error(10050), "connect", "hyperv", UnreachableError, errno.ENETDOWN,
-     ["port 5000 of CID 3 is unreachable (WSAENETDOWN 10050)", "rebooting",
-      "wait for it and retry"]),
-    (winsock_error(10051), "connect", "hyperv", UnreachableError, errno.ENETUNREACH,
-     ["is unreachable"]),
-    (winsock_error(10065), "connect", "hyperv", UnreachableError, errno.EHOSTUNREACH,
-     ["is unreachable"]),
-    (winsock_error(10064), "connect", "hyperv", UnreachableError, errno.EHOSTDOWN,
-     ["is unreachable"]),
-    (winsock_error(10061), "connect", "hyperv", NothingListeningError, errno.ECONNREFUSED,
-     ["nothing is listening on port 5000 of CID 3"]),
-    (winsock_error(10054), "connect", "hyperv", NothingListeningError, errno.ECONNRESET,
-     ["nothing is listening"]),
-    (winsock_error(10060), "connect", "hyperv", ConnectTimeoutError, errno.ETIMEDOUT,
-     ["timed out"]),
-    (winsock_error(10013), "bind", "hyperv", PermissionDeniedError, errno.EACCES,
-     ["bind on port 5000 of CID 3 was refused (WSAEACCES 10013)", "another user",
-      "administrator", "registered"]),
-    (winsock_error(10013), "connect", "hyperv", PermissionDeniedError, errno.EACCES,
-     ["connect on port 5000 of CID 3 was refused (WSAEACCES 10013)"]),
-    (winsock_error(10048), "bind", "hyperv", AddressInUseError, errno.EADDRINUSE,
-     ["already in use"]),
-    (winsock_error(10049), "bind", "hyperv", AddressError, errno.EADDRNOTAVAIL,
-     ["cannot be bound here"]),
-    (winsock_error(10050), "bind", "hyperv", HvsockError, errno.ENETDOWN,
-     ["bind on port 5000 of CID 3 failed"]),
+    (
+        winsock_error(10050),
+        "connect",
+        "hyperv",
+        UnreachableError,
+        errno.ENETDOWN,
+        [
+            "port 5000 of CID 3 is unreachable (WSAENETDOWN 10050)",
+            "rebooting",
+            "wait for it and retry",
+        ],
+    ),
+    (
+        winsock_error(10051),
+        "connect",
+        "hyperv",
+        UnreachableError,
+        errno.ENETUNREACH,
+        ["is unreachable"],
+    ),
+    (
+        winsock_error(10065),
+        "connect",
+        "hyperv",
+        UnreachableError,
+        errno.EHOSTUNREACH,
+        ["is unreachable"],
+    ),
+    (
+        winsock_error(10064),
+        "connect",
+        "hyperv",
+        UnreachableError,
+        errno.EHOSTDOWN,
+        ["is unreachable"],
+    ),
+    (
+        winsock_error(10061),
+        "connect",
+        "hyperv",
+        NothingListeningError,
+        errno.ECONNREFUSED,
+        ["nothing is listening on port 5000 of CID 3"],
+    ),
+    (
+        winsock_error(10054),
+        "connect",
+        "hyperv",
+        NothingListeningError,
+        errno.ECONNRESET,
+        ["nothing is listening"],
+    ),
+    (
+        winsock_error(10060),
+        "connect",
+        "hyperv",
+        ConnectTimeoutError,
+        errno.ETIMEDOUT,
+        ["timed out"],
+    ),
+    (
+        winsock_error(10013),
+        "bind",
+        "hyperv",
+        PermissionDeniedError,
+        errno.EACCES,
+        [
+            "bind on port 5000 of CID 3 was refused (WSAEACCES 10013)",
+            "another user",
+            "administrator",
+            "registered",
+        ],
+    ),
+    (
+        winsock_error(10013),
+        "connect",
+        "hyperv",
+        PermissionDeniedError,
+        errno.EACCES,
+        ["connect on port 5000 of CID 3 was refused (WSAEACCES 10013)"],
+    ),
+    (
+        winsock_error(10048),
+        "bind",
+        "hyperv",
+        AddressInUseError,
+        errno.EADDRINUSE,
+        ["already in use"],
+    ),
+    (
+        winsock_error(10049),
+        "bind",
+        "hyperv",
+        AddressError,
+        errno.EADDRNOTAVAIL,
+        ["cannot be bound here"],
+    ),
+    (
+        winsock_error(10050),
+        "bind",
+        "hyperv",
+        HvsockError,
+        errno.ENETDOWN,
+        ["bind on port 5000 of CID 3 failed"],
+    ),
 ]
 
 
 @pytest.mark.parametrize(
-    ("exc", "op", "family", "cls", "code", "fragments"), TRANSLATIONS,
-    ids=[f"{op}-{family}-{getattr(e, 'winerror', None) or e.errno}-{i}"
-         for i, (e, op, family, *_) in enumerate(TRANSLATIONS)])
-def test_translate(exc: OSError, op: str, family: str, cls: type[HvsockError],
-                   code: int | None, fragments: list[str]) -> None:
+    ("exc", "op", "family", "cls", "code", "fragments"),
+    TRANSLATIONS,
+    ids=[
+        f"{op}-{family}-{getattr(e, 'winerror', None) or e.errno}-{i}"
+        for i, (e, op, family, *_) in enumerate(TRANSLATIONS)
+    ],
+)
+def test_translate(
+    exc: OSError,
+    op: str,
+    family: str,
+    cls: type[HvsockError],
+    code: int | None,
+    fragments: list[str],
+) -> None:
     result = translate(exc, op=op, family=family, where=WHERE)
     assert type(result) is cls
     assert isinstance(result, HvsockError)
@@ -282,66 +535,111 @@ def test_translate(exc: OSError, op: str, family: str, cls: type[HvsockError],
 
 
 def test_translate_port_hint() -> None:
-    result = translate(os_error(errno.ECONNRESET), op="connect", family="hyperv",
-                       where="service 5000 on parent",
-                       port_hint=" (a Linux guest must listen on vsock://any:5000)")
+    result = translate(
+        os_error(errno.ECONNRESET),
+        op="connect",
+        family="hyperv",
+        where="service 5000 on parent",
+        port_hint=" (a Linux guest must listen on vsock://any:5000)",
+    )
     assert str(result) == (
         "nothing is listening on service 5000 on parent; start the service there first"
         " (a Linux guest must listen on vsock://any:5000) (or pass retries=N to "
-        "wait for it)")
+        "wait for it)"
+    )
 
 
-@pytest.mark.parametrize("exc", [
-    AddressError("already ours"),
-    NothingListeningError("already ours", errno=errno.ECONNREFUSED),
-    ValueError("not an OS error"),
-    KeyboardInterrupt(),
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        AddressError("already ours"),
+        NothingListeningError("already ours", errno=errno.ECONNREFUSED),
+        ValueError("not an OS error"),
+        KeyboardInterrupt(),
+    ],
+)
 def test_translate_passes_through_what_it_does_not_own(exc: BaseException) -> None:
     assert translate(exc, op="connect", family="vsock", where=WHERE) is exc
 
 
-@pytest.mark.parametrize("exc", [
-    NothingListeningError("x"),
-    ConnectTimeoutError("x"),
-    UnreachableError("x"),
-    TimeoutError(),
-    TimeoutError("timed out"),  # what socket.timeout is since 3.10
-    *(os_error(code) for code in (errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT,
-                                  errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN,
-                                  errno.EHOSTDOWN)),
-    *(winsock_error(w) for w in (10050, 10051, 10054, 10060, 10061, 10064, 10065)),
-], ids=repr)
+@pytest.mark.parametrize(
+    "exc",
+    [
+        NothingListeningError("x"),
+        ConnectTimeoutError("x"),
+        UnreachableError("x"),
+        TimeoutError(),
+        TimeoutError("timed out"),  # what socket.timeout is since 3.10
+        *(
+            os_error(code)
+            for code in (
+                errno.ECONNREFUSED,
+                errno.ECONNRESET,
+                errno.ETIMEDOUT,
+                errno.EHOSTUNREACH,
+                errno.ENETUNREACH,
+                errno.ENETDOWN,
+                errno.EHOSTDOWN,
+            )
+        ),
+        *(winsock_error(w) for w in (10050, 10051, 10054, 10060, 10061, 10064, 10065)),
+    ],
+    ids=repr,
+)
 def test_transient(exc: BaseException) -> None:
     assert is_transient(exc) is True
 
 
-@pytest.mark.parametrize("exc", [
-    HvsockError("x"),
-    HvsockError("x", errno=errno.ECONNREFUSED),  # our own errors go by class, not errno
-    AddressError("x"),
-    UnsupportedError("x"),
-    TransportUnavailableError("x"),
-    PermissionDeniedError("x"),
-    AddressInUseError("x"),
-    HandshakeError("x"),
-    OSError("no errno"),
-    *(os_error(code) for code in (errno.EACCES, errno.EPERM, errno.EADDRINUSE, errno.EINVAL,
-                                  errno.ENOENT, errno.EPIPE, errno.EAFNOSUPPORT)),
-    # winerror wins over errno
-    *(winsock_error(w) for w in (10013, 10048, 10049)),
-    ValueError("x"),
-    KeyboardInterrupt(),
-], ids=repr)
+@pytest.mark.parametrize(
+    "exc",
+    [
+        HvsockError("x"),
+        HvsockError("x", errno=errno.ECONNREFUSED),  # our own errors go by class, not errno
+        AddressError("x"),
+        UnsupportedError("x"),
+        TransportUnavailableError("x"),
+        PermissionDeniedError("x"),
+        AddressInUseError("x"),
+        HandshakeError("x"),
+        OSError("no errno"),
+        *(
+            os_error(code)
+            for code in (
+                errno.EACCES,
+                errno.EPERM,
+                errno.EADDRINUSE,
+                errno.EINVAL,
+                errno.ENOENT,
+                errno.EPIPE,
+                errno.EAFNOSUPPORT,
+            )
+        ),
+        # winerror wins over errno
+        *(winsock_error(w) for w in (10013, 10048, 10049)),
+        ValueError("x"),
+        KeyboardInterrupt(),
+    ],
+    ids=repr,
+)
 def test_not_transient(exc: BaseException) -> None:
     assert is_transient(exc) is False
 
 
-@pytest.mark.parametrize("exc", [
-    os_error(errno.ECONNREFUSED), os_error(errno.ECONNRESET), os_error(errno.ETIMEDOUT),
-    os_error(errno.EHOSTUNREACH), os_error(errno.ENETUNREACH), os_error(errno.EHOSTDOWN),
-    TimeoutError("timed out"), winsock_error(10050), winsock_error(10061),
-], ids=repr)
+@pytest.mark.parametrize(
+    "exc",
+    [
+        os_error(errno.ECONNREFUSED),
+        os_error(errno.ECONNRESET),
+        os_error(errno.ETIMEDOUT),
+        os_error(errno.EHOSTUNREACH),
+        os_error(errno.ENETUNREACH),
+        os_error(errno.EHOSTDOWN),
+        TimeoutError("timed out"),
+        winsock_error(10050),
+        winsock_error(10061),
+    ],
+    ids=repr,
+)
 def test_transient_errors_stay_transient_once_translated(exc: OSError) -> None:
     translated = translate(exc, op="connect", family="vsock", where=WHERE)
     assert is_transient(translated) is True
@@ -359,8 +657,7 @@ def test_translated_errors_pickle() -> None:
 @pytest.mark.parametrize("family", ["vsock", "hyperv", "hybrid"])
 def test_a_reset_during_connect_is_nothing_listening_on_vm_sockets(family: str) -> None:
     exc = OSError(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
-    assert isinstance(translate(exc, op="connect", family=family, where="x"),
-                      NothingListeningError)
+    assert isinstance(translate(exc, op="connect", family=family, where="x"), NothingListeningError)
 
 
 @pytest.mark.parametrize("family", ["tcp", "unix"])
@@ -375,8 +672,9 @@ def test_a_reset_during_connect_is_a_reset_on_tcp_and_unix(family: str) -> None:
 
 def test_tcp_bind_advice_never_mentions_vsock() -> None:
     for code in (errno.EADDRNOTAVAIL, errno.EACCES, errno.EAFNOSUPPORT):
-        error = translate(OSError(code, os.strerror(code)), op="bind", family="tcp",
-                          where="tcp://192.0.2.1:80")
+        error = translate(
+            OSError(code, os.strerror(code)), op="bind", family="tcp", where="tcp://192.0.2.1:80"
+        )
         assert isinstance(error, HvsockError)
         assert "CID" not in str(error)
         assert "vsock" not in str(error)
@@ -413,8 +711,9 @@ FILE_TABLE = [
 ]
 
 
-@pytest.mark.parametrize(("code", "cls", "says"), FILE_TABLE,
-                         ids=[errno.errorcode[c] for c, _, _ in FILE_TABLE])
+@pytest.mark.parametrize(
+    ("code", "cls", "says"), FILE_TABLE, ids=[errno.errorcode[c] for c, _, _ in FILE_TABLE]
+)
 def test_translate_file_errors(code: int, cls: type[HvsockError], says: str) -> None:
     exc = OSError(code, os.strerror(code))
     result = translate(exc, op="write", family="file", where="'a/b'")
@@ -428,12 +727,22 @@ def test_translate_file_errors(code: int, cls: type[HvsockError], says: str) -> 
 def test_translate_file_permission_hint_only_on_refusals() -> None:
     hint = "pool files belong to root: run as root"
     for code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        refused = translate(OSError(code, os.strerror(code)), op="write", family="file",
-                            where="pool 0", permission_hint=hint)
+        refused = translate(
+            OSError(code, os.strerror(code)),
+            op="write",
+            family="file",
+            where="pool 0",
+            permission_hint=hint,
+        )
         assert isinstance(refused, PermissionDeniedError)
         assert str(refused).endswith("; " + hint)
-    other = translate(OSError(errno.ENOSPC, "full"), op="write", family="file",
-                      where="pool 0", permission_hint=hint)
+    other = translate(
+        OSError(errno.ENOSPC, "full"),
+        op="write",
+        family="file",
+        where="pool 0",
+        permission_hint=hint,
+    )
     assert hint not in str(other)
 
 
@@ -443,7 +752,8 @@ def test_translate_file_passes_through_what_it_does_not_own() -> None:
     not_os = ValueError("y")
     assert translate(not_os, op="read", family="file", where="f") is not_os
     # A file timeout is not a connect timeout.
-    timeout = translate(TimeoutError(errno.ETIMEDOUT, "timed out"), op="read",
-                        family="file", where="f")
+    timeout = translate(
+        TimeoutError(errno.ETIMEDOUT, "timed out"), op="read", family="file", where="f"
+    )
     assert not isinstance(timeout, ConnectTimeoutError)
     assert str(timeout).startswith("cannot read f: ")

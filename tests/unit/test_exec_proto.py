@@ -13,10 +13,10 @@ from hvsock._core import exec_proto as ep
 from hvsock._core import mux
 from hvsock._core.framing import FrameDecoder
 
-text = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)),
-               max_size=20)
-names = st.text(st.characters(blacklist_characters="\0=", blacklist_categories=("Cs",)),
-                min_size=1, max_size=10)
+text = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=20)
+names = st.text(
+    st.characters(blacklist_characters="\0=", blacklist_categories=("Cs",)), min_size=1, max_size=10
+)
 
 starts = st.builds(
     ep.Start,
@@ -52,8 +52,11 @@ def test_every_event_round_trips(event: ep.Event) -> None:
 def test_frames_split_anywhere_decode_in_order(evs: list[ep.Event], step: int) -> None:
     stream = b"".join(ep.frame(e) for e in evs)
     decoder = FrameDecoder(ep.MAX_FRAME)
-    got = [ep.decode(body) for i in range(0, len(stream), step)
-           for body in decoder.feed(stream[i:i + step])]
+    got = [
+        ep.decode(body)
+        for i in range(0, len(stream), step)
+        for body in decoder.feed(stream[i : i + step])
+    ]
     assert got == evs
 
 
@@ -66,23 +69,52 @@ def test_any_bytes_give_an_event_or_protocol_error(body: bytes) -> None:
     assert ep.decode(ep.encode(event)) == event  # whatever decodes also encodes again
 
 
-@pytest.mark.parametrize("body", [
-    b"", b"\x03x", b"\x04\x00", b"\x05", b"\x05\x00", b"\x05\xff", b"\x99",
-    b"\x01{}", b"\x01[]", b'\x01{"argv": []}', b'\x01{"argv": [""]}', b'\x01{"argv": ["a\\u0000"]}',
-    b'\x01{"argv": ["a"], "timeout": -1}', b'\x01{"argv": ["a"], "env": {"A=B": "c"}}',
-    b'\x01{"argv": ["a"], "tty": {"rows": 70000}}', b'\x01{"argv": ["a"], "max_output": 0}',
-    b'\x01{"argv": ["a"], "timeout": NaN}', b"\x13{}", b'\x13{"code": 1, "signal": 2}',
-    b'\x13{"code": 300}', b'\x13{"code": 1, "timed_out": 1}', b"\x14{}", b"\x10\xff",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"\x03x",
+        b"\x04\x00",
+        b"\x05",
+        b"\x05\x00",
+        b"\x05\xff",
+        b"\x99",
+        b"\x01{}",
+        b"\x01[]",
+        b'\x01{"argv": []}',
+        b'\x01{"argv": [""]}',
+        b'\x01{"argv": ["a\\u0000"]}',
+        b'\x01{"argv": ["a"], "timeout": -1}',
+        b'\x01{"argv": ["a"], "env": {"A=B": "c"}}',
+        b'\x01{"argv": ["a"], "tty": {"rows": 70000}}',
+        b'\x01{"argv": ["a"], "max_output": 0}',
+        b'\x01{"argv": ["a"], "timeout": NaN}',
+        b"\x13{}",
+        b'\x13{"code": 1, "signal": 2}',
+        b'\x13{"code": 300}',
+        b'\x13{"code": 1, "timed_out": 1}',
+        b"\x14{}",
+        b"\x10\xff",
+    ],
+)
 def test_bad_frames_raise_protocol_error(body: bytes) -> None:
     with pytest.raises(hvsock.ProtocolError):
         ep.decode(body)
 
 
-@pytest.mark.parametrize("event", [
-    ep.Start(()), ep.Start(("",)), ep.Signal(0), ep.Output(3, b""), ep.Exit(),
-    ep.Exit(1, 2), ep.Resize(-1, 0), ep.Start(("a",), timeout=0),
-])
+@pytest.mark.parametrize(
+    "event",
+    [
+        ep.Start(()),
+        ep.Start(("",)),
+        ep.Signal(0),
+        ep.Output(3, b""),
+        ep.Exit(),
+        ep.Exit(1, 2),
+        ep.Resize(-1, 0),
+        ep.Start(("a",), timeout=0),
+    ],
+)
 def test_unsendable_events_raise_protocol_error(event: ep.Event) -> None:
     with pytest.raises(hvsock.ProtocolError):
         ep.encode(event)
@@ -117,8 +149,12 @@ def test_hello_answers() -> None:
     with pytest.raises(hvsock.RemoteError) as info:
         mux.decode_answer(mux.encode_answer(("unknown_service", "no such")))
     assert info.value.code == "unknown_service"
-    for bad in (b'{"hvsock": 2, "service": "exec"}', b'{"hvsock": 1, "service": "Exec!"}',
-                b"[]", b"\xff"):
+    for bad in (
+        b'{"hvsock": 2, "service": "exec"}',
+        b'{"hvsock": 1, "service": "Exec!"}',
+        b"[]",
+        b"\xff",
+    ):
         with pytest.raises(hvsock.ProtocolError):
             mux.decode_hello(bad)
     with pytest.raises(hvsock.ProtocolError):
@@ -130,8 +166,7 @@ def test_hello_answers() -> None:
 
 @given(st.sampled_from([ep.STDIN, ep.STDOUT, ep.STDERR]), st.binary(max_size=300))
 def test_a_data_head_and_its_bytes_are_the_frame_of_the_event(kind: int, data: bytes) -> None:
-    event = ep.Stdin(data) if kind == ep.STDIN else ep.Output(1 if kind == ep.STDOUT else 2,
-                                                               data)
+    event = ep.Stdin(data) if kind == ep.STDIN else ep.Output(1 if kind == ep.STDOUT else 2, data)
     head = ep.data_head(kind, len(data))
     assert head + data == ep.frame(event)
     assert ep.parse_head(head) == (kind, len(data))
@@ -145,8 +180,10 @@ def test_data_output_keeps_the_very_bytes_object() -> None:
     assert event.data is data
 
 
-@pytest.mark.parametrize(("kind", "size"), [(ep.START, 1), (ep.EXIT, 0), (0x99, 3),
-                                             (ep.STDIN, ep.CHUNK + 1), (ep.STDOUT, -1)])
+@pytest.mark.parametrize(
+    ("kind", "size"),
+    [(ep.START, 1), (ep.EXIT, 0), (0x99, 3), (ep.STDIN, ep.CHUNK + 1), (ep.STDOUT, -1)],
+)
 def test_data_head_refuses_non_data_kinds_and_oversized_chunks(kind: int, size: int) -> None:
     with pytest.raises(hvsock.ProtocolError):
         ep.data_head(kind, size)
@@ -176,9 +213,17 @@ def test_any_head_bytes_give_a_kind_and_size_or_protocol_error(head: bytes) -> N
     assert ep.HEAD.pack(size + 1, kind) == head
 
 
-@pytest.mark.parametrize("head", [b"", b"\x00\x00\x00\x01", b"\x00\x00\x00\x00\x11",
-                                  b"\x00\x10\x00\x01\x11", b"\xff\xff\xff\xff\x02",
-                                  b"\x00\x00\x00\x02\x11\x00"])
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"",
+        b"\x00\x00\x00\x01",
+        b"\x00\x00\x00\x00\x11",
+        b"\x00\x10\x00\x01\x11",
+        b"\xff\xff\xff\xff\x02",
+        b"\x00\x00\x00\x02\x11\x00",
+    ],
+)
 def test_bad_heads_raise_protocol_error(head: bytes) -> None:
     with pytest.raises(hvsock.ProtocolError):
         ep.parse_head(head)
@@ -234,8 +279,9 @@ ILLEGAL = [
 
 
 @pytest.mark.parametrize(("events", "message"), ILLEGAL)
-def test_illegal_agent_sequences_raise_and_break_the_session(events: list[ep.Event],
-                                                            message: str) -> None:
+def test_illegal_agent_sequences_raise_and_break_the_session(
+    events: list[ep.Event], message: str
+) -> None:
     client = _started_client()
     with pytest.raises(hvsock.ProtocolError, match=message):
         client.receive(_agent(*events))
@@ -244,12 +290,15 @@ def test_illegal_agent_sequences_raise_and_break_the_session(events: list[ep.Eve
         client.receive(_agent(ep.Exit(0)))
 
 
-@pytest.mark.parametrize(("sent", "message"), [
-    (b"", "before the command's exit was reported"),
-    (_agent(ep.Started(1)), "before the command's exit was reported"),
-    (_agent(ep.Started(1))[:3], "in the middle of a frame"),
-    (_agent(ep.Started(1), ep.Output(1, b"abc"))[:-1], "in the middle of a frame"),
-])
+@pytest.mark.parametrize(
+    ("sent", "message"),
+    [
+        (b"", "before the command's exit was reported"),
+        (_agent(ep.Started(1)), "before the command's exit was reported"),
+        (_agent(ep.Started(1))[:3], "in the middle of a frame"),
+        (_agent(ep.Started(1), ep.Output(1, b"abc"))[:-1], "in the middle of a frame"),
+    ],
+)
 def test_eof_before_the_end_is_a_protocol_error(sent: bytes, message: str) -> None:
     client = _started_client()
     client.receive(sent) if sent else None
@@ -281,8 +330,11 @@ def test_client_sending_rules() -> None:
     with pytest.raises(hvsock.ProtocolError, match=r"0\.\.262144 bytes"):
         client.send(ep.Stdin(b"x" * (ep.CHUNK + 1)))
     assert client.send(ep.StdinEof()) == ep.frame(ep.StdinEof())
-    for late in (lambda: client.send(ep.Stdin(b"x")), lambda: client.send(ep.StdinEof()),
-                 lambda: client.stdin_head(1)):
+    for late in (
+        lambda: client.send(ep.Stdin(b"x")),
+        lambda: client.send(ep.StdinEof()),
+        lambda: client.stdin_head(1),
+    ):
         with pytest.raises(hvsock.ProtocolError, match="STDIN_EOF sent"):
             late()
     assert client.send(ep.Signal(2)) == ep.frame(ep.Signal(2))  # signals still go
@@ -293,8 +345,9 @@ def test_client_sending_rules() -> None:
 
 
 @given(st.lists(events, max_size=8), st.lists(st.integers(1, 60), min_size=1, max_size=20))
-def test_agent_bytes_in_any_chunks_give_the_same_events(evs: list[ep.Event],
-                                                         cuts: list[int]) -> None:
+def test_agent_bytes_in_any_chunks_give_the_same_events(
+    evs: list[ep.Event], cuts: list[int]
+) -> None:
     """Agent bytes cut anywhere give the events they give whole, or fail as they do whole."""
     stream = _agent(*evs)
     whole = _started_client()
@@ -308,7 +361,7 @@ def test_agent_bytes_in_any_chunks_give_the_same_events(evs: list[ep.Event],
     try:
         while pos < len(stream):
             step = cuts[i % len(cuts)]
-            got += client.receive(stream[pos:pos + step])
+            got += client.receive(stream[pos : pos + step])
             pos, i = pos + step, i + 1
     except hvsock.ProtocolError:
         assert expected is None  # it fails in pieces only where it fails whole
@@ -316,17 +369,18 @@ def test_agent_bytes_in_any_chunks_give_the_same_events(evs: list[ep.Event],
     assert got == expected
 
 
-@given(st.binary(max_size=300), st.lists(st.integers(1, 40), min_size=1, max_size=10),
-       st.booleans())
-def test_arbitrary_agent_bytes_give_events_or_protocol_error_only(data: bytes,
-                                                                  cuts: list[int],
-                                                                  then_eof: bool) -> None:
+@given(
+    st.binary(max_size=300), st.lists(st.integers(1, 40), min_size=1, max_size=10), st.booleans()
+)
+def test_arbitrary_agent_bytes_give_events_or_protocol_error_only(
+    data: bytes, cuts: list[int], then_eof: bool
+) -> None:
     client = _started_client()
     pos, i = 0, 0
     try:
         while pos < len(data):
             step = cuts[i % len(cuts)]
-            for event in client.receive(data[pos:pos + step]):
+            for event in client.receive(data[pos : pos + step]):
                 assert isinstance(event, (ep.Started, ep.Output, ep.Exit, ep.Error))
             pos, i = pos + step, i + 1
         if then_eof:

@@ -42,8 +42,7 @@ def test_reg_file_for_a_registration_and_a_removal() -> None:
     assert text.splitlines() == [
         "Windows Registry Editor Version 5.00",
         "",
-        '; hvsock: register "My \\"agent\\" C:\\\\x" as '
-        f"{SID} (vsock port 5000)",
+        f'; hvsock: register "My \\"agent\\" C:\\\\x" as {SID} (vsock port 5000)',
         f"[{HKLM_KEY}\\{SID}]",
         '"CreatedBy"="hvsock"',
         '"ElementName"="My \\"agent\\" C:\\\\x"',
@@ -55,8 +54,10 @@ def test_reg_file_for_a_registration_and_a_removal() -> None:
 
 
 def test_reg_round_trip_gives_the_same_entries_as_registering() -> None:
-    changes: list[Change] = [Registration(SID, "My agent"),
-                             Registration(RANDOM_SID, "Ünïcode ✓ 'quoted'")]
+    changes: list[Change] = [
+        Registration(SID, "My agent"),
+        Registration(RANDOM_SID, "Ünïcode ✓ 'quoted'"),
+    ]
     edits = parse_reg(to_reg(changes))
     assert edits == [edit for change in changes for edit in change.edits()]
     from_file, direct = MemoryRegistry(), MemoryRegistry()
@@ -73,23 +74,30 @@ def test_an_administrators_reg_file() -> None:
     text = fixture("admin-written.reg").decode("utf-16-le")
     edits = parse_reg(text)
     assert edits == [
-        RegistryEdit(f"{SERVICES_KEY}\\{{00000016-FACB-11E6-BD58-64006A7986D3}}",
-                     (("ElementName", 'SSH for the "dev" VMs'),)),
-        RegistryEdit(f"{SERVICES_KEY}\\7c1e4a2b-9d3f-4e8a-b6c5-2f1a0e9d8c7b",
-                     (("ElementName", "C:\\agents\\sync.exe"), ("CreatedBy", "hvsock"))),
+        RegistryEdit(
+            f"{SERVICES_KEY}\\{{00000016-FACB-11E6-BD58-64006A7986D3}}",
+            (("ElementName", 'SSH for the "dev" VMs'),),
+        ),
+        RegistryEdit(
+            f"{SERVICES_KEY}\\7c1e4a2b-9d3f-4e8a-b6c5-2f1a0e9d8c7b",
+            (("ElementName", "C:\\agents\\sync.exe"), ("CreatedBy", "hvsock")),
+        ),
         RegistryEdit(f"{SERVICES_KEY}\\00001388-facb-11e6-bd58-64006a7986d3", delete=True),
     ]
     registry = MemoryRegistry()
     apply_edits(registry, edits)
     assert [(e.port, e.name, e.origin) for e in registered_services(registry)] == [
-        (None, "C:\\agents\\sync.exe", "hvsock"), (22, 'SSH for the "dev" VMs', "other")]
+        (None, "C:\\agents\\sync.exe", "hvsock"),
+        (22, 'SSH for the "dev" VMs', "other"),
+    ]
 
 
 def test_reg_parser_tolerates_what_regedit_does() -> None:
-    text = ("REGEDIT4\r\n\r\n; comment\r\n  [HKLM\\A\\B]  \r\n"
-            '"x" = "1"\r\n\r\n[hkey_local_machine\\A\\C]\r\n')
-    assert parse_reg("\n\n" + text) == [RegistryEdit("A\\B", (("x", "1"),)),
-                                        RegistryEdit("A\\C")]
+    text = (
+        "REGEDIT4\r\n\r\n; comment\r\n  [HKLM\\A\\B]  \r\n"
+        '"x" = "1"\r\n\r\n[hkey_local_machine\\A\\C]\r\n'
+    )
+    assert parse_reg("\n\n" + text) == [RegistryEdit("A\\B", (("x", "1"),)), RegistryEdit("A\\C")]
 
 
 BAD_REG = [
@@ -107,7 +115,7 @@ BAD_REG = [
     ('REGEDIT4\n[HKLM\\A]\n"x"=hex:01,02\n', "string values only"),
     ('REGEDIT4\n[HKLM\\A]\n"x"=-\n', "string values only"),
     ('REGEDIT4\n[HKLM\\A]\n@="default"\n', "a default value (@=)"),
-    ("REGEDIT4\n[HKLM\\A]\nx=1\n", "is not a \"name\"=\"value\" line"),
+    ("REGEDIT4\n[HKLM\\A]\nx=1\n", 'is not a "name"="value" line'),
     ('REGEDIT4\n[HKLM\\A]\n"x"\n', "'=' must follow the value name"),
     ('REGEDIT4\n[HKLM\\A]\n"x="y"\n', "'=' must follow the value name"),
     ('REGEDIT4\n[HKLM\\A]\n"x"="y\n', "line 3: a string is not closed"),
@@ -133,8 +141,7 @@ def test_non_text_is_refused() -> None:
 def test_unknown_export_format() -> None:
     with pytest.raises(RegistryError, match="use one of: ps1, reg"):
         registration_script([Registration(SID, "x")], "bat")
-    assert registration_script([Registration(SID, "x")], "reg") == to_reg(
-        [Registration(SID, "x")])
+    assert registration_script([Registration(SID, "x")], "reg") == to_reg([Registration(SID, "x")])
     assert registration_script([Registration(SID, "x")]) == to_ps1([Registration(SID, "x")])
 
 
@@ -185,8 +192,10 @@ def test_ps1_registration_checks_before_writing() -> None:
     assert f"$root = 'HKLM:\\{SERVICES_KEY}'" in script
     assert "is Hyper-V enabled on this machine?" in script
     assert f"New-Item -Path $root -Name '{SID}'" in script
-    assert ("New-ItemProperty -LiteralPath $key -Name 'ElementName' -Value 'My agent' "
-            "-PropertyType String -Force") in script
+    assert (
+        "New-ItemProperty -LiteralPath $key -Name 'ElementName' -Value 'My agent' "
+        "-PropertyType String -Force"
+    ) in script
     assert "elseif ($old -ceq 'My agent')" in script  # same name: nothing to do
     assert f"throw ('{SID} is already registered as ' + $old" in script
     # the marker is written before the name
@@ -204,14 +213,29 @@ def test_ps1_removal_checks_the_marker_unless_forced() -> None:
 
 # -- properties ----------------------------------------------------------------------
 
-names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=256) \
-    .filter(lambda n: n.isprintable() and n == n.strip())
+names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=256).filter(
+    lambda n: n.isprintable() and n == n.strip()
+)
 service_ids = st.one_of(st.uuids(), st.integers(0, 0xFFFFFFFF).map(service_id_for_port))
-changes = st.lists(st.one_of(st.builds(Registration, service_ids, names),
-                             st.builds(Removal, service_ids.filter(
-                                 lambda s: str(s) not in ("999e53d4-3d5c-4c3e-8779-bed06ec056e1",
-                                                          "a5201c21-2770-4c11-a68e-f182edb29220")),
-                                       st.booleans())), max_size=4)
+changes = st.lists(
+    st.one_of(
+        st.builds(Registration, service_ids, names),
+        st.builds(
+            Removal,
+            service_ids.filter(
+                lambda s: (
+                    str(s)
+                    not in (
+                        "999e53d4-3d5c-4c3e-8779-bed06ec056e1",
+                        "a5201c21-2770-4c11-a68e-f182edb29220",
+                    )
+                )
+            ),
+            st.booleans(),
+        ),
+    ),
+    max_size=4,
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -222,8 +246,7 @@ def test_reg_export_then_parse_round_trip(chosen: list[Change]) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(names, service_ids)
-def test_ps1_carries_any_name_exactly_and_its_code_never_changes(name: str,
-                                                                 sid: uuid.UUID) -> None:
+def test_ps1_carries_any_name_exactly_and_its_code_never_changes(name: str, sid: uuid.UUID) -> None:
     script = to_ps1([Registration(sid, name)])
     plain = to_ps1([Registration(sid, "X")])
     lines, plain_lines = script.splitlines(), plain.splitlines()
@@ -244,9 +267,28 @@ def test_arbitrary_text_parses_or_raises_registry_error(text: str) -> None:
         assert outcome(lambda c=candidate: parse_reg(c), RegistryError)  # type: ignore[misc]
 
 
-TOKENS = ["Windows Registry Editor Version 5.00", "\n", "\r\n", "[", "]", "[-",
-          "HKEY_LOCAL_MACHINE", "\\", '"', "=", "@", "-", ";", "dword:", "hex:", "A", "x", " ",
-          "\\\\", '\\"']
+TOKENS = [
+    "Windows Registry Editor Version 5.00",
+    "\n",
+    "\r\n",
+    "[",
+    "]",
+    "[-",
+    "HKEY_LOCAL_MACHINE",
+    "\\",
+    '"',
+    "=",
+    "@",
+    "-",
+    ";",
+    "dword:",
+    "hex:",
+    "A",
+    "x",
+    " ",
+    "\\\\",
+    '\\"',
+]
 
 
 @settings(max_examples=500, deadline=None)

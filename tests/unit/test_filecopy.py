@@ -12,10 +12,16 @@ from hvsock._core import filecopy as fc
 texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=100)
 names = st.binary(min_size=1, max_size=40).filter(lambda b: b"\0" not in b)
 entries = st.builds(
-    fc.Entry, path=names, kind=st.sampled_from(fc.KINDS[1:]),
-    mode=st.integers(0, 0o7777), mtime_ns=st.integers(-(2**63), 2**63 - 1),
-    size=st.integers(-1, 2**63 - 1), uid=st.integers(-1, 2**31), gid=st.integers(-1, 2**31),
-    link=names)
+    fc.Entry,
+    path=names,
+    kind=st.sampled_from(fc.KINDS[1:]),
+    mode=st.integers(0, 0o7777),
+    mtime_ns=st.integers(-(2**63), 2**63 - 1),
+    size=st.integers(-1, 2**63 - 1),
+    uid=st.integers(-1, 2**31),
+    gid=st.integers(-1, 2**31),
+    link=names,
+)
 messages = st.one_of(
     st.builds(fc.Hello, st.integers(0, 2**64 - 1), st.integers(0, 3)),
     st.builds(fc.Stat, names),
@@ -80,14 +86,17 @@ def test_truncated_messages_are_protocol_errors(message: fc.Message, data: st.Da
         fc.decode(body[:cut])
 
 
-@pytest.mark.parametrize(("body", "why"), [
-    (b"", "empty"),
-    (b"\xff", "unknown"),
-    (fc.encode(fc.Done(1)) + b"x", "stray"),
-    (bytes([fc.FileEnd.TYPE]) + b"\0\0\0\x05abcde\x01", "digest"),
-    (bytes([fc.Get.TYPE]) + b"\0\0\0\x01a" + (1 << 20).to_bytes(8, "big"), "flags"),
-    (bytes([fc.Stat.TYPE]) + (10**6).to_bytes(4, "big"), "over the limit"),
-])
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"", "empty"),
+        (b"\xff", "unknown"),
+        (fc.encode(fc.Done(1)) + b"x", "stray"),
+        (bytes([fc.FileEnd.TYPE]) + b"\0\0\0\x05abcde\x01", "digest"),
+        (bytes([fc.Get.TYPE]) + b"\0\0\0\x01a" + (1 << 20).to_bytes(8, "big"), "flags"),
+        (bytes([fc.Stat.TYPE]) + (10**6).to_bytes(4, "big"), "over the limit"),
+    ],
+)
 def test_bad_bodies_say_what_is_wrong(body: bytes, why: str) -> None:
     with pytest.raises(ProtocolError, match=why):
         fc.decode(body)
@@ -113,18 +122,22 @@ def test_chunks() -> None:
         fc.chunk_length(b"\0")
 
 
-@pytest.mark.parametrize(("path", "expected"), [
-    (b"a/b", (False, (b"a", b"b"))),
-    (b"/srv//www/./x/", (True, (b"srv", b"www", b"x"))),
-    (b".", (False, ())),
-    (b"caf\xe9", (False, (b"caf\xe9",))),
-])
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        (b"a/b", (False, (b"a", b"b"))),
+        (b"/srv//www/./x/", (True, (b"srv", b"www", b"x"))),
+        (b".", (False, ())),
+        (b"caf\xe9", (False, (b"caf\xe9",))),
+    ],
+)
 def test_split_path(path: bytes, expected: tuple[bool, tuple[bytes, ...]]) -> None:
     assert fc.split_path(path) == expected
 
 
-@pytest.mark.parametrize("path", [b"..", b"a/../b", b"/srv/..", b"a\0b", b"x" * 5000,
-                                  b"a/" + b"n" * 256])
+@pytest.mark.parametrize(
+    "path", [b"..", b"a/../b", b"/srv/..", b"a\0b", b"x" * 5000, b"a/" + b"n" * 256]
+)
 def test_split_path_refuses(path: bytes) -> None:
     with pytest.raises(ArgumentError):
         fc.split_path(path)
@@ -164,15 +177,18 @@ def test_relative_parts() -> None:
     assert fc.relative_parts(b"a/b\xff") == (b"a", b"b\xff")
 
 
-@pytest.mark.parametrize(("flags", "exists", "src", "dst", "kept"), [
-    (0, False, 1, 2, False),
-    (0, True, 1, 2, False),
-    (fc.F_NO_CLOBBER, True, 3, 2, True),
-    (fc.F_NO_CLOBBER, False, 3, 2, False),
-    (fc.F_UPDATE, True, 3, 2, False),
-    (fc.F_UPDATE, True, 2, 2, True),
-    (fc.F_FORCE, True, 1, 2, False),
-])
+@pytest.mark.parametrize(
+    ("flags", "exists", "src", "dst", "kept"),
+    [
+        (0, False, 1, 2, False),
+        (0, True, 1, 2, False),
+        (fc.F_NO_CLOBBER, True, 3, 2, True),
+        (fc.F_NO_CLOBBER, False, 3, 2, False),
+        (fc.F_UPDATE, True, 3, 2, False),
+        (fc.F_UPDATE, True, 2, 2, True),
+        (fc.F_FORCE, True, 1, 2, False),
+    ],
+)
 def test_should_replace(flags: int, exists: bool, src: int, dst: int, kept: bool) -> None:
     assert (fc.should_replace(flags, exists, src, dst) is not None) == kept
 

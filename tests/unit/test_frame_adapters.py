@@ -90,8 +90,9 @@ def test_largest_default_frame_crosses_the_socket_in_pieces() -> None:
 
 @settings(max_examples=50, deadline=None)
 @given(payloads=st.lists(st.binary(max_size=512), max_size=8), data=st.data())
-def test_any_split_of_the_byte_stream_reads_back(payloads: list[bytes],
-                                                 data: st.DataObject) -> None:
+def test_any_split_of_the_byte_stream_reads_back(
+    payloads: list[bytes], data: st.DataObject
+) -> None:
     stream = b"".join(encode_frame(p) for p in payloads)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10), label="cuts"))
     with sock_pair() as (a, b):
@@ -110,13 +111,16 @@ def test_clean_eof_before_any_frame_is_none() -> None:
         assert recv_frame(a) is None
 
 
-@pytest.mark.parametrize(("sent", "match"), [
-    (b"\x00", r"middle of a frame \(1 of 4 bytes\)"),
-    (b"\x00\x00\x00", r"middle of a frame \(3 of 4 bytes\)"),
-    (header(10), "closed before a 10-byte frame body"),
-    (header(10) + b"abc", r"middle of a frame \(3 of 10 bytes\)"),
-    (header(10) + b"123456789", r"middle of a frame \(9 of 10 bytes\)"),
-])
+@pytest.mark.parametrize(
+    ("sent", "match"),
+    [
+        (b"\x00", r"middle of a frame \(1 of 4 bytes\)"),
+        (b"\x00\x00\x00", r"middle of a frame \(3 of 4 bytes\)"),
+        (header(10), "closed before a 10-byte frame body"),
+        (header(10) + b"abc", r"middle of a frame \(3 of 10 bytes\)"),
+        (header(10) + b"123456789", r"middle of a frame \(9 of 10 bytes\)"),
+    ],
+)
 def test_eof_inside_a_frame_is_a_protocol_error(sent: bytes, match: str) -> None:
     with sock_pair() as (a, b):
         b.sendall(sent)
@@ -125,9 +129,10 @@ def test_eof_inside_a_frame_is_a_protocol_error(sent: bytes, match: str) -> None
             recv_frame(a)
 
 
-@pytest.mark.parametrize(("claim", "limit"), [(ABSOLUTE_MAX_FRAME, DEFAULT_MAX_FRAME),
-                                              (DEFAULT_MAX_FRAME + 1, DEFAULT_MAX_FRAME),
-                                              (17, 16)])
+@pytest.mark.parametrize(
+    ("claim", "limit"),
+    [(ABSOLUTE_MAX_FRAME, DEFAULT_MAX_FRAME), (DEFAULT_MAX_FRAME + 1, DEFAULT_MAX_FRAME), (17, 16)],
+)
 def test_oversized_header_leaves_the_body_unread(claim: int, limit: int) -> None:
     with sock_pair() as (a, b):
         b.sendall(header(claim) + b"body bytes")
@@ -209,14 +214,17 @@ def rpc_server(answer: Answer) -> Iterator[tuple[RpcClient, ServerThread]]:
 
 
 def echo(request: Request) -> list[bytes]:
-    return [encode_message(Response(request.id, {"method": request.method,
-                                                 "params": request.params}))]
+    return [
+        encode_message(Response(request.id, {"method": request.method, "params": request.params}))
+    ]
 
 
 def test_call_returns_the_result() -> None:
     with rpc_server(echo) as (client, server):
-        assert client.call("get", {"key": [1, "two"]}) == {"method": "get",
-                                                            "params": {"key": [1, "two"]}}
+        assert client.call("get", {"key": [1, "two"]}) == {
+            "method": "get",
+            "params": {"key": [1, "two"]},
+        }
         assert client.call("ping") == {"method": "ping", "params": None}
     assert [(r.id, r.method) for r in server.requests] == [(1, "get"), (2, "ping")]
 
@@ -237,29 +245,39 @@ def test_error_reply_raises_remote_error_and_the_client_stays_usable() -> None:
 
 def test_error_reply_with_null_id_is_a_remote_error() -> None:
     null_id_error = encode_message(ErrorReply(None, "busy", "try later"))
-    with rpc_server(lambda _: [null_id_error]) as (client, _), \
-            pytest.raises(RemoteError, match="busy: try later") as info:
+    with (
+        rpc_server(lambda _: [null_id_error]) as (client, _),
+        pytest.raises(RemoteError, match="busy: try later") as info,
+    ):
         client.call("get")
     assert info.value.code == "busy"
 
 
-@pytest.mark.parametrize(("reply", "match"), [
-    (lambda r: Response(r.id + 1, "x"), "response to request 2, expected 1"),
-    (lambda r: Response(0, "x"), "response to request 0, expected 1"),
-    (lambda r: ErrorReply(r.id + 5, "c", "m"), "error reply to request 6, expected 1"),
-    (lambda r: Request(r.id, "back"), "expected a response, got a request"),
-])
+@pytest.mark.parametrize(
+    ("reply", "match"),
+    [
+        (lambda r: Response(r.id + 1, "x"), "response to request 2, expected 1"),
+        (lambda r: Response(0, "x"), "response to request 0, expected 1"),
+        (lambda r: ErrorReply(r.id + 5, "c", "m"), "error reply to request 6, expected 1"),
+        (lambda r: Request(r.id, "back"), "expected a response, got a request"),
+    ],
+)
 def test_wrong_reply_is_a_protocol_error(reply: Callable[[Request], Any], match: str) -> None:
-    with rpc_server(lambda r: [encode_message(reply(r))]) as (client, _), \
-            pytest.raises(ProtocolError, match=match):
+    with (
+        rpc_server(lambda r: [encode_message(reply(r))]) as (client, _),
+        pytest.raises(ProtocolError, match=match),
+    ):
         client.call("get")
 
 
-@pytest.mark.parametrize(("body", "match"), [
-    (b"not json", "not UTF-8 JSON"),
-    (b"[1]", "must be a JSON object"),
-    (b'{"id":1}', "none of 'method', 'result', 'error'"),
-])
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (b"not json", "not UTF-8 JSON"),
+        (b"[1]", "must be a JSON object"),
+        (b'{"id":1}', "none of 'method', 'result', 'error'"),
+    ],
+)
 def test_bad_reply_frame_is_a_protocol_error(body: bytes, match: str) -> None:
     with rpc_server(lambda _: [body]) as (client, _), pytest.raises(ProtocolError, match=match):
         client.call("get")
@@ -276,8 +294,10 @@ def test_oversized_reply_is_frame_too_large_and_its_body_stays_unread() -> None:
 
 
 def test_server_closing_before_answering_is_a_protocol_error() -> None:
-    with rpc_server(lambda _: None) as (client, server), \
-            pytest.raises(ProtocolError, match="closed the connection before answering 'get'"):
+    with (
+        rpc_server(lambda _: None) as (client, server),
+        pytest.raises(ProtocolError, match="closed the connection before answering 'get'"),
+    ):
         client.call("get")
     assert [r.method for r in server.requests] == ["get"]
 
@@ -318,8 +338,7 @@ async def stream_pair() -> AsyncIterator[tuple[Streams, Streams]]:
         b.close()
 
 
-@pytest.mark.parametrize("payload", [b"", b"a", bytes(range(256)) * 40,
-                                     bytes(DEFAULT_MAX_FRAME)])
+@pytest.mark.parametrize("payload", [b"", b"a", bytes(range(256)) * 40, bytes(DEFAULT_MAX_FRAME)])
 def test_async_write_and_read_one_frame(payload: bytes) -> None:
     async def main() -> bytes | None:
         async with stream_pair() as ((ra, _), (_, wb)):
@@ -344,6 +363,7 @@ def test_async_frames_in_sequence_then_clean_eof() -> None:
 def test_async_bytes_arriving_one_at_a_time() -> None:
     async def main() -> list[bytes | None]:
         async with stream_pair() as ((ra, _), (_, wb)):
+
             async def trickle() -> None:
                 for byte in encode_frame(b"hello") + encode_frame(b""):
                     wb.write(bytes([byte]))
@@ -359,12 +379,15 @@ def test_async_bytes_arriving_one_at_a_time() -> None:
     assert run(main) == [b"hello", b"", None]
 
 
-@pytest.mark.parametrize(("sent", "match"), [
-    (b"\x00", "middle of a frame header"),
-    (b"\x00\x00\x00", "middle of a frame header"),
-    (header(10), r"middle of a frame \(0 of 10 bytes\)"),
-    (header(10) + b"abc", r"middle of a frame \(3 of 10 bytes\)"),
-])
+@pytest.mark.parametrize(
+    ("sent", "match"),
+    [
+        (b"\x00", "middle of a frame header"),
+        (b"\x00\x00\x00", "middle of a frame header"),
+        (header(10), r"middle of a frame \(0 of 10 bytes\)"),
+        (header(10) + b"abc", r"middle of a frame \(3 of 10 bytes\)"),
+    ],
+)
 def test_async_eof_inside_a_frame_is_a_protocol_error(sent: bytes, match: str) -> None:
     async def main() -> None:
         async with stream_pair() as ((ra, _), (_, wb)):
@@ -428,8 +451,9 @@ async def serve(streams: Streams, answer: Answer, seen: list[Request]) -> None:
     writer.close()
 
 
-def run_rpc(answer: Answer, client_side: Callable[[AsyncRpcClient], Awaitable[T]]
-            ) -> tuple[T, list[Request]]:
+def run_rpc(
+    answer: Answer, client_side: Callable[[AsyncRpcClient], Awaitable[T]]
+) -> tuple[T, list[Request]]:
     seen: list[Request] = []
 
     async def main() -> T:
@@ -450,8 +474,7 @@ def test_async_call_returns_the_result() -> None:
         return [await client.call("get", {"key": 1}), await client.call("ping")]
 
     results, seen = run_rpc(echo, calls)
-    assert results == [{"method": "get", "params": {"key": 1}},
-                       {"method": "ping", "params": None}]
+    assert results == [{"method": "get", "params": {"key": 1}}, {"method": "ping", "params": None}]
     assert [(r.id, r.method) for r in seen] == [(1, "get"), (2, "ping")]
 
 
@@ -480,13 +503,15 @@ def test_async_error_reply_raises_remote_error() -> None:
     assert after["method"] == "after"
 
 
-@pytest.mark.parametrize(("reply", "match"), [
-    (lambda r: Response(r.id + 1, "x"), "response to request 2, expected 1"),
-    (lambda r: ErrorReply(r.id + 5, "c", "m"), "error reply to request 6, expected 1"),
-    (lambda r: Request(r.id, "back"), "expected a response, got a request"),
-])
-def test_async_wrong_reply_is_a_protocol_error(reply: Callable[[Request], Any],
-                                               match: str) -> None:
+@pytest.mark.parametrize(
+    ("reply", "match"),
+    [
+        (lambda r: Response(r.id + 1, "x"), "response to request 2, expected 1"),
+        (lambda r: ErrorReply(r.id + 5, "c", "m"), "error reply to request 6, expected 1"),
+        (lambda r: Request(r.id, "back"), "expected a response, got a request"),
+    ],
+)
+def test_async_wrong_reply_is_a_protocol_error(reply: Callable[[Request], Any], match: str) -> None:
     async def calls(client: AsyncRpcClient) -> None:
         with pytest.raises(ProtocolError, match=match):
             await client.call("get")

@@ -33,8 +33,7 @@ def header(length: int) -> bytes:
 
 
 def wire(frames: list[tuple[int, bytes]], tagged: bool) -> bytes:
-    return b"".join(encode_frame(bytes([tag]) + body if tagged else body)
-                    for tag, body in frames)
+    return b"".join(encode_frame(bytes([tag]) + body if tagged else body) for tag, body in frames)
 
 
 def cut(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -46,10 +45,10 @@ def cut(data: bytes, cuts: list[int]) -> list[bytes]:
 
 
 @settings(max_examples=300, deadline=None)
-@given(frames=tagged_frames, tagged=st.booleans(), cuts=st.lists(st.integers(0, 4000),
-                                                                 max_size=25))
-def test_any_cut_gives_back_the_frames(frames: list[tuple[int, bytes]], tagged: bool,
-                                       cuts: list[int]) -> None:
+@given(frames=tagged_frames, tagged=st.booleans(), cuts=st.lists(st.integers(0, 4000), max_size=25))
+def test_any_cut_gives_back_the_frames(
+    frames: list[tuple[int, bytes]], tagged: bool, cuts: list[int]
+) -> None:
     expected = [(tag if tagged else NO_TAG, body) for tag, body in frames]
     reader = FrameReader(1000, tagged=tagged)
     got = [f for piece in cut(wire(frames, tagged), cuts) for f in reader.feed(piece)]
@@ -59,10 +58,14 @@ def test_any_cut_gives_back_the_frames(frames: list[tuple[int, bytes]], tagged: 
 
 
 @settings(max_examples=300, deadline=None)
-@given(frames=tagged_frames, tagged=st.booleans(), shorts=st.lists(st.integers(0, 400),
-                                                                   min_size=1, max_size=25))
+@given(
+    frames=tagged_frames,
+    tagged=st.booleans(),
+    shorts=st.lists(st.integers(0, 400), min_size=1, max_size=25),
+)
 def test_reading_at_most_wanted_never_reads_past_a_frame(
-        frames: list[tuple[int, bytes]], tagged: bool, shorts: list[int]) -> None:
+    frames: list[tuple[int, bytes]], tagged: bool, shorts: list[int]
+) -> None:
     """A driver asks for wanted() and may get less (a short read): each frame comes
     whole, and when one does, not a byte of the next was consumed."""
     stream = wire(frames, tagged)
@@ -74,7 +77,7 @@ def test_reading_at_most_wanted_never_reads_past_a_frame(
         want = reader.wanted()
         assert 1 <= want <= len(stream) - pos  # never more than the frame still needs
         n = max(1, min(want, shorts[i % len(shorts)] or want))
-        out = reader.feed(stream[pos:pos + n])
+        out = reader.feed(stream[pos : pos + n])
         pos += n
         if out:
             [frame] = out
@@ -112,18 +115,27 @@ def test_eof_mid_frame_is_not_a_boundary_and_says_where(tagged: bool) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(limit=st.integers(1, 64), over=st.integers(1, 2**31), tagged=st.booleans(),
-       before=st.lists(st.binary(max_size=8), max_size=3), split=st.integers(0, 3))
+@given(
+    limit=st.integers(1, 64),
+    over=st.integers(1, 2**31),
+    tagged=st.booleans(),
+    before=st.lists(st.binary(max_size=8), max_size=3),
+    split=st.integers(0, 3),
+)
 def test_an_oversized_claim_fails_before_any_body_is_buffered(
-        limit: int, over: int, tagged: bool, before: list[bytes], split: int) -> None:
-    before = [b for b in before if 1 <= len(b) <= limit] if tagged else \
-        [b for b in before if len(b) <= limit]
+    limit: int, over: int, tagged: bool, before: list[bytes], split: int
+) -> None:
+    before = (
+        [b for b in before if 1 <= len(b) <= limit]
+        if tagged
+        else [b for b in before if len(b) <= limit]
+    )
     good = b"".join(encode_frame(b) for b in before)
     bad = header(limit + over) + b"\x05" + b"x" * 50
     reader = FrameReader(limit, tagged=tagged)
     # The length's 4 bytes may arrive in two pieces: the check still comes before the body.
     stream = good + bad
-    first, rest = stream[:len(good) + split], stream[len(good) + split:]
+    first, rest = stream[: len(good) + split], stream[len(good) + split :]
     delivered: list[tuple[int, bytes]] = []
 
     def feed_until_it_fails() -> None:
@@ -153,8 +165,7 @@ def test_a_tagged_frame_needs_its_tag() -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(frames=bodies, raw=st.binary(max_size=50), upto=st.integers(0, 4000))
-def test_take_leaves_what_follows_the_frame(frames: list[bytes], raw: bytes,
-                                            upto: int) -> None:
+def test_take_leaves_what_follows_the_frame(frames: list[bytes], raw: bytes, upto: int) -> None:
     stream = b"".join(encode_frame(b) for b in frames) + raw
     pos = upto % (len(stream) + 1)
     buffer = bytearray(stream[:pos])  # what a read-ahead happened to get
@@ -165,7 +176,7 @@ def test_take_leaves_what_follows_the_frame(frames: list[bytes], raw: bytes,
         if isinstance(taken, int):
             # Not whole yet: nothing was taken, and it says how much it needs.
             assert taken > len(buffer)
-            more = stream[pos:pos + taken - len(buffer)]
+            more = stream[pos : pos + taken - len(buffer)]
             assert len(more) == taken - len(buffer)
             buffer += more
             pos += len(more)
@@ -212,10 +223,10 @@ def sender(pieces: list[bytes], then_close: bool = True) -> Iterator[socket.sock
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(frames=tagged_frames, tagged=st.booleans(), cuts=st.lists(st.integers(0, 4000),
-                                                                 max_size=8))
-def test_recv_frame_over_short_reads(frames: list[tuple[int, bytes]], tagged: bool,
-                                     cuts: list[int]) -> None:
+@given(frames=tagged_frames, tagged=st.booleans(), cuts=st.lists(st.integers(0, 4000), max_size=8))
+def test_recv_frame_over_short_reads(
+    frames: list[tuple[int, bytes]], tagged: bool, cuts: list[int]
+) -> None:
     stream = wire(frames, tagged)
     with sender(cut(stream, cuts)) as sock:
         reader = FrameReader(1000, tagged=tagged)
@@ -225,11 +236,14 @@ def test_recv_frame_over_short_reads(frames: list[tuple[int, bytes]], tagged: bo
     assert got == [body for _, body in frames]
 
 
-@pytest.mark.parametrize(("sent", "match"), [
-    (header(10)[:3], r"middle of a frame \(3 of 4 bytes\)"),
-    (header(10), "before a 10-byte frame body"),
-    (header(10) + b"abcd", r"middle of a frame \(4 of 10 bytes\)"),
-])
+@pytest.mark.parametrize(
+    ("sent", "match"),
+    [
+        (header(10)[:3], r"middle of a frame \(3 of 4 bytes\)"),
+        (header(10), "before a 10-byte frame body"),
+        (header(10) + b"abcd", r"middle of a frame \(4 of 10 bytes\)"),
+    ],
+)
 def test_recv_frame_eof_inside_a_frame(sent: bytes, match: str) -> None:
     with sender([sent]) as sock, pytest.raises(PeerClosedError, match=match):
         recv_frame(sock, FrameReader(100))
@@ -251,9 +265,11 @@ def test_recv_frame_deadline_covers_the_whole_frame() -> None:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.binary(min_size=1, max_size=3000), cuts=st.lists(st.integers(0, 3000),
-                                                                max_size=8),
-       short=st.integers(0, 50))
+@given(
+    data=st.binary(min_size=1, max_size=3000),
+    cuts=st.lists(st.integers(0, 3000), max_size=8),
+    short=st.integers(0, 50),
+)
 def test_recv_into_exactly_over_short_reads(data: bytes, cuts: list[int], short: int) -> None:
     with sender(cut(data, cuts)) as sock:
         buf = bytearray(len(data) + short)
@@ -277,7 +293,7 @@ def test_wanted_counts_what_is_already_buffered(tagged: bool) -> None:
     head = HEADER_SIZE + tagged
     for got in range(head):
         assert reader.wanted() == head - got
-        reader.feed((header(4) + b"\x02")[got:got + 1])
+        reader.feed((header(4) + b"\x02")[got : got + 1])
     for got in range(4 - tagged):
         assert reader.wanted() == 4 - tagged - got
         out = reader.feed(b"b")

@@ -72,7 +72,7 @@ def test_whole_table_in_one_feed_and_byte_by_byte() -> None:
     payloads = [payload for payload, _ in FRAME_TABLE]
     assert FrameDecoder().feed(stream) == payloads
     one_by_one = FrameDecoder()
-    assert feed_all(one_by_one, [stream[i:i + 1] for i in range(len(stream))]) == payloads
+    assert feed_all(one_by_one, [stream[i : i + 1] for i in range(len(stream))]) == payloads
     assert one_by_one.at_boundary()
 
 
@@ -169,20 +169,32 @@ def test_frames_before_an_oversized_header_are_delivered_first() -> None:
         decoder.feed(b"")
 
 
-@pytest.mark.parametrize("body", [
-    b'{"id": 1, "result": NaN}', b'{"id": 1, "result": Infinity}',
-    b'{"id": 1, "result": 1e400}', '{"id": 1, "result": 1}'.encode("utf-16"),
-    b"\xef\xbb\xbf" + b'{"id": 1, "result": 1}',
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"id": 1, "result": NaN}',
+        b'{"id": 1, "result": Infinity}',
+        b'{"id": 1, "result": 1e400}',
+        '{"id": 1, "result": 1}'.encode("utf-16"),
+        b"\xef\xbb\xbf" + b'{"id": 1, "result": 1}',
+    ],
+)
 def test_decoding_is_as_strict_as_encoding(body: bytes) -> None:
     with pytest.raises(ProtocolError):
         decode_message(body)
 
 
-@pytest.mark.parametrize("message", [
-    Request(-1, "m"), Request(True, "m"), Request(1, ""), Response(2**53, 1),
-    ErrorReply(1, 5, "x"), ErrorReply(1, "code", None),  # type: ignore[arg-type]
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        Request(-1, "m"),
+        Request(True, "m"),
+        Request(1, ""),
+        Response(2**53, 1),
+        ErrorReply(1, 5, "x"),
+        ErrorReply(1, "code", None),  # type: ignore[arg-type]
+    ],
+)
 def test_encoding_refuses_what_decoding_would(message: Message) -> None:
     with pytest.raises(ProtocolError):
         encode_message(message)
@@ -246,15 +258,21 @@ def test_arbitrary_bytes_give_frames_or_protocol_error(max_size: int, data: st.D
 MESSAGE_TABLE: list[tuple[Message, bytes]] = [
     (Request(7, "get", {"key": 1}), b'{"id":7,"method":"get","params":{"key":1}}'),
     (Request(0, "ping"), b'{"id":0,"method":"ping"}'),
-    (Request(2**53 - 1, "m", [1, "two", None]),
-     b'{"id":9007199254740991,"method":"m","params":[1,"two",null]}'),
+    (
+        Request(2**53 - 1, "m", [1, "two", None]),
+        b'{"id":9007199254740991,"method":"m","params":[1,"two",null]}',
+    ),
     (Response(7, {"ok": True}), b'{"id":7,"result":{"ok":true}}'),
     (Response(8), b'{"id":8,"result":null}'),
     (Response(9, "caf\u00e9"), b'{"id":9,"result":"caf\\u00e9"}'),
-    (ErrorReply(7, "not_found", "no such key"),
-     b'{"id":7,"error":{"code":"not_found","message":"no such key"}}'),
-    (ErrorReply(None, "bad_request", ""),
-     b'{"id":null,"error":{"code":"bad_request","message":""}}'),
+    (
+        ErrorReply(7, "not_found", "no such key"),
+        b'{"id":7,"error":{"code":"not_found","message":"no such key"}}',
+    ),
+    (
+        ErrorReply(None, "bad_request", ""),
+        b'{"id":null,"error":{"code":"bad_request","message":""}}',
+    ),
 ]
 
 
@@ -264,21 +282,27 @@ def test_message_both_ways(message: Message, body: bytes) -> None:
     assert decode_message(body) == message
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    (b'{"id":1,"method":"m","params":null}', Request(1, "m")),
-    (b' {"method":"m", "id":1, "extra":[1]} ', Request(1, "m")),
-    (b'{"id":3,"error":{"code":"c","message":"m","data":1}}', ErrorReply(3, "c", "m")),
-    (b'{"error":{"code":"c","message":"m"}}', ErrorReply(None, "c", "m")),
-    (b'{"id":1,"result":2,"error":{"code":"c","message":"m"}}', ErrorReply(1, "c", "m")),
-    (b'{"id":4,"result":"\xc3\xa9"}', Response(4, "\u00e9")),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"id":1,"method":"m","params":null}', Request(1, "m")),
+        (b' {"method":"m", "id":1, "extra":[1]} ', Request(1, "m")),
+        (b'{"id":3,"error":{"code":"c","message":"m","data":1}}', ErrorReply(3, "c", "m")),
+        (b'{"error":{"code":"c","message":"m"}}', ErrorReply(None, "c", "m")),
+        (b'{"id":1,"result":2,"error":{"code":"c","message":"m"}}', ErrorReply(1, "c", "m")),
+        (b'{"id":4,"result":"\xc3\xa9"}', Response(4, "\u00e9")),
+    ],
+)
 def test_lenient_but_unambiguous_bodies(body: bytes, message: Message) -> None:
     assert decode_message(body) == message
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**64), 2**64)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**64), 2**64)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
     max_leaves=20,
 )
@@ -313,61 +337,70 @@ def test_arbitrary_bodies_decode_or_raise_protocol_error(body: bytes) -> None:
         assert isinstance(outcome, Request | Response | ErrorReply)
 
 
-@pytest.mark.parametrize(("body", "match"), [
-    (b"", "not UTF-8 JSON"),
-    (b"{", "not UTF-8 JSON"),
-    (b"{'id': 1}", "not UTF-8 JSON"),
-    (b'{"id":1,"result":1} trailing', "not UTF-8 JSON"),
-    (b'{"id":1,"result":"\xff"}', "not UTF-8 JSON"),
-    (b'{"id":1,"result":"\xc3"}', "not UTF-8 JSON"),
-    (b"[" * 100_000, "nested too deeply"),
-    (b'{"a":' * 100_000, "nested too deeply"),
-    (b"[]", "must be a JSON object, not list"),
-    (b"42", "must be a JSON object, not int"),
-    (b'"text"', "must be a JSON object, not str"),
-    (b"null", "must be a JSON object, not NoneType"),
-    (b'{"method":"m"}', "request id must be an integer 0..2\\*\\*53, not None"),
-    (b'{"id":true,"method":"m"}', "request id .* not True"),
-    (b'{"id":false,"method":"m"}', "request id .* not False"),
-    (b'{"id":-1,"method":"m"}', "request id .* not -1"),
-    (b'{"id":1.0,"method":"m"}', "request id .* not 1.0"),
-    (b'{"id":"1","method":"m"}', "request id .* not '1'"),
-    (b'{"id":9007199254740992,"method":"m"}', "request id .* not 9007199254740992"),
-    (b'{"id":1,"method":""}', "method must be a non-empty string, not ''"),
-    (b'{"id":1,"method":null}', "method must be a non-empty string, not None"),
-    (b'{"id":1,"method":["m"]}', "method must be a non-empty string"),
-    (b'{"id":1,"error":{}}', "error reply needs"),
-    (b'{"id":1,"error":{"code":"c"}}', "error reply needs"),
-    (b'{"id":1,"error":{"message":"m"}}', "error reply needs"),
-    (b'{"id":1,"error":{"code":1,"message":"m"}}', "error reply needs"),
-    (b'{"id":1,"error":{"code":"c","message":null}}', "error reply needs"),
-    (b'{"id":1,"error":"boom"}', "error reply needs"),
-    (b'{"id":1,"error":null}', "error reply needs"),
-    (b'{"id":"x","error":{"code":"c","message":"m"}}', "error reply id must be an integer or null"),
-    (b'{"id":true,"error":{"code":"c","message":"m"}}', "error reply id .* not True"),
-    (b'{"id":-5,"result":1}', "response id must be an integer 0..2\\*\\*53, not -5"),
-    (b'{"result":1}', "response id .* not None"),
-    (b'{"id":2.5,"result":1}', "response id .* not 2.5"),
-    (b'{"id":9007199254740992,"result":1}', "response id"),
-    (b"{}", "none of 'method', 'result', 'error'"),
-    (b'{"id":1}', "none of 'method', 'result', 'error'"),
-    (b'{"id":1,"params":{}}', "none of"),
-])
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (b"", "not UTF-8 JSON"),
+        (b"{", "not UTF-8 JSON"),
+        (b"{'id': 1}", "not UTF-8 JSON"),
+        (b'{"id":1,"result":1} trailing', "not UTF-8 JSON"),
+        (b'{"id":1,"result":"\xff"}', "not UTF-8 JSON"),
+        (b'{"id":1,"result":"\xc3"}', "not UTF-8 JSON"),
+        (b"[" * 100_000, "nested too deeply"),
+        (b'{"a":' * 100_000, "nested too deeply"),
+        (b"[]", "must be a JSON object, not list"),
+        (b"42", "must be a JSON object, not int"),
+        (b'"text"', "must be a JSON object, not str"),
+        (b"null", "must be a JSON object, not NoneType"),
+        (b'{"method":"m"}', "request id must be an integer 0..2\\*\\*53, not None"),
+        (b'{"id":true,"method":"m"}', "request id .* not True"),
+        (b'{"id":false,"method":"m"}', "request id .* not False"),
+        (b'{"id":-1,"method":"m"}', "request id .* not -1"),
+        (b'{"id":1.0,"method":"m"}', "request id .* not 1.0"),
+        (b'{"id":"1","method":"m"}', "request id .* not '1'"),
+        (b'{"id":9007199254740992,"method":"m"}', "request id .* not 9007199254740992"),
+        (b'{"id":1,"method":""}', "method must be a non-empty string, not ''"),
+        (b'{"id":1,"method":null}', "method must be a non-empty string, not None"),
+        (b'{"id":1,"method":["m"]}', "method must be a non-empty string"),
+        (b'{"id":1,"error":{}}', "error reply needs"),
+        (b'{"id":1,"error":{"code":"c"}}', "error reply needs"),
+        (b'{"id":1,"error":{"message":"m"}}', "error reply needs"),
+        (b'{"id":1,"error":{"code":1,"message":"m"}}', "error reply needs"),
+        (b'{"id":1,"error":{"code":"c","message":null}}', "error reply needs"),
+        (b'{"id":1,"error":"boom"}', "error reply needs"),
+        (b'{"id":1,"error":null}', "error reply needs"),
+        (
+            b'{"id":"x","error":{"code":"c","message":"m"}}',
+            "error reply id must be an integer or null",
+        ),
+        (b'{"id":true,"error":{"code":"c","message":"m"}}', "error reply id .* not True"),
+        (b'{"id":-5,"result":1}', "response id must be an integer 0..2\\*\\*53, not -5"),
+        (b'{"result":1}', "response id .* not None"),
+        (b'{"id":2.5,"result":1}', "response id .* not 2.5"),
+        (b'{"id":9007199254740992,"result":1}', "response id"),
+        (b"{}", "none of 'method', 'result', 'error'"),
+        (b'{"id":1}', "none of 'method', 'result', 'error'"),
+        (b'{"id":1,"params":{}}', "none of"),
+    ],
+)
 def test_malformed_bodies_raise_protocol_error(body: bytes, match: str) -> None:
     with pytest.raises(ProtocolError, match=match):
         decode_message(body)
 
 
-@pytest.mark.parametrize("params", [
-    math.nan,
-    math.inf,
-    [1, -math.inf],
-    {"nested": {"x": math.nan}},
-    object(),
-    {1, 2},
-    b"bytes",
-    {("tuple", "key"): 1},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        math.nan,
+        math.inf,
+        [1, -math.inf],
+        {"nested": {"x": math.nan}},
+        object(),
+        {1, 2},
+        b"bytes",
+        {("tuple", "key"): 1},
+    ],
+)
 def test_unencodable_params_raise_protocol_error(params: Any) -> None:
     with pytest.raises(ProtocolError, match="cannot be sent as JSON"):
         encode_message(Request(1, "m", params))

@@ -16,24 +16,30 @@ U32 = 0xFFFFFFFF
 Parser = Callable[[bytes], tuple[int, int] | None]
 
 
-@pytest.mark.parametrize(("port", "line"), [
-    (0, b"CONNECT 0\n"),
-    (52, b"CONNECT 52\n"),
-    (2761, b"CONNECT 2761\n"),
-    (0x7FFFFFFF, b"CONNECT 2147483647\n"),
-    (U32, b"CONNECT 4294967295\n"),
-])
+@pytest.mark.parametrize(
+    ("port", "line"),
+    [
+        (0, b"CONNECT 0\n"),
+        (52, b"CONNECT 52\n"),
+        (2761, b"CONNECT 2761\n"),
+        (0x7FFFFFFF, b"CONNECT 2147483647\n"),
+        (U32, b"CONNECT 4294967295\n"),
+    ],
+)
 def test_connect_line_both_ways(port: int, line: bytes) -> None:
     assert encode_connect(port) == line
     assert parse_connect(line) == (port, len(line))
 
 
-@pytest.mark.parametrize(("port", "line"), [
-    (0, b"OK 0\n"),
-    (1073741824, b"OK 1073741824\n"),
-    (0x80000000, b"OK 2147483648\n"),
-    (U32, b"OK 4294967295\n"),
-])
+@pytest.mark.parametrize(
+    ("port", "line"),
+    [
+        (0, b"OK 0\n"),
+        (1073741824, b"OK 1073741824\n"),
+        (0x80000000, b"OK 2147483648\n"),
+        (U32, b"OK 4294967295\n"),
+    ],
+)
 def test_ok_line_both_ways(port: int, line: bytes) -> None:
     assert encode_ok(port) == line
     assert parse_ok(line) == (port, len(line))
@@ -64,10 +70,13 @@ def test_bytearray_buffers_work() -> None:
     assert parse_connect(bytearray(b"CONNECT 7\n")) == (7, 10)
 
 
-@pytest.mark.parametrize(("parse", "line"), [
-    (parse_ok, b"OK 1073741824\n"),
-    (parse_connect, b"CONNECT 4294967295\n"),
-])
+@pytest.mark.parametrize(
+    ("parse", "line"),
+    [
+        (parse_ok, b"OK 1073741824\n"),
+        (parse_connect, b"CONNECT 4294967295\n"),
+    ],
+)
 def test_byte_by_byte(parse: Parser, line: bytes) -> None:
     stream = line + b"stream data"
     for i in range(len(line)):
@@ -85,19 +94,45 @@ def test_incremental_parse_property(which: str, port: int, tail: bytes) -> None:
     for i in range(len(line)):
         assert parse(data[:i]) is None
     assert parse(data) == (port, len(line))
-    assert data[len(line):] == tail
+    assert data[len(line) :] == tail
 
 
 OK_MALFORMED = [
-    b"ok 5\n", b"OK\n", b"OK \n", b"OK 5 \n", b" OK 5\n", b"OK  5\n", b"OK -5\n", b"OK +5\n",
-    b"OK 0x10\n", b"OK 5\r\n", b"OK 5.0\n", b"OK 4294967296\n", b"OK 99999999999\n",
-    b"OK 12345678901\n", b"CONNECT 5\n", b"\n", b"OK 5\x00\n", b"OK \xef\xbc\x95\n",
+    b"ok 5\n",
+    b"OK\n",
+    b"OK \n",
+    b"OK 5 \n",
+    b" OK 5\n",
+    b"OK  5\n",
+    b"OK -5\n",
+    b"OK +5\n",
+    b"OK 0x10\n",
+    b"OK 5\r\n",
+    b"OK 5.0\n",
+    b"OK 4294967296\n",
+    b"OK 99999999999\n",
+    b"OK 12345678901\n",
+    b"CONNECT 5\n",
+    b"\n",
+    b"OK 5\x00\n",
+    b"OK \xef\xbc\x95\n",
     b"ERR no listener\n",
 ]
 CONNECT_MALFORMED = [
-    b"connect 5\n", b"CONNECT\n", b"CONNECT \n", b"CONNECT  5\n", b"CONNECT 5 \n",
-    b"CONNECT -1\n", b"CONNECT 0x34\n", b"CONNECT 52\r\n", b"CONNECT 4294967296\n",
-    b"CONNECT 12345678901\n", b"OK 5\n", b"\n", b"CONNECT\t5\n", b"GET / HTTP/1.1\r\n",
+    b"connect 5\n",
+    b"CONNECT\n",
+    b"CONNECT \n",
+    b"CONNECT  5\n",
+    b"CONNECT 5 \n",
+    b"CONNECT -1\n",
+    b"CONNECT 0x34\n",
+    b"CONNECT 52\r\n",
+    b"CONNECT 4294967296\n",
+    b"CONNECT 12345678901\n",
+    b"OK 5\n",
+    b"\n",
+    b"CONNECT\t5\n",
+    b"GET / HTTP/1.1\r\n",
 ]
 
 
@@ -163,21 +198,35 @@ def check_parse_result(parse: Parser, prefix: bytes, data: bytes) -> None:
 def check_result(result: tuple[int, int] | None, prefix: bytes, data: bytes) -> None:
     """None only while no line can be complete yet; else exactly one well-formed line."""
     if result is None:
-        assert b"\n" not in data[:handshake.MAX_LINE]
+        assert b"\n" not in data[: handshake.MAX_LINE]
         assert len(data) < handshake.MAX_LINE
         return
     port, used = result
     assert 0 <= port <= U32
     assert 1 <= used <= len(data)
-    digits = data[len(prefix):used - 1]
+    digits = data[len(prefix) : used - 1]
     assert data[:used] == prefix + digits + b"\n"
     assert 1 <= len(digits) <= 10
     assert all(48 <= b <= 57 for b in digits)  # ASCII digits only
     assert int(digits) == port
 
 
-PIECES = [b"OK", b"CONNECT", b" ", b"\n", b"\r", b"0", b"5", b"9", b"4294967295",
-          b"4294967296", b"-", b"x", b"\x00", b"\xff"]
+PIECES = [
+    b"OK",
+    b"CONNECT",
+    b" ",
+    b"\n",
+    b"\r",
+    b"0",
+    b"5",
+    b"9",
+    b"4294967295",
+    b"4294967296",
+    b"-",
+    b"x",
+    b"\x00",
+    b"\xff",
+]
 buffers = st.one_of(st.binary(max_size=64), st.lists(st.sampled_from(PIECES)).map(b"".join))
 
 

@@ -20,15 +20,18 @@ TEMPLATE_TEXT = "00000000-facb-11e6-bd58-64006a7986d3"
 
 # The values come from the reference page (Windows SDK hvsocket.h and linux/vm_sockets.h),
 # written out here rather than read back from the code under test.
-@pytest.mark.parametrize(("name", "guid"), [
-    ("wildcard", "00000000-0000-0000-0000-000000000000"),
-    ("zero", "00000000-0000-0000-0000-000000000000"),
-    ("broadcast", "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF"),
-    ("children", "90db8b89-0d35-4f79-8ce9-49ea0ac8b7cd"),
-    ("loopback", "e0e16197-dd56-4a10-9195-5ee7a155a838"),
-    ("parent", "a42e7cda-d03f-480c-9cc2-a4de20abb878"),
-    ("silohost", "36bd0c5c-7276-4223-88ba-7d03b654c568"),
-])
+@pytest.mark.parametrize(
+    ("name", "guid"),
+    [
+        ("wildcard", "00000000-0000-0000-0000-000000000000"),
+        ("zero", "00000000-0000-0000-0000-000000000000"),
+        ("broadcast", "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF"),
+        ("children", "90db8b89-0d35-4f79-8ce9-49ea0ac8b7cd"),
+        ("loopback", "e0e16197-dd56-4a10-9195-5ee7a155a838"),
+        ("parent", "a42e7cda-d03f-480c-9cc2-a4de20abb878"),
+        ("silohost", "36bd0c5c-7276-4223-88ba-7d03b654c568"),
+    ],
+)
 def test_well_known_vm_ids(name: str, guid: str) -> None:
     assert ids.WELL_KNOWN_VM_IDS[name] == uuid.UUID(guid)
     assert getattr(ids, name.upper()) == uuid.UUID(guid)
@@ -36,11 +39,23 @@ def test_well_known_vm_ids(name: str, guid: str) -> None:
 
 def test_well_known_vm_id_names() -> None:
     assert set(ids.WELL_KNOWN_VM_IDS) == {
-        "wildcard", "zero", "broadcast", "children", "loopback", "parent", "silohost"}
+        "wildcard",
+        "zero",
+        "broadcast",
+        "children",
+        "loopback",
+        "parent",
+        "silohost",
+    }
     # every id has exactly one canonical name; the alias "zero" formats as "wildcard"
     assert ids.VM_ID_NAMES == {
-        ids.WILDCARD: "wildcard", ids.BROADCAST: "broadcast", ids.CHILDREN: "children",
-        ids.LOOPBACK: "loopback", ids.PARENT: "parent", ids.SILOHOST: "silohost"}
+        ids.WILDCARD: "wildcard",
+        ids.BROADCAST: "broadcast",
+        ids.CHILDREN: "children",
+        ids.LOOPBACK: "loopback",
+        ids.PARENT: "parent",
+        ids.SILOHOST: "silohost",
+    }
     assert ids.ZERO is ids.WILDCARD
 
 
@@ -84,14 +99,17 @@ def test_service_id_to_port(port: int, guid: str) -> None:
     assert ids.port_for_service_id(uuid.UUID(guid.upper())) == port
 
 
-@pytest.mark.parametrize("guid", [
-    "999e53d4-3d5c-4c3e-8779-bed06ec056e1",  # VM Session Service (PowerShell Direct)
-    "a5201c21-2770-4c11-a68e-f182edb29220",  # VM Session Service-2
-    "00000000-0000-0000-0000-000000000000",  # WILDCARD: Data1 zero but not the template
-    "a42e7cda-d03f-480c-9cc2-a4de20abb878",  # PARENT
-    "00000ac9-facb-11e6-bd58-64006a7986d4",  # one bit off in the tail
-    "00000ac9-facc-11e6-bd58-64006a7986d3",  # Data2 off
-])
+@pytest.mark.parametrize(
+    "guid",
+    [
+        "999e53d4-3d5c-4c3e-8779-bed06ec056e1",  # VM Session Service (PowerShell Direct)
+        "a5201c21-2770-4c11-a68e-f182edb29220",  # VM Session Service-2
+        "00000000-0000-0000-0000-000000000000",  # WILDCARD: Data1 zero but not the template
+        "a42e7cda-d03f-480c-9cc2-a4de20abb878",  # PARENT
+        "00000ac9-facb-11e6-bd58-64006a7986d4",  # one bit off in the tail
+        "00000ac9-facc-11e6-bd58-64006a7986d3",  # Data2 off
+    ],
+)
 def test_non_template_service_id_names_the_template(guid: str) -> None:
     sid = uuid.UUID(guid)
     assert not ids.is_template_service_id(sid)
@@ -104,14 +122,17 @@ def test_non_template_service_id_names_the_template(guid: str) -> None:
     assert "xxxxxxxx-facb-11e6-bd58-64006a7986d3" in message
 
 
-@pytest.mark.parametrize(("port", "fragment"), [
-    (-1, "port -1 is out of range"),
-    (U32 + 1, "port 4294967296 is out of range"),
-    (True, "port must be an integer, not bool"),
-    (5000.0, "port must be an integer, not float"),
-    ("5000", "port must be an integer, not str"),
-    (None, "port must be an integer, not NoneType"),
-])
+@pytest.mark.parametrize(
+    ("port", "fragment"),
+    [
+        (-1, "port -1 is out of range"),
+        (U32 + 1, "port 4294967296 is out of range"),
+        (True, "port must be an integer, not bool"),
+        (5000.0, "port must be an integer, not float"),
+        ("5000", "port must be an integer, not str"),
+        (None, "port must be an integer, not NoneType"),
+    ],
+)
 def test_service_id_for_bad_port(port: object, fragment: str) -> None:
     with pytest.raises(AddressError) as info:
         ids.service_id_for_port(port)  # type: ignore[arg-type]
@@ -124,12 +145,15 @@ def test_port_for_service_id_needs_a_guid(value: object) -> None:
         ids.port_for_service_id(value)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("text", [
-    "00001388-facb-11e6-bd58-64006a7986d3",
-    "00001388-FACB-11E6-BD58-64006A7986D3",
-    "{00001388-facb-11e6-bd58-64006a7986d3}",
-    "{00001388-FACB-11e6-bd58-64006a7986D3}",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "00001388-facb-11e6-bd58-64006a7986d3",
+        "00001388-FACB-11E6-BD58-64006A7986D3",
+        "{00001388-facb-11e6-bd58-64006a7986d3}",
+        "{00001388-FACB-11e6-bd58-64006a7986D3}",
+    ],
+)
 def test_guid_strings_are_accepted_everywhere(text: str) -> None:
     """Issue 13.5: GUID text in any case, braces or not, wherever a service / VM id goes."""
     assert ids.port_for_service_id(text) == 5000
@@ -137,8 +161,9 @@ def test_guid_strings_are_accepted_everywhere(text: str) -> None:
     vm = "5d1b3f57-1f3e-4c8d-9b6a-0123456789ab"
     host = hvsock.windows.host_view(hvsock.VsockAddress(hvsock.sockets.CID_HOST, 5000), vm.upper())
     assert host.vm_id == uuid.UUID(vm)
-    assert hvsock.HyperVAddress(vm, text) == hvsock.HyperVAddress(uuid.UUID(vm),
-                                                                   uuid.UUID(text.strip("{}")))
+    assert hvsock.HyperVAddress(vm, text) == hvsock.HyperVAddress(
+        uuid.UUID(vm), uuid.UUID(text.strip("{}"))
+    )
     assert hvsock.windows.guest_view(hvsock.HyperVAddress("{" + vm + "}", text)).port == 5000
     assert hvsock.HyperVAddress.for_port(vm, 5000).service_id == uuid.UUID(text.strip("{}"))
 
@@ -150,16 +175,19 @@ def test_bad_guid_strings_are_address_errors_quoted_short(text: str) -> None:
     assert len(str(info.value)) < 300
 
 
-@pytest.mark.parametrize(("text", "value"), [
-    ("0" * 10_000 + "52", 52), ("0x" + "0" * 5000 + "ff", 255), ("4294967295", U32)])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("0" * 10_000 + "52", 52), ("0x" + "0" * 5000 + "ff", 255), ("4294967295", U32)],
+)
 def test_numbers_with_many_leading_zeros(text: str, value: int) -> None:
     """Defect 8: thousands of leading zeros are still the number, not int()'s ValueError."""
     assert ids.parse_number(text, "port", 0, U32) == value
     assert hvsock.parse_address(f"vsock://3:{text}") == hvsock.VsockAddress(3, value)
 
 
-@pytest.mark.parametrize("text", ["\u0663", "\uff15\uff10", "1\u0663", "\u00b2", "-1", " 5",
-                                  "5 ", "0x", "", "1" * 5000])
+@pytest.mark.parametrize(
+    "text", ["\u0663", "\uff15\uff10", "1\u0663", "\u00b2", "-1", " 5", "5 ", "0x", "", "1" * 5000]
+)
 def test_numbers_take_only_ascii_digits(text: str) -> None:
     """Defect 8: Unicode digits are refused by every reader of numbers alike."""
     with pytest.raises(AddressError) as info:
@@ -194,37 +222,43 @@ def test_any_service_id_maps_to_a_port_or_raises_address_error(sid: uuid.UUID) -
 PARENT_TEXT = "a42e7cda-d03f-480c-9cc2-a4de20abb878"
 
 
-@pytest.mark.parametrize("text", [
-    PARENT_TEXT,
-    PARENT_TEXT.upper(),
-    "A42e7CDA-d03F-480c-9cc2-A4DE20abb878",
-    "{" + PARENT_TEXT + "}",
-    "{" + PARENT_TEXT.upper() + "}",
-    "  " + PARENT_TEXT + "\t",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        PARENT_TEXT,
+        PARENT_TEXT.upper(),
+        "A42e7CDA-d03F-480c-9cc2-A4DE20abb878",
+        "{" + PARENT_TEXT + "}",
+        "{" + PARENT_TEXT.upper() + "}",
+        "  " + PARENT_TEXT + "\t",
+    ],
+)
 def test_parse_guid_accepts_any_case_and_braces(text: str) -> None:
     assert ids.parse_guid(text) == ids.PARENT
 
 
-@pytest.mark.parametrize("text", [
-    "",
-    "{}",
-    "parent",
-    "a42e7cdad03f480c9cc2a4de20abb878",  # uuid.UUID takes it; an address does not
-    "urn:uuid:" + PARENT_TEXT,
-    "{" + PARENT_TEXT,
-    PARENT_TEXT + "}",
-    "{{" + PARENT_TEXT + "}}",
-    PARENT_TEXT[:-1],
-    PARENT_TEXT + "0",
-    PARENT_TEXT.replace("a", "g", 1),
-    PARENT_TEXT.replace("-", "", 1),
-    PARENT_TEXT.replace("-", " ", 1),
-    "a42e7cd-ad03f-480c-9cc2-a4de20abb878",  # right digits, wrong groups
-    "a42e7cda-d03f-480c-9cc2-a4de20abb87\u0668",  # an Arabic-Indic digit
-    "\uff10" * 8 + "-0000-0000-0000-" + "0" * 12,  # full-width digits
-    "+42e7cda-d03f-480c-9cc2-a4de20abb878",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "{}",
+        "parent",
+        "a42e7cdad03f480c9cc2a4de20abb878",  # uuid.UUID takes it; an address does not
+        "urn:uuid:" + PARENT_TEXT,
+        "{" + PARENT_TEXT,
+        PARENT_TEXT + "}",
+        "{{" + PARENT_TEXT + "}}",
+        PARENT_TEXT[:-1],
+        PARENT_TEXT + "0",
+        PARENT_TEXT.replace("a", "g", 1),
+        PARENT_TEXT.replace("-", "", 1),
+        PARENT_TEXT.replace("-", " ", 1),
+        "a42e7cd-ad03f-480c-9cc2-a4de20abb878",  # right digits, wrong groups
+        "a42e7cda-d03f-480c-9cc2-a4de20abb87\u0668",  # an Arabic-Indic digit
+        "\uff10" * 8 + "-0000-0000-0000-" + "0" * 12,  # full-width digits
+        "+42e7cda-d03f-480c-9cc2-a4de20abb878",
+    ],
+)
 def test_parse_guid_refuses_non_guids(text: str) -> None:
     with pytest.raises(AddressError) as info:
         ids.parse_guid(text, what="VM id")

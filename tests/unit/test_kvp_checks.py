@@ -40,9 +40,14 @@ def by_name(findings: list[object]) -> dict[str, tuple[str, str]]:
 
 
 def test_running_programs(tmp_path: Path) -> None:
-    root = machine_root(tmp_path, {10: ("hv_kvp_daemon", b"/usr/sbin/hv_kvp_daemon\0-n\0"),
-                                   11: ("python3", b"python3\0-m\0hvsock\0kvp\0serve\0"),
-                                   12: ("bash", b"bash\0")})
+    root = machine_root(
+        tmp_path,
+        {
+            10: ("hv_kvp_daemon", b"/usr/sbin/hv_kvp_daemon\0-n\0"),
+            11: ("python3", b"python3\0-m\0hvsock\0kvp\0serve\0"),
+            12: ("bash", b"bash\0"),
+        },
+    )
     assert running_programs(str(root)) == ["hv_kvp_daemon", "hvsock kvp serve"]
     assert running_programs(str(tmp_path / "nowhere")) == []
 
@@ -96,8 +101,7 @@ def test_the_doctor_runs_them(tmp_path: Path) -> None:
     kvp.open_pool(directory=pools(root)).set("k", "v")
     os.utime(root / "var/lib/hyperv/.kvp_pool_1", (time.time(), time.time()))
     # A fake AF_VSOCK socket maker: the unit tier makes no real AF_VSOCK socket.
-    report = diagnose(machine=Machine(root=str(root), vsock_socket=FakeVsock()),
-                      platform="linux")
+    report = diagnose(machine=Machine(root=str(root), vsock_socket=FakeVsock()), platform="linux")
     assert report["kvp_pools"].status == "ok"
     assert report["kvp_daemon"].status == "info"
     windows = diagnose(machine=Machine(root=str(root)), platform="win32")

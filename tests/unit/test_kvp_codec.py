@@ -12,10 +12,8 @@ from hvsock.kvp import RECORD_SIZE, Pool, decode_pool, decode_record, encode_rec
 
 # Text the safe limits take: no NUL, no lone surrogates, short enough in UTF-16 and UTF-8.
 safe_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"))
-safe_key = safe_text.filter(lambda s: 0 < codec.utf16_units(s) <= 254
-                            and len(s.encode()) <= 511)
-safe_value = safe_text.filter(lambda s: codec.utf16_units(s) <= 1022
-                              and len(s.encode()) <= 2047)
+safe_key = safe_text.filter(lambda s: 0 < codec.utf16_units(s) <= 254 and len(s.encode()) <= 511)
+safe_value = safe_text.filter(lambda s: codec.utf16_units(s) <= 1022 and len(s.encode()) <= 2047)
 
 
 def test_record_layout_is_the_daemons_struct() -> None:
@@ -46,7 +44,7 @@ def test_any_bytes_give_records_or_only_kvp_error(data: bytes) -> None:
     assert len(items) == len(data) // RECORD_SIZE
     # Records written back come out byte for byte up to each field's first NUL.
     for i, (key, value) in enumerate(items):
-        original = data[i * RECORD_SIZE:(i + 1) * RECORD_SIZE]
+        original = data[i * RECORD_SIZE : (i + 1) * RECORD_SIZE]
         again = codec.encode_raw(key, value)
         assert decode_record(again) == (key, value)
         assert again[:512].split(b"\0")[0] == original[:512].split(b"\0")[0]
@@ -87,8 +85,8 @@ LIMIT_CASES = [
     ("k" * 254, "v" * 1022, "safe", None),
     ("k" * 255, "v", "safe", "255 UTF-16 units"),
     ("k", "v" * 1023, "safe", "1023 UTF-16 units"),
-    ("\U0001F600" * 127, "v", "safe", None),  # 254 units: two per emoji
-    ("\U0001F600" * 128, "v", "safe", "256 UTF-16 units"),
+    ("\U0001f600" * 127, "v", "safe", None),  # 254 units: two per emoji
+    ("\U0001f600" * 128, "v", "safe", "256 UTF-16 units"),
     ("é" * 254, "v", "safe", None),  # 508 UTF-8 bytes: fits
     ("€" * 254, "v", "safe", "762 bytes in UTF-8"),  # 254 units, too many bytes
     ("k" * 511, "v" * 2047, "full", None),
@@ -116,11 +114,21 @@ def test_limits(key: object, value: object, limits: str, error: str | None) -> N
     assert len(str(info.value)) < 400  # user input is quoted cut short
 
 
-@pytest.mark.parametrize(("text", "pool"), [
-    ("guest", Pool.GUEST), ("1", Pool.GUEST), (1, Pool.GUEST), ("external", Pool.EXTERNAL),
-    ("auto", Pool.AUTO), ("auto-external", Pool.AUTO_EXTERNAL), ("AUTO_EXTERNAL", 3),
-    ("auto-internal", Pool.AUTO_INTERNAL), (" 4 ", Pool.AUTO_INTERNAL), (Pool.AUTO, 2),
-])
+@pytest.mark.parametrize(
+    ("text", "pool"),
+    [
+        ("guest", Pool.GUEST),
+        ("1", Pool.GUEST),
+        (1, Pool.GUEST),
+        ("external", Pool.EXTERNAL),
+        ("auto", Pool.AUTO),
+        ("auto-external", Pool.AUTO_EXTERNAL),
+        ("AUTO_EXTERNAL", 3),
+        ("auto-internal", Pool.AUTO_INTERNAL),
+        (" 4 ", Pool.AUTO_INTERNAL),
+        (Pool.AUTO, 2),
+    ],
+)
 def test_parse_pool(text: object, pool: int) -> None:
     assert parse_pool(text) == pool
 
@@ -132,8 +140,13 @@ def test_parse_pool_bad(bad: object) -> None:
 
 
 def test_pool_names() -> None:
-    assert [p.cli_name for p in Pool] == ["external", "guest", "auto", "auto-external",
-                                          "auto-internal"]
+    assert [p.cli_name for p in Pool] == [
+        "external",
+        "guest",
+        "auto",
+        "auto-external",
+        "auto-internal",
+    ]
     assert Pool.AUTO_EXTERNAL.file_name == ".kvp_pool_3"
 
 
@@ -142,9 +155,12 @@ def test_latest_keeps_the_last_duplicate() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from(["a", "ab", "é", "k" * 512, "k" * 511]), max_size=6),
-       st.sampled_from(["a", "ab", "é", "k" * 512, "k" * 511, "k" * 513, "b\0", "\ud800"]))
+@given(
+    st.lists(st.sampled_from(["a", "ab", "é", "k" * 512, "k" * 511]), max_size=6),
+    st.sampled_from(["a", "ab", "é", "k" * 512, "k" * 511, "k" * 513, "b\0", "\ud800"]),
+)
 def test_find_key_matches_decoding(keys: list[str], key: str) -> None:
     data = b"".join(codec.encode_raw(k, "v") for k in keys)
-    assert codec.find_key(data, key) == [i for i, (k, _) in enumerate(decode_pool(data))
-                                         if k == key]
+    assert codec.find_key(data, key) == [
+        i for i, (k, _) in enumerate(decode_pool(data)) if k == key
+    ]

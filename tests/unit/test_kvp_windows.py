@@ -30,7 +30,8 @@ def test_registry_pool_keys() -> None:
     snap = registry.snapshot()
     assert snap[r"SOFTWARE\Microsoft\Virtual Machine\Guest"] == {"State": "ready"}
     assert snap[r"SOFTWARE\Microsoft\Virtual Machine\Guest\Parameter"] == {
-        "VirtualMachineName": "vm"}
+        "VirtualMachineName": "vm"
+    }
     assert snap[r"SOFTWARE\Microsoft\Virtual Machine\External"] == {"Cfg": "1"}
     # Guest\Parameter is a subkey of Guest, not one of its values.
     assert store.items() == [("State", "ready")]
@@ -88,8 +89,11 @@ def test_registry_watch_sees_changes() -> None:
 def test_parse_guest_items_fixture() -> None:
     items = hh.parse_guest_items(fixture("kvp-guest-items.json").decode())
     assert [(i.name, i.data, i.source) for i in items.guest] == [
-        ("ProvisioningState", "ready", 1), ("Role", "web & api", 1), ("Role", "web", 1),
-        ("Café", "ünicode ✓", 1)]
+        ("ProvisioningState", "ready", 1),
+        ("Role", "web & api", 1),
+        ("Role", "web", 1),
+        ("Café", "ünicode ✓", 1),
+    ]
     assert items.as_dict() == {"ProvisioningState": "ready", "Role": "web", "Café": "ünicode ✓"}
     assert {i.name for i in items.intrinsic} >= {"FullyQualifiedDomainName", "OSName"}
     assert all(i.source == 2 for i in items.intrinsic)
@@ -107,8 +111,7 @@ text_no_controls = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max
 @settings(max_examples=200, deadline=None)
 @given(text_no_controls, text_no_controls, st.integers(0, 4))
 def test_instance_xml_round_trip(name: str, data: str, source: int) -> None:
-    assert hh.parse_instance(hh.instance_xml(name, data, source)) == hh.KvpItem(name, data,
-                                                                                 source)
+    assert hh.parse_instance(hh.instance_xml(name, data, source)) == hh.KvpItem(name, data, source)
 
 
 @settings(max_examples=300, deadline=None)
@@ -121,23 +124,33 @@ def test_any_text_gives_items_or_only_kvp_error(text: str) -> None:
     assert isinstance(items, hh.GuestItems)
 
 
-@pytest.mark.parametrize(("text", "error"), [
-    ("<INSTANCE", "not well-formed"),
-    ('<INSTANCE CLASSNAME="Msvm_Other"/>', "not an INSTANCE of Msvm_KvpExchangeDataItem"),
-    ('<CLASS CLASSNAME="Msvm_KvpExchangeDataItem"/>', "is a CLASS"),
-    ('<INSTANCE CLASSNAME="Msvm_KvpExchangeDataItem"></INSTANCE>', "no Name"),
-    ('<INSTANCE CLASSNAME="Msvm_KvpExchangeDataItem"><PROPERTY NAME="Name"><VALUE>n</VALUE>'
-     '</PROPERTY><PROPERTY NAME="Source"><VALUE>x</VALUE></PROPERTY></INSTANCE>', "not a number"),
-])
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("<INSTANCE", "not well-formed"),
+        ('<INSTANCE CLASSNAME="Msvm_Other"/>', "not an INSTANCE of Msvm_KvpExchangeDataItem"),
+        ('<CLASS CLASSNAME="Msvm_KvpExchangeDataItem"/>', "is a CLASS"),
+        ('<INSTANCE CLASSNAME="Msvm_KvpExchangeDataItem"></INSTANCE>', "no Name"),
+        (
+            '<INSTANCE CLASSNAME="Msvm_KvpExchangeDataItem"><PROPERTY NAME="Name"><VALUE>n</VALUE>'
+            '</PROPERTY><PROPERTY NAME="Source"><VALUE>x</VALUE></PROPERTY></INSTANCE>',
+            "not a number",
+        ),
+    ],
+)
 def test_parse_instance_bad(text: str, error: str) -> None:
     with pytest.raises(KvpError, match=error):
         hh.parse_instance(text)
 
 
-@pytest.mark.parametrize(("text", "error"), [
-    ("not json", "not JSON"), ("[1]", "not an object"),
-    ('{"GuestExchangeItems": [1]}', "not a list of CIM-XML strings"),
-])
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("not json", "not JSON"),
+        ("[1]", "not an object"),
+        ('{"GuestExchangeItems": [1]}', "not a list of CIM-XML strings"),
+    ],
+)
 def test_parse_guest_items_bad(text: str, error: str) -> None:
     with pytest.raises(KvpError, match=error):
         hh.parse_guest_items(text)
@@ -156,33 +169,37 @@ def test_change_script_batches_of_128_with_job_polling() -> None:
     assert "ReturnValue -eq 4096" in script
     assert "JobState -ne 7" in script
     assert "-Filter 'ElementName=''My VM'''" in script
-    assert "<PROPERTY NAME=\"Source\" TYPE=\"uint16\"><VALUE>0</VALUE>" in script
+    assert '<PROPERTY NAME="Source" TYPE="uint16"><VALUE>0</VALUE>' in script
 
 
 def test_change_script_quotes_names_and_data() -> None:
     script = hh.change_script("set", "it's\\vm", [("k'ey", "<&>")])
     # WQL escapes \ and ' with a backslash; PowerShell doubles the single quote.
     assert r"-Filter 'ElementName=''it\''s\\vm'''" in script
-    assert "'<INSTANCE CLASSNAME=\"Msvm_KvpExchangeDataItem\"><PROPERTY NAME=\"Data\" " \
-           "TYPE=\"string\"><VALUE>&lt;&amp;&gt;</VALUE></PROPERTY><PROPERTY NAME=\"Name\" " \
-           "TYPE=\"string\"><VALUE>k''ey</VALUE>" in script
+    assert (
+        '\'<INSTANCE CLASSNAME="Msvm_KvpExchangeDataItem"><PROPERTY NAME="Data" '
+        'TYPE="string"><VALUE>&lt;&amp;&gt;</VALUE></PROPERTY><PROPERTY NAME="Name" '
+        "TYPE=\"string\"><VALUE>k''ey</VALUE>" in script
+    )
     assert "ModifyKvpItems" in script
     assert "AddKvpItems" in script
 
 
 def test_change_script_by_vm_id() -> None:
-    script = hh.change_script("remove", "{1e8b5e4c-0000-4000-8000-00000000abcd}",
-                              [("k", "")])
+    script = hh.change_script("remove", "{1e8b5e4c-0000-4000-8000-00000000abcd}", [("k", "")])
     assert "Name=''1E8B5E4C-0000-4000-8000-00000000ABCD''" in script
     assert "RemoveKvpItems" in script
 
 
-@pytest.mark.parametrize(("action", "items", "error"), [
-    ("upsert", [("k", "v")], "action must be one of"),
-    ("add", [("", "v")], "cannot be empty"),
-    ("add", [("k", "v" * 1025)], "at most 1024"),
-    ("add", [("k\0", "v")], "without NUL"),
-])
+@pytest.mark.parametrize(
+    ("action", "items", "error"),
+    [
+        ("upsert", [("k", "v")], "action must be one of"),
+        ("add", [("", "v")], "cannot be empty"),
+        ("add", [("k", "v" * 1025)], "at most 1024"),
+        ("add", [("k\0", "v")], "without NUL"),
+    ],
+)
 def test_change_script_refuses(action: str, items: list[tuple[str, str]], error: str) -> None:
     with pytest.raises(ArgumentError, match=error):
         hh.change_script(action, "vm", items)
@@ -201,14 +218,20 @@ def test_read_guest_items_through_a_runner() -> None:
 
 def test_read_guest_items_errors() -> None:
     script = hh.guest_items_script("gone")
-    runner = FakeRunner({tuple(powershell_argv(script)): failed(
-        "hvsock: 0 VMs match 'gone'", returncode=3)})
+    runner = FakeRunner(
+        {tuple(powershell_argv(script)): failed("hvsock: 0 VMs match 'gone'", returncode=3)}
+    )
     with pytest.raises(VmNotFoundError, match="hvsock vms"):
         hh.read_guest_items("gone", runner=runner)
     with pytest.raises(UnsupportedError, match=r"powershell\.exe was not found"):
         hh.read_guest_items("x", runner=FakeRunner())
     script = hh.change_script("add", "vm", [("k", "v")])
-    runner = FakeRunner({tuple(powershell_argv(script)): failed(
-        "AddKvpItems (items 1-1) failed with return value 32773")})
+    runner = FakeRunner(
+        {
+            tuple(powershell_argv(script)): failed(
+                "AddKvpItems (items 1-1) failed with return value 32773"
+            )
+        }
+    )
     with pytest.raises(HvsockError, match="32773"):
         hh.change_host_items("add", "vm", [("k", "v")], runner=runner)

@@ -15,18 +15,26 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-LINT_IMPORTS = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or \
-    shutil.which("lint-imports")
-needs_import_linter = pytest.mark.skipif(LINT_IMPORTS is None,
-                                         reason="import-linter is not installed")
+LINT_IMPORTS = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which(
+    "lint-imports"
+)
+needs_import_linter = pytest.mark.skipif(
+    LINT_IMPORTS is None, reason="import-linter is not installed"
+)
 
 
 def lint(package_parent: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     assert LINT_IMPORTS is not None
     env = dict(os.environ, PYTHONPATH=str(package_parent))
-    return subprocess.run([LINT_IMPORTS, "--no-cache", str(ROOT / "pyproject.toml")],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
-                          check=False)
+    return subprocess.run(
+        [LINT_IMPORTS, "--no-cache", str(ROOT / "pyproject.toml")],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 @needs_import_linter
@@ -38,8 +46,9 @@ def test_the_layers_hold() -> None:
 def copy_with(tmp_path: Path, module: str, line: str) -> Path:
     """A copy of the package with *line* added to *module*; returns its parent."""
     copy = tmp_path / "src"
-    shutil.copytree(ROOT / "src" / "hvsock", copy / "hvsock",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "src" / "hvsock", copy / "hvsock", ignore=shutil.ignore_patterns("__pycache__")
+    )
     target = copy / "hvsock" / module
     text = target.read_text()
     marker = "from __future__ import annotations\n"
@@ -59,17 +68,19 @@ def test_a_built_in_service_may_not_import_the_public_package(tmp_path: Path) ->
 
 
 @needs_import_linter
-@pytest.mark.parametrize(("module", "bad_import"), [
-    ("_core/ids.py", "from .._cli import args as _upward"),
-    ("_windows/registry.py", "from .._service import declaration as _upward"),
-    ("_builtin/echo.py", "from .. import testing as _upward"),
-    # the public namespaces are for users; library code takes the private paths
-    ("_builtin/echo.py", "from .. import services as _public"),
-    ("_core/ids.py", "import hvsock.windows as _public"),
-    ("_builtin/bench.py", "from hvsock import connect as _public"),
-])
-def test_an_upward_import_breaks_the_contract(tmp_path: Path, module: str,
-                                              bad_import: str) -> None:
+@pytest.mark.parametrize(
+    ("module", "bad_import"),
+    [
+        ("_core/ids.py", "from .._cli import args as _upward"),
+        ("_windows/registry.py", "from .._service import declaration as _upward"),
+        ("_builtin/echo.py", "from .. import testing as _upward"),
+        # the public namespaces are for users; library code takes the private paths
+        ("_builtin/echo.py", "from .. import services as _public"),
+        ("_core/ids.py", "import hvsock.windows as _public"),
+        ("_builtin/bench.py", "from hvsock import connect as _public"),
+    ],
+)
+def test_an_upward_import_breaks_the_contract(tmp_path: Path, module: str, bad_import: str) -> None:
     done = lint(copy_with(tmp_path, module, bad_import), tmp_path)
     assert done.returncode != 0
     assert "BROKEN" in done.stdout

@@ -42,33 +42,57 @@ GOOD = [
     # text, address, canonical text
     ("hvsock://wsl/5000", NamedVmAddress(None, SID_5000), "hvsock://wsl/5000"),
     ("HVSOCK://WSL/0x1388", NamedVmAddress(None, SID_5000), "hvsock://wsl/5000"),
-    ("hvsock://wsl/00001388-FACB-11E6-BD58-64006A7986D3", NamedVmAddress(None, SID_5000),
-     "hvsock://wsl/5000"),
+    (
+        "hvsock://wsl/00001388-FACB-11E6-BD58-64006A7986D3",
+        NamedVmAddress(None, SID_5000),
+        "hvsock://wsl/5000",
+    ),
     (f"hvsock://wsl/{{{OTHER_SID}}}", NamedVmAddress(None, OTHER_SID), f"hvsock://wsl/{OTHER_SID}"),
     ("hvsock://name:MyVM/5000", NamedVmAddress("MyVM", SID_5000), "hvsock://name:MyVM/5000"),
     ("hvsock://NAME:MyVM/5000", NamedVmAddress("MyVM", SID_5000), "hvsock://name:MyVM/5000"),
-    (f"hvsock://name:My VM/{OTHER_SID}", NamedVmAddress("My VM", OTHER_SID),
-     f"hvsock://name:My VM/{OTHER_SID}"),
-    ("hvsock://name:a%2Fb%25c/1", NamedVmAddress("a/b%c", service_id_for_port(1)),
-     "hvsock://name:a%2Fb%25c/1"),
-    ("hvsock://name:a%2fb/1", NamedVmAddress("a/b", service_id_for_port(1)),
-     "hvsock://name:a%2Fb/1"),
-    ("hvsock://name:%C3%A9t%C3%A9/1", NamedVmAddress("été", service_id_for_port(1)),
-     "hvsock://name:été/1"),
-    ("hvsock://name:Débian 12/1", NamedVmAddress("Débian 12", service_id_for_port(1)),
-     "hvsock://name:Débian 12/1"),
+    (
+        f"hvsock://name:My VM/{OTHER_SID}",
+        NamedVmAddress("My VM", OTHER_SID),
+        f"hvsock://name:My VM/{OTHER_SID}",
+    ),
+    (
+        "hvsock://name:a%2Fb%25c/1",
+        NamedVmAddress("a/b%c", service_id_for_port(1)),
+        "hvsock://name:a%2Fb%25c/1",
+    ),
+    (
+        "hvsock://name:a%2fb/1",
+        NamedVmAddress("a/b", service_id_for_port(1)),
+        "hvsock://name:a%2Fb/1",
+    ),
+    (
+        "hvsock://name:%C3%A9t%C3%A9/1",
+        NamedVmAddress("été", service_id_for_port(1)),
+        "hvsock://name:été/1",
+    ),
+    (
+        "hvsock://name:Débian 12/1",
+        NamedVmAddress("Débian 12", service_id_for_port(1)),
+        "hvsock://name:Débian 12/1",
+    ),
     # a VM may be called like a keyword: name: makes it a name
-    ("hvsock://name:wsl/1", NamedVmAddress("wsl", service_id_for_port(1)),
-     "hvsock://name:wsl/1"),
-    ("hvsock://name:parent/1", NamedVmAddress("parent", service_id_for_port(1)),
-     "hvsock://name:parent/1"),
-    ("hvsock://name:a:b/1", NamedVmAddress("a:b", service_id_for_port(1)),
-     "hvsock://name:a:b/1"),
-    ("hvsock://name:x/4294967295", NamedVmAddress("x", service_id_for_port(0xFFFFFFFF)),
-     "hvsock://name:x/4294967295"),
-    ("hvsock://name:" + "v" * MAX_VM_NAME + "/1",
-     NamedVmAddress("v" * MAX_VM_NAME, service_id_for_port(1)),
-     "hvsock://name:" + "v" * MAX_VM_NAME + "/1"),
+    ("hvsock://name:wsl/1", NamedVmAddress("wsl", service_id_for_port(1)), "hvsock://name:wsl/1"),
+    (
+        "hvsock://name:parent/1",
+        NamedVmAddress("parent", service_id_for_port(1)),
+        "hvsock://name:parent/1",
+    ),
+    ("hvsock://name:a:b/1", NamedVmAddress("a:b", service_id_for_port(1)), "hvsock://name:a:b/1"),
+    (
+        "hvsock://name:x/4294967295",
+        NamedVmAddress("x", service_id_for_port(0xFFFFFFFF)),
+        "hvsock://name:x/4294967295",
+    ),
+    (
+        "hvsock://name:" + "v" * MAX_VM_NAME + "/1",
+        NamedVmAddress("v" * MAX_VM_NAME, service_id_for_port(1)),
+        "hvsock://name:" + "v" * MAX_VM_NAME + "/1",
+    ),
 ]
 
 
@@ -112,15 +136,17 @@ def test_bad_text_is_an_address_error_that_says_why(text: str, fragment: str) ->
     assert "hvsock://<vm>/<service>" in str(info.value) or "xxxxxxxx-xxxx" in str(info.value)
 
 
-@pytest.mark.parametrize(("vm_name", "service_id", "fragment"), [
-    (123, SID_5000, "VM name must be a string"),
-    ("", SID_5000, "VM name is empty"),
-    ("a\nb", SID_5000, "control character"),
-    ("x", "not-a-guid", "is not a GUID"),
-    ("x", 5000, "must be a uuid.UUID or a GUID string"),
-])
-def test_bad_fields_are_address_errors(vm_name: object, service_id: object,
-                                       fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("vm_name", "service_id", "fragment"),
+    [
+        (123, SID_5000, "VM name must be a string"),
+        ("", SID_5000, "VM name is empty"),
+        ("a\nb", SID_5000, "control character"),
+        ("x", "not-a-guid", "is not a GUID"),
+        ("x", 5000, "must be a uuid.UUID or a GUID string"),
+    ],
+)
+def test_bad_fields_are_address_errors(vm_name: object, service_id: object, fragment: str) -> None:
     with pytest.raises(AddressError, match=fragment):
         NamedVmAddress(vm_name, service_id)  # type: ignore[arg-type]
 
@@ -153,11 +179,14 @@ def test_describe_says_the_id_is_looked_up_later() -> None:
 
 # -- properties -------------------------------------------------------------------
 
-vm_names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1,
-                   max_size=MAX_VM_NAME).filter(str.isprintable)
-named_addresses = st.builds(NamedVmAddress, st.one_of(st.none(), vm_names),
-                            st.one_of(st.uuids(), st.integers(0, 0xFFFFFFFF)
-                                      .map(service_id_for_port)))
+vm_names = st.text(
+    st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=MAX_VM_NAME
+).filter(str.isprintable)
+named_addresses = st.builds(
+    NamedVmAddress,
+    st.one_of(st.none(), vm_names),
+    st.one_of(st.uuids(), st.integers(0, 0xFFFFFFFF).map(service_id_for_port)),
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -180,6 +209,7 @@ def test_any_name_text_parses_or_raises_address_error(name: str, tail: str) -> N
 
 
 # -- where resolution happens ---------------------------------------------------------
+
 
 @pytest.mark.usefixtures("fd_baseline")
 @pytest.mark.parametrize("text", ["hvsock://wsl/5000", "hvsock://name:MyVM/5000"])
@@ -208,10 +238,13 @@ def test_the_transports_know_no_vm_names() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, hvsock._transports.api, hvsock._transports.dial, hvsock._aio.streams;"
-            "print(any(m.startswith('hvsock._windows') for m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=60).stdout.strip()
+    code = (
+        "import sys, hvsock._transports.api, hvsock._transports.dial, hvsock._aio.streams;"
+        "print(any(m.startswith('hvsock._windows') for m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.strip()
     assert out == "False"
 
 
@@ -232,8 +265,9 @@ def fake_windows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     log = tmp_path / "powershell.log"
     fixture = Path(__file__).parent.parent / "fixtures" / "get-vm.json"
     program = tmp_path / "powershell.exe"
-    program.write_text(f"#!/bin/sh\necho run >> {shlex.quote(str(log))}\n"
-                       f"cat {shlex.quote(str(fixture))}\n")
+    program.write_text(
+        f"#!/bin/sh\necho run >> {shlex.quote(str(log))}\ncat {shlex.quote(str(fixture))}\n"
+    )
     program.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setattr(socket, "AF_HYPERV", 34, raising=False)
@@ -245,15 +279,13 @@ def _lookups(log: Path) -> int:
 
 
 @pytest.mark.parametrize("client", ["connect", "copy", "exec", "exec_async", "open_connection"])
-def test_every_client_looks_a_vm_name_up(fake_windows: Path, client: str,
-                                         tmp_path: Path) -> None:
+def test_every_client_looks_a_vm_name_up(fake_windows: Path, client: str, tmp_path: Path) -> None:
     text = "hvsock://name:win11-dev/5000"
     calls = {
         "connect": lambda: hvsock.connect(text, timeout=1),
         "copy": lambda: hvsock.copy(text, str(tmp_path / "x"), ":/tmp/y"),
         "exec": lambda: hvsock.exec(text, ["true"], connect_timeout=1),
-        "exec_async": lambda: asyncio.run(hvsock.exec_async(text, ["true"],
-                                                            connect_timeout=1)),
+        "exec_async": lambda: asyncio.run(hvsock.exec_async(text, ["true"], connect_timeout=1)),
         "open_connection": lambda: asyncio.run(hvsock.open_connection(text, timeout=1)),
     }
     with pytest.raises(hvsock.HvsockError) as info:

@@ -15,8 +15,9 @@ from hvsock._core import ninep as p
 
 _INT = {"b": 0xFF, "w": 0xFFFF, "d": 0xFFFFFFFF, "q": 2**64 - 1}
 _names = st.binary(max_size=40)
-_qids = st.builds(p.Qid, st.integers(0, 0xFF), st.integers(0, 0xFFFFFFFF),
-                  st.integers(0, 2**64 - 1))
+_qids = st.builds(
+    p.Qid, st.integers(0, 0xFF), st.integers(0, 0xFFFFFFFF), st.integers(0, 2**64 - 1)
+)
 
 
 def _field(code: str) -> st.SearchStrategy[Any]:
@@ -78,10 +79,11 @@ def test_arbitrary_bytes_give_messages_or_protocol_error(data: bytes) -> None:
 @settings(max_examples=300)
 @given(messages(), st.integers(0, 40), st.binary(min_size=1, max_size=4))
 def test_corrupted_messages_give_protocol_error_or_a_message(
-        message: p.Message, at: int, junk: bytes) -> None:
+    message: p.Message, at: int, junk: bytes
+) -> None:
     wire = bytearray(p.encode(message))
     at = min(at, len(wire) - 1)
-    wire[at:at + len(junk)] = junk
+    wire[at : at + len(junk)] = junk
     try:
         decoded = p.decode(bytes(wire))
     except ProtocolError:

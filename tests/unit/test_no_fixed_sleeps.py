@@ -21,9 +21,11 @@ LONGEST = 0.05
 
 #: (file under tests/, enclosing function) -> why its longer sleep decides nothing.
 ALLOWED: dict[tuple[str, str], str] = {
-    ("kernel/test_doctor_kernel.py", "unload"):
-        "the poll interval of a wait bounded at 60 s (and 600 rounds) for a kernel "
-        "module's use count to reach 0; a vsock close frees it up to 8 s later",
+    (
+        "kernel/test_doctor_kernel.py",
+        "unload",
+    ): "the poll interval of a wait bounded at 60 s (and 600 rounds) for a kernel "
+    "module's use count to reach 0; a vsock close frees it up to 8 s later",
 }
 
 
@@ -33,8 +35,11 @@ def sleeps(source: str) -> list[tuple[int, str, str]]:
 
     def visit(node: ast.AST, function: str) -> None:
         for child in ast.iter_child_nodes(node):
-            name = (child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
-                    else function)
+            name = (
+                child.name
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
+                else function
+            )
             if isinstance(child, ast.Call) and _sleep_like(child) and _too_long(child):
                 found.append((child.lineno, function, ast.unparse(child)))
             visit(child, name)
@@ -52,8 +57,11 @@ def _sleep_like(call: ast.Call) -> bool:
     if func.attr == "sleep":
         return True
     # threading.Event().wait(n) / asyncio.Event().wait(): a sleep in disguise.
-    return (func.attr == "wait" and isinstance(func.value, ast.Call)
-            and ast.unparse(func.value.func).split(".")[-1] == "Event")
+    return (
+        func.attr == "wait"
+        and isinstance(func.value, ast.Call)
+        and ast.unparse(func.value.func).split(".")[-1] == "Event"
+    )
 
 
 def _too_long(call: ast.Call) -> bool:
@@ -66,13 +74,19 @@ def _too_long(call: ast.Call) -> bool:
 
 
 def test_the_check_finds_what_it_should() -> None:
-    source = ("import time, asyncio, threading\nfrom time import sleep\n"
-              "def a():\n    time.sleep(0.3)\n"
-              "async def b():\n    await asyncio.sleep(1)\n    await asyncio.sleep(0)\n"
-              "def c(n):\n    sleep(n)\n    threading.Event().wait(2)\n    time.sleep(0.05)\n"
-              "SCRIPT = 'import time; time.sleep(3600)'\n")
+    source = (
+        "import time, asyncio, threading\nfrom time import sleep\n"
+        "def a():\n    time.sleep(0.3)\n"
+        "async def b():\n    await asyncio.sleep(1)\n    await asyncio.sleep(0)\n"
+        "def c(n):\n    sleep(n)\n    threading.Event().wait(2)\n    time.sleep(0.05)\n"
+        "SCRIPT = 'import time; time.sleep(3600)'\n"
+    )
     assert [(line, where) for line, where, _ in sleeps(source)] == [
-        (4, "a"), (6, "b"), (9, "c"), (10, "c")]
+        (4, "a"),
+        (6, "b"),
+        (9, "c"),
+        (10, "c"),
+    ]
 
 
 def _test_files() -> list[Path]:
@@ -92,8 +106,8 @@ def test_no_test_sleeps_longer_than_a_poll_interval() -> None:
     assert not found, (
         "a test sleeps longer than a poll interval: wait for an event instead (a ready "
         "line, a log record, a file, a counter, a round trip), or, for a poll interval "
-        "or pacing that decides nothing, list it in ALLOWED with the reason:\n"
-        + "\n".join(found))
+        "or pacing that decides nothing, list it in ALLOWED with the reason:\n" + "\n".join(found)
+    )
     stale = set(ALLOWED) - used
     assert not stale, f"ALLOWED lists functions with no long sleep now: {sorted(stale)}"
 

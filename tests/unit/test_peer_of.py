@@ -14,8 +14,9 @@ from hvsock._server.peers import peer_of
 LISTEN = TcpAddress("127.0.0.1", 1)
 
 
-@pytest.mark.parametrize("raw", [("127.0.0.1", 5000), ("::1", 22, 0, 0),
-                                 ("fe80::1%lo", 65535, 0, 1)])
+@pytest.mark.parametrize(
+    "raw", [("127.0.0.1", 5000), ("::1", 22, 0, 0), ("fe80::1%lo", 65535, 0, 1)]
+)
 def test_tcp_peer_text_is_the_address_text(raw: tuple[object, ...]) -> None:
     with socket.socket() as sock:
         peer = peer_of(sock, raw, LISTEN)

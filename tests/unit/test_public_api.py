@@ -18,8 +18,11 @@ from hvsock._core import addresses
 
 def public_names(module: types.ModuleType) -> set[str]:
     """Names a user can import: no leading underscore (plus __version__), no submodules."""
-    names = {name for name, value in vars(module).items()
-             if not name.startswith("_") and not isinstance(value, types.ModuleType)}
+    names = {
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
     if hasattr(module, "__version__"):
         names.add("__version__")
     return names
@@ -75,9 +78,13 @@ def test_private_modules_all_lists_resolve() -> None:
             if name in hvsock.__all__:
                 assert getattr(hvsock, name) is getattr(module, name)
     # every exception class the package defines is public
-    errors = {name for name, value in vars(_errors).items()
-              if isinstance(value, type) and issubclass(value, BaseException)
-              and value.__module__ == _errors.__name__}
+    errors = {
+        name
+        for name, value in vars(_errors).items()
+        if isinstance(value, type)
+        and issubclass(value, BaseException)
+        and value.__module__ == _errors.__name__
+    }
     assert errors == set(_errors.__all__)
     assert errors <= set(hvsock.__all__)
 
@@ -87,12 +94,23 @@ def test_import_hvsock_loads_no_heavy_layer() -> None:
     import subprocess
     import sys
 
-    heavy = ["asyncio", "typing", "hvsock._relay", "hvsock._doctor", "hvsock._windows",
-             "hvsock._aio", "hvsock._service"]
-    code = ("import sys, hvsock; print(' '.join(m for m in " + repr(heavy)
-            + " if any(k == m or k.startswith(m + '.') for k in sys.modules)))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=60).stdout.strip()
+    heavy = [
+        "asyncio",
+        "typing",
+        "hvsock._relay",
+        "hvsock._doctor",
+        "hvsock._windows",
+        "hvsock._aio",
+        "hvsock._service",
+    ]
+    code = (
+        "import sys, hvsock; print(' '.join(m for m in "
+        + repr(heavy)
+        + " if any(k == m or k.startswith(m + '.') for k in sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.strip()
     assert out == ""
 
 
@@ -129,8 +147,9 @@ def _public_surface() -> dict[str, object]:
     surface = {f"hvsock.{name}": getattr(hvsock, name) for name in hvsock.__all__}
     for namespace in hvsock._NAMESPACES:
         module = importlib.import_module(f"hvsock.{namespace}")
-        surface.update({f"hvsock.{namespace}.{name}": getattr(module, name)
-                        for name in module.__all__})
+        surface.update(
+            {f"hvsock.{namespace}.{name}": getattr(module, name) for name in module.__all__}
+        )
     return surface
 
 
@@ -140,10 +159,19 @@ def test_every_type_a_public_function_takes_or_returns_is_exported() -> None:
     exported = {id(value) for value in surface.values()}
     missing: set[str] = set()
     for name, value in surface.items():
-        functions = [value] if inspect.isfunction(value) else (
-            [f for _, f in inspect.getmembers(value, inspect.isfunction)
-             if not f.__name__.startswith("_") or f.__name__ == "__init__"]
-            if inspect.isclass(value) else [])
+        functions = (
+            [value]
+            if inspect.isfunction(value)
+            else (
+                [
+                    f
+                    for _, f in inspect.getmembers(value, inspect.isfunction)
+                    if not f.__name__.startswith("_") or f.__name__ == "__init__"
+                ]
+                if inspect.isclass(value)
+                else []
+            )
+        )
         for function in functions:
             try:
                 hints = typing.get_type_hints(function)

@@ -30,13 +30,17 @@ TEMPLATE = hvsock.windows.VSOCK_TEMPLATE
 #: Hostile values for any argument. Text never contains "://", so no generated value
 #: can become a reachable address (and certainly not a vsock one).
 HOSTILE = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
     st.sampled_from([-1, 0, 2**32, 2**64, 10**5000, -(10**5000)]),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=40).filter(lambda s: "://" not in s),
     st.sampled_from(["x" * 100_000, "\0", "٣", "0" * 10_000 + "1", " 5 ", "{}", "-"]),
-    st.binary(max_size=20), st.lists(st.integers(), max_size=3),
-    st.builds(object), st.just(uuid.uuid4()),
+    st.binary(max_size=20),
+    st.lists(st.integers(), max_size=3),
+    st.builds(object),
+    st.just(uuid.uuid4()),
 )
 
 
@@ -46,19 +50,34 @@ def _run(coro_fn: Callable[..., Any]) -> Callable[..., Any]:
 
 # name -> (callable, safe positional args, safe keyword args)
 CASES: dict[str, tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = {
-    "connect": (hvsock.connect, (NOWHERE,),
-                {"timeout": 0.5, "retries": 0, "retry_wait": 0.0, "buffer_size": 65536}),
-    "connect_socket": (_run(hvsock.connect_socket), (NOWHERE,),
-                       {"timeout": 0.5, "retries": 0, "retry_wait": 0.0}),
-    "open_connection": (_run(hvsock.open_connection), (NOWHERE,),
-                        {"timeout": 0.5, "retries": 0, "retry_wait": 0.0}),
+    "connect": (
+        hvsock.connect,
+        (NOWHERE,),
+        {"timeout": 0.5, "retries": 0, "retry_wait": 0.0, "buffer_size": 65536},
+    ),
+    "connect_socket": (
+        _run(hvsock.connect_socket),
+        (NOWHERE,),
+        {"timeout": 0.5, "retries": 0, "retry_wait": 0.0},
+    ),
+    "open_connection": (
+        _run(hvsock.open_connection),
+        (NOWHERE,),
+        {"timeout": 0.5, "retries": 0, "retry_wait": 0.0},
+    ),
     "listen": (hvsock.listen, (NOWHERE,), {"backlog": 1, "buffer_size": 65536, "mode": 0o600}),
     "parse_address": (hvsock.parse_address, ("tcp://127.0.0.1:1",), {}),
     "describe_address": (hvsock.describe_address, (hvsock.TcpAddress("127.0.0.1", 1),), {}),
-    "host_view": (hvsock.windows.host_view,
-                  (hvsock.VsockAddress(hvsock.sockets.CID_HOST, 5), VM), {}),
-    "guest_view": (hvsock.windows.guest_view, (hvsock.HyperVAddress(VM, TEMPLATE),),
-                   {"guest_listens": False}),
+    "host_view": (
+        hvsock.windows.host_view,
+        (hvsock.VsockAddress(hvsock.sockets.CID_HOST, 5), VM),
+        {},
+    ),
+    "guest_view": (
+        hvsock.windows.guest_view,
+        (hvsock.HyperVAddress(VM, TEMPLATE),),
+        {"guest_listens": False},
+    ),
     "port_for_service_id": (hvsock.windows.port_for_service_id, (TEMPLATE,), {}),
     "service_id_for_port": (hvsock.windows.service_id_for_port, (5,), {}),
     "is_template_service_id": (hvsock.windows.is_template_service_id, (TEMPLATE,), {}),

@@ -12,14 +12,19 @@ from hypothesis import strategies as st
 from hvsock._core import qga
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**53, 2**53) | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
-                                                                  max_size=3),
-    max_leaves=10)
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
 commands = st.builds(
-    qga.Command, st.text(max_size=20),
+    qga.Command,
+    st.text(max_size=20),
     st.dictionaries(st.text(max_size=8), json_values, max_size=3),
-    json_values, st.booleans())
+    json_values,
+    st.booleans(),
+)
 
 
 def _request(c: qga.Command) -> bytes:
@@ -30,13 +35,13 @@ def _request(c: qga.Command) -> bytes:
 
 
 @given(st.lists(commands, max_size=6), st.integers(1, 40), st.sampled_from([b"", b"\n", b" \r\n"]))
-def test_requests_split_anywhere_parse_the_same(cmds: list[qga.Command], step: int,
-                                                 sep: bytes) -> None:
+def test_requests_split_anywhere_parse_the_same(
+    cmds: list[qga.Command], step: int, sep: bytes
+) -> None:
     stream = b"".join(_request(c) + sep for c in cmds)
     parser = qga.Parser()
-    got = [item for i in range(0, len(stream), step) for item in parser.feed(stream[i:i + step])]
-    want = [qga.Command(c.execute, c.arguments, c.id if c.has_id else None, c.has_id)
-            for c in cmds]
+    got = [item for i in range(0, len(stream), step) for item in parser.feed(stream[i : i + step])]
+    want = [qga.Command(c.execute, c.arguments, c.id if c.has_id else None, c.has_id) for c in cmds]
     assert got == want
 
 
@@ -44,27 +49,32 @@ def test_requests_split_anywhere_parse_the_same(cmds: list[qga.Command], step: i
 def test_any_bytes_give_only_items(data: bytes, step: int) -> None:
     parser = qga.Parser(max_request=200)
     for i in range(0, len(data), step):
-        for item in parser.feed(data[i:i + step]):
+        for item in parser.feed(data[i : i + step]):
             assert isinstance(item, (qga.Command, qga.BadInput))
 
 
 def test_sentinel_drops_a_half_request_and_resyncs() -> None:
     parser = qga.Parser()
     items = parser.feed(b'{"execute": "guest-pi\xff{"execute":"guest-ping"}\n')
-    assert items == [qga.BadInput("JSON parse error, stray '\ufffd'"),
-                     qga.Command("guest-ping", {})]
+    assert items == [
+        qga.BadInput("JSON parse error, stray '\ufffd'"),
+        qga.Command("guest-ping", {}),
+    ]
 
 
-@pytest.mark.parametrize(("data", "desc"), [
-    (b"garbage\n", "JSON parse error, invalid keyword 'garbage'"),
-    (b"[1]\n", "QMP input must be a JSON object"),
-    (b"5\n", "QMP input must be a JSON object"),
-    (b'{"foo": 1}', "QMP input member 'foo' is unexpected"),
-    (b'{"execute": 5}', "QMP input member 'execute' must be a string"),
-    (b'{"execute": "x", "arguments": []}', "QMP input member 'arguments' must be an object"),
-    (b'{"arguments": {}}', "QMP input lacks member 'execute'"),
-    (b'{"execute": "x",}', None),
-])
+@pytest.mark.parametrize(
+    ("data", "desc"),
+    [
+        (b"garbage\n", "JSON parse error, invalid keyword 'garbage'"),
+        (b"[1]\n", "QMP input must be a JSON object"),
+        (b"5\n", "QMP input must be a JSON object"),
+        (b'{"foo": 1}', "QMP input member 'foo' is unexpected"),
+        (b'{"execute": 5}', "QMP input member 'execute' must be a string"),
+        (b'{"execute": "x", "arguments": []}', "QMP input member 'arguments' must be an object"),
+        (b'{"arguments": {}}', "QMP input lacks member 'execute'"),
+        (b'{"execute": "x",}', None),
+    ],
+)
 def test_bad_requests_in_qemu_ga_words(data: bytes, desc: str | None) -> None:
     (item,) = qga.Parser().feed(data)
     assert isinstance(item, qga.BadInput)
@@ -76,8 +86,7 @@ def test_bad_requests_in_qemu_ga_words(data: bytes, desc: str | None) -> None:
 def test_a_request_past_the_cap_is_fatal_in_qemu_ga_words(start: bytes) -> None:
     parser = qga.Parser(max_request=100)
     assert parser.feed(start) == []
-    assert parser.feed(b"x" * 200) == [qga.BadInput("JSON token size limit exceeded",
-                                                    fatal=True)]
+    assert parser.feed(b"x" * 200) == [qga.BadInput("JSON token size limit exceeded", fatal=True)]
     assert parser.closed
     assert parser.feed(b'{"execute":"guest-ping"}') == []  # the connection is done
     assert len(parser._buf) == 0  # nothing more is held
@@ -86,8 +95,7 @@ def test_a_request_past_the_cap_is_fatal_in_qemu_ga_words(start: bytes) -> None:
 def test_requests_before_the_cap_in_the_same_read_are_answered() -> None:
     parser = qga.Parser(max_request=100)
     items = parser.feed(b'{"execute":"guest-ping"}\n' * 10 + b"y" * 150)
-    assert items == [qga.Command("guest-ping", {})] * 10 + [
-        qga.BadInput(qga.TOO_LARGE, fatal=True)]
+    assert items == [qga.Command("guest-ping", {})] * 10 + [qga.BadInput(qga.TOO_LARGE, fatal=True)]
 
 
 @pytest.mark.parametrize("start", [b"", b'{"execute": "guest-ping", "arguments": {"x": "'])
@@ -102,7 +110,7 @@ def test_a_long_request_in_many_reads_is_scanned_once(start: bytes) -> None:
         parser = qga.Parser()
         began = time.process_time()
         for i in range(0, len(body), step):
-            assert parser.feed(body[i:i + step]) == []
+            assert parser.feed(body[i : i + step]) == []
         return time.process_time() - began
 
     whole = cpu(len(body))
@@ -111,8 +119,7 @@ def test_a_long_request_in_many_reads_is_scanned_once(start: bytes) -> None:
 
 @pytest.mark.parametrize("escape", [r"\ud800", r"\udc80", r"\udfff"])
 def test_a_lone_surrogate_is_refused_as_qemu_ga_does(escape: str) -> None:
-    data = ('{"execute": "guest-file-open", "arguments": {"path": "/x' + escape
-            + '"}}').encode()
+    data = ('{"execute": "guest-file-open", "arguments": {"path": "/x' + escape + '"}}').encode()
     (item,) = qga.Parser().feed(data)
     assert item == qga.BadInput(f"JSON parse error, {escape} is not a valid Unicode character")
 
@@ -125,16 +132,21 @@ def test_a_surrogate_pair_and_a_nul_are_text() -> None:
 def test_answers_are_qemu_ga_lines() -> None:
     assert qga.format_return({}) == b'{"return": {}}\n'
     assert qga.format_return(7, 5, delimited=True) == b'\xff{"return": 7, "id": 5}\n'
-    assert qga.format_error("CommandNotFound", "x", None) == \
-        b'{"error": {"class": "CommandNotFound", "desc": "x"}, "id": null}\n'
+    assert (
+        qga.format_error("CommandNotFound", "x", None)
+        == b'{"error": {"class": "CommandNotFound", "desc": "x"}, "id": null}\n'
+    )
 
 
-@pytest.mark.parametrize(("args", "desc"), [
-    ({}, "Parameter 'id' is missing"),
-    ({"id": "x"}, "Invalid parameter type for 'id', expected: integer"),
-    ({"id": True}, "Invalid parameter type for 'id', expected: integer"),
-    ({"id": 1, "x": 2}, "Parameter 'x' is unexpected"),
-])
+@pytest.mark.parametrize(
+    ("args", "desc"),
+    [
+        ({}, "Parameter 'id' is missing"),
+        ({"id": "x"}, "Invalid parameter type for 'id', expected: integer"),
+        ({"id": True}, "Invalid parameter type for 'id', expected: integer"),
+        ({"id": 1, "x": 2}, "Parameter 'x' is unexpected"),
+    ],
+)
 def test_argument_checks(args: dict[str, object], desc: str) -> None:
     with pytest.raises(qga.QgaError) as info:
         qga.check_arguments(args, {"id": ("int", True)})

@@ -51,6 +51,7 @@ async def handler(conn: object) -> None:
 
 # -- the in-memory registry itself ---------------------------------------------------
 
+
 def test_memory_registry_keeps_keys_and_values_like_windows() -> None:
     registry = MemoryRegistry()
     assert registry.subkeys("SOFTWARE") == []
@@ -62,8 +63,11 @@ def test_memory_registry_keeps_keys_and_values_like_windows() -> None:
     registry.set_value("SOFTWARE\\Vendor\\App", "NAME", "two")  # same value, any case
     assert registry.values("SOFTWARE\\Vendor\\App") == {"Name": "two"}
     registry.create_key("SOFTWARE\\VENDOR\\APP")  # exists: nothing changes
-    assert registry.snapshot() == {"SOFTWARE": {}, "SOFTWARE\\Vendor": {},
-                                   "SOFTWARE\\Vendor\\App": {"Name": "two"}}
+    assert registry.snapshot() == {
+        "SOFTWARE": {},
+        "SOFTWARE\\Vendor": {},
+        "SOFTWARE\\Vendor\\App": {"Name": "two"},
+    }
     with pytest.raises(RegistryError, match="has subkeys"):
         registry.delete_key("SOFTWARE\\Vendor")
     registry.delete_key("SOFTWARE\\vendor\\app")
@@ -71,15 +75,18 @@ def test_memory_registry_keeps_keys_and_values_like_windows() -> None:
     assert registry.subkeys("SOFTWARE\\Vendor") == []
 
 
-@pytest.mark.parametrize(("path", "fragment"), [
-    ("", "has an empty part"),
-    ("A\\\\B", "has an empty part"),
-    ("A\\", "has an empty part"),
-    ("\\A", "has an empty part"),
-    ("A\\" + "k" * 256, "longer than 255"),
-    ("A\\x\0y", "NUL"),
-    (5, "must be text"),
-])
+@pytest.mark.parametrize(
+    ("path", "fragment"),
+    [
+        ("", "has an empty part"),
+        ("A\\\\B", "has an empty part"),
+        ("A\\", "has an empty part"),
+        ("\\A", "has an empty part"),
+        ("A\\" + "k" * 256, "longer than 255"),
+        ("A\\x\0y", "NUL"),
+        (5, "must be text"),
+    ],
+)
 def test_memory_registry_refuses_bad_paths(path: object, fragment: str) -> None:
     registry = MemoryRegistry()
     with pytest.raises(RegistryError, match=fragment):
@@ -109,8 +116,11 @@ class FixedRegistry:
 
     def subkeys(self, path: str) -> list[str]:
         prefix = path + "\\"
-        return [k[len(prefix):] for k in self.tree if k.startswith(prefix)
-                and "\\" not in k[len(prefix):]]
+        return [
+            k[len(prefix) :]
+            for k in self.tree
+            if k.startswith(prefix) and "\\" not in k[len(prefix) :]
+        ]
 
     def values(self, path: str) -> dict[str, object] | None:
         return self.tree.get(path)
@@ -126,8 +136,13 @@ class FixedRegistry:
 
 
 def test_copy_of_another_backend_keeps_values_of_any_type() -> None:
-    source = FixedRegistry({SERVICES_KEY: {}, key(str(SID)): {ELEMENT_NAME: 7},
-                            key("not-a-guid"): {ELEMENT_NAME: "odd", MARKER_NAME: "hvsock"}})
+    source = FixedRegistry(
+        {
+            SERVICES_KEY: {},
+            key(str(SID)): {ELEMENT_NAME: 7},
+            key("not-a-guid"): {ELEMENT_NAME: "odd", MARKER_NAME: "hvsock"},
+        }
+    )
     copy = MemoryRegistry.copy_of(source, SERVICES_KEY)
     copied = copy.snapshot()
     assert {k: v for k, v in copied.items() if k.startswith(SERVICES_KEY)} == source.tree
@@ -142,6 +157,7 @@ def test_copy_of_another_backend_keeps_values_of_any_type() -> None:
 
 # -- registering -----------------------------------------------------------------------
 
+
 def test_register_writes_name_and_marker_and_lists_it() -> None:
     registry = windows_host()
     change = register_service("My agent", 5000, registry=registry)
@@ -149,14 +165,28 @@ def test_register_writes_name_and_marker_and_lists_it() -> None:
     assert registry.values(key(str(SID))) == {MARKER_NAME: "hvsock", ELEMENT_NAME: "My agent"}
     entries = registered_services(registry)
     assert [(e.name, e.origin) for e in entries] == [
-        ("My agent", "hvsock"), ("VM Session Service", "built-in"),
-        ("VM Session Service-2", "built-in")]
+        ("My agent", "hvsock"),
+        ("VM Session Service", "built-in"),
+        ("VM Session Service-2", "built-in"),
+    ]
     mine = entries[0]
     assert (mine.service_id, mine.port, mine.template, mine.made_by_hvsock, mine.builtin) == (
-        SID, 5000, True, True, False)
-    assert mine.as_dict() == {"id": str(SID), "key": str(SID), "name": "My agent",
-                              "template": True, "port": 5000, "made_by_hvsock": True,
-                              "builtin": False, "origin": "hvsock"}
+        SID,
+        5000,
+        True,
+        True,
+        False,
+    )
+    assert mine.as_dict() == {
+        "id": str(SID),
+        "key": str(SID),
+        "name": "My agent",
+        "template": True,
+        "port": 5000,
+        "made_by_hvsock": True,
+        "builtin": False,
+        "origin": "hvsock",
+    }
     assert entries[1].as_dict()["port"] is None
 
 
@@ -243,10 +273,12 @@ BAD_IDS = [
 ]
 
 
-@pytest.mark.parametrize(("service_id", "error", "fragment"), BAD_IDS,
-                         ids=[repr(b[0])[:20] for b in BAD_IDS])
-def test_malformed_ids_are_clear_errors(service_id: object, error: type[Exception],
-                                        fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("service_id", "error", "fragment"), BAD_IDS, ids=[repr(b[0])[:20] for b in BAD_IDS]
+)
+def test_malformed_ids_are_clear_errors(
+    service_id: object, error: type[Exception], fragment: str
+) -> None:
     registry = windows_host()
     before = registry.snapshot()
     with pytest.raises(error, match=fragment):
@@ -260,7 +292,8 @@ def test_register_from_a_service_declaration() -> None:
     registry = MemoryRegistry()
     agent = Service("Guest agent", 5001, handler)
     assert register_service(agent, registry=registry) == Registration(
-        service_id_for_port(5001), "Guest agent")
+        service_id_for_port(5001), "Guest agent"
+    )
     assert register_service(agent, registry=registry) is None
     assert [e.name for e in registered_services(registry)] == ["Guest agent"]
     with pytest.raises(RegistryError, match="has its own service id"):
@@ -270,6 +303,7 @@ def test_register_from_a_service_declaration() -> None:
 
 
 # -- removing ------------------------------------------------------------------------
+
 
 def test_unregister_removes_only_what_hvsock_made() -> None:
     registry = windows_host()
@@ -314,7 +348,8 @@ def test_the_real_registry_is_windows_only() -> None:
 
 def test_edits_describe_the_change() -> None:
     assert Registration(SID, "n").edits() == (
-        RegistryEdit(key(str(SID)), (("CreatedBy", "hvsock"), ("ElementName", "n"))),)
+        RegistryEdit(key(str(SID)), (("CreatedBy", "hvsock"), ("ElementName", "n"))),
+    )
     assert Removal(SID).edits() == (RegistryEdit(key(str(SID)), delete=True),)
     with pytest.raises(RegistryError, match="cannot both delete"):
         RegistryEdit("A", (("n", "v"),), delete=True)
@@ -322,8 +357,9 @@ def test_edits_describe_the_change() -> None:
 
 # -- properties ------------------------------------------------------------------------
 
-names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=256) \
-    .filter(lambda n: n.isprintable() and n == n.strip() and bool(n))
+names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=256).filter(
+    lambda n: n.isprintable() and n == n.strip() and bool(n)
+)
 service_ids = st.one_of(st.uuids(), st.integers(0, 0xFFFFFFFF).map(service_id_for_port))
 
 
@@ -332,8 +368,10 @@ service_ids = st.one_of(st.uuids(), st.integers(0, 0xFFFFFFFF).map(service_id_fo
 def test_register_list_unregister_round_trip(name: str, sid: uuid.UUID) -> None:
     registry = windows_host()
     before = registry.snapshot()
-    if sid in reg.BUILTIN_SERVICES or name.casefold() in {"vm session service",
-                                                          "vm session service-2"}:
+    if sid in reg.BUILTIN_SERVICES or name.casefold() in {
+        "vm session service",
+        "vm session service-2",
+    }:
         return
     assert register_service(name, sid, registry=registry) is not None
     assert register_service(name, sid, registry=registry) is None
@@ -348,14 +386,18 @@ def test_register_list_unregister_round_trip(name: str, sid: uuid.UUID) -> None:
 @given(st.one_of(st.text(max_size=300), st.none(), st.integers()), st.text(max_size=60))
 def test_arbitrary_input_registers_or_raises_our_errors(name: object, sid: str) -> None:
     registry = MemoryRegistry()
-    result = outcome(lambda: register_service(name, sid, registry=registry),  # type: ignore[arg-type]
-                     RegistryError, AddressError)
+    result = outcome(
+        lambda: register_service(name, sid, registry=registry),  # type: ignore[arg-type]
+        RegistryError,
+        AddressError,
+    )
     assert result
     if result != "ok":
         assert registry.snapshot() == {}
 
 
 # -- the winreg backend, over a fake winreg module --------------------------------------
+
 
 class FakeWinreg:
     """winreg's interface over a MemoryRegistry; *deny* makes writes fail as for a user
@@ -412,8 +454,7 @@ class FakeWinreg:
         self.store.create_key(path)
         return self.Key(path)
 
-    def SetValueEx(self, key: Key, name: str, reserved: int, kind: int,
-                   value: str) -> None:
+    def SetValueEx(self, key: Key, name: str, reserved: int, kind: int, value: str) -> None:
         assert kind == self.REG_SZ
         self._write()
         self.store.set_value(key.path, name, value)

@@ -24,8 +24,10 @@ def test_the_waits_stop_growing_at_the_cap() -> None:
     assert retry_waits(2, 0) == [0, 0]
 
 
-@pytest.mark.parametrize(("retries", "retry_wait"), [(-1, 0.1), (10_001, 0.1), (1.5, 0.1),
-                                                     (2, -0.1), (2, float("nan")), (2, "1")])
+@pytest.mark.parametrize(
+    ("retries", "retry_wait"),
+    [(-1, 0.1), (10_001, 0.1), (1.5, 0.1), (2, -0.1), (2, float("nan")), (2, "1")],
+)
 def test_bad_values_are_argument_errors(retries: object, retry_wait: object) -> None:
     with pytest.raises(hvsock.ArgumentError):
         retry_waits(retries, retry_wait)  # type: ignore[arg-type]

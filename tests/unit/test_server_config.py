@@ -17,14 +17,36 @@ from hvsock._server.config import ConfigError, Lines, parse
 
 FILLER = st.sampled_from(["", "# a comment", "   ", "# [[forward]] in a comment"])
 
-RELAY_GOOD = {"max_connections": "5", "retries": "2", "grace": "3", "backlog": "16",
-              "idle_timeout": "60", "busy_poll": "0"}
-RELAY_BAD = {"max_connections": "0", "retries": "-1", "workers": '"many"', "grace": "-1",
-             "chunk_size": "10", "data_path": '"teleport"', "busy_poll": "1.0",
-             "backlog": "0", "connect_timeout": "0", "max_buffer_memory": "1",
-             "mode": "4096", "max_conections": "5", "allow_targets": '"everywhere"'}
-FORWARD_BAD = ['colour = 1', 'allow = ["uid:x"]', 'target = "ftp://nope"',
-               'listen = "tcp://127.0.0.1:99999"', 'allow = "everyone"']
+RELAY_GOOD = {
+    "max_connections": "5",
+    "retries": "2",
+    "grace": "3",
+    "backlog": "16",
+    "idle_timeout": "60",
+    "busy_poll": "0",
+}
+RELAY_BAD = {
+    "max_connections": "0",
+    "retries": "-1",
+    "workers": '"many"',
+    "grace": "-1",
+    "chunk_size": "10",
+    "data_path": '"teleport"',
+    "busy_poll": "1.0",
+    "backlog": "0",
+    "connect_timeout": "0",
+    "max_buffer_memory": "1",
+    "mode": "4096",
+    "max_conections": "5",
+    "allow_targets": '"everywhere"',
+}
+FORWARD_BAD = [
+    "colour = 1",
+    'allow = ["uid:x"]',
+    'target = "ftp://nope"',
+    'listen = "tcp://127.0.0.1:99999"',
+    'allow = "everyone"',
+]
 
 
 @st.composite
@@ -68,14 +90,26 @@ def test_relay_toml_names_the_line_of_every_problem(case: tuple[str, set[int]]) 
         assert f"r.toml:{line}: " in str(info.value)
 
 
-AGENT_GOOD = {"agent": ["max_connections = 8", "grace = 0", "grace = 3"],
-              "info": ["enabled = true"], "time": ["allow_set = false", "max_step = 2.5"],
-              "exec": ["max_sessions = 4", "allow_user = false"]}
-AGENT_BAD = {"agent": ["max_connections = 0", 'max_connections = "x"', "grace = -1",
-                       'grace = "soon"', "listen = 5", 'allow = "host"', "colour = 1"],
-             "info": ['enabled = "yes"', "foo = 1"],
-             "time": ["allow_set = 1", "max_step = -1", "max_step = 0"],
-             "exec": ["max_sessions = 0", "max_timeout = true", 'allow = ["uid:x"]']}
+AGENT_GOOD = {
+    "agent": ["max_connections = 8", "grace = 0", "grace = 3"],
+    "info": ["enabled = true"],
+    "time": ["allow_set = false", "max_step = 2.5"],
+    "exec": ["max_sessions = 4", "allow_user = false"],
+}
+AGENT_BAD = {
+    "agent": [
+        "max_connections = 0",
+        'max_connections = "x"',
+        "grace = -1",
+        'grace = "soon"',
+        "listen = 5",
+        'allow = "host"',
+        "colour = 1",
+    ],
+    "info": ['enabled = "yes"', "foo = 1"],
+    "time": ["allow_set = 1", "max_step = -1", "max_step = 0"],
+    "exec": ["max_sessions = 0", "max_timeout = true", 'allow = ["uid:x"]'],
+}
 
 
 @st.composite
@@ -85,12 +119,24 @@ def agent_files(draw: st.DrawFn) -> tuple[str, set[int]]:
     sections = draw(st.lists(st.sampled_from(sorted(AGENT_GOOD)), unique=True, min_size=1))
     for section in sections:
         lines.append((f"[{section}]", False))
-        body = [(entry, False) for entry in draw(st.lists(st.sampled_from(AGENT_GOOD[section]),
-                                                          unique_by=lambda e: e.split()[0]))]
+        body = [
+            (entry, False)
+            for entry in draw(
+                st.lists(st.sampled_from(AGENT_GOOD[section]), unique_by=lambda e: e.split()[0])
+            )
+        ]
         used = {entry.split()[0] for entry, _ in body}
-        bad = [e for e in draw(st.lists(st.sampled_from(AGENT_BAD[section]),
-                                        unique_by=lambda e: e.split()[0], max_size=2))
-               if e.split()[0] not in used]
+        bad = [
+            e
+            for e in draw(
+                st.lists(
+                    st.sampled_from(AGENT_BAD[section]),
+                    unique_by=lambda e: e.split()[0],
+                    max_size=2,
+                )
+            )
+            if e.split()[0] not in used
+        ]
         body += [(entry, True) for entry in bad]
         body += [(f, False) for f in draw(st.lists(FILLER, max_size=2))]
         lines += draw(st.permutations(body))
@@ -112,9 +158,13 @@ def test_agent_toml_names_the_line_of_every_problem(case: tuple[str, set[int]]) 
         assert f"a.toml:{line}: " in str(info.value)
 
 
-@pytest.mark.parametrize("parse_text", [
-    lambda text: parse_toml(text, "c.toml"),
-    lambda text: agent_config.parse_config(text, "c.toml")])
+@pytest.mark.parametrize(
+    "parse_text",
+    [
+        lambda text: parse_toml(text, "c.toml"),
+        lambda text: agent_config.parse_config(text, "c.toml"),
+    ],
+)
 def test_a_toml_syntax_error_names_its_line_in_both_loaders(parse_text: object) -> None:
     text = '# one\n\n[[forward]]\nlisten = "tcp://127.0.0.1:0"\ntarget = \n'
     with pytest.raises(ConfigError) as info:
@@ -130,8 +180,10 @@ def test_both_loaders_raise_the_one_config_error() -> None:
 
 
 def test_lines_finds_tables_keys_and_the_nth_array_table() -> None:
-    text = ('top = 1\n[agent]\n"quoted" = 2\n  spaced  = 3\n[[forward]]\nlisten = "a"\n'
-            "[[ forward ]] # two\ntarget = 'b'\n[exec]\n")
+    text = (
+        'top = 1\n[agent]\n"quoted" = 2\n  spaced  = 3\n[[forward]]\nlisten = "a"\n'
+        "[[ forward ]] # two\ntarget = 'b'\n[exec]\n"
+    )
     lines = Lines(text)
     assert lines.of("", "top") == 1
     assert lines.of("agent") == 2

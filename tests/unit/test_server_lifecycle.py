@@ -28,8 +28,7 @@ def test_nothing_is_asked_until_a_request() -> None:
     assert stop.left() == math.inf
 
 
-@given(st.lists(st.one_of(st.none(), st.floats(0, 1e6)), min_size=1, max_size=8),
-       st.floats(0, 1e6))
+@given(st.lists(st.one_of(st.none(), st.floats(0, 1e6)), min_size=1, max_size=8), st.floats(0, 1e6))
 def test_the_shortest_grace_asked_for_wins(graces: list[float | None], default: float) -> None:
     stop = StopRequest(default)
     woken: list[None] = []
@@ -73,8 +72,12 @@ def test_every_server_kind_has_the_same_default_grace() -> None:
     assert DEFAULT_GRACE == 10.0
     assert hvsock.ServiceHost().grace == DEFAULT_GRACE
     assert hvsock.services.BenchServer("tcp://127.0.0.1:0").grace == DEFAULT_GRACE
-    assert hvsock.forwarding.RelayConfig.build([hvsock.forwarding.Forward.build(
-        "tcp://127.0.0.1:0", "tcp://127.0.0.1:1")]).grace == DEFAULT_GRACE
+    assert (
+        hvsock.forwarding.RelayConfig.build(
+            [hvsock.forwarding.Forward.build("tcp://127.0.0.1:0", "tcp://127.0.0.1:1")]
+        ).grace
+        == DEFAULT_GRACE
+    )
     from hvsock._builtin.agent.config import AgentConfig
 
     assert AgentConfig().grace == DEFAULT_GRACE

@@ -48,6 +48,7 @@ def text(name: str) -> str:
 
 # -- parsers, from recorded output ------------------------------------------------------
 
+
 def test_get_vm_json() -> None:
     found = vms.parse_get_vm(text("get-vm.json"))
     assert [(vm.name, vm.vm_id, vm.state, vm.running) for vm in found] == [
@@ -61,7 +62,8 @@ def test_get_vm_json() -> None:
 
 def test_get_vm_single_object_with_a_numeric_state() -> None:
     assert vms.parse_get_vm(text("get-vm-single-numeric.json")) == [
-        VmInfo("Ubuntu 24.04", UBUNTU, "Running", "Get-VM")]
+        VmInfo("Ubuntu 24.04", UBUNTU, "Running", "Get-VM")
+    ]
 
 
 @pytest.mark.parametrize("output", ["", "   \r\n", "null", "[]", text("get-vm-empty.txt")])
@@ -77,9 +79,17 @@ def test_cim_json_skips_the_host_and_reads_states() -> None:
     ]
 
 
-@pytest.mark.parametrize(("number", "state"), [(2, "Running"), (3, "Off"), (6, "Saved"),
-                                               (9, "Paused"), (32773, "Saving"),
-                                               (4242, "state 4242")])
+@pytest.mark.parametrize(
+    ("number", "state"),
+    [
+        (2, "Running"),
+        (3, "Off"),
+        (6, "Saved"),
+        (9, "Paused"),
+        (32773, "Saving"),
+        (4242, "state 4242"),
+    ],
+)
 def test_state_numbers(number: int, state: str) -> None:
     item = {"Name": "v", "Id": str(UBUNTU), "State": number}
     assert vms.parse_get_vm(json.dumps(item))[0].state == state
@@ -127,12 +137,15 @@ def test_vm_id_from_wslhost_command_lines(command: str, expected: uuid.UUID | No
     assert vms.vm_id_from_wslhost(command) == expected
 
 
-@pytest.mark.parametrize(("command", "fragment"), [
-    ("wslhost.exe --vm-id", "--vm-id has no value"),
-    ("wslhost.exe --vm-id {f6446e02-236e} --handle 1", "is not a GUID"),
-    ("wslhost.exe --vm-id=", "is not a GUID"),
-    ("wslhost.exe --VM-ID 12", "is not a GUID"),
-])
+@pytest.mark.parametrize(
+    ("command", "fragment"),
+    [
+        ("wslhost.exe --vm-id", "--vm-id has no value"),
+        ("wslhost.exe --vm-id {f6446e02-236e} --handle 1", "is not a GUID"),
+        ("wslhost.exe --vm-id=", "is not a GUID"),
+        ("wslhost.exe --VM-ID 12", "is not a GUID"),
+    ],
+)
 def test_bad_wslhost_command_lines(command: str, fragment: str) -> None:
     with pytest.raises(HvsockError, match=fragment):
         vms.vm_id_from_wslhost(command)
@@ -147,7 +160,12 @@ def test_wslhost_process_list_gives_distinct_ids_and_skips_hidden_ones() -> None
 
 def test_split_command_line() -> None:
     assert vms.split_command_line('"C:\\Program Files\\a.exe" x  "y z" "" w"v"u') == [
-        "C:\\Program Files\\a.exe", "x", "y z", "", "wvu"]
+        "C:\\Program Files\\a.exe",
+        "x",
+        "y z",
+        "",
+        "wvu",
+    ]
     assert vms.split_command_line("   ") == []
 
 
@@ -164,9 +182,34 @@ def test_wslinfo_output() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(st.text(), st.lists(st.sampled_from(
-    ['[', ']', '{', '}', '"Name"', '"Id"', '"State"', ':', ',', 'null', '2', '"Running"',
-     f'"{UBUNTU}"', '"x"', '"ElementName"', '"EnabledState"', "true"])).map("".join)))
+@given(
+    st.one_of(
+        st.text(),
+        st.lists(
+            st.sampled_from(
+                [
+                    "[",
+                    "]",
+                    "{",
+                    "}",
+                    '"Name"',
+                    '"Id"',
+                    '"State"',
+                    ":",
+                    ",",
+                    "null",
+                    "2",
+                    '"Running"',
+                    f'"{UBUNTU}"',
+                    '"x"',
+                    '"ElementName"',
+                    '"EnabledState"',
+                    "true",
+                ]
+            )
+        ).map("".join),
+    )
+)
 def test_arbitrary_output_parses_or_raises_hvsock_error(output: str) -> None:
     for parse in (vms.parse_get_vm, vms.parse_cim, vms.parse_wslhost):
         assert outcome(lambda p=parse: p(output), HvsockError)  # type: ignore[misc]
@@ -182,10 +225,16 @@ def test_arbitrary_command_lines_and_bytes(command: str, data: bytes) -> None:
 
 # -- running the programs ------------------------------------------------------------
 
+
 def test_powershell_argv_encodes_the_script() -> None:
     argv = vms.powershell_argv("Get-VM | ConvertTo-Json 'é'")
-    assert argv[:5] == ["powershell.exe", "-NoLogo", "-NoProfile", "-NonInteractive",
-                        "-EncodedCommand"]
+    assert argv[:5] == [
+        "powershell.exe",
+        "-NoLogo",
+        "-NoProfile",
+        "-NonInteractive",
+        "-EncodedCommand",
+    ]
     assert base64.b64decode(argv[5]).decode("utf-16-le") == "Get-VM | ConvertTo-Json 'é'"
     # what each script asks for: UTF-8 output, strings for ids and states, a JSON list
     for script in (GET_VM_SCRIPT, CIM_SCRIPT, WSLHOST_SCRIPT):
@@ -195,10 +244,13 @@ def test_powershell_argv_encodes_the_script() -> None:
     assert "[string]$_.State" in GET_VM_SCRIPT
 
 
-def hyperv_host(*, get_vm: ProcessResult | BaseException | None = None,
-                cim: ProcessResult | BaseException | None = None,
-                wslhost: ProcessResult | BaseException | None = None,
-                wslinfo: ProcessResult | BaseException | None = None) -> FakeRunner:
+def hyperv_host(
+    *,
+    get_vm: ProcessResult | BaseException | None = None,
+    cim: ProcessResult | BaseException | None = None,
+    wslhost: ProcessResult | BaseException | None = None,
+    wslinfo: ProcessResult | BaseException | None = None,
+) -> FakeRunner:
     """A fake Windows host: Get-VM works, WSL runs, unless told otherwise."""
     answers = {
         ps(GET_VM_SCRIPT): get_vm or ok(fixture("get-vm.json")),
@@ -214,34 +266,51 @@ def test_discover_lists_hyperv_and_wsl_without_starting_anything() -> None:
     runner = hyperv_host(wslinfo=ok(fixture("wslinfo-vm-id.txt")))
     found = vms.discover_vms(runner)
     assert [(vm.name, vm.vm_id, vm.source) for vm in found.vms] == [
-        ("Ubuntu 24.04", UBUNTU, "Get-VM"), ("win11-dev", WIN11, "Get-VM"),
-        ("Débian/testing 100%", DEBIAN, "Get-VM"), ("WSL", WSL_ID, "wslhost.exe")]
+        ("Ubuntu 24.04", UBUNTU, "Get-VM"),
+        ("win11-dev", WIN11, "Get-VM"),
+        ("Débian/testing 100%", DEBIAN, "Get-VM"),
+        ("WSL", WSL_ID, "wslhost.exe"),
+    ]
     assert found.vms[-1].is_wsl
-    assert found.vms[-1].as_dict() == {"name": "WSL", "id": str(WSL_ID), "state": "Running",
-                                       "running": True, "wsl": True, "source": "wslhost.exe"}
+    assert found.vms[-1].as_dict() == {
+        "name": "WSL",
+        "id": str(WSL_ID),
+        "state": "Running",
+        "running": True,
+        "wsl": True,
+        "source": "wslhost.exe",
+    }
     assert found.problems == ()
     assert WSLINFO_ARGV not in runner.calls  # listing never starts WSL
     assert ps(CIM_SCRIPT) not in runner.calls  # Get-VM worked
 
 
-@pytest.mark.parametrize(("stderr", "fragment"), [
-    ("get-vm-not-installed.stderr.txt", "Get-VM is not installed"),
-    ("get-vm-access-denied.stderr.txt", "Hyper-V Administrators"),
-])
+@pytest.mark.parametrize(
+    ("stderr", "fragment"),
+    [
+        ("get-vm-not-installed.stderr.txt", "Get-VM is not installed"),
+        ("get-vm-access-denied.stderr.txt", "Hyper-V Administrators"),
+    ],
+)
 def test_get_vm_failing_falls_back_to_cim(stderr: str, fragment: str) -> None:
     runner = hyperv_host(get_vm=failed(fixture(stderr)))
     found = vms.discover_vms(runner)
     assert [(vm.name, vm.source) for vm in found.vms] == [
-        ("Ubuntu 24.04", "CIM"), ("win11-dev", "CIM"), ("WSL", "wslhost.exe")]
+        ("Ubuntu 24.04", "CIM"),
+        ("win11-dev", "CIM"),
+        ("WSL", "wslhost.exe"),
+    ]
     assert len(found.problems) == 1
     assert found.problems[0].startswith("Get-VM: ")
     assert fragment in found.problems[0]
 
 
 def test_both_sources_failing_says_why_for_each() -> None:
-    runner = hyperv_host(get_vm=failed(fixture("get-vm-access-denied.stderr.txt")),
-                         cim=failed(fixture("cim-invalid-namespace.stderr.txt")),
-                         wslhost=ok("[]"))
+    runner = hyperv_host(
+        get_vm=failed(fixture("get-vm-access-denied.stderr.txt")),
+        cim=failed(fixture("cim-invalid-namespace.stderr.txt")),
+        wslhost=ok("[]"),
+    )
     found = vms.discover_vms(runner)
     assert found.vms == ()
     assert [p.split(":")[0] for p in found.problems] == ["Get-VM", "CIM", "wslhost.exe"]
@@ -265,19 +334,23 @@ def test_no_powershell_is_unsupported_and_says_where_to_run() -> None:
 
 # -- resolution ---------------------------------------------------------------------
 
+
 def test_resolve_a_named_vm_any_case() -> None:
     runner = hyperv_host()
-    assert vms.resolve_address("hvsock://name:ubuntu 24.04/5000", runner) == \
-        HyperVAddress.for_port(UBUNTU, 5000)
-    assert vms.resolve_address("hvsock://name:D%C3%A9bian%2Ftesting 100%25/5000", runner) == \
-        HyperVAddress.for_port(DEBIAN, 5000)
+    assert vms.resolve_address("hvsock://name:ubuntu 24.04/5000", runner) == HyperVAddress.for_port(
+        UBUNTU, 5000
+    )
+    assert vms.resolve_address(
+        "hvsock://name:D%C3%A9bian%2Ftesting 100%25/5000", runner
+    ) == HyperVAddress.for_port(DEBIAN, 5000)
     assert ps(WSLHOST_SCRIPT) not in runner.calls
 
 
 def test_resolve_wsl_from_wslhost() -> None:
     runner = hyperv_host()
-    assert vms.resolve_address(NamedVmAddress(None, vms.ids.service_id_for_port(22)),
-                               runner) == HyperVAddress.for_port(WSL_ID, 22)
+    assert vms.resolve_address(
+        NamedVmAddress(None, vms.ids.service_id_for_port(22)), runner
+    ) == HyperVAddress.for_port(WSL_ID, 22)
     assert runner.calls == [ps(WSLHOST_SCRIPT)]
 
 
@@ -287,14 +360,18 @@ def test_resolve_wsl_falls_back_to_wslinfo_which_may_start_it() -> None:
     assert runner.calls == [ps(WSLHOST_SCRIPT), WSLINFO_ARGV]
 
 
-@pytest.mark.parametrize(("wslinfo", "fragment"), [
-    (None, "wsl.exe was not found: WSL is not installed"),
-    (failed(fixture("wsl-no-distribution.utf16le")), "has no installed distributions"),
-    (ok("wsl1\n"), "WSL 1"),
-    (PermissionError(13, "denied"), "wsl.exe could not run"),
-])
-def test_resolve_wsl_not_found_says_why(wslinfo: ProcessResult | BaseException | None,
-                                        fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("wslinfo", "fragment"),
+    [
+        (None, "wsl.exe was not found: WSL is not installed"),
+        (failed(fixture("wsl-no-distribution.utf16le")), "has no installed distributions"),
+        (ok("wsl1\n"), "WSL 1"),
+        (PermissionError(13, "denied"), "wsl.exe could not run"),
+    ],
+)
+def test_resolve_wsl_not_found_says_why(
+    wslinfo: ProcessResult | BaseException | None, fragment: str
+) -> None:
     runner = hyperv_host(wslhost=ok("[]"), wslinfo=wslinfo)
     with pytest.raises(VmNotFoundError, match="WSL 2's VM was not found") as info:
         vms.resolve_address("hvsock://wsl/22", runner)
@@ -320,15 +397,20 @@ def test_resolve_errors() -> None:
     # WSL's entry is not a Hyper-V VM named "WSL"
     with pytest.raises(VmNotFoundError):
         vms.choose_vm(vms.discover_vms(runner).vms, "WSL")
-    twins = json.dumps([{"Name": "twin", "Id": str(UBUNTU), "State": "Running"},
-                        {"Name": "TWIN", "Id": str(WIN11), "State": "Running"}])
+    twins = json.dumps(
+        [
+            {"Name": "twin", "Id": str(UBUNTU), "State": "Running"},
+            {"Name": "TWIN", "Id": str(WIN11), "State": "Running"},
+        ]
+    )
     with pytest.raises(AddressError, match="2 VMs are named 'twin'"):
         vms.resolve_address("hvsock://name:twin/22", hyperv_host(get_vm=ok(twins)))
 
 
 def test_resolve_when_vms_cannot_be_listed() -> None:
-    runner = hyperv_host(get_vm=failed(fixture("get-vm-access-denied.stderr.txt")),
-                         cim=failed("Access denied"))
+    runner = hyperv_host(
+        get_vm=failed(fixture("get-vm-access-denied.stderr.txt")), cim=failed("Access denied")
+    )
     with pytest.raises(VmNotFoundError, match="could not look up VM 'x'") as info:
         vms.resolve_vm_id("x", runner)
     assert "Hyper-V Administrators" in str(info.value)
@@ -344,8 +426,14 @@ def test_resolve_runs_nothing_for_other_addresses() -> None:
 
 
 def test_the_real_runner_runs_programs() -> None:
-    done = vms.run_process([sys.executable, "-c", "import os, sys; "
-                            "sys.stdout.write(os.environ['WSL_UTF8']); sys.exit(3)"], 30)
+    done = vms.run_process(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys; sys.stdout.write(os.environ['WSL_UTF8']); sys.exit(3)",
+        ],
+        30,
+    )
     assert done == ProcessResult(3, b"1", b"")
     with pytest.raises(FileNotFoundError):
         vms.run_process(["/nonexistent/powershell.exe"], 5)

@@ -29,7 +29,8 @@ def _hook(event: str, args: tuple[object, ...]) -> None:
         sys.stderr.write(
             f"tests/vsock_guard: pid {os.getpid()} ({' '.join(sys.argv)[:200]}) created an "
             "AF_VSOCK socket in the unit/host tier; that belongs in the kernel tier, or set "
-            "HVSOCK_HOST_VSOCK=1 to allow it on this machine\n")
+            "HVSOCK_HOST_VSOCK=1 to allow it on this machine\n"
+        )
         sys.stderr.flush()
         os._exit(EXIT_STATUS)
 

@@ -61,7 +61,8 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 def test_winreg_backend_registers_lists_and_removes_in_a_real_key(
-        scratch: tuple[reg.WinregBackend, str]) -> None:
+    scratch: tuple[reg.WinregBackend, str],
+) -> None:
     backend, base = scratch
     services = win.Rebased(backend, f"{base}\\services")
     services.create_key(reg.SERVICES_KEY)
@@ -75,7 +76,8 @@ def test_winreg_backend_registers_lists_and_removes_in_a_real_key(
 
 
 def test_a_reg_export_round_trips_through_reg_import_and_reg_export(
-        scratch: tuple[reg.WinregBackend, str], tmp_path: Path) -> None:
+    scratch: tuple[reg.WinregBackend, str], tmp_path: Path
+) -> None:
     _backend, base = scratch
     change = reg.Registration(ids.service_id_for_port(5000), "hvsock 'tier' \"quoted\"")
     text = win.rebase_reg(exporting.registration_script([change], "reg"), f"{base}\\reg")
@@ -87,28 +89,37 @@ def test_a_reg_export_round_trips_through_reg_import_and_reg_export(
     key = f"HKCU\\{base}\\reg\\{change.service_id}"
     done = _run(["reg", "export", key, str(exported), "/y"])
     assert done.returncode == 0, done.stderr
-    edits = exporting.parse_reg(exported.read_text(encoding="utf-16").replace(
-        win.HKCU, reg.HKLM))
+    edits = exporting.parse_reg(exported.read_text(encoding="utf-16").replace(win.HKCU, reg.HKLM))
     [edit] = [e for e in edits if e.values]
     assert dict(edit.values) == dict(change.edits()[0].values)
 
 
 def _powershell(script: Path, *, what_if: bool) -> subprocess.CompletedProcess[str]:
     run = f"$WhatIfPreference = ${str(what_if).lower()}; & '{script}'"
-    return _run(["powershell.exe", "-NoLogo", "-NoProfile", "-NonInteractive",
-                 "-ExecutionPolicy", "Bypass", "-Command", run])
+    return _run(
+        [
+            "powershell.exe",
+            "-NoLogo",
+            "-NoProfile",
+            "-NonInteractive",
+            "-ExecutionPolicy",
+            "Bypass",
+            "-Command",
+            run,
+        ]
+    )
 
 
 def test_the_ps1_export_with_whatif_changes_nothing_and_without_it_registers(
-        scratch: tuple[reg.WinregBackend, str], tmp_path: Path) -> None:
+    scratch: tuple[reg.WinregBackend, str], tmp_path: Path
+) -> None:
     backend, base = scratch
     services = win.Rebased(backend, f"{base}\\ps1")
     services.create_key(reg.SERVICES_KEY)
     sid = uuid.uuid4()
     script = tmp_path / "register.ps1"
     text = exporting.registration_script([reg.Registration(sid, "hvsock ps1")], "ps1")
-    script.write_text(win.rebase_ps1(text, f"{base}\\ps1"), encoding="utf-8-sig",
-                      newline="\r\n")
+    script.write_text(win.rebase_ps1(text, f"{base}\\ps1"), encoding="utf-8-sig", newline="\r\n")
     done = _powershell(script, what_if=True)
     assert done.returncode == 0, done.stderr
     assert reg.registered_services(services) == []
@@ -117,8 +128,7 @@ def test_the_ps1_export_with_whatif_changes_nothing_and_without_it_registers(
     [entry] = reg.registered_services(services)
     assert (entry.service_id, entry.name, entry.made_by_hvsock) == (sid, "hvsock ps1", True)
     removal = exporting.registration_script([reg.Removal(sid)], "ps1")
-    script.write_text(win.rebase_ps1(removal, f"{base}\\ps1"), encoding="utf-8-sig",
-                      newline="\r\n")
+    script.write_text(win.rebase_ps1(removal, f"{base}\\ps1"), encoding="utf-8-sig", newline="\r\n")
     done = _powershell(script, what_if=False)
     assert done.returncode == 0, done.stderr
     assert reg.registered_services(services) == []
@@ -153,19 +163,22 @@ def test_a_hyperv_loopback_round_trip_with_half_close() -> None:
 def test_the_proactor_loop_round_trips_over_tcp() -> None:
     assert isinstance(asyncio.ProactorEventLoop(), asyncio.AbstractEventLoop)  # type: ignore[attr-defined]
     assert roundtrip.round_trip_async(
-        "tcp://127.0.0.1:0", loop_factory=asyncio.ProactorEventLoop  # type: ignore[attr-defined]
+        "tcp://127.0.0.1:0",
+        loop_factory=asyncio.ProactorEventLoop,  # type: ignore[attr-defined]
     ).startswith("tcp://127.0.0.1:")
 
 
 def test_the_proactor_loop_round_trips_over_hyperv_loopback() -> None:
     _hyperv_or_skip()
     address = HyperVAddress(ids.LOOPBACK, uuid.uuid4())
-    assert roundtrip.round_trip_async(
-        address, loop_factory=asyncio.ProactorEventLoop) == str(address)  # type: ignore[attr-defined]
+    assert roundtrip.round_trip_async(address, loop_factory=asyncio.ProactorEventLoop) == str(
+        address
+    )  # type: ignore[attr-defined]
 
 
 def test_the_selftest_runs_every_step_and_leaves_nothing(
-        winreg: Any, scratch: tuple[reg.WinregBackend, str]) -> None:
+    winreg: Any, scratch: tuple[reg.WinregBackend, str]
+) -> None:
     backend, _base = scratch
     before = backend.subkeys("Software")
     report = run_selftest(platform="win32")

@@ -62,8 +62,9 @@ async def run(dial: Dial, timeout: float | None) -> socket.socket:
                     future.add_done_callback(functools.partial(_abandon, gen, step))
                     gen = None
                     raise
-            elif not await wait_ready(step.sock, not isinstance(step, Readable),
-                                      deadline.remaining()):
+            elif not await wait_ready(
+                step.sock, not isinstance(step, Readable), deadline.remaining()
+            ):
                 error = step.stalled()
     finally:
         if gen is not None:

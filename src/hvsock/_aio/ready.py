@@ -19,8 +19,9 @@ def _wake(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-async def wait_ready(fd: socket.socket | int, writable: bool = False,
-                     timeout: float | None = None) -> bool:
+async def wait_ready(
+    fd: socket.socket | int, writable: bool = False, timeout: float | None = None
+) -> bool:
     """True once *fd* is readable (or *writable*); False when *timeout* seconds passed first.
 
     Raises ``NotImplementedError`` on loops that cannot watch descriptors (Windows'

@@ -48,11 +48,19 @@ async def connect_socket(
         check_buffer_size(buffer_size)
     dial.check_reserved_port(reserved_port)
     # Looking a VM name up runs PowerShell: the driver runs it in a thread.
-    resolver = (api.named_resolver(addr, resolve) if isinstance(addr, NAMED_ADDRESS_TYPES)
-                else None)
-    return await drive.run(dial.dial(addr, timeout=timeout, buffer_size=buffer_size,
-                                     retries=retries, retry_wait=retry_wait,
-                                     resolve=resolver, reserved_port=reserved_port), timeout)
+    resolver = api.named_resolver(addr, resolve) if isinstance(addr, NAMED_ADDRESS_TYPES) else None
+    return await drive.run(
+        dial.dial(
+            addr,
+            timeout=timeout,
+            buffer_size=buffer_size,
+            retries=retries,
+            retry_wait=retry_wait,
+            resolve=resolver,
+            reserved_port=reserved_port,
+        ),
+        timeout,
+    )
 
 
 async def open_connection(
@@ -70,9 +78,15 @@ async def open_connection(
 
     The same arguments and errors as :func:`hvsock.connect`.
     """
-    sock = await connect_socket(address, timeout=timeout, retries=retries,
-                                retry_wait=retry_wait, buffer_size=buffer_size,
-                                resolve=resolve, reserved_port=reserved_port)
+    sock = await connect_socket(
+        address,
+        timeout=timeout,
+        retries=retries,
+        retry_wait=retry_wait,
+        buffer_size=buffer_size,
+        resolve=resolve,
+        reserved_port=reserved_port,
+    )
     with close_on_error(sock):
         return await asyncio.open_connection(sock=sock, limit=limit)
 
@@ -103,10 +117,12 @@ async def start_server(
             raise UnsupportedError(
                 "asyncio's proactor loop cannot accept AF_HYPERV connections; use "
                 "hvsock.ServiceHost (it accepts in a thread), or run this server on "
-                "asyncio.WindowsSelectorEventLoopPolicy()")
+                "asyncio.WindowsSelectorEventLoopPolicy()"
+            )
         listener.setblocking(False)
-        return await asyncio.start_server(client_connected_cb, sock=listener, limit=limit,
-                                          start_serving=start_serving)
+        return await asyncio.start_server(
+            client_connected_cb, sock=listener, limit=limit, start_serving=start_serving
+        )
 
 
 __all__ = ["connect_socket", "open_connection", "start_server"]

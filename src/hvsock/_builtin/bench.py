@@ -72,8 +72,14 @@ class BenchResult:
     details: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"test": self.test, "address": self.address, "value": self.value,
-                "unit": self.unit, "seconds": self.seconds, **self.details}
+        return {
+            "test": self.test,
+            "address": self.address,
+            "value": self.value,
+            "unit": self.unit,
+            "seconds": self.seconds,
+            **self.details,
+        }
 
 
 # -- the server -----------------------------------------------------------------------------
@@ -141,10 +147,17 @@ class BenchServer:
     SIGINT cuts the connections still open.
     """
 
-    def __init__(self, address: Address | str, *, listener: socket.socket | None = None,
-                 mode: int | None = 0o600, backlog: int = 1024, grace: float = DEFAULT_GRACE,
-                 ready_file: str | None = None,
-                 on_ready: Callable[[Address], None] | None = None) -> None:
+    def __init__(
+        self,
+        address: Address | str,
+        *,
+        listener: socket.socket | None = None,
+        mode: int | None = 0o600,
+        backlog: int = 1024,
+        grace: float = DEFAULT_GRACE,
+        ready_file: str | None = None,
+        on_ready: Callable[[Address], None] | None = None,
+    ) -> None:
         self.requested = parse_address(address)
         self.address: Address = self.requested
         self.buffer = memoryview(bytearray(1 << 20))
@@ -167,33 +180,42 @@ class BenchServer:
 
     def _bind(self) -> socket.socket:
         if self._listener is None:
-            self._listener = _endpoints.listen(self.requested, backlog=self._backlog,
-                                               mode=self._mode)
+            self._listener = _endpoints.listen(
+                self.requested, backlog=self._backlog, mode=self._mode
+            )
             self.address = _endpoints.listener_address(self._listener, self.requested)
         self._listener.setblocking(False)
         return self._listener
 
-    async def serve(self, *, handle_signals: bool = True,
-                    on_ready: Callable[[Address], None] | None = None) -> None:
+    async def serve(
+        self, *, handle_signals: bool = True, on_ready: Callable[[Address], None] | None = None
+    ) -> None:
         """Serve until :meth:`request_stop` or SIGTERM / SIGINT (with *handle_signals*,
         in the main thread), then stop gracefully. *on_ready* (else the one given
         when made) is called with the address once listening."""
         loop = asyncio.get_running_loop()
         self._stop_request.attach(loop)
-        signals = (loop_stop_signals(loop, self._stop_request.signal) if handle_signals
-                   else contextlib.nullcontext())
+        signals = (
+            loop_stop_signals(loop, self._stop_request.signal)
+            if handle_signals
+            else contextlib.nullcontext()
+        )
         with signals:
             listener = self._bind()
             try:
-                server = await loop.create_server(lambda: _BenchProtocol(self), sock=listener,
-                                                  backlog=self._backlog)
+                server = await loop.create_server(
+                    lambda: _BenchProtocol(self), sock=listener, backlog=self._backlog
+                )
             except BaseException:
                 listener.close()
                 raise
             try:
-                announce_ready(self._ready_file, {"pid": os.getpid(),
-                                                  "address": str(self.address)},
-                               f"serving the benchmark on {self.address}", LOG)
+                announce_ready(
+                    self._ready_file,
+                    {"pid": os.getpid(), "address": str(self.address)},
+                    f"serving the benchmark on {self.address}",
+                    LOG,
+                )
                 ready = on_ready or self.on_ready
                 if ready is not None:
                     ready(self.address)
@@ -234,8 +256,12 @@ class BenchServer:
             raise self._error
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.request_stop(0 if exc is not None else None)
         if self._thread is not None:
             self._thread.join(30)
@@ -296,31 +322,42 @@ def _run_workers(n: int, work: Callable[[int], Any]) -> list[Any]:
             errors.append(exc)
             start.abort()
 
-    threads = [threading.Thread(target=run, args=(i,), name=f"hvsock-bench-{i}", daemon=True)
-               for i in range(n)]
+    threads = [
+        threading.Thread(target=run, args=(i,), name=f"hvsock-bench-{i}", daemon=True)
+        for i in range(n)
+    ]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     if errors:
-        raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)),
-                   errors[0])
+        raise next(
+            (e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0]
+        )
     return results
 
 
 def _recv_exactly(sock: socket.socket, n: int, what: str) -> bytes:
     buf = bytearray(n)
     if recv_into_exactly(sock, buf) < n:
-        raise PeerClosedError(f"the bench server closed the connection before {what}; is "
-                              "the address a `hvsock bench server`?")
+        raise PeerClosedError(
+            f"the bench server closed the connection before {what}; is "
+            "the address a `hvsock bench server`?"
+        )
     return bytes(buf)
 
 
-def throughput(address: Address | str, *, total_bytes: int | None = None,
-               duration: float | None = None, buffer_size: int = DEFAULT_BUFFER,
-               streams: int = 1, progress: Progress | None = None,
-               connect: Connector | None = None,
-               timeout: float | None = DEFAULT_CONNECT_TIMEOUT) -> BenchResult:
+def throughput(
+    address: Address | str,
+    *,
+    total_bytes: int | None = None,
+    duration: float | None = None,
+    buffer_size: int = DEFAULT_BUFFER,
+    streams: int = 1,
+    progress: Progress | None = None,
+    connect: Connector | None = None,
+    timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+) -> BenchResult:
     """Send *total_bytes* (split over *streams*) or for *duration* seconds; MB/s received.
 
     Each stream sends in writes of *buffer_size* bytes, half-closes, and waits for
@@ -335,8 +372,12 @@ def throughput(address: Address | str, *, total_bytes: int | None = None,
     reporter = _Reporter(progress, total_bytes)
     block = memoryview(os.urandom(buffer_size))
     shares: list[int | None] = (
-        [None] * streams if total_bytes is None else
-        [total_bytes // streams + (1 if i < total_bytes % streams else 0) for i in range(streams)])
+        [None] * streams
+        if total_bytes is None
+        else [
+            total_bytes // streams + (1 if i < total_bytes % streams else 0) for i in range(streams)
+        ]
+    )
     socks = [dial() for _ in range(streams)]
     try:
         for sock in socks:
@@ -353,7 +394,7 @@ def throughput(address: Address | str, *, total_bytes: int | None = None,
                 if limit is not None:
                     if sent >= limit:
                         break
-                    piece = block[:min(buffer_size, limit - sent)]
+                    piece = block[: min(buffer_size, limit - sent)]
                 elif time.perf_counter() >= end:
                     break
                 else:
@@ -376,14 +417,26 @@ def throughput(address: Address | str, *, total_bytes: int | None = None,
     reporter.final()
     total = sum(sent for sent, _ in results)
     name = "throughput" if streams == 1 else f"throughput x{streams}"
-    return BenchResult(name, str(address), round(total / wall / 1e6, 2), "MB/s", round(wall, 4),
-                       {"bytes": total, "streams": streams, "buffer_size": buffer_size})
+    return BenchResult(
+        name,
+        str(address),
+        round(total / wall / 1e6, 2),
+        "MB/s",
+        round(wall, 4),
+        {"bytes": total, "streams": streams, "buffer_size": buffer_size},
+    )
 
 
-def round_trip(address: Address | str, *, count: int | None = None,
-               duration: float | None = None, size: int = 1,
-               progress: Progress | None = None, connect: Connector | None = None,
-               timeout: float | None = DEFAULT_CONNECT_TIMEOUT) -> BenchResult:
+def round_trip(
+    address: Address | str,
+    *,
+    count: int | None = None,
+    duration: float | None = None,
+    size: int = 1,
+    progress: Progress | None = None,
+    connect: Connector | None = None,
+    timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+) -> BenchResult:
     """Time *count* round trips of *size* bytes (or as many as fit in *duration*).
 
     Value: the median in microseconds; details carry min, p99, max and mean.
@@ -409,23 +462,38 @@ def round_trip(address: Address | str, *, count: int | None = None,
                 raise PeerClosedError(f"the echo server closed after {len(times)} round trips")
             times.append(clock() - start)
             if buf != payload:
-                raise ProtocolError(f"round trip {len(times)}: the echo differs from what was "
-                                    "sent")
+                raise ProtocolError(f"round trip {len(times)}: the echo differs from what was sent")
             reporter.add(1)
     reporter.final()
     us = sorted(t * 1e6 for t in times)
     p99 = us[max(0, math.ceil(0.99 * len(us)) - 1)]
-    return BenchResult("round trip", str(address), round(statistics.median(us), 2), "us",
-                       round(sum(times), 4),
-                       {"count": len(us), "size": size, "min_us": round(us[0], 2),
-                        "p99_us": round(p99, 2), "max_us": round(us[-1], 2),
-                        "mean_us": round(statistics.fmean(us), 2)})
+    return BenchResult(
+        "round trip",
+        str(address),
+        round(statistics.median(us), 2),
+        "us",
+        round(sum(times), 4),
+        {
+            "count": len(us),
+            "size": size,
+            "min_us": round(us[0], 2),
+            "p99_us": round(p99, 2),
+            "max_us": round(us[-1], 2),
+            "mean_us": round(statistics.fmean(us), 2),
+        },
+    )
 
 
-def connect_rate(address: Address | str, *, count: int | None = None,
-                 duration: float | None = None, parallel: int = 1,
-                 progress: Progress | None = None, connect: Connector | None = None,
-                 timeout: float | None = DEFAULT_CONNECT_TIMEOUT) -> BenchResult:
+def connect_rate(
+    address: Address | str,
+    *,
+    count: int | None = None,
+    duration: float | None = None,
+    parallel: int = 1,
+    progress: Progress | None = None,
+    connect: Connector | None = None,
+    timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+) -> BenchResult:
     """New connections per second: connect, one byte each way, close; *parallel* at once.
 
     Raises :class:`HvsockError` if a connection fails, :class:`ProtocolError` if
@@ -463,8 +531,14 @@ def connect_rate(address: Address | str, *, count: int | None = None,
     done = sum(_run_workers(parallel, work))
     wall = clock() - wall
     reporter.final()
-    return BenchResult("connect rate", str(address), round(done / wall, 1), "conn/s",
-                       round(wall, 4), {"count": done, "parallel": parallel})
+    return BenchResult(
+        "connect rate",
+        str(address),
+        round(done / wall, 1),
+        "conn/s",
+        round(wall, 4),
+        {"count": done, "parallel": parallel},
+    )
 
 
 def format_table(results: list[BenchResult]) -> str:
@@ -476,7 +550,9 @@ def format_table(results: list[BenchResult]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = []
     for row in rows:
-        lines.append("  ".join(cell.ljust(widths[i]) if i < 4 else cell
-                               for i, cell in enumerate(row)).rstrip())
+        lines.append(
+            "  ".join(
+                cell.ljust(widths[i]) if i < 4 else cell for i, cell in enumerate(row)
+            ).rstrip()
+        )
     return "\n".join(lines)
-

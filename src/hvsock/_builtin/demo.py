@@ -53,8 +53,9 @@ class DemoReport:
 def choose_transport(requested: str = "auto") -> tuple[str, str]:
     """(transport, why) for *requested*; a forced transport that cannot run is an error."""
     if requested not in TRANSPORTS:
-        raise UnsupportedError(f"unknown demo transport {requested!r}; use one of "
-                               + ", ".join(TRANSPORTS))
+        raise UnsupportedError(
+            f"unknown demo transport {requested!r}; use one of " + ", ".join(TRANSPORTS)
+        )
     if requested in ("auto", "hyperv") and has_hyperv():
         return "hyperv", "AF_HYPERV is available: Hyper-V loopback (HV_GUID_LOOPBACK)"
     if requested == "hyperv":
@@ -65,9 +66,12 @@ def choose_transport(requested: str = "auto") -> tuple[str, str]:
         raise TransportUnavailableError(
             "the vsock demo needs the vsock_loopback module (`modprobe vsock_loopback`): "
             "without it a vsock connect leaves this machine for its hypervisor, which "
-            "hvsock's demo never does")
-    return "hybrid", ("no Hyper-V sockets and no vsock_loopback here: hybrid vsock through "
-                      "an emulated Firecracker-style muxer (Unix sockets)")
+            "hvsock's demo never does"
+        )
+    return "hybrid", (
+        "no Hyper-V sockets and no vsock_loopback here: hybrid vsock through "
+        "an emulated Firecracker-style muxer (Unix sockets)"
+    )
 
 
 def demo_service(port: int) -> Service:
@@ -97,8 +101,10 @@ def _placement(transport: str, port: int) -> Iterator[tuple[Address, Connector |
     elif transport == "vsock":
         yield VsockAddress(ids.CID_ANY, port), None
     else:
-        with tempfile.TemporaryDirectory(prefix="hvsock-demo-") as tmp, \
-                HybridVsockMuxer(f"{tmp}/vm.vsock") as muxer:
+        with (
+            tempfile.TemporaryDirectory(prefix="hvsock-demo-") as tmp,
+            HybridVsockMuxer(f"{tmp}/vm.vsock") as muxer,
+        ):
             # The service runs on the host side (it listens at <uds>_<port>); the
             # client plays the guest, which reaches host port <port> through the VMM.
             yield muxer.address(port), lambda: muxer.guest_connect(port, timeout=DEMO_TIMEOUT)
@@ -114,8 +120,12 @@ def _client(connect: Connector) -> list[tuple[str, str]]:
         for message in MESSAGES:
             log.append(("client sent", message))
             reply = rpc.call("echo", {"text": message})
-            log.append(("service replied", f"#{reply['count']}: {reply['bytes']} bytes, "
-                                           f"{reply['received']!r}"))
+            log.append(
+                (
+                    "service replied",
+                    f"#{reply['count']}: {reply['bytes']} bytes, {reply['received']!r}",
+                )
+            )
         close_write(sock)
         log.append(("client", "half-closed its side"))
         if sock.recv(1) != b"":
@@ -128,26 +138,29 @@ async def _run(requested: str) -> DemoReport:
     transport, why = choose_transport(requested)
     port = random.randint(20000, 60000) if transport != "hybrid" else 5000
     service = demo_service(port)
-    registration = ("not needed: Hyper-V loopback with a VSOCK template id"
-                    if transport == "hyperv" else
-                    "not needed here (registration is a Windows host step)")
+    registration = (
+        "not needed: Hyper-V loopback with a VSOCK template id"
+        if transport == "hyperv"
+        else "not needed here (registration is a Windows host step)"
+    )
     with _placement(transport, port) as (address, connector):
         host = ServiceHost(grace=2.0)
         host.add(service, address)
         async with host:
             served = host.addresses[DEMO_NAME]
             if connector is None:
-                target = (VsockAddress(ids.CID_LOCAL, port) if transport == "vsock"
-                          else served)
+                target = VsockAddress(ids.CID_LOCAL, port) if transport == "vsock" else served
 
                 def connect_to_target() -> socket.socket:
                     return _endpoints.connect(target, timeout=DEMO_TIMEOUT)
 
                 connector = connect_to_target
-            exchanged = await asyncio.wait_for(asyncio.to_thread(_client, connector),
-                                               DEMO_TIMEOUT * 2)
-    return DemoReport(transport, why, DEMO_NAME, str(service.service_id), str(served),
-                      registration, exchanged)
+            exchanged = await asyncio.wait_for(
+                asyncio.to_thread(_client, connector), DEMO_TIMEOUT * 2
+            )
+    return DemoReport(
+        transport, why, DEMO_NAME, str(service.service_id), str(served), registration, exchanged
+    )
 
 
 def run_demo(requested: str = "auto") -> DemoReport:

@@ -26,8 +26,13 @@ async def _echo(conn: Connection) -> None:
         await conn.write(data)
 
 
-def echo_service(service_id: int | str | uuid.UUID = ECHO_PORT, *, name: str = "hvsock echo",
-                 limits: Limits | None = None, allow: object = None) -> Service:
+def echo_service(
+    service_id: int | str | uuid.UUID = ECHO_PORT,
+    *,
+    name: str = "hvsock echo",
+    limits: Limits | None = None,
+    allow: object = None,
+) -> Service:
     """A service that sends back everything it receives, until the peer's EOF."""
     return Service(name, service_id, _echo, allow=allow, limits=limits or Limits())
 
@@ -56,8 +61,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-def ping(address: Address | str, *, count: int = 10, size: int = 1, interval: float = 0.0,
-         timeout: float = DEFAULT_CONNECT_TIMEOUT, retries: int = 0) -> PingStats:
+def ping(
+    address: Address | str,
+    *,
+    count: int = 10,
+    size: int = 1,
+    interval: float = 0.0,
+    timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    retries: int = 0,
+) -> PingStats:
     """Time *count* round trips of *size* random bytes through an echo service.
 
     Raises :class:`HvsockError` if the connection fails, and
@@ -76,13 +88,23 @@ def ping(address: Address | str, *, count: int = 10, size: int = 1, interval: fl
             start = time.perf_counter()
             sock.sendall(payload)
             if recv_into_exactly(sock, view) < size:
-                raise HvsockError(f"echo service at {address} closed the connection "
-                                  f"after {i} replies")
+                raise HvsockError(
+                    f"echo service at {address} closed the connection after {i} replies"
+                )
             rtts.append((time.perf_counter() - start) * 1000)
             if bytes(buf) != payload:
-                raise HandshakeError(f"echo reply {i} differs from what was sent: is "
-                                     f"{address} an echo service?")
+                raise HandshakeError(
+                    f"echo reply {i} differs from what was sent: is {address} an echo service?"
+                )
             if interval and i + 1 < count:
                 time.sleep(interval)
-    return PingStats(str(address), count, size, min(rtts), statistics.median(rtts),
-                     percentile(rtts, 99), max(rtts), statistics.fmean(rtts))
+    return PingStats(
+        str(address),
+        count,
+        size,
+        min(rtts),
+        statistics.median(rtts),
+        percentile(rtts, 99),
+        max(rtts),
+        statistics.fmean(rtts),
+    )

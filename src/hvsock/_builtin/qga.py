@@ -59,14 +59,23 @@ READ_MAX = 48 * 1024 * 1024
 _FIRST_HANDLE = 1000
 # qemu-ga adds these to every mode: a FIFO or a terminal must not block or take over.
 _OPEN_FLAGS = os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-_MODES = {"r": os.O_RDONLY, "rb": os.O_RDONLY, "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-          "wb": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-          "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND, "ab": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-          "r+": os.O_RDWR, "rb+": os.O_RDWR, "r+b": os.O_RDWR,
-          "w+": os.O_RDWR | os.O_CREAT | os.O_TRUNC, "wb+": os.O_RDWR | os.O_CREAT | os.O_TRUNC,
-          "w+b": os.O_RDWR | os.O_CREAT | os.O_TRUNC,
-          "a+": os.O_RDWR | os.O_CREAT | os.O_APPEND, "ab+": os.O_RDWR | os.O_CREAT | os.O_APPEND,
-          "a+b": os.O_RDWR | os.O_CREAT | os.O_APPEND}
+_MODES = {
+    "r": os.O_RDONLY,
+    "rb": os.O_RDONLY,
+    "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+    "wb": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+    "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+    "ab": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+    "r+": os.O_RDWR,
+    "rb+": os.O_RDWR,
+    "r+b": os.O_RDWR,
+    "w+": os.O_RDWR | os.O_CREAT | os.O_TRUNC,
+    "wb+": os.O_RDWR | os.O_CREAT | os.O_TRUNC,
+    "w+b": os.O_RDWR | os.O_CREAT | os.O_TRUNC,
+    "a+": os.O_RDWR | os.O_CREAT | os.O_APPEND,
+    "ab+": os.O_RDWR | os.O_CREAT | os.O_APPEND,
+    "a+b": os.O_RDWR | os.O_CREAT | os.O_APPEND,
+}
 
 ShutdownAction = Callable[[str], None]
 
@@ -74,9 +83,13 @@ ShutdownAction = Callable[[str], None]
 def os_shutdown(mode: str) -> None:
     """Really power down, halt or reboot (what qemu-ga runs)."""
     flag = {"powerdown": "-P", "halt": "-H", "reboot": "-r"}[mode]
-    subprocess.Popen(["shutdown", flag, "+0", "hypervisor initiated shutdown"],
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, start_new_session=True)
+    subprocess.Popen(
+        ["shutdown", flag, "+0", "hypervisor initiated shutdown"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def _generic(desc: str) -> QgaError:
@@ -124,12 +137,20 @@ Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 class QgaAgent:
     """The commands and their shared state; :meth:`handle` serves one connection."""
 
-    def __init__(self, *, allow: Collection[str] | None = None, block: Collection[str] = (),
-                 shutdown: ShutdownAction = os_shutdown, max_files: int = MAX_FILES,
-                 file_idle: float = FILE_IDLE, max_jobs: int = MAX_JOBS,
-                 job_keep: float = JOB_KEEP, output_budget: int = OUTPUT_BUDGET,
-                 max_request: int = qga.MAX_REQUEST,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        allow: Collection[str] | None = None,
+        block: Collection[str] = (),
+        shutdown: ShutdownAction = os_shutdown,
+        max_files: int = MAX_FILES,
+        file_idle: float = FILE_IDLE,
+        max_jobs: int = MAX_JOBS,
+        job_keep: float = JOB_KEEP,
+        output_budget: int = OUTPUT_BUDGET,
+        max_request: int = qga.MAX_REQUEST,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._shutdown = shutdown
         self._jobs: dict[int, _Job] = {}
         self._files: dict[int, _File] = {}
@@ -148,17 +169,33 @@ class QgaAgent:
             "guest-get-host-name": (self._hostname, {}, True),
             "guest-get-time": (self._time, {}, True),
             "guest-network-get-interfaces": (self._interfaces, {}, True),
-            "guest-exec": (self._exec, {"path": ("str", True), "arg": ("list", False),
-                                        "env": ("list", False), "input-data": ("str", False),
-                                        "capture-output": ("any", False)}, True),
+            "guest-exec": (
+                self._exec,
+                {
+                    "path": ("str", True),
+                    "arg": ("list", False),
+                    "env": ("list", False),
+                    "input-data": ("str", False),
+                    "capture-output": ("any", False),
+                },
+                True,
+            ),
             "guest-exec-status": (self._exec_status, {"pid": ("int", True)}, True),
-            "guest-file-open": (self._file_open, {"path": ("str", True),
-                                                  "mode": ("str", False)}, True),
-            "guest-file-read": (self._file_read, {"handle": ("int", True),
-                                                  "count": ("int", False)}, True),
-            "guest-file-write": (self._file_write, {"handle": ("int", True),
-                                                    "buf-b64": ("str", True),
-                                                    "count": ("int", False)}, True),
+            "guest-file-open": (
+                self._file_open,
+                {"path": ("str", True), "mode": ("str", False)},
+                True,
+            ),
+            "guest-file-read": (
+                self._file_read,
+                {"handle": ("int", True), "count": ("int", False)},
+                True,
+            ),
+            "guest-file-write": (
+                self._file_write,
+                {"handle": ("int", True), "buf-b64": ("str", True), "count": ("int", False)},
+                True,
+            ),
             "guest-file-flush": (self._file_flush, {"handle": ("int", True)}, True),
             "guest-file-close": (self._file_close, {"handle": ("int", True)}, True),
             "guest-shutdown": (self._do_shutdown, {"mode": ("str", False)}, False),
@@ -166,10 +203,13 @@ class QgaAgent:
         known = set(self.commands)
         for name in [*(allow or ()), *block]:
             if name not in known:
-                raise ArgumentError(f"QGA command {name!r:.60} is not one this agent "
-                                           f"answers; known: {', '.join(sorted(known))}")
-        self.enabled = {name for name in known
-                        if (allow is None or name in allow) and name not in block}
+                raise ArgumentError(
+                    f"QGA command {name!r:.60} is not one this agent "
+                    f"answers; known: {', '.join(sorted(known))}"
+                )
+        self.enabled = {
+            name for name in known if (allow is None or name in allow) and name not in block
+        }
 
     # -- connection -----------------------------------------------------------------
     async def handle(self, conn: Connection) -> None:
@@ -189,8 +229,9 @@ class QgaAgent:
             if parser.closed:
                 # qemu-ga answers the same error and reads on; the rest of a request past
                 # the cap is not worth reading, so the connection ends here.
-                conn.log.warning("%s sent a QGA request over %d bytes; closing",
-                                 conn.peer, self.max_request)
+                conn.log.warning(
+                    "%s sent a QGA request over %d bytes; closing", conn.peer, self.max_request
+                )
                 return
 
     async def answer(self, command: qga.Command) -> bytes:
@@ -198,12 +239,15 @@ class QgaAgent:
         rid = qga.answer_id(command)
         entry = self.commands.get(command.execute)
         if entry is None:
-            return qga.format_error("CommandNotFound",
-                                    f"The command {command.execute} has not been found", rid)
+            return qga.format_error(
+                "CommandNotFound", f"The command {command.execute} has not been found", rid
+            )
         if command.execute not in self.enabled:
-            return qga.format_error("CommandNotFound",
-                                    f"The command {command.execute} has been disabled for "
-                                    "this instance", rid)
+            return qga.format_error(
+                "CommandNotFound",
+                f"The command {command.execute} has been disabled for this instance",
+                rid,
+            )
         fn, schema, responds = entry
         self._expire()
         try:
@@ -251,9 +295,13 @@ class QgaAgent:
         return {}
 
     async def _info(self, args: dict[str, Any]) -> Any:
-        return {"version": QGA_VERSION, "supported_commands": [
-            {"enabled": name in self.enabled, "name": name, "success-response": entry[2]}
-            for name, entry in self.commands.items()]}
+        return {
+            "version": QGA_VERSION,
+            "supported_commands": [
+                {"enabled": name in self.enabled, "name": name, "success-response": entry[2]}
+                for name, entry in self.commands.items()
+            ],
+        }
 
     async def _osinfo(self, args: dict[str, Any]) -> Any:
         return sysinfo.os_info()
@@ -273,37 +321,57 @@ class QgaAgent:
         for name, values in (("arg", args.get("arg", [])), ("env", env_list or [])):
             for i, value in enumerate(values):
                 if not isinstance(value, str):
-                    raise _generic(f"Invalid parameter type for '{name}[{i}]', expected: "
-                                   "string")
+                    raise _generic(f"Invalid parameter type for '{name}[{i}]', expected: string")
         if len(self._jobs) >= self.max_jobs:
             raise _generic(
                 "Guest agent command failed, error was 'too many guest-exec processes: "
                 f"this agent tracks {self.max_jobs} at once, running or exited with a "
                 "status not yet collected; call guest-exec-status for the exited ones "
-                f"(or wait: statuses nobody asks for go after {self.job_keep:g} s)'")
+                f"(or wait: statuses nobody asks for go after {self.job_keep:g} s)'"
+            )
         cargv = [_c_string(a) for a in argv]
-        env = None if env_list is None else dict(
-            _c_string(e).partition(b"=")[::2] for e in env_list)
+        env = (
+            None if env_list is None else dict(_c_string(e).partition(b"=")[::2] for e in env_list)
+        )
         capture = args.get("capture-output", False)
-        modes = {False: (False, False), True: (True, True), "none": (False, False),
-                 "stdout": (True, False), "stderr": (False, True),
-                 "separated": (True, True), "merged": (True, True)}
+        modes = {
+            False: (False, False),
+            True: (True, True),
+            "none": (False, False),
+            "stdout": (True, False),
+            "stderr": (False, True),
+            "separated": (True, True),
+            "merged": (True, True),
+        }
         if capture not in modes or (isinstance(capture, int) and not isinstance(capture, bool)):
             raise _generic("Invalid parameter type for 'capture-output', expected: boolean")
         data = _b64decode(args["input-data"]) if "input-data" in args else None
-        search = (os.environ.get("PATH", os.defpath) if env is None
-                  else os.fsdecode(env.get(b"PATH", os.defpath.encode())))
+        search = (
+            os.environ.get("PATH", os.defpath)
+            if env is None
+            else os.fsdecode(env.get(b"PATH", os.defpath.encode()))
+        )
         program = shutil.which(cargv[0], path=search) if b"/" not in cargv[0] else cargv[0]
         try:
             proc = await asyncio.create_subprocess_exec(
-                program or cargv[0], *cargv[1:], env=env,
+                program or cargv[0],
+                *cargv[1:],
+                env=env,
                 stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE if modes[capture][0] else subprocess.DEVNULL,
-                stderr=(subprocess.STDOUT if capture == "merged" else
-                        subprocess.PIPE if modes[capture][1] else subprocess.DEVNULL))
+                stderr=(
+                    subprocess.STDOUT
+                    if capture == "merged"
+                    else subprocess.PIPE
+                    if modes[capture][1]
+                    else subprocess.DEVNULL
+                ),
+            )
         except OSError as exc:
-            raise _generic(f"Guest agent command failed, error was 'Failed to execute child "
-                           f"process \u201c{argv[0]}\u201d ({exc.strerror})'") from None
+            raise _generic(
+                f"Guest agent command failed, error was 'Failed to execute child "
+                f"process \u201c{argv[0]}\u201d ({exc.strerror})'"
+            ) from None
         job = _Job(proc, modes[capture])
         self._jobs[proc.pid] = job
         job.done = asyncio.create_task(self._collect(job, data))
@@ -377,15 +445,18 @@ class QgaAgent:
             raise _generic(
                 f"failed to open file '{path}' (mode: '{mode}'): Too many open files (this "
                 f"agent keeps {self.max_files} handles open at once: close some with "
-                f"guest-file-close; unused ones close after {self.file_idle:g} s)")
+                f"guest-file-close; unused ones close after {self.file_idle:g} s)"
+            )
         # Off the loop: an open can wait on a slow or hung file system (O_NONBLOCK makes
         # a FIFO's open return at once, as in qemu-ga, and keeps its reads from waiting).
         try:
-            fd = await asyncio.to_thread(os.open, _c_string(path), _MODES[mode] | _OPEN_FLAGS,
-                                         0o666)
+            fd = await asyncio.to_thread(
+                os.open, _c_string(path), _MODES[mode] | _OPEN_FLAGS, 0o666
+            )
         except OSError as exc:
-            raise _generic(f"failed to open file '{path}' (mode: '{mode}'): "
-                           f"{exc.strerror}") from None
+            raise _generic(
+                f"failed to open file '{path}' (mode: '{mode}'): {exc.strerror}"
+            ) from None
         handle = self._next_handle
         self._next_handle += 1
         self._files[handle] = _File(fd, self._clock())
@@ -400,8 +471,11 @@ class QgaAgent:
             data = await asyncio.to_thread(os.read, fd, count) if count else b""
         except OSError as exc:
             raise _generic(f"failed to read file: {exc.strerror}") from None
-        return {"count": len(data), "buf-b64": base64.b64encode(data).decode(),
-                "eof": len(data) < count or count == 0}
+        return {
+            "count": len(data),
+            "buf-b64": base64.b64encode(data).decode(),
+            "eof": len(data) < count or count == 0,
+        }
 
     async def _file_write(self, args: dict[str, Any]) -> Any:
         fd = self._fd(args["handle"])
@@ -436,15 +510,22 @@ class QgaAgent:
         return None
 
 
-def qga_service(*, port: int = QGA_PORT, allow: Any = None,
-                commands: Collection[str] | None = None, block: Collection[str] = (),
-                shutdown: ShutdownAction = os_shutdown,
-                limits: Limits | None = None, **bounds: Any) -> Service:
+def qga_service(
+    *,
+    port: int = QGA_PORT,
+    allow: Any = None,
+    commands: Collection[str] | None = None,
+    block: Collection[str] = (),
+    shutdown: ShutdownAction = os_shutdown,
+    limits: Limits | None = None,
+    **bounds: Any,
+) -> Service:
     """The QGA-compatible service. *commands* (default: all) minus *block* are answered;
     *shutdown* is what guest-shutdown calls (inject a recorder in tests); *bounds* are
     :class:`QgaAgent`'s caps (``max_files``, ``file_idle``, ``max_jobs``, ``job_keep``,
     ``output_budget``, ``max_request``).
     Raises :class:`hvsock.ArgumentError` for a command name it does not know."""
     agent = QgaAgent(allow=commands, block=block, shutdown=shutdown, **bounds)
-    return Service("hvsock qga", port, agent.handle, allow=allow,
-                          limits=limits or Limits(idle_timeout=None))
+    return Service(
+        "hvsock qga", port, agent.handle, allow=allow, limits=limits or Limits(idle_timeout=None)
+    )

@@ -48,13 +48,22 @@ class StressFailure:
     received_sha256: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "seed": self.seed, "size": self.size, "sent": self.sent,
-                "received": self.received, "error": self.error,
-                "sent_sha256": self.sent_sha256, "received_sha256": self.received_sha256}
+        return {
+            "index": self.index,
+            "seed": self.seed,
+            "size": self.size,
+            "sent": self.sent,
+            "received": self.received,
+            "error": self.error,
+            "sent_sha256": self.sent_sha256,
+            "received_sha256": self.received_sha256,
+        }
 
     def __str__(self) -> str:
-        return (f"connection {self.index} (seed {self.seed}, {self.size} bytes): {self.error}; "
-                f"replay: --seed {self.seed} --connections 1")
+        return (
+            f"connection {self.index} (seed {self.seed}, {self.size} bytes): {self.error}; "
+            f"replay: --seed {self.seed} --connections 1"
+        )
 
 
 @dataclass(frozen=True)
@@ -75,10 +84,17 @@ class StressResult:
         return not self.failures
 
     def as_dict(self) -> dict[str, Any]:
-        return {"address": self.address, "connections": self.connections,
-                "parallel": self.parallel, "seed": self.seed, "bytes_sent": self.bytes_sent,
-                "bytes_received": self.bytes_received, "seconds": self.seconds,
-                "ok": self.ok, "failures": [f.as_dict() for f in self.failures]}
+        return {
+            "address": self.address,
+            "connections": self.connections,
+            "parallel": self.parallel,
+            "seed": self.seed,
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "seconds": self.seconds,
+            "ok": self.ok,
+            "failures": [f.as_dict() for f in self.failures],
+        }
 
 
 @dataclass(frozen=True)
@@ -115,12 +131,21 @@ def _check(name: str, value: object, low: int, high: int) -> int:
     return _validate.whole_number(value, name, low, high)
 
 
-async def stress_async(address: Address | str, *, connections: int = 100, parallel: int = 10,
-                       min_size: int = 0, max_size: int = 1 << 20,
-                       max_chunk: int = DEFAULT_MAX_CHUNK, seed: int | None = None,
-                       timeout: float = 60.0, sync_start: bool = False, hold: float = 0.0,
-                       progress: Progress | None = None,
-                       connect: AsyncConnector | None = None) -> StressResult:
+async def stress_async(
+    address: Address | str,
+    *,
+    connections: int = 100,
+    parallel: int = 10,
+    min_size: int = 0,
+    max_size: int = 1 << 20,
+    max_chunk: int = DEFAULT_MAX_CHUNK,
+    seed: int | None = None,
+    timeout: float = 60.0,
+    sync_start: bool = False,
+    hold: float = 0.0,
+    progress: Progress | None = None,
+    connect: AsyncConnector | None = None,
+) -> StressResult:
     """The stress run on the running loop; see :func:`stress`."""
     _check("connections", connections, 1, 10_000_000)
     _check("parallel", parallel, 1, 100_000)
@@ -174,8 +199,9 @@ async def stress_async(address: Address | str, *, connections: int = 100, parall
                     got_hash.update(memoryview(buf)[:n])
                     state["received"] += n
                     if state["received"] > p.size:
-                        raise _Mismatch(f"received more bytes than sent ({state['received']} "
-                                        f"> {p.size})")
+                        raise _Mismatch(
+                            f"received more bytes than sent ({state['received']} > {p.size})"
+                        )
 
             reader = asyncio.ensure_future(receive())
             try:
@@ -193,14 +219,29 @@ async def stress_async(address: Address | str, *, connections: int = 100, parall
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await reader
             if state["received"] != state["sent"] or got_hash.digest() != sent_hash.digest():
-                raise _Mismatch("what came back differs from what was sent"
-                                if state["received"] == state["sent"] else
-                                f"sent {state['sent']} bytes, {state['received']} came back")
+                raise _Mismatch(
+                    "what came back differs from what was sent"
+                    if state["received"] == state["sent"]
+                    else f"sent {state['sent']} bytes, {state['received']} came back"
+                )
         except (OSError, _Mismatch, asyncio.TimeoutError) as exc:
-            what = (f"timed out after {timeout:g} s" if isinstance(exc, asyncio.TimeoutError)
-                    else str(exc) or type(exc).__name__)
-            failures.append(StressFailure(index, p.seed, p.size, state["sent"], state["received"],
-                                          what, sent_hash.hexdigest(), got_hash.hexdigest()))
+            what = (
+                f"timed out after {timeout:g} s"
+                if isinstance(exc, asyncio.TimeoutError)
+                else str(exc) or type(exc).__name__
+            )
+            failures.append(
+                StressFailure(
+                    index,
+                    p.seed,
+                    p.size,
+                    state["sent"],
+                    state["received"],
+                    what,
+                    sent_hash.hexdigest(),
+                    got_hash.hexdigest(),
+                )
+            )
         finally:
             if sync_start and index < first and not counted:
                 arrived()  # a failed connect must not keep the others waiting
@@ -218,8 +259,9 @@ async def stress_async(address: Address | str, *, connections: int = 100, parall
                 await asyncio.wait_for(one(index), timeout)
             except asyncio.TimeoutError:
                 p = plan(seed, index, min_size, max_size, max_chunk)
-                failures.append(StressFailure(index, p.seed, p.size, 0, 0,
-                                              f"timed out after {timeout:g} s"))
+                failures.append(
+                    StressFailure(index, p.seed, p.size, 0, 0, f"timed out after {timeout:g} s")
+                )
 
     start = time.perf_counter()
     # Start at most a window of tasks at a time: a million connections must not
@@ -228,14 +270,14 @@ async def stress_async(address: Address | str, *, connections: int = 100, parall
     for index in range(connections):
         pending.add(asyncio.ensure_future(guarded(index)))
         if len(pending) >= 2 * parallel:
-            _, pending = await asyncio.wait(pending,
-                                                   return_when=asyncio.FIRST_COMPLETED)
+            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
     if pending:
         await asyncio.wait(pending)
     seconds = time.perf_counter() - start
     failures.sort(key=lambda f: f.index)
-    return StressResult(str(address), connections, parallel, seed, totals[0], totals[1],
-                        round(seconds, 4), failures)
+    return StressResult(
+        str(address), connections, parallel, seed, totals[0], totals[1], round(seconds, 4), failures
+    )
 
 
 class _Mismatch(Exception):

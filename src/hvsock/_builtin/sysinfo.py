@@ -33,7 +33,6 @@ HEALTH_PORT = 5102
 TIME_PORT = 5103
 
 
-
 def os_info() -> dict[str, str]:
     """What qemu-ga's guest-get-osinfo reports: /etc/os-release plus uname."""
     release: dict[str, str] = {}
@@ -45,11 +44,20 @@ def os_info() -> dict[str, str]:
                     release[key.strip()] = value.strip().strip("\"'")
             break
     uname = platform.uname()
-    out = {"kernel-release": uname.release, "kernel-version": uname.version,
-           "machine": uname.machine}
-    for key, field in (("ID", "id"), ("NAME", "name"), ("PRETTY_NAME", "pretty-name"),
-                       ("VERSION", "version"), ("VERSION_ID", "version-id"),
-                       ("VARIANT", "variant"), ("VARIANT_ID", "variant-id")):
+    out = {
+        "kernel-release": uname.release,
+        "kernel-version": uname.version,
+        "machine": uname.machine,
+    }
+    for key, field in (
+        ("ID", "id"),
+        ("NAME", "name"),
+        ("PRETTY_NAME", "pretty-name"),
+        ("VERSION", "version"),
+        ("VERSION_ID", "version-id"),
+        ("VARIANT", "variant"),
+        ("VARIANT_ID", "variant-id"),
+    ):
         if key in release:
             out[field] = release[key]
     return out
@@ -77,10 +85,15 @@ def _getifaddrs() -> list[tuple[str, int, int, bytes, bytes]]:
     class _IfAddrs(ctypes.Structure):
         pass
 
-    _IfAddrs._fields_ = [("next", ctypes.POINTER(_IfAddrs)), ("name", ctypes.c_char_p),
-                         ("flags", ctypes.c_uint), ("addr", ctypes.POINTER(_SockAddr)),
-                         ("netmask", ctypes.POINTER(_SockAddr)),
-                         ("ifu", ctypes.c_void_p), ("data", ctypes.c_void_p)]
+    _IfAddrs._fields_ = [
+        ("next", ctypes.POINTER(_IfAddrs)),
+        ("name", ctypes.c_char_p),
+        ("flags", ctypes.c_uint),
+        ("addr", ctypes.POINTER(_SockAddr)),
+        ("netmask", ctypes.POINTER(_SockAddr)),
+        ("ifu", ctypes.c_void_p),
+        ("data", ctypes.c_void_p),
+    ]
     libc = ctypes.CDLL(None, use_errno=True)
     head = ctypes.POINTER(_IfAddrs)()
     if libc.getifaddrs(ctypes.byref(head)) != 0:
@@ -100,8 +113,15 @@ def _getifaddrs() -> list[tuple[str, int, int, bytes, bytes]]:
         while node:
             item = node.contents
             family = item.addr.contents.family if item.addr else socket.AF_UNSPEC
-            out.append((os.fsdecode(item.name), item.flags, family, raw(item.addr, family),
-                        raw(item.netmask, family)))
+            out.append(
+                (
+                    os.fsdecode(item.name),
+                    item.flags,
+                    family,
+                    raw(item.addr, family),
+                    raw(item.netmask, family),
+                )
+            )
             node = item.next
     finally:
         libc.freeifaddrs(head)
@@ -135,8 +155,16 @@ def _net_dev_stats(name: str) -> dict[str, int] | None:
         if len(fields) < 16 or not all(f.isdigit() for f in fields[:16]):
             continue
         n = [int(f) for f in fields[:16]]
-        return {"rx-bytes": n[0], "rx-packets": n[1], "rx-errs": n[2], "rx-dropped": n[3],
-                "tx-bytes": n[8], "tx-packets": n[9], "tx-errs": n[10], "tx-dropped": n[11]}
+        return {
+            "rx-bytes": n[0],
+            "rx-packets": n[1],
+            "rx-errs": n[2],
+            "rx-dropped": n[3],
+            "tx-bytes": n[8],
+            "tx-packets": n[9],
+            "tx-errs": n[10],
+            "tx-dropped": n[11],
+        }
     return None
 
 
@@ -165,9 +193,13 @@ def network_interfaces() -> list[dict[str, Any]]:
             kind = "ipv6"
         else:
             continue
-        entry.setdefault("ip-addresses", []).append({
-            "ip-address-type": kind, "ip-address": socket.inet_ntop(family, addr),
-            "prefix": sum(bin(b).count("1") for b in mask)})
+        entry.setdefault("ip-addresses", []).append(
+            {
+                "ip-address-type": kind,
+                "ip-address": socket.inet_ntop(family, addr),
+                "prefix": sum(bin(b).count("1") for b in mask),
+            }
+        )
         if "statistics" not in entry:
             stats = _net_dev_stats(name)
             if stats is not None:
@@ -182,9 +214,14 @@ def uptime() -> float:
 
 def machine_info() -> dict[str, Any]:
     """The info service's answer."""
-    return {"hostname": socket.gethostname(), "os": os_info(), "uptime": uptime(),
-            "interfaces": network_interfaces(), "agent_version": __version__,
-            "pid": os.getpid()}
+    return {
+        "hostname": socket.gethostname(),
+        "os": os_info(),
+        "uptime": uptime(),
+        "interfaces": network_interfaces(),
+        "agent_version": __version__,
+        "pid": os.getpid(),
+    }
 
 
 # -- services --------------------------------------------------------------------
@@ -214,8 +251,7 @@ class HealthBoard:
         if not isinstance(name, str) or not 0 < len(name) <= 128:
             raise RemoteError("bad_request", "name must be a string of 1..128 chars")
         if state not in HEALTH_STATES:
-            raise RemoteError("bad_request",
-                                     f"state must be one of {', '.join(HEALTH_STATES)}")
+            raise RemoteError("bad_request", f"state must be one of {', '.join(HEALTH_STATES)}")
         if not isinstance(message, str) or len(message) > 4096:
             raise RemoteError("bad_request", "message must be a string of <= 4096 chars")
         self.apps[name] = {"state": state, "message": message, "since": time.time()}
@@ -231,19 +267,22 @@ class HealthBoard:
         async with self._changed:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(
-                    self._changed.wait_for(lambda: self.version > after), timeout)
+                    self._changed.wait_for(lambda: self.version > after), timeout
+                )
         return self.status()
 
 
-def health_service(*, port: int = HEALTH_PORT, allow: Any = None,
-                   board: HealthBoard | None = None) -> Service:
+def health_service(
+    *, port: int = HEALTH_PORT, allow: Any = None, board: HealthBoard | None = None
+) -> Service:
     """RPC ``report {name, state, message}``, ``status``, ``watch {after, timeout}``."""
     board = board or HealthBoard()
 
     async def report(conn: Connection, params: Any) -> int:
         params = params if isinstance(params, dict) else {}
-        return await board.report(params.get("name"), params.get("state"),
-                                  params.get("message", ""))
+        return await board.report(
+            params.get("name"), params.get("state"), params.get("message", "")
+        )
 
     def status(conn: Connection, params: Any) -> dict[str, Any]:
         return board.status()
@@ -251,22 +290,34 @@ def health_service(*, port: int = HEALTH_PORT, allow: Any = None,
     async def watch(conn: Connection, params: Any) -> dict[str, Any]:
         params = params if isinstance(params, dict) else {}
         after, timeout = params.get("after", board.version), params.get("timeout", 30)
-        if not isinstance(after, int) or not isinstance(timeout, (int, float)) or not (
-                0 < timeout <= 3600):
+        if (
+            not isinstance(after, int)
+            or not isinstance(timeout, (int, float))
+            or not (0 < timeout <= 3600)
+        ):
             raise RemoteError("bad_request", "watch takes after (int), timeout (s)")
         return await board.watch(after, float(timeout))
 
-    return Service("hvsock health", port, rpc_handler(
-        {"report": report, "status": status, "watch": watch}), allow=allow)
+    return Service(
+        "hvsock health",
+        port,
+        rpc_handler({"report": report, "status": status, "watch": watch}),
+        allow=allow,
+    )
 
 
 def _set_clock(ns: int) -> None:
     time.clock_settime_ns(time.CLOCK_REALTIME, ns)
 
 
-def time_service(*, port: int = TIME_PORT, allow: Any = None, allow_set: bool = False,
-                 max_step: float | None = None,
-                 set_clock: Callable[[int], None] = _set_clock) -> Service:
+def time_service(
+    *,
+    port: int = TIME_PORT,
+    allow: Any = None,
+    allow_set: bool = False,
+    max_step: float | None = None,
+    set_clock: Callable[[int], None] = _set_clock,
+) -> Service:
     """RPC ``now`` -> ``{realtime_ns, boottime_ns}``; ``set {realtime_ns}`` when *allow_set*.
 
     Setting is off by default: where the hypervisor already syncs time (Hyper-V's
@@ -279,15 +330,17 @@ def time_service(*, port: int = TIME_PORT, allow: Any = None, allow_set: bool = 
 
     def set_(conn: Connection, params: Any) -> dict[str, int]:
         if not allow_set:
-            raise RemoteError("disabled", "setting the clock is off in this agent "
-                                     "(time.allow_set in agent.toml)")
+            raise RemoteError(
+                "disabled", "setting the clock is off in this agent (time.allow_set in agent.toml)"
+            )
         value = params.get("realtime_ns") if isinstance(params, dict) else None
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise RemoteError("bad_request", "set takes realtime_ns, a positive int")
         step = abs(value - time.time_ns()) / 1e9
         if max_step is not None and step > max_step:
-            raise RemoteError("refused", f"a step of {step:.3f} s is over time.max_step "
-                                     f"({max_step:g} s)")
+            raise RemoteError(
+                "refused", f"a step of {step:.3f} s is over time.max_step ({max_step:g} s)"
+            )
         try:
             set_clock(value)
         except OSError as exc:
@@ -295,5 +348,4 @@ def time_service(*, port: int = TIME_PORT, allow: Any = None, allow_set: bool = 
         conn.log.warning("clock set by %s (step %.3f s)", conn.peer, step)
         return {"realtime_ns": time.time_ns()}
 
-    return Service("hvsock time", port,
-                          rpc_handler({"now": now, "set": set_}), allow=allow)
+    return Service("hvsock time", port, rpc_handler({"now": now, "set": set_}), allow=allow)

@@ -19,33 +19,45 @@ EXIT_OK = 0
 
 
 #: The commands this group adds (main.py builds only the chosen command's group).
-COMMANDS = ('service-id', 'port', 'addr', 'cid')
+COMMANDS = ("service-id", "port", "addr", "cid")
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
     """Add this module's sub-commands to *sub*; return their handlers by name."""
-    p = sub.add_parser("service-id", help="print the Hyper-V service id of a vsock port",
-                       description="Print the Hyper-V service id (GUID) that stands for vsock "
-                       "port PORT: what a Windows host registers and listens on so that Linux "
-                       "guests can reach it on that port. `hvsock port` is the reverse.")
+    p = sub.add_parser(
+        "service-id",
+        help="print the Hyper-V service id of a vsock port",
+        description="Print the Hyper-V service id (GUID) that stands for vsock "
+        "port PORT: what a Windows host registers and listens on so that Linux "
+        "guests can reach it on that port. `hvsock port` is the reverse.",
+    )
     p.add_argument("port", type=cliargs.port, help="port number (decimal or 0x hex)")
 
-    p = sub.add_parser("port", help="print the vsock port of a template service id",
-                       description="Print the vsock port a Hyper-V service id stands for "
-                       "(ids of the form xxxxxxxx-facb-11e6-bd58-64006a7986d3 only). The "
-                       "reverse of `hvsock service-id`.")
+    p = sub.add_parser(
+        "port",
+        help="print the vsock port of a template service id",
+        description="Print the vsock port a Hyper-V service id stands for "
+        "(ids of the form xxxxxxxx-facb-11e6-bd58-64006a7986d3 only). The "
+        "reverse of `hvsock service-id`.",
+    )
     p.add_argument("guid", help="service id GUID (any case, braces optional)")
 
-    p = sub.add_parser("addr", help="parse an address and explain it",
-                       description="Parse ADDRESS and explain it: its canonical form, what "
-                       "it means, and the same endpoint as the other side sees it (a Linux "
-                       "guest's vsock:// view and the Windows host's hvsock:// view).")
+    p = sub.add_parser(
+        "addr",
+        help="parse an address and explain it",
+        description="Parse ADDRESS and explain it: its canonical form, what "
+        "it means, and the same endpoint as the other side sees it (a Linux "
+        "guest's vsock:// view and the Windows host's hvsock:// view).",
+    )
     p.add_argument("address")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("cid", help="print this machine's vsock CID",
-                       description="Print this machine's vsock CID (from /dev/vsock) and, on "
-                       "stderr, what it means. Linux only; never connects anything.")
+    p = sub.add_parser(
+        "cid",
+        help="print this machine's vsock CID",
+        description="Print this machine's vsock CID (from /dev/vsock) and, on "
+        "stderr, what it means. Linux only; never connects anything.",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
 
     return {"service-id": cmd_service_id, "port": cmd_port, "addr": cmd_addr, "cid": cmd_cid}

@@ -62,8 +62,9 @@ def cmd_agent(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 err.write(f"{exc.path}:{line if line is not None else '-'}: {message}\n")
             return EXIT_CONFIG
         for line, message in config.warnings:
-            err.write(f"{args.check_config}:{line if line is not None else '-'}: "
-                      f"warning: {message}\n")
+            err.write(
+                f"{args.check_config}:{line if line is not None else '-'}: warning: {message}\n"
+            )
         out.write(f"{args.check_config}: ok\n")
         for name in config.enabled:
             where = config.services[name].listen
@@ -75,8 +76,10 @@ def cmd_agent(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         names = [n.strip() for n in args.enable.split(",") if n.strip()]
         unknown = [n for n in names if n not in CATALOGUE]
         if unknown:
-            raise ArgumentError(f"--enable: no built-in {', '.join(map(quote, unknown))}; "
-                                f"known: {', '.join(CATALOGUE)}")
+            raise ArgumentError(
+                f"--enable: no built-in {', '.join(map(quote, unknown))}; "
+                f"known: {', '.join(CATALOGUE)}"
+            )
         config = agent_config.default_config(names)
         config.listen = parse_address(args.listen)
         config.allow = args.allow
@@ -89,8 +92,10 @@ def cmd_agent(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 config.services[name].allow = args.allow
         if "cp" in names:
             if not args.cp_root:
-                raise ArgumentError("--enable cp serves only the directories it is given: "
-                                    "add --cp-root DIR (repeatable)")
+                raise ArgumentError(
+                    "--enable cp serves only the directories it is given: "
+                    "add --cp-root DIR (repeatable)"
+                )
             config.services["cp"].options["roots"] = args.cp_root
         elif args.cp_root:
             raise ArgumentError("--cp-root goes with --enable cp")
@@ -103,8 +108,11 @@ def cmd_agent(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         config = agent_config.default_config()
     else:
         config = agent_config.load_config(args.config or agent_config.DEFAULT_PATH)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="hvsock agent: %(name)s: %(message)s", stream=err)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="hvsock agent: %(name)s: %(message)s",
+        stream=err,
+    )
     for _, message in config.warnings:
         err.write(f"hvsock agent: warning: {message}\n")
 
@@ -175,7 +183,7 @@ def _write_all(fd: int, data: bytes) -> bool:
     view = memoryview(data)
     while view:
         try:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         except BlockingIOError:  # an fd someone left non-blocking: wait for room
             select.select([], [fd], [])
         except BrokenPipeError:
@@ -218,37 +226,52 @@ def cmd_exec(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         tty_fd = stdin_fd if os.isatty(stdin_fd) else stdout_fd
         rows, cols = _terminal_size(tty_fd) if os.isatty(tty_fd) else (24, 80)
         term = ep.Tty(rows, cols, os.environ.get("TERM", "xterm"))
-    start = make_start(command, env=dict(args.env), unset=args.unset, cwd=args.cwd,
-                       user=args.user, tty=term, timeout=args.timeout,
-                       max_output=args.max_output)
+    start = make_start(
+        command,
+        env=dict(args.env),
+        unset=args.unset,
+        cwd=args.cwd,
+        user=args.user,
+        tty=term,
+        timeout=args.timeout,
+        max_output=args.max_output,
+    )
     service = None if args.service == "none" else args.service
     out.flush()
     err.flush()
     try:
-        session = ExecSession.open(args.address, start, service=service,
-                                   connect_timeout=args.connect_timeout, retries=args.retries,
-                                   reserved_port=args.reserved_port)
+        session = ExecSession.open(
+            args.address,
+            start,
+            service=service,
+            connect_timeout=args.connect_timeout,
+            retries=args.retries,
+            reserved_port=args.reserved_port,
+        )
     except RemoteError as exc:
         err.write(f"hvsock: {exc.remote_message}\n")
         return EXIT_FAILED
     stdin = None if args.no_stdin or stdin_closed else stdin_fd
     with session:
-        raw = contextlib.nullcontext() if term is None or not os.isatty(stdin_fd) \
+        raw = (
+            contextlib.nullcontext()
+            if term is None or not os.isatty(stdin_fd)
             else raw_terminal(stdin_fd)
+        )
         try:
             with raw:
                 outcome, cut = _drive(session, stdin, stdout_fd, stderr_fd, term is not None)
         except RemoteError as exc:
             err.write(f"hvsock: {exc.remote_message}\n")
-            return {"not_found": EXIT_NOT_FOUND,
-                    "not_executable": EXIT_NOT_EXECUTABLE}.get(exc.code, EXIT_FAILED)
+            return {"not_found": EXIT_NOT_FOUND, "not_executable": EXIT_NOT_EXECUTABLE}.get(
+                exc.code, EXIT_FAILED
+            )
     if outcome.timed_out:
         limit = f" after {args.timeout:g} s" if args.timeout else " (the agent's time limit)"
         err.write(f"hvsock: the command timed out{limit}; the agent killed it\n")
         return EXIT_TIMED_OUT
     if outcome.truncated:
-        err.write("hvsock: the command's output reached the output limit; "
-                  "the agent stopped it\n")
+        err.write("hvsock: the command's output reached the output limit; the agent stopped it\n")
     if cut and outcome.status == 0:
         return EXIT_OUTPUT_CLOSED  # its output was cut off: not a success
     return outcome.status
@@ -347,8 +370,9 @@ class _Stdin:
         return data
 
 
-def _drive(session: ExecSession, stdin_fd: int | None, stdout_fd: int, stderr_fd: int,
-           tty_mode: bool) -> tuple[ep.Exit, bool]:
+def _drive(
+    session: ExecSession, stdin_fd: int | None, stdout_fd: int, stderr_fd: int, tty_mode: bool
+) -> tuple[ep.Exit, bool]:
     """Pump stdin, output, resizes and Ctrl-C until the command's exit; return it and
     whether our output was cut off (EPIPE). Both directions always flow: the socket
     is non-blocking, stdin is read only while what was read so far has gone out."""
@@ -368,13 +392,22 @@ def _drive(session: ExecSession, stdin_fd: int | None, stdout_fd: int, stderr_fd
             room = outbox.size < OUTBOX_HIGH
             stdin.want(room)
             direct = stdin.open and not stdin.pollable and room
-            sel.modify(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if outbox.size
-                                                     else 0), "sock")
+            sel.modify(
+                sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if outbox.size else 0), "sock"
+            )
             ready = sel.select(0 if direct else None)
             if direct:
-                ready.append((selectors.SelectorKey(stdin_fd, stdin_fd,  # type: ignore[arg-type]
-                                                    selectors.EVENT_READ, "stdin"),
-                              selectors.EVENT_READ))
+                ready.append(
+                    (
+                        selectors.SelectorKey(
+                            stdin_fd,  # type: ignore[arg-type]
+                            stdin_fd,  # type: ignore[arg-type]
+                            selectors.EVENT_READ,
+                            "stdin",
+                        ),
+                        selectors.EVENT_READ,
+                    )
+                )
             for key, mask in ready:
                 if key.data == "sock":
                     if mask & selectors.EVENT_WRITE:
@@ -382,12 +415,14 @@ def _drive(session: ExecSession, stdin_fd: int | None, stdout_fd: int, stderr_fd
                     if mask & selectors.EVENT_READ:
                         for event in _pull(sock, proto):
                             if isinstance(event, ep.Output):
-                                if event.fd not in cut and not _write_all(sinks[event.fd],
-                                                                          event.data):
+                                if event.fd not in cut and not _write_all(
+                                    sinks[event.fd], event.data
+                                ):
                                     if not cut and proto.state != ep.DONE:
                                         # As a local pipeline: the writer gets SIGPIPE.
-                                        outbox.put([proto.send(ep.Signal(signal.SIGPIPE))],
-                                                   urgent=True)
+                                        outbox.put(
+                                            [proto.send(ep.Signal(signal.SIGPIPE))], urgent=True
+                                        )
                                     cut.add(event.fd)
                             elif isinstance(event, ep.Exit):
                                 return event, bool(cut)
@@ -406,9 +441,18 @@ def _drive(session: ExecSession, stdin_fd: int | None, stdout_fd: int, stderr_fd
                         sig = seen.pop(0)
                         if sig == signal.SIGWINCH:
                             with contextlib.suppress(OSError):
-                                outbox.put([proto.send(ep.Resize(*_terminal_size(
-                                    stdin_fd if stdin_fd is not None else stdout_fd)))],
-                                    urgent=True)
+                                outbox.put(
+                                    [
+                                        proto.send(
+                                            ep.Resize(
+                                                *_terminal_size(
+                                                    stdin_fd if stdin_fd is not None else stdout_fd
+                                                )
+                                            )
+                                        )
+                                    ],
+                                    urgent=True,
+                                )
                         else:
                             outbox.put([proto.send(ep.Signal(int(sig)))], urgent=True)
             outbox.flush()

@@ -19,8 +19,10 @@ else:
 
 
 #: The help of every positional ADDRESS that gives none of its own.
-ADDRESS_HELP = ("vsock://CID:PORT, hvsock://VM/SERVICE, hybrid://UDS_PATH:PORT, "
-                "tcp://HOST:PORT or unix://PATH (docs/addresses.md)")
+ADDRESS_HELP = (
+    "vsock://CID:PORT, hvsock://VM/SERVICE, hybrid://UDS_PATH:PORT, "
+    "tcp://HOST:PORT or unix://PATH (docs/addresses.md)"
+)
 
 
 class _CheckingFormatter(argparse.HelpFormatter):
@@ -64,8 +66,11 @@ class Parser(argparse.ArgumentParser):
             kwargs["help"] = ADDRESS_HELP
         return super().add_argument(*args, **kwargs)
 
-    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
-                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+    def parse_args(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        namespace: argparse.Namespace | None = None,
+    ) -> argparse.Namespace:
         # argparse reports an unknown option from the top-level parser, with the
         # top-level usage; report it from the (sub)command it was given to.
         parsed, extras = self.parse_known_args(args, namespace)
@@ -126,6 +131,7 @@ def mode(text: str) -> int:
         raise argparse.ArgumentTypeError(f"mode {text} is outside 000..777")
     return value
 
+
 _SIZE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -155,6 +161,7 @@ def raise_open_files_limit() -> None:
 
     with contextlib.suppress(ImportError, ValueError, OSError):
         import resource
+
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if hard == resource.RLIM_INFINITY:
             hard = 1 << 20

@@ -19,15 +19,18 @@ EXIT_FAILED_CHECKS = 1
 
 
 #: The commands this group adds (main.py builds only the chosen command's group).
-COMMANDS = ('doctor',)
+COMMANDS = ("doctor",)
+
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
     """Add this module's sub-commands to *sub*; return their handlers by name."""
     p = sub.add_parser(
-        "doctor", help="check VM sockets here (and ADDRESS); say what to fix",
+        "doctor",
+        help="check VM sockets here (and ADDRESS); say what to fix",
         description="Check what VM sockets need on this machine, and for ADDRESS what it "
         "needs (port range, registration, the VM). Exit status 1 when a check fails. "
-        "Never connects AF_VSOCK.")
+        "Never connects AF_VSOCK.",
+    )
     p.add_argument("address", nargs="?")
     p.add_argument("--json", action="store_true", help="print JSON")
     return {"doctor": cmd_doctor}

@@ -20,14 +20,27 @@ def print_host_vms(proc: str, as_json: bool, out: TextIO, err: TextIO) -> int:
 
     found = discover_host_vms(proc)
     if as_json:
-        cliargs.print_json({"vms": [vm.as_dict() for vm in found.vms],
-                            "sources": [report.as_dict() for report in found.sources],
-                            "problems": found.problems}, out)
+        cliargs.print_json(
+            {
+                "vms": [vm.as_dict() for vm in found.vms],
+                "sources": [report.as_dict() for report in found.sources],
+                "problems": found.problems,
+            },
+            out,
+        )
         return EXIT_OK
     if found.vms:
         rows = [["NAME", "HYPERVISOR", "STATE", "VSOCK", "SOURCE"]]
-        rows += [[_shown(vm.name) if vm.name is not None else "(no name)", vm.hypervisor,
-                  vm.state, _shown(vm.endpoint), _shown(vm.source)] for vm in found.vms]
+        rows += [
+            [
+                _shown(vm.name) if vm.name is not None else "(no name)",
+                vm.hypervisor,
+                vm.state,
+                _shown(vm.endpoint),
+                _shown(vm.source),
+            ]
+            for vm in found.vms
+        ]
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
         for row in rows:
             cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]

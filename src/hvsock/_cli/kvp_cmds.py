@@ -47,52 +47,83 @@ def _common(p: argparse.ArgumentParser, default: Any) -> None:
     # The same options before and after the action (`hvsock kvp --pool 3 list` and
     # `hvsock kvp list --pool 3`); after it they default to SUPPRESS so they do not
     # overwrite what was given before it.
-    p.add_argument("--pool", type=pool_arg, default=default,
-                   help="external|guest|auto|auto-external|auto-internal or 0-4 "
-                   "(default: guest to read and to write on a guest, external to write "
-                   "from a host)")
-    p.add_argument("--dir", dest="directory", default=default, metavar="DIR",
-                   help=f"the pool directory (default {DEFAULT_DIRECTORY})")
+    p.add_argument(
+        "--pool",
+        type=pool_arg,
+        default=default,
+        help="external|guest|auto|auto-external|auto-internal or 0-4 "
+        "(default: guest to read and to write on a guest, external to write "
+        "from a host)",
+    )
+    p.add_argument(
+        "--dir",
+        dest="directory",
+        default=default,
+        metavar="DIR",
+        help=f"the pool directory (default {DEFAULT_DIRECTORY})",
+    )
     p.add_argument("--json", action="store_true", default=default, help="print JSON")
-    p.add_argument("--vm", metavar="ADDRESS_OR_NAME", default=default,
-                   help="from a host: a guest's `hvsock kvp serve` (vsock://3, "
-                   "hybrid:///run/fc.sock, tcp://..., unix://...; port 5010 when none), "
-                   "or a Hyper-V VM's name or id (Windows host)")
-    p.add_argument("--lock-timeout", type=cliargs.positive_float, default=default,
-                   help=f"seconds to wait for a pool's lock (default "
-                   f"{DEFAULT_LOCK_TIMEOUT:g})")
-    p.add_argument("--timeout", type=cliargs.positive_float, default=default,
-                   help="with --vm: seconds for the connection and each answer (default 10)")
+    p.add_argument(
+        "--vm",
+        metavar="ADDRESS_OR_NAME",
+        default=default,
+        help="from a host: a guest's `hvsock kvp serve` (vsock://3, "
+        "hybrid:///run/fc.sock, tcp://..., unix://...; port 5010 when none), "
+        "or a Hyper-V VM's name or id (Windows host)",
+    )
+    p.add_argument(
+        "--lock-timeout",
+        type=cliargs.positive_float,
+        default=default,
+        help=f"seconds to wait for a pool's lock (default {DEFAULT_LOCK_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--timeout",
+        type=cliargs.positive_float,
+        default=default,
+        help="with --vm: seconds for the connection and each answer (default 10)",
+    )
 
 
 def _host_pool(p: argparse.ArgumentParser, default: Any) -> None:
     # A global option like --pool (usage lists it there), accepted after a write action
     # too; after it SUPPRESS keeps it from undoing one given before the action.
-    p.add_argument("--host-pool", action="store_true", default=default,
-                   help="allow writing a pool that is not the guest's (0, 2, 3, 4)")
+    p.add_argument(
+        "--host-pool",
+        action="store_true",
+        default=default,
+        help="allow writing a pool that is not the guest's (0, 2, 3, 4)",
+    )
 
 
 def _writes(p: argparse.ArgumentParser) -> None:
     _host_pool(p, argparse.SUPPRESS)
-    p.add_argument("--export", choices=("ps1",),
-                   help="with --vm NAME: print the PowerShell script for the Hyper-V host")
+    p.add_argument(
+        "--export",
+        choices=("ps1",),
+        help="with --vm NAME: print the PowerShell script for the Hyper-V host",
+    )
 
 
 #: The commands this group adds (main.py builds only the chosen command's group).
-COMMANDS = ('kvp',)
+COMMANDS = ("kvp",)
+
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
     """Add ``kvp`` to *sub*; return its handler."""
     kvp = sub.add_parser(
-        "kvp", help="Hyper-V KVP pools: get, set, list, watch (and over vsock elsewhere)",
+        "kvp",
+        help="Hyper-V KVP pools: get, set, list, watch (and over vsock elsewhere)",
         description="Read and write the key/value pools Hyper-V exchanges with a guest "
         "(and, with `hvsock kvp serve`, KVM and Firecracker guests). Pools: 0 external "
         "(host -> guest), 1 guest (guest -> host: the one to write), 2 auto, "
-        "3 auto-external (host facts), 4 auto-internal. See docs/kvp.md.")
+        "3 auto-external (host facts), 4 auto-internal. See docs/kvp.md.",
+    )
     _common(kvp, None)
     _host_pool(kvp, False)
-    actions = kvp.add_subparsers(dest="kvp_action", required=True, metavar="ACTION",
-                                 parser_class=cliargs.Parser)
+    actions = kvp.add_subparsers(
+        dest="kvp_action", required=True, metavar="ACTION", parser_class=cliargs.Parser
+    )
     suppress = argparse.SUPPRESS
 
     p = actions.add_parser("get", help="print the value of KEY (exit 1 when missing)")
@@ -102,11 +133,17 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
     p = actions.add_parser("set", help="set KEY to VALUE (replacing duplicates)")
     p.add_argument("key")
     p.add_argument("value")
-    p.add_argument("--append", action="store_true",
-                   help="add a record even when KEY is there (as cloud-init does)")
-    p.add_argument("--full", action="store_true",
-                   help="allow the on-disk sizes (511/2047 bytes) instead of what the host "
-                   "receives intact (254/1022 UTF-16 units)")
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="add a record even when KEY is there (as cloud-init does)",
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="allow the on-disk sizes (511/2047 bytes) instead of what the host "
+        "receives intact (254/1022 UTF-16 units)",
+    )
     _writes(p)
     _common(p, suppress)
 
@@ -116,22 +153,35 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
     _common(p, suppress)
 
     p = actions.add_parser("list", help="print every item (KEY=VALUE)")
-    p.add_argument("--all", action="store_true",
-                   help="every record in file order, duplicates too")
+    p.add_argument("--all", action="store_true", help="every record in file order, duplicates too")
     _common(p, suppress)
 
     p = actions.add_parser("watch", help="print changes as they happen")
-    p.add_argument("--count", type=cliargs.non_negative_int, default=None,
-                   help="stop after this many changes")
-    p.add_argument("--for", dest="duration", type=cliargs.positive_float, default=None,
-                   metavar="SECONDS", help="stop after this many seconds")
-    p.add_argument("--interval", type=cliargs.positive_float,
-                   default=DEFAULT_WATCH_INTERVAL, help="seconds between looks")
+    p.add_argument(
+        "--count", type=cliargs.non_negative_int, default=None, help="stop after this many changes"
+    )
+    p.add_argument(
+        "--for",
+        dest="duration",
+        type=cliargs.positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="stop after this many seconds",
+    )
+    p.add_argument(
+        "--interval",
+        type=cliargs.positive_float,
+        default=DEFAULT_WATCH_INTERVAL,
+        help="seconds between looks",
+    )
     _common(p, suppress)
 
     p = actions.add_parser("clear", help="remove every record of the pool")
-    p.add_argument("--stale", action="store_true",
-                   help="instead: clear every non-empty pool written before this boot")
+    p.add_argument(
+        "--stale",
+        action="store_true",
+        help="instead: clear every non-empty pool written before this boot",
+    )
     _writes(p)
     _common(p, suppress)
 
@@ -139,23 +189,39 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
     _common(p, suppress)
 
     p = actions.add_parser(
-        "serve", help="serve the pools to the host over vsock (KVM, Firecracker)",
+        "serve",
+        help="serve the pools to the host over vsock (KVM, Firecracker)",
         description="Run the KVP service: the host reads this guest's pools and writes "
         "pools 0 and 3 with `hvsock kvp --vm ADDRESS ...`. Only the host (CID 2 / the "
-        "Hyper-V parent) may connect unless --allow says otherwise.")
-    p.add_argument("--listen", metavar="ADDR", default=None,
-                   help=f"where to listen (default vsock://any:{KVP_PORT})")
-    p.add_argument("--allow", action="append", type=allow_rule, metavar="RULE",
-                   help="who may connect: a CID, uid:N (Unix), a host, a VM id, or 'any'; "
-                   "repeat for more (default: the host only)")
+        "Hyper-V parent) may connect unless --allow says otherwise.",
+    )
+    p.add_argument(
+        "--listen",
+        metavar="ADDR",
+        default=None,
+        help=f"where to listen (default vsock://any:{KVP_PORT})",
+    )
+    p.add_argument(
+        "--allow",
+        action="append",
+        type=allow_rule,
+        metavar="RULE",
+        help="who may connect: a CID, uid:N (Unix), a host, a VM id, or 'any'; "
+        "repeat for more (default: the host only)",
+    )
     p.add_argument("--ready-file", help="write JSON {pid, services} here once listening")
-    p.add_argument("--grace", type=cliargs.positive_float, default=5.0,
-                   help="seconds in-flight requests get on stop (default 5)")
+    p.add_argument(
+        "--grace",
+        type=cliargs.positive_float,
+        default=5.0,
+        help="seconds in-flight requests get on stop (default 5)",
+    )
     _common(p, suppress)
     return {"kvp": cmd_kvp}
 
 
 # -- dispatch --------------------------------------------------------------------------
+
 
 def cmd_kvp(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     for name in ("pool", "directory", "json", "vm", "lock_timeout", "timeout"):
@@ -201,8 +267,13 @@ def _local_store(args: argparse.Namespace, pool: Pool) -> Any:
         from .._windows.registry import default_backend
 
         return RegistryKvpStore(default_backend(), pool, limits, host_pool)
-    return store.KvpStore(pool, args.directory or DEFAULT_DIRECTORY, limits,
-                          args.lock_timeout or DEFAULT_LOCK_TIMEOUT, host_pool)
+    return store.KvpStore(
+        pool,
+        args.directory or DEFAULT_DIRECTORY,
+        limits,
+        args.lock_timeout or DEFAULT_LOCK_TIMEOUT,
+        host_pool,
+    )
 
 
 def _local(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -218,7 +289,8 @@ def _local(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if pool != Pool.GUEST and not args.host_pool:
             raise ArgumentError(
                 f"pool {int(pool)} ({pool.cli_name}) belongs to the host or the daemon; a "
-                "guest program writes pool 1 (guest). To write it anyway add --host-pool")
+                "guest program writes pool 1 (guest). To write it anyway add --host-pool"
+            )
         target = _local_store(args, pool)
     return _run(action, target, args, out, err)
 
@@ -229,8 +301,12 @@ def _clear_stale(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     directory = args.directory or DEFAULT_DIRECTORY
     cleared = []
     for found in store.stale_pools(directory):
-        writable = store.KvpStore(found.pool, directory, lock_timeout=args.lock_timeout or
-                                  DEFAULT_LOCK_TIMEOUT, allow_host_pool=True)
+        writable = store.KvpStore(
+            found.pool,
+            directory,
+            lock_timeout=args.lock_timeout or DEFAULT_LOCK_TIMEOUT,
+            allow_host_pool=True,
+        )
         cleared.append({"pool": int(found.pool), "records": writable.clear()})
     if args.json:
         cliargs.print_json({"cleared": cleared}, out)
@@ -241,8 +317,7 @@ def _clear_stale(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
-def _run(action: str, target: Any, args: argparse.Namespace, out: TextIO,
-         err: TextIO) -> int:
+def _run(action: str, target: Any, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """One action on a local store or a remote client (the same methods)."""
     from .._builtin.kvp import store
 
@@ -266,8 +341,7 @@ def _run(action: str, target: Any, args: argparse.Namespace, out: TextIO,
         elif not count:
             err.write(f"hvsock: {args.key!r} is not in pool {pool_name}; nothing to do\n")
     elif action == "list":
-        _print_items(target.items() if args.all else list(target.as_dict().items()),
-                     args, out)
+        _print_items(target.items() if args.all else list(target.as_dict().items()), args, out)
     elif action == "clear":
         count = target.clear()
         if args.json:
@@ -302,8 +376,9 @@ def _print_facts(facts: store.HostFacts, args: argparse.Namespace, out: TextIO) 
 
 
 def _watch(target: Any, args: argparse.Namespace, out: TextIO) -> None:
-    changes = target.watch(interval=args.interval, timeout=args.duration,
-                           max_changes=args.count or None)
+    changes = target.watch(
+        interval=args.interval, timeout=args.duration, max_changes=args.count or None
+    )
     for change in changes:
         if args.json:
             import json
@@ -317,6 +392,7 @@ def _watch(target: Any, args: argparse.Namespace, out: TextIO) -> None:
 
 
 # -- from a host --------------------------------------------------------------------
+
 
 class _RemotePool:
     """A guest's pool through its KVP service, with the store's method names."""
@@ -358,9 +434,13 @@ def _over_service(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     action = args.kvp_action
     if action == "clear" and args.stale:
         raise ArgumentError("--stale clears this machine's pools: run it on the guest")
-    pool = (Pool.AUTO_EXTERNAL if action == "host-info" else
-            _read_pool(args) if action in ("get", "list", "watch") else
-            _write_pool(args, remote=True))
+    pool = (
+        Pool.AUTO_EXTERNAL
+        if action == "host-info"
+        else _read_pool(args)
+        if action in ("get", "list", "watch")
+        else _write_pool(args, remote=True)
+    )
     with kvp_service_mod.KvpClient(args.vm, timeout=args.timeout or 10.0) as client:
         return _run(action, _RemotePool(client, pool), args, out, err)
 
@@ -374,8 +454,9 @@ def _on_hyperv_host(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if action in ("set", "delete"):
         pool = _write_pool(args, remote=True)
         if pool != Pool.EXTERNAL:
-            raise ArgumentError("from a Hyper-V host, hvsock writes the host's items "
-                                "(pool 0, external) only")
+            raise ArgumentError(
+                "from a Hyper-V host, hvsock writes the host's items (pool 0, external) only"
+            )
         if getattr(args, "append", False):
             raise ArgumentError("--append is for a guest's own pool; from a host use set")
         items = [(args.key, args.value)] if action == "set" else [(args.key, "")]
@@ -386,15 +467,20 @@ def _on_hyperv_host(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         hyperv_host.change_host_items(how, vm, items)
         return EXIT_OK
     if action not in ("get", "list", "watch"):
-        raise UnsupportedError(f"`hvsock kvp {action}` with a Hyper-V VM name is not "
-                               "supported; get, list, set and delete are")
+        raise UnsupportedError(
+            f"`hvsock kvp {action}` with a Hyper-V VM name is not "
+            "supported; get, list, set and delete are"
+        )
     if action == "watch":
-        raise UnsupportedError("watch with a Hyper-V VM name is not supported; poll "
-                               "`hvsock kvp --vm NAME list`")
+        raise UnsupportedError(
+            "watch with a Hyper-V VM name is not supported; poll `hvsock kvp --vm NAME list`"
+        )
     pool = _read_pool(args)
     if pool not in (Pool.GUEST, Pool.AUTO):
-        raise ArgumentError("from a Hyper-V host the guest's items are pool 1 (guest) and "
-                            "its intrinsics pool 2 (auto)")
+        raise ArgumentError(
+            "from a Hyper-V host the guest's items are pool 1 (guest) and "
+            "its intrinsics pool 2 (auto)"
+        )
     found = hyperv_host.read_guest_items(vm)
     chosen = found.guest if pool == Pool.GUEST else found.intrinsic
     return _run(action, _Listed(pool, [(i.name, i.data) for i in chosen]), args, out, err)
@@ -419,6 +505,7 @@ class _Listed:
 
 # -- serve ----------------------------------------------------------------------------
 
+
 def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import asyncio
 
@@ -437,8 +524,10 @@ def _serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     service = kvp_service_mod.kvp_service(pool_dir=directory, allow=allow)
 
     def ready(addresses: dict[str, Any]) -> None:
-        err.write(f"hvsock: listening on {addresses[service.name]} (pools in "
-                  f"{os.path.abspath(directory)})\n")
+        err.write(
+            f"hvsock: listening on {addresses[service.name]} (pools in "
+            f"{os.path.abspath(directory)})\n"
+        )
         err.flush()
 
     host = ServiceHost(grace=args.grace, ready_file=args.ready_file, on_ready=ready)

@@ -23,26 +23,53 @@ if TYPE_CHECKING:
 #: handler}``, and keeps its top cheap: argparse and ``args``, the implementation
 #: imported inside each handler (tests/unit/test_cli_imports.py checks).
 EXTENSIONS = (
-    "address_cmds", "socket_cmds", "service_cmds", "agent_cmds", "cp_cmds", "share_cmds",
-    "kvp_cmds", "windows_cmds", "doctor_cmds", "relay_cmds", "tools_cmds", "selftest_cmds",
+    "address_cmds",
+    "socket_cmds",
+    "service_cmds",
+    "agent_cmds",
+    "cp_cmds",
+    "share_cmds",
+    "kvp_cmds",
+    "windows_cmds",
+    "doctor_cmds",
+    "relay_cmds",
+    "tools_cmds",
+    "selftest_cmds",
 )
 #: Command -> the group that adds it, so a command imports and builds only its own
 #: group (a test checks this against each group's COMMANDS).
 OWNER = {
-    "service-id": "address_cmds", "port": "address_cmds", "addr": "address_cmds",
-    "cid": "address_cmds", "connect": "socket_cmds", "listen": "socket_cmds",
-    "demo": "service_cmds", "echo-server": "service_cmds", "ping": "service_cmds",
-    "agent": "agent_cmds", "exec": "agent_cmds", "cp": "cp_cmds", "share": "share_cmds",
-    "mount": "share_cmds", "kvp": "kvp_cmds",
-    "register": "windows_cmds", "unregister": "windows_cmds", "services": "windows_cmds",
-    "vms": "windows_cmds", "doctor": "doctor_cmds", "relay": "relay_cmds",
-    "bench": "tools_cmds", "stress": "tools_cmds", "selftest": "selftest_cmds",
+    "service-id": "address_cmds",
+    "port": "address_cmds",
+    "addr": "address_cmds",
+    "cid": "address_cmds",
+    "connect": "socket_cmds",
+    "listen": "socket_cmds",
+    "demo": "service_cmds",
+    "echo-server": "service_cmds",
+    "ping": "service_cmds",
+    "agent": "agent_cmds",
+    "exec": "agent_cmds",
+    "cp": "cp_cmds",
+    "share": "share_cmds",
+    "mount": "share_cmds",
+    "kvp": "kvp_cmds",
+    "register": "windows_cmds",
+    "unregister": "windows_cmds",
+    "services": "windows_cmds",
+    "vms": "windows_cmds",
+    "doctor": "doctor_cmds",
+    "relay": "relay_cmds",
+    "bench": "tools_cmds",
+    "stress": "tools_cmds",
+    "selftest": "selftest_cmds",
 }
 
 
 def group(name: str) -> ModuleType:
     """The command group module *name* (imported on first use)."""
     return importlib.import_module(f"{__package__}.{name}")
+
 
 # Exit statuses, in one place (documented in docs/cli.md).
 EXIT_OK = 0
@@ -126,13 +153,18 @@ def _groups_for(argv: Sequence[str] | None) -> tuple[str, ...]:
 
 def build_parser(argv: Sequence[str] | None = None, *, every: bool = True) -> cliargs.Parser:
     """The parser: with *every* false, only what parsing *argv* needs (see _groups_for)."""
-    parser = cliargs.Parser(prog="hvsock", description=(
-        "Hyper-V sockets and VM sockets from the command line. Addresses: "
-        "vsock://CID:PORT, hvsock://VM/SERVICE, hybrid://UDS_PATH:PORT, "
-        "tcp://HOST:PORT, unix://PATH."))
+    parser = cliargs.Parser(
+        prog="hvsock",
+        description=(
+            "Hyper-V sockets and VM sockets from the command line. Addresses: "
+            "vsock://CID:PORT, hvsock://VM/SERVICE, hybrid://UDS_PATH:PORT, "
+            "tcp://HOST:PORT, unix://PATH."
+        ),
+    )
     parser.add_argument("--version", action="version", version=f"hvsock {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                parser_class=cliargs.Parser)
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=cliargs.Parser
+    )
 
     for name in EXTENSIONS if every else _groups_for(argv):
         COMMANDS.update(group(name).add_commands(sub))
@@ -146,8 +178,9 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Terminated
 
 
-def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
-         err: TextIO | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
     """Run the CLI; return the exit status (never exits by itself)."""
     out = out or sys.stdout
     err = err or sys.stderr

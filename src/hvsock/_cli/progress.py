@@ -47,8 +47,9 @@ def progress_bar(err: TextIO, enabled: bool, desc: str, unit: str = "it") -> Ite
         with _plain(err, enabled, desc, unit) as update:
             yield update
         return
-    bar = tqdm(desc=desc, file=err, unit=unit, unit_scale=unit == "B", leave=False,
-               dynamic_ncols=True)
+    bar = tqdm(
+        desc=desc, file=err, unit=unit, unit_scale=unit == "B", leave=False, dynamic_ncols=True
+    )
     lock = threading.Lock()
 
     def update_bar(done: int, total: int | None) -> None:

@@ -23,22 +23,28 @@ EXIT_FAILED_STEPS = 1
 
 
 #: The commands this group adds (main.py builds only the chosen command's group).
-COMMANDS = ('selftest',)
+COMMANDS = ("selftest",)
+
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
     """Add ``selftest``; return its handler by name."""
     p = sub.add_parser(
-        "selftest", help="exercise this machine's VM sockets step by step; report each",
+        "selftest",
+        help="exercise this machine's VM sockets step by step; report each",
         description="On a Windows host (as administrator for the registration step): "
         "AF_HYPERV, a temporary service registration, loopback round trips (blocking and "
         "asyncio), the .reg and .ps1 exports imported into a scratch key and compared, VM "
         "discovery. In a Linux guest: AF_VSOCK, the transports, the local CID, a loopback "
         "round trip where vsock_loopback is loaded, and with --port an echo server on the "
         "host. Nothing is left behind, Ctrl-C included. Exit status 1 when a step fails; "
-        "paste the --json output into a bug report.")
-    p.add_argument("--port", type=cliargs.port,
-                   help="in a Linux guest: also ping `hvsock echo-server` listening on the "
-                   "host for this vsock port (connects to vsock://host:PORT)")
+        "paste the --json output into a bug report.",
+    )
+    p.add_argument(
+        "--port",
+        type=cliargs.port,
+        help="in a Linux guest: also ping `hvsock echo-server` listening on the "
+        "host for this vsock port (connects to vsock://host:PORT)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     return {"selftest": cmd_selftest}
 
@@ -57,8 +63,9 @@ def print_summary(report: Report, out: TextIO) -> None:
 
     failed = sum(s.status == FAILED for s in report.steps)
     skipped = sum(s.status == NOT_APPLICABLE for s in report.steps)
-    out.write(f"{len(report.steps) - failed - skipped} ok, {failed} failed, "
-              f"{skipped} not applicable\n")
+    out.write(
+        f"{len(report.steps) - failed - skipped} ok, {failed} failed, {skipped} not applicable\n"
+    )
 
 
 class _Break(KeyboardInterrupt):
@@ -92,12 +99,12 @@ def cmd_selftest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if not args.json:
         out.write("hvsock selftest\n")
     with _ctrl_break_unwinds():
-        report = run_selftest(echo=echo,
-                              on_step=None if args.json else lambda s: print_step(s, out))
+        report = run_selftest(
+            echo=echo, on_step=None if args.json else lambda s: print_step(s, out)
+        )
     if args.json:
         cliargs.print_json(report.as_dict(), out)
     else:
-        out.write(f"platform {report.platform}, Python {report.python}, "
-                  f"hvsock {report.version}\n")
+        out.write(f"platform {report.platform}, Python {report.python}, hvsock {report.version}\n")
         print_summary(report, out)
     return EXIT_OK if report.ok else EXIT_FAILED_STEPS

@@ -27,45 +27,84 @@ EXIT_OK = 0
 
 
 #: The commands this group adds (main.py builds only the chosen command's group).
-COMMANDS = ('connect', 'listen')
+COMMANDS = ("connect", "listen")
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
     """Add this module's sub-commands to *sub*; return their handlers by name."""
     p = sub.add_parser(
-        "connect", help="connect; copy stdin to the socket and the socket to stdout",
+        "connect",
+        help="connect; copy stdin to the socket and the socket to stdout",
         description="Connect to ADDRESS and copy stdin to it and it to stdout. stdin's EOF "
         "half-closes the connection (the peer can still answer); the peer's EOF closes "
         "stdout. Works as an ssh ProxyCommand: "
-        "ssh -o ProxyCommand='hvsock connect vsock://3:22' user@vm")
+        "ssh -o ProxyCommand='hvsock connect vsock://3:22' user@vm",
+    )
     p.add_argument("address")
-    p.add_argument("--timeout", type=cliargs.positive_float, default=DEFAULT_CONNECT_TIMEOUT,
-                   help="seconds for each connect attempt (default %(default)s)")
-    p.add_argument("--retries", type=cliargs.non_negative_int, default=0,
-                   help="retry transient failures this many times (default 0)")
-    p.add_argument("--retry-wait", type=cliargs.positive_float, default=0.25,
-                   help="first wait between retries, doubling (default %(default)s)")
-    p.add_argument("--buffer-size", type=cliargs.non_negative_int, default=None,
-                   help="socket buffer size in bytes")
+    p.add_argument(
+        "--timeout",
+        type=cliargs.positive_float,
+        default=DEFAULT_CONNECT_TIMEOUT,
+        help="seconds for each connect attempt (default %(default)s)",
+    )
+    p.add_argument(
+        "--retries",
+        type=cliargs.non_negative_int,
+        default=0,
+        help="retry transient failures this many times (default 0)",
+    )
+    p.add_argument(
+        "--retry-wait",
+        type=cliargs.positive_float,
+        default=0.25,
+        help="first wait between retries, doubling (default %(default)s)",
+    )
+    p.add_argument(
+        "--buffer-size",
+        type=cliargs.non_negative_int,
+        default=None,
+        help="socket buffer size in bytes",
+    )
 
     p = sub.add_parser(
-        "listen", help="listen; serve one connection on stdio, or each with a command",
+        "listen",
+        help="listen; serve one connection on stdio, or each with a command",
         description="Listen on ADDRESS and print 'hvsock: listening on ADDR' to stderr "
         "once ready. Without --exec, serve one connection on stdin/stdout, then exit. With "
         "--exec, run CMD for each connection (concurrently, up to --max-connections). "
-        "Unix and hybrid socket files are made with --mode and removed on exit.")
+        "Unix and hybrid socket files are made with --mode and removed on exit.",
+    )
     p.add_argument("address")
-    p.add_argument("--once", action="store_true",
-                   help="with --exec: serve one connection, then exit (stdio always does)")
-    p.add_argument("--exec", dest="exec_cmd", metavar="CMD",
-                   help="run CMD (via the shell) per connection with its stdin/stdout "
-                   "joined to the connection; HVSOCK_PEER names the peer")
-    p.add_argument("--max-connections", type=cliargs.non_negative_int, default=64,
-                   help="with --exec: concurrent connections; more wait (default 64)")
-    p.add_argument("--mode", type=cliargs.mode, default=0o600,
-                   help="file mode of unix/hybrid listener sockets, octal (default 600)")
-    p.add_argument("--buffer-size", type=cliargs.non_negative_int, default=None,
-                   help="socket buffer size in bytes")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="with --exec: serve one connection, then exit (stdio always does)",
+    )
+    p.add_argument(
+        "--exec",
+        dest="exec_cmd",
+        metavar="CMD",
+        help="run CMD (via the shell) per connection with its stdin/stdout "
+        "joined to the connection; HVSOCK_PEER names the peer",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=cliargs.non_negative_int,
+        default=64,
+        help="with --exec: concurrent connections; more wait (default 64)",
+    )
+    p.add_argument(
+        "--mode",
+        type=cliargs.mode,
+        default=0o600,
+        help="file mode of unix/hybrid listener sockets, octal (default 600)",
+    )
+    p.add_argument(
+        "--buffer-size",
+        type=cliargs.non_negative_int,
+        default=None,
+        help="socket buffer size in bytes",
+    )
     return {"connect": cmd_connect, "listen": cmd_listen}
 
 
@@ -73,12 +112,18 @@ def cmd_connect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .. import _endpoints
     from . import stdio
 
-    sock = _endpoints.connect(args.address, timeout=args.timeout, retries=args.retries,
-                       retry_wait=args.retry_wait, buffer_size=args.buffer_size)
+    sock = _endpoints.connect(
+        args.address,
+        timeout=args.timeout,
+        retries=args.retries,
+        retry_wait=args.retry_wait,
+        buffer_size=args.buffer_size,
+    )
     with sock:
         out.flush()
-        up, down = stdio.stdio_session(sock, sys.stdin.fileno(), out.fileno(),
-                                       where=str(args.address))
+        up, down = stdio.stdio_session(
+            sock, sys.stdin.fileno(), out.fileno(), where=str(args.address)
+        )
     for direction in (down, up):
         # A reset by the peer is an error (the stream was cut); a closed stdout
         # (`| head`) is not: the reader just wanted no more.
@@ -125,8 +170,9 @@ def cmd_listen(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         _endpoints.remove_socket_file(address)
 
 
-def _serve_exec(listener: socket.socket, address: Address, args: argparse.Namespace,
-                err: TextIO) -> int:
+def _serve_exec(
+    listener: socket.socket, address: Address, args: argparse.Namespace, err: TextIO
+) -> int:
     import os
     import threading
 

@@ -15,7 +15,8 @@ def _write_all(fd: int) -> Callable[[bytes], None]:
     def write(data: bytes) -> None:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
+
     return write
 
 
@@ -30,8 +31,9 @@ def wait_all(*directions: Direction) -> None:
             pass
 
 
-def stdio_session(sock: socket.socket, stdin_fd: int, stdout_fd: int,
-                  where: str = "the peer") -> tuple[Direction, Direction]:
+def stdio_session(
+    sock: socket.socket, stdin_fd: int, stdout_fd: int, where: str = "the peer"
+) -> tuple[Direction, Direction]:
     """stdin -> sock and sock -> stdout until both directions end.
 
     stdin's EOF shuts the socket's write side (the peer reads EOF, and can still
@@ -54,8 +56,9 @@ def exec_session(sock: socket.socket, command: str, env: dict[str, str]) -> int:
     """
     import subprocess  # only --exec needs it; plain `hvsock connect` is start-up bound
 
-    child = subprocess.Popen(command, shell=True, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, env=env)
+    child = subprocess.Popen(
+        command, shell=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+    )
     assert child.stdin is not None
     assert child.stdout is not None
     child_in, child_out = child.stdin.fileno(), child.stdout.fileno()
@@ -64,10 +67,12 @@ def exec_session(sock: socket.socket, command: str, env: dict[str, str]) -> int:
         child.stdin.close()  # type: ignore[union-attr]
 
     down = Direction("socket->child")
-    threading.Thread(target=copy, args=(sock.recv, _write_all(child_in), close_child_stdin, down),
-                     daemon=True).start()
-    up = start_copy(lambda n: os.read(child_out, n), sock.sendall, shut_write(sock),
-                    "child->socket")
+    threading.Thread(
+        target=copy, args=(sock.recv, _write_all(child_in), close_child_stdin, down), daemon=True
+    ).start()
+    up = start_copy(
+        lambda n: os.read(child_out, n), sock.sendall, shut_write(sock), "child->socket"
+    )
     try:
         wait_all(up)
         status = child.wait()

@@ -32,71 +32,107 @@ EXPORT_FORMATS = ("ps1", "reg")
 
 
 #: The commands this group adds (main.py builds only the chosen command's group).
-COMMANDS = ('register', 'unregister', 'services', 'vms')
+COMMANDS = ("register", "unregister", "services", "vms")
+
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
     """Add this module's sub-commands to *sub*; return their handlers by name."""
     p = sub.add_parser(
-        "register", help="register a service on this Hyper-V host",
+        "register",
+        help="register a service on this Hyper-V host",
         description="Register a service under the host's GuestCommunicationServices key "
         "(administrator). Idempotent: the same name and id again changes nothing. Prints "
         "the service id. With --export, print the same step as a script an administrator "
-        "runs on the host (works on any OS, e.g. inside a Linux guest).")
+        "runs on the host (works on any OS, e.g. inside a Linux guest).",
+    )
     p.add_argument("name", nargs="?", help="the friendly name (ElementName)")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--port", type=cliargs.port,
-                       help="a vsock port: registers its template id, what Linux guests reach")
+    which.add_argument(
+        "--port",
+        type=cliargs.port,
+        help="a vsock port: registers its template id, what Linux guests reach",
+    )
     which.add_argument("--service-id", metavar="GUID", help="a service id GUID")
     which.add_argument("--new", action="store_true", help="a new random service id")
-    which.add_argument("--from", dest="from_code", metavar="MODULE:NAME",
-                       help="the hvsock.Service (or list of them) NAME in Python module MODULE")
+    which.add_argument(
+        "--from",
+        dest="from_code",
+        metavar="MODULE:NAME",
+        help="the hvsock.Service (or list of them) NAME in Python module MODULE",
+    )
     _change_options(p)
 
     p = sub.add_parser(
-        "unregister", help="remove a service registration hvsock made",
+        "unregister",
+        help="remove a service registration hvsock made",
         description="Remove a service's registration. Only entries hvsock made, unless "
-        "--force; never Windows' built-in ones. Not registered: nothing to do.")
+        "--force; never Windows' built-in ones. Not registered: nothing to do.",
+    )
     p.add_argument("service", metavar="ID", help="the service id GUID, or a vsock port")
-    p.add_argument("--force", action="store_true",
-                   help="also remove an entry another tool made")
+    p.add_argument("--force", action="store_true", help="also remove an entry another tool made")
     _change_options(p)
 
-    p = sub.add_parser("services", help="list registered services (id, name, port, origin)",
-                       description="List the services registered on this Hyper-V host under "
-                       "GuestCommunicationServices: id, vsock port (for template ids), who "
-                       "made each (hvsock, built-in, other) and its name. Windows host only.")
+    p = sub.add_parser(
+        "services",
+        help="list registered services (id, name, port, origin)",
+        description="List the services registered on this Hyper-V host under "
+        "GuestCommunicationServices: id, vsock port (for template ids), who "
+        "made each (hvsock, built-in, other) and its name. Windows host only.",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("vms", help="list this host's VMs: Hyper-V (and WSL's) or KVM ones",
-                       description="On Windows: the Hyper-V VMs this user can see (Get-VM, "
-                       "else CIM) and WSL 2's VM when it runs, with the VM id an hvsock:// "
-                       "address takes. On Linux: the VMs of this KVM host (libvirt through "
-                       "virsh -r or libvirt-python, QEMU, Firecracker and Cloud Hypervisor "
-                       "processes in /proc, the VMMs' API sockets), with the CID a "
-                       "vsock://name:<VM>:<port> address resolves to or the hybrid socket of "
-                       "hybrid://name:<VM>:<port>. Starts and changes nothing; a source that "
-                       "fails is noted on stderr.")
+    p = sub.add_parser(
+        "vms",
+        help="list this host's VMs: Hyper-V (and WSL's) or KVM ones",
+        description="On Windows: the Hyper-V VMs this user can see (Get-VM, "
+        "else CIM) and WSL 2's VM when it runs, with the VM id an hvsock:// "
+        "address takes. On Linux: the VMs of this KVM host (libvirt through "
+        "virsh -r or libvirt-python, QEMU, Firecracker and Cloud Hypervisor "
+        "processes in /proc, the VMMs' API sockets), with the CID a "
+        "vsock://name:<VM>:<port> address resolves to or the hybrid socket of "
+        "hybrid://name:<VM>:<port>. Starts and changes nothing; a source that "
+        "fails is noted on stderr.",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--proc", metavar="DIR", default="/proc",
-                   help="Linux: read processes from DIR instead of /proc (e.g. the host's "
-                   "/proc mounted in a container)")
+    p.add_argument(
+        "--proc",
+        metavar="DIR",
+        default="/proc",
+        help="Linux: read processes from DIR instead of /proc (e.g. the host's "
+        "/proc mounted in a container)",
+    )
 
-    return {"register": cmd_register, "unregister": cmd_unregister,
-            "services": cmd_services, "vms": cmd_vms}
+    return {
+        "register": cmd_register,
+        "unregister": cmd_unregister,
+        "services": cmd_services,
+        "vms": cmd_vms,
+    }
 
 
 def _change_options(p: argparse.ArgumentParser) -> None:
     how = p.add_mutually_exclusive_group()
-    how.add_argument("--export", choices=EXPORT_FORMATS,
-                     help="print a PowerShell script (ps1) or .reg file instead")
-    how.add_argument("--dry-run", action="store_true",
-                     help="change an in-memory copy of the registry; print what would change")
-    p.add_argument("-o", "--output", metavar="FILE",
-                   help="with --export: write FILE (in the encoding Windows expects)")
+    how.add_argument(
+        "--export",
+        choices=EXPORT_FORMATS,
+        help="print a PowerShell script (ps1) or .reg file instead",
+    )
+    how.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="change an in-memory copy of the registry; print what would change",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="with --export: write FILE (in the encoding Windows expects)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
 # -- register / unregister ------------------------------------------------------------
+
 
 def _services_to_register(args: argparse.Namespace) -> list[tuple[str, uuid.UUID]]:
     import uuid
@@ -126,8 +162,7 @@ def load_services(spec: str) -> list[Service]:
 
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ArgumentError(f"--from takes MODULE:NAME (e.g. myapp.services:agent), "
-                            f"not {spec!r}")
+        raise ArgumentError(f"--from takes MODULE:NAME (e.g. myapp.services:agent), not {spec!r}")
     with _cwd_on_path():
         try:
             module = importlib.import_module(module_name)
@@ -137,8 +172,11 @@ def load_services(spec: str) -> list[Service]:
         value = getattr(module, attr)
     except AttributeError:
         raise ArgumentError(f"module {module_name!r} has no {attr!r}") from None
-    found = [value] if isinstance(value, Service) else (
-        list(value) if isinstance(value, (list, tuple, set, frozenset)) else [])
+    found = (
+        [value]
+        if isinstance(value, Service)
+        else (list(value) if isinstance(value, (list, tuple, set, frozenset)) else [])
+    )
     if not found or not all(isinstance(s, Service) for s in found):
         raise ArgumentError(f"{spec} is not a hvsock.Service (or a list of them)")
     return found
@@ -168,8 +206,10 @@ def _machine_registry(what_to_do: str) -> reg.RegistryBackend:
     try:
         return reg.default_backend()
     except UnsupportedError:
-        raise UnsupportedError("the Windows registry is not here: services are registered "
-                               f"on the Hyper-V host; {what_to_do}") from None
+        raise UnsupportedError(
+            "the Windows registry is not here: services are registered "
+            f"on the Hyper-V host; {what_to_do}"
+        ) from None
 
 
 def _dry_run_registry() -> MemoryRegistry:
@@ -223,28 +263,45 @@ def cmd_register(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     wanted = _services_to_register(args)
     if args.export is not None:
         changes: list[reg.Change] = [reg.Registration(sid, name) for name, sid in wanted]
-        _write_export(exporting.registration_script(changes, args.export, filename=args.output),
-                      args.export, args.output, out, err)
+        _write_export(
+            exporting.registration_script(changes, args.export, filename=args.output),
+            args.export,
+            args.output,
+            out,
+            err,
+        )
         run = exporting.usage(args.export, args.output)
         save = "" if args.output else f"save it as {exporting.DEFAULT_FILE[args.export]}, then "
-        step = (f"{save}run it on the Hyper-V host in an elevated PowerShell: {run}"
-                if args.export == "ps1" else
-                f"{save}import it on the Hyper-V host as administrator: {run}")
+        step = (
+            f"{save}run it on the Hyper-V host in an elevated PowerShell: {run}"
+            if args.export == "ps1"
+            else f"{save}import it on the Hyper-V host as administrator: {run}"
+        )
         for name, sid in wanted:
             err.write(f"hvsock: {name!r} is service {reg.describe_service(sid)}; {step}\n")
         return EXIT_OK
-    registry = _dry_run_registry() if args.dry_run else _machine_registry(
-        "write the host-side step with --export ps1 (or --export reg) and run it on the "
-        "host as administrator, or try it here with --dry-run")
+    registry = (
+        _dry_run_registry()
+        if args.dry_run
+        else _machine_registry(
+            "write the host-side step with --export ps1 (or --export reg) and run it on the "
+            "host as administrator, or try it here with --dry-run"
+        )
+    )
     results = []
     for name, sid in wanted:
         change = reg.register_service(name, sid, registry=registry)
         edits = change.edits() if change is not None else ()
-        results.append({"service_id": str(sid), "name": name,
-                        "port": ids.port_for_service_id(sid)
-                        if ids.is_template_service_id(sid) else None,
-                        "changed": change is not None, "dry_run": args.dry_run,
-                        "edits": _describe_edits(edits) if args.dry_run else []})
+        results.append(
+            {
+                "service_id": str(sid),
+                "name": name,
+                "port": ids.port_for_service_id(sid) if ids.is_template_service_id(sid) else None,
+                "changed": change is not None,
+                "dry_run": args.dry_run,
+                "edits": _describe_edits(edits) if args.dry_run else [],
+            }
+        )
         if args.json:
             continue
         if args.dry_run:
@@ -252,8 +309,10 @@ def cmd_register(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         else:
             out.write(f"{sid}\n")
         if change is None:
-            err.write(f"hvsock: {name!r} is already registered as "
-                      f"{reg.describe_service(sid)}; nothing to do\n")
+            err.write(
+                f"hvsock: {name!r} is already registered as "
+                f"{reg.describe_service(sid)}; nothing to do\n"
+            )
         elif not args.dry_run:
             err.write(f"hvsock: registered {name!r} as {reg.describe_service(sid)}\n")
     if args.json:
@@ -273,20 +332,38 @@ def cmd_unregister(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if args.export == "reg" and not args.force:
             raise RegistryError(
                 "a .reg file cannot check who made an entry, so it could remove another "
-                "tool's; use --export ps1 (it checks), or add --force")
-        _write_export(exporting.registration_script([reg.Removal(sid, args.force)], args.export,
-                                                    filename=args.output),
-                      args.export, args.output, out, err)
+                "tool's; use --export ps1 (it checks), or add --force"
+            )
+        _write_export(
+            exporting.registration_script(
+                [reg.Removal(sid, args.force)], args.export, filename=args.output
+            ),
+            args.export,
+            args.output,
+            out,
+            err,
+        )
         return EXIT_OK
-    registry = _dry_run_registry() if args.dry_run else _machine_registry(
-        "write the host-side step with --export ps1 and run it on the host as "
-        "administrator, or try it here with --dry-run")
+    registry = (
+        _dry_run_registry()
+        if args.dry_run
+        else _machine_registry(
+            "write the host-side step with --export ps1 and run it on the host as "
+            "administrator, or try it here with --dry-run"
+        )
+    )
     change = reg.unregister_service(sid, force=args.force, registry=registry)
     edits = change.edits() if change is not None else ()
     if args.json:
-        cliargs.print_json({"service_id": str(sid), "changed": change is not None,
-                            "dry_run": args.dry_run,
-                            "edits": _describe_edits(edits) if args.dry_run else []}, out)
+        cliargs.print_json(
+            {
+                "service_id": str(sid),
+                "changed": change is not None,
+                "dry_run": args.dry_run,
+                "edits": _describe_edits(edits) if args.dry_run else [],
+            },
+            out,
+        )
     elif args.dry_run:
         out.writelines(line + "\n" for line in _describe_edits(edits))
     if change is None:
@@ -298,6 +375,7 @@ def cmd_unregister(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 # -- listings ----------------------------------------------------------------------
 
+
 def _table(rows: list[list[str]], out: TextIO) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
@@ -308,16 +386,22 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
 def cmd_services(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .._windows import registry as reg
 
-    entries = reg.registered_services(_machine_registry(
-        "run `hvsock services` on the Hyper-V host itself"))
+    entries = reg.registered_services(
+        _machine_registry("run `hvsock services` on the Hyper-V host itself")
+    )
     if args.json:
         cliargs.print_json([e.as_dict() for e in entries], out)
         return EXIT_OK
     rows = [["ID", "PORT", "ORIGIN", "NAME"]]
     for e in entries:
-        rows.append([str(e.service_id) if e.service_id is not None else e.key,
-                     str(e.port) if e.port is not None else "-", e.origin,
-                     e.name if e.name is not None else "(no ElementName)"])
+        rows.append(
+            [
+                str(e.service_id) if e.service_id is not None else e.key,
+                str(e.port) if e.port is not None else "-",
+                e.origin,
+                e.name if e.name is not None else "(no ElementName)",
+            ]
+        )
     _table(rows, out)
     return EXIT_OK
 
@@ -331,8 +415,9 @@ def cmd_vms(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     found = discover_vms()
     if args.json:
-        cliargs.print_json({"vms": [vm.as_dict() for vm in found.vms],
-                            "problems": list(found.problems)}, out)
+        cliargs.print_json(
+            {"vms": [vm.as_dict() for vm in found.vms], "problems": list(found.problems)}, out
+        )
         return EXIT_OK
     if found.vms:
         rows = [["ID", "STATE", "SOURCE", "NAME"]]

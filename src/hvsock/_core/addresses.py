@@ -98,11 +98,13 @@ def _check_path(path: object, what: str, form: str, suffix_len: int = 0) -> str:
         size = len(path.encode()) + suffix_len
     except UnicodeEncodeError as exc:
         raise AddressError(
-            f"{what} {quote(path)} is not valid text ({exc.reason}); {form}") from None
+            f"{what} {quote(path)} is not valid text ({exc.reason}); {form}"
+        ) from None
     if size > UNIX_PATH_MAX:
         raise AddressError(
             f"{what} {quote(path)} is too long for a Unix socket ({size} bytes with what is "
-            f"appended, at most {UNIX_PATH_MAX}); use a shorter path")
+            f"appended, at most {UNIX_PATH_MAX}); use a shorter path"
+        )
     return path
 
 
@@ -115,8 +117,11 @@ class VsockAddress(Value):
     _fields = __match_args__ = ("cid", "port")
 
     def __init__(self, cid: int, port: int) -> None:
-        set_fields(self, cid=_int_in(cid, 0, _U32_MAX, "CID", FORMS["vsock"]),
-                   port=_int_in(port, 0, _U32_MAX, "port", FORMS["vsock"]))
+        set_fields(
+            self,
+            cid=_int_in(cid, 0, _U32_MAX, "CID", FORMS["vsock"]),
+            port=_int_in(port, 0, _U32_MAX, "port", FORMS["vsock"]),
+        )
 
     def __str__(self) -> str:
         cid = "any" if self.cid == ids.CID_ANY else str(self.cid)
@@ -135,13 +140,15 @@ class VsockAddress(Value):
         template service id. Other CIDs have no well-known VM id: use
         :func:`host_view` with the VM's id instead.
         """
-        vm = {ids.CID_HOST: ids.PARENT, ids.CID_ANY: ids.WILDCARD,
-              ids.CID_LOCAL: ids.LOOPBACK}.get(self.cid)
+        vm = {ids.CID_HOST: ids.PARENT, ids.CID_ANY: ids.WILDCARD, ids.CID_LOCAL: ids.LOOPBACK}.get(
+            self.cid
+        )
         if vm is None:
             raise AddressError(
                 f"CID {self.cid} has no Hyper-V VM id of its own; only host (2), any and "
                 "local (1) map to parent, wildcard and loopback; use host_view(address, "
-                "vm_id) with the VM's id")
+                "vm_id) with the VM's id"
+            )
         return HyperVAddress(vm, ids.service_id_for_port(self.port))
 
 
@@ -161,7 +168,8 @@ class HyperVAddress(Value):
             if not isinstance(value, (uuid.UUID, str)):
                 raise AddressError(
                     f"{name} must be a uuid.UUID or a GUID string, not "
-                    f"{type(value).__name__}; {FORMS['hvsock']}")
+                    f"{type(value).__name__}; {FORMS['hvsock']}"
+                )
             set_fields(self, **{name: ids.as_guid(value, name)})
 
     @classmethod
@@ -193,12 +201,16 @@ class HyperVAddress(Value):
 
     def to_vsock(self) -> VsockAddress:
         """The same endpoint in Linux vsock terms (inverse of :meth:`VsockAddress.to_hyperv`)."""
-        cid = {ids.PARENT: ids.CID_HOST, ids.WILDCARD: ids.CID_ANY,
-               ids.LOOPBACK: ids.CID_LOCAL}.get(self.vm_id)
+        cid = {
+            ids.PARENT: ids.CID_HOST,
+            ids.WILDCARD: ids.CID_ANY,
+            ids.LOOPBACK: ids.CID_LOCAL,
+        }.get(self.vm_id)
         if cid is None:
             raise AddressError(
                 f"VM id {self.vm_id} has no vsock CID; only parent, wildcard and loopback "
-                "map to CID host, any and local")
+                "map to CID host, any and local"
+            )
         return VsockAddress(cid, ids.port_for_service_id(self.service_id))
 
 
@@ -212,8 +224,7 @@ def _check_vm_name(name: object, form: str) -> str:
     if not name:
         raise AddressError(f"VM name is empty; {form}")
     if len(name) > MAX_VM_NAME:
-        raise AddressError(f"VM name is {len(name)} characters long; at most {MAX_VM_NAME}; "
-                           f"{form}")
+        raise AddressError(f"VM name is {len(name)} characters long; at most {MAX_VM_NAME}; {form}")
     bad = next((c for c in name if not c.isprintable()), None)
     if bad is not None:
         raise AddressError(f"VM name {quote(name)} has a control character {quote(bad)}; {form}")
@@ -230,10 +241,12 @@ def _unescape_vm_name(text: str, form: str) -> str:
     i = 0
     while i < len(text):
         if text[i] == "%":
-            pair = text[i + 1:i + 3]
+            pair = text[i + 1 : i + 3]
             if len(pair) != 2 or any(c not in "0123456789abcdefABCDEF" for c in pair):
-                raise AddressError(f"VM name {quote(text)}: '%' must start an escape such as "
-                                   f"%2F ('/') or %25 ('%'); {form}")
+                raise AddressError(
+                    f"VM name {quote(text)}: '%' must start an escape such as "
+                    f"%2F ('/') or %25 ('%'); {form}"
+                )
             raw.append(int(pair, 16))
             i += 3
         else:
@@ -242,8 +255,9 @@ def _unescape_vm_name(text: str, form: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise AddressError(f"VM name {quote(text)} is not valid text (bad UTF-8 or escapes); "
-                           f"{form}") from None
+        raise AddressError(
+            f"VM name {quote(text)} is not valid text (bad UTF-8 or escapes); {form}"
+        ) from None
 
 
 class NamedVmAddress(Value):
@@ -270,7 +284,8 @@ class NamedVmAddress(Value):
         if not isinstance(service_id, (uuid.UUID, str)):
             raise AddressError(
                 f"service_id must be a uuid.UUID or a GUID string, not "
-                f"{type(service_id).__name__}; {FORMS['hvsock']}")
+                f"{type(service_id).__name__}; {FORMS['hvsock']}"
+            )
         set_fields(self, vm_name=vm_name, service_id=ids.as_guid(service_id, "service id"))
 
     @property
@@ -311,8 +326,10 @@ class HybridAddress(Value):
         _check_path(uds_path, "uds path", FORMS["hybrid"], suffix_len=1 + len(str(port)))
         if uds_path[:5].lower() == "name:":
             # Its text would read back as a VM name (hybrid://name:<VM>:<port>).
-            raise AddressError(f"uds path {quote(uds_path)} starts with 'name:', which names "
-                               f"a VM; write the relative path as ./{uds_path}")
+            raise AddressError(
+                f"uds path {quote(uds_path)} starts with 'name:', which names "
+                f"a VM; write the relative path as ./{uds_path}"
+            )
         set_fields(self, uds_path=uds_path, port=port)
 
     @property
@@ -334,8 +351,11 @@ class _NamedGuestAddress(Value):
 
     def __init__(self, vm_name: str, port: int) -> None:
         form = FORMS[self.kind]
-        set_fields(self, vm_name=_check_vm_name(vm_name, form),
-                   port=_int_in(port, 0, _U32_MAX, "port", form))
+        set_fields(
+            self,
+            vm_name=_check_vm_name(vm_name, form),
+            port=_int_in(port, 0, _U32_MAX, "port", form),
+        )
 
     def __str__(self) -> str:
         return f"{self.kind}://name:{_escape_vm_name(self.vm_name)}:{self.port}"
@@ -381,15 +401,17 @@ class TcpAddress(Value):
     def __init__(self, host: str, port: int) -> None:
         _int_in(port, 0, 0xFFFF, "TCP port", FORMS["tcp"])
         if not isinstance(host, str):
-            raise AddressError(f"TCP host must be a string, not {type(host).__name__}; "
-                               f"{FORMS['tcp']}")
+            raise AddressError(
+                f"TCP host must be a string, not {type(host).__name__}; {FORMS['tcp']}"
+            )
         if not host:
             raise AddressError(f"TCP host is empty; {FORMS['tcp']}")
         # Printable ASCII only (IDN names go in their xn-- form); '%' stays for
         # IPv6 scope ids such as fe80::1%eth0.
         if any(not (33 <= ord(c) <= 126) or c in "/[]@?#" for c in host):
-            raise AddressError(f"TCP host {quote(host)} has characters a host cannot have; "
-                               f"{FORMS['tcp']}")
+            raise AddressError(
+                f"TCP host {quote(host)} has characters a host cannot have; {FORMS['tcp']}"
+            )
         set_fields(self, host=host, port=port)
 
     @property
@@ -433,8 +455,16 @@ SocketAddress = VsockAddress | HyperVAddress | HybridAddress | TcpAddress | Unix
 NamedAddress = NamedVmAddress | NamedVsockAddress | NamedHybridAddress
 NAMED_ADDRESS_TYPES = (NamedVmAddress, NamedVsockAddress, NamedHybridAddress)
 Address = SocketAddress | NamedAddress
-ADDRESS_TYPES = (VsockAddress, HyperVAddress, NamedVmAddress, HybridAddress, TcpAddress,
-                 UnixAddress, NamedVsockAddress, NamedHybridAddress)
+ADDRESS_TYPES = (
+    VsockAddress,
+    HyperVAddress,
+    NamedVmAddress,
+    HybridAddress,
+    TcpAddress,
+    UnixAddress,
+    NamedVsockAddress,
+    NamedHybridAddress,
+)
 
 _NUMBER = re.compile(r"(?:0[xX][0-9a-fA-F]+|[0-9]+)\Z")
 
@@ -444,16 +474,16 @@ def _number(text: str, what: str, form: str) -> int:
         raise AddressError(f"{what} is missing; {form}")
     if not _NUMBER.match(text):
         if text.startswith("-") and _NUMBER.match(text[1:]):
-            raise AddressError(f"{what} {quote(text)} is out of range: it cannot be "
-                               f"negative; {form}")
+            raise AddressError(
+                f"{what} {quote(text)} is out of range: it cannot be negative; {form}"
+            )
         raise AddressError(f"{what} {quote(text)} is not a number; {form}")
     hex_form = text[:2].lower() == "0x"
     # int() refuses decimal text over 4300 digits (leading zeros count), so drop the
     # zeros, and refuse what is far out of range before converting.
     digits = (text[2:] if hex_form else text).lstrip("0") or "0"
     if len(digits) > 20:
-        raise AddressError(f"{what} {quote(text)} is out of range ({len(text)} digits); "
-                           f"{form}")
+        raise AddressError(f"{what} {quote(text)} is out of range ({len(text)} digits); {form}")
     return int(digits, 16 if hex_form else 10)
 
 
@@ -461,8 +491,7 @@ def _named(rest: str, form: str) -> tuple[str, int]:
     """The VM name and port of ``<VM name>:<port>`` (the name runs to the last ':')."""
     name_text, sep, port_text = rest.rpartition(":")
     if not sep:
-        raise AddressError(f"{quote('name:' + rest)} has no ':<port>' after the VM name; "
-                           f"{form}")
+        raise AddressError(f"{quote('name:' + rest)} has no ':<port>' after the VM name; {form}")
     return _unescape_vm_name(name_text, form), _number(port_text, "port", form)
 
 
@@ -502,8 +531,10 @@ def _parse_hvsock(rest: str) -> HyperVAddress | NamedVmAddress:
         vm = ids.parse_guid(vm_text, what="VM id")
     else:
         names = ", ".join(ids.WELL_KNOWN_VM_IDS)
-        raise AddressError(f"unknown VM name {quote(vm_text)}: use a GUID, one of {names}, wsl "
-                           f"(the WSL 2 VM), or name:{vm_text} for a VM named so; {form}")
+        raise AddressError(
+            f"unknown VM name {quote(vm_text)}: use a GUID, one of {names}, wsl "
+            f"(the WSL 2 VM), or name:{vm_text} for a VM named so; {form}"
+        )
     return HyperVAddress(vm, _parse_service(svc_text, form))
 
 
@@ -565,16 +596,19 @@ def parse_address(text: str | Address) -> Address:
     if isinstance(text, ADDRESS_TYPES):
         return text
     if not isinstance(text, str):
-        raise AddressError(f"an address must be text or an address object, "
-                           f"not {type(text).__name__}")
+        raise AddressError(
+            f"an address must be text or an address object, not {type(text).__name__}"
+        )
     scheme, sep, rest = text.partition("://")
     if not sep:
         raise AddressError(
-            f"address {quote(text)} has no scheme; use one of: " + "; ".join(FORMS.values()))
+            f"address {quote(text)} has no scheme; use one of: " + "; ".join(FORMS.values())
+        )
     parser = _PARSERS.get(scheme.lower())
     if parser is None:
         raise AddressError(
-            f"unknown address scheme {quote(scheme)}; use one of: " + "; ".join(FORMS.values()))
+            f"unknown address scheme {quote(scheme)}; use one of: " + "; ".join(FORMS.values())
+        )
     return parser(rest)
 
 
@@ -591,7 +625,8 @@ def host_view(guest: VsockAddress, vm_id: uuid.UUID | str) -> HyperVAddress:
     if guest.cid not in (ids.CID_HOST, ids.CID_ANY):
         raise AddressError(
             f"a Hyper-V guest reaches only the host (CID 2) and listens on CID any; "
-            f"{guest} has CID {guest.cid}")
+            f"{guest} has CID {guest.cid}"
+        )
     return HyperVAddress(ids.as_guid(vm_id, "vm_id"), ids.service_id_for_port(guest.port))
 
 
@@ -604,8 +639,9 @@ def guest_view(host: HyperVAddress, *, guest_listens: bool = False) -> VsockAddr
     """
     if not isinstance(host, HyperVAddress):
         raise AddressError(f"guest_view takes a HyperVAddress, not {type(host).__name__}")
-    return VsockAddress(ids.CID_ANY if guest_listens else ids.CID_HOST,
-                        ids.port_for_service_id(host.service_id))
+    return VsockAddress(
+        ids.CID_ANY if guest_listens else ids.CID_HOST, ids.port_for_service_id(host.service_id)
+    )
 
 
 def describe_address(address: Address) -> dict[str, object]:
@@ -619,8 +655,9 @@ def describe_address(address: Address) -> dict[str, object]:
         info["port"] = address.port
         info["port_any"] = address.port == ids.PORT_ANY
         info["privileged_port"] = address.port < ids.PRIVILEGED_PORTS_BELOW
-        info["hyperv_listen_ok"] = (address.port <= ids.HV_SOCK_MAX_LISTEN_PORT
-                                    or address.port == ids.PORT_ANY)
+        info["hyperv_listen_ok"] = (
+            address.port <= ids.HV_SOCK_MAX_LISTEN_PORT or address.port == ids.PORT_ANY
+        )
         info["service_id"] = str(ids.service_id_for_port(address.port))
         try:
             info["hyperv_view"] = str(address.to_hyperv())
@@ -633,7 +670,8 @@ def describe_address(address: Address) -> dict[str, object]:
         info["template"] = address.port is not None
         info["port"] = address.port
         info["linux_guest_connects_to"] = (
-            str(guest_view(address)) if address.port is not None else None)
+            str(guest_view(address)) if address.port is not None else None
+        )
         try:
             info["vsock_view"] = str(address.to_vsock())
         except AddressError:
@@ -642,19 +680,23 @@ def describe_address(address: Address) -> dict[str, object]:
         info["vm_name"] = address.vm_name
         info["wsl"] = address.is_wsl
         info["vm_id"] = None
-        info["vm_id_from"] = ("WSL's running VM" if address.is_wsl else "the VM of that name") \
-            + ", looked up when connecting or listening; `hvsock vms` lists them"
+        info["vm_id_from"] = (
+            "WSL's running VM" if address.is_wsl else "the VM of that name"
+        ) + ", looked up when connecting or listening; `hvsock vms` lists them"
         info["service_id"] = str(address.service_id)
         info["template"] = address.port is not None
         info["port"] = address.port
         info["linux_guest_connects_to"] = (
-            str(VsockAddress(ids.CID_HOST, address.port)) if address.port is not None else None)
+            str(VsockAddress(ids.CID_HOST, address.port)) if address.port is not None else None
+        )
     elif isinstance(address, (NamedVsockAddress, NamedHybridAddress)):
         info["vm_name"] = address.vm_name
         info["port"] = address.port
         what = "CID" if isinstance(address, NamedVsockAddress) else "vsock socket"
-        info["looked_up"] = (f"the VM's {what}, looked up on this KVM host when "
-                             "connecting; `hvsock vms` lists the VMs it finds")
+        info["looked_up"] = (
+            f"the VM's {what}, looked up on this KVM host when "
+            "connecting; `hvsock vms` lists the VMs it finds"
+        )
     elif isinstance(address, HybridAddress):
         info["uds_path"] = address.uds_path
         info["port"] = address.port

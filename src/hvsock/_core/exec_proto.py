@@ -192,8 +192,7 @@ def _check_int(value: object, what: str, lo: int, hi: int) -> int:
 def _check_seconds(value: object, what: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-            0 < value < 10**9):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < 10**9):
         raise ProtocolError(f"{what} must be a positive number of seconds, not {value!r:.40}")
     return float(value)
 
@@ -240,8 +239,7 @@ def encode(event: Event) -> bytes:
             if getattr(event, key) is not None:
                 obj[key] = getattr(event, key)
         if event.tty is not None:
-            obj["tty"] = {"rows": event.tty.rows, "cols": event.tty.cols,
-                          "term": event.tty.term}
+            obj["tty"] = {"rows": event.tty.rows, "cols": event.tty.cols, "term": event.tty.term}
         return _json(START, obj)
     if isinstance(event, Stdin):
         return bytes([STDIN]) + event.data
@@ -318,9 +316,18 @@ def _decode_start(obj: dict[str, Any]) -> Start:
             raise ProtocolError("tty must be an object {rows, cols, term}")
         tty = Tty(tty_obj.get("rows", 24), tty_obj.get("cols", 80), tty_obj.get("term", "xterm"))
     max_output = obj.get("max_output")
-    return check_start(Start(tuple(argv), dict(env), tuple(unset), obj.get("cwd"),
-                             obj.get("user"), tty, _check_seconds(obj.get("timeout"), "timeout"),
-                             max_output))
+    return check_start(
+        Start(
+            tuple(argv),
+            dict(env),
+            tuple(unset),
+            obj.get("cwd"),
+            obj.get("user"),
+            tty,
+            _check_seconds(obj.get("timeout"), "timeout"),
+            max_output,
+        )
+    )
 
 
 def decode(body: bytes) -> Event:
@@ -362,13 +369,18 @@ def decode_kind(kind: int, rest: bytes) -> Event:
         code, sig = obj.get("code"), obj.get("signal")
         if (code is None) == (sig is None):
             raise ProtocolError("EXIT needs exactly one of code and signal")
-        return Exit(None if code is None else _check_int(code, "exit code", 0, 255),
-                    None if sig is None else _check_int(sig, "signal", 1, MAX_SIGNAL),
-                    _flag(obj, "timed_out"), _flag(obj, "truncated"))
+        return Exit(
+            None if code is None else _check_int(code, "exit code", 0, 255),
+            None if sig is None else _check_int(sig, "signal", 1, MAX_SIGNAL),
+            _flag(obj, "timed_out"),
+            _flag(obj, "truncated"),
+        )
     if kind == ERROR:
         obj = _load(rest)
-        return Error(_check_text(obj.get("code"), "error code"),
-                     _check_text(obj.get("message"), "error message"))
+        return Error(
+            _check_text(obj.get("code"), "error code"),
+            _check_text(obj.get("message"), "error message"),
+        )
     raise ProtocolError(f"unknown exec frame kind 0x{kind:02x}")
 
 
@@ -450,8 +462,7 @@ class ClientSession:
             if isinstance(event, StdinEof):
                 self.stdin_open = False
             elif len(event.data) > CHUNK:
-                raise ProtocolError(f"a data frame carries 0..{CHUNK} bytes, "
-                                    f"not {len(event.data)}")
+                raise ProtocolError(f"a data frame carries 0..{CHUNK} bytes, not {len(event.data)}")
         return frame(event)
 
     def stdin_head(self, size: int) -> bytes:
@@ -476,10 +487,15 @@ class ClientSession:
         if not data:
             if self.state == DONE:
                 return []
-            what = ("before the command's exit was reported" if self._reader.at_boundary()
-                    else "in the middle of a frame")
-            raise self._broken(f"the agent closed the connection {what} (agent stopped or "
-                               "restarted, or this peer is not in its allowlist: see its log)")
+            what = (
+                "before the command's exit was reported"
+                if self._reader.at_boundary()
+                else "in the middle of a frame"
+            )
+            raise self._broken(
+                f"the agent closed the connection {what} (agent stopped or "
+                "restarted, or this peer is not in its allowlist: see its log)"
+            )
         try:
             frames = self._reader.feed(data)
             if self._reader.broken:
@@ -495,10 +511,11 @@ class ClientSession:
         if self.state == DONE:
             raise ProtocolError("the agent sent more after the command's EXIT/ERROR")
         if kind not in _AGENT_KINDS:
-            raise ProtocolError(f"the agent sent frame kind 0x{kind:02x}, which only "
-                                "clients send" if kind in (START, STDIN, STDIN_EOF, RESIZE,
-                                                           SIGNAL)
-                                else f"unknown exec frame kind 0x{kind:02x}")
+            raise ProtocolError(
+                f"the agent sent frame kind 0x{kind:02x}, which only clients send"
+                if kind in (START, STDIN, STDIN_EOF, RESIZE, SIGNAL)
+                else f"unknown exec frame kind 0x{kind:02x}"
+            )
         event = decode_kind(kind, rest)
         if isinstance(event, Started):
             if self.state != STARTING:

@@ -95,13 +95,30 @@ class Entry(Value):
     uid: int
     gid: int
     link: bytes  # a symlink's target
-    _fields = __match_args__ = ("path", "kind", "mode", "mtime_ns", "size", "uid", "gid",
-                                "link")
+    _fields = __match_args__ = ("path", "kind", "mode", "mtime_ns", "size", "uid", "gid", "link")
 
-    def __init__(self, path: bytes, kind: int, mode: int = 0o644, mtime_ns: int = 0,
-                 size: int = 0, uid: int = -1, gid: int = -1, link: bytes = b"") -> None:
-        set_fields(self, path=path, kind=kind, mode=mode, mtime_ns=mtime_ns, size=size, uid=uid,
-                   gid=gid, link=link)
+    def __init__(
+        self,
+        path: bytes,
+        kind: int,
+        mode: int = 0o644,
+        mtime_ns: int = 0,
+        size: int = 0,
+        uid: int = -1,
+        gid: int = -1,
+        link: bytes = b"",
+    ) -> None:
+        set_fields(
+            self,
+            path=path,
+            kind=kind,
+            mode=mode,
+            mtime_ns=mtime_ns,
+            size=size,
+            uid=uid,
+            gid=gid,
+            link=link,
+        )
 
 
 class Hello(Value):
@@ -228,10 +245,36 @@ class End(Value):
         set_fields(self, count=count)
 
 
-Message = (Hello | Stat | StatReply | Put | Get | EntryMsg | Ready | Skipped | Data | FileEnd
-           | Done | Error | End)
-MESSAGES: tuple[type[Message], ...] = (Hello, Stat, StatReply, Put, Get, EntryMsg, Ready,
-                                       Skipped, Data, FileEnd, Done, Error, End)
+Message = (
+    Hello
+    | Stat
+    | StatReply
+    | Put
+    | Get
+    | EntryMsg
+    | Ready
+    | Skipped
+    | Data
+    | FileEnd
+    | Done
+    | Error
+    | End
+)
+MESSAGES: tuple[type[Message], ...] = (
+    Hello,
+    Stat,
+    StatReply,
+    Put,
+    Get,
+    EntryMsg,
+    Ready,
+    Skipped,
+    Data,
+    FileEnd,
+    Done,
+    Error,
+    End,
+)
 _BY_TYPE: dict[int, type[Message]] = {cls.TYPE: cls for cls in MESSAGES}
 
 # Field encodings by (class, field name): "u" unsigned 64, "i" signed 64, "b" bytes,
@@ -258,7 +301,8 @@ def _schema(cls: type[Value]) -> tuple[tuple[str, str], ...]:
 
 
 _SCHEMAS: dict[type[object], tuple[tuple[str, str], ...]] = {
-    cls: _schema(cls) for cls in (*MESSAGES, Entry)}
+    cls: _schema(cls) for cls in (*MESSAGES, Entry)
+}
 
 
 def _put_int(out: bytearray, value: object, signed: bool, what: str) -> None:
@@ -319,7 +363,7 @@ class _Reader:
     def take(self, n: int, what: str) -> bytes:
         if self.pos + n > len(self.body):
             raise ProtocolError(f"file-copy message ends inside {what}")
-        data = self.body[self.pos:self.pos + n]
+        data = self.body[self.pos : self.pos + n]
         self.pos += n
         return data
 
@@ -427,18 +471,15 @@ def split_path(path: bytes) -> tuple[bool, tuple[bytes, ...]]:
     parts = tuple(p for p in path.split(b"/") if p not in (b"", b"."))
     for part in parts:
         if part == b"..":
-            raise ArgumentError(
-                f"path {_show(path)} has '..'; give a path inside the served roots")
+            raise ArgumentError(f"path {_show(path)} has '..'; give a path inside the served roots")
         if len(part) > MAX_NAME:
-            raise ArgumentError(f"name of {len(part)} bytes in {_show(path)}; at most "
-                                f"{MAX_NAME}")
+            raise ArgumentError(f"name of {len(part)} bytes in {_show(path)}; at most {MAX_NAME}")
     return path.startswith(b"/"), parts
 
 
 def check_name(name: bytes) -> bytes:
     """One entry name within a tree: a single component, never ``.``/``..``/empty."""
-    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name \
-            or len(name) > MAX_NAME:
+    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name or len(name) > MAX_NAME:
         raise ProtocolError(f"peer sent an unsafe name {_show(name)}")
     return name
 
@@ -453,8 +494,9 @@ def relative_parts(path: bytes) -> tuple[bytes, ...]:
     return tuple(check_name(p) for p in parts)
 
 
-def match_root(absolute: bool, parts: tuple[bytes, ...],
-               roots: tuple[tuple[bytes, ...], ...]) -> tuple[int, tuple[bytes, ...]]:
+def match_root(
+    absolute: bool, parts: tuple[bytes, ...], roots: tuple[tuple[bytes, ...], ...]
+) -> tuple[int, tuple[bytes, ...]]:
     """Which root a remote path lies in, and its components below that root.
 
     A relative path is relative to the first root; an absolute one must start with
@@ -468,13 +510,15 @@ def match_root(absolute: bool, parts: tuple[bytes, ...],
         return 0, parts
     best = -1
     for i, root in enumerate(roots):
-        if parts[:len(root)] == root and (best < 0 or len(root) > len(roots[best])):
+        if parts[: len(root)] == root and (best < 0 or len(root) > len(roots[best])):
             best = i
     if best < 0:
         shown = b"/" + b"/".join(parts)
-        raise ArgumentError(f"{_show(shown)} is outside the served roots "
-                            f"({', '.join(_show(b'/' + b'/'.join(r)) for r in roots)})")
-    return best, parts[len(roots[best]):]
+        raise ArgumentError(
+            f"{_show(shown)} is outside the served roots "
+            f"({', '.join(_show(b'/' + b'/'.join(r)) for r in roots)})"
+        )
+    return best, parts[len(roots[best]) :]
 
 
 def _show(raw: bytes) -> str:
@@ -490,8 +534,9 @@ def eager_entry(flags: int, entry: Entry) -> bool:
 # -- decisions -------------------------------------------------------------------------
 
 
-def should_replace(flags: int, exists: bool, source_mtime_ns: int,
-                   target_mtime_ns: int) -> str | None:
+def should_replace(
+    flags: int, exists: bool, source_mtime_ns: int, target_mtime_ns: int
+) -> str | None:
     """None to go ahead, else why the existing target is kept (no-clobber, update)."""
     if not exists:
         return None
@@ -544,9 +589,10 @@ def split_address_path(arg: str) -> tuple[str, str] | None:
         raise ArgumentError(
             f"{arg!r} is an address without a remote path: write ADDRESS:PATH, e.g. "
             f"{arg}:/srv/file (or {arg}: for the service's first root), or give the "
-            "address with --remote and the path as :PATH")
+            "address with --remote and the path as :PATH"
+        )
     cut = len(scheme) + 3 + end
-    return arg[:cut], arg[cut + 1:]
+    return arg[:cut], arg[cut + 1 :]
 
 
 def _hybrid_port_end(rest: str) -> int:
@@ -556,10 +602,11 @@ def _hybrid_port_end(rest: str) -> int:
         nxt = rest.find(":", pos + 1)
         if nxt < 0:
             return -1
-        port = rest[pos + 1:nxt]
+        port = rest[pos + 1 : nxt]
         digits = port[2:] if port[:2].lower() == "0x" else port
-        if digits and all(c in ("0123456789abcdefABCDEF" if digits is not port
-                                else "0123456789") for c in digits):
+        if digits and all(
+            c in ("0123456789abcdefABCDEF" if digits is not port else "0123456789") for c in digits
+        ):
             return nxt
         pos = nxt
     return -1

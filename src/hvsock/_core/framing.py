@@ -38,11 +38,15 @@ ABSOLUTE_MAX_FRAME = 0xFFFFFFFF
 
 
 def check_max_size(max_size: int) -> int:
-    if isinstance(max_size, bool) or not isinstance(max_size, int) or not (
-        1 <= max_size <= ABSOLUTE_MAX_FRAME
+    if (
+        isinstance(max_size, bool)
+        or not isinstance(max_size, int)
+        or not (1 <= max_size <= ABSOLUTE_MAX_FRAME)
     ):
-        raise ArgumentError(f"max frame size must be a whole number in 1..{ABSOLUTE_MAX_FRAME}, "
-                         f"not {quote(max_size)}")
+        raise ArgumentError(
+            f"max frame size must be a whole number in 1..{ABSOLUTE_MAX_FRAME}, "
+            f"not {quote(max_size)}"
+        )
     return max_size
 
 
@@ -58,7 +62,8 @@ def encode_frame(payload: bytes, max_size: int = DEFAULT_MAX_FRAME) -> bytes:
     if len(payload) > max_size:
         raise FrameTooLargeError(
             f"message of {len(payload)} bytes is over the {max_size}-byte frame limit; "
-            "send it in parts or raise max_frame_size on both sides")
+            "send it in parts or raise max_frame_size on both sides"
+        )
     return HEADER.pack(len(payload)) + payload
 
 
@@ -68,7 +73,8 @@ def frame_length(header: bytes, max_size: int) -> int:
     if length > max_size:
         raise FrameTooLargeError(
             f"peer announced a {length}-byte frame, over the {max_size}-byte limit; "
-            "closing the connection (raise max_frame_size if such messages are expected)")
+            "closing the connection (raise max_frame_size if such messages are expected)"
+        )
     return int(length)
 
 
@@ -100,8 +106,7 @@ class FrameReader:
     raises :class:`ProtocolError`.
     """
 
-    __slots__ = ("_body", "_broken", "_buffer", "_head", "_pending", "_tag", "_tagged",
-                 "max_size")
+    __slots__ = ("_body", "_broken", "_buffer", "_head", "_pending", "_tag", "_tagged", "max_size")
 
     #: The message for a tagged frame of length 0.
     EMPTY = "empty frame: a tagged frame carries at least its tag byte"
@@ -171,10 +176,10 @@ class FrameReader:
                         self._check(buffer, frames)
                     break
                 if buffer:
-                    buffer += view[pos:pos + need]
+                    buffer += view[pos : pos + need]
                     head: bytes | bytearray | memoryview = buffer
                 else:
-                    head = view[pos:pos + need]
+                    head = view[pos : pos + need]
                 pos += need
                 self._body = self._check(head, frames)
                 if self._body < 0:
@@ -187,13 +192,13 @@ class FrameReader:
                 buffer += view[pos:end]
                 break
             if buffer:
-                buffer += view[pos:pos + need]
+                buffer += view[pos : pos + need]
                 body = bytes(buffer)
                 buffer.clear()
             elif pos == 0 and end == need and isinstance(data, bytes):
                 body = data  # read exactly what was wanted: no copy
             else:
-                body = bytes(view[pos:pos + need])
+                body = bytes(view[pos : pos + need])
             pos += need
             frames.append((self._tag, body))
             self._body, self._tag = -1, NO_TAG
@@ -219,7 +224,7 @@ class FrameReader:
         if len(buffer) < end:
             return end
         tag = buffer[HEADER_SIZE] if self._tagged else NO_TAG
-        body = bytes(buffer[self._head:end])
+        body = bytes(buffer[self._head : end])
         del buffer[:end]
         return tag, body
 
@@ -331,8 +336,9 @@ def encode_message(message: Message) -> bytes:
         raise ProtocolError(f"message id must be an integer 0..2**53, not {quote(message.id)}")
     if isinstance(message, Request):
         if not isinstance(message.method, str) or not message.method:
-            raise ProtocolError(f"request method must be a non-empty string, "
-                                f"not {quote(message.method)}")
+            raise ProtocolError(
+                f"request method must be a non-empty string, not {quote(message.method)}"
+            )
         obj = {"id": message.id, "method": message.method}
         if message.params is not None:
             obj["params"] = message.params
@@ -378,8 +384,9 @@ def decode_message(body: bytes) -> Message:
     try:
         # Strict: UTF-8 only (json.loads(bytes) would guess UTF-16/32 too) and no
         # NaN/Infinity, so whatever decodes here also encodes again.
-        obj = json.loads(body.decode("utf-8"), parse_constant=_reject_constant,
-                         parse_float=_finite_float)
+        obj = json.loads(
+            body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
+        )
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"frame is not UTF-8 JSON: {exc}") from None
     except RecursionError:
@@ -399,8 +406,11 @@ def decode_message(body: bytes) -> Message:
         err = obj["error"]
         if msg_id is not None and not _is_id(msg_id):
             raise ProtocolError(f"error reply id must be an integer or null, not {quote(msg_id)}")
-        if not isinstance(err, dict) or not isinstance(err.get("code"), str) or not isinstance(
-                err.get("message"), str):
+        if (
+            not isinstance(err, dict)
+            or not isinstance(err.get("code"), str)
+            or not isinstance(err.get("message"), str)
+        ):
             raise ProtocolError("error reply needs {'code': str, 'message': str}")
         return ErrorReply(msg_id, err["code"], err["message"])
     if "result" in obj:

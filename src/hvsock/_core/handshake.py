@@ -31,8 +31,10 @@ def encode_connect(port: int) -> bytes:
 
 def encode_ok(host_port: int) -> bytes:
     """The VMM's reply line (used by the emulated muxer in :mod:`hvsock.testing`)."""
-    if isinstance(host_port, bool) or not isinstance(host_port, int) or not (
-        0 <= host_port <= _U32_MAX
+    if (
+        isinstance(host_port, bool)
+        or not isinstance(host_port, int)
+        or not (0 <= host_port <= _U32_MAX)
     ):
         raise AddressError(f"hybrid vsock host port {quote(host_port)} is out of range")
     return b"OK %d\n" % host_port
@@ -45,7 +47,8 @@ def _line(buffer: bytes, what: str) -> bytes | None:
             raise HandshakeError(
                 f"hybrid vsock {what} line is longer than {MAX_LINE} bytes without a newline; "
                 "the peer does not speak the hybrid vsock protocol "
-                f"(got {quote(buffer[:MAX_LINE])})")
+                f"(got {quote(buffer[:MAX_LINE])})"
+            )
         return None
     return buffer[: end + 1]
 
@@ -70,7 +73,8 @@ def parse_ok(buffer: bytes) -> tuple[int, int] | None:
     if match is None:
         raise HandshakeError(
             f"the VMM answered {quote(line)} instead of 'OK <port>\\n': is this a Firecracker / "
-            "Cloud Hypervisor vsock socket, and is the guest port right?")
+            "Cloud Hypervisor vsock socket, and is the guest port right?"
+        )
     return _number(match, "reply", line), len(line)
 
 

@@ -43,8 +43,18 @@ _VSOCK_TEMPLATE = "00000000-facb-11e6-bd58-64006a7986d3"
 _TEMPLATE_TAIL = int(_VSOCK_TEMPLATE.replace("-", ""), 16) & ((1 << 96) - 1)
 
 
-_LAZY = ("WILDCARD", "ZERO", "BROADCAST", "CHILDREN", "LOOPBACK", "PARENT", "SILOHOST",
-         "VSOCK_TEMPLATE", "WELL_KNOWN_VM_IDS", "VM_ID_NAMES")
+_LAZY = (
+    "WILDCARD",
+    "ZERO",
+    "BROADCAST",
+    "CHILDREN",
+    "LOOPBACK",
+    "PARENT",
+    "SILOHOST",
+    "VSOCK_TEMPLATE",
+    "WELL_KNOWN_VM_IDS",
+    "VM_ID_NAMES",
+)
 
 
 def __getattr__(name: str) -> object:
@@ -61,10 +71,12 @@ def __getattr__(name: str) -> object:
     for text, vm in known.items():
         names.setdefault(vm, text)
     values: dict[str, object] = {text.upper(): vm for text, vm in known.items()}
-    values.update(VSOCK_TEMPLATE=uuid.UUID(_VSOCK_TEMPLATE), WELL_KNOWN_VM_IDS=known,
-                  VM_ID_NAMES=names)
+    values.update(
+        VSOCK_TEMPLATE=uuid.UUID(_VSOCK_TEMPLATE), WELL_KNOWN_VM_IDS=known, VM_ID_NAMES=names
+    )
     globals().update(values)
     return values[name]
+
 
 # Well-known CIDs and ports (include/uapi/linux/vm_sockets.h).
 CID_HYPERVISOR = 0
@@ -100,7 +112,8 @@ def service_id_for_port(port: int) -> uuid.UUID:
         raise AddressError(f"port must be an integer, not {type(port).__name__}")
     if not 0 <= port <= _U32_MAX:
         raise AddressError(
-            f"port {quote(port)} is out of range: a vsock port is 0..4294967295 (0xFFFFFFFF)")
+            f"port {quote(port)} is out of range: a vsock port is 0..4294967295 (0xFFFFFFFF)"
+        )
     import uuid
 
     return uuid.UUID(int=(port << 96) | _TEMPLATE_TAIL)
@@ -117,8 +130,7 @@ def as_guid(value: uuid.UUID | str, what: str) -> uuid.UUID:
         return value
     if isinstance(value, str):
         return parse_guid(value, what=what)
-    raise AddressError(f"{what} must be a GUID string or a uuid.UUID, "
-                       f"not {type(value).__name__}")
+    raise AddressError(f"{what} must be a GUID string or a uuid.UUID, not {type(value).__name__}")
 
 
 def is_template_service_id(service_id: uuid.UUID | str) -> bool:
@@ -140,7 +152,8 @@ def port_for_service_id(service_id: uuid.UUID | str) -> int:
         raise AddressError(
             f"service id {service_id} is not of the VSOCK template form "
             f"xxxxxxxx-{_VSOCK_TEMPLATE[9:]} (template {_VSOCK_TEMPLATE}), "
-            "so it has no vsock port; Linux guests can only reach template ids")
+            "so it has no vsock port; Linux guests can only reach template ids"
+        )
     return service_id.int >> 96
 
 
@@ -159,7 +172,8 @@ def parse_guid(text: str, *, what: str = "GUID") -> uuid.UUID:
     ):
         raise AddressError(
             f"{what} {quote(text)} is not a GUID; write it as "
-            "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx (hex digits, braces optional)")
+            "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx (hex digits, braces optional)"
+        )
     import uuid
 
     return uuid.UUID(s)
@@ -179,8 +193,9 @@ def coerce_service_id(value: object) -> uuid.UUID:
         if text.isascii() and text.isdigit():
             return service_id_for_port(parse_number(text, "port", 0, _U32_MAX))
         return parse_guid(text, what="service id")
-    raise AddressError(f"a service id must be a GUID, a port number or a uuid.UUID, "
-                       f"not {type(value).__name__}")
+    raise AddressError(
+        f"a service id must be a GUID, a port number or a uuid.UUID, not {type(value).__name__}"
+    )
 
 
 def parse_number(text: str, what: str, lo: int, hi: int, hint: str = "") -> int:
@@ -201,14 +216,16 @@ def parse_number(text: str, what: str, lo: int, hi: int, hint: str = "") -> int:
     if text[:1] == "-" and text[1:] and all(c in "0123456789" for c in text[1:]):
         raise AddressError(f"{what} {quote(text)} is out of range {lo}..{hi}{tail}")
     if not body or not all(c in allowed for c in body):
-        raise AddressError(f"{what} {quote(text)} is not a number (ASCII digits, or 0x "
-                           f"and hex digits){tail}")
+        raise AddressError(
+            f"{what} {quote(text)} is not a number (ASCII digits, or 0x and hex digits){tail}"
+        )
     # int() refuses decimal text over 4300 digits (leading zeros count): drop the
     # zeros, and refuse what is far out of range before converting.
     digits = body.lstrip("0") or "0"
     if len(digits) > 40:
-        raise AddressError(f"{what} {quote(text)} is out of range {lo}..{hi} "
-                           f"({len(digits)} digits){tail}")
+        raise AddressError(
+            f"{what} {quote(text)} is out of range {lo}..{hi} ({len(digits)} digits){tail}"
+        )
     value = int(digits, 16 if hex_form else 10)
     if not lo <= value <= hi:
         raise AddressError(f"{what} {value} is out of range {lo}..{hi}{tail}")

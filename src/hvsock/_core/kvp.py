@@ -97,13 +97,16 @@ def _check_text(value: object, what: str) -> bytes:
     if not isinstance(value, str):
         raise ArgumentError(f"a KVP {what} must be text, not {type(value).__name__}")
     if "\0" in value:
-        raise ArgumentError(f"KVP {what} {quote(value)} contains a NUL character; C readers "
-                            "would cut it there: remove it")
+        raise ArgumentError(
+            f"KVP {what} {quote(value)} contains a NUL character; C readers "
+            "would cut it there: remove it"
+        )
     try:
         return value.encode(_CODEC)
     except UnicodeEncodeError:
-        raise ArgumentError(f"KVP {what} {quote(value)} has a lone surrogate; it cannot be "
-                            "written as UTF-8") from None
+        raise ArgumentError(
+            f"KVP {what} {quote(value)} has a lone surrogate; it cannot be written as UTF-8"
+        ) from None
 
 
 def check_item(key: object, value: object, limits: str = SAFE) -> tuple[bytes, bytes]:
@@ -121,17 +124,21 @@ def check_item(key: object, value: object, limits: str = SAFE) -> tuple[bytes, b
     assert isinstance(value, str)
     if not key:
         raise ArgumentError("a KVP key cannot be empty")
-    for what, text, raw, units, size in (("key", key, raw_key, SAFE_KEY_UNITS, FULL_KEY_BYTES),
-                                         ("value", value, raw_value, SAFE_VALUE_UNITS,
-                                          FULL_VALUE_BYTES)):
+    for what, text, raw, units, size in (
+        ("key", key, raw_key, SAFE_KEY_UNITS, FULL_KEY_BYTES),
+        ("value", value, raw_value, SAFE_VALUE_UNITS, FULL_VALUE_BYTES),
+    ):
         if limits == SAFE and utf16_units(text) > units:
             raise ArgumentError(
                 f"KVP {what} {quote(text)} is {utf16_units(text)} UTF-16 units; the host "
                 f"receives at most {units} intact (limits='full' / --full allows "
-                f"{size} bytes on disk, cut short on the way to the host)")
+                f"{size} bytes on disk, cut short on the way to the host)"
+            )
         if len(raw) > size:
-            raise ArgumentError(f"KVP {what} {quote(text)} is {len(raw)} bytes in UTF-8; a "
-                                f"record holds at most {size}")
+            raise ArgumentError(
+                f"KVP {what} {quote(text)} is {len(raw)} bytes in UTF-8; a "
+                f"record holds at most {size}"
+            )
     return raw_key, raw_value
 
 
@@ -165,8 +172,7 @@ def find_key(data: bytes, key: str) -> list[int]:
     if len(raw) > KEY_SIZE or b"\0" in raw:
         return []
     field = raw + b"\0" if len(raw) < KEY_SIZE else raw
-    return [i for i in range(len(data) // RECORD_SIZE)
-            if data.startswith(field, i * RECORD_SIZE)]
+    return [i for i in range(len(data) // RECORD_SIZE) if data.startswith(field, i * RECORD_SIZE)]
 
 
 def _field(raw: bytes) -> str:
@@ -191,7 +197,8 @@ def check_size(size: int, where: str = "the pool") -> int:
         raise KvpError(
             f"{where} is {size} bytes, not a multiple of {RECORD_SIZE}: a writer stopped "
             f"half-way or it is not a KVP pool; {count} whole records and {rest} bytes "
-            "more. Clear it (`hvsock kvp clear`) or restore it; hvsock will not guess")
+            "more. Clear it (`hvsock kvp clear`) or restore it; hvsock will not guess"
+        )
     return count
 
 
@@ -202,14 +209,15 @@ def decode_pool(data: bytes, where: str = "the pool") -> list[tuple[str, str]]:
     """
     count = check_size(len(data), where)
     view = memoryview(data)
-    return [decode_record(bytes(view[i * RECORD_SIZE:(i + 1) * RECORD_SIZE]))
-            for i in range(count)]
+    return [
+        decode_record(bytes(view[i * RECORD_SIZE : (i + 1) * RECORD_SIZE])) for i in range(count)
+    ]
 
 
 def iter_records(data: bytes) -> Iterator[tuple[str, str]]:
     """Like :func:`decode_pool`, lazily; the size must already be checked."""
     for start in range(0, len(data) - len(data) % RECORD_SIZE, RECORD_SIZE):
-        yield decode_record(data[start:start + RECORD_SIZE])
+        yield decode_record(data[start : start + RECORD_SIZE])
 
 
 def encode_pool(items: Iterable[tuple[str, str]], limits: str = SAFE) -> bytes:

@@ -35,8 +35,10 @@ def _load(body: bytes, what: str) -> dict[str, Any]:
     try:
         obj = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise ProtocolError(f"the {what} is not UTF-8 JSON; is this an hvsock agent "
-                            "address that carries several services?") from None
+        raise ProtocolError(
+            f"the {what} is not UTF-8 JSON; is this an hvsock agent "
+            "address that carries several services?"
+        ) from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"the {what} must be a JSON object")
     return obj
@@ -53,8 +55,10 @@ def decode_hello(body: bytes) -> str:
     """The service a hello names; :class:`ProtocolError` for anything else."""
     obj = _load(body, "service hello")
     if obj.get("hvsock") != VERSION:
-        raise ProtocolError(f"service hello of an unknown version {obj.get('hvsock')!r:.20}; "
-                            f"this agent speaks version {VERSION}")
+        raise ProtocolError(
+            f"service hello of an unknown version {obj.get('hvsock')!r:.20}; "
+            f"this agent speaks version {VERSION}"
+        )
     name = obj.get("service")
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise ProtocolError(f"service hello names no valid service ({name!r:.40})")
@@ -74,7 +78,11 @@ def decode_answer(body: bytes) -> None:
     if obj.get("ok") is True:
         return
     err = obj.get("error")
-    if (obj.get("ok") is False and isinstance(err, dict) and isinstance(err.get("code"), str)
-            and isinstance(err.get("message"), str)):
+    if (
+        obj.get("ok") is False
+        and isinstance(err, dict)
+        and isinstance(err.get("code"), str)
+        and isinstance(err.get("message"), str)
+    ):
         raise RemoteError(err["code"], err["message"])
     raise ProtocolError("the agent's answer to the service hello is malformed")

@@ -22,8 +22,18 @@ from typing import Any
 from .._errors import ProtocolError
 
 __all__ = [
-    "HEADER", "LAYOUTS", "NOFID", "NOTAG", "VERSION", "Decoder", "Message", "Qid",
-    "decode", "decode_dirents", "dirent", "encode",
+    "HEADER",
+    "LAYOUTS",
+    "NOFID",
+    "NOTAG",
+    "VERSION",
+    "Decoder",
+    "Message",
+    "Qid",
+    "decode",
+    "decode_dirents",
+    "dirent",
+    "encode",
 ]
 
 VERSION = b"9P2000.L"
@@ -74,42 +84,76 @@ TREMOVE, RREMOVE = 122, 123
 _S = "s"
 LAYOUTS: dict[int, str] = {
     RLERROR: "d",
-    TSTATFS: "d", RSTATFS: "ddqqqqqqd",
-    TLOPEN: "dd", RLOPEN: "Qd",
-    TLCREATE: "dsddd", RLCREATE: "Qd",
-    TSYMLINK: "dssd", RSYMLINK: "Q",
-    TMKNOD: "dsdddd", RMKNOD: "Q",
-    TRENAME: "dds", RRENAME: "",
-    TREADLINK: "d", RREADLINK: "s",
-    TGETATTR: "dq", RGETATTR: "qQdddqqqqqqqqqqqqqqq",
-    TSETATTR: "dddddqqqqq", RSETATTR: "",
-    TXATTRWALK: "dds", RXATTRWALK: "q",
-    TXATTRCREATE: "dsqd", RXATTRCREATE: "",
-    TREADDIR: "dqd", RREADDIR: "D",
-    TFSYNC: "dd", RFSYNC: "",
-    TLOCK: "dbdqqds", RLOCK: "b",
-    TGETLOCK: "dbqqds", RGETLOCK: "bqqds",
-    TLINK: "dds", RLINK: "",
-    TMKDIR: "dsdd", RMKDIR: "Q",
-    TRENAMEAT: "dsds", RRENAMEAT: "",
-    TUNLINKAT: "dsd", RUNLINKAT: "",
-    TVERSION: "ds", RVERSION: "ds",
-    TAUTH: "dssd", RAUTH: "Q",
-    TATTACH: "ddssd", RATTACH: "Q",
-    TFLUSH: "w", RFLUSH: "",
-    TWALK: "ddS", RWALK: "R",
-    TREAD: "dqd", RREAD: "D",
-    TWRITE: "dqD", RWRITE: "d",
-    TCLUNK: "d", RCLUNK: "",
-    TREMOVE: "d", RREMOVE: "",
+    TSTATFS: "d",
+    RSTATFS: "ddqqqqqqd",
+    TLOPEN: "dd",
+    RLOPEN: "Qd",
+    TLCREATE: "dsddd",
+    RLCREATE: "Qd",
+    TSYMLINK: "dssd",
+    RSYMLINK: "Q",
+    TMKNOD: "dsdddd",
+    RMKNOD: "Q",
+    TRENAME: "dds",
+    RRENAME: "",
+    TREADLINK: "d",
+    RREADLINK: "s",
+    TGETATTR: "dq",
+    RGETATTR: "qQdddqqqqqqqqqqqqqqq",
+    TSETATTR: "dddddqqqqq",
+    RSETATTR: "",
+    TXATTRWALK: "dds",
+    RXATTRWALK: "q",
+    TXATTRCREATE: "dsqd",
+    RXATTRCREATE: "",
+    TREADDIR: "dqd",
+    RREADDIR: "D",
+    TFSYNC: "dd",
+    RFSYNC: "",
+    TLOCK: "dbdqqds",
+    RLOCK: "b",
+    TGETLOCK: "dbqqds",
+    RGETLOCK: "bqqds",
+    TLINK: "dds",
+    RLINK: "",
+    TMKDIR: "dsdd",
+    RMKDIR: "Q",
+    TRENAMEAT: "dsds",
+    RRENAMEAT: "",
+    TUNLINKAT: "dsd",
+    RUNLINKAT: "",
+    TVERSION: "ds",
+    RVERSION: "ds",
+    TAUTH: "dssd",
+    RAUTH: "Q",
+    TATTACH: "ddssd",
+    RATTACH: "Q",
+    TFLUSH: "w",
+    RFLUSH: "",
+    TWALK: "ddS",
+    RWALK: "R",
+    TREAD: "dqd",
+    RREAD: "D",
+    TWRITE: "dqD",
+    RWRITE: "d",
+    TCLUNK: "d",
+    RCLUNK: "",
+    TREMOVE: "d",
+    RREMOVE: "",
 }
 #: Message names, for logs and errors.
-NAMES = {number: name for name, number in globals().items()
-         if name[:1] in "TR" and name.isupper() and isinstance(number, int)
-         and number in LAYOUTS}
+NAMES = {
+    number: name
+    for name, number in globals().items()
+    if name[:1] in "TR" and name.isupper() and isinstance(number, int) and number in LAYOUTS
+}
 
-_FIXED = {"b": struct.Struct("<B"), "w": struct.Struct("<H"), "d": struct.Struct("<I"),
-          "q": struct.Struct("<Q")}
+_FIXED = {
+    "b": struct.Struct("<B"),
+    "w": struct.Struct("<H"),
+    "d": struct.Struct("<I"),
+    "q": struct.Struct("<Q"),
+}
 _QID = struct.Struct("<BIQ")
 _HEAD = struct.Struct("<IBH")
 _U16 = _FIXED["w"]
@@ -191,7 +235,7 @@ class _Reader:
         end = self.pos + n
         if end > len(self.data):
             raise ProtocolError("a 9P message ends inside a field")
-        view = self.data[self.pos:end]
+        view = self.data[self.pos : end]
         self.pos = end
         return view
 
@@ -223,8 +267,9 @@ def decode(frame: bytes | bytearray | memoryview) -> Message:
     reader = _Reader(view[HEADER:])
     args = tuple(reader.field(code) for code in layout)
     if reader.pos != len(reader.data):
-        raise ProtocolError(f"{NAMES[kind]} carries {len(reader.data) - reader.pos} bytes "
-                            "past its last field")
+        raise ProtocolError(
+            f"{NAMES[kind]} carries {len(reader.data) - reader.pos} bytes past its last field"
+        )
     return Message(kind, tag, args)
 
 
@@ -242,8 +287,10 @@ class Decoder:
         while len(self._buffer) >= 4:
             size = _U32.unpack_from(self._buffer)[0]
             if size < HEADER or size > self.msize:
-                raise ProtocolError(f"a 9P message of {size} bytes; this side takes "
-                                    f"{HEADER} to {self.msize} (the negotiated msize)")
+                raise ProtocolError(
+                    f"a 9P message of {size} bytes; this side takes "
+                    f"{HEADER} to {self.msize} (the negotiated msize)"
+                )
             if len(self._buffer) < size:
                 return
             frame = bytes(self._buffer[:size])
@@ -261,8 +308,7 @@ _DIRENT = struct.Struct("<BIQQB")
 
 def dirent(qid: Qid, offset: int, kind: int, name: bytes) -> bytes:
     """One Rreaddir entry: ``qid[13] offset[8] type[1] name[s]`` (type is a DT_* value)."""
-    return _DIRENT.pack(qid.type, qid.version, qid.path, offset, kind) + \
-        _U16.pack(len(name)) + name
+    return _DIRENT.pack(qid.type, qid.version, qid.path, offset, kind) + _U16.pack(len(name)) + name
 
 
 def decode_dirents(data: bytes) -> list[tuple[Qid, int, int, bytes]]:

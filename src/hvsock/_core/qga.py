@@ -113,7 +113,7 @@ class Parser:
                 break
             out.append(item)
         # Drop what was consumed once per feed, not once per request.
-        del self._buf[:self._start]
+        del self._buf[: self._start]
         self._pos -= self._start
         self._start = 0
         if len(self._buf) > self.max_request:
@@ -144,7 +144,7 @@ class Parser:
             if end is None:
                 self._pos = len(buf)  # the token may go on; go on from here next time
                 return None
-            token = bytes(buf[self._start:end.start()]).decode("utf-8", "replace")
+            token = bytes(buf[self._start : end.start()]).decode("utf-8", "replace")
             self._start = self._pos = end.start()
             self._bare = False
             return _bare(token)
@@ -178,7 +178,7 @@ class Parser:
             else:
                 self._depth -= 1
                 if self._depth == 0:
-                    text = bytes(buf[self._start:self._pos])
+                    text = bytes(buf[self._start : self._pos])
                     self._start = self._pos
                     return _parse(text)
 
@@ -200,8 +200,7 @@ def _parse(text: bytes) -> Item:
     if lone is not None:
         # json.loads keeps a lone \\uD800..\\uDFFF escape; qemu-ga refuses it, and no path,
         # argument or file name can carry one.
-        return BadInput(f"JSON parse error, \\u{ord(lone):04x} is not a valid Unicode "
-                        "character")
+        return BadInput(f"JSON parse error, \\u{ord(lone):04x} is not a valid Unicode character")
     try:
         return check_request(obj)
     except QgaError as exc:
@@ -255,11 +254,21 @@ def answer_id(command: Command) -> Any:
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
-    "int": (int,), "str": (str,), "bool": (bool,), "list": (list,), "number": (int, float),
+    "int": (int,),
+    "str": (str,),
+    "bool": (bool,),
+    "list": (list,),
+    "number": (int, float),
     "any": (object,),
 }
-_TYPE_NAMES = {"int": "integer", "str": "string", "bool": "boolean", "list": "array",
-               "number": "number", "any": "any"}
+_TYPE_NAMES = {
+    "int": "integer",
+    "str": "string",
+    "bool": "boolean",
+    "list": "array",
+    "number": "number",
+    "any": "any",
+}
 
 
 def check_arguments(args: dict[str, Any], schema: dict[str, tuple[str, bool]]) -> dict[str, Any]:
@@ -273,9 +282,12 @@ def check_arguments(args: dict[str, Any], schema: dict[str, tuple[str, bool]]) -
                 raise QgaError("GenericError", f"Parameter '{name}' is missing")
             continue
         value = args[name]
-        ok = isinstance(value, _TYPES[kind]) and not (kind in ("int", "number")
-                                                       and isinstance(value, bool))
+        ok = isinstance(value, _TYPES[kind]) and not (
+            kind in ("int", "number") and isinstance(value, bool)
+        )
         if not ok:
-            raise QgaError("GenericError", f"Invalid parameter type for '{name}', expected: "
-                           f"{_TYPE_NAMES[kind]}")
+            raise QgaError(
+                "GenericError",
+                f"Invalid parameter type for '{name}', expected: {_TYPE_NAMES[kind]}",
+            )
     return args

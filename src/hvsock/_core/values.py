@@ -41,8 +41,10 @@ class Value(Record):
     """Immutable, so hashed (and pickled) by its fields as well."""
 
     def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"cannot assign to {name!r}: {type(self).__name__} is immutable; "
-                             "build a new one instead")
+        raise AttributeError(
+            f"cannot assign to {name!r}: {type(self).__name__} is immutable; "
+            "build a new one instead"
+        )
 
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"cannot delete {name!r}: {type(self).__name__} is immutable")

@@ -99,6 +99,7 @@ class VmmCommand:
 
 # -- numbers -----------------------------------------------------------------------------
 
+
 def _cid(value: object, what: str) -> int:
     if isinstance(value, str):
         text = value.strip()
@@ -115,8 +116,9 @@ def _cid(value: object, what: str) -> int:
     else:
         raise HvsockError(f"{what} {quote(value)} is not a number")
     if not MIN_GUEST_CID <= number <= MAX_GUEST_CID:
-        raise HvsockError(f"{what} {quote(number)} is not a guest CID "
-                          f"({MIN_GUEST_CID}..{MAX_GUEST_CID})")
+        raise HvsockError(
+            f"{what} {quote(number)} is not a guest CID ({MIN_GUEST_CID}..{MAX_GUEST_CID})"
+        )
     return number
 
 
@@ -130,16 +132,20 @@ def _text(value: object, what: str) -> str:
 
 # -- libvirt domain XML ------------------------------------------------------------------
 
+
 def _xml_text(data: bytes | str, what: str) -> str:
     if len(data) > MAX_XML:
-        raise HvsockError(f"{what} is {len(data)} bytes long; a domain's XML is at most "
-                          f"{MAX_XML} here: refusing it")
+        raise HvsockError(
+            f"{what} is {len(data)} bytes long; a domain's XML is at most "
+            f"{MAX_XML} here: refusing it"
+        )
     if isinstance(data, bytes):
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise HvsockError(f"{what} is not UTF-8 text ({exc.reason} at byte "
-                              f"{exc.start})") from None
+            raise HvsockError(
+                f"{what} is not UTF-8 text ({exc.reason} at byte {exc.start})"
+            ) from None
     else:
         text = data
     upper = text.upper()
@@ -147,8 +153,9 @@ def _xml_text(data: bytes | str, what: str) -> str:
     # document grows without bound); libvirt never writes either.
     for marker in ("<!DOCTYPE", "<!ENTITY"):
         if marker in upper:
-            raise HvsockError(f"{what} has a {marker[2:]} declaration, which libvirt never "
-                              "writes: refusing it")
+            raise HvsockError(
+                f"{what} has a {marker[2:]} declaration, which libvirt never writes: refusing it"
+            )
     return text
 
 
@@ -162,7 +169,7 @@ def parse_domain_xml(data: bytes | str, what: str = "the domain XML") -> Domain:
     try:
         # A str with an encoding declaration is refused by the parser: drop it.
         if text.lstrip().startswith("<?xml"):
-            text = text[text.index("?>") + 2:]
+            text = text[text.index("?>") + 2 :]
         root = ET.fromstring(text)
     except ET.ParseError as exc:
         raise HvsockError(f"{what} is not well-formed XML ({exc})") from None
@@ -188,6 +195,7 @@ def parse_domain_xml(data: bytes | str, what: str = "the domain XML") -> Domain:
 
 # -- command lines ---------------------------------------------------------------------------
 
+
 def split_qemu_options(text: str) -> list[str]:
     """QEMU's ``a,b=c,,d`` option syntax split at single commas (``,,`` is a comma)."""
     parts: list[str] = []
@@ -196,7 +204,7 @@ def split_qemu_options(text: str) -> list[str]:
     while i < len(text):
         c = text[i]
         if c == ",":
-            if text[i + 1:i + 2] == ",":
+            if text[i + 1 : i + 2] == ",":
                 current.append(",")
                 i += 2
                 continue
@@ -300,8 +308,12 @@ def _qemu(options: list[tuple[str, str | None]]) -> VmmCommand:
 def _firecracker(options: list[tuple[str, str | None]]) -> VmmCommand:
     values = {option: value for option, value in reversed(options)}
     api = None if "-no-api" in values else (values.get("-api-sock") or FIRECRACKER_DEFAULT_API)
-    return VmmCommand(FIRECRACKER, values.get("-id") or FIRECRACKER_DEFAULT_ID,
-                      api_socket=api, config_file=values.get("-config-file") or None)
+    return VmmCommand(
+        FIRECRACKER,
+        values.get("-id") or FIRECRACKER_DEFAULT_ID,
+        api_socket=api,
+        config_file=values.get("-config-file") or None,
+    )
 
 
 def _ch_keys(text: str) -> dict[str, str]:
@@ -348,10 +360,10 @@ def _stem(path: str) -> str | None:
 
 # -- Firecracker and Cloud Hypervisor JSON ------------------------------------------------
 
+
 def _json(data: bytes | str, what: str) -> object:
     if len(data) > MAX_JSON:
-        raise HvsockError(f"{what} is {len(data)} bytes long; at most {MAX_JSON} here: "
-                          "refusing it")
+        raise HvsockError(f"{what} is {len(data)} bytes long; at most {MAX_JSON} here: refusing it")
     try:
         return json.loads(data)
     except (ValueError, RecursionError) as exc:
@@ -370,8 +382,10 @@ def parse_firecracker_config(data: bytes | str, what: str) -> VsockDevice | None
         return None
     if not isinstance(vsock, dict):
         raise HvsockError(f"{what}: 'vsock' is not an object")
-    return VsockDevice(_cid(vsock.get("guest_cid"), f"{what}: vsock.guest_cid"),
-                       _text(vsock.get("uds_path"), f"{what}: vsock.uds_path"))
+    return VsockDevice(
+        _cid(vsock.get("guest_cid"), f"{what}: vsock.guest_cid"),
+        _text(vsock.get("uds_path"), f"{what}: vsock.uds_path"),
+    )
 
 
 def parse_firecracker_instance(data: bytes | str, what: str) -> tuple[str | None, str]:
@@ -381,8 +395,10 @@ def parse_firecracker_instance(data: bytes | str, what: str) -> tuple[str | None
         raise HvsockError(f"{what} is not a JSON object")
     vm_id = info.get("id")
     state = info.get("state")
-    return (_text(vm_id, f"{what}: id") if vm_id is not None else None,
-            _text(state, f"{what}: state") if state is not None else "unknown")
+    return (
+        _text(vm_id, f"{what}: id") if vm_id is not None else None,
+        _text(state, f"{what}: state") if state is not None else "unknown",
+    )
 
 
 def parse_cloud_hypervisor_info(data: bytes | str, what: str) -> tuple[VsockDevice | None, str]:
@@ -396,6 +412,8 @@ def parse_cloud_hypervisor_info(data: bytes | str, what: str) -> tuple[VsockDevi
     if vsock is not None:
         if not isinstance(vsock, dict):
             raise HvsockError(f"{what}: config.vsock is not an object")
-        device = VsockDevice(_cid(vsock.get("cid"), f"{what}: config.vsock.cid"),
-                             _text(vsock.get("socket"), f"{what}: config.vsock.socket"))
+        device = VsockDevice(
+            _cid(vsock.get("cid"), f"{what}: config.vsock.cid"),
+            _text(vsock.get("socket"), f"{what}: config.vsock.socket"),
+        )
     return device, _text(state, f"{what}: state") if state is not None else "unknown"

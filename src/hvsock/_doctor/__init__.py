@@ -34,8 +34,12 @@ from .windows import windows_checks
 __all__ = ["Check", "Diagnosis", "Machine", "diagnose"]
 
 
-def diagnose(address: Address | str | None = None, *, machine: Machine | None = None,
-             platform: str | None = None) -> Diagnosis:
+def diagnose(
+    address: Address | str | None = None,
+    *,
+    machine: Machine | None = None,
+    platform: str | None = None,
+) -> Diagnosis:
     """Check this machine (and *address*, when given) for VM sockets.
 
     *platform* (``sys.platform`` by default) picks the Linux or the Windows checks;
@@ -57,8 +61,9 @@ def diagnose(address: Address | str | None = None, *, machine: Machine | None = 
             named, resolved = named_address_check(addr, machine)
             checks += linux_checks(resolved, machine)
             if resolved is None:
-                checks += not_here(LINUX_ADDRESS_CHECKS, "the VM name was not resolved "
-                                   "(see address_host_vm)")
+                checks += not_here(
+                    LINUX_ADDRESS_CHECKS, "the VM name was not resolved (see address_host_vm)"
+                )
             checks.append(named)
         checks += kvm_host_checks(machine)
     else:

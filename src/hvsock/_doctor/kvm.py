@@ -25,18 +25,33 @@ def kvm_host_checks(m: Machine) -> list[Check]:
     found = discover_host_vms(m.path("proc"))
     vhost_vms = [vm for vm in found.vms if vm.vsock is not None and vm.uds_path is None]
     if loaded:
-        module = Check("vhost_vsock", OK, "vhost_vsock is loaded: QEMU VMs here can have "
-                       "vhost-vsock devices (vsock://<CID>:<port> reaches them)")
+        module = Check(
+            "vhost_vsock",
+            OK,
+            "vhost_vsock is loaded: QEMU VMs here can have "
+            "vhost-vsock devices (vsock://<CID>:<port> reaches them)",
+        )
     elif os.path.exists(device):
-        module = Check("vhost_vsock", OK, "/dev/vhost-vsock exists (vhost_vsock is built in "
-                       "or loads on first open)")
+        module = Check(
+            "vhost_vsock",
+            OK,
+            "/dev/vhost-vsock exists (vhost_vsock is built in or loads on first open)",
+        )
     elif any(vm.running for vm in vhost_vms):
-        module = Check("vhost_vsock", WARN, "VMs with vhost-vsock devices run, yet "
-                       "vhost_vsock is not loaded", "`sudo modprobe vhost_vsock`")
+        module = Check(
+            "vhost_vsock",
+            WARN,
+            "VMs with vhost-vsock devices run, yet vhost_vsock is not loaded",
+            "`sudo modprobe vhost_vsock`",
+        )
     else:
-        module = Check("vhost_vsock", INFO, "vhost_vsock is not loaded: this is not a "
-                       "vhost-vsock host (only QEMU / libvirt VMs with vsock need it)",
-                       "to run such VMs here: `sudo modprobe vhost_vsock`")
+        module = Check(
+            "vhost_vsock",
+            INFO,
+            "vhost_vsock is not loaded: this is not a "
+            "vhost-vsock host (only QEMU / libvirt VMs with vsock need it)",
+            "to run such VMs here: `sudo modprobe vhost_vsock`",
+        )
     return [module, _device_check(device, loaded), _vms_check(found)]
 
 
@@ -45,20 +60,25 @@ def _device_check(path: str, loaded: bool) -> Check:
         st = os.stat(path)
     except FileNotFoundError:
         if loaded:
-            return Check("dev_vhost_vsock", WARN, "vhost_vsock is loaded but "
-                         "/dev/vhost-vsock does not exist",
-                         "udev did not make the node: `sudo udevadm trigger`, or reload "
-                         "the module")
-        return Check("dev_vhost_vsock", NOT_APPLICABLE, "no /dev/vhost-vsock (vhost_vsock "
-                     "is not loaded)")
+            return Check(
+                "dev_vhost_vsock",
+                WARN,
+                "vhost_vsock is loaded but /dev/vhost-vsock does not exist",
+                "udev did not make the node: `sudo udevadm trigger`, or reload the module",
+            )
+        return Check(
+            "dev_vhost_vsock", NOT_APPLICABLE, "no /dev/vhost-vsock (vhost_vsock is not loaded)"
+        )
     except OSError as exc:
-        return Check("dev_vhost_vsock", WARN, f"cannot look at /dev/vhost-vsock: "
-                     f"{exc.strerror}")
+        return Check("dev_vhost_vsock", WARN, f"cannot look at /dev/vhost-vsock: {exc.strerror}")
     mode = stat.filemode(st.st_mode)
     if not stat.S_ISCHR(st.st_mode):
-        return Check("dev_vhost_vsock", WARN, f"/dev/vhost-vsock is not a character device "
-                     f"({mode})", "reload vhost_vsock (`sudo modprobe -r vhost_vsock; sudo "
-                     "modprobe vhost_vsock`)")
+        return Check(
+            "dev_vhost_vsock",
+            WARN,
+            f"/dev/vhost-vsock is not a character device ({mode})",
+            "reload vhost_vsock (`sudo modprobe -r vhost_vsock; sudo modprobe vhost_vsock`)",
+        )
     owner, group = _name(st.st_uid, user=True), _name(st.st_gid, user=False)
     rw = stat.S_IRUSR | stat.S_IWUSR
     who = [owner] if st.st_mode & rw == rw else []
@@ -70,10 +90,14 @@ def _device_check(path: str, loaded: bool) -> Check:
     summary = f"{mode} {owner}:{group}; may be opened (read-write) by: {may}"
     if os.access(path, os.R_OK | os.W_OK):
         return Check("dev_vhost_vsock", OK, f"{summary}; this user can open it")
-    return Check("dev_vhost_vsock", WARN, f"{summary}; this user cannot open it",
-                 f"QEMU run by this user needs it: add the user to group {group} "
-                 f"(`sudo usermod -aG {group} $USER`, then log in again); libvirt's system "
-                 "QEMU opens it itself")
+    return Check(
+        "dev_vhost_vsock",
+        WARN,
+        f"{summary}; this user cannot open it",
+        f"QEMU run by this user needs it: add the user to group {group} "
+        f"(`sudo usermod -aG {group} $USER`, then log in again); libvirt's system "
+        "QEMU opens it itself",
+    )
 
 
 def _name(number: int, *, user: bool) -> str:
@@ -92,20 +116,30 @@ def _name(number: int, *, user: bool) -> str:
 def _vms_check(found: HostDiscovery) -> Check:
     if not found.vms:
         return Check("host_vms", INFO, f"no VMs found ({found.why_empty()})")
-    shown = [f"{vm.name if vm.name is not None else '(no name)'}: {vm.endpoint} "
-             f"({vm.hypervisor}, {vm.state}, from {vm.source})"
-             for vm in found.vms[:SHOWN_VMS]]
+    shown = [
+        f"{vm.name if vm.name is not None else '(no name)'}: {vm.endpoint} "
+        f"({vm.hypervisor}, {vm.state}, from {vm.source})"
+        for vm in found.vms[:SHOWN_VMS]
+    ]
     more = len(found.vms) - len(shown)
     summary = "; ".join(shown) + (f"; and {more} more (`hvsock vms`)" if more > 0 else "")
-    cids = [vm.cid for vm in found.vms if vm.running and vm.cid is not None
-            and vm.uds_path is None]
+    cids = [vm.cid for vm in found.vms if vm.running and vm.cid is not None and vm.uds_path is None]
     twice = sorted({cid for cid in cids if cids.count(cid) > 1})
     if twice:
-        return Check("host_vms", WARN, summary, f"CID {', '.join(map(str, twice))} is given "
-                     "to more than one running VM: give each VM its own guest CID")
+        return Check(
+            "host_vms",
+            WARN,
+            summary,
+            f"CID {', '.join(map(str, twice))} is given "
+            "to more than one running VM: give each VM its own guest CID",
+        )
     if found.problems:
-        return Check("host_vms", WARN, summary, "some entries could not be read: "
-                     + "; ".join(found.problems))
+        return Check(
+            "host_vms",
+            WARN,
+            summary,
+            "some entries could not be read: " + "; ".join(found.problems),
+        )
     return Check("host_vms", OK, summary)
 
 
@@ -113,11 +147,15 @@ def named_address_check(addr: Address, m: Machine) -> tuple[Check, Address | Non
     """The ``address_host_vm`` check, and *addr* with its VM name resolved (None when
     it could not be: the other address checks then have nothing to look at)."""
     if not isinstance(addr, (NamedVsockAddress, NamedHybridAddress)):
-        return Check("address_host_vm", NOT_APPLICABLE, "only for vsock://name:<VM>:<port> "
-                     "and hybrid://name:<VM>:<port>"), addr
+        return Check(
+            "address_host_vm",
+            NOT_APPLICABLE,
+            "only for vsock://name:<VM>:<port> and hybrid://name:<VM>:<port>",
+        ), addr
     try:
         resolved = resolve_host_address(addr, m.path("proc"))
     except HvsockError as exc:
-        return Check("address_host_vm", WARN, f"VM {addr.vm_name!r} could not be resolved "
-                     "here", str(exc)), None
+        return Check(
+            "address_host_vm", WARN, f"VM {addr.vm_name!r} could not be resolved here", str(exc)
+        ), None
     return Check("address_host_vm", OK, f"VM {addr.vm_name!r} is {resolved}"), resolved

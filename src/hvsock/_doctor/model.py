@@ -23,13 +23,28 @@ STATUSES = (OK, INFO, WARN, FAIL, NOT_APPLICABLE)
 
 #: The KVM host side (_doctor/kvm.py): vhost_vsock, /dev/vhost-vsock, the VMs found.
 KVM_HOST_CHECKS = ("vhost_vsock", "dev_vhost_vsock", "host_vms")
-LINUX_CHECKS = ("af_vsock", "vsock_transports", "dev_vsock", "local_cid", "vsock_socket",
-                "hyperv_guest", "wsl", *KVP_CHECKS, *KVM_HOST_CHECKS)
+LINUX_CHECKS = (
+    "af_vsock",
+    "vsock_transports",
+    "dev_vsock",
+    "local_cid",
+    "vsock_socket",
+    "hyperv_guest",
+    "wsl",
+    *KVP_CHECKS,
+    *KVM_HOST_CHECKS,
+)
 #: With a vsock://name: or hybrid://name: address: the VM it resolves to.
 KVM_ADDRESS_CHECKS = ("address_host_vm",)
 WINDOWS_CHECKS = ("af_hyperv", "registry", "hyperv_loopback", "vms")
-LINUX_ADDRESS_CHECKS = ("address_cid", "address_port", "address_bind", "host_registration",
-                        "vmm_socket", "vmm_handshake")
+LINUX_ADDRESS_CHECKS = (
+    "address_cid",
+    "address_port",
+    "address_bind",
+    "host_registration",
+    "vmm_socket",
+    "vmm_handshake",
+)
 #: The transports that carry a guest's connections to its host, and for which hypervisor.
 GUEST_TO_HOST_TRANSPORTS = {
     "vmw_vsock_virtio_transport": "KVM/QEMU, Firecracker, Cloud Hypervisor",
@@ -43,15 +58,15 @@ WINDOWS_ADDRESS_CHECKS = ("service_registered", "address_vm")
 #: Windows socket errors people meet with Hyper-V sockets, in plain words.
 WINDOWS_ERRORS = {
     10013: "WSAEACCES (10013), access denied: the VM belongs to another user, or its "
-           "settings refuse this service. Run as the VM's owner or an administrator, and "
-           "check that the service id is registered (`hvsock services`).",
+    "settings refuse this service. Run as the VM's owner or an administrator, and "
+    "check that the service id is registered (`hvsock services`).",
     10050: "WSAENETDOWN (10050): the VM is starting, rebooting or stopped. Wait until it "
-           "runs, then retry (`--retries 10` waits for it).",
+    "runs, then retry (`--retries 10` waits for it).",
     10060: "WSAETIMEDOUT (10060): nobody answered in time. Check that the VM runs, that the "
-           "service listens in it and that its id is registered on the host; or raise "
-           "--timeout.",
+    "service listens in it and that its id is registered on the host; or raise "
+    "--timeout.",
     10061: "WSAECONNREFUSED (10061): the VM runs but nothing listens on that service id; "
-           "start the service there first.",
+    "start the service there first.",
 }
 
 
@@ -65,8 +80,7 @@ class Check:
     fix: str = ""
 
     def as_dict(self) -> dict[str, str]:
-        return {"name": self.name, "status": self.status, "summary": self.summary,
-                "fix": self.fix}
+        return {"name": self.name, "status": self.status, "summary": self.summary, "fix": self.fix}
 
 
 @dataclass(frozen=True)
@@ -89,8 +103,13 @@ class Diagnosis:
         raise KeyError(name)
 
     def as_dict(self) -> dict[str, object]:
-        return {"platform": self.platform, "python": self.python, "address": self.address,
-                "ok": self.ok, "checks": [check.as_dict() for check in self.checks]}
+        return {
+            "platform": self.platform,
+            "python": self.python,
+            "address": self.address,
+            "ok": self.ok,
+            "checks": [check.as_dict() for check in self.checks],
+        }
 
 
 class VsockProbe(Protocol):

@@ -18,8 +18,9 @@ TIMEOUT = 3.0
 MAX_RESPONSE = 1 << 20
 
 
-def get(socket_path: str, target: str, *, timeout: float = TIMEOUT,
-        limit: int = MAX_RESPONSE) -> bytes:
+def get(
+    socket_path: str, target: str, *, timeout: float = TIMEOUT, limit: int = MAX_RESPONSE
+) -> bytes:
     """The body of ``GET target`` from the HTTP server on Unix socket *socket_path*.
 
     Raises :class:`HvsockError` saying what went wrong: no such socket, nobody
@@ -28,8 +29,10 @@ def get(socket_path: str, target: str, *, timeout: float = TIMEOUT,
     """
     where = f"{socket_path} (GET {target})"
     deadline = time.monotonic() + timeout
-    request = (f"GET {target} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n"
-               "Connection: close\r\n\r\n").encode("ascii")
+    request = (
+        f"GET {target} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode("ascii")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
@@ -39,13 +42,13 @@ def get(socket_path: str, target: str, *, timeout: float = TIMEOUT,
     except TimeoutError:
         raise HvsockError(f"{where}: no complete answer within {timeout:g} s") from None
     except FileNotFoundError:
-        raise HvsockError(f"{where}: no such socket (the VMM is gone, or runs in another "
-                          "mount namespace)") from None
+        raise HvsockError(
+            f"{where}: no such socket (the VMM is gone, or runs in another mount namespace)"
+        ) from None
     except ConnectionRefusedError:
         raise HvsockError(f"{where}: nobody accepts on it (a stale socket)") from None
     except PermissionError:
-        raise HvsockError(f"{where}: permission denied; run as the VMM's user or "
-                          "root") from None
+        raise HvsockError(f"{where}: permission denied; run as the VMM's user or root") from None
     except OSError as exc:
         raise HvsockError(f"{where}: {exc.strerror or exc}") from None
     finally:
@@ -62,10 +65,12 @@ def _read_response(sock: socket.socket, deadline: float, limit: int, where: str)
             if head_end >= 0:
                 length = _check_head(data[:head_end], where)
                 if length is not None and length > limit:
-                    raise HvsockError(f"{where}: the answer is {length} bytes long; at most "
-                                      f"{limit} here: refusing it")
+                    raise HvsockError(
+                        f"{where}: the answer is {length} bytes long; at most "
+                        f"{limit} here: refusing it"
+                    )
         if head_end >= 0 and length is not None and len(data) - head_end - 4 >= length:
-            return data[head_end + 4:head_end + 4 + length]
+            return data[head_end + 4 : head_end + 4 + length]
         if len(data) > limit:
             raise HvsockError(f"{where}: the answer is over {limit} bytes: refusing it")
         left = deadline - time.monotonic()
@@ -75,12 +80,15 @@ def _read_response(sock: socket.socket, deadline: float, limit: int, where: str)
         chunk = sock.recv(65536)
         if not chunk:
             if head_end < 0:
-                raise HvsockError(f"{where}: the peer closed before a whole HTTP header "
-                                  f"({quote(data[:80])})")
+                raise HvsockError(
+                    f"{where}: the peer closed before a whole HTTP header ({quote(data[:80])})"
+                )
             if length is not None:
-                raise HvsockError(f"{where}: the peer closed {length - (len(data) - head_end - 4)}"
-                                  " bytes short of its Content-Length")
-            return data[head_end + 4:]
+                raise HvsockError(
+                    f"{where}: the peer closed {length - (len(data) - head_end - 4)}"
+                    " bytes short of its Content-Length"
+                )
+            return data[head_end + 4 :]
         data += chunk
 
 
@@ -97,11 +105,11 @@ def _check_head(head: bytes, where: str) -> int | None:
         name, _, value = line.partition(":")
         name = name.strip().lower()
         if name == "transfer-encoding" and value.strip().lower() != "identity":
-            raise HvsockError(f"{where}: a {value.strip()[:40]} answer, which this reader "
-                              "does not take")
+            raise HvsockError(
+                f"{where}: a {value.strip()[:40]} answer, which this reader does not take"
+            )
         if name == "content-length":
             if not value.strip().isdigit() or len(value.strip()) > 12:
-                raise HvsockError(f"{where}: Content-Length {quote(value.strip())} is not a "
-                                  "number")
+                raise HvsockError(f"{where}: Content-Length {quote(value.strip())} is not a number")
             length = int(value.strip())
     return length

@@ -30,8 +30,7 @@ from .._errors import AddressError, HvsockError, UnreachableError
 from .._validate import quote
 from . import unix_http
 
-__all__ = ["HostDiscovery", "HostVm", "SourceReport", "discover_host_vms",
-           "resolve_host_address"]
+__all__ = ["HostDiscovery", "HostVm", "SourceReport", "discover_host_vms", "resolve_host_address"]
 
 SOURCE_VIRSH = "virsh"
 SOURCE_LIBVIRT_PYTHON = "libvirt-python"
@@ -86,11 +85,18 @@ class HostVm:
         return f"cid {self.vsock.cid}"
 
     def as_dict(self) -> dict[str, object]:
-        return {"name": self.name, "hypervisor": self.hypervisor, "state": self.state,
-                "running": self.running, "cid": self.cid, "uds_path": self.uds_path,
-                "vsock": self.vsock is not None,
-                "auto_cid": self.vsock.auto if self.vsock is not None else False,
-                "source": self.source, "pid": self.pid}
+        return {
+            "name": self.name,
+            "hypervisor": self.hypervisor,
+            "state": self.state,
+            "running": self.running,
+            "cid": self.cid,
+            "uds_path": self.uds_path,
+            "vsock": self.vsock is not None,
+            "auto_cid": self.vsock.auto if self.vsock is not None else False,
+            "source": self.source,
+            "pid": self.pid,
+        }
 
 
 @dataclass
@@ -111,8 +117,12 @@ class SourceReport:
         return text + "".join(f"; {problem}" for problem in self.problems)
 
     def as_dict(self) -> dict[str, object]:
-        return {"source": self.source, "found": self.found, "unavailable": self.unavailable,
-                "problems": list(self.problems)}
+        return {
+            "source": self.source,
+            "found": self.found,
+            "unavailable": self.unavailable,
+            "problems": list(self.problems),
+        }
 
 
 @dataclass(frozen=True)
@@ -140,6 +150,7 @@ class HostDiscovery:
 
 # -- libvirt -------------------------------------------------------------------------------
 
+
 def _libvirt_uri() -> str | None:
     # virsh and libvirt-python read LIBVIRT_DEFAULT_URI themselves; without it a user
     # would get qemu:///session (which starts a session daemon): ask the system one.
@@ -149,11 +160,18 @@ def _libvirt_uri() -> str | None:
 def _run(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[bytes]:
     env = dict(os.environ, LC_ALL="C")  # libvirt's messages untranslated
     try:
-        return subprocess.run(list(argv), capture_output=True, stdin=subprocess.DEVNULL,
-                              timeout=timeout, env=env, check=False)
+        return subprocess.run(
+            list(argv),
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+            env=env,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
-        raise HvsockError(f"`{' '.join(argv[:5])}` did not finish within {timeout:g} s "
-                          "(is libvirtd answering?)") from None
+        raise HvsockError(
+            f"`{' '.join(argv[:5])}` did not finish within {timeout:g} s (is libvirtd answering?)"
+        ) from None
 
 
 def _virsh(args: Sequence[str], uri: str | None) -> bytes:
@@ -161,14 +179,17 @@ def _virsh(args: Sequence[str], uri: str | None) -> bytes:
     done = _run(argv, VIRSH_TIMEOUT)
     if done.returncode != 0:
         said = " ".join(done.stderr.decode("utf-8", "replace").split())
-        raise HvsockError(f"`virsh -r {' '.join(args[:2])}` failed: "
-                          f"{said[:300] or f'exit status {done.returncode}'}")
+        raise HvsockError(
+            f"`virsh -r {' '.join(args[:2])}` failed: "
+            f"{said[:300] or f'exit status {done.returncode}'}"
+        )
     return done.stdout
 
 
 def _domain_vm(domain: vmconfig.Domain, source: str) -> HostVm:
-    return HostVm(domain.name, domain.hypervisor, RUNNING if domain.active else SHUT_OFF,
-                  domain.vsock, source)
+    return HostVm(
+        domain.name, domain.hypervisor, RUNNING if domain.active else SHUT_OFF, domain.vsock, source
+    )
 
 
 def libvirt_vms_virsh(report: SourceReport) -> list[HostVm]:
@@ -186,8 +207,11 @@ def libvirt_vms_virsh(report: SourceReport) -> list[HostVm]:
     for name in filter(None, (line.strip() for line in names.splitlines())):
         try:
             xml = _virsh(["dumpxml", "--", name], uri)
-            vms.append(_domain_vm(vmconfig.parse_domain_xml(xml, f"domain {quote(name)}'s "
-                                                                 "XML"), SOURCE_VIRSH))
+            vms.append(
+                _domain_vm(
+                    vmconfig.parse_domain_xml(xml, f"domain {quote(name)}'s XML"), SOURCE_VIRSH
+                )
+            )
         except (OSError, HvsockError) as exc:
             report.problems.append(f"domain {quote(name)} skipped: {exc}")
     report.found = len(vms)
@@ -214,8 +238,12 @@ def libvirt_vms_python(report: SourceReport) -> list[HostVm]:
             name = str(dom.name())
             try:
                 xml = dom.XMLDesc(0)
-                vms.append(_domain_vm(vmconfig.parse_domain_xml(
-                    xml, f"domain {quote(name)}'s XML"), SOURCE_LIBVIRT_PYTHON))
+                vms.append(
+                    _domain_vm(
+                        vmconfig.parse_domain_xml(xml, f"domain {quote(name)}'s XML"),
+                        SOURCE_LIBVIRT_PYTHON,
+                    )
+                )
             except (libvirt.libvirtError, HvsockError) as exc:
                 report.problems.append(f"domain {quote(name)} skipped: {exc}")
     except libvirt.libvirtError as exc:
@@ -227,6 +255,7 @@ def libvirt_vms_python(report: SourceReport) -> list[HostVm]:
 
 
 # -- processes -----------------------------------------------------------------------------
+
 
 def read_cmdline(proc: str, pid: str) -> list[str] | None:
     """*pid*'s arguments (None: it has none, a kernel thread). Raises OSError."""
@@ -246,16 +275,16 @@ def host_path(proc: str, pid: str, path: str) -> str:
     # The links name directories without symlinks, so '..' after them normalizes safely.
     with contextlib.suppress(OSError):
         if not os.path.isabs(path):
-            return os.path.normpath(os.path.join(os.readlink(os.path.join(proc, pid, "cwd")),
-                                                 path))
+            return os.path.normpath(os.path.join(os.readlink(os.path.join(proc, pid, "cwd")), path))
         root = os.readlink(os.path.join(proc, pid, "root"))
         if root != "/":
             return os.path.normpath(os.path.join(root, path.lstrip("/")))
     return path
 
 
-def _firecracker_vm(command: vmconfig.VmmCommand, proc: str, pid: str,
-                    report: SourceReport, ask: bool) -> HostVm:
+def _firecracker_vm(
+    command: vmconfig.VmmCommand, proc: str, pid: str, report: SourceReport, ask: bool
+) -> HostVm:
     name, state = command.name, "unknown"
     where = os.path.join(proc, pid)
     failures = []
@@ -263,12 +292,20 @@ def _firecracker_vm(command: vmconfig.VmmCommand, proc: str, pid: str,
         api = host_path(proc, pid, command.api_socket)
         try:
             found_id, state = vmconfig.parse_firecracker_instance(
-                unix_http.get(api, "/"), f"{api} GET /")
+                unix_http.get(api, "/"), f"{api} GET /"
+            )
             name = found_id or name
             device = vmconfig.parse_firecracker_config(
-                unix_http.get(api, "/vm/config"), f"{api} GET /vm/config")
-            return HostVm(name, FIRECRACKER, state, _hybrid_on_host(device, proc, pid),
-                          f"firecracker API {api}", int(pid))
+                unix_http.get(api, "/vm/config"), f"{api} GET /vm/config"
+            )
+            return HostVm(
+                name,
+                FIRECRACKER,
+                state,
+                _hybrid_on_host(device, proc, pid),
+                f"firecracker API {api}",
+                int(pid),
+            )
         except HvsockError as exc:
             failures.append(str(exc))
     if command.config_file:
@@ -278,8 +315,14 @@ def _firecracker_vm(command: vmconfig.VmmCommand, proc: str, pid: str,
                 data = f.read(vmconfig.MAX_JSON + 1)
             device = vmconfig.parse_firecracker_config(data, path)
             report.problems += [f"pid {pid}: {failure}" for failure in failures]
-            return HostVm(name, FIRECRACKER, state, _hybrid_on_host(device, proc, pid),
-                          f"firecracker --config-file {path}", int(pid))
+            return HostVm(
+                name,
+                FIRECRACKER,
+                state,
+                _hybrid_on_host(device, proc, pid),
+                f"firecracker --config-file {path}",
+                int(pid),
+            )
         except OSError as exc:
             failures.append(f"cannot read {path}: {exc.strerror or exc}")
         except HvsockError as exc:
@@ -288,8 +331,7 @@ def _firecracker_vm(command: vmconfig.VmmCommand, proc: str, pid: str,
         return HostVm(name, FIRECRACKER, state, None, where, int(pid))
     if not failures:
         failures.append("neither an API socket nor a --config-file to ask")
-    report.problems += [f"pid {pid} (firecracker {quote(name)}): {failure}"
-                        for failure in failures]
+    report.problems += [f"pid {pid} (firecracker {quote(name)}): {failure}" for failure in failures]
     return HostVm(name, FIRECRACKER, state, None, where, int(pid))
 
 
@@ -299,19 +341,22 @@ def _hybrid_on_host(device: VsockDevice | None, proc: str, pid: str) -> VsockDev
     return replace(device, uds_path=host_path(proc, pid, device.uds_path))
 
 
-def _cloud_hypervisor_vm(command: vmconfig.VmmCommand, proc: str, pid: str,
-                         report: SourceReport, ask: bool) -> HostVm:
+def _cloud_hypervisor_vm(
+    command: vmconfig.VmmCommand, proc: str, pid: str, report: SourceReport, ask: bool
+) -> HostVm:
     device, state, source = command.vsock, RUNNING, os.path.join(proc, pid)
     if ask and command.api_socket:
         api = host_path(proc, pid, command.api_socket)
         try:
             asked, state = vmconfig.parse_cloud_hypervisor_info(
-                unix_http.get(api, "/api/v1/vm.info"), f"{api} vm.info")
+                unix_http.get(api, "/api/v1/vm.info"), f"{api} vm.info"
+            )
             device, source = asked or device, f"cloud-hypervisor API {api}"
         except HvsockError as exc:
             report.problems.append(f"pid {pid} (cloud-hypervisor): {exc}")
-    return HostVm(command.name, CLOUD_HYPERVISOR, state, _hybrid_on_host(device, proc, pid),
-                  source, int(pid))
+    return HostVm(
+        command.name, CLOUD_HYPERVISOR, state, _hybrid_on_host(device, proc, pid), source, int(pid)
+    )
 
 
 def process_vms(report: SourceReport, proc: str = "/proc", *, ask: bool = True) -> list[HostVm]:
@@ -341,23 +386,30 @@ def process_vms(report: SourceReport, proc: str = "/proc", *, ask: bool = True) 
         if command is None:
             continue
         if command.hypervisor == QEMU:
-            vms.append(HostVm(command.name, QEMU, RUNNING, command.vsock,
-                              os.path.join(proc, pid), int(pid)))
+            vms.append(
+                HostVm(
+                    command.name, QEMU, RUNNING, command.vsock, os.path.join(proc, pid), int(pid)
+                )
+            )
         elif command.hypervisor == FIRECRACKER:
             vms.append(_firecracker_vm(command, proc, pid, report, ask))
         else:
             vms.append(_cloud_hypervisor_vm(command, proc, pid, report, ask))
     if hidden:
-        report.problems.append(f"{hidden} processes' command lines could not be read "
-                               "(permission): run as root to see other users' VMs")
+        report.problems.append(
+            f"{hidden} processes' command lines could not be read "
+            "(permission): run as root to see other users' VMs"
+        )
     report.found = len(vms)
     if not vms and not report.problems:
-        report.unavailable = (f"none of the {len(pids)} processes is QEMU, Firecracker or "
-                              "Cloud Hypervisor")
+        report.unavailable = (
+            f"none of the {len(pids)} processes is QEMU, Firecracker or Cloud Hypervisor"
+        )
     return vms
 
 
 # -- all sources -----------------------------------------------------------------------------
+
 
 def merge(vms: Iterable[HostVm]) -> list[HostVm]:
     """*vms* with each VM once: entries of one name and one vsock endpoint are one VM
@@ -365,20 +417,30 @@ def merge(vms: Iterable[HostVm]) -> list[HostVm]:
     merged: list[HostVm] = []
     for vm in vms:
         for i, seen in enumerate(merged):
-            if (seen.name == vm.name and seen.name is not None and seen.cid == vm.cid
-                    and seen.uds_path == vm.uds_path and seen.vsock is not None
-                    and vm.vsock is not None and seen.hypervisor == vm.hypervisor):
-                merged[i] = replace(seen, source=f"{seen.source}, {vm.source}",
-                                    pid=seen.pid if seen.pid is not None else vm.pid,
-                                    state=seen.state if seen.running else vm.state)
+            if (
+                seen.name == vm.name
+                and seen.name is not None
+                and seen.cid == vm.cid
+                and seen.uds_path == vm.uds_path
+                and seen.vsock is not None
+                and vm.vsock is not None
+                and seen.hypervisor == vm.hypervisor
+            ):
+                merged[i] = replace(
+                    seen,
+                    source=f"{seen.source}, {vm.source}",
+                    pid=seen.pid if seen.pid is not None else vm.pid,
+                    state=seen.state if seen.running else vm.state,
+                )
                 break
         else:
             merged.append(vm)
     return merged
 
 
-def discover_host_vms(proc: str = "/proc", *, libvirt: bool = True,
-                      ask: bool = True) -> HostDiscovery:
+def discover_host_vms(
+    proc: str = "/proc", *, libvirt: bool = True, ask: bool = True
+) -> HostDiscovery:
     """Every VM this user can see on this host, from every source (see the module
     notes). Never starts or changes anything; never raises for a source that fails.
 
@@ -403,12 +465,15 @@ def discover_host_vms(proc: str = "/proc", *, libvirt: bool = True,
 
 # -- resolution ----------------------------------------------------------------------------
 
+
 def _label(vm: HostVm) -> str:
     return f"{vm.name!r} ({vm.hypervisor}, {vm.endpoint}, from {vm.source})"
 
 
-def choose_host_vm(found: HostDiscovery, address: NamedVsockAddress | NamedHybridAddress,
-                   ) -> HostVm:
+def choose_host_vm(
+    found: HostDiscovery,
+    address: NamedVsockAddress | NamedHybridAddress,
+) -> HostVm:
     """The VM *address* names among *found*, able to take it.
 
     Raises :class:`AddressError` for an unknown name (listing the names found, or why
@@ -417,47 +482,58 @@ def choose_host_vm(found: HostDiscovery, address: NamedVsockAddress | NamedHybri
     """
     name = address.vm_name
     matches = [vm for vm in found.vms if vm.name == name] or [
-        vm for vm in found.vms if vm.name is not None and vm.name.casefold() == name.casefold()]
+        vm for vm in found.vms if vm.name is not None and vm.name.casefold() == name.casefold()
+    ]
     if not matches:
         seen = ", ".join(repr(n) for n in found.names())
-        where = (f"VMs found: {seen}" if seen else
-                 f"no VM was found at all: {found.why_empty()}")
-        raise AddressError(f"no VM on this host is named {name!r} ({where}); `hvsock vms` "
-                           "lists them")
+        where = f"VMs found: {seen}" if seen else f"no VM was found at all: {found.why_empty()}"
+        raise AddressError(
+            f"no VM on this host is named {name!r} ({where}); `hvsock vms` lists them"
+        )
     hybrid = isinstance(address, NamedHybridAddress)
-    usable = [vm for vm in matches if vm.vsock is not None
-              and (vm.uds_path is not None) == hybrid]
+    usable = [vm for vm in matches if vm.vsock is not None and (vm.uds_path is not None) == hybrid]
     if not usable:
         other = next((vm for vm in matches if vm.vsock is not None), None)
         if other is not None and hybrid:
-            raise AddressError(f"VM {name!r} has a vhost-vsock device ({other.endpoint}), not "
-                               f"a hybrid socket: use vsock://name:{name}:{address.port}")
+            raise AddressError(
+                f"VM {name!r} has a vhost-vsock device ({other.endpoint}), not "
+                f"a hybrid socket: use vsock://name:{name}:{address.port}"
+            )
         if other is not None:
-            raise AddressError(f"VM {name!r} is a {other.hypervisor} VM whose vsock is hybrid "
-                               f"({other.uds_path}): use hybrid://name:{name}:{address.port}")
+            raise AddressError(
+                f"VM {name!r} is a {other.hypervisor} VM whose vsock is hybrid "
+                f"({other.uds_path}): use hybrid://name:{name}:{address.port}"
+            )
         vm = matches[0]
-        why = ("its VMM's API could not be asked (see `hvsock vms`)"
-               if vm.hypervisor in (FIRECRACKER, CLOUD_HYPERVISOR) and vm.pid is not None
-               else "add one (docs/kvm.md: <vsock model='virtio'><cid auto='yes'/></vsock> "
-                    "for libvirt, -device vhost-vsock-pci,guest-cid=N for QEMU)")
+        why = (
+            "its VMM's API could not be asked (see `hvsock vms`)"
+            if vm.hypervisor in (FIRECRACKER, CLOUD_HYPERVISOR) and vm.pid is not None
+            else "add one (docs/kvm.md: <vsock model='virtio'><cid auto='yes'/></vsock> "
+            "for libvirt, -device vhost-vsock-pci,guest-cid=N for QEMU)"
+        )
         raise UnreachableError(f"VM {name!r} has no vsock device that hvsock can see: {why}")
     if len(usable) > 1:
-        raise AddressError(f"{len(usable)} VMs are named {name!r}: "
-                           + "; ".join(_label(vm) for vm in usable)
-                           + "; name the one you mean by its CID or socket path")
+        raise AddressError(
+            f"{len(usable)} VMs are named {name!r}: "
+            + "; ".join(_label(vm) for vm in usable)
+            + "; name the one you mean by its CID or socket path"
+        )
     vm = usable[0]
     if not vm.running and vm.state != "unknown":
-        start = f"`virsh start {name}`" if vm.source.startswith("virsh") or \
-            vm.source.startswith("libvirt") else "start it"
+        start = (
+            f"`virsh start {name}`"
+            if vm.source.startswith("virsh") or vm.source.startswith("libvirt")
+            else "start it"
+        )
         raise UnreachableError(f"VM {name!r} is {vm.state}, not running: {start} and retry")
     if not hybrid and vm.cid is None:
-        raise UnreachableError(f"VM {name!r} has no CID yet ({vm.endpoint}); start it and "
-                               "retry")
+        raise UnreachableError(f"VM {name!r} has no CID yet ({vm.endpoint}); start it and retry")
     return vm
 
 
-def resolve_host_address(address: NamedVsockAddress | NamedHybridAddress,
-                         proc: str = "/proc") -> VsockAddress | HybridAddress:
+def resolve_host_address(
+    address: NamedVsockAddress | NamedHybridAddress, proc: str = "/proc"
+) -> VsockAddress | HybridAddress:
     """*address* with its VM looked up on this KVM host: ``vsock://name:web1:5100`` to
     ``vsock://<its CID>:5100``, ``hybrid://name:fc1:52`` to ``hybrid://<its socket>:52``.
 

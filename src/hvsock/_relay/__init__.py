@@ -12,5 +12,12 @@ from .config import Forward, RelayConfig, TargetRule
 from .conn import ConnectionRecord, RelayStats
 from .facade import Relay, relay
 
-__all__ = ["ConnectionRecord", "Forward", "Relay", "RelayConfig", "RelayStats", "TargetRule",
-           "relay"]
+__all__ = [
+    "ConnectionRecord",
+    "Forward",
+    "Relay",
+    "RelayConfig",
+    "RelayStats",
+    "TargetRule",
+    "relay",
+]

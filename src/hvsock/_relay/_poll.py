@@ -29,7 +29,8 @@ class Poller:
     def __init__(self) -> None:
         self._epoll = select.epoll() if HAVE_EPOLL else None
         self._selector: selectors.BaseSelector | None = (
-            None if HAVE_EPOLL else selectors.DefaultSelector())
+            None if HAVE_EPOLL else selectors.DefaultSelector()
+        )
         self._masks: dict[int, int] = {}
         if self._epoll is not None:
             self.poll: Callable[[float | None], list[tuple[int, int]]] = self._poll_epoll
@@ -95,14 +96,16 @@ class Poller:
         out = []
         for key, events in ready:
             mask = (IN if events & selectors.EVENT_READ else 0) | (
-                OUT if events & selectors.EVENT_WRITE else 0)
+                OUT if events & selectors.EVENT_WRITE else 0
+            )
             out.append((int(key.fd), mask))
         return out
 
     @staticmethod
     def _sel_events(mask: int) -> int:
         return (selectors.EVENT_READ if mask & IN else 0) | (
-            selectors.EVENT_WRITE if mask & OUT else 0)
+            selectors.EVENT_WRITE if mask & OUT else 0
+        )
 
     def close(self) -> None:
         if self._epoll is not None:

@@ -82,8 +82,10 @@ def _busy_poll(value: object) -> float:
     seconds = non_negative_number(value, "busy_poll")
     assert seconds is not None
     if seconds > 0.01:
-        raise ArgumentError(f"busy_poll is seconds of spinning after activity; {seconds!r} "
-                            "is more than the 0.01 s that could ever pay")
+        raise ArgumentError(
+            f"busy_poll is seconds of spinning after activity; {seconds!r} "
+            "is more than the 0.01 s that could ever pay"
+        )
     return seconds
 
 
@@ -99,17 +101,16 @@ def _buffer_size(value: object) -> int | None:
 
 
 def _chunk_size(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not (
-            4096 <= value <= 64 * 2**20):
-        raise ArgumentError(f"chunk_size must be a whole number of bytes in 4096..64 MiB, "
-                            f"not {quote(value)}")
+    if isinstance(value, bool) or not isinstance(value, int) or not (4096 <= value <= 64 * 2**20):
+        raise ArgumentError(
+            f"chunk_size must be a whole number of bytes in 4096..64 MiB, not {quote(value)}"
+        )
     return value
 
 
 def _data_path(value: object) -> str:
     if value not in DATA_PATHS:
-        raise ArgumentError(f"data_path must be one of {', '.join(DATA_PATHS)}, "
-                            f"not {quote(value)}")
+        raise ArgumentError(f"data_path must be one of {', '.join(DATA_PATHS)}, not {quote(value)}")
     if value == "splice" and not datapath.SPLICE_WORKS:
         raise ArgumentError("data_path 'splice' needs Linux (os.splice); use 'auto' or 'copy'")
     return str(value)
@@ -126,8 +127,9 @@ def _workers(value: object) -> int:
         return cores()
     workers = whole_number(value, "workers", 1, MAX_WORKERS)
     if workers > 1 and not hasattr(os, "fork"):
-        raise ArgumentError("workers > 1 are forked processes, and this system has no "
-                            "fork (Windows): use workers=1")
+        raise ArgumentError(
+            "workers > 1 are forked processes, and this system has no fork (Windows): use workers=1"
+        )
     return workers
 
 
@@ -184,7 +186,8 @@ def _path_parts(path: str) -> tuple[str, ...] | None:
 def _parts_match(pattern: tuple[str, ...], parts: tuple[str, ...]) -> bool:
     # One glob per component: a "*" never crosses a "/".
     return len(pattern) == len(parts) and all(
-        fnmatch.fnmatchcase(part, pat) for pat, part in zip(pattern, parts, strict=True))
+        fnmatch.fnmatchcase(part, pat) for pat, part in zip(pattern, parts, strict=True)
+    )
 
 
 @dataclass(frozen=True)
@@ -202,12 +205,16 @@ class TargetRule:
     @classmethod
     def parse(cls, text: object) -> TargetRule:
         if not isinstance(text, str) or "://" not in text:
-            raise ArgumentError(f"target rule {quote(text)} is not an address pattern such as "
-                                "tcp://10.0.0.0/8:443, tcp://*.example.com:*, vsock://3:*")
+            raise ArgumentError(
+                f"target rule {quote(text)} is not an address pattern such as "
+                "tcp://10.0.0.0/8:443, tcp://*.example.com:*, vsock://3:*"
+            )
         scheme, rest = text.split("://", 1)
         if scheme not in _SCHEMES:
-            raise ArgumentError(f"target rule {quote(text)}: unknown scheme {quote(scheme)}; "
-                                f"use one of {', '.join(_SCHEMES)}")
+            raise ArgumentError(
+                f"target rule {quote(text)}: unknown scheme {quote(scheme)}; "
+                f"use one of {', '.join(_SCHEMES)}"
+            )
         try:
             return getattr(cls, "_parse_" + scheme)(text, rest)  # type: ignore[no-any-return]
         except AddressError as exc:
@@ -217,8 +224,10 @@ class TargetRule:
     def _parse_tcp(cls, text: str, rest: str) -> TargetRule:
         match = re.fullmatch(r"(\[[^\]]+\]|[^:\[\]]+):(\*|\d{1,5})", rest)
         if match is None:
-            raise ArgumentError(f"target rule {quote(text)} is not tcp://HOST:PORT "
-                                "(HOST an IP, a network, a name or a glob; PORT a number or *)")
+            raise ArgumentError(
+                f"target rule {quote(text)} is not tcp://HOST:PORT "
+                "(HOST an IP, a network, a name or a glob; PORT a number or *)"
+            )
         host, port = match.group(1).strip("[]").lower(), match.group(2)
         if port != _STAR and not 0 < int(port) < 65536:
             raise ArgumentError(f"target rule {quote(text)}: port {port} is not in 1..65535")
@@ -227,16 +236,19 @@ class TargetRule:
             try:
                 network = ipaddress.ip_network(host, strict=False)
             except ValueError:
-                raise ArgumentError(f"target rule {quote(text)}: {quote(host)} is not a "
-                                    "network such as 10.0.0.0/8") from None
+                raise ArgumentError(
+                    f"target rule {quote(text)}: {quote(host)} is not a network such as 10.0.0.0/8"
+                ) from None
         return cls(text, "tcp", host, port, network)
 
     @classmethod
     def _parse_vsock(cls, text: str, rest: str) -> TargetRule:
         cid, sep, port = rest.partition(":")
         if not sep:
-            raise ArgumentError(f"target rule {quote(text)} is not vsock://CID:PORT "
-                                "(CID a number, a name such as host, or *; PORT a number or *)")
+            raise ArgumentError(
+                f"target rule {quote(text)} is not vsock://CID:PORT "
+                "(CID a number, a name such as host, or *; PORT a number or *)"
+            )
         # The address parser reads each field, so the rule takes what addresses take
         # (host, 0x10, ...) and compares numbers, not text.
         cid_value = cid if cid == _STAR else str(_vsock(f"vsock://{cid}:0").cid)
@@ -251,8 +263,10 @@ class TargetRule:
     def _parse_hybrid(cls, text: str, rest: str) -> TargetRule:
         path, sep, port = rest.rpartition(":")
         if not sep or not path:
-            raise ArgumentError(f"target rule {quote(text)} is not hybrid://PATH:PORT "
-                                "(PATH with globs per component; PORT a number or *)")
+            raise ArgumentError(
+                f"target rule {quote(text)} is not hybrid://PATH:PORT "
+                "(PATH with globs per component; PORT a number or *)"
+            )
         port_value = port if port == _STAR else str(_vsock(f"vsock://0:{port}").port)
         return cls(text, "hybrid", port=port_value, path=_rule_path(text, path))
 
@@ -260,13 +274,18 @@ class TargetRule:
     def _parse_hvsock(cls, text: str, rest: str) -> TargetRule:
         vm, sep, service = rest.partition("/")
         if not sep or not vm or not service:
-            raise ArgumentError(f"target rule {quote(text)} is not hvsock://VM/SERVICE "
-                                "(each as in an address, or *)")
+            raise ArgumentError(
+                f"target rule {quote(text)} is not hvsock://VM/SERVICE "
+                "(each as in an address, or *)"
+            )
         # Canonical text from the address parser, so a GUID in capitals or braces and
         # a port for its template service id match the target they name.
         vm_value = vm if vm == _STAR else _hyperv_parts(parse_address(f"hvsock://{vm}/0"))[0]
-        service_value = (service if service == _STAR else
-                         _hyperv_parts(parse_address(f"hvsock://parent/{service}"))[1])
+        service_value = (
+            service
+            if service == _STAR
+            else _hyperv_parts(parse_address(f"hvsock://parent/{service}"))[1]
+        )
         return cls(text, "hvsock", hyperv=(vm_value, service_value))
 
     def matches(self, target: Address) -> bool:
@@ -283,15 +302,17 @@ class TargetRule:
                     return False  # a name: not resolved here
             return fnmatch.fnmatchcase(host, self.host)
         if isinstance(target, VsockAddress):
-            return (self.host in (_STAR, str(target.cid))
-                    and self.port in (_STAR, str(target.port)))
+            return self.host in (_STAR, str(target.cid)) and self.port in (_STAR, str(target.port))
         if isinstance(target, UnixAddress):
             parts = _path_parts(target.path)
             return parts is not None and _parts_match(self.path, parts)
         if isinstance(target, HybridAddress):
             parts = _path_parts(target.uds_path)
-            return (self.port in (_STAR, str(target.port)) and parts is not None
-                    and _parts_match(self.path, parts))
+            return (
+                self.port in (_STAR, str(target.port))
+                and parts is not None
+                and _parts_match(self.path, parts)
+            )
         vm, service = _hyperv_parts(target)
         return self.hyperv[0] in (_STAR, vm) and self.hyperv[1] in (_STAR, service)
 
@@ -305,9 +326,11 @@ def _vsock(text: str) -> VsockAddress:
 def _rule_path(text: str, path: str) -> tuple[str, ...]:
     parts = _path_parts(path)
     if parts is None:
-        raise ArgumentError(f"target rule {quote(text)} has a '..' component; write the "
-                            "directory it means (rules match paths as written, after "
-                            "dropping '.' and repeated '/')")
+        raise ArgumentError(
+            f"target rule {quote(text)} has a '..' component; write the "
+            "directory it means (rules match paths as written, after "
+            "dropping '.' and repeated '/')"
+        )
     if len(parts) <= (1 if parts[:1] in (("/",), ("@",)) else 0):
         raise ArgumentError(f"target rule {quote(text)} names no path")
     return parts
@@ -330,19 +353,27 @@ def check_target(rules: tuple[TargetRule, ...], target: Address) -> None:
     """Raise :class:`hvsock.ArgumentError` unless *rules* is empty or one matches *target*."""
     if not rules or any(r.matches(target) for r in rules):
         return
-    path = (target.path if isinstance(target, UnixAddress) else
-            target.uds_path if isinstance(target, HybridAddress) else "")
-    why = ("; its path has a '..' component, which no rule matches: write the path "
-           "without it" if _path_parts(path) is None else
-           "; add a rule that matches it, or forward somewhere allowed")
-    raise ArgumentError(f"target {quote(str(target))} is not allowed by the allow-target rules "
-                        f"({', '.join(r.text for r in rules)}){why}")
+    path = (
+        target.path
+        if isinstance(target, UnixAddress)
+        else target.uds_path
+        if isinstance(target, HybridAddress)
+        else ""
+    )
+    why = (
+        "; its path has a '..' component, which no rule matches: write the path without it"
+        if _path_parts(path) is None
+        else "; add a rule that matches it, or forward somewhere allowed"
+    )
+    raise ArgumentError(
+        f"target {quote(str(target))} is not allowed by the allow-target rules "
+        f"({', '.join(r.text for r in rules)}){why}"
+    )
 
 
 def _target_rules(value: object) -> tuple[TargetRule, ...]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        raise ArgumentError(f"allow_targets must be a list of address patterns, "
-                            f"not {quote(value)}")
+        raise ArgumentError(f"allow_targets must be a list of address patterns, not {quote(value)}")
     return tuple(TargetRule.parse(rule) for rule in value)
 
 
@@ -368,8 +399,9 @@ class Forward:
 
 def _address(value: object, what: str) -> Address:
     if isinstance(value, (bytes, int, float)) or value is None:
-        raise ArgumentError(f"{what} must be an address such as tcp://127.0.0.1:8000, "
-                            f"not {quote(value)}")
+        raise ArgumentError(
+            f"{what} must be an address such as tcp://127.0.0.1:8000, not {quote(value)}"
+        )
     try:
         return parse_address(value)  # type: ignore[arg-type]
     except ArgumentError:
@@ -401,8 +433,9 @@ class RelayConfig:
     allow_targets: tuple[TargetRule, ...] = field(default=())
 
     @classmethod
-    def build(cls, forwards: Iterable[Forward], *, allow_targets: object = None,
-              **settings: object) -> RelayConfig:
+    def build(
+        cls, forwards: Iterable[Forward], *, allow_targets: object = None, **settings: object
+    ) -> RelayConfig:
         """Check every setting (names as :class:`hvsock.forwarding.Relay`'s keywords) and the
         forwards against *allow_targets*. Raises :class:`hvsock.ArgumentError`."""
         forwards = tuple(forwards)
@@ -432,7 +465,8 @@ class RelayConfig:
 
 #: Each setting's default, by its name (Relay's keywords): a config= comes with none other.
 SETTING_DEFAULTS: dict[str, object] = {
-    f.name: f.default for f in fields(RelayConfig) if f.name in CHECKS}
+    f.name: f.default for f in fields(RelayConfig) if f.name in CHECKS
+}
 
 
 def _checked(allow_targets: object, settings: Mapping[str, object]) -> dict[str, Any]:
@@ -440,8 +474,9 @@ def _checked(allow_targets: object, settings: Mapping[str, object]) -> dict[str,
     for name, value in settings.items():
         check = CHECKS.get(name)
         if check is None:
-            raise ArgumentError(f"unknown relay setting {quote(name)}; known: "
-                                f"{', '.join(sorted(CHECKS))}")
+            raise ArgumentError(
+                f"unknown relay setting {quote(name)}; known: {', '.join(sorted(CHECKS))}"
+            )
         checked[name] = check(value)
     checked["allow_targets"] = () if allow_targets is None else _target_rules(allow_targets)
     return checked
@@ -450,14 +485,19 @@ def _checked(allow_targets: object, settings: Mapping[str, object]) -> dict[str,
 # -- relay.toml --------------------------------------------------------------------------------
 _FORWARD_KEYS = ("listen", "target", "allow")
 #: Stand-ins that pass, so Forward.build checks one key of a table at a time.
-_FINE: dict[str, object] = {"listen": "tcp://127.0.0.1:0", "target": "tcp://127.0.0.1:1",
-                            "allow": None}
+_FINE: dict[str, object] = {
+    "listen": "tcp://127.0.0.1:0",
+    "target": "tcp://127.0.0.1:1",
+    "allow": None,
+}
 
 
 def _forward_key(key: str) -> Callable[[object], Forward]:
     """A check of one key of a [[forward]] table (the others stand-ins that pass)."""
+
     def check(value: object) -> Forward:
         return Forward.build(*(value if k == key else _FINE[k] for k in _FORWARD_KEYS))
+
     return check
 
 
@@ -476,17 +516,20 @@ def parse_toml(text: str, source: str = "relay.toml", **overrides: object) -> Re
     settings: dict[str, object] = {}
     for key, value in data.items():
         if key != "allow_targets" and key not in CHECKS:
-            problems.add(f"unknown setting {quote(key)}; known: allow_targets, "
-                         f"{', '.join(sorted(CHECKS))}", "", key)
+            problems.add(
+                f"unknown setting {quote(key)}; known: allow_targets, {', '.join(sorted(CHECKS))}",
+                "",
+                key,
+            )
             continue
-        ok, _ = problems.check(_target_rules if key == "allow_targets" else CHECKS[key],
-                               value, "", key)
+        ok, _ = problems.check(
+            _target_rules if key == "allow_targets" else CHECKS[key], value, "", key
+        )
         if ok:
             settings[key] = value
     forwards: list[Forward] = []
     if not isinstance(raw_forwards, list) or not raw_forwards:
-        problems.add("no [[forward]] table: add one with listen = \"...\" and "
-                     "target = \"...\"")
+        problems.add('no [[forward]] table: add one with listen = "..." and target = "..."')
         raw_forwards = []
     for i, table in enumerate(raw_forwards):
         where = f"forward[{i}]"
@@ -496,11 +539,14 @@ def parse_toml(text: str, source: str = "relay.toml", **overrides: object) -> Re
         count = len(problems.found)
         for key in table:
             if key not in _FORWARD_KEYS:
-                problems.add(f"unknown forward key {quote(key)}; known: "
-                             f"{', '.join(_FORWARD_KEYS)}", where, key)
+                problems.add(
+                    f"unknown forward key {quote(key)}; known: {', '.join(_FORWARD_KEYS)}",
+                    where,
+                    key,
+                )
         for key in ("listen", "target"):
             if key not in table:
-                problems.add(f"this forward has no {key} = \"ADDRESS\"", where)
+                problems.add(f'this forward has no {key} = "ADDRESS"', where)
         for key in _FORWARD_KEYS:  # one at a time, to point at the bad line
             if key in table:
                 problems.check(_forward_key(key), table[key], where, key)
@@ -511,13 +557,18 @@ def parse_toml(text: str, source: str = "relay.toml", **overrides: object) -> Re
     ok, checked = problems.check(lambda targets: _checked(targets, settings), config_targets)
     if ok and checked is not None:
         for i, forward in enumerate(forwards):  # before RelayConfig checks them: to name the line
-            problems.check(lambda target: check_target(checked["allow_targets"], target),
-                           forward.target, f"forward[{i}]", "target")
+            problems.check(
+                lambda target: check_target(checked["allow_targets"], target),
+                forward.target,
+                f"forward[{i}]",
+                "target",
+            )
     listens = [str(f.listen) for f in forwards]
     for i, listen in enumerate(listens):
         if listens.index(listen) != i and not listen.endswith(":0"):
-            problems.add(f"listen {quote(listen)} appears in two forwards", f"forward[{i}]",
-                         "listen")
+            problems.add(
+                f"listen {quote(listen)} appears in two forwards", f"forward[{i}]", "listen"
+            )
     problems.raise_if_any()
     assert checked is not None
     return RelayConfig(tuple(forwards), **checked)

@@ -58,13 +58,22 @@ class ConnectionRecord:
 
     def as_dict(self) -> dict[str, Any]:
         # Not dataclasses.asdict: it deep-copies, a cost paid per connection.
-        return {"id": self.id, "peer": self.peer, "target": self.target,
-                "bytes_up": self.bytes_up, "bytes_down": self.bytes_down,
-                "duration": self.duration, "end": self.end, "error": self.error}
+        return {
+            "id": self.id,
+            "peer": self.peer,
+            "target": self.target,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "duration": self.duration,
+            "end": self.end,
+            "error": self.error,
+        }
 
     def __str__(self) -> str:
-        text = (f"#{self.id} {self.peer} -> {self.target}: {self.end}, up {self.bytes_up} B, "
-                f"down {self.bytes_down} B, {self.duration:.3f} s")
+        text = (
+            f"#{self.id} {self.peer} -> {self.target}: {self.end}, up {self.bytes_up} B, "
+            f"down {self.bytes_down} B, {self.duration:.3f} s"
+        )
         return f"{text} ({self.error})" if self.error else text
 
 
@@ -90,21 +99,45 @@ class RelayStats:
     @classmethod
     def of(cls, counters: Sequence[int]) -> RelayStats:
         """The stats in a row of counters (indexed by ACCEPTED, ACTIVE, ...)."""
-        return cls(accepted=counters[ACCEPTED], active=counters[ACTIVE],
-                   denied=counters[DENIED], target_down=counters[TARGET_DOWN],
-                   ended=counters[ENDED], bytes_up=counters[BYTES_UP],
-                   bytes_down=counters[BYTES_DOWN], buffered=counters[BUFFERED],
-                   buffered_peak=counters[PEAK])
+        return cls(
+            accepted=counters[ACCEPTED],
+            active=counters[ACTIVE],
+            denied=counters[DENIED],
+            target_down=counters[TARGET_DOWN],
+            ended=counters[ENDED],
+            bytes_up=counters[BYTES_UP],
+            bytes_down=counters[BYTES_DOWN],
+            buffered=counters[BUFFERED],
+            buffered_peak=counters[PEAK],
+        )
 
 
 class Conn:
     """One client and its target: sockets, poll masks, dial in progress, the two flows."""
 
-    __slots__ = ("cfd", "client", "cmask", "deadline", "dial", "down", "ended", "forward", "id",
-                 "last", "listening", "peer", "started", "target", "tfd", "tmask", "up")
+    __slots__ = (
+        "cfd",
+        "client",
+        "cmask",
+        "deadline",
+        "dial",
+        "down",
+        "ended",
+        "forward",
+        "id",
+        "last",
+        "listening",
+        "peer",
+        "started",
+        "target",
+        "tfd",
+        "tmask",
+        "up",
+    )
 
-    def __init__(self, conn_id: int, client: socket.socket, peer: Peer, forward: Forward,
-                 now: float) -> None:
+    def __init__(
+        self, conn_id: int, client: socket.socket, peer: Peer, forward: Forward, now: float
+    ) -> None:
         self.id = conn_id
         self.client = client
         self.cfd = client.fileno()
@@ -155,8 +188,9 @@ def describe(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
-def hand_over(on_close: Callable[[ConnectionRecord], None] | None,
-              record: ConnectionRecord) -> None:
+def hand_over(
+    on_close: Callable[[ConnectionRecord], None] | None, record: ConnectionRecord
+) -> None:
     """Give *record* to the user's callback; its failure is logged, never raised."""
     if on_close is not None:
         try:

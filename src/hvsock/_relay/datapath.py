@@ -162,8 +162,21 @@ class Flow:
     error. ``eof`` is set at the source's EOF; ``finish`` then half-closes ``dst``.
     """
 
-    __slots__ = ("backlog", "cost", "done", "dst", "dstfd", "eof", "held", "nbytes", "pending",
-                 "pipe", "splice", "src", "srcfd")
+    __slots__ = (
+        "backlog",
+        "cost",
+        "done",
+        "dst",
+        "dstfd",
+        "eof",
+        "held",
+        "nbytes",
+        "pending",
+        "pipe",
+        "splice",
+        "src",
+        "srcfd",
+    )
 
     def __init__(self, src: socket.socket, dst: socket.socket, splice: bool) -> None:
         self.src = src

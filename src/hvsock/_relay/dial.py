@@ -37,8 +37,9 @@ class UseThread(Exception):
     """This target is dialled with the blocking driver, in a thread."""
 
 
-def on_loop(address: Address, *, timeout: float | None, retries: int = 0,
-            retry_wait: float = 0.25) -> bool:
+def on_loop(
+    address: Address, *, timeout: float | None, retries: int = 0, retry_wait: float = 0.25
+) -> bool:
     """Whether dials of *address* with these settings can run on the loop at all
     (the same answer for every connection of a forward: ask once).
 
@@ -49,9 +50,15 @@ def on_loop(address: Address, *, timeout: float | None, retries: int = 0,
     return not retry_waits(retries, retry_wait) and type(address) in transport_dial.TRANSPORTS
 
 
-def dial(address: Address, *, timeout: float | None, buffer_size: int | None,
-         retries: int = 0, retry_wait: float = 0.25,
-         checked: bool = False) -> socket.socket | Dial:
+def dial(
+    address: Address,
+    *,
+    timeout: float | None,
+    buffer_size: int | None,
+    retries: int = 0,
+    retry_wait: float = 0.25,
+    checked: bool = False,
+) -> socket.socket | Dial:
     """A poll-loop dial of *address* (a resolved socket address; see the module notes):
     the connected socket if the connect completed at once, else a generator to step.
 
@@ -59,8 +66,9 @@ def dial(address: Address, *, timeout: float | None, buffer_size: int | None,
     again per connection). Raises :class:`UseThread` (before any yield) when the
     dial must run in a thread, and the dial's :class:`hvsock.HvsockError` subclasses.
     """
-    if not checked and not on_loop(address, timeout=timeout, retries=retries,
-                                   retry_wait=retry_wait):
+    if not checked and not on_loop(
+        address, timeout=timeout, retries=retries, retry_wait=retry_wait
+    ):
         raise UseThread  # pauses to sleep, or a VM name to look up
     assert not isinstance(address, NAMED_ADDRESS_TYPES)
     gen = transport_dial.attempt(address, timeout=timeout, buffer_size=buffer_size)
@@ -106,4 +114,3 @@ def timed_out(gen: Dial) -> OSError:
     finally:
         gen.close()
     return ConnectTimeoutError("connect timed out")  # pragma: no cover
-

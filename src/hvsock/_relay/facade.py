@@ -84,45 +84,65 @@ class Relay:
     :class:`HvsockError` (bind failures) from :meth:`start`.
     """
 
-    def __init__(self, listen: Address | str | None = None,
-                 target: Address | str | None = None, *,
-                 config: RelayConfig | None = None,
-                 allow: Iterable[AllowRule] | None = None,
-                 allow_targets: Iterable[str] | None = None,
-                 max_connections: int = 1024,
-                 idle_timeout: float | None = 3600.0,
-                 connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
-                 retries: int = 0,
-                 mode: int | None = DEFAULT_UNIX_MODE,
-                 backlog: int = 1024,
-                 buffer_size: int | None = None,
-                 chunk_size: int = DEFAULT_CHUNK,
-                 data_path: str = "auto",
-                 busy_poll: float = DEFAULT_BUSY_POLL,
-                 grace: float = DEFAULT_GRACE,
-                 workers: int | None = 1,
-                 max_buffer_memory: int = DEFAULT_BUFFER_MEMORY,
-                 ready_file: str | None = None,
-                 on_ready: Callable[[Address], None] | None = None,
-                 on_close: Callable[[ConnectionRecord], None] | None = None,
-                 listener: socket.socket | None = None) -> None:
+    def __init__(
+        self,
+        listen: Address | str | None = None,
+        target: Address | str | None = None,
+        *,
+        config: RelayConfig | None = None,
+        allow: Iterable[AllowRule] | None = None,
+        allow_targets: Iterable[str] | None = None,
+        max_connections: int = 1024,
+        idle_timeout: float | None = 3600.0,
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        retries: int = 0,
+        mode: int | None = DEFAULT_UNIX_MODE,
+        backlog: int = 1024,
+        buffer_size: int | None = None,
+        chunk_size: int = DEFAULT_CHUNK,
+        data_path: str = "auto",
+        busy_poll: float = DEFAULT_BUSY_POLL,
+        grace: float = DEFAULT_GRACE,
+        workers: int | None = 1,
+        max_buffer_memory: int = DEFAULT_BUFFER_MEMORY,
+        ready_file: str | None = None,
+        on_ready: Callable[[Address], None] | None = None,
+        on_close: Callable[[ConnectionRecord], None] | None = None,
+        listener: socket.socket | None = None,
+    ) -> None:
         settings: dict[str, object] = {
-            "max_connections": max_connections, "idle_timeout": idle_timeout,
-            "connect_timeout": connect_timeout, "retries": retries, "mode": mode,
-            "backlog": backlog, "buffer_size": buffer_size, "chunk_size": chunk_size,
-            "data_path": data_path, "busy_poll": busy_poll, "grace": grace, "workers": workers,
-            "max_buffer_memory": max_buffer_memory, "ready_file": ready_file}
+            "max_connections": max_connections,
+            "idle_timeout": idle_timeout,
+            "connect_timeout": connect_timeout,
+            "retries": retries,
+            "mode": mode,
+            "backlog": backlog,
+            "buffer_size": buffer_size,
+            "chunk_size": chunk_size,
+            "data_path": data_path,
+            "busy_poll": busy_poll,
+            "grace": grace,
+            "workers": workers,
+            "max_buffer_memory": max_buffer_memory,
+            "ready_file": ready_file,
+        }
         if config is None:
             if listen is None or target is None:
                 raise ArgumentError("Relay needs listen and target addresses, or config=")
-            config = RelayConfig.build([Forward.build(listen, target, allow)],
-                                       allow_targets=allow_targets, **settings)
-        elif (listen is not None or target is not None or allow is not None
-              or any(value != SETTING_DEFAULTS[name] for name, value in settings.items())):
+            config = RelayConfig.build(
+                [Forward.build(listen, target, allow)], allow_targets=allow_targets, **settings
+            )
+        elif (
+            listen is not None
+            or target is not None
+            or allow is not None
+            or any(value != SETTING_DEFAULTS[name] for name, value in settings.items())
+        ):
             raise ArgumentError("give either config= or listen, target and settings, not both")
         if listener is not None and len(config.forwards) != 1:
-            raise ArgumentError("listener= serves one forward; this config has "
-                                f"{len(config.forwards)}")
+            raise ArgumentError(
+                f"listener= serves one forward; this config has {len(config.forwards)}"
+            )
         self.config = config
         self.on_ready = on_ready
         self.on_close = on_close
@@ -194,16 +214,28 @@ class Relay:
         config = self.config
         try:
             self._bind()
-            listenings = [Listening(sock, forward, address)
-                          for sock, forward, address, _owned in self._listeners]
+            listenings = [
+                Listening(sock, forward, address)
+                for sock, forward, address, _owned in self._listeners
+            ]
             if config.workers == 1:
-                self._loop = Loop(config, listenings, slots=LocalSlots(config.max_connections),
-                                  stats=self._row, on_close=self.on_close,
-                                  on_stop=self._close_listeners, stop=self._stop_request)
+                self._loop = Loop(
+                    config,
+                    listenings,
+                    slots=LocalSlots(config.max_connections),
+                    stats=self._row,
+                    on_close=self.on_close,
+                    on_stop=self._close_listeners,
+                    stop=self._stop_request,
+                )
             else:
-                self._workers = Supervisor(config, listenings, on_close=self.on_close,
-                                           stop=self._stop_request,
-                                           close_listeners=self._close_listeners)
+                self._workers = Supervisor(
+                    config,
+                    listenings,
+                    on_close=self.on_close,
+                    stop=self._stop_request,
+                    close_listeners=self._close_listeners,
+                )
                 self._workers.start()
         except BaseException:
             self._abandon()
@@ -214,9 +246,16 @@ class Relay:
         config = self.config
         for forward in config.forwards:
             given = self._given_listener
-            sock = given if given is not None else _endpoints.listen(
-                forward.listen, backlog=config.backlog, buffer_size=config.buffer_size,
-                mode=config.mode)
+            sock = (
+                given
+                if given is not None
+                else _endpoints.listen(
+                    forward.listen,
+                    backlog=config.backlog,
+                    buffer_size=config.buffer_size,
+                    mode=config.mode,
+                )
+            )
             owned = given is None
             try:
                 address = _endpoints.listener_address(sock, forward.listen)
@@ -232,25 +271,39 @@ class Relay:
         config = self.config
         listen = ", ".join(str(a) for a in self._addresses)
         targets = ", ".join(str(f.target) for f in config.forwards)
-        info: dict[str, Any] = {"pid": os.getpid(), "listen": str(self._addresses[0]),
-                                "target": str(config.forwards[0].target),
-                                "workers": config.workers}
+        info: dict[str, Any] = {
+            "pid": os.getpid(),
+            "listen": str(self._addresses[0]),
+            "target": str(config.forwards[0].target),
+            "workers": config.workers,
+        }
         if self._workers is not None:
             info["worker_pids"] = list(self._workers.pids)
         if len(config.forwards) > 1:
-            info["forwards"] = [{"listen": str(a), "target": str(f.target)}
-                                for a, f in zip(self._addresses, config.forwards, strict=True)]
+            info["forwards"] = [
+                {"listen": str(a), "target": str(f.target)}
+                for a, f in zip(self._addresses, config.forwards, strict=True)
+            ]
         try:
             announce_ready(config.ready_file, info, f"relaying {listen} to {targets}", LOG)
         except BaseException:
             self._abandon()
             raise
         for address, forward in zip(self._addresses, config.forwards, strict=True):
-            LOG.info("listening on %s, relaying to %s%s", address, forward.target,
-                     f" ({config.workers} workers)" if config.workers > 1 else "",
-                     extra={"relay_event": {"event": "listening", "listen": str(address),
-                                            "target": str(forward.target),
-                                            "workers": config.workers}})
+            LOG.info(
+                "listening on %s, relaying to %s%s",
+                address,
+                forward.target,
+                f" ({config.workers} workers)" if config.workers > 1 else "",
+                extra={
+                    "relay_event": {
+                        "event": "listening",
+                        "listen": str(address),
+                        "target": str(forward.target),
+                        "workers": config.workers,
+                    }
+                },
+            )
         if self.on_ready is not None:
             self.on_ready(self._addresses[0])
 
@@ -273,8 +326,9 @@ class Relay:
         SIGTERM and SIGINT ask for a graceful stop; a second one cuts the remaining
         connections at once. The handlers go in before the listener is bound.
         """
-        signals = (stop_signals(self._stop_request.signal) if handle_signals
-                   else contextlib.nullcontext())
+        signals = (
+            stop_signals(self._stop_request.signal) if handle_signals else contextlib.nullcontext()
+        )
         try:
             with signals:
                 if not self._started:
@@ -327,8 +381,12 @@ class Relay:
         self._thread.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop(grace=0 if exc is not None else None)
 
     def _close_listeners(self) -> None:

@@ -111,8 +111,22 @@ class LocalSlots:
 class Listening:
     """One bound listener of a worker and the forward it serves."""
 
-    __slots__ = ("accept", "address", "client_tcp", "dial_on_loop", "family", "fd", "forward",
-                 "nodelay_inherited", "proto", "sock", "splice", "target_text", "type", "widen")
+    __slots__ = (
+        "accept",
+        "address",
+        "client_tcp",
+        "dial_on_loop",
+        "family",
+        "fd",
+        "forward",
+        "nodelay_inherited",
+        "proto",
+        "sock",
+        "splice",
+        "target_text",
+        "type",
+        "widen",
+    )
 
     def __init__(self, sock: socket.socket, forward: Forward, address: Address) -> None:
         self.sock = sock
@@ -143,12 +157,21 @@ class Listening:
 class Loop:
     """Runs one worker: call :meth:`run` on the thread that owns it."""
 
-    def __init__(self, config: RelayConfig, listeners: list[Listening], *, slots: Slots,
-                 stats: Any, on_close: Callable[[ConnectionRecord], None] | None,
-                 control: int | None = None, announce: bool = True,
-                 exclusive: bool = False, budget: int | None = None,
-                 on_stop: Callable[[], None] | None = None,
-                 stop: StopRequest | None = None) -> None:
+    def __init__(
+        self,
+        config: RelayConfig,
+        listeners: list[Listening],
+        *,
+        slots: Slots,
+        stats: Any,
+        on_close: Callable[[ConnectionRecord], None] | None,
+        control: int | None = None,
+        announce: bool = True,
+        exclusive: bool = False,
+        budget: int | None = None,
+        on_stop: Callable[[], None] | None = None,
+        stop: StopRequest | None = None,
+    ) -> None:
         self.config = config
         self._on_stop = on_stop
         self.on_close = on_close
@@ -379,15 +402,19 @@ class Loop:
                 if exc.errno == errno.ECONNABORTED:
                     continue
                 if exc.errno in _RESOURCE_ERRNOS:
-                    LOG.warning("accept failed: %s; pausing new connections for 0.1 s "
-                                "(raise the open-files limit, or lower max_connections)", exc)
+                    LOG.warning(
+                        "accept failed: %s; pausing new connections for 0.1 s "
+                        "(raise the open-files limit, or lower max_connections)",
+                        exc,
+                    )
                     self._pause_accepting()
                     self._accept_resume = self._now + 0.1
                     return
                 LOG.warning("accept failed: %s", exc)
                 return
-            self._admit(listening, socket.socket(listening.family, listening.type,
-                                                 listening.proto, fd), raw)
+            self._admit(
+                listening, socket.socket(listening.family, listening.type, listening.proto, fd), raw
+            )
 
     def _pause_accepting(self) -> None:
         if self._accepting:
@@ -428,8 +455,19 @@ class Loop:
             sock.close()
             self._slots.give()
             self._stats[DENIED] += 1
-            self._record(ConnectionRecord(conn_id, str(peer), listening.target_text, 0, 0, 0.0,
-                                          END_DENIED, "not in the allowlist"), logging.WARNING)
+            self._record(
+                ConnectionRecord(
+                    conn_id,
+                    str(peer),
+                    listening.target_text,
+                    0,
+                    0,
+                    0.0,
+                    END_DENIED,
+                    "not in the allowlist",
+                ),
+                logging.WARNING,
+            )
             return
         conn = Conn(conn_id, sock, peer, forward, now)
         conn.listening = listening
@@ -445,12 +483,17 @@ class Loop:
             on_loop = listening.dial_on_loop
             if on_loop is None:
                 on_loop = listening.dial_on_loop = dial_on_loop(
-                    conn.forward.target, timeout=config.connect_timeout, retries=config.retries)
+                    conn.forward.target, timeout=config.connect_timeout, retries=config.retries
+                )
             if not on_loop:
                 raise UseThread
             # A dial whose first step blocks (a name to resolve) raises UseThread too.
-            dialled = dial(conn.forward.target, timeout=config.connect_timeout,
-                           buffer_size=config.buffer_size, checked=True)
+            dialled = dial(
+                conn.forward.target,
+                timeout=config.connect_timeout,
+                buffer_size=config.buffer_size,
+                checked=True,
+            )
             if isinstance(dialled, socket.socket):
                 # Connected at once (loopback TCP, Unix): no wait, no driver.
                 self._connected(conn, dialled)
@@ -500,15 +543,20 @@ class Loop:
 
     def _dial_in_thread(self, conn: Conn) -> None:
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(DIAL_THREADS,
-                                                thread_name_prefix="hvsock-relay-dial")
+            self._executor = ThreadPoolExecutor(
+                DIAL_THREADS, thread_name_prefix="hvsock-relay-dial"
+            )
         self._executor.submit(self._thread_dial, conn)
 
     def _thread_dial(self, conn: Conn) -> None:
         config = self.config
         try:
-            sock = _endpoints.connect(conn.forward.target, timeout=config.connect_timeout,
-                               retries=config.retries, buffer_size=config.buffer_size)
+            sock = _endpoints.connect(
+                conn.forward.target,
+                timeout=config.connect_timeout,
+                retries=config.retries,
+                buffer_size=config.buffer_size,
+            )
         except OSError as exc:
             error = exc
             self._post(lambda: self._thread_dialled(conn, None, error))
@@ -516,8 +564,7 @@ class Loop:
         if not self._post(lambda: self._thread_dialled(conn, sock, None)):
             sock.close()
 
-    def _thread_dialled(self, conn: Conn, sock: socket.socket | None,
-                        exc: OSError | None) -> None:
+    def _thread_dialled(self, conn: Conn, sock: socket.socket | None, exc: OSError | None) -> None:
         if conn.ended:
             if sock is not None:
                 sock.close()
@@ -562,11 +609,11 @@ class Loop:
         choice = listening.splice[side]
         if choice is None:
             data_path = self.config.data_path
-            choice = (datapath.splice_pays(dst) if data_path == "auto"
-                      else data_path == "splice")
+            choice = datapath.splice_pays(dst) if data_path == "auto" else data_path == "splice"
             listening.splice[side] = choice
-            listening.widen[side] = (choice and self.config.buffer_size is None
-                                     and datapath.widen_pays(dst))
+            listening.widen[side] = (
+                choice and self.config.buffer_size is None and datapath.widen_pays(dst)
+            )
         if listening.widen[side]:
             datapath.widen(dst, self.config.chunk_size)
         return choice
@@ -621,8 +668,12 @@ class Loop:
         except Broken as broken:
             self._account(up.cost + down.cost - held)
             client = broken.sock is conn.client
-            self._finish(conn, END_CLIENT_RESET if client else END_TARGET_RESET,
-                         describe(broken.error), abort=conn.target if client else conn.client)
+            self._finish(
+                conn,
+                END_CLIENT_RESET if client else END_TARGET_RESET,
+                describe(broken.error),
+                abort=conn.target if client else conn.client,
+            )
             return
         self._account(up.cost + down.cost - held)
         if up.done and down.done:
@@ -660,8 +711,9 @@ class Loop:
         if tmask != conn.tmask and (tmask or conn.tmask is not None):
             conn.tmask = self._set_mask(conn.tfd, conn.tmask, tmask, conn)
 
-    def _reset(self, conn: Conn, sock: socket.socket, end: str,
-               other: socket.socket | None) -> bool:
+    def _reset(
+        self, conn: Conn, sock: socket.socket, end: str, other: socket.socket | None
+    ) -> bool:
         """End *conn* if *sock* has a pending error (a reset), resetting *other*."""
         code = pending_error(sock)
         if code:
@@ -683,8 +735,15 @@ class Loop:
         return new
 
     # -- ending -----------------------------------------------------------------------------
-    def _finish(self, conn: Conn, end: str, error: str | None = None, *,
-                abort: socket.socket | None = None, level: int | None = None) -> None:
+    def _finish(
+        self,
+        conn: Conn,
+        end: str,
+        error: str | None = None,
+        *,
+        abort: socket.socket | None = None,
+        level: int | None = None,
+    ) -> None:
         if conn.ended:
             return
         conn.ended = True
@@ -720,9 +779,19 @@ class Loop:
         if level is None:
             level = logging.INFO if end in (END_CLOSED, END_IDLE) else logging.WARNING
         if self.on_close is not None or LOG.isEnabledFor(level):
-            self._record(ConnectionRecord(conn.id, str(conn.peer), str(conn.forward.target),
-                                          sent, received, round(self._now - conn.started, 6),
-                                          end, error), level)
+            self._record(
+                ConnectionRecord(
+                    conn.id,
+                    str(conn.peer),
+                    str(conn.forward.target),
+                    sent,
+                    received,
+                    round(self._now - conn.started, 6),
+                    end,
+                    error,
+                ),
+                level,
+            )
         if not self._accepting and self._at_limit:
             self._at_limit = False
             self._accept_resume = math.inf
@@ -740,8 +809,11 @@ class Loop:
         if self._announce:  # the relay's only loop: it speaks for the relay
             announce_stopping()
             if self._conns:
-                LOG.info("stopping: waiting up to %g s for %d connection(s)",
-                         round(self.stop.left(), 1), len(self._conns))
+                LOG.info(
+                    "stopping: waiting up to %g s for %d connection(s)",
+                    round(self.stop.left(), 1),
+                    len(self._conns),
+                )
             else:
                 LOG.info("stopped")
         if self._conns and self._now >= self.stop.deadline:

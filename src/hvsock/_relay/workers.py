@@ -67,7 +67,7 @@ class StatsTable:
         self.rows = rows
 
     def row(self, index: int) -> memoryview:
-        return self._view[index * STAT_FIELDS:(index + 1) * STAT_FIELDS]
+        return self._view[index * STAT_FIELDS : (index + 1) * STAT_FIELDS]
 
     def total(self) -> list[int]:
         sums = [0] * STAT_FIELDS
@@ -113,7 +113,7 @@ def decode_records(buffer: bytearray) -> list[ConnectionRecord]:
     if end < 0:
         return []
     lines = bytes(buffer[:end]).split(b"\n")
-    del buffer[:end + 1]
+    del buffer[: end + 1]
     return [ConnectionRecord(**json.loads(line)) for line in lines if line]
 
 
@@ -130,8 +130,9 @@ def _close_other_sockets(keep: set[int]) -> None:
                     os.close(fd)
 
 
-def fork_worker(index: int, make_loop: Callable[[], Loop], *, keep: set[int],
-                close: list[int], ready_w: int) -> int:
+def fork_worker(
+    index: int, make_loop: Callable[[], Loop], *, keep: set[int], close: list[int], ready_w: int
+) -> int:
     """Fork worker *index*; returns its pid in the parent. The child runs
     ``make_loop().run()`` and exits."""
     with warnings.catch_warnings():
@@ -175,12 +176,14 @@ def fork_worker(index: int, make_loop: Callable[[], Loop], *, keep: set[int],
 
 def record_writer(fd: int) -> Callable[[ConnectionRecord], None]:
     """An on_close for a worker: each record as one line to the relay process."""
+
     def send(record: ConnectionRecord) -> None:
         line = encode_record(record)
         view = memoryview(line)
         while view:
             n = os.write(fd, view)
             view = view[n:]
+
     return send
 
 
@@ -202,9 +205,15 @@ class Supervisor:
     as the stop begins.
     """
 
-    def __init__(self, config: RelayConfig, listenings: list[Listening], *,
-                 on_close: Callable[[ConnectionRecord], None] | None, stop: StopRequest,
-                 close_listeners: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config: RelayConfig,
+        listenings: list[Listening],
+        *,
+        on_close: Callable[[ConnectionRecord], None] | None,
+        stop: StopRequest,
+        close_listeners: Callable[[], None],
+    ) -> None:
         self.config = config
         self.on_close = on_close
         self.stop = stop
@@ -245,15 +254,22 @@ class Supervisor:
                 close = [*others, ready_r] + ([self._records_r] if records_w >= 0 else [])
 
                 def make_loop(i: int = i, control_r: int = control_r) -> Loop:
-                    loop = Loop(config, listenings, slots=slots, stats=self._table.row(i),
-                                on_close=record_writer(records_w) if records_w >= 0 else None,
-                                control=control_r, announce=False, exclusive=True,
-                                budget=budget, on_stop=lambda: _close_all(listenings))
+                    loop = Loop(
+                        config,
+                        listenings,
+                        slots=slots,
+                        stats=self._table.row(i),
+                        on_close=record_writer(records_w) if records_w >= 0 else None,
+                        control=control_r,
+                        announce=False,
+                        exclusive=True,
+                        budget=budget,
+                        on_stop=lambda: _close_all(listenings),
+                    )
                     loop.set_ids(i + 1, n)
                     return loop
 
-                self.pids.append(fork_worker(i, make_loop, keep=keep, close=close,
-                                             ready_w=ready_w))
+                self.pids.append(fork_worker(i, make_loop, keep=keep, close=close, ready_w=ready_w))
         finally:
             os.close(ready_w)
             if records_w >= 0:
@@ -272,13 +288,17 @@ class Supervisor:
                 left = deadline - time.monotonic()
                 if left <= 0 or not poller.poll(min(left, 0.2)):
                     if left <= 0 or any(_exited(pid) for pid in self.pids):
-                        raise HvsockError(f"{n - seen} of {n} relay workers did not start "
-                                          "(see the log above)", errno=errno.ECHILD)
+                        raise HvsockError(
+                            f"{n - seen} of {n} relay workers did not start (see the log above)",
+                            errno=errno.ECHILD,
+                        )
                     continue
                 data = os.read(self._ready_r, 4096)
                 if not data:
-                    raise HvsockError("the relay's workers exited while starting "
-                                      "(see the log above)", errno=errno.ECHILD)
+                    raise HvsockError(
+                        "the relay's workers exited while starting (see the log above)",
+                        errno=errno.ECHILD,
+                    )
                 seen += len(data)
         finally:
             poller.close()
@@ -356,8 +376,11 @@ class Supervisor:
         self._close_listeners()
         active = self.totals()[ACTIVE]
         if active:
-            LOG.info("stopping: waiting up to %g s for %d connection(s)",
-                     round(self.stop.left(), 1), active)
+            LOG.info(
+                "stopping: waiting up to %g s for %d connection(s)",
+                round(self.stop.left(), 1),
+                active,
+            )
 
     def _close_pipes(self) -> None:
         for fd in (*self._controls, self._ready_r, self._records_r):

@@ -18,12 +18,26 @@ from .linux import Guest, linux_steps
 from .model import FAILED, NOT_APPLICABLE, OK, Report, Step, not_applicable
 from .windows import Host, windows_steps
 
-__all__ = ["FAILED", "NOT_APPLICABLE", "OK", "Guest", "Host", "Report", "Step", "run_selftest",
-           "selftest_steps"]
+__all__ = [
+    "FAILED",
+    "NOT_APPLICABLE",
+    "OK",
+    "Guest",
+    "Host",
+    "Report",
+    "Step",
+    "run_selftest",
+    "selftest_steps",
+]
 
 
-def selftest_steps(*, platform: str | None = None, echo: Address | str | None = None,
-                   host: Host | None = None, guest: Guest | None = None) -> Iterator[Step]:
+def selftest_steps(
+    *,
+    platform: str | None = None,
+    echo: Address | str | None = None,
+    host: Host | None = None,
+    guest: Guest | None = None,
+) -> Iterator[Step]:
     """The steps for this *platform* (``sys.platform`` by default), each as it ends.
 
     *echo*: a host-side echo server for a Linux guest to reach (``vsock://host:N``).
@@ -35,13 +49,19 @@ def selftest_steps(*, platform: str | None = None, echo: Address | str | None = 
     elif platform.startswith("linux"):
         yield from linux_steps(guest or Guest(), echo)
     else:
-        yield not_applicable("platform", f"the self-test knows Windows hosts and Linux "
-                             f"guests, not {platform}")
+        yield not_applicable(
+            "platform", f"the self-test knows Windows hosts and Linux guests, not {platform}"
+        )
 
 
-def run_selftest(*, platform: str | None = None, echo: Address | str | None = None,
-                 host: Host | None = None, guest: Guest | None = None,
-                 on_step: Callable[[Step], None] | None = None) -> Report:
+def run_selftest(
+    *,
+    platform: str | None = None,
+    echo: Address | str | None = None,
+    host: Host | None = None,
+    guest: Guest | None = None,
+    on_step: Callable[[Step], None] | None = None,
+) -> Report:
     """Run every step and return the :class:`Report`; *on_step* sees each as it ends.
 
     Never raises for a failed step; KeyboardInterrupt propagates after cleanup.

@@ -46,8 +46,10 @@ def loopback_round_trip(timeout: float = roundtrip.DEFAULT_TIMEOUT) -> str:
     kernel has ``vsock_loopback`` loaded (else CID 1 would leave the machine).
     """
     if not os.path.isdir(os.path.join(REAL_SYS_MODULE, LOOPBACK_MODULE)):
-        raise HvsockError("vsock_loopback is not loaded; a connect to CID 1 would leave "
-                          "this machine, so the loopback round trip is not tried")
+        raise HvsockError(
+            "vsock_loopback is not loaded; a connect to CID 1 would leave "
+            "this machine, so the loopback round trip is not tried"
+        )
 
     def on_cid_1(actual: Address) -> Address:
         assert isinstance(actual, VsockAddress)
@@ -70,17 +72,22 @@ class Guest:
         return os.path.join(self.root, *parts)
 
 
-def linux_steps(guest: Guest, echo: Address | str | None = None,
-                timeout: float = roundtrip.DEFAULT_TIMEOUT) -> list[Step]:
+def linux_steps(
+    guest: Guest, echo: Address | str | None = None, timeout: float = roundtrip.DEFAULT_TIMEOUT
+) -> list[Step]:
     """Run the Linux steps; *echo* is a host-side echo server to reach (only when the
     user named it). Never raises for a failed step: each becomes a :class:`Step`.
     """
     steps: list[Step] = []
     have_family = has_vsock() if guest.af_vsock is None else guest.af_vsock
     if not have_family:
-        steps.append(failed("af_vsock", "this Python has no socket.AF_VSOCK",
-                            advice="VM sockets need Linux and a CPython built with "
-                            "AF_VSOCK (3.7+ on Linux)"))
+        steps.append(
+            failed(
+                "af_vsock",
+                "this Python has no socket.AF_VSOCK",
+                advice="VM sockets need Linux and a CPython built with AF_VSOCK (3.7+ on Linux)",
+            )
+        )
         steps += [not_applicable(name, "needs AF_VSOCK") for name in STEPS[1:]]
         return steps
     steps.append(ok("af_vsock", "socket.AF_VSOCK exists"))
@@ -93,30 +100,42 @@ def linux_steps(guest: Guest, echo: Address | str | None = None,
         except (HvsockError, OSError) as exc:
             steps.append(failed("vsock_loopback", "the loopback round trip failed", exc))
         else:
-            steps.append(ok("vsock_loopback", f"a listener and a client on {where} "
-                            "exchanged 64 KiB each way, with a half-close"))
+            steps.append(
+                ok(
+                    "vsock_loopback",
+                    f"a listener and a client on {where} "
+                    "exchanged 64 KiB each way, with a half-close",
+                )
+            )
     else:
-        steps.append(not_applicable(
-            "vsock_loopback", "vsock_loopback is not loaded (`modprobe vsock_loopback` "
-            "enables it); without it a connect to CID 1 would leave this machine"))
+        steps.append(
+            not_applicable(
+                "vsock_loopback",
+                "vsock_loopback is not loaded (`modprobe vsock_loopback` "
+                "enables it); without it a connect to CID 1 would leave this machine",
+            )
+        )
     steps.append(_echo_step(echo, timeout, guest, transports))
     return steps
 
 
 def _transports_step(transports: list[str]) -> Step:
     if not transports:
-        return failed("vsock_transports", "no vsock transport module is loaded",
-                      advice=_load_advice())
+        return failed(
+            "vsock_transports", "no vsock transport module is loaded", advice=_load_advice()
+        )
     names = ", ".join(f"{m} ({VSOCK_TRANSPORT_MODULES[m]})" for m in transports)
     if not any(m in GUEST_TRANSPORTS for m in transports):
-        return failed("vsock_transports", f"loaded: {names}; none reaches a host",
-                      advice=_load_advice())
+        return failed(
+            "vsock_transports", f"loaded: {names}; none reaches a host", advice=_load_advice()
+        )
     return ok("vsock_transports", f"loaded: {names}")
 
 
 def _load_advice() -> str:
     return "load the guest transport for your hypervisor: " + "; ".join(
-        f"`modprobe {m}` ({what})" for m, what in GUEST_TRANSPORTS.items())
+        f"`modprobe {m}` ({what})" for m, what in GUEST_TRANSPORTS.items()
+    )
 
 
 def _cid_step(guest: Guest) -> Step:
@@ -135,12 +154,16 @@ def host_echo_server(guest: Guest, transports: list[str], port: int | str = "N")
     if is_wsl(machine):
         return f"on Windows: `hvsock echo-server hvsock://wsl/{port}`"
     if "hv_sock" in transports or hyperv_evidence(machine):
-        return (f"on the Windows host, as administrator `hvsock register hvsock-echo --port "
-                f"{port}`, then `hvsock echo-server hvsock://<this VM's id>/{port}`")
+        return (
+            f"on the Windows host, as administrator `hvsock register hvsock-echo --port "
+            f"{port}`, then `hvsock echo-server hvsock://<this VM's id>/{port}`"
+        )
     if "vmw_vsock_virtio_transport" in transports:
         qemu = f"on the KVM/QEMU host (vhost_vsock loaded): {vsock}"
-        hybrid = (f"on the Firecracker / Cloud Hypervisor host: `hvsock echo-server "
-                  f"hybrid://<the VM's vsock socket>:{port}`")
+        hybrid = (
+            f"on the Firecracker / Cloud Hypervisor host: `hvsock echo-server "
+            f"hybrid://<the VM's vsock socket>:{port}`"
+        )
         vendor = dmi(machine, "sys_vendor")
         if vendor == "QEMU":
             return qemu
@@ -150,19 +173,26 @@ def host_echo_server(guest: Guest, transports: list[str], port: int | str = "N")
     if "vmw_vsock_vmci_transport" in transports:
         return f"on the VMware host: {vsock}"
     if LOOPBACK_MODULE in transports:
-        return (f"on this machine ({LOOPBACK_MODULE} is the only transport, so CID 2 is "
-                f"this machine): {vsock}")
-    return (f"on the host: {vsock} (KVM/QEMU), `hvsock echo-server "
-            f"hybrid://<the VM's vsock socket>:{port}` (Firecracker, Cloud Hypervisor) or "
-            f"`hvsock echo-server hvsock://<this VM's id>/{port}` (Hyper-V)")
+        return (
+            f"on this machine ({LOOPBACK_MODULE} is the only transport, so CID 2 is "
+            f"this machine): {vsock}"
+        )
+    return (
+        f"on the host: {vsock} (KVM/QEMU), `hvsock echo-server "
+        f"hybrid://<the VM's vsock socket>:{port}` (Firecracker, Cloud Hypervisor) or "
+        f"`hvsock echo-server hvsock://<this VM's id>/{port}` (Hyper-V)"
+    )
 
 
-def _echo_step(echo: Address | str | None, timeout: float, guest: Guest,
-               transports: list[str]) -> Step:
+def _echo_step(
+    echo: Address | str | None, timeout: float, guest: Guest, transports: list[str]
+) -> Step:
     if echo is None:
         where = host_echo_server(guest, transports)
-        return not_applicable("host_echo", "no host port given (`hvsock selftest --port N` "
-                              f"with the echo server running {where})")
+        return not_applicable(
+            "host_echo",
+            f"no host port given (`hvsock selftest --port N` with the echo server running {where})",
+        )
     try:
         port = getattr(parse_address(echo), "port", None)
     except HvsockError:
@@ -170,8 +200,14 @@ def _echo_step(echo: Address | str | None, timeout: float, guest: Guest,
     try:
         stats = ping(echo, count=3, size=1024, timeout=timeout)
     except (HvsockError, OSError) as exc:
-        return failed("host_echo", f"no echo from {echo}", exc,
-                      advice="check that the echo server runs for this port: "
-                      + host_echo_server(guest, transports, "N" if port is None else port))
-    return ok("host_echo", f"{stats.count} echoes of {stats.size} bytes from {echo}, "
-              f"median {stats.median_ms:.3f} ms")
+        return failed(
+            "host_echo",
+            f"no echo from {echo}",
+            exc,
+            advice="check that the echo server runs for this port: "
+            + host_echo_server(guest, transports, "N" if port is None else port),
+        )
+    return ok(
+        "host_echo",
+        f"{stats.count} echoes of {stats.size} bytes from {echo}, median {stats.median_ms:.3f} ms",
+    )

@@ -26,8 +26,13 @@ class Step:
     advice: str = ""
 
     def as_dict(self) -> dict[str, object]:
-        return {"name": self.name, "status": self.status, "summary": self.summary,
-                "error_code": self.error_code, "advice": self.advice}
+        return {
+            "name": self.name,
+            "status": self.status,
+            "summary": self.summary,
+            "error_code": self.error_code,
+            "advice": self.advice,
+        }
 
 
 @dataclass(frozen=True)
@@ -50,8 +55,13 @@ class Report:
         raise KeyError(name)
 
     def as_dict(self) -> dict[str, object]:
-        return {"platform": self.platform, "python": self.python, "hvsock": self.version,
-                "ok": self.ok, "steps": [step.as_dict() for step in self.steps]}
+        return {
+            "platform": self.platform,
+            "python": self.python,
+            "hvsock": self.version,
+            "ok": self.ok,
+            "steps": [step.as_dict() for step in self.steps],
+        }
 
 
 def ok(name: str, summary: str) -> Step:

@@ -31,8 +31,7 @@ class _Server:
         self.listener = listener
         self.timeout = timeout
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._serve, name="hvsock-selftest",
-                                       daemon=True)
+        self.thread = threading.Thread(target=self._serve, name="hvsock-selftest", daemon=True)
         self.thread.start()
 
     def _serve(self) -> None:
@@ -73,17 +72,22 @@ def _read_to_eof(sock: socket.socket) -> bytes:
 
 def _check(payload: bytes, echoed: bytes) -> None:
     if echoed != payload:
-        raise HvsockError(f"sent {len(payload)} bytes, got back {len(echoed)} "
-                          + ("(different bytes)" if len(echoed) == len(payload) else
-                             "(the stream was cut)"))
+        raise HvsockError(
+            f"sent {len(payload)} bytes, got back {len(echoed)} "
+            + ("(different bytes)" if len(echoed) == len(payload) else "(the stream was cut)")
+        )
 
 
 #: The client half of a round trip: (where to connect, what to send) -> what came back.
 Talk = Callable[[Address, bytes], bytes]
 
 
-def _exchange(listen_at: Address | str, connect_to: Callable[[Address], Address] | None,
-              timeout: float, talk: Talk) -> str:
+def _exchange(
+    listen_at: Address | str,
+    connect_to: Callable[[Address], Address] | None,
+    timeout: float,
+    talk: Talk,
+) -> str:
     address = parse_address(listen_at)
     payload = secrets.token_bytes(PAYLOAD_SIZE)
     listener = _endpoints.listen(address, backlog=1)
@@ -104,8 +108,12 @@ def _exchange(listen_at: Address | str, connect_to: Callable[[Address], Address]
         _endpoints.remove_socket_file(address)
 
 
-def round_trip(listen_at: Address | str, connect_to: Callable[[Address], Address] | None = None,
-               *, timeout: float = DEFAULT_TIMEOUT) -> str:
+def round_trip(
+    listen_at: Address | str,
+    connect_to: Callable[[Address], Address] | None = None,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> str:
     """Listen on *listen_at*, connect (to *connect_to(actual listen address)*, or to
     that address), send 64 KiB, half-close, read the echo to EOF and compare.
 
@@ -113,6 +121,7 @@ def round_trip(listen_at: Address | str, connect_to: Callable[[Address], Address
     of the socket call that failed) when anything goes wrong. Leaves no socket
     open and no socket file behind.
     """
+
     def talk(target: Address, payload: bytes) -> bytes:
         with _endpoints.connect(target, timeout=timeout) as sock:
             sock.settimeout(timeout)
@@ -123,10 +132,13 @@ def round_trip(listen_at: Address | str, connect_to: Callable[[Address], Address
     return _exchange(listen_at, connect_to, timeout, talk)
 
 
-def round_trip_async(listen_at: Address | str,
-                     connect_to: Callable[[Address], Address] | None = None, *,
-                     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
-                     timeout: float = DEFAULT_TIMEOUT) -> str:
+def round_trip_async(
+    listen_at: Address | str,
+    connect_to: Callable[[Address], Address] | None = None,
+    *,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> str:
     """:func:`round_trip` with an asyncio client (``hvsock.open_connection``) on a loop
     *loop_factory* makes (the proactor loop on Windows; the default loop elsewhere).
 

@@ -32,8 +32,16 @@ from .._windows import vms as vmlib
 from . import roundtrip
 from .model import Step, failed, not_applicable, ok
 
-STEPS = ("af_hyperv", "register", "hyperv_loopback", "hyperv_asyncio", "export_reg",
-         "export_ps1", "vms", "cleanup")
+STEPS = (
+    "af_hyperv",
+    "register",
+    "hyperv_loopback",
+    "hyperv_asyncio",
+    "export_reg",
+    "export_ps1",
+    "vms",
+    "cleanup",
+)
 HKCU = "HKEY_CURRENT_USER"
 #: Where the scratch keys go, under HKEY_CURRENT_USER (no elevation needed there).
 SCRATCH_PARENT = "Software"
@@ -58,9 +66,10 @@ class Rebased:
         if path.casefold() == prefix:
             return self.base
         if path.casefold().startswith(prefix + "\\"):
-            return self.base + path[len(prefix):]
-        raise HvsockError(f"the self-test's scratch registry holds only the services key, "
-                          f"not {path[:80]!r}")
+            return self.base + path[len(prefix) :]
+        raise HvsockError(
+            f"the self-test's scratch registry holds only the services key, not {path[:80]!r}"
+        )
 
     def subkeys(self, path: str) -> list[str]:
         return self.backend.subkeys(self._map(path))
@@ -105,14 +114,16 @@ def _real_loopback(service_id: uuid.UUID) -> str:  # pragma: no cover - Windows 
 
 def _real_proactor(service_id: uuid.UUID) -> str:  # pragma: no cover - Windows only
     factory = getattr(asyncio, "ProactorEventLoop", None)
-    return roundtrip.round_trip_async(HyperVAddress(ids.LOOPBACK, service_id),
-                                      loop_factory=factory)
+    return roundtrip.round_trip_async(HyperVAddress(ids.LOOPBACK, service_id), loop_factory=factory)
 
 
 def _machine_hive(name: str) -> reg.RegistryBackend:  # pragma: no cover - Windows only
     winreg = importlib.import_module("winreg")
-    return reg.WinregBackend(winreg, getattr(winreg, name), name.replace(
-        "HKEY_LOCAL_MACHINE", "HKLM").replace("HKEY_CURRENT_USER", "HKCU"))
+    return reg.WinregBackend(
+        winreg,
+        getattr(winreg, name),
+        name.replace("HKEY_LOCAL_MACHINE", "HKLM").replace("HKEY_CURRENT_USER", "HKCU"),
+    )
 
 
 @dataclass(frozen=True)
@@ -151,6 +162,7 @@ class _Run:
                 action()
             except Exception as exc:  # reported as the cleanup step, never hidden
                 self.cleanup_problems.append(f"{what}: {exc}")
+
         self.cleanups.callback(run)
 
     def scratch_dir(self) -> str:
@@ -172,14 +184,25 @@ def windows_steps(host: Host) -> Iterator[Step]:
         if have:
             yield ok("af_hyperv", "socket.AF_HYPERV exists")
         else:
-            yield failed("af_hyperv", "this Python has no socket.AF_HYPERV",
-                         advice="AF_HYPERV needs CPython 3.12 or newer on Windows")
+            yield failed(
+                "af_hyperv",
+                "this Python has no socket.AF_HYPERV",
+                advice="AF_HYPERV needs CPython 3.12 or newer on Windows",
+            )
         yield _register(run)
         if have:
-            yield _round_trip("hyperv_loopback", run, host.loopback_test or _real_loopback,
-                              "a blocking listener and client")
-            yield _round_trip("hyperv_asyncio", run, host.asyncio_test or _real_proactor,
-                              "an asyncio client on the proactor loop and a listener")
+            yield _round_trip(
+                "hyperv_loopback",
+                run,
+                host.loopback_test or _real_loopback,
+                "a blocking listener and client",
+            )
+            yield _round_trip(
+                "hyperv_asyncio",
+                run,
+                host.asyncio_test or _real_proactor,
+                "an asyncio client on the proactor loop and a listener",
+            )
         else:
             yield not_applicable("hyperv_loopback", "needs AF_HYPERV (see af_hyperv)")
             yield not_applicable("hyperv_asyncio", "needs AF_HYPERV (see af_hyperv)")
@@ -191,9 +214,11 @@ def windows_steps(host: Host) -> Iterator[Step]:
             yield _export_reg(run, scratch)
             yield _export_ps1(run, scratch)
         yield _vms(run)
-    yield (failed("cleanup", "something was left behind: " + "; ".join(run.cleanup_problems))
-           if run.cleanup_problems else
-           ok("cleanup", "the temporary registration, scratch keys and files are gone"))
+    yield (
+        failed("cleanup", "something was left behind: " + "; ".join(run.cleanup_problems))
+        if run.cleanup_problems
+        else ok("cleanup", "the temporary registration, scratch keys and files are gone")
+    )
 
 
 def _register(run: _Run) -> Step:
@@ -201,12 +226,17 @@ def _register(run: _Run) -> Step:
         registry = run.host.registry or _machine_hive("HKEY_LOCAL_MACHINE")
         reg.register_service(run.name, run.service_id, registry=registry)
     except PermissionDeniedError as exc:
-        return not_applicable("register", f"not elevated ({exc}); run `hvsock selftest` from "
-                              "an elevated prompt to test registration")
+        return not_applicable(
+            "register",
+            f"not elevated ({exc}); run `hvsock selftest` from "
+            "an elevated prompt to test registration",
+        )
     except (HvsockError, OSError) as exc:
         return failed("register", f"registering {run.service_id} failed", exc)
-    run.undo(f"unregister {run.service_id}",
-             lambda: reg.unregister_service(run.service_id, registry=registry))
+    run.undo(
+        f"unregister {run.service_id}",
+        lambda: reg.unregister_service(run.service_id, registry=registry),
+    )
     found = registry.values(reg.service_key(str(run.service_id)))
     run.registered = dict(found or {})
     return ok("register", f"registered {run.name!r} as {run.service_id} (removed at the end)")
@@ -216,8 +246,9 @@ def _round_trip(name: str, run: _Run, test: LoopbackTest, who: str) -> Step:
     try:
         where = test(run.service_id)
     except (HvsockError, OSError) as exc:
-        return failed(name, f"the round trip on {HyperVAddress(ids.LOOPBACK, run.service_id)}"
-                      " failed", exc)
+        return failed(
+            name, f"the round trip on {HyperVAddress(ids.LOOPBACK, run.service_id)} failed", exc
+        )
     return ok(name, f"{who} on {where} exchanged 64 KiB each way, with a half-close")
 
 
@@ -242,24 +273,30 @@ def _scratch(run: _Run) -> _Scratch | Step:
         expected = written.values(reg.service_key(str(run.service_id))) or {}
         files = run.scratch_dir()
     except (HvsockError, OSError) as exc:
-        return failed("export_reg", f"the scratch key {HKCU}\\{base} could not be written",
-                      exc)
+        return failed("export_reg", f"the scratch key {HKCU}\\{base} could not be written", exc)
     if run.registered is not None and run.registered != expected:
-        return failed("export_reg", f"the scratch key holds {expected}, the real "
-                      f"registration {run.registered}: the backend wrote two different things")
+        return failed(
+            "export_reg",
+            f"the scratch key holds {expected}, the real "
+            f"registration {run.registered}: the backend wrote two different things",
+        )
     return _Scratch(scratch, base, dict(expected), files, run.service_id)
 
 
 def _compare(name: str, scratch: _Scratch, where: str, how: str) -> Step:
     try:
         got = Rebased(scratch.registry, f"{scratch.base}\\{where}").values(
-            reg.service_key(str(scratch.service_id)))
+            reg.service_key(str(scratch.service_id))
+        )
     except (HvsockError, OSError) as exc:
         return failed(name, f"reading back what {how} wrote failed", exc)
     if got != scratch.expected:
         return failed(name, f"{how} wrote {got}, the registry backend {scratch.expected}")
-    return ok(name, f"{how} wrote the same values as the registry backend "
-              f"({', '.join(sorted(scratch.expected))})")
+    return ok(
+        name,
+        f"{how} wrote the same values as the registry backend "
+        f"({', '.join(sorted(scratch.expected))})",
+    )
 
 
 def _run_program(name: str, argv: list[str], run: _Run) -> Step | None:
@@ -270,10 +307,10 @@ def _run_program(name: str, argv: list[str], run: _Run) -> Step | None:
     except (TimeoutError, OSError) as exc:
         return failed(name, f"{argv[0]} did not run", exc)
     if result.returncode != 0:
-        said = (vmlib.decode_output(result.stderr).strip()
-                or vmlib.decode_output(result.stdout).strip())
-        return failed(name, f"`{' '.join(argv[:2])} ...` exited {result.returncode}: "
-                      f"{said[:500]}")
+        said = (
+            vmlib.decode_output(result.stderr).strip() or vmlib.decode_output(result.stdout).strip()
+        )
+        return failed(name, f"`{' '.join(argv[:2])} ...` exited {result.returncode}: {said[:500]}")
     return None
 
 
@@ -296,11 +333,21 @@ def _export_ps1(run: _Run, scratch: _Scratch) -> Step:
             f.write(rebase_ps1(text, f"{scratch.base}\\ps1"))
     except (HvsockError, OSError) as exc:
         return failed("export_ps1", "the script could not be prepared", exc)
-    problem = _run_program("export_ps1", [vmlib.POWERSHELL, "-NoLogo", "-NoProfile",
-                                          "-NonInteractive", "-ExecutionPolicy", "Bypass",
-                                          "-File", path], run)
-    return problem or _compare("export_ps1", scratch, "ps1", "PowerShell running the .ps1 "
-                               "export")
+    problem = _run_program(
+        "export_ps1",
+        [
+            vmlib.POWERSHELL,
+            "-NoLogo",
+            "-NoProfile",
+            "-NonInteractive",
+            "-ExecutionPolicy",
+            "Bypass",
+            "-File",
+            path,
+        ],
+        run,
+    )
+    return problem or _compare("export_ps1", scratch, "ps1", "PowerShell running the .ps1 export")
 
 
 def _vms(run: _Run) -> Step:
@@ -313,8 +360,9 @@ def _vms(run: _Run) -> Step:
     names = ", ".join(f"{vm.name} {vm.vm_id} ({vm.state})" for vm in found.vms) or "none"
     problems = [p for p in found.problems if p != vmlib.WSL_NOT_RUNNING]
     wsl = [vm for vm in found.vms if vm.is_wsl]
-    wsl_text = (f"; WSL's VM id {wsl[0].vm_id}" if wsl else "; WSL is not running")
+    wsl_text = f"; WSL's VM id {wsl[0].vm_id}" if wsl else "; WSL is not running"
     if problems and not found.vms:
         return failed("vms", "no VM source answered", advice="; ".join(problems))
-    return ok("vms", f"VMs: {names}{wsl_text}"
-              + (f" (notes: {'; '.join(problems)})" if problems else ""))
+    return ok(
+        "vms", f"VMs: {names}{wsl_text}" + (f" (notes: {'; '.join(problems)})" if problems else "")
+    )

@@ -93,7 +93,7 @@ def parse(text: str, path: str) -> tuple[dict[str, Any], Lines]:
         at = _AT.search(message)
         line = int(at.group(1)) if at else None
         if at:
-            message = f"{message[:at.start()]} (column {at.group(2)})"
+            message = f"{message[: at.start()]} (column {at.group(2)})"
         raise ConfigError(path, [(line, f"not valid TOML: {message}")]) from None
     return data, Lines(text)
 
@@ -123,8 +123,14 @@ class Problems:
         if problem not in self.found:
             self.found.append(problem)
 
-    def check(self, check: Callable[[Any], T], value: object, table: str = "",
-              key: str | None = None, label: str | None = None) -> tuple[bool, T | None]:
+    def check(
+        self,
+        check: Callable[[Any], T],
+        value: object,
+        table: str = "",
+        key: str | None = None,
+        label: str | None = None,
+    ) -> tuple[bool, T | None]:
         """``(True, check(value))``; or ``(False, None)`` with the
         :class:`ArgumentError` *check* raised noted at *key*'s line, after *label*
         when given (for checks whose message does not name the key)."""

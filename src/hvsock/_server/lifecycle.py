@@ -32,9 +32,19 @@ from typing import Any
 from .._errors import ArgumentError, HvsockError, PermissionDeniedError
 from .._validate import non_negative_number, quote
 
-__all__ = ["DEFAULT_GRACE", "STOP_SIGNALS", "StopRequest", "announce_ready",
-           "announce_stopping", "check_grace", "check_ready_file", "loop_stop_signals",
-           "sd_notify", "stop_signals", "write_ready_file"]
+__all__ = [
+    "DEFAULT_GRACE",
+    "STOP_SIGNALS",
+    "StopRequest",
+    "announce_ready",
+    "announce_stopping",
+    "check_grace",
+    "check_ready_file",
+    "loop_stop_signals",
+    "sd_notify",
+    "stop_signals",
+    "write_ready_file",
+]
 
 #: The signals that ask a server to stop gracefully.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -61,8 +71,9 @@ class StopRequest:
     :meth:`wait_requested` and :meth:`wait_out`.
     """
 
-    def __init__(self, grace: float = DEFAULT_GRACE,
-                 wake: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, grace: float = DEFAULT_GRACE, wake: Callable[[], None] | None = None
+    ) -> None:
         self.grace = check_grace(grace)
         self.wake = wake
         self.requested = False
@@ -128,8 +139,9 @@ class StopRequest:
                 break
             woken = asyncio.ensure_future(self._event.wait())
             try:
-                _done, pending = await asyncio.wait(pending | {woken}, timeout=left,
-                                                    return_when=asyncio.FIRST_COMPLETED)
+                _done, pending = await asyncio.wait(
+                    pending | {woken}, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 woken.cancel()
             pending.discard(woken)
@@ -137,8 +149,9 @@ class StopRequest:
 
 
 @contextlib.contextmanager
-def loop_stop_signals(loop: asyncio.AbstractEventLoop,
-                      on_signal: Callable[[], None]) -> Iterator[None]:
+def loop_stop_signals(
+    loop: asyncio.AbstractEventLoop, on_signal: Callable[[], None]
+) -> Iterator[None]:
     """While inside, SIGTERM and SIGINT call *on_signal* in *loop* (an asyncio server).
 
     Where the loop cannot take signal handlers (Windows, not the main thread)
@@ -164,6 +177,7 @@ def stop_signals(on_signal: Callable[[], None]) -> Iterator[None]:
     thread only; elsewhere nothing is installed). The previous handlers are back on exit."""
     previous: dict[signal.Signals, object] = {}
     if threading.current_thread() is threading.main_thread():
+
         def handler(signum: int, frame: FrameType | None) -> None:
             on_signal()
 
@@ -176,8 +190,9 @@ def stop_signals(on_signal: Callable[[], None]) -> Iterator[None]:
             signal.signal(sig, old)  # type: ignore[arg-type]
 
 
-def announce_ready(ready_file: str | None, payload: dict[str, object], status: str,
-                   log: logging.Logger) -> None:
+def announce_ready(
+    ready_file: str | None, payload: dict[str, object], status: str, log: logging.Logger
+) -> None:
     """Tell whoever waits that the server listens: *payload* to the ready file (if
     any), then systemd ``READY=1`` with *status*. Raises :class:`HvsockError` when
     the ready file cannot be written (the caller undoes its start); a systemd that
@@ -222,12 +237,16 @@ def check_ready_file(path: str | None) -> str | None:
         raise ArgumentError(f"ready_file must be a file path, not {quote(path)}")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        raise ArgumentError(f"cannot write the ready file {quote(path)}: directory "
-                            f"{quote(directory)} does not exist; create it or choose another "
-                            "path")
+        raise ArgumentError(
+            f"cannot write the ready file {quote(path)}: directory "
+            f"{quote(directory)} does not exist; create it or choose another "
+            "path"
+        )
     if not os.access(directory, os.W_OK | os.X_OK):
-        raise ArgumentError(f"cannot write the ready file {quote(path)}: directory "
-                            f"{quote(directory)} is not writable by this user")
+        raise ArgumentError(
+            f"cannot write the ready file {quote(path)}: directory "
+            f"{quote(directory)} is not writable by this user"
+        )
     if os.path.isdir(path):
         raise ArgumentError(f"the ready file {quote(path)} is a directory; name a file")
     return path
@@ -243,10 +262,10 @@ def write_ready_file(path: str, payload: dict[str, object]) -> None:
     try:
         _write_atomically(path, directory, payload)
     except OSError as exc:
-        cls = (PermissionDeniedError if exc.errno in (errno.EACCES, errno.EPERM)
-               else HvsockError)
-        raise cls(f"cannot write the ready file {quote(path)}: "
-                  f"{exc.strerror or exc}", errno=exc.errno) from exc
+        cls = PermissionDeniedError if exc.errno in (errno.EACCES, errno.EPERM) else HvsockError
+        raise cls(
+            f"cannot write the ready file {quote(path)}: {exc.strerror or exc}", errno=exc.errno
+        ) from exc
 
 
 def _write_atomically(path: str, directory: str, payload: dict[str, object]) -> None:

@@ -38,16 +38,26 @@ class HybridVsockMuxer:
     Use as a context manager; :meth:`close` stops it and removes its files.
     """
 
-    def __init__(self, uds_path: str, *, handshake_timeout: float = 5.0,
-                 reply_chunk: int | None = None, reply_pause: float = 0.0,
-                 reply: bytes | None = None) -> None:
-        if reply_chunk is not None and (isinstance(reply_chunk, bool)
-                                        or not isinstance(reply_chunk, int)
-                                        or reply_chunk < 1):
-            raise ArgumentError(f"reply_chunk must be a whole number >= 1 or None, "
-                                f"not {reply_chunk!r}")
-        if isinstance(reply_pause, bool) or not isinstance(reply_pause, (int, float)) or not (
-                0 <= reply_pause <= 60):
+    def __init__(
+        self,
+        uds_path: str,
+        *,
+        handshake_timeout: float = 5.0,
+        reply_chunk: int | None = None,
+        reply_pause: float = 0.0,
+        reply: bytes | None = None,
+    ) -> None:
+        if reply_chunk is not None and (
+            isinstance(reply_chunk, bool) or not isinstance(reply_chunk, int) or reply_chunk < 1
+        ):
+            raise ArgumentError(
+                f"reply_chunk must be a whole number >= 1 or None, not {reply_chunk!r}"
+            )
+        if (
+            isinstance(reply_pause, bool)
+            or not isinstance(reply_pause, (int, float))
+            or not (0 <= reply_pause <= 60)
+        ):
             raise ArgumentError(f"reply_pause must be seconds in 0..60, not {reply_pause!r}")
         self.uds_path = uds_path
         self.handshake_timeout = handshake_timeout
@@ -69,8 +79,7 @@ class HybridVsockMuxer:
             self._listener.close()
             shutil.rmtree(self._guest_dir, ignore_errors=True)
             raise
-        self._thread = threading.Thread(target=self._accept_loop, name="hvsock-muxer",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._accept_loop, name="hvsock-muxer", daemon=True)
         self._thread.start()
 
     # -- guest side -------------------------------------------------------
@@ -125,8 +134,9 @@ class HybridVsockMuxer:
                 conn, _ = self._listener.accept()
             except OSError:
                 return  # closed
-            threading.Thread(target=self._serve, args=(conn,), name="hvsock-muxer-conn",
-                             daemon=True).start()
+            threading.Thread(
+                target=self._serve, args=(conn,), name="hvsock-muxer-conn", daemon=True
+            ).start()
 
     def _serve(self, host: socket.socket) -> None:
         try:
@@ -158,8 +168,9 @@ class HybridVsockMuxer:
                 return
             self._open.update((host, guest))
         try:
-            self._send_reply(host, handshake.encode_ok(host_port)
-                             if self.reply is None else self.reply)
+            self._send_reply(
+                host, handshake.encode_ok(host_port) if self.reply is None else self.reply
+            )
         except OSError:
             guest.close()
             host.close()
@@ -175,7 +186,7 @@ class HybridVsockMuxer:
         for start in range(0, len(line), chunk):
             if start and self.reply_pause:
                 time.sleep(self.reply_pause)
-            host.sendall(line[start:start + chunk])
+            host.sendall(line[start : start + chunk])
 
     def _read_connect(self, host: socket.socket) -> int:
         # The same incremental reader the clients use for the reply; peek, then take
@@ -190,7 +201,8 @@ class HybridVsockMuxer:
             data = host.recv(reader.wanted(), socket.MSG_PEEK)
             if not data:
                 raise HandshakeError(
-                    f"client closed before a full CONNECT line ({reader.received!r})")
+                    f"client closed before a full CONNECT line ({reader.received!r})"
+                )
             host.recv(reader.feed(data))
         host.settimeout(None)
         return reader.value
@@ -219,6 +231,10 @@ class HybridVsockMuxer:
     def __enter__(self) -> HybridVsockMuxer:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()

@@ -32,8 +32,17 @@ from .._core.addresses import (
 from .._errors import ArgumentError
 from .._validate import quote
 
-__all__ = ["AllowRule", "Peer", "PrivilegedCid", "allow_rules", "check_reachable", "fits",
-           "peer_of", "refusal", "refused_by"]
+__all__ = [
+    "AllowRule",
+    "Peer",
+    "PrivilegedCid",
+    "allow_rules",
+    "check_reachable",
+    "fits",
+    "peer_of",
+    "refusal",
+    "refused_by",
+]
 
 #: The highest AF_VSOCK port only a privileged process may bind (Linux's
 #: LAST_RESERVED_PORT in net/vmw_vsock/af_vsock.c; rresvport's rule for TCP).
@@ -102,21 +111,22 @@ def peer_of(sock: socket.socket, raw: Any, listen: Address) -> Peer:
         # TcpAddress's text form, without re-validating an address the kernel gave:
         # the relay asks this once per connection.
         host = str(raw[0])
-        return Peer(f"tcp://[{host}]:{raw[1]}" if ":" in host else f"tcp://{host}:{raw[1]}",
-                    host=host)
+        return Peer(
+            f"tcp://[{host}]:{raw[1]}" if ":" in host else f"tcp://{host}:{raw[1]}", host=host
+        )
     uid = pid = None
     so_peercred = getattr(socket, "SO_PEERCRED", None)
     if so_peercred is not None and sock.family == socket.AF_UNIX:
         with contextlib.suppress(OSError):
-            pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, so_peercred,
-                                                                 struct.calcsize("3i")))
-    where = (f"guest of {listen.uds_path}" if isinstance(listen, HybridAddress)
-             else str(listen))
+            pid, uid, _gid = struct.unpack(
+                "3i", sock.getsockopt(socket.SOL_SOCKET, so_peercred, struct.calcsize("3i"))
+            )
+    where = f"guest of {listen.uds_path}" if isinstance(listen, HybridAddress) else str(listen)
     who = f" (pid {pid}, uid {uid})" if pid is not None else ""
     return Peer(f"{where}{who}", uid=uid, pid=pid)
 
 
-_KINDS = "a CID (2, \"host:privileged\"), a VM id, an IP address or \"uid:N\""
+_KINDS = 'a CID (2, "host:privileged"), a VM id, an IP address or "uid:N"'
 
 
 def _digits(text: str) -> bool:
@@ -130,8 +140,10 @@ def _cid(text: str, rule: object) -> int:
     elif text in ids.WELL_KNOWN_CIDS and text != "any":
         cid = ids.WELL_KNOWN_CIDS[text]
     else:
-        raise ArgumentError(f"allow rule {quote(rule)}: write a CID number, \"host\" or "
-                            "\"local\" before :privileged (e.g. \"2:privileged\")")
+        raise ArgumentError(
+            f'allow rule {quote(rule)}: write a CID number, "host" or '
+            '"local" before :privileged (e.g. "2:privileged")'
+        )
     if not 0 <= cid < ids.CID_ANY:
         raise ArgumentError(f"allow rule CID {cid} is out of range")
     return cid
@@ -171,14 +183,18 @@ def _rule(rule: object) -> AllowRule:
     if _digits(text) or text in ("host", "local"):
         return _cid(text, rule)
     if text == "any":
-        raise ArgumentError("allow rule \"any\" does not exist: list the peers let in "
-                            "(e.g. [2]); in Python, allow=None lets every peer in")
+        raise ArgumentError(
+            'allow rule "any" does not exist: list the peers let in '
+            "(e.g. [2]); in Python, allow=None lets every peer in"
+        )
     if "-" in text and len(text.strip("{}")) == 36:
         return ids.parse_guid(text, what="allowed VM id")
     ip = _ip(text)
     if ip is None:
-        raise ArgumentError(f"allow rule {quote(rule)} is not {_KINDS}; TCP peers are "
-                            "matched by IP address, never by name")
+        raise ArgumentError(
+            f"allow rule {quote(rule)} is not {_KINDS}; TCP peers are "
+            "matched by IP address, never by name"
+        )
     return ip
 
 
@@ -191,8 +207,10 @@ def allow_rules(rules: Iterable[object] | None) -> frozenset[AllowRule] | None:
         raise ArgumentError("allow must be a collection of rules, e.g. allow={3, 4}")
     out = {_rule(rule) for rule in rules}
     if not out:
-        raise ArgumentError("allow is empty, which would let nobody in: give at least one "
-                            "rule, or allow=None to let every peer in")
+        raise ArgumentError(
+            "allow is empty, which would let nobody in: give at least one "
+            "rule, or allow=None to let every peer in"
+        )
     return frozenset(out)
 
 
@@ -213,15 +231,17 @@ def fits(rule: AllowRule, address: Address) -> bool:
 def kind_hint(address: Address) -> str:
     """Which rules suit a listener on *address*, for messages."""
     if isinstance(address, VsockAddress):
-        return "vsock peers match CIDs: 2, \"2:privileged\", \"host:privileged\""
+        return 'vsock peers match CIDs: 2, "2:privileged", "host:privileged"'
     if isinstance(address, HyperVAddress):
         return "Hyper-V peers match VM ids (GUIDs)"
     if isinstance(address, TcpAddress):
-        return "TCP peers match IP addresses: \"127.0.0.1\""
+        return 'TCP peers match IP addresses: "127.0.0.1"'
     if isinstance(address, HybridAddress):
-        return ("a hybrid listener's peer is the VMM's process: it matches \"uid:N\" "
-                "(the VMM's user), never a CID")
-    return "Unix peers match \"uid:N\""
+        return (
+            "a hybrid listener's peer is the VMM's process: it matches \"uid:N\" "
+            "(the VMM's user), never a CID"
+        )
+    return 'Unix peers match "uid:N"'
 
 
 def check_reachable(rules: Collection[AllowRule] | None, address: Address, whose: str) -> None:
@@ -231,7 +251,8 @@ def check_reachable(rules: Collection[AllowRule] | None, address: Address, whose
     if rules is not None and not any(fits(rule, address) for rule in rules):
         raise ArgumentError(
             f"{whose} allow rules ({', '.join(sorted(map(str, rules)))}) can never match "
-            f"a peer on {address}, so nobody could connect: {kind_hint(address)}")
+            f"a peer on {address}, so nobody could connect: {kind_hint(address)}"
+        )
 
 
 def refused_by(rules: Collection[AllowRule] | None, peer: Peer) -> str | None:
@@ -248,7 +269,9 @@ def refusal(peer: Peer, rules: Iterable[AllowRule]) -> str:
     text = f"{peer} is not in it; its rules: {', '.join(map(str, listed))}"
     near = [r for r in listed if isinstance(r, PrivilegedCid) and r.cid == peer.cid]
     if near and peer.port is not None:
-        text += (f"; rule {near[0]} needs a source port <= {LAST_RESERVED_PORT} (this one is "
-                 f"{peer.port}): only root (CAP_NET_BIND_SERVICE) can bind one; connect as "
-                 "root, which binds a reserved port (reserved_port=True)")
+        text += (
+            f"; rule {near[0]} needs a source port <= {LAST_RESERVED_PORT} (this one is "
+            f"{peer.port}): only root (CAP_NET_BIND_SERVICE) can bind one; connect as "
+            "root, which binds a reserved port (reserved_port=True)"
+        )
     return text

@@ -25,8 +25,9 @@ def service_limit_named() -> Iterator[None]:
     try:
         yield
     except FrameTooLargeError as exc:
-        raise FrameTooLargeError(str(exc).replace(
-            "max_frame_size", "max_message_size (hvsock.Limits)")) from None
+        raise FrameTooLargeError(
+            str(exc).replace("max_frame_size", "max_message_size (hvsock.Limits)")
+        ) from None
 
 
 async def drain(recv: Callable[[int], Awaitable[bytes]], seconds: float, limit: int) -> None:
@@ -51,8 +52,14 @@ class Connection:
     message size. ``reader``/``writer`` are the plain asyncio streams underneath.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer,
-                 service: Service, log: logging.Logger) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: Peer,
+        service: Service,
+        log: logging.Logger,
+    ) -> None:
         self.reader = reader
         self.writer = writer
         self.peer = peer
@@ -68,8 +75,8 @@ class Connection:
             return await asyncio.wait_for(awaitable, self._idle)
         except asyncio.TimeoutError:
             raise IdleTimeoutError(
-                f"peer {self.peer} was idle for {self._idle:g} s (the service's idle "
-                "timeout)") from None
+                f"peer {self.peer} was idle for {self._idle:g} s (the service's idle timeout)"
+            ) from None
 
     async def read(self, n: int = 65536) -> bytes:
         """Up to *n* bytes; b"" at EOF."""
@@ -134,8 +141,9 @@ class SyncConnection:
     ``TimeoutError``; on ``sock`` itself it is a plain ``TimeoutError``.
     """
 
-    def __init__(self, sock: socket.socket, peer: Peer, service: Service,
-                 log: logging.Logger) -> None:
+    def __init__(
+        self, sock: socket.socket, peer: Peer, service: Service, log: logging.Logger
+    ) -> None:
         self.sock = sock
         self.peer = peer
         self.service = service
@@ -149,7 +157,8 @@ class SyncConnection:
         except TimeoutError:
             raise IdleTimeoutError(
                 f"peer {self.peer} was idle for {self.sock.gettimeout() or 0:g} s (the "
-                "service's idle timeout)") from None
+                "service's idle timeout)"
+            ) from None
 
     def recv(self, n: int = 65536) -> bytes:
         with self._idle():
@@ -175,7 +184,8 @@ class SyncConnection:
         except TimeoutError:
             raise IdleTimeoutError(
                 f"peer {self.peer} did not send a whole frame within {idle or 0:g} s (the "
-                "service's idle timeout)") from None
+                "service's idle timeout)"
+            ) from None
         finally:
             with contextlib.suppress(OSError):
                 self.sock.settimeout(idle)

@@ -47,8 +47,7 @@ class Limits:
         _validate.whole_number(self.max_connections, "max_connections", 1, 100_000)
         _validate.positive_number(self.idle_timeout, "idle_timeout", optional=True)
         _validate.positive_number(self.total_timeout, "total_timeout", optional=True)
-        _validate.whole_number(self.max_message_size, "max_message_size", 1,
-                               ABSOLUTE_MAX_FRAME)
+        _validate.whole_number(self.max_message_size, "max_message_size", 1, ABSOLUTE_MAX_FRAME)
 
 
 def check_name(name: object) -> str:
@@ -88,7 +87,8 @@ class Service:
     def is_async(self) -> bool:
         # An object with an ``async def __call__`` counts as async too.
         return inspect.iscoroutinefunction(self.handler) or inspect.iscoroutinefunction(
-            type(self.handler).__call__)
+            type(self.handler).__call__
+        )
 
     @property
     def framed(self) -> bool:
@@ -112,5 +112,6 @@ class Service:
         if port is None:
             raise AddressError(
                 f"service {self.name!r} has id {self.service_id}, not of the VSOCK template "
-                "form, so it has no vsock port; declare it with a port to serve Linux peers")
+                "form, so it has no vsock port; declare it with a port to serve Linux peers"
+            )
         return VsockAddress(cid, port)

@@ -70,8 +70,7 @@ class RpcClient:
         """Send a request and wait for its answer; :class:`RemoteError` for an error reply."""
         msg_id = next(self._ids)
         try:
-            send_frame(self.sock, encode_message(Request(msg_id, method, params)),
-                       self.max_size)
+            send_frame(self.sock, encode_message(Request(msg_id, method, params)), self.max_size)
         except (BrokenPipeError, ConnectionResetError):
             # A refused peer may find the connection closed before it sends; the
             # service's reason may still be waiting to be read.
@@ -83,15 +82,16 @@ class RpcClient:
             raise
         body = recv_frame(self.sock, self.max_size)
         if body is None:
-            raise PeerClosedError(f"the service closed the connection before answering "
-                                  f"{method!r}")
+            raise PeerClosedError(f"the service closed the connection before answering {method!r}")
         return _result(decode_message(body), msg_id)
 
 
 def _result(reply: object, msg_id: int) -> Any:
     if isinstance(reply, ErrorReply) and reply.code == NOT_ALLOWED:
-        raise NotAllowedError(f"refused by the service's allowlist ({reply.message}); ask "
-                              "its owner to add this peer to the service's allow rules")
+        raise NotAllowedError(
+            f"refused by the service's allowlist ({reply.message}); ask "
+            "its owner to add this peer to the service's allow rules"
+        )
     if isinstance(reply, ErrorReply):
         # A null id answers no request in particular; another id means we are out of step.
         if reply.id is not None and reply.id != msg_id:
@@ -107,22 +107,25 @@ def _result(reply: object, msg_id: int) -> Any:
 # -- async ---------------------------------------------------------------------
 
 
-async def read_frame(reader: asyncio.StreamReader,
-                     max_size: int = DEFAULT_MAX_FRAME) -> bytes | None:
+async def read_frame(
+    reader: asyncio.StreamReader, max_size: int = DEFAULT_MAX_FRAME
+) -> bytes | None:
     """The next frame's payload from a StreamReader, or None at a clean EOF."""
     return await read_frame_with(reader.readexactly, max_size)
 
 
-async def read_frame_with(readexactly: Callable[[int], Awaitable[bytes]],
-                          max_size: int = DEFAULT_MAX_FRAME) -> bytes | None:
+async def read_frame_with(
+    readexactly: Callable[[int], Awaitable[bytes]], max_size: int = DEFAULT_MAX_FRAME
+) -> bytes | None:
     """:func:`read_frame` over any ``readexactly(n)`` that raises
     ``asyncio.IncompleteReadError`` at EOF, as ``StreamReader.readexactly`` does."""
     got = await read_next(readexactly, FrameReader(max_size))
     return None if got is None else got[1]
 
 
-async def read_next(readexactly: Callable[[int], Awaitable[bytes]],
-                    reader: FrameReader) -> tuple[int, bytes] | None:
+async def read_next(
+    readexactly: Callable[[int], Awaitable[bytes]], reader: FrameReader
+) -> tuple[int, bytes] | None:
     """The next ``(tag, body)`` *reader* completes, read through *readexactly*; None at
     EOF between frames. The asyncio driver of the one frame reader: each read asks for
     exactly the rest of a header or body, so a body is the very object the stream
@@ -137,17 +140,18 @@ async def read_next(readexactly: Callable[[int], Awaitable[bytes]],
             reader.feed(exc.partial)  # counted in the message; cannot complete a piece
             in_header, got, size = reader.progress()
             if in_header:
-                raise PeerClosedError("connection closed in the middle of a frame header") \
-                    from None
-            raise PeerClosedError(f"connection closed in the middle of a frame ({got} of "
-                                  f"{size} bytes)") from None
+                raise PeerClosedError("connection closed in the middle of a frame header") from None
+            raise PeerClosedError(
+                f"connection closed in the middle of a frame ({got} of {size} bytes)"
+            ) from None
         frames = reader.feed(data)
         if frames:
             return frames[0]
 
 
-async def write_frame(writer: asyncio.StreamWriter, payload: bytes,
-                      max_size: int = DEFAULT_MAX_FRAME) -> None:
+async def write_frame(
+    writer: asyncio.StreamWriter, payload: bytes, max_size: int = DEFAULT_MAX_FRAME
+) -> None:
     writer.write(encode_frame(payload, max_size))
     await writer.drain()
 
@@ -155,8 +159,12 @@ async def write_frame(writer: asyncio.StreamWriter, payload: bytes,
 class AsyncRpcClient:
     """Request/response over asyncio streams, one request at a time."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 max_size: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        max_size: int = DEFAULT_MAX_FRAME,
+    ) -> None:
         self.reader = reader
         self.writer = writer
         self.max_size = max_size
@@ -166,12 +174,12 @@ class AsyncRpcClient:
     async def call(self, method: str, params: Any = None) -> Any:
         async with self._lock:
             msg_id = next(self._ids)
-            await write_frame(self.writer, encode_message(Request(msg_id, method, params)),
-                              self.max_size)
+            await write_frame(
+                self.writer, encode_message(Request(msg_id, method, params)), self.max_size
+            )
             body = await read_frame(self.reader, self.max_size)
         if body is None:
-            raise PeerClosedError(f"the service closed the connection before answering "
-                                  f"{method!r}")
+            raise PeerClosedError(f"the service closed the connection before answering {method!r}")
         return _result(decode_message(body), msg_id)
 
     async def __aenter__(self) -> AsyncRpcClient:

@@ -49,12 +49,15 @@ def default_address(service: Service) -> Address:
         return service.hyperv_address()
     if has_vsock():
         return service.vsock_address()
-    raise HvsockError(f"no VM socket family here to serve {service.name!r}; pass an address "
-                      "(for example a hybrid:// or unix:// one)")
+    raise HvsockError(
+        f"no VM socket family here to serve {service.name!r}; pass an address "
+        "(for example a hybrid:// or unix:// one)"
+    )
 
 
-async def _accept(loop: asyncio.AbstractEventLoop,
-                  listener: socket.socket) -> tuple[socket.socket, Any]:
+async def _accept(
+    loop: asyncio.AbstractEventLoop, listener: socket.socket
+) -> tuple[socket.socket, Any]:
     """Accept in this task once *listener* is readable; returns a non-blocking socket.
 
     Not ``loop.sock_accept``: it accepts inside a loop callback, and a cancel
@@ -130,8 +133,9 @@ async def _refuse(sock: socket.socket, peer: Peer, why: str, *, framed: bool) ->
     try:
         if framed:
             reply = ErrorReply(None, "not_allowed", why)
-            await asyncio.wait_for(loop.sock_sendall(sock, encode_frame(
-                encode_message(reply))), REFUSAL_LINGER)
+            await asyncio.wait_for(
+                loop.sock_sendall(sock, encode_frame(encode_message(reply))), REFUSAL_LINGER
+            )
         sock.shutdown(socket.SHUT_WR)
         await drain(lambda n: loop.sock_recv(sock, n), REFUSAL_LINGER, REFUSAL_DRAIN)
     except (OSError, asyncio.TimeoutError):
@@ -164,8 +168,13 @@ class ServiceHost:
     ``request_stop(grace)``, ``stop(grace)``.
     """
 
-    def __init__(self, *, grace: float = DEFAULT_GRACE, ready_file: str | None = None,
-                 on_ready: Callable[[dict[str, Address]], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        grace: float = DEFAULT_GRACE,
+        ready_file: str | None = None,
+        on_ready: Callable[[dict[str, Address]], None] | None = None,
+    ) -> None:
         self._stop_request = StopRequest(grace)
         self.ready_file = check_ready_file(ready_file)
         self.on_ready = on_ready
@@ -181,8 +190,13 @@ class ServiceHost:
         self._refusals: set[asyncio.Task[None]] = set()
 
     # -- set-up -------------------------------------------------------------
-    def add(self, service: Service, address: Address | str | None = None, *,
-            listener: socket.socket | None = None) -> None:
+    def add(
+        self,
+        service: Service,
+        address: Address | str | None = None,
+        *,
+        listener: socket.socket | None = None,
+    ) -> None:
         """Serve *service* on *address* (default: see :func:`default_address`).
 
         *listener*, an already listening socket, is used instead of binding one
@@ -194,9 +208,15 @@ class ServiceHost:
             raise ArgumentError(f"a service named {quote(service.name)} is already added")
         addr = parse_address(address) if address is not None else default_address(service)
         check_reachable(service.allow, addr, f"{quote(service.name)}'s")
-        self._entries.append(_Entry(service, addr, listener=listener,
-                                    owns_listener=listener is None,
-                                    log=logging.getLogger(f"hvsock.service.{service.name}")))
+        self._entries.append(
+            _Entry(
+                service,
+                addr,
+                listener=listener,
+                owns_listener=listener is None,
+                log=logging.getLogger(f"hvsock.service.{service.name}"),
+            )
+        )
 
     @property
     def grace(self) -> float:
@@ -253,8 +273,12 @@ class ServiceHost:
 
     def _report_ready(self) -> None:
         names = {e.service.name: str(e.address) for e in self._entries}
-        announce_ready(self.ready_file, {"pid": os.getpid(), "services": names},
-                       "serving " + ", ".join(names), LOG)
+        announce_ready(
+            self.ready_file,
+            {"pid": os.getpid(), "services": names},
+            "serving " + ", ".join(names),
+            LOG,
+        )
         LOG.info("ready: %s", ", ".join(f"{k} on {v}" for k, v in names.items()))
         if self.on_ready is not None:
             self.on_ready(self.addresses)
@@ -335,13 +359,15 @@ class ServiceHost:
             if not service.is_async and limits.idle_timeout is not None:
                 # A sync handler reading conn.sock itself gets the socket's own
                 # timeout, which is the idle timeout.
-                log.info("closed %s: idle for %g s (the service's idle timeout)", peer,
-                         limits.idle_timeout)
+                log.info(
+                    "closed %s: idle for %g s (the service's idle timeout)",
+                    peer,
+                    limits.idle_timeout,
+                )
             elif not (service.is_async and limits.total_timeout is not None):
                 log.exception("handler failed for peer %s", peer)
             else:
-                log.info("closed %s: over the total timeout of %s s", peer,
-                         limits.total_timeout)
+                log.info("closed %s: over the total timeout of %s s", peer, limits.total_timeout)
         except HvsockError as exc:
             log.warning("closed %s: %s", peer, exc)
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
@@ -355,7 +381,8 @@ class ServiceHost:
     async def _run_async(self, entry: _Entry, sock: socket.socket, peer: Peer) -> None:
         limits = entry.service.limits
         reader, writer = await asyncio.open_connection(
-            sock=sock, limit=max(2**16, min(limits.max_message_size + 4, 2**24)))
+            sock=sock, limit=max(2**16, min(limits.max_message_size + 4, 2**24))
+        )
         conn = Connection(reader, writer, peer, entry.service, entry.log)
         try:
             handler = entry.service.handler(conn)  # type: ignore[arg-type]
@@ -377,21 +404,31 @@ class ServiceHost:
         sock.setblocking(True)
         sock.settimeout(limits.idle_timeout)
         conn = SyncConnection(sock, peer, entry.service, entry.log)
+
         # A thread cannot be cancelled; shutting its socket down makes its next
         # (or current) recv/send fail, so the handler ends on its own.
         def cut() -> None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-        timer = (loop.call_later(limits.total_timeout, cut)
-                 if limits.total_timeout is not None else None)
+
+        timer = (
+            loop.call_later(limits.total_timeout, cut) if limits.total_timeout is not None else None
+        )
         handler: SyncHandler = entry.service.handler  # type: ignore[assignment]
         assert self._threads is not None
         async with self._threads:
             await self._run_thread(entry, sock, peer, handler, conn, cut, timer)
 
-    async def _run_thread(self, entry: _Entry, sock: socket.socket, peer: Peer,
-                          handler: SyncHandler, conn: SyncConnection, cut: Callable[[], None],
-                          timer: asyncio.TimerHandle | None) -> None:
+    async def _run_thread(
+        self,
+        entry: _Entry,
+        sock: socket.socket,
+        peer: Peer,
+        handler: SyncHandler,
+        conn: SyncConnection,
+        cut: Callable[[], None],
+        timer: asyncio.TimerHandle | None,
+    ) -> None:
         future = _in_daemon_thread(handler, conn, f"hvsock-handler-{entry.service.name}")
         try:
             await asyncio.shield(future)
@@ -407,7 +444,9 @@ class ServiceHost:
                 entry.log.warning(
                     "abandoned the handler for %s: it did not stop within %g s of being "
                     "cancelled (stuck outside socket I/O); the process can exit without it",
-                    peer, ABANDON_AFTER)
+                    peer,
+                    ABANDON_AFTER,
+                )
                 self._thread_owned.add(sock)
 
                 def release(_: object) -> None:
@@ -442,14 +481,18 @@ class ServiceHost:
         self._close_listeners()
         tasks = {t for e in self._entries for t in e.tasks}
         if tasks:
-            LOG.info("stopping: waiting up to %g s for %d connection(s)",
-                     round(self._stop_request.left(), 1), len(tasks))
+            LOG.info(
+                "stopping: waiting up to %g s for %d connection(s)",
+                round(self._stop_request.left(), 1),
+                len(tasks),
+            )
             pending = await self._stop_request.wait_out(tasks)
             for task in pending:
                 task.cancel()
             if pending:
-                LOG.warning("stopping: cancelled %d connection(s) after the grace period",
-                            len(pending))
+                LOG.warning(
+                    "stopping: cancelled %d connection(s) after the grace period", len(pending)
+                )
                 await asyncio.wait(pending, timeout=10)
         for task in list(self._refusals):
             task.cancel()
@@ -477,8 +520,11 @@ class ServiceHost:
         """
         loop = asyncio.get_running_loop()
         self._stop_request.attach(loop)
-        signals = (loop_stop_signals(loop, self._stop_request.signal)
-                   if handle_signals else contextlib.nullcontext())
+        signals = (
+            loop_stop_signals(loop, self._stop_request.signal)
+            if handle_signals
+            else contextlib.nullcontext()
+        )
         with signals:
             try:
                 await self.start()

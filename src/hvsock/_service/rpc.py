@@ -48,8 +48,7 @@ def rpc_handler(methods: Mapping[str, Method]) -> Callable[[Connection], Any]:
     table = dict(methods)
     for name, fn in table.items():
         if not isinstance(name, str) or not name or not callable(fn):
-            raise ArgumentError(f"rpc method {quote(name)} must map a non-empty name to a "
-                                "callable")
+            raise ArgumentError(f"rpc method {quote(name)} must map a non-empty name to a callable")
 
     async def handler(conn: Connection) -> None:
         stream = _Requests(conn)
@@ -61,9 +60,13 @@ def rpc_handler(methods: Mapping[str, Method]) -> Callable[[Connection], Any]:
                 raise ProtocolError(f"expected a request, got {type(message).__name__}")
             fn = table.get(message.method)
             if fn is None:
-                await conn.write_message(ErrorReply(
-                    message.id, "unknown_method",
-                    f"no method {message.method!r}; known: {', '.join(sorted(table))}"))
+                await conn.write_message(
+                    ErrorReply(
+                        message.id,
+                        "unknown_method",
+                        f"no method {message.method!r}; known: {', '.join(sorted(table))}",
+                    )
+                )
                 continue
             try:
                 result = fn(conn, message.params)
@@ -77,19 +80,28 @@ def rpc_handler(methods: Mapping[str, Method]) -> Callable[[Connection], Any]:
                 continue
             except Exception:
                 conn.log.exception("method %r failed for peer %s", message.method, conn.peer)
-                await conn.write_message(ErrorReply(message.id, "internal_error",
-                                                    f"method {message.method!r} failed"))
+                await conn.write_message(
+                    ErrorReply(message.id, "internal_error", f"method {message.method!r} failed")
+                )
                 continue
             limit = conn.service.limits.max_message_size
             if len(reply) > limit:
                 conn.log.warning(
                     "method %r returned %d bytes for peer %s, over the service's "
                     "max_message_size of %d (hvsock.Limits): answered result_too_large",
-                    message.method, len(reply), conn.peer, limit)
-                await conn.write_message(ErrorReply(
-                    message.id, "result_too_large",
-                    f"the result of {message.method!r} is {len(reply)} bytes, over the "
-                    f"service's max_message_size of {limit} bytes; ask for less"))
+                    message.method,
+                    len(reply),
+                    conn.peer,
+                    limit,
+                )
+                await conn.write_message(
+                    ErrorReply(
+                        message.id,
+                        "result_too_large",
+                        f"the result of {message.method!r} is {len(reply)} bytes, over the "
+                        f"service's max_message_size of {limit} bytes; ask for less",
+                    )
+                )
                 continue
             await conn.write_frame(reply)
 
@@ -121,7 +133,8 @@ class _Requests:
         except asyncio.TimeoutError:
             raise IdleTimeoutError(
                 f"peer {self.conn.peer} did not send a whole request within {idle:g} s "
-                "(the service's idle timeout)") from None
+                "(the service's idle timeout)"
+            ) from None
         return None if body is None else decode_message(body)
 
     async def _frame(self) -> bytes | None:
@@ -166,8 +179,9 @@ class _Requests:
                     continue
                 self.eof = True
                 if not task.done():
-                    self.conn.log.info("peer %s hung up while %r ran: cancelled it",
-                                       self.conn.peer, method)
+                    self.conn.log.info(
+                        "peer %s hung up while %r ran: cancelled it", self.conn.peer, method
+                    )
                     raise _PeerGone
             return task.result()
         finally:

@@ -24,6 +24,7 @@ MAX_TIMEOUT = 1e7
 #: Longest sleep between two retries.
 MAX_RETRY_WAIT = 5.0
 
+
 class _CloseOnError:
     # A class, not @contextlib.contextmanager: every connect enters one, and the
     # generator-based form costs ~2.5 us a use against ~0.3 us.
@@ -35,8 +36,12 @@ class _CloseOnError:
     def __enter__(self) -> socket.socket:
         return self.sock
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if exc_type is not None:
             self.sock.close()
 
@@ -64,8 +69,9 @@ def check_timeout(timeout: float | None, what: str = "timeout") -> None:
     seconds = positive_number(timeout, f"{what} (seconds)", optional=True)
     if seconds is not None and seconds > MAX_TIMEOUT:
         # Clocks and poll() cannot take any float: past this, None says "no limit".
-        raise ArgumentError(f"{what} {seconds:g} s is over {MAX_TIMEOUT:g} s; "
-                            "pass None for no limit")
+        raise ArgumentError(
+            f"{what} {seconds:g} s is over {MAX_TIMEOUT:g} s; pass None for no limit"
+        )
 
 
 def retry_waits(retries: int, retry_wait: float) -> list[float]:
@@ -76,7 +82,7 @@ def retry_waits(retries: int, retry_wait: float) -> list[float]:
     whole_number(retries, "retries", 0, 10_000)
     wait = non_negative_number(retry_wait, "retry_wait (seconds)")
     assert wait is not None
-    return [min(wait * 2**min(i, 32), MAX_RETRY_WAIT) for i in range(retries)]
+    return [min(wait * 2 ** min(i, 32), MAX_RETRY_WAIT) for i in range(retries)]
 
 
 def set_stream_buffer_size(sock: socket.socket, size: int) -> None:
@@ -105,8 +111,15 @@ def close_write(sock: socket.socket) -> None:
             raise
 
 
-def bind_and_listen(sock: socket.socket, sockaddr: Any, backlog: int, *, family: str,
-                    where: str, before_bind: Callable[[], None] | None = None) -> socket.socket:
+def bind_and_listen(
+    sock: socket.socket,
+    sockaddr: Any,
+    backlog: int,
+    *,
+    family: str,
+    where: str,
+    before_bind: Callable[[], None] | None = None,
+) -> socket.socket:
     """Bind and listen *sock* (a fresh socket); close it and explain the error on failure."""
     with close_on_error(sock):
         op = "bind"

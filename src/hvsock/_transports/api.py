@@ -51,7 +51,8 @@ def named_resolver(address: NamedAddress, resolve: Resolver | None) -> Resolver:
     if resolve is None:
         raise UnsupportedError(
             f"{address} names a VM: look it up first (hvsock.resolve_address), or connect "
-            "with hvsock.connect, which does")
+            "with hvsock.connect, which does"
+        )
     return resolve
 
 
@@ -92,10 +93,18 @@ def connect(
         check_buffer_size(buffer_size)
     dial.check_reserved_port(reserved_port)
     resolver = named_resolver(named, resolve) if isinstance(named, NAMED_ADDRESS_TYPES) else None
-    return sync.run(dial.dial(named, timeout=timeout, buffer_size=buffer_size,
-                              retries=retries, retry_wait=retry_wait, resolve=resolver,
-                              reserved_port=reserved_port),
-                    timeout)
+    return sync.run(
+        dial.dial(
+            named,
+            timeout=timeout,
+            buffer_size=buffer_size,
+            retries=retries,
+            retry_wait=retry_wait,
+            resolve=resolver,
+            reserved_port=reserved_port,
+        ),
+        timeout,
+    )
 
 
 def listen(
@@ -118,28 +127,35 @@ def listen(
     """
     named = parse_address(address)
     whole_number(backlog, "backlog", 0, 65535)
-    if mode is not None and (isinstance(mode, bool) or not isinstance(mode, int)
-                             or not 0 <= mode <= 0o777):
+    if mode is not None and (
+        isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777
+    ):
         raise ArgumentError(f"mode must be a permission number like 0o600, not {quote(mode)}")
     if buffer_size is not None:
         check_buffer_size(buffer_size)
-    addr = (named_resolver(named, resolve)(named) if isinstance(named, NAMED_ADDRESS_TYPES)
-            else named)
+    addr = (
+        named_resolver(named, resolve)(named) if isinstance(named, NAMED_ADDRESS_TYPES) else named
+    )
     return _LISTEN[type(addr)](addr, backlog, mode, buffer_size)
 
 
 # The VM-socket modules load on first use (dial.family_module): see there.
 _LISTEN: dict[type, Callable[[Any, int, int | None, int | None], socket.socket]] = {
     VsockAddress: lambda a, backlog, _mode, size: dial.family_module("vsock").listen(
-        a, backlog=backlog, buffer_size=size),
+        a, backlog=backlog, buffer_size=size
+    ),
     HyperVAddress: lambda a, backlog, _mode, size: dial.family_module("hyperv").listen(
-        a, backlog=backlog, buffer_size=size),
+        a, backlog=backlog, buffer_size=size
+    ),
     HybridAddress: lambda a, backlog, mode, size: dial.family_module("hybrid").listen(
-        a, backlog=backlog, mode=mode, buffer_size=size),
+        a, backlog=backlog, mode=mode, buffer_size=size
+    ),
     TcpAddress: lambda a, backlog, _mode, size: stream.tcp_listen(
-        a, backlog=backlog, buffer_size=size),
+        a, backlog=backlog, buffer_size=size
+    ),
     UnixAddress: lambda a, backlog, mode, size: stream.unix_listen(
-        a, backlog=backlog, mode=mode, buffer_size=size),
+        a, backlog=backlog, mode=mode, buffer_size=size
+    ),
 }
 
 

@@ -84,8 +84,12 @@ class InThread:
 
     __slots__ = ("call", "discard", "stalled")
 
-    def __init__(self, call: Callable[[float | None], Any], stalled: Callable[[], HvsockError],
-                 discard: Callable[[Any], None] | None = None) -> None:
+    def __init__(
+        self,
+        call: Callable[[float | None], Any],
+        stalled: Callable[[], HvsockError],
+        discard: Callable[[Any], None] | None = None,
+    ) -> None:
         self.call, self.stalled, self.discard = call, stalled, discard
 
 
@@ -108,8 +112,9 @@ _NONBLOCK: int = getattr(socket, "SOCK_NONBLOCK", 0)
 _IN_PROGRESS = frozenset({errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK, errno.EALREADY})
 
 
-def resume(gen: Dial, value: object = None,
-           error: BaseException | None = None) -> Step | socket.socket:
+def resume(
+    gen: Dial, value: object = None, error: BaseException | None = None
+) -> Step | socket.socket:
     """Answer *gen*'s last step with *value* (or throw *error* in): its next step, or
     the connected socket once it is done. Every driver steps a dial with this."""
     try:
@@ -120,8 +125,13 @@ def resume(gen: Dial, value: object = None,
 
 
 # -- the table -------------------------------------------------------------------------------
-def attempt(address: SocketAddress, *, timeout: float | None,
-            buffer_size: int | None, reserved_port: bool | str = False) -> Dial:
+def attempt(
+    address: SocketAddress,
+    *,
+    timeout: float | None,
+    buffer_size: int | None,
+    reserved_port: bool | str = False,
+) -> Dial:
     """One connect attempt to the resolved *address* (no retries).
 
     *reserved_port* (True, or "try" to fall back quietly) binds an AF_VSOCK socket to a
@@ -132,9 +142,11 @@ def attempt(address: SocketAddress, *, timeout: float | None,
     if reserved_port is True:
         from .._errors import ArgumentError
 
-        raise ArgumentError(f"reserved_port=True needs an AF_VSOCK address, not {address}: "
-                            "only vsock listeners judge a peer by its source port; pass "
-                            "reserved_port='try' to use one where there is one")
+        raise ArgumentError(
+            f"reserved_port=True needs an AF_VSOCK address, not {address}: "
+            "only vsock listeners judge a peer by its source port; pass "
+            "reserved_port='try' to use one where there is one"
+        )
     return TRANSPORTS[type(address)](address, timeout, buffer_size)
 
 
@@ -147,9 +159,16 @@ def check_reserved_port(value: object) -> None:
         raise ArgumentError(f"reserved_port must be False, True or 'try', not {quote(value)}")
 
 
-def dial(address: Any, *, timeout: float | None, buffer_size: int | None,
-         retries: int = 0, retry_wait: float = 0.25,
-         resolve: Resolver | None = None, reserved_port: bool | str = False) -> Dial:
+def dial(
+    address: Any,
+    *,
+    timeout: float | None,
+    buffer_size: int | None,
+    retries: int = 0,
+    retry_wait: float = 0.25,
+    resolve: Resolver | None = None,
+    reserved_port: bool | str = False,
+) -> Dial:
     """Attempts with pauses between them: a transient failure is retried *retries* times.
 
     *resolve*, given by the layer above the transports, turns a named address (a VM
@@ -161,15 +180,24 @@ def dial(address: Any, *, timeout: float | None, buffer_size: int | None,
     return _dial(address, waits, timeout, buffer_size, resolve, reserved_port)
 
 
-def _dial(address: Any, waits: list[float], timeout: float | None, buffer_size: int | None,
-          resolve: Resolver | None, reserved_port: bool | str) -> Dial:
+def _dial(
+    address: Any,
+    waits: list[float],
+    timeout: float | None,
+    buffer_size: int | None,
+    resolve: Resolver | None,
+    reserved_port: bool | str,
+) -> Dial:
     for wait in [*waits, None]:
         try:
             target = address
             if resolve is not None:
                 target = yield InThread(lambda _remaining: resolve(address), _resolve_stalled)
-            return (yield from attempt(target, timeout=timeout, buffer_size=buffer_size,
-                                       reserved_port=reserved_port))
+            return (
+                yield from attempt(
+                    target, timeout=timeout, buffer_size=buffer_size, reserved_port=reserved_port
+                )
+            )
         except OSError as exc:
             if wait is None or not is_transient(exc):
                 raise
@@ -178,8 +206,9 @@ def _dial(address: Any, waits: list[float], timeout: float | None, buffer_size: 
 
 
 def _resolve_stalled() -> HvsockError:
-    return ConnectTimeoutError("looking the VM name up timed out; raise the timeout",
-                               errno=errno.ETIMEDOUT)
+    return ConnectTimeoutError(
+        "looking the VM name up timed out; raise the timeout", errno=errno.ETIMEDOUT
+    )
 
 
 def where(address: SocketAddress) -> str:
@@ -190,7 +219,9 @@ def where(address: SocketAddress) -> str:
 def _connect_stalled(where: str) -> Callable[[], HvsockError]:
     return lambda: ConnectTimeoutError(
         f"connect to {where} timed out; check that the peer is running and listening, "
-        "or raise the timeout", errno=errno.ETIMEDOUT)
+        "or raise the timeout",
+        errno=errno.ETIMEDOUT,
+    )
 
 
 def _os_error(code: int) -> OSError:
@@ -249,13 +280,18 @@ def _getaddrinfo(address: TcpAddress) -> Callable[[float | None], list[Any]]:
             return socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
             raise _unresolvable(address, exc) from exc
+
     return lookup
 
 
 def _unresolvable(address: TcpAddress, exc: socket.gaierror) -> HvsockError:
     from .._validate import quote
-    return HvsockError(f"cannot resolve {quote(address.host)} ({exc.strerror}); check the "
-                       "host name, or give an IP address", errno=exc.errno)
+
+    return HvsockError(
+        f"cannot resolve {quote(address.host)} ({exc.strerror}); check the "
+        "host name, or give an IP address",
+        errno=exc.errno,
+    )
 
 
 def tcp(address: TcpAddress, timeout: float | None, buffer_size: int | None) -> Dial:
@@ -300,11 +336,14 @@ def backlog_full(where: str) -> ConnectTimeoutError:
     """A Unix connect that waited its whole timeout for room in the listen backlog."""
     return ConnectTimeoutError(
         f"connect to {where} timed out: its listen backlog stayed full; the server is not "
-        "accepting connections (overloaded or hung)", errno=errno.ETIMEDOUT)
+        "accepting connections (overloaded or hung)",
+        errno=errno.ETIMEDOUT,
+    )
 
 
-def _wait_for_backlog(sock: socket.socket, target: Any,
-                      where: str) -> Callable[[float | None], None]:
+def _wait_for_backlog(
+    sock: socket.socket, target: Any, where: str
+) -> Callable[[float | None], None]:
     # A non-blocking AF_UNIX connect never completes later: with the listener's
     # backlog full Linux fails it at once with EAGAIN. A blocking connect does wait for
     # room, bounded by SO_SNDTIMEO (not by settimeout(), which would make it
@@ -322,6 +361,7 @@ def _wait_for_backlog(sock: socket.socket, target: Any,
         finally:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(0))
             sock.setblocking(False)
+
     return wait
 
 
@@ -336,13 +376,17 @@ def _unix_connect(target: Any, where: str, family: str, buffer_size: int | None)
             try:
                 sock.connect(target)
             except BlockingIOError:
-                yield InThread(_wait_for_backlog(sock, target, where),
-                               lambda: backlog_full(where))
+                yield InThread(_wait_for_backlog(sock, target, where), lambda: backlog_full(where))
         except HvsockError:
             raise
         except OSError as exc:
-            raise translate(exc, op="connect", family=family, where=where,
-                            path=target if isinstance(target, str) else None) from exc
+            raise translate(
+                exc,
+                op="connect",
+                family=family,
+                where=where,
+                path=target if isinstance(target, str) else None,
+            ) from exc
     return sock
 
 
@@ -357,15 +401,16 @@ def hybrid_(address: HybridAddress, timeout: float | None, buffer_size: int | No
     from .._core import handshake
     from . import hybrid
 
-    sock = yield from _unix_connect(address.uds_path, hybrid.vmm_where(address), "hybrid",
-                                    buffer_size)
+    sock = yield from _unix_connect(
+        address.uds_path, hybrid.vmm_where(address), "hybrid", buffer_size
+    )
     stalled = lambda: hybrid.reply_timeout(address)  # noqa: E731
     with close_on_error(sock):
         try:
             request = memoryview(handshake.encode_connect(address.port))
             while request:
                 try:
-                    request = request[sock.send(request):]
+                    request = request[sock.send(request) :]
                 except BlockingIOError:
                     yield Writable(sock, stalled)
             reader = handshake.LineReader("reply")
@@ -386,14 +431,19 @@ def hybrid_(address: HybridAddress, timeout: float | None, buffer_size: int | No
         except (ConnectionResetError, BrokenPipeError) as exc:
             raise hybrid.no_listener(address, exc.errno) from exc
         except OSError as exc:
-            raise translate(exc, op="connect", family="hybrid",
-                            where=hybrid.where(address)) from exc
+            raise translate(
+                exc, op="connect", family="hybrid", where=hybrid.where(address)
+            ) from exc
     return sock
 
 
 # -- AF_VSOCK ----------------------------------------------------------------------------------
-def vsock_(address: VsockAddress, timeout: float | None, buffer_size: int | None,
-           reserved_port: bool | str = False) -> Dial:
+def vsock_(
+    address: VsockAddress,
+    timeout: float | None,
+    buffer_size: int | None,
+    reserved_port: bool | str = False,
+) -> Dial:
     """vsock: the kernel's own connect timeout set to ours, then a non-blocking connect
     (from a reserved source port first when asked: see :func:`vsock.bind_reserved`)."""
     from . import vsock
@@ -403,13 +453,15 @@ def vsock_(address: VsockAddress, timeout: float | None, buffer_size: int | None
         if reserved_port:
             vsock.bind_reserved(sock, address, required=reserved_port is True)
         sock.setblocking(False)
-        return (yield from _connect_nonblocking(sock, address.sockaddr, "vsock",
-                                                vsock.where(address)))
+        return (
+            yield from _connect_nonblocking(sock, address.sockaddr, "vsock", vsock.where(address))
+        )
 
 
 # -- AF_HYPERV ---------------------------------------------------------------------------------
-def hyperv_(address: HyperVAddress, timeout: float | None,
-            buffer_size: int | None) -> Dial:  # pragma: no cover - Windows only
+def hyperv_(
+    address: HyperVAddress, timeout: float | None, buffer_size: int | None
+) -> Dial:  # pragma: no cover - Windows only
     """AF_HYPERV: a blocking connect bounded by HVSOCKET_CONNECT_TIMEOUT, in a thread.
 
     Asyncio's proactor cannot connect this family and its non-blocking connect is
@@ -425,8 +477,11 @@ def hyperv_(address: HyperVAddress, timeout: float | None,
             if remaining is not None:
                 # Without this option a connect to a service nobody listens on
                 # blocks for ~30 s whatever Python's own timeout says.
-                sock.setsockopt(hyperv.HV_PROTOCOL_RAW, hyperv.HVSOCKET_CONNECT_TIMEOUT,
-                                hyperv.connect_timeout_ms(remaining))
+                sock.setsockopt(
+                    hyperv.HV_PROTOCOL_RAW,
+                    hyperv.HVSOCKET_CONNECT_TIMEOUT,
+                    hyperv.connect_timeout_ms(remaining),
+                )
             sock.connect(address.sockaddr)
         except OSError as exc:
             raise translate(exc, op="connect", family="hyperv", where=where) from exc
@@ -460,4 +515,3 @@ WHERE: dict[type, Callable[[Any], str]] = {
     VsockAddress: lambda a: family_module("vsock").where(a),
     HyperVAddress: lambda a: family_module("hyperv").where(a),
 }
-

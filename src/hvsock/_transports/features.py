@@ -47,7 +47,8 @@ def require_vsock() -> int:
         raise UnsupportedError(
             f"AF_VSOCK is not available on {sys.platform}: VM sockets need Linux; on a "
             "Windows host use hvsock:// addresses, on a Firecracker / Cloud Hypervisor "
-            "host use hybrid:// addresses")
+            "host use hybrid:// addresses"
+        )
     return int(family)
 
 
@@ -56,11 +57,15 @@ def require_hyperv() -> int:
     family = getattr(socket, "AF_HYPERV", None)
     if family is None:
         if sys.platform == "win32":
-            why = (f"this is Python {sys.version_info.major}.{sys.version_info.minor}; "
-                   "AF_HYPERV needs CPython 3.12 or newer")
+            why = (
+                f"this is Python {sys.version_info.major}.{sys.version_info.minor}; "
+                "AF_HYPERV needs CPython 3.12 or newer"
+            )
         else:
-            why = (f"AF_HYPERV exists only on Windows (this is {sys.platform}); inside a "
-                   "Linux guest use vsock:// addresses (vsock://host:<port> reaches the host)")
+            why = (
+                f"AF_HYPERV exists only on Windows (this is {sys.platform}); inside a "
+                "Linux guest use vsock:// addresses (vsock://host:<port> reaches the host)"
+            )
         raise UnsupportedError(f"Hyper-V sockets are not available: {why}")
     return int(family)
 
@@ -95,11 +100,14 @@ def local_cid(device: str = VSOCK_DEVICE) -> int:
         raise TransportUnavailableError(
             f"{device} does not exist: no vsock transport is loaded; load one "
             "(`modprobe vmw_vsock_virtio_transport` in a KVM guest, `modprobe hv_sock` on "
-            "Hyper-V, `modprobe vsock_loopback` for local tests)", errno=errno.ENOENT) from None
+            "Hyper-V, `modprobe vsock_loopback` for local tests)",
+            errno=errno.ENOENT,
+        ) from None
     except PermissionError as exc:
         raise TransportUnavailableError(
             f"cannot open {device} ({exc.strerror}); run as a user that may read it",
-            errno=exc.errno) from exc
+            errno=exc.errno,
+        ) from exc
     try:
         buf = fcntl.ioctl(fd, IOCTL_VM_SOCKETS_GET_LOCAL_CID, b"\0" * 4)
     except OSError as exc:

@@ -32,7 +32,9 @@ def no_listener(address: HybridAddress, code: int | None = None) -> NothingListe
     return NothingListeningError(
         f"the VMM at {address.uds_path} closed the connection: nothing in the guest "
         f"listens on port {address.port}; start the guest service first (or pass "
-        "retries=N to wait for it)", errno=code or errno.ECONNRESET)
+        "retries=N to wait for it)",
+        errno=code or errno.ECONNRESET,
+    )
 
 
 def reply_cut_short(address: HybridAddress, buffer: bytes) -> HvsockError:
@@ -40,7 +42,8 @@ def reply_cut_short(address: HybridAddress, buffer: bytes) -> HvsockError:
     if buffer:
         return HandshakeError(
             f"the VMM at {address.uds_path} closed the connection in the middle of "
-            f"its reply ({buffer!r})")
+            f"its reply ({buffer!r})"
+        )
     return no_listener(address)
 
 
@@ -48,10 +51,18 @@ def reply_timeout(address: HybridAddress) -> ConnectTimeoutError:
     return ConnectTimeoutError(
         f"the VMM at {address.uds_path} did not answer CONNECT {address.port} in "
         "time; is it a hybrid vsock socket? raise the timeout if the VM is slow",
-        errno=errno.ETIMEDOUT)
+        errno=errno.ETIMEDOUT,
+    )
 
 
-def listen(address: HybridAddress, *, backlog: int, mode: int | None,
-           buffer_size: int | None) -> socket.socket:
-    return unix_listen_path(address.listen_path, address.listen_path, backlog=backlog,
-                            mode=mode, buffer_size=buffer_size, family_name="hybrid")
+def listen(
+    address: HybridAddress, *, backlog: int, mode: int | None, buffer_size: int | None
+) -> socket.socket:
+    return unix_listen_path(
+        address.listen_path,
+        address.listen_path,
+        backlog=backlog,
+        mode=mode,
+        buffer_size=buffer_size,
+        family_name="hybrid",
+    )

@@ -43,10 +43,17 @@ def new_socket() -> socket.socket:
         raise translate(exc, op="socket", family="hyperv", where="AF_HYPERV") from exc
 
 
-def listen(address: HyperVAddress, *, backlog: int,
-           buffer_size: int | None) -> socket.socket:  # pragma: no cover - Windows only
+def listen(
+    address: HyperVAddress, *, backlog: int, buffer_size: int | None
+) -> socket.socket:  # pragma: no cover - Windows only
     sock = new_socket()
     return bind_and_listen(
-        sock, address.sockaddr, backlog, family="hyperv", where=where(address),
-        before_bind=None if buffer_size is None
-        else lambda: set_stream_buffer_size(sock, buffer_size))
+        sock,
+        address.sockaddr,
+        backlog,
+        family="hyperv",
+        where=where(address),
+        before_bind=None
+        if buffer_size is None
+        else lambda: set_stream_buffer_size(sock, buffer_size),
+    )

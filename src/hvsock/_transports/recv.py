@@ -30,8 +30,9 @@ def _time_left(sock: socket.socket, deadline: float) -> None:
     sock.settimeout(left)
 
 
-def recv_into_exactly(sock: socket.socket, view: memoryview | bytearray,
-                      deadline: float | None = None) -> int:
+def recv_into_exactly(
+    sock: socket.socket, view: memoryview | bytearray, deadline: float | None = None
+) -> int:
     """Fill *view* from *sock*; the count read, which is short only at EOF."""
     view = memoryview(view).cast("B")
     size = len(view)
@@ -46,8 +47,9 @@ def recv_into_exactly(sock: socket.socket, view: memoryview | bytearray,
     return got
 
 
-def recv_frame(sock: socket.socket, reader: FrameReader, deadline: float | None = None,
-               flags: int = 0) -> tuple[int, bytes] | None:
+def recv_frame(
+    sock: socket.socket, reader: FrameReader, deadline: float | None = None, flags: int = 0
+) -> tuple[int, bytes] | None:
     """The next ``(tag, body)`` *reader* completes from *sock*; None at EOF between frames.
 
     Raises :class:`PeerClosedError` at EOF inside a frame, the reader's
@@ -73,5 +75,4 @@ def cut_short(reader: FrameReader) -> PeerClosedError:
     in_header, got, size = reader.progress()
     if not in_header and not got:
         return PeerClosedError(f"connection closed before a {size}-byte frame body")
-    return PeerClosedError(f"connection closed in the middle of a frame ({got} of {size} "
-                           "bytes)")
+    return PeerClosedError(f"connection closed in the middle of a frame ({got} of {size} bytes)")

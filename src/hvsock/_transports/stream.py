@@ -19,11 +19,13 @@ DEFAULT_UNIX_MODE = 0o600
 
 def tcp_listen(address: TcpAddress, *, backlog: int, buffer_size: int | None) -> socket.socket:
     try:
-        infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(
+            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
     except socket.gaierror as exc:
-        raise translate(OSError(errno.EADDRNOTAVAIL, str(exc)), op="bind", family="tcp",
-                        where=str(address)) from exc
+        raise translate(
+            OSError(errno.EADDRNOTAVAIL, str(exc)), op="bind", family="tcp", where=str(address)
+        ) from exc
     family, _, _, _, sockaddr = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
 
@@ -32,8 +34,9 @@ def tcp_listen(address: TcpAddress, *, backlog: int, buffer_size: int | None) ->
         if buffer_size is not None:
             set_stream_buffer_size(sock, buffer_size)
 
-    return bind_and_listen(sock, sockaddr, backlog, family="tcp", where=str(address),
-                           before_bind=options)
+    return bind_and_listen(
+        sock, sockaddr, backlog, family="tcp", where=str(address), before_bind=options
+    )
 
 
 def _remove_stale(path: str) -> None:
@@ -45,7 +48,9 @@ def _remove_stale(path: str) -> None:
     if not stat.S_ISSOCK(st.st_mode):
         raise AddressInUseError(
             f"{path} exists and is not a socket; hvsock will not remove it: "
-            "choose another path or move that file", errno=errno.EEXIST)
+            "choose another path or move that file",
+            errno=errno.EEXIST,
+        )
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.settimeout(1.0)
@@ -60,11 +65,19 @@ def _remove_stale(path: str) -> None:
         probe.close()
     raise AddressInUseError(
         f"something already listens on {path}; stop it or choose another path",
-        errno=errno.EADDRINUSE)
+        errno=errno.EADDRINUSE,
+    )
 
 
-def unix_listen_path(path: str, sockaddr: str | bytes, *, backlog: int, mode: int | None,
-                     buffer_size: int | None, family_name: str = "unix") -> socket.socket:
+def unix_listen_path(
+    path: str,
+    sockaddr: str | bytes,
+    *,
+    backlog: int,
+    mode: int | None,
+    buffer_size: int | None,
+    family_name: str = "unix",
+) -> socket.socket:
     abstract = isinstance(sockaddr, bytes)
     if not abstract:
         try:
@@ -72,8 +85,7 @@ def unix_listen_path(path: str, sockaddr: str | bytes, *, backlog: int, mode: in
         except AddressInUseError:
             raise
         except OSError as exc:  # e.g. a directory on the way this user cannot search
-            raise translate(exc, op="bind", family=family_name, where=path,
-                            path=path) from exc
+            raise translate(exc, op="bind", family=family_name, where=path, path=path) from exc
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with close_on_error(sock):
         op = "bind"
@@ -92,12 +104,15 @@ def unix_listen_path(path: str, sockaddr: str | bytes, *, backlog: int, mode: in
             if op != "bind" and not abstract:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
-            raise translate(exc, op=op, family=family_name, where=path,
-                            path=None if abstract else path) from exc
+            raise translate(
+                exc, op=op, family=family_name, where=path, path=None if abstract else path
+            ) from exc
     return sock
 
 
-def unix_listen(address: UnixAddress, *, backlog: int, mode: int | None,
-                buffer_size: int | None) -> socket.socket:
-    return unix_listen_path(address.path, address.sockaddr, backlog=backlog, mode=mode,
-                            buffer_size=buffer_size)
+def unix_listen(
+    address: UnixAddress, *, backlog: int, mode: int | None, buffer_size: int | None
+) -> socket.socket:
+    return unix_listen_path(
+        address.path, address.sockaddr, backlog=backlog, mode=mode, buffer_size=buffer_size
+    )

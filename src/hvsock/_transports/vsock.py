@@ -93,8 +93,9 @@ def set_connect_timeout(sock: socket.socket, timeout: float) -> None:
     _setsockopt_raw(sock, sock.family, SO_VM_SOCKETS_CONNECT_TIMEOUT, timeval(timeout))
 
 
-def prepare(address: VsockAddress, *, timeout: float | None,
-            buffer_size: int | None) -> socket.socket:
+def prepare(
+    address: VsockAddress, *, timeout: float | None, buffer_size: int | None
+) -> socket.socket:
     """A new, unconnected vsock socket with the buffer size and kernel connect timeout set."""
     sock = new_socket()
     with close_on_error(sock):
@@ -124,7 +125,7 @@ class _Rotation:
 
     @classmethod
     def order(cls) -> list[int]:
-        return [*RESERVED_PORTS[cls.start:], *RESERVED_PORTS[:cls.start]]
+        return [*RESERVED_PORTS[cls.start :], *RESERVED_PORTS[: cls.start]]
 
     @classmethod
     def took(cls, port: int) -> None:
@@ -158,17 +159,26 @@ def bind_reserved(sock: socket.socket, address: VsockAddress, *, required: bool)
                     f"cannot bind a reserved source port for {where(address)}: only root "
                     "(CAP_NET_BIND_SERVICE) may; run as root, or connect with "
                     "reserved_port='try' to fall back to an ordinary port (services that "
-                    "need a privileged peer will refuse it)", errno=exc.errno) from exc
+                    "need a privileged peer will refuse it)",
+                    errno=exc.errno,
+                ) from exc
             raise translate(exc, op="bind", family="vsock", where=where(address)) from exc
     if not required:
         return None
     raise AddressInUseError(
         f"every reserved vsock source port ({RESERVED_PORTS[-1]}-{RESERVED_PORTS[0]}) is in "
-        "use; close some connections and retry", errno=98)
+        "use; close some connections and retry",
+        errno=98,
+    )
 
 
 def listen(address: VsockAddress, *, backlog: int, buffer_size: int | None) -> socket.socket:
     sock = new_socket()
     return bind_and_listen(
-        sock, address.sockaddr, backlog, family="vsock", where=where(address),
-        before_bind=None if buffer_size is None else lambda: set_buffer_size(sock, buffer_size))
+        sock,
+        address.sockaddr,
+        backlog,
+        family="vsock",
+        where=where(address),
+        before_bind=None if buffer_size is None else lambda: set_buffer_size(sock, buffer_size),
+    )

@@ -59,8 +59,9 @@ def usage(fmt: str, filename: str | None = None) -> str:
     return f"reg import {name}"
 
 
-def registration_script(changes: Sequence[Change], fmt: str = "ps1", *,
-                        filename: str | None = None) -> str:
+def registration_script(
+    changes: Sequence[Change], fmt: str = "ps1", *, filename: str | None = None
+) -> str:
     """*changes* (:class:`Registration`, :class:`Removal`) as a ``"ps1"`` PowerShell
     script or a ``"reg"`` file, for an administrator to run on the Hyper-V host.
     *filename*: what the file will be called, for the script's usage comment.
@@ -76,16 +77,17 @@ def registration_script(changes: Sequence[Change], fmt: str = "ps1", *,
 
 # -- PowerShell ----------------------------------------------------------------
 
+
 def _ps_register(change: Registration) -> list[str]:
     sid, name = str(change.service_id), change.name
     q = ps_quote
-    unmarked = (f"{sid} has a key but no {ELEMENT_NAME}, and hvsock did not make it; "
-                "look at it in regedit")
+    unmarked = (
+        f"{sid} has a key but no {ELEMENT_NAME}, and hvsock did not make it; look at it in regedit"
+    )
     return [
         f"# Register {q(name)} as {describe_service(change.service_id)}",
         f"$key = Join-Path $root {q(change.key_name)}",
-        "$old = (Get-ItemProperty -LiteralPath $key -ErrorAction SilentlyContinue)"
-        f".{ELEMENT_NAME}",
+        f"$old = (Get-ItemProperty -LiteralPath $key -ErrorAction SilentlyContinue).{ELEMENT_NAME}",
         "if ($null -eq $old) {",
         "    if (Test-Path -LiteralPath $key) {",
         f"        if ((Get-ItemProperty -LiteralPath $key).{MARKER_NAME} -cne "
@@ -125,12 +127,14 @@ def _ps_remove(change: Removal) -> list[str]:
             f"        throw {q(sid + ' was not registered by hvsock; it is left alone')}",
             "    }",
         ]
-    return [*lines,
-            "    Remove-Item -LiteralPath $key",
-            f"    Write-Output {q(f'removed {sid}')}",
-            "} else {",
-            f"    Write-Output {q(f'{sid} is not registered')}",
-            "}"]
+    return [
+        *lines,
+        "    Remove-Item -LiteralPath $key",
+        f"    Write-Output {q(f'removed {sid}')}",
+        "} else {",
+        f"    Write-Output {q(f'{sid} is not registered')}",
+        "}",
+    ]
 
 
 def to_ps1(changes: Sequence[Change], *, filename: str | None = None) -> str:
@@ -148,23 +152,27 @@ def to_ps1(changes: Sequence[Change], *, filename: str | None = None) -> str:
     ]
     for change in changes:
         lines.append("")
-        lines += _ps_register(change) if isinstance(change, Registration) else \
-            _ps_remove(change)
+        lines += _ps_register(change) if isinstance(change, Registration) else _ps_remove(change)
     return "\n".join(lines) + "\n"
 
 
 # -- .reg ------------------------------------------------------------------------
+
 
 def to_reg(changes: Sequence[Change]) -> str:
     """A .reg file that makes *changes* (``reg import FILE`` as administrator)."""
     lines = [REG_HEADER, ""]
     for change in changes:
         if isinstance(change, Registration):
-            lines.append(f"; hvsock: register {reg_quote(change.name)} as "
-                         f"{describe_service(change.service_id)}")
+            lines.append(
+                f"; hvsock: register {reg_quote(change.name)} as "
+                f"{describe_service(change.service_id)}"
+            )
         else:
-            lines.append(f"; hvsock: remove {describe_service(change.service_id)}, "
-                         "whatever made it (a .reg file cannot check)")
+            lines.append(
+                f"; hvsock: remove {describe_service(change.service_id)}, "
+                "whatever made it (a .reg file cannot check)"
+            )
         for edit in change.edits():
             if edit.delete:
                 lines.append(f"[-{HKLM}\\{edit.key}]")
@@ -188,8 +196,10 @@ def _quoted(text: str, start: int, lineno: int) -> tuple[str, int]:
             return "".join(out), i + 1
         if c == "\\":
             if i + 1 == len(text) or text[i + 1] not in '\\"':
-                raise RegistryError(f".reg line {lineno}: a backslash in a string must be "
-                                    "written \\\\ (or \\\" for a quote)")
+                raise RegistryError(
+                    f".reg line {lineno}: a backslash in a string must be "
+                    'written \\\\ (or \\" for a quote)'
+                )
             out.append(text[i + 1])
             i += 2
             continue
@@ -220,7 +230,7 @@ def parse_reg(text: str) -> list[RegistryEdit]:
         if key is not None:
             edits.append(RegistryEdit(key, tuple(values), delete))
 
-    for lineno, raw in enumerate(lines[first + 1:], start=first + 2):
+    for lineno, raw in enumerate(lines[first + 1 :], start=first + 2):
         line = raw.strip()
         if not line or line.startswith(";"):
             continue
@@ -234,8 +244,10 @@ def parse_reg(text: str) -> list[RegistryEdit]:
             raise RegistryError(f".reg line {lineno}: a value before any [key] line")
         if not line.startswith('"'):
             what = "a default value (@=)" if line.startswith("@") else repr(line[:40])
-            raise RegistryError(f".reg line {lineno}: {what} is not a \"name\"=\"value\" line; "
-                                "hvsock reads named string values only")
+            raise RegistryError(
+                f'.reg line {lineno}: {what} is not a "name"="value" line; '
+                "hvsock reads named string values only"
+            )
         name, end = _quoted(line, 0, lineno)
         rest = line[end:].lstrip()
         if not rest.startswith("="):
@@ -244,7 +256,8 @@ def parse_reg(text: str) -> list[RegistryEdit]:
         if not rest.startswith('"'):
             raise RegistryError(
                 f".reg line {lineno}: value {name!r} is {rest[:20]!r}, not a string; "
-                "hvsock reads string values only (dword, hex and '-' are not read)")
+                "hvsock reads string values only (dword, hex and '-' are not read)"
+            )
         value, end = _quoted(rest, 0, lineno)
         if rest[end:].strip():
             raise RegistryError(f".reg line {lineno}: text after the value's closing quote")
@@ -259,8 +272,10 @@ def _key_path(text: str, lineno: int) -> str:
     path = text[1:] if text.startswith("-") else text
     root, sep, rest = path.partition("\\")
     if root.upper() not in (HKLM, "HKLM"):
-        raise RegistryError(f".reg line {lineno}: key {path[:80]!r} is not under "
-                            f"{HKLM}; hvsock reads only that hive")
+        raise RegistryError(
+            f".reg line {lineno}: key {path[:80]!r} is not under "
+            f"{HKLM}; hvsock reads only that hive"
+        )
     if not sep or not rest or any(not part for part in rest.split("\\")):
         raise RegistryError(f".reg line {lineno}: key {path[:80]!r} has an empty part")
     return rest

@@ -29,8 +29,9 @@ def _parts(path: str) -> list[str]:
         if not part:
             raise RegistryError(f"registry path {path!r} has an empty part")
         if len(part) > MAX_KEY_NAME:
-            raise RegistryError(f"registry key name {part[:40]!r}... is longer than "
-                                f"{MAX_KEY_NAME} characters")
+            raise RegistryError(
+                f"registry key name {part[:40]!r}... is longer than {MAX_KEY_NAME} characters"
+            )
         if "\0" in part:
             raise RegistryError(f"registry key name {part!r} contains a NUL character")
     return parts
@@ -62,8 +63,11 @@ class MemoryRegistry:
         if folded not in self._keys:
             return []
         depth = folded.count("\\") + 1
-        return [key.path.split("\\")[-1] for name, key in self._keys.items()
-                if name.startswith(folded + "\\") and name.count("\\") == depth]
+        return [
+            key.path.split("\\")[-1]
+            for name, key in self._keys.items()
+            if name.startswith(folded + "\\") and name.count("\\") == depth
+        ]
 
     def values(self, path: str) -> dict[str, object] | None:
         key = self._keys.get(_fold(path))
@@ -82,8 +86,9 @@ class MemoryRegistry:
         if key is None:
             raise RegistryError(f"cannot set {name!r}: key {path} does not exist")
         if not isinstance(name, str) or len(name) > MAX_VALUE_NAME:
-            raise RegistryError(f"value name {str(name)[:40]!r} is not text of at most "
-                                f"{MAX_VALUE_NAME} characters")
+            raise RegistryError(
+                f"value name {str(name)[:40]!r} is not text of at most {MAX_VALUE_NAME} characters"
+            )
         if not isinstance(value, str) or "\0" in value:
             raise RegistryError(f"value {name!r} must be text without NUL characters")
         folded = name.casefold()

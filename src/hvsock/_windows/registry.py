@@ -24,8 +24,10 @@ from .._core import ids
 from .._errors import ArgumentError, PermissionDeniedError, RegistryError, UnsupportedError
 
 HKLM = "HKEY_LOCAL_MACHINE"
-SERVICES_KEY = (r"SOFTWARE\Microsoft\Windows NT\CurrentVersion\Virtualization"
-                r"\GuestCommunicationServices")
+SERVICES_KEY = (
+    r"SOFTWARE\Microsoft\Windows NT\CurrentVersion\Virtualization"
+    r"\GuestCommunicationServices"
+)
 ELEMENT_NAME = "ElementName"
 #: The extra value that marks entries hvsock made.
 MARKER_NAME = "CreatedBy"
@@ -85,8 +87,9 @@ def check_element_name(name: object) -> str:
 def check_service_id(value: object) -> uuid.UUID:
     """A service id: a ``uuid.UUID``, GUID text (braces optional) or a vsock port number."""
     if isinstance(value, bool) or not isinstance(value, (uuid.UUID, int, str)):
-        raise RegistryError(f"a service id must be a GUID, a port number or a uuid.UUID, "
-                            f"not {type(value).__name__}")
+        raise RegistryError(
+            f"a service id must be a GUID, a port number or a uuid.UUID, not {type(value).__name__}"
+        )
     return ids.coerce_service_id(value)
 
 
@@ -124,7 +127,8 @@ class ServiceEntry:
         if self.made_by_hvsock:
             return False
         return self.service_id in BUILTIN_SERVICES or (
-            self.name is not None and self.name.casefold() in _BUILTIN_NAMES)
+            self.name is not None and self.name.casefold() in _BUILTIN_NAMES
+        )
 
     @property
     def origin(self) -> str:
@@ -132,11 +136,16 @@ class ServiceEntry:
         return "hvsock" if self.made_by_hvsock else "built-in" if self.builtin else "other"
 
     def as_dict(self) -> dict[str, object]:
-        return {"id": None if self.service_id is None else str(self.service_id),
-                "key": self.key,
-                "name": self.name, "template": self.template, "port": self.port,
-                "made_by_hvsock": self.made_by_hvsock, "builtin": self.builtin,
-                "origin": self.origin}
+        return {
+            "id": None if self.service_id is None else str(self.service_id),
+            "key": self.key,
+            "name": self.name,
+            "template": self.template,
+            "port": self.port,
+            "made_by_hvsock": self.made_by_hvsock,
+            "builtin": self.builtin,
+            "origin": self.origin,
+        }
 
 
 @dataclass(frozen=True)
@@ -175,8 +184,11 @@ class Registration:
     def edits(self) -> tuple[RegistryEdit, ...]:
         # The marker goes first: if writing stops half-way, the entry is still
         # known as hvsock's and `hvsock unregister` can remove it.
-        return (RegistryEdit(service_key(self.key_name),
-                             ((MARKER_NAME, MARKER_VALUE), (ELEMENT_NAME, self.name))),)
+        return (
+            RegistryEdit(
+                service_key(self.key_name), ((MARKER_NAME, MARKER_VALUE), (ELEMENT_NAME, self.name))
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -193,7 +205,8 @@ class Removal:
         if self.service_id in BUILTIN_SERVICES:
             raise RegistryError(
                 f"{self.service_id} is Windows' own {BUILTIN_SERVICES[self.service_id]!r}; "
-                "hvsock never removes a built-in service")
+                "hvsock never removes a built-in service"
+            )
         if not self.key_name:
             object.__setattr__(self, "key_name", str(self.service_id))
 
@@ -213,6 +226,7 @@ def describe_service(service_id: uuid.UUID) -> str:
 
 # -- reading ---------------------------------------------------------------------
 
+
 def _entry(key: str, values: dict[str, object]) -> ServiceEntry:
     try:
         service_id: uuid.UUID | None = ids.parse_guid(key)
@@ -220,9 +234,12 @@ def _entry(key: str, values: dict[str, object]) -> ServiceEntry:
         service_id = None
     folded = {name.casefold(): value for name, value in values.items()}
     name = folded.get(ELEMENT_NAME.casefold())
-    return ServiceEntry(key=key, service_id=service_id,
-                        name=name if isinstance(name, str) else None,
-                        made_by_hvsock=folded.get(MARKER_NAME.casefold()) == MARKER_VALUE)
+    return ServiceEntry(
+        key=key,
+        service_id=service_id,
+        name=name if isinstance(name, str) else None,
+        made_by_hvsock=folded.get(MARKER_NAME.casefold()) == MARKER_VALUE,
+    )
 
 
 def list_services(backend: RegistryBackend) -> list[ServiceEntry]:
@@ -232,8 +249,9 @@ def list_services(backend: RegistryBackend) -> list[ServiceEntry]:
         values = backend.values(service_key(key))
         if values is not None:
             entries.append(_entry(key, values))
-    return sorted(entries, key=lambda e: (e.origin != "hvsock", (e.name or "").casefold(),
-                                          e.key.casefold()))
+    return sorted(
+        entries, key=lambda e: (e.origin != "hvsock", (e.name or "").casefold(), e.key.casefold())
+    )
 
 
 def find_service(entries: Sequence[ServiceEntry], service_id: uuid.UUID) -> ServiceEntry | None:
@@ -243,8 +261,10 @@ def find_service(entries: Sequence[ServiceEntry], service_id: uuid.UUID) -> Serv
 
 # -- planning (pure) ---------------------------------------------------------------
 
-def plan_registration(entries: Sequence[ServiceEntry], name: str,
-                      service_id: object) -> Registration | None:
+
+def plan_registration(
+    entries: Sequence[ServiceEntry], name: str, service_id: object
+) -> Registration | None:
     """What registering *name* as *service_id* needs, given the *entries* there now.
 
     None when it is already registered so (a no-op). Raises :class:`RegistryError`
@@ -262,15 +282,18 @@ def plan_registration(entries: Sequence[ServiceEntry], name: str,
     if found.name is None:
         raise RegistryError(
             f"service {describe_service(sid)} has a key but no ElementName, and hvsock did "
-            f"not make it; look at it in regedit, or `hvsock unregister {sid} --force`")
+            f"not make it; look at it in regedit, or `hvsock unregister {sid} --force`"
+        )
     what = "Windows' built-in service" if found.builtin else "service"
     raise RegistryError(
         f"{describe_service(sid)} is already registered as {what} {found.name!r}; pick "
-        f"another id (`--new`), or `hvsock unregister {sid}` first")
+        f"another id (`--new`), or `hvsock unregister {sid}` first"
+    )
 
 
-def plan_removal(entries: Sequence[ServiceEntry], service_id: object, *,
-                 force: bool = False) -> Removal | None:
+def plan_removal(
+    entries: Sequence[ServiceEntry], service_id: object, *, force: bool = False
+) -> Removal | None:
     """What unregistering *service_id* needs; None when it is not registered.
 
     Raises :class:`RegistryError` for an entry hvsock did not make (unless *force*)
@@ -285,11 +308,13 @@ def plan_removal(entries: Sequence[ServiceEntry], service_id: object, *,
     if not found.made_by_hvsock and not force:
         raise RegistryError(
             f"{describe_service(sid)} ({found.name!r}) was not registered by hvsock; add "
-            "--force to remove it anyway")
+            "--force to remove it anyway"
+        )
     return Removal(sid, force, key_name=found.key)
 
 
 # -- writing -----------------------------------------------------------------------
+
 
 def apply_edits(backend: RegistryBackend, edits: Sequence[RegistryEdit]) -> None:
     """Carry out *edits* in order."""
@@ -312,8 +337,12 @@ class ServiceDeclaration(Protocol):
     def service_id(self) -> Any: ...
 
 
-def register_service(service: ServiceDeclaration | str, service_id: object = None, *,
-                     registry: RegistryBackend | None = None) -> Registration | None:
+def register_service(
+    service: ServiceDeclaration | str,
+    service_id: object = None,
+    *,
+    registry: RegistryBackend | None = None,
+) -> Registration | None:
     """Register a service on this Hyper-V host: ``register_service("My agent", 5000)``,
     or ``register_service(my_service)`` for anything with a ``name`` and a
     ``service_id`` (a :class:`hvsock.Service` declaration).
@@ -325,8 +354,7 @@ def register_service(service: ServiceDeclaration | str, service_id: object = Non
     id), :class:`PermissionDeniedError` (not elevated), :class:`UnsupportedError`
     (no registry here: write a script with :func:`registration_script`).
     """
-    if not isinstance(service, str) and hasattr(service, "name") and hasattr(
-            service, "service_id"):
+    if not isinstance(service, str) and hasattr(service, "name") and hasattr(service, "service_id"):
         if service_id is not None:
             raise RegistryError("pass a Service alone: it has its own service id")
         name, service_id = service.name, service.service_id
@@ -343,8 +371,9 @@ def register_service(service: ServiceDeclaration | str, service_id: object = Non
     return change
 
 
-def unregister_service(service_id: object, *, force: bool = False,
-                       registry: RegistryBackend | None = None) -> Removal | None:
+def unregister_service(
+    service_id: object, *, force: bool = False, registry: RegistryBackend | None = None
+) -> Removal | None:
     """Remove the registration of *service_id*; None when there was none.
 
     Only entries hvsock made, unless *force*; never Windows' built-in ones
@@ -364,6 +393,7 @@ def registered_services(registry: RegistryBackend | None = None) -> list[Service
 
 
 # -- the real registry (Windows only) ---------------------------------------------
+
 
 def default_backend() -> RegistryBackend:
     """The machine's registry; :class:`UnsupportedError` where there is none."""
@@ -401,10 +431,13 @@ class WinregBackend:
             raise PermissionDeniedError(
                 f"cannot {op} {self._hive_name}\\{path}: access denied; run this from an "
                 "elevated prompt (Run as administrator), or write a script for an administrator "
-                "with --export ps1", errno=exc.errno) from exc
+                "with --export ps1",
+                errno=exc.errno,
+            ) from exc
         except OSError as exc:
-            raise RegistryError(f"cannot {op} {self._hive_name}\\{path}: "
-                                f"{exc.strerror or exc}") from exc
+            raise RegistryError(
+                f"cannot {op} {self._hive_name}\\{path}: {exc.strerror or exc}"
+            ) from exc
 
     def _open(self, path: str, access: int) -> Any:
         return self._w.OpenKey(self._hive, path, 0, access | self._view)
@@ -426,13 +459,14 @@ class WinregBackend:
                 return None
             with key:
                 count = self._w.QueryInfoKey(key)[1]
-                return {name: value for name, value, _kind in
-                        (self._w.EnumValue(key, i) for i in range(count))}
+                return {
+                    name: value
+                    for name, value, _kind in (self._w.EnumValue(key, i) for i in range(count))
+                }
 
     def create_key(self, path: str) -> None:
         with self._errors("create", path):
-            self._w.CreateKeyEx(self._hive, path, 0,
-                                self._w.KEY_WRITE | self._view).Close()
+            self._w.CreateKeyEx(self._hive, path, 0, self._w.KEY_WRITE | self._view).Close()
 
     def set_value(self, path: str, name: str, value: str) -> None:
         with self._errors("write", path), self._open(path, self._w.KEY_SET_VALUE) as key:
@@ -444,6 +478,9 @@ class WinregBackend:
 
     def delete_value(self, path: str, name: str) -> None:
         """Remove value *name* of *path*; nothing when either does not exist."""
-        with self._errors("delete", path), suppress(FileNotFoundError), \
-                self._open(path, self._w.KEY_SET_VALUE) as key:
+        with (
+            self._errors("delete", path),
+            suppress(FileNotFoundError),
+            self._open(path, self._w.KEY_SET_VALUE) as key,
+        ):
             self._w.DeleteValue(key, name)

@@ -50,28 +50,44 @@ WSL_SOURCES = (SOURCE_WSLHOST, SOURCE_WSLINFO)
 
 # UTF-8 output (the console code page would mangle non-ASCII VM names), no
 # progress records on stderr, and any error ends the script with exit status 1.
-_PRELUDE = ("$ErrorActionPreference = 'Stop'; $ProgressPreference = 'SilentlyContinue'; "
-            "[Console]::OutputEncoding = [Text.Encoding]::UTF8; ")
+_PRELUDE = (
+    "$ErrorActionPreference = 'Stop'; $ProgressPreference = 'SilentlyContinue'; "
+    "[Console]::OutputEncoding = [Text.Encoding]::UTF8; "
+)
 # [string] casts: Windows PowerShell 5.1 would print the State enum as a number.
 GET_VM_SCRIPT = _PRELUDE + (
     "ConvertTo-Json -Compress -InputObject @(Get-VM | ForEach-Object { [pscustomobject]@{ "
-    "Name = $_.Name; Id = [string]$_.Id; State = [string]$_.State } })")
+    "Name = $_.Name; Id = [string]$_.Id; State = [string]$_.State } })"
+)
 CIM_SCRIPT = _PRELUDE + (
     "ConvertTo-Json -Compress -InputObject @(Get-CimInstance -Namespace root/virtualization/v2 "
     "-ClassName Msvm_ComputerSystem | ForEach-Object { [pscustomobject]@{ "
-    "ElementName = $_.ElementName; Name = $_.Name; EnabledState = $_.EnabledState } })")
+    "ElementName = $_.ElementName; Name = $_.Name; EnabledState = $_.EnabledState } })"
+)
 WSLHOST_SCRIPT = _PRELUDE + (
     "ConvertTo-Json -Compress -InputObject @(Get-CimInstance -ClassName Win32_Process "
-    "-Filter \"Name = 'wslhost.exe'\" | ForEach-Object { $_.CommandLine })")
+    "-Filter \"Name = 'wslhost.exe'\" | ForEach-Object { $_.CommandLine })"
+)
 WSLINFO_ARGV = (WSL, "--", "wslinfo", "--vm-id")
 #: The note when no wslhost.exe names a VM: normal, WSL is just not running.
 WSL_NOT_RUNNING = "wslhost.exe: no such process names a VM id (WSL is not running)"
 
 #: Get-VM's VMState and CIM's EnabledState numbers, for output that has numbers.
 STATE_NAMES = {
-    2: "Running", 3: "Off", 4: "Stopping", 6: "Saved", 9: "Paused", 10: "Starting",
-    11: "Reset", 32768: "Paused", 32769: "Saved", 32770: "Starting", 32773: "Saving",
-    32774: "Stopping", 32776: "Pausing", 32777: "Resuming",
+    2: "Running",
+    3: "Off",
+    4: "Stopping",
+    6: "Saved",
+    9: "Paused",
+    10: "Starting",
+    11: "Reset",
+    32768: "Paused",
+    32769: "Saved",
+    32770: "Starting",
+    32773: "Saving",
+    32774: "Stopping",
+    32776: "Pausing",
+    32777: "Resuming",
 }
 
 
@@ -94,8 +110,14 @@ def run_process(argv: Sequence[str], timeout: float) -> ProcessResult:
     # WSL_UTF8: wsl.exe's own messages are UTF-16 unless asked otherwise.
     env = dict(os.environ, WSL_UTF8="1")
     try:
-        done = subprocess.run(list(argv), capture_output=True, stdin=subprocess.DEVNULL,
-                              timeout=timeout, env=env, check=False)
+        done = subprocess.run(
+            list(argv),
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+            env=env,
+            check=False,
+        )
     except subprocess.TimeoutExpired as exc:
         raise TimeoutError(f"{argv[0]} did not finish within {timeout:g} s") from exc
     return ProcessResult(done.returncode, done.stdout, done.stderr)
@@ -133,8 +155,14 @@ class VmInfo:
         return self.source in WSL_SOURCES
 
     def as_dict(self) -> dict[str, object]:
-        return {"name": self.name, "id": str(self.vm_id), "state": self.state,
-                "running": self.running, "wsl": self.is_wsl, "source": self.source}
+        return {
+            "name": self.name,
+            "id": str(self.vm_id),
+            "state": self.state,
+            "running": self.running,
+            "wsl": self.is_wsl,
+            "source": self.source,
+        }
 
 
 @dataclass(frozen=True)
@@ -147,6 +175,7 @@ class VmDiscovery:
 
 # -- parsing what the programs print (pure) -----------------------------------
 
+
 def _json_items(text: str, what: str) -> list[object]:
     text = text.strip()
     if not text:
@@ -154,8 +183,9 @@ def _json_items(text: str, what: str) -> list[object]:
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:
-        raise HvsockError(f"could not read {what}'s output as JSON ({exc}): "
-                          f"{text[:120]!r}") from None
+        raise HvsockError(
+            f"could not read {what}'s output as JSON ({exc}): {text[:120]!r}"
+        ) from None
     if data is None:
         return []
     # -InputObject @(...) prints a list; older forms print one object bare.
@@ -164,8 +194,10 @@ def _json_items(text: str, what: str) -> list[object]:
 
 def _field(item: object, key: str, what: str) -> object:
     if not isinstance(item, dict):
-        raise HvsockError(f"{what}'s output has {type(item).__name__} where a VM record "
-                          f"belongs: {str(item)[:80]!r}")
+        raise HvsockError(
+            f"{what}'s output has {type(item).__name__} where a VM record "
+            f"belongs: {str(item)[:80]!r}"
+        )
     if key not in item:
         raise HvsockError(f"{what}'s output lacks {key!r} in {str(item)[:120]!r}")
     return item[key]
@@ -176,8 +208,7 @@ def _state_name(value: object, what: str) -> str:
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         return STATE_NAMES.get(value, f"state {value}")
-    raise HvsockError(f"{what}'s output has a state {value!r} that is neither a name nor "
-                      "a number")
+    raise HvsockError(f"{what}'s output has a state {value!r} that is neither a name nor a number")
 
 
 def _guid(value: object, what: str) -> uuid.UUID:
@@ -248,8 +279,9 @@ def vm_id_from_wslhost(command_line: str) -> uuid.UUID | None:
     e.g. ``wslhost.exe --vm-id {f6446e02-236e-4b24-9916-2d4ad9a1096f} --handle 1664``.
     """
     if not isinstance(command_line, str):
-        raise HvsockError(f"a wslhost.exe command line must be text, not "
-                          f"{type(command_line).__name__}")
+        raise HvsockError(
+            f"a wslhost.exe command line must be text, not {type(command_line).__name__}"
+        )
     args = split_command_line(command_line)
     for i, arg in enumerate(args):
         if arg.lower() == "--vm-id":
@@ -257,7 +289,7 @@ def vm_id_from_wslhost(command_line: str) -> uuid.UUID | None:
                 raise HvsockError(f"wslhost.exe's --vm-id has no value: {command_line[:200]!r}")
             value = args[i + 1]
         elif arg.lower().startswith("--vm-id="):
-            value = arg[len("--vm-id="):]
+            value = arg[len("--vm-id=") :]
         else:
             continue
         try:
@@ -290,36 +322,51 @@ def parse_wslinfo(data: bytes) -> uuid.UUID:
     if text == "wsl1":
         raise VmNotFoundError(
             "the default WSL distribution runs under WSL 1, which has no VM and no Hyper-V "
-            "sockets; convert it with `wsl --set-version <distro> 2`")
+            "sockets; convert it with `wsl --set-version <distro> 2`"
+        )
     try:
         return ids.parse_guid(text, what="wslinfo --vm-id's output")
     except AddressError:
         raise VmNotFoundError(
             f"`wsl.exe -- wslinfo --vm-id` printed {text[:200]!r}, not a VM id; it needs WSL "
-            "2.0 or newer (`wsl --update`)") from None
+            "2.0 or newer (`wsl --update`)"
+        ) from None
 
 
 # -- running the programs -------------------------------------------------------
+
 
 def explain_powershell_error(message: str) -> str:
     """A PowerShell error in plain words, with what to do."""
     flat = " ".join(message.split())
     lowered = flat.lower()
     if "is not recognized as the name of a cmdlet" in lowered and "get-vm" in lowered:
-        return ("Get-VM is not installed (the Hyper-V PowerShell module); install it with "
-                "`Enable-WindowsOptionalFeature -Online -FeatureName "
-                "Microsoft-Hyper-V-Management-PowerShell`, or rely on CIM")
+        return (
+            "Get-VM is not installed (the Hyper-V PowerShell module); install it with "
+            "`Enable-WindowsOptionalFeature -Online -FeatureName "
+            "Microsoft-Hyper-V-Management-PowerShell`, or rely on CIM"
+        )
     if "invalid namespace" in lowered or "0x8004100e" in lowered:
         return "Hyper-V is not enabled on this machine (no root/virtualization/v2 namespace)"
-    if ("required permission" in lowered or "access denied" in lowered
-            or "access is denied" in lowered or "0x80041003" in lowered):
-        return ("not allowed to list VMs: run as an administrator or as a member of the "
-                "'Hyper-V Administrators' group")
+    if (
+        "required permission" in lowered
+        or "access denied" in lowered
+        or "access is denied" in lowered
+        or "0x80041003" in lowered
+    ):
+        return (
+            "not allowed to list VMs: run as an administrator or as a member of the "
+            "'Hyper-V Administrators' group"
+        )
     return flat[:300] or "it failed and printed nothing"
 
 
-def run_powershell(script: str, runner: Runner, *,
-                   exit_errors: Mapping[int, Callable[[str], HvsockError]] | None = None) -> str:
+def run_powershell(
+    script: str,
+    runner: Runner,
+    *,
+    exit_errors: Mapping[int, Callable[[str], HvsockError]] | None = None,
+) -> str:
     """Run *script*; return what it printed. Raises UnsupportedError without PowerShell.
 
     *exit_errors* maps the script's own exit codes to the error to raise (given what it
@@ -331,7 +378,8 @@ def run_powershell(script: str, runner: Runner, *,
         raise UnsupportedError(
             f"{POWERSHELL} was not found: VMs are found with Windows PowerShell on the "
             "Hyper-V host; run this there (inside a Linux guest, `hvsock doctor` tells "
-            "what it can)") from None
+            "what it can)"
+        ) from None
     except OSError as exc:
         raise HvsockError(f"{POWERSHELL} could not run: {exc}") from exc
     if result.returncode != 0:
@@ -349,8 +397,10 @@ def find_hyperv_vms(runner: Runner | None = None) -> tuple[list[VmInfo], list[st
     """
     runner = runner or run_process
     problems: list[str] = []
-    for source, script, parse in ((SOURCE_GET_VM, GET_VM_SCRIPT, parse_get_vm),
-                                  (SOURCE_CIM, CIM_SCRIPT, parse_cim)):
+    for source, script, parse in (
+        (SOURCE_GET_VM, GET_VM_SCRIPT, parse_get_vm),
+        (SOURCE_CIM, CIM_SCRIPT, parse_cim),
+    ):
         try:
             return parse(run_powershell(script, runner)), problems
         except UnsupportedError:
@@ -360,8 +410,9 @@ def find_hyperv_vms(runner: Runner | None = None) -> tuple[list[VmInfo], list[st
     return [], problems
 
 
-def find_wsl_vm_ids(runner: Runner | None = None, *,
-                    start_wsl: bool = False) -> tuple[list[uuid.UUID], list[str]]:
+def find_wsl_vm_ids(
+    runner: Runner | None = None, *, start_wsl: bool = False
+) -> tuple[list[uuid.UUID], list[str]]:
     """WSL 2's VM ids (from wslhost.exe), and why none was found.
 
     With *start_wsl*, fall back to ``wsl.exe -- wslinfo --vm-id``, which starts
@@ -411,6 +462,7 @@ def discover_vms(runner: Runner | None = None) -> VmDiscovery:
 
 # -- resolution -------------------------------------------------------------------
 
+
 def choose_wsl_vm(wsl_ids: Sequence[uuid.UUID], problems: Sequence[str] = ()) -> uuid.UUID:
     """The one WSL VM id among *wsl_ids*; *problems* say why there may be none.
 
@@ -419,12 +471,14 @@ def choose_wsl_vm(wsl_ids: Sequence[uuid.UUID], problems: Sequence[str] = ()) ->
     if len(wsl_ids) > 1:
         raise AddressError(
             "several WSL VMs are running (" + ", ".join(map(str, wsl_ids)) + "); name "
-            "the one you mean by id: hvsock://<VM id>/<service>")
+            "the one you mean by id: hvsock://<VM id>/<service>"
+        )
     if not wsl_ids:
         why = f" ({'; '.join(problems)})" if problems else ""
         raise VmNotFoundError(
             f"WSL 2's VM was not found{why}; start WSL (`wsl`) and retry; inside WSL, "
-            "`wslinfo --vm-id` prints its id")
+            "`wslinfo --vm-id` prints its id"
+        )
     return wsl_ids[0]
 
 
@@ -442,17 +496,20 @@ def choose_vm(vms: Sequence[VmInfo], vm_name: str, problems: Sequence[str] = ())
         names = ", ".join(sorted(repr(vm.name) for vm in vms if not vm.is_wsl)) or "none"
         raise VmNotFoundError(
             f"no Hyper-V VM is named {vm_name!r} (VMs here: {names}); check the name with "
-            "`hvsock vms`")
+            "`hvsock vms`"
+        )
     if len(matches) > 1:
         raise AddressError(
             f"{len(matches)} VMs are named {vm_name!r} (ids "
             + ", ".join(str(vm.vm_id) for vm in matches)
-            + "); name the one you mean by id: hvsock://<VM id>/<service>")
+            + "); name the one you mean by id: hvsock://<VM id>/<service>"
+        )
     vm = matches[0]
     if not vm.running:
         raise UnreachableError(
             f"VM {vm.name!r} is {vm.state}, not running; start it (Start-VM -Name "
-            f"'{vm.name}') and retry")
+            f"'{vm.name}') and retry"
+        )
     return vm
 
 
@@ -478,6 +535,7 @@ def resolve_address(address: Address | str, runner: Runner | None = None) -> Soc
     if isinstance(addr, NamedVmAddress):
         return addr.with_vm_id(resolve_vm_id(addr.vm_name, runner))
     if isinstance(addr, NAMED_ADDRESS_TYPES):
-        raise AddressError(f"{addr} names a VM of a KVM host, not a Hyper-V VM: "
-                           "hvsock.resolve_address looks it up")
+        raise AddressError(
+            f"{addr} names a VM of a KVM host, not a Hyper-V VM: hvsock.resolve_address looks it up"
+        )
     return addr

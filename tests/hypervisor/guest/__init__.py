@@ -73,8 +73,10 @@ def as_rpc_method(fn: Step) -> Callable[[Any, Any], Any]:
                 return await fn(**kwargs)
             return await asyncio.to_thread(fn, **kwargs)
         except Exception as exc:
-            raise hvsock.RemoteError("step_failed", "".join(
-                traceback.format_exception(type(exc), exc, exc.__traceback__))) from exc
+            raise hvsock.RemoteError(
+                "step_failed",
+                "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+            ) from exc
 
     return method
 

@@ -69,9 +69,12 @@ async def start_privileged_exec() -> int:
         from hvsock._builtin.agent.config import parse_config
         from hvsock._builtin.agent.host import build_agent
 
-        agent = build_agent(parse_config(
-            f'[agent]\nlisten = "vsock://any:{PRIVILEGED_PORT}"\n[exec]\nenabled = true\n',
-            "privileged agent.toml"))
+        agent = build_agent(
+            parse_config(
+                f'[agent]\nlisten = "vsock://any:{PRIVILEGED_PORT}"\n[exec]\nenabled = true\n',
+                "privileged agent.toml",
+            )
+        )
         assert agent.services["exec"].allow is not None
         await agent.host.start()
         BACKGROUND["privileged"] = agent.host

@@ -63,11 +63,16 @@ def announce(times: dict[str, float]) -> None:
 async def main() -> None:
     load_steps()
     host = hvsock.ServiceHost(grace=1)
-    host.add(hvsock.Service("harness", HARNESS_PORT,
-                            hvsock.rpc_handler({n: as_rpc_method(f) for n, f in STEPS.items()}),
-                            allow={hvsock.sockets.CID_HOST},
-                            limits=hvsock.Limits(idle_timeout=None)),
-             f"vsock://any:{HARNESS_PORT}")
+    host.add(
+        hvsock.Service(
+            "harness",
+            HARNESS_PORT,
+            hvsock.rpc_handler({n: as_rpc_method(f) for n, f in STEPS.items()}),
+            allow={hvsock.sockets.CID_HOST},
+            limits=hvsock.Limits(idle_timeout=None),
+        ),
+        f"vsock://any:{HARNESS_PORT}",
+    )
     echo = hvsock.ServiceHost(grace=1)
     echo.add(echo_service(ECHO_PORT), f"vsock://any:{ECHO_PORT}")
     await host.start()
@@ -75,9 +80,11 @@ async def main() -> None:
     BACKGROUND["echo"] = echo
     BACKGROUND["harness"] = host  # the reboot step watches L1 hang up
     now = uptime()
-    times = {"l2_uptime_at_python_start": round(process_started(), 1),
-             "python_start_to_ready_s": round(now - process_started(), 1),
-             "l2_uptime_at_ready": round(now, 1)}
+    times = {
+        "l2_uptime_at_python_start": round(process_started(), 1),
+        "python_start_to_ready_s": round(now - process_started(), 1),
+        "l2_uptime_at_ready": round(now, 1),
+    }
     print(f"harness: ready, serving {sorted(STEPS)}; {times}", flush=True)
     await asyncio.to_thread(announce, times)
     await host.wait_stopped()

@@ -58,8 +58,7 @@ def echo_through(address: str, size: int, seed: int) -> dict[str, Any]:
         sock.sendall(data)
         hvsock.close_write(sock)
         echoed = _recv_all(sock, size)
-    return {"sent": sha256(data), "echoed": sha256(echoed), "size": len(echoed),
-            "peer": list(peer)}
+    return {"sent": sha256(data), "echoed": sha256(echoed), "size": len(echoed), "peer": list(peer)}
 
 
 @step
@@ -76,8 +75,7 @@ async def echo_through_asyncio(address: str, size: int, seed: int) -> dict[str, 
     finally:
         writer.close()
         await writer.wait_closed()
-    return {"sent": sha256(data), "echoed": sha256(echoed), "size": len(echoed),
-            "peer": list(peer)}
+    return {"sent": sha256(data), "echoed": sha256(echoed), "size": len(echoed), "peer": list(peer)}
 
 
 @step
@@ -87,9 +85,12 @@ def connect_error(address: str, timeout: float = 10.0) -> dict[str, Any]:
     try:
         sock = hvsock.connect(address, timeout=timeout)
     except OSError as exc:
-        return {"type": type(exc).__name__, "message": str(exc),
-                "hvsock_error": isinstance(exc, hvsock.HvsockError),
-                "seconds": round(time.monotonic() - started, 2)}
+        return {
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "hvsock_error": isinstance(exc, hvsock.HvsockError),
+            "seconds": round(time.monotonic() - started, 2),
+        }
     sock.close()
     raise AssertionError(f"connecting to {address} succeeded; nothing should listen there")
 
@@ -98,11 +99,15 @@ def connect_error(address: str, timeout: float = 10.0) -> dict[str, Any]:
 def run(argv: list[str], timeout: float = 600.0) -> dict[str, Any]:
     """Run a program in L2 (e.g. the hvsock CLI), with this harness's environment."""
     started = time.monotonic()
-    done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False,
-                          stdin=subprocess.DEVNULL)
-    return {"status": done.returncode, "stdout": done.stdout.decode(errors="replace"),
-            "stderr": done.stderr.decode(errors="replace"),
-            "seconds": round(time.monotonic() - started, 1)}
+    done = subprocess.run(
+        argv, capture_output=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL
+    )
+    return {
+        "status": done.returncode,
+        "stdout": done.stdout.decode(errors="replace"),
+        "stderr": done.stderr.decode(errors="replace"),
+        "seconds": round(time.monotonic() - started, 1),
+    }
 
 
 @step

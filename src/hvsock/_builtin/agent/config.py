@@ -55,26 +55,41 @@ AGENT_PORT = 5100
 
 #: Each service's keys and their kinds ("listen", "allow" and "enabled" are common to all).
 SERVICE_KEYS: dict[str, dict[str, str]] = {
-    "exec": {"allow_user": "bool", "max_sessions": "int", "max_timeout": "seconds",
-             "max_output": "int"},
+    "exec": {
+        "allow_user": "bool",
+        "max_sessions": "int",
+        "max_timeout": "seconds",
+        "max_output": "int",
+    },
     "info": {},
     "health": {},
     "time": {"allow_set": "bool", "max_step": "seconds"},
     "qga": {"commands": "strings", "block": "strings"},
     "kvp": {"pool_dir": "string"},
-    "cp": {"roots": "strings", "read_only": "bool", "max_file_size": "int", "max_files": "int",
-           "refuse_hardlinks": "bool"},
+    "cp": {
+        "roots": "strings",
+        "read_only": "bool",
+        "max_file_size": "int",
+        "max_files": "int",
+        "refuse_hardlinks": "bool",
+    },
 }
 #: Enabled when the config does not say (exec never is: it runs commands).
-DEFAULT_ENABLED = {"exec": False, "info": True, "health": True, "time": True, "qga": False,
-                   "kvp": False, "cp": False}
+DEFAULT_ENABLED = {
+    "exec": False,
+    "info": True,
+    "health": True,
+    "time": True,
+    "qga": False,
+    "kvp": False,
+    "cp": False,
+}
 #: Services that speak their own protocol and so need their own address (no hello).
 OWN_ADDRESS_ONLY = {"qga", "kvp", "cp"}
 #: Own-address services with a well-known port: with no `listen` they are served on it,
 #: on the agent's address family (vsock://any:5010, ...), so their clients need no hello.
 OWN_DEFAULT_PORTS = {"kvp": 5010, "cp": 5005}
-AGENT_KEYS = {"listen": "address", "allow": "allow", "max_connections": "int",
-              "grace": "grace"}
+AGENT_KEYS = {"listen": "address", "allow": "allow", "max_connections": "int", "grace": "grace"}
 COMMON_KEYS = {"enabled": "bool", "listen": "address", "allow": "allow"}
 #: Services that run commands as the agent's user (root): with no ``allow`` of their own
 #: they let in only a privileged host user, never whatever ``[agent] allow`` says.
@@ -110,10 +125,12 @@ def default_allow(address: Address, service: str | None = None) -> list[Any]:
 
 
 def needs_opt_in(service: str, address: Address) -> str:
-    return (f"{service} on {address} needs its own allow rules: every local user can "
-            "connect to a TCP address (127.0.0.1 too), and TCP cannot tell root from "
-            f"anyone else; if that is what you want, set [{service}] allow = "
-            "[\"127.0.0.1\"] (--allow 127.0.0.1 on the command line)")
+    return (
+        f"{service} on {address} needs its own allow rules: every local user can "
+        "connect to a TCP address (127.0.0.1 too), and TCP cannot tell root from "
+        f"anyone else; if that is what you want, set [{service}] allow = "
+        '["127.0.0.1"] (--allow 127.0.0.1 on the command line)'
+    )
 
 
 @dataclass
@@ -192,9 +209,12 @@ def _address(value: object) -> Address:
 
 def _allow(value: object) -> list[Any]:
     if not isinstance(value, list) or not all(
-            isinstance(v, (int, str)) and not isinstance(v, bool) for v in value):
-        raise _fail("must be a list of CIDs, VM ids, IP addresses or \"uid:N\" "
-                    "(e.g. [2], [\"host:privileged\"] or [\"uid:0\"])")
+        isinstance(v, (int, str)) and not isinstance(v, bool) for v in value
+    ):
+        raise _fail(
+            'must be a list of CIDs, VM ids, IP addresses or "uid:N" '
+            '(e.g. [2], ["host:privileged"] or ["uid:0"])'
+        )
     try:
         rules = allow_rules(value)
     except ArgumentError as exc:
@@ -206,8 +226,14 @@ def _allow(value: object) -> list[Any]:
 #: The type of every option (the tables above name them): its check, which returns
 #: the value normalised or raises ArgumentError saying what the value must be.
 KINDS: dict[str, Callable[[object], Any]] = {
-    "bool": _bool, "int": _int, "seconds": _seconds, "grace": _grace, "string": _string,
-    "strings": _strings, "address": _address, "allow": _allow,
+    "bool": _bool,
+    "int": _int,
+    "seconds": _seconds,
+    "grace": _grace,
+    "string": _string,
+    "strings": _strings,
+    "address": _address,
+    "allow": _allow,
 }
 
 
@@ -223,16 +249,20 @@ def parse_config(text: str, path: str = "agent.toml") -> AgentConfig:
 
     for table, section in data.items():
         if table != "agent" and table not in SERVICE_KEYS:
-            problems.add(f"unknown section [{table}]; known: "
-                         f"[agent], {', '.join(f'[{n}]' for n in SERVICE_KEYS)}", table)
+            problems.add(
+                f"unknown section [{table}]; known: "
+                f"[agent], {', '.join(f'[{n}]' for n in SERVICE_KEYS)}",
+                table,
+            )
         elif not isinstance(section, dict):
             problems.add(f"{table} must be a table: [{table}]", "", table)
     agent = data.get("agent", {})
     if isinstance(agent, dict):
         for key, value in agent.items():
             if key not in AGENT_KEYS:
-                problems.add(f"[agent] has no key {key!r}; known: {', '.join(AGENT_KEYS)}",
-                             "agent", key)
+                problems.add(
+                    f"[agent] has no key {key!r}; known: {', '.join(AGENT_KEYS)}", "agent", key
+                )
                 continue
             norm = check("agent", key, AGENT_KEYS[key], value)
             if norm is not None:
@@ -245,8 +275,7 @@ def parse_config(text: str, path: str = "agent.toml") -> AgentConfig:
         known = {**COMMON_KEYS, **extra}
         for key, value in section.items():
             if key not in known:
-                problems.add(f"[{name}] has no key {key!r}; known: {', '.join(known)}",
-                             name, key)
+                problems.add(f"[{name}] has no key {key!r}; known: {', '.join(known)}", name, key)
                 continue
             norm = check(name, key, known[key], value)
             if norm is None:
@@ -259,13 +288,23 @@ def parse_config(text: str, path: str = "agent.toml") -> AgentConfig:
                 svc.allow = norm
             else:
                 svc.options[key] = norm
-        if (name in OWN_ADDRESS_ONLY and name not in OWN_DEFAULT_PORTS and svc.enabled
-                and svc.listen is None):
-            problems.add(f"[{name}] speaks its own protocol: give it its own "
-                         "listen = \"vsock://any:PORT\"", name, "enabled")
+        if (
+            name in OWN_ADDRESS_ONLY
+            and name not in OWN_DEFAULT_PORTS
+            and svc.enabled
+            and svc.listen is None
+        ):
+            problems.add(
+                f'[{name}] speaks its own protocol: give it its own listen = "vsock://any:PORT"',
+                name,
+                "enabled",
+            )
         if name == "cp" and svc.enabled and not svc.options.get("roots"):
-            problems.add("[cp] serves only the directories it is given: set "
-                         "roots = [\"/srv/share\"]", name, "enabled")
+            problems.add(
+                '[cp] serves only the directories it is given: set roots = ["/srv/share"]',
+                name,
+                "enabled",
+            )
         config.services[name] = svc
     if not problems:
         _check_allow(config, problems)
@@ -310,8 +349,12 @@ def _check_allow(config: AgentConfig, problems: Problems) -> None:
     def never(rules: list[Any], address: Address, table: str) -> None:
         bad = [r for r in rules if not fits(r, address)]
         if bad:
-            problems.add(f"[{table}] allow: {', '.join(map(str, bad))} can never match a "
-                         f"peer on {address} ({kind_hint(address)})", table, "allow")
+            problems.add(
+                f"[{table}] allow: {', '.join(map(str, bad))} can never match a "
+                f"peer on {address} ({kind_hint(address)})",
+                table,
+                "allow",
+            )
 
     if config.allow is not None and any(n not in OWN_ADDRESS_ONLY for n in config.enabled):
         never(config.allow, shared, "agent")  # checked at accept on the shared address
@@ -325,8 +368,7 @@ def _check_allow(config: AgentConfig, problems: Problems) -> None:
                     problems.add(needs_opt_in(name, address), name, "enabled")
             elif config.allow is not None:
                 never(config.allow, address, "agent")
-            if (name in SENSITIVE and svc.allow is not None
-                    and isinstance(address, VsockAddress)):
+            if name in SENSITIVE and svc.allow is not None and isinstance(address, VsockAddress):
                 plain = [r for r in svc.allow if isinstance(r, int)]
                 warning = (lines.of(name, "allow"), unproven(name, plain))
                 if plain and warning not in config.warnings:
@@ -335,13 +377,15 @@ def _check_allow(config: AgentConfig, problems: Problems) -> None:
 
 def unproven(name: str, cids: list[int]) -> str:
     """The warning for a sensitive service that lets CIDs in from any source port."""
-    return (f"[{name}] allow lets CID {', '.join(map(str, cids))} in from any source port: "
-            "on a KVM/QEMU host every local user can connect to a guest, so every one of "
-            "them may use "
-            f"{name} here; use \"host:privileged\" unless the host side is guarded "
-            "otherwise (Firecracker / Cloud Hypervisor: only the VMM socket's file mode "
-            "guards it, and hybrid vsock cannot prove privilege; see docs/agent.md, "
-            "\"Security model\")")
+    return (
+        f"[{name}] allow lets CID {', '.join(map(str, cids))} in from any source port: "
+        "on a KVM/QEMU host every local user can connect to a guest, so every one of "
+        "them may use "
+        f'{name} here; use "host:privileged" unless the host side is guarded '
+        "otherwise (Firecracker / Cloud Hypervisor: only the VMM socket's file mode "
+        "guards it, and hybrid vsock cannot prove privilege; see docs/agent.md, "
+        '"Security model")'
+    )
 
 
 def load_config(path: str) -> AgentConfig:
@@ -353,6 +397,7 @@ def default_config(enable: list[str] | None = None) -> AgentConfig:
     """The configuration with no file: defaults, with *enable* (names) switched on."""
     config = AgentConfig()
     for name in SERVICE_KEYS:
-        config.services[name] = ServiceConfig(name, DEFAULT_ENABLED.get(name, False)
-                                              if enable is None else name in enable)
+        config.services[name] = ServiceConfig(
+            name, DEFAULT_ENABLED.get(name, False) if enable is None else name in enable
+        )
     return config

@@ -66,33 +66,45 @@ def _exec(section: ServiceConfig, allow: Any) -> Service:
 
     o = section.options
     policy = exec_server.ExecPolicy(
-        max_sessions=o.get("max_sessions", 32), allow_user=o.get("allow_user", True),
-        max_timeout=o.get("max_timeout"), max_output=o.get("max_output"))
+        max_sessions=o.get("max_sessions", 32),
+        allow_user=o.get("allow_user", True),
+        max_timeout=o.get("max_timeout"),
+        max_output=o.get("max_output"),
+    )
     return exec_server.exec_service(allow=allow, policy=policy)
 
 
 def _qga(section: ServiceConfig, allow: Any, **extra: Any) -> Service:
     o = section.options
-    return qga_mod.qga_service(allow=allow, commands=o.get("commands"),
-                               block=o.get("block", ()), **extra)
+    return qga_mod.qga_service(
+        allow=allow, commands=o.get("commands"), block=o.get("block", ()), **extra
+    )
 
 
 def _kvp(section: ServiceConfig, allow: Any) -> Service:
     from ..kvp.service import kvp_service
     from ..kvp.store import DEFAULT_DIRECTORY
 
-    return kvp_service(port=OWN_DEFAULT_PORTS["kvp"], allow=allow,
-                       pool_dir=section.options.get("pool_dir", DEFAULT_DIRECTORY))
+    return kvp_service(
+        port=OWN_DEFAULT_PORTS["kvp"],
+        allow=allow,
+        pool_dir=section.options.get("pool_dir", DEFAULT_DIRECTORY),
+    )
 
 
 def _cp(section: ServiceConfig, allow: Any) -> Service:
     from ..files.server import file_service
 
     o = section.options
-    return file_service(o.get("roots", []), port=OWN_DEFAULT_PORTS["cp"], allow=allow,
-                        read_only=o.get("read_only", False),
-                        max_file_size=o.get("max_file_size"), max_files=o.get("max_files"),
-                        refuse_hardlinks=o.get("refuse_hardlinks", False))
+    return file_service(
+        o.get("roots", []),
+        port=OWN_DEFAULT_PORTS["cp"],
+        allow=allow,
+        read_only=o.get("read_only", False),
+        max_file_size=o.get("max_file_size"),
+        max_files=o.get("max_files"),
+        refuse_hardlinks=o.get("refuse_hardlinks", False),
+    )
 
 
 #: The built-ins the agent can host: name -> factory(section, allow) -> Service.
@@ -101,8 +113,10 @@ CATALOGUE: dict[str, Factory] = {
     "info": lambda section, allow: sysinfo.info_service(allow=allow),
     "health": lambda section, allow: sysinfo.health_service(allow=allow),
     "time": lambda section, allow: sysinfo.time_service(
-        allow=allow, allow_set=section.options.get("allow_set", False),
-        max_step=section.options.get("max_step")),
+        allow=allow,
+        allow_set=section.options.get("allow_set", False),
+        max_step=section.options.get("max_step"),
+    ),
     "qga": _qga,
     "kvp": _kvp,
     "cp": _cp,
@@ -120,8 +134,7 @@ def with_port(address: Address, port: int) -> Address:
         return HybridAddress(address.uds_path, port)
     if isinstance(address, TcpAddress):
         return TcpAddress(address.host, port)
-    raise ArgumentError(
-        f"give the service its own listen address: {address} has no port to change")
+    raise ArgumentError(f"give the service its own listen address: {address} has no port to change")
 
 
 @dataclass
@@ -134,13 +147,14 @@ class MuxHandler:
     """The handler of the shared address: read the hello, hand the connection over."""
 
     def __init__(self, services: dict[str, Service]) -> None:
-        self.subs = {name: _Sub(svc, logging.getLogger(f"hvsock.service.{svc.name}"))
-                     for name, svc in services.items()}
+        self.subs = {
+            name: _Sub(svc, logging.getLogger(f"hvsock.service.{svc.name}"))
+            for name, svc in services.items()
+        }
 
     async def __call__(self, conn: Connection) -> None:
         try:
-            body = await asyncio.wait_for(read_frame(conn.reader, mux.MAX_HELLO),
-                                          HELLO_TIMEOUT)
+            body = await asyncio.wait_for(read_frame(conn.reader, mux.MAX_HELLO), HELLO_TIMEOUT)
             if body is None:
                 return
             name = mux.decode_hello(body)
@@ -151,9 +165,11 @@ class MuxHandler:
             return
         sub = self.subs.get(name)
         if sub is None:
-            await self._refuse(conn, "unknown_service",
-                               f"this agent serves {', '.join(sorted(self.subs)) or 'nothing'}"
-                               f", not {name!r}")
+            await self._refuse(
+                conn,
+                "unknown_service",
+                f"this agent serves {', '.join(sorted(self.subs)) or 'nothing'}, not {name!r}",
+            )
             return
         why = refused_by(sub.service.allow, conn.peer)
         if why is not None:
@@ -170,8 +186,7 @@ class MuxHandler:
 
     async def _refuse(self, conn: Connection, code: str, message: str) -> None:
         with contextlib.suppress(OSError):
-            conn.writer.write(encode_frame(mux.encode_answer((code, message)),
-                                                  mux.MAX_HELLO))
+            conn.writer.write(encode_frame(mux.encode_answer((code, message)), mux.MAX_HELLO))
             await conn.writer.drain()
 
     async def _run_sync(self, conn: Connection, sub: _Sub) -> None:
@@ -200,9 +215,13 @@ class Agent:
     own: dict[str, Address]
 
 
-def build_agent(config: AgentConfig, *, ready_file: str | None = None,
-                on_ready: Callable[[dict[str, Address]], None] | None = None,
-                qga_shutdown: qga_mod.ShutdownAction | None = None) -> Agent:
+def build_agent(
+    config: AgentConfig,
+    *,
+    ready_file: str | None = None,
+    on_ready: Callable[[dict[str, Address]], None] | None = None,
+    qga_shutdown: qga_mod.ShutdownAction | None = None,
+) -> Agent:
     """A :class:`hvsock.ServiceHost` serving *config*'s enabled services.
 
     *qga_shutdown* replaces what guest-shutdown does (tests pass a recorder).
@@ -214,8 +233,9 @@ def build_agent(config: AgentConfig, *, ready_file: str | None = None,
     own: dict[str, Address] = {}
     for name in config.enabled:
         if name not in CATALOGUE:
-            raise ArgumentError(f"this agent has no built-in {name!r}; known: "
-                                       f"{', '.join(CATALOGUE)}")
+            raise ArgumentError(
+                f"this agent has no built-in {name!r}; known: {', '.join(CATALOGUE)}"
+            )
         section = config.services[name]
         # Never "everyone" by accident: the section's list, else the agent's, else the
         # host side of the address it is served on. On the shared address the agent's
@@ -225,8 +245,13 @@ def build_agent(config: AgentConfig, *, ready_file: str | None = None,
         if section.allow is not None:
             allow = section.allow
         elif name in SENSITIVE:
-            allow = list(dict.fromkeys(rule for address in addresses_of(config, name)
-                                       for rule in default_allow(address, name)))
+            allow = list(
+                dict.fromkeys(
+                    rule
+                    for address in addresses_of(config, name)
+                    for rule in default_allow(address, name)
+                )
+            )
         elif config.allow is not None:
             allow = config.allow
         else:
@@ -241,10 +266,16 @@ def build_agent(config: AgentConfig, *, ready_file: str | None = None,
     # QGA clients speak QGA from the first byte: it lives on its own address only.
     shared_names = {n: s for n, s in services.items() if n not in OWN_ADDRESS_ONLY}
     if shared_names:
-        host.add(Service("hvsock agent", AGENT_PORT, MuxHandler(shared_names),
-                                allow=agent_allow,
-                                limits=Limits(max_connections=config.max_connections,
-                                                     idle_timeout=None)), shared)
+        host.add(
+            Service(
+                "hvsock agent",
+                AGENT_PORT,
+                MuxHandler(shared_names),
+                allow=agent_allow,
+                limits=Limits(max_connections=config.max_connections, idle_timeout=None),
+            ),
+            shared,
+        )
     for name, address in own.items():
         host.add(services[name], address)
     return Agent(host, shared, services, own)

@@ -36,9 +36,9 @@ Input = bytes | bytearray | memoryview
 #: Families whose recv takes MSG_WAITALL for any count: Linux's AF_VSOCK refuses
 #: (ENOMEM) a MSG_WAITALL read of the socket's buffer size or more (256 KiB by
 #: default, about 4 KiB on Hyper-V's transport), so VM sockets read without it.
-_WAITALL_FAMILIES = frozenset(getattr(socket, name) for name in ("AF_UNIX", "AF_INET",
-                                                                 "AF_INET6")
-                              if hasattr(socket, name))
+_WAITALL_FAMILIES = frozenset(
+    getattr(socket, name) for name in ("AF_UNIX", "AF_INET", "AF_INET6") if hasattr(socket, name)
+)
 
 
 def waitall_flag(family: int) -> int:
@@ -79,23 +79,36 @@ class ExecResult:
     def check_returncode(self) -> None:
         """Raise :class:`subprocess.CalledProcessError` for a non-zero return code."""
         if self.returncode:
-            raise subprocess.CalledProcessError(self.returncode, list(self.args), self.stdout,
-                                                self.stderr)
+            raise subprocess.CalledProcessError(
+                self.returncode, list(self.args), self.stdout, self.stderr
+            )
 
 
-def make_start(args: Sequence[str], *, env: Mapping[str, str] | None = None,
-               unset: Iterable[str] = (), cwd: str | None = None, user: str | None = None,
-               tty: ep.Tty | None = None, timeout: float | None = None,
-               max_output: int | None = None) -> ep.Start:
+def make_start(
+    args: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    unset: Iterable[str] = (),
+    cwd: str | None = None,
+    user: str | None = None,
+    tty: ep.Tty | None = None,
+    timeout: float | None = None,
+    max_output: int | None = None,
+) -> ep.Start:
     """A checked START request; raises :class:`hvsock.ArgumentError` for bad arguments."""
     from ..._errors import ArgumentError
 
     if isinstance(args, (str, bytes)):
-        raise ArgumentError(f"args must be a list of strings, not one string {quote(args)}; "
-                            "for a shell line use ['sh', '-c', line]")
+        raise ArgumentError(
+            f"args must be a list of strings, not one string {quote(args)}; "
+            "for a shell line use ['sh', '-c', line]"
+        )
     try:
-        return ep.check_start(ep.Start(tuple(args), dict(env or {}), tuple(unset), cwd, user,
-                                       tty, timeout, max_output))
+        return ep.check_start(
+            ep.Start(
+                tuple(args), dict(env or {}), tuple(unset), cwd, user, tty, timeout, max_output
+            )
+        )
     except ProtocolError as exc:
         raise ArgumentError(str(exc)) from None
     except TypeError as exc:
@@ -107,17 +120,24 @@ def hello_frame(service: str | None) -> bytes:
 
 
 def _closed_at_hello() -> ProtocolError:
-    return ProtocolError("the agent closed the connection at the service hello: this peer "
-                         "may not be in its allowlist (see the agent's log), or the address "
-                         "is not an hvsock agent's")
+    return ProtocolError(
+        "the agent closed the connection at the service hello: this peer "
+        "may not be in its allowlist (see the agent's log), or the address "
+        "is not an hvsock agent's"
+    )
 
 
 def _remote_error(event: ep.Error) -> RemoteError:
     return RemoteError(event.code, event.message)
 
 
-def dial(address: Address | str, *, timeout: float | None, retries: int,
-         reserved_port: bool | str = "try") -> socket.socket:
+def dial(
+    address: Address | str,
+    *,
+    timeout: float | None,
+    retries: int,
+    reserved_port: bool | str = "try",
+) -> socket.socket:
     """The one place the blocking exec clients dial: through :mod:`hvsock._endpoints`,
     so VM names resolve as for :func:`hvsock.connect` (options of the dial go here).
 
@@ -129,14 +149,19 @@ def dial(address: Address | str, *, timeout: float | None, retries: int,
     return connect(address, timeout=timeout, retries=retries, reserved_port=reserved_port)
 
 
-async def dial_async(address: Address | str, *, timeout: float | None, retries: int,
-                     reserved_port: bool | str = "try",
-                     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def dial_async(
+    address: Address | str,
+    *,
+    timeout: float | None,
+    retries: int,
+    reserved_port: bool | str = "try",
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """:func:`dial` for :func:`exec_async` (the same resolution, the same options)."""
     from ..._endpoints import open_connection
 
-    return await open_connection(address, timeout=timeout, retries=retries,
-                                 reserved_port=reserved_port)
+    return await open_connection(
+        address, timeout=timeout, retries=retries, reserved_port=reserved_port
+    )
 
 
 class ExecSession:
@@ -157,17 +182,23 @@ class ExecSession:
         self._send_lock = threading.Lock()
 
     @classmethod
-    def open(cls, address: Address | str, start: ep.Start, *, service: str | None = "exec",
-             connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
-             retries: int = 0, reserved_port: bool | str = "try") -> ExecSession:
+    def open(
+        cls,
+        address: Address | str,
+        start: ep.Start,
+        *,
+        service: str | None = "exec",
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        retries: int = 0,
+        reserved_port: bool | str = "try",
+    ) -> ExecSession:
         """Connect and start *start*. Raises :class:`hvsock.HvsockError` subclasses
         (connect failures; :class:`RemoteError` when the agent refuses the service)."""
         from ..._service.frames import recv_frame
 
         proto = ep.ClientSession()
         start_frame = proto.start(start)
-        sock = dial(address, timeout=connect_timeout, retries=retries,
-                    reserved_port=reserved_port)
+        sock = dial(address, timeout=connect_timeout, retries=retries, reserved_port=reserved_port)
         try:
             sock.settimeout(connect_timeout)
             if service:
@@ -235,8 +266,7 @@ class _Collector:
         self.args = args
         self.out = bytearray()
         self.err = bytearray()
-        self.sinks: dict[int, Sink] = {1: stdout or self.out.extend,
-                                       2: stderr or self.err.extend}
+        self.sinks: dict[int, Sink] = {1: stdout or self.out.extend, 2: stderr or self.err.extend}
         self.pid: int | None = None
 
     def handle(self, event: ep.Event) -> ExecResult | None:
@@ -246,8 +276,15 @@ class _Collector:
             self.pid = event.pid
         elif isinstance(event, ep.Exit):
             code = event.code if event.code is not None else -(event.signal or 0)
-            return ExecResult(self.args, code, bytes(self.out), bytes(self.err), self.pid,
-                              event.timed_out, event.truncated)
+            return ExecResult(
+                self.args,
+                code,
+                bytes(self.out),
+                bytes(self.err),
+                self.pid,
+                event.timed_out,
+                event.truncated,
+            )
         elif isinstance(event, ep.Error):
             raise _remote_error(event)
         return None
@@ -256,8 +293,9 @@ class _Collector:
 def _bad_input(data: object, what: str = "input") -> Exception:
     from ..._errors import ArgumentError
 
-    return ArgumentError(f"{what} must be bytes, not {type(data).__name__} {quote(data)}; "
-                         "encode text first")
+    return ArgumentError(
+        f"{what} must be bytes, not {type(data).__name__} {quote(data)}; encode text first"
+    )
 
 
 def _input_chunks(data: Input | None) -> list[memoryview]:
@@ -267,7 +305,7 @@ def _input_chunks(data: Input | None) -> list[memoryview]:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise _bad_input(data)
     view = memoryview(data).cast("B")
-    return [view[i:i + ep.CHUNK] for i in range(0, len(view), ep.CHUNK)]
+    return [view[i : i + ep.CHUNK] for i in range(0, len(view), ep.CHUNK)]
 
 
 def _stream_chunks(pieces: Iterable[Input]) -> Iterator[memoryview]:
@@ -278,14 +316,24 @@ def _stream_chunks(pieces: Iterable[Input]) -> Iterator[memoryview]:
         yield from _input_chunks(piece)
 
 
-def exec(address: Address | str, args: Sequence[str], *,
-         input: Input | Iterable[Input] | None = None,
-         env: Mapping[str, str] | None = None, unset: Iterable[str] = (),
-         cwd: str | None = None, user: str | None = None, timeout: float | None = None,
-         max_output: int | None = None, stdout: Sink | None = None, stderr: Sink | None = None,
-         service: str | None = "exec",
-         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
-         retries: int = 0, reserved_port: bool | str = "try") -> ExecResult:
+def exec(
+    address: Address | str,
+    args: Sequence[str],
+    *,
+    input: Input | Iterable[Input] | None = None,
+    env: Mapping[str, str] | None = None,
+    unset: Iterable[str] = (),
+    cwd: str | None = None,
+    user: str | None = None,
+    timeout: float | None = None,
+    max_output: int | None = None,
+    stdout: Sink | None = None,
+    stderr: Sink | None = None,
+    service: str | None = "exec",
+    connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+    retries: int = 0,
+    reserved_port: bool | str = "try",
+) -> ExecResult:
     """Run *args* through the agent at *address*; return an :class:`ExecResult`.
 
     *input* (bytes, or any bytes-like object: it is sent without a copy) goes to the
@@ -308,8 +356,9 @@ def exec(address: Address | str, args: Sequence[str], *,
     the command (``code`` ``not_found``, ``forbidden``, ...), and
     :class:`hvsock.ProtocolError` if the connection breaks before the exit.
     """
-    start = make_start(args, env=env, unset=unset, cwd=cwd, user=user, timeout=timeout,
-                       max_output=max_output)
+    start = make_start(
+        args, env=env, unset=unset, cwd=cwd, user=user, timeout=timeout, max_output=max_output
+    )
     chunks: Iterable[memoryview]
     if input is None or isinstance(input, (bytes, bytearray, memoryview)):
         chunks = _input_chunks(input)
@@ -321,8 +370,14 @@ def exec(address: Address | str, args: Sequence[str], *,
         chunks = _stream_chunks(input)
     collector = _Collector(start.argv, stdout, stderr)
     failed: list[BaseException] = []
-    with ExecSession.open(address, start, service=service, connect_timeout=connect_timeout,
-                          retries=retries, reserved_port=reserved_port) as session:
+    with ExecSession.open(
+        address,
+        start,
+        service=service,
+        connect_timeout=connect_timeout,
+        retries=retries,
+        reserved_port=reserved_port,
+    ) as session:
 
         def feed() -> None:
             with contextlib.suppress(OSError):
@@ -354,24 +409,35 @@ def exec(address: Address | str, args: Sequence[str], *,
             writer.join(5)
 
 
-async def exec_async(address: Address | str, args: Sequence[str], *,
-                     input: Input | None = None,
-                     env: Mapping[str, str] | None = None, unset: Iterable[str] = (),
-                     cwd: str | None = None, user: str | None = None,
-                     timeout: float | None = None, max_output: int | None = None,
-                     stdout: Sink | None = None, stderr: Sink | None = None,
-                     service: str | None = "exec",
-                     connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
-                     retries: int = 0, reserved_port: bool | str = "try") -> ExecResult:
+async def exec_async(
+    address: Address | str,
+    args: Sequence[str],
+    *,
+    input: Input | None = None,
+    env: Mapping[str, str] | None = None,
+    unset: Iterable[str] = (),
+    cwd: str | None = None,
+    user: str | None = None,
+    timeout: float | None = None,
+    max_output: int | None = None,
+    stdout: Sink | None = None,
+    stderr: Sink | None = None,
+    service: str | None = "exec",
+    connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+    retries: int = 0,
+    reserved_port: bool | str = "try",
+) -> ExecResult:
     """The asyncio twin of :func:`exec`: same arguments, result and errors."""
-    start = make_start(args, env=env, unset=unset, cwd=cwd, user=user, timeout=timeout,
-                       max_output=max_output)
+    start = make_start(
+        args, env=env, unset=unset, cwd=cwd, user=user, timeout=timeout, max_output=max_output
+    )
     chunks = _input_chunks(input)
     collector = _Collector(start.argv, stdout, stderr)
     proto = ep.ClientSession()
     start_frame = proto.start(start)
-    reader, writer = await dial_async(address, timeout=connect_timeout, retries=retries,
-                                      reserved_port=reserved_port)
+    reader, writer = await dial_async(
+        address, timeout=connect_timeout, retries=retries, reserved_port=reserved_port
+    )
 
     async def feed() -> None:
         with contextlib.suppress(OSError):  # the session ended, or the connection broke
@@ -388,8 +454,7 @@ async def exec_async(address: Address | str, args: Sequence[str], *,
 
             try:
                 writer.write(hello_frame(service))
-                answer = await asyncio.wait_for(read_frame(reader, mux.MAX_HELLO),
-                                                connect_timeout)
+                answer = await asyncio.wait_for(read_frame(reader, mux.MAX_HELLO), connect_timeout)
             except ConnectionError:
                 answer = None
             if answer is None:

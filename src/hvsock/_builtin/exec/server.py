@@ -58,9 +58,25 @@ STDIN_BUFFER = 1 << 20
 #: Seconds between checks that a client is still there while its stdin waits.
 HANGUP_POLL = 0.5
 #: Signals whose disposition a command gets reset to the default (SIG_IGN survives exec).
-RESET_SIGNALS = tuple(getattr(signal, name) for name in (
-    "SIGHUP", "SIGINT", "SIGQUIT", "SIGPIPE", "SIGTERM", "SIGTSTP", "SIGTTIN", "SIGTTOU",
-    "SIGCHLD", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGXFSZ") if hasattr(signal, name))
+RESET_SIGNALS = tuple(
+    getattr(signal, name)
+    for name in (
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGPIPE",
+        "SIGTERM",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGCHLD",
+        "SIGUSR1",
+        "SIGUSR2",
+        "SIGALRM",
+        "SIGXFSZ",
+    )
+    if hasattr(signal, name)
+)
 #: PATH for a command run as another user, as su - / login(1) set it.
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 USER_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -148,8 +164,7 @@ def _hung_up(fd: int) -> bool:
     """True once the peer of socket *fd* has closed its end for good (or it failed)."""
     poller = select.poll()
     poller.register(fd, select.POLLHUP | select.POLLERR)
-    return any(ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL)
-               for _, ev in poller.poll(0))
+    return any(ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, ev in poller.poll(0))
 
 
 async def _read_fd(fd: int) -> bytes:
@@ -169,7 +184,7 @@ async def _write_fd(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         try:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         except BlockingIOError:
             await wait_ready(fd, writable=True)
 
@@ -204,8 +219,9 @@ class _Session:
         self.stdin_fd: int | None = None
         self.outputs: list[tuple[int, int]] = []  # (fd, 1 for stdout / 2 for stderr)
         self.sent = 0
-        self.cap = min((c for c in (start.max_output, policy.max_output) if c is not None),
-                       default=None)
+        self.cap = min(
+            (c for c in (start.max_output, policy.max_output) if c is not None), default=None
+        )
         self.truncated = False
         self.timed_out = False
         self.write_lock = asyncio.Lock()
@@ -239,22 +255,34 @@ class _Session:
                 raise _Refused("no_user", f"no user {start.user!r:.60} here") from None
             if account.pw_uid != os.geteuid():
                 if not self.policy.allow_user:
-                    raise _Refused("forbidden", "this agent does not run commands as other "
-                                   "users (exec.allow_user = false)")
+                    raise _Refused(
+                        "forbidden",
+                        "this agent does not run commands as other users (exec.allow_user = false)",
+                    )
                 if os.geteuid() != 0:
-                    raise _Refused("forbidden", f"the agent runs as uid {os.geteuid()}, not "
-                                   f"root, so it cannot run commands as {start.user!r:.60}")
-                kwargs.update(user=account.pw_uid, group=account.pw_gid,
-                              extra_groups=os.getgrouplist(account.pw_name, account.pw_gid))
+                    raise _Refused(
+                        "forbidden",
+                        f"the agent runs as uid {os.geteuid()}, not "
+                        f"root, so it cannot run commands as {start.user!r:.60}",
+                    )
+                kwargs.update(
+                    user=account.pw_uid,
+                    group=account.pw_gid,
+                    extra_groups=os.getgrouplist(account.pw_name, account.pw_gid),
+                )
         else:
             with contextlib.suppress(KeyError):
                 account = pwd.getpwuid(os.geteuid())
         if account is not None and start.user is not None:
             # As su - / sudo -i: the target user's minimal environment, never the
             # agent's (its variables may point at the agent's files, or be secrets).
-            env = {"HOME": account.pw_dir, "USER": account.pw_name,
-                   "LOGNAME": account.pw_name, "SHELL": account.pw_shell or "/bin/sh",
-                   "PATH": ROOT_PATH if account.pw_uid == 0 else USER_PATH}
+            env = {
+                "HOME": account.pw_dir,
+                "USER": account.pw_name,
+                "LOGNAME": account.pw_name,
+                "SHELL": account.pw_shell or "/bin/sh",
+                "PATH": ROOT_PATH if account.pw_uid == 0 else USER_PATH,
+            }
         else:
             env = dict(os.environ)
         for name in start.unset:
@@ -282,8 +310,7 @@ class _Session:
                 _winsize(slave, tty.rows, tty.cols)
                 self.stdin_fd = self.master
                 self.outputs = [(self.master, 1)]
-                kwargs.update(stdin=slave, stdout=slave, stderr=slave,
-                              preexec_fn=_take_terminal)
+                kwargs.update(stdin=slave, stdout=slave, stderr=slave, preexec_fn=_take_terminal)
             else:
                 # Our own pipes rather than asyncio's: sized for streaming, and read and
                 # written straight, with no stream buffer copying every byte once more.
@@ -295,13 +322,15 @@ class _Session:
                 err, child_err = _pipe(None)
                 self.outputs.append((err, 2))
                 theirs.append(child_err)
-                kwargs.update(stdin=child_in, stdout=child_out, stderr=child_err,
-                              preexec_fn=_default_signals)
+                kwargs.update(
+                    stdin=child_in, stdout=child_out, stderr=child_err, preexec_fn=_default_signals
+                )
             for fd, _ in self.outputs:
                 os.set_blocking(fd, False)
             os.set_blocking(self.stdin_fd, False)
             self.proc = await asyncio.create_subprocess_exec(
-                *argv, env=env, cwd=cwd, start_new_session=True, **kwargs)
+                *argv, env=env, cwd=cwd, start_new_session=True, **kwargs
+            )
         except FileNotFoundError:
             raise _Refused("not_found", f"{argv[0]}: command not found") from None
         except PermissionError:
@@ -335,10 +364,13 @@ class _Session:
                 timeout = min(timeout or self.policy.max_timeout, self.policy.max_timeout)
             if timeout is not None:
                 timers.append(loop.call_later(timeout, self._on_timeout, pgid, timers))
-            outputs += [asyncio.create_task(self._pump_output(fd, kind, pgid))
-                        for fd, kind in self.outputs]
-            helpers += [asyncio.create_task(self._pump_client(pgid)),
-                        asyncio.create_task(self._feed_stdin())]
+            outputs += [
+                asyncio.create_task(self._pump_output(fd, kind, pgid)) for fd, kind in self.outputs
+            ]
+            helpers += [
+                asyncio.create_task(self._pump_client(pgid)),
+                asyncio.create_task(self._feed_stdin()),
+            ]
             code = await proc.wait()
             # The command is over: so is its group (nothing it left keeps our pipes).
             _killpg(pgid, signal.SIGKILL)
@@ -348,8 +380,12 @@ class _Session:
             for task in outputs:
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
-            exit_event = ep.Exit(code if code >= 0 else None, -code if code < 0 else None,
-                                 self.timed_out, self.truncated)
+            exit_event = ep.Exit(
+                code if code >= 0 else None,
+                -code if code < 0 else None,
+                self.timed_out,
+                self.truncated,
+            )
             await self.send(exit_event)
         finally:
             for timer in timers:
@@ -379,8 +415,11 @@ class _Session:
         self.timed_out = True
         self.conn.log.info("command %r timed out for %s", self.start.argv[0], self.conn.peer)
         _killpg(pgid, signal.SIGTERM)
-        timers.append(asyncio.get_running_loop().call_later(
-            self.policy.kill_grace, _killpg, pgid, signal.SIGKILL))
+        timers.append(
+            asyncio.get_running_loop().call_later(
+                self.policy.kill_grace, _killpg, pgid, signal.SIGKILL
+            )
+        )
 
     async def _emit(self, fd: int, data: bytes, pgid: int) -> bool:
         """Send output within the cap; False once the cap is reached."""
@@ -417,8 +456,9 @@ class _Session:
                     event, why = None, str(exc)
             if event is None:
                 # The client vanished (or broke the protocol): its command goes too.
-                self.conn.log.info("client %s gone (%s): killing process group %d",
-                                   self.conn.peer, why, pgid)
+                self.conn.log.info(
+                    "client %s gone (%s): killing process group %d", self.conn.peer, why, pgid
+                )
                 _killpg(pgid, signal.SIGKILL)
                 return
             if isinstance(event, ep.Stdin):
@@ -441,8 +481,11 @@ class _Session:
                         target = os.tcgetpgrp(self.master)
                 _killpg(target, event.signo)
             else:
-                self.conn.log.warning("client %s sent %s during a session; ignored",
-                                      self.conn.peer, type(event).__name__)
+                self.conn.log.warning(
+                    "client %s sent %s during a session; ignored",
+                    self.conn.peer,
+                    type(event).__name__,
+                )
 
     async def _wait_for_room(self) -> bool:
         """Wait until the stdin buffer has room; False if the client hung up meanwhile.
@@ -505,17 +548,20 @@ class ExecServer:
 
     async def __call__(self, conn: Connection) -> None:
         try:
-            body = await asyncio.wait_for(read_frame(conn.reader, ep.MAX_FRAME),
-                                          self.policy.start_timeout)
+            body = await asyncio.wait_for(
+                read_frame(conn.reader, ep.MAX_FRAME), self.policy.start_timeout
+            )
             if body is None:
                 return
             start = ep.decode(body)
         except asyncio.TimeoutError:
-            conn.log.info("closed %s: no START within %g s", conn.peer,
-                          self.policy.start_timeout)
+            conn.log.info("closed %s: no START within %g s", conn.peer, self.policy.start_timeout)
             with contextlib.suppress(OSError):
-                await conn.write(ep.frame(ep.Error(
-                    "timeout", f"no START within {self.policy.start_timeout:g} s")))
+                await conn.write(
+                    ep.frame(
+                        ep.Error("timeout", f"no START within {self.policy.start_timeout:g} s")
+                    )
+                )
             return
         except ProtocolError as exc:
             await conn.write(ep.frame(ep.Error("bad_request", str(exc))))
@@ -526,18 +572,23 @@ class ExecServer:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.policy.max_sessions)
         async with self._slots:
-            conn.log.info("%s runs %r%s", conn.peer, start.argv[0],
-                          " on a pty" if start.tty else "")
+            conn.log.info(
+                "%s runs %r%s", conn.peer, start.argv[0], " on a pty" if start.tty else ""
+            )
             await _Session(conn, start, self.policy).run()
         # The client may still be sending stdin the command never read: EXIT (or ERROR)
         # must not be lost to the reset a close with unread bytes would send.
         await conn.linger()
 
 
-def exec_service(*, port: int = EXEC_PORT, allow: Any = None,
-                 policy: ExecPolicy | None = None) -> Service:
+def exec_service(
+    *, port: int = EXEC_PORT, allow: Any = None, policy: ExecPolicy | None = None
+) -> Service:
     """The exec service (no idle timeout: a command may be silent for hours)."""
-    return Service("hvsock exec", port, ExecServer(policy), allow=allow,
-                          limits=Limits(idle_timeout=None,
-                                               max_connections=(policy or ExecPolicy())
-                                               .max_sessions * 4))
+    return Service(
+        "hvsock exec",
+        port,
+        ExecServer(policy),
+        allow=allow,
+        limits=Limits(idle_timeout=None, max_connections=(policy or ExecPolicy()).max_sessions * 4),
+    )

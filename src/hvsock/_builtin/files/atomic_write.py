@@ -39,14 +39,24 @@ def partial_name(name: bytes) -> bytes:
 def _unique_name(name: bytes) -> bytes:
     # Random, so nobody can create it first; hidden and tied to *name* by the hash,
     # so a leftover shows which target it belonged to.
-    return (b".hvsock-" + hashlib.sha256(name).hexdigest()[:16].encode() + b"-"
-            + os.urandom(8).hex().encode() + b".tmp")
+    return (
+        b".hvsock-"
+        + hashlib.sha256(name).hexdigest()[:16].encode()
+        + b"-"
+        + os.urandom(8).hex().encode()
+        + b".tmp"
+    )
 
 
 #: How a temporary or partial file is opened: never through a symlink, never a
 #: FIFO's blocking open, never as a controlling terminal.
-_TEMP_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0) \
+_TEMP_FLAGS = (
+    os.O_RDWR
+    | os.O_NOFOLLOW
+    | os.O_CLOEXEC
+    | getattr(os, "O_NOCTTY", 0)
     | getattr(os, "O_NONBLOCK", 0)
+)
 
 
 def create_temp(dir_fd: int, name: bytes) -> tuple[int, bytes]:
@@ -63,8 +73,10 @@ def create_temp(dir_fd: int, name: bytes) -> tuple[int, bytes]:
             continue
         os.set_blocking(fd, True)
         return fd, tmp
-    raise HvsockError("could not create a temporary file with a fresh random name (16 "
-                      "tries); is something creating files in the directory?")
+    raise HvsockError(
+        "could not create a temporary file with a fresh random name (16 "
+        "tries); is something creating files in the directory?"
+    )
 
 
 def own_regular_file(st: os.stat_result) -> bool:
@@ -74,8 +86,11 @@ def own_regular_file(st: os.stat_result) -> bool:
     else was put there by someone else (a user of a world-writable directory)
     and is left alone.
     """
-    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and (
-        not hasattr(os, "geteuid") or st.st_uid == os.geteuid())
+    return (
+        stat.S_ISREG(st.st_mode)
+        and st.st_nlink == 1
+        and (not hasattr(os, "geteuid") or st.st_uid == os.geteuid())
+    )
 
 
 class _Writers:
@@ -125,8 +140,17 @@ class AtomicWriter:
     (one rename wins), after checking it is a regular file of ours with one link.
     """
 
-    def __init__(self, dir_fd: int, name: bytes, entry: fc.Entry, flags: int, *,
-                 shown: str, max_size: int | None = None, owner: bool = False) -> None:
+    def __init__(
+        self,
+        dir_fd: int,
+        name: bytes,
+        entry: fc.Entry,
+        flags: int,
+        *,
+        shown: str,
+        max_size: int | None = None,
+        owner: bool = False,
+    ) -> None:
         self.dir_fd = dir_fd
         self.name = name
         self.entry = entry
@@ -151,22 +175,27 @@ class AtomicWriter:
         current = lstat_at(self.dir_fd, self.name)
         if current is not None:
             if stat.S_ISDIR(current.st_mode):
-                raise HvsockError(f"{self.shown!r} is a directory; give a path for "
-                                         "the file, or copy into the directory")
+                raise HvsockError(
+                    f"{self.shown!r} is a directory; give a path for "
+                    "the file, or copy into the directory"
+                )
             # A symlink replaces a file or a symlink, as `cp -a` does (so a re-run of
             # a tree copy succeeds); a file never silently replaces a symlink.
             replaceable = stat.S_ISREG(current.st_mode) or (
-                self.entry.kind == fc.KIND_SYMLINK and stat.S_ISLNK(current.st_mode))
+                self.entry.kind == fc.KIND_SYMLINK and stat.S_ISLNK(current.st_mode)
+            )
             if not replaceable and not self.flags & fc.F_FORCE:
-                raise HvsockError(f"{self.shown!r} exists and is not a regular file; "
-                                         "--force replaces it")
-            why = fc.should_replace(self.flags, True, self.entry.mtime_ns,
-                                    current.st_mtime_ns)
+                raise HvsockError(
+                    f"{self.shown!r} exists and is not a regular file; --force replaces it"
+                )
+            why = fc.should_replace(self.flags, True, self.entry.mtime_ns, current.st_mtime_ns)
             if why is not None:
                 return fc.Skipped(why)
         if self.max_size is not None and self.entry.size > self.max_size:
-            raise HvsockError(f"{self.shown!r} is {self.entry.size} bytes, over the "
-                                     f"service's limit of {self.max_size} bytes per file")
+            raise HvsockError(
+                f"{self.shown!r} is {self.entry.size} bytes, over the "
+                f"service's limit of {self.max_size} bytes per file"
+            )
         if self.entry.kind != fc.KIND_FILE:
             return fc.Ready()
         if self.flags & fc.F_RESUME and self.entry.size >= 0:
@@ -203,8 +232,7 @@ class AtomicWriter:
             if now is None or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
                 # Swapped between our open and our rename: give the name back as found.
                 with contextlib.suppress(OSError):
-                    os.rename(tmp, self.partial, src_dir_fd=self.dir_fd,
-                              dst_dir_fd=self.dir_fd)
+                    os.rename(tmp, self.partial, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
                 return None
             os.set_blocking(fd, True)
             claimed = (fd, tmp, st.st_size)
@@ -243,28 +271,38 @@ class AtomicWriter:
                 elif not stat.S_ISDIR(current.st_mode):
                     raise HvsockError(f"{self.shown!r} exists and is not a directory")
                 if self.keeps_owner:
-                    os.chown(self.name, e.uid, e.gid, dir_fd=self.dir_fd,
-                             follow_symlinks=False)
+                    os.chown(self.name, e.uid, e.gid, dir_fd=self.dir_fd, follow_symlinks=False)
                 if current is None or self.flags & fc.F_PRESERVE:
-                    os.chmod(self.name, safe_mode(e.mode, True, self.keeps_owner)
-                             if self.flags & fc.F_PRESERVE else 0o777 & ~_umask(),
-                             dir_fd=self.dir_fd, follow_symlinks=False)
+                    os.chmod(
+                        self.name,
+                        safe_mode(e.mode, True, self.keeps_owner)
+                        if self.flags & fc.F_PRESERVE
+                        else 0o777 & ~_umask(),
+                        dir_fd=self.dir_fd,
+                        follow_symlinks=False,
+                    )
             elif e.kind == fc.KIND_SYMLINK:
                 current = lstat_at(self.dir_fd, self.name)
-                if current is not None and stat.S_ISLNK(current.st_mode) and \
-                        os.readlink(self.name, dir_fd=self.dir_fd) == e.link and \
-                        not self.flags & fc.F_PRESERVE and not self.keeps_owner:
+                if (
+                    current is not None
+                    and stat.S_ISLNK(current.st_mode)
+                    and os.readlink(self.name, dir_fd=self.dir_fd) == e.link
+                    and not self.flags & fc.F_PRESERVE
+                    and not self.keeps_owner
+                ):
                     return  # the same link is there already (a re-run)
                 tmp = self._new_symlink(e.link)
                 try:
                     if self.flags & fc.F_PRESERVE:
-                        os.utime(tmp, ns=(e.mtime_ns, e.mtime_ns), dir_fd=self.dir_fd,
-                                 follow_symlinks=False)
+                        os.utime(
+                            tmp,
+                            ns=(e.mtime_ns, e.mtime_ns),
+                            dir_fd=self.dir_fd,
+                            follow_symlinks=False,
+                        )
                     if self.keeps_owner:
-                        os.chown(tmp, e.uid, e.gid, dir_fd=self.dir_fd,
-                                 follow_symlinks=False)
-                    os.rename(tmp, self.name, src_dir_fd=self.dir_fd,
-                              dst_dir_fd=self.dir_fd)
+                        os.chown(tmp, e.uid, e.gid, dir_fd=self.dir_fd, follow_symlinks=False)
+                    os.rename(tmp, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
                 except BaseException:
                     with contextlib.suppress(OSError):
                         os.unlink(tmp, dir_fd=self.dir_fd)
@@ -303,8 +341,9 @@ class AtomicWriter:
         if msg.length < 0 if known else msg.length != fc.UNKNOWN_SIZE:
             raise ProtocolError("DATA length does not match the announced size")
         if known and msg.start + msg.length != self.entry.size:
-            raise ProtocolError(f"DATA covers {msg.start}+{msg.length} bytes of a "
-                                       f"{self.entry.size}-byte file")
+            raise ProtocolError(
+                f"DATA covers {msg.start}+{msg.length} bytes of a {self.entry.size}-byte file"
+            )
         keep_partial = False
         digest = hashlib.sha256()
         fd = -1
@@ -317,11 +356,13 @@ class AtomicWriter:
                 fd, tmp, size = self._claimed
                 self._claimed = None
                 if msg.start > size:
-                    raise ProtocolError(f"DATA starts at {msg.start}, past the {size} bytes "
-                                        f"kept of {self.shown!r}")
+                    raise ProtocolError(
+                        f"DATA starts at {msg.start}, past the {size} bytes kept of {self.shown!r}"
+                    )
             elif msg.start:
-                raise ProtocolError(f"DATA starts at {msg.start} but no partial file of "
-                                    f"{self.shown!r} was offered")
+                raise ProtocolError(
+                    f"DATA starts at {msg.start} but no partial file of {self.shown!r} was offered"
+                )
             else:
                 fd, tmp = create_temp(self.dir_fd, self.name)
             os.ftruncate(fd, msg.start)
@@ -335,15 +376,22 @@ class AtomicWriter:
             self.failure = translate(exc, op="write", family="file", where=repr(self.shown))
         try:
             try:
-                end = (self._recv_known(chan, fd, msg.start, self.entry.size, digest, tick)
-                       if known else self._recv_chunks(chan, fd, digest, tick))
+                end = (
+                    self._recv_known(chan, fd, msg.start, self.entry.size, digest, tick)
+                    if known
+                    else self._recv_chunks(chan, fd, digest, tick)
+                )
             except BaseException:
                 # Cut mid-file: the bytes written so far are a verifiable prefix.
                 # (A full disk or a bad digest is no reason to keep anything.)
-                keep_partial = bool(self.flags & fc.F_RESUME) and known and \
-                    self.failure is None and isinstance(
-                        sys.exc_info()[1], (ProtocolError, ConnectionError, TimeoutError,
-                                            Cancelled))
+                keep_partial = (
+                    bool(self.flags & fc.F_RESUME)
+                    and known
+                    and self.failure is None
+                    and isinstance(
+                        sys.exc_info()[1], (ProtocolError, ConnectionError, TimeoutError, Cancelled)
+                    )
+                )
                 raise
             trailer = chan.recv("FILE_END")
             if not isinstance(trailer, fc.FileEnd):
@@ -351,17 +399,22 @@ class AtomicWriter:
             if self.failure is not None:
                 raise self.failure
             if not trailer.complete:
-                raise HvsockError(f"the source of {self.shown!r} changed or could not "
-                                         "be read while it was copied; nothing was written")
+                raise HvsockError(
+                    f"the source of {self.shown!r} changed or could not "
+                    "be read while it was copied; nothing was written"
+                )
             if trailer.sha256 != digest.digest():
-                raise HvsockError(f"SHA-256 of {self.shown!r} differs from the "
-                                         "source's; nothing was written (copy again)")
+                raise HvsockError(
+                    f"SHA-256 of {self.shown!r} differs from the "
+                    "source's; nothing was written (copy again)"
+                )
             self._finish(fd, tmp, end)
             fd = -1
         except BaseException as exc:
             self._discard(fd, tmp, keep_partial)
             if not isinstance(exc, OSError) or isinstance(
-                    exc, (HvsockError, TimeoutError, ConnectionError)):
+                exc, (HvsockError, TimeoutError, ConnectionError)
+            ):
                 raise
             raise translate(exc, op="write", family="file", where=repr(self.shown)) from exc
         return end
@@ -390,7 +443,7 @@ class AtomicWriter:
         if self.failure is not None:
             return
         # An all-zero block becomes a hole: sparse files stay sparse.
-        if view == ZERO_VIEW[:len(view)]:
+        if view == ZERO_VIEW[: len(view)]:
             return
         done = 0
         try:
@@ -399,14 +452,13 @@ class AtomicWriter:
         except OSError as exc:
             self.failure = translate(exc, op="write", family="file", where=repr(self.shown))
 
-    def _recv_known(self, chan: Channel, fd: int, start: int, end: int,
-                    digest: hashlib._Hash, tick: Tick | None) -> int:
-        receive_blocks(chan, start, end, digest, lambda view, pos: self._write(fd, view, pos),
-                       tick)
+    def _recv_known(
+        self, chan: Channel, fd: int, start: int, end: int, digest: hashlib._Hash, tick: Tick | None
+    ) -> int:
+        receive_blocks(chan, start, end, digest, lambda view, pos: self._write(fd, view, pos), tick)
         return end
 
-    def _recv_chunks(self, chan: Channel, fd: int, digest: hashlib._Hash,
-                     tick: Tick | None) -> int:
+    def _recv_chunks(self, chan: Channel, fd: int, digest: hashlib._Hash, tick: Tick | None) -> int:
         buf = bytearray(fc.MAX_CHUNK)
         view = memoryview(buf)
         header = memoryview(bytearray(4))
@@ -420,7 +472,8 @@ class AtomicWriter:
             if self.max_size is not None and pos + n > self.max_size and self.failure is None:
                 self.failure = HvsockError(
                     f"{self.shown!r} grew over the service's limit of {self.max_size} bytes "
-                    "per file; nothing was written")
+                    "per file; nothing was written"
+                )
             chan.recv_into(view[:n])
             digest.update(view[:n])
             self._write(fd, view[:n], pos)
@@ -436,8 +489,12 @@ class AtomicWriter:
             # chown before chmod: Linux clears setuid/setgid on a chown, even root's.
             if self.keeps_owner:
                 os.fchown(fd, e.uid, e.gid)
-            os.fchmod(fd, safe_mode(e.mode, False, self.keeps_owner)
-                      if self.flags & fc.F_PRESERVE else 0o666 & ~_umask())
+            os.fchmod(
+                fd,
+                safe_mode(e.mode, False, self.keeps_owner)
+                if self.flags & fc.F_PRESERVE
+                else 0o666 & ~_umask(),
+            )
             if self.flags & fc.F_PRESERVE:
                 os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
             # The data must be on disk before the name points at it, or a crash
@@ -491,6 +548,5 @@ def _umask() -> int:
 
 def set_dir_times(dir_fd: int, name: bytes, entry: fc.Entry, owner_kept: bool) -> None:
     """A directory's mode and mtime, applied after its contents were written (-p)."""
-    os.chmod(name, safe_mode(entry.mode, True, owner_kept), dir_fd=dir_fd,
-             follow_symlinks=False)
+    os.chmod(name, safe_mode(entry.mode, True, owner_kept), dir_fd=dir_fd, follow_symlinks=False)
     os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)

@@ -110,16 +110,16 @@ class Channel:
             if not self._fill(got):
                 if not self._in:
                     return None
-                raise PeerClosedError("the peer closed the connection in the middle of a "
-                                      "message" + (" header" if len(self._in) < HEADER_SIZE
-                                                   else ""))
+                raise PeerClosedError(
+                    "the peer closed the connection in the middle of a "
+                    "message" + (" header" if len(self._in) < HEADER_SIZE else "")
+                )
 
     def recv(self, expect: str = "a message") -> fc.Message:
         """The next message; :class:`ProtocolError` at EOF."""
         message = self.recv_or_eof()
         if message is None:
-            raise PeerClosedError(f"the peer closed the connection while we waited for "
-                                  f"{expect}")
+            raise PeerClosedError(f"the peer closed the connection while we waited for {expect}")
         return message
 
     def recv_into(self, view: memoryview) -> None:
@@ -130,15 +130,17 @@ class Channel:
         if got < len(view) and len(view) - got < 64 * 1024:
             if not self._fill(len(view) - got):
                 raise PeerClosedError("the peer closed the connection in the middle of a file")
-            view[got:] = self._in[:len(view) - got]
-            del self._in[:len(view) - got]
+            view[got:] = self._in[: len(view) - got]
+            del self._in[: len(view) - got]
             return
         if got < len(view):
             self.flush()
             got += recv_into_exactly(self.sock, view[got:])
             if got < len(view):
-                raise PeerClosedError(f"the peer closed the connection in the middle of "
-                                      f"a file ({got} of {len(view)} bytes of a block)")
+                raise PeerClosedError(
+                    f"the peer closed the connection in the middle of "
+                    f"a file ({got} of {len(view)} bytes of a block)"
+                )
 
 
 def remote_error(message: fc.Message, doing: str) -> HvsockError:

@@ -44,8 +44,12 @@ Progress = Callable[[int, "int | None"], object]
 OnEntry = Callable[[str, str], object]
 #: Replies due at most before the client stops to read them (see _Copier.expect).
 WINDOW = 64
-POLICIES = {"overwrite": 0, "no-clobber": fc.F_NO_CLOBBER, "update": fc.F_UPDATE,
-            "force": fc.F_FORCE}
+POLICIES = {
+    "overwrite": 0,
+    "no-clobber": fc.F_NO_CLOBBER,
+    "update": fc.F_UPDATE,
+    "force": fc.F_FORCE,
+}
 
 
 class CopyResult(Record):
@@ -55,9 +59,16 @@ class CopyResult(Record):
     # and dataclasses (with inspect, ast and dis) was a tenth of its start-up.
     _fields = ("direction", "files", "directories", "symlinks", "skipped", "bytes", "seconds")
 
-    def __init__(self, direction: str = "push", files: int = 0, directories: int = 0,
-                 symlinks: int = 0, skipped: int = 0, bytes: int = 0,
-                 seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        direction: str = "push",
+        files: int = 0,
+        directories: int = 0,
+        symlinks: int = 0,
+        skipped: int = 0,
+        bytes: int = 0,
+        seconds: float = 0.0,
+    ) -> None:
         self.direction = direction  # or "pull"
         self.files = files
         self.directories = directories
@@ -75,8 +86,11 @@ class CopyResult(Record):
         return self.bytes / self.seconds if self.seconds > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {**{name: getattr(self, name) for name in self._fields},
-                "throughput": self.throughput, "warnings": list(self.warnings)}
+        return {
+            **{name: getattr(self, name) for name in self._fields},
+            "throughput": self.throughput,
+            "warnings": list(self.warnings),
+        }
 
 
 def _spec(value: object, what: str) -> tuple[bool, bytes]:
@@ -93,9 +107,15 @@ def _spec(value: object, what: str) -> tuple[bool, bytes]:
 
 
 class _Copier:
-    def __init__(self, chan: Channel, flags: int, progress: Progress | None,
-                 stdin: IO[bytes] | None, stdout: IO[bytes] | None,
-                 on_entry: OnEntry | None = None) -> None:
+    def __init__(
+        self,
+        chan: Channel,
+        flags: int,
+        progress: Progress | None,
+        stdin: IO[bytes] | None,
+        stdout: IO[bytes] | None,
+        on_entry: OnEntry | None = None,
+    ) -> None:
         self.chan = chan
         self.on_entry = on_entry
         self.flags = flags
@@ -130,15 +150,18 @@ class _Copier:
             raise remote_error(reply, "asking about the destination")
         into = reply.entry.kind == fc.KIND_DIR or dest.endswith(b"/")
         if len(sources) > 1 and not into:
-            raise ArgumentError(f"copying {len(sources)} sources needs a destination "
-                                       f"directory; {show(dest)!r} is not one")
+            raise ArgumentError(
+                f"copying {len(sources)} sources needs a destination "
+                f"directory; {show(dest)!r} is not one"
+            )
         plan: list[tuple[bytes, bytes, os.stat_result | None]] = []
         for src in sources:
             st: os.stat_result | None
             if src == b"-":
                 if into:
-                    raise ArgumentError("stdin has no name: give a file path as the "
-                                               "destination, not a directory")
+                    raise ArgumentError(
+                        "stdin has no name: give a file path as the destination, not a directory"
+                    )
                 plan.append((src, dest, None))
                 continue
             try:
@@ -147,17 +170,20 @@ class _Copier:
                 raise translate(exc, op="read", family="file", where=repr(show(src))) from exc
             if stat.S_ISDIR(st.st_mode) and not self.flags & fc.F_RECURSIVE:
                 raise ArgumentError(f"{show(src)!r} is a directory; copy it with -r")
-            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)
-                    or stat.S_ISLNK(st.st_mode)):
+            if not (
+                stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)
+            ):
                 raise ArgumentError(
                     f"{show(src)!r} is {kind_name(st.st_mode)}; hvsock cp copies regular "
                     "files, directories and symlinks (to send what a FIFO gives, use '-' "
-                    "as the source and redirect it: hvsock cp ... - :DEST < FIFO)")
+                    "as the source and redirect it: hvsock cp ... - :DEST < FIFO)"
+                )
             base = os.path.basename(os.path.normpath(src))
             target = _join(dest, base) if into else dest
             plan.extend(_walk(src, target, st))
-        self.total = sum(st.st_size for _, _, st in plan
-                         if st is not None and stat.S_ISREG(st.st_mode))
+        self.total = sum(
+            st.st_size for _, _, st in plan if st is not None and stat.S_ISREG(st.st_mode)
+        )
         for local, remote, st in plan:
             self.chan.check()
             self.push_one(local, remote, st)
@@ -190,8 +216,7 @@ class _Copier:
                 # O_NONBLOCK: a file swapped for a FIFO since the lstat must not hang us.
                 fd = os.open(local, READ_FLAGS)
             except OSError as exc:
-                raise translate(exc, op="read", family="file",
-                                where=repr(show(local))) from exc
+                raise translate(exc, op="read", family="file", where=repr(show(local))) from exc
             try:
                 opened = os.fstat(fd)
                 if not stat.S_ISREG(opened.st_mode):
@@ -215,8 +240,10 @@ class _Copier:
             finally:
                 os.close(fd)
         else:
-            self.warn(f"{show(local)!r} is {kind_name(st.st_mode)}; not copied (only "
-                      "regular files, directories and symlinks are)")
+            self.warn(
+                f"{show(local)!r} is {kind_name(st.st_mode)}; not copied (only "
+                "regular files, directories and symlinks are)"
+            )
 
     def warn(self, why: str) -> None:
         self.result.skipped += 1
@@ -280,30 +307,40 @@ class _Copier:
             return
         into = os.path.isdir(dest) or dest.endswith(b"/")
         if len(sources) > 1 and not into:
-            raise ArgumentError(f"copying {len(sources)} sources needs a destination "
-                                       f"directory; {show(dest)!r} is not one")
+            raise ArgumentError(
+                f"copying {len(sources)} sources needs a destination "
+                f"directory; {show(dest)!r} is not one"
+            )
         for src in sources:
             parts = fc.split_path(src)[1]
             if into:
                 if not parts:
-                    raise ArgumentError(f"{show(src)!r} has no name to copy into "
-                                               f"{show(dest)!r}; give the target path")
+                    raise ArgumentError(
+                        f"{show(src)!r} has no name to copy into "
+                        f"{show(dest)!r}; give the target path"
+                    )
                 parent, name = dest, parts[-1]
             else:
-                parent, name = os.path.dirname(dest.rstrip(b"/")) or b".", \
-                    os.path.basename(dest.rstrip(b"/"))
+                parent, name = (
+                    os.path.dirname(dest.rstrip(b"/")) or b".",
+                    os.path.basename(dest.rstrip(b"/")),
+                )
             if self.flags & fc.F_PARENTS:
                 with contextlib.suppress(FileExistsError):
                     os.makedirs(parent)
             try:
                 parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except FileNotFoundError as exc:
-                raise HvsockError(f"directory {show(parent)!r} does not exist (for "
-                                  f"{show(dest)!r}); --parents creates missing "
-                                  "directories", errno=exc.errno) from exc
+                raise HvsockError(
+                    f"directory {show(parent)!r} does not exist (for "
+                    f"{show(dest)!r}); --parents creates missing "
+                    "directories",
+                    errno=exc.errno,
+                ) from exc
             except OSError as exc:
-                raise translate(exc, op="open directory", family="file",
-                                where=repr(show(parent))) from exc
+                raise translate(
+                    exc, op="open directory", family="file", where=repr(show(parent))
+                ) from exc
             try:
                 self.pull_tree(src, parent_fd, name)
             finally:
@@ -311,7 +348,8 @@ class _Copier:
 
     def pull_tree(self, src: bytes, parent_fd: int, name: bytes) -> None:
         get_flags = self.flags & (fc.F_RECURSIVE | fc.F_PRESERVE) | (
-            fc.F_EAGER if self.eager else 0)
+            fc.F_EAGER if self.eager else 0
+        )
         self.chan.send(fc.Get(src, get_flags))
         dir_times: list[tuple[tuple[bytes, ...], fc.Entry, bool]] = []
         first = True
@@ -332,9 +370,14 @@ class _Copier:
             if self.total is None and entry.kind == fc.KIND_FILE and len(rel) == 1:
                 self.total = entry.size
             dir_fd = open_dir(parent_fd, rel[:-1])
-            writer = AtomicWriter(dir_fd, rel[-1], entry, self.flags,
-                                  shown=show(b"/".join(rel)),
-                                  owner=bool(self.flags & fc.F_OWNER) and self.owner_ok)
+            writer = AtomicWriter(
+                dir_fd,
+                rel[-1],
+                entry,
+                self.flags,
+                shown=show(b"/".join(rel)),
+                owner=bool(self.flags & fc.F_OWNER) and self.owner_ok,
+            )
             try:
                 if fc.eager_entry(get_flags, entry):
                     # The bytes follow the ENTRY at once: take them or drop them.
@@ -360,8 +403,11 @@ class _Copier:
                     writer.place_special()
                     if entry.kind == fc.KIND_DIR and self.flags & fc.F_PRESERVE:
                         dir_times.append((rel, entry, writer.keeps_owner))
-                self.count(entry.kind, src.rstrip(b"/") + b"/" + entry.path if entry.path
-                           else src, b"/".join(rel))
+                self.count(
+                    entry.kind,
+                    src.rstrip(b"/") + b"/" + entry.path if entry.path else src,
+                    b"/".join(rel),
+                )
             finally:
                 writer.close()
                 os.close(dir_fd)
@@ -379,8 +425,7 @@ class _Copier:
         if not isinstance(msg, fc.EntryMsg):
             raise remote_error(msg, f"reading {show(src)!r}")
         if msg.entry.kind != fc.KIND_FILE:
-            raise HvsockError(f"{show(src)!r} is not a regular file; stdout takes "
-                                     "only a file")
+            raise HvsockError(f"{show(src)!r} is not a regular file; stdout takes only a file")
         self.total = msg.entry.size
         self.chan.send(fc.Ready())
         out = self.stdout
@@ -396,8 +441,9 @@ def _join(base: bytes, name: bytes) -> bytes:
     return base.rstrip(b"/") + b"/" + name if base.rstrip(b"/") else b"/" + name
 
 
-def _walk(local: bytes, remote: bytes,
-          st: os.stat_result) -> Iterator[tuple[bytes, bytes, os.stat_result | None]]:
+def _walk(
+    local: bytes, remote: bytes, st: os.stat_result
+) -> Iterator[tuple[bytes, bytes, os.stat_result | None]]:
     """Each entry of a local tree, parents first: (local path, remote path, lstat)."""
     yield local, remote, st
     if not stat.S_ISDIR(st.st_mode):
@@ -411,26 +457,42 @@ def _walk(local: bytes, remote: bytes,
         yield from _walk(path, _join(remote, name), os.lstat(path))
 
 
-def _flags(recursive: bool, preserve: bool, owner: bool, resume: bool, policy: str,
-           parents: bool) -> int:
+def _flags(
+    recursive: bool, preserve: bool, owner: bool, resume: bool, policy: str, parents: bool
+) -> int:
     if policy not in POLICIES:
-        raise ArgumentError(f"policy must be one of {', '.join(POLICIES)}, "
-                                   f"not {quote(policy)}")
-    return (POLICIES[policy] | (fc.F_RECURSIVE if recursive else 0)
-            | (fc.F_PRESERVE if preserve else 0) | (fc.F_OWNER if owner else 0)
-            | (fc.F_RESUME if resume else 0) | (fc.F_PARENTS if parents else 0))
+        raise ArgumentError(f"policy must be one of {', '.join(POLICIES)}, not {quote(policy)}")
+    return (
+        POLICIES[policy]
+        | (fc.F_RECURSIVE if recursive else 0)
+        | (fc.F_PRESERVE if preserve else 0)
+        | (fc.F_OWNER if owner else 0)
+        | (fc.F_RESUME if resume else 0)
+        | (fc.F_PARENTS if parents else 0)
+    )
 
 
-def copy(address: Address | str, sources: PathSpec | Sequence[PathSpec],
-         dest: PathSpec, *, recursive: bool = False, preserve: bool = False,
-         owner: bool = False, resume: bool = False, policy: str = "overwrite",
-         parents: bool = False, progress: Progress | None = None,
-         on_entry: OnEntry | None = None, timeout: float = DEFAULT_CONNECT_TIMEOUT,
-         retries: int = 0,
-         io_timeout: float = 120.0, stdin: IO[bytes] | None = None,
-         stdout: IO[bytes] | None = None,
-         _cancel: threading.Event | None = None,
-         _sockets: list[socket.socket] | None = None) -> CopyResult:
+def copy(
+    address: Address | str,
+    sources: PathSpec | Sequence[PathSpec],
+    dest: PathSpec,
+    *,
+    recursive: bool = False,
+    preserve: bool = False,
+    owner: bool = False,
+    resume: bool = False,
+    policy: str = "overwrite",
+    parents: bool = False,
+    progress: Progress | None = None,
+    on_entry: OnEntry | None = None,
+    timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    retries: int = 0,
+    io_timeout: float = 120.0,
+    stdin: IO[bytes] | None = None,
+    stdout: IO[bytes] | None = None,
+    _cancel: threading.Event | None = None,
+    _sockets: list[socket.socket] | None = None,
+) -> CopyResult:
     """Copy *sources* to *dest* through the file service at *address*; returns a CopyResult.
 
     Paths that start with ``:`` are remote (``":/var/log/app.log"``); all sources
@@ -458,8 +520,10 @@ def copy(address: Address | str, sources: PathSpec | Sequence[PathSpec],
         raise ArgumentError("give at least one source")
     remote_dest, dest_path = _spec(dest, "destination")
     if any(remote == remote_dest for remote, _ in specs):
-        raise ArgumentError("sources and destination must be on different sides: "
-                                   "mark the remote side's paths with a leading ':'")
+        raise ArgumentError(
+            "sources and destination must be on different sides: "
+            "mark the remote side's paths with a leading ':'"
+        )
     if progress is not None:
         callable_(progress, "progress")
     if on_entry is not None:
@@ -472,9 +536,14 @@ def copy(address: Address | str, sources: PathSpec | Sequence[PathSpec],
         _sockets.append(sock)
     with sock:
         sock.settimeout(io_timeout)
-        copier = _Copier(Channel(sock, _cancel), flags, progress,
-                         stdin if stdin is not None else sys.stdin.buffer,
-                         stdout if stdout is not None else sys.stdout.buffer, on_entry)
+        copier = _Copier(
+            Channel(sock, _cancel),
+            flags,
+            progress,
+            stdin if stdin is not None else sys.stdin.buffer,
+            stdout if stdout is not None else sys.stdout.buffer,
+            on_entry,
+        )
         reply = copier.request(fc.Hello(fc.VERSION), "the service's HELLO")
         if not isinstance(reply, fc.Hello):
             raise remote_error(reply, "greeting the service")
@@ -487,20 +556,30 @@ def copy(address: Address | str, sources: PathSpec | Sequence[PathSpec],
         except TimeoutError as exc:
             if isinstance(exc, HvsockError):
                 raise
-            raise IdleTimeoutError(f"the file service at {address} sent nothing for "
-                                   f"{io_timeout:g} s; is it stuck? (--resume continues a "
-                                   "resumable copy)") from exc
+            raise IdleTimeoutError(
+                f"the file service at {address} sent nothing for "
+                f"{io_timeout:g} s; is it stuck? (--resume continues a "
+                "resumable copy)"
+            ) from exc
         except ConnectionError as exc:
-            raise HvsockError(f"the connection to {address} was cut during the copy "
-                              f"({exc.strerror or exc}); with --resume a new run continues "
-                              "where it stopped", errno=exc.errno) from exc
+            raise HvsockError(
+                f"the connection to {address} was cut during the copy "
+                f"({exc.strerror or exc}); with --resume a new run continues "
+                "where it stopped",
+                errno=exc.errno,
+            ) from exc
     copier.result.seconds = time.perf_counter() - started
     return copier.result
 
 
-async def copy_async(address: Address | str, sources: PathSpec | Sequence[PathSpec],
-                     dest: PathSpec, *, progress: Progress | None = None,
-                     **options: Any) -> CopyResult:
+async def copy_async(
+    address: Address | str,
+    sources: PathSpec | Sequence[PathSpec],
+    dest: PathSpec,
+    *,
+    progress: Progress | None = None,
+    **options: Any,
+) -> CopyResult:
     """The asyncio twin of :func:`copy` (same arguments, same errors).
 
     The copy runs in a worker thread; *progress* and *on_entry* are called in
@@ -532,9 +611,19 @@ async def copy_async(address: Address | str, sources: PathSpec | Sequence[PathSp
             loop.call_soon_threadsafe(listed, source, dest)
 
         options["on_entry"] = relay_entry
-    future = loop.run_in_executor(None, functools.partial(
-        copy, address, sources, dest, progress=relay, _cancel=cancel, _sockets=sockets,
-        **options))
+    future = loop.run_in_executor(
+        None,
+        functools.partial(
+            copy,
+            address,
+            sources,
+            dest,
+            progress=relay,
+            _cancel=cancel,
+            _sockets=sockets,
+            **options,
+        ),
+    )
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:

@@ -18,7 +18,7 @@ def prefix_digest(fd: int, length: int) -> tuple[hashlib._Hash, int]:
     view = memoryview(bytearray(min(CHUNK, max(length, 1))))
     pos = 0
     while pos < length:
-        n = os.preadv(fd, [view[:min(CHUNK, length - pos)]], pos)
+        n = os.preadv(fd, [view[: min(CHUNK, length - pos)]], pos)
         if n == 0:
             break
         digest.update(view[:n])
@@ -101,8 +101,7 @@ class Hasher:
             self._jobs.append(job)
             self._cv.notify_all()
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="hvsock-sha256",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._run, name="hvsock-sha256", daemon=True)
             self._thread.start()
 
     def _run(self) -> None:
@@ -131,7 +130,7 @@ class Hasher:
     def _hash_range(self, buf: memoryview, fd: int, pos: int, end: int) -> None:
         while pos < end and not self._stop:
             try:
-                n = os.preadv(fd, [buf[:min(CHUNK, end - pos)]], pos)
+                n = os.preadv(fd, [buf[: min(CHUNK, end - pos)]], pos)
             except OSError:
                 n = 0
             if n == 0:

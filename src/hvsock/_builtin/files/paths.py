@@ -20,15 +20,25 @@ __all__: list[str] = []
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Opening a file to send: no symlink, no blocking on a FIFO, no controlling tty.
-READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0) \
+READ_FLAGS = (
+    os.O_RDONLY
+    | os.O_NOFOLLOW
+    | os.O_CLOEXEC
+    | getattr(os, "O_NONBLOCK", 0)
     | getattr(os, "O_NOCTTY", 0)
+)
 
 
 def kind_name(mode: int) -> str:
     """What a non-regular file is, for a message."""
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symlink")):
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISLNK, "a symlink"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -39,8 +49,14 @@ def show(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
-def open_dir(start_fd: int, parts: tuple[bytes, ...], *, create: bool = False,
-             what: bytes = b"", parents_hint: bool = False) -> int:
+def open_dir(
+    start_fd: int,
+    parts: tuple[bytes, ...],
+    *,
+    create: bool = False,
+    what: bytes = b"",
+    parents_hint: bool = False,
+) -> int:
     """A new descriptor of the directory *parts* below *start_fd*, no symlink followed.
 
     *create* makes missing directories (mode 0777 less the umask). Raises
@@ -65,15 +81,15 @@ def open_dir(start_fd: int, parts: tuple[bytes, ...], *, create: bool = False,
         return fd
     except OSError as exc:
         os.close(fd)
-        at = b"/".join(parts[:done + 1])
+        at = b"/".join(parts[: done + 1])
         if isinstance(exc, FileNotFoundError):
             raise HvsockError(
-                f"directory {show(at)!r} does not exist" + (
-                    f" (for {show(what)!r})" if what and what.strip(b"/") != at else "")
+                f"directory {show(at)!r} does not exist"
+                + (f" (for {show(what)!r})" if what and what.strip(b"/") != at else "")
                 + ("; --parents creates missing directories" if parents_hint else ""),
-                errno=exc.errno) from exc
-        raise translate(exc, op="open directory", family="file",
-                        where=repr(show(at))) from exc
+                errno=exc.errno,
+            ) from exc
+        raise translate(exc, op="open directory", family="file", where=repr(show(at))) from exc
 
 
 def lstat_at(dir_fd: int, name: bytes) -> os.stat_result | None:
@@ -84,7 +100,20 @@ def lstat_at(dir_fd: int, name: bytes) -> os.stat_result | None:
 
 
 def entry_of(st: os.stat_result, path: bytes, link: bytes = b"") -> fc.Entry:
-    kind = (fc.KIND_DIR if stat.S_ISDIR(st.st_mode) else fc.KIND_SYMLINK
-            if stat.S_ISLNK(st.st_mode) else fc.KIND_FILE)
-    return fc.Entry(path, kind, stat.S_IMODE(st.st_mode), st.st_mtime_ns,
-                    st.st_size if kind == fc.KIND_FILE else 0, st.st_uid, st.st_gid, link)
+    kind = (
+        fc.KIND_DIR
+        if stat.S_ISDIR(st.st_mode)
+        else fc.KIND_SYMLINK
+        if stat.S_ISLNK(st.st_mode)
+        else fc.KIND_FILE
+    )
+    return fc.Entry(
+        path,
+        kind,
+        stat.S_IMODE(st.st_mode),
+        st.st_mtime_ns,
+        st.st_size if kind == fc.KIND_FILE else 0,
+        st.st_uid,
+        st.st_gid,
+        link,
+    )

@@ -18,8 +18,14 @@ from .hashing import Hasher, ring
 __all__: list[str] = []
 
 
-def receive_blocks(chan: Channel, start: int, end: int, digest: hashlib._Hash,
-                   sink: Callable[[memoryview, int], object], tick: Tick | None) -> None:
+def receive_blocks(
+    chan: Channel,
+    start: int,
+    end: int,
+    digest: hashlib._Hash,
+    sink: Callable[[memoryview, int], object],
+    tick: Tick | None,
+) -> None:
     """Bytes *start* to *end* of a file from *chan* into ``sink(block, offset)``, hashed.
 
     The blocks land in a ring of buffers; the helper thread hashes each while
@@ -32,7 +38,7 @@ def receive_blocks(chan: Channel, start: int, end: int, digest: hashlib._Hash,
     with Hasher(digest) as hasher:
         while pos < end:
             chan.check()
-            view = bufs[k % len(bufs)][:min(CHUNK, end - pos)]
+            view = bufs[k % len(bufs)][: min(CHUNK, end - pos)]
             k += 1
             hasher.wait_below(len(bufs))  # this buffer's last block is hashed
             chan.recv_into(view)
@@ -70,8 +76,9 @@ def drain_file(chan: Channel) -> None:
         raise remote_error(trailer, "skipping a file")
 
 
-def receive_stream(chan: Channel, write: Callable[[memoryview], object], size: int,
-                   tick: Tick | None, shown: str) -> int:
+def receive_stream(
+    chan: Channel, write: Callable[[memoryview], object], size: int, tick: Tick | None, shown: str
+) -> int:
     """DATA, bytes, FILE_END into *write* (stdout); raises after the fact on a bad digest."""
     msg = chan.recv("DATA")
     if not isinstance(msg, fc.Data):
@@ -84,6 +91,8 @@ def receive_stream(chan: Channel, write: Callable[[memoryview], object], size: i
     if not isinstance(trailer, fc.FileEnd):
         raise remote_error(trailer, f"receiving {shown!r}")
     if not trailer.complete or trailer.sha256 != digest.digest():
-        raise HvsockError(f"{shown!r} arrived damaged or changed while it was read "
-                                 "(SHA-256 differs); do not trust what was written")
+        raise HvsockError(
+            f"{shown!r} arrived damaged or changed while it was read "
+            "(SHA-256 differs); do not trust what was written"
+        )
     return size

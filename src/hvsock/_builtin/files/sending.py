@@ -52,12 +52,20 @@ SENDFILE_MIN = 4 * CHUNK
 #: Bytes per ``sendfile`` call: between two calls come the cancel check and a tick.
 SENDFILE_STEP = 4 * CHUNK
 #: Errors of a first ``sendfile`` that mean "not for these descriptors": copy instead.
-_NO_SENDFILE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK,
-                errno.EBADF, errno.ESPIPE, errno.EXDEV}
+_NO_SENDFILE = {
+    errno.EINVAL,
+    errno.ENOSYS,
+    errno.EOPNOTSUPP,
+    errno.ENOTSOCK,
+    errno.EBADF,
+    errno.ESPIPE,
+    errno.EXDEV,
+}
 
 
-def _send_range(chan: Channel, fd: int, start: int, end: int, hasher: Hasher,
-                tick: Tick | None) -> bool:
+def _send_range(
+    chan: Channel, fd: int, start: int, end: int, hasher: Hasher, tick: Tick | None
+) -> bool:
     """The bytes start..end of *fd* to *chan*; False when they could not all be read."""
     pos = start
     if end - start >= SENDFILE_MIN and hasattr(os, "sendfile"):
@@ -74,8 +82,9 @@ def _send_range(chan: Channel, fd: int, start: int, end: int, hasher: Hasher,
     return _copy_range(chan, fd, pos, end, hasher, tick)
 
 
-def _sendfile(chan: Channel, fd: int, start: int, end: int, hasher: Hasher,
-              tick: Tick | None) -> int:
+def _sendfile(
+    chan: Channel, fd: int, start: int, end: int, hasher: Hasher, tick: Tick | None
+) -> int:
     """Send start..end of *fd* with ``os.sendfile``; return where it stopped.
 
     *start* back means sendfile cannot serve these descriptors (nothing was
@@ -93,8 +102,9 @@ def _sendfile(chan: Channel, fd: int, start: int, end: int, hasher: Hasher,
             sent = os.sendfile(out, fd, pos, min(SENDFILE_STEP, end - pos))
         except BlockingIOError:
             if not wait_ready(out, True, timeout):
-                raise TimeoutError("timed out while sending a file "
-                                   "(the peer reads nothing)") from None
+                raise TimeoutError(
+                    "timed out while sending a file (the peer reads nothing)"
+                ) from None
             continue
         except (ConnectionError, TimeoutError):
             raise
@@ -119,8 +129,10 @@ UNIX_SNDBUF = 4 * 1024 * 1024
 
 def _widen(sock: socket.socket) -> None:
     """A larger send buffer for a Unix socket (TCP tunes its own; vsock has its own knob)."""
-    if sock.family == getattr(socket, "AF_UNIX", None) and \
-            sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < UNIX_SNDBUF:
+    if (
+        sock.family == getattr(socket, "AF_UNIX", None)
+        and sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < UNIX_SNDBUF
+    ):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UNIX_SNDBUF)
 
@@ -135,8 +147,9 @@ def _send_zeros(chan: Channel, count: int, tick: Tick | None) -> None:
             tick(n)
 
 
-def _copy_range(chan: Channel, fd: int, start: int, end: int, hasher: Hasher,
-                tick: Tick | None) -> bool:
+def _copy_range(
+    chan: Channel, fd: int, start: int, end: int, hasher: Hasher, tick: Tick | None
+) -> bool:
     bufs = ring(end - start)
     pos = start
     k = 0

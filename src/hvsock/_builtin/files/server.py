@@ -60,11 +60,18 @@ def _root(path: object) -> bytes:
     return real
 
 
-def file_service(roots: Iterable[str | bytes | os.PathLike[str]], *, port: int = DEFAULT_PORT,
-                 allow: Iterable[object] | None = None, read_only: bool = False,
-                 max_file_size: int | None = None, max_files: int | None = None,
-                 refuse_hardlinks: bool = False, limits: Limits | None = None,
-                 name: str = SERVICE_NAME) -> Service:
+def file_service(
+    roots: Iterable[str | bytes | os.PathLike[str]],
+    *,
+    port: int = DEFAULT_PORT,
+    allow: Iterable[object] | None = None,
+    read_only: bool = False,
+    max_file_size: int | None = None,
+    max_files: int | None = None,
+    refuse_hardlinks: bool = False,
+    limits: Limits | None = None,
+    name: str = SERVICE_NAME,
+) -> Service:
     """The file-copy service over *roots* (directories), for :class:`hvsock.ServiceHost`.
 
     *port* defaults to :data:`DEFAULT_PORT` (5005). *allow* is the service's
@@ -84,10 +91,19 @@ def file_service(roots: Iterable[str | bytes | os.PathLike[str]], *, port: int =
         whole_number(max_file_size, "max_file_size", 0, 2**63 - 1)
     if max_files is not None:
         whole_number(max_files, "max_files", 1, 2**63 - 1)
-    config = _Config(real, tuple(fc.split_path(r)[1] for r in real), bool(read_only),
-                     max_file_size, max_files, bool(refuse_hardlinks))
-    limits = instance(limits, Limits, "limits") if limits is not None else \
-        Limits(max_connections=16, idle_timeout=120.0)
+    config = _Config(
+        real,
+        tuple(fc.split_path(r)[1] for r in real),
+        bool(read_only),
+        max_file_size,
+        max_files,
+        bool(refuse_hardlinks),
+    )
+    limits = (
+        instance(limits, Limits, "limits")
+        if limits is not None
+        else Limits(max_connections=16, idle_timeout=120.0)
+    )
 
     def handle(conn: SyncConnection) -> None:
         _Session(config, conn).run()
@@ -128,10 +144,15 @@ class _Session:
     def dispatch(self, msg: fc.Message) -> None:
         if isinstance(msg, fc.Hello):
             if msg.version != fc.VERSION:
-                raise ProtocolError(f"client speaks file-copy version {msg.version}; "
-                                           f"this service speaks {fc.VERSION}")
-            self.chan.send(fc.Hello(fc.VERSION, (1 if self.config.read_only else 0)
-                                    | (2 if self.owner_ok else 0)))
+                raise ProtocolError(
+                    f"client speaks file-copy version {msg.version}; "
+                    f"this service speaks {fc.VERSION}"
+                )
+            self.chan.send(
+                fc.Hello(
+                    fc.VERSION, (1 if self.config.read_only else 0) | (2 if self.owner_ok else 0)
+                )
+            )
         elif isinstance(msg, fc.Stat):
             self.stat(msg.path)
         elif isinstance(msg, fc.Put):
@@ -155,8 +176,10 @@ class _Session:
         self.files += 1
         limit = self.config.max_files
         if limit is not None and self.files > limit:
-            raise HvsockError(f"over the service's limit of {limit} files per "
-                                     "connection; copy the rest in another run")
+            raise HvsockError(
+                f"over the service's limit of {limit} files per "
+                "connection; copy the rest in another run"
+            )
 
     def stat(self, path: bytes) -> None:
         root_fd, parts = self.resolve(path)
@@ -170,8 +193,11 @@ class _Session:
             name = parts[-1] if parts else b"."
             try:
                 st = lstat_at(parent, name)
-                link = os.readlink(name, dir_fd=parent) if st is not None and \
-                    stat.S_ISLNK(st.st_mode) else b""
+                link = (
+                    os.readlink(name, dir_fd=parent)
+                    if st is not None and stat.S_ISLNK(st.st_mode)
+                    else b""
+                )
             finally:
                 os.close(parent)
             if st is not None:
@@ -187,8 +213,9 @@ class _Session:
         except (HvsockError, OSError) as exc:
             # An eager file's bytes are on their way whatever we answer: read
             # them first so the session stays in step.
-            if not self.consumed and not isinstance(exc, (ProtocolError, ConnectionError,
-                                                          TimeoutError)):
+            if not self.consumed and not isinstance(
+                exc, (ProtocolError, ConnectionError, TimeoutError)
+            ):
                 self.consumed = True
                 drain_file(self.chan)
             raise
@@ -204,11 +231,22 @@ class _Session:
                 raise HvsockError("a root directory cannot be replaced by a file")
             self.chan.send(fc.Done())
             return
-        parent = open_dir(root_fd, parts[:-1], create=bool(flags & fc.F_PARENTS),
-                          what=entry.path, parents_hint=True)
-        writer = AtomicWriter(parent, parts[-1], entry, flags, shown=show(entry.path),
-                              max_size=self.config.max_file_size,
-                              owner=bool(flags & fc.F_OWNER) and self.owner_ok)
+        parent = open_dir(
+            root_fd,
+            parts[:-1],
+            create=bool(flags & fc.F_PARENTS),
+            what=entry.path,
+            parents_hint=True,
+        )
+        writer = AtomicWriter(
+            parent,
+            parts[-1],
+            entry,
+            flags,
+            shown=show(entry.path),
+            max_size=self.config.max_file_size,
+            owner=bool(flags & fc.F_OWNER) and self.owner_ok,
+        )
         try:
             answer = fc.Ready() if entry.kind == fc.KIND_DIR else writer.prepare()
             if isinstance(answer, fc.Skipped):
@@ -253,8 +291,12 @@ class _Session:
             name = parts[-1] if parts else b"."
             st = lstat_at(parent, name)
             if st is None:
-                raise translate(FileNotFoundError(errno.ENOENT, "No such file or directory"),
-                                op="read", family="file", where=repr(show(msg.path)))
+                raise translate(
+                    FileNotFoundError(errno.ENOENT, "No such file or directory"),
+                    op="read",
+                    family="file",
+                    where=repr(show(msg.path)),
+                )
             if stat.S_ISDIR(st.st_mode) and not msg.flags & fc.F_RECURSIVE:
                 raise HvsockError(f"{show(msg.path)!r} is a directory; copy it with -r")
             self.send_entry(parent, name, b"", st, msg.flags)
@@ -262,8 +304,9 @@ class _Session:
             os.close(parent)
         self.chan.send(fc.End(self.files))
 
-    def send_entry(self, dir_fd: int, name: bytes, rel: bytes, st: os.stat_result,
-                   flags: int) -> None:
+    def send_entry(
+        self, dir_fd: int, name: bytes, rel: bytes, st: os.stat_result, flags: int
+    ) -> None:
         if stat.S_ISLNK(st.st_mode):
             self.count()
             self.chan.send(fc.EntryMsg(entry_of(st, rel, os.readlink(name, dir_fd=dir_fd))))
@@ -288,8 +331,9 @@ class _Session:
                 if isinstance(answer, fc.Ready):
                     send_file(self.chan, fd, entry.size, answer, None)
                 elif not isinstance(answer, fc.Skipped):
-                    raise ProtocolError(f"unexpected {type(answer).__name__} from the "
-                                               "client after an ENTRY")
+                    raise ProtocolError(
+                        f"unexpected {type(answer).__name__} from the client after an ENTRY"
+                    )
             finally:
                 os.close(fd)
         elif stat.S_ISDIR(st.st_mode):
@@ -300,8 +344,9 @@ class _Session:
                 for child in sorted(os.fsencode(n) for n in os.listdir(sub)):
                     child_st = lstat_at(sub, child)
                     if child_st is not None:
-                        self.send_entry(sub, child, rel + b"/" + child if rel else child,
-                                        child_st, flags)
+                        self.send_entry(
+                            sub, child, rel + b"/" + child if rel else child, child_st, flags
+                        )
             finally:
                 os.close(sub)
         else:
@@ -317,11 +362,15 @@ class _Session:
     def refusal(self, st: os.stat_result, path: bytes) -> str | None:
         """Why the file *st* is not sent, or None to send it."""
         if not stat.S_ISREG(st.st_mode):
-            return (f"{show(path)!r} is {kind_name(st.st_mode)}; hvsock cp copies only regular "
-                    "files, directories and symlinks")
+            return (
+                f"{show(path)!r} is {kind_name(st.st_mode)}; hvsock cp copies only regular "
+                "files, directories and symlinks"
+            )
         if self.config.refuse_hardlinks and st.st_nlink > 1:
-            return (f"{show(path)!r} has {st.st_nlink} hard links and the service refuses "
-                    "files with more than one (refuse_hardlinks)")
+            return (
+                f"{show(path)!r} has {st.st_nlink} hard links and the service refuses "
+                "files with more than one (refuse_hardlinks)"
+            )
         return None
 
     def refuse(self, rel: bytes, why: str) -> None:

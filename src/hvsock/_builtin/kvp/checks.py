@@ -55,8 +55,9 @@ def running_programs(root: str = "/") -> list[str]:
     return sorted(set(found))
 
 
-def kvp_findings(*, root: str = "/", directory: str = DEFAULT_DIRECTORY,
-                 hyperv_guest: bool) -> list[Finding]:
+def kvp_findings(
+    *, root: str = "/", directory: str = DEFAULT_DIRECTORY, hyperv_guest: bool
+) -> list[Finding]:
     """The three KVP checks for the machine under *root* (pools in *directory*).
 
     *hyperv_guest*: whether the doctor found this is a Hyper-V guest (then the daemon
@@ -71,13 +72,20 @@ def _daemon(programs: list[str], hyperv_guest: bool) -> Finding:
     if programs:
         return Finding("kvp_daemon", "ok", f"running: {', '.join(programs)}")
     if hyperv_guest:
-        return Finding("kvp_daemon", "fail", "hv_kvp_daemon is not running: the host sees "
-                       "no guest items and no IP addresses",
-                       "install and start it: `sudo apt install hyperv-daemons` (Debian, "
-                       "Ubuntu: linux-cloud-tools) then `sudo systemctl enable --now "
-                       "hv-kvp-daemon`")
-    return Finding("kvp_daemon", "info", "not a Hyper-V guest: no KVP daemon needed; "
-                   "on KVM or Firecracker `hvsock kvp serve` gives the host the same pools")
+        return Finding(
+            "kvp_daemon",
+            "fail",
+            "hv_kvp_daemon is not running: the host sees no guest items and no IP addresses",
+            "install and start it: `sudo apt install hyperv-daemons` (Debian, "
+            "Ubuntu: linux-cloud-tools) then `sudo systemctl enable --now "
+            "hv-kvp-daemon`",
+        )
+    return Finding(
+        "kvp_daemon",
+        "info",
+        "not a Hyper-V guest: no KVP daemon needed; "
+        "on KVM or Firecracker `hvsock kvp serve` gives the host the same pools",
+    )
 
 
 def _pools(pool_dir: str, shown: str, root: str) -> list[Finding]:
@@ -101,31 +109,36 @@ def _pools(pool_dir: str, shown: str, root: str) -> list[Finding]:
         try:
             count = codec.check_size(st.st_size, pool.file_name)
         except HvsockError:
-            bad.append(f"{pool.file_name} is {st.st_size} bytes, not a multiple of "
-                       f"{RECORD_SIZE}")
+            bad.append(f"{pool.file_name} is {st.st_size} bytes, not a multiple of {RECORD_SIZE}")
             continue
         sane.append(f"{int(pool)}: {count}")
         # An empty pool from before the boot holds nothing stale.
         if boot is not None and st.st_mtime < boot and st.st_size:
             stale.append(pool)
     if bad:
-        pools = Finding("kvp_pools", "fail", "; ".join(bad),
-                        "a writer stopped half-way: clear the pool (`sudo hvsock kvp clear "
-                        "--pool N --host-pool`) so the daemon can rewrite it")
+        pools = Finding(
+            "kvp_pools",
+            "fail",
+            "; ".join(bad),
+            "a writer stopped half-way: clear the pool (`sudo hvsock kvp clear "
+            "--pool N --host-pool`) so the daemon can rewrite it",
+        )
     elif sane:
         pools = Finding("kvp_pools", "ok", f"records by pool: {', '.join(sane)}")
     else:
         pools = Finding("kvp_pools", "info", f"no pool files in {shown}")
     if boot is None:
-        stale_check = Finding("kvp_stale", "warn", "cannot read the boot time from "
-                              "/proc/stat")
+        stale_check = Finding("kvp_stale", "warn", "cannot read the boot time from /proc/stat")
     elif stale:
         names = ", ".join(f"{int(p)} ({p.cli_name})" for p in stale)
         stale_check = Finding(
-            "kvp_stale", "warn", f"pool(s) {names} were last written before this boot: "
+            "kvp_stale",
+            "warn",
+            f"pool(s) {names} were last written before this boot: "
             "left from an image or an earlier run (e.g. an old host name in pool 3)",
             "clear them: `sudo hvsock kvp clear --stale`; the daemon and host rewrite "
-            "current items")
+            "current items",
+        )
     else:
         stale_check = Finding("kvp_stale", "ok", "no pool is older than this boot")
     return [pools, stale_check]

@@ -62,8 +62,10 @@ def parse_instance(text: str) -> KvpItem:
     except ET.ParseError as exc:
         raise KvpError(f"a KVP item is not well-formed CIM-XML ({exc}): {quote(text)}") from None
     if root.tag != "INSTANCE" or root.get("CLASSNAME") != ITEM_CLASS:
-        raise KvpError(f"a KVP item is a {root.tag} of class {root.get('CLASSNAME')!r}, "
-                       f"not an INSTANCE of {ITEM_CLASS}")
+        raise KvpError(
+            f"a KVP item is a {root.tag} of class {root.get('CLASSNAME')!r}, "
+            f"not an INSTANCE of {ITEM_CLASS}"
+        )
     props: dict[str, str | None] = {}
     for prop in root.iter("PROPERTY"):
         name = prop.get("NAME")
@@ -82,10 +84,11 @@ def parse_instance(text: str) -> KvpItem:
 
 def instance_xml(name: str, data: str, source: int = 0) -> str:
     """The CIM-XML of one item, as the management service's methods take it."""
-    props = (("Data", "string", data), ("Name", "string", name),
-             ("Source", "uint16", str(source)))
-    body = "".join(f"<PROPERTY NAME={quoteattr(n)} TYPE={quoteattr(t)}><VALUE>{escape(v)}"
-                   f"</VALUE></PROPERTY>" for n, t, v in props)
+    props = (("Data", "string", data), ("Name", "string", name), ("Source", "uint16", str(source)))
+    body = "".join(
+        f"<PROPERTY NAME={quoteattr(n)} TYPE={quoteattr(t)}><VALUE>{escape(v)}</VALUE></PROPERTY>"
+        for n, t, v in props
+    )
     return f"<INSTANCE CLASSNAME={quoteattr(ITEM_CLASS)}>{body}</INSTANCE>"
 
 
@@ -125,6 +128,7 @@ def parse_guest_items(text: str) -> GuestItems:
 
 # -- scripts ---------------------------------------------------------------------------
 
+
 def _vm_filter(vm: str) -> str:
     """A WQL filter for a VM by id (GUID) or name; WQL escapes \\ and ' with a backslash."""
     if not isinstance(vm, str) or not vm.strip():
@@ -145,25 +149,31 @@ $ns = 'root\\virtualization\\v2'
 
 
 def _find_vm(vm: str, cim: bool) -> str:
-    get = ("Get-CimInstance -Namespace $ns -ClassName" if cim
-           else "Get-WmiObject -Namespace $ns -Class")
-    return (f"$vm = @({get} Msvm_ComputerSystem -Filter {ps_quote(_vm_filter(vm))})\n"
-            "if ($vm.Count -ne 1) {\n"
-            f"    [Console]::Error.WriteLine('hvsock: ' + $vm.Count + ' VMs match ' + "
-            f"{ps_quote(quote(vm))})\n"
-            f"    exit {_NO_VM}\n"
-            "}\n")
+    get = (
+        "Get-CimInstance -Namespace $ns -ClassName"
+        if cim
+        else "Get-WmiObject -Namespace $ns -Class"
+    )
+    return (
+        f"$vm = @({get} Msvm_ComputerSystem -Filter {ps_quote(_vm_filter(vm))})\n"
+        "if ($vm.Count -ne 1) {\n"
+        f"    [Console]::Error.WriteLine('hvsock: ' + $vm.Count + ' VMs match ' + "
+        f"{ps_quote(quote(vm))})\n"
+        f"    exit {_NO_VM}\n"
+        "}\n"
+    )
 
 
 def guest_items_script(vm: str) -> str:
     """A script that prints the VM's guest items as JSON (CIM cmdlets, read only)."""
-    return (_PRELUDE + _find_vm(vm, cim=True) +
-            "$kvp = Get-CimAssociatedInstance -InputObject $vm[0] "
-            "-ResultClassName Msvm_KvpExchangeComponent\n"
-            "ConvertTo-Json -Compress -InputObject ([pscustomobject]@{\n"
-            "    GuestExchangeItems = @($kvp.GuestExchangeItems)\n"
-            "    GuestIntrinsicExchangeItems = @($kvp.GuestIntrinsicExchangeItems)\n"
-            "})\n")
+    return (
+        _PRELUDE + _find_vm(vm, cim=True) + "$kvp = Get-CimAssociatedInstance -InputObject $vm[0] "
+        "-ResultClassName Msvm_KvpExchangeComponent\n"
+        "ConvertTo-Json -Compress -InputObject ([pscustomobject]@{\n"
+        "    GuestExchangeItems = @($kvp.GuestExchangeItems)\n"
+        "    GuestIntrinsicExchangeItems = @($kvp.GuestIntrinsicExchangeItems)\n"
+        "})\n"
+    )
 
 
 _WAIT = f"""function Wait-KvpJob($result, $what) {{
@@ -190,11 +200,14 @@ def check_host_items(items: Sequence[tuple[str, str]]) -> None:
     for name, data in items:
         for what, text in (("name", name), ("data", data)):
             if not isinstance(text, str) or "\0" in text:
-                raise ArgumentError(f"a KVP item {what} must be text without NUL, not "
-                                    f"{quote(text)}")
+                raise ArgumentError(
+                    f"a KVP item {what} must be text without NUL, not {quote(text)}"
+                )
             if len(text) > MAX_ITEM_TEXT:
-                raise ArgumentError(f"KVP item {what} {quote(text)} is {len(text)} "
-                                    f"characters; the host takes at most {MAX_ITEM_TEXT}")
+                raise ArgumentError(
+                    f"KVP item {what} {quote(text)} is {len(text)} "
+                    f"characters; the host takes at most {MAX_ITEM_TEXT}"
+                )
         if not name:
             raise ArgumentError("a KVP item name cannot be empty")
 
@@ -208,10 +221,12 @@ def change_script(action: str, vm: str, items: Sequence[tuple[str, str]]) -> str
     if action not in ACTIONS:
         raise ArgumentError(f"action must be one of {', '.join(ACTIONS)}, not {quote(action)}")
     check_host_items(items)
-    lines = [_PRELUDE + "$vmms = Get-WmiObject -Namespace $ns -Class "
-             "Msvm_VirtualSystemManagementService\n" + _find_vm(vm, cim=False) + _WAIT]
+    lines = [
+        _PRELUDE + "$vmms = Get-WmiObject -Namespace $ns -Class "
+        "Msvm_VirtualSystemManagementService\n" + _find_vm(vm, cim=False) + _WAIT
+    ]
     for start in range(0, len(items), BATCH):
-        batch = items[start:start + BATCH]
+        batch = items[start : start + BATCH]
         what = f"items {start + 1}-{start + len(batch)}"
         xml = ",\n".join(f"    {ps_quote(instance_xml(n, d))}" for n, d in batch)
         lines.append(f"$items = @(\n{xml}\n)\n")
@@ -229,20 +244,27 @@ def change_script(action: str, vm: str, items: Sequence[tuple[str, str]]) -> str
                 "        catch { Wait-KvpJob ($vmms.AddKvpItems($vm[0], @($item))) "
                 "'AddKvpItems' }\n"
                 "    }\n"
-                "}\n")
+                "}\n"
+            )
         else:
             method = _METHODS[action]
-            lines.append(f"Wait-KvpJob ($vmms.{method}($vm[0], $items)) "
-                         f"'{method} ({what})'\n")
+            lines.append(f"Wait-KvpJob ($vmms.{method}($vm[0], $items)) '{method} ({what})'\n")
     lines.append(f"Write-Output 'hvsock: {action}: {len(items)} item(s) done'\n")
     return "".join(lines)
 
 
 def _run(script: str, vm: str, runner: vmlib.Runner | None) -> str:
     run = runner or vmlib.run_process
-    return vmlib.run_powershell(script, run, exit_errors={_NO_VM: lambda said: VmNotFoundError(
-        f"no single Hyper-V VM named or with id {quote(vm)} ({said}); `hvsock vms` lists "
-        "them")})
+    return vmlib.run_powershell(
+        script,
+        run,
+        exit_errors={
+            _NO_VM: lambda said: VmNotFoundError(
+                f"no single Hyper-V VM named or with id {quote(vm)} ({said}); `hvsock vms` lists "
+                "them"
+            )
+        },
+    )
 
 
 def read_guest_items(vm: str, *, runner: vmlib.Runner | None = None) -> GuestItems:
@@ -254,7 +276,8 @@ def read_guest_items(vm: str, *, runner: vmlib.Runner | None = None) -> GuestIte
     return parse_guest_items(_run(guest_items_script(vm), vm, runner))
 
 
-def change_host_items(action: str, vm: str, items: Sequence[tuple[str, str]], *,
-                      runner: vmlib.Runner | None = None) -> None:
+def change_host_items(
+    action: str, vm: str, items: Sequence[tuple[str, str]], *, runner: vmlib.Runner | None = None
+) -> None:
     """Add / modify / remove / set the host's items of *vm* (needs an administrator)."""
     _run(change_script(action, vm, items), vm, runner)

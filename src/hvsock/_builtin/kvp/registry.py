@@ -69,8 +69,10 @@ class RegistryKvpStore:
         object.__setattr__(self, "pool", codec.parse_pool(self.pool))
         codec.check_limits(self.limits)
         if self.pool not in POOL_KEYS:
-            raise UnsupportedError(f"pool {int(self.pool)} ({self.pool.cli_name}) has no "
-                                   "registry key on Windows guests")
+            raise UnsupportedError(
+                f"pool {int(self.pool)} ({self.pool.cli_name}) has no "
+                "registry key on Windows guests"
+            )
         object.__setattr__(self, "key", POOL_KEYS[self.pool])
 
     @property
@@ -82,7 +84,8 @@ class RegistryKvpStore:
             raise ArgumentError(
                 f"pool {int(self.pool)} ({self.pool.cli_name}) belongs to the host; a guest "
                 "program writes pool 1 (guest). To write it anyway pass allow_host_pool=True "
-                "(--host-pool)")
+                "(--host-pool)"
+            )
 
     def items(self) -> list[tuple[str, str]]:
         """Every string value of the pool's key; [] when the key does not exist."""
@@ -143,11 +146,21 @@ class RegistryKvpStore:
     def _signature(self) -> object:
         return tuple(sorted(self.items()))
 
-    def watch(self, *, interval: float = DEFAULT_WATCH_INTERVAL, timeout: float | None = None,
-              max_changes: int | None = None) -> Iterator[Change]:
+    def watch(
+        self,
+        *,
+        interval: float = DEFAULT_WATCH_INTERVAL,
+        timeout: float | None = None,
+        max_changes: int | None = None,
+    ) -> Iterator[Change]:
         """Yield each change as it happens, reading the key every *interval* seconds."""
-        return poll_changes(self.as_dict, self._signature, interval=interval,
-                            timeout=timeout, max_changes=max_changes)
+        return poll_changes(
+            self.as_dict,
+            self._signature,
+            interval=interval,
+            timeout=timeout,
+            max_changes=max_changes,
+        )
 
     def is_stale(self, boot: float | None = None) -> bool:
         """Registry keys carry no write time here: never reported stale."""

@@ -69,9 +69,11 @@ def _pool(params: Any, *, write: bool) -> Pool:
     except ArgumentError as exc:
         raise RemoteError("bad_argument", str(exc)) from None
     if write and pool not in HOST_POOLS:
-        raise RemoteError("pool_not_writable",
-                          f"pool {int(pool)} ({pool.cli_name}) is the guest's; "
-                          "the host writes pools 0 (external) and 3 (auto-external)")
+        raise RemoteError(
+            "pool_not_writable",
+            f"pool {int(pool)} ({pool.cli_name}) is the guest's; "
+            "the host writes pools 0 (external) and 3 (auto-external)",
+        )
     return pool
 
 
@@ -82,9 +84,14 @@ def _text(params: dict[str, Any], name: str) -> str:
     return value
 
 
-def kvp_service(*, port: int = KVP_PORT, pool_dir: str | os.PathLike[str] = DEFAULT_DIRECTORY,
-                allow: object = DEFAULT_ALLOW, name: str = "hvsock kvp",
-                limits: Limits | None = None) -> Service:
+def kvp_service(
+    *,
+    port: int = KVP_PORT,
+    pool_dir: str | os.PathLike[str] = DEFAULT_DIRECTORY,
+    allow: object = DEFAULT_ALLOW,
+    name: str = "hvsock kvp",
+    limits: Limits | None = None,
+) -> Service:
     """The guest side of the KVP exchange: pools in *pool_dir*, served on *port*.
 
     *allow* lists who may connect (default: the host only, see :data:`DEFAULT_ALLOW`);
@@ -116,7 +123,8 @@ def kvp_service(*, port: int = KVP_PORT, pool_dir: str | os.PathLike[str] = DEFA
         pool = _pool(params, write=True)
         pairs = params.get("items")
         if not isinstance(pairs, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in pairs.items()):
+            isinstance(k, str) and isinstance(v, str) for k, v in pairs.items()
+        ):
             raise RemoteError("bad_argument", "items must be an object of strings")
         if len(pairs) > MAX_UPDATE:
             raise RemoteError("bad_argument", f"at most {MAX_UPDATE} items a call")
@@ -133,8 +141,9 @@ def kvp_service(*, port: int = KVP_PORT, pool_dir: str | os.PathLike[str] = DEFA
         pool = _pool(params, write=True)
         return await run(store(pool).clear)
 
-    handler = rpc_handler({"items": items, "get": get, "update": update,
-                                  "delete": delete, "clear": clear})
+    handler = rpc_handler(
+        {"items": items, "get": get, "update": update, "delete": delete, "clear": clear}
+    )
     return Service(name, port, handler, allow=allow, limits=limits or Limits())
 
 
@@ -157,8 +166,7 @@ class KvpClient:
     when the peer is not a KVP service.
     """
 
-    def __init__(self, address: str | Address, *, timeout: float = 10.0,
-                 retries: int = 0) -> None:
+    def __init__(self, address: str | Address, *, timeout: float = 10.0, retries: int = 0) -> None:
         self.address = with_default_port(address)
         self.timeout = timeout
         self.retries = retries
@@ -191,7 +199,8 @@ class KvpClient:
             self.close()
             raise ConnectTimeoutError(
                 f"the KVP service at {self.address} did not answer {method!r} within "
-                f"{self.timeout:g} s") from exc
+                f"{self.timeout:g} s"
+            ) from exc
         except (ProtocolError, ConnectionError) as exc:
             # A service closes a peer outside its allowlist before reading a byte.
             self.close()
@@ -200,13 +209,14 @@ class KvpClient:
             raise HvsockError(
                 f"the KVP service at {self.address} closed the connection without an "
                 "answer: is this host allowed (`hvsock kvp serve --allow`, by default the "
-                "host's CID 2 only)?") from exc
+                "host's CID 2 only)?"
+            ) from exc
 
     def items(self, pool: Pool | int | str = Pool.GUEST) -> list[tuple[str, str]]:
         got = self._call("items", {"pool": int(codec.parse_pool(pool))})
         if not isinstance(got, list) or not all(
-                isinstance(i, list) and len(i) == 2 and all(isinstance(s, str) for s in i)
-                for i in got):
+            isinstance(i, list) and len(i) == 2 and all(isinstance(s, str) for s in i) for i in got
+        ):
             raise ProtocolError("the KVP service answered items with something else")
         return [(k, v) for k, v in got]
 
@@ -249,8 +259,7 @@ def with_default_port(address: str | Address) -> Address:
     try:
         return parse_address(address)
     except AddressError:
-        if address.startswith(("vsock://", "hybrid://", "tcp://")) and address.count(":") in (
-                1, 2):
+        if address.startswith(("vsock://", "hybrid://", "tcp://")) and address.count(":") in (1, 2):
             try:
                 return parse_address(f"{address.rstrip('/')}:{KVP_PORT}")
             except AddressError:

@@ -58,8 +58,12 @@ except ImportError:  # pragma: no cover - Windows: its pools are in the registry
 # struct flock on 64-bit Linux: l_type, l_whence (short), l_start, l_len (off_t),
 # l_pid (int, 0 for OFD locks), padding to 32 bytes.
 _FLOCK = "hhqqi4x"
-_OFD = (fcntl is not None and hasattr(fcntl, "F_OFD_SETLK") and struct.calcsize("l") == 8
-        and struct.calcsize(_FLOCK) == 32)
+_OFD = (
+    fcntl is not None
+    and hasattr(fcntl, "F_OFD_SETLK")
+    and struct.calcsize("l") == 8
+    and struct.calcsize(_FLOCK) == 32
+)
 
 
 @dataclass(frozen=True)
@@ -77,15 +81,19 @@ class Change:
 
 def diff(before: dict[str, str], after: dict[str, str]) -> list[Change]:
     """The changes that turn *before* into *after* (sets first, in *after*'s order)."""
-    changes = [Change("set", k, v, before.get(k)) for k, v in after.items()
-               if before.get(k) != v]
+    changes = [Change("set", k, v, before.get(k)) for k, v in after.items() if before.get(k) != v]
     changes += [Change("delete", k, None, v) for k, v in before.items() if k not in after]
     return changes
 
 
-def poll_changes(read: Callable[[], dict[str, str]], signature: Callable[[], object], *,
-                 interval: float, timeout: float | None,
-                 max_changes: int | None) -> Iterator[Change]:
+def poll_changes(
+    read: Callable[[], dict[str, str]],
+    signature: Callable[[], object],
+    *,
+    interval: float,
+    timeout: float | None,
+    max_changes: int | None,
+) -> Iterator[Change]:
     """Yield changes of ``read()`` as they happen, looking every *interval* seconds.
 
     The starting state is read now, so every change after this call is seen.
@@ -100,9 +108,15 @@ def poll_changes(read: Callable[[], dict[str, str]], signature: Callable[[], obj
     return _poll(read, signature, signature(), read(), interval, deadline, max_changes)
 
 
-def _poll(read: Callable[[], dict[str, str]], signature: Callable[[], object], sig: object,
-          state: dict[str, str], interval: float, deadline: float | None,
-          max_changes: int | None) -> Iterator[Change]:
+def _poll(
+    read: Callable[[], dict[str, str]],
+    signature: Callable[[], object],
+    sig: object,
+    state: dict[str, str],
+    interval: float,
+    deadline: float | None,
+    max_changes: int | None,
+) -> Iterator[Change]:
     seen = 0
     while max_changes is None or seen < max_changes:
         now = time.monotonic()
@@ -140,6 +154,7 @@ def boot_time(proc_root: str = "/") -> float:
 
 # -- locks ---------------------------------------------------------------------------
 
+
 def _try_fcntl(fd: int, exclusive: bool) -> bool:
     kind = fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK
     try:
@@ -156,8 +171,7 @@ def _try_fcntl(fd: int, exclusive: bool) -> bool:
 
 def _unlock_fcntl(fd: int) -> None:
     if _OFD:
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack(_FLOCK, fcntl.F_UNLCK, os.SEEK_SET,
-                                                         0, 0, 0))
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack(_FLOCK, fcntl.F_UNLCK, os.SEEK_SET, 0, 0, 0))
     else:  # pragma: no cover - 32-bit or non-Linux
         fcntl.lockf(fd, fcntl.LOCK_UN)
 
@@ -177,8 +191,10 @@ def locked(fd: int, *, exclusive: bool, timeout: float, where: str) -> Iterator[
     Raises :class:`KvpError` (errno ETIMEDOUT) when they are not granted in *timeout* s.
     """
     if fcntl is None:  # pragma: no cover - Windows
-        raise UnsupportedError("pool files need POSIX file locks; on Windows the pools are "
-                               "in the registry (RegistryKvpStore)")
+        raise UnsupportedError(
+            "pool files need POSIX file locks; on Windows the pools are "
+            "in the registry (RegistryKvpStore)"
+        )
     deadline = time.monotonic() + timeout
     delay = 0.001
     while True:
@@ -193,7 +209,8 @@ def locked(fd: int, *, exclusive: bool, timeout: float, where: str) -> Iterator[
             raise KvpError(
                 f"{where} stayed locked for {timeout:g} s (hv_kvp_daemon, cloud-init or "
                 "another writer holds it); retry, or raise the lock timeout (--lock-timeout)",
-                errno=errno.ETIMEDOUT)
+                errno=errno.ETIMEDOUT,
+            )
         time.sleep(min(delay, remaining))
         delay = min(delay * 2, 0.05)
     try:
@@ -224,6 +241,7 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
 
 
 # -- the store -----------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class KvpStore:
@@ -260,9 +278,14 @@ class KvpStore:
 
     # -- opening ----------------------------------------------------------------------
     def _fail(self, exc: OSError, op: str) -> BaseException:
-        return translate(exc, op=op, family="file", where=self.where,
-                         permission_hint="pool files belong to root (mode 0644): run as "
-                         "root, or use --dir for a directory of your own")
+        return translate(
+            exc,
+            op=op,
+            family="file",
+            where=self.where,
+            permission_hint="pool files belong to root (mode 0644): run as "
+            "root, or use --dir for a directory of your own",
+        )
 
     @contextlib.contextmanager
     def _open(self, *, write: bool) -> Iterator[int | None]:
@@ -271,7 +294,8 @@ class KvpStore:
             raise ArgumentError(
                 f"pool {int(self.pool)} ({self.pool.cli_name}) belongs to the host or the "
                 "daemon; a guest program writes pool 1 (guest). To write it anyway pass "
-                "allow_host_pool=True")
+                "allow_host_pool=True"
+            )
         # O_NOFOLLOW: a symlink planted at the pool's name must not lead a root-run write
         # (clear truncates) to another file. O_NONBLOCK: opening a FIFO put there must not
         # wait for a writer forever; the fstat below then refuses it.
@@ -284,8 +308,9 @@ class KvpStore:
                 fd = os.open(self.path, os.O_RDONLY | flags)
         except FileNotFoundError:
             if write:
-                raise self._fail(FileNotFoundError(errno.ENOENT, "no such directory"),
-                                 "create") from None
+                raise self._fail(
+                    FileNotFoundError(errno.ENOENT, "no such directory"), "create"
+                ) from None
             yield None
             return
         except OSError as exc:
@@ -310,10 +335,12 @@ class KvpStore:
             os.close(fd)
 
     def _not_a_file(self, kind: str) -> KvpError:
-        return KvpError(f"{self.where} is {kind}, not a regular file; hvsock neither follows "
-                        "nor writes through it: remove it (hv_kvp_daemon creates the pool "
-                        "files), or point --dir at the directory that holds the real pools",
-                        errno=errno.EINVAL)
+        return KvpError(
+            f"{self.where} is {kind}, not a regular file; hvsock neither follows "
+            "nor writes through it: remove it (hv_kvp_daemon creates the pool "
+            "files), or point --dir at the directory that holds the real pools",
+            errno=errno.EINVAL,
+        )
 
     def _data(self, fd: int | None) -> bytes:
         """The whole file, checked to be whole records; b"" when it does not exist."""
@@ -345,7 +372,7 @@ class KvpStore:
         at = codec.find_key(data, key)
         if not at:
             return default
-        return codec.decode_record(data[at[-1] * RECORD_SIZE:(at[-1] + 1) * RECORD_SIZE])[1]
+        return codec.decode_record(data[at[-1] * RECORD_SIZE : (at[-1] + 1) * RECORD_SIZE])[1]
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self.get(key) is not None
@@ -383,7 +410,7 @@ class KvpStore:
                 if len(at) > 1:
                     self._remove(fd, data, set(at[1:]))
                 offset = at[0] * RECORD_SIZE
-                if data[offset:offset + RECORD_SIZE] != record:
+                if data[offset : offset + RECORD_SIZE] != record:
                     _pwrite_all(fd, record, offset)
 
     def delete(self, key: str) -> int:
@@ -412,8 +439,11 @@ class KvpStore:
         # records at record offsets only, so a reader never meets half of one. Records
         # move as raw bytes, so other programs' records stay exactly what they were.
         first = min(gone)
-        tail = b"".join(data[i * RECORD_SIZE:(i + 1) * RECORD_SIZE]
-                        for i in range(first + 1, len(data) // RECORD_SIZE) if i not in gone)
+        tail = b"".join(
+            data[i * RECORD_SIZE : (i + 1) * RECORD_SIZE]
+            for i in range(first + 1, len(data) // RECORD_SIZE)
+            if i not in gone
+        )
         if tail:
             _pwrite_all(fd, tail, first * RECORD_SIZE)
         os.ftruncate(fd, first * RECORD_SIZE + len(tail))
@@ -426,8 +456,13 @@ class KvpStore:
             return None
         return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
-    def watch(self, *, interval: float = DEFAULT_WATCH_INTERVAL, timeout: float | None = None,
-              max_changes: int | None = None) -> Iterator[Change]:
+    def watch(
+        self,
+        *,
+        interval: float = DEFAULT_WATCH_INTERVAL,
+        timeout: float | None = None,
+        max_changes: int | None = None,
+    ) -> Iterator[Change]:
         """Yield each :class:`Change` to the pool as it happens (polling, see below).
 
         Looks at the file's stat every *interval* seconds and re-reads it when it
@@ -436,8 +471,13 @@ class KvpStore:
         with neither it runs until the caller stops iterating. Raises
         :class:`ArgumentError` for a bad bound.
         """
-        return poll_changes(self.as_dict, self._signature, interval=interval,
-                            timeout=timeout, max_changes=max_changes)
+        return poll_changes(
+            self.as_dict,
+            self._signature,
+            interval=interval,
+            timeout=timeout,
+            max_changes=max_changes,
+        )
 
     def modified(self) -> float | None:
         """The file's mtime (seconds since the epoch), or None when it does not exist."""
@@ -464,32 +504,45 @@ def _kind(mode: int) -> str | None:
     """What a pool path is when it is not a regular file (None when it is one)."""
     if stat.S_ISREG(mode):
         return None
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
         if test(mode):
             return name
     return "a special file"
 
 
-def open_pool(pool: Pool | int | str = Pool.GUEST, *, directory: str | os.PathLike[str] =
-              DEFAULT_DIRECTORY, limits: str = codec.SAFE,
-              lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
-              allow_host_pool: bool = False) -> KvpStore:
+def open_pool(
+    pool: Pool | int | str = Pool.GUEST,
+    *,
+    directory: str | os.PathLike[str] = DEFAULT_DIRECTORY,
+    limits: str = codec.SAFE,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    allow_host_pool: bool = False,
+) -> KvpStore:
     """The pool file *pool* (a :class:`Pool`, number or name) in *directory*.
 
     Raises :class:`ArgumentError` for an unknown pool or a bad option.
     """
-    return KvpStore(codec.parse_pool(pool), os.fspath(directory), limits, lock_timeout,
-                    allow_host_pool)
+    return KvpStore(
+        codec.parse_pool(pool), os.fspath(directory), limits, lock_timeout, allow_host_pool
+    )
 
 
-def stale_pools(directory: str = DEFAULT_DIRECTORY, *, boot: float | None = None,
-                proc_root: str = "/") -> list[KvpStore]:
+def stale_pools(
+    directory: str = DEFAULT_DIRECTORY, *, boot: float | None = None, proc_root: str = "/"
+) -> list[KvpStore]:
     """The non-empty pool files in *directory* last written before this boot."""
     when = boot_time(proc_root) if boot is None else boot
-    return [store for store in (KvpStore(p, directory) for p in Pool)
-            if store.is_stale(when) and os.path.getsize(store.path)]
+    return [
+        store
+        for store in (KvpStore(p, directory) for p in Pool)
+        if store.is_stale(when) and os.path.getsize(store.path)
+    ]
 
 
 # -- host facts ------------------------------------------------------------------------
@@ -552,12 +605,14 @@ class HostFacts:
     def from_items(cls, items: dict[str, str]) -> HostFacts:
         texts = {attr: items.get(key) for attr, key in HOST_FACT_KEYS.items()}
         return cls(
-            host_name=texts["host_name"], physical_host_name=texts["physical_host_name"],
+            host_name=texts["host_name"],
+            physical_host_name=texts["physical_host_name"],
             physical_host_name_fqdn=texts["physical_host_name_fqdn"],
-            vm_name=texts["vm_name"], vm_id=_uuid(texts["vm_id"]),
-            **{attr: _int(texts[attr]) for attr in HOST_FACT_KEYS
-               if attr.startswith("hosting_")},
-            raw=dict(items))
+            vm_name=texts["vm_name"],
+            vm_id=_uuid(texts["vm_id"]),
+            **{attr: _int(texts[attr]) for attr in HOST_FACT_KEYS if attr.startswith("hosting_")},
+            raw=dict(items),
+        )
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {attr: getattr(self, attr) for attr in HOST_FACT_KEYS}
@@ -566,8 +621,11 @@ class HostFacts:
         return out
 
 
-def host_info(directory: str | os.PathLike[str] = DEFAULT_DIRECTORY, *,
-              lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> HostFacts:
+def host_info(
+    directory: str | os.PathLike[str] = DEFAULT_DIRECTORY,
+    *,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+) -> HostFacts:
     """The host facts of pool 3 in *directory* (all None when the pool is missing)."""
     store = KvpStore(Pool.AUTO_EXTERNAL, os.fspath(directory), lock_timeout=lock_timeout)
     return HostFacts.from_items(store.as_dict())

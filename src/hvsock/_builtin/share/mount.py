@@ -29,12 +29,31 @@ __all__ = ["mount", "parse_options"]
 SOURCE = b"hvsock"
 DEFAULT_MSIZE = 512 * 1024
 # mount(2) flags for the generic options (include/uapi/linux/mount.h).
-_FLAGS = {"ro": 1, "nosuid": 2, "nodev": 4, "noexec": 8, "sync": 16, "dirsync": 128,
-          "noatime": 1024, "nodiratime": 2048, "relatime": 1 << 21}
+_FLAGS = {
+    "ro": 1,
+    "nosuid": 2,
+    "nodev": 4,
+    "noexec": 8,
+    "sync": 16,
+    "dirsync": 128,
+    "noatime": 1024,
+    "nodiratime": 2048,
+    "relatime": 1 << 21,
+}
 _CLEARS = {"rw": "ro", "suid": "nosuid", "dev": "nodev", "exec": "noexec", "async": "sync"}
 # fstab and mount(8) words that are not the filesystem's business.
-_IGNORED = {"defaults", "nofail", "auto", "noauto", "user", "nouser", "users", "owner",
-            "_netdev", "group"}
+_IGNORED = {
+    "defaults",
+    "nofail",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "owner",
+    "_netdev",
+    "group",
+}
 # Our own options: used here, never handed to v9fs.
 _OURS = {"timeout", "retries"}
 _TRANSPORT = {"trans", "rfdno", "wfdno", "version"}
@@ -77,8 +96,10 @@ def _modules_hint() -> str:
         missing.append("9pnet_fd")
     if not missing:
         return ""
-    return (f"; the kernel lacks {' and '.join(missing)}: load them with "
-            f"`modprobe {' '.join(missing)}` (package: the kernel's extra modules)")
+    return (
+        f"; the kernel lacks {' and '.join(missing)}: load them with "
+        f"`modprobe {' '.join(missing)}` (package: the kernel's extra modules)"
+    )
 
 
 def _handshake(sock: socket.socket, msize: int, timeout: float | None) -> None:
@@ -89,22 +110,31 @@ def _handshake(sock: socket.socket, msize: int, timeout: float | None) -> None:
         try:
             data = sock.recv(8192)
         except TimeoutError:
-            raise HvsockError("the share service did not answer 9P's Tversion in "
-                              f"{timeout} s; is it a 9P server?") from None
+            raise HvsockError(
+                f"the share service did not answer 9P's Tversion in {timeout} s; is it a 9P server?"
+            ) from None
         if not data:
             raise PermissionDeniedError(
                 "the server closed the connection before answering: this machine is not "
-                "on the share's allowlist (hvsock share --allow), or it is not a 9P server")
+                "on the share's allowlist (hvsock share --allow), or it is not a 9P server"
+            )
         for reply in decoder.feed(data):
             if reply.type != p.RVERSION or reply.args[1] != p.VERSION:
-                raise HvsockError(f"the server answered {reply.name} {reply.args!r}, not "
-                                  "Rversion 9P2000.L: it does not speak 9P2000.L")
+                raise HvsockError(
+                    f"the server answered {reply.name} {reply.args!r}, not "
+                    "Rversion 9P2000.L: it does not speak 9P2000.L"
+                )
             return
 
 
-def mount(address: Any, mountpoint: str | os.PathLike[str], *,
-          options: str | Iterable[str] = "", timeout: float | None = 5.0,
-          retries: int = 0) -> None:
+def mount(
+    address: Any,
+    mountpoint: str | os.PathLike[str],
+    *,
+    options: str | Iterable[str] = "",
+    timeout: float | None = 5.0,
+    retries: int = 0,
+) -> None:
     """Mount the share at *address* on *mountpoint* (Linux, as root).
 
     *options* are mount -o words: ``ro``, ``msize=N``, ``cache=none|loose|fscache|mmap``,
@@ -145,14 +175,16 @@ def mount(address: Any, mountpoint: str | os.PathLike[str], *,
 def _mount_error(code: int, where: str) -> HvsockError:
     text = f"mount of the share on {where} failed: {os.strerror(code)}"
     if code == errno.EPERM:
-        return PermissionDeniedError(f"{text}; mounting needs root (CAP_SYS_ADMIN): run it "
-                                     "with sudo", errno=code)
+        return PermissionDeniedError(
+            f"{text}; mounting needs root (CAP_SYS_ADMIN): run it with sudo", errno=code
+        )
     hint = _modules_hint()
     if hint:
         return UnsupportedError(text + hint, errno=code)
     if code == errno.ENOENT:
-        return HvsockError(f"{text}; the server has no export of that name (check -o aname=)",
-                           errno=code)
+        return HvsockError(
+            f"{text}; the server has no export of that name (check -o aname=)", errno=code
+        )
     if code == errno.EINVAL:
         return ArgumentError(f"{text}; the kernel refused the options (see dmesg)", errno=code)
     if code in (errno.EIO, errno.ECONNRESET, errno.EPIPE, errno.EACCES):

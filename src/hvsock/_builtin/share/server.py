@@ -62,9 +62,14 @@ _ANY_PATH = _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 # exclusive create, sync. Dropped: append (each write carries its offset), and
 # non-blocking, direct, noatime, async (the client's business).
 _DOTL_ACCESS = 3
-_DOTL_FLAGS = ((0o100, os.O_CREAT), (0o200, os.O_EXCL), (0o1000, os.O_TRUNC),
-               (0o10000, getattr(os, "O_DSYNC", 0)), (0o200000, os.O_DIRECTORY),
-               (0o4000000, getattr(os, "O_SYNC", 0)))
+_DOTL_FLAGS = (
+    (0o100, os.O_CREAT),
+    (0o200, os.O_EXCL),
+    (0o1000, os.O_TRUNC),
+    (0o10000, getattr(os, "O_DSYNC", 0)),
+    (0o200000, os.O_DIRECTORY),
+    (0o4000000, getattr(os, "O_SYNC", 0)),
+)
 _AT_REMOVEDIR = 0x200
 # Tsetattr valid bits (include/net/9p/9p.h P9_ATTR_*).
 _ATTR_MODE, _ATTR_UID, _ATTR_GID, _ATTR_SIZE = 1, 2, 4, 8
@@ -120,16 +125,16 @@ def _exports(dirs: object) -> tuple[Export, ...]:
     elif isinstance(dirs, Iterable):
         items = [(None, d) for d in dirs]
     else:
-        raise ArgumentError(f"share_service takes a directory or a list of them, not "
-                            f"{quote(dirs)}")
+        raise ArgumentError(f"share_service takes a directory or a list of them, not {quote(dirs)}")
     out: list[Export] = []
     for name, path in items:
         if not isinstance(path, (str, bytes, os.PathLike)):
             raise ArgumentError(f"an export must be a path, not {quote(path)}")
         real = os.path.realpath(os.fsencode(path))
         if not os.path.isdir(real):
-            raise ArgumentError(f"{quote(os.fsdecode(os.fsencode(path)))} is not a directory; "
-                                "share a directory")
+            raise ArgumentError(
+                f"{quote(os.fsdecode(os.fsencode(path)))} is not a directory; share a directory"
+            )
         name = name if name is not None else os.fsdecode(os.path.basename(real)) or "root"
         if not name or "/" in name or "\0" in name:
             raise ArgumentError(f"export name {quote(name)} must be non-empty, without / or NUL")
@@ -141,10 +146,18 @@ def _exports(dirs: object) -> tuple[Export, ...]:
     return tuple(out)
 
 
-def share_service(dirs: Any, *, port: int | Any = DEFAULT_PORT, allow: Any = None,
-                  read_only: bool = False, ownership: str = "server",
-                  max_fids: int = 16384, max_inflight: int = 32,
-                  limits: Limits | None = None, name: str = SERVICE_NAME) -> Service:
+def share_service(
+    dirs: Any,
+    *,
+    port: int | Any = DEFAULT_PORT,
+    allow: Any = None,
+    read_only: bool = False,
+    ownership: str = "server",
+    max_fids: int = 16384,
+    max_inflight: int = 32,
+    limits: Limits | None = None,
+    name: str = SERVICE_NAME,
+) -> Service:
     """A 9P2000.L file server over *dirs*, for :class:`hvsock.ServiceHost`.
 
     *dirs* is a directory, a list of them (each exported under its base name), or a
@@ -158,31 +171,48 @@ def share_service(dirs: Any, *, port: int | Any = DEFAULT_PORT, allow: Any = Non
     Raises :class:`ArgumentError` / :class:`UnsupportedError` (not Linux).
     """
     if not sys.platform.startswith("linux") or not _O_PATH:
-        raise UnsupportedError("the share service needs Linux (O_PATH, /proc); on this "
-                               "system it is not available yet")
+        raise UnsupportedError(
+            "the share service needs Linux (O_PATH, /proc); on this system it is not available yet"
+        )
     exports = _exports(dirs)
     if ownership not in OWNERSHIP_MODES:
-        raise ArgumentError(f"ownership {quote(ownership)}: choose one of "
-                            f"{', '.join(OWNERSHIP_MODES)}")
+        raise ArgumentError(
+            f"ownership {quote(ownership)}: choose one of {', '.join(OWNERSHIP_MODES)}"
+        )
     if ownership == "passthrough" and os.geteuid() != 0:
-        raise ArgumentError("ownership='passthrough' needs the server to run as root; "
-                            "use the default 'server' mode otherwise")
+        raise ArgumentError(
+            "ownership='passthrough' needs the server to run as root; "
+            "use the default 'server' mode otherwise"
+        )
     whole_number(max_fids, "max_fids", 1, 1 << 24)
     whole_number(max_inflight, "max_inflight", 1, 1024)
     given = allow is not None
-    if allow == "any" or (given and not isinstance(allow, (str, bytes, int))
-                          and "any" in list(allow)):
+    if allow == "any" or (
+        given and not isinstance(allow, (str, bytes, int)) and "any" in list(allow)
+    ):
         allow = None
-    limits = instance(limits, Limits, "limits") if limits is not None else \
-        Limits(max_connections=64, idle_timeout=None)
-    config = _Config(exports, bool(read_only), ownership, max_fids, max_inflight, given,
-                     ThreadPoolExecutor(max_workers=16, thread_name_prefix="hvsock-share"))
+    limits = (
+        instance(limits, Limits, "limits")
+        if limits is not None
+        else Limits(max_connections=64, idle_timeout=None)
+    )
+    config = _Config(
+        exports,
+        bool(read_only),
+        ownership,
+        max_fids,
+        max_inflight,
+        given,
+        ThreadPoolExecutor(max_workers=16, thread_name_prefix="hvsock-share"),
+    )
 
     def handle(conn: SyncConnection) -> None:
-        if not config.vm_allow_given and (conn.peer.cid is not None
-                                          or conn.peer.vm_id is not None):
-            conn.log.warning("refused %s: a share reached over VM sockets needs an explicit "
-                             "allowlist (allow=[CID, ...] or 'any')", conn.peer)
+        if not config.vm_allow_given and (conn.peer.cid is not None or conn.peer.vm_id is not None):
+            conn.log.warning(
+                "refused %s: a share reached over VM sockets needs an explicit "
+                "allowlist (allow=[CID, ...] or 'any')",
+                conn.peer,
+            )
             return
         _Session(config, conn).run()
 
@@ -472,8 +502,8 @@ class _Session:
     def renamed(self, export: int, old: tuple[bytes, ...], new: tuple[bytes, ...]) -> None:
         with self.lock:
             for fid in self.fids.values():
-                if fid.export == export and fid.parts[:len(old)] == old:
-                    fid.parts = new + fid.parts[len(old):]
+                if fid.export == export and fid.parts[: len(old)] == old:
+                    fid.parts = new + fid.parts[len(old) :]
 
     # -- requests ------------------------------------------------------------------
     def dispatch(self, msg: p.Message) -> p.Message:
@@ -484,12 +514,14 @@ class _Session:
             raise _Errno(errno.EOPNOTSUPP)
         return p.Message(msg.type + 1, msg.tag, handler(self, *msg.args))
 
-    def t_attach(self, fid: int, afid: int, uname: bytes, aname: bytes,
-                 n_uname: int) -> tuple[Any, ...]:
+    def t_attach(
+        self, fid: int, afid: int, uname: bytes, aname: bytes, n_uname: int
+    ) -> tuple[Any, ...]:
         wanted = aname.strip(b"/").decode("utf-8", "surrogateescape")
         exports = self.config.exports
-        index = 0 if not wanted else next(
-            (i for i, e in enumerate(exports) if e.name == wanted), -1)
+        index = (
+            0 if not wanted else next((i for i, e in enumerate(exports) if e.name == wanted), -1)
+        )
         if index < 0:
             self.conn.log.info("%s: no export named %r", self.conn.peer, wanted)
             raise _Errno(errno.ENOENT)
@@ -515,8 +547,7 @@ class _Session:
                 if not qids:
                     raise _Errno(errno.EINVAL)
                 break
-            candidate = parts[:-1] if name == b".." else parts if name == b"." else \
-                (*parts, name)
+            candidate = parts[:-1] if name == b".." else parts if name == b"." else (*parts, name)
             try:
                 with self.path_fd(_Fid(start.export, candidate, 0)) as there:
                     st = os.fstat(there)
@@ -559,14 +590,42 @@ class _Session:
 
     def t_getattr(self, fid: int, mask: int) -> tuple[Any, ...]:
         st = self.stat_fid(self.fid(fid))
-        return (_GETATTR_BASIC, _qid(st), st.st_mode, st.st_uid, st.st_gid, st.st_nlink,
-                st.st_rdev, st.st_size, st.st_blksize, st.st_blocks,
-                st.st_atime_ns // 10**9, st.st_atime_ns % 10**9,
-                st.st_mtime_ns // 10**9, st.st_mtime_ns % 10**9,
-                st.st_ctime_ns // 10**9, st.st_ctime_ns % 10**9, 0, 0, 0, 0)
+        return (
+            _GETATTR_BASIC,
+            _qid(st),
+            st.st_mode,
+            st.st_uid,
+            st.st_gid,
+            st.st_nlink,
+            st.st_rdev,
+            st.st_size,
+            st.st_blksize,
+            st.st_blocks,
+            st.st_atime_ns // 10**9,
+            st.st_atime_ns % 10**9,
+            st.st_mtime_ns // 10**9,
+            st.st_mtime_ns % 10**9,
+            st.st_ctime_ns // 10**9,
+            st.st_ctime_ns % 10**9,
+            0,
+            0,
+            0,
+            0,
+        )
 
-    def t_setattr(self, fid: int, valid: int, mode: int, uid: int, gid: int, size: int,
-                  atime_s: int, atime_ns: int, mtime_s: int, mtime_ns: int) -> tuple[Any, ...]:
+    def t_setattr(
+        self,
+        fid: int,
+        valid: int,
+        mode: int,
+        uid: int,
+        gid: int,
+        size: int,
+        atime_s: int,
+        atime_ns: int,
+        mtime_s: int,
+        mtime_ns: int,
+    ) -> tuple[Any, ...]:
         self.writable()
         target = self.fid(fid)
         with self.file_fd(target) as fd:
@@ -580,8 +639,7 @@ class _Session:
                 try:
                     if target.parts and link:
                         with self.parent_of(target) as (parent, name):
-                            os.chown(name, new_uid, new_gid, dir_fd=parent,
-                                     follow_symlinks=False)
+                            os.chown(name, new_uid, new_gid, dir_fd=parent, follow_symlinks=False)
                     else:
                         os.chown(_proc(fd), new_uid, new_gid)
                 except PermissionError:
@@ -590,8 +648,10 @@ class _Session:
             if valid & _ATTR_SIZE:
                 if link or stat.S_ISDIR(st.st_mode):
                     raise _Errno(errno.EINVAL)
-                if target.fd is not None and os.O_ACCMODE & fcntl.fcntl(
-                        fd, fcntl.F_GETFL) != os.O_RDONLY:
+                if (
+                    target.fd is not None
+                    and os.O_ACCMODE & fcntl.fcntl(fd, fcntl.F_GETFL) != os.O_RDONLY
+                ):
                     os.ftruncate(fd, size)
                 else:
                     os.truncate(_proc(fd), size)
@@ -648,15 +708,18 @@ class _Session:
         target.listing = None
         return (_qid(st), 0)
 
-    def t_lcreate(self, fid: int, name: bytes, flags: int, mode: int,
-                  gid: int) -> tuple[Any, ...]:
+    def t_lcreate(self, fid: int, name: bytes, flags: int, mode: int, gid: int) -> tuple[Any, ...]:
         self.writable()
         target = self.fid(fid)
         self.closed_plain(target)
         _check_name(name)
         with self.dir_fd(target) as parent:
-            fd = os.open(name, self.open_flags(flags) | os.O_CREAT | os.O_NOFOLLOW,
-                         stat.S_IMODE(mode), dir_fd=parent)
+            fd = os.open(
+                name,
+                self.open_flags(flags) | os.O_CREAT | os.O_NOFOLLOW,
+                stat.S_IMODE(mode),
+                dir_fd=parent,
+            )
             try:
                 self.owned(parent, name, target.uid, gid)
                 st = os.fstat(fd)
@@ -671,7 +734,7 @@ class _Session:
         target = self.fid(fid)
         count = min(count, self.msize - p.HEADER - 4)
         if target.xattr is not None:
-            return (target.xattr[offset:offset + count],)
+            return (target.xattr[offset : offset + count],)
         with self.opened(target) as fd:
             return (os.pread(fd, count, offset),)
 
@@ -727,8 +790,7 @@ class _Session:
             self.owned(parent, name, target.uid, gid)
             return (_qid(os.stat(name, dir_fd=parent, follow_symlinks=False)),)
 
-    def t_symlink(self, fid: int, name: bytes, target_path: bytes,
-                  gid: int) -> tuple[Any, ...]:
+    def t_symlink(self, fid: int, name: bytes, target_path: bytes, gid: int) -> tuple[Any, ...]:
         self.writable()
         target = self.fid(fid)
         _check_name(name)
@@ -739,8 +801,9 @@ class _Session:
             self.owned(parent, name, target.uid, gid)
             return (_qid(os.stat(name, dir_fd=parent, follow_symlinks=False)),)
 
-    def t_mknod(self, dfid: int, name: bytes, mode: int, major: int, minor: int,
-                gid: int) -> tuple[Any, ...]:
+    def t_mknod(
+        self, dfid: int, name: bytes, mode: int, major: int, minor: int, gid: int
+    ) -> tuple[Any, ...]:
         self.writable()
         target = self.fid(dfid)
         _check_name(name)
@@ -775,8 +838,9 @@ class _Session:
             os.rename(old, new, src_dir_fd=src, dst_dir_fd=dst)
         self.renamed(old_dir.export, (*old_dir.parts, old), (*new_dir.parts, new))
 
-    def t_renameat(self, olddirfid: int, oldname: bytes, newdirfid: int,
-                   newname: bytes) -> tuple[Any, ...]:
+    def t_renameat(
+        self, olddirfid: int, oldname: bytes, newdirfid: int, newname: bytes
+    ) -> tuple[Any, ...]:
         self.rename(self.fid(olddirfid), oldname, self.fid(newdirfid), newname)
         return ()
 
@@ -801,18 +865,38 @@ class _Session:
     def t_statfs(self, fid: int) -> tuple[Any, ...]:
         target = self.fid(fid)
         with self.file_fd(target) as fd:
-            vfs = os.statvfs(_proc(fd)) if not stat.S_ISLNK(os.fstat(fd).st_mode) else \
-                os.statvfs(self.config.exports[target.export].path)
-        return (_V9FS_MAGIC, vfs.f_bsize, vfs.f_blocks, vfs.f_bfree, vfs.f_bavail,
-                vfs.f_files, vfs.f_ffree, vfs.f_fsid & (2**64 - 1), vfs.f_namemax)
+            vfs = (
+                os.statvfs(_proc(fd))
+                if not stat.S_ISLNK(os.fstat(fd).st_mode)
+                else os.statvfs(self.config.exports[target.export].path)
+            )
+        return (
+            _V9FS_MAGIC,
+            vfs.f_bsize,
+            vfs.f_blocks,
+            vfs.f_bfree,
+            vfs.f_bavail,
+            vfs.f_files,
+            vfs.f_ffree,
+            vfs.f_fsid & (2**64 - 1),
+            vfs.f_namemax,
+        )
 
     def t_fsync(self, fid: int, datasync: int) -> tuple[Any, ...]:
         with self.opened(self.fid(fid)) as fd:
             (os.fdatasync if datasync else os.fsync)(fd)
         return ()
 
-    def t_lock(self, fid: int, kind: int, flags: int, start: int, length: int,
-               proc_id: int, client_id: bytes) -> tuple[Any, ...]:
+    def t_lock(
+        self,
+        fid: int,
+        kind: int,
+        flags: int,
+        start: int,
+        length: int,
+        proc_id: int,
+        client_id: bytes,
+    ) -> tuple[Any, ...]:
         target = self.fid(fid)
         if target.fd is None or kind not in _LOCK_TYPES:
             return (_LOCK_ERROR,)
@@ -828,15 +912,17 @@ class _Session:
             return (_LOCK_ERROR,)
         return (_LOCK_SUCCESS,)
 
-    def t_getlock(self, fid: int, kind: int, start: int, length: int, proc_id: int,
-                  client_id: bytes) -> tuple[Any, ...]:
+    def t_getlock(
+        self, fid: int, kind: int, start: int, length: int, proc_id: int, client_id: bytes
+    ) -> tuple[Any, ...]:
         target = self.fid(fid)
         if target.fd is None or kind not in _LOCK_TYPES:
             raise _Errno(errno.EINVAL)
         request = _FLOCK.pack(_LOCK_TYPES[kind], os.SEEK_SET, start, _signed(length), 0)
         with self.opened(target) as fd:
             found_type, _, found_start, found_len, _ = _FLOCK.unpack(
-                fcntl.fcntl(fd, _F_OFD_GETLK, request))
+                fcntl.fcntl(fd, _F_OFD_GETLK, request)
+            )
         if found_type == fcntl.F_UNLCK:
             return (2, start, length, proc_id, client_id)
         back = {v: k for k, v in _LOCK_TYPES.items()}[found_type]
@@ -887,16 +973,30 @@ def _signed(length: int) -> int:
 
 
 _HANDLERS = {
-    p.TATTACH: _Session.t_attach, p.TAUTH: _Session.t_auth, p.TWALK: _Session.t_walk,
-    p.TCLUNK: _Session.t_clunk, p.TREMOVE: _Session.t_remove,
-    p.TGETATTR: _Session.t_getattr, p.TSETATTR: _Session.t_setattr,
-    p.TLOPEN: _Session.t_lopen, p.TLCREATE: _Session.t_lcreate, p.TREAD: _Session.t_read,
-    p.TWRITE: _Session.t_write, p.TREADDIR: _Session.t_readdir,
-    p.TMKDIR: _Session.t_mkdir, p.TSYMLINK: _Session.t_symlink,
-    p.TMKNOD: _Session.t_mknod, p.TLINK: _Session.t_link,
-    p.TREADLINK: _Session.t_readlink, p.TRENAMEAT: _Session.t_renameat,
-    p.TRENAME: _Session.t_rename, p.TUNLINKAT: _Session.t_unlinkat,
-    p.TSTATFS: _Session.t_statfs, p.TFSYNC: _Session.t_fsync, p.TLOCK: _Session.t_lock,
-    p.TGETLOCK: _Session.t_getlock, p.TXATTRWALK: _Session.t_xattrwalk,
+    p.TATTACH: _Session.t_attach,
+    p.TAUTH: _Session.t_auth,
+    p.TWALK: _Session.t_walk,
+    p.TCLUNK: _Session.t_clunk,
+    p.TREMOVE: _Session.t_remove,
+    p.TGETATTR: _Session.t_getattr,
+    p.TSETATTR: _Session.t_setattr,
+    p.TLOPEN: _Session.t_lopen,
+    p.TLCREATE: _Session.t_lcreate,
+    p.TREAD: _Session.t_read,
+    p.TWRITE: _Session.t_write,
+    p.TREADDIR: _Session.t_readdir,
+    p.TMKDIR: _Session.t_mkdir,
+    p.TSYMLINK: _Session.t_symlink,
+    p.TMKNOD: _Session.t_mknod,
+    p.TLINK: _Session.t_link,
+    p.TREADLINK: _Session.t_readlink,
+    p.TRENAMEAT: _Session.t_renameat,
+    p.TRENAME: _Session.t_rename,
+    p.TUNLINKAT: _Session.t_unlinkat,
+    p.TSTATFS: _Session.t_statfs,
+    p.TFSYNC: _Session.t_fsync,
+    p.TLOCK: _Session.t_lock,
+    p.TGETLOCK: _Session.t_getlock,
+    p.TXATTRWALK: _Session.t_xattrwalk,
     p.TXATTRCREATE: _Session.t_xattrcreate,
 }

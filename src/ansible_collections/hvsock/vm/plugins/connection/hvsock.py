@@ -182,11 +182,13 @@ def cp_address_for(agent_address: str) -> str:
     if isinstance(address, hvsock.HyperVAddress):
         return str(hvsock.HyperVAddress.for_port(address.vm_id, CP_PORT))
     if isinstance(address, hvsock.NamedVmAddress):
-        return str(hvsock.NamedVmAddress(address.vm_name,
-                                         hvsock.windows.service_id_for_port(CP_PORT)))
+        return str(
+            hvsock.NamedVmAddress(address.vm_name, hvsock.windows.service_id_for_port(CP_PORT))
+        )
     raise AnsibleError(
         f"{agent_address} has no port to derive the cp service's address from: set "
-        "ansible_hvsock_cp_address to the address of the agent's [cp] listen")
+        "ansible_hvsock_cp_address to the address of the agent's [cp] listen"
+    )
 
 
 class _Jump:
@@ -203,8 +205,11 @@ class _Jump:
             if arg.startswith("ControlPath=") and "/" in arg:
                 # ssh does not make the directory of its control socket.
                 with contextlib.suppress(OSError):
-                    os.makedirs(os.path.dirname(os.path.expanduser(arg.split("=", 1)[1])),
-                                mode=0o700, exist_ok=True)
+                    os.makedirs(
+                        os.path.dirname(os.path.expanduser(arg.split("=", 1)[1])),
+                        mode=0o700,
+                        exist_ok=True,
+                    )
         self._hvsock = remote_hvsock
         self._dir = tempfile.mkdtemp(prefix="hvj-", dir="/tmp")  # short: socket paths
         self._listeners: list[socket.socket] = []
@@ -219,8 +224,9 @@ class _Jump:
         listener.bind(path)
         listener.listen(16)
         self._listeners.append(listener)
-        threading.Thread(target=self._serve, args=(listener, address), daemon=True,
-                         name=f"hvsock jump {address}").start()
+        threading.Thread(
+            target=self._serve, args=(listener, address), daemon=True, name=f"hvsock jump {address}"
+        ).start()
         return f"unix://{path}"
 
     def _serve(self, listener: socket.socket, address: str) -> None:
@@ -232,9 +238,13 @@ class _Jump:
                 return  # closed
             with conn, open(self.log, "ab") as log:
                 # ssh owns the connection from here: our copy closes with the block.
-                proc = subprocess.Popen([*self._ssh, command], stdin=conn.fileno(),
-                                        stdout=conn.fileno(), stderr=log,
-                                        start_new_session=True)
+                proc = subprocess.Popen(
+                    [*self._ssh, command],
+                    stdin=conn.fileno(),
+                    stdout=conn.fileno(),
+                    stderr=log,
+                    start_new_session=True,
+                )
             with self._lock:
                 self._procs = [p for p in self._procs if p.poll() is None] + [proc]
 
@@ -298,8 +308,10 @@ class _PromptAnswer:
 
     def _wait(self, until: object) -> None:
         with self._cond:
-            self._cond.wait_for(lambda: until() or self.ended,  # type: ignore[operator]
-                                BECOME_WAIT)
+            self._cond.wait_for(
+                lambda: until() or self.ended,  # type: ignore[operator]
+                BECOME_WAIT,
+            )
 
     def pieces(self) -> Iterator[bytes]:
         self._wait(lambda: self.prompts or self.succeeded)
@@ -338,11 +350,17 @@ class Connection(ConnectionBase):
             except hvsock.HvsockError as e:
                 raise AnsibleConnectionFailure(f"hvsock: bad agent address: {e}") from e
             jump = self.get_option("hvsock_jump")
-            display.vvv(f"ESTABLISH HVSOCK CONNECTION TO {self._agent}"
-                        + (f" THROUGH {jump}" if jump else ""), host=self._agent)
+            display.vvv(
+                f"ESTABLISH HVSOCK CONNECTION TO {self._agent}"
+                + (f" THROUGH {jump}" if jump else ""),
+                host=self._agent,
+            )
             if jump:
-                self._jump = _Jump(shlex.split(self.get_option("hvsock_jump_ssh")), jump,
-                                   self.get_option("hvsock_jump_hvsock"))
+                self._jump = _Jump(
+                    shlex.split(self.get_option("hvsock_jump_ssh")),
+                    jump,
+                    self.get_option("hvsock_jump_hvsock"),
+                )
                 self._address = self._jump.route(self._agent)
             self._connected = True
         return self
@@ -361,15 +379,18 @@ class Connection(ConnectionBase):
             said = self._jump.messages()
         return AnsibleConnectionFailure(
             f"hvsock: {what} through the agent at {where} failed: {error}"
-            + (f"; ssh said: {said}" if said else ""))
+            + (f"; ssh said: {said}" if said else "")
+        )
 
-    def exec_command(self, cmd: str, in_data: bytes | None = None,
-                     sudoable: bool = True) -> tuple[int, bytes, bytes]:
+    def exec_command(
+        self, cmd: str, in_data: bytes | None = None, sudoable: bool = True
+    ) -> tuple[int, bytes, bytes]:
         super().exec_command(cmd, in_data=in_data, sudoable=sudoable)
         executable = self._play_context.executable or "/bin/sh"
         argv = [*shlex.split(executable), "-c", to_text(cmd)]
-        display.vvv(f"EXEC {argv!r}" + (f" AS {self._user()}" if self._user() else ""),
-                    host=self._agent)
+        display.vvv(
+            f"EXEC {argv!r}" + (f" AS {self._user()}" if self._user() else ""), host=self._agent
+        )
         if not (sudoable and self.become and self.become.expect_prompt()):
             result = self._exec(argv, in_data if in_data else b"", "running a command")
             return self._rc(result), result.stdout, result.stderr
@@ -379,17 +400,25 @@ class Connection(ConnectionBase):
             raise AnsibleError(
                 f"hvsock: become_method {self.become.name} with a password needs a terminal, "
                 "which the agent does not give commands: use become_method sudo (it reads "
-                "the password from the input), or a become rule that needs no password")
+                "the password from the input), or a become rule that needs no password"
+            )
         password = to_bytes(self.become.get_option("become_pass") or "")
         answer = _PromptAnswer(self.become, password, in_data or b"")
         try:
-            result = self._exec(argv, answer.pieces(), "running a command",
-                                stdout=answer.on_stdout, stderr=answer.on_stderr)
+            result = self._exec(
+                argv,
+                answer.pieces(),
+                "running a command",
+                stdout=answer.on_stdout,
+                stderr=answer.on_stderr,
+            )
         finally:
             answer.end()
         if answer.prompts > 1:
-            raise AnsibleError(f"hvsock: incorrect {self.become.name} password (asked again "
-                               f"after it was given): {to_text(bytes(answer.err)).strip()}")
+            raise AnsibleError(
+                f"hvsock: incorrect {self.become.name} password (asked again "
+                f"after it was given): {to_text(bytes(answer.err)).strip()}"
+            )
         stderr = self.become.strip_become_prompt(bytes(answer.err))
         return self._rc(result), bytes(answer.out), stderr
 
@@ -400,18 +429,23 @@ class Connection(ConnectionBase):
     def _rc(result: hvsock.ExecResult) -> int:
         return result.exit_status if result.returncode < 0 else result.returncode
 
-    def _exec(self, argv: list[str], data: object, what: str,
-              **sinks: object) -> hvsock.ExecResult:
+    def _exec(self, argv: list[str], data: object, what: str, **sinks: object) -> hvsock.ExecResult:
         try:
             return hvsock.exec(
-                self._address, argv, input=data,  # type: ignore[arg-type]
-                user=self._user(), timeout=self.get_option("hvsock_command_timeout"),
+                self._address,
+                argv,
+                input=data,  # type: ignore[arg-type]
+                user=self._user(),
+                timeout=self.get_option("hvsock_command_timeout"),
                 connect_timeout=self.get_option("hvsock_timeout"),
-                retries=self.get_option("hvsock_retries"), **sinks)  # type: ignore[arg-type]
+                retries=self.get_option("hvsock_retries"),
+                **sinks,  # type: ignore[arg-type]
+            )
         except hvsock.RemoteError as e:
             # The agent answered and refused: no such user, another user not allowed.
-            raise AnsibleError(f"hvsock: {what} was refused by the agent at {self._agent}: "
-                               f"{e}") from e
+            raise AnsibleError(
+                f"hvsock: {what} was refused by the agent at {self._agent}: {e}"
+            ) from e
         except hvsock.HvsockError as e:
             raise self._failure(what, e) from e
 
@@ -439,11 +473,15 @@ class Connection(ConnectionBase):
     def _put_as_user(self, in_path: str, out_path: str) -> None:
         what = f"copying a file to the VM as {self._user()}"
         with open(to_bytes(in_path, errors="surrogate_or_strict"), "rb") as f:
-            result = self._exec(["/bin/sh", "-c", 'cat > "$1"', "sh", out_path],
-                                iter(lambda: f.read(PIECE), b""), what)
+            result = self._exec(
+                ["/bin/sh", "-c", 'cat > "$1"', "sh", out_path],
+                iter(lambda: f.read(PIECE), b""),
+                what,
+            )
         if result.returncode != 0:
-            raise AnsibleError(f"hvsock: {what} failed: "
-                               f"{to_text(result.stderr).strip() or self._rc(result)}")
+            raise AnsibleError(
+                f"hvsock: {what} failed: {to_text(result.stderr).strip() or self._rc(result)}"
+            )
 
     def _fetch_as_user(self, in_path: str, out_path: str) -> None:
         what = f"copying a file from the VM as {self._user()}"
@@ -454,8 +492,12 @@ class Connection(ConnectionBase):
             if result.returncode != 0 or result.truncated:
                 raise AnsibleError(
                     f"hvsock: {what} failed: "
-                    + ("the agent's max_output cut it short" if result.truncated
-                       else to_text(result.stderr).strip() or str(self._rc(result))))
+                    + (
+                        "the agent's max_output cut it short"
+                        if result.truncated
+                        else to_text(result.stderr).strip() or str(self._rc(result))
+                    )
+                )
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(local)
@@ -472,9 +514,15 @@ class Connection(ConnectionBase):
         try:
             # Explicit stdin/stdout, never used (no "-" path): hvsock.copy reads the
             # defaults from sys.stdout.buffer, which an Ansible worker has replaced.
-            hvsock.copy(self._cp(), source, dest, stdin=io.BytesIO(), stdout=io.BytesIO(),
-                        timeout=self.get_option("hvsock_timeout"),
-                        retries=self.get_option("hvsock_retries"))
+            hvsock.copy(
+                self._cp(),
+                source,
+                dest,
+                stdin=io.BytesIO(),
+                stdout=io.BytesIO(),
+                timeout=self.get_option("hvsock_timeout"),
+                retries=self.get_option("hvsock_retries"),
+            )
         except hvsock.RemoteError as e:
             # The agent answered and refused (outside its cp roots, read-only, a symlink in
             # the path, a full disk): the VM is reachable, the task failed.

@@ -131,29 +131,37 @@ def discovered_locally(proc: str | None) -> dict[str, object]:
         found = hvsock.windows.discover_vms()
         return {"vms": [vm.as_dict() for vm in found.vms], "problems": list(found.problems)}
     kvm = hvsock.kvm.discover_host_vms(proc or "/proc")
-    return {"vms": [vm.as_dict() for vm in kvm.vms], "problems": kvm.problems,
-            "why_empty": kvm.why_empty()}
+    return {
+        "vms": [vm.as_dict() for vm in kvm.vms],
+        "problems": kvm.problems,
+        "why_empty": kvm.why_empty(),
+    }
 
 
-def discovered_through(ssh: list[str], jump: str, remote_hvsock: str, proc: str | None,
-                       timeout: float) -> dict[str, object]:
+def discovered_through(
+    ssh: list[str], jump: str, remote_hvsock: str, proc: str | None, timeout: float
+) -> dict[str, object]:
     """``hvsock vms --json`` run on *jump* over ssh."""
     command = shlex.join([remote_hvsock, "vms", "--json", *(["--proc", proc] if proc else [])])
     argv = [*ssh, jump, command]
     try:
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=timeout, check=False)
+        done = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
+        )
     except FileNotFoundError as e:
         raise AnsibleParserError(f"hvsock.vm.vms: cannot run {ssh[0]!r}: {e}") from e
     except subprocess.TimeoutExpired as e:
-        raise AnsibleParserError(f"hvsock.vm.vms: `{shlex.join(argv)}` took longer than "
-                                 f"{timeout:g} s (the option timeout)") from e
+        raise AnsibleParserError(
+            f"hvsock.vm.vms: `{shlex.join(argv)}` took longer than "
+            f"{timeout:g} s (the option timeout)"
+        ) from e
     said = to_text(done.stderr, errors="surrogate_or_replace").strip()[-2000:]
     if done.returncode != 0:
         raise AnsibleParserError(
             f"hvsock.vm.vms: `hvsock vms --json` on {jump} failed (exit status "
             f"{done.returncode}): {said or 'no message'}; is hvsock installed there "
-            "(hvsock_jump_hvsock names it), and does ssh log in without a prompt?")
+            "(hvsock_jump_hvsock names it), and does ssh log in without a prompt?"
+        )
     try:
         report = json.loads(done.stdout)
         if not isinstance(report, dict) or not isinstance(report.get("vms"), list):
@@ -161,7 +169,8 @@ def discovered_through(ssh: list[str], jump: str, remote_hvsock: str, proc: str 
     except ValueError as e:
         raise AnsibleParserError(
             f"hvsock.vm.vms: `hvsock vms --json` on {jump} printed no VM list ({e}): "
-            f"{to_text(done.stdout[:300], errors='surrogate_or_replace')!r}") from e
+            f"{to_text(done.stdout[:300], errors='surrogate_or_replace')!r}"
+        ) from e
     return report
 
 
@@ -205,8 +214,9 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         proc = self.get_option("proc")
         if jump:
             ssh = shlex.split(self.get_option("hvsock_jump_ssh") or DEFAULT_SSH)
-            report = discovered_through(ssh, jump, self.get_option("hvsock_jump_hvsock"),
-                                        proc, self.get_option("timeout"))
+            report = discovered_through(
+                ssh, jump, self.get_option("hvsock_jump_hvsock"), proc, self.get_option("timeout")
+            )
         else:
             report = discovered_locally(proc)
         where = f" on {jump}" if jump else ""
@@ -214,8 +224,10 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
             display.vv(f"hvsock.vm.vms{where}: {problem}")
         vms = [vm for vm in report["vms"] if isinstance(vm, dict)]  # type: ignore[attr-defined]
         if not vms:
-            display.warning(f"hvsock.vm.vms: no VMs found{where}"
-                            + (f": {report['why_empty']}" if report.get("why_empty") else ""))
+            display.warning(
+                f"hvsock.vm.vms: no VMs found{where}"
+                + (f": {report['why_empty']}" if report.get("why_empty") else "")
+            )
         group = self.get_option("group")
         if group:
             group = self.inventory.add_group(to_safe_group_name(group))
@@ -227,20 +239,26 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         name = vm.get("name")
         if not isinstance(name, str) or not name:
             kind = str(vm.get("hypervisor") or "vm")
-            name = (f"{kind}-cid{vm['cid']}" if vm.get("cid") is not None
-                    else f"{kind}-pid{vm.get('pid')}")
+            name = (
+                f"{kind}-cid{vm['cid']}"
+                if vm.get("cid") is not None
+                else f"{kind}-pid{vm.get('pid')}"
+            )
         name = str(self.get_option("prefix")) + name
         unique, n = name, 2
         while unique in taken:  # two VMs of one name (a domain and a Firecracker VM)
             unique, n = f"{name}-{n}", n + 1
         if unique != name:
-            display.warning(f"hvsock.vm.vms: two VMs are named {name!r}; one is listed as "
-                            f"{unique!r} ({vm.get('source')})")
+            display.warning(
+                f"hvsock.vm.vms: two VMs are named {name!r}; one is listed as "
+                f"{unique!r} ({vm.get('source')})"
+            )
         taken.add(unique)
         return unique
 
-    def _add(self, vm: dict[str, object], taken: set[str], group: str | None,
-             jump: str | None) -> None:
+    def _add(
+        self, vm: dict[str, object], taken: set[str], group: str | None, jump: str | None
+    ) -> None:
         hyperv = "id" in vm
         usable = bool(vm.get("running")) and (hyperv or bool(vm.get("vsock")))
         if self.get_option("running_only") and not usable:
@@ -252,21 +270,29 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         hypervisor = "hyperv" if hyperv else str(vm.get("hypervisor"))
         hostvars: dict[str, object] = {
             "ansible_connection": CONNECTION,
-            "hvsock_name": vm.get("name"), "hvsock_hypervisor": hypervisor,
-            "hvsock_state": vm.get("state"), "hvsock_running": bool(vm.get("running")),
-            "hvsock_source": vm.get("source"), "hvsock_vm": vm,
+            "hvsock_name": vm.get("name"),
+            "hvsock_hypervisor": hypervisor,
+            "hvsock_state": vm.get("state"),
+            "hvsock_running": bool(vm.get("running")),
+            "hvsock_source": vm.get("source"),
+            "hvsock_vm": vm,
         }
         if hyperv:
             hostvars.update(hvsock_vm_id=vm.get("id"), hvsock_wsl=vm.get("wsl"))
         else:
-            hostvars.update(hvsock_cid=vm.get("cid"), hvsock_uds_path=vm.get("uds_path"),
-                            hvsock_pid=vm.get("pid"), hvsock_vsock=bool(vm.get("vsock")))
+            hostvars.update(
+                hvsock_cid=vm.get("cid"),
+                hvsock_uds_path=vm.get("uds_path"),
+                hvsock_pid=vm.get("pid"),
+                hvsock_vsock=bool(vm.get("vsock")),
+            )
         if address is not None:
             hostvars["ansible_host"] = address
             cp_port = self.get_option("cp_port")
             if cp_port != CP_PORT:
                 hostvars["ansible_hvsock_cp_address"] = address_of(
-                    vm, cp_port, self.get_option("address"))
+                    vm, cp_port, self.get_option("address")
+                )
         if jump:
             hostvars["ansible_hvsock_jump"] = jump
             hostvars["hvsock_hypervisor_host"] = jump
@@ -285,7 +311,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         # With inventory_hostname and the rest Ansible gives every host.
         variables = self.inventory.get_host(host).get_vars()
         self._set_composite_vars(self.get_option("compose"), variables, host, strict=strict)
-        self._add_host_to_composed_groups(self.get_option("groups"), variables, host,
-                                          strict=strict)
-        self._add_host_to_keyed_groups(self.get_option("keyed_groups"), variables, host,
-                                       strict=strict)
+        self._add_host_to_composed_groups(self.get_option("groups"), variables, host, strict=strict)
+        self._add_host_to_keyed_groups(
+            self.get_option("keyed_groups"), variables, host, strict=strict
+        )
