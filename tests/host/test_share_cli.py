@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hvsock import ArgumentError
-from hvsock._builtin.share.mount import parse_options
+from hvsock._builtin.share.mount import _modules_hint, parse_options
 from hvsock._core import ninep as p
 
 from .._ninep import Client
@@ -151,3 +151,42 @@ def test_parse_options() -> None:
     for bad in ("trans=tcp", "rfdno=1", "wfdno=1", "version=9p2000.u"):
         with pytest.raises(ArgumentError, match="set by hvsock mount"):
             parse_options(bad)
+
+
+def _kernel_tree(top: Path, *, filesystems: str, loaded: list[str], shipped: list[str]) -> str:
+    """A root with what _modules_hint reads: /proc/filesystems, /sys/module, the modules."""
+    (top / "proc").mkdir()
+    (top / "proc" / "filesystems").write_text(filesystems)
+    for name in loaded:
+        (top / "sys" / "module" / name).mkdir(parents=True)
+    net9p = top / "lib" / "modules" / os.uname().release / "kernel" / "net" / "9p"
+    net9p.mkdir(parents=True)
+    for name in shipped:
+        (net9p / name).write_bytes(b"")
+    return str(top)
+
+
+@pytest.mark.parametrize(
+    ("filesystems", "loaded", "shipped", "lacks"),
+    [
+        # Linux 6.1+: fd is its own module; shipped but not loaded is what a minimal
+        # image without modprobe has (v9fs then says only EINVAL).
+        ("nodev\t9p\n", ["9pnet", "9p"], ["9pnet_fd.ko.xz"], "9pnet_fd"),
+        ("nodev\t9p\n", ["9pnet", "9p", "9pnet_fd"], ["9pnet_fd.ko"], ""),
+        # Before 6.1 the fd transport is inside 9pnet: no module file, nothing to load.
+        ("nodev\t9p\n", ["9pnet", "9p"], [], ""),
+        ("nodev\tproc\n", [], ["9pnet_fd.ko"], "9p and 9pnet_fd"),
+        ("nodev\tproc\n", ["9pnet", "9pnet_fd"], ["9pnet_fd.ko"], "9p"),
+    ],
+)
+def test_mount_names_the_missing_9p_modules(
+    tmp_path: Path, filesystems: str, loaded: list[str], shipped: list[str], lacks: str
+) -> None:
+    hint = _modules_hint(
+        _kernel_tree(tmp_path, filesystems=filesystems, loaded=loaded, shipped=shipped)
+    )
+    if not lacks:
+        assert hint == ""
+    else:
+        assert f"the kernel lacks {lacks}:" in hint
+        assert f"modprobe {lacks.replace(' and ', ' ')}" in hint

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import glob
 import os
 import socket
 import sys
@@ -84,15 +85,27 @@ def parse_options(options: str | Iterable[str]) -> tuple[int, dict[str, str | No
     return flags, rest
 
 
-def _modules_hint() -> str:
+def _modules_hint(root: str = "/") -> str:
+    """What the kernel lacks for a 9p mount over an fd, as advice; "" when nothing.
+
+    *root* is where ``proc``, ``sys`` and ``lib/modules`` are (``/``; a tree in tests).
+    The fd transport is its own module, 9pnet_fd, since Linux 6.1 (part of 9pnet before):
+    when its file is there but it is not loaded, v9fs answers trans=fd with a bare EINVAL
+    (the kernel loads it on demand only where modprobe and modules.alias exist)."""
     missing = []
     try:
-        with open("/proc/filesystems", encoding="ascii", errors="replace") as f:
+        with open(os.path.join(root, "proc/filesystems"), encoding="ascii", errors="replace") as f:
             if not any(line.split()[-1:] == ["9p"] for line in f):
                 missing.append("9p")
     except OSError:
         pass
-    if not os.path.isdir("/sys/module/9pnet_fd") and not os.path.isdir("/sys/module/9pnet"):
+    loaded = os.path.join(root, "sys/module")
+    shipped = glob.glob(
+        os.path.join(root, "lib/modules", os.uname().release, "kernel/net/9p/9pnet_fd.ko*")
+    )
+    if not os.path.isdir(os.path.join(loaded, "9pnet_fd")) and (
+        shipped or not os.path.isdir(os.path.join(loaded, "9pnet"))
+    ):
         missing.append("9pnet_fd")
     if not missing:
         return ""
