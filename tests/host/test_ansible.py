@@ -94,7 +94,9 @@ def _start_agent(base: Path, name: str) -> Agent:
 UTF8_LOCALE = {"LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
 
 
-def _env(base: Path) -> dict[str, str]:
+def ansible_env(base: Path) -> dict[str, str]:
+    """The environment of every ansible-* process the tests start (here and in the
+    inventory and jump tests): its own home, temp dirs and no stray config."""
     home = base / "home"
     home.mkdir(exist_ok=True)
     return {
@@ -251,7 +253,7 @@ def run() -> Iterator[Run]:
         done = subprocess.run(
             [str(BIN / "ansible-playbook"), "-i", str(inventory), str(base / "site.yml")],
             cwd=base,
-            env=_env(base),
+            env=ansible_env(base),
             capture_output=True,
             text=True,
             timeout=600,
@@ -373,7 +375,7 @@ def test_ansible_setup_gathers_facts(run: Run) -> None:
             "-o",
         ],
         cwd=run.base,
-        env=_env(run.base),
+        env=ansible_env(run.base),
         capture_output=True,
         text=True,
         timeout=600,
@@ -543,7 +545,7 @@ def test_jump_refused_ssh_and_refusals(run: Run) -> None:
     done = subprocess.run(
         [str(BIN / "ansible-playbook"), "-i", str(base / "edges.json"), str(base / "edges.yml")],
         cwd=base,
-        env={**_env(base), "FAKE_SSH_LOG": str(base / "ssh.log"), "JUMP_ROOT": str(base)},
+        env={**ansible_env(base), "FAKE_SSH_LOG": str(base / "ssh.log"), "JUMP_ROOT": str(base)},
         capture_output=True,
         text=True,
         timeout=600,
@@ -652,7 +654,7 @@ def test_ansible_user_runs_tasks_and_moves_files_as_that_user(run: Run) -> None:
     done = subprocess.run(
         [str(BIN / "ansible-playbook"), "-i", str(base / "user.json"), str(base / "user.yml")],
         cwd=base,
-        env=_env(base),
+        env=ansible_env(base),
         capture_output=True,
         text=True,
         timeout=600,
@@ -722,7 +724,7 @@ def test_plugin_put_and_fetch_as_a_user_fail_where_that_user_may_not(
             str(closed),
             str(tmp_path / "got"),
         ],
-        env=_env(run.base),
+        env=ansible_env(run.base),
         capture_output=True,
         text=True,
         timeout=300,

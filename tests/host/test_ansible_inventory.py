@@ -10,7 +10,6 @@ Firecracker process on the real /proc whose hybrid vsock socket leads to a real 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.host.test_ansible import BIN, UTF8_LOCALE
+from tests.host.test_ansible import BIN, ansible_env
 from tests.host.test_kvm_hosts import (  # noqa: F401 - fixtures used by name
     FC_CONFIG,
     ApiServer,
@@ -47,18 +46,6 @@ def _plain(value: object) -> object:
     return value
 
 
-def _env(base: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        **UTF8_LOCALE,
-        "HOME": str(base),
-        "ANSIBLE_CONFIG": str(base / "none.cfg"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_LOCAL_TEMP": str(base / "local-tmp"),
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-
-
 def inventory_list(
     base: Path, config: dict[str, object], name: str = "t.hvsock.yml"
 ) -> tuple[dict[str, object], str]:
@@ -66,7 +53,7 @@ def inventory_list(
     path.write_text(json.dumps(config))  # JSON is YAML
     done = subprocess.run(
         [str(BIN / "ansible-inventory"), "-i", str(path), "--list"],
-        env=_env(base),
+        env=ansible_env(base),
         capture_output=True,
         text=True,
         timeout=300,
@@ -183,7 +170,7 @@ def test_a_file_of_another_name_is_not_this_plugins(tmp_path: Path) -> None:
     (tmp_path / "vms.yml").write_text("plugin: hvsock.vm.vms\n")
     done = subprocess.run(
         [str(BIN / "ansible-inventory"), "-i", str(tmp_path / "vms.yml"), "--list"],
-        env=_env(tmp_path),
+        env=ansible_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=300,
@@ -304,7 +291,7 @@ def test_a_listed_firecracker_vm_is_reached_through_its_hybrid_socket(
             f"out={out}",
             str(tmp_path / "site.yml"),
         ],
-        env={**_env(tmp_path), "ANSIBLE_PIPELINING": "true"},
+        env={**ansible_env(tmp_path), "ANSIBLE_PIPELINING": "true"},
         capture_output=True,
         text=True,
         timeout=300,

@@ -7,7 +7,6 @@ task), and the inventory plugin running `hvsock vms --json` on the jump host.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 import uuid
@@ -18,7 +17,7 @@ import pytest
 
 import hvsock
 import hvsock.windows
-from tests.host.test_ansible import BIN, UTF8_LOCALE, _start_agent, _stop
+from tests.host.test_ansible import BIN, _start_agent, _stop, ansible_env
 from tests.host.test_ansible_inventory import _plain, hosts_of
 from tests.sshd import Sshd, sshd_missing
 from tests.tiers import skip_or_fail
@@ -36,20 +35,6 @@ def sshd() -> Iterator[Sshd]:
         skip_or_fail(f"no real sshd for the jump tests: {why}")
     with Sshd() as server:
         yield server
-
-
-def _env(base: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        **UTF8_LOCALE,
-        "HOME": str(base),
-        "ANSIBLE_CONFIG": str(base / "none.cfg"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_PIPELINING": "true",
-        "ANSIBLE_LOCAL_TEMP": str(base / "local-tmp"),
-        "ANSIBLE_REMOTE_TMP": str(base / "remote-tmp"),
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
 
 
 PLAYBOOK = """
@@ -109,7 +94,7 @@ def test_playbook_through_a_real_sshd_reuses_one_login(sshd: Sshd, short_tmp: Pa
                 str(short_tmp / "inv.json"),
                 str(short_tmp / "site.yml"),
             ],
-            env=_env(short_tmp),
+            env=ansible_env(short_tmp),
             capture_output=True,
             text=True,
             timeout=300,
@@ -152,7 +137,7 @@ def test_inventory_discovers_the_vms_of_the_jump_host(sshd: Sshd, tmp_path: Path
     before = sshd.logins()
     done = subprocess.run(
         [str(BIN / "ansible-inventory"), "-i", str(tmp_path / "kvm2.hvsock.yml"), "--list"],
-        env=_env(tmp_path),
+        env=ansible_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=300,
@@ -193,7 +178,7 @@ def test_inventory_of_a_hyperv_host_through_the_jump(sshd: Sshd, tmp_path: Path)
     (tmp_path / "hv.hvsock.yml").write_text(json.dumps(config))
     done = subprocess.run(
         [str(BIN / "ansible-inventory"), "-i", str(tmp_path / "hv.hvsock.yml"), "--list"],
-        env=_env(tmp_path),
+        env=ansible_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=300,
@@ -218,7 +203,7 @@ def test_inventory_jump_without_hvsock_says_what_to_do(sshd: Sshd, tmp_path: Pat
     (tmp_path / "x.hvsock.yml").write_text(json.dumps(config))
     done = subprocess.run(
         [str(BIN / "ansible-inventory"), "-i", str(tmp_path / "x.hvsock.yml"), "--list"],
-        env=_env(tmp_path),
+        env=ansible_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=300,
