@@ -454,18 +454,24 @@ class Connection(ConnectionBase):
         display.vvv(f"PUT {in_path} TO {out_path}", host=self._agent)
         if not os.path.isfile(to_bytes(in_path, errors="surrogate_or_strict")):
             raise AnsibleFileNotFound(f"file or module does not exist: {in_path}")
+        # Timestamped in ANSIBLE_DEBUG's log (benchmarks/bench_ansible.py times the
+        # transfer apart from Ansible's own steps around it).
+        display.debug(f"hvsock: put_file starting: {in_path}")
         if self._user():
             self._put_as_user(in_path, self._remote(out_path))
-            return
-        self._copy(in_path, ":" + self._remote(out_path), "copying a file to the VM")
+        else:
+            self._copy(in_path, ":" + self._remote(out_path), "copying a file to the VM")
+        display.debug("hvsock: put_file done")
 
     def fetch_file(self, in_path: str, out_path: str) -> None:
         super().fetch_file(in_path, out_path)
         display.vvv(f"FETCH {in_path} TO {out_path}", host=self._agent)
+        display.debug(f"hvsock: fetch_file starting: {in_path}")
         if self._user():
             self._fetch_as_user(self._remote(in_path), out_path)
-            return
-        self._copy(":" + self._remote(in_path), out_path, "copying a file from the VM")
+        else:
+            self._copy(":" + self._remote(in_path), out_path, "copying a file from the VM")
+        display.debug("hvsock: fetch_file done")
 
     # With ansible_user, files move through exec as that user (as sftp would as the ssh
     # login): the guest's permissions for that user apply, and what is put is theirs. The
