@@ -736,3 +736,83 @@ def test_plugin_put_and_fetch_as_a_user_fail_where_that_user_may_not(
         assert re.search(r"as nobody failed: .*Permission denied", said[name]), said
     assert not (closed / "x").exists()
     assert not (tmp_path / "got").exists()  # no partial file left
+
+
+# A task's worker, as far as the plugin sees it: a fresh process in which the loader
+# imports the plugin, then the task's commands and files through one connection object.
+WORKER = """
+import json, sys
+from ansible.playbook.play_context import PlayContext
+from ansible.plugins.loader import connection_loader, init_plugin_loader
+init_plugin_loader()
+address, cp, src, remote, back = sys.argv[1:]
+conn = connection_loader.get("hvsock.vm.hvsock", PlayContext(), None)
+conn.set_options(var_options={"ansible_host": address, "ansible_hvsock_cp_address": cp})
+before = set(sys.modules)
+conn._connect()
+rc, out, err = conn.exec_command("cat; echo to-err >&2", in_data=b"piped")
+conn.put_file(src, remote)
+conn.fetch_file(remote, back)
+conn.close()
+print(json.dumps({"exec": [rc, out.decode(), err.decode()],
+                  "loaded": sorted(set(sys.modules) - before),
+                  "asyncio_before": "asyncio" in before}))
+"""
+
+
+def test_a_tasks_worker_loads_no_asyncio_and_logs_put_and_fetch_in_the_debug_log(
+    short_tmp: Path,
+) -> None:
+    """Ansible imports the plugin in a new worker process for every task, so what the
+    plugin's calls import is paid per task: no asyncio, no service framework. With
+    ANSIBLE_DEBUG, put_file and fetch_file log their start and end, timestamped, in
+    Ansible's debug log (how benchmarks/bench_ansible.py times the transfer apart from
+    Ansible's own steps)."""
+    agent = _start_agent(short_tmp, "w0")
+    try:
+        payload = os.urandom(3 << 20)
+        (short_tmp / "src.bin").write_bytes(payload)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                WORKER,
+                f"unix://{agent.socket}",
+                f"unix://{agent.cp_socket}",
+                str(short_tmp / "src.bin"),
+                str(short_tmp / "w0" / "put.bin"),
+                str(short_tmp / "back.bin"),
+            ],
+            env={**ansible_env(short_tmp), "ANSIBLE_DEBUG": "1"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        _stop(agent)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    report = json.loads(lines[-1])
+    assert report["exec"] == [0, "piped", "to-err\n"]
+    assert (short_tmp / "back.bin").read_bytes() == payload
+    if not report["asyncio_before"]:
+        heavy = [
+            m
+            for m in report["loaded"]
+            if m.split(".")[0] == "asyncio" or m.startswith(("hvsock._service", "concurrent."))
+        ]
+        assert heavy == [], "a task's worker imports them for nothing"
+    logged = [
+        (float(m.group(1)), m.group(2))
+        for m in (re.match(r"\s*\d+ (\d+\.\d+): hvsock: (\w+ \w+)", line) for line in lines)
+        if m
+    ]
+    assert [what for _, what in logged] == [
+        "put_file starting",
+        "put_file done",
+        "fetch_file starting",
+        "fetch_file done",
+    ], done.stdout
+    times = [t for t, _ in logged]
+    assert times == sorted(times)

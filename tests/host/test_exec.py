@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import pty
@@ -18,7 +19,7 @@ import termios
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -779,3 +780,172 @@ def test_bad_input_pieces_are_an_argument_error(agent: AgentThread) -> None:
     with pytest.raises(hvsock.ArgumentError, match="each piece of input must be bytes"):
         hvsock.exec(agent.address(), ["sleep", "60"], input=pieces())  # type: ignore[arg-type]
     assert time.monotonic() - started < 50  # the session ended, not the sleep
+
+
+BLOCKING_CLIENT = """
+import json, sys
+import hvsock
+before = set(sys.modules)
+result = hvsock.exec(sys.argv[1], ["sh", "-c", "cat; echo err >&2"], input=b"in")
+print(json.dumps({"out": result.stdout.decode(), "err": result.stderr.decode(),
+                  "loaded": sorted(set(sys.modules) - before),
+                  "asyncio_before": "asyncio" in before}))
+"""
+
+
+def test_blocking_exec_loads_neither_asyncio_nor_the_service_framework(
+    unix_agent: AgentThread,
+) -> None:
+    """hvsock.exec in a fresh process (as each Ansible task's worker runs it, and the
+    CLI): what it imports is paid on every call of such a process; asyncio alone was
+    most of the cost of a first exec."""
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCKING_CLIENT, unix_agent.address()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    report = json.loads(done.stdout)
+    assert (report["out"], report["err"]) == ("in", "err\n")
+    if report["asyncio_before"]:
+        pytest.skip("`import hvsock` itself imports asyncio")
+    assert "hvsock._builtin.exec.client" in report["loaded"]
+    heavy = [
+        m
+        for m in report["loaded"]
+        if m.split(".")[0] == "asyncio" or m.startswith(("hvsock._service", "concurrent."))
+    ]
+    assert heavy == []
+
+
+def test_async_input_may_be_pieces_plain_or_asynchronous(
+    agent: AgentThread, tmp_path: Path
+) -> None:
+    """exec_async takes input as hvsock.exec does (bytes-like, or an iterable of pieces),
+    and also as an async iterable, whose next piece may wait for the command's output."""
+    data = os.urandom(3 << 20)
+    (tmp_path / "f").write_bytes(data)
+    prompted = asyncio.Event()
+    seen = bytearray()
+
+    def on_stderr(got: bytes) -> None:
+        seen.extend(got)
+        if b"password:" in seen:
+            prompted.set()
+
+    async def answer() -> AsyncIterator[bytes]:
+        await asyncio.wait_for(prompted.wait(), 60)
+        yield b"s3cret\n"
+        yield memoryview(b"rest of the input")
+
+    async def main() -> list[hvsock.ExecResult]:
+        with (tmp_path / "f").open("rb") as f:
+            hashed = await hvsock.exec_async(
+                agent.address(), ["sha256sum"], input=iter(lambda: f.read(100_000), b"")
+            )
+        listed = await hvsock.exec_async(
+            agent.address(), ["cat"], input=[b"a", bytearray(b"b"), memoryview(b"c")]
+        )
+        script = 'printf password: >&2; read -r pw; echo "pw=$pw"; cat'
+        answered = await hvsock.exec_async(
+            agent.address(), ["sh", "-c", script], input=answer(), stderr=on_stderr
+        )
+        return [hashed, listed, answered]
+
+    hashed, listed, answered = asyncio.run(main())
+    assert hashed.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+    assert listed.stdout == b"abc"
+    assert (answered.returncode, answered.stdout) == (0, b"pw=s3cret\nrest of the input")
+    assert bytes(seen) == b"password:"
+
+
+def test_async_bad_input_pieces_are_an_argument_error(agent: AgentThread) -> None:
+    async def pieces() -> AsyncIterator[object]:
+        yield b"fine"
+        yield "not bytes"
+
+    def plain() -> Iterator[object]:
+        yield b"fine"
+        yield 42
+
+    async def main() -> None:
+        with pytest.raises(hvsock.ArgumentError, match="input must be bytes, not str"):
+            await hvsock.exec_async(agent.address(), ["cat"], input="text")  # type: ignore[arg-type]
+        with pytest.raises(hvsock.ArgumentError, match="each piece of input must be bytes"):
+            await hvsock.exec_async(agent.address(), ["cat"], input=[b"a", "b"])  # type: ignore[list-item]
+        for given in (pieces(), plain()):
+            started = time.monotonic()
+            with pytest.raises(hvsock.ArgumentError, match="each piece of input must be bytes"):
+                await hvsock.exec_async(agent.address(), ["sleep", "60"], input=given)  # type: ignore[arg-type]
+            assert time.monotonic() - started < 50  # the session ended, not the sleep
+
+    asyncio.run(main())
+
+
+def _cutting_agent(path: Path, cut: Callable[[socket.socket], None]) -> threading.Thread:
+    """An agent that takes the hello and the start of the session, then *cut*s it while
+    the client is still sending input."""
+    from hvsock._core import mux
+    from hvsock._core.framing import FrameReader, encode_frame
+    from hvsock._transports.recv import recv_frame
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen()
+
+    def serve() -> None:
+        with listener:
+            listener.settimeout(60)
+            conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(60)
+            recv_frame(conn, FrameReader(mux.MAX_HELLO))
+            conn.sendall(encode_frame(mux.encode_answer(), mux.MAX_HELLO))
+            conn.recv(1)  # START has come
+            cut(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def _writer_gone() -> bool:
+    return not any(t.name == "hvsock-exec-stdin" for t in threading.enumerate())
+
+
+def test_a_connection_cut_while_input_is_sent_is_a_protocol_error(short_tmp: Path) -> None:
+    """The agent goes away while the client is still sending (a VM stopped mid-module):
+    ProtocolError, the error of a broken session, never the send's own BrokenPipeError
+    (the Ansible plugin makes HvsockError "unreachable"; anything else was a task's
+    traceback)."""
+
+    def cut(conn: socket.socket) -> None:
+        # The client's sends now fail; its reading side sees the end only at close,
+        # after the sending side has failed (the order that let its error through).
+        conn.shutdown(socket.SHUT_RD)
+        wait_for(_writer_gone, "the client's input thread to end", timeout=60)
+
+    for i in range(3):
+        path = short_tmp / f"cut{i}.sock"
+        server = _cutting_agent(path, cut)
+        with pytest.raises(hvsock.ProtocolError, match="closed the connection before"):
+            hvsock.exec(f"unix://{path}", ["cat"], input=os.urandom(8 << 20))
+        server.join(60)
+
+
+def test_async_connection_cut_while_input_is_sent_is_a_protocol_error(short_tmp: Path) -> None:
+    def cut(conn: socket.socket) -> None:
+        conn.shutdown(socket.SHUT_RD)  # then closed, with the client's input unread
+
+    async def big() -> AsyncIterator[bytes]:
+        for _ in range(64):
+            yield os.urandom(1 << 17)
+
+    for given in (os.urandom(8 << 20), big()):
+        path = short_tmp / "cut.sock"
+        server = _cutting_agent(path, cut)
+        with pytest.raises(hvsock.ProtocolError):
+            asyncio.run(hvsock.exec_async(f"unix://{path}", ["cat"], input=given))
+        server.join(60)
+        path.unlink()

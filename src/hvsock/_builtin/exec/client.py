@@ -10,14 +10,21 @@ returned.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 
 from ..._core import exec_proto as ep
@@ -27,6 +34,13 @@ from ..._core.framing import encode_frame
 from ..._errors import HvsockError, ProtocolError, RemoteError
 from ..._transports._common import DEFAULT_CONNECT_TIMEOUT, sendall_parts
 from ..._validate import quote
+
+TYPE_CHECKING = False  # not typing's: docs/architecture.md, "Start-up rules"
+if TYPE_CHECKING:
+    # Only exec_async needs asyncio, and imports it when called: the blocking clients
+    # (hvsock.exec, the CLI, the Ansible plugin, whose every task is a new process) do
+    # not pay for loading it.
+    import asyncio
 
 __all__ = ["ExecResult", "exec", "exec_async"]
 
@@ -194,7 +208,10 @@ class ExecSession:
     ) -> ExecSession:
         """Connect and start *start*. Raises :class:`hvsock.HvsockError` subclasses
         (connect failures; :class:`RemoteError` when the agent refuses the service)."""
-        from ..._service.frames import recv_frame
+        # The transports' frame reader, not the service framework's wrapper of it
+        # (whose module loads asyncio).
+        from ..._core.framing import FrameReader
+        from ..._transports.recv import recv_frame
 
         proto = ep.ClientSession()
         start_frame = proto.start(start)
@@ -204,12 +221,12 @@ class ExecSession:
             if service:
                 try:
                     sock.sendall(hello_frame(service))
-                    answer = recv_frame(sock, mux.MAX_HELLO)
+                    got = recv_frame(sock, FrameReader(mux.MAX_HELLO), None)
                 except ConnectionError:
-                    answer = None
-                if answer is None:
+                    got = None
+                if got is None:
                     raise _closed_at_hello()
-                mux.decode_answer(answer)
+                mux.decode_answer(got[1])
             sock.settimeout(None)
             sock.sendall(start_frame)
         except BaseException:
@@ -308,12 +325,51 @@ def _input_chunks(data: Input | None) -> list[memoryview]:
     return [view[i : i + ep.CHUNK] for i in range(0, len(view), ep.CHUNK)]
 
 
+def _piece(piece: object) -> list[memoryview]:
+    if not isinstance(piece, (bytes, bytearray, memoryview)):
+        raise _bad_input(piece, "each piece of input")
+    return _input_chunks(piece)
+
+
 def _stream_chunks(pieces: Iterable[Input]) -> Iterator[memoryview]:
     """Each of *pieces*, taken only when the previous one is sent, cut into frames."""
     for piece in pieces:
-        if not isinstance(piece, (bytes, bytearray, memoryview)):
-            raise _bad_input(piece, "each piece of input")
-        yield from _input_chunks(piece)
+        yield from _piece(piece)
+
+
+async def _stream_chunks_async(
+    pieces: AsyncIterable[Input],
+) -> AsyncGenerator[memoryview, None]:
+    """:func:`_stream_chunks` of an asynchronous iterable."""
+    async for piece in pieces:
+        for chunk in _piece(piece):
+            yield chunk
+
+
+def _chunks(input: Input | Iterable[Input] | None) -> Iterable[memoryview]:
+    """The frames' worth of *input* (bytes-like, or an iterable of bytes-like pieces).
+
+    Raises :class:`hvsock.ArgumentError` for input that is neither, and for a list or
+    tuple with a piece that is not bytes-like (all there already: checked before
+    connecting); a lazy iterable's pieces are checked as they are taken."""
+    if input is None or isinstance(input, (bytes, bytearray, memoryview)):
+        return _input_chunks(input)
+    if isinstance(input, str) or not isinstance(input, Iterable):
+        raise _bad_input(input)
+    if isinstance(input, (list, tuple)):
+        return [chunk for piece in input for chunk in _piece(piece)]
+    return _stream_chunks(input)
+
+
+def _next_chunk(chunks: Iterator[memoryview], failed: list[BaseException]) -> memoryview | None:
+    """The next chunk; None at the end, and when the caller's iterable failed (its
+    exception is then in *failed*). Apart from sending, so that an error of the send
+    (the connection cut) is never taken for the caller's."""
+    try:
+        return next(chunks, None)
+    except Exception as exc:
+        failed.append(exc)
+        return None
 
 
 def exec(
@@ -359,15 +415,7 @@ def exec(
     start = make_start(
         args, env=env, unset=unset, cwd=cwd, user=user, timeout=timeout, max_output=max_output
     )
-    chunks: Iterable[memoryview]
-    if input is None or isinstance(input, (bytes, bytearray, memoryview)):
-        chunks = _input_chunks(input)
-    elif isinstance(input, str) or not isinstance(input, Iterable):
-        raise _bad_input(input)
-    elif isinstance(input, (list, tuple)):  # all there already: checked before connecting
-        chunks = [chunk for piece in input for chunk in _stream_chunks([piece])]
-    else:
-        chunks = _stream_chunks(input)
+    chunks = iter(_chunks(input))
     collector = _Collector(start.argv, stdout, stderr)
     failed: list[BaseException] = []
     with ExecSession.open(
@@ -380,12 +428,12 @@ def exec(
     ) as session:
 
         def feed() -> None:
+            # An OSError here is the connection's (cut, or closed as the session ended):
+            # the reading side reports it.
             with contextlib.suppress(OSError):
-                try:
-                    for chunk in chunks:
-                        session.send_stdin(chunk)
-                except Exception as exc:  # the caller's iterable failed: end the session
-                    failed.append(exc)
+                while (chunk := _next_chunk(chunks, failed)) is not None:
+                    session.send_stdin(chunk)
+                if failed:  # the caller's iterable failed: end the session
                     session.sock.shutdown(socket.SHUT_RDWR)
                     return
                 session.send(ep.StdinEof())
@@ -413,7 +461,7 @@ async def exec_async(
     address: Address | str,
     args: Sequence[str],
     *,
-    input: Input | None = None,
+    input: Input | Iterable[Input] | AsyncIterable[Input] | None = None,
     env: Mapping[str, str] | None = None,
     unset: Iterable[str] = (),
     cwd: str | None = None,
@@ -427,11 +475,25 @@ async def exec_async(
     retries: int = 0,
     reserved_port: bool | str = "try",
 ) -> ExecResult:
-    """The asyncio twin of :func:`exec`: same arguments, result and errors."""
+    """The asyncio twin of :func:`exec`: same arguments, result and errors.
+
+    *input* may also be an asynchronous iterable of bytes-like pieces (an async
+    generator): each piece is awaited only when the one before it is sent, while the
+    output arrives, so it may wait for what the command prints. A plain iterable's
+    pieces are taken in the event loop's thread, so it must not block (a file's
+    reads, a list)."""
+    import asyncio
+
     start = make_start(
         args, env=env, unset=unset, cwd=cwd, user=user, timeout=timeout, max_output=max_output
     )
-    chunks = _input_chunks(input)
+    achunks: AsyncGenerator[memoryview, None] | None = None
+    chunks: Iterator[memoryview] = iter(())
+    if isinstance(input, AsyncIterable):
+        achunks = _stream_chunks_async(input)
+    else:
+        chunks = iter(_chunks(input))
+    failed: list[BaseException] = []
     collector = _Collector(start.argv, stdout, stderr)
     proto = ep.ClientSession()
     start_frame = proto.start(start)
@@ -439,11 +501,25 @@ async def exec_async(
         address, timeout=connect_timeout, retries=retries, reserved_port=reserved_port
     )
 
+    async def next_chunk() -> memoryview | None:
+        if achunks is None:
+            return _next_chunk(chunks, failed)
+        try:
+            return await anext(achunks)
+        except StopAsyncIteration:
+            return None
+        except Exception as exc:  # the caller's iterable, not the connection
+            failed.append(exc)
+            return None
+
     async def feed() -> None:
         with contextlib.suppress(OSError):  # the session ended, or the connection broke
-            for chunk in chunks:
+            while (chunk := await next_chunk()) is not None:
                 writer.writelines([proto.stdin_head(len(chunk)), chunk])
                 await writer.drain()
+            if failed:  # the caller's iterable failed: end the session
+                writer.transport.abort()
+                return
             writer.write(proto.send(ep.StdinEof()))
             await writer.drain()
 
@@ -467,7 +543,13 @@ async def exec_async(
                 data = await reader.read(proto.wanted())
             except ConnectionError:
                 data = b""
-            for event in proto.receive(data):
+            try:
+                events = proto.receive(data)
+            except HvsockError:
+                if failed:
+                    raise failed[0] from None
+                raise
+            for event in events:
                 result = collector.handle(event)
                 if result is not None:
                     return result
@@ -476,6 +558,8 @@ async def exec_async(
             feeder.cancel()
             with contextlib.suppress(asyncio.CancelledError, OSError):
                 await feeder
+        if achunks is not None:
+            await achunks.aclose()  # here, not by the loop's finalizer at some later time
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()

@@ -157,7 +157,6 @@ from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
 import hvsock
-import hvsock.windows
 
 display = Display()
 
@@ -182,9 +181,11 @@ def cp_address_for(agent_address: str) -> str:
     if isinstance(address, hvsock.HyperVAddress):
         return str(hvsock.HyperVAddress.for_port(address.vm_id, CP_PORT))
     if isinstance(address, hvsock.NamedVmAddress):
-        return str(
-            hvsock.NamedVmAddress(address.vm_name, hvsock.windows.service_id_for_port(CP_PORT))
-        )
+        # Here, not at the top: Ansible imports this module afresh in every task's
+        # worker process, and only Hyper-V names need the Windows layer.
+        from hvsock.windows import service_id_for_port
+
+        return str(hvsock.NamedVmAddress(address.vm_name, service_id_for_port(CP_PORT)))
     raise AnsibleError(
         f"{agent_address} has no port to derive the cp service's address from: set "
         "ansible_hvsock_cp_address to the address of the agent's [cp] listen"
@@ -277,11 +278,16 @@ class _Jump:
 class _PromptAnswer:
     """Answers become's password prompt the way ssh's plugin does, for a command that
     has no terminal: its input waits until the command prints the prompt (the password
-    goes first) or become's success line (no password was asked), then follows."""
+    goes first) or become's success line (no password was asked), then follows.
+
+    Each piece of output is searched once (with the few bytes before it where a prompt
+    or success line may have begun): searching the whole output again for every piece
+    made a command's output quadratic to receive."""
 
     def __init__(self, become: object, password: bytes, data: bytes) -> None:
         self._become = become
         self._prompt = to_bytes(become.prompt).strip()  # type: ignore[attr-defined]
+        self._success = to_bytes(become.success)  # type: ignore[attr-defined]
         self._password = password
         self._data = data
         self._cond = threading.Condition()
@@ -289,11 +295,17 @@ class _PromptAnswer:
         self.err = bytearray()
         self.prompts = 0
         self.ended = False
+        self._succeeded = False
+        self._success_from = 0  # where in out the next look for the success line starts
 
     def _seen(self, buf: bytearray, data: bytes) -> None:
         with self._cond:
+            # A prompt that ends in the new bytes starts at most len(prompt) - 1 before
+            # them; one that ended before them was counted then.
+            start = max(0, len(buf) - len(self._prompt) + 1)
             buf.extend(data)
-            self.prompts = self.out.count(self._prompt) + self.err.count(self._prompt)
+            if self._prompt:
+                self.prompts += buf.count(self._prompt, start)
             self._cond.notify_all()
 
     def on_stdout(self, data: bytes) -> None:
@@ -304,7 +316,17 @@ class _PromptAnswer:
 
     @property
     def succeeded(self) -> bool:
-        return bool(self._become.check_success(bytes(self.out)))  # type: ignore[attr-defined]
+        with self._cond:
+            if not self._succeeded:
+                # become's own test, on the output not looked at yet: the success line
+                # is a string within one line, so a line cut at the start still has it.
+                self._succeeded = bool(
+                    self._become.check_success(  # type: ignore[attr-defined]
+                        bytes(self.out[self._success_from :])
+                    )
+                )
+                self._success_from = max(0, len(self.out) - len(self._success) + 1)
+            return self._succeeded
 
     def _wait(self, until: object) -> None:
         with self._cond:
