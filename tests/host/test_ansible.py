@@ -14,9 +14,11 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -816,3 +818,51 @@ def test_a_tasks_worker_loads_no_asyncio_and_logs_put_and_fetch_in_the_debug_log
     ], done.stdout
     times = [t for t, _ in logged]
     assert times == sorted(times)
+
+
+CUT_WORKER = """
+import os, sys
+from ansible.errors import AnsibleConnectionFailure
+from ansible.playbook.play_context import PlayContext
+from ansible.plugins.loader import connection_loader, init_plugin_loader
+init_plugin_loader()
+conn = connection_loader.get("hvsock.vm.hvsock", PlayContext(), None)
+conn.set_options(var_options={"ansible_host": sys.argv[1]})
+conn._connect()
+try:
+    conn.exec_command("/usr/bin/python3", in_data=os.urandom(8 << 20))
+except AnsibleConnectionFailure as e:
+    print("unreachable:", e)
+except Exception as e:
+    print("other:", type(e).__name__, e)
+"""
+
+
+def test_a_connection_cut_while_the_module_is_sent_is_unreachable(short_tmp: Path) -> None:
+    """The agent goes away while a pipelined module (the command's input) is still being
+    sent: AnsibleConnectionFailure, which Ansible reports as UNREACHABLE, not a task
+    failure with a BrokenPipeError's traceback."""
+    from tests.host.test_exec import _cutting_agent
+
+    done = threading.Event()
+
+    def cut(conn: socket.socket) -> None:
+        conn.shutdown(socket.SHUT_RD)  # the plugin's sends fail from here
+        done.wait(2)  # its reading side sees the end later (or when it gave up)
+
+    server = _cutting_agent(short_tmp / "cut.sock", cut)
+    try:
+        ran = subprocess.run(
+            [sys.executable, "-c", CUT_WORKER, f"unix://{short_tmp / 'cut.sock'}"],
+            env=ansible_env(short_tmp),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        done.set()
+        server.join(60)
+    said = ran.stdout.strip().splitlines()[-1:] or [ran.stderr]
+    assert said[0].startswith("unreachable: hvsock: running a command through the agent"), said
+    assert "closed the connection before the command's exit" in said[0]
