@@ -395,6 +395,17 @@ TABLE: dict[str, tuple[str, str]] = {
         "installs packages; the test extra brings the same "
         "ansible-core, which tests/host/test_ansible.py uses",
     ),
+    "pip install -e '.[dev,ansible]'": (
+        NOT,
+        "installs packages (the development set-up); tests/host/test_ansible.py uses "
+        "the same ansible-core",
+    ),
+    ".venv/bin/python benchmarks/bench_ansible.py [--only commands|copy] [--json]": (
+        NOT,
+        "a benchmark (minutes; needs openssh-server): run by hand; the plugin is tested "
+        "in tests/host/test_ansible.py, and the put_file debug lines the breakdown reads "
+        "by its worker test",
+    ),
     "ansible-inventory -i kvm1.hvsock.yml -i kvm2.hvsock.yml --graph": (
         NOT,
         "needs a host with VMs and an ssh jump host; tests/host/test_ansible_inventory.py "
