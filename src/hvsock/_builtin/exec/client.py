@@ -558,8 +558,10 @@ async def exec_async(
             feeder.cancel()
             with contextlib.suppress(asyncio.CancelledError, OSError):
                 await feeder
-        if achunks is not None:
-            await achunks.aclose()  # here, not by the loop's finalizer at some later time
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
+        try:
+            if achunks is not None:
+                await achunks.aclose()  # here, not by the loop's finalizer some time later
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
