@@ -154,6 +154,23 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+#: A server command's default --grace: _server.lifecycle.DEFAULT_GRACE, spelled out here
+#: because every command imports this module and lifecycle pulls in asyncio
+#: (tests/unit/test_cli_grace.py keeps the two equal).
+DEFAULT_GRACE = 10.0
+
+
+def add_grace(parser: argparse.ArgumentParser, what: str = "open connections") -> None:
+    """The one ``--grace`` of every server command, so they all stop alike."""
+    parser.add_argument(
+        "--grace",
+        type=non_negative_float,
+        default=DEFAULT_GRACE,
+        help=f"seconds {what} get to finish on SIGTERM / Ctrl-C; a second signal "
+        f"cuts them (default {DEFAULT_GRACE:g})",
+    )
+
+
 def raise_open_files_limit() -> None:
     """Raise the soft open-files limit to the hard one: each relayed connection needs
     two sockets and, while bytes are in flight, up to two pipes."""

@@ -82,6 +82,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
         "(a link in a root may lead outside it)",
     )
     p.add_argument("--ready-file", help="with --serve: write JSON {pid, services} when ready")
+    cliargs.add_grace(p, "with --serve: transfers in progress")
     p.add_argument("--remote", metavar="ADDRESS", help="the file service to copy through")
     p.add_argument("-r", "--recursive", action="store_true", help="copy directories")
     p.add_argument(
@@ -256,7 +257,7 @@ def _serve(args: argparse.Namespace, err: TextIO) -> int:
         err.write(f"hvsock: serving {', '.join(args.paths)} on {addresses[service.name]}\n")
         err.flush()
 
-    host = ServiceHost(grace=5.0, ready_file=args.ready_file, on_ready=ready)
+    host = ServiceHost(grace=args.grace, ready_file=args.ready_file, on_ready=ready)
     host.add(service, args.listen)
     asyncio.run(host.serve())
     return EXIT_OK

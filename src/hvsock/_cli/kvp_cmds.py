@@ -210,12 +210,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
         "repeat for more (default: the host only)",
     )
     p.add_argument("--ready-file", help="write JSON {pid, services} here once listening")
-    p.add_argument(
-        "--grace",
-        type=cliargs.positive_float,
-        default=5.0,
-        help="seconds in-flight requests get on stop (default 5)",
-    )
+    cliargs.add_grace(p, "in-flight requests")
     _common(p, suppress)
     return {"kvp": cmd_kvp}
 

@@ -64,12 +64,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
         default=300.0,
         help="close a connection idle this many seconds (default 300)",
     )
-    p.add_argument(
-        "--grace",
-        type=cliargs.non_negative_float,
-        default=10.0,
-        help="seconds in-flight connections get on stop; a second signal cuts them (default 10)",
-    )
+    cliargs.add_grace(p, "in-flight connections")
     p.add_argument("--ready-file", help="write JSON {pid, services} here once listening")
 
     p = sub.add_parser(

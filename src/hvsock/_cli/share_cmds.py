@@ -61,6 +61,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
         help="server (default): files belong to this server's user; "
         "passthrough (root only): new files get the client's uid/gid",
     )
+    cliargs.add_grace(s, "open requests")
     s.add_argument("--ready-file", help="write JSON {pid, services} when ready")
 
     m = sub.add_parser(
@@ -135,7 +136,7 @@ def cmd_share(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         )
         err.flush()
 
-    host = ServiceHost(grace=5.0, ready_file=args.ready_file, on_ready=ready)
+    host = ServiceHost(grace=args.grace, ready_file=args.ready_file, on_ready=ready)
     host.add(service, args.listen)
     asyncio.run(host.serve())
     return EXIT_OK

@@ -52,13 +52,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
         default=0o600,
         help="file mode of a unix/hybrid socket, octal (default 600)",
     )
-    s.add_argument(
-        "--grace",
-        type=cliargs.non_negative_float,
-        default=10.0,
-        help="seconds open connections get to finish on SIGTERM / Ctrl-C; a "
-        "second signal cuts them (default 10)",
-    )
+    cliargs.add_grace(s)
     s.add_argument("--ready-file", help="write JSON {pid, address} here once listening")
     c = modes.add_parser(
         "client",
