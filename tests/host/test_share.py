@@ -508,31 +508,35 @@ class _Conn:
     log = _Log()
 
 
-def test_a_clunked_file_stays_open_until_its_last_read_ends(tmp_path: Path) -> None:
+def test_a_clunked_file_stays_open_until_its_last_read_ends(tmp_path: Path, portable: bool) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from hvsock._builtin.share import server
+    from hvsock._builtin.share.portable import PortableFs
 
     (tmp_path / "f").write_bytes(b"data")
+    exports = server._exports([tmp_path])
+    shared = PortableFs([e.path for e in exports])
     config = server._Config(
-        server._exports([tmp_path]),
+        exports,
         read_only=False,
-        ownership="server",
+        ownership="synthesized" if portable else "server",
         max_fids=10,
         max_inflight=4,
         vm_allow_given=True,
         pool=ThreadPoolExecutor(1),
+        backend=(lambda: shared) if portable else None,
     )
     session = server._Session(config, _Conn())  # type: ignore[arg-type]
-    session.roots = [os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)]
     session.msize = 8192
     try:
         session.t_attach(0, p.NOFID, b"u", b"", 0)
         session.t_walk(0, 1, (b"f",))
         session.t_lopen(1, os.O_RDONLY)
         fid = session.fids[1]
-        with session.opened(fid) as fd:  # a read in flight
+        with session.opened(fid) as handle:  # a read in flight
             session.t_clunk(1)
+            fd = handle.fd if portable else handle
             assert os.pread(fd, 4, 0) == b"data"  # not closed under the read
             with pytest.raises(server._Errno) as gone:
                 session.t_read(1, 0, 4)
@@ -543,5 +547,5 @@ def test_a_clunked_file_stays_open_until_its_last_read_ends(tmp_path: Path) -> N
             pass
     finally:
         session.clunk_all()
-        os.close(session.roots[0])
+        session.files.close()
         config.pool.shutdown()

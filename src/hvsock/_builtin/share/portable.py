@@ -544,9 +544,17 @@ class PortableFs:
     ) -> None:
         # owner: accepted and ignored (everything belongs to whoever attached).
         with self.meta:
-            path, st = self.walk(export, parts)
+            path: str | int
+            try:
+                path, st = self.walk(export, parts)
+            except FileNotFoundError:
+                if handle is None or handle.fd is None:
+                    raise
+                # An open file whose name is gone: what CPython can do by descriptor.
+                path, st = handle.fd, os.fstat(handle.fd)
             plain = stat.S_ISREG(st.st_mode) and not redirects(st)
-            if mode is not None and plain:
+            by_fd = isinstance(path, int)
+            if mode is not None and plain and (not by_fd or os.chmod in os.supports_fd):
                 # Only the owner's write bit (Windows: the read-only attribute).
                 os.chmod(path, (stat.S_IMODE(st.st_mode) & ~stat.S_IWUSR) | (mode & stat.S_IWUSR))
             if size is not None:
@@ -557,7 +565,11 @@ class PortableFs:
                 else:
                     os.truncate(path, size)
             atime, mtime = times
-            if (atime is not None or mtime is not None) and not redirects(st):
+            if (
+                (atime is not None or mtime is not None)
+                and not redirects(st)
+                and (not by_fd or os.utime in os.supports_fd)
+            ):
                 now = time.time_ns()
                 a = st.st_atime_ns if atime is None else now if atime < 0 else atime
                 m = st.st_mtime_ns if mtime is None else now if mtime < 0 else mtime
