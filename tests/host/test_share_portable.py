@@ -212,9 +212,11 @@ def test_no_xattrs_devices_or_fifos(tree: tuple[Path, Path, str]) -> None:
 def test_a_client_racing_its_own_renames_never_reaches_outside(
     tree: tuple[Path, Path, str],
 ) -> None:
-    """One connection keeps swapping sub for a link to the outside and back, another
-    keeps creating, opening for truncation and writing below sub: everything lands in
-    the export (the portable backend resolves and acts under one lock)."""
+    """One connection keeps swapping sub for a link to the outside and back; another
+    keeps making new names below sub (pipelined, so several run at once) and opening
+    sub/f for truncation: everything lands in the export, every refusal is one a
+    swapped directory explains. (A swap takes two requests, so a missing lock is
+    rarely caught here: the next test checks the lock itself.)"""
     export, outside, address = tree
     (outside / "f").write_bytes(b"outside f")
     before = snapshot(outside)
@@ -222,11 +224,12 @@ def test_a_client_racing_its_own_renames_never_reaches_outside(
         swapper, writer = Client(unix_path(real)), Client(unix_path(real))
         swapper.attach(0)
         writer.attach(0)
+        writer.walk(0, 1, b"sub")  # resolved again by every request that uses it
         errors: list[BaseException] = []
 
         def swap() -> None:
             try:
-                for _ in range(150):
+                for _ in range(300):
                     swapper.rpc(p.TRENAMEAT, 0, b"sub", 0, b"real")
                     swapper.rpc(p.TSYMLINK, 0, b"sub", b"../outside", 0)
                     swapper.rpc(p.TUNLINKAT, 0, b"sub", 0)
@@ -237,28 +240,66 @@ def test_a_client_racing_its_own_renames_never_reaches_outside(
         thread = threading.Thread(target=swap)
         thread.start()
         refused: set[int] = set()
-        for fid in range(10, 610, 2):
-            steps = (
-                (p.TWALK, 0, fid, (b"sub", b"f")),
-                (p.TLOPEN, fid, RDWR | os.O_TRUNC),
-                (p.TWRITE, fid, 0, b"written"),
-                (p.TWALK, 0, fid + 1, (b"sub",)),
-                (p.TLCREATE, fid + 1, b"secret", CREATE, 0o644, 0),
-            )
-            for kind, *args in steps:
-                try:
-                    writer.rpc(kind, *args)
-                except Rlerror as exc:
-                    refused.add(exc.errno)
-        # What a swapped directory gives: gone, not a directory, or no fid to use.
-        assert refused <= {errno.ENOENT, errno.ENOTDIR, errno.EBADF}
+        made = 0
+        for round_ in range(1000):  # bounded; ends with the swapper
+            if not thread.is_alive():
+                break
+            batch = []
+            for k in range(8):
+                made += 1
+                name = b"n%d" % made
+                batch.append(p.Message(p.TMKDIR, 1 + k * 3, (1, name + b"d", 0o755, 0)))
+                batch.append(p.Message(p.TMKNOD, 2 + k * 3, (1, name + b"f", 0o100644, 0, 0, 0)))
+                batch.append(p.Message(p.TSYMLINK, 3 + k * 3, (1, name + b"l", b"x", 0)))
+            fid = 100 + round_
+            batch.append(p.Message(p.TWALK, 30, (0, fid, (b"sub", b"f"))))
+            writer.sock.sendall(b"".join(p.encode(m) for m in batch))
+            for _ in batch:
+                reply = writer.recv()
+                assert reply is not None
+                if reply.type == p.RLERROR:
+                    refused.add(reply.args[0])
+            try:
+                writer.rpc(p.TLOPEN, fid, RDWR | os.O_TRUNC)
+                writer.rpc(p.TWRITE, fid, 0, b"written")
+            except Rlerror as exc:
+                refused.add(exc.errno)
         thread.join(120)
         assert not thread.is_alive()
         assert not errors, errors
+        # What a swapped directory gives: gone, not a directory, a changed file, no fid.
+        assert refused <= {errno.ENOENT, errno.ENOTDIR, errno.ESTALE, errno.EBADF}, refused
+        assert made > 100
         probe = Client(unix_path(real))  # still serving
         probe.attach(0)
         probe.close()
     assert snapshot(outside) == before
+
+
+def test_every_resolve_then_act_waits_for_the_one_in_progress(tmp_path: Path) -> None:
+    """The server-wide lock: while one request is between its check and its act (the
+    test holds the lock as that request), another's change does not happen; it does
+    as soon as the lock is let go."""
+    (tmp_path / "sub").mkdir()
+    fs = PortableFs([os.fsencode(tmp_path)])
+    done = threading.Event()
+
+    def other_client() -> None:
+        fs.mkdir(0, (b"sub",), b"new", 0o755, 0, 0)
+        fs.rename(0, (), b"sub", (), b"moved")
+        done.set()
+
+    with fs.meta:
+        thread = threading.Thread(target=other_client)
+        thread.start()
+        # Bounded, and can only pass wrongly (late), never fail wrongly.
+        assert not done.wait(0.5)
+        assert sorted(os.listdir(tmp_path)) == ["sub"]
+        assert os.listdir(tmp_path / "sub") == []
+    assert done.wait(60)
+    thread.join(60)
+    assert sorted(os.listdir(tmp_path)) == ["moved"]
+    assert os.listdir(tmp_path / "moved") == ["new"]
 
 
 def test_a_file_swapped_between_the_check_and_the_open_is_refused(tmp_path: Path) -> None:
