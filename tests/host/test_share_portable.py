@@ -318,6 +318,36 @@ def test_a_file_swapped_between_the_check_and_the_open_is_refused(tmp_path: Path
     os.close(same)
 
 
+class _LocalSwap(PortableFs):
+    """The real backend, with a local process on the server staged in the one window
+    it cannot close: right after the check of sub/f, sub is swapped for a link."""
+
+    def __init__(self, export: Path, outside: Path) -> None:
+        super().__init__([os.fsencode(export)])
+        self.export, self.outside = export, outside
+
+    def walk(self, export: int, parts: tuple[bytes, ...]) -> tuple[str, os.stat_result]:
+        found = super().walk(export, parts)
+        if parts == (b"sub", b"f"):
+            os.rename(self.export / "sub", self.export / "real")
+            os.symlink(self.outside, self.export / "sub")
+        return found
+
+
+def test_a_local_swap_after_the_check_opens_nothing_outside(tmp_path: Path) -> None:
+    export, outside = tmp_path / "export", tmp_path / "outside"
+    (export / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (export / "sub" / "f").write_bytes(b"inside")
+    (outside / "f").write_bytes(b"outside")
+    fs = _LocalSwap(export, outside)
+    with pytest.raises(FsErrno) as info:
+        fs.lopen(0, (b"sub", b"f"), os.O_RDWR | os.O_TRUNC, 0)
+    assert info.value.code == errno.ESTALE  # opened, found to be another file, closed
+    assert (outside / "f").read_bytes() == b"outside"  # not truncated
+    assert (export / "real" / "f").read_bytes() == b"inside"
+
+
 def test_portable_arguments(tmp_path: Path) -> None:
     share = hvsock.services.share_service
     with pytest.raises(hvsock.ArgumentError, match="portable backend's"):
