@@ -746,8 +746,6 @@ class _Session:
 
     def t_readlink(self, fid: int) -> tuple[Any, ...]:
         target = self.fid(fid)
-        if not target.parts:
-            raise _Errno(errno.EINVAL)  # the export's root is a directory
         return (self.files.readlink(target.export, target.parts),)
 
     def rename(self, old_dir: _Fid, old: bytes, new_dir: _Fid, new: bytes) -> None:
