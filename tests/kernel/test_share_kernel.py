@@ -429,7 +429,8 @@ def test_mount_hvsock_helper_for_fstab(hvsock_cmd: list[str], tmp_path: Path) ->
 def test_portable_backend_under_the_kernel_client(hvsock_cmd: list[str], tmp_path: Path) -> None:
     """`hvsock share --portable` (the backend a Windows host uses) mounted by v9fs: files
     round-trip, names change, links planted outside the server lead nowhere, Windows'
-    forbidden names are refused, and modes and owners are the synthesized ones."""
+    forbidden names are refused, modes and owners are the synthesized ones, and fcntl
+    locks conflict between two processes."""
     with shared(hvsock_cmd, tmp_path, "--portable") as s:
         mnt, export, outside = s.mnt, s.export, s.outside
         for size in (0, 1, 4097, MB + 3):
@@ -497,3 +498,21 @@ def test_portable_backend_under_the_kernel_client(hvsock_cmd: list[str], tmp_pat
         with pytest.raises(OSError, match="not supported") as info:
             os.setxattr(mnt / "made", "user.x", b"1")
         assert info.value.errno == errno.EOPNOTSUPP
+
+        # fcntl locks: kept in the server's own table, they conflict between processes.
+        def other() -> str:
+            done = subprocess.run(
+                [sys.executable, "-c", LOCKER, str(mnt / "made")],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+            return done.stdout.split()[0]
+
+        with (mnt / "made").open("r+b") as f:
+            fcntl.lockf(f, fcntl.LOCK_EX)
+            assert other() == "busy"
+            fcntl.lockf(f, fcntl.LOCK_UN)
+            assert other() == "locked"  # and its lock goes when it exits
+        assert other() == "locked"
