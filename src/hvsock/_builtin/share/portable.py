@@ -394,7 +394,10 @@ class PortableFs:
         fd = self.fd_of(handle)
         with handle.io:  # no pread on Windows: the seek and the read go together
             os.lseek(fd, offset, os.SEEK_SET)
-            out = bytearray()
+            data = os.read(fd, count)
+            if len(data) == count or not data:
+                return data  # a regular file's usual answer, not copied again
+            out = bytearray(data)
             while len(out) < count and (piece := os.read(fd, count - len(out))):
                 out += piece
         return bytes(out)
