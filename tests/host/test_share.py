@@ -26,6 +26,13 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "O_PATH"), reason="the share nee
 RDWR, CREAT_MODE = os.O_RDWR, 0o644
 
 
+@pytest.fixture(params=[False, True], ids=["linux", "portable"])
+def portable(request: pytest.FixtureRequest) -> bool:
+    """The protocol tests run against both backends: O_PATH, and the portable one
+    (what a Windows host uses), forced here with portable=True."""
+    return bool(request.param)
+
+
 @pytest.fixture
 def tree(short_tmp: Path) -> tuple[Path, Path, str]:
     export, outside = short_tmp / "export", short_tmp / "outside"
@@ -46,9 +53,9 @@ def errno_of(call: object, *args: object) -> int:
     return info.value.errno
 
 
-def test_files_and_directories_round_trip(tree: tuple[Path, Path, str]) -> None:
+def test_files_and_directories_round_trip(tree: tuple[Path, Path, str], portable: bool) -> None:
     export, _, address = tree
-    with sharing([export], address, allow=["any"]) as real:
+    with sharing([export], address, portable=portable, allow=["any"]) as real:
         c = Client(unix_path(real))
         root = c.attach(0)
         assert root.type == p.QTDIR
@@ -59,7 +66,10 @@ def test_files_and_directories_round_trip(tree: tuple[Path, Path, str]) -> None:
         assert (export / "new").read_bytes() == b"x" * 5000
         attr = c.rpc(p.TGETATTR, 1, 0x7FF).args
         assert attr[7] == 5000
-        assert attr[2] & 0o777 == CREAT_MODE & ~os.umask(0o22) & 0o777
+        # Synthesized on the portable backend: 0644 for a file its owner may write.
+        created = 0o644 if portable else CREAT_MODE & ~os.umask(0o22) & 0o777
+        assert attr[2] & 0o777 == created
+        assert attr[3] == (0 if portable else os.geteuid())  # portable: whoever attached
         c.rpc(p.TMKDIR, 0, b"d", 0o755, 0)
         assert (export / "d").is_dir()
         c.rpc(p.TRENAMEAT, 0, b"new", 0, b"d2")  # rename
@@ -88,17 +98,23 @@ def test_files_and_directories_round_trip(tree: tuple[Path, Path, str]) -> None:
         c.rpc(p.TUNLINKAT, 0, b"d", 0x200)
         assert not (export / "hard").exists()
         assert not (export / "d").exists()
-        c.rpc(p.TSETATTR, 1, 1 | 8, 0o600, 0, 0, 10, 0, 0, 0, 0)
+        on_disk = (export / "d2").stat().st_mode & 0o777
+        c.rpc(p.TSETATTR, 1, 1 | 8, 0o600 if not portable else 0o400, 0, 0, 10, 0, 0, 0, 0)
         assert (export / "d2").stat().st_size == 10
-        assert (export / "d2").stat().st_mode & 0o777 == 0o600
+        # The portable backend takes only the owner's write bit (Windows' read-only).
+        want = on_disk & ~0o200 if portable else 0o600
+        assert (export / "d2").stat().st_mode & 0o777 == want
+        assert c.rpc(p.TGETATTR, 1, 0x7FF).args[2] & 0o777 == (0o444 if portable else 0o600)
         c.rpc(p.TFSYNC, 1, 0)
         assert c.rpc(p.TSTATFS, 0).args[0] == 0x01021997
         c.close()
 
 
-def test_locks_conflict_between_fids_and_clear_on_clunk(tree: tuple[Path, Path, str]) -> None:
+def test_locks_conflict_between_fids_and_clear_on_clunk(
+    tree: tuple[Path, Path, str], portable: bool
+) -> None:
     export, _, address = tree
-    with sharing([export], address, allow=["any"]) as real:
+    with sharing([export], address, portable=portable, allow=["any"]) as real:
         a, b = Client(unix_path(real)), Client(unix_path(real))
         for c in (a, b):
             c.attach(0)
@@ -112,10 +128,10 @@ def test_locks_conflict_between_fids_and_clear_on_clunk(tree: tuple[Path, Path, 
         assert b.rpc(p.TLOCK, 1, 1, 0, 0, 0, 22, b"b").args == (0,)
 
 
-def test_several_tags_in_flight_and_flush(tree: tuple[Path, Path, str]) -> None:
+def test_several_tags_in_flight_and_flush(tree: tuple[Path, Path, str], portable: bool) -> None:
     export, _, address = tree
     (export / "big").write_bytes(os.urandom(1 << 16))
-    with sharing([export], address, allow=["any"]) as real:
+    with sharing([export], address, portable=portable, allow=["any"]) as real:
         c = Client(unix_path(real))
         c.attach(0)
         c.walk(0, 1, b"big")
@@ -138,10 +154,10 @@ def test_several_tags_in_flight_and_flush(tree: tuple[Path, Path, str]) -> None:
         assert replies[100].type == p.RFLUSH
 
 
-def test_escape_routes_are_closed(tree: tuple[Path, Path, str]) -> None:
+def test_escape_routes_are_closed(tree: tuple[Path, Path, str], portable: bool) -> None:
     export, outside, address = tree
     before = snapshot(outside)
-    with sharing([export], address, allow=["any"]) as real:
+    with sharing([export], address, portable=portable, allow=["any"]) as real:
         c = Client(unix_path(real))
         root = c.attach(0)
         assert c.walk(0, 1, b"..", b"..", b"..")[-1] == root  # .. stops at the root
@@ -180,10 +196,12 @@ def test_escape_routes_are_closed(tree: tuple[Path, Path, str]) -> None:
     assert os.stat(outside / "secret").st_mode & 0o777 == 0o600
 
 
-def test_read_only_refuses_every_change(tree: tuple[Path, Path, str]) -> None:
+def test_read_only_refuses_every_change(tree: tuple[Path, Path, str], portable: bool) -> None:
     export, _, address = tree
     before = snapshot(export)
-    with sharing({"data": export}, address, allow=["any"], read_only=True) as real:
+    with sharing(
+        {"data": export}, address, portable=portable, allow=["any"], read_only=True
+    ) as real:
         c = Client(unix_path(real))
         c.attach(0, b"data")
         c.walk(0, 1, b"sub", b"f")
@@ -204,11 +222,13 @@ def test_read_only_refuses_every_change(tree: tuple[Path, Path, str]) -> None:
     assert snapshot(export) == before
 
 
-def test_fids_are_capped_and_walks_are_bounded(tree: tuple[Path, Path, str]) -> None:
+def test_fids_are_capped_and_walks_are_bounded(
+    tree: tuple[Path, Path, str], portable: bool
+) -> None:
     export, _, address = tree
     deep = export.joinpath(*[f"d{i}" for i in range(16)])
     deep.mkdir(parents=True)
-    with sharing([export], address, allow=["any"], max_fids=1000) as real:
+    with sharing([export], address, portable=portable, allow=["any"], max_fids=1000) as real:
         c = Client(unix_path(real))
         c.attach(0)
         granted = refused = 0
@@ -233,9 +253,9 @@ def test_fids_are_capped_and_walks_are_bounded(tree: tuple[Path, Path, str]) -> 
         other.close()
 
 
-def test_messages_before_version_and_garbage(tree: tuple[Path, Path, str]) -> None:
+def test_messages_before_version_and_garbage(tree: tuple[Path, Path, str], portable: bool) -> None:
     export, _, address = tree
-    with sharing([export], address, allow=["any"]) as real:
+    with sharing([export], address, portable=portable, allow=["any"]) as real:
         early = Client(unix_path(real), msize=0)
         assert errno_of(early.attach, 0) == errno.EPROTO
         for junk in (
@@ -275,8 +295,10 @@ def hostile(draw: st.DrawFn) -> p.Message:
     return p.Message(kind, 1, tuple(draw(_ARGS[c]) for c in p.LAYOUTS[kind]))
 
 
-@pytest.fixture(scope="module")
-def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, str]]:
+@pytest.fixture(scope="module", params=[False, True], ids=["linux", "portable"])
+def fuzz_target(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[tuple[Path, Path, str]]:
     top = Path(tmp_path_factory.mktemp("fz"))
     sock_dir = Path(os.environ.get("TMPDIR", "/tmp"))
     export, outside = top / "export", top / "outside"
@@ -287,8 +309,8 @@ def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path
     (export / "out-file").symlink_to(outside / "secret")
     (export / "sub").mkdir()
     (export / "sub" / "f").write_bytes(b"hello")
-    path = sock_dir / f"hvsock-fuzz-{os.getpid()}.sock"
-    with sharing([export], f"unix://{path}", allow=["any"]) as real:
+    path = sock_dir / f"hvsock-fuzz-{os.getpid()}-{int(request.param)}.sock"
+    with sharing([export], f"unix://{path}", allow=["any"], portable=request.param) as real:
         yield export, outside, unix_path(real)
 
 
@@ -333,9 +355,9 @@ def test_vm_sockets_need_an_explicit_allowlist_and_bad_arguments(tmp_path: Path)
     assert hvsock.services.share_service([tmp_path], allow=[3]).allow == frozenset({3})
 
 
-def test_unix_peers_without_allow_are_served(tree: tuple[Path, Path, str]) -> None:
+def test_unix_peers_without_allow_are_served(tree: tuple[Path, Path, str], portable: bool) -> None:
     export, _, address = tree
-    with sharing([export], address) as real:
+    with sharing([export], address, portable=portable) as real:
         c = Client(unix_path(real))
         assert c.attach(0).type == p.QTDIR
         sock = socket.socket(socket.AF_UNIX)
@@ -420,9 +442,11 @@ def test_user_xattrs_set_read_list_remove(tree: tuple[Path, Path, str]) -> None:
     assert os.listxattr(outside / "secret") == []
 
 
-def test_read_only_share_refuses_xattr_changes(tree: tuple[Path, Path, str]) -> None:
+def test_read_only_share_refuses_xattr_changes(
+    tree: tuple[Path, Path, str], portable: bool
+) -> None:
     export, _, address = tree
-    with sharing([export], address, allow=["any"], read_only=True) as real:
+    with sharing([export], address, portable=portable, allow=["any"], read_only=True) as real:
         c = Client(unix_path(real))
         c.attach(0)
         c.walk(0, 1, b"sub", b"f")
@@ -431,7 +455,7 @@ def test_read_only_share_refuses_xattr_changes(tree: tuple[Path, Path, str]) -> 
 
 
 def test_a_clunk_during_reads_never_hands_back_another_files_bytes(
-    tree: tuple[Path, Path, str],
+    tree: tuple[Path, Path, str], portable: bool
 ) -> None:
     """Reads pipelined with a Tclunk of their fid, then opens that may take its
     descriptor number: each read answers the right bytes or EBADF, never B's."""
@@ -439,7 +463,7 @@ def test_a_clunk_during_reads_never_hands_back_another_files_bytes(
     (export / "a").write_bytes(b"A" * 65536)
     for i in range(20):
         (export / f"b{i}").write_bytes(b"B" * 65536)
-    with sharing([export], address, allow=["any"]) as real:
+    with sharing([export], address, portable=portable, allow=["any"]) as real:
         c = Client(unix_path(real), msize=1 << 17)
         c.attach(0)
         for round_ in range(20):
@@ -484,31 +508,35 @@ class _Conn:
     log = _Log()
 
 
-def test_a_clunked_file_stays_open_until_its_last_read_ends(tmp_path: Path) -> None:
+def test_a_clunked_file_stays_open_until_its_last_read_ends(tmp_path: Path, portable: bool) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from hvsock._builtin.share import server
+    from hvsock._builtin.share.portable import PortableFs
 
     (tmp_path / "f").write_bytes(b"data")
+    exports = server._exports([tmp_path])
+    shared = PortableFs([e.path for e in exports])
     config = server._Config(
-        server._exports([tmp_path]),
+        exports,
         read_only=False,
-        ownership="server",
+        ownership="synthesized" if portable else "server",
         max_fids=10,
         max_inflight=4,
         vm_allow_given=True,
         pool=ThreadPoolExecutor(1),
+        backend=(lambda: shared) if portable else None,
     )
     session = server._Session(config, _Conn())  # type: ignore[arg-type]
-    session.roots = [os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)]
     session.msize = 8192
     try:
         session.t_attach(0, p.NOFID, b"u", b"", 0)
         session.t_walk(0, 1, (b"f",))
         session.t_lopen(1, os.O_RDONLY)
         fid = session.fids[1]
-        with session.opened(fid) as fd:  # a read in flight
+        with session.opened(fid) as handle:  # a read in flight
             session.t_clunk(1)
+            fd = handle.fd if portable else handle
             assert os.pread(fd, 4, 0) == b"data"  # not closed under the read
             with pytest.raises(server._Errno) as gone:
                 session.t_read(1, 0, 4)
@@ -519,5 +547,5 @@ def test_a_clunked_file_stays_open_until_its_last_read_ends(tmp_path: Path) -> N
             pass
     finally:
         session.clunk_all()
-        os.close(session.roots[0])
+        session.files.close()
         config.pool.shutdown()

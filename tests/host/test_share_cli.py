@@ -3,6 +3,7 @@ the point where the kernel would take over (mounting is the real-kernel tier's).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ from hvsock import ArgumentError
 from hvsock._builtin.share.mount import _modules_hint, parse_options
 from hvsock._core import ninep as p
 
-from .._ninep import Client
+from .._ninep import Client, Rlerror
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "O_PATH"), reason="the share needs Linux")
 
@@ -68,6 +69,49 @@ def test_share_serves_named_exports(hvsock_cmd: list[str], short_tmp: Path) -> N
                 Client.live.pop().close()
             server.terminate()
             assert server.wait(30) == 0
+
+
+def test_share_portable_synthesizes_modes_and_owners(
+    hvsock_cmd: list[str], short_tmp: Path
+) -> None:
+    export = short_tmp / "export"
+    export.mkdir()
+    (export / "f").write_bytes(b"data")
+    os.chmod(export / "f", 0o600)
+    ready, sock = short_tmp / "ready.json", short_tmp / "s.sock"
+    argv = [*hvsock_cmd, "share", str(export), "--portable", "--listen", f"unix://{sock}"]
+    with subprocess.Popen(
+        [*argv, "--ready-file", str(ready)], stderr=subprocess.PIPE, text=True
+    ) as server:
+        try:
+            deadline = time.monotonic() + 60
+            while not ready.exists():
+                assert server.poll() is None, server.stderr.read() if server.stderr else ""
+                assert time.monotonic() < deadline, "hvsock share did not get ready"
+                time.sleep(0.05)
+            c = Client(str(sock))
+            c.attach(0, b"", uid=4321)
+            c.walk(0, 1, b"f")
+            attr = c.rpc(p.TGETATTR, 1, 0x7FF).args
+            assert (attr[2], attr[3], attr[4]) == (0o100644, 4321, 4321)
+            with pytest.raises(Rlerror) as refused:
+                c.rpc(p.TXATTRWALK, 1, 3, b"")
+            assert refused.value.errno == errno.EOPNOTSUPP
+        finally:
+            while Client.live:
+                Client.live.pop().close()
+            server.terminate()
+            assert server.wait(30) == 0
+    wrong = subprocess.run(
+        [*hvsock_cmd, "share", str(export), "--listen", f"unix://{sock}", "--ownership",
+         "synthesized"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert wrong.returncode == 2, wrong.stderr
+    assert "portable" in wrong.stderr
 
 
 def test_share_on_vm_sockets_needs_allow(hvsock_cmd: list[str], tmp_path: Path) -> None:

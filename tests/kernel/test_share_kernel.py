@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -422,3 +423,96 @@ def test_mount_hvsock_helper_for_fstab(hvsock_cmd: list[str], tmp_path: Path) ->
             assert (mnt / "f").read_bytes() == b"via fstab helper"
         finally:
             umount(mnt)
+
+
+@NEEDS_ROOT
+def test_portable_backend_under_the_kernel_client(hvsock_cmd: list[str], tmp_path: Path) -> None:
+    """`hvsock share --portable` (the backend a Windows host uses) mounted by v9fs: files
+    round-trip, names change, links planted outside the server lead nowhere, Windows'
+    forbidden names are refused, modes and owners are the synthesized ones, and fcntl
+    locks conflict between two processes."""
+    with shared(hvsock_cmd, tmp_path, "--portable") as s:
+        mnt, export, outside = s.mnt, s.export, s.outside
+        for size in (0, 1, 4097, MB + 3):
+            data = os.urandom(size)
+            (mnt / f"f{size}").write_bytes(data)
+            assert sha(export / f"f{size}") == hashlib.sha256(data).hexdigest()
+            assert (mnt / f"f{size}").read_bytes() == data
+        (mnt / "d" / "e").mkdir(parents=True)
+        (mnt / "d" / "e" / "x").write_bytes(b"x")
+        os.rename(mnt / "d", mnt / "d2")
+        assert (export / "d2" / "e" / "x").read_bytes() == b"x"
+        os.rename(mnt / "f1", mnt / "f0")  # over an existing file
+        assert (export / "f0").stat().st_size == 1
+        os.unlink(mnt / "f0")
+        os.unlink(mnt / "d2" / "e" / "x")
+        os.rmdir(mnt / "d2" / "e")
+        assert sorted(os.listdir(export)) == sorted(["d2", "f4097", f"f{MB + 3}"])
+        assert sorted(os.listdir(mnt)) == sorted(os.listdir(export))
+
+        # Links planted on the server's disk, not through the share.
+        (outside / "secret").write_bytes(b"secret")
+        os.symlink("../outside", export / "out")
+        os.symlink("../outside/secret", export / "out-file")
+        with pytest.raises(FileNotFoundError):
+            (mnt / "out" / "secret").write_bytes(b"overwritten")
+        with pytest.raises(FileNotFoundError):
+            (mnt / "out-file").write_bytes(b"overwritten")
+        assert os.readlink(mnt / "out") == "../outside"
+        os.symlink("../../../../../..", mnt / "up")  # stored, never followed by the server
+        assert os.readlink(export / "up") == "../../../../../.."
+        assert sorted(os.listdir(outside)) == ["secret"]
+        assert (outside / "secret").read_bytes() == b"secret"
+
+        # Names Windows cannot hold (streams, separators, devices) are EINVAL.
+        for bad in ("a:b", "a\\b", "CON", "nul.txt", "com1", "trail."):
+            with pytest.raises(OSError, match="Invalid argument") as info:
+                (mnt / bad).write_bytes(b"x")
+            assert info.value.errno == errno.EINVAL, bad
+            assert not os.path.lexists(export / bad)
+
+        # Synthesized modes and owners (whoever attached: root here).
+        (export / "private").write_bytes(b"p")
+        os.chmod(export / "private", 0o600)
+        (export / "ro").write_bytes(b"r")
+        os.chmod(export / "ro", 0o400)
+        (export / "tool").write_bytes(b"#!/bin/sh\n")
+        os.chmod(export / "tool", 0o700)
+        os.mkdir(export / "closed", 0o700)
+        seen = {n: os.stat(mnt / n) for n in ("private", "ro", "tool", "closed")}
+        assert {n: stat.S_IMODE(st.st_mode) for n, st in seen.items()} == {
+            "private": 0o644,
+            "ro": 0o444,
+            "tool": 0o755,
+            "closed": 0o755,
+        }
+        assert {(st.st_uid, st.st_gid) for st in seen.values()} == {(0, 0)}
+        fd = os.open(mnt / "made", os.O_CREAT | os.O_WRONLY, 0o600)
+        os.close(fd)
+        assert stat.S_IMODE(os.stat(mnt / "made").st_mode) == 0o644
+        os.chmod(mnt / "made", 0o400)  # only the owner's write bit reaches the server
+        assert stat.S_IMODE(os.stat(mnt / "made").st_mode) == 0o444
+        assert not (export / "made").stat().st_mode & stat.S_IWUSR
+        os.chmod(mnt / "made", 0o600)
+        assert stat.S_IMODE(os.stat(mnt / "made").st_mode) == 0o644
+        with pytest.raises(OSError, match="not supported") as info:
+            os.setxattr(mnt / "made", "user.x", b"1")
+        assert info.value.errno == errno.EOPNOTSUPP
+
+        # fcntl locks: kept in the server's own table, they conflict between processes.
+        def other() -> str:
+            done = subprocess.run(
+                [sys.executable, "-c", LOCKER, str(mnt / "made")],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+            return done.stdout.split()[0]
+
+        with (mnt / "made").open("r+b") as f:
+            fcntl.lockf(f, fcntl.LOCK_EX)
+            assert other() == "busy"
+            fcntl.lockf(f, fcntl.LOCK_UN)
+            assert other() == "locked"  # and its lock goes when it exits
+        assert other() == "locked"

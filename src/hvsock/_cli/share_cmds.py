@@ -56,10 +56,16 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
     s.add_argument("--read-only", action="store_true", help="refuse every change (EROFS)")
     s.add_argument(
         "--ownership",
-        choices=("server", "passthrough"),
-        default="server",
-        help="server (default): files belong to this server's user; "
-        "passthrough (root only): new files get the client's uid/gid",
+        choices=("server", "passthrough", "synthesized"),
+        help="server (the Linux default): files belong to this server's user; "
+        "passthrough (root only): new files get the client's uid/gid; "
+        "synthesized (the portable backend's): owned by the client, modes made up",
+    )
+    s.add_argument(
+        "--portable",
+        action="store_true",
+        help="serve with the portable backend (checked paths, synthesized modes and "
+        "owners): what Windows uses; on Linux for testing",
     )
     cliargs.add_grace(s, "open requests")
     s.add_argument("--ready-file", help="write JSON {pid, services} when ready")
@@ -118,7 +124,11 @@ def cmd_share(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .._service.host import ServiceHost
 
     service = share_service(
-        _exports(args.dirs), allow=args.allow, read_only=args.read_only, ownership=args.ownership
+        _exports(args.dirs),
+        allow=args.allow,
+        read_only=args.read_only,
+        ownership=args.ownership,
+        portable=True if args.portable else None,
     )
     vm_socket = args.listen is None or isinstance(
         parse_address(args.listen), (VsockAddress, HyperVAddress, HybridAddress)

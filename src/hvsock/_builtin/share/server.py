@@ -1,35 +1,33 @@
 """The share service: directories served as 9P2000.L to the Linux kernel's v9fs client.
 
-Jail: a fid is an export and a tuple of names below its root, never a host path.
-Every use resolves the names again from the root's descriptor, one component at a
-time with ``O_PATH | O_NOFOLLOW`` (directories also ``O_DIRECTORY``), so a symlink is
-never followed by the server, ``..`` is taken off the tuple (it cannot climb above
-the root), and a name holding ``/`` or NUL is refused with EINVAL. Operations on the
-file itself go through that descriptor (``/proc/self/fd/N`` reaches the exact inode
-it pins); operations on a name go through its parent's descriptor.
+This module is the protocol: the connection, tags, fids, walks and the checks every
+backend shares. The files are a backend's (:mod:`.backend` is the interface):
+:mod:`.linuxfs` (``O_PATH`` descriptors, the default on Linux) or :mod:`.portable`
+(checked paths, synthesized modes and owners; Windows, or ``portable=True``).
+
+Jail: a fid is an export and a tuple of names below its root, never a host path. A
+walk takes ``..`` off the tuple (it cannot climb above the root) and a name holding
+``/`` or NUL is refused with EINVAL, as is ``.`` or ``..`` where a new name is
+expected; the backend resolves the names again on every use, never following a link.
 
 Concurrency: a connection is a sync handler (a thread with a blocking socket) that
 reads messages and hands each request to a thread pool, up to ``max_inflight`` per
 connection (past that it stops reading, so memory is bounded by msize times that);
 the worker sends the reply itself, so a request costs one thread switch and no
-event-loop round trip. Locks are open-file-description
-locks on the fid's own descriptor, never waited for: the client retries a blocked
-lock itself. Linux only (``O_PATH``, OFD locks, /proc).
+event-loop round trip. Locks are never waited for: the client retries a blocked lock
+itself.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import socket
 import stat
-import struct
 import sys
 import threading
-import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +37,7 @@ from ..._errors import ArgumentError, ProtocolError, UnsupportedError
 from ..._service.connection import SyncConnection
 from ..._service.declaration import Limits, Service
 from ..._validate import instance, quote, whole_number
+from .backend import LOCK_ERROR, LOCK_READ, LOCK_UNLOCK, Backend, FsErrno, qid
 
 __all__ = ["share_service"]
 
@@ -48,15 +47,14 @@ DEFAULT_PORT = 564
 SERVICE_NAME = "hvsock share"
 #: "server": files belong to the server's user, ownership changes the server cannot
 #: make are ignored (QEMU's security_model=none); "passthrough": new files get the
-#: client's uid and gid and chown is applied (QEMU's passthrough; the server is root).
-OWNERSHIP_MODES = ("server", "passthrough")
+#: client's uid and gid and chown is applied (QEMU's passthrough; the server is root);
+#: "synthesized": the portable backend's (owner the attaching uid, modes made up).
+OWNERSHIP_MODES = ("server", "passthrough", "synthesized")
 #: Largest msize this server agrees to (the kernel's fd transport caps at 1 MiB).
 MAX_MSIZE = 1 << 20
 MIN_MSIZE = 4096
 
-_O_PATH = getattr(os, "O_PATH", 0)
-_DIR_PATH = _O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_ANY_PATH = _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 # The open flags of Tlopen/Tlcreate are 9P's P9_DOTL_* values (x86 Linux's numbers on
 # every machine), mapped here to this machine's. Honoured: access mode, truncation,
 # exclusive create, sync. Dropped: append (each write carries its offset), and
@@ -67,7 +65,7 @@ _DOTL_FLAGS = (
     (0o200, os.O_EXCL),
     (0o1000, os.O_TRUNC),
     (0o10000, getattr(os, "O_DSYNC", 0)),
-    (0o200000, os.O_DIRECTORY),
+    (0o200000, getattr(os, "O_DIRECTORY", 0)),
     (0o4000000, getattr(os, "O_SYNC", 0)),
 )
 _AT_REMOVEDIR = 0x200
@@ -75,26 +73,14 @@ _AT_REMOVEDIR = 0x200
 _ATTR_MODE, _ATTR_UID, _ATTR_GID, _ATTR_SIZE = 1, 2, 4, 8
 _ATTR_ATIME, _ATTR_MTIME, _ATTR_ATIME_SET, _ATTR_MTIME_SET = 16, 32, 128, 256
 _GETATTR_BASIC = 0x7FF
-_LOCK_SUCCESS, _LOCK_BLOCKED, _LOCK_ERROR = 0, 1, 2
-_LOCK_TYPES = {0: fcntl.F_RDLCK, 1: fcntl.F_WRLCK, 2: fcntl.F_UNLCK}
-_F_OFD_GETLK = getattr(fcntl, "F_OFD_GETLK", 36)
-_F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
-_FLOCK = struct.Struct("hhqqi4x")  # struct flock on 64-bit Linux
-_V9FS_MAGIC = 0x01021997
-#: The namespaces a client may set or remove attributes in. Not trusted.*, security.*
-#: (file capabilities, SELinux labels) nor system.* (ACLs): those would let a guest
-#: grant rights on the server beyond what the files' modes say.
-_SETTABLE_XATTRS = (b"user.",)
 _XATTR_SIZE_MAX = 65536  # Linux's XATTR_SIZE_MAX
+_XATTR_CREATE, _XATTR_REPLACE = 1, 2  # Linux's numbers, as 9P carries them
 _NONUNAME = 0xFFFFFFFF
+_Errno = FsErrno
 
 
-class _Errno(Exception):
-    """A request answered with Rlerror(errno)."""
-
-    def __init__(self, code: int) -> None:
-        super().__init__(os.strerror(code))
-        self.code = code
+def _euid() -> int:
+    return getattr(os, "geteuid", lambda: 0)()
 
 
 @dataclass(frozen=True)
@@ -114,6 +100,16 @@ class _Config:
     max_inflight: int
     vm_allow_given: bool
     pool: ThreadPoolExecutor = field(compare=False)
+    #: A session's file system (the Linux backend is one per session, the portable
+    #: one shared); None: the Linux backend (the tests make sessions by hand).
+    backend: Callable[[], Backend] | None = field(default=None, compare=False)
+
+    def make_backend(self) -> Backend:
+        if self.backend is not None:
+            return self.backend()
+        from .linuxfs import LinuxFs
+
+        return LinuxFs([e.path for e in self.exports], self.ownership)
 
 
 def _exports(dirs: object) -> tuple[Export, ...]:
@@ -146,13 +142,22 @@ def _exports(dirs: object) -> tuple[Export, ...]:
     return tuple(out)
 
 
+def _linux_backend_available() -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    from .linuxfs import AVAILABLE
+
+    return AVAILABLE
+
+
 def share_service(
     dirs: Any,
     *,
     port: int | Any = DEFAULT_PORT,
     allow: Any = None,
     read_only: bool = False,
-    ownership: str = "server",
+    ownership: str | None = None,
+    portable: bool | None = None,
     max_fids: int = 16384,
     max_inflight: int = 32,
     limits: Limits | None = None,
@@ -166,20 +171,35 @@ def share_service(
     ``"any"`` lets every peer in. A peer on a VM socket (vsock, Hyper-V) is refused
     unless *allow* was given: a share is never open to every VM by default.
     *read_only* answers every change with EROFS. *ownership* is one of
-    :data:`OWNERSHIP_MODES` ("passthrough" needs root). *max_fids* bounds the fids
-    one connection may hold, *max_inflight* its requests served at once.
-    Raises :class:`ArgumentError` / :class:`UnsupportedError` (not Linux).
+    :data:`OWNERSHIP_MODES` ("passthrough" needs root; "synthesized" is the portable
+    backend's and its default; the Linux backend's default is "server").
+    *portable* chooses the file system backend: the portable one (paths checked with
+    lstat, modes and owners synthesized: what Windows uses; on Linux for testing), or
+    the Linux one (``O_PATH`` descriptors); None picks by platform.
+    *max_fids* bounds the fids one connection may hold, *max_inflight* its requests
+    served at once. Raises :class:`ArgumentError` / :class:`UnsupportedError`.
     """
-    if not sys.platform.startswith("linux") or not _O_PATH:
-        raise UnsupportedError(
-            "the share service needs Linux (O_PATH, /proc); on this system it is not available yet"
-        )
     exports = _exports(dirs)
+    if portable is None:
+        portable = not _linux_backend_available()
+    elif not portable and not _linux_backend_available():
+        raise UnsupportedError(
+            "the Linux share backend needs Linux (O_PATH, OFD locks, /proc); "
+            "use the portable one (portable=True)"
+        )
+    if ownership is None:
+        ownership = "synthesized" if portable else "server"
     if ownership not in OWNERSHIP_MODES:
         raise ArgumentError(
             f"ownership {quote(ownership)}: choose one of {', '.join(OWNERSHIP_MODES)}"
         )
-    if ownership == "passthrough" and os.geteuid() != 0:
+    if portable != (ownership == "synthesized"):
+        raise ArgumentError(
+            "ownership 'synthesized' is the portable backend's, and the only one it has"
+            if portable
+            else "ownership 'synthesized' needs the portable backend (portable=True)"
+        )
+    if ownership == "passthrough" and _euid() != 0:
         raise ArgumentError(
             "ownership='passthrough' needs the server to run as root; "
             "use the default 'server' mode otherwise"
@@ -196,6 +216,12 @@ def share_service(
         if limits is not None
         else Limits(max_connections=64, idle_timeout=None)
     )
+    backend: Callable[[], Backend] | None = None
+    if portable:
+        from .portable import PortableFs
+
+        shared = PortableFs([e.path for e in exports])
+        backend = lambda: shared  # noqa: E731
     config = _Config(
         exports,
         bool(read_only),
@@ -204,6 +230,7 @@ def share_service(
         max_inflight,
         given,
         ThreadPoolExecutor(max_workers=16, thread_name_prefix="hvsock-share"),
+        backend,
     )
 
     def handle(conn: SyncConnection) -> None:
@@ -224,7 +251,7 @@ class _Fid:
     export: int
     parts: tuple[bytes, ...]
     uid: int
-    fd: int | None = None  # an open file or directory (Tlopen / Tlcreate)
+    fd: Any = None  # the backend's open file or directory (Tlopen / Tlcreate)
     listing: list[tuple[p.Qid, int, bytes]] | None = None  # readdir snapshot
     xattr: bytes | None = None  # a Txattrwalk's value, read with Tread
     setting: _XattrSet | None = None  # a Txattrcreate's value, written, set at Tclunk
@@ -246,21 +273,6 @@ def _check_name(name: bytes) -> bytes:
     return name
 
 
-def _qid(st: os.stat_result) -> p.Qid:
-    if stat.S_ISDIR(st.st_mode):
-        kind = p.QTDIR
-    elif stat.S_ISLNK(st.st_mode):
-        kind = p.QTSYMLINK
-    else:
-        kind = p.QTFILE
-    version = (st.st_mtime_ns ^ (st.st_size << 8)) & 0xFFFFFFFF
-    return p.Qid(kind, version, st.st_ino)
-
-
-def _proc(fd: int) -> str:
-    return f"/proc/self/fd/{fd}"
-
-
 class _Session:
     """One client connection: its fids and the requests it has in flight."""
 
@@ -270,11 +282,17 @@ class _Session:
         self.fids: dict[int, _Fid] = {}
         self.lock = threading.Lock()
         self.msize = 0
-        self.roots: list[int] = []
+        self.fs: Backend | None = None
         self.tasks: dict[int, Future[None]] = {}
         # Replies leave whole and one at a time; a tag leaves `tasks` under this lock
         # together with its reply, so a Tflush sees either both or neither.
         self.send_lock = threading.Lock()
+
+    @property
+    def files(self) -> Backend:
+        if self.fs is None:
+            self.fs = self.config.make_backend()
+        return self.fs
 
     # -- the connection ---------------------------------------------------------------
     def run(self) -> None:
@@ -283,7 +301,7 @@ class _Session:
         decoder = p.Decoder(MAX_MSIZE)
         slots = threading.BoundedSemaphore(self.config.max_inflight)
         try:
-            self.roots = [os.open(e.path, _DIR_PATH) for e in self.config.exports]
+            self.fs = self.config.make_backend()
             while data := self.conn.sock.recv(65536):
                 batch = list(decoder.feed(data))
                 for msg in batch:
@@ -313,8 +331,8 @@ class _Session:
         finally:
             self.drain_tasks()
             self.clunk_all()
-            for fd in self.roots:
-                os.close(fd)
+            if self.fs is not None:
+                self.fs.close()
 
     def submit(self, msg: p.Message, slots: threading.BoundedSemaphore) -> None:
         with self.lock:
@@ -396,10 +414,10 @@ class _Session:
             fid.clunked = True
             fd = fid.fd if fid.users == 0 else None
         if fd is not None:
-            os.close(fd)
+            self.files.close_handle(fd)
 
     @contextlib.contextmanager
-    def opened(self, fid: _Fid) -> Iterator[int]:
+    def opened(self, fid: _Fid) -> Iterator[Any]:
         """The fid's open descriptor, kept open while the caller uses it, even if
         the fid is clunked meanwhile (the number is never reused under a read)."""
         with self.lock:
@@ -414,7 +432,7 @@ class _Session:
                 fid.users -= 1
                 close = fid.clunked and fid.users == 0
             if close:
-                os.close(fd)
+                self.files.close_handle(fd)
 
     # -- fids and paths -------------------------------------------------------------
     def fid(self, number: int) -> _Fid:
@@ -431,73 +449,24 @@ class _Session:
                 raise _Errno(errno.EMFILE)
             self.fids[number] = fid
 
-    def resolve(self, export: int, parts: tuple[bytes, ...]) -> int:
-        """An O_PATH descriptor of *parts* below the export's root, no link followed."""
-        fd = os.open(".", _DIR_PATH, dir_fd=self.roots[export])
-        try:
-            for i, name in enumerate(parts):
-                flags = _ANY_PATH if i == len(parts) - 1 else _DIR_PATH
-                try:
-                    nxt = os.open(name, flags, dir_fd=fd)
-                except OSError as exc:
-                    # A symlink where a directory must be: the client sees ENOTDIR.
-                    if exc.errno == errno.ELOOP:
-                        raise _Errno(errno.ENOTDIR) from None
-                    raise
-                os.close(fd)
-                fd = nxt
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
-    @contextlib.contextmanager
-    def file_fd(self, fid: _Fid) -> Iterator[int]:
-        """The file itself: its open descriptor if it has one (the name may be gone)."""
-        if fid.fd is not None:
-            with self.opened(fid) as fd:
-                yield fd
-        else:
-            with self.path_fd(fid) as fd:
-                yield fd
-
-    @contextlib.contextmanager
-    def path_fd(self, fid: _Fid) -> Iterator[int]:
-        fd = self.resolve(fid.export, fid.parts)
-        try:
-            yield fd
-        finally:
-            os.close(fd)
-
-    @contextlib.contextmanager
-    def dir_fd(self, fid: _Fid) -> Iterator[int]:
-        with self.path_fd(fid) as fd:
-            if not stat.S_ISDIR(os.fstat(fd).st_mode):
-                raise _Errno(errno.ENOTDIR)
-            yield fd
-
-    @contextlib.contextmanager
-    def parent_of(self, fid: _Fid) -> Iterator[tuple[int, bytes]]:
-        if not fid.parts:
-            raise _Errno(errno.EBUSY)  # the export's root has no name to act on
-        fd = self.resolve(fid.export, fid.parts[:-1])
-        try:
-            yield fd, fid.parts[-1]
-        finally:
-            os.close(fd)
-
     def writable(self) -> None:
         if self.config.read_only:
             raise _Errno(errno.EROFS)
 
-    def stat_fid(self, fid: _Fid) -> os.stat_result:
-        with self.file_fd(fid) as fd:
-            return os.fstat(fd)
+    def new_name(self, name: bytes) -> bytes:
+        """A name to create or act on: the session's rules, then the backend's."""
+        _check_name(name)
+        self.files.check_name(name)
+        return name
 
-    def owned(self, dir_fd: int, name: bytes, uid: int, gid: int) -> None:
-        """Passthrough: a new entry gets the client's uid and gid."""
-        if self.config.ownership == "passthrough":
-            os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+    @contextlib.contextmanager
+    def handle_of(self, fid: _Fid) -> Iterator[Any]:
+        """The fid's open file if it has one (the name may be gone), else None."""
+        if fid.fd is not None:
+            with self.opened(fid) as handle:
+                yield handle
+        else:
+            yield None
 
     def renamed(self, export: int, old: tuple[bytes, ...], new: tuple[bytes, ...]) -> None:
         with self.lock:
@@ -525,11 +494,10 @@ class _Session:
         if index < 0:
             self.conn.log.info("%s: no export named %r", self.conn.peer, wanted)
             raise _Errno(errno.ENOENT)
-        uid = n_uname if n_uname != _NONUNAME else os.geteuid()
-        new = _Fid(index, (), uid)
-        st = self.stat_fid(new)
-        self.add_fid(fid, new)
-        return (_qid(st),)
+        uid = n_uname if n_uname != _NONUNAME else _euid()
+        attr = self.files.attr(index, (), None, uid)
+        self.add_fid(fid, _Fid(index, (), uid))
+        return (qid(attr),)
 
     def t_auth(self, *_: Any) -> tuple[Any, ...]:
         raise _Errno(errno.EOPNOTSUPP)  # no authentication: the allowlist decides
@@ -549,14 +517,13 @@ class _Session:
                 break
             candidate = parts[:-1] if name == b".." else parts if name == b"." else (*parts, name)
             try:
-                with self.path_fd(_Fid(start.export, candidate, 0)) as there:
-                    st = os.fstat(there)
+                attr = self.files.attr(start.export, candidate, None, start.uid)
             except (OSError, _Errno):
                 if not qids:
                     raise
                 break
             parts = candidate
-            qids.append(_qid(st))
+            qids.append(qid(attr))
         if len(qids) == len(names):
             if newfid == fid:
                 start.parts = parts
@@ -578,35 +545,34 @@ class _Session:
         target = self.fid(fid)
         try:
             self.writable()
-            with self.parent_of(target) as (parent, name):
-                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode):
-                    os.rmdir(name, dir_fd=parent)
-                else:
-                    os.unlink(name, dir_fd=parent)
+            if not target.parts:
+                raise _Errno(errno.EBUSY)  # the export's root has no name to act on
+            self.files.remove(target.export, target.parts)
         finally:
             self.t_clunk(fid)  # Tremove clunks the fid whatever happens
         return ()
 
     def t_getattr(self, fid: int, mask: int) -> tuple[Any, ...]:
-        st = self.stat_fid(self.fid(fid))
+        target = self.fid(fid)
+        with self.handle_of(target) as handle:
+            a = self.files.attr(target.export, target.parts, handle, target.uid)
         return (
             _GETATTR_BASIC,
-            _qid(st),
-            st.st_mode,
-            st.st_uid,
-            st.st_gid,
-            st.st_nlink,
-            st.st_rdev,
-            st.st_size,
-            st.st_blksize,
-            st.st_blocks,
-            st.st_atime_ns // 10**9,
-            st.st_atime_ns % 10**9,
-            st.st_mtime_ns // 10**9,
-            st.st_mtime_ns % 10**9,
-            st.st_ctime_ns // 10**9,
-            st.st_ctime_ns % 10**9,
+            qid(a),
+            a.mode,
+            a.uid,
+            a.gid,
+            a.nlink,
+            a.rdev,
+            a.size,
+            a.blksize,
+            a.blocks,
+            a.atime_ns // 10**9,
+            a.atime_ns % 10**9,
+            a.mtime_ns // 10**9,
+            a.mtime_ns % 10**9,
+            a.ctime_ns // 10**9,
+            a.ctime_ns % 10**9,
             0,
             0,
             0,
@@ -628,48 +594,31 @@ class _Session:
     ) -> tuple[Any, ...]:
         self.writable()
         target = self.fid(fid)
-        with self.file_fd(target) as fd:
-            st = os.fstat(fd)
-            link = stat.S_ISLNK(st.st_mode)
-            if valid & _ATTR_MODE and not link:
-                os.chmod(_proc(fd), stat.S_IMODE(mode))
-            if valid & (_ATTR_UID | _ATTR_GID):
-                new_uid = uid if valid & _ATTR_UID else -1
-                new_gid = gid if valid & _ATTR_GID else -1
-                try:
-                    if target.parts and link:
-                        with self.parent_of(target) as (parent, name):
-                            os.chown(name, new_uid, new_gid, dir_fd=parent, follow_symlinks=False)
-                    else:
-                        os.chown(_proc(fd), new_uid, new_gid)
-                except PermissionError:
-                    if self.config.ownership == "passthrough":
-                        raise
-            if valid & _ATTR_SIZE:
-                if link or stat.S_ISDIR(st.st_mode):
-                    raise _Errno(errno.EINVAL)
-                if (
-                    target.fd is not None
-                    and os.O_ACCMODE & fcntl.fcntl(fd, fcntl.F_GETFL) != os.O_RDONLY
-                ):
-                    os.ftruncate(fd, size)
-                else:
-                    os.truncate(_proc(fd), size)
-            if valid & (_ATTR_ATIME | _ATTR_MTIME) and not link:
-                old, now = os.fstat(fd), time.time_ns()
-                a, m = old.st_atime_ns, old.st_mtime_ns
-                if valid & _ATTR_ATIME:
-                    a = atime_s * 10**9 + atime_ns if valid & _ATTR_ATIME_SET else now
-                if valid & _ATTR_MTIME:
-                    m = mtime_s * 10**9 + mtime_ns if valid & _ATTR_MTIME_SET else now
-                os.utime(_proc(fd), ns=(a, m))
+        owner = None
+        if valid & (_ATTR_UID | _ATTR_GID):
+            owner = (uid if valid & _ATTR_UID else -1, gid if valid & _ATTR_GID else -1)
+        atime = mtime = None
+        if valid & _ATTR_ATIME:  # without *_SET: now (-1)
+            atime = atime_s * 10**9 + atime_ns if valid & _ATTR_ATIME_SET else -1
+        if valid & _ATTR_MTIME:
+            mtime = mtime_s * 10**9 + mtime_ns if valid & _ATTR_MTIME_SET else -1
+        with self.handle_of(target) as handle:
+            self.files.setattr(
+                target.export,
+                target.parts,
+                handle,
+                stat.S_IMODE(mode) if valid & _ATTR_MODE else None,
+                owner,
+                size if valid & _ATTR_SIZE else None,
+                (atime, mtime),
+            )
         return ()
 
     def open_flags(self, flags: int) -> int:
         access = flags & _DOTL_ACCESS
         if access == 3:
             raise _Errno(errno.EINVAL)
-        local = access | os.O_CLOEXEC  # O_RDONLY/O_WRONLY/O_RDWR are 0/1/2 everywhere
+        local = access | _O_CLOEXEC  # O_RDONLY/O_WRONLY/O_RDWR are 0/1/2 everywhere
         for dotl, here in _DOTL_FLAGS:
             if flags & dotl:
                 local |= here
@@ -678,13 +627,13 @@ class _Session:
             raise _Errno(errno.EROFS)
         return local
 
-    def adopt(self, target: _Fid, fd: int) -> None:
-        """*fd* becomes the fid's open file, unless the fid was clunked meanwhile."""
+    def adopt(self, target: _Fid, handle: Any) -> None:
+        """*handle* becomes the fid's open file, unless the fid was clunked meanwhile."""
         with self.lock:
             if not target.clunked:
-                target.fd = fd
+                target.fd = handle
                 return
-        os.close(fd)
+        self.files.close_handle(handle)
         raise _Errno(errno.EBADF)
 
     @staticmethod
@@ -697,46 +646,36 @@ class _Session:
         target = self.fid(fid)
         self.closed_plain(target)
         mode = self.open_flags(flags) & ~os.O_EXCL
-        with self.path_fd(target) as fd:
-            st = os.fstat(fd)
-            if stat.S_ISLNK(st.st_mode):
-                raise _Errno(errno.ELOOP)
-            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-                raise _Errno(errno.ENXIO)  # devices and FIFOs open in the guest, not here
-            # The /proc link reaches exactly the inode the O_PATH descriptor pins.
-            self.adopt(target, os.open(_proc(fd), mode))
+        attr, handle = self.files.lopen(target.export, target.parts, mode, target.uid)
+        self.adopt(target, handle)
         target.listing = None
-        return (_qid(st), 0)
+        return (qid(attr), 0)
 
     def t_lcreate(self, fid: int, name: bytes, flags: int, mode: int, gid: int) -> tuple[Any, ...]:
         self.writable()
         target = self.fid(fid)
         self.closed_plain(target)
-        _check_name(name)
-        with self.dir_fd(target) as parent:
-            fd = os.open(
-                name,
-                self.open_flags(flags) | os.O_CREAT | os.O_NOFOLLOW,
-                stat.S_IMODE(mode),
-                dir_fd=parent,
-            )
-            try:
-                self.owned(parent, name, target.uid, gid)
-                st = os.fstat(fd)
-            except BaseException:
-                os.close(fd)
-                raise
-        self.adopt(target, fd)
+        self.new_name(name)
+        attr, handle = self.files.lcreate(
+            target.export,
+            target.parts,
+            name,
+            self.open_flags(flags),
+            stat.S_IMODE(mode),
+            target.uid,
+            gid,
+        )
+        self.adopt(target, handle)
         target.parts = (*target.parts, name)
-        return (_qid(st), 0)
+        return (qid(attr), 0)
 
     def t_read(self, fid: int, offset: int, count: int) -> tuple[Any, ...]:
         target = self.fid(fid)
         count = min(count, self.msize - p.HEADER - 4)
         if target.xattr is not None:
             return (target.xattr[offset : offset + count],)
-        with self.opened(target) as fd:
-            return (os.pread(fd, count, offset),)
+        with self.opened(target) as handle:
+            return (self.files.read(handle, offset, count),)
 
     def t_write(self, fid: int, offset: int, data: bytes) -> tuple[Any, ...]:
         self.writable()
@@ -747,95 +686,75 @@ class _Session:
                 raise _Errno(errno.EINVAL)  # in order, and no more than announced
             value += data
             return (len(data),)
-        with self.opened(target) as fd:
-            return (os.pwrite(fd, data, offset),)
+        with self.opened(target) as handle:
+            return (self.files.write(handle, offset, data),)
 
     def t_readdir(self, fid: int, offset: int, count: int) -> tuple[Any, ...]:
         target = self.fid(fid)
         if offset == 0 or target.listing is None:
-            with self.opened(target) as fd:
-                target.listing = self.listing(fd)
+            with self.opened(target) as handle:
+                target.listing = self.files.listing(target.export, target.parts, handle)
         count = min(count, self.msize - p.HEADER - 4)
         out = bytearray()
         for index in range(offset, len(target.listing)):
-            qid, kind, name = target.listing[index]
-            entry = p.dirent(qid, index + 1, kind, name)
+            entry_qid, kind, name = target.listing[index]
+            entry = p.dirent(entry_qid, index + 1, kind, name)
             if len(out) + len(entry) > count:
                 break
             out += entry
         return (bytes(out),)
 
-    def listing(self, fd: int) -> list[tuple[p.Qid, int, bytes]]:
-        here = os.fstat(fd)
-        entries = [(_qid(here), 4, b"."), (_qid(here), 4, b"..")]
-        with os.scandir(fd) as scan:
-            for entry in scan:
-                if entry.is_symlink():
-                    qtype, dtype = p.QTSYMLINK, 10
-                elif entry.is_dir(follow_symlinks=False):
-                    qtype, dtype = p.QTDIR, 4
-                elif entry.is_file(follow_symlinks=False):
-                    qtype, dtype = p.QTFILE, 8
-                else:
-                    qtype, dtype = p.QTFILE, 0  # DT_UNKNOWN: the client asks getattr
-                entries.append((p.Qid(qtype, 0, entry.inode()), dtype, os.fsencode(entry.name)))
-        return entries
-
     def t_mkdir(self, dfid: int, name: bytes, mode: int, gid: int) -> tuple[Any, ...]:
         self.writable()
         target = self.fid(dfid)
-        _check_name(name)
-        with self.dir_fd(target) as parent:
-            os.mkdir(name, stat.S_IMODE(mode), dir_fd=parent)
-            self.owned(parent, name, target.uid, gid)
-            return (_qid(os.stat(name, dir_fd=parent, follow_symlinks=False)),)
+        self.new_name(name)
+        attr = self.files.mkdir(
+            target.export, target.parts, name, stat.S_IMODE(mode), target.uid, gid
+        )
+        return (qid(attr),)
 
     def t_symlink(self, fid: int, name: bytes, target_path: bytes, gid: int) -> tuple[Any, ...]:
         self.writable()
         target = self.fid(fid)
-        _check_name(name)
+        self.new_name(name)
         if b"\0" in target_path:
             raise _Errno(errno.EINVAL)
-        with self.dir_fd(target) as parent:
-            os.symlink(target_path, name, dir_fd=parent)
-            self.owned(parent, name, target.uid, gid)
-            return (_qid(os.stat(name, dir_fd=parent, follow_symlinks=False)),)
+        attr = self.files.symlink(target.export, target.parts, name, target_path, target.uid, gid)
+        return (qid(attr),)
 
     def t_mknod(
         self, dfid: int, name: bytes, mode: int, major: int, minor: int, gid: int
     ) -> tuple[Any, ...]:
         self.writable()
         target = self.fid(dfid)
-        _check_name(name)
+        self.new_name(name)
         if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISREG(mode)):
             raise _Errno(errno.EPERM)  # no device nodes on the host, whoever asks
-        with self.dir_fd(target) as parent:
-            os.mknod(name, mode, 0, dir_fd=parent)
-            self.owned(parent, name, target.uid, gid)
-            return (_qid(os.stat(name, dir_fd=parent, follow_symlinks=False)),)
+        attr = self.files.mknod(target.export, target.parts, name, mode, target.uid, gid)
+        return (qid(attr),)
 
     def t_link(self, dfid: int, fid: int, name: bytes) -> tuple[Any, ...]:
         self.writable()
         directory, source = self.fid(dfid), self.fid(fid)
-        _check_name(name)
+        self.new_name(name)
         if directory.export != source.export:
             raise _Errno(errno.EXDEV)
-        with self.dir_fd(directory) as parent, self.parent_of(source) as (src_dir, src):
-            os.link(src, name, src_dir_fd=src_dir, dst_dir_fd=parent, follow_symlinks=False)
+        if not source.parts:
+            raise _Errno(errno.EBUSY)
+        self.files.link(directory.export, directory.parts, name, source.parts)
         return ()
 
     def t_readlink(self, fid: int) -> tuple[Any, ...]:
-        with self.parent_of(self.fid(fid)) as (parent, name):
-            return (os.readlink(name, dir_fd=parent),)
+        target = self.fid(fid)
+        return (self.files.readlink(target.export, target.parts),)
 
     def rename(self, old_dir: _Fid, old: bytes, new_dir: _Fid, new: bytes) -> None:
         self.writable()
-        _check_name(old)
-        _check_name(new)
+        self.new_name(old)
+        self.new_name(new)
         if old_dir.export != new_dir.export:
             raise _Errno(errno.EXDEV)
-        with self.dir_fd(old_dir) as src, self.dir_fd(new_dir) as dst:
-            os.rename(old, new, src_dir_fd=src, dst_dir_fd=dst)
+        self.files.rename(old_dir.export, old_dir.parts, old, new_dir.parts, new)
         self.renamed(old_dir.export, (*old_dir.parts, old), (*new_dir.parts, new))
 
     def t_renameat(
@@ -854,37 +773,19 @@ class _Session:
 
     def t_unlinkat(self, dfid: int, name: bytes, flags: int) -> tuple[Any, ...]:
         self.writable()
-        _check_name(name)
-        with self.dir_fd(self.fid(dfid)) as parent:
-            if flags & _AT_REMOVEDIR:
-                os.rmdir(name, dir_fd=parent)
-            else:
-                os.unlink(name, dir_fd=parent)
+        target = self.fid(dfid)
+        self.new_name(name)
+        self.files.unlink(target.export, target.parts, name, bool(flags & _AT_REMOVEDIR))
         return ()
 
     def t_statfs(self, fid: int) -> tuple[Any, ...]:
         target = self.fid(fid)
-        with self.file_fd(target) as fd:
-            vfs = (
-                os.statvfs(_proc(fd))
-                if not stat.S_ISLNK(os.fstat(fd).st_mode)
-                else os.statvfs(self.config.exports[target.export].path)
-            )
-        return (
-            _V9FS_MAGIC,
-            vfs.f_bsize,
-            vfs.f_blocks,
-            vfs.f_bfree,
-            vfs.f_bavail,
-            vfs.f_files,
-            vfs.f_ffree,
-            vfs.f_fsid & (2**64 - 1),
-            vfs.f_namemax,
-        )
+        with self.handle_of(target) as handle:
+            return self.files.statfs(target.export, target.parts, handle)
 
     def t_fsync(self, fid: int, datasync: int) -> tuple[Any, ...]:
-        with self.opened(self.fid(fid)) as fd:
-            (os.fdatasync if datasync else os.fsync)(fd)
+        with self.opened(self.fid(fid)) as handle:
+            self.files.fsync(handle, bool(datasync))
         return ()
 
     def t_lock(
@@ -898,46 +799,29 @@ class _Session:
         client_id: bytes,
     ) -> tuple[Any, ...]:
         target = self.fid(fid)
-        if target.fd is None or kind not in _LOCK_TYPES:
-            return (_LOCK_ERROR,)
-        request = _FLOCK.pack(_LOCK_TYPES[kind], os.SEEK_SET, start, _signed(length), 0)
+        if target.fd is None or not LOCK_READ <= kind <= LOCK_UNLOCK:
+            return (LOCK_ERROR,)
         try:
-            with self.opened(target) as fd:
-                fcntl.fcntl(fd, _F_OFD_SETLK, request)
+            with self.opened(target) as handle:
+                return (self.files.lock(handle, kind, start, length),)
         except _Errno:
-            return (_LOCK_ERROR,)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                return (_LOCK_BLOCKED,)  # the client waits and asks again
-            return (_LOCK_ERROR,)
-        return (_LOCK_SUCCESS,)
+            return (LOCK_ERROR,)
 
     def t_getlock(
         self, fid: int, kind: int, start: int, length: int, proc_id: int, client_id: bytes
     ) -> tuple[Any, ...]:
         target = self.fid(fid)
-        if target.fd is None or kind not in _LOCK_TYPES:
+        if target.fd is None or not LOCK_READ <= kind <= LOCK_UNLOCK:
             raise _Errno(errno.EINVAL)
-        request = _FLOCK.pack(_LOCK_TYPES[kind], os.SEEK_SET, start, _signed(length), 0)
-        with self.opened(target) as fd:
-            found_type, _, found_start, found_len, _ = _FLOCK.unpack(
-                fcntl.fcntl(fd, _F_OFD_GETLK, request)
-            )
-        if found_type == fcntl.F_UNLCK:
-            return (2, start, length, proc_id, client_id)
-        back = {v: k for k, v in _LOCK_TYPES.items()}[found_type]
-        return (back, found_start, found_len, 0, b"")
+        with self.opened(target) as handle:
+            found = self.files.getlock(handle, kind, start, length)
+        if found is None:
+            return (LOCK_UNLOCK, start, length, proc_id, client_id)
+        return (*found, 0, b"")
 
     def t_xattrwalk(self, fid: int, newfid: int, name: bytes) -> tuple[Any, ...]:
         target = self.fid(fid)
-        with self.path_fd(target) as fd:
-            if stat.S_ISLNK(os.fstat(fd).st_mode):
-                raise _Errno(errno.ENODATA)
-            path = _proc(fd)
-            if name:
-                value = os.getxattr(path, name)
-            else:
-                value = b"".join(os.fsencode(n) + b"\0" for n in os.listxattr(path))
+        value = self.files.getxattr(target.export, target.parts, name)
         self.add_fid(newfid, _Fid(target.export, target.parts, target.uid, xattr=value))
         return (len(value),)
 
@@ -946,11 +830,11 @@ class _Session:
         (a size of 0 removes it, as QEMU's server does)."""
         self.writable()
         target = self.fid(fid)
-        if not name.startswith(_SETTABLE_XATTRS) or b"\0" in name or len(name) > 255:
+        if not name.startswith(self.files.settable_xattrs) or b"\0" in name or len(name) > 255:
             raise _Errno(errno.EOPNOTSUPP)
         if size > _XATTR_SIZE_MAX:
             raise _Errno(errno.E2BIG)
-        if flags & ~(os.XATTR_CREATE | os.XATTR_REPLACE):
+        if flags & ~(_XATTR_CREATE | _XATTR_REPLACE):
             raise _Errno(errno.EINVAL)
         self.closed_plain(target)
         target.setting = _XattrSet(name, size, flags)
@@ -959,17 +843,8 @@ class _Session:
     def set_xattr(self, fid: _Fid, setting: _XattrSet) -> None:
         if len(setting.value) != setting.size:
             raise _Errno(errno.EINVAL)  # clunked before the whole value came
-        with self.path_fd(fid) as fd:
-            if stat.S_ISLNK(os.fstat(fd).st_mode):
-                raise _Errno(errno.EPERM)  # as Linux answers for user.* on a link
-            if setting.size:
-                os.setxattr(_proc(fd), setting.name, bytes(setting.value), setting.flags)
-            else:
-                os.removexattr(_proc(fd), setting.name)
-
-
-def _signed(length: int) -> int:
-    return length if length < 2**63 else length - 2**64
+        value = bytes(setting.value) if setting.size else None
+        self.files.setxattr(fid.export, fid.parts, setting.name, value, setting.flags)
 
 
 _HANDLERS = {
