@@ -117,6 +117,9 @@ class Diod(Server):
     # own README mounts with uname=root; hvsock share serves as its own user either way.
     extra = "uname=root"
 
+    #: --diod-debug: diod logs every message (slow; to see why it fails).
+    debug = False
+
     def __init__(self, export: Path, port: int) -> None:
         super().__init__(export, port)
         self.aname = str(export)
@@ -149,6 +152,7 @@ class Diod(Server):
                     str(fd),
                     "--logdest",
                     str(self.log),
+                    *(["--debug", "3"] if self.debug else []),
                 ],
                 pass_fds=(fd,),
                 start_new_session=True,
@@ -259,16 +263,16 @@ def mounted(server: Server, mnt: Path, msize: int) -> Iterator[Path]:
     mnt.mkdir(parents=True, exist_ok=True)
     try:
         server.mount(mnt, msize)
+        try:
+            yield mnt
+        finally:
+            umount(mnt)
     except Exception:
         log = getattr(server, "log", None)
         if log is not None and log.exists():
-            progress(f"{server.name}'s log:\n{log.read_text(errors='replace')[-4000:]}")
-        server.stop()
+            progress(f"{server.name}'s log:\n{log.read_text(errors='replace')[-6000:]}")
         raise
-    try:
-        yield mnt
     finally:
-        umount(mnt)
         server.stop()
 
 
@@ -278,6 +282,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=5000, help="small files to untar")
     parser.add_argument("--msize", type=int, default=512 * 1024)
     parser.add_argument("--json-out", help="write the JSON report here too")
+    parser.add_argument("--diod-debug", action="store_true", help="diod logs every message")
     parser.add_argument(
         "--servers",
         default="hvsock,diod,virtio",
@@ -293,7 +298,15 @@ def main() -> None:
     tar = small_tree_tar(args.files)
     results: dict[str, dict] = {}
     work = Path(tempfile.mkdtemp(prefix="bench-share-"))
+    # A tmpfs of its own: the guest's /tmp is an overlay, whose files and directories
+    # report different st_dev; diod takes that for a mount point and refuses the walk.
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size + 512 * MIB}", "bench-share", str(work)],
+        check=True,
+        timeout=60,
+    )
     chosen = set(args.servers.split(","))
+    Diod.debug = args.diod_debug
     for index, kind in enumerate((Hvsock, Diod)):
         if kind.name.split()[0] not in chosen:
             continue
@@ -311,6 +324,7 @@ def main() -> None:
             results["virtio-9p (QEMU)"] = measure(virtio, size, tar, args.files, None)
         finally:
             shutil.rmtree(virtio, ignore_errors=True)
+    umount(work)
     shutil.rmtree(work, ignore_errors=True)
     mounts = [line for line in Path("/proc/mounts").read_text().splitlines() if f" {ROOT} " in line]
     report = {

@@ -23,6 +23,16 @@ from ._support import LOOPBACK_MODULE, Listening, listening, open_fds
 KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--cpython-suite",
+        choices=("core", "full"),
+        default="core",
+        help="CPython's test_os/test_shutil on the share: the core file-system classes "
+        "(default, CI) or the whole of both modules (about an hour emulated)",
+    )
+
+
 def _in_tier(item: pytest.Item) -> bool:
     return str(item.path).startswith(KERNEL_DIR + os.sep)
 
