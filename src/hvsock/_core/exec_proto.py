@@ -160,7 +160,7 @@ class Stdin(Value):
 
 
 class StdinEof(Value):
-    pass
+    _fields = __match_args__ = ()
 
 
 class Resize(Value):
