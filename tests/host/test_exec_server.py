@@ -254,17 +254,16 @@ def test_no_start_on_the_dedicated_address_is_cut_at_the_deadline(short_tmp: Pat
 def test_commands_get_default_signals_whatever_the_agent_inherited(short_tmp: Path) -> None:
     # As under nohup or a script's background job: SIGINT/SIGQUIT ignored, and a
     # signal blocked in the thread that runs the agent.
-    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGQUIT)}
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
-    try:
-        agent = _agent(short_tmp)  # its thread inherits the mask
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+    agent = _agent(short_tmp)
     old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGQUIT)}
     try:
-        with agent:
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        try:
+            agent.__enter__()  # its thread starts here, and inherits the mask
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        with contextlib.ExitStack() as stack:
+            stack.callback(agent.__exit__, None, None, None)
             result = hvsock.exec(agent.address(), ["sh", "-c", "kill -INT $$; echo survived"])
             assert (result.signal, result.stdout) == (signal.SIGINT, b""), result
             status = hvsock.exec(agent.address(), ["cat", "/proc/self/status"]).stdout
