@@ -254,17 +254,16 @@ def test_no_start_on_the_dedicated_address_is_cut_at_the_deadline(short_tmp: Pat
 def test_commands_get_default_signals_whatever_the_agent_inherited(short_tmp: Path) -> None:
     # As under nohup or a script's background job: SIGINT/SIGQUIT ignored, and a
     # signal blocked in the thread that runs the agent.
-    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGQUIT)}
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
-    try:
-        agent = _agent(short_tmp)  # its thread inherits the mask
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+    agent = _agent(short_tmp)
     old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGQUIT)}
     try:
-        with agent:
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        try:
+            agent.__enter__()  # its thread starts here, and inherits the mask
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        with contextlib.ExitStack() as stack:
+            stack.callback(agent.__exit__, None, None, None)
             result = hvsock.exec(agent.address(), ["sh", "-c", "kill -INT $$; echo survived"])
             assert (result.signal, result.stdout) == (signal.SIGINT, b""), result
             status = hvsock.exec(agent.address(), ["cat", "/proc/self/status"]).stdout
@@ -284,6 +283,93 @@ def test_commands_get_default_signals_whatever_the_agent_inherited(short_tmp: Pa
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
+
+
+def _signal_fields(agent: AgentThread) -> tuple[int, int]:
+    """(SigIgn, SigBlk) of a real command the agent runs, from its /proc status."""
+    status = hvsock.exec(agent.address(), ["cat", "/proc/self/status"]).stdout
+    fields = dict(line.split(":\t", 1) for line in status.decode().splitlines() if ":\t" in line)
+    return int(fields["SigIgn"], 16), int(fields["SigBlk"], 16)
+
+
+def _bits(signals: object) -> int:
+    return sum(1 << (sig - 1) for sig in signals)  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def _dispositions(ignored: set[int]) -> Iterator[None]:
+    """*ignored* set to SIG_IGN, every other signal the exec server resets to a handler of
+    ours (the suite may run with SIGINT ignored, as a background job; a handler, unlike
+    SIG_DFL, cannot kill the test run, and exec puts it back to the default)."""
+    handled = {sig for sig in exec_server.RESET_SIGNALS if sig not in exec_server.RESTORED_SIGNALS}
+    old = {sig: signal.getsignal(sig) for sig in handled}
+    try:
+        for sig in handled:
+            signal.signal(sig, signal.SIG_IGN if sig in ignored else (lambda *_: None))
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _signals_clean_in_a_thread() -> bool:
+    seen: list[bool] = []
+    thread = threading.Thread(target=lambda: seen.append(exec_server._signals_clean()))
+    thread.start()
+    thread.join(30)
+    return seen[0]
+
+
+def test_the_fast_spawn_is_chosen_only_when_nothing_needs_resetting() -> None:
+    # The interpreter ignores SIGPIPE (and SIGXFSZ) itself: subprocess's restore_signals
+    # resets those, so they do not stop the spawn without preexec_fn.
+    assert signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN
+    with _dispositions(set()):
+        assert _signals_clean_in_a_thread()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+        try:
+            assert not _signals_clean_in_a_thread()  # the new thread inherits the mask
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGTERM):
+        with _dispositions({sig}):
+            assert not _signals_clean_in_a_thread(), signal.Signals(sig).name
+
+
+def test_a_command_spawned_the_fast_way_starts_clean(short_tmp: Path) -> None:
+    with _dispositions(set()), _agent(short_tmp) as agent:
+        ignored, blocked = _signal_fields(agent)
+    assert blocked == 0, hex(blocked)
+    # Not even SIGPIPE, which the agent (a Python) ignores.
+    assert ignored & _bits(exec_server.RESET_SIGNALS) == 0, hex(ignored)
+
+
+def test_signals_the_agent_ignores_reach_the_command_at_default(short_tmp: Path) -> None:
+    # An agent started under nohup (SIGHUP) from a script's background job (SIGINT).
+    with _dispositions({signal.SIGINT, signal.SIGHUP}), _agent(short_tmp) as agent:
+        ignored, blocked = _signal_fields(agent)
+        result = hvsock.exec(agent.address(), ["sh", "-c", "kill -HUP $$; echo survived"])
+    assert ignored & _bits({signal.SIGINT, signal.SIGHUP}) == 0, hex(ignored)
+    assert blocked == 0, hex(blocked)
+    assert (result.signal, result.stdout) == (signal.SIGHUP, b""), result
+
+
+def test_a_mask_in_the_agents_thread_does_not_reach_the_command(short_tmp: Path) -> None:
+    # Nothing ignored, but the thread that runs the agent's loop (and spawns) started
+    # with signals blocked: a vfork child would keep that mask across exec.
+    with _dispositions(set()):
+        agent = _agent(short_tmp)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM})
+        try:
+            agent.__enter__()  # its thread starts here, and inherits the mask
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        try:
+            ignored, child_blocked = _signal_fields(agent)
+        finally:
+            agent.__exit__(None, None, None)
+    assert child_blocked == 0, hex(child_blocked)
+    assert ignored & _bits(exec_server.RESET_SIGNALS) == 0, hex(ignored)
 
 
 def test_another_user_gets_a_clean_environment(agent: AgentThread) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given
@@ -118,6 +120,55 @@ def test_bad_frames_raise_protocol_error(body: bytes) -> None:
 def test_unsendable_events_raise_protocol_error(event: ep.Event) -> None:
     with pytest.raises(hvsock.ProtocolError):
         ep.encode(event)
+
+
+@given(events)
+def test_events_are_values(event: ep.Event) -> None:
+    # Equal to a copy built from the same fields (positionally, as __match_args__ says),
+    # unequal to another kind, shown by their fields, and immutable.
+    fields = type(event).__match_args__
+    values = [getattr(event, name) for name in fields]
+    assert type(event)(*values) == event
+    assert type(event)(**dict(zip(fields, values, strict=True))) == event
+    assert event != ep.StdinEof() or isinstance(event, ep.StdinEof)
+    assert repr(event).startswith(f"{type(event).__name__}(")
+    with pytest.raises(AttributeError, match="immutable"):
+        event.extra = 1  # type: ignore[union-attr]
+    if fields:
+        with pytest.raises(AttributeError, match="immutable"):
+            setattr(event, fields[0], values[0])
+    if not isinstance(event, ep.Start):  # holds a dict, like a frozen dataclass would
+        assert hash(event) == hash(type(event)(*values))
+
+
+def test_events_take_their_defaults_and_share_no_mutable_one() -> None:
+    one, two = ep.Start(("true",)), ep.Start(("true",))
+    assert one.env == {}
+    assert one.env is not two.env
+    assert (one.unset, one.cwd, one.user, one.tty, one.timeout, one.max_output) == (
+        (),
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+    assert ep.Tty() == ep.Tty(24, 80, "xterm")
+    assert ep.Exit() == ep.Exit(None, None, False, False)
+    match ep.Output(2, b"x"):
+        case ep.Output(fd, data):
+            assert (fd, data) == (2, b"x")
+        case _:
+            pytest.fail("Output does not match by position")
+
+
+def test_the_protocol_module_generates_no_dataclasses() -> None:
+    # Every Ansible task's worker imports it afresh (and hvsock exec on each run).
+    probe = "import sys, hvsock._core.exec_proto; print('dataclasses' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "False", done
 
 
 def test_exit_status_is_the_shells() -> None:

@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import PeerClosedError, ProtocolError
 from . import framing
 from .framing import HEADER_SIZE, encode_frame, frame_length
+from .values import Value, set_fields
 
 __all__: list[str] = []  # internal: the public names live in hvsock.__init__
 
@@ -88,71 +88,134 @@ def parse_head(head: bytes) -> tuple[int, int]:
     return head[HEADER_SIZE], length - 1
 
 
-@dataclass(frozen=True)
-class Tty:
+# The events are Values (values.py), not frozen dataclasses: a task's Ansible worker
+# imports this module afresh for its one command, and generating eleven dataclasses cost
+# it more than the rest of the import.
+
+
+class Tty(Value):
     """A PTY request: the caller's terminal size and TERM."""
 
-    rows: int = 24
-    cols: int = 80
-    term: str = "xterm"
+    rows: int
+    cols: int
+    term: str
+    _fields = __match_args__ = ("rows", "cols", "term")
+
+    def __init__(self, rows: int = 24, cols: int = 80, term: str = "xterm") -> None:
+        set_fields(self, rows=rows, cols=cols, term=term)
 
 
-@dataclass(frozen=True)
-class Start:
+class Start(Value):
     """What to run and how. ``env`` is applied after ``unset``; ``None`` means "no limit"."""
 
     argv: tuple[str, ...]
-    env: dict[str, str] = field(default_factory=dict)
-    unset: tuple[str, ...] = ()
-    cwd: str | None = None
-    user: str | None = None
-    tty: Tty | None = None
-    timeout: float | None = None
-    max_output: int | None = None
+    env: dict[str, str]
+    unset: tuple[str, ...]
+    cwd: str | None
+    user: str | None
+    tty: Tty | None
+    timeout: float | None
+    max_output: int | None
+    _fields = __match_args__ = (
+        "argv",
+        "env",
+        "unset",
+        "cwd",
+        "user",
+        "tty",
+        "timeout",
+        "max_output",
+    )
+
+    def __init__(
+        self,
+        argv: tuple[str, ...],
+        env: dict[str, str] | None = None,
+        unset: tuple[str, ...] = (),
+        cwd: str | None = None,
+        user: str | None = None,
+        tty: Tty | None = None,
+        timeout: float | None = None,
+        max_output: int | None = None,
+    ) -> None:
+        set_fields(
+            self,
+            argv=argv,
+            env={} if env is None else env,
+            unset=unset,
+            cwd=cwd,
+            user=user,
+            tty=tty,
+            timeout=timeout,
+            max_output=max_output,
+        )
 
 
-@dataclass(frozen=True)
-class Stdin:
+class Stdin(Value):
     data: bytes
+    _fields = __match_args__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        set_fields(self, data=data)
 
 
-@dataclass(frozen=True)
-class StdinEof:
-    pass
+class StdinEof(Value):
+    _fields = __match_args__ = ()
 
 
-@dataclass(frozen=True)
-class Resize:
+class Resize(Value):
     rows: int
     cols: int
+    _fields = __match_args__ = ("rows", "cols")
+
+    def __init__(self, rows: int, cols: int) -> None:
+        set_fields(self, rows=rows, cols=cols)
 
 
-@dataclass(frozen=True)
-class Signal:
+class Signal(Value):
     signo: int
+    _fields = __match_args__ = ("signo",)
+
+    def __init__(self, signo: int) -> None:
+        set_fields(self, signo=signo)
 
 
-@dataclass(frozen=True)
-class Started:
+class Started(Value):
     pid: int
+    _fields = __match_args__ = ("pid",)
+
+    def __init__(self, pid: int) -> None:
+        set_fields(self, pid=pid)
 
 
-@dataclass(frozen=True)
-class Output:
+class Output(Value):
     """Bytes the command wrote: ``fd`` is 1 (stdout) or 2 (stderr)."""
 
     fd: int
     data: bytes
+    _fields = __match_args__ = ("fd", "data")
+
+    def __init__(self, fd: int, data: bytes) -> None:
+        set_fields(self, fd=fd, data=data)
 
 
-@dataclass(frozen=True)
-class Exit:
+class Exit(Value):
     """How the command ended: a ``code`` or a ``signal`` (exactly one is set)."""
 
-    code: int | None = None
-    signal: int | None = None
-    timed_out: bool = False
-    truncated: bool = False
+    code: int | None
+    signal: int | None
+    timed_out: bool
+    truncated: bool
+    _fields = __match_args__ = ("code", "signal", "timed_out", "truncated")
+
+    def __init__(
+        self,
+        code: int | None = None,
+        signal: int | None = None,
+        timed_out: bool = False,
+        truncated: bool = False,
+    ) -> None:
+        set_fields(self, code=code, signal=signal, timed_out=timed_out, truncated=truncated)
 
     @property
     def status(self) -> int:
@@ -160,12 +223,15 @@ class Exit:
         return self.code if self.code is not None else 128 + (self.signal or 0)
 
 
-@dataclass(frozen=True)
-class Error:
+class Error(Value):
     """The agent could not run the command (``code`` e.g. ``not_found``)."""
 
     code: str
     message: str
+    _fields = __match_args__ = ("code", "message")
+
+    def __init__(self, code: str, message: str) -> None:
+        set_fields(self, code=code, message=message)
 
 
 Event = Start | Stdin | StdinEof | Resize | Signal | Started | Output | Exit | Error

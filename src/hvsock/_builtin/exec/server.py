@@ -107,6 +107,34 @@ def _winsize(fd: int, rows: int, cols: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
+#: Signals CPython ignores at start-up and subprocess's ``restore_signals`` (on by default)
+#: sets back to the default in every child, with or without a ``preexec_fn``.
+RESTORED_SIGNALS = frozenset(
+    getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)
+)
+
+
+def _signals_clean() -> bool:
+    """True when a child started from this thread needs no signal reset of its own.
+
+    Then the command can be spawned with no ``preexec_fn``, which lets CPython vfork()
+    instead of copying the agent's page tables with fork() (about a millisecond per
+    command, and more the larger the agent). A child exec'd without the reset keeps
+    only what survives exec: ignored dispositions and the signal mask. So: no signal of
+    RESET_SIGNALS ignored (but those restore_signals resets anyway), and an empty mask in
+    this thread (a vfork child gets the mask of the thread that spawns it). Dispositions
+    are read from the signal module, which sees the ones the agent started with and every
+    change made through it; the agent loads no C code that sets dispositions behind it.
+    """
+    if signal.pthread_sigmask(signal.SIG_BLOCK, ()):
+        return False
+    return not any(
+        signal.getsignal(sig) == signal.SIG_IGN
+        for sig in RESET_SIGNALS
+        if sig not in RESTORED_SIGNALS
+    )
+
+
 def _default_signals() -> None:  # pragma: no cover - runs in the child
     # Ignored dispositions and the mask survive exec: give the command a clean start.
     for sig in RESET_SIGNALS:
@@ -322,9 +350,9 @@ class _Session:
                 err, child_err = _pipe(None)
                 self.outputs.append((err, 2))
                 theirs.append(child_err)
-                kwargs.update(
-                    stdin=child_in, stdout=child_out, stderr=child_err, preexec_fn=_default_signals
-                )
+                kwargs.update(stdin=child_in, stdout=child_out, stderr=child_err)
+                if not _signals_clean():
+                    kwargs.update(preexec_fn=_default_signals)
             for fd, _ in self.outputs:
                 os.set_blocking(fd, False)
             os.set_blocking(self.stdin_fd, False)
