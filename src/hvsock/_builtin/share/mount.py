@@ -23,6 +23,7 @@ from typing import Any
 from ..._core import ninep as p
 from ..._endpoints import connect
 from ..._errors import ArgumentError, HvsockError, PermissionDeniedError, UnsupportedError
+from ..._transports import vsock as _vsock
 
 __all__ = ["mount", "parse_options"]
 
@@ -171,6 +172,10 @@ def mount(
         raise ArgumentError(f"mount point {os.fsdecode(target)!r} is not a directory")
     sock = connect(address, timeout=timeout, retries=retries)
     try:
+        if sock.family == getattr(socket, "AF_VSOCK", None):
+            # Room for two whole replies: with vsock's default 256 KiB a reply of a
+            # bigger msize stalls at every credit update (the kernel keeps this size).
+            _vsock.set_buffer_size(sock, max(2 * msize, _vsock.get_buffer_size(sock)))
         _handshake(sock, msize, timeout)
         sock.settimeout(None)  # the kernel drives the socket from here, blocking
         fd = sock.fileno()

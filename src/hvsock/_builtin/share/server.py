@@ -36,6 +36,7 @@ from ..._core import ninep as p
 from ..._errors import ArgumentError, ProtocolError, UnsupportedError
 from ..._service.connection import SyncConnection
 from ..._service.declaration import Limits, Service
+from ..._transports import vsock as _vsock
 from ..._validate import instance, quote, whole_number
 from .backend import LOCK_ERROR, LOCK_READ, LOCK_UNLOCK, Backend, FsErrno, qid
 
@@ -52,6 +53,10 @@ SERVICE_NAME = "hvsock share"
 OWNERSHIP_MODES = ("server", "passthrough", "synthesized")
 #: Largest msize this server agrees to (the kernel's fd transport caps at 1 MiB).
 MAX_MSIZE = 1 << 20
+#: The vsock buffer (receive credit) of each connection: room for two whole requests.
+#: vsock's default, 256 KiB, is less than one 512 KiB Twrite, and its sender then
+#: stalls until this side has read most of it and sent a credit update, every message.
+VSOCK_BUFFER = 2 * MAX_MSIZE
 MIN_MSIZE = 4096
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -302,6 +307,9 @@ class _Session:
         slots = threading.BoundedSemaphore(self.config.max_inflight)
         try:
             self.fs = self.config.make_backend()
+            if self.conn.sock.family == getattr(socket, "AF_VSOCK", None):
+                # Before the first reply, which tells the client the new credit.
+                _vsock.set_buffer_size(self.conn.sock, VSOCK_BUFFER)
             while data := self.conn.sock.recv(65536):
                 batch = list(decoder.feed(data))
                 for msg in batch:
