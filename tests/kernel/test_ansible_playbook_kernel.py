@@ -49,6 +49,7 @@ BIN = Path(sys.executable).parent
 HOSTS = ("k0", "k1", "k2", "k3")
 CUT = "k3"  # the host whose agent its own task kills
 FACTS = "k0"  # the host whose facts the setup play gathers
+FILE_HOSTS = ("k0", "k1")  # the hosts the file modules run on (k0: cp at its default)
 #: The port the agent serves cp on when [cp] names no listen, and the plugin's default.
 DEFAULT_CP_PORT = 5005
 BIG = 50 * 1024 * 1024
@@ -270,8 +271,6 @@ PLAYBOOK = f"""
 - name: modules
   hosts: all
   gather_facts: false
-  vars:
-    dir: "{{{{ base }}}}/{{{{ inventory_hostname }}}}"
   tasks:
     - name: ping
       ping:
@@ -282,7 +281,27 @@ PLAYBOOK = f"""
     - name: copy big
       copy:
         src: "{{{{ base }}}}/big.bin"
-        dest: "{{{{ dir }}}}/big.bin"
+        dest: "{{{{ base }}}}/{{{{ inventory_hostname }}}}/big.bin"
+    - name: become
+      command: id -un
+      become: true
+      become_method: {BECOME_METHOD}
+      become_user: {BECOME_USER}
+      vars:
+        # the user's module temp dir where that user may write (the test's is root's)
+        ansible_remote_tmp: /tmp
+    - name: failing
+      command: sh -c "echo failing; exit 3"
+      ignore_errors: true
+
+# The file modules on two hosts: one whose cp address is the plugin's default, one
+# whose is set. Each module run starts a Python in this emulated guest.
+- name: files
+  hosts: {",".join(FILE_HOSTS)}
+  gather_facts: false
+  vars:
+    dir: "{{{{ base }}}}/{{{{ inventory_hostname }}}}"
+  tasks:
     - name: copy tree
       copy:
         src: "{{{{ base }}}}/tree/"
@@ -310,17 +329,6 @@ PLAYBOOK = f"""
         path: "{{{{ dir }}}}/conf.txt"
         regexp: "^port="
         line: "port=5100"
-    - name: become
-      command: id -un
-      become: true
-      become_method: {BECOME_METHOD}
-      become_user: {BECOME_USER}
-      vars:
-        # the user's module temp dir where that user may write (the test's is root's)
-        ansible_remote_tmp: /tmp
-    - name: failing
-      command: sh -c "echo failing; exit 3"
-      ignore_errors: true
 
 - name: facts
   hosts: {FACTS}
@@ -351,9 +359,9 @@ def prepare(base: Path) -> None:
         for i in range(BIG // len(block)):
             f.write(block[i % 7 :] + block[: i % 7])
     tree = base / "tree"
-    (tree / "sub" / "deeper").mkdir(parents=True)
+    (tree / "sub").mkdir(parents=True)
     (tree / "a.txt").write_text("alpha\n")
-    (tree / "sub" / "deeper" / "c.bin").write_bytes(os.urandom(100_000))
+    (tree / "sub" / "b.bin").write_bytes(os.urandom(100_000))
     (base / "page.j2").write_text("host={{ inventory_hostname }} answer={{ 6 * 7 }}\n")
     for name in HOSTS:
         (base / name / "fetchme.txt").write_text(f"fetched from {name}\n")
@@ -411,7 +419,7 @@ def test_recap_four_hosts_forks_4(run: Run) -> None:
     # ansible-playbook's exit status when a host was unreachable.
     assert run.done.returncode == 4, run.output()
     # Each host ran every task of the first play (forks 4: all of them at once).
-    for task in ("ping", "command", "copy big", "become", "failing"):
+    for task in ("ping", "command", "shell", "copy big", "become", "failing"):
         assert set(run.tasks[task]) == set(HOSTS), (task, run.output())
 
 
@@ -433,16 +441,18 @@ def test_copy_of_a_50_mib_file_and_a_tree(run: Run) -> None:
         assert copied.data["checksum"] == sha1  # the copy module's, of what it received
         assert copied.data["size"] == BIG
         assert hashlib.sha256((run.base / name / "big.bin").read_bytes()).hexdigest() == sha256
+    for name in FILE_HOSTS:
         assert run.result("stat", name).data["stat"]["checksum"] == sha256
         assert run.result("copy tree", name).status == "changed"
-        for rel in ("a.txt", "sub/deeper/c.bin"):
+        for rel in ("a.txt", "sub/b.bin"):
             assert (run.base / name / "tree" / rel).read_bytes() == (
                 run.base / "tree" / rel
             ).read_bytes(), (name, rel)
 
 
 def test_fetch_template_file_lineinfile(run: Run) -> None:
-    for name in HOSTS:
+    assert set(run.tasks["lineinfile"]) == set(FILE_HOSTS), run.output()
+    for name in FILE_HOSTS:
         fetched = run.base / "fetched" / f"{name}.txt"
         assert fetched.read_text() == f"fetched from {name}\n"
         report = run.result("fetch", name).data
