@@ -42,7 +42,7 @@ from tests.agent_thread import process_gone, wait_for
 
 from ._support import target, unused_port
 
-pytestmark = [pytest.mark.kernel, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(1800)]
 pytest.importorskip("ansible", reason="ansible-core is in the test extra")
 
 BIN = Path(sys.executable).parent
@@ -56,7 +56,7 @@ BIG = 50 * 1024 * 1024
 #: How long the cut task's command would run if Ansible waited for it.
 SLEEP = 3600
 #: Bounds on a whole run: far above what it takes on a busy machine (docs/testing.md).
-PLAYBOOK_TIMEOUT = 1200
+PLAYBOOK_TIMEOUT = 1500
 AGENT_START_TIMEOUT = 300
 
 
