@@ -31,6 +31,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="CPython's test_os/test_shutil on the share: the core file-system classes "
         "(default, CI) or the whole of both modules (about an hour emulated)",
     )
+    parser.addoption(
+        "--ansible-playbook",
+        action="store_true",
+        help="also run the whole ansible-playbook over AF_VSOCK "
+        "(test_ansible_playbook_kernel.py: 12-17 minutes in the emulated guest, past "
+        "CI's budget; docs/testing.md)",
+    )
+
+
+#: Selected only with --ansible-playbook (deselected, not skipped, without it).
+_BY_HAND = ("test_ansible_playbook_kernel.py",)
 
 
 def _in_tier(item: pytest.Item) -> bool:
@@ -47,6 +58,11 @@ class _Tally:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("ansible_playbook", False):
+        by_hand = [item for item in items if item.path.name in _BY_HAND]
+        if by_hand:
+            config.hook.pytest_deselected(items=by_hand)
+            items[:] = [item for item in items if item.path.name not in _BY_HAND]
     _Tally.collected = sum(1 for item in items if _in_tier(item))
     _Tally.ran, _Tally.skipped = set(), set()
 
