@@ -11,7 +11,9 @@ options (``msize``, ``cache=none``). QEMU's virtio-9p mount of the project direc
 
 Figures, each in the same run: sequential write and read of a file (1 GiB by
 default, in 1 MiB calls, fsync'd), untar of 5,000 small files, ``find``+``stat`` of
-them, ``rm -r``, and the server's RSS with 1,000 files held open on the mount.
+them, ``rm -r``, and the server's RSS with 1,000 files held open on the mount. All
+mounts are up at once and each workload runs on every mount in turn before the next
+workload, so a load that drifts over the run's minutes is shared, not one server's.
 Emulated CPUs make absolute numbers meaningless: read the ratios.
 """
 
@@ -233,29 +235,58 @@ def open_many(where: Path, count: int) -> list[int]:
     return [os.open(where / "many" / f"f{i}", os.O_RDWR | os.O_CREAT, 0o644) for i in range(count)]
 
 
-def measure(mnt: Path, size: int, tar: bytes, files: int, server: Server | None) -> dict:
-    out: dict[str, float] = {}
+def sequential(mnt: Path, size: int, out: dict[str, float]) -> None:
     big = mnt / "big"
     out["write_MiBps"] = size / MIB / timed(lambda: write_file(big, size))
     with contextlib.suppress(OSError):  # drop the guest's cache, for virtio-9p's sake
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
     out["read_MiBps"] = size / MIB / timed(lambda: read_file(big))
     big.unlink()
-    out["untar_s"] = timed(lambda: untar(tar, mnt))
-    found = []
-    out["find_stat_s"] = timed(lambda: found.append(find_stat(mnt)))
-    assert found == [files], found
-    out["rm_r_s"] = timed(lambda: shutil.rmtree(mnt / "t"))
-    progress(f"  {mnt}: {out}")
-    if server is not None:
-        before = rss_kib(server.pid)
-        fds = open_many(mnt, 1000)
-        out["rss_idle_KiB"] = before
-        out["rss_1000_open_KiB"] = rss_kib(server.pid)
-        for fd in fds:
-            os.close(fd)
-        shutil.rmtree(mnt / "many")
-    return out
+
+
+def metadata_steps(tar: bytes, files: int) -> list[Callable[[Path, dict[str, float]], None]]:
+    def untar_step(mnt: Path, out: dict[str, float]) -> None:
+        out["untar_s"] = timed(lambda: untar(tar, mnt))
+
+    def find_step(mnt: Path, out: dict[str, float]) -> None:
+        found: list[int] = []
+        out["find_stat_s"] = timed(lambda: found.append(find_stat(mnt)))
+        assert found == [files], found
+
+    def rm_step(mnt: Path, out: dict[str, float]) -> None:
+        out["rm_r_s"] = timed(lambda: shutil.rmtree(mnt / "t"))
+
+    return [untar_step, find_step, rm_step]
+
+
+def memory(mnt: Path, server: Server, out: dict[str, float]) -> None:
+    before = rss_kib(server.pid)
+    fds = open_many(mnt, 1000)
+    out["rss_idle_KiB"] = before
+    out["rss_1000_open_KiB"] = rss_kib(server.pid)
+    for fd in fds:
+        os.close(fd)
+    shutil.rmtree(mnt / "many")
+
+
+def measure_interleaved(
+    mounts: dict[str, tuple[Path, Server | None]], size: int, tar: bytes, files: int
+) -> dict[str, dict[str, float]]:
+    """Each workload on every mount in turn before the next workload: the machine's
+    load drifts over a run of many minutes, and back-to-back steps see the same load."""
+    results: dict[str, dict[str, float]] = {name: {} for name in mounts}
+    steps: list[Callable[[Path, dict[str, float]], None]] = [
+        lambda mnt, out: sequential(mnt, size, out),
+        *metadata_steps(tar, files),
+    ]
+    for step in steps:
+        for name, (mnt, _) in mounts.items():
+            step(mnt, results[name])
+            progress(f"  {name}: {results[name]}")
+    for name, (mnt, server) in mounts.items():
+        if server is not None:
+            memory(mnt, server, results[name])
+    return results
 
 
 @contextlib.contextmanager
@@ -296,7 +327,6 @@ def main() -> None:
     write_bytecode_cache()
     size = args.size_mib * MIB
     tar = small_tree_tar(args.files)
-    results: dict[str, dict] = {}
     work = Path(tempfile.mkdtemp(prefix="bench-share-"))
     # A tmpfs of its own: the guest's /tmp is an overlay, whose files and directories
     # report different st_dev; diod takes that for a mount point and refuses the walk.
@@ -307,32 +337,34 @@ def main() -> None:
     )
     chosen = set(args.servers.split(","))
     Diod.debug = args.diod_debug
-    for index, kind in enumerate((Hvsock, Diod)):
-        if kind.name.split()[0] not in chosen:
-            continue
-        export = work / f"export-{index}"
-        export.mkdir()
-        progress(f"{kind.name}: starting")
-        server = kind(export, 30000 + index + os.getpid() % 1000 * 10)
-        with mounted(server, work / f"mnt-{index}", args.msize) as mnt:
-            results[kind.name] = measure(mnt, size, tar, args.files, server)
-        shutil.rmtree(export)
-    # QEMU's virtio-9p (the guest's writable project share), for scale: no server RSS.
-    if "virtio" in chosen:
-        virtio = Path(tempfile.mkdtemp(prefix=".bench-share-", dir=ROOT))
-        try:
-            results["virtio-9p (QEMU)"] = measure(virtio, size, tar, args.files, None)
-        finally:
-            shutil.rmtree(virtio, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        mounts: dict[str, tuple[Path, Server | None]] = {}
+        for index, kind in enumerate((Hvsock, Diod)):
+            if kind.name.split()[0] not in chosen:
+                continue
+            export = work / f"export-{index}"
+            export.mkdir()
+            progress(f"{kind.name}: starting")
+            server = kind(export, 30000 + index + os.getpid() % 1000 * 10)
+            mnt = stack.enter_context(mounted(server, work / f"mnt-{index}", args.msize))
+            mounts[kind.name] = (mnt, server)
+        # QEMU's virtio-9p (the guest's writable project share), for scale: no server RSS.
+        if "virtio" in chosen:
+            virtio = Path(tempfile.mkdtemp(prefix=".bench-share-", dir=ROOT))
+            stack.callback(shutil.rmtree, virtio, ignore_errors=True)
+            mounts["virtio-9p (QEMU)"] = (virtio, None)
+        results = measure_interleaved(mounts, size, tar, args.files)
     umount(work)
     shutil.rmtree(work, ignore_errors=True)
-    mounts = [line for line in Path("/proc/mounts").read_text().splitlines() if f" {ROOT} " in line]
+    virtio_mounts = [
+        line for line in Path("/proc/mounts").read_text().splitlines() if f" {ROOT} " in line
+    ]
     report = {
         "machine": machine(),
         "size_mib": args.size_mib,
         "files": args.files,
         "msize": args.msize,
-        "virtio_9p_mount": mounts,
+        "virtio_9p_mount": virtio_mounts,
         "results": results,
     }
     if "hvsock share" in results and "diod" in results:
