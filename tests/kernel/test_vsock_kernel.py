@@ -333,6 +333,17 @@ def test_set_buffer_size_widens_the_kernel_bounds() -> None:
         assert get_u64(sock, SO_VM_SOCKETS_BUFFER_MIN_SIZE) <= small
 
 
+def test_ensure_buffer_size_only_grows_a_vsock_buffer() -> None:
+    from hvsock._transports.vsock import ensure_buffer_size
+
+    with vsock_socket() as sock:
+        default = get_u64(sock, SO_VM_SOCKETS_BUFFER_SIZE)
+        ensure_buffer_size(sock, default // 2)  # already that big: unchanged
+        assert get_u64(sock, SO_VM_SOCKETS_BUFFER_SIZE) == default
+        ensure_buffer_size(sock, 8 * default)  # past the default maximum too
+        assert get_u64(sock, SO_VM_SOCKETS_BUFFER_SIZE) == 8 * default
+
+
 @pytest.mark.timeout(90)
 def test_data_flows_with_big_buffers_on_both_ends() -> None:
     size = 1 * MiB

@@ -59,6 +59,13 @@ def set_buffer_size(sock: socket.socket, size: int) -> None:
     sock.setsockopt(level, SO_VM_SOCKETS_BUFFER_SIZE, size)
 
 
+def ensure_buffer_size(sock: socket.socket, size: int) -> None:
+    """At least *size* bytes of vsock buffer (receive credit) if *sock* is AF_VSOCK;
+    another family, or a buffer already that big, is left as it is."""
+    if sock.family == getattr(socket, "AF_VSOCK", None) and get_buffer_size(sock) < size:
+        set_buffer_size(sock, size)
+
+
 def get_buffer_size(sock: socket.socket) -> int:
     return int(sock.getsockopt(sock.family, SO_VM_SOCKETS_BUFFER_SIZE))
 

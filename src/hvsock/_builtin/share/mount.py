@@ -172,10 +172,9 @@ def mount(
         raise ArgumentError(f"mount point {os.fsdecode(target)!r} is not a directory")
     sock = connect(address, timeout=timeout, retries=retries)
     try:
-        if sock.family == getattr(socket, "AF_VSOCK", None):
-            # Room for two whole replies: with vsock's default 256 KiB a reply of a
-            # bigger msize stalls at every credit update (the kernel keeps this size).
-            _vsock.set_buffer_size(sock, max(2 * msize, _vsock.get_buffer_size(sock)))
+        # Room for two whole replies: with vsock's default 256 KiB a reply of a bigger
+        # msize stalls at every credit update (the kernel keeps this size).
+        _vsock.ensure_buffer_size(sock, 2 * msize)
         _handshake(sock, msize, timeout)
         sock.settimeout(None)  # the kernel drives the socket from here, blocking
         fd = sock.fileno()

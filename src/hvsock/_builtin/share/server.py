@@ -307,9 +307,8 @@ class _Session:
         slots = threading.BoundedSemaphore(self.config.max_inflight)
         try:
             self.fs = self.config.make_backend()
-            if self.conn.sock.family == getattr(socket, "AF_VSOCK", None):
-                # Before the first reply, which tells the client the new credit.
-                _vsock.set_buffer_size(self.conn.sock, VSOCK_BUFFER)
+            # Before the first reply, which tells the client the new credit.
+            _vsock.ensure_buffer_size(self.conn.sock, VSOCK_BUFFER)
             while data := self.conn.sock.recv(65536):
                 batch = list(decoder.feed(data))
                 for msg in batch:
