@@ -7,7 +7,8 @@ a fresh working directory made under ``TMPDIR`` (so the tests' files, ``TESTFN``
 and ``tempfile``'s alike, land on the file system under test). OUT gets one JSON
 line per test as it ends, ``[test id, outcome, detail, seconds]``, the outcome one
 of ok, skip, fail, error, xfail, xpass (a failing subtest fails its test, in a
-later line), so a run stopped part-way still tells what it did. Exit 0 unless the
+later line), so a run stopped part-way still tells what it did; a test also gets a
+line when it starts (outcome "started"), so one that never ends names itself. Exit 0 unless the
 modules cannot be imported (exit 3, the reason on stderr).
 
 Run as a script in a child process: the tests chdir, fork, change the umask and
@@ -25,7 +26,7 @@ import traceback
 import unittest
 from typing import Any
 
-OUTCOMES = ("ok", "skip", "fail", "error", "xfail", "xpass")
+OUTCOMES = ("started", "ok", "skip", "fail", "error", "xfail", "xpass")
 
 
 class Recorder(unittest.TestResult):
@@ -40,11 +41,12 @@ class Recorder(unittest.TestResult):
     def startTest(self, test: unittest.TestCase) -> None:
         super().startTest(test)
         self.started = time.monotonic()
+        self._set(test, "started")
 
     def _set(self, test: unittest.TestCase, outcome: str, detail: str = "") -> None:
         key = test.id()
         # A failing subtest must not be overwritten by the test's own "ok" at the end.
-        if key in self.failed and outcome == "ok":
+        if key in self.failed and outcome in ("started", "ok"):
             return
         if outcome in ("fail", "error"):
             self.failed.add(key)

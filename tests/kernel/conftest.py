@@ -10,7 +10,9 @@ boots a throw-away guest, loads the module there and runs this tier inside.
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -26,10 +28,11 @@ KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--cpython-suite",
-        choices=("core", "full"),
+        type=_suite_choice,
         default="core",
-        help="CPython's test_os/test_shutil on the share: the core file-system classes "
-        "(default, CI) or the whole of both modules (about an hour emulated)",
+        help="CPython's test_os/test_shutil on the share: 'core', the core file-system "
+        "classes (default, CI); 'full', the whole of both modules (hours emulated); or "
+        "names of the test package, comma-separated (test_os.WalkTests,test_shutil)",
     )
     parser.addoption(
         "--ansible-playbook",
@@ -39,6 +42,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "CI's budget; docs/testing.md)",
     )
 
+
+#: What --cpython-suite takes besides core and full: test package names, e.g.
+#: ``test_os.WalkTests.test_walk_prune`` (unittest checks that they exist).
+_SUITE_NAME = re.compile(r"test_(os|shutil)(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _suite_choice(value: str) -> str:
+    if value in ("core", "full") or all(_SUITE_NAME.fullmatch(n) for n in value.split(",")):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"{value!r}: say core, full, or names such as test_os.WalkTests,test_shutil"
+    )
+
+
+#: --cpython-suite other than core: the suite test's own bound, not the tier's.
+_SUITE_TEST = "test_cpython_test_os_and_test_shutil_on_the_mount"
+_SUITE_TIMEOUT = 5 * 3600
 
 #: Selected only with --ansible-playbook (deselected, not skipped, without it).
 _BY_HAND = ("test_ansible_playbook_kernel.py",)
@@ -63,6 +83,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if by_hand:
             config.hook.pytest_deselected(items=by_hand)
             items[:] = [item for item in items if item.path.name not in _BY_HAND]
+    if config.getoption("cpython_suite", "core") != "core":
+        for item in items:
+            if item.name == _SUITE_TEST:
+                item.add_marker(pytest.mark.timeout(_SUITE_TIMEOUT))
     _Tally.collected = sum(1 for item in items if _in_tier(item))
     _Tally.ran, _Tally.skipped = set(), set()
 
