@@ -1,20 +1,26 @@
 """The share's Linux backend: every name resolved with ``O_PATH`` descriptors.
 
-Each use resolves the names again from the export root's descriptor, one component at
-a time with ``O_PATH | O_NOFOLLOW`` (directories also ``O_DIRECTORY``), so a symlink is
-never followed by the server. Operations on the file itself go through that descriptor
-(``/proc/self/fd/N`` reaches the exact inode it pins); operations on a name go through
-its parent's descriptor. Locks are open-file-description locks on the open file's
-descriptor. Linux only (``O_PATH``, OFD locks, /proc); one per session (it holds the
-exports' root descriptors).
+Each use resolves the names again from the export root's descriptor, and a symlink is
+never followed by the server: in one ``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)``
+where the kernel has it (5.6+), else one component at a time with ``O_PATH |
+O_NOFOLLOW`` (directories also ``O_DIRECTORY``). The kernel's v9fs client with no
+cache walks every path from the mount's root, one name per request, so a request at
+depth k cost the loop k opens: a tree 30 deep made CPython's walk tests quadratic.
+
+Operations on the file itself go through that descriptor (``/proc/self/fd/N`` reaches
+the exact inode it pins); operations on a name go through its parent's descriptor.
+Locks are open-file-description locks on the open file's descriptor. Linux only
+(``O_PATH``, OFD locks, /proc); one per session (it holds the exports' root descriptors).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import os
+import platform
 import stat
 import struct
 import time
@@ -54,6 +60,86 @@ _FLOCK = struct.Struct("hhqqi4x")  # struct flock on 64-bit Linux
 SETTABLE_XATTRS = (b"user.",)
 
 
+# -- openat2 ---------------------------------------------------------------------------
+#: openat2's number is the same on every architecture that has it (the syscall table
+#: was unified before 5.6) but alpha's; machines not listed use the loop.
+_OPENAT2_NR = 437
+_OPENAT2_MACHINES = frozenset(
+    ("x86_64", "aarch64", "arm64", "riscv64", "ppc64le", "ppc64", "s390x", "i686", "i386")
+)
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_NO_SYMLINKS = 0x04
+_RESOLVE_BENEATH = 0x08
+#: A rename racing the resolution makes openat2 answer EAGAIN; after this many, the loop.
+_OPENAT2_TRIES = 3
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64))
+
+
+_BENEATH_PATH = _OpenHow(
+    _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
+    0,
+    _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS,
+)
+
+
+class _Openat2:
+    """``openat2`` through libc's ``syscall``, or None when this machine cannot."""
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.call = libc.syscall
+        self.call.restype = ctypes.c_long
+        self.call.argtypes = (
+            ctypes.c_long,
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.POINTER(_OpenHow),
+            ctypes.c_size_t,
+        )
+        self.how = ctypes.byref(_BENEATH_PATH)
+
+    def beneath(self, dir_fd: int, path: bytes) -> int:
+        """An ``O_PATH`` descriptor of *path* below *dir_fd*, no symlink followed
+        (one as the last name is opened itself). OSError as openat2 gives it."""
+        fd = self.call(_OPENAT2_NR, dir_fd, path, self.how, ctypes.sizeof(_OpenHow))
+        if fd < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+        return int(fd)
+
+    @classmethod
+    def probe(cls) -> _Openat2 | None:
+        """Works here? ENOSYS (before 5.6) and EPERM (a seccomp filter, as older
+        container runtimes have) say no."""
+        if platform.machine() not in _OPENAT2_MACHINES or not _O_PATH:
+            return None
+        try:
+            found = cls()
+            root = os.open("/", _DIR_PATH)
+        except (OSError, AttributeError):
+            return None
+        try:
+            os.close(found.beneath(root, b"."))
+        except OSError:
+            return None
+        finally:
+            os.close(root)
+        return found
+
+
+_PROBED: list[_Openat2 | None] = []
+
+
+def openat2() -> _Openat2 | None:
+    """The machine's openat2, probed once per process."""
+    if not _PROBED:
+        _PROBED.append(_Openat2.probe())
+    return _PROBED[0]
+
+
 def _proc(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
@@ -84,8 +170,11 @@ class LinuxFs:
 
     settable_xattrs: tuple[bytes, ...] = SETTABLE_XATTRS
 
-    def __init__(self, roots: Sequence[bytes], ownership: str) -> None:
+    def __init__(self, roots: Sequence[bytes], ownership: str, *, use_openat2: bool = True) -> None:
+        """*use_openat2* False: the component loop even where openat2 works (both
+        resolutions are tested against each other)."""
         self.passthrough = ownership == "passthrough"
+        self.openat2 = openat2() if use_openat2 else None
         self.roots: list[int] = []
         try:
             for path in roots:
@@ -104,6 +193,22 @@ class LinuxFs:
     # -- resolution -----------------------------------------------------------------
     def resolve(self, export: int, parts: tuple[bytes, ...]) -> int:
         """An O_PATH descriptor of *parts* below the export's root, no link followed."""
+        if parts and self.openat2 is not None:
+            # Names never hold "/" or NUL, nor are "." or ".." (the session checks),
+            # so the joined path has exactly these components.
+            path = b"/".join(parts)
+            for _ in range(_OPENAT2_TRIES):
+                try:
+                    return self.openat2.beneath(self.roots[export], path)
+                except OSError as exc:
+                    if exc.errno == errno.ELOOP:
+                        # A symlink where a directory must be: the client sees ENOTDIR.
+                        raise FsErrno(errno.ENOTDIR) from None
+                    if exc.errno == errno.EXDEV:  # out of the export: cannot happen
+                        raise FsErrno(errno.EACCES) from None
+                    if exc.errno != errno.EAGAIN:
+                        raise
+            # A rename kept racing the resolution: the loop below has no such retry.
         fd = os.open(".", _DIR_PATH, dir_fd=self.roots[export])
         try:
             for i, name in enumerate(parts):
