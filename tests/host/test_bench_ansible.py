@@ -152,3 +152,20 @@ def test_ssh_sessions_use_the_login_home_not_the_accounts(tmp_path: Path) -> Non
     assert said_home == str(home)
     if Path(shell).name == "bash" and shutil.which("bash"):
         assert marker.read_text() == "sourced\n"
+
+
+def test_the_agents_give_commands_a_services_environment(
+    bench: ModuleType, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command gets its agent's environment; the bench's agents start with a service's,
+    not the bench's (this machine's PYTHONUNBUFFERED=1 made every pipelined module read
+    its script byte by byte, where sshd's sessions have a clean environment)."""
+    import hvsock
+
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")
+    monkeypatch.setattr(bench, "HOSTS", 1)
+    with bench.agents(short_tmp) as socks:
+        result = hvsock.exec(f"unix://{socks[0][0]}", ["env"], timeout=60)
+    seen = dict(line.split("=", 1) for line in result.stdout.decode().splitlines())
+    assert "PYTHONUNBUFFERED" not in seen
+    assert seen["PATH"] == bench.SERVICE_ENV["PATH"]
