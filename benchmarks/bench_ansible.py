@@ -1,12 +1,22 @@
 """Ansible through hvsock.vm.hvsock, side by side with its baselines in one run.
 
 - A playbook of 30 small ``command`` tasks on 4 hosts (forks 4, pipelining on, no
-  facts): the hvsock connection plugin against 4 ``hvsock agent`` processes on Unix
-  sockets vs Ansible's ssh connection plugin with ControlPersist on, against a local
-  sshd on loopback (tests/sshd.py: its own config and keys; the 4 inventory hosts all
-  alias 127.0.0.1 on its port, so they even share one ControlPersist master). Each
-  side is run once untimed first (ssh's master is then up, as in steady use), then
-  the best of RUNS wall times. Target: hvsock <= 0.7x ssh.
+  facts, the linear strategy, the same environment): the hvsock connection plugin
+  against 4 ``hvsock agent`` processes on Unix sockets (started with a service's
+  environment, as systemd starts one) vs Ansible's ssh connection plugin with
+  ControlPersist on, against a local sshd on loopback (tests/sshd.py: its own config
+  and keys; its sessions' ``HOME`` a fresh Debian root's, not this machine's account's,
+  whose ``.bashrc`` bash would source for every command). The 4 ssh hosts are all
+  127.0.0.1 on one port; each gets its own control path, so its own master, as four
+  real hosts would. Each side is run once untimed first with ``-vvv``, which checks that
+  every task was pipelined (one remote command per task) and that ssh's ControlPersist
+  is on; the masters are then up, as in steady use. Then ROUNDS rounds (``--rounds``,
+  none started after ``--budget`` seconds), each one run per side back to back, the
+  sides' order alternating (ABBA), so a load that drifts moves both sides of a round
+  alike. The figure is the median of the rounds' own ratios, with their min and max;
+  each round is a row too, with the load average. ``ssh -O check`` and sshd's log then
+  show every master still up and no login during the rounds (else the bench fails: an
+  ssh run that paid a login would be unfair to ssh). Target: hvsock <= 0.7x ssh.
 - ``copy`` of a 100 MB file to one host through the plugin (the task's own duration,
   from Ansible's junit callback, and the playbook's wall time) vs a raw
   ``hvsock cp`` of the same file to the same agent's cp service. Targets: >= 0.5x raw
@@ -25,7 +35,8 @@
   the plugin's seconds vs the ``local`` connection's (``put_file`` alone vs raw
   ``hvsock cp``). Not the timed runs: the debug log costs time of its own.
 
-``--only commands`` or ``--only copy`` runs one part. The bytecode of hvsock and of the
+``--only commands`` or ``--only copy`` runs one part; ``--json-out FILE`` also writes
+the JSON report there (benchmarks/results/ansible-latest.json). The bytecode of hvsock and of the
 collection is compiled first, as pip does when it installs the wheel (Ansible imports the
 plugin afresh in every task's worker process).
 
@@ -56,6 +67,7 @@ from pathlib import Path
 import _report
 
 ROOT = Path(__file__).resolve().parents[1]
+PLUGIN_DIR = ROOT / "src" / "ansible_collections" / "hvsock" / "vm" / "plugins" / "connection"
 sys.path.insert(0, str(ROOT))
 from tests.sshd import Sshd, sshd_missing  # noqa: E402
 
@@ -509,8 +521,22 @@ def check_verbose(out: str, side: str) -> None:
         raise SystemExit(f"ssh: ControlPersist is not on:\n{out[-3000:]}")
 
 
+def preloaded(inv: dict[str, object]) -> tuple[dict[str, object], dict[str, str]]:
+    """*inv* and the environment for the plugin by its short name from Ansible's
+    ``connection_plugins`` path (docs/ansible.md, "Many small tasks"): ansible-playbook
+    then loads it, and reads its options, once before it forks the task workers."""
+    inv = json.loads(json.dumps(inv))
+    inv["all"]["vars"]["ansible_connection"] = "hvsock"  # type: ignore[index]
+    return inv, {"ANSIBLE_CONNECTION_PLUGINS": str(PLUGIN_DIR)}
+
+
 def commands_rows(
-    base: Path, inv: dict[str, object], rounds: int, budget: float, notes: dict[str, object]
+    base: Path,
+    inv: dict[str, object],
+    rounds: int,
+    budget: float,
+    notes: dict[str, object],
+    preload: bool = False,
 ) -> list[dict[str, object]]:
     why = sshd_missing()
     if why is not None:
@@ -518,7 +544,7 @@ def commands_rows(
         return []
     with Sshd(base, login_home=ssh_home(base)) as sshd:
         sides = {
-            "hvsock": (inv, {}),
+            "hvsock": preloaded(inv) if preload else (inv, {}),
             "ssh": (ssh_inventory(sshd, base), {"ANSIBLE_SSH_CONTROL_PATH_DIR": str(base / "cp")}),
         }
         try:
@@ -692,6 +718,12 @@ def main() -> None:
         default=BUDGET,
         help=f"seconds after which no new round starts (two rounds at least; default {BUDGET:.0f})",
     )
+    parser.add_argument(
+        "--preload",
+        action="store_true",
+        help="the command playbook's plugin side by its short name from Ansible's "
+        "connection_plugins path (loaded once, before the workers fork)",
+    )
     parser.add_argument("--json-out", type=Path, help="also write the JSON report to this file")
     args = parser.parse_args()
     if args.rounds < 2:
@@ -702,13 +734,21 @@ def main() -> None:
     if not compileall.compile_dir(str(ROOT / "src" / "ansible_collections"), quiet=1):
         raise SystemExit("could not write the collection's bytecode cache")
     rows: list[dict[str, object]] = []
-    notes: dict[str, object] = {"load_start": [round(x, 2) for x in os.getloadavg()]}
+    notes: dict[str, object] = {
+        "load_start": [round(x, 2) for x in os.getloadavg()],
+        "plugin": "preloaded (connection_plugins)" if args.preload else "hvsock.vm.hvsock",
+    }
     with tempfile.TemporaryDirectory(prefix="hvba-", dir="/tmp") as tmp:
         base = Path(tmp)
         with agents(base) as socks:
             if args.only in (None, "commands"):
                 rows += commands_rows(
-                    base, hvsock_inventory(socks, base), args.rounds, args.budget, notes
+                    base,
+                    hvsock_inventory(socks, base),
+                    args.rounds,
+                    args.budget,
+                    notes,
+                    args.preload,
                 )
             if args.only in (None, "copy"):
                 rows += copy_rows(base, socks)
