@@ -9,6 +9,7 @@ real sshd (tests/sshd.py); a small playbook (2 tasks x 2 hosts), never a speed c
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 import subprocess
 import sys
@@ -169,3 +170,44 @@ def test_the_agents_give_commands_a_services_environment(
     seen = dict(line.split("=", 1) for line in result.stdout.decode().splitlines())
     assert "PYTHONUNBUFFERED" not in seen
     assert seen["PATH"] == bench.SERVICE_ENV["PATH"]
+
+
+def _ignored(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return int(line.split()[1], 16)
+    raise AssertionError(f"no SigIgn for {pid}")
+
+
+def test_the_agents_start_with_a_services_signals(bench: ModuleType, short_tmp: Path) -> None:
+    """A bench run in the background (or under nohup) ignores SIGINT, SIGQUIT and
+    SIGHUP; its agents start with them at their default, as systemd starts one."""
+    import signal
+
+    made_ignored = [signal.SIGQUIT, signal.SIGHUP]
+    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in made_ignored}
+    try:
+        assert _ignored(os.getpid()) & (1 << (signal.SIGHUP - 1))  # the set-up took
+        with bench.agents(short_tmp) as socks:
+            assert socks
+            pids = [
+                int(p)
+                for p in os.listdir("/proc")
+                if p.isdigit()
+                and str(short_tmp).encode() in _cmdline(int(p))
+                and b"agent" in _cmdline(int(p))
+            ]
+            assert len(pids) == bench.HOSTS
+            for pid in pids:
+                for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+                    assert not _ignored(pid) & (1 << (sig - 1)), (pid, sig)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
