@@ -36,8 +36,10 @@
   ``hvsock cp``). Not the timed runs: the debug log costs time of its own.
 
 ``--only commands`` or ``--only copy`` runs one part; ``--json-out FILE`` also writes
-the JSON report there (benchmarks/results/ansible-latest.json). The bytecode of hvsock and of the
-collection is compiled first, as pip does when it installs the wheel (Ansible imports the
+the JSON report there (benchmarks/results/ansible-latest.json); ``--preload`` runs the
+plugin's side by its short name from Ansible's ``connection_plugins`` path, loaded once
+before the workers fork (docs/ansible.md, "Many small tasks"). The bytecode of hvsock
+and of the collection is compiled first, as pip does when it installs the wheel (Ansible imports the
 plugin afresh in every task's worker process).
 
 Needs ansible-core (pip install -e '.[ansible]') and openssh-server for the ssh side.
