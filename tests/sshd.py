@@ -43,8 +43,14 @@ def _free_port() -> int:
 class Sshd:
     """``with Sshd() as sshd:`` a running sshd; ``sshd.ssh_args`` logs in to it."""
 
-    def __init__(self, base: Path | None = None) -> None:
+    def __init__(self, base: Path | None = None, login_home: Path | None = None) -> None:
+        """*login_home*: the ``HOME`` of the server's sessions instead of the user's own
+        (sshd's ``SetEnv``), so bash, which a session started by sshd makes source
+        ``~/.bashrc`` even for a command, sources that directory's one (none, or one of
+        the caller's) rather than this machine's account's (here root's runs
+        ``pyenv init``: a quarter of a second per command, which no guest pays)."""
         self.dir = Path(tempfile.mkdtemp(prefix="hvssh-", dir=str(base) if base else "/tmp"))
+        self.login_home = login_home
         self.user = pwd.getpwuid(os.getuid()).pw_name
         self.port = 0
         self.log = self.dir / "sshd.log"
@@ -84,6 +90,7 @@ class Sshd:
                 "LogLevel VERBOSE\nMaxStartups 100\nMaxSessions 100\n"
                 # Many ssh starts at once (forks, a bench): no per-source throttling.
                 + ("PerSourcePenalties no\n" if _knows_penalties() else "")
+                + (f'SetEnv "HOME={self.login_home}"\n' if self.login_home else "")
             )
             self.log.write_bytes(b"")
             self.proc = subprocess.Popen(

@@ -866,3 +866,87 @@ def test_a_connection_cut_while_the_module_is_sent_is_unreachable(short_tmp: Pat
     said = ran.stdout.strip().splitlines()[-1:] or [ran.stderr]
     assert said[0].startswith("unreachable: hvsock: running a command through the agent"), said
     assert "closed the connection before the command's exit" in said[0]
+
+
+PLUGIN_DIR = (
+    Path(__file__).resolve().parents[2]
+    / "src"
+    / "ansible_collections"
+    / "hvsock"
+    / "vm"
+    / "plugins"
+    / "connection"
+)
+
+PRELOAD_PLAYBOOK = """
+- hosts: all
+  gather_facts: false
+  tasks:
+    - command: printenv HVA_HOST
+      register: r
+    - command: echo second
+    - copy:
+        content: "{{ r.stdout }} through the preloaded plugin"
+        dest: "{{ base }}/preloaded.txt"
+"""
+
+
+def _preload_run(base: Path, agent: Agent, connection: str, extra: dict[str, str]) -> str:
+    inventory = {
+        "all": {
+            "vars": {
+                "ansible_connection": connection,
+                "ansible_python_interpreter": "/usr/bin/python3",
+                "base": str(base),
+            },
+            "hosts": {
+                "p0": {
+                    "ansible_host": f"unix://{agent.socket}",
+                    "ansible_hvsock_cp_address": f"unix://{agent.cp_socket}",
+                }
+            },
+        }
+    }
+    (base / "inv.json").write_text(json.dumps(inventory))
+    (base / "site.yml").write_text(PRELOAD_PLAYBOOK)
+    (base / "preloaded.txt").unlink(missing_ok=True)
+    done = subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", str(base / "inv.json"), str(base / "site.yml")],
+        env={**ansible_env(base), **extra, "ANSIBLE_DEBUG": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    assert (base / "preloaded.txt").read_text() == "p0 through the preloaded plugin"
+    assert len(re.findall(r"in run\(\) - task", out)) == 3, out[-4000:]
+    return out
+
+
+def test_the_plugin_from_connection_plugins_is_loaded_once_not_per_task(
+    short_tmp: Path,
+) -> None:
+    """docs/ansible.md, "Many small tasks": with the plugin's directory in Ansible's
+    connection_plugins path and ``ansible_connection: hvsock``, ansible-playbook loads
+    the plugin (and reads its options) once, before it forks the task workers, which
+    find it loaded; by its collection name every task's worker loads it again. Commands
+    and the cp service (its option from the inventory) work the same either way."""
+    agent = _start_agent(short_tmp, "p0")
+    try:
+        preloaded = _preload_run(
+            short_tmp, agent, "hvsock", {"ANSIBLE_CONNECTION_PLUGINS": str(PLUGIN_DIR)}
+        )
+        by_collection = _preload_run(short_tmp, agent, "hvsock.vm.hvsock", {})
+    finally:
+        _stop(agent)
+    # Ansible logs each reading of a plugin's options; the workers' loads of a plugin
+    # the parent loaded say found_in_cache=True and read nothing.
+    read = r"Loaded config def from plugin \(connection/(\S*hvsock)\)"
+    assert re.findall(read, preloaded) == ["hvsock"]  # once, for three tasks
+    assert len(re.findall(r"Loading Connection 'hvsock' .*found_in_cache=True", preloaded)) >= 3
+    assert (
+        re.findall(read, by_collection)
+        == ["ansible_collections.hvsock.vm.plugins.connection.hvsock"] * 3
+    )  # once per task
