@@ -8,6 +8,7 @@ import errno
 import os
 import socket
 import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -549,3 +550,132 @@ def test_a_clunked_file_stays_open_until_its_last_read_ends(tmp_path: Path, port
         session.clunk_all()
         session.files.close()
         config.pool.shutdown()
+
+
+def test_big_writes_of_every_kind_land_whole(tree: tuple[Path, Path, str], portable: bool) -> None:
+    """Twrites around the size the server writes in place (16 KiB) and up to msize, one
+    at a time (what v9fs sends) and several in flight in one burst."""
+    export, _, address = tree
+    sizes = [100, 16384 - 24, 16384 - 23, 16384 - 22, 16385, 65536, 200000, (1 << 19) - 24]
+    blobs = [os.urandom(n) for n in sizes]
+    with sharing([export], address, portable=portable, allow=["any"]) as real:
+        c = Client(unix_path(real), msize=1 << 19)
+        c.attach(0)
+        c.walk(0, 1)
+        c.rpc(p.TLCREATE, 1, b"f", RDWR, CREAT_MODE, 0)
+        offset = 0
+        for blob in blobs:
+            assert c.rpc(p.TWRITE, 1, offset, blob).args == (len(blob),)
+            offset += len(blob)
+        assert (export / "f").read_bytes() == b"".join(blobs)
+        # A burst: every Twrite sent before any reply is read.
+        burst = b"".join(
+            p.encode(p.Message(p.TWRITE, tag, (1, tag << 20, blob)))
+            for tag, blob in enumerate(reversed(blobs), start=1)
+        )
+        c.sock.sendall(burst)
+        replies = {m.tag: m for m in (c.recv() for _ in blobs) if m is not None}
+        for tag, blob in enumerate(reversed(blobs), start=1):
+            assert replies[tag].args == (len(blob),)
+        on_disk = (export / "f").read_bytes()
+        for tag, blob in enumerate(reversed(blobs), start=1):
+            start = tag << 20
+            assert on_disk[start : start + len(blob)] == blob
+
+
+class _HeldWrites:
+    """A LinuxFs whose writes wait until *expected* of them are under way at once:
+    each worker holds its Twrite's data (a view of the buffer it arrived in) while the
+    connection goes on receiving the next ones."""
+
+    def __init__(self, inner: object, expected: int) -> None:
+        self.inner = inner
+        self.expected = expected
+        self.started = 0
+        self.cond = threading.Condition()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def write(self, handle: object, offset: int, data: bytes | memoryview) -> int:
+        with self.cond:
+            self.started += 1
+            self.cond.notify_all()
+            assert self.cond.wait_for(lambda: self.started >= self.expected, timeout=60)
+        return self.inner.write(handle, offset, data)  # type: ignore[attr-defined, no-any-return]
+
+
+class _SockConn(_Conn):
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+
+def test_a_buffer_is_never_refilled_under_a_write_in_flight(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hvsock._builtin.share import server
+    from hvsock._builtin.share.linuxfs import LinuxFs
+
+    blobs = [os.urandom(70000) for _ in range(6)]
+    exports = server._exports([tmp_path])
+    held = _HeldWrites(LinuxFs([e.path for e in exports], "server"), expected=1 + len(blobs))
+    config = server._Config(
+        exports,
+        read_only=False,
+        ownership="server",
+        max_fids=10,
+        max_inflight=16,
+        vm_allow_given=True,
+        pool=ThreadPoolExecutor(16),
+        backend=lambda: held,  # type: ignore[arg-type, return-value]
+    )
+    ours, theirs = socket.socketpair()
+    ours.settimeout(120)
+    session = server._Session(config, _SockConn(theirs))  # type: ignore[arg-type]
+    runner = threading.Thread(target=session.run, daemon=True)
+    runner.start()
+    decoder = p.Decoder(1 << 20)
+    pending: list[p.Message] = []
+
+    def reply() -> p.Message:
+        while not pending:
+            data = ours.recv(1 << 20)
+            assert data, "the server closed the connection"
+            pending.extend(decoder.feed(data))
+        return pending.pop(0)
+
+    def rpc(kind: int, *args: object) -> p.Message:
+        ours.sendall(p.encode(p.Message(kind, 1, args)))
+        answer = reply()
+        assert answer.type == kind + 1, answer
+        return answer
+
+    try:
+        rpc(p.TVERSION, 1 << 17, p.VERSION)
+        rpc(p.TATTACH, 0, p.NOFID, b"u", b"", 0)
+        rpc(p.TWALK, 0, 1, ())
+        rpc(p.TLCREATE, 1, b"f", RDWR, CREAT_MODE, 0)
+        # Two requests in one segment go to the pool; the small Twrite among them is
+        # held, so each big one after it goes to the pool too, not served inline.
+        ours.sendall(
+            p.encode(p.Message(p.TCLUNK, 2, (99,)))
+            + p.encode(p.Message(p.TWRITE, 3, (1, 0, b"head")))
+        )
+        for tag, blob in enumerate(blobs, start=10):
+            ours.sendall(p.encode(p.Message(p.TWRITE, tag, (1, (tag - 9) * 100000, blob))))
+        answers = {m.tag: m for m in (reply() for _ in range(2 + len(blobs)))}
+        assert answers[2].type == p.RLERROR
+        assert answers[3].args == (4,)
+        on_disk = (tmp_path / "f").read_bytes()
+        assert on_disk[:4] == b"head"
+        for tag, blob in enumerate(blobs, start=10):
+            assert answers[tag].args == (len(blob),)
+            start = (tag - 9) * 100000
+            assert on_disk[start : start + len(blob)] == blob, f"Twrite {tag} was overwritten"
+        assert held.started == 1 + len(blobs)
+    finally:
+        ours.close()
+        runner.join(60)
+        theirs.close()
+        config.pool.shutdown()
+    assert not runner.is_alive()
