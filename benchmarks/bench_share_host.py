@@ -34,6 +34,7 @@ from _report import machine, write_bytecode_cache
 from hvsock._core import ninep as p
 
 MIB = 1 << 20
+PATTERN = 4 * MIB  # the bytes written repeat with this period
 IOHDRSZ = 24  # the kernel's P9_IOHDRSZ: what a Twrite's data leaves of msize
 _HEAD = struct.Struct("<IBH")
 _RWRITE = struct.Struct("<IBHI")
@@ -137,7 +138,8 @@ class Client:
         chunk = self.msize - IOHDRSZ
         offset = 0
         while offset < size:
-            piece = data[offset % len(data) :][: min(chunk, size - offset)]
+            start = offset % PATTERN
+            piece = data[start : start + min(chunk, size - offset)]
             head = struct.pack("<IBHIQI", 23 + len(piece), p.TWRITE, 1, fid, offset, len(piece))
             sent = self.sock.sendmsg([head, piece])
             if sent < len(head):
@@ -202,13 +204,13 @@ def one_round(kind: str, src: str | None, work: Path, size: int, msize: int) -> 
         c.rpc(p.Message(p.TATTACH, 1, (0, p.NOFID, b"u", b"", os.geteuid())))
         c.rpc(p.Message(p.TWALK, 1, (0, 1, ())))
         c.rpc(p.Message(p.TLCREATE, 1, (1, b"big", os.O_RDWR, 0o644, os.getegid())))
-        data = memoryview(os.urandom(4 * MIB))
+        data = memoryview(os.urandom(PATTERN + msize))
         started = time.perf_counter()
         c.write(1, data, size)
         write_s = time.perf_counter() - started
         c.rpc(p.Message(p.TCLUNK, 1, (1,)))
         written = (export / "big").read_bytes()
-        if len(written) != size or written[: 4 * MIB] != data[: min(size, 4 * MIB)]:
+        if len(written) != size or written[:PATTERN] != data[: min(size, PATTERN)]:
             raise SystemExit(f"{kind}: the file on disk is not what was written")
         c.rpc(p.Message(p.TWALK, 1, (0, 2, (b"big",))))
         c.rpc(p.Message(p.TLOPEN, 1, (2, os.O_RDONLY)))

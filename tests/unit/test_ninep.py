@@ -205,13 +205,22 @@ def test_receiver_asks_for_exactly_the_rest_of_a_big_frame() -> None:
     message = _twrite(9, 0, 50000)
     wire = p.encode(message)
     receiver = p.Receiver(1 << 17)
+    assert not receiver.in_frame
     room = receiver.buffer()
     room[:1000] = wire[:1000]
     assert receiver.received(1000) == []
+    assert receiver.in_frame  # the server may wait for all of it (MSG_WAITALL)
     assert len(receiver.buffer()) == len(wire) - 1000  # not a byte of the next frame
     (got,) = _deliver(receiver, wire[1000:], [])
     assert got == message
     assert bytes(got.args[2]) == message.args[2]
+    assert not receiver.in_frame
+    # A small frame in pieces: the buffer stays open-ended, and no wait for all of it.
+    small = p.encode(_twrite(1, 0, 3000))
+    receiver.buffer()[:100] = small[:100]
+    assert receiver.received(100) == []
+    assert not receiver.in_frame
+    assert len(receiver.buffer()) > len(small)
 
 
 def test_receiver_refuses_a_frame_over_msize_from_its_size_field() -> None:

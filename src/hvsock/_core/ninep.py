@@ -410,6 +410,13 @@ class Receiver:
             raise ValueError(f"msize {value}: this receiver takes {HEADER} to {self.capacity}")
         self._msize = value
 
+    @property
+    def in_frame(self) -> bool:
+        """Whether :meth:`buffer` is exactly the rest of one big frame: the caller
+        may wait for all of it at once (``MSG_WAITALL``), never reading past it."""
+        start, end = self._start, self._end
+        return end - start >= 4 and _U32.unpack_from(self._buf, start)[0] > self.borrow_over
+
     def buffer(self) -> memoryview:
         """Where the next bytes go (``recv_into`` it, then call :meth:`received`)."""
         start, end = self._start, self._end

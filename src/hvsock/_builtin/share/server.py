@@ -100,6 +100,7 @@ def _send_parts(sock: socket.socket, parts: list[Any]) -> None:
 
 
 _NO_SENDMSG = not hasattr(socket.socket, "sendmsg")  # Windows
+_WAITALL = getattr(socket, "MSG_WAITALL", 0)
 
 
 def _euid() -> int:
@@ -333,7 +334,9 @@ class _Session:
             _vsock.ensure_buffer_size(self.conn.sock, VSOCK_BUFFER)
             # Straight into the receiver's buffer: a big Twrite's data is written to
             # its file from where it arrived (serve() gives the buffer back after).
-            while count := recv_into(receiver.buffer()):
+            # The rest of a big frame is taken in one call: one return to Python
+            # per frame, not one per vsock packet (64 KiB) that happened to be there.
+            while count := recv_into(receiver.buffer(), 0, _WAITALL if receiver.in_frame else 0):
                 batch = receiver.received(count)
                 for msg in batch:
                     if msg.type == p.TVERSION:
