@@ -4,6 +4,7 @@ the export nor stop the server."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -11,6 +12,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -606,64 +608,91 @@ class _HeldWrites:
 
 
 class _SockConn(_Conn):
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: object) -> None:
         self.sock = sock
 
 
-def test_a_buffer_is_never_refilled_under_a_write_in_flight(tmp_path: Path) -> None:
-    from concurrent.futures import ThreadPoolExecutor
+class _Wire:
+    """A _Session's run() on one end of a socketpair (its socket wrapped by *wrap*),
+    this test on the other: raw 9P messages, replies as they come."""
 
-    from hvsock._builtin.share import server
-    from hvsock._builtin.share.linuxfs import LinuxFs
+    def __init__(self, tmp_path: Path, backend: Any = None, wrap: Any = None) -> None:
+        from concurrent.futures import ThreadPoolExecutor
 
-    blobs = [os.urandom(70000) for _ in range(6)]
-    exports = server._exports([tmp_path])
-    held = _HeldWrites(LinuxFs([e.path for e in exports], "server"), expected=1 + len(blobs))
-    config = server._Config(
-        exports,
-        read_only=False,
-        ownership="server",
-        max_fids=10,
-        max_inflight=16,
-        vm_allow_given=True,
-        pool=ThreadPoolExecutor(16),
-        backend=lambda: held,  # type: ignore[arg-type, return-value]
-    )
-    ours, theirs = socket.socketpair()
-    ours.settimeout(120)
-    session = server._Session(config, _SockConn(theirs))  # type: ignore[arg-type]
-    runner = threading.Thread(target=session.run, daemon=True)
-    runner.start()
-    decoder = p.Decoder(1 << 20)
-    pending: list[p.Message] = []
+        from hvsock._builtin.share import server
 
-    def reply() -> p.Message:
-        while not pending:
-            data = ours.recv(1 << 20)
+        exports = server._exports([tmp_path])
+        self.config = server._Config(
+            exports,
+            read_only=False,
+            ownership="server",
+            max_fids=10,
+            max_inflight=16,
+            vm_allow_given=True,
+            pool=ThreadPoolExecutor(16),
+            backend=backend,
+        )
+        self.ours, self.theirs = socket.socketpair()
+        self.ours.settimeout(120)
+        conn = _SockConn(wrap(self.theirs) if wrap else self.theirs)
+        self.session = server._Session(self.config, conn)  # type: ignore[arg-type]
+        self.runner = threading.Thread(target=self.serve, daemon=True)
+        self.runner.start()
+        self.decoder = p.Decoder(1 << 20)
+        self.pending: list[p.Message] = []
+
+    def serve(self) -> None:
+        """What the service host does: run the session, then hang up."""
+        try:
+            self.session.run()
+        finally:
+            with contextlib.suppress(OSError):
+                self.theirs.shutdown(socket.SHUT_RDWR)
+
+    def send(self, *messages: p.Message) -> None:
+        self.ours.sendall(b"".join(p.encode(m) for m in messages))
+
+    def reply(self) -> p.Message:
+        while not self.pending:
+            data = self.ours.recv(1 << 20)
             assert data, "the server closed the connection"
-            pending.extend(decoder.feed(data))
-        return pending.pop(0)
+            self.pending.extend(self.decoder.feed(data))
+        return self.pending.pop(0)
 
-    def rpc(kind: int, *args: object) -> p.Message:
-        ours.sendall(p.encode(p.Message(kind, 1, args)))
-        answer = reply()
+    def rpc(self, kind: int, *args: object) -> p.Message:
+        self.send(p.Message(kind, 1, args))
+        answer = self.reply()
         assert answer.type == kind + 1, answer
         return answer
 
+    def open_file(self) -> None:
+        self.rpc(p.TVERSION, 1 << 17, p.VERSION)
+        self.rpc(p.TATTACH, 0, p.NOFID, b"u", b"", 0)
+        self.rpc(p.TWALK, 0, 1, ())
+        self.rpc(p.TLCREATE, 1, b"f", RDWR, CREAT_MODE, 0)
+
+    def close(self) -> None:
+        self.ours.close()
+        self.runner.join(60)
+        self.theirs.close()
+        self.config.pool.shutdown()
+        assert not self.runner.is_alive()
+
+
+def test_a_buffer_is_never_refilled_under_a_write_in_flight(tmp_path: Path) -> None:
+    from hvsock._builtin.share.linuxfs import LinuxFs
+
+    blobs = [os.urandom(70000) for _ in range(6)]
+    held = _HeldWrites(LinuxFs([os.fsencode(tmp_path.resolve())], "server"), 1 + len(blobs))
+    wire = _Wire(tmp_path, backend=lambda: held)
     try:
-        rpc(p.TVERSION, 1 << 17, p.VERSION)
-        rpc(p.TATTACH, 0, p.NOFID, b"u", b"", 0)
-        rpc(p.TWALK, 0, 1, ())
-        rpc(p.TLCREATE, 1, b"f", RDWR, CREAT_MODE, 0)
+        wire.open_file()
         # Two requests in one segment go to the pool; the small Twrite among them is
         # held, so each big one after it goes to the pool too, not served inline.
-        ours.sendall(
-            p.encode(p.Message(p.TCLUNK, 2, (99,)))
-            + p.encode(p.Message(p.TWRITE, 3, (1, 0, b"head")))
-        )
+        wire.send(p.Message(p.TCLUNK, 2, (99,)), p.Message(p.TWRITE, 3, (1, 0, b"head")))
         for tag, blob in enumerate(blobs, start=10):
-            ours.sendall(p.encode(p.Message(p.TWRITE, tag, (1, (tag - 9) * 100000, blob))))
-        answers = {m.tag: m for m in (reply() for _ in range(2 + len(blobs)))}
+            wire.send(p.Message(p.TWRITE, tag, (1, (tag - 9) * 100000, blob)))
+        answers = {m.tag: m for m in (wire.reply() for _ in range(2 + len(blobs)))}
         assert answers[2].type == p.RLERROR
         assert answers[3].args == (4,)
         on_disk = (tmp_path / "f").read_bytes()
@@ -674,8 +703,39 @@ def test_a_buffer_is_never_refilled_under_a_write_in_flight(tmp_path: Path) -> N
             assert on_disk[start : start + len(blob)] == blob, f"Twrite {tag} was overwritten"
         assert held.started == 1 + len(blobs)
     finally:
-        ours.close()
-        runner.join(60)
-        theirs.close()
-        config.pool.shutdown()
-    assert not runner.is_alive()
+        wire.close()
+
+
+class _RefusesWaitall:
+    """A socket that refuses MSG_WAITALL before reading a byte, as vsock does (ENOMEM)
+    when the rest of a frame is more than its receive buffer (hv_sock's is 4 KiB), and
+    hands out at most 1000 bytes a read (so a big frame always comes in pieces)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.refused = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.sock, name)
+
+    def recv_into(self, buffer: memoryview, nbytes: int = 0, flags: int = 0) -> int:
+        if flags & socket.MSG_WAITALL:
+            self.refused += 1
+            raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+        return self.sock.recv_into(buffer, min(nbytes or len(buffer), 1000), flags)
+
+
+def test_big_writes_go_on_where_the_socket_refuses_to_wait_for_all(tmp_path: Path) -> None:
+    wrapped: list[_RefusesWaitall] = []
+    wire = _Wire(tmp_path, wrap=lambda sock: wrapped.append(_RefusesWaitall(sock)) or wrapped[0])
+    blobs = [os.urandom(n) for n in (100000, 50000, 131000)]
+    try:
+        wire.open_file()
+        offset = 0
+        for blob in blobs:
+            assert wire.rpc(p.TWRITE, 1, offset, blob).args == (len(blob),)
+            offset += len(blob)
+        assert (tmp_path / "f").read_bytes() == b"".join(blobs)
+        assert wrapped[0].refused == 1  # tried once, then plain reads
+    finally:
+        wire.close()

@@ -332,11 +332,25 @@ class _Session:
             self.fs = self.config.make_backend()
             # Before the first reply, which tells the client the new credit.
             _vsock.ensure_buffer_size(self.conn.sock, VSOCK_BUFFER)
-            # Straight into the receiver's buffer: a big Twrite's data is written to
-            # its file from where it arrived (serve() gives the buffer back after).
-            # The rest of a big frame is taken in one call: one return to Python
-            # per frame, not one per vsock packet (64 KiB) that happened to be there.
-            while count := recv_into(receiver.buffer(), 0, _WAITALL if receiver.in_frame else 0):
+            waitall = _WAITALL
+            while True:
+                # Straight into the receiver's buffer: a big Twrite's data is written
+                # to its file from where it arrived (serve() gives the buffer back
+                # after). The rest of a big frame is taken in one call: one return to
+                # Python per frame, not one per vsock packet (64 KiB) that was there.
+                flags = waitall if receiver.in_frame else 0
+                try:
+                    count = recv_into(receiver.buffer(), 0, flags)
+                except OSError:
+                    if not flags:
+                        raise
+                    # Some sockets refuse it before reading a byte (vsock's ENOMEM
+                    # when the rest is over its receive buffer, as on hv_sock's
+                    # 4 KiB): plain reads from now on; a real error comes again.
+                    waitall = 0
+                    continue
+                if not count:
+                    break
                 batch = receiver.received(count)
                 for msg in batch:
                     if msg.type == p.TVERSION:
