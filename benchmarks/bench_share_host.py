@@ -1,8 +1,9 @@
 """The share server's big-message path on the host: Twrite and Tread over a Unix socket.
 
 No VM and no kernel client: a client here sends what the Linux v9fs client sends for a
-``cache=none`` sequential write, one Twrite of ``msize - 24`` bytes at a time, waiting
-for each Rwrite (v9fs writes synchronously), then reads the file back the same way with
+``cache=none`` sequential write in 1 MiB calls (each two Twrites of ``msize - 24``
+bytes, then one of 48), one Twrite at a time, waiting for each Rwrite (v9fs writes
+synchronously), then reads the file back the same way with
 Treads. It measures ``hvsock share`` (a subprocess) against a floor, a plain Python
 server in this file that does only what any server must (receive the frame into a
 reused buffer, pwrite it, send Rwrite; pread and send Rread) and, with ``--against
@@ -138,8 +139,9 @@ class Client:
         chunk = self.msize - IOHDRSZ
         offset = 0
         while offset < size:
+            # As v9fs splits each 1 MiB write(): two Twrites of msize - 24, then 48 bytes.
             start = offset % PATTERN
-            piece = data[start : start + min(chunk, size - offset)]
+            piece = data[start : start + min(chunk, MIB - offset % MIB, size - offset)]
             head = struct.pack("<IBHIQI", 23 + len(piece), p.TWRITE, 1, fid, offset, len(piece))
             sent = self.sock.sendmsg([head, piece])
             if sent < len(head):

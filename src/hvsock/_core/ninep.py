@@ -374,26 +374,31 @@ class Receiver:
         while n := sock.recv_into(receiver.buffer()):
             for message in receiver.received(n): ...
 
-    A Twrite of more than *borrow_over* bytes keeps the buffer it arrived in: its
-    data is a view of it (``decode(..., borrow=True)``), and this side goes on in
-    another. Give that view to :meth:`recycle` once nothing uses it any more (the
-    write is done), and the buffer is reused; a view never given back is only
-    garbage. Every other message is decoded as :func:`decode` does, with copies.
-
-    Once a big frame's size is known, :meth:`buffer` is exactly the rest of it, so
-    its bytes land where they stay. A frame over *msize* is refused (ProtocolError)
-    as soon as its size field has come, before any more of it is read.
+    Small messages arrive in a small buffer of 64 KiB, all an idle connection keeps.
+    A frame of more than *borrow_over* bytes is received in a buffer of msize bytes:
+    once its size is known, :meth:`buffer` is exactly the rest of it, so its bytes
+    land where they stay. A Twrite received so keeps that buffer: its data is a view
+    of it (``decode(..., borrow=True)``) and this side goes on in another. Give that
+    view to :meth:`recycle` once nothing uses it any more (the write is done) and the
+    buffer takes a later big frame; one never given back is only garbage. A run of
+    Twrites so goes round two buffers and is never copied here; the first other
+    small message (an fsync, a clunk) lets them go. Every other message is decoded
+    as :func:`decode` does, with copies. A frame over *msize* is refused
+    (ProtocolError) as soon as its size field has come, before more of it is read.
     """
 
     #: Buffers given back and kept for the next big frames (more are garbage).
     SPARES = 2
+    #: The small buffer's size.
+    HEAD = 65536
 
     def __init__(self, msize: int, *, borrow_over: int = 16384) -> None:
-        #: Room for any frame of the msize this side starts with (the largest it takes).
-        self.capacity = max(msize, 65536)
+        #: The largest msize this receiver takes (the one it is made with).
+        self.capacity = msize
         self.msize = msize
-        self.borrow_over = borrow_over
-        self._buf = bytearray(self.capacity)
+        self.borrow_over = min(borrow_over, self.HEAD // 2)
+        self._head = bytearray(self.HEAD)
+        self._buf = self._head  # where bytes are received now
         self._view = memoryview(self._buf)
         self._start = 0  # the first byte not yet decoded
         self._end = 0  # past the last byte received
@@ -431,47 +436,68 @@ class Receiver:
         order. Raises ProtocolError for a frame over msize or a malformed one."""
         self._end += count
         out: list[Message] = []
-        buf = self._buf
+        other = False  # a small message besides a Twrite: the run of writes is over
         while (avail := self._end - self._start) >= 4:
             start = self._start
-            size = _U32.unpack_from(buf, start)[0]
+            size = _U32.unpack_from(self._buf, start)[0]
             if size < HEADER or size > self._msize:
                 raise _too_big(size, self._msize)
             if avail < size:
+                if size > self.borrow_over and self._buf is self._head:
+                    self._move(self._big(size))  # the rest goes where it stays
+                elif start + size > len(self._buf):
+                    self._move(self._buf if size <= len(self._buf) else self._big(size))
                 break
             frame = self._view[start : start + size]
             self._start = start + size
-            if size > self.borrow_over and buf[start + 4] == TWRITE:
+            if size <= self.borrow_over:
+                # (A small Twrite is a big write()'s tail: 1 MiB is two Twrites of
+                # msize 512 KiB less headers, then 48 bytes.)
+                other = other or self._buf[start + 4] != TWRITE
+                out.append(decode(frame))
+            elif self._buf is not self._head and self._buf[start + 4] == TWRITE:
                 out.append(decode(frame, borrow=True))
                 self._lend()
-                buf = self._buf
             else:
                 out.append(decode(frame))
             frame.release()
-        self._make_room()
+        if other:  # not a run of big Twrites (any more): keep only the small buffer
+            self._spares.clear()
+        if self._start == self._end:
+            self._start = self._end = 0
+            if other and self._buf is not self._head:
+                self._switch(self._head)
+        elif self._end == len(self._buf) and self._end - self._start < 4:
+            self._move(self._buf)  # a size field cut at the buffer's end
         return out
 
-    def _lend(self) -> None:
-        """The buffer goes with a borrowed Twrite: go on in a spare one, taking along
-        what was received past that frame."""
-        old, start, end = self._view, self._start, self._end
-        try:
-            self._buf = self._spares.pop()
-        except IndexError:
-            self._buf = bytearray(self.capacity)
-        self._view = memoryview(self._buf)
-        self._view[: end - start] = old[start:end]
+    def _big(self, size: int) -> bytearray:
+        """A buffer for a big frame: a spare, or a new one of msize bytes."""
+        while self._spares:
+            spare = self._spares.pop()
+            if len(spare) >= size:
+                return spare
+        return bytearray(self._msize)
+
+    def _switch(self, buf: bytearray) -> None:
+        self._buf = buf
+        self._view = memoryview(buf)
+
+    def _move(self, to: bytearray) -> None:
+        """What is not decoded yet goes to the start of *to*, which becomes the buffer."""
+        start, end = self._start, self._end
+        if to is self._buf:
+            self._view[: end - start] = self._view[start:end]
+        else:
+            memoryview(to)[: end - start] = self._view[start:end]
+            self._switch(to)
         self._start, self._end = 0, end - start
 
-    def _make_room(self) -> None:
-        start, end = self._start, self._end
-        if start == end:
-            self._start = self._end = 0
-            return
-        need = _U32.unpack_from(self._buf, start)[0] if end - start >= 4 else 4
-        if start and start + max(need, 4096) > self.capacity:
-            self._view[: end - start] = self._view[start:end]
-            self._start, self._end = 0, end - start
+    def _lend(self) -> None:
+        """The buffer goes with a borrowed Twrite: go on in another, taking along what
+        was received past that frame. Another big one: the next frame of a run of big
+        writes is likely to come next, and lands in place too."""
+        self._move(self._big(self._end - self._start))
 
     def recycle(self, data: Any) -> None:
         """A borrowed Twrite's data, no longer used by anyone: its buffer may be reused."""
@@ -487,7 +513,7 @@ class Receiver:
         if (
             isinstance(owner, bytearray)
             and owner is not self._buf
-            and len(owner) == self.capacity
+            and owner is not self._head
             and len(self._spares) < self.SPARES
             and all(owner is not spare for spare in self._spares)
         ):
