@@ -472,12 +472,12 @@ class Receiver:
         return out
 
     def _big(self, size: int) -> bytearray:
-        """A buffer for a big frame: a spare, or a new one of msize bytes."""
+        """A buffer for a big frame (or *size* bytes): a spare, or a new one of msize."""
         while self._spares:
             spare = self._spares.pop()
             if len(spare) >= size:
                 return spare
-        return bytearray(self._msize)
+        return bytearray(max(self._msize, size))
 
     def _switch(self, buf: bytearray) -> None:
         self._buf = buf
