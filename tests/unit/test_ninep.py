@@ -311,4 +311,3 @@ def test_encode_parts_join_to_encode(message: p.Message) -> None:
     assert b"".join(parts) == p.encode(message)
     if message.type in (p.RREAD, p.TWRITE, p.RREADDIR) and message.args[-1]:
         assert parts[-1] is message.args[-1]  # the data itself, not a copy
-
