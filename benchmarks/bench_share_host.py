@@ -271,6 +271,7 @@ def main() -> None:
         "size_mib": args.size_mib,
         "msize": args.msize,
         "rounds": args.rounds,
+        "against": args.against,
         "medians": medians,
         "ratios_vs_plain": {
             name: {k: m[k] / floor[k] for k in m} for name, m in medians.items() if m is not floor
