@@ -13,7 +13,8 @@ Figures, each in the same run: sequential write and read of a file (1 GiB by
 default, in 1 MiB calls, fsync'd), untar of 5,000 small files, ``find``+``stat`` of
 them, ``rm -r``, and the server's RSS with 1,000 files held open on the mount. All
 mounts are up at once and each workload runs on every mount in turn before the next
-workload, so a load that drifts over the run's minutes is shared, not one server's.
+workload (the order turning round at every workload), so a load that drifts over the
+run's minutes is shared, not one server's.
 Emulated CPUs make absolute numbers meaningless: read the ratios.
 """
 
@@ -273,14 +274,17 @@ def measure_interleaved(
     mounts: dict[str, tuple[Path, Server | None]], size: int, tar: bytes, files: int
 ) -> dict[str, dict[str, float]]:
     """Each workload on every mount in turn before the next workload: the machine's
-    load drifts over a run of many minutes, and back-to-back steps see the same load."""
+    load drifts over a run of many minutes, and back-to-back steps see the same load.
+    The order turns round at every step, so a load that falls (or rises) through the
+    run does not always favour the mount measured second."""
     results: dict[str, dict[str, float]] = {name: {} for name in mounts}
     steps: list[Callable[[Path, dict[str, float]], None]] = [
         lambda mnt, out: sequential(mnt, size, out),
         *metadata_steps(tar, files),
     ]
-    for step in steps:
-        for name, (mnt, _) in mounts.items():
+    for index, step in enumerate(steps):
+        order = list(mounts.items())
+        for name, (mnt, _) in reversed(order) if index % 2 else order:
             step(mnt, results[name])
             progress(f"  {name}: {results[name]}")
     for name, (mnt, server) in mounts.items():

@@ -4,12 +4,15 @@ the export nor stop the server."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
 import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -549,3 +552,190 @@ def test_a_clunked_file_stays_open_until_its_last_read_ends(tmp_path: Path, port
         session.clunk_all()
         session.files.close()
         config.pool.shutdown()
+
+
+def test_big_writes_of_every_kind_land_whole(tree: tuple[Path, Path, str], portable: bool) -> None:
+    """Twrites around the size the server writes in place (16 KiB) and up to msize, one
+    at a time (what v9fs sends) and several in flight in one burst."""
+    export, _, address = tree
+    sizes = [100, 16384 - 24, 16384 - 23, 16384 - 22, 16385, 65536, 200000, (1 << 19) - 24]
+    blobs = [os.urandom(n) for n in sizes]
+    with sharing([export], address, portable=portable, allow=["any"]) as real:
+        c = Client(unix_path(real), msize=1 << 19)
+        c.attach(0)
+        c.walk(0, 1)
+        c.rpc(p.TLCREATE, 1, b"f", RDWR, CREAT_MODE, 0)
+        offset = 0
+        for blob in blobs:
+            assert c.rpc(p.TWRITE, 1, offset, blob).args == (len(blob),)
+            offset += len(blob)
+        assert (export / "f").read_bytes() == b"".join(blobs)
+        # A burst: every Twrite sent before any reply is read.
+        burst = b"".join(
+            p.encode(p.Message(p.TWRITE, tag, (1, tag << 20, blob)))
+            for tag, blob in enumerate(reversed(blobs), start=1)
+        )
+        c.sock.sendall(burst)
+        replies = {m.tag: m for m in (c.recv() for _ in blobs) if m is not None}
+        for tag, blob in enumerate(reversed(blobs), start=1):
+            assert replies[tag].args == (len(blob),)
+        on_disk = (export / "f").read_bytes()
+        for tag, blob in enumerate(reversed(blobs), start=1):
+            start = tag << 20
+            assert on_disk[start : start + len(blob)] == blob
+
+
+class _HeldWrites:
+    """A LinuxFs whose writes wait until *expected* of them are under way at once:
+    each worker holds its Twrite's data (a view of the buffer it arrived in) while the
+    connection goes on receiving the next ones."""
+
+    def __init__(self, inner: object, expected: int) -> None:
+        self.inner = inner
+        self.expected = expected
+        self.started = 0
+        self.cond = threading.Condition()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def write(self, handle: object, offset: int, data: bytes | memoryview) -> int:
+        with self.cond:
+            self.started += 1
+            self.cond.notify_all()
+            assert self.cond.wait_for(lambda: self.started >= self.expected, timeout=60)
+        return self.inner.write(handle, offset, data)  # type: ignore[attr-defined, no-any-return]
+
+
+class _SockConn(_Conn):
+    def __init__(self, sock: object) -> None:
+        self.sock = sock
+
+
+class _Wire:
+    """A _Session's run() on one end of a socketpair (its socket wrapped by *wrap*),
+    this test on the other: raw 9P messages, replies as they come."""
+
+    def __init__(self, tmp_path: Path, backend: Any = None, wrap: Any = None) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from hvsock._builtin.share import server
+
+        exports = server._exports([tmp_path])
+        self.config = server._Config(
+            exports,
+            read_only=False,
+            ownership="server",
+            max_fids=10,
+            max_inflight=16,
+            vm_allow_given=True,
+            pool=ThreadPoolExecutor(16),
+            backend=backend,
+        )
+        self.ours, self.theirs = socket.socketpair()
+        self.ours.settimeout(120)
+        conn = _SockConn(wrap(self.theirs) if wrap else self.theirs)
+        self.session = server._Session(self.config, conn)  # type: ignore[arg-type]
+        self.runner = threading.Thread(target=self.serve, daemon=True)
+        self.runner.start()
+        self.decoder = p.Decoder(1 << 20)
+        self.pending: list[p.Message] = []
+
+    def serve(self) -> None:
+        """What the service host does: run the session, then hang up."""
+        try:
+            self.session.run()
+        finally:
+            with contextlib.suppress(OSError):
+                self.theirs.shutdown(socket.SHUT_RDWR)
+
+    def send(self, *messages: p.Message) -> None:
+        self.ours.sendall(b"".join(p.encode(m) for m in messages))
+
+    def reply(self) -> p.Message:
+        while not self.pending:
+            data = self.ours.recv(1 << 20)
+            assert data, "the server closed the connection"
+            self.pending.extend(self.decoder.feed(data))
+        return self.pending.pop(0)
+
+    def rpc(self, kind: int, *args: object) -> p.Message:
+        self.send(p.Message(kind, 1, args))
+        answer = self.reply()
+        assert answer.type == kind + 1, answer
+        return answer
+
+    def open_file(self) -> None:
+        self.rpc(p.TVERSION, 1 << 17, p.VERSION)
+        self.rpc(p.TATTACH, 0, p.NOFID, b"u", b"", 0)
+        self.rpc(p.TWALK, 0, 1, ())
+        self.rpc(p.TLCREATE, 1, b"f", RDWR, CREAT_MODE, 0)
+
+    def close(self) -> None:
+        self.ours.close()
+        self.runner.join(60)
+        self.theirs.close()
+        self.config.pool.shutdown()
+        assert not self.runner.is_alive()
+
+
+def test_a_buffer_is_never_refilled_under_a_write_in_flight(tmp_path: Path) -> None:
+    from hvsock._builtin.share.linuxfs import LinuxFs
+
+    blobs = [os.urandom(70000) for _ in range(6)]
+    held = _HeldWrites(LinuxFs([os.fsencode(tmp_path.resolve())], "server"), 1 + len(blobs))
+    wire = _Wire(tmp_path, backend=lambda: held)
+    try:
+        wire.open_file()
+        # Two requests in one segment go to the pool; the small Twrite among them is
+        # held, so each big one after it goes to the pool too, not served inline.
+        wire.send(p.Message(p.TCLUNK, 2, (99,)), p.Message(p.TWRITE, 3, (1, 0, b"head")))
+        for tag, blob in enumerate(blobs, start=10):
+            wire.send(p.Message(p.TWRITE, tag, (1, (tag - 9) * 100000, blob)))
+        answers = {m.tag: m for m in (wire.reply() for _ in range(2 + len(blobs)))}
+        assert answers[2].type == p.RLERROR
+        assert answers[3].args == (4,)
+        on_disk = (tmp_path / "f").read_bytes()
+        assert on_disk[:4] == b"head"
+        for tag, blob in enumerate(blobs, start=10):
+            assert answers[tag].args == (len(blob),)
+            start = (tag - 9) * 100000
+            assert on_disk[start : start + len(blob)] == blob, f"Twrite {tag} was overwritten"
+        assert held.started == 1 + len(blobs)
+    finally:
+        wire.close()
+
+
+class _RefusesWaitall:
+    """A socket that refuses MSG_WAITALL before reading a byte, as vsock does (ENOMEM)
+    when the rest of a frame is more than its receive buffer (hv_sock's is 4 KiB), and
+    hands out at most 1000 bytes a read (so a big frame always comes in pieces)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.refused = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.sock, name)
+
+    def recv_into(self, buffer: memoryview, nbytes: int = 0, flags: int = 0) -> int:
+        if flags & socket.MSG_WAITALL:
+            self.refused += 1
+            raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+        return self.sock.recv_into(buffer, min(nbytes or len(buffer), 1000), flags)
+
+
+def test_big_writes_go_on_where_the_socket_refuses_to_wait_for_all(tmp_path: Path) -> None:
+    wrapped: list[_RefusesWaitall] = []
+    wire = _Wire(tmp_path, wrap=lambda sock: wrapped.append(_RefusesWaitall(sock)) or wrapped[0])
+    blobs = [os.urandom(n) for n in (100000, 50000, 131000)]
+    try:
+        wire.open_file()
+        offset = 0
+        for blob in blobs:
+            assert wire.rpc(p.TWRITE, 1, offset, blob).args == (len(blob),)
+            offset += len(blob)
+        assert (tmp_path / "f").read_bytes() == b"".join(blobs)
+        assert wrapped[0].refused == 1  # tried once, then plain reads
+    finally:
+        wire.close()

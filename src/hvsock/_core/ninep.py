@@ -10,6 +10,9 @@ peer this codec is written for. A message is ``Message(type, tag, args)`` whose
 :class:`Decoder` takes bytes as they arrive and yields whole messages; a size
 over its *msize*, an unknown type, a short or overlong body is a
 :class:`~hvsock.ProtocolError` (the stream cannot be trusted past it).
+:class:`Receiver` does the same for a server's hot path without copying: the caller
+receives straight into the buffer it lends (``recv_into``), and a big Twrite's data
+comes out as a view of that buffer, not a copy (still no I/O here).
 """
 
 from __future__ import annotations
@@ -30,10 +33,12 @@ __all__ = [
     "Decoder",
     "Message",
     "Qid",
+    "Receiver",
     "decode",
     "decode_dirents",
     "dirent",
     "encode",
+    "encode_parts",
 ]
 
 VERSION = b"9P2000.L"
@@ -158,6 +163,19 @@ _QID = struct.Struct("<BIQ")
 _HEAD = struct.Struct("<IBH")
 _U16 = _FIXED["w"]
 _U32 = _FIXED["d"]
+# Messages whose fields are all numbers, header included: one struct call each way
+# (Tread, Tgetattr, Tclunk, Rwrite, Rlerror...: most of a busy session's messages).
+_WHOLE = {
+    kind: struct.Struct("<IBH" + "".join(_FIXED[c].format[1:] for c in layout))
+    for kind, layout in LAYOUTS.items()
+    if all(c in _FIXED for c in layout)
+}
+# A Twrite's (and a Tread's) fields before the data: fid[4] offset[8] count[4].
+_IO = struct.Struct("<IQI")
+_IO_HEAD = HEADER + _IO.size
+# Messages whose last field is data (Twrite, Rread, Rreaddir): encode_parts sends
+# that data as it is, after the rest.
+_DATA_LAST = {kind for kind, layout in LAYOUTS.items() if layout.endswith("D")}
 
 
 @dataclass(frozen=True)
@@ -206,22 +224,44 @@ def _pack(code: str, value: Any, out: list[bytes]) -> None:
 
 def encode(message: Message) -> bytes:
     """The wire bytes of *message*. Raises ProtocolError for a field that does not fit."""
+    parts = encode_parts(message)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def encode_parts(message: Message) -> list[Any]:
+    """The wire bytes of *message* as pieces to send in order (``sendmsg``): a
+    message ending in data (Rread, Rreaddir, Twrite) is its head then that data
+    object itself, not copied. Raises ProtocolError for a field that does not fit."""
     layout = LAYOUTS.get(message.type)
     if layout is None:
         raise ProtocolError(f"9P message type {message.type} is not part of 9P2000.L")
-    if len(message.args) != len(layout):
-        raise ProtocolError(f"{message.name} has {len(layout)} fields, not {len(message.args)}")
-    body: list[bytes] = []
+    args = message.args
+    if len(args) != len(layout):
+        raise ProtocolError(f"{message.name} has {len(layout)} fields, not {len(args)}")
+    whole = _WHOLE.get(message.type)
     try:
-        for code, value in zip(layout, message.args, strict=True):
+        if whole is not None:
+            return [whole.pack(whole.size, message.type, message.tag, *args)]
+        body: list[bytes] = []
+        data = None
+        if message.type in _DATA_LAST:
+            args, data = args[:-1], args[-1]
+            layout = layout[:-1]
+        for code, value in zip(layout, args, strict=True):
             _pack(code, value, body)
+        if data is not None:
+            body.append(_U32.pack(len(data)))
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                data = bytes(data)
     except (struct.error, TypeError, AttributeError) as exc:
         raise ProtocolError(f"{message.name}: a field does not fit the wire: {exc}") from None
-    payload = b"".join(body)
+    head = b"".join(body)
+    size = HEADER + len(head) + (len(data) if data is not None else 0)
     try:
-        return _HEAD.pack(HEADER + len(payload), message.type, message.tag) + payload
+        head = _HEAD.pack(size, message.type, message.tag) + head
     except struct.error:
         raise ProtocolError(f"{message.name} is too big for a 9P message") from None
+    return [head, data] if data else [head]
 
 
 class _Reader:
@@ -253,24 +293,52 @@ class _Reader:
         return bytes(self.take(_U32.unpack(self.take(4))[0]))  # "D"
 
 
-def decode(frame: bytes | bytearray | memoryview) -> Message:
-    """One whole message (its size field included). Raises ProtocolError."""
+def _past_last_field(kind: int, extra: int) -> ProtocolError:
+    return ProtocolError(f"{NAMES[kind]} carries {extra} bytes past its last field")
+
+
+def decode(frame: bytes | bytearray | memoryview, *, borrow: bool = False) -> Message:
+    """One whole message (its size field included). Raises ProtocolError.
+
+    *borrow*: a Twrite's data is a view of *frame*, not a copy; the caller keeps
+    *frame* unchanged until the message is done with."""
     view = memoryview(frame)
     if len(view) < HEADER:
         raise ProtocolError(f"a 9P message is at least {HEADER} bytes, not {len(view)}")
-    size, kind, tag = _HEAD.unpack(view[:HEADER])
+    size, kind, tag = _HEAD.unpack_from(view)
     if size != len(view):
         raise ProtocolError(f"a 9P message says {size} bytes but has {len(view)}")
+    whole = _WHOLE.get(kind)
+    if whole is not None:
+        if size != whole.size:
+            if size < whole.size:
+                raise ProtocolError("a 9P message ends inside a field")
+            raise _past_last_field(kind, size - whole.size)
+        return Message(kind, tag, whole.unpack(view)[3:])
+    if kind == TWRITE:
+        if size < _IO_HEAD:
+            raise ProtocolError("a 9P message ends inside a field")
+        fid, offset, count = _IO.unpack_from(view, HEADER)
+        if _IO_HEAD + count != size:
+            if _IO_HEAD + count > size:
+                raise ProtocolError("a 9P message ends inside a field")
+            raise _past_last_field(kind, size - _IO_HEAD - count)
+        data = view[_IO_HEAD:]
+        return Message(kind, tag, (fid, offset, data if borrow else bytes(data)))
     layout = LAYOUTS.get(kind)
     if layout is None:
         raise ProtocolError(f"9P message type {kind} is not part of 9P2000.L")
     reader = _Reader(view[HEADER:])
     args = tuple(reader.field(code) for code in layout)
     if reader.pos != len(reader.data):
-        raise ProtocolError(
-            f"{NAMES[kind]} carries {len(reader.data) - reader.pos} bytes past its last field"
-        )
+        raise _past_last_field(kind, len(reader.data) - reader.pos)
     return Message(kind, tag, args)
+
+
+def _too_big(size: int, msize: int) -> ProtocolError:
+    return ProtocolError(
+        f"a 9P message of {size} bytes; this side takes {HEADER} to {msize} (the negotiated msize)"
+    )
 
 
 class Decoder:
@@ -287,13 +355,10 @@ class Decoder:
         while len(self._buffer) >= 4:
             size = _U32.unpack_from(self._buffer)[0]
             if size < HEADER or size > self.msize:
-                raise ProtocolError(
-                    f"a 9P message of {size} bytes; this side takes "
-                    f"{HEADER} to {self.msize} (the negotiated msize)"
-                )
+                raise _too_big(size, self.msize)
             if len(self._buffer) < size:
                 return
-            frame = bytes(self._buffer[:size])
+            frame = self._buffer[:size]  # a copy: the buffer moves on below
             del self._buffer[:size]
             yield decode(frame)
 
@@ -301,6 +366,163 @@ class Decoder:
     def pending(self) -> int:
         """Bytes held for a message not yet complete."""
         return len(self._buffer)
+
+
+class Receiver:
+    """A :class:`Decoder` that lends its buffer, for a server's receiving loop::
+
+        while n := sock.recv_into(receiver.buffer()):
+            for message in receiver.received(n): ...
+
+    Small messages arrive in a small buffer of 64 KiB, all an idle connection keeps.
+    A frame of more than *borrow_over* bytes is received in a buffer of msize bytes:
+    once its size is known, :meth:`buffer` is exactly the rest of it, so its bytes
+    land where they stay. A Twrite received so keeps that buffer: its data is a view
+    of it (``decode(..., borrow=True)``) and this side goes on in another. Give that
+    view to :meth:`recycle` once nothing uses it any more (the write is done) and the
+    buffer takes a later big frame; one never given back is only garbage. A run of
+    Twrites so goes round two buffers and is never copied here; the first other
+    small message (an fsync, a clunk) lets them go. Every other message is decoded
+    as :func:`decode` does, with copies. A frame over *msize* is refused
+    (ProtocolError) as soon as its size field has come, before more of it is read.
+    """
+
+    #: Buffers given back and kept for the next big frames (more are garbage).
+    SPARES = 2
+    #: The small buffer's size.
+    HEAD = 65536
+
+    def __init__(self, msize: int, *, borrow_over: int = 16384) -> None:
+        #: The largest msize this receiver takes (the one it is made with).
+        self.capacity = msize
+        self.msize = msize
+        self.borrow_over = min(borrow_over, self.HEAD // 2)
+        self._head = bytearray(self.HEAD)
+        self._buf = self._head  # where bytes are received now
+        self._view = memoryview(self._buf)
+        self._start = 0  # the first byte not yet decoded
+        self._end = 0  # past the last byte received
+        self._spares: list[bytearray] = []
+
+    @property
+    def msize(self) -> int:
+        """The largest frame taken; at most the msize this receiver was made with."""
+        return self._msize
+
+    @msize.setter
+    def msize(self, value: int) -> None:
+        if not HEADER <= value <= self.capacity:
+            raise ValueError(f"msize {value}: this receiver takes {HEADER} to {self.capacity}")
+        self._msize = value
+
+    @property
+    def in_frame(self) -> bool:
+        """Whether :meth:`buffer` is exactly the rest of one big frame: the caller
+        may wait for all of it at once (``MSG_WAITALL``), never reading past it."""
+        start, end = self._start, self._end
+        return end - start >= 4 and _U32.unpack_from(self._buf, start)[0] > self.borrow_over
+
+    def buffer(self) -> memoryview:
+        """Where the next bytes go (``recv_into`` it, then call :meth:`received`)."""
+        start, end = self._start, self._end
+        if end - start >= 4:
+            size = _U32.unpack_from(self._buf, start)[0]
+            if size > self.borrow_over:
+                return self._view[end : start + size]
+        return self._view[end:]
+
+    def received(self, count: int) -> list[Message]:
+        """The messages the *count* bytes just put in :meth:`buffer` complete, in
+        order. Raises ProtocolError for a frame over msize or a malformed one."""
+        self._end += count
+        out: list[Message] = []
+        other = False  # a small message besides a Twrite: the run of writes is over
+        while (avail := self._end - self._start) >= 4:
+            start = self._start
+            size = _U32.unpack_from(self._buf, start)[0]
+            if size < HEADER or size > self._msize:
+                raise _too_big(size, self._msize)
+            if avail < size:
+                if size > self.borrow_over and self._buf is self._head:
+                    self._move(self._big(size))  # the rest goes where it stays
+                elif start + size > len(self._buf):
+                    self._move(self._buf if size <= len(self._buf) else self._big(size))
+                break
+            frame = self._view[start : start + size]
+            self._start = start + size
+            if size <= self.borrow_over:
+                # (A small Twrite is a big write()'s tail: 1 MiB is two Twrites of
+                # msize 512 KiB less headers, then 48 bytes.)
+                other = other or self._buf[start + 4] != TWRITE
+                out.append(decode(frame))
+            elif self._buf is not self._head and self._buf[start + 4] == TWRITE:
+                out.append(decode(frame, borrow=True))
+                self._lend()
+            else:
+                out.append(decode(frame))
+            frame.release()
+        if other:  # not a run of big Twrites (any more): keep only the small buffer
+            self._spares.clear()
+        if self._start == self._end:
+            self._start = self._end = 0
+            if other and self._buf is not self._head:
+                self._switch(self._head)
+        elif self._end == len(self._buf) and self._end - self._start < 4:
+            self._move(self._buf)  # a size field cut at the buffer's end
+        return out
+
+    def _big(self, size: int) -> bytearray:
+        """A buffer for a big frame (or *size* bytes): a spare, or a new one of msize."""
+        while self._spares:
+            spare = self._spares.pop()
+            if len(spare) >= size:
+                return spare
+        return bytearray(max(self._msize, size))
+
+    def _switch(self, buf: bytearray) -> None:
+        self._buf = buf
+        self._view = memoryview(buf)
+
+    def _move(self, to: bytearray) -> None:
+        """What is not decoded yet goes to the start of *to*, which becomes the buffer."""
+        start, end = self._start, self._end
+        if to is self._buf:
+            self._view[: end - start] = self._view[start:end]
+        else:
+            memoryview(to)[: end - start] = self._view[start:end]
+            self._switch(to)
+        self._start, self._end = 0, end - start
+
+    def _lend(self) -> None:
+        """The buffer goes with a borrowed Twrite: go on in another, taking along what
+        was received past that frame. Another big one: the next frame of a run of big
+        writes is likely to come next, and lands in place too."""
+        self._move(self._big(self._end - self._start))
+
+    def recycle(self, data: Any) -> None:
+        """A borrowed Twrite's data, no longer used by anyone: its buffer may be reused."""
+        if not isinstance(data, memoryview):
+            return
+        try:
+            owner = data.obj
+            data.release()
+        except ValueError:  # given back already
+            return
+        except BufferError:  # still exported somewhere: never reuse it
+            return
+        if (
+            isinstance(owner, bytearray)
+            and owner is not self._buf
+            and owner is not self._head
+            and len(self._spares) < self.SPARES
+            and all(owner is not spare for spare in self._spares)
+        ):
+            self._spares.append(owner)
+
+    @property
+    def pending(self) -> int:
+        """Bytes held for a message not yet complete."""
+        return self._end - self._start
 
 
 _DIRENT = struct.Struct("<BIQQB")

@@ -302,7 +302,7 @@ class LinuxFs:
     def read(self, handle: Any, offset: int, count: int) -> bytes:
         return os.pread(handle, count, offset)
 
-    def write(self, handle: Any, offset: int, data: bytes) -> int:
+    def write(self, handle: Any, offset: int, data: bytes | memoryview) -> int:
         return os.pwrite(handle, data, offset)
 
     def close_handle(self, handle: Any) -> None:

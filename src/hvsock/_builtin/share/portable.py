@@ -402,7 +402,7 @@ class PortableFs:
                 out += piece
         return bytes(out)
 
-    def write(self, handle: Any, offset: int, data: bytes) -> int:
+    def write(self, handle: Any, offset: int, data: bytes | memoryview) -> int:
         fd = self.fd_of(handle)
         with handle.io:
             os.lseek(fd, offset, os.SEEK_SET)

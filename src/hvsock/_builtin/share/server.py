@@ -84,6 +84,25 @@ _NONUNAME = 0xFFFFFFFF
 _Errno = FsErrno
 
 
+def _send_parts(sock: socket.socket, parts: list[Any]) -> None:
+    """*parts* sent in order, whole: an Rread's data goes from the buffer pread gave,
+    not copied behind its header first."""
+    if len(parts) == 1 or _NO_SENDMSG:
+        sock.sendall(parts[0] if len(parts) == 1 else b"".join(parts))
+        return
+    sent = sock.sendmsg(parts)
+    for part in parts:  # the rest, if the socket took less (rare: a signal, a timeout)
+        if sent >= len(part):
+            sent -= len(part)
+            continue
+        sock.sendall(memoryview(part)[sent:])
+        sent = 0
+
+
+_NO_SENDMSG = not hasattr(socket.socket, "sendmsg")  # Windows
+_WAITALL = getattr(socket, "MSG_WAITALL", 0)
+
+
 def _euid() -> int:
     return getattr(os, "geteuid", lambda: 0)()
 
@@ -289,6 +308,9 @@ class _Session:
         self.msize = 0
         self.fs: Backend | None = None
         self.tasks: dict[int, Future[None]] = {}
+        #: run()'s receiver: a big Twrite's data is a view of its buffer, given back
+        #: once served (None: the tests' hand-made sessions, which copy).
+        self.receiver: p.Receiver | None = None
         # Replies leave whole and one at a time; a tag leaves `tasks` under this lock
         # together with its reply, so a Tflush sees either both or neither.
         self.send_lock = threading.Lock()
@@ -303,19 +325,38 @@ class _Session:
     def run(self) -> None:
         """Read requests on this thread, serve them in the pool; each worker sends its
         own reply (no hop back to an event loop: a request costs one thread switch)."""
-        decoder = p.Decoder(MAX_MSIZE)
+        receiver = self.receiver = p.Receiver(MAX_MSIZE)
         slots = threading.BoundedSemaphore(self.config.max_inflight)
+        recv_into = self.conn.sock.recv_into
         try:
             self.fs = self.config.make_backend()
             # Before the first reply, which tells the client the new credit.
             _vsock.ensure_buffer_size(self.conn.sock, VSOCK_BUFFER)
-            while data := self.conn.sock.recv(65536):
-                batch = list(decoder.feed(data))
+            waitall = _WAITALL
+            while True:
+                # Straight into the receiver's buffer: a big Twrite's data is written
+                # to its file from where it arrived (serve() gives the buffer back
+                # after). The rest of a big frame is taken in one call: one return to
+                # Python per frame, not one per vsock packet (64 KiB) that was there.
+                flags = waitall if receiver.in_frame else 0
+                try:
+                    count = recv_into(receiver.buffer(), 0, flags)
+                except OSError:
+                    if not flags:
+                        raise
+                    # Some sockets refuse it before reading a byte (vsock's ENOMEM
+                    # when the rest is over its receive buffer, as on hv_sock's
+                    # 4 KiB): plain reads from now on; a real error comes again.
+                    waitall = 0
+                    continue
+                if not count:
+                    break
+                batch = receiver.received(count)
                 for msg in batch:
                     if msg.type == p.TVERSION:
                         self.drain_tasks()
                         reply = self.version(msg)
-                        decoder.msize = self.msize or MAX_MSIZE
+                        receiver.msize = self.msize or MAX_MSIZE
                         self.send(reply)
                     elif msg.type == p.TFLUSH:
                         self.flush(msg)
@@ -359,7 +400,7 @@ class _Session:
                         del self.tasks[tag]
 
     def send(self, reply: p.Message, tag_done: int | None = None) -> None:
-        data = p.encode(reply)
+        parts = p.encode_parts(reply)
         with self.send_lock:
             if tag_done is not None:
                 # The tag is free once its reply is on its way: the client may reuse
@@ -367,7 +408,7 @@ class _Session:
                 with self.lock:
                     self.tasks.pop(tag_done, None)
             try:
-                self.conn.sock.sendall(data)
+                _send_parts(self.conn.sock, parts)
             except OSError:
                 # The connection is gone: the reading side sees it too and ends.
                 with contextlib.suppress(OSError):
@@ -385,6 +426,8 @@ class _Session:
         except Exception:  # a bug here must not end the session: the client gets EIO
             self.conn.log.exception("%s: %s failed", self.conn.peer, msg.name)
             reply = p.Message(p.RLERROR, msg.tag, (errno.EIO,))
+        if msg.type == p.TWRITE and self.receiver is not None:
+            self.receiver.recycle(msg.args[2])  # written: its buffer may take the next
         try:
             self.send(reply, msg.tag)
         except ProtocolError:  # a reply that does not fit (e.g. a long readlink)
@@ -684,7 +727,7 @@ class _Session:
         with self.opened(target) as handle:
             return (self.files.read(handle, offset, count),)
 
-    def t_write(self, fid: int, offset: int, data: bytes) -> tuple[Any, ...]:
+    def t_write(self, fid: int, offset: int, data: bytes | memoryview) -> tuple[Any, ...]:
         self.writable()
         target = self.fid(fid)
         if target.setting is not None:
