@@ -467,21 +467,7 @@ def ssh_masters(sshd: Sshd, base: Path) -> list[bool]:
 
 
 def stop_ssh_masters(sshd: Sshd, base: Path) -> None:
-    for sock in (base / "cp").glob("s*"):
-        subprocess.run(
-            [
-                "ssh",
-                *sshd.ssh_options(),
-                "-o",
-                f"ControlPath={sock}",
-                "-O",
-                "exit",
-                sshd.destination,
-            ],
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
+    sshd.stop_masters((base / "cp").glob("s*"))
 
 
 def ssh_home(base: Path) -> Path:

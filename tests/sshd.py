@@ -19,6 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 SSHD = "/usr/sbin/sshd"
@@ -158,9 +159,10 @@ class Sshd:
         """How many logins the server accepted so far."""
         return self.log.read_text(errors="replace").count("Accepted publickey")
 
-    def stop_masters(self) -> None:
-        """End the ControlPersist masters left by ssh_options(control=True)."""
-        for sock in self.dir.glob("cm-*"):
+    def stop_masters(self, sockets: Iterable[Path] | None = None) -> None:
+        """End the ControlPersist masters left by ssh_options(control=True), or
+        those listening on *sockets* (control paths of the caller's own)."""
+        for sock in self.dir.glob("cm-*") if sockets is None else sockets:
             subprocess.run(
                 [
                     "ssh",
@@ -172,7 +174,7 @@ class Sshd:
                     self.destination,
                 ],
                 capture_output=True,
-                timeout=30,
+                timeout=60,
                 check=False,
             )
 
