@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import socket
 import struct
 import threading
@@ -298,6 +299,20 @@ def hostile(draw: st.DrawFn) -> p.Message:
     return p.Message(kind, 1, tuple(draw(_ARGS[c]) for c in p.LAYOUTS[kind]))
 
 
+def fill_export(export: Path, outside: Path) -> None:
+    """The fuzzed export as each example starts: what an example before it left there
+    (a hostile client may remove, rename or create anything inside) goes first."""
+    for entry in export.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    (export / "out").symlink_to(outside)
+    (export / "out-file").symlink_to(outside / "secret")
+    (export / "sub").mkdir()
+    (export / "sub" / "f").write_bytes(b"hello")
+
+
 @pytest.fixture(scope="module", params=[False, True], ids=["linux", "portable"])
 def fuzz_target(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
@@ -308,10 +323,7 @@ def fuzz_target(
     export.mkdir()
     outside.mkdir()
     (outside / "secret").write_bytes(b"s")
-    (export / "out").symlink_to(outside)
-    (export / "out-file").symlink_to(outside / "secret")
-    (export / "sub").mkdir()
-    (export / "sub" / "f").write_bytes(b"hello")
+    fill_export(export, outside)
     path = sock_dir / f"hvsock-fuzz-{os.getpid()}-{int(request.param)}.sock"
     with sharing([export], f"unix://{path}", allow=["any"], portable=request.param) as real:
         yield export, outside, unix_path(real)
@@ -326,7 +338,8 @@ def fuzz_target(
 def test_hostile_sessions_never_reach_outside(
     fuzz_target: tuple[Path, Path, str], batch: list[p.Message]
 ) -> None:
-    _export, outside, path = fuzz_target
+    export, outside, path = fuzz_target
+    fill_export(export, outside)
     before = snapshot(outside)
     c = Client(path)
     c.attach(0)
