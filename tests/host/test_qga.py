@@ -76,9 +76,9 @@ def real_qga(short_tmp: Path) -> Iterator[str]:
 def stop_qemu_ga(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM, then SIGKILL if it is still there after 30 s. Once, in a busy run (the
     clean-clone rehearsal of 2026-12-05), qemu-ga did not exit within 30 s of SIGTERM
-    (its handler quits glib's main loop from inside the signal handler; why it hung is
-    not known). How qemu-ga stops is not what these tests check, and a live one must
-    not outlast its test."""
+    (48 minutes later it was still there, its main thread asleep on a futex inside its
+    SIGTERM handler: a self-deadlock, by /proc). How qemu-ga stops is not what these
+    tests check, and a live one must not outlast its test."""
     proc.terminate()
     try:
         proc.communicate(timeout=30)
