@@ -143,8 +143,8 @@ def sendall_parts(sock: socket.socket, parts: list[bytes | bytearray | memoryvie
     ``sendall`` raises.
     """
     sendmsg = getattr(sock, "sendmsg", None)
-    if sendmsg is None:
-        sock.sendall(b"".join(parts))
+    if sendmsg is None or len(parts) == 1:
+        sock.sendall(parts[0] if len(parts) == 1 else b"".join(parts))
         return
     views = [view for view in (memoryview(p).cast("B") for p in parts) if view]
     while views:

@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import functools
 import os
 import platform
 import stat
@@ -130,14 +131,10 @@ class _Openat2:
         return found
 
 
-_PROBED: list[_Openat2 | None] = []
-
-
+@functools.cache
 def openat2() -> _Openat2 | None:
     """The machine's openat2, probed once per process."""
-    if not _PROBED:
-        _PROBED.append(_Openat2.probe())
-    return _PROBED[0]
+    return _Openat2.probe()
 
 
 def _proc(fd: int) -> str:

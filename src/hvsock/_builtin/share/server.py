@@ -37,6 +37,7 @@ from ..._errors import ArgumentError, ProtocolError, UnsupportedError
 from ..._service.connection import SyncConnection
 from ..._service.declaration import Limits, Service
 from ..._transports import vsock as _vsock
+from ..._transports._common import sendall_parts
 from ..._validate import instance, quote, whole_number
 from .backend import LOCK_ERROR, LOCK_READ, LOCK_UNLOCK, Backend, FsErrno, qid
 
@@ -84,22 +85,6 @@ _NONUNAME = 0xFFFFFFFF
 _Errno = FsErrno
 
 
-def _send_parts(sock: socket.socket, parts: list[Any]) -> None:
-    """*parts* sent in order, whole: an Rread's data goes from the buffer pread gave,
-    not copied behind its header first."""
-    if len(parts) == 1 or _NO_SENDMSG:
-        sock.sendall(parts[0] if len(parts) == 1 else b"".join(parts))
-        return
-    sent = sock.sendmsg(parts)
-    for part in parts:  # the rest, if the socket took less (rare: a signal, a timeout)
-        if sent >= len(part):
-            sent -= len(part)
-            continue
-        sock.sendall(memoryview(part)[sent:])
-        sent = 0
-
-
-_NO_SENDMSG = not hasattr(socket.socket, "sendmsg")  # Windows
 _WAITALL = getattr(socket, "MSG_WAITALL", 0)
 
 
@@ -408,7 +393,7 @@ class _Session:
                 with self.lock:
                     self.tasks.pop(tag_done, None)
             try:
-                _send_parts(self.conn.sock, parts)
+                sendall_parts(self.conn.sock, parts)
             except OSError:
                 # The connection is gone: the reading side sees it too and ends.
                 with contextlib.suppress(OSError):
